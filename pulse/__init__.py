@@ -1,0 +1,1 @@
+"""customer-pulse: settings, command line and the local development stack."""

@@ -1,0 +1,171 @@
+"""``pulse``: the command line of customer-pulse."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import redis
+
+from pulse.settings import DEV_ENV_FILE, load_settings
+
+
+def _profile_key(prefix: str, cid: str) -> str:
+    from streams.sinks.redis_profiles import profile_key
+
+    return profile_key(prefix, cid)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from streams.worker import run_worker
+
+    run_worker(load_settings(), loglevel=args.loglevel)
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from pulse.simulate import generate_orders, send
+
+    settings = load_settings()
+    events = generate_orders(args.customers, args.days, args.seed)
+    print(f"sending {len(events)} order events for {args.customers} customers to {settings.topic_orders}")
+    n = asyncio.run(
+        send(settings.broker_bootstrap(), settings.topic_orders, events, rate=args.rate,
+             bad=args.bad_per_1000, seed=args.seed, progress_every=args.progress_every)
+    )
+    print(f"sent {n} events")
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from schemas.profile import CustomerProfile
+
+    settings = load_settings()
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    fields = client.hgetall(_profile_key(settings.redis_key_prefix, args.customer_id))
+    if not fields:
+        print(f"no profile for {args.customer_id} in {settings.redis_url}", file=sys.stderr)
+        return 1
+    profile = CustomerProfile.from_redis(fields)
+    if args.json:
+        print(profile.model_dump_json(indent=2))
+    else:
+        width = max(len(k) for k in fields)
+        for key, value in profile.model_dump(mode="json").items():
+            print(f"{key:<{width}}  {'' if value is None else value}")
+    return 0
+
+
+def _write_dev_env(env: dict[str, str]) -> None:
+    path = Path(DEV_ENV_FILE)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    """Broker + Redis + worker(s) + sample traffic, until Ctrl-C or --duration."""
+    from pulse.devstack import DevStack, free_port
+    from pulse.simulate import generate_orders, send
+    from streams.admin import ensure_topics
+
+    log_dir = Path(".pulse/logs")
+    stack = DevStack.start(log_dir)
+    workers: list[subprocess.Popen] = []
+    try:
+        env = {**stack.env(), "PULSE_METRICS_PORT": str(free_port())}
+        _write_dev_env(env)
+        os.environ.update(env)
+        settings = load_settings()
+        print(f"broker  {stack.broker_url}   (Tansu, in memory; log {stack.broker.log})")
+        print(f"redis   {stack.redis_url}")
+        print(f"metrics http://127.0.0.1:{env['PULSE_METRICS_PORT']}/metrics")
+        asyncio.run(ensure_topics(settings))
+        for i in range(args.workers):
+            worker_env = {**os.environ, **env, "PULSE_METRICS_PORT": env["PULSE_METRICS_PORT"] if i == 0 else "0"}
+            log = (log_dir / f"worker-{i}.log").open("wb")
+            workers.append(subprocess.Popen([sys.executable, "-m", "pulse", "worker"], env=worker_env,
+                                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+        print(f"workers {args.workers} (logs in {log_dir}/worker-*.log)")
+        events = generate_orders(args.customers, args.days, args.seed)
+        print(f"sending {len(events)} orders for {args.customers} customers…")
+        asyncio.run(send(settings.broker_bootstrap(), settings.topic_orders, events, rate=args.rate,
+                         bad=args.bad_per_1000, seed=args.seed))
+        customers_with_orders = len({e["customer_id"] for e in events})
+        client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+        deadline = time.monotonic() + args.duration if args.duration else None
+        shown = False
+        while deadline is None or time.monotonic() < deadline:
+            if any(w.poll() is not None for w in workers):
+                print("a worker exited; see its log", file=sys.stderr)
+                return 1
+            n = sum(1 for _ in client.scan_iter(f"{settings.redis_key_prefix}profile:*", count=1000))
+            print(f"profiles in redis: {n}/{customers_with_orders}", flush=True)
+            if n >= customers_with_orders and not shown:
+                sample = events[-1]["customer_id"]
+                print(f"\nall profiles are live. Try, in another terminal:  pulse profile {sample}\n")
+                args.customer_id, args.json = sample, False
+                cmd_profile(args)
+                shown = True
+                print("\nCtrl-C stops the stack.")
+            time.sleep(2 if not shown else 5)
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        stack.close()
+        Path(DEV_ENV_FILE).unlink(missing_ok=True)
+        print("stopped broker, redis and workers")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pulse", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("worker", help="run one scoring worker (settings from PULSE_* env vars)")
+    p.add_argument("--loglevel", default="info")
+    p.set_defaults(func=cmd_worker)
+
+    def traffic_args(p: argparse.ArgumentParser, customers: int) -> None:
+        p.add_argument("--customers", type=int, default=customers, help="population size")
+        p.add_argument("--days", type=int, default=365, help="length of the order history")
+        p.add_argument("--seed", type=int, default=7)
+        p.add_argument("--rate", type=float, default=0.0, help="events per second (0: as fast as possible)")
+        p.add_argument("--bad-per-1000", type=float, default=0.0, help="malformed events mixed in per 1000")
+
+    p = sub.add_parser("simulate", help="send a realistic order history to the orders topic")
+    traffic_args(p, 3000)
+    p.add_argument("--progress-every", type=int, default=0)
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("dev", help="embedded broker + redis + worker + sample traffic")
+    traffic_args(p, 3000)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: run until Ctrl-C)")
+    p.set_defaults(func=cmd_dev)
+
+    p = sub.add_parser("profile", help="print a customer's live profile from Redis")
+    p.add_argument("customer_id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_profile)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""Input events (spec: Input events), validated strictly at the edge.
+
+Strict mode means no silent coercion: ``"5"`` is not an NPS answer, a naive
+timestamp is not an event time, ``NaN`` is not an amount. Anything that fails
+becomes a :class:`EventRejected` with a reason code from a small fixed set, so
+the dead-letter topic and the ``..._dead_letters_total`` counter can say why.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, ClassVar, Union
+
+import pydantic
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+#: Ids (customer, order, ticket …): printable, no spaces, bounded. The same
+#: pattern decides what the HTTP API rejects as a malformed id.
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$"
+Id = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+#: Amounts above this (in the order's currency) are rejected as absurd: no
+#: single order of a CRM customer comes near it, and it keeps cents in int64.
+MAX_AMOUNT = Decimal("1000000000")
+Money = Annotated[Decimal, Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False, decimal_places=4)]
+Text = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+class Kind(StrEnum):
+    ORDER = "order"
+    SURVEY = "survey"
+    COMPLAINT = "complaint"
+    SUPPORT = "support"
+
+
+class OrderStatus(StrEnum):
+    COMPLETED = "completed"
+    REFUNDED = "refunded"
+
+
+class Severity(StrEnum):
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+
+class TicketEventKind(StrEnum):
+    OPENED = "opened"
+    FIRST_RESPONSE = "first_response"
+    RESOLVED = "resolved"
+    REOPENED = "reopened"
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
+
+    KIND: ClassVar[Kind]
+
+    event_id: Id
+    customer_id: Id
+    occurred_at: AwareDatetime
+
+    @property
+    def occurred_ms(self) -> int:
+        return int(self.occurred_at.timestamp() * 1000)
+
+
+class OrderEvent(_Event):
+    KIND: ClassVar[Kind] = Kind.ORDER
+    order_id: Id
+    amount: Money
+    cost: Money | None = None
+    currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
+    status: OrderStatus
+
+
+class SurveyEvent(_Event):
+    KIND: ClassVar[Kind] = Kind.SURVEY
+    nps: Annotated[int, Field(ge=0, le=10)] | None = None
+    csat: Annotated[int, Field(ge=1, le=5)] | None = None
+
+    @model_validator(mode="after")
+    def _one_answer(self) -> "SurveyEvent":
+        if self.nps is None and self.csat is None:
+            raise ValueError("a survey needs nps or csat")
+        return self
+
+
+class ComplaintEvent(_Event):
+    KIND: ClassVar[Kind] = Kind.COMPLAINT
+    complaint_id: Id
+    severity: Severity
+    category: Text
+
+
+class SupportEvent(_Event):
+    KIND: ClassVar[Kind] = Kind.SUPPORT
+    ticket_id: Id
+    kind: TicketEventKind
+
+
+CustomerEvent = Union[OrderEvent, SurveyEvent, ComplaintEvent, SupportEvent]
+
+EVENT_MODELS: dict[Kind, type[_Event]] = {
+    Kind.ORDER: OrderEvent,
+    Kind.SURVEY: SurveyEvent,
+    Kind.COMPLAINT: ComplaintEvent,
+    Kind.SUPPORT: SupportEvent,
+}
+
+
+class Reason(StrEnum):
+    """Why an event was dead-lettered; a bounded set, used as a metric label."""
+
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    MALFORMED_JSON = "malformed_json"
+    NOT_AN_OBJECT = "not_an_object"
+    MISSING_FIELD = "missing_field"
+    WRONG_TYPE = "wrong_type"
+    OUT_OF_RANGE = "out_of_range"
+    UNKNOWN_VALUE = "unknown_value"
+    INVALID_TIME = "invalid_time"
+    INVALID_VALUE = "invalid_value"
+    UNSUPPORTED_CURRENCY = "unsupported_currency"
+
+
+class EventRejected(Exception):
+    """An event that cannot be scored, with a reason code and a readable detail."""
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+_ERROR_REASONS: dict[str, Reason] = {
+    "missing": Reason.MISSING_FIELD,
+    "literal_error": Reason.UNKNOWN_VALUE,
+    "enum": Reason.UNKNOWN_VALUE,
+    "timezone_aware": Reason.INVALID_TIME,
+    "datetime_parsing": Reason.INVALID_TIME,
+    "datetime_from_date_parsing": Reason.INVALID_TIME,
+    "finite_number": Reason.OUT_OF_RANGE,
+    "greater_than": Reason.OUT_OF_RANGE,
+    "greater_than_equal": Reason.OUT_OF_RANGE,
+    "less_than": Reason.OUT_OF_RANGE,
+    "less_than_equal": Reason.OUT_OF_RANGE,
+    "decimal_max_places": Reason.OUT_OF_RANGE,
+    "json_invalid": Reason.MALFORMED_JSON,
+    "model_type": Reason.NOT_AN_OBJECT,
+    "model_attributes_type": Reason.NOT_AN_OBJECT,
+}
+
+
+def _reason_for(error: dict) -> Reason:
+    kind = error["type"]
+    if kind in _ERROR_REASONS:
+        return _ERROR_REASONS[kind]
+    if kind.endswith("_type") or kind.endswith("_parsing"):
+        return Reason.WRONG_TYPE
+    return Reason.INVALID_VALUE
+
+
+def decode_event(kind: Kind, payload: bytes, max_bytes: int) -> CustomerEvent:
+    """Validate one raw payload of the given kind, or raise :class:`EventRejected`."""
+    if len(payload) > max_bytes:
+        raise EventRejected(Reason.PAYLOAD_TOO_LARGE, f"{len(payload)} bytes > limit {max_bytes}")
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EventRejected(Reason.MALFORMED_JSON, f"not UTF-8: {exc.reason} at byte {exc.start}") from None
+    try:
+        return EVENT_MODELS[kind].model_validate_json(payload)  # type: ignore[return-value]
+    except pydantic.ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+        first = errors[0]
+        where = ".".join(str(part) for part in first["loc"]) or "event"
+        more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise EventRejected(_reason_for(first), f"{where}: {first['msg']}{more}") from None

@@ -1,0 +1,161 @@
+"""Incremental per-customer order state (spec: Financial, Behaviour).
+
+Money is kept in integer cents of the base currency so that the streaming
+result is independent of event order and equals a batch sum to the cent.
+Every update is commutative (sums, min, max, bucketed sums), so late and
+out-of-order events give the same state as the sorted history.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_EVEN, Decimal
+
+DAY_MS = 86_400_000
+#: Average month length used for "orders per month of tenure".
+MONTH_MS = int(30.436875 * DAY_MS)
+
+
+@dataclass(frozen=True, slots=True)
+class OrderScoringConfig:
+    default_gross_margin: Decimal = Decimal("0.30")
+    revenue_window_days: int = 365
+    revenue_bucket_days: int = 7
+
+    @property
+    def bucket_ms(self) -> int:
+        return self.revenue_bucket_days * DAY_MS
+
+    @property
+    def window_buckets(self) -> int:
+        """Buckets covering the window: the current one plus enough whole ones behind it."""
+        return -(-self.revenue_window_days // self.revenue_bucket_days)
+
+
+@dataclass(frozen=True, slots=True)
+class OrderFact:
+    """An order event reduced to what scoring needs (base-currency cents, epoch ms)."""
+
+    occurred_ms: int
+    amount_cents: int
+    cost_cents: int | None
+    refunded: bool = False
+
+
+@dataclass(slots=True)
+class OrderState:
+    orders: int = 0
+    refunds: int = 0
+    revenue_cents: int = 0
+    cost_cents: int = 0
+    first_purchase_ms: int | None = None
+    last_purchase_ms: int | None = None
+    #: bucket index (occurred_ms // bucket_ms) -> net revenue cents; sparse and
+    #: pruned to the window, so at most ``window_buckets + 1`` entries.
+    revenue_buckets: dict[int, int] = field(default_factory=dict)
+
+
+def to_cents(amount: Decimal, rate: Decimal = Decimal(1)) -> int:
+    """Base-currency cents, banker's rounding (the rounding a ledger would use)."""
+    return int((amount * rate * 100).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+
+
+def order_cost_cents(fact: OrderFact, config: OrderScoringConfig) -> int:
+    """Cost of an order: its own cost, else amount × (1 − default margin)."""
+    if fact.cost_cents is not None:
+        return fact.cost_cents
+    return int(
+        (Decimal(fact.amount_cents) * (1 - config.default_gross_margin)).quantize(Decimal(1), rounding=ROUND_HALF_EVEN)
+    )
+
+
+def apply_order(state: OrderState, fact: OrderFact, config: OrderScoringConfig) -> OrderState:
+    """Fold one order into the state (mutates and returns it).
+
+    A completed order adds revenue and cost and counts as a purchase; a refund
+    reverses the refunded amount and its cost, in the bucket of the refund's own
+    time, and counts in ``refunds`` only.
+    """
+    sign = -1 if fact.refunded else 1
+    amount = sign * fact.amount_cents
+    state.revenue_cents += amount
+    state.cost_cents += sign * order_cost_cents(fact, config)
+    if fact.refunded:
+        state.refunds += 1
+    else:
+        state.orders += 1
+        if state.first_purchase_ms is None or fact.occurred_ms < state.first_purchase_ms:
+            state.first_purchase_ms = fact.occurred_ms
+        if state.last_purchase_ms is None or fact.occurred_ms > state.last_purchase_ms:
+            state.last_purchase_ms = fact.occurred_ms
+    bucket = fact.occurred_ms // config.bucket_ms
+    buckets = state.revenue_buckets
+    buckets[bucket] = buckets.get(bucket, 0) + amount
+    _prune_buckets(buckets, config)
+    return state
+
+
+def _prune_buckets(buckets: dict[int, int], config: OrderScoringConfig) -> None:
+    """Keep only buckets that can still fall inside the window of the newest one."""
+    if len(buckets) <= config.window_buckets:
+        return
+    oldest_kept = max(buckets) - config.window_buckets + 1
+    for bucket in [b for b in buckets if b < oldest_kept]:
+        del buckets[bucket]
+
+
+def window_revenue_cents(state: OrderState, now_ms: int, config: OrderScoringConfig) -> int:
+    """Net revenue of the buckets in the rolling window ending at ``now_ms``.
+
+    The window is ``window_buckets`` whole buckets ending with the one that
+    holds ``now_ms``; its resolution is one bucket (``revenue_bucket_days``).
+    """
+    current = now_ms // config.bucket_ms
+    oldest = current - config.window_buckets + 1
+    return sum(cents for bucket, cents in state.revenue_buckets.items() if oldest <= bucket <= current)
+
+
+@dataclass(frozen=True, slots=True)
+class OrderSignals:
+    """Derived order indicators at a point of event time."""
+
+    revenue_cents: int
+    profit_cents: int
+    orders: int
+    refunds: int
+    aov_cents: int | None
+    first_purchase_ms: int | None
+    last_purchase_ms: int | None
+    recency_days: float | None
+    tenure_days: float | None
+    orders_per_month: float | None
+    window_revenue_cents: int
+
+
+def order_signals(state: OrderState, now_ms: int, config: OrderScoringConfig) -> OrderSignals:
+    """Indicators of the state as seen at event time ``now_ms`` (the watermark)."""
+    recency = tenure = per_month = None
+    if state.last_purchase_ms is not None and state.first_purchase_ms is not None:
+        recency = max(0, now_ms - state.last_purchase_ms) / DAY_MS
+        tenure_ms = max(0, now_ms - state.first_purchase_ms)
+        tenure = tenure_ms / DAY_MS
+        # A first-month customer has a tenure of (at least) one month.
+        per_month = state.orders / max(1.0, tenure_ms / MONTH_MS)
+    aov = None
+    if state.orders:
+        aov = int(
+            (Decimal(state.revenue_cents) / state.orders).quantize(Decimal(1), rounding=ROUND_HALF_EVEN)
+        )
+    return OrderSignals(
+        revenue_cents=state.revenue_cents,
+        profit_cents=state.revenue_cents - state.cost_cents,
+        orders=state.orders,
+        refunds=state.refunds,
+        aov_cents=aov,
+        first_purchase_ms=state.first_purchase_ms,
+        last_purchase_ms=state.last_purchase_ms,
+        recency_days=recency,
+        tenure_days=tenure,
+        orders_per_month=per_month,
+        window_revenue_cents=window_revenue_cents(state, now_ms, config),
+    )

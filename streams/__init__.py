@@ -1,0 +1,1 @@
+"""The thin framework layer: Faust app, topics, table, agents and sinks wiring the pure scorers."""

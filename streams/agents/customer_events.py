@@ -1,0 +1,108 @@
+"""The agent that scores all four input streams into the customer state table.
+
+One agent reads the four topics as one channel, so each customer's state has a
+single writer. Events are handled in batches, each closed by a checkpoint in
+the order of Quix Streams' Checkpoint:
+
+1. score the batch in memory (validate, de-duplicate, apply);
+2. send the changed states to the changelog, dead letters to the DLQ and
+   mis-keyed events back to their topic under the right key, and wait until
+   the broker has acknowledged every one of them;
+3. write the profiles to Redis (write-behind: retried in the background if
+   Redis is down);
+4. only then return, so ``take_events`` acks the batch and Faust's commit can
+   cover it.
+
+If step 2 fails, or a stop interrupts it beyond the grace time, the worker
+exits at once without committing (like ``kill -9``): the events are read again
+after restart and the offsets stored in each state drop what was already
+applied. Nothing acknowledged is ever ahead of the changelog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import time
+from collections.abc import Awaitable, Sequence
+
+from faust.types import EventT, StreamT
+
+from streams import metrics
+from streams.codec import decode_state, encode_state
+from streams.processor import BatchProcessor, Incoming
+from streams.sinks.redis_profiles import RedisProfileSink
+
+log = logging.getLogger(__name__)
+
+#: Exit status of a worker whose checkpoint could not complete (EX_TEMPFAIL).
+EXIT_CHECKPOINT_FAILED = 75
+
+
+def _fail_stop(why: str) -> None:
+    log.critical("checkpoint failed, exiting without commit: %s", why)
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(EXIT_CHECKPOINT_FAILED)
+
+
+async def run_guarded(checkpoint: Awaitable[None], grace_seconds: float) -> None:
+    """Run a checkpoint so that it either completes or the process dies uncommitted."""
+    task = asyncio.ensure_future(checkpoint)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        # Stopping: take_events would ack the batch on the way out, so the
+        # checkpoint must finish first.
+        done, _ = await asyncio.wait({task}, timeout=grace_seconds)
+        if not done or task.cancelled() or task.exception() is not None:
+            _fail_stop("interrupted by shutdown")
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure means: do not commit
+        _fail_stop(repr(exc))
+
+
+def register(pulse: "PulseApp") -> None:  # noqa: F821 - imported lazily to avoid a cycle
+    settings = pulse.settings
+    table = pulse.customer_states
+    processor = BatchProcessor(settings)
+    sink = RedisProfileSink(settings.redis_url, settings.redis_key_prefix, settings.redis_retry_max_seconds)
+    pulse.app.profile_sink = sink  # type: ignore[attr-defined]
+
+    def load(key: bytes):
+        return decode_state(table.get(key))
+
+    async def checkpoint(events: Sequence[EventT]) -> None:
+        started = time.perf_counter()
+        batch = [
+            Incoming(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value)
+            for e in events
+        ]
+        outcome = processor.process(batch, load)
+        for key, state in outcome.states.items():
+            table[key] = encode_state(state)
+        pending = table.take_unflushed()
+        for rejected in outcome.rejected:
+            pending.append(await pulse.dead_letters.send(key=rejected.key, value=rejected.record))
+        for topic, key, value in outcome.rerouted:
+            pending.append(await pulse.topics_by_name[topic].send(key=key, value=value))
+        if pending:
+            await asyncio.gather(*pending)
+        sink.submit(outcome.profiles)
+        await sink.flush()
+
+        for (kind, outcome_name), n in outcome.counts.items():
+            metrics.EVENTS.labels(kind, outcome_name).inc(n)
+        for rejected in outcome.rejected:
+            metrics.DEAD_LETTERS.labels(rejected.kind, rejected.reason).inc()
+        if processor.watermark_ms is not None:
+            metrics.WATERMARK_SECONDS.set(processor.watermark_ms / 1000)
+        metrics.BATCH_EVENTS.observe(len(batch))
+        metrics.CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
+
+    @pulse.app.agent(pulse.customer_events, name="score_customer_events")
+    async def score_customer_events(stream: StreamT) -> None:
+        async for events in stream.take_events(settings.batch_max_events, settings.batch_within_seconds):
+            await run_guarded(checkpoint(events), settings.shutdown_grace_seconds)

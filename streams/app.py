@@ -1,0 +1,67 @@
+"""The Faust app: topics, the customer state table and the agents, built from settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faust
+
+from pulse.settings import Settings
+from streams.tables import CustomerStateTable
+
+RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+
+
+@dataclass
+class PulseApp:
+    settings: Settings
+    app: faust.App
+    customer_events: faust.TopicT  # all four input topics, one channel
+    topics_by_name: dict[str, faust.TopicT]
+    dead_letters: faust.TopicT
+    customer_states: CustomerStateTable
+
+
+def create_app(settings: Settings) -> PulseApp:
+    app = faust.App(
+        settings.app_id,
+        broker=settings.broker_url,
+        store=settings.store,
+        datadir=settings.data_dir,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.broker_session_timeout,
+        broker_heartbeat_interval=settings.broker_heartbeat_interval,
+        broker_rebalance_timeout=settings.broker_rebalance_timeout,
+        broker_commit_interval=settings.broker_commit_interval,
+        producer_acks=-1,
+        web_enabled=False,
+        table_standby_replicas=0,
+    )
+    names = list(settings.input_topics().values())
+    customer_events = app.topic(*names, partitions=settings.partitions, **RAW)
+    topics_by_name = {name: app.topic(name, partitions=settings.partitions, **RAW) for name in names}
+    dead_letters = app.topic(settings.topic_dead_letters, **RAW)
+    # Built the way App.Table builds tables, with our subclass.
+    table = app.tables.add(
+        CustomerStateTable(
+            app,
+            name="customer_states",
+            default=None,
+            beacon=app.tables.beacon,
+            partitions=settings.partitions,
+            # Batches mix partitions, so the changelog partition must come
+            # from the key (the same murmur2 partitioner as the input topics),
+            # not from "the current event".
+            use_partitioner=True,
+            # bytes in, bytes out: the "raw" codec (see _serializer_from_type)
+            key_type=bytes,
+            value_type=bytes,
+        )
+    )
+    pulse = PulseApp(settings, app, customer_events, topics_by_name, dead_letters, table)
+    from streams.agents.customer_events import register
+
+    register(pulse)
+    return pulse

@@ -1,0 +1,88 @@
+"""Write-behind of customer profiles to Redis: one pipelined round trip per batch.
+
+The table is the source of truth; Redis is a view of it. A failed write never
+stops processing: the profiles stay pending (latest per customer wins) and a
+background retry with capped exponential back-off writes them when Redis is
+back, so Redis converges to the table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from schemas.profile import CustomerProfile
+from streams import metrics
+
+log = logging.getLogger(__name__)
+
+
+def profile_key(prefix: str, customer_id: str) -> str:
+    return f"{prefix}profile:{customer_id}"
+
+
+class RedisProfileSink:
+    def __init__(self, url: str, key_prefix: str, retry_max_seconds: float) -> None:
+        self._redis = aioredis.from_url(url, decode_responses=True)
+        self._prefix = key_prefix
+        self._retry_max = retry_max_seconds
+        self._pending: dict[str, dict[str, str]] = {}
+        self._retry_task: asyncio.Task | None = None
+        # one write in flight at a time, so an older profile never lands after a newer one
+        self._lock = asyncio.Lock()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def submit(self, profiles: list[CustomerProfile]) -> None:
+        for profile in profiles:
+            self._pending[profile_key(self._prefix, profile.customer_id)] = profile.to_redis()
+        metrics.REDIS_PENDING_PROFILES.set(len(self._pending))
+
+    async def flush(self) -> bool:
+        """Write every pending profile; False (and keep them) if Redis failed."""
+        async with self._lock:
+            return await self._flush_locked()
+
+    async def _flush_locked(self) -> bool:
+        if not self._pending:
+            return True
+        batch = self._pending
+        self._pending = {}
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key, fields in batch.items():
+                    pipe.hset(key, mapping=fields)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            metrics.REDIS_WRITE_ERRORS.inc()
+            log.warning("redis write of %d profiles failed, will retry: %s", len(batch), exc)
+            # newer profiles submitted meanwhile win over the failed batch
+            self._pending = {**batch, **self._pending}
+            metrics.REDIS_PENDING_PROFILES.set(len(self._pending))
+            self._ensure_retry()
+            return False
+        metrics.REDIS_BATCH_PROFILES.observe(len(batch))
+        metrics.REDIS_PENDING_PROFILES.set(len(self._pending))
+        return True
+
+    def _ensure_retry(self) -> None:
+        if self._retry_task is None or self._retry_task.done():
+            self._retry_task = asyncio.ensure_future(self._retry_loop())
+
+    async def _retry_loop(self) -> None:
+        delay = 0.1
+        while self._pending:
+            await asyncio.sleep(delay)
+            if await self.flush():
+                return
+            delay = min(delay * 2, self._retry_max)
+
+    async def close(self) -> None:
+        if self._retry_task is not None:
+            self._retry_task.cancel()
+        await self._redis.aclose()

@@ -1,0 +1,21 @@
+"""Run one worker: create topics, serve metrics, start the Faust worker."""
+
+from __future__ import annotations
+
+import asyncio
+
+import faust
+from prometheus_client import start_http_server
+
+from pulse.settings import Settings
+from streams.admin import ensure_topics
+from streams.app import create_app
+
+
+def run_worker(settings: Settings, loglevel: str = "info") -> None:
+    asyncio.run(ensure_topics(settings))
+    pulse = create_app(settings)
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr=settings.metrics_host)
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    faust.Worker(pulse.app, loglevel=loglevel).execute_from_commandline()
