@@ -1,0 +1,49 @@
+"""Batch reference: the spec's order indicators recomputed from a whole history.
+
+Written independently of scoring/ (Decimal arithmetic over the raw events, no
+buckets, no incremental state) so that tests compare two implementations.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime
+from decimal import ROUND_HALF_EVEN, Decimal
+
+CENT = Decimal("0.01")
+
+
+def _cents(x: Decimal) -> Decimal:
+    return x.quantize(CENT, rounding=ROUND_HALF_EVEN)
+
+
+def batch_order_profiles(orders: list[dict], margin: Decimal = Decimal("0.30")) -> dict[str, dict]:
+    """customer_id -> revenue, profit, orders, refunds, aov, first/last purchase (de-duplicated by event_id)."""
+    seen: set[str] = set()
+    by_customer: dict[str, list[dict]] = defaultdict(list)
+    for order in orders:
+        if order["event_id"] in seen:
+            continue
+        seen.add(order["event_id"])
+        by_customer[order["customer_id"]].append(order)
+    out = {}
+    for cid, rows in by_customer.items():
+        revenue = cost = Decimal(0)
+        completed = [r for r in rows if r["status"] == "completed"]
+        for r in rows:
+            amount = _cents(Decimal(str(r["amount"])))
+            c = _cents(Decimal(str(r["cost"]))) if r.get("cost") is not None else _cents(amount * (1 - margin))
+            sign = 1 if r["status"] == "completed" else -1
+            revenue += sign * amount
+            cost += sign * c
+        times = [datetime.fromisoformat(r["occurred_at"]) for r in completed]
+        out[cid] = {
+            "revenue": revenue,
+            "profit": revenue - cost,
+            "orders": len(completed),
+            "refunds": len(rows) - len(completed),
+            "aov": _cents(revenue / len(completed)) if completed else None,
+            "first_purchase_at": min(times) if times else None,
+            "last_purchase_at": max(times) if times else None,
+        }
+    return out

@@ -1,0 +1,94 @@
+from decimal import Decimal
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pulse.settings import Settings
+from scoring.customer import CustomerState
+from scoring.orders import OrderState
+from streams.codec import decode_state, encode_state
+from streams.processor import BatchProcessor, Incoming
+
+SETTINGS = Settings(_env_file=None, fx_rates={"EUR": Decimal("1.10")})
+
+
+def order(eid: str, cid: str, amount: float, currency: str = "USD", **extra) -> bytes:
+    return orjson.dumps({"event_id": eid, "customer_id": cid, "occurred_at": "2025-05-01T00:00:00Z",
+                         "order_id": "O" + eid, "amount": amount, "currency": currency, "status": "completed",
+                         **extra})
+
+
+def run(records: list[Incoming], store: dict[bytes, CustomerState] | None = None):
+    store = {} if store is None else store
+    processor = BatchProcessor(SETTINGS)
+    out = processor.process(records, lambda key: store.get(key, CustomerState()))
+    store.update(out.states)
+    return out, store
+
+
+def rec(offset: int, key: bytes | None, value: bytes | None, topic: str = "orders") -> Incoming:
+    return Incoming(topic, 0, offset, key, value)
+
+
+def test_scores_converts_currency_and_builds_profiles():
+    out, store = run([rec(0, b"A", order("1", "A", 10)), rec(1, b"A", order("2", "A", 10, "EUR"))])
+    assert store[b"A"].orders.revenue_cents == 2100
+    [profile] = out.profiles
+    assert profile.customer_id == "A" and profile.revenue == Decimal("21.00") and profile.orders == 2
+    assert out.counts == {("order", "scored"): 2}
+
+
+def test_bad_events_become_dead_letters_with_reason_and_payload():
+    out, store = run([
+        rec(0, b"A", b"{oops"),
+        rec(1, b"A", order("1", "A", -1)),
+        rec(2, b"A", order("2", "A", 1, "JPY")),
+        rec(3, None, None),
+        rec(4, b"A", b"\xff" * 10),
+        rec(5, b"A", order("3", "A", 5)),
+    ])
+    letters = [orjson.loads(r.record) for r in out.rejected]
+    assert [l["reason"] for l in letters] == [
+        "malformed_json", "out_of_range", "unsupported_currency", "malformed_json", "malformed_json"]
+    assert letters[0]["payload"] == "{oops" and letters[0]["offset"] == 0 and letters[0]["source_topic"] == "orders"
+    assert letters[4]["payload_encoding"] == "base64"
+    assert "JPY" in letters[2]["detail"]
+    assert store[b"A"].orders.revenue_cents == 500  # the valid one is not lost
+    assert out.counts == {("order", "dead_lettered"): 5, ("order", "scored"): 1}
+
+
+def test_mis_keyed_valid_event_is_rerouted_not_scored():
+    out, store = run([rec(0, None, order("1", "A", 5)), rec(1, b"B", order("2", "A", 5))])
+    assert [(t, k) for t, k, _ in out.rerouted] == [("orders", b"A"), ("orders", b"A")]
+    assert store == {} and out.counts == {("order", "rerouted"): 2}
+
+
+def test_redelivered_batch_changes_nothing():
+    batch = [rec(0, b"A", order("1", "A", 5)), rec(1, b"A", order("2", "A", 7))]
+    _, store = run(batch)
+    before = encode_state(store[b"A"])
+    out, store = run(batch, store)
+    assert encode_state(store[b"A"]) == before
+    assert out.counts == {("order", "duplicate"): 2}
+
+
+def test_other_kinds_are_validated_and_counted():
+    survey = orjson.dumps({"event_id": "s", "customer_id": "A", "occurred_at": "2025-05-02T00:00:00Z", "nps": 3})
+    out, store = run([rec(0, b"A", survey, "surveys"), rec(1, b"A", b"{}", "complaints")])
+    assert store[b"A"].events == {"survey": 1}
+    assert out.counts == {("survey", "scored"): 1, ("complaint", "dead_lettered"): 1}
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.dictionaries(st.integers(-10**6, 10**6), st.integers(-10**12, 10**12), max_size=60),
+    st.integers(0, 10**6), st.integers(0, 10**12), st.lists(st.integers(-2**63, 2**63 - 1), max_size=32),
+)
+def test_state_codec_round_trips(buckets, orders, revenue, ids):
+    state = CustomerState(
+        orders=OrderState(orders=orders, revenue_cents=revenue, first_purchase_ms=1, last_purchase_ms=2,
+                          revenue_buckets=buckets),
+        last_event_ms=5, events={"order": orders}, source_offsets={"order": 3}, recent_ids=ids,
+    )
+    assert decode_state(encode_state(state)) == state
