@@ -61,6 +61,26 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def settings_table() -> str:
+    """Markdown table of every setting: env var, default, meaning."""
+    from pulse.settings import Settings
+
+    rows = ["| env var | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.default_factory() if field.default_factory else field.default
+        rows.append(f"| `PULSE_{name.upper()}` | `{default}` | {field.description or ''} |")
+    return "\n".join(rows)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.effective:
+        for key, value in load_settings().model_dump(mode="json").items():
+            print(f"PULSE_{key.upper()}={value}")
+    else:
+        print(settings_table())
+    return 0
+
+
 def _write_dev_env(env: dict[str, str]) -> None:
     path = Path(DEV_ENV_FILE)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -154,6 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: run until Ctrl-C)")
     p.set_defaults(func=cmd_dev)
+
+    p = sub.add_parser("config", help="list every setting with its default (--effective: the values in force)")
+    p.add_argument("--effective", action="store_true")
+    p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("profile", help="print a customer's live profile from Redis")
     p.add_argument("customer_id")

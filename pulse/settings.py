@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     dedup_event_ids: int = Field(
         32, ge=1, le=1024, description="Recent event ids remembered per customer to drop producer duplicates."
     )
+    changelog_end_markers: bool = Field(
+        True,
+        description="End each checkpoint with a one-record marker per changelog partition (needed on Tansu, "
+        "whose ListOffsets makes Faust's recovery miss the tail of the last batch; harmless on Kafka).",
+    )
     shutdown_grace_seconds: float = Field(10.0, gt=0, description="Time a running checkpoint gets to finish on stop.")
 
     # --- scoring (spec: Financial) ----------------------------------------

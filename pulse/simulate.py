@@ -61,7 +61,7 @@ def generate_orders(
             order = {
                 "event_id": f"ord-{seed}-{seq}",
                 "customer_id": cid,
-                "occurred_at": at.isoformat(),
+                "occurred_at": at.isoformat(timespec="milliseconds"),
                 "order_id": f"O{seq:08d}",
                 "amount": amount,
                 "currency": profile.currency,
@@ -73,7 +73,7 @@ def generate_orders(
             if rng.random() < profile.refund_share:
                 refund_at = at + timedelta(days=rng.uniform(1, 20))
                 if refund_at < end:
-                    events.append({**order, "event_id": f"ref-{seed}-{seq}", "occurred_at": refund_at.isoformat(),
+                    events.append({**order, "event_id": f"ref-{seed}-{seq}", "occurred_at": refund_at.isoformat(timespec="milliseconds"),
                                    "status": "refunded"})
             if rate_per_second <= 0:
                 break

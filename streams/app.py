@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import faust
 
 from pulse.settings import Settings
+from streams import faust_fixes
 from streams.tables import CustomerStateTable
 
 RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
@@ -23,6 +24,7 @@ class PulseApp:
 
 
 def create_app(settings: Settings) -> PulseApp:
+    faust_fixes.apply()
     app = faust.App(
         settings.app_id,
         broker=settings.broker_url,

@@ -87,13 +87,13 @@ class BatchProcessor:
             state = out.states.get(key)
             if state is None:
                 state = load(key)
-            if apply_event(state, scored, self.order_config, self.settings.dedup_event_ids):
-                out.count(kind, "scored")
-                if self.watermark_ms is None or scored.occurred_ms > self.watermark_ms:
-                    self.watermark_ms = scored.occurred_ms
-            else:
-                out.count(kind, "duplicate")
-            # a duplicate still advances the stored offset, so the state is written either way
+            applied = apply_event(state, scored, self.order_config, self.settings.dedup_event_ids)
+            out.count(kind, "scored" if applied else "duplicate")
+            # A replayed duplicate still counts for the clock and still gets its
+            # state and profile written: after a crash between the changelog
+            # and Redis, the replay is what brings the profile up to date.
+            if self.watermark_ms is None or scored.occurred_ms > self.watermark_ms:
+                self.watermark_ms = scored.occurred_ms
             out.states[key] = state
         if out.states and self.watermark_ms is not None:
             currency = self.settings.base_currency.upper()

@@ -8,6 +8,10 @@ import faust
 from faust.types import CodecArg
 from faust.types.tuples import FutureMessage
 
+#: Key of the checkpoint end markers. Customer ids cannot start with NUL
+#: (schemas.events.ID_PATTERN), so it never names a customer.
+END_MARKER_KEY = b"\x00pulse-checkpoint-end"
+
 
 class CustomerStateTable(faust.Table):
     """A Faust table that hands out the futures of its changelog writes.
@@ -38,3 +42,16 @@ class CustomerStateTable(faust.Table):
     def take_unflushed(self) -> list[FutureMessage]:
         futs, self.unflushed = self.unflushed, []
         return futs
+
+    def send_end_markers(self, partitions: set[int]) -> list[FutureMessage]:
+        """A tombstone of :data:`END_MARKER_KEY` to each partition, to be sent alone.
+
+        Tansu answers ListOffsets(latest) with the base offset of the last
+        record batch + 1, so Faust's recovery, which reads the changelog up to
+        that "highwater", skips the rest of the last batch. Once a checkpoint's
+        records are acknowledged, a one-record batch per partition makes the
+        reported end the true end. A tombstone deletes nothing and leaves no key.
+        """
+        for partition in sorted(partitions):
+            self.send_changelog(partition, END_MARKER_KEY, None, value_serializer="raw")
+        return self.take_unflushed()

@@ -7,7 +7,8 @@ the order of Quix Streams' Checkpoint:
 1. score the batch in memory (validate, de-duplicate, apply);
 2. send the changed states to the changelog, dead letters to the DLQ and
    mis-keyed events back to their topic under the right key, and wait until
-   the broker has acknowledged every one of them;
+   the broker has acknowledged every one of them; then close each touched
+   changelog partition with an end marker (see ``CustomerStateTable``);
 3. write the profiles to Redis (write-behind: retried in the background if
    Redis is down);
 4. only then return, so ``take_events`` acks the batch and Faust's commit can
@@ -83,13 +84,16 @@ def register(pulse: "PulseApp") -> None:  # noqa: F821 - imported lazily to avoi
         outcome = processor.process(batch, load)
         for key, state in outcome.states.items():
             table[key] = encode_state(state)
-        pending = table.take_unflushed()
+        changelog = table.take_unflushed()
+        pending = list(changelog)
         for rejected in outcome.rejected:
             pending.append(await pulse.dead_letters.send(key=rejected.key, value=rejected.record))
         for topic, key, value in outcome.rerouted:
             pending.append(await pulse.topics_by_name[topic].send(key=key, value=value))
         if pending:
             await asyncio.gather(*pending)
+        if changelog and settings.changelog_end_markers:
+            await asyncio.gather(*table.send_end_markers({fut.message.partition for fut in changelog}))
         sink.submit(outcome.profiles)
         await sink.flush()
 

@@ -73,6 +73,16 @@ def test_redelivered_batch_changes_nothing():
     assert out.counts == {("order", "duplicate"): 2}
 
 
+def test_a_replay_of_duplicates_only_still_refreshes_profiles():
+    """A worker that crashed after the changelog write but before Redis re-reads the batch:
+    every event is a duplicate, and the profiles must still be produced."""
+    batch = [rec(0, b"A", order("1", "A", 5))]
+    _, store = run(batch)
+    out, _ = run(batch, store)  # a fresh processor (new worker), same recovered state
+    assert out.counts == {("order", "duplicate"): 1}
+    assert [p.customer_id for p in out.profiles] == ["A"] and out.profiles[0].revenue == Decimal("5.00")
+
+
 def test_other_kinds_are_validated_and_counted():
     survey = orjson.dumps({"event_id": "s", "customer_id": "A", "occurred_at": "2025-05-02T00:00:00Z", "nps": 3})
     out, store = run([rec(0, b"A", survey, "surveys"), rec(1, b"A", b"{}", "complaints")])

@@ -1,0 +1,130 @@
+"""Fixes for faust-streaming bugs that lose events, applied when the app is built.
+
+Each fix replaces one method with the upstream code re-ordered, and says why;
+``tests/e2e/test_restart_recovery.py`` fails without them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Optional
+
+from faust.tables.recovery import Recovery
+from faust.transport.consumer import Consumer, RecordMap
+from faust.types import TP
+
+_APPLIED = False
+
+
+async def _resume_streams_seek_first(self: Recovery, generation_id: int = 0) -> None:
+    """``Recovery._resume_streams`` (faust-streaming 0.15.3) with the seek moved before the resume.
+
+    Upstream resumes the stream partitions and only then seeks them to the
+    committed offsets. The fetcher is already running (it was started to read
+    the changelogs), so it delivers records from the old position first; the
+    seek then rewinds the consumer's read offset, Faust records the distance to
+    the records already buffered as a *gap* (which it treats as acknowledged,
+    so committable), and drops the re-fetched records as already read. After a
+    restart, a whole batch of input events was skipped for good. Upstream fixed
+    the same ordering for apps without tables (faust-streaming#216, PR #217).
+    """
+    app = self.app
+    consumer = app.consumer
+    await app.on_rebalance_complete.send()
+    assignment = consumer.assignment()
+    if app.consumer_generation_id != generation_id:
+        self.log.warning("Recovery rebalancing again")
+        return
+    if assignment:
+        self.log.info("Seek stream partitions to committed offsets.")
+        await self._wait(consumer.perform_seek(), timeout=app.conf.broker_request_timeout)
+        self.log.dev("Resume stream partitions")
+        consumer.resume_partitions({tp for tp in assignment if not self._is_changelog_tp(tp)})
+    else:
+        self.log.info("Resuming streams with empty assignment")
+    self.completed.set()
+    self.log.info("Resuming flow...")
+    app.flow_control.resume()
+    consumer.resume_flow()
+    await app._fetcher.maybe_start()
+    self.tables.on_actives_ready()
+    self.tables.on_standbys_ready()
+    app.on_rebalance_end()
+    self.log.info("Worker ready")
+
+
+async def _on_recovery_completed_seek_first(self: Recovery, generation_id: int = 0) -> None:
+    """``Recovery.on_recovery_completed`` (faust-streaming 0.15.3), the path apps with
+    tables take, with the same fix as :func:`_resume_streams_seek_first`."""
+    consumer = self.app.consumer
+    self.log.info("Restore complete!")
+    await self.app.on_rebalance_complete.send()
+    self._set_recovery_ended()
+    callback_coros = [
+        asyncio.ensure_future(
+            table.on_recovery_completed(self.actives_for_table[table], self.standbys_for_table[table])
+        )
+        for table in self.tables.values()
+    ]
+    if callback_coros:
+        await asyncio.wait(callback_coros)
+    assignment = consumer.assignment()
+    if self.app.consumer_generation_id != generation_id:
+        self.log.warning(
+            f"Recovery rebalancing again app id {self.app.consumer_generation_id} param {generation_id}"
+        )
+        return
+    if assignment:
+        self.log.info("Seek stream partitions to committed offsets.")
+        await self._wait(consumer.perform_seek(), timeout=self.app.conf.broker_request_timeout)
+    consumer.resume_partitions({tp for tp in assignment if not self._is_changelog_tp(tp)})
+    self.completed.set()
+    self.log.dev("Resume stream partitions")
+    self.app.flow_control.resume()
+    consumer.resume_flow()
+    await self.app._fetcher.maybe_start()
+    self.tables.on_actives_ready()
+    if not self.app.assignor.assigned_standbys():
+        self.tables.on_standbys_ready()
+    self.app.on_rebalance_end()
+    self.log.info("Worker ready")
+
+
+async def _wait_next_records_snapshot(
+    self: Consumer, timeout: float
+) -> tuple[Optional[RecordMap], Optional[set[TP]]]:
+    """``Consumer._wait_next_records`` (faust-streaming 0.15.3) fetching for a *copy* of the active set.
+
+    Upstream hands its live active-partition set to the consumer thread. When
+    recovery pauses the changelog partitions meanwhile, the set is empty by the
+    time aiokafka runs ``getmany(*partitions)``, which then means *all*
+    partitions; Faust discards the records of every partition not in the (now
+    empty) set after aiokafka has moved past them. A new worker whose group had
+    not committed yet skipped everything produced before it started.
+    """
+    if not self.flow_active:
+        await self.wait(self.can_resume_flow)
+    try:
+        self.not_waiting_next_records.set()
+        active_partitions: Optional[set[TP]]
+        if self.app.client_only:
+            active_partitions = None
+        else:
+            active_partitions = set(self._get_active_partitions())
+        records: RecordMap = {}
+        if active_partitions is None or active_partitions:
+            records = await self._getmany(active_partitions=active_partitions, timeout=timeout)
+        else:
+            await self.sleep(1)
+        return records, active_partitions
+    finally:
+        self.not_waiting_next_records.set()
+
+
+def apply() -> None:
+    global _APPLIED
+    if not _APPLIED:
+        Recovery._resume_streams = _resume_streams_seek_first  # type: ignore[method-assign]
+        Recovery.on_recovery_completed = _on_recovery_completed_seek_first  # type: ignore[method-assign]
+        Consumer._wait_next_records = _wait_next_records_snapshot  # type: ignore[method-assign]
+        _APPLIED = True

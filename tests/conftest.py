@@ -1,0 +1,190 @@
+"""Shared fixtures: a real Tansu broker and redis-server on loopback, and worker subprocesses.
+
+Every wait is bounded in time; every test gets its own topics, consumer group
+and Redis key prefix, so tests share one broker without seeing each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from pulse.devstack import DevStack, free_port
+from pulse.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+#: Longest time a test waits for the system to reach an expected state.
+CONVERGE_SECONDS = float(os.environ.get("PULSE_TEST_CONVERGE_SECONDS", "90"))
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = CONVERGE_SECONDS, every: float = 0.25) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(every)
+    return predicate()
+
+
+@pytest.fixture(scope="session")
+def devstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
+    stack = DevStack.start(tmp_path_factory.mktemp("devstack"))
+    yield stack
+    stack.close()
+
+
+@dataclass
+class Namespace:
+    """One test's private slice of the shared broker and Redis."""
+
+    env: dict[str, str]
+    settings: Settings
+    log_dir: Path
+
+    @property
+    def bootstrap(self) -> str:
+        return self.settings.broker_bootstrap()
+
+
+@pytest.fixture
+def namespace(devstack: DevStack, tmp_path: Path) -> Namespace:
+    tag = uuid.uuid4().hex[:8]
+    env = {
+        **devstack.env(),
+        "PULSE_ENV_FILE": "",
+        "PULSE_APP_ID": f"pulse-test-{tag}",
+        "PULSE_TOPIC_ORDERS": f"orders-{tag}",
+        "PULSE_TOPIC_SURVEYS": f"surveys-{tag}",
+        "PULSE_TOPIC_COMPLAINTS": f"complaints-{tag}",
+        "PULSE_TOPIC_SUPPORT": f"support-{tag}",
+        "PULSE_TOPIC_DEAD_LETTERS": f"dlq-{tag}",
+        "PULSE_TOPIC_RETENTION_ALERTS": f"alerts-{tag}",
+        "PULSE_REDIS_KEY_PREFIX": f"t{tag}:",
+        "PULSE_PARTITIONS": "4",
+        "PULSE_DATA_DIR": str(tmp_path / "data"),
+        "PULSE_BROKER_REBALANCE_TIMEOUT": "3",
+        "PULSE_BROKER_SESSION_TIMEOUT": "6",
+        "PULSE_BROKER_HEARTBEAT_INTERVAL": "0.5",
+    }
+    settings = Settings(_env_file=None, **{k[len("PULSE_"):].lower(): v for k, v in env.items()
+                                           if k != "PULSE_ENV_FILE"})
+    return Namespace(env, settings, tmp_path)
+
+
+@dataclass
+class Worker:
+    proc: subprocess.Popen
+    log: Path
+    metrics_port: int
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+@pytest.fixture
+def start_worker(namespace: Namespace) -> Iterator[Callable[..., Worker]]:
+    workers: list[Worker] = []
+
+    def start(**extra_env: str) -> Worker:
+        port = free_port()
+        log = namespace.log_dir / f"worker-{len(workers)}.log"
+        env = {**os.environ, **namespace.env, "PULSE_METRICS_PORT": str(port), **extra_env}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pulse", "worker", "--loglevel", "info"],
+            cwd=REPO, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+        worker = Worker(proc, log, port)
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes | None]]) -> None:
+    async def go() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        await producer.start()
+        try:
+            for key, value in records:
+                await producer.send(topic, key=key, value=value)
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+    asyncio.run(go())
+
+
+def consume(bootstrap: str, topic: str, expected: int, timeout: float = CONVERGE_SECONDS) -> list:
+    """Read a topic from the start until ``expected`` records arrived or ``timeout``, without a group."""
+
+    async def go() -> list:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                    enable_auto_commit=False)
+        await consumer.start()
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                partitions = consumer.partitions_for_topic(topic)
+                if partitions:
+                    break
+                await consumer._client.force_metadata_update()
+                await asyncio.sleep(0.2)
+            from aiokafka import TopicPartition
+
+            tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            records: list = []
+            while len(records) < expected and time.monotonic() < deadline:
+                batch = await consumer.getmany(timeout_ms=500)
+                for msgs in batch.values():
+                    records.extend(msgs)
+            return records
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(go())
+
+
+def profile_diffs(settings: Settings, expected: dict[str, dict]) -> list[tuple[str, dict, dict | None]]:
+    """(customer, expected, got) for every Redis profile that differs from the batch reference."""
+    import redis
+
+    from schemas.profile import CustomerProfile
+    from streams.sinks.redis_profiles import profile_key
+
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    with client.pipeline(transaction=False) as pipe:
+        for cid in expected:
+            pipe.hgetall(profile_key(settings.redis_key_prefix, cid))
+        hashes = pipe.execute()
+    diffs = []
+    for (cid, exp), fields in zip(expected.items(), hashes):
+        got = {k: getattr(CustomerProfile.from_redis(fields), k) for k in exp} if fields else None
+        if got != exp:
+            diffs.append((cid, exp, got))
+    return diffs

@@ -1,0 +1,50 @@
+"""A worker stopped mid-stream (crash or graceful), a fresh one recovers from the changelog: exact profiles.
+
+The replacement has an empty in-memory store, so everything it knows comes
+from the changelog; events after the last commit are read again and must be
+dropped by the offsets stored in each state, not counted twice.
+"""
+
+from __future__ import annotations
+
+import signal
+from datetime import datetime, timezone
+
+import orjson
+import pytest
+import redis
+
+from pulse.simulate import generate_orders
+from tests.conftest import produce, profile_diffs, wait_until
+from tests.reference import batch_order_profiles
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
+def test_replacement_worker_recovers_exact_state(namespace, start_worker, how):
+    settings = namespace.settings
+    orders = generate_orders(customers=200, days=365, seed=int(how), end=datetime(2026, 6, 1, tzinfo=timezone.utc))
+    records = [(o["customer_id"].encode(), orjson.dumps(o)) for o in orders]
+    half = len(records) // 2
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    expected = batch_order_profiles(orders)
+
+    def processed() -> int:
+        return sum(1 for _ in client.scan_iter(f"{settings.redis_key_prefix}profile:*", count=1000))
+
+    first = start_worker(PULSE_BATCH_MAX_EVENTS="50")
+    produce(namespace.bootstrap, settings.topic_orders, records[:half])
+    assert wait_until(lambda: processed() >= 20), first.log_tail()
+    first.proc.send_signal(how)
+    first.proc.wait(30)
+
+    second = start_worker(PULSE_BATCH_MAX_EVENTS="50")
+    produce(namespace.bootstrap, settings.topic_orders, records[half:])
+
+    converged = wait_until(lambda: not profile_diffs(settings, expected))
+    diffs = profile_diffs(settings, expected)
+    assert converged, f"{len(diffs)} profiles differ, e.g. {diffs[:2]}\n{second.log_tail()}"
+    assert second.alive()
+    # the changelog held the state: the second worker did not start from nothing
+    assert "Recovery" in second.log.read_text()
