@@ -35,8 +35,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     events = generate_orders(args.customers, args.days, args.seed)
     print(f"sending {len(events)} order events for {args.customers} customers to {settings.topic_orders}")
     n = asyncio.run(
-        send(settings.broker_bootstrap(), settings.topic_orders, events, rate=args.rate,
-             bad=args.bad_per_1000, seed=args.seed, progress_every=args.progress_every)
+        send(
+            settings.broker_bootstrap(),
+            settings.topic_orders,
+            events,
+            rate=args.rate,
+            bad=args.bad_per_1000,
+            seed=args.seed,
+            progress_every=args.progress_every,
+        )
     )
     print(f"sent {n} events")
     return 0
@@ -108,13 +115,28 @@ def cmd_dev(args: argparse.Namespace) -> int:
         for i in range(args.workers):
             worker_env = {**os.environ, **env, "PULSE_METRICS_PORT": env["PULSE_METRICS_PORT"] if i == 0 else "0"}
             log = (log_dir / f"worker-{i}.log").open("wb")
-            workers.append(subprocess.Popen([sys.executable, "-m", "pulse", "worker"], env=worker_env,
-                                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+            workers.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "pulse", "worker"],
+                    env=worker_env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                )
+            )
         print(f"workers {args.workers} (logs in {log_dir}/worker-*.log)")
         events = generate_orders(args.customers, args.days, args.seed)
         print(f"sending {len(events)} orders for {args.customers} customers…")
-        asyncio.run(send(settings.broker_bootstrap(), settings.topic_orders, events, rate=args.rate,
-                         bad=args.bad_per_1000, seed=args.seed))
+        asyncio.run(
+            send(
+                settings.broker_bootstrap(),
+                settings.topic_orders,
+                events,
+                rate=args.rate,
+                bad=args.bad_per_1000,
+                seed=args.seed,
+            )
+        )
         customers_with_orders = len({e["customer_id"] for e in events})
         client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
         deadline = time.monotonic() + args.duration if args.duration else None

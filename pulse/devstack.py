@@ -94,9 +94,19 @@ def start_tansu(log_dir: Path, port: int | None = None) -> Server:
     url = f"tcp://127.0.0.1:{port}"
     log = log_dir / f"tansu-{port}.log"
     proc = subprocess.Popen(
-        [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
-         "--storage-engine", "memory://tansu/"],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        [
+            str(tansu_binary()),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
     )
     _wait_port(port, proc, "tansu", log)
     return Server("tansu", port, proc, log)
@@ -106,9 +116,24 @@ def start_redis(log_dir: Path, port: int | None = None) -> Server:
     port = port or free_port()
     log = log_dir / f"redis-{port}.log"
     proc = subprocess.Popen(
-        [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(log_dir), "--logfile", ""],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        [
+            redis_binary(),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(log_dir),
+            "--logfile",
+            "",
+        ],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
     )
     _wait_port(port, proc, "redis-server", log)
     return Server("redis", port, proc, log)
@@ -124,7 +149,7 @@ class DevStack:
     extra: list[Server] = field(default_factory=list)
 
     @classmethod
-    def start(cls, log_dir: Path) -> "DevStack":
+    def start(cls, log_dir: Path) -> DevStack:
         log_dir.mkdir(parents=True, exist_ok=True)
         broker = start_tansu(log_dir)
         try:

@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     batch_max_events: int = Field(500, ge=1, description="Events per processing batch (one checkpoint each).")
     batch_within_seconds: float = Field(0.05, gt=0, description="Longest wait to fill a batch.")
     max_event_bytes: int = Field(65536, ge=256, description="Larger payloads are dead-lettered as payload_too_large.")
-    dead_letter_payload_bytes: int = Field(4096, ge=0, description="How much of a rejected payload the DLQ record keeps.")
+    dead_letter_payload_bytes: int = Field(4096, ge=0, description="Bytes of a rejected payload the DLQ record keeps.")
     dedup_event_ids: int = Field(
         32, ge=1, le=1024, description="Recent event ids remembered per customer to drop producer duplicates."
     )

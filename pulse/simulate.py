@@ -14,7 +14,7 @@ import random
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -43,7 +43,7 @@ def generate_orders(
 ) -> list[dict]:
     """An order history over ``days`` ending at ``end``, sorted by event time."""
     rng = random.Random(seed)
-    end = end or datetime.now(timezone.utc).replace(microsecond=0)
+    end = end or datetime.now(UTC).replace(microsecond=0)
     start = end - timedelta(days=days)
     span = (end - start).total_seconds()
     events: list[dict] = []
@@ -73,8 +73,14 @@ def generate_orders(
             if rng.random() < profile.refund_share:
                 refund_at = at + timedelta(days=rng.uniform(1, 20))
                 if refund_at < end:
-                    events.append({**order, "event_id": f"ref-{seed}-{seq}", "occurred_at": refund_at.isoformat(timespec="milliseconds"),
-                                   "status": "refunded"})
+                    events.append(
+                        {
+                            **order,
+                            "event_id": f"ref-{seed}-{seq}",
+                            "occurred_at": refund_at.isoformat(timespec="milliseconds"),
+                            "status": "refunded",
+                        }
+                    )
             if rate_per_second <= 0:
                 break
             t += rng.expovariate(rate_per_second)

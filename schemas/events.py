@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, ClassVar, Union
+from typing import Annotated, ClassVar
 
 import pydantic
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
@@ -81,7 +81,7 @@ class SurveyEvent(_Event):
     csat: Annotated[int, Field(ge=1, le=5)] | None = None
 
     @model_validator(mode="after")
-    def _one_answer(self) -> "SurveyEvent":
+    def _one_answer(self) -> SurveyEvent:
         if self.nps is None and self.csat is None:
             raise ValueError("a survey needs nps or csat")
         return self
@@ -100,7 +100,7 @@ class SupportEvent(_Event):
     kind: TicketEventKind
 
 
-CustomerEvent = Union[OrderEvent, SurveyEvent, ComplaintEvent, SupportEvent]
+CustomerEvent = OrderEvent | SurveyEvent | ComplaintEvent | SupportEvent
 
 EVENT_MODELS: dict[Kind, type[_Event]] = {
     Kind.ORDER: OrderEvent,

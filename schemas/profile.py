@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
@@ -16,7 +16,7 @@ def cents_to_money(cents: int) -> Decimal:
 
 
 def ms_to_datetime(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 class CustomerProfile(BaseModel):
@@ -44,7 +44,7 @@ class CustomerProfile(BaseModel):
     @classmethod
     def from_state(
         cls, customer_id: str, state: CustomerState, now_ms: int, config: OrderScoringConfig, currency: str
-    ) -> "CustomerProfile":
+    ) -> CustomerProfile:
         sig = order_signals(state.orders, now_ms, config)
         return cls(
             customer_id=customer_id,
@@ -73,5 +73,5 @@ class CustomerProfile(BaseModel):
         return out
 
     @classmethod
-    def from_redis(cls, fields: dict[str, str]) -> "CustomerProfile":
+    def from_redis(cls, fields: dict[str, str]) -> CustomerProfile:
         return cls.model_validate({k: (None if v == "" else v) for k, v in fields.items() if k in cls.model_fields})

@@ -143,9 +143,7 @@ def order_signals(state: OrderState, now_ms: int, config: OrderScoringConfig) ->
         per_month = state.orders / max(1.0, tenure_ms / MONTH_MS)
     aov = None
     if state.orders:
-        aov = int(
-            (Decimal(state.revenue_cents) / state.orders).quantize(Decimal(1), rounding=ROUND_HALF_EVEN)
-        )
+        aov = int((Decimal(state.revenue_cents) / state.orders).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
     return OrderSignals(
         revenue_cents=state.revenue_cents,
         profit_cents=state.revenue_cents - state.cost_cents,

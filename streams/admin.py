@@ -25,9 +25,7 @@ async def ensure_topics(settings: Settings) -> None:
         existing = set(await admin.list_topics())
         missing = [t for t in wanted if t not in existing]
         if missing:
-            await admin.create_topics(
-                [NewTopic(t, settings.partitions, settings.replication_factor) for t in missing]
-            )
+            await admin.create_topics([NewTopic(t, settings.partitions, settings.replication_factor) for t in missing])
             log.info("created topics %s", missing)
         present = [t for t in inputs if t in existing]
         if present:

@@ -7,7 +7,6 @@ Each fix replaces one method with the upstream code re-ordered, and says why;
 from __future__ import annotations
 
 import asyncio
-from typing import Optional
 
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer, RecordMap
@@ -70,9 +69,7 @@ async def _on_recovery_completed_seek_first(self: Recovery, generation_id: int =
         await asyncio.wait(callback_coros)
     assignment = consumer.assignment()
     if self.app.consumer_generation_id != generation_id:
-        self.log.warning(
-            f"Recovery rebalancing again app id {self.app.consumer_generation_id} param {generation_id}"
-        )
+        self.log.warning(f"Recovery rebalancing again app id {self.app.consumer_generation_id} param {generation_id}")
         return
     if assignment:
         self.log.info("Seek stream partitions to committed offsets.")
@@ -90,9 +87,7 @@ async def _on_recovery_completed_seek_first(self: Recovery, generation_id: int =
     self.log.info("Worker ready")
 
 
-async def _wait_next_records_snapshot(
-    self: Consumer, timeout: float
-) -> tuple[Optional[RecordMap], Optional[set[TP]]]:
+async def _wait_next_records_snapshot(self: Consumer, timeout: float) -> tuple[RecordMap | None, set[TP] | None]:
     """``Consumer._wait_next_records`` (faust-streaming 0.15.3) fetching for a *copy* of the active set.
 
     Upstream hands its live active-partition set to the consumer thread. When
@@ -106,7 +101,7 @@ async def _wait_next_records_snapshot(
         await self.wait(self.can_resume_flow)
     try:
         self.not_waiting_next_records.set()
-        active_partitions: Optional[set[TP]]
+        active_partitions: set[TP] | None
         if self.app.client_only:
             active_partitions = None
         else:

@@ -22,7 +22,11 @@ BATCH_EVENTS = Histogram(
 )
 REDIS_WRITE_ERRORS = Counter("pulse_redis_write_errors_total", "Failed Redis profile writes (retried).")
 REDIS_BATCH_PROFILES = Histogram(
-    "pulse_redis_batch_profiles", "Profiles per Redis pipeline write.", buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 5000)
+    "pulse_redis_batch_profiles",
+    "Profiles per Redis pipeline write.",
+    buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 5000),
 )
-REDIS_PENDING_PROFILES = Gauge("pulse_redis_pending_profiles", "Profiles waiting for Redis (non-zero during an outage).")
+REDIS_PENDING_PROFILES = Gauge(
+    "pulse_redis_pending_profiles", "Profiles waiting for Redis (non-zero during an outage)."
+)
 WATERMARK_SECONDS = Gauge("pulse_event_time_watermark_seconds", "Highest event time seen by this worker (Unix time).")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import orjson
 
@@ -138,6 +138,8 @@ class BatchProcessor:
             payload_encoding=encoding,
             payload_bytes=len(record.value or b""),
             payload_truncated=truncated,
-            rejected_at=datetime.now(timezone.utc),
+            rejected_at=datetime.now(UTC),
         )
-        return Rejected(kind=kind, reason=exc.reason.value, record=orjson.dumps(letter.model_dump(mode="json")), key=record.key)
+        return Rejected(
+            kind=kind, reason=exc.reason.value, record=orjson.dumps(letter.model_dump(mode="json")), key=record.key
+        )

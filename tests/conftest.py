@@ -76,8 +76,9 @@ def namespace(devstack: DevStack, tmp_path: Path) -> Namespace:
         "PULSE_BROKER_SESSION_TIMEOUT": "6",
         "PULSE_BROKER_HEARTBEAT_INTERVAL": "0.5",
     }
-    settings = Settings(_env_file=None, **{k[len("PULSE_"):].lower(): v for k, v in env.items()
-                                           if k != "PULSE_ENV_FILE"})
+    settings = Settings(
+        _env_file=None, **{k[len("PULSE_") :].lower(): v for k, v in env.items() if k != "PULSE_ENV_FILE"}
+    )
     return Namespace(env, settings, tmp_path)
 
 
@@ -113,7 +114,11 @@ def start_worker(namespace: Namespace) -> Iterator[Callable[..., Worker]]:
         env = {**os.environ, **namespace.env, "PULSE_METRICS_PORT": str(port), **extra_env}
         proc = subprocess.Popen(
             [sys.executable, "-m", "pulse", "worker", "--loglevel", "info"],
-            cwd=REPO, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=REPO,
+            env=env,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
         worker = Worker(proc, log, port)
         workers.append(worker)
@@ -142,8 +147,7 @@ def consume(bootstrap: str, topic: str, expected: int, timeout: float = CONVERGE
     """Read a topic from the start until ``expected`` records arrived or ``timeout``, without a group."""
 
     async def go() -> list:
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                    enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False)
         await consumer.start()
         try:
             deadline = time.monotonic() + timeout
@@ -183,7 +187,7 @@ def profile_diffs(settings: Settings, expected: dict[str, dict]) -> list[tuple[s
             pipe.hgetall(profile_key(settings.redis_key_prefix, cid))
         hashes = pipe.execute()
     diffs = []
-    for (cid, exp), fields in zip(expected.items(), hashes):
+    for (cid, exp), fields in zip(expected.items(), hashes, strict=False):
         got = {k: getattr(CustomerProfile.from_redis(fields), k) for k in exp} if fields else None
         if got != exp:
             diffs.append((cid, exp, got))

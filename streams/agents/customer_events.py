@@ -28,6 +28,7 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Sequence
+from typing import TYPE_CHECKING
 
 from faust.types import EventT, StreamT
 
@@ -35,6 +36,10 @@ from streams import metrics
 from streams.codec import decode_state, encode_state
 from streams.processor import BatchProcessor, Incoming
 from streams.sinks.redis_profiles import RedisProfileSink
+
+if TYPE_CHECKING:
+    from scoring.customer import CustomerState
+    from streams.app import PulseApp
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +70,14 @@ async def run_guarded(checkpoint: Awaitable[None], grace_seconds: float) -> None
         _fail_stop(repr(exc))
 
 
-def register(pulse: "PulseApp") -> None:  # noqa: F821 - imported lazily to avoid a cycle
+def register(pulse: PulseApp) -> None:
+    """Define the scoring agent on the app."""
     settings = pulse.settings
     table = pulse.customer_states
     processor = BatchProcessor(settings)
     sink = RedisProfileSink(settings.redis_url, settings.redis_key_prefix, settings.redis_retry_max_seconds)
-    pulse.app.profile_sink = sink  # type: ignore[attr-defined]
 
-    def load(key: bytes):
+    def load(key: bytes) -> CustomerState:
         return decode_state(table.get(key))
 
     async def checkpoint(events: Sequence[EventT]) -> None:

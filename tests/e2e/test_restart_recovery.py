@@ -8,7 +8,7 @@ dropped by the offsets stored in each state, not counted twice.
 from __future__ import annotations
 
 import signal
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import orjson
 import pytest
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.e2e
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
 def test_replacement_worker_recovers_exact_state(namespace, start_worker, how):
     settings = namespace.settings
-    orders = generate_orders(customers=200, days=365, seed=int(how), end=datetime(2026, 6, 1, tzinfo=timezone.utc))
+    orders = generate_orders(customers=200, days=365, seed=int(how), end=datetime(2026, 6, 1, tzinfo=UTC))
     records = [(o["customer_id"].encode(), orjson.dumps(o)) for o in orders]
     half = len(records) // 2
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)

@@ -8,7 +8,7 @@ worker kept running through them.
 from __future__ import annotations
 
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import orjson
 import pytest
@@ -23,9 +23,16 @@ from tests.reference import batch_order_profiles
 
 pytestmark = pytest.mark.e2e
 
-END = datetime(2026, 6, 30, tzinfo=timezone.utc)
-ORDER = {"event_id": "bad", "customer_id": "C000001", "occurred_at": "2026-01-01T00:00:00Z",
-         "order_id": "O", "amount": 5, "currency": "USD", "status": "completed"}
+END = datetime(2026, 6, 30, tzinfo=UTC)
+ORDER = {
+    "event_id": "bad",
+    "customer_id": "C000001",
+    "occurred_at": "2026-01-01T00:00:00Z",
+    "order_id": "O",
+    "amount": 5,
+    "currency": "USD",
+    "status": "completed",
+}
 
 
 def j(obj: dict) -> bytes:
@@ -81,7 +88,7 @@ def test_orders_become_exact_profiles_in_redis_and_bad_input_is_dead_lettered(na
     assert len(letters) == len(BAD)
     by_offset = sorted((orjson.loads(m.value) for m in letters), key=lambda r: r["offset"])
     assert [r["reason"] for r in by_offset] == [reason for _, reason in BAD]
-    for record, (payload, _) in zip(by_offset, BAD):
+    for record, (payload, _) in zip(by_offset, BAD, strict=False):
         assert record["source_topic"] == settings.topic_orders and record["detail"]
         assert record["payload_bytes"] == len(payload)
         assert record["payload_truncated"] == (len(payload) > settings.dead_letter_payload_bytes)

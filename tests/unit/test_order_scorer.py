@@ -1,4 +1,4 @@
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from hypothesis import given, settings
@@ -10,7 +10,7 @@ from scoring.orders import DAY_MS, OrderFact, OrderScoringConfig, OrderState, ap
 from tests.reference import batch_order_profiles
 
 CONFIG = OrderScoringConfig()
-T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
 
 def ms(dt: datetime) -> int:

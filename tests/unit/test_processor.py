@@ -14,9 +14,18 @@ SETTINGS = Settings(_env_file=None, fx_rates={"EUR": Decimal("1.10")})
 
 
 def order(eid: str, cid: str, amount: float, currency: str = "USD", **extra) -> bytes:
-    return orjson.dumps({"event_id": eid, "customer_id": cid, "occurred_at": "2025-05-01T00:00:00Z",
-                         "order_id": "O" + eid, "amount": amount, "currency": currency, "status": "completed",
-                         **extra})
+    return orjson.dumps(
+        {
+            "event_id": eid,
+            "customer_id": cid,
+            "occurred_at": "2025-05-01T00:00:00Z",
+            "order_id": "O" + eid,
+            "amount": amount,
+            "currency": currency,
+            "status": "completed",
+            **extra,
+        }
+    )
 
 
 def run(records: list[Incoming], store: dict[bytes, CustomerState] | None = None):
@@ -40,17 +49,24 @@ def test_scores_converts_currency_and_builds_profiles():
 
 
 def test_bad_events_become_dead_letters_with_reason_and_payload():
-    out, store = run([
-        rec(0, b"A", b"{oops"),
-        rec(1, b"A", order("1", "A", -1)),
-        rec(2, b"A", order("2", "A", 1, "JPY")),
-        rec(3, None, None),
-        rec(4, b"A", b"\xff" * 10),
-        rec(5, b"A", order("3", "A", 5)),
-    ])
+    out, store = run(
+        [
+            rec(0, b"A", b"{oops"),
+            rec(1, b"A", order("1", "A", -1)),
+            rec(2, b"A", order("2", "A", 1, "JPY")),
+            rec(3, None, None),
+            rec(4, b"A", b"\xff" * 10),
+            rec(5, b"A", order("3", "A", 5)),
+        ]
+    )
     letters = [orjson.loads(r.record) for r in out.rejected]
-    assert [l["reason"] for l in letters] == [
-        "malformed_json", "out_of_range", "unsupported_currency", "malformed_json", "malformed_json"]
+    assert [letter["reason"] for letter in letters] == [
+        "malformed_json",
+        "out_of_range",
+        "unsupported_currency",
+        "malformed_json",
+        "malformed_json",
+    ]
     assert letters[0]["payload"] == "{oops" and letters[0]["offset"] == 0 and letters[0]["source_topic"] == "orders"
     assert letters[4]["payload_encoding"] == "base64"
     assert "JPY" in letters[2]["detail"]
@@ -92,13 +108,19 @@ def test_other_kinds_are_validated_and_counted():
 
 @settings(max_examples=100, deadline=None)
 @given(
-    st.dictionaries(st.integers(-10**6, 10**6), st.integers(-10**12, 10**12), max_size=60),
-    st.integers(0, 10**6), st.integers(0, 10**12), st.lists(st.integers(-2**63, 2**63 - 1), max_size=32),
+    st.dictionaries(st.integers(-(10**6), 10**6), st.integers(-(10**12), 10**12), max_size=60),
+    st.integers(0, 10**6),
+    st.integers(0, 10**12),
+    st.lists(st.integers(-(2**63), 2**63 - 1), max_size=32),
 )
 def test_state_codec_round_trips(buckets, orders, revenue, ids):
     state = CustomerState(
-        orders=OrderState(orders=orders, revenue_cents=revenue, first_purchase_ms=1, last_purchase_ms=2,
-                          revenue_buckets=buckets),
-        last_event_ms=5, events={"order": orders}, source_offsets={"order": 3}, recent_ids=ids,
+        orders=OrderState(
+            orders=orders, revenue_cents=revenue, first_purchase_ms=1, last_purchase_ms=2, revenue_buckets=buckets
+        ),
+        last_event_ms=5,
+        events={"order": orders},
+        source_offsets={"order": 3},
+        recent_ids=ids,
     )
     assert decode_state(encode_state(state)) == state

@@ -74,8 +74,12 @@ def test_unknown_extra_fields_are_ignored():
         (Kind.SURVEY, {**BASE, "csat": 0}, Reason.OUT_OF_RANGE, "csat"),
         (Kind.SURVEY, {**BASE, "csat": 6}, Reason.OUT_OF_RANGE, "csat"),
         (Kind.SURVEY, dict(BASE), Reason.INVALID_VALUE, "nps or csat"),
-        (Kind.COMPLAINT, {**BASE, "complaint_id": "K", "severity": "apocalyptic", "category": "x"},
-         Reason.UNKNOWN_VALUE, "severity"),
+        (
+            Kind.COMPLAINT,
+            {**BASE, "complaint_id": "K", "severity": "apocalyptic", "category": "x"},
+            Reason.UNKNOWN_VALUE,
+            "severity",
+        ),
         (Kind.SUPPORT, {**BASE, "ticket_id": "T", "kind": "closed"}, Reason.UNKNOWN_VALUE, "kind"),
     ],
 )
