@@ -27,9 +27,11 @@ import logging
 import os
 import sys
 import time
+import weakref
 from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING
 
+from faust.streams import _current_event
 from faust.types import EventT, StreamT
 
 from streams import metrics
@@ -47,8 +49,8 @@ log = logging.getLogger(__name__)
 EXIT_CHECKPOINT_FAILED = 75
 
 
-def _fail_stop(why: str) -> None:
-    log.critical("checkpoint failed, exiting without commit: %s", why)
+def _fail_stop(why: str, exc: BaseException | None = None) -> None:
+    log.critical("checkpoint failed, exiting without commit: %s", why, exc_info=exc)
     logging.shutdown()
     sys.stderr.flush()
     os._exit(EXIT_CHECKPOINT_FAILED)
@@ -67,7 +69,7 @@ async def run_guarded(checkpoint: Awaitable[None], grace_seconds: float) -> None
             _fail_stop("interrupted by shutdown")
         raise
     except Exception as exc:  # noqa: BLE001 - any failure means: do not commit
-        _fail_stop(repr(exc))
+        _fail_stop(repr(exc), exc)
 
 
 def register(pulse: PulseApp) -> None:
@@ -87,8 +89,14 @@ def register(pulse: PulseApp) -> None:
             for e in events
         ]
         outcome = processor.process(batch, load)
+        # Faust's RocksDB store files a key under the partition of the current
+        # event. Inputs and table are co-partitioned by customer id, so the
+        # customer's own event names the right partition.
+        event_by_key = {e.message.key: e for e in events}
         for key, state in outcome.states.items():
+            _current_event.set(weakref.ref(event_by_key[key]))
             table[key] = encode_state(state)
+        _current_event.set(None)
         changelog = table.take_unflushed()
         pending = list(changelog)
         for rejected in outcome.rejected:

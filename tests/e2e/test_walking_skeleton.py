@@ -55,7 +55,8 @@ BAD = [
 ]
 
 
-def test_orders_become_exact_profiles_in_redis_and_bad_input_is_dead_lettered(namespace, start_worker):
+@pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
+def test_orders_become_exact_profiles_in_redis_and_bad_input_is_dead_lettered(namespace, start_worker, store):
     settings = namespace.settings
     orders = generate_orders(customers=60, days=200, seed=11, end=END)
     assert any(o["status"] == "refunded" for o in orders)
@@ -68,7 +69,7 @@ def test_orders_become_exact_profiles_in_redis_and_bad_input_is_dead_lettered(na
     bad_start = len(records)
     records += [(b"C000001", payload) for payload, _ in BAD]
 
-    worker = start_worker()
+    worker = start_worker(PULSE_STORE=store)
     produce(namespace.bootstrap, settings.topic_orders, records)
 
     expected = batch_order_profiles(orders + [extra])
