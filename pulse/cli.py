@@ -88,6 +88,14 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Group timeouts for `pulse dev` (seconds): a first join takes about the rebalance timeout.
+DEV_GROUP_TIMEOUTS = {
+    "PULSE_BROKER_REBALANCE_TIMEOUT": "3",
+    "PULSE_BROKER_SESSION_TIMEOUT": "6",
+    "PULSE_BROKER_HEARTBEAT_INTERVAL": "0.5",
+}
+
+
 def _write_dev_env(env: dict[str, str]) -> None:
     path = Path(DEV_ENV_FILE)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -105,6 +113,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
     workers: list[subprocess.Popen] = []
     try:
         env = {**stack.env(), "PULSE_METRICS_PORT": str(free_port())}
+        # A local broker with local workers: short group joins, unless set.
+        for name, value in DEV_GROUP_TIMEOUTS.items():
+            env.setdefault(name, os.environ.get(name, value))
         _write_dev_env(env)
         os.environ.update(env)
         settings = load_settings()
