@@ -1,0 +1,146 @@
+"""RFM: the incremental, partitioned rank indexes give exactly the batch (pandas) scores."""
+
+import random
+
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scoring.rank import DAY_MS, RankIndex, percentile, score_1_to_5
+from scoring.rfm import (
+    DEFAULT_SEGMENTS,
+    HIGH_VALUE,
+    OTHERS,
+    Population,
+    RfmConfig,
+    RfmScores,
+    rfm_keys,
+    rfm_scores,
+    segment_for,
+    vip_flag,
+)
+
+CONFIG = RfmConfig()
+
+
+def test_percentile_and_score_follow_the_spec_convention():
+    index = RankIndex(100)
+    for v in [10, 20, 20, 30, 40]:
+        index.add(v)
+    # p(20) = (1 + 0.5 * 2) / 5 = 0.4 -> 1 + floor(2.0) = 3
+    assert percentile(index, 20) == 0.4 and score_1_to_5(0.4) == 3
+    assert percentile(index, 40) == 0.9 and score_1_to_5(0.9) == 5
+    assert percentile(index, 10) == 0.1 and score_1_to_5(0.1) == 1
+    assert score_1_to_5(1.0) == 5  # min(5, …)
+    index.add(20, -2)
+    assert percentile(index, 30) == (1 + 0.5) / 3
+    with pytest.raises(ValueError):
+        index.add(20, -1)
+
+
+def test_keys_outside_the_domain_are_clamped_and_ranked_at_the_ends():
+    index = RankIndex(8)
+    index.add(-5)
+    index.add(100)
+    assert index.count_below(7) == 1 and index.count_equal(7) == 1 and index.count_equal(0) == 1
+
+
+def test_m_keys_are_within_one_percent():
+    keys = CONFIG.keys
+    assert keys.m_key(0) == keys.m_key(-500) == 0
+    for cents in [1, 99, 10_000, 123_456, 10**9, 10**12]:
+        key = keys.m_key(cents)
+        assert keys.m_key(int(cents * 1.0099)) - key in (0, 1)  # within 1 %: same or next key
+        assert keys.m_key(int(cents * 1.0202) + 1) > key  # over 2 % apart: never tied
+
+
+def test_segments_spec_rules_and_others():
+    assert segment_for(5, 5, 5, DEFAULT_SEGMENTS) == HIGH_VALUE
+    assert segment_for(4, 3, 4, DEFAULT_SEGMENTS) == "potential"
+    assert segment_for(1, 2, 5, DEFAULT_SEGMENTS) == "churn_risk"
+    assert segment_for(1, 1, 1, DEFAULT_SEGMENTS) == "lost"
+    assert segment_for(3, 4, 1, ()) == OTHERS
+
+
+def test_vip_hysteresis_enter_top_5_leave_below_top_8():
+    def at(p: float, segment: str = "loyal") -> RfmScores:
+        return RfmScores(4, 4, 4, segment, p)
+
+    assert not vip_flag(False, at(0.94), CONFIG)
+    assert vip_flag(False, at(0.95), CONFIG)
+    assert vip_flag(True, at(0.93), CONFIG)  # still within the top 8 %
+    assert not vip_flag(True, at(0.91), CONFIG)
+    assert vip_flag(False, at(0.10, HIGH_VALUE), CONFIG)
+    assert not vip_flag(True, None, CONFIG)
+
+
+def batch_scores(customers: dict[str, tuple[int, int, int]]) -> dict[str, tuple[int, int, int]]:
+    """pandas over final (last_purchase_ms, orders, revenue_cents), same keys and convention."""
+    keys = CONFIG.keys
+    df = pd.DataFrame(
+        [(c, keys.r_key(t), keys.f_key(o), keys.m_key(m)) for c, (t, o, m) in customers.items() if o >= 1],
+        columns=["customer", "r", "f", "m"],
+    )
+    n = len(df)
+    out = {}
+    scored = {
+        col: ((df[col].rank(method="average") - 0.5) / n).map(lambda p: min(5, 1 + int(5 * p // 1)))
+        for col in ("r", "f", "m")
+    }
+    for i, c in enumerate(df["customer"]):
+        out[c] = (int(scored["r"].iloc[i]), int(scored["f"].iloc[i]), int(scored["m"].iloc[i]))
+    return out
+
+
+updates = st.lists(
+    st.tuples(
+        st.integers(0, 30),  # customer
+        st.integers(0, 400),  # day of the order
+        st.integers(-5_000, 200_000),  # revenue change in cents (refunds negative)
+    ),
+    min_size=1,
+    max_size=150,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(updates, st.integers(1, 4))
+def test_incremental_partitioned_rfm_equals_batch(rows, n_parts):
+    parts = [Population.empty(CONFIG) for _ in range(n_parts)]
+    state: dict[str, tuple[int, int, int]] = {}  # last_purchase_ms, orders, revenue
+    placed: dict[str, object] = {}
+    for c, day, cents in rows:
+        cid = f"C{c}"
+        last, orders, revenue = state.get(cid, (0, 0, 0))
+        refund = cents < 0
+        new = (last if refund else max(last, day * DAY_MS + 1), orders + (0 if refund else 1), revenue + cents)
+        state[cid] = new
+        old_keys = placed.get(cid)
+        new_keys = rfm_keys(CONFIG, new[0] if new[1] else None, new[1], new[2])
+        parts[c % n_parts].move(old_keys, new_keys)
+        placed[cid] = new_keys
+
+    expected = batch_scores(state)
+    for cid, keys in placed.items():
+        if keys is None:
+            assert cid not in expected
+            continue
+        got = rfm_scores(keys, parts, CONFIG)
+        assert (got.r, got.f, got.m) == expected[cid], cid
+
+
+def test_partitions_merge_by_adding_counts():
+    rnd = random.Random(3)
+    whole = RankIndex(1000)
+    parts = [RankIndex(1000) for _ in range(3)]
+    for i in range(2000):
+        key = rnd.randrange(1000)
+        whole.add(key)
+        parts[i % 3].add(key)
+    merged = RankIndex.from_counts(1000, {})
+    for part in parts:
+        for key, n in part.counts().items():
+            merged.add(key, n)
+    for key in range(0, 1000, 37):
+        assert percentile(parts, key) == percentile(whole, key) == percentile(merged, key)
