@@ -16,7 +16,10 @@ from functools import lru_cache
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from scoring.customer import ScoringConfig
 from scoring.orders import OrderScoringConfig
+from scoring.service import ServiceConfig
+from scoring.voice import VoiceConfig
 
 #: The file ``pulse dev`` writes; read by settings when present.
 DEV_ENV_FILE = ".pulse/dev.env"
@@ -67,6 +70,13 @@ class Settings(BaseSettings):
     )
     revenue_window_days: int = Field(365, ge=1, description="Rolling revenue window.")
     revenue_bucket_days: int = Field(7, ge=1, description="Width of the rolling-revenue time buckets.")
+    # --- scoring (spec: Loyalty and satisfaction, Service) ----------------
+    complaint_window_days: int = Field(30, ge=1, description="Rolling window of the per-customer complaint count.")
+    first_response_sla_hours: float = Field(24.0, gt=0, description="A ticket waiting longer for a response breaches.")
+    resolution_sla_hours: float = Field(72.0, gt=0, description="A ticket unresolved longer than this breaches.")
+    max_tickets_per_customer: int = Field(
+        32, ge=1, le=1024, description="Ticket records kept per customer; older closed ones fold into totals."
+    )
     base_currency: str = Field("USD", min_length=3, max_length=3, description="Currency all money is reported in.")
     fx_rates: dict[str, Decimal] = Field(
         default_factory=dict,
@@ -96,11 +106,20 @@ class Settings(BaseSettings):
             "support": self.topic_support,
         }
 
-    def order_scoring(self) -> OrderScoringConfig:
-        return OrderScoringConfig(
-            default_gross_margin=self.default_gross_margin,
-            revenue_window_days=self.revenue_window_days,
-            revenue_bucket_days=self.revenue_bucket_days,
+    def scoring(self) -> ScoringConfig:
+        return ScoringConfig(
+            orders=OrderScoringConfig(
+                default_gross_margin=self.default_gross_margin,
+                revenue_window_days=self.revenue_window_days,
+                revenue_bucket_days=self.revenue_bucket_days,
+            ),
+            voice=VoiceConfig(complaint_window_days=self.complaint_window_days),
+            service=ServiceConfig(
+                first_response_sla_hours=self.first_response_sla_hours,
+                resolution_sla_hours=self.resolution_sla_hours,
+                max_tickets=self.max_tickets_per_customer,
+            ),
+            dedup_event_ids=self.dedup_event_ids,
         )
 
     def currency_rates(self) -> dict[str, Decimal]:

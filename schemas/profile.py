@@ -7,12 +7,19 @@ from decimal import Decimal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
-from scoring.customer import CustomerState
-from scoring.orders import OrderScoringConfig, order_signals
+from scoring.customer import CustomerState, ScoringConfig
+from scoring.orders import order_signals
+from scoring.service import service_signals
+from scoring.voice import voice_signals
 
 
 def cents_to_money(cents: int) -> Decimal:
     return Decimal(cents).scaleb(-2)
+
+
+def _round(hours: float | None) -> float | None:
+    """Profiles carry hours to 4 decimals (a third of a second)."""
+    return None if hours is None else round(hours, 4)
 
 
 def ms_to_datetime(ms: int) -> datetime:
@@ -37,15 +44,35 @@ class CustomerProfile(BaseModel):
     recency_days: float | None
     tenure_days: float | None
     orders_per_month: float | None
+    # voice of the customer (spec: Loyalty and satisfaction)
+    nps: int | None
+    nps_category: str | None
+    nps_previous: int | None
+    csat: int | None
+    csat_satisfied: bool | None
+    complaints_window: int
+    complaint_worst_severity: str | None
+    complaints_total: int
+    # service (spec: Service)
+    tickets_total: int
+    open_tickets: int
+    reopened_total: int
+    sla_breaches: int
+    first_response_hours_mean: float | None
+    last_first_response_hours: float | None
+    last_resolution_hours: float | None
+    oldest_open_ticket_hours: float | None
     last_event_at: AwareDatetime | None
     events_total: int
     as_of: AwareDatetime
 
     @classmethod
     def from_state(
-        cls, customer_id: str, state: CustomerState, now_ms: int, config: OrderScoringConfig, currency: str
+        cls, customer_id: str, state: CustomerState, now_ms: int, config: ScoringConfig, currency: str
     ) -> CustomerProfile:
-        sig = order_signals(state.orders, now_ms, config)
+        sig = order_signals(state.orders, now_ms, config.orders)
+        voice = voice_signals(state.voice, now_ms, config.voice)
+        service = service_signals(state.service, now_ms, config.service)
         return cls(
             customer_id=customer_id,
             currency=currency,
@@ -60,6 +87,22 @@ class CustomerProfile(BaseModel):
             recency_days=None if sig.recency_days is None else round(sig.recency_days, 4),
             tenure_days=None if sig.tenure_days is None else round(sig.tenure_days, 4),
             orders_per_month=None if sig.orders_per_month is None else round(sig.orders_per_month, 4),
+            nps=voice.nps,
+            nps_category=voice.nps_category,
+            nps_previous=voice.nps_previous,
+            csat=voice.csat,
+            csat_satisfied=voice.csat_satisfied,
+            complaints_window=voice.complaints_window,
+            complaint_worst_severity=voice.complaint_worst_severity,
+            complaints_total=voice.complaints_total,
+            tickets_total=service.tickets_total,
+            open_tickets=service.open_tickets,
+            reopened_total=service.reopened_total,
+            sla_breaches=service.sla_breaches,
+            first_response_hours_mean=_round(service.first_response_hours_mean),
+            last_first_response_hours=_round(service.last_first_response_hours),
+            last_resolution_hours=_round(service.last_resolution_hours),
+            oldest_open_ticket_hours=_round(service.oldest_open_ticket_hours),
             last_event_at=None if state.last_event_ms is None else ms_to_datetime(state.last_event_ms),
             events_total=sum(state.events.values()),
             as_of=ms_to_datetime(now_ms),

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from hashlib import blake2b
 
 from scoring.orders import OrderFact, OrderScoringConfig, OrderState, apply_order
+from scoring.service import ServiceConfig, ServiceState, TicketFact, apply_ticket_event
+from scoring.voice import ComplaintFact, SurveyFact, VoiceConfig, VoiceState, apply_complaint, apply_survey
 
 
 def event_id_hash(event_id: str) -> int:
@@ -25,9 +27,21 @@ def event_id_hash(event_id: str) -> int:
     return int.from_bytes(blake2b(event_id.encode(), digest_size=8).digest(), "big", signed=True)
 
 
+@dataclass(frozen=True, slots=True)
+class ScoringConfig:
+    """Everything the per-customer scorers are configured with (built from settings)."""
+
+    orders: OrderScoringConfig = field(default_factory=OrderScoringConfig)
+    voice: VoiceConfig = field(default_factory=VoiceConfig)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
+    dedup_event_ids: int = 32
+
+
 @dataclass(slots=True)
 class CustomerState:
     orders: OrderState = field(default_factory=OrderState)
+    voice: VoiceState = field(default_factory=VoiceState)
+    service: ServiceState = field(default_factory=ServiceState)
     last_event_ms: int | None = None
     #: events applied per kind (order, survey, complaint, support)
     events: dict[str, int] = field(default_factory=dict)
@@ -45,11 +59,12 @@ class ScoredEvent:
     #: offset in its source partition; None when not read from Kafka
     offset: int | None = None
     order: OrderFact | None = None
+    survey: SurveyFact | None = None
+    complaint: ComplaintFact | None = None
+    ticket: TicketFact | None = None
 
 
-def apply_event(
-    state: CustomerState, event: ScoredEvent, order_config: OrderScoringConfig, dedup_event_ids: int
-) -> bool:
+def apply_event(state: CustomerState, event: ScoredEvent, config: ScoringConfig) -> bool:
     """Fold one event into the state unless it is a duplicate; True if applied."""
     if event.offset is not None:
         seen = state.source_offsets.get(event.kind)
@@ -61,11 +76,17 @@ def apply_event(
     if id_hash in ids:
         return False  # the producer sent this event twice
     ids.append(id_hash)
-    if len(ids) > dedup_event_ids:
-        del ids[: len(ids) - dedup_event_ids]
+    if len(ids) > config.dedup_event_ids:
+        del ids[: len(ids) - config.dedup_event_ids]
     state.events[event.kind] = state.events.get(event.kind, 0) + 1
     if state.last_event_ms is None or event.occurred_ms > state.last_event_ms:
         state.last_event_ms = event.occurred_ms
     if event.order is not None:
-        apply_order(state.orders, event.order, order_config)
+        apply_order(state.orders, event.order, config.orders)
+    if event.survey is not None:
+        apply_survey(state.voice, event.survey)
+    if event.complaint is not None:
+        apply_complaint(state.voice, event.complaint, config.voice)
+    if event.ticket is not None:
+        apply_ticket_event(state.service, event.ticket, config.service)
     return True

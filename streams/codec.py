@@ -6,6 +6,8 @@ import orjson
 
 from scoring.customer import CustomerState
 from scoring.orders import OrderState
+from scoring.service import Folded, ServiceState
+from scoring.voice import VoiceState
 
 
 def encode_state(state: CustomerState) -> bytes:
@@ -20,4 +22,9 @@ def decode_state(raw: bytes | None) -> CustomerState:
     orders = data["orders"]
     orders["revenue_buckets"] = {int(k): v for k, v in orders["revenue_buckets"].items()}
     data["orders"] = OrderState(**orders)
+    voice = data["voice"]
+    voice["complaint_days"] = {int(k): v for k, v in voice["complaint_days"].items()}
+    data["voice"] = VoiceState(**voice)
+    service = data["service"]
+    data["service"] = ServiceState(tickets=service["tickets"], folded=Folded(**service["folded"]))
     return CustomerState(**data)

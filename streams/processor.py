@@ -16,10 +16,23 @@ import orjson
 
 from pulse.settings import Settings
 from schemas.dead_letter import DeadLetter
-from schemas.events import CustomerEvent, EventRejected, Kind, OrderEvent, OrderStatus, Reason, decode_event
+from schemas.events import (
+    ComplaintEvent,
+    CustomerEvent,
+    EventRejected,
+    Kind,
+    OrderEvent,
+    OrderStatus,
+    Reason,
+    SupportEvent,
+    SurveyEvent,
+    decode_event,
+)
 from schemas.profile import CustomerProfile
 from scoring.customer import CustomerState, ScoredEvent, apply_event
 from scoring.orders import OrderFact, to_cents
+from scoring.service import TicketFact
+from scoring.voice import ComplaintFact, SurveyFact
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +76,7 @@ class BatchProcessor:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.kind_by_topic = {topic: Kind(kind) for kind, topic in settings.input_topics().items()}
-        self.order_config = settings.order_scoring()
+        self.config = settings.scoring()
         self.rates = settings.currency_rates()
         #: the scorer's clock: highest event time seen (spec: Clock)
         self.watermark_ms: int | None = None
@@ -87,7 +100,7 @@ class BatchProcessor:
             state = out.states.get(key)
             if state is None:
                 state = load(key)
-            applied = apply_event(state, scored, self.order_config, self.settings.dedup_event_ids)
+            applied = apply_event(state, scored, self.config)
             out.count(kind, "scored" if applied else "duplicate")
             # A replayed duplicate still counts for the clock and still gets its
             # state and profile written: after a crash between the changelog
@@ -98,32 +111,33 @@ class BatchProcessor:
         if out.states and self.watermark_ms is not None:
             currency = self.settings.base_currency.upper()
             out.profiles = [
-                CustomerProfile.from_state(key.decode(), state, self.watermark_ms, self.order_config, currency)
+                CustomerProfile.from_state(key.decode(), state, self.watermark_ms, self.config, currency)
                 for key, state in out.states.items()
             ]
         return out
 
     def _to_scored(self, event: CustomerEvent, offset: int) -> ScoredEvent:
-        order = None
+        at = event.occurred_ms
+        facts: dict[str, object] = {}
         if isinstance(event, OrderEvent):
             rate = self.rates.get(event.currency)
             if rate is None:
                 raise EventRejected(
                     Reason.UNSUPPORTED_CURRENCY, f"currency: no rate for {event.currency} (see PULSE_FX_RATES)"
                 )
-            order = OrderFact(
-                occurred_ms=event.occurred_ms,
+            facts["order"] = OrderFact(
+                occurred_ms=at,
                 amount_cents=to_cents(event.amount, rate),
                 cost_cents=None if event.cost is None else to_cents(event.cost, rate),
                 refunded=event.status is OrderStatus.REFUNDED,
             )
-        return ScoredEvent(
-            kind=event.KIND.value,
-            event_id=event.event_id,
-            occurred_ms=event.occurred_ms,
-            offset=offset,
-            order=order,
-        )
+        elif isinstance(event, SurveyEvent):
+            facts["survey"] = SurveyFact(at, event.nps, event.csat)
+        elif isinstance(event, ComplaintEvent):
+            facts["complaint"] = ComplaintFact(at, event.severity.value)
+        elif isinstance(event, SupportEvent):
+            facts["ticket"] = TicketFact(at, event.ticket_id, event.kind.value)
+        return ScoredEvent(kind=event.KIND.value, event_id=event.event_id, occurred_ms=at, offset=offset, **facts)
 
     def _reject(self, record: Incoming, kind: str, exc: EventRejected) -> Rejected:
         payload, encoding, truncated = DeadLetter.render_payload(record.value, self.settings.dead_letter_payload_bytes)

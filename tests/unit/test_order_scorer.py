@@ -5,11 +5,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.profile import CustomerProfile
-from scoring.customer import CustomerState, ScoredEvent, apply_event
+from scoring.customer import CustomerState, ScoredEvent, ScoringConfig, apply_event
 from scoring.orders import DAY_MS, OrderFact, OrderScoringConfig, OrderState, apply_order, order_signals, to_cents
 from tests.reference import batch_order_profiles
 
 CONFIG = OrderScoringConfig()
+SCORING_4 = ScoringConfig(orders=CONFIG, dedup_event_ids=4)
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
 
@@ -79,19 +80,19 @@ def scored(event_id: str, offset: int | None, f: OrderFact) -> ScoredEvent:
 
 def test_redelivered_offset_and_duplicate_event_id_are_dropped():
     state = CustomerState()
-    assert apply_event(state, scored("a", 10, fact("5", 0)), CONFIG, 4)
-    assert not apply_event(state, scored("a", 10, fact("5", 0)), CONFIG, 4)  # redelivery
-    assert not apply_event(state, scored("b", 9, fact("5", 0)), CONFIG, 4)  # older offset
-    assert not apply_event(state, scored("a", 11, fact("5", 0)), CONFIG, 4)  # producer duplicate
+    assert apply_event(state, scored("a", 10, fact("5", 0)), SCORING_4)
+    assert not apply_event(state, scored("a", 10, fact("5", 0)), SCORING_4)  # redelivery
+    assert not apply_event(state, scored("b", 9, fact("5", 0)), SCORING_4)  # older offset
+    assert not apply_event(state, scored("a", 11, fact("5", 0)), SCORING_4)  # producer duplicate
     assert state.source_offsets["order"] == 11
-    assert apply_event(state, scored("c", 12, fact("5", 0)), CONFIG, 4)
+    assert apply_event(state, scored("c", 12, fact("5", 0)), SCORING_4)
     assert state.orders.orders == 2 and state.events == {"order": 2}
 
 
 def test_event_id_memory_is_bounded():
     state = CustomerState()
     for i in range(100):
-        apply_event(state, scored(f"e{i}", i, fact("1", 0)), CONFIG, 8)
+        apply_event(state, scored(f"e{i}", i, fact("1", 0)), ScoringConfig(dedup_event_ids=8))
     assert len(state.recent_ids) == 8
 
 
@@ -140,13 +141,13 @@ def test_incremental_equals_batch_in_any_order(rows, rnd, data):
             refunded=event["status"] == "refunded",
         )
         state = states.setdefault(event["customer_id"], CustomerState())
-        apply_event(state, scored(event["event_id"], None, f), CONFIG, dedup_event_ids=1024)
+        apply_event(state, scored(event["event_id"], None, f), ScoringConfig(dedup_event_ids=1024))
 
     expected = batch_order_profiles(events)
     now = max(ms(datetime.fromisoformat(e["occurred_at"])) for e in events)
     assert set(states) == set(expected)
     for cid, state in states.items():
-        profile = CustomerProfile.from_state(cid, state, now, CONFIG, "USD")
+        profile = CustomerProfile.from_state(cid, state, now, ScoringConfig(), "USD")
         exp = expected[cid]
         got = {k: getattr(profile, k) for k in exp}
         assert got == exp, cid

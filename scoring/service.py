@@ -1,0 +1,165 @@
+"""Support tickets per customer (spec: Service): response and resolution times, reopenings, SLA breaches.
+
+Each ticket keeps the times of its events, combined so that arrival order does
+not matter: ``opened`` and ``first_response`` are the earliest seen,
+``resolved`` and ``reopened`` the latest, plus the number of reopenings. That
+makes a response that arrives before its ``opened`` event (or a ticket never
+seen opened) harmless: it is recorded, and its durations are known once both
+ends are. A ticket is open when it was opened and not resolved, or reopened
+after its last resolution. Resolution time runs from the opening (spec), so a
+ticket reopened more than the resolution SLA after it was opened breaches at once.
+
+Bounded: at most ``max_tickets`` records per customer. Past that, the closed
+ticket resolved longest ago is folded into running totals and forgotten (an
+event for it arriving later starts a new record); if none is closed, the
+oldest is folded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+HOUR_MS = 3_600_000
+OPENED, FIRST_RESPONSE, RESOLVED, REOPENED = "opened", "first_response", "resolved", "reopened"
+# ticket record layout: [opened, first_response, resolved, reopened, reopens]
+_O, _FR, _RS, _RO, _N = range(5)
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    first_response_sla_hours: float = 24.0
+    resolution_sla_hours: float = 72.0
+    max_tickets: int = 32
+
+
+@dataclass(frozen=True, slots=True)
+class TicketFact:
+    occurred_ms: int
+    ticket_id: str
+    kind: str
+
+
+@dataclass(slots=True)
+class Folded:
+    """Totals of tickets no longer kept individually."""
+
+    tickets: int = 0
+    reopens: int = 0
+    breaches: int = 0
+    first_response_ms_sum: int = 0
+    first_responses: int = 0
+
+
+@dataclass(slots=True)
+class ServiceState:
+    tickets: dict[str, list[int | None]] = field(default_factory=dict)
+    folded: Folded = field(default_factory=Folded)
+
+
+def _earliest(a: int | None, b: int) -> int:
+    return b if a is None or b < a else a
+
+
+def _latest(a: int | None, b: int) -> int:
+    return b if a is None or b > a else a
+
+
+def is_open(t: list[int | None]) -> bool:
+    if t[_O] is None:
+        return False
+    return t[_RS] is None or (t[_RO] is not None and t[_RO] > t[_RS])
+
+
+def apply_ticket_event(state: ServiceState, fact: TicketFact, config: ServiceConfig) -> ServiceState:
+    t = state.tickets.get(fact.ticket_id)
+    if t is None:
+        t = state.tickets[fact.ticket_id] = [None, None, None, None, 0]
+    at = fact.occurred_ms
+    if fact.kind == OPENED:
+        t[_O] = _earliest(t[_O], at)
+    elif fact.kind == FIRST_RESPONSE:
+        t[_FR] = _earliest(t[_FR], at)
+    elif fact.kind == RESOLVED:
+        t[_RS] = _latest(t[_RS], at)
+    elif fact.kind == REOPENED:
+        t[_RO] = _latest(t[_RO], at)
+        t[_N] += 1
+    else:
+        raise ValueError(f"unknown ticket event kind {fact.kind!r}")
+    if len(state.tickets) > config.max_tickets:
+        _fold_one(state, config)
+    return state
+
+
+def _fold_one(state: ServiceState, config: ServiceConfig) -> None:
+    closed = [(t[_RS], tid) for tid, t in state.tickets.items() if t[_RS] is not None and not is_open(t)]
+    if closed:
+        _, victim = min(closed)
+    else:
+        victim = min(state.tickets, key=lambda tid: (state.tickets[tid][_O] or 0, tid))
+    t = state.tickets.pop(victim)
+    f = state.folded
+    f.tickets += 1
+    f.reopens += t[_N]
+    # a folded ticket is judged as of its last known time
+    last = max(x for x in t[:4] if x is not None)
+    f.breaches += int(_breached(t, last, config))
+    if t[_O] is not None and t[_FR] is not None:
+        f.first_response_ms_sum += max(0, t[_FR] - t[_O])
+        f.first_responses += 1
+
+
+def _breached(t: list[int | None], now_ms: int, config: ServiceConfig) -> bool:
+    """First response or resolution later than its SLA, or still missing past it at ``now_ms``."""
+    opened = t[_O]
+    if opened is None:
+        return False
+    fr_sla = config.first_response_sla_hours * HOUR_MS
+    rs_sla = config.resolution_sla_hours * HOUR_MS
+    responded = t[_FR] if t[_FR] is not None else now_ms
+    if responded - opened > fr_sla:
+        return True
+    if is_open(t):
+        return now_ms - opened > rs_sla
+    return t[_RS] is not None and t[_RS] - opened > rs_sla
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSignals:
+    tickets_total: int
+    open_tickets: int
+    reopened_total: int
+    sla_breaches: int
+    first_response_hours_mean: float | None
+    last_first_response_hours: float | None
+    last_resolution_hours: float | None
+    oldest_open_ticket_hours: float | None
+
+
+def service_signals(state: ServiceState, now_ms: int, config: ServiceConfig) -> ServiceSignals:
+    tickets = list(state.tickets.values())
+    f = state.folded
+    responses = [t[_FR] - t[_O] for t in tickets if t[_O] is not None and t[_FR] is not None]
+    responses = [max(0, r) for r in responses]
+    n_resp = len(responses) + f.first_responses
+    with_open = [t for t in tickets if t[_O] is not None]
+    last_opened = max(with_open, key=lambda t: t[_O], default=None)
+    resolved = [t for t in with_open if t[_RS] is not None and not is_open(t)]
+    last_resolved = max(resolved, key=lambda t: t[_RS], default=None)
+    open_ages = [now_ms - t[_O] for t in tickets if is_open(t)]
+    return ServiceSignals(
+        tickets_total=len(tickets) + f.tickets,
+        open_tickets=len(open_ages),
+        reopened_total=sum(t[_N] for t in tickets) + f.reopens,
+        sla_breaches=sum(_breached(t, now_ms, config) for t in tickets) + f.breaches,
+        first_response_hours_mean=None if not n_resp else (sum(responses) + f.first_response_ms_sum) / n_resp / HOUR_MS,
+        last_first_response_hours=(
+            None
+            if last_opened is None or last_opened[_FR] is None
+            else max(0, last_opened[_FR] - last_opened[_O]) / HOUR_MS
+        ),
+        last_resolution_hours=(
+            None if last_resolved is None else max(0, last_resolved[_RS] - last_resolved[_O]) / HOUR_MS
+        ),
+        oldest_open_ticket_hours=None if not open_ages else max(0, max(open_ages)) / HOUR_MS,
+    )

@@ -1,0 +1,115 @@
+"""Voice of the customer per customer: NPS, CSAT and complaints (spec: Loyalty and satisfaction, Service).
+
+"Latest" always means latest in event time, so a late answer that arrives
+after a newer one does not replace it (equal times: the higher answer). State is bounded: two NPS answers, one
+CSAT answer, and complaint counts in day buckets pruned to the window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from scoring.orders import DAY_MS
+
+PROMOTER = "promoter"
+PASSIVE = "passive"
+DETRACTOR = "detractor"
+#: Complaint severities, mildest first (the index is the rank).
+SEVERITIES = ("low", "medium", "high", "critical")
+
+
+@dataclass(frozen=True, slots=True)
+class VoiceConfig:
+    complaint_window_days: int = 30
+    #: CSAT answers at or above this count as satisfied (spec: 4–5 of 1–5).
+    csat_satisfied_min: int = 4
+    #: NPS categories (spec: 9–10 promoters, 7–8 passives, 0–6 detractors).
+    nps_promoter_min: int = 9
+    nps_passive_min: int = 7
+
+
+def nps_category(score: int, config: VoiceConfig) -> str:
+    if score >= config.nps_promoter_min:
+        return PROMOTER
+    if score >= config.nps_passive_min:
+        return PASSIVE
+    return DETRACTOR
+
+
+@dataclass(frozen=True, slots=True)
+class SurveyFact:
+    occurred_ms: int
+    nps: int | None
+    csat: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ComplaintFact:
+    occurred_ms: int
+    severity: str
+
+
+@dataclass(slots=True)
+class VoiceState:
+    #: the two latest NPS answers by event time, newest first: [[ms, score], …]
+    nps: list[list[int]] = field(default_factory=list)
+    #: the latest CSAT answer: [ms, score]
+    csat: list[int] | None = None
+    #: day -> [count, worst severity rank], pruned to the complaint window
+    complaint_days: dict[int, list[int]] = field(default_factory=dict)
+    complaints_total: int = 0
+
+
+def apply_survey(state: VoiceState, fact: SurveyFact) -> VoiceState:
+    if fact.nps is not None:
+        # Newest first by (time, answer): at equal times the higher answer
+        # counts as the later one, so arrival order never matters.
+        answers = sorted([*state.nps, [fact.occurred_ms, fact.nps]], reverse=True)
+        state.nps = answers[:2]
+    if fact.csat is not None and (state.csat is None or [fact.occurred_ms, fact.csat] > state.csat):
+        state.csat = [fact.occurred_ms, fact.csat]
+    return state
+
+
+def apply_complaint(state: VoiceState, fact: ComplaintFact, config: VoiceConfig) -> VoiceState:
+    state.complaints_total += 1
+    day = fact.occurred_ms // DAY_MS
+    rank = SEVERITIES.index(fact.severity)
+    bucket = state.complaint_days.setdefault(day, [0, rank])
+    bucket[0] += 1
+    bucket[1] = max(bucket[1], rank)
+    newest = max(state.complaint_days)
+    for old in [d for d in state.complaint_days if d <= newest - config.complaint_window_days]:
+        del state.complaint_days[old]
+    return state
+
+
+@dataclass(frozen=True, slots=True)
+class VoiceSignals:
+    nps: int | None
+    nps_category: str | None
+    nps_previous: int | None
+    csat: int | None
+    csat_satisfied: bool | None
+    complaints_window: int
+    complaint_worst_severity: str | None
+    complaints_total: int
+
+
+def voice_signals(state: VoiceState, now_ms: int, config: VoiceConfig) -> VoiceSignals:
+    """Indicators at event time ``now_ms``; the complaint window is the last ``complaint_window_days`` days
+    (day resolution: the day of ``now_ms`` and the days before it)."""
+    latest = state.nps[0][1] if state.nps else None
+    today = now_ms // DAY_MS
+    in_window = [b for d, b in state.complaint_days.items() if today - config.complaint_window_days < d <= today]
+    worst = max((b[1] for b in in_window), default=None)
+    return VoiceSignals(
+        nps=latest,
+        nps_category=None if latest is None else nps_category(latest, config),
+        nps_previous=state.nps[1][1] if len(state.nps) > 1 else None,
+        csat=None if state.csat is None else state.csat[1],
+        csat_satisfied=None if state.csat is None else state.csat[1] >= config.csat_satisfied_min,
+        complaints_window=sum(b[0] for b in in_window),
+        complaint_worst_severity=None if worst is None else SEVERITIES[worst],
+        complaints_total=state.complaints_total,
+    )
