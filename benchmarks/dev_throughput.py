@@ -39,7 +39,7 @@ def main(customers: int) -> None:
             line = proc.stdout.readline()
             if found := re.search(r"metrics http://127.0.0.1:(\d+)", line):
                 port = found.group(1)
-            if found := re.search(r"sending (\d+) orders", line):
+            if found := re.search(r"sending (\d+) events", line):
                 total = int(found.group(1))
         if port is None or total is None:
             raise SystemExit("pulse dev did not start")

@@ -29,15 +29,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from pulse.simulate import generate_orders, send
+    from pulse.simulate import send
 
     settings = load_settings()
-    events = generate_orders(args.customers, args.days, args.seed)
-    print(f"sending {len(events)} order events for {args.customers} customers to {settings.topic_orders}")
+    events = _traffic(args)
+    print(f"sending {len(events)} events for {args.customers} customers")
     n = asyncio.run(
         send(
             settings.broker_bootstrap(),
-            settings.topic_orders,
+            settings.input_topics(),
             events,
             rate=args.rate,
             bad=args.bad_per_1000,
@@ -47,6 +47,25 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     )
     print(f"sent {n} events")
     return 0
+
+
+def _traffic(args: argparse.Namespace) -> list[tuple[str, dict]]:
+    from pulse.simulate import generate_events, generate_orders
+
+    if args.orders_only:
+        return [("order", o) for o in generate_orders(args.customers, args.days, args.seed)]
+    return generate_events(args.customers, args.days, args.seed)
+
+
+def _richest_customer(events: list[tuple[str, dict]]) -> str:
+    """The customer with the most kinds of events, then the most events: the best profile to show."""
+    kinds: dict[str, set[str]] = {}
+    counts: dict[str, int] = {}
+    for kind, event in events:
+        cid = event["customer_id"]
+        kinds.setdefault(cid, set()).add(kind)
+        counts[cid] = counts.get(cid, 0) + 1
+    return max(kinds, key=lambda c: (len(kinds[c]), counts[c], c))
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -105,7 +124,7 @@ def _write_dev_env(env: dict[str, str]) -> None:
 def cmd_dev(args: argparse.Namespace) -> int:
     """Broker + Redis + worker(s) + sample traffic, until Ctrl-C or --duration."""
     from pulse.devstack import DevStack, free_port
-    from pulse.simulate import generate_orders, send
+    from pulse.simulate import send
     from streams.admin import ensure_topics
 
     log_dir = Path(".pulse/logs")
@@ -136,19 +155,19 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 )
             )
         print(f"workers {args.workers} (logs in {log_dir}/worker-*.log)")
-        events = generate_orders(args.customers, args.days, args.seed)
-        print(f"sending {len(events)} orders for {args.customers} customers…")
+        events = _traffic(args)
+        print(f"sending {len(events)} events for {args.customers} customers…")
         asyncio.run(
             send(
                 settings.broker_bootstrap(),
-                settings.topic_orders,
+                settings.input_topics(),
                 events,
                 rate=args.rate,
                 bad=args.bad_per_1000,
                 seed=args.seed,
             )
         )
-        customers_with_orders = len({e["customer_id"] for e in events})
+        customers_with_orders = len({e["customer_id"] for _, e in events})
         client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
         deadline = time.monotonic() + args.duration if args.duration else None
         shown = False
@@ -159,7 +178,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
             n = sum(1 for _ in client.scan_iter(f"{settings.redis_key_prefix}profile:*", count=1000))
             print(f"profiles in redis: {n}/{customers_with_orders}", flush=True)
             if n >= customers_with_orders and not shown:
-                sample = events[-1]["customer_id"]
+                sample = _richest_customer(events)
                 print(f"\nall profiles are live. Try, in another terminal:  pulse profile {sample}\n")
                 args.customer_id, args.json = sample, False
                 cmd_profile(args)
@@ -196,8 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=7)
         p.add_argument("--rate", type=float, default=0.0, help="events per second (0: as fast as possible)")
         p.add_argument("--bad-per-1000", type=float, default=0.0, help="malformed events mixed in per 1000")
+        p.add_argument("--orders-only", action="store_true", help="only order events (default: the realistic mix)")
 
-    p = sub.add_parser("simulate", help="send a realistic order history to the orders topic")
+    p = sub.add_parser("simulate", help="send a realistic history of all four event kinds")
     traffic_args(p, 3000)
     p.add_argument("--progress-every", type=int, default=0)
     p.set_defaults(func=cmd_simulate)

@@ -88,6 +88,90 @@ def generate_orders(
     return events
 
 
+#: Share of each kind in a realistic mix (the performance issue's: orders 60 %,
+#: support 25 %, surveys 10 %, complaints 5 %).
+MIX = {"order": 0.60, "support": 0.25, "survey": 0.10, "complaint": 0.05}
+#: Support events per ticket in the generated lifecycles (opened, response, resolved; some reopened).
+TICKET_EVENTS = 3
+COMPLAINT_CATEGORIES = ("billing", "delivery", "product", "service")
+
+
+def generate_events(
+    customers: int, days: int, seed: int, end: datetime | None = None, profile: TrafficProfile = TrafficProfile()
+) -> list[tuple[str, dict]]:
+    """A history of all four kinds in the :data:`MIX` proportions, sorted by event time: (kind, event)."""
+    orders = generate_orders(customers, days, seed, end, profile)
+    rng = random.Random(seed + 1)
+    buyers = sorted({o["customer_id"] for o in orders})
+    start = datetime.fromisoformat(orders[0]["occurred_at"]) if orders else datetime.now(UTC)
+    stop = datetime.fromisoformat(orders[-1]["occurred_at"]) if orders else start
+    span = max(1.0, (stop - start).total_seconds())
+    per_order = {kind: share / MIX["order"] for kind, share in MIX.items()}
+
+    def at(offset: float) -> str:
+        return (start + timedelta(seconds=offset)).isoformat(timespec="milliseconds")
+
+    events: list[tuple[str, dict]] = [("order", o) for o in orders]
+    seq = 0
+    for _ in range(int(len(orders) * per_order["survey"])):
+        seq += 1
+        answer: dict = {"nps": rng.choice([0, 3, 5, 6, 7, 8, 8, 9, 9, 10, 10])}
+        if rng.random() < 0.6:
+            answer["csat"] = rng.choice([1, 2, 3, 4, 4, 5, 5])
+        events.append(
+            (
+                "survey",
+                {
+                    "event_id": f"srv-{seed}-{seq}",
+                    "customer_id": rng.choice(buyers),
+                    "occurred_at": at(rng.uniform(0, span)),
+                    **answer,
+                },
+            )
+        )
+    for _ in range(int(len(orders) * per_order["complaint"])):
+        seq += 1
+        events.append(
+            (
+                "complaint",
+                {
+                    "event_id": f"cmp-{seed}-{seq}",
+                    "customer_id": rng.choice(buyers),
+                    "occurred_at": at(rng.uniform(0, span)),
+                    "complaint_id": f"K{seq:08d}",
+                    "severity": rng.choice(["low", "low", "medium", "medium", "high", "critical"]),
+                    "category": rng.choice(COMPLAINT_CATEGORIES),
+                },
+            )
+        )
+    for _ in range(int(len(orders) * per_order["support"] / TICKET_EVENTS)):
+        seq += 1
+        cid, opened = rng.choice(buyers), rng.uniform(0, span)
+        lifecycle = [
+            ("opened", opened),
+            ("first_response", opened + rng.expovariate(1 / 8) * 3600),
+            ("resolved", opened + rng.expovariate(1 / 40) * 3600),
+        ]
+        if rng.random() < 0.1:
+            lifecycle.append(("reopened", lifecycle[-1][1] + rng.uniform(1, 72) * 3600))
+        for n, (kind, offset) in enumerate(lifecycle):
+            if offset <= span:
+                events.append(
+                    (
+                        "support",
+                        {
+                            "event_id": f"tkt-{seed}-{seq}-{n}",
+                            "customer_id": cid,
+                            "occurred_at": at(offset),
+                            "ticket_id": f"T{seq:08d}",
+                            "kind": kind,
+                        },
+                    )
+                )
+    events.sort(key=lambda e: e[1]["occurred_at"])
+    return events
+
+
 #: Hostile payloads mixed in by ``--bad``: each must end in the dead-letter topic.
 BAD_PAYLOADS: list[bytes] = [
     b"{not json",
@@ -111,26 +195,26 @@ def encode(event: dict) -> tuple[bytes, bytes]:
 
 async def send(
     bootstrap: str,
-    topic: str,
-    events: Iterable[dict],
+    topics: dict[str, str],
+    events: Iterable[tuple[str, dict]],
     rate: float = 0.0,
     bad: int = 0,
     seed: int = 0,
     progress_every: int = 0,
 ) -> int:
-    """Produce events keyed by customer id (``rate`` events/s, 0 = as fast as possible)."""
+    """Produce (kind, event) pairs to their kind's topic, keyed by customer id (``rate`` events/s, 0: at once)."""
     rng = random.Random(seed)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     await producer.start()
     sent = 0
     started = time.monotonic()
     try:
-        for event in events:
+        for kind, event in events:
             key, value = encode(event)
-            await producer.send(topic, key=key, value=value)
+            await producer.send(topics[kind], key=key, value=value)
             sent += 1
             if bad and rng.random() < bad / 1000:
-                await producer.send(topic, key=b"C000001", value=rng.choice(BAD_PAYLOADS))
+                await producer.send(topics["order"], key=b"C000001", value=rng.choice(BAD_PAYLOADS))
             if progress_every and sent % progress_every == 0:
                 print(f"  sent {sent} events", flush=True)
             if rate > 0:
