@@ -47,3 +47,52 @@ def batch_order_profiles(orders: list[dict], margin: Decimal = Decimal("0.30")) 
             "last_purchase_at": max(times) if times else None,
         }
     return out
+
+
+#: Profile fields that depend only on the events, not on the clock at the time
+#: the profile was written (batching decides that), so two runs must agree.
+STATE_FIELDS = (
+    "revenue",
+    "profit",
+    "orders",
+    "refunds",
+    "aov",
+    "first_purchase_at",
+    "last_purchase_at",
+    "nps",
+    "nps_category",
+    "nps_previous",
+    "csat",
+    "csat_satisfied",
+    "complaints_total",
+    "tickets_total",
+    "open_tickets",
+    "reopened_total",
+    "first_response_hours_mean",
+    "last_first_response_hours",
+    "last_resolution_hours",
+    "last_event_at",
+    "events_total",
+)
+
+
+def uninterrupted_profiles(events: list[tuple[str, dict]], settings) -> dict[str, dict]:
+    """What one uninterrupted worker ends with: the pure processor over the events in order, no broker.
+
+    customer_id -> {field: value} for :data:`STATE_FIELDS`.
+    """
+    import orjson
+
+    from scoring.customer import CustomerState
+    from streams.processor import BatchProcessor, Incoming
+
+    topics = settings.input_topics()
+    processor = BatchProcessor(settings)
+    store: dict[bytes, CustomerState] = {}
+    offsets: dict[str, int] = {}
+    batch = []
+    for kind, event in events:
+        offsets[kind] = offsets.get(kind, -1) + 1
+        batch.append(Incoming(topics[kind], 0, offsets[kind], event["customer_id"].encode(), orjson.dumps(event)))
+    out = processor.process(batch, lambda key: store.get(key, CustomerState()))
+    return {p.customer_id: {f: getattr(p, f) for f in STATE_FIELDS} for p in out.profiles}
