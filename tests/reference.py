@@ -76,23 +76,38 @@ STATE_FIELDS = (
 )
 
 
-def uninterrupted_profiles(events: list[tuple[str, dict]], settings) -> dict[str, dict]:
-    """What one uninterrupted worker ends with: the pure processor over the events in order, no broker.
+def offline_run(records: list[tuple[str, bytes | None, bytes | None]], settings):
+    """One uninterrupted worker over raw (topic, key, value) records, no broker: (profiles, dead letters).
 
-    customer_id -> {field: value} for :data:`STATE_FIELDS`.
+    Re-keyed events are fed again after the batch, as the worker's re-publish
+    makes them arrive again. profiles: customer_id -> CustomerProfile (last written).
     """
-    import orjson
-
     from scoring.customer import CustomerState
     from streams.processor import BatchProcessor, Incoming
 
-    topics = settings.input_topics()
     processor = BatchProcessor(settings)
     store: dict[bytes, CustomerState] = {}
     offsets: dict[str, int] = {}
-    batch = []
-    for kind, event in events:
-        offsets[kind] = offsets.get(kind, -1) + 1
-        batch.append(Incoming(topics[kind], 0, offsets[kind], event["customer_id"].encode(), orjson.dumps(event)))
-    out = processor.process(batch, lambda key: store.get(key, CustomerState()))
-    return {p.customer_id: {f: getattr(p, f) for f in STATE_FIELDS} for p in out.profiles}
+    profiles, rejected = {}, []
+    pending = records
+    while pending:
+        batch = []
+        for topic, key, value in pending:
+            offsets[topic] = offsets.get(topic, -1) + 1
+            batch.append(Incoming(topic, 0, offsets[topic], key, value))
+        out = processor.process(batch, lambda k: store.get(k, CustomerState()))
+        store.update(out.states)
+        profiles.update({p.customer_id: p for p in out.profiles})
+        rejected += out.rejected
+        pending = out.rerouted
+    return profiles, rejected
+
+
+def uninterrupted_profiles(events: list[tuple[str, dict]], settings) -> dict[str, dict]:
+    """What one uninterrupted worker ends with over (kind, event) pairs: customer_id -> :data:`STATE_FIELDS`."""
+    import orjson
+
+    topics = settings.input_topics()
+    records = [(topics[k], e["customer_id"].encode(), orjson.dumps(e)) for k, e in events]
+    profiles, _ = offline_run(records, settings)
+    return {cid: {f: getattr(p, f) for f in STATE_FIELDS} for cid, p in profiles.items()}
