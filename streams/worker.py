@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import faust
 from prometheus_client import start_http_server
@@ -13,6 +14,8 @@ from streams.app import create_app
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
+    # Faust creates its data dir but not missing parents (a fresh checkout has no .pulse/).
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     asyncio.run(ensure_topics(settings))
     pulse = create_app(settings)
     if settings.metrics_port:

@@ -71,7 +71,8 @@ def namespace(devstack: DevStack, tmp_path: Path) -> Namespace:
         "PULSE_TOPIC_RETENTION_ALERTS": f"alerts-{tag}",
         "PULSE_REDIS_KEY_PREFIX": f"t{tag}:",
         "PULSE_PARTITIONS": "4",
-        "PULSE_DATA_DIR": str(tmp_path / "data"),
+        # nested and not yet there, as on a fresh checkout
+        "PULSE_DATA_DIR": str(tmp_path / "state" / "data"),
         "PULSE_BROKER_REBALANCE_TIMEOUT": "3",
         "PULSE_BROKER_SESSION_TIMEOUT": "6",
         "PULSE_BROKER_HEARTBEAT_INTERVAL": "0.5",
