@@ -53,9 +53,9 @@ def create_app(settings: Settings) -> PulseApp:
             default=None,
             beacon=app.tables.beacon,
             partitions=settings.partitions,
-            # Batches mix partitions, so the changelog partition must come
-            # from the key (the same murmur2 partitioner as the input topics),
-            # not from "the current event".
+            # The checkpoint writes with the customer's own partition
+            # (CustomerStateTable.write_states); reads in a batch have no
+            # current event, so the store looks the key up in its index.
             use_partitioner=True,
             # bytes in, bytes out: the "raw" codec (see _serializer_from_type)
             key_type=bytes,

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import weakref
+from collections.abc import Iterable
 
 import faust
-from faust.types import CodecArg
-from faust.types.tuples import FutureMessage
+from faust.streams import _current_event
+from faust.types import EventT
+from faust.types.tuples import RecordMetadata
 
 #: Key of the checkpoint end markers. Customer ids cannot start with NUL
 #: (schemas.events.ID_PATTERN), so it never names a customer.
@@ -14,36 +17,44 @@ END_MARKER_KEY = b"\x00pulse-checkpoint-end"
 
 
 class CustomerStateTable(faust.Table):
-    """A Faust table that hands out the futures of its changelog writes.
+    """A Faust table whose writes the checkpoint sends and awaits itself.
 
     Faust sends changelog records through a producer buffer and commits
     offsets after ``producer.flush()``, but that flush can return while
     records are still buffered, and a stopping app commits before it flushes.
-    The checkpoint therefore awaits these futures itself: an event's offset is
-    acknowledged only once its state change is acknowledged by the broker.
+    So the checkpoint writes states with :meth:`write_states`, which returns
+    the producer futures, and acknowledges a batch's events only once the
+    broker has acknowledged every record.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.unflushed: list[FutureMessage] = []
+    async def write_states(self, items: Iterable[tuple[bytes, bytes, EventT]]) -> list[asyncio.Future]:
+        """Store each (key, value) and send its changelog record straight to the producer.
 
-    def send_changelog(
-        self,
-        partition: int | None,
-        key: Any,
-        value: Any,
-        key_serializer: CodecArg | None = None,
-        value_serializer: CodecArg | None = None,
-    ) -> FutureMessage:
-        fut = super().send_changelog(partition, key, value, key_serializer, value_serializer)
-        self.unflushed.append(fut)
-        return fut
+        The event is one of the customer's own events of the batch: inputs and
+        table are co-partitioned by customer id, so its partition is the key's
+        partition, both for the changelog record and for the RocksDB store
+        (which files a key under the partition of the current event). Unlike
+        ``table[key] = value``, records skip Faust's producer buffer (one
+        ``publish_message`` per record, a 100-record cap).
+        """
+        producer = self.app.producer
+        topic = self.changelog_topic.get_topic_name()
+        futures: list[asyncio.Future] = []
+        try:
+            for key, value, event in items:
+                _current_event.set(weakref.ref(event))
+                self.data[key] = value
+                futures.append(await producer.send(topic, key, value, event.message.partition, None, None))
+        finally:
+            _current_event.set(None)
+        return futures
 
-    def take_unflushed(self) -> list[FutureMessage]:
-        futs, self.unflushed = self.unflushed, []
-        return futs
+    def persisted(self, results: Iterable[RecordMetadata]) -> None:
+        """Remember the changelog offsets written (RocksDB reads from there after a restart)."""
+        for res in results:
+            self.data.set_persisted_offset(res.topic_partition, res.offset)
 
-    def send_end_markers(self, partitions: set[int]) -> list[FutureMessage]:
+    async def send_end_markers(self, partitions: set[int]) -> list[asyncio.Future]:
         """A tombstone of :data:`END_MARKER_KEY` to each partition, to be sent alone.
 
         Tansu answers ListOffsets(latest) with the base offset of the last
@@ -52,6 +63,6 @@ class CustomerStateTable(faust.Table):
         records are acknowledged, a one-record batch per partition makes the
         reported end the true end. A tombstone deletes nothing and leaves no key.
         """
-        for partition in sorted(partitions):
-            self.send_changelog(partition, END_MARKER_KEY, None, value_serializer="raw")
-        return self.take_unflushed()
+        producer = self.app.producer
+        topic = self.changelog_topic.get_topic_name()
+        return [await producer.send(topic, END_MARKER_KEY, None, p, None, None) for p in sorted(partitions)]

@@ -27,11 +27,9 @@ import logging
 import os
 import sys
 import time
-import weakref
 from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING
 
-from faust.streams import _current_event
 from faust.types import EventT, StreamT
 
 from streams import metrics
@@ -89,24 +87,20 @@ def register(pulse: PulseApp) -> None:
             for e in events
         ]
         outcome = processor.process(batch, load)
-        # Faust's RocksDB store files a key under the partition of the current
-        # event. Inputs and table are co-partitioned by customer id, so the
-        # customer's own event names the right partition.
         event_by_key = {e.message.key: e for e in events}
-        for key, state in outcome.states.items():
-            _current_event.set(weakref.ref(event_by_key[key]))
-            table[key] = encode_state(state)
-        _current_event.set(None)
-        changelog = table.take_unflushed()
-        pending = list(changelog)
+        changelog = await table.write_states(
+            (key, encode_state(state), event_by_key[key]) for key, state in outcome.states.items()
+        )
+        produced = []
         for rejected in outcome.rejected:
-            pending.append(await pulse.dead_letters.send(key=rejected.key, value=rejected.record))
+            produced.append(await pulse.dead_letters.send(key=rejected.key, value=rejected.record))
         for topic, key, value in outcome.rerouted:
-            pending.append(await pulse.topics_by_name[topic].send(key=key, value=value))
-        if pending:
-            await asyncio.gather(*pending)
-        if changelog and settings.changelog_end_markers:
-            await asyncio.gather(*table.send_end_markers({fut.message.partition for fut in changelog}))
+            produced.append(await pulse.topics_by_name[topic].send(key=key, value=value))
+        written = await asyncio.gather(*changelog)
+        await asyncio.gather(*produced)
+        if written and settings.changelog_end_markers:
+            written += await asyncio.gather(*await table.send_end_markers({res.partition for res in written}))
+        table.persisted(written)
         sink.submit(outcome.profiles)
         await sink.flush()
 
