@@ -1,27 +1,37 @@
-"""Rough single-worker throughput: run `pulse dev`, poll its pulse_events_total until every order is scored.
+"""Single-worker throughput on a preloaded backlog.
 
-Usage: .venv/bin/python benchmarks/dev_throughput.py [CUSTOMERS]
+Usage: .venv/bin/python benchmarks/dev_throughput.py [CUSTOMERS] [--orders-only]
 
-A baseline until the benchmark harness of the performance issue exists. The
-generator produces concurrently on the same machine, so this measures the
-worker sharing the CPU with its producer, broker and Redis.
+Starts Tansu and Redis (as `pulse dev` does), produces the whole generated
+history first (the realistic four-kind mix, or orders only), then starts one
+worker and times it from its first scored event to the last, by polling its
+pulse_events_total. The producer is done before the worker starts, so only
+the worker, the broker and Redis share the machine.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from pathlib import Path
+
+from pulse.devstack import DevStack, free_port
+from pulse.settings import load_settings
+from pulse.simulate import generate_events, generate_orders, send
+from streams.admin import ensure_topics
 
 #: Bounds of every wait here (seconds).
-STARTUP_SECONDS = 120
 SCORING_SECONDS = 600
-POLL_SECONDS = 0.2
+POLL_SECONDS = 0.1
 
 
-def scored_so_far(port: str) -> float:
+def scored_so_far(port: int) -> float:
     try:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
     except OSError:
@@ -29,36 +39,61 @@ def scored_so_far(port: str) -> float:
     return sum(float(v) for v in re.findall(r"^pulse_events_total\{[^}]*\} (\S+)", text, re.M))
 
 
-def main(customers: int) -> None:
-    cmd = [sys.executable, "-m", "pulse", "dev", "--customers", str(customers), "--duration", str(SCORING_SECONDS)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    port, total = None, None
+def main(customers: int, orders_only: bool) -> None:
+    log_dir = Path(tempfile.mkdtemp(prefix="pulse-bench-"))
+    stack = DevStack.start(log_dir)
+    worker = None
     try:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while total is None and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if found := re.search(r"metrics http://127.0.0.1:(\d+)", line):
-                port = found.group(1)
-            if found := re.search(r"sending (\d+) events", line):
-                total = int(found.group(1))
-        if port is None or total is None:
-            raise SystemExit("pulse dev did not start")
+        port = free_port()
+        env = {
+            **os.environ,
+            **stack.env(),
+            "PULSE_ENV_FILE": "",
+            "PULSE_METRICS_PORT": str(port),
+            "PULSE_BROKER_REBALANCE_TIMEOUT": "3",
+            "PULSE_BROKER_SESSION_TIMEOUT": "6",
+        }
+        os.environ.update({k: v for k, v in env.items() if k.startswith("PULSE_")})
+        settings = load_settings()
+        asyncio.run(ensure_topics(settings))
+        if orders_only:
+            events = [("order", o) for o in generate_orders(customers, 365, seed=7)]
+        else:
+            events = generate_events(customers, 365, seed=7)
+        started = time.perf_counter()
+        asyncio.run(send(settings.broker_bootstrap(), settings.input_topics(), events))
+        print(f"preloaded {len(events)} events in {time.perf_counter() - started:.1f}s")
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "pulse", "worker"],
+            env=env,
+            stdout=(log_dir / "worker.log").open("wb"),
+            stderr=subprocess.STDOUT,
+        )
         samples: list[tuple[float, float]] = []
         deadline = time.monotonic() + SCORING_SECONDS
         while time.monotonic() < deadline:
+            if worker.poll() is not None:
+                raise SystemExit(f"the worker exited with {worker.returncode}; see {log_dir / 'worker.log'}")
             samples.append((time.monotonic(), scored_so_far(port)))
-            if samples[-1][1] >= total:
+            if samples[-1][1] >= len(events):
                 break
             time.sleep(POLL_SECONDS)
     finally:
-        proc.terminate()
-        proc.wait(60)
+        if worker is not None:
+            worker.terminate()
+            worker.wait(60)
+        stack.close()
     first = next(t for t, n in samples if n > 0)
-    last = next((t for t, n in samples if n >= total), None)
+    last = next((t for t, n in samples if n >= len(events)), None)
     if last is None:
-        raise SystemExit(f"only {samples[-1][1]:.0f} of {total} events scored in {SCORING_SECONDS}s")
-    print(f"events={total} first->last scored {last - first:.1f}s throughput {total / (last - first):.0f} events/s")
+        raise SystemExit(f"only {samples[-1][1]:.0f} of {len(events)} events scored in {SCORING_SECONDS}s")
+    kind = "orders only" if orders_only else "four-kind mix"
+    print(
+        f"{kind}: {len(events)} events, first->last scored {last - first:.1f}s, "
+        f"{len(events) / (last - first):.0f} events/s"
+    )
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 8000)
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    main(int(args[0]) if args else 8000, "--orders-only" in sys.argv)
