@@ -12,7 +12,7 @@ from pathlib import Path
 
 import redis
 
-from pulse.settings import DEV_ENV_FILE, load_settings
+from pulse.settings import DEV_ENV_FILE, Settings, load_settings
 
 
 def _profile_key(prefix: str, cid: str) -> str:
@@ -29,12 +29,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    events = _traffic(args)
+    n = _send_traffic(load_settings(), events, args, progress_every=args.progress_every)
+    print(f"sent {n} events")
+    return 0
+
+
+def _send_traffic(settings: Settings, events: list[tuple[str, dict]], args: argparse.Namespace, **kw: int) -> int:
     from pulse.simulate import send
 
-    settings = load_settings()
-    events = _traffic(args)
-    print(f"sending {len(events)} events for {args.customers} customers")
-    n = asyncio.run(
+    print(f"sending {len(events)} events for {args.customers} customers…", flush=True)
+    return asyncio.run(
         send(
             settings.broker_bootstrap(),
             settings.input_topics(),
@@ -42,11 +47,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             rate=args.rate,
             bad=args.bad_per_1000,
             seed=args.seed,
-            progress_every=args.progress_every,
+            **kw,
         )
     )
-    print(f"sent {n} events")
-    return 0
 
 
 def _traffic(args: argparse.Namespace) -> list[tuple[str, dict]]:
@@ -124,7 +127,6 @@ def _write_dev_env(env: dict[str, str]) -> None:
 def cmd_dev(args: argparse.Namespace) -> int:
     """Broker + Redis + worker(s) + sample traffic, until Ctrl-C or --duration."""
     from pulse.devstack import DevStack, free_port
-    from pulse.simulate import send
     from streams.admin import ensure_topics
 
     log_dir = Path(".pulse/logs")
@@ -156,17 +158,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
             )
         print(f"workers {args.workers} (logs in {log_dir}/worker-*.log)")
         events = _traffic(args)
-        print(f"sending {len(events)} events for {args.customers} customers…")
-        asyncio.run(
-            send(
-                settings.broker_bootstrap(),
-                settings.input_topics(),
-                events,
-                rate=args.rate,
-                bad=args.bad_per_1000,
-                seed=args.seed,
-            )
-        )
+        _send_traffic(settings, events, args)
         customers_with_orders = len({e["customer_id"] for _, e in events})
         client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
         deadline = time.monotonic() + args.duration if args.duration else None

@@ -176,7 +176,10 @@ def consume(bootstrap: str, topic: str, expected: int, timeout: float = CONVERGE
 
 
 def profile_diffs(settings: Settings, expected: dict[str, dict]) -> list[tuple[str, dict, dict | None]]:
-    """(customer, expected, got) for every Redis profile that differs from the batch reference."""
+    """(customer, expected, got) for every Redis profile whose fields differ from ``expected``.
+
+    ``expected`` maps customer ids to {profile field: value}; only those fields are compared.
+    """
     import redis
 
     from schemas.profile import CustomerProfile

@@ -9,10 +9,8 @@ import pytest
 import redis
 
 from pulse.simulate import generate_events
-from schemas.profile import CustomerProfile
-from streams.sinks.redis_profiles import profile_key
-from tests.conftest import produce, wait_until
-from tests.reference import STATE_FIELDS, uninterrupted_profiles
+from tests.conftest import produce, profile_diffs, wait_until
+from tests.reference import uninterrupted_profiles
 
 pytestmark = pytest.mark.e2e
 
@@ -38,17 +36,6 @@ def test_scaling_out_and_in_during_a_replay_changes_nothing(namespace, start_wor
     def profiles_written() -> int:
         return sum(1 for _ in client.scan_iter(f"{s.redis_key_prefix}profile:*", count=1000))
 
-    def differing() -> list[str]:
-        with client.pipeline(transaction=False) as pipe:
-            for cid in expected:
-                pipe.hgetall(profile_key(s.redis_key_prefix, cid))
-            hashes = pipe.execute()
-        out = []
-        for (cid, exp), fields in zip(expected.items(), hashes, strict=True):
-            if not fields or {f: getattr(CustomerProfile.from_redis(fields), f) for f in STATE_FIELDS} != exp:
-                out.append(cid)
-        return out
-
     small_batches = {"PULSE_BATCH_MAX_EVENTS": "50"}
     first = start_worker(**small_batches)
     send(thirds[0])
@@ -59,7 +46,7 @@ def test_scaling_out_and_in_during_a_replay_changes_nothing(namespace, start_wor
     third.stop()  # scale in while events are still flowing
     send(thirds[2])
 
-    converged = wait_until(lambda: not differing(), timeout=150)
-    remaining = differing()
-    assert converged, f"{len(remaining)} of {len(expected)} differ: {remaining[:5]}\n{second.log_tail()}"
+    converged = wait_until(lambda: not profile_diffs(s, expected), timeout=150)
+    remaining = profile_diffs(s, expected)
+    assert converged, f"{len(remaining)} of {len(expected)} differ, e.g. {remaining[:2]}\n{second.log_tail()}"
     assert first.alive() and second.alive()

@@ -18,10 +18,8 @@ import pytest
 import redis
 
 from pulse.simulate import generate_events
-from schemas.profile import CustomerProfile
-from streams.sinks.redis_profiles import profile_key
-from tests.conftest import produce, wait_until
-from tests.reference import STATE_FIELDS, batch_order_profiles, uninterrupted_profiles
+from tests.conftest import produce, profile_diffs, wait_until
+from tests.reference import batch_order_profiles, uninterrupted_profiles
 
 pytestmark = pytest.mark.e2e
 
@@ -50,18 +48,6 @@ def test_replacement_worker_recovers_exact_state(namespace, start_worker, how, s
             records = [(e["customer_id"].encode(), orjson.dumps(e)) for k, e in part if k == kind]
             produce(namespace.bootstrap, topics[kind], records)
 
-    def diffs() -> list[tuple[str, dict, dict | None]]:
-        with client.pipeline(transaction=False) as pipe:
-            for cid in expected:
-                pipe.hgetall(profile_key(settings.redis_key_prefix, cid))
-            hashes = pipe.execute()
-        out = []
-        for (cid, exp), fields in zip(expected.items(), hashes, strict=True):
-            got = {f: getattr(CustomerProfile.from_redis(fields), f) for f in STATE_FIELDS} if fields else None
-            if got != exp:
-                out.append((cid, exp, got))
-        return out
-
     def processed() -> int:
         return sum(1 for _ in client.scan_iter(f"{settings.redis_key_prefix}profile:*", count=1000))
 
@@ -74,8 +60,8 @@ def test_replacement_worker_recovers_exact_state(namespace, start_worker, how, s
     second = start_worker(PULSE_BATCH_MAX_EVENTS="50", PULSE_STORE=store)
     send(events[half:])
 
-    converged = wait_until(lambda: not diffs())
-    remaining = diffs()
+    converged = wait_until(lambda: not profile_diffs(settings, expected))
+    remaining = profile_diffs(settings, expected)
     assert converged, f"{len(remaining)} profiles differ, e.g. {remaining[:2]}\n{second.log_tail()}"
     assert second.alive()
     # the changelog held the state: the second worker did not start from nothing
