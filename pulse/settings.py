@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 from decimal import Decimal
-from functools import lru_cache
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -136,9 +135,3 @@ def load_settings(**overrides: object) -> Settings:
     """Settings from the environment, then ``.pulse/dev.env`` (``PULSE_ENV_FILE``), then defaults."""
     env_file = os.environ.get("PULSE_ENV_FILE", DEV_ENV_FILE)
     return Settings(_env_file=env_file if env_file and os.path.exists(env_file) else None, **overrides)
-
-
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    """Process-wide settings, read once."""
-    return load_settings()

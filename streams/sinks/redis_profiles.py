@@ -81,8 +81,3 @@ class RedisProfileSink:
             if await self.flush():
                 return
             delay = min(delay * 2, self._retry_max)
-
-    async def close(self) -> None:
-        if self._retry_task is not None:
-            self._retry_task.cancel()
-        await self._redis.aclose()
