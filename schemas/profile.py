@@ -17,13 +17,17 @@ def cents_to_money(cents: int) -> Decimal:
     return Decimal(cents).scaleb(-2)
 
 
-def _round(hours: float | None) -> float | None:
-    """Profiles carry hours to 4 decimals (a third of a second)."""
-    return None if hours is None else round(hours, 4)
+def _round(value: float | None) -> float | None:
+    """Profiles carry days and hours to 4 decimals."""
+    return None if value is None else round(value, 4)
 
 
 def ms_to_datetime(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def _at(ms: int | None) -> datetime | None:
+    return None if ms is None else ms_to_datetime(ms)
 
 
 class CustomerProfile(BaseModel):
@@ -82,11 +86,11 @@ class CustomerProfile(BaseModel):
             refunds=sig.refunds,
             aov=None if sig.aov_cents is None else cents_to_money(sig.aov_cents),
             revenue_window=cents_to_money(sig.window_revenue_cents),
-            first_purchase_at=None if sig.first_purchase_ms is None else ms_to_datetime(sig.first_purchase_ms),
-            last_purchase_at=None if sig.last_purchase_ms is None else ms_to_datetime(sig.last_purchase_ms),
-            recency_days=None if sig.recency_days is None else round(sig.recency_days, 4),
-            tenure_days=None if sig.tenure_days is None else round(sig.tenure_days, 4),
-            orders_per_month=None if sig.orders_per_month is None else round(sig.orders_per_month, 4),
+            first_purchase_at=_at(sig.first_purchase_ms),
+            last_purchase_at=_at(sig.last_purchase_ms),
+            recency_days=_round(sig.recency_days),
+            tenure_days=_round(sig.tenure_days),
+            orders_per_month=_round(sig.orders_per_month),
             nps=voice.nps,
             nps_category=voice.nps_category,
             nps_previous=voice.nps_previous,
@@ -103,7 +107,7 @@ class CustomerProfile(BaseModel):
             last_first_response_hours=_round(service.last_first_response_hours),
             last_resolution_hours=_round(service.last_resolution_hours),
             oldest_open_ticket_hours=_round(service.oldest_open_ticket_hours),
-            last_event_at=None if state.last_event_ms is None else ms_to_datetime(state.last_event_ms),
+            last_event_at=_at(state.last_event_ms),
             events_total=sum(state.events.values()),
             as_of=ms_to_datetime(now_ms),
         )
