@@ -90,6 +90,79 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Produce an order history (CSV) to the order topic, keyed by customer id."""
+    from aiokafka import AIOKafkaProducer
+
+    from pulse.history import HistoryError, Progress, count_rows, read_orders
+    from streams.admin import ensure_topics
+
+    settings = load_settings()
+    path = Path(args.file)
+
+    async def go() -> int:
+        await ensure_topics(settings)
+        producer = AIOKafkaProducer(bootstrap_servers=settings.broker_bootstrap(), acks="all", linger_ms=5)
+        await producer.start()
+        progress = Progress(count_rows(path), f"replay {path.name} -> {settings.topic_orders}")
+        sent = 0
+        try:
+            futures = []
+            for key, value in read_orders(path, settings.base_currency.upper()):
+                futures.append(await producer.send(settings.topic_orders, key=key, value=value))
+                if len(futures) >= 1000:
+                    await asyncio.gather(*futures)
+                    progress.advance(len(futures))
+                    sent += len(futures)
+                    futures = []
+            await asyncio.gather(*futures)
+            progress.advance(len(futures))
+            sent += len(futures)
+        finally:
+            progress.close()
+            await producer.stop()
+        return sent
+
+    try:
+        sent = asyncio.run(go())
+    except HistoryError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(f"replayed {sent} rows to {settings.topic_orders}")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """Score an order history offline with the worker's processor; write one row per customer."""
+    from collections import Counter
+
+    from pulse.history import HistoryError, profile_row, read_orders, write_profiles
+    from pulse.offline import score_records
+
+    settings = load_settings()
+    path = Path(args.file)
+    try:
+        records = [(settings.topic_orders, key, value) for key, value in read_orders(path, settings.base_currency)]
+    except HistoryError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    result = score_records(records, settings)
+    profiles = list(result.profiles.values())
+    if args.out == "-":
+        write_profiles(profiles, sys.stdout)
+    else:
+        with open(args.out, "w", newline="", encoding="utf-8") as out:
+            write_profiles(profiles, out)
+    vips = sum(1 for p in profiles if profile_row(p)["vip"] == "true")
+    reasons = Counter(r.reason for r in result.rejected)
+    print(
+        f"scored {len(records)} rows: {len(profiles)} customers, {vips} VIP, {len(result.rejected)} rejected"
+        + (f" ({', '.join(f'{k}: {n}' for k, n in reasons.most_common())})" if reasons else ""),
+        file=sys.stderr,
+    )
+    return 0
+
+
 def settings_table() -> str:
     """Markdown table of every setting: env var, default, meaning."""
     from pulse.settings import Settings
@@ -223,6 +296,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="list every setting with its default (--effective: the values in force)")
     p.add_argument("--effective", action="store_true")
     p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("replay", help="produce an order history (CSV) to the order topic, with progress")
+    p.add_argument("file", help="CSV: customer_id, occurred_at, amount[, order_id, cost, status, currency]")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("score", help="score an order history (CSV) offline, without Kafka")
+    p.add_argument("file", help="CSV: customer_id, occurred_at, amount[, order_id, cost, status, currency]")
+    p.add_argument("--out", default="-", help="output CSV, one row per customer (default: stdout)")
+    p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("profile", help="print a customer's live profile from Redis")
     p.add_argument("customer_id")

@@ -17,6 +17,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from scoring.customer import ScoringConfig
 from scoring.orders import OrderScoringConfig
+from scoring.rank import RfmKeys
+from scoring.rfm import DEFAULT_SEGMENTS, HIGH_VALUE, RfmConfig, SegmentRule
 from scoring.service import ServiceConfig
 from scoring.voice import VoiceConfig
 
@@ -41,6 +43,7 @@ class Settings(BaseSettings):
     topic_support: str = Field("support-tickets", description="Support-ticket events.")
     topic_dead_letters: str = Field("customer-events-dlq", description="Rejected events, each with the reason.")
     topic_retention_alerts: str = Field("retention-alerts", description="Churn alerts for the service teams.")
+    topic_vip_changes: str = Field("vip-changes", description="Every change of a customer's VIP flag, as it happens.")
     partitions: int = Field(4, ge=1, description="Partitions of every input topic and of the state table.")
     replication_factor: int = Field(1, ge=1, description="Replication of topics the app creates.")
 
@@ -76,6 +79,34 @@ class Settings(BaseSettings):
     max_tickets_per_customer: int = Field(
         32, ge=1, le=1024, description="Ticket records kept per customer; older closed ones fold into totals."
     )
+    # --- scoring (spec: RFM, VIP flag) ------------------------------------
+    rfm_high_value_min_score: int = Field(
+        5, ge=1, le=5, description="High-value segment: R, F and M all at least this (spec default 5; 4 is common)."
+    )
+    rfm_segments: list[SegmentRule] = Field(
+        default_factory=list,
+        description="Segment rules replacing the defaults, first match wins, JSON: "
+        '[{"name": "loyal", "r": [3, 5], "f": [4, 5], "m": [1, 5]}, …]; empty: the spec\'s rules, then the '
+        "usual named segments (see README).",
+    )
+    rfm_m_relative_error: float = Field(
+        0.01, gt=0, le=0.1, description="M (and VIP value) rank keys: revenues within this ratio rank as equal."
+    )
+    vip_value: str = Field("revenue", pattern="^(revenue|profit)$", description="What VIP ranks: revenue or profit.")
+    vip_enter_share: float = Field(0.05, gt=0, lt=1, description="A customer becomes VIP in this top share by value.")
+    vip_leave_share: float = Field(
+        0.08, gt=0, lt=1, description="A VIP stops being one only below this top share (hysteresis, ≥ enter share)."
+    )
+    vip_segments: list[str] = Field(
+        default_factory=lambda: [HIGH_VALUE], description="Segments whose members are always VIP, JSON list."
+    )
+    population_publish_seconds: float = Field(
+        1.0, gt=0, description="How often a worker publishes the population counts of its partitions."
+    )
+    sweep_tick_seconds: float = Field(1.0, gt=0, description="How often each owned partition is swept (re-scored).")
+    sweep_customers_per_tick: int = Field(
+        2000, ge=1, description="Customers re-scored per partition and tick as the population moves."
+    )
     base_currency: str = Field("USD", min_length=3, max_length=3, description="Currency all money is reported in.")
     fx_rates: dict[str, Decimal] = Field(
         default_factory=dict,
@@ -105,6 +136,31 @@ class Settings(BaseSettings):
             "support": self.topic_support,
         }
 
+    def topic_population(self) -> str:
+        """Compacted topic of per-partition population counts (internal)."""
+        return f"{self.app_id}-population"
+
+    def topic_ticks(self) -> str:
+        """Sweep ticks, co-partitioned with the inputs (internal)."""
+        return f"{self.app_id}-ticks"
+
+    def rfm(self) -> RfmConfig:
+        if self.vip_leave_share < self.vip_enter_share:
+            raise ValueError("PULSE_VIP_LEAVE_SHARE must be at least PULSE_VIP_ENTER_SHARE")
+        low = self.rfm_high_value_min_score
+        segments = tuple(self.rfm_segments) or tuple(
+            SegmentRule(HIGH_VALUE, (low, 5), (low, 5), (low, 5)) if rule.name == HIGH_VALUE else rule
+            for rule in DEFAULT_SEGMENTS
+        )
+        return RfmConfig(
+            keys=RfmKeys(m_relative_error=self.rfm_m_relative_error),
+            segments=segments,
+            vip_enter_share=self.vip_enter_share,
+            vip_leave_share=self.vip_leave_share,
+            vip_segments=frozenset(self.vip_segments),
+            vip_value=self.vip_value,
+        )
+
     def scoring(self) -> ScoringConfig:
         return ScoringConfig(
             orders=OrderScoringConfig(
@@ -118,6 +174,7 @@ class Settings(BaseSettings):
                 resolution_sla_hours=self.resolution_sla_hours,
                 max_tickets=self.max_tickets_per_customer,
             ),
+            rfm=self.rfm(),
             dedup_event_ids=self.dedup_event_ids,
         )
 

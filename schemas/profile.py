@@ -48,6 +48,13 @@ class CustomerProfile(BaseModel):
     recency_days: float | None
     tenure_days: float | None
     orders_per_month: float | None
+    # RFM against the whole population (spec: RFM, VIP flag)
+    r_score: int | None
+    f_score: int | None
+    m_score: int | None
+    rfm_cell: str | None
+    segment: str | None
+    vip: bool
     # voice of the customer (spec: Loyalty and satisfaction)
     nps: int | None
     nps_category: str | None
@@ -91,6 +98,12 @@ class CustomerProfile(BaseModel):
             recency_days=_round(sig.recency_days),
             tenure_days=_round(sig.tenure_days),
             orders_per_month=_round(sig.orders_per_month),
+            r_score=None if state.rfm_cell is None else int(state.rfm_cell[0]),
+            f_score=None if state.rfm_cell is None else int(state.rfm_cell[1]),
+            m_score=None if state.rfm_cell is None else int(state.rfm_cell[2]),
+            rfm_cell=state.rfm_cell,
+            segment=state.segment,
+            vip=state.vip,
             nps=voice.nps,
             nps_category=voice.nps_category,
             nps_previous=voice.nps_previous,

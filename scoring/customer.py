@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from hashlib import blake2b
 
 from scoring.orders import OrderFact, OrderScoringConfig, OrderState, apply_order
+from scoring.rfm import RfmConfig
 from scoring.service import ServiceConfig, ServiceState, TicketFact, apply_ticket_event
 from scoring.voice import ComplaintFact, SurveyFact, VoiceConfig, VoiceState, apply_complaint, apply_survey
 
@@ -34,6 +35,7 @@ class ScoringConfig:
     orders: OrderScoringConfig = field(default_factory=OrderScoringConfig)
     voice: VoiceConfig = field(default_factory=VoiceConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    rfm: RfmConfig = field(default_factory=RfmConfig)
     dedup_event_ids: int = 32
 
 
@@ -47,6 +49,15 @@ class CustomerState:
     events: dict[str, int] = field(default_factory=dict)
     source_offsets: dict[str, int] = field(default_factory=dict)
     recent_ids: list[int] = field(default_factory=list)
+    #: input partition the customer's events arrive in (its population part)
+    partition: int | None = None
+    #: RFM as last scored against the population (scoring.population), e.g. "545"
+    rfm_cell: str | None = None
+    segment: str | None = None
+    #: VIP flag (has hysteresis, so it is state) and how often it changed:
+    #: the count makes VIP change ids deterministic under replay
+    vip: bool = False
+    vip_changes: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -113,7 +113,12 @@ class RfmKeys:
     r_size: int = 1 << 16  # days: up to the year 2149
     f_size: int = 1 << 14
     m_relative_error: float = 0.01
-    m_size: int = 1 << 12
+    #: revenues up to this many cents get distinct keys (10^15: far above any customer)
+    m_max_cents: int = 10**15
+
+    @property
+    def m_size(self) -> int:
+        return 2 + int(math.log(self.m_max_cents) / math.log1p(self.m_relative_error))
 
     def r_key(self, last_purchase_ms: int) -> int:
         return last_purchase_ms // DAY_MS
@@ -126,5 +131,6 @@ class RfmKeys:
             return 0
         return 1 + int(math.log(revenue_cents) / math.log1p(self.m_relative_error))
 
-    def new_indexes(self) -> tuple[RankIndex, RankIndex, RankIndex]:
-        return RankIndex(self.r_size), RankIndex(self.f_size), RankIndex(self.m_size)
+    def new_indexes(self) -> tuple[RankIndex, RankIndex, RankIndex, RankIndex]:
+        """R, F, M and the VIP value measure (which uses M's log scale)."""
+        return RankIndex(self.r_size), RankIndex(self.f_size), RankIndex(self.m_size), RankIndex(self.m_size)

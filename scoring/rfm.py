@@ -47,6 +47,10 @@ DEFAULT_SEGMENTS: tuple[SegmentRule, ...] = (
 OTHERS = "others"
 
 
+#: Value measures the VIP rule can rank by (spec: VIP flag).
+VALUE_MEASURES = ("revenue", "profit")
+
+
 @dataclass(frozen=True, slots=True)
 class RfmConfig:
     keys: RfmKeys = field(default_factory=RfmKeys)
@@ -57,42 +61,71 @@ class RfmConfig:
     vip_enter_share: float = 0.05
     vip_leave_share: float = 0.08
     vip_segments: frozenset[str] = frozenset({HIGH_VALUE})
+    #: what "top X %" ranks: lifetime revenue or lifetime profit (cents, same log keys as M)
+    vip_value: str = "revenue"
 
 
 @dataclass(frozen=True, slots=True)
-class RfmKeyTriple:
+class MemberKeys:
+    """The rank keys one member is counted under: R, F, M and the VIP value measure V."""
+
     r: int
     f: int
     m: int
+    v: int
 
 
-def rfm_keys(config: RfmConfig, last_purchase_ms: int | None, orders: int, revenue_cents: int) -> RfmKeyTriple | None:
+def rfm_keys(
+    config: RfmConfig, last_purchase_ms: int | None, orders: int, revenue_cents: int, profit_cents: int | None = None
+) -> MemberKeys | None:
     """The keys a customer is counted under; None when not in the population (no purchase)."""
     if orders < 1 or last_purchase_ms is None:
         return None
     k = config.keys
-    return RfmKeyTriple(k.r_key(last_purchase_ms), k.f_key(orders), k.m_key(revenue_cents))
+    m = k.m_key(revenue_cents)
+    v = m if config.vip_value == "revenue" else k.m_key(revenue_cents if profit_cents is None else profit_cents)
+    return MemberKeys(k.r_key(last_purchase_ms), k.f_key(orders), m, v)
 
 
 @dataclass(slots=True)
 class Population:
-    """One part (a partition) of the population: its R, F and M indexes."""
+    """One part (a partition) of the population: its R, F, M and value indexes."""
 
     r: RankIndex
     f: RankIndex
     m: RankIndex
+    v: RankIndex
 
     @classmethod
     def empty(cls, config: RfmConfig) -> Population:
         return cls(*config.keys.new_indexes())
 
-    def move(self, old: RfmKeyTriple | None, new: RfmKeyTriple | None) -> None:
+    @property
+    def members(self) -> int:
+        return self.r.total
+
+    def move(self, old: MemberKeys | None, new: MemberKeys | None) -> None:
         """A customer's keys changed (None: not a member); O(log domain)."""
         if old == new:
             return
         self.r.move(old and old.r, new and new.r)
         self.f.move(old and old.f, new and new.f)
         self.m.move(old and old.m, new and new.m)
+        self.v.move(old and old.v, new and new.v)
+
+    def counts(self) -> dict[str, dict[int, int]]:
+        """Sparse counts of every index: what a snapshot of this part carries."""
+        return {"r": self.r.counts(), "f": self.f.counts(), "m": self.m.counts(), "v": self.v.counts()}
+
+    @classmethod
+    def from_counts(cls, config: RfmConfig, counts: dict[str, dict[int, int]]) -> Population:
+        k = config.keys
+        return cls(
+            RankIndex.from_counts(k.r_size, counts["r"]),
+            RankIndex.from_counts(k.f_size, counts["f"]),
+            RankIndex.from_counts(k.m_size, counts["m"]),
+            RankIndex.from_counts(k.m_size, counts["v"]),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +134,7 @@ class RfmScores:
     f: int
     m: int
     segment: str
-    #: percentile of the value measure (M: lifetime revenue), for the VIP rule
+    #: percentile of the VIP value measure (``RfmConfig.vip_value``)
     value_percentile: float
 
     @property
@@ -116,15 +149,16 @@ def segment_for(r: int, f: int, m: int, rules: Sequence[SegmentRule]) -> str:
     return OTHERS
 
 
-def rfm_scores(keys: RfmKeyTriple, parts: Sequence[Population], config: RfmConfig) -> RfmScores:
+def rfm_scores(keys: MemberKeys, parts: Sequence[Population], config: RfmConfig) -> RfmScores:
     """Scores of a member against the union of ``parts`` (which must include it)."""
     p_r = percentile([p.r for p in parts], keys.r)
     p_f = percentile([p.f for p in parts], keys.f)
     p_m = percentile([p.m for p in parts], keys.m)
-    if p_r is None or p_f is None or p_m is None:
+    p_v = percentile([p.v for p in parts], keys.v)
+    if p_r is None or p_f is None or p_m is None or p_v is None:
         raise ValueError("scoring a customer against an empty population")
     r, f, m = score_1_to_5(p_r), score_1_to_5(p_f), score_1_to_5(p_m)
-    return RfmScores(r, f, m, segment_for(r, f, m, config.segments), p_m)
+    return RfmScores(r, f, m, segment_for(r, f, m, config.segments), p_v)
 
 
 def vip_flag(was_vip: bool, scores: RfmScores | None, config: RfmConfig) -> bool:

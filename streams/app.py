@@ -20,6 +20,10 @@ class PulseApp:
     customer_events: faust.TopicT  # all four input topics, one channel
     topics_by_name: dict[str, faust.TopicT]
     dead_letters: faust.TopicT
+    vip_changes: faust.TopicT
+    #: internal: sweep ticks (co-partitioned with the inputs) and population snapshots
+    ticks: faust.TopicT
+    population: faust.TopicT
     customer_states: CustomerStateTable
 
 
@@ -42,9 +46,13 @@ def create_app(settings: Settings) -> PulseApp:
         table_standby_replicas=0,
     )
     names = list(settings.input_topics().values())
-    customer_events = app.topic(*names, partitions=settings.partitions, **RAW)
+    # the ticks ride in the same channel, so a sweep runs inside a batch's checkpoint
+    customer_events = app.topic(*names, settings.topic_ticks(), partitions=settings.partitions, **RAW)
     topics_by_name = {name: app.topic(name, partitions=settings.partitions, **RAW) for name in names}
     dead_letters = app.topic(settings.topic_dead_letters, **RAW)
+    vip_changes = app.topic(settings.topic_vip_changes, **RAW)
+    ticks = app.topic(settings.topic_ticks(), partitions=settings.partitions, **RAW)
+    population = app.topic(settings.topic_population(), partitions=1, **RAW)
     # Built the way App.Table builds tables, with our subclass.
     table = app.tables.add(
         CustomerStateTable(
@@ -62,8 +70,11 @@ def create_app(settings: Settings) -> PulseApp:
             value_type=bytes,
         )
     )
-    pulse = PulseApp(settings, app, customer_events, topics_by_name, dead_letters, table)
-    from streams.agents.customer_events import register
+    pulse = PulseApp(
+        settings, app, customer_events, topics_by_name, dead_letters, vip_changes, ticks, population, table
+    )
+    from streams.agents import customer_events, population
 
-    register(pulse)
+    processor = customer_events.register(pulse)
+    population.register(pulse, processor)
     return pulse

@@ -30,3 +30,15 @@ REDIS_PENDING_PROFILES = Gauge(
     "pulse_redis_pending_profiles", "Profiles waiting for Redis (non-zero during an outage)."
 )
 WATERMARK_SECONDS = Gauge("pulse_event_time_watermark_seconds", "Highest event time seen by this worker (Unix time).")
+VIP_CHANGES = Counter(
+    "pulse_vip_changes_total", "VIP flag changes published, by direction (entered, left).", ["direction"]
+)
+SWEPT_CUSTOMERS = Counter("pulse_swept_customers_total", "Customers re-scored by the sweep as the population moved.")
+POPULATION_CUSTOMERS = Gauge(
+    "pulse_population_customers", "Customers with a purchase in the RFM population, as this worker sees it."
+)
+POPULATION_REBUILD_SECONDS = Histogram(
+    "pulse_population_rebuild_seconds",
+    "Time to rebuild the population of newly owned partitions from the table.",
+    buckets=(0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60),
+)

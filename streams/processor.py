@@ -8,7 +8,7 @@ function calls.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -28,9 +28,11 @@ from schemas.events import (
     SurveyEvent,
     decode_event,
 )
-from schemas.profile import CustomerProfile
+from schemas.profile import CustomerProfile, cents_to_money, ms_to_datetime
+from schemas.vip import VipChange
 from scoring.customer import CustomerState, ScoredEvent, apply_event
 from scoring.orders import OrderFact, to_cents
+from scoring.population import PopulationView, member_keys, rescore
 from scoring.service import TicketFact
 from scoring.voice import ComplaintFact, SurveyFact
 
@@ -58,7 +60,13 @@ class Rejected:
 class BatchOutcome:
     #: customer key -> updated state (only customers whose state changed)
     states: dict[bytes, CustomerState] = field(default_factory=dict)
+    #: partition of each changed state (its changelog partition)
+    partitions: dict[bytes, int] = field(default_factory=dict)
     profiles: list[CustomerProfile] = field(default_factory=list)
+    #: VIP flag changes, in the order they were scored: (key, now VIP?, VipChange JSON)
+    vip_changes: list[tuple[bytes, bool, bytes]] = field(default_factory=list)
+    #: partitions swept in this batch and customers re-scored by the sweep
+    swept: dict[int, int] = field(default_factory=dict)
     rejected: list[Rejected] = field(default_factory=list)
     #: valid events whose record key is not their customer id: re-produced
     #: under the right key (topic, key, value) so they reach the right partition
@@ -71,19 +79,49 @@ class BatchOutcome:
 
 
 class BatchProcessor:
-    """Validates, de-duplicates and scores batches; owns the event-time clock of the worker."""
+    """Validates, de-duplicates and scores batches; owns the worker's view of the population and its clock.
+
+    A batch may also hold sweep ticks (records of the internal ticks topic,
+    one per partition): each re-scores the next slice of that partition's
+    customers against the moved population, in the same checkpoint as events.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.kind_by_topic = {topic: Kind(kind) for kind, topic in settings.input_topics().items()}
+        self.ticks_topic = settings.topic_ticks()
         self.config = settings.scoring()
         self.rates = settings.currency_rates()
-        #: the scorer's clock: highest event time seen (spec: Clock)
-        self.watermark_ms: int | None = None
+        self.currency = settings.base_currency.upper()
+        self.population = PopulationView(self.config.rfm)
+
+    def rebuild(self, partitions: set[int], states: Iterable[tuple[bytes, CustomerState]]) -> int:
+        """Count the recovered customers of newly owned ``partitions`` into the population; returns how many.
+
+        ``states`` may hold customers of other partitions too (they are skipped).
+        """
+        self.population.drop(partitions)
+        for partition in partitions:
+            self.population.partition(partition)
+        n = 0
+        for key, state in states:
+            if state.partition in partitions:
+                self.population.add_state(state.partition, key, state)
+                n += 1
+        return n
+
+    @property
+    def watermark_ms(self) -> int | None:
+        """The scorer's clock: highest event time seen in any partition (spec: Clock)."""
+        return self.population.clock()
 
     def process(self, batch: Sequence[Incoming], load: Callable[[bytes], CustomerState]) -> BatchOutcome:
         out = BatchOutcome()
+        sweeps: set[int] = set()
         for record in batch:
+            if record.topic == self.ticks_topic:
+                sweeps.add(record.partition)
+                continue
             kind = self.kind_by_topic[record.topic]
             try:
                 event = decode_event(kind, record.value or b"", self.settings.max_event_bytes)
@@ -100,21 +138,86 @@ class BatchProcessor:
             state = out.states.get(key)
             if state is None:
                 state = load(key)
+            new_customer = state.partition is None
+            state.partition = record.partition
+            before = member_keys(state, self.config.rfm)
             applied = apply_event(state, scored, self.config)
             out.count(kind, "scored" if applied else "duplicate")
+            self.population.applied(record.partition, key, before, state, new_customer)
             # A replayed duplicate still counts for the clock and still gets its
             # state and profile written: after a crash between the changelog
             # and Redis, the replay is what brings the profile up to date.
-            if self.watermark_ms is None or scored.occurred_ms > self.watermark_ms:
-                self.watermark_ms = scored.occurred_ms
+            self.population.partition(record.partition).observe(scored.occurred_ms)
             out.states[key] = state
-        if out.states and self.watermark_ms is not None:
-            currency = self.settings.base_currency.upper()
-            out.profiles = [
-                CustomerProfile.from_state(key.decode(), state, self.watermark_ms, self.config, currency)
-                for key, state in out.states.items()
-            ]
+            out.partitions[key] = record.partition
+        now = self.population.clock()
+        if now is None:
+            return out
+        render = dict(out.states)
+        for key, state in out.states.items():
+            self._rescore(key, state, now, out)
+        for partition in sorted(sweeps):
+            render.update(self.sweep(partition, self.settings.sweep_customers_per_tick, load, out, now))
+        out.profiles = [
+            CustomerProfile.from_state(key.decode(), state, now, self.config, self.currency)
+            for key, state in render.items()
+        ]
         return out
+
+    def sweep(
+        self,
+        partition: int,
+        limit: int | None,
+        load: Callable[[bytes], CustomerState],
+        out: BatchOutcome,
+        now: int,
+        refresh_all: bool = False,
+    ) -> dict[bytes, CustomerState]:
+        """Re-score the next ``limit`` customers of ``partition``; returns those whose profile must be re-rendered.
+
+        A customer whose stored scores change is also written (``out.states``).
+        Profiles are re-rendered when their scores changed, or for the whole
+        round when the clock moved since the previous round, so that once
+        events stop, one round later every profile is as of the final clock.
+        """
+        chunk = self.population.sweep_slice(partition, limit, now)
+        render: dict[bytes, CustomerState] = {}
+        for key in chunk.keys:
+            if key in out.states:
+                continue  # scored with this batch already
+            state = load(key)
+            if self._rescore(key, state, now, out):
+                out.states[key] = state
+                out.partitions[key] = partition
+                render[key] = state
+            elif chunk.refresh_all or refresh_all:
+                render[key] = state
+        out.swept[partition] = out.swept.get(partition, 0) + len(chunk.keys)
+        return render
+
+    def _rescore(self, key: bytes, state: CustomerState, now: int, out: BatchOutcome) -> bool:
+        rfm = self.config.rfm
+        result = rescore(state, self.population.parts(), rfm)
+        if result.vip_changed:
+            o = state.orders
+            value_cents = o.revenue_cents if rfm.vip_value == "revenue" else o.revenue_cents - o.cost_cents
+            share = rfm.vip_leave_share if state.vip else rfm.vip_enter_share
+            in_top = result.scores is not None and result.scores.value_percentile >= 1 - share
+            change = VipChange(
+                change_id=f"{key.decode()}:vip:{state.vip_changes}",
+                customer_id=key.decode(),
+                vip=state.vip,
+                reason=("top_share" if in_top else "segment") if state.vip else "left",
+                value_measure=rfm.vip_value,
+                value=cents_to_money(value_cents),
+                value_percentile=None if result.scores is None else round(result.scores.value_percentile, 6),
+                rfm_cell=state.rfm_cell,
+                segment=state.segment,
+                currency=self.currency,
+                at=ms_to_datetime(now),
+            )
+            out.vip_changes.append((key, state.vip, orjson.dumps(change.model_dump(mode="json"))))
+        return result.changed
 
     def _to_scored(self, event: CustomerEvent, offset: int) -> ScoredEvent:
         at = event.occurred_ms

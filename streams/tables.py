@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import faust
 from faust.streams import _current_event
@@ -26,6 +26,15 @@ class CustomerStateTable(faust.Table):
     the producer futures, and acknowledges a batch's events only once the
     broker has acknowledged every record.
     """
+
+    #: called after every rebalance: derived in-memory views of the table (the
+    #: population) must be rebuilt from the recovered states
+    on_rebalanced: Callable[[], None] | None = None
+
+    async def on_rebalance(self, assigned, revoked, newly_assigned, generation_id: int = 0) -> None:
+        await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
+        if self.on_rebalanced is not None:
+            self.on_rebalanced()
 
     async def write_states(self, items: Iterable[tuple[bytes, bytes, EventT]]) -> list[asyncio.Future]:
         """Store each (key, value) and send its changelog record straight to the producer.

@@ -36,6 +36,7 @@ from streams import metrics
 from streams.codec import decode_state, encode_state
 from streams.processor import BatchProcessor, Incoming
 from streams.sinks.redis_profiles import RedisProfileSink
+from streams.tables import END_MARKER_KEY
 
 if TYPE_CHECKING:
     from scoring.customer import CustomerState
@@ -70,32 +71,59 @@ async def run_guarded(checkpoint: Awaitable[None], grace_seconds: float) -> None
         _fail_stop(repr(exc), exc)
 
 
-def register(pulse: PulseApp) -> None:
-    """Define the scoring agent on the app."""
+def register(pulse: PulseApp) -> BatchProcessor:
+    """Define the scoring agent on the app; returns its processor (whose population the sync agents share)."""
     settings = pulse.settings
     table = pulse.customer_states
     processor = BatchProcessor(settings)
-    sink = RedisProfileSink(settings.redis_url, settings.redis_key_prefix, settings.redis_retry_max_seconds)
+    sink = RedisProfileSink(
+        settings.redis_url, settings.redis_key_prefix, settings.redis_retry_max_seconds, settings.vip_value
+    )
+    orders_topic = settings.topic_orders
+    # after a rebalance, owned partitions are counted again from the recovered table
+    table.on_rebalanced = processor.population.drop
 
     def load(key: bytes) -> CustomerState:
         return decode_state(table.get(key))
 
+    def owned_partitions() -> set[int]:
+        return {tp.partition for tp in pulse.app.consumer.assignment() if tp.topic == orders_topic}
+
+    def ensure_population() -> None:
+        owned = owned_partitions()
+        local = set(processor.population.local)
+        if local - owned:
+            processor.population.drop(local - owned)
+        missing = owned - local
+        if not missing:
+            return
+        started = time.perf_counter()
+        n = processor.rebuild(missing, ((k, decode_state(v)) for k, v in table.data.items() if k != END_MARKER_KEY))
+        elapsed = time.perf_counter() - started
+        metrics.POPULATION_REBUILD_SECONDS.observe(elapsed)
+        log.info("population of partitions %s rebuilt from %d customers in %.2fs", sorted(missing), n, elapsed)
+
     async def checkpoint(events: Sequence[EventT]) -> None:
         started = time.perf_counter()
+        ensure_population()
         batch = [
             Incoming(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value)
             for e in events
         ]
         outcome = processor.process(batch, load)
-        event_by_key = {e.message.key: e for e in events}
+        # any event of a partition places a state there (changelog and RocksDB)
+        event_by_partition = {e.message.partition: e for e in events}
         changelog = await table.write_states(
-            (key, encode_state(state), event_by_key[key]) for key, state in outcome.states.items()
+            (key, encode_state(state), event_by_partition[outcome.partitions[key]])
+            for key, state in outcome.states.items()
         )
         produced = []
         for rejected in outcome.rejected:
             produced.append(await pulse.dead_letters.send(key=rejected.key, value=rejected.record))
         for topic, key, value in outcome.rerouted:
             produced.append(await pulse.topics_by_name[topic].send(key=key, value=value))
+        for key, _, value in outcome.vip_changes:
+            produced.append(await pulse.vip_changes.send(key=key, value=value))
         written = await asyncio.gather(*changelog)
         await asyncio.gather(*produced)
         if written and settings.changelog_end_markers:
@@ -108,6 +136,10 @@ def register(pulse: PulseApp) -> None:
             metrics.EVENTS.labels(kind, outcome_name).inc(n)
         for rejected in outcome.rejected:
             metrics.DEAD_LETTERS.labels(rejected.kind, rejected.reason).inc()
+        for _, vip, _ in outcome.vip_changes:
+            metrics.VIP_CHANGES.labels("entered" if vip else "left").inc()
+        metrics.SWEPT_CUSTOMERS.inc(sum(outcome.swept.values()))
+        metrics.POPULATION_CUSTOMERS.set(processor.population.customers())
         if processor.watermark_ms is not None:
             metrics.WATERMARK_SECONDS.set(processor.watermark_ms / 1000)
         metrics.BATCH_EVENTS.observe(len(batch))
@@ -117,3 +149,5 @@ def register(pulse: PulseApp) -> None:
     async def score_customer_events(stream: StreamT) -> None:
         async for events in stream.take_events(settings.batch_max_events, settings.batch_within_seconds):
             await run_guarded(checkpoint(events), settings.shutdown_grace_seconds)
+
+    return processor

@@ -24,12 +24,22 @@ def profile_key(prefix: str, customer_id: str) -> str:
     return f"{prefix}profile:{customer_id}"
 
 
+def vip_key(prefix: str) -> str:
+    """Sorted set of the VIPs, scored by their value measure: ZSCORE for a lookup, ZREVRANGE for a page."""
+    return f"{prefix}vips"
+
+
 class RedisProfileSink:
-    def __init__(self, url: str, key_prefix: str, retry_max_seconds: float) -> None:
+    """Profiles as hashes; each write also adds the customer to or removes it from the VIP sorted set."""
+
+    def __init__(self, url: str, key_prefix: str, retry_max_seconds: float, vip_value: str = "revenue") -> None:
         self._redis = aioredis.from_url(url, decode_responses=True)
         self._prefix = key_prefix
+        self._vip_key = vip_key(key_prefix)
+        self._vip_value = vip_value
         self._retry_max = retry_max_seconds
-        self._pending: dict[str, dict[str, str]] = {}
+        #: customer id -> (profile fields, VIP score or None when not VIP)
+        self._pending: dict[str, tuple[dict[str, str], float | None]] = {}
         self._retry_task: asyncio.Task | None = None
         # one write in flight at a time, so an older profile never lands after a newer one
         self._lock = asyncio.Lock()
@@ -40,7 +50,8 @@ class RedisProfileSink:
 
     def submit(self, profiles: list[CustomerProfile]) -> None:
         for profile in profiles:
-            self._pending[profile_key(self._prefix, profile.customer_id)] = profile.to_redis()
+            score = float(getattr(profile, self._vip_value)) if profile.vip else None
+            self._pending[profile.customer_id] = (profile.to_redis(), score)
         metrics.REDIS_PENDING_PROFILES.set(len(self._pending))
 
     async def flush(self) -> bool:
@@ -55,8 +66,12 @@ class RedisProfileSink:
         self._pending = {}
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                for key, fields in batch.items():
-                    pipe.hset(key, mapping=fields)
+                for cid, (fields, vip_score) in batch.items():
+                    pipe.hset(profile_key(self._prefix, cid), mapping=fields)
+                    if vip_score is None:
+                        pipe.zrem(self._vip_key, cid)
+                    else:
+                        pipe.zadd(self._vip_key, {cid: vip_score})
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             metrics.REDIS_WRITE_ERRORS.inc()

@@ -29,8 +29,11 @@ def order(eid: str, cid: str, amount: float, currency: str = "USD", **extra) -> 
 
 
 def run(records: list[Incoming], store: dict[bytes, CustomerState] | None = None):
-    store = {} if store is None else store
     processor = BatchProcessor(SETTINGS)
+    if store is None:
+        store = {}
+    else:  # a new worker: recovers the population of its partition from the table first
+        processor.rebuild({0}, store.items())
     out = processor.process(records, lambda key: store.get(key, CustomerState()))
     store.update(out.states)
     return out, store

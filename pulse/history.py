@@ -1,0 +1,154 @@
+"""Order histories as CSV: read them into order events, write profiles back out.
+
+``pulse replay`` produces the events to the order topic; ``pulse score`` feeds
+the very same bytes to the offline processor. Both go through the worker's
+validation, so a bad row is a dead letter on both paths (with the same reason).
+
+Columns: ``customer_id``, ``occurred_at``, ``amount`` (required), and
+optionally ``order_id``, ``cost``, ``status`` (completed/refunded, default
+completed), ``currency`` (default the base currency), ``event_id``.
+Timestamps without a UTC offset are taken as UTC. Without an ``event_id``
+column the id is ``{order_id}-{status}``, or ``{file stem}-{line}`` when the
+row has no order id, so replaying the same file twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TextIO
+
+import orjson
+
+from schemas.profile import CustomerProfile
+
+REQUIRED_COLUMNS = ("customer_id", "occurred_at", "amount")
+
+#: Columns of ``pulse score --out``, in order.
+PROFILE_COLUMNS = (
+    "customer_id",
+    "revenue",
+    "profit",
+    "orders",
+    "aov",
+    "first_purchase_at",
+    "last_purchase_at",
+    "recency_days",
+    "r",
+    "f",
+    "m",
+    "rfm_cell",
+    "segment",
+    "vip",
+)
+
+
+class HistoryError(ValueError):
+    """The file is not an order history (missing columns)."""
+
+
+def _utc(text: str) -> str:
+    text = text.strip()
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        return text  # left to the event validation: a dead letter with reason invalid_time
+    return (at if at.tzinfo else at.replace(tzinfo=UTC)).isoformat()
+
+
+def _cell(row: dict[str, str | None], name: str) -> str:
+    return (row.get(name) or "").strip()
+
+
+def row_to_order(row: dict[str, str | None], line: int, source: str, base_currency: str) -> dict:
+    """One CSV row as an order event (amounts stay decimal strings: no float rounding)."""
+    order_id = _cell(row, "order_id")
+    status = _cell(row, "status") or "completed"
+    event_id = _cell(row, "event_id") or (f"{order_id}-{status}" if order_id else f"{source}-{line}")
+    event: dict = {
+        "event_id": event_id,
+        "customer_id": _cell(row, "customer_id"),
+        "occurred_at": _utc(row.get("occurred_at") or ""),
+        "order_id": order_id or f"{source}-{line}",
+        "amount": _cell(row, "amount"),
+        "currency": _cell(row, "currency") or base_currency,
+        "status": status,
+    }
+    if cost := _cell(row, "cost"):
+        event["cost"] = cost
+    return event
+
+
+def read_orders(path: Path, base_currency: str) -> Iterator[tuple[bytes, bytes]]:
+    """(key, value) per row, as they are produced to the order topic."""
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise HistoryError(f"{path}: missing column(s) {', '.join(missing)}; has {reader.fieldnames}")
+        for line, row in enumerate(reader, start=2):
+            event = row_to_order(row, line, path.stem, base_currency)
+            yield event["customer_id"].encode(), orjson.dumps(event)
+
+
+def count_rows(path: Path) -> int:
+    with path.open("rb") as f:
+        return max(0, sum(1 for _ in f) - 1)
+
+
+def profile_row(profile: CustomerProfile) -> dict[str, str]:
+    """One output row; the e2e test renders Redis profiles with the same function."""
+    values = {
+        "customer_id": profile.customer_id,
+        "revenue": profile.revenue,
+        "profit": profile.profit,
+        "orders": profile.orders,
+        "aov": profile.aov,
+        "first_purchase_at": profile.first_purchase_at and profile.first_purchase_at.isoformat(),
+        "last_purchase_at": profile.last_purchase_at and profile.last_purchase_at.isoformat(),
+        "recency_days": profile.recency_days,
+        "r": profile.r_score,
+        "f": profile.f_score,
+        "m": profile.m_score,
+        "rfm_cell": profile.rfm_cell,
+        "segment": profile.segment,
+        "vip": "true" if profile.vip else "false",
+    }
+    return {k: "" if v is None else str(v) for k, v in values.items()}
+
+
+def write_profiles(profiles: list[CustomerProfile], out: TextIO) -> None:
+    writer = csv.DictWriter(out, fieldnames=PROFILE_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for profile in sorted(profiles, key=lambda p: p.customer_id):
+        writer.writerow(profile_row(profile))
+
+
+class Progress:
+    """A one-line progress bar on stderr (redrawn at most every ``every`` seconds)."""
+
+    def __init__(self, total: int, label: str, width: int = 30, every: float = 0.2) -> None:
+        self.total, self.label, self.width, self.every = max(total, 1), label, width, every
+        self.done = 0
+        self.started = self._drawn = time.monotonic()
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        if time.monotonic() - self._drawn >= self.every:
+            self.draw()
+
+    def draw(self, end: str = "") -> None:
+        self._drawn = time.monotonic()
+        share = min(1.0, self.done / self.total)
+        filled = int(share * self.width)
+        rate = self.done / max(1e-9, self._drawn - self.started)
+        bar = "#" * filled + "-" * (self.width - filled)
+        sys.stderr.write(f"\r{self.label} [{bar}] {share:6.1%} {self.done}/{self.total} {rate:,.0f}/s{end}")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        self.draw(end="\n")

@@ -1,0 +1,189 @@
+"""The customer population as one worker sees it, and RFM/VIP refresh of one customer.
+
+RFM scores rank a customer against *all* customers, but a worker owns only
+some partitions. :class:`PopulationView` holds:
+
+* for each owned partition, a :class:`PartitionPopulation`: live rank indexes
+  kept exact by ``move(old_keys, new_keys)`` on every applied event, the
+  partition's event-time watermark, and the partition's customer keys with a
+  sweep cursor;
+* for every other partition, the latest snapshot its owner published
+  (``snapshot`` / ``apply_snapshot``; the counts add up across partitions).
+
+Scores are computed against the union. The clock (spec: Clock) is the highest
+watermark over all partitions, so every worker ends on the same "now".
+
+Pure: no I/O, no Faust. The worker ships snapshots over Kafka; the offline
+scorer uses one view with a single partition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import orjson
+
+from scoring.customer import CustomerState
+from scoring.rfm import MemberKeys, Population, RfmConfig, RfmScores, rfm_keys, rfm_scores, vip_flag
+
+
+def member_keys(state: CustomerState, config: RfmConfig) -> MemberKeys | None:
+    """The keys ``state`` is counted under (None: no purchase, not in the population)."""
+    o = state.orders
+    return rfm_keys(config, o.last_purchase_ms, o.orders, o.revenue_cents, o.revenue_cents - o.cost_cents)
+
+
+@dataclass(slots=True)
+class PartitionPopulation:
+    """The population part of one owned partition."""
+
+    population: Population
+    watermark_ms: int | None = None
+    #: every customer of the partition, in order of arrival: the sweep's list
+    members: list[bytes] = field(default_factory=list)
+    cursor: int = 0
+    #: clock when the running sweep round started, and when the previous one did
+    round_clock_ms: int | None = None
+    previous_round_clock_ms: int | None = None
+    #: bumped on every change; the publisher sends a snapshot when it moved
+    version: int = 0
+
+    def observe(self, occurred_ms: int) -> None:
+        if self.watermark_ms is None or occurred_ms > self.watermark_ms:
+            self.watermark_ms = occurred_ms
+            self.version += 1
+
+
+@dataclass(slots=True)
+class RemotePart:
+    """Another worker's partition, as of its last snapshot."""
+
+    population: Population
+    watermark_ms: int | None
+    customers: int
+
+
+@dataclass(frozen=True, slots=True)
+class SweepSlice:
+    keys: list[bytes]
+    #: the clock moved since the previous round: re-render every profile of this round
+    refresh_all: bool
+
+
+class PopulationView:
+    def __init__(self, config: RfmConfig) -> None:
+        self.config = config
+        self.local: dict[int, PartitionPopulation] = {}
+        self.remote: dict[int, RemotePart] = {}
+        self._parts: list[Population] | None = None
+
+    # --- owned partitions -------------------------------------------------
+    def partition(self, partition: int) -> PartitionPopulation:
+        part = self.local.get(partition)
+        if part is None:
+            part = self.local[partition] = PartitionPopulation(Population.empty(self.config))
+            self._parts = None
+        return part
+
+    def drop(self, partitions: set[int] | None = None) -> None:
+        """Forget owned partitions (all by default): after a rebalance they are rebuilt from the table."""
+        for p in list(self.local) if partitions is None else partitions:
+            self.local.pop(p, None)
+        self._parts = None
+
+    def add_state(self, partition: int, key: bytes, state: CustomerState) -> None:
+        """Count an existing customer (rebuilding a partition from the table)."""
+        part = self.partition(partition)
+        part.members.append(key)
+        part.population.move(None, member_keys(state, self.config))
+        if state.last_event_ms is not None:
+            part.observe(state.last_event_ms)
+        part.version += 1
+
+    def applied(
+        self, partition: int, key: bytes, before: MemberKeys | None, state: CustomerState, new_customer: bool
+    ) -> None:
+        """An event changed ``state`` (whose keys were ``before``)."""
+        part = self.partition(partition)
+        if new_customer:
+            part.members.append(key)
+        after = member_keys(state, self.config)
+        if after != before:
+            part.population.move(before, after)
+            part.version += 1
+
+    # --- the whole population ---------------------------------------------
+    def parts(self) -> list[Population]:
+        """Owned partitions live, every other one as last published."""
+        if self._parts is None:
+            self._parts = [p.population for p in self.local.values()] + [
+                r.population for n, r in self.remote.items() if n not in self.local
+            ]
+        return self._parts
+
+    def clock(self) -> int | None:
+        marks = [p.watermark_ms for p in self.local.values()] + [r.watermark_ms for r in self.remote.values()]
+        present = [m for m in marks if m is not None]
+        return max(present) if present else None
+
+    def customers(self) -> int:
+        return sum(p.members for p in self.parts())
+
+    # --- snapshots --------------------------------------------------------
+    def snapshot(self, partition: int) -> bytes:
+        part = self.local[partition]
+        counts = part.population.counts()
+        return orjson.dumps(
+            {
+                "partition": partition,
+                "watermark_ms": part.watermark_ms,
+                "customers": len(part.members),
+                **{name: [x for kv in sorted(c.items()) for x in kv] for name, c in counts.items()},
+            }
+        )
+
+    def apply_snapshot(self, raw: bytes) -> int:
+        """Take another worker's snapshot; returns its partition."""
+        data = orjson.loads(raw)
+        counts = {name: dict(zip(data[name][::2], data[name][1::2], strict=True)) for name in ("r", "f", "m", "v")}
+        partition = int(data["partition"])
+        self.remote[partition] = RemotePart(
+            Population.from_counts(self.config, counts), data["watermark_ms"], int(data["customers"])
+        )
+        self._parts = None
+        return partition
+
+    # --- sweep ------------------------------------------------------------
+    def sweep_slice(self, partition: int, limit: int | None, now_ms: int) -> SweepSlice:
+        """The next ``limit`` customers of an owned partition (all of them if None), round-robin."""
+        part = self.partition(partition)
+        if part.cursor == 0:
+            part.previous_round_clock_ms, part.round_clock_ms = part.round_clock_ms, now_ms
+        end = len(part.members) if limit is None else part.cursor + limit
+        keys = part.members[part.cursor : end]
+        part.cursor = 0 if end >= len(part.members) else end
+        return SweepSlice(keys, part.previous_round_clock_ms != part.round_clock_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class Rescored:
+    scores: RfmScores | None
+    #: the stored scores, segment or VIP flag changed (the state must be written)
+    changed: bool
+    vip_changed: bool
+
+
+def rescore(state: CustomerState, parts: list[Population], config: RfmConfig) -> Rescored:
+    """Refresh the RFM cell, segment and VIP flag stored in ``state`` against the population."""
+    keys = member_keys(state, config)
+    scores = None if keys is None else rfm_scores(keys, parts, config)
+    cell = None if scores is None else scores.cell
+    segment = None if scores is None else scores.segment
+    vip = vip_flag(state.vip, scores, config)
+    vip_changed = vip != state.vip
+    changed = vip_changed or cell != state.rfm_cell or segment != state.segment
+    if changed:
+        state.rfm_cell, state.segment, state.vip = cell, segment, vip
+        if vip_changed:
+            state.vip_changes += 1
+    return Rescored(scores, changed, vip_changed)

@@ -1,0 +1,187 @@
+"""Streaming RFM, segments and VIP over the worker's processor equal a batch (pandas) computation.
+
+The streaming side is the real processor: events in batches, population moved
+per event, partitions owned by different "workers" that only exchange
+snapshots, then the sweep. The batch side recomputes everything from the
+de-duplicated final history with pandas, written independently.
+"""
+
+from __future__ import annotations
+
+import zlib
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pandas as pd
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pulse.offline import score_records
+from pulse.settings import Settings
+from scoring.customer import CustomerState
+from scoring.population import PopulationView
+from scoring.rfm import DEFAULT_SEGMENTS, HIGH_VALUE, OTHERS
+from streams.processor import BatchOutcome, BatchProcessor, Incoming
+
+# no hysteresis: the flag is then a function of the final population (see README, VIP)
+SETTINGS = Settings(_env_file=None, batch_max_events=7, vip_enter_share=0.1, vip_leave_share=0.1)
+DAY0 = datetime(2025, 1, 1, tzinfo=UTC)
+
+orders = st.lists(
+    st.tuples(
+        st.integers(0, 25),  # customer
+        st.integers(0, 400),  # day
+        st.integers(0, 86_399),  # second of the day
+        st.integers(1, 500_000),  # amount in cents
+        st.booleans(),  # refunded (only when the customer bought before)
+    ),
+    min_size=1,
+    max_size=120,
+)
+
+
+def to_events(rows) -> list[dict]:
+    events, bought = [], set()
+    for n, (c, day, sec, cents, refund) in enumerate(rows):
+        cid = f"C{c:03d}"
+        status = "refunded" if refund and cid in bought else "completed"
+        bought.add(cid)
+        at = DAY0 + timedelta(days=day, seconds=sec)
+        events.append(
+            {
+                "event_id": f"e{n}",
+                "customer_id": cid,
+                "occurred_at": at.isoformat(),
+                "order_id": f"o{n}",
+                "amount": f"{cents / 100:.2f}",
+                "currency": "USD",
+                "status": status,
+            }
+        )
+    return events
+
+
+def batch_rfm(events: list[dict], settings: Settings) -> dict[str, tuple]:
+    """customer -> (r, f, m, segment, vip) by pandas, from the raw events."""
+    config = settings.rfm()
+    df = pd.DataFrame(events)
+    df["cents"] = (df["amount"].astype(float) * 100).round().astype(int)
+    df["signed"] = df["cents"].where(df["status"] == "completed", -df["cents"])
+    df["at_ms"] = pd.to_datetime(df["occurred_at"]).map(lambda t: int(t.timestamp() * 1000))
+    completed = df[df["status"] == "completed"]
+    per = pd.DataFrame(
+        {
+            "last": completed.groupby("customer_id")["at_ms"].max(),
+            "orders": completed.groupby("customer_id").size(),
+            "revenue": df.groupby("customer_id")["signed"].sum(),
+        }
+    ).dropna(subset=["orders"])
+    keys = config.keys
+    per["r"] = per["last"].map(lambda ms: keys.r_key(int(ms)))
+    per["f"] = per["orders"].astype(int)
+    per["m"] = per["revenue"].map(lambda c: keys.m_key(int(c)))
+    n = len(per)
+    out = {}
+    pct = {col: (per[col].rank(method="average") - 0.5) / n for col in ("r", "f", "m")}
+    for cid in per.index:
+        r, f, m = (min(5, 1 + int(5 * pct[col][cid] // 1)) for col in ("r", "f", "m"))
+        segment = next((s.name for s in DEFAULT_SEGMENTS if s.matches(r, f, m)), OTHERS)
+        vip = segment == HIGH_VALUE or pct["m"][cid] >= 1 - config.vip_enter_share
+        out[cid] = (r, f, m, segment, vip)
+    return out
+
+
+def streamed(profiles) -> dict[str, tuple]:
+    return {
+        p.customer_id: (p.r_score, p.f_score, p.m_score, p.segment, p.vip) for p in profiles if p.r_score is not None
+    }
+
+
+@settings(max_examples=80, deadline=None)
+@given(orders)
+def test_offline_streaming_rfm_equals_batch(rows):
+    events = to_events(rows)
+    topic = SETTINGS.topic_orders
+    result = score_records([(topic, e["customer_id"].encode(), orjson.dumps(e)) for e in events], SETTINGS)
+    assert streamed(result.profiles.values()) == batch_rfm(events, SETTINGS)
+
+
+def partition_of(cid: str, partitions: int) -> int:
+    return zlib.crc32(cid.encode()) % partitions
+
+
+@settings(max_examples=60, deadline=None)
+@given(orders, st.integers(1, 4), st.integers(1, 3))
+def test_workers_sharing_snapshots_score_against_the_whole_population(rows, partitions, workers):
+    """Partitions spread over workers that see each other only through snapshots; after the sweep, == batch."""
+    events = to_events(rows)
+    topic = SETTINGS.topic_orders
+    processors = [BatchProcessor(SETTINGS) for _ in range(workers)]
+    stores: list[dict[bytes, CustomerState]] = [{} for _ in range(workers)]
+    owner = {p: p % workers for p in range(partitions)}
+    offsets = [0] * partitions
+    batches: list[list[Incoming]] = [[] for _ in range(workers)]
+    for e in events:
+        p = partition_of(e["customer_id"], partitions)
+        batches[owner[p]].append(Incoming(topic, p, offsets[p], e["customer_id"].encode(), orjson.dumps(e)))
+        offsets[p] += 1
+    profiles = {}
+    for w, processor in enumerate(processors):
+        for p in range(partitions):
+            if owner[p] == w:
+                processor.population.partition(p)
+        store = stores[w]
+        for start in range(0, len(batches[w]), 5):
+            out = processor.process(batches[w][start : start + 5], lambda k, s=store: s.get(k) or CustomerState())
+            store.update(out.states)
+            profiles.update({pr.customer_id: pr for pr in out.profiles})
+    # exchange snapshots, then one full sweep of every owned partition
+    for processor in processors:
+        for other in processors:
+            if other is not processor:
+                for p in other.population.local:
+                    processor.population.apply_snapshot(other.population.snapshot(p))
+    for w, processor in enumerate(processors):
+        now = processor.watermark_ms
+        for p in sorted(processor.population.local):
+            out = BatchOutcome()
+            store = stores[w]
+            render = processor.sweep(p, None, lambda k, s=store: s[k], out, now, refresh_all=True)
+            store.update(out.states)
+            profiles.update({k.decode(): processor_profile(processor, k, s, now) for k, s in render.items()})
+    assert streamed(profiles.values()) == batch_rfm(events, SETTINGS)
+    clocks = {processor.watermark_ms for processor in processors}
+    assert len(clocks) == 1  # every worker ends on the same event-time clock
+
+
+def processor_profile(processor: BatchProcessor, key: bytes, state: CustomerState, now: int):
+    from schemas.profile import CustomerProfile
+
+    return CustomerProfile.from_state(key.decode(), state, now, processor.config, processor.currency)
+
+
+def test_snapshots_round_trip_and_owned_partitions_win():
+    view = PopulationView(SETTINGS.rfm())
+    state = CustomerState()
+    state.orders.orders, state.orders.revenue_cents, state.orders.last_purchase_ms = 2, 5000, 1_700_000_000_000
+    state.last_event_ms = state.orders.last_purchase_ms
+    view.add_state(3, b"A", state)
+    other = PopulationView(SETTINGS.rfm())
+    other.apply_snapshot(view.snapshot(3))
+    assert other.remote[3].population.counts() == view.local[3].population.counts()
+    assert other.clock() == view.clock() == 1_700_000_000_000
+    view.apply_snapshot(other.remote and view.snapshot(3))  # own snapshot echoed back: the live part is used
+    assert len(view.parts()) == 1 and view.parts()[0] is view.local[3].population
+
+
+def test_sweep_goes_round_and_refreshes_only_when_the_clock_moved():
+    view = PopulationView(SETTINGS.rfm())
+    for n in range(5):
+        view.add_state(0, f"C{n}".encode(), CustomerState())
+    first = view.sweep_slice(0, 2, now_ms=10)
+    assert first.keys == [b"C0", b"C1"] and first.refresh_all
+    assert view.sweep_slice(0, 2, 10).keys == [b"C2", b"C3"]
+    assert view.sweep_slice(0, 2, 10).keys == [b"C4"]
+    second_round = view.sweep_slice(0, 5, 10)
+    assert second_round.keys == [b"C0", b"C1", b"C2", b"C3", b"C4"] and not second_round.refresh_all
+    assert view.sweep_slice(0, 5, 11).refresh_all  # the clock moved: render again
