@@ -69,6 +69,7 @@ def namespace(devstack: DevStack, tmp_path: Path) -> Namespace:
         "PULSE_TOPIC_SUPPORT": f"support-{tag}",
         "PULSE_TOPIC_DEAD_LETTERS": f"dlq-{tag}",
         "PULSE_TOPIC_RETENTION_ALERTS": f"alerts-{tag}",
+        "PULSE_TOPIC_VIP_CHANGES": f"vips-{tag}",
         "PULSE_REDIS_KEY_PREFIX": f"t{tag}:",
         "PULSE_PARTITIONS": "4",
         # nested and not yet there, as on a fresh checkout
@@ -144,8 +145,11 @@ def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes 
     asyncio.run(go())
 
 
-def consume(bootstrap: str, topic: str, expected: int, timeout: float = CONVERGE_SECONDS) -> list:
-    """Read a topic from the start until ``expected`` records arrived or ``timeout``, without a group."""
+def consume(bootstrap: str, topic: str, expected: int, timeout: float = CONVERGE_SECONDS, quiet: float = 0.0) -> list:
+    """Read a topic from the start until ``expected`` records arrived or ``timeout``, without a group.
+
+    With ``quiet``, go on reading until no record came for that many seconds (to get all of them).
+    """
 
     async def go() -> list:
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False)
@@ -164,10 +168,14 @@ def consume(bootstrap: str, topic: str, expected: int, timeout: float = CONVERGE
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
             records: list = []
-            while len(records) < expected and time.monotonic() < deadline:
-                batch = await consumer.getmany(timeout_ms=500)
+            last_new = time.monotonic()
+            while time.monotonic() < deadline:
+                if len(records) >= expected and time.monotonic() - last_new >= quiet:
+                    break
+                batch = await consumer.getmany(timeout_ms=250)
                 for msgs in batch.values():
                     records.extend(msgs)
+                    last_new = time.monotonic()
             return records
         finally:
             await consumer.stop()

@@ -73,34 +73,22 @@ STATE_FIELDS = (
     "last_resolution_hours",
     "last_event_at",
     "events_total",
+    # relative to the whole population: right only once the sweep went round
+    # the final population (the VIP flag has hysteresis, so it is left out)
+    "rfm_cell",
+    "segment",
 )
 
 
 def offline_run(records: list[tuple[str, bytes | None, bytes | None]], settings):
     """One uninterrupted worker over raw (topic, key, value) records, no broker: (profiles, dead letters).
 
-    Re-keyed events are fed again after the batch, as the worker's re-publish
-    makes them arrive again. profiles: customer_id -> CustomerProfile (last written).
+    profiles: customer_id -> CustomerProfile, after the final sweep (see ``pulse.offline``).
     """
-    from scoring.customer import CustomerState
-    from streams.processor import BatchProcessor, Incoming
+    from pulse.offline import score_records
 
-    processor = BatchProcessor(settings)
-    store: dict[bytes, CustomerState] = {}
-    offsets: dict[str, int] = {}
-    profiles, rejected = {}, []
-    pending = records
-    while pending:
-        batch = []
-        for topic, key, value in pending:
-            offsets[topic] = offsets.get(topic, -1) + 1
-            batch.append(Incoming(topic, 0, offsets[topic], key, value))
-        out = processor.process(batch, lambda k: store.get(k, CustomerState()))
-        store.update(out.states)
-        profiles.update({p.customer_id: p for p in out.profiles})
-        rejected += out.rejected
-        pending = out.rerouted
-    return profiles, rejected
+    result = score_records(records, settings)
+    return result.profiles, result.rejected
 
 
 def uninterrupted_profiles(events: list[tuple[str, dict]], settings) -> dict[str, dict]:
