@@ -154,6 +154,17 @@ class PopulationView:
         return partition
 
     # --- sweep ------------------------------------------------------------
+    def refresh_all(self) -> None:
+        """Restart every owned partition's sweep with a round that re-renders every profile.
+
+        For when the profile store may have lost data (Redis restarted empty).
+        A worker that just started does this anyway: its first round has no
+        previous round to compare the clock with.
+        """
+        for part in self.local.values():
+            part.cursor = 0
+            part.round_clock_ms = part.previous_round_clock_ms = None
+
     def sweep_slice(self, partition: int, limit: int | None, now_ms: int) -> SweepSlice:
         """The next ``limit`` customers of an owned partition (all of them if None), round-robin."""
         part = self.partition(partition)

@@ -82,6 +82,8 @@ def register(pulse: PulseApp) -> BatchProcessor:
     orders_topic = settings.topic_orders
     # after a rebalance, owned partitions are counted again from the recovered table
     table.on_rebalanced = processor.population.drop
+    # after a Redis outage, the sweep writes every profile again (Redis may have lost them)
+    sink.on_recovered = processor.population.refresh_all
 
     def load(key: bytes) -> CustomerState:
         return decode_state(table.get(key))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -40,6 +41,10 @@ class RedisProfileSink:
         self._retry_max = retry_max_seconds
         #: customer id -> (profile fields, VIP score or None when not VIP)
         self._pending: dict[str, tuple[dict[str, str], float | None]] = {}
+        self._failing = False
+        #: called once Redis takes writes again after a failure: Redis may
+        #: have restarted empty, so every profile should be written again
+        self.on_recovered: Callable[[], None] | None = None
         self._retry_task: asyncio.Task | None = None
         # one write in flight at a time, so an older profile never lands after a newer one
         self._lock = asyncio.Lock()
@@ -75,12 +80,18 @@ class RedisProfileSink:
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             metrics.REDIS_WRITE_ERRORS.inc()
+            self._failing = True
             log.warning("redis write of %d profiles failed, will retry: %s", len(batch), exc)
             # newer profiles submitted meanwhile win over the failed batch
             self._pending = {**batch, **self._pending}
             metrics.REDIS_PENDING_PROFILES.set(len(self._pending))
             self._ensure_retry()
             return False
+        if self._failing:
+            self._failing = False
+            log.warning("redis is back: %d profiles written", len(batch))
+            if self.on_recovered is not None:
+                self.on_recovered()
         metrics.REDIS_BATCH_PROFILES.observe(len(batch))
         metrics.REDIS_PENDING_PROFILES.set(len(self._pending))
         return True

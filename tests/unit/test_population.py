@@ -185,3 +185,8 @@ def test_sweep_goes_round_and_refreshes_only_when_the_clock_moved():
     second_round = view.sweep_slice(0, 5, 10)
     assert second_round.keys == [b"C0", b"C1", b"C2", b"C3", b"C4"] and not second_round.refresh_all
     assert view.sweep_slice(0, 5, 11).refresh_all  # the clock moved: render again
+    assert not view.sweep_slice(0, 5, 11).refresh_all
+    view.sweep_slice(0, 2, 11)  # mid-round when Redis comes back after an outage
+    view.refresh_all()
+    again = view.sweep_slice(0, 5, 11)
+    assert again.keys == [b"C0", b"C1", b"C2", b"C3", b"C4"] and again.refresh_all

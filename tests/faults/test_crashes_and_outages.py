@@ -1,0 +1,201 @@
+"""Fault injection: seeded kill -9 of workers during hostile traffic, and a Redis outage.
+
+Each scenario prints what was sent, scored and dead-lettered, and how many
+profiles differ from one uninterrupted run over the sorted, de-duplicated
+history (must be 0). ``PULSE_FAULT_SEED`` and ``PULSE_FAULT_KILLS`` (default
+10) choose the kill schedule; ``PULSE_FAULT_REDIS_OUTAGE_SECONDS`` (default
+30) the outage.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+import urllib.request
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+from pulse.devstack import start_redis
+from pulse.simulate import BAD_PAYLOADS, generate_events
+from tests.conftest import CONVERGE_SECONDS, consume, produce, profile_diffs, wait_until
+from tests.reference import uninterrupted_profiles
+
+pytestmark = [pytest.mark.e2e, pytest.mark.faults]
+
+SEED = int(os.environ.get("PULSE_FAULT_SEED", "20261123"))
+KILLS = int(os.environ.get("PULSE_FAULT_KILLS", "10"))
+OUTAGE_SECONDS = float(os.environ.get("PULSE_FAULT_REDIS_OUTAGE_SECONDS", "30"))
+
+
+def hostile_order(events: list[tuple[str, dict]], rng: random.Random) -> list[tuple[str, bytes | None, bytes]]:
+    """(kind, key, value): out of order within windows of 40, 2 % late by up to 400 positions,
+    5 % sent twice by the producer (a few positions apart), 1 % malformed order events."""
+    stream = [(kind, e["customer_id"].encode(), orjson.dumps(e)) for kind, e in events]
+    for start in range(0, len(stream), 40):
+        window = stream[start : start + 40]
+        rng.shuffle(window)
+        stream[start : start + 40] = window
+    for i in sorted(rng.sample(range(len(stream)), len(stream) // 50), reverse=True):
+        stream.insert(min(len(stream), i + rng.randint(50, 400)), stream.pop(i))
+    out: list[tuple[str, bytes | None, bytes]] = []
+    for item in stream:
+        out.append(item)
+        if rng.random() < 0.05:
+            at = max(0, len(out) - rng.randint(1, 5))
+            out.insert(at + 1, item)  # the same event again, shortly after
+        if rng.random() < 0.01:
+            out.append(("order", b"C000001", rng.choice(BAD_PAYLOADS)))
+    return out
+
+
+def send_stream(bootstrap: str, topics: dict[str, str], stream, chunks: int, pause: float) -> None:
+    size = -(-len(stream) // chunks)
+    for start in range(0, len(stream), size):
+        part = stream[start : start + size]
+        for kind, topic in topics.items():
+            records = [(key, value) for k, key, value in part if k == kind]
+            if records:
+                produce(bootstrap, topic, records)
+        time.sleep(pause)
+
+
+def scraped(port: int) -> dict[str, float]:
+    """Sum of every sample per sample name (labels summed away)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[sample.name] = out.get(sample.name, 0.0) + sample.value
+    return out
+
+
+def scored_events(client: redis.Redis, prefix: str) -> int:
+    keys = list(client.scan_iter(f"{prefix}profile:*", count=1000))
+    with client.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.hget(key, "events_total")
+        return sum(int(v or 0) for v in pipe.execute())
+
+
+def report(name: str, **numbers: int) -> None:
+    print(f"\n[faults] {name}: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in numbers.items()))
+
+
+def test_seeded_kills_during_hostile_traffic_change_nothing(namespace, start_worker):
+    s = namespace.settings
+    rng = random.Random(SEED)
+    events = generate_events(customers=150, days=365, seed=SEED % 1000, end=datetime(2026, 6, 1, tzinfo=UTC))
+    expected = uninterrupted_profiles(events, s)  # the sorted, de-duplicated history, one worker, no faults
+    stream = hostile_order(events, rng)
+    bad = sum(1 for _, _, value in stream if value in BAD_PAYLOADS)
+    topics = s.input_topics()
+    # small batches; a killed member is noticed after 3 s instead of 6
+    small = {"PULSE_BATCH_MAX_EVENTS": "40", "PULSE_BROKER_SESSION_TIMEOUT": "3"}
+
+    worker = start_worker(**small)
+    sender = threading.Thread(
+        target=send_stream, args=(namespace.bootstrap, topics, stream, KILLS * 4, 1.5), daemon=True
+    )
+    sender.start()
+    kill_times, scored_before_kill = [], []
+    for _ in range(KILLS):
+        # a random point once the worker has joined and recovered: mostly mid-batch or mid-checkpoint
+        assert wait_until(lambda w=worker: "Worker ready" in w.log.read_text(), timeout=60), worker.log_tail()
+        delay = rng.uniform(0.0, 3.0)
+        time.sleep(delay)
+        try:
+            scored_before_kill.append(int(scraped(worker.metrics_port).get("pulse_events_total", 0)))
+        except OSError:
+            scored_before_kill.append(0)  # not serving metrics yet
+        worker.proc.kill()
+        worker.proc.wait(30)
+        kill_times.append(round(delay, 2))
+        worker = start_worker(**small)
+    sender.join(timeout=CONVERGE_SECONDS)
+    assert not sender.is_alive()
+
+    converged = wait_until(lambda: not profile_diffs(s, expected), timeout=180)
+    diffs = profile_diffs(s, expected)
+    client = redis.Redis.from_url(s.redis_url, decode_responses=True)
+    dead = consume(namespace.bootstrap, s.topic_dead_letters, bad, quiet=1)
+    dead_offsets = {(r.partition, r.offset) for r in dead}
+    dead_unique = {(orjson.loads(r.value)["partition"], orjson.loads(r.value)["offset"]) for r in dead}
+    print(f"\n[faults] events handled by each killed worker before its kill: {scored_before_kill}")
+    report(
+        f"{KILLS} x kill -9 (seed {SEED}, {kill_times} s after the worker was ready)",
+        events_sent=len(stream),
+        valid_unique=len(events),
+        scored=scored_events(client, s.redis_key_prefix),
+        dead_lettered=len(dead_unique),
+        differing_profiles=len(diffs),
+    )
+    assert converged, f"{len(diffs)} of {len(expected)} differ, e.g. {diffs[:2]}\n{worker.log_tail()}"
+    assert scored_events(client, s.redis_key_prefix) == len(events)  # every valid event once
+    assert len(dead_unique) == bad, (len(dead_unique), bad, len(dead_offsets))
+    assert worker.alive()
+    assert sum(1 for n in scored_before_kill if n > 0) >= KILLS // 2  # most kills hit a working worker
+
+
+def test_redis_outage_processing_goes_on_and_redis_converges(namespace, start_worker, tmp_path):
+    """Redis is killed (losing its data) for ``OUTAGE_SECONDS`` mid-stream, then starts empty on the same port."""
+    events = generate_events(customers=150, days=365, seed=5, end=datetime(2026, 6, 1, tzinfo=UTC))
+    topics = namespace.settings.input_topics()
+    server = start_redis(tmp_path)
+    url = f"redis://127.0.0.1:{server.port}/0"
+    s = namespace.settings.model_copy(update={"redis_url": url})
+    expected = uninterrupted_profiles(events, s)
+    stream = [(kind, e["customer_id"].encode(), orjson.dumps(e)) for kind, e in events]
+    thirds = [
+        stream[: len(stream) // 3],
+        stream[len(stream) // 3 : 2 * len(stream) // 3],
+        stream[2 * len(stream) // 3 :],
+    ]
+    client = redis.Redis.from_url(url, decode_responses=True)
+    worker = start_worker(PULSE_REDIS_URL=url, PULSE_BATCH_MAX_EVENTS="50", PULSE_REDIS_RETRY_MAX_SECONDS="2")
+    try:
+        send_stream(namespace.bootstrap, topics, thirds[0], 1, 0)
+        assert wait_until(lambda: scored_events(client, s.redis_key_prefix) >= len(thirds[0])), worker.log_tail()
+
+        server.kill()
+        outage_started = time.monotonic()
+        before = scraped(worker.metrics_port)
+        send_stream(namespace.bootstrap, topics, thirds[1], 1, 0)
+
+        def scoring_goes_on() -> bool:
+            now = scraped(worker.metrics_port)
+            return (
+                now.get("pulse_events_total", 0) >= before.get("pulse_events_total", 0) + len(thirds[1])
+                and now.get("pulse_redis_write_errors_total", 0) > 0
+                and now.get("pulse_redis_pending_profiles", 0) > 0
+            )
+
+        assert wait_until(scoring_goes_on, timeout=max(5.0, OUTAGE_SECONDS - 2)), worker.log_tail()
+        during = scraped(worker.metrics_port)
+        time.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - outage_started)))
+        assert worker.alive()
+        server = start_redis(tmp_path, server.port)  # back, and empty
+        send_stream(namespace.bootstrap, topics, thirds[2], 1, 0)
+
+        converged = wait_until(lambda: not profile_diffs(s, expected), timeout=120)
+        diffs = profile_diffs(s, expected)
+        after = scraped(worker.metrics_port)
+        report(
+            f"redis down {OUTAGE_SECONDS:.0f} s, restarted empty",
+            events_sent=len(stream),
+            scored_during_outage=int(during["pulse_events_total"] - before.get("pulse_events_total", 0)),
+            redis_write_errors=int(after["pulse_redis_write_errors_total"]),
+            profiles_pending_at_peak=int(during["pulse_redis_pending_profiles"]),
+            differing_profiles=len(diffs),
+        )
+        assert converged, f"{len(diffs)} of {len(expected)} differ, e.g. {diffs[:2]}\n{worker.log_tail()}"
+        assert after["pulse_redis_pending_profiles"] == 0
+        assert worker.alive()
+    finally:
+        server.stop()
