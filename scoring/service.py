@@ -142,10 +142,11 @@ def service_signals(state: ServiceState, now_ms: int, config: ServiceConfig) -> 
     responses = [t[_FR] - t[_O] for t in tickets if t[_O] is not None and t[_FR] is not None]
     responses = [max(0, r) for r in responses]
     n_resp = len(responses) + f.first_responses
-    with_open = [t for t in tickets if t[_O] is not None]
-    last_opened = max(with_open, key=lambda t: t[_O], default=None)
-    resolved = [t for t in with_open if t[_RS] is not None and not is_open(t)]
-    last_resolved = max(resolved, key=lambda t: t[_RS], default=None)
+    # ties on time are broken by ticket id, so the result does not depend on arrival order
+    with_open = [(tid, t) for tid, t in state.tickets.items() if t[_O] is not None]
+    last_opened = max(with_open, key=lambda it: (it[1][_O], it[0]), default=(None, None))[1]
+    resolved = [(tid, t) for tid, t in with_open if t[_RS] is not None and not is_open(t)]
+    last_resolved = max(resolved, key=lambda it: (it[1][_RS], it[0]), default=(None, None))[1]
     open_ages = [now_ms - t[_O] for t in tickets if is_open(t)]
     return ServiceSignals(
         tickets_total=len(tickets) + f.tickets,

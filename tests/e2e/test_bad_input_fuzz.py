@@ -21,7 +21,7 @@ from tests.conftest import consume, produce, wait_until
 from tests.fuzz_payloads import hostile
 from tests.reference import STATE_FIELDS, offline_run
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 
 HOSTILE = 10_000
 
@@ -82,6 +82,6 @@ def test_hostile_stream_is_dead_lettered_and_valid_events_are_all_scored(namespa
     )
     assert dead == len(expected_rejects)
     print(
-        f"\nfuzz: {len(records)} events sent, {len(expected_rejects)} dead-lettered, "
+        f"\n[faults] fuzz: {len(records)} events sent, {len(expected_rejects)} dead-lettered, "
         f"{len(expected_profiles)} customers scored exactly, 0 differing profiles"
     )

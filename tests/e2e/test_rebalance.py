@@ -12,7 +12,7 @@ from pulse.simulate import generate_events
 from tests.conftest import produce, profile_diffs, wait_until
 from tests.reference import uninterrupted_profiles
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 
 
 def test_scaling_out_and_in_during_a_replay_changes_nothing(namespace, start_worker):
@@ -48,5 +48,6 @@ def test_scaling_out_and_in_during_a_replay_changes_nothing(namespace, start_wor
 
     converged = wait_until(lambda: not profile_diffs(s, expected), timeout=150)
     remaining = profile_diffs(s, expected)
+    print(f"\n[faults] 1 -> 3 -> 2 workers: events sent {len(events)}, differing profiles {len(remaining)}")
     assert converged, f"{len(remaining)} of {len(expected)} differ, e.g. {remaining[:2]}\n{second.log_tail()}"
     assert first.alive() and second.alive()

@@ -21,7 +21,7 @@ from pulse.simulate import generate_events
 from tests.conftest import produce, profile_diffs, wait_until
 from tests.reference import batch_order_profiles, uninterrupted_profiles
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 
 
 @pytest.mark.parametrize(
@@ -62,6 +62,7 @@ def test_replacement_worker_recovers_exact_state(namespace, start_worker, how, s
 
     converged = wait_until(lambda: not profile_diffs(settings, expected))
     remaining = profile_diffs(settings, expected)
+    print(f"\n[faults] {how.name} {store}: events sent {len(events)}, differing profiles {len(remaining)}")
     assert converged, f"{len(remaining)} profiles differ, e.g. {remaining[:2]}\n{second.log_tail()}"
     assert second.alive()
     # the changelog held the state: the second worker did not start from nothing

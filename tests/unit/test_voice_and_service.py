@@ -1,6 +1,8 @@
 """Per-customer NPS, CSAT, complaints and tickets: thresholds, event-time order, bounds."""
 
-from hypothesis import given, settings
+import random
+
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from scoring.orders import DAY_MS
@@ -124,6 +126,8 @@ complaints = st.lists(
 
 @settings(max_examples=200, deadline=None)
 @given(ticket_events, surveys, complaints, st.randoms(use_true_random=False), st.integers(0, 300))
+# two tickets resolved at the same time: "last resolution" once depended on arrival order
+@example([(2, "opened", 1), (2, "resolved", 1), (0, "opened", 0), (0, "resolved", 1)], [], [], random.Random(1), 0)
 def test_arrival_order_does_not_matter(tickets, answers, complaint_rows, rnd, now_hours):
     def build(t_rows, s_rows, c_rows):
         service, voice = ServiceState(), VoiceState()
