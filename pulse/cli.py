@@ -108,7 +108,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         sent = 0
         try:
             futures = []
-            for key, value in read_orders(path, settings.base_currency.upper()):
+            for key, value in read_orders(path, settings.base_currency):
                 futures.append(await producer.send(settings.topic_orders, key=key, value=value))
                 if len(futures) >= 1000:
                     await asyncio.gather(*futures)

@@ -91,7 +91,7 @@ def read_orders(path: Path, base_currency: str) -> Iterator[tuple[bytes, bytes]]
         if missing:
             raise HistoryError(f"{path}: missing column(s) {', '.join(missing)}; has {reader.fieldnames}")
         for line, row in enumerate(reader, start=2):
-            event = row_to_order(row, line, path.stem, base_currency)
+            event = row_to_order(row, line, path.stem, base_currency.upper())
             yield event["customer_id"].encode(), orjson.dumps(event)
 
 

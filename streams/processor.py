@@ -201,8 +201,7 @@ class BatchProcessor:
         if result.vip_changed:
             o = state.orders
             value_cents = o.revenue_cents if rfm.vip_value == "revenue" else o.revenue_cents - o.cost_cents
-            share = rfm.vip_leave_share if state.vip else rfm.vip_enter_share
-            in_top = result.scores is not None and result.scores.value_percentile >= 1 - share
+            in_top = result.scores is not None and result.scores.value_percentile >= 1 - rfm.vip_enter_share
             change = VipChange(
                 change_id=f"{key.decode()}:vip:{state.vip_changes}",
                 customer_id=key.decode(),
