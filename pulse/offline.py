@@ -61,13 +61,6 @@ def score_records(records: Iterable[RawRecord], settings: Settings, final_sweep:
             take(out)
             rerouted += out.rerouted
         pending = rerouted
-    now = processor.watermark_ms
-    if final_sweep and now is not None and processor.population.local:
-        out = BatchOutcome()
-        render = processor.sweep(0, None, load, out, now, refresh_all=True)
-        out.profiles = [
-            CustomerProfile.from_state(key.decode(), state, now, processor.config, processor.currency)
-            for key, state in render.items()
-        ]
-        take(out)
+    if final_sweep and processor.population.local:
+        take(processor.sweep_whole(0, load))
     return result

@@ -158,10 +158,22 @@ class BatchProcessor:
             self._rescore(key, state, now, out)
         for partition in sorted(sweeps):
             render.update(self.sweep(partition, self.settings.sweep_customers_per_tick, load, out, now))
-        out.profiles = [
+        out.profiles = self.profiles(render, now)
+        return out
+
+    def profiles(self, states: dict[bytes, CustomerState], now: int) -> list[CustomerProfile]:
+        return [
             CustomerProfile.from_state(key.decode(), state, now, self.config, self.currency)
-            for key, state in render.items()
+            for key, state in states.items()
         ]
+
+    def sweep_whole(self, partition: int, load: Callable[[bytes], CustomerState]) -> BatchOutcome:
+        """One complete sweep round of ``partition`` that re-renders every profile: what a live worker
+        reaches once traffic stopped and its sweep went round (used offline and in tests)."""
+        out = BatchOutcome()
+        now = self.population.clock()
+        if now is not None:
+            out.profiles = self.profiles(self.sweep(partition, None, load, out, now, refresh_all=True), now)
         return out
 
     def sweep(

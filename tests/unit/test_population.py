@@ -21,7 +21,7 @@ from pulse.settings import Settings
 from scoring.customer import CustomerState
 from scoring.population import PopulationView
 from scoring.rfm import DEFAULT_SEGMENTS, HIGH_VALUE, OTHERS
-from streams.processor import BatchOutcome, BatchProcessor, Incoming
+from streams.processor import BatchProcessor, Incoming
 
 # no hysteresis: the flag is then a function of the final population (see README, VIP)
 SETTINGS = Settings(_env_file=None, batch_max_events=7, vip_enter_share=0.1, vip_leave_share=0.1)
@@ -142,22 +142,13 @@ def test_workers_sharing_snapshots_score_against_the_whole_population(rows, part
                 for p in other.population.local:
                     processor.population.apply_snapshot(other.population.snapshot(p))
     for w, processor in enumerate(processors):
-        now = processor.watermark_ms
         for p in sorted(processor.population.local):
-            out = BatchOutcome()
-            store = stores[w]
-            render = processor.sweep(p, None, lambda k, s=store: s[k], out, now, refresh_all=True)
-            store.update(out.states)
-            profiles.update({k.decode(): processor_profile(processor, k, s, now) for k, s in render.items()})
+            out = processor.sweep_whole(p, lambda k, s=stores[w]: s[k])
+            stores[w].update(out.states)
+            profiles.update({pr.customer_id: pr for pr in out.profiles})
     assert streamed(profiles.values()) == batch_rfm(events, SETTINGS)
     clocks = {processor.watermark_ms for processor in processors}
     assert len(clocks) == 1  # every worker ends on the same event-time clock
-
-
-def processor_profile(processor: BatchProcessor, key: bytes, state: CustomerState, now: int):
-    from schemas.profile import CustomerProfile
-
-    return CustomerProfile.from_state(key.decode(), state, now, processor.config, processor.currency)
 
 
 def test_snapshots_round_trip_and_owned_partitions_win():
