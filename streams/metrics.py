@@ -42,3 +42,37 @@ POPULATION_REBUILD_SECONDS = Histogram(
     "Time to rebuild the population of newly owned partitions from the table.",
     buckets=(0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+EVENT_TO_SCORED_SECONDS = Histogram(
+    "pulse_event_to_scored_seconds",
+    "Wall-clock time from an event's occurred_at to its checkpoint completing (live traffic: end-to-end latency).",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 86400),
+)
+CONSUME_TO_ALERT_SECONDS = Histogram(
+    "pulse_consume_to_alert_seconds",
+    "Time from the start of the batch that raised a retention alert to the alert being acknowledged by the broker.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+RETENTION_ALERTS = Counter(
+    "pulse_retention_alerts_total", "Churn alerts published to the retention topic, by risk level.", ["level"]
+)
+RETENTION_ALERT_REASONS = Counter(
+    "pulse_retention_alert_reasons_total",
+    "Reasons carried by published churn alerts (an alert with three reasons counts three), by reason code.",
+    ["reason"],
+)
+CHURN_RISK_CUSTOMERS = Gauge(
+    "pulse_churn_risk_customers", "Customers of this worker's partitions per churn-risk level.", ["level"]
+)
+SEGMENT_CUSTOMERS = Gauge(
+    "pulse_segment_customers", "Customers of this worker's partitions per RFM segment.", ["segment"]
+)
+VIP_CUSTOMERS = Gauge("pulse_vip_customers", "VIP customers of this worker's partitions.")
+TABLE_CUSTOMERS = Gauge("pulse_table_customers", "Customers in the state table partitions this worker owns.")
+DUE_CUSTOMERS = Counter(
+    "pulse_churn_due_checks_total", "Customers re-evaluated by the churn sweep because a time-driven signal fell due."
+)
+CONSUMER_LAG = Gauge(
+    "pulse_consumer_lag_records",
+    "Records not yet consumed per input partition (high water - position).",
+    ["topic", "partition"],
+)
