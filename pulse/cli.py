@@ -37,11 +37,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def _send_traffic(settings: Settings, events: list[tuple[str, dict]], args: argparse.Namespace, **kw: int) -> int:
     from pulse.simulate import send
+    from streams.security import kafka_client_kwargs
 
     print(f"sending {len(events)} events for {args.customers} customers…", flush=True)
     return asyncio.run(
         send(
-            settings.broker_bootstrap(),
+            kafka_client_kwargs(settings),
             settings.input_topics(),
             events,
             rate=args.rate,
@@ -73,9 +74,10 @@ def _richest_customer(events: list[tuple[str, dict]]) -> str:
 
 def cmd_profile(args: argparse.Namespace) -> int:
     from schemas.profile import CustomerProfile
+    from streams.security import redis_client_kwargs
 
     settings = load_settings()
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True, **redis_client_kwargs(settings))
     fields = client.hgetall(_profile_key(settings.redis_key_prefix, args.customer_id))
     if not fields:
         print(f"no profile for {args.customer_id} in {settings.redis_url}", file=sys.stderr)
@@ -96,13 +98,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     from pulse.history import HistoryError, Progress, count_rows, read_orders
     from streams.admin import ensure_topics
+    from streams.security import kafka_client_kwargs
 
     settings = load_settings()
     path = Path(args.file)
 
     async def go() -> int:
         await ensure_topics(settings)
-        producer = AIOKafkaProducer(bootstrap_servers=settings.broker_bootstrap(), acks="all", linger_ms=5)
+        producer = AIOKafkaProducer(**kafka_client_kwargs(settings), acks="all", linger_ms=5)
         await producer.start()
         progress = Progress(count_rows(path), f"replay {path.name} -> {settings.topic_orders}")
         sent = 0
@@ -201,6 +204,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     """Broker + Redis + worker(s) + sample traffic, until Ctrl-C or --duration."""
     from pulse.devstack import DevStack, free_port
     from streams.admin import ensure_topics
+    from streams.security import redis_client_kwargs
 
     log_dir = Path(".pulse/logs")
     stack = DevStack.start(log_dir)
@@ -233,7 +237,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         events = _traffic(args)
         _send_traffic(settings, events, args)
         customers_with_orders = len({e["customer_id"] for _, e in events})
-        client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+        client = redis.Redis.from_url(settings.redis_url, decode_responses=True, **redis_client_kwargs(settings))
         deadline = time.monotonic() + args.duration if args.duration else None
         shown = False
         while deadline is None or time.monotonic() < deadline:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 from decimal import Decimal
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from scoring.customer import ScoringConfig
@@ -123,9 +124,40 @@ class Settings(BaseSettings):
     broker_rebalance_timeout: float = Field(10.0, gt=0, description="Group join wait, seconds.")
     broker_commit_interval: float = Field(1.0, gt=0, description="Offset commit interval, seconds.")
 
+    # --- HTTP API and security --------------------------------------------
+    api_port: int = Field(
+        8464, ge=0, le=65535, description="HTTP API port of each worker: profiles, VIP list, /health, /ready (0: off)."
+    )
+    api_host: str = Field("127.0.0.1", description="Address the HTTP API binds (0.0.0.0 in a container).")
+    api_token: SecretStr = Field(
+        SecretStr(""),
+        description="Bearer token the HTTP API requires, except on /health and /ready (empty: no authentication).",
+    )
+    api_max_page_size: int = Field(500, ge=1, description="Largest `limit` of one GET /vips page.")
+    broker_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security protocol of every client: PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL."
+    )
+    broker_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", description="SASL mechanism (SASL_* protocols): PLAIN, SCRAM-SHA-256, SCRAM-SHA-512."
+    )
+    broker_sasl_username: str = Field("", description="SASL user name.")
+    broker_sasl_password: SecretStr = Field(SecretStr(""), description="SASL password.")
+    broker_ssl_cafile: str = Field(
+        "", description="CA bundle that signs the brokers' certificates (empty: system CAs)."
+    )
+    broker_ssl_certfile: str = Field("", description="Client certificate for mutual TLS (empty: none).")
+    broker_ssl_keyfile: str = Field("", description="Private key of the client certificate.")
+    redis_password: SecretStr = Field(
+        SecretStr(""), description="Redis password (AUTH); empty: none or the one in PULSE_REDIS_URL. rediss:// is TLS."
+    )
+    redis_ssl_ca_certs: str = Field("", description="CA bundle for a rediss:// Redis (empty: system CAs).")
+
     # --- monitoring --------------------------------------------------------
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus metrics HTTP port (0: off).")
     metrics_host: str = Field("127.0.0.1", description="Address the metrics endpoint binds.")
+    lag_poll_seconds: float = Field(
+        5.0, gt=0, description="How often a worker updates pulse_consumer_lag_records for its input partitions."
+    )
 
     def input_topics(self) -> dict[str, str]:
         """Topic name per event kind."""

@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -194,7 +195,7 @@ def encode(event: dict) -> tuple[bytes, bytes]:
 
 
 async def send(
-    bootstrap: str,
+    kafka: Mapping[str, Any],
     topics: dict[str, str],
     events: Iterable[tuple[str, dict]],
     rate: float = 0.0,
@@ -204,7 +205,7 @@ async def send(
 ) -> int:
     """Produce (kind, event) pairs to their kind's topic, keyed by customer id (``rate`` events/s, 0: at once)."""
     rng = random.Random(seed)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    producer = AIOKafkaProducer(**kafka, acks="all", linger_ms=5)
     await producer.start()
     sent = 0
     started = time.monotonic()

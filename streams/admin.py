@@ -8,6 +8,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from pulse.settings import Settings
+from streams.security import kafka_client_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ async def ensure_topics(settings: Settings) -> None:
     # the ticks topic is read with the inputs, so it must be co-partitioned with them
     inputs = [*settings.input_topics().values(), settings.topic_ticks()]
     wanted = inputs + [settings.topic_dead_letters, settings.topic_retention_alerts, settings.topic_vip_changes]
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker_bootstrap(), request_timeout_ms=15000)
+    admin = AIOKafkaAdminClient(**kafka_client_kwargs(settings), request_timeout_ms=15000)
     await admin.start()
     try:
         existing = set(await admin.list_topics())

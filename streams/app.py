@@ -8,6 +8,7 @@ import faust
 
 from pulse.settings import Settings
 from streams import faust_fixes
+from streams.security import broker_credentials
 from streams.tables import CustomerStateTable
 
 RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
@@ -42,6 +43,7 @@ def create_app(settings: Settings) -> PulseApp:
         broker_rebalance_timeout=settings.broker_rebalance_timeout,
         broker_commit_interval=settings.broker_commit_interval,
         producer_acks=-1,
+        broker_credentials=broker_credentials(settings),
         web_enabled=False,
         table_standby_replicas=0,
     )
@@ -73,8 +75,9 @@ def create_app(settings: Settings) -> PulseApp:
     pulse = PulseApp(
         settings, app, customer_events, topics_by_name, dead_letters, vip_changes, ticks, population, table
     )
-    from streams.agents import customer_events, population
+    from streams.agents import customer_events, monitoring, population
 
     processor = customer_events.register(pulse)
     population.register(pulse, processor)
+    monitoring.register(pulse)
     return pulse

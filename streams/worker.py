@@ -1,4 +1,4 @@
-"""Run one worker: create topics, serve metrics, start the Faust worker."""
+"""Run one worker: create topics, serve metrics and the HTTP API, start the Faust worker."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from prometheus_client import start_http_server
 
 from pulse.settings import Settings
 from streams.admin import ensure_topics
+from streams.api import ApiServer
 from streams.app import create_app
 
 
@@ -21,4 +22,6 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.metrics_host)
     asyncio.set_event_loop(asyncio.new_event_loop())
-    faust.Worker(pulse.app, loglevel=loglevel).execute_from_commandline()
+    # the API starts before the app (Worker starts its services first), so /health answers during recovery
+    services = [ApiServer(settings, pulse.app)] if settings.api_port else []
+    faust.Worker(pulse.app, *services, loglevel=loglevel).execute_from_commandline()

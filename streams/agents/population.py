@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streams.security import kafka_client_kwargs
+
 if TYPE_CHECKING:
     from streams.app import PulseApp
     from streams.processor import BatchProcessor
@@ -56,7 +58,7 @@ def register(pulse: PulseApp, processor: BatchProcessor) -> None:
     @app.task
     async def follow_population() -> None:
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.broker_bootstrap(), enable_auto_commit=False, auto_offset_reset="earliest"
+            **kafka_client_kwargs(settings), enable_auto_commit=False, auto_offset_reset="earliest"
         )
         await consumer.start()
         try:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -33,8 +34,16 @@ def vip_key(prefix: str) -> str:
 class RedisProfileSink:
     """Profiles as hashes; each write also adds the customer to or removes it from the VIP sorted set."""
 
-    def __init__(self, url: str, key_prefix: str, retry_max_seconds: float, vip_value: str = "revenue") -> None:
-        self._redis = aioredis.from_url(url, decode_responses=True)
+    def __init__(
+        self,
+        url: str,
+        key_prefix: str,
+        retry_max_seconds: float,
+        vip_value: str = "revenue",
+        client_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        # client_kwargs: password/TLS, from streams.security.redis_client_kwargs
+        self._redis = aioredis.from_url(url, decode_responses=True, **(client_kwargs or {}))
         self._prefix = key_prefix
         self._vip_key = vip_key(key_prefix)
         self._vip_value = vip_value
