@@ -166,6 +166,41 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit(args: argparse.Namespace) -> int:
+    """Fit the CLV parameters (BG/NBD, Gamma-Gamma) on an order history; write the parameter file."""
+    from pulse.fit import fit_history, parse_as_of, save_clv_params
+    from pulse.history import HistoryError
+
+    settings = load_settings()
+    path = Path(args.file)
+    try:
+        as_of = parse_as_of(args.as_of) if args.as_of else None
+        report = fit_history(path, settings, as_of, args.time_unit_days)
+    except (HistoryError, ValueError) as exc:  # FitError and a bad --as-of are ValueErrors
+        print(exc, file=sys.stderr)
+        return 2
+    out = Path(args.out or settings.clv_params_file)
+    save_clv_params(report.params, out)
+    for line in report.lines():
+        print(line)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    """Print retention alerts as they arrive."""
+    from pulse.alerts import watch
+
+    settings = load_settings()
+    try:
+        n = asyncio.run(watch(settings, follow=args.follow, from_beginning=not args.new, as_json=args.json))
+    except KeyboardInterrupt:
+        return 0
+    if not args.json:
+        print(f"{n} alert(s) on {settings.topic_retention_alerts}", file=sys.stderr)
+    return 0
+
+
 def settings_table() -> str:
     """Markdown table of every setting: env var, default, meaning."""
     from pulse.settings import Settings
@@ -309,6 +344,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="CSV: customer_id, occurred_at, amount[, order_id, cost, status, currency]")
     p.add_argument("--out", default="-", help="output CSV, one row per customer (default: stdout)")
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("fit", help="fit the CLV parameters (BG/NBD, Gamma-Gamma) on an order history (CSV)")
+    p.add_argument("file", help="CSV: customer_id, occurred_at, amount[, order_id, cost, status, currency]")
+    p.add_argument("--as-of", help="ISO date/time the history ends (default: its highest event time)")
+    p.add_argument("--out", help="parameter file to write (default: PULSE_CLV_PARAMS_FILE)")
+    p.add_argument("--time-unit-days", type=float, default=7.0, help="unit of t_x, T and alpha (default: weeks)")
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("alerts", help="print retention (churn) alerts, readable by a person")
+    p.add_argument("--follow", "-f", action="store_true", help="keep waiting for new alerts until Ctrl-C")
+    p.add_argument("--new", action="store_true", help="only alerts raised from now on (default: from the start)")
+    p.add_argument("--json", action="store_true", help="one JSON alert per line")
+    p.set_defaults(func=cmd_alerts)
 
     p = sub.add_parser("profile", help="print a customer's live profile from Redis")
     p.add_argument("customer_id")

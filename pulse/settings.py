@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import os
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from scoring.churn import DEFAULT_WEIGHTS, SIGNALS, ChurnConfig
+from scoring.clv import ClvConfig
 from scoring.customer import ScoringConfig
 from scoring.orders import OrderScoringConfig
 from scoring.rank import RfmKeys
@@ -101,6 +104,18 @@ class Settings(BaseSettings):
     vip_segments: list[str] = Field(
         default_factory=lambda: [HIGH_VALUE], description="Segments whose members are always VIP, JSON list."
     )
+    # --- scoring (spec: Lifetime value) ------------------------------------
+    clv_params_file: str = Field(
+        ".pulse/clv-params.json",
+        description="Fitted BG/NBD and Gamma-Gamma parameters (written by pulse fit); missing: CDNOW defaults.",
+    )
+    clv_horizon_days: int = Field(365, ge=1, description="Predictive CLV horizon (expected purchases over it).")
+    clv_expected_lifetime_years: float = Field(
+        3.0, gt=0, description="Historical CLV: customer lifetime while the population gives none."
+    )
+    clv_max_purchase_days: int = Field(
+        32, ge=2, le=1024, description="Distinct purchase days remembered per customer (late orders older count new)."
+    )
     population_publish_seconds: float = Field(
         1.0, gt=0, description="How often a worker publishes the population counts of its partitions."
     )
@@ -112,6 +127,59 @@ class Settings(BaseSettings):
     fx_rates: dict[str, Decimal] = Field(
         default_factory=dict,
         description='Extra currencies: units of base currency per unit, JSON, e.g. {"EUR": "1.08"}.',
+    )
+
+    # --- scoring (spec: Churn warning) -----------------------------------
+    churn_overdue_gap_multiple: float = Field(
+        3.0, gt=0, description="Overdue: no purchase for more than this many times the customer's mean gap."
+    )
+    churn_overdue_min_repeat_purchases: int = Field(
+        2, ge=1, description="Repeat purchase days a customer needs for their own mean gap; fewer: the population's."
+    )
+    churn_default_gap_days: float = Field(
+        30.0, gt=0, description="Population gap used while fewer than churn_population_gap_min_customers are known."
+    )
+    churn_population_gap_min_customers: int = Field(
+        30, ge=1, description="Repeat customers needed before the population's mean purchase gap is used."
+    )
+    churn_p_alive_threshold: float = Field(
+        0.3, gt=0, lt=1, description="Low P(alive): a repeat customer below this BG/NBD probability."
+    )
+    churn_spend_window_days: int = Field(
+        90, ge=1, description="Spend decline: the last this many days against the same span before (bucket resolution)."
+    )
+    churn_spend_decline_ratio: float = Field(
+        0.5, gt=0, lt=1, description="Spend decline: recent spend below this share of the span before."
+    )
+    churn_nps_drop_points: int = Field(3, ge=1, le=10, description="Detractor signal also on an NPS drop this large.")
+    churn_csat_dissatisfied_max: int = Field(2, ge=1, le=5, description="Dissatisfied: latest CSAT at or below this.")
+    churn_complaint_burst_count: int = Field(
+        2, ge=1, description="Complaints in the complaint window that make a burst."
+    )
+    churn_severe_complaint_severity: str = Field(
+        "high", pattern="^(low|medium|high|critical)$", description="A complaint this severe or worse signals alone."
+    )
+    churn_survey_max_age_days: int = Field(180, ge=1, description="NPS/CSAT answers older than this no longer signal.")
+    churn_reopened_window_days: int = Field(
+        30, ge=1, description="Slow service: a ticket reopened within this many days (or open again)."
+    )
+    churn_weights: dict[str, int] = Field(
+        default_factory=lambda: dict(DEFAULT_WEIGHTS),
+        description="Risk points per signal (summed, capped at 100), JSON; signals: " + ", ".join(SIGNALS) + ".",
+    )
+    churn_medium_min_score: int = Field(40, ge=1, le=100, description="Risk score from which the level is medium.")
+    churn_high_min_score: int = Field(70, ge=1, le=100, description="Risk score from which the level is high.")
+    churn_alert_cooldown_days: float = Field(
+        14.0, ge=0, description="After an alert, the next one only on escalation or once this much event time passed."
+    )
+    churn_due_per_batch: int = Field(
+        5000, ge=1, description="Customers per partition and batch re-checked because a time-driven signal fell due."
+    )
+    clock_idle_advance_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="Live operation: when no event arrived for this many wall seconds, the event-time clock "
+        "advances with the wall clock (0: off, replays stay exact).",
     )
 
     # --- sinks -------------------------------------------------------------
@@ -193,6 +261,34 @@ class Settings(BaseSettings):
             vip_value=self.vip_value,
         )
 
+    def churn(self) -> ChurnConfig:
+        unknown = set(self.churn_weights) - set(SIGNALS)
+        if unknown:
+            raise ValueError(f"PULSE_CHURN_WEIGHTS: unknown signals {sorted(unknown)}; known: {', '.join(SIGNALS)}")
+        if self.churn_high_min_score < self.churn_medium_min_score:
+            raise ValueError("PULSE_CHURN_HIGH_MIN_SCORE must be at least PULSE_CHURN_MEDIUM_MIN_SCORE")
+        if 2 * self.churn_spend_window_days > self.revenue_window_days + self.revenue_bucket_days:
+            raise ValueError("PULSE_CHURN_SPEND_WINDOW_DAYS: two spans must fit in PULSE_REVENUE_WINDOW_DAYS")
+        return ChurnConfig(
+            overdue_gap_multiple=self.churn_overdue_gap_multiple,
+            overdue_min_repeat_purchases=self.churn_overdue_min_repeat_purchases,
+            default_gap_days=self.churn_default_gap_days,
+            population_gap_min_customers=self.churn_population_gap_min_customers,
+            p_alive_threshold=self.churn_p_alive_threshold,
+            spend_window_days=self.churn_spend_window_days,
+            spend_decline_ratio=self.churn_spend_decline_ratio,
+            nps_drop_points=self.churn_nps_drop_points,
+            csat_dissatisfied_max=self.churn_csat_dissatisfied_max,
+            complaint_burst_count=self.churn_complaint_burst_count,
+            severe_complaint_severity=self.churn_severe_complaint_severity,
+            survey_max_age_days=self.churn_survey_max_age_days,
+            reopened_window_days=self.churn_reopened_window_days,
+            weights=MappingProxyType(dict(self.churn_weights)),
+            medium_min_score=self.churn_medium_min_score,
+            high_min_score=self.churn_high_min_score,
+            alert_cooldown_days=self.churn_alert_cooldown_days,
+        )
+
     def scoring(self) -> ScoringConfig:
         return ScoringConfig(
             orders=OrderScoringConfig(
@@ -207,7 +303,20 @@ class Settings(BaseSettings):
                 max_tickets=self.max_tickets_per_customer,
             ),
             rfm=self.rfm(),
+            clv=self.clv(),
+            churn=self.churn(),
             dedup_event_ids=self.dedup_event_ids,
+        )
+
+    def clv(self) -> ClvConfig:
+        """CLV settings, with the parameters read from ``clv_params_file`` (defaults when it is missing)."""
+        from pulse.fit import load_clv_params
+
+        return ClvConfig(
+            params=load_clv_params(self.clv_params_file),
+            horizon_days=self.clv_horizon_days,
+            expected_lifetime_years=self.clv_expected_lifetime_years,
+            max_purchase_days=self.clv_max_purchase_days,
         )
 
     def currency_rates(self) -> dict[str, Decimal]:

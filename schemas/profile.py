@@ -5,9 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
-from scoring.customer import CustomerState, ScoringConfig
+from schemas.alerts import AlertReason
+from scoring.churn import ChurnAssessment
+from scoring.clv import ClvSignals
+from scoring.customer import CustomerState, ScoringConfig, assess_customer
 from scoring.orders import order_signals
 from scoring.service import service_signals
 from scoring.voice import voice_signals
@@ -20,6 +24,10 @@ def cents_to_money(cents: int) -> Decimal:
 def _round(value: float | None) -> float | None:
     """Profiles carry days and hours to 4 decimals."""
     return None if value is None else round(value, 4)
+
+
+def _money(cents: int | None) -> Decimal | None:
+    return None if cents is None else cents_to_money(cents)
 
 
 def ms_to_datetime(ms: int) -> datetime:
@@ -73,14 +81,36 @@ class CustomerProfile(BaseModel):
     last_first_response_hours: float | None
     last_resolution_hours: float | None
     oldest_open_ticket_hours: float | None
+    # lifetime value (spec: Lifetime value)
+    p_alive: float | None
+    expected_purchases: float | None
+    expected_order_value: Decimal | None
+    clv: Decimal | None
+    clv_historical: Decimal | None
+    # churn warning (spec: Churn warning): the latest risk and why
+    churn_risk: int
+    churn_level: str
+    churn_reasons: list[AlertReason]
+    churn_alerts: int
+    last_alert_at: AwareDatetime | None
     last_event_at: AwareDatetime | None
     events_total: int
     as_of: AwareDatetime
 
     @classmethod
     def from_state(
-        cls, customer_id: str, state: CustomerState, now_ms: int, config: ScoringConfig, currency: str
+        cls,
+        customer_id: str,
+        state: CustomerState,
+        now_ms: int,
+        config: ScoringConfig,
+        currency: str,
+        clv: ClvSignals | None = None,
+        risk: ChurnAssessment | None = None,
     ) -> CustomerProfile:
+        """``clv``/``risk``: as the worker assessed them (with the population's purchase gap); else assessed here."""
+        if clv is None or risk is None:
+            clv, risk = assess_customer(state, now_ms, None, config)
         sig = order_signals(state.orders, now_ms, config.orders)
         voice = voice_signals(state.voice, now_ms, config.voice)
         service = service_signals(state.service, now_ms, config.service)
@@ -120,6 +150,16 @@ class CustomerProfile(BaseModel):
             last_first_response_hours=_round(service.last_first_response_hours),
             last_resolution_hours=_round(service.last_resolution_hours),
             oldest_open_ticket_hours=_round(service.oldest_open_ticket_hours),
+            p_alive=_round(clv.p_alive),
+            expected_purchases=_round(clv.expected_purchases),
+            expected_order_value=_money(clv.expected_order_value_cents),
+            clv=_money(clv.clv_predictive_cents),
+            clv_historical=_money(clv.clv_historical_cents),
+            churn_risk=risk.score,
+            churn_level=risk.level,
+            churn_reasons=[AlertReason.of(r) for r in risk.reasons],
+            churn_alerts=state.churn.alerts,
+            last_alert_at=_at(state.churn.alert_ms),
             last_event_at=_at(state.last_event_ms),
             events_total=sum(state.events.values()),
             as_of=ms_to_datetime(now_ms),
@@ -129,9 +169,15 @@ class CustomerProfile(BaseModel):
         """Flat string fields for HSET; absent values are empty strings so the hash shape is stable."""
         out: dict[str, str] = {}
         for name, value in self.model_dump(mode="json").items():
-            out[name] = "" if value is None else str(value)
+            if isinstance(value, list):
+                out[name] = orjson.dumps(value).decode()  # churn reasons: a JSON list
+            else:
+                out[name] = "" if value is None else str(value)
         return out
 
     @classmethod
     def from_redis(cls, fields: dict[str, str]) -> CustomerProfile:
-        return cls.model_validate({k: (None if v == "" else v) for k, v in fields.items() if k in cls.model_fields})
+        data: dict[str, object] = {k: (None if v == "" else v) for k, v in fields.items() if k in cls.model_fields}
+        if isinstance(data.get("churn_reasons"), str):
+            data["churn_reasons"] = orjson.loads(data["churn_reasons"])
+        return cls.model_validate(data)

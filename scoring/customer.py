@@ -17,7 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from hashlib import blake2b
 
-from scoring.orders import OrderFact, OrderScoringConfig, OrderState, apply_order
+from scoring.churn import ChurnAssessment, ChurnConfig, ChurnContext, ChurnInputs, ChurnState, assess
+from scoring.clv import ClvConfig, ClvSignals, PurchaseDays, clv_signals, record_purchase
+from scoring.orders import DAY_MS, OrderFact, OrderScoringConfig, OrderState, apply_order
 from scoring.rfm import RfmConfig
 from scoring.service import ServiceConfig, ServiceState, TicketFact, apply_ticket_event
 from scoring.voice import ComplaintFact, SurveyFact, VoiceConfig, VoiceState, apply_complaint, apply_survey
@@ -36,7 +38,13 @@ class ScoringConfig:
     voice: VoiceConfig = field(default_factory=VoiceConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     rfm: RfmConfig = field(default_factory=RfmConfig)
+    clv: ClvConfig = field(default_factory=ClvConfig)
+    churn: ChurnConfig = field(default_factory=ChurnConfig)
     dedup_event_ids: int = 32
+
+    @property
+    def churn_context(self) -> ChurnContext:
+        return ChurnContext(self.churn, self.orders, self.voice, self.service, self.clv)
 
 
 @dataclass(slots=True)
@@ -44,6 +52,9 @@ class CustomerState:
     orders: OrderState = field(default_factory=OrderState)
     voice: VoiceState = field(default_factory=VoiceState)
     service: ServiceState = field(default_factory=ServiceState)
+    #: distinct purchase days and order money: the BG/NBD and Gamma-Gamma inputs (CLV)
+    purchases: PurchaseDays = field(default_factory=PurchaseDays)
+    churn: ChurnState = field(default_factory=ChurnState)
     last_event_ms: int | None = None
     #: events applied per kind (order, survey, complaint, support)
     events: dict[str, int] = field(default_factory=dict)
@@ -94,6 +105,8 @@ def apply_event(state: CustomerState, event: ScoredEvent, config: ScoringConfig)
         state.last_event_ms = event.occurred_ms
     if event.order is not None:
         apply_order(state.orders, event.order, config.orders)
+        if not event.order.refunded:
+            record_purchase(state.purchases, event.order.occurred_ms // DAY_MS, event.order.amount_cents, config.clv)
     if event.survey is not None:
         apply_survey(state.voice, event.survey)
     if event.complaint is not None:
@@ -101,3 +114,20 @@ def apply_event(state: CustomerState, event: ScoredEvent, config: ScoringConfig)
     if event.ticket is not None:
         apply_ticket_event(state.service, event.ticket, config.service)
     return True
+
+
+def assess_customer(
+    state: CustomerState, now_ms: int, population_gap_days: float | None, config: ScoringConfig
+) -> tuple[ClvSignals, ChurnAssessment]:
+    """CLV and churn signals of one customer at event time ``now_ms`` (``state, now -> signals``)."""
+    o = state.orders
+    clv = clv_signals(
+        state.purchases,
+        now_ms,
+        o.revenue_cents,
+        o.revenue_cents - o.cost_cents,
+        config.clv,
+        config.orders.default_gross_margin,
+    )
+    inputs = ChurnInputs(o, state.purchases, state.voice, state.service, clv)
+    return clv, assess(inputs, now_ms, population_gap_days, config.churn_context)

@@ -19,6 +19,8 @@ scorer uses one view with a single partition.
 
 from __future__ import annotations
 
+import heapq
+from collections import Counter
 from dataclasses import dataclass, field
 
 import orjson
@@ -26,11 +28,37 @@ import orjson
 from scoring.customer import CustomerState
 from scoring.rfm import MemberKeys, Population, RfmConfig, RfmScores, rfm_keys, rfm_scores, vip_flag
 
+#: (sum of t_x days, sum of repeat purchase days x, customers with x ≥ 1): the purchase gaps
+#: of the population, additive over partitions (spec: Churn warning, "a population gap")
+GapSums = tuple[int, int, int]
+NO_GAP: GapSums = (0, 0, 0)
+
+
+def gap_sums(state: CustomerState) -> GapSums:
+    p = state.purchases
+    if p.periods < 2 or p.first_day is None or p.last_day is None:
+        return NO_GAP
+    return (p.last_day - p.first_day, p.periods - 1, 1)
+
+
+def tags(state: CustomerState) -> tuple[str, ...]:
+    """What the per-partition tallies count a customer under (metrics: segments, VIPs, risk levels)."""
+    out = [f"risk:{state.churn.level}"]
+    if state.segment is not None:
+        out.append(f"segment:{state.segment}")
+    if state.vip:
+        out.append("vip")
+    return tuple(out)
+
 
 def member_keys(state: CustomerState, config: RfmConfig) -> MemberKeys | None:
     """The keys ``state`` is counted under (None: no purchase, not in the population)."""
     o = state.orders
     return rfm_keys(config, o.last_purchase_ms, o.orders, o.revenue_cents, o.revenue_cents - o.cost_cents)
+
+
+#: stale due-heap entries tolerated before the heap is rebuilt from the index
+_HEAP_SLACK = 1024
 
 
 @dataclass(slots=True)
@@ -47,6 +75,46 @@ class PartitionPopulation:
     previous_round_clock_ms: int | None = None
     #: bumped on every change; the publisher sends a snapshot when it moved
     version: int = 0
+    gaps: GapSums = NO_GAP
+    #: the due-time index of the churn sweep: key -> event time of its next check,
+    #: and a heap of (time, key) with stale entries skipped when popped
+    due: dict[bytes, int] = field(default_factory=dict)
+    due_heap: list[tuple[int, bytes]] = field(default_factory=list)
+    #: customers per tag (see ``tags``), for the metrics
+    tallies: Counter = field(default_factory=Counter)
+
+    def add_gaps(self, before: GapSums, after: GapSums) -> None:
+        if before != after:
+            self.gaps = tuple(g - b + a for g, b, a in zip(self.gaps, before, after, strict=True))
+            self.version += 1
+
+    def retag(self, before: tuple[str, ...], after: tuple[str, ...]) -> None:
+        if before != after:
+            self.tallies.subtract(before)
+            self.tallies.update(after)
+
+    def schedule(self, key: bytes, due_ms: int | None) -> None:
+        if due_ms is None:
+            self.due.pop(key, None)
+            return
+        if self.due.get(key) == due_ms:
+            return
+        self.due[key] = due_ms
+        heapq.heappush(self.due_heap, (due_ms, key))
+        if len(self.due_heap) > 2 * len(self.due) + _HEAP_SLACK:
+            self.due_heap = [(t, k) for k, t in self.due.items()]
+            heapq.heapify(self.due_heap)
+
+    def pop_due(self, now_ms: int, limit: int) -> list[bytes]:
+        """Customers whose next check is at or before ``now_ms``, earliest first, at most ``limit``."""
+        out: list[bytes] = []
+        heap = self.due_heap
+        while heap and heap[0][0] <= now_ms and len(out) < limit:
+            due_ms, key = heapq.heappop(heap)
+            if self.due.get(key) == due_ms:
+                del self.due[key]
+                out.append(key)
+        return out
 
     def observe(self, occurred_ms: int) -> None:
         if self.watermark_ms is None or occurred_ms > self.watermark_ms:
@@ -61,6 +129,7 @@ class RemotePart:
     population: Population
     watermark_ms: int | None
     customers: int
+    gaps: GapSums = NO_GAP
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,17 +165,27 @@ class PopulationView:
         part = self.partition(partition)
         part.members.append(key)
         part.population.move(None, member_keys(state, self.config))
+        part.add_gaps(NO_GAP, gap_sums(state))
+        part.retag((), tags(state))
+        part.schedule(key, state.churn.next_check_ms)
         if state.last_event_ms is not None:
             part.observe(state.last_event_ms)
         part.version += 1
 
     def applied(
-        self, partition: int, key: bytes, before: MemberKeys | None, state: CustomerState, new_customer: bool
+        self,
+        partition: int,
+        key: bytes,
+        before: MemberKeys | None,
+        state: CustomerState,
+        new_customer: bool,
+        gaps_before: GapSums = NO_GAP,
     ) -> None:
-        """An event changed ``state`` (whose keys were ``before``)."""
+        """An event changed ``state`` (whose keys were ``before`` and gap sums ``gaps_before``)."""
         part = self.partition(partition)
         if new_customer:
             part.members.append(key)
+        part.add_gaps(gaps_before, gap_sums(state))
         after = member_keys(state, self.config)
         if after != before:
             part.population.move(before, after)
@@ -129,6 +208,21 @@ class PopulationView:
     def customers(self) -> int:
         return sum(p.members for p in self.parts())
 
+    def gap_days(self, min_customers: int) -> float | None:
+        """Mean days between repeat purchase days over the whole population (None: too few repeat customers)."""
+        sums = [p.gaps for p in self.local.values()] + [r.gaps for n, r in self.remote.items() if n not in self.local]
+        days, periods, customers = (sum(col) for col in zip(NO_GAP, *sums, strict=True))
+        return days / periods if customers >= min_customers and periods else None
+
+    def owned_customers(self) -> int:
+        return sum(len(p.members) for p in self.local.values())
+
+    def tallies(self) -> Counter:
+        total: Counter = Counter()
+        for part in self.local.values():
+            total.update(part.tallies)
+        return total
+
     # --- snapshots --------------------------------------------------------
     def snapshot(self, partition: int) -> bytes:
         part = self.local[partition]
@@ -138,6 +232,7 @@ class PopulationView:
                 "partition": partition,
                 "watermark_ms": part.watermark_ms,
                 "customers": len(part.members),
+                "gaps": list(part.gaps),
                 **{name: [x for kv in sorted(c.items()) for x in kv] for name, c in counts.items()},
             }
         )
@@ -148,7 +243,10 @@ class PopulationView:
         counts = {name: dict(zip(data[name][::2], data[name][1::2], strict=True)) for name in ("r", "f", "m", "v")}
         partition = int(data["partition"])
         self.remote[partition] = RemotePart(
-            Population.from_counts(self.config, counts), data["watermark_ms"], int(data["customers"])
+            Population.from_counts(self.config, counts),
+            data["watermark_ms"],
+            int(data["customers"]),
+            tuple(data.get("gaps", NO_GAP)),
         )
         self._parts = None
         return partition

@@ -164,3 +164,50 @@ def service_signals(state: ServiceState, now_ms: int, config: ServiceConfig) -> 
         ),
         oldest_open_ticket_hours=None if not open_ages else max(0, max(open_ages)) / HOUR_MS,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRisk:
+    """What the churn warning reads from the tickets (spec: Churn warning, slow service)."""
+
+    #: longest time an open ticket has waited for its first response, when past the SLA
+    waiting_first_response_hours: float | None
+    #: age of the oldest open ticket, when past the resolution SLA
+    unresolved_hours: float | None
+    #: tickets open again after a reopening, or reopened within the reopened window
+    reopened: int
+    #: earliest later event time at which one of the above changes with no new event
+    next_change_ms: int | None
+
+
+def service_risk(state: ServiceState, now_ms: int, config: ServiceConfig, reopened_window_ms: int) -> ServiceRisk:
+    fr_sla = int(config.first_response_sla_hours * HOUR_MS)
+    rs_sla = int(config.resolution_sla_hours * HOUR_MS)
+    waits: list[int] = []
+    unresolved: list[int] = []
+    reopened = 0
+    changes: list[int] = []
+    for t in state.tickets.values():
+        open_now = is_open(t)
+        if open_now:
+            age = now_ms - t[_O]
+            # a breach starts 1 ms after the SLA ("longer than")
+            if t[_FR] is None and age > fr_sla:
+                waits.append(age)
+            elif t[_FR] is None:
+                changes.append(t[_O] + fr_sla + 1)
+            if age > rs_sla:
+                unresolved.append(age)
+            else:
+                changes.append(t[_O] + rs_sla + 1)
+        if t[_RO] is not None and (open_now or now_ms - t[_RO] < reopened_window_ms):
+            reopened += 1
+            if not open_now:
+                changes.append(t[_RO] + reopened_window_ms)
+    future = [c for c in changes if c > now_ms]
+    return ServiceRisk(
+        waiting_first_response_hours=max(waits) / HOUR_MS if waits else None,
+        unresolved_hours=max(unresolved) / HOUR_MS if unresolved else None,
+        reopened=reopened,
+        next_change_ms=min(future) if future else None,
+    )

@@ -22,6 +22,7 @@ class PulseApp:
     topics_by_name: dict[str, faust.TopicT]
     dead_letters: faust.TopicT
     vip_changes: faust.TopicT
+    retention_alerts: faust.TopicT
     #: internal: sweep ticks (co-partitioned with the inputs) and population snapshots
     ticks: faust.TopicT
     population: faust.TopicT
@@ -53,6 +54,7 @@ def create_app(settings: Settings) -> PulseApp:
     topics_by_name = {name: app.topic(name, partitions=settings.partitions, **RAW) for name in names}
     dead_letters = app.topic(settings.topic_dead_letters, **RAW)
     vip_changes = app.topic(settings.topic_vip_changes, **RAW)
+    retention_alerts = app.topic(settings.topic_retention_alerts, **RAW)
     ticks = app.topic(settings.topic_ticks(), partitions=settings.partitions, **RAW)
     population = app.topic(settings.topic_population(), partitions=1, **RAW)
     # Built the way App.Table builds tables, with our subclass.
@@ -73,7 +75,16 @@ def create_app(settings: Settings) -> PulseApp:
         )
     )
     pulse = PulseApp(
-        settings, app, customer_events, topics_by_name, dead_letters, vip_changes, ticks, population, table
+        settings,
+        app,
+        customer_events,
+        topics_by_name,
+        dead_letters,
+        vip_changes,
+        retention_alerts,
+        ticks,
+        population,
+        table,
     )
     from streams.agents import customer_events, monitoring, population
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import orjson
 
+from scoring.churn import ChurnState
+from scoring.clv import PurchaseDays
 from scoring.customer import CustomerState
 from scoring.orders import OrderState
 from scoring.service import Folded, ServiceState
@@ -27,4 +29,7 @@ def decode_state(raw: bytes | None) -> CustomerState:
     data["voice"] = VoiceState(**voice)
     service = data["service"]
     data["service"] = ServiceState(tickets=service["tickets"], folded=Folded(**service["folded"]))
+    # states written before CLV and churn existed start them empty
+    data["purchases"] = PurchaseDays(**data.get("purchases", {}))
+    data["churn"] = ChurnState(**data.get("churn", {}))
     return CustomerState(**data)

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 import orjson
 
 from pulse.settings import Settings
+from schemas.alerts import AlertReason, RetentionAlert
 from schemas.dead_letter import DeadLetter
 from schemas.events import (
     ComplaintEvent,
@@ -30,9 +31,12 @@ from schemas.events import (
 )
 from schemas.profile import CustomerProfile, cents_to_money, ms_to_datetime
 from schemas.vip import VipChange
-from scoring.customer import CustomerState, ScoredEvent, apply_event
-from scoring.orders import OrderFact, to_cents
-from scoring.population import PopulationView, member_keys, rescore
+from scoring import churn
+from scoring.churn import ChurnAssessment
+from scoring.clv import ClvSignals, margin
+from scoring.customer import CustomerState, ScoredEvent, apply_event, assess_customer
+from scoring.orders import OrderFact, to_cents, window_revenue_cents
+from scoring.population import PopulationView, gap_sums, member_keys, rescore, tags
 from scoring.service import TicketFact
 from scoring.voice import ComplaintFact, SurveyFact
 
@@ -65,6 +69,16 @@ class BatchOutcome:
     profiles: list[CustomerProfile] = field(default_factory=list)
     #: VIP flag changes, in the order they were scored: (key, now VIP?, VipChange JSON)
     vip_changes: list[tuple[bytes, bool, bytes]] = field(default_factory=list)
+    #: retention alerts, in the order they were raised: (key, alert, RetentionAlert JSON)
+    alerts: list[tuple[bytes, RetentionAlert, bytes]] = field(default_factory=list)
+    #: customers re-checked because a time-driven churn signal fell due
+    due_checked: int = 0
+    #: event times of the valid events of the batch (metrics: event time -> scored latency)
+    occurred_ms: list[int] = field(default_factory=list)
+    #: tallies (see scoring.population.tags) of each changed state when first loaded in the batch
+    tags_before: dict[bytes, tuple[str, ...]] = field(default_factory=dict)
+    #: CLV and churn of the customers assessed in this batch (the profiles reuse them)
+    assessed: dict[bytes, tuple[ClvSignals, ChurnAssessment]] = field(default_factory=dict)
     #: partitions swept in this batch and customers re-scored by the sweep
     swept: dict[int, int] = field(default_factory=dict)
     rejected: list[Rejected] = field(default_factory=list)
@@ -94,6 +108,8 @@ class BatchProcessor:
         self.rates = settings.currency_rates()
         self.currency = settings.base_currency.upper()
         self.population = PopulationView(self.config.rfm)
+        #: the population's purchase gap, computed once per batch (churn: overdue)
+        self._gap_days: float | None = None
 
     def rebuild(self, partitions: set[int], states: Iterable[tuple[bytes, CustomerState]]) -> int:
         """Count the recovered customers of newly owned ``partitions`` into the population; returns how many.
@@ -117,10 +133,13 @@ class BatchProcessor:
 
     def process(self, batch: Sequence[Incoming], load: Callable[[bytes], CustomerState]) -> BatchOutcome:
         out = BatchOutcome()
-        sweeps: set[int] = set()
+        #: partitions with a tick in the batch (round-robin sweep), and with any record (due checks)
+        ticks: set[int] = set()
+        present: set[int] = set()
         for record in batch:
+            present.add(record.partition)
             if record.topic == self.ticks_topic:
-                sweeps.add(record.partition)
+                ticks.add(record.partition)
                 continue
             kind = self.kind_by_topic[record.topic]
             try:
@@ -138,12 +157,14 @@ class BatchProcessor:
             state = out.states.get(key)
             if state is None:
                 state = load(key)
+                out.tags_before[key] = () if state.partition is None else tags(state)
             new_customer = state.partition is None
             state.partition = record.partition
-            before = member_keys(state, self.config.rfm)
+            before, gaps_before = member_keys(state, self.config.rfm), gap_sums(state)
             applied = apply_event(state, scored, self.config)
             out.count(kind, "scored" if applied else "duplicate")
-            self.population.applied(record.partition, key, before, state, new_customer)
+            out.occurred_ms.append(scored.occurred_ms)
+            self.population.applied(record.partition, key, before, state, new_customer, gaps_before)
             # A replayed duplicate still counts for the clock and still gets its
             # state and profile written: after a crash between the changelog
             # and Redis, the replay is what brings the profile up to date.
@@ -153,19 +174,53 @@ class BatchProcessor:
         now = self.population.clock()
         if now is None:
             return out
+        self._gap_days = self.population.gap_days(self.config.churn.population_gap_min_customers)
         render = dict(out.states)
         for key, state in out.states.items():
             self._rescore(key, state, now, out)
-        for partition in sorted(sweeps):
+        # only partitions with a record in the batch: a state is written with one of its partition's events
+        for partition in sorted(present & set(self.population.local)):
+            render.update(self.check_due(partition, self.settings.churn_due_per_batch, load, out, now))
+        for partition in sorted(ticks):
             render.update(self.sweep(partition, self.settings.sweep_customers_per_tick, load, out, now))
-        out.profiles = self.profiles(render, now)
+        self._retag(out)
+        out.profiles = self.profiles(render, now, out.assessed)
         return out
 
-    def profiles(self, states: dict[bytes, CustomerState], now: int) -> list[CustomerProfile]:
-        return [
-            CustomerProfile.from_state(key.decode(), state, now, self.config, self.currency)
-            for key, state in states.items()
-        ]
+    def profiles(
+        self,
+        states: dict[bytes, CustomerState],
+        now: int,
+        assessed: dict[bytes, tuple[ClvSignals, ChurnAssessment]] | None = None,
+    ) -> list[CustomerProfile]:
+        out = []
+        for key, state in states.items():
+            clv, risk = (assessed or {}).get(key) or assess_customer(state, now, self._gap_days, self.config)
+            out.append(CustomerProfile.from_state(key.decode(), state, now, self.config, self.currency, clv, risk))
+        return out
+
+    def _retag(self, out: BatchOutcome) -> None:
+        for key, state in out.states.items():
+            before = out.tags_before.get(key)
+            if before is not None and state.partition is not None:
+                self.population.partition(state.partition).retag(before, tags(state))
+
+    def check_due(
+        self, partition: int, limit: int, load: Callable[[bytes], CustomerState], out: BatchOutcome, now: int
+    ) -> dict[bytes, CustomerState]:
+        """Re-assess the customers of ``partition`` whose time-driven churn signals fell due (spec: Churn warning:
+        "raised by time passing"). The due-time index makes this cost the customers due, not the population."""
+        render: dict[bytes, CustomerState] = {}
+        for key in self.population.partition(partition).pop_due(now, limit):
+            if key in out.states:
+                continue  # assessed with this batch already (and rescheduled)
+            state = load(key)
+            out.tags_before[key] = tags(state)
+            self._rescore(key, state, now, out)
+            out.states[key] = render[key] = state
+            out.partitions[key] = partition
+            out.due_checked += 1
+        return render
 
     def sweep_whole(self, partition: int, load: Callable[[bytes], CustomerState]) -> BatchOutcome:
         """One complete sweep round of ``partition`` that re-renders every profile: what a live worker
@@ -173,7 +228,10 @@ class BatchProcessor:
         out = BatchOutcome()
         now = self.population.clock()
         if now is not None:
-            out.profiles = self.profiles(self.sweep(partition, None, load, out, now, refresh_all=True), now)
+            self._gap_days = self.population.gap_days(self.config.churn.population_gap_min_customers)
+            render = self.sweep(partition, None, load, out, now, refresh_all=True)
+            self._retag(out)
+            out.profiles = self.profiles(render, now, out.assessed)
         return out
 
     def sweep(
@@ -198,7 +256,9 @@ class BatchProcessor:
             if key in out.states:
                 continue  # scored with this batch already
             state = load(key)
+            before = tags(state)
             if self._rescore(key, state, now, out):
+                out.tags_before[key] = before
                 out.states[key] = state
                 out.partitions[key] = partition
                 render[key] = state
@@ -228,7 +288,55 @@ class BatchProcessor:
                 at=ms_to_datetime(now),
             )
             out.vip_changes.append((key, state.vip, orjson.dumps(change.model_dump(mode="json"))))
-        return result.changed
+        return self._assess_churn(key, state, now, out) or result.changed
+
+    def _assess_churn(self, key: bytes, state: CustomerState, now: int, out: BatchOutcome) -> bool:
+        """Churn signals, level and alert decision; True if the stored churn state changed."""
+        before = (state.churn.level, state.churn.score, state.churn.next_check_ms)
+        clv, risk = assess_customer(state, now, self._gap_days, self.config)
+        out.assessed[key] = (clv, risk)
+        decision = churn.update(state.churn, risk, now, self.config.churn)
+        if state.partition is not None:
+            self.population.partition(state.partition).schedule(key, state.churn.next_check_ms)
+        if decision.kind is not None:
+            alert = self._alert(key, state, now, clv, risk, decision)
+            out.alerts.append((key, alert, orjson.dumps(alert.model_dump(mode="json"))))
+        return decision.kind is not None or before != (state.churn.level, state.churn.score, state.churn.next_check_ms)
+
+    def _alert(
+        self,
+        key: bytes,
+        state: CustomerState,
+        now: int,
+        clv: ClvSignals,
+        risk: ChurnAssessment,
+        decision: churn.AlertDecision,
+    ) -> RetentionAlert:
+        o = state.orders
+        share = margin(o.revenue_cents, o.revenue_cents - o.cost_cents, self.config.orders.default_gross_margin)
+        window = window_revenue_cents(o, now, self.config.orders)
+        return RetentionAlert(
+            alert_id=f"{key.decode()}:churn:{state.churn.alerts}",
+            customer_id=key.decode(),
+            raised_at=ms_to_datetime(now),
+            kind=decision.kind,
+            level=risk.level,
+            previous_level=decision.previous_level,
+            risk_score=risk.score,
+            reasons=[AlertReason.of(r) for r in risk.reasons],
+            vip=state.vip,
+            priority=state.vip,
+            segment=state.segment,
+            rfm_cell=state.rfm_cell,
+            currency=self.currency,
+            revenue=cents_to_money(o.revenue_cents),
+            revenue_window=cents_to_money(window),
+            clv=None if clv.clv_predictive_cents is None else cents_to_money(clv.clv_predictive_cents),
+            clv_historical=None if clv.clv_historical_cents is None else cents_to_money(clv.clv_historical_cents),
+            p_alive=None if clv.p_alive is None else round(clv.p_alive, 4),
+            value_at_risk=cents_to_money(round(max(0, window) * share)),
+            suggested_action=churn.suggested_action(state.vip, risk.reasons),
+        )
 
     def _to_scored(self, event: CustomerEvent, offset: int) -> ScoredEvent:
         at = event.occurred_ms

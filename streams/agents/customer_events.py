@@ -27,6 +27,7 @@ import logging
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING
 
@@ -69,6 +70,20 @@ async def run_guarded(checkpoint: Awaitable[None], grace_seconds: float) -> None
         raise
     except Exception as exc:  # noqa: BLE001 - any failure means: do not commit
         _fail_stop(repr(exc), exc)
+
+
+def record_tallies(tallies: Counter) -> None:
+    """Customers per risk level, per segment and VIPs of the owned partitions (a gauge per worker: they add up)."""
+    vips = 0
+    for tag, n in tallies.items():
+        kind, _, name = tag.partition(":")
+        if kind == "risk":
+            metrics.CHURN_RISK_CUSTOMERS.labels(name).set(n)
+        elif kind == "segment":
+            metrics.SEGMENT_CUSTOMERS.labels(name).set(n)
+        elif kind == "vip":
+            vips = n
+    metrics.VIP_CUSTOMERS.set(vips)
 
 
 def register(pulse: PulseApp) -> BatchProcessor:
@@ -126,8 +141,11 @@ def register(pulse: PulseApp) -> BatchProcessor:
             produced.append(await pulse.topics_by_name[topic].send(key=key, value=value))
         for key, _, value in outcome.vip_changes:
             produced.append(await pulse.vip_changes.send(key=key, value=value))
+        alerts = [await pulse.retention_alerts.send(key=key, value=value) for key, _, value in outcome.alerts]
         written = await asyncio.gather(*changelog)
-        await asyncio.gather(*produced)
+        await asyncio.gather(*produced, *alerts)
+        if outcome.alerts:
+            metrics.CONSUME_TO_ALERT_SECONDS.observe(time.perf_counter() - started)
         if written and settings.changelog_end_markers:
             written += await asyncio.gather(*await table.send_end_markers({res.partition for res in written}))
         table.persisted(written)
@@ -140,8 +158,18 @@ def register(pulse: PulseApp) -> BatchProcessor:
             metrics.DEAD_LETTERS.labels(rejected.kind, rejected.reason).inc()
         for _, vip, _ in outcome.vip_changes:
             metrics.VIP_CHANGES.labels("entered" if vip else "left").inc()
+        for _, alert, _ in outcome.alerts:
+            metrics.RETENTION_ALERTS.labels(alert.level.value).inc()
+            for reason in alert.reasons:
+                metrics.RETENTION_ALERT_REASONS.labels(reason.code).inc()
         metrics.SWEPT_CUSTOMERS.inc(sum(outcome.swept.values()))
+        metrics.DUE_CUSTOMERS.inc(outcome.due_checked)
         metrics.POPULATION_CUSTOMERS.set(processor.population.customers())
+        metrics.TABLE_CUSTOMERS.set(processor.population.owned_customers())
+        record_tallies(processor.population.tallies())
+        now_s = time.time()
+        for occurred_ms in outcome.occurred_ms:
+            metrics.EVENT_TO_SCORED_SECONDS.observe(max(0.0, now_s - occurred_ms / 1000))
         if processor.watermark_ms is not None:
             metrics.WATERMARK_SECONDS.set(processor.watermark_ms / 1000)
         metrics.BATCH_EVENTS.observe(len(batch))

@@ -1,0 +1,156 @@
+"""A customer who buys monthly, then stops, then complains: the exact alert sequence (spec: Churn warning).
+
+Driven through the worker's own processor, one batch per day of event time:
+another customer's daily survey moves the clock, as the rest of the
+population does in production, and the due-time index raises the
+time-driven alerts on the day they fall due.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import orjson
+
+from pulse.settings import Settings
+from scoring.clv import DEFAULT_CLV_PARAMS
+from scoring.customer import CustomerState
+from scoring.orders import DAY_MS
+from streams.processor import BatchOutcome, BatchProcessor, Incoming
+
+#: epoch day 20006 is a multiple of 7, so weekly revenue buckets start on day 0
+D0 = 20006
+SETTINGS = Settings(_env_file=None)
+MONTHLY = list(range(0, 331, 30))  # 12 purchases, one every 30 days
+
+
+def iso(day: int) -> str:
+    return datetime.fromtimestamp((D0 + day) * DAY_MS / 1000, UTC).isoformat()
+
+
+def spec_p_alive(x: int, t_x: float, T: float) -> float:
+    """The spec's formula, written out independently of scoring.clv."""
+    p = DEFAULT_CLV_PARAMS.bgnbd
+    return 1 / (1 + p.a / (p.b + x - 1) * ((p.alpha + T) / (p.alpha + t_x)) ** (p.r + x))
+
+
+class Feed:
+    def __init__(self) -> None:
+        self.processor = BatchProcessor(SETTINGS)
+        self.store: dict[bytes, CustomerState] = {}
+        self.offsets: dict[str, int] = {}
+        self.alerts: list[tuple[int, dict]] = []
+
+    def record(self, topic: str, value: dict) -> Incoming:
+        self.offsets[topic] = self.offsets.get(topic, -1) + 1
+        return Incoming(topic, 0, self.offsets[topic], value["customer_id"].encode(), orjson.dumps(value))
+
+    def day(self, day: int, *events: tuple[str, dict]) -> BatchOutcome:
+        clock = ("surveys", {"event_id": f"z{day}", "customer_id": "Z", "occurred_at": iso(day), "nps": 8})
+        batch = [self.record(topic, value) for topic, value in (*events, clock)]
+        out = self.processor.process(batch, lambda key: self.store.get(key) or CustomerState())
+        self.store.update(out.states)
+        self.alerts += [(day, orjson.loads(value)) for _, _, value in out.alerts]
+        return out
+
+
+def order(day: int) -> tuple[str, dict]:
+    return (
+        "orders",
+        {
+            "event_id": f"o{day}",
+            "customer_id": "C",
+            "occurred_at": iso(day),
+            "order_id": f"O{day}",
+            "amount": "100.00",
+            "currency": "USD",
+            "status": "completed",
+        },
+    )
+
+
+def complaint(day: int, severity: str) -> tuple[str, dict]:
+    value = {"event_id": f"c{day}", "customer_id": "C", "occurred_at": iso(day)}
+    return ("complaints", {**value, "complaint_id": f"K{day}", "severity": severity, "category": "delivery"})
+
+
+def survey(day: int, **answer: int) -> tuple[str, dict]:
+    return ("surveys", {"event_id": f"s{day}", "customer_id": "C", "occurred_at": iso(day), **answer})
+
+
+#: day -> the customer's events beyond the monthly orders
+STORY = {
+    470: [complaint(470, "high")],  # already high: no alert
+    472: [order(472)],  # buys again: overdue, P(alive) and spend decline clear; low
+    476: [survey(476, nps=2)],  # detractor + severe complaint: medium, within the cooldown: no alert
+    480: [survey(480, csat=1)],  # + dissatisfied: high, not above the last alert's level: no alert
+    502: [complaint(502, "critical")],  # day 500 the first complaint left the window (medium); now high again
+}
+
+
+def test_buys_monthly_then_stops_then_complains():
+    feed = Feed()
+    levels = {}
+    for day in range(0, 511):
+        feed.day(day, *([order(day)] if day in MONTHLY else []), *STORY.get(day, []))
+        levels[day] = feed.store[b"C"].churn.level if b"C" in feed.store else None
+
+    # Overdue: the mean gap is 30 days, so silence over 90 days after day 330: first seen on day 421.
+    # Low P(alive): the first day the spec's formula is below 0.3 (x = 11, t_x = 330 days, in weeks).
+    drop = next(d for d in range(331, 1000) if spec_p_alive(11, 330 / 7, d / 7) < 0.3)
+    assert 421 < drop < 470
+    expected = [
+        (421, "entered", "medium", {"overdue", "spend_decline"}),
+        (drop, "escalated", "high", {"overdue", "low_p_alive", "spend_decline"}),
+        # 35 days after the last alert: the cooldown has passed
+        (502, "entered", "high", {"detractor", "dissatisfied", "severe_complaint"}),
+    ]
+    got = [(day, a["kind"], a["level"], {r["code"] for r in a["reasons"]}) for day, a in feed.alerts]
+    assert got == expected
+    # what was suppressed, and why, really happened
+    assert (levels[420], levels[472], levels[476], levels[480], levels[500]) == (
+        "low",
+        "low",
+        "medium",
+        "high",
+        "medium",
+    )
+    assert [a["alert_id"] for _, a in feed.alerts] == ["C:churn:1", "C:churn:2", "C:churn:3"]
+    assert [a["previous_level"] for _, a in feed.alerts] == ["low", "medium", "medium"]
+    first = feed.alerts[0][1]
+    # 40 (overdue) + 20 (spend decline); the only buyer sits at the 50th percentile: not VIP
+    assert first["risk_score"] == 60 and not first["vip"] and not first["priority"]
+    assert first["revenue"] == "1200.00" and first["suggested_action"].startswith("win-back")
+    # 1,000 in the revenue window (53 weekly buckets: days 56-426) × the default 30 % margin
+    assert first["value_at_risk"] == "300.00"
+    overdue = next(r for r in first["reasons"] if r["code"] == "overdue")
+    assert overdue["observed"] == 91.0 and overdue["threshold"] == 90.0
+    last = feed.alerts[2][1]
+    assert last["risk_score"] == 75 and last["suggested_action"].startswith("resolve the open complaint")
+
+    # The profile carries the latest risk and reasons.
+    profile = feed.processor.profiles({b"C": feed.store[b"C"]}, (D0 + 510) * DAY_MS)[0]
+    assert profile.churn_level == "high" and profile.churn_alerts == 3
+    assert {r.code for r in profile.churn_reasons} == {"detractor", "dissatisfied", "severe_complaint"}
+
+
+def test_a_redelivered_batch_raises_no_second_alert():
+    feed = Feed()
+    for day in range(0, 421):
+        feed.day(day, *([order(day)] if day in MONTHLY else []))
+    saved = {k: CustomerState(**{f: getattr(v, f) for f in v.__slots__}) for k, v in feed.store.items()}
+    assert not feed.alerts
+    # day 421 raises the first alert; a crash before the commit replays the same records
+    batch_offsets = dict(feed.offsets)
+    out = feed.day(421)
+    assert [a["alert_id"] for _, a in feed.alerts] == ["C:churn:1"]
+    from streams.codec import decode_state, encode_state
+
+    feed.store = {k: decode_state(encode_state(v)) for k, v in out.states.items()} | {
+        k: v for k, v in feed.store.items() if k not in out.states
+    }
+    feed.offsets = batch_offsets
+    feed.processor.rebuild({0}, feed.store.items())
+    feed.day(421)
+    assert [a["alert_id"] for _, a in feed.alerts] == ["C:churn:1"]
+    assert saved  # the states before the alert were taken (sanity of the setup)
