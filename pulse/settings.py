@@ -114,7 +114,11 @@ class Settings(BaseSettings):
         3.0, gt=0, description="Historical CLV: customer lifetime while the population gives none."
     )
     clv_max_purchase_days: int = Field(
-        32, ge=2, le=1024, description="Distinct purchase days remembered per customer (late orders older count new)."
+        32,
+        ge=2,
+        le=1024,
+        description="Distinct purchase days remembered per customer (CLV's x); a late order older than all of them "
+        "counts as a new day.",
     )
     population_publish_seconds: float = Field(
         1.0, gt=0, description="How often a worker publishes the population counts of its partitions."

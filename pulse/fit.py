@@ -1,0 +1,213 @@
+"""``pulse fit``: fit the CLV population parameters from an order history, and the parameter file.
+
+The history goes through the worker's own reader and validation
+(``pulse.history.read_orders``, ``schemas.events.decode_event``) and FX
+conversion (the configured rates, ``scoring.orders.to_cents``); rows the
+worker would dead-letter are skipped and counted. Completed orders only:
+refunds are not purchases. The per-customer statistics are the worker's
+(``scoring.clv_fit.summarise``), at ``as_of`` (default: the highest event time
+in the file, which is the worker's event-time clock after reading it).
+
+The worker reads the fitted parameters from ``PULSE_CLV_PARAMS_FILE``; without
+that file it uses :data:`scoring.clv.DEFAULT_CLV_PARAMS`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import orjson
+
+from schemas.events import EventRejected, Kind, OrderEvent, OrderStatus, decode_event
+from scoring.clv import DEFAULT_CLV_PARAMS, BgNbdParams, ClvConfig, ClvParams, GammaGammaParams
+from scoring.orders import to_cents
+
+if TYPE_CHECKING:
+    from pulse.settings import Settings
+
+MS_PER_SECOND = 1000
+
+
+class ClvParamsError(ValueError):
+    """The parameter file exists but is not a valid parameter set."""
+
+
+def _positive(raw: object, where: str, path: Path) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw) or raw <= 0:
+        raise ClvParamsError(f"{path}: {where} must be a positive number, got {raw!r}")
+    return float(raw)
+
+
+def load_clv_params(path: Path | str) -> ClvParams:
+    """The fitted parameters in ``path``; :data:`DEFAULT_CLV_PARAMS` when there is no such file.
+
+    A file that exists but is not a parameter set is an error (naming the
+    file): silently scoring with the defaults would hide a broken deployment.
+    """
+    path = Path(path)
+    if not path.exists():
+        return DEFAULT_CLV_PARAMS
+    try:
+        data = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise ClvParamsError(f"{path}: not a CLV parameter file: {exc}") from None
+    if not isinstance(data, dict):
+        raise ClvParamsError(f"{path}: expected a JSON object with bgnbd and gamma_gamma")
+    sections = {}
+    for name, fields in (("bgnbd", ("r", "alpha", "a", "b")), ("gamma_gamma", ("p", "q", "v"))):
+        section = data.get(name)
+        if not isinstance(section, dict):
+            raise ClvParamsError(f"{path}: missing object {name!r}")
+        sections[name] = {f: _positive(section.get(f), f"{name}.{f}", path) for f in fields}
+    gamma_gamma = GammaGammaParams(**sections["gamma_gamma"])
+    if gamma_gamma.q <= 1:
+        raise ClvParamsError(f"{path}: gamma_gamma.q must be > 1 (finite mean order value), got {gamma_gamma.q}")
+    fitted_on = data.get("fitted_on")
+    if fitted_on is not None and not isinstance(fitted_on, str):
+        raise ClvParamsError(f"{path}: fitted_on must be a string, got {fitted_on!r}")
+    return ClvParams(
+        bgnbd=BgNbdParams(**sections["bgnbd"]),
+        gamma_gamma=gamma_gamma,
+        time_unit_days=_positive(data.get("time_unit_days", DEFAULT_CLV_PARAMS.time_unit_days), "time_unit_days", path),
+        fitted_on=fitted_on,
+    )
+
+
+def save_clv_params(params: ClvParams, path: Path | str) -> None:
+    """Write ``params`` as JSON (creating the folder); atomically, so a running reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(orjson.dumps(asdict(params), option=orjson.OPT_INDENT_2) + b"\n")
+    tmp.replace(path)
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryOrders:
+    """The completed orders of a history, as (customer_id, occurred_ms, amount_cents), and what was left out."""
+
+    orders: list[tuple[str, int, int]]
+    #: highest event time of any valid event (the worker's clock after the file)
+    clock_ms: int | None
+    refunds: int
+    rejected: int
+    duplicates: int
+
+
+def history_orders(path: Path, settings: Settings) -> HistoryOrders:
+    """Read and validate an order history CSV the way the worker would (see the module docstring)."""
+    from pulse.history import read_orders
+
+    rates = settings.currency_rates()
+    seen: set[str] = set()
+    orders: list[tuple[str, int, int]] = []
+    clock: int | None = None
+    refunds = rejected = duplicates = 0
+    for _key, value in read_orders(path, settings.base_currency):
+        try:
+            event = decode_event(Kind.ORDER, value, settings.max_event_bytes)
+        except EventRejected:
+            rejected += 1
+            continue
+        assert isinstance(event, OrderEvent)
+        rate = rates.get(event.currency)
+        if rate is None:
+            rejected += 1  # the worker dead-letters it as unsupported_currency
+            continue
+        if event.event_id in seen:
+            duplicates += 1
+            continue
+        seen.add(event.event_id)
+        clock = event.occurred_ms if clock is None else max(clock, event.occurred_ms)
+        if event.status is OrderStatus.REFUNDED:
+            refunds += 1
+            continue
+        orders.append((event.customer_id, event.occurred_ms, to_cents(event.amount, rate)))
+    return HistoryOrders(orders, clock, refunds, rejected, duplicates)
+
+
+def parse_as_of(text: str) -> int:
+    """ISO date or date-time (UTC when no offset is given) as epoch ms."""
+    at = datetime.fromisoformat(text.strip())
+    at = at if at.tzinfo else at.replace(tzinfo=UTC)
+    return int(at.timestamp() * MS_PER_SECOND)
+
+
+@dataclass(frozen=True, slots=True)
+class FitReport:
+    params: ClvParams
+    customers: int
+    repeat_customers: int
+    gamma_gamma_customers: int
+    bgnbd_log_likelihood: float
+    gamma_gamma_log_likelihood: float
+    as_of_ms: int
+    orders: HistoryOrders
+
+    def lines(self) -> Iterator[str]:
+        bg, gg = self.params.bgnbd, self.params.gamma_gamma
+        o = self.orders
+        yield (
+            f"orders: {len(o.orders)} completed, {o.refunds} refunds left out, "
+            f"{o.rejected} rejected, {o.duplicates} duplicates"
+        )
+        yield (
+            f"customers: {self.customers}, repeat customers: {self.repeat_customers} "
+            f"(Gamma-Gamma: {self.gamma_gamma_customers}); as of {_iso(self.as_of_ms)}"
+        )
+        yield f"time unit: {self.params.time_unit_days:g} days"
+        yield f"BG/NBD      r={bg.r:.6g} alpha={bg.alpha:.6g} a={bg.a:.6g} b={bg.b:.6g}"
+        yield f"            log-likelihood {self.bgnbd_log_likelihood:.4f}"
+        yield f"Gamma-Gamma p={gg.p:.6g} q={gg.q:.6g} v={gg.v:.6g}"
+        yield f"            log-likelihood {self.gamma_gamma_log_likelihood:.4f}"
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / MS_PER_SECOND, tz=UTC).isoformat()
+
+
+def fit_history(path: Path, settings: Settings, as_of_ms: int | None = None, time_unit_days: float = 7.0) -> FitReport:
+    """Fit BG/NBD and Gamma-Gamma on a CSV order history (raises FitError when the data are too few)."""
+    from scoring.clv_fit import (
+        FitError,
+        bgnbd_log_likelihood_sum,
+        fit_bgnbd,
+        fit_gamma_gamma,
+        gamma_gamma_log_likelihood_sum,
+        model_arrays,
+        summarise,
+    )
+
+    if not time_unit_days > 0:
+        raise FitError(f"time unit must be positive, got {time_unit_days}")
+    history = history_orders(path, settings)
+    now = history.clock_ms if as_of_ms is None else as_of_ms
+    if now is None:
+        raise FitError(f"{path}: no valid orders")
+    config = ClvConfig(max_purchase_days=settings.clv_max_purchase_days)
+    stats = summarise(history.orders, now, config)
+    _, x, t_x, T, m = model_arrays(stats, now, time_unit_days)
+    bgnbd = fit_bgnbd(x, t_x, T)
+    repeat = (x > 0) & (m > 0)
+    gamma_gamma = fit_gamma_gamma(x[repeat], m[repeat])
+    params = ClvParams(
+        bgnbd=bgnbd,
+        gamma_gamma=gamma_gamma,
+        time_unit_days=time_unit_days,
+        fitted_on=f"{path.name}, {len(stats)} customers, as of {_iso(now)[:10]}",
+    )
+    return FitReport(
+        params=params,
+        customers=len(stats),
+        repeat_customers=int((x > 0).sum()),
+        gamma_gamma_customers=int(repeat.sum()),
+        bgnbd_log_likelihood=bgnbd_log_likelihood_sum(bgnbd, x, t_x, T),
+        gamma_gamma_log_likelihood=gamma_gamma_log_likelihood_sum(gamma_gamma, x[repeat], m[repeat]),
+        as_of_ms=now,
+        orders=history,
+    )
