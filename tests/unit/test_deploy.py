@@ -1,0 +1,244 @@
+"""deploy/ without Docker: files parse, the dashboard loads, and everything they name exists in the code.
+
+A renamed metric or setting breaks a dashboard panel, an alert rule or a
+worker's configuration silently in production; here it fails a test.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client import REGISTRY
+
+import streams.metrics  # noqa: F401 - registers every metric of the worker
+from pulse.settings import Settings
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+YAML_FILES = sorted([*DEPLOY.rglob("*.yaml"), *DEPLOY.rglob("*.yml")])
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "customer-pulse.json"
+ALERTS = DEPLOY / "prometheus" / "alerts.yml"
+ALERTS_TEST = DEPLOY / "prometheus" / "alerts_test.yml"
+PROMETHEUS = DEPLOY / "prometheus" / "prometheus.yml"
+COMPOSE = DEPLOY / "compose.yaml"
+K8S = DEPLOY / "k8s"
+
+METRIC = re.compile(r"\bpulse_[a-z_]+")
+#: sample-name suffixes each metric type exposes besides the family name
+SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+
+
+def families() -> dict[str, str]:
+    """Family name -> type of every registered pulse_ metric (a Counter pulse_x_total is family pulse_x)."""
+    return {m.name: m.type for m in REGISTRY.collect() if m.name.startswith("pulse_")}
+
+
+def resolve(sample: str, known: dict[str, str]) -> str | None:
+    """The family a PromQL sample name belongs to, or None if the code has no such metric."""
+    for family, kind in known.items():
+        if any(sample == family + suffix for suffix in SUFFIXES.get(kind, ("",))):
+            return family
+    return None
+
+
+def load_all(path: Path) -> list:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+
+
+def dashboard_exprs() -> list[str]:
+    dash = json.loads(DASHBOARD.read_text())
+    return [t["expr"] for p in dash["panels"] for t in p["targets"]]
+
+
+def alert_exprs() -> list[str]:
+    return [rule["expr"] for group in load_all(ALERTS)[0]["groups"] for rule in group["rules"]]
+
+
+def test_alert_tests_use_only_real_metrics():
+    """The promtool unit tests feed series by name: they must be the code's names too."""
+    known = families()
+    series = [s["series"] for t in load_all(ALERTS_TEST)[0]["tests"] for s in t["input_series"]]
+    unknown = sorted({n for text in series for n in METRIC.findall(text) if resolve(n, known) is None})
+    assert not unknown, unknown
+
+
+def pulse_env_vars() -> Iterator[tuple[str, str, str]]:
+    """(file, name, value) of every PULSE_* variable set in compose and the k8s manifests."""
+    compose = load_all(COMPOSE)[0]
+    anchors = [compose.get("x-pulse-env", {})]
+    for service in compose["services"].values():
+        env = service.get("environment") or {}
+        anchors.append(env if isinstance(env, dict) else dict(item.split("=", 1) for item in env))
+    for env in anchors:
+        for name, value in env.items():
+            if name.startswith("PULSE_"):
+                yield COMPOSE.name, name, str(value)
+    for path in sorted(K8S.glob("*.yaml")):
+        for doc in load_all(path):
+            if doc.get("kind") == "ConfigMap":
+                yield from ((path.name, k, str(v)) for k, v in doc["data"].items())
+            if doc.get("kind") == "Secret":
+                yield from ((path.name, k, str(v)) for k, v in doc.get("stringData", {}).items())
+            for container in doc.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+                yield from ((path.name, e["name"], str(e.get("value", ""))) for e in container.get("env", []))
+    for line in (DEPLOY / "Dockerfile").read_text().splitlines():
+        yield from (("Dockerfile", name, value) for name, value in re.findall(r"(PULSE_[A-Z_]+)=(\S+)", line))
+
+
+def test_every_yaml_file_parses():
+    assert {p.name for p in YAML_FILES} >= {
+        "compose.yaml",
+        "prometheus.yml",
+        "alerts.yml",
+        "prometheus.yaml",
+        "dashboards.yaml",
+        "statefulset.yaml",
+        "configmap.yaml",
+        "service.yaml",
+        "secret.example.yaml",
+    }
+    for path in YAML_FILES:
+        assert load_all(path), path
+
+
+def test_dashboard_has_the_structure_grafana_loads():
+    dash = json.loads(DASHBOARD.read_text())
+    assert dash["uid"] and dash["title"] and isinstance(dash["schemaVersion"], int)
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+    datasource_uids = {
+        ds["uid"]
+        for ds in load_all(DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yaml")[0]["datasources"]
+    }
+    for panel in dash["panels"]:
+        assert panel["type"] in {"timeseries", "stat"} and panel["title"], panel
+        grid = panel["gridPos"]
+        assert grid["w"] > 0 and grid["h"] > 0 and grid["x"] + grid["w"] <= 24, panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert target["expr"].strip() and target["refId"]
+            assert target["datasource"]["uid"] in datasource_uids
+    provider = load_all(DEPLOY / "grafana" / "provisioning" / "dashboards" / "dashboards.yaml")[0]
+    assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+
+
+def test_dashboard_shows_what_operators_need():
+    exprs = " ".join(dashboard_exprs())
+    for needed in (
+        "pulse_events_total",  # throughput
+        "pulse_event_to_scored_seconds_bucket",  # latency
+        "pulse_checkpoint_seconds_bucket",
+        "pulse_consumer_lag_records",
+        "pulse_dead_letters_total",
+        "pulse_retention_alerts_total",
+        "pulse_retention_alert_reasons_total",
+        "pulse_vip_customers",
+        "pulse_segment_customers",
+        "pulse_churn_risk_customers",
+        "pulse_redis_write_errors_total",
+        "pulse_redis_pending_profiles",
+    ):
+        assert needed in exprs, needed
+
+
+@pytest.mark.parametrize("source", ["dashboard", "alerts"])
+def test_every_metric_in_queries_and_rules_exists_in_the_code(source):
+    known = families()
+    exprs = dashboard_exprs() if source == "dashboard" else alert_exprs()
+    used = {name for expr in exprs for name in METRIC.findall(expr)}
+    assert used, exprs
+    unknown = sorted(name for name in used if resolve(name, known) is None)
+    assert not unknown, f"{source} names metrics the code does not register (or with the wrong suffix): {unknown}"
+
+
+def test_the_suffix_rule_itself():
+    known = families()
+    assert resolve("pulse_events_total", known) == "pulse_events"
+    assert resolve("pulse_events", known) is None  # a counter's samples end in _total
+    assert resolve("pulse_checkpoint_seconds_bucket", known) == "pulse_checkpoint_seconds"
+    assert resolve("pulse_checkpoint_seconds_total", known) is None
+    assert resolve("pulse_vip_customers", known) == "pulse_vip_customers"
+    assert resolve("pulse_vip_customers_count", known) is None
+
+
+def test_alert_rules_cover_the_four_conditions():
+    rules = {rule["alert"]: rule for group in load_all(ALERTS)[0]["groups"] for rule in group["rules"]}
+    assert "up" in rules["PulseWorkerDown"]["expr"]
+    assert "pulse_consumer_lag_records" in rules["PulseConsumerLagGrowing"]["expr"]
+    assert "pulse_dead_letters_total" in rules["PulseDeadLetterRate"]["expr"]
+    assert "pulse_retention_alerts_total" in rules["PulseChurnAlertSpike"]["expr"]
+    for rule in rules.values():
+        assert rule["labels"]["severity"] and rule["annotations"]["summary"]
+
+
+def test_every_pulse_variable_is_a_setting():
+    fields = {f"PULSE_{name.upper()}" for name in Settings.model_fields}
+    seen = list(pulse_env_vars())
+    assert len(seen) > 10
+    unknown = sorted({(where, name) for where, name, _ in seen if name not in fields})
+    assert not unknown, unknown
+
+
+def test_configured_values_are_valid_settings():
+    """The ConfigMap's values load as settings (types, ranges, enums), secrets added."""
+    for path in (K8S / "configmap.yaml", K8S / "secret.example.yaml"):
+        assert load_all(path)
+    data = load_all(K8S / "configmap.yaml")[0]["data"]
+    secret = load_all(K8S / "secret.example.yaml")[0]["stringData"]
+    values = {k[len("PULSE_") :].lower(): v for k, v in {**data, **secret}.items()}
+    Settings(_env_file=None, **values)
+
+
+def test_statefulset_is_production_shaped():
+    sts = load_all(K8S / "statefulset.yaml")[0]
+    config = load_all(K8S / "configmap.yaml")[0]["data"]
+    pod = sts["spec"]["template"]
+    grace = float(config.get("PULSE_SHUTDOWN_GRACE_SECONDS", Settings.model_fields["shutdown_grace_seconds"].default))
+    assert pod["spec"]["terminationGracePeriodSeconds"] > grace
+    container = pod["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"metrics": int(config["PULSE_METRICS_PORT"]), "api": int(config["PULSE_API_PORT"])}
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == config["PULSE_METRICS_PORT"]
+    assert config["PULSE_STORE"] == "rocksdb://"
+    claim = sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts[claim] == config["PULSE_DATA_DIR"]
+    assert sts["spec"]["replicas"] <= int(config["PULSE_PARTITIONS"])
+
+
+def test_compose_stack_shape():
+    compose = load_all(COMPOSE)[0]
+    services = compose["services"]
+    assert {"kafka", "redis", "worker", "prometheus", "grafana"} <= set(services)
+    assert services["kafka"]["image"].startswith("apache/kafka")
+    assert "controller" in services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"]  # KRaft
+    assert services["worker"]["build"]["dockerfile"] == "deploy/Dockerfile"
+    env = services["worker"]["environment"]
+    scrape = load_all(PROMETHEUS)[0]["scrape_configs"][0]
+    assert scrape["dns_sd_configs"][0]["names"] == ["worker"]
+    assert scrape["dns_sd_configs"][0]["port"] == int(env["PULSE_METRICS_PORT"])
+    assert env["PULSE_METRICS_HOST"] == env["PULSE_API_HOST"] == "0.0.0.0"
+
+
+PROMTOOL = shutil.which("promtool")
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason="promtool not on PATH (Debian: apt-get install prometheus)")
+@pytest.mark.parametrize(
+    "command",
+    [["check", "rules", ALERTS], ["check", "config", PROMETHEUS], ["test", "rules", ALERTS_TEST]],
+    ids=["check-rules", "check-config", "alerts-fire"],
+)
+def test_promtool_accepts_the_prometheus_files(command):
+    """Syntax of config and rules, and alerts_test.yml: each alert fires on its situation, not on a steady one."""
+    result = subprocess.run([PROMTOOL, *map(str, command)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
