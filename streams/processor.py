@@ -110,6 +110,9 @@ class BatchProcessor:
         self.population = PopulationView(self.config.rfm)
         #: the population's purchase gap, computed once per batch (churn: overdue)
         self._gap_days: float | None = None
+        #: idle advance: (clock, wall time) when the clock last moved by events, and the clock seen then
+        self._idle_anchor: tuple[int, int] | None = None
+        self._clock_seen: int | None = None
 
     def rebuild(self, partitions: set[int], states: Iterable[tuple[bytes, CustomerState]]) -> int:
         """Count the recovered customers of newly owned ``partitions`` into the population; returns how many.
@@ -131,7 +134,10 @@ class BatchProcessor:
         """The scorer's clock: highest event time seen in any partition (spec: Clock)."""
         return self.population.clock()
 
-    def process(self, batch: Sequence[Incoming], load: Callable[[bytes], CustomerState]) -> BatchOutcome:
+    def process(
+        self, batch: Sequence[Incoming], load: Callable[[bytes], CustomerState], wall_ms: int | None = None
+    ) -> BatchOutcome:
+        """Score one batch. ``wall_ms``: the wall clock, for the idle advance of a live worker (None: off)."""
         out = BatchOutcome()
         #: partitions with a tick in the batch (round-robin sweep), and with any record (due checks)
         ticks: set[int] = set()
@@ -171,6 +177,7 @@ class BatchProcessor:
             self.population.partition(record.partition).observe(scored.occurred_ms)
             out.states[key] = state
             out.partitions[key] = record.partition
+        self._advance_idle_clock(ticks, wall_ms)
         now = self.population.clock()
         if now is None:
             return out
@@ -186,6 +193,26 @@ class BatchProcessor:
         self._retag(out)
         out.profiles = self.profiles(render, now, out.assessed)
         return out
+
+    def _advance_idle_clock(self, ticks: set[int], wall_ms: int | None) -> None:
+        """Spec (Clock): when no event moved the clock for ``clock_idle_advance_seconds`` of wall time, move it
+        with the wall clock, so overdue customers are still found when traffic stops in live operation.
+
+        The advance is a watermark of the ticked partitions: published with their snapshots like any other.
+        """
+        idle_ms = int(self.settings.clock_idle_advance_seconds * 1000)
+        clock = self.population.clock()
+        if not idle_ms or wall_ms is None or clock is None:
+            return
+        if self._idle_anchor is None or clock != self._clock_seen:
+            # moved by events (this worker's or, through snapshots, another's): idle from now
+            self._idle_anchor, self._clock_seen = (clock, wall_ms), clock
+            return
+        anchor_clock, anchor_wall = self._idle_anchor
+        if ticks and wall_ms - anchor_wall >= idle_ms:
+            for partition in ticks:
+                self.population.partition(partition).observe(anchor_clock + wall_ms - anchor_wall)
+            self._clock_seen = self.population.clock()
 
     def profiles(
         self,

@@ -127,7 +127,7 @@ def register(pulse: PulseApp) -> BatchProcessor:
             Incoming(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value)
             for e in events
         ]
-        outcome = processor.process(batch, load)
+        outcome = processor.process(batch, load, int(time.time() * 1000))
         # any event of a partition places a state there (changelog and RocksDB)
         event_by_partition = {e.message.partition: e for e in events}
         changelog = await table.write_states(

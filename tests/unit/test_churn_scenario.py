@@ -8,8 +8,6 @@ time-driven alerts on the day they fall due.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import orjson
 
 from pulse.settings import Settings
@@ -17,15 +15,9 @@ from scoring.clv import DEFAULT_CLV_PARAMS
 from scoring.customer import CustomerState
 from scoring.orders import DAY_MS
 from streams.processor import BatchOutcome, BatchProcessor, Incoming
+from tests.churn_story import D0, MONTHLY, STORY, clock, order
 
-#: epoch day 20006 is a multiple of 7, so weekly revenue buckets start on day 0
-D0 = 20006
 SETTINGS = Settings(_env_file=None)
-MONTHLY = list(range(0, 331, 30))  # 12 purchases, one every 30 days
-
-
-def iso(day: int) -> str:
-    return datetime.fromtimestamp((D0 + day) * DAY_MS / 1000, UTC).isoformat()
 
 
 def spec_p_alive(x: int, t_x: float, T: float) -> float:
@@ -46,46 +38,11 @@ class Feed:
         return Incoming(topic, 0, self.offsets[topic], value["customer_id"].encode(), orjson.dumps(value))
 
     def day(self, day: int, *events: tuple[str, dict]) -> BatchOutcome:
-        clock = ("surveys", {"event_id": f"z{day}", "customer_id": "Z", "occurred_at": iso(day), "nps": 8})
-        batch = [self.record(topic, value) for topic, value in (*events, clock)]
+        batch = [self.record(topic, value) for topic, value in (*events, clock(day))]
         out = self.processor.process(batch, lambda key: self.store.get(key) or CustomerState())
         self.store.update(out.states)
         self.alerts += [(day, orjson.loads(value)) for _, _, value in out.alerts]
         return out
-
-
-def order(day: int) -> tuple[str, dict]:
-    return (
-        "orders",
-        {
-            "event_id": f"o{day}",
-            "customer_id": "C",
-            "occurred_at": iso(day),
-            "order_id": f"O{day}",
-            "amount": "100.00",
-            "currency": "USD",
-            "status": "completed",
-        },
-    )
-
-
-def complaint(day: int, severity: str) -> tuple[str, dict]:
-    value = {"event_id": f"c{day}", "customer_id": "C", "occurred_at": iso(day)}
-    return ("complaints", {**value, "complaint_id": f"K{day}", "severity": severity, "category": "delivery"})
-
-
-def survey(day: int, **answer: int) -> tuple[str, dict]:
-    return ("surveys", {"event_id": f"s{day}", "customer_id": "C", "occurred_at": iso(day), **answer})
-
-
-#: day -> the customer's events beyond the monthly orders
-STORY = {
-    470: [complaint(470, "high")],  # already high: no alert
-    472: [order(472)],  # buys again: overdue, P(alive) and spend decline clear; low
-    476: [survey(476, nps=2)],  # detractor + severe complaint: medium, within the cooldown: no alert
-    480: [survey(480, csat=1)],  # + dissatisfied: high, not above the last alert's level: no alert
-    502: [complaint(502, "critical")],  # day 500 the first complaint left the window (medium); now high again
-}
 
 
 def test_buys_monthly_then_stops_then_complains():
@@ -154,3 +111,35 @@ def test_a_redelivered_batch_raises_no_second_alert():
     feed.day(421)
     assert [a["alert_id"] for _, a in feed.alerts] == ["C:churn:1"]
     assert saved  # the states before the alert were taken (sanity of the setup)
+
+
+def test_idle_advance_moves_the_clock_with_the_wall_clock_when_no_event_comes():
+    """Live operation: traffic stops, the sweep's ticks keep coming; the overdue alert still fires."""
+    settings = Settings(_env_file=None, clock_idle_advance_seconds=60)
+    processor = BatchProcessor(settings)
+    store: dict[bytes, CustomerState] = {}
+    ticks = settings.topic_ticks()
+    offsets = iter(range(1000))
+    records = [Incoming("orders", 0, next(offsets), b"C", orjson.dumps(order(day)[1])) for day in MONTHLY]
+    wall0 = 1_000_000_000_000
+    out = processor.process(records, lambda k: store.get(k) or CustomerState(), wall_ms=wall0)
+    store.update(out.states)
+    last = (D0 + 330) * DAY_MS
+    assert processor.watermark_ms == last
+
+    def tick(wall_ms: int) -> BatchOutcome:
+        out = processor.process([Incoming(ticks, 0, next(offsets), None, b"{}")], lambda k: store[k], wall_ms)
+        store.update(out.states)
+        return out
+
+    assert tick(wall0 + 59_000).alerts == [] and processor.watermark_ms == last  # not idle long enough
+    tick(wall0 + 60_000)
+    assert processor.watermark_ms == last + 60_000  # the clock follows the wall clock
+    # 90 days of silence later (in wall time, as a live worker would live it) the overdue alert fires
+    out = tick(wall0 + 91 * DAY_MS)
+    assert [(a.kind, a.level.value) for _, a, _ in out.alerts] == [("entered", "medium")]
+    # without the setting, the clock never moves without events (replays stay exact)
+    still = BatchProcessor(Settings(_env_file=None))
+    still.process(records, lambda k: CustomerState(), wall_ms=wall0)
+    still.process([Incoming(ticks, 0, 999, None, b"{}")], lambda k: CustomerState(), wall0 + 91 * DAY_MS)
+    assert still.watermark_ms == last
