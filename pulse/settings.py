@@ -198,7 +198,11 @@ class Settings(BaseSettings):
 
     # --- HTTP API and security --------------------------------------------
     api_port: int = Field(
-        8464, ge=0, le=65535, description="HTTP API port of each worker: profiles, VIP list, /health, /ready (0: off)."
+        0,
+        ge=0,
+        le=65535,
+        description="HTTP API port of each worker: profiles, VIP list, /health, /ready (0: off, the default, so "
+        "several local workers do not collide; the deploy files use 8464).",
     )
     api_host: str = Field("127.0.0.1", description="Address the HTTP API binds (0.0.0.0 in a container).")
     api_token: SecretStr = Field(
