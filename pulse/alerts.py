@@ -30,7 +30,7 @@ def format_alert(alert: RetentionAlert) -> str:
     if alert.clv is not None:
         value += f", CLV {alert.clv}"
     if alert.p_alive is not None:
-        value += f", P(alive) {alert.p_alive:.2f}"
+        value += f", P(alive) {alert.p_alive:.3f}"
     context = ", ".join(x for x in (alert.segment, alert.rfm_cell and f"RFM {alert.rfm_cell}") if x)
     lines = [
         f"{alert.raised_at:%Y-%m-%d %H:%M} {alert.level.value.upper():<6} {who}  risk {alert.risk_score}"

@@ -245,7 +245,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     stack = DevStack.start(log_dir)
     workers: list[subprocess.Popen] = []
     try:
-        env = {**stack.env(), "PULSE_METRICS_PORT": str(free_port())}
+        env = {**stack.env(), "PULSE_METRICS_PORT": str(free_port()), "PULSE_API_PORT": str(free_port())}
         # A local broker with local workers: short group joins, unless set.
         for name, value in DEV_GROUP_TIMEOUTS.items():
             env.setdefault(name, os.environ.get(name, value))
@@ -255,9 +255,12 @@ def cmd_dev(args: argparse.Namespace) -> int:
         print(f"broker  {stack.broker_url}   (Tansu, in memory; log {stack.broker.log})")
         print(f"redis   {stack.redis_url}")
         print(f"metrics http://127.0.0.1:{env['PULSE_METRICS_PORT']}/metrics")
+        print(f"api     http://127.0.0.1:{env['PULSE_API_PORT']}/customers/<id>  (also /vips, /health, /ready)")
         asyncio.run(ensure_topics(settings))
         for i in range(args.workers):
-            worker_env = {**os.environ, **env, "PULSE_METRICS_PORT": env["PULSE_METRICS_PORT"] if i == 0 else "0"}
+            # one metrics endpoint and one API for the demo: the first worker's
+            ports = {name: env[name] if i == 0 else "0" for name in ("PULSE_METRICS_PORT", "PULSE_API_PORT")}
+            worker_env = {**os.environ, **env, **ports}
             log = (log_dir / f"worker-{i}.log").open("wb")
             workers.append(
                 subprocess.Popen(

@@ -24,8 +24,9 @@ class AlertReason(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     code: str
-    observed: float | str
-    threshold: float | str
+    #: int first, so counts and scores stay ints in JSON
+    observed: int | float | str
+    threshold: int | float | str
     detail: str = ""
 
     @classmethod

@@ -193,7 +193,7 @@ def _overdue(
 def _low_p_alive(i: ChurnInputs, c: ChurnConfig) -> Reason | None:
     if i.clv.x < 1 or i.clv.p_alive is None or i.clv.p_alive >= c.p_alive_threshold:
         return None
-    detail = f"P(alive) {i.clv.p_alive:.2f} after {i.clv.x} repeat purchases (BG/NBD)"
+    detail = f"P(alive) {i.clv.p_alive:.3f} after {i.clv.x} repeat purchases (BG/NBD)"
     return Reason(LOW_P_ALIVE, round(i.clv.p_alive, 4), c.p_alive_threshold, detail)
 
 

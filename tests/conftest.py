@@ -113,7 +113,8 @@ def start_worker(namespace: Namespace) -> Iterator[Callable[..., Worker]]:
     def start(**extra_env: str) -> Worker:
         port = free_port()
         log = namespace.log_dir / f"worker-{len(workers)}.log"
-        env = {**os.environ, **namespace.env, "PULSE_METRICS_PORT": str(port), **extra_env}
+        # the HTTP API is off unless a test asks for it: several workers on one host would share its port
+        env = {**os.environ, **namespace.env, "PULSE_METRICS_PORT": str(port), "PULSE_API_PORT": "0", **extra_env}
         proc = subprocess.Popen(
             [sys.executable, "-m", "pulse", "worker", "--loglevel", "info"],
             cwd=REPO,
