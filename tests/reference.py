@@ -99,3 +99,78 @@ def uninterrupted_profiles(events: list[tuple[str, dict]], settings) -> dict[str
     records = [(topics[k], e["customer_id"].encode(), orjson.dumps(e)) for k, e in events]
     profiles, _ = offline_run(records, settings)
     return {cid: {f: getattr(p, f) for f in STATE_FIELDS} for cid, p in profiles.items()}
+
+
+def batch_churn_codes(events: list[tuple], now_ms: int) -> set[str]:
+    """The churn reason codes of one customer at ``now_ms``, from the raw event list and the spec's defaults.
+
+    ``events``: ("order", ms, cents, refunded) | ("survey", ms, nps, csat) | ("complaint", ms, severity)
+    | ("support", ms, ticket_id, kind). Plain loops over the whole history: no state, no buckets kept.
+    """
+    day, hour, week = 86_400_000, 3_600_000, 7 * 86_400_000
+    codes: set[str] = set()
+    purchases = [e for e in events if e[0] == "order" and not e[3]]
+    days = sorted({e[1] // day for e in purchases})
+    if purchases:
+        last = max(e[1] for e in purchases)
+        repeats = len(days) - 1
+        gap = (days[-1] - days[0]) / repeats if repeats >= 2 else 30.0
+        if now_ms - last > int(3.0 * gap * day):
+            codes.add("overdue")
+        if repeats >= 1:  # the spec's P(alive), CDNOW parameters, weeks
+            r, alpha, a, b = 0.243, 4.414, 0.793, 2.426
+            t_x, big_t = (days[-1] - days[0]) / 7, max((now_ms // day - days[0]) / 7, (days[-1] - days[0]) / 7)
+            p_alive = 1 / (1 + a / (b + repeats - 1) * ((alpha + big_t) / (alpha + t_x)) ** (r + repeats))
+            if p_alive < 0.3:
+                codes.add("low_p_alive")
+    # spend: 13 weekly buckets against the 13 before
+    current = now_ms // week
+
+    def spend(first_bucket: int, last_bucket: int) -> int:
+        return sum(
+            (-e[2] if e[3] else e[2]) for e in events if e[0] == "order" and first_bucket <= e[1] // week <= last_bucket
+        )
+
+    recent, prior = spend(current - 12, current), spend(current - 25, current - 13)
+    if prior > 0 and recent < 0.5 * prior:
+        codes.add("spend_decline")
+    max_age = 180 * day
+    nps = sorted(((e[1], e[2]) for e in events if e[0] == "survey" and e[2] is not None), reverse=True)
+    if nps and now_ms - nps[0][0] < max_age:
+        if nps[0][1] <= 6:
+            codes.add("detractor")
+        if len(nps) > 1 and nps[1][1] - nps[0][1] >= 3:
+            codes.add("nps_drop")
+    csat = max(((e[1], e[3]) for e in events if e[0] == "survey" and e[3] is not None), default=None)
+    if csat and now_ms - csat[0] < max_age and csat[1] <= 2:
+        codes.add("dissatisfied")
+    today = now_ms // day
+    recent_complaints = [e for e in events if e[0] == "complaint" and today - 30 < e[1] // day <= today]
+    if len(recent_complaints) >= 2:
+        codes.add("complaint_burst")
+    if any(e[2] in ("high", "critical") for e in recent_complaints):
+        codes.add("severe_complaint")
+    tickets: dict[str, list] = defaultdict(list)
+    for e in events:
+        if e[0] == "support":
+            tickets[e[2]].append(e)
+    for rows in tickets.values():
+
+        def at(kind: str, pick, rows=rows):
+            times = [e[1] for e in rows if e[3] == kind]
+            return pick(times) if times else None
+
+        opened, responded, resolved, reopened = (
+            at("opened", min),
+            at("first_response", min),
+            at("resolved", max),
+            at("reopened", max),
+        )
+        is_open = opened is not None and (resolved is None or (reopened is not None and reopened > resolved))
+        if is_open and responded is None and now_ms - opened > 24 * hour:
+            codes.add("slow_first_response")
+        if is_open and now_ms - opened > 72 * hour:
+            codes.add("slow_resolution")
+        if reopened is not None and (is_open or now_ms - reopened < 30 * day):
+            codes.add("reopened_ticket")
+    return codes

@@ -36,6 +36,7 @@ from faust.types import EventT, StreamT
 from streams import metrics
 from streams.codec import decode_state, encode_state
 from streams.processor import BatchProcessor, Incoming
+from streams.security import redis_client_kwargs
 from streams.sinks.redis_profiles import RedisProfileSink
 from streams.tables import END_MARKER_KEY
 
@@ -92,7 +93,11 @@ def register(pulse: PulseApp) -> BatchProcessor:
     table = pulse.customer_states
     processor = BatchProcessor(settings)
     sink = RedisProfileSink(
-        settings.redis_url, settings.redis_key_prefix, settings.redis_retry_max_seconds, settings.vip_value
+        settings.redis_url,
+        settings.redis_key_prefix,
+        settings.redis_retry_max_seconds,
+        settings.vip_value,
+        client_kwargs=redis_client_kwargs(settings),
     )
     orders_topic = settings.topic_orders
     # after a rebalance, owned partitions are counted again from the recovered table
