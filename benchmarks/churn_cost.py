@@ -81,13 +81,14 @@ def bench_due(n: int, states: list[CustomerState], now: int, config: ScoringConf
         part.schedule(i.to_bytes(4, "big"), None if nxt is None else nxt + shift)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
+    filed = len(part.due)
     popped = 0
     started = time.perf_counter()
     for day in range(1, WALK_DAYS + 1):
         popped += len(part.pop_due(now + day * DAY_MS, 1 << 30))
     elapsed = time.perf_counter() - started
     print(
-        f"{n:>10} filed {len(part.due):>9}  due per day {popped / WALK_DAYS:>9.0f}  "
+        f"{n:>10} filed {filed:>9}  due per day {popped / WALK_DAYS:>9.0f}  "
         f"µs per popped {elapsed / max(1, popped) * 1e6:5.2f}  index peak {peak / 2**20:7.1f} MiB"
     )
 

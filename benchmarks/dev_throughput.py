@@ -25,6 +25,7 @@ from pulse.devstack import DevStack, free_port
 from pulse.settings import load_settings
 from pulse.simulate import generate_events, generate_orders, send
 from streams.admin import ensure_topics
+from streams.security import kafka_client_kwargs
 
 #: Bounds of every wait here (seconds).
 SCORING_SECONDS = 600
@@ -61,7 +62,7 @@ def main(customers: int, orders_only: bool) -> None:
         else:
             events = generate_events(customers, 365, seed=7)
         started = time.perf_counter()
-        asyncio.run(send(settings.broker_bootstrap(), settings.input_topics(), events))
+        asyncio.run(send(kafka_client_kwargs(settings), settings.input_topics(), events))
         print(f"preloaded {len(events)} events in {time.perf_counter() - started:.1f}s")
         worker = subprocess.Popen(
             [sys.executable, "-m", "pulse", "worker"],

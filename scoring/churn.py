@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from itertools import accumulate
 from types import MappingProxyType
 
 from scoring.clv import ClvConfig, ClvSignals, PurchaseDays, p_alive_below_at
@@ -219,16 +220,21 @@ def _spend_decline(i: ChurnInputs, now_ms: int, ctx: ChurnContext) -> tuple[Reas
     width = ctx.orders.bucket_ms
     n = -(-c.spend_window_days // ctx.orders.revenue_bucket_days)
     cur = now_ms // width
+    base = cur - 2 * n + 1  # the oldest bucket either window can hold, now or later
     buckets = i.orders.revenue_buckets
+    # running sums over base..cur, then 2n later buckets that stay empty if no order comes
+    sums = list(accumulate((buckets.get(b, 0) for b in range(base, cur + 1)), initial=0))
+    sums += [sums[-1]] * (2 * n)
+    ratio = c.spend_decline_ratio
 
     def decline_at(end: int) -> tuple[bool, int, int]:
-        recent = sum(buckets.get(b, 0) for b in range(end - n + 1, end + 1))
-        prior = sum(buckets.get(b, 0) for b in range(end - 2 * n + 1, end - n + 1))
-        return prior > 0 and recent < c.spend_decline_ratio * prior, recent, prior
+        hi = end - base + 1
+        recent, prior = sums[hi] - sums[hi - n], sums[hi - n] - sums[hi - 2 * n]
+        return prior > 0 and recent < ratio * prior, recent, prior
 
     now_decline, recent, prior = decline_at(cur)
     flip = None
-    if any(cur - 2 * n < b <= cur for b in buckets):
+    if any(buckets.get(b, 0) for b in range(base, cur + 1)):
         for end in range(cur + 1, cur + 2 * n + 1):
             if decline_at(end)[0] != now_decline:
                 flip = end * width

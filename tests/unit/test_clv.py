@@ -23,7 +23,6 @@ from scoring.clv import (
     expected_order_value,
     expected_purchases,
     gamma_gamma_log_likelihood,
-    hyp2f1,
     p_alive,
     p_alive_below_at,
     record_purchase,
@@ -81,13 +80,46 @@ def test_expected_purchases_is_continuous_through_a_equal_one() -> None:
         (3.0, -2.0, 1.5, 0.7),  # a polynomial: the series ends
     ],
 )
-def test_hyp2f1_series_matches_scipy(a: float, b: float, c: float, z: float) -> None:
-    assert hyp2f1(a, b, c, z) == pytest.approx(float(scipy_hyp2f1(a, b, c, z)), rel=1e-10)
+def test_scipy_hyp2f1_matches_a_plain_series(a: float, b: float, c: float, z: float) -> None:
+    """The worker uses scipy's 2F1 (Cephes); a power series in Python is the independent check."""
+    assert series_2f1(a, b, c, z) == pytest.approx(float(scipy_hyp2f1(a, b, c, z)), rel=1e-10)
 
 
-def test_hyp2f1_rejects_z_outside_the_series_range() -> None:
-    with pytest.raises(ValueError):
-        hyp2f1(1.0, 1.0, 2.0, 1.0)
+@pytest.mark.parametrize("x", [0, 1, 2, 5, 20, 100, 1000])
+@pytest.mark.parametrize("z", [0.01, 0.3, 0.6, 0.9, 0.95, 0.99])
+def test_scipy_hyp2f1_over_the_parameters_expected_purchases_uses(x: int, z: float) -> None:
+    args = (BG.a + BG.b - 1 - BG.r, BG.a - 1, BG.a + BG.b + x - 1, z)
+    assert series_2f1(*args) == pytest.approx(float(scipy_hyp2f1(*args)), rel=1e-10)
+
+
+#: the series stops when its bounded tail is below this share of the sum, or after this many terms
+SERIES_TOLERANCE = 1e-13
+SERIES_MAX_TERMS = 20_000
+
+
+def series_2f1(a: float, b: float, c: float, z: float) -> float:
+    """Gauss hypergeometric 2F1(a, b; c; z) for 0 ≤ z < 1 as its power series.
+
+    The terms t_n satisfy t_{n+1}/t_n = (n+a)(n+b)/((n+c)(n+1)) · z → z, so
+    once that ratio is below 1 and no longer growing past z, the tail is
+    bounded by a geometric series; the sum stops when that bound is below
+    ``SERIES_TOLERANCE`` of the sum (or after ``SERIES_MAX_TERMS`` terms,
+    adding the geometric tail estimate).
+    """
+    if not 0.0 <= z < 1.0:
+        raise ValueError(f"hyp2f1 series needs 0 <= z < 1, got {z}")
+    total = term = 1.0
+    for n in range(SERIES_MAX_TERMS):
+        ratio = (n + a) * (n + b) / ((n + c) * (n + 1)) * z
+        term *= ratio
+        total += term
+        if term == 0.0:
+            return total
+        bound = max(abs(ratio), z)
+        if bound < 1.0 and abs(term) * bound / (1.0 - bound) <= SERIES_TOLERANCE * abs(total):
+            return total
+    bound = max(abs(ratio), z)
+    return total + term * bound / (1.0 - bound)
 
 
 # --- p_alive_below_at ------------------------------------------------------
