@@ -88,6 +88,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
     else:
         width = max(len(k) for k in fields)
         for key, value in profile.model_dump(mode="json").items():
+            if key == "churn_reasons":
+                # one line per reason: what was seen, against which threshold
+                value = "".join(f"\n{'':<{width}}  - {r['code']}: {r['detail']}" for r in value) or ""
             print(f"{key:<{width}}  {'' if value is None else value}")
     return 0
 
@@ -286,7 +289,10 @@ def cmd_dev(args: argparse.Namespace) -> int:
             print(f"profiles in redis: {n}/{customers_with_orders}", flush=True)
             if n >= customers_with_orders and not shown:
                 sample = _richest_customer(events)
-                print(f"\nall profiles are live. Try, in another terminal:  pulse profile {sample}\n")
+                print(
+                    "\nall profiles are live. Try, in another terminal:"
+                    f"  pulse profile {sample}   |   pulse alerts --follow\n"
+                )
                 args.customer_id, args.json = sample, False
                 cmd_profile(args)
                 shown = True
