@@ -222,8 +222,11 @@ def _spend_decline(i: ChurnInputs, now_ms: int, ctx: ChurnContext) -> tuple[Reas
     cur = now_ms // width
     base = cur - 2 * n + 1  # the oldest bucket either window can hold, now or later
     buckets = i.orders.revenue_buckets
+    spend = [buckets.get(b, 0) for b in range(base, cur + 1)]
+    if not any(spend):
+        return None, None  # nothing in either window, now or later: no decline, no flip
     # running sums over base..cur, then 2n later buckets that stay empty if no order comes
-    sums = list(accumulate((buckets.get(b, 0) for b in range(base, cur + 1)), initial=0))
+    sums = list(accumulate(spend, initial=0))
     sums += [sums[-1]] * (2 * n)
     ratio = c.spend_decline_ratio
 
@@ -234,11 +237,10 @@ def _spend_decline(i: ChurnInputs, now_ms: int, ctx: ChurnContext) -> tuple[Reas
 
     now_decline, recent, prior = decline_at(cur)
     flip = None
-    if any(buckets.get(b, 0) for b in range(base, cur + 1)):
-        for end in range(cur + 1, cur + 2 * n + 1):
-            if decline_at(end)[0] != now_decline:
-                flip = end * width
-                break
+    for end in range(cur + 1, cur + 2 * n + 1):
+        if decline_at(end)[0] != now_decline:
+            flip = end * width
+            break
     if not now_decline:
         return None, flip
     days = n * ctx.orders.revenue_bucket_days
@@ -251,34 +253,46 @@ def _voice(i: ChurnInputs, now_ms: int, ctx: ChurnContext) -> tuple[list[Reason]
     reasons: list[Reason] = []
     changes: list[int] = []
     max_age = c.survey_max_age_days * DAY_MS
+    # an answer's age limit is a change only for an answer that signals
     if i.voice.nps and now_ms - i.voice.nps[0][0] < max_age:
         at, score = i.voice.nps[0]
-        changes.append(at + max_age)
+        signalled = len(reasons)
         if score < v.nps_passive_min:
             reasons.append(Reason(DETRACTOR, score, v.nps_passive_min - 1, f"latest NPS answer {score} (detractor)"))
         if len(i.voice.nps) > 1 and i.voice.nps[1][1] - score >= c.nps_drop_points:
             previous = i.voice.nps[1][1]
             detail = f"NPS fell from {previous} to {score}"
             reasons.append(Reason(NPS_DROP, previous - score, c.nps_drop_points, detail))
+        if len(reasons) > signalled:
+            changes.append(at + max_age)
     if i.voice.csat is not None and now_ms - i.voice.csat[0] < max_age:
         at, score = i.voice.csat
-        changes.append(at + max_age)
         if score <= c.csat_dissatisfied_max:
             reasons.append(Reason(DISSATISFIED, score, c.csat_dissatisfied_max, f"latest CSAT answer {score} of 5"))
+            changes.append(at + max_age)
     # complaints: the same day window as the profile's complaints_window
     today = now_ms // DAY_MS
     window = v.complaint_window_days
-    days = [d for d in i.voice.complaint_days if today - window < d <= today]
+    days = sorted(d for d in i.voice.complaint_days if today - window < d <= today)
     if days:
-        changes.append((min(days) + window) * DAY_MS)
-        count = sum(i.voice.complaint_days[d][0] for d in days)
-        worst = max(i.voice.complaint_days[d][1] for d in days)
+        counts = i.voice.complaint_days
+        count = sum(counts[d][0] for d in days)
+        worst = max(counts[d][1] for d in days)
         if count >= c.complaint_burst_count:
             detail = f"{count} complaints in {window} days"
             reasons.append(Reason(COMPLAINT_BURST, count, c.complaint_burst_count, detail))
-        if worst >= SEVERITIES.index(c.severe_complaint_severity):
+            # the burst ends on the day enough of the oldest complaints left the window
+            left = count
+            for d in days:
+                left -= counts[d][0]
+                if left < c.complaint_burst_count:
+                    changes.append((d + window) * DAY_MS)
+                    break
+        severe = SEVERITIES.index(c.severe_complaint_severity)
+        if worst >= severe:
             detail = f"a {SEVERITIES[worst]} complaint in the last {window} days"
             reasons.append(Reason(SEVERE_COMPLAINT, SEVERITIES[worst], c.severe_complaint_severity, detail))
+            changes.append((max(d for d in days if counts[d][1] >= severe) + window) * DAY_MS)
     return reasons, changes
 
 
