@@ -5,10 +5,11 @@ single writer. Events are handled in batches, each closed by a checkpoint in
 the order of Quix Streams' Checkpoint:
 
 1. score the batch in memory (validate, de-duplicate, apply);
-2. send the changed states to the changelog, dead letters to the DLQ and
-   mis-keyed events back to their topic under the right key, and wait until
-   the broker has acknowledged every one of them; then close each touched
-   changelog partition with an end marker (see ``CustomerStateTable``);
+2. send dead letters, mis-keyed events (back to their topic under the right
+   key), VIP changes and retention alerts, and wait until the broker has
+   acknowledged them; then send the changed states to the changelog and wait
+   for those acknowledgements too; then close each touched changelog
+   partition with an end marker (see ``CustomerStateTable``);
 3. write the profiles to Redis (write-behind: retried in the background if
    Redis is down);
 4. only then return, so ``take_events`` acks the batch and Faust's commit can
@@ -133,12 +134,9 @@ def register(pulse: PulseApp) -> BatchProcessor:
             for e in events
         ]
         outcome = processor.process(batch, load, int(time.time() * 1000))
-        # any event of a partition places a state there (changelog and RocksDB)
-        event_by_partition = {e.message.partition: e for e in events}
-        changelog = await table.write_states(
-            (key, encode_state(state), event_by_partition[outcome.partitions[key]])
-            for key, state in outcome.states.items()
-        )
+        # Produced messages first, then state (Quix's Checkpoint order): a state that records an alert
+        # or a VIP change is only written once that message is acknowledged, so a crash in between
+        # replays the batch and raises it again, with the same id, instead of losing it.
         produced = []
         for rejected in outcome.rejected:
             produced.append(await pulse.dead_letters.send(key=rejected.key, value=rejected.record))
@@ -146,11 +144,18 @@ def register(pulse: PulseApp) -> BatchProcessor:
             produced.append(await pulse.topics_by_name[topic].send(key=key, value=value))
         for key, _, value in outcome.vip_changes:
             produced.append(await pulse.vip_changes.send(key=key, value=value))
-        alerts = [await pulse.retention_alerts.send(key=key, value=value) for key, _, value in outcome.alerts]
-        written = await asyncio.gather(*changelog)
-        await asyncio.gather(*produced, *alerts)
+        for key, _, value in outcome.alerts:
+            produced.append(await pulse.retention_alerts.send(key=key, value=value))
+        await asyncio.gather(*produced)
         if outcome.alerts:
             metrics.CONSUME_TO_ALERT_SECONDS.observe(time.perf_counter() - started)
+        # any event of a partition places a state there (changelog and RocksDB)
+        event_by_partition = {e.message.partition: e for e in events}
+        changelog = await table.write_states(
+            (key, encode_state(state), event_by_partition[outcome.partitions[key]])
+            for key, state in outcome.states.items()
+        )
+        written = await asyncio.gather(*changelog)
         if written and settings.changelog_end_markers:
             written += await asyncio.gather(*await table.send_end_markers({res.partition for res in written}))
         table.persisted(written)
