@@ -20,6 +20,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from scoring.churn import DEFAULT_WEIGHTS, SIGNALS, ChurnConfig
 from scoring.clv import ClvConfig
 from scoring.customer import ScoringConfig
+from scoring.indicators import (
+    DEFAULT_RESPONSE_BUCKETS,
+    DEFAULT_RESPONSE_BUCKETS_PER_DOUBLING,
+    DEFAULT_RESPONSE_MIN_SECONDS,
+    IndicatorConfig,
+    response_edges_ms,
+)
 from scoring.orders import OrderScoringConfig
 from scoring.rank import RfmKeys
 from scoring.rfm import DEFAULT_SEGMENTS, HIGH_VALUE, RfmConfig, SegmentRule
@@ -186,6 +193,43 @@ class Settings(BaseSettings):
         "advances with the wall clock (0: off, replays stay exact).",
     )
 
+    # --- population indicators (spec: Population indicators) -------------
+    population_survey_window_days: int = Field(
+        90, ge=1, description="Population NPS and CSAT: over the answers of this many days (event time)."
+    )
+    population_period_days: int = Field(
+        30,
+        ge=1,
+        description="Period of the population rates: retention, churn, new/lost customers, net additions, "
+        "complaint rate, resolution rate, first-response times.",
+    )
+    population_activity_days: int = Field(
+        365, ge=1, description="Active customer: a purchase within this many days (retention, churn, repurchase)."
+    )
+    population_response_min_seconds: float = Field(
+        DEFAULT_RESPONSE_MIN_SECONDS,
+        gt=0,
+        description="First-response histogram: upper edge of the first bucket (median/p90 are bucket edges).",
+    )
+    population_response_buckets_per_doubling: int = Field(
+        DEFAULT_RESPONSE_BUCKETS_PER_DOUBLING,
+        ge=1,
+        le=16,
+        description="First-response histogram buckets per doubling of the time (4: edges about 19 % apart).",
+    )
+    population_response_buckets: int = Field(
+        DEFAULT_RESPONSE_BUCKETS,
+        ge=2,
+        le=256,
+        description="First-response histogram edges (64 from 1 minute at 4 per doubling: up to about 38 days).",
+    )
+    max_lateness_days: float = Field(
+        730.0,
+        gt=0,
+        description="Events older than their partition's watermark minus this are dead-lettered as too_late "
+        "(longer than every window, so only absurdly old events are refused).",
+    )
+
     # --- sinks -------------------------------------------------------------
     redis_key_prefix: str = Field("pulse:", description="Prefix of every Redis key the app writes.")
     redis_retry_max_seconds: float = Field(5.0, gt=0, description="Longest back-off between Redis write retries.")
@@ -297,22 +341,41 @@ class Settings(BaseSettings):
             alert_cooldown_days=self.churn_alert_cooldown_days,
         )
 
+    def indicators(self) -> IndicatorConfig:
+        return IndicatorConfig(
+            survey_window_days=self.population_survey_window_days,
+            period_days=self.population_period_days,
+            activity_days=self.population_activity_days,
+            response_edges_ms=response_edges_ms(
+                self.population_response_min_seconds,
+                self.population_response_buckets_per_doubling,
+                self.population_response_buckets,
+            ),
+        )
+
     def scoring(self) -> ScoringConfig:
+        indicators = self.indicators()
         return ScoringConfig(
             orders=OrderScoringConfig(
                 default_gross_margin=self.default_gross_margin,
                 revenue_window_days=self.revenue_window_days,
                 revenue_bucket_days=self.revenue_bucket_days,
             ),
-            voice=VoiceConfig(complaint_window_days=self.complaint_window_days),
+            voice=VoiceConfig(
+                complaint_window_days=self.complaint_window_days,
+                population_window_days=indicators.voice_window_days,
+            ),
             service=ServiceConfig(
                 first_response_sla_hours=self.first_response_sla_hours,
                 resolution_sla_hours=self.resolution_sla_hours,
                 max_tickets=self.max_tickets_per_customer,
+                population_window_days=indicators.period_days,
+                response_edges_ms=indicators.response_edges_ms,
             ),
             rfm=self.rfm(),
             clv=self.clv(),
             churn=self.churn(),
+            indicators=indicators,
             dedup_event_ids=self.dedup_event_ids,
         )
 

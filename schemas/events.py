@@ -123,6 +123,8 @@ class Reason(StrEnum):
     INVALID_TIME = "invalid_time"
     INVALID_VALUE = "invalid_value"
     UNSUPPORTED_CURRENCY = "unsupported_currency"
+    #: older than its partition's watermark minus PULSE_MAX_LATENESS_DAYS
+    TOO_LATE = "too_late"
 
 
 class EventRejected(Exception):

@@ -19,6 +19,7 @@ from hashlib import blake2b
 
 from scoring.churn import ChurnAssessment, ChurnConfig, ChurnContext, ChurnInputs, ChurnState, assess
 from scoring.clv import ClvConfig, ClvSignals, PurchaseDays, clv_signals, record_purchase
+from scoring.indicators import Contribution, IndicatorConfig, contribution
 from scoring.orders import DAY_MS, OrderFact, OrderScoringConfig, OrderState, apply_order
 from scoring.rfm import RfmConfig
 from scoring.service import ServiceConfig, ServiceState, TicketFact, apply_ticket_event
@@ -40,6 +41,7 @@ class ScoringConfig:
     rfm: RfmConfig = field(default_factory=RfmConfig)
     clv: ClvConfig = field(default_factory=ClvConfig)
     churn: ChurnConfig = field(default_factory=ChurnConfig)
+    indicators: IndicatorConfig = field(default_factory=IndicatorConfig)
     dedup_event_ids: int = 32
 
     @property
@@ -69,6 +71,8 @@ class CustomerState:
     #: the count makes VIP change ids deterministic under replay
     vip: bool = False
     vip_changes: int = 0
+    #: population activity flags (scoring.indicators.activity) as last evaluated: counted per partition
+    activity: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,12 +112,17 @@ def apply_event(state: CustomerState, event: ScoredEvent, config: ScoringConfig)
         if not event.order.refunded:
             record_purchase(state.purchases, event.order.occurred_ms // DAY_MS, event.order.amount_cents, config.clv)
     if event.survey is not None:
-        apply_survey(state.voice, event.survey)
+        apply_survey(state.voice, event.survey, config.voice)
     if event.complaint is not None:
         apply_complaint(state.voice, event.complaint, config.voice)
     if event.ticket is not None:
         apply_ticket_event(state.service, event.ticket, config.service)
     return True
+
+
+def indicator_contribution(state: CustomerState) -> Contribution:
+    """The customer's day rows in the population indicators, as they are now (see scoring.indicators)."""
+    return contribution(state.voice.answer_days, state.service.ticket_days)
 
 
 def assess_customer(

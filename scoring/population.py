@@ -25,7 +25,18 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from scoring.customer import CustomerState
+from scoring.customer import CustomerState, indicator_contribution
+from scoring.indicators import (
+    DAY_MS,
+    EMPTY,
+    TAG_PREFIX,
+    Contribution,
+    IndicatorConfig,
+    IndicatorSums,
+    IndicatorValues,
+    flag_tags,
+    indicator_values,
+)
 from scoring.rfm import MemberKeys, Population, RfmConfig, RfmScores, rfm_keys, rfm_scores, vip_flag
 
 #: (sum of t_x days, sum of repeat purchase days x, customers with x ≥ 1): the purchase gaps
@@ -42,8 +53,9 @@ def gap_sums(state: CustomerState) -> GapSums:
 
 
 def tags(state: CustomerState) -> tuple[str, ...]:
-    """What the per-partition tallies count a customer under (metrics: segments, VIPs, risk levels)."""
-    out = [f"risk:{state.churn.level}"]
+    """What the per-partition tallies count a customer under (metrics: segments, VIPs, risk levels; and the
+    population indicators' activity flags, shipped in the snapshots)."""
+    out = [f"risk:{state.churn.level}", *flag_tags(state.activity)]
     if state.segment is not None:
         out.append(f"segment:{state.segment}")
     if state.vip:
@@ -80,8 +92,10 @@ class PartitionPopulation:
     #: and a heap of (time, key) with stale entries skipped when popped
     due: dict[bytes, int] = field(default_factory=dict)
     due_heap: list[tuple[int, bytes]] = field(default_factory=list)
-    #: customers per tag (see ``tags``), for the metrics
+    #: customers per tag (see ``tags``), for the metrics and the population indicators
     tallies: Counter = field(default_factory=Counter)
+    #: per-day sums of the customers' indicator day rows (scoring.indicators)
+    indicators: IndicatorSums = field(default_factory=IndicatorSums)
 
     def add_gaps(self, before: GapSums, after: GapSums) -> None:
         if before != after:
@@ -92,6 +106,15 @@ class PartitionPopulation:
         if before != after:
             self.tallies.subtract(before)
             self.tallies.update(after)
+            self.version += 1
+
+    def move_indicators(self, before: Contribution, after: Contribution) -> None:
+        if self.indicators.move(before, after):
+            self.version += 1
+
+    def flag_counts(self) -> dict[str, int]:
+        """The activity-flag tallies (the population indicators' share of ``tallies``)."""
+        return {tag: n for tag, n in self.tallies.items() if tag.startswith(TAG_PREFIX) and n}
 
     def schedule(self, key: bytes, due_ms: int | None) -> None:
         if due_ms is None:
@@ -130,6 +153,8 @@ class RemotePart:
     watermark_ms: int | None
     customers: int
     gaps: GapSums = NO_GAP
+    indicators: IndicatorSums = field(default_factory=IndicatorSums)
+    flags: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,8 +165,9 @@ class SweepSlice:
 
 
 class PopulationView:
-    def __init__(self, config: RfmConfig) -> None:
+    def __init__(self, config: RfmConfig, indicators: IndicatorConfig | None = None) -> None:
         self.config = config
+        self.indicator_config = indicators or IndicatorConfig()
         self.local: dict[int, PartitionPopulation] = {}
         self.remote: dict[int, RemotePart] = {}
         self._parts: list[Population] | None = None
@@ -167,6 +193,7 @@ class PopulationView:
         part.population.move(None, member_keys(state, self.config))
         part.add_gaps(NO_GAP, gap_sums(state))
         part.retag((), tags(state))
+        part.move_indicators(EMPTY, indicator_contribution(state))
         part.schedule(key, state.churn.next_check_ms)
         if state.last_event_ms is not None:
             part.observe(state.last_event_ms)
@@ -180,12 +207,15 @@ class PopulationView:
         state: CustomerState,
         new_customer: bool,
         gaps_before: GapSums = NO_GAP,
+        contribution_before: Contribution = EMPTY,
     ) -> None:
-        """An event changed ``state`` (whose keys were ``before`` and gap sums ``gaps_before``)."""
+        """An event changed ``state`` (whose keys were ``before``, gap sums ``gaps_before`` and indicator
+        day rows ``contribution_before``)."""
         part = self.partition(partition)
         if new_customer:
             part.members.append(key)
         part.add_gaps(gaps_before, gap_sums(state))
+        part.move_indicators(contribution_before, indicator_contribution(state))
         after = member_keys(state, self.config)
         if after != before:
             part.population.move(before, after)
@@ -223,16 +253,39 @@ class PopulationView:
             total.update(part.tallies)
         return total
 
+    def indicators(self, now_ms: int | None = None) -> IndicatorValues | None:
+        """The population indicators over every partition (owned ones live) at ``now_ms`` (default: the clock)."""
+        now = self.clock() if now_ms is None else now_ms
+        if now is None:
+            return None
+        sums = [p.indicators for p in self.local.values()]
+        flags: Counter = Counter()
+        for part in self.local.values():
+            flags.update(part.flag_counts())
+        for n, r in self.remote.items():
+            if n not in self.local:
+                sums.append(r.indicators)
+                flags.update(r.flags)
+        return indicator_values(sums, flags, now, self.indicator_config)
+
     # --- snapshots --------------------------------------------------------
     def snapshot(self, partition: int) -> bytes:
         part = self.local[partition]
         counts = part.population.counts()
+        indicators = None
+        if part.watermark_ms is not None:
+            # days before the horizon are outside every window at this or any later clock
+            from_day = part.watermark_ms // DAY_MS - self.indicator_config.horizon_days
+            part.indicators.prune(from_day)
+            indicators = part.indicators.to_json(from_day)
         return orjson.dumps(
             {
                 "partition": partition,
                 "watermark_ms": part.watermark_ms,
                 "customers": len(part.members),
                 "gaps": list(part.gaps),
+                "indicators": indicators,
+                "flags": part.flag_counts(),
                 **{name: [x for kv in sorted(c.items()) for x in kv] for name, c in counts.items()},
             }
         )
@@ -247,6 +300,8 @@ class PopulationView:
             data["watermark_ms"],
             int(data["customers"]),
             tuple(data.get("gaps", NO_GAP)),
+            IndicatorSums.from_json(data.get("indicators") or {}),
+            dict(data.get("flags") or {}),
         )
         self._parts = None
         return partition

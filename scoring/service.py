@@ -13,13 +13,27 @@ Bounded: at most ``max_tickets`` records per customer. Past that, the closed
 ticket resolved longest ago is folded into running totals and forgotten (an
 event for it arriving later starts a new record); if none is closed, the
 oldest is folded.
+
+Population indicators (scoring.indicators): each ticket *marks* days — its
+opening, its resolution once it is closed, and its first-response time (a
+histogram bucket) on the day of the response — and only once its opening is
+known: a response or resolution of a ticket never seen opened counts when
+the ``opened`` event arrives, never before (it cannot be matched to an
+opening in the period). The marks are kept as day rows in
+``ticket_days``, pruned to the population period, separately from the ticket
+records, so folding a record does not remove its marks.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from scoring.indicators import DEFAULT_RESPONSE_EDGES_MS, RESPONSE_SLOT, response_bucket, ticket_row_add
+from scoring.indicators import OPENED as MARK_OPENED
+from scoring.indicators import RESOLVED as MARK_RESOLVED
+
 HOUR_MS = 3_600_000
+DAY_MS = 86_400_000
 OPENED, FIRST_RESPONSE, RESOLVED, REOPENED = "opened", "first_response", "resolved", "reopened"
 # ticket record layout: [opened, first_response, resolved, reopened, reopens]
 _O, _FR, _RS, _RO, _N = range(5)
@@ -30,6 +44,10 @@ class ServiceConfig:
     first_response_sla_hours: float = 24.0
     resolution_sla_hours: float = 72.0
     max_tickets: int = 32
+    #: days of ticket marks kept for the population indicators (their period, spec: 30)
+    population_window_days: int = 30
+    #: first-response histogram edges of the population indicators
+    response_edges_ms: tuple[int, ...] = DEFAULT_RESPONSE_EDGES_MS
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +72,10 @@ class Folded:
 class ServiceState:
     tickets: dict[str, list[int | None]] = field(default_factory=dict)
     folded: Folded = field(default_factory=Folded)
+    #: the population indicators' share: day -> [opened, resolved, bucket, count, …] (scoring.indicators)
+    ticket_days: dict[int, list[int]] = field(default_factory=dict)
+    #: newest day ever marked: rows before it minus the window are pruned (it never moves back)
+    ticket_days_newest: int | None = None
 
 
 def _earliest(a: int | None, b: int) -> int:
@@ -70,10 +92,50 @@ def is_open(t: list[int | None]) -> bool:
     return t[_RS] is None or (t[_RO] is not None and t[_RO] > t[_RS])
 
 
+def ticket_marks(t: list[int | None], config: ServiceConfig) -> tuple[tuple[int, int], ...]:
+    """(day, slot) the ticket counts under in the population indicators (see the module docstring)."""
+    opened = t[_O]
+    if opened is None:
+        return ()
+    marks = [(opened // DAY_MS, MARK_OPENED)]
+    if t[_RS] is not None and not is_open(t):
+        marks.append((t[_RS] // DAY_MS, MARK_RESOLVED))
+    if t[_FR] is not None:
+        bucket = response_bucket(t[_FR] - opened, config.response_edges_ms)
+        marks.append((t[_FR] // DAY_MS, RESPONSE_SLOT + bucket))
+    return tuple(marks)
+
+
+def _move_marks(
+    state: ServiceState, before: tuple[tuple[int, int], ...], after: tuple[tuple[int, int], ...], config: ServiceConfig
+) -> None:
+    """Copy-on-write update of ``ticket_days``; days before the newest day minus the window are not kept.
+
+    Exact for every kept day: the newest day only grows, so a day skipped once stays outside for good.
+    """
+    known = [d for d, _ in after] + ([] if state.ticket_days_newest is None else [state.ticket_days_newest])
+    if not known:
+        return
+    newest = state.ticket_days_newest = max(known)
+    floor = newest - config.population_window_days
+    days = state.ticket_days
+    for marks, delta in ((before, -1), (after, 1)):
+        for day, slot in marks:
+            if day > floor:
+                row = ticket_row_add(days.get(day), slot, delta)
+                if row is None:
+                    days.pop(day, None)
+                else:
+                    days[day] = row
+    for gone in [d for d in days if d <= floor]:
+        del days[gone]
+
+
 def apply_ticket_event(state: ServiceState, fact: TicketFact, config: ServiceConfig) -> ServiceState:
     t = state.tickets.get(fact.ticket_id)
     if t is None:
         t = state.tickets[fact.ticket_id] = [None, None, None, None, 0]
+    before = ticket_marks(t, config)
     at = fact.occurred_ms
     if fact.kind == OPENED:
         t[_O] = _earliest(t[_O], at)
@@ -86,6 +148,9 @@ def apply_ticket_event(state: ServiceState, fact: TicketFact, config: ServiceCon
         t[_N] += 1
     else:
         raise ValueError(f"unknown ticket event kind {fact.kind!r}")
+    after = ticket_marks(t, config)
+    if after != before:
+        _move_marks(state, before, after, config)
     if len(state.tickets) > config.max_tickets:
         _fold_one(state, config)
     return state

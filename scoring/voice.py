@@ -9,6 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from scoring.indicators import (
+    COMPLAINTS,
+    CSAT_ANSWERS,
+    CSAT_SATISFIED,
+    DETRACTORS,
+    PASSIVES,
+    PROMOTERS,
+    VOICE_COLUMNS,
+    add_voice_row,
+)
 from scoring.orders import DAY_MS
 
 PROMOTER = "promoter"
@@ -26,6 +36,8 @@ class VoiceConfig:
     #: NPS categories (spec: 9–10 promoters, 7–8 passives, 0–6 detractors).
     nps_promoter_min: int = 9
     nps_passive_min: int = 7
+    #: days of answer/complaint rows kept for the population indicators (max of their windows, spec: 90)
+    population_window_days: int = 90
 
 
 def nps_category(score: int, config: VoiceConfig) -> str:
@@ -58,9 +70,15 @@ class VoiceState:
     #: day -> [count, worst severity rank], pruned to the complaint window
     complaint_days: dict[int, list[int]] = field(default_factory=dict)
     complaints_total: int = 0
+    #: the population indicators' share of this customer: day -> [promoters, passives, detractors,
+    #: satisfied CSAT answers, CSAT answers, complaints] (scoring.indicators), pruned to their window
+    answer_days: dict[int, list[int]] = field(default_factory=dict)
 
 
-def apply_survey(state: VoiceState, fact: SurveyFact) -> VoiceState:
+_CATEGORY_COLUMN = {PROMOTER: PROMOTERS, PASSIVE: PASSIVES, DETRACTOR: DETRACTORS}
+
+
+def apply_survey(state: VoiceState, fact: SurveyFact, config: VoiceConfig = VoiceConfig()) -> VoiceState:
     if fact.nps is not None:
         # Newest first by (time, answer): at equal times the higher answer
         # counts as the later one, so arrival order never matters.
@@ -68,6 +86,14 @@ def apply_survey(state: VoiceState, fact: SurveyFact) -> VoiceState:
         state.nps = answers[:2]
     if fact.csat is not None and (state.csat is None or [fact.occurred_ms, fact.csat] > state.csat):
         state.csat = [fact.occurred_ms, fact.csat]
+    # every answer counts in the population's NPS/CSAT (spec: "over the answers in a rolling window")
+    row = [0] * VOICE_COLUMNS
+    if fact.nps is not None:
+        row[_CATEGORY_COLUMN[nps_category(fact.nps, config)]] = 1
+    if fact.csat is not None:
+        row[CSAT_ANSWERS] = 1
+        row[CSAT_SATISFIED] = int(fact.csat >= config.csat_satisfied_min)
+    add_voice_row(state.answer_days, fact.occurred_ms // DAY_MS, row, config.population_window_days)
     return state
 
 
@@ -81,6 +107,9 @@ def apply_complaint(state: VoiceState, fact: ComplaintFact, config: VoiceConfig)
     newest = max(state.complaint_days)
     for old in [d for d in state.complaint_days if d <= newest - config.complaint_window_days]:
         del state.complaint_days[old]
+    row = [0] * VOICE_COLUMNS
+    row[COMPLAINTS] = 1
+    add_voice_row(state.answer_days, day, row, config.population_window_days)
     return state
 
 

@@ -26,9 +26,16 @@ def decode_state(raw: bytes | None) -> CustomerState:
     data["orders"] = OrderState(**orders)
     voice = data["voice"]
     voice["complaint_days"] = {int(k): v for k, v in voice["complaint_days"].items()}
+    # states written before the population indicators existed start their day rows empty
+    voice["answer_days"] = {int(k): v for k, v in voice.get("answer_days", {}).items()}
     data["voice"] = VoiceState(**voice)
     service = data["service"]
-    data["service"] = ServiceState(tickets=service["tickets"], folded=Folded(**service["folded"]))
+    data["service"] = ServiceState(
+        tickets=service["tickets"],
+        folded=Folded(**service["folded"]),
+        ticket_days={int(k): v for k, v in service.get("ticket_days", {}).items()},
+        ticket_days_newest=service.get("ticket_days_newest"),
+    )
     # states written before CLV and churn existed start them empty
     data["purchases"] = PurchaseDays(**data.get("purchases", {}))
     data["churn"] = ChurnState(**data.get("churn", {}))

@@ -34,8 +34,9 @@ from schemas.vip import VipChange
 from scoring import churn
 from scoring.churn import ChurnAssessment
 from scoring.clv import ClvSignals, margin
-from scoring.customer import CustomerState, ScoredEvent, apply_event, assess_customer
-from scoring.orders import OrderFact, to_cents, window_revenue_cents
+from scoring.customer import CustomerState, ScoredEvent, apply_event, assess_customer, indicator_contribution
+from scoring.indicators import activity
+from scoring.orders import DAY_MS, OrderFact, to_cents, window_revenue_cents
 from scoring.population import PopulationView, gap_sums, member_keys, rescore, tags
 from scoring.service import TicketFact
 from scoring.voice import ComplaintFact, SurveyFact
@@ -107,7 +108,8 @@ class BatchProcessor:
         self.config = settings.scoring()
         self.rates = settings.currency_rates()
         self.currency = settings.base_currency.upper()
-        self.population = PopulationView(self.config.rfm)
+        self.population = PopulationView(self.config.rfm, self.config.indicators)
+        self.max_lateness_ms = int(settings.max_lateness_days * DAY_MS)
         #: the population's purchase gap, computed once per batch (churn: overdue)
         self._gap_days: float | None = None
         #: idle advance: (clock, wall time) when the clock last moved by events, and the clock seen then
@@ -164,13 +166,21 @@ class BatchProcessor:
             if state is None:
                 state = load(key)
                 out.tags_before[key] = () if state.partition is None else tags(state)
+            late = self._too_late(record, kind, scored, state)
+            if late is not None:
+                out.rejected.append(self._reject(record, kind, late))
+                out.count(kind, "dead_lettered")
+                continue
             new_customer = state.partition is None
             state.partition = record.partition
             before, gaps_before = member_keys(state, self.config.rfm), gap_sums(state)
+            contribution_before = indicator_contribution(state)
             applied = apply_event(state, scored, self.config)
             out.count(kind, "scored" if applied else "duplicate")
             out.occurred_ms.append(scored.occurred_ms)
-            self.population.applied(record.partition, key, before, state, new_customer, gaps_before)
+            self.population.applied(
+                record.partition, key, before, state, new_customer, gaps_before, contribution_before
+            )
             # A replayed duplicate still counts for the clock and still gets its
             # state and profile written: after a crash between the changelog
             # and Redis, the replay is what brings the profile up to date.
@@ -193,6 +203,27 @@ class BatchProcessor:
         self._retag(out)
         out.profiles = self.profiles(render, now, out.assessed)
         return out
+
+    def _too_late(self, record: Incoming, kind: Kind, event: ScoredEvent, state: CustomerState) -> EventRejected | None:
+        """An event older than its partition's watermark minus ``max_lateness_days`` (spec: late events beyond
+        the configured lateness go to the dead-letter topic).
+
+        Measured against the event's own partition, not the global clock: during a replay partitions are
+        read at very different speeds, and a partition far behind the others is not late. A redelivered
+        offset is never "too late": it was applied (or rejected) when first read, and the state drops it.
+        """
+        watermark = self.population.partition(record.partition).watermark_ms
+        if watermark is None or event.occurred_ms >= watermark - self.max_lateness_ms:
+            return None
+        seen = state.source_offsets.get(kind.value)
+        if seen is not None and event.offset is not None and event.offset <= seen:
+            return None
+        behind_days = (watermark - event.occurred_ms) / DAY_MS
+        return EventRejected(
+            Reason.TOO_LATE,
+            f"occurred_at: {behind_days:.1f} days behind partition {record.partition}'s watermark "
+            f"(PULSE_MAX_LATENESS_DAYS={self.settings.max_lateness_days:g})",
+        )
 
     def _advance_idle_clock(self, ticks: set[int], wall_ms: int | None) -> None:
         """Spec (Clock): when no event moved the clock for ``clock_idle_advance_seconds`` of wall time, move it
@@ -261,6 +292,19 @@ class BatchProcessor:
             out.profiles = self.profiles(render, now, out.assessed)
         return out
 
+    def check_due_whole(self, partition: int, load: Callable[[bytes], CustomerState]) -> BatchOutcome:
+        """Re-assess every customer of ``partition`` due at the clock, unbounded: what a live worker's batches
+        reach once the clock stopped moving (used in tests: the due-time index alone keeps time-driven
+        state such as the activity flags current)."""
+        out = BatchOutcome()
+        now = self.population.clock()
+        if now is not None:
+            self._gap_days = self.population.gap_days(self.config.churn.population_gap_min_customers)
+            render = self.check_due(partition, len(self.population.partition(partition).due) + 1, load, out, now)
+            self._retag(out)
+            out.profiles = self.profiles(render, now, out.assessed)
+        return out
+
     def sweep(
         self,
         partition: int,
@@ -318,17 +362,23 @@ class BatchProcessor:
         return self._assess_churn(key, state, now, out) or result.changed
 
     def _assess_churn(self, key: bytes, state: CustomerState, now: int, out: BatchOutcome) -> bool:
-        """Churn signals, level and alert decision; True if the stored churn state changed."""
-        before = (state.churn.level, state.churn.score, state.churn.next_check_ms)
+        """Churn signals, level and alert decision, and the population activity flags; True if the stored
+        churn state or flags changed."""
+        before = (state.churn.level, state.churn.score, state.churn.next_check_ms, state.activity)
         clv, risk = assess_customer(state, now, self._gap_days, self.config)
         out.assessed[key] = (clv, risk)
         decision = churn.update(state.churn, risk, now, self.config.churn)
+        # the activity flags change with time alone too: one due time covers both (the earlier one)
+        state.activity, flip_ms = activity(state.purchases, now, self.config.indicators)
+        if flip_ms is not None and (state.churn.next_check_ms is None or flip_ms < state.churn.next_check_ms):
+            state.churn.next_check_ms = flip_ms
         if state.partition is not None:
             self.population.partition(state.partition).schedule(key, state.churn.next_check_ms)
         if decision.kind is not None:
             alert = self._alert(key, state, now, clv, risk, decision)
             out.alerts.append((key, alert, orjson.dumps(alert.model_dump(mode="json"))))
-        return decision.kind is not None or before != (state.churn.level, state.churn.score, state.churn.next_check_ms)
+        after = (state.churn.level, state.churn.score, state.churn.next_check_ms, state.activity)
+        return decision.kind is not None or before != after
 
     def _alert(
         self,

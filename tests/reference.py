@@ -6,6 +6,7 @@ buckets, no incremental state) so that tests compare two implementations.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -174,3 +175,104 @@ def batch_churn_codes(events: list[tuple], now_ms: int) -> set[str]:
         if reopened is not None and (is_open or now_ms - reopened < 30 * day):
             codes.add("reopened_ticket")
     return codes
+
+
+def batch_population_indicators(
+    events: list[tuple[str, dict]],
+    now_ms: int,
+    edges_ms: tuple[int, ...],
+    survey_days: int = 90,
+    period_days: int = 30,
+    activity_days: int = 365,
+    quantiles: tuple[int, ...] = (50, 90),
+) -> dict:
+    """The spec's population indicators at ``now_ms`` from a raw (kind, event) list, de-duplicated by event id.
+
+    Plain loops over the whole history, no state, no day rows: "in the last n days" at day t means the days
+    (t − n, t]; tickets are matched by (customer, ticket id) over all their events; an active customer has a
+    completed order within ``activity_days``; quantiles are nearest-rank over the raw durations, then rounded
+    up to the first histogram edge at or above them (the last edge past it).
+    """
+    day = 86_400_000
+    today = now_ms // day
+
+    def in_last(d: int, n: int) -> bool:
+        return today - n < d <= today
+
+    seen: set[str] = set()
+    votes = {"promoters": 0, "passives": 0, "detractors": 0, "csat_satisfied": 0, "csat_answers": 0}
+    complaints = 0
+    purchase_days: dict[str, set[int]] = defaultdict(set)
+    tickets: dict[tuple[str, str], dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for kind, e in events:
+        if e["event_id"] in seen:
+            continue
+        seen.add(e["event_id"])
+        at = int(datetime.fromisoformat(e["occurred_at"]).timestamp() * 1000)
+        d = at // day
+        if kind == "survey" and in_last(d, survey_days):
+            if e.get("nps") is not None:
+                votes["promoters" if e["nps"] >= 9 else "passives" if e["nps"] >= 7 else "detractors"] += 1
+            if e.get("csat") is not None:
+                votes["csat_answers"] += 1
+                votes["csat_satisfied"] += e["csat"] >= 4
+        elif kind == "complaint" and in_last(d, period_days):
+            complaints += 1
+        elif kind == "order" and e["status"] == "completed":
+            purchase_days[e["customer_id"]].add(d)
+        elif kind == "support":
+            tickets[(e["customer_id"], e["ticket_id"])][e["kind"]].append(at)
+    opened = resolved = 0
+    durations = []
+    for t in tickets.values():
+        if not t["opened"]:
+            continue  # never seen opened: counts nowhere
+        o = min(t["opened"])
+        opened += in_last(o // day, period_days)
+        rs = max(t["resolved"]) if t["resolved"] else None
+        ro = max(t["reopened"]) if t["reopened"] else None
+        if rs is not None and (ro is None or ro <= rs) and in_last(rs // day, period_days):
+            resolved += 1
+        if t["first_response"]:
+            fr = min(t["first_response"])
+            if in_last(fr // day, period_days):
+                durations.append(max(0, fr - o))
+    durations.sort()
+    first_response = {}
+    for q in quantiles:
+        if not durations:
+            first_response[q] = None
+            continue
+        value = durations[math.ceil(q * len(durations) / 100 - 1e-9) - 1]
+        first_response[q] = next((edge for edge in edges_ms if value <= edge), edges_ms[-1])
+    active = start = new = lost = repeat = 0
+    for days in purchase_days.values():
+        is_active = any(in_last(d, activity_days) for d in days)
+        was_active = any(today - period_days - activity_days < d <= today - period_days for d in days)
+        active += is_active
+        start += was_active
+        new += in_last(min(days), period_days)
+        lost += was_active and not is_active
+        repeat += sum(in_last(d, activity_days) for d in days) >= 2
+    n_votes = votes["promoters"] + votes["passives"] + votes["detractors"]
+    return {
+        **votes,
+        "nps": 100 * (votes["promoters"] - votes["detractors"]) / n_votes if n_votes else None,
+        "csat": votes["csat_satisfied"] / votes["csat_answers"] if votes["csat_answers"] else None,
+        "complaints": complaints,
+        "complaint_rate": complaints / active if active else None,
+        "tickets_opened": opened,
+        "tickets_resolved": resolved,
+        "resolution_rate": resolved / opened if opened else None,
+        "first_responses": len(durations),
+        "first_response_ms": first_response,
+        "active": active,
+        "active_at_start": start,
+        "new": new,
+        "lost": lost,
+        "repeat": repeat,
+        "retention_rate": (active - new) / start if start else None,
+        "churn_rate": (start - active) / start if start else None,
+        "repurchase_rate": repeat / active if active else None,
+        "net_additions": new - lost,
+    }
