@@ -204,6 +204,18 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stats(args: argparse.Namespace) -> int:
+    """Print the population indicators (NPS, CSAT, rates) of the whole population."""
+    import json
+
+    from pulse.stats import format_stats, read_stats, stats_json
+
+    settings = load_settings()
+    stats = asyncio.run(read_stats(settings, timeout=args.timeout))
+    print(json.dumps(stats_json(stats), indent=2) if args.json else format_stats(stats, settings))
+    return 0 if stats.values is not None else 1
+
+
 def settings_table() -> str:
     """Markdown table of every setting: env var, default, meaning."""
     from pulse.settings import Settings
@@ -366,6 +378,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--new", action="store_true", help="only alerts raised from now on (default: from the start)")
     p.add_argument("--json", action="store_true", help="one JSON alert per line")
     p.set_defaults(func=cmd_alerts)
+
+    p = sub.add_parser("stats", help="print the population indicators (NPS, CSAT, rates) from the population topic")
+    p.add_argument("--json", action="store_true", help="one JSON object (ratios 0..1, times in ms)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the topic (default 10)")
+    p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser("profile", help="print a customer's live profile from Redis")
     p.add_argument("customer_id")

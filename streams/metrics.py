@@ -76,3 +76,40 @@ CONSUMER_LAG = Gauge(
     "Records not yet consumed per input partition (high water - position).",
     ["topic", "partition"],
 )
+
+# Population indicators (spec: Population indicators) of the whole population as this worker sees it
+# (its partitions live, the others as last published): the same numbers on every worker, and in
+# `pulse stats`. NaN while undefined (no answers, no active customers, no tickets opened).
+POPULATION_NPS = Gauge("pulse_population_nps", "NPS of the survey window's answers: % promoters - % detractors.")
+POPULATION_NPS_ANSWERS = Gauge("pulse_population_nps_answers", "NPS answers in the survey window.")
+POPULATION_CSAT_RATIO = Gauge(
+    "pulse_population_csat_ratio", "CSAT of the survey window: satisfied answers (4-5) / answers, 0..1."
+)
+POPULATION_COMPLAINT_RATIO = Gauge("pulse_population_complaint_ratio", "Complaints in the period / active customers.")
+POPULATION_FIRST_RESPONSE_SECONDS = Gauge(
+    "pulse_population_first_response_seconds",
+    "First-response time of the period's responses at the quantile (histogram bucket upper edge).",
+    ["quantile"],
+)
+POPULATION_RESOLUTION_RATIO = Gauge(
+    "pulse_population_resolution_ratio", "Tickets resolved in the period / tickets opened in the period."
+)
+POPULATION_TICKETS_OPENED = Gauge("pulse_population_tickets_opened", "Tickets opened in the period.")
+POPULATION_REPURCHASE_RATIO = Gauge(
+    "pulse_population_repurchase_ratio",
+    "Active customers with 2+ distinct purchase days in the activity window / active customers.",
+)
+POPULATION_RETENTION_RATIO = Gauge(
+    "pulse_population_retention_ratio", "(E - N) / S: active now minus new, over active at the period's start."
+)
+POPULATION_CHURN_RATIO = Gauge("pulse_population_churn_ratio", "(S - E) / S over the period (net of new customers).")
+POPULATION_NET_ADDITIONS = Gauge("pulse_population_net_additions", "New customers minus lost customers in the period.")
+POPULATION_ACTIVE_CUSTOMERS = Gauge(
+    "pulse_population_active_customers",
+    "Customers with a purchase in the activity window, now (at=end) and at the period's start (at=start).",
+    ["at"],
+)
+POPULATION_NEW_CUSTOMERS = Gauge("pulse_population_new_customers", "Customers whose first purchase is in the period.")
+POPULATION_LOST_CUSTOMERS = Gauge(
+    "pulse_population_lost_customers", "Customers active at the period's start and not any more."
+)

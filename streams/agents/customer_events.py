@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import sys
 import time
@@ -43,6 +44,7 @@ from streams.tables import END_MARKER_KEY
 
 if TYPE_CHECKING:
     from scoring.customer import CustomerState
+    from scoring.indicators import IndicatorValues
     from streams.app import PulseApp
 
 log = logging.getLogger(__name__)
@@ -86,6 +88,34 @@ def record_tallies(tallies: Counter) -> None:
         elif kind == "vip":
             vips = n
     metrics.VIP_CUSTOMERS.set(vips)
+
+
+def _nan(x: float | None) -> float:
+    return math.nan if x is None else x
+
+
+def record_indicators(values: IndicatorValues | None) -> None:
+    """The population indicators at the clock (whole population as this worker sees it: one value, not per worker)."""
+    if values is None:
+        return
+    metrics.POPULATION_NPS.set(_nan(values.nps))
+    metrics.POPULATION_NPS_ANSWERS.set(values.promoters + values.passives + values.detractors)
+    metrics.POPULATION_CSAT_RATIO.set(_nan(values.csat))
+    metrics.POPULATION_COMPLAINT_RATIO.set(_nan(values.complaint_rate))
+    for percent, ms in values.first_response_ms.items():
+        metrics.POPULATION_FIRST_RESPONSE_SECONDS.labels(str(percent / 100)).set(
+            _nan(None if ms is None else ms / 1000)
+        )
+    metrics.POPULATION_RESOLUTION_RATIO.set(_nan(values.resolution_rate))
+    metrics.POPULATION_TICKETS_OPENED.set(values.tickets_opened)
+    metrics.POPULATION_REPURCHASE_RATIO.set(_nan(values.repurchase_rate))
+    metrics.POPULATION_RETENTION_RATIO.set(_nan(values.retention_rate))
+    metrics.POPULATION_CHURN_RATIO.set(_nan(values.churn_rate))
+    metrics.POPULATION_NET_ADDITIONS.set(values.net_additions)
+    metrics.POPULATION_ACTIVE_CUSTOMERS.labels("end").set(values.active)
+    metrics.POPULATION_ACTIVE_CUSTOMERS.labels("start").set(values.active_at_start)
+    metrics.POPULATION_NEW_CUSTOMERS.set(values.new)
+    metrics.POPULATION_LOST_CUSTOMERS.set(values.lost)
 
 
 def register(pulse: PulseApp) -> BatchProcessor:
@@ -177,6 +207,7 @@ def register(pulse: PulseApp) -> BatchProcessor:
         metrics.POPULATION_CUSTOMERS.set(processor.population.customers())
         metrics.TABLE_CUSTOMERS.set(processor.population.owned_customers())
         record_tallies(processor.population.tallies())
+        record_indicators(processor.population.indicators())
         now_s = time.time()
         for occurred_ms in outcome.occurred_ms:
             metrics.EVENT_TO_SCORED_SECONDS.observe(max(0.0, now_s - occurred_ms / 1000))

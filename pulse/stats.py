@@ -1,0 +1,126 @@
+"""``pulse stats``: the population indicators of the whole population, from the population topic.
+
+Every worker publishes the sums of the partitions it owns to the compacted
+``{app_id}-population`` topic (scoring.population); this reads that topic
+from the beginning with a plain consumer (no group: it moves nobody's
+offsets), keeps the latest snapshot of every partition and computes the
+indicators at the clock (the highest watermark) with the same function the
+workers' gauges use, so both show the same numbers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from pulse.settings import Settings
+from schemas.profile import ms_to_datetime
+from scoring.indicators import IndicatorValues
+from scoring.population import PopulationView
+from streams.security import kafka_client_kwargs
+
+#: how long one poll waits, and how often a missing topic is looked for
+POLL_MS = 250
+METADATA_RETRY_SECONDS = 0.25
+
+
+@dataclass(frozen=True)
+class PopulationStats:
+    partitions: int
+    customers: int
+    values: IndicatorValues | None
+
+
+async def read_stats(settings: Settings, timeout: float = 10.0) -> PopulationStats:
+    """The latest snapshot of every partition, merged; gives up waiting for the topic after ``timeout``."""
+    topic = settings.topic_population()
+    consumer = AIOKafkaConsumer(**kafka_client_kwargs(settings), enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    latest: dict[bytes | None, bytes] = {}
+    try:
+        deadline = time.monotonic() + timeout
+        while not consumer.partitions_for_topic(topic) and time.monotonic() < deadline:
+            await consumer._client.force_metadata_update()
+            await asyncio.sleep(METADATA_RETRY_SECONDS)
+        if consumer.partitions_for_topic(topic):
+            tp = TopicPartition(topic, 0)
+            consumer.assign([tp])
+            await consumer.seek_to_beginning(tp)
+            end = (await consumer.end_offsets([tp]))[tp]
+            # read to the end, then until a poll brings nothing (some brokers report a short end offset)
+            while time.monotonic() < deadline:
+                batches = await consumer.getmany(timeout_ms=POLL_MS)
+                records = [r for rs in batches.values() for r in rs]
+                for record in records:
+                    if record.value:
+                        latest[record.key] = record.value
+                if not records and await consumer.position(tp) >= end:
+                    break
+    finally:
+        await consumer.stop()
+    view = PopulationView(settings.rfm(), settings.indicators())
+    for value in latest.values():
+        view.apply_snapshot(value)
+    customers = sum(r.customers for r in view.remote.values())
+    return PopulationStats(len(view.remote), customers, view.indicators())
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f} %"
+
+
+def _hours(ms: int | None) -> str:
+    return "-" if ms is None else f"{ms / 3_600_000:.2f} h"
+
+
+def format_stats(stats: PopulationStats, settings: Settings) -> str:
+    """A table a person can read: each indicator, its value, and the counts it comes from."""
+    v = stats.values
+    if v is None:
+        return f"no population snapshots on {settings.topic_population()} yet (is a worker running?)"
+    survey, period, active = (
+        settings.population_survey_window_days,
+        settings.population_period_days,
+        settings.population_activity_days,
+    )
+    answers = v.promoters + v.passives + v.detractors
+    rows = [
+        (
+            f"NPS ({survey} d)",
+            "-" if v.nps is None else f"{v.nps:+.1f}",
+            f"{v.promoters} promoters, {v.passives} passives, {v.detractors} detractors of {answers}",
+        ),
+        (f"CSAT ({survey} d)", _pct(v.csat), f"{v.csat_satisfied} satisfied of {v.csat_answers}"),
+        (f"complaint rate ({period} d)", _pct(v.complaint_rate), f"{v.complaints} complaints / {v.active} active"),
+        *(
+            (f"first response p{q} ({period} d)", _hours(ms), f"of {v.first_responses} responses, bucket edge")
+            for q, ms in v.first_response_ms.items()
+        ),
+        (
+            f"resolution rate ({period} d)",
+            _pct(v.resolution_rate),
+            f"{v.tickets_resolved} resolved / {v.tickets_opened} opened",
+        ),
+        (f"repurchase rate ({active} d)", _pct(v.repurchase_rate), f"{v.repeat} repeat buyers / {v.active} active"),
+        (f"retention rate ({period} d)", _pct(v.retention_rate), f"(E {v.active} - N {v.new}) / S {v.active_at_start}"),
+        (f"churn rate ({period} d)", _pct(v.churn_rate), f"(S {v.active_at_start} - E {v.active}) / S"),
+        (f"net additions ({period} d)", f"{v.net_additions:+d}", f"{v.new} new - {v.lost} lost"),
+        ("active customers", str(v.active), f"a purchase in the last {active} days; {v.active_at_start} at the start"),
+    ]
+    width = max(len(name) for name, _, _ in rows)
+    head = (
+        f"population indicators as of {ms_to_datetime(v.as_of_ms):%Y-%m-%d %H:%M} UTC "
+        f"({stats.partitions} partitions, {stats.customers} customers)"
+    )
+    return "\n".join([head, *(f"  {name:<{width}}  {value:>9}   {detail}" for name, value, detail in rows)])
+
+
+def stats_json(stats: PopulationStats) -> dict:
+    out: dict = {"partitions": stats.partitions, "customers": stats.customers}
+    if stats.values is not None:
+        out.update(stats.values.to_json())
+        out["as_of"] = ms_to_datetime(stats.values.as_of_ms).isoformat()
+    return out
