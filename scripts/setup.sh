@@ -9,11 +9,20 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "customer-pulse needs Python >= 3.11")'
 
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+apt_updated=""
+apt_install() {
+    [ -n "$apt_updated" ] || { $SUDO apt-get update -qq; apt_updated=1; }
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
 if ! command -v redis-server >/dev/null 2>&1; then
     echo "setup: installing redis-server"
-    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+    apt_install redis-server
+fi
+# promtool (Debian's prometheus package) lets the tests check deploy/'s Prometheus config and alert rules
+if ! command -v promtool >/dev/null 2>&1; then
+    echo "setup: installing promtool (prometheus)"
+    apt_install prometheus || echo "setup: promtool not installed; the deploy tests will skip the promtool checks"
 fi
 
 if [ ! -x .venv/bin/python ]; then
