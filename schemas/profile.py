@@ -26,7 +26,7 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
 
-def _money(cents: int | None) -> Decimal | None:
+def money_or_none(cents: int | None) -> Decimal | None:
     return None if cents is None else cents_to_money(cents)
 
 
@@ -121,7 +121,7 @@ class CustomerProfile(BaseModel):
             profit=cents_to_money(sig.profit_cents),
             orders=sig.orders,
             refunds=sig.refunds,
-            aov=None if sig.aov_cents is None else cents_to_money(sig.aov_cents),
+            aov=money_or_none(sig.aov_cents),
             revenue_window=cents_to_money(sig.window_revenue_cents),
             first_purchase_at=_at(sig.first_purchase_ms),
             last_purchase_at=_at(sig.last_purchase_ms),
@@ -152,9 +152,9 @@ class CustomerProfile(BaseModel):
             oldest_open_ticket_hours=_round(service.oldest_open_ticket_hours),
             p_alive=_round(clv.p_alive),
             expected_purchases=_round(clv.expected_purchases),
-            expected_order_value=_money(clv.expected_order_value_cents),
-            clv=_money(clv.clv_predictive_cents),
-            clv_historical=_money(clv.clv_historical_cents),
+            expected_order_value=money_or_none(clv.expected_order_value_cents),
+            clv=money_or_none(clv.clv_predictive_cents),
+            clv_historical=money_or_none(clv.clv_historical_cents),
             churn_risk=risk.score,
             churn_level=risk.level,
             churn_reasons=[AlertReason.of(r) for r in risk.reasons],

@@ -20,11 +20,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import accumulate
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
-from scoring.clv import ClvConfig, ClvSignals, PurchaseDays, p_alive_below_at
-from scoring.orders import DAY_MS, OrderScoringConfig, OrderState
-from scoring.service import ServiceConfig, ServiceState, service_risk
-from scoring.voice import SEVERITIES, VoiceConfig, VoiceState
+from scoring.clv import ClvSignals, PurchaseDays, p_alive_below_at
+from scoring.orders import DAY_MS, OrderState
+from scoring.service import ServiceState, service_risk
+from scoring.voice import SEVERITIES, VoiceState
+
+if TYPE_CHECKING:  # scoring.customer imports this module: the config is only read, never built, here
+    from scoring.customer import ScoringConfig
 
 LOW, MEDIUM, HIGH = "low", "medium", "high"
 LEVELS = (LOW, MEDIUM, HIGH)
@@ -156,17 +160,6 @@ class ChurnInputs:
     clv: ClvSignals
 
 
-@dataclass(frozen=True, slots=True)
-class ChurnContext:
-    """Configuration of the scorers whose state the signals read."""
-
-    churn: ChurnConfig = field(default_factory=ChurnConfig)
-    orders: OrderScoringConfig = field(default_factory=OrderScoringConfig)
-    voice: VoiceConfig = field(default_factory=VoiceConfig)
-    service: ServiceConfig = field(default_factory=ServiceConfig)
-    clv: ClvConfig = field(default_factory=ClvConfig)
-
-
 def _days(ms: int) -> float:
     return round(ms / DAY_MS, 2)
 
@@ -198,7 +191,7 @@ def _low_p_alive(i: ChurnInputs, c: ChurnConfig) -> Reason | None:
     return Reason(LOW_P_ALIVE, round(i.clv.p_alive, 4), c.p_alive_threshold, detail)
 
 
-def _p_alive_drop_ms(i: ChurnInputs, ctx: ChurnContext) -> int | None:
+def _p_alive_drop_ms(i: ChurnInputs, ctx: ScoringConfig) -> int | None:
     """The first day on which P(alive) is below the threshold if no purchase comes (T counts whole days)."""
     first = i.purchases.first_day
     if i.clv.x < 1 or first is None:
@@ -210,7 +203,7 @@ def _p_alive_drop_ms(i: ChurnInputs, ctx: ChurnContext) -> int | None:
     return (first + math.floor(crossing * params.time_unit_days) + 1) * DAY_MS
 
 
-def _spend_decline(i: ChurnInputs, now_ms: int, ctx: ChurnContext) -> tuple[Reason | None, int | None]:
+def _spend_decline(i: ChurnInputs, now_ms: int, ctx: ScoringConfig) -> tuple[Reason | None, int | None]:
     """Spend of the last window below ratio × the window before, at the revenue buckets' resolution.
 
     Also finds the first later bucket boundary where the answer flips if no
@@ -248,7 +241,7 @@ def _spend_decline(i: ChurnInputs, now_ms: int, ctx: ChurnContext) -> tuple[Reas
     return Reason(SPEND_DECLINE, recent / 100, round(c.spend_decline_ratio * prior / 100, 2), detail), flip
 
 
-def _voice(i: ChurnInputs, now_ms: int, ctx: ChurnContext) -> tuple[list[Reason], list[int]]:
+def _voice(i: ChurnInputs, now_ms: int, ctx: ScoringConfig) -> tuple[list[Reason], list[int]]:
     c, v = ctx.churn, ctx.voice
     reasons: list[Reason] = []
     changes: list[int] = []
@@ -296,7 +289,7 @@ def _voice(i: ChurnInputs, now_ms: int, ctx: ChurnContext) -> tuple[list[Reason]
     return reasons, changes
 
 
-def _service(i: ChurnInputs, now_ms: int, ctx: ChurnContext) -> tuple[list[Reason], int | None]:
+def _service(i: ChurnInputs, now_ms: int, ctx: ScoringConfig) -> tuple[list[Reason], int | None]:
     c, s = ctx.churn, ctx.service
     risk = service_risk(i.service, now_ms, s, c.reopened_window_days * DAY_MS)
     reasons = []
@@ -313,7 +306,7 @@ def _service(i: ChurnInputs, now_ms: int, ctx: ChurnContext) -> tuple[list[Reaso
     return reasons, risk.next_change_ms
 
 
-def assess(inputs: ChurnInputs, now_ms: int, population_gap_days: float | None, ctx: ChurnContext) -> ChurnAssessment:
+def assess(inputs: ChurnInputs, now_ms: int, population_gap_days: float | None, ctx: ScoringConfig) -> ChurnAssessment:
     """All churn signals of one customer at event time ``now_ms``, combined into a score and level."""
     c = ctx.churn
     reasons: list[Reason] = []

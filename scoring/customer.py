@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from hashlib import blake2b
 
-from scoring.churn import ChurnAssessment, ChurnConfig, ChurnContext, ChurnInputs, ChurnState, assess
+from scoring.churn import ChurnAssessment, ChurnConfig, ChurnInputs, ChurnState, assess
 from scoring.clv import ClvConfig, ClvSignals, PurchaseDays, clv_signals, record_purchase
 from scoring.indicators import Contribution, IndicatorConfig, contribution
 from scoring.orders import DAY_MS, OrderFact, OrderScoringConfig, OrderState, apply_order
@@ -43,10 +43,6 @@ class ScoringConfig:
     churn: ChurnConfig = field(default_factory=ChurnConfig)
     indicators: IndicatorConfig = field(default_factory=IndicatorConfig)
     dedup_event_ids: int = 32
-
-    @property
-    def churn_context(self) -> ChurnContext:
-        return ChurnContext(self.churn, self.orders, self.voice, self.service, self.clv)
 
 
 @dataclass(slots=True)
@@ -139,4 +135,4 @@ def assess_customer(
         config.orders.default_gross_margin,
     )
     inputs = ChurnInputs(o, state.purchases, state.voice, state.service, clv)
-    return clv, assess(inputs, now_ms, population_gap_days, config.churn_context)
+    return clv, assess(inputs, now_ms, population_gap_days, config)

@@ -29,7 +29,7 @@ from schemas.events import (
     SurveyEvent,
     decode_event,
 )
-from schemas.profile import CustomerProfile, cents_to_money, ms_to_datetime
+from schemas.profile import CustomerProfile, cents_to_money, money_or_none, ms_to_datetime
 from schemas.vip import VipChange
 from scoring import churn
 from scoring.churn import ChurnAssessment
@@ -408,8 +408,8 @@ class BatchProcessor:
             currency=self.currency,
             revenue=cents_to_money(o.revenue_cents),
             revenue_window=cents_to_money(window),
-            clv=None if clv.clv_predictive_cents is None else cents_to_money(clv.clv_predictive_cents),
-            clv_historical=None if clv.clv_historical_cents is None else cents_to_money(clv.clv_historical_cents),
+            clv=money_or_none(clv.clv_predictive_cents),
+            clv_historical=money_or_none(clv.clv_historical_cents),
             p_alive=None if clv.p_alive is None else round(clv.p_alive, 4),
             value_at_risk=cents_to_money(round(max(0, window) * share)),
             suggested_action=churn.suggested_action(state.vip, risk.reasons),
