@@ -69,7 +69,8 @@ SEGMENT_CUSTOMERS = Gauge(
 VIP_CUSTOMERS = Gauge("pulse_vip_customers", "VIP customers of this worker's partitions.")
 TABLE_CUSTOMERS = Gauge("pulse_table_customers", "Customers in the state table partitions this worker owns.")
 DUE_CUSTOMERS = Counter(
-    "pulse_churn_due_checks_total", "Customers re-evaluated by the churn sweep because a time-driven signal fell due."
+    "pulse_churn_due_checks_total",
+    "Customers re-checked by the due-time index: a time-driven churn signal or activity flag fell due.",
 )
 CONSUMER_LAG = Gauge(
     "pulse_consumer_lag_records",
