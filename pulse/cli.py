@@ -326,6 +326,26 @@ def cmd_dev(args: argparse.Namespace) -> int:
         print("stopped broker, redis and workers")
 
 
+def _bench_arguments(p: argparse.ArgumentParser) -> None:
+    repo = str(Path(__file__).resolve().parent.parent)
+    if repo not in sys.path:
+        sys.path.insert(0, repo)
+    from benchmarks.harness import add_arguments
+
+    add_arguments(p)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """The performance benchmark (issue 8): raw consumer, naive Faust, full scorer, latency, scaling, cost."""
+    # benchmarks/ is not an installed package: it lives next to pulse/ in the (editable) checkout
+    repo = str(Path(__file__).resolve().parent.parent)
+    if repo not in sys.path:
+        sys.path.insert(0, repo)
+    from benchmarks.harness import main as bench_main
+
+    return bench_main(args=args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pulse", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -383,6 +403,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object (ratios 0..1, times in ms)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the topic (default 10)")
     p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("bench", help="the performance benchmark on an embedded broker (see docs/benchmarks.md)")
+    _bench_arguments(p)
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("profile", help="print a customer's live profile from Redis")
     p.add_argument("customer_id")
