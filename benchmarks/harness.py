@@ -924,6 +924,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         k: v for k, v in vars(args).items() if k not in {"func", "command", "json"} and not k.startswith("_")
     }
     result["log_dir"] = str(log_dir)
+    result["code"] = code_version()
     started = time.perf_counter()
     try:
         tag = args.run_tag
@@ -996,6 +997,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result["bench_seconds"] = round(time.perf_counter() - started, 1)
     result["verdicts"] = verdicts(result)
     return result
+
+
+def code_version() -> str:
+    """The commit measured, and whether the tree had uncommitted changes to the worker's code."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "streams", "scoring", "schemas", "pulse"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
+    except OSError:
+        return "unknown"
+    return head.stdout.strip() + (" + uncommitted changes" if dirty.stdout.strip() else "")
 
 
 def machine() -> dict[str, Any]:
@@ -1076,6 +1092,7 @@ def _fmt(v: Any) -> str:
 def report(r: dict[str, Any]) -> str:
     lines: list[str] = []
     m = r["machine"]
+    lines.append(f"code: {r.get('code')}")
     lines.append(
         f"machine: {m['cpus']} cpus ({m['cpu']}), {m['memory_gib']} GiB, Python {m['python']}, {m['platform']}"
     )
