@@ -69,7 +69,8 @@ TARGETS = {
 START_SECONDS = 120.0
 PHASE_SECONDS = 900.0
 DRAIN_SECONDS = 20.0
-POLL_SECONDS = 0.05
+#: Metrics polling (each scrape costs the worker's GIL a few ms: not too often).
+POLL_SECONDS = 0.2
 #: Tracer events per second in the latency phase (about half of them raise an alert).
 TRACERS_PER_SECOND = 50
 #: py-spy samples per second.
@@ -960,7 +961,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     if "latency" not in skip:
                         rate = max(1.0, full["events_per_second"] / 2)
                         log(f"latency: {args.latency_seconds:g}s at {rate:.0f} events/s")
+                        before = procs[0].metrics() if procs else ""
                         result["latency"] = bench.latency(env, rate, args.latency_seconds)
+                        if procs:
+                            result["latency"]["worker"] = worker_deltas(before, procs[0].metrics())
                         result["latency"]["peak_rss_mib"] = [
                             None if r is None else round(r / 2**20, 1)
                             for r in (peak_rss_bytes(p.popen.pid) for p in procs)
@@ -997,6 +1001,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result["bench_seconds"] = round(time.perf_counter() - started, 1)
     result["verdicts"] = verdicts(result)
     return result
+
+
+def worker_deltas(before: str, after: str) -> dict[str, Any]:
+    """What a worker did between two scrapes of its metrics: batches, checkpoint time, profiles written, sweeps."""
+
+    def d(name: str) -> float:
+        return metric_sum(after, name) - metric_sum(before, name)
+
+    batches = d("pulse_batch_events_count")
+    return {
+        "batches": int(batches),
+        "events_per_batch": round(d("pulse_batch_events_sum") / max(1, batches), 1),
+        "checkpoint_ms_mean": round(1000 * d("pulse_checkpoint_seconds_sum") / max(1, batches), 1),
+        "profiles_written": int(d("pulse_redis_batch_profiles_sum")),
+        "swept_customers": int(d("pulse_swept_customers_total")),
+        "due_checks": int(d("pulse_churn_due_checks_total")),
+    }
 
 
 def code_version() -> str:
@@ -1131,6 +1152,13 @@ def report(r: dict[str, Any]) -> str:
             f"    event -> alert on retention topic: p50 {_fmt(lat['alert_p50_ms'])} ms, "
             f"p99 {_fmt(lat['alert_p99_ms'])} ms, max {_fmt(lat['alert_max_ms'])} ms "
             f"({lat['alerts_seen']}/{lat['alert_tracers']} seen)"
+        )
+    if "worker" in r.get("latency", {}):
+        w = r["latency"]["worker"]
+        lines.append(
+            f"    the worker meanwhile: {w['batches']:,} batches of {w['events_per_batch']} events, checkpoint mean "
+            f"{w['checkpoint_ms_mean']} ms, {w['profiles_written']:,} profiles written, "
+            f"{w['swept_customers']:,} customers swept, {w['due_checks']:,} due checks"
         )
     if "state" in r:
         s = r["state"]
