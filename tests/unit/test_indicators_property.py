@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from pulse.settings import Settings
 from scoring.customer import CustomerState
 from streams.processor import BatchProcessor, Incoming
+from tests.multiworker import feed_workers
 from tests.reference import batch_population_indicators
 
 SETTINGS = Settings(_env_file=None, batch_max_events=7)
@@ -99,15 +100,8 @@ def run_workers(arrivals: list[tuple[str, dict]], partitions: int, workers: int)
         p = partition_of(e["customer_id"], partitions)
         offset = offsets[(kind, p)] = offsets.get((kind, p), -1) + 1
         batches[owner[p]].append(Incoming(topics[kind], p, offset, e["customer_id"].encode(), orjson.dumps(e)))
-    for w, processor in enumerate(processors):
-        for p in range(partitions):
-            if owner[p] == w:
-                processor.population.partition(p)
-        store = stores[w]
-        for start in range(0, len(batches[w]), 5):
-            out = processor.process(batches[w][start : start + 5], lambda k, s=store: s.get(k) or CustomerState())
-            assert not out.rejected
-            store.update(out.states)
+    for out in feed_workers(processors, stores, batches, owner):
+        assert not out.rejected
 
     def exchange() -> None:
         for processor in processors:

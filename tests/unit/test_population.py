@@ -22,6 +22,7 @@ from scoring.customer import CustomerState
 from scoring.population import PopulationView
 from scoring.rfm import DEFAULT_SEGMENTS, HIGH_VALUE, OTHERS
 from streams.processor import BatchProcessor, Incoming
+from tests.multiworker import feed_workers
 
 # no hysteresis: the flag is then a function of the final population (see README, VIP)
 SETTINGS = Settings(_env_file=None, batch_max_events=7, vip_enter_share=0.1, vip_leave_share=0.1)
@@ -126,15 +127,8 @@ def test_workers_sharing_snapshots_score_against_the_whole_population(rows, part
         batches[owner[p]].append(Incoming(topic, p, offsets[p], e["customer_id"].encode(), orjson.dumps(e)))
         offsets[p] += 1
     profiles = {}
-    for w, processor in enumerate(processors):
-        for p in range(partitions):
-            if owner[p] == w:
-                processor.population.partition(p)
-        store = stores[w]
-        for start in range(0, len(batches[w]), 5):
-            out = processor.process(batches[w][start : start + 5], lambda k, s=store: s.get(k) or CustomerState())
-            store.update(out.states)
-            profiles.update({pr.customer_id: pr for pr in out.profiles})
+    for out in feed_workers(processors, stores, batches, owner):
+        profiles.update({pr.customer_id: pr for pr in out.profiles})
     # exchange snapshots, then one full sweep of every owned partition
     for processor in processors:
         for other in processors:
