@@ -134,6 +134,12 @@ class Settings(BaseSettings):
     sweep_customers_per_tick: int = Field(
         2000, ge=1, description="Customers re-scored per partition and tick as the population moves."
     )
+    profile_refresh_seconds: float = Field(
+        3600.0,
+        ge=0,
+        description="Event time between sweep rounds that re-render every profile (recency, windows, as_of) "
+        "while the clock moves; once it stops, one more round brings every profile to the final clock.",
+    )
     base_currency: str = Field("USD", min_length=3, max_length=3, description="Currency all money is reported in.")
     fx_rates: dict[str, Decimal] = Field(
         default_factory=dict,

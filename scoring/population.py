@@ -85,6 +85,9 @@ class PartitionPopulation:
     #: clock when the running sweep round started, and when the previous one did
     round_clock_ms: int | None = None
     previous_round_clock_ms: int | None = None
+    #: clock of the last round that re-rendered every profile, and whether the running one does
+    refreshed_clock_ms: int | None = None
+    round_refresh: bool = False
     #: bumped on every change; the publisher sends a snapshot when it moved
     version: int = 0
     gaps: GapSums = NO_GAP
@@ -160,13 +163,15 @@ class RemotePart:
 @dataclass(frozen=True, slots=True)
 class SweepSlice:
     keys: list[bytes]
-    #: the clock moved since the previous round: re-render every profile of this round
+    #: re-render every profile of this round (the clock moved: see ``PopulationView.sweep_slice``)
     refresh_all: bool
 
 
 class PopulationView:
-    def __init__(self, config: RfmConfig, indicators: IndicatorConfig | None = None) -> None:
+    def __init__(self, config: RfmConfig, indicators: IndicatorConfig | None = None, refresh_min_ms: int = 0) -> None:
         self.config = config
+        #: least event time between two rounds that re-render every profile (0: whenever the clock moved)
+        self.refresh_min_ms = refresh_min_ms
         self.indicator_config = indicators or IndicatorConfig()
         self.local: dict[int, PartitionPopulation] = {}
         self.remote: dict[int, RemotePart] = {}
@@ -316,17 +321,28 @@ class PopulationView:
         """
         for part in self.local.values():
             part.cursor = 0
-            part.round_clock_ms = part.previous_round_clock_ms = None
+            part.round_clock_ms = part.previous_round_clock_ms = part.refreshed_clock_ms = None
 
     def sweep_slice(self, partition: int, limit: int | None, now_ms: int) -> SweepSlice:
-        """The next ``limit`` customers of an owned partition (all of them if None), round-robin."""
+        """The next ``limit`` customers of an owned partition (all of them if None), round-robin.
+
+        A round re-renders every profile when the clock moved since the last such round, and either
+        ``refresh_min_ms`` of event time passed since then or the clock stood still for a whole round
+        (traffic stopped: profiles must end as of the final clock). So live traffic, whose clock moves
+        with every batch, re-renders the whole population at most once per ``refresh_min_ms``.
+        """
         part = self.partition(partition)
         if part.cursor == 0:
             part.previous_round_clock_ms, part.round_clock_ms = part.round_clock_ms, now_ms
+            last = part.refreshed_clock_ms
+            settled = now_ms == part.previous_round_clock_ms
+            part.round_refresh = now_ms != last and (last is None or now_ms - last >= self.refresh_min_ms or settled)
+            if part.round_refresh:
+                part.refreshed_clock_ms = now_ms
         end = len(part.members) if limit is None else part.cursor + limit
         keys = part.members[part.cursor : end]
         part.cursor = 0 if end >= len(part.members) else end
-        return SweepSlice(keys, part.previous_round_clock_ms != part.round_clock_ms)
+        return SweepSlice(keys, part.round_refresh)
 
 
 @dataclass(frozen=True, slots=True)

@@ -108,7 +108,9 @@ class BatchProcessor:
         self.config = settings.scoring()
         self.rates = settings.currency_rates()
         self.currency = settings.base_currency.upper()
-        self.population = PopulationView(self.config.rfm, self.config.indicators)
+        self.population = PopulationView(
+            self.config.rfm, self.config.indicators, int(settings.profile_refresh_seconds * 1000)
+        )
         self.max_lateness_ms = int(settings.max_lateness_days * DAY_MS)
         #: the population's purchase gap, computed once per batch (churn: overdue)
         self._gap_days: float | None = None

@@ -175,3 +175,17 @@ def test_sweep_goes_round_and_refreshes_only_when_the_clock_moved():
     view.refresh_all()
     again = view.sweep_slice(0, 5, 11)
     assert again.keys == [b"C0", b"C1", b"C2", b"C3", b"C4"] and again.refresh_all
+
+
+def test_live_traffic_re_renders_every_profile_at_most_once_per_refresh_interval():
+    """The clock moves with every batch in live operation: whole-population re-renders are rationed,
+    and once the clock stops, the next round still brings every profile to the final clock."""
+    view = PopulationView(SETTINGS.rfm(), refresh_min_ms=1000)
+    for i in range(3):
+        view.partition(0).members.append(f"C{i}".encode())
+    clocks_and_refresh = [(0, True), (10, False), (500, False), (1000, True), (1200, False), (1300, False)]
+    for clock, refresh in clocks_and_refresh:
+        assert view.sweep_slice(0, None, clock).refresh_all == refresh, clock
+    # traffic stops at 1300: the round after the one that saw 1300 re-renders, then no more
+    assert view.sweep_slice(0, None, 1300).refresh_all
+    assert not view.sweep_slice(0, None, 1300).refresh_all
