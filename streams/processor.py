@@ -330,17 +330,22 @@ class BatchProcessor:
                 continue  # scored with this batch already
             state = load(key)
             before = tags(state)
-            if self._rescore(key, state, now, out):
+            refresh = chunk.refresh_all or refresh_all
+            # churn is time-driven through the due-time index: the sweep re-assesses it only for a customer
+            # whose RFM/VIP moved (the alert's context) or whose profile this round re-renders
+            if self._rescore(key, state, now, out, churn=refresh):
                 out.tags_before[key] = before
                 out.states[key] = state
                 out.partitions[key] = partition
                 render[key] = state
-            elif chunk.refresh_all or refresh_all:
+            elif refresh:
                 render[key] = state
         out.swept[partition] = out.swept.get(partition, 0) + len(chunk.keys)
         return render
 
-    def _rescore(self, key: bytes, state: CustomerState, now: int, out: BatchOutcome) -> bool:
+    def _rescore(self, key: bytes, state: CustomerState, now: int, out: BatchOutcome, churn: bool = True) -> bool:
+        """RFM, segment and VIP against the population, then (if ``churn`` or they changed) CLV and churn;
+        True if the stored state changed."""
         rfm = self.config.rfm
         result = rescore(state, self.population.parts(), rfm)
         if result.vip_changed:
@@ -361,7 +366,9 @@ class BatchProcessor:
                 at=ms_to_datetime(now),
             )
             out.vip_changes.append((key, state.vip, orjson.dumps(change.model_dump(mode="json"))))
-        return self._assess_churn(key, state, now, out) or result.changed
+        if churn or result.changed:
+            return self._assess_churn(key, state, now, out) or result.changed
+        return False
 
     def _assess_churn(self, key: bytes, state: CustomerState, now: int, out: BatchOutcome) -> bool:
         """Churn signals, level and alert decision, and the population activity flags; True if the stored
