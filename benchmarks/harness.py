@@ -139,13 +139,9 @@ class Proc:
         return metric_values(self.metrics_port)
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(10)
+        from pulse.devstack import stop_process
+
+        stop_process(self.popen, timeout)
 
     def tail(self, lines: int = 30) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])

@@ -61,7 +61,8 @@ def _wait_port(port: int, proc: subprocess.Popen, name: str, log: Path) -> None:
     raise RuntimeError(f"{name} did not listen on {port} within {START_TIMEOUT_SECONDS}s; see {log}")
 
 
-def _stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout``: a bounded stop for any child."""
     if proc.poll() is not None:
         return
     proc.send_signal(signal.SIGTERM)
@@ -80,7 +81,7 @@ class Server:
     log: Path
 
     def stop(self) -> None:
-        _stop(self.proc)
+        stop_process(self.proc)
 
     def kill(self) -> None:
         """SIGKILL, as a crash would."""
