@@ -54,17 +54,31 @@ def build() -> faust.App:
     counts = app.Table("counts", default=int, partitions=partitions, key_type=str, value_type=int)
     seen = [0]
 
-    @app.agent(topic, name="naive_count")
-    async def naive_count(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            data = orjson.loads(event.value)
-            counts[data["customer_id"]] += 1
-            now = time.time()
-            if not seen[0]:
-                FIRST.set(now)
-            seen[0] += 1
-            LAST.set(now)
-            EVENTS.inc()
+    def counted(n: int) -> None:
+        now = time.time()
+        if not seen[0]:
+            FIRST.set(now)
+        seen[0] += n
+        LAST.set(now)
+        EVENTS.inc(n)
+
+    if os.environ.get("NAIVE_MODE") == "take":
+
+        @app.agent(topic, name="naive_take")
+        async def naive_take(stream: faust.StreamT) -> None:
+            async for events in stream.take_events(500, 0.05):
+                for event in events:
+                    orjson.loads(event.value)
+                counted(len(events))
+
+    else:
+
+        @app.agent(topic, name="naive_count")
+        async def naive_count(stream: faust.StreamT) -> None:
+            async for event in stream.events():
+                data = orjson.loads(event.value)
+                counts[data["customer_id"]] += 1
+                counted(1)
 
     return app
 
