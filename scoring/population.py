@@ -37,7 +37,7 @@ from scoring.indicators import (
     flag_tags,
     indicator_values,
 )
-from scoring.rfm import MemberKeys, Population, RfmConfig, RfmScores, rfm_keys, rfm_scores, vip_flag
+from scoring.rfm import MemberKeys, Population, Ranking, RfmConfig, RfmScores, rfm_keys, rfm_scores, vip_flag
 
 #: (sum of t_x days, sum of repeat purchase days x, customers with x ≥ 1): the purchase gaps
 #: of the population, additive over partitions (spec: Churn warning, "a population gap")
@@ -353,8 +353,9 @@ class Rescored:
     vip_changed: bool
 
 
-def rescore(state: CustomerState, parts: list[Population], config: RfmConfig) -> Rescored:
-    """Refresh the RFM cell, segment and VIP flag stored in ``state`` against the population."""
+def rescore(state: CustomerState, parts: list[Population] | Ranking, config: RfmConfig) -> Rescored:
+    """Refresh the RFM cell, segment and VIP flag stored in ``state`` against the population (``parts``, or a
+    :class:`Ranking` of them that the caller re-uses while the population stands still)."""
     keys = member_keys(state, config)
     scores = None if keys is None else rfm_scores(keys, parts, config)
     cell = None if scores is None else scores.cell

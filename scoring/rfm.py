@@ -149,12 +149,43 @@ def segment_for(r: int, f: int, m: int, rules: Sequence[SegmentRule]) -> str:
     return OTHERS
 
 
-def rfm_scores(keys: MemberKeys, parts: Sequence[Population], config: RfmConfig) -> RfmScores:
+class Ranking:
+    """Percentiles against the union of ``parts`` as they are now, each key's computed once.
+
+    A batch re-scores hundreds of customers (and a sweep thousands) against one
+    unchanged population, and many share a key (the same purchase day, order
+    count or revenue bucket). Valid only while no part moves: build a new one
+    after applying events or snapshots.
+    """
+
+    __slots__ = ("_indexes", "_memo")
+
+    def __init__(self, parts: Sequence[Population]) -> None:
+        self._indexes = (
+            [p.r for p in parts],
+            [p.f for p in parts],
+            [p.m for p in parts],
+            [p.v for p in parts],
+        )
+        self._memo: tuple[dict[int, float | None], ...] = ({}, {}, {}, {})
+
+    def percentile(self, dimension: int, key: int) -> float | None:
+        """``dimension``: 0 R, 1 F, 2 M, 3 the VIP value measure."""
+        memo = self._memo[dimension]
+        try:
+            return memo[key]
+        except KeyError:
+            memo[key] = p = percentile(self._indexes[dimension], key)
+            return p
+
+
+def rfm_scores(keys: MemberKeys, parts: Sequence[Population] | Ranking, config: RfmConfig) -> RfmScores:
     """Scores of a member against the union of ``parts`` (which must include it)."""
-    p_r = percentile([p.r for p in parts], keys.r)
-    p_f = percentile([p.f for p in parts], keys.f)
-    p_m = percentile([p.m for p in parts], keys.m)
-    p_v = percentile([p.v for p in parts], keys.v)
+    ranking = parts if isinstance(parts, Ranking) else Ranking(parts)
+    p_r = ranking.percentile(0, keys.r)
+    p_f = ranking.percentile(1, keys.f)
+    p_m = ranking.percentile(2, keys.m)
+    p_v = ranking.percentile(3, keys.v)
     if p_r is None or p_f is None or p_m is None or p_v is None:
         raise ValueError("scoring a customer against an empty population")
     r, f, m = score_1_to_5(p_r), score_1_to_5(p_f), score_1_to_5(p_m)

@@ -38,6 +38,7 @@ from scoring.customer import CustomerState, ScoredEvent, apply_event, assess_cus
 from scoring.indicators import activity
 from scoring.orders import DAY_MS, OrderFact, to_cents, window_revenue_cents
 from scoring.population import PopulationView, gap_sums, member_keys, rescore, tags
+from scoring.rfm import Ranking
 from scoring.service import TicketFact
 from scoring.voice import ComplaintFact, SurveyFact
 
@@ -114,6 +115,8 @@ class BatchProcessor:
         self.max_lateness_ms = int(settings.max_lateness_days * DAY_MS)
         #: the population's purchase gap, computed once per batch (churn: overdue)
         self._gap_days: float | None = None
+        #: RFM percentiles against the population as it stands once a batch's events are applied
+        self._ranking: Ranking | None = None
         #: idle advance: (clock, wall time) when the clock last moved by events, and the clock seen then
         self._idle_anchor: tuple[int, int] | None = None
         self._clock_seen: int | None = None
@@ -143,6 +146,7 @@ class BatchProcessor:
     ) -> BatchOutcome:
         """Score one batch. ``wall_ms``: the wall clock, for the idle advance of a live worker (None: off)."""
         out = BatchOutcome()
+        self._ranking = None  # the events below move the population
         #: partitions with a tick in the batch (round-robin sweep), and with any record (due checks)
         ticks: set[int] = set()
         present: set[int] = set()
@@ -193,7 +197,7 @@ class BatchProcessor:
         now = self.population.clock()
         if now is None:
             return out
-        self._gap_days = self.population.gap_days(self.config.churn.population_gap_min_customers)
+        self._population_stands()
         render = dict(out.states)
         for key, state in out.states.items():
             self._rescore(key, state, now, out)
@@ -205,6 +209,12 @@ class BatchProcessor:
         self._retag(out)
         out.profiles = self.profiles(render, now, out.assessed)
         return out
+
+    def _population_stands(self) -> None:
+        """The events are applied and the population stands still for the rest of the batch: what every
+        re-scored customer is measured against is computed once (purchase gap) or memoised (percentiles)."""
+        self._gap_days = self.population.gap_days(self.config.churn.population_gap_min_customers)
+        self._ranking = Ranking(self.population.parts())
 
     def _too_late(self, record: Incoming, kind: Kind, event: ScoredEvent, state: CustomerState) -> EventRejected | None:
         """An event older than its partition's watermark minus ``max_lateness_days`` (spec: late events beyond
@@ -288,7 +298,7 @@ class BatchProcessor:
         out = BatchOutcome()
         now = self.population.clock()
         if now is not None:
-            self._gap_days = self.population.gap_days(self.config.churn.population_gap_min_customers)
+            self._population_stands()
             render = self.sweep(partition, None, load, out, now, refresh_all=True)
             self._retag(out)
             out.profiles = self.profiles(render, now, out.assessed)
@@ -301,7 +311,7 @@ class BatchProcessor:
         out = BatchOutcome()
         now = self.population.clock()
         if now is not None:
-            self._gap_days = self.population.gap_days(self.config.churn.population_gap_min_customers)
+            self._population_stands()
             render = self.check_due(partition, len(self.population.partition(partition).due) + 1, load, out, now)
             self._retag(out)
             out.profiles = self.profiles(render, now, out.assessed)
@@ -347,7 +357,7 @@ class BatchProcessor:
         """RFM, segment and VIP against the population, then (if ``churn`` or they changed) CLV and churn;
         True if the stored state changed."""
         rfm = self.config.rfm
-        result = rescore(state, self.population.parts(), rfm)
+        result = rescore(state, self._ranking or self.population.parts(), rfm)
         if result.vip_changed:
             o = state.orders
             value_cents = o.revenue_cents if rfm.vip_value == "revenue" else o.revenue_cents - o.cost_cents
