@@ -222,17 +222,16 @@ def _spend_decline(i: ChurnInputs, now_ms: int, ctx: ScoringConfig) -> tuple[Rea
     sums = list(accumulate(spend, initial=0))
     sums += [sums[-1]] * (2 * n)
     ratio = c.spend_decline_ratio
-
-    def decline_at(end: int) -> tuple[bool, int, int]:
-        hi = end - base + 1
-        recent, prior = sums[hi] - sums[hi - n], sums[hi - n] - sums[hi - 2 * n]
-        return prior > 0 and recent < ratio * prior, recent, prior
-
-    now_decline, recent, prior = decline_at(cur)
+    # the windows ending at bucket cur: sums[hi - n .. hi] and sums[hi - 2n .. hi - n], hi = cur - base + 1
+    hi = 2 * n
+    recent, prior = sums[hi] - sums[hi - n], sums[hi - n] - sums[0]
+    now_decline = prior > 0 and recent < ratio * prior
     flip = None
-    for end in range(cur + 1, cur + 2 * n + 1):
-        if decline_at(end)[0] != now_decline:
-            flip = end * width
+    for step in range(1, 2 * n + 1):  # the windows ending at cur + step, inlined: this runs for every assessment
+        h = hi + step
+        r, p = sums[h] - sums[h - n], sums[h - n] - sums[h - 2 * n]
+        if (p > 0 and r < ratio * p) != now_decline:
+            flip = (cur + step) * width
             break
     if not now_decline:
         return None, flip

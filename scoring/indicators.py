@@ -259,6 +259,8 @@ class IndicatorSums:
             (before.voice, after.voice, self._voice),
             (before.tickets, after.tickets, self._tickets),
         ):
+            if rows_before == rows_after:
+                continue  # the usual case (an order, or rows of the other kind): compared in C, by identity first
             # rows are compared by identity: the scorers replace a row when it changes, never mutate it
             for day in rows_before.keys() | rows_after.keys():
                 old, new = rows_before.get(day), rows_after.get(day)
