@@ -76,6 +76,9 @@ class Settings(BaseSettings):
         "whose ListOffsets makes Faust's recovery miss the tail of the last batch; harmless on Kafka).",
     )
     shutdown_grace_seconds: float = Field(10.0, gt=0, description="Time a running checkpoint gets to finish on stop.")
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        "uvloop", description="The worker's event loop: uvloop (faster) or the standard asyncio loop."
+    )
 
     # --- scoring (spec: Financial) ----------------------------------------
     default_gross_margin: Decimal = Field(

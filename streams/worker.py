@@ -21,6 +21,11 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     pulse = create_app(settings)
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.metrics_host)
+    if settings.event_loop == "uvloop":
+        import uvloop
+
+        # also the loop of Faust's consumer thread, which makes its own with new_event_loop()
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     asyncio.set_event_loop(asyncio.new_event_loop())
     # the API starts before the app (Worker starts its services first), so /health answers during recovery
     services = [ApiServer(settings, pulse.app)] if settings.api_port else []

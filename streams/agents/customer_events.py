@@ -10,10 +10,9 @@ the order of Quix Streams' Checkpoint:
    acknowledged them; then send the changed states to the changelog and wait
    for those acknowledgements too; then close each touched changelog
    partition with an end marker (see ``CustomerStateTable``);
-3. write the profiles to Redis (write-behind: retried in the background if
-   Redis is down);
-4. only then return, so ``take_events`` acks the batch and Faust's commit can
-   cover it.
+3. hand the profiles to the Redis writer, which writes them in the background
+   (write-behind: the next batch is scored meanwhile; retried if Redis is down);
+4. return, so ``take_events`` acks the batch and Faust's commit can cover it.
 
 If step 2 fails, or a stop interrupts it beyond the grace time, the worker
 exits at once without committing (like ``kill -9``): the events are read again
@@ -156,6 +155,21 @@ def register(pulse: PulseApp) -> BatchProcessor:
         metrics.POPULATION_REBUILD_SECONDS.observe(elapsed)
         log.info("population of partitions %s rebuilt from %d customers in %.2fs", sorted(missing), n, elapsed)
 
+    flushing: asyncio.Task | None = None
+
+    async def flush_pending() -> None:
+        # until nothing is pending; a failed write leaves the rest to the sink's own retry loop
+        while sink.pending and await sink.flush():
+            pass
+
+    def write_behind() -> None:
+        """Redis is a view of the table: the batch is acknowledged without waiting for it (one write in
+        flight, the next takes everything submitted meanwhile). A profile lost in a crash is written again
+        by the first sweep round of the worker that takes over (see PopulationView.refresh_all)."""
+        nonlocal flushing
+        if flushing is None or flushing.done():
+            flushing = asyncio.ensure_future(flush_pending())
+
     async def checkpoint(events: Sequence[EventT]) -> None:
         started = time.perf_counter()
         ensure_population()
@@ -190,7 +204,7 @@ def register(pulse: PulseApp) -> BatchProcessor:
             written += await asyncio.gather(*await table.send_end_markers({res.partition for res in written}))
         table.persisted(written)
         sink.submit(outcome.profiles)
-        await sink.flush()
+        write_behind()
 
         for (kind, outcome_name), n in outcome.counts.items():
             metrics.EVENTS.labels(kind, outcome_name).inc(n)
