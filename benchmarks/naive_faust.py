@@ -84,6 +84,10 @@ def build() -> faust.App:
 
 
 def main() -> None:
+    if os.environ.get("NAIVE_UVLOOP") == "1":
+        import uvloop
+
+        uvloop.install()
     app = build()
     start_http_server(int(os.environ["NAIVE_METRICS_PORT"]), addr="127.0.0.1")
     faust.Worker(app, loglevel=os.environ.get("NAIVE_LOGLEVEL", "warning")).execute_from_commandline()
