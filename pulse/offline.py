@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from pulse.settings import Settings
-from schemas.profile import CustomerProfile
+from schemas.profile import CustomerProfile, RenderedProfile
 from scoring.customer import CustomerState
 from streams.processor import BatchOutcome, BatchProcessor, Incoming, Rejected
 
@@ -32,19 +32,21 @@ def score_records(records: Iterable[RawRecord], settings: Settings, final_sweep:
     """Run ``records`` through one uninterrupted processor in batches of ``batch_max_events``.
 
     Re-keyed events are fed again after the pass, as the worker's re-publish
-    makes them arrive again. Profiles are the last written per customer.
+    makes them arrive again. Profiles are the last written per customer, read
+    back from the fields the worker writes to Redis (as a Redis reader gets them).
     """
     processor = BatchProcessor(settings)
     result = OfflineResult()
     store = result.states
     offsets: dict[str, int] = {}
+    written: dict[str, RenderedProfile] = {}
 
     def load(key: bytes) -> CustomerState:
         return store.get(key) or CustomerState()
 
     def take(out: BatchOutcome) -> None:
         store.update(out.states)
-        result.profiles.update({p.customer_id: p for p in out.profiles})
+        written.update({p.customer_id: p for p in out.profiles})
         result.rejected += out.rejected
         result.vip_changes += [value for _, _, value in out.vip_changes]
 
@@ -63,4 +65,5 @@ def score_records(records: Iterable[RawRecord], settings: Settings, final_sweep:
         pending = rerouted
     if final_sweep and processor.population.local:
         take(processor.sweep_whole(0, load))
+    result.profiles = {cid: profile.model() for cid, profile in written.items()}
     return result

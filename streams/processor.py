@@ -29,7 +29,7 @@ from schemas.events import (
     SurveyEvent,
     decode_event,
 )
-from schemas.profile import CustomerProfile, cents_to_money, money_or_none, ms_to_datetime
+from schemas.profile import RenderedProfile, cents_to_money, money_or_none, ms_to_datetime, render_profile
 from schemas.vip import VipChange
 from scoring import churn
 from scoring.churn import ChurnAssessment
@@ -68,7 +68,8 @@ class BatchOutcome:
     states: dict[bytes, CustomerState] = field(default_factory=dict)
     #: partition of each changed state (its changelog partition)
     partitions: dict[bytes, int] = field(default_factory=dict)
-    profiles: list[CustomerProfile] = field(default_factory=list)
+    #: rendered without pydantic: the worker renders one per re-scored customer
+    profiles: list[RenderedProfile] = field(default_factory=list)
     #: VIP flag changes, in the order they were scored: (key, now VIP?, VipChange JSON)
     vip_changes: list[tuple[bytes, bool, bytes]] = field(default_factory=list)
     #: retention alerts, in the order they were raised: (key, alert, RetentionAlert JSON)
@@ -262,11 +263,11 @@ class BatchProcessor:
         states: dict[bytes, CustomerState],
         now: int,
         assessed: dict[bytes, tuple[ClvSignals, ChurnAssessment]] | None = None,
-    ) -> list[CustomerProfile]:
+    ) -> list[RenderedProfile]:
         out = []
         for key, state in states.items():
             clv, risk = (assessed or {}).get(key) or assess_customer(state, now, self._gap_days, self.config)
-            out.append(CustomerProfile.from_state(key.decode(), state, now, self.config, self.currency, clv, risk))
+            out.append(render_profile(key.decode(), state, now, self.config, self.currency, clv, risk))
         return out
 
     def _retag(self, out: BatchOutcome) -> None:

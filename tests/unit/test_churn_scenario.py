@@ -86,7 +86,7 @@ def test_buys_monthly_then_stops_then_complains():
     assert last["risk_score"] == 75 and last["suggested_action"].startswith("resolve the open complaint")
 
     # The profile carries the latest risk and reasons.
-    profile = feed.processor.profiles({b"C": feed.store[b"C"]}, (D0 + 510) * DAY_MS)[0]
+    profile = feed.processor.profiles({b"C": feed.store[b"C"]}, (D0 + 510) * DAY_MS)[0].model()
     assert profile.churn_level == "high" and profile.churn_alerts == 3
     assert {r.code for r in profile.churn_reasons} == {"detractor", "dissatisfied", "severe_complaint"}
 

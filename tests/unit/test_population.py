@@ -128,7 +128,7 @@ def test_workers_sharing_snapshots_score_against_the_whole_population(rows, part
         offsets[p] += 1
     profiles = {}
     for out in feed_workers(processors, stores, batches, owner):
-        profiles.update({pr.customer_id: pr for pr in out.profiles})
+        profiles.update({pr.customer_id: pr.model() for pr in out.profiles})
     # exchange snapshots, then one full sweep of every owned partition
     for processor in processors:
         for other in processors:
@@ -139,7 +139,7 @@ def test_workers_sharing_snapshots_score_against_the_whole_population(rows, part
         for p in sorted(processor.population.local):
             out = processor.sweep_whole(p, lambda k, s=stores[w]: s[k])
             stores[w].update(out.states)
-            profiles.update({pr.customer_id: pr for pr in out.profiles})
+            profiles.update({pr.customer_id: pr.model() for pr in out.profiles})
     assert streamed(profiles.values()) == batch_rfm(events, SETTINGS)
     clocks = {processor.watermark_ms for processor in processors}
     assert len(clocks) == 1  # every worker ends on the same event-time clock

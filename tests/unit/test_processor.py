@@ -46,7 +46,7 @@ def rec(offset: int, key: bytes | None, value: bytes | None, topic: str = "order
 def test_scores_converts_currency_and_builds_profiles():
     out, store = run([rec(0, b"A", order("1", "A", 10)), rec(1, b"A", order("2", "A", 10, "EUR"))])
     assert store[b"A"].orders.revenue_cents == 2100
-    [profile] = out.profiles
+    [profile] = [p.model() for p in out.profiles]
     assert profile.customer_id == "A" and profile.revenue == Decimal("21.00") and profile.orders == 2
     assert out.counts == {("order", "scored"): 2}
 
@@ -99,7 +99,7 @@ def test_a_replay_of_duplicates_only_still_refreshes_profiles():
     _, store = run(batch)
     out, _ = run(batch, store)  # a fresh processor (new worker), same recovered state
     assert out.counts == {("order", "duplicate"): 1}
-    assert [p.customer_id for p in out.profiles] == ["A"] and out.profiles[0].revenue == Decimal("5.00")
+    assert [p.customer_id for p in out.profiles] == ["A"] and out.profiles[0].model().revenue == Decimal("5.00")
 
 
 def test_other_kinds_are_validated_and_counted():

@@ -1,0 +1,242 @@
+"""The profile sink's hand-packed write against a real redis-server: what lands, and what counts as a failure.
+
+The sink sends one hiredis-packed buffer on a pooled connection instead of
+redis-py's pipeline; these pin down that the hashes and the VIP set come out
+as before, that an error reply for one command keeps the batch pending (as the
+pipeline's raise-on-error did) and that the client's password reaches the
+pooled connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import redis
+from redis.asyncio import Connection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from benchmarks.harness import template_states
+from pulse.devstack import Server, free_port, redis_binary, start_redis, stop_process
+from pulse.settings import Settings
+from schemas.profile import CustomerProfile, RenderedProfile, render_profile
+from scoring.customer import assess_customer
+from streams import metrics
+from streams.sinks.redis_profiles import RedisProfileSink, pack_batch, pack_profile, profile_key, vip_key
+
+pytestmark = pytest.mark.e2e
+
+SETTINGS = Settings(_env_file=None)
+CONFIG = SETTINGS.scoring()
+TEMPLATES = template_states(200, 7)
+PASSWORD = "sink-test-password"
+#: fail at once instead of redis-py's default three retries with back-off
+NO_RETRY = {"retry": Retry(NoBackoff(), 0)}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = start_redis(tmp_path_factory.mktemp("sink-redis"))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"sink{uuid.uuid4().hex[:8]}:"
+
+
+def url(port: int) -> str:
+    return f"redis://127.0.0.1:{port}/0"
+
+
+def rendered(n: int, vip: bool | None = None) -> list[RenderedProfile]:
+    """Realistic profiles (templates at their clock); ``vip`` forces the flag, else the template's."""
+    out = []
+    for i in range(n):
+        state = TEMPLATES.states[i % len(TEMPLATES.states)]
+        if vip is not None:
+            state = replace(state, vip=vip)
+        clv, risk = assess_customer(state, TEMPLATES.clock_ms, 30.0, CONFIG)
+        out.append(render_profile(f"C{i:05d}", state, TEMPLATES.clock_ms, CONFIG, "USD", clv, risk))
+    return out
+
+
+def flat(fields: dict[str, str]) -> tuple[str, ...]:
+    return tuple(x for kv in fields.items() for x in kv)
+
+
+def errors() -> float:
+    return metrics.REDIS_WRITE_ERRORS._value.get()
+
+
+def test_the_packed_write_is_the_bytes_redis_py_would_send():
+    """Same commands and arguments as redis-py's hset(mapping=...), zadd(mapping) and zrem(*members), and the
+    scores as the old sink sent them (float of the edge model's Decimal)."""
+    conn = Connection()
+    profiles = rendered(30, vip=True)[:12] + rendered(30, vip=False)[12:]
+    batch = {p.customer_id: pack_profile(p, "p:", "revenue") for p in profiles}
+    commands = [
+        ("HSET", profile_key("p:", p.customer_id), *[x for kv in p.fields.items() for x in kv]) for p in profiles
+    ]
+    added = [x for p in profiles if p.vip for x in (float(p.model().revenue), p.customer_id)]
+    commands.append(("ZADD", vip_key("p:"), *added))
+    commands.append(("ZREM", vip_key("p:"), *[p.customer_id for p in profiles if not p.vip]))
+    assert pack_batch(batch, "p:") == (b"".join(conn.pack_commands(commands)), len(commands))
+    # a batch without VIPs (or without non-VIPs) sends no empty ZADD (ZREM): Redis would reply an error
+    assert pack_batch(dict(list(batch.items())[12:]), "p:")[1] == 18 + 1
+
+
+async def test_profiles_land_with_exactly_their_fields_and_the_vip_set(server: Server, prefix: str):
+    sink = RedisProfileSink(url(server.port), prefix, 1.0, "profit")
+    client = redis.Redis(port=server.port, decode_responses=True)
+    try:
+        profiles = rendered(300)
+        vips = {p.customer_id for p in profiles if p.vip}
+        assert vips and len(vips) < len(profiles)
+        sink.submit(profiles)
+        assert sink.pending == len(profiles)
+        assert await sink.flush()
+        assert sink.pending == 0
+        pipe = client.pipeline()
+        for p in profiles:
+            pipe.hgetall(profile_key(prefix, p.customer_id))
+        for p, got in zip(profiles, pipe.execute(), strict=True):
+            assert got == p.fields
+            assert CustomerProfile.from_redis(got) == p.model()
+        members = dict(client.zrange(vip_key(prefix), 0, -1, withscores=True))
+        assert members == {p.customer_id: float(p.fields["profit"]) for p in profiles if p.vip}
+
+        # the latest profile per customer wins; leaving VIP removes it from the set
+        first = next(p for p in profiles if p.vip)
+        older = RenderedProfile(first.customer_id, True, flat({**first.fields, "orders": "1"}))
+        newer = RenderedProfile(first.customer_id, False, flat({**first.fields, "vip": "False", "orders": "2"}))
+        sink.submit([older])
+        sink.submit([newer])
+        assert sink.pending == 1 and await sink.flush()
+        assert client.hget(profile_key(prefix, first.customer_id), "orders") == "2"
+        assert client.zscore(vip_key(prefix), first.customer_id) is None
+    finally:
+        await sink.close()
+        client.close()
+
+
+async def test_an_error_reply_is_a_failure_and_the_profiles_stay_pending(server: Server, prefix: str):
+    sink = RedisProfileSink(url(server.port), prefix, 0.2)
+    recovered: list[bool] = []
+    sink.on_recovered = lambda: recovered.append(True)
+    client = redis.Redis(port=server.port, decode_responses=True)
+    try:
+        good, bad = rendered(2)
+        client.set(profile_key(prefix, bad.customer_id), "not a hash")  # HSET replies WRONGTYPE
+        before = errors()
+        sink.submit([good, bad])
+        assert await sink.flush() is False
+        assert errors() == before + 1
+        assert sink.pending == 2  # the whole batch, as the pipeline's raise-on-error kept it
+        # every reply was read: the pooled connection is still in step for the next command
+        assert client.hgetall(profile_key(prefix, good.customer_id)) == good.fields
+        client.delete(profile_key(prefix, bad.customer_id))
+        deadline = time.monotonic() + 10
+        while not recovered and time.monotonic() < deadline:  # the sink's own retry writes them
+            await asyncio.sleep(0.05)
+        assert sink.pending == 0 and recovered == [True]
+        assert client.hgetall(profile_key(prefix, bad.customer_id)) == bad.fields
+        # and the connection the sink reused answers correctly afterwards
+        sink.submit([good])
+        assert await sink.flush()
+    finally:
+        await sink.close()
+        client.close()
+
+
+async def test_redis_down_is_a_failure_not_an_exception(prefix: str):
+    sink = RedisProfileSink(url(free_port()), prefix, 0.2, client_kwargs=NO_RETRY)
+    try:
+        before = errors()
+        sink.submit(rendered(3))
+        assert await sink.flush() is False
+        assert errors() >= before + 1 and sink.pending == 3
+    finally:
+        sink._retry_task.cancel()
+        await sink.close()
+
+
+def wait_port(port: int, proc: subprocess.Popen, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"redis-server with a password did not listen on {port}")
+
+
+async def test_the_client_password_reaches_the_pooled_connection(tmp_path: Path, prefix: str):
+    port = free_port()
+    cmd = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    proc = subprocess.Popen(
+        [*cmd, "--requirepass", PASSWORD, "--dir", str(tmp_path)],
+        stdout=(tmp_path / "redis.log").open("wb"),
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        wait_port(port, proc)
+        [profile] = rendered(1)
+        with_password = RedisProfileSink(url(port), prefix, 0.2, client_kwargs={"password": PASSWORD, **NO_RETRY})
+        without = RedisProfileSink(url(port), prefix, 0.2, client_kwargs=NO_RETRY)
+        try:
+            with_password.submit([profile])
+            assert await with_password.flush()
+            without.submit([profile])
+            assert await without.flush() is False and without.pending == 1
+        finally:
+            if without._retry_task is not None:
+                without._retry_task.cancel()
+            await with_password.close()
+            await without.close()
+        client = redis.Redis(port=port, password=PASSWORD, decode_responses=True)
+        assert client.hgetall(profile_key(prefix, profile.customer_id)) == profile.fields
+        client.close()
+    finally:
+        stop_process(proc)
+
+
+async def test_a_redis_that_stops_answering_times_out_and_the_retry_writes_later(tmp_path: Path, prefix: str):
+    """The socket timeout bounds the reading of the whole batch's replies (the sink reads them under one timer)."""
+    srv = start_redis(tmp_path)
+    sink = RedisProfileSink(url(srv.port), prefix, 0.2, client_kwargs={"socket_timeout": 0.5, **NO_RETRY})
+    recovered: list[bool] = []
+    sink.on_recovered = lambda: recovered.append(True)
+    try:
+        first, second = rendered(2)
+        sink.submit([first])
+        assert await sink.flush()  # connected
+        srv.proc.send_signal(signal.SIGSTOP)
+        sink.submit([second])
+        started = time.monotonic()
+        assert await sink.flush() is False
+        assert time.monotonic() - started < 3 and sink.pending == 1
+        srv.proc.send_signal(signal.SIGCONT)
+        deadline = time.monotonic() + 10
+        while not recovered and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert recovered and sink.pending == 0
+        client = redis.Redis(port=srv.port, decode_responses=True)
+        assert client.hgetall(profile_key(prefix, second.customer_id)) == second.fields
+        client.close()
+    finally:
+        srv.proc.send_signal(signal.SIGCONT)
+        await sink.close()
+        srv.stop()
