@@ -73,6 +73,8 @@ DRAIN_SECONDS = 20.0
 POLL_SECONDS = 0.2
 #: Tracer events per second in the latency phase (about half of them raise an alert).
 TRACERS_PER_SECOND = 50
+#: the latency phase also reports the alert p99 of the tracers produced in each window of this length
+LATENCY_WINDOW_SECONDS = 5.0
 #: py-spy samples per second.
 SPY_RATE = 100
 #: Customer ids of the latency tracers start with this (left out of the state sizes).
@@ -520,7 +522,12 @@ class Bench:
 
         redis_lat = list(to_redis.values())
         alert_lat = list(to_alert.values())
+        # p99 by window of production time: a tail only at the start is the warm-up, throughout is steady state
+        windows: dict[int, list[float]] = collections.defaultdict(list)
+        for cid, lat in to_alert.items():
+            windows[int((sent_at[cid] - started) // LATENCY_WINDOW_SECONDS)].append(lat)
         return {
+            "alert_p99_ms_by_window": [ms(windows[w], 0.99) for w in sorted(windows)],
             "rate_target": round(rate, 1),
             "rate_achieved": round(sent / produced_seconds, 1),
             "seconds": round(produced_seconds, 2),
@@ -1151,6 +1158,8 @@ def report(r: dict[str, Any]) -> str:
             f"p99 {_fmt(lat['alert_p99_ms'])} ms, max {_fmt(lat['alert_max_ms'])} ms "
             f"({lat['alerts_seen']}/{lat['alert_tracers']} seen)"
         )
+        by_window = ", ".join(_fmt(v) for v in lat.get("alert_p99_ms_by_window", []))
+        lines.append(f"    alert p99 per {LATENCY_WINDOW_SECONDS:g} s of production (ms): {by_window}")
     if "worker" in r.get("latency", {}):
         w = r["latency"]["worker"]
         lines.append(

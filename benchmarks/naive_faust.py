@@ -24,7 +24,7 @@ import faust
 import orjson
 from prometheus_client import Counter, Gauge, start_http_server
 
-from streams import faust_fixes
+from streams import faust_fixes, faust_tuning
 
 EVENTS = Counter("naive_events", "Events processed by the naive agent.")
 FIRST = Gauge("naive_first_event_seconds", "Wall time of the first event processed (Unix time).")
@@ -33,6 +33,7 @@ LAST = Gauge("naive_last_event_seconds", "Wall time of the last event processed 
 
 def build() -> faust.App:
     faust_fixes.apply()
+    faust_tuning.set_fetch_max_wait_ms(int(os.environ.get("PULSE_CONSUMER_FETCH_MAX_WAIT_MS", "100")))
     partitions = int(os.environ.get("NAIVE_PARTITIONS", "4"))
     app = faust.App(
         os.environ["NAIVE_APP_ID"],

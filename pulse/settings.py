@@ -137,6 +137,18 @@ class Settings(BaseSettings):
     sweep_customers_per_tick: int = Field(
         2000, ge=1, description="Customers re-scored per partition and tick as the population moves."
     )
+    consumer_fetch_max_wait_ms: int = Field(
+        100,
+        ge=1,
+        description="Longest a fetch waits on the broker for records (Faust hard-codes 1,500 ms; Tansu holds each "
+        "fetch that long even when records arrive, which delays them by up to that much).",
+    )
+    sweep_round_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="Pace of the sweep: each tick re-scores the share of a partition that makes a round take this "
+        "long (at most sweep_customers_per_tick); 0: sweep_customers_per_tick every tick.",
+    )
     profile_refresh_seconds: float = Field(
         3600.0,
         ge=0,

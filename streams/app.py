@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import faust
 
 from pulse.settings import Settings
-from streams import faust_fixes
+from streams import faust_fixes, faust_tuning
 from streams.security import broker_credentials
 from streams.tables import CustomerStateTable
 
@@ -31,6 +31,7 @@ class PulseApp:
 
 def create_app(settings: Settings) -> PulseApp:
     faust_fixes.apply()
+    faust_tuning.set_fetch_max_wait_ms(settings.consumer_fetch_max_wait_ms)
     app = faust.App(
         settings.app_id,
         broker=settings.broker_url,

@@ -8,6 +8,7 @@ function calls.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -206,10 +207,23 @@ class BatchProcessor:
         for partition in sorted(present & set(self.population.local)):
             render.update(self.check_due(partition, self.settings.churn_due_per_batch, load, out, now))
         for partition in sorted(ticks):
-            render.update(self.sweep(partition, self.settings.sweep_customers_per_tick, load, out, now))
+            render.update(self.sweep(partition, self._sweep_limit(partition), load, out, now))
         self._retag(out)
         out.profiles = self.profiles(render, now, out.assessed)
         return out
+
+    def _sweep_limit(self, partition: int) -> int:
+        """Customers one tick re-scores: a round of the partition every ``sweep_round_seconds``, so a small
+        population is not re-scored every second, capped at ``sweep_customers_per_tick`` for a large one.
+
+        The population moves a little with every event; rounds only let customers who place no order
+        follow its drift (an event re-scores its customer at once)."""
+        cap = self.settings.sweep_customers_per_tick
+        round_seconds = self.settings.sweep_round_seconds
+        if not round_seconds:
+            return cap
+        members = len(self.population.partition(partition).members)
+        return max(1, min(cap, math.ceil(members * self.settings.sweep_tick_seconds / round_seconds)))
 
     def _population_stands(self) -> None:
         """The events are applied and the population stands still for the rest of the batch: what every

@@ -74,6 +74,8 @@ def namespace(devstack: DevStack, tmp_path: Path) -> Namespace:
         "PULSE_PARTITIONS": "4",
         # nested and not yet there, as on a fresh checkout
         "PULSE_DATA_DIR": str(tmp_path / "state" / "data"),
+        # the tests wait for convergence: every tick sweeps up to PULSE_SWEEP_CUSTOMERS_PER_TICK
+        "PULSE_SWEEP_ROUND_SECONDS": "0",
         "PULSE_BROKER_REBALANCE_TIMEOUT": "3",
         "PULSE_BROKER_SESSION_TIMEOUT": "6",
         "PULSE_BROKER_HEARTBEAT_INTERVAL": "0.5",
