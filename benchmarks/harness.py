@@ -7,6 +7,8 @@ four-kind mix (orders 60 %, support 25 %, surveys 10 %, complaints 5 %) to fresh
    of a Python consumer;
 2. **naive**: ``benchmarks/naive_faust.py``, one Faust agent that decodes each event and updates one
    table entry (memory store, the worker's consumer settings): the baseline;
+   **faust**: the same agent in batches of ``stream.take_events`` doing nothing but decode: the
+   ceiling of any scorer built on Faust's stream (what Faust costs per event on this machine);
 3. **full**: ``python -m pulse worker`` with its real settings (all scoring, changelog, Redis
    write-behind), timed from its first to its last scored event by ``pulse_events_total``;
    then its peak RSS (``VmHWM``) and the bytes of state per customer (the last value of every key of
@@ -53,7 +55,7 @@ from typing import Any
 import orjson
 
 REPO = Path(__file__).resolve().parent.parent
-PHASES = ("raw", "naive", "full", "latency", "state", "scaling", "cost", "recovery")
+PHASES = ("raw", "naive", "faust", "full", "latency", "state", "scaling", "cost", "recovery")
 
 #: Targets of the performance issue (per worker, on the project's 2-core machine).
 TARGETS = {
@@ -284,11 +286,13 @@ class Bench:
             raise RuntimeError(f"raw consumer read {count} of {n} records in {PHASE_SECONDS}s")
         return {"events": count, "seconds": round(seconds, 3), "events_per_second": round(count / seconds, 1)}
 
-    def naive(self, env: dict[str, str], n: int) -> dict[str, Any]:
+    def naive(self, env: dict[str, str], n: int, mode: str = "table") -> dict[str, Any]:
+        """``mode``: "table" (one table update per event) or "take" (batches, no work: Faust's own ceiling)."""
         settings = self.settings(env)
         naive_env = {
             **env,
-            "NAIVE_APP_ID": f"bench-naive-{self.args.run_tag}",
+            "NAIVE_MODE": mode,
+            "NAIVE_APP_ID": f"bench-naive-{mode}-{self.args.run_tag}",
             "NAIVE_TOPICS": ",".join(settings.input_topics().values()),
             "NAIVE_PARTITIONS": str(settings.partitions),
         }
@@ -934,7 +938,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     try:
         tag = args.run_tag
-        kafka_phases = {"raw", "naive", "full"} - skip
+        kafka_phases = {"raw", "naive", "faust", "full"} - skip
         if set(PHASES) - {"cost"} - skip:
             bench.stack = DevStack.start(log_dir)
         if kafka_phases or "scaling" not in skip:
@@ -956,6 +960,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if "naive" not in skip:
                 result["naive"] = bench.naive(env, n)
                 log(f"naive: {result['naive']['events_per_second']:.0f} events/s")
+            if "faust" not in skip:
+                result["faust"] = bench.naive(env, n, mode="take")
+                log(f"faust take_events, no work: {result['faust']['events_per_second']:.0f} events/s")
             if "full" not in skip:
                 keep = "latency" not in skip
                 full = bench.run_workers(f"full{tag}", env, 1, n, keep=keep)
@@ -1127,7 +1134,11 @@ def report(r: dict[str, Any]) -> str:
         lines.append(f"events: {r['events']:,} for {r['customers']:,} customers ({mix})")
     lines.append("")
     lines.append(f"{'phase':<44} {'events/s':>12} {'seconds':>9}")
-    for name, label in (("raw", "(1) raw aiokafka consumer"), ("naive", "(2) naive Faust agent (1 table update)")):
+    for name, label in (
+        ("raw", "(1) raw aiokafka consumer"),
+        ("naive", "(2) naive Faust agent (1 table update)"),
+        ("faust", "    Faust take_events, no work (ceiling)"),
+    ):
         if name in r:
             lines.append(f"{label:<44} {_fmt(r[name]['events_per_second']):>12} {_fmt(r[name]['seconds']):>9}")
     if "full" in r:

@@ -6,19 +6,23 @@ Run by the harness as a subprocess (``python benchmarks/naive_faust.py``), confi
 * ``NAIVE_APP_ID``: app id (consumer group and changelog prefix), unique per run;
 * ``NAIVE_TOPICS``: the input topics, comma-separated (keyed by customer id);
 * ``NAIVE_PARTITIONS``: their partition count (the table's too);
+* ``NAIVE_MODE``: ``take`` for batches of ``stream.take_events`` that only decode (Faust's own ceiling);
+  otherwise one table update per event;
+* ``PULSE_EVENT_LOOP``, ``PULSE_CONSUMER_FETCH_MAX_WAIT_MS``: as the worker's settings (uvloop, 100 ms);
 * ``NAIVE_METRICS_PORT``: Prometheus endpoint with ``naive_events_total`` and the wall times of the
   first and last event processed (``naive_first_event_seconds``, ``naive_last_event_seconds``).
 
 Same consumer settings as the real worker (short group timeouts as in the tests, ``earliest``, acks
-all, the transport fixes of ``streams.faust_fixes``), memory store. Per event: decode the JSON and
-``table[customer_id] += 1``, which Faust sends to the changelog through its producer buffer: what a
-first Faust version of the scorer would do, without any scoring.
+all, the transport fixes of ``streams.faust_fixes``, its fetch wait and event loop), memory store.
+Per event: decode the JSON and ``table[customer_id] += 1``, which Faust sends to the changelog
+through its producer buffer: what a first Faust version of the scorer would do, without any scoring.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import faust
 import orjson
@@ -35,10 +39,14 @@ def build() -> faust.App:
     faust_fixes.apply()
     faust_tuning.set_fetch_max_wait_ms(int(os.environ.get("PULSE_CONSUMER_FETCH_MAX_WAIT_MS", "100")))
     partitions = int(os.environ.get("NAIVE_PARTITIONS", "4"))
+    datadir = Path(os.environ.get("PULSE_DATA_DIR", ".pulse/naive"))
+    datadir.mkdir(parents=True, exist_ok=True)  # Faust makes the last level only
     app = faust.App(
         os.environ["NAIVE_APP_ID"],
         broker=os.environ["PULSE_BROKER_URL"],
         store="memory://",
+        # Faust makes a data dir even for the memory store: the phase's own, not the current directory
+        datadir=datadir,
         topic_partitions=partitions,
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=float(os.environ.get("PULSE_BROKER_SESSION_TIMEOUT", "6")),
@@ -85,7 +93,7 @@ def build() -> faust.App:
 
 
 def main() -> None:
-    if os.environ.get("NAIVE_UVLOOP") == "1":
+    if os.environ.get("PULSE_EVENT_LOOP", "uvloop") == "uvloop":  # as the worker
         import uvloop
 
         uvloop.install()

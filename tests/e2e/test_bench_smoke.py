@@ -53,7 +53,7 @@ def test_bench_smoke(tmp_path):
 
     assert r["events"] == 2000
     assert set(r["mix"]) == {"order", "support", "survey", "complaint"}
-    for phase in ("raw", "naive", "full"):
+    for phase in ("raw", "naive", "faust", "full"):
         assert positive(r[phase]["events_per_second"]), (phase, r[phase])
         assert positive(r[phase]["seconds"]), (phase, r[phase])
     assert positive(r["full"]["peak_rss_mib"][0])
@@ -67,6 +67,7 @@ def test_bench_smoke(tmp_path):
     for key in ("redis_p50_ms", "redis_p99_ms", "alert_p50_ms", "alert_p99_ms"):
         assert positive(lat[key]), (key, lat)
     assert lat["redis_p50_ms"] <= lat["redis_p99_ms"] and lat["alert_p50_ms"] <= lat["alert_p99_ms"]
+    assert lat["alert_p99_ms_by_window"] and all(positive(v) for v in lat["alert_p99_ms_by_window"]), lat
 
     state = r["state"]
     assert state["customers"] == r["customers"]
