@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import gc
 import json
 import math
 import os
@@ -746,6 +747,7 @@ def cost_per_event(size: int, templates: Templates, events: int, seed: int, part
     from streams.sinks.redis_profiles import pack_batch, pack_profile
 
     settings = Settings(_env_file=None, partitions=partitions)
+    gc.set_threshold(*settings.gc_thresholds)  # as the worker runs
     topics = settings.input_topics()
     variants = templates.variant(partitions)
     t = len(variants)

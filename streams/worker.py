@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from pathlib import Path
 
 import faust
@@ -21,6 +22,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     pulse = create_app(settings)
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.metrics_host)
+    gc.set_threshold(*settings.gc_thresholds)
     if settings.event_loop == "uvloop":
         import uvloop
 
