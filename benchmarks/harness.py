@@ -474,20 +474,23 @@ class Bench:
                             if cid in alert_tracers and cid not in to_alert:
                                 to_alert[cid] = now - sent_at[cid]
 
+            # Redis tells when a tracer's profile is written (keyspace notifications for hash commands):
+            # polling hundreds of keys every few ms loaded Redis and the two cores the worker runs on
+            key_prefix = f"{settings.redis_key_prefix}profile:"
+            channel_prefix = f"__keyspace@{client.connection_pool.connection_kwargs.get('db', 0)}__:{key_prefix}"
+            await client.config_set("notify-keyspace-events", "Kh")
+            pubsub = client.pubsub()
+            await pubsub.psubscribe(f"{channel_prefix}{TRACER_PREFIX.decode()}{tag}*")
+
             async def poll_redis() -> None:
-                prefix = settings.redis_key_prefix
                 while not stop.is_set():
-                    pending = [cid for cid in sent_at if cid not in to_redis]
-                    if pending:
-                        async with client.pipeline(transaction=False) as pipe:
-                            for cid in pending:
-                                pipe.exists(f"{prefix}profile:{cid}")
-                            found = await pipe.execute()
-                        now = time.monotonic()
-                        for cid, hit in zip(pending, found, strict=True):
-                            if hit:
-                                to_redis[cid] = now - sent_at[cid]
-                    await asyncio.sleep(0.005)
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.05)
+                    if message is None:
+                        continue
+                    now = time.monotonic()
+                    cid = message["channel"].decode()[len(channel_prefix) :]
+                    if cid in sent_at and cid not in to_redis:
+                        to_redis[cid] = now - sent_at[cid]
 
             readers = [asyncio.ensure_future(read_alerts()), asyncio.ensure_future(poll_redis())]
             sent = 0
@@ -516,6 +519,7 @@ class Bench:
                 await asyncio.sleep(0.05)
             stop.set()
             await asyncio.gather(*readers, return_exceptions=True)
+            await pubsub.aclose()
         finally:
             await producer.stop()
             await consumer.stop()
