@@ -9,7 +9,7 @@ import faust
 from pulse.settings import Settings
 from streams import faust_fixes, faust_tuning
 from streams.security import broker_credentials
-from streams.tables import CustomerStateTable
+from streams.tables import CustomerStateTable, table_manager
 
 RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 
@@ -48,6 +48,7 @@ def create_app(settings: Settings) -> PulseApp:
         broker_credentials=broker_credentials(settings),
         web_enabled=False,
         table_standby_replicas=0,
+        TableManager=table_manager(settings),
     )
     names = list(settings.input_topics().values())
     # the ticks ride in the same channel, so a sweep runs inside a batch's checkpoint
