@@ -252,6 +252,13 @@ class IndicatorSums:
             for bucket, n in zip(row[TICKET_HEAD::2], row[TICKET_HEAD + 1 :: 2], strict=True):
                 hist[bucket] = hist.get(bucket, 0) + sign * n
 
+    def add_rows(self, voice_days: Mapping[int, list[int]], ticket_days: Mapping[int, list[int]]) -> None:
+        """Count one more customer's day rows (``move`` from nothing, without comparing)."""
+        for day, row in voice_days.items():
+            self._voice(day, row, 1)
+        for day, row in ticket_days.items():
+            self._tickets(day, row, 1)
+
     def move(self, before: Contribution, after: Contribution) -> bool:
         """One customer's rows went from ``before`` to ``after``; True if anything changed."""
         changed = False

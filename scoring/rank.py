@@ -76,11 +76,31 @@ class RankIndex:
         """The non-zero counts: a compact, mergeable snapshot."""
         return dict(self._counts)
 
+    def add_counts(self, counts: dict[int, int]) -> None:
+        """Insert ``counts[key]`` values of each key: the same as ``add`` for each, and into an empty index
+        one linear pass over the tree instead of a log-domain walk per key (a rebuild of a million)."""
+        if self.total:
+            for key, n in counts.items():
+                self.add(key, n)
+            return
+        tree, size, mine = self._tree, self.size, self._counts
+        for key, n in counts.items():
+            if n < 0:
+                raise ValueError(f"removing key {key} more often than it was added")
+            if n:
+                key = self.clamp(key)
+                mine[key] = mine.get(key, 0) + n
+                tree[key + 1] += n
+                self.total += n
+        for i in range(1, size + 1):
+            parent = i + (i & -i)
+            if parent <= size:
+                tree[parent] += tree[i]
+
     @classmethod
     def from_counts(cls, size: int, counts: dict[int, int]) -> RankIndex:
         index = cls(size)
-        for key, n in counts.items():
-            index.add(key, n)
+        index.add_counts(counts)
         return index
 
 

@@ -131,12 +131,7 @@ class BatchProcessor:
         self.population.drop(partitions)
         for partition in partitions:
             self.population.partition(partition)
-        n = 0
-        for key, state in states:
-            if state.partition in partitions:
-                self.population.add_state(state.partition, key, state)
-                n += 1
-        return n
+        return self.population.add_states(partitions, states)
 
     @property
     def watermark_ms(self) -> int | None:
