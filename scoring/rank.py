@@ -77,9 +77,10 @@ class RankIndex:
         return dict(self._counts)
 
     def add_counts(self, counts: dict[int, int]) -> None:
-        """Insert ``counts[key]`` values of each key: the same as ``add`` for each, and into an empty index
-        one linear pass over the tree instead of a log-domain walk per key (a rebuild of a million)."""
-        if self.total:
+        """Insert ``counts[key]`` values of each key: the same as ``add`` for each; into an empty index with
+        many distinct keys, one linear pass over the tree instead of a log-domain walk per key (a rebuild)."""
+        if self.total or len(counts) * self.size.bit_length() < self.size:
+            # few keys (a snapshot's sparse counts, an empty partition): a log walk each is cheaper
             for key, n in counts.items():
                 self.add(key, n)
             return

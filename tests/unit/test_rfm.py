@@ -144,3 +144,16 @@ def test_partitions_merge_by_adding_counts():
             merged.add(key, n)
     for key in range(0, 1000, 37):
         assert percentile(parts, key) == percentile(whole, key) == percentile(merged, key)
+
+
+@given(st.integers(1, 300), st.dictionaries(st.integers(-5, 320), st.integers(0, 50), max_size=120))
+def test_an_index_filled_from_counts_equals_one_add_per_key(size, counts):
+    """``RankIndex.add_counts`` builds the tree in one linear pass when the keys are many (a rebuild), by log
+    walks when they are few: both must give the tree, counts and totals of adding each key."""
+    one_by_one = RankIndex(size)
+    for key, n in counts.items():
+        one_by_one.add(key, n)
+    bulk = RankIndex.from_counts(size, counts)
+    assert (bulk.total, bulk._tree, bulk._counts) == (one_by_one.total, one_by_one._tree, one_by_one._counts)
+    for key in range(-1, size + 2):
+        assert bulk.count_below(key) == one_by_one.count_below(key)
