@@ -20,9 +20,9 @@ from schemas.alerts import AlertReason
 from scoring.churn import ChurnAssessment, Reason
 from scoring.clv import ClvSignals
 from scoring.customer import CustomerState, ScoringConfig, assess_customer
-from scoring.orders import order_signals
-from scoring.service import service_signals
-from scoring.voice import voice_signals
+from scoring.orders import OrderSignals, order_signals
+from scoring.service import ServiceSignals, service_signals
+from scoring.voice import VoiceSignals, voice_signals
 
 
 def cents_to_money(cents: int) -> Decimal:
@@ -44,6 +44,26 @@ def ms_to_datetime(ms: int) -> datetime:
 
 def _at(ms: int | None) -> datetime | None:
     return None if ms is None else ms_to_datetime(ms)
+
+
+def profile_signals(
+    state: CustomerState,
+    now_ms: int,
+    config: ScoringConfig,
+    clv: ClvSignals | None,
+    risk: ChurnAssessment | None,
+) -> tuple[ClvSignals, ChurnAssessment, OrderSignals, VoiceSignals, ServiceSignals]:
+    """Everything a profile shows, as ``state, now -> signals``: both renderings (the pydantic edge model and
+    the worker's fast path) take it from here, so they cannot drift apart."""
+    if clv is None or risk is None:
+        clv, risk = assess_customer(state, now_ms, None, config)
+    return (
+        clv,
+        risk,
+        order_signals(state.orders, now_ms, config.orders),
+        voice_signals(state.voice, now_ms, config.voice),
+        service_signals(state.service, now_ms, config.service),
+    )
 
 
 class CustomerProfile(BaseModel):
@@ -117,11 +137,7 @@ class CustomerProfile(BaseModel):
         risk: ChurnAssessment | None = None,
     ) -> CustomerProfile:
         """``clv``/``risk``: as the worker assessed them (with the population's purchase gap); else assessed here."""
-        if clv is None or risk is None:
-            clv, risk = assess_customer(state, now_ms, None, config)
-        sig = order_signals(state.orders, now_ms, config.orders)
-        voice = voice_signals(state.voice, now_ms, config.voice)
-        service = service_signals(state.service, now_ms, config.service)
+        clv, risk, sig, voice, service = profile_signals(state, now_ms, config, clv, risk)
         return cls(
             customer_id=customer_id,
             currency=currency,
@@ -288,11 +304,7 @@ def profile_args(
 ) -> tuple[str, ...]:
     """The profile's HSET arguments, field, value, field, value, ...: ``profile_fields`` flat, so the sink
     packs them without flattening a dict."""
-    if clv is None or risk is None:
-        clv, risk = assess_customer(state, now_ms, None, config)
-    sig = order_signals(state.orders, now_ms, config.orders)
-    voice = voice_signals(state.voice, now_ms, config.voice)
-    service = service_signals(state.service, now_ms, config.service)
+    clv, risk, sig, voice, service = profile_signals(state, now_ms, config, clv, risk)
     cell = state.rfm_cell
     csat_satisfied = voice.csat_satisfied
     worst_severity = voice.complaint_worst_severity
