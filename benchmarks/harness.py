@@ -22,7 +22,8 @@ four-kind mix (orders 60 %, support 25 %, surveys 10 %, complaints 5 %) to fresh
    encode the state, render the Redis fields), no Kafka, against populations of 10k, 100k (1M)
    customers cloned from a realistically scored history;
 7. **recovery** (``--recovery N``): N customers' states written to the changelog topic, then a fresh
-   worker with ``PULSE_STORE=rocksdb://`` is timed until it scored its first event.
+   worker with ``PULSE_STORE=rocksdb://`` is timed until it scored its first event; then it scores
+   ``--recovery-events`` events of the mix for customers among the N (RocksDB reads, a population of N).
 
 Each phase has its own topics, app id and Redis prefix, so phases never see each other. Every wait
 is bounded. The result is a table (each number next to its target: met, or missed by how much) or,
@@ -425,6 +426,51 @@ class Bench:
             return {"error": f"py-spy wrote no profile; see {out.with_suffix('.log')}"}
         return summarise_collapsed(out, elapsed)
 
+    def _score_at_scale(self, proc: Proc, settings: Any, n: int) -> dict[str, Any]:
+        """The recovered worker then scores a backlog of the mix for random customers among its ``n``
+        (RocksDB reads, a population of ``n``): events/s over the polls from just before the backlog's first
+        scored event to its last."""
+        from pulse.simulate import generate_events, send
+        from streams.security import kafka_client_kwargs
+
+        k = self.args.recovery_events
+        rng = random.Random(self.args.seed + 3000)
+        live = generate_events(200, 30, seed=self.args.seed + 3000)
+        events = []
+        for i in range(k):
+            kind, event = live_event(live[i % len(live)], i)
+            events.append((kind, {**event, "customer_id": f"R{rng.randrange(n):08d}"}))
+        # the checkpoints of the backlog only (the first one also rebuilt the population)
+        before_text = proc.metrics()
+        asyncio.run(send(kafka_client_kwargs(settings), settings.input_topics(), events))
+        samples: list[tuple[float, float]] = []
+        text = self._wait_count([proc], "pulse_events_total", "", 1 + k, samples=samples)
+        # from the last poll before the backlog's first event was counted (the backlog was all produced by then)
+        before = [(t, c) for t, c in samples if c <= 1]
+        first_t, first_c = before[-1] if before else samples[0]
+        last_t, last_c = samples[-1]
+        seconds = max(last_t - first_t, POLL_SECONDS)
+        return {
+            "scored_events": k,
+            "scored_events_per_second": round((last_c - first_c) / seconds, 1),
+            "scored_checkpoint_ms_mean": round(
+                1000
+                * (
+                    metric_sum(text, "pulse_checkpoint_seconds_sum")
+                    - metric_sum(before_text, "pulse_checkpoint_seconds_sum")
+                )
+                / max(
+                    1,
+                    metric_sum(text, "pulse_checkpoint_seconds_count")
+                    - metric_sum(before_text, "pulse_checkpoint_seconds_count"),
+                ),
+                1,
+            ),
+            "swept_customers": int(
+                metric_sum(text, "pulse_swept_customers_total") - metric_sum(before_text, "pulse_swept_customers_total")
+            ),
+        }
+
     # ------------------------------------------------------------------ latency
 
     def latency(self, env: dict[str, str], rate: float, seconds: float) -> dict[str, Any]:
@@ -649,12 +695,14 @@ class Bench:
             else:
                 raise RuntimeError(f"the recovering worker scored nothing in {PHASE_SECONDS}s")
             first_event = time.monotonic() - t0
-            rss = peak_rss_bytes(proc.popen.pid)
             table_customers = int(metric_sum(text, "pulse_table_customers"))
             rebuild = metric_sum(text, "pulse_population_rebuild_seconds_sum")
+            scoring = self._score_at_scale(proc, settings, n) if self.args.recovery_events else {}
+            rss = peak_rss_bytes(proc.popen.pid)
         finally:
             proc.stop()
         return {
+            **scoring,
             "customers": written,
             "store": "rocksdb://",
             "changelog_write_seconds": round(preload_seconds, 2),
@@ -1209,6 +1257,12 @@ def report(r: dict[str, Any]) -> str:
             f"(population rebuild {rc['population_rebuild_seconds']}s), "
             f"{rc['table_customers']:,} customers in the table, peak RSS {rc['peak_rss_mib']} MiB"
         )
+        if "scored_events_per_second" in rc:
+            lines.append(
+                f"    then {rc['scored_events']:,} events of the mix for customers among them: "
+                f"{_fmt(rc['scored_events_per_second'])} events/s, "
+                f"checkpoint mean {rc['scored_checkpoint_ms_mean']} ms, {rc['swept_customers']:,} customers swept"
+            )
     prof = r.get("full", {}).get("profile")
     if prof and "self" in prof:
         lines.append("")
@@ -1249,6 +1303,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cost-events", type=int, default=20_000, help="events timed per population size")
     p.add_argument("--template-customers", type=int, default=2_000, help="customers scored to clone states from")
     p.add_argument("--recovery", type=int, default=0, help="customers to recover with RocksDB (0: skip)")
+    p.add_argument(
+        "--recovery-events", type=int, default=20_000, help="events then scored by the recovered worker (0: none)"
+    )
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--py-spy", action="store_true", help="profile the full worker with py-spy while it scores")

@@ -236,11 +236,14 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-#: Group timeouts for `pulse dev` (seconds): a first join takes about the rebalance timeout.
-DEV_GROUP_TIMEOUTS = {
+#: Settings `pulse dev` defaults (unless set): group timeouts (a first join takes about the rebalance timeout)
+#: and the sweep pace.
+DEV_DEFAULTS = {
     "PULSE_BROKER_REBALANCE_TIMEOUT": "3",
     "PULSE_BROKER_SESSION_TIMEOUT": "6",
     "PULSE_BROKER_HEARTBEAT_INTERVAL": "0.5",
+    # a demo population is small: let the sweep go round every 10 s, so the RFM cells settle while you watch
+    "PULSE_SWEEP_ROUND_SECONDS": "10",
 }
 
 
@@ -262,7 +265,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     try:
         env = {**stack.env(), "PULSE_METRICS_PORT": str(free_port()), "PULSE_API_PORT": str(free_port())}
         # A local broker with local workers: short group joins, unless set.
-        for name, value in DEV_GROUP_TIMEOUTS.items():
+        for name, value in DEV_DEFAULTS.items():
             env.setdefault(name, os.environ.get(name, value))
         _write_dev_env(env)
         os.environ.update(env)

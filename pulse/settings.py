@@ -157,10 +157,12 @@ class Settings(BaseSettings):
         "fetch that long even when records arrive, which delays them by up to that much).",
     )
     sweep_round_seconds: float = Field(
-        60.0,
+        300.0,
         ge=0,
         description="Pace of the sweep: each tick re-scores the share of a partition that makes a round take this "
-        "long (at most sweep_customers_per_tick); 0: sweep_customers_per_tick every tick.",
+        "long (at most sweep_customers_per_tick); 0: sweep_customers_per_tick every tick. Rounds only let customers "
+        "without new events follow the population's drift (1M customers, RocksDB: 2,254 events/s at 60 s, 2,798 at "
+        "600 s).",
     )
     profile_refresh_seconds: float = Field(
         3600.0,

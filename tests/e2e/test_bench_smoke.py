@@ -32,6 +32,8 @@ SMOKE = [
     "200",
     "--recovery",
     "1000",
+    "--recovery-events",
+    "300",
     "--json",
 ]
 
@@ -82,6 +84,7 @@ def test_bench_smoke(tmp_path):
     assert rec["customers"] == 1000
     assert rec["table_customers"] >= 1000
     assert positive(rec["first_event_seconds"])
+    assert rec["scored_events"] == 300 and positive(rec["scored_events_per_second"]), rec
 
     expected = {
         "full_events_per_second",
