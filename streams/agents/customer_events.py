@@ -165,10 +165,18 @@ def register(pulse: PulseApp) -> BatchProcessor:
     def write_behind() -> None:
         """Redis is a view of the table: the batch is acknowledged without waiting for it (one write in
         flight, the next takes everything submitted meanwhile). A profile lost in a crash is written again
-        by the first sweep round of the worker that takes over (see PopulationView.refresh_all)."""
+        by the first sweep round of the worker that takes over (see PopulationView.refresh_all); at a
+        rebalance, ``settle_profile_writes`` keeps a late write from overwriting the next owner's."""
         nonlocal flushing
         if flushing is None or flushing.done():
             flushing = asyncio.ensure_future(flush_pending())
+
+    @pulse.app.on_partitions_revoked.connect
+    async def settle_profile_writes(app: object, revoked: object, **kwargs: object) -> None:
+        # Awaited before the group rebalances on (Faust first waits for the batch in progress): the profiles
+        # of this worker's last batches reach Redis before the partitions' next owner writes newer ones.
+        dropped = await sink.settle(settings.shutdown_grace_seconds)
+        log.info("partitions revoked: profile writes settled, %d pending dropped (the sweep rewrites them)", dropped)
 
     async def checkpoint(events: Sequence[EventT]) -> None:
         started = time.perf_counter()

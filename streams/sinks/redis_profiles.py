@@ -166,6 +166,25 @@ class RedisProfileSink:
         if error is not None:
             raise error
 
+    async def settle(self, timeout: float) -> int:
+        """Wait (at most ``timeout`` s) for the write in flight, then drop what is still pending; returns how
+        many profiles were dropped.
+
+        For a rebalance: once this worker gives partitions up, a write of its own that lands late could
+        overwrite a newer profile written by their next owner. The owners re-write every profile of their
+        partitions in their first sweep round after the rebalance, so nothing dropped here stays missing.
+        """
+        try:
+            await asyncio.wait_for(self._lock.acquire(), timeout)
+        except TimeoutError:
+            log.warning("redis write still in flight after %.1fs at a rebalance: it may land late", timeout)
+        else:
+            self._lock.release()
+        dropped = len(self._pending)
+        self._pending.clear()  # no await since the write finished: no other write starts in between
+        metrics.REDIS_PENDING_PROFILES.set(0)
+        return dropped
+
     async def close(self) -> None:
         await self._redis.aclose()
 

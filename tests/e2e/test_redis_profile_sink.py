@@ -240,3 +240,26 @@ async def test_a_redis_that_stops_answering_times_out_and_the_retry_writes_later
         srv.proc.send_signal(signal.SIGCONT)
         await sink.close()
         srv.stop()
+
+
+async def test_a_rebalance_waits_for_the_write_in_flight_and_drops_the_rest(server: Server, prefix: str):
+    """``settle`` (awaited when partitions are revoked): the write already sent lands before it returns; what is
+    still pending is dropped, so no late write of this worker can overwrite the next owner's newer profile."""
+    sink = RedisProfileSink(url(server.port), prefix, 1.0)
+    client = redis.Redis(port=server.port, decode_responses=True)
+    try:
+        sent, late = rendered(400)[:200], rendered(400)[200:]
+        sink.submit(sent)
+        in_flight = asyncio.ensure_future(sink.flush())
+        await asyncio.sleep(0)  # the flush takes the lock and the pending batch
+        sink.submit(late)
+        assert await sink.settle(timeout=10.0) == len(late)
+        assert in_flight.done() and in_flight.result()
+        assert sink.pending == 0
+        assert all(client.exists(profile_key(prefix, p.customer_id)) for p in sent)
+        assert not any(client.exists(profile_key(prefix, p.customer_id)) for p in late)
+        assert await sink.flush()  # nothing left to write
+        assert not any(client.exists(profile_key(prefix, p.customer_id)) for p in late)
+    finally:
+        await sink.close()
+        client.close()
