@@ -127,3 +127,18 @@ def test_state_codec_round_trips(buckets, orders, revenue, ids):
         recent_ids=ids,
     )
     assert decode_state(encode_state(state)) == state
+
+
+def test_a_tick_sweeps_the_share_of_a_partition_that_makes_a_round_take_the_configured_time():
+    """PULSE_SWEEP_ROUND_SECONDS paces the sweep by the partition's size, capped per tick; 0 sweeps the cap."""
+
+    def limit(members: int, **overrides) -> int:
+        processor = BatchProcessor(Settings(_env_file=None, sweep_tick_seconds=1.0, **overrides))
+        processor.population.partition(0).members.extend(f"C{i}".encode() for i in range(members))
+        return processor._sweep_limit(0)
+
+    assert limit(1_250, sweep_round_seconds=300) == 5  # a small partition: a few customers a second
+    assert limit(250_000, sweep_round_seconds=300) == 834  # ceil(250,000 / 300)
+    assert limit(250_000, sweep_round_seconds=60, sweep_customers_per_tick=2000) == 2000  # capped
+    assert limit(1_250, sweep_round_seconds=0, sweep_customers_per_tick=2000) == 2000
+    assert limit(0, sweep_round_seconds=300) == 1
