@@ -2,7 +2,7 @@
 
 Two ways to the same hash: ``CustomerProfile`` is the validated edge model
 (what the API and ``pulse profile`` read back with ``from_redis``), and
-``profile_fields`` renders the identical strings without pydantic, because the
+``render_profile`` renders the identical strings without pydantic, because the
 worker renders a profile for every re-scored customer, and building and dumping
 the model cost more than computing the signals it shows.
 """
@@ -272,23 +272,6 @@ def _reason(reason: Reason) -> dict[str, object]:
 _PLAIN = frozenset((int, float, str))
 
 
-def profile_fields(
-    customer_id: str,
-    state: CustomerState,
-    now_ms: int,
-    config: ScoringConfig,
-    currency: str,
-    clv: ClvSignals | None = None,
-    risk: ChurnAssessment | None = None,
-) -> dict[str, str]:
-    """Exactly ``CustomerProfile.from_state(...).to_redis()`` (same keys, order and strings) at a fraction of the CPU.
-
-    tests/unit/test_profile_fields.py holds the two equal over scored histories; a new profile field must be
-    added to both.
-    """
-    return _pairs(profile_args(customer_id, state, now_ms, config, currency, clv, risk))
-
-
 def _pairs(args: tuple[str, ...]) -> dict[str, str]:
     return dict(zip(args[::2], args[1::2], strict=True))
 
@@ -302,8 +285,11 @@ def profile_args(
     clv: ClvSignals | None = None,
     risk: ChurnAssessment | None = None,
 ) -> tuple[str, ...]:
-    """The profile's HSET arguments, field, value, field, value, ...: ``profile_fields`` flat, so the sink
-    packs them without flattening a dict."""
+    """The profile's HSET arguments, field, value, field, value, ...: exactly the keys, order and strings of
+    ``CustomerProfile.from_state(...).to_redis()``, flat, so the sink packs them without flattening a dict.
+
+    tests/unit/test_profile_fields.py holds the two equal over scored histories; a new profile field must be
+    added to both."""
     clv, risk, sig, voice, service = profile_signals(state, now_ms, config, clv, risk)
     cell = state.rfm_cell
     csat_satisfied = voice.csat_satisfied

@@ -1,6 +1,6 @@
 """The worker's pydantic-free profile rendering writes exactly what the edge model would.
 
-``profile_fields`` replaced ``CustomerProfile.from_state(...).to_redis()`` on the
+``render_profile`` replaced ``CustomerProfile.from_state(...).to_redis()`` on the
 worker's path for speed; readers still parse the hash with the edge model, so
 every string must be the one pydantic would have produced: same keys, same
 order, same number and date formatting.
@@ -30,7 +30,6 @@ from schemas.profile import (
     _money,
     cents_to_money,
     ms_to_datetime,
-    profile_fields,
     render_profile,
 )
 from scoring.churn import ChurnAssessment, Reason
@@ -55,7 +54,7 @@ def expected(cid: str, state: CustomerState, now: int, clv: ClvSignals, risk: Ch
 
 def check(cid: str, state: CustomerState, now: int, gap: float | None = None) -> dict[str, str]:
     clv, risk = assess_customer(state, now, gap, CONFIG)
-    got = profile_fields(cid, state, now, CONFIG, CURRENCY, clv, risk)
+    got = render_profile(cid, state, now, CONFIG, CURRENCY, clv, risk).fields
     want = expected(cid, state, now, clv, risk)
     assert got == want
     assert list(got) == list(want)  # same field order, so HGETALL reads the same
@@ -138,7 +137,7 @@ def test_equal_for_any_clv_and_churn_assessment(index, clv, risk, now):
     """Values the scorers do not produce today (None everywhere, bools, huge money, NaN, Decimals) still match."""
     state = TEMPLATES.states[index]
     want = expected("X", state, now, clv, risk)
-    assert profile_fields("X", state, now, CONFIG, CURRENCY, clv, risk) == want
+    assert render_profile("X", state, now, CONFIG, CURRENCY, clv, risk).fields == want
 
 
 @given(st.integers(-2_208_988_800_000, 253_402_300_799_999))
