@@ -368,10 +368,8 @@ class Bench:
             if not keep:
                 for proc in procs:
                     proc.stop()
-        # first: the last sample with nothing scored yet (an upper bound of the duration at poll resolution)
-        first = max((t for t, total in samples if total <= 0), default=samples[0][0] - POLL_SECONDS)
-        last = samples[-1][0]
-        seconds = max(last - first, POLL_SECONDS)
+        seconds = counted_seconds(samples, 0)
+        worker = worker_deltas("", text)
         out = {
             "workers": count,
             "events": n,
@@ -379,14 +377,9 @@ class Bench:
             "events_per_second": round(n / seconds, 1),
             "events_per_second_per_worker": round(n / seconds / count, 1),
             "peak_rss_mib": [None if r is None else round(r / 2**20, 1) for r in rss],
-            "batches": int(metric_sum(text, "pulse_batch_events_count")),
-            "checkpoint_ms_mean": round(
-                1000
-                * metric_sum(text, "pulse_checkpoint_seconds_sum")
-                / max(1, metric_sum(text, "pulse_checkpoint_seconds_count")),
-                1,
-            ),
-            "due_checks": int(metric_sum(text, "pulse_churn_due_checks_total")),
+            "batches": worker["batches"],
+            "checkpoint_ms_mean": worker["checkpoint_ms_mean"],
+            "due_checks": worker["due_checks"],
             "alerts": int(metric_sum(text, "pulse_retention_alerts_total")),
         }
         if profile is not None:
@@ -445,30 +438,14 @@ class Bench:
         asyncio.run(send(kafka_client_kwargs(settings), settings.input_topics(), events))
         samples: list[tuple[float, float]] = []
         text = self._wait_count([proc], "pulse_events_total", "", 1 + k, samples=samples)
-        # from the last poll before the backlog's first event was counted (the backlog was all produced by then)
-        before = [(t, c) for t, c in samples if c <= 1]
-        first_t, first_c = before[-1] if before else samples[0]
-        last_t, last_c = samples[-1]
-        seconds = max(last_t - first_t, POLL_SECONDS)
+        # the backlog was all produced before the first poll; the probe event was counted before it
+        seconds = counted_seconds(samples, 1)
+        worker = worker_deltas(before_text, text)
         return {
             "scored_events": k,
-            "scored_events_per_second": round((last_c - first_c) / seconds, 1),
-            "scored_checkpoint_ms_mean": round(
-                1000
-                * (
-                    metric_sum(text, "pulse_checkpoint_seconds_sum")
-                    - metric_sum(before_text, "pulse_checkpoint_seconds_sum")
-                )
-                / max(
-                    1,
-                    metric_sum(text, "pulse_checkpoint_seconds_count")
-                    - metric_sum(before_text, "pulse_checkpoint_seconds_count"),
-                ),
-                1,
-            ),
-            "swept_customers": int(
-                metric_sum(text, "pulse_swept_customers_total") - metric_sum(before_text, "pulse_swept_customers_total")
-            ),
+            "scored_events_per_second": round((samples[-1][1] - 1) / seconds, 1),
+            "scored_checkpoint_ms_mean": worker["checkpoint_ms_mean"],
+            "swept_customers": worker["swept_customers"],
         }
 
     # ------------------------------------------------------------------ latency
@@ -1067,6 +1044,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result["bench_seconds"] = round(time.perf_counter() - started, 1)
     result["verdicts"] = verdicts(result)
     return result
+
+
+def counted_seconds(samples: list[tuple[float, float]], floor: float) -> float:
+    """From the last poll whose count was still ``floor`` to the last poll: an upper bound of the time the
+    counted work took, at poll resolution."""
+    first = max((t for t, total in samples if total <= floor), default=samples[0][0] - POLL_SECONDS)
+    return max(samples[-1][0] - first, POLL_SECONDS)
 
 
 def worker_deltas(before: str, after: str) -> dict[str, Any]:
