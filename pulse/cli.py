@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 
 import redis
 
@@ -329,24 +330,39 @@ def cmd_dev(args: argparse.Namespace) -> int:
         print("stopped broker, redis and workers")
 
 
-def _bench_arguments(p: argparse.ArgumentParser) -> None:
-    repo = str(Path(__file__).resolve().parent.parent)
-    if repo not in sys.path:
-        sys.path.insert(0, repo)
-    from benchmarks.harness import add_arguments
+#: what ``pulse bench`` says where benchmarks/ is absent (an installed package has no benchmarks/)
+BENCH_NEEDS_CHECKOUT = "pulse bench needs a source checkout (git clone, then pip install -e .[dev])"
 
-    add_arguments(p)
+
+def _checkout() -> Path | None:
+    """The source checkout this ``pulse`` runs from, or None when it is an installed package.
+
+    benchmarks/ is not installed (it is measurement code, not the product): only a checkout
+    (editable install) can run ``pulse bench``; everything else must work without it.
+    """
+    repo = Path(__file__).resolve().parent.parent
+    return repo if (repo / "pyproject.toml").is_file() and (repo / "benchmarks" / "harness.py").is_file() else None
+
+
+def _bench_harness() -> ModuleType | None:
+    """benchmarks.harness of the checkout, imported only here; None in an installed package."""
+    repo = _checkout()
+    if repo is None:
+        return None
+    if str(repo) not in sys.path:
+        sys.path.insert(0, str(repo))
+    from benchmarks import harness
+
+    return harness
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """The performance benchmark (issue 8): raw consumer, naive Faust, full scorer, latency, scaling, cost."""
-    # benchmarks/ is not an installed package: it lives next to pulse/ in the (editable) checkout
-    repo = str(Path(__file__).resolve().parent.parent)
-    if repo not in sys.path:
-        sys.path.insert(0, repo)
-    from benchmarks.harness import main as bench_main
-
-    return bench_main(args=args)
+    harness = _bench_harness()
+    if harness is None:
+        print(BENCH_NEEDS_CHECKOUT, file=sys.stderr)
+        return 2
+    return harness.main(args=args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -408,7 +424,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser("bench", help="the performance benchmark on an embedded broker (see docs/benchmarks.md)")
-    _bench_arguments(p)
+    harness = _bench_harness()
+    if harness is not None:
+        harness.add_arguments(p)
+    else:
+        # installed package: any arguments reach cmd_bench, which says why it cannot run
+        p.description = BENCH_NEEDS_CHECKOUT
+        p.set_defaults(any_arguments=True)
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("profile", help="print a customer's live profile from Redis")
@@ -419,7 +441,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "any_arguments", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     return args.func(args)
 
 
