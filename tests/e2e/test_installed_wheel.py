@@ -5,7 +5,7 @@ packages: an installed module that imports them works there and crashes in produ
 ``pulse --help`` failed with ``No module named 'benchmarks'``). Here the wheel is built from
 exactly the files the Dockerfile copies, installed (not editable) into a new virtualenv, and run
 from an empty directory: ``pulse --help``, ``pulse config``, ``pulse bench`` (a clear message) and
-``pulse worker`` until one order's profile is in Redis.
+``pulse worker`` on Apache Kafka until one order's profile is in Redis.
 
 Offline and quick: the wheel is built without build isolation (the dev extra's setuptools), and
 the new virtualenv gets its third-party dependencies from the development virtualenv's
@@ -26,6 +26,7 @@ import sysconfig
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,7 +35,7 @@ import orjson
 import pytest
 import redis
 
-from pulse.devstack import free_port, stop_process
+from pulse.devstack import DevStack, free_port, kafka_available, stop_process
 from streams.sinks.redis_profiles import profile_key
 from tests.conftest import CONVERGE_SECONDS, REPO, produce, wait_until
 
@@ -45,6 +46,19 @@ PACKAGES = ("pulse", "streams", "scoring", "schemas")
 CHECKOUT_ONLY = ("tests", "benchmarks")
 #: bound on each build/install step
 STEP_SECONDS = 180.0
+
+
+@pytest.fixture(scope="module")
+def devstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
+    """Apache Kafka (what users deploy on) and Redis for this module: overrides the suite's Tansu stack."""
+    reason = kafka_available()
+    if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Apache Kafka cannot start under CI: {reason}")
+        pytest.skip(reason)
+    stack = DevStack.start(tmp_path_factory.mktemp("kafka-stack"), broker="kafka")
+    yield stack
+    stack.close()
 
 
 @dataclass
