@@ -242,3 +242,142 @@ def test_promtool_accepts_the_prometheus_files(command):
     """Syntax of config and rules, and alerts_test.yml: each alert fires on its situation, not on a steady one."""
     result = subprocess.run([PROMTOOL, *map(str, command)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+#: Kubernetes versions the manifests must be valid for: the oldest still in providers' extended
+#: support, and the newest schema kubernetes-validate ships
+K8S_OLDEST = "1.29.0"
+
+
+def k8s_docs() -> list[tuple[str, dict]]:
+    """(file, resource) of every manifest in deploy/k8s/ except the kustomization."""
+    return [
+        (path.name, doc)
+        for path in sorted(K8S.glob("*.yaml"))
+        for doc in load_all(path)
+        if doc.get("kind") != "Kustomization"
+    ]
+
+
+@pytest.mark.parametrize("version", [K8S_OLDEST, "latest"])
+def test_kubernetes_manifests_pass_the_schema_validator(version):
+    """Strict: an unknown or misplaced field (which kubectl rejects or silently drops) fails here."""
+    import kubernetes_validate
+
+    version = kubernetes_validate.latest_version() if version == "latest" else version
+    errors = []
+    for name, doc in k8s_docs():
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            errors.append(f"{name} {doc['kind']}/{doc['metadata']['name']} at {list(exc.path)}: {exc.message}")
+    assert not errors, "\n".join(errors)
+    assert {doc["kind"] for _, doc in k8s_docs()} == {"ConfigMap", "Secret", "Service", "StatefulSet"}
+
+
+def test_kustomization_lists_every_manifest_but_the_example_secret():
+    kustomization = load_all(K8S / "kustomization.yaml")[0]
+    listed = set(kustomization["resources"])
+    assert all((K8S / name).is_file() for name in listed), listed
+    assert listed == {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml", "secret.example.yaml"}
+
+
+def test_kubernetes_references_resolve():
+    """What the schema cannot see: names that must match across fields and resources."""
+    docs = {(doc["kind"], doc["metadata"]["name"]): doc for _, doc in k8s_docs()}
+    (sts,) = [doc for (kind, _), doc in docs.items() if kind == "StatefulSet"]
+    pod = sts["spec"]["template"]
+    labels = pod["metadata"]["labels"]
+    assert sts["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    headless = docs[("Service", sts["spec"]["serviceName"])]
+    assert headless["spec"]["clusterIP"] == "None"
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]} | {
+        c["metadata"]["name"]: c for c in sts["spec"]["volumeClaimTemplates"]
+    }
+    config = docs[("ConfigMap", "customer-pulse")]["data"]
+    for container in pod["spec"]["containers"]:
+        port_names = {p["name"] for p in container["ports"]}
+        for probe in ("livenessProbe", "readinessProbe"):
+            assert container[probe]["httpGet"]["port"] in port_names, probe
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        assert set(mounts.values()) <= set(volumes), mounts
+        for source in container["envFrom"]:
+            if "configMapRef" in source:
+                assert ("ConfigMap", source["configMapRef"]["name"]) in docs
+            if "secretRef" in source:  # created by the operator; its keys are shown by the example
+                assert ("Secret", source["secretRef"]["name"]) in docs
+        # every file or folder a setting names is on a mounted volume
+        for name, value in config.items():
+            if value.startswith("/"):
+                assert any(Path(value).is_relative_to(path) for path in mounts), (name, value, mounts)
+    for (kind, name), doc in docs.items():
+        if kind == "Service":
+            assert doc["spec"]["selector"].items() <= labels.items(), name
+            container_ports = {p["name"] for c in pod["spec"]["containers"] for p in c["ports"]}
+            assert {p["targetPort"] for p in doc["spec"]["ports"]} <= container_ports, name
+
+
+def test_kubernetes_workers_get_the_clv_parameter_file_when_there_is_one():
+    sts = load_all(K8S / "statefulset.yaml")[0]
+    config = load_all(K8S / "configmap.yaml")[0]["data"]
+    pod = sts["spec"]["template"]["spec"]
+    (mount,) = [
+        m
+        for m in pod["containers"][0]["volumeMounts"]
+        if Path(config["PULSE_CLV_PARAMS_FILE"]).parent == Path(m["mountPath"])
+    ]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["configMap"]["optional"] is True  # pods start before anyone ran pulse fit
+    assert mount["readOnly"] is True
+
+
+def compose_services() -> dict:
+    return load_all(COMPOSE)[0]["services"]
+
+
+def volume_targets(service: dict) -> dict[str, str | None]:
+    """Container path -> source (None: anonymous volume) of a compose service's volumes (short syntax)."""
+    targets: dict[str, str | None] = {}
+    for spec in service.get("volumes", []):
+        parts = spec.split(":")
+        if len(parts) == 1:
+            targets[parts[0]] = None
+        else:
+            targets[parts[1]] = parts[0]
+    return targets
+
+
+def test_compose_kafka_writes_onto_its_volume():
+    """The changelogs hold all customer state: they must outlive re-creating the Kafka container."""
+    kafka = compose_services()["kafka"]
+    log_dirs = str(kafka["environment"]["KAFKA_LOG_DIRS"]).split(",")
+    named = {t: s for t, s in volume_targets(kafka).items() if s and not s.startswith(".")}
+    assert named and all(any(Path(d).is_relative_to(t) for t in named) for d in log_dirs), (log_dirs, named)
+    assert set(named.values()) <= set(load_all(COMPOSE)[0]["volumes"])
+    # a fixed cluster id: the formatted volume would refuse a new one
+    assert kafka["environment"]["CLUSTER_ID"]
+
+
+def test_compose_kafka_is_the_version_the_tests_run():
+    from pulse.devstack import KAFKA_VERSION
+
+    assert compose_services()["kafka"]["image"] == f"apache/kafka:{KAFKA_VERSION}"
+
+
+def test_compose_publishes_no_redis_and_only_on_loopback():
+    services = compose_services()
+    assert not services["redis"].get("ports"), "Redis on a host port clashes with a local Redis"
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), (name, port)
+
+
+def test_compose_workers_restart_and_get_their_files():
+    worker = compose_services()["worker"]
+    assert worker["restart"] == "unless-stopped"
+    targets = volume_targets(worker)
+    env = worker["environment"]
+    for name in ("PULSE_DATA_DIR", "PULSE_CLV_PARAMS_FILE"):
+        assert any(Path(env[name]).is_relative_to(t) for t in targets), (name, env[name], targets)
+    params = targets[str(Path(env["PULSE_CLV_PARAMS_FILE"]).parent)]
+    assert params is not None and (COMPOSE.parent / params).is_dir(), params  # the bind source is in the repo
