@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 from pathlib import Path
 
 import faust
@@ -15,7 +16,21 @@ from streams.api import ApiServer
 from streams.app import create_app
 
 
+def clv_params_line(settings: Settings) -> str:
+    """Which CLV parameters the worker scores with, for its first log line.
+
+    A missing parameter file silently means the defaults (pulse/fit.py), so a deployment whose
+    mount is wrong would look healthy: the line says which file, or that there is none.
+    """
+    path = settings.clv_params_file
+    if Path(path).exists():
+        return f"CLV parameters from {path} (fitted on {settings.clv().params.fitted_on or 'unknown data'})"
+    return f"CLV parameters: the defaults (no file at {path}; pulse fit writes one)"
+
+
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
+    # before Faust configures logging: printed, so that it is in the worker's output whatever the log level
+    print(f"pulse worker: {clv_params_line(settings)}", file=sys.stderr, flush=True)
     # Faust creates its data dir but not missing parents (a fresh checkout has no .pulse/).
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     asyncio.run(ensure_topics(settings))

@@ -245,6 +245,7 @@ def test_installed_worker_scores_an_order_into_redis(installed, namespace):
         fields = client.hgetall(key)
         assert fields, f"no profile in Redis\n{tail()}"
         assert fields["orders"] == "1" and float(fields["revenue"]) == 42.5, fields
+        assert "pulse worker: CLV parameters: the defaults (no file at .pulse/clv-params.json" in log.read_text()
     finally:
         stop_process(proc, 30)
     assert proc.returncode == 0, f"worker did not stop cleanly on SIGTERM: {proc.returncode}\n{tail()}"
