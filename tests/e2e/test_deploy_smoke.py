@@ -39,7 +39,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -98,15 +98,19 @@ def compose() -> dict:
     return yaml.safe_load(COMPOSE.read_text())
 
 
-def volume_map(service: dict, root: Path) -> dict[str, Path]:
-    """Container path -> host folder for a service's volumes: named ones under ``root``, binds from deploy/."""
+def volume_map(service: dict, root: Path, binds: Path | None = None) -> dict[str, Path]:
+    """Container path -> host folder for a service's volumes: named ones under ``root``, binds from deploy/.
+
+    With ``binds``, a bind mount's source folder is that folder's namesake under ``binds`` instead
+    (for files the test writes, which must not land in the repository).
+    """
     mapped = {}
     for n, spec in enumerate(service.get("volumes", [])):
         parts = spec.split(":")
         if len(parts) == 1:  # anonymous volume
             mapped[parts[0]] = root / f"anonymous-{n}"
         elif parts[0].startswith("."):
-            mapped[parts[1]] = (COMPOSE.parent / parts[0]).resolve()
+            mapped[parts[1]] = binds / parts[0] if binds else (COMPOSE.parent / parts[0]).resolve()
         else:
             mapped[parts[1]] = root / parts[0]
     return mapped
@@ -140,6 +144,7 @@ def kafka_properties(service: dict, ports: dict[int, int], volumes: dict[str, Pa
 
     for key in ("listeners", "advertised.listeners", "controller.quorum.voters"):
         props[key] = re.sub(r"(://|@)([^:,/@]*):(\d+)", endpoint, props[key])
+    assert "log.dirs" in props, "no KAFKA_LOG_DIRS: Kafka writes into the image's /tmp default, not the volume"
     props["log.dirs"] = ",".join(rewrite_path(d, volumes) for d in props["log.dirs"].split(","))
     return props
 
@@ -214,7 +219,6 @@ class Topology:
     prometheus_port: int
     settings_env: dict[str, str]
     params_file: Path
-    servers: list[Server] = field(default_factory=list)
 
     @property
     def bootstrap(self) -> str:
@@ -363,7 +367,8 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
         for n in range(1, int(worker_service["deploy"]["replicas"]) + 1):
             cwd = root / f"worker-{n}"
             cwd.mkdir()
-            volumes = volume_map(worker_service, cwd / "volumes")
+            # the ./params bind mount is shared by the replicas: one folder, outside the repository
+            volumes = volume_map(worker_service, cwd / "volumes", binds=root / "binds")
             env = {
                 **base,
                 **compose_env,
@@ -377,8 +382,6 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
                 "PULSE_METRICS_PORT": str(free_port()),
                 "PULSE_API_PORT": str(free_port()),
             }
-            # the ./params bind mount is shared by the replicas: one copy, outside the repository
-            volumes["/etc/pulse/params"] = root / "params"
             for name in ("PULSE_DATA_DIR", "PULSE_CLV_PARAMS_FILE"):
                 env[name] = rewrite_path(env[name], volumes)
             assert env["PULSE_DATA_DIR"] != compose_env["PULSE_DATA_DIR"], "data dir not on a volume"
