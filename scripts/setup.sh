@@ -22,10 +22,11 @@ if ! command -v redis-server >/dev/null 2>&1; then
     echo "setup: installing redis-server"
     apt_install redis-server
 fi
-# promtool (Debian's prometheus package) lets the tests check deploy/'s Prometheus config and alert rules
-if ! command -v promtool >/dev/null 2>&1; then
-    echo "setup: installing promtool (prometheus)"
-    apt_install prometheus || echo "setup: promtool not installed; the deploy tests will skip the promtool checks"
+# Debian's prometheus package: promtool checks deploy/'s Prometheus config and alert rules, and the
+# prometheus server runs them in tests/e2e/test_deploy_smoke.py
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+    echo "setup: installing prometheus (and promtool)"
+    apt_install prometheus || echo "setup: prometheus not installed; the deploy tests will skip the promtool checks and the smoke test"
 fi
 
 if [ ! -x .venv/bin/python ]; then

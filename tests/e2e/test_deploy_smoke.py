@@ -333,7 +333,10 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
             pytest.fail(f"Apache Kafka cannot start under CI: {reason}")
         pytest.skip(reason)
     if shutil.which("prometheus") is None:
-        pytest.skip("prometheus not installed (Debian package prometheus; scripts/setup.sh installs it)")
+        reason = "prometheus not installed (Debian package prometheus; scripts/setup.sh installs it)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
     root = tmp_path_factory.mktemp("compose")
     spec = compose()
     services = spec["services"]
