@@ -159,14 +159,28 @@ def test_the_wheel_holds_the_packages_and_nothing_of_the_checkout(installed):
     assert not tops & set(CHECKOUT_ONLY), tops
 
 
+def test_no_installed_module_imports_the_checkout_only_folders(installed):
+    """Imports inside functions too: only pulse/cli.py may name benchmarks/, behind its checkout test."""
+    import zipfile
+
+    allowed = {"pulse/cli.py"}
+    pattern = re.compile(rf"^\s*(from|import)\s+({'|'.join(CHECKOUT_ONLY)})\b", re.MULTILINE)
+    wheel = zipfile.ZipFile(installed.wheel)
+    offenders = [n for n in wheel.namelist() if n.endswith(".py") and pattern.search(wheel.read(n).decode())]
+    assert set(offenders) <= allowed, offenders
+
+
 def test_modules_come_from_the_venv_and_the_checkout_is_unreachable(installed):
     probe = (
         "import importlib, importlib.util, json, sys; "
         f"mods = {list(PACKAGES)!r}; "
         "files = {m: importlib.import_module(m).__file__ for m in mods}; "
         f"absent = {{m: importlib.util.find_spec(m) is None for m in {list(CHECKOUT_ONLY)!r}}}; "
-        "import streams.worker, streams.api, pulse.cli; "
-        "files['streams.worker'] = streams.worker.__file__; "
+        # every module of the packages imports (a module-level import of tests/ or benchmarks/ fails here)
+        "import pkgutil; "
+        "files.update({i.name: importlib.import_module(i.name).__file__ for m in mods "
+        "for i in pkgutil.walk_packages(importlib.import_module(m).__path__, m + '.') "
+        "if not i.name.endswith('.__main__')}); "
         "print(json.dumps({'files': files, 'absent': absent, 'path': sys.path}))"
     )
     result = installed.run(installed.python, "-c", probe)
