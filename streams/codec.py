@@ -22,7 +22,12 @@ and only the newer fields' values are lost for the customers it re-writes.
 
 Fields appended since format 1 began (each decodes as its default from older
 records): ``pending_vip_changes`` and ``pending_alerts``, the transactional
-outbox (exact JSON bytes, MessagePack ``bin``; streams/checkpoint.py).
+outbox (exact JSON bytes, MessagePack ``bin``; streams/checkpoint.py). They
+are empty except between the checkpoint's first changelog write and its
+second, so they add 4 bytes to a record (two empty arrays, a longer array
+header). A worker rolled back to a version before them cuts them off: a state
+recovered with unpublished entries then loses those records (neither
+published nor decided again), which is what that version did on a crash.
 
 Records written before format 1 are orjson objects (they start with ``{``);
 existing changelogs hold them, so they still decode.
