@@ -26,8 +26,8 @@ outbox (exact JSON bytes, MessagePack ``bin``; streams/checkpoint.py). They
 are empty except between the checkpoint's first changelog write and its
 second, so they add 4 bytes to a record (two empty arrays, a longer array
 header). A worker rolled back to a version before them cuts them off: a state
-recovered with unpublished entries then loses those records (neither
-published nor decided again), which is what that version did on a crash.
+recovered with unpublished entries then loses those records (they are neither
+published nor decided again: the replayed events are duplicates for the state).
 
 Records written before format 1 are orjson objects (they start with ``{``);
 existing changelogs hold them, so they still decode.
