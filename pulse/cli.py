@@ -140,17 +140,21 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    """Score an order history offline with the worker's processor; write one row per customer."""
+    """Score a history offline with the worker's processor; write one row per customer."""
     from collections import Counter
 
-    from pulse.history import HistoryError, profile_row, read_orders, write_profiles
+    from pulse.history import HistoryError, profile_row, read_history, write_profiles
     from pulse.offline import score_records
 
     settings = load_settings()
-    path = Path(args.file)
+    topics = settings.input_topics()
     try:
-        records = [(settings.topic_orders, key, value) for key, value in read_orders(path, settings.base_currency)]
-    except HistoryError as exc:
+        records = [
+            (topics[kind], key, value)
+            for file in args.file
+            for kind, key, value in read_history(Path(file), settings.base_currency)
+        ]
+    except (HistoryError, OSError) as exc:
         print(exc, file=sys.stderr)
         return 2
     result = score_records(records, settings)
@@ -408,8 +412,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="CSV: customer_id, occurred_at, amount[, order_id, cost, status, currency]")
     p.set_defaults(func=cmd_replay)
 
-    p = sub.add_parser("score", help="score an order history (CSV) offline, without Kafka")
-    p.add_argument("file", help="CSV: customer_id, occurred_at, amount[, order_id, cost, status, currency]")
+    p = sub.add_parser("score", help="score a history (order CSV, or JSON lines of all four kinds) offline")
+    p.add_argument(
+        "file",
+        nargs="+",
+        help="order CSV (customer_id, occurred_at, amount[, order_id, cost, status, currency]) or JSON lines "
+        '(.jsonl/.ndjson/.json: {"kind": "order|survey|complaint|support", "event": {...}} per line); '
+        "several files are scored as one history",
+    )
     p.add_argument("--out", default="-", help="output CSV, one row per customer (default: stdout)")
     p.set_defaults(func=cmd_score)
 

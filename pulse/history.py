@@ -1,4 +1,4 @@
-"""Order histories as CSV: read them into order events, write profiles back out.
+"""Histories (order CSVs, JSON lines of all four event kinds): read them into events, write profiles back out.
 
 ``pulse replay`` produces the events to the order topic; ``pulse score`` feeds
 the very same bytes to the offline processor. Both go through the worker's
@@ -44,7 +44,18 @@ PROFILE_COLUMNS = (
     "rfm_cell",
     "segment",
     "vip",
+    "churn_risk",
+    "churn_level",
+    "churn_reasons",
+    "p_alive",
+    "expected_purchases",
+    "clv",
 )
+
+#: the event kinds a JSON-lines history may hold (each line: {"kind": ..., "event": {...}})
+EVENT_KINDS = ("order", "survey", "complaint", "support")
+#: file name endings read as JSON lines (anything else: an order CSV)
+JSON_LINES_SUFFIXES = (".jsonl", ".ndjson", ".json")
 
 
 class HistoryError(ValueError):
@@ -95,6 +106,40 @@ def read_orders(path: Path, base_currency: str) -> Iterator[tuple[bytes, bytes]]
             yield event["customer_id"].encode(), orjson.dumps(event)
 
 
+def read_events(path: Path) -> Iterator[tuple[str, bytes | None, bytes]]:
+    """(kind, key, value) per line of a JSON-lines history of all four kinds.
+
+    Each line is ``{"kind": "order"|"survey"|"complaint"|"support", "event": {...}}``, the event as it is
+    produced to its topic (an envelope, because support events have a ``kind`` field of their own). The
+    key is the event's ``customer_id``. The event is validated like the worker's input (a bad one is
+    rejected with the worker's reason); a line that is not such an envelope stops the read.
+    """
+    with path.open("rb") as f:
+        for line, text in enumerate(f, start=1):
+            if not text.strip():
+                continue
+            try:
+                envelope = orjson.loads(text)
+            except orjson.JSONDecodeError as exc:
+                raise HistoryError(f"{path}:{line}: not JSON ({exc})") from None
+            if not isinstance(envelope, dict) or envelope.get("kind") not in EVENT_KINDS or "event" not in envelope:
+                raise HistoryError(
+                    f'{path}:{line}: expected {{"kind": one of {", ".join(EVENT_KINDS)}, "event": {{...}}}}'
+                )
+            event = envelope["event"]
+            customer = event.get("customer_id") if isinstance(event, dict) else None
+            yield envelope["kind"], customer.encode() if isinstance(customer, str) else None, orjson.dumps(event)
+
+
+def read_history(path: Path, base_currency: str) -> Iterator[tuple[str, bytes | None, bytes]]:
+    """(kind, key, value) of an order CSV or a JSON-lines history (by the file name's ending)."""
+    if path.suffix.lower() in JSON_LINES_SUFFIXES:
+        yield from read_events(path)
+    else:
+        for key, value in read_orders(path, base_currency):
+            yield "order", key, value
+
+
 def count_rows(path: Path) -> int:
     with path.open("rb") as f:
         return max(0, sum(1 for _ in f) - 1)
@@ -117,6 +162,13 @@ def profile_row(profile: CustomerProfile) -> dict[str, str]:
         "rfm_cell": profile.rfm_cell,
         "segment": profile.segment,
         "vip": "true" if profile.vip else "false",
+        "churn_risk": profile.churn_risk,
+        "churn_level": profile.churn_level,
+        # the JSON list the profile holds: codes, observed values, thresholds (the population gap shows here)
+        "churn_reasons": orjson.dumps([r.model_dump(mode="json") for r in profile.churn_reasons]).decode(),
+        "p_alive": profile.p_alive,
+        "expected_purchases": profile.expected_purchases,
+        "clv": profile.clv,
     }
     return {k: "" if v is None else str(v) for k, v in values.items()}
 

@@ -69,6 +69,12 @@ class CustomerState:
     vip_changes: int = 0
     #: population activity flags (scoring.indicators.activity) as last evaluated: counted per partition
     activity: int = 0
+    #: the transactional outbox (streams/checkpoint.py): VIP changes and retention alerts decided for this
+    #: customer, as the exact JSON bytes to publish, written to the changelog with the decision and removed
+    #: once the broker acknowledged them; a worker that recovers a state with entries re-publishes exactly
+    #: these bytes instead of deciding again. Empty between checkpoints, so it costs 2 bytes per state.
+    pending_vip_changes: list[bytes] = field(default_factory=list)
+    pending_alerts: list[bytes] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

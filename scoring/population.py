@@ -88,6 +88,8 @@ class PartitionPopulation:
     previous_round_clock_ms: int | None = None
     #: clock of the last round that re-rendered every profile, and whether the running one does
     refreshed_clock_ms: int | None = None
+    #: the population inputs of the profiles (see ``PopulationView.sweep_slice``) that round rendered with
+    refreshed_inputs: object = None
     round_refresh: bool = False
     #: bumped on every change; the publisher sends a snapshot when it moved
     version: int = 0
@@ -373,23 +375,30 @@ class PopulationView:
         for part in self.local.values():
             part.cursor = 0
             part.round_clock_ms = part.previous_round_clock_ms = part.refreshed_clock_ms = None
+            part.refreshed_inputs = None
 
-    def sweep_slice(self, partition: int, limit: int | None, now_ms: int) -> SweepSlice:
+    def sweep_slice(self, partition: int, limit: int | None, now_ms: int, inputs: object = None) -> SweepSlice:
         """The next ``limit`` customers of an owned partition (all of them if None), round-robin.
 
-        A round re-renders every profile when the clock moved since the last such round, and either
-        ``refresh_min_ms`` of event time passed since then or the clock stood still for a whole round
-        (traffic stopped: profiles must end as of the final clock). So live traffic, whose clock moves
-        with every batch, re-renders the whole population at most once per ``refresh_min_ms``.
+        A round re-renders every profile when the clock or ``inputs`` (what every profile is measured
+        against besides the clock and its own state: the population's purchase gap) changed since the last
+        such round, and either ``refresh_min_ms`` of event time passed since then or the clock stood still
+        for a whole round (traffic stopped: profiles must end as of the final clock and the final
+        population). So live traffic, whose clock moves with every batch, re-renders the whole population at
+        most once per ``refresh_min_ms``; once the clock stops, a population that still moves (a partition
+        read behind the others, another worker's late snapshot) brings one more round each time it moved,
+        until a round ran with the final one.
         """
         part = self.partition(partition)
         if part.cursor == 0:
             part.previous_round_clock_ms, part.round_clock_ms = part.round_clock_ms, now_ms
             last = part.refreshed_clock_ms
             settled = now_ms == part.previous_round_clock_ms
-            part.round_refresh = now_ms != last and (last is None or now_ms - last >= self.refresh_min_ms or settled)
+            moved = now_ms != last or inputs != part.refreshed_inputs
+            part.round_refresh = moved and (last is None or now_ms - last >= self.refresh_min_ms or settled)
             if part.round_refresh:
                 part.refreshed_clock_ms = now_ms
+                part.refreshed_inputs = inputs
         end = len(part.members) if limit is None else part.cursor + limit
         keys = part.members[part.cursor : end]
         part.cursor = 0 if end >= len(part.members) else end

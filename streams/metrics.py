@@ -68,6 +68,12 @@ SEGMENT_CUSTOMERS = Gauge(
 )
 VIP_CUSTOMERS = Gauge("pulse_vip_customers", "VIP customers of this worker's partitions.")
 TABLE_CUSTOMERS = Gauge("pulse_table_customers", "Customers in the state table partitions this worker owns.")
+OUTBOX_REPUBLISHED = Counter(
+    "pulse_outbox_republished_total",
+    "VIP changes and retention alerts re-published from a recovered state's outbox (after a crash), by topic "
+    "kind: the exact records decided before the crash, not decided again.",
+    ["kind"],
+)
 DUE_CUSTOMERS = Counter(
     "pulse_churn_due_checks_total",
     "Customers re-checked by the due-time index: a time-driven churn signal or activity flag fell due.",

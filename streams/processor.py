@@ -343,7 +343,9 @@ class BatchProcessor:
         round when the clock moved since the previous round, so that once
         events stop, one round later every profile is as of the final clock.
         """
-        chunk = self.population.sweep_slice(partition, limit, now)
+        # a round re-renders when the population gap moved too (churn's overdue threshold; the gap is not
+        # the clock, and it keeps moving after the clock stopped while partitions read behind catch up)
+        chunk = self.population.sweep_slice(partition, limit, now, self._gap_days)
         render: dict[bytes, CustomerState] = {}
         for key in chunk.keys:
             if key in out.states:

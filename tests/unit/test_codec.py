@@ -53,6 +53,8 @@ FROZEN_LAYOUTS = {
         "vip",
         "vip_changes",
         "activity",
+        "pending_vip_changes",
+        "pending_alerts",
     ),
     "OrderState": (
         "orders",
@@ -188,8 +190,37 @@ GOLDEN_ORJSON = (
 )
 
 
+#: GOLDEN_STATE with entries in its outbox (fields appended to format 1 after GOLDEN_V1 was written)
+GOLDEN_STATE_OUTBOX = dataclasses.replace(
+    GOLDEN_STATE,
+    pending_vip_changes=[b'{"change_id":"C:vip:1","vip":true}'],
+    pending_alerts=[b'{"alert_id":"C:churn:1"}', b'{"alert_id":"C:churn:2"}'],
+)
+
+#: GOLDEN_STATE_OUTBOX as format 1 writes it since the outbox (453 bytes; GOLDEN_STATE itself: 365)
+GOLDEN_V1_OUTBOX = bytes.fromhex(
+    "01dc0011970301cd3039cd1f40cf000001941f297c00cf000001952014f80083cd0b35cd1388cd0b36d1fc18cd0b3bcd2099"
+    "959292cf000001952014f8000992cf00000194e47a2e000492cf000001952014f8000581cd4eac9202030781cd4eac960100"
+    "000101029481a2543195cf000001952014f800cf00000195204be680c0c00095020101ce006ddd000281cd4eac9401000201"
+    "cd4eac96cd4e79cd4eaa93cd4e79cd4e84cd4eaa03cd3421cd138896a66d656469756d2dcf000001955bafc20001a66d6564"
+    "69756dcf000001952014f800cf00000195204be68084a56f7264657204a673757276657902a9636f6d706c61696e7407a773"
+    "7570706f72740284a56f72646572cd04d2a673757276657938a9636f6d706c61696e744ea7737570706f72745ac430000000"
+    "0000000080ffffffffffffffff00000000000000000100000000000000ffffffffffffff7f252d3470f9c25a6b03a3353435"
+    "a96368616d70696f6e73c3010b91c4227b226368616e67655f6964223a22433a7669703a31222c22766970223a747275657d"
+    "92c4187b22616c6572745f6964223a22433a636875726e3a31227dc4187b22616c6572745f6964223a22433a636875726e3a"
+    "32227d"
+)
+
+
 def test_a_format_1_record_decodes_the_same_forever() -> None:
     assert decode_state(GOLDEN_V1) == GOLDEN_STATE
+    assert decode_state(GOLDEN_V1_OUTBOX) == GOLDEN_STATE_OUTBOX
+
+
+def test_a_record_written_before_the_outbox_decodes_with_it_empty() -> None:
+    state = decode_state(GOLDEN_V1)
+    assert state.pending_vip_changes == [] and state.pending_alerts == []
+    assert len(encode_state(state)) == len(GOLDEN_V1) + 4  # a longer array header and two empty arrays
 
 
 def test_an_orjson_record_still_decodes() -> None:
@@ -199,9 +230,10 @@ def test_an_orjson_record_still_decodes() -> None:
 
 def test_the_encoding_is_deterministic() -> None:
     """A redelivered batch must write byte-identical records (tests/unit/test_processor.py relies on it)."""
-    assert encode_state(GOLDEN_STATE) == GOLDEN_V1
-    assert encode_state(decode_state(GOLDEN_V1)) == GOLDEN_V1
-    assert GOLDEN_V1[0] == FORMAT_VERSION
+    assert encode_state(GOLDEN_STATE_OUTBOX) == GOLDEN_V1_OUTBOX
+    assert encode_state(decode_state(GOLDEN_V1_OUTBOX)) == GOLDEN_V1_OUTBOX
+    assert encode_state(decode_state(GOLDEN_V1)) == encode_state(GOLDEN_STATE)
+    assert GOLDEN_V1[0] == GOLDEN_V1_OUTBOX[0] == FORMAT_VERSION
 
 
 def test_orjson_records_written_before_the_indicators_clv_and_churn_decode_with_defaults() -> None:
@@ -270,7 +302,7 @@ def test_a_shorter_folded_record_fills_its_missing_fields_with_defaults() -> Non
 
 def test_a_longer_record_from_a_newer_layout_keeps_the_known_fields() -> None:
     """What a rolled-back worker reads: fields appended by the newer version are dropped."""
-    arrays = _arrays(GOLDEN_V1)
+    arrays = _arrays(encode_state(GOLDEN_STATE))
     for name in _NESTED:
         arrays[LAYOUTS[CustomerState].index(name)].append("a newer field")
     arrays[LAYOUTS[CustomerState].index("service")][LAYOUTS[ServiceState].index("folded")].append(1)

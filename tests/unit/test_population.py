@@ -191,6 +191,25 @@ def test_live_traffic_re_renders_every_profile_at_most_once_per_refresh_interval
     assert not view.sweep_slice(0, None, 1300).refresh_all
 
 
+def test_once_the_clock_stopped_a_moving_population_gap_brings_another_round():
+    """After traffic stops, partitions read behind the others (or another worker's late snapshot) still move
+    the population's purchase gap without moving the clock: every profile must end measured against the
+    final gap, so a round re-renders whenever the gap moved since the last such round, and then stops."""
+    view = PopulationView(SETTINGS.rfm(), refresh_min_ms=1000)
+    for i in range(3):
+        view.partition(0).members.append(f"C{i}".encode())
+    assert view.sweep_slice(0, None, 1300, 71.5).refresh_all
+    assert not view.sweep_slice(0, None, 1300, 71.5).refresh_all
+    assert view.sweep_slice(0, None, 1300, 71.9).refresh_all  # the clock stood still, the gap moved
+    assert not view.sweep_slice(0, None, 1300, 71.9).refresh_all
+    assert view.sweep_slice(0, None, 1300, 72.21).refresh_all
+    assert not view.sweep_slice(0, None, 1300, 72.21).refresh_all
+    # while the clock moves, a moving gap does not lift the ration of one re-render per refresh interval
+    assert not view.sweep_slice(0, None, 1400, 72.3).refresh_all
+    assert not view.sweep_slice(0, None, 1500, 72.4).refresh_all
+    assert view.sweep_slice(0, None, 2300, 72.5).refresh_all
+
+
 def test_a_bulk_rebuild_equals_adding_each_customer():
     """``add_states`` (the rebuild after a rebalance) fills the indexes from counts and heapifies once; every
     derived structure must equal what one ``add_state`` per customer builds."""

@@ -1,0 +1,327 @@
+"""The checkpoint that closes every batch of the scoring agent, with a transactional outbox.
+
+Order (each step waits for the broker's acknowledgements before the next):
+
+1. the changed states go to the changelog (then an end marker per touched
+   changelog partition, see ``CustomerStateTable.send_end_markers``), each
+   carrying the batch's VIP changes and retention alerts of its customer as
+   *pending* records (``CustomerState.pending_vip_changes`` /
+   ``pending_alerts``: the exact JSON bytes); dead letters and re-keyed events
+   are sent alongside (they decide nothing: a replay rejects and re-keys the
+   same events again);
+2. the pending records are published to the VIP and retention topics;
+3. the states that had pending records are written again with the entries
+   removed (and end markers);
+4. the profiles go to the Redis writer (write-behind); the agent returns and
+   ``take_events`` acks the batch, so Faust's commit can cover it.
+
+Why: an alert or VIP change id (``{customer}:churn:{n}``, ``{customer}:vip:{n}``)
+counts decisions in the state. Before, the records were published first and the
+state written after; a crash in between replayed the batch against a recovered
+state that had not counted them, scored at another clock and population, and
+published the same ids with other content (or none, leaving ids above the
+state's count, or a VIP topic that ends on ``left`` for a VIP). Now an id is
+published only once the changelog holds it together with its content and the
+events that caused it. After a crash the recovered state still holds the
+pending records: the worker re-publishes exactly those bytes (found when the
+population of its partitions is rebuilt from the table) instead of deciding
+again, and the replayed events are duplicates for that state (it stores the
+source offsets), so they decide nothing that was already decided. A record is
+published at least once, and always with the same content.
+
+If a step fails the agent's guard exits the worker without committing (see
+``run_guarded`` in ``streams/agents/customer_events.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from streams import metrics
+from streams.codec import decode_state, encode_state
+from streams.processor import BatchOutcome, BatchProcessor, Incoming
+from streams.tables import END_MARKER_KEY
+
+if TYPE_CHECKING:
+    from faust.types import EventT
+
+    from pulse.settings import Settings
+    from schemas.profile import RenderedProfile
+    from scoring.customer import CustomerState
+    from scoring.indicators import IndicatorValues
+
+log = logging.getLogger(__name__)
+
+#: send(topic, key, value): hands one record to the producer, returns the future of its acknowledgement
+Send = Callable[[str, bytes | None, bytes], Awaitable[Awaitable[Any]]]
+
+
+class StateTable(Protocol):
+    """What the checkpoint needs of ``streams.tables.CustomerStateTable``."""
+
+    data: Any
+
+    def get(self, key: bytes) -> bytes | None: ...
+
+    async def write_states(self, items: Iterable[tuple[bytes, bytes, EventT]]) -> list[asyncio.Future]: ...
+
+    async def send_end_markers(self, partitions: set[int]) -> list[asyncio.Future]: ...
+
+    def persisted(self, results: Iterable[Any]) -> None: ...
+
+
+class ProfileSink(Protocol):
+    """What the checkpoint needs of ``streams.sinks.redis_profiles.RedisProfileSink``."""
+
+    @property
+    def pending(self) -> int: ...
+
+    def submit(self, profiles: Sequence[RenderedProfile]) -> None: ...
+
+    async def flush(self) -> bool: ...
+
+
+def record_tallies(tallies: Counter) -> None:
+    """Customers per risk level, per segment and VIPs of the owned partitions (a gauge per worker: they add up)."""
+    vips = 0
+    for tag, n in tallies.items():
+        kind, _, name = tag.partition(":")
+        if kind == "risk":
+            metrics.CHURN_RISK_CUSTOMERS.labels(name).set(n)
+        elif kind == "segment":
+            metrics.SEGMENT_CUSTOMERS.labels(name).set(n)
+        elif kind == "vip":
+            vips = n
+    metrics.VIP_CUSTOMERS.set(vips)
+
+
+def _nan(x: float | None) -> float:
+    return math.nan if x is None else x
+
+
+def record_indicators(values: IndicatorValues | None) -> None:
+    """The population indicators at the clock (whole population as this worker sees it: one value, not per worker)."""
+    if values is None:
+        return
+    metrics.POPULATION_NPS.set(_nan(values.nps))
+    metrics.POPULATION_NPS_ANSWERS.set(values.promoters + values.passives + values.detractors)
+    metrics.POPULATION_CSAT_RATIO.set(_nan(values.csat))
+    metrics.POPULATION_COMPLAINT_RATIO.set(_nan(values.complaint_rate))
+    for percent, ms in values.first_response_ms.items():
+        metrics.POPULATION_FIRST_RESPONSE_SECONDS.labels(str(percent / 100)).set(
+            _nan(None if ms is None else ms / 1000)
+        )
+    metrics.POPULATION_RESOLUTION_RATIO.set(_nan(values.resolution_rate))
+    metrics.POPULATION_TICKETS_OPENED.set(values.tickets_opened)
+    metrics.POPULATION_REPURCHASE_RATIO.set(_nan(values.repurchase_rate))
+    metrics.POPULATION_RETENTION_RATIO.set(_nan(values.retention_rate))
+    metrics.POPULATION_CHURN_RATIO.set(_nan(values.churn_rate))
+    metrics.POPULATION_NET_ADDITIONS.set(values.net_additions)
+    metrics.POPULATION_ACTIVE_CUSTOMERS.labels("end").set(values.active)
+    metrics.POPULATION_ACTIVE_CUSTOMERS.labels("start").set(values.active_at_start)
+    metrics.POPULATION_NEW_CUSTOMERS.set(values.new)
+    metrics.POPULATION_LOST_CUSTOMERS.set(values.lost)
+
+
+class Checkpoint:
+    """Scores one batch and makes it durable in the order above; one instance per worker, called per batch.
+
+    ``owned_partitions`` returns the input partitions the worker owns now (the population is rebuilt for
+    newly owned ones before the batch is scored).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        processor: BatchProcessor,
+        table: StateTable,
+        sink: ProfileSink,
+        send: Send,
+        owned_partitions: Callable[[], set[int]],
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.processor = processor
+        self.table = table
+        self.sink = sink
+        self.send = send
+        self.owned_partitions = owned_partitions
+        self.wall_clock = wall_clock
+        #: customers recovered with outbox entries (a crash before step 3), and their partition: re-published by
+        #: the first checkpoint with a record of that partition (a state is written with one of its events)
+        self.recovered: dict[bytes, int] = {}
+        self._flushing: asyncio.Task | None = None
+
+    def load(self, key: bytes) -> CustomerState:
+        return decode_state(self.table.get(key))
+
+    # --- population ---------------------------------------------------------------------------------------
+    def ensure_population(self) -> None:
+        """Drop the population of partitions no longer owned, rebuild it for newly owned ones from the table,
+        and note the rebuilt customers whose state holds outbox entries (they are re-published)."""
+        processor = self.processor
+        owned = self.owned_partitions()
+        local = set(processor.population.local)
+        if local - owned:
+            processor.population.drop(local - owned)
+        gone = {key for key, partition in self.recovered.items() if partition not in owned}
+        for key in gone:
+            del self.recovered[key]
+        missing = owned - local
+        if not missing:
+            return
+        started = time.perf_counter()
+        n = processor.rebuild(missing, self._recovered_states(missing))
+        elapsed = time.perf_counter() - started
+        metrics.POPULATION_REBUILD_SECONDS.observe(elapsed)
+        log.info("population of partitions %s rebuilt from %d customers in %.2fs", sorted(missing), n, elapsed)
+        if self.recovered:
+            log.info("%d recovered customers hold unpublished VIP changes or alerts", len(self.recovered))
+
+    def _recovered_states(self, partitions: set[int]) -> Iterable[tuple[bytes, CustomerState]]:
+        for key, raw in self.table.data.items():
+            if key == END_MARKER_KEY:
+                continue
+            state = decode_state(raw)
+            if (state.pending_vip_changes or state.pending_alerts) and state.partition in partitions:
+                self.recovered[key] = state.partition
+            yield key, state
+
+    # --- the checkpoint -----------------------------------------------------------------------------------
+    async def __call__(self, events: Sequence[EventT]) -> None:
+        started = time.perf_counter()
+        self.ensure_population()
+        batch = [
+            Incoming(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value)
+            for e in events
+        ]
+        outcome = self.processor.process(batch, self.load, int(self.wall_clock() * 1000))
+        # any event of a partition places a state there (changelog and RocksDB)
+        event_by_partition = {e.message.partition: e for e in events}
+        outbox, partitions = self._outbox(outcome, set(event_by_partition))
+
+        # 1. states with their decisions pending, and the records that decide nothing
+        produced = [await self.send(self.settings.topic_dead_letters, r.key, r.record) for r in outcome.rejected]
+        produced += [await self.send(topic, key, value) for topic, key, value in outcome.rerouted]
+        written = await self._write(outcome.states, outcome.partitions, event_by_partition)
+        await asyncio.gather(*produced)
+        if outbox:
+            # 2. publish exactly the recorded bytes
+            await self._publish(outbox, outcome)
+            if outcome.alerts:
+                metrics.CONSUME_TO_ALERT_SECONDS.observe(time.perf_counter() - started)
+            # 3. the outbox is done: remove the entries
+            for state in outbox.values():
+                state.pending_vip_changes = []
+                state.pending_alerts = []
+            written += await self._write(outbox, partitions, event_by_partition)
+            for key in outbox:
+                self.recovered.pop(key, None)
+        self.table.persisted(written)
+        # 4. Redis behind
+        self.sink.submit(outcome.profiles)
+        self._write_behind()
+        self._record_metrics(outcome, len(batch), started)
+
+    def _outbox(self, outcome: BatchOutcome, present: set[int]) -> tuple[dict[bytes, CustomerState], dict[bytes, int]]:
+        """The batch's decisions joined to their states' outbox, and every state whose outbox is to be published
+        now (with the partition of each): the batch's, and recovered ones of partitions present in the batch."""
+        states = outcome.states
+        for key, _, raw in outcome.vip_changes:
+            states[key].pending_vip_changes.append(raw)
+        for key, _, raw in outcome.alerts:
+            states[key].pending_alerts.append(raw)
+        outbox = {key: state for key, state in states.items() if state.pending_vip_changes or state.pending_alerts}
+        partitions = {key: outcome.partitions[key] for key in outbox}
+        for key, partition in list(self.recovered.items()):
+            if key in states or partition not in present:
+                continue
+            state = self.load(key)
+            if state.pending_vip_changes or state.pending_alerts:
+                outbox[key] = state
+                partitions[key] = partition
+            else:
+                del self.recovered[key]
+        return outbox, partitions
+
+    async def _write(
+        self,
+        states: Mapping[bytes, CustomerState],
+        partitions: Mapping[bytes, int],
+        event_by_partition: Mapping[int, EventT],
+    ) -> list[Any]:
+        """Write ``states`` to the changelog and wait for the acks, then close each touched partition."""
+        futures = await self.table.write_states(
+            (key, encode_state(state), event_by_partition[partitions[key]]) for key, state in states.items()
+        )
+        written = list(await asyncio.gather(*futures))
+        if written and self.settings.changelog_end_markers:
+            markers = await self.table.send_end_markers({res.partition for res in written})
+            written += await asyncio.gather(*markers)
+        return written
+
+    async def _publish(self, outbox: Mapping[bytes, CustomerState], outcome: BatchOutcome) -> None:
+        s = self.settings
+        decided_vip = len(outcome.vip_changes)
+        decided_alerts = len(outcome.alerts)
+        sent = []
+        vips = alerts = 0
+        for key, state in outbox.items():
+            for raw in state.pending_vip_changes:
+                sent.append(await self.send(s.topic_vip_changes, key, raw))
+                vips += 1
+            for raw in state.pending_alerts:
+                sent.append(await self.send(s.topic_retention_alerts, key, raw))
+                alerts += 1
+        await asyncio.gather(*sent)
+        if vips > decided_vip:
+            metrics.OUTBOX_REPUBLISHED.labels("vip_change").inc(vips - decided_vip)
+        if alerts > decided_alerts:
+            metrics.OUTBOX_REPUBLISHED.labels("alert").inc(alerts - decided_alerts)
+
+    # --- Redis ------------------------------------------------------------------------------------------------
+    async def _flush_pending(self) -> None:
+        # until nothing is pending; a failed write leaves the rest to the sink's own retry loop
+        while self.sink.pending and await self.sink.flush():
+            pass
+
+    def _write_behind(self) -> None:
+        """Redis is a view of the table: the batch is acknowledged without waiting for it (one write in
+        flight, the next takes everything submitted meanwhile). A profile lost in a crash is written again
+        by the first sweep round of the worker that takes over (see PopulationView.refresh_all); at a
+        rebalance, ``settle_profile_writes`` keeps a late write from overwriting the next owner's."""
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.ensure_future(self._flush_pending())
+
+    # --- metrics ----------------------------------------------------------------------------------------------
+    def _record_metrics(self, outcome: BatchOutcome, events: int, started: float) -> None:
+        processor = self.processor
+        for (kind, outcome_name), n in outcome.counts.items():
+            metrics.EVENTS.labels(kind, outcome_name).inc(n)
+        for rejected in outcome.rejected:
+            metrics.DEAD_LETTERS.labels(rejected.kind, rejected.reason).inc()
+        for _, vip, _ in outcome.vip_changes:
+            metrics.VIP_CHANGES.labels("entered" if vip else "left").inc()
+        for _, alert, _ in outcome.alerts:
+            metrics.RETENTION_ALERTS.labels(alert.level.value).inc()
+            for reason in alert.reasons:
+                metrics.RETENTION_ALERT_REASONS.labels(reason.code).inc()
+        metrics.SWEPT_CUSTOMERS.inc(sum(outcome.swept.values()))
+        metrics.DUE_CUSTOMERS.inc(outcome.due_checked)
+        metrics.POPULATION_CUSTOMERS.set(processor.population.customers())
+        metrics.TABLE_CUSTOMERS.set(processor.population.owned_customers())
+        record_tallies(processor.population.tallies())
+        record_indicators(processor.population.indicators())
+        now_s = self.wall_clock()
+        for occurred_ms in outcome.occurred_ms:
+            metrics.EVENT_TO_SCORED_SECONDS.observe(max(0.0, now_s - occurred_ms / 1000))
+        if processor.watermark_ms is not None:
+            metrics.WATERMARK_SECONDS.set(processor.watermark_ms / 1000)
+        metrics.BATCH_EVENTS.observe(events)
+        metrics.CHECKPOINT_SECONDS.observe(time.perf_counter() - started)

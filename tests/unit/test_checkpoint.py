@@ -1,0 +1,250 @@
+"""The checkpoint's order and its transactional outbox (streams.checkpoint), with fakes of the table, the
+producer and the Redis sink (the real ones are covered end to end in tests/e2e and tests/faults).
+
+The property that matters: a VIP change or alert id is published with one content however often its batch
+is replayed after a crash, and the state's count never falls behind an id already published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+import pytest
+
+from pulse.settings import Settings
+from streams.checkpoint import Checkpoint
+from streams.codec import decode_state
+from streams.processor import BatchProcessor
+
+SETTINGS = Settings(_env_file=None)
+START = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+class Crash(Exception):
+    """Stands for kill -9 at that point: nothing after it happens."""
+
+
+def done(value: Any) -> asyncio.Future:
+    future = asyncio.get_running_loop().create_future()
+    future.set_result(value)
+    return future
+
+
+class Broker:
+    """Acknowledged records per topic, the changelog among them, and one log of every step in order."""
+
+    def __init__(self, crash_at: str | None = None) -> None:
+        self.log: list[tuple[str, Any]] = []
+        self.topics: dict[str, list[tuple[bytes | None, bytes | None]]] = {}
+        #: the step that crashes: "publish" (before any VIP change or alert is sent) or "clear" (the second
+        #: changelog write, after they were acknowledged)
+        self.crash_at = crash_at
+        self.changelog_writes = 0
+
+    def ack(self, topic: str, key: bytes | None, value: bytes | None) -> None:
+        self.topics.setdefault(topic, []).append((key, value))
+
+    async def send(self, topic: str, key: bytes | None, value: bytes) -> asyncio.Future:
+        if self.crash_at == "publish" and topic in (SETTINGS.topic_vip_changes, SETTINGS.topic_retention_alerts):
+            raise Crash(topic)
+        self.log.append(("send", topic))
+        self.ack(topic, key, value)
+        return done(SimpleNamespace(partition=0))
+
+    def recovered(self) -> dict[bytes, bytes]:
+        """What a restarted worker's table holds: the last acknowledged changelog record of each key."""
+        return {key: value for key, value in self.topics.get("changelog", []) if key != b"__end__"}
+
+
+class Table:
+    def __init__(self, broker: Broker, data: dict[bytes, bytes] | None = None) -> None:
+        self.broker = broker
+        self.data = dict(data or {})
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.data.get(key)
+
+    async def write_states(self, items) -> list[asyncio.Future]:
+        self.broker.changelog_writes += 1
+        if self.broker.crash_at == "clear" and self.broker.changelog_writes == 2:
+            raise Crash("changelog")
+        futures = []
+        for key, value, event in items:
+            self.data[key] = value
+            self.broker.log.append(("changelog", key))
+            self.broker.ack("changelog", key, value)
+            futures.append(done(SimpleNamespace(partition=event.message.partition)))
+        return futures
+
+    async def send_end_markers(self, partitions: set[int]) -> list[asyncio.Future]:
+        self.broker.log.append(("markers", sorted(partitions)))
+        for _ in partitions:
+            self.broker.ack("changelog", b"__end__", None)
+        return [done(SimpleNamespace(partition=p)) for p in partitions]
+
+    def persisted(self, results) -> None:
+        self.broker.log.append(("persisted", len(list(results))))
+
+
+class Sink:
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.pending = 0
+
+    def submit(self, profiles) -> None:
+        self.broker.log.append(("redis", len(profiles)))
+
+    async def flush(self) -> bool:
+        return True
+
+
+def order(offset: int, customer: str, day: int, amount: int) -> SimpleNamespace:
+    value = orjson.dumps(
+        {
+            "event_id": f"e{customer}-{offset}",
+            "customer_id": customer,
+            "occurred_at": (START + timedelta(days=day)).isoformat(),
+            "order_id": f"o{customer}-{offset}",
+            "amount": amount,
+            "currency": "USD",
+            "status": "completed",
+        }
+    )
+    message = SimpleNamespace(
+        topic=SETTINGS.topic_orders, partition=0, offset=offset, key=customer.encode(), value=value
+    )
+    return SimpleNamespace(message=message)
+
+
+def first_batch() -> list[SimpleNamespace]:
+    """A big spender B (VIP: top 5 % of 20) and a customer A silent for 200 days (a medium-risk alert)."""
+    events = [order(0, "A", 0, 50)]
+    events += [order(i, f"C{i:02d}", 200, 40 + i) for i in range(1, 19)]
+    events.append(order(19, "B", 200, 5_000))
+    return events
+
+
+def later_batch() -> list[SimpleNamespace]:
+    """100 days later, 30 new customers who all out-spend B: had the first batch been decided again here, B
+    would not become VIP and A's alert would say 300 days."""
+    return [order(20 + i, f"D{i:02d}", 300, 9_000 + i) for i in range(30)]
+
+
+def worker(broker: Broker, data: dict[bytes, bytes] | None = None) -> tuple[Checkpoint, Table]:
+    table = Table(broker, data)
+    checkpoint = Checkpoint(SETTINGS, BatchProcessor(SETTINGS), table, Sink(broker), broker.send, lambda: {0})
+    return checkpoint, table
+
+
+def records(broker: Broker, topic: str, field: str) -> list[tuple[str, bytes]]:
+    return [(orjson.loads(value)[field], value) for _, value in broker.topics.get(topic, [])]
+
+
+def vip_records(broker: Broker) -> list[tuple[str, bytes]]:
+    return records(broker, SETTINGS.topic_vip_changes, "change_id")
+
+
+def alert_records(broker: Broker) -> list[tuple[str, bytes]]:
+    return records(broker, SETTINGS.topic_retention_alerts, "alert_id")
+
+
+def test_states_with_their_decisions_pending_then_the_decisions_then_the_cleared_states():
+    broker = Broker()
+    checkpoint, table = worker(broker)
+    asyncio.run(checkpoint(first_batch()))
+
+    steps = [step for step, _ in broker.log]
+    first_send = steps.index("send")
+    assert steps[:first_send] == ["changelog"] * 20 + ["markers"]
+    assert steps[first_send : first_send + 2] == ["send", "send"]
+    assert steps[first_send + 2 :] == ["changelog", "changelog", "markers", "persisted", "redis"]
+    assert [topic for step, topic in broker.log if step == "send"] == [
+        SETTINGS.topic_retention_alerts,  # A
+        SETTINGS.topic_vip_changes,  # B
+    ]
+
+    # the first changelog record of A and B carries exactly the bytes published afterwards
+    (vip_id, vip_bytes), (alert_id, alert_bytes) = vip_records(broker)[0], alert_records(broker)[0]
+    assert (vip_id, alert_id) == ("B:vip:1", "A:churn:1")
+    first = {}
+    for key, value in broker.topics["changelog"]:
+        first.setdefault(key, value)
+    assert decode_state(first[b"B"]).pending_vip_changes == [vip_bytes]
+    assert decode_state(first[b"A"]).pending_alerts == [alert_bytes]
+    # and the table ends with the outbox empty, the counts kept
+    a, b = decode_state(table.data[b"A"]), decode_state(table.data[b"B"])
+    assert a.pending_alerts == [] and b.pending_vip_changes == []
+    assert a.churn.alerts == 1 and b.vip and b.vip_changes == 1
+
+
+def test_a_batch_without_decisions_writes_the_changelog_once():
+    broker = Broker()
+    checkpoint, _ = worker(broker)
+    asyncio.run(checkpoint([order(0, "A", 0, 50), order(1, "B", 0, 60)]))
+    assert [step for step, _ in broker.log] == ["changelog", "changelog", "markers", "persisted", "redis"]
+
+
+@pytest.mark.parametrize("crash_at", ["publish", "clear"])
+def test_a_replay_after_a_crash_publishes_each_id_with_one_content(crash_at: str):
+    """kill -9 before the decisions were sent, or after they were acknowledged but before the states were
+    cleared; the restarted worker reads the first batch again together with a later one (a replay's
+    batches need not be the first run's), at a clock 100 days on and a population where B is no longer VIP."""
+    broker = Broker(crash_at)
+    checkpoint, _ = worker(broker)
+    with pytest.raises(Crash):
+        asyncio.run(checkpoint(first_batch()))
+    published_before = vip_records(broker) + alert_records(broker)
+    assert len(published_before) == (0 if crash_at == "publish" else 2)
+    pending = decode_state(broker.recovered()[b"A"]).pending_alerts
+    assert len(pending) == 1  # the decision is durable with the state, before it is published
+
+    broker.crash_at = None
+    restarted, table = worker(broker, broker.recovered())
+    asyncio.run(restarted(first_batch() + later_batch()))
+
+    vips, alerts = vip_records(broker), alert_records(broker)
+    for published in (vips, alerts):
+        contents: dict[str, set[bytes]] = {}
+        for record_id, value in published:
+            contents.setdefault(record_id, set()).add(value)
+        assert all(len(c) == 1 for c in contents.values()), contents
+    # A's alert is the one decided at day 200, not a new decision at day 300
+    [a_alert] = {value for record_id, value in alerts if record_id == "A:churn:1"}
+    assert a_alert == pending[0]
+    assert orjson.loads(a_alert)["raised_at"].startswith((START + timedelta(days=200)).date().isoformat())
+    # B entered at the first batch; the replay's population makes it leave, as a new id
+    assert [(i, orjson.loads(v)["vip"]) for i, v in dict(vips).items() if i.startswith("B:")] == [
+        ("B:vip:1", True),
+        ("B:vip:2", False),
+    ]
+    # the state agrees with the last record, and counts every id published
+    a, b = decode_state(table.data[b"A"]), decode_state(table.data[b"B"])
+    assert b.vip is False and b.vip_changes == 2 and a.churn.alerts == 1
+    assert a.pending_alerts == [] and b.pending_vip_changes == []
+    for key, value in broker.recovered().items():
+        state = decode_state(value)
+        assert not state.pending_alerts and not state.pending_vip_changes, key
+
+
+def test_recovered_outbox_waits_for_a_record_of_its_partition():
+    """A recovered state is re-published and cleared with one of its partition's records (the changelog and
+    RocksDB file a state under the partition of an event of the batch)."""
+    broker = Broker("publish")
+    checkpoint, _ = worker(broker)
+    with pytest.raises(Crash):
+        asyncio.run(checkpoint(first_batch()))
+    broker.crash_at = None
+    restarted, _ = worker(broker, broker.recovered())
+    other = order(0, "X", 200, 10)
+    other.message.partition = 1
+    restarted.owned_partitions = lambda: {0, 1}
+    asyncio.run(restarted([other]))
+    assert vip_records(broker) == [] and set(restarted.recovered) == {b"A", b"B"}
+    asyncio.run(restarted([order(40, "Y", 200, 10)]))  # a record of partition 0 (a sweep tick would do)
+    assert [i for i, _ in vip_records(broker)] == ["B:vip:1"]
+    assert [i for i, _ in alert_records(broker)] == ["A:churn:1"]
+    assert restarted.recovered == {}
