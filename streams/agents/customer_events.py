@@ -32,7 +32,7 @@ from collections import Counter
 from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING
 
-from faust.types import EventT, StreamT
+from faust.types import TP, EventT, StreamT
 
 from streams import metrics
 from streams.codec import decode_state, encode_state
@@ -135,6 +135,14 @@ def register(pulse: PulseApp) -> BatchProcessor:
     # after a Redis outage, the sweep writes every profile again (Redis may have lost them)
     sink.on_recovered = processor.population.refresh_all
 
+    inputs = set(settings.input_topics().values())
+
+    def highwater(tp: TP) -> int | None:
+        try:
+            return pulse.app.consumer.highwater(tp)
+        except Exception:  # noqa: BLE001 - revoked meanwhile, or not fetched yet: not known
+            return None
+
     def load(key: bytes) -> CustomerState:
         return decode_state(table.get(key))
 
@@ -185,7 +193,9 @@ def register(pulse: PulseApp) -> BatchProcessor:
             Incoming(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value)
             for e in events
         ]
-        outcome = processor.process(batch, load, int(time.time() * 1000))
+        # the consumer's end offset per input topic-partition: a partition's clock waits for the ones behind
+        ends = {(tp.topic, tp.partition): highwater(tp) for tp in pulse.app.consumer.assignment() if tp.topic in inputs}
+        outcome = processor.process(batch, load, int(time.time() * 1000), ends)
         # Produced messages first, then state (Quix's Checkpoint order): a state that records an alert
         # or a VIP change is only written once that message is acknowledged, so a crash in between
         # replays the batch and raises it again, with the same id, instead of losing it.
