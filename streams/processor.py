@@ -140,6 +140,7 @@ class BatchProcessor:
         self.progress: dict[TopicPartitionKey, TopicProgress] = {}
         #: the consumer's end offsets as last handed in (None: the batches are all there is) and the wall clock
         self._ends: Mapping[TopicPartitionKey, int | None] | None = None
+        self._starts: Mapping[TopicPartitionKey, int] | None = None
         self._wall_ms: int | None = None
         #: owned partitions whose clock an input topic-partition holds back (no idle advance for them)
         self._held: set[int] = set()
@@ -180,19 +181,22 @@ class BatchProcessor:
         load: Callable[[bytes], CustomerState],
         wall_ms: int | None = None,
         ends: Mapping[TopicPartitionKey, int | None] | None = None,
+        starts: Mapping[TopicPartitionKey, int] | None = None,
     ) -> BatchOutcome:
         """Score one batch.
 
         ``wall_ms``: the wall clock (too_early, the idle advance, historical alerts; None: off).
         ``ends``: the consumer's end offset (highwater) of every assigned input topic-partition, None where not
         known yet; a topic-partition whose read position reached it does not hold its partition's clock back.
-        Without ``ends`` (offline, tests) the batches are all there is: everything read has caught up.
+        ``starts``: the offset this session started reading each of them at (the group's committed offset): its
+        position until a record of it was read. Without ``ends`` (offline, tests) the batches are all there
+        is: everything read has caught up.
         """
         out = BatchOutcome()
         self._ranking = None  # the events below move the population
         self._wall_ms = wall_ms
         if ends is not None or self._ends is None:
-            self._ends = ends
+            self._ends, self._starts = ends, starts
         #: partitions with a tick in the batch (round-robin sweep), and with any record (due checks)
         ticks: set[int] = set()
         present: set[int] = set()
@@ -250,12 +254,15 @@ class BatchProcessor:
         self.move_clocks()
         self._advance_idle_clock(ticks, wall_ms)
         clocks = {p: part.clock_ms for p, part in self.population.local.items() if part.clock_ms is not None}
+        # a customer is scored at its own partition's clock, and not before that partition has one
+        waiting = [key for key in out.states if out.partitions[key] not in clocks]
+        for key in waiting:
+            self._defer(key, out.states[key])
         if not clocks:
             return out
         self._population_stands()
         render = {}
         for key, state in out.states.items():
-            # a customer is scored at its own partition's clock, and not before that partition has one
             now = clocks.get(out.partitions[key])
             if now is not None:
                 self._rescore(key, state, now, out)
@@ -268,6 +275,11 @@ class BatchProcessor:
         self._retag(out)
         out.profiles = self.profiles(render, None, out.assessed)
         return out
+
+    @property
+    def held(self) -> set[int]:
+        """Owned partitions whose clock an input topic-partition held back at the last batch."""
+        return set(self._held)
 
     def _check_early(self, event: ScoredEvent, wall_ms: int | None) -> None:
         """Spec (Clock): an event ahead of the wall clock by more than ``max_earliness_seconds`` moves no clock."""
@@ -283,13 +295,16 @@ class BatchProcessor:
     def holds(self, key: TopicPartitionKey) -> bool:
         """Does this input topic-partition hold its partition's clock back? Not when it caught up with its end
         offset, nor when nothing was read from it for ``clock_partition_idle_seconds`` while it is not known to
-        be behind (Kafka Streams' max.task.idle.ms, Flink's idleness). Without end offsets: never."""
+        be behind (Kafka Streams' max.task.idle.ms, Flink's idleness): its end offset not fetched yet, or
+        neither a record read nor a start offset known. Without end offsets: never."""
         ends = self._ends
         if ends is None or key not in ends:
             return False
         end = ends[key]
         read = self.progress.get(key)
         position = None if read is None else read.next_offset
+        if position is None and self._starts is not None:
+            position = self._starts.get(key)
         if end is not None:
             if end == 0 or (position is not None and position >= end):
                 return False  # caught up
@@ -321,9 +336,9 @@ class BatchProcessor:
                 read = self.progress.get(key)
                 mark = None if read is None else read.mark_ms
                 if mark is None:
-                    blocked = True
-                    break
-                lowest = mark if lowest is None else min(lowest, mark)
+                    blocked = True  # (the others are still looked at: their idle time starts now)
+                else:
+                    lowest = mark if lowest is None else min(lowest, mark)
             target = None if blocked else lowest if partition in self._held else high
             if target is not None:
                 part.move_clock(target)
@@ -533,12 +548,7 @@ class BatchProcessor:
         events up to that time (a topic read behind the others). It is due then instead (spec: Clock)."""
         before = (state.churn.level, state.churn.score, state.churn.next_check_ms, state.activity)
         if state.last_event_ms is not None and state.last_event_ms > now:
-            due = state.churn.next_check_ms
-            if due is None or due > state.last_event_ms:
-                state.churn.next_check_ms = state.last_event_ms
-            if state.partition is not None:
-                self.population.partition(state.partition).schedule(key, state.churn.next_check_ms)
-            return before[2] != state.churn.next_check_ms
+            return self._defer(key, state)
         clv, risk = assess_customer(state, now, self._gap_days, self.config)
         out.assessed[key] = (clv, risk)
         decision = churn.update(state.churn, risk, now, self.config.churn)
@@ -553,6 +563,16 @@ class BatchProcessor:
             out.alerts.append((key, alert, orjson.dumps(alert.model_dump(mode="json"))))
         after = (state.churn.level, state.churn.score, state.churn.next_check_ms, state.activity)
         return decision.kind is not None or before != after
+
+    def _defer(self, key: bytes, state: CustomerState) -> bool:
+        """The customer's churn is decided once its partition's clock reaches its latest event: due then (the
+        due-time index re-assesses and renders it). True if the stored next check moved."""
+        due, at = state.churn.next_check_ms, state.last_event_ms
+        if at is not None and (due is None or due > at):
+            state.churn.next_check_ms = at
+        if state.partition is not None:
+            self.population.partition(state.partition).schedule(key, state.churn.next_check_ms)
+        return due != state.churn.next_check_ms
 
     def _alert(
         self,

@@ -194,8 +194,12 @@ def register(pulse: PulseApp) -> BatchProcessor:
             for e in events
         ]
         # the consumer's end offset per input topic-partition: a partition's clock waits for the ones behind
-        ends = {(tp.topic, tp.partition): highwater(tp) for tp in pulse.app.consumer.assignment() if tp.topic in inputs}
-        outcome = processor.process(batch, load, int(time.time() * 1000), ends)
+        # and where this session started reading it (Faust keeps the committed offset, None for 0)
+        tps = [tp for tp in pulse.app.consumer.assignment() if tp.topic in inputs]
+        committed = getattr(pulse.app.consumer, "_committed_offset", {})
+        ends = {(tp.topic, tp.partition): highwater(tp) for tp in tps}
+        starts = {(tp.topic, tp.partition): committed.get(tp) or 0 for tp in tps}
+        outcome = processor.process(batch, load, int(time.time() * 1000), ends, starts)
         # Produced messages first, then state (Quix's Checkpoint order): a state that records an alert
         # or a VIP change is only written once that message is acknowledged, so a crash in between
         # replays the batch and raises it again, with the same id, instead of losing it.
