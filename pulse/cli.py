@@ -62,6 +62,17 @@ def _traffic(args: argparse.Namespace) -> list[tuple[str, dict]]:
     return generate_events(args.customers, args.days, args.seed)
 
 
+def _alerted(client: redis.Redis, pattern: str) -> tuple[int, int, int]:
+    """(profiles, customers with at least one retention alert, alerts) over the profiles in Redis: what the
+    demo says about its alerts (each profile counts its customer's alerts)."""
+    keys = list(client.scan_iter(pattern, count=1000))
+    with client.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.hget(key, "churn_alerts")
+        counts = [int(c or 0) for c in pipe.execute()]
+    return len(keys), sum(1 for c in counts if c), sum(counts)
+
+
 def _richest_customer(events: list[tuple[str, dict]]) -> str:
     """The customer with the most kinds of events, then the most events: the best profile to show."""
     kinds: dict[str, set[str]] = {}
@@ -306,8 +317,11 @@ def cmd_dev(args: argparse.Namespace) -> int:
             if any(w.poll() is not None for w in workers):
                 print("a worker exited; see its log", file=sys.stderr)
                 return 1
-            n = sum(1 for _ in client.scan_iter(f"{settings.redis_key_prefix}profile:*", count=1000))
-            print(f"profiles in redis: {n}/{customers_with_orders}", flush=True)
+            n, alerted, alerts = _alerted(client, f"{settings.redis_key_prefix}profile:*")
+            print(
+                f"profiles in redis: {n}/{customers_with_orders}; customers alerted: {alerted} ({alerts} alerts)",
+                flush=True,
+            )
             if n >= customers_with_orders and not shown:
                 sample = _richest_customer(events)
                 print(

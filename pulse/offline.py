@@ -8,6 +8,7 @@ final clock (what a live worker reaches once its sweep has gone round).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -28,13 +29,21 @@ class OfflineResult:
     states: dict[bytes, CustomerState] = field(default_factory=dict)
 
 
-def score_records(records: Iterable[RawRecord], settings: Settings, final_sweep: bool = True) -> OfflineResult:
+def score_records(
+    records: Iterable[RawRecord], settings: Settings, final_sweep: bool = True, wall_ms: int | None = None
+) -> OfflineResult:
     """Run ``records`` through one uninterrupted processor in batches of ``batch_max_events``.
 
     Re-keyed events are fed again after the pass, as the worker's re-publish
     makes them arrive again. Profiles are the last written per customer, read
     back from the fields the worker writes to Redis (as a Redis reader gets them).
+
+    ``wall_ms`` (default: now, when the file is scored) is the wall clock of ``too_early``: a history cannot
+    hold events from after it was written, so an event more than ``max_earliness_seconds`` after the run is
+    rejected with that reason, as a worker would. ``PULSE_MAX_EARLINESS_SECONDS=0`` turns the check off.
     """
+    if wall_ms is None:
+        wall_ms = int(time.time() * 1000)
     processor = BatchProcessor(settings)
     result = OfflineResult()
     store = result.states
@@ -59,7 +68,7 @@ def score_records(records: Iterable[RawRecord], settings: Settings, final_sweep:
             for topic, key, value in pending[start : start + size]:
                 offsets[topic] = offsets.get(topic, -1) + 1
                 batch.append(Incoming(topic, 0, offsets[topic], key, value))
-            out = processor.process(batch, load)
+            out = processor.process(batch, load, wall_ms)
             take(out)
             rerouted += out.rerouted
         pending = rerouted

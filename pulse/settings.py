@@ -226,7 +226,25 @@ class Settings(BaseSettings):
         0.0,
         ge=0,
         description="Live operation: when no event arrived for this many wall seconds, the event-time clock "
-        "advances with the wall clock (0: off, replays stay exact).",
+        "advances with the wall clock (0: off, replays stay exact); never beyond the wall clock.",
+    )
+    clock_partition_idle_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="An input topic-partition with nothing read for this many wall seconds, and not known to be "
+        "behind its end offset, no longer holds its partition's clock back (spec: Clock, idleness).",
+    )
+    max_earliness_seconds: float = Field(
+        86400.0,
+        ge=0,
+        description="Events more than this ahead of the wall clock are dead-lettered as too_early and move no "
+        "clock (0: off). pulse score measures against the time it runs.",
+    )
+    historical_alert_seconds: float = Field(
+        86400.0,
+        ge=0,
+        description="Alerts raised at an event time older than the wall clock by more than this are marked "
+        "historical: true (a replay or backfill; delivery may skip them; 0: off).",
     )
 
     # --- population indicators (spec: Population indicators) -------------

@@ -70,3 +70,6 @@ class RetentionAlert(BaseModel):
     #: the yearly profit that leaves with the customer: revenue_window × the customer's margin
     value_at_risk: Decimal
     suggested_action: str
+    #: raised at an event time older than the wall clock by more than PULSE_HISTORICAL_ALERT_SECONDS (a replay,
+    #: a backfill, a catch-up after downtime): true of its time, not for acting now; delivery may skip it
+    historical: bool = False

@@ -8,12 +8,14 @@ the dead-letter topic and the ``..._dead_letters_total`` counter can say why.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, ClassVar
 
 import pydantic
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 #: Ids (customer, order, ticket …): printable, no spaces, bounded. The same
 #: pattern decides what the HTTP API rejects as a malformed id.
@@ -24,6 +26,29 @@ Id = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 MAX_AMOUNT = Decimal("1000000000")
 Money = Annotated[Decimal, Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False, decimal_places=4)]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+#: The representable event times, in Unix milliseconds: what a UTC ``datetime`` holds (years 1 to 9999).
+#: A time outside (``9999-12-31T23:59:59-14:00`` is year 10000 in UTC) is ``invalid_time`` at the edge, so
+#: no later conversion (to UTC, to milliseconds and back for ``as_of`` or ``raised_at``) can overflow.
+MIN_TIME_MS = -62_135_596_800_000
+MAX_TIME_MS = 253_402_300_799_999
+
+
+def time_ms(at: datetime) -> int:
+    """Unix milliseconds of an aware time (the scorers' event time)."""
+    return int(at.timestamp() * 1000)
+
+
+def representable(at: datetime) -> bool:
+    """``at`` converts to UTC and to milliseconds and back without leaving years 1 to 9999."""
+    try:
+        at.astimezone(UTC)
+        ms = time_ms(at)
+        if not MIN_TIME_MS <= ms <= MAX_TIME_MS:
+            return False
+        datetime.fromtimestamp(ms / 1000, tz=UTC)
+    except (OverflowError, ValueError, OSError):
+        return False
+    return True
 
 
 class Kind(StrEnum):
@@ -61,9 +86,16 @@ class _Event(BaseModel):
     customer_id: Id
     occurred_at: AwareDatetime
 
+    @field_validator("occurred_at")
+    @classmethod
+    def _representable(cls, value: datetime) -> datetime:
+        if not representable(value):
+            raise PydanticCustomError("invalid_time", "outside the representable range (UTC years 1 to 9999)")
+        return value
+
     @property
     def occurred_ms(self) -> int:
-        return int(self.occurred_at.timestamp() * 1000)
+        return time_ms(self.occurred_at)
 
 
 class OrderEvent(_Event):
@@ -125,6 +157,8 @@ class Reason(StrEnum):
     UNSUPPORTED_CURRENCY = "unsupported_currency"
     #: older than its partition's watermark minus PULSE_MAX_LATENESS_DAYS
     TOO_LATE = "too_late"
+    #: ahead of the wall clock by more than PULSE_MAX_EARLINESS_SECONDS
+    TOO_EARLY = "too_early"
 
 
 class EventRejected(Exception):
@@ -143,6 +177,7 @@ _ERROR_REASONS: dict[str, Reason] = {
     "timezone_aware": Reason.INVALID_TIME,
     "datetime_parsing": Reason.INVALID_TIME,
     "datetime_from_date_parsing": Reason.INVALID_TIME,
+    "invalid_time": Reason.INVALID_TIME,
     "finite_number": Reason.OUT_OF_RANGE,
     "greater_than": Reason.OUT_OF_RANGE,
     "greater_than_equal": Reason.OUT_OF_RANGE,

@@ -10,8 +10,12 @@ some partitions. :class:`PopulationView` holds:
 * for every other partition, the latest snapshot its owner published
   (``snapshot`` / ``apply_snapshot``; the counts add up across partitions).
 
-Scores are computed against the union. The clock (spec: Clock) is the highest
-watermark over all partitions, so every worker ends on the same "now".
+Scores are computed against the union. Each owned partition also has a clock
+(spec: Clock): the event time its customers' time-driven signals are decided
+at, moved by ``streams.processor`` from the watermarks of the partition's input
+topic-partitions, never backwards. ``clock()`` is the highest time any
+partition reached (its watermark or clock): what a partition with nothing left
+to read moves to, so every worker ends on the same "now".
 
 Pure: no I/O, no Faust. The worker ships snapshots over Kafka; the offline
 scorer uses one view with a single partition.
@@ -79,7 +83,10 @@ class PartitionPopulation:
     """The population part of one owned partition."""
 
     population: Population
+    #: highest event time read from the partition (any input topic)
     watermark_ms: int | None = None
+    #: the partition's clock: its customers' time-driven signals are decided at this time (spec: Clock)
+    clock_ms: int | None = None
     #: every customer of the partition, in order of arrival: the sweep's list
     members: list[bytes] = field(default_factory=list)
     cursor: int = 0
@@ -150,6 +157,22 @@ class PartitionPopulation:
             self.watermark_ms = occurred_ms
             self.version += 1
 
+    def move_clock(self, to_ms: int) -> bool:
+        """Move the clock forward to ``to_ms`` (never back); True if it moved."""
+        if self.clock_ms is not None and to_ms <= self.clock_ms:
+            return False
+        self.clock_ms = to_ms
+        self.version += 1
+        return True
+
+    def high_ms(self) -> int | None:
+        """The latest time the partition reached: its watermark or its clock (the idle advance)."""
+        return _later(self.watermark_ms, self.clock_ms)
+
+
+def _later(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else max(a, b)
+
 
 @dataclass(slots=True)
 class RemotePart:
@@ -161,6 +184,8 @@ class RemotePart:
     gaps: GapSums = NO_GAP
     indicators: IndicatorSums = field(default_factory=IndicatorSums)
     flags: dict[str, int] = field(default_factory=dict)
+    #: the partition's clock (None in snapshots of older workers)
+    clock_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,9 +314,18 @@ class PopulationView:
         return self._parts
 
     def clock(self) -> int | None:
-        marks = [p.watermark_ms for p in self.local.values()] + [r.watermark_ms for r in self.remote.values()]
+        """The highest time any partition reached (watermark or clock): population-wide "now" (indicators), and
+        where the clock of a partition with nothing left to read goes (see ``streams.processor``)."""
+        marks = [p.high_ms() for p in self.local.values()] + [
+            _later(r.watermark_ms, r.clock_ms) for n, r in self.remote.items() if n not in self.local
+        ]
         present = [m for m in marks if m is not None]
         return max(present) if present else None
+
+    def clock_of(self, partition: int) -> int | None:
+        """The clock of an owned partition: its customers' "now" (spec: Clock)."""
+        part = self.local.get(partition)
+        return None if part is None else part.clock_ms
 
     def customers(self) -> int:
         return sum(p.members for p in self.parts())
@@ -339,7 +373,8 @@ class PopulationView:
         return orjson.dumps(
             {
                 "partition": partition,
-                "watermark_ms": part.watermark_ms,
+                "watermark_ms": part.high_ms(),
+                "clock_ms": part.clock_ms,
                 "customers": len(part.members),
                 "gaps": list(part.gaps),
                 "indicators": indicators,
@@ -360,6 +395,7 @@ class PopulationView:
             tuple(data.get("gaps", NO_GAP)),
             IndicatorSums.from_json(data.get("indicators") or {}),
             dict(data.get("flags") or {}),
+            data.get("clock_ms"),
         )
         self._parts = None
         return partition

@@ -62,6 +62,10 @@ log = logging.getLogger(__name__)
 Send = Callable[[str, bytes | None, bytes], Awaitable[Awaitable[Any]]]
 
 
+#: () -> (end offset, start offset) of every assigned input topic-partition, keyed by (topic, partition)
+InputPositions = Callable[[], tuple[Mapping[tuple[str, int], int | None], Mapping[tuple[str, int], int]]]
+
+
 class StateTable(Protocol):
     """What the checkpoint needs of ``streams.tables.CustomerStateTable``."""
 
@@ -145,6 +149,7 @@ class Checkpoint:
         send: Send,
         owned_partitions: Callable[[], set[int]],
         wall_clock: Callable[[], float] = time.time,
+        input_positions: InputPositions | None = None,
     ) -> None:
         self.settings = settings
         self.processor = processor
@@ -153,6 +158,8 @@ class Checkpoint:
         self.send = send
         self.owned_partitions = owned_partitions
         self.wall_clock = wall_clock
+        #: end offsets and start offsets of the input topic-partitions (the per-partition clock; None: unknown)
+        self.input_positions = input_positions
         #: customers recovered with outbox entries (a crash before step 3), and their partition: re-published by
         #: the first checkpoint with a record of that partition (a state is written with one of its events)
         self.recovered: dict[bytes, int] = {}
@@ -201,7 +208,8 @@ class Checkpoint:
             Incoming(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value)
             for e in events
         ]
-        outcome = self.processor.process(batch, self.load, int(self.wall_clock() * 1000))
+        ends, starts = self.input_positions() if self.input_positions is not None else (None, None)
+        outcome = self.processor.process(batch, self.load, int(self.wall_clock() * 1000), ends, starts)
         # any event of a partition places a state there (changelog and RocksDB)
         event_by_partition = {e.message.partition: e for e in events}
         outbox, partitions = self._outbox(outcome, set(event_by_partition))

@@ -9,7 +9,7 @@ function calls.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -53,6 +53,23 @@ class Incoming:
     offset: int
     key: bytes | None
     value: bytes | None
+
+
+#: (topic, partition): one input topic-partition
+TopicPartitionKey = tuple[str, int]
+
+
+@dataclass(slots=True)
+class TopicProgress:
+    """What this worker read of one input topic-partition (spec: Clock): its watermark, the offset after the
+    last record read (compared with the consumer's end offset: caught up?) and the wall time of that read."""
+
+    #: highest valid event time read (None: none yet)
+    mark_ms: int | None = None
+    #: offset after the last record read in this session (None: none read yet)
+    next_offset: int | None = None
+    #: wall time of the last record read, or when the topic-partition was first seen (idleness)
+    active_wall_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,13 +132,25 @@ class BatchProcessor:
             self.config.rfm, self.config.indicators, int(settings.profile_refresh_seconds * 1000)
         )
         self.max_lateness_ms = int(settings.max_lateness_days * DAY_MS)
+        self.max_earliness_ms = int(settings.max_earliness_seconds * 1000)
+        self.historical_ms = int(settings.historical_alert_seconds * 1000)
+        self.partition_idle_ms = int(settings.clock_partition_idle_seconds * 1000)
+        self.input_topics = tuple(sorted(self.kind_by_topic))
+        #: per input topic-partition: watermark, read position, last read (spec: Clock)
+        self.progress: dict[TopicPartitionKey, TopicProgress] = {}
+        #: the consumer's end offsets as last handed in (None: the batches are all there is) and the wall clock
+        self._ends: Mapping[TopicPartitionKey, int | None] | None = None
+        self._starts: Mapping[TopicPartitionKey, int] | None = None
+        self._wall_ms: int | None = None
+        #: owned partitions whose clock an input topic-partition holds back (no idle advance for them)
+        self._held: set[int] = set()
         #: the population's purchase gap, computed once per batch (churn: overdue)
         self._gap_days: float | None = None
         #: RFM percentiles against the population as it stands once a batch's events are applied
         self._ranking: Ranking | None = None
-        #: idle advance: (clock, wall time) when the clock last moved by events, and the clock seen then
-        self._idle_anchor: tuple[int, int] | None = None
-        self._clock_seen: int | None = None
+        #: idle advance, per owned partition: (clock, wall time) when its clock last moved otherwise, and the
+        #: clock seen then
+        self._idle_anchor: dict[int, tuple[int, int, int]] = {}
 
     def rebuild(self, partitions: set[int], states: Iterable[tuple[bytes, CustomerState]]) -> int:
         """Count the recovered customers of newly owned ``partitions`` into the population; returns how many.
@@ -131,19 +160,43 @@ class BatchProcessor:
         self.population.drop(partitions)
         for partition in partitions:
             self.population.partition(partition)
+            # read again from the committed offsets: the clock restarts where the last owner published it
+            for topic in self.input_topics:
+                self.progress.pop((topic, partition), None)
+            self._idle_anchor.pop(partition, None)
+            published = self.population.remote.get(partition)
+            if published is not None and published.clock_ms is not None:
+                self.population.partition(partition).move_clock(published.clock_ms)
         return self.population.add_states(partitions, states)
 
     @property
     def watermark_ms(self) -> int | None:
-        """The scorer's clock: highest event time seen in any partition (spec: Clock)."""
+        """The latest event time any partition reached (its watermark or idle-advanced clock): metrics, and where
+        a partition with nothing left to read moves its clock to (see ``move_clocks``)."""
         return self.population.clock()
 
     def process(
-        self, batch: Sequence[Incoming], load: Callable[[bytes], CustomerState], wall_ms: int | None = None
+        self,
+        batch: Sequence[Incoming],
+        load: Callable[[bytes], CustomerState],
+        wall_ms: int | None = None,
+        ends: Mapping[TopicPartitionKey, int | None] | None = None,
+        starts: Mapping[TopicPartitionKey, int] | None = None,
     ) -> BatchOutcome:
-        """Score one batch. ``wall_ms``: the wall clock, for the idle advance of a live worker (None: off)."""
+        """Score one batch.
+
+        ``wall_ms``: the wall clock (too_early, the idle advance, historical alerts; None: off).
+        ``ends``: the consumer's end offset (highwater) of every assigned input topic-partition, None where not
+        known yet; a topic-partition whose read position reached it does not hold its partition's clock back.
+        ``starts``: the offset this session started reading each of them at (the group's committed offset): its
+        position until a record of it was read. Without ``ends`` (offline, tests) the batches are all there
+        is: everything read has caught up.
+        """
         out = BatchOutcome()
         self._ranking = None  # the events below move the population
+        self._wall_ms = wall_ms
+        if ends is not None or self._ends is None:
+            self._ends, self._starts = ends, starts
         #: partitions with a tick in the batch (round-robin sweep), and with any record (due checks)
         ticks: set[int] = set()
         present: set[int] = set()
@@ -153,9 +206,15 @@ class BatchProcessor:
                 ticks.add(record.partition)
                 continue
             kind = self.kind_by_topic[record.topic]
+            read = self.progress.get((record.topic, record.partition))
+            if read is None:
+                read = self.progress[(record.topic, record.partition)] = TopicProgress()
+            read.next_offset = record.offset + 1
+            read.active_wall_ms = wall_ms
             try:
                 event = decode_event(kind, record.value or b"", self.settings.max_event_bytes)
                 scored = self._to_scored(event, record.offset)
+                self._check_early(scored, wall_ms)
             except EventRejected as exc:
                 out.rejected.append(self._reject(record, kind, exc))
                 out.count(kind, "dead_lettered")
@@ -188,24 +247,101 @@ class BatchProcessor:
             # state and profile written: after a crash between the changelog
             # and Redis, the replay is what brings the profile up to date.
             self.population.partition(record.partition).observe(scored.occurred_ms)
+            if read.mark_ms is None or scored.occurred_ms > read.mark_ms:
+                read.mark_ms = scored.occurred_ms
             out.states[key] = state
             out.partitions[key] = record.partition
+        self.move_clocks()
         self._advance_idle_clock(ticks, wall_ms)
-        now = self.population.clock()
-        if now is None:
+        clocks = {p: part.clock_ms for p, part in self.population.local.items() if part.clock_ms is not None}
+        # a customer is scored at its own partition's clock, and not before that partition has one
+        waiting = [key for key in out.states if out.partitions[key] not in clocks]
+        for key in waiting:
+            self._defer(key, out.states[key])
+        if not clocks:
             return out
         self._population_stands()
-        render = dict(out.states)
+        render = {}
         for key, state in out.states.items():
-            self._rescore(key, state, now, out)
+            now = clocks.get(out.partitions[key])
+            if now is not None:
+                self._rescore(key, state, now, out)
+                render[key] = state
         # only partitions with a record in the batch: a state is written with one of its partition's events
-        for partition in sorted(present & set(self.population.local)):
-            render.update(self.check_due(partition, self.settings.churn_due_per_batch, load, out, now))
-        for partition in sorted(ticks):
-            render.update(self.sweep(partition, self._sweep_limit(partition), load, out, now))
+        for partition in sorted(present & set(clocks)):
+            render.update(self.check_due(partition, self.settings.churn_due_per_batch, load, out, clocks[partition]))
+        for partition in sorted(ticks & set(clocks)):
+            render.update(self.sweep(partition, self._sweep_limit(partition), load, out, clocks[partition]))
         self._retag(out)
-        out.profiles = self.profiles(render, now, out.assessed)
+        out.profiles = self.profiles(render, None, out.assessed)
         return out
+
+    @property
+    def held(self) -> set[int]:
+        """Owned partitions whose clock an input topic-partition held back at the last batch."""
+        return set(self._held)
+
+    def _check_early(self, event: ScoredEvent, wall_ms: int | None) -> None:
+        """Spec (Clock): an event ahead of the wall clock by more than ``max_earliness_seconds`` moves no clock."""
+        if wall_ms is None or not self.max_earliness_ms or event.occurred_ms <= wall_ms + self.max_earliness_ms:
+            return
+        ahead_s = (event.occurred_ms - wall_ms) / 1000
+        raise EventRejected(
+            Reason.TOO_EARLY,
+            f"occurred_at: {ahead_s:.0f} s ahead of the wall clock "
+            f"(PULSE_MAX_EARLINESS_SECONDS={self.settings.max_earliness_seconds:g})",
+        )
+
+    def holds(self, key: TopicPartitionKey) -> bool:
+        """Does this input topic-partition hold its partition's clock back? Not when it caught up with its end
+        offset, nor when nothing was read from it for ``clock_partition_idle_seconds`` while it is not known to
+        be behind (Kafka Streams' max.task.idle.ms, Flink's idleness): its end offset not fetched yet, or
+        neither a record read nor a start offset known. Without end offsets: never."""
+        ends = self._ends
+        if ends is None or key not in ends:
+            return False
+        end = ends[key]
+        read = self.progress.get(key)
+        position = None if read is None else read.next_offset
+        if position is None and self._starts is not None:
+            position = self._starts.get(key)
+        if end is not None:
+            if end == 0 or (position is not None and position >= end):
+                return False  # caught up
+            if position is not None:
+                return True  # known to be behind: never idle
+        wall = self._wall_ms
+        if wall is None:
+            return True
+        if read is None:
+            read = self.progress[key] = TopicProgress()
+        if read.active_wall_ms is None:
+            read.active_wall_ms = wall  # first seen now: idle from here
+        return wall - read.active_wall_ms < self.partition_idle_ms
+
+    def move_clocks(self) -> None:
+        """Move each owned partition's clock (spec: Clock) to the lowest watermark of its input topic-partitions
+        that hold it back, or, when none does (all read), to the latest time any partition reached. A holding
+        topic-partition with nothing read yet keeps the clock where it is; it never goes back."""
+        high = self.population.clock()
+        self._held = set()
+        for partition, part in self.population.local.items():
+            lowest: int | None = None
+            blocked = False
+            for topic in self.input_topics:
+                key = (topic, partition)
+                if not self.holds(key):
+                    continue
+                self._held.add(partition)
+                read = self.progress.get(key)
+                mark = None if read is None else read.mark_ms
+                if mark is None:
+                    blocked = True  # (the others are still looked at: their idle time starts now)
+                else:
+                    lowest = mark if lowest is None else min(lowest, mark)
+            target = None if blocked else lowest if partition in self._held else high
+            if target is not None:
+                part.move_clock(target)
 
     def _sweep_limit(self, partition: int) -> int:
         """Customers one tick re-scores: a round of the partition every ``sweep_round_seconds``, so a small
@@ -248,35 +384,47 @@ class BatchProcessor:
         )
 
     def _advance_idle_clock(self, ticks: set[int], wall_ms: int | None) -> None:
-        """Spec (Clock): when no event moved the clock for ``clock_idle_advance_seconds`` of wall time, move it
-        with the wall clock, so overdue customers are still found when traffic stops in live operation.
+        """Spec (Clock): when nothing moved a partition's clock for ``clock_idle_advance_seconds`` of wall time,
+        move it with the wall clock, so overdue customers are still found when traffic stops in live operation.
 
-        The advance is a watermark of the ticked partitions: published with their snapshots like any other.
+        Only for a partition none of whose input topic-partitions holds it back (everything read), and never
+        beyond the wall clock. The advanced clock is published with the partition's snapshot, so partitions
+        with nothing left to read on other workers follow it.
         """
         idle_ms = int(self.settings.clock_idle_advance_seconds * 1000)
-        clock = self.population.clock()
-        if not idle_ms or wall_ms is None or clock is None:
+        if not idle_ms or wall_ms is None:
             return
-        if self._idle_anchor is None or clock != self._clock_seen:
-            # moved by events (this worker's or, through snapshots, another's): idle from now
-            self._idle_anchor, self._clock_seen = (clock, wall_ms), clock
-            return
-        anchor_clock, anchor_wall = self._idle_anchor
-        if ticks and wall_ms - anchor_wall >= idle_ms:
-            for partition in ticks:
-                self.population.partition(partition).observe(anchor_clock + wall_ms - anchor_wall)
-            self._clock_seen = self.population.clock()
+        for partition, part in self.population.local.items():
+            clock = part.clock_ms
+            if clock is None:
+                continue
+            anchor = self._idle_anchor.get(partition)
+            if anchor is None or clock != anchor[2]:
+                # moved by events (this worker's or, through snapshots, another's): idle from now
+                self._idle_anchor[partition] = (clock, wall_ms, clock)
+                continue
+            anchor_clock, anchor_wall, _ = anchor
+            if partition in ticks and partition not in self._held and wall_ms - anchor_wall >= idle_ms:
+                if part.move_clock(min(anchor_clock + wall_ms - anchor_wall, wall_ms)):
+                    self._idle_anchor[partition] = (anchor_clock, anchor_wall, part.clock_ms)
 
     def profiles(
         self,
         states: dict[bytes, CustomerState],
-        now: int,
+        now: int | None,
         assessed: dict[bytes, tuple[ClvSignals, ChurnAssessment]] | None = None,
     ) -> list[RenderedProfile]:
+        """Render ``states`` at ``now`` (None: each at its partition's clock; a customer whose own events are
+        ahead of that clock is rendered once the clock reaches them, by the due check)."""
         out = []
         for key, state in states.items():
-            clv, risk = (assessed or {}).get(key) or assess_customer(state, now, self._gap_days, self.config)
-            out.append(render_profile(key.decode(), state, now, self.config, self.currency, clv, risk))
+            at = now
+            if at is None:
+                at = None if state.partition is None else self.population.clock_of(state.partition)
+                if at is None or (state.last_event_ms is not None and state.last_event_ms > at):
+                    continue
+            clv, risk = (assessed or {}).get(key) or assess_customer(state, at, self._gap_days, self.config)
+            out.append(render_profile(key.decode(), state, at, self.config, self.currency, clv, risk))
         return out
 
     def _retag(self, out: BatchOutcome) -> None:
@@ -306,12 +454,13 @@ class BatchProcessor:
         """One complete sweep round of ``partition`` that re-renders every profile: what a live worker
         reaches once traffic stopped and its sweep went round (used offline and in tests)."""
         out = BatchOutcome()
-        now = self.population.clock()
+        self.move_clocks()
+        now = self.population.clock_of(partition)
         if now is not None:
             self._population_stands()
             render = self.sweep(partition, None, load, out, now, refresh_all=True)
             self._retag(out)
-            out.profiles = self.profiles(render, now, out.assessed)
+            out.profiles = self.profiles(render, None, out.assessed)
         return out
 
     def check_due_whole(self, partition: int, load: Callable[[bytes], CustomerState]) -> BatchOutcome:
@@ -319,12 +468,13 @@ class BatchProcessor:
         reach once the clock stopped moving (used in tests: the due-time index alone keeps time-driven
         state such as the activity flags current)."""
         out = BatchOutcome()
-        now = self.population.clock()
+        self.move_clocks()
+        now = self.population.clock_of(partition)
         if now is not None:
             self._population_stands()
             render = self.check_due(partition, len(self.population.partition(partition).due) + 1, load, out, now)
             self._retag(out)
-            out.profiles = self.profiles(render, now, out.assessed)
+            out.profiles = self.profiles(render, None, out.assessed)
         return out
 
     def sweep(
@@ -394,8 +544,13 @@ class BatchProcessor:
 
     def _assess_churn(self, key: bytes, state: CustomerState, now: int, out: BatchOutcome) -> bool:
         """Churn signals, level and alert decision, and the population activity flags; True if the stored
-        churn state or flags changed."""
+        churn state or flags changed.
+
+        Not before the clock reached the customer's own latest event: its other input topics may still hold
+        events up to that time (a topic read behind the others). It is due then instead (spec: Clock)."""
         before = (state.churn.level, state.churn.score, state.churn.next_check_ms, state.activity)
+        if state.last_event_ms is not None and state.last_event_ms > now:
+            return self._defer(key, state)
         clv, risk = assess_customer(state, now, self._gap_days, self.config)
         out.assessed[key] = (clv, risk)
         decision = churn.update(state.churn, risk, now, self.config.churn)
@@ -410,6 +565,16 @@ class BatchProcessor:
             out.alerts.append((key, alert, orjson.dumps(alert.model_dump(mode="json"))))
         after = (state.churn.level, state.churn.score, state.churn.next_check_ms, state.activity)
         return decision.kind is not None or before != after
+
+    def _defer(self, key: bytes, state: CustomerState) -> bool:
+        """The customer's churn is decided once its partition's clock reaches its latest event: due then (the
+        due-time index re-assesses and renders it). True if the stored next check moved."""
+        due, at = state.churn.next_check_ms, state.last_event_ms
+        if at is not None and (due is None or due > at):
+            state.churn.next_check_ms = at
+        if state.partition is not None:
+            self.population.partition(state.partition).schedule(key, state.churn.next_check_ms)
+        return due != state.churn.next_check_ms
 
     def _alert(
         self,
@@ -444,6 +609,9 @@ class BatchProcessor:
             p_alive=None if clv.p_alive is None else round(clv.p_alive, 4),
             value_at_risk=cents_to_money(round(max(0, window) * share)),
             suggested_action=churn.suggested_action(state.vip, risk.reasons),
+            historical=bool(self.historical_ms)
+            and self._wall_ms is not None
+            and self._wall_ms - now > self.historical_ms,
         )
 
     def _to_scored(self, event: CustomerEvent, offset: int) -> ScoredEvent:

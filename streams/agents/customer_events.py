@@ -24,7 +24,7 @@ import sys
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
-from faust.types import StreamT
+from faust.types import TP, StreamT
 
 from streams.checkpoint import Checkpoint
 from streams.processor import BatchProcessor
@@ -91,10 +91,27 @@ def register(pulse: PulseApp) -> BatchProcessor:
     async def send(topic: str, key: bytes | None, value: bytes) -> Awaitable[Any]:
         return await topics[topic].send(key=key, value=value)
 
+    inputs = set(settings.input_topics().values())
+
+    def highwater(tp: TP) -> int | None:
+        try:
+            return pulse.app.consumer.highwater(tp)
+        except Exception:  # noqa: BLE001 - revoked meanwhile, or not fetched yet: not known
+            return None
+
+    def input_positions() -> tuple[dict[tuple[str, int], int | None], dict[tuple[str, int], int]]:
+        """The consumer's end offset per assigned input topic-partition (a partition's clock waits for the ones
+        behind) and where this session started reading it (Faust keeps the committed offset; None means 0)."""
+        tps = [tp for tp in pulse.app.consumer.assignment() if tp.topic in inputs]
+        committed = getattr(pulse.app.consumer, "_committed_offset", {})
+        ends = {(tp.topic, tp.partition): highwater(tp) for tp in tps}
+        starts = {(tp.topic, tp.partition): committed.get(tp) or 0 for tp in tps}
+        return ends, starts
+
     def owned_partitions() -> set[int]:
         return {tp.partition for tp in pulse.app.consumer.assignment() if tp.topic == orders_topic}
 
-    checkpoint = Checkpoint(settings, processor, table, sink, send, owned_partitions)
+    checkpoint = Checkpoint(settings, processor, table, sink, send, owned_partitions, input_positions=input_positions)
 
     @pulse.app.on_partitions_revoked.connect
     async def settle_profile_writes(app: object, revoked: object, **kwargs: object) -> None:

@@ -121,10 +121,10 @@ def test_idle_advance_moves_the_clock_with_the_wall_clock_when_no_event_comes():
     ticks = settings.topic_ticks()
     offsets = iter(range(1000))
     records = [Incoming("orders", 0, next(offsets), b"C", orjson.dumps(order(day)[1])) for day in MONTHLY]
-    wall0 = 1_000_000_000_000
+    last = (D0 + 330) * DAY_MS
+    wall0 = last + 3_600_000  # live: the last order came an hour ago
     out = processor.process(records, lambda k: store.get(k) or CustomerState(), wall_ms=wall0)
     store.update(out.states)
-    last = (D0 + 330) * DAY_MS
     assert processor.watermark_ms == last
 
     def tick(wall_ms: int) -> BatchOutcome:

@@ -1,0 +1,333 @@
+"""The clock (spec: Clock): per partition, the lowest watermark of the input topic-partitions that are still
+behind; nothing decided on time not read yet; no clock pushed by one record; out-of-range times rejected.
+
+Driven through the worker's own processor with the consumer's end offsets handed in as plain data, as the
+agent does (``ends``: highwater per topic-partition, ``starts``: the committed offsets it started from).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+
+from pulse.offline import score_records
+from pulse.settings import Settings
+from schemas.events import MAX_TIME_MS, MIN_TIME_MS, EventRejected, Kind, decode_event
+from scoring.customer import CustomerState
+from scoring.orders import DAY_MS
+from streams.processor import BatchOutcome, BatchProcessor, Incoming
+from tests.churn_story import D0, MONTHLY, iso
+
+SETTINGS = Settings(_env_file=None)
+ORDERS, SURVEYS, COMPLAINTS, SUPPORT = (
+    SETTINGS.topic_orders,
+    SETTINGS.topic_surveys,
+    SETTINGS.topic_complaints,
+    SETTINGS.topic_support,
+)
+INPUTS = (ORDERS, SURVEYS, COMPLAINTS, SUPPORT)
+
+
+def order(cid: str, at: str, n: int) -> bytes:
+    return orjson.dumps(
+        {
+            "event_id": f"o-{cid}-{n}",
+            "customer_id": cid,
+            "occurred_at": at,
+            "order_id": f"O-{cid}-{n}",
+            "amount": "100.00",
+            "currency": "USD",
+            "status": "completed",
+        }
+    )
+
+
+def survey(cid: str, at: str, n: int, nps: int = 9) -> bytes:
+    return orjson.dumps({"event_id": f"s-{cid}-{n}", "customer_id": cid, "occurred_at": at, "nps": nps})
+
+
+class Worker:
+    """One processor, its store and the offsets of what was "produced" to each topic-partition."""
+
+    def __init__(self, settings: Settings = SETTINGS) -> None:
+        self.processor = BatchProcessor(settings)
+        self.store: dict[bytes, CustomerState] = {}
+        self.log: dict[tuple[str, int], list[tuple[bytes, bytes]]] = {}
+        self.read: dict[tuple[str, int], int] = {}
+        self.alerts: list[dict] = []
+        self.profiles: dict[str, object] = {}
+
+    def produce(self, topic: str, key: str, value: bytes, partition: int = 0) -> None:
+        self.log.setdefault((topic, partition), []).append((key.encode(), value))
+
+    def ends(self) -> dict[tuple[str, int], int]:
+        return {(t, p): len(self.log.get((t, p), [])) for t in INPUTS for p in self.partitions()}
+
+    def partitions(self) -> set[int]:
+        return {p for _, p in self.log} | {0}
+
+    def take(self, topic: str, n: int, partition: int = 0, wall_ms: int | None = None) -> BatchOutcome:
+        """Read the next ``n`` records of one topic-partition as one batch."""
+        start = self.read.get((topic, partition), 0)
+        records = self.log.get((topic, partition), [])[start : start + n]
+        self.read[(topic, partition)] = start + len(records)
+        batch = [Incoming(topic, partition, start + i, k, v) for i, (k, v) in enumerate(records)]
+        return self.run(batch, wall_ms)
+
+    def run(self, batch: list[Incoming], wall_ms: int | None = None) -> BatchOutcome:
+        starts = dict.fromkeys(self.ends(), 0)
+        out = self.processor.process(
+            batch, lambda k: self.store.get(k) or CustomerState(), wall_ms, self.ends(), starts
+        )
+        self.store.update(out.states)
+        self.alerts += [orjson.loads(v) for _, _, v in out.alerts]
+        self.profiles.update({p.customer_id: p.model() for p in out.profiles})
+        return out
+
+
+def monthly_buyer_and_a_busy_survey_topic(w: Worker) -> None:
+    """Customer C buys monthly for a year; customer S answers a survey every day for 500 days."""
+    for n, day in enumerate(MONTHLY):
+        w.produce(ORDERS, "C", order("C", iso(day), n))
+    for day in range(0, 500):
+        w.produce(SURVEYS, "S", survey("S", iso(day), day))
+
+
+def test_a_topic_read_behind_holds_the_clock_back_and_raises_no_false_overdue_alert():
+    w = Worker()
+    monthly_buyer_and_a_busy_survey_topic(w)
+    # the surveys are read to the end first: the orders topic has nothing read yet and is behind
+    w.take(SURVEYS, 500)
+    assert w.processor.population.clock_of(0) is None  # held by the unread orders
+    assert w.profiles == {}
+    # one order read: the clock is the orders topic's watermark, not the surveys'
+    w.take(ORDERS, 1)
+    assert w.processor.population.clock_of(0) == (D0 + MONTHLY[0]) * DAY_MS
+    # the customers whose own events are ahead of the clock (S) are not rendered or assessed yet
+    assert set(w.profiles) == {"C"}
+    for _ in range(len(MONTHLY) - 2):
+        w.take(ORDERS, 1)
+    assert w.processor.population.clock_of(0) == (D0 + MONTHLY[-2]) * DAY_MS
+    assert w.alerts == []  # C bought every month: no overdue on a time whose orders were unread
+    # caught up everywhere: the clock goes to the latest time read (day 499), where C is overdue
+    w.take(ORDERS, 1)
+    assert w.processor.population.clock_of(0) == (D0 + 499) * DAY_MS
+    assert [a["customer_id"] for a in w.alerts] == ["C"]
+    assert {r["code"] for r in w.alerts[0]["reasons"]} >= {"overdue"}
+    assert w.profiles["S"].as_of == w.profiles["C"].as_of
+
+
+def test_the_same_history_without_end_offsets_is_the_storm():
+    """What the clock did before: the highest event time read, whatever is left unread (the e2e storm)."""
+    w = Worker()
+    monthly_buyer_and_a_busy_survey_topic(w)
+    out = w.processor.process(
+        [Incoming(SURVEYS, 0, i, k, v) for i, (k, v) in enumerate(w.log[(SURVEYS, 0)])],
+        lambda k: w.store.get(k) or CustomerState(),
+    )
+    w.store.update(out.states)
+    first = w.log[(ORDERS, 0)][0]
+    out = w.processor.process([Incoming(ORDERS, 0, 0, *first)], lambda k: w.store.get(k) or CustomerState())
+    # C's first order is assessed at day 499 (no overdue: one purchase; but its recency is 499 days)
+    assert out.profiles[0].model().as_of.isoformat() == iso(499)
+
+
+def test_a_topic_partition_with_nothing_read_holds_back_until_idle_when_its_end_is_unknown():
+    w = Worker(Settings(_env_file=None, clock_partition_idle_seconds=30))
+    w.produce(SURVEYS, "S", survey("S", iso(0), 0))
+    wall = (D0 + 1) * DAY_MS
+    ends = {(t, 0): None for t in INPUTS} | {(SURVEYS, 0): 1}
+    batch = [Incoming(SURVEYS, 0, 0, b"S", w.log[(SURVEYS, 0)][0][1])]
+    w.processor.process(batch, lambda k: CustomerState(), wall, ends)
+    assert w.processor.population.clock_of(0) is None  # three topics not fetched yet
+    w.processor.process([], lambda k: CustomerState(), wall + 29_000, ends)
+    assert w.processor.population.clock_of(0) is None
+    w.processor.process([], lambda k: CustomerState(), wall + 30_000, ends)
+    assert w.processor.population.clock_of(0) == D0 * DAY_MS  # idle: they no longer hold it
+    # known to be behind (end 5, started at 0): never idle, however long
+    behind = ends | {(ORDERS, 0): 5}
+    w.processor.process([], lambda k: CustomerState(), wall + 10 * DAY_MS, behind, dict.fromkeys(behind, 0))
+    assert w.processor.held == {0}
+
+
+def test_the_clock_never_goes_back():
+    w = Worker()
+    w.produce(SURVEYS, "S", survey("S", iso(10), 0))
+    w.produce(SURVEYS, "S", survey("S", iso(11), 1))
+    w.produce(ORDERS, "C", order("C", iso(12), 0))
+    w.take(SURVEYS, 2)
+    w.take(ORDERS, 1)
+    assert w.processor.population.clock_of(0) == (D0 + 12) * DAY_MS
+    w.produce(ORDERS, "C", order("C", iso(5), 1))  # late, and behind now: holds at its watermark (day 12)
+    w.produce(ORDERS, "C", order("C", iso(6), 2))
+    w.take(ORDERS, 1)
+    assert w.processor.population.clock_of(0) == (D0 + 12) * DAY_MS
+
+
+def test_partitions_have_their_own_clock_and_a_caught_up_one_follows_the_others():
+    w = Worker()
+    w.produce(SURVEYS, "S", survey("S", iso(100), 0), partition=1)
+    w.produce(ORDERS, "C", order("C", iso(3), 0), partition=0)
+    w.produce(ORDERS, "C", order("C", iso(50), 1), partition=0)
+    w.take(SURVEYS, 1, partition=1)
+    w.take(ORDERS, 1, partition=0)
+    assert w.processor.population.clock_of(1) == (D0 + 100) * DAY_MS
+    assert w.processor.population.clock_of(0) == (D0 + 3) * DAY_MS  # partition 0's orders are behind
+    w.take(ORDERS, 1, partition=0)
+    assert w.processor.population.clock_of(0) == (D0 + 100) * DAY_MS  # all read: the latest time any reached
+
+
+NOW = datetime(2026, 6, 1, tzinfo=UTC)
+NOW_MS = int(NOW.timestamp() * 1000)
+
+
+@pytest.mark.parametrize(
+    "at",
+    [
+        "9999-12-31T23:59:59-14:00",
+        "0001-01-01T00:00:00+14:00",
+        "0001-01-01T00:00:00.001+14:00",
+        "9999-12-31T23:59:59.999999Z",
+        "9999-12-31T23:59:59.9999999999-00:01",
+    ],
+)
+def test_times_outside_the_representable_range_are_invalid_time(at):
+    with pytest.raises(EventRejected) as exc:
+        decode_event(Kind.SURVEY, survey("X", at, 0), 65536)
+    assert exc.value.reason == "invalid_time"
+
+
+@pytest.mark.parametrize(
+    ("at", "ms"),
+    [
+        ("9999-12-31T23:59:59Z", 253_402_300_799_000),
+        ("9999-12-31T23:59:59+14:00", 253_402_250_399_000),
+        ("0001-01-01T00:00:00Z", MIN_TIME_MS),
+        ("0001-01-01T00:00:00-14:00", MIN_TIME_MS + 14 * 3_600_000),
+    ],
+)
+def test_edge_times_inside_the_range_are_valid(at, ms):
+    event = decode_event(Kind.SURVEY, survey("X", at, 0), 65536)
+    assert event.occurred_ms == ms and MIN_TIME_MS <= ms <= MAX_TIME_MS
+
+
+def history(w: Worker) -> None:
+    """A buys every 20 days until 20 days ago, B answers a survey as often: up to the wall clock ``NOW``."""
+    base = NOW_MS - 200 * DAY_MS
+    for n in range(10):
+        at = datetime.fromtimestamp((base + n * 20 * DAY_MS) / 1000, UTC).isoformat()
+        w.produce(ORDERS, "A", order("A", at, n))
+        w.produce(SURVEYS, "B", survey("B", at, n))
+
+
+@pytest.mark.parametrize(
+    ("at", "reason"),
+    [
+        ("2027-06-01T00:00:00Z", "too_early"),
+        ("2026-06-02T00:00:01Z", "too_early"),  # a day and a second ahead of the wall clock
+        ("9999-12-31T23:59:59Z", "too_early"),
+        ("9999-12-31T23:59:59-14:00", "invalid_time"),
+        ("0001-01-01T00:00:00+14:00", "invalid_time"),
+    ],
+)
+def test_one_hostile_timestamp_moves_no_clock_and_changes_no_other_customer(at, reason):
+    w = Worker()
+    history(w)
+    w.take(ORDERS, 10, wall_ms=NOW_MS)
+    w.take(SURVEYS, 10, wall_ms=NOW_MS)
+    clock, before = w.processor.population.clock_of(0), dict(w.profiles)
+    alerts = list(w.alerts)
+    w.produce(ORDERS, "H", order("H", at, 0))
+    out = w.take(ORDERS, 1, wall_ms=NOW_MS)
+    assert [(r.reason, r.kind) for r in out.rejected] == [(reason, "order")]
+    assert w.processor.population.clock_of(0) == clock and w.processor.watermark_ms == clock
+    assert out.profiles == [] and out.alerts == [] and w.alerts == alerts
+    assert b"H" not in w.store
+    # the sweep re-renders the others: the same profiles
+    w.processor.population.refresh_all()
+    assert {p.customer_id: p.model() for p in w.processor.sweep_whole(0, lambda k: w.store[k]).profiles} == before
+
+
+def test_a_year_one_first_event_crashes_nothing():
+    w = Worker()
+    w.produce(ORDERS, "Y", order("Y", "0001-01-01T00:00:00Z", 0))
+    w.produce(ORDERS, "Y", order("Y", "0001-01-01T00:00:00-14:00", 1))
+    out = w.take(ORDERS, 2, wall_ms=NOW_MS)
+    assert out.rejected == [] and w.profiles["Y"].as_of.year == 1
+
+
+def test_the_idle_advance_never_goes_beyond_the_wall_clock():
+    settings = Settings(_env_file=None, clock_idle_advance_seconds=60)
+    w = Worker(settings)
+    ahead = NOW_MS + 3_600_000  # an hour ahead of the wall clock: within the tolerance
+    w.produce(ORDERS, "A", order("A", datetime.fromtimestamp(ahead / 1000, UTC).isoformat(), 0))
+    w.take(ORDERS, 1, wall_ms=NOW_MS)
+    ticks = settings.topic_ticks()
+    for i, wall in enumerate([NOW_MS + 60_000, NOW_MS + 3_000_000, NOW_MS + 3_700_000, NOW_MS + 4_000_000]):
+        w.run([Incoming(ticks, 0, i, None, b"{}")], wall)
+        assert w.processor.population.clock_of(0) <= max(ahead, wall)
+    # it moved only once the wall clock passed the event: then with the wall clock
+    assert w.processor.population.clock_of(0) == NOW_MS + 4_000_000
+
+
+def test_alerts_older_than_the_historical_age_are_marked_historical():
+    def alerts(wall_ms: int) -> list[dict]:
+        w = Worker()
+        for n, day in enumerate(MONTHLY):
+            w.produce(ORDERS, "C", order("C", iso(day), n))
+        w.produce(SURVEYS, "S", survey("S", iso(500), 0))
+        w.take(ORDERS, len(MONTHLY), wall_ms=wall_ms)
+        w.take(SURVEYS, 1, wall_ms=wall_ms)
+        return w.alerts
+
+    live = alerts((D0 + 500) * DAY_MS + 3_600_000)
+    replay = alerts((D0 + 900) * DAY_MS)
+    assert [a["historical"] for a in live] == [False]
+    assert [a["historical"] for a in replay] == [True]
+    assert [{**a, "historical": None} for a in live] == [{**a, "historical": None} for a in replay]
+
+
+def test_pulse_score_rejects_hostile_rows_with_a_reason():
+    topics = SETTINGS.topic_orders
+    rows = [
+        (topics, b"A", order("A", "2024-01-01T00:00:00Z", 0)),
+        (topics, b"B", order("B", "9999-12-31T23:59:59-14:00", 0)),
+        (topics, b"C", order("C", "0001-01-01T00:00:00+14:00", 0)),
+        (topics, b"D", order("D", "9999-12-31T23:59:59Z", 0)),
+        (topics, b"E", order("E", "2999-01-01T00:00:00Z", 0)),
+    ]
+    result = score_records(rows, SETTINGS)
+    assert sorted((r.key, r.reason) for r in result.rejected) == [
+        (b"B", "invalid_time"),
+        (b"C", "invalid_time"),
+        (b"D", "too_early"),
+        (b"E", "too_early"),
+    ]
+    assert set(result.profiles) == {"A"}
+    # with the check off, a far-future row is scored (and makes E too late), and nothing overflows
+    off = score_records(rows, Settings(_env_file=None, max_earliness_seconds=0))
+    assert set(off.profiles) == {"A", "D"} and off.profiles["A"].as_of.year == 9999
+    assert sorted((r.key, r.reason) for r in off.rejected)[2:] == [(b"E", "too_late")]
+
+
+def test_snapshots_carry_the_clock_and_old_snapshots_still_apply():
+    w = Worker()
+    w.produce(ORDERS, "C", order("C", iso(3), 0))
+    w.take(ORDERS, 1)
+    view = w.processor.population
+    data = orjson.loads(view.snapshot(0))
+    assert data["clock_ms"] == view.clock_of(0) == data["watermark_ms"]
+    other = BatchProcessor(SETTINGS)
+    data["partition"] = 1
+    other.population.apply_snapshot(orjson.dumps(data))
+    assert other.population.remote[1].clock_ms == data["clock_ms"]
+    del data["clock_ms"]
+    other.population.apply_snapshot(orjson.dumps(data))
+    assert other.population.remote[1].clock_ms is None and other.population.clock() == data["watermark_ms"]
+    # a worker taking over partition 0 starts from the clock its last owner published
+    data["partition"], data["clock_ms"] = 0, view.clock_of(0)
+    other.population.apply_snapshot(orjson.dumps(data))
+    other.rebuild({0}, w.store.items())
+    assert other.population.clock_of(0) == view.clock_of(0)
