@@ -67,6 +67,18 @@ class Settings(BaseSettings):
     batch_within_seconds: float = Field(0.05, gt=0, description="Longest wait to fill a batch.")
     max_event_bytes: int = Field(65536, ge=256, description="Larger payloads are dead-lettered as payload_too_large.")
     dead_letter_payload_bytes: int = Field(4096, ge=0, description="Bytes of a rejected payload the DLQ record keeps.")
+    processing_retries: int = Field(
+        2,
+        ge=0,
+        le=10,
+        description="A batch whose processing raises is re-processed record by record; a record that raises this "
+        "many more times is dead-lettered as processing_error (with the exception) and its partition moves on.",
+    )
+    test_fail_event_ids: list[str] = Field(
+        [],
+        description="Test only (fault injection; keep empty in production): event ids whose scoring raises, to "
+        "show a poison record is dead-lettered as processing_error while its partition moves on, JSON list.",
+    )
     dedup_event_ids: int = Field(
         32, ge=1, le=1024, description="Recent event ids remembered per customer to drop producer duplicates."
     )

@@ -125,6 +125,9 @@ class Reason(StrEnum):
     UNSUPPORTED_CURRENCY = "unsupported_currency"
     #: older than its partition's watermark minus PULSE_MAX_LATENESS_DAYS
     TOO_LATE = "too_late"
+    #: valid, but scoring it raised (a bug or a state it breaks) on every bounded retry: quarantined so its
+    #: partition moves on (the detail carries the exception)
+    PROCESSING_ERROR = "processing_error"
 
 
 class EventRejected(Exception):

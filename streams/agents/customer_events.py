@@ -36,7 +36,9 @@ from faust.types import EventT, StreamT
 
 from streams import metrics
 from streams.codec import decode_state, encode_state
-from streams.processor import BatchProcessor, Incoming
+from streams.isolation import process_contained
+from streams.partitioning import partitioner
+from streams.processor import BatchOutcome, BatchProcessor, Incoming
 from streams.security import redis_client_kwargs
 from streams.sinks.redis_profiles import RedisProfileSink
 from streams.tables import END_MARKER_KEY
@@ -121,7 +123,8 @@ def register(pulse: PulseApp) -> BatchProcessor:
     """Define the scoring agent on the app; returns its processor (whose population the sync agents share)."""
     settings = pulse.settings
     table = pulse.customer_states
-    processor = BatchProcessor(settings)
+    # records outside their customer's murmur2 partition are re-published, not applied (streams.partitioning)
+    processor = BatchProcessor(settings, partitioner(settings.partitions))
     sink = RedisProfileSink(
         settings.redis_url,
         settings.redis_key_prefix,
@@ -178,6 +181,36 @@ def register(pulse: PulseApp) -> BatchProcessor:
         dropped = await sink.settle(settings.shutdown_grace_seconds)
         log.info("partitions revoked: profile writes settled, %d pending dropped (the sweep rewrites them)", dropped)
 
+    def rebuild(partitions: set[int]) -> None:
+        processor.population.drop(partitions)
+        ensure_population()
+
+    #: (topic, partition) already logged as receiving records of another partition's customers
+    misplaced_logged: set[tuple[str, int]] = set()
+
+    def report(outcome: BatchOutcome) -> None:
+        for (topic, partition), n in outcome.misplaced.items():
+            metrics.MISPLACED_EVENTS.labels(topic).inc(n)
+            if (topic, partition) not in misplaced_logged:
+                misplaced_logged.add((topic, partition))
+                log.warning(
+                    "%s[%d]: %d record(s) keyed by a customer id that murmur2 puts in another partition: "
+                    "re-published there (a producer with another partitioner, e.g. librdkafka's default CRC32? "
+                    "configure partitioner=murmur2_random); logged once per topic and partition",
+                    topic,
+                    partition,
+                    n,
+                )
+        for partition, key, error in outcome.time_driven_failures:
+            metrics.PROCESSING_ERRORS.labels("time_driven").inc()
+            log.error("partition %d: re-scoring %s raised, skipped until its next event: %s", partition, key, error)
+
+    def failed(record: Incoming, exc: BaseException, final: bool) -> None:
+        metrics.PROCESSING_ERRORS.labels("event").inc()
+        log.warning(
+            "%s[%d]@%d raised%s: %r", record.topic, record.partition, record.offset, "" if final else ", retrying", exc
+        )
+
     async def checkpoint(events: Sequence[EventT]) -> None:
         started = time.perf_counter()
         ensure_population()
@@ -185,7 +218,20 @@ def register(pulse: PulseApp) -> BatchProcessor:
             Incoming(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value)
             for e in events
         ]
-        outcome = processor.process(batch, load, int(time.time() * 1000))
+
+        async def commit_piece(outcome: BatchOutcome, indexes: Sequence[int]) -> None:
+            await commit(outcome, [events[i] for i in indexes], started)
+
+        wall_ms = int(time.time() * 1000)
+        await process_contained(
+            processor, batch, load, wall_ms, rebuild, commit_piece, settings.processing_retries, failed
+        )
+        metrics.BATCH_EVENTS.observe(len(batch))
+        metrics.CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
+
+    async def commit(outcome: BatchOutcome, events: Sequence[EventT], started: float) -> None:
+        """Make one processed batch (or, after a failure, one record of it) durable, in the order above."""
+        report(outcome)
         # Produced messages first, then state (Quix's Checkpoint order): a state that records an alert
         # or a VIP change is only written once that message is acknowledged, so a crash in between
         # replays the batch and raises it again, with the same id, instead of losing it.
@@ -235,8 +281,6 @@ def register(pulse: PulseApp) -> BatchProcessor:
             metrics.EVENT_TO_SCORED_SECONDS.observe(max(0.0, now_s - occurred_ms / 1000))
         if processor.watermark_ms is not None:
             metrics.WATERMARK_SECONDS.set(processor.watermark_ms / 1000)
-        metrics.BATCH_EVENTS.observe(len(batch))
-        metrics.CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
 
     @pulse.app.agent(pulse.customer_events, name="score_customer_events")
     async def score_customer_events(stream: StreamT) -> None:
