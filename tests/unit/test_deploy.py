@@ -242,3 +242,10 @@ def test_promtool_accepts_the_prometheus_files(command):
     """Syntax of config and rules, and alerts_test.yml: each alert fires on its situation, not on a steady one."""
     result = subprocess.run([PROMTOOL, *map(str, command)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_restarts_workers():
+    """A worker exits 75 when a checkpoint cannot complete (and 69 after a bounded start-up wait): compose must
+    bring it back."""
+    compose = load_all(COMPOSE)[0]
+    assert compose["services"]["worker"]["restart"] == "unless-stopped"
