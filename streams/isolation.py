@@ -76,6 +76,7 @@ async def process_contained(
                 record.offset,
                 retries + 1,
                 error,
+                exc_info=error,  # the one traceback of a poison record: what its fix needs
             )
         await commit(outcome, [i])
     return dead
