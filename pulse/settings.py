@@ -67,6 +67,18 @@ class Settings(BaseSettings):
     batch_within_seconds: float = Field(0.05, gt=0, description="Longest wait to fill a batch.")
     max_event_bytes: int = Field(65536, ge=256, description="Larger payloads are dead-lettered as payload_too_large.")
     dead_letter_payload_bytes: int = Field(4096, ge=0, description="Bytes of a rejected payload the DLQ record keeps.")
+    processing_retries: int = Field(
+        2,
+        ge=0,
+        le=10,
+        description="A batch whose processing raises is re-processed record by record; a record that raises this "
+        "many more times is dead-lettered as processing_error (with the exception) and its partition moves on.",
+    )
+    test_fail_event_ids: list[str] = Field(
+        [],
+        description="Test only (fault injection; keep empty in production): event ids whose scoring raises, to "
+        "show a poison record is dead-lettered as processing_error while its partition moves on, JSON list.",
+    )
     dedup_event_ids: int = Field(
         32, ge=1, le=1024, description="Recent event ids remembered per customer to drop producer duplicates."
     )
@@ -287,6 +299,18 @@ class Settings(BaseSettings):
     # --- sinks -------------------------------------------------------------
     redis_key_prefix: str = Field("pulse:", description="Prefix of every Redis key the app writes.")
     redis_retry_max_seconds: float = Field(5.0, gt=0, description="Longest back-off between Redis write retries.")
+    startup_wait_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="A worker started while the broker or Redis is down waits for them this long, retrying with "
+        "capped exponential back-off and one log line per attempt, then exits with status 69 (0: forever, the "
+        "default: the API's /health stays up and /ready says what it waits for, which is what an orchestrator's "
+        "probes expect; set a bound to have a supervisor restart it instead).",
+    )
+    startup_retry_min_seconds: float = Field(0.5, gt=0, description="First back-off while waiting at start-up.")
+    startup_retry_max_seconds: float = Field(
+        15.0, gt=0, description="Longest back-off between start-up attempts (doubles from startup_retry_min_seconds)."
+    )
 
     # --- consumer tuning (short group joins; defaults suit a small cluster) -
     broker_session_timeout: float = Field(10.0, gt=0, description="Consumer group session timeout, seconds.")
@@ -308,6 +332,25 @@ class Settings(BaseSettings):
         description="Bearer token the HTTP API requires, except on /health and /ready (empty: no authentication).",
     )
     api_max_page_size: int = Field(500, ge=1, description="Largest `limit` of one GET /vips page.")
+    api_max_connections: int = Field(
+        256, ge=1, description="Open HTTP API connections at most; further ones are answered 503 and closed."
+    )
+    api_header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="An API connection must send a complete request head within this of opening (or of its "
+        "previous response), else it is closed (slowloris); an unread request body is drained this long at most.",
+    )
+    api_request_timeout_seconds: float = Field(
+        5.0, gt=0, description="Longest an API request may take to answer (503 after that)."
+    )
+    api_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="The API runs in its own process this many nice steps below the worker: under CPU contention "
+        "the kernel gives it a bounded share of the scoring process's time (10: about a tenth).",
+    )
     broker_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT", description="Kafka security protocol of every client: PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL."
     )

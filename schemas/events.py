@@ -159,6 +159,9 @@ class Reason(StrEnum):
     TOO_LATE = "too_late"
     #: ahead of the wall clock by more than PULSE_MAX_EARLINESS_SECONDS
     TOO_EARLY = "too_early"
+    #: valid, but scoring it raised (a bug or a state it breaks) on every bounded retry: quarantined so its
+    #: partition moves on (the detail carries the exception)
+    PROCESSING_ERROR = "processing_error"
 
 
 class EventRejected(Exception):

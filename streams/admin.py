@@ -28,8 +28,8 @@ async def ensure_topics(settings: Settings) -> None:
     inputs = [*settings.input_topics().values(), settings.topic_ticks()]
     wanted = inputs + [settings.topic_dead_letters, settings.topic_retention_alerts, settings.topic_vip_changes]
     admin = AIOKafkaAdminClient(**kafka_client_kwargs(settings), request_timeout_ms=15000)
-    await admin.start()
     try:
+        await admin.start()  # inside the try: a broker that is down must not leak the client (start-up retries)
         existing = set(await admin.list_topics())
         missing = [t for t in wanted if t not in existing]
         configs = {settings.topic_ticks(): TICKS}

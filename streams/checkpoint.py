@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from streams import metrics
 from streams.codec import decode_state, encode_state
+from streams.isolation import process_contained
 from streams.processor import BatchOutcome, BatchProcessor, Incoming
 from streams.tables import END_MARKER_KEY
 
@@ -164,6 +165,8 @@ class Checkpoint:
         #: the first checkpoint with a record of that partition (a state is written with one of its events)
         self.recovered: dict[bytes, int] = {}
         self._flushing: asyncio.Task | None = None
+        #: (topic, partition) already logged as receiving records of another partition's customers
+        self._misplaced_logged: set[tuple[str, int]] = set()
 
     def load(self, key: bytes) -> CustomerState:
         return decode_state(self.table.get(key))
@@ -209,7 +212,58 @@ class Checkpoint:
             for e in events
         ]
         ends, starts = self.input_positions() if self.input_positions is not None else (None, None)
-        outcome = self.processor.process(batch, self.load, int(self.wall_clock() * 1000), ends, starts)
+
+        async def commit_piece(outcome: BatchOutcome, indexes: Sequence[int]) -> None:
+            await self._commit(outcome, [events[i] for i in indexes], started)
+
+        # a record whose processing raises is isolated and, after bounded retries, dead-lettered (streams.isolation)
+        await process_contained(
+            self.processor,
+            batch,
+            self.load,
+            int(self.wall_clock() * 1000),
+            self._rebuild,
+            commit_piece,
+            self.settings.processing_retries,
+            self._failed,
+            ends,
+            starts,
+        )
+        metrics.BATCH_EVENTS.observe(len(batch))
+        metrics.CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
+
+    def _rebuild(self, partitions: set[int]) -> None:
+        """Forget the population of ``partitions`` and count it again from the table (after a failed try)."""
+        self.processor.population.drop(partitions)
+        self.ensure_population()
+
+    def _failed(self, record: Incoming, exc: BaseException, final: bool) -> None:
+        metrics.PROCESSING_ERRORS.labels("event").inc()
+        log.warning(
+            "%s[%d]@%d raised%s: %r", record.topic, record.partition, record.offset, "" if final else ", retrying", exc
+        )
+
+    def _report(self, outcome: BatchOutcome) -> None:
+        """Misplaced records (another producer's partitioner) and contained time-driven failures."""
+        for (topic, partition), n in outcome.misplaced.items():
+            metrics.MISPLACED_EVENTS.labels(topic).inc(n)
+            if (topic, partition) not in self._misplaced_logged:
+                self._misplaced_logged.add((topic, partition))
+                log.warning(
+                    "%s[%d]: %d record(s) keyed by a customer id that murmur2 puts in another partition: "
+                    "re-published there (a producer with another partitioner, e.g. librdkafka's default CRC32? "
+                    "configure partitioner=murmur2_random); logged once per topic and partition",
+                    topic,
+                    partition,
+                    n,
+                )
+        for partition, key, error in outcome.time_driven_failures:
+            metrics.PROCESSING_ERRORS.labels("time_driven").inc()
+            log.error("partition %d: re-scoring %s raised, skipped until its next event: %s", partition, key, error)
+
+    async def _commit(self, outcome: BatchOutcome, events: Sequence[EventT], started: float) -> None:
+        """Make one processed batch (or, after a failure, one record of it) durable, in the order above."""
+        self._report(outcome)
         # any event of a partition places a state there (changelog and RocksDB)
         event_by_partition = {e.message.partition: e for e in events}
         outbox, partitions = self._outbox(outcome, set(event_by_partition))
@@ -235,7 +289,7 @@ class Checkpoint:
         # 4. Redis behind
         self.sink.submit(outcome.profiles)
         self._write_behind()
-        self._record_metrics(outcome, len(batch), started)
+        self._record_metrics(outcome)
 
     def _outbox(self, outcome: BatchOutcome, present: set[int]) -> tuple[dict[bytes, CustomerState], dict[bytes, int]]:
         """The batch's decisions joined to their states' outbox, and every state whose outbox is to be published
@@ -308,7 +362,7 @@ class Checkpoint:
             self._flushing = asyncio.ensure_future(self._flush_pending())
 
     # --- metrics ----------------------------------------------------------------------------------------------
-    def _record_metrics(self, outcome: BatchOutcome, events: int, started: float) -> None:
+    def _record_metrics(self, outcome: BatchOutcome) -> None:
         processor = self.processor
         for (kind, outcome_name), n in outcome.counts.items():
             metrics.EVENTS.labels(kind, outcome_name).inc(n)
@@ -331,5 +385,3 @@ class Checkpoint:
             metrics.EVENT_TO_SCORED_SECONDS.observe(max(0.0, now_s - occurred_ms / 1000))
         if processor.watermark_ms is not None:
             metrics.WATERMARK_SECONDS.set(processor.watermark_ms / 1000)
-        metrics.BATCH_EVENTS.observe(events)
-        metrics.CHECKPOINT_SECONDS.observe(time.perf_counter() - started)

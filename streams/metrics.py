@@ -20,6 +20,18 @@ CHECKPOINT_SECONDS = Histogram(
 BATCH_EVENTS = Histogram(
     "pulse_batch_events", "Events per processing batch.", buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 2500)
 )
+MISPLACED_EVENTS = Counter(
+    "pulse_misplaced_events_total",
+    "Correctly keyed events read from a partition other than their customer's murmur2 partition (a producer with "
+    "another partitioner): re-published to the right one, also counted as outcome=rerouted.",
+    ["topic"],
+)
+PROCESSING_ERRORS = Counter(
+    "pulse_processing_errors_total",
+    "Processing that raised: each failed try of an event (stage=event; after the retries it is dead-lettered as "
+    "processing_error), or a customer's time-driven re-scoring, skipped until its next event (stage=time_driven).",
+    ["stage"],
+)
 REDIS_WRITE_ERRORS = Counter("pulse_redis_write_errors_total", "Failed Redis profile writes (retried).")
 REDIS_BATCH_PROFILES = Histogram(
     "pulse_redis_batch_profiles",

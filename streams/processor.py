@@ -44,6 +44,10 @@ from scoring.service import TicketFact
 from scoring.voice import ComplaintFact, SurveyFact
 
 
+class InjectedFailure(RuntimeError):
+    """Raised for the event ids of the test-only fault injection setting ``PULSE_TEST_FAIL_EVENT_IDS``."""
+
+
 @dataclass(frozen=True, slots=True)
 class Incoming:
     """One consumed record, as read from Kafka."""
@@ -108,6 +112,13 @@ class BatchOutcome:
     rerouted: list[tuple[str, bytes, bytes]] = field(default_factory=list)
     #: (kind, outcome) -> count, for metrics
     counts: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: (topic, partition) -> correctly keyed events that arrived outside their customer's partition (a producer
+    #: with another partitioner, e.g. librdkafka's CRC32 default): re-published like mis-keyed ones (``rerouted``)
+    misplaced: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: (partition, customer, error) of time-driven re-scoring (due checks, sweep) that raised: skipped, quarantined
+    time_driven_failures: list[tuple[int, bytes, str]] = field(default_factory=list)
+    #: customers with an event applied in the batch (a failure of theirs fails the batch, see streams.isolation)
+    event_customers: set[bytes] = field(default_factory=set)
 
     def count(self, kind: str, outcome: str) -> None:
         self.counts[(kind, outcome)] = self.counts.get((kind, outcome), 0) + 1
@@ -121,8 +132,14 @@ class BatchProcessor:
     customers against the moved population, in the same checkpoint as events.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, partition_of: Callable[[bytes], int] | None = None) -> None:
         self.settings = settings
+        #: the partition each customer id belongs in (streams.partitioning); None: not checked (offline, tests)
+        self.partition_of = partition_of
+        #: customers whose time-driven re-scoring raised: left out of due checks and sweeps until their next event
+        self.quarantined: set[bytes] = set()
+        #: test only (fault injection, PULSE_TEST_FAIL_EVENT_IDS): scoring these event ids raises
+        self._fail_event_ids = frozenset(settings.test_fail_event_ids)
         self.kind_by_topic = {topic: Kind(kind) for kind, topic in settings.input_topics().items()}
         self.ticks_topic = settings.topic_ticks()
         self.config = settings.scoring()
@@ -200,6 +217,7 @@ class BatchProcessor:
         #: partitions with a tick in the batch (round-robin sweep), and with any record (due checks)
         ticks: set[int] = set()
         present: set[int] = set()
+        partition_of, placed = self.partition_of, {}  # placed: customer -> partition, memoised per batch
         for record in batch:
             present.add(record.partition)
             if record.topic == self.ticks_topic:
@@ -224,6 +242,20 @@ class BatchProcessor:
                 out.rerouted.append((record.topic, key, record.value or b""))
                 out.count(kind, "rerouted")
                 continue
+            if partition_of is not None:
+                expected = placed.get(key)
+                if expected is None:
+                    expected = placed[key] = partition_of(key)
+                if expected != record.partition:
+                    # applied here, it would split the customer over two partitions (or break the rank
+                    # counts of the one it is not in): re-published under its key, it reaches the right one
+                    out.rerouted.append((record.topic, key, record.value or b""))
+                    out.count(kind, "rerouted")
+                    where = (record.topic, record.partition)
+                    out.misplaced[where] = out.misplaced.get(where, 0) + 1
+                    continue
+            if self.quarantined:
+                self.quarantined.discard(key)  # a new event: scheduled and swept again
             state = out.states.get(key)
             if state is None:
                 state = load(key)
@@ -243,6 +275,8 @@ class BatchProcessor:
             self.population.applied(
                 record.partition, key, before, state, new_customer, gaps_before, contribution_before
             )
+            if self._fail_event_ids and scored.event_id in self._fail_event_ids:
+                raise InjectedFailure(f"PULSE_TEST_FAIL_EVENT_IDS: {scored.event_id}")
             # A replayed duplicate still counts for the clock and still gets its
             # state and profile written: after a crash between the changelog
             # and Redis, the replay is what brings the profile up to date.
@@ -251,6 +285,7 @@ class BatchProcessor:
                 read.mark_ms = scored.occurred_ms
             out.states[key] = state
             out.partitions[key] = record.partition
+        out.event_customers = set(out.states)
         self.move_clocks()
         self._advance_idle_clock(ticks, wall_ms)
         clocks = {p: part.clock_ms for p, part in self.population.local.items() if part.clock_ms is not None}
@@ -273,7 +308,7 @@ class BatchProcessor:
         for partition in sorted(ticks & set(clocks)):
             render.update(self.sweep(partition, self._sweep_limit(partition), load, out, clocks[partition]))
         self._retag(out)
-        out.profiles = self.profiles(render, None, out.assessed)
+        out.profiles = self.profiles(render, None, out.assessed, out)
         return out
 
     @property
@@ -342,6 +377,40 @@ class BatchProcessor:
             target = None if blocked else lowest if partition in self._held else high
             if target is not None:
                 part.move_clock(target)
+
+    def quarantine(self, record: Incoming, exc: BaseException) -> BatchOutcome:
+        """The outcome of a record whose processing raised on every retry: a ``processing_error`` dead letter
+        with the exception, nothing applied (a sweep tick is just dropped: the next one sweeps on)."""
+        out = BatchOutcome()
+        kind = self.kind_by_topic.get(record.topic)
+        if kind is not None:
+            detail = f"{type(exc).__name__}: {exc}"[: self.settings.dead_letter_payload_bytes or 4096]
+            out.rejected.append(self._reject(record, kind, EventRejected(Reason.PROCESSING_ERROR, detail)))
+            out.count(kind, "dead_lettered")
+        return out
+
+    def _contained(
+        self, partition: int, key: bytes, state: CustomerState, now: int, out: BatchOutcome, churn: bool = True
+    ) -> bool | None:
+        """Time-driven re-scoring of one customer (:meth:`_rescore`); None if it raised.
+
+        No event of the batch is at stake, so a failure is contained to that customer: whatever the attempt
+        added to the batch is taken back, the customer is unscheduled and left out of sweeps until its next
+        event (which is scored, or dead-lettered if it raises too), and the failure is reported.
+        """
+        marks = (len(out.vip_changes), len(out.alerts))
+        try:
+            return self._rescore(key, state, now, out, churn)
+        except Exception as exc:  # noqa: BLE001 - contained: the partition moves on
+            del out.vip_changes[marks[0] :], out.alerts[marks[1] :]
+            out.assessed.pop(key, None)
+            self._quarantine_customer(partition, key, exc, out)
+            return None
+
+    def _quarantine_customer(self, partition: int, key: bytes, exc: BaseException, out: BatchOutcome) -> None:
+        self.population.partition(partition).schedule(key, None)
+        self.quarantined.add(key)
+        out.time_driven_failures.append((partition, key, f"{type(exc).__name__}: {exc}"))
 
     def _sweep_limit(self, partition: int) -> int:
         """Customers one tick re-scores: a round of the partition every ``sweep_round_seconds``, so a small
@@ -413,9 +482,12 @@ class BatchProcessor:
         states: dict[bytes, CustomerState],
         now: int | None,
         assessed: dict[bytes, tuple[ClvSignals, ChurnAssessment]] | None = None,
+        batch: BatchOutcome | None = None,
     ) -> list[RenderedProfile]:
         """Render ``states`` at ``now`` (None: each at its partition's clock; a customer whose own events are
-        ahead of that clock is rendered once the clock reaches them, by the due check)."""
+        ahead of that clock is rendered once the clock reaches them, by the due check). With ``batch``, a profile
+        of a customer without an event in it (time-driven: due check, sweep) that fails to render is skipped and
+        its customer quarantined (see :meth:`_contained`)."""
         out = []
         for key, state in states.items():
             at = now
@@ -423,8 +495,13 @@ class BatchProcessor:
                 at = None if state.partition is None else self.population.clock_of(state.partition)
                 if at is None or (state.last_event_ms is not None and state.last_event_ms > at):
                     continue
-            clv, risk = (assessed or {}).get(key) or assess_customer(state, at, self._gap_days, self.config)
-            out.append(render_profile(key.decode(), state, at, self.config, self.currency, clv, risk))
+            try:
+                clv, risk = (assessed or {}).get(key) or assess_customer(state, at, self._gap_days, self.config)
+                out.append(render_profile(key.decode(), state, at, self.config, self.currency, clv, risk))
+            except Exception as exc:
+                if batch is None or state.partition is None or key in batch.event_customers:
+                    raise
+                self._quarantine_customer(state.partition, key, exc, batch)
         return out
 
     def _retag(self, out: BatchOutcome) -> None:
@@ -440,11 +517,13 @@ class BatchProcessor:
         "raised by time passing"). The due-time index makes this cost the customers due, not the population."""
         render: dict[bytes, CustomerState] = {}
         for key in self.population.partition(partition).pop_due(now, limit):
-            if key in out.states:
-                continue  # assessed with this batch already (and rescheduled)
+            if key in out.states or key in self.quarantined:
+                continue  # assessed with this batch already (and rescheduled), or quarantined
             state = load(key)
-            out.tags_before[key] = tags(state)
-            self._rescore(key, state, now, out)
+            before = tags(state)
+            if self._contained(partition, key, state, now, out) is None:
+                continue
+            out.tags_before[key] = before
             out.states[key] = render[key] = state
             out.partitions[key] = partition
             out.due_checked += 1
@@ -498,14 +577,17 @@ class BatchProcessor:
         chunk = self.population.sweep_slice(partition, limit, now, self._gap_days)
         render: dict[bytes, CustomerState] = {}
         for key in chunk.keys:
-            if key in out.states:
-                continue  # scored with this batch already
+            if key in out.states or key in self.quarantined:
+                continue  # scored with this batch already, or quarantined
             state = load(key)
             before = tags(state)
             refresh = chunk.refresh_all or refresh_all
             # churn is time-driven through the due-time index: the sweep re-assesses it only for a customer
             # whose RFM/VIP moved (the alert's context) or whose profile this round re-renders
-            if self._rescore(key, state, now, out, churn=refresh):
+            changed = self._contained(partition, key, state, now, out, churn=refresh)
+            if changed is None:
+                continue
+            if changed:
                 out.tags_before[key] = before
                 out.states[key] = state
                 out.partitions[key] = partition

@@ -1,4 +1,5 @@
-"""Run one worker: create topics, serve metrics and the HTTP API, start the Faust worker."""
+"""Run one worker: serve the HTTP API (its own process), wait for the broker and Redis, create topics, serve
+metrics, start the Faust worker."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import faust
 from prometheus_client import start_http_server
 
 from pulse.settings import Settings
-from streams.admin import ensure_topics
-from streams.api import ApiServer
+from streams.api import ApiProcess, StatusPublisher, WorkerStatus
 from streams.app import create_app
+from streams.startup import wait_or_exit
 
 
 def clv_params_line(settings: Settings) -> str:
@@ -33,17 +34,26 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     print(f"pulse worker: {clv_params_line(settings)}", file=sys.stderr, flush=True)
     # Faust creates its data dir but not missing parents (a fresh checkout has no .pulse/).
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
-    asyncio.run(ensure_topics(settings))
-    pulse = create_app(settings)
-    if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr=settings.metrics_host)
-    gc.set_threshold(*settings.gc_thresholds)
-    if settings.event_loop == "uvloop":
-        import uvloop
+    status = WorkerStatus()
+    # the API starts first, in its own process, so /health answers while the worker waits and recovers
+    api = ApiProcess(settings, status, loglevel) if settings.api_port else None
+    if api is not None:
+        api.start()
+    try:
+        if settings.metrics_port:
+            start_http_server(settings.metrics_port, addr=settings.metrics_host)
+        # the broker and Redis may come up after the worker: wait (back-off, one log line per try), then topics
+        wait_or_exit(settings, status, loglevel)
+        pulse = create_app(settings)
+        gc.set_threshold(*settings.gc_thresholds)
+        if settings.event_loop == "uvloop":
+            import uvloop
 
-        # also the loop of Faust's consumer thread, which makes its own with new_event_loop()
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    asyncio.set_event_loop(asyncio.new_event_loop())
-    # the API starts before the app (Worker starts its services first), so /health answers during recovery
-    services = [ApiServer(settings, pulse.app)] if settings.api_port else []
-    faust.Worker(pulse.app, *services, loglevel=loglevel).execute_from_commandline()
+            # also the loop of Faust's consumer thread, which makes its own with new_event_loop()
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        asyncio.set_event_loop(asyncio.new_event_loop())
+        services = [StatusPublisher(pulse.app, status)] if api is not None else []
+        faust.Worker(pulse.app, *services, loglevel=loglevel).execute_from_commandline()
+    finally:
+        if api is not None:
+            api.stop()

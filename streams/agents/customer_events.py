@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from faust.types import TP, StreamT
 
 from streams.checkpoint import Checkpoint
+from streams.partitioning import partitioner
 from streams.processor import BatchProcessor
 from streams.security import redis_client_kwargs
 from streams.sinks.redis_profiles import RedisProfileSink
@@ -67,7 +68,8 @@ def register(pulse: PulseApp) -> BatchProcessor:
     """Define the scoring agent on the app; returns its processor (whose population the sync agents share)."""
     settings = pulse.settings
     table = pulse.customer_states
-    processor = BatchProcessor(settings)
+    # records outside their customer's murmur2 partition are re-published, not applied (streams.partitioning)
+    processor = BatchProcessor(settings, partitioner(settings.partitions))
     sink = RedisProfileSink(
         settings.redis_url,
         settings.redis_key_prefix,

@@ -1,0 +1,145 @@
+"""Start-up order does not matter: a worker waits for the broker and Redis instead of exiting.
+
+Before Faust starts, the worker creates its topics (which needs the broker) and
+checks that Redis answers. Either may be down when the worker starts (a
+``docker compose up``, a node reboot, a broker rolling restart): each attempt
+that fails is one log line naming what and where (credentials masked) and the
+next try, with exponential back-off from ``startup_retry_min_seconds`` capped
+at ``startup_retry_max_seconds``; after ``startup_wait_seconds`` (0: never)
+the worker exits with status 69 (EX_UNAVAILABLE) for its supervisor to
+restart it. Configuration errors (an input topic with the wrong partition
+count) are not retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from aiokafka.errors import KafkaError
+from redis.exceptions import RedisError
+
+from pulse.settings import Settings
+from streams.admin import ensure_topics
+from streams.api import WorkerStatus
+from streams.security import redis_client_kwargs
+
+log = logging.getLogger(__name__)
+
+#: Exit status when a dependency did not come up within startup_wait_seconds (sysexits.h EX_UNAVAILABLE).
+EXIT_UNAVAILABLE = 69
+#: One Redis connection attempt at start-up waits this long at most.
+REDIS_CONNECT_TIMEOUT_SECONDS = 2.0
+
+T = TypeVar("T")
+
+
+class DependencyUnavailable(RuntimeError):
+    """The broker or Redis did not answer within ``startup_wait_seconds``."""
+
+
+def masked(url: str) -> str:
+    """``url`` without its password (it goes to the log)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def one_line(exc: BaseException) -> str:
+    name = type(exc).__name__
+    text = " ".join(str(exc).split()) or "no detail"
+    return (text if text.startswith(name) else f"{name}: {text}")[:300]
+
+
+async def retry(
+    what: str,
+    url: str,
+    attempt: Callable[[], Awaitable[T]],
+    settings: Settings,
+    transient: tuple[type[BaseException], ...],
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> T:
+    """Run ``attempt`` until it succeeds, backing off on ``transient`` errors; DependencyUnavailable on timeout."""
+    started = time.monotonic()
+    delay = settings.startup_retry_min_seconds
+    for n in range(1, sys.maxsize):
+        try:
+            result = await attempt()
+        except transient as exc:
+            waited = time.monotonic() - started
+            bound = settings.startup_wait_seconds
+            if bound and waited + delay > bound:
+                log.error(
+                    "%s at %s still unavailable after %.0fs (attempt %d): %s", what, url, waited, n, one_line(exc)
+                )
+                raise DependencyUnavailable(f"{what} at {url} unavailable") from exc
+            log.warning("waiting for %s at %s (attempt %d): %s; next try in %.1fs", what, url, n, one_line(exc), delay)
+            await sleep(delay)
+            delay = min(delay * 2, settings.startup_retry_max_seconds)
+        else:
+            if n > 1:
+                log.info("%s at %s is up (attempt %d, after %.1fs)", what, url, n, time.monotonic() - started)
+            return result
+    raise AssertionError("unreachable")
+
+
+async def wait_for_dependencies(settings: Settings, status: WorkerStatus | None = None) -> None:
+    """Create the topics once the broker answers, then wait until Redis answers a PING."""
+    if status is not None:
+        status.set(WorkerStatus.WAITING_BROKER)
+    await retry(
+        "the broker",
+        masked(settings.broker_url),
+        lambda: ensure_topics(settings),
+        settings,
+        (KafkaError, OSError, asyncio.TimeoutError),
+    )
+    if status is not None:
+        status.set(WorkerStatus.WAITING_REDIS)
+
+    async def ping() -> None:
+        client = aioredis.from_url(
+            settings.redis_url,
+            socket_connect_timeout=REDIS_CONNECT_TIMEOUT_SECONDS,
+            socket_timeout=REDIS_CONNECT_TIMEOUT_SECONDS,
+            **redis_client_kwargs(settings),
+        )
+        try:
+            await client.ping()
+        finally:
+            await client.aclose()
+
+    await retry("Redis", masked(settings.redis_url), ping, settings, (RedisError, OSError, asyncio.TimeoutError))
+    if status is not None:
+        status.set(WorkerStatus.STARTING)
+
+
+def wait_or_exit(settings: Settings, status: WorkerStatus | None = None, loglevel: str = "info") -> None:
+    """:func:`wait_for_dependencies` with its own log handler (Faust configures logging only once it starts);
+    exits with :data:`EXIT_UNAVAILABLE` when the wait is bounded and runs out."""
+    # aiokafka logs each failed connection itself: one line per attempt is ours
+    quiet = logging.getLogger("aiokafka")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[%(asctime)s] [%(process)s] [%(levelname)s] %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(loglevel.upper())
+    log.propagate = False
+    try:
+        asyncio.run(wait_for_dependencies(settings, status))
+    except DependencyUnavailable:
+        sys.exit(EXIT_UNAVAILABLE)
+    finally:
+        log.removeHandler(handler)
+        log.propagate = True
+        quiet.setLevel(level)

@@ -1,0 +1,155 @@
+"""Any producer works and no record stops a partition: a real worker, broker and Redis.
+
+* Orders produced with confluent-kafka (librdkafka) **default** settings, whose partitioner (CRC32,
+  ``consistent_random``) puts many customer ids in another partition than murmur2 does, for known and new
+  customers: every profile right, one state per customer (in its murmur2 changelog partition), the worker
+  alive, the misplaced records counted.
+* A record whose processing raises (the test-only fault injection ``PULSE_TEST_FAIL_EVENT_IDS``: no real
+  input is known to raise once the schemas accept it) is dead-lettered as ``processing_error`` with the
+  exception, the worker stays up, and the next events of its partition are scored.
+"""
+
+from __future__ import annotations
+
+import urllib.request
+import zlib
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from pulse.simulate import generate_orders
+from streams.partitioning import murmur2_partition
+from tests.conftest import consume, produce, profile_diffs, wait_until
+from tests.reference import batch_order_profiles
+
+pytestmark = pytest.mark.e2e
+
+END = datetime(2026, 6, 30, tzinfo=UTC)
+
+
+def metric_samples(port: int) -> dict[tuple[str, tuple], float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def produce_with_librdkafka_defaults(bootstrap: str, topic: str, orders: list[dict]) -> list[int]:
+    """Produce with confluent-kafka's default configuration (partitioner consistent_random = CRC32 of the key);
+    returns the partition each record landed in."""
+    confluent_kafka = pytest.importorskip("confluent_kafka")
+    producer = confluent_kafka.Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+    landed: list[int] = []
+    errors: list = []
+
+    def delivered(err: object, msg: object) -> None:
+        if err is not None:
+            errors.append(err)
+        else:
+            landed.append(msg.partition())
+
+    for o in orders:
+        producer.produce(topic, key=o["customer_id"].encode(), value=orjson.dumps(o), on_delivery=delivered)
+    assert producer.flush(60) == 0 and not errors, errors
+    return landed
+
+
+def test_librdkafka_default_partitioner_for_known_and_new_customers(namespace, start_worker):
+    settings = namespace.settings
+    n = settings.partitions
+    orders = generate_orders(customers=80, days=200, seed=5, end=END)
+    customers = sorted({o["customer_id"] for o in orders})
+    misplaced = [c for c in customers if zlib.crc32(c.encode()) % n != murmur2_partition(c.encode(), n)]
+    known, new = misplaced[:10], misplaced[10:20]
+    assert len(new) == 10
+    first = [o for o in orders if o["customer_id"] not in new]  # new customers: none of their orders yet
+    later = [o for o in orders if o["customer_id"] in new] + [
+        {**o, "event_id": f"again-{o['event_id']}", "order_id": f"again-{o['order_id']}"}
+        for o in orders
+        if o["customer_id"] in known
+    ]
+
+    worker = start_worker()
+    produce(namespace.bootstrap, settings.topic_orders, [(o["customer_id"].encode(), orjson.dumps(o)) for o in first])
+    converged = wait_until(lambda: not profile_diffs(settings, batch_order_profiles(first)))
+    assert converged, worker.log_tail()
+
+    landed = produce_with_librdkafka_defaults(namespace.bootstrap, settings.topic_orders, later)
+    crc = [zlib.crc32(o["customer_id"].encode()) % n for o in later]
+    assert sorted(landed) == sorted(crc)  # librdkafka's CRC32 placed them, not murmur2
+    wrong = sum(
+        1 for o in later if zlib.crc32(o["customer_id"].encode()) % n != murmur2_partition(o["customer_id"].encode(), n)
+    )
+    assert wrong == len(later)
+
+    expected = batch_order_profiles(first + later)
+    converged = wait_until(lambda: not profile_diffs(settings, expected))
+    diffs = profile_diffs(settings, expected)
+    assert converged, f"{len(diffs)} profiles differ, e.g. {diffs[:2]}\n{worker.log_tail()}"
+    assert worker.alive(), worker.log_tail()
+
+    # one state per customer, in its murmur2 partition of the changelog
+    changelog = consume(
+        namespace.bootstrap, f"{settings.app_id}-customer_states-changelog", expected=len(customers), quiet=3
+    )
+    partitions_of: dict[str, set[int]] = {}
+    for m in changelog:
+        if m.value is not None and m.key and m.key.decode(errors="replace") in customers:
+            partitions_of.setdefault(m.key.decode(), set()).add(m.partition)
+    assert set(partitions_of) == set(customers)
+    split = {c: ps for c, ps in partitions_of.items() if ps != {murmur2_partition(c.encode(), n)}}
+    assert not split, split
+
+    samples = metric_samples(worker.metrics_port)
+    moved = sum(v for (name, _), v in samples.items() if name == "pulse_misplaced_events_total")
+    assert moved == len(later)
+    assert samples[("pulse_events_total", (("kind", "order"), ("outcome", "rerouted")))] == len(later)
+    assert samples[("pulse_events_total", (("kind", "order"), ("outcome", "scored")))] == len(first) + len(later)
+    log = worker.log.read_text(errors="replace")
+    assert "murmur2 puts in another partition" in log and "Traceback" not in log
+
+
+def test_a_record_that_raises_is_dead_lettered_and_its_partition_moves_on(namespace, start_worker):
+    settings = namespace.settings
+    n = settings.partitions
+    orders = generate_orders(customers=40, days=200, seed=8, end=END)
+    poison = orders[len(orders) // 2]
+    victim = poison["customer_id"].encode()
+    partition = murmur2_partition(victim, n)
+    worker = start_worker(PULSE_TEST_FAIL_EVENT_IDS=orjson.dumps([poison["event_id"]]).decode())
+    produce(namespace.bootstrap, settings.topic_orders, [(o["customer_id"].encode(), orjson.dumps(o)) for o in orders])
+
+    [letter] = [orjson.loads(m.value) for m in consume(namespace.bootstrap, settings.topic_dead_letters, expected=1)]
+    assert letter["reason"] == "processing_error"
+    assert "InjectedFailure" in letter["detail"] and poison["event_id"] in letter["detail"]
+    assert (letter["source_topic"], letter["partition"]) == (settings.topic_orders, partition)
+    assert orjson.loads(letter["payload"]) == poison
+
+    scored = [o for o in orders if o is not poison]
+    converged = wait_until(lambda: not profile_diffs(settings, batch_order_profiles(scored)))
+    assert converged, worker.log_tail()
+
+    # the next events of the poison's partition (its own customer's and others') are scored
+    same_partition = sorted(
+        {o["customer_id"] for o in orders if murmur2_partition(o["customer_id"].encode(), n) == partition}
+    )
+    more = [
+        {**poison, "event_id": f"next-{cid}", "order_id": f"next-{cid}", "customer_id": cid, "amount": 3.5}
+        for cid in same_partition
+    ]
+    produce(namespace.bootstrap, settings.topic_orders, [(o["customer_id"].encode(), orjson.dumps(o)) for o in more])
+    expected = batch_order_profiles(scored + more)
+    converged = wait_until(lambda: not profile_diffs(settings, expected))
+    diffs = profile_diffs(settings, expected)
+    assert converged, f"{len(diffs)} profiles differ, e.g. {diffs[:2]}\n{worker.log_tail()}"
+    assert worker.alive(), worker.log_tail()
+
+    samples = metric_samples(worker.metrics_port)
+    assert samples[("pulse_dead_letters_total", (("kind", "order"), ("reason", "processing_error")))] == 1
+    tries = samples[("pulse_processing_errors_total", (("stage", "event"),))]
+    assert settings.processing_retries + 1 <= tries <= settings.processing_retries + 2
+    assert "dead-lettered as processing_error" in worker.log.read_text(errors="replace")

@@ -1,0 +1,246 @@
+"""No poison pill, any producer: the processor's containment of failing records and misplaced ones.
+
+Fakes are fine here (the table is a dict of encoded states, the commit appends to it); the e2e tests
+(tests/e2e/test_poison_and_partitioner.py) run the same paths in a real worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import orjson
+import pytest
+
+import streams.processor as processor_module
+from pulse.settings import Settings
+from scoring.customer import CustomerState
+from streams.codec import decode_state, encode_state
+from streams.isolation import process_contained
+from streams.partitioning import murmur2_partition, partitioner
+from streams.processor import BatchOutcome, BatchProcessor, Incoming
+
+PARTITIONS = 4
+
+
+def order(eid: str, cid: str, amount: float, day: int = 1) -> bytes:
+    return orjson.dumps(
+        {
+            "event_id": eid,
+            "customer_id": cid,
+            "occurred_at": f"2025-05-{day:02d}T00:00:00Z",
+            "order_id": "O" + eid,
+            "amount": amount,
+            "currency": "USD",
+            "status": "completed",
+        }
+    )
+
+
+class Table:
+    """The table as the worker has it: encoded states (each load decodes a fresh copy) and what was produced."""
+
+    def __init__(self, processor: BatchProcessor) -> None:
+        self.processor = processor
+        self.data: dict[bytes, bytes] = {}
+        self.rejected: list[dict] = []
+        self.rerouted: list[tuple[str, bytes, bytes]] = []
+        self.commits = 0
+
+    def load(self, key: bytes) -> CustomerState:
+        raw = self.data.get(key)
+        return CustomerState() if raw is None else decode_state(raw)
+
+    def states(self) -> dict[bytes, CustomerState]:
+        return {k: decode_state(v) for k, v in self.data.items()}
+
+    def rebuild(self, partitions: set[int]) -> None:
+        self.processor.rebuild(partitions, self.states().items())
+
+    async def commit(self, outcome: BatchOutcome, indexes: Sequence[int]) -> None:
+        self.commits += 1
+        self.rejected += [orjson.loads(r.record) for r in outcome.rejected]
+        self.rerouted += outcome.rerouted
+        self.data.update({k: encode_state(s) for k, s in outcome.states.items()})
+
+    def run(self, batch: list[Incoming], retries: int = 2, failures: list | None = None) -> int:
+        def on_failure(record: Incoming, exc: BaseException, final: bool) -> None:
+            if failures is not None:
+                failures.append((record.offset, final))
+
+        return asyncio.run(
+            process_contained(self.processor, batch, self.load, None, self.rebuild, self.commit, retries, on_failure)
+        )
+
+
+def placed_batch(orders: list[tuple[str, str, float]]) -> list[Incoming]:
+    """Order records (event id, customer, amount), each in its customer's murmur2 partition, offsets per partition."""
+    offsets = dict.fromkeys(range(PARTITIONS), 0)
+    batch = []
+    for eid, cid, amount in orders:
+        p = murmur2_partition(cid.encode(), PARTITIONS)
+        batch.append(Incoming("orders", p, offsets[p], cid.encode(), order(eid, cid, amount)))
+        offsets[p] += 1
+    return batch
+
+
+ORDERS = [(f"e{i}", f"C{i % 7:03d}", 10.0 + i) for i in range(40)]
+
+
+def assert_population_is_the_tables(table: Table) -> None:
+    """The in-memory population equals one rebuilt from the table: no count of a failed try is left in it."""
+    fresh = BatchProcessor(table.processor.settings)
+    owned = set(table.processor.population.local)
+    fresh.rebuild(owned, table.states().items())
+    for p in owned:
+        a, b = table.processor.population.local[p], fresh.population.local[p]
+        assert sorted(a.members) == sorted(b.members) and +a.tallies == +b.tallies and a.due == b.due
+        for index in ("r", "f", "m", "v"):
+            x, y = getattr(a.population, index), getattr(b.population, index)
+            assert (x.total, x._counts) == (y.total, y._counts), (p, index)
+
+
+@pytest.mark.parametrize("bad", ["e3", "e39"])
+def test_a_record_that_raises_is_dead_lettered_and_every_other_one_applied_once(bad):
+    settings = Settings(_env_file=None, test_fail_event_ids=[bad])
+    table = Table(BatchProcessor(settings, partitioner(PARTITIONS)))
+    batch = placed_batch(ORDERS)
+    failures: list = []
+    assert table.run(batch, retries=2, failures=failures) == 1
+
+    [letter] = table.rejected
+    poison = next(r for r in batch if orjson.loads(r.value)["event_id"] == bad)
+    assert letter["reason"] == "processing_error"
+    assert "InjectedFailure" in letter["detail"] and bad in letter["detail"]
+    assert (letter["partition"], letter["offset"]) == (poison.partition, poison.offset)
+    # the first try of the whole batch, then the record alone 1 + 2 times (the last one final)
+    assert failures == [(poison.offset, False), (poison.offset, False), (poison.offset, True)]
+
+    reference = Table(BatchProcessor(Settings(_env_file=None), partitioner(PARTITIONS)))
+    reference.run([r for r in batch if r is not poison])
+    got, want = table.states(), reference.states()
+    assert got.keys() == want.keys()
+    for key in want:
+        assert got[key].orders.revenue_cents == want[key].orders.revenue_cents
+        assert got[key].orders.orders == want[key].orders.orders
+        assert got[key].partition == want[key].partition
+    assert_population_is_the_tables(table)
+
+    # the partition moves on: the next batch is scored normally
+    nxt = [Incoming("orders", poison.partition, 1000, poison.key, order("later", poison.key.decode(), 5.0, day=2))]
+    assert table.run(nxt) == 0
+    assert table.states()[poison.key].orders.orders == want[poison.key].orders.orders + 1
+
+
+def test_a_failing_scorer_is_contained_to_its_record(monkeypatch):
+    """An injected failing scorer (apply_event raising for one event) instead of the settings' fault injection."""
+    real = processor_module.apply_event
+
+    def flaky(state, event, config):
+        if event.event_id == "e10":
+            raise ZeroDivisionError("scorer bug")
+        return real(state, event, config)
+
+    monkeypatch.setattr(processor_module, "apply_event", flaky)
+    table = Table(BatchProcessor(Settings(_env_file=None), partitioner(PARTITIONS)))
+    assert table.run(placed_batch(ORDERS), retries=0) == 1
+    assert [(r["reason"], r["detail"]) for r in table.rejected] == [
+        ("processing_error", "ZeroDivisionError: scorer bug")
+    ]
+    assert sum(s.orders.orders for s in table.states().values()) == len(ORDERS) - 1
+    assert_population_is_the_tables(table)
+
+
+def test_a_batch_without_failure_is_one_commit():
+    table = Table(BatchProcessor(Settings(_env_file=None), partitioner(PARTITIONS)))
+    assert table.run(placed_batch(ORDERS)) == 0
+    assert table.commits == 1 and not table.rejected
+
+
+def test_time_driven_failure_skips_only_that_customer_until_its_next_event(monkeypatch):
+    settings = Settings(_env_file=None, sweep_round_seconds=0)
+    processor = BatchProcessor(settings)
+    table = Table(processor)
+    ticks = settings.topic_ticks()
+    assert (
+        table.run(
+            [
+                Incoming("orders", 0, 0, b"A", order("a1", "A", 7.77)),
+                Incoming("orders", 0, 1, b"B", order("b1", "B", 20)),
+            ]
+        )
+        == 0
+    )
+
+    real = processor_module.assess_customer
+
+    def failing_for_a(state, now, gap_days, config):
+        if state.orders.revenue_cents == 777:
+            raise KeyError("bad state")
+        return real(state, now, gap_days, config)
+
+    monkeypatch.setattr(processor_module, "assess_customer", failing_for_a)
+    # the clock moves (B's event) and a tick sweeps the partition: A's re-scoring raises, B's event is scored
+    batch = [Incoming("orders", 0, 2, b"B", order("b2", "B", 5, day=9)), Incoming(ticks, 0, 0, None, b"{}")]
+    out = processor.process(batch, table.load)
+    assert [(p, k) for p, k, _ in out.time_driven_failures] == [(0, b"A")]
+    assert "KeyError" in out.time_driven_failures[0][2]
+    assert b"A" in processor.quarantined and b"A" not in out.states and b"A" not in out.assessed
+    assert b"A" not in processor.population.partition(0).due
+    assert [p.customer_id for p in out.profiles] == ["B"]
+    asyncio.run(table.commit(out, range(len(batch))))
+    # quarantined: the next sweep leaves A out (no second failure)
+    out = processor.process([Incoming(ticks, 0, 1, None, b"{}")], table.load)
+    assert not out.time_driven_failures and b"A" not in out.states
+    # A's next event (with a scorer that works again) is scored and ends the quarantine
+    monkeypatch.setattr(processor_module, "assess_customer", real)
+    out = processor.process([Incoming("orders", 0, 3, b"A", order("a2", "A", 1, day=10))], table.load)
+    assert out.states[b"A"].orders.orders == 2 and b"A" not in processor.quarantined
+
+
+def test_a_record_outside_its_customers_partition_is_rerouted_not_applied():
+    """librdkafka's default partitioner (CRC32) puts a correctly keyed record elsewhere: for a known customer it
+    would break the rank counts of the partition it is not in, for a new one split its state."""
+    table = Table(BatchProcessor(Settings(_env_file=None), partitioner(PARTITIONS)))
+    key = b"C004078"
+    right = murmur2_partition(key, PARTITIONS)
+    wrong = (right + 1) % PARTITIONS
+    assert table.run([Incoming("orders", right, 0, key, order("1", "C004078", 10))]) == 0
+    misplaced = [
+        Incoming("orders", wrong, 0, key, order("2", "C004078", 20)),  # known customer
+        Incoming("orders", wrong, 1, b"NEW1", order("3", "NEW1", 30))
+        if murmur2_partition(b"NEW1", PARTITIONS) != wrong
+        else Incoming("orders", (wrong + 1) % PARTITIONS, 1, b"NEW1", order("3", "NEW1", 30)),
+    ]
+    out = table.processor.process(misplaced, table.load)
+    assert out.counts == {("order", "rerouted"): 2} and not out.states and not out.rejected
+    assert [(t, k) for t, k, _ in out.rerouted] == [("orders", key), ("orders", b"NEW1")]
+    assert sum(out.misplaced.values()) == 2
+    # re-published, they arrive in the right partition and are applied there once
+    asyncio.run(table.commit(out, [0, 1]))
+    back = [Incoming(t, murmur2_partition(k, PARTITIONS), 10 + i, k, v) for i, (t, k, v) in enumerate(table.rerouted)]
+    assert table.run(back) == 0
+    states = table.states()
+    assert states[key].orders.orders == 2 and states[key].partition == right
+    assert states[b"NEW1"].partition == murmur2_partition(b"NEW1", PARTITIONS)
+
+
+def test_without_the_check_a_misplaced_known_customer_breaks_the_rank_counts():
+    """What the check prevents (the failure reported with confluent-kafka's default settings)."""
+    processor = BatchProcessor(Settings(_env_file=None))
+    table = Table(processor)
+    key = b"C004078"
+    right = murmur2_partition(key, PARTITIONS)
+    wrong = (right + 1) % PARTITIONS
+    table.run([Incoming("orders", right, 0, key, order("1", "C004078", 10))])
+    with pytest.raises(ValueError, match="more often than it was added"):
+        processor.process([Incoming("orders", wrong, 1, key, order("2", "C004078", 20))], table.load)
+
+
+def test_murmur2_partition_matches_the_java_client():
+    # values of org.apache.kafka.common.utils.Utils.murmur2 (as used by the Java DefaultPartitioner)
+    from aiokafka.partitioner import DefaultPartitioner
+
+    for cid in (b"C000001", b"C004078", b"x", b"customer-with-a-long-id-0123456789"):
+        for n in (1, 4, 6, 12):
+            assert murmur2_partition(cid, n) == DefaultPartitioner()(cid, list(range(n)), list(range(n)))

@@ -1,0 +1,64 @@
+"""Start-up waits: capped exponential back-off, one log line per try naming the URL, a bounded wait's exit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from pulse.settings import Settings
+from streams.startup import DependencyUnavailable, masked, one_line, retry
+
+
+def run_retry(settings: Settings, failures: int) -> tuple[list[float], int]:
+    sleeps: list[float] = []
+    calls = 0
+
+    async def attempt() -> str:
+        nonlocal calls
+        calls += 1
+        if calls <= failures:
+            raise ConnectionRefusedError(111, "Connect call failed")
+        return "up"
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    assert asyncio.run(retry("the broker", "kafka://b:9092", attempt, settings, (OSError,), sleep)) == "up"
+    return sleeps, calls
+
+
+def test_back_off_doubles_up_to_the_cap_and_logs_one_line_per_try(caplog):
+    settings = Settings(_env_file=None, startup_retry_min_seconds=0.5, startup_retry_max_seconds=3)
+    with caplog.at_level(logging.WARNING, logger="streams.startup"):
+        sleeps, calls = run_retry(settings, failures=6)
+    assert sleeps == [0.5, 1.0, 2.0, 3.0, 3.0, 3.0] and calls == 7
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(lines) == 6 and all("\n" not in line for line in lines)
+    assert lines[0].startswith("waiting for the broker at kafka://b:9092 (attempt 1): ConnectionRefusedError")
+
+
+def test_a_bounded_wait_gives_up():
+    settings = Settings(_env_file=None, startup_wait_seconds=0.2, startup_retry_min_seconds=0.1)
+
+    async def attempt() -> None:
+        raise OSError("down")
+
+    with pytest.raises(DependencyUnavailable):
+        asyncio.run(retry("Redis", "redis://r", attempt, settings, (OSError,)))
+
+
+def test_other_errors_are_not_retried():
+    async def attempt() -> None:
+        raise RuntimeError("topic orders has 3 partitions, PULSE_PARTITIONS is 4")
+
+    with pytest.raises(RuntimeError, match="partitions"):
+        asyncio.run(retry("the broker", "kafka://b", attempt, Settings(_env_file=None), (OSError,)))
+
+
+def test_urls_in_the_log_carry_no_password():
+    assert masked("redis://:s3cret@redis:6379/0") == "redis://:***@redis:6379/0"
+    assert masked("rediss://user:pw@host/1") == "rediss://user:***@host/1"
+    assert masked("kafka://127.0.0.1:9092") == "kafka://127.0.0.1:9092"
+    assert one_line(ValueError("a\n  b")) == "ValueError: a b"
