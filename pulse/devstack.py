@@ -238,8 +238,9 @@ class KafkaBroker(Server):
             "inter.broker.listener.name": "PLAINTEXT",
             "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
             "log.dirs": str(home / "data"),
-            "num.partitions": "1",
-            "auto.create.topics.enable": "true",
+            # as deploy/compose.yaml: the worker creates its topics (streams.admin.ensure_topics), with
+            # PULSE_PARTITIONS; a topic auto-created by an early producer would have num.partitions
+            "auto.create.topics.enable": "false",
             "offsets.topic.replication.factor": "1",
             "offsets.topic.num.partitions": "4",
             "transaction.state.log.replication.factor": "1",
@@ -248,6 +249,9 @@ class KafkaBroker(Server):
             "share.coordinator.state.topic.replication.factor": "1",
             "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
+            # the kill tests notice a dead member after 3 s (PULSE_BROKER_SESSION_TIMEOUT=3); Kafka's default
+            # minimum, 6 s, fails such a join with InvalidSessionTimeoutError (Tansu takes any timeout)
+            "group.min.session.timeout.ms": "1000",
             "num.network.threads": "2",
             "num.io.threads": "2",
             "background.threads": "2",
