@@ -161,7 +161,10 @@ def kafka_available() -> str | None:
     if shutil.which("java") is None:
         return "java not found (install a JDK >= 17, then scripts/setup.sh)"
     lib = kafka_lib_dir()
-    if not (lib.parent / ".complete").exists() or not any(lib.glob("kafka_2.13-*.jar")):
+    # setup.sh marks a finished fetch; a folder named by PULSE_KAFKA_LIB_DIR (e.g. a Kafka
+    # distribution's libs/) needs only the broker's jar
+    fetched = bool(os.environ.get("PULSE_KAFKA_LIB_DIR")) or (lib.parent / ".complete").exists()
+    if not fetched or not any(lib.glob("kafka_2.13-*.jar")):
         return f"Kafka jars not in {lib}: run scripts/setup.sh (needs java and mvn)"
     return None
 
