@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from pulse.devstack import BROKERS, DevStack, free_port, kafka_available, stop_process
+from pulse.devstack import BROKERS, KAFKA_VERSION, DevStack, free_port, kafka_available, stop_process
 from pulse.settings import Settings
 from streams.admin import ensure_topics
 
@@ -45,6 +45,12 @@ def wait_until(predicate: Callable[[], bool], timeout: float = CONVERGE_SECONDS,
 TEST_BROKERS = [b.strip() for b in os.environ.get("PULSE_TEST_BROKERS", ",".join(BROKERS)).split(",") if b.strip()]
 if unknown := set(TEST_BROKERS) - set(BROKERS):
     raise pytest.UsageError(f"PULSE_TEST_BROKERS: unknown broker(s) {sorted(unknown)}; known: {', '.join(BROKERS)}")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Which brokers the e2e and faults tests run on, at the top of every run's output (CI logs)."""
+    kafka = f"Apache Kafka {KAFKA_VERSION}: {kafka_available() or 'ready'}" if "kafka" in TEST_BROKERS else ""
+    return f"brokers: {', '.join(TEST_BROKERS)} (PULSE_TEST_BROKERS)" + (f"; {kafka}" if kafka else "")
 
 
 @pytest.fixture(scope="session", params=TEST_BROKERS)
