@@ -1,7 +1,8 @@
 """``pulse bench``: the performance issue's numbers (issue 8) in one run, in one process tree.
 
-Starts Tansu and Redis on loopback (``DevStack``), preloads N generated events of the realistic
-four-kind mix (orders 60 %, support 25 %, surveys 10 %, complaints 5 %) to fresh topics, then:
+Starts a broker (Tansu, or Apache Kafka with ``--broker kafka``) and Redis on loopback (``DevStack``),
+preloads N generated events of the realistic four-kind mix (orders 60 %, support 25 %, surveys 10 %,
+complaints 5 %) to fresh topics, then:
 
 1. **raw**: a plain aiokafka consumer (no group) reads the N records of the four topics: the ceiling
    of a Python consumer;
@@ -971,7 +972,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         tag = args.run_tag
         kafka_phases = {"raw", "naive", "faust", "full"} - skip
         if set(PHASES) - {"cost"} - skip:
-            bench.stack = DevStack.start(log_dir)
+            bench.stack = DevStack.start(log_dir, broker=args.broker)
         if kafka_phases or "scaling" not in skip:
             log(f"generating {args.events} events of the four-kind mix")
             events = bench.history()
@@ -1164,6 +1165,7 @@ def report(r: dict[str, Any]) -> str:
     lines: list[str] = []
     m = r["machine"]
     lines.append(f"code: {r.get('code')}")
+    lines.append(f"broker: {r.get('options', {}).get('broker', 'tansu')}")
     lines.append(
         f"machine: {m['cpus']} cpus ({m['cpu']}), {m['memory_gib']} GiB, Python {m['python']}, {m['platform']}"
     )
@@ -1291,6 +1293,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--recovery-events", type=int, default=20_000, help="events then scored by the recovered worker (0: none)"
     )
     p.add_argument("--partitions", type=int, default=4)
+    p.add_argument(
+        "--broker", choices=("tansu", "kafka"), default="tansu", help="tansu (default) or Apache Kafka (KRaft)"
+    )
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--py-spy", action="store_true", help="profile the full worker with py-spy while it scores")
     p.add_argument("--log-dir", default="", help="logs of the stack and workers (default: a temp dir)")

@@ -6,7 +6,7 @@ a fetch returns as soon as ``fetch_min_bytes`` (1) are there, whatever the wait;
 Tansu holds it for the whole wait, which is why the worker's
 ``PULSE_CONSUMER_FETCH_MAX_WAIT_MS`` defaults to 100 instead of Faust's 1,500.
 
-    .venv/bin/python benchmarks/tansu_fetch_wait.py [WAIT_MS ...]    # default 1500 100 10
+    .venv/bin/python benchmarks/tansu_fetch_wait.py [--broker tansu|kafka] [WAIT_MS ...]    # default 1500 100 10
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from pulse.devstack import start_tansu
+from pulse.devstack import start_kafka, start_tansu
 
 RECORDS = 30
 INTERVAL_SECONDS = 0.1
@@ -62,8 +62,13 @@ async def delays(bootstrap: str, wait_ms: int) -> list[float]:
 
 
 def main(argv: list[str]) -> None:
+    broker = "tansu"
+    if argv[:1] == ["--broker"]:
+        broker, argv = argv[1], argv[2:]
     waits = [int(a) for a in argv] or [1500, 100, 10]
-    server = start_tansu(Path(tempfile.mkdtemp(prefix="fetch-wait-")))
+    start = {"tansu": start_tansu, "kafka": start_kafka}[broker]
+    server = start(Path(tempfile.mkdtemp(prefix="fetch-wait-")))
+    print(f"broker: {broker}")
     try:
         for wait_ms in waits:
             d = asyncio.run(delays(f"127.0.0.1:{server.port}", wait_ms))

@@ -21,6 +21,8 @@ from streams.security import kafka_client_kwargs
 #: how long one poll of the topic waits for records, and how often a missing topic is looked for
 POLL_MS = 500
 METADATA_RETRY_SECONDS = 0.5
+#: bound on learning the log end for ``--new`` (one fetch per partition)
+SEEK_END_SECONDS = 10.0
 
 
 def format_alert(alert: RetentionAlert) -> str:
@@ -42,6 +44,32 @@ def format_alert(alert: RetentionAlert) -> str:
     return "\n".join(lines)
 
 
+async def seek_to_log_end(consumer: AIOKafkaConsumer, partitions: list[TopicPartition]) -> None:
+    """Seek each partition to its log end, taken from a fetch response's high watermark.
+
+    ``seek_to_end`` asks ListOffsets(latest), which Apache Kafka answers with the log end but
+    Tansu with the base offset of the last record batch + 1 (docs/architecture.md), so
+    ``pulse alerts --new`` printed the rest of that batch as new. A fetch response carries the
+    true high watermark on both: fetch from just before the reported end, then seek to the
+    watermark. Bounded by ``SEEK_END_SECONDS``; a partition without an answer keeps the reported end.
+    """
+    ends = await consumer.end_offsets(partitions)
+    pending = [tp for tp in partitions if ends[tp] > 0]
+    for tp in partitions:
+        consumer.seek(tp, max(ends[tp] - 1, 0))
+    deadline = time.monotonic() + SEEK_END_SECONDS
+    while pending and time.monotonic() < deadline:
+        await consumer.getmany(*pending, timeout_ms=POLL_MS)
+        for tp in list(pending):
+            highwater = consumer.highwater(tp)
+            if highwater is not None:
+                consumer.seek(tp, highwater)
+                pending.remove(tp)
+    for tp in partitions:
+        if tp in pending or ends[tp] == 0:
+            consumer.seek(tp, ends[tp])
+
+
 async def watch(
     settings: Settings,
     out: TextIO = sys.stdout,
@@ -50,8 +78,12 @@ async def watch(
     as_json: bool = False,
     idle_seconds: float = 2.0,
     max_alerts: int | None = None,
+    positioned: asyncio.Event | None = None,
 ) -> int:
-    """Print alerts; without ``follow``, stop once no alert came for ``idle_seconds``. Returns how many."""
+    """Print alerts; without ``follow``, stop once no alert came for ``idle_seconds``. Returns how many.
+
+    ``positioned`` is set once the reader is at its start (the beginning, or the end for ``--new``).
+    """
     topic = settings.topic_retention_alerts
     consumer = AIOKafkaConsumer(
         **kafka_client_kwargs(settings),
@@ -72,7 +104,9 @@ async def watch(
         if from_beginning:
             await consumer.seek_to_beginning(*partitions)
         else:
-            await consumer.seek_to_end(*partitions)
+            await seek_to_log_end(consumer, partitions)
+        if positioned is not None:
+            positioned.set()
         last = time.monotonic()
         while follow or time.monotonic() - last < idle_seconds:
             batches = await consumer.getmany(timeout_ms=POLL_MS)

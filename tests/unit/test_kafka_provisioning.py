@@ -43,5 +43,6 @@ def test_one_node_defaults_need_no_second_replica(tmp_path):
     ):
         assert props[name] == "1"
     assert props["group.initial.rebalance.delay.ms"] == "0"
+    assert props["auto.create.topics.enable"] == "false"
     assert props["controller.quorum.voters"] == "1@127.0.0.1:9093"
     assert props["log.dirs"] == str(tmp_path / "data")
