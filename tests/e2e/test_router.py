@@ -1,0 +1,352 @@
+"""pulse router end to end: the real broker and redis-server, the router as a subprocess, real local receivers.
+
+Alerts are produced straight to the retention topic in the schema of
+schemas/alerts.py (no scoring worker). The receivers (tests/router_receivers.py)
+check signatures and each platform's documented payload, and count an alert
+as acknowledged only when their answer reached the router.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+from pulse.devstack import free_port, stop_process
+from streams.router.service import dedup_key
+from tests.conftest import CONVERGE_SECONDS, REPO, Namespace, consume, produce, wait_until
+from tests.router_fixtures import alert_dict
+from tests.router_receivers import MailSink, Receivers, counts_by
+
+pytestmark = pytest.mark.e2e
+
+SECRETS = {"webhook": "hook-secret", "feishu": "feishu-secret", "dingtalk": "SECdingtalk+/="}
+
+
+@pytest.fixture
+def receivers() -> Iterator[Receivers]:
+    r = Receivers(free_port(), SECRETS)
+    r.start()
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def mail() -> Iterator[MailSink]:
+    m = MailSink(free_port())
+    yield m
+    m.close()
+
+
+class RouterProc:
+    def __init__(self, proc: subprocess.Popen, log: Path, metrics_port: int) -> None:
+        self.proc, self.log, self.metrics_port = proc, log, metrics_port
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def metrics(self) -> dict[tuple[str, tuple], float]:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+
+@pytest.fixture
+def start_router(namespace: Namespace) -> Iterator[Callable[..., RouterProc]]:
+    procs: list[RouterProc] = []
+
+    def start(config: str, **extra_env: str) -> RouterProc:
+        path = namespace.log_dir / "router.toml"
+        path.write_text(config)
+        port = free_port()
+        log = namespace.log_dir / f"router-{len(procs)}.log"
+        env = {
+            **os.environ,
+            **namespace.env,
+            "PULSE_TOPIC_DELIVERY_DEAD_LETTERS": namespace.settings.topic_retention_alerts + "-deliveries-dlq",
+            "PULSE_ROUTER_CONFIG_FILE": str(path),
+            "PULSE_ROUTER_METRICS_PORT": str(port),
+            **extra_env,
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pulse", "router", "--loglevel", "info"],
+            cwd=REPO,
+            env=env,
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        router = RouterProc(proc, log, port)
+        procs.append(router)
+        assert wait_until(lambda: "pulse router: ready" in log.read_text(errors="replace") or proc.poll() is not None)
+        assert proc.poll() is None, router.tail()
+        return router
+
+    yield start
+    for r in procs:
+        stop_process(r.proc, 30)
+
+
+def send_alerts(namespace: Namespace, alerts: list[dict], extra: list[tuple[bytes | None, bytes]] = ()) -> None:
+    records = [(a["customer_id"].encode(), orjson.dumps(a)) for a in alerts] + list(extra)
+    produce(namespace.bootstrap, namespace.settings.topic_retention_alerts, records)
+
+
+def dlq(namespace: Namespace, expected: int, quiet: float = 0.0) -> list[dict]:
+    topic = namespace.settings.topic_retention_alerts + "-deliveries-dlq"
+    return [orjson.loads(m.value) for m in consume(namespace.bootstrap, topic, expected, quiet=quiet)]
+
+
+def all_kinds_config(r: Receivers, mail: MailSink, group_seconds: float = 2.0) -> str:
+    return f"""
+[router]
+default_route = ["webhook", "slack"]
+
+[[destinations]]
+name = "webhook"
+kind = "webhook"
+url = "{r.url("webhook")}"
+secret = "{SECRETS["webhook"]}"
+
+[[destinations]]
+name = "slack"
+kind = "slack"
+url = "{r.url("slack")}"
+group_seconds = {group_seconds}
+
+[[destinations]]
+name = "feishu"
+kind = "feishu"
+url = "{r.url("feishu")}"
+secret = "{SECRETS["feishu"]}"
+group_seconds = {group_seconds}
+
+[[destinations]]
+name = "dingtalk"
+kind = "dingtalk"
+url = "{r.url("dingtalk")}?access_token=tok"
+secret = "{SECRETS["dingtalk"]}"
+group_seconds = {group_seconds}
+
+[[destinations]]
+name = "wecom"
+kind = "wecom"
+url = "{r.url("wecom")}?key=wkey"
+group_seconds = {group_seconds}
+
+[[destinations]]
+name = "email"
+kind = "email"
+host = "127.0.0.1"
+port = {mail.controller.port}
+sender = "pulse@example.org"
+to = ["retention@example.org"]
+group_seconds = {group_seconds}
+
+[[destinations]]
+name = "gone"
+kind = "webhook"
+url = "{r.url("gone")}"
+secret = "x"
+
+[[routes]]
+name = "vip"
+vip = true
+destinations = ["feishu", "dingtalk"]
+
+[[routes]]
+name = "complaints"
+reasons = ["severe_complaint"]
+min_value_at_risk = 100
+destinations = ["wecom", "email"]
+
+[[routes]]
+name = "lost-cause"
+segments = ["lost"]
+destinations = ["gone"]
+"""
+
+
+def test_every_destination_kind_gets_its_documented_message_once(namespace, start_router, receivers, mail):
+    alerts = [
+        alert_dict(1),  # no route: default (webhook, slack)
+        alert_dict(2, vip=True),  # feishu, dingtalk
+        alert_dict(3, vip=True, reasons=("severe_complaint",), value_at_risk="300.00"),  # + wecom, email
+        alert_dict(4, reasons=("severe_complaint",), value_at_risk="99.99"),  # under the minimum: default
+        alert_dict(5, level="medium", reasons=("severe_complaint", "overdue")),  # wecom, email
+        alert_dict(6, segment="lost"),  # gone: 404, dead-lettered at once
+        alert_dict(7, historical=True),  # historical: not delivered
+    ]
+    expected = {
+        "webhook": {"C00001:churn:1", "C00004:churn:1"},
+        "slack": {"C00001:churn:1", "C00004:churn:1"},
+        "feishu": {"C00002:churn:1", "C00003:churn:1"},
+        "dingtalk": {"C00002:churn:1", "C00003:churn:1"},
+        "wecom": {"C00003:churn:1", "C00005:churn:1"},
+        "email": {"C00003:churn:1", "C00005:churn:1"},
+    }
+    router = start_router(all_kinds_config(receivers, mail))
+    send_alerts(namespace, alerts, extra=[(b"junk", b"{not json")])
+
+    def counts() -> dict[str, Counter[str]]:
+        return counts_by(receivers.snapshot(), mail)
+
+    assert wait_until(lambda: all(set(counts()[k]) >= ids for k, ids in expected.items())), (counts(), router.tail())
+    dead = dlq(namespace, 2)
+    assert sorted((d["reason"], d["event_id"], d["destination"]) for d in dead) == [
+        ("invalid_event", "", ""),
+        ("permanent_error", "C00006:churn:1", "gone"),
+    ]
+    assert "HTTP 404" in next(d["detail"] for d in dead if d["reason"] == "permanent_error")
+    # let any late duplicate show itself before counting
+    time.sleep(3)
+    got = counts()
+    for kind, ids in expected.items():
+        assert got[kind] == Counter({i: 1 for i in ids}), (kind, got[kind])
+    seen = receivers.snapshot()
+    assert all(not v.problems for v in seen.values()), {k: v.problems for k, v in seen.items()}
+    # readable chat messages: who, level, reasons with observed values, value at risk, CLV, action
+    text = orjson.dumps(seen["dingtalk"].bodies).decode()
+    for needed in ("C00002", "HIGH", "overdue", "observed 137", "240.00 USD", "CLV 58.26 USD", "exclusive offer"):
+        assert needed in text, needed
+    subject = {m["Subject"] for _, _, m in mail.messages}
+    assert any("C00003" in s or "churn alerts" in s for s in subject), subject
+
+    m = router.metrics()
+    assert m[("pulse_router_deliveries_total", (("destination", "slack"), ("outcome", "sent")))] == 2
+    assert m[("pulse_router_deliveries_total", (("destination", "gone"), ("outcome", "dead_lettered")))] == 1
+    assert m[("pulse_router_events_total", (("event", "retention_alert"), ("outcome", "historical")))] == 1
+    assert m[("pulse_router_events_total", (("event", "retention_alert"), ("outcome", "invalid")))] == 1
+    assert m[("pulse_router_raised_to_delivered_seconds_count", (("destination", "webhook"),))] == 2
+
+
+def test_a_receiver_down_20s_gets_every_alert_exactly_once_when_back(namespace, start_router, receivers, mail):
+    config = f"""
+[router]
+default_route = ["webhook", "slack"]
+
+[[destinations]]
+name = "webhook"
+kind = "webhook"
+url = "{receivers.url("webhook")}"
+secret = "{SECRETS["webhook"]}"
+
+[[destinations]]
+name = "slack"
+kind = "slack"
+url = "{receivers.url("slack")}"
+group_seconds = 1
+"""
+    router = start_router(
+        config,
+        PULSE_ROUTER_RETRY_INITIAL_SECONDS="0.5",
+        PULSE_ROUTER_RETRY_MAX_SECONDS="2",
+        PULSE_ROUTER_MAX_ATTEMPTS="1000",
+        PULSE_ROUTER_MAX_RETRY_SECONDS="600",
+    )
+    receivers.stop()
+    n = 12
+    send_alerts(namespace, [alert_dict(i) for i in range(n)])
+    ids = {f"C{i:05d}:churn:1" for i in range(n)}
+
+    def retried() -> float:
+        m = router.metrics()
+        return sum(
+            v
+            for (name, labels), v in m.items()
+            if name == "pulse_router_deliveries_total" and ("outcome", "retried") in labels
+        )
+
+    assert wait_until(lambda: retried() > 0), router.tail()
+    time.sleep(20)  # the receivers stay down ~20 s in all
+    receivers.start()
+    assert wait_until(
+        lambda: all(
+            set(c) >= ids for k, c in counts_by(receivers.snapshot(), None).items() if k in ("webhook", "slack")
+        )
+    ), (
+        counts_by(receivers.snapshot(), None),
+        router.tail(),
+    )
+    time.sleep(3)
+    got = counts_by(receivers.snapshot(), None)
+    assert got["webhook"] == Counter({i: 1 for i in ids})
+    assert got["slack"] == Counter({i: 1 for i in ids})
+    assert dlq(namespace, 0, quiet=1.0) == []
+    m = router.metrics()
+    assert m[("pulse_router_deliveries_total", (("destination", "webhook"), ("outcome", "sent")))] == n
+    assert m.get(("pulse_router_deliveries_total", (("destination", "webhook"), ("outcome", "dead_lettered"))), 0) == 0
+
+
+def test_router_killed_mid_delivery_loses_nothing_and_repeats_nothing_acknowledged(namespace, start_router, receivers):
+    config = f"""
+[router]
+default_route = ["webhook", "slack"]
+
+[[destinations]]
+name = "webhook"
+kind = "webhook"
+url = "{receivers.url("webhook")}"
+secret = "{SECRETS["webhook"]}"
+
+[[destinations]]
+name = "slack"
+kind = "slack"
+url = "{receivers.url("slack")}"
+group_seconds = 0
+"""
+    # no periodic commit: after the kill every alert is read again, so only the Redis record of
+    # acknowledged deliveries keeps them from being sent twice
+    env = {"PULSE_ROUTER_COMMIT_SECONDS": "3600", "PULSE_ROUTER_RETRY_INITIAL_SECONDS": "0.5"}
+    receivers.hold_webhook_request = 4
+    router = start_router(config, **env)
+    n = 10
+    ids = {f"C{i:05d}:churn:1" for i in range(n)}
+    send_alerts(namespace, [alert_dict(i) for i in range(n)])
+    assert receivers.holding.wait(CONVERGE_SECONDS), router.tail()
+    # slack is not held: wait until the router has recorded all of its acknowledgements, so that what the
+    # kill interrupts is the webhook's delivery alone
+    client = redis.Redis.from_url(namespace.settings.redis_url)
+    slack_keys = [dedup_key(namespace.settings.redis_key_prefix, "slack", i) for i in ids]
+    assert wait_until(lambda: client.exists(*slack_keys) == n), router.tail()
+    # the 4th webhook request is in the receiver's hands, unanswered: kill -9 now
+    router.proc.kill()
+    router.proc.wait(10)
+    receivers.release.set()
+    assert wait_until(lambda: len(receivers.snapshot()["webhook"].unacked) == 1)
+    before = receivers.snapshot()
+    acked_before = before["webhook"].ack_counts()
+    assert len(acked_before) == 3, before["webhook"]
+    held = before["webhook"].unacked[0][0]
+    restarted = start_router(config, **env)
+
+    def done() -> bool:
+        got = counts_by(receivers.snapshot(), None)
+        return set(got["webhook"]) >= ids and set(got["slack"]) >= ids
+
+    assert wait_until(done), (counts_by(receivers.snapshot(), None), restarted.tail())
+    time.sleep(3)
+    after = receivers.snapshot()
+    assert after["webhook"].ack_counts() == Counter({i: 1 for i in ids})
+    assert after["slack"].ack_counts() == Counter({i: 1 for i in ids})
+    # the held alert was sent again (it had not been acknowledged); nothing acknowledged was sent twice
+    received = after["webhook"].received_counts()
+    assert received[held] == 2
+    assert all(received[i] == 1 for i in ids - {held}), received
+    assert after["slack"].received_counts() == Counter({i: 1 for i in ids})
+    m = restarted.metrics()
+    duplicates = m[("pulse_router_deliveries_total", (("destination", "webhook"), ("outcome", "duplicate")))]
+    assert duplicates == 3  # read again after the restart, dropped by the Redis record
