@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from schemas.alerts import RetentionAlert
+from schemas.vip import VipChange
 from streams.router.messages import Envelope
 
 
@@ -61,3 +62,22 @@ def envelope(n: int, offset: int = 0, **kw: Any) -> Envelope:
     raw = alert_dict(n, **kw)
     alert = RetentionAlert.model_validate(raw)
     return Envelope("retention_alert", alert.alert_id, alert, raw, "alerts", 0, offset, raw.get("historical") is True)
+
+
+def vip_change(n: int, vip: bool, at: datetime | None = None) -> dict[str, Any]:
+    """Customer C{n:05d}'s first VIP flag change, in the schema of schemas/vip.py."""
+    change = {
+        "change_id": f"C{n:05d}:vip:1",
+        "customer_id": f"C{n:05d}",
+        "vip": vip,
+        "reason": "top_share" if vip else "left",
+        "value_measure": "revenue",
+        "value": "12345.00",
+        "value_percentile": 0.97,
+        "rfm_cell": "555",
+        "segment": "high_value",
+        "currency": "USD",
+        "at": (at or datetime.now(UTC)).isoformat(),
+    }
+    VipChange.model_validate(change)
+    return change

@@ -29,7 +29,7 @@ from typing import Any
 from aiohttp import web
 
 #: the router's messages end each alert with "alert <id>"; a digest carries several
-ALERT_ID = re.compile(r"alert (C\d+:churn:\d+)")
+ALERT_ID = re.compile(r"(?:alert|change) (C\d+:(?:churn|vip):\d+)")
 SIGNATURE_MAX_AGE_SECONDS = 3600  # Feishu and DingTalk refuse a timestamp more than an hour off
 
 
@@ -151,7 +151,8 @@ class Receivers:
             problem = "webhook: bad signature"
         payload = json.loads(body)
         key = request.headers.get("Idempotency-Key", "")
-        if key != payload.get("id") or key != payload.get("data", {}).get("alert_id"):
+        data = payload.get("data", {})
+        if key != payload.get("id") or key != data.get("alert_id", data.get("change_id")):
             problem = f"webhook: Idempotency-Key {key!r} is not the alert id"
         with self.lock:
             self.seen["webhook"].bodies.append(payload)

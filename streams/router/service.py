@@ -86,6 +86,8 @@ def dedup_key(prefix: str, destination: str, event_id: str) -> str:
 
 def read_envelope(record: Any, settings: Settings) -> Envelope:
     """Decode one record of the alert or VIP topic; ValueError (with a readable message) if it is not one."""
+    if not record.value:
+        raise ValueError("empty record")
     raw = orjson.loads(record.value)
     if not isinstance(raw, dict):
         raise ValueError("not a JSON object")
@@ -339,6 +341,10 @@ class Router:
             last_commit = time.monotonic()
             paused = False
             while not stop.is_set():
+                crashed = next((t for t in tasks if t.done()), None)
+                if crashed is not None:
+                    # a destination that stopped would hold back every commit: exit, the supervisor restarts us
+                    raise RuntimeError(f"destination worker {crashed.get_name()} stopped") from crashed.exception()
                 if self.inflight >= s.router_max_inflight and not paused:
                     self.consumer.pause(*self.consumer.assignment())
                     paused = True

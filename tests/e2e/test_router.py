@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pulse.devstack import free_port, stop_process
 from streams.router.service import dedup_key
 from tests.conftest import CONVERGE_SECONDS, REPO, Namespace, consume, produce, wait_until
-from tests.router_fixtures import alert_dict
+from tests.router_fixtures import alert_dict, vip_change
 from tests.router_receivers import MailSink, Receivers, counts_by
 
 pytestmark = pytest.mark.e2e
@@ -177,6 +177,12 @@ destinations = ["wecom", "email"]
 name = "lost-cause"
 segments = ["lost"]
 destinations = ["gone"]
+
+[[routes]]
+name = "new-vips"
+events = ["vip_change"]
+vip = true
+destinations = ["slack", "webhook"]
 """
 
 
@@ -191,8 +197,8 @@ def test_every_destination_kind_gets_its_documented_message_once(namespace, star
         alert_dict(7, historical=True),  # historical: not delivered
     ]
     expected = {
-        "webhook": {"C00001:churn:1", "C00004:churn:1"},
-        "slack": {"C00001:churn:1", "C00004:churn:1"},
+        "webhook": {"C00001:churn:1", "C00004:churn:1", "C00008:vip:1"},
+        "slack": {"C00001:churn:1", "C00004:churn:1", "C00008:vip:1"},
         "feishu": {"C00002:churn:1", "C00003:churn:1"},
         "dingtalk": {"C00002:churn:1", "C00003:churn:1"},
         "wecom": {"C00003:churn:1", "C00005:churn:1"},
@@ -200,6 +206,12 @@ def test_every_destination_kind_gets_its_documented_message_once(namespace, star
     }
     router = start_router(all_kinds_config(receivers, mail))
     send_alerts(namespace, alerts, extra=[(b"junk", b"{not json")])
+    vip_changes = [vip_change(8, True), vip_change(9, False)]  # one routed (became VIP), one not
+    produce(
+        namespace.bootstrap,
+        namespace.settings.topic_vip_changes,
+        [(v["customer_id"].encode(), orjson.dumps(v)) for v in vip_changes],
+    )
 
     def counts() -> dict[str, Counter[str]]:
         return counts_by(receivers.snapshot(), mail)
@@ -226,11 +238,13 @@ def test_every_destination_kind_gets_its_documented_message_once(namespace, star
     assert any("C00003" in s or "churn alerts" in s for s in subject), subject
 
     m = router.metrics()
-    assert m[("pulse_router_deliveries_total", (("destination", "slack"), ("outcome", "sent")))] == 2
+    assert m[("pulse_router_deliveries_total", (("destination", "slack"), ("outcome", "sent")))] == 3
+    assert m[("pulse_router_events_total", (("event", "vip_change"), ("outcome", "routed")))] == 1
+    assert m[("pulse_router_events_total", (("event", "vip_change"), ("outcome", "unrouted")))] == 1
     assert m[("pulse_router_deliveries_total", (("destination", "gone"), ("outcome", "dead_lettered")))] == 1
     assert m[("pulse_router_events_total", (("event", "retention_alert"), ("outcome", "historical")))] == 1
     assert m[("pulse_router_events_total", (("event", "retention_alert"), ("outcome", "invalid")))] == 1
-    assert m[("pulse_router_raised_to_delivered_seconds_count", (("destination", "webhook"),))] == 2
+    assert m[("pulse_router_raised_to_delivered_seconds_count", (("destination", "webhook"),))] == 3
 
 
 def test_a_receiver_down_20s_gets_every_alert_exactly_once_when_back(namespace, start_router, receivers, mail):

@@ -494,3 +494,32 @@ async def test_rate_limit_defers_the_next_message():
     assert len(transport.sent) == 2 and len(finished) == 2
     # a lower bound, so load cannot break it: the second message waited for the first to leave the window
     assert transport.times[1] - transport.times[0] >= 0.3
+
+
+# --- reading records ----------------------------------------------------------------------------
+
+
+class _Record:
+    def __init__(self, topic: str, value: bytes | None) -> None:
+        self.topic, self.value, self.partition, self.offset, self.key = topic, value, 1, 42, None
+
+
+def test_read_envelope_alerts_vip_changes_and_historical():
+    import orjson
+
+    from streams.router.service import read_envelope
+    from tests.router_fixtures import alert_dict, vip_change
+
+    s = Settings(_env_file=None)
+    live = read_envelope(_Record(s.topic_retention_alerts, orjson.dumps(alert_dict(1))), s)
+    assert (live.event, live.id, live.historical, live.offset) == ("retention_alert", "C00001:churn:1", False, 42)
+    old = read_envelope(_Record(s.topic_retention_alerts, orjson.dumps(alert_dict(1, historical=True))), s)
+    assert old.historical is True
+    vip = read_envelope(_Record(s.topic_vip_changes, orjson.dumps(vip_change(5, True))), s)
+    assert (vip.event, vip.id) == ("vip_change", "C00005:vip:1")
+    assert vip.routable() == Routable("vip_change", vip=True, priority=True, segment="high_value")
+    text = slack_payload([vip])["blocks"][1]["text"]["text"]
+    assert "C00005 is now VIP" in text and "revenue 12,345.00 USD" in text and "top 3.0 %" in text
+    for bad in (b"", b"[1]", b"{nope", orjson.dumps({"alert_id": "x"})):
+        with pytest.raises(ValueError):
+            read_envelope(_Record(s.topic_retention_alerts, bad), s)
