@@ -260,7 +260,8 @@ class Receivers:
 class MailSink:
     """An SMTP server (aiosmtpd) on loopback that keeps every message; ids from X-Pulse-Alert-Ids."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, **smtp: Any) -> None:
+        """``smtp``: aiosmtpd SMTP options (tls_context, require_starttls, auth_required, authenticator...)."""
         from aiosmtpd.controller import Controller
 
         self.messages: list[Any] = []
@@ -275,7 +276,7 @@ class MailSink:
                     )
                 return "250 Message accepted for delivery"
 
-        self.controller = Controller(Handler(), hostname="127.0.0.1", port=port)
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=port, **smtp)
         self.controller.start()
 
     def ack_counts(self) -> Counter[str]:

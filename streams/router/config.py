@@ -111,9 +111,22 @@ class EmailDestination(_Destination):
     security: Literal["none", "starttls", "tls"] = "none"
     username: str | None = None
     password: str | None = None
+    #: CA bundle that signs the server's certificate (starttls/tls; empty: the system CAs)
+    ca_file: str | None = None
     sender: str = Field(pattern=r"^[^@\s]+@[^@\s]+$")
     to: list[Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+$")]] = Field(min_length=1)
     subject_prefix: str = "[customer-pulse]"
+
+    @model_validator(mode="after")
+    def _login_over_tls(self) -> EmailDestination:
+        # a password over a plain connection would cross the network readable
+        if self.username and self.security == "none" and not _loopback(self.host):
+            raise ValueError("security: a login needs starttls or tls (a plain connection would expose the password)")
+        return self
+
+
+def _loopback(host: str) -> bool:
+    return host in ("localhost", "127.0.0.1", "::1")
 
 
 class FileDestination(_Destination):

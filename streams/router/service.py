@@ -158,15 +158,14 @@ class Transport:
         d = self.dest
         timeout = self.settings.router_smtp_timeout_seconds
         try:
+            context = ssl.create_default_context(cafile=d.ca_file or None)
             if d.security == "tls":
-                client: smtplib.SMTP = smtplib.SMTP_SSL(
-                    d.host, d.port, timeout=timeout, context=ssl.create_default_context()
-                )
+                client: smtplib.SMTP = smtplib.SMTP_SSL(d.host, d.port, timeout=timeout, context=context)
             else:
                 client = smtplib.SMTP(d.host, d.port, timeout=timeout)
             with client:
                 if d.security == "starttls":
-                    client.starttls(context=ssl.create_default_context())
+                    client.starttls(context=context)
                 if d.username:
                     client.login(d.username, d.password or "")
                 refused = client.send_message(email_message(d, envs))

@@ -364,3 +364,60 @@ group_seconds = 0
     m = restarted.metrics()
     duplicates = m[("pulse_router_deliveries_total", (("destination", "webhook"), ("outcome", "duplicate")))]
     assert duplicates == 3  # read again after the restart, dropped by the Redis record
+
+
+def test_email_over_starttls_with_login(namespace, start_router, tmp_path):
+    """The SMTP server requires STARTTLS and a login; its certificate is signed by a CA given in the config."""
+    import ssl
+
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )  # fmt: skip
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    logins: list[tuple[bytes, bool]] = []
+
+    def authenticator(server, session, envelope, mechanism, data):
+        ok = isinstance(data, LoginPassword) and (data.login, data.password) == (b"pulse", b"pw")
+        logins.append((data.login if isinstance(data, LoginPassword) else b"?", ok))
+        return AuthResult(success=ok)
+
+    mail = MailSink(
+        free_port(), tls_context=tls, require_starttls=True, auth_required=True, authenticator=authenticator
+    )
+    try:
+        config = f"""
+[router]
+default_route = ["email"]
+
+[[destinations]]
+name = "email"
+kind = "email"
+host = "127.0.0.1"
+port = {mail.controller.port}
+security = "starttls"
+ca_file = "{cert}"
+username = "pulse"
+password = "${{SMTP_TEST_PASSWORD}}"
+sender = "pulse@example.org"
+to = ["retention@example.org", "vip-desk@example.org"]
+group_seconds = 0
+"""
+        router = start_router(config, SMTP_TEST_PASSWORD="pw")
+        send_alerts(namespace, [alert_dict(1), alert_dict(2, level="medium")])
+        ids = {"C00001:churn:1", "C00002:churn:1"}
+        assert wait_until(lambda: set(mail.ack_counts()) >= ids), router.tail()
+        assert mail.ack_counts() == Counter({i: 1 for i in ids})
+        assert logins and all(ok for _, ok in logins)
+        sender, rcpts, msg = mail.messages[0]
+        assert sender == "pulse@example.org" and rcpts == ["retention@example.org", "vip-desk@example.org"]
+        assert "churn risk: C0000" in msg["Subject"]
+    finally:
+        mail.close()

@@ -85,6 +85,11 @@ def test_example_config_is_valid(monkeypatch):
         ("[[destinations]\n", "f.toml: not valid TOML"),
         ("", "f.toml: destinations: Field required"),
         (BASE + BASE, "destination name 'hook' is used twice"),
+        (
+            "[[destinations]]\nname='m'\nkind='email'\nhost='smtp.example.com'\nusername='u'\nsender='a@b.c'\n"
+            "to=['d@e.f']\n",
+            "f.toml: destinations[0] (m): security: a login needs starttls or tls",
+        ),
     ],
 )
 def test_config_errors_are_one_line_naming_file_and_field(text, message, monkeypatch):
