@@ -340,7 +340,14 @@ def cmd_dev(args: argparse.Namespace) -> int:
             )
         print(f"workers {args.workers} (logs in {log_dir}/worker-*.log)")
         router_config = _dev_router_config(settings, log_dir)
-        router_env = {**os.environ, **env, "PULSE_ROUTER_CONFIG_FILE": router_config, "PULSE_ROUTER_METRICS_PORT": "0"}
+        actions_port = str(free_port())
+        router_env = {
+            **os.environ,
+            **env,
+            "PULSE_ROUTER_CONFIG_FILE": router_config,
+            "PULSE_ROUTER_METRICS_PORT": "0",
+            "PULSE_ROUTER_API_PORT": actions_port,
+        }
         workers.append(
             subprocess.Popen(
                 [sys.executable, "-m", "pulse", "router"],
@@ -350,7 +357,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 stdin=subprocess.DEVNULL,
             )
         )
-        print(f"router  {router_config} (log {log_dir}/router.log)")
+        print(
+            f"router  {router_config} (log {log_dir}/router.log); POST http://127.0.0.1:{actions_port}/alerts/<id>/acknowledge"
+        )
         events = _traffic(args)
         _send_traffic(settings, events, args)
         customers_with_orders = len({e["customer_id"] for _, e in events})

@@ -321,6 +321,18 @@ class Settings(BaseSettings):
         description="Deliveries the router gave up on (a destination kept failing), each with the reason.",
     )
     router_metrics_port: int = Field(9465, ge=0, le=65535, description="The router's Prometheus port (0: off).")
+    router_api_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="The router's HTTP API: acknowledge, assign and resolve alerts (0: off); binds PULSE_API_HOST, "
+        "requires PULSE_API_TOKEN when set.",
+    )
+    topic_retention_actions: str = Field(
+        "retention-actions",
+        description="What teams did about alerts (acknowledged, assigned, resolved with an outcome), keyed by "
+        "customer, with the inputs' partition count.",
+    )
     router_dedup_ttl_seconds: int = Field(
         30 * 86400,
         ge=60,

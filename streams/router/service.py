@@ -46,6 +46,7 @@ import aiohttp
 import orjson
 import redis.asyncio as aioredis
 import yarl
+from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
@@ -57,6 +58,7 @@ from schemas.alerts import RetentionAlert
 from schemas.delivery import DeliveryDeadLetter
 from schemas.vip import VipChange
 from streams import metrics
+from streams.router.api import build_actions_api
 from streams.router.config import RouterConfig, resolved
 from streams.router.messages import (
     Envelope,
@@ -319,9 +321,15 @@ class Router:
         )
         self.http = aiohttp.ClientSession()
         tasks: list[asyncio.Task[None]] = []
+        api: web.AppRunner | None = None
         await self.producer.start()
         await self.consumer.start()
         try:
+            if s.router_api_port:
+                api = web.AppRunner(build_actions_api(s, self.producer))
+                await api.setup()
+                await web.TCPSite(api, s.api_host, s.router_api_port).start()
+                log.info("router: actions API on http://%s:%d/alerts/{id}/...", s.api_host, s.router_api_port)
             for dest in self.config.destinations:
                 worker = DestinationWorker(self, dest, Transport(dest, s, self.http))
                 self.workers[dest.name] = worker
@@ -360,6 +368,8 @@ class Router:
             await self.drain(s.shutdown_grace_seconds)
             await self.commit()
         finally:
+            if api is not None:
+                await api.cleanup()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -524,7 +534,13 @@ class Router:
 
 async def ensure_router_topics(settings: Settings) -> None:
     """Create the topics the router reads and writes when missing (idempotent, like the worker's)."""
-    wanted = [settings.topic_retention_alerts, settings.topic_vip_changes, settings.topic_delivery_dead_letters]
+    wanted = [
+        settings.topic_retention_alerts,
+        settings.topic_vip_changes,
+        settings.topic_delivery_dead_letters,
+        # written by the actions API, read by the scoring worker with its inputs: the same partition count
+        settings.topic_retention_actions,
+    ]
     admin = AIOKafkaAdminClient(**kafka_client_kwargs(settings), request_timeout_ms=15000)
     await admin.start()
     try:

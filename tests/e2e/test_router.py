@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -77,6 +78,7 @@ def start_router(namespace: Namespace) -> Iterator[Callable[..., RouterProc]]:
             **os.environ,
             **namespace.env,
             "PULSE_TOPIC_DELIVERY_DEAD_LETTERS": namespace.settings.topic_retention_alerts + "-deliveries-dlq",
+            "PULSE_TOPIC_RETENTION_ACTIONS": namespace.settings.topic_retention_alerts + "-actions",
             "PULSE_ROUTER_CONFIG_FILE": str(path),
             "PULSE_ROUTER_METRICS_PORT": str(port),
             **extra_env,
@@ -428,3 +430,54 @@ group_seconds = 0
         assert "churn risk: C0000" in msg["Subject"]
     finally:
         mail.close()
+
+
+def _post(url: str, body: dict | None, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    data = orjson.dumps(body) if body is not None else b""
+    req = urllib.request.Request(
+        url, data=data, method="POST", headers={"Content-Type": "application/json", **(headers or {})}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, orjson.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, orjson.loads(err.read())
+
+
+def test_actions_api_writes_retention_actions(namespace, start_router, tmp_path):
+    port = free_port()
+    config = f"""
+[[destinations]]
+name = "log"
+kind = "file"
+path = "{tmp_path / "deliveries.log"}"
+"""
+    router = start_router(config, PULSE_ROUTER_API_PORT=str(port), PULSE_API_TOKEN="t0ken")
+    base = f"http://127.0.0.1:{port}/alerts"
+    auth = {"Authorization": "Bearer t0ken"}
+    assert wait_until(lambda: _post(f"{base}/C1:churn:1/acknowledge", {}, {})[0] == 401), router.tail()
+    status, ack = _post(f"{base}/C1:churn:1/acknowledge", {"actor": "ana"}, auth)
+    assert status == 202, ack
+    assert _post(f"{base}/C1:churn:1/assign", {"assignee": "vip-desk", "actor": "ana"}, auth)[0] == 202
+    retry = {**auth, "Idempotency-Key": "req-7"}
+    status, first = _post(f"{base}/C1:churn:1/resolve", {"outcome": "won_back", "note": "voucher"}, retry)
+    assert status == 202, first
+    status, again = _post(f"{base}/C1:churn:1/resolve", {"outcome": "won_back", "note": "voucher"}, retry)
+    assert status == 202 and again["event_id"] == first["event_id"]  # a retried request: the same event id
+    assert _post(f"{base}/C1:churn:1/resolve", {"outcome": "maybe"}, auth)[0] == 400
+    status, err = _post(f"{base}/C1:churn:1/assign", {}, auth)
+    assert status == 400 and "assignee" in err["detail"]
+    assert _post(f"{base}/C1:vip:1/acknowledge", {}, auth)[0] == 400  # not an alert id
+    assert _post(f"{base}/C1:churn:1/forget", {}, auth)[0] == 404
+    topic = namespace.settings.topic_retention_alerts + "-actions"
+    records = consume(namespace.bootstrap, topic, 4, quiet=1.0)
+    events = [orjson.loads(r.value) for r in records]
+    assert [(e["action"], e.get("assignee"), e.get("outcome")) for e in events] == [
+        ("acknowledged", None, None),
+        ("assigned", "vip-desk", None),
+        ("resolved", None, "won_back"),
+        ("resolved", None, "won_back"),
+    ]
+    assert {r.key for r in records} == {b"C1"} and len({r.partition for r in records}) == 1
+    assert all(e["customer_id"] == "C1" and e["alert_id"] == "C1:churn:1" for e in events)
+    assert events[0]["actor"] == "ana" and events[2]["note"] == "voucher"

@@ -528,3 +528,37 @@ def test_read_envelope_alerts_vip_changes_and_historical():
     for bad in (b"", b"[1]", b"{nope", orjson.dumps({"alert_id": "x"})):
         with pytest.raises(ValueError):
             read_envelope(_Record(s.topic_retention_alerts, bad), s)
+
+
+# --- the actions API's events -------------------------------------------------------------------
+
+
+def test_retention_actions_are_validated():
+    from pydantic import ValidationError
+
+    from schemas.actions import customer_of
+    from streams.router.api import build_action
+
+    ack = build_action("C:1:churn:3", "acknowledge", {"actor": "ana"}, None)
+    assert (ack.customer_id, ack.action.value, ack.actor) == ("C:1", "acknowledged", "ana")
+    assert customer_of("a:churn:b:churn:2") == "a:churn:b"
+    one = build_action("C1:churn:1", "resolve", {"outcome": "won_back"}, "k1")
+    assert build_action("C1:churn:1", "resolve", {"outcome": "won_back"}, "k1").event_id == one.event_id
+    assert build_action("C1:churn:1", "resolve", {"outcome": "won_back"}, "k2").event_id != one.event_id
+    assert (
+        build_action("C1:churn:1", "acknowledge", {}, None).event_id
+        != build_action("C1:churn:1", "acknowledge", {}, None).event_id
+    )
+    for alert_id, verb, body in [
+        ("C1:churn:1", "assign", {}),
+        ("C1:churn:1", "resolve", {"outcome": "maybe"}),
+        ("C1:churn:1", "resolve", {}),
+        ("C1:churn:1", "acknowledge", {"outcome": "lost"}),
+        ("C1:churn:0", "acknowledge", {}),
+        ("C1:vip:1", "acknowledge", {}),
+        ("C1:churn:1", "acknowledge", {"actor": "x" * 200}),
+    ]:
+        with pytest.raises(ValidationError):
+            build_action(alert_id, verb, body, None)
+    with pytest.raises(ValueError, match="unknown field"):
+        build_action("C1:churn:1", "acknowledge", {"who": "me"}, None)
