@@ -368,13 +368,23 @@ class Verdict:
     #: the failure will not go away by retrying (bad URL, bad token, rejected payload)
     permanent: bool = False
     detail: str = ""
+    #: seconds the receiver asked us to wait (HTTP 429/503 Retry-After), if it said
+    retry_after: float | None = None
 
 
-def judge_http(kind: str, status: int, body: bytes) -> Verdict:
+def _seconds(value: str | None) -> float | None:
+    """Retry-After in its delay-seconds form (the HTTP-date form is ignored: our own back-off applies)."""
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
+
+
+def judge_http(kind: str, status: int, body: bytes, retry_after: str | None = None) -> Verdict:
     """Did the receiver acknowledge? Chat robots answer HTTP 200 with an error code in the body."""
     snippet = body[:200].decode(errors="replace")
     if not 200 <= status < 300:
-        return Verdict(False, status in PERMANENT_STATUSES, f"HTTP {status}: {snippet}")
+        return Verdict(False, status in PERMANENT_STATUSES, f"HTTP {status}: {snippet}", _seconds(retry_after))
     if kind in ("feishu", "dingtalk", "wecom"):
         try:
             answer = json.loads(body or b"{}")

@@ -152,7 +152,7 @@ class Transport:
         try:
             async with self.http.post(url, data=req.body, headers=req.headers, timeout=timeout) as resp:
                 body = await resp.read()
-                return judge_http(self.dest.kind, resp.status, body)
+                return judge_http(self.dest.kind, resp.status, body, resp.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return Verdict(False, False, f"{type(exc).__name__}: {exc}")
 
@@ -240,7 +240,14 @@ class DestinationWorker:
                 d.job.finish(self.name)
         if not fresh:
             return
-        envs = [d.env for d in fresh]
+        # the scorer re-raises the same alert id when it replays a batch after a crash: both records may land in
+        # one digest; the alert goes once, and the repeat finishes with it
+        unique: dict[str, Envelope] = {}
+        for d in fresh:
+            unique.setdefault(d.env.id, d.env)
+        if len(unique) < len(fresh):
+            self.count("duplicate", len(fresh) - len(unique))
+        envs = list(unique.values())
         first = time.monotonic()
         first_at = datetime.now(UTC)
         attempt = 0
@@ -258,27 +265,32 @@ class DestinationWorker:
             if verdict.delivered:
                 await self.router.mark_delivered(self.name, envs)
                 now = time.time()
-                for d in fresh:
+                for env in envs:
                     metrics.ROUTER_RAISED_TO_DELIVERED_SECONDS.labels(self.name).observe(
-                        max(0.0, now - d.env.raised_at.timestamp())
+                        max(0.0, now - env.raised_at.timestamp())
                     )
+                for d in fresh:
                     d.job.finish(self.name)
-                self.count("sent", len(fresh))
+                self.count("sent", len(envs))
                 log.info("destination %s: delivered %s", self.name, ", ".join(e.id for e in envs))
                 return
-            self.count("failed", len(fresh))
+            self.count("failed", len(envs))
             delay = None if verdict.permanent else self.policy.next_delay(attempt, time.monotonic() - first)
+            if delay is not None and verdict.retry_after:
+                # Slack and others say how long to back off when rate limited; honoured up to our cap
+                delay = max(delay, min(verdict.retry_after, self.policy.max_seconds))
             if delay is None:
                 reason = "permanent_error" if verdict.permanent else "retries_exhausted"
                 log.warning(
                     "destination %s: giving up after %d attempts (%s): %s", self.name, attempt, reason, verdict.detail
                 )
+                for env in envs:
+                    await self.router.dead_letter(env, self.dest, reason, verdict.detail, attempt, first_at)
                 for d in fresh:
-                    await self.router.dead_letter(d.env, self.dest, reason, verdict.detail, attempt, first_at)
                     d.job.finish(self.name)
-                self.count("dead_lettered", len(fresh))
+                self.count("dead_lettered", len(envs))
                 return
-            self.count("retried", len(fresh))
+            self.count("retried", len(envs))
             log.info(
                 "destination %s: attempt %d failed (%s); retry in %.1fs", self.name, attempt, verdict.detail, delay
             )

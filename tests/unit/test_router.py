@@ -372,6 +372,19 @@ def test_judge_http(kind, status, body, verdict):
     assert judge_http(kind, status, body) == verdict
 
 
+def test_retry_after_is_read_and_honoured_up_to_the_cap():
+    assert judge_http("slack", 429, b"rate_limited", "7").retry_after == 7.0
+    assert judge_http("slack", 429, b"rate_limited", "Wed, 21 Oct 2015 07:28:00 GMT").retry_after is None
+
+
+async def test_retry_after_sets_the_wait():
+    slow = Verdict(False, False, "HTTP 429", retry_after=0.3)
+    worker, _, transport = _worker(_settings(router_retry_max_seconds=0.5), verdicts=[slow])
+    await worker.deliver(_deliveries(1, []))
+    # a lower bound, so load cannot break it: the retry waited what the receiver asked, not the 1 ms back-off
+    assert len(transport.sent) == 2 and transport.times[1] - transport.times[0] >= 0.3
+
+
 # --- a destination worker against fakes: grouping, retries, dedup, dead letters -----------------
 
 
@@ -562,3 +575,14 @@ def test_retention_actions_are_validated():
             build_action(alert_id, verb, body, None)
     with pytest.raises(ValueError, match="unknown field"):
         build_action("C1:churn:1", "acknowledge", {"who": "me"}, None)
+
+
+async def test_a_re_raised_alert_in_one_digest_goes_once():
+    worker, router, transport = _worker(_settings())
+    finished: list[str] = []
+    first, second = _deliveries(1, finished) + _deliveries(1, finished)  # the same alert id, read twice
+    worker.queue.put_nowait(first)
+    worker.queue.put_nowait(second)
+    await worker.deliver(await worker.next_batch())
+    assert transport.sent == [["C00000:churn:1"]]
+    assert finished == ["C00000:churn:1", "C00000:churn:1"]  # both records are done: their offsets may commit
