@@ -355,6 +355,13 @@ class Settings(BaseSettings):
         1000, ge=1, description="Alerts read but not yet delivered everywhere; beyond it the router pauses reading."
     )
     router_commit_seconds: float = Field(1.0, gt=0, description="How often delivered offsets are committed.")
+    router_revoke_wait_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="In a rebalance, how long the router lets deliveries of leaving partitions finish before the "
+        "next owner takes over (at most 80 % of PULSE_BROKER_REBALANCE_TIMEOUT; what is left, it stops trying: the "
+        "next owner reads it again).",
+    )
     router_group_seconds: float = Field(
         5.0,
         ge=0,

@@ -79,6 +79,8 @@ log = logging.getLogger("pulse.router")
 POLL_MS = 250
 #: records per fetch
 FETCH_RECORDS = 500
+#: the share of the rebalance timeout a leaving partition's deliveries may take (the rest: rejoining)
+REVOKE_WAIT_SHARE = 0.8
 
 
 def dedup_key(prefix: str, destination: str, event_id: str) -> str:
@@ -111,6 +113,8 @@ class Job:
     env: Envelope
     remaining: set[str]
     finished: Callable[[Job], None]
+    #: its partition went to another router in a rebalance: that one delivers it now, this one stops trying
+    handed_over: bool = False
 
     def finish(self, destination: str) -> None:
         self.remaining.discard(destination)
@@ -231,7 +235,24 @@ class DestinationWorker:
                     break
         return batch
 
+    def _unique(self, fresh: list[Delivery]) -> list[Envelope]:
+        """The events to send once each (an id read twice goes once)."""
+        unique: dict[str, Envelope] = {}
+        for d in fresh:
+            unique.setdefault(d.env.id, d.env)
+        return list(unique.values())
+
+    def _keep_owned(self, batch: list[Delivery]) -> list[Delivery]:
+        """Drop deliveries whose partition was handed over (they finish here; the new owner sends them)."""
+        for d in batch:
+            if d.job.handed_over:
+                d.job.finish(self.name)
+        return [d for d in batch if not d.job.handed_over]
+
     async def deliver(self, batch: list[Delivery]) -> None:
+        batch = self._keep_owned(batch)
+        if not batch:
+            return
         fresh = await self.router.not_delivered(self.name, batch)
         kept = {id(d) for d in fresh}
         for d in batch:
@@ -242,12 +263,9 @@ class DestinationWorker:
             return
         # the scorer re-raises the same alert id when it replays a batch after a crash: both records may land in
         # one digest; the alert goes once, and the repeat finishes with it
-        unique: dict[str, Envelope] = {}
-        for d in fresh:
-            unique.setdefault(d.env.id, d.env)
-        if len(unique) < len(fresh):
-            self.count("duplicate", len(fresh) - len(unique))
-        envs = list(unique.values())
+        envs = self._unique(fresh)
+        if len(envs) < len(fresh):
+            self.count("duplicate", len(fresh) - len(envs))
         first = time.monotonic()
         first_at = datetime.now(UTC)
         attempt = 0
@@ -295,6 +313,10 @@ class DestinationWorker:
                 "destination %s: attempt %d failed (%s); retry in %.1fs", self.name, attempt, verdict.detail, delay
             )
             await asyncio.sleep(delay)
+            fresh = self._keep_owned(fresh)
+            if not fresh:
+                return
+            envs = self._unique(fresh)
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -302,7 +324,7 @@ class _Rebalance(ConsumerRebalanceListener):
         self.router = router
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        await self.router.commit(revoked, drop=True)
+        await self.router.hand_over(revoked)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         log.info("router: assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
@@ -313,6 +335,7 @@ class Router:
     settings: Settings
     config: RouterConfig
     trackers: dict[TopicPartition, OffsetTracker] = field(default_factory=dict)
+    open_jobs: dict[TopicPartition, set[Job]] = field(default_factory=dict)
     workers: dict[str, DestinationWorker] = field(default_factory=dict)
     inflight: int = 0
 
@@ -428,13 +451,33 @@ class Router:
         def finished(job: Job, tp: TopicPartition = tp, tracker: OffsetTracker = tracker) -> None:
             self.inflight -= 1
             metrics.ROUTER_INFLIGHT.set(self.inflight)
+            self.open_jobs.get(tp, set()).discard(job)
             # a revoked partition's tracker is gone: its next owner reads from the committed offset
             if self.trackers.get(tp) is tracker:
                 tracker.done(job.env.offset)
 
         job = Job(env, set(destinations), finished)
+        self.open_jobs.setdefault(tp, set()).add(job)
         for name in destinations:
             self.workers[name].queue.put_nowait(Delivery(job, name))
+
+    async def hand_over(self, revoked: list[TopicPartition]) -> None:
+        """Partitions are leaving: finish what is in flight (bounded), commit, stop trying the rest.
+
+        The group waits for this before the next owner starts reading, so an
+        alert is not sent by two routers at once; what is still unfinished
+        after ``PULSE_ROUTER_REVOKE_WAIT_SECONDS`` (a destination that is down)
+        is left to the next owner, which reads it again from the commit.
+        """
+        # past the group's rebalance timeout the coordinator drops this member and gives the partitions away anyway
+        wait = min(self.settings.router_revoke_wait_seconds, REVOKE_WAIT_SHARE * self.settings.broker_rebalance_timeout)
+        deadline = time.monotonic() + wait
+        while any(self.open_jobs.get(tp) for tp in revoked) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await self.commit(revoked, drop=True)
+        for tp in revoked:
+            for job in self.open_jobs.pop(tp, set()):
+                job.handed_over = True
 
     async def commit(self, partitions: list[TopicPartition] | None = None, drop: bool = False) -> None:
         offsets = {}

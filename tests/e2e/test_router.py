@@ -482,3 +482,49 @@ path = "{tmp_path / "deliveries.log"}"
     assert {r.key for r in records} == {b"C1"} and len({r.partition for r in records}) == 1
     assert all(e["customer_id"] == "C1" and e["alert_id"] == "C1:churn:1" for e in events)
     assert events[0]["actor"] == "ana" and events[2]["note"] == "voucher"
+
+
+def test_a_second_router_takes_partitions_over_without_sending_twice(namespace, start_router, receivers):
+    config = f"""
+[router]
+default_route = ["webhook"]
+
+[[destinations]]
+name = "webhook"
+kind = "webhook"
+url = "{receivers.url("webhook")}"
+secret = "{SECRETS["webhook"]}"
+"""
+    # a long rebalance timeout, so the group waits for the first router's hand-over (up to 15 s)
+    env = {
+        "PULSE_ROUTER_REVOKE_WAIT_SECONDS": os.environ.get("PULSE_TEST_REVOKE_WAIT", "15"),
+        "PULSE_BROKER_REBALANCE_TIMEOUT": "20",
+        "PULSE_ROUTER_COMMIT_SECONDS": "0.2",
+        # the held request must stay in flight (not time out and be retried) until the receiver answers
+        "PULSE_ROUTER_HTTP_TIMEOUT_SECONDS": "60",
+    }
+    receivers.hold_webhook_request = 3
+    first = start_router(config, **env)
+    n = 20
+    ids = {f"C{i:05d}:churn:1" for i in range(n)}
+    send_alerts(namespace, [alert_dict(i) for i in range(n)])
+    assert receivers.holding.wait(CONVERGE_SECONDS), first.tail()
+    # a second router joins while the first has a request in the receiver's hands: the first must finish
+    # it before the group moves its partitions, and the second must not send what the first delivered
+    second = start_router(config, **env)
+    assert wait_until(lambda: "Revoking previously assigned partitions" in first.log.read_text()), first.tail()
+    # held well past a join (about 3 s): without the hand-over wait the second router would read the held
+    # alert from the commit and send it too (PULSE_TEST_REVOKE_WAIT=0 shows it)
+    time.sleep(8)
+    receivers.release.set()
+    assert wait_until(lambda: set(receivers.snapshot()["webhook"].ack_counts()) >= ids), (
+        first.tail(),
+        second.tail(),
+    )
+    time.sleep(3)
+    got = receivers.snapshot()["webhook"]
+    assert got.ack_counts() == Counter({i: 1 for i in ids})
+    assert got.received_counts() == Counter({i: 1 for i in ids})
+    # the second got partitions (its join completes after the first's hand-over)
+    assert wait_until(lambda: "router: assigned ['" in second.log.read_text()), second.tail()
+    assert receivers.snapshot()["webhook"].received_counts() == Counter({i: 1 for i in ids})

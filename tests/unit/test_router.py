@@ -586,3 +586,24 @@ async def test_a_re_raised_alert_in_one_digest_goes_once():
     await worker.deliver(await worker.next_batch())
     assert transport.sent == [["C00000:churn:1"]]
     assert finished == ["C00000:churn:1", "C00000:churn:1"]  # both records are done: their offsets may commit
+
+
+async def test_handed_over_deliveries_stop_being_tried():
+    fail = Verdict(False, False, "HTTP 503")
+    worker, router, transport = _worker(_settings(router_group_seconds=0), verdicts=[fail] * 5)
+    finished: list[str] = []
+    (first,) = _deliveries(1, finished)
+    first.job.handed_over = True  # its partition went to another router before it was sent
+    await worker.deliver([first])
+    assert transport.sent == [] and finished == ["C00000:churn:1"]
+
+    (second,) = _deliveries(1, finished)
+    original_send = transport.send
+
+    async def send_then_lose_partition(envs):
+        second.job.handed_over = True  # revoked while this attempt was failing
+        return await original_send(envs)
+
+    transport.send = send_then_lose_partition
+    await worker.deliver([second])
+    assert len(transport.sent) == 1 and router.dead == [] and router.delivered == set()
