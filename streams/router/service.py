@@ -408,6 +408,8 @@ class Router:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            # nothing will finish now: leaving the group must not wait for these deliveries
+            self.open_jobs.clear()
             await self.consumer.stop()
             await self.producer.stop()
             await self.http.close()
@@ -420,6 +422,8 @@ class Router:
             await asyncio.sleep(0.1)
 
     async def handle(self, tp: TopicPartition, record: Any) -> None:
+        if tp not in self.consumer.assignment():
+            return  # revoked while this fetch was being handled: its next owner reads it
         tracker = self.trackers.setdefault(tp, OffsetTracker())
         tracker.add(record.offset)
         event = "vip_change" if tp.topic == self.settings.topic_vip_changes else "retention_alert"
