@@ -220,6 +220,53 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_router(args: argparse.Namespace) -> int:
+    """Deliver retention alerts to the destinations of the router configuration file."""
+    import logging
+
+    from streams.router.config import RouterConfigError, load_config
+
+    settings = load_settings()
+    path = args.config or settings.router_config_file
+    try:
+        config = load_config(path)
+    except RouterConfigError as exc:
+        print(f"pulse router: {exc}", file=sys.stderr)
+        return 2
+    if args.check:
+        print(f"{path}: {len(config.destinations)} destination(s), {len(config.routes)} route(s): valid")
+        return 0
+    from streams.router.service import run_router
+
+    logging.basicConfig(level=args.loglevel.upper(), format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
+    run_router(settings.model_copy(update={"router_config_file": str(path)}), config)
+    return 0
+
+
+#: what `pulse dev` routes alerts to when there is no router configuration: a file, readable with tail -f
+DEV_ROUTER_CONFIG = """\
+# written by pulse dev: every alert, historical ones too, appended to a file
+[router]
+deliver_historical = true
+default_route = ["dev-log"]
+
+[[destinations]]
+name = "dev-log"
+kind = "file"
+path = "{path}"
+group_seconds = 2
+"""
+
+
+def _dev_router_config(settings: Settings, log_dir: Path) -> str:
+    """The user's router configuration if there is one, else a file destination under ``log_dir``."""
+    if Path(settings.router_config_file).exists():
+        return settings.router_config_file
+    path = Path(".pulse/router-dev.toml")
+    path.write_text(DEV_ROUTER_CONFIG.format(path=(log_dir / "deliveries.log").as_posix()))
+    return str(path)
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     """Print the population indicators (NPS, CSAT, rates) of the whole population."""
     import json
@@ -307,6 +354,27 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 )
             )
         print(f"workers {args.workers} (logs in {log_dir}/worker-*.log)")
+        router_config = _dev_router_config(settings, log_dir)
+        actions_port = str(free_port())
+        router_env = {
+            **os.environ,
+            **env,
+            "PULSE_ROUTER_CONFIG_FILE": router_config,
+            "PULSE_ROUTER_METRICS_PORT": "0",
+            "PULSE_ROUTER_API_PORT": actions_port,
+        }
+        workers.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "pulse", "router"],
+                env=router_env,
+                stdout=(log_dir / "router.log").open("wb"),
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        )
+        print(
+            f"router  {router_config} (log {log_dir}/router.log); POST http://127.0.0.1:{actions_port}/alerts/<id>/acknowledge"
+        )
         events = _traffic(args)
         _send_traffic(settings, events, args)
         customers_with_orders = len({e["customer_id"] for _, e in events})
@@ -315,7 +383,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         shown = False
         while deadline is None or time.monotonic() < deadline:
             if any(w.poll() is not None for w in workers):
-                print("a worker exited; see its log", file=sys.stderr)
+                print("a worker or the router exited; see its log", file=sys.stderr)
                 return 1
             n, alerted, alerts = _alerted(client, f"{settings.redis_key_prefix}profile:*")
             print(
@@ -346,7 +414,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 worker.kill()
         stack.close()
         Path(DEV_ENV_FILE).unlink(missing_ok=True)
-        print("stopped broker, redis and workers")
+        print("stopped broker, redis, workers and router")
 
 
 #: what ``pulse bench`` says where benchmarks/ is absent (an installed package has no benchmarks/)
@@ -449,6 +517,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--new", action="store_true", help="only alerts raised from now on (default: from the start)")
     p.add_argument("--json", action="store_true", help="one JSON alert per line")
     p.set_defaults(func=cmd_alerts)
+
+    p = sub.add_parser("router", help="deliver retention alerts to chat robots, webhooks and e-mail (router.toml)")
+    p.add_argument("--config", help="router configuration file (default: PULSE_ROUTER_CONFIG_FILE)")
+    p.add_argument("--check", action="store_true", help="validate the configuration and exit")
+    p.add_argument("--loglevel", default="info")
+    p.set_defaults(func=cmd_router)
 
     p = sub.add_parser("stats", help="print the population indicators (NPS, CSAT, rates) from the population topic")
     p.add_argument("--json", action="store_true", help="one JSON object (ratios 0..1, times in ms)")

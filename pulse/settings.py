@@ -369,6 +369,74 @@ class Settings(BaseSettings):
     )
     redis_ssl_ca_certs: str = Field("", description="CA bundle for a rediss:// Redis (empty: system CAs).")
 
+    # --- alert router (pulse router) ---------------------------------------
+    router_config_file: str = Field(
+        "router.toml",
+        description="The router's destinations and routes (TOML; deploy/router.example.toml shows every kind).",
+    )
+    router_group: str = Field(
+        "", description="Consumer group of pulse router (empty: '{app_id}-router'); offsets commit once delivered."
+    )
+    topic_delivery_dead_letters: str = Field(
+        "retention-deliveries-dlq",
+        description="Deliveries the router gave up on (a destination kept failing), each with the reason.",
+    )
+    router_metrics_port: int = Field(9465, ge=0, le=65535, description="The router's Prometheus port (0: off).")
+    router_api_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="The router's HTTP API: acknowledge, assign and resolve alerts (0: off); binds PULSE_API_HOST, "
+        "requires PULSE_API_TOKEN when set.",
+    )
+    topic_retention_actions: str = Field(
+        "retention-actions",
+        description="What teams did about alerts (acknowledged, assigned, resolved with an outcome), keyed by "
+        "customer, with the inputs' partition count.",
+    )
+    router_dedup_ttl_seconds: int = Field(
+        30 * 86400,
+        ge=60,
+        description="How long Redis remembers that (alert, destination) was acknowledged by the receiver: a "
+        "redelivered alert older than this may be sent again (longer than any replay you would redo).",
+    )
+    router_retry_initial_seconds: float = Field(1.0, gt=0, description="First back-off after a failed delivery.")
+    router_retry_max_seconds: float = Field(
+        60.0, gt=0, description="Cap of the exponential back-off between delivery attempts (doubles each time)."
+    )
+    router_max_attempts: int = Field(
+        10, ge=1, description="Attempts per (message, destination) before it goes to the delivery dead-letter topic."
+    )
+    router_max_retry_seconds: float = Field(
+        900.0, gt=0, description="Longest time a delivery is retried before it is dead-lettered (whichever first)."
+    )
+    router_http_timeout_seconds: float = Field(10.0, gt=0, description="Timeout of one webhook request.")
+    router_smtp_timeout_seconds: float = Field(30.0, gt=0, description="Timeout of one SMTP conversation.")
+    router_max_inflight: int = Field(
+        1000, ge=1, description="Alerts read but not yet delivered everywhere; beyond it the router pauses reading."
+    )
+    router_commit_seconds: float = Field(1.0, gt=0, description="How often delivered offsets are committed.")
+    router_revoke_wait_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="In a rebalance, how long the router lets deliveries of leaving partitions finish before the "
+        "next owner takes over (at most 80 % of PULSE_BROKER_REBALANCE_TIMEOUT; what is left, it stops trying: the "
+        "next owner reads it again).",
+    )
+    router_group_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="Quiet grouping, default of chat and e-mail destinations: alerts for one destination within "
+        "this many seconds go as one digest message (0: one message per alert).",
+    )
+    router_group_max_alerts: int = Field(20, ge=1, description="Most alerts in one digest message.")
+    router_rate_per_minute: int = Field(
+        20,
+        ge=0,
+        description="Default rate limit of a destination, messages per rolling minute (DingTalk and WeCom robots "
+        "accept 20; 0: unlimited).",
+    )
+
     # --- monitoring --------------------------------------------------------
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus metrics HTTP port (0: off).")
     metrics_host: str = Field("127.0.0.1", description="Address the metrics endpoint binds.")
@@ -384,6 +452,10 @@ class Settings(BaseSettings):
             "complaint": self.topic_complaints,
             "support": self.topic_support,
         }
+
+    def router_group_id(self) -> str:
+        """Consumer group of pulse router."""
+        return self.router_group or f"{self.app_id}-router"
 
     def topic_population(self) -> str:
         """Compacted topic of per-partition population counts (internal)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 EVENTS = Counter(
     "pulse_events_total",
@@ -131,4 +131,32 @@ POPULATION_ACTIVE_CUSTOMERS = Gauge(
 POPULATION_NEW_CUSTOMERS = Gauge("pulse_population_new_customers", "Customers whose first purchase is in the period.")
 POPULATION_LOST_CUSTOMERS = Gauge(
     "pulse_population_lost_customers", "Customers active at the period's start and not any more."
+)
+
+# The alert router (pulse router) is its own process: its metrics live in their own registry, served on
+# PULSE_ROUTER_METRICS_PORT, so its endpoint does not list the worker's metrics at zero.
+ROUTER_REGISTRY = CollectorRegistry()
+ROUTER_DELIVERIES = Counter(
+    "pulse_router_deliveries_total",
+    "Deliveries per (alert, destination), by outcome: sent (the receiver acknowledged), failed (an attempt "
+    "failed), retried (another attempt is scheduled), dead_lettered (given up), duplicate (already acknowledged).",
+    ["destination", "outcome"],
+    registry=ROUTER_REGISTRY,
+)
+ROUTER_RAISED_TO_DELIVERED_SECONDS = Histogram(
+    "pulse_router_raised_to_delivered_seconds",
+    "Time from an alert's raised_at (a VIP change's at) to the receiver's acknowledgement, per destination.",
+    ["destination"],
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 86400),
+    registry=ROUTER_REGISTRY,
+)
+ROUTER_EVENTS = Counter(
+    "pulse_router_events_total",
+    "Events read by the router, by type (retention_alert, vip_change) and outcome (routed, unrouted, "
+    "historical: not delivered, invalid: dead-lettered).",
+    ["event", "outcome"],
+    registry=ROUTER_REGISTRY,
+)
+ROUTER_INFLIGHT = Gauge(
+    "pulse_router_inflight_events", "Events read but not yet delivered to every destination.", registry=ROUTER_REGISTRY
 )

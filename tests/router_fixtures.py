@@ -1,0 +1,83 @@
+"""Retention alerts in the schema of schemas/alerts.py, for the router's tests (no scoring worker needed)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from schemas.alerts import RetentionAlert
+from schemas.vip import VipChange
+from streams.router.messages import Envelope
+
+
+def alert_dict(
+    n: int,
+    level: str = "high",
+    vip: bool = False,
+    segment: str = "at_risk",
+    reasons: tuple[str, ...] = ("overdue", "low_p_alive"),
+    value_at_risk: str = "240.00",
+    raised_at: datetime | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The n-th alert of customer C{n:05d}: valid for RetentionAlert, JSON-ready."""
+    details = {
+        "overdue": ("no purchase for 137.0 days, over 3 × their 30.0-day gap", 137.0, 90.0),
+        "low_p_alive": ("P(alive) 0.296 after 11 repeat purchases (BG/NBD)", 0.296, 0.3),
+        "severe_complaint": ("a critical complaint (delivery)", "critical", "high"),
+        "spend_decline": ("spent 0.00 in the last 91 days, 200.00 in the 91 before", 0.0, 100.0),
+    }
+    at = raised_at or datetime.now(UTC)
+    alert = {
+        "alert_id": f"C{n:05d}:churn:1",
+        "customer_id": f"C{n:05d}",
+        "raised_at": at.isoformat(),
+        "kind": "escalated" if level == "high" else "entered",
+        "level": level,
+        "previous_level": "medium" if level == "high" else "low",
+        "risk_score": 90 if level == "high" else 50,
+        "reasons": [
+            {"code": code, "observed": details[code][1], "threshold": details[code][2], "detail": details[code][0]}
+            for code in reasons
+        ],
+        "vip": vip,
+        "priority": vip,
+        "segment": segment,
+        "rfm_cell": "333",
+        "currency": "USD",
+        "revenue": "1200.00",
+        "revenue_window": "800.00",
+        "clv": "58.26",
+        "clv_historical": "360.00",
+        "p_alive": 0.296,
+        "value_at_risk": value_at_risk,
+        "suggested_action": "personal call and an exclusive offer" if vip else "win-back offer or recommendation",
+        **extra,
+    }
+    RetentionAlert.model_validate(alert)  # the fixture must stay in the schema
+    return alert
+
+
+def envelope(n: int, offset: int = 0, **kw: Any) -> Envelope:
+    raw = alert_dict(n, **kw)
+    alert = RetentionAlert.model_validate(raw)
+    return Envelope("retention_alert", alert.alert_id, alert, raw, "alerts", 0, offset, raw.get("historical") is True)
+
+
+def vip_change(n: int, vip: bool, at: datetime | None = None) -> dict[str, Any]:
+    """Customer C{n:05d}'s first VIP flag change, in the schema of schemas/vip.py."""
+    change = {
+        "change_id": f"C{n:05d}:vip:1",
+        "customer_id": f"C{n:05d}",
+        "vip": vip,
+        "reason": "top_share" if vip else "left",
+        "value_measure": "revenue",
+        "value": "12345.00",
+        "value_percentile": 0.97,
+        "rfm_cell": "555",
+        "segment": "high_value",
+        "currency": "USD",
+        "at": (at or datetime.now(UTC)).isoformat(),
+    }
+    VipChange.model_validate(change)
+    return change
