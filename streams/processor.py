@@ -224,7 +224,7 @@ class BatchProcessor:
         """The events are applied and the population stands still for the rest of the batch: what every
         re-scored customer is measured against is computed once (purchase gap) or memoised (percentiles)."""
         self._gap_days = self.population.gap_days(self.config.churn.population_gap_min_customers)
-        self._ranking = Ranking(self.population.parts())
+        self._ranking = Ranking(self.population.parts(), self.config.rfm)
 
     def _too_late(self, record: Incoming, kind: Kind, event: ScoredEvent, state: CustomerState) -> EventRejected | None:
         """An event older than its partition's watermark minus ``max_lateness_days`` (spec: late events beyond
