@@ -48,8 +48,11 @@ import orjson
 
 from scoring.customer import CustomerState, indicator_contribution
 from scoring.indicators import (
+    ACTIVE,
+    ACTIVE_AT_START,
     DAY_MS,
     EMPTY,
+    FLAG_TAGS,
     TAG_PREFIX,
     Contribution,
     IndicatorConfig,
@@ -91,7 +94,9 @@ def tags(state: CustomerState) -> tuple[str, ...]:
 def member_keys(state: CustomerState, config: RfmConfig) -> MemberKeys | None:
     """The keys ``state`` is counted under (None: no purchase, not in the population)."""
     o = state.orders
-    return rfm_keys(config, o.last_purchase_ms, o.orders, o.revenue_cents, o.revenue_cents - o.cost_cents)
+    return rfm_keys(
+        config, o.last_purchase_ms, o.orders, o.revenue_cents, o.revenue_cents - o.cost_cents, state.clv_cents
+    )
 
 
 #: stale due-heap entries tolerated before the heap is rebuilt from the index
@@ -301,6 +306,17 @@ class PopulationView:
             part.population.move(before, after)
             part.version += 1
 
+    def revalued(self, partition: int, before: MemberKeys | None, state: CustomerState) -> bool:
+        """The customer's keys changed without an event (its CLV as the VIP value moved with the clock);
+        True if they did."""
+        after = member_keys(state, self.config)
+        if after == before:
+            return False
+        part = self.partition(partition)
+        part.population.move(before, after)
+        part.version += 1
+        return True
+
     # --- the whole population ---------------------------------------------
     def parts(self) -> list[Population]:
         """Owned partitions live, every other one as last published."""
@@ -323,6 +339,20 @@ class PopulationView:
         sums = [p.gaps for p in self.local.values()] + [r.gaps for n, r in self.remote.items() if n not in self.local]
         days, periods, customers = (sum(col) for col in zip(NO_GAP, *sums, strict=True))
         return days / periods if customers >= min_customers and periods else None
+
+    def period_churn_rate(self, min_customers: int) -> float | None:
+        """The population's churn rate (S − E) / S over the indicators' period, from the activity-flag tallies
+        (the same as ``indicators().churn_rate``, without the day rows); None while fewer than
+        ``min_customers`` were active at the period's start."""
+        flags: Counter = Counter()
+        for part in self.local.values():
+            flags.update(part.flag_counts())
+        for n, r in self.remote.items():
+            if n not in self.local:
+                flags.update(r.flags)
+        start = flags.get(TAG_PREFIX + FLAG_TAGS[ACTIVE_AT_START], 0)
+        end = flags.get(TAG_PREFIX + FLAG_TAGS[ACTIVE], 0)
+        return (start - end) / start if start and start >= min_customers else None
 
     def owned_customers(self) -> int:
         return sum(len(p.members) for p in self.local.values())

@@ -49,7 +49,7 @@ OTHERS = "others"
 
 
 #: Value measures the VIP rule can rank by (spec: VIP flag).
-VALUE_MEASURES = ("revenue", "profit")
+VALUE_MEASURES = ("revenue", "profit", "clv")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +62,8 @@ class RfmConfig:
     vip_enter_share: float = 0.05
     vip_leave_share: float = 0.08
     vip_segments: frozenset[str] = frozenset({HIGH_VALUE})
-    #: what "top X %" ranks: lifetime revenue or lifetime profit (cents, exact like M)
+    #: what "top X %" ranks: lifetime revenue, lifetime profit or predictive CLV (cents, exact like M); CLV is
+    #: the one the customer's state holds as of its last assessment (``CustomerState.clv_cents``)
     vip_value: str = "revenue"
     #: a snapshot carries the exact values of the M and V buckets within this share of the population
     #: (in rank) of a score or VIP threshold; its other buckets are counts only (see ``scoring.population``)
@@ -88,13 +89,22 @@ class MemberKeys:
 
 
 def rfm_keys(
-    config: RfmConfig, last_purchase_ms: int | None, orders: int, revenue_cents: int, profit_cents: int | None = None
+    config: RfmConfig,
+    last_purchase_ms: int | None,
+    orders: int,
+    revenue_cents: int,
+    profit_cents: int | None = None,
+    clv_cents: int | None = None,
 ) -> MemberKeys | None:
-    """The keys a customer is counted under; None when not in the population (no purchase)."""
+    """The keys a customer is counted under; None when not in the population (no purchase). A CLV not
+    assessed yet counts as 0 (the worker assesses every customer it scores before ranking it)."""
     if orders < 1 or last_purchase_ms is None:
         return None
     k = config.keys
-    v = revenue_cents if config.vip_value == "revenue" or profit_cents is None else profit_cents
+    if config.vip_value == "clv":
+        v = clv_cents or 0
+    else:
+        v = revenue_cents if config.vip_value == "revenue" or profit_cents is None else profit_cents
     return MemberKeys(k.r_key(last_purchase_ms), k.f_key(orders), revenue_cents, v)
 
 
@@ -202,6 +212,10 @@ class Ranking:
             if dimension >= 2 and not all(index.exact(key) for index in indexes):
                 self.inexact += self._straddles(dimension, key)
             return p
+
+    def forget(self, dimension: int) -> None:
+        """A member's key of ``dimension`` moved: its memoised percentiles are stale."""
+        self._memo[dimension].clear()
 
     def _straddles(self, dimension: int, key: int) -> bool:
         """Whether a threshold's rank lies inside ``key``'s bucket (over all parts): only then can the order
