@@ -92,6 +92,8 @@ class BatchOutcome:
     assessed: dict[bytes, tuple[ClvSignals, ChurnAssessment]] = field(default_factory=dict)
     #: partitions swept in this batch and customers re-scored by the sweep
     swept: dict[int, int] = field(default_factory=dict)
+    #: threshold lookups ranked at bucket resolution (``scoring.rfm.Ranking.inexact``)
+    rank_inexact: int = 0
     rejected: list[Rejected] = field(default_factory=list)
     #: valid events whose record key is not their customer id: re-produced
     #: under the right key (topic, key, value) so they reach the right partition
@@ -214,6 +216,7 @@ class BatchProcessor:
             render.update(self.sweep(partition, self._sweep_limit(partition), load, out, now))
         self._retag(out)
         out.profiles = self.profiles(render, now, out.assessed)
+        out.rank_inexact = self._ranking.inexact if self._ranking is not None else 0
         return out
 
     def _sweep_limit(self, partition: int) -> int:
