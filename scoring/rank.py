@@ -161,7 +161,9 @@ class ExactIndex:
             if delta < 0:
                 raise ValueError(f"removing value {value} more often than it was added")
             held = self.values[b] = array(VALUES)
-        if delta > 0:
+        if delta == 1:  # one customer joins or moves: the common case, no temporary array
+            held.insert(bisect.bisect_right(held, value), value)
+        elif delta > 0:
             at = bisect.bisect_right(held, value)
             held[at:at] = array(VALUES, [value] * delta)
         elif delta < 0:
