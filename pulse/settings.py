@@ -129,9 +129,26 @@ class Settings(BaseSettings):
         "usual named segments (see README).",
     )
     rfm_m_relative_error: float = Field(
-        0.01, gt=0, le=0.1, description="M (and VIP value) rank keys: revenues within this ratio rank as equal."
+        0.01,
+        gt=0,
+        le=0.1,
+        description="M (and VIP value) are ranked exactly in cents; this is the ratio of the coarse buckets that "
+        "size the rank structure and the population snapshots.",
     )
-    vip_value: str = Field("revenue", pattern="^(revenue|profit)$", description="What VIP ranks: revenue or profit.")
+    rfm_exact_band_share: float = Field(
+        0.002,
+        ge=0,
+        le=1,
+        description="Population snapshots carry the exact M and VIP values of the buckets within this share of "
+        "the population (in rank) of a score or VIP threshold; wider: exact through faster population moves, "
+        "bigger snapshots.",
+    )
+    vip_value: str = Field(
+        "revenue",
+        pattern="^(revenue|profit|clv)$",
+        description="What VIP ranks: lifetime revenue, lifetime profit or clv (predictive CLV, as of each "
+        "customer's last scoring).",
+    )
     vip_enter_share: float = Field(0.05, gt=0, lt=1, description="A customer becomes VIP in this top share by value.")
     vip_leave_share: float = Field(
         0.08, gt=0, lt=1, description="A VIP stops being one only below this top share (hysteresis, ≥ enter share)."
@@ -147,6 +164,12 @@ class Settings(BaseSettings):
     clv_horizon_days: int = Field(365, ge=1, description="Predictive CLV horizon (expected purchases over it).")
     clv_expected_lifetime_years: float = Field(
         3.0, gt=0, description="Historical CLV: customer lifetime while the population gives none."
+    )
+    clv_lifetime_min_customers: int = Field(
+        100,
+        ge=1,
+        description="Historical CLV: the lifetime is 1 / the population's annual churn rate once this many "
+        "customers were active at the start of the churn period (and that rate is positive).",
     )
     clv_max_purchase_days: int = Field(
         32,
@@ -480,6 +503,7 @@ class Settings(BaseSettings):
             vip_leave_share=self.vip_leave_share,
             vip_segments=frozenset(self.vip_segments),
             vip_value=self.vip_value,
+            exact_band_share=self.rfm_exact_band_share,
         )
 
     def churn(self) -> ChurnConfig:
@@ -556,6 +580,7 @@ class Settings(BaseSettings):
             params=load_clv_params(self.clv_params_file),
             horizon_days=self.clv_horizon_days,
             expected_lifetime_years=self.clv_expected_lifetime_years,
+            lifetime_min_customers=self.clv_lifetime_min_customers,
             max_purchase_days=self.clv_max_purchase_days,
         )
 

@@ -204,6 +204,9 @@ class ClvConfig:
     horizon_days: int = 365
     #: historical CLV lifetime while the population gives none (spec: 3 years)
     expected_lifetime_years: float = 3.0
+    #: the population gives a lifetime (1 / its annual churn rate) once this many customers were active at
+    #: the start of the churn rate's period (spec: the fallback holds "while the population is too young")
+    lifetime_min_customers: int = 100
     #: distinct purchase days remembered per customer (bounds the state)
     max_purchase_days: int = 32
 
@@ -321,6 +324,22 @@ def margin(revenue_cents: int, profit_cents: int, default_margin: Decimal | floa
     """The customer's own gross margin (profit / revenue), else the default; clamped to [0, 1]."""
     share = profit_cents / revenue_cents if revenue_cents > 0 else float(default_margin)
     return min(1.0, max(0.0, share))
+
+
+def lifetime_from_churn(period_churn_rate: float | None, period_days: int) -> float | None:
+    """Spec (Historical CLV): expected lifetime = 1 / the population's annual churn rate; None if there is none.
+
+    The population indicators measure the churn rate (S − E) / S over ``period_days`` (spec: Population
+    indicators); compounded to a year it is 1 − (1 − c)^(365.25 / period_days). That rate is net of new
+    customers, so a young or growing population (nobody lost net) has none: not positive gives None and
+    the caller keeps the configured fallback. A whole period's churn of 1 (everybody lost) gives 1 year.
+    """
+    if period_churn_rate is None or period_churn_rate <= 0:
+        return None
+    if period_churn_rate >= 1:
+        return 1.0
+    annual = 1.0 - math.exp(DAYS_PER_YEAR / period_days * math.log1p(-period_churn_rate))
+    return 1.0 / annual
 
 
 def clv_signals(

@@ -75,6 +75,9 @@ class CustomerState:
     #: these bytes instead of deciding again. Empty between checkpoints, so it costs 2 bytes per state.
     pending_vip_changes: list[bytes] = field(default_factory=list)
     pending_alerts: list[bytes] = field(default_factory=list)
+    #: predictive CLV (cents) as of the last assessment: the VIP value when it is CLV (``PULSE_VIP_VALUE=clv``),
+    #: kept in the state because the population's VIP index must remove exactly the value it holds
+    clv_cents: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,18 +130,32 @@ def indicator_contribution(state: CustomerState) -> Contribution:
     return contribution(state.voice.answer_days, state.service.ticket_days)
 
 
-def assess_customer(
-    state: CustomerState, now_ms: int, population_gap_days: float | None, config: ScoringConfig
-) -> tuple[ClvSignals, ChurnAssessment]:
-    """CLV and churn signals of one customer at event time ``now_ms`` (``state, now -> signals``)."""
+def customer_clv(
+    state: CustomerState, now_ms: int, config: ScoringConfig, lifetime_years: float | None = None
+) -> ClvSignals:
+    """Both CLV forms of one customer at ``now_ms`` (``lifetime_years``: the population's, else the fallback)."""
     o = state.orders
-    clv = clv_signals(
+    return clv_signals(
         state.purchases,
         now_ms,
         o.revenue_cents,
         o.revenue_cents - o.cost_cents,
         config.clv,
         config.orders.default_gross_margin,
+        lifetime_years,
     )
+
+
+def assess_customer(
+    state: CustomerState,
+    now_ms: int,
+    population_gap_days: float | None,
+    config: ScoringConfig,
+    lifetime_years: float | None = None,
+) -> tuple[ClvSignals, ChurnAssessment]:
+    """CLV and churn signals of one customer at event time ``now_ms`` (``state, now -> signals``);
+    ``lifetime_years``: the historical CLV's lifetime from the population's churn rate (None: the fallback)."""
+    clv = customer_clv(state, now_ms, config, lifetime_years)
+    o = state.orders
     inputs = ChurnInputs(o, state.purchases, state.voice, state.service, clv)
     return clv, assess(inputs, now_ms, population_gap_days, config)

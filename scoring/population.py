@@ -17,6 +17,25 @@ topic-partitions, never backwards. ``clock()`` is the highest time any
 partition reached (its watermark or clock): what a partition with nothing left
 to read moves to, so every worker ends on the same "now".
 
+M and the VIP value are ranked exactly, at cent resolution (spec: the mid-rank
+percentile). A live partition holds every member's exact value. A snapshot
+carries the coarse bucket counts of M and V and, for the buckets within
+``RfmConfig.exact_band_share`` of the population (in rank) of a score or VIP
+threshold as the publisher sees the population, the exact values: the only
+buckets where a customer's score or flag depends on the order *inside* a
+bucket. Elsewhere the bucketed rank decides the same score. Once every worker
+sees the same population (traffic stopped, snapshots exchanged), each worker's
+threshold buckets are the publishers' ones: scores are exact; while traffic
+moves the thresholds by more than the band between two snapshots, a lookup
+may fall back to the bucket (``Ranking.inexact`` counts those).
+
+Snapshot format (``SNAPSHOT_VERSION``): version 1 had no ``version`` field;
+version 2 adds ``version`` and ``values`` (exact M/V values) and keeps every
+version-1 field with its meaning, so a version-1 reader reads a version-2
+snapshot at bucket resolution, a version-2 reader ranks a version-1 snapshot
+at bucket resolution, and a snapshot of a later version than the reader knows
+is skipped (the previous one of that partition stays).
+
 Pure: no I/O, no Faust. The worker ships snapshots over Kafka; the offline
 scorer uses one view with a single partition.
 """
@@ -24,6 +43,7 @@ scorer uses one view with a single partition.
 from __future__ import annotations
 
 import heapq
+import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -32,8 +52,11 @@ import orjson
 
 from scoring.customer import CustomerState, indicator_contribution
 from scoring.indicators import (
+    ACTIVE,
+    ACTIVE_AT_START,
     DAY_MS,
     EMPTY,
+    FLAG_TAGS,
     TAG_PREFIX,
     Contribution,
     IndicatorConfig,
@@ -42,7 +65,11 @@ from scoring.indicators import (
     flag_tags,
     indicator_values,
 )
+from scoring.rank import rank_bucket
 from scoring.rfm import MemberKeys, Population, Ranking, RfmConfig, RfmScores, rfm_keys, rfm_scores, vip_flag
+
+#: the population snapshot format this code writes and the highest it reads (see the module docstring)
+SNAPSHOT_VERSION = 2
 
 #: (sum of t_x days, sum of repeat purchase days x, customers with x ≥ 1): the purchase gaps
 #: of the population, additive over partitions (spec: Churn warning, "a population gap")
@@ -71,7 +98,9 @@ def tags(state: CustomerState) -> tuple[str, ...]:
 def member_keys(state: CustomerState, config: RfmConfig) -> MemberKeys | None:
     """The keys ``state`` is counted under (None: no purchase, not in the population)."""
     o = state.orders
-    return rfm_keys(config, o.last_purchase_ms, o.orders, o.revenue_cents, o.revenue_cents - o.cost_cents)
+    return rfm_keys(
+        config, o.last_purchase_ms, o.orders, o.revenue_cents, o.revenue_cents - o.cost_cents, state.clv_cents
+    )
 
 
 #: stale due-heap entries tolerated before the heap is rebuilt from the index
@@ -271,8 +300,8 @@ class PopulationView:
             pop = part.population
             pop.r.add_counts(r)
             pop.f.add_counts(f)
-            pop.m.add_counts(m)
-            pop.v.add_counts(v)
+            pop.m.add_values(m)
+            pop.v.add_values(v)
             for tag_set, count in tag_sets.items():
                 for tag in tag_set:
                     part.tallies[tag] += count
@@ -303,6 +332,17 @@ class PopulationView:
         if after != before:
             part.population.move(before, after)
             part.version += 1
+
+    def revalued(self, partition: int, before: MemberKeys | None, state: CustomerState) -> bool:
+        """The customer's keys changed without an event (its CLV as the VIP value moved with the clock);
+        True if they did."""
+        after = member_keys(state, self.config)
+        if after == before:
+            return False
+        part = self.partition(partition)
+        part.population.move(before, after)
+        part.version += 1
+        return True
 
     # --- the whole population ---------------------------------------------
     def parts(self) -> list[Population]:
@@ -336,6 +376,20 @@ class PopulationView:
         days, periods, customers = (sum(col) for col in zip(NO_GAP, *sums, strict=True))
         return days / periods if customers >= min_customers and periods else None
 
+    def period_churn_rate(self, min_customers: int) -> float | None:
+        """The population's churn rate (S − E) / S over the indicators' period, from the activity-flag tallies
+        (the same as ``indicators().churn_rate``, without the day rows); None while fewer than
+        ``min_customers`` were active at the period's start."""
+        flags: Counter = Counter()
+        for part in self.local.values():
+            flags.update(part.flag_counts())
+        for n, r in self.remote.items():
+            if n not in self.local:
+                flags.update(r.flags)
+        start = flags.get(TAG_PREFIX + FLAG_TAGS[ACTIVE_AT_START], 0)
+        end = flags.get(TAG_PREFIX + FLAG_TAGS[ACTIVE], 0)
+        return (start - end) / start if start and start >= min_customers else None
+
     def owned_customers(self) -> int:
         return sum(len(p.members) for p in self.local.values())
 
@@ -361,17 +415,41 @@ class PopulationView:
         return indicator_values(sums, flags, now, self.indicator_config)
 
     # --- snapshots --------------------------------------------------------
-    def snapshot(self, partition: int) -> bytes:
+    def exact_buckets(self) -> dict[str, set[int]]:
+        """The M and V buckets a snapshot carries exact values of: those holding a rank within
+        ``exact_band_share`` of the population of a score (M) or VIP (V) threshold, in this view."""
+        parts = self.parts()
+        out: dict[str, set[int]] = {"m": set(), "v": set()}
+        if not parts:
+            return out
+        for name, thresholds in (("m", self.config.m_thresholds()), ("v", self.config.v_thresholds())):
+            coarse = [getattr(p, name).coarse for p in parts]
+            n = sum(c.total for c in coarse)
+            if not n:
+                continue
+            band = math.ceil(self.config.exact_band_share * n)
+            for t in thresholds:
+                lo = rank_bucket(coarse, max(0, math.floor(t * n) - band - 1))
+                hi = rank_bucket(coarse, min(n - 1, math.ceil(t * n) + band))
+                out[name].update(range(lo, hi + 1))
+        return out
+
+    def snapshot(self, partition: int, exact: dict[str, set[int]] | None = None) -> bytes:
+        """The published state of an owned partition (``exact``: ``exact_buckets()``, computed once for a
+        round of snapshots)."""
         part = self.local[partition]
         counts = part.population.counts()
+        exact = self.exact_buckets() if exact is None else exact
         indicators = None
         if part.watermark_ms is not None:
             # days before the horizon are outside every window at this or any later clock
             from_day = part.watermark_ms // DAY_MS - self.indicator_config.horizon_days
             part.indicators.prune(from_day)
             indicators = part.indicators.to_json(from_day)
+        pop = part.population
         return orjson.dumps(
             {
+                "version": SNAPSHOT_VERSION,
                 "partition": partition,
                 "watermark_ms": part.high_ms(),
                 "clock_ms": part.clock_ms,
@@ -380,16 +458,19 @@ class PopulationView:
                 "indicators": indicators,
                 "flags": part.flag_counts(),
                 **{name: [x for kv in sorted(c.items()) for x in kv] for name, c in counts.items()},
+                "values": {"m": pop.m.encode_values(exact["m"]), "v": pop.v.encode_values(exact["v"])},
             }
         )
 
-    def apply_snapshot(self, raw: bytes) -> int:
-        """Take another worker's snapshot; returns its partition."""
+    def apply_snapshot(self, raw: bytes) -> int | None:
+        """Take another worker's snapshot; returns its partition (None: a later format, skipped)."""
         data = orjson.loads(raw)
+        if int(data.get("version", 1)) > SNAPSHOT_VERSION:
+            return None
         counts = {name: dict(zip(data[name][::2], data[name][1::2], strict=True)) for name in ("r", "f", "m", "v")}
         partition = int(data["partition"])
         self.remote[partition] = RemotePart(
-            Population.from_counts(self.config, counts),
+            Population.from_snapshot(self.config, counts, data.get("values")),
             data["watermark_ms"],
             int(data["customers"]),
             tuple(data.get("gaps", NO_GAP)),

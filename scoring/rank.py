@@ -11,8 +11,13 @@ a key is the sum of the parts' counts.
 
 from __future__ import annotations
 
+import bisect
 import math
+from array import array
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
+from typing import Protocol
 
 DAY_MS = 86_400_000
 
@@ -72,6 +77,10 @@ class RankIndex:
     def count_equal(self, key: int) -> int:
         return self._counts.get(self.clamp(key), 0)
 
+    def exact(self, key: int) -> bool:
+        """Ranks are exact at the key's resolution (the same question as :meth:`ExactIndex.exact`)."""
+        return True
+
     def counts(self) -> dict[int, int]:
         """The non-zero counts: a compact, mergeable snapshot."""
         return dict(self._counts)
@@ -105,12 +114,186 @@ class RankIndex:
         return index
 
 
-def percentile(indexes: list[RankIndex] | RankIndex, key: int) -> float | None:
+class Counted(Protocol):
+    """What a percentile needs of one part of the population: :class:`RankIndex` or :class:`ExactIndex`."""
+
+    @property
+    def total(self) -> int: ...
+
+    def count_below(self, key: int) -> int: ...
+
+    def count_equal(self, key: int) -> int: ...
+
+
+#: an array of int64 values, the compact sorted storage of :class:`ExactIndex`
+VALUES = "q"
+
+
+@dataclass(slots=True)
+class ExactIndex:
+    """Counts of exact integer values (cents), ranked exactly at a coarse structure's cost for most lookups.
+
+    Two levels: a :class:`RankIndex` over coarse buckets (``bucket(value)``, e.g. 1 % log buckets of
+    revenue: a bounded domain, so its counts are a compact snapshot) and, per bucket, the bucket's values
+    sorted in an int64 array (8 bytes a member, no Python object per value). ``count(< v)`` is the coarse
+    count below v's bucket plus a bisection inside the bucket: O(log domain + log bucket).
+
+    A live partition knows every bucket's values (``complete``). Another worker's partition, rebuilt from
+    its snapshot, knows the values of only the buckets the snapshot carried (those near the score and VIP
+    thresholds, see ``scoring.population``); in any other non-empty bucket its values count as equal to
+    each other (the bucketed approximation), and :meth:`exact` says so.
+    """
+
+    bucket: Callable[[int], int]
+    coarse: RankIndex
+    complete: bool = True
+    values: dict[int, array] = field(default_factory=dict, repr=False)
+
+    @property
+    def total(self) -> int:
+        return self.coarse.total
+
+    def add(self, value: int, delta: int = 1) -> None:
+        """Insert (delta > 0) or remove (delta < 0) ``delta`` copies of ``value``."""
+        b = self.coarse.clamp(self.bucket(value))
+        held = self.values.get(b)
+        if held is None:
+            if delta < 0:
+                raise ValueError(f"removing value {value} more often than it was added")
+            held = self.values[b] = array(VALUES)
+        if delta == 1:  # one customer joins or moves: the common case, no temporary array
+            held.insert(bisect.bisect_right(held, value), value)
+        elif delta > 0:
+            at = bisect.bisect_right(held, value)
+            held[at:at] = array(VALUES, [value] * delta)
+        elif delta < 0:
+            at = bisect.bisect_left(held, value)
+            if at - delta > len(held) or held[at - delta - 1] != value:
+                raise ValueError(f"removing value {value} more often than it was added")
+            del held[at : at - delta]
+            if not held:
+                del self.values[b]
+        self.coarse.add(b, delta)
+
+    def move(self, old: int | None, new: int | None) -> None:
+        """One member's value changed from ``old`` to ``new`` (None: not a member)."""
+        if old == new:
+            return
+        if old is not None:
+            self.add(old, -1)
+        if new is not None:
+            self.add(new, 1)
+
+    def add_values(self, counts: Mapping[int, int]) -> None:
+        """Insert ``counts[value]`` copies of each value (a rebuild): one sort per bucket, one tree pass."""
+        per_bucket: dict[int, list[int]] = {}
+        for value, n in counts.items():
+            if n < 0:
+                raise ValueError(f"removing value {value} more often than it was added")
+            per_bucket.setdefault(self.coarse.clamp(self.bucket(value)), []).extend([value] * n)
+        coarse: dict[int, int] = {}
+        for b, new in per_bucket.items():
+            if not new:
+                continue
+            held = self.values.get(b)
+            merged = sorted(new if held is None else [*held, *new])
+            self.values[b] = array(VALUES, merged)
+            coarse[b] = len(new)
+        self.coarse.add_counts(coarse)
+
+    def exact(self, value: int) -> bool:
+        """Whether ranks of ``value`` are exact here (False only for a snapshot lacking that bucket's values)."""
+        if self.complete:
+            return True
+        b = self.coarse.clamp(self.bucket(value))
+        return b in self.values or not self.coarse.count_equal(b)
+
+    def count_below(self, key: int) -> int:
+        b = self.coarse.clamp(self.bucket(key))
+        below = self.coarse.count_below(b)
+        held = self.values.get(b)
+        return below + bisect.bisect_left(held, key) if held is not None else below
+
+    def count_equal(self, key: int) -> int:
+        b = self.coarse.clamp(self.bucket(key))
+        held = self.values.get(b)
+        if held is not None:
+            return bisect.bisect_right(held, key) - bisect.bisect_left(held, key)
+        # a live partition: nobody in the bucket; a snapshot without the bucket's values: all tied
+        return 0 if self.complete else self.coarse.count_equal(b)
+
+    def below_and_equal(self, key: int, b: int) -> tuple[int, int]:
+        """``count_below(key)`` and ``count_equal(key)`` for ``key`` in (clamped) bucket ``b``, in one go."""
+        below = self.coarse.count_below(b)
+        held = self.values.get(b)
+        if held is None:
+            return below, 0 if self.complete else self.coarse.count_equal(b)
+        at = bisect.bisect_left(held, key)
+        return below + at, bisect.bisect_right(held, key, at) - at
+
+    def counts(self) -> dict[int, int]:
+        """The coarse bucket counts (the snapshot's bucketed part, readable by every snapshot version)."""
+        return self.coarse.counts()
+
+    def encode_values(self, buckets: Iterable[int]) -> list[list[int]]:
+        """The exact values of ``buckets`` for a snapshot: per bucket ``[bucket, first, d1, d2, …]``, the
+        sorted values as differences (small numbers: the values of a 1 % bucket are close together)."""
+        out = []
+        for b in sorted(buckets):
+            held = self.values.get(b)
+            if held:
+                out.append([b, held[0], *(held[i] - held[i - 1] for i in range(1, len(held)))])
+        return out
+
+    @classmethod
+    def from_snapshot(
+        cls,
+        bucket: Callable[[int], int],
+        size: int,
+        counts: Mapping[int, int],
+        encoded: Sequence[Sequence[int]] = (),
+    ) -> ExactIndex:
+        """Another worker's partition: its bucket counts and the exact values of the buckets it sent."""
+        index = cls(bucket, RankIndex.from_counts(size, dict(counts)), complete=False)
+        for row in encoded:
+            b, values = int(row[0]), array(VALUES, accumulate(row[1:]))
+            if len(values) != index.coarse.count_equal(b):
+                raise ValueError(f"bucket {b}: {len(values)} values for a count of {index.coarse.count_equal(b)}")
+            index.values[b] = values
+        return index
+
+
+def rank_bucket(parts: Sequence[RankIndex], rank: int) -> int:
+    """The key holding the ``rank``-th smallest member (0-based) of the union of ``parts`` (same size):
+    a Fenwick descent over the summed trees, O(log domain · parts). Ranks past the end give the last key."""
+    size = parts[0].size
+    pos, seen = 0, 0
+    step = 1 << (size.bit_length() - 1)
+    while step:
+        nxt = pos + step
+        if nxt <= size:
+            here = sum(p._tree[nxt] for p in parts)
+            if seen + here <= rank:
+                pos, seen = nxt, seen + here
+        step >>= 1
+    return min(pos, size - 1)
+
+
+def percentile(indexes: Sequence[Counted] | Counted, key: int) -> float | None:
     """Mid-rank percentile of ``key`` in the union of ``indexes`` (spec: p = (count(<v) + 0.5·count(=v)) / N)."""
-    parts = [indexes] if isinstance(indexes, RankIndex) else indexes
+    parts = indexes if isinstance(indexes, list | tuple) else [indexes]
     total = sum(p.total for p in parts)
     if total == 0:
         return None
+    if isinstance(parts[0], ExactIndex):  # the value's bucket once for all parts
+        first = parts[0]
+        b = first.coarse.clamp(first.bucket(key))
+        below = equal = 0
+        for p in parts:
+            x, y = p.below_and_equal(key, b)  # type: ignore[attr-defined]
+            below += x
+            equal += y
+        return (below + 0.5 * equal) / total
     below = sum(p.count_below(key) for p in parts)
     equal = sum(p.count_equal(key) for p in parts)
     return (below + 0.5 * equal) / total
@@ -123,18 +306,20 @@ def score_1_to_5(p: float) -> int:
 
 @dataclass(frozen=True, slots=True)
 class RfmKeys:
-    """How R, F and M values become rank keys (all bounded domains, documented in the README).
+    """How R, F and M values become rank keys (documented in the README).
 
     * R: the day of the last purchase (days since 1970-01-01 UTC): exact at day resolution.
     * F: the order count, exact up to ``f_size - 1`` orders (more are ranked as that many).
-    * M: lifetime net revenue in cents on a log scale with ratio ``1 + m_relative_error``:
-      two revenues within that ratio of each other rank as equal. Revenue ≤ 0 is one key.
+    * M (and the VIP value): lifetime net revenue in exact cents (any integer, negative after refunds),
+      held in an :class:`ExactIndex` whose coarse level buckets it on a log scale with ratio
+      ``1 + m_relative_error`` (revenue ≤ 0 is one bucket). The buckets only size the structure and its
+      snapshots: ranks are exact (see ``scoring.population`` for another worker's partitions).
     """
 
     r_size: int = 1 << 16  # days: up to the year 2149
     f_size: int = 1 << 14
     m_relative_error: float = 0.01
-    #: revenues up to this many cents get distinct keys (10^15: far above any customer)
+    #: revenues up to this many cents get distinct buckets (10^15: far above any customer)
     m_max_cents: int = 10**15
 
     @property
@@ -148,10 +333,14 @@ class RfmKeys:
         return orders
 
     def m_key(self, revenue_cents: int) -> int:
+        """The coarse bucket of a revenue (an M key of the bucketed structure, before exact ranks)."""
         if revenue_cents <= 0:
             return 0
         return 1 + int(math.log(revenue_cents) / math.log1p(self.m_relative_error))
 
-    def new_indexes(self) -> tuple[RankIndex, RankIndex, RankIndex, RankIndex]:
-        """R, F, M and the VIP value measure (which uses M's log scale)."""
-        return RankIndex(self.r_size), RankIndex(self.f_size), RankIndex(self.m_size), RankIndex(self.m_size)
+    def m_index(self) -> ExactIndex:
+        return ExactIndex(self.m_key, RankIndex(self.m_size))
+
+    def new_indexes(self) -> tuple[RankIndex, RankIndex, ExactIndex, ExactIndex]:
+        """R, F, M and the VIP value measure (exact cents, like M)."""
+        return RankIndex(self.r_size), RankIndex(self.f_size), self.m_index(), self.m_index()

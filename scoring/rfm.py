@@ -1,9 +1,10 @@
 """RFM scores, segments and the VIP flag (spec: RFM, VIP flag).
 
 The population is the customers with at least one purchase. Each member is
-counted in three :class:`~scoring.rank.RankIndex` under its R, F and M keys;
-a customer's scores are its percentiles against the whole population (the sum
-of all partitions' indexes), turned into 1–5 by the spec's convention.
+counted in a :class:`~scoring.rank.RankIndex` under its R and F keys and in an
+:class:`~scoring.rank.ExactIndex` under its revenue (M) and VIP value in exact
+cents; a customer's scores are its percentiles against the whole population
+(the sum of all partitions' indexes), turned into 1–5 by the spec's convention.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from scoring.rank import RankIndex, RfmKeys, percentile, score_1_to_5
+from scoring.rank import ExactIndex, RankIndex, RfmKeys, percentile, score_1_to_5
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +49,7 @@ OTHERS = "others"
 
 
 #: Value measures the VIP rule can rank by (spec: VIP flag).
-VALUE_MEASURES = ("revenue", "profit")
+VALUE_MEASURES = ("revenue", "profit", "clv")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,13 +62,25 @@ class RfmConfig:
     vip_enter_share: float = 0.05
     vip_leave_share: float = 0.08
     vip_segments: frozenset[str] = frozenset({HIGH_VALUE})
-    #: what "top X %" ranks: lifetime revenue or lifetime profit (cents, same log keys as M)
+    #: what "top X %" ranks: lifetime revenue, lifetime profit or predictive CLV (cents, exact like M); CLV is
+    #: the one the customer's state holds as of its last assessment (``CustomerState.clv_cents``)
     vip_value: str = "revenue"
+    #: a snapshot carries the exact values of the M and V buckets within this share of the population
+    #: (in rank) of a score or VIP threshold; its other buckets are counts only (see ``scoring.population``)
+    exact_band_share: float = 0.002
+
+    def m_thresholds(self) -> tuple[float, ...]:
+        """Percentiles where the M score changes (spec: score = min(5, 1 + floor(5p)))."""
+        return tuple(k / 5 for k in range(1, 5))
+
+    def v_thresholds(self) -> tuple[float, ...]:
+        """Percentiles where the VIP flag changes (enter and leave)."""
+        return tuple(sorted({1 - self.vip_leave_share, 1 - self.vip_enter_share}))
 
 
 @dataclass(frozen=True, slots=True)
 class MemberKeys:
-    """The rank keys one member is counted under: R, F, M and the VIP value measure V."""
+    """The rank keys one member is counted under: R (day), F (orders), M and the VIP value measure V (cents)."""
 
     r: int
     f: int
@@ -76,15 +89,23 @@ class MemberKeys:
 
 
 def rfm_keys(
-    config: RfmConfig, last_purchase_ms: int | None, orders: int, revenue_cents: int, profit_cents: int | None = None
+    config: RfmConfig,
+    last_purchase_ms: int | None,
+    orders: int,
+    revenue_cents: int,
+    profit_cents: int | None = None,
+    clv_cents: int | None = None,
 ) -> MemberKeys | None:
-    """The keys a customer is counted under; None when not in the population (no purchase)."""
+    """The keys a customer is counted under; None when not in the population (no purchase). A CLV not
+    assessed yet counts as 0 (the worker assesses every customer it scores before ranking it)."""
     if orders < 1 or last_purchase_ms is None:
         return None
     k = config.keys
-    m = k.m_key(revenue_cents)
-    v = m if config.vip_value == "revenue" else k.m_key(revenue_cents if profit_cents is None else profit_cents)
-    return MemberKeys(k.r_key(last_purchase_ms), k.f_key(orders), m, v)
+    if config.vip_value == "clv":
+        v = clv_cents or 0
+    else:
+        v = revenue_cents if config.vip_value == "revenue" or profit_cents is None else profit_cents
+    return MemberKeys(k.r_key(last_purchase_ms), k.f_key(orders), revenue_cents, v)
 
 
 @dataclass(slots=True)
@@ -93,8 +114,8 @@ class Population:
 
     r: RankIndex
     f: RankIndex
-    m: RankIndex
-    v: RankIndex
+    m: ExactIndex
+    v: ExactIndex
 
     @classmethod
     def empty(cls, config: RfmConfig) -> Population:
@@ -114,17 +135,23 @@ class Population:
         self.v.move(old and old.v, new and new.v)
 
     def counts(self) -> dict[str, dict[int, int]]:
-        """Sparse counts of every index: what a snapshot of this part carries."""
+        """Sparse counts of every index (M and V: per coarse bucket): the bucketed part of a snapshot."""
         return {"r": self.r.counts(), "f": self.f.counts(), "m": self.m.counts(), "v": self.v.counts()}
 
     @classmethod
-    def from_counts(cls, config: RfmConfig, counts: dict[str, dict[int, int]]) -> Population:
-        k = config.keys
+    def from_snapshot(
+        cls,
+        config: RfmConfig,
+        counts: dict[str, dict[int, int]],
+        values: dict[str, list[list[int]]] | None = None,
+    ) -> Population:
+        """Another worker's partition: the counts and the exact values of the M and V buckets it sent."""
+        k, values = config.keys, values or {}
         return cls(
             RankIndex.from_counts(k.r_size, counts["r"]),
             RankIndex.from_counts(k.f_size, counts["f"]),
-            RankIndex.from_counts(k.m_size, counts["m"]),
-            RankIndex.from_counts(k.m_size, counts["v"]),
+            ExactIndex.from_snapshot(k.m_key, k.m_size, counts["m"], values.get("m", ())),
+            ExactIndex.from_snapshot(k.m_key, k.m_size, counts["v"], values.get("v", ())),
         )
 
 
@@ -158,9 +185,9 @@ class Ranking:
     after applying events or snapshots.
     """
 
-    __slots__ = ("_indexes", "_memo")
+    __slots__ = ("_indexes", "_memo", "_thresholds", "inexact")
 
-    def __init__(self, parts: Sequence[Population]) -> None:
+    def __init__(self, parts: Sequence[Population], config: RfmConfig | None = None) -> None:
         self._indexes = (
             [p.r for p in parts],
             [p.f for p in parts],
@@ -168,6 +195,11 @@ class Ranking:
             [p.v for p in parts],
         )
         self._memo: tuple[dict[int, float | None], ...] = ({}, {}, {}, {})
+        config = config or RfmConfig()
+        self._thresholds = ((), (), config.m_thresholds(), config.v_thresholds())
+        #: M and V lookups whose score or VIP flag the bucketed rank may get wrong: a snapshot lacked the
+        #: exact values of the value's bucket, and that bucket holds a threshold's rank
+        self.inexact = 0
 
     def percentile(self, dimension: int, key: int) -> float | None:
         """``dimension``: 0 R, 1 F, 2 M, 3 the VIP value measure."""
@@ -175,13 +207,30 @@ class Ranking:
         try:
             return memo[key]
         except KeyError:
-            memo[key] = p = percentile(self._indexes[dimension], key)
+            indexes = self._indexes[dimension]
+            memo[key] = p = percentile(indexes, key)
+            if dimension >= 2 and not all(index.exact(key) for index in indexes):
+                self.inexact += self._straddles(dimension, key)
             return p
+
+    def forget(self, dimension: int) -> None:
+        """A member's key of ``dimension`` moved: its memoised percentiles are stale."""
+        self._memo[dimension].clear()
+
+    def _straddles(self, dimension: int, key: int) -> bool:
+        """Whether a threshold's rank lies inside ``key``'s bucket (over all parts): only then can the order
+        inside the bucket change the score or flag."""
+        coarse = [index.coarse for index in self._indexes[dimension]]  # type: ignore[union-attr]
+        b = coarse[0].clamp(self._indexes[dimension][0].bucket(key))  # type: ignore[union-attr]
+        below = sum(c.count_below(b) for c in coarse)
+        inside = sum(c.count_equal(b) for c in coarse)
+        n = sum(c.total for c in coarse)
+        return any(below <= t * n <= below + inside for t in self._thresholds[dimension])
 
 
 def rfm_scores(keys: MemberKeys, parts: Sequence[Population] | Ranking, config: RfmConfig) -> RfmScores:
     """Scores of a member against the union of ``parts`` (which must include it)."""
-    ranking = parts if isinstance(parts, Ranking) else Ranking(parts)
+    ranking = parts if isinstance(parts, Ranking) else Ranking(parts, config)
     p_r = ranking.percentile(0, keys.r)
     p_f = ranking.percentile(1, keys.f)
     p_m = ranking.percentile(2, keys.m)

@@ -376,6 +376,7 @@ class Checkpoint:
                 metrics.RETENTION_ALERT_REASONS.labels(reason.code).inc()
         metrics.SWEPT_CUSTOMERS.inc(sum(outcome.swept.values()))
         metrics.DUE_CUSTOMERS.inc(outcome.due_checked)
+        metrics.RANK_INEXACT.inc(outcome.rank_inexact)
         metrics.POPULATION_CUSTOMERS.set(processor.population.customers())
         metrics.TABLE_CUSTOMERS.set(processor.population.owned_customers())
         record_tallies(processor.population.tallies())

@@ -84,23 +84,34 @@ class _Positional:
     A class with nothing to convert encodes with its ``attrgetter`` alone (one C call, no Python frame).
     """
 
-    __slots__ = ("cls", "size", "encode", "patches")
+    __slots__ = ("cls", "size", "encode", "patches", "optional")
 
-    def __init__(self, cls: type, fields: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]]) -> None:
+    def __init__(
+        self,
+        cls: type,
+        fields: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]],
+        optional: int = 0,
+    ) -> None:
+        """``optional``: that many last fields (default None) are left out while None, so a field added for an
+        opt-in feature costs nothing, and changes no record, where the feature is off."""
         layout = LAYOUTS[cls]
         self.cls = cls
         self.size = len(layout)
+        self.optional = optional
         self.patches = tuple((layout.index(name), enc, dec) for name, (enc, dec) in fields.items())
         get = attrgetter(*layout) if len(layout) > 1 else (lambda o, name=layout[0]: (getattr(o, name),))
-        self.encode: Callable[[Any], Any] = self._patched(get) if self.patches else get
+        self.encode: Callable[[Any], Any] = self._patched(get) if self.patches or optional else get
 
     def _patched(self, get: Callable[[Any], tuple[Any, ...]]) -> Callable[[Any], list[Any]]:
         patches = tuple((i, enc) for i, enc, _ in self.patches)
+        keep = self.size - self.optional
 
         def encode(obj: Any) -> list[Any]:
             values = list(get(obj))
             for i, enc in patches:
                 values[i] = enc(values[i])
+            while len(values) > keep and values[-1] is None:
+                del values[-1]
             return values
 
         return encode
@@ -129,6 +140,7 @@ _CUSTOMER = _Positional(
         "churn": _nested(_Positional(ChurnState, {})),
         "recent_ids": (_pack_ids, _unpack_ids),
     },
+    optional=1,  # clv_cents: only PULSE_VIP_VALUE=clv sets it
 )
 
 

@@ -46,6 +46,11 @@ VIP_CHANGES = Counter(
     "pulse_vip_changes_total", "VIP flag changes published, by direction (entered, left).", ["direction"]
 )
 SWEPT_CUSTOMERS = Counter("pulse_swept_customers_total", "Customers re-scored by the sweep as the population moved.")
+RANK_INEXACT = Counter(
+    "pulse_rank_inexact_lookups_total",
+    "M or VIP-value percentiles at a score or VIP threshold ranked at bucket resolution because another worker's "
+    "snapshot lacked that bucket's exact values (see PULSE_RFM_EXACT_BAND_SHARE).",
+)
 POPULATION_CUSTOMERS = Gauge(
     "pulse_population_customers", "Customers with a purchase in the RFM population, as this worker sees it."
 )

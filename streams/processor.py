@@ -34,8 +34,15 @@ from schemas.profile import RenderedProfile, cents_to_money, money_or_none, ms_t
 from schemas.vip import VipChange
 from scoring import churn
 from scoring.churn import ChurnAssessment
-from scoring.clv import ClvSignals, margin
-from scoring.customer import CustomerState, ScoredEvent, apply_event, assess_customer, indicator_contribution
+from scoring.clv import ClvSignals, lifetime_from_churn, margin
+from scoring.customer import (
+    CustomerState,
+    ScoredEvent,
+    apply_event,
+    assess_customer,
+    customer_clv,
+    indicator_contribution,
+)
 from scoring.indicators import activity
 from scoring.orders import DAY_MS, OrderFact, to_cents, window_revenue_cents
 from scoring.population import PopulationView, gap_sums, member_keys, rescore, tags
@@ -106,6 +113,8 @@ class BatchOutcome:
     assessed: dict[bytes, tuple[ClvSignals, ChurnAssessment]] = field(default_factory=dict)
     #: partitions swept in this batch and customers re-scored by the sweep
     swept: dict[int, int] = field(default_factory=dict)
+    #: threshold lookups ranked at bucket resolution (``scoring.rfm.Ranking.inexact``)
+    rank_inexact: int = 0
     rejected: list[Rejected] = field(default_factory=list)
     #: valid events whose record key is not their customer id: re-produced
     #: under the right key (topic, key, value) so they reach the right partition
@@ -163,6 +172,8 @@ class BatchProcessor:
         self._held: set[int] = set()
         #: the population's purchase gap, computed once per batch (churn: overdue)
         self._gap_days: float | None = None
+        #: the historical CLV's lifetime from the population's churn rate (None: the fallback), once per batch
+        self._lifetime_years: float | None = None
         #: RFM percentiles against the population as it stands once a batch's events are applied
         self._ranking: Ranking | None = None
         #: idle advance, per owned partition: (clock, wall time) when its clock last moved otherwise, and the
@@ -309,6 +320,7 @@ class BatchProcessor:
             render.update(self.sweep(partition, self._sweep_limit(partition), load, out, clocks[partition]))
         self._retag(out)
         out.profiles = self.profiles(render, None, out.assessed, out)
+        out.rank_inexact = self._ranking.inexact if self._ranking is not None else 0
         return out
 
     @property
@@ -429,7 +441,9 @@ class BatchProcessor:
         """The events are applied and the population stands still for the rest of the batch: what every
         re-scored customer is measured against is computed once (purchase gap) or memoised (percentiles)."""
         self._gap_days = self.population.gap_days(self.config.churn.population_gap_min_customers)
-        self._ranking = Ranking(self.population.parts())
+        churn_rate = self.population.period_churn_rate(self.config.clv.lifetime_min_customers)
+        self._lifetime_years = lifetime_from_churn(churn_rate, self.config.indicators.period_days)
+        self._ranking = Ranking(self.population.parts(), self.config.rfm)
 
     def _too_late(self, record: Incoming, kind: Kind, event: ScoredEvent, state: CustomerState) -> EventRejected | None:
         """An event older than its partition's watermark minus ``max_lateness_days`` (spec: late events beyond
@@ -496,7 +510,9 @@ class BatchProcessor:
                 if at is None or (state.last_event_ms is not None and state.last_event_ms > at):
                     continue
             try:
-                clv, risk = (assessed or {}).get(key) or assess_customer(state, at, self._gap_days, self.config)
+                clv, risk = (assessed or {}).get(key) or assess_customer(
+                    state, at, self._gap_days, self.config, self._lifetime_years
+                )
                 out.append(render_profile(key.decode(), state, at, self.config, self.currency, clv, risk))
             except Exception as exc:
                 if batch is None or state.partition is None or key in batch.event_customers:
@@ -601,10 +617,11 @@ class BatchProcessor:
         """RFM, segment and VIP against the population, then (if ``churn`` or they changed) CLV and churn;
         True if the stored state changed."""
         rfm = self.config.rfm
+        revalued = rfm.vip_value == "clv" and self._revalue_clv(state, now)
         result = rescore(state, self._ranking or self.population.parts(), rfm)
         if result.vip_changed:
-            o = state.orders
-            value_cents = o.revenue_cents if rfm.vip_value == "revenue" else o.revenue_cents - o.cost_cents
+            keys = member_keys(state, rfm)
+            value_cents = 0 if keys is None else keys.v
             in_top = result.scores is not None and result.scores.value_percentile >= 1 - rfm.vip_enter_share
             change = VipChange(
                 change_id=f"{key.decode()}:vip:{state.vip_changes}",
@@ -621,8 +638,22 @@ class BatchProcessor:
             )
             out.vip_changes.append((key, state.vip, orjson.dumps(change.model_dump(mode="json"))))
         if churn or result.changed:
-            return self._assess_churn(key, state, now, out) or result.changed
-        return False
+            return self._assess_churn(key, state, now, out) or result.changed or revalued
+        return revalued
+
+    def _revalue_clv(self, state: CustomerState, now: int) -> bool:
+        """``PULSE_VIP_VALUE=clv``: the customer's predictive CLV at ``now`` becomes its VIP value in the population
+        before it is ranked (CLV moves with the clock, not only with events); True if it changed (the state,
+        which holds the value the index must later remove, is then written)."""
+        if state.partition is None:
+            return False
+        before = member_keys(state, self.config.rfm)
+        state.clv_cents = customer_clv(state, now, self.config).clv_predictive_cents
+        if not self.population.revalued(state.partition, before, state):
+            return False
+        if self._ranking is not None:
+            self._ranking.forget(3)  # the VIP value percentiles moved
+        return True
 
     def _assess_churn(self, key: bytes, state: CustomerState, now: int, out: BatchOutcome) -> bool:
         """Churn signals, level and alert decision, and the population activity flags; True if the stored
@@ -633,7 +664,7 @@ class BatchProcessor:
         before = (state.churn.level, state.churn.score, state.churn.next_check_ms, state.activity)
         if state.last_event_ms is not None and state.last_event_ms > now:
             return self._defer(key, state)
-        clv, risk = assess_customer(state, now, self._gap_days, self.config)
+        clv, risk = assess_customer(state, now, self._gap_days, self.config, self._lifetime_years)
         out.assessed[key] = (clv, risk)
         decision = churn.update(state.churn, risk, now, self.config.churn)
         # the activity flags change with time alone too: one due time covers both (the earlier one)

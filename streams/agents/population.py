@@ -38,14 +38,17 @@ def register(pulse: PulseApp, processor: BatchProcessor) -> None:
     settings = pulse.settings
     app = pulse.app
     view = processor.population
-    published: dict[int, int] = {}
+    #: per owned partition: the version and the exact-value buckets (see scoring.population) last published
+    published: dict[int, tuple[int, dict[str, set[int]]]] = {}
 
     @app.timer(settings.population_publish_seconds, name="publish_population")
     async def publish_population() -> None:
+        # also when only the buckets near the thresholds moved (other partitions changed the population)
+        exact = view.exact_buckets()
         for partition, part in list(view.local.items()):
-            if published.get(partition) != part.version:
-                await pulse.population.send(key=str(partition).encode(), value=view.snapshot(partition))
-                published[partition] = part.version
+            if published.get(partition) != (part.version, exact):
+                await pulse.population.send(key=str(partition).encode(), value=view.snapshot(partition, exact))
+                published[partition] = (part.version, exact)
 
     @app.timer(settings.sweep_tick_seconds, name="send_sweep_ticks")
     async def send_sweep_ticks() -> None:

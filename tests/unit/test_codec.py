@@ -55,6 +55,7 @@ FROZEN_LAYOUTS = {
         "activity",
         "pending_vip_changes",
         "pending_alerts",
+        "clv_cents",
     ),
     "OrderState": (
         "orders",
@@ -306,6 +307,7 @@ def test_a_longer_record_from_a_newer_layout_keeps_the_known_fields() -> None:
     for name in _NESTED:
         arrays[LAYOUTS[CustomerState].index(name)].append("a newer field")
     arrays[LAYOUTS[CustomerState].index("service")][LAYOUTS[ServiceState].index("folded")].append(1)
+    arrays += [None] * (len(LAYOUTS[CustomerState]) - len(arrays))  # a newer writer writes the optional tail too
     arrays.append({"a newer": "field"})
     assert decode_state(_record(arrays)) == GOLDEN_STATE
 
@@ -576,3 +578,11 @@ def test_an_int_beyond_64_bits_is_refused_not_corrupted(value: int) -> None:
 def test_a_recent_id_beyond_64_bits_is_refused() -> None:
     with pytest.raises(struct.error):
         encode_state(CustomerState(recent_ids=[2**63]))
+
+
+def test_the_optional_clv_is_left_out_while_unset_and_kept_when_set() -> None:
+    """``clv_cents`` (PULSE_VIP_VALUE=clv only) costs no byte and changes no record where the mode is off."""
+    assert encode_state(GOLDEN_STATE_OUTBOX) == GOLDEN_V1_OUTBOX
+    with_clv = dataclasses.replace(GOLDEN_STATE_OUTBOX, clv_cents=123_456)
+    raw = encode_state(with_clv)
+    assert len(raw) > len(GOLDEN_V1_OUTBOX) and decode_state(raw) == with_clv

@@ -97,7 +97,11 @@ def assert_population_is_the_tables(table: Table) -> None:
         assert sorted(a.members) == sorted(b.members) and +a.tallies == +b.tallies and a.due == b.due
         for index in ("r", "f", "m", "v"):
             x, y = getattr(a.population, index), getattr(b.population, index)
-            assert (x.total, x._counts) == (y.total, y._counts), (p, index)
+            assert (x.total, x.counts()) == (y.total, y.counts()), (p, index)
+            # exact indexes (M, VIP value) also hold each member's exact value
+            assert {k: list(v) for k, v in getattr(x, "values", {}).items() if len(v)} == {
+                k: list(v) for k, v in getattr(y, "values", {}).items() if len(v)
+            }, (p, index)
 
 
 @pytest.mark.parametrize("bad", ["e3", "e39"])
@@ -174,10 +178,10 @@ def test_time_driven_failure_skips_only_that_customer_until_its_next_event(monke
 
     real = processor_module.assess_customer
 
-    def failing_for_a(state, now, gap_days, config):
+    def failing_for_a(state, now, gap_days, config, *rest):
         if state.orders.revenue_cents == 777:
             raise KeyError("bad state")
-        return real(state, now, gap_days, config)
+        return real(state, now, gap_days, config, *rest)
 
     monkeypatch.setattr(processor_module, "assess_customer", failing_for_a)
     # the clock moves (B's event) and a tick sweeps the partition: A's re-scoring raises, B's event is scored

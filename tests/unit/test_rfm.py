@@ -12,7 +12,9 @@ from scoring.rfm import (
     DEFAULT_SEGMENTS,
     HIGH_VALUE,
     OTHERS,
+    MemberKeys,
     Population,
+    Ranking,
     RfmConfig,
     RfmScores,
     rfm_keys,
@@ -76,10 +78,10 @@ def test_vip_hysteresis_enter_top_5_leave_below_top_8():
 
 
 def batch_scores(customers: dict[str, tuple[int, int, int]]) -> dict[str, tuple[int, int, int]]:
-    """pandas over final (last_purchase_ms, orders, revenue_cents), same keys and convention."""
+    """pandas over final (last_purchase_ms, orders, revenue_cents): day, order count, exact cents."""
     keys = CONFIG.keys
     df = pd.DataFrame(
-        [(c, keys.r_key(t), keys.f_key(o), keys.m_key(m)) for c, (t, o, m) in customers.items() if o >= 1],
+        [(c, keys.r_key(t), keys.f_key(o), m) for c, (t, o, m) in customers.items() if o >= 1],
         columns=["customer", "r", "f", "m"],
     )
     n = len(df)
@@ -97,7 +99,8 @@ updates = st.lists(
     st.tuples(
         st.integers(0, 30),  # customer
         st.integers(0, 400),  # day of the order
-        st.integers(-5_000, 200_000),  # revenue change in cents (refunds negative)
+        # revenue change in cents (refunds negative); small changes make cent-level near-ties
+        st.one_of(st.integers(-5_000, 200_000), st.integers(-3, 3)),
     ),
     min_size=1,
     max_size=150,
@@ -157,3 +160,63 @@ def test_an_index_filled_from_counts_equals_one_add_per_key(size, counts):
     assert (bulk.total, bulk._tree, bulk._counts) == (one_by_one.total, one_by_one._tree, one_by_one._counts)
     for key in range(-1, size + 2):
         assert bulk.count_below(key) == one_by_one.count_below(key)
+
+
+# cent values with ties and cent-level near-ties: a few bases, each ± a few cents, plus anything
+cents = st.one_of(
+    st.sampled_from([-250, 0, 1, 999, 1_000, 1_001, 4_999, 5_000, 5_001, 123_456, 123_457]),
+    st.integers(-2, 2).map(lambda d: 77_777 + d),
+    st.integers(-(10**6), 10**12),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(cents, min_size=1, max_size=200),
+    st.lists(st.tuples(st.integers(0, 10**6), cents), max_size=60),
+    st.integers(1, 4),
+)
+def test_exact_index_percentiles_equal_pandas_average_rank(values, moves, n_parts):
+    """``ExactIndex`` parts (live, and rebuilt from a snapshot carrying every bucket) give the spec's
+    percentile of every member, as pandas ``rank(method="average")`` computes it, after random moves."""
+    keys = CONFIG.keys
+    parts = [keys.m_index() for _ in range(n_parts)]
+    members = list(values)
+    for i, v in enumerate(members):
+        parts[i % n_parts].add(v)
+    for pick, new in moves:
+        i = pick % len(members)
+        parts[i % n_parts].move(members[i], new)
+        members[i] = new
+    copies = [type(p).from_snapshot(keys.m_key, keys.m_size, p.counts(), p.encode_values(p.counts())) for p in parts]
+    expected = (pd.Series(members).rank(method="average") - 0.5) / len(members)
+    for v, p in zip(members, expected, strict=True):
+        assert percentile(parts, v) == pytest.approx(p, abs=1e-12)
+        assert percentile(copies, v) == percentile(parts, v)
+        assert all(c.exact(v) for c in copies)
+    # removing more often than added is refused, as by the bucketed index
+    with pytest.raises(ValueError):
+        parts[0].add(10**13 + 1, -1)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(cents, min_size=1, max_size=300), st.integers(1, 3), st.sampled_from([0.0, 0.002, 0.05]))
+def test_snapshots_with_exact_values_near_the_thresholds_score_like_batch(values, n_parts, band):
+    """Another worker's partitions arrive as snapshots with exact values only near the score and VIP
+    thresholds: the M score and the VIP-by-value decision of every member still equal pandas'."""
+    from scoring.population import PopulationView
+
+    config = RfmConfig(exact_band_share=band, vip_enter_share=0.05, vip_leave_share=0.08)
+    owner, reader = PopulationView(config), PopulationView(config)
+    for i, v in enumerate(values):
+        owner.partition(i % n_parts).population.move(None, MemberKeys(20_000, 1, v, v))
+    for p in owner.local:
+        reader.apply_snapshot(owner.snapshot(p))
+    ranking = Ranking(reader.parts(), config)
+    expected = (pd.Series(values).rank(method="average") - 0.5) / len(values)
+    for v, p in zip(values, expected, strict=True):
+        got = rfm_scores(MemberKeys(20_000, 1, v, v), ranking, config)
+        assert got.m == min(5, 1 + int(5 * p // 1)), v
+        for share in (config.vip_enter_share, config.vip_leave_share):
+            assert (got.value_percentile >= 1 - share) == (p >= 1 - share), v
+    assert ranking.inexact == 0
