@@ -247,6 +247,7 @@ def register(pulse: PulseApp) -> BatchProcessor:
         now_s = time.time()
         for occurred_ms in outcome.occurred_ms:
             metrics.EVENT_TO_SCORED_SECONDS.observe(max(0.0, now_s - occurred_ms / 1000))
+        metrics.CLOCK_HELD_PARTITIONS.set(len(processor.held))
         if processor.watermark_ms is not None:
             metrics.WATERMARK_SECONDS.set(processor.watermark_ms / 1000)
         metrics.BATCH_EVENTS.observe(len(batch))
