@@ -36,7 +36,8 @@ def format_alert(alert: RetentionAlert) -> str:
     context = ", ".join(x for x in (alert.segment, alert.rfm_cell and f"RFM {alert.rfm_cell}") if x)
     lines = [
         f"{alert.raised_at:%Y-%m-%d %H:%M} {alert.level.value.upper():<6} {who}  risk {alert.risk_score}"
-        f" ({alert.kind}, was {alert.previous_level.value})  {alert.alert_id}",
+        f" ({alert.kind}, was {alert.previous_level.value})  {alert.alert_id}"
+        + ("  [historical]" if alert.historical else ""),
         f"    {context}{'; ' if context else ''}{value}",
     ]
     lines += [f"    - {r.code}: {r.detail} (observed {r.observed}, threshold {r.threshold})" for r in alert.reasons]

@@ -377,6 +377,7 @@ class Checkpoint:
         metrics.SWEPT_CUSTOMERS.inc(sum(outcome.swept.values()))
         metrics.DUE_CUSTOMERS.inc(outcome.due_checked)
         metrics.RANK_INEXACT.inc(outcome.rank_inexact)
+        metrics.CLOCK_HELD_PARTITIONS.set(len(processor.held))
         metrics.POPULATION_CUSTOMERS.set(processor.population.customers())
         metrics.TABLE_CUSTOMERS.set(processor.population.owned_customers())
         record_tallies(processor.population.tallies())

@@ -42,6 +42,10 @@ REDIS_PENDING_PROFILES = Gauge(
     "pulse_redis_pending_profiles", "Profiles waiting for Redis (non-zero during an outage)."
 )
 WATERMARK_SECONDS = Gauge("pulse_event_time_watermark_seconds", "Highest event time seen by this worker (Unix time).")
+CLOCK_HELD_PARTITIONS = Gauge(
+    "pulse_clock_held_partitions",
+    "Owned partitions whose clock waits for an input topic-partition read behind the others (spec: Clock).",
+)
 VIP_CHANGES = Counter(
     "pulse_vip_changes_total", "VIP flag changes published, by direction (entered, left).", ["direction"]
 )

@@ -12,8 +12,10 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
+from pulse.alerts import format_alert
 from pulse.offline import score_records
 from pulse.settings import Settings
+from schemas.alerts import RetentionAlert
 from schemas.events import MAX_TIME_MS, MIN_TIME_MS, EventRejected, Kind, decode_event
 from scoring.customer import CustomerState
 from scoring.orders import DAY_MS
@@ -287,6 +289,8 @@ def test_alerts_older_than_the_historical_age_are_marked_historical():
     assert [a["historical"] for a in live] == [False]
     assert [a["historical"] for a in replay] == [True]
     assert [{**a, "historical": None} for a in live] == [{**a, "historical": None} for a in replay]
+    assert "[historical]" in format_alert(RetentionAlert.model_validate(replay[0]))
+    assert "[historical]" not in format_alert(RetentionAlert.model_validate(live[0]))
 
 
 def test_pulse_score_rejects_hostile_rows_with_a_reason():
