@@ -24,6 +24,14 @@ SETTINGS = Settings(_env_file=None)
 START = datetime(2025, 1, 1, tzinfo=UTC)
 
 
+#: one event loop for every checkpoint, as in a worker (a checkpoint hands futures on to the next one)
+LOOP = asyncio.new_event_loop()
+
+
+def run(coro: Any) -> Any:
+    return LOOP.run_until_complete(coro)
+
+
 class Crash(Exception):
     """Stands for kill -9 at that point: nothing after it happens."""
 
@@ -155,13 +163,15 @@ def alert_records(broker: Broker) -> list[tuple[str, bytes]]:
 def test_states_with_their_decisions_pending_then_the_decisions_then_the_cleared_states():
     broker = Broker()
     checkpoint, table = worker(broker)
-    asyncio.run(checkpoint(first_batch()))
+    run(checkpoint(first_batch()))
 
     steps = [step for step, _ in broker.log]
     first_send = steps.index("send")
     assert steps[:first_send] == ["changelog"] * 20 + ["markers"]
     assert steps[first_send : first_send + 2] == ["send", "send"]
-    assert steps[first_send + 2 :] == ["changelog", "changelog", "markers", "persisted", "redis"]
+    # the cleared states are sent, and their acknowledgements collected by the next checkpoint
+    assert steps[first_send + 2 :] == ["changelog", "changelog", "persisted", "redis"]
+    assert len(checkpoint._clearing) == 2
     assert [topic for step, topic in broker.log if step == "send"] == [
         SETTINGS.topic_retention_alerts,  # A
         SETTINGS.topic_vip_changes,  # B
@@ -179,12 +189,16 @@ def test_states_with_their_decisions_pending_then_the_decisions_then_the_cleared
     a, b = decode_state(table.data[b"A"]), decode_state(table.data[b"B"])
     assert a.pending_alerts == [] and b.pending_vip_changes == []
     assert a.churn.alerts == 1 and b.vip and b.vip_changes == 1
+    # the next checkpoint (a sweep tick) waits for them and closes their partition with an end marker
+    del broker.log[:]
+    run(checkpoint([tick(0)]))
+    assert checkpoint._clearing == [] and ("markers", [0]) in broker.log
 
 
 def test_a_batch_without_decisions_writes_the_changelog_once():
     broker = Broker()
     checkpoint, _ = worker(broker)
-    asyncio.run(checkpoint([order(0, "A", 0, 50), order(1, "B", 0, 60)]))
+    run(checkpoint([order(0, "A", 0, 50), order(1, "B", 0, 60)]))
     assert [step for step, _ in broker.log] == ["changelog", "changelog", "markers", "persisted", "redis"]
 
 
@@ -196,7 +210,7 @@ def test_a_replay_after_a_crash_publishes_each_id_with_one_content(crash_at: str
     broker = Broker(crash_at)
     checkpoint, _ = worker(broker)
     with pytest.raises(Crash):
-        asyncio.run(checkpoint(first_batch()))
+        run(checkpoint(first_batch()))
     published_before = vip_records(broker) + alert_records(broker)
     assert len(published_before) == (0 if crash_at == "publish" else 2)
     pending = decode_state(broker.recovered()[b"A"]).pending_alerts
@@ -204,7 +218,7 @@ def test_a_replay_after_a_crash_publishes_each_id_with_one_content(crash_at: str
 
     broker.crash_at = None
     restarted, table = worker(broker, broker.recovered())
-    asyncio.run(restarted(first_batch() + later_batch()))
+    run(restarted(first_batch() + later_batch()))
 
     vips, alerts = vip_records(broker), alert_records(broker)
     for published in (vips, alerts):
@@ -236,15 +250,15 @@ def test_recovered_outbox_waits_for_a_record_of_its_partition():
     broker = Broker("publish")
     checkpoint, _ = worker(broker)
     with pytest.raises(Crash):
-        asyncio.run(checkpoint(first_batch()))
+        run(checkpoint(first_batch()))
     broker.crash_at = None
     restarted, _ = worker(broker, broker.recovered())
     other = order(0, "X", 200, 10)
     other.message.partition = 1
     restarted.owned_partitions = lambda: {0, 1}
-    asyncio.run(restarted([other]))
+    run(restarted([other]))
     assert vip_records(broker) == [] and set(restarted.recovered) == {b"A", b"B"}
-    asyncio.run(restarted([order(40, "Y", 200, 10)]))  # a record of partition 0 (a sweep tick would do)
+    run(restarted([order(40, "Y", 200, 10)]))  # a record of partition 0 (a sweep tick would do)
     assert [i for i, _ in vip_records(broker)] == ["B:vip:1"]
     assert [i for i, _ in alert_records(broker)] == ["A:churn:1"]
     assert restarted.recovered == {}
@@ -296,7 +310,7 @@ def test_crashes_at_random_points_and_replays_in_other_batches_publish_each_id_w
         crash = rng.choice(["publish", "clear", "after"]) if rng.random() < 0.3 else None
         broker.crash_at, broker.changelog_writes = crash, 0
         try:
-            asyncio.run(checkpoint(batch))
+            run(checkpoint(batch))
         except Crash:
             crashes += 1
             checkpoint, position = restart(), committed
@@ -309,7 +323,7 @@ def test_crashes_at_random_points_and_replays_in_other_batches_publish_each_id_w
             committed = position
     assert position >= len(records) and crashes >= 10
     broker.crash_at = None
-    asyncio.run(checkpoint([tick(0), tick(1)]))  # the sweep ticks bring the last recovered outbox out
+    run(checkpoint([tick(0), tick(1)]))  # the sweep ticks bring the last recovered outbox out
 
     states = {key.decode(): decode_state(value) for key, value in broker.recovered().items()}
     for published, count_of in (
