@@ -11,15 +11,18 @@ Order (each step waits for the broker's acknowledgements before the next):
    same events again);
 2. the pending records are published to the VIP and retention topics;
 3. the states that had pending records are written again with the entries
-   removed, without waiting for the acknowledgements (the next checkpoint
-   collects them; its end markers close them too): a clearing lost in a crash
-   only makes the recovered state publish the same bytes again;
+   removed and acknowledged, without end markers (the next checkpoint's close
+   them; a clearing that recovery misses only makes the recovered state
+   publish the same bytes again);
 4. the profiles go to the Redis writer (write-behind); the agent returns and
    ``take_events`` acks the batch, so Faust's commit can cover it.
 
-A batch without VIP changes or alerts makes the same two round trips as before
-(changelog, end markers); one with some makes three (then the records), in
-place of the records sent first.
+Every write is acknowledged before the batch is: a changelog record that lands
+after the partition moved to another worker would overwrite that worker's
+newer state (tried: leaving step 3 to be acknowledged by the next checkpoint
+lost events under kill -9 with 3 workers). A batch without VIP changes or
+alerts makes the same two round trips as before (changelog, end markers); one
+with some makes four (then the records, then the clearing) instead of three.
 
 Why: an alert or VIP change id (``{customer}:churn:{n}``, ``{customer}:vip:{n}``)
 counts decisions in the state. Before, the records were published first and the
@@ -162,8 +165,6 @@ class Checkpoint:
         #: customers recovered with outbox entries (a crash before step 3), and their partition: re-published by
         #: the first checkpoint with a record of that partition (a state is written with one of its events)
         self.recovered: dict[bytes, int] = {}
-        #: the previous checkpoint's clearing writes (step 3), awaited by the next one
-        self._clearing: list[asyncio.Future] = []
         self._flushing: asyncio.Task | None = None
 
     def load(self, key: bytes) -> CustomerState:
@@ -217,21 +218,18 @@ class Checkpoint:
         # 1. states with their decisions pending, and the records that decide nothing
         produced = [await self.send(self.settings.topic_dead_letters, r.key, r.record) for r in outcome.rejected]
         produced += [await self.send(topic, key, value) for topic, key, value in outcome.rerouted]
-        cleared, self._clearing = self._clearing, []
-        written = await self._write(outcome.states, outcome.partitions, event_by_partition, cleared)
+        written = await self._write(outcome.states, outcome.partitions, event_by_partition)
         await asyncio.gather(*produced)
         if outbox:
             # 2. publish exactly the recorded bytes
             await self._publish(outbox, outcome)
             if outcome.alerts:
                 metrics.CONSUME_TO_ALERT_SECONDS.observe(time.perf_counter() - started)
-            # 3. the outbox is done: remove the entries (acknowledged in the next checkpoint)
+            # 3. the outbox is done: remove the entries
             for state in outbox.values():
                 state.pending_vip_changes = []
                 state.pending_alerts = []
-            self._clearing = await self.table.write_states(
-                (key, encode_state(state), event_by_partition[partitions[key]]) for key, state in outbox.items()
-            )
+            written += await self._write(outbox, partitions, event_by_partition, markers=False)
             for key in outbox:
                 self.recovered.pop(key, None)
         self.table.persisted(written)
@@ -266,15 +264,14 @@ class Checkpoint:
         states: Mapping[bytes, CustomerState],
         partitions: Mapping[bytes, int],
         event_by_partition: Mapping[int, EventT],
-        earlier: Sequence[asyncio.Future] = (),
+        markers: bool = True,
     ) -> list[Any]:
-        """Write ``states`` to the changelog and wait for the acks (and for ``earlier`` writes: the previous
-        clearing), then close each touched partition."""
+        """Write ``states`` to the changelog and wait for the acks, then close each touched partition."""
         futures = await self.table.write_states(
             (key, encode_state(state), event_by_partition[partitions[key]]) for key, state in states.items()
         )
-        written = list(await asyncio.gather(*earlier, *futures))
-        if written and self.settings.changelog_end_markers:
+        written = list(await asyncio.gather(*futures))
+        if written and markers and self.settings.changelog_end_markers:
             markers = await self.table.send_end_markers({res.partition for res in written})
             written += await asyncio.gather(*markers)
         return written
