@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 from faust.types import EventT, StreamT
 
-from streams import metrics
+from streams import metrics, offsets
 from streams.codec import decode_state, encode_state
 from streams.processor import BatchProcessor, Incoming
 from streams.security import redis_client_kwargs
@@ -178,8 +178,15 @@ def register(pulse: PulseApp) -> BatchProcessor:
         dropped = await sink.settle(settings.shutdown_grace_seconds)
         log.info("partitions revoked: profile writes settled, %d pending dropped (the sweep rewrites them)", dropped)
 
+    # the next offset to apply per input partition: gaps stop the batch, Faust commits no further
+    guard = offsets.attach(pulse) if settings.offset_gap_check else None
+
     async def checkpoint(events: Sequence[EventT]) -> None:
         started = time.perf_counter()
+        scan = None
+        if guard:
+            events = guard.owned(events, pulse.app.consumer.assignment())
+            scan = await guard.check([(e.message.tp, e.message.offset) for e in events])
         ensure_population()
         batch = [
             Incoming(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value)
@@ -211,6 +218,8 @@ def register(pulse: PulseApp) -> BatchProcessor:
         if written and settings.changelog_end_markers:
             written += await asyncio.gather(*await table.send_end_markers({res.partition for res in written}))
         table.persisted(written)
+        if scan is not None:
+            guard.ledger.applied(scan)  # now take_events may ack them and Faust commit them
         sink.submit(outcome.profiles)
         write_behind()
 
