@@ -38,11 +38,11 @@ def test_retained_partitions_through_rebalances_lose_nothing(namespace, start_wo
     for w in list(fleet.slots.values()):
         assert wait_until(lambda w=w: "Worker ready" in w.log.read_text(), timeout=120), w.log_tail()
     sender = threading.Thread(
-        target=send_steadily, args=(namespace.bootstrap, s.input_topics(), records, CYCLES * 10.0), daemon=True
+        target=send_steadily, args=(namespace.bootstrap, s.input_topics(), records, CYCLES * 14.0), daemon=True
     )
     sender.start()
     cycles = 0
-    deadline = time.monotonic() + CYCLES * 10.0 + CONVERGE_SECONDS
+    deadline = time.monotonic() + CYCLES * 14.0 + CONVERGE_SECONDS
     while sender.is_alive() and cycles < CYCLES and time.monotonic() < deadline:
         fleet.start("extra")
         extra = fleet.slots["extra"]
@@ -55,7 +55,7 @@ def test_retained_partitions_through_rebalances_lose_nothing(namespace, start_wo
         for _ in range(int(DOWN_SECONDS * 2)):
             fleet.supervise()
             time.sleep(0.5)
-    sender.join(timeout=CONVERGE_SECONDS + CYCLES * 10.0)
+    sender.join(timeout=CONVERGE_SECONDS + CYCLES * 14.0)
     assert not sender.is_alive()
 
     client = redis.Redis.from_url(s.redis_url, decode_responses=True)
