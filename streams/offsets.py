@@ -313,26 +313,24 @@ def _filter_committable_capped(self: Consumer, tps: Iterable[TP]) -> dict[TP, in
 
 
 async def _perform_seek_noted(self: Consumer) -> None:
+    """Faust's seek to the committed offsets; partitions the ledger does not know start there.
+
+    The offsets are read from what the seek stored, before anything else runs:
+    the fetcher may be running already, so the consumer's position may be past
+    them by the time it could be asked.
+    """
     await _upstream["perform_seek"](self)
     guard = guard_of(self)
-    if guard is not None:
-        for tp in self.assignment():
-            if not guard.ledger.tracks(tp):
-                continue
-            position = await self.position(tp)
-            if position is None:
-                continue
-            expected = guard.ledger.expected.get(tp)
-            log.debug(
-                "seek %s[%d]: committed %s, position %s, next to apply %s",
-                tp.topic,
-                tp.partition,
-                self._read_offset.get(tp),
-                position,
-                expected,
-            )
-            if expected is None:
-                guard.ledger.seeked(tp, position)
+    if guard is None:
+        return
+    starts = {tp: dict.get(self._read_offset, tp) for tp in guard.ledger.unknown(self.assignment())}
+    none = [tp for tp, offset in starts.items() if offset is None]
+    if none:  # no committed offset: the consumer starts at the log start (auto_offset_reset earliest)
+        starts.update(await self.earliest_offsets(*none))
+    for tp, offset in starts.items():
+        if offset is not None and tp not in guard.ledger.expected:
+            guard.ledger.seeked(tp, offset)
+            log.debug("offset ledger: %s[%d] starts at %d", tp.topic, tp.partition, offset)
 
 
 async def _seek_noted(self: Consumer, partition: TP, offset: int) -> None:
