@@ -7,9 +7,7 @@ Each fix replaces one method with the upstream code re-ordered, and says why;
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
-from aiokafka import TopicPartition
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer, RecordMap
 from faust.types import TP
@@ -104,65 +102,6 @@ async def _on_recovery_completed_seek_first(self: Recovery, generation_id: int =
     self.log.info("Worker ready")
 
 
-_upstream_perform_seek = Consumer.perform_seek
-_upstream_seek = Consumer.seek
-_upstream_getmany = Consumer.getmany
-
-
-def _seek_epoch(consumer: Consumer) -> int:
-    return getattr(consumer, "_pulse_seek_epoch", 0)
-
-
-async def _perform_seek_counted(self: Consumer) -> None:
-    """``Consumer.perform_seek`` that marks every fetch issued before it as stale (see :func:`_getmany_until_seek`)."""
-    await _upstream_perform_seek(self)
-    self._pulse_seek_epoch = _seek_epoch(self) + 1  # type: ignore[attr-defined]
-
-
-async def _seek_counted(self: Consumer, partition: TP, offset: int) -> None:
-    await _upstream_seek(self, partition, offset)
-    self._pulse_seek_epoch = _seek_epoch(self) + 1  # type: ignore[attr-defined]
-
-
-async def _getmany_until_seek(self: Consumer, timeout: float):  # type: ignore[no-untyped-def]
-    """``Consumer.getmany`` (faust-streaming 0.15.3) that stops delivering a fetch once a seek happened.
-
-    Issue 15 (records lost by a worker that kept a partition through a
-    rebalance): the table recovery resumes the flow before it seeks the
-    stream partitions to their committed offsets, and a fetch queued on the
-    consumer thread before the rebalance (for the partitions of then) may
-    return meanwhile. Upstream delivers those records while the seek runs;
-    the recovery's second ``flow_control.resume()`` then clears the ones
-    still queued for the stream, and the rest arrive after that, ahead of the
-    cleared ones, which only come again from the seek position. A customer
-    with records on both sides had the earlier one dropped as a duplicate
-    (its state remembers the highest offset applied), and Faust, whose read
-    offset the late deliveries had moved past the cleared records, did not
-    even deliver them again. Here a fetch is only delivered while no seek
-    happened since it was issued; the seek position reads the rest again,
-    in order.
-    """
-    epoch = _seek_epoch(self)
-    records = _upstream_getmany(self, timeout)
-    try:
-        async for tp, message in records:
-            if _seek_epoch(self) != epoch:
-                return
-            yield tp, message
-    finally:
-        await records.aclose()
-
-
-async def _seek_in_thread(consumer: Any, starts: dict[TP, int]) -> None:
-    """aiokafka seeks on the consumer thread, between its fetches (Faust's ``_seek`` runs on the caller's
-    thread, where it races a fetch being consumed: the fetch moved the position on, past the seek)."""
-    assigned = consumer.assignment()
-    for tp, offset in starts.items():
-        ktp = TopicPartition(tp.topic, tp.partition)
-        if ktp in assigned:
-            consumer.seek(ktp, offset)
-
-
 async def _wait_next_records_snapshot(self: Consumer, timeout: float) -> tuple[RecordMap | None, set[TP] | None]:
     """``Consumer._wait_next_records`` (faust-streaming 0.15.3) fetching for a *copy* of the active set.
 
@@ -183,17 +122,10 @@ async def _wait_next_records_snapshot(self: Consumer, timeout: float) -> tuple[R
         else:
             active_partitions = set(self._get_active_partitions())
         records: RecordMap = {}
-        epoch = _seek_epoch(self)
         if active_partitions is None or active_partitions:
             records = await self._getmany(active_partitions=active_partitions, timeout=timeout)
         else:
             await self.sleep(1)
-        if records and _seek_epoch(self) != epoch:
-            # a seek ran while this fetch was queued or in flight: the records may come from before it or
-            # from its position; either way they are fetched again from where they start, in order
-            starts = {tp: batch[0].offset for tp, batch in records.items() if batch}
-            await self._thread.call_thread(_seek_in_thread, self._thread._ensure_consumer(), starts)  # type: ignore[attr-defined]
-            records = {}
         return records, active_partitions
     finally:
         self.not_waiting_next_records.set()
@@ -205,7 +137,4 @@ def apply() -> None:
         Recovery._resume_streams = _resume_streams_seek_first  # type: ignore[method-assign]
         Recovery.on_recovery_completed = _on_recovery_completed_seek_first  # type: ignore[method-assign]
         Consumer._wait_next_records = _wait_next_records_snapshot  # type: ignore[method-assign]
-        Consumer.perform_seek = _perform_seek_counted  # type: ignore[method-assign]
-        Consumer.seek = _seek_counted  # type: ignore[method-assign]
-        Consumer.getmany = _getmany_until_seek  # type: ignore[method-assign]
         _APPLIED = True
