@@ -87,6 +87,8 @@ class OffsetLedger:
     def __init__(self, topics: Iterable[str]) -> None:
         self.topics = frozenset(topics)
         self.expected: dict[TP, int] = {}
+        #: started by a seek, nothing applied since: a later seek (Faust seeks more than once per rebalance) moves it
+        self.provisional: set[TP] = set()
 
     def tracks(self, tp: TP) -> bool:
         return tp.topic in self.topics
@@ -99,6 +101,7 @@ class OffsetLedger:
         keep = set(assigned)
         for tp in [tp for tp in self.expected if tp not in keep]:
             del self.expected[tp]
+            self.provisional.discard(tp)
 
     def seeked(self, tp: TP, position: int, *, explicit: bool = False) -> None:
         """The consumer was positioned at ``position``.
@@ -107,8 +110,9 @@ class OffsetLedger:
         ledger does not know; an explicit seek (the worker chose the offset)
         moves a known one too.
         """
-        if self.tracks(tp) and (explicit or tp not in self.expected):
+        if self.tracks(tp) and (explicit or tp not in self.expected or tp in self.provisional):
             self.expected[tp] = position
+            self.provisional.add(tp)
 
     def unknown(self, tps: Iterable[TP]) -> set[TP]:
         return {tp for tp in tps if self.tracks(tp) and tp not in self.expected}
@@ -137,6 +141,7 @@ class OffsetLedger:
         for tp, offset in scan.next_expected.items():
             if tp in self.expected and offset > self.expected[tp]:
                 self.expected[tp] = offset
+                self.provisional.discard(tp)
 
     def may_ack(self, tp: TP, offset: int) -> bool:
         """Only what was applied: untracked topics as Faust does, unknown partitions not at all."""
@@ -323,14 +328,14 @@ async def _perform_seek_noted(self: Consumer) -> None:
     guard = guard_of(self)
     if guard is None:
         return
-    starts = {tp: dict.get(self._read_offset, tp) for tp in guard.ledger.unknown(self.assignment())}
-    none = [tp for tp, offset in starts.items() if offset is None]
-    if none:  # no committed offset: the consumer starts at the log start (auto_offset_reset earliest)
-        starts.update(await self.earliest_offsets(*none))
-    for tp, offset in starts.items():
-        if offset is not None and tp not in guard.ledger.expected:
-            guard.ledger.seeked(tp, offset)
-            log.debug("offset ledger: %s[%d] starts at %d", tp.topic, tp.partition, offset)
+    ledger = guard.ledger
+    for tp in self.assignment():
+        if ledger.tracks(tp) and (tp not in ledger.expected or tp in ledger.provisional):
+            offset = dict.get(self._read_offset, tp)
+            # no committed offset here: left unknown, the first batch asks the broker (OffsetGuard.check)
+            if offset is not None:
+                ledger.seeked(tp, offset)
+                log.debug("offset ledger: %s[%d] starts at %d", tp.topic, tp.partition, offset)
 
 
 async def _seek_noted(self: Consumer, partition: TP, offset: int) -> None:

@@ -19,6 +19,7 @@ def ledger(**expected: int) -> OffsetLedger:
     led = OffsetLedger(["orders", "surveys"])
     for name, offset in expected.items():
         led.seeked(TP("orders", int(name[1:])), offset)
+    led.provisional.clear()  # as if something had been applied since
     return led
 
 
@@ -142,3 +143,14 @@ def test_events_of_partitions_owned_by_another_worker_now_are_dropped():
     kept = [fake_event(O5, o) for o in range(8, 12)] + [fake_event(TICK, 3)]
     assert guard.owned([*gone, *kept], {O5, TICK}) == kept
     assert guard.owned(kept, {O5, TICK}) == kept
+
+
+def test_a_later_seek_moves_a_partition_nothing_was_applied_to_yet():
+    """Faust seeks more than once per rebalance; the last seek before the first batch counts."""
+    led = ledger()
+    led.seeked(O5, 0)
+    led.seeked(O5, 448)
+    assert led.expected[O5] == 448
+    led.applied(led.scan([(O5, 448), (O5, 449)]))
+    led.seeked(O5, 300)  # a kept partition: a seek to its committed offset does not move it back
+    assert led.expected[O5] == 450
