@@ -96,6 +96,15 @@ class Settings(BaseSettings):
         4 * 1024 * 1024, ge=65536, description="Bulk recovery: bytes fetched per changelog partition and request."
     )
     shutdown_grace_seconds: float = Field(10.0, gt=0, description="Time a running checkpoint gets to finish on stop.")
+    offset_gap_check: bool = Field(
+        True,
+        description="Per input partition, check each batch against the next offset the worker expects: a gap whose "
+        "offsets hold records stops the worker before commit (it re-reads them), and Faust never commits past "
+        "what was applied (streams/offsets.py).",
+    )
+    offset_gap_read_back_seconds: float = Field(
+        10.0, gt=0, description="Longest the gap check reads skipped offsets back; unread in time counts as a gap."
+    )
     event_loop: Literal["uvloop", "asyncio"] = Field(
         "uvloop", description="The worker's event loop: uvloop (faster) or the standard asyncio loop."
     )

@@ -15,6 +15,21 @@ from faust.types import TP
 _APPLIED = False
 
 
+def _resume_flow_control(app: object) -> None:
+    """``flow_control.resume()`` only if the flow is suspended.
+
+    Resuming clears every stream queue (``FlowControlEvent.resume``): right for
+    the records queued before a rebalance, wrong for those the fetcher
+    delivered since the flow was last resumed. The table recovery resumes the
+    flow before it completes (and seeks), then completion resumed it again,
+    clearing records of kept partitions fetched in between, while later ones
+    went on: the stream saw offsets 51..53, then 60 (issue 15).
+    """
+    flow_control = app.flow_control  # type: ignore[attr-defined]
+    if not flow_control.is_active():
+        flow_control.resume()
+
+
 async def _resume_streams_seek_first(self: Recovery, generation_id: int = 0) -> None:
     """``Recovery._resume_streams`` (faust-streaming 0.15.3) with the seek moved before the resume.
 
@@ -43,7 +58,7 @@ async def _resume_streams_seek_first(self: Recovery, generation_id: int = 0) -> 
         self.log.info("Resuming streams with empty assignment")
     self.completed.set()
     self.log.info("Resuming flow...")
-    app.flow_control.resume()
+    _resume_flow_control(app)
     consumer.resume_flow()
     await app._fetcher.maybe_start()
     self.tables.on_actives_ready()
@@ -77,7 +92,7 @@ async def _on_recovery_completed_seek_first(self: Recovery, generation_id: int =
     consumer.resume_partitions({tp for tp in assignment if not self._is_changelog_tp(tp)})
     self.completed.set()
     self.log.dev("Resume stream partitions")
-    self.app.flow_control.resume()
+    _resume_flow_control(self.app)
     consumer.resume_flow()
     await self.app._fetcher.maybe_start()
     self.tables.on_actives_ready()

@@ -12,6 +12,25 @@ EVENTS = Counter(
 DEAD_LETTERS = Counter(
     "pulse_dead_letters_total", "Events sent to the dead-letter topic, by kind and reason.", ["kind", "reason"]
 )
+INPUT_OFFSET_GAPS = Counter(
+    "pulse_input_offset_gaps_total",
+    "Batches stopped before commit because they skipped input offsets that hold records, by topic.",
+    ["topic"],
+)
+INPUT_OFFSETS_SKIPPED = Counter(
+    "pulse_input_offsets_skipped_total",
+    "Input offsets a batch skipped that hold no records (compaction, transaction markers), by topic.",
+    ["topic"],
+)
+INPUT_ACKS_REFUSED = Counter(
+    "pulse_input_acks_refused_total",
+    "Acks Faust gave input records the worker had not applied (skipped during a rebalance), refused, by topic.",
+    ["topic"],
+)
+STALE_EVENTS_DROPPED = Counter(
+    "pulse_stale_events_dropped_total",
+    "Events of a batch whose partition went to another worker meanwhile, dropped unapplied (the owner reads them).",
+)
 CHECKPOINT_SECONDS = Histogram(
     "pulse_checkpoint_seconds",
     "Time to make one batch durable: changelog + produced messages acknowledged, then Redis.",

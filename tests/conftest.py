@@ -85,9 +85,14 @@ class Namespace:
 
 @pytest.fixture
 def namespace(devstack: DevStack, tmp_path: Path) -> Namespace:
+    return make_namespace(devstack.env(), tmp_path)
+
+
+def make_namespace(stack_env: dict[str, str], tmp_path: Path) -> Namespace:
+    """Private topics, group and key prefix on a shared broker and Redis (also used outside pytest)."""
     tag = uuid.uuid4().hex[:8]
     env = {
-        **devstack.env(),
+        **stack_env,
         "PULSE_ENV_FILE": "",
         "PULSE_APP_ID": f"pulse-test-{tag}",
         "PULSE_TOPIC_ORDERS": f"orders-{tag}",
@@ -133,15 +138,18 @@ class Worker:
         stop_process(self.proc, timeout)
 
 
-@pytest.fixture
-def start_worker(namespace: Namespace) -> Iterator[Callable[..., Worker]]:
-    workers: list[Worker] = []
+class WorkerPool:
+    """Worker subprocesses of one namespace, each logging to its own file; ``stop_all`` ends them."""
 
-    def start(**extra_env: str) -> Worker:
+    def __init__(self, namespace: Namespace) -> None:
+        self.namespace = namespace
+        self.workers: list[Worker] = []
+
+    def start(self, **extra_env: str) -> Worker:
         port = free_port()
-        log = namespace.log_dir / f"worker-{len(workers)}.log"
+        log = self.namespace.log_dir / f"worker-{len(self.workers)}.log"
         # the HTTP API is off unless a test asks for it: several workers on one host would share its port
-        env = {**os.environ, **namespace.env, "PULSE_METRICS_PORT": str(port), "PULSE_API_PORT": "0", **extra_env}
+        env = {**os.environ, **self.namespace.env, "PULSE_METRICS_PORT": str(port), "PULSE_API_PORT": "0", **extra_env}
         proc = subprocess.Popen(
             [sys.executable, "-m", "pulse", "worker", "--loglevel", "info"],
             cwd=REPO,
@@ -151,12 +159,19 @@ def start_worker(namespace: Namespace) -> Iterator[Callable[..., Worker]]:
             stdin=subprocess.DEVNULL,
         )
         worker = Worker(proc, log, port)
-        workers.append(worker)
+        self.workers.append(worker)
         return worker
 
-    yield start
-    for worker in workers:
-        worker.stop()
+    def stop_all(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+
+
+@pytest.fixture
+def start_worker(namespace: Namespace) -> Iterator[Callable[..., Worker]]:
+    pool = WorkerPool(namespace)
+    yield pool.start
+    pool.stop_all()
 
 
 def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes | None]]) -> None:

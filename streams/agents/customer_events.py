@@ -21,11 +21,12 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from faust.types import TP, StreamT
+from faust.types import TP, EventT, StreamT
 
+from streams import offsets
 from streams.checkpoint import Checkpoint
 from streams.partitioning import partitioner
 from streams.processor import BatchProcessor
@@ -114,6 +115,17 @@ def register(pulse: PulseApp) -> BatchProcessor:
         return {tp.partition for tp in pulse.app.consumer.assignment() if tp.topic == orders_topic}
 
     checkpoint = Checkpoint(settings, processor, table, sink, send, owned_partitions, input_positions=input_positions)
+    # the next offset to apply per input partition: gaps stop the batch, Faust commits no further (streams.offsets)
+    guard = offsets.attach(pulse) if settings.offset_gap_check else None
+
+    async def guarded_checkpoint(events: Sequence[EventT]) -> None:
+        scan = None
+        if guard:
+            events = guard.owned(events, pulse.app.consumer.assignment())
+            scan = await guard.check([(e.message.tp, e.message.offset) for e in events])
+        await checkpoint(events)
+        if scan is not None:
+            guard.ledger.applied(scan)  # the changelog holds them: now take_events may ack and Faust commit them
 
     @pulse.app.on_partitions_revoked.connect
     async def settle_profile_writes(app: object, revoked: object, **kwargs: object) -> None:
@@ -125,6 +137,6 @@ def register(pulse: PulseApp) -> BatchProcessor:
     @pulse.app.agent(pulse.customer_events, name="score_customer_events")
     async def score_customer_events(stream: StreamT) -> None:
         async for events in stream.take_events(settings.batch_max_events, settings.batch_within_seconds):
-            await run_guarded(checkpoint(events), settings.shutdown_grace_seconds)
+            await run_guarded(guarded_checkpoint(events), settings.shutdown_grace_seconds)
 
     return processor

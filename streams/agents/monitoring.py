@@ -27,6 +27,8 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from aiokafka.errors import IllegalStateError
+
 from streams import metrics
 
 if TYPE_CHECKING:
@@ -47,12 +49,14 @@ def register(pulse: PulseApp) -> None:
     reported: set[tuple[str, str]] = set()
 
     async def lag_of(tp: TP) -> int | None:
-        highwater = app.consumer.highwater(tp)
-        if highwater is None:
-            return None
         try:
+            # a rebalance may take the partition away between the assignment read and here: aiokafka then
+            # asserts (seen in the chaos run: the timer's AssertionError crashed the worker)
+            highwater = app.consumer.highwater(tp)
+            if highwater is None:
+                return None
             position = await asyncio.wait_for(app.consumer.position(tp), timeout=position_timeout)
-        except TimeoutError:
+        except (TimeoutError, AssertionError, IllegalStateError):
             return None
         if position is None:
             return None

@@ -1,0 +1,446 @@
+"""Per input partition, the next offset the worker expects: gaps stop the batch, commits never pass it.
+
+Faust decides what to commit from the offsets its streams *acknowledge*, and
+acknowledges more than the agent applied: a message its stream skips (flow
+control suspended during a rebalance, or from an older generation) is acked
+as if it had been processed, and after a revoke Faust forgets the committed
+offset, so its next commit starts from whatever was acked (issue 15: a
+worker that kept ``orders``/5 through a revoke/re-assign committed 3485
+although 3484 had only been skipped; it was never read again).
+
+:class:`OffsetLedger` is this worker's own account, independent of Faust's:
+
+* ``expected[tp]`` is the next offset to apply: set at the seek the worker
+  makes when it gets a partition (its committed offset), moved by each
+  checkpoint past what it applied, and kept through a rebalance for the
+  partitions the worker keeps (so a committed offset past what was applied
+  shows up as a gap instead of being trusted).
+* a batch whose offsets jump past ``expected`` has a gap; the guard reads the
+  skipped offsets back from the broker: if they hold records, the gap is
+  unexplained and the checkpoint fails before anything is written or acked
+  (the worker exits uncommitted and re-reads); if they hold none (compaction,
+  transaction markers, aborted transactions), the broker explains it.
+* Faust may only ack, and so commit, offsets below ``expected``
+  (:func:`install`): the committed offset never passes an unapplied record,
+  so a fail-stop really re-reads it.
+
+The ledger is pure bookkeeping (unit-tested with fakes); :class:`OffsetGuard`
+adds the broker read-back and the Faust hooks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from faust.transport.consumer import Consumer
+from faust.types import TP, EventT
+
+from streams import metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Offsets ``first..last`` (inclusive) of ``tp`` that a batch skipped."""
+
+    tp: TP
+    first: int
+    last: int
+
+    def __str__(self) -> str:
+        return f"{self.tp.topic}[{self.tp.partition}] offsets {self.first}..{self.last}"
+
+
+@dataclass
+class Scan:
+    """What a batch would do to the ledger: the next expected offset per partition, and the gaps."""
+
+    next_expected: dict[TP, int] = field(default_factory=dict)
+    gaps: list[Gap] = field(default_factory=list)
+
+
+def ranges(offsets: Iterable[int]) -> str:
+    """Offsets in delivery order as runs, e.g. ``68-75,61-67`` (for log lines)."""
+    runs: list[list[int]] = []
+    for o in offsets:
+        if runs and o == runs[-1][1] + 1:
+            runs[-1][1] = o
+        else:
+            runs.append([o, o])
+    return ",".join(f"{a}-{b}" if a != b else str(a) for a, b in runs)
+
+
+class OffsetGapError(RuntimeError):
+    """A batch skipped offsets that hold records: it must not be applied or committed."""
+
+
+class OffsetLedger:
+    """The next offset to apply per tracked input partition (pure: no I/O, no Faust)."""
+
+    def __init__(self, topics: Iterable[str]) -> None:
+        self.topics = frozenset(topics)
+        self.expected: dict[TP, int] = {}
+        #: started by a seek, nothing applied since: a later seek (Faust seeks more than once per rebalance) moves it
+        self.provisional: set[TP] = set()
+
+    def tracks(self, tp: TP) -> bool:
+        return tp.topic in self.topics
+
+    def retain(self, assigned: Iterable[TP]) -> None:
+        """A new assignment: forget every partition not in it (another worker may have had it meanwhile).
+
+        Partitions kept from the previous generation keep their expected offset.
+        """
+        keep = set(assigned)
+        for tp in [tp for tp in self.expected if tp not in keep]:
+            del self.expected[tp]
+            self.provisional.discard(tp)
+
+    def seeked(self, tp: TP, position: int, *, explicit: bool = False) -> None:
+        """The consumer was positioned at ``position``.
+
+        A seek to the committed offset at assignment only starts partitions the
+        ledger does not know; an explicit seek (the worker chose the offset)
+        moves a known one too.
+        """
+        if self.tracks(tp) and (explicit or tp not in self.expected or tp in self.provisional):
+            self.expected[tp] = position
+            self.provisional.add(tp)
+
+    def unknown(self, tps: Iterable[TP]) -> set[TP]:
+        return {tp for tp in tps if self.tracks(tp) and tp not in self.expected}
+
+    def scan(self, offsets: Iterable[tuple[TP, int]]) -> Scan:
+        """Walk a batch's (tp, offset) in delivery order; every tracked tp must be known.
+
+        Below ``expected``: a record read again (its state drops it). Equal: the
+        next one. Above: a gap from ``expected`` to just before it; the walk
+        goes on after it, so one batch may report several gaps.
+        """
+        out = Scan()
+        nxt = out.next_expected
+        for tp, offset in offsets:
+            if not self.tracks(tp):
+                continue
+            expected = nxt.get(tp, self.expected[tp])
+            if offset > expected:
+                out.gaps.append(Gap(tp, expected, offset - 1))
+            if offset >= expected:
+                nxt[tp] = offset + 1
+        return out
+
+    def applied(self, scan: Scan) -> None:
+        """The batch is durable (changelog acknowledged): its offsets may be acked and committed."""
+        for tp, offset in scan.next_expected.items():
+            if tp in self.expected and offset > self.expected[tp]:
+                self.expected[tp] = offset
+                self.provisional.discard(tp)
+
+    def may_ack(self, tp: TP, offset: int) -> bool:
+        """Only what was applied: untracked topics as Faust does, unknown partitions not at all."""
+        if not self.tracks(tp):
+            return True
+        expected = self.expected.get(tp)
+        return expected is not None and offset < expected
+
+    def cap(self, tp: TP, offset: int) -> int | None:
+        """The offset Faust may commit for ``tp`` (at most the next one to apply); None: nothing."""
+        if not self.tracks(tp):
+            return offset
+        expected = self.expected.get(tp)
+        return None if expected is None else min(offset, expected)
+
+
+#: (tp, first, last) -> the offsets of data records found in first..last (empty: the broker explains the gap)
+ReadBack = Callable[[TP, int, int], Awaitable[list[int]]]
+
+
+class OffsetGuard:
+    """The ledger of one worker, with the broker behind it: start offsets, gap read-back, metrics and log."""
+
+    def __init__(
+        self,
+        topics: Iterable[str],
+        read_back: ReadBack,
+        start_offsets: Callable[[set[TP]], Awaitable[Mapping[TP, int]]],
+    ) -> None:
+        self.ledger = OffsetLedger(topics)
+        self._read_back = read_back
+        self._start_offsets = start_offsets
+
+    def owned(self, events: Sequence[EventT], assigned: set[TP]) -> list[EventT]:
+        """The events of partitions this worker owns now; the others are dropped, not applied.
+
+        ``take_events`` hands its buffer over as it is: a batch gathered before a
+        rebalance may hold records of partitions another worker owns since.
+        Applying them would write states the new owner writes too. Not applied,
+        they are not acked either (see :func:`install`).
+        """
+        kept = [e for e in events if e.message.tp in assigned]
+        if len(kept) < len(events):
+            gone = Counter(f"{e.message.topic}[{e.message.partition}]" for e in events if e.message.tp not in assigned)
+            metrics.STALE_EVENTS_DROPPED.inc(len(events) - len(kept))
+            log.info("dropped %d events of partitions no longer owned: %s", len(events) - len(kept), dict(gone))
+        return kept
+
+    async def check(self, offsets: list[tuple[TP, int]]) -> Scan:
+        """Scan a batch before it is applied; raise :class:`OffsetGapError` on a gap that holds records."""
+        unknown = self.ledger.unknown(tp for tp, _ in offsets)
+        if unknown:
+            # no seek seen for it (should not happen: the recovery seeks before it resumes a partition)
+            for tp, offset in (await self._start_offsets(unknown)).items():
+                log.warning("offset ledger: %s[%d] starts at its committed offset %d", tp.topic, tp.partition, offset)
+                self.ledger.seeked(tp, offset)
+        scan = self.ledger.scan(offsets)
+        if scan.gaps:
+            gapped = {gap.tp for gap in scan.gaps}
+            for tp in sorted(gapped):
+                log.warning(
+                    "batch offsets of %s[%d] (expected %d): %s",
+                    tp.topic,
+                    tp.partition,
+                    self.ledger.expected[tp],
+                    ranges(o for t, o in offsets if t == tp),
+                )
+        unexplained = []
+        for gap in scan.gaps:
+            found = await self._read_back(gap.tp, gap.first, gap.last)
+            if found:
+                unexplained.append((gap, found))
+                metrics.INPUT_OFFSET_GAPS.labels(gap.tp.topic).inc()
+                log.critical(
+                    "input offset gap: %s skipped by the batch hold %d records (first %d); "
+                    "expected %d, the batch went on at %d: stopping before commit",
+                    gap,
+                    len(found),
+                    found[0],
+                    gap.first,
+                    gap.last + 1,
+                )
+            else:
+                metrics.INPUT_OFFSETS_SKIPPED.labels(gap.tp.topic).inc(gap.last - gap.first + 1)
+                log.info("input offsets %s hold no records (compaction or transaction markers)", gap)
+        if unexplained:
+            raise OffsetGapError("unexplained input offset gaps: " + "; ".join(str(g) for g, _ in unexplained))
+        return scan
+
+
+# --- Faust hooks ---------------------------------------------------------------------------------
+
+#: Faust's methods as they were when :func:`install` replaced them (streams.faust_fixes may have come first)
+_upstream: dict[str, Any] = {}
+_HOOKED = ("__init__", "ack", "_filter_committable_offsets", "perform_seek", "seek", "on_partitions_assigned")
+_INSTALLED = False
+
+
+def guard_of(consumer: Consumer) -> OffsetGuard | None:
+    return getattr(consumer.app, "pulse_offset_guard", None)
+
+
+class ReadOffsets(dict):
+    """``Consumer._read_offset`` that never reports a read offset for the tracked input topics.
+
+    Faust's fetch loop drops a fetched record whose offset is below the
+    partition's read offset ("already read") and records a jump past it as a
+    *gap* that counts as acknowledged. Both assume every record it delivered
+    reaches the agent. They do not around a rebalance: the table recovery
+    resumes the flow before it seeks the kept partitions to their committed
+    offsets, so records are delivered meanwhile; the recovery's second
+    ``flow_control.resume()`` clears them from the stream's queue, and the
+    fetch loop, still delivering while the seek reset the read offset, moves
+    it past them again, so their copies fetched after the seek are dropped as
+    already read (issue 15: ``orders``/5 offset 3484). Without a read offset
+    every record fetched is delivered; one delivered twice is below the
+    ledger's next offset and its customer's state drops it.
+    """
+
+    def __init__(self, topics: frozenset[str], items: Mapping[TP, int | None]) -> None:
+        super().__init__(items)
+        self.topics = topics
+
+    def __getitem__(self, tp: TP) -> int | None:
+        if tp.topic in self.topics:
+            return None
+        return self.get(tp)
+
+
+def _init_with_read_offsets(self: Consumer, *args: Any, **kwargs: Any) -> None:
+    _upstream["__init__"](self, *args, **kwargs)
+    guard = guard_of(self)
+    if guard is not None:
+        self._read_offset = ReadOffsets(guard.ledger.topics, self._read_offset)
+
+
+def _ack_applied_only(self: Consumer, message: Any) -> bool:
+    """``Consumer.ack`` that refuses offsets the checkpoint did not apply.
+
+    A refused message is marked acked and leaves the unacked set (so a
+    rebalance's ``wait_empty`` does not wait for it) but never reaches the
+    offsets Faust commits from: it is read again after the next seek.
+    """
+    guard = guard_of(self)
+    if guard is not None and not message.acked and not guard.ledger.may_ack(message.tp, message.offset):
+        message.acked = True
+        self._unacked_messages.discard(message)
+        metrics.INPUT_ACKS_REFUSED.labels(message.tp.topic).inc()
+        log.info(
+            "ack refused for %s[%d] offset %d: not applied (next to apply: %s)",
+            message.tp.topic,
+            message.tp.partition,
+            message.offset,
+            guard.ledger.expected.get(message.tp),
+        )
+        return False
+    return _upstream["ack"](self, message)
+
+
+def _filter_committable_capped(self: Consumer, tps: Iterable[TP]) -> dict[TP, int]:
+    offsets = _upstream["_filter_committable_offsets"](self, tps)
+    guard = guard_of(self)
+    if guard is None:
+        return offsets
+    out = {}
+    for tp, offset in offsets.items():
+        capped = guard.ledger.cap(tp, offset)
+        committed = self._committed_offset[tp]
+        if capped is not None and (committed is None or capped > committed):
+            out[tp] = capped
+        if guard.ledger.tracks(tp):
+            log.debug("commit %s[%d]: faust %s capped %s (was %s)", tp.topic, tp.partition, offset, capped, committed)
+    return out
+
+
+async def _perform_seek_noted(self: Consumer) -> None:
+    """Faust's seek to the committed offsets; partitions the ledger does not know start there.
+
+    The offsets are read from what the seek stored, before anything else runs:
+    the fetcher may be running already, so the consumer's position may be past
+    them by the time it could be asked.
+    """
+    await _upstream["perform_seek"](self)
+    guard = guard_of(self)
+    if guard is None:
+        return
+    ledger = guard.ledger
+    for tp in self.assignment():
+        if ledger.tracks(tp) and (tp not in ledger.expected or tp in ledger.provisional):
+            offset = dict.get(self._read_offset, tp)
+            # no committed offset here: left unknown, the first batch asks the broker (OffsetGuard.check)
+            if offset is not None:
+                ledger.seeked(tp, offset)
+                log.debug("offset ledger: %s[%d] starts at %d", tp.topic, tp.partition, offset)
+
+
+async def _seek_noted(self: Consumer, partition: TP, offset: int) -> None:
+    await _upstream["seek"](self, partition, offset)
+    guard = guard_of(self)
+    if guard is not None:
+        guard.ledger.seeked(TP(partition.topic, partition.partition), offset, explicit=True)
+
+
+async def _on_partitions_assigned_retaining(self: Consumer, assigned: set[TP], generation_id: int = 0) -> None:
+    guard = guard_of(self)
+    if guard is not None:
+        guard.ledger.retain(assigned)
+    await _upstream["on_partitions_assigned"](self, assigned, generation_id)
+
+
+def install() -> None:
+    """Patch Faust's consumer; it only changes apps that carry a ``pulse_offset_guard``."""
+    global _INSTALLED
+    if not _INSTALLED:
+        for name in _HOOKED:
+            _upstream[name] = getattr(Consumer, name)
+        Consumer.__init__ = _init_with_read_offsets  # type: ignore[method-assign]
+        Consumer.ack = _ack_applied_only  # type: ignore[method-assign]
+        Consumer._filter_committable_offsets = _filter_committable_capped  # type: ignore[method-assign]
+        Consumer.perform_seek = _perform_seek_noted  # type: ignore[method-assign]
+        Consumer.seek = _seek_noted  # type: ignore[method-assign]
+        Consumer.on_partitions_assigned = _on_partitions_assigned_retaining  # type: ignore[method-assign]
+        _INSTALLED = True
+
+
+# --- the broker side -----------------------------------------------------------------------------
+
+
+def broker_guard(
+    app: Any, topics: Iterable[str], client_kwargs: Mapping[str, Any], read_back_seconds: float
+) -> OffsetGuard:
+    """An :class:`OffsetGuard` whose read-back and start offsets use a plain aiokafka consumer of the group."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    client: AIOKafkaConsumer | None = None
+    lock = asyncio.Lock()
+
+    async def ensure() -> AIOKafkaConsumer:
+        nonlocal client
+        if client is None:
+            consumer = AIOKafkaConsumer(
+                **client_kwargs,
+                client_id=f"{app.conf.broker_client_id}-offset-guard",
+                enable_auto_commit=False,
+                isolation_level="read_committed" if app.in_transaction else "read_uncommitted",
+            )
+            await consumer.start()
+            client = consumer
+        return client
+
+    async def read_back(tp: TP, first: int, last: int) -> list[int]:
+        async with lock:
+            consumer = await ensure()
+            ktp = TopicPartition(tp.topic, tp.partition)
+            consumer.assign([ktp])
+            consumer.seek(ktp, first)
+            found: list[int] = []
+            deadline = time.monotonic() + read_back_seconds
+            while time.monotonic() < deadline:
+                batch = await consumer.getmany(ktp, timeout_ms=200)
+                records = batch.get(ktp, [])
+                found += [r.offset for r in records if first <= r.offset <= last]
+                if found or (records and records[-1].offset >= last) or await consumer.position(ktp) > last:
+                    return found
+            # could not read past the gap in time: assume the worst (fail-stop re-reads it)
+            return found or [first]
+
+    async def start_offsets(tps: set[TP]) -> dict[TP, int]:
+        """The group's committed offset (asked through the worker's own consumer), else the log start."""
+        thread = app.consumer._thread
+        group_consumer = thread._ensure_consumer()
+        out: dict[TP, int] = {}
+        for tp in sorted(tps):
+            ktp = TopicPartition(tp.topic, tp.partition)
+            committed = await thread.call_thread(group_consumer.committed, ktp)
+            if committed is None:
+                async with lock:
+                    consumer = await ensure()
+                    committed = (await consumer.beginning_offsets([ktp]))[ktp]
+            out[tp] = committed
+        return out
+
+    return OffsetGuard(topics, read_back, start_offsets)
+
+
+def attach(pulse: Any) -> OffsetGuard:
+    """Install the hooks and give the app a guard over its four input topics."""
+    from streams.security import kafka_client_kwargs
+
+    install()
+    settings = pulse.settings
+    guard = broker_guard(
+        pulse.app,
+        settings.input_topics().values(),
+        kafka_client_kwargs(settings),
+        settings.offset_gap_read_back_seconds,
+    )
+    pulse.app.pulse_offset_guard = guard
+    consumer = getattr(pulse.app, "_consumer", None)  # built already: the __init__ hook came too late
+    if consumer is not None and not isinstance(consumer._read_offset, ReadOffsets):
+        consumer._read_offset = ReadOffsets(guard.ledger.topics, consumer._read_offset)
+    return guard

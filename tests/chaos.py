@@ -1,0 +1,373 @@
+"""Helpers of the chaos scenarios (tests/faults and benchmarks/chaos.py): steady traffic, a worker that
+joins and leaves, and counting what each customer's profile says was applied against what was sent."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis
+
+from pulse.devstack import start_redis
+from pulse.simulate import BAD_PAYLOADS, generate_events
+from streams.codec import decode_state
+from streams.tables import END_MARKER_KEY
+from tests.conftest import consume, produce, profile_diffs, wait_until
+from tests.faults.test_crashes_and_outages import hostile_order
+from tests.reference import batch_order_profiles, uninterrupted_profiles
+
+#: (kind, key, value) as produced
+Record = tuple[str, bytes | None, bytes]
+
+
+def event_records(events: list[tuple[str, dict]]) -> list[Record]:
+    """The events in order, keyed by customer id."""
+    return [(kind, e["customer_id"].encode(), orjson.dumps(e)) for kind, e in events]
+
+
+def send_steadily(
+    bootstrap: str, topics: dict[str, str], records: list[Record], seconds: float, chunks: int = 0
+) -> None:
+    """Produce ``records`` in about one chunk per second over ``seconds`` (each chunk split by kind)."""
+    chunks = chunks or max(1, int(seconds))
+    size = -(-len(records) // chunks)
+    started = time.monotonic()
+    for i, start in enumerate(range(0, len(records), size)):
+        part = records[start : start + size]
+        for kind, topic in topics.items():
+            batch = [(key, value) for k, key, value in part if k == kind]
+            if batch:
+                produce(bootstrap, topic, batch)
+        time.sleep(max(0.0, started + (i + 1) * seconds / chunks - time.monotonic()))
+
+
+def churn_worker(
+    start_worker: Callable[..., Any],
+    env: dict[str, str],
+    cycles: int,
+    stop: threading.Event,
+    done: list[float],
+    up_seconds: float = 4.0,
+    down_seconds: float = 4.0,
+) -> None:
+    """A worker joins, works ``up_seconds`` once ready, leaves by SIGTERM; ``cycles`` times or until ``stop``.
+
+    Each join and each leave is a rebalance in which the other workers keep some of their partitions.
+    """
+    for _ in range(cycles):
+        if stop.is_set():
+            return
+        worker = start_worker(**env)
+        started = time.monotonic()
+        wait_until(lambda w=worker: "Worker ready" in w.log.read_text() or not w.alive(), timeout=60)
+        stop.wait(up_seconds)
+        worker.stop()
+        done.append(round(time.monotonic() - started, 1))
+        stop.wait(down_seconds)
+
+
+def applied_per_customer(client: redis.Redis, prefix: str) -> dict[str, int]:
+    """customer id -> events_total of its profile in Redis (events applied to its state)."""
+    keys = list(client.scan_iter(f"{prefix}profile:*", count=1000))
+    with client.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.hget(key, "events_total")
+        values = pipe.execute()
+    return {key.rsplit(":", 1)[1]: int(v or 0) for key, v in zip(keys, values, strict=True)}
+
+
+@dataclass
+class Counts:
+    applied: int = 0
+    lost: int = 0
+    doubled: int = 0
+    examples: list[tuple[str, int, int]] = field(default_factory=list)
+
+    @property
+    def settled(self) -> bool:
+        return self.lost == 0 and self.doubled == 0
+
+
+def compare_counts(expected: dict[str, int], applied: dict[str, int]) -> Counts:
+    """Per customer: fewer events applied than sent (valid, unique) is a loss, more is a double."""
+    out = Counts()
+    for cid, n in expected.items():
+        got = applied.get(cid, 0)
+        out.applied += got
+        if got < n:
+            out.lost += n - got
+        elif got > n:
+            out.doubled += got - n
+        if got != n and len(out.examples) < 10:
+            out.examples.append((cid, n, got))
+    return out
+
+
+# --- the chaos scenario ----------------------------------------------------------------------------
+
+END = datetime(2026, 6, 1, tzinfo=UTC)
+
+
+def mis_key(stream: list[Record], rng: random.Random, per_1000: float) -> tuple[list[Record], int]:
+    """Send ``per_1000`` of the valid events under another customer's key (the worker re-publishes them)."""
+    keys = sorted({key for _, key, value in stream if key and value not in BAD_PAYLOADS})
+    out, n = [], 0
+    for kind, key, value in stream:
+        if value not in BAD_PAYLOADS and rng.random() < per_1000 / 1000:
+            key = rng.choice(keys)
+            n += 1
+        out.append((kind, key, value))
+    return out, n
+
+
+@dataclass
+class ChaosPlan:
+    """The scenario of issue 15 at a chosen scale (CI: the defaults; full size: 6,000 customers)."""
+
+    customers: int = 2000
+    seed: int = 1
+    workers: int = 3
+    partitions: int = 6
+    kills: int = 10
+    #: a worker joining and leaving by SIGTERM: the others keep partitions through each rebalance
+    churn_cycles: int = 2
+    churn_up_seconds: float = 6.0
+    redis_outage_seconds: float = 15.0
+    send_seconds: float = 60.0
+    mis_keyed_per_1000: float = 5.0
+    store: str = "memory://"
+    batch_max_events: int = 100
+    converge_seconds: float = 300.0
+
+
+@dataclass
+class ChaosResult:
+    produced: int = 0
+    valid: int = 0
+    applied: int = 0
+    lost: int = 0
+    doubled: int = 0
+    malformed_sent: int = 0
+    mis_keyed_sent: int = 0
+    dead_lettered: int = 0
+    conflicting_ids: int = 0
+    ids_checked: int = 0
+    profiles_off_offline: int = 0
+    profiles_off_oracle: int = 0
+    changelog_states_off: int = 0
+    kills: int = 0
+    churn_cycles: int = 0
+    unplanned_exits: int = 0
+    offset_gaps: int = 0
+    acks_refused: int = 0
+    seconds: float = 0.0
+    examples: dict[str, list] = field(default_factory=dict)
+
+    def line(self) -> str:
+        return (
+            f"events produced {self.produced}, valid {self.valid}, applied {self.applied}, lost {self.lost}, "
+            f"doubled {self.doubled}, dead-lettered {self.dead_lettered} (malformed sent {self.malformed_sent}), "
+            f"mis-keyed {self.mis_keyed_sent}, conflicting ids {self.conflicting_ids} of {self.ids_checked}, "
+            f"profiles differing from the offline processor {self.profiles_off_offline}, "
+            f"from the batch oracle {self.profiles_off_oracle}, "
+            f"changelog states differing {self.changelog_states_off}; "
+            f"kill -9 {self.kills}, join/leave cycles {self.churn_cycles}, unplanned worker exits "
+            f"{self.unplanned_exits}, offset gaps stopped {self.offset_gaps}, acks refused {self.acks_refused}; "
+            f"{self.seconds:.0f} s"
+        )
+
+
+class Fleet:
+    """The scenario's workers by slot (each slot its own data dir, as a pod keeps its volume), supervised."""
+
+    def __init__(self, start_worker: Callable[..., Any], env: dict[str, str], log_dir: Path) -> None:
+        self.start_worker, self.env, self.log_dir = start_worker, env, log_dir
+        self.slots: dict[str, Any] = {}
+        self.expected_exit: set[int] = set()
+        self.unplanned: list[tuple[str, int | None]] = []
+        self.lock = threading.Lock()
+
+    def start(self, slot: str) -> None:
+        with self.lock:
+            self.slots[slot] = self.start_worker(**self.env, PULSE_DATA_DIR=str(self.log_dir / f"data-{slot}"))
+
+    def kill(self, slot: str) -> None:
+        with self.lock:
+            worker = self.slots[slot]
+            self.expected_exit.add(worker.proc.pid)
+            worker.proc.kill()
+            worker.proc.wait(30)
+        self.start(slot)
+
+    def leave(self, slot: str) -> None:
+        with self.lock:
+            worker = self.slots.pop(slot)
+            self.expected_exit.add(worker.proc.pid)
+        worker.stop()
+
+    def supervise(self) -> None:
+        """Restart a worker that exited on its own (a fail-stop exits 75 and relies on a restart)."""
+        for slot, worker in list(self.slots.items()):
+            if not worker.alive() and worker.proc.pid not in self.expected_exit:
+                self.unplanned.append((slot, worker.proc.returncode))
+                self.start(slot)
+
+
+def _schedule(plan: ChaosPlan, rng: random.Random) -> list[tuple[float, str, str]]:
+    t = plan.send_seconds
+    actions = [(rng.uniform(0.1 * t, 0.9 * t), "kill", str(rng.randrange(plan.workers))) for _ in range(plan.kills)]
+    for i in range(plan.churn_cycles):
+        at = t * (i + 0.5) / max(1, plan.churn_cycles) * 0.8
+        actions += [(at, "join", "extra"), (at + plan.churn_up_seconds, "leave", "extra")]
+    if plan.redis_outage_seconds > 0:
+        actions += [(0.4 * t, "redis_down", ""), (0.4 * t + plan.redis_outage_seconds, "redis_up", "")]
+    return sorted(actions)
+
+
+def run_chaos(plan: ChaosPlan, namespace: Any, start_worker: Callable[..., Any], say=print) -> ChaosResult:
+    """Hostile traffic, kill -9, a worker joining and leaving, a Redis outage; then compare everything."""
+    started = time.monotonic()
+    rng = random.Random(plan.seed)
+    log_dir: Path = namespace.log_dir
+    events = generate_events(customers=plan.customers, days=365, seed=plan.seed, end=END)
+    stream, mis_keyed = mis_key(hostile_order(events, rng), rng, plan.mis_keyed_per_1000)
+    malformed = sum(1 for _, _, value in stream if value in BAD_PAYLOADS)
+    redis_server = start_redis(log_dir)
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    settings = namespace.settings.model_copy(update={"redis_url": url, "partitions": plan.partitions})
+    env = {
+        "PULSE_REDIS_URL": url,
+        "PULSE_PARTITIONS": str(plan.partitions),
+        "PULSE_STORE": plan.store,
+        "PULSE_BATCH_MAX_EVENTS": str(plan.batch_max_events),
+        "PULSE_BROKER_SESSION_TIMEOUT": "3",
+        "PULSE_REDIS_RETRY_MAX_SECONDS": "2",
+    }
+    fleet = Fleet(start_worker, env, log_dir)
+    result = ChaosResult(produced=len(stream), valid=len(events), malformed_sent=malformed, mis_keyed_sent=mis_keyed)
+    try:
+        for slot in range(plan.workers):
+            fleet.start(str(slot))
+        first = fleet.slots["0"]
+        assert wait_until(lambda: "Worker ready" in first.log.read_text(), timeout=120), first.log_tail()
+        say(f"[chaos] {plan}: sending {len(stream)} records over {plan.send_seconds:.0f} s")
+        sender = threading.Thread(
+            target=send_steadily,
+            args=(namespace.bootstrap, settings.input_topics(), stream, plan.send_seconds),
+            daemon=True,
+        )
+        sender.start()
+        t0 = time.monotonic()
+        for at, action, slot in _schedule(plan, rng):
+            while time.monotonic() < t0 + at:
+                fleet.supervise()
+                time.sleep(min(0.5, max(0.0, t0 + at - time.monotonic())))
+            if action == "kill":
+                fleet.kill(slot)
+                result.kills += 1
+            elif action == "join":
+                fleet.start(slot)
+            elif action == "leave":
+                fleet.leave(slot)
+                result.churn_cycles += 1
+            elif action == "redis_down":
+                redis_server.kill()
+            elif action == "redis_up":
+                redis_server = start_redis(log_dir, redis_server.port)  # back, and empty
+            say(f"[chaos] {time.monotonic() - t0:6.1f} s {action} {slot}")
+        sender.join(timeout=plan.send_seconds * 3 + 120)
+        assert not sender.is_alive(), "the sender did not finish"
+
+        client = redis.Redis.from_url(url, decode_responses=True)
+        expected: dict[str, int] = {}
+        for _, e in events:
+            expected[e["customer_id"]] = expected.get(e["customer_id"], 0) + 1
+        offline = uninterrupted_profiles(events, settings)
+        oracle = batch_order_profiles([e for kind, e in events if kind == "order"])
+
+        def settled() -> bool:
+            fleet.supervise()
+            return (
+                compare_counts(expected, applied_per_customer(client, settings.redis_key_prefix)).settled
+                and not profile_diffs(settings, offline)
+                and not profile_diffs(settings, oracle)
+            )
+
+        wait_until(settled, timeout=plan.converge_seconds, every=2.0)
+        counts = compare_counts(expected, applied_per_customer(client, settings.redis_key_prefix))
+        result.applied, result.lost, result.doubled = counts.applied, counts.lost, counts.doubled
+        result.examples["counts"] = counts.examples
+        off_offline, off_oracle = profile_diffs(settings, offline), profile_diffs(settings, oracle)
+        result.profiles_off_offline, result.profiles_off_oracle = len(off_offline), len(off_oracle)
+        result.examples["offline"], result.examples["oracle"] = off_offline[:3], off_oracle[:3]
+        changelog_off = changelog_differences(namespace.bootstrap, settings, events)
+        result.changelog_states_off = len(changelog_off)
+        result.examples["changelog"] = changelog_off[:3]
+        result.dead_lettered = dead_lettered(namespace.bootstrap, settings, malformed)
+        result.conflicting_ids, result.ids_checked = conflicting_ids(namespace.bootstrap, settings)
+        result.unplanned_exits = len(fleet.unplanned)
+        result.examples["exits"] = fleet.unplanned
+        logs = [p.read_text(errors="replace") for p in log_dir.glob("worker-*.log")]
+        result.offset_gaps = sum(text.count("input offset gap:") for text in logs)
+        result.acks_refused = sum(text.count("ack refused for") for text in logs)
+    finally:
+        fleet.slots.clear()
+        redis_server.stop()
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def changelog_differences(bootstrap: str, settings: Any, events: list[tuple[str, dict]]) -> list[tuple]:
+    """Customers whose last changelog state differs from the raw events: events applied per kind, orders,
+    refunds and net revenue in cents (counted from the de-duplicated events, without scoring/)."""
+    topic = f"{settings.app_id}-customer_states-changelog"
+    latest: dict[bytes, bytes | None] = {}
+    for record in consume(bootstrap, topic, expected=0, quiet=3.0):
+        if record.key != END_MARKER_KEY:
+            latest[record.key] = record.value
+    per_kind: dict[str, Counter] = {}
+    seen: set[str] = set()
+    for kind, e in events:
+        if e["event_id"] not in seen:
+            seen.add(e["event_id"])
+            per_kind.setdefault(e["customer_id"], Counter())[kind] += 1
+    oracle = batch_order_profiles([e for kind, e in events if kind == "order"])
+    out = []
+    for cid, kinds in per_kind.items():
+        state = decode_state(latest.get(cid.encode()))
+        got = {k: n for k, n in state.events.items() if n}
+        orders = oracle.get(cid)
+        want_orders = (orders["orders"], orders["refunds"], int(orders["revenue"] * 100)) if orders else (0, 0, 0)
+        got_orders = (state.orders.orders, state.orders.refunds, state.orders.revenue_cents)
+        if got != dict(kinds) or got_orders != want_orders:
+            out.append((cid, dict(kinds), got, want_orders, got_orders))
+    return out
+
+
+def dead_lettered(bootstrap: str, settings: Any, expected: int) -> int:
+    """Distinct source records (topic, partition, offset) on the dead-letter topic."""
+    letters = consume(bootstrap, settings.topic_dead_letters, expected, quiet=3.0)
+    return len(
+        {(r["source_topic"], r["partition"], r["offset"]) for r in map(lambda m: orjson.loads(m.value), letters)}
+    )
+
+
+def conflicting_ids(bootstrap: str, settings: Any) -> tuple[int, int]:
+    """(ids carried by records of different content, ids seen) over the retention alerts and VIP changes.
+
+    One id must name one content: a replay may send an alert or VIP change again, but the same.
+    """
+    contents: dict[str, set[bytes]] = {}
+    for topic, id_field in ((settings.topic_retention_alerts, "alert_id"), (settings.topic_vip_changes, "change_id")):
+        for record in consume(bootstrap, topic, expected=0, quiet=3.0):
+            body = orjson.loads(record.value)
+            contents.setdefault(body[id_field], set()).add(orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
+    return sum(1 for c in contents.values() if len(c) > 1), len(contents)

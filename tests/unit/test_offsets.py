@@ -1,0 +1,156 @@
+"""The offset ledger and gap guard (streams/offsets.py) with fakes for the broker."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+from faust.types import TP
+
+from streams.offsets import Gap, OffsetGapError, OffsetGuard, OffsetLedger, ReadOffsets
+
+O5 = TP("orders", 5)
+O0 = TP("orders", 0)
+TICK = TP("ticks", 5)
+
+
+def ledger(**expected: int) -> OffsetLedger:
+    led = OffsetLedger(["orders", "surveys"])
+    for name, offset in expected.items():
+        led.seeked(TP("orders", int(name[1:])), offset)
+    led.provisional.clear()  # as if something had been applied since
+    return led
+
+
+def test_contiguous_batch_has_no_gap_and_moves_expected_only_when_applied():
+    led = ledger(p5=3469)
+    scan = led.scan([(O5, o) for o in range(3469, 3484)])
+    assert scan.gaps == [] and scan.next_expected == {O5: 3484}
+    assert led.expected[O5] == 3469  # not yet applied
+    assert not led.may_ack(O5, 3469) and led.cap(O5, 3490) == 3469
+    led.applied(scan)
+    assert led.expected[O5] == 3484
+    assert led.may_ack(O5, 3483) and not led.may_ack(O5, 3484)
+    assert led.cap(O5, 3485) == 3484 and led.cap(O5, 3480) == 3480
+
+
+def test_the_issue_15_case_is_a_gap():
+    """Batch 3469..3483 applied; the next batch starts at 3485: offset 3484 was skipped."""
+    led = ledger(p5=3469)
+    led.applied(led.scan([(O5, o) for o in range(3469, 3484)]))
+    scan = led.scan([(O5, o) for o in range(3485, 3500)])
+    assert scan.gaps == [Gap(O5, 3484, 3484)]
+    assert str(scan.gaps[0]) == "orders[5] offsets 3484..3484"
+
+
+def test_gaps_inside_a_batch_and_per_partition():
+    led = ledger(p5=10, p0=0)
+    scan = led.scan([(O5, 10), (O0, 0), (O5, 11), (O5, 14), (O0, 1), (O5, 15), (O5, 20), (O0, 2)])
+    assert scan.gaps == [Gap(O5, 12, 13), Gap(O5, 16, 19)]
+    assert scan.next_expected == {O5: 21, O0: 3}
+
+
+def test_records_read_again_are_no_gap():
+    """After a rebalance the worker re-reads from its committed offset, and may still hold older records."""
+    led = ledger(p5=100)
+    led.applied(led.scan([(O5, o) for o in range(100, 120)]))
+    scan = led.scan([(O5, o) for o in [*range(100, 120), *range(105, 125)]])
+    assert scan.gaps == [] and scan.next_expected == {O5: 125}
+
+
+def test_untracked_topics_are_left_to_faust():
+    led = ledger(p5=0)
+    assert led.scan([(TICK, 7), (TICK, 99)]).gaps == []
+    assert led.may_ack(TICK, 99) and led.cap(TICK, 99) == 99
+
+
+def test_unknown_partitions_may_not_ack_or_commit():
+    led = ledger()
+    assert not led.may_ack(O5, 0) and led.cap(O5, 10) is None
+    assert led.unknown([O5, TICK]) == {O5}
+
+
+def test_a_new_assignment_keeps_only_retained_partitions():
+    led = ledger(p5=50, p0=7)
+    led.retain({O5, TICK})
+    assert led.expected == {O5: 50}
+    # a seek to the committed offset does not move a retained partition (a committed offset past what
+    # was applied must show up as a gap) ...
+    led.seeked(O5, 60)
+    assert led.expected[O5] == 50
+    assert led.scan([(O5, 60)]).gaps == [Gap(O5, 50, 59)]
+    # ... but starts a new one, and an explicit seek moves any
+    led.seeked(O0, 9)
+    led.seeked(O5, 60, explicit=True)
+    assert led.expected == {O5: 60, O0: 9}
+
+
+class FakeBroker:
+    """Offsets that hold records per partition; everything else is a marker or compacted away."""
+
+    def __init__(self, records: dict[TP, set[int]], committed: dict[TP, int]) -> None:
+        self.records = records
+        self.committed = committed
+        self.read_backs: list[tuple[TP, int, int]] = []
+
+    async def read_back(self, tp: TP, first: int, last: int) -> list[int]:
+        self.read_backs.append((tp, first, last))
+        return sorted(o for o in self.records.get(tp, set()) if first <= o <= last)
+
+    async def start_offsets(self, tps: set[TP]) -> dict[TP, int]:
+        return {tp: self.committed[tp] for tp in tps}
+
+
+def test_guard_stops_a_gap_that_holds_records(caplog):
+    broker = FakeBroker({O5: set(range(0, 4000))}, {O5: 3469})
+    guard = OffsetGuard(["orders"], broker.read_back, broker.start_offsets)
+    scan = asyncio.run(guard.check([(O5, o) for o in range(3469, 3484)]))  # starts from the committed offset
+    guard.ledger.applied(scan)
+    with pytest.raises(OffsetGapError, match=r"orders\[5\] offsets 3484..3484"):
+        asyncio.run(guard.check([(O5, o) for o in range(3485, 3490)]))
+    assert guard.ledger.expected[O5] == 3484  # nothing moved: the worker exits and re-reads from here
+    assert "orders[5] offsets 3484..3484" in caplog.text and "hold 1 records" in caplog.text
+
+
+def test_guard_lets_the_broker_explain_a_gap():
+    """Transaction markers (or compaction) leave offsets without records: not a loss."""
+    broker = FakeBroker({O5: {10, 11, 13, 14}}, {O5: 10})
+    guard = OffsetGuard(["orders"], broker.read_back, broker.start_offsets)
+    scan = asyncio.run(guard.check([(O5, 10), (O5, 11), (O5, 13), (O5, 14)]))
+    assert scan.gaps == [Gap(O5, 12, 12)] and scan.next_expected == {O5: 15}
+    assert broker.read_backs == [(O5, 12, 12)]
+
+
+def test_faust_never_sees_a_read_offset_of_an_input_partition():
+    """So its fetch loop neither drops a record as already read nor counts a jump as acknowledged."""
+    offsets = ReadOffsets(frozenset({"orders"}), {O5: 3470, TICK: 12})
+    offsets[O5] = 3490
+    assert offsets[O5] is None and offsets[O0] is None
+    assert offsets[TICK] == 12 and offsets[TP("ticks", 1)] is None
+    offsets.update({O5: 3469})
+    offsets.pop(O5)
+
+
+def fake_event(tp: TP, offset: int) -> SimpleNamespace:
+    return SimpleNamespace(message=SimpleNamespace(tp=tp, topic=tp.topic, partition=tp.partition, offset=offset))
+
+
+def test_events_of_partitions_owned_by_another_worker_now_are_dropped():
+    broker = FakeBroker({}, {})
+    guard = OffsetGuard(["orders"], broker.read_back, broker.start_offsets)
+    gone = [fake_event(O0, o) for o in range(10, 15)]
+    kept = [fake_event(O5, o) for o in range(8, 12)] + [fake_event(TICK, 3)]
+    assert guard.owned([*gone, *kept], {O5, TICK}) == kept
+    assert guard.owned(kept, {O5, TICK}) == kept
+
+
+def test_a_later_seek_moves_a_partition_nothing_was_applied_to_yet():
+    """Faust seeks more than once per rebalance; the last seek before the first batch counts."""
+    led = ledger()
+    led.seeked(O5, 0)
+    led.seeked(O5, 448)
+    assert led.expected[O5] == 448
+    led.applied(led.scan([(O5, 448), (O5, 449)]))
+    led.seeked(O5, 300)  # a kept partition: a seek to its committed offset does not move it back
+    assert led.expected[O5] == 450
