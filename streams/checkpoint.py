@@ -13,7 +13,7 @@ Order (each step waits for the broker's acknowledgements before the next):
 3. the states that had pending records are written again with the entries
    removed and acknowledged, without end markers (the next checkpoint's close
    them; a clearing that recovery misses only makes the recovered state
-   publish the same bytes again);
+   publish the same bytes again) and without moving the persisted offsets;
 4. the profiles go to the Redis writer (write-behind); the agent returns and
    ``take_events`` acks the batch, so Faust's commit can cover it.
 
@@ -291,7 +291,9 @@ class Checkpoint:
             for state in outbox.values():
                 state.pending_vip_changes = []
                 state.pending_alerts = []
-            written += await self._write(outbox, partitions, event_by_partition, markers=False)
+            # not in the persisted offsets (RocksDB): without an end marker behind them Tansu's highwater may
+            # stop short of them, and Faust refuses a persisted offset above the highwater
+            await self._write(outbox, partitions, event_by_partition, markers=False)
             for key in outbox:
                 self.recovered.pop(key, None)
         self.table.persisted(written)

@@ -590,7 +590,8 @@ class BatchProcessor:
         """
         # a round re-renders when the population gap moved too (churn's overdue threshold; the gap is not
         # the clock, and it keeps moving after the clock stopped while partitions read behind catch up)
-        chunk = self.population.sweep_slice(partition, limit, now, self._gap_days)
+        # what every profile is measured against besides the clock: a round re-renders all when one moved
+        chunk = self.population.sweep_slice(partition, limit, now, (self._gap_days, self._lifetime_years))
         render: dict[bytes, CustomerState] = {}
         for key in chunk.keys:
             if key in out.states or key in self.quarantined:
