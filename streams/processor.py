@@ -19,6 +19,7 @@ from pulse.settings import Settings
 from schemas.alerts import AlertReason, RetentionAlert
 from schemas.dead_letter import DeadLetter
 from schemas.events import (
+    MIN_TIME_MS,
     ComplaintEvent,
     CustomerEvent,
     EventRejected,
@@ -387,7 +388,8 @@ class BatchProcessor:
                 self._held.add(partition)
                 read = self.progress.get(key)
                 mark = None if read is None else read.mark_ms
-                if mark is None:
+                if mark is None or mark <= MIN_TIME_MS:
+                    # nothing read, or only the first representable ms: no time vouched for yet
                     blocked = True  # (the others are still looked at: their idle time starts now)
                 else:
                     lowest = mark - 1 if lowest is None else min(lowest, mark - 1)

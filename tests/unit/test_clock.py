@@ -328,6 +328,22 @@ def test_a_year_one_first_event_crashes_nothing():
     assert out.rejected == [] and w.profiles["Y"].as_of.year == 1
 
 
+def test_a_watermark_at_the_first_representable_millisecond_vouches_for_no_time():
+    """The clock of a topic-partition still behind is 1 ms before its watermark: never before year 1 (a time no
+    profile or alert could carry), the clock waits for a later record instead."""
+    w = Worker()
+    w.produce(ORDERS, "Y", order("Y", "0001-01-01T00:00:00Z", 0))
+    w.produce(ORDERS, "Z", order("Z", "0001-01-01T00:00:00Z", 1))
+    w.produce(ORDERS, "Y", order("Y", "2024-01-01T00:00:00Z", 2))
+    w.take(ORDERS, 1, wall_ms=NOW_MS)
+    assert w.processor.population.clock_of(0) is None
+    w.take(ORDERS, 1, wall_ms=NOW_MS)
+    assert w.processor.population.clock_of(0) is None
+    out = w.take(ORDERS, 1, wall_ms=NOW_MS)
+    assert w.processor.population.clock_of(0) == int(datetime(2024, 1, 1, tzinfo=UTC).timestamp() * 1000)
+    assert out.rejected == [] and out.time_driven_failures == [] and set(w.profiles) == {"Y", "Z"}
+
+
 def test_the_idle_advance_never_goes_beyond_the_wall_clock():
     settings = Settings(_env_file=None, clock_idle_advance_seconds=60)
     w = Worker(settings)
