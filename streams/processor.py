@@ -19,6 +19,7 @@ from pulse.settings import Settings
 from schemas.alerts import AlertReason, RetentionAlert
 from schemas.dead_letter import DeadLetter
 from schemas.events import (
+    MIN_TIME_MS,
     ComplaintEvent,
     CustomerEvent,
     EventRejected,
@@ -369,7 +370,12 @@ class BatchProcessor:
     def move_clocks(self) -> None:
         """Move each owned partition's clock (spec: Clock) to the lowest watermark of its input topic-partitions
         that hold it back, or, when none does (all read), to the latest time any partition reached. A holding
-        topic-partition with nothing read yet keeps the clock where it is; it never goes back."""
+        topic-partition with nothing read yet keeps the clock where it is; it never goes back.
+
+        A holding topic-partition vouches for the time just before its watermark only: its next record may
+        carry the watermark's own millisecond (two events in one ms, a batch cut between them), so deciding at
+        the watermark could miss it (an order at that ms unread: a false overdue). As Flink's bounded
+        out-of-orderness watermark (the highest timestamp minus the bound minus 1 ms)."""
         high = self.population.clock()
         self._held = set()
         for partition, part in self.population.local.items():
@@ -382,10 +388,11 @@ class BatchProcessor:
                 self._held.add(partition)
                 read = self.progress.get(key)
                 mark = None if read is None else read.mark_ms
-                if mark is None:
+                if mark is None or mark <= MIN_TIME_MS:
+                    # nothing read, or only the first representable ms: no time vouched for yet
                     blocked = True  # (the others are still looked at: their idle time starts now)
                 else:
-                    lowest = mark if lowest is None else min(lowest, mark)
+                    lowest = mark - 1 if lowest is None else min(lowest, mark - 1)
             target = None if blocked else lowest if partition in self._held else high
             if target is not None:
                 part.move_clock(target)
@@ -682,9 +689,13 @@ class BatchProcessor:
 
     def _defer(self, key: bytes, state: CustomerState) -> bool:
         """The customer's churn is decided once its partition's clock reaches its latest event: due then (the
-        due-time index re-assesses and renders it). True if the stored next check moved."""
+        due-time index re-assesses and renders it). True if the stored next check moved.
+
+        Due exactly then, also when an earlier check was due: a check before the latest event only defers again,
+        and a due time at or before the clock would be popped by this batch's due check, which skips the
+        customers of the batch: the customer would drop out of the index."""
         due, at = state.churn.next_check_ms, state.last_event_ms
-        if at is not None and (due is None or due > at):
+        if at is not None:
             state.churn.next_check_ms = at
         if state.partition is not None:
             self.population.partition(state.partition).schedule(key, state.churn.next_check_ms)

@@ -32,7 +32,7 @@ ORDERS, SURVEYS, COMPLAINTS, SUPPORT = (
 INPUTS = (ORDERS, SURVEYS, COMPLAINTS, SUPPORT)
 
 
-def order(cid: str, at: str, n: int) -> bytes:
+def order(cid: str, at: str, n: int, status: str = "completed") -> bytes:
     return orjson.dumps(
         {
             "event_id": f"o-{cid}-{n}",
@@ -41,13 +41,14 @@ def order(cid: str, at: str, n: int) -> bytes:
             "order_id": f"O-{cid}-{n}",
             "amount": "100.00",
             "currency": "USD",
-            "status": "completed",
+            "status": status,
         }
     )
 
 
-def survey(cid: str, at: str, n: int, nps: int = 9) -> bytes:
-    return orjson.dumps({"event_id": f"s-{cid}-{n}", "customer_id": cid, "occurred_at": at, "nps": nps})
+def survey(cid: str, at: str, n: int, nps: int = 9, csat: int | None = None) -> bytes:
+    value = {"event_id": f"s-{cid}-{n}", "customer_id": cid, "occurred_at": at, "nps": nps}
+    return orjson.dumps(value if csat is None else value | {"csat": csat})
 
 
 class Worker:
@@ -104,14 +105,18 @@ def test_a_topic_read_behind_holds_the_clock_back_and_raises_no_false_overdue_al
     w.take(SURVEYS, 500)
     assert w.processor.population.clock_of(0) is None  # held by the unread orders
     assert w.profiles == {}
-    # one order read: the clock is the orders topic's watermark, not the surveys'
+    # one order read: the clock is just before the orders topic's watermark (its next record may be of the
+    # same millisecond), not the surveys'
     w.take(ORDERS, 1)
-    assert w.processor.population.clock_of(0) == (D0 + MONTHLY[0]) * DAY_MS
-    # the customers whose own events are ahead of the clock (S) are not rendered or assessed yet
-    assert set(w.profiles) == {"C"}
+    assert w.processor.population.clock_of(0) == (D0 + MONTHLY[0]) * DAY_MS - 1
+    # the customers whose own events are ahead of the clock (S) are not rendered or assessed yet, nor is C,
+    # whose latest order is at the watermark: it waits in the due-time index until the clock reaches it
+    assert w.profiles == {}
+    assert w.processor.population.partition(0).due[b"C"] == (D0 + MONTHLY[0]) * DAY_MS
     for _ in range(len(MONTHLY) - 2):
         w.take(ORDERS, 1)
-    assert w.processor.population.clock_of(0) == (D0 + MONTHLY[-2]) * DAY_MS
+    assert w.processor.population.clock_of(0) == (D0 + MONTHLY[-2]) * DAY_MS - 1
+    assert w.profiles == {}
     assert w.alerts == []  # C bought every month: no overdue on a time whose orders were unread
     # caught up everywhere: the clock goes to the latest time read (day 499), where C is overdue
     w.take(ORDERS, 1)
@@ -168,6 +173,69 @@ def test_the_clock_never_goes_back():
     assert w.processor.population.clock_of(0) == (D0 + 12) * DAY_MS
 
 
+#: 90 days and 1 ms after 2024-10-10: over 3 × the 30-day population gap after an order on 2024-10-10
+SAME_MS = "2025-01-08T00:00:00.001+00:00"
+SAME_MS_MS = int(datetime.fromisoformat(SAME_MS).timestamp() * 1000)
+
+
+def test_an_order_in_the_watermarks_own_millisecond_still_unread_raises_no_overdue_alert():
+    """The shrunk example of ``test_clock_property`` (customer D), one record per batch: an order on 2024-10-10,
+    then, in one millisecond 90 days later, the refund of an order never seen and a completed order. The refund
+    moved the orders topic's watermark to that millisecond while the order of the same millisecond was unread;
+    deciding at the watermark saw 90 days and 1 ms of silence and alerted overdue. The clock of a topic-partition
+    still behind is just before its watermark, so D waits until the order is read."""
+    w = Worker()
+    w.produce(ORDERS, "D", order("D", "2024-10-10T00:00:00+00:00", 0))
+    w.produce(ORDERS, "D", order("D", SAME_MS, 1, status="refunded"))
+    w.produce(ORDERS, "D", order("D", SAME_MS, 2))
+    w.take(ORDERS, 1)
+    w.take(ORDERS, 1)  # the refund: the order of its millisecond is still unread
+    assert w.processor.population.clock_of(0) == SAME_MS_MS - 1
+    assert w.processor.population.partition(0).due[b"D"] == SAME_MS_MS  # D waits for the clock
+    assert w.alerts == []
+    w.take(ORDERS, 1)  # caught up: the clock reaches the millisecond, with both of its events read
+    assert w.processor.population.clock_of(0) == SAME_MS_MS
+    assert w.alerts == []
+    profile = w.profiles["D"]
+    assert (profile.as_of, profile.orders, profile.refunds) == (datetime.fromisoformat(SAME_MS), 2, 1)
+    assert (profile.churn_reasons, profile.churn_level) == ([], "low")
+
+
+def test_a_customer_waiting_for_the_clock_stays_in_the_due_time_index():
+    """D's refund is at the watermark (the clock is just before it), D waits; the next batch holds only another
+    customer's order, and reaches D's time: D is due and assessed then (overdue: no purchase since 2024-10-10).
+    A deferral that kept D's earlier due time let the same batch's due check pop D and skip it (it was in the
+    batch): D dropped out of the index, and no alert came without a new event of D's."""
+    w = Worker()
+    w.produce(ORDERS, "D", order("D", "2024-10-10T00:00:00+00:00", 0))
+    w.produce(ORDERS, "D", order("D", SAME_MS, 1, status="refunded"))
+    w.produce(ORDERS, "E", order("E", "2025-01-08T00:00:05+00:00", 0))
+    w.take(ORDERS, 1)
+    w.take(ORDERS, 1)
+    assert w.processor.population.partition(0).due[b"D"] == SAME_MS_MS
+    assert w.alerts == []
+    w.take(ORDERS, 1)
+    assert [(a["customer_id"], a["raised_at"]) for a in w.alerts] == [("D", "2025-01-08T00:00:05Z")]
+    assert {r["code"] for r in w.alerts[0]["reasons"]} == {"overdue"}
+
+
+def test_answers_in_one_millisecond_read_lowest_first_raise_no_alert_before_the_higher_one_is_read():
+    """Several events in one millisecond, the batch cut between them: a detractor NPS 3 with CSAT 1, then, in the
+    same millisecond, NPS 9 with CSAT 5 (at equal times the higher answer counts as the later one, in the scorer
+    and in the reference). Decided at the watermark after the first record, they were detractor + dissatisfied
+    (medium): an alert that the unread answer contradicts."""
+    w = Worker()
+    w.produce(SURVEYS, "S", survey("S", SAME_MS, 0, nps=3, csat=1))
+    w.produce(SURVEYS, "S", survey("S", SAME_MS, 1, nps=9, csat=5))
+    w.take(SURVEYS, 1)
+    assert w.processor.population.clock_of(0) == SAME_MS_MS - 1
+    assert w.alerts == [] and w.profiles == {}
+    w.take(SURVEYS, 1)
+    assert w.processor.population.clock_of(0) == SAME_MS_MS
+    assert w.alerts == []
+    assert (w.profiles["S"].nps, w.profiles["S"].csat) == (9, 5)
+
+
 def test_partitions_have_their_own_clock_and_a_caught_up_one_follows_the_others():
     w = Worker()
     w.produce(SURVEYS, "S", survey("S", iso(100), 0), partition=1)
@@ -176,7 +244,7 @@ def test_partitions_have_their_own_clock_and_a_caught_up_one_follows_the_others(
     w.take(SURVEYS, 1, partition=1)
     w.take(ORDERS, 1, partition=0)
     assert w.processor.population.clock_of(1) == (D0 + 100) * DAY_MS
-    assert w.processor.population.clock_of(0) == (D0 + 3) * DAY_MS  # partition 0's orders are behind
+    assert w.processor.population.clock_of(0) == (D0 + 3) * DAY_MS - 1  # partition 0's orders are behind
     w.take(ORDERS, 1, partition=0)
     assert w.processor.population.clock_of(0) == (D0 + 100) * DAY_MS  # all read: the latest time any reached
 
@@ -258,6 +326,22 @@ def test_a_year_one_first_event_crashes_nothing():
     w.produce(ORDERS, "Y", order("Y", "0001-01-01T00:00:00-14:00", 1))
     out = w.take(ORDERS, 2, wall_ms=NOW_MS)
     assert out.rejected == [] and w.profiles["Y"].as_of.year == 1
+
+
+def test_a_watermark_at_the_first_representable_millisecond_vouches_for_no_time():
+    """The clock of a topic-partition still behind is 1 ms before its watermark: never before year 1 (a time no
+    profile or alert could carry), the clock waits for a later record instead."""
+    w = Worker()
+    w.produce(ORDERS, "Y", order("Y", "0001-01-01T00:00:00Z", 0))
+    w.produce(ORDERS, "Z", order("Z", "0001-01-01T00:00:00Z", 1))
+    w.produce(ORDERS, "Y", order("Y", "2024-01-01T00:00:00Z", 2))
+    w.take(ORDERS, 1, wall_ms=NOW_MS)
+    assert w.processor.population.clock_of(0) is None
+    w.take(ORDERS, 1, wall_ms=NOW_MS)
+    assert w.processor.population.clock_of(0) is None
+    out = w.take(ORDERS, 1, wall_ms=NOW_MS)
+    assert w.processor.population.clock_of(0) == int(datetime(2024, 1, 1, tzinfo=UTC).timestamp() * 1000)
+    assert out.rejected == [] and out.time_driven_failures == [] and set(w.profiles) == {"Y", "Z"}
 
 
 def test_the_idle_advance_never_goes_beyond_the_wall_clock():

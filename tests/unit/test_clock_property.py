@@ -16,7 +16,7 @@ from pulse.settings import Settings
 from scoring.customer import CustomerState
 from streams.processor import BatchProcessor, Incoming
 from tests.reference import batch_churn_codes
-from tests.unit.test_churn_property import histories
+from tests.unit.test_churn_property import T0, histories
 
 SETTINGS = Settings(_env_file=None)
 TOPIC = {
@@ -160,3 +160,22 @@ def test_the_check_finds_the_storm_when_the_end_offsets_are_not_used():
     assert wrong and wrong[0][2] >= {"overdue"}
     wrong, alerts = contradicted(events, 1, random.Random(1), pace=pace)
     assert wrong == []
+
+
+def test_the_shrunk_example_one_millisecond_split_between_batches():
+    """Hypothesis' shrunk failure, replayed with one orders record per batch: D's refund of an order never seen
+    and D's completed order share a millisecond 90 days after D's first order, and the refund came first. The
+    clock went to the refund's time with the order of that millisecond unread: overdue, contradicted by it."""
+    events = {
+        "A": [],
+        "B": [],
+        "C": [],
+        "D": [
+            ("order", 1736294400001, 100, True),
+            ("order", T0, 100, False),
+            ("order", 1736294400001, 100, False),
+        ],
+    }
+    for workers in (1, 2):
+        wrong, alerts = contradicted(events, workers, random.Random(workers), pace={TOPIC["order"]: (1, 0)})
+        assert (wrong, alerts) == ([], 0)
