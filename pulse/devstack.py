@@ -197,8 +197,13 @@ def _die_with_parent() -> None:
 
 
 def _random_cluster_id() -> str:
-    """A Kafka cluster id: 16 random bytes in URL-safe base64 without padding (what ``random-uuid`` prints)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A Kafka cluster id: 16 random bytes in URL-safe base64 without padding (what ``random-uuid`` prints).
+
+    Never starting with ``-``: ``kafka-storage format -t -x…`` would take it for an option (1 in 64 ids)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _metadata_ready(bootstrap: str) -> bool:
