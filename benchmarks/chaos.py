@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for store in args.store:
             for seed in args.seeds:
-                ns = make_namespace(stack.env(), root / f"{store.split(':')[0]}-{seed}")
+                ns = make_namespace(stack.env(), root / f"{store.split(':')[0]}-{seed}", ChaosPlan.partitions)
                 ns.log_dir.mkdir(parents=True, exist_ok=True)
                 plan = ChaosPlan(
                     customers=args.customers,

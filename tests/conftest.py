@@ -84,11 +84,17 @@ class Namespace:
 
 
 @pytest.fixture
-def namespace(devstack: DevStack, tmp_path: Path) -> Namespace:
-    return make_namespace(devstack.env(), tmp_path)
+def partitions() -> int:
+    """Partitions of a test's topics; a test module that needs another count overrides this fixture."""
+    return 4
 
 
-def make_namespace(stack_env: dict[str, str], tmp_path: Path) -> Namespace:
+@pytest.fixture
+def namespace(devstack: DevStack, tmp_path: Path, partitions: int) -> Namespace:
+    return make_namespace(devstack.env(), tmp_path, partitions)
+
+
+def make_namespace(stack_env: dict[str, str], tmp_path: Path, partitions: int = 4) -> Namespace:
     """Private topics, group and key prefix on a shared broker and Redis (also used outside pytest)."""
     tag = uuid.uuid4().hex[:8]
     env = {
@@ -103,7 +109,7 @@ def make_namespace(stack_env: dict[str, str], tmp_path: Path) -> Namespace:
         "PULSE_TOPIC_RETENTION_ALERTS": f"alerts-{tag}",
         "PULSE_TOPIC_VIP_CHANGES": f"vips-{tag}",
         "PULSE_REDIS_KEY_PREFIX": f"t{tag}:",
-        "PULSE_PARTITIONS": "4",
+        "PULSE_PARTITIONS": str(partitions),
         # nested and not yet there, as on a fresh checkout
         "PULSE_DATA_DIR": str(tmp_path / "state" / "data"),
         # the tests wait for convergence: every tick sweeps up to PULSE_SWEEP_CUSTOMERS_PER_TICK

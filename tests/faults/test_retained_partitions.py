@@ -27,6 +27,12 @@ CYCLES = int(os.environ.get("PULSE_FAULT_CYCLES", "8"))
 UP_SECONDS = DOWN_SECONDS = 4.0
 
 
+@pytest.fixture
+def partitions() -> int:
+    """The scenario's partition count: its topics are created with it."""
+    return 6
+
+
 @pytest.mark.timeout(900)
 def test_retained_partitions_through_rebalances_lose_nothing(namespace, start_worker):
     s = namespace.settings
