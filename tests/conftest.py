@@ -11,10 +11,13 @@ one broker runs at a time and the first is stopped before the second starts.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -253,3 +256,17 @@ def profile_diffs(settings: Settings, expected: dict[str, dict]) -> list[tuple[s
         if got != exp:
             diffs.append((cid, exp, got))
     return diffs
+
+
+def get_json(url: str, token: str | None = None, scheme: str = "Bearer") -> tuple[int, dict]:
+    """GET ``url`` from a worker's HTTP API: (status, JSON body); (0, {}) when nothing answers within 5 s."""
+    request = urllib.request.Request(url)
+    if token is not None:
+        request.add_header("Authorization", f"{scheme} {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+    except OSError:
+        return 0, {}

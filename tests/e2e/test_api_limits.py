@@ -7,11 +7,9 @@ no traceback in the log; the API answers while the worker scores, and the worker
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
-import urllib.request
 from datetime import UTC, datetime
 
 import orjson
@@ -19,7 +17,7 @@ import pytest
 
 from pulse.devstack import free_port
 from pulse.simulate import generate_orders
-from tests.conftest import produce, profile_diffs, wait_until
+from tests.conftest import get_json, produce, profile_diffs, wait_until
 from tests.reference import batch_order_profiles
 
 pytestmark = pytest.mark.e2e
@@ -49,16 +47,7 @@ def http(port: int, raw: bytes, timeout: float = 5.0) -> bytes:
 
 
 def get(port: int, path: str, token: str | None = TOKEN) -> tuple[int, dict]:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"{}")
-    except OSError:
-        return 0, {}
+    return get_json(f"http://127.0.0.1:{port}{path}", token or None)
 
 
 @pytest.fixture

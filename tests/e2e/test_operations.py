@@ -9,7 +9,6 @@ may make its own top a VIP, and hysteresis keeps it while it stays in the top
 
 from __future__ import annotations
 
-import json
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
@@ -21,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pulse.devstack import free_port
 from streams.sinks.redis_profiles import vip_key
-from tests.conftest import produce, wait_until
+from tests.conftest import get_json, produce, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -56,16 +55,7 @@ class Api:
         self.base = f"http://127.0.0.1:{port}"
 
     def get(self, path: str, token: str | None = TOKEN, scheme: str = "Bearer") -> tuple[int, dict]:
-        request = urllib.request.Request(self.base + path)
-        if token is not None:
-            request.add_header("Authorization", f"{scheme} {token}")
-        try:
-            with urllib.request.urlopen(request, timeout=5) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as err:
-            return err.code, json.loads(err.read() or b"{}")
-        except OSError:
-            return 0, {}
+        return get_json(self.base + path, token, scheme)
 
 
 def scrape(port: int) -> dict[tuple[str, tuple], float]:
