@@ -183,6 +183,16 @@ def test_every_metric_is_documented():
     assert not sorted(families - documented)
 
 
+def test_every_profile_field_is_documented():
+    """docs/profile.md explains every field a profile hash (and the API's JSON) carries, and no other."""
+    from schemas.profile import CustomerProfile
+
+    text = (ROOT / "docs" / "profile.md").read_text()
+    table = text[text.index("| fields | meaning |") : text.index("\n\n", text.index("| fields | meaning |"))]
+    named = set(re.findall(r"`([a-z_]+)`", "".join(line.split("|")[1] for line in table.splitlines()[2:])))
+    assert named == set(CustomerProfile.model_fields) - {"customer_id"}
+
+
 def test_the_domain_spec_is_vendored():
     """The repository is complete on its own: the spec is in docs/spec, nothing points outside the checkout."""
     assert (ROOT / "docs" / "spec" / "customer-value.md").is_file()
