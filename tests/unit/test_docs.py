@@ -193,6 +193,16 @@ def test_every_profile_field_is_documented():
     assert named == set(CustomerProfile.model_fields) - {"customer_id"}
 
 
+def test_the_readme_example_order_is_valid():
+    """The one event a newcomer copies is accepted by the worker's strict decoder, as written."""
+    from schemas.events import Kind, OrderEvent, decode_event
+
+    block = re.search(r"```json\n(.*?)```", README.read_text(), re.S)
+    assert block
+    event = decode_event(Kind.ORDER, block.group(1).encode(), Settings().max_event_bytes)
+    assert isinstance(event, OrderEvent)
+
+
 def test_the_domain_spec_is_vendored():
     """The repository is complete on its own: the spec is in docs/spec, nothing points outside the checkout."""
     assert (ROOT / "docs" / "spec" / "customer-value.md").is_file()
