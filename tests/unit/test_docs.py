@@ -193,6 +193,28 @@ def test_every_profile_field_is_documented():
     assert named == set(CustomerProfile.model_fields) - {"customer_id"}
 
 
+def test_every_command_is_in_the_command_tables():
+    """Each `pulse` subcommand has a row in the README's and docs/development.md's command tables."""
+    import argparse
+
+    from pulse.cli import build_parser
+
+    actions = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    commands = set(actions[0].choices)
+    for page in (README, ROOT / "docs" / "development.md"):
+        rows = [line for line in page.read_text().splitlines() if line.startswith("| `pulse ")]
+        listed = {m for row in rows for m in re.findall(r"`pulse ([a-z]+)", row.split("|")[1])}
+        assert listed == commands, f"{page.name}: missing {commands - listed}, unknown {listed - commands}"
+
+
+def test_pulse_score_columns_are_documented():
+    """docs/events.md lists the columns of `pulse score --out` as the code writes them, in order."""
+    from pulse.history import PROFILE_COLUMNS
+
+    text = " ".join((ROOT / "docs" / "events.md").read_text().split())
+    assert "`" + ", ".join(PROFILE_COLUMNS) + "`" in text
+
+
 def test_the_readme_example_order_is_valid():
     """The one event a newcomer copies is accepted by the worker's strict decoder, as written."""
     from schemas.events import Kind, OrderEvent, decode_event
