@@ -280,12 +280,19 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def settings_table() -> str:
-    """Markdown table of every setting: env var, default, meaning."""
+    """Markdown table of every setting: env var, default, meaning (docs/settings.md is this table).
+
+    A list, tuple or dict default is shown as JSON, the form its env var accepts (a Python repr pasted
+    back into the variable would not parse)."""
+    import json
+
     from pulse.settings import Settings
 
     rows = ["| env var | default | meaning |", "|---|---|---|"]
     for name, field in Settings.model_fields.items():
         default = field.default_factory() if field.default_factory else field.default
+        if isinstance(default, list | tuple | dict):
+            default = json.dumps(default, default=str)
         rows.append(f"| `PULSE_{name.upper()}` | `{default}` | {field.description or ''} |")
     return "\n".join(rows)
 

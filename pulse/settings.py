@@ -4,7 +4,7 @@ Every setting is an environment variable ``PULSE_<NAME>`` (case-insensitive)
 with the documented default below. ``pulse dev`` also writes the URLs of the
 stack it started to ``.pulse/dev.env`` so that other ``pulse`` commands run in
 the same folder find it; real environment variables always win over that file.
-The names of scoring thresholds follow shared/spec/customer-value.md.
+The names of scoring thresholds follow docs/spec/customer-value.md (vendored from the shared domain spec).
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Segment rules replacing the defaults, first match wins, JSON: "
         '[{"name": "loyal", "r": [3, 5], "f": [4, 5], "m": [1, 5]}, …]; empty: the spec\'s rules, then the '
-        "usual named segments (see README).",
+        "usual named segments (see docs/profile.md).",
     )
     rfm_m_relative_error: float = Field(
         0.01,

@@ -169,7 +169,7 @@ def _intervals(p: PurchaseDays, start_offset: int, length: int) -> list[tuple[in
     day − start_offset]. Purchase days beyond the remembered ones (a customer with more distinct days
     than ``PurchaseDays`` keeps) lie somewhere between the first day and the oldest remembered one: that
     whole range is assumed to hold purchases (an approximation that default settings never reach for
-    the period start, see the README)."""
+    the period start, see docs/indicators.md, Approximations)."""
     if p.first_day is None:
         return []
     known = sorted(set(p.recent_days) | {p.first_day})

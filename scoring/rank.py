@@ -306,7 +306,7 @@ def score_1_to_5(p: float) -> int:
 
 @dataclass(frozen=True, slots=True)
 class RfmKeys:
-    """How R, F and M values become rank keys (documented in the README).
+    """How R, F and M values become rank keys (documented in docs/profile.md).
 
     * R: the day of the last purchase (days since 1970-01-01 UTC): exact at day resolution.
     * F: the order count, exact up to ``f_size - 1`` orders (more are ranked as that many).

@@ -24,7 +24,7 @@ from scoring.rfm import DEFAULT_SEGMENTS, HIGH_VALUE, OTHERS
 from streams.processor import BatchProcessor, Incoming
 from tests.multiworker import feed_workers
 
-# no hysteresis: the flag is then a function of the final population (see README, VIP)
+# no hysteresis: the flag is then a function of the final population (see docs/profile.md, VIP)
 SETTINGS = Settings(_env_file=None, batch_max_events=7, vip_enter_share=0.1, vip_leave_share=0.1)
 DAY0 = datetime(2025, 1, 1, tzinfo=UTC)
 

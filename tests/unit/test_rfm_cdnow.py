@@ -93,7 +93,7 @@ def streamed(customers: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame,
 
 
 def test_cdnow_m_and_vip_equal_the_exact_percentile(customers: pd.DataFrame) -> None:
-    # enter = leave: no hysteresis, so the flag is a function of the population (see README, VIP)
+    # enter = leave: no hysteresis, so the flag is a function of the population (see docs/profile.md, VIP)
     settings = Settings(_env_file=None, vip_enter_share=0.05, vip_leave_share=0.05)
     assert len(customers) == 23_570
     exact = expected(customers, settings, customers["revenue"])

@@ -92,14 +92,3 @@ def test_bad_input_is_rejected_with_a_reason(kind, payload, reason, where):
 def test_huge_payload_is_rejected_before_parsing():
     exc = reject(Kind.ORDER, b"{" + b" " * LIMIT + b"}")
     assert exc.reason is Reason.PAYLOAD_TOO_LARGE and str(LIMIT) in exc.detail
-
-
-def test_readme_settings_table_matches_the_code():
-    import re
-    from pathlib import Path
-
-    from pulse.cli import settings_table
-
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    block = re.search(r"<!-- settings-table:start -->\n(.*?)\n<!-- settings-table:end -->", readme, re.S)
-    assert block and block.group(1) == settings_table(), "regenerate the table with `pulse config`"
