@@ -193,7 +193,7 @@ class Bench:
 
     @staticmethod
     def settings(env: dict[str, str]):
-        from pulse.settings import Settings
+        from pulse_config.settings import Settings
 
         return Settings(
             _env_file=None, **{k[len("PULSE_") :].lower(): v for k, v in env.items() if k != "PULSE_ENV_FILE"}
@@ -755,8 +755,8 @@ def template_states(customers: int, seed: int) -> Templates:
     key = (customers, seed)
     if key not in _TEMPLATES:
         from pulse.offline import score_records
-        from pulse.settings import Settings
         from pulse.simulate import generate_events
+        from pulse_config.settings import Settings
 
         settings = Settings(_env_file=None)
         topics = settings.input_topics()
@@ -770,8 +770,8 @@ def template_states(customers: int, seed: int) -> Templates:
 
 def cost_per_event(size: int, templates: Templates, events: int, seed: int, partitions: int = 4) -> dict[str, Any]:
     """CPU µs per event of decode + process + encode + Redis fields, against ``size`` cloned customers."""
-    from pulse.settings import Settings
     from pulse.simulate import generate_events
+    from pulse_config.settings import Settings
     from streams.codec import decode_state, encode_state
     from streams.processor import BatchProcessor, Incoming
     from streams.sinks.redis_profiles import pack_batch, pack_profile
@@ -783,7 +783,7 @@ def cost_per_event(size: int, templates: Templates, events: int, seed: int, part
     t = len(variants)
     started = time.perf_counter()
     store: dict[bytes, bytes] = {}
-    processor = BatchProcessor(settings)
+    processor = BatchProcessor(settings.processor())
 
     def clones():
         for j in range(size):

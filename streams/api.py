@@ -53,7 +53,7 @@ from aiohttp import web
 from mode import Service
 from redis.exceptions import RedisError
 
-from pulse.settings import Settings
+from pulse_config.settings import Settings
 from schemas.events import ID_PATTERN
 from schemas.profile import CustomerProfile
 from streams.security import redis_client_kwargs

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import faust
 
-from pulse.settings import Settings
+from pulse_config.processor import ProcessorConfig
+from pulse_config.settings import Settings
 from streams import faust_fixes, faust_tuning
 from streams.security import broker_credentials
 from streams.tables import CustomerStateTable, table_manager
@@ -17,6 +18,8 @@ RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_s
 @dataclass
 class PulseApp:
     settings: Settings
+    #: the batch engine's frozen configuration, built once at start (with the CLV parameters the worker read)
+    processor_config: ProcessorConfig
     app: faust.App
     customer_events: faust.TopicT  # all four input topics, one channel
     topics_by_name: dict[str, faust.TopicT]
@@ -29,7 +32,7 @@ class PulseApp:
     customer_states: CustomerStateTable
 
 
-def create_app(settings: Settings) -> PulseApp:
+def create_app(settings: Settings, processor_config: ProcessorConfig) -> PulseApp:
     faust_fixes.apply()
     faust_tuning.set_fetch_max_wait_ms(settings.consumer_fetch_max_wait_ms)
     app = faust.App(
@@ -78,6 +81,7 @@ def create_app(settings: Settings) -> PulseApp:
     )
     pulse = PulseApp(
         settings,
+        processor_config,
         app,
         customer_events,
         topics_by_name,

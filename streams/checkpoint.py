@@ -61,7 +61,7 @@ from streams.tables import END_MARKER_KEY
 if TYPE_CHECKING:
     from faust.types import EventT
 
-    from pulse.settings import Settings
+    from pulse_config.settings import Settings
     from schemas.profile import RenderedProfile
     from scoring.customer import CustomerState
     from scoring.indicators import IndicatorValues

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 import orjson
 
-from pulse.settings import Settings
+from pulse_config.processor import ProcessorConfig
 from schemas.alerts import AlertReason, RetentionAlert
 from schemas.dead_letter import DeadLetter
 from schemas.events import (
@@ -142,26 +142,30 @@ class BatchProcessor:
     customers against the moved population, in the same checkpoint as events.
     """
 
-    def __init__(self, settings: Settings, partition_of: Callable[[bytes], int] | None = None) -> None:
-        self.settings = settings
+    def __init__(self, options: ProcessorConfig, partition_of: Callable[[bytes], int] | None = None) -> None:
+        if not isinstance(options, ProcessorConfig):
+            # a caller written before the engine took a frozen configuration: say how to build one
+            raise TypeError(f"BatchProcessor takes a ProcessorConfig (Settings.processor()), not {type(options)}")
+        #: the frozen configuration (pulse_config.processor): the engine reads no environment and no files
+        self.options = options
         #: the partition each customer id belongs in (streams.partitioning); None: not checked (offline, tests)
         self.partition_of = partition_of
         #: customers whose time-driven re-scoring raised: left out of due checks and sweeps until their next event
         self.quarantined: set[bytes] = set()
         #: test only (fault injection, PULSE_TEST_FAIL_EVENT_IDS): scoring these event ids raises
-        self._fail_event_ids = frozenset(settings.test_fail_event_ids)
-        self.kind_by_topic = {topic: Kind(kind) for kind, topic in settings.input_topics().items()}
-        self.ticks_topic = settings.topic_ticks()
-        self.config = settings.scoring()
-        self.rates = settings.currency_rates()
-        self.currency = settings.base_currency.upper()
+        self._fail_event_ids = options.test_fail_event_ids
+        self.kind_by_topic = {topic: Kind(kind) for kind, topic in options.input_topics.items()}
+        self.ticks_topic = options.ticks_topic
+        self.config = options.scoring
+        self.rates = options.currency_rates
+        self.currency = options.base_currency
         self.population = PopulationView(
-            self.config.rfm, self.config.indicators, int(settings.profile_refresh_seconds * 1000)
+            self.config.rfm, self.config.indicators, int(options.profile_refresh_seconds * 1000)
         )
-        self.max_lateness_ms = int(settings.max_lateness_days * DAY_MS)
-        self.max_earliness_ms = int(settings.max_earliness_seconds * 1000)
-        self.historical_ms = int(settings.historical_alert_seconds * 1000)
-        self.partition_idle_ms = int(settings.clock_partition_idle_seconds * 1000)
+        self.max_lateness_ms = int(options.max_lateness_days * DAY_MS)
+        self.max_earliness_ms = int(options.max_earliness_seconds * 1000)
+        self.historical_ms = int(options.historical_alert_seconds * 1000)
+        self.partition_idle_ms = int(options.clock_partition_idle_seconds * 1000)
         self.input_topics = tuple(sorted(self.kind_by_topic))
         #: per input topic-partition: watermark, read position, last read (spec: Clock)
         self.progress: dict[TopicPartitionKey, TopicProgress] = {}
@@ -242,7 +246,7 @@ class BatchProcessor:
             read.next_offset = record.offset + 1
             read.active_wall_ms = wall_ms
             try:
-                event = decode_event(kind, record.value or b"", self.settings.max_event_bytes)
+                event = decode_event(kind, record.value or b"", self.options.max_event_bytes)
                 scored = self._to_scored(event, record.offset)
                 self._check_early(scored, wall_ms)
             except EventRejected as exc:
@@ -316,7 +320,7 @@ class BatchProcessor:
                 render[key] = state
         # only partitions with a record in the batch: a state is written with one of its partition's events
         for partition in sorted(present & set(clocks)):
-            render.update(self.check_due(partition, self.settings.churn_due_per_batch, load, out, clocks[partition]))
+            render.update(self.check_due(partition, self.options.churn_due_per_batch, load, out, clocks[partition]))
         for partition in sorted(ticks & set(clocks)):
             render.update(self.sweep(partition, self._sweep_limit(partition), load, out, clocks[partition]))
         self._retag(out)
@@ -337,7 +341,7 @@ class BatchProcessor:
         raise EventRejected(
             Reason.TOO_EARLY,
             f"occurred_at: {ahead_s:.0f} s ahead of the wall clock "
-            f"(PULSE_MAX_EARLINESS_SECONDS={self.settings.max_earliness_seconds:g})",
+            f"(PULSE_MAX_EARLINESS_SECONDS={self.options.max_earliness_seconds:g})",
         )
 
     def holds(self, key: TopicPartitionKey) -> bool:
@@ -403,7 +407,7 @@ class BatchProcessor:
         out = BatchOutcome()
         kind = self.kind_by_topic.get(record.topic)
         if kind is not None:
-            detail = f"{type(exc).__name__}: {exc}"[: self.settings.dead_letter_payload_bytes or 4096]
+            detail = f"{type(exc).__name__}: {exc}"[: self.options.dead_letter_payload_bytes or 4096]
             out.rejected.append(self._reject(record, kind, EventRejected(Reason.PROCESSING_ERROR, detail)))
             out.count(kind, "dead_lettered")
         return out
@@ -437,12 +441,12 @@ class BatchProcessor:
 
         The population moves a little with every event; rounds only let customers who place no order
         follow its drift (an event re-scores its customer at once)."""
-        cap = self.settings.sweep_customers_per_tick
-        round_seconds = self.settings.sweep_round_seconds
+        cap = self.options.sweep_customers_per_tick
+        round_seconds = self.options.sweep_round_seconds
         if not round_seconds:
             return cap
         members = len(self.population.partition(partition).members)
-        return max(1, min(cap, math.ceil(members * self.settings.sweep_tick_seconds / round_seconds)))
+        return max(1, min(cap, math.ceil(members * self.options.sweep_tick_seconds / round_seconds)))
 
     def _population_stands(self) -> None:
         """The events are applied and the population stands still for the rest of the batch: what every
@@ -470,7 +474,7 @@ class BatchProcessor:
         return EventRejected(
             Reason.TOO_LATE,
             f"occurred_at: {behind_days:.1f} days behind partition {record.partition}'s watermark "
-            f"(PULSE_MAX_LATENESS_DAYS={self.settings.max_lateness_days:g})",
+            f"(PULSE_MAX_LATENESS_DAYS={self.options.max_lateness_days:g})",
         )
 
     def _advance_idle_clock(self, ticks: set[int], wall_ms: int | None) -> None:
@@ -481,7 +485,7 @@ class BatchProcessor:
         beyond the wall clock. The advanced clock is published with the partition's snapshot, so partitions
         with nothing left to read on other workers follow it.
         """
-        idle_ms = int(self.settings.clock_idle_advance_seconds * 1000)
+        idle_ms = int(self.options.clock_idle_advance_seconds * 1000)
         if not idle_ms or wall_ms is None:
             return
         for partition, part in self.population.local.items():
@@ -763,7 +767,7 @@ class BatchProcessor:
         return ScoredEvent(kind=event.KIND.value, event_id=event.event_id, occurred_ms=at, offset=offset, **facts)
 
     def _reject(self, record: Incoming, kind: str, exc: EventRejected) -> Rejected:
-        payload, encoding, truncated = DeadLetter.render_payload(record.value, self.settings.dead_letter_payload_bytes)
+        payload, encoding, truncated = DeadLetter.render_payload(record.value, self.options.dead_letter_payload_bytes)
         letter = DeadLetter(
             reason=exc.reason.value,
             detail=exc.detail,

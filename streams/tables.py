@@ -19,7 +19,7 @@ from faust.tables.recovery import Recovery
 from faust.types import TP, EventT
 from faust.types.tuples import RecordMetadata
 
-from pulse.settings import Settings
+from pulse_config.settings import Settings
 from streams.security import kafka_client_kwargs
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from pulse.devstack import BROKERS, KAFKA_VERSION, DevStack, free_port, kafka_available, stop_process
-from pulse.settings import Settings
+from pulse_config.settings import Settings
 from streams.admin import ensure_topics
 
 REPO = Path(__file__).resolve().parent.parent

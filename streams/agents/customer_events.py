@@ -70,7 +70,7 @@ def register(pulse: PulseApp) -> BatchProcessor:
     settings = pulse.settings
     table = pulse.customer_states
     # records outside their customer's murmur2 partition are re-published, not applied (streams.partitioning)
-    processor = BatchProcessor(settings, partitioner(settings.partitions))
+    processor = BatchProcessor(pulse.processor_config, partitioner(settings.partitions))
     sink = RedisProfileSink(
         settings.redis_url,
         settings.redis_key_prefix,

@@ -25,7 +25,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pulse.settings import Settings
+from pulse_config.settings import Settings
 from schemas.alerts import RiskLevel
 
 #: the event types the router reads: churn alerts (retention topic) and VIP changes (VIP topic)

@@ -27,7 +27,7 @@ from redis.backoff import NoBackoff
 
 from benchmarks.harness import template_states
 from pulse.devstack import Server, free_port, redis_binary, start_redis, stop_process
-from pulse.settings import Settings
+from pulse_config.settings import Settings
 from schemas.profile import CustomerProfile, RenderedProfile, render_profile
 from scoring.customer import assess_customer
 from streams import metrics

@@ -10,8 +10,8 @@ import orjson
 import pytest
 
 from pulse.offline import score_records
-from pulse.settings import Settings
 from pulse.simulate import generate_events
+from pulse_config.settings import Settings
 from scoring.customer import CustomerState, ScoredEvent, apply_event
 from scoring.orders import DAY_MS, OrderFact
 from scoring.service import TicketFact

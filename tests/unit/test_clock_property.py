@@ -12,7 +12,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pulse.settings import Settings
+from pulse_config.settings import Settings
 from scoring.customer import CustomerState
 from streams.processor import BatchProcessor, Incoming
 from tests.reference import batch_churn_codes
@@ -69,7 +69,7 @@ def contradicted(
     for log in logs.values():
         log.sort(key=lambda r: r[0])
     owners = {0: 0, 1: 0 if workers == 1 else 1}
-    processors = [BatchProcessor(SETTINGS) for _ in range(workers)]
+    processors = [BatchProcessor(SETTINGS.processor()) for _ in range(workers)]
     stores: list[dict[bytes, CustomerState]] = [{} for _ in range(workers)]
     read: dict[tuple[str, int], int] = {}
     ends = {(t, p): len(logs.get((t, p), [])) for t in TOPIC.values() for p in owners}

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 from benchmarks.harness import template_states
 from pulse.offline import score_records
-from pulse.settings import Settings
 from pulse.simulate import COMPLAINT_CATEGORIES, generate_events
+from pulse_config.settings import Settings
 from scoring.churn import ChurnState
 from scoring.clv import PurchaseDays
 from scoring.customer import CustomerState, ScoredEvent, apply_event

@@ -9,7 +9,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pulse.settings import Settings
+from pulse_config.settings import Settings
 from scoring.clv import ClvConfig, PurchaseDays, record_purchase
 from scoring.customer import CustomerState, ScoredEvent, apply_event
 from scoring.indicators import (
@@ -208,7 +208,7 @@ def test_flags_hold_until_the_flip_time_and_change_there(days, offset):
 
 def test_events_beyond_the_lateness_of_their_partition_are_dead_lettered_too_late():
     settings_ = Settings(_env_file=None, max_lateness_days=10)
-    processor = BatchProcessor(settings_)
+    processor = BatchProcessor(settings_.processor())
     topic = settings_.topic_surveys
     store: dict[bytes, CustomerState] = {}
 

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pulse.settings import Settings
+from pulse_config.settings import Settings
 from scoring.customer import CustomerState
 from streams.processor import BatchProcessor, Incoming
 from tests.multiworker import feed_workers
@@ -91,7 +91,7 @@ def partition_of(cid: str, partitions: int) -> int:
 
 def run_workers(arrivals: list[tuple[str, dict]], partitions: int, workers: int) -> list[BatchProcessor]:
     topics = SETTINGS.input_topics()
-    processors = [BatchProcessor(SETTINGS) for _ in range(workers)]
+    processors = [BatchProcessor(SETTINGS.processor()) for _ in range(workers)]
     stores: list[dict[bytes, CustomerState]] = [{} for _ in range(workers)]
     owner = {p: p % workers for p in range(partitions)}
     offsets: dict[tuple[str, int], int] = {}

@@ -20,8 +20,8 @@ from pydantic import AwareDatetime, TypeAdapter
 
 from benchmarks.harness import template_states
 from pulse.offline import score_records
-from pulse.settings import Settings
 from pulse.simulate import generate_events
+from pulse_config.settings import Settings
 from schemas.profile import (
     CustomerProfile,
     RenderedProfile,
@@ -171,7 +171,7 @@ def test_money_as_the_decimal_prints(cents):
 
 
 def test_the_worker_renders_records_that_read_back_as_the_edge_model():
-    processor = BatchProcessor(SETTINGS)
+    processor = BatchProcessor(SETTINGS.processor())
     now = TEMPLATES.clock_ms
     states = {f"P{i:08d}".encode(): s for i, s in enumerate(TEMPLATES.states[:50])}
     assessed = {key: assess_customer(s, now, 21.5, CONFIG) for key, s in states.items()}
