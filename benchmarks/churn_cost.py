@@ -21,9 +21,9 @@ import tracemalloc
 from pulse.simulate import generate_events
 from pulse_config.settings import Settings
 from scoring.customer import CustomerState, ScoringConfig, apply_event, assess_customer
-from scoring.orders import DAY_MS
 from scoring.population import PartitionPopulation
 from scoring.rfm import Population, RfmConfig
+from scoring.units import DAY_MS
 from streams.processor import BatchProcessor
 
 ASSESSMENTS = 20_000

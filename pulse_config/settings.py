@@ -36,7 +36,7 @@ from scoring.indicators import (
 from scoring.orders import OrderScoringConfig
 from scoring.rank import RfmKeys
 from scoring.rfm import DEFAULT_SEGMENTS, HIGH_VALUE, RfmConfig, SegmentRule
-from scoring.service import ServiceConfig
+from scoring.tickets import ServiceConfig
 from scoring.voice import VoiceConfig
 
 #: The file ``pulse dev`` writes; read by settings when present.

@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from scoring.clv import PurchaseDays
+from scoring.units import DAY_MS
 
-DAY_MS = 86_400_000
 PERCENT = 100
 
 # --- per-day rows ---------------------------------------------------------

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Protocol
 
-DAY_MS = 86_400_000
+from scoring.units import DAY_MS
 
 
 @dataclass(slots=True)

@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from scoring.indicators import DEFAULT_RESPONSE_EDGES_MS, RESPONSE_SLOT, response_bucket, ticket_row_add
 from scoring.indicators import OPENED as MARK_OPENED
 from scoring.indicators import RESOLVED as MARK_RESOLVED
+from scoring.units import DAY_MS
 
 HOUR_MS = 3_600_000
-DAY_MS = 86_400_000
 OPENED, FIRST_RESPONSE, RESOLVED, REOPENED = "opened", "first_response", "resolved", "reopened"
 # ticket record layout: [opened, first_response, resolved, reopened, reopens]
 _O, _FR, _RS, _RO, _N = range(5)

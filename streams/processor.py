@@ -26,7 +26,7 @@ from schemas.events import (
     Kind,
     OrderEvent,
     OrderStatus,
-    Reason,
+    RejectReason,
     SupportEvent,
     SurveyEvent,
     decode_event,
@@ -38,17 +38,18 @@ from scoring.churn import ChurnAssessment
 from scoring.clv import ClvSignals, lifetime_from_churn, margin
 from scoring.customer import (
     CustomerState,
-    ScoredEvent,
+    EventFacts,
     apply_event,
     assess_customer,
     customer_clv,
     indicator_contribution,
 )
 from scoring.indicators import activity
-from scoring.orders import DAY_MS, OrderFact, to_cents, window_revenue_cents
+from scoring.orders import OrderFact, to_cents, window_revenue_cents
 from scoring.population import PopulationView, gap_sums, member_keys, rescore, tags
 from scoring.rfm import Ranking
-from scoring.service import TicketFact
+from scoring.tickets import TicketFact
+from scoring.units import DAY_MS
 from scoring.voice import ComplaintFact, SurveyFact
 
 
@@ -333,13 +334,13 @@ class BatchProcessor:
         """Owned partitions whose clock an input topic-partition held back at the last batch."""
         return set(self._held)
 
-    def _check_early(self, event: ScoredEvent, wall_ms: int | None) -> None:
+    def _check_early(self, event: EventFacts, wall_ms: int | None) -> None:
         """Spec (Clock): an event ahead of the wall clock by more than ``max_earliness_seconds`` moves no clock."""
         if wall_ms is None or not self.max_earliness_ms or event.occurred_ms <= wall_ms + self.max_earliness_ms:
             return
         ahead_s = (event.occurred_ms - wall_ms) / 1000
         raise EventRejected(
-            Reason.TOO_EARLY,
+            RejectReason.TOO_EARLY,
             f"occurred_at: {ahead_s:.0f} s ahead of the wall clock "
             f"(PULSE_MAX_EARLINESS_SECONDS={self.options.max_earliness_seconds:g})",
         )
@@ -408,7 +409,7 @@ class BatchProcessor:
         kind = self.kind_by_topic.get(record.topic)
         if kind is not None:
             detail = f"{type(exc).__name__}: {exc}"[: self.options.dead_letter_payload_bytes or 4096]
-            out.rejected.append(self._reject(record, kind, EventRejected(Reason.PROCESSING_ERROR, detail)))
+            out.rejected.append(self._reject(record, kind, EventRejected(RejectReason.PROCESSING_ERROR, detail)))
             out.count(kind, "dead_lettered")
         return out
 
@@ -456,7 +457,7 @@ class BatchProcessor:
         self._lifetime_years = lifetime_from_churn(churn_rate, self.config.indicators.period_days)
         self._ranking = Ranking(self.population.parts(), self.config.rfm)
 
-    def _too_late(self, record: Incoming, kind: Kind, event: ScoredEvent, state: CustomerState) -> EventRejected | None:
+    def _too_late(self, record: Incoming, kind: Kind, event: EventFacts, state: CustomerState) -> EventRejected | None:
         """An event older than its partition's watermark minus ``max_lateness_days`` (spec: late events beyond
         the configured lateness go to the dead-letter topic).
 
@@ -472,7 +473,7 @@ class BatchProcessor:
             return None
         behind_days = (watermark - event.occurred_ms) / DAY_MS
         return EventRejected(
-            Reason.TOO_LATE,
+            RejectReason.TOO_LATE,
             f"occurred_at: {behind_days:.1f} days behind partition {record.partition}'s watermark "
             f"(PULSE_MAX_LATENESS_DAYS={self.options.max_lateness_days:g})",
         )
@@ -743,14 +744,14 @@ class BatchProcessor:
             and self._wall_ms - now > self.historical_ms,
         )
 
-    def _to_scored(self, event: CustomerEvent, offset: int) -> ScoredEvent:
+    def _to_scored(self, event: CustomerEvent, offset: int) -> EventFacts:
         at = event.occurred_ms
         facts: dict[str, object] = {}
         if isinstance(event, OrderEvent):
             rate = self.rates.get(event.currency)
             if rate is None:
                 raise EventRejected(
-                    Reason.UNSUPPORTED_CURRENCY, f"currency: no rate for {event.currency} (see PULSE_FX_RATES)"
+                    RejectReason.UNSUPPORTED_CURRENCY, f"currency: no rate for {event.currency} (see PULSE_FX_RATES)"
                 )
             facts["order"] = OrderFact(
                 occurred_ms=at,
@@ -764,7 +765,7 @@ class BatchProcessor:
             facts["complaint"] = ComplaintFact(at, event.severity.value)
         elif isinstance(event, SupportEvent):
             facts["ticket"] = TicketFact(at, event.ticket_id, event.kind.value)
-        return ScoredEvent(kind=event.KIND.value, event_id=event.event_id, occurred_ms=at, offset=offset, **facts)
+        return EventFacts(kind=event.KIND.value, event_id=event.event_id, occurred_ms=at, offset=offset, **facts)
 
     def _reject(self, record: Incoming, kind: str, exc: EventRejected) -> Rejected:
         payload, encoding, truncated = DeadLetter.render_payload(record.value, self.options.dead_letter_payload_bytes)

@@ -13,7 +13,7 @@ import orjson
 from pulse_config.settings import Settings
 from scoring.clv import DEFAULT_CLV_PARAMS
 from scoring.customer import CustomerState
-from scoring.orders import DAY_MS
+from scoring.units import DAY_MS
 from streams.processor import BatchOutcome, BatchProcessor, Incoming
 from tests.churn_story import D0, MONTHLY, STORY, clock, order
 

@@ -18,7 +18,7 @@ from pulse_config.settings import Settings
 from schemas.alerts import RetentionAlert
 from schemas.events import MAX_TIME_MS, MIN_TIME_MS, EventRejected, Kind, decode_event
 from scoring.customer import CustomerState
-from scoring.orders import DAY_MS
+from scoring.units import DAY_MS
 from streams.processor import BatchOutcome, BatchProcessor, Incoming
 from tests.churn_story import D0, MONTHLY, iso
 

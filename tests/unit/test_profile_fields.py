@@ -32,10 +32,10 @@ from schemas.profile import (
     ms_to_datetime,
     render_profile,
 )
-from scoring.churn import ChurnAssessment, Reason
+from scoring.churn import ChurnAssessment, ChurnReason
 from scoring.clv import ClvSignals
 from scoring.customer import CustomerState, assess_customer
-from scoring.orders import DAY_MS
+from scoring.units import DAY_MS
 from streams.processor import BatchProcessor
 
 SETTINGS = Settings(_env_file=None)
@@ -123,7 +123,7 @@ reason_values = (
     | st.booleans()
     | st.decimals(allow_nan=False, allow_infinity=False, places=3)
 )
-reasons = st.builds(Reason, st.text(max_size=12), reason_values, reason_values, st.text(max_size=20))
+reasons = st.builds(ChurnReason, st.text(max_size=12), reason_values, reason_values, st.text(max_size=20))
 cents = st.none() | st.integers(-(10**32), 10**32)
 floats = st.none() | st.integers(-5, 5) | st.floats(allow_nan=True, allow_infinity=True)
 clvs = st.builds(ClvSignals, st.integers(0, 9), st.floats(0, 9), st.floats(0, 9), floats, floats, cents, cents, cents)

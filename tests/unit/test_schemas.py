@@ -6,7 +6,7 @@ from schemas.events import (
     EventRejected,
     Kind,
     OrderEvent,
-    Reason,
+    RejectReason,
     SupportEvent,
     SurveyEvent,
     TicketEventKind,
@@ -49,38 +49,38 @@ def test_unknown_extra_fields_are_ignored():
 @pytest.mark.parametrize(
     ("kind", "payload", "reason", "where"),
     [
-        (Kind.ORDER, b"{not json", Reason.MALFORMED_JSON, "JSON"),
-        (Kind.ORDER, b"\xff\xfe\x00", Reason.MALFORMED_JSON, "UTF-8"),
-        (Kind.ORDER, b"[1, 2]", Reason.NOT_AN_OBJECT, "object"),
-        (Kind.ORDER, b"null", Reason.NOT_AN_OBJECT, "object"),
-        (Kind.ORDER, {k: v for k, v in ORDER.items() if k != "amount"}, Reason.MISSING_FIELD, "amount"),
-        (Kind.ORDER, {**ORDER, "amount": -0.01}, Reason.OUT_OF_RANGE, "amount"),
-        (Kind.ORDER, {**ORDER, "amount": "NaN"}, Reason.OUT_OF_RANGE, "amount"),
-        (Kind.ORDER, {**ORDER, "amount": 1e12}, Reason.OUT_OF_RANGE, "amount"),
-        (Kind.ORDER, {**ORDER, "amount": "lots"}, Reason.WRONG_TYPE, "amount"),
-        (Kind.ORDER, {**ORDER, "amount": True}, Reason.WRONG_TYPE, "amount"),
-        (Kind.ORDER, {**ORDER, "cost": -1}, Reason.OUT_OF_RANGE, "cost"),
-        (Kind.ORDER, {**ORDER, "status": "stolen"}, Reason.UNKNOWN_VALUE, "status"),
-        (Kind.ORDER, {**ORDER, "currency": "usd"}, Reason.INVALID_VALUE, "currency"),
-        (Kind.ORDER, {**ORDER, "occurred_at": "2025-03-01T10:00:00"}, Reason.INVALID_TIME, "occurred_at"),
-        (Kind.ORDER, {**ORDER, "occurred_at": "2025-03-01T10:00:00+25:00"}, Reason.INVALID_TIME, "occurred_at"),
-        (Kind.ORDER, {**ORDER, "occurred_at": 1740794400}, Reason.WRONG_TYPE, "occurred_at"),
-        (Kind.ORDER, {**ORDER, "customer_id": ""}, Reason.INVALID_VALUE, "customer_id"),
-        (Kind.ORDER, {**ORDER, "customer_id": "x" * 300}, Reason.INVALID_VALUE, "customer_id"),
-        (Kind.ORDER, {**ORDER, "customer_id": 42}, Reason.WRONG_TYPE, "customer_id"),
-        (Kind.SURVEY, {**BASE, "nps": 11}, Reason.OUT_OF_RANGE, "nps"),
-        (Kind.SURVEY, {**BASE, "nps": "9"}, Reason.WRONG_TYPE, "nps"),
-        (Kind.SURVEY, {**BASE, "nps": 9.0}, Reason.WRONG_TYPE, "nps"),
-        (Kind.SURVEY, {**BASE, "csat": 0}, Reason.OUT_OF_RANGE, "csat"),
-        (Kind.SURVEY, {**BASE, "csat": 6}, Reason.OUT_OF_RANGE, "csat"),
-        (Kind.SURVEY, dict(BASE), Reason.INVALID_VALUE, "nps or csat"),
+        (Kind.ORDER, b"{not json", RejectReason.MALFORMED_JSON, "JSON"),
+        (Kind.ORDER, b"\xff\xfe\x00", RejectReason.MALFORMED_JSON, "UTF-8"),
+        (Kind.ORDER, b"[1, 2]", RejectReason.NOT_AN_OBJECT, "object"),
+        (Kind.ORDER, b"null", RejectReason.NOT_AN_OBJECT, "object"),
+        (Kind.ORDER, {k: v for k, v in ORDER.items() if k != "amount"}, RejectReason.MISSING_FIELD, "amount"),
+        (Kind.ORDER, {**ORDER, "amount": -0.01}, RejectReason.OUT_OF_RANGE, "amount"),
+        (Kind.ORDER, {**ORDER, "amount": "NaN"}, RejectReason.OUT_OF_RANGE, "amount"),
+        (Kind.ORDER, {**ORDER, "amount": 1e12}, RejectReason.OUT_OF_RANGE, "amount"),
+        (Kind.ORDER, {**ORDER, "amount": "lots"}, RejectReason.WRONG_TYPE, "amount"),
+        (Kind.ORDER, {**ORDER, "amount": True}, RejectReason.WRONG_TYPE, "amount"),
+        (Kind.ORDER, {**ORDER, "cost": -1}, RejectReason.OUT_OF_RANGE, "cost"),
+        (Kind.ORDER, {**ORDER, "status": "stolen"}, RejectReason.UNKNOWN_VALUE, "status"),
+        (Kind.ORDER, {**ORDER, "currency": "usd"}, RejectReason.INVALID_VALUE, "currency"),
+        (Kind.ORDER, {**ORDER, "occurred_at": "2025-03-01T10:00:00"}, RejectReason.INVALID_TIME, "occurred_at"),
+        (Kind.ORDER, {**ORDER, "occurred_at": "2025-03-01T10:00:00+25:00"}, RejectReason.INVALID_TIME, "occurred_at"),
+        (Kind.ORDER, {**ORDER, "occurred_at": 1740794400}, RejectReason.WRONG_TYPE, "occurred_at"),
+        (Kind.ORDER, {**ORDER, "customer_id": ""}, RejectReason.INVALID_VALUE, "customer_id"),
+        (Kind.ORDER, {**ORDER, "customer_id": "x" * 300}, RejectReason.INVALID_VALUE, "customer_id"),
+        (Kind.ORDER, {**ORDER, "customer_id": 42}, RejectReason.WRONG_TYPE, "customer_id"),
+        (Kind.SURVEY, {**BASE, "nps": 11}, RejectReason.OUT_OF_RANGE, "nps"),
+        (Kind.SURVEY, {**BASE, "nps": "9"}, RejectReason.WRONG_TYPE, "nps"),
+        (Kind.SURVEY, {**BASE, "nps": 9.0}, RejectReason.WRONG_TYPE, "nps"),
+        (Kind.SURVEY, {**BASE, "csat": 0}, RejectReason.OUT_OF_RANGE, "csat"),
+        (Kind.SURVEY, {**BASE, "csat": 6}, RejectReason.OUT_OF_RANGE, "csat"),
+        (Kind.SURVEY, dict(BASE), RejectReason.INVALID_VALUE, "nps or csat"),
         (
             Kind.COMPLAINT,
             {**BASE, "complaint_id": "K", "severity": "apocalyptic", "category": "x"},
-            Reason.UNKNOWN_VALUE,
+            RejectReason.UNKNOWN_VALUE,
             "severity",
         ),
-        (Kind.SUPPORT, {**BASE, "ticket_id": "T", "kind": "closed"}, Reason.UNKNOWN_VALUE, "kind"),
+        (Kind.SUPPORT, {**BASE, "ticket_id": "T", "kind": "closed"}, RejectReason.UNKNOWN_VALUE, "kind"),
     ],
 )
 def test_bad_input_is_rejected_with_a_reason(kind, payload, reason, where):
@@ -91,7 +91,7 @@ def test_bad_input_is_rejected_with_a_reason(kind, payload, reason, where):
 
 def test_huge_payload_is_rejected_before_parsing():
     exc = reject(Kind.ORDER, b"{" + b" " * LIMIT + b"}")
-    assert exc.reason is Reason.PAYLOAD_TOO_LARGE and str(LIMIT) in exc.detail
+    assert exc.reason is RejectReason.PAYLOAD_TOO_LARGE and str(LIMIT) in exc.detail
 
 
 def test_readme_settings_table_matches_the_code():
