@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from decimal import Decimal
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -633,7 +633,7 @@ class Settings(BaseSettings):
         return ",".join(part for part in raw.replace(";", ",").split(",") if part)
 
 
-def load_settings(**overrides: object) -> Settings:
+def load_settings(**overrides: Any) -> Settings:
     """Settings from the environment, then ``.pulse/dev.env`` (``PULSE_ENV_FILE``), then defaults."""
     env_file = os.environ.get("PULSE_ENV_FILE", DEV_ENV_FILE)
     return Settings(_env_file=env_file if env_file and os.path.exists(env_file) else None, **overrides)

@@ -20,7 +20,6 @@ import pytest
 from pulse.cli import main
 from pulse_config.clv_params import ClvParamsError, load_clv_params, save_clv_params
 from scoring.clv import (
-    DAY_MS,
     DEFAULT_CLV_PARAMS,
     ClvConfig,
     ClvParams,
@@ -39,6 +38,7 @@ from scoring.clv_fit import (
     model_arrays,
     summarise,
 )
+from scoring.units import DAY_MS
 
 lifetimes = pytest.importorskip("lifetimes", reason="the batch reference (dev extra)")
 from lifetimes import BetaGeoFitter, GammaGammaFitter  # noqa: E402
