@@ -8,10 +8,11 @@ the dead-letter topic and the ``..._dead_letters_total`` counter can say why.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import pydantic
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
@@ -193,7 +194,7 @@ _ERROR_REASONS: dict[str, RejectReason] = {
 }
 
 
-def _reason_for(error: dict) -> RejectReason:
+def _reason_for(error: Mapping[str, Any]) -> RejectReason:
     kind = error["type"]
     if kind in _ERROR_REASONS:
         return _ERROR_REASONS[kind]

@@ -202,8 +202,9 @@ class CustomerProfile(BaseModel):
     @classmethod
     def from_redis(cls, fields: dict[str, str]) -> CustomerProfile:
         data: dict[str, object] = {k: (None if v == "" else v) for k, v in fields.items() if k in cls.model_fields}
-        if isinstance(data.get("churn_reasons"), str):
-            data["churn_reasons"] = orjson.loads(data["churn_reasons"])
+        reasons = data.get("churn_reasons")
+        if isinstance(reasons, str):
+            data["churn_reasons"] = orjson.loads(reasons)
         return cls.model_validate(data)
 
 

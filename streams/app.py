@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import faust
 
@@ -12,7 +13,7 @@ from streams import faust_fixes, faust_tuning
 from streams.security import broker_credentials
 from streams.tables import CustomerStateTable, table_manager
 
-RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+RAW: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 
 
 @dataclass
@@ -63,22 +64,21 @@ def create_app(settings: Settings, processor_config: ProcessorConfig) -> PulseAp
     ticks = app.topic(settings.topic_ticks(), partitions=settings.partitions, **RAW)
     population = app.topic(settings.topic_population(), partitions=1, **RAW)
     # Built the way App.Table builds tables, with our subclass.
-    table = app.tables.add(
-        CustomerStateTable(
-            app,
-            name="customer_states",
-            default=None,
-            beacon=app.tables.beacon,
-            partitions=settings.partitions,
-            # The checkpoint writes with the customer's own partition
-            # (CustomerStateTable.write_states); reads in a batch have no
-            # current event, so the store looks the key up in its index.
-            use_partitioner=True,
-            # bytes in, bytes out: the "raw" codec (see _serializer_from_type)
-            key_type=bytes,
-            value_type=bytes,
-        )
+    table = CustomerStateTable(
+        app,
+        name="customer_states",
+        default=None,
+        beacon=app.tables.beacon,
+        partitions=settings.partitions,
+        # The checkpoint writes with the customer's own partition
+        # (CustomerStateTable.write_states); reads in a batch have no
+        # current event, so the store looks the key up in its index.
+        use_partitioner=True,
+        # bytes in, bytes out: the "raw" codec (see _serializer_from_type)
+        key_type=bytes,
+        value_type=bytes,
     )
+    app.tables.add(table)
     pulse = PulseApp(
         settings,
         processor_config,
@@ -92,9 +92,12 @@ def create_app(settings: Settings, processor_config: ProcessorConfig) -> PulseAp
         population,
         table,
     )
-    from streams.agents import customer_events, monitoring, population
+    # (the agents' modules, named apart from the topics above)
+    from streams.agents import customer_events as events_agent
+    from streams.agents import monitoring
+    from streams.agents import population as population_agent
 
-    processor = customer_events.register(pulse)
-    population.register(pulse, processor)
+    processor = events_agent.register(pulse)
+    population_agent.register(pulse, processor)
     monitoring.register(pulse)
     return pulse

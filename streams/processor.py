@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 
@@ -184,7 +185,7 @@ class BatchProcessor:
         self._ranking: Ranking | None = None
         #: idle advance, per owned partition: (clock, wall time) when its clock last moved otherwise, and the
         #: clock seen then
-        self._idle_anchor: dict[int, tuple[int, int, int]] = {}
+        self._idle_anchor: dict[int, tuple[int, int, int | None]] = {}
 
     def rebuild(self, partitions: set[int], states: Iterable[tuple[bytes, CustomerState]]) -> int:
         """Count the recovered customers of newly owned ``partitions`` into the population; returns how many.
@@ -234,7 +235,8 @@ class BatchProcessor:
         #: partitions with a tick in the batch (round-robin sweep), and with any record (due checks)
         ticks: set[int] = set()
         present: set[int] = set()
-        partition_of, placed = self.partition_of, {}  # placed: customer -> partition, memoised per batch
+        partition_of = self.partition_of
+        placed: dict[bytes, int] = {}  # customer -> partition, memoised per batch
         for record in batch:
             present.add(record.partition)
             if record.topic == self.ticks_topic:
@@ -746,7 +748,7 @@ class BatchProcessor:
 
     def _to_scored(self, event: CustomerEvent, offset: int) -> EventFacts:
         at = event.occurred_ms
-        facts: dict[str, object] = {}
+        facts: dict[str, Any] = {}
         if isinstance(event, OrderEvent):
             rate = self.rates.get(event.currency)
             if rate is None:

@@ -153,7 +153,7 @@ class Route(_Strict):
 
     name: str = Field(pattern=_NAME)
     destinations: list[str] = Field(min_length=1)
-    events: list[EventType] = Field(default_factory=lambda: ["retention_alert"], min_length=1)
+    events: list[EventType] = Field(default_factory=lambda: list[EventType](["retention_alert"]), min_length=1)
     levels: list[RiskLevel] = Field(default_factory=list)
     vip: bool | None = None
     priority: bool | None = None
