@@ -19,7 +19,7 @@ def tool(name: str) -> str | None:
 @pytest.mark.skipif(tool("ruff") is None, reason="ruff not installed")
 def test_ruff_check_and_format():
     ruff = tool("ruff")
-    dirs = ["pulse", "pulse_config", "streams", "scoring", "schemas", "tests", "benchmarks"]
+    dirs = ["pulse", "pulse_config", "streams", "scoring", "schemas", "testing", "tests", "benchmarks"]
     check = subprocess.run([ruff, "check", *dirs], cwd=REPO, capture_output=True, text=True)
     assert check.returncode == 0, check.stdout
     fmt = subprocess.run([ruff, "format", "--check", *dirs], cwd=REPO, capture_output=True, text=True)
@@ -29,7 +29,7 @@ def test_ruff_check_and_format():
 @pytest.mark.skipif(tool("lint-imports") is None, reason="import-linter not installed")
 def test_import_layers():
     """[tool.importlinter]: scoring < pulse_config < schemas < streams (Faust-free engine, then the runtime
-    shell) < pulse < benchmarks, tests; nothing imports upward."""
+    shell) < pulse < testing < benchmarks | tests; nothing imports upward."""
     result = subprocess.run([tool("lint-imports"), "--no-cache"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -26,7 +26,7 @@ from scoring.units import DAY_MS
 from streams.admin import ensure_topics
 from streams.security import kafka_client_kwargs
 from streams.sinks.redis_profiles import profile_key
-from tests.conftest import consume, produce, wait_until
+from testing.stack import consume, produce, wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -53,7 +53,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pulse.devstack import KafkaBroker, Server, free_port, kafka_available, kafka_props_from_env, stop_process
 from pulse.simulate import BAD_PAYLOADS, generate_events, generate_orders, send
 from streams.sinks.redis_profiles import profile_key
-from tests.conftest import CONVERGE_SECONDS, REPO, produce, wait_until
+from testing.stack import CONVERGE_SECONDS, REPO, produce, wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -37,13 +37,13 @@ import redis
 
 from pulse.devstack import DevStack, free_port, kafka_available, stop_process
 from streams.sinks.redis_profiles import profile_key
-from tests.conftest import CONVERGE_SECONDS, REPO, produce, wait_until
+from testing.stack import CONVERGE_SECONDS, REPO, produce, wait_until
 
 pytestmark = pytest.mark.e2e
 
 #: the packages the wheel must ship (pyproject's packages.find) and the folders it must not reach
 PACKAGES = ("pulse", "pulse_config", "streams", "scoring", "schemas")
-CHECKOUT_ONLY = ("tests", "benchmarks")
+CHECKOUT_ONLY = ("tests", "testing", "benchmarks")
 #: bound on each build/install step
 STEP_SECONDS = 180.0
 

@@ -12,7 +12,7 @@ from scoring.orders import OrderFact
 from scoring.tickets import TicketFact
 from scoring.units import DAY_MS
 from scoring.voice import SEVERITIES, ComplaintFact, SurveyFact
-from tests.reference import batch_churn_codes
+from testing.reference import batch_churn_codes
 
 CONFIG = ScoringConfig()
 T0 = 20006 * DAY_MS

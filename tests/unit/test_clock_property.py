@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from pulse_config.settings import Settings
 from scoring.customer import CustomerState
 from streams.processor import BatchProcessor, Incoming
-from tests.reference import batch_churn_codes
+from testing.reference import batch_churn_codes
 from tests.unit.test_churn_property import T0, histories
 
 SETTINGS = Settings(_env_file=None)

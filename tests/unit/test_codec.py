@@ -19,7 +19,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from benchmarks.harness import template_states
 from pulse.offline import score_records
 from pulse.simulate import COMPLAINT_CATEGORIES, generate_events
 from pulse_config.settings import Settings
@@ -30,6 +29,7 @@ from scoring.orders import OrderFact, OrderState
 from scoring.tickets import Folded, ServiceState, TicketFact
 from scoring.voice import SEVERITIES, ComplaintFact, SurveyFact, VoiceState
 from streams.codec import FORMAT_VERSION, LAYOUTS, decode_state, encode_state, encode_state_orjson
+from testing.templates import template_states
 
 SETTINGS = Settings(_env_file=None)
 CONFIG = SETTINGS.scoring()

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from pulse_config.settings import Settings
 from scoring.customer import CustomerState
 from streams.processor import BatchProcessor, Incoming
+from testing.reference import batch_population_indicators
 from tests.multiworker import feed_workers
-from tests.reference import batch_population_indicators
 
 SETTINGS = Settings(_env_file=None, batch_max_events=7)
 DAY0 = datetime(2025, 1, 1, tzinfo=UTC)

@@ -8,7 +8,7 @@ from schemas.profile import CustomerProfile
 from scoring.customer import CustomerState, EventFacts, ScoringConfig, apply_event
 from scoring.orders import OrderFact, OrderScoringConfig, OrderState, apply_order, order_signals, to_cents
 from scoring.units import DAY_MS
-from tests.reference import batch_order_profiles
+from testing.reference import batch_order_profiles
 
 CONFIG = OrderScoringConfig()
 SCORING_4 = ScoringConfig(orders=CONFIG, dedup_event_ids=4)

@@ -18,7 +18,6 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import AwareDatetime, TypeAdapter
 
-from benchmarks.harness import template_states
 from pulse.offline import score_records
 from pulse.simulate import generate_events
 from pulse_config.settings import Settings
@@ -37,6 +36,7 @@ from scoring.clv import ClvSignals
 from scoring.customer import CustomerState, assess_customer
 from scoring.units import DAY_MS
 from streams.processor import BatchProcessor
+from testing.templates import template_states
 
 SETTINGS = Settings(_env_file=None)
 CONFIG = SETTINGS.scoring()
