@@ -30,8 +30,8 @@ from pathlib import Path
 
 from benchmarks.dev_throughput import POLL_SECONDS, SCORING_SECONDS, scored_so_far
 from pulse.devstack import DevStack, free_port, stop_process
-from pulse.settings import load_settings
 from pulse.simulate import customer_id, generate_orders, send
+from pulse_config.settings import load_settings
 from streams.admin import ensure_topics
 from streams.security import kafka_client_kwargs
 

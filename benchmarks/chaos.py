@@ -23,8 +23,8 @@ import tempfile
 from pathlib import Path
 
 from pulse.devstack import DevStack
-from tests.chaos import ChaosPlan, run_chaos
-from tests.conftest import WorkerPool, make_namespace
+from testing.chaos import ChaosPlan, run_chaos
+from testing.stack import WorkerPool, make_namespace
 
 
 def main(argv: list[str] | None = None) -> int:

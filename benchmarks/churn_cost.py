@@ -18,12 +18,12 @@ import sys
 import time
 import tracemalloc
 
-from pulse.settings import Settings
 from pulse.simulate import generate_events
+from pulse_config.settings import Settings
 from scoring.customer import CustomerState, ScoringConfig, apply_event, assess_customer
-from scoring.orders import DAY_MS
 from scoring.population import PartitionPopulation
 from scoring.rfm import Population, RfmConfig
+from scoring.units import DAY_MS
 from streams.processor import BatchProcessor
 
 ASSESSMENTS = 20_000
@@ -32,7 +32,7 @@ WALK_DAYS = 90
 
 def sample_states(customers: int) -> tuple[list[CustomerState], int]:
     """Customers built by the worker's own decoding and scorers from the traffic generator's history."""
-    processor = BatchProcessor(Settings(_env_file=None))
+    processor = BatchProcessor(Settings(_env_file=None).processor())
     states: dict[str, CustomerState] = {}
     now = 0
     for i, (kind, event) in enumerate(generate_events(customers, 365, seed=5)):

@@ -24,8 +24,8 @@ import zlib
 
 import orjson
 
-from pulse.settings import Settings
 from pulse.simulate import generate_events
+from pulse_config.settings import Settings
 from scoring.customer import CustomerState
 from streams.processor import BatchProcessor, Incoming, TopicProgress
 
@@ -47,7 +47,7 @@ def records(customers: int, settings: Settings) -> list[Incoming]:
 
 
 def run(settings: Settings, batch: list[Incoming], with_ends: bool) -> tuple[float, BatchProcessor]:
-    processor = BatchProcessor(settings)
+    processor = BatchProcessor(settings.processor())
     store: dict[bytes, CustomerState] = {}
     ends = {(t, p): 0 for t in settings.input_topics().values() for p in range(PARTITIONS)}
     for r in batch:

@@ -22,8 +22,8 @@ import urllib.request
 from pathlib import Path
 
 from pulse.devstack import DevStack, free_port
-from pulse.settings import load_settings
 from pulse.simulate import generate_events, generate_orders, send
+from pulse_config.settings import load_settings
 from streams.admin import ensure_topics
 from streams.security import kafka_client_kwargs
 

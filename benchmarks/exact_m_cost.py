@@ -34,8 +34,9 @@ import tracemalloc
 import orjson
 
 from scoring.population import PopulationView
-from scoring.rank import DAY_MS, RankIndex
+from scoring.rank import RankIndex
 from scoring.rfm import MemberKeys, Population, Ranking, RfmConfig, rfm_keys, rfm_scores
+from scoring.units import DAY_MS
 
 PARTITIONS = 4
 MOVES = 50_000

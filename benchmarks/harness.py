@@ -57,6 +57,8 @@ from typing import Any
 
 import orjson
 
+from testing.templates import Templates, template_states
+
 REPO = Path(__file__).resolve().parent.parent
 PHASES = ("raw", "naive", "faust", "full", "latency", "state", "scaling", "cost", "recovery")
 
@@ -193,7 +195,7 @@ class Bench:
 
     @staticmethod
     def settings(env: dict[str, str]):
-        from pulse.settings import Settings
+        from pulse_config.settings import Settings
 
         return Settings(
             _env_file=None, **{k[len("PULSE_") :].lower(): v for k, v in env.items() if k != "PULSE_ENV_FILE"}
@@ -723,55 +725,10 @@ def live_event(template: tuple[str, dict], n: int) -> tuple[str, dict]:
 # --------------------------------------------------------------------------- cost per event (no Kafka)
 
 
-@dataclass
-class Templates:
-    """Scored states of a generated history: the shapes cloned into large populations."""
-
-    states: list[Any]  # CustomerState, partition 0
-    clock_ms: int
-    #: template index -> partition -> (encoded state, decoded state) with that partition
-    variants: list[list[tuple[bytes, Any]]] = field(default_factory=list)
-
-    def variant(self, partitions: int) -> list[list[tuple[bytes, Any]]]:
-        from streams.codec import decode_state, encode_state
-
-        if not self.variants or len(self.variants[0]) != partitions:
-            self.variants = []
-            for state in self.states:
-                row = []
-                for p in range(partitions):
-                    state.partition = p
-                    raw = encode_state(state)
-                    row.append((raw, decode_state(raw)))
-                self.variants.append(row)
-        return self.variants
-
-
-_TEMPLATES: dict[tuple[int, int], Templates] = {}
-
-
-def template_states(customers: int, seed: int) -> Templates:
-    """A year of the four-kind mix for ``customers`` customers, scored by the worker's own processor."""
-    key = (customers, seed)
-    if key not in _TEMPLATES:
-        from pulse.offline import score_records
-        from pulse.settings import Settings
-        from pulse.simulate import generate_events
-
-        settings = Settings(_env_file=None)
-        topics = settings.input_topics()
-        events = generate_events(customers, 365, seed=seed)
-        records = [(topics[kind], e["customer_id"].encode(), orjson.dumps(e)) for kind, e in events]
-        result = score_records(records, settings)
-        clock = max(int(datetime.fromisoformat(e["occurred_at"]).timestamp() * 1000) for _, e in events)
-        _TEMPLATES[key] = Templates(list(result.states.values()), clock)
-    return _TEMPLATES[key]
-
-
 def cost_per_event(size: int, templates: Templates, events: int, seed: int, partitions: int = 4) -> dict[str, Any]:
     """CPU µs per event of decode + process + encode + Redis fields, against ``size`` cloned customers."""
-    from pulse.settings import Settings
     from pulse.simulate import generate_events
+    from pulse_config.settings import Settings
     from streams.codec import decode_state, encode_state
     from streams.processor import BatchProcessor, Incoming
     from streams.sinks.redis_profiles import pack_batch, pack_profile
@@ -783,7 +740,7 @@ def cost_per_event(size: int, templates: Templates, events: int, seed: int, part
     t = len(variants)
     started = time.perf_counter()
     store: dict[bytes, bytes] = {}
-    processor = BatchProcessor(settings)
+    processor = BatchProcessor(settings.processor())
 
     def clones():
         for j in range(size):

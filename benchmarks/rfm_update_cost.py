@@ -15,8 +15,8 @@ import sys
 import time
 import tracemalloc
 
-from scoring.rank import DAY_MS
 from scoring.rfm import Population, RfmConfig, rfm_keys, rfm_scores
+from scoring.units import DAY_MS
 
 PARTITIONS = 4
 MOVES = 100_000

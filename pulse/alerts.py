@@ -14,7 +14,7 @@ from typing import TextIO
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
-from pulse.settings import Settings
+from pulse_config.settings import Settings
 from schemas.alerts import RetentionAlert
 from streams.security import kafka_client_kwargs
 

@@ -12,7 +12,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from pulse.settings import Settings
+from pulse_config.clv_params import load_clv_params
+from pulse_config.settings import Settings
 from schemas.profile import CustomerProfile, RenderedProfile
 from scoring.customer import CustomerState
 from streams.processor import BatchOutcome, BatchProcessor, Incoming, Rejected
@@ -44,7 +45,7 @@ def score_records(
     """
     if wall_ms is None:
         wall_ms = int(time.time() * 1000)
-    processor = BatchProcessor(settings)
+    processor = BatchProcessor(settings.processor(load_clv_params(settings.clv_params_file)))
     result = OfflineResult()
     store = result.states
     offsets: dict[str, int] = {}

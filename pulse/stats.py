@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from pulse.settings import Settings
+from pulse_config.settings import Settings
 from schemas.profile import ms_to_datetime
 from scoring.indicators import IndicatorValues
 from scoring.population import PopulationView

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
-    from scoring.churn import Reason
+    from scoring.churn import ChurnReason
 
 
 class RiskLevel(StrEnum):
@@ -30,7 +30,7 @@ class AlertReason(BaseModel):
     detail: str = ""
 
     @classmethod
-    def of(cls, reason: Reason) -> AlertReason:
+    def of(cls, reason: ChurnReason) -> AlertReason:
         return cls(code=reason.code, observed=reason.observed, threshold=reason.threshold, detail=reason.detail)
 
 

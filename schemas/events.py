@@ -8,10 +8,11 @@ the dead-letter topic and the ``..._dead_letters_total`` counter can say why.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import pydantic
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
@@ -142,7 +143,7 @@ EVENT_MODELS: dict[Kind, type[_Event]] = {
 }
 
 
-class Reason(StrEnum):
+class RejectReason(StrEnum):
     """Why an event was dead-lettered; a bounded set, used as a metric label."""
 
     PAYLOAD_TOO_LARGE = "payload_too_large"
@@ -167,49 +168,49 @@ class Reason(StrEnum):
 class EventRejected(Exception):
     """An event that cannot be scored, with a reason code and a readable detail."""
 
-    def __init__(self, reason: Reason, detail: str) -> None:
+    def __init__(self, reason: RejectReason, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
 
 
-_ERROR_REASONS: dict[str, Reason] = {
-    "missing": Reason.MISSING_FIELD,
-    "literal_error": Reason.UNKNOWN_VALUE,
-    "enum": Reason.UNKNOWN_VALUE,
-    "timezone_aware": Reason.INVALID_TIME,
-    "datetime_parsing": Reason.INVALID_TIME,
-    "datetime_from_date_parsing": Reason.INVALID_TIME,
-    "invalid_time": Reason.INVALID_TIME,
-    "finite_number": Reason.OUT_OF_RANGE,
-    "greater_than": Reason.OUT_OF_RANGE,
-    "greater_than_equal": Reason.OUT_OF_RANGE,
-    "less_than": Reason.OUT_OF_RANGE,
-    "less_than_equal": Reason.OUT_OF_RANGE,
-    "decimal_max_places": Reason.OUT_OF_RANGE,
-    "json_invalid": Reason.MALFORMED_JSON,
-    "model_type": Reason.NOT_AN_OBJECT,
-    "model_attributes_type": Reason.NOT_AN_OBJECT,
+_ERROR_REASONS: dict[str, RejectReason] = {
+    "missing": RejectReason.MISSING_FIELD,
+    "literal_error": RejectReason.UNKNOWN_VALUE,
+    "enum": RejectReason.UNKNOWN_VALUE,
+    "timezone_aware": RejectReason.INVALID_TIME,
+    "datetime_parsing": RejectReason.INVALID_TIME,
+    "datetime_from_date_parsing": RejectReason.INVALID_TIME,
+    "invalid_time": RejectReason.INVALID_TIME,
+    "finite_number": RejectReason.OUT_OF_RANGE,
+    "greater_than": RejectReason.OUT_OF_RANGE,
+    "greater_than_equal": RejectReason.OUT_OF_RANGE,
+    "less_than": RejectReason.OUT_OF_RANGE,
+    "less_than_equal": RejectReason.OUT_OF_RANGE,
+    "decimal_max_places": RejectReason.OUT_OF_RANGE,
+    "json_invalid": RejectReason.MALFORMED_JSON,
+    "model_type": RejectReason.NOT_AN_OBJECT,
+    "model_attributes_type": RejectReason.NOT_AN_OBJECT,
 }
 
 
-def _reason_for(error: dict) -> Reason:
+def _reason_for(error: Mapping[str, Any]) -> RejectReason:
     kind = error["type"]
     if kind in _ERROR_REASONS:
         return _ERROR_REASONS[kind]
     if kind.endswith("_type") or kind.endswith("_parsing"):
-        return Reason.WRONG_TYPE
-    return Reason.INVALID_VALUE
+        return RejectReason.WRONG_TYPE
+    return RejectReason.INVALID_VALUE
 
 
 def decode_event(kind: Kind, payload: bytes, max_bytes: int) -> CustomerEvent:
     """Validate one raw payload of the given kind, or raise :class:`EventRejected`."""
     if len(payload) > max_bytes:
-        raise EventRejected(Reason.PAYLOAD_TOO_LARGE, f"{len(payload)} bytes > limit {max_bytes}")
+        raise EventRejected(RejectReason.PAYLOAD_TOO_LARGE, f"{len(payload)} bytes > limit {max_bytes}")
     try:
         payload.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise EventRejected(Reason.MALFORMED_JSON, f"not UTF-8: {exc.reason} at byte {exc.start}") from None
+        raise EventRejected(RejectReason.MALFORMED_JSON, f"not UTF-8: {exc.reason} at byte {exc.start}") from None
     try:
         return EVENT_MODELS[kind].model_validate_json(payload)  # type: ignore[return-value]
     except pydantic.ValidationError as exc:

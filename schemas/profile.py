@@ -17,11 +17,11 @@ import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 from schemas.alerts import AlertReason
-from scoring.churn import ChurnAssessment, Reason
+from scoring.churn import ChurnAssessment, ChurnReason
 from scoring.clv import ClvSignals
 from scoring.customer import CustomerState, ScoringConfig, assess_customer
 from scoring.orders import OrderSignals, order_signals
-from scoring.service import ServiceSignals, service_signals
+from scoring.tickets import ServiceSignals, service_signals
 from scoring.voice import VoiceSignals, voice_signals
 
 
@@ -202,8 +202,9 @@ class CustomerProfile(BaseModel):
     @classmethod
     def from_redis(cls, fields: dict[str, str]) -> CustomerProfile:
         data: dict[str, object] = {k: (None if v == "" else v) for k, v in fields.items() if k in cls.model_fields}
-        if isinstance(data.get("churn_reasons"), str):
-            data["churn_reasons"] = orjson.loads(data["churn_reasons"])
+        reasons = data.get("churn_reasons")
+        if isinstance(reasons, str):
+            data["churn_reasons"] = orjson.loads(reasons)
         return cls.model_validate(data)
 
 
@@ -260,7 +261,7 @@ def _float(value: float | None) -> str:
     return str(float(round(value, 4)))  # huge, inf, nan
 
 
-def _reason(reason: Reason) -> dict[str, object]:
+def _reason(reason: ChurnReason) -> dict[str, object]:
     """AlertReason as model_dump(mode="json") gives it; pydantic only for a value its int|float|str union would
     convert (a bool or a foreign numeric type), which the scorers do not produce."""
     observed, threshold = reason.observed, reason.threshold

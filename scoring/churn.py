@@ -23,8 +23,9 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from scoring.clv import ClvSignals, PurchaseDays, p_alive_below_at
-from scoring.orders import DAY_MS, OrderState
-from scoring.service import ServiceState, service_risk
+from scoring.orders import OrderState
+from scoring.tickets import ServiceState, service_risk
+from scoring.units import DAY_MS
 from scoring.voice import SEVERITIES, VoiceState
 
 if TYPE_CHECKING:  # scoring.customer imports this module: the config is only read, never built, here
@@ -119,7 +120,10 @@ class ChurnConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class Reason:
+class ChurnReason:
+    """One churn signal that fired: its code (``SIGNALS``), what was observed against which threshold, and a
+    sentence for people (not a dead-letter reason: those are ``schemas.events.RejectReason``)."""
+
     code: str
     observed: float | str
     threshold: float | str
@@ -130,7 +134,7 @@ class Reason:
 class ChurnAssessment:
     score: int
     level: str
-    reasons: tuple[Reason, ...]
+    reasons: tuple[ChurnReason, ...]
     #: earliest later event time at which a signal may switch on or off with no new event
     next_change_ms: int | None
 
@@ -166,7 +170,7 @@ def _days(ms: int) -> float:
 
 def _overdue(
     i: ChurnInputs, now_ms: int, population_gap_days: float | None, c: ChurnConfig
-) -> tuple[Reason | None, int | None]:
+) -> tuple[ChurnReason | None, int | None]:
     last = i.orders.last_purchase_ms
     p = i.purchases
     if last is None or p.first_day is None or p.last_day is None:
@@ -180,15 +184,15 @@ def _overdue(
     silent_ms = now_ms - last
     if silent_ms > limit_ms:
         detail = f"no purchase for {_days(silent_ms)} days, over {c.overdue_gap_multiple:g} × {whose} {gap:.1f}-day gap"
-        return Reason(OVERDUE, _days(silent_ms), _days(limit_ms), detail), None
+        return ChurnReason(OVERDUE, _days(silent_ms), _days(limit_ms), detail), None
     return None, last + limit_ms + 1
 
 
-def _low_p_alive(i: ChurnInputs, c: ChurnConfig) -> Reason | None:
+def _low_p_alive(i: ChurnInputs, c: ChurnConfig) -> ChurnReason | None:
     if i.clv.x < 1 or i.clv.p_alive is None or i.clv.p_alive >= c.p_alive_threshold:
         return None
     detail = f"P(alive) {i.clv.p_alive:.3f} after {i.clv.x} repeat purchases (BG/NBD)"
-    return Reason(LOW_P_ALIVE, round(i.clv.p_alive, 4), c.p_alive_threshold, detail)
+    return ChurnReason(LOW_P_ALIVE, round(i.clv.p_alive, 4), c.p_alive_threshold, detail)
 
 
 def _p_alive_drop_ms(i: ChurnInputs, ctx: ScoringConfig) -> int | None:
@@ -203,7 +207,7 @@ def _p_alive_drop_ms(i: ChurnInputs, ctx: ScoringConfig) -> int | None:
     return (first + math.floor(crossing * params.time_unit_days) + 1) * DAY_MS
 
 
-def _spend_decline(i: ChurnInputs, now_ms: int, ctx: ScoringConfig) -> tuple[Reason | None, int | None]:
+def _spend_decline(i: ChurnInputs, now_ms: int, ctx: ScoringConfig) -> tuple[ChurnReason | None, int | None]:
     """Spend of the last window below ratio × the window before, at the revenue buckets' resolution.
 
     Also finds the first later bucket boundary where the answer flips if no
@@ -237,12 +241,12 @@ def _spend_decline(i: ChurnInputs, now_ms: int, ctx: ScoringConfig) -> tuple[Rea
         return None, flip
     days = n * ctx.orders.revenue_bucket_days
     detail = f"spent {recent / 100:.2f} in the last {days} days, {prior / 100:.2f} in the {days} before"
-    return Reason(SPEND_DECLINE, recent / 100, round(c.spend_decline_ratio * prior / 100, 2), detail), flip
+    return ChurnReason(SPEND_DECLINE, recent / 100, round(c.spend_decline_ratio * prior / 100, 2), detail), flip
 
 
-def _voice(i: ChurnInputs, now_ms: int, ctx: ScoringConfig) -> tuple[list[Reason], list[int]]:
+def _voice(i: ChurnInputs, now_ms: int, ctx: ScoringConfig) -> tuple[list[ChurnReason], list[int]]:
     c, v = ctx.churn, ctx.voice
-    reasons: list[Reason] = []
+    reasons: list[ChurnReason] = []
     changes: list[int] = []
     max_age = c.survey_max_age_days * DAY_MS
     # an answer's age limit is a change only for an answer that signals
@@ -250,17 +254,21 @@ def _voice(i: ChurnInputs, now_ms: int, ctx: ScoringConfig) -> tuple[list[Reason
         at, score = i.voice.nps[0]
         signalled = len(reasons)
         if score < v.nps_passive_min:
-            reasons.append(Reason(DETRACTOR, score, v.nps_passive_min - 1, f"latest NPS answer {score} (detractor)"))
+            reasons.append(
+                ChurnReason(DETRACTOR, score, v.nps_passive_min - 1, f"latest NPS answer {score} (detractor)")
+            )
         if len(i.voice.nps) > 1 and i.voice.nps[1][1] - score >= c.nps_drop_points:
             previous = i.voice.nps[1][1]
             detail = f"NPS fell from {previous} to {score}"
-            reasons.append(Reason(NPS_DROP, previous - score, c.nps_drop_points, detail))
+            reasons.append(ChurnReason(NPS_DROP, previous - score, c.nps_drop_points, detail))
         if len(reasons) > signalled:
             changes.append(at + max_age)
     if i.voice.csat is not None and now_ms - i.voice.csat[0] < max_age:
         at, score = i.voice.csat
         if score <= c.csat_dissatisfied_max:
-            reasons.append(Reason(DISSATISFIED, score, c.csat_dissatisfied_max, f"latest CSAT answer {score} of 5"))
+            reasons.append(
+                ChurnReason(DISSATISFIED, score, c.csat_dissatisfied_max, f"latest CSAT answer {score} of 5")
+            )
             changes.append(at + max_age)
     # complaints: the same day window as the profile's complaints_window
     today = now_ms // DAY_MS
@@ -272,7 +280,7 @@ def _voice(i: ChurnInputs, now_ms: int, ctx: ScoringConfig) -> tuple[list[Reason
         worst = max(counts[d][1] for d in days)
         if count >= c.complaint_burst_count:
             detail = f"{count} complaints in {window} days"
-            reasons.append(Reason(COMPLAINT_BURST, count, c.complaint_burst_count, detail))
+            reasons.append(ChurnReason(COMPLAINT_BURST, count, c.complaint_burst_count, detail))
             # the burst ends on the day enough of the oldest complaints left the window
             left = count
             for d in days:
@@ -283,32 +291,32 @@ def _voice(i: ChurnInputs, now_ms: int, ctx: ScoringConfig) -> tuple[list[Reason
         severe = SEVERITIES.index(c.severe_complaint_severity)
         if worst >= severe:
             detail = f"a {SEVERITIES[worst]} complaint in the last {window} days"
-            reasons.append(Reason(SEVERE_COMPLAINT, SEVERITIES[worst], c.severe_complaint_severity, detail))
+            reasons.append(ChurnReason(SEVERE_COMPLAINT, SEVERITIES[worst], c.severe_complaint_severity, detail))
             changes.append((max(d for d in days if counts[d][1] >= severe) + window) * DAY_MS)
     return reasons, changes
 
 
-def _service(i: ChurnInputs, now_ms: int, ctx: ScoringConfig) -> tuple[list[Reason], int | None]:
+def _service(i: ChurnInputs, now_ms: int, ctx: ScoringConfig) -> tuple[list[ChurnReason], int | None]:
     c, s = ctx.churn, ctx.service
     risk = service_risk(i.service, now_ms, s, c.reopened_window_days * DAY_MS)
     reasons = []
     if risk.waiting_first_response_hours is not None:
         h = round(risk.waiting_first_response_hours, 2)
         detail = f"a ticket has waited {h} h for a first response"
-        reasons.append(Reason(SLOW_FIRST_RESPONSE, h, s.first_response_sla_hours, detail))
+        reasons.append(ChurnReason(SLOW_FIRST_RESPONSE, h, s.first_response_sla_hours, detail))
     if risk.unresolved_hours is not None:
         h = round(risk.unresolved_hours, 2)
-        reasons.append(Reason(SLOW_RESOLUTION, h, s.resolution_sla_hours, f"a ticket has been open {h} h"))
+        reasons.append(ChurnReason(SLOW_RESOLUTION, h, s.resolution_sla_hours, f"a ticket has been open {h} h"))
     if risk.reopened:
         detail = f"{risk.reopened} ticket(s) reopened in the last {c.reopened_window_days} days or open again"
-        reasons.append(Reason(REOPENED_TICKET, risk.reopened, 0, detail))
+        reasons.append(ChurnReason(REOPENED_TICKET, risk.reopened, 0, detail))
     return reasons, risk.next_change_ms
 
 
 def assess(inputs: ChurnInputs, now_ms: int, population_gap_days: float | None, ctx: ScoringConfig) -> ChurnAssessment:
     """All churn signals of one customer at event time ``now_ms``, combined into a score and level."""
     c = ctx.churn
-    reasons: list[Reason] = []
+    reasons: list[ChurnReason] = []
     changes: list[int | None] = []
     overdue, change = _overdue(inputs, now_ms, population_gap_days, c)
     reasons += [overdue] if overdue else []
@@ -362,7 +370,7 @@ def update(state: ChurnState, assessment: ChurnAssessment, now_ms: int, config: 
     return AlertDecision(kind, previous)
 
 
-def suggested_action(vip: bool, reasons: tuple[Reason, ...]) -> str:
+def suggested_action(vip: bool, reasons: tuple[ChurnReason, ...]) -> str:
     """What the team should do (spec: VIP: exclusive offer or personal service; others: win-back offer)."""
     codes = {r.code for r in reasons}
     service_first = codes & {COMPLAINT_BURST, SEVERE_COMPLAINT, SLOW_FIRST_RESPONSE, SLOW_RESOLUTION, REOPENED_TICKET}

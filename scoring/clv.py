@@ -26,7 +26,8 @@ from decimal import Decimal
 
 from scipy.special import hyp2f1
 
-DAY_MS = 86_400_000
+from scoring.units import DAY_MS
+
 DAYS_PER_YEAR = 365.25
 CENTS_PER_UNIT = 100
 

@@ -19,7 +19,6 @@ from scipy.optimize import minimize
 from scipy.special import digamma, gammaln
 
 from scoring.clv import (
-    DAY_MS,
     BgNbdParams,
     ClvConfig,
     GammaGammaParams,
@@ -28,6 +27,7 @@ from scoring.clv import (
     model_inputs,
     record_purchase,
 )
+from scoring.units import DAY_MS
 
 #: Fewer customers than this (repeat customers for Gamma-Gamma) is too little data for a fit.
 MIN_CUSTOMERS = 10
@@ -83,14 +83,18 @@ def _bgnbd_ll_and_grad(
     return ll, grad
 
 
-def bgnbd_log_likelihood_sum(params: BgNbdParams, x: Iterable, t_x: Iterable, T: Iterable) -> float:
+def bgnbd_log_likelihood_sum(
+    params: BgNbdParams, x: Iterable[float], t_x: Iterable[float], T: Iterable[float]
+) -> float:
     """Total BG/NBD log-likelihood of a population (vectorised; equals the sum of the per-customer one)."""
     xs, txs, Ts = _arrays(x, t_x, T)
     ll, _ = _bgnbd_ll_and_grad(np.array([params.r, params.alpha, params.a, params.b]), xs, txs, Ts)
     return float(ll.sum())
 
 
-def fit_bgnbd(x: Iterable, t_x: Iterable, T: Iterable, initial: BgNbdParams | None = None) -> BgNbdParams:
+def fit_bgnbd(
+    x: Iterable[float], t_x: Iterable[float], T: Iterable[float], initial: BgNbdParams | None = None
+) -> BgNbdParams:
     """Maximum-likelihood BG/NBD parameters (r, alpha, a, b) for x, t_x, T in one time unit."""
     xs, txs, Ts = _arrays(x, t_x, T)
     if xs.size < MIN_CUSTOMERS:
@@ -142,14 +146,14 @@ def _gg_ll_and_grad(params: np.ndarray, x: np.ndarray, m: np.ndarray) -> tuple[n
     return ll, grad
 
 
-def gamma_gamma_log_likelihood_sum(params: GammaGammaParams, x: Iterable, mean_value: Iterable) -> float:
+def gamma_gamma_log_likelihood_sum(params: GammaGammaParams, x: Iterable[float], mean_value: Iterable[float]) -> float:
     """Total Gamma-Gamma log-likelihood of repeat customers (x > 0, mean_value > 0)."""
     xs, ms = _arrays(x, mean_value)
     ll, _ = _gg_ll_and_grad(np.array([params.p, params.q, params.v]), xs, ms)
     return float(ll.sum())
 
 
-def fit_gamma_gamma(x: Iterable, mean_value: Iterable) -> GammaGammaParams:
+def fit_gamma_gamma(x: Iterable[float], mean_value: Iterable[float]) -> GammaGammaParams:
     """Maximum-likelihood Gamma-Gamma parameters from the repeat customers' mean repeat values.
 
     Customers with x == 0 (no repeat purchase) or a mean value of 0 (free
@@ -210,7 +214,7 @@ def model_arrays(
     return ids, x, t_x, T, m
 
 
-def _arrays(*columns: Iterable) -> tuple[np.ndarray, ...]:
+def _arrays(*columns: Iterable[float]) -> tuple[np.ndarray, ...]:
     arrays = tuple(np.asarray(list(c) if not isinstance(c, np.ndarray) else c, dtype=float) for c in columns)
     if len({a.shape for a in arrays}) != 1 or arrays[0].ndim != 1:
         raise FitError("inputs must be one-dimensional and of equal length")
@@ -230,4 +234,5 @@ def _minimise(objective: Objective, start: np.ndarray, model: str) -> np.ndarray
     # BFGS may stop on "precision loss" at the optimum; accept it when the gradient is small.
     if not result.success and np.max(np.abs(result.jac)) > ACCEPT_GRADIENT:
         raise FitError(f"{model} fit did not converge: {result.message}")
-    return result.x
+    fitted: np.ndarray = result.x
+    return fitted

@@ -20,9 +20,10 @@ from hashlib import blake2b
 from scoring.churn import ChurnAssessment, ChurnConfig, ChurnInputs, ChurnState, assess
 from scoring.clv import ClvConfig, ClvSignals, PurchaseDays, clv_signals, record_purchase
 from scoring.indicators import Contribution, IndicatorConfig, contribution
-from scoring.orders import DAY_MS, OrderFact, OrderScoringConfig, OrderState, apply_order
+from scoring.orders import OrderFact, OrderScoringConfig, OrderState, apply_order
 from scoring.rfm import RfmConfig
-from scoring.service import ServiceConfig, ServiceState, TicketFact, apply_ticket_event
+from scoring.tickets import ServiceConfig, ServiceState, TicketFact, apply_ticket_event
+from scoring.units import DAY_MS
 from scoring.voice import ComplaintFact, SurveyFact, VoiceConfig, VoiceState, apply_complaint, apply_survey
 
 
@@ -81,8 +82,9 @@ class CustomerState:
 
 
 @dataclass(frozen=True, slots=True)
-class ScoredEvent:
-    """A validated event as the scorer sees it."""
+class EventFacts:
+    """A validated event as the scorer sees it, before it is scored: its kind, id, time, offset and the facts of
+    its kind (built by the processor from a ``schemas.events`` event)."""
 
     kind: str
     event_id: str
@@ -95,7 +97,7 @@ class ScoredEvent:
     ticket: TicketFact | None = None
 
 
-def apply_event(state: CustomerState, event: ScoredEvent, config: ScoringConfig) -> bool:
+def apply_event(state: CustomerState, event: EventFacts, config: ScoringConfig) -> bool:
     """Fold one event into the state unless it is a duplicate; True if applied."""
     if event.offset is not None:
         seen = state.source_offsets.get(event.kind)

@@ -31,10 +31,11 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 from scoring.clv import PurchaseDays
+from scoring.units import DAY_MS
 
-DAY_MS = 86_400_000
 PERCENT = 100
 
 # --- per-day rows ---------------------------------------------------------
@@ -286,7 +287,7 @@ class IndicatorSums:
             for day in [d for d in rows if d < before_day]:
                 del rows[day]
 
-    def to_json(self, from_day: int) -> dict:
+    def to_json(self, from_day: int) -> dict[str, Any]:
         """Sparse form for the population snapshot: only days from ``from_day`` and rows that are not zero."""
         return {
             "v": [[d, *row] for d, row in sorted(self.voice.items()) if d >= from_day and any(row)],
@@ -299,7 +300,7 @@ class IndicatorSums:
         }
 
     @classmethod
-    def from_json(cls, data: Mapping) -> IndicatorSums:
+    def from_json(cls, data: Mapping[str, Any]) -> IndicatorSums:
         return cls(
             voice={int(r[0]): list(r[1:]) for r in data.get("v", [])},
             tickets={int(r[0]): list(r[1:]) for r in data.get("t", [])},
@@ -376,7 +377,7 @@ class IndicatorValues:
     repurchase_rate: float | None
     net_additions: int
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         out = {name: getattr(self, name) for name in self.__slots__}
         out["first_response_ms"] = {str(k): v for k, v in self.first_response_ms.items()}
         return out
@@ -394,7 +395,7 @@ def indicator_values(
     survey_from, period_from = today - config.survey_window_days, today - config.period_days
     voice = [0] * VOICE_COLUMNS
     opened = resolved = 0
-    hist: Counter = Counter()
+    hist: Counter[int] = Counter()
     for part in parts:
         for day, row in part.voice.items():
             if survey_from < day <= today:

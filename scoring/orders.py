@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
 
-DAY_MS = 86_400_000
+from scoring.units import DAY_MS
+
 #: Average month length used for "orders per month of tenure".
 MONTH_MS = int(30.436875 * DAY_MS)
 

@@ -54,7 +54,6 @@ from scoring.customer import CustomerState, indicator_contribution
 from scoring.indicators import (
     ACTIVE,
     ACTIVE_AT_START,
-    DAY_MS,
     EMPTY,
     FLAG_TAGS,
     TAG_PREFIX,
@@ -67,6 +66,7 @@ from scoring.indicators import (
 )
 from scoring.rank import rank_bucket
 from scoring.rfm import MemberKeys, Population, Ranking, RfmConfig, RfmScores, rfm_keys, rfm_scores, vip_flag
+from scoring.units import DAY_MS
 
 #: the population snapshot format this code writes and the highest it reads (see the module docstring)
 SNAPSHOT_VERSION = 2
@@ -135,13 +135,14 @@ class PartitionPopulation:
     due: dict[bytes, int] = field(default_factory=dict)
     due_heap: list[tuple[int, bytes]] = field(default_factory=list)
     #: customers per tag (see ``tags``), for the metrics and the population indicators
-    tallies: Counter = field(default_factory=Counter)
+    tallies: Counter[str] = field(default_factory=Counter)
     #: per-day sums of the customers' indicator day rows (scoring.indicators)
     indicators: IndicatorSums = field(default_factory=IndicatorSums)
 
     def add_gaps(self, before: GapSums, after: GapSums) -> None:
         if before != after:
-            self.gaps = tuple(g - b + a for g, b, a in zip(self.gaps, before, after, strict=True))
+            g = self.gaps
+            self.gaps = (g[0] - before[0] + after[0], g[1] - before[1] + after[1], g[2] - before[2] + after[2])
             self.version += 1
 
     def retag(self, before: tuple[str, ...], after: tuple[str, ...]) -> None:
@@ -266,7 +267,9 @@ class PopulationView:
         ``add_state`` for each, with each rank index filled from counts in one pass and the due-time heap
         made once. A rebuild after a rebalance counts every owned customer: a million at 1M customers."""
         #: per partition: R, F, M and V key counts, tag sets counted, gap sums
-        acc: dict[int, tuple[Counter, Counter, Counter, Counter, Counter, list[int]]] = {}
+        acc: dict[
+            int, tuple[Counter[int], Counter[int], Counter[int], Counter[int], Counter[tuple[str, ...]], list[int]]
+        ] = {}
         n = 0
         for key, state in states:
             partition = state.partition
@@ -295,7 +298,7 @@ class PopulationView:
             if state.last_event_ms is not None:
                 part.observe(state.last_event_ms)
             n += 1
-        for partition, (r, f, m, v, tag_sets, gaps) in acc.items():
+        for partition, (r, f, m, v, tag_sets, gap_totals) in acc.items():
             part = self.local[partition]
             pop = part.population
             pop.r.add_counts(r)
@@ -305,7 +308,7 @@ class PopulationView:
             for tag_set, count in tag_sets.items():
                 for tag in tag_set:
                     part.tallies[tag] += count
-            part.add_gaps(NO_GAP, (gaps[0], gaps[1], gaps[2]))
+            part.add_gaps(NO_GAP, (gap_totals[0], gap_totals[1], gap_totals[2]))
             part.due_heap = [(t, k) for k, t in part.due.items()]
             heapq.heapify(part.due_heap)
             part.version += 1
@@ -380,7 +383,7 @@ class PopulationView:
         """The population's churn rate (S − E) / S over the indicators' period, from the activity-flag tallies
         (the same as ``indicators().churn_rate``, without the day rows); None while fewer than
         ``min_customers`` were active at the period's start."""
-        flags: Counter = Counter()
+        flags: Counter[str] = Counter()
         for part in self.local.values():
             flags.update(part.flag_counts())
         for n, r in self.remote.items():
@@ -393,8 +396,8 @@ class PopulationView:
     def owned_customers(self) -> int:
         return sum(len(p.members) for p in self.local.values())
 
-    def tallies(self) -> Counter:
-        total: Counter = Counter()
+    def tallies(self) -> Counter[str]:
+        total: Counter[str] = Counter()
         for part in self.local.values():
             total.update(part.tallies)
         return total
@@ -405,7 +408,7 @@ class PopulationView:
         if now is None:
             return None
         sums = [p.indicators for p in self.local.values()]
-        flags: Counter = Counter()
+        flags: Counter[str] = Counter()
         for part in self.local.values():
             flags.update(part.flag_counts())
         for n, r in self.remote.items():

@@ -17,9 +17,9 @@ from array import array
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
-from typing import Protocol
+from typing import Protocol, cast
 
-DAY_MS = 86_400_000
+from scoring.units import DAY_MS
 
 
 @dataclass(slots=True)
@@ -147,7 +147,7 @@ class ExactIndex:
     bucket: Callable[[int], int]
     coarse: RankIndex
     complete: bool = True
-    values: dict[int, array] = field(default_factory=dict, repr=False)
+    values: dict[int, array[int]] = field(default_factory=dict, repr=False)
 
     @property
     def total(self) -> int:
@@ -281,7 +281,7 @@ def rank_bucket(parts: Sequence[RankIndex], rank: int) -> int:
 
 def percentile(indexes: Sequence[Counted] | Counted, key: int) -> float | None:
     """Mid-rank percentile of ``key`` in the union of ``indexes`` (spec: p = (count(<v) + 0.5·count(=v)) / N)."""
-    parts = indexes if isinstance(indexes, list | tuple) else [indexes]
+    parts: Sequence[Counted] = indexes if isinstance(indexes, list | tuple) else [cast(Counted, indexes)]
     total = sum(p.total for p in parts)
     if total == 0:
         return None

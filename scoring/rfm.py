@@ -129,10 +129,10 @@ class Population:
         """A customer's keys changed (None: not a member); O(log domain)."""
         if old == new:
             return
-        self.r.move(old and old.r, new and new.r)
-        self.f.move(old and old.f, new and new.f)
-        self.m.move(old and old.m, new and new.m)
-        self.v.move(old and old.v, new and new.v)
+        self.r.move(None if old is None else old.r, None if new is None else new.r)
+        self.f.move(None if old is None else old.f, None if new is None else new.f)
+        self.m.move(None if old is None else old.m, None if new is None else new.m)
+        self.v.move(None if old is None else old.v, None if new is None else new.v)
 
     def counts(self) -> dict[str, dict[int, int]]:
         """Sparse counts of every index (M and V: per coarse bucket): the bucketed part of a snapshot."""

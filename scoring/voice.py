@@ -19,7 +19,7 @@ from scoring.indicators import (
     VOICE_COLUMNS,
     add_voice_row,
 )
-from scoring.orders import DAY_MS
+from scoring.units import DAY_MS
 
 PROMOTER = "promoter"
 PASSIVE = "passive"

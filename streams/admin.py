@@ -7,7 +7,7 @@ import logging
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from pulse.settings import Settings
+from pulse_config.settings import Settings
 from streams.security import kafka_client_kwargs
 
 log = logging.getLogger(__name__)

@@ -45,7 +45,7 @@ import os
 import re
 import signal
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import faust
 import redis.asyncio as aioredis
@@ -53,7 +53,7 @@ from aiohttp import web
 from mode import Service
 from redis.exceptions import RedisError
 
-from pulse.settings import Settings
+from pulse_config.settings import Settings
 from schemas.events import ID_PATTERN
 from schemas.profile import CustomerProfile
 from streams.security import redis_client_kwargs
@@ -111,7 +111,7 @@ def build_api(settings: Settings, client: aioredis.Redis, readiness: Readiness) 
             return _error(503, "redis_unavailable", repr(exc))
         if not fields:
             return _error(404, "unknown_customer", f"no profile for {customer_id}")
-        return web.json_response(CustomerProfile.from_redis(fields).model_dump(mode="json"))
+        return web.json_response(CustomerProfile.from_redis(cast(dict[str, str], fields)).model_dump(mode="json"))
 
     async def get_vips(request: web.Request) -> web.Response:
         try:
@@ -221,7 +221,7 @@ def faust_state(app: faust.App) -> int:
         return WorkerStatus.STOPPING
     if not app.started:
         return WorkerStatus.STARTING
-    if not app.tables.recovery.completed.is_set():
+    if not app.tables.recovery.completed.is_set():  # type: ignore[attr-defined]  # TableManager has it
         return WorkerStatus.RECOVERING
     return WorkerStatus.RUNNING
 

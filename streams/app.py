@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import faust
 
-from pulse.settings import Settings
+from pulse_config.processor import ProcessorConfig
+from pulse_config.settings import Settings
 from streams import faust_fixes, faust_tuning
 from streams.security import broker_credentials
 from streams.tables import CustomerStateTable, table_manager
 
-RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+RAW: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 
 
 @dataclass
 class PulseApp:
     settings: Settings
+    #: the batch engine's frozen configuration, built once at start (with the CLV parameters the worker read)
+    processor_config: ProcessorConfig
     app: faust.App
     customer_events: faust.TopicT  # all four input topics, one channel
     topics_by_name: dict[str, faust.TopicT]
@@ -29,7 +33,7 @@ class PulseApp:
     customer_states: CustomerStateTable
 
 
-def create_app(settings: Settings) -> PulseApp:
+def create_app(settings: Settings, processor_config: ProcessorConfig) -> PulseApp:
     faust_fixes.apply()
     faust_tuning.set_fetch_max_wait_ms(settings.consumer_fetch_max_wait_ms)
     app = faust.App(
@@ -60,24 +64,24 @@ def create_app(settings: Settings) -> PulseApp:
     ticks = app.topic(settings.topic_ticks(), partitions=settings.partitions, **RAW)
     population = app.topic(settings.topic_population(), partitions=1, **RAW)
     # Built the way App.Table builds tables, with our subclass.
-    table = app.tables.add(
-        CustomerStateTable(
-            app,
-            name="customer_states",
-            default=None,
-            beacon=app.tables.beacon,
-            partitions=settings.partitions,
-            # The checkpoint writes with the customer's own partition
-            # (CustomerStateTable.write_states); reads in a batch have no
-            # current event, so the store looks the key up in its index.
-            use_partitioner=True,
-            # bytes in, bytes out: the "raw" codec (see _serializer_from_type)
-            key_type=bytes,
-            value_type=bytes,
-        )
+    table = CustomerStateTable(
+        app,
+        name="customer_states",
+        default=None,
+        beacon=app.tables.beacon,
+        partitions=settings.partitions,
+        # The checkpoint writes with the customer's own partition
+        # (CustomerStateTable.write_states); reads in a batch have no
+        # current event, so the store looks the key up in its index.
+        use_partitioner=True,
+        # bytes in, bytes out: the "raw" codec (see _serializer_from_type)
+        key_type=bytes,
+        value_type=bytes,
     )
+    app.tables.add(table)
     pulse = PulseApp(
         settings,
+        processor_config,
         app,
         customer_events,
         topics_by_name,
@@ -88,9 +92,12 @@ def create_app(settings: Settings) -> PulseApp:
         population,
         table,
     )
-    from streams.agents import customer_events, monitoring, population
+    # (the agents' modules, named apart from the topics above)
+    from streams.agents import customer_events as events_agent
+    from streams.agents import monitoring
+    from streams.agents import population as population_agent
 
-    processor = customer_events.register(pulse)
-    population.register(pulse, processor)
+    processor = events_agent.register(pulse)
+    population_agent.register(pulse, processor)
     monitoring.register(pulse)
     return pulse

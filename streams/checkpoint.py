@@ -61,7 +61,7 @@ from streams.tables import END_MARKER_KEY
 if TYPE_CHECKING:
     from faust.types import EventT
 
-    from pulse.settings import Settings
+    from pulse_config.settings import Settings
     from schemas.profile import RenderedProfile
     from scoring.customer import CustomerState
     from scoring.indicators import IndicatorValues
@@ -83,9 +83,9 @@ class StateTable(Protocol):
 
     def get(self, key: bytes) -> bytes | None: ...
 
-    async def write_states(self, items: Iterable[tuple[bytes, bytes, EventT]]) -> list[asyncio.Future]: ...
+    async def write_states(self, items: Iterable[tuple[bytes, bytes, EventT]]) -> list[Awaitable[Any]]: ...
 
-    async def send_end_markers(self, partitions: set[int]) -> list[asyncio.Future]: ...
+    async def send_end_markers(self, partitions: set[int]) -> list[Awaitable[Any]]: ...
 
     def persisted(self, results: Iterable[Any]) -> None: ...
 
@@ -336,8 +336,8 @@ class Checkpoint:
         )
         written = list(await asyncio.gather(*futures))
         if written and markers and self.settings.changelog_end_markers:
-            markers = await self.table.send_end_markers({res.partition for res in written})
-            written += await asyncio.gather(*markers)
+            sent = await self.table.send_end_markers({res.partition for res in written})
+            written += await asyncio.gather(*sent)
         return written
 
     async def _publish(self, outbox: Mapping[bytes, CustomerState], outcome: BatchOutcome) -> None:

@@ -48,7 +48,7 @@ from scoring.churn import ChurnState
 from scoring.clv import PurchaseDays
 from scoring.customer import CustomerState
 from scoring.orders import OrderState
-from scoring.service import Folded, ServiceState
+from scoring.tickets import Folded, ServiceState
 from scoring.voice import VoiceState
 
 #: first byte of a format-1 record (an orjson record starts with ``{``, 0x7b)

@@ -60,7 +60,7 @@ async def _resume_streams_seek_first(self: Recovery, generation_id: int = 0) -> 
     self.log.info("Resuming flow...")
     _resume_flow_control(app)
     consumer.resume_flow()
-    await app._fetcher.maybe_start()
+    await app._fetcher.maybe_start()  # type: ignore[attr-defined]  # App has it, AppT does not say so
     self.tables.on_actives_ready()
     self.tables.on_standbys_ready()
     app.on_rebalance_end()
@@ -94,7 +94,7 @@ async def _on_recovery_completed_seek_first(self: Recovery, generation_id: int =
     self.log.dev("Resume stream partitions")
     _resume_flow_control(self.app)
     consumer.resume_flow()
-    await self.app._fetcher.maybe_start()
+    await self.app._fetcher.maybe_start()  # type: ignore[attr-defined]  # App has it, AppT does not say so
     self.tables.on_actives_ready()
     if not self.app.assignor.assigned_standbys():
         self.tables.on_standbys_ready()
@@ -113,7 +113,7 @@ async def _wait_next_records_snapshot(self: Consumer, timeout: float) -> tuple[R
     not committed yet skipped everything produced before it started.
     """
     if not self.flow_active:
-        await self.wait(self.can_resume_flow)
+        await self.wait(self.can_resume_flow)  # type: ignore[arg-type]  # as upstream: an asyncio.Event
     try:
         self.not_waiting_next_records.set()
         active_partitions: set[TP] | None

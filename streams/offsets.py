@@ -331,7 +331,7 @@ async def _perform_seek_noted(self: Consumer) -> None:
     ledger = guard.ledger
     for tp in self.assignment():
         if ledger.tracks(tp) and (tp not in ledger.expected or tp in ledger.provisional):
-            offset = dict.get(self._read_offset, tp)
+            offset = dict.get(self._read_offset, tp)  # type: ignore[call-overload]  # a dict (ReadOffsets) at run time
             # no committed offset here: left unknown, the first batch asks the broker (OffsetGuard.check)
             if offset is not None:
                 ledger.seeked(tp, offset)

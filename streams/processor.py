@@ -12,10 +12,11 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 
-from pulse.settings import Settings
+from pulse_config.processor import ProcessorConfig
 from schemas.alerts import AlertReason, RetentionAlert
 from schemas.dead_letter import DeadLetter
 from schemas.events import (
@@ -26,7 +27,7 @@ from schemas.events import (
     Kind,
     OrderEvent,
     OrderStatus,
-    Reason,
+    RejectReason,
     SupportEvent,
     SurveyEvent,
     decode_event,
@@ -38,17 +39,18 @@ from scoring.churn import ChurnAssessment
 from scoring.clv import ClvSignals, lifetime_from_churn, margin
 from scoring.customer import (
     CustomerState,
-    ScoredEvent,
+    EventFacts,
     apply_event,
     assess_customer,
     customer_clv,
     indicator_contribution,
 )
 from scoring.indicators import activity
-from scoring.orders import DAY_MS, OrderFact, to_cents, window_revenue_cents
+from scoring.orders import OrderFact, to_cents, window_revenue_cents
 from scoring.population import PopulationView, gap_sums, member_keys, rescore, tags
 from scoring.rfm import Ranking
-from scoring.service import TicketFact
+from scoring.tickets import TicketFact
+from scoring.units import DAY_MS
 from scoring.voice import ComplaintFact, SurveyFact
 
 
@@ -142,26 +144,30 @@ class BatchProcessor:
     customers against the moved population, in the same checkpoint as events.
     """
 
-    def __init__(self, settings: Settings, partition_of: Callable[[bytes], int] | None = None) -> None:
-        self.settings = settings
+    def __init__(self, options: ProcessorConfig, partition_of: Callable[[bytes], int] | None = None) -> None:
+        if not isinstance(options, ProcessorConfig):
+            # a caller written before the engine took a frozen configuration: say how to build one
+            raise TypeError(f"BatchProcessor takes a ProcessorConfig (Settings.processor()), not {type(options)}")
+        #: the frozen configuration (pulse_config.processor): the engine reads no environment and no files
+        self.options = options
         #: the partition each customer id belongs in (streams.partitioning); None: not checked (offline, tests)
         self.partition_of = partition_of
         #: customers whose time-driven re-scoring raised: left out of due checks and sweeps until their next event
         self.quarantined: set[bytes] = set()
         #: test only (fault injection, PULSE_TEST_FAIL_EVENT_IDS): scoring these event ids raises
-        self._fail_event_ids = frozenset(settings.test_fail_event_ids)
-        self.kind_by_topic = {topic: Kind(kind) for kind, topic in settings.input_topics().items()}
-        self.ticks_topic = settings.topic_ticks()
-        self.config = settings.scoring()
-        self.rates = settings.currency_rates()
-        self.currency = settings.base_currency.upper()
+        self._fail_event_ids = options.test_fail_event_ids
+        self.kind_by_topic = {topic: Kind(kind) for kind, topic in options.input_topics.items()}
+        self.ticks_topic = options.ticks_topic
+        self.config = options.scoring
+        self.rates = options.currency_rates
+        self.currency = options.base_currency
         self.population = PopulationView(
-            self.config.rfm, self.config.indicators, int(settings.profile_refresh_seconds * 1000)
+            self.config.rfm, self.config.indicators, int(options.profile_refresh_seconds * 1000)
         )
-        self.max_lateness_ms = int(settings.max_lateness_days * DAY_MS)
-        self.max_earliness_ms = int(settings.max_earliness_seconds * 1000)
-        self.historical_ms = int(settings.historical_alert_seconds * 1000)
-        self.partition_idle_ms = int(settings.clock_partition_idle_seconds * 1000)
+        self.max_lateness_ms = int(options.max_lateness_days * DAY_MS)
+        self.max_earliness_ms = int(options.max_earliness_seconds * 1000)
+        self.historical_ms = int(options.historical_alert_seconds * 1000)
+        self.partition_idle_ms = int(options.clock_partition_idle_seconds * 1000)
         self.input_topics = tuple(sorted(self.kind_by_topic))
         #: per input topic-partition: watermark, read position, last read (spec: Clock)
         self.progress: dict[TopicPartitionKey, TopicProgress] = {}
@@ -179,7 +185,7 @@ class BatchProcessor:
         self._ranking: Ranking | None = None
         #: idle advance, per owned partition: (clock, wall time) when its clock last moved otherwise, and the
         #: clock seen then
-        self._idle_anchor: dict[int, tuple[int, int, int]] = {}
+        self._idle_anchor: dict[int, tuple[int, int, int | None]] = {}
 
     def rebuild(self, partitions: set[int], states: Iterable[tuple[bytes, CustomerState]]) -> int:
         """Count the recovered customers of newly owned ``partitions`` into the population; returns how many.
@@ -229,7 +235,8 @@ class BatchProcessor:
         #: partitions with a tick in the batch (round-robin sweep), and with any record (due checks)
         ticks: set[int] = set()
         present: set[int] = set()
-        partition_of, placed = self.partition_of, {}  # placed: customer -> partition, memoised per batch
+        partition_of = self.partition_of
+        placed: dict[bytes, int] = {}  # customer -> partition, memoised per batch
         for record in batch:
             present.add(record.partition)
             if record.topic == self.ticks_topic:
@@ -242,7 +249,7 @@ class BatchProcessor:
             read.next_offset = record.offset + 1
             read.active_wall_ms = wall_ms
             try:
-                event = decode_event(kind, record.value or b"", self.settings.max_event_bytes)
+                event = decode_event(kind, record.value or b"", self.options.max_event_bytes)
                 scored = self._to_scored(event, record.offset)
                 self._check_early(scored, wall_ms)
             except EventRejected as exc:
@@ -316,7 +323,7 @@ class BatchProcessor:
                 render[key] = state
         # only partitions with a record in the batch: a state is written with one of its partition's events
         for partition in sorted(present & set(clocks)):
-            render.update(self.check_due(partition, self.settings.churn_due_per_batch, load, out, clocks[partition]))
+            render.update(self.check_due(partition, self.options.churn_due_per_batch, load, out, clocks[partition]))
         for partition in sorted(ticks & set(clocks)):
             render.update(self.sweep(partition, self._sweep_limit(partition), load, out, clocks[partition]))
         self._retag(out)
@@ -329,15 +336,15 @@ class BatchProcessor:
         """Owned partitions whose clock an input topic-partition held back at the last batch."""
         return set(self._held)
 
-    def _check_early(self, event: ScoredEvent, wall_ms: int | None) -> None:
+    def _check_early(self, event: EventFacts, wall_ms: int | None) -> None:
         """Spec (Clock): an event ahead of the wall clock by more than ``max_earliness_seconds`` moves no clock."""
         if wall_ms is None or not self.max_earliness_ms or event.occurred_ms <= wall_ms + self.max_earliness_ms:
             return
         ahead_s = (event.occurred_ms - wall_ms) / 1000
         raise EventRejected(
-            Reason.TOO_EARLY,
+            RejectReason.TOO_EARLY,
             f"occurred_at: {ahead_s:.0f} s ahead of the wall clock "
-            f"(PULSE_MAX_EARLINESS_SECONDS={self.settings.max_earliness_seconds:g})",
+            f"(PULSE_MAX_EARLINESS_SECONDS={self.options.max_earliness_seconds:g})",
         )
 
     def holds(self, key: TopicPartitionKey) -> bool:
@@ -403,8 +410,8 @@ class BatchProcessor:
         out = BatchOutcome()
         kind = self.kind_by_topic.get(record.topic)
         if kind is not None:
-            detail = f"{type(exc).__name__}: {exc}"[: self.settings.dead_letter_payload_bytes or 4096]
-            out.rejected.append(self._reject(record, kind, EventRejected(Reason.PROCESSING_ERROR, detail)))
+            detail = f"{type(exc).__name__}: {exc}"[: self.options.dead_letter_payload_bytes or 4096]
+            out.rejected.append(self._reject(record, kind, EventRejected(RejectReason.PROCESSING_ERROR, detail)))
             out.count(kind, "dead_lettered")
         return out
 
@@ -437,12 +444,12 @@ class BatchProcessor:
 
         The population moves a little with every event; rounds only let customers who place no order
         follow its drift (an event re-scores its customer at once)."""
-        cap = self.settings.sweep_customers_per_tick
-        round_seconds = self.settings.sweep_round_seconds
+        cap = self.options.sweep_customers_per_tick
+        round_seconds = self.options.sweep_round_seconds
         if not round_seconds:
             return cap
         members = len(self.population.partition(partition).members)
-        return max(1, min(cap, math.ceil(members * self.settings.sweep_tick_seconds / round_seconds)))
+        return max(1, min(cap, math.ceil(members * self.options.sweep_tick_seconds / round_seconds)))
 
     def _population_stands(self) -> None:
         """The events are applied and the population stands still for the rest of the batch: what every
@@ -452,7 +459,7 @@ class BatchProcessor:
         self._lifetime_years = lifetime_from_churn(churn_rate, self.config.indicators.period_days)
         self._ranking = Ranking(self.population.parts(), self.config.rfm)
 
-    def _too_late(self, record: Incoming, kind: Kind, event: ScoredEvent, state: CustomerState) -> EventRejected | None:
+    def _too_late(self, record: Incoming, kind: Kind, event: EventFacts, state: CustomerState) -> EventRejected | None:
         """An event older than its partition's watermark minus ``max_lateness_days`` (spec: late events beyond
         the configured lateness go to the dead-letter topic).
 
@@ -468,9 +475,9 @@ class BatchProcessor:
             return None
         behind_days = (watermark - event.occurred_ms) / DAY_MS
         return EventRejected(
-            Reason.TOO_LATE,
+            RejectReason.TOO_LATE,
             f"occurred_at: {behind_days:.1f} days behind partition {record.partition}'s watermark "
-            f"(PULSE_MAX_LATENESS_DAYS={self.settings.max_lateness_days:g})",
+            f"(PULSE_MAX_LATENESS_DAYS={self.options.max_lateness_days:g})",
         )
 
     def _advance_idle_clock(self, ticks: set[int], wall_ms: int | None) -> None:
@@ -481,7 +488,7 @@ class BatchProcessor:
         beyond the wall clock. The advanced clock is published with the partition's snapshot, so partitions
         with nothing left to read on other workers follow it.
         """
-        idle_ms = int(self.settings.clock_idle_advance_seconds * 1000)
+        idle_ms = int(self.options.clock_idle_advance_seconds * 1000)
         if not idle_ms or wall_ms is None:
             return
         for partition, part in self.population.local.items():
@@ -739,14 +746,14 @@ class BatchProcessor:
             and self._wall_ms - now > self.historical_ms,
         )
 
-    def _to_scored(self, event: CustomerEvent, offset: int) -> ScoredEvent:
+    def _to_scored(self, event: CustomerEvent, offset: int) -> EventFacts:
         at = event.occurred_ms
-        facts: dict[str, object] = {}
+        facts: dict[str, Any] = {}
         if isinstance(event, OrderEvent):
             rate = self.rates.get(event.currency)
             if rate is None:
                 raise EventRejected(
-                    Reason.UNSUPPORTED_CURRENCY, f"currency: no rate for {event.currency} (see PULSE_FX_RATES)"
+                    RejectReason.UNSUPPORTED_CURRENCY, f"currency: no rate for {event.currency} (see PULSE_FX_RATES)"
                 )
             facts["order"] = OrderFact(
                 occurred_ms=at,
@@ -760,10 +767,10 @@ class BatchProcessor:
             facts["complaint"] = ComplaintFact(at, event.severity.value)
         elif isinstance(event, SupportEvent):
             facts["ticket"] = TicketFact(at, event.ticket_id, event.kind.value)
-        return ScoredEvent(kind=event.KIND.value, event_id=event.event_id, occurred_ms=at, offset=offset, **facts)
+        return EventFacts(kind=event.KIND.value, event_id=event.event_id, occurred_ms=at, offset=offset, **facts)
 
     def _reject(self, record: Incoming, kind: str, exc: EventRejected) -> Rejected:
-        payload, encoding, truncated = DeadLetter.render_payload(record.value, self.settings.dead_letter_payload_bytes)
+        payload, encoding, truncated = DeadLetter.render_payload(record.value, self.options.dead_letter_payload_bytes)
         letter = DeadLetter(
             reason=exc.reason.value,
             detail=exc.detail,

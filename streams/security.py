@@ -17,7 +17,7 @@ from aiokafka.helpers import create_ssl_context
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from faust.types.auth import CredentialsT
 
-from pulse.settings import Settings
+from pulse_config.settings import Settings
 
 TLS_PROTOCOLS = frozenset({"SSL", "SASL_SSL"})
 SASL_PROTOCOLS = frozenset({"SASL_PLAINTEXT", "SASL_SSL"})

@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
-from pulse.settings import Settings
+from pulse_config.settings import Settings
 from streams.admin import ensure_topics
 from streams.api import WorkerStatus
 from streams.security import redis_client_kwargs

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import faust
@@ -19,7 +19,7 @@ from faust.tables.recovery import Recovery
 from faust.types import TP, EventT
 from faust.types.tuples import RecordMetadata
 
-from pulse.settings import Settings
+from pulse_config.settings import Settings
 from streams.security import kafka_client_kwargs
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class CustomerStateTable(faust.Table):
         if self.on_rebalanced is not None:
             self.on_rebalanced()
 
-    async def write_states(self, items: Iterable[tuple[bytes, bytes, EventT]]) -> list[asyncio.Future]:
+    async def write_states(self, items: Iterable[tuple[bytes, bytes, EventT]]) -> list[Awaitable[RecordMetadata]]:
         """Store each (key, value) and send its changelog record straight to the producer.
 
         The event is one of the customer's own events of the batch: inputs and
@@ -61,7 +61,7 @@ class CustomerStateTable(faust.Table):
         """
         producer = self.app.producer
         topic = self.changelog_topic.get_topic_name()
-        futures: list[asyncio.Future] = []
+        futures: list[Awaitable[RecordMetadata]] = []
         try:
             for key, value, event in items:
                 _current_event.set(weakref.ref(event))
@@ -76,7 +76,7 @@ class CustomerStateTable(faust.Table):
         for res in results:
             self.data.set_persisted_offset(res.topic_partition, res.offset)
 
-    async def send_end_markers(self, partitions: set[int]) -> list[asyncio.Future]:
+    async def send_end_markers(self, partitions: set[int]) -> list[Awaitable[RecordMetadata]]:
         """A tombstone of :data:`END_MARKER_KEY` to each partition, to be sent alone.
 
         Tansu answers ListOffsets(latest) with the base offset of the last
@@ -118,7 +118,7 @@ class CustomerStateTable(faust.Table):
             batch.put(store.offset_key, str(records[-1].offset).encode())
             store._db_for_partition(tp.partition).write(batch)
         else:
-            data, partitions = store.data, store._key_partition
+            data, partitions = store.data, store._key_partition  # type: ignore[attr-defined]  # our memory store
             for record in records:
                 if record.value is None:
                     data.pop(record.key, None)

@@ -7,31 +7,38 @@ import asyncio
 import gc
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import faust
 from prometheus_client import start_http_server
 
-from pulse.settings import Settings
+from pulse_config.clv_params import load_clv_params
+from pulse_config.settings import Settings
 from streams.api import ApiProcess, StatusPublisher, WorkerStatus
 from streams.app import create_app
 from streams.startup import wait_or_exit
 
+if TYPE_CHECKING:
+    from scoring.clv import ClvParams
 
-def clv_params_line(settings: Settings) -> str:
+
+def clv_params_line(settings: Settings, params: ClvParams) -> str:
     """Which CLV parameters the worker scores with, for its first log line.
 
-    A missing parameter file silently means the defaults (pulse/fit.py), so a deployment whose
+    A missing parameter file silently means the defaults (pulse_config/clv_params.py), so a deployment whose
     mount is wrong would look healthy: the line says which file, or that there is none.
     """
     path = settings.clv_params_file
     if Path(path).exists():
-        return f"CLV parameters from {path} (fitted on {settings.clv().params.fitted_on or 'unknown data'})"
+        return f"CLV parameters from {path} (fitted on {params.fitted_on or 'unknown data'})"
     return f"CLV parameters: the defaults (no file at {path}; pulse fit writes one)"
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
+    # the fitted CLV parameters are read once, here, and scored with for the whole run
+    clv_params = load_clv_params(settings.clv_params_file)
     # before Faust configures logging: printed, so that it is in the worker's output whatever the log level
-    print(f"pulse worker: {clv_params_line(settings)}", file=sys.stderr, flush=True)
+    print(f"pulse worker: {clv_params_line(settings, clv_params)}", file=sys.stderr, flush=True)
     # Faust creates its data dir but not missing parents (a fresh checkout has no .pulse/).
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     status = WorkerStatus()
@@ -44,7 +51,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
             start_http_server(settings.metrics_port, addr=settings.metrics_host)
         # the broker and Redis may come up after the worker: wait (back-off, one log line per try), then topics
         wait_or_exit(settings, status, loglevel)
-        pulse = create_app(settings)
+        pulse = create_app(settings, settings.processor(clv_params))
         gc.set_threshold(*settings.gc_thresholds)
         if settings.event_loop == "uvloop":
             import uvloop

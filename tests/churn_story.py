@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from scoring.orders import DAY_MS
+from scoring.units import DAY_MS
 
 #: epoch day 20006 is a multiple of 7, so weekly revenue buckets start on day 0
 D0 = 20006

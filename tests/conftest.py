@@ -10,39 +10,14 @@ one broker runs at a time and the first is stopped before the second starts.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from pulse.devstack import BROKERS, KAFKA_VERSION, DevStack, free_port, kafka_available, stop_process
-from pulse.settings import Settings
-from streams.admin import ensure_topics
-
-REPO = Path(__file__).resolve().parent.parent
-#: Longest time a test waits for the system to reach an expected state.
-CONVERGE_SECONDS = float(os.environ.get("PULSE_TEST_CONVERGE_SECONDS", "90"))
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = CONVERGE_SECONDS, every: float = 0.25) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(every)
-    return predicate()
-
+from pulse.devstack import BROKERS, KAFKA_VERSION, DevStack, kafka_available
+from testing.stack import Namespace, Worker, WorkerPool, make_namespace
 
 #: The brokers the e2e and faults tests run on; narrow it for a local run, e.g. PULSE_TEST_BROKERS=tansu.
 TEST_BROKERS = [b.strip() for b in os.environ.get("PULSE_TEST_BROKERS", ",".join(BROKERS)).split(",") if b.strip()]
@@ -73,19 +48,6 @@ def on_broker(devstack: DevStack, *names: str) -> bool:
     return devstack.broker_name in names
 
 
-@dataclass
-class Namespace:
-    """One test's private slice of the shared broker and Redis."""
-
-    env: dict[str, str]
-    settings: Settings
-    log_dir: Path
-
-    @property
-    def bootstrap(self) -> str:
-        return self.settings.broker_bootstrap()
-
-
 @pytest.fixture
 def partitions() -> int:
     """Partitions of a test's topics; a test module that needs another count overrides this fixture."""
@@ -97,176 +59,8 @@ def namespace(devstack: DevStack, tmp_path: Path, partitions: int) -> Namespace:
     return make_namespace(devstack.env(), tmp_path, partitions)
 
 
-def make_namespace(stack_env: dict[str, str], tmp_path: Path, partitions: int = 4) -> Namespace:
-    """Private topics, group and key prefix on a shared broker and Redis (also used outside pytest)."""
-    tag = uuid.uuid4().hex[:8]
-    env = {
-        **stack_env,
-        "PULSE_ENV_FILE": "",
-        "PULSE_APP_ID": f"pulse-test-{tag}",
-        "PULSE_TOPIC_ORDERS": f"orders-{tag}",
-        "PULSE_TOPIC_SURVEYS": f"surveys-{tag}",
-        "PULSE_TOPIC_COMPLAINTS": f"complaints-{tag}",
-        "PULSE_TOPIC_SUPPORT": f"support-{tag}",
-        "PULSE_TOPIC_DEAD_LETTERS": f"dlq-{tag}",
-        "PULSE_TOPIC_RETENTION_ALERTS": f"alerts-{tag}",
-        "PULSE_TOPIC_VIP_CHANGES": f"vips-{tag}",
-        "PULSE_REDIS_KEY_PREFIX": f"t{tag}:",
-        "PULSE_PARTITIONS": str(partitions),
-        # nested and not yet there, as on a fresh checkout
-        "PULSE_DATA_DIR": str(tmp_path / "state" / "data"),
-        # the tests wait for convergence: every tick sweeps up to PULSE_SWEEP_CUSTOMERS_PER_TICK
-        "PULSE_SWEEP_ROUND_SECONDS": "0",
-        "PULSE_BROKER_REBALANCE_TIMEOUT": "3",
-        "PULSE_BROKER_SESSION_TIMEOUT": "6",
-        "PULSE_BROKER_HEARTBEAT_INTERVAL": "0.5",
-    }
-    settings = Settings(
-        _env_file=None, **{k[len("PULSE_") :].lower(): v for k, v in env.items() if k != "PULSE_ENV_FILE"}
-    )
-    # The topics exist before the test produces, as `pulse worker` / `pulse dev` create them: tests
-    # produce before or while the worker starts, and the brokers auto-create differently (Tansu with
-    # 4 partitions; Apache Kafka not at all here, as in deploy/compose.yaml).
-    asyncio.run(asyncio.wait_for(ensure_topics(settings), CONVERGE_SECONDS))
-    return Namespace(env, settings, tmp_path)
-
-
-@dataclass
-class Worker:
-    proc: subprocess.Popen
-    log: Path
-    metrics_port: int
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self, timeout: float = 30) -> None:
-        stop_process(self.proc, timeout)
-
-
-class WorkerPool:
-    """Worker subprocesses of one namespace, each logging to its own file; ``stop_all`` ends them."""
-
-    def __init__(self, namespace: Namespace) -> None:
-        self.namespace = namespace
-        self.workers: list[Worker] = []
-
-    def start(self, **extra_env: str) -> Worker:
-        port = free_port()
-        log = self.namespace.log_dir / f"worker-{len(self.workers)}.log"
-        # the HTTP API is off unless a test asks for it: several workers on one host would share its port
-        env = {**os.environ, **self.namespace.env, "PULSE_METRICS_PORT": str(port), "PULSE_API_PORT": "0", **extra_env}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pulse", "worker", "--loglevel", "info"],
-            cwd=REPO,
-            env=env,
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        worker = Worker(proc, log, port)
-        self.workers.append(worker)
-        return worker
-
-    def stop_all(self) -> None:
-        for worker in self.workers:
-            worker.stop()
-
-
 @pytest.fixture
 def start_worker(namespace: Namespace) -> Iterator[Callable[..., Worker]]:
     pool = WorkerPool(namespace)
     yield pool.start
     pool.stop_all()
-
-
-def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes | None]]) -> None:
-    async def go() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-        await producer.start()
-        try:
-            for key, value in records:
-                await producer.send(topic, key=key, value=value)
-            await producer.flush()
-        finally:
-            await producer.stop()
-
-    asyncio.run(go())
-
-
-def consume(bootstrap: str, topic: str, expected: int, timeout: float = CONVERGE_SECONDS, quiet: float = 0.0) -> list:
-    """Read a topic from the start until ``expected`` records arrived or ``timeout``, without a group.
-
-    With ``quiet``, go on reading until no record came for that many seconds (to get all of them).
-    """
-
-    async def go() -> list:
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False)
-        await consumer.start()
-        try:
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                partitions = consumer.partitions_for_topic(topic)
-                if partitions:
-                    break
-                await consumer._client.force_metadata_update()
-                await asyncio.sleep(0.2)
-            from aiokafka import TopicPartition
-
-            tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            records: list = []
-            last_new = time.monotonic()
-            while time.monotonic() < deadline:
-                if len(records) >= expected and time.monotonic() - last_new >= quiet:
-                    break
-                batch = await consumer.getmany(timeout_ms=250)
-                for msgs in batch.values():
-                    records.extend(msgs)
-                    last_new = time.monotonic()
-            return records
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(go())
-
-
-def profile_diffs(settings: Settings, expected: dict[str, dict]) -> list[tuple[str, dict, dict | None]]:
-    """(customer, expected, got) for every Redis profile whose fields differ from ``expected``.
-
-    ``expected`` maps customer ids to {profile field: value}; only those fields are compared.
-    """
-    import redis
-
-    from schemas.profile import CustomerProfile
-    from streams.sinks.redis_profiles import profile_key
-
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-    with client.pipeline(transaction=False) as pipe:
-        for cid in expected:
-            pipe.hgetall(profile_key(settings.redis_key_prefix, cid))
-        hashes = pipe.execute()
-    diffs = []
-    for (cid, exp), fields in zip(expected.items(), hashes, strict=False):
-        got = {k: getattr(CustomerProfile.from_redis(fields), k) for k in exp} if fields else None
-        if got != exp:
-            diffs.append((cid, exp, got))
-    return diffs
-
-
-def get_json(url: str, token: str | None = None, scheme: str = "Bearer") -> tuple[int, dict]:
-    """GET ``url`` from a worker's HTTP API: (status, JSON body); (0, {}) when nothing answers within 5 s."""
-    request = urllib.request.Request(url)
-    if token is not None:
-        request.add_header("Authorization", f"{scheme} {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"{}")
-    except OSError:
-        return 0, {}

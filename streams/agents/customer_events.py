@@ -70,7 +70,7 @@ def register(pulse: PulseApp) -> BatchProcessor:
     settings = pulse.settings
     table = pulse.customer_states
     # records outside their customer's murmur2 partition are re-published, not applied (streams.partitioning)
-    processor = BatchProcessor(settings, partitioner(settings.partitions))
+    processor = BatchProcessor(pulse.processor_config, partitioner(settings.partitions))
     sink = RedisProfileSink(
         settings.redis_url,
         settings.redis_key_prefix,
@@ -124,10 +124,10 @@ def register(pulse: PulseApp) -> BatchProcessor:
             events = guard.owned(events, pulse.app.consumer.assignment())
             scan = await guard.check([(e.message.tp, e.message.offset) for e in events])
         await checkpoint(events)
-        if scan is not None:
+        if guard is not None and scan is not None:
             guard.ledger.applied(scan)  # the changelog holds them: now take_events may ack and Faust commit them
 
-    @pulse.app.on_partitions_revoked.connect
+    @pulse.app.on_partitions_revoked.connect  # type: ignore[arg-type]  # a coroutine receiver, as Faust allows
     async def settle_profile_writes(app: object, revoked: object, **kwargs: object) -> None:
         # Awaited before the group rebalances on (Faust first waits for the batch in progress): the profiles
         # of this worker's last batches reach Redis before the partitions' next owner writes newer ones.
@@ -136,7 +136,9 @@ def register(pulse: PulseApp) -> BatchProcessor:
 
     @pulse.app.agent(pulse.customer_events, name="score_customer_events")
     async def score_customer_events(stream: StreamT) -> None:
-        async for events in stream.take_events(settings.batch_max_events, settings.batch_within_seconds):
+        async for events in stream.take_events(  # type: ignore[attr-defined]  # faust-streaming's Stream has it
+            settings.batch_max_events, settings.batch_within_seconds
+        ):
             await run_guarded(guarded_checkpoint(events), settings.shutdown_grace_seconds)
 
     return processor

@@ -33,7 +33,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
-from pulse.settings import Settings
+from pulse_config.settings import Settings
 from schemas.actions import ActionKind, RetentionAction, customer_of
 
 log = logging.getLogger("pulse.router.api")

@@ -25,7 +25,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pulse.settings import Settings
+from pulse_config.settings import Settings
 from schemas.alerts import RiskLevel
 
 #: the event types the router reads: churn alerts (retention topic) and VIP changes (VIP topic)
@@ -153,7 +153,7 @@ class Route(_Strict):
 
     name: str = Field(pattern=_NAME)
     destinations: list[str] = Field(min_length=1)
-    events: list[EventType] = Field(default_factory=lambda: ["retention_alert"], min_length=1)
+    events: list[EventType] = Field(default_factory=lambda: list[EventType](["retention_alert"]), min_length=1)
     levels: list[RiskLevel] = Field(default_factory=list)
     vip: bool | None = None
     priority: bool | None = None

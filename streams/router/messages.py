@@ -151,7 +151,7 @@ def digest_title(envs: list[Envelope]) -> str:
     alerts = [e for e in envs if e.event == "retention_alert"]
     parts = []
     if alerts:
-        high = sum(1 for e in alerts if e.model.level.value == "high")
+        high = sum(1 for e in alerts if isinstance(e.model, RetentionAlert) and e.model.level.value == "high")
         parts.append(f"{len(alerts)} churn alert{'s' if len(alerts) > 1 else ''}" + (f" ({high} high)" if high else ""))
     if len(alerts) < len(envs):
         n = len(envs) - len(alerts)

@@ -53,7 +53,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from pulse.settings import Settings
+from pulse_config.settings import Settings
 from schemas.alerts import RetentionAlert
 from schemas.delivery import DeliveryDeadLetter
 from schemas.vip import VipChange

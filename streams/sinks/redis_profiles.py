@@ -46,7 +46,8 @@ def pack_profile(profile: RenderedProfile, key_prefix: str, vip_value: str) -> t
 
     float() of the money string equals float() of the Decimal the edge model holds, which the sink used to send.
     """
-    hset = pack_command(("HSET", profile_key(key_prefix, profile.customer_id), *profile.args))
+    # hiredis's stub types the command as a 1-tuple: any number of arguments is what it packs
+    hset = pack_command(("HSET", profile_key(key_prefix, profile.customer_id), *profile.args))  # type: ignore[arg-type]
     return hset, float(profile.value(vip_value)) if profile.vip else None
 
 
@@ -61,9 +62,9 @@ def pack_batch(batch: Mapping[str, tuple[bytes, float | None]], key_prefix: str)
     added = [(repr(score), cid) for cid, (_, score) in batch.items() if score is not None]
     removed = [cid for cid, (_, score) in batch.items() if score is None]
     if added:
-        parts.append(pack_command(("ZADD", vip_key(key_prefix), *chain.from_iterable(added))))
+        parts.append(pack_command(("ZADD", vip_key(key_prefix), *chain.from_iterable(added))))  # type: ignore[arg-type]
     if removed:
-        parts.append(pack_command(("ZREM", vip_key(key_prefix), *removed)))
+        parts.append(pack_command(("ZREM", vip_key(key_prefix), *removed)))  # type: ignore[arg-type]
     return b"".join(parts), len(parts)
 
 

@@ -17,8 +17,8 @@ import pytest
 
 from pulse.devstack import free_port
 from pulse.simulate import generate_orders
-from tests.conftest import get_json, produce, profile_diffs, wait_until
-from tests.reference import batch_order_profiles
+from testing.reference import batch_order_profiles
+from testing.stack import get_json, produce, profile_diffs, wait_until
 
 pytestmark = pytest.mark.e2e
 

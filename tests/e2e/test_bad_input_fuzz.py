@@ -17,9 +17,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pulse.simulate import generate_events
-from tests.conftest import consume, produce, wait_until
+from testing.reference import STATE_FIELDS, offline_run
+from testing.stack import consume, produce, wait_until
 from tests.fuzz_payloads import hostile
-from tests.reference import STATE_FIELDS, offline_run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 

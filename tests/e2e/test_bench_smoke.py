@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from testing.stack import REPO
 
 pytestmark = pytest.mark.e2e
 

@@ -21,7 +21,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from scoring.customer import CustomerState
 from streams.codec import encode_state
 from streams.tables import END_MARKER_KEY
-from tests.conftest import wait_until
+from testing.stack import wait_until
 
 pytestmark = [pytest.mark.e2e]
 

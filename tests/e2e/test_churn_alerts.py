@@ -21,8 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.profile import CustomerProfile
 from streams.sinks.redis_profiles import profile_key
+from testing.stack import REPO, consume, produce, wait_until
 from tests.churn_story import MONTHLY, STORY, clock, iso, order
-from tests.conftest import REPO, consume, produce, wait_until
 
 pytestmark = pytest.mark.e2e
 

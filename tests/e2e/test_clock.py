@@ -22,14 +22,13 @@ import redis
 from pulse.offline import score_records
 from pulse.simulate import generate_events, send
 from schemas.profile import CustomerProfile
+from scoring.units import DAY_MS
 from streams.admin import ensure_topics
 from streams.security import kafka_client_kwargs
 from streams.sinks.redis_profiles import profile_key
-from tests.conftest import consume, produce, wait_until
+from testing.stack import consume, produce, wait_until
 
 pytestmark = pytest.mark.e2e
-
-DAY_MS = 86_400_000
 
 
 def topics_of(settings) -> dict[str, str]:

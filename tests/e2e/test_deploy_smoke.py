@@ -53,7 +53,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pulse.devstack import KafkaBroker, Server, free_port, kafka_available, kafka_props_from_env, stop_process
 from pulse.simulate import BAD_PAYLOADS, generate_events, generate_orders, send
 from streams.sinks.redis_profiles import profile_key
-from tests.conftest import CONVERGE_SECONDS, REPO, produce, wait_until
+from testing.stack import CONVERGE_SECONDS, REPO, produce, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -429,7 +429,7 @@ class Traffic:
 @pytest.fixture(scope="module")
 def traffic(topology: Topology) -> Iterator[Traffic]:
     """The four kinds of a generated history at a steady rate, malformed events and alert-raising surveys mixed in."""
-    from pulse.settings import Settings
+    from pulse_config.settings import Settings
 
     env = topology.workers[0].env
     settings = Settings(
@@ -565,7 +565,8 @@ def owned_partitions(worker: Worker, topic: str) -> set[int]:
 
 def test_workers_get_the_fitted_parameter_file(topology):
     """The ./params mount: PULSE_CLV_PARAMS_FILE of every worker names the file pulse fit wrote, not the defaults."""
-    from pulse.fit import DEFAULT_CLV_PARAMS, load_clv_params
+    from pulse_config.clv_params import load_clv_params
+    from scoring.clv import DEFAULT_CLV_PARAMS
 
     for worker in topology.workers:
         assert Path(worker.env["PULSE_CLV_PARAMS_FILE"]) == topology.params_file

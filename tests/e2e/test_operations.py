@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pulse.devstack import free_port
 from streams.sinks.redis_profiles import vip_key
-from tests.conftest import get_json, produce, wait_until
+from testing.stack import get_json, produce, wait_until
 
 pytestmark = pytest.mark.e2e
 

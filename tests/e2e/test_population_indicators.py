@@ -17,8 +17,8 @@ import pytest
 
 from pulse.simulate import generate_events
 from pulse.stats import read_stats, stats_json
-from tests.conftest import REPO, produce, profile_diffs, wait_until
-from tests.reference import batch_population_indicators, uninterrupted_profiles
+from testing.reference import batch_population_indicators, uninterrupted_profiles
+from testing.stack import REPO, produce, profile_diffs, wait_until
 
 pytestmark = pytest.mark.e2e
 

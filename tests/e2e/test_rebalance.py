@@ -9,8 +9,8 @@ import pytest
 import redis
 
 from pulse.simulate import generate_events
-from tests.conftest import produce, profile_diffs, wait_until
-from tests.reference import uninterrupted_profiles
+from testing.reference import uninterrupted_profiles
+from testing.stack import produce, profile_diffs, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 

@@ -25,13 +25,13 @@ from redis.asyncio import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from benchmarks.harness import template_states
 from pulse.devstack import Server, free_port, redis_binary, start_redis, stop_process
-from pulse.settings import Settings
+from pulse_config.settings import Settings
 from schemas.profile import CustomerProfile, RenderedProfile, render_profile
 from scoring.customer import assess_customer
 from streams import metrics
 from streams.sinks.redis_profiles import RedisProfileSink, pack_batch, pack_profile, profile_key, vip_key
+from testing.templates import template_states
 
 pytestmark = pytest.mark.e2e
 

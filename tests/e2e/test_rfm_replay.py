@@ -23,7 +23,7 @@ from pulse.history import PROFILE_COLUMNS, profile_row
 from pulse.simulate import generate_orders
 from schemas.profile import CustomerProfile
 from streams.sinks.redis_profiles import profile_key, vip_key
-from tests.conftest import REPO, consume, wait_until
+from testing.stack import REPO, consume, wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pulse.devstack import free_port, stop_process
 from streams.router.service import dedup_key
-from tests.conftest import CONVERGE_SECONDS, REPO, Namespace, consume, produce, wait_until
+from testing.stack import CONVERGE_SECONDS, REPO, Namespace, consume, produce, wait_until
 from tests.router_fixtures import alert_dict, vip_change
 from tests.router_receivers import MailSink, Receivers, counts_by
 

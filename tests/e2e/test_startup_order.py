@@ -17,8 +17,8 @@ import pytest
 
 from pulse.devstack import free_port, start_redis, start_tansu
 from pulse.simulate import generate_orders
-from tests.conftest import produce, profile_diffs, wait_until
-from tests.reference import batch_order_profiles
+from testing.reference import batch_order_profiles
+from testing.stack import produce, profile_diffs, wait_until
 
 pytestmark = pytest.mark.e2e
 

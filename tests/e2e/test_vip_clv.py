@@ -20,7 +20,7 @@ import redis
 from pulse.simulate import generate_orders
 from schemas.profile import CustomerProfile
 from streams.sinks.redis_profiles import profile_key, vip_key
-from tests.conftest import consume, wait_until
+from testing.stack import consume, wait_until
 from tests.e2e.test_rfm_replay import pulse
 
 pytestmark = pytest.mark.e2e

@@ -8,7 +8,7 @@ import redis
 
 from schemas.profile import CustomerProfile
 from streams.sinks.redis_profiles import profile_key
-from tests.conftest import consume, produce, wait_until
+from testing.stack import consume, produce, wait_until
 
 pytestmark = pytest.mark.e2e
 

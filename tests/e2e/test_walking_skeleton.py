@@ -18,8 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from pulse.simulate import generate_orders
 from schemas.profile import CustomerProfile
 from streams.sinks.redis_profiles import profile_key
-from tests.conftest import consume, produce, profile_diffs, wait_until
-from tests.reference import batch_order_profiles
+from testing.reference import batch_order_profiles
+from testing.stack import consume, produce, profile_diffs, wait_until
 
 pytestmark = pytest.mark.e2e
 

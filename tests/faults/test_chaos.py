@@ -17,7 +17,7 @@ import os
 
 import pytest
 
-from tests.chaos import ChaosPlan, run_chaos
+from testing.chaos import ChaosPlan, run_chaos
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 

@@ -28,35 +28,15 @@ from scoring.customer import CustomerState
 from streams.codec import decode_state
 from streams.sinks.redis_profiles import profile_key, vip_key
 from streams.tables import END_MARKER_KEY
-from tests.conftest import CONVERGE_SECONDS, consume, produce, profile_diffs, wait_until
-from tests.reference import uninterrupted_profiles
+from testing.chaos import hostile_order
+from testing.reference import uninterrupted_profiles
+from testing.stack import CONVERGE_SECONDS, consume, produce, profile_diffs, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 
 SEED = int(os.environ.get("PULSE_FAULT_SEED", "20261123"))
 KILLS = int(os.environ.get("PULSE_FAULT_KILLS", "10"))
 OUTAGE_SECONDS = float(os.environ.get("PULSE_FAULT_REDIS_OUTAGE_SECONDS", "30"))
-
-
-def hostile_order(events: list[tuple[str, dict]], rng: random.Random) -> list[tuple[str, bytes | None, bytes]]:
-    """(kind, key, value): out of order within windows of 40, 2 % late by up to 400 positions,
-    5 % sent twice by the producer (a few positions apart), 1 % malformed order events."""
-    stream = [(kind, e["customer_id"].encode(), orjson.dumps(e)) for kind, e in events]
-    for start in range(0, len(stream), 40):
-        window = stream[start : start + 40]
-        rng.shuffle(window)
-        stream[start : start + 40] = window
-    for i in sorted(rng.sample(range(len(stream)), len(stream) // 50), reverse=True):
-        stream.insert(min(len(stream), i + rng.randint(50, 400)), stream.pop(i))
-    out: list[tuple[str, bytes | None, bytes]] = []
-    for item in stream:
-        out.append(item)
-        if rng.random() < 0.05:
-            at = max(0, len(out) - rng.randint(1, 5))
-            out.insert(at + 1, item)  # the same event again, shortly after
-        if rng.random() < 0.01:
-            out.append(("order", b"C000001", rng.choice(BAD_PAYLOADS)))
-    return out
 
 
 def send_stream(bootstrap: str, topics: dict[str, str], stream, chunks: int, pause: float) -> None:

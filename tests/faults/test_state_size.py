@@ -10,11 +10,12 @@ import orjson
 import pytest
 
 from pulse.offline import score_records
-from pulse.settings import Settings
 from pulse.simulate import generate_events
-from scoring.customer import CustomerState, ScoredEvent, apply_event
-from scoring.orders import DAY_MS, OrderFact
-from scoring.service import TicketFact
+from pulse_config.settings import Settings
+from scoring.customer import CustomerState, EventFacts, apply_event
+from scoring.orders import OrderFact
+from scoring.tickets import TicketFact
+from scoring.units import DAY_MS
 from scoring.voice import ComplaintFact, SurveyFact
 from streams.codec import encode_state, encode_state_orjson
 
@@ -48,7 +49,7 @@ def busy_customer_events(days: int, rng: random.Random):
         for fact in facts:
             n += 1
             kind = next(iter(fact))
-            yield ScoredEvent(kind="support" if kind == "ticket" else kind, event_id=f"e{n}", occurred_ms=at, **fact)
+            yield EventFacts(kind="support" if kind == "ticket" else kind, event_id=f"e{n}", occurred_ms=at, **fact)
 
 
 def test_the_largest_state_stops_growing():

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
-from pulse.settings import Settings
+from pulse_config.settings import Settings
 from streams.checkpoint import Checkpoint
 from streams.codec import decode_state
 from streams.processor import BatchProcessor
@@ -144,7 +144,9 @@ def later_batch() -> list[SimpleNamespace]:
 
 def worker(broker: Broker, data: dict[bytes, bytes] | None = None) -> tuple[Checkpoint, Table]:
     table = Table(broker, data)
-    checkpoint = Checkpoint(SETTINGS, BatchProcessor(SETTINGS), table, Sink(broker), broker.send, lambda: {0})
+    checkpoint = Checkpoint(
+        SETTINGS, BatchProcessor(SETTINGS.processor()), table, Sink(broker), broker.send, lambda: {0}
+    )
     return checkpoint, table
 
 

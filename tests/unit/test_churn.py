@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 
 from scoring import churn
-from scoring.churn import ChurnAssessment, ChurnConfig, ChurnState, Reason
-from scoring.customer import CustomerState, ScoredEvent, ScoringConfig, apply_event, assess_customer
-from scoring.orders import DAY_MS, OrderFact
-from scoring.service import HOUR_MS, TicketFact
+from scoring.churn import ChurnAssessment, ChurnConfig, ChurnReason, ChurnState
+from scoring.customer import CustomerState, EventFacts, ScoringConfig, apply_event, assess_customer
+from scoring.orders import OrderFact
+from scoring.tickets import HOUR_MS, TicketFact
+from scoring.units import DAY_MS
 from scoring.voice import ComplaintFact, SurveyFact
 
 CONFIG = ScoringConfig()
@@ -19,7 +20,7 @@ D0 = 20006 * DAY_MS
 def customer(*events: tuple[str, int, object]) -> CustomerState:
     state = CustomerState()
     for i, (kind, at, fact) in enumerate(events):
-        apply_event(state, ScoredEvent(kind=kind, event_id=f"e{i}", occurred_ms=at, **{kind_field(kind): fact}), CONFIG)
+        apply_event(state, EventFacts(kind=kind, event_id=f"e{i}", occurred_ms=at, **{kind_field(kind): fact}), CONFIG)
     return state
 
 
@@ -146,7 +147,7 @@ def test_score_adds_weights_once_per_signal_caps_at_100_and_sets_the_level():
 
 
 def assessment(level: str, score: int = 50, next_change: int | None = None) -> ChurnAssessment:
-    return ChurnAssessment(score, level, (Reason("overdue", 1, 1, ""),), next_change)
+    return ChurnAssessment(score, level, (ChurnReason("overdue", 1, 1, ""),), next_change)
 
 
 @pytest.mark.parametrize(
@@ -179,7 +180,9 @@ def test_the_next_check_is_the_next_signal_change():
 
 
 def test_suggested_action_depends_on_vip_and_service_reasons():
-    overdue = (Reason(churn.OVERDUE, 1, 1, ""),)
+    overdue = (ChurnReason(churn.OVERDUE, 1, 1, ""),)
     assert "account manager" in churn.suggested_action(True, overdue)
     assert churn.suggested_action(False, overdue).startswith("win-back")
-    assert churn.suggested_action(False, (Reason(churn.SEVERE_COMPLAINT, "high", "high", ""),)).startswith("resolve")
+    assert churn.suggested_action(False, (ChurnReason(churn.SEVERE_COMPLAINT, "high", "high", ""),)).startswith(
+        "resolve"
+    )

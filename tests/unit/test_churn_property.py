@@ -7,11 +7,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scoring.clv import ClvConfig
-from scoring.customer import CustomerState, ScoredEvent, ScoringConfig, apply_event, assess_customer
-from scoring.orders import DAY_MS, OrderFact
-from scoring.service import TicketFact
+from scoring.customer import CustomerState, EventFacts, ScoringConfig, apply_event, assess_customer
+from scoring.orders import OrderFact
+from scoring.tickets import TicketFact
+from scoring.units import DAY_MS
 from scoring.voice import SEVERITIES, ComplaintFact, SurveyFact
-from tests.reference import batch_churn_codes
+from testing.reference import batch_churn_codes
 
 CONFIG = ScoringConfig()
 T0 = 20006 * DAY_MS
@@ -48,7 +49,7 @@ def facts(e: tuple) -> dict:
 def build(events: list[tuple]) -> CustomerState:
     state = CustomerState()
     for i, e in enumerate(events):
-        apply_event(state, ScoredEvent(kind=e[0], event_id=f"e{i}", occurred_ms=e[1], **facts(e)), CONFIG)
+        apply_event(state, EventFacts(kind=e[0], event_id=f"e{i}", occurred_ms=e[1], **facts(e)), CONFIG)
     return state
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import orjson
 
-from pulse.settings import Settings
+from pulse_config.settings import Settings
 from scoring.clv import DEFAULT_CLV_PARAMS
 from scoring.customer import CustomerState
-from scoring.orders import DAY_MS
+from scoring.units import DAY_MS
 from streams.processor import BatchOutcome, BatchProcessor, Incoming
 from tests.churn_story import D0, MONTHLY, STORY, clock, order
 
@@ -28,7 +28,7 @@ def spec_p_alive(x: int, t_x: float, T: float) -> float:
 
 class Feed:
     def __init__(self) -> None:
-        self.processor = BatchProcessor(SETTINGS)
+        self.processor = BatchProcessor(SETTINGS.processor())
         self.store: dict[bytes, CustomerState] = {}
         self.offsets: dict[str, int] = {}
         self.alerts: list[tuple[int, dict]] = []
@@ -116,7 +116,7 @@ def test_a_redelivered_batch_raises_no_second_alert():
 def test_idle_advance_moves_the_clock_with_the_wall_clock_when_no_event_comes():
     """Live operation: traffic stops, the sweep's ticks keep coming; the overdue alert still fires."""
     settings = Settings(_env_file=None, clock_idle_advance_seconds=60)
-    processor = BatchProcessor(settings)
+    processor = BatchProcessor(settings.processor())
     store: dict[bytes, CustomerState] = {}
     ticks = settings.topic_ticks()
     offsets = iter(range(1000))
@@ -139,7 +139,7 @@ def test_idle_advance_moves_the_clock_with_the_wall_clock_when_no_event_comes():
     out = tick(wall0 + 91 * DAY_MS)
     assert [(a.kind, a.level.value) for _, a, _ in out.alerts] == [("entered", "medium")]
     # without the setting, the clock never moves without events (replays stay exact)
-    still = BatchProcessor(Settings(_env_file=None))
+    still = BatchProcessor(Settings(_env_file=None).processor())
     still.process(records, lambda k: CustomerState(), wall_ms=wall0)
     still.process([Incoming(ticks, 0, 999, None, b"{}")], lambda k: CustomerState(), wall0 + 91 * DAY_MS)
     assert still.watermark_ms == last

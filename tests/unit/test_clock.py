@@ -14,11 +14,11 @@ import pytest
 
 from pulse.alerts import format_alert
 from pulse.offline import score_records
-from pulse.settings import Settings
+from pulse_config.settings import Settings
 from schemas.alerts import RetentionAlert
 from schemas.events import MAX_TIME_MS, MIN_TIME_MS, EventRejected, Kind, decode_event
 from scoring.customer import CustomerState
-from scoring.orders import DAY_MS
+from scoring.units import DAY_MS
 from streams.processor import BatchOutcome, BatchProcessor, Incoming
 from tests.churn_story import D0, MONTHLY, iso
 
@@ -55,7 +55,7 @@ class Worker:
     """One processor, its store and the offsets of what was "produced" to each topic-partition."""
 
     def __init__(self, settings: Settings = SETTINGS) -> None:
-        self.processor = BatchProcessor(settings)
+        self.processor = BatchProcessor(settings.processor())
         self.store: dict[bytes, CustomerState] = {}
         self.log: dict[tuple[str, int], list[tuple[bytes, bytes]]] = {}
         self.read: dict[tuple[str, int], int] = {}
@@ -407,7 +407,7 @@ def test_snapshots_carry_the_clock_and_old_snapshots_still_apply():
     view = w.processor.population
     data = orjson.loads(view.snapshot(0))
     assert data["clock_ms"] == view.clock_of(0) == data["watermark_ms"]
-    other = BatchProcessor(SETTINGS)
+    other = BatchProcessor(SETTINGS.processor())
     data["partition"] = 1
     other.population.apply_snapshot(orjson.dumps(data))
     assert other.population.remote[1].clock_ms == data["clock_ms"]

@@ -1,6 +1,6 @@
 """Catch-up raises no false alerts (spec: Clock): random histories of all four kinds, produced before the
 workers start (a replay), read by one or two workers whose topic-partitions are consumed at random speeds;
-every alert's reasons are true of that customer's whole input up to its ``raised_at`` (tests/reference.py
+every alert's reasons are true of that customer's whole input up to its ``raised_at`` (testing/reference.py
 recomputes them from the raw events)."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pulse.settings import Settings
+from pulse_config.settings import Settings
 from scoring.customer import CustomerState
 from streams.processor import BatchProcessor, Incoming
-from tests.reference import batch_churn_codes
+from testing.reference import batch_churn_codes
 from tests.unit.test_churn_property import T0, histories
 
 SETTINGS = Settings(_env_file=None)
@@ -69,7 +69,7 @@ def contradicted(
     for log in logs.values():
         log.sort(key=lambda r: r[0])
     owners = {0: 0, 1: 0 if workers == 1 else 1}
-    processors = [BatchProcessor(SETTINGS) for _ in range(workers)]
+    processors = [BatchProcessor(SETTINGS.processor()) for _ in range(workers)]
     stores: list[dict[bytes, CustomerState]] = [{} for _ in range(workers)]
     read: dict[tuple[str, int], int] = {}
     ends = {(t, p): len(logs.get((t, p), [])) for t in TOPIC.values() for p in owners}

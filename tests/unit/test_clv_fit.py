@@ -18,9 +18,8 @@ import pandas as pd
 import pytest
 
 from pulse.cli import main
-from pulse.fit import ClvParamsError, load_clv_params, save_clv_params
+from pulse_config.clv_params import ClvParamsError, load_clv_params, save_clv_params
 from scoring.clv import (
-    DAY_MS,
     DEFAULT_CLV_PARAMS,
     ClvConfig,
     ClvParams,
@@ -39,6 +38,7 @@ from scoring.clv_fit import (
     model_arrays,
     summarise,
 )
+from scoring.units import DAY_MS
 
 lifetimes = pytest.importorskip("lifetimes", reason="the batch reference (dev extra)")
 from lifetimes import BetaGeoFitter, GammaGammaFitter  # noqa: E402
@@ -323,9 +323,9 @@ def test_pulse_fit_writes_the_parameter_file(tmp_path: Path, monkeypatch: pytest
     assert daily.bgnbd == fit_bgnbd(x, t_x, T)
 
     monkeypatch.setenv("PULSE_CLV_PARAMS_FILE", str(out))
-    from pulse.settings import load_settings
+    from pulse_config.settings import load_settings
 
-    assert load_settings().clv().params == params
+    assert load_clv_params(load_settings().clv_params_file) == params
 
 
 def test_pulse_fit_refuses_too_little_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

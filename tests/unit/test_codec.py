@@ -19,17 +19,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from benchmarks.harness import template_states
 from pulse.offline import score_records
-from pulse.settings import Settings
 from pulse.simulate import COMPLAINT_CATEGORIES, generate_events
+from pulse_config.settings import Settings
 from scoring.churn import ChurnState
 from scoring.clv import PurchaseDays
-from scoring.customer import CustomerState, ScoredEvent, apply_event
+from scoring.customer import CustomerState, EventFacts, apply_event
 from scoring.orders import OrderFact, OrderState
-from scoring.service import Folded, ServiceState, TicketFact
+from scoring.tickets import Folded, ServiceState, TicketFact
 from scoring.voice import SEVERITIES, ComplaintFact, SurveyFact, VoiceState
 from streams.codec import FORMAT_VERSION, LAYOUTS, decode_state, encode_state, encode_state_orjson
+from testing.templates import template_states
 
 SETTINGS = Settings(_env_file=None)
 CONFIG = SETTINGS.scoring()
@@ -380,7 +380,7 @@ def test_states_the_worker_builds_from_random_histories_round_trip(events, in_ti
 
 
 @st.composite
-def scored_event(draw: st.DrawFn) -> ScoredEvent:
+def scored_event(draw: st.DrawFn) -> EventFacts:
     """An event as the scorer sees it, over a wider range than the schemas let through."""
     at = draw(st.integers(0, 4_000_000_000_000))
     fact: dict[str, Any] = draw(
@@ -416,7 +416,7 @@ def scored_event(draw: st.DrawFn) -> ScoredEvent:
     )
     kind = "support" if "ticket" in fact else next(iter(fact))
     offset = draw(st.none() | st.integers(0, 2**63 - 1))
-    return ScoredEvent(kind, f"e{draw(st.integers(0, 10**6))}", at, offset, **fact)
+    return EventFacts(kind, f"e{draw(st.integers(0, 10**6))}", at, offset, **fact)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 import orjson
 
 from pulse.offline import score_records
-from pulse.settings import Settings
 from pulse.simulate import generate_events
+from pulse_config.settings import Settings
 from schemas.profile import RenderedProfile
 from scoring.customer import CustomerState
 from streams.processor import BatchOutcome, BatchProcessor, Incoming
@@ -42,7 +42,7 @@ CHURN_AND_CLV_FIELDS = (
 class Worker:
     def __init__(self, partition: int) -> None:
         self.partition = partition
-        self.processor = BatchProcessor(SETTINGS)
+        self.processor = BatchProcessor(SETTINGS.processor())
         self.processor.population.partition(partition)
         self.store: dict[bytes, CustomerState] = {}
         self.tick_offset = 0

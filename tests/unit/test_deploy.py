@@ -18,7 +18,7 @@ import yaml
 from prometheus_client import REGISTRY
 
 import streams.metrics  # noqa: F401 - registers every metric of the worker
-from pulse.settings import Settings
+from pulse_config.settings import Settings
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 YAML_FILES = sorted([*DEPLOY.rglob("*.yaml"), *DEPLOY.rglob("*.yml")])

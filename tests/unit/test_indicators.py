@@ -9,9 +9,9 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pulse.settings import Settings
+from pulse_config.settings import Settings
 from scoring.clv import ClvConfig, PurchaseDays, record_purchase
-from scoring.customer import CustomerState, ScoredEvent, apply_event
+from scoring.customer import CustomerState, EventFacts, apply_event
 from scoring.indicators import (
     DEFAULT_RESPONSE_EDGES_MS,
     IndicatorConfig,
@@ -25,7 +25,8 @@ from scoring.indicators import (
     retention_rate,
 )
 from scoring.population import PopulationView
-from scoring.service import HOUR_MS, TicketFact
+from scoring.tickets import HOUR_MS, TicketFact
+from scoring.units import DAY_MS
 from scoring.voice import ComplaintFact, SurveyFact
 from streams.codec import decode_state, encode_state, encode_state_orjson
 from streams.processor import BatchProcessor, Incoming
@@ -33,12 +34,11 @@ from streams.processor import BatchProcessor, Incoming
 SETTINGS = Settings(_env_file=None)
 CONFIG = SETTINGS.scoring()
 IND = CONFIG.indicators
-DAY_MS = 86_400_000
 TODAY = 20_500  # an epoch day
 NOW = TODAY * DAY_MS + 12 * HOUR_MS
 
 
-def customer(*events: ScoredEvent, now: int = NOW) -> CustomerState:
+def customer(*events: EventFacts, now: int = NOW) -> CustomerState:
     state = CustomerState()
     for event in events:
         assert apply_event(state, event, CONFIG)
@@ -46,14 +46,14 @@ def customer(*events: ScoredEvent, now: int = NOW) -> CustomerState:
     return state
 
 
-def survey(eid: str, day: int, nps_answer: int | None, csat: int | None = None) -> ScoredEvent:
-    return ScoredEvent("survey", eid, day * DAY_MS, survey=SurveyFact(day * DAY_MS, nps_answer, csat))
+def survey(eid: str, day: int, nps_answer: int | None, csat: int | None = None) -> EventFacts:
+    return EventFacts("survey", eid, day * DAY_MS, survey=SurveyFact(day * DAY_MS, nps_answer, csat))
 
 
-def order(eid: str, day: int) -> ScoredEvent:
+def order(eid: str, day: int) -> EventFacts:
     from scoring.orders import OrderFact
 
-    return ScoredEvent("order", eid, day * DAY_MS, order=OrderFact(day * DAY_MS, 1000, None))
+    return EventFacts("order", eid, day * DAY_MS, order=OrderFact(day * DAY_MS, 1000, None))
 
 
 def view_of(states: list[CustomerState]) -> PopulationView:
@@ -96,7 +96,7 @@ def test_repurchase_300_of_1000_and_complaints_50_of_1000():
     repeat = [customer(order(f"a{n}", TODAY - 200), order(f"b{n}", TODAY - 3)) for n in range(300)]
     once = [customer(order(f"o{n}", TODAY - 50)) for n in range(700)]
     complaints = [
-        ScoredEvent(
+        EventFacts(
             "complaint", f"k{n}", (TODAY - n % 30) * DAY_MS, complaint=ComplaintFact((TODAY - n % 30) * DAY_MS, "low")
         )
         for n in range(50)
@@ -115,12 +115,8 @@ def test_windows_end_with_the_clock_day_and_reach_back_n_days():
     states = [
         customer(survey("in", TODAY - 89, 10), survey("out", TODAY - 90, 0)),
         customer(
-            ScoredEvent(
-                "complaint", "k1", (TODAY - 29) * DAY_MS, complaint=ComplaintFact((TODAY - 29) * DAY_MS, "low")
-            ),
-            ScoredEvent(
-                "complaint", "k2", (TODAY - 30) * DAY_MS, complaint=ComplaintFact((TODAY - 30) * DAY_MS, "low")
-            ),
+            EventFacts("complaint", "k1", (TODAY - 29) * DAY_MS, complaint=ComplaintFact((TODAY - 29) * DAY_MS, "low")),
+            EventFacts("complaint", "k2", (TODAY - 30) * DAY_MS, complaint=ComplaintFact((TODAY - 30) * DAY_MS, "low")),
             order("o", TODAY - 364),
         ),
         customer(order("gone", TODAY - 365)),
@@ -130,8 +126,8 @@ def test_windows_end_with_the_clock_day_and_reach_back_n_days():
     assert (values.complaints, values.active) == (1, 1)
 
 
-def ticket(eid: str, ms: int, tid: str, kind: str) -> ScoredEvent:
-    return ScoredEvent("support", eid, ms, ticket=TicketFact(ms, tid, kind))
+def ticket(eid: str, ms: int, tid: str, kind: str) -> EventFacts:
+    return EventFacts("support", eid, ms, ticket=TicketFact(ms, tid, kind))
 
 
 def test_tickets_count_once_their_opening_is_known_and_reopened_ones_are_not_resolved():
@@ -208,7 +204,7 @@ def test_flags_hold_until_the_flip_time_and_change_there(days, offset):
 
 def test_events_beyond_the_lateness_of_their_partition_are_dead_lettered_too_late():
     settings_ = Settings(_env_file=None, max_lateness_days=10)
-    processor = BatchProcessor(settings_)
+    processor = BatchProcessor(settings_.processor())
     topic = settings_.topic_surveys
     store: dict[bytes, CustomerState] = {}
 

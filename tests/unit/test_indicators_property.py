@@ -3,7 +3,7 @@
 Histories of all four kinds in any arrival order, with producer duplicates, spread over partitions owned
 by 1–3 "workers" that see each other only through population snapshots; the clock then jumps to a random
 later time and only the due-time index re-evaluates customers (no sweep). Every worker's merged
-indicators must equal tests/reference.py's batch computation at that clock.
+indicators must equal testing/reference.py's batch computation at that clock.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pulse.settings import Settings
+from pulse_config.settings import Settings
 from scoring.customer import CustomerState
 from streams.processor import BatchProcessor, Incoming
+from testing.reference import batch_population_indicators
 from tests.multiworker import feed_workers
-from tests.reference import batch_population_indicators
 
 SETTINGS = Settings(_env_file=None, batch_max_events=7)
 DAY0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -91,7 +91,7 @@ def partition_of(cid: str, partitions: int) -> int:
 
 def run_workers(arrivals: list[tuple[str, dict]], partitions: int, workers: int) -> list[BatchProcessor]:
     topics = SETTINGS.input_topics()
-    processors = [BatchProcessor(SETTINGS) for _ in range(workers)]
+    processors = [BatchProcessor(SETTINGS.processor()) for _ in range(workers)]
     stores: list[dict[bytes, CustomerState]] = [{} for _ in range(workers)]
     owner = {p: p % workers for p in range(partitions)}
     offsets: dict[tuple[str, int], int] = {}

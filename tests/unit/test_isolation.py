@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 import streams.processor as processor_module
-from pulse.settings import Settings
+from pulse_config.settings import Settings
 from scoring.customer import CustomerState
 from streams.codec import decode_state, encode_state
 from streams.isolation import process_contained
@@ -89,7 +89,7 @@ ORDERS = [(f"e{i}", f"C{i % 7:03d}", 10.0 + i) for i in range(40)]
 
 def assert_population_is_the_tables(table: Table) -> None:
     """The in-memory population equals one rebuilt from the table: no count of a failed try is left in it."""
-    fresh = BatchProcessor(table.processor.settings)
+    fresh = BatchProcessor(table.processor.options)
     owned = set(table.processor.population.local)
     fresh.rebuild(owned, table.states().items())
     for p in owned:
@@ -107,7 +107,7 @@ def assert_population_is_the_tables(table: Table) -> None:
 @pytest.mark.parametrize("bad", ["e3", "e39"])
 def test_a_record_that_raises_is_dead_lettered_and_every_other_one_applied_once(bad):
     settings = Settings(_env_file=None, test_fail_event_ids=[bad])
-    table = Table(BatchProcessor(settings, partitioner(PARTITIONS)))
+    table = Table(BatchProcessor(settings.processor(), partitioner(PARTITIONS)))
     batch = placed_batch(ORDERS)
     failures: list = []
     assert table.run(batch, retries=2, failures=failures) == 1
@@ -120,7 +120,7 @@ def test_a_record_that_raises_is_dead_lettered_and_every_other_one_applied_once(
     # the first try of the whole batch, then the record alone 1 + 2 times (the last one final)
     assert failures == [(poison.offset, False), (poison.offset, False), (poison.offset, True)]
 
-    reference = Table(BatchProcessor(Settings(_env_file=None), partitioner(PARTITIONS)))
+    reference = Table(BatchProcessor(Settings(_env_file=None).processor(), partitioner(PARTITIONS)))
     reference.run([r for r in batch if r is not poison])
     got, want = table.states(), reference.states()
     assert got.keys() == want.keys()
@@ -146,7 +146,7 @@ def test_a_failing_scorer_is_contained_to_its_record(monkeypatch):
         return real(state, event, config)
 
     monkeypatch.setattr(processor_module, "apply_event", flaky)
-    table = Table(BatchProcessor(Settings(_env_file=None), partitioner(PARTITIONS)))
+    table = Table(BatchProcessor(Settings(_env_file=None).processor(), partitioner(PARTITIONS)))
     assert table.run(placed_batch(ORDERS), retries=0) == 1
     assert [(r["reason"], r["detail"]) for r in table.rejected] == [
         ("processing_error", "ZeroDivisionError: scorer bug")
@@ -156,14 +156,14 @@ def test_a_failing_scorer_is_contained_to_its_record(monkeypatch):
 
 
 def test_a_batch_without_failure_is_one_commit():
-    table = Table(BatchProcessor(Settings(_env_file=None), partitioner(PARTITIONS)))
+    table = Table(BatchProcessor(Settings(_env_file=None).processor(), partitioner(PARTITIONS)))
     assert table.run(placed_batch(ORDERS)) == 0
     assert table.commits == 1 and not table.rejected
 
 
 def test_time_driven_failure_skips_only_that_customer_until_its_next_event(monkeypatch):
     settings = Settings(_env_file=None, sweep_round_seconds=0)
-    processor = BatchProcessor(settings)
+    processor = BatchProcessor(settings.processor())
     table = Table(processor)
     ticks = settings.topic_ticks()
     assert (
@@ -205,7 +205,7 @@ def test_time_driven_failure_skips_only_that_customer_until_its_next_event(monke
 def test_a_record_outside_its_customers_partition_is_rerouted_not_applied():
     """librdkafka's default partitioner (CRC32) puts a correctly keyed record elsewhere: for a known customer it
     would break the rank counts of the partition it is not in, for a new one split its state."""
-    table = Table(BatchProcessor(Settings(_env_file=None), partitioner(PARTITIONS)))
+    table = Table(BatchProcessor(Settings(_env_file=None).processor(), partitioner(PARTITIONS)))
     key = b"C004078"
     right = murmur2_partition(key, PARTITIONS)
     wrong = (right + 1) % PARTITIONS
@@ -231,7 +231,7 @@ def test_a_record_outside_its_customers_partition_is_rerouted_not_applied():
 
 def test_without_the_check_a_misplaced_known_customer_breaks_the_rank_counts():
     """What the check prevents (the failure reported with confluent-kafka's default settings)."""
-    processor = BatchProcessor(Settings(_env_file=None))
+    processor = BatchProcessor(Settings(_env_file=None).processor())
     table = Table(processor)
     key = b"C004078"
     right = murmur2_partition(key, PARTITIONS)

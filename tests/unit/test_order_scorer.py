@@ -5,9 +5,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.profile import CustomerProfile
-from scoring.customer import CustomerState, ScoredEvent, ScoringConfig, apply_event
-from scoring.orders import DAY_MS, OrderFact, OrderScoringConfig, OrderState, apply_order, order_signals, to_cents
-from tests.reference import batch_order_profiles
+from scoring.customer import CustomerState, EventFacts, ScoringConfig, apply_event
+from scoring.orders import OrderFact, OrderScoringConfig, OrderState, apply_order, order_signals, to_cents
+from scoring.units import DAY_MS
+from testing.reference import batch_order_profiles
 
 CONFIG = OrderScoringConfig()
 SCORING_4 = ScoringConfig(orders=CONFIG, dedup_event_ids=4)
@@ -74,8 +75,8 @@ def test_orders_per_month_counts_a_young_customer_as_one_month():
     assert order_signals(state, ms(T0 + timedelta(days=2)), CONFIG).orders_per_month == 2.0
 
 
-def scored(event_id: str, offset: int | None, f: OrderFact) -> ScoredEvent:
-    return ScoredEvent(kind="order", event_id=event_id, occurred_ms=f.occurred_ms, offset=offset, order=f)
+def scored(event_id: str, offset: int | None, f: OrderFact) -> EventFacts:
+    return EventFacts(kind="order", event_id=event_id, occurred_ms=f.occurred_ms, offset=offset, order=f)
 
 
 def test_redelivered_offset_and_duplicate_event_id_are_dropped():

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pulse.offline import score_records
-from pulse.settings import Settings
+from pulse_config.settings import Settings
 from scoring.customer import CustomerState
 from scoring.population import PopulationView
 from scoring.rfm import DEFAULT_SEGMENTS, HIGH_VALUE, OTHERS
@@ -117,7 +117,7 @@ def test_workers_sharing_snapshots_score_against_the_whole_population(rows, part
     """Partitions spread over workers that see each other only through snapshots; after the sweep, == batch."""
     events = to_events(rows)
     topic = SETTINGS.topic_orders
-    processors = [BatchProcessor(SETTINGS) for _ in range(workers)]
+    processors = [BatchProcessor(SETTINGS.processor()) for _ in range(workers)]
     stores: list[dict[bytes, CustomerState]] = [{} for _ in range(workers)]
     owner = {p: p % workers for p in range(partitions)}
     offsets = [0] * partitions

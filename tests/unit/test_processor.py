@@ -4,7 +4,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pulse.settings import Settings
+from pulse_config.settings import Settings
 from scoring.customer import CustomerState
 from scoring.orders import OrderState
 from streams.codec import decode_state, encode_state
@@ -29,7 +29,7 @@ def order(eid: str, cid: str, amount: float, currency: str = "USD", **extra) -> 
 
 
 def run(records: list[Incoming], store: dict[bytes, CustomerState] | None = None):
-    processor = BatchProcessor(SETTINGS)
+    processor = BatchProcessor(SETTINGS.processor())
     if store is None:
         store = {}
     else:  # a new worker: recovers the population of its partition from the table first
@@ -133,7 +133,7 @@ def test_a_tick_sweeps_the_share_of_a_partition_that_makes_a_round_take_the_conf
     """PULSE_SWEEP_ROUND_SECONDS paces the sweep by the partition's size, capped per tick; 0 sweeps the cap."""
 
     def limit(members: int, **overrides) -> int:
-        processor = BatchProcessor(Settings(_env_file=None, sweep_tick_seconds=1.0, **overrides))
+        processor = BatchProcessor(Settings(_env_file=None, sweep_tick_seconds=1.0, **overrides).processor())
         processor.population.partition(0).members.extend(f"C{i}".encode() for i in range(members))
         return processor._sweep_limit(0)
 

@@ -18,10 +18,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import AwareDatetime, TypeAdapter
 
-from benchmarks.harness import template_states
 from pulse.offline import score_records
-from pulse.settings import Settings
 from pulse.simulate import generate_events
+from pulse_config.settings import Settings
 from schemas.profile import (
     CustomerProfile,
     RenderedProfile,
@@ -32,11 +31,12 @@ from schemas.profile import (
     ms_to_datetime,
     render_profile,
 )
-from scoring.churn import ChurnAssessment, Reason
+from scoring.churn import ChurnAssessment, ChurnReason
 from scoring.clv import ClvSignals
 from scoring.customer import CustomerState, assess_customer
-from scoring.orders import DAY_MS
+from scoring.units import DAY_MS
 from streams.processor import BatchProcessor
+from testing.templates import template_states
 
 SETTINGS = Settings(_env_file=None)
 CONFIG = SETTINGS.scoring()
@@ -123,7 +123,7 @@ reason_values = (
     | st.booleans()
     | st.decimals(allow_nan=False, allow_infinity=False, places=3)
 )
-reasons = st.builds(Reason, st.text(max_size=12), reason_values, reason_values, st.text(max_size=20))
+reasons = st.builds(ChurnReason, st.text(max_size=12), reason_values, reason_values, st.text(max_size=20))
 cents = st.none() | st.integers(-(10**32), 10**32)
 floats = st.none() | st.integers(-5, 5) | st.floats(allow_nan=True, allow_infinity=True)
 clvs = st.builds(ClvSignals, st.integers(0, 9), st.floats(0, 9), st.floats(0, 9), floats, floats, cents, cents, cents)
@@ -171,7 +171,7 @@ def test_money_as_the_decimal_prints(cents):
 
 
 def test_the_worker_renders_records_that_read_back_as_the_edge_model():
-    processor = BatchProcessor(SETTINGS)
+    processor = BatchProcessor(SETTINGS.processor())
     now = TEMPLATES.clock_ms
     states = {f"P{i:08d}".encode(): s for i, s in enumerate(TEMPLATES.states[:50])}
     assessed = {key: assess_customer(s, now, 21.5, CONFIG) for key, s in states.items()}

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scoring.rank import DAY_MS, RankIndex, percentile, score_1_to_5
+from scoring.rank import RankIndex, percentile, score_1_to_5
 from scoring.rfm import (
     DEFAULT_SEGMENTS,
     HIGH_VALUE,
@@ -22,6 +22,7 @@ from scoring.rfm import (
     segment_for,
     vip_flag,
 )
+from scoring.units import DAY_MS
 
 CONFIG = RfmConfig()
 

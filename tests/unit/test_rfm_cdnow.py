@@ -17,7 +17,7 @@ from datetime import datetime
 import pandas as pd
 import pytest
 
-from pulse.settings import Settings
+from pulse_config.settings import Settings
 from scoring.customer import CustomerState
 from scoring.population import PopulationView, rescore
 from scoring.rfm import DEFAULT_SEGMENTS, HIGH_VALUE, OTHERS, Ranking

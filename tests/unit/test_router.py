@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pulse.settings import Settings
+from pulse_config.settings import Settings
 from streams.router.config import RouterConfigError, load_config, parse_config, resolved
 from streams.router.messages import (
     WECOM_MAX_BYTES,

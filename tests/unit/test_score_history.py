@@ -13,8 +13,8 @@ import pytest
 from pulse.cli import main
 from pulse.history import PROFILE_COLUMNS, HistoryError, profile_row, read_events
 from pulse.offline import score_records
-from pulse.settings import Settings
 from pulse.simulate import generate_events
+from pulse_config.settings import Settings
 
 END = datetime(2026, 6, 1, tzinfo=UTC)
 

@@ -9,7 +9,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from pydantic import ValidationError
 
-from pulse.settings import Settings
+from pulse_config.settings import Settings
 from streams.security import broker_credentials, kafka_client_kwargs, redis_client_kwargs
 
 
@@ -92,7 +92,7 @@ def test_faust_app_gets_the_credentials():
     from streams.app import create_app
 
     s = settings(broker_security_protocol="SASL_PLAINTEXT", broker_sasl_username="pulse", broker_sasl_password="s3cret")
-    app = create_app(s).app
+    app = create_app(s, s.processor()).app
     assert isinstance(app.conf.broker_credentials, faust.SASLCredentials)
     assert app.conf.broker_credentials.username == "pulse"
 

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from pulse.settings import Settings
+from pulse_config.settings import Settings
 from streams.startup import DependencyUnavailable, masked, one_line, retry
 
 

@@ -16,8 +16,8 @@ import orjson
 import pandas as pd
 import pytest
 
-from pulse.settings import Settings
 from pulse.simulate import generate_events
+from pulse_config.settings import Settings
 from schemas.profile import CustomerProfile
 from scoring.clv import lifetime_from_churn
 from scoring.customer import CustomerState, customer_clv
@@ -30,7 +30,7 @@ DAY0 = datetime(2025, 1, 1, tzinfo=UTC)
 
 def run(events: list[tuple[str, dict]], settings: Settings, sweeps: int = 1):
     """One worker over ``events`` in batches, then ``sweeps`` whole sweep rounds of its partition."""
-    processor = BatchProcessor(settings)
+    processor = BatchProcessor(settings.processor())
     topics = settings.input_topics()
     store: dict[bytes, CustomerState] = {}
     profiles: dict[str, CustomerProfile] = {}

@@ -5,8 +5,7 @@ import random
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from scoring.orders import DAY_MS
-from scoring.service import (
+from scoring.tickets import (
     HOUR_MS,
     ServiceConfig,
     ServiceState,
@@ -14,6 +13,7 @@ from scoring.service import (
     apply_ticket_event,
     service_signals,
 )
+from scoring.units import DAY_MS
 from scoring.voice import (
     DETRACTOR,
     PASSIVE,

@@ -20,12 +20,32 @@ from pulse.devstack import start_redis
 from pulse.simulate import BAD_PAYLOADS, generate_events
 from streams.codec import decode_state
 from streams.tables import END_MARKER_KEY
-from tests.conftest import consume, produce, profile_diffs, wait_until
-from tests.faults.test_crashes_and_outages import hostile_order
-from tests.reference import batch_order_profiles, uninterrupted_profiles
+from testing.reference import batch_order_profiles, uninterrupted_profiles
+from testing.stack import consume, produce, profile_diffs, wait_until
 
 #: (kind, key, value) as produced
 Record = tuple[str, bytes | None, bytes]
+
+
+def hostile_order(events: list[tuple[str, dict]], rng: random.Random) -> list[tuple[str, bytes | None, bytes]]:
+    """(kind, key, value): out of order within windows of 40, 2 % late by up to 400 positions,
+    5 % sent twice by the producer (a few positions apart), 1 % malformed order events."""
+    stream = [(kind, e["customer_id"].encode(), orjson.dumps(e)) for kind, e in events]
+    for start in range(0, len(stream), 40):
+        window = stream[start : start + 40]
+        rng.shuffle(window)
+        stream[start : start + 40] = window
+    for i in sorted(rng.sample(range(len(stream)), len(stream) // 50), reverse=True):
+        stream.insert(min(len(stream), i + rng.randint(50, 400)), stream.pop(i))
+    out: list[tuple[str, bytes | None, bytes]] = []
+    for item in stream:
+        out.append(item)
+        if rng.random() < 0.05:
+            at = max(0, len(out) - rng.randint(1, 5))
+            out.insert(at + 1, item)  # the same event again, shortly after
+        if rng.random() < 0.01:
+            out.append(("order", b"C000001", rng.choice(BAD_PAYLOADS)))
+    return out
 
 
 def event_records(events: list[tuple[str, dict]]) -> list[Record]:

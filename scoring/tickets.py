@@ -27,16 +27,22 @@ records, so folding a record does not remove its marks.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Final
 
 from scoring.indicators import DEFAULT_RESPONSE_EDGES_MS, RESPONSE_SLOT, response_bucket, ticket_row_add
 from scoring.indicators import OPENED as MARK_OPENED
 from scoring.indicators import RESOLVED as MARK_RESOLVED
+from scoring.units import DAY_MS
 
 HOUR_MS = 3_600_000
-DAY_MS = 86_400_000
 OPENED, FIRST_RESPONSE, RESOLVED, REOPENED = "opened", "first_response", "resolved", "reopened"
 # ticket record layout: [opened, first_response, resolved, reopened, reopens]
-_O, _FR, _RS, _RO, _N = range(5)
+# (Final literals, so that the type checker narrows ``t[_O] is not None`` like a variable)
+_O: Final = 0
+_FR: Final = 1
+_RS: Final = 2
+_RO: Final = 3
+_N: Final = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +151,7 @@ def apply_ticket_event(state: ServiceState, fact: TicketFact, config: ServiceCon
         t[_RS] = _latest(t[_RS], at)
     elif fact.kind == REOPENED:
         t[_RO] = _latest(t[_RO], at)
-        t[_N] += 1
+        t[_N] = (t[_N] or 0) + 1
     else:
         raise ValueError(f"unknown ticket event kind {fact.kind!r}")
     after = ticket_marks(t, config)
@@ -165,7 +171,7 @@ def _fold_one(state: ServiceState, config: ServiceConfig) -> None:
     t = state.tickets.pop(victim)
     f = state.folded
     f.tickets += 1
-    f.reopens += t[_N]
+    f.reopens += t[_N] or 0
     # a folded ticket is judged as of its last known time
     last = max(x for x in t[:4] if x is not None)
     f.breaches += int(_breached(t, last, config))
@@ -187,6 +193,12 @@ def _breached(t: list[int | None], now_ms: int, config: ServiceConfig) -> bool:
     if is_open(t):
         return now_ms - opened > rs_sla
     return t[_RS] is not None and t[_RS] - opened > rs_sla
+
+
+def _hours_between(t: list[int | None], start: int, end: int) -> float | None:
+    """Hours from mark ``start`` to mark ``end`` of a ticket record (0 if out of order; None if either is missing)."""
+    a, b = t[start], t[end]
+    return None if a is None or b is None else max(0, b - a) / HOUR_MS
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,21 +224,15 @@ def service_signals(state: ServiceState, now_ms: int, config: ServiceConfig) -> 
     last_opened = max(with_open, key=lambda it: (it[1][_O], it[0]), default=(None, None))[1]
     resolved = [(tid, t) for tid, t in with_open if t[_RS] is not None and not is_open(t)]
     last_resolved = max(resolved, key=lambda it: (it[1][_RS], it[0]), default=(None, None))[1]
-    open_ages = [now_ms - t[_O] for t in tickets if is_open(t)]
+    open_ages = [now_ms - opened for t in tickets if is_open(t) and (opened := t[_O]) is not None]
     return ServiceSignals(
         tickets_total=len(tickets) + f.tickets,
         open_tickets=len(open_ages),
-        reopened_total=sum(t[_N] for t in tickets) + f.reopens,
+        reopened_total=sum(t[_N] or 0 for t in tickets) + f.reopens,
         sla_breaches=sum(_breached(t, now_ms, config) for t in tickets) + f.breaches,
         first_response_hours_mean=None if not n_resp else (sum(responses) + f.first_response_ms_sum) / n_resp / HOUR_MS,
-        last_first_response_hours=(
-            None
-            if last_opened is None or last_opened[_FR] is None
-            else max(0, last_opened[_FR] - last_opened[_O]) / HOUR_MS
-        ),
-        last_resolution_hours=(
-            None if last_resolved is None else max(0, last_resolved[_RS] - last_resolved[_O]) / HOUR_MS
-        ),
+        last_first_response_hours=None if last_opened is None else _hours_between(last_opened, _O, _FR),
+        last_resolution_hours=None if last_resolved is None else _hours_between(last_resolved, _O, _RS),
         oldest_open_ticket_hours=None if not open_ages else max(0, max(open_ages)) / HOUR_MS,
     )
 
@@ -254,21 +260,22 @@ def service_risk(state: ServiceState, now_ms: int, config: ServiceConfig, reopen
     changes: list[int] = []
     for t in state.tickets.values():
         open_now = is_open(t)
-        if open_now:
-            age = now_ms - t[_O]
+        opened, reopened_at = t[_O], t[_RO]
+        if open_now and opened is not None:  # an open ticket always has its opening
+            age = now_ms - opened
             # a breach starts 1 ms after the SLA ("longer than")
             if t[_FR] is None and age > fr_sla:
                 waits.append(age)
             elif t[_FR] is None:
-                changes.append(t[_O] + fr_sla + 1)
+                changes.append(opened + fr_sla + 1)
             if age > rs_sla:
                 unresolved.append(age)
             else:
-                changes.append(t[_O] + rs_sla + 1)
-        if t[_RO] is not None and (open_now or now_ms - t[_RO] < reopened_window_ms):
+                changes.append(opened + rs_sla + 1)
+        if reopened_at is not None and (open_now or now_ms - reopened_at < reopened_window_ms):
             reopened += 1
             if not open_now:
-                changes.append(t[_RO] + reopened_window_ms)
+                changes.append(reopened_at + reopened_window_ms)
     future = [c for c in changes if c > now_ms]
     return ServiceRisk(
         waiting_first_response_hours=max(waits) / HOUR_MS if waits else None,

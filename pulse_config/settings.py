@@ -5,6 +5,11 @@ with the documented default below. ``pulse dev`` also writes the URLs of the
 stack it started to ``.pulse/dev.env`` so that other ``pulse`` commands run in
 the same folder find it; real environment variables always win over that file.
 The names of scoring thresholds follow docs/spec/customer-value.md (vendored from the shared domain spec).
+
+This is the bottom configuration layer (package ``pulse_config``): ``Settings`` is declarative, and its
+builders (``scoring``, ``processor``, ``rfm``, ``churn``, ``indicators``, ``clv``) return the frozen
+configurations the scorers and the batch engine take. Nothing here reads files besides the environment:
+the fitted CLV parameters (``pulse_config.clv_params``) are read once by the worker and passed in.
 """
 
 from __future__ import annotations
@@ -12,13 +17,14 @@ from __future__ import annotations
 import os
 from decimal import Decimal
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pulse_config.processor import ProcessorConfig
 from scoring.churn import DEFAULT_WEIGHTS, SIGNALS, ChurnConfig
-from scoring.clv import ClvConfig
+from scoring.clv import DEFAULT_CLV_PARAMS, ClvConfig, ClvParams
 from scoring.customer import ScoringConfig
 from scoring.indicators import (
     DEFAULT_RESPONSE_BUCKETS,
@@ -30,7 +36,7 @@ from scoring.indicators import (
 from scoring.orders import OrderScoringConfig
 from scoring.rank import RfmKeys
 from scoring.rfm import DEFAULT_SEGMENTS, HIGH_VALUE, RfmConfig, SegmentRule
-from scoring.service import ServiceConfig
+from scoring.tickets import ServiceConfig
 from scoring.voice import VoiceConfig
 
 #: The file ``pulse dev`` writes; read by settings when present.
@@ -555,7 +561,9 @@ class Settings(BaseSettings):
             ),
         )
 
-    def scoring(self) -> ScoringConfig:
+    def scoring(self, clv_params: ClvParams = DEFAULT_CLV_PARAMS) -> ScoringConfig:
+        """The scorers' configuration, with ``clv_params`` (the worker's: read once at start from
+        ``clv_params_file`` with ``pulse_config.clv_params.load_clv_params``; default: the CDNOW defaults)."""
         indicators = self.indicators()
         return ScoringConfig(
             orders=OrderScoringConfig(
@@ -575,22 +583,44 @@ class Settings(BaseSettings):
                 response_edges_ms=indicators.response_edges_ms,
             ),
             rfm=self.rfm(),
-            clv=self.clv(),
+            clv=self.clv(clv_params),
             churn=self.churn(),
             indicators=indicators,
             dedup_event_ids=self.dedup_event_ids,
         )
 
-    def clv(self) -> ClvConfig:
-        """CLV settings, with the parameters read from ``clv_params_file`` (defaults when it is missing)."""
-        from pulse.fit import load_clv_params
-
+    def clv(self, clv_params: ClvParams = DEFAULT_CLV_PARAMS) -> ClvConfig:
+        """CLV settings with ``clv_params`` (the fitted parameters the caller read from ``clv_params_file``)."""
         return ClvConfig(
-            params=load_clv_params(self.clv_params_file),
+            params=clv_params,
             horizon_days=self.clv_horizon_days,
             expected_lifetime_years=self.clv_expected_lifetime_years,
             lifetime_min_customers=self.clv_lifetime_min_customers,
             max_purchase_days=self.clv_max_purchase_days,
+        )
+
+    def processor(self, clv_params: ClvParams = DEFAULT_CLV_PARAMS) -> ProcessorConfig:
+        """The batch engine's frozen configuration (``streams.processor.BatchProcessor``), scoring with
+        ``clv_params`` (see :meth:`scoring`)."""
+        return ProcessorConfig(
+            scoring=self.scoring(clv_params),
+            input_topics=MappingProxyType(self.input_topics()),
+            ticks_topic=self.topic_ticks(),
+            base_currency=self.base_currency.upper(),
+            currency_rates=MappingProxyType(self.currency_rates()),
+            max_event_bytes=self.max_event_bytes,
+            dead_letter_payload_bytes=self.dead_letter_payload_bytes,
+            churn_due_per_batch=self.churn_due_per_batch,
+            sweep_tick_seconds=self.sweep_tick_seconds,
+            sweep_customers_per_tick=self.sweep_customers_per_tick,
+            sweep_round_seconds=self.sweep_round_seconds,
+            profile_refresh_seconds=self.profile_refresh_seconds,
+            clock_idle_advance_seconds=self.clock_idle_advance_seconds,
+            clock_partition_idle_seconds=self.clock_partition_idle_seconds,
+            max_earliness_seconds=self.max_earliness_seconds,
+            max_lateness_days=self.max_lateness_days,
+            historical_alert_seconds=self.historical_alert_seconds,
+            test_fail_event_ids=frozenset(self.test_fail_event_ids),
         )
 
     def currency_rates(self) -> dict[str, Decimal]:
@@ -603,7 +633,7 @@ class Settings(BaseSettings):
         return ",".join(part for part in raw.replace(";", ",").split(",") if part)
 
 
-def load_settings(**overrides: object) -> Settings:
+def load_settings(**overrides: Any) -> Settings:
     """Settings from the environment, then ``.pulse/dev.env`` (``PULSE_ENV_FILE``), then defaults."""
     env_file = os.environ.get("PULSE_ENV_FILE", DEV_ENV_FILE)
     return Settings(_env_file=env_file if env_file and os.path.exists(env_file) else None, **overrides)
