@@ -18,7 +18,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 from schemas.alerts import AlertReason
 from scoring.churn import ChurnAssessment, Reason
-from scoring.clv import ClvSignals
+from scoring.clv import ClvSignals, value_at_risk_cents
 from scoring.customer import CustomerState, ScoringConfig, assess_customer
 from scoring.orders import OrderSignals, order_signals
 from scoring.service import ServiceSignals, service_signals
@@ -64,6 +64,11 @@ def profile_signals(
         voice_signals(state.voice, now_ms, config.voice),
         service_signals(state.service, now_ms, config.service),
     )
+
+
+def _value_at_risk_cents(state: CustomerState, sig: OrderSignals, config: ScoringConfig) -> int:
+    o = state.orders
+    return value_at_risk_cents(o.revenue_cents, o.cost_cents, sig.window_revenue_cents, config.orders.default_gross_margin)
 
 
 class CustomerProfile(BaseModel):
@@ -115,6 +120,9 @@ class CustomerProfile(BaseModel):
     expected_order_value: Decimal | None
     clv: Decimal | None
     clv_historical: Decimal | None
+    #: the yearly profit that leaves with the customer if it churns (as the alerts' value_at_risk): the at-risk
+    #: queue's sort key
+    value_at_risk: Decimal
     # churn warning (spec: Churn warning): the latest risk and why
     churn_risk: int
     churn_level: str
@@ -179,6 +187,7 @@ class CustomerProfile(BaseModel):
             expected_order_value=money_or_none(clv.expected_order_value_cents),
             clv=money_or_none(clv.clv_predictive_cents),
             clv_historical=money_or_none(clv.clv_historical_cents),
+            value_at_risk=cents_to_money(_value_at_risk_cents(state, sig, config)),
             churn_risk=risk.score,
             churn_level=risk.level,
             churn_reasons=[AlertReason.of(r) for r in risk.reasons],
@@ -339,6 +348,7 @@ def profile_args(
         "expected_order_value", _money(clv.expected_order_value_cents),
         "clv", _money(clv.clv_predictive_cents),
         "clv_historical", _money(clv.clv_historical_cents),
+        "value_at_risk", _money(_value_at_risk_cents(state, sig, config)),
         "churn_risk", str(risk.score),
         "churn_level", str(risk.level),
         "churn_reasons", orjson.dumps([_reason(r) for r in reasons]).decode() if reasons else "[]",

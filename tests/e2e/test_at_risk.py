@@ -1,0 +1,192 @@
+"""GET /at-risk end to end: a real worker scores customers into medium and high churn risk, its profile sink keeps
+the at-risk index in Redis, and the worker's API pages and filters it.
+
+Every answer is compared with a brute-force oracle: all of the test's profile
+hashes read from Redis, filtered in Python and sorted by value at risk (ties
+by customer id, as Redis orders equal scores) — so the index must agree with
+the profiles it indexes, through entries (overdue), moves (medium -> high, a
+new complaint reason) and exits (a purchase brings a customer back to low).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from urllib.parse import urlencode
+
+import orjson
+import pytest
+import redis
+
+from pulse.devstack import free_port
+from schemas.profile import CustomerProfile
+from streams.at_risk import index_key, members_key
+from streams.sinks.redis_profiles import profile_key
+from tests.churn_story import clock, iso
+from tests.conftest import get_json, produce, wait_until
+
+pytestmark = pytest.mark.e2e
+
+TOKEN = "at-risk-token"
+#: customer -> (monthly amount, first and last monthly purchase day)
+BUYERS = {
+    "A": ("100.00", 0, 330),
+    "B": ("300.00", 0, 330),
+    "C": ("50.00", 0, 450),
+    "D": ("100.00", 0, 330),
+    "E": ("80.00", 0, 330),
+    "F": ("60.00", 240, 330),
+}
+CUSTOMERS = [*BUYERS, "Z"]
+
+
+def order(cid: str, day: int, amount: str) -> tuple[str, dict]:
+    return (
+        "orders",
+        {
+            "event_id": f"o{cid}{day}",
+            "customer_id": cid,
+            "occurred_at": iso(day),
+            "order_id": f"O{cid}{day}",
+            "amount": amount,
+            "currency": "USD",
+            "status": "completed",
+        },
+    )
+
+
+def complaint(cid: str, day: int, severity: str) -> tuple[str, dict]:
+    value = {"event_id": f"c{cid}{day}", "customer_id": cid, "occurred_at": iso(day)}
+    return ("complaints", {**value, "complaint_id": f"K{cid}{day}", "severity": severity, "category": "delivery"})
+
+
+#: day -> events beyond the monthly orders: B complains, D buys again (back to low)
+EXTRA = {460: [complaint("B", 460, "critical")], 472: [order("D", 472, "100.00")]}
+
+
+def events(days: range) -> list[tuple[str, dict]]:
+    out = []
+    for d in days:
+        out += [order(c, d, amount) for c, (amount, first, last) in BUYERS.items() if first <= d <= last and d % 30 == 0]
+        out += EXTRA.get(d, []) + [clock(d)]
+    return out
+
+
+def oracle(profiles: dict[str, CustomerProfile], **f: str) -> list[str]:
+    """The customers a filter should return, highest value at risk first, from the profiles themselves."""
+    hits = [
+        p
+        for p in profiles.values()
+        if p.churn_level in ("medium", "high")
+        and f.get("level", p.churn_level) == p.churn_level
+        and ("vip" not in f or (f["vip"] == "true") == p.vip)
+        and f.get("segment", p.segment) == p.segment
+        and ("reason" not in f or f["reason"] in {r.code for r in p.churn_reasons})
+        and ("min_value" not in f or p.value_at_risk >= Decimal(f["min_value"]))
+    ]
+    return [p.customer_id for p in sorted(hits, key=lambda p: (p.value_at_risk, p.customer_id), reverse=True)]
+
+
+def test_at_risk_pages_and_filters_the_index_the_sink_keeps(namespace, start_worker):
+    settings = namespace.settings
+    port = free_port()
+    # a top fifth is VIP (B): with the default top 5 % none of these few customers would be
+    worker = start_worker(
+        PULSE_API_PORT=str(port),
+        PULSE_API_TOKEN=TOKEN,
+        PULSE_API_MAX_PAGE_SIZE="3",
+        PULSE_VIP_ENTER_SHARE="0.2",
+        PULSE_VIP_LEAVE_SHARE="0.3",
+    )
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    prefix = settings.redis_key_prefix
+
+    def api(**params: str) -> tuple[int, dict]:
+        """A GET; one that got no answer within get_json's 5 s (a loaded machine, the API runs niced) is retried."""
+        for _ in range(10):
+            status, body = get_json(f"http://127.0.0.1:{port}/at-risk?{urlencode(params)}", TOKEN)
+            if status:
+                break
+        return status, body
+
+    def profiles() -> dict[str, CustomerProfile]:
+        out = {}
+        for cid in CUSTOMERS:
+            fields = client.hgetall(profile_key(prefix, cid))
+            if fields:
+                out[cid] = CustomerProfile.from_redis(fields)
+        return out
+
+    def send(days: range) -> None:
+        batch = events(days)
+        for topic_name, topic in (("orders", settings.topic_orders), ("complaints", settings.topic_complaints)):
+            records = [(v["customer_id"].encode(), orjson.dumps(v)) for t, v in batch if t == topic_name]
+            if records:
+                produce(namespace.bootstrap, topic, records)
+        produce(
+            namespace.bootstrap,
+            settings.topic_surveys,
+            [(v["customer_id"].encode(), orjson.dumps(v)) for t, v in batch if t == "surveys"],
+        )
+
+    def at(day: int, **levels: str) -> bool:
+        got = profiles()
+        return all(
+            cid in got and got[cid].as_of.isoformat() == iso(day) and got[cid].churn_level == lvl
+            for cid, lvl in levels.items()
+        )
+
+    def everything(**f: str) -> list[str]:
+        """Every page of a filter, followed by next_offset (page size 3)."""
+        ids, offset = [], 0
+        for _ in range(20):
+            status, body = api(**f, offset=str(offset))
+            assert status == 200, body
+            ids += [c["customer_id"] for c in body["customers"]]
+            assert body["total"] == len(oracle(profiles(), **f)), (f, body)
+            if body["next_offset"] is None:
+                return ids
+            offset = body["next_offset"]
+        raise AssertionError("paging did not end")
+
+    def check_every_filter() -> None:
+        got = profiles()
+        filters: list[dict[str, str]] = [{}, {"level": "medium"}, {"level": "high"}, {"vip": "true"}, {"vip": "false"}]
+        filters += [{"segment": p.segment} for p in got.values() if p.segment]
+        filters += [{"reason": r.code} for p in got.values() for r in p.churn_reasons]
+        filters += [{"level": "high", "reason": r.code} for p in got.values() for r in p.churn_reasons]
+        filters += [{"min_value": str(p.value_at_risk)} for p in got.values()]
+        filters += [{"level": "high", "vip": "false", "min_value": "1"}]
+        for f in filters:
+            assert everything(**f) == oracle(got, **f), (f, {c: (p.churn_level, p.value_at_risk) for c, p in got.items()})
+
+    assert wait_until(lambda: get_json(f"http://127.0.0.1:{port}/ready")[0] == 200), worker.log_tail()
+    send(range(0, 422))  # A, B, D, E overdue from day 421: medium; C still buys
+    assert wait_until(lambda: at(421, A="medium", B="medium", C="low", D="medium")), (profiles(), worker.log_tail())
+    status, body = api()
+    assert status == 200, body
+    assert [c["customer_id"] for c in body["customers"]] == ["B", "D", "A"]  # 3 a page; A ties D, after it by id
+    assert body["total"] == len(oracle(profiles())) and body["next_offset"] == 3
+    assert body["customers"][0]["value_at_risk"] == str(profiles()["B"].value_at_risk)
+    check_every_filter()
+
+    send(range(422, 468))  # P(alive) below 0.3: high; B complains (critical)
+    assert wait_until(lambda: at(467, A="high", B="high", D="high")), (profiles(), worker.log_tail())
+    assert "severe_complaint" in {r.code for r in profiles()["B"].churn_reasons}
+    # the filters are not vacuous: both kinds of VIP flag and several segments are at risk
+    risky = [p for p in profiles().values() if p.churn_level != "low"]
+    assert {p.vip for p in risky} == {True, False}, [(p.customer_id, p.vip, p.segment) for p in risky]
+    assert len({p.segment for p in risky}) > 1, [(p.customer_id, p.vip, p.segment) for p in risky]
+    check_every_filter()
+
+    send(range(468, 473))  # D buys again: back to low, out of the index
+    assert wait_until(lambda: at(472, D="low")), (profiles(), worker.log_tail())
+    check_every_filter()
+    assert "D" not in everything()
+    assert client.hget(members_key(prefix), "D") is None
+    assert not any(client.zscore(index_key(prefix, k), "D") for k in ("any", "medium", "high", "high:segment:x"))
+
+    # bad filters and no token
+    for bad in ({"level": "low"}, {"vip": "maybe"}, {"min_value": "lots"}, {"segment": "a b"}, {"limit": "4"}):
+        status, body = api(**bad)
+        assert status == 400 and body["error"] == "bad_filter", (bad, body)
+    assert get_json(f"http://127.0.0.1:{port}/at-risk", None)[0] == 401
