@@ -260,7 +260,7 @@ async def at_risk_page(
         async with client.pipeline(transaction=False) as pipe:
             for cid in ids:
                 pipe.hmget(profile_key(prefix, cid), ROW_FIELDS)
-            for cid, fields in zip(ids, await pipe.execute(), strict=True):
+            for fields in await pipe.execute():
                 if fields[0] is not None:  # a profile deleted under the index: skipped, not shown empty
                     items.append(row(fields))
     return AtRiskPage(total, query.offset, query.limit, items)

@@ -148,7 +148,8 @@ class RedisProfileSink:
 
     async def _write(self, packed: bytes, replies: int) -> None:
         """Send ``packed`` and read its ``replies``, with the client's retry policy, as its pipeline did:
-        a connection or timeout error disconnects and retries the whole write (HSET/ZADD/ZREM and the index script are idempotent)."""
+        a connection or timeout error disconnects and retries the whole write (HSET/ZADD/ZREM and the index
+        script are idempotent)."""
         pool = self._redis.connection_pool
         conn = await pool.get_connection()
         try:

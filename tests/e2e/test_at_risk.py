@@ -66,7 +66,7 @@ EXTRA = {460: [complaint("B", 460, "critical")], 472: [order("D", 472, "100.00")
 def events(days: range) -> list[tuple[str, dict]]:
     out = []
     for d in days:
-        out += [order(c, d, amount) for c, (amount, first, last) in BUYERS.items() if first <= d <= last and d % 30 == 0]
+        out += [order(c, d, amt) for c, (amt, first, last) in BUYERS.items() if first <= d <= last and d % 30 == 0]
         out += EXTRA.get(d, []) + [clock(d)]
     return out
 
@@ -157,7 +157,8 @@ def test_at_risk_pages_and_filters_the_index_the_sink_keeps(namespace, start_wor
         filters += [{"min_value": str(p.value_at_risk)} for p in got.values()]
         filters += [{"level": "high", "vip": "false", "min_value": "1"}]
         for f in filters:
-            assert everything(**f) == oracle(got, **f), (f, {c: (p.churn_level, p.value_at_risk) for c, p in got.items()})
+            levels = {c: (p.churn_level, p.value_at_risk) for c, p in got.items()}
+            assert everything(**f) == oracle(got, **f), (f, levels)
 
     assert wait_until(lambda: get_json(f"http://127.0.0.1:{port}/ready")[0] == 200), worker.log_tail()
     send(range(0, 422))  # A, B, D, E overdue from day 421: medium; C still buys
