@@ -13,7 +13,6 @@ from __future__ import annotations
 from decimal import Decimal
 from urllib.parse import urlencode
 
-import orjson
 import pytest
 import redis
 
@@ -21,54 +20,14 @@ from pulse.devstack import free_port
 from schemas.profile import CustomerProfile
 from streams.at_risk import index_key, members_key
 from streams.sinks.redis_profiles import profile_key
-from tests.churn_story import clock, iso
-from tests.conftest import get_json, produce, wait_until
+from tests import at_risk_story as story
+from tests.at_risk_story import CUSTOMERS
+from tests.churn_story import iso
+from tests.conftest import get_json, wait_until
 
 pytestmark = pytest.mark.e2e
 
 TOKEN = "at-risk-token"
-#: customer -> (monthly amount, first and last monthly purchase day)
-BUYERS = {
-    "A": ("100.00", 0, 330),
-    "B": ("300.00", 0, 330),
-    "C": ("50.00", 0, 450),
-    "D": ("100.00", 0, 330),
-    "E": ("80.00", 0, 330),
-    "F": ("60.00", 240, 330),
-}
-CUSTOMERS = [*BUYERS, "Z"]
-
-
-def order(cid: str, day: int, amount: str) -> tuple[str, dict]:
-    return (
-        "orders",
-        {
-            "event_id": f"o{cid}{day}",
-            "customer_id": cid,
-            "occurred_at": iso(day),
-            "order_id": f"O{cid}{day}",
-            "amount": amount,
-            "currency": "USD",
-            "status": "completed",
-        },
-    )
-
-
-def complaint(cid: str, day: int, severity: str) -> tuple[str, dict]:
-    value = {"event_id": f"c{cid}{day}", "customer_id": cid, "occurred_at": iso(day)}
-    return ("complaints", {**value, "complaint_id": f"K{cid}{day}", "severity": severity, "category": "delivery"})
-
-
-#: day -> events beyond the monthly orders: B complains, D buys again (back to low)
-EXTRA = {460: [complaint("B", 460, "critical")], 472: [order("D", 472, "100.00")]}
-
-
-def events(days: range) -> list[tuple[str, dict]]:
-    out = []
-    for d in days:
-        out += [order(c, d, amt) for c, (amt, first, last) in BUYERS.items() if first <= d <= last and d % 30 == 0]
-        out += EXTRA.get(d, []) + [clock(d)]
-    return out
 
 
 def oracle(profiles: dict[str, CustomerProfile], **f: str) -> list[str]:
@@ -89,14 +48,7 @@ def oracle(profiles: dict[str, CustomerProfile], **f: str) -> list[str]:
 def test_at_risk_pages_and_filters_the_index_the_sink_keeps(namespace, start_worker):
     settings = namespace.settings
     port = free_port()
-    # a top fifth is VIP (B): with the default top 5 % none of these few customers would be
-    worker = start_worker(
-        PULSE_API_PORT=str(port),
-        PULSE_API_TOKEN=TOKEN,
-        PULSE_API_MAX_PAGE_SIZE="3",
-        PULSE_VIP_ENTER_SHARE="0.2",
-        PULSE_VIP_LEAVE_SHARE="0.3",
-    )
+    worker = start_worker(PULSE_API_PORT=str(port), PULSE_API_TOKEN=TOKEN, PULSE_API_MAX_PAGE_SIZE="3", **story.VIP_ENV)
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     prefix = settings.redis_key_prefix
 
@@ -117,16 +69,7 @@ def test_at_risk_pages_and_filters_the_index_the_sink_keeps(namespace, start_wor
         return out
 
     def send(days: range) -> None:
-        batch = events(days)
-        for topic_name, topic in (("orders", settings.topic_orders), ("complaints", settings.topic_complaints)):
-            records = [(v["customer_id"].encode(), orjson.dumps(v)) for t, v in batch if t == topic_name]
-            if records:
-                produce(namespace.bootstrap, topic, records)
-        produce(
-            namespace.bootstrap,
-            settings.topic_surveys,
-            [(v["customer_id"].encode(), orjson.dumps(v)) for t, v in batch if t == "surveys"],
-        )
+        story.send(namespace, days)
 
     def at(day: int, **levels: str) -> bool:
         got = profiles()
