@@ -480,7 +480,7 @@ class Settings(BaseSettings):
         12.0, gt=0, description="How long a console login (its signed cookie) is valid; PULSE_API_TOKEN logs in."
     )
     console_group_id: str = Field(
-        "", description="Consumer group of pulse console on alerts, actions and VIP changes (empty: '{app_id}-console')."
+        "", description="Consumer group of pulse console on alerts, actions, VIP changes (empty: '{app_id}-console')."
     )
 
     # --- monitoring --------------------------------------------------------
