@@ -7,7 +7,7 @@ profiles, one sorted set per (level, facet) scored by the profile's
 
 * ``{prefix}at-risk:{level}`` every customer at that level; ``level`` is
   ``medium``, ``high`` or ``any`` (both), so an unfiltered queue is one key;
-* ``{prefix}at-risk:{level}:vip``, ``…:segment:{segment}``,
+* ``{prefix}at-risk:{level}:vip`` (``:nonvip``), ``…:segment:{segment}``,
   ``…:reason:{code}``: the same customers by facet.
 
 A customer's current keys are kept in the hash ``{prefix}at-risk:members``
@@ -17,10 +17,13 @@ risk altogether) without the worker remembering anything. The script runs
 once per batch, atomically, after the batch's HSETs: the index never names a
 customer whose profile says otherwise once the batch is written.
 
-Reading (:func:`at_risk_page`) is one sorted set for zero or one facet, else
-a ``ZINTERSTORE`` of the facet sets into a temporary key (Redis intersects
-from the smallest set), ``ZDIFFSTORE`` for exclusions (non-VIP, a console's
-"open" status), then ``ZCOUNT`` and one ``ZRANGE … BYSCORE REV LIMIT`` page.
+Reading (:func:`at_risk_page`) is one sorted set for zero or one facet (a
+facet's set holds only its level's customers), else a ``ZINTERSTORE`` of the
+facet sets into a temporary key (Redis intersects from the smallest set),
+then ``ZCOUNT`` and one ``ZRANGE … BYSCORE REV LIMIT`` page. Sets to leave
+out (a console's acted-on customers, for its "open" status) are skipped by a
+script that walks the sorted set from the top until the page is full, so no
+read costs the size of the queue but a deep page's.
 """
 
 from __future__ import annotations
@@ -65,6 +68,46 @@ end
 return 0
 """
 
+#: KEYS[1]: the filtered sorted set; KEYS[2..]: plain sets of customers to leave out (e.g. a console's acted-on
+#: customers: few). ARGV: minimum score (or -inf), offset, limit. Returns {total, ids...}: walks the sorted set
+#: by rank from the top, skipping the excluded, until the page is full (cost: offset + limit + skipped, not the
+#: whole set); the total is the count above the minimum less the excluded members above it (cost: the
+#: excluded sets' size).
+PAGE_EXCLUDING_SCRIPT = """
+local src, low = KEYS[1], ARGV[1]
+local offset, limit = tonumber(ARGV[2]), tonumber(ARGV[3])
+local above = redis.call('ZCOUNT', src, low, '+inf')
+local total = above
+local min = tonumber(low)
+local counted = {}
+for k = 2, #KEYS do
+  for _, id in ipairs(redis.call('SMEMBERS', KEYS[k])) do
+    local score = not counted[id] and redis.call('ZSCORE', src, id)
+    if score and (low == '-inf' or tonumber(score) >= min) then total = total - 1 end
+    counted[id] = true
+  end
+end
+local function excluded(id)
+  for k = 2, #KEYS do
+    if redis.call('SISMEMBER', KEYS[k], id) == 1 then return true end
+  end
+  return false
+end
+local out, seen, rank = {total}, 0, 0
+while #out - 1 < limit and rank < above do
+  local ids = redis.call('ZRANGE', src, rank, math.min(rank + 499, above - 1), 'REV')
+  if #ids == 0 then break end
+  rank = rank + #ids
+  for _, id in ipairs(ids) do
+    if not excluded(id) then
+      seen = seen + 1
+      if seen > offset and #out - 1 < limit then out[#out + 1] = id end
+    end
+  end
+end
+return out
+"""
+
 #: profile fields a queue row shows
 ROW_FIELDS = (
     "customer_id",
@@ -98,9 +141,7 @@ def index_suffixes(profile: RenderedProfile) -> str:
     level = profile.value("churn_level")
     if level not in AT_RISK_LEVELS:
         return ""
-    facets = [""]
-    if profile.vip:
-        facets.append(":vip")
+    facets = ["", ":vip" if profile.vip else ":nonvip"]
     segment = profile.value("segment")
     if segment:
         facets.append(f":segment:{segment}")
@@ -169,19 +210,17 @@ class AtRiskQuery:
         return cls(level, vip, get("segment"), get("reason"), min_value, offset, limit)
 
     def include(self) -> list[str]:
-        """Index suffixes whose intersection is the filtered queue (the first is the level's)."""
+        """Index suffixes whose intersection is the filtered queue: the facets' (each holds only its level's
+        customers), else the level's own."""
         level = self.level or ANY_LEVEL
-        keys = [level]
-        if self.vip:
-            keys.append(f"{level}:vip")
+        keys = []
+        if self.vip is not None:
+            keys.append(f"{level}:{'vip' if self.vip else 'nonvip'}")
         if self.segment:
             keys.append(f"{level}:segment:{self.segment}")
         if self.reason:
             keys.append(f"{level}:reason:{self.reason}")
-        return keys
-
-    def exclude(self) -> list[str]:
-        return [f"{self.level or ANY_LEVEL}:vip"] if self.vip is False else []
+        return keys or [level]
 
 
 @dataclass(frozen=True)
@@ -227,11 +266,10 @@ async def at_risk_page(
     extra_include: Sequence[str] = (),
     extra_exclude: Sequence[str] = (),
 ) -> AtRiskPage:
-    """One page of the queue, highest value at risk first. ``extra_include``/``extra_exclude``: full key names
-    of further sets (plain sets or sorted sets) to intersect with or subtract, e.g. a console's owner or status
-    sets. ``client`` decodes responses."""
+    """One page of the queue, highest value at risk first. ``extra_include``: full key names of further sets
+    (plain or sorted) to intersect with; ``extra_exclude``: plain sets to leave out (PAGE_EXCLUDING_SCRIPT),
+    e.g. a console's owner and status sets. ``client`` decodes responses."""
     include = [index_key(prefix, s) for s in query.include()] + list(extra_include)
-    exclude = [index_key(prefix, s) for s in query.exclude()] + list(extra_exclude)
     low = "-inf" if query.min_value is None else str(query.min_value)
     temporary: list[str] = []
     async with client.pipeline(transaction=True) as pipe:
@@ -239,20 +277,23 @@ async def at_risk_page(
         if len(include) > 1:
             source = index_key(prefix, f"tmp:{uuid.uuid4().hex}")
             temporary.append(source)
-            # the first (a level's sorted set) carries the score; a plain set counts 1, weighted 0
+            # the first (an index sorted set) carries the score; a plain set counts 1, weighted 0
             pipe.zinterstore(source, {include[0]: 1, **{k: 0 for k in include[1:]}}, aggregate="SUM")
-        if exclude:
-            diff = index_key(prefix, f"tmp:{uuid.uuid4().hex}")
-            temporary.append(diff)
-            pipe.execute_command("ZDIFFSTORE", diff, 1 + len(exclude), source, *exclude)
-            source = diff
-        pipe.zcount(source, low, "+inf")
-        pipe.zrange(source, "+inf", low, desc=True, byscore=True, offset=query.offset, num=query.limit)
+        if extra_exclude:
+            pipe.eval(
+                PAGE_EXCLUDING_SCRIPT, 1 + len(extra_exclude), source, *extra_exclude, low, query.offset, query.limit
+            )
+        else:
+            pipe.zcount(source, low, "+inf")
+            pipe.zrange(source, "+inf", low, desc=True, byscore=True, offset=query.offset, num=query.limit)
         if temporary:
             pipe.delete(*temporary)
         replies = await pipe.execute()
     shift = len(temporary)
-    total, ids = replies[shift], replies[shift + 1]
+    if extra_exclude:
+        total, ids = replies[shift][0], replies[shift][1:]
+    else:
+        total, ids = replies[shift], replies[shift + 1]
     from streams.sinks.redis_profiles import profile_key  # the sink imports this module
 
     items: list[dict[str, Any]] = []

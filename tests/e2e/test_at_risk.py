@@ -10,16 +10,24 @@ new complaint reason) and exits (a purchase brings a customer back to low).
 
 from __future__ import annotations
 
+import asyncio
+import random
+import uuid
+from collections.abc import Iterator
 from decimal import Decimal
 from urllib.parse import urlencode
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 
-from pulse.devstack import free_port
-from schemas.profile import CustomerProfile
-from streams.at_risk import index_key, members_key
-from streams.sinks.redis_profiles import profile_key
+from benchmarks.harness import template_states
+from pulse.devstack import Server, free_port, start_redis
+from pulse.settings import Settings
+from schemas.profile import CustomerProfile, RenderedProfile, render_profile
+from scoring.customer import assess_customer
+from streams.at_risk import AtRiskQuery, at_risk_page, index_key, members_key
+from streams.sinks.redis_profiles import RedisProfileSink, profile_key
 from tests import at_risk_story as story
 from tests.at_risk_story import CUSTOMERS
 from tests.churn_story import iso
@@ -134,3 +142,73 @@ def test_at_risk_pages_and_filters_the_index_the_sink_keeps(namespace, start_wor
         status, body = api(**bad)
         assert status == 400 and body["error"] == "bad_filter", (bad, body)
     assert get_json(f"http://127.0.0.1:{port}/at-risk", None)[0] == 401
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = start_redis(tmp_path_factory.mktemp("at-risk-redis"))
+    yield srv
+    srv.stop()
+
+
+def test_the_index_follows_rewritten_profiles_and_pages_with_exclusions(redis_server: Server):
+    """Many realistic profiles through the sink, a third of them rewritten as other customers' states (other
+    levels, segments, reasons, VIP flags), then every kind of query, with and without left-out sets, against
+    the oracle; no broker needed (the index is the sink's and Redis's alone)."""
+    settings = Settings(_env_file=None)
+    config = settings.scoring()
+    templates = template_states(300, 7)
+    url, prefix = f"redis://127.0.0.1:{redis_server.port}/0", f"idx{uuid.uuid4().hex[:6]}:"
+    rng = random.Random(5)
+
+    def render(i: int, state_index: int) -> RenderedProfile:
+        state = templates.states[state_index % len(templates.states)]
+        clv, risk = assess_customer(state, templates.clock_ms, 30.0, config)
+        return render_profile(f"K{i:04d}", state, templates.clock_ms, config, "USD", clv, risk)
+
+    async def go() -> None:
+        sink = RedisProfileSink(url, prefix, 1.0, "revenue")
+        client = aioredis.from_url(url, decode_responses=True)
+        try:
+            sink.submit([render(i, i) for i in range(900)])
+            assert await sink.flush()
+            sink.submit([render(i, rng.randrange(10_000)) for i in rng.sample(range(900), 300)])
+            assert await sink.flush()
+            got = {}
+            for i in range(900):
+                fields = await client.hgetall(profile_key(prefix, f"K{i:04d}"))
+                got[f"K{i:04d}"] = CustomerProfile.from_redis(fields)
+            risky = [c for c, p in got.items() if p.churn_level != "low"]
+            assert 100 < len(risky) < 800 and len({got[c].churn_level for c in risky}) == 2
+            left_out = [set(rng.sample(risky, 40)), set(rng.sample(risky, 15)) | {"K9999"}]
+            for n, members in enumerate(left_out):
+                await client.sadd(f"{prefix}left-out:{n}", *members)
+            values = sorted({p.value_at_risk for p in got.values()})
+            queries = [{}, {"level": "high"}, {"vip": "true"}, {"vip": "false", "level": "medium"}]
+            queries += [{"reason": r} for r in ("overdue", "low_p_alive", "detractor")]
+            queries += [{"segment": got[c].segment} for c in risky[:3]]
+            queries += [{"min_value": str(values[len(values) // 2])}, {"level": "high", "reason": "overdue"}]
+            for f in queries:
+                expected = oracle(got, **f)
+                for exclude in (False, True):
+                    want = [c for c in expected if not any(c in m for m in left_out)] if exclude else expected
+                    keys = [f"{prefix}left-out:{n}" for n in range(len(left_out))] if exclude else []
+                    for offset, limit in ((0, 7), (5, 20), (len(want) - 3, 10), (len(want) + 5, 5)):
+                        query = AtRiskQuery.from_params(
+                            {**f, "offset": str(max(0, offset)), "limit": str(limit)}, 7, 50
+                        )
+                        page = await at_risk_page(client, prefix, query, extra_exclude=keys)
+                        assert page.total == len(want), (f, exclude)
+                        start = max(0, offset)
+                        assert [r["customer_id"] for r in page.items] == want[start : start + limit], (
+                            f,
+                            exclude,
+                            offset,
+                        )
+            # nothing temporary is left behind
+            assert not [k for k in await client.keys(f"{prefix}at-risk:tmp:*")]
+        finally:
+            await sink.close()
+            await client.aclose()
+
+    asyncio.run(go())

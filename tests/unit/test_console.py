@@ -99,9 +99,11 @@ def test_login_redirects_only_within_the_site():
 
 def test_queue_filters_parse_into_index_keys():
     q = AtRiskQuery.from_params({"level": "high", "vip": "true", "reason": "overdue", "limit": "5"}, 25, 50)
-    assert q.include() == ["high", "high:vip", "high:reason:overdue"] and q.exclude() == []
+    assert q.include() == ["high:vip", "high:reason:overdue"]
+    assert AtRiskQuery.from_params({}, 25, 50).include() == ["any"]
+    assert AtRiskQuery.from_params({"level": "medium"}, 25, 50).include() == ["medium"]
     q = AtRiskQuery.from_params({"vip": "false", "segment": "at_risk", "min_value": "10.5"}, 25, 50)
-    assert q.include() == ["any", "any:segment:at_risk"] and q.exclude() == ["any:vip"]
+    assert q.include() == ["any:nonvip", "any:segment:at_risk"]
     assert q.min_value == Decimal("10.5") and q.limit == 25
     for bad in ({"level": "low"}, {"segment": "a|b"}, {"min_value": "NaN"}, {"limit": "51"}, {"offset": "-1"}):
         with pytest.raises(BadFilter):
