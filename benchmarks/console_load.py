@@ -35,7 +35,7 @@ from schemas.actions import ActionKind, Outcome, RetentionAction
 from schemas.profile import render_profile
 from scoring.customer import assess_customer
 from streams.at_risk import AT_RISK_LEVELS, index_key
-from streams.console.app import build_console
+from streams.console.app import CONSOLE, build_console
 from streams.console.cases import apply_action
 from streams.sinks.redis_profiles import RedisProfileSink
 
@@ -147,7 +147,7 @@ async def main(customers: int, repeat: int) -> None:
             try:
                 times = await measure(f"http://127.0.0.1:{port}", paths, repeat)
             finally:
-                app["console"].stopping.set()
+                app[CONSOLE].stopping.set()
                 await runner.cleanup()
                 await client.aclose()
         finally:

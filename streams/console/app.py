@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import jinja2
 import orjson
@@ -179,7 +180,8 @@ class Console:
             loader=jinja2.FileSystemLoader(HERE / "templates"),
             autoescape=True,
         )
-        self.env.filters.update(money=money, pct=pct)
+        # a path segment: every reserved character encoded ('/' included: ids may contain it, sent as %2F)
+        self.env.filters.update(money=money, pct=pct, pathpart=lambda v: quote(str(v), safe=""))
         self.env.globals.update(
             levels=AT_RISK_LEVELS,
             statuses=STATUSES,
@@ -192,7 +194,7 @@ class Console:
         )
 
     def render(self, name: str, request: web.Request, status: int = 200, **context: Any) -> web.Response:
-        context.setdefault("user", request.get("user"))
+        context.setdefault("user", self.user_of(request))
         html = self.env.get_template(name).render(**context)
         return web.Response(text=html, content_type="text/html", status=status)
 
@@ -235,7 +237,6 @@ class Console:
             and "HX-Request" not in request.headers
         ):
             return web.json_response({"error": "forbidden", "detail": "not from the console page"}, status=403)
-        request["user"] = user
         return await handler(request)
 
     @web.middleware
@@ -430,7 +431,7 @@ class Console:
             raise web.HTTPNotFound(text=f"unknown action {verb}")
         form = await request.post()
         body = {k: str(form[k]).strip() for k in ("assignee", "outcome", "note") if str(form.get(k, "")).strip()}
-        body["actor"] = request["user"]
+        body["actor"] = self.user_of(request) or "console"
         message = None
         try:
             event = build_action(alert_id, verb, body, request.headers.get("Idempotency-Key"))
@@ -509,11 +510,15 @@ def _customer_of(alert_id: str) -> str:
     return alert_id.rsplit(":churn:", 1)[0]
 
 
+#: the Console of an application built by build_console (its stop event, for who serves it)
+CONSOLE = web.AppKey("console", Console)
+
+
 def build_console(settings: Settings, client: aioredis.Redis, producer: AIOKafkaProducer | None) -> web.Application:
     """The aiohttp application; ``client`` decodes responses; ``producer`` writes the actions."""
     console = Console(settings, client, producer)
     app = web.Application(middlewares=[console.timed, console.access])
-    app["console"] = console
+    app[CONSOLE] = console
     r = app.router
     r.add_get("/", console.index)
     r.add_get("/login", console.login_form)
@@ -544,7 +549,7 @@ async def serve_console(settings: Settings, stop: asyncio.Event, ready: Callable
     producer = AIOKafkaProducer(**kafka_client_kwargs(settings), acks="all")
     await producer.start()
     app = build_console(settings, client, producer)
-    console: Console = app["console"]
+    console = app[CONSOLE]
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, settings.console_host, settings.console_port, reuse_address=True)
