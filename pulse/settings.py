@@ -476,6 +476,12 @@ class Settings(BaseSettings):
     console_stats_seconds: float = Field(
         15.0, gt=0, description="How often the console re-reads the population indicators (its panel and trends)."
     )
+    console_queue_refresh_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="The console's queue also refreshes this often (alerts and actions refresh it at once; a "
+        "customer leaving risk by a purchase raises neither).",
+    )
     console_session_hours: float = Field(
         12.0, gt=0, description="How long a console login (its signed cookie) is valid; PULSE_API_TOKEN logs in."
     )

@@ -190,6 +190,7 @@ class Console:
             outcomes=[o.value for o in Outcome],
             page_size=settings.console_page_size,
             stats_seconds=settings.console_stats_seconds,
+            queue_refresh_seconds=settings.console_queue_refresh_seconds,
             htmx="htmx-2.0.11.min.js",
         )
 
