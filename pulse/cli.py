@@ -220,6 +220,17 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_console(args: argparse.Namespace) -> int:
+    """The service console: at-risk queue, customer pages, actions, VIPs, population (streams/console)."""
+    import logging
+
+    from streams.console.app import run_console
+
+    logging.basicConfig(level=args.loglevel.upper(), format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
+    run_console(load_settings())
+    return 0
+
+
 def cmd_router(args: argparse.Namespace) -> int:
     """Deliver retention alerts to the destinations of the router configuration file."""
     import logging
@@ -271,7 +282,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     """Print the population indicators (NPS, CSAT, rates) of the whole population."""
     import json
 
-    from pulse.stats import format_stats, read_stats, stats_json
+    from streams.stats import format_stats, read_stats, stats_json
 
     settings = load_settings()
     stats = asyncio.run(read_stats(settings, timeout=args.timeout))
@@ -382,6 +393,17 @@ def cmd_dev(args: argparse.Namespace) -> int:
         print(
             f"router  {router_config} (log {log_dir}/router.log); POST http://127.0.0.1:{actions_port}/alerts/<id>/acknowledge"
         )
+        console_port = str(free_port())
+        workers.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "pulse", "console"],
+                env={**os.environ, **env, "PULSE_CONSOLE_PORT": console_port},
+                stdout=(log_dir / "console.log").open("wb"),
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        )
+        print(f"console http://127.0.0.1:{console_port}/  (log {log_dir}/console.log)")
         events = _traffic(args)
         _send_traffic(settings, events, args)
         customers_with_orders = len({e["customer_id"] for _, e in events})
@@ -390,7 +412,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         shown = False
         while deadline is None or time.monotonic() < deadline:
             if any(w.poll() is not None for w in workers):
-                print("a worker or the router exited; see its log", file=sys.stderr)
+                print("a worker, the router or the console exited; see its log", file=sys.stderr)
                 return 1
             n, alerted, alerts = _alerted(client, f"{settings.redis_key_prefix}profile:*")
             print(
@@ -421,7 +443,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 worker.kill()
         stack.close()
         Path(DEV_ENV_FILE).unlink(missing_ok=True)
-        print("stopped broker, redis, workers and router")
+        print("stopped broker, redis, workers, router and console")
 
 
 #: what ``pulse bench`` says where benchmarks/ is absent (an installed package has no benchmarks/)
@@ -525,6 +547,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="validate the configuration and exit")
     p.add_argument("--loglevel", default="info")
     p.set_defaults(func=cmd_router)
+
+    p = sub.add_parser("console", help="serve the service console web app (PULSE_CONSOLE_PORT, PULSE_API_TOKEN)")
+    p.add_argument("--loglevel", default="info")
+    p.set_defaults(func=cmd_console)
 
     p = sub.add_parser("stats", help="print the population indicators (NPS, CSAT, rates) from the population topic")
     p.add_argument("--json", action="store_true", help="one JSON object (ratios 0..1, times in ms)")

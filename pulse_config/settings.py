@@ -475,6 +475,26 @@ class Settings(BaseSettings):
         "accept 20; 0: unlimited).",
     )
 
+    # --- service console (pulse console) -----------------------------------
+    console_port: int = Field(8470, ge=0, le=65535, description="Port of the service console web app (0: off).")
+    console_host: str = Field("127.0.0.1", description="Address the service console binds (0.0.0.0 in a container).")
+    console_page_size: int = Field(25, ge=1, le=500, description="Customers on one page of the console's queue.")
+    console_stats_seconds: float = Field(
+        15.0, gt=0, description="How often the console re-reads the population indicators (its panel and trends)."
+    )
+    console_queue_refresh_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="The console's queue also refreshes this often (alerts and actions refresh it at once; a "
+        "customer leaving risk by a purchase raises neither).",
+    )
+    console_session_hours: float = Field(
+        12.0, gt=0, description="How long a console login (its signed cookie) is valid; PULSE_API_TOKEN logs in."
+    )
+    console_group_id: str = Field(
+        "", description="Consumer group of pulse console on alerts, actions, VIP changes (empty: '{app_id}-console')."
+    )
+
     # --- monitoring --------------------------------------------------------
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus metrics HTTP port (0: off).")
     metrics_host: str = Field("127.0.0.1", description="Address the metrics endpoint binds.")

@@ -18,7 +18,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 from schemas.alerts import AlertReason
 from scoring.churn import ChurnAssessment, ChurnReason
-from scoring.clv import ClvSignals
+from scoring.clv import ClvSignals, value_at_risk_cents
 from scoring.customer import CustomerState, ScoringConfig, assess_customer
 from scoring.orders import OrderSignals, order_signals
 from scoring.tickets import ServiceSignals, service_signals
@@ -64,6 +64,18 @@ def profile_signals(
         voice_signals(state.voice, now_ms, config.voice),
         service_signals(state.service, now_ms, config.service),
     )
+
+
+def _value_at_risk_cents(state: CustomerState, sig: OrderSignals, config: ScoringConfig) -> int:
+    o = state.orders
+    return value_at_risk_cents(
+        o.revenue_cents, o.cost_cents, sig.window_revenue_cents, config.orders.default_gross_margin
+    )
+
+
+def _buckets(state: CustomerState, config: ScoringConfig) -> list[tuple[int, int]]:
+    width = config.orders.bucket_ms
+    return [(bucket * width, cents) for bucket, cents in sorted(state.orders.revenue_buckets.items())]
 
 
 class CustomerProfile(BaseModel):
@@ -115,6 +127,12 @@ class CustomerProfile(BaseModel):
     expected_order_value: Decimal | None
     clv: Decimal | None
     clv_historical: Decimal | None
+    #: the yearly profit that leaves with the customer if it churns (as the alerts' value_at_risk): the at-risk
+    #: queue's sort key
+    value_at_risk: Decimal
+    #: net revenue by time bucket of the rolling window, [[bucket start (epoch ms), cents], ...] oldest first: the
+    #: console charts spend by month from it (the buckets are ``revenue_bucket_days`` wide)
+    revenue_buckets: list[tuple[int, int]]
     # churn warning (spec: Churn warning): the latest risk and why
     churn_risk: int
     churn_level: str
@@ -179,6 +197,8 @@ class CustomerProfile(BaseModel):
             expected_order_value=money_or_none(clv.expected_order_value_cents),
             clv=money_or_none(clv.clv_predictive_cents),
             clv_historical=money_or_none(clv.clv_historical_cents),
+            value_at_risk=cents_to_money(_value_at_risk_cents(state, sig, config)),
+            revenue_buckets=_buckets(state, config),
             churn_risk=risk.score,
             churn_level=risk.level,
             churn_reasons=[AlertReason.of(r) for r in risk.reasons],
@@ -194,7 +214,7 @@ class CustomerProfile(BaseModel):
         out: dict[str, str] = {}
         for name, value in self.model_dump(mode="json").items():
             if isinstance(value, list):
-                out[name] = orjson.dumps(value).decode()  # churn reasons: a JSON list
+                out[name] = orjson.dumps(value).decode()  # churn reasons, revenue buckets: a JSON list
             else:
                 out[name] = "" if value is None else str(value)
         return out
@@ -202,9 +222,13 @@ class CustomerProfile(BaseModel):
     @classmethod
     def from_redis(cls, fields: dict[str, str]) -> CustomerProfile:
         data: dict[str, object] = {k: (None if v == "" else v) for k, v in fields.items() if k in cls.model_fields}
-        reasons = data.get("churn_reasons")
-        if isinstance(reasons, str):
-            data["churn_reasons"] = orjson.loads(reasons)
+        for name in ("churn_reasons", "revenue_buckets"):
+            value = data.get(name)
+            if isinstance(value, str):
+                data[name] = orjson.loads(value)
+        # a hash written before these fields existed (the worker rewrites it at its next change or sweep)
+        data.setdefault("revenue_buckets", [])
+        data.setdefault("value_at_risk", "0")
         return cls.model_validate(data)
 
 
@@ -340,6 +364,8 @@ def profile_args(
         "expected_order_value", _money(clv.expected_order_value_cents),
         "clv", _money(clv.clv_predictive_cents),
         "clv_historical", _money(clv.clv_historical_cents),
+        "value_at_risk", _money(_value_at_risk_cents(state, sig, config)),
+        "revenue_buckets", orjson.dumps(_buckets(state, config)).decode(),
         "churn_risk", str(risk.score),
         "churn_level", str(risk.level),
         "churn_reasons", orjson.dumps([_reason(r) for r in reasons]).decode() if reasons else "[]",

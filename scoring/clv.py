@@ -327,6 +327,13 @@ def margin(revenue_cents: int, profit_cents: int, default_margin: Decimal | floa
     return min(1.0, max(0.0, share))
 
 
+def value_at_risk_cents(revenue_cents: int, cost_cents: int, window_cents: int, default_margin: Decimal | float) -> int:
+    """The yearly profit that leaves with a churning customer: the revenue window's net revenue × the customer's
+    margin. One function for the alert's ``value_at_risk`` and the profile's, so the at-risk queue (sorted by the
+    profile's) and the alerts agree."""
+    return round(max(0, window_cents) * margin(revenue_cents, revenue_cents - cost_cents, default_margin))
+
+
 def lifetime_from_churn(period_churn_rate: float | None, period_days: int) -> float | None:
     """Spec (Historical CLV): expected lifetime = 1 / the population's annual churn rate; None if there is none.
 

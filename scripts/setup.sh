@@ -28,6 +28,12 @@ if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2
     echo "setup: installing prometheus (and promtool)"
     apt_install prometheus || echo "setup: prometheus not installed; the deploy tests will skip the promtool checks and the smoke test"
 fi
+# Debian's chromium: the service console's browser tests drive it headless through Python playwright
+# (executable /usr/bin/chromium; playwright downloads no browser of its own)
+if ! command -v chromium >/dev/null 2>&1; then
+    echo "setup: installing chromium (headless browser for the console tests)"
+    apt_install chromium || echo "setup: chromium not installed; the console's browser tests will skip"
+fi
 
 if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv"

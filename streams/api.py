@@ -24,6 +24,11 @@ is a 400, not a 500.
   containing ``/`` is sent percent-encoded (``%2F``).
 * ``GET /vips?offset=0&limit=50``: a page of the VIP sorted set, highest value
   first, with the total and the next offset (null on the last page).
+* ``GET /at-risk?level=&vip=&segment=&reason=&min_value=&offset=0&limit=50``:
+  a page of the customers at medium/high churn risk, highest value at risk
+  first, from the at-risk index the profile sink keeps in Redis
+  (``streams/at_risk.py``: no scan of the population); each filter is
+  optional; the total and the next offset (null on the last page).
 * ``GET /health``: 200 while the process serves HTTP (liveness: a long table
   recovery is not a reason to restart the worker).
 * ``GET /ready``: 200 once the Faust app runs, has finished its first table
@@ -56,6 +61,7 @@ from redis.exceptions import RedisError
 from pulse_config.settings import Settings
 from schemas.events import ID_PATTERN
 from schemas.profile import CustomerProfile
+from streams.at_risk import AtRiskQuery, BadFilter, at_risk_page
 from streams.security import redis_client_kwargs
 from streams.sinks.redis_profiles import profile_key, vip_key
 
@@ -141,6 +147,17 @@ def build_api(settings: Settings, client: aioredis.Redis, readiness: Readiness) 
             }
         )
 
+    async def get_at_risk(request: web.Request) -> web.Response:
+        try:
+            query = AtRiskQuery.from_params(request.query, min(DEFAULT_PAGE_SIZE, max_page), max_page)
+        except BadFilter as exc:
+            return _error(400, "bad_filter", str(exc))
+        try:
+            page = await at_risk_page(client, prefix, query)
+        except (RedisError, OSError) as exc:
+            return _error(503, "redis_unavailable", repr(exc))
+        return web.json_response(page.to_json())
+
     async def health(_: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})
 
@@ -166,6 +183,7 @@ def build_api(settings: Settings, client: aioredis.Redis, readiness: Readiness) 
     api = web.Application(middlewares=[bounded, bearer_auth])
     api.router.add_get("/customers/{customer_id}", get_customer)
     api.router.add_get("/vips", get_vips)
+    api.router.add_get("/at-risk", get_at_risk)
     api.router.add_get("/health", health)
     api.router.add_get("/ready", ready)
     return api

@@ -188,3 +188,25 @@ ROUTER_EVENTS = Counter(
 ROUTER_INFLIGHT = Gauge(
     "pulse_router_inflight_events", "Events read but not yet delivered to every destination.", registry=ROUTER_REGISTRY
 )
+
+# The service console (pulse console) is its own process with its own registry, served on its /metrics.
+CONSOLE_REGISTRY = CollectorRegistry()
+CONSOLE_EVENTS = Counter(
+    "pulse_console_events_total",
+    "Events the console read, by type (retention_alert, retention_action, vip_change) and outcome (applied, "
+    "duplicate: already recorded, invalid: skipped with the reason in its log).",
+    ["event", "outcome"],
+    registry=CONSOLE_REGISTRY,
+)
+CONSOLE_REQUEST_SECONDS = Histogram(
+    "pulse_console_request_seconds",
+    "Time to answer a console request, by route (its pattern, never a customer id).",
+    ["route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    registry=CONSOLE_REGISTRY,
+)
+CONSOLE_LIVE_CLIENTS = Gauge(
+    "pulse_console_live_clients",
+    "Open server-sent-event streams (browser pages receiving live updates).",
+    registry=CONSOLE_REGISTRY,
+)

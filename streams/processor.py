@@ -36,7 +36,7 @@ from schemas.profile import RenderedProfile, cents_to_money, money_or_none, ms_t
 from schemas.vip import VipChange
 from scoring import churn
 from scoring.churn import ChurnAssessment
-from scoring.clv import ClvSignals, lifetime_from_churn, margin
+from scoring.clv import ClvSignals, lifetime_from_churn, value_at_risk_cents
 from scoring.customer import (
     CustomerState,
     EventFacts,
@@ -718,8 +718,8 @@ class BatchProcessor:
         decision: churn.AlertDecision,
     ) -> RetentionAlert:
         o = state.orders
-        share = margin(o.revenue_cents, o.revenue_cents - o.cost_cents, self.config.orders.default_gross_margin)
         window = window_revenue_cents(o, now, self.config.orders)
+        at_risk = value_at_risk_cents(o.revenue_cents, o.cost_cents, window, self.config.orders.default_gross_margin)
         return RetentionAlert(
             alert_id=f"{key.decode()}:churn:{state.churn.alerts}",
             customer_id=key.decode(),
@@ -739,7 +739,7 @@ class BatchProcessor:
             clv=money_or_none(clv.clv_predictive_cents),
             clv_historical=money_or_none(clv.clv_historical_cents),
             p_alive=None if clv.p_alive is None else round(clv.p_alive, 4),
-            value_at_risk=cents_to_money(round(max(0, window) * share)),
+            value_at_risk=cents_to_money(at_risk),
             suggested_action=churn.suggested_action(state.vip, risk.reasons),
             historical=bool(self.historical_ms)
             and self._wall_ms is not None

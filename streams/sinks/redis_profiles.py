@@ -28,6 +28,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from schemas.profile import RenderedProfile
 from streams import metrics
+from streams.at_risk import index_suffixes, pack_update
 
 log = logging.getLogger(__name__)
 
@@ -41,35 +42,46 @@ def vip_key(prefix: str) -> str:
     return f"{prefix}vips"
 
 
-def pack_profile(profile: RenderedProfile, key_prefix: str, vip_value: str) -> tuple[bytes, float | None]:
-    """The packed HSET of the profile's fields, and its VIP score (its ``vip_value`` field) or None if not VIP.
+#: what the sink keeps of a profile until it is written: the packed HSET, the VIP score (None: not VIP) and its
+#: at-risk index entry (value at risk, '|'-joined index keys; '' when not at risk: streams.at_risk)
+Packed = tuple[bytes, float | None, tuple[str, str]]
+
+
+def pack_profile(profile: RenderedProfile, key_prefix: str, vip_value: str) -> Packed:
+    """The packed HSET of the profile's fields, its VIP score (its ``vip_value`` field) or None if not VIP, and
+    its at-risk index entry.
 
     float() of the money string equals float() of the Decimal the edge model holds, which the sink used to send.
     """
     # hiredis's stub types the command as a 1-tuple: any number of arguments is what it packs
     hset = pack_command(("HSET", profile_key(key_prefix, profile.customer_id), *profile.args))  # type: ignore[arg-type]
-    return hset, float(profile.value(vip_value)) if profile.vip else None
+    keys = index_suffixes(profile)
+    return hset, float(profile.value(vip_value)) if profile.vip else None, (profile.value("value_at_risk"), keys)
 
 
-def pack_batch(batch: Mapping[str, tuple[bytes, float | None]], key_prefix: str) -> tuple[bytes, int]:
+def pack_batch(batch: Mapping[str, Packed], key_prefix: str) -> tuple[bytes, int]:
     """One buffer for a batch of ``pack_profile`` results, and how many replies it asks for.
 
     The VIP set gets one ZADD and one ZREM for the whole batch (a customer is in a batch once, so the order
     among them does not matter): a reply costs more to read than its command to pack, and this halves them.
-    Scores are sent as redis-py sent them, repr() of the float.
+    Scores are sent as redis-py sent them, repr() of the float. The at-risk index gets one script call after
+    the HSETs (streams.at_risk), so it is written in the same round trip as the profiles it indexes.
     """
-    parts = [hset for hset, _ in batch.values()]
-    added = [(repr(score), cid) for cid, (_, score) in batch.items() if score is not None]
-    removed = [cid for cid, (_, score) in batch.items() if score is None]
+    parts = [hset for hset, _, _ in batch.values()]
+    added = [(repr(score), cid) for cid, (_, score, _) in batch.items() if score is not None]
+    removed = [cid for cid, (_, score, _) in batch.items() if score is None]
     if added:
         parts.append(pack_command(("ZADD", vip_key(key_prefix), *chain.from_iterable(added))))  # type: ignore[arg-type]
     if removed:
         parts.append(pack_command(("ZREM", vip_key(key_prefix), *removed)))  # type: ignore[arg-type]
+    if batch:
+        parts.append(pack_update(key_prefix, [(cid, score, keys) for cid, (_, _, (score, keys)) in batch.items()]))
     return b"".join(parts), len(parts)
 
 
 class RedisProfileSink:
-    """Profiles as hashes; each write also adds the customer to or removes it from the VIP sorted set."""
+    """Profiles as hashes; each write also adds the customer to or removes it from the VIP sorted set and the
+    at-risk index."""
 
     def __init__(
         self,
@@ -86,7 +98,7 @@ class RedisProfileSink:
         self._vip_value = vip_value
         self._retry_max = retry_max_seconds
         #: customer id -> (packed HSET, VIP score or None when not VIP): pack_profile
-        self._pending: dict[str, tuple[bytes, float | None]] = {}
+        self._pending: dict[str, Packed] = {}
         self._failing = False
         #: called once Redis takes writes again after a failure: Redis may
         #: have restarted empty, so every profile should be written again
@@ -137,7 +149,8 @@ class RedisProfileSink:
 
     async def _write(self, packed: bytes, replies: int) -> None:
         """Send ``packed`` and read its ``replies``, with the client's retry policy, as its pipeline did:
-        a connection or timeout error disconnects and retries the whole write (HSET/ZADD/ZREM are idempotent)."""
+        a connection or timeout error disconnects and retries the whole write (HSET/ZADD/ZREM and the index
+        script are idempotent)."""
         pool = self._redis.connection_pool
         conn = await pool.get_connection()
         try:

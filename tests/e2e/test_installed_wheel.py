@@ -154,9 +154,12 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
 def test_the_wheel_holds_the_packages_and_nothing_of_the_checkout(installed):
     import zipfile
 
-    tops = {name.split("/")[0] for name in zipfile.ZipFile(installed.wheel).namelist()}
+    names = set(zipfile.ZipFile(installed.wheel).namelist())
+    tops = {name.split("/")[0] for name in names}
     assert set(PACKAGES) <= tops
     assert not tops & set(CHECKOUT_ONLY), tops
+    # the service console's package data: templates and the vendored htmx (no CDN at run time)
+    assert {"streams/console/templates/queue.html", "streams/console/static/htmx-2.0.11.min.js"} <= names
 
 
 def test_no_installed_module_imports_the_checkout_only_folders(installed):
@@ -196,7 +199,7 @@ def test_modules_come_from_the_venv_and_the_checkout_is_unreachable(installed):
 def test_cli_help_config_and_bench_message(installed):
     result = installed.run(installed.pulse, "--help")
     assert result.returncode == 0, result.stderr
-    for command in ("worker", "simulate", "config", "fit", "alerts", "stats", "bench", "profile"):
+    for command in ("worker", "simulate", "config", "fit", "alerts", "stats", "bench", "profile", "console"):
         assert command in result.stdout
     result = installed.run(installed.pulse, "config")
     assert result.returncode == 0, result.stderr

@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from pulse.simulate import generate_events
-from pulse.stats import read_stats, stats_json
+from streams.stats import read_stats, stats_json
 from testing.reference import batch_population_indicators, uninterrupted_profiles
 from testing.stack import REPO, produce, profile_diffs, wait_until
 

@@ -30,6 +30,7 @@ from pulse_config.settings import Settings
 from schemas.profile import CustomerProfile, RenderedProfile, render_profile
 from scoring.customer import assess_customer
 from streams import metrics
+from streams.at_risk import UPDATE_SCRIPT, index_suffixes
 from streams.sinks.redis_profiles import RedisProfileSink, pack_batch, pack_profile, profile_key, vip_key
 from testing.templates import template_states
 
@@ -91,9 +92,11 @@ def test_the_packed_write_is_the_bytes_redis_py_would_send():
     added = [x for p in profiles if p.vip for x in (float(p.model().revenue), p.customer_id)]
     commands.append(("ZADD", vip_key("p:"), *added))
     commands.append(("ZREM", vip_key("p:"), *[p.customer_id for p in profiles if not p.vip]))
+    index = [x for p in profiles for x in (p.customer_id, str(p.model().value_at_risk), index_suffixes(p))]
+    commands.append(("EVAL", UPDATE_SCRIPT, "0", "p:", *index))
     assert pack_batch(batch, "p:") == (b"".join(conn.pack_commands(commands)), len(commands))
     # a batch without VIPs (or without non-VIPs) sends no empty ZADD (ZREM): Redis would reply an error
-    assert pack_batch(dict(list(batch.items())[12:]), "p:")[1] == 18 + 1
+    assert pack_batch(dict(list(batch.items())[12:]), "p:")[1] == 18 + 1 + 1
 
 
 async def test_profiles_land_with_exactly_their_fields_and_the_vip_set(server: Server, prefix: str):

@@ -1,4 +1,4 @@
-"""``pulse stats``: the population indicators of the whole population, from the population topic.
+"""The population indicators of the whole population, read from the population topic (`pulse stats`, the console).
 
 Every worker publishes the sums of the partitions it owns to the compacted
 ``{app_id}-population`` topic (scoring.population); this reads that topic

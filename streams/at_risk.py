@@ -1,0 +1,308 @@
+"""The at-risk index: who is at medium or high churn risk, sorted by value at risk, filterable, kept in Redis.
+
+A queue of customers to call must page and filter at 1M customers without a
+scan of the population, so the profile sink keeps, in the same write as the
+profiles, one sorted set per (level, facet) scored by the profile's
+``value_at_risk``:
+
+* ``{prefix}at-risk:{level}`` every customer at that level; ``level`` is
+  ``medium``, ``high`` or ``any`` (both), so an unfiltered queue is one key;
+* ``{prefix}at-risk:{level}:vip`` (``:nonvip``), ``…:segment:{segment}``,
+  ``…:reason:{code}``: the same customers by facet.
+
+A customer's current keys are kept in the hash ``{prefix}at-risk:members``
+(customer id -> its keys, ``|``-joined), so that a server-side script removes
+a customer from the keys it left (another level, segment or reason, or out of
+risk altogether) without the worker remembering anything. The script runs
+once per batch, atomically, after the batch's HSETs: the index never names a
+customer whose profile says otherwise once the batch is written.
+
+Reading (:func:`at_risk_page`) is one sorted set for zero or one facet (a
+facet's set holds only its level's customers), else a ``ZINTERSTORE`` of the
+facet sets into a temporary key (Redis intersects from the smallest set),
+then ``ZCOUNT`` and one ``ZRANGE … BYSCORE REV LIMIT`` page. Sets to leave
+out (a console's acted-on customers, for its "open" status) are skipped by a
+script that walks the sorted set from the top until the page is full, so no
+read costs the size of the queue but a deep page's.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from hiredis import pack_command
+
+from schemas.profile import RenderedProfile
+
+#: the churn levels that put a customer in the queue
+AT_RISK_LEVELS = ("medium", "high")
+#: both levels at once
+ANY_LEVEL = "any"
+#: a segment or reason code used in a key name
+FACET_VALUE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+#: ARGV: prefix, then per customer: id, score, keys ('|'-joined suffixes; '' = not at risk)
+UPDATE_SCRIPT = """
+local p = ARGV[1]
+local members = p .. 'at-risk:members'
+for i = 2, #ARGV, 3 do
+  local cid, score, keys = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local old = redis.call('HGET', members, cid)
+  if old and old ~= keys then
+    for k in string.gmatch(old, '[^|]+') do redis.call('ZREM', p .. 'at-risk:' .. k, cid) end
+  end
+  if keys == '' then
+    if old then redis.call('HDEL', members, cid) end
+  else
+    for k in string.gmatch(keys, '[^|]+') do redis.call('ZADD', p .. 'at-risk:' .. k, score, cid) end
+    if old ~= keys then redis.call('HSET', members, cid, keys) end
+  end
+end
+return 0
+"""
+
+#: KEYS[1]: the filtered sorted set; KEYS[2..]: plain sets of customers to leave out (e.g. a console's acted-on
+#: customers: few). ARGV: minimum score (or -inf), offset, limit. Returns {total, ids...}: walks the sorted set
+#: by rank from the top, skipping the excluded, until the page is full (cost: offset + limit + skipped, not the
+#: whole set); the total is the count above the minimum less the excluded members above it (cost: the
+#: excluded sets' size).
+PAGE_EXCLUDING_SCRIPT = """
+local src, low = KEYS[1], ARGV[1]
+local offset, limit = tonumber(ARGV[2]), tonumber(ARGV[3])
+local above = redis.call('ZCOUNT', src, low, '+inf')
+local total = above
+local min = tonumber(low)
+local counted = {}
+for k = 2, #KEYS do
+  for _, id in ipairs(redis.call('SMEMBERS', KEYS[k])) do
+    local score = not counted[id] and redis.call('ZSCORE', src, id)
+    if score and (low == '-inf' or tonumber(score) >= min) then total = total - 1 end
+    counted[id] = true
+  end
+end
+local function excluded(id)
+  for k = 2, #KEYS do
+    if redis.call('SISMEMBER', KEYS[k], id) == 1 then return true end
+  end
+  return false
+end
+local out, seen, rank = {total}, 0, 0
+while #out - 1 < limit and rank < above do
+  local ids = redis.call('ZRANGE', src, rank, math.min(rank + 499, above - 1), 'REV')
+  if #ids == 0 then break end
+  rank = rank + #ids
+  for _, id in ipairs(ids) do
+    if not excluded(id) then
+      seen = seen + 1
+      if seen > offset and #out - 1 < limit then out[#out + 1] = id end
+    end
+  end
+end
+return out
+"""
+
+#: profile fields a queue row shows
+ROW_FIELDS = (
+    "customer_id",
+    "churn_level",
+    "churn_risk",
+    "vip",
+    "segment",
+    "rfm_cell",
+    "churn_reasons",
+    "value_at_risk",
+    "clv",
+    "revenue",
+    "currency",
+    "last_alert_at",
+    "churn_alerts",
+)
+
+
+def index_key(prefix: str, suffix: str) -> str:
+    return f"{prefix}at-risk:{suffix}"
+
+
+def members_key(prefix: str) -> str:
+    return f"{prefix}at-risk:members"
+
+
+def index_suffixes(profile: RenderedProfile) -> str:
+    """The ``|``-joined index keys (suffixes) of a profile; '' when it is not at risk.
+
+    Only a customer at risk pays for reading its reasons back from the rendered JSON."""
+    level = profile.value("churn_level")
+    if level not in AT_RISK_LEVELS:
+        return ""
+    facets = ["", ":vip" if profile.vip else ":nonvip"]
+    segment = profile.value("segment")
+    if segment:
+        facets.append(f":segment:{segment}")
+    facets.extend(f":reason:{r['code']}" for r in orjson.loads(profile.value("churn_reasons")))
+    return "|".join(f"{lvl}{facet}" for lvl in (level, ANY_LEVEL) for facet in facets)
+
+
+def pack_update(prefix: str, entries: Sequence[tuple[str, str, str]]) -> bytes:
+    """One EVAL of :data:`UPDATE_SCRIPT` for (customer id, value at risk, suffixes) entries.
+
+    EVAL with the script text rather than EVALSHA: Redis caches the compiled script by its digest, and a
+    Redis that restarted empty needs no reload step."""
+    args: list[str] = ["EVAL", UPDATE_SCRIPT, "0", prefix]
+    for cid, score, keys in entries:
+        args.extend((cid, score or "0", keys))
+    # hiredis's stub types the command as a 1-tuple: any number of arguments is what it packs
+    return pack_command(tuple(args))  # type: ignore[arg-type]
+
+
+class BadFilter(ValueError):
+    """A query parameter of the at-risk queue that cannot be used."""
+
+
+@dataclass(frozen=True)
+class AtRiskQuery:
+    """One page of the queue: its filters (None: any) and its paging."""
+
+    level: str | None = None
+    vip: bool | None = None
+    segment: str | None = None
+    reason: str | None = None
+    min_value: Decimal | None = None
+    offset: int = 0
+    limit: int = 50
+
+    @classmethod
+    def from_params(cls, params: Any, default_limit: int, max_limit: int) -> AtRiskQuery:
+        """From query-string parameters (``level``, ``vip``, ``segment``, ``reason``, ``min_value``, ``offset``,
+        ``limit``); empty values mean "any". BadFilter with the reason otherwise."""
+
+        def get(name: str) -> str | None:
+            value = params.get(name)
+            return value.strip() or None if isinstance(value, str) else None
+
+        level = get("level")
+        if level is not None and level not in AT_RISK_LEVELS:
+            raise BadFilter(f"level must be one of {', '.join(AT_RISK_LEVELS)}")
+        vip_text = get("vip")
+        if vip_text is not None and vip_text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise BadFilter("vip must be true or false")
+        vip = None if vip_text is None else vip_text.lower() in ("true", "1", "yes")
+        for name in ("segment", "reason"):
+            value = get(name)
+            if value is not None and not FACET_VALUE.match(value):
+                raise BadFilter(f"{name} must match {FACET_VALUE.pattern}")
+        try:
+            min_text = get("min_value")
+            min_value = None if min_text is None else Decimal(min_text)
+            offset = int(get("offset") or 0)
+            limit = int(get("limit") or default_limit)
+        except (InvalidOperation, ValueError):
+            raise BadFilter("min_value must be a number, offset and limit integers") from None
+        if min_value is not None and not min_value.is_finite():
+            raise BadFilter("min_value must be finite")
+        if offset < 0 or not 1 <= limit <= max_limit:
+            raise BadFilter(f"offset must be >= 0 and limit within 1..{max_limit}")
+        return cls(level, vip, get("segment"), get("reason"), min_value, offset, limit)
+
+    def include(self) -> list[str]:
+        """Index suffixes whose intersection is the filtered queue: the facets' (each holds only its level's
+        customers), else the level's own."""
+        level = self.level or ANY_LEVEL
+        keys = []
+        if self.vip is not None:
+            keys.append(f"{level}:{'vip' if self.vip else 'nonvip'}")
+        if self.segment:
+            keys.append(f"{level}:segment:{self.segment}")
+        if self.reason:
+            keys.append(f"{level}:reason:{self.reason}")
+        return keys or [level]
+
+
+@dataclass(frozen=True)
+class AtRiskPage:
+    total: int
+    offset: int
+    limit: int
+    #: profile fields of each customer on the page (ROW_FIELDS), highest value at risk first
+    items: list[dict[str, Any]]
+
+    @property
+    def next_offset(self) -> int | None:
+        end = self.offset + len(self.items)
+        return end if end < self.total else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "offset": self.offset,
+            "limit": self.limit,
+            "next_offset": self.next_offset,
+            "customers": self.items,
+        }
+
+
+def row(fields: Sequence[str | None]) -> dict[str, Any]:
+    """A queue row from HMGET values of ROW_FIELDS: the JSON types of the profile model."""
+    out: dict[str, Any] = dict(zip(ROW_FIELDS, fields, strict=True))
+    for name, value in out.items():
+        if value == "":
+            out[name] = None
+    out["vip"] = out["vip"] == "True"
+    out["churn_risk"] = int(out["churn_risk"] or 0)
+    out["churn_alerts"] = int(out["churn_alerts"] or 0)
+    out["churn_reasons"] = orjson.loads(out["churn_reasons"] or "[]")
+    return out
+
+
+async def at_risk_page(
+    client: aioredis.Redis,
+    prefix: str,
+    query: AtRiskQuery,
+    extra_include: Sequence[str] = (),
+    extra_exclude: Sequence[str] = (),
+) -> AtRiskPage:
+    """One page of the queue, highest value at risk first. ``extra_include``: full key names of further sets
+    (plain or sorted) to intersect with; ``extra_exclude``: plain sets to leave out (PAGE_EXCLUDING_SCRIPT),
+    e.g. a console's owner and status sets. ``client`` decodes responses."""
+    include = [index_key(prefix, s) for s in query.include()] + list(extra_include)
+    low = "-inf" if query.min_value is None else str(query.min_value)
+    temporary: list[str] = []
+    async with client.pipeline(transaction=True) as pipe:
+        source = include[0]
+        if len(include) > 1:
+            source = index_key(prefix, f"tmp:{uuid.uuid4().hex}")
+            temporary.append(source)
+            # the first (an index sorted set) carries the score; a plain set counts 1, weighted 0
+            pipe.zinterstore(source, {include[0]: 1, **{k: 0 for k in include[1:]}}, aggregate="SUM")
+        if extra_exclude:
+            pipe.eval(
+                PAGE_EXCLUDING_SCRIPT, 1 + len(extra_exclude), source, *extra_exclude, low, query.offset, query.limit
+            )
+        else:
+            pipe.zcount(source, low, "+inf")
+            pipe.zrange(source, "+inf", low, desc=True, byscore=True, offset=query.offset, num=query.limit)
+        if temporary:
+            pipe.delete(*temporary)
+        replies = await pipe.execute()
+    shift = len(temporary)
+    if extra_exclude:
+        total, ids = replies[shift][0], replies[shift][1:]
+    else:
+        total, ids = replies[shift], replies[shift + 1]
+    from streams.sinks.redis_profiles import profile_key  # the sink imports this module
+
+    items: list[dict[str, Any]] = []
+    if ids:
+        async with client.pipeline(transaction=False) as pipe:
+            for cid in ids:
+                pipe.hmget(profile_key(prefix, cid), ROW_FIELDS)
+            for fields in await pipe.execute():
+                if fields[0] is not None:  # a profile deleted under the index: skipped, not shown empty
+                    items.append(row(fields))
+    return AtRiskPage(total, query.offset, query.limit, items)

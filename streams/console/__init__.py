@@ -1,0 +1,1 @@
+"""The service console (pulse console): streams.console.app."""

@@ -1,0 +1,228 @@
+"""The service console in a real headless Chromium: log in, filter the queue, open a customer, act, see it live.
+
+Real everything: a scoring worker turns tests/at_risk_story.py into churn
+alerts and profiles, ``pulse console`` runs as its own process against the
+same broker and Redis, and Debian's chromium (``/usr/bin/chromium``, driven by
+Python playwright, no browser download) loads its pages. The story: log in,
+filter the queue to VIP customers at high risk (only B), open B, acknowledge
+and resolve B's alert, and watch a second page (another tab of the same
+login) show each change without reloading. The actions must be on the
+retention-actions topic with the logged-in user as the actor. Screenshots of
+each page go to ``<the test's tmp_path>/screenshots``.
+
+One broker only: the console reads Redis and consumes/produces three topics
+with a plain aiokafka client, exactly as the router does; the broker
+differences the suite covers (Tansu vs Apache Kafka) are in the worker's
+transactions and rebalances, which test_at_risk and the worker tests run on
+both. A second broker would only double a slow browser test.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+
+from pulse.devstack import free_port, stop_process
+from schemas.profile import CustomerProfile
+from streams.console.cases import alerts_key
+from streams.sinks.redis_profiles import profile_key
+from testing.stack import REPO, consume, get_json, wait_until
+from tests import at_risk_story as story
+from tests.churn_story import iso
+from tests.conftest import TEST_BROKERS
+
+pytestmark = pytest.mark.e2e
+
+TOKEN = "console-test-token"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+#: how long the browser waits for an element or a live change (ms): the machine may be loaded
+BROWSER_WAIT_MS = int(float(os.environ.get("PULSE_TEST_CONVERGE_SECONDS", "90")) * 1000)
+
+
+@pytest.fixture
+def playwright_api():
+    """Python playwright's sync API once Debian's chromium is there. The browser is started inside the test, after
+    the data is produced: the sync API runs an event loop in this thread, and produce/consume use asyncio.run."""
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true: chromium is missing (scripts/setup.sh installs Debian's chromium)")
+        pytest.skip("no chromium (scripts/setup.sh installs Debian's chromium)")
+    return pytest.importorskip("playwright.sync_api")
+
+
+def actions_topic(namespace) -> str:
+    """The test's own retention-actions topic (the namespace has none), as tests/e2e/test_router.py names it."""
+    return namespace.settings.topic_retention_alerts + "-actions"
+
+
+@pytest.fixture
+def console(namespace) -> Iterator[str]:
+    port = free_port()
+    log = namespace.log_dir / "console.log"
+    env = {**os.environ, **namespace.env, "PULSE_CONSOLE_PORT": str(port), "PULSE_API_TOKEN": TOKEN}
+    env["PULSE_CONSOLE_STATS_SECONDS"] = "2"
+    env["PULSE_TOPIC_RETENTION_ACTIONS"] = actions_topic(namespace)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pulse", "console"],
+        cwd=REPO,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        assert wait_until(lambda: get_json(base + "/health")[0] == 200), log.read_text()
+        yield base
+    finally:
+        stop_process(proc)
+
+
+def test_queue_filter_customer_actions_and_live_updates(devstack, namespace, start_worker, console, playwright_api):
+    if devstack.broker_name != TEST_BROKERS[0]:
+        pytest.skip("the console is broker-agnostic (see the module docstring): one broker is enough")
+    settings = namespace.settings
+    prefix = settings.redis_key_prefix
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    shots = namespace.log_dir / "screenshots"
+    shots.mkdir()
+    worker = start_worker(**story.VIP_ENV)
+
+    def profile(cid: str) -> CustomerProfile | None:
+        fields = client.hgetall(profile_key(prefix, cid))
+        return CustomerProfile.from_redis(fields) if fields else None
+
+    # B: VIP, high risk, with its alerts recorded by the console
+    story.send(namespace, range(0, 468))
+
+    def b_is_ready() -> bool:
+        b, a = profile("B"), profile("A")
+        return (
+            b is not None
+            and a is not None
+            and b.as_of.isoformat() == iso(467)
+            and b.churn_level == "high"
+            and b.vip
+            and client.hlen(alerts_key(prefix, "B")) >= 1
+        )
+
+    state = lambda: {  # noqa: E731 - the failure message
+        c: (p.churn_level, p.vip, p.as_of.isoformat(), client.hlen(alerts_key(prefix, c)))
+        for c in story.BUYERS
+        if (p := profile(c))
+    }
+    assert wait_until(b_is_ready), (state(), worker.log_tail())
+    others_high = [c for c in story.BUYERS if c != "B" and (prof := profile(c)) and prof.churn_level == "high"]
+    assert others_high, "the filter must have something to leave out"
+
+    # no customer data without logging in
+    assert get_json(console + "/fragments/queue")[0] == 401
+    with playwright_api.sync_playwright() as p:
+        # --no-sandbox: CI and the dev machines run as root, where Chromium's sandbox refuses to start
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            context = browser.new_context(viewport={"width": 1400, "height": 1000})
+            context.set_default_timeout(BROWSER_WAIT_MS)
+            page = context.new_page()
+            page.goto(console + "/")
+            assert "/login" in page.url
+            page.fill("input[name=name]", "ana")
+            page.fill("input[name=token]", TOKEN)
+            page.click("button[type=submit]")
+            page.wait_for_selector("table.queue")
+            page.wait_for_function("document.body.dataset.live === 'open'")
+            assert TOKEN not in page.content()  # no secret in the page
+            rows = page.locator("table.queue tbody tr[data-customer-id]")
+            queue_ids = set(rows.evaluate_all("rs => rs.map(r => r.dataset.customerId)"))
+            assert {"B", *others_high} <= queue_ids
+            page.screenshot(path=shots / "1-queue.png", full_page=True)
+
+            # filter: VIP, high risk -> only B
+            page.select_option("select[name=level]", "high")
+            page.select_option("select[name=vip]", "true")
+            page.wait_for_function(
+                "() => { const rs = [...document.querySelectorAll('table.queue tbody tr[data-customer-id]')];"
+                " return rs.length === 1 && rs[0].dataset.customerId === 'B'; }"
+            )
+            assert page.inner_text("#queue-total") == "1"
+            page.screenshot(path=shots / "2-queue-vip-high.png", full_page=True)
+
+            # a second page (tab) shows the same filtered queue, and stays loaded (a marker survives: no reload)
+            second = context.new_page()
+            second.goto(console + "/?level=high&vip=true")
+            second.wait_for_selector("tr[data-customer-id=B]")
+            second.wait_for_function("document.body.dataset.live === 'open'")
+            second.evaluate("window.notReloaded = true")
+            assert second.inner_text("tr[data-customer-id=B] td.status") == "open"
+
+            # open B
+            page.click("tr[data-customer-id=B] a")
+            page.wait_for_selector("#case-status")
+            assert page.inner_text("#case-status") == "open"
+            assert "severe_complaint" in page.inner_text("table.reasons")
+            assert page.locator("svg.chart").count() == 2
+            page.wait_for_function("document.body.dataset.live === 'open'")
+            page.screenshot(path=shots / "3-customer.png", full_page=True)
+
+            # acknowledge: this page swaps in the new case; the second page's queue row follows live
+            page.click("text=Acknowledge")
+            page.wait_for_function("document.querySelector('#case-status').innerText === 'acknowledged'")
+            second.wait_for_function(
+                "document.querySelector('tr[data-customer-id=B] td.status').innerText === 'acknowledged'"
+            )
+            assert second.evaluate("window.notReloaded") is True
+            second.screenshot(path=shots / "4-second-page-acknowledged.png", full_page=True)
+
+            # assign to a team: owner and status follow, here and on the second page
+            page.fill("input[name=assignee]", "vip-desk")
+            page.click("text=Assign")
+            page.wait_for_function("document.querySelector('#case-status').innerText === 'assigned'")
+            assert page.inner_text("#case-owner") == "vip-desk"
+            second.wait_for_function(
+                "document.querySelector('tr[data-customer-id=B] td.status').innerText === 'assigned'"
+            )
+
+            # resolve with an outcome
+            page.select_option("select[name=outcome]", "won_back")
+            page.fill("input[name=note]", "called, offered a voucher")
+            page.click("text=Resolve")
+            page.wait_for_function("document.querySelector('#case-status').innerText === 'resolved'")
+            assert page.inner_text("#case-outcome") == "won_back"
+            history = page.inner_text("table.history")
+            assert all(f"ana {done}" in history for done in ("acknowledged", "assigned", "resolved")), history
+            assert "won_back" in history and "vip-desk" in history
+            page.screenshot(path=shots / "5-customer-resolved.png", full_page=True)
+            second.wait_for_function(
+                "document.querySelector('tr[data-customer-id=B] td.status').innerText === 'resolved'"
+            )
+            assert second.evaluate("window.notReloaded") is True
+            second.screenshot(path=shots / "6-second-page-resolved.png", full_page=True)
+
+            # status and owner filters: B is resolved (not open) and vip-desk's
+            page.goto(console + "/?status=resolved&owner=vip-desk")
+            page.wait_for_selector("tr[data-customer-id=B]")
+            assert page.inner_text("#queue-total") == "1"
+            page.goto(console + "/?status=open")
+            page.wait_for_selector("table.queue")
+            assert page.locator("tr[data-customer-id=B]").count() == 0
+        finally:
+            browser.close()
+
+    # the actions went where the router API's go, as the logged-in user did them
+    records = consume(namespace.bootstrap, actions_topic(namespace), 3, quiet=1.0)
+    actions = [orjson.loads(r.value) for r in records]
+    assert [(a["customer_id"], a["action"], a["actor"], a.get("outcome")) for a in actions] == [
+        ("B", "acknowledged", "ana", None),
+        ("B", "assigned", "ana", None),
+        ("B", "resolved", "ana", "won_back"),
+    ]
+    assert actions[1]["assignee"] == "vip-desk"
+    assert len({a["alert_id"] for a in actions}) == 1 and actions[0]["alert_id"].startswith("B:churn:")
