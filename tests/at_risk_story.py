@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import orjson
 
+from testing.stack import Namespace, produce
 from tests.churn_story import clock, iso
-from tests.conftest import Namespace, produce
 
 #: customer -> (monthly amount, first and last monthly purchase day)
 BUYERS = {
