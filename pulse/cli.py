@@ -12,11 +12,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import redis
 
 from pulse.errors import EXIT_INTERRUPTED, CliError, debug_requested, explain, redact_url, usage_error
 from pulse.settings import DEV_ENV_FILE, Settings, load_settings
+
+if TYPE_CHECKING:
+    from pulse.devstack import DevStack
 
 
 def _profile_key(prefix: str, cid: str) -> str:
@@ -410,17 +414,86 @@ def _write_dev_env(env: dict[str, str]) -> None:
     path.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
 
 
+#: ``pulse dev``: time the workers and the router get to stop on SIGTERM before SIGKILL (with the broker still
+#: up, a worker commits, leaves its group and closes its store in a few seconds)
+DEV_STOP_SECONDS = 30.0
+#: ``pulse dev``: seconds between two looks at Redis while the profiles arrive, and once all are live
+DEV_POLL_SECONDS = 2.0
+DEV_LIVE_POLL_SECONDS = 5.0
+
+
+def _dev_child(name: str, command: list[str], env: dict[str, str], log_dir: Path) -> subprocess.Popen:
+    """A worker or the router of ``pulse dev``: its own process group (the terminal's Ctrl-C reaches only
+    ``pulse dev``, which stops it before the broker), stopped with its parent if that dies, output in a log."""
+    from pulse.devstack import _die_with_parent
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "pulse", *command],
+        env=env,
+        stdout=(log_dir / f"{name}.log").open("wb"),
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        process_group=0,
+        preexec_fn=_die_with_parent,  # noqa: PLW1509 - only a prctl, no locks taken
+    )
+
+
+def _stop_dev(children: list[tuple[str, subprocess.Popen]], stack: DevStack) -> None:
+    """Stop ``pulse dev``: the workers and the router first (SIGTERM to all at once, SIGKILL after
+    :data:`DEV_STOP_SECONDS`), then Redis and the broker. The other order left each worker retrying a
+    broker that was gone for its whole session (30 s each, thousands of ERROR lines, then SIGKILL)."""
+    import signal
+
+    started = time.monotonic()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the stop short
+    try:
+        running = [(name, proc) for name, proc in children if proc.poll() is None]
+        print(f"stopping… {', '.join(name for name, _ in running) or 'nothing running'}, then the broker and redis")
+        sys.stdout.flush()
+        for _, proc in running:
+            proc.terminate()
+        killed = []
+        for name, proc in running:
+            try:
+                proc.wait(max(0.0, started + DEV_STOP_SECONDS - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                killed.append(name)
+        print(
+            f"stopped workers and router in {time.monotonic() - started:.1f} s"
+            + (f" (killed after {DEV_STOP_SECONDS:g} s: {', '.join(killed)})" if killed else ""),
+            flush=True,
+        )
+        stack.close()
+        Path(DEV_ENV_FILE).unlink(missing_ok=True)
+        print(f"stopped broker and redis; everything stopped in {time.monotonic() - started:.1f} s", flush=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     """Broker + Redis + worker(s) + sample traffic, until Ctrl-C or --duration."""
+    import signal
+
     from pulse.devstack import DevStack, free_port
     from streams.admin import ensure_topics
     from streams.security import redis_client_kwargs
 
+    load_settings().scoring()  # a bad setting or parameter file: said before anything starts
     log_dir = Path(".pulse/logs")
-    stack = DevStack.start(log_dir, broker=args.broker)
-    workers: list[subprocess.Popen] = []
+    # the servers run in process groups of their own: a Ctrl-C while they start is kept for after
+    interrupted: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
     try:
-        env = {**stack.env(), "PULSE_METRICS_PORT": str(free_port()), "PULSE_API_PORT": str(free_port())}
+        stack = DevStack.start(log_dir, broker=args.broker, own_group=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    children: list[tuple[str, subprocess.Popen]] = []
+    try:
+        if interrupted:
+            raise KeyboardInterrupt
+        env = {**stack.env(), "PULSE_API_PORT": str(free_port())}
         # A local broker with local workers: short group joins, unless set.
         for name, value in DEV_DEFAULTS.items():
             env.setdefault(name, os.environ.get(name, value))
@@ -430,24 +503,15 @@ def cmd_dev(args: argparse.Namespace) -> int:
         kind = "Tansu, in memory" if stack.broker_name == "tansu" else "Apache Kafka, KRaft, temporary storage"
         print(f"broker  {stack.broker_url}   ({kind}; log {stack.broker.log})")
         print(f"redis   {stack.redis_url}")
-        print(f"metrics http://127.0.0.1:{env['PULSE_METRICS_PORT']}/metrics")
         print(f"api     http://127.0.0.1:{env['PULSE_API_PORT']}/customers/<id>  (also /vips, /health, /ready)")
         asyncio.run(ensure_topics(settings))
         for i in range(args.workers):
-            # one metrics endpoint and one API for the demo: the first worker's
-            ports = {name: env[name] if i == 0 else "0" for name in ("PULSE_METRICS_PORT", "PULSE_API_PORT")}
-            worker_env = {**os.environ, **env, **ports}
-            log = (log_dir / f"worker-{i}.log").open("wb")
-            workers.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "pulse", "worker"],
-                    env=worker_env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                )
-            )
-        print(f"workers {args.workers} (logs in {log_dir}/worker-*.log)")
+            # every worker its own metrics endpoint; the API on the first one
+            metrics = str(free_port())
+            api = env["PULSE_API_PORT"] if i == 0 else "0"
+            worker_env = {**os.environ, **env, "PULSE_METRICS_PORT": metrics, "PULSE_API_PORT": api}
+            children.append((f"worker-{i}", _dev_child(f"worker-{i}", ["worker"], worker_env, log_dir)))
+            print(f"worker-{i} metrics http://127.0.0.1:{metrics}/metrics  (log {log_dir}/worker-{i}.log)")
         router_config = _dev_router_config(settings, log_dir)
         actions_port = str(free_port())
         router_env = {
@@ -457,15 +521,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
             "PULSE_ROUTER_METRICS_PORT": "0",
             "PULSE_ROUTER_API_PORT": actions_port,
         }
-        workers.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "pulse", "router"],
-                env=router_env,
-                stdout=(log_dir / "router.log").open("wb"),
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        )
+        children.append(("router", _dev_child("router", ["router"], router_env, log_dir)))
         print(
             f"router  {router_config} (log {log_dir}/router.log); POST http://127.0.0.1:{actions_port}/alerts/<id>/acknowledge"
         )
@@ -475,15 +531,18 @@ def cmd_dev(args: argparse.Namespace) -> int:
         client = redis.Redis.from_url(settings.redis_url, decode_responses=True, **redis_client_kwargs(settings))
         deadline = time.monotonic() + args.duration if args.duration else None
         shown = False
+        alerted_before = None
         while deadline is None or time.monotonic() < deadline:
-            if any(w.poll() is not None for w in workers):
-                print("a worker or the router exited; see its log", file=sys.stderr)
-                return 1
+            for name, proc in children:
+                if proc.poll() is not None:
+                    raise CliError(name, f"exited with status {proc.returncode}", f"see {log_dir}/{name}.log")
             n, alerted, alerts = _alerted(client, f"{settings.redis_key_prefix}profile:*")
-            print(
-                f"profiles in redis: {n}/{customers_with_orders}; customers alerted: {alerted} ({alerts} alerts)",
-                flush=True,
-            )
+            if not shown:
+                print(f"profiles in redis: {n}/{customers_with_orders}; customers alerted: {alerted} ({alerts} alerts)")
+            elif (alerted, alerts) != alerted_before:
+                print(f"customers alerted: {alerted} ({alerts} alerts)")
+            alerted_before = (alerted, alerts)
+            sys.stdout.flush()
             if n >= customers_with_orders and not shown:
                 sample = _richest_customer(events)
                 print(
@@ -493,22 +552,13 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 args.customer_id, args.json = sample, False
                 cmd_profile(args)
                 shown = True
-                print("\nCtrl-C stops the stack.")
-            time.sleep(2 if not shown else 5)
+                print("\nCtrl-C stops the stack.", flush=True)
+            time.sleep(DEV_LIVE_POLL_SECONDS if shown else DEV_POLL_SECONDS)
         return 0
     except KeyboardInterrupt:
         return 0
     finally:
-        for worker in workers:
-            worker.terminate()
-        for worker in workers:
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-        stack.close()
-        Path(DEV_ENV_FILE).unlink(missing_ok=True)
-        print("stopped broker, redis, workers and router")
+        _stop_dev(children, stack)
 
 
 #: what ``pulse bench`` says where benchmarks/ is absent (an installed package has no benchmarks/)
