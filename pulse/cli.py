@@ -363,7 +363,8 @@ def env_value(value: object) -> str:
     import shlex
 
     if isinstance(value, list | dict | tuple):
-        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        # a quote inside as \u0027: the single-quoted form then reads the same in a shell and an env file
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False).replace("'", "\\u0027")
     elif isinstance(value, bool):
         text = "true" if value else "false"
     elif value is None:

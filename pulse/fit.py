@@ -35,6 +35,9 @@ MS_PER_SECOND = 1000
 #: stable; below it ``pulse fit`` warns after a fit, and explains with this number when the fit fails
 #: (scoring.clv_fit refuses fewer than MIN_CUSTOMERS outright; pilots with a few dozen often do not converge).
 RECOMMENDED_REPEAT_CUSTOMERS = 100
+#: Repeat customers' mean order values varying less than this (coefficient of variation) leave Gamma-Gamma
+#: nothing to fit (p and q run off to infinity): said as "degenerate" rather than the optimiser's failure.
+DEGENERATE_SPREAD = 0.05
 #: what to do when the data cannot support a fit: the worker needs no parameter file
 KEEP_DEFAULTS = (
     "the worker scores with the default (CDNOW) parameters while there is no parameter file, so you can skip "
@@ -246,10 +249,18 @@ def fit_history(path: Path, settings: Settings, as_of_ms: int | None = None, tim
             gamma_gamma = fit_gamma_gamma(x[repeat], m[repeat])
         except FitError:
             values = m[repeat]
-            spread = float(values.std() / values.mean()) if values.mean() > 0 else 0.0
+            mean = float(values.mean())
+            spread = float(values.std()) / mean
+            if spread < DEGENERATE_SPREAD:
+                raise FitAdvice(
+                    f"Gamma-Gamma is degenerate: the {repeaters} repeat customers' mean order values hardly vary "
+                    f"(mean {mean:.2f}, coefficient of variation {spread:.3f}), so there is no spread to fit",
+                    "the worker scores with the default (CDNOW) parameters while there is no parameter file; "
+                    "fit again on a history whose order values vary (real amounts, not one price)",
+                ) from None
             raise FitAdvice(
-                f"Gamma-Gamma is degenerate on {few}: their mean order values (mean {values.mean():.2f}, "
-                f"coefficient of variation {spread:.2f}) admit no finite spend distribution"
+                f"Gamma-Gamma found no stable fit on {few} (mean order value {mean:.2f}, coefficient of "
+                f"variation {spread:.2f}; about {RECOMMENDED_REPEAT_CUSTOMERS} repeat customers are needed)"
             ) from None
         params = ClvParams(
             bgnbd=bgnbd,
