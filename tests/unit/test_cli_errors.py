@@ -270,6 +270,45 @@ def test_fit_on_pilot_data_says_what_is_wrong_and_what_to_do(tmp_path: Path) -> 
     assert not (tmp_path / ".pulse" / "clv-params.json").exists()
 
 
+def test_fit_names_a_degenerate_gamma_gamma_instead_of_precision_loss(tmp_path: Path) -> None:
+    """One price for everything: BG/NBD fits, Gamma-Gamma has no spread (its optimiser ends on "precision
+    loss", which is what pulse fit used to print)."""
+    from tests.unit.test_clv_fit import synthetic_orders
+
+    days: dict[tuple[str, int], int] = {}
+    for customer, at_ms, _ in synthetic_orders(seed=7, customers=120):
+        days.setdefault((customer, at_ms // DAY_MS), at_ms)  # one order a day: every mean order value 20.00
+    path = tmp_path / "one-price.csv"
+    write_orders(path, [(customer, at_ms, "20.00") for (customer, _), at_ms in sorted(days.items())])
+    line = one_line(
+        pulse(tmp_path, "fit", path.name),
+        EXIT_USAGE,
+        "fit",
+        r"one-price\.csv: Gamma-Gamma is degenerate: the \d+ repeat customers' mean order values hardly vary "
+        r"\(mean 20\.00, coefficient of variation 0\.000\), so there is no spread to fit; the worker scores with "
+        r"the default \(CDNOW\) parameters while there is no parameter file; fit again on a history whose order "
+        r"values vary \(real amounts, not one price\)",
+    )
+    assert "precision" not in line
+
+
+def test_fit_says_when_bgnbd_finds_no_stable_fit_on_a_pilot(tmp_path: Path) -> None:
+    from tests.unit.test_clv_fit import synthetic_orders
+
+    path = tmp_path / "pilot.csv"
+    # 30 customers (21 repeat): more than the fit's minimum, too few for BG/NBD to find an optimum
+    write_orders(path, [(c, at, f"{cents / 100:.2f}") for c, at, cents in synthetic_orders(seed=11, customers=30)])
+    line = one_line(
+        pulse(tmp_path, "fit", path.name),
+        EXIT_USAGE,
+        "fit",
+        r"pilot\.csv: BG/NBD found no stable fit on \d+ repeat customers \(bought on two days or more\) of 30 "
+        r"\(about 100 repeat customers are needed\): the data do not tell purchase rates from drop-out; the worker "
+        r"scores with the default \(CDNOW\) parameters .+",
+    )
+    assert "precision" not in line
+
+
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     for result in (pulse(tmp_path, "--debug", "score", "x.csv"), pulse(tmp_path, "score", "x.csv", PULSE_DEBUG="1")):
         assert "Traceback" in result.stderr and "FileNotFoundError" in result.stderr
