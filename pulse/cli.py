@@ -488,6 +488,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
     try:
         stack = DevStack.start(log_dir, broker=args.broker, own_group=True)
+    except RuntimeError as exc:  # a server missing or not starting (devstack says which, and its log)
+        raise CliError(f"{args.broker} and redis", str(exc), f"their logs are in {log_dir}") from None
     finally:
         signal.signal(signal.SIGINT, previous)
     children: list[tuple[str, subprocess.Popen]] = []
