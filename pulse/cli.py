@@ -129,6 +129,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     path = _input_files([args.file])[0]
+    first = read_orders(path, settings.base_currency)
+    next(first, None)  # the columns (and the encoding) are checked before connecting to anything
+    first.close()
 
     async def go() -> int:
         await ensure_topics(settings)
@@ -137,17 +140,20 @@ def cmd_replay(args: argparse.Namespace) -> int:
         sent = 0
         try:
             await producer.start()  # inside the try: a broker that is down must not leak the client
-            progress = Progress(count_rows(path), f"replay {path.name} -> {settings.topic_orders}")
+            if sys.stderr.isatty():  # a bar for a person watching; a log gets the summary line alone
+                progress = Progress(count_rows(path), f"replay {path.name} -> {settings.topic_orders}")
             futures = []
             for key, value in read_orders(path, settings.base_currency):
                 futures.append(await producer.send(settings.topic_orders, key=key, value=value))
                 if len(futures) >= 1000:
                     await asyncio.gather(*futures)
-                    progress.advance(len(futures))
+                    if progress is not None:
+                        progress.advance(len(futures))
                     sent += len(futures)
                     futures = []
             await asyncio.gather(*futures)
-            progress.advance(len(futures))
+            if progress is not None:
+                progress.advance(len(futures))
             sent += len(futures)
         finally:
             if progress is not None:

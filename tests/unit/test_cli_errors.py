@@ -104,13 +104,14 @@ def test_an_unreadable_file_is_named_with_exit_2(tmp_path: Path, orders: Path) -
     one_line(pulse(tmp_path, "score", orders.name), EXIT_USAGE, "score", r"orders\.csv: permission denied; .+")
 
 
-def test_a_file_without_the_columns_names_them(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["score", "replay"])
+def test_a_file_without_the_columns_names_them(tmp_path: Path, command: str) -> None:
     path = tmp_path / "wrong.csv"
     path.write_text("id,date,total\nC1,2026-01-01,1\n")
     one_line(
-        pulse(tmp_path, "score", path.name),
+        pulse(tmp_path, command, path.name, PULSE_BROKER_URL=f"kafka://127.0.0.1:{dead_port()}"),
         EXIT_USAGE,
-        "score",
+        command,
         r"wrong\.csv: missing column\(s\) customer_id, occurred_at, amount; has id, date, total; see `pulse score "
         r"--help` .+",
     )
