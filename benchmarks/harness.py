@@ -1249,11 +1249,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--recovery-events", type=int, default=20_000, help="events then scored by the recovered worker (0: none)"
     )
-    p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--partitions", type=int, default=4, help="partitions of the input topics (default 4)")
     p.add_argument(
         "--broker", choices=("tansu", "kafka"), default="tansu", help="tansu (default) or Apache Kafka (KRaft)"
     )
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--seed", type=int, default=7, help="seed of the generated history (default 7)")
     p.add_argument("--py-spy", action="store_true", help="profile the full worker with py-spy while it scores")
     p.add_argument("--log-dir", default="", help="logs of the stack and workers (default: a temp dir)")
     p.add_argument("--run-tag", default="", help=argparse.SUPPRESS)

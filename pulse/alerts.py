@@ -91,9 +91,9 @@ async def watch(
         enable_auto_commit=False,
         auto_offset_reset="earliest" if from_beginning else "latest",
     )
-    await consumer.start()
     shown = 0
     try:
+        await consumer.start()  # inside the try: a broker that is down must not leak the client
         deadline = time.monotonic() + idle_seconds
         while not consumer.partitions_for_topic(topic):
             if not follow and time.monotonic() > deadline:

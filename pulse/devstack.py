@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 #: Bound on every wait for a server to come up.
 START_TIMEOUT_SECONDS = 30.0
@@ -99,7 +99,16 @@ class Server:
             self.proc.wait(10)
 
 
-def start_tansu(log_dir: Path, port: int | None = None) -> Server:
+def _process_group(own_group: bool, die_with_parent: bool = True) -> dict[str, Any]:
+    """Popen arguments for a server in a process group of its own (``pulse dev``): the terminal's Ctrl-C
+    then reaches only ``pulse dev``, which stops the workers first and the broker and Redis after them;
+    out of the terminal's reach, it is stopped with its parent if that dies (see :func:`_die_with_parent`)."""
+    if not own_group:
+        return {}
+    return {"process_group": 0, **({"preexec_fn": _die_with_parent} if die_with_parent else {})}
+
+
+def start_tansu(log_dir: Path, port: int | None = None, own_group: bool = False) -> Server:
     port = port or free_port()
     url = f"tcp://127.0.0.1:{port}"
     log = log_dir / f"tansu-{port}.log"
@@ -117,6 +126,7 @@ def start_tansu(log_dir: Path, port: int | None = None) -> Server:
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
+        **_process_group(own_group),
     )
     _wait_port(port, proc, "tansu", log)
     return Server("tansu", port, proc, log)
@@ -289,6 +299,7 @@ class KafkaBroker(Server):
         port: int | None = None,
         controller_port: int | None = None,
         jvm_options: tuple[str, ...] = KAFKA_JVM_OPTIONS,
+        own_group: bool = False,
     ) -> KafkaBroker:
         """Format storage under ``home`` with a random cluster id, start the broker, wait for metadata.
 
@@ -332,6 +343,7 @@ class KafkaBroker(Server):
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             preexec_fn=_die_with_parent,  # noqa: PLW1509 - only a prctl, no locks taken
+            **_process_group(own_group, die_with_parent=False),
         )
         broker = cls("kafka", port, proc, log, controller_port=controller_port, home=home, properties=props)
         try:
@@ -373,15 +385,16 @@ logger.state.level = WARN
 """
 
 
-def start_kafka(log_dir: Path, extra_props: Mapping[str, str] | None = None) -> KafkaBroker:
+def start_kafka(log_dir: Path, extra_props: Mapping[str, str] | None = None, own_group: bool = False) -> KafkaBroker:
     """A Kafka broker whose storage and log are in a fresh folder under ``log_dir``."""
     import tempfile
 
     log_dir.mkdir(parents=True, exist_ok=True)
-    return KafkaBroker.start(Path(tempfile.mkdtemp(prefix="kafka-", dir=log_dir)), extra_props)
+    home = Path(tempfile.mkdtemp(prefix="kafka-", dir=log_dir))
+    return KafkaBroker.start(home, extra_props, own_group=own_group)
 
 
-def start_redis(log_dir: Path, port: int | None = None) -> Server:
+def start_redis(log_dir: Path, port: int | None = None, own_group: bool = False) -> Server:
     port = port or free_port()
     log = log_dir / f"redis-{port}.log"
     proc = subprocess.Popen(
@@ -403,6 +416,7 @@ def start_redis(log_dir: Path, port: int | None = None) -> Server:
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
+        **_process_group(own_group),
     )
     _wait_port(port, proc, "redis-server", log)
     return Server("redis", port, proc, log)
@@ -418,17 +432,20 @@ class DevStack:
     extra: list[Server] = field(default_factory=list)
 
     @classmethod
-    def start(cls, log_dir: Path, broker: Broker = "tansu") -> DevStack:
-        """Start ``broker`` ("tansu" or "kafka") and a Redis; both stop on ``close()``."""
+    def start(cls, log_dir: Path, broker: Broker = "tansu", own_group: bool = False) -> DevStack:
+        """Start ``broker`` ("tansu" or "kafka") and a Redis; both stop on ``close()``.
+
+        ``own_group``: each server in a process group of its own, out of reach of the terminal's Ctrl-C
+        (``pulse dev`` stops them itself, after the workers)."""
         log_dir.mkdir(parents=True, exist_ok=True)
         if broker == "kafka":
-            started: Server = start_kafka(log_dir)
+            started: Server = start_kafka(log_dir, own_group=own_group)
         elif broker == "tansu":
-            started = start_tansu(log_dir)
+            started = start_tansu(log_dir, own_group=own_group)
         else:
             raise ValueError(f"unknown broker {broker!r}: one of {', '.join(BROKERS)}")
         try:
-            redis = start_redis(log_dir)
+            redis = start_redis(log_dir, own_group=own_group)
         except BaseException:
             started.stop()
             raise

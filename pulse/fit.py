@@ -29,6 +29,27 @@ if TYPE_CHECKING:
     from pulse_config.settings import Settings
 
 MS_PER_SECOND = 1000
+#: Repeat customers (purchases on two days or more) from which BG/NBD and Gamma-Gamma fits are usually
+#: stable; below it ``pulse fit`` warns after a fit, and explains with this number when the fit fails
+#: (scoring.clv_fit refuses fewer than MIN_CUSTOMERS outright; pilots with a few dozen often do not converge).
+RECOMMENDED_REPEAT_CUSTOMERS = 100
+#: Repeat customers' mean order values varying less than this (coefficient of variation) leave Gamma-Gamma
+#: nothing to fit (p and q run off to infinity): said as "degenerate" rather than the optimiser's failure.
+DEGENERATE_SPREAD = 0.05
+#: what to do when the data cannot support a fit: the worker needs no parameter file
+KEEP_DEFAULTS = (
+    "the worker scores with the default (CDNOW) parameters while there is no parameter file, so you can skip "
+    "pulse fit until the history is longer or has more customers"
+)
+
+
+class FitAdvice(ValueError):
+    """The history cannot support a fit: what is wrong with the data (``problem``) and what to do (``hint``),
+    instead of the optimiser's words ("precision loss")."""
+
+    def __init__(self, problem: str, hint: str = KEEP_DEFAULTS) -> None:
+        super().__init__(f"{problem}; {hint}")
+        self.problem, self.hint = problem, hint
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +130,12 @@ class FitReport:
         yield f"            log-likelihood {self.bgnbd_log_likelihood:.4f}"
         yield f"Gamma-Gamma p={gg.p:.6g} q={gg.q:.6g} v={gg.v:.6g}"
         yield f"            log-likelihood {self.gamma_gamma_log_likelihood:.4f}"
+        if self.gamma_gamma_customers < RECOMMENDED_REPEAT_CUSTOMERS:
+            yield (
+                f"warning: only {self.gamma_gamma_customers} repeat customers (about "
+                f"{RECOMMENDED_REPEAT_CUSTOMERS} make a stable fit): these parameters are rough; fit again when "
+                "the history is longer"
+            )
 
 
 def _iso(ms: int) -> str:
@@ -116,8 +143,15 @@ def _iso(ms: int) -> str:
 
 
 def fit_history(path: Path, settings: Settings, as_of_ms: int | None = None, time_unit_days: float = 7.0) -> FitReport:
-    """Fit BG/NBD and Gamma-Gamma on a CSV order history (raises FitError when the data are too few)."""
+    """Fit BG/NBD and Gamma-Gamma on a CSV order history.
+
+    Raises :class:`FitAdvice` when the data cannot support a fit (too few repeat customers, a degenerate
+    Gamma-Gamma, no optimum), saying which and what to do.
+    """
+    import numpy as np
+
     from scoring.clv_fit import (
+        MIN_CUSTOMERS,
         FitError,
         bgnbd_log_likelihood_sum,
         fit_bgnbd,
@@ -128,30 +162,63 @@ def fit_history(path: Path, settings: Settings, as_of_ms: int | None = None, tim
     )
 
     if not time_unit_days > 0:
-        raise FitError(f"time unit must be positive, got {time_unit_days}")
+        raise FitAdvice(f"--time-unit-days must be positive, got {time_unit_days:g}", "e.g. 7 (weeks) or 1 (days)")
     history = history_orders(path, settings)
     now = history.clock_ms if as_of_ms is None else as_of_ms
-    if now is None:
-        raise FitError(f"{path}: no valid orders")
+    if now is None or not history.orders:
+        raise FitAdvice(
+            f"no valid completed orders ({history.rejected} rejected rows, {history.refunds} refunds)",
+            "check the columns and values; `pulse score FILE --rejects rejects.csv` lists why each row is rejected",
+        )
     config = ClvConfig(max_purchase_days=settings.clv_max_purchase_days)
     stats = summarise(history.orders, now, config)
     _, x, t_x, T, m = model_arrays(stats, now, time_unit_days)
-    bgnbd = fit_bgnbd(x, t_x, T)
     repeat = (x > 0) & (m > 0)
-    gamma_gamma = fit_gamma_gamma(x[repeat], m[repeat])
-    params = ClvParams(
-        bgnbd=bgnbd,
-        gamma_gamma=gamma_gamma,
-        time_unit_days=time_unit_days,
-        fitted_on=f"{path.name}, {len(stats)} customers, as of {_iso(now)[:10]}",
-    )
-    return FitReport(
-        params=params,
-        customers=len(stats),
-        repeat_customers=int((x > 0).sum()),
-        gamma_gamma_customers=int(repeat.sum()),
-        bgnbd_log_likelihood=bgnbd_log_likelihood_sum(bgnbd, x, t_x, T),
-        gamma_gamma_log_likelihood=gamma_gamma_log_likelihood_sum(gamma_gamma, x[repeat], m[repeat]),
-        as_of_ms=now,
-        orders=history,
-    )
+    customers, repeaters = len(stats), int(repeat.sum())
+    few = f"{repeaters} repeat customers (bought on two days or more) of {customers}"
+    if repeaters < MIN_CUSTOMERS:
+        raise FitAdvice(
+            f"only {few}; a fit needs at least {MIN_CUSTOMERS} and is stable from about {RECOMMENDED_REPEAT_CUSTOMERS}"
+        )
+    # the optimisers try points where the likelihood over- or underflows; what counts is where they end
+    with np.errstate(all="ignore"):
+        try:
+            bgnbd = fit_bgnbd(x, t_x, T)
+        except FitError:
+            raise FitAdvice(
+                f"BG/NBD found no stable fit on {few} (about {RECOMMENDED_REPEAT_CUSTOMERS} repeat customers "
+                "are needed): the data do not tell purchase rates from drop-out"
+            ) from None
+        try:
+            gamma_gamma = fit_gamma_gamma(x[repeat], m[repeat])
+        except FitError:
+            values = m[repeat]
+            mean = float(values.mean())
+            spread = float(values.std()) / mean
+            if spread < DEGENERATE_SPREAD:
+                raise FitAdvice(
+                    f"Gamma-Gamma is degenerate: the {repeaters} repeat customers' mean order values hardly vary "
+                    f"(mean {mean:.2f}, coefficient of variation {spread:.3f}), so there is no spread to fit",
+                    "the worker scores with the default (CDNOW) parameters while there is no parameter file; "
+                    "fit again on a history whose order values vary (real amounts, not one price)",
+                ) from None
+            raise FitAdvice(
+                f"Gamma-Gamma found no stable fit on {few} (mean order value {mean:.2f}, coefficient of "
+                f"variation {spread:.2f}; about {RECOMMENDED_REPEAT_CUSTOMERS} repeat customers are needed)"
+            ) from None
+        params = ClvParams(
+            bgnbd=bgnbd,
+            gamma_gamma=gamma_gamma,
+            time_unit_days=time_unit_days,
+            fitted_on=f"{path.name}, {customers} customers, as of {_iso(now)[:10]}",
+        )
+        return FitReport(
+            params=params,
+            customers=customers,
+            repeat_customers=int((x > 0).sum()),
+            gamma_gamma_customers=repeaters,
+            bgnbd_log_likelihood=bgnbd_log_likelihood_sum(bgnbd, x, t_x, T),
+            gamma_gamma_log_likelihood=gamma_gamma_log_likelihood_sum(gamma_gamma, x[repeat], m[repeat]),
+            as_of_ms=now,
+            orders=history,
+        )

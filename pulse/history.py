@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
@@ -94,28 +94,51 @@ def row_to_order(row: dict[str, str | None], line: int, source: str, base_curren
     return event
 
 
-def read_orders(path: Path, base_currency: str) -> Iterator[tuple[bytes, bytes]]:
+#: what Excel's "CSV UTF-8" export starts with; read and ignored
+BOM = b"\xef\xbb\xbf"
+
+
+def _not_utf8(path: Path, exc: UnicodeDecodeError) -> HistoryError:
+    return HistoryError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8 (Excel: CSV UTF-8)")
+
+
+def order_rows(path: Path, base_currency: str) -> Iterator[tuple[int, bytes, bytes]]:
+    """(line, key, value) per row of an order CSV, read as it goes (any length, one row in memory).
+
+    A UTF-8 byte-order mark and CRLF line ends (Excel's "CSV UTF-8") are accepted."""
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        try:
+            reader = csv.DictReader(f)
+            missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                has = ", ".join(reader.fieldnames or []) or "no header"
+                raise HistoryError(f"{path}: missing column(s) {', '.join(missing)}; has {has}")
+            for line, row in enumerate(reader, start=2):
+                event = row_to_order(row, line, path.stem, base_currency.upper())
+                yield line, event["customer_id"].encode(), orjson.dumps(event)
+        except UnicodeDecodeError as exc:
+            raise _not_utf8(path, exc) from None
+
+
+def read_orders(path: Path, base_currency: str) -> Generator[tuple[bytes, bytes]]:
     """(key, value) per row, as they are produced to the order topic."""
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise HistoryError(f"{path}: missing column(s) {', '.join(missing)}; has {reader.fieldnames}")
-        for line, row in enumerate(reader, start=2):
-            event = row_to_order(row, line, path.stem, base_currency.upper())
-            yield event["customer_id"].encode(), orjson.dumps(event)
+    for _line, key, value in order_rows(path, base_currency):
+        yield key, value
 
 
-def read_events(path: Path) -> Iterator[tuple[str, bytes | None, bytes]]:
-    """(kind, key, value) per line of a JSON-lines history of all four kinds.
+def event_lines(path: Path) -> Iterator[tuple[int, str, bytes | None, bytes]]:
+    """(line, kind, key, value) per line of a JSON-lines history of all four kinds.
 
     Each line is ``{"kind": "order"|"survey"|"complaint"|"support", "event": {...}}``, the event as it is
     produced to its topic (an envelope, because support events have a ``kind`` field of their own). The
     key is the event's ``customer_id``. The event is validated like the worker's input (a bad one is
-    rejected with the worker's reason); a line that is not such an envelope stops the read.
+    rejected with the worker's reason); a line that is not such an envelope stops the read. A UTF-8
+    byte-order mark and CRLF line ends are accepted.
     """
     with path.open("rb") as f:
         for line, text in enumerate(f, start=1):
+            if line == 1 and text.startswith(BOM):
+                text = text[len(BOM) :]
             if not text.strip():
                 continue
             try:
@@ -128,21 +151,40 @@ def read_events(path: Path) -> Iterator[tuple[str, bytes | None, bytes]]:
                 )
             event = envelope["event"]
             customer = event.get("customer_id") if isinstance(event, dict) else None
-            yield envelope["kind"], customer.encode() if isinstance(customer, str) else None, orjson.dumps(event)
+            yield line, envelope["kind"], customer.encode() if isinstance(customer, str) else None, orjson.dumps(event)
+
+
+def read_events(path: Path) -> Iterator[tuple[str, bytes | None, bytes]]:
+    """(kind, key, value) per line of a JSON-lines history (:func:`event_lines`)."""
+    for _line, kind, key, value in event_lines(path):
+        yield kind, key, value
+
+
+def history_lines(path: Path, base_currency: str) -> Iterator[tuple[int, str, bytes | None, bytes]]:
+    """(line, kind, key, value) of an order CSV or a JSON-lines history (by the file name's ending)."""
+    if path.suffix.lower() in JSON_LINES_SUFFIXES:
+        yield from event_lines(path)
+    else:
+        for line, key, value in order_rows(path, base_currency):
+            yield line, "order", key, value
 
 
 def read_history(path: Path, base_currency: str) -> Iterator[tuple[str, bytes | None, bytes]]:
     """(kind, key, value) of an order CSV or a JSON-lines history (by the file name's ending)."""
-    if path.suffix.lower() in JSON_LINES_SUFFIXES:
-        yield from read_events(path)
-    else:
-        for key, value in read_orders(path, base_currency):
-            yield "order", key, value
+    for _line, kind, key, value in history_lines(path, base_currency):
+        yield kind, key, value
 
 
 def count_rows(path: Path) -> int:
+    """Rows of an order CSV (lines but the header); for a progress bar."""
     with path.open("rb") as f:
         return max(0, sum(1 for _ in f) - 1)
+
+
+def count_lines(path: Path) -> int:
+    """Lines of a file, read in blocks (a progress bar's total, without holding the file)."""
+    with path.open("rb") as f:
+        return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
 
 
 def profile_row(profile: CustomerProfile) -> dict[str, str]:

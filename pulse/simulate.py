@@ -206,10 +206,10 @@ async def send(
     """Produce (kind, event) pairs to their kind's topic, keyed by customer id (``rate`` events/s, 0: at once)."""
     rng = random.Random(seed)
     producer = AIOKafkaProducer(**kafka, acks="all", linger_ms=5)
-    await producer.start()
     sent = 0
     started = time.monotonic()
     try:
+        await producer.start()  # inside the try: a broker that is down must not leak the client
         for kind, event in events:
             key, value = encode(event)
             await producer.send(topics[kind], key=key, value=value)

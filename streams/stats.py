@@ -38,9 +38,9 @@ async def read_stats(settings: Settings, timeout: float = 10.0) -> PopulationSta
     """The latest snapshot of every partition, merged; gives up waiting for the topic after ``timeout``."""
     topic = settings.topic_population()
     consumer = AIOKafkaConsumer(**kafka_client_kwargs(settings), enable_auto_commit=False, auto_offset_reset="earliest")
-    await consumer.start()
     latest: dict[bytes | None, bytes] = {}
     try:
+        await consumer.start()  # inside the try: a broker that is down must not leak the client
         deadline = time.monotonic() + timeout
         while not consumer.partitions_for_topic(topic) and time.monotonic() < deadline:
             await consumer._client.force_metadata_update()

@@ -29,9 +29,14 @@ def clv_params_line(settings: Settings, params: ClvParams) -> str:
     mount is wrong would look healthy: the line says which file, or that there is none.
     """
     path = settings.clv_params_file
+    bg, gg = params.bgnbd, params.gamma_gamma
+    values = (
+        f"BG/NBD r={bg.r:.6g} alpha={bg.alpha:.6g} a={bg.a:.6g} b={bg.b:.6g}, "
+        f"Gamma-Gamma p={gg.p:.6g} q={gg.q:.6g} v={gg.v:.6g}, time unit {params.time_unit_days:g} days"
+    )
     if Path(path).exists():
-        return f"CLV parameters from {path} (fitted on {params.fitted_on or 'unknown data'})"
-    return f"CLV parameters: the defaults (no file at {path}; pulse fit writes one)"
+        return f"CLV parameters from {path} (fitted on {params.fitted_on or 'unknown data'}): {values}"
+    return f"CLV parameters: the defaults (no file at {path}; pulse fit writes one): {values}"
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:

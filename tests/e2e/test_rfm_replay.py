@@ -65,7 +65,7 @@ def test_two_workers_replaying_a_csv_equal_the_offline_score(namespace, start_wo
     history = tmp_path / "history.csv"
     rows = write_history(history, customers=400)
 
-    scored = pulse(["score", str(history), "--out", str(tmp_path / "profiles.csv")], env)
+    scored = pulse(["score", str(history), "--out", str(tmp_path / "profiles.csv"), "--allow-rejects"], env)
     assert scored.returncode == 0, scored.stderr
     assert "2 rejected" in scored.stderr, scored.stderr
     with (tmp_path / "profiles.csv").open() as f:

@@ -100,8 +100,9 @@ def test_a_bad_event_is_rejected_with_the_workers_reason_and_a_bad_line_stops_th
     good = {"event_id": "s1", "customer_id": "C1", "occurred_at": "2026-01-01T00:00:00Z", "nps": 3}
     bad = {**good, "event_id": "s2", "nps": 11}
     write_jsonl(history, [("survey", good), ("survey", bad)])
-    assert main(["score", str(history), "--out", str(tmp_path / "o.csv")]) == 0
+    assert main(["score", str(history), "--out", str(tmp_path / "o.csv"), "--allow-rejects"]) == 0
     assert "1 rejected (out_of_range: 1)" in capsys.readouterr().err
+    assert main(["score", str(history), "--out", str(tmp_path / "o.csv")]) == 1  # rejected rows: exit 1
 
     broken = tmp_path / "broken.jsonl"
     broken.write_bytes(b'{"kind": "survey", "event": {}}\n{"kind": "refund", "event": {}}\n')

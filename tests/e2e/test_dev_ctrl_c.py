@@ -1,0 +1,89 @@
+"""``pulse dev`` and Ctrl-C (issue 17): the workers and the router stop before the broker and Redis, it says
+"stopping…", every worker's metrics URL is printed and answers, the profile count stops once all are live,
+and the workers' logs end without a flood of ERROR lines.
+
+A real ``pulse dev`` in a session of its own, Ctrl-C sent as a terminal sends it: SIGINT to the whole
+foreground process group. The stop is bounded (SIGKILL after the test's wait); its duration is printed, not
+asserted.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from tests.conftest import CONVERGE_SECONDS, wait_until
+
+#: Bound on the stop after Ctrl-C (pulse dev itself kills after DEV_STOP_SECONDS, then stops the servers)
+STOP_WAIT_SECONDS = 120.0
+#: ERROR lines a worker's log may hold at all (a handful would be a transient; the old order gave thousands)
+MAX_ERROR_LINES = 5
+
+
+def test_ctrl_c_stops_workers_before_the_broker_quietly(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("PULSE_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pulse", "dev", "--customers", "60", "--days", "60", "--workers", "2"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,  # its own process group, as a shell's foreground job
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
+    reader.start()
+    try:
+        assert wait_until(lambda: any("Ctrl-C stops the stack" in line for line in lines), CONVERGE_SECONDS), "".join(
+            lines
+        )
+        metrics = [m for line in lines for m in re.findall(r"^worker-\d metrics (http://\S+/metrics)", line)]
+        assert len(metrics) == 2, "".join(lines)
+        for url in metrics:
+            with urllib.request.urlopen(url, timeout=30) as response:
+                assert b"pulse_events_total" in response.read()
+        children = subprocess.run(
+            ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True, timeout=30
+        ).stdout.split()
+        assert len(children) == 5  # broker, redis, two workers, router
+
+        started = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+        status = proc.wait(STOP_WAIT_SECONDS)
+        took = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+    reader.join(30)
+    out = "".join(lines)
+    print(f"pulse dev stopped {took:.1f} s after Ctrl-C (status {status}); its last lines:\n{''.join(lines[-4:])}")
+    assert status == 0, out
+    stopping = next(i for i, line in enumerate(lines) if line.startswith("stopping… "))
+    assert lines[stopping].startswith("stopping… worker-0, worker-1, router, then the broker and redis")
+    workers = next(i for i, line in enumerate(lines) if line.startswith("stopped workers, router and console in "))
+    servers = next(i for i, line in enumerate(lines) if line.startswith("stopped broker and redis; "))
+    assert stopping < workers < servers
+    assert "killed" not in lines[workers], out  # every one of them stopped on SIGTERM
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out
+    # the count is printed until all profiles are live, then only changes in the alerts
+    live = next(i for i, line in enumerate(lines) if line.startswith("all profiles are live"))
+    assert any(line.startswith("profiles in redis: ") for line in lines[:live])
+    assert not any(line.startswith("profiles in redis: ") for line in lines[live:])
+    # none of the children is left, and their logs do not end in a flood of errors
+    assert not [pid for pid in children if Path(f"/proc/{pid}").exists()]
+    logs = sorted((tmp_path / ".pulse" / "logs").glob("*.log"))
+    assert {p.name for p in logs} >= {"worker-0.log", "worker-1.log", "router.log"}
+    for log in logs:
+        errors = [line for line in log.read_text(errors="replace").splitlines() if "ERROR" in line]
+        assert len(errors) <= MAX_ERROR_LINES, f"{log.name}: {len(errors)} ERROR lines, e.g. {errors[:3]}"
+    assert not (tmp_path / ".pulse" / "dev.env").exists()
