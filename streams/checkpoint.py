@@ -52,7 +52,6 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from streams import metrics
 from scoring.episodes import (
     EPISODE_DESTINATIONS_TAG,
     EPISODES_TAG,
@@ -60,6 +59,7 @@ from scoring.episodes import (
     RECOVERED_TAG,
     SAVE_TAGS,
 )
+from streams import metrics
 from streams.codec import decode_state, encode_state
 from streams.isolation import process_contained
 from streams.processor import BatchOutcome, BatchProcessor, Incoming
