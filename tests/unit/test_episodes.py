@@ -423,3 +423,36 @@ def test_where_the_actions_are_read_does_not_change_the_episodes(read_ack, read_
     assert alert_ids(incremental) == alert_ids(reference)
     assert incremental.episodes().episodes == reference.episodes().episodes
     assert incremental.processor.population.save_counts() == reference.processor.population.save_counts()
+
+
+# --- the profile ----------------------------------------------------------------------------------------------
+
+
+def test_the_profile_shows_the_latest_episode_the_same_on_both_renderings():
+    from schemas.profile import CustomerProfile, render_profile
+
+    feed = story(
+        {
+            503: [action(3, "delivered", 502, eid="d3", destination="ops-webhook")],
+            510: [action(3, "assigned", 504, assignee="vip-desk"), action(3, "resolved", 509, outcome="won_back")],
+        },
+        last_day=610,
+    )
+    state, now = feed.store[b"C"], (D0 + 609) * DAY
+    config, currency = SETTINGS.scoring(), SETTINGS.base_currency.upper()
+    rendered = render_profile("C", state, now, config, currency)
+    assert rendered.fields == CustomerProfile.from_state("C", state, now, config, currency).to_redis()
+    episode = rendered.model().episode
+    assert episode is not None
+    assert (episode.alert_id, episode.latest_alert_id, episode.status, episode.owner, episode.outcome) == (
+        "C:churn:3",
+        "C:churn:3",
+        "resolved",
+        "vip-desk",
+        "won_back",
+    )
+    assert str(episode.recovered) == "100.00" and episode.destinations == ["ops-webhook"] and episode.settled
+    assert episode.saved_at is not None and episode.closed_at is None
+    never = CustomerState()
+    assert render_profile("N", never, now, config, currency).fields["episode"] == ""
+    assert CustomerProfile.from_state("N", never, now, config, currency).episode is None
