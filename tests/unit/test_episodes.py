@@ -456,3 +456,24 @@ def test_the_profile_shows_the_latest_episode_the_same_on_both_renderings():
     never = CustomerState()
     assert render_profile("N", never, now, config, currency).fields["episode"] == ""
     assert CustomerProfile.from_state("N", never, now, config, currency).episode is None
+
+
+def test_pulse_stats_shows_the_save_rate_by_level_action_and_destination():
+    from pulse.stats import PopulationStats, format_stats, stats_json
+
+    feed = story(
+        {503: [action(3, "delivered", 502, eid="d3", destination="ops-webhook")]},
+        last_day=620,
+    )
+    view = feed.processor.population
+    stats = PopulationStats(1, 2, view.indicators(), view.save_counts())
+    text = format_stats(stats, SETTINGS)
+    assert "save rate (purchase within 60 d of an alert" in text
+    lines = {line.split("  ")[1].strip(): line for line in text.splitlines() if line.startswith("  ")}
+    assert "100.0 %" in lines["all alerted customers"] and "300.00 USD recovered" in lines["all alerted customers"]
+    assert "1 saved of 1 settled" in lines["destination ops-webhook"]
+    assert "2 saved of 2 settled" in lines["destination none"]
+    assert "3 saved of 3 settled" in lines["action none"]
+    data = stats_json(stats)["save_rate"]
+    assert data["all"]["all"]["save_rate"] == 1.0 and data["level"]["high"]["saved"] == 2
+    assert data["destination"]["ops-webhook"]["recovered"] == "100.00"
