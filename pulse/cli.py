@@ -158,7 +158,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     from pulse.offline import score_records
 
     settings = load_settings()
-    topics = settings.input_topics()
+    topics = {**settings.input_topics(), "action": settings.topic_retention_actions}
     try:
         records = [
             (topics[kind], key, value)

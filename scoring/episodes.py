@@ -160,12 +160,19 @@ def record_action(state: EpisodeState, action: PendingAction, config: EpisodeCon
     return 0
 
 
-def apply_due_actions(state: EpisodeState, now_ms: int, config: EpisodeConfig) -> list[str]:
+def apply_due_actions(state: EpisodeState, now_ms: int, raised: int, config: EpisodeConfig) -> list[str]:
     """Apply the pending actions whose time the clock reached, in (time, reading) order; returns the result of
-    each ("applied" or "stale") for the metrics."""
+    each ("applied" or "stale") for the metrics.
+
+    ``raised``: the customer's alerts so far. An action for a later alert waits until that alert is raised
+    (the router's delivery record carries the alert's own time, and a replay may read an action before the
+    alert is decided again); it does not make the customer due, and the pending bound drops it eventually."""
     if not state.pending:
         return []
-    due = sorted((a for a in enumerate(state.pending) if a[1].at_ms <= now_ms), key=lambda ia: (ia[1].at_ms, ia[0]))
+    due = sorted(
+        (a for a in enumerate(state.pending) if a[1].at_ms <= now_ms and a[1].alert <= raised),
+        key=lambda ia: (ia[1].at_ms, ia[0]),
+    )
     if not due:
         return []
     taken = {i for i, _ in due}
@@ -242,10 +249,10 @@ def on_purchase(state: EpisodeState, occurred_ms: int, amount_cents: int, config
             episode.recovered_cents += amount_cents
 
 
-def next_due_ms(state: EpisodeState, config: EpisodeConfig) -> int | None:
-    """The next clock at which time alone changes the episodes: a pending action falls due, or an unsettled
-    save window ends (the due-time index re-checks the customer then)."""
-    times = [a.at_ms for a in state.pending]
+def next_due_ms(state: EpisodeState, raised: int, config: EpisodeConfig) -> int | None:
+    """The next clock at which time alone changes the episodes: a pending action for a raised alert falls due,
+    or an unsettled save window ends (the due-time index re-checks the customer then)."""
+    times = [a.at_ms for a in state.pending if a.alert <= raised]
     times += [e.raised_ms + config.window_ms + 1 for e in state.episodes if not e.settled]
     return min(times) if times else None
 

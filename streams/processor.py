@@ -753,7 +753,7 @@ class BatchProcessor:
         # the team's actions in effect by now count before the decision (a handled episode is not re-alerted)
         episodes, episodes_cfg, episode_moved = state.episodes, self.config.episodes, False
         if episodes is not None and episodes.pending:
-            for result in apply_due_actions(episodes, now, episodes_cfg):
+            for result in apply_due_actions(episodes, now, state.churn.alerts, episodes_cfg):
                 out.count(ACTION, result)
                 episode_moved = True
         decision = churn.update(state.churn, risk, now, self.config.churn)
@@ -763,13 +763,16 @@ class BatchProcessor:
                 episodes = state.episodes = EpisodeState()
             if on_alert(episodes, state.churn.alerts, risk.level, now, episodes_cfg):
                 alert = self._alert(key, state, now, clv, risk, decision)
+                # actions read before this alert was raised, at its own time (the router's delivery record)
+                for result in apply_due_actions(episodes, now, state.churn.alerts, episodes_cfg):
+                    out.count(ACTION, result)
             else:
                 state.churn.alerts -= 1  # the next alert's id stays the next number
                 out.suppressed_alerts += 1
         if episodes is not None:
             episode_moved = on_assessed(episodes, risk.level, now, episodes_cfg) or episode_moved
             # a save window's end or an action's time changes the episode with time alone: due then too
-            due = next_due_ms(episodes, episodes_cfg)
+            due = next_due_ms(episodes, state.churn.alerts, episodes_cfg)
             if due is not None and (state.churn.next_check_ms is None or due < state.churn.next_check_ms):
                 state.churn.next_check_ms = due
         # the activity flags change with time alone too: one due time covers both (the earlier one)
