@@ -268,16 +268,20 @@ def _fold(state: EpisodeState, config: EpisodeConfig) -> None:
 
 
 def episode_tallies(episode: Episode) -> dict[str, int]:
-    """What one episode adds to the save-rate tallies (see the tag prefixes above)."""
+    """What one episode adds to the save-rate tallies (see the tag prefixes above).
+
+    Its group's other results and its revenue are there with 0: the tallies (and so the gauges) of a group hold
+    every result from its first episode on, so "saved / settled" has a value (0) before the first save."""
     level, action, result = episode.level, episode.action, episode.result
-    out = {f"{EPISODES_TAG}:{level}:{action}:{result}": 1}
     destinations = episode.destinations or [NO_DESTINATION]
-    for name in destinations:
-        out[f"{EPISODE_DESTINATIONS_TAG}:{name}:{result}"] = 1
-    if episode.recovered_cents:
-        out[f"{RECOVERED_TAG}:{level}:{action}"] = episode.recovered_cents
+    out = {}
+    for r in (SAVED, NOT_SAVED, PENDING):
+        out[f"{EPISODES_TAG}:{level}:{action}:{r}"] = int(r == result)
         for name in destinations:
-            out[f"{RECOVERED_DESTINATIONS_TAG}:{name}"] = episode.recovered_cents
+            out[f"{EPISODE_DESTINATIONS_TAG}:{name}:{r}"] = int(r == result)
+    out[f"{RECOVERED_TAG}:{level}:{action}"] = episode.recovered_cents
+    for name in destinations:
+        out[f"{RECOVERED_DESTINATIONS_TAG}:{name}"] = episode.recovered_cents
     return out
 
 
