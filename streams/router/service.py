@@ -548,27 +548,13 @@ class Router:
 
     async def record_delivered(self, destination: str, envs: list[Envelope]) -> None:
         """Tell the scoring worker where each alert went (issue 19: the save rate by destination): a ``delivered``
-        retention action per alert, keyed by its customer, on the topic the worker reads the team's actions from.
-
-        Its time is the alert's ``raised_at``, not the wall clock: delivery is not a step of the team but a fact
-        about the alert, so it joins the episode as soon as the worker's clock is at the alert (also for a
-        historical alert delivered on purpose). The event id is stable per (alert, destination)."""
+        retention action per alert (``delivered_action``), keyed by its customer, on the topic the worker reads
+        the team's actions from."""
         for env in envs:
-            if not isinstance(env.model, RetentionAlert):
-                continue
-            digest = hashlib.sha256(f"{env.id}\n{destination}".encode()).hexdigest()[:32]
-            action = RetentionAction(
-                event_id=f"delivered-{digest}",
-                customer_id=env.model.customer_id,
-                occurred_at=env.model.raised_at,
-                alert_id=env.id,
-                action=ActionKind.DELIVERED,
-                actor="router",
-                destination=destination,
-            )
-            await self._produce(
-                action.customer_id.encode(), action.model_dump_json().encode(), self.settings.topic_retention_actions
-            )
+            action = delivered_action(env, destination)
+            if action is not None:
+                value = action.model_dump_json().encode()
+                await self._produce(action.customer_id.encode(), value, self.settings.topic_retention_actions)
 
     async def _produce(self, key: bytes | None, value: bytes, topic: str | None = None) -> None:
         delay = self.settings.router_retry_initial_seconds
@@ -619,6 +605,27 @@ class Router:
             payload=(record.value or b"")[: self.settings.dead_letter_payload_bytes].decode(errors="replace"),
         )
         await self._produce(record.key, record_out.model_dump_json().encode())
+
+
+def delivered_action(env: Envelope, destination: str) -> RetentionAction | None:
+    """The ``delivered`` record of an alert a destination's receiver acknowledged (None for a VIP change).
+
+    Its time is the alert's ``raised_at``, not the wall clock: delivery is not a step of the team but a fact
+    about the alert, so it joins the episode as soon as the worker's clock is at the alert (also for a
+    historical alert delivered on purpose). The event id is stable per (alert, destination): written again after
+    a crash, the worker drops it."""
+    if not isinstance(env.model, RetentionAlert):
+        return None
+    digest = hashlib.sha256(f"{env.id}\n{destination}".encode()).hexdigest()[:32]
+    return RetentionAction(
+        event_id=f"delivered-{digest}",
+        customer_id=env.model.customer_id,
+        occurred_at=env.model.raised_at,
+        alert_id=env.id,
+        action=ActionKind.DELIVERED,
+        actor="router",
+        destination=destination,
+    )
 
 
 async def ensure_router_topics(settings: Settings) -> None:
