@@ -471,9 +471,9 @@ class Settings(BaseSettings):
     )
 
     # --- alert episodes and the save rate (issue 19) ---------------------
-    save_window_days: float = Field(
-        60.0,
-        gt=0,
+    save_window_days: int = Field(
+        60,
+        ge=1,
         description="Save rate: an alerted customer who purchases within this many days (event time) after the "
         "alert counts as saved, and the window's purchases as revenue recovered.",
     )

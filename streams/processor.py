@@ -372,7 +372,12 @@ class BatchProcessor:
             out.count(ACTION, "dead_lettered")
             return
         key = action.customer_id.encode()
-        misplaced = self.partition_of is not None and placed.setdefault(key, self.partition_of(key)) != record.partition
+        misplaced = False
+        if self.partition_of is not None:
+            expected = placed.get(key)
+            if expected is None:
+                expected = placed[key] = self.partition_of(key)
+            misplaced = expected != record.partition
         if record.key != key or misplaced:
             out.rerouted.append((record.topic, key, record.value or b""))
             out.count(ACTION, "rerouted")

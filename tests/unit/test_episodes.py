@@ -543,3 +543,13 @@ def test_pulse_score_gives_the_same_episodes_wherever_the_actions_are_in_the_his
     again, again_totals = offline_episodes(anywhere)
     assert again == reference and again_totals == totals
     assert offline_episodes(first) == (reference, totals)
+
+
+def test_a_mis_keyed_or_misplaced_action_is_re_published_not_applied():
+    value = orjson.dumps(action(1, "acknowledged", 1)[1])
+    processor = BatchProcessor(SETTINGS, partition_of=lambda key: 1)
+    out = processor.process([Incoming(ACTIONS, 0, 0, b"C", value)], lambda key: CustomerState())
+    assert out.rerouted == [(ACTIONS, b"C", value)] and out.misplaced == {(ACTIONS, 0): 1}
+    out = BatchProcessor(SETTINGS).process([Incoming(ACTIONS, 0, 1, b"X", value)], lambda key: CustomerState())
+    assert out.rerouted == [(ACTIONS, b"C", value)] and not out.misplaced and not out.states
+    assert out.counts == {("action", "rerouted"): 1}
