@@ -7,15 +7,18 @@ so any number of people can watch the same topic.
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import TextIO
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
 from pulse_config.settings import Settings
-from schemas.alerts import RetentionAlert
+from schemas.alerts import RetentionAlert, RiskLevel
 from streams.security import kafka_client_kwargs
 
 #: how long one poll of the topic waits for records, and how often a missing topic is looked for
@@ -23,6 +26,52 @@ POLL_MS = 500
 METADATA_RETRY_SECONDS = 0.5
 #: bound on learning the log end for ``--new`` (one fetch per partition)
 SEEK_END_SECONDS = 10.0
+
+
+_LEVEL_RANK = {RiskLevel.LOW: 0, RiskLevel.MEDIUM: 1, RiskLevel.HIGH: 2}
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """``--since``: an ISO date or time (a naive one is UTC), or an age such as ``30m``, ``12h``, ``7d``, ``2w``
+    before ``now``. ValueError with the accepted forms otherwise."""
+    text = text.strip()
+    relative = _RELATIVE.match(text)
+    if relative:
+        seconds = float(relative.group(1)) * _UNIT_SECONDS[relative.group(2)]
+        return (now or datetime.now(UTC)) - timedelta(seconds=seconds)
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"--since {text!r}: an ISO date or time (2025-05-01, 2025-05-01T08:00+02:00) or an age (30m, 12h, 7d, 2w)"
+        ) from None
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class AlertFilter:
+    """What ``pulse alerts`` shows: ``level`` and above, VIP/priority only, one customer, raised since a time
+    (the alert's ``raised_at``, event time)."""
+
+    level: RiskLevel | None = None
+    vip: bool = False
+    customer: str | None = None
+    since: datetime | None = None
+
+    def matches(self, alert: RetentionAlert) -> bool:
+        if self.level is not None and _LEVEL_RANK[alert.level] < _LEVEL_RANK[self.level]:
+            return False
+        if self.vip and not (alert.vip or alert.priority):
+            return False
+        if self.customer is not None and alert.customer_id != self.customer:
+            return False
+        return self.since is None or alert.raised_at >= self.since
+
+    @property
+    def active(self) -> bool:
+        return self != AlertFilter()
 
 
 def format_alert(alert: RetentionAlert) -> str:
@@ -80,11 +129,15 @@ async def watch(
     idle_seconds: float = 2.0,
     max_alerts: int | None = None,
     positioned: asyncio.Event | None = None,
+    select: AlertFilter | None = None,
 ) -> int:
     """Print alerts; without ``follow``, stop once no alert came for ``idle_seconds``. Returns how many.
 
     ``positioned`` is set once the reader is at its start (the beginning, or the end for ``--new``).
+    ``select``: only the alerts it matches are printed and counted (``max_alerts``: ``--limit``); with a filter,
+    a record that is not a readable alert is skipped in JSON mode too.
     """
+    select = select if select is not None and select.active else None
     topic = settings.topic_retention_alerts
     consumer = AIOKafkaConsumer(
         **kafka_client_kwargs(settings),
@@ -114,14 +167,20 @@ async def watch(
             records = sorted((r for rs in batches.values() for r in rs), key=lambda r: r.timestamp)
             for record in records:
                 last = time.monotonic()
-                if as_json:
-                    print(record.value.decode(), file=out, flush=True)
-                else:
+                alert = None
+                if not as_json or select is not None:
                     try:
-                        alert = RetentionAlert.model_validate_json(record.value)
+                        alert = RetentionAlert.model_validate_json(record.value or b"")
                     except ValidationError as exc:
-                        print(f"(unreadable record at offset {record.offset}: {exc.errors()[0]['msg']})", file=out)
+                        if not as_json:
+                            print(f"(unreadable record at offset {record.offset}: {exc.errors()[0]['msg']})", file=out)
                         continue
+                    if select is not None and not select.matches(alert):
+                        continue
+                if as_json:
+                    print((record.value or b"").decode(), file=out, flush=True)
+                else:
+                    assert alert is not None
                     print(format_alert(alert), file=out, flush=True)
                 shown += 1
                 if max_alerts is not None and shown >= max_alerts:

@@ -205,7 +205,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     if args.rejects:
         _output_file(args.rejects, "rejected rows")
     settings.scoring()  # a bad setting or parameter file is said before any reading
-    topics = settings.input_topics()
+    topics = {**settings.input_topics(), "action": settings.topic_retention_actions}
     reasons: Counter[str] = Counter()
     rejects = open(args.rejects, "w", newline="", encoding="utf-8") if args.rejects else None  # noqa: SIM115
     writer = csv.writer(rejects, lineterminator="\n") if rejects is not None else None
@@ -285,11 +285,32 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 def cmd_alerts(args: argparse.Namespace) -> int:
     """Print retention alerts as they arrive."""
-    from pulse.alerts import watch
+    from pulse.alerts import AlertFilter, parse_since, watch
+    from schemas.alerts import RiskLevel
 
     settings = load_settings()
     try:
-        n = asyncio.run(watch(settings, follow=args.follow, from_beginning=not args.new, as_json=args.json))
+        since = parse_since(args.since) if args.since else None
+    except ValueError as exc:
+        print(f"pulse alerts: {exc}", file=sys.stderr)
+        return 2
+    if args.limit is not None and args.limit < 1:
+        print("pulse alerts: --limit must be at least 1", file=sys.stderr)
+        return 2
+    select = AlertFilter(RiskLevel(args.level) if args.level else None, args.vip, args.customer, since)
+    # --follow watches from now on (the end) unless --from-beginning; a one-off read shows history unless --new
+    from_beginning = not args.new and (args.from_beginning or not args.follow)
+    try:
+        n = asyncio.run(
+            watch(
+                settings,
+                follow=args.follow,
+                from_beginning=from_beginning,
+                as_json=args.json,
+                max_alerts=args.limit,
+                select=select,
+            )
+        )
     except KeyboardInterrupt:
         return 0
     if not args.json:
@@ -707,7 +728,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("alerts", help="print retention (churn) alerts, readable by a person")
     p.add_argument("--follow", "-f", action="store_true", help="keep waiting for new alerts until Ctrl-C")
-    p.add_argument("--new", action="store_true", help="only alerts raised from now on (default: from the start)")
+    p.add_argument(
+        "--new", action="store_true", help="only alerts raised from now on (default: from the start; --follow: this)"
+    )
+    p.add_argument(
+        "--from-beginning", action="store_true", help="with --follow: print the topic's alerts first, then wait"
+    )
+    p.add_argument("--level", choices=["medium", "high"], help="only alerts of this level or above")
+    p.add_argument("--vip", action="store_true", help="only VIP (priority) customers' alerts")
+    p.add_argument("--customer", metavar="ID", help="only this customer's alerts")
+    p.add_argument(
+        "--since", metavar="WHEN", help="only alerts raised since WHEN: ISO date/time, or an age (30m, 12h, 7d, 2w)"
+    )
+    p.add_argument("--limit", type=int, metavar="N", help="stop after N alerts")
     p.add_argument("--json", action="store_true", help="one JSON alert per line")
     p.set_defaults(func=cmd_alerts)
 

@@ -52,8 +52,10 @@ PROFILE_COLUMNS = (
     "clv",
 )
 
-#: the event kinds a JSON-lines history may hold (each line: {"kind": ..., "event": {...}})
-EVENT_KINDS = ("order", "survey", "complaint", "support")
+#: the event kinds a JSON-lines history may hold (each line: {"kind": ..., "event": {...}}); "action": a record
+#: of the retention-actions topic (schemas/actions.py: what a team did about an alert), so `pulse score` can
+#: replay the loop back too
+EVENT_KINDS = ("order", "survey", "complaint", "support", "action")
 #: file name endings read as JSON lines (anything else: an order CSV)
 JSON_LINES_SUFFIXES = (".jsonl", ".ndjson", ".json")
 

@@ -25,6 +25,8 @@ class ProcessorConfig:
     input_topics: Mapping[str, str]
     #: the internal sweep-ticks topic
     ticks_topic: str
+    #: what teams did about alerts (PULSE_TOPIC_RETENTION_ACTIONS): read like an input, holds no clock
+    actions_topic: str
     #: currency all money is reported in (upper case) and the rates to it, the base itself included
     base_currency: str
     currency_rates: Mapping[str, Decimal]

@@ -26,6 +26,7 @@ from pulse_config.processor import ProcessorConfig
 from scoring.churn import DEFAULT_WEIGHTS, SIGNALS, ChurnConfig
 from scoring.clv import DEFAULT_CLV_PARAMS, ClvConfig, ClvParams
 from scoring.customer import ScoringConfig
+from scoring.episodes import EpisodeConfig
 from scoring.indicators import (
     DEFAULT_RESPONSE_BUCKETS,
     DEFAULT_RESPONSE_BUCKETS_PER_DOUBLING,
@@ -495,6 +496,26 @@ class Settings(BaseSettings):
         "", description="Consumer group of pulse console on alerts, actions, VIP changes (empty: '{app_id}-console')."
     )
 
+    # --- alert episodes and the save rate (issue 19) ---------------------
+    save_window_days: int = Field(
+        60,
+        ge=1,
+        description="Save rate: an alerted customer who purchases within this many days (event time) after the "
+        "alert counts as saved, and the window's purchases as revenue recovered.",
+    )
+    alert_episode_history: int = Field(
+        4,
+        ge=1,
+        description="Alert episodes kept per customer besides the open one (older ones fold into the customer's "
+        "save-rate totals): bounds the state.",
+    )
+    alert_episode_pending_actions: int = Field(
+        16,
+        ge=1,
+        description="Retention actions per customer read but not yet in effect (their time ahead of the clock); "
+        "beyond it the oldest are dropped and counted stale.",
+    )
+
     # --- monitoring --------------------------------------------------------
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus metrics HTTP port (0: off).")
     metrics_host: str = Field("127.0.0.1", description="Address the metrics endpoint binds.")
@@ -607,6 +628,11 @@ class Settings(BaseSettings):
             churn=self.churn(),
             indicators=indicators,
             dedup_event_ids=self.dedup_event_ids,
+            episodes=EpisodeConfig(
+                save_window_days=self.save_window_days,
+                history=self.alert_episode_history,
+                max_pending_actions=self.alert_episode_pending_actions,
+            ),
         )
 
     def clv(self, clv_params: ClvParams = DEFAULT_CLV_PARAMS) -> ClvConfig:
@@ -626,6 +652,7 @@ class Settings(BaseSettings):
             scoring=self.scoring(clv_params),
             input_topics=MappingProxyType(self.input_topics()),
             ticks_topic=self.topic_ticks(),
+            actions_topic=self.topic_retention_actions,
             base_currency=self.base_currency.upper(),
             currency_rates=MappingProxyType(self.currency_rates()),
             max_event_bytes=self.max_event_bytes,

@@ -24,6 +24,9 @@ class ActionKind(StrEnum):
     ACKNOWLEDGED = "acknowledged"
     ASSIGNED = "assigned"
     RESOLVED = "resolved"
+    #: written by the router (not the API) once a destination's receiver acknowledged the alert: how the worker
+    #: learns where an episode was delivered (the save rate by destination)
+    DELIVERED = "delivered"
 
 
 class Outcome(StrEnum):
@@ -51,6 +54,8 @@ class RetentionAction(BaseModel):
     #: resolved: what came of it
     outcome: Outcome | None = None
     note: str = Field("", max_length=2000)
+    #: delivered: the destination's name in the router configuration
+    destination: str | None = Field(None, min_length=1, max_length=128)
 
     @model_validator(mode="after")
     def _fields_of_the_action(self) -> RetentionAction:
@@ -64,6 +69,8 @@ class RetentionAction(BaseModel):
             raise ValueError("assignee belongs to assigned")
         if self.action is not ActionKind.RESOLVED and self.outcome is not None:
             raise ValueError("outcome belongs to resolved")
+        if (self.action is ActionKind.DELIVERED) != (self.destination is not None):
+            raise ValueError("destination belongs to delivered, and delivered needs one")
         return self
 
 

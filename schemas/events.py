@@ -205,6 +205,12 @@ def _reason_for(error: Mapping[str, Any]) -> RejectReason:
 
 def decode_event(kind: Kind, payload: bytes, max_bytes: int) -> CustomerEvent:
     """Validate one raw payload of the given kind, or raise :class:`EventRejected`."""
+    return decode_as(EVENT_MODELS[kind], payload, max_bytes)  # type: ignore[return-value]
+
+
+def decode_as(model: type[BaseModel], payload: bytes, max_bytes: int) -> BaseModel:
+    """Validate one raw payload as ``model`` (an input event, a retention action), or raise
+    :class:`EventRejected` with the reason code of the first error."""
     if len(payload) > max_bytes:
         raise EventRejected(RejectReason.PAYLOAD_TOO_LARGE, f"{len(payload)} bytes > limit {max_bytes}")
     try:
@@ -212,7 +218,7 @@ def decode_event(kind: Kind, payload: bytes, max_bytes: int) -> CustomerEvent:
     except UnicodeDecodeError as exc:
         raise EventRejected(RejectReason.MALFORMED_JSON, f"not UTF-8: {exc.reason} at byte {exc.start}") from None
     try:
-        return EVENT_MODELS[kind].model_validate_json(payload)  # type: ignore[return-value]
+        return model.model_validate_json(payload)
     except pydantic.ValidationError as exc:
         errors = exc.errors(include_url=False, include_input=False)
         first = errors[0]

@@ -20,6 +20,7 @@ from schemas.alerts import AlertReason
 from scoring.churn import ChurnAssessment, ChurnReason
 from scoring.clv import ClvSignals, value_at_risk_cents
 from scoring.customer import CustomerState, ScoringConfig, assess_customer
+from scoring.episodes import EpisodeState
 from scoring.orders import OrderSignals, order_signals
 from scoring.tickets import ServiceSignals, service_signals
 from scoring.voice import VoiceSignals, voice_signals
@@ -76,6 +77,53 @@ def _value_at_risk_cents(state: CustomerState, sig: OrderSignals, config: Scorin
 def _buckets(state: CustomerState, config: ScoringConfig) -> list[tuple[int, int]]:
     width = config.orders.bucket_ms
     return [(bucket * width, cents) for bucket, cents in sorted(state.orders.revenue_buckets.items())]
+
+
+class AlertEpisode(BaseModel):
+    """The customer's latest alert episode (scoring.episodes): what the alert led to. Open while the customer
+    is at risk (``closed_at`` empty); the save window says whether the customer bought again after it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    #: the alert that opened it, and the latest one raised in it (a reminder while nobody acted)
+    alert_id: str
+    latest_alert_id: str
+    raised_at: AwareDatetime
+    level: str
+    #: open, acknowledged, assigned, resolved
+    status: str
+    owner: str | None
+    #: resolved: contacted, offer_made, won_back, lost, no_action
+    outcome: str | None
+    #: the customer recovered (level low) or a higher-level episode took over
+    closed_at: AwareDatetime | None
+    #: the first purchase within PULSE_SAVE_WINDOW_DAYS after the alert, and the window's revenue
+    saved_at: AwareDatetime | None
+    recovered: Decimal
+    #: the router destinations it was delivered to
+    destinations: list[str]
+    #: the save window is over
+    settled: bool
+
+    @classmethod
+    def latest(cls, customer_id: str, state: EpisodeState | None) -> AlertEpisode | None:
+        if state is None or not state.episodes:
+            return None
+        e = state.episodes[-1]
+        return cls(
+            alert_id=f"{customer_id}:churn:{e.first_alert}",
+            latest_alert_id=f"{customer_id}:churn:{e.last_alert}",
+            raised_at=ms_to_datetime(e.raised_ms),
+            level=e.level,
+            status=e.status,
+            owner=e.owner,
+            outcome=e.outcome,
+            closed_at=_at(e.closed_ms),
+            saved_at=_at(e.purchased_ms),
+            recovered=cents_to_money(e.recovered_cents),
+            destinations=list(e.destinations),
+            settled=e.settled,
+        )
 
 
 class CustomerProfile(BaseModel):
@@ -142,6 +190,8 @@ class CustomerProfile(BaseModel):
     last_event_at: AwareDatetime | None
     events_total: int
     as_of: AwareDatetime
+    #: the latest alert episode (issue 19), None if never alerted
+    episode: AlertEpisode | None = None
 
     @classmethod
     def from_state(
@@ -207,14 +257,16 @@ class CustomerProfile(BaseModel):
             last_event_at=_at(state.last_event_ms),
             events_total=sum(state.events.values()),
             as_of=ms_to_datetime(now_ms),
+            episode=AlertEpisode.latest(customer_id, state.episodes),
         )
 
     def to_redis(self) -> dict[str, str]:
         """Flat string fields for HSET; absent values are empty strings so the hash shape is stable."""
         out: dict[str, str] = {}
         for name, value in self.model_dump(mode="json").items():
-            if isinstance(value, list):
-                out[name] = orjson.dumps(value).decode()  # churn reasons, revenue buckets: a JSON list
+            if isinstance(value, list | dict):
+                # churn reasons, revenue buckets: a JSON list; the episode: an object
+                out[name] = orjson.dumps(value).decode()
             else:
                 out[name] = "" if value is None else str(value)
         return out
@@ -222,7 +274,7 @@ class CustomerProfile(BaseModel):
     @classmethod
     def from_redis(cls, fields: dict[str, str]) -> CustomerProfile:
         data: dict[str, object] = {k: (None if v == "" else v) for k, v in fields.items() if k in cls.model_fields}
-        for name in ("churn_reasons", "revenue_buckets"):
+        for name in ("churn_reasons", "revenue_buckets", "episode"):
             value = data.get(name)
             if isinstance(value, str):
                 data[name] = orjson.loads(value)
@@ -295,6 +347,29 @@ def _reason(reason: ChurnReason) -> dict[str, object]:
 
 
 _PLAIN = frozenset((int, float, str))
+
+
+def _episode(customer_id: str, state: EpisodeState | None) -> str:
+    """``AlertEpisode.latest(...)`` as ``to_redis`` writes it (JSON of its model_dump), without pydantic."""
+    if state is None or not state.episodes:
+        return ""
+    e = state.episodes[-1]
+    return orjson.dumps(
+        {
+            "alert_id": f"{customer_id}:churn:{e.first_alert}",
+            "latest_alert_id": f"{customer_id}:churn:{e.last_alert}",
+            "raised_at": _iso(e.raised_ms),
+            "level": e.level,
+            "status": e.status,
+            "owner": e.owner,
+            "outcome": e.outcome,
+            "closed_at": None if e.closed_ms is None else _iso(e.closed_ms),
+            "saved_at": None if e.purchased_ms is None else _iso(e.purchased_ms),
+            "recovered": _money(e.recovered_cents),
+            "destinations": list(e.destinations),
+            "settled": e.settled,
+        }
+    ).decode()
 
 
 def _pairs(args: tuple[str, ...]) -> dict[str, str]:
@@ -374,6 +449,7 @@ def profile_args(
         "last_event_at", "" if state.last_event_ms is None else _iso(state.last_event_ms),
         "events_total", str(sum(state.events.values())),
         "as_of", _iso(now_ms),
+        "episode", _episode(customer_id, state.episodes),
     )
     # fmt: on
 

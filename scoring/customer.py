@@ -19,6 +19,7 @@ from hashlib import blake2b
 
 from scoring.churn import ChurnAssessment, ChurnConfig, ChurnInputs, ChurnState, assess
 from scoring.clv import ClvConfig, ClvSignals, PurchaseDays, clv_signals, record_purchase
+from scoring.episodes import EpisodeConfig, EpisodeState, PendingAction, on_purchase, record_action
 from scoring.indicators import Contribution, IndicatorConfig, contribution
 from scoring.orders import OrderFact, OrderScoringConfig, OrderState, apply_order
 from scoring.rfm import RfmConfig
@@ -30,6 +31,10 @@ from scoring.voice import ComplaintFact, SurveyFact, VoiceConfig, VoiceState, ap
 def event_id_hash(event_id: str) -> int:
     """Stable 64-bit hash (Python's hash() differs between processes)."""
     return int.from_bytes(blake2b(event_id.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+#: the ``source_offsets`` key of the retention-actions topic
+ACTION = "action"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +49,7 @@ class ScoringConfig:
     churn: ChurnConfig = field(default_factory=ChurnConfig)
     indicators: IndicatorConfig = field(default_factory=IndicatorConfig)
     dedup_event_ids: int = 32
+    episodes: EpisodeConfig = field(default_factory=EpisodeConfig)
 
 
 @dataclass(slots=True)
@@ -79,6 +85,9 @@ class CustomerState:
     #: predictive CLV (cents) as of the last assessment: the VIP value when it is CLV (``PULSE_VIP_VALUE=clv``),
     #: kept in the state because the population's VIP index must remove exactly the value it holds
     clv_cents: int | None = None
+    #: alert episodes and the retention actions not yet in effect (scoring.episodes); None until the first alert
+    #: or action, so a customer never alerted carries nothing
+    episodes: EpisodeState | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,12 +127,39 @@ def apply_event(state: CustomerState, event: EventFacts, config: ScoringConfig) 
         apply_order(state.orders, event.order, config.orders)
         if not event.order.refunded:
             record_purchase(state.purchases, event.order.occurred_ms // DAY_MS, event.order.amount_cents, config.clv)
+            if state.episodes is not None and state.episodes.episodes:
+                on_purchase(state.episodes, event.order.occurred_ms, event.order.amount_cents, config.episodes)
     if event.survey is not None:
         apply_survey(state.voice, event.survey, config.voice)
     if event.complaint is not None:
         apply_complaint(state.voice, event.complaint, config.voice)
     if event.ticket is not None:
         apply_ticket_event(state.service, event.ticket, config.service)
+    return True
+
+
+def apply_action(
+    state: CustomerState, event_id: str, offset: int | None, action: PendingAction, config: ScoringConfig
+) -> bool:
+    """Keep one retention action (scoring.episodes) until the clock reaches its time, unless it is a duplicate;
+    True if kept. De-duplicated like an event (its topic's offset, its id among the recent ones), but not an
+    event of the customer: it moves neither ``last_event_ms`` nor the event counts (people's clicks are wall
+    time, not event time)."""
+    if offset is not None:
+        seen = state.source_offsets.get(ACTION)
+        if seen is not None and offset <= seen:
+            return False
+        state.source_offsets[ACTION] = offset
+    id_hash = event_id_hash(event_id)
+    ids = state.recent_ids
+    if id_hash in ids:
+        return False
+    ids.append(id_hash)
+    if len(ids) > config.dedup_event_ids:
+        del ids[: len(ids) - config.dedup_event_ids]
+    if state.episodes is None:
+        state.episodes = EpisodeState()
+    record_action(state.episodes, action, config.episodes)
     return True
 
 

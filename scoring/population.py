@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from scoring.customer import CustomerState, indicator_contribution
+from scoring.episodes import SAVE_TAGS, state_tallies
 from scoring.indicators import (
     ACTIVE,
     ACTIVE_AT_START,
@@ -75,6 +76,8 @@ SNAPSHOT_VERSION = 2
 #: of the population, additive over partitions (spec: Churn warning, "a population gap")
 GapSums = tuple[int, int, int]
 NO_GAP: GapSums = (0, 0, 0)
+#: what ``tags`` gives: a plain tag counts 1, a ``(tag, n)`` pair counts n
+Tags = tuple[str | tuple[str, int], ...]
 
 
 def gap_sums(state: CustomerState) -> GapSums:
@@ -84,15 +87,34 @@ def gap_sums(state: CustomerState) -> GapSums:
     return (p.last_day - p.first_day, p.periods - 1, 1)
 
 
-def tags(state: CustomerState) -> tuple[str, ...]:
+def tags(state: CustomerState) -> Tags:
     """What the per-partition tallies count a customer under (metrics: segments, VIPs, risk levels; and the
-    population indicators' activity flags, shipped in the snapshots)."""
-    out = [f"risk:{state.churn.level}", *flag_tags(state.activity)]
+    population indicators' activity flags, shipped in the snapshots). A plain tag counts 1; a ``(tag, n)`` pair
+    counts n: the alert episodes' save-rate tallies (scoring.episodes), whose revenue recovered is a sum."""
+    out: list[str | tuple[str, int]] = [f"risk:{state.churn.level}", *flag_tags(state.activity)]
     if state.segment is not None:
         out.append(f"segment:{state.segment}")
     if state.vip:
         out.append("vip")
+    if state.episodes is not None:
+        out.extend(sorted(state_tallies(state.episodes).items()))
     return tuple(out)
+
+
+def _weights(tagged: Tags) -> Counter[str]:
+    """The counts a tag tuple of ``tags`` adds to the tallies."""
+    out: Counter[str] = Counter()
+    for tag in tagged:
+        if isinstance(tag, tuple):
+            out[tag[0]] += tag[1]
+        else:
+            out[tag] += 1
+    return out
+
+
+def save_counts(tallies: Counter[str] | dict[str, int]) -> dict[str, int]:
+    """The save-rate share of the tallies (scoring.episodes), shipped in the snapshots for ``pulse stats``."""
+    return {tag: n for tag, n in tallies.items() if n and tag.partition(":")[0] in SAVE_TAGS}
 
 
 def member_keys(state: CustomerState, config: RfmConfig) -> MemberKeys | None:
@@ -145,10 +167,10 @@ class PartitionPopulation:
             self.gaps = (g[0] - before[0] + after[0], g[1] - before[1] + after[1], g[2] - before[2] + after[2])
             self.version += 1
 
-    def retag(self, before: tuple[str, ...], after: tuple[str, ...]) -> None:
+    def retag(self, before: Tags, after: Tags) -> None:
         if before != after:
-            self.tallies.subtract(before)
-            self.tallies.update(after)
+            self.tallies.subtract(_weights(before))
+            self.tallies.update(_weights(after))
             self.version += 1
 
     def move_indicators(self, before: Contribution, after: Contribution) -> None:
@@ -216,6 +238,8 @@ class RemotePart:
     flags: dict[str, int] = field(default_factory=dict)
     #: the partition's clock (None in snapshots of older workers)
     clock_ms: int | None = None
+    #: the save-rate tallies of its customers' alert episodes (``save_counts``; empty from older workers)
+    saves: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,9 +291,7 @@ class PopulationView:
         ``add_state`` for each, with each rank index filled from counts in one pass and the due-time heap
         made once. A rebuild after a rebalance counts every owned customer: a million at 1M customers."""
         #: per partition: R, F, M and V key counts, tag sets counted, gap sums
-        acc: dict[
-            int, tuple[Counter[int], Counter[int], Counter[int], Counter[int], Counter[tuple[str, ...]], list[int]]
-        ] = {}
+        acc: dict[int, tuple[Counter[int], Counter[int], Counter[int], Counter[int], Counter[Tags], list[int]]] = {}
         n = 0
         for key, state in states:
             partition = state.partition
@@ -306,8 +328,8 @@ class PopulationView:
             pop.m.add_values(m)
             pop.v.add_values(v)
             for tag_set, count in tag_sets.items():
-                for tag in tag_set:
-                    part.tallies[tag] += count
+                for tag, n in _weights(tag_set).items():
+                    part.tallies[tag] += n * count
             part.add_gaps(NO_GAP, (gap_totals[0], gap_totals[1], gap_totals[2]))
             part.due_heap = [(t, k) for k, t in part.due.items()]
             heapq.heapify(part.due_heap)
@@ -402,6 +424,16 @@ class PopulationView:
             total.update(part.tallies)
         return total
 
+    def save_counts(self) -> dict[str, int]:
+        """The save-rate tallies of every partition (owned ones live, the others as last published)."""
+        total: Counter[str] = Counter()
+        for part in self.local.values():
+            total.update(save_counts(part.tallies))
+        for n, r in self.remote.items():
+            if n not in self.local:
+                total.update(r.saves)
+        return {tag: n for tag, n in total.items() if n}
+
     def indicators(self, now_ms: int | None = None) -> IndicatorValues | None:
         """The population indicators over every partition (owned ones live) at ``now_ms`` (default: the clock)."""
         now = self.clock() if now_ms is None else now_ms
@@ -460,6 +492,7 @@ class PopulationView:
                 "gaps": list(part.gaps),
                 "indicators": indicators,
                 "flags": part.flag_counts(),
+                "saves": save_counts(part.tallies),
                 **{name: [x for kv in sorted(c.items()) for x in kv] for name, c in counts.items()},
                 "values": {"m": pop.m.encode_values(exact["m"]), "v": pop.v.encode_values(exact["v"])},
             }
@@ -480,6 +513,7 @@ class PopulationView:
             IndicatorSums.from_json(data.get("indicators") or {}),
             dict(data.get("flags") or {}),
             data.get("clock_ms"),
+            dict(data.get("saves") or {}),
         )
         self._parts = None
         return partition

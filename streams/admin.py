@@ -25,7 +25,7 @@ class PartitionMismatch(RuntimeError):
 async def ensure_topics(settings: Settings) -> None:
     """Idempotent: create missing topics; refuse input topics with the wrong partition count."""
     # the ticks topic is read with the inputs, so it must be co-partitioned with them
-    inputs = [*settings.input_topics().values(), settings.topic_ticks()]
+    inputs = [*settings.input_topics().values(), settings.topic_retention_actions, settings.topic_ticks()]
     wanted = inputs + [settings.topic_dead_letters, settings.topic_retention_alerts, settings.topic_vip_changes]
     admin = AIOKafkaAdminClient(**kafka_client_kwargs(settings), request_timeout_ms=15000)
     try:

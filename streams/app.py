@@ -54,7 +54,8 @@ def create_app(settings: Settings, processor_config: ProcessorConfig) -> PulseAp
         table_standby_replicas=0,
         TableManager=table_manager(settings),
     )
-    names = list(settings.input_topics().values())
+    # retention-actions (what teams did about alerts) is read like an input, customer-keyed and co-partitioned
+    names = [*settings.input_topics().values(), settings.topic_retention_actions]
     # the ticks ride in the same channel, so a sweep runs inside a batch's checkpoint
     customer_events = app.topic(*names, settings.topic_ticks(), partitions=settings.partitions, **RAW)
     topics_by_name = {name: app.topic(name, partitions=settings.partitions, **RAW) for name in names}

@@ -52,6 +52,13 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from scoring.episodes import (
+    EPISODE_DESTINATIONS_TAG,
+    EPISODES_TAG,
+    RECOVERED_DESTINATIONS_TAG,
+    RECOVERED_TAG,
+    SAVE_TAGS,
+)
 from streams import metrics
 from streams.codec import decode_state, encode_state
 from streams.isolation import process_contained
@@ -102,17 +109,42 @@ class ProfileSink(Protocol):
 
 
 def record_tallies(tallies: Counter) -> None:
-    """Customers per risk level, per segment and VIPs of the owned partitions (a gauge per worker: they add up)."""
+    """Customers per risk level, per segment and VIPs of the owned partitions, and their alert episodes' save
+    rate (scoring.episodes) (a gauge per worker: they add up)."""
     vips = 0
+    for gauge in (
+        metrics.ALERT_EPISODES,
+        metrics.ALERT_EPISODE_DELIVERIES,
+        metrics.SAVE_RECOVERED_REVENUE,
+        metrics.SAVE_RECOVERED_REVENUE_BY_DESTINATION,
+    ):
+        gauge.clear()  # a revoked partition's episodes leave with it
     for tag, n in tallies.items():
         kind, _, name = tag.partition(":")
-        if kind == "risk":
+        if kind in SAVE_TAGS:
+            record_save_tally(kind, name, n)
+        elif kind == "risk":
             metrics.CHURN_RISK_CUSTOMERS.labels(name).set(n)
         elif kind == "segment":
             metrics.SEGMENT_CUSTOMERS.labels(name).set(n)
         elif kind == "vip":
             vips = n
     metrics.VIP_CUSTOMERS.set(vips)
+
+
+def record_save_tally(kind: str, name: str, n: int) -> None:
+    """One save-rate tally (scoring.episodes.episode_tallies) into its gauge; cents become currency units."""
+    if kind == EPISODES_TAG:
+        level, action, result = name.split(":")
+        metrics.ALERT_EPISODES.labels(level, action, result).set(n)
+    elif kind == EPISODE_DESTINATIONS_TAG:
+        destination, _, result = name.rpartition(":")
+        metrics.ALERT_EPISODE_DELIVERIES.labels(destination, result).set(n)
+    elif kind == RECOVERED_TAG:
+        level, action = name.split(":")
+        metrics.SAVE_RECOVERED_REVENUE.labels(level, action).set(n / 100)
+    elif kind == RECOVERED_DESTINATIONS_TAG:
+        metrics.SAVE_RECOVERED_REVENUE_BY_DESTINATION.labels(name).set(n / 100)
 
 
 def _nan(x: float | None) -> float:
@@ -382,6 +414,7 @@ class Checkpoint:
             metrics.DEAD_LETTERS.labels(rejected.kind, rejected.reason).inc()
         for _, vip, _ in outcome.vip_changes:
             metrics.VIP_CHANGES.labels("entered" if vip else "left").inc()
+        metrics.RETENTION_ALERTS_SUPPRESSED.inc(outcome.suppressed_alerts)
         for _, alert, _ in outcome.alerts:
             metrics.RETENTION_ALERTS.labels(alert.level.value).inc()
             for reason in alert.reasons:

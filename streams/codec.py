@@ -28,6 +28,9 @@ second, so they add 4 bytes to a record (two empty arrays, a longer array
 header). A worker rolled back to a version before them cuts them off: a state
 recovered with unpublished entries then loses those records (they are neither
 published nor decided again: the replayed events are duplicates for the state).
+``episodes`` (scoring.episodes, issue 19): absent (None, trimmed like
+``clv_cents``) until the customer's first alert or retention action; then an
+array of its episodes, pending actions, folded totals and two counters.
 
 Records written before format 1 are orjson objects (they start with ``{``);
 existing changelogs hold them, so they still decode.
@@ -47,6 +50,7 @@ import orjson
 from scoring.churn import ChurnState
 from scoring.clv import PurchaseDays
 from scoring.customer import CustomerState
+from scoring.episodes import Episode, EpisodeState, PendingAction
 from scoring.orders import OrderState
 from scoring.tickets import Folded, ServiceState
 from scoring.voice import VoiceState
@@ -59,7 +63,18 @@ _LEGACY_FIRST = ord("{")
 #: The wire order of each encoded class: its dataclass field order, append-only, frozen by tests/unit/test_codec.py.
 LAYOUTS: dict[type, tuple[str, ...]] = {
     cls: tuple(f.name for f in dataclasses.fields(cls))
-    for cls in (CustomerState, OrderState, VoiceState, ServiceState, Folded, PurchaseDays, ChurnState)
+    for cls in (
+        CustomerState,
+        OrderState,
+        VoiceState,
+        ServiceState,
+        Folded,
+        PurchaseDays,
+        ChurnState,
+        EpisodeState,
+        Episode,
+        PendingAction,
+    )
 }
 
 _encoder = msgspec.msgpack.Encoder()
@@ -130,6 +145,33 @@ def _nested(codec: _Positional) -> tuple[Callable[[Any], Any], Callable[[Any], A
     return codec.encode, codec.decode
 
 
+_EPISODE = _Positional(Episode, {})
+_PENDING_ACTION = _Positional(PendingAction, {})
+
+
+def _encode_episodes(state: EpisodeState | None) -> list[Any] | None:
+    if state is None:
+        return None
+    return [
+        [_EPISODE.encode(e) for e in state.episodes],
+        [_PENDING_ACTION.encode(a) for a in state.pending],
+        state.totals,
+        state.suppressed,
+        state.stale_actions,
+    ]
+
+
+def _decode_episodes(values: list[Any] | None) -> EpisodeState | None:
+    if values is None:
+        return None
+    values = list(values)
+    if values:
+        values[0] = [_EPISODE.decode(list(e)) for e in values[0]]
+    if len(values) > 1:
+        values[1] = [_PENDING_ACTION.decode(list(a)) for a in values[1]]
+    return _Positional(EpisodeState, {}).decode(values)
+
+
 _CUSTOMER = _Positional(
     CustomerState,
     {
@@ -139,8 +181,10 @@ _CUSTOMER = _Positional(
         "purchases": _nested(_Positional(PurchaseDays, {})),
         "churn": _nested(_Positional(ChurnState, {})),
         "recent_ids": (_pack_ids, _unpack_ids),
+        "episodes": (_encode_episodes, _decode_episodes),
     },
-    optional=1,  # clv_cents: only PULSE_VIP_VALUE=clv sets it
+    # clv_cents: only PULSE_VIP_VALUE=clv sets it; episodes: only a customer ever alerted or acted on has them
+    optional=2,
 )
 
 

@@ -100,6 +100,33 @@ RETENTION_ALERT_REASONS = Counter(
     "Reasons carried by published churn alerts (an alert with three reasons counts three), by reason code.",
     ["reason"],
 )
+RETENTION_ALERTS_SUPPRESSED = Counter(
+    "pulse_retention_alerts_suppressed_total",
+    "Churn alerts not raised because the customer's open episode was acknowledged, assigned or resolved.",
+)
+# Save rate (scoring.episodes): gauges of this worker's partitions (they add up over workers), from the states.
+ALERT_EPISODES = Gauge(
+    "pulse_alert_episodes",
+    "Alert episodes of this worker's partitions by level, action taken (none, acknowledged, assigned, or the "
+    "resolution's outcome) and save-window result (saved, not_saved, pending).",
+    ["level", "action", "result"],
+)
+ALERT_EPISODE_DELIVERIES = Gauge(
+    "pulse_alert_episode_deliveries",
+    "Alert episodes by router destination they were delivered to (none: not known delivered) and save-window "
+    "result; an episode delivered to two destinations counts under both.",
+    ["destination", "result"],
+)
+SAVE_RECOVERED_REVENUE = Gauge(
+    "pulse_save_recovered_revenue",
+    "Revenue (base currency) of the purchases within the save window after an alert, by level and action taken.",
+    ["level", "action"],
+)
+SAVE_RECOVERED_REVENUE_BY_DESTINATION = Gauge(
+    "pulse_save_recovered_revenue_by_destination",
+    "Revenue (base currency) of the purchases within the save window after an alert, by router destination.",
+    ["destination"],
+)
 CHURN_RISK_CUSTOMERS = Gauge(
     "pulse_churn_risk_customers", "Customers of this worker's partitions per churn-risk level.", ["level"]
 )

@@ -428,14 +428,14 @@ def broker_guard(
 
 
 def attach(pulse: Any) -> OffsetGuard:
-    """Install the hooks and give the app a guard over its four input topics."""
+    """Install the hooks and give the app a guard over its input topics (the four inputs, retention actions)."""
     from streams.security import kafka_client_kwargs
 
     install()
     settings = pulse.settings
     guard = broker_guard(
         pulse.app,
-        settings.input_topics().values(),
+        [*settings.input_topics().values(), settings.topic_retention_actions],
         kafka_client_kwargs(settings),
         settings.offset_gap_read_back_seconds,
     )

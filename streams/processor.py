@@ -12,11 +12,12 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
 from pulse_config.processor import ProcessorConfig
+from schemas.actions import RetentionAction
 from schemas.alerts import AlertReason, RetentionAlert
 from schemas.dead_letter import DeadLetter
 from schemas.events import (
@@ -30,7 +31,9 @@ from schemas.events import (
     RejectReason,
     SupportEvent,
     SurveyEvent,
+    decode_as,
     decode_event,
+    time_ms,
 )
 from schemas.profile import RenderedProfile, cents_to_money, money_or_none, ms_to_datetime, render_profile
 from schemas.vip import VipChange
@@ -38,16 +41,27 @@ from scoring import churn
 from scoring.churn import ChurnAssessment
 from scoring.clv import ClvSignals, lifetime_from_churn, value_at_risk_cents
 from scoring.customer import (
+    ACTION,
     CustomerState,
     EventFacts,
+    apply_action,
     apply_event,
     assess_customer,
     customer_clv,
     indicator_contribution,
 )
+from scoring.episodes import (
+    EpisodeState,
+    PendingAction,
+    alert_number,
+    apply_due_actions,
+    next_due_ms,
+    on_alert,
+    on_assessed,
+)
 from scoring.indicators import activity
 from scoring.orders import OrderFact, to_cents, window_revenue_cents
-from scoring.population import PopulationView, gap_sums, member_keys, rescore, tags
+from scoring.population import PopulationView, Tags, gap_sums, member_keys, rescore, tags
 from scoring.rfm import Ranking
 from scoring.tickets import TicketFact
 from scoring.units import DAY_MS
@@ -111,7 +125,7 @@ class BatchOutcome:
     #: event times of the valid events of the batch (metrics: event time -> scored latency)
     occurred_ms: list[int] = field(default_factory=list)
     #: tallies (see scoring.population.tags) of each changed state when first loaded in the batch
-    tags_before: dict[bytes, tuple[str, ...]] = field(default_factory=dict)
+    tags_before: dict[bytes, Tags] = field(default_factory=dict)
     #: CLV and churn of the customers assessed in this batch (the profiles reuse them)
     assessed: dict[bytes, tuple[ClvSignals, ChurnAssessment]] = field(default_factory=dict)
     #: partitions swept in this batch and customers re-scored by the sweep
@@ -131,6 +145,8 @@ class BatchOutcome:
     time_driven_failures: list[tuple[int, bytes, str]] = field(default_factory=list)
     #: customers with an event applied in the batch (a failure of theirs fails the batch, see streams.isolation)
     event_customers: set[bytes] = field(default_factory=set)
+    #: alerts the churn warning decided but the customer's handled episode suppressed (scoring.episodes)
+    suppressed_alerts: int = 0
 
     def count(self, kind: str, outcome: str) -> None:
         self.counts[(kind, outcome)] = self.counts.get((kind, outcome), 0) + 1
@@ -158,6 +174,8 @@ class BatchProcessor:
         self._fail_event_ids = options.test_fail_event_ids
         self.kind_by_topic = {topic: Kind(kind) for kind, topic in options.input_topics.items()}
         self.ticks_topic = options.ticks_topic
+        #: what teams did about alerts (scoring.episodes): read with the inputs, but holds no clock
+        self.actions_topic = options.actions_topic
         self.config = options.scoring
         self.rates = options.currency_rates
         self.currency = options.base_currency
@@ -241,6 +259,9 @@ class BatchProcessor:
             present.add(record.partition)
             if record.topic == self.ticks_topic:
                 ticks.add(record.partition)
+                continue
+            if record.topic == self.actions_topic:
+                self._take_action(record, load, out, wall_ms, placed)
                 continue
             kind = self.kind_by_topic[record.topic]
             read = self.progress.get((record.topic, record.partition))
@@ -331,6 +352,65 @@ class BatchProcessor:
         out.rank_inexact = self._ranking.inexact if self._ranking is not None else 0
         return out
 
+    def _take_action(
+        self,
+        record: Incoming,
+        load: Callable[[bytes], CustomerState],
+        out: BatchOutcome,
+        wall_ms: int | None,
+        placed: dict[bytes, int],
+    ) -> None:
+        """One record of the retention-actions topic: validated, placed and de-duplicated like an input event,
+        then kept in the customer's state until its partition's clock reaches its time (scoring.episodes). It
+        moves no clock and no watermark, and is never too late (its time is wall time, not event time)."""
+        try:
+            raw = record.value or b""
+            action = cast(RetentionAction, decode_as(RetentionAction, raw, self.options.max_event_bytes))
+            at = time_ms(action.occurred_at)
+            if wall_ms is not None and self.max_earliness_ms and at > wall_ms + self.max_earliness_ms:
+                raise EventRejected(
+                    RejectReason.TOO_EARLY,
+                    f"occurred_at: {(at - wall_ms) / 1000:.0f} s ahead of the wall clock "
+                    f"(PULSE_MAX_EARLINESS_SECONDS={self.options.max_earliness_seconds:g})",
+                )
+        except EventRejected as exc:
+            out.rejected.append(self._reject(record, ACTION, exc))
+            out.count(ACTION, "dead_lettered")
+            return
+        key = action.customer_id.encode()
+        misplaced = False
+        if self.partition_of is not None:
+            expected = placed.get(key)
+            if expected is None:
+                expected = placed[key] = self.partition_of(key)
+            misplaced = expected != record.partition
+        if record.key != key or misplaced:
+            out.rerouted.append((record.topic, key, record.value or b""))
+            out.count(ACTION, "rerouted")
+            if misplaced and record.key == key:
+                where = (record.topic, record.partition)
+                out.misplaced[where] = out.misplaced.get(where, 0) + 1
+            return
+        state = out.states.get(key)
+        if state is None:
+            state = load(key)
+            if state.partition is None:
+                out.count(ACTION, "stale")  # no such customer here: no alert of it to act on
+                return
+            out.tags_before[key] = tags(state)
+        pending = PendingAction(
+            at_ms=at,
+            alert=alert_number(action.alert_id),
+            action=action.action.value,
+            assignee=action.assignee,
+            outcome=None if action.outcome is None else action.outcome.value,
+            destination=action.destination,
+        )
+        kept = apply_action(state, action.event_id, record.offset, pending, self.config)
+        out.count(ACTION, "scored" if kept else "duplicate")
+        out.states[key] = state
+        out.partitions[key] = record.partition
+
     @property
     def held(self) -> set[int]:
         """Owned partitions whose clock an input topic-partition held back at the last batch."""
@@ -408,7 +488,7 @@ class BatchProcessor:
         """The outcome of a record whose processing raised on every retry: a ``processing_error`` dead letter
         with the exception, nothing applied (a sweep tick is just dropped: the next one sweeps on)."""
         out = BatchOutcome()
-        kind = self.kind_by_topic.get(record.topic)
+        kind = ACTION if record.topic == self.actions_topic else self.kind_by_topic.get(record.topic)
         if kind is not None:
             detail = f"{type(exc).__name__}: {exc}"[: self.options.dead_letter_payload_bytes or 4096]
             out.rejected.append(self._reject(record, kind, EventRejected(RejectReason.PROCESSING_ERROR, detail)))
@@ -681,18 +761,41 @@ class BatchProcessor:
             return self._defer(key, state)
         clv, risk = assess_customer(state, now, self._gap_days, self.config, self._lifetime_years)
         out.assessed[key] = (clv, risk)
+        # the team's actions in effect by now count before the decision (a handled episode is not re-alerted)
+        episodes, episodes_cfg, episode_moved = state.episodes, self.config.episodes, False
+        if episodes is not None and episodes.pending:
+            for result in apply_due_actions(episodes, now, state.churn.alerts, episodes_cfg):
+                out.count(ACTION, result)
+                episode_moved = True
         decision = churn.update(state.churn, risk, now, self.config.churn)
+        alert = None
+        if decision.kind is not None:
+            if episodes is None:
+                episodes = state.episodes = EpisodeState()
+            if on_alert(episodes, state.churn.alerts, risk.level, now, episodes_cfg):
+                alert = self._alert(key, state, now, clv, risk, decision)
+                # actions read before this alert was raised, at its own time (the router's delivery record)
+                for result in apply_due_actions(episodes, now, state.churn.alerts, episodes_cfg):
+                    out.count(ACTION, result)
+            else:
+                state.churn.alerts -= 1  # the next alert's id stays the next number
+                out.suppressed_alerts += 1
+        if episodes is not None:
+            episode_moved = on_assessed(episodes, risk.level, now, episodes_cfg) or episode_moved
+            # a save window's end or an action's time changes the episode with time alone: due then too
+            due = next_due_ms(episodes, state.churn.alerts, episodes_cfg)
+            if due is not None and (state.churn.next_check_ms is None or due < state.churn.next_check_ms):
+                state.churn.next_check_ms = due
         # the activity flags change with time alone too: one due time covers both (the earlier one)
         state.activity, flip_ms = activity(state.purchases, now, self.config.indicators)
         if flip_ms is not None and (state.churn.next_check_ms is None or flip_ms < state.churn.next_check_ms):
             state.churn.next_check_ms = flip_ms
         if state.partition is not None:
             self.population.partition(state.partition).schedule(key, state.churn.next_check_ms)
-        if decision.kind is not None:
-            alert = self._alert(key, state, now, clv, risk, decision)
+        if alert is not None:
             out.alerts.append((key, alert, orjson.dumps(alert.model_dump(mode="json"))))
         after = (state.churn.level, state.churn.score, state.churn.next_check_ms, state.activity)
-        return decision.kind is not None or before != after
+        return decision.kind is not None or episode_moved or before != after
 
     def _defer(self, key: bytes, state: CustomerState) -> bool:
         """The customer's churn is decided once its partition's clock reaches its latest event: due then (the

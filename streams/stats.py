@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pulse_config.settings import Settings
 from schemas.profile import ms_to_datetime
+from scoring.episodes import SaveRow, save_rates
 from scoring.indicators import IndicatorValues
 from scoring.population import PopulationView
 from streams.security import kafka_client_kwargs
@@ -32,6 +33,8 @@ class PopulationStats:
     partitions: int
     customers: int
     values: IndicatorValues | None
+    #: the alert episodes' save-rate tallies (scoring.episodes), summed over the partitions
+    saves: dict[str, int] = field(default_factory=dict)
 
 
 async def read_stats(settings: Settings, timeout: float = 10.0) -> PopulationStats:
@@ -65,7 +68,7 @@ async def read_stats(settings: Settings, timeout: float = 10.0) -> PopulationSta
     for value in latest.values():
         view.apply_snapshot(value)
     customers = sum(r.customers for r in view.remote.values())
-    return PopulationStats(len(view.remote), customers, view.indicators())
+    return PopulationStats(len(view.remote), customers, view.indicators(), view.save_counts())
 
 
 def _pct(x: float | None) -> str:
@@ -115,7 +118,48 @@ def format_stats(stats: PopulationStats, settings: Settings) -> str:
         f"population indicators as of {ms_to_datetime(v.as_of_ms):%Y-%m-%d %H:%M} UTC "
         f"({stats.partitions} partitions, {stats.customers} customers)"
     )
-    return "\n".join([head, *(f"  {name:<{width}}  {value:>9}   {detail}" for name, value, detail in rows)])
+    lines = [head, *(f"  {name:<{width}}  {value:>9}   {detail}" for name, value, detail in rows)]
+    return "\n".join(lines + format_save_rate(stats.saves, settings))
+
+
+def _save_line(label: str, row: SaveRow, currency: str) -> str:
+    rate = _pct(row.save_rate)
+    return (
+        f"  {label:<28} {rate:>9}   {row.saved} saved of {row.settled} settled, {row.pending} pending; "
+        f"{row.recovered_cents / 100:,.2f} {currency} recovered"
+    )
+
+
+def format_save_rate(saves: dict[str, int], settings: Settings) -> list[str]:
+    """The save rate of alerted customers (issue 19): overall, by level, by action taken, by destination."""
+    window = f"{settings.save_window_days:g}"
+    if not saves:
+        return ["", f"save rate (purchase within {window} d of an alert): no alert episodes yet"]
+    currency = settings.base_currency.upper()
+    rates = save_rates(saves)
+    lines = ["", f"save rate (purchase within {window} d of an alert; settled = window over or saved)"]
+    lines += [_save_line("all alerted customers", row, currency) for row in rates["all"]]
+    for by in ("level", "action", "destination"):
+        lines += [_save_line(f"{by} {row.group}", row, currency) for row in rates[by]]
+    return lines
+
+
+def save_rate_json(saves: dict[str, int]) -> dict:
+    rates = save_rates(saves)
+    out: dict = {}
+    for by, rows in rates.items():
+        out[by] = {
+            row.group: {
+                "episodes": row.episodes,
+                "saved": row.saved,
+                "not_saved": row.not_saved,
+                "pending": row.pending,
+                "save_rate": row.save_rate,
+                "recovered": f"{row.recovered_cents / 100:.2f}",
+            }
+            for row in rows
+        }
+    return out
 
 
 def stats_json(stats: PopulationStats) -> dict:
@@ -123,4 +167,5 @@ def stats_json(stats: PopulationStats) -> dict:
     if stats.values is not None:
         out.update(stats.values.to_json())
         out["as_of"] = ms_to_datetime(stats.values.as_of_ms).isoformat()
+    out["save_rate"] = save_rate_json(stats.saves)
     return out

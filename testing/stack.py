@@ -68,6 +68,7 @@ def make_namespace(stack_env: dict[str, str], tmp_path: Path, partitions: int = 
         "PULSE_TOPIC_DEAD_LETTERS": f"dlq-{tag}",
         "PULSE_TOPIC_RETENTION_ALERTS": f"alerts-{tag}",
         "PULSE_TOPIC_VIP_CHANGES": f"vips-{tag}",
+        "PULSE_TOPIC_RETENTION_ACTIONS": f"actions-{tag}",
         "PULSE_REDIS_KEY_PREFIX": f"t{tag}:",
         "PULSE_PARTITIONS": str(partitions),
         # nested and not yet there, as on a fresh checkout

@@ -31,6 +31,7 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import signal
 import smtplib
@@ -54,6 +55,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from pulse_config.settings import Settings
+from schemas.actions import ActionKind, RetentionAction
 from schemas.alerts import RetentionAlert
 from schemas.delivery import DeliveryDeadLetter
 from schemas.vip import VipChange
@@ -281,6 +283,9 @@ class DestinationWorker:
                 log.exception("destination %s: sending failed", self.name)
                 verdict = Verdict(False, False, f"{type(exc).__name__}: {exc}")
             if verdict.delivered:
+                # before the mark: a crash in between re-sends (as before) and writes the record again, which the
+                # worker drops (same event id) or applies idempotently (a destination set)
+                await self.router.record_delivered(self.name, envs)
                 await self.router.mark_delivered(self.name, envs)
                 now = time.time()
                 for env in envs:
@@ -541,14 +546,25 @@ class Router:
 
         await self._redis(write)
 
-    async def _produce(self, key: bytes | None, value: bytes) -> None:
+    async def record_delivered(self, destination: str, envs: list[Envelope]) -> None:
+        """Tell the scoring worker where each alert went (issue 19: the save rate by destination): a ``delivered``
+        retention action per alert (``delivered_action``), keyed by its customer, on the topic the worker reads
+        the team's actions from."""
+        for env in envs:
+            action = delivered_action(env, destination)
+            if action is not None:
+                value = action.model_dump_json().encode()
+                await self._produce(action.customer_id.encode(), value, self.settings.topic_retention_actions)
+
+    async def _produce(self, key: bytes | None, value: bytes, topic: str | None = None) -> None:
         delay = self.settings.router_retry_initial_seconds
+        topic = topic or self.settings.topic_delivery_dead_letters
         while True:
             try:
-                await self.producer.send_and_wait(self.settings.topic_delivery_dead_letters, value, key=key)
+                await self.producer.send_and_wait(topic, value, key=key)
                 return
             except KafkaError as exc:
-                log.warning("router: dead letter not written (%s); retrying in %.1fs", exc, delay)
+                log.warning("router: record for %s not written (%s); retrying in %.1fs", topic, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.router_retry_max_seconds)
 
@@ -589,6 +605,27 @@ class Router:
             payload=(record.value or b"")[: self.settings.dead_letter_payload_bytes].decode(errors="replace"),
         )
         await self._produce(record.key, record_out.model_dump_json().encode())
+
+
+def delivered_action(env: Envelope, destination: str) -> RetentionAction | None:
+    """The ``delivered`` record of an alert a destination's receiver acknowledged (None for a VIP change).
+
+    Its time is the alert's ``raised_at``, not the wall clock: delivery is not a step of the team but a fact
+    about the alert, so it joins the episode as soon as the worker's clock is at the alert (also for a
+    historical alert delivered on purpose). The event id is stable per (alert, destination): written again after
+    a crash, the worker drops it."""
+    if not isinstance(env.model, RetentionAlert):
+        return None
+    digest = hashlib.sha256(f"{env.id}\n{destination}".encode()).hexdigest()[:32]
+    return RetentionAction(
+        event_id=f"delivered-{digest}",
+        customer_id=env.model.customer_id,
+        occurred_at=env.model.raised_at,
+        alert_id=env.id,
+        action=ActionKind.DELIVERED,
+        actor="router",
+        destination=destination,
+    )
 
 
 async def ensure_router_topics(settings: Settings) -> None:

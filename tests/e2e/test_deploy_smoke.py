@@ -12,9 +12,12 @@ loopback port or a temporary folder):
   Dockerfile's ``ENV`` and then the service's environment (RocksDB store, 8 partitions, API and
   metrics), each with its own data folder (the anonymous ``/data`` volume) and the ``./params``
   folder holding a parameter file made by ``pulse fit``.
+* **router**: ``pulse router`` with the image's ``ENV`` and the service's environment, its ``./router``
+  configuration folder (the file destination's path moved into the folder standing in for the
+  ``router-data`` volume); its metrics and actions API on free loopback ports.
 * **prometheus**: Debian's ``prometheus`` with the service's command and deploy/prometheus's config
   and rules, only the scrape targets rewritten (the DNS discovery of ``worker`` becomes the two
-  workers' metrics ports).
+  workers' metrics ports, that of ``router`` the router's).
 
 Then, while generated traffic of the four kinds flows (with malformed events and surveys that raise
 churn alerts, so the dead-letter and alert panels have something to show): both targets are up, the
@@ -174,6 +177,9 @@ class Worker:
     api_port: int
     proc: subprocess.Popen | None = None
     starts: int = 0
+    #: the image's CMD, and the path that answers once it is ready (the router: its API's /health)
+    command: str = "worker"
+    ready_path: str = "/ready"
 
     @property
     def log(self) -> Path:
@@ -181,12 +187,12 @@ class Worker:
 
     def start(self) -> None:
         self.starts += 1
-        # the image's ENTRYPOINT ["pulse"] and CMD ["worker"]
+        # the image's ENTRYPOINT ["pulse"] and CMD ["worker"] (the router service: command ["router"])
         pulse = str(Path(sys.executable).parent / "pulse")
         with self.log.open("ab") as out:
             out.write(f"\n--- start {self.starts}\n".encode())
         self.proc = subprocess.Popen(
-            [pulse, "worker"],
+            [pulse, self.command],
             cwd=self.cwd,
             env=self.env,
             stdout=self.log.open("ab"),
@@ -195,7 +201,7 @@ class Worker:
         )
 
     def ready(self) -> bool:
-        return http_ok(f"http://127.0.0.1:{self.api_port}/ready")
+        return http_ok(f"http://127.0.0.1:{self.api_port}{self.ready_path}")
 
     def stop(self) -> int | None:
         if self.proc is None:
@@ -219,6 +225,7 @@ class Topology:
     prometheus_port: int
     settings_env: dict[str, str]
     params_file: Path
+    router: Worker
 
     @property
     def bootstrap(self) -> str:
@@ -232,7 +239,7 @@ class Topology:
         return http_json(f"http://127.0.0.1:{self.prometheus_port}{path}{query}")
 
     def diagnostics(self) -> str:
-        return "\n".join(f"--- {w.name}\n{w.tail()}" for w in self.workers)
+        return "\n".join(f"--- {w.name}\n{w.tail()}" for w in [*self.workers, self.router])
 
 
 def fit_parameter_file(folder: Path, env: dict[str, str]) -> Path:
@@ -257,7 +264,7 @@ def fit_parameter_file(folder: Path, env: dict[str, str]) -> Path:
     return params
 
 
-def start_prometheus(service: dict, root: Path, targets: list[str]) -> tuple[Server, int]:
+def start_prometheus(service: dict, root: Path, targets: list[str], router_targets: list[str]) -> tuple[Server, int]:
     volumes = volume_map(service, root)
     config_dir = root / "prometheus-config"
     shutil.copytree(volumes["/etc/prometheus"], config_dir)
@@ -269,6 +276,9 @@ def start_prometheus(service: dict, root: Path, targets: list[str]) -> tuple[Ser
         if job["job_name"] == "customer-pulse":  # DNS discovery of the compose service -> the two processes
             job.pop("dns_sd_configs")
             job["static_configs"] = [{"targets": targets}]
+        elif job["job_name"] == "customer-pulse-router":  # the router service -> its process
+            job.pop("dns_sd_configs")
+            job["static_configs"] = [{"targets": router_targets}]
         else:
             for static in job.get("static_configs", []):
                 static["targets"] = [f"127.0.0.1:{port}" if t == "localhost:9090" else t for t in static["targets"]]
@@ -292,6 +302,48 @@ def start_prometheus(service: dict, root: Path, targets: list[str]) -> tuple[Ser
         raise AssertionError(f"prometheus not ready; see {log}")
     assert proc.poll() is None, log.read_text()[-3000:]
     return server, port
+
+
+def start_router(service: dict, cwd: Path, base: dict[str, str], broker_port: int, redis_port: int) -> Worker:
+    """The router service: the image's ENV, then its environment; its configuration folder copied with the
+    container paths of its volumes (the file destination) rewritten to their stand-in folders."""
+    cwd.mkdir()
+    volumes = volume_map(service, cwd / "volumes", binds=cwd / "binds")
+    env = {**base, **dockerfile_env(), **{k: interpolate(v) for k, v in service["environment"].items()}}
+    config_file = Path(env["PULSE_ROUTER_CONFIG_FILE"])
+    source = next(spec.split(":")[0] for spec in service["volumes"] if spec.split(":")[1] == str(config_file.parent))
+    folder = volumes[str(config_file.parent)]
+    shutil.copytree(COMPOSE.parent / source, folder)
+    text = (folder / config_file.name).read_text()
+    for target, host in volumes.items():
+        if target != str(config_file.parent):
+            host.mkdir(parents=True, exist_ok=True)
+            text = text.replace(f'"{target}/', f'"{host}/')
+    (folder / config_file.name).write_text(text)
+    env.update(
+        {
+            "PULSE_BROKER_URL": f"kafka://127.0.0.1:{broker_port}",
+            "PULSE_REDIS_URL": re.sub(r"//redis:\d+", f"//127.0.0.1:{redis_port}", env["PULSE_REDIS_URL"]),
+            "PULSE_METRICS_HOST": "127.0.0.1",
+            "PULSE_API_HOST": "127.0.0.1",
+            "PULSE_ROUTER_CONFIG_FILE": rewrite_path(str(config_file), volumes),
+            "PULSE_ROUTER_METRICS_PORT": str(free_port()),
+            "PULSE_ROUTER_API_PORT": str(free_port()),
+        }
+    )
+    router = Worker(
+        "router",
+        env,
+        cwd,
+        int(env["PULSE_ROUTER_METRICS_PORT"]),
+        int(env["PULSE_ROUTER_API_PORT"]),
+        command=service["command"][0],
+        ready_path="/health",
+    )
+    router.start()
+    assert wait_until(lambda: router.ready() or router.proc.poll() is not None, CONVERGE_SECONDS), router.tail()
+    assert router.proc.poll() is None, router.tail()
+    return router
 
 
 def rewrite_path_flag(flag: str, volumes: dict[str, Path]) -> str:
@@ -397,12 +449,18 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
         assert wait_until(lambda: all(w.ready() or w.proc.poll() is not None for w in workers), CONVERGE_SECONDS)
         assert all(w.proc.poll() is None and w.ready() for w in workers), "\n".join(w.tail() for w in workers)
 
+        router = start_router(services["router"], root / "router", base, kafka_ports[broker_port], redis_server.port)
+        started.append(router)
+
         prometheus, prometheus_port = start_prometheus(
-            services["prometheus"], root / "prometheus", [f"127.0.0.1:{w.metrics_port}" for w in workers]
+            services["prometheus"],
+            root / "prometheus",
+            [f"127.0.0.1:{w.metrics_port}" for w in workers],
+            [f"127.0.0.1:{router.metrics_port}"],
         )
         started.append(prometheus)
         yield Topology(
-            root, kafka, redis_server, password, workers, prometheus, prometheus_port, compose_env, params_file
+            root, kafka, redis_server, password, workers, prometheus, prometheus_port, compose_env, params_file, router
         )
     finally:
         for thing in reversed(started):
@@ -542,6 +600,11 @@ def test_prometheus_scrapes_the_workers_evaluates_the_rules_and_every_panel_has_
     assert traffic.flowing(), "the traffic ended before every panel had data"
     workers_up = topology.prom("/api/v1/query", query='sum(up{job="customer-pulse"})')["data"]["result"]
     assert finite_values(workers_up) == [2.0], workers_up
+    router_up = topology.prom("/api/v1/query", query='sum(up{job="customer-pulse-router"})')["data"]["result"]
+    assert finite_values(router_up) == [1.0], router_up
+    # the router delivered the live alerts to the compose configuration's file destination
+    delivered = list((topology.router.cwd / "volumes").rglob("alerts.log"))
+    assert delivered and "churn" in delivered[0].read_text(), topology.router.tail()
     # the compose healthcheck of the workers
     assert all(http_ok(f"http://127.0.0.1:{w.api_port}/health") for w in topology.workers)
     print(f"every panel had data after {traffic.sent[0]} events")

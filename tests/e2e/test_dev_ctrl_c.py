@@ -19,7 +19,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.conftest import CONVERGE_SECONDS, wait_until
+from testing.stack import CONVERGE_SECONDS, wait_until
 
 #: Bound on the stop after Ctrl-C (pulse dev itself kills after DEV_STOP_SECONDS, then stops the servers)
 STOP_WAIT_SECONDS = 120.0

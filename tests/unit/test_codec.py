@@ -56,6 +56,7 @@ FROZEN_LAYOUTS = {
         "pending_vip_changes",
         "pending_alerts",
         "clv_cents",
+        "episodes",
     ),
     "OrderState": (
         "orders",
@@ -71,6 +72,22 @@ FROZEN_LAYOUTS = {
     "Folded": ("tickets", "reopens", "breaches", "first_response_ms_sum", "first_responses"),
     "PurchaseDays": ("first_day", "last_day", "recent_days", "periods", "total_cents", "first_day_cents"),
     "ChurnState": ("level", "score", "next_check_ms", "alerts", "alert_level", "alert_ms"),
+    "EpisodeState": ("episodes", "pending", "totals", "suppressed", "stale_actions"),
+    "Episode": (
+        "first_alert",
+        "last_alert",
+        "raised_ms",
+        "level",
+        "status",
+        "owner",
+        "outcome",
+        "closed_ms",
+        "purchased_ms",
+        "recovered_cents",
+        "destinations",
+        "settled",
+    ),
+    "PendingAction": ("at_ms", "alert", "action", "assignee", "outcome", "destination"),
 }
 
 
@@ -320,7 +337,8 @@ def assert_round_trips(state: CustomerState) -> None:
     decoded = decode_state(raw)
     assert decoded == state
     assert encode_state(decoded) == raw
-    assert decode_state(encode_state_orjson(state)) == state
+    # the orjson format predates the alert episodes (issue 19): its records decode without them
+    assert decode_state(encode_state_orjson(state)) == dataclasses.replace(state, episodes=None)
 
 
 START = datetime(2025, 1, 1, tzinfo=UTC)

@@ -35,8 +35,12 @@ SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), 
 
 
 def families() -> dict[str, str]:
-    """Family name -> type of every registered pulse_ metric (a Counter pulse_x_total is family pulse_x)."""
-    return {m.name: m.type for m in REGISTRY.collect() if m.name.startswith("pulse_")}
+    """Family name -> type of every registered pulse_ metric (a Counter pulse_x_total is family pulse_x): the
+    worker's, and the router's (its own registry, served by `pulse router`)."""
+    from streams.metrics import ROUTER_REGISTRY
+
+    collected = [*REGISTRY.collect(), *ROUTER_REGISTRY.collect()]
+    return {m.name: m.type for m in collected if m.name.startswith("pulse_")}
 
 
 def resolve(sample: str, known: dict[str, str]) -> str | None:
@@ -81,6 +85,11 @@ def pulse_env_vars() -> Iterator[tuple[str, str, str]]:
                 yield COMPOSE.name, name, str(value)
     for path in sorted(K8S.glob("*.yaml")):
         for doc in load_all(path):
+            if doc.get("metadata", {}).get("name") == "customer-pulse-router" and doc["kind"] in (
+                "ConfigMap",
+                "Secret",
+            ):
+                continue  # the router's configuration file and its destinations' secrets, not settings
             if doc.get("kind") == "ConfigMap":
                 yield from ((path.name, k, str(v)) for k, v in doc["data"].items())
             if doc.get("kind") == "Secret":
@@ -143,6 +152,12 @@ def test_dashboard_shows_what_operators_need():
         "pulse_churn_risk_customers",
         "pulse_redis_write_errors_total",
         "pulse_redis_pending_profiles",
+        # issue 19: the save rate and the router's deliveries
+        "pulse_alert_episodes",
+        "pulse_alert_episode_deliveries",
+        "pulse_save_recovered_revenue",
+        "pulse_router_deliveries_total",
+        "pulse_router_raised_to_delivered_seconds_bucket",
     ):
         assert needed in exprs, needed
 
@@ -272,7 +287,8 @@ def test_kubernetes_manifests_pass_the_schema_validator(version):
         except kubernetes_validate.ValidationError as exc:
             errors.append(f"{name} {doc['kind']}/{doc['metadata']['name']} at {list(exc.path)}: {exc.message}")
     assert not errors, "\n".join(errors)
-    assert {doc["kind"] for _, doc in k8s_docs()} == {"ConfigMap", "Secret", "Service", "StatefulSet"}
+    kinds = {doc["kind"] for _, doc in k8s_docs()}
+    assert kinds == {"ConfigMap", "Secret", "Service", "StatefulSet", "Deployment"}
 
 
 def test_kustomization_lists_every_manifest_but_the_example_secret():
@@ -283,17 +299,39 @@ def test_kustomization_lists_every_manifest_but_the_example_secret():
 
 
 def test_kubernetes_references_resolve():
-    """What the schema cannot see: names that must match across fields and resources."""
+    """What the schema cannot see: names that must match across fields and resources (the workers' StatefulSet
+    and the router's Deployment)."""
     docs = {(doc["kind"], doc["metadata"]["name"]): doc for _, doc in k8s_docs()}
     (sts,) = [doc for (kind, _), doc in docs.items() if kind == "StatefulSet"]
-    pod = sts["spec"]["template"]
-    labels = pod["metadata"]["labels"]
-    assert sts["spec"]["selector"]["matchLabels"].items() <= labels.items()
     headless = docs[("Service", sts["spec"]["serviceName"])]
     assert headless["spec"]["clusterIP"] == "None"
+    workloads = [doc for (kind, _), doc in docs.items() if kind in ("StatefulSet", "Deployment")]
+    assert len(workloads) == 2
+    for workload in workloads:
+        check_workload(workload, docs)
+    pods = [w["spec"]["template"] for w in workloads]
+    for (kind, name), doc in docs.items():
+        if kind == "Service":
+            # each Service selects the pods of exactly one workload, and names their ports
+            (pod,) = [p for p in pods if doc["spec"]["selector"].items() <= p["metadata"]["labels"].items()]
+            container_ports = {p["name"] for c in pod["spec"]["containers"] for p in c["ports"]}
+            assert {p["targetPort"] for p in doc["spec"]["ports"]} <= container_ports, name
+
+
+#: settings only the scoring workers read (the router keeps no table store and scores nothing)
+WORKER_ONLY_PATHS = {"PULSE_DATA_DIR", "PULSE_CLV_PARAMS_FILE"}
+
+
+def check_workload(workload: dict, docs: dict) -> None:
+    pod = workload["spec"]["template"]
+    labels = pod["metadata"]["labels"]
+    assert workload["spec"]["selector"]["matchLabels"].items() <= labels.items()
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]} | {
-        c["metadata"]["name"]: c for c in sts["spec"]["volumeClaimTemplates"]
+        c["metadata"]["name"]: c for c in workload["spec"].get("volumeClaimTemplates", [])
     }
+    for volume in pod["spec"]["volumes"]:
+        if "configMap" in volume and not volume["configMap"].get("optional"):
+            assert ("ConfigMap", volume["configMap"]["name"]) in docs, volume
     config = docs[("ConfigMap", "customer-pulse")]["data"]
     for container in pod["spec"]["containers"]:
         port_names = {p["name"] for p in container["ports"]}
@@ -307,14 +345,12 @@ def test_kubernetes_references_resolve():
             if "secretRef" in source:  # created by the operator; its keys are shown by the example
                 assert ("Secret", source["secretRef"]["name"]) in docs
         # every file or folder a setting names is on a mounted volume
-        for name, value in config.items():
+        env = {e["name"]: e["value"] for e in container.get("env", [])}
+        for name, value in {**config, **env}.items():
+            if workload["kind"] == "Deployment" and name in WORKER_ONLY_PATHS:
+                continue
             if value.startswith("/"):
                 assert any(Path(value).is_relative_to(path) for path in mounts), (name, value, mounts)
-    for (kind, name), doc in docs.items():
-        if kind == "Service":
-            assert doc["spec"]["selector"].items() <= labels.items(), name
-            container_ports = {p["name"] for c in pod["spec"]["containers"] for p in c["ports"]}
-            assert {p["targetPort"] for p in doc["spec"]["ports"]} <= container_ports, name
 
 
 def test_kubernetes_workers_get_the_clv_parameter_file_when_there_is_one():
@@ -381,3 +417,38 @@ def test_compose_workers_restart_and_get_their_files():
         assert any(Path(env[name]).is_relative_to(t) for t in targets), (name, env[name], targets)
     params = targets[str(Path(env["PULSE_CLV_PARAMS_FILE"]).parent)]
     assert params is not None and (COMPOSE.parent / params).is_dir(), params  # the bind source is in the repo
+
+
+def test_the_router_is_deployed_scraped_and_watched(monkeypatch):
+    """issue 19: the router runs in compose (restarting) and on Kubernetes, Prometheus scrapes it, rules watch it,
+    and both configurations it is given load."""
+    from streams.router.config import load_config, parse_config
+
+    router = compose_services()["router"]
+    assert router["restart"] == "unless-stopped" and router["command"] == ["router"]
+    env = router["environment"]
+    config_file = Path(env["PULSE_ROUTER_CONFIG_FILE"])
+    source = volume_targets(router)[str(config_file.parent)]
+    assert source is not None
+    assert load_config(COMPOSE.parent / source / config_file.name).destinations
+    Settings(_env_file=None, **{k[len("PULSE_") :].lower(): v for k, v in env.items() if k.startswith("PULSE_")})
+    jobs = {job["job_name"]: job for job in load_all(PROMETHEUS)[0]["scrape_configs"]}
+    sd = jobs["customer-pulse-router"]["dns_sd_configs"][0]
+    assert sd["names"] == ["router"] and sd["port"] == int(env["PULSE_ROUTER_METRICS_PORT"])
+    rules = {rule["alert"]: rule for group in load_all(ALERTS)[0]["groups"] for rule in group["rules"]}
+    assert 'job="customer-pulse-router"' in rules["PulseRouterDown"]["expr"]
+    assert "pulse_router_deliveries_total" in rules["PulseDeliveriesDeadLettered"]["expr"]
+
+    docs = {(doc["kind"], doc["metadata"]["name"]): doc for _, doc in k8s_docs()}
+    pod = docs[("Deployment", "customer-pulse-router")]["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    assert container["args"] == ["router"]
+    k8s_env = {e["name"]: e["value"] for e in container["env"]}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"metrics": int(k8s_env["PULSE_ROUTER_METRICS_PORT"]), "api": int(k8s_env["PULSE_ROUTER_API_PORT"])}
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == k8s_env["PULSE_ROUTER_METRICS_PORT"]
+    # the router.toml of the ConfigMap loads once the variables it names are set (the example secret's keys)
+    for key, value in docs[("Secret", "customer-pulse-router")]["stringData"].items():
+        monkeypatch.setenv(key, value)
+    toml = docs[("ConfigMap", "customer-pulse-router")]["data"][Path(k8s_env["PULSE_ROUTER_CONFIG_FILE"]).name]
+    assert parse_config(toml, "router.yaml").destinations

@@ -31,7 +31,7 @@ from streams.router.messages import (
     wecom_payload,
 )
 from streams.router.rules import OffsetTracker, RateLimiter, RetryPolicy, Routable, destinations_for
-from streams.router.service import Delivery, DestinationWorker, Job
+from streams.router.service import Delivery, DestinationWorker, Job, delivered_action
 from tests.router_fixtures import envelope
 
 REPO = Path(__file__).resolve().parents[2]
@@ -393,6 +393,15 @@ class FakeRouter:
         self.settings = settings
         self.delivered = delivered if delivered is not None else set()
         self.dead: list[tuple[str, str, int]] = []
+        #: (destination, alert id) of the delivered records, in the order they were written
+        self.recorded: list[tuple[str, str]] = []
+
+    async def record_delivered(self, destination, envs):
+        for e in envs:
+            action = delivered_action(e, destination)
+            if action is not None:
+                assert (destination, e.id) not in self.delivered  # written before the Redis mark
+                self.recorded.append((destination, action.alert_id))
 
     async def not_delivered(self, destination, batch):
         return [d for d in batch if (destination, d.env.id) not in self.delivered]
@@ -437,7 +446,7 @@ def _deliveries(n: int, finished: list[str]) -> list[Delivery]:
 
 
 async def test_quiet_grouping_makes_digests_of_at_most_max_alerts():
-    worker, _, transport = _worker(_settings(), group_max=2)
+    worker, router, transport = _worker(_settings(), group_max=2)
     finished: list[str] = []
     for d in _deliveries(5, finished):
         worker.queue.put_nowait(d)
@@ -445,6 +454,8 @@ async def test_quiet_grouping_makes_digests_of_at_most_max_alerts():
         await worker.deliver(await worker.next_batch())
     assert [len(ids) for ids in transport.sent] == [2, 2, 1]
     assert len(finished) == 5
+    # each alert of each acknowledged digest is recorded as delivered for the scoring worker
+    assert sorted(router.recorded) == [("chat", f"C{i:05d}:churn:1") for i in range(5)]
 
 
 async def test_alerts_within_the_window_go_as_one_message():
@@ -607,3 +618,30 @@ async def test_handed_over_deliveries_stop_being_tried():
     transport.send = send_then_lose_partition
     await worker.deliver([second])
     assert len(transport.sent) == 1 and router.dead == [] and router.delivered == set()
+
+
+def test_a_delivered_record_per_alert_at_its_raised_time_with_a_stable_id():
+    """issue 19: the router tells the scoring worker where an alert went (the save rate by destination)."""
+    from datetime import UTC, datetime
+
+    from schemas.actions import ActionKind, RetentionAction
+    from schemas.vip import VipChange
+    from streams.router.messages import Envelope
+    from tests.router_fixtures import vip_change
+
+    at = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
+    env = envelope(7, raised_at=at)
+    action = delivered_action(env, "crm")
+    assert isinstance(action, RetentionAction) and action.action is ActionKind.DELIVERED
+    assert (action.customer_id, action.alert_id, action.destination, action.occurred_at) == (
+        "C00007",
+        "C00007:churn:1",
+        "crm",
+        at,
+    )
+    assert action.event_id == delivered_action(envelope(7, raised_at=at), "crm").event_id  # written again: same id
+    assert action.event_id != delivered_action(env, "slack").event_id
+    vip = Envelope("vip_change", "C00007:vip:1", VipChange.model_validate(vip_change(7, True)), {}, "v", 0, 0)
+    assert delivered_action(vip, "crm") is None
+    # the worker reads it as it reads the API's actions
+    assert RetentionAction.model_validate_json(action.model_dump_json()) == action
