@@ -64,11 +64,13 @@ def broker_of(nodeid: str) -> str | None:
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
-    """``--dist loadgroup`` (scripts/test.sh): every test of one broker on one xdist worker, the rest by file.
+    """``--dist loadgroup`` (scripts/test.sh): each broker's e2e tests in one xdist worker, its faults tests in
+    another, the other tests by file.
 
-    Session fixtures live per xdist worker process, so a broker's group starts that broker once, on the
-    one worker that needs it, while the two brokers' halves (which mostly wait) run side by side; a file's
-    tests stay together so a module fixture (the installed wheel, the deploy topology) is built once.
+    Session fixtures live per xdist worker process, so each of those groups starts its broker once, on
+    a worker that needs it, and the groups (which mostly wait on workers, brokers and convergence) run
+    side by side; a file's tests stay together so a module fixture (the installed wheel, the deploy
+    topology) is built once. The broker groups are handed out first, the longest path of the run.
     The groups come from the test ids here, not from ``xdist_group`` marks: pytest-xdist 3.8 groups
     those by rewriting node ids, which pytest 9.2 ignores (pytest-dev/pytest-xdist#1386).
     """
@@ -79,7 +81,13 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | 
     class BrokerGroups(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             broker = broker_of(nodeid)
-            return f"broker-{broker}" if broker else nodeid.split("::")[0]
+            path = nodeid.split("::")[0]
+            return f"broker-{broker}-{Path(path).parent.name}" if broker else path
+
+        def _assign_work_unit(self, node: object) -> None:
+            for scope in [scope for scope in self.workqueue if scope.startswith("broker-")][::-1]:
+                self.workqueue.move_to_end(scope, last=False)
+            super()._assign_work_unit(node)
 
     return BrokerGroups(config, log)
 
@@ -230,9 +238,21 @@ class WorkerPool:
         self.workers.append(worker)
         return worker
 
-    def stop_all(self) -> None:
-        for worker in self.workers:
-            worker.stop()
+    def stop_all(self, timeout: float = 30) -> None:
+        """SIGTERM to every running worker at once, then SIGKILL whichever has not exited within ``timeout``.
+
+        Their shutdowns (leave the group, commit, flush) overlap instead of adding up.
+        """
+        running = [worker for worker in self.workers if worker.alive()]
+        for worker in running:
+            worker.proc.terminate()
+        deadline = time.monotonic() + timeout
+        for worker in running:
+            try:
+                worker.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                worker.proc.kill()
+                worker.proc.wait(10)
 
 
 @pytest.fixture

@@ -6,17 +6,17 @@ import pytest
 
 from tests.conftest import broker_of
 
+# (the cases' own ids name no broker: this test would be put in that broker's group)
+CASES = [
+    pytest.param("tests/e2e/test_restart_recovery.py::test_restart[kafka]", "kafka", id="one-param"),
+    pytest.param("tests/e2e/test_walking_skeleton.py::test_orders[tansu-rocksdb://]", "tansu", id="two-params"),
+    pytest.param("tests/faults/test_crashes_and_outages.py::test_kills[kafka-3-workers]", "kafka", id="dashes"),
+    pytest.param("tests/faults/test_crashes_and_outages.py::test_kills[1-worker]", None, id="no-broker"),
+    pytest.param("tests/unit/test_codec.py::test_edge_states_round_trip[32-min-ids]", None, id="unit-params"),
+    pytest.param("tests/unit/test_codec.py::test_an_orjson_record_still_decodes", None, id="no-params"),
+]
 
-@pytest.mark.parametrize(
-    ("nodeid", "broker"),
-    [
-        ("tests/e2e/test_restart_recovery.py::test_restart[kafka]", "kafka"),
-        ("tests/e2e/test_walking_skeleton.py::test_orders[tansu-rocksdb://]", "tansu"),
-        ("tests/faults/test_crashes_and_outages.py::test_seeded_kills[kafka-3-workers]", "kafka"),
-        ("tests/faults/test_crashes_and_outages.py::test_seeded_kills[1-worker]", None),
-        ("tests/unit/test_codec.py::test_edge_states_round_trip[32-min-ids]", None),
-        ("tests/unit/test_codec.py::test_an_orjson_record_still_decodes", None),
-    ],
-)
+
+@pytest.mark.parametrize(("nodeid", "broker"), CASES)
 def test_a_broker_test_is_grouped_by_the_broker_in_its_id(nodeid: str, broker: str | None) -> None:
     assert broker_of(nodeid) == broker
