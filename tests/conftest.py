@@ -5,7 +5,9 @@ and Redis key prefix, so tests share one broker without seeing each other.
 Every test that uses the broker runs on each broker of ``PULSE_TEST_BROKERS``
 (default ``tansu,kafka``: the embedded Tansu and Apache Kafka); the test id
 names it, e.g. ``test_restart[kafka]``. Pytest groups the tests by broker, so
-one broker runs at a time and the first is stopped before the second starts.
+one broker runs at a time and the first is stopped before the second starts;
+scripts/test.sh runs the brokers' halves side by side instead, each in its own
+pytest-xdist process (``pytest_xdist_make_scheduler`` below).
 """
 
 from __future__ import annotations
@@ -29,6 +31,71 @@ def pytest_report_header(config: pytest.Config) -> str:
     """Which brokers the e2e and faults tests run on, at the top of every run's output (CI logs)."""
     kafka = f"Apache Kafka {KAFKA_VERSION}: {kafka_available() or 'ready'}" if "kafka" in TEST_BROKERS else ""
     return f"brokers: {', '.join(TEST_BROKERS)} (PULSE_TEST_BROKERS)" + (f"; {kafka}" if kafka else "")
+
+
+def broker_of(nodeid: str) -> str | None:
+    """The broker among a test id's parameters (``test_x[kafka-rocksdb://]`` -> ``kafka``), else None."""
+    return next((p for p in nodeid.partition("[")[2].rstrip("]").split("-") if p in BROKERS), None)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """``--dist loadgroup`` (scripts/test.sh): each broker's e2e tests in one xdist worker, its faults tests in
+    another, the other tests by file.
+
+    Session fixtures live per xdist worker process, so each of those groups starts its broker once, on
+    a worker that needs it, and the groups (which mostly wait on workers, brokers and convergence) run
+    side by side; a file's tests stay together so a module fixture (the installed wheel, the deploy
+    topology) is built once. The broker groups are handed out first, the longest path of the run.
+    The groups come from the test ids here, not from ``xdist_group`` marks: pytest-xdist 3.8 groups
+    those by rewriting node ids, which pytest 9.2 ignores (pytest-dev/pytest-xdist#1386).
+    """
+    if config.getoption("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class BrokerGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            broker = broker_of(nodeid)
+            path = nodeid.split("::")[0]
+            return f"broker-{broker}-{Path(path).parent.name}" if broker else path
+
+        def _assign_work_unit(self, node: object) -> None:
+            for scope in [scope for scope in self.workqueue if scope.startswith("broker-")][::-1]:
+                self.workqueue.move_to_end(scope, last=False)
+            super()._assign_work_unit(node)
+
+    return BrokerGroups(config, log)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each broker test's broker on its report, for the summary below."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and (broker := callspec.params.get("devstack")):
+            item.user_properties.append(("broker", broker))
+
+
+#: broker -> outcome -> tests, and the xdist workers that ran them (for the summary below)
+_BROKER_RUNS: dict[str, dict[str, int]] = {}
+_BROKER_WORKERS: dict[str, set[str]] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    broker = dict(report.user_properties).get("broker")
+    if broker is None or (report.when != "call" and report.outcome == "passed"):
+        return  # one count per test: its call, or the setup that skipped or failed it
+    outcome = "error" if report.when != "call" and report.outcome == "failed" else report.outcome
+    outcomes = _BROKER_RUNS.setdefault(broker, {})
+    outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    node = getattr(report, "node", None)  # the xdist worker, on the controller
+    _BROKER_WORKERS.setdefault(broker, set()).add(node.gateway.id if node is not None else "main")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Which broker the e2e and faults tests ran on, how they ended, and in which process (CI logs)."""
+    for broker, outcomes in _BROKER_RUNS.items():
+        counts = ", ".join(f"{n} {outcome}" for outcome, n in sorted(outcomes.items()))
+        terminalreporter.write_line(f"broker {broker}: {counts} (on {', '.join(sorted(_BROKER_WORKERS[broker]))})")
 
 
 @pytest.fixture(scope="session", params=TEST_BROKERS)

@@ -5,7 +5,8 @@ profiles differ from one uninterrupted run over the sorted, de-duplicated
 history (must be 0), and that every alert and VIP-change id was published
 with one content only. ``PULSE_FAULT_SEED`` and ``PULSE_FAULT_KILLS`` (default
 10) choose the kill schedule; ``PULSE_FAULT_REDIS_OUTAGE_SECONDS`` (default
-30) the outage.
+10: several retries at the test's 2 s backoff cap) the shortest outage; Redis stays down until
+the worker has scored the outage's traffic, however long that takes on a busy machine.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 
 SEED = int(os.environ.get("PULSE_FAULT_SEED", "20261123"))
 KILLS = int(os.environ.get("PULSE_FAULT_KILLS", "10"))
-OUTAGE_SECONDS = float(os.environ.get("PULSE_FAULT_REDIS_OUTAGE_SECONDS", "30"))
+OUTAGE_SECONDS = float(os.environ.get("PULSE_FAULT_REDIS_OUTAGE_SECONDS", "10"))
 
 
 def send_stream(bootstrap: str, topics: dict[str, str], stream, chunks: int, pause: float) -> None:
@@ -213,7 +214,8 @@ def check_one_content_per_id(namespace, client: redis.Redis) -> None:
 
 
 def test_redis_outage_processing_goes_on_and_redis_converges(namespace, start_worker, tmp_path):
-    """Redis is killed (losing its data) for ``OUTAGE_SECONDS`` mid-stream, then starts empty on the same port."""
+    """Redis is killed (losing its data) for at least ``OUTAGE_SECONDS`` mid-stream, then starts empty on the same
+    port."""
     events = generate_events(customers=150, days=365, seed=5, end=datetime(2026, 6, 1, tzinfo=UTC))
     topics = namespace.settings.input_topics()
     server = start_redis(tmp_path)
@@ -245,10 +247,11 @@ def test_redis_outage_processing_goes_on_and_redis_converges(namespace, start_wo
                 and now.get("pulse_redis_pending_profiles", 0) > 0
             )
 
-        assert wait_until(scoring_goes_on, timeout=max(5.0, OUTAGE_SECONDS - 2)), worker.log_tail()
+        assert wait_until(scoring_goes_on), worker.log_tail()  # all while Redis is down
         during = scraped(worker.metrics_port)
         time.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - outage_started)))
         assert worker.alive()
+        down_seconds = time.monotonic() - outage_started
         server = start_redis(tmp_path, server.port)  # back, and empty
         send_stream(namespace.bootstrap, topics, thirds[2], 1, 0)
 
@@ -256,7 +259,7 @@ def test_redis_outage_processing_goes_on_and_redis_converges(namespace, start_wo
         diffs = profile_diffs(s, expected)
         after = scraped(worker.metrics_port)
         report(
-            f"redis down {OUTAGE_SECONDS:.0f} s, restarted empty",
+            f"redis down {down_seconds:.0f} s, restarted empty",
             events_sent=len(stream),
             scored_during_outage=int(during["pulse_events_total"] - before.get("pulse_events_total", 0)),
             redis_write_errors=int(after["pulse_redis_write_errors_total"]),
