@@ -20,16 +20,10 @@ from schemas.alerts import AlertReason, RetentionAlert
 from schemas.dead_letter import DeadLetter
 from schemas.events import (
     MIN_TIME_MS,
-    ComplaintEvent,
     CustomerEvent,
     EventRejected,
     Kind,
-    OrderEvent,
-    OrderStatus,
     Reason,
-    SupportEvent,
-    SurveyEvent,
-    decode_event,
 )
 from schemas.profile import RenderedProfile, cents_to_money, money_or_none, ms_to_datetime, render_profile
 from schemas.vip import VipChange
@@ -45,11 +39,10 @@ from scoring.customer import (
     indicator_contribution,
 )
 from scoring.indicators import activity
-from scoring.orders import DAY_MS, OrderFact, to_cents, window_revenue_cents
+from scoring.orders import DAY_MS, window_revenue_cents
 from scoring.population import PopulationView, gap_sums, member_keys, rescore, tags
 from scoring.rfm import Ranking
-from scoring.service import TicketFact
-from scoring.voice import ComplaintFact, SurveyFact
+from streams.validation import EventReader
 
 
 class InjectedFailure(RuntimeError):
@@ -155,6 +148,7 @@ class BatchProcessor:
         self.config = settings.scoring()
         self.rates = settings.currency_rates()
         self.currency = settings.base_currency.upper()
+        self.reader = EventReader(self.rates, settings.max_event_bytes)
         self.population = PopulationView(
             self.config.rfm, self.config.indicators, int(settings.profile_refresh_seconds * 1000)
         )
@@ -242,14 +236,13 @@ class BatchProcessor:
             read.next_offset = record.offset + 1
             read.active_wall_ms = wall_ms
             try:
-                event = decode_event(kind, record.value or b"", self.settings.max_event_bytes)
-                scored = self._to_scored(event, record.offset)
+                customer_id, scored = self.reader.read(kind, record.value or b"", record.offset)
                 self._check_early(scored, wall_ms)
             except EventRejected as exc:
                 out.rejected.append(self._reject(record, kind, exc))
                 out.count(kind, "dead_lettered")
                 continue
-            key = event.customer_id.encode()
+            key = customer_id.encode()
             if record.key != key:
                 out.rerouted.append((record.topic, key, record.value or b""))
                 out.count(kind, "rerouted")
@@ -740,27 +733,7 @@ class BatchProcessor:
         )
 
     def _to_scored(self, event: CustomerEvent, offset: int) -> ScoredEvent:
-        at = event.occurred_ms
-        facts: dict[str, object] = {}
-        if isinstance(event, OrderEvent):
-            rate = self.rates.get(event.currency)
-            if rate is None:
-                raise EventRejected(
-                    Reason.UNSUPPORTED_CURRENCY, f"currency: no rate for {event.currency} (see PULSE_FX_RATES)"
-                )
-            facts["order"] = OrderFact(
-                occurred_ms=at,
-                amount_cents=to_cents(event.amount, rate),
-                cost_cents=None if event.cost is None else to_cents(event.cost, rate),
-                refunded=event.status is OrderStatus.REFUNDED,
-            )
-        elif isinstance(event, SurveyEvent):
-            facts["survey"] = SurveyFact(at, event.nps, event.csat)
-        elif isinstance(event, ComplaintEvent):
-            facts["complaint"] = ComplaintFact(at, event.severity.value)
-        elif isinstance(event, SupportEvent):
-            facts["ticket"] = TicketFact(at, event.ticket_id, event.kind.value)
-        return ScoredEvent(kind=event.KIND.value, event_id=event.event_id, occurred_ms=at, offset=offset, **facts)
+        return self.reader.to_scored(event, offset)
 
     def _reject(self, record: Incoming, kind: str, exc: EventRejected) -> Rejected:
         payload, encoding, truncated = DeadLetter.render_payload(record.value, self.settings.dead_letter_payload_bytes)
