@@ -23,6 +23,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from scoring.clv import ClvSignals, PurchaseDays, p_alive_below_at
+from scoring.frozen import fast_init
 from scoring.orders import DAY_MS, OrderState
 from scoring.service import ServiceState, service_risk
 from scoring.voice import SEVERITIES, VoiceState
@@ -118,6 +119,7 @@ class ChurnConfig:
         return MEDIUM if score >= self.medium_min_score else LOW
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Reason:
     code: str
@@ -126,6 +128,7 @@ class Reason:
     detail: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ChurnAssessment:
     score: int
@@ -149,6 +152,7 @@ class ChurnState:
     alert_ms: int | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ChurnInputs:
     """The parts of a customer's state the signals read."""
@@ -331,6 +335,7 @@ def assess(inputs: ChurnInputs, now_ms: int, population_gap_days: float | None, 
     return ChurnAssessment(score, c.level(score), tuple(reasons), min(future) if future else None)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class AlertDecision:
     #: "entered" (first alert, or after the cooldown), "escalated", or None: no alert

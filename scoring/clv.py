@@ -26,6 +26,8 @@ from decimal import Decimal
 
 from scipy.special import hyp2f1
 
+from scoring.frozen import fast_init
+
 DAY_MS = 86_400_000
 DAYS_PER_YEAR = 365.25
 CENTS_PER_UNIT = 100
@@ -291,6 +293,7 @@ def mean_repeat_value(h: PurchaseDays) -> float | None:
     return (h.total_cents - h.first_day_cents) / x / CENTS_PER_UNIT
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ClvSignals:
     #: repeat purchase days, and t_x, T in ``params.time_unit_days`` units

@@ -19,6 +19,7 @@ from hashlib import blake2b
 
 from scoring.churn import ChurnAssessment, ChurnConfig, ChurnInputs, ChurnState, assess
 from scoring.clv import ClvConfig, ClvSignals, PurchaseDays, clv_signals, record_purchase
+from scoring.frozen import fast_init
 from scoring.indicators import Contribution, IndicatorConfig, contribution
 from scoring.orders import DAY_MS, OrderFact, OrderScoringConfig, OrderState, apply_order
 from scoring.rfm import RfmConfig
@@ -80,6 +81,7 @@ class CustomerState:
     clv_cents: int | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ScoredEvent:
     """A validated event as the scorer sees it."""

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from scoring.clv import PurchaseDays
+from scoring.frozen import fast_init
 
 DAY_MS = 86_400_000
 PERCENT = 100
@@ -110,6 +111,7 @@ def ticket_row_add(row: list[int] | None, slot: int, delta: int) -> list[int] | 
 # --- one customer's contribution -----------------------------------------
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Contribution:
     """A customer's day rows as they were (shallow copies: the rows themselves are never mutated)."""

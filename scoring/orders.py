@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
 
+from scoring.frozen import fast_init
+
 DAY_MS = 86_400_000
 #: Average month length used for "orders per month of tenure".
 MONTH_MS = int(30.436875 * DAY_MS)
@@ -32,6 +34,7 @@ class OrderScoringConfig:
         return -(-self.revenue_window_days // self.revenue_bucket_days)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class OrderFact:
     """An order event reduced to what scoring needs (base-currency cents, epoch ms)."""
@@ -115,6 +118,7 @@ def window_revenue_cents(state: OrderState, now_ms: int, config: OrderScoringCon
     return sum(cents for bucket, cents in state.revenue_buckets.items() if oldest <= bucket <= current)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class OrderSignals:
     """Derived order indicators at a point of event time."""

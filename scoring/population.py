@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from scoring.customer import CustomerState, indicator_contribution
+from scoring.frozen import fast_init
 from scoring.indicators import (
     ACTIVE,
     ACTIVE_AT_START,
@@ -522,6 +523,7 @@ class PopulationView:
         return SweepSlice(keys, part.round_refresh)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Rescored:
     scores: RfmScores | None

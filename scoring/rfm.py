@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from scoring.frozen import fast_init
 from scoring.rank import ExactIndex, RankIndex, RfmKeys, percentile, score_1_to_5
 
 
@@ -78,6 +79,7 @@ class RfmConfig:
         return tuple(sorted({1 - self.vip_leave_share, 1 - self.vip_enter_share}))
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class MemberKeys:
     """The rank keys one member is counted under: R (day), F (orders), M and the VIP value measure V (cents)."""
@@ -155,6 +157,7 @@ class Population:
         )
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RfmScores:
     r: int

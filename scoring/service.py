@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from scoring.frozen import fast_init
 from scoring.indicators import DEFAULT_RESPONSE_EDGES_MS, RESPONSE_SLOT, response_bucket, ticket_row_add
 from scoring.indicators import OPENED as MARK_OPENED
 from scoring.indicators import RESOLVED as MARK_RESOLVED
@@ -50,6 +51,7 @@ class ServiceConfig:
     response_edges_ms: tuple[int, ...] = DEFAULT_RESPONSE_EDGES_MS
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TicketFact:
     occurred_ms: int
@@ -189,6 +191,7 @@ def _breached(t: list[int | None], now_ms: int, config: ServiceConfig) -> bool:
     return t[_RS] is not None and t[_RS] - opened > rs_sla
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ServiceSignals:
     tickets_total: int
@@ -231,6 +234,7 @@ def service_signals(state: ServiceState, now_ms: int, config: ServiceConfig) -> 
     )
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ServiceRisk:
     """What the churn warning reads from the tickets (spec: Churn warning, slow service)."""
