@@ -295,41 +295,83 @@ def _below(trees: Sequence[list[int]], path: list[int]) -> int:
     return sum([sum(map(tree.__getitem__, path)) for tree in trees])
 
 
-def percentile(indexes: Sequence[Counted] | Counted, key: int) -> float | None:
-    """Mid-rank percentile of ``key`` in the union of ``indexes`` (spec: p = (count(<v) + 0.5·count(=v)) / N).
+class Union:
+    """The union of same-domain parts (all :class:`RankIndex`, or all :class:`ExactIndex`), ranked with the
+    Fenwick path walked once for all parts and summed in C: the same counts as each part's ``count_below``
+    and ``count_equal`` summed (what :func:`percentile` computes for other parts), for less work on every
+    re-scored customer. Holds the parts' live structures: valid as long as the parts are the population's."""
 
-    The same counts as summing each part's ``count_below`` and ``count_equal``, with the Fenwick path
-    walked once for all parts (they share one domain): this runs for every re-scored customer."""
+    __slots__ = ("_parts", "_exact", "_ranks", "_trees", "_counts", "_values", "_incomplete", "_first")
+
+    def __init__(self, parts: Sequence[RankIndex] | Sequence[ExactIndex]) -> None:
+        self._parts = parts
+        self._first = parts[0]
+        self._exact = isinstance(self._first, ExactIndex)
+        ranks: list[RankIndex] = [p.coarse for p in parts] if self._exact else list(parts)  # type: ignore[union-attr,misc]
+        self._ranks = ranks
+        self._trees = [r._tree for r in ranks]
+        self._counts = [r._counts for r in ranks]
+        self._values = [p.values for p in parts] if self._exact else []  # type: ignore[union-attr]
+        #: snapshot parts (ExactIndex.complete False): a bucket without values counts as all tied
+        self._incomplete = [not p.complete for p in parts] if self._exact else []  # type: ignore[union-attr]
+
+    @staticmethod
+    def supports(parts: Sequence[object]) -> bool:
+        if not parts:
+            return False
+        kind = type(parts[0])
+        if kind is RankIndex:
+            return all(type(p) is RankIndex and p.size == parts[0].size for p in parts)  # type: ignore[attr-defined]
+        if kind is ExactIndex:
+            size = parts[0].coarse.size  # type: ignore[attr-defined]
+            return all(type(p) is ExactIndex and p.coarse.size == size for p in parts)  # type: ignore[attr-defined]
+        return False
+
+    def percentile(self, key: int) -> float | None:
+        total = 0
+        for r in self._ranks:
+            total += r.total
+        if total == 0:
+            return None
+        first = self._first
+        if not self._exact:
+            k = first.clamp(key)
+            below = _below(self._trees, _path(k))
+            equal = 0
+            for counts in self._counts:
+                equal += counts.get(k, 0)
+            return (below + 0.5 * equal) / total
+        b = first.coarse.clamp(first.bucket(key))  # type: ignore[union-attr]
+        below = _below(self._trees, _path(b))
+        equal = 0
+        for i, values in enumerate(self._values):
+            held = values.get(b)
+            if held is None:
+                if self._incomplete[i]:
+                    equal += self._counts[i].get(b, 0)
+                continue
+            at = bisect.bisect_left(held, key)
+            below += at
+            equal += bisect.bisect_right(held, key, at) - at
+        return (below + 0.5 * equal) / total
+
+
+def percentile(indexes: Sequence[Counted] | Counted, key: int) -> float | None:
+    """Mid-rank percentile of ``key`` in the union of ``indexes`` (spec: p = (count(<v) + 0.5·count(=v)) / N)."""
     parts = indexes if isinstance(indexes, list | tuple) else [indexes]
-    total = sum([p.total for p in parts])
+    if Union.supports(parts):
+        return Union(parts).percentile(key)  # type: ignore[arg-type]
+    total = sum(p.total for p in parts)
     if total == 0:
         return None
-    first = parts[0]
-    if isinstance(first, ExactIndex):  # the value's bucket once for all parts
+    if isinstance(parts[0], ExactIndex):  # the value's bucket once for all parts
+        first = parts[0]
         b = first.coarse.clamp(first.bucket(key))
-        if all(type(p) is ExactIndex and p.coarse.size == first.coarse.size for p in parts):
-            below = _below([p.coarse._tree for p in parts], _path(b))
-            equal = 0
-            for p in parts:
-                held = p.values.get(b)
-                if held is None:
-                    if not p.complete:
-                        equal += p.coarse._counts.get(b, 0)
-                    continue
-                at = bisect.bisect_left(held, key)
-                below += at
-                equal += bisect.bisect_right(held, key, at) - at
-            return (below + 0.5 * equal) / total
         below = equal = 0
         for p in parts:
             x, y = p.below_and_equal(key, b)  # type: ignore[attr-defined]
             below += x
             equal += y
-        return (below + 0.5 * equal) / total
-    if isinstance(first, RankIndex) and all(type(p) is RankIndex and p.size == first.size for p in parts):
-        k = first.clamp(key)
-        below = _below([p._tree for p in parts], _path(k))  # type: ignore[attr-defined]
-        equal = sum([p._counts.get(k, 0) for p in parts])  # type: ignore[attr-defined]
         return (below + 0.5 * equal) / total
     below = sum(p.count_below(key) for p in parts)
     equal = sum(p.count_equal(key) for p in parts)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from scoring.frozen import fast_init
-from scoring.rank import ExactIndex, RankIndex, RfmKeys, percentile, score_1_to_5
+from scoring.rank import ExactIndex, RankIndex, RfmKeys, Union, percentile, score_1_to_5
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +179,9 @@ def segment_for(r: int, f: int, m: int, rules: Sequence[SegmentRule]) -> str:
     return OTHERS
 
 
+_MISSING = object()
+
+
 class Ranking:
     """Percentiles against the union of ``parts`` as they are now, each key's computed once.
 
@@ -188,7 +191,7 @@ class Ranking:
     after applying events or snapshots.
     """
 
-    __slots__ = ("_indexes", "_memo", "_thresholds", "inexact")
+    __slots__ = ("_indexes", "_memo", "_thresholds", "inexact", "_unions", "_complete")
 
     def __init__(self, parts: Sequence[Population], config: RfmConfig | None = None) -> None:
         self._indexes = (
@@ -198,6 +201,10 @@ class Ranking:
             [p.v for p in parts],
         )
         self._memo: tuple[dict[int, float | None], ...] = ({}, {}, {}, {})
+        #: each dimension's parts ranked together (None: parts of mixed kinds or domains, ranked one by one)
+        self._unions = tuple(Union(i) if Union.supports(i) else None for i in self._indexes)
+        #: M and V: every part knows every bucket's values (live partitions), so no lookup can be inexact
+        self._complete = tuple(all(getattr(p, "complete", True) for p in i) for i in self._indexes)
         config = config or RfmConfig()
         self._thresholds = ((), (), config.m_thresholds(), config.v_thresholds())
         #: M and V lookups whose score or VIP flag the bucketed rank may get wrong: a snapshot lacked the
@@ -207,14 +214,15 @@ class Ranking:
     def percentile(self, dimension: int, key: int) -> float | None:
         """``dimension``: 0 R, 1 F, 2 M, 3 the VIP value measure."""
         memo = self._memo[dimension]
-        try:
-            return memo[key]
-        except KeyError:
-            indexes = self._indexes[dimension]
-            memo[key] = p = percentile(indexes, key)
-            if dimension >= 2 and not all(index.exact(key) for index in indexes):
-                self.inexact += self._straddles(dimension, key)
-            return p
+        p = memo.get(key, _MISSING)
+        if p is not _MISSING:
+            return p  # type: ignore[return-value]
+        indexes = self._indexes[dimension]
+        union = self._unions[dimension]
+        memo[key] = p = percentile(indexes, key) if union is None else union.percentile(key)
+        if dimension >= 2 and not self._complete[dimension] and not all(index.exact(key) for index in indexes):
+            self.inexact += self._straddles(dimension, key)
+        return p
 
     def forget(self, dimension: int) -> None:
         """A member's key of ``dimension`` moved: its memoised percentiles are stale."""
