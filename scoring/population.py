@@ -88,10 +88,26 @@ def gap_sums(state: CustomerState) -> GapSums:
 def tags(state: CustomerState) -> tuple[str, ...]:
     """What the per-partition tallies count a customer under (metrics: segments, VIPs, risk levels; and the
     population indicators' activity flags, shipped in the snapshots)."""
-    out = [f"risk:{state.churn.level}", *flag_tags(state.activity)]
-    if state.segment is not None:
-        out.append(f"segment:{state.segment}")
-    if state.vip:
+    # a function of four small-domain values, computed twice per re-scored customer: memoised
+    of = (state.churn.level, state.activity, state.segment, state.vip)
+    found = _TAGS.get(of)
+    if found is None:
+        found = _tags(*of)
+        if len(_TAGS) < _TAGS_MAX:
+            _TAGS[of] = found
+    return found
+
+
+#: tags() by (risk level, activity flags, segment, VIP): a few hundred combinations; bounded all the same
+_TAGS: dict[tuple[str, int, str | None, bool], tuple[str, ...]] = {}
+_TAGS_MAX = 4096
+
+
+def _tags(level: str, activity: int, segment: str | None, vip: bool) -> tuple[str, ...]:
+    out = [f"risk:{level}", *flag_tags(activity)]
+    if segment is not None:
+        out.append(f"segment:{segment}")
+    if vip:
         out.append("vip")
     return tuple(out)
 
