@@ -182,20 +182,22 @@ class EventReader:
                 cost = _money(e.cost)
                 cost_cents = None if cost is None else to_cents(cost, rate)
             fact = OrderFact(at, amount_cents, cost_cents, e.status == "refunded")
-            return e.customer_id, ScoredEvent("order", e.event_id, at, offset, order=fact)
+            return e.customer_id, ScoredEvent("order", e.event_id, at, offset, fact)
         if kind is Kind.SURVEY:
             if e.nps is None and e.csat is None:
                 raise _Slow
-            return e.customer_id, ScoredEvent("survey", e.event_id, at, offset, survey=SurveyFact(at, e.nps, e.csat))
+            return e.customer_id, ScoredEvent("survey", e.event_id, at, offset, None, SurveyFact(at, e.nps, e.csat))
         if kind is Kind.COMPLAINT:
             try:
                 e.category.encode()  # a lone surrogate: pydantic's to judge
             except UnicodeEncodeError:
                 raise _Slow from None
             return e.customer_id, ScoredEvent(
-                "complaint", e.event_id, at, offset, complaint=ComplaintFact(at, e.severity)
+                "complaint", e.event_id, at, offset, None, None, ComplaintFact(at, e.severity)
             )
-        return e.customer_id, ScoredEvent("support", e.event_id, at, offset, ticket=TicketFact(at, e.ticket_id, e.kind))
+        return e.customer_id, ScoredEvent(
+            "support", e.event_id, at, offset, None, None, None, TicketFact(at, e.ticket_id, e.kind)
+        )
 
     def to_scored(self, event: CustomerEvent, offset: int | None) -> ScoredEvent:
         """A validated pydantic event as the scorer sees it (the slow path, and ``BatchProcessor._to_scored``)."""
