@@ -231,7 +231,15 @@ def _spend_decline(i: ChurnInputs, now_ms: int, ctx: ScoringConfig) -> tuple[Rea
     recent, prior = sums[hi] - sums[hi - n], sums[hi - n] - sums[0]
     now_decline = prior > 0 and recent < ratio * prior
     flip = None
-    for step in range(1, 2 * n + 1):  # the windows ending at cur + step, inlined: this runs for every assessment
+    # the windows ending at cur + step: the answer can change only at a step where a non-empty bucket leaves
+    # one of them (sums[h - n] or sums[h - 2n] moves), so only those steps are looked at, in order
+    steps = set()
+    for j, cents in enumerate(spend):
+        if cents:
+            steps.add(j + 1)  # bucket j leaves the earlier window
+            if j >= n:
+                steps.add(j - n + 1)  # bucket j leaves the later window
+    for step in sorted(steps):
         h = hi + step
         r, p = sums[h] - sums[h - n], sums[h - n] - sums[h - 2 * n]
         if (p > 0 and r < ratio * p) != now_decline:
