@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from scoring.customer import CustomerState, indicator_contribution
+from scoring.customer import CustomerState, ScoredEvent, indicator_contribution
 from scoring.frozen import fast_init
 from scoring.indicators import (
     ACTIVE,
@@ -110,6 +110,14 @@ def _tags(level: str, activity: int, segment: str | None, vip: bool) -> tuple[st
     if vip:
         out.append("vip")
     return tuple(out)
+
+
+def moves(event: ScoredEvent) -> tuple[bool, bool]:
+    """What applying ``event`` can move: (the RFM keys and purchase gaps, the indicator day rows). Only an
+    order touches the orders and purchase days the keys and gaps are made of, and an order touches neither
+    the survey answers nor the ticket days the rows are made of (scoring.customer.apply_event)."""
+    order = event.order is not None
+    return order, not order
 
 
 def member_keys(state: CustomerState, config: RfmConfig) -> MemberKeys | None:
@@ -337,14 +345,20 @@ class PopulationView:
         new_customer: bool,
         gaps_before: GapSums = NO_GAP,
         contribution_before: Contribution = EMPTY,
+        keys: bool = True,
+        rows: bool = True,
     ) -> None:
         """An event changed ``state`` (whose keys were ``before``, gap sums ``gaps_before`` and indicator
-        day rows ``contribution_before``)."""
+        day rows ``contribution_before``). ``keys``/``rows`` False: the event cannot have moved the RFM keys
+        and purchase gaps / the indicator day rows (see :func:`moves`), which are then not looked at."""
         part = self.partition(partition)
         if new_customer:
             part.members.append(key)
+        if rows:
+            part.move_indicators(contribution_before, indicator_contribution(state))
+        if not keys:
+            return
         part.add_gaps(gaps_before, gap_sums(state))
-        part.move_indicators(contribution_before, indicator_contribution(state))
         after = member_keys(state, self.config)
         if after != before:
             part.population.move(before, after)

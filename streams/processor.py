@@ -38,9 +38,9 @@ from scoring.customer import (
     customer_clv,
     indicator_contribution,
 )
-from scoring.indicators import activity
+from scoring.indicators import EMPTY, activity
 from scoring.orders import DAY_MS, window_revenue_cents
-from scoring.population import PopulationView, gap_sums, member_keys, rescore, tags
+from scoring.population import NO_GAP, PopulationView, gap_sums, member_keys, moves, rescore, tags
 from scoring.rfm import Ranking
 from streams.validation import EventReader
 
@@ -272,13 +272,15 @@ class BatchProcessor:
                 continue
             new_customer = state.partition is None
             state.partition = record.partition
-            before, gaps_before = member_keys(state, self.config.rfm), gap_sums(state)
-            contribution_before = indicator_contribution(state)
+            keys, rows = moves(scored)  # what the event cannot move is not looked at
+            before = member_keys(state, self.config.rfm) if keys else None
+            gaps_before = gap_sums(state) if keys else NO_GAP
+            contribution_before = indicator_contribution(state) if rows else EMPTY
             applied = apply_event(state, scored, self.config)
             out.count(kind, "scored" if applied else "duplicate")
             out.occurred_ms.append(scored.occurred_ms)
             self.population.applied(
-                record.partition, key, before, state, new_customer, gaps_before, contribution_before
+                record.partition, key, before, state, new_customer, gaps_before, contribution_before, keys, rows
             )
             if self._fail_event_ids and scored.event_id in self._fail_event_ids:
                 raise InjectedFailure(f"PULSE_TEST_FAIL_EVENT_IDS: {scored.event_id}")
