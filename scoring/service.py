@@ -205,8 +205,12 @@ class ServiceSignals:
 
 
 def service_signals(state: ServiceState, now_ms: int, config: ServiceConfig) -> ServiceSignals:
-    tickets = list(state.tickets.values())
     f = state.folded
+    if not state.tickets:  # what the general case below gives without tickets (most customers)
+        n = f.first_responses
+        mean = f.first_response_ms_sum / n / HOUR_MS if n else None
+        return ServiceSignals(f.tickets, 0, f.reopens, f.breaches, mean, None, None, None)
+    tickets = list(state.tickets.values())
     responses = [t[_FR] - t[_O] for t in tickets if t[_O] is not None and t[_FR] is not None]
     responses = [max(0, r) for r in responses]
     n_resp = len(responses) + f.first_responses
@@ -250,6 +254,8 @@ class ServiceRisk:
 
 
 def service_risk(state: ServiceState, now_ms: int, config: ServiceConfig, reopened_window_ms: int) -> ServiceRisk:
+    if not state.tickets:
+        return _NO_RISK
     fr_sla = int(config.first_response_sla_hours * HOUR_MS)
     rs_sla = int(config.resolution_sla_hours * HOUR_MS)
     waits: list[int] = []
@@ -280,3 +286,7 @@ def service_risk(state: ServiceState, now_ms: int, config: ServiceConfig, reopen
         reopened=reopened,
         next_change_ms=min(future) if future else None,
     )
+
+
+#: service_risk of a customer without tickets
+_NO_RISK = ServiceRisk(None, None, 0, None)
