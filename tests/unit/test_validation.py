@@ -116,8 +116,9 @@ def cases() -> list[tuple[Kind, bytes]]:
         out.append((Kind(kind), orjson.dumps(base)[:-1] + b',"extra":[1,{"a":null}]}'))
     order = {"event_id": "e-1", "customer_id": "C1", "occurred_at": "2026-01-01T00:00:00Z", **VALID["order"]}
     for amount in EDGE_AMOUNTS:
-        out.append((Kind.ORDER, orjson.dumps({**order, "amount": amount})))
-        out.append((Kind.ORDER, orjson.dumps({**order, "cost": amount})))
+        for currency in ("USD", "EUR", "JPY"):
+            out.append((Kind.ORDER, orjson.dumps({**order, "currency": currency, "amount": amount})))
+            out.append((Kind.ORDER, orjson.dumps({**order, "currency": currency, "cost": amount})))
     for raw in (b"19.999999999999999999", b"1E-4", b"1e-5", b"1.50000", b"-0", b"0.1e1", b"1e9", b"1e10"):
         out.append((Kind.ORDER, orjson.dumps(order)[:-1] + b',"amount":' + raw + b"}"))
     for currency in ("EUR", "JPY", "GBP", "usd", "USDX"):
