@@ -168,7 +168,10 @@ class EventReader:
         return event.customer_id, self.to_scored(event, offset)
 
     def _fast(self, kind: Kind, payload: bytes, offset: int | None) -> tuple[str, ScoredEvent]:
-        e = _DECODERS[kind].decode(payload)
+        decoder = _DECODERS.get(kind)
+        if decoder is None:
+            raise _Slow  # a kind without a fast path: the pydantic model decides
+        e = decoder.decode(payload)
         at = _occurred_ms(e.occurred_at)
         if kind is Kind.ORDER:
             rate = self.rates.get(e.currency)
@@ -195,9 +198,11 @@ class EventReader:
             return e.customer_id, ScoredEvent(
                 "complaint", e.event_id, at, offset, None, None, ComplaintFact(at, e.severity)
             )
-        return e.customer_id, ScoredEvent(
-            "support", e.event_id, at, offset, None, None, None, TicketFact(at, e.ticket_id, e.kind)
-        )
+        if kind is Kind.SUPPORT:
+            return e.customer_id, ScoredEvent(
+                "support", e.event_id, at, offset, None, None, None, TicketFact(at, e.ticket_id, e.kind)
+            )
+        raise _Slow
 
     def to_scored(self, event: CustomerEvent, offset: int | None) -> ScoredEvent:
         """A validated pydantic event as the scorer sees it (the slow path, and ``BatchProcessor._to_scored``)."""

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from pulse.simulate import generate_events
 from schemas.events import EventRejected, Kind, decode_event
+from streams import validation
 from streams.validation import EventReader
 from tests.fuzz_payloads import BAD_TIMES, HOSTILE_VALUES, VALID, hostile
 
@@ -180,3 +181,9 @@ def test_arbitrary_objects_are_decided_as_pydantic_decides(kind, obj):
     base = {"event_id": "e-1", "customer_id": "C1", "occurred_at": "2026-01-01T00:00:00Z", **VALID[kind.value]}
     payload = orjson.dumps({**base, **obj})
     assert fast(kind, payload) == slow(kind, payload)
+
+
+def test_a_kind_without_a_fast_decoder_is_left_to_the_models(monkeypatch):
+    payload = orjson.dumps({"event_id": "e-1", "customer_id": "C1", "occurred_at": "2026-01-01T00:00:00Z", "nps": 3})
+    monkeypatch.delitem(validation._DECODERS, Kind.SURVEY)
+    assert fast(Kind.SURVEY, payload) == slow(Kind.SURVEY, payload)
