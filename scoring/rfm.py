@@ -200,12 +200,16 @@ class Ranking:
             [p.m for p in parts],
             [p.v for p in parts],
         )
-        self._memo: tuple[dict[int, float | None], ...] = ({}, {}, {}, {})
         #: each dimension's parts ranked together (None: parts of mixed kinds or domains, ranked one by one)
         self._unions = tuple(Union(i) if Union.supports(i) else None for i in self._indexes)
         #: M and V: every part knows every bucket's values (live partitions), so no lookup can be inexact
         self._complete = tuple(all(getattr(p, "complete", True) for p in i) for i in self._indexes)
         config = config or RfmConfig()
+        m_memo: dict[int, float | None] = {}
+        # VIP value = revenue: every member's V key is its M key (rfm_keys), so live parts hold the same values
+        # in both indexes and V's percentiles are M's; not for snapshot parts, whose exact buckets differ
+        same = config.vip_value == "revenue" and self._complete[2] and self._complete[3]
+        self._memo: tuple[dict[int, float | None], ...] = ({}, {}, m_memo, m_memo if same else {})
         self._thresholds = ((), (), config.m_thresholds(), config.v_thresholds())
         #: M and V lookups whose score or VIP flag the bucketed rank may get wrong: a snapshot lacked the
         #: exact values of the value's bucket, and that bucket holds a threshold's rank

@@ -56,3 +56,34 @@ def test_exact_index_union_equals_the_sum_of_parts(values, snapshot, keys):
         parts.append(index)
     for key in keys + [v for vs in values for v in vs[:3]]:
         assert percentile(parts, key) == naive(parts, key)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(19_000, 19_400), st.integers(1, 30), st.integers(-500, 10**7), st.integers(0, 10**6)),
+        min_size=1,
+        max_size=60,
+    ),
+    st.sampled_from(["revenue", "profit"]),
+    st.booleans(),
+)
+def test_ranking_percentiles_equal_each_index_ranked_alone(members, vip_value, snapshot):
+    from scoring.rfm import Population, Ranking, RfmConfig, rfm_keys
+
+    config = RfmConfig(vip_value=vip_value)
+    parts = [Population.empty(config) for _ in range(3)]
+    keys = []
+    for i, (day, orders, revenue, cost) in enumerate(members):
+        k = rfm_keys(config, day * 86_400_000, orders, revenue, revenue - cost)
+        parts[i % 3].move(None, k)
+        keys.append(k)
+    if snapshot:  # another worker's partition, with the exact values of some buckets only
+        counts = parts[0].counts()
+        values = {"m": parts[0].m.encode_values(sorted(counts["m"])[::2]), "v": parts[0].v.encode_values([])}
+        parts[0] = Population.from_snapshot(config, counts, values)
+    ranking = Ranking(parts, config)
+    for k in keys:
+        assert ranking.percentile(2, k.m) == percentile([p.m for p in parts], k.m)
+        assert ranking.percentile(3, k.v) == percentile([p.v for p in parts], k.v)
+        assert ranking.percentile(3, k.m) == percentile([p.v for p in parts], k.m)
