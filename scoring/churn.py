@@ -23,6 +23,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from scoring.clv import ClvSignals, PurchaseDays, p_alive_below_at
+from scoring.frozen import fast_init
 from scoring.orders import OrderState
 from scoring.tickets import ServiceState, service_risk
 from scoring.units import DAY_MS
@@ -119,6 +120,7 @@ class ChurnConfig:
         return MEDIUM if score >= self.medium_min_score else LOW
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ChurnReason:
     """One churn signal that fired: its code (``SIGNALS``), what was observed against which threshold, and a
@@ -130,6 +132,7 @@ class ChurnReason:
     detail: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ChurnAssessment:
     score: int
@@ -153,6 +156,7 @@ class ChurnState:
     alert_ms: int | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ChurnInputs:
     """The parts of a customer's state the signals read."""
@@ -231,7 +235,15 @@ def _spend_decline(i: ChurnInputs, now_ms: int, ctx: ScoringConfig) -> tuple[Chu
     recent, prior = sums[hi] - sums[hi - n], sums[hi - n] - sums[0]
     now_decline = prior > 0 and recent < ratio * prior
     flip = None
-    for step in range(1, 2 * n + 1):  # the windows ending at cur + step, inlined: this runs for every assessment
+    # the windows ending at cur + step: the answer can change only at a step where a non-empty bucket leaves
+    # one of them (sums[h - n] or sums[h - 2n] moves), so only those steps are looked at, in order
+    steps = set()
+    for j, cents in enumerate(spend):
+        if cents:
+            steps.add(j + 1)  # bucket j leaves the earlier window
+            if j >= n:
+                steps.add(j - n + 1)  # bucket j leaves the later window
+    for step in sorted(steps):
         h = hi + step
         r, p = sums[h] - sums[h - n], sums[h - n] - sums[h - 2 * n]
         if (p > 0 and r < ratio * p) != now_decline:
@@ -339,6 +351,7 @@ def assess(inputs: ChurnInputs, now_ms: int, population_gap_days: float | None, 
     return ChurnAssessment(score, c.level(score), tuple(reasons), min(future) if future else None)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class AlertDecision:
     #: "entered" (first alert, or after the cooldown), "escalated", or None: no alert

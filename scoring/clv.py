@@ -26,6 +26,7 @@ from decimal import Decimal
 
 from scipy.special import hyp2f1
 
+from scoring.frozen import fast_init
 from scoring.units import DAY_MS
 
 DAYS_PER_YEAR = 365.25
@@ -103,7 +104,10 @@ def p_alive(params: BgNbdParams, x: int, t_x: float, T: float) -> float:
     return _sigmoid_neg(_log_dropout_odds(params, x, t_x, T))
 
 
-def _expected_purchases(params: BgNbdParams, t: float, x: int, t_x: float, T: float, a: float) -> float:
+def _expected_purchases(
+    params: BgNbdParams, t: float, x: int, t_x: float, T: float, a: float, alive: float | None = None
+) -> float:
+    """``alive``: ``p_alive(params, x, t_x, T)`` when the caller has it (used only for ``a == params.a``)."""
     r, alpha, b = params.r, params.alpha, params.b
     z = t / (alpha + T + t)
     # FHL eq. 10 has ((α+T)/(α+T+t))^(r+x) · 2F1(r+x, b+x; a+b+x−1; z). Euler's transformation
@@ -111,11 +115,18 @@ def _expected_purchases(params: BgNbdParams, t: float, x: int, t_x: float, T: fl
     # a+b+x−1; z): numerator parameters that do not grow with x, so the series converges fast for any x.
     series = float(hyp2f1(a + b - 1 - r, a - 1, a + b + x - 1, z))
     bracket = 1.0 - math.exp((a - 1) * math.log1p(-z)) * series
-    return (a + b + x - 1) / (a - 1) * bracket * p_alive(BgNbdParams(r, alpha, a, b), x, t_x, T)
+    if a != params.a:
+        alive = p_alive(BgNbdParams(r, alpha, a, b), x, t_x, T)
+    elif alive is None:
+        alive = p_alive(params, x, t_x, T)
+    return (a + b + x - 1) / (a - 1) * bracket * alive
 
 
-def expected_purchases(params: BgNbdParams, t: float, x: int, t_x: float, T: float) -> float:
-    """Expected purchases in (T, T+t] given x, t_x, T (Fader, Hardie & Lee 2005, eq. 10)."""
+def expected_purchases(
+    params: BgNbdParams, t: float, x: int, t_x: float, T: float, alive: float | None = None
+) -> float:
+    """Expected purchases in (T, T+t] given x, t_x, T (Fader, Hardie & Lee 2005, eq. 10); ``alive``: its
+    ``p_alive`` if the caller computed it already (each assessment needs both)."""
     if t <= 0:
         return 0.0
     a = params.a
@@ -125,7 +136,7 @@ def expected_purchases(params: BgNbdParams, t: float, x: int, t_x: float, T: flo
         high = _expected_purchases(params, t, x, t_x, T, 1.0 + A_NEAR_ONE)
         share = (a - (1.0 - A_NEAR_ONE)) / (2 * A_NEAR_ONE)
         return low + (high - low) * share
-    return _expected_purchases(params, t, x, t_x, T, a)
+    return _expected_purchases(params, t, x, t_x, T, a, alive)
 
 
 def p_alive_below_at(params: BgNbdParams, x: int, t_x: float, threshold: float) -> float | None:
@@ -292,6 +303,7 @@ def mean_repeat_value(h: PurchaseDays) -> float | None:
     return (h.total_cents - h.first_day_cents) / x / CENTS_PER_UNIT
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ClvSignals:
     #: repeat purchase days, and t_x, T in ``params.time_unit_days`` units
@@ -372,7 +384,7 @@ def clv_signals(
     unit = params.time_unit_days
     x, t_x, T = model_inputs(h, now_ms, unit)
     alive = p_alive(params.bgnbd, x, t_x, T)
-    purchases = expected_purchases(params.bgnbd, config.horizon_days / unit, x, t_x, T)
+    purchases = expected_purchases(params.bgnbd, config.horizon_days / unit, x, t_x, T, alive)
     mean_value = mean_repeat_value(h)
     order_value_cents = expected_order_value(params.gamma_gamma, x, mean_value) * CENTS_PER_UNIT
     share = margin(revenue_cents, profit_cents, default_margin)

@@ -34,6 +34,7 @@ from functools import lru_cache
 from typing import Any
 
 from scoring.clv import PurchaseDays
+from scoring.frozen import fast_init
 from scoring.units import DAY_MS
 
 PERCENT = 100
@@ -111,6 +112,7 @@ def ticket_row_add(row: list[int] | None, slot: int, delta: int) -> list[int] | 
 # --- one customer's contribution -----------------------------------------
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Contribution:
     """A customer's day rows as they were (shallow copies: the rows themselves are never mutated)."""

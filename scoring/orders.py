@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
 
+from scoring.frozen import fast_init
 from scoring.units import DAY_MS
 
 #: Average month length used for "orders per month of tenure".
@@ -33,6 +34,7 @@ class OrderScoringConfig:
         return -(-self.revenue_window_days // self.revenue_bucket_days)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class OrderFact:
     """An order event reduced to what scoring needs (base-currency cents, epoch ms)."""
@@ -116,6 +118,7 @@ def window_revenue_cents(state: OrderState, now_ms: int, config: OrderScoringCon
     return sum(cents for bucket, cents in state.revenue_buckets.items() if oldest <= bucket <= current)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class OrderSignals:
     """Derived order indicators at a point of event time."""
@@ -133,6 +136,18 @@ class OrderSignals:
     window_revenue_cents: int
 
 
+def _average_cents(cents: int, count: int) -> int:
+    """``cents / count`` rounded half to even, as ``Decimal`` division and ``quantize`` gave it, in integers
+    (the Decimal quotient is exact to 28 digits, so the two agree below 10^18 cents)."""
+    if abs(cents) >= 10**18 or count <= 0:
+        return int((Decimal(cents) / count).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+    q, r = divmod(cents, count)
+    twice = 2 * r
+    if twice > count or (twice == count and q % 2):
+        q += 1
+    return q
+
+
 def order_signals(state: OrderState, now_ms: int, config: OrderScoringConfig) -> OrderSignals:
     """Indicators of the state as seen at event time ``now_ms`` (the watermark)."""
     recency = tenure = per_month = None
@@ -144,7 +159,7 @@ def order_signals(state: OrderState, now_ms: int, config: OrderScoringConfig) ->
         per_month = state.orders / max(1.0, tenure_ms / MONTH_MS)
     aov = None
     if state.orders:
-        aov = int((Decimal(state.revenue_cents) / state.orders).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+        aov = _average_cents(state.revenue_cents, state.orders)
     return OrderSignals(
         revenue_cents=state.revenue_cents,
         profit_cents=state.revenue_cents - state.cost_cents,

@@ -50,8 +50,9 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from scoring.customer import CustomerState, indicator_contribution
+from scoring.customer import CustomerState, EventFacts, indicator_contribution
 from scoring.episodes import SAVE_TAGS, state_tallies
+from scoring.frozen import fast_init
 from scoring.indicators import (
     ACTIVE,
     ACTIVE_AT_START,
@@ -91,13 +92,29 @@ def tags(state: CustomerState) -> Tags:
     """What the per-partition tallies count a customer under (metrics: segments, VIPs, risk levels; and the
     population indicators' activity flags, shipped in the snapshots). A plain tag counts 1; a ``(tag, n)`` pair
     counts n: the alert episodes' save-rate tallies (scoring.episodes), whose revenue recovered is a sum."""
-    out: list[str | tuple[str, int]] = [f"risk:{state.churn.level}", *flag_tags(state.activity)]
-    if state.segment is not None:
-        out.append(f"segment:{state.segment}")
-    if state.vip:
-        out.append("vip")
+    # the plain tags are a function of four small-domain values, computed twice per re-scored customer: memoised
+    of = (state.churn.level, state.activity, state.segment, state.vip)
+    found = _TAGS.get(of)
+    if found is None:
+        found = _tags(*of)
+        if len(_TAGS) < _TAGS_MAX:
+            _TAGS[of] = found
     if state.episodes is not None:
-        out.extend(sorted(state_tallies(state.episodes).items()))
+        return (*found, *sorted(state_tallies(state.episodes).items()))
+    return found
+
+
+#: the plain tags by (risk level, activity flags, segment, VIP): a few hundred combinations; bounded all the same
+_TAGS: dict[tuple[str, int, str | None, bool], tuple[str, ...]] = {}
+_TAGS_MAX = 4096
+
+
+def _tags(level: str, activity: int, segment: str | None, vip: bool) -> tuple[str, ...]:
+    out = [f"risk:{level}", *flag_tags(activity)]
+    if segment is not None:
+        out.append(f"segment:{segment}")
+    if vip:
+        out.append("vip")
     return tuple(out)
 
 
@@ -115,6 +132,14 @@ def _weights(tagged: Tags) -> Counter[str]:
 def save_counts(tallies: Counter[str] | dict[str, int]) -> dict[str, int]:
     """The save-rate share of the tallies (scoring.episodes), shipped in the snapshots for ``pulse stats``."""
     return {tag: n for tag, n in tallies.items() if n and tag.partition(":")[0] in SAVE_TAGS}
+
+
+def moves(event: EventFacts) -> tuple[bool, bool]:
+    """What applying ``event`` can move: (the RFM keys and purchase gaps, the indicator day rows). Only an
+    order touches the orders and purchase days the keys and gaps are made of, and an order touches neither
+    the survey answers nor the ticket days the rows are made of (scoring.customer.apply_event)."""
+    order = event.order is not None
+    return order, not order
 
 
 def member_keys(state: CustomerState, config: RfmConfig) -> MemberKeys | None:
@@ -345,14 +370,20 @@ class PopulationView:
         new_customer: bool,
         gaps_before: GapSums = NO_GAP,
         contribution_before: Contribution = EMPTY,
+        keys: bool = True,
+        rows: bool = True,
     ) -> None:
         """An event changed ``state`` (whose keys were ``before``, gap sums ``gaps_before`` and indicator
-        day rows ``contribution_before``)."""
+        day rows ``contribution_before``). ``keys``/``rows`` False: the event cannot have moved the RFM keys
+        and purchase gaps / the indicator day rows (see :func:`moves`), which are then not looked at."""
         part = self.partition(partition)
         if new_customer:
             part.members.append(key)
+        if rows:
+            part.move_indicators(contribution_before, indicator_contribution(state))
+        if not keys:
+            return
         part.add_gaps(gaps_before, gap_sums(state))
-        part.move_indicators(contribution_before, indicator_contribution(state))
         after = member_keys(state, self.config)
         if after != before:
             part.population.move(before, after)
@@ -559,6 +590,7 @@ class PopulationView:
         return SweepSlice(keys, part.round_refresh)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Rescored:
     scores: RfmScores | None

@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from scoring.rank import ExactIndex, RankIndex, RfmKeys, percentile, score_1_to_5
+from scoring.frozen import fast_init
+from scoring.rank import ExactIndex, RankIndex, RfmKeys, Union, percentile, score_1_to_5
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +79,7 @@ class RfmConfig:
         return tuple(sorted({1 - self.vip_leave_share, 1 - self.vip_enter_share}))
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class MemberKeys:
     """The rank keys one member is counted under: R (day), F (orders), M and the VIP value measure V (cents)."""
@@ -155,6 +157,7 @@ class Population:
         )
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RfmScores:
     r: int
@@ -176,6 +179,9 @@ def segment_for(r: int, f: int, m: int, rules: Sequence[SegmentRule]) -> str:
     return OTHERS
 
 
+_MISSING = object()
+
+
 class Ranking:
     """Percentiles against the union of ``parts`` as they are now, each key's computed once.
 
@@ -185,7 +191,7 @@ class Ranking:
     after applying events or snapshots.
     """
 
-    __slots__ = ("_indexes", "_memo", "_thresholds", "inexact")
+    __slots__ = ("_indexes", "_memo", "_thresholds", "inexact", "_unions", "_complete")
 
     def __init__(self, parts: Sequence[Population], config: RfmConfig | None = None) -> None:
         self._indexes = (
@@ -194,8 +200,16 @@ class Ranking:
             [p.m for p in parts],
             [p.v for p in parts],
         )
-        self._memo: tuple[dict[int, float | None], ...] = ({}, {}, {}, {})
+        #: each dimension's parts ranked together (None: parts of mixed kinds or domains, ranked one by one)
+        self._unions = tuple(Union(i) if Union.supports(i) else None for i in self._indexes)
+        #: M and V: every part knows every bucket's values (live partitions), so no lookup can be inexact
+        self._complete = tuple(all(getattr(p, "complete", True) for p in i) for i in self._indexes)
         config = config or RfmConfig()
+        m_memo: dict[int, float | None] = {}
+        # VIP value = revenue: every member's V key is its M key (rfm_keys), so live parts hold the same values
+        # in both indexes and V's percentiles are M's; not for snapshot parts, whose exact buckets differ
+        same = config.vip_value == "revenue" and self._complete[2] and self._complete[3]
+        self._memo: tuple[dict[int, float | None], ...] = ({}, {}, m_memo, m_memo if same else {})
         self._thresholds = ((), (), config.m_thresholds(), config.v_thresholds())
         #: M and V lookups whose score or VIP flag the bucketed rank may get wrong: a snapshot lacked the
         #: exact values of the value's bucket, and that bucket holds a threshold's rank
@@ -204,14 +218,15 @@ class Ranking:
     def percentile(self, dimension: int, key: int) -> float | None:
         """``dimension``: 0 R, 1 F, 2 M, 3 the VIP value measure."""
         memo = self._memo[dimension]
-        try:
-            return memo[key]
-        except KeyError:
-            indexes = self._indexes[dimension]
-            memo[key] = p = percentile(indexes, key)
-            if dimension >= 2 and not all(index.exact(key) for index in indexes):
-                self.inexact += self._straddles(dimension, key)
-            return p
+        p = memo.get(key, _MISSING)
+        if p is not _MISSING:
+            return p  # type: ignore[return-value]
+        indexes = self._indexes[dimension]
+        union = self._unions[dimension]
+        memo[key] = p = percentile(indexes, key) if union is None else union.percentile(key)
+        if dimension >= 2 and not self._complete[dimension] and not all(index.exact(key) for index in indexes):
+            self.inexact += self._straddles(dimension, key)
+        return p
 
     def forget(self, dimension: int) -> None:
         """A member's key of ``dimension`` moved: its memoised percentiles are stale."""

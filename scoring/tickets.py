@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final
 
+from scoring.frozen import fast_init
 from scoring.indicators import DEFAULT_RESPONSE_EDGES_MS, RESPONSE_SLOT, response_bucket, ticket_row_add
 from scoring.indicators import OPENED as MARK_OPENED
 from scoring.indicators import RESOLVED as MARK_RESOLVED
@@ -56,6 +57,7 @@ class ServiceConfig:
     response_edges_ms: tuple[int, ...] = DEFAULT_RESPONSE_EDGES_MS
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TicketFact:
     occurred_ms: int
@@ -201,6 +203,7 @@ def _hours_between(t: list[int | None], start: int, end: int) -> float | None:
     return None if a is None or b is None else max(0, b - a) / HOUR_MS
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ServiceSignals:
     tickets_total: int
@@ -214,8 +217,12 @@ class ServiceSignals:
 
 
 def service_signals(state: ServiceState, now_ms: int, config: ServiceConfig) -> ServiceSignals:
-    tickets = list(state.tickets.values())
     f = state.folded
+    if not state.tickets:  # what the general case below gives without tickets (most customers)
+        n = f.first_responses
+        mean = f.first_response_ms_sum / n / HOUR_MS if n else None
+        return ServiceSignals(f.tickets, 0, f.reopens, f.breaches, mean, None, None, None)
+    tickets = list(state.tickets.values())
     responses = [t[_FR] - t[_O] for t in tickets if t[_O] is not None and t[_FR] is not None]
     responses = [max(0, r) for r in responses]
     n_resp = len(responses) + f.first_responses
@@ -237,6 +244,7 @@ def service_signals(state: ServiceState, now_ms: int, config: ServiceConfig) -> 
     )
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ServiceRisk:
     """What the churn warning reads from the tickets (spec: Churn warning, slow service)."""
@@ -252,6 +260,8 @@ class ServiceRisk:
 
 
 def service_risk(state: ServiceState, now_ms: int, config: ServiceConfig, reopened_window_ms: int) -> ServiceRisk:
+    if not state.tickets:
+        return _NO_RISK
     fr_sla = int(config.first_response_sla_hours * HOUR_MS)
     rs_sla = int(config.resolution_sla_hours * HOUR_MS)
     waits: list[int] = []
@@ -283,3 +293,7 @@ def service_risk(state: ServiceState, now_ms: int, config: ServiceConfig, reopen
         reopened=reopened,
         next_change_ms=min(future) if future else None,
     )
+
+
+#: service_risk of a customer without tickets
+_NO_RISK = ServiceRisk(None, None, 0, None)

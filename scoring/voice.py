@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from scoring.frozen import fast_init
 from scoring.indicators import (
     COMPLAINTS,
     CSAT_ANSWERS,
@@ -48,6 +49,7 @@ def nps_category(score: int, config: VoiceConfig) -> str:
     return DETRACTOR
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class SurveyFact:
     occurred_ms: int
@@ -55,6 +57,7 @@ class SurveyFact:
     csat: int | None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ComplaintFact:
     occurred_ms: int
@@ -113,6 +116,7 @@ def apply_complaint(state: VoiceState, fact: ComplaintFact, config: VoiceConfig)
     return state
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class VoiceSignals:
     nps: int | None

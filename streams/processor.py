@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import cast
 
 import orjson
 
@@ -22,17 +22,11 @@ from schemas.alerts import AlertReason, RetentionAlert
 from schemas.dead_letter import DeadLetter
 from schemas.events import (
     MIN_TIME_MS,
-    ComplaintEvent,
     CustomerEvent,
     EventRejected,
     Kind,
-    OrderEvent,
-    OrderStatus,
     RejectReason,
-    SupportEvent,
-    SurveyEvent,
     decode_as,
-    decode_event,
     time_ms,
 )
 from schemas.profile import RenderedProfile, cents_to_money, money_or_none, ms_to_datetime, render_profile
@@ -59,13 +53,12 @@ from scoring.episodes import (
     on_alert,
     on_assessed,
 )
-from scoring.indicators import activity
-from scoring.orders import OrderFact, to_cents, window_revenue_cents
-from scoring.population import PopulationView, Tags, gap_sums, member_keys, rescore, tags
+from scoring.indicators import EMPTY, activity
+from scoring.orders import window_revenue_cents
+from scoring.population import NO_GAP, PopulationView, Tags, gap_sums, member_keys, moves, rescore, tags
 from scoring.rfm import Ranking
-from scoring.tickets import TicketFact
 from scoring.units import DAY_MS
-from scoring.voice import ComplaintFact, SurveyFact
+from streams.validation import EventReader
 
 
 class InjectedFailure(RuntimeError):
@@ -179,6 +172,7 @@ class BatchProcessor:
         self.config = options.scoring
         self.rates = options.currency_rates
         self.currency = options.base_currency
+        self.reader = EventReader(self.rates, options.max_event_bytes)
         self.population = PopulationView(
             self.config.rfm, self.config.indicators, int(options.profile_refresh_seconds * 1000)
         )
@@ -270,14 +264,13 @@ class BatchProcessor:
             read.next_offset = record.offset + 1
             read.active_wall_ms = wall_ms
             try:
-                event = decode_event(kind, record.value or b"", self.options.max_event_bytes)
-                scored = self._to_scored(event, record.offset)
+                customer_id, scored = self.reader.read(kind, record.value or b"", record.offset)
                 self._check_early(scored, wall_ms)
             except EventRejected as exc:
                 out.rejected.append(self._reject(record, kind, exc))
                 out.count(kind, "dead_lettered")
                 continue
-            key = event.customer_id.encode()
+            key = customer_id.encode()
             if record.key != key:
                 out.rerouted.append((record.topic, key, record.value or b""))
                 out.count(kind, "rerouted")
@@ -307,13 +300,15 @@ class BatchProcessor:
                 continue
             new_customer = state.partition is None
             state.partition = record.partition
-            before, gaps_before = member_keys(state, self.config.rfm), gap_sums(state)
-            contribution_before = indicator_contribution(state)
+            keys, rows = moves(scored)  # what the event cannot move is not looked at
+            before = member_keys(state, self.config.rfm) if keys else None
+            gaps_before = gap_sums(state) if keys else NO_GAP
+            contribution_before = indicator_contribution(state) if rows else EMPTY
             applied = apply_event(state, scored, self.config)
             out.count(kind, "scored" if applied else "duplicate")
             out.occurred_ms.append(scored.occurred_ms)
             self.population.applied(
-                record.partition, key, before, state, new_customer, gaps_before, contribution_before
+                record.partition, key, before, state, new_customer, gaps_before, contribution_before, keys, rows
             )
             if self._fail_event_ids and scored.event_id in self._fail_event_ids:
                 raise InjectedFailure(f"PULSE_TEST_FAIL_EVENT_IDS: {scored.event_id}")
@@ -850,27 +845,7 @@ class BatchProcessor:
         )
 
     def _to_scored(self, event: CustomerEvent, offset: int) -> EventFacts:
-        at = event.occurred_ms
-        facts: dict[str, Any] = {}
-        if isinstance(event, OrderEvent):
-            rate = self.rates.get(event.currency)
-            if rate is None:
-                raise EventRejected(
-                    RejectReason.UNSUPPORTED_CURRENCY, f"currency: no rate for {event.currency} (see PULSE_FX_RATES)"
-                )
-            facts["order"] = OrderFact(
-                occurred_ms=at,
-                amount_cents=to_cents(event.amount, rate),
-                cost_cents=None if event.cost is None else to_cents(event.cost, rate),
-                refunded=event.status is OrderStatus.REFUNDED,
-            )
-        elif isinstance(event, SurveyEvent):
-            facts["survey"] = SurveyFact(at, event.nps, event.csat)
-        elif isinstance(event, ComplaintEvent):
-            facts["complaint"] = ComplaintFact(at, event.severity.value)
-        elif isinstance(event, SupportEvent):
-            facts["ticket"] = TicketFact(at, event.ticket_id, event.kind.value)
-        return EventFacts(kind=event.KIND.value, event_id=event.event_id, occurred_ms=at, offset=offset, **facts)
+        return self.reader.to_scored(event, offset)
 
     def _reject(self, record: Incoming, kind: str, exc: EventRejected) -> Rejected:
         payload, encoding, truncated = DeadLetter.render_payload(record.value, self.options.dead_letter_payload_bytes)

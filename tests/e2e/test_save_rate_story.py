@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pulse.devstack import free_port
 from schemas.profile import CustomerProfile
-from scoring.orders import DAY_MS
+from scoring.units import DAY_MS
 from streams.sinks.redis_profiles import profile_key
 from testing.stack import REPO, consume, produce, wait_until
 from tests.churn_story import D0, MONTHLY, STORY, clock, complaint, order

@@ -39,7 +39,7 @@ from scoring.episodes import (
     save_rates,
     state_tallies,
 )
-from scoring.orders import DAY_MS
+from scoring.units import DAY_MS
 from streams.codec import decode_state, encode_state
 from streams.processor import BatchOutcome, BatchProcessor, Incoming
 from tests.churn_story import D0, MONTHLY, STORY, clock, complaint, iso, order
