@@ -154,3 +154,32 @@ def test_a_later_seek_moves_a_partition_nothing_was_applied_to_yet():
     led.applied(led.scan([(O5, 448), (O5, 449)]))
     led.seeked(O5, 300)  # a kept partition: a seek to its committed offset does not move it back
     assert led.expected[O5] == 450
+
+
+def test_a_partition_kept_through_a_missed_generation_starts_again_at_its_committed_offset():
+    """Stalled past the rebalance timeout, a worker misses generation 6: another one owned orders[5]
+    then, applied 3484..3489 and committed 3490. Back in generation 7 with orders[5], this worker's
+    old account (3484) is stale; the committed offset is the truth, and no false gap stops it."""
+    led = ledger(p5=3469, p0=7)
+    assert led.retain({O5, O0}, generation=5) == set()
+    led.applied(led.scan([(O5, o) for o in range(3469, 3484)]))
+    assert led.retain({O5}, generation=7) == {O5}
+    assert led.expected == {} and led.unknown([O5]) == {O5}
+    led.seeked(O5, 3490)  # the recovery's seek to the committed offset starts it
+    assert led.scan([(O5, o) for o in range(3490, 3495)]).gaps == []
+    # consecutive generations (and the same one told twice) keep what the worker applied
+    led.applied(led.scan([(O5, o) for o in range(3490, 3495)]))
+    assert led.retain({O5}, generation=8) == set() and led.retain({O5}, generation=8) == set()
+    assert led.expected == {O5: 3495}
+    assert led.scan([(O5, 3497)]).gaps == [Gap(O5, 3495, 3496)]
+
+
+def test_guard_after_a_missed_generation_reads_on_from_the_committed_offset():
+    broker = FakeBroker({O5: set(range(0, 4000))}, {O5: 3469})
+    guard = OffsetGuard(["orders"], broker.read_back, broker.start_offsets)
+    guard.ledger.retain({O5}, generation=3)
+    guard.ledger.applied(asyncio.run(guard.check([(O5, o) for o in range(3469, 3484)])))
+    broker.committed[O5] = 3490  # the other worker's commit in generation 4
+    guard.ledger.retain({O5}, generation=5)
+    scan = asyncio.run(guard.check([(O5, o) for o in range(3490, 3495)]))  # no seek seen: asks the broker
+    assert scan.gaps == [] and broker.read_backs == []
