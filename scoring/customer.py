@@ -10,6 +10,12 @@ changelog atomically with the scores it protects:
 * ``recent_ids``: hashes of the last ``dedup_event_ids`` event ids, which drop a
   duplicate the *producer* sent twice (same event_id at another offset) when it
   is among the customer's recent events.
+* ``source_offsets["<kind>@<partition>"]``: for records the worker re-published
+  from another partition (mis-keyed or misplaced), the last applied offset they
+  were first read at there. A replay publishes such a record again; every copy
+  of an earlier origin reaches the customer's partition after the first copy
+  of it, so a copy at or below that offset was applied (or dropped) already,
+  however many of the customer's events came in between.
 """
 
 from __future__ import annotations
@@ -95,13 +101,24 @@ class ScoredEvent:
     ticket: TicketFact | None = None
 
 
-def apply_event(state: CustomerState, event: ScoredEvent, config: ScoringConfig) -> bool:
-    """Fold one event into the state unless it is a duplicate; True if applied."""
+def apply_event(
+    state: CustomerState, event: ScoredEvent, config: ScoringConfig, origin: tuple[int, int] | None = None
+) -> bool:
+    """Fold one event into the state unless it is a duplicate; True if applied.
+
+    ``origin``: (partition, offset) where a re-published record was first read (``streams.partitioning``).
+    """
     if event.offset is not None:
         seen = state.source_offsets.get(event.kind)
         if seen is not None and event.offset <= seen:
             return False  # redelivery of an offset already applied
         state.source_offsets[event.kind] = event.offset
+    if origin is not None:
+        where = f"{event.kind}@{origin[0]}"
+        seen = state.source_offsets.get(where)
+        if seen is not None and origin[1] <= seen:
+            return False  # another copy of a record re-published before (a replay published it again)
+        state.source_offsets[where] = origin[1]
     id_hash = event_id_hash(event.event_id)
     ids = state.recent_ids
     if id_hash in ids:

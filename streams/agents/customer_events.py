@@ -91,8 +91,10 @@ def register(pulse: PulseApp) -> BatchProcessor:
         settings.topic_retention_alerts: pulse.retention_alerts,
     }
 
-    async def send(topic: str, key: bytes | None, value: bytes) -> Awaitable[Any]:
-        return await topics[topic].send(key=key, value=value)
+    async def send(
+        topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None = None
+    ) -> Awaitable[Any]:
+        return await topics[topic].send(key=key, value=value, headers=headers)
 
     inputs = set(settings.input_topics().values())
 
