@@ -101,6 +101,12 @@ class ScoredEvent:
     ticket: TicketFact | None = None
 
 
+def origin_applied(state: CustomerState, kind: str, origin: tuple[int, int]) -> bool:
+    """True if a copy of the record re-published from ``origin`` (partition, offset) was handled already."""
+    seen = state.source_offsets.get(f"{kind}@{origin[0]}")
+    return seen is not None and origin[1] <= seen
+
+
 def apply_event(
     state: CustomerState, event: ScoredEvent, config: ScoringConfig, origin: tuple[int, int] | None = None
 ) -> bool:
@@ -114,11 +120,9 @@ def apply_event(
             return False  # redelivery of an offset already applied
         state.source_offsets[event.kind] = event.offset
     if origin is not None:
-        where = f"{event.kind}@{origin[0]}"
-        seen = state.source_offsets.get(where)
-        if seen is not None and origin[1] <= seen:
+        if origin_applied(state, event.kind, origin):
             return False  # another copy of a record re-published before (a replay published it again)
-        state.source_offsets[where] = origin[1]
+        state.source_offsets[f"{event.kind}@{origin[0]}"] = origin[1]
     id_hash = event_id_hash(event.event_id)
     ids = state.recent_ids
     if id_hash in ids:

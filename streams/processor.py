@@ -43,6 +43,7 @@ from scoring.customer import (
     assess_customer,
     customer_clv,
     indicator_contribution,
+    origin_applied,
 )
 from scoring.indicators import activity
 from scoring.orders import DAY_MS, OrderFact, to_cents, window_revenue_cents
@@ -472,6 +473,8 @@ class BatchProcessor:
         seen = state.source_offsets.get(kind.value)
         if seen is not None and event.offset is not None and event.offset <= seen:
             return None
+        if record.origin is not None and origin_applied(state, kind.value, record.origin):
+            return None  # a copy of a re-published record that was applied: a duplicate, not late
         behind_days = (watermark - event.occurred_ms) / DAY_MS
         return EventRejected(
             Reason.TOO_LATE,

@@ -234,8 +234,9 @@ def test_a_record_re_published_again_by_a_replay_is_applied_once_however_late():
     or rebalance before that commit) publishes it again at a new offset of the right partition. Its copies'
     own offsets differ, and the ring of recent event ids (``PULSE_DEDUP_EVENT_IDS``, 32) forgets it after
     that many of the customer's events: in the CI-scale chaos run a support event of a customer with 51
-    events was applied twice. The origin each copy carries drops it, however late."""
-    settings = Settings(_env_file=None)
+    events was applied twice. The origin each copy carries drops it, however late (and a copy older than the
+    lateness bound is a duplicate, not a dead letter)."""
+    settings = Settings(_env_file=None, max_lateness_days=5)
     table = Table(BatchProcessor(settings, partitioner(PARTITIONS)))
     key = b"C001730"
     right = murmur2_partition(key, PARTITIONS)
@@ -254,11 +255,12 @@ def test_a_record_re_published_again_by_a_replay_is_applied_once_however_late():
     first = republished()
     assert table.run([first]) == 0
     n = settings.dedup_event_ids + 8  # more of the customer's events than the ring of recent ids holds
-    table.run([Incoming("orders", right, next(offsets), key, order(f"o{i}", "C001730", 1.0)) for i in range(n)])
+    later = [Incoming("orders", right, next(offsets), key, order(f"o{i}", "C001730", 1.0, day=20)) for i in range(n)]
+    table.run(later)  # the partition's watermark is now 19 days past the re-published event
     assert table.run([republished()]) == 0  # a replay of the wrong partition published it again
     assert table.run([first]) == 0  # and the first copy redelivered (its own offset drops it)
     state = table.states()[key]
-    assert state.orders.orders == n + 1 and state.events["order"] == n + 1
+    assert state.orders.orders == n + 1 and state.events["order"] == n + 1 and table.rejected == []
     assert state.source_offsets[f"order@{wrong}"] == 7
     # a copy of a copy keeps the first origin
     again = table.processor.process([Incoming("orders", wrong, 99, other, mis_keyed.value, (wrong, 7))], table.load)
