@@ -390,6 +390,43 @@ def install() -> None:
         _INSTALLED = True
 
 
+# --- the group generation: a worker the group has dropped writes nothing ---------------------------
+
+
+class GenerationLost(RuntimeError):
+    """The group dropped this worker (or moved on) since its partitions were assigned: it must not write."""
+
+
+def generation_lost(assigned: int | None, current: int | None) -> bool:
+    """True when the coordinator's generation is no longer the one the worker's partitions were assigned in.
+
+    aiokafka resets its generation to -1 when the coordinator no longer knows the member (a heartbeat or a
+    commit answered "unknown member": the worker stalled past the session or rebalance timeout) and sets
+    the new one when it joins again. Either way another worker may own the partitions already and have
+    read their changelog: a state written now (the batch Faust waits for while revoking) would land after
+    the new owner's and a later recovery would take it for the latest (full-size chaos on Apache Kafka,
+    seed 1: 37 events lost, 94 alert/VIP ids with two contents, under a load average of 24-52).
+    ``assigned``: the generation of the worker's last assignment (None or 0: none yet, not checked).
+    """
+    return bool(assigned) and current != assigned
+
+
+def coordinator_generation(app: Any) -> int | None:
+    """The generation aiokafka's group coordinator holds now (None when there is no consumer yet)."""
+    try:
+        return app.consumer._thread._ensure_consumer()._coordinator.generation
+    except Exception:  # noqa: BLE001 - not started or no group: nothing to check against
+        return None
+
+
+def check_generation(app: Any) -> None:
+    """Raise :class:`GenerationLost` if the group dropped this worker since its last assignment."""
+    assigned, current = getattr(app, "consumer_generation_id", None), coordinator_generation(app)
+    if current is not None and generation_lost(assigned, current):
+        metrics.GENERATION_LOST_WRITES.inc()
+        raise GenerationLost(f"group generation {current}, partitions assigned in {assigned}: not writing")
+
+
 # --- the broker side -----------------------------------------------------------------------------
 
 

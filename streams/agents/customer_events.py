@@ -81,6 +81,8 @@ def register(pulse: PulseApp) -> BatchProcessor:
     orders_topic = settings.topic_orders
     # after a rebalance, owned partitions are counted again from the recovered table
     table.on_rebalanced = processor.population.drop
+    # a worker the group dropped (stalled past the rebalance timeout) writes no state: fail-stop, re-read
+    table.fence = lambda: offsets.check_generation(pulse.app)
     # after a Redis outage, the sweep writes every profile again (Redis may have lost them)
     sink.on_recovered = processor.population.refresh_all
 

@@ -8,7 +8,16 @@ from types import SimpleNamespace
 import pytest
 from faust.types import TP
 
-from streams.offsets import Gap, OffsetGapError, OffsetGuard, OffsetLedger, ReadOffsets
+from streams.offsets import (
+    Gap,
+    GenerationLost,
+    OffsetGapError,
+    OffsetGuard,
+    OffsetLedger,
+    ReadOffsets,
+    check_generation,
+    generation_lost,
+)
 
 O5 = TP("orders", 5)
 O0 = TP("orders", 0)
@@ -183,3 +192,22 @@ def test_guard_after_a_missed_generation_reads_on_from_the_committed_offset():
     guard.ledger.retain({O5}, generation=5)
     scan = asyncio.run(guard.check([(O5, o) for o in range(3490, 3495)]))  # no seek seen: asks the broker
     assert scan.gaps == [] and broker.read_backs == []
+
+
+def fake_app(assigned: int, coordinator: int) -> SimpleNamespace:
+    coord = SimpleNamespace(generation=coordinator)
+    thread = SimpleNamespace(_ensure_consumer=lambda: SimpleNamespace(_coordinator=coord))
+    return SimpleNamespace(consumer_generation_id=assigned, consumer=SimpleNamespace(_thread=thread))
+
+
+def test_a_worker_the_group_dropped_writes_no_state():
+    """aiokafka resets its generation to -1 when the coordinator no longer knows the member, and holds the new
+    one after joining again: in both cases another worker may own the partitions and have read their
+    changelog, so a state written now would land after its writes (a zombie write)."""
+    assert not generation_lost(7, 7)
+    assert generation_lost(7, -1) and generation_lost(7, 9)
+    assert not generation_lost(None, -1) and not generation_lost(0, 3)  # nothing assigned yet: nothing to fence
+    check_generation(fake_app(7, 7))
+    with pytest.raises(GenerationLost, match="group generation -1, partitions assigned in 7"):
+        check_generation(fake_app(7, -1))
+    check_generation(SimpleNamespace(consumer_generation_id=7))  # no consumer yet: not checked
