@@ -61,13 +61,14 @@ class CustomerStateTable(faust.Table):
         ``table[key] = value``, records skip Faust's producer buffer (one
         ``publish_message`` per record, a 100-record cap).
         """
-        if self.fence is not None:
-            self.fence()
+        fence = self.fence
         producer = self.app.producer
         topic = self.changelog_topic.get_topic_name()
         futures: list[asyncio.Future] = []
         try:
             for key, value, event in items:
+                if fence is not None:
+                    fence()  # before each send: a stalled loop may resume after the group dropped the worker
                 _current_event.set(weakref.ref(event))
                 self.data[key] = value
                 futures.append(await producer.send(topic, key, value, event.message.partition, None, None))
