@@ -7,8 +7,11 @@ Redis killed and restarted empty for 25 s. Then every profile and changelog stat
 offline processor and an independent batch oracle, and it prints one line of numbers per run:
 events produced, valid, applied, lost, doubled, dead-lettered, conflicting ids, ...
 
-    .venv/bin/python -m benchmarks.chaos [--customers 6000] [--seeds 1 2 3] [--store memory:// rocksdb://]
-        [--send-seconds 480] [--kills 15] [--churn 12] [--json]
+    .venv/bin/python -m benchmarks.chaos [--broker tansu|kafka] [--customers 6000] [--seeds 1 2 3]
+        [--store memory:// rocksdb://] [--send-seconds 480] [--kills 15] [--churn 12] [--json]
+
+``--broker kafka`` runs it on Apache Kafka (KRaft, one node; needs java and the jars of
+scripts/setup.sh), the other broker the suite runs on; Tansu is the default.
 
 Exit status 1 if any run lost or doubled an event or left a profile or state different.
 """
@@ -18,17 +21,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from pulse.devstack import DevStack
+from pulse.devstack import BROKERS, DevStack, kafka_available
 from testing.chaos import ChaosPlan, run_chaos
 from testing.stack import WorkerPool, make_namespace
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--broker", choices=BROKERS, default="tansu", help="tansu (default) or Apache Kafka (KRaft)")
     parser.add_argument("--customers", type=int, default=6000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1])
     parser.add_argument("--store", nargs="+", default=["memory://"], help="memory:// and/or rocksdb://")
@@ -40,9 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the logs directory")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    if args.broker == "kafka" and (reason := kafka_available()) is not None:
+        parser.error(f"--broker kafka: {reason}")
     failed = False
     root = Path(tempfile.mkdtemp(prefix="pulse-chaos-"))
-    stack = DevStack.start(root / "stack")
+    stack = DevStack.start(root / "stack", broker=args.broker)
+    print(f"[chaos] broker {args.broker} ({stack.broker_url}), code {_commit()}, logs {root}", flush=True)
     try:
         for store in args.store:
             for seed in args.seeds:
@@ -59,10 +68,12 @@ def main(argv: list[str] | None = None) -> int:
                     converge_seconds=600.0,
                 )
                 pool = WorkerPool(ns)
+                load_before = os.getloadavg()
                 try:
                     result = run_chaos(plan, ns, pool.start, say=lambda line: print(line, flush=True))
                 finally:
                     pool.stop_all()
+                load = f"load average {_load(load_before)} at the start, {_load(os.getloadavg())} at the end"
                 bad = (
                     result.lost
                     or result.doubled
@@ -74,8 +85,16 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 failed = failed or bool(bad)
                 if args.json:
-                    print(json.dumps({"store": store, "seed": seed, **dataclasses.asdict(result)}, default=str))
-                print(f"[chaos] {store} seed {seed} customers {args.customers}: {result.line()}", flush=True)
+                    print(
+                        json.dumps(
+                            {"broker": args.broker, "store": store, "seed": seed, **dataclasses.asdict(result)},
+                            default=str,
+                        )
+                    )
+                print(
+                    f"[chaos] {args.broker} {store} seed {seed} customers {args.customers}: {result.line()}; {load}",
+                    flush=True,
+                )
                 if bad:
                     print(f"[chaos] examples: {result.examples}  (logs: {ns.log_dir})", flush=True)
     finally:
@@ -85,6 +104,21 @@ def main(argv: list[str] | None = None) -> int:
 
         shutil.rmtree(root, ignore_errors=True)
     return 1 if failed else 0
+
+
+def _commit() -> str:
+    """The checkout's commit (with "+dirty" when it has local changes), to record with the numbers."""
+    here = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "-uno"], cwd=here, capture_output=True, text=True)
+    except OSError:
+        return "unknown"
+    return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if rev.returncode == 0 else "unknown"
+
+
+def _load(avg: tuple[float, float, float]) -> str:
+    return "/".join(f"{x:.1f}" for x in avg)
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ def inputs(sizes: list[int], events: int, seed: int) -> dict[str, Any]:
 
 def measure(data: dict[str, Any], size: int, scope: str, warm: int, mode: str) -> dict[str, Any]:
     """Run the batches of ``size`` customers; ``mode``: "time", "callgrind" (client requests) or "profile"."""
-    from pulse.settings import Settings
+    from pulse_config.settings import Settings
     from streams.codec import decode_state, encode_state
     from streams.processor import BatchProcessor, Incoming
     from streams.sinks.redis_profiles import pack_batch, pack_profile
@@ -112,7 +112,7 @@ def measure(data: dict[str, Any], size: int, scope: str, warm: int, mode: str) -
     encoded = data["encoded"]
     t = len(encoded)
     store: dict[bytes, bytes] = {}
-    processor = BatchProcessor(settings)
+    processor = BatchProcessor(settings.processor())
 
     def clones():
         for j in range(size):

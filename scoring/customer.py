@@ -10,6 +10,12 @@ changelog atomically with the scores it protects:
 * ``recent_ids``: hashes of the last ``dedup_event_ids`` event ids, which drop a
   duplicate the *producer* sent twice (same event_id at another offset) when it
   is among the customer's recent events.
+* ``source_offsets["<kind>@<partition>"]``: for records the worker re-published
+  from another partition (mis-keyed or misplaced), the last applied offset they
+  were first read at there. A replay publishes such a record again; every copy
+  of an earlier origin reaches the customer's partition after the first copy
+  of it, so a copy at or below that offset was applied (or dropped) already,
+  however many of the customer's events came in between.
 """
 
 from __future__ import annotations
@@ -108,13 +114,28 @@ class EventFacts:
     ticket: TicketFact | None = None
 
 
-def apply_event(state: CustomerState, event: EventFacts, config: ScoringConfig) -> bool:
-    """Fold one event into the state unless it is a duplicate; True if applied."""
+def origin_applied(state: CustomerState, kind: str, origin: tuple[int, int]) -> bool:
+    """True if a copy of the record re-published from ``origin`` (partition, offset) was handled already."""
+    seen = state.source_offsets.get(f"{kind}@{origin[0]}")
+    return seen is not None and origin[1] <= seen
+
+
+def apply_event(
+    state: CustomerState, event: EventFacts, config: ScoringConfig, origin: tuple[int, int] | None = None
+) -> bool:
+    """Fold one event into the state unless it is a duplicate; True if applied.
+
+    ``origin``: (partition, offset) where a re-published record was first read (``streams.partitioning``).
+    """
     if event.offset is not None:
         seen = state.source_offsets.get(event.kind)
         if seen is not None and event.offset <= seen:
             return False  # redelivery of an offset already applied
         state.source_offsets[event.kind] = event.offset
+    if origin is not None:
+        if origin_applied(state, event.kind, origin):
+            return False  # another copy of a record re-published before (a replay published it again)
+        state.source_offsets[f"{event.kind}@{origin[0]}"] = origin[1]
     id_hash = event_id_hash(event.event_id)
     ids = state.recent_ids
     if id_hash in ids:

@@ -62,6 +62,7 @@ from scoring.episodes import (
 from streams import metrics
 from streams.codec import decode_state, encode_state
 from streams.isolation import process_contained
+from streams.partitioning import origin_header, origin_of
 from streams.processor import BatchOutcome, BatchProcessor, Incoming
 from streams.tables import END_MARKER_KEY
 
@@ -75,8 +76,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: send(topic, key, value): hands one record to the producer, returns the future of its acknowledgement
-Send = Callable[[str, bytes | None, bytes], Awaitable[Awaitable[Any]]]
+
+class Send(Protocol):
+    """send(topic, key, value, headers=None): hands one record to the producer, returns the future of its ack."""
+
+    def __call__(
+        self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None = None
+    ) -> Awaitable[Awaitable[Any]]: ...
 
 
 #: () -> (end offset, start offset) of every assigned input topic-partition, keyed by (topic, partition)
@@ -249,7 +255,14 @@ class Checkpoint:
         started = time.perf_counter()
         self.ensure_population()
         batch = [
-            Incoming(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value)
+            Incoming(
+                e.message.topic,
+                e.message.partition,
+                e.message.offset,
+                e.message.key,
+                e.message.value,
+                origin_of(e.message.headers),
+            )
             for e in events
         ]
         ends, starts = self.input_positions() if self.input_positions is not None else (None, None)
@@ -311,7 +324,10 @@ class Checkpoint:
 
         # 1. states with their decisions pending, and the records that decide nothing
         produced = [await self.send(self.settings.topic_dead_letters, r.key, r.record) for r in outcome.rejected]
-        produced += [await self.send(topic, key, value) for topic, key, value in outcome.rerouted]
+        produced += [
+            await self.send(topic, key, value, origin_header(origin))
+            for (topic, key, value), origin in zip(outcome.rerouted, outcome.rerouted_origins, strict=True)
+        ]
         written = await self._write(outcome.states, outcome.partitions, event_by_partition)
         await asyncio.gather(*produced)
         if outbox:

@@ -17,6 +17,10 @@ INPUT_OFFSET_GAPS = Counter(
     "Batches stopped before commit because they skipped input offsets that hold records, by topic.",
     ["topic"],
 )
+GENERATION_LOST_WRITES = Counter(
+    "pulse_generation_lost_writes_total",
+    "Checkpoints stopped before a state write because the group had dropped the worker (fail-stop, re-read).",
+)
 INPUT_OFFSETS_SKIPPED = Counter(
     "pulse_input_offsets_skipped_total",
     "Input offsets a batch skipped that hold no records (compaction, transaction markers), by topic.",

@@ -14,7 +14,11 @@ although 3484 had only been skipped; it was never read again).
   makes when it gets a partition (its committed offset), moved by each
   checkpoint past what it applied, and kept through a rebalance for the
   partitions the worker keeps (so a committed offset past what was applied
-  shows up as a gap instead of being trusted).
+  shows up as a gap instead of being trusted). Kept only from the group
+  generation just before: a worker that missed a generation (stalled past the
+  rebalance timeout, or removed from the group and joining again) may get a
+  partition back that another worker applied and committed in between; its
+  committed offset is then the truth, not this worker's old account.
 * a batch whose offsets jump past ``expected`` has a gap; the guard reads the
   skipped offsets back from the broker: if they hold records, the gap is
   unexplained and the checkpoint fails before anything is written or acked
@@ -89,19 +93,30 @@ class OffsetLedger:
         self.expected: dict[TP, int] = {}
         #: started by a seek, nothing applied since: a later seek (Faust seeks more than once per rebalance) moves it
         self.provisional: set[TP] = set()
+        #: the group generation of the last assignment (None: none yet, or not known)
+        self.generation: int | None = None
 
     def tracks(self, tp: TP) -> bool:
         return tp.topic in self.topics
 
-    def retain(self, assigned: Iterable[TP]) -> None:
+    def retain(self, assigned: Iterable[TP], generation: int | None = None) -> set[TP]:
         """A new assignment: forget every partition not in it (another worker may have had it meanwhile).
 
-        Partitions kept from the previous generation keep their expected offset.
+        Partitions kept from the previous generation keep their expected offset. After a skipped
+        generation (``generation`` more than one past the last one) every partition is forgotten:
+        in the generation this worker missed, another one may have owned any of them, applied
+        records and committed past them, so the worker starts again from the committed offsets
+        (without this, the first batch after such a rejoin was a false gap and a fail-stop).
+        Returns the partitions kept through a skipped generation that were forgotten for it.
         """
         keep = set(assigned)
-        for tp in [tp for tp in self.expected if tp not in keep]:
+        last, self.generation = self.generation, generation
+        missed = generation is not None and last is not None and generation not in (last, last + 1)
+        dropped = {tp for tp in self.expected if missed and tp in keep}
+        for tp in [tp for tp in self.expected if tp not in keep or missed]:
             del self.expected[tp]
             self.provisional.discard(tp)
+        return dropped
 
     def seeked(self, tp: TP, position: int, *, explicit: bool = False) -> None:
         """The consumer was positioned at ``position``.
@@ -348,7 +363,15 @@ async def _seek_noted(self: Consumer, partition: TP, offset: int) -> None:
 async def _on_partitions_assigned_retaining(self: Consumer, assigned: set[TP], generation_id: int = 0) -> None:
     guard = guard_of(self)
     if guard is not None:
-        guard.ledger.retain(assigned)
+        last = guard.ledger.generation
+        if forgotten := guard.ledger.retain(assigned, generation_id or None):
+            log.info(
+                "offset ledger: generation %s after %s (this worker missed one): %d kept partitions start again "
+                "at their committed offsets",
+                generation_id,
+                last,
+                len(forgotten),
+            )
     await _upstream["on_partitions_assigned"](self, assigned, generation_id)
 
 
@@ -365,6 +388,43 @@ def install() -> None:
         Consumer.seek = _seek_noted  # type: ignore[method-assign]
         Consumer.on_partitions_assigned = _on_partitions_assigned_retaining  # type: ignore[method-assign]
         _INSTALLED = True
+
+
+# --- the group generation: a worker the group has dropped writes nothing ---------------------------
+
+
+class GenerationLost(RuntimeError):
+    """The group dropped this worker (or moved on) since its partitions were assigned: it must not write."""
+
+
+def generation_lost(assigned: int | None, current: int | None) -> bool:
+    """True when the coordinator's generation is no longer the one the worker's partitions were assigned in.
+
+    aiokafka resets its generation to -1 when the coordinator no longer knows the member (a heartbeat or a
+    commit answered "unknown member": the worker stalled past the session or rebalance timeout) and sets
+    the new one when it joins again. Either way another worker may own the partitions already and have
+    read their changelog: a state written now (the batch Faust waits for while revoking) would land after
+    the new owner's and a later recovery would take it for the latest (full-size chaos on Apache Kafka,
+    seed 1: 37 events lost, 94 alert/VIP ids with two contents, under a load average of 24-52).
+    ``assigned``: the generation of the worker's last assignment (None or 0: none yet, not checked).
+    """
+    return bool(assigned) and current != assigned
+
+
+def coordinator_generation(app: Any) -> int | None:
+    """The generation aiokafka's group coordinator holds now (None when there is no consumer yet)."""
+    try:
+        return app.consumer._thread._ensure_consumer()._coordinator.generation
+    except Exception:  # noqa: BLE001 - not started or no group: nothing to check against
+        return None
+
+
+def check_generation(app: Any) -> None:
+    """Raise :class:`GenerationLost` if the group dropped this worker since its last assignment."""
+    assigned, current = getattr(app, "consumer_generation_id", None), coordinator_generation(app)
+    if current is not None and generation_lost(assigned, current):
+        metrics.GENERATION_LOST_WRITES.inc()
+        raise GenerationLost(f"group generation {current}, partitions assigned in {assigned}: not writing")
 
 
 # --- the broker side -----------------------------------------------------------------------------

@@ -7,11 +7,19 @@ customer's records arriving in that one partition. Other clients must be
 configured to match (librdkafka / confluent-kafka: ``partitioner=murmur2_random``;
 its default ``consistent_random`` is CRC32 and places keys elsewhere); a record
 that arrives elsewhere is re-published to the right partition by the worker.
+
+A re-published record carries the partition and offset it was first read at in
+the :data:`ORIGIN_HEADER`. A replay (a crash or rebalance before the commit of
+the wrong partition) publishes it again, with a new offset in the right
+partition, so the copies' own offsets cannot tell them apart; their origin can
+(``scoring.customer.apply_event``), however many of the customer's events came
+in between (the ring of recent event ids only spans the last
+``PULSE_DEDUP_EVENT_IDS``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 
 from aiokafka.partitioner import murmur2
 
@@ -28,3 +36,30 @@ def partitioner(partitions: int) -> Callable[[bytes], int]:
         return murmur2_partition(key, partitions)
 
     return partition_of
+
+
+#: Record header of a re-published record: ``b"<partition>:<offset>"`` where it was first read (same topic)
+ORIGIN_HEADER = "pulse-origin"
+
+#: (partition, offset) of a re-published record's first read
+Origin = tuple[int, int]
+
+
+def origin_header(origin: Origin) -> list[tuple[str, bytes]]:
+    """The headers to re-publish a record first read at ``origin`` with."""
+    return [(ORIGIN_HEADER, f"{origin[0]}:{origin[1]}".encode())]
+
+
+def origin_of(headers: Mapping[str, bytes] | Iterable[tuple[str, bytes]] | None) -> Origin | None:
+    """The origin a re-published record carries; None for any other record (or an unreadable header)."""
+    if not headers:
+        return None
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    for name, value in items:
+        if name == ORIGIN_HEADER and value:
+            partition, _, offset = bytes(value).partition(b":")
+            try:
+                return int(partition), int(offset)
+            except ValueError:
+                return None
+    return None

@@ -43,6 +43,7 @@ from scoring.customer import (
     assess_customer,
     customer_clv,
     indicator_contribution,
+    origin_applied,
 )
 from scoring.episodes import (
     EpisodeState,
@@ -74,6 +75,8 @@ class Incoming:
     offset: int
     key: bytes | None
     value: bytes | None
+    #: (partition, offset) a re-published record was first read at (its ``pulse-origin`` header), else None
+    origin: tuple[int, int] | None = None
 
 
 #: (topic, partition): one input topic-partition
@@ -129,6 +132,8 @@ class BatchOutcome:
     #: valid events whose record key is not their customer id: re-produced
     #: under the right key (topic, key, value) so they reach the right partition
     rerouted: list[tuple[str, bytes, bytes]] = field(default_factory=list)
+    #: where each of ``rerouted`` was first read (partition, offset): its ``pulse-origin`` header, by index
+    rerouted_origins: list[tuple[int, int]] = field(default_factory=list)
     #: (kind, outcome) -> count, for metrics
     counts: dict[tuple[str, str], int] = field(default_factory=dict)
     #: (topic, partition) -> correctly keyed events that arrived outside their customer's partition (a producer
@@ -273,6 +278,7 @@ class BatchProcessor:
             key = customer_id.encode()
             if record.key != key:
                 out.rerouted.append((record.topic, key, record.value or b""))
+                out.rerouted_origins.append(record.origin or (record.partition, record.offset))
                 out.count(kind, "rerouted")
                 continue
             if partition_of is not None:
@@ -283,6 +289,7 @@ class BatchProcessor:
                     # applied here, it would split the customer over two partitions (or break the rank
                     # counts of the one it is not in): re-published under its key, it reaches the right one
                     out.rerouted.append((record.topic, key, record.value or b""))
+                    out.rerouted_origins.append(record.origin or (record.partition, record.offset))
                     out.count(kind, "rerouted")
                     where = (record.topic, record.partition)
                     out.misplaced[where] = out.misplaced.get(where, 0) + 1
@@ -304,7 +311,7 @@ class BatchProcessor:
             before = member_keys(state, self.config.rfm) if keys else None
             gaps_before = gap_sums(state) if keys else NO_GAP
             contribution_before = indicator_contribution(state) if rows else EMPTY
-            applied = apply_event(state, scored, self.config)
+            applied = apply_event(state, scored, self.config, record.origin)
             out.count(kind, "scored" if applied else "duplicate")
             out.occurred_ms.append(scored.occurred_ms)
             self.population.applied(
@@ -548,6 +555,8 @@ class BatchProcessor:
         seen = state.source_offsets.get(kind.value)
         if seen is not None and event.offset is not None and event.offset <= seen:
             return None
+        if record.origin is not None and origin_applied(state, kind.value, record.origin):
+            return None  # a copy of a re-published record that was applied: a duplicate, not late
         behind_days = (watermark - event.occurred_ms) / DAY_MS
         return EventRejected(
             RejectReason.TOO_LATE,

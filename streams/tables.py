@@ -43,6 +43,8 @@ class CustomerStateTable(faust.Table):
     #: called after every rebalance: derived in-memory views of the table (the
     #: population) must be rebuilt from the recovered states
     on_rebalanced: Callable[[], None] | None = None
+    #: called before every state write; raises when the worker may no longer write (streams.offsets.check_generation)
+    fence: Callable[[], None] | None = None
 
     async def on_rebalance(self, assigned, revoked, newly_assigned, generation_id: int = 0) -> None:
         await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
@@ -59,11 +61,14 @@ class CustomerStateTable(faust.Table):
         ``table[key] = value``, records skip Faust's producer buffer (one
         ``publish_message`` per record, a 100-record cap).
         """
+        fence = self.fence
         producer = self.app.producer
         topic = self.changelog_topic.get_topic_name()
         futures: list[Awaitable[RecordMetadata]] = []
         try:
             for key, value, event in items:
+                if fence is not None:
+                    fence()  # before each send: a stalled loop may resume after the group dropped the worker
                 _current_event.set(weakref.ref(event))
                 self.data[key] = value
                 futures.append(await producer.send(topic, key, value, event.message.partition, None, None))

@@ -333,6 +333,12 @@ def run_chaos(plan: ChaosPlan, namespace: Any, start_worker: Callable[..., Any],
         changelog_off = changelog_differences(namespace.bootstrap, settings, events)
         result.changelog_states_off = len(changelog_off)
         result.examples["changelog"] = changelog_off[:3]
+        if counts.lost or counts.doubled or changelog_off:
+            # every version of the first customers in question, for the post-mortem (the broker goes with the run)
+            cids = [cid for cid, _, _ in counts.examples[:5]] or [row[0] for row in changelog_off[:5]]
+            history = log_dir / "changelog-history.txt"
+            history.write_text(changelog_history(namespace.bootstrap, settings, cids))
+            result.examples["history"] = [str(history)]
         result.dead_lettered = dead_lettered(namespace.bootstrap, settings, malformed)
         result.conflicting_ids, result.ids_checked = conflicting_ids(namespace.bootstrap, settings)
         result.unplanned_exits = len(fleet.unplanned)
@@ -372,6 +378,23 @@ def changelog_differences(bootstrap: str, settings: Any, events: list[tuple[str,
         if got != dict(kinds) or got_orders != want_orders:
             out.append((cid, dict(kinds), got, want_orders, got_orders))
     return out
+
+
+def changelog_history(bootstrap: str, settings: Any, cids: list[str]) -> str:
+    """Every changelog version of ``cids`` in offset order: partition, offset, create time, events per kind and
+    the state's source offsets. A version with fewer events than the one before it is a write of an older
+    lineage (e.g. a worker that lost the partition finishing its batch after the new owner wrote)."""
+    topic = f"{settings.app_id}-customer_states-changelog"
+    keys = {cid.encode() for cid in cids}
+    lines = []
+    for record in consume(bootstrap, topic, expected=0, quiet=3.0):
+        if record.key in keys:
+            state = decode_state(record.value)
+            lines.append(
+                f"{record.key.decode()} p{record.partition} @{record.offset} t={record.timestamp} "
+                f"events={sum(state.events.values())} {dict(state.events)} offsets={dict(state.source_offsets)}"
+            )
+    return "\n".join(sorted(lines, key=lambda line: (line.split()[0], int(line.split()[2][1:])))) + "\n"
 
 
 def dead_lettered(bootstrap: str, settings: Any, expected: int) -> int:

@@ -81,6 +81,8 @@ def register(pulse: PulseApp) -> BatchProcessor:
     orders_topic = settings.topic_orders
     # after a rebalance, owned partitions are counted again from the recovered table
     table.on_rebalanced = processor.population.drop
+    # a worker the group dropped (stalled past the rebalance timeout) writes no state: fail-stop, re-read
+    table.fence = lambda: offsets.check_generation(pulse.app)
     # after a Redis outage, the sweep writes every profile again (Redis may have lost them)
     sink.on_recovered = processor.population.refresh_all
 
@@ -91,8 +93,10 @@ def register(pulse: PulseApp) -> BatchProcessor:
         settings.topic_retention_alerts: pulse.retention_alerts,
     }
 
-    async def send(topic: str, key: bytes | None, value: bytes) -> Awaitable[Any]:
-        return await topics[topic].send(key=key, value=value)
+    async def send(
+        topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None = None
+    ) -> Awaitable[Any]:
+        return await topics[topic].send(key=key, value=value, headers=headers)
 
     inputs = set(settings.input_topics().values())
 

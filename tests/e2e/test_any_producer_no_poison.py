@@ -20,7 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pulse.simulate import generate_orders
-from streams.partitioning import murmur2_partition
+from streams.partitioning import murmur2_partition, origin_of
 from testing.reference import batch_order_profiles
 from testing.stack import consume, produce, profile_diffs, wait_until
 
@@ -103,6 +103,14 @@ def test_librdkafka_default_partitioner_for_known_and_new_customers(namespace, s
     assert set(partitions_of) == set(customers)
     split = {c: ps for c, ps in partitions_of.items() if ps != {murmur2_partition(c.encode(), n)}}
     assert not split, split
+
+    # each re-published record carries where it was first read (pulse-origin), so a replay's copy is dropped
+    records = consume(namespace.bootstrap, settings.topic_orders, expected=len(first) + 2 * len(later), quiet=3)
+    read_first = {(m.partition, m.offset): m.value for m in records if origin_of(m.headers) is None}
+    copies = [m for m in records if origin_of(m.headers) is not None]
+    assert len(copies) >= len(later)
+    for m in copies:
+        assert read_first[origin_of(m.headers)] == m.value and m.partition == murmur2_partition(m.key, n)
 
     samples = metric_samples(worker.metrics_port)
     moved = sum(v for (name, _), v in samples.items() if name == "pulse_misplaced_events_total")

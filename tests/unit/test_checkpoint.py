@@ -56,7 +56,7 @@ class Broker:
     def ack(self, topic: str, key: bytes | None, value: bytes | None) -> None:
         self.topics.setdefault(topic, []).append((key, value))
 
-    async def send(self, topic: str, key: bytes | None, value: bytes) -> asyncio.Future:
+    async def send(self, topic: str, key: bytes | None, value: bytes, headers: list | None = None) -> asyncio.Future:
         if self.crash_at == "publish" and topic in (SETTINGS.topic_vip_changes, SETTINGS.topic_retention_alerts):
             raise Crash(topic)
         self.log.append(("send", topic))
@@ -123,7 +123,7 @@ def order(offset: int, customer: str, day: int, amount: int) -> SimpleNamespace:
         }
     )
     message = SimpleNamespace(
-        topic=SETTINGS.topic_orders, partition=0, offset=offset, key=customer.encode(), value=value
+        topic=SETTINGS.topic_orders, partition=0, offset=offset, key=customer.encode(), value=value, headers=None
     )
     return SimpleNamespace(message=message)
 
@@ -273,14 +273,18 @@ def history_events(seed: int) -> list[SimpleNamespace]:
         key = event["customer_id"].encode()
         topic, partition = topics[kind], key[-1] % 2
         offsets[(topic, partition)] = offset = offsets.get((topic, partition), -1) + 1
-        message = SimpleNamespace(topic=topic, partition=partition, offset=offset, key=key, value=orjson.dumps(event))
+        message = SimpleNamespace(
+            topic=topic, partition=partition, offset=offset, key=key, value=orjson.dumps(event), headers=None
+        )
         out.append(SimpleNamespace(message=message))
     return out
 
 
 def tick(partition: int) -> SimpleNamespace:
     return SimpleNamespace(
-        message=SimpleNamespace(topic=SETTINGS.topic_ticks(), partition=partition, offset=0, key=None, value=b"")
+        message=SimpleNamespace(
+            topic=SETTINGS.topic_ticks(), partition=partition, offset=0, key=None, value=b"", headers=None
+        )
     )
 
 

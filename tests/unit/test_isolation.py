@@ -17,7 +17,7 @@ from pulse_config.settings import Settings
 from scoring.customer import CustomerState
 from streams.codec import decode_state, encode_state
 from streams.isolation import process_contained
-from streams.partitioning import murmur2_partition, partitioner
+from streams.partitioning import ORIGIN_HEADER, murmur2_partition, origin_header, origin_of, partitioner
 from streams.processor import BatchOutcome, BatchProcessor, Incoming
 
 PARTITIONS = 4
@@ -140,10 +140,10 @@ def test_a_failing_scorer_is_contained_to_its_record(monkeypatch):
     """An injected failing scorer (apply_event raising for one event) instead of the settings' fault injection."""
     real = processor_module.apply_event
 
-    def flaky(state, event, config):
+    def flaky(state, event, config, origin=None):
         if event.event_id == "e10":
             raise ZeroDivisionError("scorer bug")
-        return real(state, event, config)
+        return real(state, event, config, origin)
 
     monkeypatch.setattr(processor_module, "apply_event", flaky)
     table = Table(BatchProcessor(Settings(_env_file=None).processor(), partitioner(PARTITIONS)))
@@ -227,6 +227,51 @@ def test_a_record_outside_its_customers_partition_is_rerouted_not_applied():
     states = table.states()
     assert states[key].orders.orders == 2 and states[key].partition == right
     assert states[b"NEW1"].partition == murmur2_partition(b"NEW1", PARTITIONS)
+
+
+def test_a_record_re_published_again_by_a_replay_is_applied_once_however_late():
+    """A mis-keyed record is re-published before its wrong partition's offset is committed; a replay (a crash
+    or rebalance before that commit) publishes it again at a new offset of the right partition. Its copies'
+    own offsets differ, and the ring of recent event ids (``PULSE_DEDUP_EVENT_IDS``, 32) forgets it after
+    that many of the customer's events: in the CI-scale chaos run a support event of a customer with 51
+    events was applied twice. The origin each copy carries drops it, however late (and a copy older than the
+    lateness bound is a duplicate, not a dead letter)."""
+    settings = Settings(_env_file=None, max_lateness_days=5)
+    table = Table(BatchProcessor(settings.processor(), partitioner(PARTITIONS)))
+    key = b"C001730"
+    right = murmur2_partition(key, PARTITIONS)
+    wrong = (right + 1) % PARTITIONS
+    other = next(k for k in (f"C{i:06d}".encode() for i in range(100)) if murmur2_partition(k, PARTITIONS) == wrong)
+    mis_keyed = Incoming("orders", wrong, 7, other, order("late", "C001730", 12.5))
+    offsets = iter(range(100, 1000))
+
+    def republished() -> Incoming:
+        """The wrong partition's worker reads the record (again) and re-publishes it: the copy as read back."""
+        out = table.processor.process([mis_keyed], table.load)
+        assert out.rerouted_origins == [(wrong, 7)]
+        (topic, k, value), origin = out.rerouted[0], out.rerouted_origins[0]
+        return Incoming(topic, right, next(offsets), k, value, origin_of(origin_header(origin)))
+
+    first = republished()
+    assert table.run([first]) == 0
+    n = settings.dedup_event_ids + 8  # more of the customer's events than the ring of recent ids holds
+    later = [Incoming("orders", right, next(offsets), key, order(f"o{i}", "C001730", 1.0, day=20)) for i in range(n)]
+    table.run(later)  # the partition's watermark is now 19 days past the re-published event
+    assert table.run([republished()]) == 0  # a replay of the wrong partition published it again
+    assert table.run([first]) == 0  # and the first copy redelivered (its own offset drops it)
+    state = table.states()[key]
+    assert state.orders.orders == n + 1 and state.events["order"] == n + 1 and table.rejected == []
+    assert state.source_offsets[f"order@{wrong}"] == 7
+    # a copy of a copy keeps the first origin
+    again = table.processor.process([Incoming("orders", wrong, 99, other, mis_keyed.value, (wrong, 7))], table.load)
+    assert again.rerouted_origins == [(wrong, 7)]
+
+
+def test_origin_header_round_trip_and_unreadable_headers():
+    assert origin_of(origin_header((3, 4484))) == (3, 4484)
+    assert origin_of({ORIGIN_HEADER: b"5:12", "other": b"x"}) == (5, 12)
+    assert origin_of(None) is None and origin_of([]) is None and origin_of([("other", b"1:2")]) is None
+    assert origin_of([(ORIGIN_HEADER, b"garbage")]) is None and origin_of([(ORIGIN_HEADER, b"")]) is None
 
 
 def test_without_the_check_a_misplaced_known_customer_breaks_the_rank_counts():

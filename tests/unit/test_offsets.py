@@ -8,7 +8,16 @@ from types import SimpleNamespace
 import pytest
 from faust.types import TP
 
-from streams.offsets import Gap, OffsetGapError, OffsetGuard, OffsetLedger, ReadOffsets
+from streams.offsets import (
+    Gap,
+    GenerationLost,
+    OffsetGapError,
+    OffsetGuard,
+    OffsetLedger,
+    ReadOffsets,
+    check_generation,
+    generation_lost,
+)
 
 O5 = TP("orders", 5)
 O0 = TP("orders", 0)
@@ -154,3 +163,51 @@ def test_a_later_seek_moves_a_partition_nothing_was_applied_to_yet():
     led.applied(led.scan([(O5, 448), (O5, 449)]))
     led.seeked(O5, 300)  # a kept partition: a seek to its committed offset does not move it back
     assert led.expected[O5] == 450
+
+
+def test_a_partition_kept_through_a_missed_generation_starts_again_at_its_committed_offset():
+    """Stalled past the rebalance timeout, a worker misses generation 6: another one owned orders[5]
+    then, applied 3484..3489 and committed 3490. Back in generation 7 with orders[5], this worker's
+    old account (3484) is stale; the committed offset is the truth, and no false gap stops it."""
+    led = ledger(p5=3469, p0=7)
+    assert led.retain({O5, O0}, generation=5) == set()
+    led.applied(led.scan([(O5, o) for o in range(3469, 3484)]))
+    assert led.retain({O5}, generation=7) == {O5}
+    assert led.expected == {} and led.unknown([O5]) == {O5}
+    led.seeked(O5, 3490)  # the recovery's seek to the committed offset starts it
+    assert led.scan([(O5, o) for o in range(3490, 3495)]).gaps == []
+    # consecutive generations (and the same one told twice) keep what the worker applied
+    led.applied(led.scan([(O5, o) for o in range(3490, 3495)]))
+    assert led.retain({O5}, generation=8) == set() and led.retain({O5}, generation=8) == set()
+    assert led.expected == {O5: 3495}
+    assert led.scan([(O5, 3497)]).gaps == [Gap(O5, 3495, 3496)]
+
+
+def test_guard_after_a_missed_generation_reads_on_from_the_committed_offset():
+    broker = FakeBroker({O5: set(range(0, 4000))}, {O5: 3469})
+    guard = OffsetGuard(["orders"], broker.read_back, broker.start_offsets)
+    guard.ledger.retain({O5}, generation=3)
+    guard.ledger.applied(asyncio.run(guard.check([(O5, o) for o in range(3469, 3484)])))
+    broker.committed[O5] = 3490  # the other worker's commit in generation 4
+    guard.ledger.retain({O5}, generation=5)
+    scan = asyncio.run(guard.check([(O5, o) for o in range(3490, 3495)]))  # no seek seen: asks the broker
+    assert scan.gaps == [] and broker.read_backs == []
+
+
+def fake_app(assigned: int, coordinator: int) -> SimpleNamespace:
+    coord = SimpleNamespace(generation=coordinator)
+    thread = SimpleNamespace(_ensure_consumer=lambda: SimpleNamespace(_coordinator=coord))
+    return SimpleNamespace(consumer_generation_id=assigned, consumer=SimpleNamespace(_thread=thread))
+
+
+def test_a_worker_the_group_dropped_writes_no_state():
+    """aiokafka resets its generation to -1 when the coordinator no longer knows the member, and holds the new
+    one after joining again: in both cases another worker may own the partitions and have read their
+    changelog, so a state written now would land after its writes (a zombie write)."""
+    assert not generation_lost(7, 7)
+    assert generation_lost(7, -1) and generation_lost(7, 9)
+    assert not generation_lost(None, -1) and not generation_lost(0, 3)  # nothing assigned yet: nothing to fence
+    check_generation(fake_app(7, 7))
+    with pytest.raises(GenerationLost, match="group generation -1, partitions assigned in 7"):
+        check_generation(fake_app(7, -1))
+    check_generation(SimpleNamespace(consumer_generation_id=7))  # no consumer yet: not checked
