@@ -167,20 +167,18 @@ async def watch(
             records = sorted((r for rs in batches.values() for r in rs), key=lambda r: r.timestamp)
             for record in records:
                 last = time.monotonic()
-                alert = None
-                if not as_json or select is not None:
-                    try:
-                        alert = RetentionAlert.model_validate_json(record.value or b"")
-                    except ValidationError as exc:
-                        if not as_json:
-                            print(f"(unreadable record at offset {record.offset}: {exc.errors()[0]['msg']})", file=out)
-                        continue
-                    if select is not None and not select.matches(alert):
-                        continue
+                # validated in --json mode too: a record that is not an alert must not reach a JSON reader
+                try:
+                    alert = RetentionAlert.model_validate_json(record.value or b"")
+                except ValidationError as exc:
+                    note = f"(unreadable record at offset {record.offset}: {exc.errors()[0]['msg']})"
+                    print(note, file=sys.stderr if as_json else out)
+                    continue
+                if select is not None and not select.matches(alert):
+                    continue
                 if as_json:
                     print((record.value or b"").decode(), file=out, flush=True)
                 else:
-                    assert alert is not None
                     print(format_alert(alert), file=out, flush=True)
                 shown += 1
                 if max_alerts is not None and shown >= max_alerts:

@@ -54,7 +54,7 @@ def test_ctrl_c_stops_workers_before_the_broker_quietly(tmp_path: Path) -> None:
         children = subprocess.run(
             ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True, timeout=30
         ).stdout.split()
-        assert len(children) == 5  # broker, redis, two workers, router
+        assert len(children) == 6  # broker, redis, two workers, router, console
 
         started = time.monotonic()
         os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
@@ -69,7 +69,7 @@ def test_ctrl_c_stops_workers_before_the_broker_quietly(tmp_path: Path) -> None:
     print(f"pulse dev stopped {took:.1f} s after Ctrl-C (status {status}); its last lines:\n{''.join(lines[-4:])}")
     assert status == 0, out
     stopping = next(i for i, line in enumerate(lines) if line.startswith("stopping… "))
-    assert lines[stopping].startswith("stopping… worker-0, worker-1, router, then the broker and redis")
+    assert lines[stopping].startswith("stopping… worker-0, worker-1, router, console, then the broker and redis")
     workers = next(i for i, line in enumerate(lines) if line.startswith("stopped workers, router and console in "))
     servers = next(i for i, line in enumerate(lines) if line.startswith("stopped broker and redis; "))
     assert stopping < workers < servers
@@ -82,7 +82,7 @@ def test_ctrl_c_stops_workers_before_the_broker_quietly(tmp_path: Path) -> None:
     # none of the children is left, and their logs do not end in a flood of errors
     assert not [pid for pid in children if Path(f"/proc/{pid}").exists()]
     logs = sorted((tmp_path / ".pulse" / "logs").glob("*.log"))
-    assert {p.name for p in logs} >= {"worker-0.log", "worker-1.log", "router.log"}
+    assert {p.name for p in logs} >= {"worker-0.log", "worker-1.log", "router.log", "console.log"}
     for log in logs:
         errors = [line for line in log.read_text(errors="replace").splitlines() if "ERROR" in line]
         assert len(errors) <= MAX_ERROR_LINES, f"{log.name}: {len(errors)} ERROR lines, e.g. {errors[:3]}"

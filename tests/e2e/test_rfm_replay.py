@@ -79,7 +79,7 @@ def test_two_workers_replaying_a_csv_equal_the_offline_score(namespace, start_wo
     workers = [start_worker(**NO_HYSTERESIS), start_worker(**NO_HYSTERESIS)]
     replayed = pulse(["replay", str(history)], env)
     assert replayed.returncode == 0, replayed.stderr
-    assert f"replayed {rows} rows" in replayed.stdout and "100.0%" in replayed.stderr
+    assert f"replayed {rows} rows" in replayed.stdout  # (its progress bar is drawn on a terminal only)
 
     client = redis.Redis.from_url(s.redis_url, decode_responses=True)
 
