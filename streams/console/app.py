@@ -406,22 +406,23 @@ class Console:
             "message": None,
         }
 
-    async def customer(self, request: web.Request) -> web.Response:
+    async def _customer_of(self, request: web.Request) -> tuple[str, dict[str, Any]]:
+        """The requested customer's id and page context (400 for a malformed id, 404 for an unknown one)."""
         customer_id = request.match_info["customer_id"]
         if not _ID.match(customer_id):
             raise web.HTTPBadRequest(text="malformed customer id")
         context = await self.customer_context(customer_id)
         if context is None:
             raise web.HTTPNotFound(text=f"no profile for {customer_id}")
+        return customer_id, context
+
+    async def customer(self, request: web.Request) -> web.Response:
+        customer_id, context = await self._customer_of(request)
         return self.render("customer.html", request, title=customer_id, **context)
 
     async def customer_fragment(self, request: web.Request) -> web.Response:
-        customer_id = request.match_info["customer_id"]
-        if not _ID.match(customer_id):
-            raise web.HTTPBadRequest(text="malformed customer id")
-        context = await self.customer_context(customer_id)
-        if context is None:
-            raise web.HTTPNotFound(text=f"no profile for {customer_id}")
+        """The customer page's live part (htmx swaps it in on a server-sent event)."""
+        _, context = await self._customer_of(request)
         return self.render("_customer.html", request, **context)
 
     async def act(self, request: web.Request) -> web.Response:
