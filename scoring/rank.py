@@ -22,8 +22,26 @@ from typing import Protocol, cast
 from scoring.units import DAY_MS
 
 
+class Membership:
+    """``move`` for an index whose ``add(key, delta)`` inserts or removes members: one member's key changed."""
+
+    __slots__ = ()
+
+    def add(self, key: int, delta: int = 1) -> None:
+        raise NotImplementedError
+
+    def move(self, old: int | None, new: int | None) -> None:
+        """One member's key changed from ``old`` to ``new`` (None: not a member)."""
+        if old == new:
+            return
+        if old is not None:
+            self.add(old, -1)
+        if new is not None:
+            self.add(new, 1)
+
+
 @dataclass(slots=True)
-class RankIndex:
+class RankIndex(Membership):
     """Counts of integer keys in ``[0, size)``; keys outside are clamped to the ends."""
 
     size: int
@@ -54,15 +72,6 @@ class RankIndex:
         while i <= self.size:
             tree[i] += delta
             i += i & -i
-
-    def move(self, old: int | None, new: int | None) -> None:
-        """One member's key changed from ``old`` to ``new`` (None: not a member)."""
-        if old == new:
-            return
-        if old is not None:
-            self.add(old, -1)
-        if new is not None:
-            self.add(new, 1)
 
     def count_below(self, key: int) -> int:
         """Number of members with a key < ``key``."""
@@ -130,7 +139,7 @@ VALUES = "q"
 
 
 @dataclass(slots=True)
-class ExactIndex:
+class ExactIndex(Membership):
     """Counts of exact integer values (cents), ranked exactly at a coarse structure's cost for most lookups.
 
     Two levels: a :class:`RankIndex` over coarse buckets (``bucket(value)``, e.g. 1 % log buckets of
@@ -174,15 +183,6 @@ class ExactIndex:
             if not held:
                 del self.values[b]
         self.coarse.add(b, delta)
-
-    def move(self, old: int | None, new: int | None) -> None:
-        """One member's value changed from ``old`` to ``new`` (None: not a member)."""
-        if old == new:
-            return
-        if old is not None:
-            self.add(old, -1)
-        if new is not None:
-            self.add(new, 1)
 
     def add_values(self, counts: Mapping[int, int]) -> None:
         """Insert ``counts[value]`` copies of each value (a rebuild): one sort per bucket, one tree pass."""
