@@ -15,6 +15,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from pulse.alerts import watch
+from tests.router_fixtures import alert_dict
 
 pytestmark = pytest.mark.e2e
 
@@ -28,7 +29,7 @@ def test_new_prints_only_alerts_raised_after_it_started(namespace):
         await producer.start()
         try:
             # earlier alerts, in one record batch per partition (linger), as a busy worker sends them
-            old = [await producer.send(topic, orjson.dumps({"alert_id": f"old-{i}"}), partition=0) for i in range(10)]
+            old = [await producer.send(topic, orjson.dumps(alert_dict(i)), partition=0) for i in range(10)]
             offsets = [m.offset for m in await asyncio.gather(*old)]
             assert offsets == list(range(10))
             out, positioned = io.StringIO(), asyncio.Event()
@@ -44,10 +45,11 @@ def test_new_prints_only_alerts_raised_after_it_started(namespace):
                 )
             )
             await asyncio.wait_for(positioned.wait(), 60)
-            await producer.send_and_wait(topic, orjson.dumps({"alert_id": "new-1"}), partition=0)
+            # a real alert: --json validates what it prints (a record that is not an alert goes to stderr)
+            await producer.send_and_wait(topic, orjson.dumps(alert_dict(99)), partition=0)
             assert await asyncio.wait_for(reader, 60) == 1
             return [orjson.loads(line)["alert_id"] for line in out.getvalue().splitlines()]
         finally:
             await producer.stop()
 
-    assert asyncio.run(go()) == ["new-1"]
+    assert asyncio.run(go()) == [alert_dict(99)["alert_id"]]
