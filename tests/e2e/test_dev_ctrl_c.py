@@ -22,7 +22,7 @@ from pathlib import Path
 from testing.stack import CONVERGE_SECONDS, wait_until
 
 #: Bound on the stop after Ctrl-C (pulse dev itself kills after DEV_STOP_SECONDS, then stops the servers)
-STOP_WAIT_SECONDS = 120.0
+STOP_WAIT_SECONDS = 180.0
 #: ERROR lines a worker's log may hold at all (a handful would be a transient; the old order gave thousands)
 MAX_ERROR_LINES = 5
 
@@ -58,7 +58,14 @@ def test_ctrl_c_stops_workers_before_the_broker_quietly(tmp_path: Path) -> None:
 
         started = time.monotonic()
         os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
-        status = proc.wait(STOP_WAIT_SECONDS)
+        try:
+            status = proc.wait(STOP_WAIT_SECONDS)
+        except subprocess.TimeoutExpired:
+            # a hang guard (the stop takes seconds): say what was still running and what pulse dev printed
+            still = subprocess.run(
+                ["ps", "-o", "pid,pgid,stat,etime,args", "--ppid", str(proc.pid)], capture_output=True, text=True
+            ).stdout
+            raise AssertionError(f"pulse dev still running; its children:\n{still}\n{''.join(lines[-20:])}") from None
         took = time.monotonic() - started
     finally:
         if proc.poll() is None:
