@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import threading
@@ -31,8 +30,8 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
 from pulse.devstack import DevStack, free_port, stop_process
+from testing.stack import start_pulse
 
-REPO = Path(__file__).resolve().parent.parent
 ALERT_ID = re.compile(r"alert (C\d+:churn:\d+)")
 TIMEOUT_SECONDS = 600.0
 #: the second phase: alerts one at a time
@@ -143,13 +142,7 @@ group_seconds = 1
         "PULSE_BROKER_HEARTBEAT_INTERVAL": "0.5",
     }
     log = tmp / "router.log"
-    router = subprocess.Popen(
-        [sys.executable, "-m", "pulse", "router", "--loglevel", "warning"],
-        cwd=REPO,
-        env=env,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
+    router = start_pulse(["router", "--loglevel", "warning"], env, log)
     try:
         deadline = time.monotonic() + 60
         while b"ready" not in log.read_bytes() and time.monotonic() < deadline:

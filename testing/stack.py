@@ -105,6 +105,19 @@ class Worker:
         stop_process(self.proc, timeout)
 
 
+def start_pulse(command: list[str], env: dict[str, str], log: Path, append: bool = False) -> subprocess.Popen:
+    """``python -m pulse COMMAND`` of this checkout, its output in ``log`` (appended to when ``append``: a
+    restarted process keeps one log), no stdin: how tests and benchmarks run workers, routers and consoles."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "pulse", *command],
+        cwd=REPO,
+        env=env,
+        stdout=log.open("ab" if append else "wb"),
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+
+
 class WorkerPool:
     """Worker subprocesses of one namespace, each logging to its own file; ``stop_all`` ends them."""
 
@@ -117,14 +130,7 @@ class WorkerPool:
         log = self.namespace.log_dir / f"worker-{len(self.workers)}.log"
         # the HTTP API is off unless a test asks for it: several workers on one host would share its port
         env = {**os.environ, **self.namespace.env, "PULSE_METRICS_PORT": str(port), "PULSE_API_PORT": "0", **extra_env}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pulse", "worker", "--loglevel", "info"],
-            cwd=REPO,
-            env=env,
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+        proc = start_pulse(["worker", "--loglevel", "info"], env, log)
         worker = Worker(proc, log, port)
         self.workers.append(worker)
         return worker

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,7 +32,7 @@ from pulse.devstack import free_port, stop_process
 from schemas.profile import CustomerProfile
 from streams.console.cases import alerts_key
 from streams.sinks.redis_profiles import profile_key
-from testing.stack import REPO, consume, get_json, wait_until
+from testing.stack import consume, get_json, start_pulse, wait_until
 from tests import at_risk_story as story
 from tests.churn_story import iso
 from tests.conftest import TEST_BROKERS
@@ -70,14 +68,7 @@ def console(namespace) -> Iterator[str]:
     env = {**os.environ, **namespace.env, "PULSE_CONSOLE_PORT": str(port), "PULSE_API_TOKEN": TOKEN}
     env["PULSE_CONSOLE_STATS_SECONDS"] = "2"
     env["PULSE_TOPIC_RETENTION_ACTIONS"] = actions_topic(namespace)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pulse", "console"],
-        cwd=REPO,
-        env=env,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
+    proc = start_pulse(["console"], env, log)
     base = f"http://127.0.0.1:{port}"
     try:
         assert wait_until(lambda: get_json(base + "/health")[0] == 200), log.read_text()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -25,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pulse.devstack import free_port, stop_process
 from streams.router.service import dedup_key
-from testing.stack import CONVERGE_SECONDS, REPO, Namespace, consume, produce, wait_until
+from testing.stack import CONVERGE_SECONDS, Namespace, consume, produce, start_pulse, wait_until
 from tests.router_fixtures import alert_dict, vip_change
 from tests.router_receivers import MailSink, Receivers, counts_by
 
@@ -83,14 +82,7 @@ def start_router(namespace: Namespace) -> Iterator[Callable[..., RouterProc]]:
             "PULSE_ROUTER_METRICS_PORT": str(port),
             **extra_env,
         }
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pulse", "router", "--loglevel", "info"],
-            cwd=REPO,
-            env=env,
-            stdout=log.open("ab"),
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+        proc = start_pulse(["router", "--loglevel", "info"], env, log, append=True)
         router = RouterProc(proc, log, port)
         procs.append(router)
         assert wait_until(lambda: "pulse router: ready" in log.read_text(errors="replace") or proc.poll() is not None)
