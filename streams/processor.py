@@ -22,7 +22,6 @@ from schemas.alerts import AlertReason, RetentionAlert
 from schemas.dead_letter import DeadLetter
 from schemas.events import (
     MIN_TIME_MS,
-    CustomerEvent,
     EventRejected,
     Kind,
     RejectReason,
@@ -852,9 +851,6 @@ class BatchProcessor:
             and self._wall_ms is not None
             and self._wall_ms - now > self.historical_ms,
         )
-
-    def _to_scored(self, event: CustomerEvent, offset: int) -> EventFacts:
-        return self.reader.to_scored(event, offset)
 
     def _reject(self, record: Incoming, kind: str, exc: EventRejected) -> Rejected:
         payload, encoding, truncated = DeadLetter.render_payload(record.value, self.options.dead_letter_payload_bytes)

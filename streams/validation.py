@@ -205,7 +205,7 @@ class EventReader:
         raise _Slow
 
     def to_scored(self, event: CustomerEvent, offset: int | None) -> EventFacts:
-        """A validated pydantic event as the scorer sees it (the slow path, and ``BatchProcessor._to_scored``)."""
+        """A validated pydantic event as the scorer sees it (the slow path)."""
         at = event.occurred_ms
         facts: dict[str, Any] = {}
         if isinstance(event, OrderEvent):
