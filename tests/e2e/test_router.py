@@ -33,6 +33,20 @@ pytestmark = pytest.mark.e2e
 SECRETS = {"webhook": "hook-secret", "feishu": "feishu-secret", "dingtalk": "SECdingtalk+/="}
 
 
+def webhook_only(receivers: Receivers) -> str:
+    """A router configuration with one signed webhook destination (the local receiver) as the default route."""
+    return f"""
+[router]
+default_route = ["webhook"]
+
+[[destinations]]
+name = "webhook"
+kind = "webhook"
+url = "{receivers.url("webhook")}"
+secret = "{SECRETS["webhook"]}"
+"""
+
+
 @pytest.fixture
 def receivers() -> Iterator[Receivers]:
     r = Receivers(free_port(), SECRETS)
@@ -477,16 +491,7 @@ path = "{tmp_path / "deliveries.log"}"
 
 
 def test_a_second_router_takes_partitions_over_without_sending_twice(namespace, start_router, receivers):
-    config = f"""
-[router]
-default_route = ["webhook"]
-
-[[destinations]]
-name = "webhook"
-kind = "webhook"
-url = "{receivers.url("webhook")}"
-secret = "{SECRETS["webhook"]}"
-"""
+    config = webhook_only(receivers)
     # a long rebalance timeout, so the group waits for the first router's hand-over (up to 15 s)
     env = {
         "PULSE_ROUTER_REVOKE_WAIT_SECONDS": os.environ.get("PULSE_TEST_REVOKE_WAIT", "15"),

@@ -31,7 +31,7 @@ from scoring.units import DAY_MS
 from streams.sinks.redis_profiles import profile_key
 from testing.stack import REPO, consume, produce, wait_until
 from tests.churn_story import D0, MONTHLY, STORY, clock, complaint, order
-from tests.e2e.test_router import SECRETS, _post, receivers, start_router  # noqa: F401 - fixtures
+from tests.e2e.test_router import _post, receivers, start_router, webhook_only  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.e2e
 
@@ -74,16 +74,7 @@ def test_alert_webhook_acknowledge_buy_again_save_rate(namespace, start_worker, 
     )
     api_port = free_port()
     router = start_router(
-        f"""
-[router]
-default_route = ["webhook"]
-
-[[destinations]]
-name = "webhook"
-kind = "webhook"
-url = "{receivers.url("webhook")}"
-secret = "{SECRETS["webhook"]}"
-""",
+        webhook_only(receivers),
         PULSE_ROUTER_API_PORT=str(api_port),
         PULSE_TOPIC_RETENTION_ACTIONS=settings.topic_retention_actions,
     )
