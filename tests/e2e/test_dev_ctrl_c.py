@@ -38,6 +38,9 @@ def test_ctrl_c_stops_workers_before_the_broker_quietly(tmp_path: Path) -> None:
         stdin=subprocess.DEVNULL,
         text=True,
         start_new_session=True,  # its own process group, as a shell's foreground job
+        # and Ctrl-C's default disposition, as a terminal gives it: a process inherits an ignored SIGINT, and
+        # the test runner's process may ignore it (a whole-suite run hung here: pulse dev never saw the SIGINT)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509 - no locks taken
     )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
