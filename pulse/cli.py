@@ -491,7 +491,9 @@ def _stop_dev(children: list[tuple[str, subprocess.Popen]], stack: DevStack) -> 
     import signal
 
     started = time.monotonic()
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the stop short
+    # a second Ctrl-C or SIGTERM must not cut the stop short
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous_term = signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         running = [(name, proc) for name, proc in children if proc.poll() is None]
         print(f"stopping… {', '.join(name for name, _ in running) or 'nothing running'}, then the broker and redis")
@@ -516,6 +518,12 @@ def _stop_dev(children: list[tuple[str, subprocess.Popen]], stack: DevStack) -> 
         print(f"stopped broker and redis; everything stopped in {time.monotonic() - started:.1f} s", flush=True)
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous_term)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM (``kill``, a service manager, a CI runner's cancel) stops ``pulse dev`` as Ctrl-C does."""
+    raise KeyboardInterrupt
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -531,12 +539,14 @@ def cmd_dev(args: argparse.Namespace) -> int:
     # the servers run in process groups of their own: a Ctrl-C while they start is kept for after
     interrupted: list[int] = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
+    previous_term = signal.signal(signal.SIGTERM, lambda signum, frame: interrupted.append(signum))
     try:
         stack = DevStack.start(log_dir, broker=args.broker, own_group=True)
     except RuntimeError as exc:  # a server missing or not starting (devstack says which, and its log)
         raise CliError(f"{args.broker} and redis", str(exc), f"their logs are in {log_dir}") from None
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, _interrupt)
     children: list[tuple[str, subprocess.Popen]] = []
     try:
         if interrupted:
@@ -611,6 +621,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         return 0
     finally:
         _stop_dev(children, stack)
+        signal.signal(signal.SIGTERM, previous_term)
 
 
 #: what ``pulse bench`` says where benchmarks/ is absent (an installed package has no benchmarks/)

@@ -1,10 +1,10 @@
-"""``pulse dev`` and Ctrl-C (issue 17): the workers and the router stop before the broker and Redis, it says
+"""``pulse dev`` and Ctrl-C, or SIGTERM (issue 17): the workers and the router stop before the broker and Redis, it says
 "stopping…", every worker's metrics URL is printed and answers, the profile count stops once all are live,
 and the workers' logs end without a flood of ERROR lines.
 
 A real ``pulse dev`` in a session of its own, Ctrl-C sent as a terminal sends it: SIGINT to the whole
-foreground process group. The stop is bounded (SIGKILL after the test's wait); its duration is printed, not
-asserted.
+foreground process group; SIGTERM as ``kill`` or a service manager sends it: to ``pulse dev`` alone. The stop
+is bounded (SIGKILL after the test's wait); its duration is printed, not asserted.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from testing.stack import CONVERGE_SECONDS, wait_until
 
 #: Bound on the stop after Ctrl-C (pulse dev itself kills after DEV_STOP_SECONDS, then stops the servers)
@@ -27,7 +29,8 @@ STOP_WAIT_SECONDS = 180.0
 MAX_ERROR_LINES = 5
 
 
-def test_ctrl_c_stops_workers_before_the_broker_quietly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop_signal", ["ctrl-c", "sigterm"])
+def test_ctrl_c_stops_workers_before_the_broker_quietly(tmp_path: Path, stop_signal: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("PULSE_")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "pulse", "dev", "--customers", "60", "--days", "60", "--workers", "2"],
@@ -60,7 +63,10 @@ def test_ctrl_c_stops_workers_before_the_broker_quietly(tmp_path: Path) -> None:
         assert len(children) == 6  # broker, redis, two workers, router, console
 
         started = time.monotonic()
-        os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+        if stop_signal == "ctrl-c":
+            os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+        else:
+            os.kill(proc.pid, signal.SIGTERM)  # kill, a service manager: the children are in groups of their own
         try:
             status = proc.wait(STOP_WAIT_SECONDS)
         except subprocess.TimeoutExpired:
@@ -76,7 +82,8 @@ def test_ctrl_c_stops_workers_before_the_broker_quietly(tmp_path: Path) -> None:
             proc.wait(30)
     reader.join(30)
     out = "".join(lines)
-    print(f"pulse dev stopped {took:.1f} s after Ctrl-C (status {status}); its last lines:\n{''.join(lines[-4:])}")
+    last = "".join(lines[-4:])
+    print(f"pulse dev stopped {took:.1f} s after {stop_signal} (status {status}); its last lines:\n{last}")
     assert status == 0, out
     stopping = next(i for i, line in enumerate(lines) if line.startswith("stopping… "))
     assert lines[stopping].startswith("stopping… worker-0, worker-1, router, console, then the broker and redis")
