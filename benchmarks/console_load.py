@@ -117,11 +117,11 @@ async def main(customers: int, repeat: int) -> None:
             counts = {lvl: await client.zcard(index_key(prefix, lvl)) for lvl in (*AT_RISK_LEVELS, "any")}
             vip_risky = await client.zcard(index_key(prefix, "high:vip"))
             deep = max(0, counts["any"] - settings.console_page_size * 2)
-            top_cid = (await client.zrevrange(index_key(prefix, "any"), 0, 0))[0]
+            top_cid = (await client.zrange(index_key(prefix, "any"), 0, 0))[0]  # the queue's first
             # the top customer's segment, and the commonest reason
             segment = await client.hget(f"{prefix}profile:{top_cid}", "segment") or "at_risk"
             reason = "overdue"
-            low_value = Decimal(str(await client.zscore(index_key(prefix, "any"), top_cid))) / 2
+            low_value = Decimal(await client.hget(f"{prefix}profile:{top_cid}", "value_at_risk") or "0") / 2
             paths = {
                 "queue page (full HTML, VIPs)": "/",
                 "queue, no filter": "/fragments/queue",
