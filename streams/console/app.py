@@ -274,7 +274,9 @@ class Console:
             max_age=int(hours * 3600),
             httponly=True,
             samesite="Strict",
-            secure=request.secure,
+            # behind a TLS-terminating ingress the console sees plain HTTP: the proxy's X-Forwarded-Proto says the
+            # browser used HTTPS (a forged header can only make the browser withhold the cookie over plain HTTP)
+            secure=request.secure or request.headers.get("X-Forwarded-Proto", "").lower() == "https",
             path="/",
         )
         raise response
