@@ -6,7 +6,8 @@ same broker and Redis, and Debian's chromium (``/usr/bin/chromium``, driven by
 Python playwright, no browser download) loads its pages. The story: log in,
 filter the queue to VIP customers at high risk (only B), open B, acknowledge
 and resolve B's alert, and watch a second page (another tab of the same
-login) show each change without reloading. The actions must be on the
+login) show each change without reloading, and then VIP entries and exits
+as big orders reshuffle the VIP share. The actions must be on the
 retention-actions topic with the logged-in user as the actor. Screenshots of
 each page go to ``<the test's tmp_path>/screenshots``.
 
@@ -21,7 +22,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
@@ -32,7 +34,7 @@ from pulse.devstack import free_port, stop_process
 from schemas.profile import CustomerProfile
 from streams.console.cases import alerts_key
 from streams.sinks.redis_profiles import profile_key
-from testing.stack import consume, get_json, start_pulse, wait_until
+from testing.stack import consume, get_json, produce, start_pulse, wait_until
 from tests import at_risk_story as story
 from tests.churn_story import iso
 from tests.conftest import TEST_BROKERS
@@ -56,6 +58,36 @@ def playwright_api():
     return pytest.importorskip("playwright.sync_api")
 
 
+def in_thread(work: Callable[[], None]) -> None:
+    """Run ``work`` (which may use asyncio.run) in its own thread: playwright's sync API holds this one's loop."""
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
+            failed.append(exc)
+
+    thread = threading.Thread(target=run, name="console-test-produce")
+    thread.start()
+    thread.join(BROWSER_WAIT_MS / 1000)
+    assert not thread.is_alive(), "producing did not finish"
+    if failed:
+        raise failed[0]
+
+
+def vip_change(cid: str, kind: str) -> str:
+    """A script: is ``cid`` in the VIP list's entries (kind 'enter') or exits ('exit')?"""
+    links = f"document.querySelectorAll('#vips .vip-changes li.{kind} a')"
+    return f"[...{links}].some(a => a.innerText === '{cid}')"
+
+
+def produce_orders(namespace, orders: list[tuple[str, int, str]]) -> None:
+    """(customer, day, amount) orders of the story's shape, to the namespace's orders topic."""
+    records = [(cid.encode(), orjson.dumps(story.order(cid, day, amount)[1])) for cid, day, amount in orders]
+    produce(namespace.bootstrap, namespace.settings.topic_orders, records)
+
+
 def actions_topic(namespace) -> str:
     """The test's own retention-actions topic (the namespace has none), as tests/e2e/test_router.py names it."""
     return namespace.settings.topic_retention_alerts + "-actions"
@@ -67,6 +99,7 @@ def console(namespace) -> Iterator[str]:
     log = namespace.log_dir / "console.log"
     env = {**os.environ, **namespace.env, "PULSE_CONSOLE_PORT": str(port), "PULSE_API_TOKEN": TOKEN}
     env["PULSE_CONSOLE_STATS_SECONDS"] = "2"
+    env["PULSE_CONSOLE_TREND_SECONDS"] = "2"  # a trend point per reading: the panel has lines within the test
     env["PULSE_TOPIC_RETENTION_ACTIONS"] = actions_topic(namespace)
     proc = start_pulse(["console"], env, log)
     base = f"http://127.0.0.1:{port}"
@@ -196,6 +229,20 @@ def test_queue_filter_customer_actions_and_live_updates(devstack, namespace, sta
             )
             assert second.evaluate("window.notReloaded") is True
             second.screenshot(path=shots / "6-second-page-resolved.png", full_page=True)
+
+            # the VIP list's entries and exits, live on the second page: C outspends everyone (enters), then A and
+            # D outspend C, which pushes B (and C) out of the VIP share
+            assert not second.evaluate(vip_change("C", "enter"))
+            in_thread(lambda: produce_orders(namespace, [("C", 468, "100000.00")]))
+            second.wait_for_function(vip_change("C", "enter"))
+            in_thread(lambda: produce_orders(namespace, [("A", 469, "200000.00"), ("D", 469, "300000.00")]))
+            second.wait_for_function(vip_change("B", "exit"))
+            # the queue row follows too (B is no VIP any more: the VIP filter leaves it out)
+            second.wait_for_function("document.querySelectorAll('tr[data-customer-id=B]').length === 0")
+            # the population panel has its trend lines (one point per reading here)
+            second.wait_for_selector("#population svg.spark")
+            assert second.evaluate("window.notReloaded") is True
+            second.screenshot(path=shots / "7-second-page-vip-changes.png", full_page=True)
 
             # status and owner filters: B is resolved (not open) and vip-desk's
             page.goto(console + "/?status=resolved&owner=vip-desk")
