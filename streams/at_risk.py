@@ -162,7 +162,7 @@ def value_cents(value: Decimal | str | None) -> int:
     """Whole cents of a money value for the index, within 0..MAX_CENTS (a bad or missing value sorts as 0)."""
     try:
         cents = int((Decimal(value or 0) * 100).to_integral_value(ROUND_FLOOR))
-    except (InvalidOperation, ValueError):
+    except (InvalidOperation, ValueError, OverflowError):
         return 0
     return min(max(cents, 0), MAX_CENTS)
 
@@ -179,12 +179,8 @@ def score_ranges(min_value: Decimal | None) -> list[tuple[str, str]]:
     if min_value is None:
         return [("-inf", "+inf")]
     low = max(int((min_value * 100).to_integral_value(ROUND_CEILING)), 0)
-    ranges = []
-    for band in sorted(set(PRIORITY.values()), reverse=True):
-        top = band << VALUE_BITS
-        ranges.append((str(-(top + MAX_CENTS)) if band else str(-MAX_CENTS), str(-(top + low))))
-    ranges[0] = ("-inf", ranges[0][1])  # anything scored beyond the top band's cap still belongs to it
-    return ranges
+    high, medium = PRIORITY["high"] << VALUE_BITS, PRIORITY["medium"] << VALUE_BITS
+    return [("-inf", str(-(high + low))), (str(-(medium + MAX_CENTS)), str(-(medium + low)))]
 
 
 #: profile fields a queue row shows

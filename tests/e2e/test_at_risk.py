@@ -132,7 +132,7 @@ def test_at_risk_pages_and_filters_the_index_the_sink_keeps(namespace, start_wor
     assert wait_until(lambda: at(421, A="medium", B="medium", C="low", D="medium")), (profiles(), worker.log_tail())
     status, body = api()
     assert status == 200, body
-    assert [c["customer_id"] for c in body["customers"]] == ["B", "D", "A"]  # 3 a page; A ties D, after it by id
+    assert [c["customer_id"] for c in body["customers"]] == ["B", "A", "D"]  # 3 a page; A ties D, before it by id
     assert body["total"] == len(oracle(profiles())) and body["next_offset"] == 3
     assert body["customers"][0]["value_at_risk"] == str(profiles()["B"].value_at_risk)
     filters_agree()

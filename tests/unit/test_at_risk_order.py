@@ -43,7 +43,7 @@ def test_cents_stay_exact_at_any_value_a_double_can_hold():
 def test_value_cents_of_odd_input():
     assert value_cents("12.345") == 1234  # floor: a profile's money has two decimals anyway
     assert value_cents(None) == value_cents("") == value_cents("n/a") == 0
-    assert value_cents("-3") == 0
+    assert value_cents("-3") == value_cents("NaN") == value_cents("Infinity") == 0
 
 
 def test_score_ranges_hold_exactly_the_customers_at_or_above_the_minimum():
