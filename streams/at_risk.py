@@ -79,53 +79,35 @@ end
 return 0
 """
 
-#: KEYS[1]: the filtered sorted set; KEYS[2..]: plain sets of customers to leave out (e.g. a console's acted-on
-#: customers: few). ARGV: offset, limit, then (min, max) score pairs of the ranges to read, in queue order.
-#: Returns {total, ids...}. Each range is located by rank (ZCOUNT below its minimum), so a page without
-#: exclusions costs its own size; with exclusions the ranges are walked from their top, skipping the excluded,
-#: until the page is full (cost: offset + limit + skipped, not the whole set), and the total is the ranges'
-#: count less the excluded members in them (cost: the excluded sets' size).
+#: KEYS[1]: the filtered sorted set; with customers to leave out (e.g. a console's acted-on customers) also
+#: KEYS[2], the sorted set of those among KEYS[1] (ZINTERSTORE: their scores), and KEYS[3], the plain set of all
+#: of them. ARGV: offset, limit, then (min, max) score pairs of the ranges to read, in queue order. Returns
+#: {total, ids...}. Each range is located by rank (ZCOUNT below its minimum), so a page without exclusions costs
+#: its own size; with exclusions the ranges are walked from their top, skipping the excluded, until the page is
+#: full (cost: offset + limit + skipped, not the whole set), and the total is the ranges' count less the
+#: excluded members' count in them (two ZCOUNTs a range: the cost of intersecting is Redis's, in C).
 PAGE_SCRIPT = """
-local src = KEYS[1]
+local src, inter, union = KEYS[1], KEYS[2], KEYS[3]
 local offset, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
 local ranges = {}
+local total = 0
 for i = 3, #ARGV, 2 do
   local low, high = ARGV[i], ARGV[i + 1]
   local first = 0
   if low ~= '-inf' then first = redis.call('ZCOUNT', src, '-inf', '(' .. low) end
-  ranges[#ranges + 1] = {low, high, first, redis.call('ZCOUNT', src, low, high)}
-end
-local function inside(score)
-  for _, r in ipairs(ranges) do
-    if (r[1] == '-inf' or score >= tonumber(r[1])) and (r[2] == '+inf' or score <= tonumber(r[2])) then
-      return true
-    end
-  end
-  return false
-end
-local total = 0
-for _, r in ipairs(ranges) do total = total + r[4] end
-local counted = {}
-for k = 2, #KEYS do
-  for _, id in ipairs(redis.call('SMEMBERS', KEYS[k])) do
-    if not counted[id] then
-      counted[id] = true
-      local score = redis.call('ZSCORE', src, id)
-      if score and inside(tonumber(score)) then total = total - 1 end
-    end
-  end
+  local count = redis.call('ZCOUNT', src, low, high)
+  ranges[#ranges + 1] = {low, high, first, count}
+  total = total + count
+  if inter then total = total - redis.call('ZCOUNT', inter, low, high) end
 end
 local function excluded(id)
-  for k = 2, #KEYS do
-    if redis.call('SISMEMBER', KEYS[k], id) == 1 then return true end
-  end
-  return false
+  return union ~= nil and redis.call('SISMEMBER', union, id) == 1
 end
 local out, seen = {total}, 0
 for _, r in ipairs(ranges) do
   local first, count = r[3], r[4]
   if #out - 1 >= limit then break end
-  if #KEYS == 1 then
+  if not union then
     if seen + count > offset then
       local skip = math.max(offset - seen, 0)
       local need = limit - (#out - 1)
@@ -357,18 +339,29 @@ async def at_risk_page(
     include = [index_key(prefix, s) for s in query.include()] + list(extra_include)
     ranges = [bound for pair in score_ranges(query.min_value) for bound in pair]
     temporary: list[str] = []
+
+    def scratch() -> str:
+        temporary.append(index_key(prefix, f"tmp:{uuid.uuid4().hex}"))
+        return temporary[-1]
+
     async with client.pipeline(transaction=True) as pipe:
         source = include[0]
         if len(include) > 1:
-            source = index_key(prefix, f"tmp:{uuid.uuid4().hex}")
-            temporary.append(source)
+            source = scratch()
             # the first (an index sorted set) carries the score; a plain set counts 1, weighted 0
             pipe.zinterstore(source, {include[0]: 1, **{k: 0 for k in include[1:]}}, aggregate="SUM")
-        pipe.eval(PAGE_SCRIPT, 1 + len(extra_exclude), source, *extra_exclude, query.offset, query.limit, *ranges)
+        keys = [source]
+        if extra_exclude:
+            union, inter = scratch(), scratch()
+            pipe.sunionstore(union, list(extra_exclude))
+            pipe.zinterstore(inter, {source: 1, union: 0}, aggregate="SUM")
+            keys += [inter, union]
+        pipe.eval(PAGE_SCRIPT, len(keys), *keys, query.offset, query.limit, *ranges)
         if temporary:
             pipe.delete(*temporary)
         replies = await pipe.execute()
-    total, ids = replies[len(temporary)][0], replies[len(temporary)][1:]
+    page = replies[-2] if temporary else replies[-1]
+    total, ids = page[0], page[1:]
     from streams.sinks.redis_profiles import profile_key  # the sink imports this module
 
     items: list[dict[str, Any]] = []
