@@ -358,7 +358,7 @@ async def at_risk_page(
             keys += [inter, union]
         pipe.eval(PAGE_SCRIPT, len(keys), *keys, query.offset, query.limit, *ranges)
         if temporary:
-            pipe.delete(*temporary)
+            pipe.unlink(*temporary)  # freed in the background: a large intersection costs no latency
         replies = await pipe.execute()
     page = replies[-2] if temporary else replies[-1]
     total, ids = page[0], page[1:]
