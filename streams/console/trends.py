@@ -110,6 +110,6 @@ async def record(client: aioredis.Redis, prefix: str, point: Point, spacing_seco
 
 async def load(client: aioredis.Redis, prefix: str, count: int) -> list[Point]:
     """The newest ``count`` points, oldest first."""
-    entries: Sequence[str] = await client.lrange(trend_key(prefix), 0, count - 1)  # type: ignore[misc]
+    entries: Sequence[str | bytes] = await client.lrange(trend_key(prefix), 0, count - 1)  # type: ignore[misc]
     points = [p for p in (Point.from_entry(e) for e in entries) if p is not None]
     return points[::-1]
