@@ -239,8 +239,13 @@ def test_queue_filter_customer_actions_and_live_updates(devstack, namespace, sta
             second.wait_for_function(vip_change("B", "exit"))
             # the queue row follows too (B is no VIP any more: the VIP filter leaves it out)
             second.wait_for_function("document.querySelectorAll('tr[data-customer-id=B]').length === 0")
-            # the population panel has its trend lines (one point per reading here)
+            # the population panel has its trend lines (one point per reading here), and a save rate: A and D,
+            # alerted at high risk, bought within their save window
             second.wait_for_selector("#population svg.spark")
+            second.wait_for_function(
+                "[...document.querySelectorAll('#population tr')]"
+                ".some(r => r.innerText.startsWith('save rate') && r.innerText.includes('%'))"
+            )
             assert second.evaluate("window.notReloaded") is True
             second.screenshot(path=shots / "7-second-page-vip-changes.png", full_page=True)
 
