@@ -167,6 +167,10 @@ def test_queue_filter_customer_actions_and_live_updates(devstack, namespace, sta
             rows = page.locator("table.queue tbody tr[data-customer-id]")
             queue_ids = set(rows.evaluate_all("rs => rs.map(r => r.dataset.customerId)"))
             assert {"B", *others_high} <= queue_ids
+            # priority order: every high-risk row before any medium-risk one, each with its place
+            shown = rows.evaluate_all("rs => rs.map(r => [r.dataset.priority, r.querySelector('td.rank').innerText])")
+            assert [level for level, _ in shown] == sorted((lvl for lvl, _ in shown), key=lambda lvl: lvl != "high")
+            assert [int(place) for _, place in shown] == list(range(1, len(shown) + 1))
             page.screenshot(path=shots / "1-queue.png", full_page=True)
 
             # filter: VIP, high risk -> only B
