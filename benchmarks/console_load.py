@@ -115,13 +115,14 @@ async def main(customers: int, repeat: int) -> None:
             client = aioredis.from_url(settings.redis_url, decode_responses=True)
             acted = await act_on_some(client, prefix)
             counts = {lvl: await client.zcard(index_key(prefix, lvl)) for lvl in (*AT_RISK_LEVELS, "any")}
+            memory = (await client.info("memory"))["used_memory"]
             vip_risky = await client.zcard(index_key(prefix, "high:vip"))
             deep = max(0, counts["any"] - settings.console_page_size * 2)
-            top_cid = (await client.zrevrange(index_key(prefix, "any"), 0, 0))[0]
+            top_cid = (await client.zrange(index_key(prefix, "any"), 0, 0))[0]  # the queue's first
             # the top customer's segment, and the commonest reason
             segment = await client.hget(f"{prefix}profile:{top_cid}", "segment") or "at_risk"
             reason = "overdue"
-            low_value = Decimal(str(await client.zscore(index_key(prefix, "any"), top_cid))) / 2
+            low_value = Decimal(await client.hget(f"{prefix}profile:{top_cid}", "value_at_risk") or "0") / 2
             paths = {
                 "queue page (full HTML, VIPs)": "/",
                 "queue, no filter": "/fragments/queue",
@@ -153,6 +154,7 @@ async def main(customers: int, repeat: int) -> None:
         finally:
             server.stop()
     print(f"{customers:,} profiles written by the profile sink with the at-risk index in {write_seconds:.1f} s")
+    print(f"redis used_memory {memory / 2**20:,.0f} MiB (profiles, VIP set, at-risk index, cases)")
     print(
         f"at risk: {counts['any']:,} ({counts['high']:,} high, {counts['medium']:,} medium; {vip_risky:,} VIP high); "
         f"{acted:,} with an action; page size {settings.console_page_size}; {repeat} requests each"

@@ -495,6 +495,15 @@ class Settings(BaseSettings):
     console_group_id: str = Field(
         "", description="Consumer group of pulse console on alerts, actions, VIP changes (empty: '{app_id}-console')."
     )
+    console_trend_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="Spacing of the population panel's trend points, kept in Redis so trends survive a console "
+        "restart (one series for all consoles).",
+    )
+    console_trend_points: int = Field(
+        1440, ge=2, le=100_000, description="Trend points kept in Redis (the oldest are dropped): 1440 x 60 s = a day."
+    )
 
     # --- alert episodes and the save rate (issue 19) ---------------------
     save_window_days: int = Field(

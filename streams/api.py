@@ -25,8 +25,8 @@ is a 400, not a 500.
 * ``GET /vips?offset=0&limit=50``: a page of the VIP sorted set, highest value
   first, with the total and the next offset (null on the last page).
 * ``GET /at-risk?level=&vip=&segment=&reason=&min_value=&offset=0&limit=50``:
-  a page of the customers at medium/high churn risk, highest value at risk
-  first, from the at-risk index the profile sink keeps in Redis
+  a page of the customers at medium/high churn risk, high risk first, then
+  the highest value at risk (ties by customer id), from the at-risk index the profile sink keeps in Redis
   (``streams/at_risk.py``: no scan of the population); each filter is
   optional; the total and the next offset (null on the last page).
 * ``GET /health``: 200 while the process serves HTTP (liveness: a long table

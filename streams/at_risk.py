@@ -1,9 +1,11 @@
-"""The at-risk index: who is at medium or high churn risk, sorted by value at risk, filterable, kept in Redis.
+"""The at-risk index: who is at medium or high churn risk, by priority and value at risk, filterable, in Redis.
 
 A queue of customers to call must page and filter at 1M customers without a
 scan of the population, so the profile sink keeps, in the same write as the
-profiles, one sorted set per (level, facet) scored by the profile's
-``value_at_risk``:
+profiles, one sorted set per (level, facet) scored by the queue's order
+(:func:`index_score`): priority first (high before medium), then
+``value_at_risk`` in exact cents, then the customer id (Redis orders equal
+scores by member):
 
 * ``{prefix}at-risk:{level}`` every customer at that level; ``level`` is
   ``medium``, ``high`` or ``any`` (both), so an unfiltered queue is one key;
@@ -20,10 +22,19 @@ customer whose profile says otherwise once the batch is written.
 Reading (:func:`at_risk_page`) is one sorted set for zero or one facet (a
 facet's set holds only its level's customers), else a ``ZINTERSTORE`` of the
 facet sets into a temporary key (Redis intersects from the smallest set),
-then ``ZCOUNT`` and one ``ZRANGE … BYSCORE REV LIMIT`` page. Sets to leave
-out (a console's acted-on customers, for its "open" status) are skipped by a
-script that walks the sorted set from the top until the page is full, so no
-read costs the size of the queue but a deep page's.
+then one script (:data:`PAGE_SCRIPT`) that counts and pages the score ranges
+of the filter by rank: the whole set, or with a minimum value at risk one
+range per priority band. Sets to leave out (a console's acted-on customers,
+for its "open" status) are skipped by walking the ranges from the top until
+the page is full, so no read costs the size of the queue but a deep page's.
+
+The score is ``-(band * 2**52 + cents)`` (band 1 for high, 0 for medium;
+cents capped below 2**52, i.e. 45 trillion): every score is an integer below
+2**53 in magnitude, which a double (Redis's score) holds exactly, so two
+values a cent apart never tie, however large. Negative so that Redis's
+ascending order is the queue's and equal scores fall to the customer id in
+ascending order. A profile written before this order existed (scored by its
+value alone) is re-scored by the worker's first sweep round after a start.
 """
 
 from __future__ import annotations
@@ -32,7 +43,7 @@ import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation
 from typing import Any
 
 import orjson
@@ -48,7 +59,7 @@ ANY_LEVEL = "any"
 #: a segment or reason code used in a key name
 FACET_VALUE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
-#: ARGV: prefix, then per customer: id, score, keys ('|'-joined suffixes; '' = not at risk)
+#: ARGV: prefix, then per customer: id, score (index_score), keys ('|'-joined suffixes; '' = not at risk)
 UPDATE_SCRIPT = """
 local p = ARGV[1]
 local members = p .. 'at-risk:members'
@@ -68,45 +79,91 @@ end
 return 0
 """
 
-#: KEYS[1]: the filtered sorted set; KEYS[2..]: plain sets of customers to leave out (e.g. a console's acted-on
-#: customers: few). ARGV: minimum score (or -inf), offset, limit. Returns {total, ids...}: walks the sorted set
-#: by rank from the top, skipping the excluded, until the page is full (cost: offset + limit + skipped, not the
-#: whole set); the total is the count above the minimum less the excluded members above it (cost: the
-#: excluded sets' size).
-PAGE_EXCLUDING_SCRIPT = """
-local src, low = KEYS[1], ARGV[1]
-local offset, limit = tonumber(ARGV[2]), tonumber(ARGV[3])
-local above = redis.call('ZCOUNT', src, low, '+inf')
-local total = above
-local min = tonumber(low)
-local counted = {}
-for k = 2, #KEYS do
-  for _, id in ipairs(redis.call('SMEMBERS', KEYS[k])) do
-    local score = not counted[id] and redis.call('ZSCORE', src, id)
-    if score and (low == '-inf' or tonumber(score) >= min) then total = total - 1 end
-    counted[id] = true
-  end
+#: KEYS[1]: the filtered sorted set; with customers to leave out (e.g. a console's acted-on customers) also
+#: KEYS[2], the sorted set of those among KEYS[1] (ZINTERSTORE: their scores), and KEYS[3], the plain set of all
+#: of them. ARGV: offset, limit, then (min, max) score pairs of the ranges to read, in queue order. Returns
+#: {total, ids...}. Each range is located by rank (ZCOUNT below its minimum), so a page without exclusions costs
+#: its own size; with exclusions the ranges are walked from their top, skipping the excluded, until the page is
+#: full (cost: offset + limit + skipped, not the whole set), and the total is the ranges' count less the
+#: excluded members' count in them (two ZCOUNTs a range: the cost of intersecting is Redis's, in C).
+PAGE_SCRIPT = """
+local src, inter, union = KEYS[1], KEYS[2], KEYS[3]
+local offset, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
+local ranges = {}
+local total = 0
+for i = 3, #ARGV, 2 do
+  local low, high = ARGV[i], ARGV[i + 1]
+  local first = 0
+  if low ~= '-inf' then first = redis.call('ZCOUNT', src, '-inf', '(' .. low) end
+  local count = redis.call('ZCOUNT', src, low, high)
+  ranges[#ranges + 1] = {low, high, first, count}
+  total = total + count
+  if inter then total = total - redis.call('ZCOUNT', inter, low, high) end
 end
 local function excluded(id)
-  for k = 2, #KEYS do
-    if redis.call('SISMEMBER', KEYS[k], id) == 1 then return true end
-  end
-  return false
+  return union ~= nil and redis.call('SISMEMBER', union, id) == 1
 end
-local out, seen, rank = {total}, 0, 0
-while #out - 1 < limit and rank < above do
-  local ids = redis.call('ZRANGE', src, rank, math.min(rank + 499, above - 1), 'REV')
-  if #ids == 0 then break end
-  rank = rank + #ids
-  for _, id in ipairs(ids) do
-    if not excluded(id) then
-      seen = seen + 1
-      if seen > offset and #out - 1 < limit then out[#out + 1] = id end
+local out, seen = {total}, 0
+for _, r in ipairs(ranges) do
+  local first, count = r[3], r[4]
+  if #out - 1 >= limit then break end
+  if not union then
+    if seen + count > offset then
+      local skip = math.max(offset - seen, 0)
+      local need = limit - (#out - 1)
+      local last = first + math.min(count, skip + need) - 1
+      for _, id in ipairs(redis.call('ZRANGE', src, first + skip, last)) do out[#out + 1] = id end
+    end
+    seen = seen + count
+  else
+    local rank, stop = first, first + count
+    while #out - 1 < limit and rank < stop do
+      local ids = redis.call('ZRANGE', src, rank, math.min(rank + 499, stop - 1))
+      if #ids == 0 then break end
+      rank = rank + #ids
+      for _, id in ipairs(ids) do
+        if not excluded(id) then
+          seen = seen + 1
+          if seen > offset and #out - 1 < limit then out[#out + 1] = id end
+        end
+      end
     end
   end
 end
 return out
 """
+
+#: queue priority of a churn level (higher: called first), the band of its index score
+PRIORITY = {"high": 1, "medium": 0}
+#: bits of the score below the priority band: cents up to 2**52 - 1, so band * 2**52 + cents < 2**53 (exact)
+VALUE_BITS = 52
+MAX_CENTS = (1 << VALUE_BITS) - 1
+
+
+def value_cents(value: Decimal | str | None) -> int:
+    """Whole cents of a money value for the index, within 0..MAX_CENTS (a bad or missing value sorts as 0)."""
+    try:
+        cents = int((Decimal(value or 0) * 100).to_integral_value(ROUND_FLOOR))
+    except (InvalidOperation, ValueError, OverflowError):
+        return 0
+    return min(max(cents, 0), MAX_CENTS)
+
+
+def index_score(level: str, value_at_risk: Decimal | str | None) -> int:
+    """The sorted-set score of a customer: ascending score is the queue's order (priority, then value at risk,
+    then customer id as Redis orders equal scores)."""
+    return -((PRIORITY[level] << VALUE_BITS) + value_cents(value_at_risk))
+
+
+def score_ranges(min_value: Decimal | None) -> list[tuple[str, str]]:
+    """The (min, max) score ranges of a queue, in its order: all of it, or with a minimum value at risk the
+    part of each priority band (high, then medium) at or above it."""
+    if min_value is None:
+        return [("-inf", "+inf")]
+    low = max(int((min_value * 100).to_integral_value(ROUND_CEILING)), 0)
+    high, medium = PRIORITY["high"] << VALUE_BITS, PRIORITY["medium"] << VALUE_BITS
+    return [("-inf", str(-(high + low))), (str(-(medium + MAX_CENTS)), str(-(medium + low)))]
+
 
 #: profile fields a queue row shows
 ROW_FIELDS = (
@@ -149,8 +206,17 @@ def index_suffixes(profile: RenderedProfile) -> str:
     return "|".join(f"{lvl}{facet}" for lvl in (level, ANY_LEVEL) for facet in facets)
 
 
+def index_entry(profile: RenderedProfile) -> tuple[str, str]:
+    """A profile's index score (:func:`index_score`, as text) and ``|``-joined index keys; ('', '') when it is
+    not at risk."""
+    keys = index_suffixes(profile)
+    if not keys:
+        return "", ""
+    return str(index_score(profile.value("churn_level"), profile.value("value_at_risk"))), keys
+
+
 def pack_update(prefix: str, entries: Sequence[tuple[str, str, str]]) -> bytes:
-    """One EVAL of :data:`UPDATE_SCRIPT` for (customer id, value at risk, suffixes) entries.
+    """One EVAL of :data:`UPDATE_SCRIPT` for (customer id, index score, suffixes) entries.
 
     EVAL with the script text rather than EVALSHA: Redis caches the compiled script by its digest, and a
     Redis that restarted empty needs no reload step."""
@@ -229,7 +295,7 @@ class AtRiskPage:
     total: int
     offset: int
     limit: int
-    #: profile fields of each customer on the page (ROW_FIELDS), highest value at risk first
+    #: profile fields of each customer on the page (ROW_FIELDS), in the queue's order
     items: list[dict[str, Any]]
 
     @property
@@ -267,34 +333,35 @@ async def at_risk_page(
     extra_include: Sequence[str] = (),
     extra_exclude: Sequence[str] = (),
 ) -> AtRiskPage:
-    """One page of the queue, highest value at risk first. ``extra_include``: full key names of further sets
-    (plain or sorted) to intersect with; ``extra_exclude``: plain sets to leave out (PAGE_EXCLUDING_SCRIPT),
-    e.g. a console's owner and status sets. ``client`` decodes responses."""
+    """One page of the queue, by priority (high first), then value at risk, then customer id. ``extra_include``:
+    full key names of further sets (plain or sorted) to intersect with; ``extra_exclude``: plain sets to leave
+    out (PAGE_SCRIPT), e.g. a console's owner and status sets. ``client`` decodes responses."""
     include = [index_key(prefix, s) for s in query.include()] + list(extra_include)
-    low = "-inf" if query.min_value is None else str(query.min_value)
+    ranges = [bound for pair in score_ranges(query.min_value) for bound in pair]
     temporary: list[str] = []
+
+    def scratch() -> str:
+        temporary.append(index_key(prefix, f"tmp:{uuid.uuid4().hex}"))
+        return temporary[-1]
+
     async with client.pipeline(transaction=True) as pipe:
         source = include[0]
         if len(include) > 1:
-            source = index_key(prefix, f"tmp:{uuid.uuid4().hex}")
-            temporary.append(source)
+            source = scratch()
             # the first (an index sorted set) carries the score; a plain set counts 1, weighted 0
             pipe.zinterstore(source, {include[0]: 1, **{k: 0 for k in include[1:]}}, aggregate="SUM")
+        keys = [source]
         if extra_exclude:
-            pipe.eval(
-                PAGE_EXCLUDING_SCRIPT, 1 + len(extra_exclude), source, *extra_exclude, low, query.offset, query.limit
-            )
-        else:
-            pipe.zcount(source, low, "+inf")
-            pipe.zrange(source, "+inf", low, desc=True, byscore=True, offset=query.offset, num=query.limit)
+            union, inter = scratch(), scratch()
+            pipe.sunionstore(union, list(extra_exclude))
+            pipe.zinterstore(inter, {source: 1, union: 0}, aggregate="SUM")
+            keys += [inter, union]
+        pipe.eval(PAGE_SCRIPT, len(keys), *keys, query.offset, query.limit, *ranges)
         if temporary:
-            pipe.delete(*temporary)
+            pipe.unlink(*temporary)  # freed in the background: a large intersection costs no latency
         replies = await pipe.execute()
-    shift = len(temporary)
-    if extra_exclude:
-        total, ids = replies[shift][0], replies[shift][1:]
-    else:
-        total, ids = replies[shift], replies[shift + 1]
+    page = replies[-2] if temporary else replies[-1]
+    total, ids = page[0], page[1:]
     from streams.sinks.redis_profiles import profile_key  # the sink imports this module
 
     items: list[dict[str, Any]] = []

@@ -64,7 +64,7 @@ from scoring import churn
 from scoring.rfm import DEFAULT_SEGMENTS
 from streams import metrics
 from streams.at_risk import AT_RISK_LEVELS, AtRiskQuery, BadFilter, at_risk_page
-from streams.console import charts
+from streams.console import charts, trends
 from streams.console.cases import (
     STATUSES,
     TRACKED,
@@ -95,8 +95,8 @@ SEGMENTS = tuple(sorted({r.name for r in DEFAULT_SEGMENTS} | {"others"}))
 #: VIPs listed on the queue page, and VIP changes shown
 VIPS_SHOWN = 10
 VIP_CHANGES_SHOWN = 10
-#: population snapshots kept for the trend lines
-TREND_POINTS = 60
+#: trend points read back from Redis after each reading (another console may have recorded the newest)
+TREND_SYNC_POINTS = 10
 #: a name a person logs in with (shown as the actor of their actions)
 USER = re.compile(r"^[\w .@-]{1,64}$")
 #: seconds between keep-alive comments on an idle event stream
@@ -146,15 +146,14 @@ def pct(value: float | None) -> str:
 
 @dataclass
 class Population:
-    """The latest population indicators and their recent history (the panel's trend lines)."""
+    """The latest population indicators and their history (the panel's trend lines, as kept in Redis)."""
 
-    customers: int = 0
-    values: Any = None
-    trend: deque = field(default_factory=lambda: deque(maxlen=TREND_POINTS))
+    latest: trends.Point | None = None
+    trend: deque[trends.Point] = field(default_factory=deque)
     error: str | None = None
 
 
-#: the panel's rows: (label, IndicatorValues attribute, format); save_rate shows once the worker has it
+#: the panel's rows: (label, trends.INDICATORS name, format)
 PANEL = (
     ("NPS", "nps", lambda v: "–" if v is None else f"{v:+.1f}"),
     ("CSAT", "csat", pct),
@@ -174,7 +173,7 @@ class Console:
         self.settings, self.client, self.producer = settings, client, producer
         self.prefix = settings.redis_key_prefix
         self.token = settings.api_token.get_secret_value().encode()
-        self.population = Population()
+        self.population = Population(trend=deque(maxlen=settings.console_trend_points))
         self.stopping = asyncio.Event()
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"),
@@ -275,7 +274,9 @@ class Console:
             max_age=int(hours * 3600),
             httponly=True,
             samesite="Strict",
-            secure=request.secure,
+            # behind a TLS-terminating ingress the console sees plain HTTP: the proxy's X-Forwarded-Proto says the
+            # browser used HTTPS (a forged header can only make the browser withhold the cookie over plain HTTP)
+            secure=request.secure or request.headers.get("X-Forwarded-Proto", "").lower() == "https",
             path="/",
         )
         raise response
@@ -348,30 +349,59 @@ class Console:
         p = self.population
         rows = []
         for label, name, fmt in PANEL:
-            value = getattr(p.values, name, None) if p.values is not None else None
-            if name == "save_rate" and value is None:
-                continue  # not measured by this worker version (issue 19): no empty row
-            rows.append(
-                {"label": label, "value": fmt(value), "spark": charts.spark([getattr(v, name, None) for v in p.trend])}
-            )
-        return {"population_rows": rows, "population_customers": p.customers, "population_error": p.error}
+            value = p.latest.values.get(name) if p.latest is not None else None
+            rows.append({"label": label, "value": fmt(value), "spark": charts.spark([t.values[name] for t in p.trend])})
+        since = None
+        if len(p.trend) >= 2:
+            since = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(p.trend[0].at_ms / 1000))
+        return {
+            "population_rows": rows,
+            "population_customers": p.latest.customers if p.latest is not None else 0,
+            "population_error": p.error,
+            "population_trend_since": since,
+        }
 
     async def population_fragment(self, request: web.Request) -> web.Response:
         return self.render("_population.html", request, **self.population_context())
+
+    async def load_trend(self) -> None:
+        """The trend (and the latest reading) as kept in Redis: a restarted console shows them at once."""
+        points = await trends.load(self.client, self.prefix, self.settings.console_trend_points)
+        self.population.trend.clear()
+        self.population.trend.extend(points)
+        if points and self.population.latest is None:
+            self.population.latest = points[-1]
+
+    async def record_population(self, point: trends.Point) -> None:
+        """Show a reading, add it to the Redis trend (at most one point per ``console_trend_seconds`` from all
+        consoles), and take in the newest points whichever console recorded them."""
+        self.population.latest = point
+        await trends.record(
+            self.client, self.prefix, point, self.settings.console_trend_seconds, self.settings.console_trend_points
+        )
+        trend = self.population.trend
+        newest = trend[-1].at_ms if trend else -1
+        trend.extend(p for p in await trends.load(self.client, self.prefix, TREND_SYNC_POINTS) if p.at_ms > newest)
 
     async def refresh_population(self) -> None:
         """Re-read the population indicators every ``console_stats_seconds`` (as ``pulse stats`` does)."""
         from streams.stats import read_stats
 
+        try:
+            await self.load_trend()
+        except (RedisError, OSError) as exc:
+            log.warning("population trend not read from Redis: %s", exc)
         while not self.stopping.is_set():
             try:
                 stats = await read_stats(self.settings, timeout=self.settings.console_stats_seconds)
-                if stats.values is not None:
-                    self.population.values, self.population.customers = stats.values, stats.customers
-                    self.population.trend.append(stats.values)
+                point = trends.point_of(stats, int(time.time() * 1000))
+                if point is not None:
+                    await self.record_population(point)
                     self.population.error = None
             except (KafkaError, OSError) as exc:
                 self.population.error = f"indicators unavailable: {type(exc).__name__}"
+            except RedisError as exc:
+                self.population.error = f"trend not saved: {type(exc).__name__}"
             try:
                 await asyncio.wait_for(self.stopping.wait(), self.settings.console_stats_seconds)
             except TimeoutError:

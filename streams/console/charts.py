@@ -72,8 +72,16 @@ def line(
     )
 
 
+#: most points a trend line draws (an 80 px line shows no more; a day of readings is thinned to this)
+SPARK_POINTS = 120
+
+
 def spark(values: Sequence[float | None]) -> str:
-    """A tiny trend line (the population panel): the last values of an indicator, gaps for unknown ones."""
+    """A tiny trend line (the population panel): the last values of an indicator, gaps for unknown ones; a long
+    series is thinned to SPARK_POINTS evenly spaced readings (the newest always kept)."""
+    if len(values) > SPARK_POINTS:
+        last = len(values) - 1
+        values = [values[round(i * last / (SPARK_POINTS - 1))] for i in range(SPARK_POINTS)]
     known = [v for v in values if v is not None]
     if len(known) < 2:
         return ""

@@ -28,7 +28,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from schemas.profile import RenderedProfile
 from streams import metrics
-from streams.at_risk import index_suffixes, pack_update
+from streams.at_risk import index_entry, pack_update
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def vip_key(prefix: str) -> str:
 
 
 #: what the sink keeps of a profile until it is written: the packed HSET, the VIP score (None: not VIP) and its
-#: at-risk index entry (value at risk, '|'-joined index keys; '' when not at risk: streams.at_risk)
+#: at-risk index entry (index score, '|'-joined index keys; '' when not at risk: streams.at_risk)
 Packed = tuple[bytes, float | None, tuple[str, str]]
 
 
@@ -55,8 +55,7 @@ def pack_profile(profile: RenderedProfile, key_prefix: str, vip_value: str) -> P
     """
     # hiredis's stub types the command as a 1-tuple: any number of arguments is what it packs
     hset = pack_command(("HSET", profile_key(key_prefix, profile.customer_id), *profile.args))  # type: ignore[arg-type]
-    keys = index_suffixes(profile)
-    return hset, float(profile.value(vip_value)) if profile.vip else None, (profile.value("value_at_risk"), keys)
+    return hset, float(profile.value(vip_value)) if profile.vip else None, index_entry(profile)
 
 
 def pack_batch(batch: Mapping[str, Packed], key_prefix: str) -> tuple[bytes, int]:

@@ -2,8 +2,8 @@
 the at-risk index in Redis, and the worker's API pages and filters it.
 
 Every answer is compared with a brute-force oracle: all of the test's profile
-hashes read from Redis, filtered in Python and sorted by value at risk (ties
-by customer id, as Redis orders equal scores) — so the index must agree with
+hashes read from Redis, filtered in Python and sorted by priority (high before
+medium), then value at risk, then customer id — so the index must agree with
 the profiles it indexes, through entries (overdue), moves (medium -> high, a
 new complaint reason) and exits (a purchase brings a customer back to low).
 """
@@ -39,7 +39,8 @@ TOKEN = "at-risk-token"
 
 
 def oracle(profiles: dict[str, CustomerProfile], **f: str) -> list[str]:
-    """The customers a filter should return, highest value at risk first, from the profiles themselves."""
+    """The customers a filter should return in the queue's order, from the profiles themselves: high risk before
+    medium, then the highest value at risk, then the customer id."""
     hits = [
         p
         for p in profiles.values()
@@ -50,7 +51,8 @@ def oracle(profiles: dict[str, CustomerProfile], **f: str) -> list[str]:
         and ("reason" not in f or f["reason"] in {r.code for r in p.churn_reasons})
         and ("min_value" not in f or p.value_at_risk >= Decimal(f["min_value"]))
     ]
-    return [p.customer_id for p in sorted(hits, key=lambda p: (p.value_at_risk, p.customer_id), reverse=True)]
+    order = sorted(hits, key=lambda p: (p.churn_level != "high", -p.value_at_risk, p.customer_id))
+    return [p.customer_id for p in order]
 
 
 def test_at_risk_pages_and_filters_the_index_the_sink_keeps(namespace, start_worker):
@@ -130,7 +132,7 @@ def test_at_risk_pages_and_filters_the_index_the_sink_keeps(namespace, start_wor
     assert wait_until(lambda: at(421, A="medium", B="medium", C="low", D="medium")), (profiles(), worker.log_tail())
     status, body = api()
     assert status == 200, body
-    assert [c["customer_id"] for c in body["customers"]] == ["B", "D", "A"]  # 3 a page; A ties D, after it by id
+    assert [c["customer_id"] for c in body["customers"]] == ["B", "A", "D"]  # 3 a page; A ties D, before it by id
     assert body["total"] == len(oracle(profiles())) and body["next_offset"] == 3
     assert body["customers"][0]["value_at_risk"] == str(profiles()["B"].value_at_risk)
     filters_agree()
@@ -194,6 +196,15 @@ def test_the_index_follows_rewritten_profiles_and_pages_with_exclusions(redis_se
                 got[f"K{i:04d}"] = CustomerProfile.from_redis(fields)
             risky = [c for c, p in got.items() if p.churn_level != "low"]
             assert 100 < len(risky) < 800 and len({got[c].churn_level for c in risky}) == 2
+            # priority before value: the cheapest high-risk customer comes before the dearest medium-risk one
+            cheap_high = min((c for c in risky if got[c].churn_level == "high"), key=lambda c: got[c].value_at_risk)
+            dear_medium = max((c for c in risky if got[c].churn_level == "medium"), key=lambda c: got[c].value_at_risk)
+            assert got[cheap_high].value_at_risk < got[dear_medium].value_at_risk
+            whole = await at_risk_page(client, prefix, AtRiskQuery(limit=len(risky)))
+            order = [r["customer_id"] for r in whole.items]
+            assert order.index(cheap_high) < order.index(dear_medium)
+            levels = [r["churn_level"] for r in whole.items]
+            assert levels == sorted(levels, key=lambda lvl: lvl != "high")
             left_out = [set(rng.sample(risky, 40)), set(rng.sample(risky, 15)) | {"K9999"}]
             for n, members in enumerate(left_out):
                 await client.sadd(f"{prefix}left-out:{n}", *members)
@@ -202,6 +213,9 @@ def test_the_index_follows_rewritten_profiles_and_pages_with_exclusions(redis_se
             queries += [{"reason": r} for r in ("overdue", "low_p_alive", "detractor")]
             queries += [{"segment": got[c].segment} for c in risky[:3]]
             queries += [{"min_value": str(values[len(values) // 2])}, {"level": "high", "reason": "overdue"}]
+            # a minimum value reads one score range per priority band
+            queries += [{"min_value": str(values[len(values) // 4]), **f} for f in ({}, {"level": "medium"})]
+            queries += [{"min_value": str(values[-1] + 1)}, {"min_value": "-5", "vip": "false"}]
             for f in queries:
                 expected = oracle(got, **f)
                 for exclude in (False, True):

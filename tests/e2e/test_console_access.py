@@ -104,6 +104,7 @@ async def test_a_login_or_the_bearer_token_shows_the_queue_and_never_the_token(c
             assert r.status == 302
             cookie = r.cookies[COOKIE]
             assert cookie["httponly"] and cookie["samesite"] == "Strict" and TOKEN not in cookie.value
+            assert not cookie["secure"]  # plain HTTP: a Secure cookie would never come back
         async with http.get(console + "/") as r:
             page = await r.text()
         assert r.status == 200 and TOKEN not in page and "ana" in page
@@ -115,3 +116,12 @@ async def test_a_login_or_the_bearer_token_shows_the_queue_and_never_the_token(c
         # a cookie-borne POST without the page's htmx header (another site's form) is refused
         async with http.post(console + "/actions/x:churn:1/acknowledge") as r:
             assert r.status == 403
+    # behind a TLS-terminating proxy (X-Forwarded-Proto: https) the cookie is Secure
+    async with aiohttp.ClientSession(cookie_jar=jar()) as http:
+        async with http.post(
+            console + "/login",
+            data={"name": "ana", "token": TOKEN},
+            headers={"X-Forwarded-Proto": "https"},
+            allow_redirects=False,
+        ) as r:
+            assert r.status == 302 and r.cookies[COOKIE]["secure"]

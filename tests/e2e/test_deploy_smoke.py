@@ -39,6 +39,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -226,6 +227,7 @@ class Topology:
     settings_env: dict[str, str]
     params_file: Path
     router: Worker
+    console: Worker
 
     @property
     def bootstrap(self) -> str:
@@ -239,7 +241,7 @@ class Topology:
         return http_json(f"http://127.0.0.1:{self.prometheus_port}{path}{query}")
 
     def diagnostics(self) -> str:
-        return "\n".join(f"--- {w.name}\n{w.tail()}" for w in [*self.workers, self.router])
+        return "\n".join(f"--- {w.name}\n{w.tail()}" for w in [*self.workers, self.router, self.console])
 
 
 def fit_parameter_file(folder: Path, env: dict[str, str]) -> Path:
@@ -264,7 +266,9 @@ def fit_parameter_file(folder: Path, env: dict[str, str]) -> Path:
     return params
 
 
-def start_prometheus(service: dict, root: Path, targets: list[str], router_targets: list[str]) -> tuple[Server, int]:
+def start_prometheus(service: dict, root: Path, targets: dict[str, list[str]]) -> tuple[Server, int]:
+    """Prometheus with the service's command and config; each job found by DNS (a compose service) scrapes the
+    processes standing in for that service instead (``targets``: job name -> host:port)."""
     volumes = volume_map(service, root)
     config_dir = root / "prometheus-config"
     shutil.copytree(volumes["/etc/prometheus"], config_dir)
@@ -273,12 +277,9 @@ def start_prometheus(service: dict, root: Path, targets: list[str], router_targe
     config = yaml.safe_load(config_path.read_text())
     port = free_port()
     for job in config["scrape_configs"]:
-        if job["job_name"] == "customer-pulse":  # DNS discovery of the compose service -> the two processes
+        if "dns_sd_configs" in job:  # DNS discovery of a compose service -> its processes
             job.pop("dns_sd_configs")
-            job["static_configs"] = [{"targets": targets}]
-        elif job["job_name"] == "customer-pulse-router":  # the router service -> its process
-            job.pop("dns_sd_configs")
-            job["static_configs"] = [{"targets": router_targets}]
+            job["static_configs"] = [{"targets": targets[job["job_name"]]}]
         else:
             for static in job.get("static_configs", []):
                 static["targets"] = [f"127.0.0.1:{port}" if t == "localhost:9090" else t for t in static["targets"]]
@@ -344,6 +345,27 @@ def start_router(service: dict, cwd: Path, base: dict[str, str], broker_port: in
     assert wait_until(lambda: router.ready() or router.proc.poll() is not None, CONVERGE_SECONDS), router.tail()
     assert router.proc.poll() is None, router.tail()
     return router
+
+
+def start_console(service: dict, cwd: Path, base: dict[str, str], broker_port: int, redis_port: int) -> Worker:
+    """The console service: the image's ENV, then its environment (the token's compose default included); its
+    port a free loopback one (its pages, /health and /metrics are on it)."""
+    cwd.mkdir()
+    env = {**base, **dockerfile_env(), **{k: interpolate(v) for k, v in service["environment"].items()}}
+    env.update(
+        {
+            "PULSE_BROKER_URL": f"kafka://127.0.0.1:{broker_port}",
+            "PULSE_REDIS_URL": re.sub(r"//redis:\d+", f"//127.0.0.1:{redis_port}", env["PULSE_REDIS_URL"]),
+            "PULSE_CONSOLE_HOST": "127.0.0.1",
+            "PULSE_CONSOLE_PORT": str(free_port()),
+        }
+    )
+    port = int(env["PULSE_CONSOLE_PORT"])
+    console = Worker("console", env, cwd, port, port, command=service["command"][0], ready_path="/health")
+    console.start()
+    assert wait_until(lambda: console.ready() or console.proc.poll() is not None, CONVERGE_SECONDS), console.tail()
+    assert console.proc.poll() is None, console.tail()
+    return console
 
 
 def rewrite_path_flag(flag: str, volumes: dict[str, Path]) -> str:
@@ -452,15 +474,33 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
         router = start_router(services["router"], root / "router", base, kafka_ports[broker_port], redis_server.port)
         started.append(router)
 
+        console = start_console(
+            services["console"], root / "console", base, kafka_ports[broker_port], redis_server.port
+        )
+        started.append(console)
+
         prometheus, prometheus_port = start_prometheus(
             services["prometheus"],
             root / "prometheus",
-            [f"127.0.0.1:{w.metrics_port}" for w in workers],
-            [f"127.0.0.1:{router.metrics_port}"],
+            {
+                "customer-pulse": [f"127.0.0.1:{w.metrics_port}" for w in workers],
+                "customer-pulse-router": [f"127.0.0.1:{router.metrics_port}"],
+                "customer-pulse-console": [f"127.0.0.1:{console.metrics_port}"],
+            },
         )
         started.append(prometheus)
         yield Topology(
-            root, kafka, redis_server, password, workers, prometheus, prometheus_port, compose_env, params_file, router
+            root,
+            kafka,
+            redis_server,
+            password,
+            workers,
+            prometheus,
+            prometheus_port,
+            compose_env,
+            params_file,
+            router,
+            console,
         )
     finally:
         for thing in reversed(started):
@@ -707,3 +747,60 @@ def test_a_restarted_worker_keeps_its_state(topology, traffic):
     changelogs = [d.name for d in Path(topology.kafka.properties["log.dirs"]).iterdir() if "changelog" in d.name]
     assert changelogs, sorted(d.name for d in Path(topology.kafka.properties["log.dirs"]).iterdir())
     print(f"victim owned partitions {sorted(before)} before the restart and {sorted(after)} after")
+
+
+def test_the_console_serves_the_queue_behind_its_login(topology, traffic):
+    """issue 20: the console service as compose runs it: nothing without its token (the compose default: never
+    open), a login and the bearer token show the queue of the traffic's alerted customers in priority order,
+    Prometheus scrapes it, and it keeps the population trend in Redis."""
+    import http.client
+
+    from pulse_config.settings import Settings
+    from streams.console.trends import trend_key
+
+    console = topology.console
+    token = console.env["PULSE_API_TOKEN"]
+    assert token, "the compose console must not be open"
+    base = f"http://127.0.0.1:{console.api_port}"
+
+    def get(path: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+        request = urllib.request.Request(base + path, headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    assert get("/fragments/queue")[0] == 401
+    assert get("/fragments/queue", {"Authorization": "Bearer wrong"})[0] == 401
+    bearer = {"Authorization": f"Bearer {token}"}
+    rows = re.compile(r'<tr data-customer-id="([^"]+)" data-priority="(\w+)"')
+    assert wait_until(lambda: len(rows.findall(get("/fragments/queue", bearer)[1])) >= 2, PROMETHEUS_SECONDS), (
+        get("/fragments/queue", bearer)[1][-2000:] + topology.diagnostics()
+    )
+    status, page = get("/fragments/queue", bearer)
+    levels = [level for _, level in rows.findall(page)]
+    assert status == 200 and levels == sorted(levels, key=lambda level: level != "high"), levels
+
+    # a person's login: a cookie (not the token) that opens the pages
+    conn = http.client.HTTPConnection("127.0.0.1", console.api_port, timeout=10)
+    body = urllib.parse.urlencode({"name": "ana", "token": token})
+    conn.request("POST", "/login", body, {"Content-Type": "application/x-www-form-urlencoded"})
+    response = conn.getresponse()
+    response.read()
+    cookie = response.getheader("Set-Cookie") or ""
+    conn.close()
+    assert response.status == 302 and cookie and token not in cookie, (response.status, cookie)
+    status, page = get("/", {"Cookie": cookie.split(";")[0]})
+    assert status == 200 and "At-risk queue" in page and token not in page
+
+    def console_up() -> bool:
+        result = topology.prom("/api/v1/query", query='sum(up{job="customer-pulse-console"})')["data"]["result"]
+        return finite_values(result) == [1.0]
+
+    assert wait_until(console_up, PROMETHEUS_SECONDS)
+    settings = Settings(
+        _env_file=None, **{k[len("PULSE_") :].lower(): v for k, v in console.env.items() if k.startswith("PULSE_")}
+    )
+    trend = trend_key(settings.redis_key_prefix)
+    assert wait_until(lambda: topology.redis_client().llen(trend) >= 1, PROMETHEUS_SECONDS), console.tail()

@@ -30,7 +30,7 @@ from pulse_config.settings import Settings
 from schemas.profile import CustomerProfile, RenderedProfile, render_profile
 from scoring.customer import assess_customer
 from streams import metrics
-from streams.at_risk import UPDATE_SCRIPT, index_suffixes
+from streams.at_risk import UPDATE_SCRIPT, index_score, index_suffixes
 from streams.sinks.redis_profiles import RedisProfileSink, pack_batch, pack_profile, profile_key, vip_key
 from testing.templates import template_states
 
@@ -92,7 +92,18 @@ def test_the_packed_write_is_the_bytes_redis_py_would_send():
     added = [x for p in profiles if p.vip for x in (float(p.model().revenue), p.customer_id)]
     commands.append(("ZADD", vip_key("p:"), *added))
     commands.append(("ZREM", vip_key("p:"), *[p.customer_id for p in profiles if not p.vip]))
-    index = [x for p in profiles for x in (p.customer_id, str(p.model().value_at_risk), index_suffixes(p))]
+    # the at-risk index: priority and value at risk as one score (streams.at_risk.index_score); "0" and no keys
+    # for a customer not at risk
+    index = [
+        x
+        for p in profiles
+        for x in (
+            (p.customer_id, str(index_score(p.model().churn_level, p.model().value_at_risk)), index_suffixes(p))
+            if p.model().churn_level in ("medium", "high")
+            else (p.customer_id, "0", "")
+        )
+    ]
+    assert "0" in index[1::3] and len(set(index[1::3])) > 2  # customers not at risk and several at risk
     commands.append(("EVAL", UPDATE_SCRIPT, "0", "p:", *index))
     assert pack_batch(batch, "p:") == (b"".join(conn.pack_commands(commands)), len(commands))
     # a batch without VIPs (or without non-VIPs) sends no empty ZADD (ZREM): Redis would reply an error

@@ -299,14 +299,14 @@ def test_kustomization_lists_every_manifest_but_the_example_secret():
 
 
 def test_kubernetes_references_resolve():
-    """What the schema cannot see: names that must match across fields and resources (the workers' StatefulSet
-    and the router's Deployment)."""
+    """What the schema cannot see: names that must match across fields and resources (the workers' StatefulSet,
+    the router's and the console's Deployments)."""
     docs = {(doc["kind"], doc["metadata"]["name"]): doc for _, doc in k8s_docs()}
     (sts,) = [doc for (kind, _), doc in docs.items() if kind == "StatefulSet"]
     headless = docs[("Service", sts["spec"]["serviceName"])]
     assert headless["spec"]["clusterIP"] == "None"
     workloads = [doc for (kind, _), doc in docs.items() if kind in ("StatefulSet", "Deployment")]
-    assert len(workloads) == 2
+    assert len(workloads) == 3
     for workload in workloads:
         check_workload(workload, docs)
     pods = [w["spec"]["template"] for w in workloads]
@@ -452,3 +452,47 @@ def test_the_router_is_deployed_scraped_and_watched(monkeypatch):
         monkeypatch.setenv(key, value)
     toml = docs[("ConfigMap", "customer-pulse-router")]["data"][Path(k8s_env["PULSE_ROUTER_CONFIG_FILE"]).name]
     assert parse_config(toml, "router.yaml").destinations
+
+
+def test_the_console_is_deployed_scraped_and_watched():
+    """issue 20: the console runs in compose (restarting, published on loopback, never open: a token by default)
+    and on Kubernetes (Deployment + Service, its token from a Secret), Prometheus scrapes it, a rule watches it."""
+    console = compose_services()["console"]
+    assert console["restart"] == "unless-stopped" and console["command"] == ["console"]
+    env = {k: str(v) for k, v in console["environment"].items()}
+    settings = Settings(
+        _env_file=None, **{k[len("PULSE_") :].lower(): v for k, v in env.items() if k.startswith("PULSE_")}
+    )
+    assert settings.console_host == "0.0.0.0"
+    # the compose default of the token is not empty: without a token the console would be open
+    default_token = re.fullmatch(r"\$\{PULSE_API_TOKEN:-([^}]+)\}", env["PULSE_API_TOKEN"])
+    assert default_token is not None, env["PULSE_API_TOKEN"]
+    (published,) = console["ports"]
+    assert published.startswith("127.0.0.1:") and published.endswith(f":{settings.console_port}")
+    assert f"127.0.0.1:{settings.console_port}/health" in " ".join(console["healthcheck"]["test"])
+    assert {"kafka", "redis"} <= set(console["depends_on"])
+    jobs = {job["job_name"]: job for job in load_all(PROMETHEUS)[0]["scrape_configs"]}
+    sd = jobs["customer-pulse-console"]["dns_sd_configs"][0]
+    assert sd["names"] == ["console"] and sd["port"] == settings.console_port  # /metrics on the console's port
+    rules = {rule["alert"]: rule for group in load_all(ALERTS)[0]["groups"] for rule in group["rules"]}
+    assert 'job="customer-pulse-console"' in rules["PulseConsoleDown"]["expr"]
+
+    docs = {(doc["kind"], doc["metadata"]["name"]): doc for _, doc in k8s_docs()}
+    pod = docs[("Deployment", "customer-pulse-console")]["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    assert container["args"] == ["console"]
+    k8s_env = {e["name"]: e["value"] for e in container["env"]}
+    assert k8s_env["PULSE_CONSOLE_HOST"] == "0.0.0.0"
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"http": int(k8s_env["PULSE_CONSOLE_PORT"])}
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == k8s_env["PULSE_CONSOLE_PORT"]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["path"] == "/health"
+    # the token only from Secrets (the console's own one, if created, wins: it comes last), never in the manifest
+    sources = container["envFrom"]
+    assert sources[-1] == {"secretRef": {"name": "customer-pulse-console", "optional": True}}
+    assert "PULSE_API_TOKEN" not in k8s_env and "PULSE_API_TOKEN" not in docs[("ConfigMap", "customer-pulse")]["data"]
+    assert "PULSE_API_TOKEN" in docs[("Secret", "customer-pulse-console")]["stringData"]
+    service = docs[("Service", "customer-pulse-console")]
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    # no secret baked into the image: the Dockerfile sets no token
+    assert "TOKEN" not in (DEPLOY / "Dockerfile").read_text().replace("PULSE_API_TOKEN", "")
