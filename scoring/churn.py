@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from itertools import accumulate
+from itertools import accumulate, repeat
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -223,7 +223,7 @@ def _spend_decline(i: ChurnInputs, now_ms: int, ctx: ScoringConfig) -> tuple[Chu
     cur = now_ms // width
     base = cur - 2 * n + 1  # the oldest bucket either window can hold, now or later
     buckets = i.orders.revenue_buckets
-    spend = [buckets.get(b, 0) for b in range(base, cur + 1)]
+    spend = list(map(buckets.get, range(base, cur + 1), repeat(0, cur + 1 - base)))  # .get(b, 0), looped in C
     if not any(spend):
         return None, None  # nothing in either window, now or later: no decline, no flip
     # running sums over base..cur, then 2n later buckets that stay empty if no order comes
@@ -285,7 +285,8 @@ def _voice(i: ChurnInputs, now_ms: int, ctx: ScoringConfig) -> tuple[list[ChurnR
     # complaints: the same day window as the profile's complaints_window
     today = now_ms // DAY_MS
     window = v.complaint_window_days
-    days = sorted(d for d in i.voice.complaint_days if today - window < d <= today)
+    complaint_days = i.voice.complaint_days  # most customers have none: no generator then
+    days = sorted(d for d in complaint_days if today - window < d <= today) if complaint_days else []
     if days:
         counts = i.voice.complaint_days
         count = sum(counts[d][0] for d in days)
