@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from itertools import accumulate, repeat
+from itertools import accumulate, compress, repeat
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -226,26 +226,25 @@ def _spend_decline(i: ChurnInputs, now_ms: int, ctx: ScoringConfig) -> tuple[Chu
     spend = list(map(buckets.get, range(base, cur + 1), repeat(0, cur + 1 - base)))  # .get(b, 0), looped in C
     if not any(spend):
         return None, None  # nothing in either window, now or later: no decline, no flip
-    # running sums over base..cur, then 2n later buckets that stay empty if no order comes
+    # running sums over base..cur: sums[k] is the spend of the first k buckets; the buckets after cur stay
+    # empty if no order comes, so beyond 2n the running sum stays at the total
     sums = list(accumulate(spend, initial=0))
-    sums += [sums[-1]] * (2 * n)
+    total = sums[-1]
     ratio = c.spend_decline_ratio
-    # the windows ending at bucket cur: sums[hi - n .. hi] and sums[hi - 2n .. hi - n], hi = cur - base + 1
-    hi = 2 * n
-    recent, prior = sums[hi] - sums[hi - n], sums[hi - n] - sums[0]
+    # the windows ending at bucket cur: the last n buckets and the n before them
+    prior = sums[n]
+    recent = total - prior
     now_decline = prior > 0 and recent < ratio * prior
     flip = None
-    # the windows ending at cur + step: the answer can change only at a step where a non-empty bucket leaves
-    # one of them (sums[h - n] or sums[h - 2n] moves), so only those steps are looked at, in order
-    steps = set()
-    for j, cents in enumerate(spend):
-        if cents:
-            steps.add(j + 1)  # bucket j leaves the earlier window
-            if j >= n:
-                steps.add(j - n + 1)  # bucket j leaves the later window
+    # the windows ending at cur + step hold buckets [n + step, 2n) and [step, n + step): the answer can change
+    # only at a step where a non-empty bucket leaves one of them, so only those steps are looked at, in order
+    held = list(compress(range(2 * n), spend))  # the non-empty buckets, found in C
+    steps = {j + 1 for j in held}  # bucket j leaves the earlier window
+    steps.update([j - n + 1 for j in held if j >= n])  # bucket j leaves the later window
     for step in sorted(steps):
-        h = hi + step
-        r, p = sums[h] - sums[h - n], sums[h - n] - sums[h - 2 * n]
+        mid = n + step
+        at_mid = sums[mid] if mid <= 2 * n else total
+        r, p = total - at_mid, at_mid - sums[step]
         if (p > 0 and r < ratio * p) != now_decline:
             flip = (cur + step) * width
             break
