@@ -345,8 +345,11 @@ def assess(inputs: ChurnInputs, now_ms: int, population_gap_days: float | None, 
     service, change = _service(inputs, now_ms, ctx)
     reasons += service
     changes.append(change)
-    signals = {SIGNAL_OF_REASON[r.code] for r in reasons}
-    score = min(MAX_SCORE, sum(c.weights.get(s, 0) for s in signals))
+    if reasons:  # most customers have none: no set, no generator
+        signals = {SIGNAL_OF_REASON[r.code] for r in reasons}
+        score = min(MAX_SCORE, sum([c.weights.get(s, 0) for s in signals]))
+    else:
+        score = 0
     future = [t for t in changes if t is not None and t > now_ms]
     return ChurnAssessment(score, c.level(score), tuple(reasons), min(future) if future else None)
 
