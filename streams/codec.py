@@ -99,7 +99,7 @@ class _Positional:
     A class with nothing to convert encodes with its ``attrgetter`` alone (one C call, no Python frame).
     """
 
-    __slots__ = ("cls", "size", "encode", "decode", "patches", "optional")
+    __slots__ = ("cls", "size", "encode", "patches", "optional")
 
     def __init__(
         self,
@@ -116,11 +116,6 @@ class _Positional:
         self.patches = tuple((layout.index(name), enc, dec) for name, (enc, dec) in fields.items())
         get = attrgetter(*layout) if len(layout) > 1 else (lambda o, name=layout[0]: (getattr(o, name),))
         self.encode: Callable[[Any], Any] = self._patched(get) if self.patches or optional else get
-        #: values -> instance; without anything to convert one small frame (a state decodes about ten of these,
-        #: on every load)
-        self.decode: Callable[[list[Any]], Any] = (
-            self._decode_patched if self.patches else (lambda values, cls=cls, size=self.size: cls(*values[:size]))
-        )
 
     def _patched(self, get: Callable[[Any], tuple[Any, ...]]) -> Callable[[Any], list[Any]]:
         patches = tuple((i, enc) for i, enc, _ in self.patches)
@@ -136,7 +131,7 @@ class _Positional:
 
         return encode
 
-    def _decode_patched(self, values: list[Any]) -> Any:
+    def decode(self, values: list[Any]) -> Any:
         n = len(values)
         for i, _, dec in self.patches:
             if i < n:
