@@ -309,6 +309,21 @@ def _iso(ms: int) -> str:
     return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
+#: (ms, text) of the last ``as_of`` rendered: a batch renders its partition's profiles at one clock
+_LAST_AS_OF: tuple[int, str] = (-1, "")
+
+
+def _as_of(ms: int) -> str:
+    """``_iso(ms)``, remembered for the next profile (one tuple, read and replaced whole)."""
+    global _LAST_AS_OF
+    last = _LAST_AS_OF
+    if last[0] == ms:
+        return last[1]
+    text = _iso(ms)
+    _LAST_AS_OF = (ms, text)
+    return text
+
+
 #: below this many cents "%d.%02d" equals str(Decimal(cents).scaleb(-2)) (which rounds past 28 digits)
 _FAST_CENTS = 10**18
 
@@ -448,7 +463,7 @@ def profile_args(
         "last_alert_at", "" if state.churn.alert_ms is None else _iso(state.churn.alert_ms),
         "last_event_at", "" if state.last_event_ms is None else _iso(state.last_event_ms),
         "events_total", str(sum(state.events.values())),
-        "as_of", _iso(now_ms),
+        "as_of", _as_of(now_ms),
         "episode", _episode(customer_id, state.episodes),
     )
     # fmt: on

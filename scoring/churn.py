@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from itertools import accumulate
+from itertools import accumulate, compress, repeat
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -223,29 +223,28 @@ def _spend_decline(i: ChurnInputs, now_ms: int, ctx: ScoringConfig) -> tuple[Chu
     cur = now_ms // width
     base = cur - 2 * n + 1  # the oldest bucket either window can hold, now or later
     buckets = i.orders.revenue_buckets
-    spend = [buckets.get(b, 0) for b in range(base, cur + 1)]
+    spend = list(map(buckets.get, range(base, cur + 1), repeat(0, cur + 1 - base)))  # .get(b, 0), looped in C
     if not any(spend):
         return None, None  # nothing in either window, now or later: no decline, no flip
-    # running sums over base..cur, then 2n later buckets that stay empty if no order comes
+    # running sums over base..cur: sums[k] is the spend of the first k buckets; the buckets after cur stay
+    # empty if no order comes, so beyond 2n the running sum stays at the total
     sums = list(accumulate(spend, initial=0))
-    sums += [sums[-1]] * (2 * n)
+    total = sums[-1]
     ratio = c.spend_decline_ratio
-    # the windows ending at bucket cur: sums[hi - n .. hi] and sums[hi - 2n .. hi - n], hi = cur - base + 1
-    hi = 2 * n
-    recent, prior = sums[hi] - sums[hi - n], sums[hi - n] - sums[0]
+    # the windows ending at bucket cur: the last n buckets and the n before them
+    prior = sums[n]
+    recent = total - prior
     now_decline = prior > 0 and recent < ratio * prior
     flip = None
-    # the windows ending at cur + step: the answer can change only at a step where a non-empty bucket leaves
-    # one of them (sums[h - n] or sums[h - 2n] moves), so only those steps are looked at, in order
-    steps = set()
-    for j, cents in enumerate(spend):
-        if cents:
-            steps.add(j + 1)  # bucket j leaves the earlier window
-            if j >= n:
-                steps.add(j - n + 1)  # bucket j leaves the later window
+    # the windows ending at cur + step hold buckets [n + step, 2n) and [step, n + step): the answer can change
+    # only at a step where a non-empty bucket leaves one of them, so only those steps are looked at, in order
+    held = list(compress(range(2 * n), spend))  # the non-empty buckets, found in C
+    steps = {j + 1 for j in held}  # bucket j leaves the earlier window
+    steps.update([j - n + 1 for j in held if j >= n])  # bucket j leaves the later window
     for step in sorted(steps):
-        h = hi + step
-        r, p = sums[h] - sums[h - n], sums[h - n] - sums[h - 2 * n]
+        mid = n + step
+        at_mid = sums[mid] if mid <= 2 * n else total
+        r, p = total - at_mid, at_mid - sums[step]
         if (p > 0 and r < ratio * p) != now_decline:
             flip = (cur + step) * width
             break
@@ -285,7 +284,8 @@ def _voice(i: ChurnInputs, now_ms: int, ctx: ScoringConfig) -> tuple[list[ChurnR
     # complaints: the same day window as the profile's complaints_window
     today = now_ms // DAY_MS
     window = v.complaint_window_days
-    days = sorted(d for d in i.voice.complaint_days if today - window < d <= today)
+    complaint_days = i.voice.complaint_days  # most customers have none: no generator then
+    days = sorted(d for d in complaint_days if today - window < d <= today) if complaint_days else []
     if days:
         counts = i.voice.complaint_days
         count = sum(counts[d][0] for d in days)
@@ -345,8 +345,11 @@ def assess(inputs: ChurnInputs, now_ms: int, population_gap_days: float | None, 
     service, change = _service(inputs, now_ms, ctx)
     reasons += service
     changes.append(change)
-    signals = {SIGNAL_OF_REASON[r.code] for r in reasons}
-    score = min(MAX_SCORE, sum(c.weights.get(s, 0) for s in signals))
+    if reasons:  # most customers have none: no set, no generator
+        signals = {SIGNAL_OF_REASON[r.code] for r in reasons}
+        score = min(MAX_SCORE, sum([c.weights.get(s, 0) for s in signals]))
+    else:
+        score = 0
     future = [t for t in changes if t is not None and t > now_ms]
     return ChurnAssessment(score, c.level(score), tuple(reasons), min(future) if future else None)
 

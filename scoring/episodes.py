@@ -267,33 +267,76 @@ def _fold(state: EpisodeState, config: EpisodeConfig) -> None:
         state.totals = {k: v for k, v in totals.items() if v}
 
 
+@dataclass(frozen=True, slots=True)
+class _TallyKeys:
+    """The tally keys of one (level, action, destinations) group, formatted once: ``zero`` holds every key an
+    episode of the group adds (at 0, in ``episode_tallies``' order), ``hit`` the keys its result counts 1 under
+    (per result), ``recovered`` the keys its revenue recovered adds to."""
+
+    zero: dict[str, int]
+    hit: dict[str, tuple[str, ...]]
+    recovered: tuple[str, ...]
+
+
+#: (level, action, destinations) -> its keys: a few levels × actions × destination sets; bounded all the same
+_KEYS: dict[tuple[str, str, tuple[str, ...]], _TallyKeys] = {}
+_KEYS_MAX = 4096
+
+
+def _tally_keys(level: str, action: str, destinations: list[str]) -> _TallyKeys:
+    """Why memoised: the tallies of a customer's episodes are taken twice per re-scored customer (its tags
+    before and after, scoring.population.tags); formatting their ~8 keys was most of that."""
+    of = (level, action, tuple(destinations))
+    found = _KEYS.get(of)
+    if found is not None:
+        return found
+    names = of[2] or (NO_DESTINATION,)
+    zero: dict[str, int] = {}
+    hit: dict[str, tuple[str, ...]] = {}
+    for r in (SAVED, NOT_SAVED, PENDING):
+        keys = (f"{EPISODES_TAG}:{level}:{action}:{r}", *(f"{EPISODE_DESTINATIONS_TAG}:{n}:{r}" for n in names))
+        zero.update(dict.fromkeys(keys, 0))
+        hit[r] = tuple(dict.fromkeys(keys))
+    recovered = (f"{RECOVERED_TAG}:{level}:{action}", *(f"{RECOVERED_DESTINATIONS_TAG}:{n}" for n in names))
+    zero.update(dict.fromkeys(recovered, 0))
+    found = _TallyKeys(zero, hit, tuple(dict.fromkeys(recovered)))
+    if len(_KEYS) < _KEYS_MAX:
+        _KEYS[of] = found
+    return found
+
+
 def episode_tallies(episode: Episode) -> dict[str, int]:
     """What one episode adds to the save-rate tallies (see the tag prefixes above).
 
     Its group's other results and its revenue are there with 0: the tallies (and so the gauges) of a group hold
     every result from its first episode on, so "saved / settled" has a value (0) before the first save."""
-    level, action, result = episode.level, episode.action, episode.result
-    destinations = episode.destinations or [NO_DESTINATION]
-    out = {}
-    for r in (SAVED, NOT_SAVED, PENDING):
-        out[f"{EPISODES_TAG}:{level}:{action}:{r}"] = int(r == result)
-        for name in destinations:
-            out[f"{EPISODE_DESTINATIONS_TAG}:{name}:{r}"] = int(r == result)
-    out[f"{RECOVERED_TAG}:{level}:{action}"] = episode.recovered_cents
-    for name in destinations:
-        out[f"{RECOVERED_DESTINATIONS_TAG}:{name}"] = episode.recovered_cents
+    keys = _tally_keys(episode.level, episode.action, episode.destinations)
+    out = dict(keys.zero)
+    for key in keys.hit[episode.result]:
+        out[key] = 1
+    for key in keys.recovered:
+        out[key] = episode.recovered_cents
     return out
 
 
 def state_tallies(state: EpisodeState | None) -> Counter[str]:
-    """The customer's contribution to the save-rate tallies: its kept episodes and its folded totals."""
-    out: Counter[str] = Counter()
+    """The customer's contribution to the save-rate tallies: its kept episodes and its folded totals (the sum of
+    their ``episode_tallies``, summed in one dict rather than through ``Counter.update`` per episode)."""
     if state is None:
-        return out
-    out.update(state.totals)
+        return Counter()
+    out = dict(state.totals)
+    get = out.get
     for episode in state.episodes:
-        out.update(episode_tallies(episode))
-    return out
+        keys = _tally_keys(episode.level, episode.action, episode.destinations)
+        for key in keys.zero:
+            out[key] = get(key, 0)
+        for key in keys.hit[episode.result]:
+            out[key] += 1
+        cents = episode.recovered_cents
+        if cents:
+            for key in keys.recovered:
+                out[key] += cents
+    return Counter(out)
 
 
 @dataclass(frozen=True, slots=True)

@@ -190,6 +190,30 @@ def _intervals(p: PurchaseDays, start_offset: int, length: int) -> list[tuple[in
     return merged
 
 
+def _first_interval_ending_after(p: PurchaseDays, start_offset: int, length: int, today: int) -> tuple[int, int] | None:
+    """The first of ``_intervals(p, start_offset, length)`` that ends after ``today`` (None: none does).
+
+    Why not ``_intervals`` itself: it was most of ``activity``'s cost, on every assessment. When every purchase
+    day is remembered (no approximated range), the known days are ``recent_days`` as kept (sorted, distinct,
+    the first day first), and their intervals all have one length: one pass merges them, and stops at the
+    first that ends after ``today``. Otherwise the general merge."""
+    days = p.recent_days
+    if not days or days[0] != p.first_day or p.periods != len(days):
+        return next(((s, e) for s, e in _intervals(p, start_offset, length) if e > today), None)
+    start = end = None
+    for d in days:
+        s = d + start_offset
+        if end is not None and s <= end:
+            end = s + length  # sorted days, equal lengths: the later interval ends last
+            continue
+        if end is not None and end > today:
+            break
+        start, end = s, s + length
+    if start is None or end is None or end <= today:
+        return None
+    return start, end
+
+
 def activity(p: PurchaseDays, now_ms: int, config: IndicatorConfig) -> tuple[int, int | None]:
     """The customer's activity flags at event time ``now_ms`` and the next event time one flips (None: never
     without a new purchase). Day resolution: "within A days" at day t means a purchase day in (t − A, t].
@@ -215,14 +239,14 @@ def activity(p: PurchaseDays, now_ms: int, config: IndicatorConfig) -> tuple[int
     if len(recent) >= 2 and today - a < recent[-2]:
         flags |= REPEAT
         flips.append(recent[-2] + a)
-    for s, e in _intervals(p, period, a):
-        if s <= today < e:
+    span = _first_interval_ending_after(p, period, a, today)
+    if span is not None:
+        s, e = span
+        if s <= today:
             flags |= ACTIVE_AT_START
             flips.append(e)
-            break
-        if s > today:
+        else:
             flips.append(s)
-            break
     future = [d for d in flips if d > today]
     return flags, min(future) * DAY_MS if future else None
 

@@ -115,7 +115,12 @@ def window_revenue_cents(state: OrderState, now_ms: int, config: OrderScoringCon
     """
     current = now_ms // config.bucket_ms
     oldest = current - config.window_buckets + 1
-    return sum(cents for bucket, cents in state.revenue_buckets.items() if oldest <= bucket <= current)
+    buckets = state.revenue_buckets
+    if not buckets:
+        return 0
+    if oldest <= min(buckets) and max(buckets) <= current:
+        return sum(buckets.values())  # the usual case (pruned to the window of the newest): summed in C
+    return sum(cents for bucket, cents in buckets.items() if oldest <= bucket <= current)
 
 
 @fast_init

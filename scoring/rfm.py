@@ -172,7 +172,33 @@ class RfmScores:
         return f"{self.r}{self.f}{self.m}"
 
 
+#: id(rules) -> (rules, (r, f, m) -> segment): the rule tables seen (one per configuration), kept alive with their
+#: memo so an id is not reused; each memo holds at most the 125 score combinations (bounded all the same)
+_SEGMENTS: dict[int, tuple[tuple[SegmentRule, ...], dict[tuple[int, int, int], str]]] = {}
+_SEGMENT_TABLES_MAX = 64
+_SEGMENT_MEMO_MAX = 1024
+
+
 def segment_for(r: int, f: int, m: int, rules: Sequence[SegmentRule]) -> str:
+    """The first rule that matches, else ``OTHERS``; memoised per (immutable) rule tuple, because every re-scored
+    customer asks and the answer is one of 125 score combinations."""
+    if type(rules) is not tuple:
+        return _first_match(r, f, m, rules)
+    entry = _SEGMENTS.get(id(rules))
+    if entry is None or entry[0] is not rules:
+        if len(_SEGMENTS) >= _SEGMENT_TABLES_MAX:
+            _SEGMENTS.clear()
+        entry = _SEGMENTS[id(rules)] = (rules, {})
+    memo = entry[1]
+    name = memo.get((r, f, m))
+    if name is None:
+        name = _first_match(r, f, m, rules)
+        if len(memo) < _SEGMENT_MEMO_MAX:
+            memo[(r, f, m)] = name
+    return name
+
+
+def _first_match(r: int, f: int, m: int, rules: Sequence[SegmentRule]) -> str:
     for rule in rules:
         if rule.matches(r, f, m):
             return rule.name

@@ -134,15 +134,17 @@ def voice_signals(state: VoiceState, now_ms: int, config: VoiceConfig) -> VoiceS
     (day resolution: the day of ``now_ms`` and the days before it)."""
     latest = state.nps[0][1] if state.nps else None
     today = now_ms // DAY_MS
-    in_window = [b for d, b in state.complaint_days.items() if today - config.complaint_window_days < d <= today]
-    worst = max((b[1] for b in in_window), default=None)
+    days = state.complaint_days  # most customers have none: no generators then
+    window = config.complaint_window_days
+    in_window = [b for d, b in days.items() if today - window < d <= today] if days else []
+    worst = max([b[1] for b in in_window]) if in_window else None
     return VoiceSignals(
         nps=latest,
         nps_category=None if latest is None else nps_category(latest, config),
         nps_previous=state.nps[1][1] if len(state.nps) > 1 else None,
         csat=None if state.csat is None else state.csat[1],
         csat_satisfied=None if state.csat is None else state.csat[1] >= config.csat_satisfied_min,
-        complaints_window=sum(b[0] for b in in_window),
+        complaints_window=sum([b[0] for b in in_window]) if in_window else 0,
         complaint_worst_severity=None if worst is None else SEVERITIES[worst],
         complaints_total=state.complaints_total,
     )

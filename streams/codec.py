@@ -147,6 +147,7 @@ def _nested(codec: _Positional) -> tuple[Callable[[Any], Any], Callable[[Any], A
 
 _EPISODE = _Positional(Episode, {})
 _PENDING_ACTION = _Positional(PendingAction, {})
+_EPISODE_STATE = _Positional(EpisodeState, {})
 
 
 def _encode_episodes(state: EpisodeState | None) -> list[Any] | None:
@@ -169,7 +170,7 @@ def _decode_episodes(values: list[Any] | None) -> EpisodeState | None:
         values[0] = [_EPISODE.decode(list(e)) for e in values[0]]
     if len(values) > 1:
         values[1] = [_PENDING_ACTION.decode(list(a)) for a in values[1]]
-    return _Positional(EpisodeState, {}).decode(values)
+    return _EPISODE_STATE.decode(values)
 
 
 _CUSTOMER = _Positional(

@@ -222,7 +222,7 @@ def test_invariants_over_random_sequences(seq):
         elif step[0] == "act" and alerts:
             outcome = "won_back" if step[1] == RESOLVED else None
             assignee = "desk" if step[1] == ASSIGNED else None
-            dest = "ops" if step[1] == DELIVERED else None
+            dest = ("ops" if step[2] % 2 else "crm") if step[1] == DELIVERED else None
             record_action(s, PendingAction(now, max(1, alerts - step[2]), step[1], assignee, outcome, dest), cfg)
         elif step[0] == "buy":
             on_purchase(s, now, step[1], cfg)
@@ -231,6 +231,25 @@ def test_invariants_over_random_sequences(seq):
         starts = [e.first_alert for e in s.episodes]
         assert starts == sorted(starts) and all(e.first_alert <= e.last_alert for e in s.episodes)
         assert all(n >= 0 for n in state_tallies(s).values())
+        # the memoised keys and the one-dict sum give exactly the tallies as first defined (keys with 0 too)
+        assert dict(state_tallies(s)) == dict(tallies_as_defined(s))
+
+
+def tallies_as_defined(s: EpisodeState) -> Counter:
+    """The save-rate tallies as scoring.episodes first computed them: formatted per episode, Counter-summed."""
+    out: Counter = Counter(s.totals)
+    for e in s.episodes:
+        names = e.destinations or ["none"]
+        one: dict[str, int] = {}
+        for r in (SAVED, NOT_SAVED, PENDING):
+            one[f"episodes:{e.level}:{e.action}:{r}"] = int(r == e.result)
+            for name in names:
+                one[f"episode_destinations:{name}:{r}"] = int(r == e.result)
+        one[f"recovered_cents:{e.level}:{e.action}"] = e.recovered_cents
+        for name in names:
+            one[f"recovered_destination_cents:{name}"] = e.recovered_cents
+        out.update(one)
+    return out
 
 
 # --- the processor --------------------------------------------------------------------------------------------

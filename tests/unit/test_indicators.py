@@ -16,6 +16,8 @@ from scoring.indicators import (
     DEFAULT_RESPONSE_EDGES_MS,
     IndicatorConfig,
     IndicatorSums,
+    _first_interval_ending_after,
+    _intervals,
     activity,
     churn_rate,
     indicator_values,
@@ -197,6 +199,24 @@ def test_flags_hold_until_the_flip_time_and_change_there(days, offset):
     horizon = now_day + cfg.activity_days + cfg.period_days + 2
     change = next((d for d in range(now_day + 1, horizon) if flags_by_brute_force(shifted, d, cfg) != expected), None)
     assert flip == (None if change is None else change * DAY_MS)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.integers(0, 900), min_size=1, max_size=60),
+    st.integers(0, 1400),
+    st.integers(1, 8),
+    st.integers(0, 60),
+    st.integers(1, 400),
+)
+def test_the_first_interval_after_today_is_the_merged_intervals_one(days, offset, kept, start_offset, length):
+    # fewer remembered days than purchase days (kept) takes the approximated range of _intervals too
+    history = PurchaseDays()
+    for d in days:
+        record_purchase(history, TODAY + d, 100, ClvConfig(max_purchase_days=kept * 4))
+    today = TODAY + offset
+    expected = next(((s, e) for s, e in _intervals(history, start_offset, length) if e > today), None)
+    assert _first_interval_ending_after(history, start_offset, length, today) == expected
 
 
 # --- lateness, decoding -----------------------------------------------------------------

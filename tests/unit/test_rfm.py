@@ -1,5 +1,6 @@
 """RFM: the incremental, partitioned rank indexes give exactly the batch (pandas) scores."""
 
+import itertools
 import random
 
 import pandas as pd
@@ -17,6 +18,7 @@ from scoring.rfm import (
     Ranking,
     RfmConfig,
     RfmScores,
+    SegmentRule,
     rfm_keys,
     rfm_scores,
     segment_for,
@@ -221,3 +223,12 @@ def test_snapshots_with_exact_values_near_the_thresholds_score_like_batch(values
         for share in (config.vip_enter_share, config.vip_leave_share):
             assert (got.value_percentile >= 1 - share) == (p >= 1 - share), v
     assert ranking.inexact == 0
+
+
+def test_the_memoised_segment_is_the_first_matching_rule_for_every_score_combination():
+    custom = (SegmentRule("top", r=(4, 5), f=(4, 5), m=(4, 5)), SegmentRule("any_low_r", r=(1, 2)))
+    for rules in (DEFAULT_SEGMENTS, custom, list(custom), ()):
+        for _ in range(2):  # the second round answers from the memo
+            for r, f, m in itertools.product(range(1, 6), repeat=3):
+                first = next((rule.name for rule in rules if rule.matches(r, f, m)), OTHERS)
+                assert segment_for(r, f, m, rules) == first

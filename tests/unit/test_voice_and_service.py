@@ -7,10 +7,13 @@ from hypothesis import strategies as st
 
 from scoring.tickets import (
     HOUR_MS,
+    Folded,
     ServiceConfig,
     ServiceState,
     TicketFact,
+    _breached,
     apply_ticket_event,
+    is_open,
     service_signals,
 )
 from scoring.units import DAY_MS
@@ -150,3 +153,59 @@ def test_arrival_order_does_not_matter(tickets, answers, complaint_rows, rnd, no
         sorted(complaint_rows, key=lambda r: r[0]),
     )
     assert build(*shuffled) == build(*ordered)
+
+
+def service_signals_as_defined(state: ServiceState, now_ms: int, config: ServiceConfig) -> tuple:
+    """service_signals as first written (list passes, keyed max): the reference of the one-pass version."""
+    f = state.folded
+    tickets = list(state.tickets.values())
+    responses = [max(0, t[1] - t[0]) for t in tickets if t[0] is not None and t[1] is not None]
+    n_resp = len(responses) + f.first_responses
+    with_open = [(tid, t) for tid, t in state.tickets.items() if t[0] is not None]
+    last_opened = max(with_open, key=lambda it: (it[1][0], it[0]), default=(None, None))[1]
+    resolved = [(tid, t) for tid, t in with_open if t[2] is not None and not is_open(t)]
+    last_resolved = max(resolved, key=lambda it: (it[1][2], it[0]), default=(None, None))[1]
+    open_ages = [now_ms - t[0] for t in tickets if is_open(t) and t[0] is not None]
+
+    def hours(t, a, b):
+        return None if t is None or t[a] is None or t[b] is None else max(0, t[b] - t[a]) / HOUR_MS
+
+    return (
+        len(tickets) + f.tickets,
+        len(open_ages),
+        sum(t[4] or 0 for t in tickets) + f.reopens,
+        sum(_breached(t, now_ms, config) for t in tickets) + f.breaches,
+        None if not n_resp else (sum(responses) + f.first_response_ms_sum) / n_resp / HOUR_MS,
+        hours(last_opened, 0, 1),
+        hours(last_resolved, 0, 2),
+        None if not open_ages else max(0, max(open_ages)) / HOUR_MS,
+    )
+
+
+_mark = st.one_of(st.none(), st.integers(T0, T0 + 200 * HOUR_MS))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["t1", "t2", "t3", "t4", "t5", "t6"]),
+        st.tuples(_mark, _mark, _mark, _mark, st.one_of(st.none(), st.integers(0, 3))),
+        min_size=1,
+    ),
+    st.tuples(st.integers(0, 5), st.integers(0, 5), st.integers(0, 5), st.integers(0, 10**7), st.integers(0, 5)),
+    st.integers(T0, T0 + 300 * HOUR_MS),
+)
+def test_service_signals_in_one_pass_equal_the_list_passes(tickets, folded, now_ms):
+    state = ServiceState(tickets={tid: list(t) for tid, t in tickets.items()}, folded=Folded(*folded))
+    sig = service_signals(state, now_ms, SERVICE)
+    got = (
+        sig.tickets_total,
+        sig.open_tickets,
+        sig.reopened_total,
+        sig.sla_breaches,
+        sig.first_response_hours_mean,
+        sig.last_first_response_hours,
+        sig.last_resolution_hours,
+        sig.oldest_open_ticket_hours,
+    )
+    assert got == service_signals_as_defined(state, now_ms, SERVICE)
