@@ -72,7 +72,7 @@ if TYPE_CHECKING:
     from pulse_config.settings import Settings
     from schemas.profile import RenderedProfile
     from scoring.customer import CustomerState
-    from scoring.indicators import IndicatorValues
+    from scoring.indicator_sums import IndicatorValues
 
 log = logging.getLogger(__name__)
 

@@ -12,11 +12,8 @@ from hypothesis import strategies as st
 from pulse_config.settings import Settings
 from scoring.clv import ClvConfig, PurchaseDays, record_purchase
 from scoring.customer import CustomerState, EventFacts, apply_event
-from scoring.indicators import (
-    DEFAULT_RESPONSE_EDGES_MS,
-    IndicatorConfig,
+from scoring.indicator_sums import (
     IndicatorSums,
-    activity,
     churn_rate,
     indicator_values,
     nps,
@@ -24,6 +21,7 @@ from scoring.indicators import (
     ratio,
     retention_rate,
 )
+from scoring.indicators import DEFAULT_RESPONSE_EDGES_MS, IndicatorConfig, activity
 from scoring.population import PopulationView
 from scoring.tickets import HOUR_MS, TicketFact
 from scoring.units import DAY_MS
