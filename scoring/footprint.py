@@ -22,7 +22,7 @@ incrementally through diffs equals the population rebuilt from the states
 
 Parts: a footprint may be taken of only some parts (``KEYS``, ``GAPS``,
 ``ROWS``, ``TAGS``): the parts an event cannot move are not looked at (see
-:func:`moves`), and the tallies are moved once per batch. ``diff`` compares
+``ORDER_PARTS``, ``OTHER_PARTS``), and the tallies are moved once per batch. ``diff`` compares
 the parts both footprints hold; ``NOTHING`` (a customer counted nowhere) holds
 every part, empty.
 
@@ -35,7 +35,7 @@ from collections import Counter
 from functools import lru_cache
 from typing import NamedTuple
 
-from scoring.customer import CustomerState, EventFacts, indicator_contribution
+from scoring.customer import CustomerState, indicator_contribution
 from scoring.episodes import SAVE_TAGS, Episode, EpisodeState, state_tallies
 from scoring.indicators import EMPTY, TAG_PREFIX, Contribution, flag_tags
 from scoring.rfm import MemberKeys, RfmConfig, rfm_keys
@@ -50,7 +50,9 @@ Tags = tuple[str | tuple[str, int], ...]
 #: the parts of a footprint (bit flags)
 KEYS, GAPS, ROWS, TAGS = 1, 2, 4, 8
 ALL = KEYS | GAPS | ROWS | TAGS
-#: what an order can move, and what any other event can (see ``moves``)
+#: the parts applying an event can move: only an order touches the orders and purchase days the keys and gaps
+#: are made of, and an order touches neither the survey answers nor the ticket days the rows are made of
+#: (scoring.customer.apply_event); the tags move with the assessment, not the event
 ORDER_PARTS = KEYS | GAPS
 OTHER_PARTS = ROWS
 
@@ -161,13 +163,6 @@ def save_counts(tallies: Counter[str] | dict[str, int]) -> dict[str, int]:
 def flag_counts(tallies: Counter[str]) -> dict[str, int]:
     """The activity-flag share of the tallies (the population indicators' flags), shipped in the snapshots."""
     return {tag: n for tag, n in tallies.items() if tag.startswith(TAG_PREFIX) and n}
-
-
-def moves(event: EventFacts) -> int:
-    """The footprint parts applying ``event`` can move. Only an order touches the orders and purchase days
-    the keys and gaps are made of, and an order touches neither the survey answers nor the ticket days the
-    rows are made of (scoring.customer.apply_event). The tags move with the assessment, not the event."""
-    return ORDER_PARTS if event.order is not None else OTHER_PARTS
 
 
 class Footprint(NamedTuple):

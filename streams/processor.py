@@ -318,7 +318,7 @@ class BatchProcessor:
                 continue
             new_customer = state.partition is None
             state.partition = record.partition
-            # the footprint parts the event cannot move are not looked at (scoring.footprint.moves, inlined)
+            # the footprint parts the event cannot move are not looked at (scoring.footprint.ORDER_PARTS)
             parts = OTHER_PARTS if scored.order is None else ORDER_PARTS
             before = footprint(state, rfm, parts)
             applied = apply_event(state, scored, self.config, record.origin)
