@@ -34,6 +34,7 @@ from pulse.simulate import customer_id, generate_orders, send
 from pulse_config.settings import load_settings
 from streams.admin import ensure_topics
 from streams.security import kafka_client_kwargs
+from testing.stack import start_process
 
 #: How long the load generator waits for the API to come up.
 API_START_SECONDS = 60
@@ -88,11 +89,8 @@ def run(
         asyncio.run(ensure_topics(settings))
         events = [("order", o) for o in generate_orders(customers, 365, seed=7)]
         asyncio.run(send(kafka_client_kwargs(settings), settings.input_topics(), events))
-        worker = subprocess.Popen(
-            [*pinned(0 if pin else None), sys.executable, "-m", "pulse", "worker"],
-            env=env,
-            stdout=(log_dir / "worker.log").open("wb"),
-            stderr=subprocess.STDOUT,
+        worker = start_process(
+            [*pinned(0 if pin else None), sys.executable, "-m", "pulse", "worker"], env, log_dir / "worker.log"
         )
         if loaded:
             client = subprocess.Popen(

@@ -21,8 +21,7 @@ import tracemalloc
 from pulse.simulate import generate_events
 from pulse_config.settings import Settings
 from scoring.customer import CustomerState, ScoringConfig, apply_event, assess_customer
-from scoring.population import PartitionPopulation
-from scoring.rfm import Population, RfmConfig
+from scoring.due_index import DueIndex
 from scoring.units import DAY_MS
 from streams.processor import BatchProcessor
 
@@ -71,21 +70,21 @@ def bench_assess(states: list[CustomerState], now: int, config: ScoringConfig) -
 
 def bench_due(n: int, states: list[CustomerState], now: int, config: ScoringConfig) -> None:
     rnd = random.Random(n)
-    part = PartitionPopulation(Population.empty(RfmConfig()))
+    due = DueIndex()
     tracemalloc.start()
     for i in range(n):
         state = rnd.choice(states)
         # each customer's real next check, shifted so the population is spread over a year of histories
         shift = rnd.randrange(-180, 1) * DAY_MS
         nxt = assess_customer(state, now, 30.0, config)[1].next_change_ms
-        part.schedule(i.to_bytes(4, "big"), None if nxt is None else nxt + shift)
+        due.schedule(i.to_bytes(4, "big"), None if nxt is None else nxt + shift)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    filed = len(part.due)
+    filed = len(due)
     popped = 0
     started = time.perf_counter()
     for day in range(1, WALK_DAYS + 1):
-        popped += len(part.pop_due(now + day * DAY_MS, 1 << 30))
+        popped += len(due.pop_due(now + day * DAY_MS, 1 << 30))
     elapsed = time.perf_counter() - started
     print(
         f"{n:>10} filed {filed:>9}  due per day {popped / WALK_DAYS:>9.0f}  "

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ from pulse.simulate import generate_events, generate_orders, send
 from pulse_config.settings import load_settings
 from streams.admin import ensure_topics
 from streams.security import kafka_client_kwargs
+from testing.stack import start_pulse
 
 #: Bounds of every wait here (seconds).
 SCORING_SECONDS = 600
@@ -64,12 +64,7 @@ def main(customers: int, orders_only: bool) -> None:
         started = time.perf_counter()
         asyncio.run(send(kafka_client_kwargs(settings), settings.input_topics(), events))
         print(f"preloaded {len(events)} events in {time.perf_counter() - started:.1f}s")
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "pulse", "worker"],
-            env=env,
-            stdout=(log_dir / "worker.log").open("wb"),
-            stderr=subprocess.STDOUT,
-        )
+        worker = start_pulse(["worker"], env, log_dir / "worker.log")
         samples: list[tuple[float, float]] = []
         deadline = time.monotonic() + SCORING_SECONDS
         while time.monotonic() < deadline:

@@ -6,7 +6,7 @@ Usage::
         [--scope process|full] [--callgrind] [--profile]
 
 The input is fixed (seeded): a population of N customers cloned from the scored states of a generated
-year (``benchmarks.harness.template_states``, the same as ``pulse bench``'s cost phase), then live traffic
+year (``testing.templates.template_states``, the same as ``pulse bench``'s cost phase), then live traffic
 of the four-kind mix (orders 60 %, support 25 %, surveys 10 %, complaints 5 %) for random customers among
 them, a few events per second of event time, in batches of ``batch_max_events``.
 
@@ -69,9 +69,10 @@ def _helper() -> ctypes.CDLL | None:
 
 def inputs(sizes: list[int], events: int, seed: int) -> dict[str, Any]:
     """Templates (encoded states, clock) and the live events: built once natively, reused under valgrind."""
-    from benchmarks.harness import live_event, template_states
     from pulse.simulate import generate_events
     from streams.codec import encode_state
+    from testing.templates import template_states
+    from testing.traffic import live_event
 
     templates = template_states(TEMPLATE_CUSTOMERS, seed)
     encoded = []

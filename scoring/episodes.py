@@ -50,7 +50,7 @@ SAVED, NOT_SAVED, PENDING = "saved", "not_saved", "pending"
 #: the ``action`` label of an episode nobody acted on, and of one never delivered anywhere known
 NO_ACTION_TAKEN = "none"
 NO_DESTINATION = "none"
-#: tally prefixes (scoring.population.tags): episodes by level × action × result, by destination × result,
+#: tally prefixes (scoring.footprint.tags): episodes by level × action × result, by destination × result,
 #: and the revenue recovered (cents) by level × action and by destination
 EPISODES_TAG = "episodes"
 EPISODE_DESTINATIONS_TAG = "episode_destinations"

@@ -41,7 +41,6 @@ from scoring.customer import (
     apply_event,
     assess_customer,
     customer_clv,
-    indicator_contribution,
     origin_applied,
 )
 from scoring.episodes import (
@@ -53,9 +52,21 @@ from scoring.episodes import (
     on_alert,
     on_assessed,
 )
-from scoring.indicators import EMPTY, activity
+from scoring.footprint import (
+    KEYS,
+    NO_CHANGE,
+    NOTHING,
+    ORDER_PARTS,
+    OTHER_PARTS,
+    TAGS,
+    Footprint,
+    diff,
+    footprint,
+    member_keys,
+)
+from scoring.indicators import activity
 from scoring.orders import window_revenue_cents
-from scoring.population import NO_GAP, PopulationView, Tags, gap_sums, member_keys, moves, rescore, tags
+from scoring.population import PopulationView, rescore
 from scoring.rfm import Ranking
 from scoring.units import DAY_MS
 from streams.validation import EventReader
@@ -119,8 +130,8 @@ class BatchOutcome:
     due_checked: int = 0
     #: event times of the valid events of the batch (metrics: event time -> scored latency)
     occurred_ms: list[int] = field(default_factory=list)
-    #: tallies (see scoring.population.tags) of each changed state when first loaded in the batch
-    tags_before: dict[bytes, Tags] = field(default_factory=dict)
+    #: the tallied footprint (scoring.footprint, ``TAGS``) of each changed state when first loaded in the batch
+    tags_before: dict[bytes, Footprint] = field(default_factory=dict)
     #: CLV and churn of the customers assessed in this batch (the profiles reuse them)
     assessed: dict[bytes, tuple[ClvSignals, ChurnAssessment]] = field(default_factory=dict)
     #: partitions swept in this batch and customers re-scored by the sweep
@@ -252,6 +263,7 @@ class BatchProcessor:
         ticks: set[int] = set()
         present: set[int] = set()
         partition_of = self.partition_of
+        rfm = self.config.rfm
         placed: dict[bytes, int] = {}  # customer -> partition, memoised per batch
         for record in batch:
             present.add(record.partition)
@@ -298,7 +310,7 @@ class BatchProcessor:
             state = out.states.get(key)
             if state is None:
                 state = load(key)
-                out.tags_before[key] = () if state.partition is None else tags(state)
+                out.tags_before[key] = NOTHING if state.partition is None else footprint(state, rfm, TAGS)
             late = self._too_late(record, kind, scored, state)
             if late is not None:
                 out.rejected.append(self._reject(record, kind, late))
@@ -306,22 +318,22 @@ class BatchProcessor:
                 continue
             new_customer = state.partition is None
             state.partition = record.partition
-            keys, rows = moves(scored)  # what the event cannot move is not looked at
-            before = member_keys(state, self.config.rfm) if keys else None
-            gaps_before = gap_sums(state) if keys else NO_GAP
-            contribution_before = indicator_contribution(state) if rows else EMPTY
+            # the footprint parts the event cannot move are not looked at (scoring.footprint.ORDER_PARTS)
+            parts = OTHER_PARTS if scored.order is None else ORDER_PARTS
+            before = footprint(state, rfm, parts)
             applied = apply_event(state, scored, self.config, record.origin)
             out.count(kind, "scored" if applied else "duplicate")
             out.occurred_ms.append(scored.occurred_ms)
-            self.population.applied(
-                record.partition, key, before, state, new_customer, gaps_before, contribution_before, keys, rows
-            )
+            part = self.population.partition(record.partition)
+            if new_customer:
+                part.members.append(key)
+            part.apply(diff(before, footprint(state, rfm, parts)))
             if self._fail_event_ids and scored.event_id in self._fail_event_ids:
                 raise InjectedFailure(f"PULSE_TEST_FAIL_EVENT_IDS: {scored.event_id}")
             # A replayed duplicate still counts for the clock and still gets its
             # state and profile written: after a crash between the changelog
             # and Redis, the replay is what brings the profile up to date.
-            self.population.partition(record.partition).observe(scored.occurred_ms)
+            part.observe(scored.occurred_ms)
             if read.mark_ms is None or scored.occurred_ms > read.mark_ms:
                 read.mark_ms = scored.occurred_ms
             out.states[key] = state
@@ -398,7 +410,7 @@ class BatchProcessor:
             if state.partition is None:
                 out.count(ACTION, "stale")  # no such customer here: no alert of it to act on
                 return
-            out.tags_before[key] = tags(state)
+            out.tags_before[key] = footprint(state, self.config.rfm, TAGS)
         pending = PendingAction(
             at_ms=at,
             alert=alert_number(action.alert_id),
@@ -515,7 +527,7 @@ class BatchProcessor:
             return None
 
     def _quarantine_customer(self, partition: int, key: bytes, exc: BaseException, out: BatchOutcome) -> None:
-        self.population.partition(partition).schedule(key, None)
+        self.population.partition(partition).due.schedule(key, None)
         self.quarantined.add(key)
         out.time_driven_failures.append((partition, key, f"{type(exc).__name__}: {exc}"))
 
@@ -621,7 +633,9 @@ class BatchProcessor:
         for key, state in out.states.items():
             before = out.tags_before.get(key)
             if before is not None and state.partition is not None:
-                self.population.partition(state.partition).retag(before, tags(state))
+                change = diff(before, footprint(state, self.config.rfm, TAGS))
+                if change is not NO_CHANGE:  # the usual case: risk level, flags, segment and VIP stayed
+                    self.population.partition(state.partition).apply(change)
 
     def check_due(
         self, partition: int, limit: int, load: Callable[[bytes], CustomerState], out: BatchOutcome, now: int
@@ -629,11 +643,11 @@ class BatchProcessor:
         """Re-assess the customers of ``partition`` whose time-driven churn signals fell due (spec: Churn warning:
         "raised by time passing"). The due-time index makes this cost the customers due, not the population."""
         render: dict[bytes, CustomerState] = {}
-        for key in self.population.partition(partition).pop_due(now, limit):
+        for key in self.population.partition(partition).due.pop_due(now, limit):
             if key in out.states or key in self.quarantined:
                 continue  # assessed with this batch already (and rescheduled), or quarantined
             state = load(key)
-            before = tags(state)
+            before = footprint(state, self.config.rfm, TAGS)
             if self._contained(partition, key, state, now, out) is None:
                 continue
             out.tags_before[key] = before
@@ -694,7 +708,7 @@ class BatchProcessor:
             if key in out.states or key in self.quarantined:
                 continue  # scored with this batch already, or quarantined
             state = load(key)
-            before = tags(state)
+            before = footprint(state, self.config.rfm, TAGS)
             refresh = chunk.refresh_all or refresh_all
             # churn is time-driven through the due-time index: the sweep re-assesses it only for a customer
             # whose RFM/VIP moved (the alert's context) or whose profile this round re-renders
@@ -745,9 +759,10 @@ class BatchProcessor:
         which holds the value the index must later remove, is then written)."""
         if state.partition is None:
             return False
-        before = member_keys(state, self.config.rfm)
+        before = footprint(state, self.config.rfm, KEYS)
         state.clv_cents = customer_clv(state, now, self.config).clv_predictive_cents
-        if not self.population.revalued(state.partition, before, state):
+        change = diff(before, footprint(state, self.config.rfm, KEYS))
+        if not self.population.partition(state.partition).apply(change):
             return False
         if self._ranking is not None:
             self._ranking.forget(3)  # the VIP value percentiles moved
@@ -794,7 +809,7 @@ class BatchProcessor:
         if flip_ms is not None and (state.churn.next_check_ms is None or flip_ms < state.churn.next_check_ms):
             state.churn.next_check_ms = flip_ms
         if state.partition is not None:
-            self.population.partition(state.partition).schedule(key, state.churn.next_check_ms)
+            self.population.partition(state.partition).due.schedule(key, state.churn.next_check_ms)
         if alert is not None:
             out.alerts.append((key, alert, orjson.dumps(alert.model_dump(mode="json"))))
         after = (state.churn.level, state.churn.score, state.churn.next_check_ms, state.activity)
@@ -811,7 +826,7 @@ class BatchProcessor:
         if at is not None:
             state.churn.next_check_ms = at
         if state.partition is not None:
-            self.population.partition(state.partition).schedule(key, state.churn.next_check_ms)
+            self.population.partition(state.partition).due.schedule(key, state.churn.next_check_ms)
         return due != state.churn.next_check_ms
 
     def _alert(

@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from pulse_config.settings import Settings
 from schemas.profile import ms_to_datetime
 from scoring.episodes import SaveRow, save_rates
-from scoring.indicators import IndicatorValues
+from scoring.indicator_sums import IndicatorValues
 from scoring.population import PopulationView
 from streams.security import kafka_client_kwargs
 

@@ -41,6 +41,29 @@ def wait_until(predicate: Callable[[], bool], timeout: float = CONVERGE_SECONDS,
     return predicate()
 
 
+#: a local broker with local workers: short group joins (tests, ``pulse bench``; ``pulse dev`` does the same)
+LOCAL_GROUP_TIMING = {
+    "PULSE_BROKER_REBALANCE_TIMEOUT": "3",
+    "PULSE_BROKER_SESSION_TIMEOUT": "6",
+    "PULSE_BROKER_HEARTBEAT_INTERVAL": "0.5",
+}
+
+
+def input_topics_env(tag: str) -> dict[str, str]:
+    """The four input topics of a namespace: ``orders-{tag}`` and so on."""
+    return {
+        "PULSE_TOPIC_ORDERS": f"orders-{tag}",
+        "PULSE_TOPIC_SURVEYS": f"surveys-{tag}",
+        "PULSE_TOPIC_COMPLAINTS": f"complaints-{tag}",
+        "PULSE_TOPIC_SUPPORT": f"support-{tag}",
+    }
+
+
+def settings_from_env(env: dict[str, str]) -> Settings:
+    """The ``Settings`` a worker started with ``env`` (its ``PULSE_*`` variables) reads, without a .env file."""
+    return Settings(_env_file=None, **{k[len("PULSE_") :].lower(): v for k, v in env.items() if k != "PULSE_ENV_FILE"})
+
+
 @dataclass
 class Namespace:
     """One test's private slice of the shared broker and Redis."""
@@ -61,10 +84,7 @@ def make_namespace(stack_env: dict[str, str], tmp_path: Path, partitions: int = 
         **stack_env,
         "PULSE_ENV_FILE": "",
         "PULSE_APP_ID": f"pulse-test-{tag}",
-        "PULSE_TOPIC_ORDERS": f"orders-{tag}",
-        "PULSE_TOPIC_SURVEYS": f"surveys-{tag}",
-        "PULSE_TOPIC_COMPLAINTS": f"complaints-{tag}",
-        "PULSE_TOPIC_SUPPORT": f"support-{tag}",
+        **input_topics_env(tag),
         "PULSE_TOPIC_DEAD_LETTERS": f"dlq-{tag}",
         "PULSE_TOPIC_RETENTION_ALERTS": f"alerts-{tag}",
         "PULSE_TOPIC_VIP_CHANGES": f"vips-{tag}",
@@ -75,13 +95,9 @@ def make_namespace(stack_env: dict[str, str], tmp_path: Path, partitions: int = 
         "PULSE_DATA_DIR": str(tmp_path / "state" / "data"),
         # the tests wait for convergence: every tick sweeps up to PULSE_SWEEP_CUSTOMERS_PER_TICK
         "PULSE_SWEEP_ROUND_SECONDS": "0",
-        "PULSE_BROKER_REBALANCE_TIMEOUT": "3",
-        "PULSE_BROKER_SESSION_TIMEOUT": "6",
-        "PULSE_BROKER_HEARTBEAT_INTERVAL": "0.5",
+        **LOCAL_GROUP_TIMING,
     }
-    settings = Settings(
-        _env_file=None, **{k[len("PULSE_") :].lower(): v for k, v in env.items() if k != "PULSE_ENV_FILE"}
-    )
+    settings = settings_from_env(env)
     # The topics exist before the test produces, as `pulse worker` / `pulse dev` create them: tests
     # produce before or while the worker starts, and the brokers auto-create differently (Tansu with
     # 4 partitions; Apache Kafka not at all here, as in deploy/compose.yaml).
@@ -105,17 +121,23 @@ class Worker:
         stop_process(self.proc, timeout)
 
 
-def start_pulse(command: list[str], env: dict[str, str], log: Path, append: bool = False) -> subprocess.Popen:
-    """``python -m pulse COMMAND`` of this checkout, its output in ``log`` (appended to when ``append``: a
-    restarted process keeps one log), no stdin: how tests and benchmarks run workers, routers and consoles."""
+def start_process(argv: list[str], env: dict[str, str], log: Path, append: bool = False) -> subprocess.Popen:
+    """``argv`` in this checkout, its output in ``log`` (appended to when ``append``: a restarted process keeps
+    one log), no stdin."""
     return subprocess.Popen(
-        [sys.executable, "-m", "pulse", *command],
+        argv,
         cwd=REPO,
         env=env,
         stdout=log.open("ab" if append else "wb"),
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
     )
+
+
+def start_pulse(command: list[str], env: dict[str, str], log: Path, append: bool = False) -> subprocess.Popen:
+    """``python -m pulse COMMAND`` of this checkout (``start_process``): how tests and benchmarks run workers,
+    routers and consoles."""
+    return start_process([sys.executable, "-m", "pulse", *command], env, log, append)
 
 
 class WorkerPool:

@@ -12,19 +12,21 @@ from hypothesis import strategies as st
 from pulse_config.settings import Settings
 from scoring.clv import ClvConfig, PurchaseDays, record_purchase
 from scoring.customer import CustomerState, EventFacts, apply_event
-from scoring.indicators import (
-    DEFAULT_RESPONSE_EDGES_MS,
-    IndicatorConfig,
+from scoring.indicator_sums import (
     IndicatorSums,
-    _first_interval_ending_after,
-    _intervals,
-    activity,
     churn_rate,
     indicator_values,
     nps,
     quantile_edge,
     ratio,
     retention_rate,
+)
+from scoring.indicators import (
+    DEFAULT_RESPONSE_EDGES_MS,
+    IndicatorConfig,
+    _first_interval_ending_after,
+    _intervals,
+    activity,
 )
 from scoring.population import PopulationView
 from scoring.tickets import HOUR_MS, TicketFact

@@ -241,7 +241,7 @@ def test_a_bulk_rebuild_equals_adding_each_customer():
                 assert y.values == x.values, index
                 x, y = x.coarse, y.coarse
             assert (y.total, y._tree, y._counts) == (x.total, x._tree, x._counts), index
-        assert b.pop_due(clock + 400 * 86_400_000, 10**6) == a.pop_due(clock + 400 * 86_400_000, 10**6)
+        assert b.due.pop_due(clock + 400 * 86_400_000, 10**6) == a.due.pop_due(clock + 400 * 86_400_000, 10**6)
     # adding to a partition that already has customers takes the incremental path and agrees too
     more = [(k + b"x", s) for k, s in states if s.partition == 0]
     for key, state in more:

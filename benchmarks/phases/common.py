@@ -1,0 +1,246 @@
+"""What the phases of ``pulse bench`` share: the run (``Bench``: the stack, each phase's environment, the
+processes it started, the traffic), polling the processes' metrics, and the numbers made of them.
+
+The environment of a phase, the process spawning and the live traffic are testing/'s (``testing.stack``,
+``testing.traffic``), the same as the tests use: one copy."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pulse_config.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent.parent
+
+START_SECONDS = 120.0
+PHASE_SECONDS = 900.0
+DRAIN_SECONDS = 20.0
+#: Metrics polling (each scrape costs the worker's GIL a few ms: not too often).
+POLL_SECONDS = 0.2
+#: Tracer events per second in the latency phase (about half of them raise an alert).
+TRACERS_PER_SECOND = 50
+#: the latency phase also reports the alert p99 of the tracers produced in each window of this length
+LATENCY_WINDOW_SECONDS = 5.0
+#: py-spy samples per second.
+SPY_RATE = 100
+#: Customer ids of the latency tracers start with this (left out of the state sizes).
+TRACER_PREFIX = b"LT"
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def metric_values(port: int) -> str:
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return ""
+
+
+def metric_sum(text: str, name: str, where: str = "") -> float:
+    """Sum of the samples of ``name`` whose label set contains ``where`` (e.g. 'outcome="scored"')."""
+    total = 0.0
+    for labels, value in re.findall(rf"^{re.escape(name)}(\{{[^}}]*\}})? (\S+)$", text, re.M):
+        if where in labels:
+            total += float(value)
+    return total
+
+
+def peak_rss_bytes(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+@dataclass
+class Proc:
+    """A subprocess of the benchmark with its log and metrics port."""
+
+    name: str
+    popen: subprocess.Popen
+    log: Path
+    metrics_port: int
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def metrics(self) -> str:
+        return metric_values(self.metrics_port)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        from pulse.devstack import stop_process
+
+        stop_process(self.popen, timeout)
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+@dataclass
+class Bench:
+    """One run: the stack, its options, the processes it started and the results so far."""
+
+    args: argparse.Namespace
+    log_dir: Path
+    stack: Any = None
+    procs: list[Proc] = field(default_factory=list)
+    result: dict[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ namespaces and processes
+
+    def env(self, tag: str, inputs: str | None = None, **extra: str) -> dict[str, str]:
+        """PULSE_* env of one phase: its own app id, output topics and Redis prefix; inputs of ``inputs``."""
+        from testing.stack import LOCAL_GROUP_TIMING, input_topics_env
+
+        return {
+            **self.stack.env(),
+            "PULSE_ENV_FILE": "",
+            "PULSE_APP_ID": f"bench-{tag}",
+            **input_topics_env(inputs or tag),
+            "PULSE_TOPIC_DEAD_LETTERS": f"dlq-{tag}",
+            "PULSE_TOPIC_RETENTION_ALERTS": f"alerts-{tag}",
+            "PULSE_TOPIC_VIP_CHANGES": f"vips-{tag}",
+            "PULSE_REDIS_KEY_PREFIX": f"b{tag}:",
+            "PULSE_PARTITIONS": str(self.args.partitions),
+            "PULSE_DATA_DIR": str(self.log_dir / tag / "data"),
+            "PULSE_API_PORT": "0",
+            **LOCAL_GROUP_TIMING,
+            **extra,
+        }
+
+    @staticmethod
+    def settings(env: dict[str, str]) -> Settings:
+        from testing.stack import settings_from_env
+
+        return settings_from_env(env)
+
+    def spawn(self, name: str, argv: list[str] | None, env: dict[str, str]) -> Proc:
+        """Start ``argv`` (None: ``pulse worker``) with ``env`` and a free metrics port, logging to ``name``.log."""
+        from pulse.devstack import free_port
+        from testing.stack import start_process, start_pulse
+
+        port = free_port()
+        log_path = self.log_dir / f"{name}.log"
+        full_env = {**os.environ, **env, "PULSE_METRICS_PORT": str(port), "NAIVE_METRICS_PORT": str(port)}
+        if argv is None:
+            popen = start_pulse(["worker", "--loglevel", "info"], full_env, log_path)
+        else:
+            popen = start_process(argv, full_env, log_path)
+        proc = Proc(name, popen, log_path, port)
+        self.procs.append(proc)
+        return proc
+
+    def worker(self, name: str, env: dict[str, str]) -> Proc:
+        return self.spawn(name, None, env)
+
+    def close(self) -> None:
+        for proc in self.procs:
+            proc.stop()
+        if self.stack is not None:
+            self.stack.close()
+
+    # ------------------------------------------------------------------ traffic
+
+    def history(self) -> list[tuple[str, dict]]:
+        """N events of the four-kind mix (the first N by event time of a generated history)."""
+        from pulse.simulate import generate_events
+
+        n = self.args.events
+        customers = self.args.customers or max(10, math.ceil(n / 10))
+        days = 365
+        events = generate_events(customers, days, seed=self.args.seed)
+        if len(events) < n:
+            # a longer history for the same customers gives more events
+            days = min(3650, math.ceil(days * n / max(1, len(events)) * 1.1))
+            events = generate_events(customers, days, seed=self.args.seed)
+        return events[:n]
+
+    def preload(self, env: dict[str, str], events: list[tuple[str, dict]]) -> float:
+        from pulse.simulate import send
+        from streams.admin import ensure_topics
+        from streams.security import kafka_client_kwargs
+
+        settings = self.settings(env)
+        started = time.perf_counter()
+        asyncio.run(ensure_topics(settings))
+        asyncio.run(send(kafka_client_kwargs(settings), settings.input_topics(), events))
+        return time.perf_counter() - started
+
+
+def wait_count(
+    procs: list[Proc],
+    name: str,
+    where: str,
+    n: int,
+    samples: list[tuple[float, float]] | None = None,
+    on_first: Any = None,
+) -> str:
+    """Poll the processes' metrics until the sum of ``name`` reaches ``n``; returns the last metrics text.
+
+    ``on_first`` is called once, when the first event has been counted."""
+    deadline = time.monotonic() + PHASE_SECONDS
+    text = ""
+    while time.monotonic() < deadline:
+        for proc in procs:
+            if not proc.alive():
+                raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.tail()}")
+        texts = [proc.metrics() for proc in procs]
+        total = sum(metric_sum(t, name, where) for t in texts)
+        if samples is not None:
+            samples.append((time.monotonic(), total))
+        if total > 0 and on_first is not None:
+            on_first()
+            on_first = None
+        if total >= n:
+            return "\n".join(texts)
+        text = "\n".join(texts)
+        time.sleep(POLL_SECONDS)
+    raise RuntimeError(f"{name} reached only {metric_sum(text, name, where):.0f} of {n} in {PHASE_SECONDS}s")
+
+
+def counted_seconds(samples: list[tuple[float, float]], floor: float) -> float:
+    """From the last poll whose count was still ``floor`` to the last poll: an upper bound of the time the
+    counted work took, at poll resolution."""
+    first = max((t for t, total in samples if total <= floor), default=samples[0][0] - POLL_SECONDS)
+    return max(samples[-1][0] - first, POLL_SECONDS)
+
+
+def worker_deltas(before: str, after: str) -> dict[str, Any]:
+    """What a worker did between two scrapes of its metrics: batches, checkpoint time, profiles written, sweeps."""
+
+    def d(name: str) -> float:
+        return metric_sum(after, name) - metric_sum(before, name)
+
+    batches = d("pulse_batch_events_count")
+    return {
+        "batches": int(batches),
+        "events_per_batch": round(d("pulse_batch_events_sum") / max(1, batches), 1),
+        "checkpoint_ms_mean": round(1000 * d("pulse_checkpoint_seconds_sum") / max(1, batches), 1),
+        "profiles_written": int(d("pulse_redis_batch_profiles_sum")),
+        "swept_customers": int(d("pulse_swept_customers_total")),
+        "due_checks": int(d("pulse_churn_due_checks_total")),
+    }

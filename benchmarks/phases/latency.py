@@ -1,0 +1,165 @@
+"""Latency phase of ``pulse bench``: live traffic at half the full rate with tracer events, timed from their
+production to their profile in Redis and their alert on the retention topic."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import math
+import time
+from typing import Any
+
+import orjson
+
+from benchmarks.phases.common import (
+    DRAIN_SECONDS,
+    LATENCY_WINDOW_SECONDS,
+    TRACER_PREFIX,
+    TRACERS_PER_SECOND,
+    Bench,
+    percentile,
+)
+from testing.traffic import iso_now, live_event
+
+
+def latency(bench: Bench, env: dict[str, str], rate: float, seconds: float) -> dict[str, Any]:
+    return asyncio.run(_latency(bench, env, rate, seconds))
+
+
+async def _latency(bench: Bench, env: dict[str, str], rate: float, seconds: float) -> dict[str, Any]:
+    import redis.asyncio as aioredis
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+    from pulse.simulate import generate_events
+    from streams.security import kafka_client_kwargs
+
+    settings = bench.settings(env)
+    kafka = kafka_client_kwargs(settings)
+    topics = settings.input_topics()
+    customers = bench.args.customers or max(10, math.ceil(bench.args.events / 10))
+    live = generate_events(customers, 30, seed=bench.args.seed + 1000)
+    if not live:
+        raise RuntimeError("no live traffic generated")
+    tracer_every = max(2, int(rate // TRACERS_PER_SECOND))
+    tag = bench.args.run_tag
+    sent_at: dict[str, float] = {}  # tracer customer -> production time (monotonic)
+    alert_tracers: set[str] = set()
+    to_redis: dict[str, float] = {}
+    to_alert: dict[str, float] = {}
+
+    producer = AIOKafkaProducer(**kafka, acks="all", linger_ms=1)
+    consumer = AIOKafkaConsumer(**kafka, enable_auto_commit=False, group_id=None, fetch_max_wait_ms=10)
+    client = aioredis.from_url(settings.redis_url)
+    await producer.start()
+    await consumer.start()
+    stop = asyncio.Event()
+    try:
+        tps = [TopicPartition(settings.topic_retention_alerts, p) for p in range(settings.partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        for tp in tps:
+            await consumer.position(tp)
+
+        async def read_alerts() -> None:
+            while not stop.is_set():
+                batch = await consumer.getmany(timeout_ms=20)
+                now = time.monotonic()
+                for records in batch.values():
+                    for record in records:
+                        cid = orjson.loads(record.value).get("customer_id")
+                        if cid in alert_tracers and cid not in to_alert:
+                            to_alert[cid] = now - sent_at[cid]
+
+        # Redis tells when a tracer's profile is written (keyspace notifications for hash commands):
+        # polling hundreds of keys every few ms loaded Redis and the two cores the worker runs on
+        key_prefix = f"{settings.redis_key_prefix}profile:"
+        channel_prefix = f"__keyspace@{client.connection_pool.connection_kwargs.get('db', 0)}__:{key_prefix}"
+        await client.config_set("notify-keyspace-events", "Kh")
+        pubsub = client.pubsub()
+        await pubsub.psubscribe(f"{channel_prefix}{TRACER_PREFIX.decode()}{tag}*")
+
+        async def poll_redis() -> None:
+            while not stop.is_set():
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.05)
+                if message is None:
+                    continue
+                now = time.monotonic()
+                cid = message["channel"].decode()[len(channel_prefix) :]
+                if cid in sent_at and cid not in to_redis:
+                    to_redis[cid] = now - sent_at[cid]
+
+        readers = [asyncio.ensure_future(read_alerts()), asyncio.ensure_future(poll_redis())]
+        sent = 0
+        tracers = 0
+        started = time.monotonic()
+        end = started + seconds
+        while time.monotonic() < end:
+            due = int((time.monotonic() - started) * rate) - sent
+            for _ in range(max(0, due)):
+                if sent % tracer_every == 0:
+                    tracers += 1
+                    cid = f"{TRACER_PREFIX.decode()}{tag}{tracers:07d}"
+                    kind, event = tracer_event(cid, tracers, alert=tracers % 2 == 0)
+                    if kind == "survey":
+                        alert_tracers.add(cid)
+                    sent_at[cid] = time.monotonic()
+                else:
+                    kind, event = live_event(live[sent % len(live)], sent)
+                await producer.send(topics[kind], key=event["customer_id"].encode(), value=orjson.dumps(event))
+                sent += 1
+            await asyncio.sleep(0.002)
+        produced_seconds = time.monotonic() - started
+        await producer.flush()
+        deadline = time.monotonic() + DRAIN_SECONDS
+        while time.monotonic() < deadline and (len(to_redis) < len(sent_at) or len(to_alert) < len(alert_tracers)):
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.gather(*readers, return_exceptions=True)
+        await pubsub.aclose()
+    finally:
+        await producer.stop()
+        await consumer.stop()
+        await client.aclose()
+
+    def ms(values: list[float], q: float) -> float | None:
+        p = percentile(values, q)
+        return None if p is None else round(p * 1000, 1)
+
+    redis_lat = list(to_redis.values())
+    alert_lat = list(to_alert.values())
+    # p99 by window of production time: a tail only at the start is the warm-up, throughout is steady state
+    windows: dict[int, list[float]] = collections.defaultdict(list)
+    for cid, lat in to_alert.items():
+        windows[int((sent_at[cid] - started) // LATENCY_WINDOW_SECONDS)].append(lat)
+    return {
+        "alert_p99_ms_by_window": [ms(windows[w], 0.99) for w in sorted(windows)],
+        "rate_target": round(rate, 1),
+        "rate_achieved": round(sent / produced_seconds, 1),
+        "seconds": round(produced_seconds, 2),
+        "events": sent,
+        "tracers": len(sent_at),
+        "redis_seen": len(redis_lat),
+        "redis_p50_ms": ms(redis_lat, 0.50),
+        "redis_p99_ms": ms(redis_lat, 0.99),
+        "redis_max_ms": ms(redis_lat, 1.0),
+        "alert_tracers": len(alert_tracers),
+        "alerts_seen": len(alert_lat),
+        "alert_p50_ms": ms(alert_lat, 0.50),
+        "alert_p99_ms": ms(alert_lat, 0.99),
+        "alert_max_ms": ms(alert_lat, 1.0),
+    }
+
+
+def tracer_event(cid: str, n: int, alert: bool) -> tuple[str, dict]:
+    """An event for a fresh customer: an order, or a survey (NPS 0, CSAT 1: detractor + dissatisfied =
+    medium risk) that raises a retention alert at once."""
+    base = {"event_id": f"trc-{cid}", "customer_id": cid, "occurred_at": iso_now()}
+    if alert:
+        return "survey", {**base, "nps": 0, "csat": 1}
+    return "order", {
+        **base,
+        "order_id": f"TO{n:08d}",
+        "amount": 25.0,
+        "currency": "USD",
+        "status": "completed",
+    }

@@ -1,0 +1,203 @@
+"""Throughput phases of ``pulse bench``: raw (a plain consumer), naive and faust (the Faust baselines),
+full and scaling (``pulse worker`` on a preloaded backlog, optionally profiled with py-spy)."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.phases.common import (
+    PHASE_SECONDS,
+    REPO,
+    SPY_RATE,
+    Bench,
+    Proc,
+    counted_seconds,
+    log,
+    metric_sum,
+    peak_rss_bytes,
+    wait_count,
+    worker_deltas,
+)
+
+
+def raw(bench: Bench, env: dict[str, str], n: int) -> dict[str, Any]:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from streams.security import kafka_client_kwargs
+
+    settings = bench.settings(env)
+
+    async def go() -> tuple[int, float]:
+        consumer = AIOKafkaConsumer(
+            **kafka_client_kwargs(settings), enable_auto_commit=False, group_id=None, fetch_max_wait_ms=100
+        )
+        await consumer.start()
+        try:
+            tps = [
+                TopicPartition(topic, p)
+                for topic in settings.input_topics().values()
+                for p in range(settings.partitions)
+            ]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            count = 0
+            started = time.perf_counter()
+            deadline = time.monotonic() + PHASE_SECONDS
+            while count < n and time.monotonic() < deadline:
+                batch = await consumer.getmany(timeout_ms=200, max_records=10_000)
+                count += sum(len(records) for records in batch.values())
+            return count, time.perf_counter() - started
+        finally:
+            await consumer.stop()
+
+    count, seconds = asyncio.run(go())
+    if count < n:
+        raise RuntimeError(f"raw consumer read {count} of {n} records in {PHASE_SECONDS}s")
+    return {"events": count, "seconds": round(seconds, 3), "events_per_second": round(count / seconds, 1)}
+
+
+def naive(bench: Bench, env: dict[str, str], n: int, mode: str = "table") -> dict[str, Any]:
+    """``mode``: "table" (one table update per event) or "take" (batches, no work: Faust's own ceiling)."""
+    settings = bench.settings(env)
+    naive_env = {
+        **env,
+        "NAIVE_MODE": mode,
+        "NAIVE_APP_ID": f"bench-naive-{mode}-{bench.args.run_tag}",
+        "NAIVE_TOPICS": ",".join(settings.input_topics().values()),
+        "NAIVE_PARTITIONS": str(settings.partitions),
+    }
+    proc = bench.spawn("naive", [sys.executable, str(REPO / "benchmarks" / "naive_faust.py")], naive_env)
+    try:
+        text = wait_count([proc], "naive_events_total", "", n)
+        first = metric_sum(text, "naive_first_event_seconds")
+        last = metric_sum(text, "naive_last_event_seconds")
+        rss = peak_rss_bytes(proc.popen.pid)
+    finally:
+        proc.stop()
+    seconds = max(last - first, 1e-3)
+    return {
+        "events": n,
+        "seconds": round(seconds, 3),
+        "events_per_second": round(n / seconds, 1),
+        "peak_rss_mib": None if rss is None else round(rss / 2**20, 1),
+    }
+
+
+def run_workers(bench: Bench, tag: str, env: dict[str, str], count: int, n: int, keep: bool = False) -> dict[str, Any]:
+    """Start ``count`` workers at once on a preloaded backlog of ``n`` events; time first -> last scored.
+
+    With ``--py-spy`` (one worker), py-spy samples the worker from its first scored event to its last."""
+    procs = [bench.worker(f"worker-{tag}-{i}", env) for i in range(count)]
+    spy: list[Any] = []
+
+    def start_profile() -> None:
+        if count == 1 and bench.args.py_spy:
+            spy.append(start_py_spy(bench, procs[0], tag))
+
+    samples: list[tuple[float, float]] = []
+    try:
+        text = wait_count(procs, "pulse_events_total", 'outcome="scored"', n, samples, start_profile)
+        rss = [peak_rss_bytes(p.popen.pid) for p in procs]
+        profile = finish_py_spy(spy[0]) if spy and spy[0] is not None else None
+    finally:
+        for popen, _, _ in (s for s in spy if s is not None):
+            if popen.poll() is None:
+                popen.kill()
+        if not keep:
+            for proc in procs:
+                proc.stop()
+    seconds = counted_seconds(samples, 0)
+    worker = worker_deltas("", text)
+    out = {
+        "workers": count,
+        "events": n,
+        "seconds": round(seconds, 3),
+        "events_per_second": round(n / seconds, 1),
+        "events_per_second_per_worker": round(n / seconds / count, 1),
+        "peak_rss_mib": [None if r is None else round(r / 2**20, 1) for r in rss],
+        "batches": worker["batches"],
+        "checkpoint_ms_mean": worker["checkpoint_ms_mean"],
+        "due_checks": worker["due_checks"],
+        "alerts": int(metric_sum(text, "pulse_retention_alerts_total")),
+    }
+    if profile is not None:
+        out["profile"] = profile
+    if keep:
+        out["_procs"] = procs
+    return out
+
+
+def start_py_spy(bench: Bench, proc: Proc, tag: str) -> tuple[subprocess.Popen, Path, float] | None:
+    spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    if spy is None:
+        log("py-spy not installed (.venv/bin/pip install py-spy): no profile")
+        return None
+    out = bench.log_dir / f"py-spy-{tag}.txt"
+    argv = [spy, "record", "-p", str(proc.popen.pid), "-r", str(SPY_RATE), "-f", "raw", "-o", str(out)]
+    popen = subprocess.Popen(
+        argv,
+        stdout=(bench.log_dir / f"py-spy-{tag}.log").open("wb"),
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    return popen, out, time.monotonic()
+
+
+def finish_py_spy(spy: tuple[subprocess.Popen, Path, float]) -> dict[str, Any]:
+    """Stop py-spy as Ctrl-C would (it then writes its profile) and summarise the profile."""
+    popen, out, started = spy
+    elapsed = time.monotonic() - started
+    popen.send_signal(signal.SIGINT)
+    try:
+        popen.wait(30)
+    except subprocess.TimeoutExpired:
+        popen.kill()
+        popen.wait(10)
+    if not out.exists():
+        return {"error": f"py-spy wrote no profile; see {out.with_suffix('.log')}"}
+    return summarise_collapsed(out, elapsed)
+
+
+def summarise_collapsed(path: Path, elapsed: float, top: int = 12) -> dict[str, Any]:
+    """Top frames of a py-spy ``raw`` profile (collapsed stacks; idle samples are not recorded).
+
+    ``busy_percent``: samples against the samples of ``elapsed`` seconds of one always-busy thread (the
+    worker's Python work runs on its event loop thread). Frames in % of the recorded samples, line
+    numbers dropped so that a function's lines add up."""
+    own: collections.Counter = collections.Counter()
+    inclusive: collections.Counter = collections.Counter()
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";") if f and not f.startswith("process ")]
+        frames = [f for f in frames if not f.startswith("thread ")]
+        total += n
+        if not frames:
+            continue
+        own[frames[-1]] += n
+        for frame in set(frames):
+            inclusive[frame] += n
+
+    def pct(c: collections.Counter) -> list[tuple[str, float]]:
+        return [(frame, round(100 * k / max(1, total), 1)) for frame, k in c.most_common(top)]
+
+    return {
+        "samples": total,
+        "seconds": round(elapsed, 1),
+        "busy_percent": round(100 * total / max(1.0, elapsed * SPY_RATE), 1),
+        "self": pct(own),
+        "inclusive": pct(inclusive),
+        "file": str(path),
+    }

@@ -1,0 +1,158 @@
+"""What the checkpoint reports per batch: Prometheus metrics and a few log lines (streams.metrics).
+
+Kept out of ``streams.checkpoint``, which is the order of the durable steps
+only: the checkpoint calls :meth:`CheckpointMetrics.anomalies` before its
+writes (records another producer misplaced, contained time-driven failures) and
+:meth:`CheckpointMetrics.batch` once the batch is durable. Nothing here writes
+to Kafka or Redis, and nothing here can fail the batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from scoring.episodes import (
+    EPISODE_DESTINATIONS_TAG,
+    EPISODES_TAG,
+    RECOVERED_DESTINATIONS_TAG,
+    RECOVERED_TAG,
+    SAVE_TAGS,
+)
+from streams import metrics
+
+if TYPE_CHECKING:
+    from scoring.indicator_sums import IndicatorValues
+    from streams.processor import BatchOutcome, BatchProcessor
+
+#: the checkpoint's logger: these lines were logged by streams.checkpoint and keep its name
+log = logging.getLogger("streams.checkpoint")
+
+
+def record_tallies(tallies: Counter) -> None:
+    """Customers per risk level, per segment and VIPs of the owned partitions, and their alert episodes' save
+    rate (scoring.episodes) (a gauge per worker: they add up)."""
+    vips = 0
+    for gauge in (
+        metrics.ALERT_EPISODES,
+        metrics.ALERT_EPISODE_DELIVERIES,
+        metrics.SAVE_RECOVERED_REVENUE,
+        metrics.SAVE_RECOVERED_REVENUE_BY_DESTINATION,
+    ):
+        gauge.clear()  # a revoked partition's episodes leave with it
+    for tag, n in tallies.items():
+        kind, _, name = tag.partition(":")
+        if kind in SAVE_TAGS:
+            record_save_tally(kind, name, n)
+        elif kind == "risk":
+            metrics.CHURN_RISK_CUSTOMERS.labels(name).set(n)
+        elif kind == "segment":
+            metrics.SEGMENT_CUSTOMERS.labels(name).set(n)
+        elif kind == "vip":
+            vips = n
+    metrics.VIP_CUSTOMERS.set(vips)
+
+
+def record_save_tally(kind: str, name: str, n: int) -> None:
+    """One save-rate tally (scoring.episodes.episode_tallies) into its gauge; cents become currency units."""
+    if kind == EPISODES_TAG:
+        level, action, result = name.split(":")
+        metrics.ALERT_EPISODES.labels(level, action, result).set(n)
+    elif kind == EPISODE_DESTINATIONS_TAG:
+        destination, _, result = name.rpartition(":")
+        metrics.ALERT_EPISODE_DELIVERIES.labels(destination, result).set(n)
+    elif kind == RECOVERED_TAG:
+        level, action = name.split(":")
+        metrics.SAVE_RECOVERED_REVENUE.labels(level, action).set(n / 100)
+    elif kind == RECOVERED_DESTINATIONS_TAG:
+        metrics.SAVE_RECOVERED_REVENUE_BY_DESTINATION.labels(name).set(n / 100)
+
+
+def _nan(x: float | None) -> float:
+    return math.nan if x is None else x
+
+
+def record_indicators(values: IndicatorValues | None) -> None:
+    """The population indicators at the clock (whole population as this worker sees it: one value, not per worker)."""
+    if values is None:
+        return
+    metrics.POPULATION_NPS.set(_nan(values.nps))
+    metrics.POPULATION_NPS_ANSWERS.set(values.promoters + values.passives + values.detractors)
+    metrics.POPULATION_CSAT_RATIO.set(_nan(values.csat))
+    metrics.POPULATION_COMPLAINT_RATIO.set(_nan(values.complaint_rate))
+    for percent, ms in values.first_response_ms.items():
+        metrics.POPULATION_FIRST_RESPONSE_SECONDS.labels(str(percent / 100)).set(
+            _nan(None if ms is None else ms / 1000)
+        )
+    metrics.POPULATION_RESOLUTION_RATIO.set(_nan(values.resolution_rate))
+    metrics.POPULATION_TICKETS_OPENED.set(values.tickets_opened)
+    metrics.POPULATION_REPURCHASE_RATIO.set(_nan(values.repurchase_rate))
+    metrics.POPULATION_RETENTION_RATIO.set(_nan(values.retention_rate))
+    metrics.POPULATION_CHURN_RATIO.set(_nan(values.churn_rate))
+    metrics.POPULATION_NET_ADDITIONS.set(values.net_additions)
+    metrics.POPULATION_ACTIVE_CUSTOMERS.labels("end").set(values.active)
+    metrics.POPULATION_ACTIVE_CUSTOMERS.labels("start").set(values.active_at_start)
+    metrics.POPULATION_NEW_CUSTOMERS.set(values.new)
+    metrics.POPULATION_LOST_CUSTOMERS.set(values.lost)
+
+
+class CheckpointMetrics:
+    """The per-batch reporting of one worker's checkpoint."""
+
+    def __init__(self, processor: BatchProcessor, wall_clock: Callable[[], float] = time.time) -> None:
+        self.processor = processor
+        self.wall_clock = wall_clock
+        #: (topic, partition) already logged as receiving records of another partition's customers
+        self._misplaced_logged: set[tuple[str, int]] = set()
+
+    def anomalies(self, outcome: BatchOutcome) -> None:
+        """Misplaced records (another producer's partitioner) and contained time-driven failures."""
+        for (topic, partition), n in outcome.misplaced.items():
+            metrics.MISPLACED_EVENTS.labels(topic).inc(n)
+            if (topic, partition) not in self._misplaced_logged:
+                self._misplaced_logged.add((topic, partition))
+                log.warning(
+                    "%s[%d]: %d record(s) keyed by a customer id that murmur2 puts in another partition: "
+                    "re-published there (a producer with another partitioner, e.g. librdkafka's default CRC32? "
+                    "configure partitioner=murmur2_random); logged once per topic and partition",
+                    topic,
+                    partition,
+                    n,
+                )
+        for partition, key, error in outcome.time_driven_failures:
+            metrics.PROCESSING_ERRORS.labels("time_driven").inc()
+            log.error("partition %d: re-scoring %s raised, skipped until its next event: %s", partition, key, error)
+
+    def batch(self, outcome: BatchOutcome) -> None:
+        """What one made-durable batch (or piece of one) did, and the population it left: event, dead-letter,
+        VIP-change and alert counters, sweep and due-check counts, the population and indicator gauges, the
+        event-time latencies and the watermark."""
+        processor = self.processor
+        for (kind, outcome_name), n in outcome.counts.items():
+            metrics.EVENTS.labels(kind, outcome_name).inc(n)
+        for rejected in outcome.rejected:
+            metrics.DEAD_LETTERS.labels(rejected.kind, rejected.reason).inc()
+        for _, vip, _ in outcome.vip_changes:
+            metrics.VIP_CHANGES.labels("entered" if vip else "left").inc()
+        metrics.RETENTION_ALERTS_SUPPRESSED.inc(outcome.suppressed_alerts)
+        for _, alert, _ in outcome.alerts:
+            metrics.RETENTION_ALERTS.labels(alert.level.value).inc()
+            for reason in alert.reasons:
+                metrics.RETENTION_ALERT_REASONS.labels(reason.code).inc()
+        metrics.SWEPT_CUSTOMERS.inc(sum(outcome.swept.values()))
+        metrics.DUE_CUSTOMERS.inc(outcome.due_checked)
+        metrics.RANK_INEXACT.inc(outcome.rank_inexact)
+        metrics.CLOCK_HELD_PARTITIONS.set(len(processor.held))
+        metrics.POPULATION_CUSTOMERS.set(processor.population.customers())
+        metrics.TABLE_CUSTOMERS.set(processor.population.owned_customers())
+        record_tallies(processor.population.tallies())
+        record_indicators(processor.population.indicators())
+        now_s = self.wall_clock()
+        for occurred_ms in outcome.occurred_ms:
+            metrics.EVENT_TO_SCORED_SECONDS.observe(max(0.0, now_s - occurred_ms / 1000))
+        if processor.watermark_ms is not None:
+            metrics.WATERMARK_SECONDS.set(processor.watermark_ms / 1000)

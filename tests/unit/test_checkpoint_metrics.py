@@ -1,0 +1,38 @@
+"""The checkpoint's per-batch reporting (streams.checkpoint_metrics), outside the durable steps."""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import REGISTRY
+
+from pulse_config.settings import Settings
+from streams.checkpoint_metrics import CheckpointMetrics
+from streams.processor import BatchOutcome, BatchProcessor
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_misplaced_records_are_counted_every_batch_and_logged_once_per_topic_partition(caplog):
+    report = CheckpointMetrics(BatchProcessor(Settings(_env_file=None).processor()), wall_clock=lambda: 1000.0)
+    outcome = BatchOutcome(misplaced={("orders", 3): 2}, time_driven_failures=[(3, b"C1", "ValueError: x")])
+    before = sample("pulse_misplaced_events_total", topic="orders")
+    failures = sample("pulse_processing_errors_total", stage="time_driven")
+    with caplog.at_level(logging.WARNING, logger="streams.checkpoint"):
+        report.anomalies(outcome)
+        report.anomalies(outcome)
+    assert sample("pulse_misplaced_events_total", topic="orders") == before + 4
+    assert sample("pulse_processing_errors_total", stage="time_driven") == failures + 2
+    assert sum("orders[3]" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_batch_moves_the_event_counters_and_the_population_gauges():
+    processor = BatchProcessor(Settings(_env_file=None).processor())
+    processor.population.partition(0).members.extend([b"A", b"B"])
+    report = CheckpointMetrics(processor, wall_clock=lambda: 1000.0)
+    scored = sample("pulse_events_total", kind="order", outcome="scored")
+    report.batch(BatchOutcome(counts={("order", "scored"): 3}, occurred_ms=[999_000]))
+    assert sample("pulse_events_total", kind="order", outcome="scored") == scored + 3
+    assert sample("pulse_table_customers") == 2
