@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from scoring.episodes import EPISODES_TAG
-from scoring.indicators import IndicatorValues
+from scoring.indicator_sums import IndicatorValues
 from streams.console import charts
 from streams.console.trends import INDICATORS, Point, point_of
 from streams.stats import PopulationStats
