@@ -586,7 +586,7 @@ class Bench:
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
         from streams.security import kafka_client_kwargs
-        from streams.tables import END_MARKER_KEY
+        from streams.tables import RESERVED_PREFIX
 
         settings = self.settings(env)
         topic = f"{settings.app_id}-customer_states-changelog"
@@ -610,7 +610,7 @@ class Bench:
                     for records in batch.values():
                         quiet_since = time.monotonic()
                         for record in records:
-                            if record.key == END_MARKER_KEY or record.key.startswith(TRACER_PREFIX):
+                            if record.key.startswith(RESERVED_PREFIX) or record.key.startswith(TRACER_PREFIX):
                                 continue
                             if record.value is None:
                                 sizes.pop(record.key, None)
