@@ -206,6 +206,7 @@ def test_a_writer_marks_its_epoch_before_its_first_state_and_carries_it_on_every
     table.restore_records(tp, [marker(0, (4, 6), partition=1), rec(1, b"A", b"a", (4, 6), partition=1)])
     fence_calls = []
     table.fence = lambda: fence_calls.append(1)
+
     class Event:  # weak-referenceable, as Faust's events are
         message = SimpleNamespace(partition=1)
 
