@@ -219,8 +219,12 @@ class OffsetGuard:
 
     def positions(self, partition: int) -> dict[str, int]:
         """The next offset to apply per tracked input topic of ``partition`` (what the checkpoint's end markers
-        carry, with the batch's own offsets on top)."""
-        return {tp.topic: offset for tp, offset in self.ledger.expected.items() if tp.partition == partition}
+        carry, with the batch's own offsets on top). A topic the ledger does not know yet had no committed
+        offset and no record in any batch: nothing of it was applied, its position is the log's start (0; a
+        seek there on a log whose start moved on resets to the earliest offset, and the gap check finds the
+        offsets in between empty)."""
+        expected = self.ledger.expected
+        return {topic: expected.get(TP(topic, partition), 0) for topic in sorted(self.ledger.topics)}
 
     def owned(self, events: Sequence[EventT], assigned: set[TP]) -> list[EventT]:
         """The events of partitions this worker owns now; the others are dropped, not applied.
