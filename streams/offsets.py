@@ -212,8 +212,9 @@ class OffsetGuard:
         self.ledger = OffsetLedger(topics)
         self._read_back = read_back
         self._start_offsets = start_offsets
-        #: partition -> the input positions its changelog holds (CustomerStateTable.changelog_positions)
-        self.changelog_positions: Callable[[int], Mapping[str, int]] | None = None
+        #: partition -> the input positions its changelog holds, for the partitions recovered since the last call
+        #: (CustomerStateTable.recovered_positions)
+        self.changelog_positions: Callable[[], Mapping[int, Mapping[str, int]]] | None = None
         #: called (instead of going on) when an assignment follows a generation this worker missed
         self.on_missed_generation: Callable[[int | None, int | None], None] | None = None
 
@@ -387,13 +388,16 @@ async def _perform_seek_noted(self: Consumer) -> None:
             if offset is not None:
                 ledger.seeked(tp, offset)
                 log.debug("offset ledger: %s[%d] starts at %d", tp.topic, tp.partition, offset)
-    if guard.changelog_positions is not None:
+    recovered = guard.changelog_positions() if guard.changelog_positions is not None else {}
+    if recovered:
+        # only right after a recovery read them: the seek Faust's fetcher makes while the flow is stopped may
+        # come before the recovery read a kept partition's tail (this worker's own newer end markers)
         committed = {
             tp: dict.get(self._read_offset, tp)  # type: ignore[call-overload]  # a dict (ReadOffsets) at run time
             for tp in self.assignment()
-            if ledger.tracks(tp)
+            if ledger.tracks(tp) and tp.partition in recovered
         }
-        for tp, (offset, position) in sorted(rewinds(committed, guard.changelog_positions).items()):
+        for tp, (offset, position) in sorted(rewinds(committed, lambda p: recovered[p]).items()):
             metrics.INPUT_REWINDS.labels(tp.topic).inc()
             log.warning(
                 "input rewind: %s[%d] committed offset %d is ahead of the changelog's position %d: reading again "

@@ -70,6 +70,8 @@ class CustomerStateTable(faust.Table):
         self.recovered_through: dict[int, int] = {}
         self.writer_id = f"{socket.gethostname()}:{os.getpid()}"
         self._stale_logged: set[int] = set()
+        #: partitions recovered since recovered_positions was last asked
+        self._recovered: set[int] = set()
 
     async def on_rebalance(self, assigned, revoked, newly_assigned, generation_id: int = 0) -> None:
         # every partition is recovered again (kept ones from where the last recovery stopped): each first write
@@ -145,8 +147,10 @@ class CustomerStateTable(faust.Table):
         store = self.data
         for tp, offset in last.items():
             epoch = self.writer_epoch.get(tp.partition)
-            if isinstance(store, rocksdb_store.Store) and store.use_rocksdict and epoch is not None:
-                view = PartitionView(epoch, dict(self.sent_positions.get(tp.partition, {})))
+            if isinstance(store, rocksdb_store.Store) and store.use_rocksdict:
+                if epoch is None:
+                    continue  # rebalanced meanwhile: the offset stays behind (read again), never ahead of its view
+                view = PartitionView(epoch, dict(self.changelog_positions(tp.partition)))
                 batch = rocksdb_store.WriteBatch(raw_mode=True)
                 batch.put(store.offset_key, str(offset).encode())
                 batch.put(META_KEY, view.to_bytes())
@@ -193,6 +197,18 @@ class CustomerStateTable(faust.Table):
             out.append(await producer.send(topic, END_MARKER_KEY, None, p, None, headers))
             if where is not None:
                 self.sent_positions[p] = dict(where)
+        return out
+
+    async def on_recovery_completed(self, active_tps: set[TP], standby_tps: set[TP]) -> None:
+        await super().on_recovery_completed(active_tps, standby_tps)
+        self._recovered.update(tp.partition for tp in active_tps)
+
+    def recovered_positions(self) -> dict[int, dict[str, int]]:
+        """The input positions of the partitions recovered since the last call (then forgotten): what the seek
+        after a recovery compares the committed offsets with (streams.offsets). Only then: before the recovery
+        has read a kept partition's tail, its view is older than this worker's own last end markers."""
+        out = {p: dict(self.changelog_positions(p)) for p in sorted(self._recovered)}
+        self._recovered.clear()
         return out
 
     def changelog_positions(self, partition: int) -> dict[str, int]:

@@ -145,7 +145,7 @@ def register(pulse: PulseApp) -> BatchProcessor:
     )
     if guard is not None:
         # a committed offset ahead of the changelog's input position is read again from there (streams.ownership)
-        guard.changelog_positions = table.changelog_positions
+        guard.changelog_positions = table.recovered_positions
 
         def missed_generation(last: int | None, generation: int | None) -> None:
             # another worker owned our partitions meanwhile, and our late writes (if any) are skipped by recovery:
