@@ -282,3 +282,16 @@ def test_an_assignment_after_a_missed_generation_fail_stops(monkeypatch):
     assert stops == []
     run(offsets._on_partitions_assigned_retaining(consumer, assigned, 7))  # 6 happened without this worker
     assert stops == [(5, 7)]
+
+
+def test_the_rewind_compares_only_right_after_a_recovery(tmp_path):
+    """A seek before the recovery has read a kept partition's tail (Faust's fetcher seeks while the flow is
+    stopped) must not compare with the older view: test_retained_partitions saw false rewinds of that kind."""
+    table = state_table(tmp_path, "memory://")
+    tp = TP(CHANGELOG, 2)
+    table.begin_restore(tp, -1)
+    table.restore_records(tp, [rec(0, END_MARKER_KEY, None, (1, 1), {"orders": 50}, partition=2)])
+    assert table.recovered_positions() == {}  # the recovery has not completed
+    run(table.on_recovery_completed({tp}, set()))
+    assert table.recovered_positions() == {2: {"orders": 50}}
+    assert table.recovered_positions() == {}  # once per recovery
