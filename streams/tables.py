@@ -167,9 +167,9 @@ class CustomerStateTable(faust.Table):
         store = self.data
         if not isinstance(store, rocksdb_store.Store):
             return
-        for partition, db in list(store._dbs.items()):
+        for partition in sorted({*store._dbs, *range(self.partitions or 0)}):
             try:
-                db.delete(store.offset_key)
+                store._db_for_partition(partition).delete(store.offset_key)
             except Exception:  # noqa: BLE001 - exiting anyway; the next start reads from the offset it finds
                 log.exception("could not drop the persisted offset of partition %d", partition)
 

@@ -190,6 +190,11 @@ class ChaosResult:
     unplanned_exits: int = 0
     offset_gaps: int = 0
     acks_refused: int = 0
+    #: input partitions rewound to the changelog's positions, partitions whose recovery skipped stale-epoch
+    #: records (log lines: once per partition and worker), fail-stops after a missed generation
+    rewinds: int = 0
+    stale_skips: int = 0
+    generations_missed: int = 0
     seconds: float = 0.0
     examples: dict[str, list] = field(default_factory=dict)
 
@@ -203,7 +208,8 @@ class ChaosResult:
             f"changelog states differing {self.changelog_states_off}; "
             f"kill -9 {self.kills}, join/leave cycles {self.churn_cycles}, unplanned worker exits "
             f"{self.unplanned_exits}, offset gaps stopped {self.offset_gaps}, acks refused {self.acks_refused}; "
-            f"{self.seconds:.0f} s"
+            f"input rewinds {self.rewinds}, stale changelog skips {self.stale_skips}, missed generations "
+            f"{self.generations_missed}; {self.seconds:.0f} s"
         )
 
 
@@ -346,6 +352,9 @@ def run_chaos(plan: ChaosPlan, namespace: Any, start_worker: Callable[..., Any],
         logs = [p.read_text(errors="replace") for p in log_dir.glob("worker-*.log")]
         result.offset_gaps = sum(text.count("input offset gap:") for text in logs)
         result.acks_refused = sum(text.count("ack refused for") for text in logs)
+        result.rewinds = sum(text.count("input rewind:") for text in logs)
+        result.stale_skips = sum(text.count("record(s) below the epoch") for text in logs)
+        result.generations_missed = sum(text.count("this worker was dropped from the group") for text in logs)
     finally:
         fleet.slots.clear()
         redis_server.stop()
