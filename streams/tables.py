@@ -201,6 +201,10 @@ class CustomerStateTable(faust.Table):
 
     async def on_recovery_completed(self, active_tps: set[TP], standby_tps: set[TP]) -> None:
         await super().on_recovery_completed(active_tps, standby_tps)
+        self.mark_recovered(active_tps)
+
+    def mark_recovered(self, active_tps: Iterable[TP]) -> None:
+        """These changelog partitions are read to their end: :meth:`recovered_positions` reports them."""
         self._recovered.update(tp.partition for tp in active_tps)
 
     def recovered_positions(self) -> dict[int, dict[str, int]]:
@@ -345,6 +349,15 @@ class BulkRecovery(Recovery):
 
     #: read in bulk (PULSE_RECOVERY_BULK_READ); off: Faust reads everything, through the same epoch filter
     bulk: bool = True
+
+    async def _resume_streams(self, generation_id: int = 0) -> None:
+        """Nothing left to read (no recovery needed): the partitions' views are complete, so the seek that follows
+        compares their positions with the committed offsets as after a recovery."""
+        for tp in self.active_tps:
+            table = self.tp_to_table.get(tp)
+            if isinstance(table, CustomerStateTable):
+                table.mark_recovered({tp})
+        await super()._resume_streams(generation_id)
 
     async def _build_offsets(self, consumer: Any, tps: set[TP], destination: Any, title: str) -> None:
         await super()._build_offsets(consumer, tps, destination, title)
