@@ -49,11 +49,14 @@ def events_for(seed: int) -> list[tuple[str, dict]]:
     return generate_events(customers=40, days=365, seed=seed, end=datetime(2026, 6, 1, tzinfo=UTC))
 
 
-def test_a_late_write_of_an_older_epoch_is_skipped_by_the_next_recovery(namespace, start_worker):
+@pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
+def test_a_late_write_of_an_older_epoch_is_skipped_by_the_next_recovery(namespace, start_worker, store):
+    """With RocksDB the next worker keeps the local files: it starts at its persisted offset, with the epoch
+    stored beside it, and the late write is the first record it reads."""
     settings = namespace.settings
     events = events_for(15)
     expected = uninterrupted_profiles(events, settings)
-    first = start_worker(PULSE_BATCH_MAX_EVENTS="50")
+    first = start_worker(PULSE_BATCH_MAX_EVENTS="50", PULSE_STORE=store)
     send(namespace, events)
     assert wait_until(lambda: not profile_diffs(settings, expected)), first.log_tail()
     first.stop()
@@ -88,10 +91,10 @@ def test_a_late_write_of_an_older_epoch_is_skipped_by_the_next_recovery(namespac
     client = redis.Redis.from_url(settings.redis_url)
     for key in list(client.scan_iter(f"{settings.redis_key_prefix}profile:*", count=1000)):
         client.delete(key)
-    second = start_worker(PULSE_BATCH_MAX_EVENTS="50")
+    second = start_worker(PULSE_BATCH_MAX_EVENTS="50", PULSE_STORE=store)
     converged = wait_until(lambda: not profile_diffs(settings, expected))
     remaining = profile_diffs(settings, expected)
-    print(f"\n[fencing] late write of {victim.decode()} at epoch {late_epoch}: {len(remaining)} profiles differ")
+    print(f"\n[fencing] {store} late write of {victim.decode()} at {late_epoch}: {len(remaining)} profiles differ")
     assert converged, f"{remaining[:2]}\n{second.log_tail()}"
     assert "record(s) below the epoch" in second.log.read_text(), second.log_tail()
     assert second.alive()
