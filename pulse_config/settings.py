@@ -92,7 +92,8 @@ class Settings(BaseSettings):
     changelog_end_markers: bool = Field(
         True,
         description="End each checkpoint with a one-record marker per changelog partition (needed on Tansu, "
-        "whose ListOffsets makes Faust's recovery miss the tail of the last batch; harmless on Kafka).",
+        "whose ListOffsets makes Faust's recovery miss the tail of the last batch; harmless on Kafka). Off, a marker "
+        "still goes out to each partition whose input positions moved: it carries them (docs/architecture.md).",
     )
     recovery_bulk_read: bool = Field(
         True,

@@ -2,13 +2,15 @@
 
 Order (each step waits for the broker's acknowledgements before the next):
 
-1. the changed states go to the changelog (then an end marker per touched
-   changelog partition, see ``CustomerStateTable.send_end_markers``), each
-   carrying the batch's VIP changes and retention alerts of its customer as
-   *pending* records (``CustomerState.pending_vip_changes`` /
-   ``pending_alerts``: the exact JSON bytes); dead letters and re-keyed events
-   are sent alongside (they decide nothing: a replay rejects and re-keys the
-   same events again);
+1. the changed states go to the changelog, each carrying the batch's VIP
+   changes and retention alerts of its customer as *pending* records
+   (``CustomerState.pending_vip_changes`` / ``pending_alerts``: the exact JSON
+   bytes); dead letters and re-keyed events are sent alongside (they decide
+   nothing: a replay rejects and re-keys the same events again); once all are
+   acknowledged, an end marker per touched changelog partition and per
+   partition whose input positions moved (``CustomerStateTable.send_end_markers``:
+   it carries the next input offset per topic the changelog now covers, which
+   a committed offset must not pass, see ``streams.offsets.rewinds``);
 2. the pending records are published to the VIP and retention topics;
 3. the states that had pending records are written again with the entries
    removed and acknowledged, without end markers (the next checkpoint's close
@@ -56,7 +58,7 @@ from streams.codec import decode_state, encode_state
 from streams.isolation import process_contained
 from streams.partitioning import origin_header, origin_of
 from streams.processor import BatchOutcome, BatchProcessor, Incoming
-from streams.tables import END_MARKER_KEY
+from streams.tables import RESERVED_PREFIX
 
 if TYPE_CHECKING:
     from faust.types import EventT
@@ -89,7 +91,11 @@ class StateTable(Protocol):
 
     async def write_states(self, items: Iterable[tuple[bytes, bytes, EventT]]) -> list[Awaitable[Any]]: ...
 
-    async def send_end_markers(self, partitions: set[int]) -> list[Awaitable[Any]]: ...
+    async def send_end_markers(
+        self, partitions: set[int], positions: Mapping[int, Mapping[str, int]] | None = None
+    ) -> list[Awaitable[Any]]: ...
+
+    def changelog_positions(self, partition: int) -> Mapping[str, int]: ...
 
     def persisted(self, results: Iterable[Any]) -> None: ...
 
@@ -122,6 +128,7 @@ class Checkpoint:
         owned_partitions: Callable[[], set[int]],
         wall_clock: Callable[[], float] = time.time,
         input_positions: InputPositions | None = None,
+        applied_positions: Callable[[int], Mapping[str, int]] | None = None,
     ) -> None:
         self.settings = settings
         self.processor = processor
@@ -132,6 +139,12 @@ class Checkpoint:
         self.wall_clock = wall_clock
         #: end offsets and start offsets of the input topic-partitions (the per-partition clock; None: unknown)
         self.input_positions = input_positions
+        #: partition -> the next offset to apply per input topic before this batch (the offset ledger)
+        self.applied_positions = applied_positions
+        #: input topics whose positions the end markers carry (the ticks are not: a lost tick is harmless)
+        self.position_topics = {*settings.input_topics().values(), settings.topic_retention_actions}
+        #: (topic, partition) -> next offset after the batch's records made durable so far (pieces go in order)
+        self._through: dict[tuple[str, int], int] = {}
         #: customers recovered with outbox entries (a crash before step 3), and their partition: re-published by
         #: the first checkpoint with a record of that partition (a state is written with one of its events)
         self.recovered: dict[bytes, int] = {}
@@ -167,8 +180,8 @@ class Checkpoint:
 
     def _recovered_states(self, partitions: set[int]) -> Iterable[tuple[bytes, CustomerState]]:
         for key, raw in self.table.data.items():
-            if key == END_MARKER_KEY:
-                continue
+            if key.startswith(RESERVED_PREFIX):
+                continue  # markers, RocksDB's view of the partition: not customers
             state = decode_state(raw)
             if (state.pending_vip_changes or state.pending_alerts) and state.partition in partitions:
                 self.recovered[key] = state.partition
@@ -178,6 +191,7 @@ class Checkpoint:
     async def __call__(self, events: Sequence[EventT]) -> None:
         started = time.perf_counter()
         self.ensure_population()
+        self._through = {}
         batch = [
             Incoming(
                 e.message.topic,
@@ -227,6 +241,7 @@ class Checkpoint:
         # any event of a partition places a state there (changelog and RocksDB)
         event_by_partition = {e.message.partition: e for e in events}
         outbox, partitions = self._outbox(outcome, set(event_by_partition))
+        positions = self._positions(events)
 
         # 1. states with their decisions pending, and the records that decide nothing
         produced = [await self.send(self.settings.topic_dead_letters, r.key, r.record) for r in outcome.rejected]
@@ -236,6 +251,8 @@ class Checkpoint:
         ]
         written = await self._write(outcome.states, outcome.partitions, event_by_partition)
         await asyncio.gather(*produced)
+        # the end markers, with the input positions this piece makes durable, once everything it produced is
+        written += await self._close({res.partition for res in written}, positions)
         if outbox:
             # 2. publish exactly the recorded bytes
             await self._publish(outbox, outcome)
@@ -247,7 +264,7 @@ class Checkpoint:
                 state.pending_alerts = []
             # not in the persisted offsets (RocksDB): without an end marker behind them Tansu's highwater may
             # stop short of them, and Faust refuses a persisted offset above the highwater
-            await self._write(outbox, partitions, event_by_partition, markers=False)
+            await self._write(outbox, partitions, event_by_partition)
             for key in outbox:
                 self.recovered.pop(key, None)
         self.table.persisted(written)
@@ -277,22 +294,47 @@ class Checkpoint:
                 del self.recovered[key]
         return outbox, partitions
 
+    def _positions(self, events: Sequence[EventT]) -> dict[int, dict[str, int]]:
+        """Per partition of the batch (or piece), the next input offset per topic the changelog covers once this
+        piece is durable: the ledger's before the batch, moved by this batch's records so far."""
+        through = self._through
+        for e in events:
+            message = e.message
+            if message.topic in self.position_topics:
+                tp = (message.topic, message.partition)
+                through[tp] = max(through.get(tp, 0), message.offset + 1)
+        out: dict[int, dict[str, int]] = {}
+        for partition in {e.message.partition for e in events}:
+            base = dict(self.applied_positions(partition)) if self.applied_positions is not None else {}
+            for (topic, p), offset in through.items():
+                if p == partition and offset > base.get(topic, -1):
+                    base[topic] = offset
+            if base:
+                out[partition] = base
+        return out
+
     async def _write(
         self,
         states: Mapping[bytes, CustomerState],
         partitions: Mapping[bytes, int],
         event_by_partition: Mapping[int, EventT],
-        markers: bool = True,
     ) -> list[Any]:
-        """Write ``states`` to the changelog and wait for the acks, then close each touched partition."""
+        """Write ``states`` to the changelog and wait for the acks (the end markers are :meth:`_close`'s)."""
         futures = await self.table.write_states(
             (key, encode_state(state), event_by_partition[partitions[key]]) for key, state in states.items()
         )
-        written = list(await asyncio.gather(*futures))
-        if written and markers and self.settings.changelog_end_markers:
-            sent = await self.table.send_end_markers({res.partition for res in written})
-            written += await asyncio.gather(*sent)
-        return written
+        return list(await asyncio.gather(*futures))
+
+    async def _close(self, touched: set[int], positions: Mapping[int, Mapping[str, int]] | None = None) -> list[Any]:
+        """End markers: for each touched partition (``PULSE_CHANGELOG_END_MARKERS``) and, always, for each whose
+        input positions moved (they carry them: a committed offset ahead of them is rewound)."""
+        close = set(touched) if self.settings.changelog_end_markers else set()
+        for partition, where in (positions or {}).items():
+            if dict(where) != dict(self.table.changelog_positions(partition)):
+                close.add(partition)
+        if not close:
+            return []
+        return list(await asyncio.gather(*await self.table.send_end_markers(close, positions)))
 
     async def _publish(self, outbox: Mapping[bytes, CustomerState], outcome: BatchOutcome) -> None:
         s = self.settings

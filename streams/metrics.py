@@ -21,6 +21,21 @@ GENERATION_LOST_WRITES = Counter(
     "pulse_generation_lost_writes_total",
     "Checkpoints stopped before a state write because the group had dropped the worker (fail-stop, re-read).",
 )
+CHANGELOG_STALE_RECORDS_SKIPPED = Counter(
+    "pulse_changelog_stale_records_skipped_total",
+    "Changelog records recovery skipped because their ownership epoch is below the partition's latest owner "
+    "marker (late writes of a worker the group had dropped).",
+)
+INPUT_REWINDS = Counter(
+    "pulse_input_rewinds_total",
+    "Input partitions sought back at assignment because their committed offset was ahead of the input position "
+    "the changelog holds (its events are read again; states drop what they applied), by topic.",
+    ["topic"],
+)
+GENERATION_MISSED = Counter(
+    "pulse_generation_missed_total",
+    "Assignments after a group generation this worker missed (dropped from the group): fail-stop, recover anew.",
+)
 INPUT_OFFSETS_SKIPPED = Counter(
     "pulse_input_offsets_skipped_total",
     "Input offsets a batch skipped that hold no records (compaction, transaction markers), by topic.",

@@ -95,6 +95,8 @@ class OffsetLedger:
         self.provisional: set[TP] = set()
         #: the group generation of the last assignment (None: none yet, or not known)
         self.generation: int | None = None
+        #: the last assignment came after a generation this worker missed
+        self.missed = False
 
     def tracks(self, tp: TP) -> bool:
         return tp.topic in self.topics
@@ -112,6 +114,7 @@ class OffsetLedger:
         keep = set(assigned)
         last, self.generation = self.generation, generation
         missed = generation is not None and last is not None and generation not in (last, last + 1)
+        self.missed = missed
         dropped = {tp for tp in self.expected if missed and tp in keep}
         for tp in [tp for tp in self.expected if tp not in keep or missed]:
             del self.expected[tp]
@@ -177,6 +180,26 @@ class OffsetLedger:
 ReadBack = Callable[[TP, int, int], Awaitable[list[int]]]
 
 
+def rewinds(
+    committed: Mapping[TP, int | None], positions: Callable[[int], Mapping[str, int]]
+) -> dict[TP, tuple[int, int]]:
+    """Input partitions whose committed offset is ahead of the position the changelog holds: tp -> (committed,
+    changelog position).
+
+    The changelog's position of an input partition is the next offset its last accepted end marker covers
+    (streams.ownership). A committed offset beyond it covers events whose states the changelog lacks (a dropped
+    worker's late batch, written after the new owner's recovery read the partition, issue 15): they are read
+    again from the position, and each state drops what it already applied. No position (a changelog written
+    before positions, or nothing applied yet): nothing to compare, no rewind.
+    """
+    out = {}
+    for tp, offset in committed.items():
+        position = positions(tp.partition).get(tp.topic)
+        if offset is not None and position is not None and offset > position:
+            out[tp] = (offset, position)
+    return out
+
+
 class OffsetGuard:
     """The ledger of one worker, with the broker behind it: start offsets, gap read-back, metrics and log."""
 
@@ -189,6 +212,20 @@ class OffsetGuard:
         self.ledger = OffsetLedger(topics)
         self._read_back = read_back
         self._start_offsets = start_offsets
+        #: partition -> the input positions its changelog holds, for the partitions recovered since the last call
+        #: (CustomerStateTable.recovered_positions)
+        self.changelog_positions: Callable[[], Mapping[int, Mapping[str, int]]] | None = None
+        #: called (instead of going on) when an assignment follows a generation this worker missed
+        self.on_missed_generation: Callable[[int | None, int | None], None] | None = None
+
+    def positions(self, partition: int) -> dict[str, int]:
+        """The next offset to apply per tracked input topic of ``partition`` (what the checkpoint's end markers
+        carry, with the batch's own offsets on top). A topic the ledger does not know yet had no committed
+        offset and no record in any batch: nothing of it was applied, its position is the log's start (0; a
+        seek there on a log whose start moved on resets to the earliest offset, and the gap check finds the
+        offsets in between empty)."""
+        expected = self.ledger.expected
+        return {topic: expected.get(TP(topic, partition), 0) for topic in sorted(self.ledger.topics)}
 
     def owned(self, events: Sequence[EventT], assigned: set[TP]) -> list[EventT]:
         """The events of partitions this worker owns now; the others are dropped, not applied.
@@ -351,6 +388,27 @@ async def _perform_seek_noted(self: Consumer) -> None:
             if offset is not None:
                 ledger.seeked(tp, offset)
                 log.debug("offset ledger: %s[%d] starts at %d", tp.topic, tp.partition, offset)
+    recovered = guard.changelog_positions() if guard.changelog_positions is not None else {}
+    if recovered:
+        # only right after a recovery read them: the seek Faust's fetcher makes while the flow is stopped may
+        # come before the recovery read a kept partition's tail (this worker's own newer end markers)
+        committed = {
+            tp: dict.get(self._read_offset, tp)  # type: ignore[call-overload]  # a dict (ReadOffsets) at run time
+            for tp in self.assignment()
+            if ledger.tracks(tp) and tp.partition in recovered
+        }
+        for tp, (offset, position) in sorted(rewinds(committed, lambda p: recovered[p]).items()):
+            metrics.INPUT_REWINDS.labels(tp.topic).inc()
+            log.warning(
+                "input rewind: %s[%d] committed offset %d is ahead of the changelog's position %d: reading again "
+                "from %d",
+                tp.topic,
+                tp.partition,
+                offset,
+                position,
+                position,
+            )
+            await self.seek(tp, position)
 
 
 async def _seek_noted(self: Consumer, partition: TP, offset: int) -> None:
@@ -364,7 +422,11 @@ async def _on_partitions_assigned_retaining(self: Consumer, assigned: set[TP], g
     guard = guard_of(self)
     if guard is not None:
         last = guard.ledger.generation
-        if forgotten := guard.ledger.retain(assigned, generation_id or None):
+        forgotten = guard.ledger.retain(assigned, generation_id or None)
+        if guard.ledger.missed and guard.on_missed_generation is not None:
+            metrics.GENERATION_MISSED.inc()
+            guard.on_missed_generation(last, generation_id)
+        if forgotten:
             log.info(
                 "offset ledger: generation %s after %s (this worker missed one): %d kept partitions start again "
                 "at their committed offsets",

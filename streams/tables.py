@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import faust
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.stores import memory as memory_store
 from faust.stores import rocksdb as rocksdb_store
 from faust.streams import _current_event
@@ -20,13 +23,22 @@ from faust.types import TP, EventT
 from faust.types.tuples import RecordMetadata
 
 from pulse_config.settings import Settings
+from streams import metrics
+from streams.ownership import (
+    END_MARKER_KEY,
+    META_KEY,
+    RESERVED_PREFIX,
+    Epoch,
+    PartitionView,
+    epoch_headers,
+    next_epoch,
+    owner_marker,
+)
 from streams.security import kafka_client_kwargs
 
 log = logging.getLogger(__name__)
 
-#: Key of the checkpoint end markers. Customer ids cannot start with NUL
-#: (schemas.events.ID_PATTERN), so it never names a customer.
-END_MARKER_KEY = b"\x00pulse-checkpoint-end"
+__all__ = ["END_MARKER_KEY", "RESERVED_PREFIX", "BulkRecovery", "CustomerStateTable", "table_manager"]
 
 
 class CustomerStateTable(faust.Table):
@@ -43,13 +55,57 @@ class CustomerStateTable(faust.Table):
     #: called after every rebalance: derived in-memory views of the table (the
     #: population) must be rebuilt from the recovered states
     on_rebalanced: Callable[[], None] | None = None
-    #: called before every state write; raises when the worker may no longer write (streams.offsets.check_generation)
+    #: called before every changelog write; raises when the worker may no longer write (offsets.check_generation)
     fence: Callable[[], None] | None = None
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        #: per changelog partition, the log as this worker's recoveries read it (streams.ownership)
+        self.views: dict[int, PartitionView] = {}
+        #: per partition, the epoch this worker writes with since its owner marker was acknowledged
+        self.writer_epoch: dict[int, Epoch] = {}
+        #: per partition, the input positions of the last end marker this worker sent (since the last rebalance)
+        self.sent_positions: dict[int, dict[str, int]] = {}
+        #: per partition, the changelog offset recovery read up to (-1: nothing), for the owner marker
+        self.recovered_through: dict[int, int] = {}
+        self.writer_id = f"{socket.gethostname()}:{os.getpid()}"
+        self._stale_logged: set[int] = set()
+        #: partitions recovered since recovered_positions was last asked
+        self._recovered: set[int] = set()
+
     async def on_rebalance(self, assigned, revoked, newly_assigned, generation_id: int = 0) -> None:
+        # every partition is recovered again (kept ones from where the last recovery stopped): each first write
+        # after it is preceded by a new owner marker
+        self.writer_epoch.clear()
+        self.sent_positions.clear()
         await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
         if self.on_rebalanced is not None:
             self.on_rebalanced()
+
+    # --- writes -----------------------------------------------------------------------------------------
+    async def _epoch_for(self, partition: int) -> Epoch:
+        """This worker's epoch in ``partition``; its first call after a recovery writes the owner marker.
+
+        The marker is acknowledged before any state record follows it, so a record carrying the epoch proves
+        the marker is in the log before it (recovery relies on that when markers were compacted away).
+        """
+        epoch = self.writer_epoch.get(partition)
+        if epoch is not None:
+            return epoch
+        generation = int(getattr(self.app, "consumer_generation_id", 0) or 0)
+        view = self.views.get(partition, PartitionView())
+        epoch = next_epoch(view.epoch, generation)
+        key, value = owner_marker(epoch, generation, self.writer_id, self.recovered_through.get(partition))
+        if self.fence is not None:
+            self.fence()
+        topic = self.changelog_topic.get_topic_name()
+        sent = await self.app.producer.send(topic, key, value, partition, None, epoch_headers(epoch))
+        await sent
+        if self.fence is not None:
+            self.fence()  # dropped while the marker was in flight: write nothing under it
+        self.writer_epoch[partition] = epoch
+        log.info("changelog partition %d: owner marker, epoch %d.%d (read up to %s)", partition, *epoch, view.epoch)
+        return epoch
 
     async def write_states(self, items: Iterable[tuple[bytes, bytes, EventT]]) -> list[Awaitable[RecordMetadata]]:
         """Store each (key, value) and send its changelog record straight to the producer.
@@ -59,7 +115,8 @@ class CustomerStateTable(faust.Table):
         partition, both for the changelog record and for the RocksDB store
         (which files a key under the partition of the current event). Unlike
         ``table[key] = value``, records skip Faust's producer buffer (one
-        ``publish_message`` per record, a 100-record cap).
+        ``publish_message`` per record, a 100-record cap). Each record carries
+        the worker's ownership epoch of its partition (streams.ownership).
         """
         fence = self.fence
         producer = self.app.producer
@@ -67,21 +124,58 @@ class CustomerStateTable(faust.Table):
         futures: list[Awaitable[RecordMetadata]] = []
         try:
             for key, value, event in items:
+                partition = event.message.partition
+                headers = epoch_headers(await self._epoch_for(partition))
                 if fence is not None:
                     fence()  # before each send: a stalled loop may resume after the group dropped the worker
                 _current_event.set(weakref.ref(event))
                 self.data[key] = value
-                futures.append(await producer.send(topic, key, value, event.message.partition, None, None))
+                futures.append(await producer.send(topic, key, value, partition, None, headers))
         finally:
             _current_event.set(None)
         return futures
 
     def persisted(self, results: Iterable[RecordMetadata]) -> None:
-        """Remember the changelog offsets written (RocksDB reads from there after a restart)."""
-        for res in results:
-            self.data.set_persisted_offset(res.topic_partition, res.offset)
+        """Remember the changelog offsets written (RocksDB reads from there after a restart).
 
-    async def send_end_markers(self, partitions: set[int]) -> list[Awaitable[RecordMetadata]]:
+        RocksDB gets the partition's view (this worker's epoch, the positions it sent last) in the same write
+        batch as the offset: a recovery that starts at the offset starts from that view.
+        """
+        last: dict[TP, int] = {}
+        for res in results:
+            last[res.topic_partition] = max(res.offset, last.get(res.topic_partition, -1))
+        store = self.data
+        for tp, offset in last.items():
+            epoch = self.writer_epoch.get(tp.partition)
+            if isinstance(store, rocksdb_store.Store) and store.use_rocksdict:
+                if epoch is None:
+                    continue  # rebalanced meanwhile: the offset stays behind (read again), never ahead of its view
+                view = PartitionView(epoch, dict(self.changelog_positions(tp.partition)))
+                batch = rocksdb_store.WriteBatch(raw_mode=True)
+                batch.put(store.offset_key, str(offset).encode())
+                batch.put(META_KEY, view.to_bytes())
+                store._db_for_partition(tp.partition).write(batch)
+            else:
+                store.set_persisted_offset(tp, offset)
+
+    def forget_persisted(self) -> None:
+        """RocksDB: drop the persisted offsets of every open partition, so the next start recovers them whole.
+
+        Called before a fail-stop of a worker the group dropped: its local store may hold states whose
+        changelog records the next owners skip as stale, and recovery from the persisted offset would keep them.
+        """
+        store = self.data
+        if not isinstance(store, rocksdb_store.Store):
+            return
+        for partition in sorted({*store._dbs, *range(self.partitions or 0)}):
+            try:
+                store._db_for_partition(partition).delete(store.offset_key)
+            except Exception:  # noqa: BLE001 - exiting anyway; the next start reads from the offset it finds
+                log.exception("could not drop the persisted offset of partition %d", partition)
+
+    async def send_end_markers(
+        self, partitions: set[int], positions: Mapping[int, Mapping[str, int]] | None = None
+    ) -> list[Awaitable[RecordMetadata]]:
         """A tombstone of :data:`END_MARKER_KEY` to each partition, to be sent alone.
 
         Tansu answers ListOffsets(latest) with the base offset of the last
@@ -89,10 +183,102 @@ class CustomerStateTable(faust.Table):
         that "highwater", skips the rest of the last batch. Once a checkpoint's
         records are acknowledged, a one-record batch per partition makes the
         reported end the true end. A tombstone deletes nothing and leaves no key.
+        It carries the epoch and, when given, the partition's input positions
+        (the next input offset per topic the changelog covers, streams.ownership).
         """
         producer = self.app.producer
         topic = self.changelog_topic.get_topic_name()
-        return [await producer.send(topic, END_MARKER_KEY, None, p, None, None) for p in sorted(partitions)]
+        out = []
+        for p in sorted(partitions):
+            where = None if positions is None else positions.get(p)
+            headers = epoch_headers(await self._epoch_for(p), where)
+            if self.fence is not None:
+                self.fence()
+            out.append(await producer.send(topic, END_MARKER_KEY, None, p, None, headers))
+            if where is not None:
+                self.sent_positions[p] = dict(where)
+        return out
+
+    async def on_recovery_completed(self, active_tps: set[TP], standby_tps: set[TP]) -> None:
+        await super().on_recovery_completed(active_tps, standby_tps)
+        self.mark_recovered(active_tps)
+
+    def mark_recovered(self, active_tps: Iterable[TP]) -> None:
+        """These changelog partitions are read to their end: :meth:`recovered_positions` reports them."""
+        self._recovered.update(tp.partition for tp in active_tps)
+
+    def recovered_positions(self) -> dict[int, dict[str, int]]:
+        """The input positions of the partitions recovered since the last call (then forgotten): what the seek
+        after a recovery compares the committed offsets with (streams.offsets). Only then: before the recovery
+        has read a kept partition's tail, its view is older than this worker's own last end markers."""
+        out = {p: dict(self.changelog_positions(p)) for p in sorted(self._recovered)}
+        self._recovered.clear()
+        return out
+
+    def changelog_positions(self, partition: int) -> dict[str, int]:
+        """The input positions the changelog of ``partition`` holds: this worker's last end marker's, else the
+        last one its recovery accepted."""
+        sent = self.sent_positions.get(partition)
+        if sent is not None:
+            return sent
+        view = self.views.get(partition)
+        return {} if view is None else view.positions
+
+    # --- recovery -------------------------------------------------------------------------------------------
+    def begin_restore(self, tp: TP, start: int | None) -> None:
+        """A recovery of ``tp`` starts after offset ``start`` (-1 or None: from the beginning).
+
+        From the beginning the view is empty; RocksDB starting at its persisted offset reads the view stored with
+        it; the memory store continues the view of its last recovery (it keeps a partition's data through a
+        rebalance, and Faust goes on reading from where that recovery stopped).
+        """
+        partition = tp.partition
+        store = self.data
+        if start is None or start < 0:
+            self.views[partition] = PartitionView()
+        elif isinstance(store, rocksdb_store.Store):
+            try:
+                raw = store._db_for_partition(partition).get(META_KEY)
+            except Exception:  # noqa: BLE001 - no meta (written before epochs): epoch 0
+                raw = None
+            self.views[partition] = PartitionView.from_bytes(raw)
+        else:
+            self.views.setdefault(partition, PartitionView())
+        self.recovered_through[partition] = -1 if start is None else start
+        self.writer_epoch.pop(partition, None)
+        self.sent_positions.pop(partition, None)
+
+    def _accepted(self, tp: TP, records: Sequence[Any]) -> list[Any]:
+        """The records of one partition that recovery applies (streams.ownership), in offset order."""
+        view = self.views.setdefault(tp.partition, PartitionView())
+        before = view.skipped
+        accepted = [r for r in records if view.accept(r.key, r.value, r.headers)]
+        if records:
+            self.recovered_through[tp.partition] = records[-1].offset
+        if view.skipped > before:
+            metrics.CHANGELOG_STALE_RECORDS_SKIPPED.inc(view.skipped - before)
+            if tp.partition not in self._stale_logged:
+                self._stale_logged.add(tp.partition)
+                log.warning(
+                    "changelog partition %d: %d record(s) below the epoch %d.%d skipped (late writes of a worker "
+                    "the group had dropped); logged once per partition",
+                    tp.partition,
+                    view.skipped - before,
+                    *view.epoch,
+                )
+        return accepted
+
+    def apply_changelog_batch(self, batch: Iterable[EventT]) -> None:
+        """Faust's own recovery path, with the same filter as :meth:`restore_records`."""
+        by_tp: dict[TP, list[Any]] = defaultdict(list)
+        for event in batch:
+            by_tp[event.message.tp].append(event.message)
+        for tp, messages in by_tp.items():
+            if self.can_restore_in_bulk():
+                self.restore_records(tp, messages)
+            else:
+                keep = {id(m) for m in self._accepted(tp, messages)}
+                super().apply_changelog_batch([e for e in batch if id(e.message) in keep])  # type: ignore[attr-defined]
 
     def can_restore_in_bulk(self) -> bool:
         """Whether :meth:`restore_records` can write to this table's store (RocksDB or memory)."""
@@ -101,30 +287,34 @@ class CustomerStateTable(faust.Table):
             return False
         return isinstance(store, memory_store.Store) or (isinstance(store, rocksdb_store.Store) and store.use_rocksdict)
 
-    def restore_records(self, tp: TP, records: Sequence[ConsumerRecord]) -> None:
+    def restore_records(self, tp: TP, records: Sequence[Any]) -> None:
         """Apply changelog records of one partition, in offset order, as Faust's recovery applies them.
 
         The same writes as the stores' ``apply_changelog_batch`` without a
         Faust event per record: a value is stored under its key, a tombstone
-        (an end marker too) deletes the key. RocksDB gets one write batch per
+        deletes the key; owner and end markers and records of a stale epoch
+        are not stored (streams.ownership). RocksDB gets one write batch per
         call that also records the last offset (what Faust's
-        ``set_persisted_offset`` writes, here atomically with the values).
+        ``set_persisted_offset`` writes, here atomically with the values) and
+        the partition's view at that offset.
         """
         if not records:
             return
+        accepted = self._accepted(tp, records)
         store = self.data
         if isinstance(store, rocksdb_store.Store):
             batch = rocksdb_store.WriteBatch(raw_mode=True)
-            for record in records:
+            for record in accepted:
                 if record.value is None:
                     batch.delete(record.key)
                 else:
                     batch.put(record.key, record.value)
             batch.put(store.offset_key, str(records[-1].offset).encode())
+            batch.put(META_KEY, self.views[tp.partition].to_bytes())
             store._db_for_partition(tp.partition).write(batch)
         else:
             data, partitions = store.data, store._key_partition  # type: ignore[attr-defined]  # our memory store
-            for record in records:
+            for record in accepted:
                 if record.value is None:
                     data.pop(record.key, None)
                     partitions.pop(record.key, None)
@@ -157,9 +347,26 @@ class BulkRecovery(Recovery):
     #: nothing fetched for this long: leave the rest to Faust's recovery
     stall_seconds: float = 10.0
 
+    #: read in bulk (PULSE_RECOVERY_BULK_READ); off: Faust reads everything, through the same epoch filter
+    bulk: bool = True
+
+    async def _resume_streams(self, generation_id: int = 0) -> None:
+        """Nothing left to read (no recovery needed): the partitions' views are complete, so the seek that follows
+        compares their positions with the committed offsets as after a recovery."""
+        for tp in self.active_tps:
+            table = self.tp_to_table.get(tp)
+            if isinstance(table, CustomerStateTable):
+                table.mark_recovered({tp})
+        await super()._resume_streams(generation_id)
+
     async def _build_offsets(self, consumer: Any, tps: set[TP], destination: Any, title: str) -> None:
         await super()._build_offsets(consumer, tps, destination, title)
         if destination is self.active_offsets:
+            for tp in tps:
+                table = self.tp_to_table.get(tp)
+                if isinstance(table, CustomerStateTable):
+                    table.begin_restore(tp, self.active_offsets.get(tp))
+        if destination is self.active_offsets and self.bulk:
             # _build_offsets runs under broker_request_timeout (a timeout stops the recovery service)
             budget = 0.8 * self.app.conf.broker_request_timeout
             try:
@@ -252,12 +459,15 @@ class BulkRecoveryTableManager(TableManager):
 
 
 def table_manager(settings: Settings) -> type[TableManager]:
-    """The App's ``TableManager``: bulk changelog reads unless ``PULSE_RECOVERY_BULK_READ`` is off."""
-    if not settings.recovery_bulk_read:
-        return TableManager
+    """The App's ``TableManager``: bulk changelog reads unless ``PULSE_RECOVERY_BULK_READ`` is off (the
+    ownership epochs of the changelog are tracked either way)."""
     recovery = type(
         "PulseBulkRecovery",
         (BulkRecovery,),
-        {"client_kwargs": kafka_client_kwargs(settings), "fetch_bytes": settings.recovery_fetch_bytes},
+        {
+            "client_kwargs": kafka_client_kwargs(settings),
+            "fetch_bytes": settings.recovery_fetch_bytes,
+            "bulk": settings.recovery_bulk_read,
+        },
     )
     return type("PulseTableManager", (BulkRecoveryTableManager,), {"recovery_class": recovery})

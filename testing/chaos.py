@@ -19,7 +19,7 @@ import redis
 from pulse.devstack import start_redis
 from pulse.simulate import BAD_PAYLOADS, generate_events
 from streams.codec import decode_state
-from streams.tables import END_MARKER_KEY
+from streams.ownership import PartitionView, epoch_of, latest_states
 from testing.reference import batch_order_profiles, uninterrupted_profiles
 from testing.stack import consume, produce, profile_diffs, wait_until
 
@@ -190,6 +190,11 @@ class ChaosResult:
     unplanned_exits: int = 0
     offset_gaps: int = 0
     acks_refused: int = 0
+    #: input partitions rewound to the changelog's positions, partitions whose recovery skipped stale-epoch
+    #: records (log lines: once per partition and worker), fail-stops after a missed generation
+    rewinds: int = 0
+    stale_skips: int = 0
+    generations_missed: int = 0
     seconds: float = 0.0
     examples: dict[str, list] = field(default_factory=dict)
 
@@ -203,7 +208,8 @@ class ChaosResult:
             f"changelog states differing {self.changelog_states_off}; "
             f"kill -9 {self.kills}, join/leave cycles {self.churn_cycles}, unplanned worker exits "
             f"{self.unplanned_exits}, offset gaps stopped {self.offset_gaps}, acks refused {self.acks_refused}; "
-            f"{self.seconds:.0f} s"
+            f"input rewinds {self.rewinds}, stale changelog skips {self.stale_skips}, missed generations "
+            f"{self.generations_missed}; {self.seconds:.0f} s"
         )
 
 
@@ -346,6 +352,9 @@ def run_chaos(plan: ChaosPlan, namespace: Any, start_worker: Callable[..., Any],
         logs = [p.read_text(errors="replace") for p in log_dir.glob("worker-*.log")]
         result.offset_gaps = sum(text.count("input offset gap:") for text in logs)
         result.acks_refused = sum(text.count("ack refused for") for text in logs)
+        result.rewinds = sum(text.count("input rewind:") for text in logs)
+        result.stale_skips = sum(text.count("record(s) below the epoch") for text in logs)
+        result.generations_missed = sum(text.count("this worker was dropped from the group") for text in logs)
     finally:
         fleet.slots.clear()
         redis_server.stop()
@@ -357,10 +366,8 @@ def changelog_differences(bootstrap: str, settings: Any, events: list[tuple[str,
     """Customers whose last changelog state differs from the raw events: events applied per kind, orders,
     refunds and net revenue in cents (counted from the de-duplicated events, without scoring/)."""
     topic = f"{settings.app_id}-customer_states-changelog"
-    latest: dict[bytes, bytes | None] = {}
-    for record in consume(bootstrap, topic, expected=0, quiet=3.0):
-        if record.key != END_MARKER_KEY:
-            latest[record.key] = record.value
+    # what a recovery keeps: the last record per customer of an epoch not below its partition's owner (ownership)
+    latest = latest_states(consume(bootstrap, topic, expected=0, quiet=3.0))
     per_kind: dict[str, Counter] = {}
     seen: set[str] = set()
     for kind, e in events:
@@ -382,17 +389,23 @@ def changelog_differences(bootstrap: str, settings: Any, events: list[tuple[str,
 
 def changelog_history(bootstrap: str, settings: Any, cids: list[str]) -> str:
     """Every changelog version of ``cids`` in offset order: partition, offset, create time, events per kind and
-    the state's source offsets. A version with fewer events than the one before it is a write of an older
-    lineage (e.g. a worker that lost the partition finishing its batch after the new owner wrote)."""
+    the state's source offsets, its ownership epoch and whether recovery skips it (``stale``). A version with
+    fewer events than the one before it is a write of an older lineage (e.g. a worker that lost the partition
+    finishing its batch after the new owner wrote)."""
     topic = f"{settings.app_id}-customer_states-changelog"
     keys = {cid.encode() for cid in cids}
     lines = []
+    views: dict[int, PartitionView] = {}
     for record in consume(bootstrap, topic, expected=0, quiet=3.0):
+        view = views.setdefault(record.partition, PartitionView())
+        accepted = view.accept(record.key, record.value, record.headers)
         if record.key in keys:
             state = decode_state(record.value)
+            epoch = ".".join(map(str, epoch_of(record.headers)))
             lines.append(
-                f"{record.key.decode()} p{record.partition} @{record.offset} t={record.timestamp} "
-                f"events={sum(state.events.values())} {dict(state.events)} offsets={dict(state.source_offsets)}"
+                f"{record.key.decode()} p{record.partition} @{record.offset} t={record.timestamp} epoch={epoch}"
+                f"{'' if accepted else ' stale'} events={sum(state.events.values())} {dict(state.events)} "
+                f"offsets={dict(state.source_offsets)}"
             )
     return "\n".join(sorted(lines, key=lambda line: (line.split()[0], int(line.split()[2][1:])))) + "\n"
 

@@ -20,7 +20,7 @@ def state_size(bench: Bench, env: dict[str, str]) -> dict[str, Any]:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     from streams.security import kafka_client_kwargs
-    from streams.tables import END_MARKER_KEY
+    from streams.tables import RESERVED_PREFIX
 
     settings = bench.settings(env)
     topic = f"{settings.app_id}-customer_states-changelog"
@@ -44,7 +44,7 @@ def state_size(bench: Bench, env: dict[str, str]) -> dict[str, Any]:
                 for records in batch.values():
                     quiet_since = time.monotonic()
                     for record in records:
-                        if record.key == END_MARKER_KEY or record.key.startswith(TRACER_PREFIX):
+                        if record.key.startswith(RESERVED_PREFIX) or record.key.startswith(TRACER_PREFIX):
                             continue
                         if record.value is None:
                             sizes.pop(record.key, None)

@@ -65,10 +65,23 @@ async def run_guarded(checkpoint: Awaitable[None], grace_seconds: float) -> None
         _fail_stop(repr(exc), exc)
 
 
+def fenced(app: Any) -> None:
+    """The generation fence before each changelog write; a worker the group dropped forgets its RocksDB offsets
+    (its store may hold writes recovery skips) before the checkpoint fails."""
+    try:
+        offsets.check_generation(app)
+    except offsets.GenerationLost:
+        table = getattr(app, "pulse_state_table", None)
+        if table is not None:
+            table.forget_persisted()
+        raise
+
+
 def register(pulse: PulseApp) -> BatchProcessor:
     """Define the scoring agent on the app; returns its processor (whose population the sync agents share)."""
     settings = pulse.settings
     table = pulse.customer_states
+    pulse.app.pulse_state_table = table  # type: ignore[attr-defined]
     # records outside their customer's murmur2 partition are re-published, not applied (streams.partitioning)
     processor = BatchProcessor(pulse.processor_config, partitioner(settings.partitions))
     sink = RedisProfileSink(
@@ -82,7 +95,7 @@ def register(pulse: PulseApp) -> BatchProcessor:
     # after a rebalance, owned partitions are counted again from the recovered table
     table.on_rebalanced = processor.population.drop
     # a worker the group dropped (stalled past the rebalance timeout) writes no state: fail-stop, re-read
-    table.fence = lambda: offsets.check_generation(pulse.app)
+    table.fence = lambda: fenced(pulse.app)
     # after a Redis outage, the sweep writes every profile again (Redis may have lost them)
     sink.on_recovered = processor.population.refresh_all
 
@@ -118,9 +131,29 @@ def register(pulse: PulseApp) -> BatchProcessor:
     def owned_partitions() -> set[int]:
         return {tp.partition for tp in pulse.app.consumer.assignment() if tp.topic == orders_topic}
 
-    checkpoint = Checkpoint(settings, processor, table, sink, send, owned_partitions, input_positions=input_positions)
     # the next offset to apply per input partition: gaps stop the batch, Faust commits no further (streams.offsets)
     guard = offsets.attach(pulse) if settings.offset_gap_check else None
+    checkpoint = Checkpoint(
+        settings,
+        processor,
+        table,
+        sink,
+        send,
+        owned_partitions,
+        input_positions=input_positions,
+        applied_positions=guard.positions if guard is not None else None,
+    )
+    if guard is not None:
+        # a committed offset ahead of the changelog's input position is read again from there (streams.ownership)
+        guard.changelog_positions = table.recovered_positions
+
+        def missed_generation(last: int | None, generation: int | None) -> None:
+            # another worker owned our partitions meanwhile, and our late writes (if any) are skipped by recovery:
+            # the local store may hold them, so start again from the changelog (RocksDB: from its beginning)
+            table.forget_persisted()
+            _fail_stop(f"group generation {generation} after {last}: this worker was dropped from the group")
+
+        guard.on_missed_generation = missed_generation
 
     async def guarded_checkpoint(events: Sequence[EventT]) -> None:
         scan = None

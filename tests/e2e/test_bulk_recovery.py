@@ -20,6 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from scoring.customer import CustomerState
 from streams.codec import encode_state
+from streams.ownership import META_KEY
 from streams.tables import END_MARKER_KEY
 from testing.stack import wait_until
 
@@ -97,6 +98,7 @@ def read_store(data_dir: Path) -> tuple[dict[int, dict[bytes, bytes]], dict[int,
         finally:
             db.close()
         offsets[p] = int(items.pop(Store.offset_key))
+        items.pop(META_KEY, None)  # the partition's ownership view, stored with the offset (streams.ownership)
         tables[p] = items
     return tables, offsets
 

@@ -27,8 +27,8 @@ from pulse.devstack import start_redis
 from pulse.simulate import BAD_PAYLOADS, generate_events
 from scoring.customer import CustomerState
 from streams.codec import decode_state
+from streams.ownership import latest_states
 from streams.sinks.redis_profiles import profile_key, vip_key
-from streams.tables import END_MARKER_KEY
 from testing.chaos import hostile_order
 from testing.reference import uninterrupted_profiles
 from testing.stack import CONVERGE_SECONDS, consume, produce, profile_diffs, wait_until
@@ -142,10 +142,8 @@ def final_states(namespace) -> dict[str, CustomerState]:
     """Each customer's state as the changelog ends (what a restarted worker would recover)."""
     s = namespace.settings
     topic = f"{s.app_id}-customer_states-changelog"
-    last: dict[bytes, bytes | None] = {}
-    for record in consume(namespace.bootstrap, topic, 1, quiet=2):
-        last[record.key] = record.value
-    return {k.decode(): decode_state(v) for k, v in last.items() if k != END_MARKER_KEY and v is not None}
+    last = latest_states(consume(namespace.bootstrap, topic, 1, quiet=2))
+    return {k.decode(): decode_state(v) for k, v in last.items()}
 
 
 def published(namespace, topic: str, id_field: str) -> tuple[dict[str, set[bytes]], dict[str, list[dict]]]:

@@ -72,6 +72,8 @@ class Table:
     def __init__(self, broker: Broker, data: dict[bytes, bytes] | None = None) -> None:
         self.broker = broker
         self.data = dict(data or {})
+        #: the input positions of the last end marker per partition
+        self.positions: dict[int, dict[str, int]] = {}
 
     def get(self, key: bytes) -> bytes | None:
         return self.data.get(key)
@@ -88,11 +90,16 @@ class Table:
             futures.append(done(SimpleNamespace(partition=event.message.partition)))
         return futures
 
-    async def send_end_markers(self, partitions: set[int]) -> list[asyncio.Future]:
+    async def send_end_markers(self, partitions: set[int], positions=None) -> list[asyncio.Future]:
         self.broker.log.append(("markers", sorted(partitions)))
-        for _ in partitions:
+        for p in partitions:
             self.broker.ack("changelog", b"__end__", None)
+            if positions is not None and p in positions:
+                self.positions[p] = dict(positions[p])
         return [done(SimpleNamespace(partition=p)) for p in partitions]
+
+    def changelog_positions(self, partition: int) -> dict[str, int]:
+        return self.positions.get(partition, {})
 
     def persisted(self, results) -> None:
         self.broker.log.append(("persisted", len(list(results))))

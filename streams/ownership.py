@@ -1,0 +1,157 @@
+"""Ownership epochs and input positions in the changelog: fencing that does not need the broker (issue 15).
+
+A worker the group dropped (stalled past the rebalance timeout while Faust
+waited for its batch) can still write its batch's states to the changelog
+after the partition's new owner recovered it and wrote newer ones. Last write
+wins in a changelog, so the next recovery would take the stale state while the
+committed offsets are past the events it lacks. Tansu has no transactions, so
+the broker cannot fence the old writer; the changelog does it instead:
+
+* before its first state write to changelog partition p after it recovered p,
+  a worker writes an *owner marker* (key ``OWNER_MARKER_PREFIX + epoch``; a
+  customer id cannot start with NUL) with epoch = (highest epoch its recovery
+  saw in p) + 1, its group generation and a writer id, and awaits the ack;
+* every state record and end marker it writes to p carries its epoch in the
+  ``pulse-epoch`` header;
+* recovery tracks, per partition and in log order, the highest epoch read so
+  far (markers and records) and skips records with a lower one: a dropped
+  worker's late write lands after the new owner's marker, so it is skipped.
+  Records without the header (written before this change) count as epoch 0.
+
+Epochs are (count, generation) pairs compared in that order: two workers that
+recovered the same epoch (one of them dropped during its own recovery) still
+differ by generation, and the later generation wins.
+
+Each checkpoint's end marker of p also carries, in the ``pulse-positions``
+header, the next input offset per input topic of partition p that the
+changelog covers (``streams.offsets`` rewinds a committed offset ahead of it).
+
+Pure (no I/O, no Faust): ``streams.tables`` applies it to recovery and writes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Key of the checkpoint end markers. Customer ids cannot start with NUL
+#: (schemas.events.ID_PATTERN), so it never names a customer.
+END_MARKER_KEY = b"\x00pulse-checkpoint-end"
+#: Keys of owner markers: this prefix and the epoch (one key per epoch, so compaction keeps every marker).
+OWNER_MARKER_PREFIX = b"\x00pulse-owner:"
+#: Every key the worker writes that is not a customer (never stored as a state).
+RESERVED_PREFIX = b"\x00pulse-"
+#: RocksDB: the partition's recovery view, written in the same write batch as Faust's offset key.
+META_KEY = b"\x00pulse-meta"
+EPOCH_HEADER = "pulse-epoch"
+POSITIONS_HEADER = "pulse-positions"
+
+Epoch = tuple[int, int]
+NO_EPOCH: Epoch = (0, 0)
+Headers = Sequence[tuple[str, bytes]] | Mapping[str, bytes] | None
+
+
+def encode_epoch(epoch: Epoch) -> bytes:
+    return f"{epoch[0]}.{epoch[1]}".encode()
+
+
+def decode_epoch(raw: bytes) -> Epoch:
+    count, _, generation = raw.decode().partition(".")
+    return int(count), int(generation or 0)
+
+
+def header(headers: Headers, name: str) -> bytes | None:
+    """One header's value from aiokafka's (name, value) pairs or Faust's mapping; None when absent."""
+    if not headers:
+        return None
+    if isinstance(headers, Mapping):
+        value = headers.get(name)
+        return value if isinstance(value, bytes) else None
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+def epoch_of(headers: Headers) -> Epoch:
+    raw = header(headers, EPOCH_HEADER)
+    return NO_EPOCH if raw is None else decode_epoch(raw)
+
+
+def positions_of(headers: Headers) -> dict[str, int] | None:
+    raw = header(headers, POSITIONS_HEADER)
+    return None if raw is None else {str(t): int(o) for t, o in json.loads(raw).items()}
+
+
+def next_epoch(seen: Epoch, generation: int) -> Epoch:
+    """The epoch of a new owner that recovered up to ``seen``."""
+    return seen[0] + 1, max(generation, 0)
+
+
+def owner_marker(epoch: Epoch, generation: int, writer: str, recovered_through: int | None) -> tuple[bytes, bytes]:
+    """Key and value of an owner marker (its epoch header is added by the writer)."""
+    value = {"epoch": list(epoch), "generation": generation, "writer": writer, "recovered_through": recovered_through}
+    return OWNER_MARKER_PREFIX + encode_epoch(epoch), json.dumps(value, separators=(",", ":")).encode()
+
+
+def epoch_headers(epoch: Epoch, positions: Mapping[str, int] | None = None) -> list[tuple[str, bytes]]:
+    out = [(EPOCH_HEADER, encode_epoch(epoch))]
+    if positions is not None:
+        out.append((POSITIONS_HEADER, json.dumps(dict(sorted(positions.items())), separators=(",", ":")).encode()))
+    return out
+
+
+@dataclass
+class PartitionView:
+    """One changelog partition as recovery has read it so far: the highest epoch, the last accepted positions."""
+
+    epoch: Epoch = NO_EPOCH
+    positions: dict[str, int] = field(default_factory=dict)
+    #: stale records skipped (a dropped worker's late writes)
+    skipped: int = 0
+
+    def accept(self, key: bytes, value: bytes | None, headers: Headers) -> bool:
+        """Read one record in log order; True when (key, value) is a customer state (or tombstone) to apply."""
+        epoch = epoch_of(headers)
+        if key.startswith(OWNER_MARKER_PREFIX):
+            if epoch == NO_EPOCH and value:
+                epoch = tuple(json.loads(value)["epoch"])  # type: ignore[assignment]
+            if epoch < self.epoch:
+                self.skipped += 1
+            else:
+                self.epoch = epoch
+            return False
+        if epoch < self.epoch:
+            self.skipped += 1
+            return False
+        self.epoch = epoch  # a record proves its writer's marker came before it (awaited before any write)
+        if key == END_MARKER_KEY:
+            positions = positions_of(headers)
+            if positions is not None:
+                self.positions = positions
+            return False
+        return not key.startswith(RESERVED_PREFIX)
+
+    def to_bytes(self) -> bytes:
+        return json.dumps({"epoch": list(self.epoch), "positions": self.positions}, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | None) -> PartitionView:
+        if not raw:
+            return cls()
+        data = json.loads(raw)
+        return cls(tuple(data["epoch"]), {str(t): int(o) for t, o in data.get("positions", {}).items()})  # type: ignore[arg-type]
+
+
+def latest_states(records: Iterable[Any]) -> dict[bytes, bytes]:
+    """The customer states a recovery of the whole changelog keeps (records in offset order per partition, with
+    ``partition``, ``key``, ``value`` and ``headers``): the last accepted record per key, tombstones removed."""
+    views: dict[int, PartitionView] = {}
+    latest: dict[bytes, bytes | None] = {}
+    for record in records:
+        view = views.setdefault(record.partition, PartitionView())
+        if view.accept(record.key, record.value, record.headers):
+            latest[record.key] = record.value
+    return {k: v for k, v in latest.items() if v is not None}

@@ -1,0 +1,172 @@
+"""The two losses of the full-size chaos on Apache Kafka (issue 15), staged on a real broker and Redis:
+
+1. a worker the group dropped writes its batch's states to the changelog after the partition's new owner
+   wrote newer ones: here a record of an older epoch (an earlier state of a customer) is produced to the
+   changelog after the owner's records, as that worker would; the next recovery must skip it
+   (streams.ownership) and the profiles stay those of every event;
+2. input offsets committed past events whose states the changelog lacks: here the worker is stopped, events
+   are produced and a group consumer commits the input offsets to the end, so the worker would never read
+   them; at its next start the end markers' input positions are behind the committed offsets, it rewinds
+   and applies every event exactly once.
+
+Both fail without the change: (1) the recovered state lacks events whose offsets are committed; (2) the
+events after the old commit are never read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+import redis
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+
+from pulse.simulate import generate_events
+from streams.codec import decode_state
+from streams.ownership import OWNER_MARKER_PREFIX, epoch_headers, epoch_of, latest_states
+from testing.reference import uninterrupted_profiles
+from testing.stack import CONVERGE_SECONDS, consume, produce, profile_diffs, wait_until
+
+pytestmark = [pytest.mark.e2e]
+
+
+def send(namespace, part: list[tuple[str, dict]]) -> None:
+    topics = namespace.settings.input_topics()
+    for kind in topics:
+        records = [(e["customer_id"].encode(), orjson.dumps(e)) for k, e in part if k == kind]
+        produce(namespace.bootstrap, topics[kind], records)
+
+
+def changelog(namespace) -> list:
+    return consume(namespace.bootstrap, f"{namespace.settings.app_id}-customer_states-changelog", 1, quiet=3)
+
+
+def events_for(seed: int) -> list[tuple[str, dict]]:
+    return generate_events(customers=40, days=365, seed=seed, end=datetime(2026, 6, 1, tzinfo=UTC))
+
+
+@pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
+def test_a_late_write_of_an_older_epoch_is_skipped_by_the_next_recovery(namespace, start_worker, store):
+    """With RocksDB the next worker keeps the local files: it starts at its persisted offset, with the epoch
+    stored beside it, and the late write is the first record it reads."""
+    settings = namespace.settings
+    events = events_for(15)
+    expected = uninterrupted_profiles(events, settings)
+    first = start_worker(PULSE_BATCH_MAX_EVENTS="50", PULSE_STORE=store)
+    send(namespace, events)
+    assert wait_until(lambda: not profile_diffs(settings, expected)), first.log_tail()
+    first.stop()
+
+    # the dropped worker's late write: the earliest state of the customer with the most versions, produced
+    # after everything the owner wrote, with an epoch below the owner's
+    records = changelog(namespace)
+    versions: dict[bytes, list] = {}
+    for r in records:
+        if not r.key.startswith(b"\x00") and r.value is not None:
+            versions.setdefault(r.key, []).append(r)
+    victim = max(versions, key=lambda k: len(versions[k]))
+    stale = versions[victim][0]
+    owner = max(epoch_of(r.headers) for r in records if r.key.startswith(OWNER_MARKER_PREFIX))
+    assert owner[0] >= 1, "the worker wrote an owner marker before its states"
+    late_epoch = (owner[0] - 1, owner[1])
+
+    async def late_write() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=namespace.bootstrap, acks="all")
+        await producer.start()
+        try:
+            await producer.send_and_wait(
+                stale.topic, stale.value, key=victim, partition=stale.partition, headers=epoch_headers(late_epoch)
+            )
+        finally:
+            await producer.stop()
+
+    asyncio.run(late_write())
+    assert decode_state(stale.value).events != decode_state(latest_states(records)[victim]).events
+
+    # the profiles come from the next worker's recovered states alone
+    client = redis.Redis.from_url(settings.redis_url)
+    for key in list(client.scan_iter(f"{settings.redis_key_prefix}profile:*", count=1000)):
+        client.delete(key)
+    second = start_worker(PULSE_BATCH_MAX_EVENTS="50", PULSE_STORE=store)
+    converged = wait_until(lambda: not profile_diffs(settings, expected))
+    remaining = profile_diffs(settings, expected)
+    print(f"\n[fencing] {store} late write of {victim.decode()} at {late_epoch}: {len(remaining)} profiles differ")
+    assert converged, f"{remaining[:2]}\n{second.log_tail()}"
+    assert "record(s) below the epoch" in second.log.read_text(), second.log_tail()
+    assert second.alive()
+    # what any recovery keeps: still the owner's state
+    assert latest_states(changelog(namespace))[victim] == latest_states(records)[victim]
+
+
+class FaustProtocol(RoundRobinPartitionAssignor):
+    """Round robin under the protocol name of Faust's assignor: Tansu keeps the group's protocol after its
+    members left and refuses a member with another one (InconsistentGroupProtocol)."""
+
+    name = "faust"
+
+
+def test_a_commit_ahead_of_the_changelog_is_rewound_and_applied_once(namespace, start_worker):
+    settings = namespace.settings
+    events = events_for(17)
+    half = len(events) // 2
+    first = start_worker(PULSE_BATCH_MAX_EVENTS="50")
+    send(namespace, events[:half])
+    assert wait_until(lambda: not profile_diffs(settings, uninterrupted_profiles(events[:half], settings)))
+    first.stop()
+
+    # while no worker runs: the rest of the events, and the group's commits moved to the end of every input
+    send(namespace, events[half:])
+    inputs = list(settings.input_topics().values())
+
+    async def commit_to_end() -> dict:
+        # a member of the worker's group (Tansu refuses commits from outside a group that has a generation)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=namespace.bootstrap,
+            group_id=settings.app_id,
+            enable_auto_commit=False,
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=500,
+            partition_assignment_strategy=(FaustProtocol,),
+        )
+        await consumer.start()
+        try:
+            consumer.subscribe(inputs)
+            deadline = time.monotonic() + CONVERGE_SECONDS
+            while len(consumer.assignment()) < len(inputs) * settings.partitions and time.monotonic() < deadline:
+                await consumer.getmany(timeout_ms=500, max_records=1)
+            tps = sorted(consumer.assignment())
+            await consumer.commit(
+                {tp: ends[(tp.topic, tp.partition)] for tp in tps if (tp.topic, tp.partition) in ends}
+            )
+            return {tp: await consumer.committed(tp) for tp in tps}
+        finally:
+            await consumer.stop()
+
+    # the log ends, read (Tansu's ListOffsets(latest) stops at the last record batch's base offset + 1)
+    ends: dict[tuple[str, int], int] = {}
+    for topic in inputs:
+        for r in consume(namespace.bootstrap, topic, 1, quiet=2):
+            ends[(topic, r.partition)] = max(ends.get((topic, r.partition), 0), r.offset + 1)
+    committed = asyncio.run(commit_to_end())
+    assert any(committed.values())
+
+    second = start_worker(PULSE_BATCH_MAX_EVENTS="50")
+    expected = uninterrupted_profiles(events, settings)
+    converged = wait_until(lambda: not profile_diffs(settings, expected))
+    remaining = profile_diffs(settings, expected)
+    text = second.log.read_text()
+    rewinds = text.count("input rewind:")
+    print(
+        f"\n[fencing] commit moved ahead on {len(committed)} input partitions: {rewinds} rewinds, "
+        f"{len(remaining)} profiles differ"
+    )
+    assert converged, f"{remaining[:2]}\n{second.log_tail()}"
+    assert rewinds >= 1
+    # exactly once: the changelog's states count every event once (the profiles compare events_total too)
+    states = {k.decode(): decode_state(v) for k, v in latest_states(changelog(namespace)).items()}
+    applied = sum(sum(s.events.values()) for s in states.values())
+    assert applied == len({e["event_id"] for _, e in events})

@@ -1,0 +1,297 @@
+"""Ownership epochs and input positions in the changelog (streams.ownership, issue 15), in both recovery paths of
+the real table (memory and RocksDB stores, no broker), the rewind decision, and the fail-stop after a missed
+generation. The broker-side story (a late write on a real changelog, a commit moved ahead) is
+tests/e2e/test_changelog_fencing.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from faust.types import TP
+
+from pulse_config.settings import Settings
+from streams import metrics, offsets
+from streams.checkpoint import Checkpoint
+from streams.ownership import (
+    END_MARKER_KEY,
+    META_KEY,
+    PartitionView,
+    epoch_headers,
+    latest_states,
+    owner_marker,
+)
+from streams.processor import BatchProcessor
+from tests.unit.test_checkpoint import Broker, Sink, Table, order, run
+
+CHANGELOG = "pulse-customer_states-changelog"
+SETTINGS = Settings(_env_file=None)
+
+
+def rec(offset: int, key: bytes, value: bytes | None, epoch: tuple[int, int] | None, positions=None, partition=0):
+    headers = None if epoch is None else epoch_headers(epoch, positions)
+    return SimpleNamespace(partition=partition, offset=offset, key=key, value=value, headers=headers)
+
+
+def marker(offset: int, epoch: tuple[int, int], partition: int = 0) -> SimpleNamespace:
+    key, value = owner_marker(epoch, epoch[1], "w", offset - 1)
+    return rec(offset, key, value, epoch, partition=partition)
+
+
+def zombie_history() -> list[SimpleNamespace]:
+    """Owner 1 writes A; owner 2 takes over (marker) and writes A and B; owner 1's late batch lands after."""
+    return [
+        rec(0, b"A", b"a0", None),  # before epochs: epoch 0
+        marker(1, (1, 5)),
+        rec(2, b"A", b"a1", (1, 5)),
+        rec(3, END_MARKER_KEY, None, (1, 5), {"orders": 10}),
+        marker(4, (2, 7)),
+        rec(5, b"A", b"a2", (2, 7)),
+        rec(6, END_MARKER_KEY, None, (2, 7), {"orders": 12}),
+        rec(7, b"A", b"a1-late", (1, 5)),  # the dropped worker's late write
+        rec(8, b"C", b"c-late", (1, 5)),
+        rec(9, END_MARKER_KEY, None, (1, 5), {"orders": 15}),
+    ]
+
+
+def test_records_below_the_latest_owner_epoch_are_skipped_and_markers_never_stored():
+    view = PartitionView()
+    kept = {r.key: r.value for r in zombie_history() if view.accept(r.key, r.value, r.headers)}
+    assert kept == {b"A": b"a2"}
+    assert view.epoch == (2, 7) and view.positions == {"orders": 12} and view.skipped == 3
+    assert latest_states(zombie_history()) == {b"A": b"a2"}
+
+
+def test_a_record_raises_the_epoch_when_its_marker_was_compacted_away_and_ties_go_to_the_later_generation():
+    view = PartitionView()
+    assert view.accept(b"A", b"x", epoch_headers((3, 9)))  # its marker is gone (compaction): the record vouches
+    assert not view.accept(b"A", b"old", epoch_headers((2, 8)))
+    # two workers recovered the same epoch; the later generation's marker wins, the earlier one's writes are stale
+    view = PartitionView()
+    m = marker(0, (4, 10))
+    view.accept(m.key, m.value, m.headers)
+    m = marker(1, (4, 11))
+    view.accept(m.key, m.value, m.headers)
+    assert not view.accept(b"A", b"from-gen-10", epoch_headers((4, 10)))
+    assert view.accept(b"A", b"from-gen-11", epoch_headers((4, 11)))
+
+
+def test_rewind_when_the_committed_offset_is_ahead_of_the_changelog_position():
+    orders0, orders1, surveys0 = TP("orders", 0), TP("orders", 1), TP("surveys", 0)
+    positions = {0: {"orders": 100, "surveys": 7}, 1: {}}
+    committed = {orders0: 150, orders1: 40, surveys0: 7}
+    assert offsets.rewinds(committed, lambda p: positions[p]) == {orders0: (150, 100)}
+    # nothing committed, or a changelog without positions: nothing to compare
+    assert offsets.rewinds({orders0: None, orders1: 40}, lambda p: positions[p]) == {}
+
+
+# --- the real table, no broker -----------------------------------------------------------------------------
+
+
+def state_table(tmp_path, store: str):
+    from streams.app import create_app
+
+    s = Settings(_env_file=None, store=store, data_dir=str(tmp_path / "data"), app_id="pulse")
+    return create_app(s, s.processor()).customer_states
+
+
+def faust_events(records: list[SimpleNamespace]) -> list[SimpleNamespace]:
+    out = []
+    for r in records:
+        message = SimpleNamespace(
+            tp=TP(CHANGELOG, r.partition),
+            partition=r.partition,
+            offset=r.offset,
+            key=r.key,
+            value=r.value,
+            headers=r.headers,
+        )
+        out.append(SimpleNamespace(message=message, key=r.key, value=r.value))
+    return out
+
+
+def stored(table) -> dict[bytes, bytes]:
+    """Partition 0's keys as the store holds them (RocksDB: its database, whatever is assigned)."""
+    store = table.data
+    if hasattr(store, "_db_for_partition") and hasattr(store, "offset_key"):
+        db = store._db_for_partition(0)
+        return {bytes(k): bytes(v) for k, v in db.items() if k not in (store.offset_key, META_KEY)}
+    return dict(store.items())
+
+
+@pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
+@pytest.mark.parametrize("path", ["bulk", "faust"])
+def test_both_recovery_paths_skip_a_late_write_of_a_dropped_worker(tmp_path, store: str, path: str):
+    table = state_table(tmp_path, store)
+    tp = TP(CHANGELOG, 0)
+    before = metrics.CHANGELOG_STALE_RECORDS_SKIPPED._value.get()
+    table.begin_restore(tp, -1)
+    history = zombie_history()
+    if path == "bulk":
+        table.restore_records(tp, history[:6])
+        table.restore_records(tp, history[6:])
+    else:
+        table.apply_changelog_batch(faust_events(history))
+    assert stored(table) == {b"A": b"a2"}
+    assert metrics.CHANGELOG_STALE_RECORDS_SKIPPED._value.get() - before == 3
+    assert table.changelog_positions(0) == {"orders": 12}
+
+
+def test_faust_path_without_bulk_writes_filters_too(tmp_path):
+    """A table with a changelog callback goes through Faust's store code: the same records are skipped."""
+    table = state_table(tmp_path, "memory://")
+    table._on_changelog_event = lambda event: None
+    assert not table.can_restore_in_bulk()
+    tp = TP(CHANGELOG, 0)
+    table.begin_restore(tp, -1)
+    table.apply_changelog_batch(faust_events(zombie_history()))
+    assert dict(table.data.items()) == {b"A": b"a2"}
+
+
+def test_rocksdb_recovery_from_the_persisted_offset_starts_from_the_persisted_epoch(tmp_path):
+    tp = TP(CHANGELOG, 0)
+    history = zombie_history()
+    first = state_table(tmp_path, "rocksdb://")
+    first.begin_restore(tp, -1)
+    first.restore_records(tp, history[:7])  # up to owner 2's end marker
+    persisted = first.data.persisted_offset(tp)
+    assert persisted == 6
+    first.data._dbs[0].close()
+
+    # a restart: the store starts at offset 6 with the epoch it had there; the late writes after it are skipped
+    second = state_table(tmp_path, "rocksdb://")
+    start = second.data.persisted_offset(tp)
+    second.begin_restore(tp, start)
+    assert second.views[0].epoch == (2, 7) and second.changelog_positions(0) == {"orders": 12}
+    second.restore_records(tp, history[7:])
+    assert stored(second) == {b"A": b"a2"}
+
+
+def test_rocksdb_persists_the_writers_epoch_and_positions_with_its_own_offsets(tmp_path):
+    tp = TP(CHANGELOG, 0)
+    table = state_table(tmp_path, "rocksdb://")
+    table.begin_restore(tp, -1)
+    table.writer_epoch[0] = (3, 9)
+    table.sent_positions[0] = {"orders": 40}
+    table.persisted([SimpleNamespace(topic_partition=tp, offset=41), SimpleNamespace(topic_partition=tp, offset=44)])
+    assert table.data.persisted_offset(tp) == 44
+    table.begin_restore(tp, 44)
+    assert table.views[0].epoch == (3, 9) and table.views[0].positions == {"orders": 40}
+    # a dropped worker forgets it: the next start reads the partition from the beginning
+    table.forget_persisted()
+    assert table.data.persisted_offset(tp) is None
+
+
+class FakeProducer:
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, bytes | None, int, Any]] = []
+
+    async def send(self, topic, key, value, partition, timestamp, headers):
+        self.sent.append((key, value, partition, headers))
+        future = asyncio.get_running_loop().create_future()
+        future.set_result(SimpleNamespace(topic_partition=TP(topic, partition), offset=len(self.sent) - 1))
+        return future
+
+
+def test_a_writer_marks_its_epoch_before_its_first_state_and_carries_it_on_every_record(tmp_path):
+    table = state_table(tmp_path, "memory://")
+    producer = FakeProducer()
+    table.app._producer = producer
+    table.app.consumer_generation_id = 7
+    tp = TP(CHANGELOG, 1)
+    table.begin_restore(tp, -1)
+    table.restore_records(tp, [marker(0, (4, 6), partition=1), rec(1, b"A", b"a", (4, 6), partition=1)])
+    fence_calls = []
+    table.fence = lambda: fence_calls.append(1)
+
+    class Event:  # weak-referenceable, as Faust's events are
+        message = SimpleNamespace(partition=1)
+
+    event = Event()
+
+    async def write() -> None:
+        await table.write_states([(b"B", b"b", event), (b"C", b"c", event)])
+        await table.send_end_markers({1}, {1: {"orders": 9}})
+
+    run(write())
+    keys = [key for key, *_ in producer.sent]
+    assert keys[0].startswith(b"\x00pulse-owner:") and keys[1:] == [b"B", b"C", END_MARKER_KEY]
+    assert all(dict(headers)["pulse-epoch"] == b"5.7" for *_, headers in producer.sent)
+    assert len(fence_calls) >= 4  # the marker (before and after its ack), each record, the end marker
+    # a recovery of this log keeps the new writer's records and the positions
+    view = PartitionView()
+    kept = [k for k, v, _, h in producer.sent if view.accept(k, v, h)]
+    assert kept == [b"B", b"C"] and view.positions == {"orders": 9} and table.changelog_positions(1) == {"orders": 9}
+    # after the next rebalance the first write marks a new epoch
+    run(table.on_rebalance(set(), set(), set(), 8))
+    assert table.writer_epoch == {}
+
+
+# --- the checkpoint: positions in the end markers -------------------------------------------------------------
+
+
+def test_end_markers_carry_the_input_positions_and_are_sent_whenever_positions_move():
+    """With PULSE_CHANGELOG_END_MARKERS off (no marker per touched partition), a marker still goes out whenever
+    the input positions of a partition moved, and only then."""
+    settings = Settings(_env_file=None, changelog_end_markers=False)
+    broker = Broker()
+    table = Table(broker)
+    ledger = {0: {settings.topic_orders: 3, settings.topic_surveys: 11}}
+    checkpoint = Checkpoint(
+        settings,
+        BatchProcessor(settings.processor()),
+        table,
+        Sink(broker),
+        broker.send,
+        lambda: {0},
+        applied_positions=lambda p: ledger[p],
+    )
+    run(checkpoint([order(3, "A", 0, 50), order(4, "B", 0, 60)]))
+    assert ("markers", [0]) in broker.log
+    assert table.positions[0] == {settings.topic_orders: 5, settings.topic_surveys: 11}
+    ledger[0][settings.topic_orders] = 5  # what the agent's ledger does once the batch is durable
+    broker.log.clear()
+    # the same records read again: the positions do not move, no marker
+    run(checkpoint([order(3, "A", 0, 50), order(4, "B", 0, 60)]))
+    assert "markers" not in [step for step, _ in broker.log]
+    # the next record moves them
+    broker.log.clear()
+    run(checkpoint([order(5, "C", 1, 70)]))
+    assert ("markers", [0]) in broker.log and table.positions[0][settings.topic_orders] == 6
+
+
+# --- a missed generation: fail-stop -----------------------------------------------------------------------------
+
+
+def test_an_assignment_after_a_missed_generation_fail_stops(monkeypatch):
+    guard = offsets.OffsetGuard(["orders"], read_back=None, start_offsets=None)  # type: ignore[arg-type]
+    stops: list[tuple[int | None, int | None]] = []
+    guard.on_missed_generation = lambda last, now: stops.append((last, now))
+    consumer = SimpleNamespace(app=SimpleNamespace(pulse_offset_guard=guard))
+
+    async def upstream(self, assigned, generation_id=0):
+        return None
+
+    monkeypatch.setitem(offsets._upstream, "on_partitions_assigned", upstream)
+    assigned = {TP("orders", 0)}
+    run(offsets._on_partitions_assigned_retaining(consumer, assigned, 4))
+    run(offsets._on_partitions_assigned_retaining(consumer, assigned, 5))
+    assert stops == []
+    run(offsets._on_partitions_assigned_retaining(consumer, assigned, 7))  # 6 happened without this worker
+    assert stops == [(5, 7)]
+
+
+def test_the_rewind_compares_only_right_after_a_recovery(tmp_path):
+    """A seek before the recovery has read a kept partition's tail (Faust's fetcher seeks while the flow is
+    stopped) must not compare with the older view: test_retained_partitions saw false rewinds of that kind."""
+    table = state_table(tmp_path, "memory://")
+    tp = TP(CHANGELOG, 2)
+    table.begin_restore(tp, -1)
+    table.restore_records(tp, [rec(0, END_MARKER_KEY, None, (1, 1), {"orders": 50}, partition=2)])
+    assert table.recovered_positions() == {}  # the recovery has not completed
+    run(table.on_recovery_completed({tp}, set()))
+    assert table.recovered_positions() == {2: {"orders": 50}}
+    assert table.recovered_positions() == {}  # once per recovery
