@@ -95,13 +95,15 @@ class OffsetLedger:
         self.provisional: set[TP] = set()
         #: the group generation of the last assignment (None: none yet, or not known)
         self.generation: int | None = None
-        #: the last assignment came after a generation this worker missed
+        #: the group member id of the last assignment (None: not known)
+        self.member: str | None = None
+        #: the last assignment came after a generation this worker missed (it was dropped from the group)
         self.missed = False
 
     def tracks(self, tp: TP) -> bool:
         return tp.topic in self.topics
 
-    def retain(self, assigned: Iterable[TP], generation: int | None = None) -> set[TP]:
+    def retain(self, assigned: Iterable[TP], generation: int | None = None, member: str | None = None) -> set[TP]:
         """A new assignment: forget every partition not in it (another worker may have had it meanwhile).
 
         Partitions kept from the previous generation keep their expected offset. After a skipped
@@ -110,11 +112,19 @@ class OffsetLedger:
         records and committed past them, so the worker starts again from the committed offsets
         (without this, the first batch after such a rejoin was a false gap and a fail-stop).
         Returns the partitions kept through a skipped generation that were forgotten for it.
+
+        :attr:`missed` says whether the worker was dropped from the group in between: a skipped generation
+        *and* a new member id (``member``). A dropped member always comes back with a new id (aiokafka resets
+        it on "unknown member" and "illegal generation", and the group completes a generation without a
+        member only by removing it); Tansu also skips generation numbers for a member it never dropped
+        (full-size chaos, seed 3: 9 needless fail-stops), which the id tells apart. An unknown id counts
+        as changed.
         """
         keep = set(assigned)
         last, self.generation = self.generation, generation
+        last_member, self.member = self.member, member
         missed = generation is not None and last is not None and generation not in (last, last + 1)
-        self.missed = missed
+        self.missed = missed and (member is None or last_member is None or member != last_member)
         dropped = {tp for tp in self.expected if missed and tp in keep}
         for tp in [tp for tp in self.expected if tp not in keep or missed]:
             del self.expected[tp]
@@ -422,7 +432,7 @@ async def _on_partitions_assigned_retaining(self: Consumer, assigned: set[TP], g
     guard = guard_of(self)
     if guard is not None:
         last = guard.ledger.generation
-        forgotten = guard.ledger.retain(assigned, generation_id or None)
+        forgotten = guard.ledger.retain(assigned, generation_id or None, coordinator_member(self))
         if guard.ledger.missed and guard.on_missed_generation is not None:
             metrics.GENERATION_MISSED.inc()
             guard.on_missed_generation(last, generation_id)
@@ -479,6 +489,15 @@ def coordinator_generation(app: Any) -> int | None:
         return app.consumer._thread._ensure_consumer()._coordinator.generation
     except Exception:  # noqa: BLE001 - not started or no group: nothing to check against
         return None
+
+
+def coordinator_member(consumer: Any) -> str | None:
+    """The member id aiokafka's group coordinator holds now (None when not known), from Faust's consumer."""
+    try:
+        member = consumer._thread._ensure_consumer()._coordinator.member_id
+    except Exception:  # noqa: BLE001 - not started or no group
+        return None
+    return member if isinstance(member, str) and member else None
 
 
 def check_generation(app: Any) -> None:

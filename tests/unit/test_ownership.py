@@ -295,3 +295,26 @@ def test_the_rewind_compares_only_right_after_a_recovery(tmp_path):
     run(table.on_recovery_completed({tp}, set()))
     assert table.recovered_positions() == {2: {"orders": 50}}
     assert table.recovered_positions() == {}  # once per recovery
+
+
+def test_a_skipped_generation_number_with_the_same_member_id_goes_on(monkeypatch):
+    """Tansu skips generation numbers for a member it never dropped (full-size chaos: 9 needless fail-stops);
+    a dropped member comes back with a new member id (aiokafka resets it), and only that stops the worker."""
+    guard = offsets.OffsetGuard(["orders"], read_back=None, start_offsets=None)  # type: ignore[arg-type]
+    stops: list[tuple[int | None, int | None]] = []
+    guard.on_missed_generation = lambda last, now: stops.append((last, now))
+    coordinator = SimpleNamespace(member_id="worker-a-1")
+    thread = SimpleNamespace(_ensure_consumer=lambda: SimpleNamespace(_coordinator=coordinator))
+    consumer = SimpleNamespace(app=SimpleNamespace(pulse_offset_guard=guard), _thread=thread)
+
+    async def upstream(self, assigned, generation_id=0):
+        return None
+
+    monkeypatch.setitem(offsets._upstream, "on_partitions_assigned", upstream)
+    assigned = {TP("orders", 0)}
+    run(offsets._on_partitions_assigned_retaining(consumer, assigned, 4))
+    run(offsets._on_partitions_assigned_retaining(consumer, assigned, 7))  # same member: numbers skipped
+    assert stops == []
+    coordinator.member_id = "worker-a-2"  # dropped and joined again
+    run(offsets._on_partitions_assigned_retaining(consumer, assigned, 9))
+    assert stops == [(7, 9)]
