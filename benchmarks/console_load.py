@@ -26,17 +26,16 @@ from pathlib import Path
 
 import aiohttp
 import redis.asyncio as aioredis
-from aiohttp import web
 
-from pulse.devstack import free_port, start_redis
+from pulse.devstack import start_redis
 from pulse_config.settings import Settings
 from schemas.actions import ActionKind, Outcome, RetentionAction
 from schemas.profile import render_profile
 from scoring.customer import assess_customer
 from streams.at_risk import AT_RISK_LEVELS, index_key
-from streams.console.app import CONSOLE, build_console
 from streams.console.cases import apply_action
 from streams.sinks.redis_profiles import RedisProfileSink
+from testing.console import serve_console
 from testing.templates import template_states
 
 #: profiles handed to the sink per flush (the worker's batches are of this order)
@@ -140,16 +139,10 @@ async def main(customers: int, repeat: int) -> None:
                 "VIP list fragment": "/fragments/vips",
                 "customer page": f"/customers/{top_cid}",
             }
-            app = build_console(settings, client, None)
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            port = free_port()
-            await web.TCPSite(runner, "127.0.0.1", port).start()
             try:
-                times = await measure(f"http://127.0.0.1:{port}", paths, repeat)
+                async with serve_console(settings, client) as (base, _):
+                    times = await measure(base, paths, repeat)
             finally:
-                app[CONSOLE].stopping.set()
-                await runner.cleanup()
                 await client.aclose()
         finally:
             server.stop()

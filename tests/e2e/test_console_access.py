@@ -10,15 +10,14 @@ from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import pytest
-import redis.asyncio as aioredis
-from aiohttp import web
 
-from pulse.devstack import Server, free_port, start_redis
+from pulse.devstack import Server, start_redis
 from pulse_config.settings import Settings
 from schemas.profile import render_profile
 from scoring.customer import assess_customer
-from streams.console.app import CONSOLE, COOKIE, build_console
+from streams.console.app import COOKIE
 from streams.sinks.redis_profiles import RedisProfileSink
+from testing.console import serve_console
 from testing.templates import template_states
 
 pytestmark = pytest.mark.e2e
@@ -54,18 +53,8 @@ async def console(redis_server: Server) -> AsyncIterator[str]:
     sink.submit(at_risk)
     assert await sink.flush()
     await sink.close()
-    client = aioredis.from_url(settings.redis_url, decode_responses=True)
-    app = build_console(settings, client, None)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        app[CONSOLE].stopping.set()
-        await runner.cleanup()
-        await client.aclose()
+    async with serve_console(settings) as (base, _):
+        yield base
 
 
 def jar() -> aiohttp.CookieJar:

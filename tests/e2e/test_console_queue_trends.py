@@ -15,22 +15,20 @@ import asyncio
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from decimal import Decimal
 
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from aiohttp import web
 
 from pulse.devstack import Server, free_port, start_redis
 from pulse_config.settings import Settings
 from schemas.profile import CustomerProfile, render_profile
 from scoring.customer import assess_customer
-from streams.console.app import CONSOLE, Console, build_console
 from streams.console.trends import INDICATORS, Point, trend_key
 from streams.sinks.redis_profiles import RedisProfileSink, profile_key
+from testing.console import serve_console
 from testing.stack import CONVERGE_SECONDS
 from testing.templates import template_states
 
@@ -58,22 +56,6 @@ def settings_for(redis_server: Server, prefix: str, **extra: object) -> Settings
         broker_url=f"kafka://127.0.0.1:{free_port()}",
         **extra,
     )
-
-
-@asynccontextmanager
-async def serve(settings: Settings) -> AsyncIterator[tuple[str, Console]]:
-    client = aioredis.from_url(settings.redis_url, decode_responses=True)
-    app = build_console(settings, client, None)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield f"http://127.0.0.1:{port}", app[CONSOLE]
-    finally:
-        app[CONSOLE].stopping.set()
-        await runner.cleanup()
-        await client.aclose()
 
 
 async def get(url: str) -> str:
@@ -108,7 +90,7 @@ async def test_a_high_risk_customer_worth_little_comes_before_a_medium_risk_one_
     dear_medium = max(medium, key=lambda c: (profiles[c].value_at_risk, c))
     assert profiles[cheap_high].value_at_risk < profiles[dear_medium].value_at_risk, "the story needs the pair"
 
-    async with serve(settings) as (base, _):
+    async with serve_console(settings) as (base, _):
         rows: list[tuple[str, str, int]] = []
         offset = 0
         while True:  # every page of the unfiltered queue, as a person pages it
@@ -142,11 +124,11 @@ async def test_population_trends_survive_a_console_restart(redis_server: Server)
     settings = settings_for(redis_server, prefix, console_trend_seconds=60.0, console_trend_points=5)
     minute = 60_000
     start = int(time.time() * 1000) - 10 * minute
-    async with serve(settings) as (base, first):
+    async with serve_console(settings) as (base, first):
         before = await get(base + "/fragments/population")
         assert "<polyline" not in before and "trends since" not in before  # nothing recorded yet
         # two consoles read every 15 s or so: the series gets one point a minute, whoever recorded it
-        async with serve(settings) as (_, second):
+        async with serve_console(settings) as (_, second):
             for n in range(8):
                 await first.record_population(reading(start + n * minute, n))
                 await second.record_population(reading(start + n * minute + 15_000, n))
@@ -161,7 +143,7 @@ async def test_population_trends_survive_a_console_restart(redis_server: Server)
     assert [Point.from_entry(e).at_ms for e in stored] == [start + n * minute for n in (7, 6, 5, 4, 3)]
 
     # the restart: a new console, started as pulse console starts it (its population loop; no broker there)
-    async with serve(settings) as (base, console):
+    async with serve_console(settings) as (base, console):
         loop = asyncio.ensure_future(console.refresh_population())
         try:
             deadline = time.monotonic() + CONVERGE_SECONDS
