@@ -15,7 +15,7 @@ from scoring.clv import DEFAULT_CLV_PARAMS
 from scoring.customer import CustomerState
 from scoring.units import DAY_MS
 from streams.processor import BatchOutcome, BatchProcessor, Incoming
-from tests.churn_story import D0, MONTHLY, STORY, clock, order
+from tests.churn_story import D0, MONTHLY, STORY, Feed, order
 
 SETTINGS = Settings(_env_file=None)
 
@@ -24,25 +24,6 @@ def spec_p_alive(x: int, t_x: float, T: float) -> float:
     """The spec's formula, written out independently of scoring.clv."""
     p = DEFAULT_CLV_PARAMS.bgnbd
     return 1 / (1 + p.a / (p.b + x - 1) * ((p.alpha + T) / (p.alpha + t_x)) ** (p.r + x))
-
-
-class Feed:
-    def __init__(self) -> None:
-        self.processor = BatchProcessor(SETTINGS.processor())
-        self.store: dict[bytes, CustomerState] = {}
-        self.offsets: dict[str, int] = {}
-        self.alerts: list[tuple[int, dict]] = []
-
-    def record(self, topic: str, value: dict) -> Incoming:
-        self.offsets[topic] = self.offsets.get(topic, -1) + 1
-        return Incoming(topic, 0, self.offsets[topic], value["customer_id"].encode(), orjson.dumps(value))
-
-    def day(self, day: int, *events: tuple[str, dict]) -> BatchOutcome:
-        batch = [self.record(topic, value) for topic, value in (*events, clock(day))]
-        out = self.processor.process(batch, lambda key: self.store.get(key) or CustomerState())
-        self.store.update(out.states)
-        self.alerts += [(day, orjson.loads(value)) for _, _, value in out.alerts]
-        return out
 
 
 def test_buys_monthly_then_stops_then_complains():

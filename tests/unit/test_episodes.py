@@ -41,8 +41,9 @@ from scoring.episodes import (
 )
 from scoring.units import DAY_MS
 from streams.codec import decode_state, encode_state
-from streams.processor import BatchOutcome, BatchProcessor, Incoming
+from streams.processor import BatchProcessor, Incoming
 from tests.churn_story import D0, MONTHLY, STORY, clock, complaint, iso, order
+from tests.churn_story import Feed as StoryFeed
 
 SETTINGS = Settings(_env_file=None)
 ACTIONS = SETTINGS.topic_retention_actions
@@ -269,32 +270,10 @@ def action(alert: int, verb: str, day: int, eid: str | None = None, **fields) ->
     return (ACTIONS, value)
 
 
-class Feed:
-    """One batch per day of event time, as tests/unit/test_churn_scenario.py, with retention actions."""
+class Feed(StoryFeed):
+    """The churn story's feed with retention actions; states go through the codec, as the changelog's would."""
 
-    def __init__(self) -> None:
-        self.processor = BatchProcessor(SETTINGS.processor())
-        self.store: dict[bytes, CustomerState] = {}
-        self.offsets: dict[str, int] = {}
-        self.alerts: list[tuple[int, dict]] = []
-        self.outcomes: list[BatchOutcome] = []
-
-    def batch(self, day: int, *events: tuple[str, dict]) -> list[Incoming]:
-        records = []
-        for topic, value in (*events, clock(day)):
-            self.offsets[topic] = self.offsets.get(topic, -1) + 1
-            records.append(Incoming(topic, 0, self.offsets[topic], value["customer_id"].encode(), orjson.dumps(value)))
-        return records
-
-    def run(self, day: int, records: list[Incoming], ends: dict | None = None) -> BatchOutcome:
-        out = self.processor.process(records, lambda key: self.store.get(key) or CustomerState(), ends=ends)
-        self.store.update({k: decode_state(encode_state(v)) for k, v in out.states.items()})  # through the codec
-        self.alerts += [(day, orjson.loads(value)) for _, _, value in out.alerts]
-        self.outcomes.append(out)
-        return out
-
-    def day(self, day: int, *events: tuple[str, dict]) -> BatchOutcome:
-        return self.run(day, self.batch(day, *events))
+    through_codec = True
 
     def episodes(self) -> EpisodeState:
         state = self.store[b"C"].episodes
