@@ -35,6 +35,7 @@ from streams.sinks.redis_profiles import RedisProfileSink
 
 if TYPE_CHECKING:
     from streams.app import PulseApp
+    from streams.tables import CustomerStateTable
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +66,13 @@ async def run_guarded(checkpoint: Awaitable[None], grace_seconds: float) -> None
         _fail_stop(repr(exc), exc)
 
 
-def fenced(app: Any) -> None:
+def fenced(app: Any, table: CustomerStateTable) -> None:
     """The generation fence before each changelog write; a worker the group dropped forgets its RocksDB offsets
     (its store may hold writes recovery skips) before the checkpoint fails."""
     try:
         offsets.check_generation(app)
     except offsets.GenerationLost:
-        table = getattr(app, "pulse_state_table", None)
-        if table is not None:
-            table.forget_persisted()
+        table.forget_persisted()
         raise
 
 
@@ -81,7 +80,6 @@ def register(pulse: PulseApp) -> BatchProcessor:
     """Define the scoring agent on the app; returns its processor (whose population the sync agents share)."""
     settings = pulse.settings
     table = pulse.customer_states
-    pulse.app.pulse_state_table = table  # type: ignore[attr-defined]
     # records outside their customer's murmur2 partition are re-published, not applied (streams.partitioning)
     processor = BatchProcessor(pulse.processor_config, partitioner(settings.partitions))
     sink = RedisProfileSink(
@@ -95,7 +93,7 @@ def register(pulse: PulseApp) -> BatchProcessor:
     # after a rebalance, owned partitions are counted again from the recovered table
     table.on_rebalanced = processor.population.drop
     # a worker the group dropped (stalled past the rebalance timeout) writes no state: fail-stop, re-read
-    table.fence = lambda: fenced(pulse.app)
+    table.fence = lambda: fenced(pulse.app, table)
     # after a Redis outage, the sweep writes every profile again (Redis may have lost them)
     sink.on_recovered = processor.population.refresh_all
 
