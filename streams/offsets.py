@@ -483,20 +483,27 @@ def generation_lost(assigned: int | None, current: int | None) -> bool:
     return bool(assigned) and current != assigned
 
 
+def _coordinator(consumer: Any) -> Any:
+    """aiokafka's group coordinator behind Faust's consumer (None when not started or without a group)."""
+    try:
+        return consumer._thread._ensure_consumer()._coordinator
+    except Exception:  # noqa: BLE001 - not started or no group: nothing to ask
+        return None
+
+
 def coordinator_generation(app: Any) -> int | None:
     """The generation aiokafka's group coordinator holds now (None when there is no consumer yet)."""
     try:
-        return app.consumer._thread._ensure_consumer()._coordinator.generation
-    except Exception:  # noqa: BLE001 - not started or no group: nothing to check against
+        consumer = app.consumer
+    except Exception:  # noqa: BLE001 - no consumer yet: nothing to check against
         return None
+    coordinator = _coordinator(consumer)
+    return None if coordinator is None else coordinator.generation
 
 
 def coordinator_member(consumer: Any) -> str | None:
     """The member id aiokafka's group coordinator holds now (None when not known), from Faust's consumer."""
-    try:
-        member = consumer._thread._ensure_consumer()._coordinator.member_id
-    except Exception:  # noqa: BLE001 - not started or no group
-        return None
+    member = getattr(_coordinator(consumer), "member_id", None)
     return member if isinstance(member, str) and member else None
 
 
