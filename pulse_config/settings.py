@@ -111,7 +111,10 @@ class Settings(BaseSettings):
         "what was applied (streams/offsets.py).",
     )
     offset_gap_read_back_seconds: float = Field(
-        10.0, gt=0, description="Longest the gap check reads skipped offsets back; unread in time counts as a gap."
+        10.0,
+        gt=0,
+        description="Longest the gap check reads skipped offsets back (unread in time counts as a gap), and "
+        "the changelog repair reads offsets another writer took (unread in time: left to the next recovery).",
     )
     event_loop: Literal["uvloop", "asyncio"] = Field(
         "uvloop", description="The worker's event loop: uvloop (faster) or the standard asyncio loop."

@@ -10,7 +10,7 @@ import faust
 from pulse_config.processor import ProcessorConfig
 from pulse_config.settings import Settings
 from streams import faust_fixes, faust_tuning
-from streams.security import broker_credentials
+from streams.security import broker_credentials, kafka_client_kwargs
 from streams.tables import CustomerStateTable, table_manager
 
 RAW: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
@@ -79,6 +79,9 @@ def create_app(settings: Settings, processor_config: ProcessorConfig) -> PulseAp
         key_type=bytes,
         value_type=bytes,
     )
+    # the read-back of foreign changelog offsets (CustomerStateTable.repair) reaches the broker as the offset guard does
+    table.read_back_client = kafka_client_kwargs(settings)
+    table.read_back_seconds = settings.offset_gap_read_back_seconds
     app.tables.add(table)
     pulse = PulseApp(
         settings,

@@ -99,6 +99,8 @@ class StateTable(Protocol):
 
     def persisted(self, results: Iterable[Any]) -> None: ...
 
+    async def repair(self, owned: set[int]) -> int: ...
+
 
 class ProfileSink(Protocol):
     """What the checkpoint needs of ``streams.sinks.redis_profiles.RedisProfileSink``."""
@@ -268,6 +270,8 @@ class Checkpoint:
             for key in outbox:
                 self.recovered.pop(key, None)
         self.table.persisted(written)
+        # late writes of an older epoch found between ours (or by our recovery): their customers written again
+        await self.table.repair(self.owned_partitions())
         # 4. Redis behind
         self.sink.submit(outcome.profiles)
         self._write_behind()

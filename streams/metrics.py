@@ -26,6 +26,21 @@ CHANGELOG_STALE_RECORDS_SKIPPED = Counter(
     "Changelog records recovery skipped because their ownership epoch is below the partition's latest owner "
     "marker (late writes of a worker the group had dropped).",
 )
+CHANGELOG_FOREIGN_OFFSETS = Counter(
+    "pulse_changelog_foreign_offsets_total",
+    "Changelog offsets another writer took between this owner's own acknowledged writes (read back and judged: "
+    "late writes of a dropped worker, or a retried send of its own written twice).",
+)
+CHANGELOG_LATE_WRITES_FOUND = Counter(
+    "pulse_changelog_late_writes_found_total",
+    "Customer records of an older ownership epoch that the partition's owner found between its own changelog "
+    "writes (late writes of a worker the group had dropped); their customers are written again.",
+)
+CHANGELOG_STATES_REWRITTEN = Counter(
+    "pulse_changelog_states_rewritten_total",
+    "Customer states the owner wrote to the changelog again because a late write of an older epoch was their "
+    "newest record (so compaction cannot leave the stale one as their only record).",
+)
 INPUT_REWINDS = Counter(
     "pulse_input_rewinds_total",
     "Input partitions sought back at assignment because their committed offset was ahead of the input position "

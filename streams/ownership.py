@@ -26,6 +26,24 @@ Each checkpoint's end marker of p also carries, in the ``pulse-positions``
 header, the next input offset per input topic of partition p that the
 changelog covers (``streams.offsets`` rewinds a committed offset ahead of it).
 
+Compaction would undo the skip: a late record is its key's newest, so the log
+cleaner drops the owner's earlier record of that customer and recovery finds
+only the stale one. So an owner makes its own record the newest again:
+
+* it tracks the offsets its own writes to p were acknowledged at
+  (:class:`OwnWrites`); offsets in between that it did not write are somebody
+  else's, and it reads them back (:func:`stale_keys`): a customer record of an
+  older epoch is written again from the owner's current state, a marker of a
+  newer epoch means this worker is the one the group dropped (fail-stop);
+* a recovery that skipped a stale record as a key's last leaves that key to be
+  written again by the new owner too (the record may have landed while no
+  owner wrote).
+
+A late write can only be compacted once its segment is closed, and a
+partition's segment rolls on an append to it; any append by the owner
+reveals the foreign offsets before it, so the repair follows within a
+checkpoint (what remains is documented in docs/delivery-guarantee.md).
+
 Pure (no I/O, no Faust): ``streams.tables`` applies it to recovery and writes.
 """
 
@@ -143,6 +161,62 @@ class PartitionView:
             return cls()
         data = json.loads(raw)
         return cls(tuple(data["epoch"]), {str(t): int(o) for t, o in data.get("positions", {}).items()})  # type: ignore[arg-type]
+
+
+@dataclass
+class OwnWrites:
+    """Per changelog partition, where this worker's next acknowledged write should land, and the offset ranges
+    in between that it did not write (another writer's: read back and judged by :func:`stale_keys`).
+
+    A partition is tracked from its owner marker's acknowledgement (:meth:`marker`) until the next rebalance
+    (:meth:`forget`). Acknowledgements arrive in offset order per partition (one batch in flight per partition);
+    an offset below the expected one (a retried send acknowledged twice) is ignored, and a range that holds
+    only this worker's own records (a duplicate of a retried batch) is judged harmless when read back.
+    """
+
+    next_offset: dict[int, int] = field(default_factory=dict)
+    foreign: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+
+    def marker(self, partition: int, offset: int) -> None:
+        self.next_offset[partition] = offset + 1
+
+    def acked(self, partition: int, offset: int) -> None:
+        expected = self.next_offset.get(partition)
+        if expected is None:
+            return  # not since a marker of ours (rebalanced meanwhile): the next owner's recovery judges it
+        if offset > expected:
+            self.foreign.setdefault(partition, []).append((expected, offset - 1))
+        if offset >= expected:
+            self.next_offset[partition] = offset + 1
+
+    def take(self) -> dict[int, list[tuple[int, int]]]:
+        """The foreign ranges found since the last call (then forgotten)."""
+        out, self.foreign = self.foreign, {}
+        return out
+
+    def forget(self) -> None:
+        self.next_offset.clear()
+        self.foreign.clear()
+
+
+def stale_keys(records: Iterable[Any], epoch: Epoch) -> tuple[set[bytes], Epoch | None]:
+    """Judge records another writer put between this owner's writes (``key``, ``value``, ``headers``): the
+    customers whose record there has an epoch below ``epoch`` (to be written again), and the newest epoch of an
+    owner marker above ``epoch``, if any (then this worker is no longer the owner)."""
+    keys: set[bytes] = set()
+    newer: Epoch | None = None
+    for record in records:
+        seen = epoch_of(record.headers)
+        if record.key.startswith(OWNER_MARKER_PREFIX):
+            if seen == NO_EPOCH and record.value:
+                seen = tuple(json.loads(record.value)["epoch"])  # type: ignore[assignment]
+            if seen > epoch and (newer is None or seen > newer):
+                newer = seen
+        elif seen > epoch:
+            newer = seen if newer is None or seen > newer else newer
+        elif seen < epoch and not record.key.startswith(RESERVED_PREFIX):
+            keys.add(record.key)
+    return keys, newer
 
 
 def latest_states(records: Iterable[Any]) -> dict[bytes, bytes]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 from faust.stores import memory as memory_store
 from faust.stores import rocksdb as rocksdb_store
 from faust.streams import _current_event
@@ -29,16 +30,23 @@ from streams.ownership import (
     META_KEY,
     RESERVED_PREFIX,
     Epoch,
+    OwnWrites,
     PartitionView,
     epoch_headers,
     next_epoch,
     owner_marker,
+    stale_keys,
 )
 from streams.security import kafka_client_kwargs
 
 log = logging.getLogger(__name__)
 
-__all__ = ["END_MARKER_KEY", "RESERVED_PREFIX", "BulkRecovery", "CustomerStateTable", "table_manager"]
+__all__ = ["END_MARKER_KEY", "RESERVED_PREFIX", "BulkRecovery", "CustomerStateTable", "ForeignOwner", "table_manager"]
+
+
+class ForeignOwner(RuntimeError):
+    """A newer owner's marker or records sit between this worker's own changelog writes: the group moved the
+    partition on without this worker noticing; it must stop writing (fail-stop, recover anew)."""
 
 
 class CustomerStateTable(faust.Table):
@@ -57,6 +65,10 @@ class CustomerStateTable(faust.Table):
     on_rebalanced: Callable[[], None] | None = None
     #: called before every changelog write; raises when the worker may no longer write (offsets.check_generation)
     fence: Callable[[], None] | None = None
+    #: aiokafka client arguments (bootstrap, security) and time bound of the read-back of foreign changelog
+    #: offsets (:meth:`repair`); set by streams.app from the settings
+    read_back_client: Mapping[str, Any] = {}
+    read_back_seconds: float = 10.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -72,12 +84,21 @@ class CustomerStateTable(faust.Table):
         self._stale_logged: set[int] = set()
         #: partitions recovered since recovered_positions was last asked
         self._recovered: set[int] = set()
+        #: per partition, where this worker's own acknowledged writes land, and the foreign ranges between them
+        self.own_writes = OwnWrites()
+        #: per partition, customers whose newest changelog record is a late write of an older epoch: the owner
+        #: writes their state again, so compaction cannot leave the stale record as their only one
+        self.repair_keys: dict[int, set[bytes]] = {}
 
     async def on_rebalance(self, assigned, revoked, newly_assigned, generation_id: int = 0) -> None:
         # every partition is recovered again (kept ones from where the last recovery stopped): each first write
         # after it is preceded by a new owner marker
         self.writer_epoch.clear()
         self.sent_positions.clear()
+        self.own_writes.forget()
+        kept = {tp.partition for tp in assigned}
+        for partition in [p for p in self.repair_keys if p not in kept]:
+            del self.repair_keys[partition]  # the next owner's recovery finds them again
         await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
         if self.on_rebalanced is not None:
             self.on_rebalanced()
@@ -100,7 +121,7 @@ class CustomerStateTable(faust.Table):
             self.fence()
         topic = self.changelog_topic.get_topic_name()
         sent = await self.app.producer.send(topic, key, value, partition, None, epoch_headers(epoch))
-        await sent
+        self.own_writes.marker(partition, (await sent).offset)
         if self.fence is not None:
             self.fence()  # dropped while the marker was in flight: write nothing under it
         self.writer_epoch[partition] = epoch
@@ -130,10 +151,111 @@ class CustomerStateTable(faust.Table):
                     fence()  # before each send: a stalled loop may resume after the group dropped the worker
                 _current_event.set(weakref.ref(event))
                 self.data[key] = value
-                futures.append(await producer.send(topic, key, value, partition, None, headers))
+                futures.append(self._tracked(await producer.send(topic, key, value, partition, None, headers)))
         finally:
             _current_event.set(None)
         return futures
+
+    def _tracked(self, sent: Awaitable[RecordMetadata]) -> Awaitable[RecordMetadata]:
+        """Note where the record lands once acknowledged (streams.ownership.OwnWrites)."""
+        if isinstance(sent, asyncio.Future):
+            sent.add_done_callback(self._acked)
+        return sent
+
+    def _acked(self, sent: asyncio.Future) -> None:
+        if sent.cancelled() or sent.exception() is not None:
+            return
+        meta = sent.result()
+        self.own_writes.acked(meta.topic_partition.partition, meta.offset)
+
+    async def repair(self, owned: set[int]) -> int:
+        """Write again, under this worker's epoch, every owned customer whose newest changelog record is a late
+        write of an older epoch: found between this worker's own writes (read back from the broker) or skipped
+        by its recovery. Returns the states written; raises :class:`ForeignOwner` when a newer owner wrote."""
+        foreign = self.own_writes.take()
+        topic = self.changelog_topic.get_topic_name()
+        for partition, ranges in sorted(foreign.items()):
+            epoch = self.writer_epoch.get(partition)
+            if epoch is None or partition not in owned:
+                continue
+            try:
+                records = await self._read_back(topic, partition, ranges)
+                metrics.CHANGELOG_FOREIGN_OFFSETS.inc(sum(last - first + 1 for first, last in ranges))
+                log.info("changelog partition %d: offsets %s taken by another writer, read back", partition, ranges)
+            except (KafkaError, OSError) as exc:
+                log.warning(
+                    "changelog partition %d: read-back of %s failed, retried next checkpoint: %r",
+                    partition,
+                    ranges,
+                    exc,
+                )
+                self.own_writes.foreign.setdefault(partition, []).extend(ranges)
+                continue
+            keys, newer = stale_keys(records, epoch)
+            if newer is not None:
+                self.forget_persisted()
+                raise ForeignOwner(
+                    f"changelog partition {partition}: epoch {newer} written between this worker's writes "
+                    f"of epoch {epoch}"
+                )
+            metrics.CHANGELOG_LATE_WRITES_FOUND.inc(len(keys))
+            if keys:
+                log.warning(
+                    "changelog partition %d: %d late write(s) of an older epoch between this worker's writes at "
+                    "offsets %s; their customers are written again",
+                    partition,
+                    len(keys),
+                    ", ".join(f"{a}-{b}" for a, b in ranges),
+                )
+                self.repair_keys.setdefault(partition, set()).update(keys)
+        if not any(p in owned for p in self.repair_keys):
+            return 0
+        producer = self.app.producer
+        futures = []
+        for partition in sorted(p for p in self.repair_keys if p in owned):
+            keys = self.repair_keys.pop(partition)
+            headers = epoch_headers(await self._epoch_for(partition))
+            for key in sorted(keys):
+                value = self.data.get(key)
+                if value is None:
+                    continue  # the stale record was its only one: recovery skips it, and so the owner knows none
+                if self.fence is not None:
+                    self.fence()
+                futures.append(self._tracked(await producer.send(topic, key, value, partition, None, headers)))
+        await asyncio.gather(*futures)
+        metrics.CHANGELOG_STATES_REWRITTEN.inc(len(futures))
+        return len(futures)
+
+    async def _read_back(self, topic: str, partition: int, ranges: Sequence[tuple[int, int]]) -> list[Any]:
+        """The records at ``ranges`` of one changelog partition, read with a group-less consumer (bounded in time
+        by the recovery timeout: records missing by then are judged by the next owner's recovery)."""
+        consumer = AIOKafkaConsumer(
+            **self.read_back_client,
+            client_id=f"{self.app.conf.broker_client_id}-changelog-repair",
+            enable_auto_commit=False,
+        )
+        tp = TopicPartition(topic, partition)
+        out: list[Any] = []
+        await consumer.start()
+        try:
+            consumer.assign([tp])
+            deadline = time.monotonic() + self.read_back_seconds
+            for first, last in ranges:
+                consumer.seek(tp, first)
+                position = first
+                while position <= last and time.monotonic() < deadline:
+                    fetched = await consumer.getmany(tp, timeout_ms=200)
+                    for record in fetched.get(tp, []):
+                        position = record.offset + 1
+                        if first <= record.offset <= last:
+                            out.append(record)
+                    if not fetched.get(tp):
+                        end = (await consumer.end_offsets([tp]))[tp]
+                        if position >= end:
+                            break
+        finally:
+            await consumer.stop()
+        return out
 
     def persisted(self, results: Iterable[RecordMetadata]) -> None:
         """Remember the changelog offsets written (RocksDB reads from there after a restart).
@@ -194,7 +316,7 @@ class CustomerStateTable(faust.Table):
             headers = epoch_headers(await self._epoch_for(p), where)
             if self.fence is not None:
                 self.fence()
-            out.append(await producer.send(topic, END_MARKER_KEY, None, p, None, headers))
+            out.append(self._tracked(await producer.send(topic, END_MARKER_KEY, None, p, None, headers)))
             if where is not None:
                 self.sent_positions[p] = dict(where)
         return out
@@ -251,8 +373,20 @@ class CustomerStateTable(faust.Table):
     def _accepted(self, tp: TP, records: Sequence[Any]) -> list[Any]:
         """The records of one partition that recovery applies (streams.ownership), in offset order."""
         view = self.views.setdefault(tp.partition, PartitionView())
-        before = view.skipped
-        accepted = [r for r in records if view.accept(r.key, r.value, r.headers)]
+        before = skipped = view.skipped
+        accepted = []
+        repair = self.repair_keys.get(tp.partition)
+        for r in records:
+            if view.accept(r.key, r.value, r.headers):
+                accepted.append(r)
+                if repair:
+                    repair.discard(r.key)  # a record of the epoch after it: no longer the customer's newest
+            elif view.skipped > skipped:
+                skipped = view.skipped
+                if not r.key.startswith(RESERVED_PREFIX):
+                    # a stale record as a customer's newest: its owner writes the state again (repair)
+                    repair = self.repair_keys.setdefault(tp.partition, set())
+                    repair.add(r.key)
         if records:
             self.recovered_through[tp.partition] = records[-1].offset
         if view.skipped > before:

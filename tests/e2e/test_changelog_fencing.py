@@ -11,6 +11,11 @@
 
 Both fail without the change: (1) the recovered state lacks events whose offsets are committed; (2) the
 events after the old commit are never read.
+
+3. compaction: a late write that lands while the owner runs is its customer's newest record, so the log
+   cleaner would drop the owner's earlier record of that customer; the owner finds it between its own writes
+   and writes the customer's state again (without the change, the log as compaction leaves it loses the
+   customer).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssigno
 from pulse.simulate import generate_events
 from streams.codec import decode_state
 from streams.ownership import OWNER_MARKER_PREFIX, epoch_headers, epoch_of, latest_states
+from streams.partitioning import partitioner
 from testing.reference import uninterrupted_profiles
 from testing.stack import CONVERGE_SECONDS, consume, produce, profile_diffs, wait_until
 
@@ -100,6 +106,70 @@ def test_a_late_write_of_an_older_epoch_is_skipped_by_the_next_recovery(namespac
     assert second.alive()
     # what any recovery keeps: still the owner's state
     assert latest_states(changelog(namespace))[victim] == latest_states(records)[victim]
+
+
+def compacted(records: list) -> list:
+    """The log as Kafka's cleaner may leave it: only the newest record of each key, in offset order per partition."""
+    newest = {(r.partition, r.key): r for r in records}
+    return sorted(newest.values(), key=lambda r: (r.partition, r.offset))
+
+
+def test_a_late_write_while_the_owner_runs_is_overwritten_so_compaction_keeps_the_owners_state(namespace, start_worker):
+    settings = namespace.settings
+    events = events_for(19)
+    half = len(events) // 2
+    worker = start_worker(PULSE_BATCH_MAX_EVENTS="50")
+    send(namespace, events[:half])
+    assert wait_until(lambda: not profile_diffs(settings, uninterrupted_profiles(events[:half], settings)))
+
+    # the dropped worker's late write, while the owner runs: an earlier state of a customer, older epoch
+    records = changelog(namespace)
+    versions: dict[bytes, list] = {}
+    for r in records:
+        if not r.key.startswith(b"\x00") and r.value is not None:
+            versions.setdefault(r.key, []).append(r)
+    victim = max(versions, key=lambda k: len(versions[k]))
+    stale = versions[victim][0]
+    markers = [r for r in records if r.key.startswith(OWNER_MARKER_PREFIX) and r.partition == stale.partition]
+    owner = max(epoch_of(r.headers) for r in markers)
+    late_epoch = (owner[0] - 1, owner[1])
+
+    async def late_write() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=namespace.bootstrap, acks="all")
+        await producer.start()
+        try:
+            await producer.send_and_wait(
+                stale.topic, stale.value, key=victim, partition=stale.partition, headers=epoch_headers(late_epoch)
+            )
+        finally:
+            await producer.stop()
+
+    asyncio.run(late_write())
+    # without this repair, the log as compaction leaves it has no state for the victim
+    assert victim not in latest_states(compacted(changelog(namespace)))
+
+    # the rest of the traffic, none of it the victim's: the owner's next writes to its partition reveal the
+    # foreign offset and it writes the victim's state again
+    rest = [(k, e) for k, e in events[half:] if e["customer_id"].encode() != victim]
+    place = partitioner(settings.partitions)
+    assert any(place(e["customer_id"].encode()) == stale.partition for _, e in rest)
+    send(namespace, rest)
+    expected = uninterrupted_profiles(events[:half] + rest, settings)
+    converged = wait_until(lambda: not profile_diffs(settings, expected))
+    assert converged, f"{profile_diffs(settings, expected)[:2]}\n{worker.log_tail()}"
+
+    def repaired() -> bool:
+        after = changelog(namespace)
+        mine = [r for r in after if r.key == victim]
+        return epoch_of(mine[-1].headers) > late_epoch and latest_states(compacted(after)) == latest_states(after)
+
+    assert wait_until(repaired), worker.log_tail()
+    after = changelog(namespace)
+    print(f"\n[fencing] late write of {victim.decode()} at {late_epoch} while the owner ran: written again")
+    # the victim's state is the owner's (time-driven checks may have changed it since, never the late write)
+    assert latest_states(compacted(after))[victim] == latest_states(after)[victim] != stale.value
+    assert "late write(s) of an older epoch" in worker.log.read_text(), worker.log_tail()
+    assert worker.alive()
 
 
 class FaustProtocol(RoundRobinPartitionAssignor):

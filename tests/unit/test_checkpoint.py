@@ -104,6 +104,9 @@ class Table:
     def persisted(self, results) -> None:
         self.broker.log.append(("persisted", len(list(results))))
 
+    async def repair(self, owned: set[int]) -> int:
+        return 0
+
 
 class Sink:
     def __init__(self, broker: Broker) -> None:

@@ -19,12 +19,15 @@ from streams.checkpoint import Checkpoint
 from streams.ownership import (
     END_MARKER_KEY,
     META_KEY,
+    OwnWrites,
     PartitionView,
     epoch_headers,
     latest_states,
     owner_marker,
+    stale_keys,
 )
 from streams.processor import BatchProcessor
+from streams.tables import ForeignOwner
 from tests.unit.test_checkpoint import Broker, Sink, Table, order, run
 
 CHANGELOG = "pulse-customer_states-changelog"
@@ -318,3 +321,133 @@ def test_a_skipped_generation_number_with_the_same_member_id_goes_on(monkeypatch
     coordinator.member_id = "worker-a-2"  # dropped and joined again
     run(offsets._on_partitions_assigned_retaining(consumer, assigned, 9))
     assert stops == [(7, 9)]
+
+
+# --- compaction: the owner makes its own record a customer's newest again ------------------------------------------
+
+
+def test_own_writes_find_the_offsets_another_writer_took_between_acknowledgements():
+    own = OwnWrites()
+    own.acked(0, 3)  # before any marker of ours: not tracked
+    own.marker(0, 10)
+    for offset in (11, 12, 15, 14, 16):  # 13-14 foreign; 14 again: a retried send acknowledged twice
+        own.acked(0, offset)
+    own.marker(1, 0)
+    own.acked(1, 1)
+    assert own.take() == {0: [(13, 14)]}
+    assert own.take() == {}
+    own.acked(0, 20)
+    assert own.take() == {0: [(17, 19)]}
+    own.forget()
+    own.acked(0, 30)
+    assert own.take() == {}
+
+
+def test_stale_keys_are_the_customers_of_older_epochs_and_a_newer_owner_is_reported():
+    records = [
+        rec(13, b"A", b"a-late", (1, 5)),
+        rec(14, END_MARKER_KEY, None, (1, 5)),  # reserved: no customer
+        rec(15, b"B", b"b", (2, 7)),  # our own epoch: a duplicate of a retried send
+        rec(16, b"C", b"c-old", None),  # written before epochs: epoch 0
+    ]
+    assert stale_keys(records, (2, 7)) == ({b"A", b"C"}, None)
+    assert stale_keys([*records, marker(17, (3, 8))], (2, 7))[1] == (3, 8)
+    assert stale_keys([rec(18, b"D", b"d", (3, 9))], (2, 7))[1] == (3, 9)
+
+
+class GapProducer(FakeProducer):
+    """Acknowledges at the next offset, except that another writer's records took ``foreign`` offsets first."""
+
+    def __init__(self, foreign: dict[int, SimpleNamespace]) -> None:
+        super().__init__()
+        self.foreign = foreign
+        self.offset = 0
+
+    async def send(self, topic, key, value, partition, timestamp, headers):
+        while self.offset in self.foreign:
+            self.offset += 1
+        self.sent.append((key, value, partition, headers))
+        future = asyncio.get_running_loop().create_future()
+        future.set_result(SimpleNamespace(topic_partition=TP(topic, partition), offset=self.offset))
+        self.offset += 1
+        return future
+
+
+class Event:  # weak-referenceable, as Faust's events are
+    message = SimpleNamespace(partition=0)
+
+
+def repairing_table(tmp_path, store: str, foreign: dict[int, SimpleNamespace]):
+    table = state_table(tmp_path, store)
+    producer = GapProducer(foreign)
+    table.app._producer = producer
+    table.app.consumer_generation_id = 7
+    table.begin_restore(TP(CHANGELOG, 0), -1)
+    read = []
+
+    async def read_back(topic, partition, ranges):
+        read.append((partition, list(ranges)))
+        return [foreign[o] for first, last in ranges for o in range(first, last + 1) if o in foreign]
+
+    table._read_back = read_back
+    return table, producer, read
+
+
+@pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
+def test_a_late_write_between_the_owners_writes_is_overwritten_by_the_owners_state(tmp_path, store: str):
+    """Offsets 0: the owner's marker; 1-2: A and B; 3: the dropped worker's late A; 4: the owner's C."""
+    late = rec(3, b"A", b"a-late", (0, 3))
+    table, producer, read = repairing_table(tmp_path, store, {3: late})
+    before = metrics.CHANGELOG_STATES_REWRITTEN._value.get()
+
+    async def go() -> int:
+        written = await table.write_states([(b"A", b"a1", Event()), (b"B", b"b1", Event())])
+        await asyncio.gather(*written)
+        assert await table.repair({0}) == 0  # nothing foreign yet: no read-back
+        written = await table.write_states([(b"C", b"c1", Event())])
+        await asyncio.gather(*written)
+        return await table.repair({0})
+
+    assert run(go()) == 1
+    assert read == [(0, [(3, 3)])]
+    key, value, partition, headers = producer.sent[-1]
+    assert (key, value, partition) == (b"A", b"a1", 0) and dict(headers)["pulse-epoch"] == b"1.7"
+    assert metrics.CHANGELOG_STATES_REWRITTEN._value.get() - before == 1
+    # the log as compaction would leave it (the newest record per key) recovers the owner's states
+    log_records = [
+        rec(o, k, v, tuple(int(x) for x in dict(h)["pulse-epoch"].decode().split(".")))
+        for o, (k, v, _, h) in zip([0, 1, 2, 4, 5], producer.sent, strict=True)
+    ]
+    compacted = {r.key: r for r in sorted([*log_records, late], key=lambda r: r.offset)}
+    assert latest_states(sorted(compacted.values(), key=lambda r: r.offset)) == {b"A": b"a1", b"B": b"b1", b"C": b"c1"}
+
+
+def test_a_newer_owner_between_the_writes_fail_stops_and_forgets_the_persisted_offsets(tmp_path):
+    table, producer, _ = repairing_table(tmp_path, "rocksdb://", {2: marker(2, (2, 8))})
+    tp = TP(CHANGELOG, 0)
+
+    async def go() -> None:
+        written = await table.write_states([(b"A", b"a1", Event()), (b"B", b"b1", Event())])
+        table.persisted(await asyncio.gather(*written))
+        await table.repair({0})
+
+    assert table.data.persisted_offset(tp) is None
+    with pytest.raises(ForeignOwner):
+        run(go())
+    assert table.data.persisted_offset(tp) is None
+
+
+def test_a_recovery_that_skipped_a_customers_newest_record_leaves_it_to_be_written_again(tmp_path):
+    table, producer, read = repairing_table(tmp_path, "memory://", {})
+    tp = TP(CHANGELOG, 0)
+    table.begin_restore(tp, -1)
+    table.restore_records(tp, zombie_history())  # A's and C's newest records are late writes of epoch (1, 5)
+    assert table.repair_keys == {0: {b"A", b"C"}}
+    assert run(table.repair(set())) == 0  # not owned: nothing written
+    assert run(table.repair({0})) == 1  # C's only record was stale: the owner knows no C
+    assert read == []
+    assert [(k, v) for k, v, *_ in producer.sent][1:] == [(b"A", b"a2")]
+    assert dict(producer.sent[1][3])["pulse-epoch"] == b"3.7"
+    # a later record of the owner's epoch for the key clears it
+    table.restore_records(tp, [rec(20, b"D", b"d-late", (1, 5)), rec(21, b"D", b"d", (3, 7))])
+    assert table.repair_keys == {0: set()}
