@@ -599,6 +599,8 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
         add_arguments(parser)
         args = parser.parse_args(argv)
     result = run(args)
+    # the whole result beside the logs too, whichever form is printed
+    (Path(result["log_dir"]) / "result.json").write_text(json.dumps(result, indent=2, default=str))
     if args.json:
         print(json.dumps(result, indent=2, default=str))
     else:
