@@ -110,12 +110,13 @@ def test_bench_smoke(tmp_path):
         "full_events_per_second_tansu",
         "full_over_raw_tansu",
         "full_over_naive_tansu",
+        "full_over_naive_by_cpu_tansu",
         "alert_p99_ms_tansu",
         "state_bytes_per_customer_tansu",
         "customers_per_worker",
         "recovery_seconds",
         "cost_growth_2000_to_4000",
-    } | ({"full_over_quix_scorer_tansu"} if QUIX else set())
+    } | ({"full_over_quix_scorer_tansu", "full_over_quix_scorer_by_cpu_tansu"} if QUIX else set())
     assert set(r["verdicts"]) == expected
     for name, v in r["verdicts"].items():
         assert positive(v["value"]) and positive(v["target"]), (name, v)
