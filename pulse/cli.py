@@ -639,7 +639,8 @@ def _checkout() -> Path | None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """The performance benchmark (issue 8): raw consumer, naive Faust, full scorer, latency, scaling, cost.
+    """The performance benchmark (issues 8, 18): raw consumer, naive Faust, Quix Streams peers, full scorer (on
+    each ``--broker``), latency, scaling, processor, cost, recovery; each target with its verdict.
 
     Runs ``python -m benchmarks`` of the checkout with the arguments as given (``pulse bench --help`` is its
     help): benchmarks/ sits above this CLI in the layers (it drives pulse's dev stack), so the CLI starts it

