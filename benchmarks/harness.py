@@ -10,6 +10,7 @@ complaints 5 %) to fresh topics, then:
    table entry (memory store, the worker's consumer settings): the baseline;
    **faust**: the same agent in batches of ``stream.take_events`` doing nothing but decode: the
    ceiling of any scorer built on Faust's stream (what Faust costs per event on this machine);
+   **batch**: the same no-work loop on the worker's batch input path (``streams.batch_input``);
 3. **full**: ``python -m pulse worker`` with its real settings (all scoring, changelog, Redis
    write-behind), timed from its first to its last scored event by ``pulse_events_total``;
    then its peak RSS (``VmHWM``) and the bytes of state per customer (the last value of every key of
@@ -52,7 +53,7 @@ from benchmarks.phases import cost, latency, recovery, state, throughput
 from benchmarks.phases.common import LATENCY_WINDOW_SECONDS, REPO, Bench, log, peak_rss_bytes, worker_deltas
 from testing.templates import template_states
 
-PHASES = ("raw", "naive", "faust", "full", "latency", "state", "scaling", "cost", "recovery")
+PHASES = ("raw", "naive", "faust", "batch", "full", "latency", "state", "scaling", "cost", "recovery")
 
 #: Targets of the performance issue (per worker, on the project's 2-core machine).
 TARGETS = {
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     try:
         tag = args.run_tag
-        kafka_phases = {"raw", "naive", "faust", "full"} - skip
+        kafka_phases = {"raw", "naive", "faust", "batch", "full"} - skip
         if set(PHASES) - {"cost"} - skip:
             bench.stack = DevStack.start(log_dir, broker=args.broker)
         if kafka_phases or "scaling" not in skip:
@@ -117,6 +118,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if "faust" not in skip:
                 result["faust"] = throughput.naive(bench, env, n, mode="take")
                 log(f"faust take_events, no work: {result['faust']['events_per_second']:.0f} events/s")
+            if "batch" not in skip:
+                result["batch"] = throughput.naive(bench, env, n, mode="batch")
+                log(f"batch input path, no work: {result['batch']['events_per_second']:.0f} events/s")
             if "full" not in skip:
                 keep = "latency" not in skip
                 full = throughput.run_workers(bench, f"full{tag}", env, 1, n, keep=keep)
@@ -276,6 +280,7 @@ def report(r: dict[str, Any]) -> str:
         ("raw", "(1) raw aiokafka consumer"),
         ("naive", "(2) naive Faust agent (1 table update)"),
         ("faust", "    Faust take_events, no work (ceiling)"),
+        ("batch", "    batch input path, no work (ceiling)"),
     ):
         if name in r:
             lines.append(f"{label:<44} {_fmt(r[name]['events_per_second']):>12} {_fmt(r[name]['seconds']):>9}")
