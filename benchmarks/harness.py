@@ -289,7 +289,8 @@ def report(r: dict[str, Any]) -> str:
         lines.append(f"{'(3) full scorer, 1 worker':<44} {_fmt(f['events_per_second']):>12} {_fmt(f['seconds']):>9}")
         lines.append(
             f"    batches {f['batches']:,}, checkpoint mean {f['checkpoint_ms_mean']} ms, "
-            f"due checks {f['due_checks']:,}, alerts {f['alerts']:,}, peak RSS {f['peak_rss_mib'][0]} MiB"
+            f"due checks {f['due_checks']:,}, alerts {f['alerts']:,}, peak RSS {f['peak_rss_mib'][0]} MiB, "
+            f"CPU {f.get('cpu_us_per_event')} µs/event"
         )
     for s in r.get("scaling", []):
         lines.append(

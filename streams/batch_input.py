@@ -222,6 +222,11 @@ class BatchInput:
         loop = asyncio.get_running_loop()
         while True:
             records = await self.queue.take(limit, within)
+            # No batch starts while a rebalance is on (the flow is suspended before Faust waits for the batch in
+            # flight): it would write states the partitions' next owner may be reading. Records taken before it
+            # are applied after it, as Faust's take_events buffer is; those of partitions gone meanwhile are
+            # dropped by the checkpoint's ownership filter (streams.offsets.OffsetGuard.owned).
+            await self.app.flow_control.acquire()
             self.in_flight = done = loop.create_future()
             try:
                 await guard(self._one(checkpoint, records))

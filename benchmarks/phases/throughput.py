@@ -99,7 +99,10 @@ def run_workers(bench: Bench, tag: str, env: dict[str, str], count: int, n: int,
     procs = [bench.worker(f"worker-{tag}-{i}", env) for i in range(count)]
     spy: list[Any] = []
 
+    cpu_first: list[float | None] = []
+
     def start_profile() -> None:
+        cpu_first.extend(cpu_seconds(p.popen.pid) for p in procs)
         if count == 1 and bench.args.py_spy:
             spy.append(start_py_spy(bench, procs[0], tag))
 
@@ -107,6 +110,7 @@ def run_workers(bench: Bench, tag: str, env: dict[str, str], count: int, n: int,
     try:
         text = wait_count(procs, "pulse_events_total", 'outcome="scored"', n, samples, start_profile)
         rss = [peak_rss_bytes(p.popen.pid) for p in procs]
+        cpu_last = [cpu_seconds(p.popen.pid) for p in procs]
         profile = finish_py_spy(spy[0]) if spy and spy[0] is not None else None
     finally:
         for popen, _, _ in (s for s in spy if s is not None):
@@ -129,11 +133,26 @@ def run_workers(bench: Bench, tag: str, env: dict[str, str], count: int, n: int,
         "due_checks": worker["due_checks"],
         "alerts": int(metric_sum(text, "pulse_retention_alerts_total")),
     }
+    if cpu_first and None not in cpu_first and None not in cpu_last:
+        # the workers' own CPU (user + sys, all threads) from the first scored event to the last: load-independent
+        used = sum(b - a for a, b in zip(cpu_first, cpu_last, strict=True))  # type: ignore[operator]
+        out["cpu_us_per_event"] = round(1e6 * used / n, 1)
     if profile is not None:
         out["profile"] = profile
     if keep:
         out["_procs"] = procs
     return out
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far (all its threads), from /proc; None if gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    import os
+
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_py_spy(bench: Bench, proc: Proc, tag: str) -> tuple[subprocess.Popen, Path, float] | None:
