@@ -50,7 +50,7 @@ def _fail_stop(why: str, exc: BaseException | None = None) -> None:
     os._exit(EXIT_CHECKPOINT_FAILED)
 
 
-async def run_guarded(checkpoint: Awaitable[None], grace_seconds: float) -> None:
+async def run_guarded(checkpoint: Awaitable[Any], grace_seconds: float) -> None:
     """Run a checkpoint so that it either completes or the process dies uncommitted."""
     task = asyncio.ensure_future(checkpoint)
     try:
