@@ -180,10 +180,10 @@ def register(pulse: PulseApp) -> BatchProcessor:
             cap=guard.ledger.cap if guard is not None else None,
         )
         pulse.customer_events.__aiter__()  # subscribes the group to the channel's topics, as an agent's stream does
-        log.info("input path: batch (the group consumer's fetches, up to %d records queued)", tap.queue.max_records)
 
         @pulse.app.task
         async def score_customer_batches() -> None:
+            log.info("input path: batch (the group consumer's fetches, up to %d records queued)", tap.queue.max_records)
             await tap.run(
                 guarded_checkpoint,  # type: ignore[arg-type]  # InputRecord carries what the checkpoint reads
                 settings.batch_max_events,
