@@ -81,6 +81,8 @@ class BatchQueue:
         self._batches: deque[list[InputRecord]] = deque()
         self._size = 0
         self._changed = asyncio.Event()
+        #: how many times the queue was cleared (a put that waited across a clear drops its records)
+        self._clears = 0
 
     def __len__(self) -> int:
         return self._size
@@ -95,15 +97,25 @@ class BatchQueue:
             log.debug("batch input: %d queued records dropped by flow control", self._size)
         self._batches.clear()
         self._size = 0
+        self._clears += 1
         self._notify()
 
-    async def put(self, records: list[InputRecord]) -> None:
-        """Queue a fetch's records; waits while the queue is full (back-pressure on the fetcher)."""
+    async def put(self, records: list[InputRecord]) -> bool:
+        """Queue a fetch's records; waits while the queue is full (back-pressure on the fetcher).
+
+        Returns False, queueing nothing, when the queue was cleared meanwhile (a rebalance): the records
+        queued before them are gone, so these would follow a gap; the rebalance's seek fetches them again.
+        """
+        clears = self._clears
         while self._size and self._size + len(records) > self.max_records:
             await self._changed.wait()
+            if self._clears != clears:
+                log.debug("batch input: %d fetched records dropped: the queue was cleared meanwhile", len(records))
+                return False
         self._batches.append(records)
         self._size += len(records)
         self._notify()
+        return True
 
     def take_now(self, limit: int) -> list[InputRecord]:
         """Up to ``limit`` queued records, oldest first (a partition's records stay in offset order)."""
