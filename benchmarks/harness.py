@@ -10,6 +10,7 @@ support 25 %, surveys 10 %, complaints 5 %) to fresh topics, then, on each broke
    table entry (memory store, the worker's consumer settings): the baseline;
    **faust**: the same agent in batches of ``stream.take_events`` doing nothing but decode: the
    ceiling of any scorer built on Faust's stream (what Faust costs per event on this machine);
+   **batch**: the same no-work loop on the worker's batch input path (``streams.batch_input``);
    **quix_noop**, **quix_count**, **quix_scorer**, **quix_scorer_memory**: the peers in Quix Streams
    (``benchmarks/quix_peer.py``, the optional ``bench`` extra; skipped with a line when it is missing): decode
    and count, count+sum per customer in Quix state, and the project's processor called per event with the
@@ -87,7 +88,7 @@ QUIX_PHASES = {
     "quix_scorer_memory": ("scorer", "memory"),
 }
 #: the phases that need a broker (run on each of ``--broker``'s; recovery on the first only)
-BROKER_PHASES = ("raw", "naive", "faust", *QUIX_PHASES, "full", "latency", "state", "scaling", "recovery")
+BROKER_PHASES = ("raw", "naive", "faust", "batch", *QUIX_PHASES, "full", "latency", "state", "scaling", "recovery")
 PHASES = (*BROKER_PHASES, "processor", "cost")
 
 
@@ -177,7 +178,7 @@ def broker_phases(
     tag = args.run_tag
     n = len(events)
     out["broker"] = bench.stack.broker_name
-    kafka_phases = {"raw", "naive", "faust", *QUIX_PHASES, "full"} - skip
+    kafka_phases = {"raw", "naive", "faust", "batch", *QUIX_PHASES, "full"} - skip
     if kafka_phases:
         env = bench.env(f"full{tag}", inputs=f"a{tag}")
         seconds = bench.preload(env, events)
@@ -192,6 +193,9 @@ def broker_phases(
         if "faust" not in skip:
             out["faust"] = throughput.naive(bench, env, n, mode="take")
             log(f"faust take_events, no work: {out['faust']['events_per_second']:.0f} events/s")
+        if "batch" not in skip:
+            out["batch"] = throughput.naive(bench, env, n, mode="batch")
+            log(f"batch input path, no work: {out['batch']['events_per_second']:.0f} events/s")
         for phase, (mode, store) in QUIX_PHASES.items():
             if phase in skip:
                 continue
@@ -209,7 +213,7 @@ def broker_phases(
             log(f"full: {full['events_per_second']:.0f} events/s")
             try:
                 if "latency" not in skip:
-                    rate = max(1.0, full["events_per_second"] / 2)
+                    rate = args.latency_rate or max(1.0, full["events_per_second"] / 2)
                     log(f"latency: {args.latency_seconds:g}s at {rate:.0f} events/s")
                     before = procs[0].metrics() if procs else ""
                     out["latency"] = latency.latency(bench, env, rate, args.latency_seconds)
@@ -424,6 +428,7 @@ THROUGHPUT_ROWS = (
     ("raw", "(1) raw aiokafka consumer"),
     ("naive", "(2) naive Faust agent (1 table update)"),
     ("faust", "    Faust take_events, no work (ceiling)"),
+    ("batch", "    batch input path, no work (ceiling)"),
     ("quix_noop", "    Quix Streams, no-op (decode, count)"),
     ("quix_count", "    Quix Streams, count+sum per customer"),
     ("quix_scorer", "(4) Quix Streams + the scorer (RocksDB)"),
@@ -581,6 +586,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--customers", type=int, default=0, help="population of the generated history (default: events/10)")
     p.add_argument("--workers", type=_int_list, default=[1, 2, 3], help="scaling run, e.g. 1,2,3 (default)")
     p.add_argument("--latency-seconds", type=float, default=20.0, help="length of the half-rate latency phase")
+    p.add_argument(
+        "--latency-rate", type=float, default=0.0, help="events/s of the latency phase (default: half the full rate)"
+    )
     p.add_argument("--skip", default="", help=f"phases to skip, comma-separated: {','.join(PHASES)}")
     p.add_argument(
         "--cost-sizes",

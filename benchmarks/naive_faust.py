@@ -7,7 +7,8 @@ Run by the harness as a subprocess (``python benchmarks/naive_faust.py``), confi
 * ``NAIVE_TOPICS``: the input topics, comma-separated (keyed by customer id);
 * ``NAIVE_PARTITIONS``: their partition count (the table's too);
 * ``NAIVE_MODE``: ``take`` for batches of ``stream.take_events`` that only decode (Faust's own ceiling);
-  otherwise one table update per event;
+  ``batch`` for the same no-work loop on the worker's batch input path (``streams.batch_input``: the group
+  consumer's fetches as raw batches, commits of what was applied); otherwise one table update per event;
 * ``PULSE_EVENT_LOOP``, ``PULSE_CONSUMER_FETCH_MAX_WAIT_MS``: as the worker's settings (uvloop, 100 ms);
 * ``NAIVE_METRICS_PORT``: Prometheus endpoint with ``naive_events_total`` and the wall times of the
   first and last event processed (``naive_first_event_seconds``, ``naive_last_event_seconds``).
@@ -71,7 +72,23 @@ def build() -> faust.App:
         LAST.set(now)
         EVENTS.inc(n)
 
-    if os.environ.get("NAIVE_MODE") == "take":
+    if os.environ.get("NAIVE_MODE") == "batch":
+        from streams import batch_input
+
+        tap = batch_input.attach(app, names, 5000)
+        topic.__aiter__()  # subscribes the group consumer to the topics (what an agent's stream does)
+
+        async def decode(records: list[batch_input.InputRecord]) -> list[batch_input.InputRecord]:
+            for record in records:
+                orjson.loads(record.value)  # type: ignore[arg-type]
+            counted(len(records))
+            return records
+
+        @app.task
+        async def naive_batch() -> None:
+            await tap.run(decode, 500, 0.05, lambda work: work)
+
+    elif os.environ.get("NAIVE_MODE") == "take":
 
         @app.agent(topic, name="naive_take")
         async def naive_take(stream: faust.StreamT) -> None:

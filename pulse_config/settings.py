@@ -72,6 +72,18 @@ class Settings(BaseSettings):
     # --- processing --------------------------------------------------------
     batch_max_events: int = Field(500, ge=1, description="Events per processing batch (one checkpoint each).")
     batch_within_seconds: float = Field(0.05, gt=0, description="Longest wait to fill a batch.")
+    input_path: Literal["stream", "batch"] = Field(
+        "stream",
+        description="How the scoring worker reads its input topics: stream (Faust's stream.take_events, an Event "
+        "and an ack per record) or batch (the group consumer's fetches as raw batches; the checkpoint's applied "
+        "offsets are what Faust commits; streams/batch_input.py, docs/architecture.md).",
+    )
+    input_queue_records: int = Field(
+        5000,
+        ge=1,
+        description="input_path=batch: fetched records queued for the checkpoint at most; the fetcher waits "
+        "beyond (back-pressure; a rebalance drops the queue and the seek fetches it again).",
+    )
     max_event_bytes: int = Field(65536, ge=256, description="Larger payloads are dead-lettered as payload_too_large.")
     dead_letter_payload_bytes: int = Field(4096, ge=0, description="Bytes of a rejected payload the DLQ record keeps.")
     processing_retries: int = Field(

@@ -68,7 +68,8 @@ def raw(bench: Bench, env: dict[str, str], n: int) -> dict[str, Any]:
 
 
 def naive(bench: Bench, env: dict[str, str], n: int, mode: str = "table") -> dict[str, Any]:
-    """``mode``: "table" (one table update per event) or "take" (batches, no work: Faust's own ceiling)."""
+    """``mode``: "table" (one table update per event), "take" (batches, no work: Faust's own ceiling) or "batch"
+    (the worker's batch input path, no work)."""
     settings = bench.settings(env)
     naive_env = {
         **env,

@@ -7,7 +7,9 @@ with a transactional outbox for VIP changes and alerts): score the batch in
 memory; write the changed states, with the batch's decisions recorded as
 pending, to the changelog and wait for the acks; publish the decisions and
 wait; clear them from the states; hand the profiles to the Redis writer; return,
-so ``take_events`` acks the batch and Faust's commit can cover it.
+so ``take_events`` acks the batch and Faust's commit can cover it. With
+``PULSE_INPUT_PATH=batch`` a task takes the group consumer's fetches instead
+(``streams.batch_input``), and Faust commits what each checkpoint applied.
 
 If the checkpoint fails, or a stop interrupts it beyond the grace time, the
 worker exits at once without committing (like ``kill -9``): the events are read
@@ -26,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from faust.types import TP, EventT, StreamT
 
-from streams import offsets
+from streams import batch_input, offsets
 from streams.checkpoint import Checkpoint
 from streams.partitioning import partitioner
 from streams.processor import BatchProcessor
@@ -50,7 +52,7 @@ def _fail_stop(why: str, exc: BaseException | None = None) -> None:
     os._exit(EXIT_CHECKPOINT_FAILED)
 
 
-async def run_guarded(checkpoint: Awaitable[None], grace_seconds: float) -> None:
+async def run_guarded(checkpoint: Awaitable[Any], grace_seconds: float) -> None:
     """Run a checkpoint so that it either completes or the process dies uncommitted."""
     task = asyncio.ensure_future(checkpoint)
     try:
@@ -153,7 +155,8 @@ def register(pulse: PulseApp) -> BatchProcessor:
 
         guard.on_missed_generation = missed_generation
 
-    async def guarded_checkpoint(events: Sequence[EventT]) -> None:
+    async def guarded_checkpoint(events: Sequence[EventT]) -> Sequence[EventT]:
+        """Check the batch against the offset ledger, make it durable; returns the events it applied."""
         scan = None
         if guard:
             events = guard.owned(events, pulse.app.consumer.assignment())
@@ -161,6 +164,7 @@ def register(pulse: PulseApp) -> BatchProcessor:
         await checkpoint(events)
         if guard is not None and scan is not None:
             guard.ledger.applied(scan)  # the changelog holds them: now take_events may ack and Faust commit them
+        return events
 
     @pulse.app.on_partitions_revoked.connect  # type: ignore[arg-type]  # a coroutine receiver, as Faust allows
     async def settle_profile_writes(app: object, revoked: object, **kwargs: object) -> None:
@@ -168,6 +172,28 @@ def register(pulse: PulseApp) -> BatchProcessor:
         # of this worker's last batches reach Redis before the partitions' next owner writes newer ones.
         dropped = await sink.settle(settings.shutdown_grace_seconds)
         log.info("partitions revoked: profile writes settled, %d pending dropped (the sweep rewrites them)", dropped)
+
+    if settings.input_path == "batch":
+        # the group consumer's fetches as raw batches; Faust commits what the checkpoint applied (streams.batch_input)
+        tap = batch_input.attach(
+            pulse.app,
+            pulse.customer_events.topics,
+            settings.input_queue_records,
+            cap=guard.ledger.cap if guard is not None else None,
+        )
+        pulse.customer_events.__aiter__()  # subscribes the group to the channel's topics, as an agent's stream does
+
+        @pulse.app.task
+        async def score_customer_batches() -> None:
+            log.info("input path: batch (the group consumer's fetches, up to %d records queued)", tap.queue.max_records)
+            await tap.run(
+                guarded_checkpoint,  # type: ignore[arg-type]  # InputRecord carries what the checkpoint reads
+                settings.batch_max_events,
+                settings.batch_within_seconds,
+                lambda work: run_guarded(work, settings.shutdown_grace_seconds),
+            )
+
+        return processor
 
     @pulse.app.agent(pulse.customer_events, name="score_customer_events")
     async def score_customer_events(stream: StreamT) -> None:

@@ -1,0 +1,87 @@
+"""The two input paths (``PULSE_INPUT_PATH``: Faust's stream, or the batch input of streams/batch_input.py) score
+the same profiles and commit exactly what they applied.
+
+The restart and rebalance tests would pass even if a path never committed (each state drops what it already
+applied), so this test reads the group's committed offsets after a graceful stop: every input partition is
+committed to its log end, no further.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+
+from pulse.simulate import generate_events
+from testing.reference import uninterrupted_profiles
+from testing.stack import CONVERGE_SECONDS, consume, produce, profile_diffs, wait_until
+
+pytestmark = [pytest.mark.e2e]
+
+
+class FaustProtocol(RoundRobinPartitionAssignor):
+    """Round robin under the protocol name of Faust's assignor (Tansu keeps a group's protocol)."""
+
+    name = "faust"
+
+
+@pytest.mark.parametrize("path", ["stream", "batch"])
+def test_the_input_path_scores_exactly_and_commits_what_it_applied(namespace, start_worker, path):
+    settings = namespace.settings
+    events = generate_events(customers=120, days=365, seed=18, end=datetime(2026, 6, 1, tzinfo=UTC))
+    topics = settings.input_topics()
+    half = len(events) // 2
+
+    def send(part: list[tuple[str, dict]]) -> None:
+        for kind in topics:
+            produce(
+                namespace.bootstrap,
+                topics[kind],
+                [(e["customer_id"].encode(), orjson.dumps(e)) for k, e in part if k == kind],
+            )
+
+    worker = start_worker(PULSE_BATCH_MAX_EVENTS="50", PULSE_INPUT_PATH=path)
+    send(events[:half])
+    send(events[half:])
+    expected = uninterrupted_profiles(events, settings)
+    converged = wait_until(lambda: not profile_diffs(settings, expected))
+    assert converged, f"{profile_diffs(settings, expected)[:2]}\n{worker.log_tail()}"
+    if path == "batch":
+        assert "input path: batch" in worker.log.read_text()
+    worker.proc.send_signal(signal.SIGTERM)
+    worker.proc.wait(60)
+
+    inputs = list(topics.values())
+    ends: dict[tuple[str, int], int] = {}
+    for topic in inputs:
+        for r in consume(namespace.bootstrap, topic, 1, quiet=2):
+            ends[(topic, r.partition)] = max(ends.get((topic, r.partition), 0), r.offset + 1)
+
+    async def committed() -> dict[tuple[str, int], int | None]:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=namespace.bootstrap,
+            group_id=settings.app_id,
+            enable_auto_commit=False,
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=500,
+            partition_assignment_strategy=(FaustProtocol,),
+        )
+        await consumer.start()
+        try:
+            consumer.subscribe(inputs)
+            deadline = time.monotonic() + CONVERGE_SECONDS
+            while len(consumer.assignment()) < len(inputs) * settings.partitions and time.monotonic() < deadline:
+                await consumer.getmany(timeout_ms=500, max_records=1)
+            return {(tp.topic, tp.partition): await consumer.committed(tp) for tp in consumer.assignment()}
+        finally:
+            await consumer.stop()
+
+    commits = asyncio.run(committed())
+    print(f"\n[input path {path}] {len(events)} events, committed {sum(v or 0 for v in commits.values())}")
+    assert {tp: commits.get(tp) for tp in ends} == ends

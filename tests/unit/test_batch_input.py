@@ -1,0 +1,249 @@
+"""The batch input path (streams/batch_input.py) with fakes of Faust's consumer: what reaches the checkpoint,
+in which order, what a rebalance drops, and what Faust may commit."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from faust.types import TP
+from mode.utils.queues import FlowControlEvent
+
+from streams import batch_input
+from streams.batch_input import BatchInput, BatchQueue, InputRecord
+
+ORDERS, TICKS, CHANGELOG = "orders", "ticks", "app-customer_states-changelog"
+
+
+def rec(topic: str, partition: int, offset: int) -> InputRecord:
+    return InputRecord(TP(topic, partition), SimpleNamespace(offset=offset, key=b"k", value=b"v", headers=()))
+
+
+def offsets(records: list[InputRecord]) -> list[tuple[str, int, int]]:
+    return [(r.topic, r.partition, r.offset) for r in records]
+
+
+class FakeApp:
+    def __init__(self) -> None:
+        self.flow_control = FlowControlEvent(initially_suspended=False)
+        self.consumer_generation_id = 1
+        self.monitor = SimpleNamespace(stream_inbound_time={}, track_tp_end_offset=lambda tp, offset: None)
+
+
+class FakeConsumer:
+    """What the tapped ``getmany`` and the commit hook read of Faust's consumer."""
+
+    def __init__(self, app: FakeApp, fetch: dict[TP, list[Any]], active: set[TP] | None = None) -> None:
+        self.app = app
+        self.fetch = fetch
+        self.active = active
+        self.should_stop = False
+        self.flow_active = True
+        self._buffered_partitions: set[TP] = set()
+        self._committed_offset: dict[TP, int | None] = defaultdict(lambda: None)
+        self.assigned = set(fetch) | set(active or ())
+        self.seeks = 0
+        self.scheduler = SimpleNamespace(iterate=lambda records: ((tp, r) for tp, rs in records.items() for r in rs))
+        self.log = SimpleNamespace(dev=lambda *a: None, warning=lambda *a: None)
+
+    async def _wait_next_records(self, timeout: float) -> tuple[dict[TP, list[Any]], set[TP] | None]:
+        return self.fetch, self.active
+
+    async def perform_seek(self) -> None:
+        self.seeks += 1
+
+    def highwater(self, tp: TP) -> int:
+        return 100
+
+    def _to_message(self, tp: TP, record: Any) -> tuple[TP, int]:
+        return (tp, record.offset)
+
+    def assignment(self) -> set[TP]:
+        return self.assigned
+
+
+def records(*offsets_: int) -> list[Any]:
+    return [SimpleNamespace(offset=o, key=b"k", value=b"v", headers=()) for o in offsets_]
+
+
+async def drain(consumer: FakeConsumer) -> list[Any]:
+    return [item async for item in batch_input._getmany_tapped(consumer, 1.0)]  # type: ignore[arg-type]
+
+
+def test_a_fetch_of_the_batch_topics_reaches_the_queue_as_one_batch_and_other_records_take_faust_s_path():
+    async def go() -> None:
+        app = FakeApp()
+        fetch = {TP(ORDERS, 0): records(5, 6), TP(CHANGELOG, 0): records(40), TP(TICKS, 0): records(9)}
+        consumer = FakeConsumer(app, fetch)
+        app.pulse_batch_input = tap = BatchInput(app, [ORDERS, TICKS], 100)
+        yielded = await drain(consumer)
+        assert yielded == [(TP(CHANGELOG, 0), (TP(CHANGELOG, 0), 40))]
+        assert offsets(tap.queue.take_now(100)) == [(ORDERS, 0, 5), (ORDERS, 0, 6), (TICKS, 0, 9)]
+
+    asyncio.run(go())
+
+
+def test_nothing_is_delivered_when_the_flow_stopped_and_the_consumer_seeks_back_as_faust_does():
+    async def go() -> None:
+        app = FakeApp()
+        consumer = FakeConsumer(app, {TP(ORDERS, 0): records(5)})
+        consumer.flow_active = False
+        app.pulse_batch_input = tap = BatchInput(app, [ORDERS], 100)
+        assert await drain(consumer) == []
+        assert len(tap.queue) == 0 and consumer.seeks == 1
+
+    asyncio.run(go())
+
+
+def test_records_of_partitions_no_longer_active_are_not_delivered():
+    async def go() -> None:
+        app = FakeApp()
+        consumer = FakeConsumer(app, {TP(ORDERS, 0): records(5), TP(ORDERS, 1): records(7)}, active={TP(ORDERS, 1)})
+        app.pulse_batch_input = tap = BatchInput(app, [ORDERS], 100)
+        await drain(consumer)
+        assert offsets(tap.queue.take_now(100)) == [(ORDERS, 1, 7)]
+
+    asyncio.run(go())
+
+
+def test_a_fetch_held_across_a_rebalance_is_dropped_not_queued_after_it():
+    async def go() -> None:
+        app = FakeApp()
+        app.flow_control.suspend()
+        tap = BatchInput(app, [ORDERS], 100)
+        delivering = asyncio.ensure_future(tap.deliver([rec(ORDERS, 0, 5)], generation_id=1))
+        await asyncio.sleep(0.01)
+        assert not delivering.done()  # waits for the flow, as Faust's conductor does
+        app.consumer_generation_id = 2
+        app.flow_control.resume()
+        await delivering
+        assert len(tap.queue) == 0
+
+    asyncio.run(go())
+
+
+def test_flow_control_clears_the_queue_and_a_fetcher_waiting_for_room_drops_its_records():
+    async def go() -> None:
+        app = FakeApp()
+        tap = BatchInput(app, [ORDERS], 2)
+        await tap.deliver([rec(ORDERS, 0, 1), rec(ORDERS, 0, 2)], 1)
+        blocked = asyncio.ensure_future(tap.deliver([rec(ORDERS, 0, 3)], 1))
+        await asyncio.sleep(0.01)
+        assert not blocked.done()  # back-pressure: the queue is full
+        app.flow_control.suspend()
+        app.flow_control.clear()  # what Faust does when partitions are revoked
+        app.flow_control.resume()
+        await asyncio.wait_for(blocked, 1)  # woken, and not queued: the records before it were dropped
+        assert tap.queue.take_now(10) == []
+        await tap.deliver([rec(ORDERS, 0, 1)], 1)  # what the seek after the rebalance fetches again
+        assert offsets(tap.queue.take_now(10)) == [(ORDERS, 0, 1)]
+
+    asyncio.run(go())
+
+
+def test_take_keeps_offset_order_splits_a_large_fetch_and_waits_only_within_its_time():
+    async def go() -> None:
+        queue = BatchQueue(100)
+        await queue.put([rec(ORDERS, 0, o) for o in range(5)])
+        await queue.put([rec(ORDERS, 0, 5)])
+        assert [r.offset for r in await queue.take(3, 1.0)] == [0, 1, 2]
+        assert [r.offset for r in await queue.take(10, 0.01)] == [3, 4, 5]
+        later = asyncio.ensure_future(queue.take(10, 0.05))
+        await asyncio.sleep(0.01)
+        assert not later.done()  # nothing queued: waits for a first record
+        await queue.put([rec(ORDERS, 0, 6)])
+        await asyncio.sleep(0.01)
+        await queue.put([rec(ORDERS, 0, 7)])
+        assert [r.offset for r in await asyncio.wait_for(later, 1)] == [6, 7]
+
+    asyncio.run(go())
+
+
+def test_faust_commits_what_the_checkpoint_applied_capped_and_never_for_revoked_partitions():
+    app = FakeApp()
+    caps = {TP(ORDERS, 0): 7}
+    tap = BatchInput(app, [ORDERS, TICKS], 100, cap=lambda tp, offset: min(offset, caps.get(tp, offset)))
+    consumer = FakeConsumer(app, {TP(ORDERS, 0): [], TP(ORDERS, 1): [], TP(TICKS, 0): []})
+    tap.mark_applied([rec(ORDERS, 0, 8), rec(ORDERS, 0, 9), rec(ORDERS, 1, 3), rec(TICKS, 0, 4), rec(ORDERS, 2, 1)])
+    tap.mark_applied([rec(ORDERS, 1, 2)])  # read again: the applied offset does not go back
+    consumer._committed_offset[TP(TICKS, 0)] = 5
+    assert tap.committable(consumer) == {TP(ORDERS, 0): 7, TP(ORDERS, 1): 4}
+    assert TP(ORDERS, 2) not in tap.applied  # not assigned (revoked): forgotten
+    assert set(app.monitor.stream_inbound_time) >= {TP(ORDERS, 0), TP(ORDERS, 1)}  # Faust's livelock check
+
+
+def test_a_rebalance_waits_for_the_batch_in_flight_and_its_offsets_count_only_once_it_is_applied():
+    async def go() -> None:
+        app = FakeApp()
+        tap = BatchInput(app, [ORDERS], 100)
+        release = asyncio.Event()
+        seen: list[list[tuple[str, int, int]]] = []
+
+        async def checkpoint(batch: list[InputRecord]) -> list[InputRecord]:
+            seen.append(offsets(batch))
+            await release.wait()
+            return batch[1:]  # the first was not owned any more: not applied
+
+        async def guard(work: Any) -> None:
+            await work
+
+        runner = asyncio.ensure_future(tap.run(checkpoint, 10, 0.01, guard))
+        await tap.deliver([rec(ORDERS, 0, 1), rec(ORDERS, 1, 5)], 1)
+        await asyncio.sleep(0.05)
+        settling = asyncio.ensure_future(tap.settle())
+        await asyncio.sleep(0.01)
+        assert seen and not settling.done() and tap.applied == {}
+        release.set()
+        await asyncio.wait_for(settling, 1)
+        assert tap.applied == {TP(ORDERS, 1): 6}
+        runner.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await runner
+
+    asyncio.run(go())
+
+
+def test_the_checkpoint_reads_an_input_record_as_it_reads_a_faust_message():
+    r = rec(ORDERS, 3, 42)
+    assert r.message is r and (r.message.tp, r.message.topic, r.message.partition, r.message.offset) == (
+        TP(ORDERS, 3),
+        ORDERS,
+        3,
+        42,
+    )
+    import weakref
+
+    assert weakref.ref(r)() is r  # the table sets it as Faust's current event
+
+
+def test_no_batch_starts_while_a_rebalance_has_the_flow_suspended():
+    async def go() -> None:
+        app = FakeApp()
+        tap = BatchInput(app, [ORDERS], 100)
+        started: list[int] = []
+
+        async def checkpoint(batch: list[InputRecord]) -> list[InputRecord]:
+            started.append(len(batch))
+            return batch
+
+        async def guard(work: Any) -> None:
+            await work
+
+        await tap.deliver([rec(ORDERS, 0, 1)], 1)
+        app.flow_control.suspend()  # the revoke, after the records were queued
+        runner = asyncio.ensure_future(tap.run(checkpoint, 10, 0.01, guard))
+        await asyncio.sleep(0.05)
+        await asyncio.wait_for(tap.settle(), 1)  # nothing in flight: the revoke goes on at once
+        assert started == []
+        app.flow_control._suspend.clear()  # resumed without clearing (the records were taken already)
+        app.flow_control._resume.set()
+        await asyncio.sleep(0.05)
+        assert started == [1] and tap.applied == {TP(ORDERS, 0): 2}
+        runner.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await runner
+
+    asyncio.run(go())
