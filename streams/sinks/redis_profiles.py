@@ -94,8 +94,8 @@ def _hset_packer(fields: tuple[str, ...]) -> Callable[[str, tuple[str, ...]], by
         else:
             pieces.append(f"{{_bulk(v{i})}}")
     source = (
-        f"def hset(key, args):\n    {', '.join(names)} = args\n    text = f\"{''.join(pieces)}\"\n"
-        f"    if text.isascii() or f\"{''.join(numbers)}\".isascii():\n        return text.encode()\n"
+        f'def hset(key, args):\n    {", ".join(names)} = args\n    text = f"{"".join(pieces)}"\n'
+        f'    if text.isascii() or f"{"".join(numbers)}".isascii():\n        return text.encode()\n'
         "    return None\n"
     )
     namespace: dict[str, Any] = {"_H": _HEADS, "_bulk": _bulk}
