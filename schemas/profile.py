@@ -409,6 +409,21 @@ def profile_args(
     clv: ClvSignals | None = None,
     risk: ChurnAssessment | None = None,
 ) -> tuple[str, ...]:
+    """The profile's HSET arguments (:func:`_render`)."""
+    if clv is None or risk is None:
+        clv, risk = assess_customer(state, now_ms, None, config)
+    return _render(customer_id, state, now_ms, config, currency, clv, risk)[0]
+
+
+def _render(
+    customer_id: str,
+    state: CustomerState,
+    now_ms: int,
+    config: ScoringConfig,
+    currency: str,
+    clv: ClvSignals,
+    risk: ChurnAssessment,
+) -> tuple[tuple[str, ...], int]:
     """The profile's HSET arguments, field, value, field, value, ...: exactly the keys, order and strings of
     ``CustomerProfile.from_state(...).to_redis()``, flat, so the sink packs them without flattening a dict.
 
@@ -418,9 +433,7 @@ def profile_args(
     window (a minority) still goes through the scorers' own functions.
 
     tests/unit/test_profile_fields.py holds the two equal over scored histories; a new profile field must be
-    added to both."""
-    if clv is None or risk is None:
-        clv, risk = assess_customer(state, now_ms, None, config)
+    added to both. Also returns the value at risk in cents (the at-risk index's sort key, streams.at_risk)."""
     o = state.orders
     first, last, orders = o.first_purchase_ms, o.last_purchase_ms, o.orders
     if last is not None and first is not None:  # as scoring.orders.order_signals
@@ -468,6 +481,7 @@ def profile_args(
     else:
         buckets_json = "[]"
     alert_ms, last_event_ms = state.churn.alert_ms, state.last_event_ms
+    at_risk = value_at_risk_cents(o.revenue_cents, o.cost_cents, window, config.orders.default_gross_margin)
     # a field and its value a line, in the edge model's order
     # fmt: off
     return (
@@ -512,9 +526,7 @@ def profile_args(
         "expected_order_value", _money(clv.expected_order_value_cents),
         "clv", _money(clv.clv_predictive_cents),
         "clv_historical", _money(clv.clv_historical_cents),
-        "value_at_risk", _money(
-            value_at_risk_cents(o.revenue_cents, o.cost_cents, window, config.orders.default_gross_margin)
-        ),
+        "value_at_risk", _money(at_risk),
         "revenue_buckets", buckets_json,
         "churn_risk", _int(risk.score),
         "churn_level", str(risk.level),
@@ -525,7 +537,7 @@ def profile_args(
         "events_total", _int(sum(state.events.values())),
         "as_of", _as_of(now_ms),
         "episode", _episode(customer_id, state.episodes),
-    )
+    ), at_risk
     # fmt: on
 
 
@@ -538,6 +550,10 @@ class RenderedProfile:
     vip: bool
     #: field, value, field, value, ... (profile_args)
     args: tuple[str, ...]
+    #: what the at-risk index (streams.at_risk) reads, as rendered, so it parses nothing back: the churn reasons'
+    #: codes and the value at risk in cents (None: not known, e.g. a profile built from its fields)
+    reason_codes: tuple[str, ...] | None = None
+    value_at_risk_cents: int | None = None
 
     @property
     def fields(self) -> dict[str, str]:
@@ -564,5 +580,8 @@ def render_profile(
     clv: ClvSignals | None = None,
     risk: ChurnAssessment | None = None,
 ) -> RenderedProfile:
-    args = profile_args(customer_id, state, now_ms, config, currency, clv, risk)
-    return RenderedProfile(customer_id, bool(state.vip), args)
+    if clv is None or risk is None:
+        clv, risk = assess_customer(state, now_ms, None, config)
+    args, at_risk = _render(customer_id, state, now_ms, config, currency, clv, risk)
+    codes = tuple([r.code for r in risk.reasons]) if risk.reasons else ()
+    return RenderedProfile(customer_id, bool(state.vip), args, codes, at_risk)

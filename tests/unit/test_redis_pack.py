@@ -9,13 +9,17 @@ still packs.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hiredis import pack_command
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pulse_config.settings import Settings
-from schemas.profile import CustomerProfile, render_profile
+from schemas.profile import CustomerProfile, RenderedProfile, render_profile
 from scoring.customer import assess_customer
+from scoring.units import DAY_MS
+from streams.at_risk import index_entry
 from streams.sinks.redis_profiles import ASCII_FIELDS, pack_hset, profile_key
 from testing.templates import template_states
 
@@ -68,3 +72,22 @@ def test_a_value_longer_than_the_header_table():
     values[FIELDS.index("orders")] = "9" * 5000
     args = tuple(x for pair in zip(FIELDS, values, strict=True) for x in pair)
     assert pack_hset("k", args) == hiredis_hset("k", args)
+
+
+def test_index_entry_from_rendered_values_equals_the_parsed_fields():
+    """The at-risk index entry from the codes and cents the renderer hands over equals the one parsed back from
+    the fields (as for a profile built from its fields), at and past the clock, and for extreme money."""
+    at_risk = 0
+    states = list(TEMPLATES.states)
+    states += [
+        replace(states[0], orders=replace(states[0].orders, revenue_cents=r, cost_cents=c))
+        for r, c in [(10**26, 1), (-2_505, 0), (2**53, 0), (10**18 + 7, 3)]
+    ]
+    for i, state in enumerate(states):
+        for now in (TEMPLATES.clock_ms, TEMPLATES.clock_ms + 90 * DAY_MS):
+            clv, risk = assess_customer(state, now, 30.0, CONFIG)
+            profile = render_profile(f"P{i:08d}", state, now, CONFIG, "USD", clv, risk)
+            parsed = RenderedProfile(profile.customer_id, profile.vip, profile.args)
+            assert index_entry(profile) == index_entry(parsed)
+            at_risk += index_entry(profile) != ("", "")
+    assert at_risk > len(states) // 4
