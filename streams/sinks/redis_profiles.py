@@ -61,28 +61,29 @@ ASCII_FIELDS = frozenset(
         *("events_total", "vip", "csat_satisfied"),
     )
 )
-#: "$<n>\r\n", the RESP header of a bulk string of n bytes, for the short lengths of those values
-_HEADS = tuple(f"${n}\r\n" for n in range(64))
-
-
-def _bulk(text: str) -> str:
-    """``text`` as a RESP bulk string (header, text, CRLF), its length counted in UTF-8 bytes."""
-    return f"${len(text) if text.isascii() else len(text.encode())}\r\n{text}\r\n"
+#: "$<n>\r\n", the RESP header of a bulk string of n bytes, for the lengths of a profile's values (its JSON
+#: fields included; ~200 kB)
+_HEADS = tuple(f"${n}\r\n" for n in range(4096))
 
 
 def _hset_packer(fields: tuple[str, ...]) -> Callable[[str, tuple[str, ...]], bytes | None]:
     """A function (key, profile args) -> the HSET's RESP bytes, for profiles of exactly ``fields`` in this order.
 
     Generated like dataclasses' ``__init__``: one f-string whose constant parts are the command and the field
-    names with their headers, so a value costs a ``len`` and a table lookup (a value of ``ASCII_FIELDS``) or a
-    call of ``_bulk``, and the whole command one ``encode``. hiredis's ``pack_command`` formatted every header
-    with ``sprintf`` in malloc-ed buffers: ~1,500 instructions per argument, as much as the rendering.
+    names with their headers, so a value costs a ``len`` and a table lookup (plus ``isascii``, and for a text
+    that is not, its UTF-8 length, outside ``ASCII_FIELDS``), and the whole command one ``encode``. hiredis's
+    ``pack_command`` formatted every header with ``sprintf`` in malloc-ed buffers: ~1,500 instructions per
+    argument, as much as the rendering.
     It returns None when a value of ``ASCII_FIELDS`` is not ASCII after all (not the renderer's): the header
     counted characters then, and the caller packs the command with hiredis. Checked in O(1) when the whole
     command is ASCII (str.isascii reads a flag); else (a churn reason's detail has a "×") the numbers are
     joined and checked. A value longer than the header table raises IndexError (hiredis packs it then too).
     """
-    names, pieces, numbers = [], [f"*{2 + 2 * len(fields)}\\r\\n$4\\r\\nHSET\\r\\n{{_bulk(key)}}"], []
+
+    def text(var: str) -> str:
+        return f"{{_H[len({var}) if {var}.isascii() else len({var}.encode())]}}{{{var}}}\\r\\n"
+
+    names, pieces, numbers = [], [f"*{2 + 2 * len(fields)}\\r\\n$4\\r\\nHSET\\r\\n{text('key')}"], []
     for i, name in enumerate(fields):
         if not name.isidentifier() or not name.isascii():
             raise ValueError(f"profile field {name!r}: not an ASCII identifier")
@@ -92,13 +93,13 @@ def _hset_packer(fields: tuple[str, ...]) -> Callable[[str, tuple[str, ...]], by
             pieces.append(f"{{_H[len(v{i})]}}{{v{i}}}\\r\\n")
             numbers.append(f"{{v{i}}}")
         else:
-            pieces.append(f"{{_bulk(v{i})}}")
+            pieces.append(text(f"v{i}"))
     source = (
         f'def hset(key, args):\n    {", ".join(names)} = args\n    text = f"{"".join(pieces)}"\n'
         f'    if text.isascii() or f"{"".join(numbers)}".isascii():\n        return text.encode()\n'
         "    return None\n"
     )
-    namespace: dict[str, Any] = {"_H": _HEADS, "_bulk": _bulk}
+    namespace: dict[str, Any] = {"_H": _HEADS}
     exec(source, namespace)  # noqa: S102 - generated from the profile's own field names
     return cast(Callable[[str, tuple[str, ...]], bytes | None], namespace["hset"])
 

@@ -72,6 +72,12 @@ def test_a_value_longer_than_the_header_table():
     values[FIELDS.index("orders")] = "9" * 5000
     args = tuple(x for pair in zip(FIELDS, values, strict=True) for x in pair)
     assert pack_hset("k", args) == hiredis_hset("k", args)
+    # a text of 3,000 characters and 6,000 bytes, and one of 4,095 bytes, the longest in the table
+    for reasons in ("×" * 3000, "x" * 4095, "é" * 2047 + "x"):
+        values = ["1"] * len(FIELDS)
+        values[FIELDS.index("churn_reasons")] = reasons
+        args = tuple(x for pair in zip(FIELDS, values, strict=True) for x in pair)
+        assert pack_hset("k", args) == hiredis_hset("k", args)
 
 
 def test_index_entry_from_rendered_values_equals_the_parsed_fields():
