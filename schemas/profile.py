@@ -299,13 +299,12 @@ def _iso(ms: int) -> str:
     """AwareDatetime as pydantic dumps it in mode="json" ("Z", microseconds only when not 0), from integer
     arithmetic and small tables: a datetime plus isoformat() was the largest part of rendering a profile."""
     if 0 <= ms < _FAST_ISO_MS:
-        seconds, millis = divmod(ms, 1000)
-        day, second = divmod(seconds, 86400)
+        day, rest = divmod(ms, 86_400_000)
         text = _DAYS.get(day)
         if text is None:
             text = _DAYS[day] = date.fromordinal(_EPOCH_ORDINAL + day).isoformat()
-        minute, second = divmod(second, 60)
-        return text + _HOUR_MINUTES[minute] + _SECONDS[second] + _MILLIS[millis]
+        minute, rest = divmod(rest, 60_000)
+        return f"{text}{_HOUR_MINUTES[minute]}{_SECONDS[rest // 1000]}{_MILLIS[rest % 1000]}"
     text = ms_to_datetime(ms).isoformat()
     return text[:-6] + "Z" if text.endswith("+00:00") else text
 
@@ -333,10 +332,15 @@ def _money(cents: int | None) -> str:
     if cents is None:
         return ""
     if 0 <= cents < _FAST_CENTS:
-        return "%d.%02d" % divmod(cents, 100)  # noqa: UP031 - the fastest of the spellings measured
+        # the fastest spelling under callgrind (issue 18): 1,900 instructions against "%d.%02d" % divmod's 3,000
+        return f"{cents // 100}.{_CENTS[cents % 100]}"
     if -_FAST_CENTS < cents < 0:
-        return "-%d.%02d" % divmod(-cents, 100)  # noqa: UP031
+        return f"-{-cents // 100}.{_CENTS[-cents % 100]}"
     return str(cents_to_money(cents))
+
+
+#: the two digits of the cents
+_CENTS = tuple(f"{c:02d}" for c in range(100))
 
 
 def _float(value: float | None) -> str:
@@ -392,12 +396,13 @@ def _pairs(args: tuple[str, ...]) -> dict[str, str]:
     return dict(zip(args[::2], args[1::2], strict=True))
 
 
-#: str(n) of the small counts a profile shows (orders, scores, tickets...): a lookup instead of a conversion
-_SMALL = tuple(str(n) for n in range(1000))
+#: str(n) of the small counts a profile shows (orders, scores, tickets...): a lookup instead of a conversion (a
+#: float key would give the int's text, as the edge model's int field does)
+_count = {n: str(n) for n in range(1000)}.get
 
 
 def _int(n: int) -> str:
-    return _SMALL[n] if type(n) is int and 0 <= n < 1000 else str(n)
+    return _count(n) or str(n)
 
 
 def profile_args(
@@ -475,9 +480,7 @@ def _render(
     buckets = o.revenue_buckets
     if buckets:
         width = config.orders.bucket_ms
-        starts = sorted(buckets)
-        pairs = zip(map(width.__mul__, starts), map(buckets.__getitem__, starts), strict=True)
-        buckets_json = orjson.dumps(list(pairs)).decode()
+        buckets_json = orjson.dumps([(bucket * width, buckets[bucket]) for bucket in sorted(buckets)]).decode()
     else:
         buckets_json = "[]"
     alert_ms, last_event_ms = state.churn.alert_ms, state.last_event_ms
