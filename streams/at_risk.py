@@ -48,9 +48,9 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-from hiredis import pack_command
 
 from schemas.profile import RenderedProfile
+from streams.resp import pack_texts
 
 #: the churn levels that put a customer in the queue
 AT_RISK_LEVELS = ("medium", "high")
@@ -230,8 +230,7 @@ def pack_update(prefix: str, entries: Sequence[tuple[str, str, str]]) -> bytes:
     args: list[str] = ["EVAL", UPDATE_SCRIPT, "0", prefix]
     for cid, score, keys in entries:
         args.extend((cid, score or "0", keys))
-    # hiredis's stub types the command as a 1-tuple: any number of arguments is what it packs
-    return pack_command(tuple(args))  # type: ignore[arg-type]
+    return pack_texts(args)
 
 
 class BadFilter(ValueError):

@@ -5,10 +5,13 @@ stops processing: the profiles stay pending (latest per customer wins) and a
 background retry with capped exponential back-off writes them when Redis is
 back, so Redis converges to the table.
 
-The commands are packed by hiredis (C) into one buffer and sent on a
-connection of the client's pool: redis-py's pipeline packed every argument in
-Python, and with ~50 fields per profile that packing was an eighth of the
-worker's CPU.
+The commands are packed into one buffer and sent on a connection of the
+client's pool: redis-py's pipeline packed every argument in Python, and with
+~50 fields per profile that packing was an eighth of the worker's CPU. hiredis's
+``pack_command`` (C) replaced it, and a generated packer per profile layout
+(:func:`pack_hset`) and ``streams.resp.pack_texts`` replaced that in turn,
+byte for byte: its ``sprintf`` per argument cost as much as rendering the
+profile (issue 18).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from schemas.profile import CustomerProfile, RenderedProfile
 from streams import metrics
 from streams.at_risk import index_entry, pack_update
+from streams.resp import HEADS, pack_texts
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +65,6 @@ ASCII_FIELDS = frozenset(
         *("events_total", "vip", "csat_satisfied"),
     )
 )
-#: "$<n>\r\n", the RESP header of a bulk string of n bytes, for the lengths of a profile's values (its JSON
-#: fields included; ~200 kB)
-_HEADS = tuple(f"${n}\r\n" for n in range(4096))
 
 
 def _hset_packer(fields: tuple[str, ...]) -> Callable[[str, tuple[str, ...]], bytes | None]:
@@ -99,7 +100,7 @@ def _hset_packer(fields: tuple[str, ...]) -> Callable[[str, tuple[str, ...]], by
         f'    if text.isascii() or f"{"".join(numbers)}".isascii():\n        return text.encode()\n'
         "    return None\n"
     )
-    namespace: dict[str, Any] = {"_H": _HEADS}
+    namespace: dict[str, Any] = {"_H": HEADS}
     exec(source, namespace)  # noqa: S102 - generated from the profile's own field names
     return cast(Callable[[str, tuple[str, ...]], bytes | None], namespace["hset"])
 
@@ -146,9 +147,9 @@ def pack_batch(batch: Mapping[str, Packed], key_prefix: str) -> tuple[bytes, int
     added = [(repr(score), cid) for cid, (_, score, _) in batch.items() if score is not None]
     removed = [cid for cid, (_, score, _) in batch.items() if score is None]
     if added:
-        parts.append(pack_command(("ZADD", vip_key(key_prefix), *chain.from_iterable(added))))  # type: ignore[arg-type]
+        parts.append(pack_texts(("ZADD", vip_key(key_prefix), *chain.from_iterable(added))))
     if removed:
-        parts.append(pack_command(("ZREM", vip_key(key_prefix), *removed)))  # type: ignore[arg-type]
+        parts.append(pack_texts(("ZREM", vip_key(key_prefix), *removed)))
     if batch:
         parts.append(pack_update(key_prefix, [(cid, score, keys) for cid, (_, _, (score, keys)) in batch.items()]))
     return b"".join(parts), len(parts)

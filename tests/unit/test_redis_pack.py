@@ -1,4 +1,4 @@
-"""The sink's generated HSET packer writes exactly the bytes hiredis's ``pack_command`` writes.
+"""The sink's packers (the generated HSET, ``streams.resp.pack_texts``) write exactly hiredis's ``pack_command``.
 
 ``pack_hset`` replaced ``pack_command(("HSET", key, *args))`` on the worker's path for speed (issue 18): it
 counts the length of a number's value in characters and every other value's in UTF-8 bytes, so a wrong
@@ -19,7 +19,8 @@ from pulse_config.settings import Settings
 from schemas.profile import CustomerProfile, RenderedProfile, render_profile
 from scoring.customer import assess_customer
 from scoring.units import DAY_MS
-from streams.at_risk import index_entry
+from streams.at_risk import UPDATE_SCRIPT, index_entry
+from streams.resp import pack_texts
 from streams.sinks.redis_profiles import ASCII_FIELDS, pack_hset, profile_key
 from testing.templates import template_states
 
@@ -97,3 +98,14 @@ def test_index_entry_from_rendered_values_equals_the_parsed_fields():
             assert index_entry(profile) == index_entry(parsed)
             at_risk += index_entry(profile) != ("", "")
     assert at_risk > len(states) // 4
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(TEXT, min_size=1, max_size=12))
+def test_pack_texts_equals_hiredis(args):
+    assert pack_texts(args) == pack_command(tuple(args))
+
+
+def test_pack_texts_of_long_arguments_and_the_index_script():
+    for args in (["EVAL", UPDATE_SCRIPT, "0", "p:", "C1", "-4503599627370496", "high|any"], ["x" * 4096, "é" * 2048]):
+        assert pack_texts(args) == pack_command(tuple(args))
