@@ -67,24 +67,32 @@ ASCII_FIELDS = frozenset(
 )
 
 
+#: the field whose value is the one usually not ASCII (a churn reason's detail: "over 3 × their gap"): packed as
+#: its own piece, so the rest stays one-byte text that joins and encodes by copying
+_WIDE_FIELD = "churn_reasons"
+
+
 def _hset_packer(fields: tuple[str, ...]) -> Callable[[str, tuple[str, ...]], bytes | None]:
     """A function (key, profile args) -> the HSET's RESP bytes, for profiles of exactly ``fields`` in this order.
 
-    Generated like dataclasses' ``__init__``: one f-string whose constant parts are the command and the field
+    Generated like dataclasses' ``__init__``: f-strings whose constant parts are the command and the field
     names with their headers, so a value costs a ``len`` and a table lookup (plus ``isascii``, and for a text
-    that is not, its UTF-8 length, outside ``ASCII_FIELDS``), and the whole command one ``encode``. hiredis's
-    ``pack_command`` formatted every header with ``sprintf`` in malloc-ed buffers: ~1,500 instructions per
-    argument, as much as the rendering.
+    that is not, its UTF-8 length, outside ``ASCII_FIELDS``), and the command three ``encode`` calls (the text
+    before ``_WIDE_FIELD``'s value, that value, the text after it). hiredis's ``pack_command`` formatted every
+    header with ``sprintf`` in malloc-ed buffers: ~1,500 instructions per argument, as much as the rendering.
     It returns None when a value of ``ASCII_FIELDS`` is not ASCII after all (not the renderer's): the header
-    counted characters then, and the caller packs the command with hiredis. Checked in O(1) when the whole
-    command is ASCII (str.isascii reads a flag); else (a churn reason's detail has a "×") the numbers are
-    joined and checked. A value longer than the header table raises IndexError (hiredis packs it then too).
+    counted characters then, and the caller packs the command with hiredis. Checked in O(1) when the text
+    around the wide value is ASCII (str.isascii reads a flag); else the numbers are joined and checked. A value
+    longer than the header table raises IndexError (hiredis packs it then too).
     """
 
     def text(var: str) -> str:
         return f"{{_H[len({var}) if {var}.isascii() else len({var}.encode())]}}{{{var}}}\\r\\n"
 
-    names, pieces, numbers = [], [f"*{2 + 2 * len(fields)}\\r\\n$4\\r\\nHSET\\r\\n{text('key')}"], []
+    names, numbers = [], []
+    before = [f"*{2 + 2 * len(fields)}\\r\\n$4\\r\\nHSET\\r\\n{text('key')}"]
+    after: list[str] = []
+    pieces, wide = before, '""'
     for i, name in enumerate(fields):
         if not name.isidentifier() or not name.isascii():
             raise ValueError(f"profile field {name!r}: not an ASCII identifier")
@@ -93,11 +101,17 @@ def _hset_packer(fields: tuple[str, ...]) -> Callable[[str, tuple[str, ...]], by
         if name in ASCII_FIELDS:
             pieces.append(f"{{_H[len(v{i})]}}{{v{i}}}\\r\\n")
             numbers.append(f"{{v{i}}}")
+        elif name == _WIDE_FIELD:
+            pieces.append(f"{{_H[len(v{i}) if v{i}.isascii() else len(v{i}.encode())]}}")
+            pieces, wide = after, f"v{i}"
+            pieces.append("\\r\\n")
         else:
             pieces.append(text(f"v{i}"))
     source = (
-        f'def hset(key, args):\n    {", ".join(names)} = args\n    text = f"{"".join(pieces)}"\n'
-        f'    if text.isascii() or f"{"".join(numbers)}".isascii():\n        return text.encode()\n'
+        f"def hset(key, args):\n    {', '.join(names)} = args\n"
+        f'    a = f"{"".join(before)}"\n    b = f"{"".join(after)}"\n'
+        f'    if (a.isascii() and b.isascii()) or f"{"".join(numbers)}".isascii():\n'
+        f"        return b''.join((a.encode(), {wide}.encode(), b.encode()))\n"
         "    return None\n"
     )
     namespace: dict[str, Any] = {"_H": HEADS}
