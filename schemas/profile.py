@@ -396,15 +396,6 @@ def _pairs(args: tuple[str, ...]) -> dict[str, str]:
     return dict(zip(args[::2], args[1::2], strict=True))
 
 
-#: str(n) of the small counts a profile shows (orders, scores, tickets...): a lookup instead of a conversion (a
-#: float key would give the int's text, as the edge model's int field does)
-_count = {n: str(n) for n in range(1000)}.get
-
-
-def _int(n: int) -> str:
-    return _count(n) or str(n)
-
-
 def profile_args(
     customer_id: str,
     state: CustomerState,
@@ -453,7 +444,7 @@ def _render(
     nps = voice.nps
     if voice.complaint_days:  # complaints in the window are the voice scorer's
         v = voice_signals(voice, now_ms, config.voice)
-        complaints_window, worst_severity = _int(v.complaints_window), v.complaint_worst_severity or ""
+        complaints_window, worst_severity = str(v.complaints_window), v.complaint_worst_severity or ""
     else:
         complaints_window, worst_severity = "0", ""
     csat = voice.csat
@@ -461,10 +452,10 @@ def _render(
     if service.tickets:
         t = service_signals(service, now_ms, config.service)
         tickets = (
-            _int(t.tickets_total),
-            _int(t.open_tickets),
-            _int(t.reopened_total),
-            _int(t.sla_breaches),
+            str(t.tickets_total),
+            str(t.open_tickets),
+            str(t.reopened_total),
+            str(t.sla_breaches),
             _float(t.first_response_hours_mean),
             _float(t.last_first_response_hours),
             _float(t.last_resolution_hours),
@@ -474,7 +465,7 @@ def _render(
         f = service.folded
         n = f.first_responses
         mean = _float(f.first_response_ms_sum / n / HOUR_MS) if n else ""
-        tickets = (_int(f.tickets), "0", _int(f.reopens), _int(f.breaches), mean, "", "", "")
+        tickets = (str(f.tickets), "0", str(f.reopens), str(f.breaches), mean, "", "", "")
     cell = state.rfm_cell
     reasons = risk.reasons
     buckets = o.revenue_buckets
@@ -492,8 +483,8 @@ def _render(
         "currency", currency,
         "revenue", _money(o.revenue_cents),
         "profit", _money(o.revenue_cents - o.cost_cents),
-        "orders", _int(orders),
-        "refunds", _int(o.refunds),
+        "orders", str(orders),
+        "refunds", str(o.refunds),
         "aov", _money(_average_cents(o.revenue_cents, orders)) if orders else "",
         "revenue_window", _money(window),
         "first_purchase_at", "" if first is None else _iso(first),
@@ -508,14 +499,14 @@ def _render(
         "rfm_cell", "" if cell is None else cell,
         "segment", "" if state.segment is None else str(state.segment),
         "vip", "True" if state.vip else "False",
-        "nps", _int(nps[0][1]) if nps else "",
+        "nps", str(nps[0][1]) if nps else "",
         "nps_category", nps_category(nps[0][1], config.voice) if nps else "",
-        "nps_previous", _int(nps[1][1]) if len(nps) > 1 else "",
-        "csat", "" if csat is None else _int(csat[1]),
+        "nps_previous", str(nps[1][1]) if len(nps) > 1 else "",
+        "csat", "" if csat is None else str(csat[1]),
         "csat_satisfied", "" if csat is None else ("True" if csat[1] >= config.voice.csat_satisfied_min else "False"),
         "complaints_window", complaints_window,
         "complaint_worst_severity", worst_severity,
-        "complaints_total", _int(voice.complaints_total),
+        "complaints_total", str(voice.complaints_total),
         "tickets_total", tickets[0],
         "open_tickets", tickets[1],
         "reopened_total", tickets[2],
@@ -531,13 +522,13 @@ def _render(
         "clv_historical", _money(clv.clv_historical_cents),
         "value_at_risk", _money(at_risk),
         "revenue_buckets", buckets_json,
-        "churn_risk", _int(risk.score),
+        "churn_risk", str(risk.score),
         "churn_level", str(risk.level),
         "churn_reasons", orjson.dumps([_reason(r) for r in reasons]).decode() if reasons else "[]",
-        "churn_alerts", _int(state.churn.alerts),
+        "churn_alerts", str(state.churn.alerts),
         "last_alert_at", "" if alert_ms is None else _iso(alert_ms),
         "last_event_at", "" if last_event_ms is None else _iso(last_event_ms),
-        "events_total", _int(sum(state.events.values())),
+        "events_total", str(sum(state.events.values())),
         "as_of", _as_of(now_ms),
         "episode", _episode(customer_id, state.episodes),
     ), at_risk
