@@ -423,10 +423,10 @@ def _render(
     """The profile's HSET arguments, field, value, field, value, ...: exactly the keys, order and strings of
     ``CustomerProfile.from_state(...).to_redis()``, flat, so the sink packs them without flattening a dict.
 
-    The order, voice and service signals are read off the state here rather than built as the scorers'
-    signal objects (``profile_signals``, the edge model's path): building and reading those three objects
-    was a third of a rendering (issue 18). A customer with open ticket records or complaint days in the
-    window (a minority) still goes through the scorers' own functions.
+    The order, voice and service fields are read off the state here rather than from the scorers' signal
+    objects (``profile_signals``, the edge model's path): building those three frozen value objects (keyword
+    calls take CPython's slow generic call path) to read a few fields each was ~9 % of a rendering (issue 18).
+    A customer with ticket records or complaint days (a minority) still goes through the scorers' functions.
 
     tests/unit/test_profile_fields.py holds the two equal over scored histories; a new profile field must be
     added to both. Also returns the value at risk in cents (the at-risk index's sort key, streams.at_risk)."""
