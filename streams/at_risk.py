@@ -48,9 +48,9 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-from hiredis import pack_command
 
 from schemas.profile import RenderedProfile
+from streams.resp import pack_texts
 
 #: the churn levels that put a customer in the queue
 AT_RISK_LEVELS = ("medium", "high")
@@ -202,17 +202,24 @@ def index_suffixes(profile: RenderedProfile) -> str:
     segment = profile.value("segment")
     if segment:
         facets.append(f":segment:{segment}")
-    facets.extend(f":reason:{r['code']}" for r in orjson.loads(profile.value("churn_reasons")))
-    return "|".join(f"{lvl}{facet}" for lvl in (level, ANY_LEVEL) for facet in facets)
+    codes = profile.reason_codes
+    if codes is None:
+        codes = tuple(r["code"] for r in orjson.loads(profile.value("churn_reasons")))
+    facets.extend([f":reason:{code}" for code in codes])
+    return "|".join([f"{lvl}{facet}" for lvl in (level, ANY_LEVEL) for facet in facets])
 
 
 def index_entry(profile: RenderedProfile) -> tuple[str, str]:
     """A profile's index score (:func:`index_score`, as text) and ``|``-joined index keys; ('', '') when it is
-    not at risk."""
+    not at risk. From the rendered value at risk in cents when the profile carries it (the value field is its
+    ``%d.%02d``, so :func:`value_cents` of it is those cents, clamped), else parsed from the field."""
     keys = index_suffixes(profile)
     if not keys:
         return "", ""
-    return str(index_score(profile.value("churn_level"), profile.value("value_at_risk"))), keys
+    level, cents = profile.value("churn_level"), profile.value_at_risk_cents
+    if cents is None:
+        return str(index_score(level, profile.value("value_at_risk"))), keys
+    return str(-((PRIORITY[level] << VALUE_BITS) + min(max(cents, 0), MAX_CENTS))), keys
 
 
 def pack_update(prefix: str, entries: Sequence[tuple[str, str, str]]) -> bytes:
@@ -223,8 +230,7 @@ def pack_update(prefix: str, entries: Sequence[tuple[str, str, str]]) -> bytes:
     args: list[str] = ["EVAL", UPDATE_SCRIPT, "0", prefix]
     for cid, score, keys in entries:
         args.extend((cid, score or "0", keys))
-    # hiredis's stub types the command as a 1-tuple: any number of arguments is what it packs
-    return pack_command(tuple(args))  # type: ignore[arg-type]
+    return pack_texts(args)
 
 
 class BadFilter(ValueError):

@@ -5,10 +5,13 @@ stops processing: the profiles stay pending (latest per customer wins) and a
 background retry with capped exponential back-off writes them when Redis is
 back, so Redis converges to the table.
 
-The commands are packed by hiredis (C) into one buffer and sent on a
-connection of the client's pool: redis-py's pipeline packed every argument in
-Python, and with ~50 fields per profile that packing was an eighth of the
-worker's CPU.
+The commands are packed into one buffer and sent on a connection of the
+client's pool: redis-py's pipeline packed every argument in Python, and with
+~50 fields per profile that packing was an eighth of the worker's CPU. hiredis's
+``pack_command`` (C) replaced it, and a generated packer per profile layout
+(:func:`pack_hset`) and ``streams.resp.pack_texts`` replaced that in turn,
+byte for byte: its ``sprintf`` per argument cost as much as rendering the
+profile (issue 18).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
 from itertools import chain
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from hiredis import pack_command
@@ -26,9 +29,10 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from schemas.profile import RenderedProfile
+from schemas.profile import CustomerProfile, RenderedProfile
 from streams import metrics
 from streams.at_risk import index_entry, pack_update
+from streams.resp import HEADS, pack_texts
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +51,101 @@ def vip_key(prefix: str) -> str:
 Packed = tuple[bytes, float | None, tuple[str, str]]
 
 
+#: profile fields whose values the renderer (schemas.profile.profile_args) builds from numbers and flags only:
+#: ASCII by construction, so a value's length in characters is its length in bytes. Every other field (the
+#: ids, names and JSON, and any field added later) has its UTF-8 length counted.
+ASCII_FIELDS = frozenset(
+    (
+        *("revenue", "profit", "aov", "revenue_window", "expected_order_value", "clv", "clv_historical"),
+        *("value_at_risk", "first_purchase_at", "last_purchase_at", "last_alert_at", "last_event_at", "as_of"),
+        *("recency_days", "tenure_days", "orders_per_month", "first_response_hours_mean", "p_alive"),
+        *("last_first_response_hours", "last_resolution_hours", "oldest_open_ticket_hours", "expected_purchases"),
+        *("orders", "refunds", "nps", "nps_previous", "csat", "complaints_window", "complaints_total"),
+        *("tickets_total", "open_tickets", "reopened_total", "sla_breaches", "churn_risk", "churn_alerts"),
+        *("events_total", "vip", "csat_satisfied"),
+    )
+)
+
+
+#: the field whose value is the one usually not ASCII (a churn reason's detail: "over 3 × their gap"): packed as
+#: its own piece, so the rest stays one-byte text that joins and encodes by copying
+_WIDE_FIELD = "churn_reasons"
+
+
+def _hset_packer(fields: tuple[str, ...]) -> Callable[[str, tuple[str, ...]], bytes | None]:
+    """A function (key, profile args) -> the HSET's RESP bytes, for profiles of exactly ``fields`` in this order.
+
+    Generated like dataclasses' ``__init__``: f-strings whose constant parts are the command and the field
+    names with their headers, so a value costs a ``len`` and a table lookup (plus ``isascii``, and for a text
+    that is not, its UTF-8 length, outside ``ASCII_FIELDS``), and the command three ``encode`` calls (the text
+    before ``_WIDE_FIELD``'s value, that value, the text after it). hiredis's ``pack_command`` formatted every
+    header with ``sprintf`` in malloc-ed buffers: ~1,500 instructions per argument, as much as the rendering.
+    It returns None when a value of ``ASCII_FIELDS`` is not ASCII after all (not the renderer's): the header
+    counted characters then, and the caller packs the command with hiredis. Checked in O(1) when the text
+    around the wide value is ASCII (str.isascii reads a flag); else the numbers are joined and checked. A value
+    longer than the header table raises IndexError (hiredis packs it then too).
+    """
+
+    def text(var: str) -> str:
+        return f"{{_H[len({var}) if {var}.isascii() else len({var}.encode())]}}{{{var}}}\\r\\n"
+
+    names, numbers = [], []
+    before = [f"*{2 + 2 * len(fields)}\\r\\n$4\\r\\nHSET\\r\\n{text('key')}"]
+    after: list[str] = []
+    pieces, wide = before, '""'
+    for i, name in enumerate(fields):
+        if not name.isidentifier() or not name.isascii():
+            raise ValueError(f"profile field {name!r}: not an ASCII identifier")
+        names.append(f"_, v{i}")
+        pieces.append(f"${len(name)}\\r\\n{name}\\r\\n")
+        if name in ASCII_FIELDS:
+            pieces.append(f"{{_H[len(v{i})]}}{{v{i}}}\\r\\n")
+            numbers.append(f"{{v{i}}}")
+        elif name == _WIDE_FIELD:
+            pieces.append(f"{{_H[len(v{i}) if v{i}.isascii() else len(v{i}.encode())]}}")
+            pieces, wide = after, f"v{i}"
+            pieces.append("\\r\\n")
+        else:
+            pieces.append(text(f"v{i}"))
+    source = (
+        f"def hset(key, args):\n    {', '.join(names)} = args\n"
+        f'    a = f"{"".join(before)}"\n    b = f"{"".join(after)}"\n'
+        f'    if (a.isascii() and b.isascii()) or f"{"".join(numbers)}".isascii():\n'
+        f"        return b''.join((a.encode(), {wide}.encode(), b.encode()))\n"
+        "    return None\n"
+    )
+    namespace: dict[str, Any] = {"_H": HEADS}
+    exec(source, namespace)  # noqa: S102 - generated from the profile's own field names
+    return cast(Callable[[str, tuple[str, ...]], bytes | None], namespace["hset"])
+
+
+#: the profile's field names in the renderer's order, and the HSET packer of that layout
+_FIELDS = tuple(CustomerProfile.model_fields)
+_pack_hset = _hset_packer(_FIELDS)
+
+
+def pack_hset(key: str, args: tuple[str, ...]) -> bytes:
+    """``HSET key field value ...`` in RESP, byte for byte as hiredis's ``pack_command`` packs it: by the generated
+    packer when ``args`` has the profile's layout and its numbers are short (always, in practice), else by hiredis.
+    tests/unit/test_redis_pack.py holds the two equal."""
+    if args[::2] == _FIELDS:
+        try:
+            packed = _pack_hset(key, args)
+        except IndexError:
+            packed = None
+        if packed is not None:
+            return packed
+    # hiredis's stub types the command as a 1-tuple: any number of arguments is what it packs
+    return pack_command(("HSET", key, *args))  # type: ignore[arg-type]
+
+
 def pack_profile(profile: RenderedProfile, key_prefix: str, vip_value: str) -> Packed:
     """The packed HSET of the profile's fields, its VIP score (its ``vip_value`` field) or None if not VIP, and
     its at-risk index entry.
 
     float() of the money string equals float() of the Decimal the edge model holds, which the sink used to send.
     """
-    # hiredis's stub types the command as a 1-tuple: any number of arguments is what it packs
-    hset = pack_command(("HSET", profile_key(key_prefix, profile.customer_id), *profile.args))  # type: ignore[arg-type]
+    hset = pack_hset(profile_key(key_prefix, profile.customer_id), profile.args)
     return hset, float(profile.value(vip_value)) if profile.vip else None, index_entry(profile)
 
 
@@ -70,9 +161,9 @@ def pack_batch(batch: Mapping[str, Packed], key_prefix: str) -> tuple[bytes, int
     added = [(repr(score), cid) for cid, (_, score, _) in batch.items() if score is not None]
     removed = [cid for cid, (_, score, _) in batch.items() if score is None]
     if added:
-        parts.append(pack_command(("ZADD", vip_key(key_prefix), *chain.from_iterable(added))))  # type: ignore[arg-type]
+        parts.append(pack_texts(("ZADD", vip_key(key_prefix), *chain.from_iterable(added))))
     if removed:
-        parts.append(pack_command(("ZREM", vip_key(key_prefix), *removed)))  # type: ignore[arg-type]
+        parts.append(pack_texts(("ZREM", vip_key(key_prefix), *removed)))
     if batch:
         parts.append(pack_update(key_prefix, [(cid, score, keys) for cid, (_, _, (score, keys)) in batch.items()]))
     return b"".join(parts), len(parts)
