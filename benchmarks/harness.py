@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 log(f"full: {full['events_per_second']:.0f} events/s")
                 try:
                     if "latency" not in skip:
-                        rate = max(1.0, full["events_per_second"] / 2)
+                        rate = args.latency_rate or max(1.0, full["events_per_second"] / 2)
                         log(f"latency: {args.latency_seconds:g}s at {rate:.0f} events/s")
                         before = procs[0].metrics() if procs else ""
                         result["latency"] = latency.latency(bench, env, rate, args.latency_seconds)
@@ -316,6 +316,10 @@ def report(r: dict[str, Any]) -> str:
             f"{w['checkpoint_ms_mean']} ms, {w['profiles_written']:,} profiles written, "
             f"{w['swept_customers']:,} customers swept, {w['due_checks']:,} due checks"
         )
+        if "cpu_seconds" in w and lat.get("events"):
+            lines.append(
+                f"    worker CPU {w['cpu_seconds']} s, {1e6 * w['cpu_seconds'] / lat['events']:,.0f} µs per event"
+            )
     if "state" in r:
         s = r["state"]
         lines.append("")
@@ -377,6 +381,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--customers", type=int, default=0, help="population of the generated history (default: events/10)")
     p.add_argument("--workers", type=_int_list, default=[1, 2, 3], help="scaling run, e.g. 1,2,3 (default)")
     p.add_argument("--latency-seconds", type=float, default=20.0, help="length of the half-rate latency phase")
+    p.add_argument(
+        "--latency-rate",
+        type=float,
+        default=0.0,
+        help="events/s of the latency phase (default: half the full phase's rate; fixed, runs compare at one load)",
+    )
     p.add_argument("--skip", default="", help=f"phases to skip, comma-separated: {','.join(PHASES)}")
     p.add_argument(
         "--cost-sizes",
