@@ -523,6 +523,10 @@ def report(r: dict[str, Any]) -> str:
                 f"mean {w['checkpoint_ms_mean']} ms, {w['profiles_written']:,} profiles written, "
                 f"{w['swept_customers']:,} customers swept, {w['due_checks']:,} due checks"
             )
+            if "cpu_seconds" in w and lat.get("events"):
+                lines.append(
+                    f"    worker CPU {w['cpu_seconds']} s, {1e6 * w['cpu_seconds'] / lat['events']:,.0f} µs per event"
+                )
     for broker, b in per_broker.items():
         if "state" in b:
             s = b["state"]

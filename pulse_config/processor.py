@@ -33,6 +33,7 @@ class ProcessorConfig:
     max_event_bytes: int
     dead_letter_payload_bytes: int
     churn_due_per_batch: int
+    churn_due_per_live_batch: int
     sweep_tick_seconds: float
     sweep_customers_per_tick: int
     sweep_round_seconds: float

@@ -289,6 +289,13 @@ class Settings(BaseSettings):
     churn_due_per_batch: int = Field(
         5000, ge=1, description="Customers per partition and batch re-checked because a time-driven signal fell due."
     )
+    churn_due_per_live_batch: int = Field(
+        25,
+        ge=1,
+        description="Live partitions (clock within historical_alert_seconds of the wall clock): at most this many of "
+        "those re-checks per partition and batch, earliest due first, the rest in the next batches, so a burst (the "
+        "clock jumping after a pause) does not hold back the alerts of fresh events.",
+    )
     clock_idle_advance_seconds: float = Field(
         0.0,
         ge=0,
@@ -683,6 +690,7 @@ class Settings(BaseSettings):
             max_event_bytes=self.max_event_bytes,
             dead_letter_payload_bytes=self.dead_letter_payload_bytes,
             churn_due_per_batch=self.churn_due_per_batch,
+            churn_due_per_live_batch=self.churn_due_per_live_batch,
             sweep_tick_seconds=self.sweep_tick_seconds,
             sweep_customers_per_tick=self.sweep_customers_per_tick,
             sweep_round_seconds=self.sweep_round_seconds,

@@ -356,8 +356,10 @@ class BatchProcessor:
                 self._rescore(key, state, now, out)
                 render[key] = state
         # only partitions with a record in the batch: a state is written with one of its partition's events
+        limit, live_limit = self.options.churn_due_per_batch, self.options.churn_due_per_live_batch
         for partition in sorted(present & set(clocks)):
-            render.update(self.check_due(partition, self.options.churn_due_per_batch, load, out, clocks[partition]))
+            checks = live_limit if self.live(partition) else None
+            render.update(self.check_due(partition, limit, load, out, clocks[partition], checks))
         for partition in sorted(ticks & set(clocks)):
             render.update(self.sweep(partition, self._sweep_limit(partition), load, out, clocks[partition]))
         self._retag(out)
@@ -466,6 +468,18 @@ class BatchProcessor:
         if read.active_wall_ms is None:
             read.active_wall_ms = wall  # first seen now: idle from here
         return wall - read.active_wall_ms < self.partition_idle_ms
+
+    def live(self, partition: int) -> bool:
+        """Is ``partition`` live: on a worker (end offsets known; offline the batches are all there is), its clock
+        within ``historical_alert_seconds`` of the wall clock (the alerts it raises are not historical)? Then its
+        time-driven checks are bounded per batch by ``churn_due_per_live_batch``: a batch moves a live clock by
+        about its own wall time, so carrying checks into the next batches delays them by that much event time,
+        while doing them all at once (the clock jumped after a pause) holds back every fresh event's alert. A
+        replay or backfill (a batch may move the clock by hours) keeps ``churn_due_per_batch`` alone."""
+        if self._ends is None or self._wall_ms is None or not self.historical_ms:
+            return False
+        clock = self.population.clock_of(partition)
+        return clock is not None and self._wall_ms - clock <= self.historical_ms
 
     def move_clocks(self) -> None:
         """Move each owned partition's clock (spec: Clock) to the lowest watermark of its input topic-partitions
@@ -638,12 +652,20 @@ class BatchProcessor:
                     self.population.partition(state.partition).apply(change)
 
     def check_due(
-        self, partition: int, limit: int, load: Callable[[bytes], CustomerState], out: BatchOutcome, now: int
+        self,
+        partition: int,
+        limit: int,
+        load: Callable[[bytes], CustomerState],
+        out: BatchOutcome,
+        now: int,
+        checks: int | None = None,
     ) -> dict[bytes, CustomerState]:
         """Re-assess the customers of ``partition`` whose time-driven churn signals fell due (spec: Churn warning:
-        "raised by time passing"). The due-time index makes this cost the customers due, not the population."""
+        "raised by time passing"), at most ``limit``: first those whose own event waited for the clock, then the
+        time-driven checks, at most ``checks`` of those (None: no other bound). The due-time index makes this cost
+        the customers due, not the population."""
         render: dict[bytes, CustomerState] = {}
-        for key in self.population.partition(partition).due.pop_due(now, limit):
+        for key in self.population.partition(partition).due.pop_due(now, limit, checks):
             if key in out.states or key in self.quarantined:
                 continue  # assessed with this batch already (and rescheduled), or quarantined
             state = load(key)
@@ -826,7 +848,8 @@ class BatchProcessor:
         if at is not None:
             state.churn.next_check_ms = at
         if state.partition is not None:
-            self.population.partition(state.partition).due.schedule(key, state.churn.next_check_ms)
+            # waiting: checked before the time-driven backlog (a fresh event's alert does not queue behind it)
+            self.population.partition(state.partition).due.schedule(key, state.churn.next_check_ms, at is not None)
         return due != state.churn.next_check_ms
 
     def _alert(

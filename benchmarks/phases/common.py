@@ -255,4 +255,6 @@ def worker_deltas(before: str, after: str) -> dict[str, Any]:
         "profiles_written": int(d("pulse_redis_batch_profiles_sum")),
         "swept_customers": int(d("pulse_swept_customers_total")),
         "due_checks": int(d("pulse_churn_due_checks_total")),
+        # the worker process's own CPU (prometheus_client's process collector): a yardstick the load moves less
+        "cpu_seconds": round(d("process_cpu_seconds_total"), 2),
     }
