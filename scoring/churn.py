@@ -16,9 +16,10 @@ one customer cannot flood the team.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from itertools import accumulate, compress, repeat
+from itertools import accumulate
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -222,29 +223,28 @@ def _spend_decline(i: ChurnInputs, now_ms: int, ctx: ScoringConfig) -> tuple[Chu
     n = -(-c.spend_window_days // ctx.orders.revenue_bucket_days)
     cur = now_ms // width
     base = cur - 2 * n + 1  # the oldest bucket either window can hold, now or later
-    buckets = i.orders.revenue_buckets
-    spend = list(map(buckets.get, range(base, cur + 1), repeat(0, cur + 1 - base)))  # .get(b, 0), looped in C
-    if not any(spend):
+    # the non-empty buckets of base..cur as (position from base, cents), in order: a customer has a few (the
+    # dict holds at most a year of them), so the windows are summed over these, not over all 2n positions
+    held = sorted([(b - base, v) for b, v in i.orders.revenue_buckets.items() if v and base <= b <= cur])
+    if not held:
         return None, None  # nothing in either window, now or later: no decline, no flip
-    # running sums over base..cur: sums[k] is the spend of the first k buckets; the buckets after cur stay
-    # empty if no order comes, so beyond 2n the running sum stays at the total
-    sums = list(accumulate(spend, initial=0))
+    at = [j for j, _ in held]
+    # sums[k]: the spend of the first k held buckets; the spend of positions before p is sums[bisect(at, p)]
+    sums = list(accumulate([v for _, v in held], initial=0))
     total = sums[-1]
     ratio = c.spend_decline_ratio
-    # the windows ending at bucket cur: the last n buckets and the n before them
-    prior = sums[n]
+    # the windows ending at bucket cur: the last n positions and the n before them
+    prior = sums[bisect_left(at, n)]
     recent = total - prior
     now_decline = prior > 0 and recent < ratio * prior
     flip = None
-    # the windows ending at cur + step hold buckets [n + step, 2n) and [step, n + step): the answer can change
+    # the windows ending at cur + step hold positions [n + step, 2n) and [step, n + step): the answer can change
     # only at a step where a non-empty bucket leaves one of them, so only those steps are looked at, in order
-    held = list(compress(range(2 * n), spend))  # the non-empty buckets, found in C
-    steps = {j + 1 for j in held}  # bucket j leaves the earlier window
-    steps.update([j - n + 1 for j in held if j >= n])  # bucket j leaves the later window
+    steps = {j + 1 for j in at}  # bucket j leaves the earlier window
+    steps.update([j - n + 1 for j in at if j >= n])  # bucket j leaves the later window
     for step in sorted(steps):
-        mid = n + step
-        at_mid = sums[mid] if mid <= 2 * n else total
-        r, p = total - at_mid, at_mid - sums[step]
+        at_mid = sums[bisect_left(at, n + step)]
+        r, p = total - at_mid, at_mid - sums[bisect_left(at, step)]
         if (p > 0 and r < ratio * p) != now_decline:
             flip = (cur + step) * width
             break
