@@ -329,28 +329,42 @@ def assess(inputs: ChurnInputs, now_ms: int, population_gap_days: float | None, 
     """All churn signals of one customer at event time ``now_ms``, combined into a score and level."""
     c = ctx.churn
     reasons: list[ChurnReason] = []
-    changes: list[int | None] = []
+    changes: list[int] = []
     overdue, change = _overdue(inputs, now_ms, population_gap_days, c)
-    reasons += [overdue] if overdue else []
-    changes.append(change)
-    low = _low_p_alive(inputs, c)
-    reasons += [low] if low else []
-    changes.append(_p_alive_drop_ms(inputs, ctx) if low is None else None)
+    if overdue is not None:
+        reasons.append(overdue)
+    if change is not None:
+        changes.append(change)
+    clv = inputs.clv
+    if clv.x < 1 or clv.p_alive is None or clv.p_alive >= c.p_alive_threshold:
+        change = _p_alive_drop_ms(inputs, ctx)  # not low: when it will be
+        if change is not None:
+            changes.append(change)
+    else:
+        reasons.append(_low_p_alive(inputs, c))  # type: ignore[arg-type]  # low: a reason (never None here)
     decline, change = _spend_decline(inputs, now_ms, ctx)
-    reasons += [decline] if decline else []
-    changes.append(change)
-    voice, voice_changes = _voice(inputs, now_ms, ctx)
-    reasons += voice
-    changes += voice_changes
-    service, change = _service(inputs, now_ms, ctx)
-    reasons += service
-    changes.append(change)
+    if decline is not None:
+        reasons.append(decline)
+    if change is not None:
+        changes.append(change)
+    # a customer without survey answers or complaints, or without tickets, has no such signal and no change
+    # of one: the calls are skipped (most customers)
+    voice = inputs.voice
+    if voice.nps or voice.csat is not None or voice.complaint_days:
+        voiced, voice_changes = _voice(inputs, now_ms, ctx)
+        reasons += voiced
+        changes += voice_changes
+    if inputs.service.tickets:
+        service, change = _service(inputs, now_ms, ctx)
+        reasons += service
+        if change is not None:
+            changes.append(change)
     if reasons:  # most customers have none: no set, no generator
         signals = {SIGNAL_OF_REASON[r.code] for r in reasons}
         score = min(MAX_SCORE, sum([c.weights.get(s, 0) for s in signals]))
     else:
         score = 0
-    future = [t for t in changes if t is not None and t > now_ms]
+    future = [t for t in changes if t > now_ms]
     return ChurnAssessment(score, c.level(score), tuple(reasons), min(future) if future else None)
 
 
