@@ -280,12 +280,26 @@ def rank_bucket(parts: Sequence[RankIndex], rank: int) -> int:
 
 
 def _path(i: int) -> list[int]:
-    """The Fenwick tree nodes whose sum is the count of keys below ``i`` (1-based node ``i`` and its parents)."""
+    """The Fenwick tree nodes whose sum is the count of keys below ``i`` (1-based node ``i`` and its parents).
+
+    Memoised: a function of ``i`` alone, asked for every ranked key (days, order counts, revenue buckets: a few
+    thousand distinct ones), and the loop was a sixth of a percentile's cost. Bounded all the same."""
+    path = _PATHS.get(i)
+    if path is not None:
+        return path
     path = []
-    while i > 0:
-        path.append(i)
-        i -= i & -i
+    j = i
+    while j > 0:
+        path.append(j)
+        j -= j & -j
+    if len(_PATHS) < _PATHS_MAX:
+        _PATHS[i] = path
     return path
+
+
+#: ``_path`` by node: the callers only read the lists
+_PATHS: dict[int, list[int]] = {}
+_PATHS_MAX = 1 << 14
 
 
 def _below(trees: Sequence[list[int]], path: list[int]) -> int:

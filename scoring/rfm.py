@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from math import floor
 
 from scoring.frozen import fast_init
-from scoring.rank import ExactIndex, RankIndex, RfmKeys, Union, percentile, score_1_to_5
+from scoring.rank import ExactIndex, RankIndex, RfmKeys, Union, percentile
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,14 +273,25 @@ class Ranking:
 def rfm_scores(keys: MemberKeys, parts: Sequence[Population] | Ranking, config: RfmConfig) -> RfmScores:
     """Scores of a member against the union of ``parts`` (which must include it)."""
     ranking = parts if isinstance(parts, Ranking) else Ranking(parts, config)
-    p_r = ranking.percentile(0, keys.r)
-    p_f = ranking.percentile(1, keys.f)
-    p_m = ranking.percentile(2, keys.m)
-    p_v = ranking.percentile(3, keys.v)
+    # the memoised percentiles read in line (most keys of a batch were ranked for another customer already)
+    memo_r, memo_f, memo_m, memo_v = ranking._memo
+    p_r = memo_r.get(keys.r, _MISSING)
+    if p_r is _MISSING:
+        p_r = ranking.percentile(0, keys.r)
+    p_f = memo_f.get(keys.f, _MISSING)
+    if p_f is _MISSING:
+        p_f = ranking.percentile(1, keys.f)
+    p_m = memo_m.get(keys.m, _MISSING)
+    if p_m is _MISSING:
+        p_m = ranking.percentile(2, keys.m)
+    p_v = memo_v.get(keys.v, _MISSING)
+    if p_v is _MISSING:
+        p_v = ranking.percentile(3, keys.v)
     if p_r is None or p_f is None or p_m is None or p_v is None:
         raise ValueError("scoring a customer against an empty population")
-    r, f, m = score_1_to_5(p_r), score_1_to_5(p_f), score_1_to_5(p_m)
-    return RfmScores(r, f, m, segment_for(r, f, m, config.segments), p_v)
+    # score_1_to_5 in line
+    r, f, m = min(5, 1 + floor(5 * p_r)), min(5, 1 + floor(5 * p_f)), min(5, 1 + floor(5 * p_m))  # type: ignore[operator]
+    return RfmScores(r, f, m, segment_for(r, f, m, config.segments), p_v)  # type: ignore[arg-type]
 
 
 def vip_flag(was_vip: bool, scores: RfmScores | None, config: RfmConfig) -> bool:
