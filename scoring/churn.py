@@ -24,7 +24,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from scoring.clv import ClvSignals, PurchaseDays, p_alive_below_at
-from scoring.frozen import fast_init
+from scoring.frozen import Value
 from scoring.orders import OrderState
 from scoring.tickets import ServiceState, service_risk
 from scoring.units import DAY_MS
@@ -121,9 +121,7 @@ class ChurnConfig:
         return MEDIUM if score >= self.medium_min_score else LOW
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class ChurnReason:
+class ChurnReason(Value):
     """One churn signal that fired: its code (``SIGNALS``), what was observed against which threshold, and a
     sentence for people (not a dead-letter reason: those are ``schemas.events.RejectReason``)."""
 
@@ -133,9 +131,7 @@ class ChurnReason:
     detail: str
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class ChurnAssessment:
+class ChurnAssessment(Value):
     score: int
     level: str
     reasons: tuple[ChurnReason, ...]
@@ -157,9 +153,7 @@ class ChurnState:
     alert_ms: int | None = None
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class ChurnInputs:
+class ChurnInputs(Value):
     """The parts of a customer's state the signals read."""
 
     orders: OrderState
@@ -368,9 +362,7 @@ def assess(inputs: ChurnInputs, now_ms: int, population_gap_days: float | None, 
     return ChurnAssessment(score, c.level(score), tuple(reasons), min(future) if future else None)
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class AlertDecision:
+class AlertDecision(Value):
     #: "entered" (first alert, or after the cooldown), "escalated", or None: no alert
     kind: str | None
     previous_level: str

@@ -26,7 +26,7 @@ from decimal import Decimal
 
 from scipy.special import hyp2f1
 
-from scoring.frozen import fast_init
+from scoring.frozen import Value
 from scoring.units import DAY_MS
 
 DAYS_PER_YEAR = 365.25
@@ -303,9 +303,7 @@ def mean_repeat_value(h: PurchaseDays) -> float | None:
     return (h.total_cents - h.first_day_cents) / x / CENTS_PER_UNIT
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class ClvSignals:
+class ClvSignals(Value):
     #: repeat purchase days, and t_x, T in ``params.time_unit_days`` units
     x: int
     t_x: float

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
 
-from scoring.frozen import fast_init
+from scoring.frozen import Value
 from scoring.units import DAY_MS
 
 #: Average month length used for "orders per month of tenure".
@@ -34,9 +34,7 @@ class OrderScoringConfig:
         return -(-self.revenue_window_days // self.revenue_bucket_days)
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class OrderFact:
+class OrderFact(Value):
     """An order event reduced to what scoring needs (base-currency cents, epoch ms)."""
 
     occurred_ms: int
@@ -123,9 +121,7 @@ def window_revenue_cents(state: OrderState, now_ms: int, config: OrderScoringCon
     return sum(cents for bucket, cents in buckets.items() if oldest <= bucket <= current)
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class OrderSignals:
+class OrderSignals(Value):
     """Derived order indicators at a point of event time."""
 
     revenue_cents: int

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from math import floor
 
-from scoring.frozen import fast_init
+from scoring.frozen import Value
 from scoring.rank import ExactIndex, RankIndex, RfmKeys, Union, percentile
 
 
@@ -80,9 +80,7 @@ class RfmConfig:
         return tuple(sorted({1 - self.vip_leave_share, 1 - self.vip_enter_share}))
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class MemberKeys:
+class MemberKeys(Value):
     """The rank keys one member is counted under: R (day), F (orders), M and the VIP value measure V (cents)."""
 
     r: int
@@ -158,9 +156,7 @@ class Population:
         )
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class RfmScores:
+class RfmScores(Value):
     r: int
     f: int
     m: int
