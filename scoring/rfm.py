@@ -15,6 +15,7 @@ from math import floor
 
 from scoring.frozen import Value
 from scoring.rank import ExactIndex, RankIndex, RfmKeys, Union, percentile
+from scoring.units import DAY_MS
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,12 +102,16 @@ def rfm_keys(
     assessed yet counts as 0 (the worker assesses every customer it scores before ranking it)."""
     if orders < 1 or last_purchase_ms is None:
         return None
-    k = config.keys
-    if config.vip_value == "clv":
+    measure = config.vip_value
+    if measure == "revenue":
+        v = revenue_cents
+    elif measure == "clv":
         v = clv_cents or 0
     else:
-        v = revenue_cents if config.vip_value == "revenue" or profit_cents is None else profit_cents
-    return MemberKeys(k.r_key(last_purchase_ms), k.f_key(orders), revenue_cents, v)
+        v = revenue_cents if profit_cents is None else profit_cents
+    # RfmKeys.r_key and f_key in line (the day of the last purchase, the order count): asked two or three
+    # times per scored event
+    return MemberKeys(last_purchase_ms // DAY_MS, orders, revenue_cents, v)
 
 
 @dataclass(slots=True)
