@@ -16,10 +16,8 @@ one customer cannot flood the team.
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from itertools import accumulate
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -121,7 +119,7 @@ class ChurnConfig:
         return MEDIUM if score >= self.medium_min_score else LOW
 
 
-class ChurnReason(Value):
+class ChurnReason(Value, frozen=True):
     """One churn signal that fired: its code (``SIGNALS``), what was observed against which threshold, and a
     sentence for people (not a dead-letter reason: those are ``schemas.events.RejectReason``)."""
 
@@ -131,7 +129,7 @@ class ChurnReason(Value):
     detail: str
 
 
-class ChurnAssessment(Value):
+class ChurnAssessment(Value, frozen=True):
     score: int
     level: str
     reasons: tuple[ChurnReason, ...]
@@ -153,7 +151,7 @@ class ChurnState:
     alert_ms: int | None = None
 
 
-class ChurnInputs(Value):
+class ChurnInputs(Value, frozen=True):
     """The parts of a customer's state the signals read."""
 
     orders: OrderState
@@ -222,23 +220,31 @@ def _spend_decline(i: ChurnInputs, now_ms: int, ctx: ScoringConfig) -> tuple[Chu
     held = sorted([(b - base, v) for b, v in i.orders.revenue_buckets.items() if v and base <= b <= cur])
     if not held:
         return None, None  # nothing in either window, now or later: no decline, no flip
-    at = [j for j, _ in held]
-    # sums[k]: the spend of the first k held buckets; the spend of positions before p is sums[bisect(at, p)]
-    sums = list(accumulate([v for _, v in held], initial=0))
-    total = sums[-1]
     ratio = c.spend_decline_ratio
-    # the windows ending at bucket cur: the last n positions and the n before them
-    prior = sums[bisect_left(at, n)]
-    recent = total - prior
+    # the windows ending at cur + step hold positions [step, n + step) (earlier) and [n + step, 2n) (later): a
+    # bucket at position j moves from the later window to the earlier one at step j - n + 1 (if j >= n) and
+    # leaves the earlier one at step j + 1. The sums are followed through those moves, in order of step: the
+    # answer can change only there
+    prior = recent = 0
+    moves: list[tuple[int, int, int]] = []  # (step, change of the earlier window's sum, of the later's)
+    for j, v in held:
+        if j < n:
+            prior += v
+        else:
+            recent += v
+            moves.append((j - n + 1, v, -v))
+        moves.append((j + 1, -v, 0))
+    # the windows ending at bucket cur (step 0): the last n positions and the n before them
     now_decline = prior > 0 and recent < ratio * prior
+    moves.sort()
     flip = None
-    # the windows ending at cur + step hold positions [n + step, 2n) and [step, n + step): the answer can change
-    # only at a step where a non-empty bucket leaves one of them, so only those steps are looked at, in order
-    steps = {j + 1 for j in at}  # bucket j leaves the earlier window
-    steps.update([j - n + 1 for j in at if j >= n])  # bucket j leaves the later window
-    for step in sorted(steps):
-        at_mid = sums[bisect_left(at, n + step)]
-        r, p = total - at_mid, at_mid - sums[bisect_left(at, step)]
+    p, r = prior, recent
+    last = len(moves) - 1
+    for k, (step, dp, dr) in enumerate(moves):
+        p += dp
+        r += dr
+        if k < last and moves[k + 1][0] == step:
+            continue  # the other moves of this step first
         if (p > 0 and r < ratio * p) != now_decline:
             flip = (cur + step) * width
             break
@@ -362,7 +368,7 @@ def assess(inputs: ChurnInputs, now_ms: int, population_gap_days: float | None, 
     return ChurnAssessment(score, c.level(score), tuple(reasons), min(future) if future else None)
 
 
-class AlertDecision(Value):
+class AlertDecision(Value, frozen=True):
     #: "entered" (first alert, or after the cooldown), "escalated", or None: no alert
     kind: str | None
     previous_level: str

@@ -303,7 +303,7 @@ def mean_repeat_value(h: PurchaseDays) -> float | None:
     return (h.total_cents - h.first_day_cents) / x / CENTS_PER_UNIT
 
 
-class ClvSignals(Value):
+class ClvSignals(Value, frozen=True):
     #: repeat purchase days, and t_x, T in ``params.time_unit_days`` units
     x: int
     t_x: float

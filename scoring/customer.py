@@ -97,7 +97,7 @@ class CustomerState:
     episodes: EpisodeState | None = None
 
 
-class EventFacts(Value):
+class EventFacts(Value, frozen=True):
     """A validated event as the scorer sees it, before it is scored: its kind, id, time, offset and the facts of
     its kind (built by the processor from a ``schemas.events`` event)."""
 

@@ -20,4 +20,5 @@ import msgspec
 
 
 class Value(msgspec.Struct, frozen=True, gc=False):
-    """Subclass with annotated fields, like a ``@dataclass(frozen=True, slots=True)``."""
+    """Subclass with annotated fields, like a ``@dataclass(frozen=True, slots=True)``: ``class X(Value,
+    frozen=True)`` (subclasses inherit frozen and gc at run time; restated, so type checkers see it too)."""

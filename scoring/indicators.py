@@ -107,7 +107,7 @@ def ticket_row_add(row: list[int] | None, slot: int, delta: int) -> list[int] | 
 # --- one customer's contribution -----------------------------------------
 
 
-class Contribution(Value):
+class Contribution(Value, frozen=True):
     """A customer's day rows as they were (shallow copies: the rows themselves are never mutated)."""
 
     voice: Mapping[int, list[int]]

@@ -35,7 +35,7 @@ class OrderScoringConfig:
         return -(-self.revenue_window_days // self.revenue_bucket_days)
 
 
-class OrderFact(Value):
+class OrderFact(Value, frozen=True):
     """An order event reduced to what scoring needs (base-currency cents, epoch ms)."""
 
     occurred_ms: int
@@ -149,7 +149,7 @@ def window_revenue_cents(state: OrderState, now_ms: int, config: OrderScoringCon
     return sum(cents for bucket, cents in buckets.items() if oldest <= bucket <= current)
 
 
-class OrderSignals(Value):
+class OrderSignals(Value, frozen=True):
     """Derived order indicators at a point of event time."""
 
     revenue_cents: int

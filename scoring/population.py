@@ -255,7 +255,7 @@ class PopulationView:
         return part.sweep.next_slice(part.members, limit, now_ms, inputs, self.refresh_min_ms)
 
 
-class Rescored(Value):
+class Rescored(Value, frozen=True):
     scores: RfmScores | None
     #: the stored scores, segment or VIP flag changed (the state must be written)
     changed: bool

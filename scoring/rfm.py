@@ -81,7 +81,7 @@ class RfmConfig:
         return tuple(sorted({1 - self.vip_leave_share, 1 - self.vip_enter_share}))
 
 
-class MemberKeys(Value):
+class MemberKeys(Value, frozen=True):
     """The rank keys one member is counted under: R (day), F (orders), M and the VIP value measure V (cents)."""
 
     r: int
@@ -161,7 +161,7 @@ class Population:
         )
 
 
-class RfmScores(Value):
+class RfmScores(Value, frozen=True):
     r: int
     f: int
     m: int

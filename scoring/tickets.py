@@ -57,7 +57,7 @@ class ServiceConfig:
     response_edges_ms: tuple[int, ...] = DEFAULT_RESPONSE_EDGES_MS
 
 
-class TicketFact(Value):
+class TicketFact(Value, frozen=True):
     occurred_ms: int
     ticket_id: str
     kind: str
@@ -201,7 +201,7 @@ def _hours_between(t: list[int | None], start: int, end: int) -> float | None:
     return None if a is None or b is None else max(0, b - a) / HOUR_MS
 
 
-class ServiceSignals(Value):
+class ServiceSignals(Value, frozen=True):
     tickets_total: int
     open_tickets: int
     reopened_total: int
@@ -261,7 +261,7 @@ def service_signals(state: ServiceState, now_ms: int, config: ServiceConfig) -> 
     )
 
 
-class ServiceRisk(Value):
+class ServiceRisk(Value, frozen=True):
     """What the churn warning reads from the tickets (spec: Churn warning, slow service)."""
 
     #: longest time an open ticket has waited for its first response, when past the SLA

@@ -49,13 +49,13 @@ def nps_category(score: int, config: VoiceConfig) -> str:
     return DETRACTOR
 
 
-class SurveyFact(Value):
+class SurveyFact(Value, frozen=True):
     occurred_ms: int
     nps: int | None
     csat: int | None
 
 
-class ComplaintFact(Value):
+class ComplaintFact(Value, frozen=True):
     occurred_ms: int
     severity: str
 
@@ -112,7 +112,7 @@ def apply_complaint(state: VoiceState, fact: ComplaintFact, config: VoiceConfig)
     return state
 
 
-class VoiceSignals(Value):
+class VoiceSignals(Value, frozen=True):
     nps: int | None
     nps_category: str | None
     nps_previous: int | None

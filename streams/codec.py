@@ -149,14 +149,18 @@ class _Positional:
         body = ["def decode(v):", "    n = len(v)"]
         for i, _, dec in self.patches:
             nested = getattr(dec, "__self__", None)
-            if isinstance(nested, _Positional) and not nested.patches and dec.__func__ is _Positional.decode:
+            if (
+                isinstance(nested, _Positional)
+                and not nested.patches
+                and getattr(dec, "__func__", None) is _Positional.decode
+            ):
                 namespace[f"_c{i}"] = nested.cls
                 size = nested.size
                 body.append(f"    if n > {i}:")
                 body.append(f"        x = v[{i}]")
                 body.append(f"        v[{i}] = _c{i}(*x) if len(x) <= {size} else _c{i}(*x[:{size}])")
             else:
-                if isinstance(nested, _Positional) and dec.__func__ is _Positional.decode:
+                if isinstance(nested, _Positional) and getattr(dec, "__func__", None) is _Positional.decode:
                     dec = nested.compiled_decode()
                 namespace[f"_d{i}"] = dec
                 body.append(f"    if n > {i}:")

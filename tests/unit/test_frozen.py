@@ -19,7 +19,7 @@ class Plain:
     c: list[int] = field(default_factory=list)
 
 
-class Fast(Value):
+class Fast(Value, frozen=True):
     a: int
     b: str = "b"
     c: list[int] = []
