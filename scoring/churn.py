@@ -180,8 +180,9 @@ def _overdue(
     limit_ms = int(c.overdue_gap_multiple * gap * DAY_MS)
     silent_ms = now_ms - last
     if silent_ms > limit_ms:
-        detail = f"no purchase for {_days(silent_ms)} days, over {c.overdue_gap_multiple:g} × {whose} {gap:.1f}-day gap"
-        return ChurnReason(OVERDUE, _days(silent_ms), _days(limit_ms), detail), None
+        silent = _days(silent_ms)
+        detail = f"no purchase for {silent} days, over {c.overdue_gap_multiple:g} × {whose} {gap:.1f}-day gap"
+        return ChurnReason(OVERDUE, silent, _days(limit_ms), detail), None
     return None, last + limit_ms + 1
 
 
