@@ -18,12 +18,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from itertools import accumulate, compress, repeat
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from scoring.clv import ClvSignals, PurchaseDays, p_alive_below_at
-from scoring.frozen import fast_init
+from scoring.frozen import Value
 from scoring.orders import OrderState
 from scoring.tickets import ServiceState, service_risk
 from scoring.units import DAY_MS
@@ -120,9 +119,7 @@ class ChurnConfig:
         return MEDIUM if score >= self.medium_min_score else LOW
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class ChurnReason:
+class ChurnReason(Value, frozen=True):
     """One churn signal that fired: its code (``SIGNALS``), what was observed against which threshold, and a
     sentence for people (not a dead-letter reason: those are ``schemas.events.RejectReason``)."""
 
@@ -132,9 +129,7 @@ class ChurnReason:
     detail: str
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class ChurnAssessment:
+class ChurnAssessment(Value, frozen=True):
     score: int
     level: str
     reasons: tuple[ChurnReason, ...]
@@ -156,9 +151,7 @@ class ChurnState:
     alert_ms: int | None = None
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class ChurnInputs:
+class ChurnInputs(Value, frozen=True):
     """The parts of a customer's state the signals read."""
 
     orders: OrderState
@@ -187,8 +180,9 @@ def _overdue(
     limit_ms = int(c.overdue_gap_multiple * gap * DAY_MS)
     silent_ms = now_ms - last
     if silent_ms > limit_ms:
-        detail = f"no purchase for {_days(silent_ms)} days, over {c.overdue_gap_multiple:g} × {whose} {gap:.1f}-day gap"
-        return ChurnReason(OVERDUE, _days(silent_ms), _days(limit_ms), detail), None
+        silent = _days(silent_ms)
+        detail = f"no purchase for {silent} days, over {c.overdue_gap_multiple:g} × {whose} {gap:.1f}-day gap"
+        return ChurnReason(OVERDUE, silent, _days(limit_ms), detail), None
     return None, last + limit_ms + 1
 
 
@@ -222,29 +216,36 @@ def _spend_decline(i: ChurnInputs, now_ms: int, ctx: ScoringConfig) -> tuple[Chu
     n = -(-c.spend_window_days // ctx.orders.revenue_bucket_days)
     cur = now_ms // width
     base = cur - 2 * n + 1  # the oldest bucket either window can hold, now or later
-    buckets = i.orders.revenue_buckets
-    spend = list(map(buckets.get, range(base, cur + 1), repeat(0, cur + 1 - base)))  # .get(b, 0), looped in C
-    if not any(spend):
+    # the non-empty buckets of base..cur as (position from base, cents), in order: a customer has a few (the
+    # dict holds at most a year of them), so the windows are summed over these, not over all 2n positions
+    held = sorted([(b - base, v) for b, v in i.orders.revenue_buckets.items() if v and base <= b <= cur])
+    if not held:
         return None, None  # nothing in either window, now or later: no decline, no flip
-    # running sums over base..cur: sums[k] is the spend of the first k buckets; the buckets after cur stay
-    # empty if no order comes, so beyond 2n the running sum stays at the total
-    sums = list(accumulate(spend, initial=0))
-    total = sums[-1]
     ratio = c.spend_decline_ratio
-    # the windows ending at bucket cur: the last n buckets and the n before them
-    prior = sums[n]
-    recent = total - prior
+    # the windows ending at cur + step hold positions [step, n + step) (earlier) and [n + step, 2n) (later): a
+    # bucket at position j moves from the later window to the earlier one at step j - n + 1 (if j >= n) and
+    # leaves the earlier one at step j + 1. The sums are followed through those moves, in order of step: the
+    # answer can change only there
+    prior = recent = 0
+    moves: list[tuple[int, int, int]] = []  # (step, change of the earlier window's sum, of the later's)
+    for j, v in held:
+        if j < n:
+            prior += v
+        else:
+            recent += v
+            moves.append((j - n + 1, v, -v))
+        moves.append((j + 1, -v, 0))
+    # the windows ending at bucket cur (step 0): the last n positions and the n before them
     now_decline = prior > 0 and recent < ratio * prior
+    moves.sort()
     flip = None
-    # the windows ending at cur + step hold buckets [n + step, 2n) and [step, n + step): the answer can change
-    # only at a step where a non-empty bucket leaves one of them, so only those steps are looked at, in order
-    held = list(compress(range(2 * n), spend))  # the non-empty buckets, found in C
-    steps = {j + 1 for j in held}  # bucket j leaves the earlier window
-    steps.update([j - n + 1 for j in held if j >= n])  # bucket j leaves the later window
-    for step in sorted(steps):
-        mid = n + step
-        at_mid = sums[mid] if mid <= 2 * n else total
-        r, p = total - at_mid, at_mid - sums[step]
+    p, r = prior, recent
+    last = len(moves) - 1
+    for k, (step, dp, dr) in enumerate(moves):
+        p += dp
+        r += dr
+        if k < last and moves[k + 1][0] == step:
+            continue  # the other moves of this step first
         if (p > 0 and r < ratio * p) != now_decline:
             flip = (cur + step) * width
             break
@@ -329,34 +330,46 @@ def assess(inputs: ChurnInputs, now_ms: int, population_gap_days: float | None, 
     """All churn signals of one customer at event time ``now_ms``, combined into a score and level."""
     c = ctx.churn
     reasons: list[ChurnReason] = []
-    changes: list[int | None] = []
+    changes: list[int] = []
     overdue, change = _overdue(inputs, now_ms, population_gap_days, c)
-    reasons += [overdue] if overdue else []
-    changes.append(change)
-    low = _low_p_alive(inputs, c)
-    reasons += [low] if low else []
-    changes.append(_p_alive_drop_ms(inputs, ctx) if low is None else None)
+    if overdue is not None:
+        reasons.append(overdue)
+    if change is not None:
+        changes.append(change)
+    clv = inputs.clv
+    if clv.x < 1 or clv.p_alive is None or clv.p_alive >= c.p_alive_threshold:
+        change = _p_alive_drop_ms(inputs, ctx)  # not low: when it will be
+        if change is not None:
+            changes.append(change)
+    else:
+        reasons.append(_low_p_alive(inputs, c))  # type: ignore[arg-type]  # low: a reason (never None here)
     decline, change = _spend_decline(inputs, now_ms, ctx)
-    reasons += [decline] if decline else []
-    changes.append(change)
-    voice, voice_changes = _voice(inputs, now_ms, ctx)
-    reasons += voice
-    changes += voice_changes
-    service, change = _service(inputs, now_ms, ctx)
-    reasons += service
-    changes.append(change)
+    if decline is not None:
+        reasons.append(decline)
+    if change is not None:
+        changes.append(change)
+    # a customer without survey answers or complaints, or without tickets, has no such signal and no change
+    # of one: the calls are skipped (most customers)
+    voice = inputs.voice
+    if voice.nps or voice.csat is not None or voice.complaint_days:
+        voiced, voice_changes = _voice(inputs, now_ms, ctx)
+        reasons += voiced
+        changes += voice_changes
+    if inputs.service.tickets:
+        service, change = _service(inputs, now_ms, ctx)
+        reasons += service
+        if change is not None:
+            changes.append(change)
     if reasons:  # most customers have none: no set, no generator
         signals = {SIGNAL_OF_REASON[r.code] for r in reasons}
         score = min(MAX_SCORE, sum([c.weights.get(s, 0) for s in signals]))
     else:
         score = 0
-    future = [t for t in changes if t is not None and t > now_ms]
+    future = [t for t in changes if t > now_ms]
     return ChurnAssessment(score, c.level(score), tuple(reasons), min(future) if future else None)
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class AlertDecision:
+class AlertDecision(Value, frozen=True):
     #: "entered" (first alert, or after the cooldown), "escalated", or None: no alert
     kind: str | None
     previous_level: str

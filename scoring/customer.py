@@ -26,7 +26,7 @@ from hashlib import blake2b
 from scoring.churn import ChurnAssessment, ChurnConfig, ChurnInputs, ChurnState, assess
 from scoring.clv import ClvConfig, ClvSignals, PurchaseDays, clv_signals, record_purchase
 from scoring.episodes import EpisodeConfig, EpisodeState, PendingAction, on_purchase, record_action
-from scoring.frozen import fast_init
+from scoring.frozen import Value
 from scoring.indicators import Contribution, IndicatorConfig, contribution
 from scoring.orders import OrderFact, OrderScoringConfig, OrderState, apply_order
 from scoring.rfm import RfmConfig
@@ -97,9 +97,7 @@ class CustomerState:
     episodes: EpisodeState | None = None
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class EventFacts:
+class EventFacts(Value, frozen=True):
     """A validated event as the scorer sees it, before it is scored: its kind, id, time, offset and the facts of
     its kind (built by the processor from a ``schemas.events`` event)."""
 

@@ -95,16 +95,18 @@ def _episode_tags(episodes: EpisodeState) -> tuple[tuple[str, int], ...]:
     return _episode_tags_of(
         tuple(episodes.totals.items()),
         tuple(
-            (
-                e.level,
-                e.status,
-                e.outcome,
-                e.purchased_ms is not None,
-                e.settled,
-                tuple(e.destinations),
-                e.recovered_cents,
-            )
-            for e in episodes.episodes
+            [
+                (
+                    e.level,
+                    e.status,
+                    e.outcome,
+                    e.purchased_ms is not None,
+                    e.settled,
+                    tuple(e.destinations),
+                    e.recovered_cents,
+                )
+                for e in episodes.episodes
+            ]
         ),
     )
 

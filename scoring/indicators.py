@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from scoring.clv import PurchaseDays
-from scoring.frozen import fast_init
+from scoring.frozen import Value
 from scoring.units import DAY_MS
 
 # --- per-day rows ---------------------------------------------------------
@@ -107,9 +107,7 @@ def ticket_row_add(row: list[int] | None, slot: int, delta: int) -> list[int] | 
 # --- one customer's contribution -----------------------------------------
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class Contribution:
+class Contribution(Value, frozen=True):
     """A customer's day rows as they were (shallow copies: the rows themselves are never mutated)."""
 
     voice: Mapping[int, list[int]]

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
+from functools import lru_cache
 
-from scoring.frozen import fast_init
+from scoring.frozen import Value
 from scoring.units import DAY_MS
 
 #: Average month length used for "orders per month of tenure".
@@ -34,9 +35,7 @@ class OrderScoringConfig:
         return -(-self.revenue_window_days // self.revenue_bucket_days)
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class OrderFact:
+class OrderFact(Value, frozen=True):
     """An order event reduced to what scoring needs (base-currency cents, epoch ms)."""
 
     occurred_ms: int
@@ -64,12 +63,39 @@ def to_cents(amount: Decimal, rate: Decimal = Decimal(1)) -> int:
 
 
 def order_cost_cents(fact: OrderFact, config: OrderScoringConfig) -> int:
-    """Cost of an order: its own cost, else amount × (1 − default margin)."""
+    """Cost of an order: its own cost, else amount × (1 − default margin), rounded half to even."""
     if fact.cost_cents is not None:
         return fact.cost_cents
-    return int(
-        (Decimal(fact.amount_cents) * (1 - config.default_gross_margin)).quantize(Decimal(1), rounding=ROUND_HALF_EVEN)
-    )
+    share = _cost_share(config.default_gross_margin)
+    if share is None or not -_EXACT_CENTS < fact.amount_cents < _EXACT_CENTS:
+        return _decimal_cost_cents(fact.amount_cents, config.default_gross_margin)
+    # the Decimal product and quantize in integers (they agree exactly: see _cost_share); an order without its
+    # own cost is the usual one, and the Decimal arithmetic was a tenth of applying it
+    num, den = share
+    q, r = divmod(fact.amount_cents * num, den)
+    twice = 2 * r
+    if twice > den or (twice == den and q % 2):
+        q += 1
+    return q
+
+
+#: below this many cents, an amount times a margin of at most 12 decimals has at most 27 digits: exact in Decimal
+_EXACT_CENTS = 10**14
+
+
+def _decimal_cost_cents(amount_cents: int, margin: Decimal) -> int:
+    return int((Decimal(amount_cents) * (1 - margin)).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+
+
+@lru_cache(maxsize=16)
+def _cost_share(margin: Decimal) -> tuple[int, int] | None:
+    """1 − ``margin`` as an exact fraction (numerator, denominator > 0), or None to keep the Decimal arithmetic:
+    a margin with more than 12 decimals (its product with an amount could need more than Decimal's 28 digits,
+    where Decimal rounds); amounts of 10^14 cents or more keep it too (``_EXACT_CENTS``)."""
+    exponent = margin.as_tuple().exponent
+    if not margin.is_finite() or not isinstance(exponent, int) or exponent < -12:
+        return None
+    return (1 - margin).as_integer_ratio()
 
 
 def apply_order(state: OrderState, fact: OrderFact, config: OrderScoringConfig) -> OrderState:
@@ -123,9 +149,7 @@ def window_revenue_cents(state: OrderState, now_ms: int, config: OrderScoringCon
     return sum(cents for bucket, cents in buckets.items() if oldest <= bucket <= current)
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class OrderSignals:
+class OrderSignals(Value, frozen=True):
     """Derived order indicators at a point of event time."""
 
     revenue_cents: int

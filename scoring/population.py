@@ -28,7 +28,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from scoring import snapshot as snapshots
 from scoring.customer import CustomerState
@@ -43,7 +42,7 @@ from scoring.footprint import (
     save_counts,
     tag_weights,
 )
-from scoring.frozen import fast_init
+from scoring.frozen import Value
 from scoring.indicator_sums import IndicatorValues, indicator_values
 from scoring.indicators import ACTIVE, ACTIVE_AT_START, FLAG_TAGS, TAG_PREFIX, IndicatorConfig
 from scoring.partition import PartitionPopulation, later
@@ -256,9 +255,7 @@ class PopulationView:
         return part.sweep.next_slice(part.members, limit, now_ms, inputs, self.refresh_min_ms)
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class Rescored:
+class Rescored(Value, frozen=True):
     scores: RfmScores | None
     #: the stored scores, segment or VIP flag changed (the state must be written)
     changed: bool

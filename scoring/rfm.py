@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from math import floor
 
-from scoring.frozen import fast_init
-from scoring.rank import ExactIndex, RankIndex, RfmKeys, Union, percentile, score_1_to_5
+from scoring.frozen import Value
+from scoring.rank import ExactIndex, RankIndex, RfmKeys, Union, percentile
+from scoring.units import DAY_MS
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,9 +81,7 @@ class RfmConfig:
         return tuple(sorted({1 - self.vip_leave_share, 1 - self.vip_enter_share}))
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class MemberKeys:
+class MemberKeys(Value, frozen=True):
     """The rank keys one member is counted under: R (day), F (orders), M and the VIP value measure V (cents)."""
 
     r: int
@@ -102,12 +102,16 @@ def rfm_keys(
     assessed yet counts as 0 (the worker assesses every customer it scores before ranking it)."""
     if orders < 1 or last_purchase_ms is None:
         return None
-    k = config.keys
-    if config.vip_value == "clv":
+    measure = config.vip_value
+    if measure == "revenue":
+        v = revenue_cents
+    elif measure == "clv":
         v = clv_cents or 0
     else:
-        v = revenue_cents if config.vip_value == "revenue" or profit_cents is None else profit_cents
-    return MemberKeys(k.r_key(last_purchase_ms), k.f_key(orders), revenue_cents, v)
+        v = revenue_cents if profit_cents is None else profit_cents
+    # RfmKeys.r_key and f_key in line (the day of the last purchase, the order count): asked two or three
+    # times per scored event
+    return MemberKeys(last_purchase_ms // DAY_MS, orders, revenue_cents, v)
 
 
 @dataclass(slots=True)
@@ -157,9 +161,7 @@ class Population:
         )
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class RfmScores:
+class RfmScores(Value, frozen=True):
     r: int
     f: int
     m: int
@@ -272,14 +274,25 @@ class Ranking:
 def rfm_scores(keys: MemberKeys, parts: Sequence[Population] | Ranking, config: RfmConfig) -> RfmScores:
     """Scores of a member against the union of ``parts`` (which must include it)."""
     ranking = parts if isinstance(parts, Ranking) else Ranking(parts, config)
-    p_r = ranking.percentile(0, keys.r)
-    p_f = ranking.percentile(1, keys.f)
-    p_m = ranking.percentile(2, keys.m)
-    p_v = ranking.percentile(3, keys.v)
+    # the memoised percentiles read in line (most keys of a batch were ranked for another customer already)
+    memo_r, memo_f, memo_m, memo_v = ranking._memo
+    p_r = memo_r.get(keys.r, _MISSING)
+    if p_r is _MISSING:
+        p_r = ranking.percentile(0, keys.r)
+    p_f = memo_f.get(keys.f, _MISSING)
+    if p_f is _MISSING:
+        p_f = ranking.percentile(1, keys.f)
+    p_m = memo_m.get(keys.m, _MISSING)
+    if p_m is _MISSING:
+        p_m = ranking.percentile(2, keys.m)
+    p_v = memo_v.get(keys.v, _MISSING)
+    if p_v is _MISSING:
+        p_v = ranking.percentile(3, keys.v)
     if p_r is None or p_f is None or p_m is None or p_v is None:
         raise ValueError("scoring a customer against an empty population")
-    r, f, m = score_1_to_5(p_r), score_1_to_5(p_f), score_1_to_5(p_m)
-    return RfmScores(r, f, m, segment_for(r, f, m, config.segments), p_v)
+    # score_1_to_5 in line
+    r, f, m = min(5, 1 + floor(5 * p_r)), min(5, 1 + floor(5 * p_f)), min(5, 1 + floor(5 * p_m))  # type: ignore[operator]
+    return RfmScores(r, f, m, segment_for(r, f, m, config.segments), p_v)  # type: ignore[arg-type]
 
 
 def vip_flag(was_vip: bool, scores: RfmScores | None, config: RfmConfig) -> bool:

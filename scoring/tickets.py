@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final
 
-from scoring.frozen import fast_init
+from scoring.frozen import Value
 from scoring.indicators import DEFAULT_RESPONSE_EDGES_MS, RESPONSE_SLOT, response_bucket, ticket_row_add
 from scoring.indicators import OPENED as MARK_OPENED
 from scoring.indicators import RESOLVED as MARK_RESOLVED
@@ -57,9 +57,7 @@ class ServiceConfig:
     response_edges_ms: tuple[int, ...] = DEFAULT_RESPONSE_EDGES_MS
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class TicketFact:
+class TicketFact(Value, frozen=True):
     occurred_ms: int
     ticket_id: str
     kind: str
@@ -203,9 +201,7 @@ def _hours_between(t: list[int | None], start: int, end: int) -> float | None:
     return None if a is None or b is None else max(0, b - a) / HOUR_MS
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class ServiceSignals:
+class ServiceSignals(Value, frozen=True):
     tickets_total: int
     open_tickets: int
     reopened_total: int
@@ -265,9 +261,7 @@ def service_signals(state: ServiceState, now_ms: int, config: ServiceConfig) -> 
     )
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class ServiceRisk:
+class ServiceRisk(Value, frozen=True):
     """What the churn warning reads from the tickets (spec: Churn warning, slow service)."""
 
     #: longest time an open ticket has waited for its first response, when past the SLA

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from scoring.frozen import fast_init
+from scoring.frozen import Value
 from scoring.indicators import (
     COMPLAINTS,
     CSAT_ANSWERS,
@@ -49,17 +49,13 @@ def nps_category(score: int, config: VoiceConfig) -> str:
     return DETRACTOR
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class SurveyFact:
+class SurveyFact(Value, frozen=True):
     occurred_ms: int
     nps: int | None
     csat: int | None
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class ComplaintFact:
+class ComplaintFact(Value, frozen=True):
     occurred_ms: int
     severity: str
 
@@ -116,9 +112,7 @@ def apply_complaint(state: VoiceState, fact: ComplaintFact, config: VoiceConfig)
     return state
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class VoiceSignals:
+class VoiceSignals(Value, frozen=True):
     nps: int | None
     nps_category: str | None
     nps_previous: int | None

@@ -42,24 +42,36 @@ from scoring.orders import OrderFact, to_cents
 from scoring.tickets import TicketFact
 from scoring.voice import ComplaintFact, SurveyFact
 
-# Python's ``$`` also matches before a final newline, pydantic's (Rust) regex does not: ``\Z`` here
-_ID = Annotated[str, msgspec.Meta(pattern=ID_PATTERN.removesuffix("$") + r"\Z")]
+#: an id as ``ID_PATTERN`` (unanchored here); Python's ``$`` also matches before a final newline, pydantic's (Rust)
+#: regex does not: the patterns below end with ``\Z``
+_ID = ID_PATTERN.removeprefix("^").removesuffix("$")
 #: what both the fast path and pydantic read the same way: RFC 3339 with "T", seconds, at most 6 decimals,
 #: "Z" or a ±hh:mm offset (pydantic also takes a space, lower case, no seconds, 9 decimals …: those go there)
-_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?(?:Z|[+-]\d\d:\d\d)\Z")
+_TIME_TEXT = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?(?:Z|[+-]\d\d:\d\d)"
+_TIME = re.compile(_TIME_TEXT + r"\Z")
+#: per kind, its ids (and an order's currency) and its time joined by newlines, checked in one match: one regex
+#: call instead of one per field (a pattern per field was a fifth of the fast path). None of the parts can hold a
+#: newline, so the joined text matches exactly when every part matches its own pattern
+_FIELDS = {
+    Kind.ORDER: re.compile(rf"{_ID}\n{_ID}\n{_ID}\n[A-Z]{{3}}\n{_TIME_TEXT}\Z"),
+    Kind.SURVEY: re.compile(rf"{_ID}\n{_ID}\n{_TIME_TEXT}\Z"),
+    Kind.COMPLAINT: re.compile(rf"{_ID}\n{_ID}\n{_ID}\n{_TIME_TEXT}\Z"),
+    Kind.SUPPORT: re.compile(rf"{_ID}\n{_ID}\n{_ID}\n{_TIME_TEXT}\Z"),
+}
 _MAX_AMOUNT = 1_000_000_000
 
 
 class _Base(msgspec.Struct, gc=False):
-    event_id: _ID
-    customer_id: _ID
+    # the ids' and the time's patterns are checked together afterwards (``_FIELDS``)
+    event_id: str
+    customer_id: str
     occurred_at: str
 
 
 class _Order(_Base, gc=False):
-    order_id: _ID
+    order_id: str
     amount: int | float
-    currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}\Z")]
+    currency: str
     status: Literal["completed", "refunded"]
     cost: int | float | None = None
 
@@ -70,13 +82,13 @@ class _Survey(_Base, gc=False):
 
 
 class _Complaint(_Base, gc=False):
-    complaint_id: _ID
+    complaint_id: str
     severity: Literal["low", "medium", "high", "critical"]
     category: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 
 
 class _Support(_Base, gc=False):
-    ticket_id: _ID
+    ticket_id: str
     kind: Literal["opened", "first_response", "resolved", "reopened"]
 
 
@@ -97,6 +109,11 @@ def _occurred_ms(text: str) -> int:
     (so the UTC conversion cannot leave the representable range, which pydantic's validator checks)."""
     if _TIME.match(text) is None:
         raise _Slow
+    return _canonical_ms(text)
+
+
+def _canonical_ms(text: str) -> int:
+    """``_occurred_ms`` of a text that matched ``_TIME`` already."""
     try:
         at = datetime.fromisoformat(text)
     except ValueError:
@@ -172,7 +189,17 @@ class EventReader:
         if decoder is None:
             raise _Slow  # a kind without a fast path: the pydantic model decides
         e = decoder.decode(payload)
-        at = _occurred_ms(e.occurred_at)
+        if kind is Kind.ORDER:
+            fields = f"{e.event_id}\n{e.customer_id}\n{e.order_id}\n{e.currency}\n{e.occurred_at}"
+        elif kind is Kind.SURVEY:
+            fields = f"{e.event_id}\n{e.customer_id}\n{e.occurred_at}"
+        elif kind is Kind.COMPLAINT:
+            fields = f"{e.event_id}\n{e.customer_id}\n{e.complaint_id}\n{e.occurred_at}"
+        else:
+            fields = f"{e.event_id}\n{e.customer_id}\n{e.ticket_id}\n{e.occurred_at}"
+        if _FIELDS[kind].match(fields) is None:
+            raise _Slow
+        at = _canonical_ms(e.occurred_at)
         if kind is Kind.ORDER:
             rate = self.rates.get(e.currency)
             if rate is None:

@@ -16,6 +16,7 @@ from scoring.clv import (
     BgNbdParams,
     ClvConfig,
     ClvParams,
+    ClvSignals,
     GammaGammaParams,
     PurchaseDays,
     bgnbd_log_likelihood,
@@ -23,6 +24,9 @@ from scoring.clv import (
     expected_order_value,
     expected_purchases,
     gamma_gamma_log_likelihood,
+    margin,
+    mean_repeat_value,
+    model_inputs,
     p_alive,
     p_alive_below_at,
     record_purchase,
@@ -335,3 +339,48 @@ def test_params_in_days_give_the_same_p_alive_as_in_weeks() -> None:
     s_days = clv_signals(h, 300 * DAY_MS, 300, 90, ClvConfig(params=days), 0.3)
     assert s_days.p_alive == pytest.approx(s_weeks.p_alive, rel=1e-12)
     assert s_days.expected_purchases == pytest.approx(s_weeks.expected_purchases, rel=1e-9)
+
+
+def _composed(h: PurchaseDays, now_ms: int, revenue: int, profit: int, config: ClvConfig, lifetime: float | None):
+    """``clv_signals`` as the composition of the documented functions (what it computes in line)."""
+    params = config.params
+    unit = params.time_unit_days
+    x, t_x, T = model_inputs(h, now_ms, unit)
+    alive = p_alive(params.bgnbd, x, t_x, T)
+    purchases = expected_purchases(params.bgnbd, config.horizon_days / unit, x, t_x, T, alive)
+    order_value_cents = expected_order_value(params.gamma_gamma, x, mean_repeat_value(h)) * 100
+    share = margin(revenue, profit, 0.3)
+    annual = max(0, revenue) / max(1.0, T * unit / 365.25)
+    years = config.expected_lifetime_years if lifetime is None else lifetime
+    return ClvSignals(
+        x=x,
+        t_x=t_x,
+        T=T,
+        p_alive=alive,
+        expected_purchases=purchases,
+        expected_order_value_cents=round(order_value_cents),
+        clv_predictive_cents=round(purchases * order_value_cents * share),
+        clv_historical_cents=round(annual * years * share),
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(19_000, 19_800), st.integers(1, 500_000)), min_size=1, max_size=40),
+    st.integers(19_000, 20_200),
+    st.integers(-100_000, 5_000_000),
+    st.integers(-100_000, 5_000_000),
+    st.sampled_from([None, 0.5, 2.0, 7.25]),
+    st.sampled_from([(0.793, 365), (1.0, 365), (1.0000004, 90), (0.5, 0)]),
+)
+def test_signals_in_line_equal_the_documented_functions(history, now_day, revenue, profit, lifetime, a_horizon):
+    a, horizon = a_horizon
+    base = DEFAULT_CLV_PARAMS
+    params = ClvParams(BgNbdParams(base.bgnbd.r, base.bgnbd.alpha, a, base.bgnbd.b), base.gamma_gamma)
+    config = ClvConfig(params=params, horizon_days=horizon)
+    h = PurchaseDays()
+    for day, cents in history:
+        record_purchase(h, day, cents, config)
+    now_ms = now_day * DAY_MS + 12_345
+    expected = _composed(h, now_ms, revenue, profit, config, lifetime)
+    assert clv_signals(h, now_ms, revenue, profit, config, 0.3, lifetime) == expected

@@ -1,12 +1,20 @@
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.profile import CustomerProfile
 from scoring.customer import CustomerState, EventFacts, ScoringConfig, apply_event
-from scoring.orders import OrderFact, OrderScoringConfig, OrderState, apply_order, order_signals, to_cents
+from scoring.orders import (
+    OrderFact,
+    OrderScoringConfig,
+    OrderState,
+    apply_order,
+    order_cost_cents,
+    order_signals,
+    to_cents,
+)
 from scoring.units import DAY_MS
 from testing.reference import batch_order_profiles
 
@@ -152,3 +160,14 @@ def test_incremental_equals_batch_in_any_order(rows, rnd, data):
         exp = expected[cid]
         got = {k: getattr(profile, k) for k in exp}
         assert got == exp, cid
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.integers(0, 10**15),
+    st.sampled_from(["0.30", "0", "1", "0.5", "0.123456789012", "0.1234567890123", "0.07", "0.333", "1.5", "-0.2"]),
+)
+def test_default_cost_in_integers_equals_the_decimal_product(amount_cents, margin):
+    config = OrderScoringConfig(default_gross_margin=Decimal(margin))
+    expected = int((Decimal(amount_cents) * (1 - Decimal(margin))).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+    assert order_cost_cents(OrderFact(0, amount_cents, None), config) == expected
