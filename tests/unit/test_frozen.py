@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 from dataclasses import dataclass, field
 
@@ -10,7 +9,7 @@ import msgspec
 import pytest
 
 from scoring import churn, clv, customer, indicators, orders, population, rfm, tickets, voice
-from scoring.frozen import Value, fast_init
+from scoring.frozen import Value
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,31 +17,6 @@ class Plain:
     a: int
     b: str = "b"
     c: list[int] = field(default_factory=list)
-
-
-@fast_init
-@dataclass(frozen=True, slots=True)
-class FastInit:
-    a: int
-    b: str = "b"
-    c: list[int] = field(default_factory=list)
-
-
-def test_fast_init_builds_what_the_dataclass_builds():
-    for args, kwargs in (((1,), {}), ((1, "x"), {}), ((1,), {"c": [2]}), ((), {"a": 3, "b": "y", "c": [4]})):
-        plain, fast = Plain(*args, **kwargs), FastInit(*args, **kwargs)
-        assert dataclasses.astuple(plain) == dataclasses.astuple(fast)
-        assert repr(plain).replace("Plain", "FastInit") == repr(fast)
-    assert FastInit(1).c is not FastInit(1).c
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        FastInit(1).a = 2  # type: ignore[misc]
-
-    @dataclass(slots=True)
-    class Mutable:
-        a: int
-
-    with pytest.raises(TypeError):
-        fast_init(Mutable)
 
 
 class Fast(Value, frozen=True):
