@@ -18,7 +18,7 @@ import pytest
 from pulse.simulate import generate_events
 from streams.stats import read_stats, stats_json
 from testing.reference import batch_population_indicators, uninterrupted_profiles
-from testing.stack import REPO, produce, profile_diffs, wait_until
+from testing.stack import CONVERGE_SECONDS, REPO, produce, profile_diffs, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -102,7 +102,7 @@ def test_stats_and_gauges_equal_the_batch_reference(namespace, start_worker):
             and all(got.get(k) == pytest.approx(v) for k, v in expected.items() if k != "first_response_ms")
         )
 
-    converged = wait_until(lambda: matches(stats_now()), timeout=60, every=1.0)
+    converged = wait_until(lambda: matches(stats_now()), timeout=max(60.0, CONVERGE_SECONDS), every=1.0)  # hang guard
     elapsed = time.monotonic() - started
     assert converged, f"{stats_now()}\n{expected}\n{workers[0].log_tail()}"
     print(f"\n[e2e] {len(arrivals)} events through 2 workers: indicators converged in {elapsed:.1f}s: {expected}")
