@@ -7,6 +7,7 @@ bounded in time (``CONVERGE_SECONDS``, ``PULSE_TEST_CONVERGE_SECONDS``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -15,11 +16,12 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 
 from pulse.devstack import free_port, stop_process
 from pulse_config.settings import Settings
@@ -224,6 +226,48 @@ def consume(bootstrap: str, topic: str, expected: int, timeout: float = CONVERGE
             await consumer.stop()
 
     return asyncio.run(go())
+
+
+def log_ends(bootstrap: str, topics: list[str]) -> dict[tuple[str, int], int]:
+    """Each partition's next offset, read from its records (Tansu's ListOffsets(latest) stops at the last record
+    batch's base offset + 1)."""
+    ends: dict[tuple[str, int], int] = {}
+    for topic in topics:
+        for r in consume(bootstrap, topic, 1, quiet=2):
+            ends[(topic, r.partition)] = max(ends.get((topic, r.partition), 0), r.offset + 1)
+    return ends
+
+
+class FaustProtocol(RoundRobinPartitionAssignor):
+    """Round robin under the protocol name of Faust's assignor: Tansu keeps the group's protocol after its
+    members left and refuses a member with another one (InconsistentGroupProtocol)."""
+
+    name = "faust"
+
+
+@contextlib.asynccontextmanager
+async def group_member(
+    bootstrap: str, group_id: str, topics: list[str], partitions: int
+) -> AsyncIterator[AIOKafkaConsumer]:
+    """A consumer in a worker's group (no worker running) once it holds every partition of ``topics``: to read or
+    move the group's committed offsets (Tansu refuses commits from outside a group that has a generation)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=group_id,
+        enable_auto_commit=False,
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=500,
+        partition_assignment_strategy=(FaustProtocol,),
+    )
+    await consumer.start()
+    try:
+        consumer.subscribe(topics)
+        deadline = time.monotonic() + CONVERGE_SECONDS
+        while len(consumer.assignment()) < len(topics) * partitions and time.monotonic() < deadline:
+            await consumer.getmany(timeout_ms=500, max_records=1)
+        yield consumer
+    finally:
+        await consumer.stop()
 
 
 def profile_diffs(settings: Settings, expected: dict[str, dict]) -> list[tuple[str, dict, dict | None]]:

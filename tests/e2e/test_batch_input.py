@@ -10,25 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from datetime import UTC, datetime
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
-from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 
 from pulse.simulate import generate_events
 from testing.reference import uninterrupted_profiles
-from testing.stack import CONVERGE_SECONDS, consume, produce, profile_diffs, wait_until
+from testing.stack import group_member, log_ends, produce, profile_diffs, wait_until
 
 pytestmark = [pytest.mark.e2e]
-
-
-class FaustProtocol(RoundRobinPartitionAssignor):
-    """Round robin under the protocol name of Faust's assignor (Tansu keeps a group's protocol)."""
-
-    name = "faust"
 
 
 @pytest.mark.parametrize("path", ["stream", "batch"])
@@ -58,29 +49,11 @@ def test_the_input_path_scores_exactly_and_commits_what_it_applied(namespace, st
     worker.proc.wait(60)
 
     inputs = list(topics.values())
-    ends: dict[tuple[str, int], int] = {}
-    for topic in inputs:
-        for r in consume(namespace.bootstrap, topic, 1, quiet=2):
-            ends[(topic, r.partition)] = max(ends.get((topic, r.partition), 0), r.offset + 1)
+    ends = log_ends(namespace.bootstrap, inputs)
 
     async def committed() -> dict[tuple[str, int], int | None]:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=namespace.bootstrap,
-            group_id=settings.app_id,
-            enable_auto_commit=False,
-            session_timeout_ms=6000,
-            heartbeat_interval_ms=500,
-            partition_assignment_strategy=(FaustProtocol,),
-        )
-        await consumer.start()
-        try:
-            consumer.subscribe(inputs)
-            deadline = time.monotonic() + CONVERGE_SECONDS
-            while len(consumer.assignment()) < len(inputs) * settings.partitions and time.monotonic() < deadline:
-                await consumer.getmany(timeout_ms=500, max_records=1)
+        async with group_member(namespace.bootstrap, settings.app_id, inputs, settings.partitions) as consumer:
             return {(tp.topic, tp.partition): await consumer.committed(tp) for tp in consumer.assignment()}
-        finally:
-            await consumer.stop()
 
     commits = asyncio.run(committed())
     print(f"\n[input path {path}] {len(events)} events, committed {sum(v or 0 for v in commits.values())}")

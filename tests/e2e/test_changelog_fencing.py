@@ -21,21 +21,20 @@ events after the old commit are never read.
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 import pytest
 import redis
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+from aiokafka import AIOKafkaProducer
 
 from pulse.simulate import generate_events
 from streams.codec import decode_state
 from streams.ownership import OWNER_MARKER_PREFIX, epoch_headers, epoch_of, latest_states
 from streams.partitioning import partitioner
 from testing.reference import uninterrupted_profiles
-from testing.stack import CONVERGE_SECONDS, consume, produce, profile_diffs, wait_until
+from testing.stack import consume, group_member, log_ends, produce, profile_diffs, wait_until
 
 pytestmark = [pytest.mark.e2e]
 
@@ -55,6 +54,35 @@ def events_for(seed: int) -> list[tuple[str, dict]]:
     return generate_events(customers=40, days=365, seed=seed, end=datetime(2026, 6, 1, tzinfo=UTC))
 
 
+def late_write(namespace, records: list) -> tuple[bytes, Any, tuple[int, int]]:
+    """A dropped worker's late write: the earliest state of the customer with the most versions in ``records``
+    (the changelog), produced after everything the owner wrote, with an epoch below the owner's of its
+    partition. Returns the customer, the stale record and the epoch it was written with."""
+    versions: dict[bytes, list] = {}
+    for r in records:
+        if not r.key.startswith(b"\x00") and r.value is not None:
+            versions.setdefault(r.key, []).append(r)
+    victim = max(versions, key=lambda k: len(versions[k]))
+    stale = versions[victim][0]
+    markers = [r for r in records if r.key.startswith(OWNER_MARKER_PREFIX) and r.partition == stale.partition]
+    owner = max(epoch_of(r.headers) for r in markers)
+    assert owner[0] >= 1, "the worker wrote an owner marker before its states"
+    epoch = (owner[0] - 1, owner[1])
+
+    async def write() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=namespace.bootstrap, acks="all")
+        await producer.start()
+        try:
+            await producer.send_and_wait(
+                stale.topic, stale.value, key=victim, partition=stale.partition, headers=epoch_headers(epoch)
+            )
+        finally:
+            await producer.stop()
+
+    asyncio.run(write())
+    return victim, stale, epoch
+
+
 @pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
 def test_a_late_write_of_an_older_epoch_is_skipped_by_the_next_recovery(namespace, start_worker, store):
     """With RocksDB the next worker keeps the local files: it starts at its persisted offset, with the epoch
@@ -70,27 +98,7 @@ def test_a_late_write_of_an_older_epoch_is_skipped_by_the_next_recovery(namespac
     # the dropped worker's late write: the earliest state of the customer with the most versions, produced
     # after everything the owner wrote, with an epoch below the owner's
     records = changelog(namespace)
-    versions: dict[bytes, list] = {}
-    for r in records:
-        if not r.key.startswith(b"\x00") and r.value is not None:
-            versions.setdefault(r.key, []).append(r)
-    victim = max(versions, key=lambda k: len(versions[k]))
-    stale = versions[victim][0]
-    owner = max(epoch_of(r.headers) for r in records if r.key.startswith(OWNER_MARKER_PREFIX))
-    assert owner[0] >= 1, "the worker wrote an owner marker before its states"
-    late_epoch = (owner[0] - 1, owner[1])
-
-    async def late_write() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=namespace.bootstrap, acks="all")
-        await producer.start()
-        try:
-            await producer.send_and_wait(
-                stale.topic, stale.value, key=victim, partition=stale.partition, headers=epoch_headers(late_epoch)
-            )
-        finally:
-            await producer.stop()
-
-    asyncio.run(late_write())
+    victim, stale, late_epoch = late_write(namespace, records)
     assert decode_state(stale.value).events != decode_state(latest_states(records)[victim]).events
 
     # the profiles come from the next worker's recovered states alone
@@ -124,27 +132,7 @@ def test_a_late_write_while_the_owner_runs_is_overwritten_so_compaction_keeps_th
 
     # the dropped worker's late write, while the owner runs: an earlier state of a customer, older epoch
     records = changelog(namespace)
-    versions: dict[bytes, list] = {}
-    for r in records:
-        if not r.key.startswith(b"\x00") and r.value is not None:
-            versions.setdefault(r.key, []).append(r)
-    victim = max(versions, key=lambda k: len(versions[k]))
-    stale = versions[victim][0]
-    markers = [r for r in records if r.key.startswith(OWNER_MARKER_PREFIX) and r.partition == stale.partition]
-    owner = max(epoch_of(r.headers) for r in markers)
-    late_epoch = (owner[0] - 1, owner[1])
-
-    async def late_write() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=namespace.bootstrap, acks="all")
-        await producer.start()
-        try:
-            await producer.send_and_wait(
-                stale.topic, stale.value, key=victim, partition=stale.partition, headers=epoch_headers(late_epoch)
-            )
-        finally:
-            await producer.stop()
-
-    asyncio.run(late_write())
+    victim, stale, late_epoch = late_write(namespace, records)
     # without this repair, the log as compaction leaves it has no state for the victim
     assert victim not in latest_states(compacted(changelog(namespace)))
 
@@ -172,13 +160,6 @@ def test_a_late_write_while_the_owner_runs_is_overwritten_so_compaction_keeps_th
     assert worker.alive()
 
 
-class FaustProtocol(RoundRobinPartitionAssignor):
-    """Round robin under the protocol name of Faust's assignor: Tansu keeps the group's protocol after its
-    members left and refuses a member with another one (InconsistentGroupProtocol)."""
-
-    name = "faust"
-
-
 def test_a_commit_ahead_of_the_changelog_is_rewound_and_applied_once(namespace, start_worker):
     settings = namespace.settings
     events = events_for(17)
@@ -193,34 +174,14 @@ def test_a_commit_ahead_of_the_changelog_is_rewound_and_applied_once(namespace, 
     inputs = list(settings.input_topics().values())
 
     async def commit_to_end() -> dict:
-        # a member of the worker's group (Tansu refuses commits from outside a group that has a generation)
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=namespace.bootstrap,
-            group_id=settings.app_id,
-            enable_auto_commit=False,
-            session_timeout_ms=6000,
-            heartbeat_interval_ms=500,
-            partition_assignment_strategy=(FaustProtocol,),
-        )
-        await consumer.start()
-        try:
-            consumer.subscribe(inputs)
-            deadline = time.monotonic() + CONVERGE_SECONDS
-            while len(consumer.assignment()) < len(inputs) * settings.partitions and time.monotonic() < deadline:
-                await consumer.getmany(timeout_ms=500, max_records=1)
+        async with group_member(namespace.bootstrap, settings.app_id, inputs, settings.partitions) as consumer:
             tps = sorted(consumer.assignment())
             await consumer.commit(
                 {tp: ends[(tp.topic, tp.partition)] for tp in tps if (tp.topic, tp.partition) in ends}
             )
             return {tp: await consumer.committed(tp) for tp in tps}
-        finally:
-            await consumer.stop()
 
-    # the log ends, read (Tansu's ListOffsets(latest) stops at the last record batch's base offset + 1)
-    ends: dict[tuple[str, int], int] = {}
-    for topic in inputs:
-        for r in consume(namespace.bootstrap, topic, 1, quiet=2):
-            ends[(topic, r.partition)] = max(ends.get((topic, r.partition), 0), r.offset + 1)
+    ends = log_ends(namespace.bootstrap, inputs)
     committed = asyncio.run(commit_to_end())
     assert any(committed.values())
 
