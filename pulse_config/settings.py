@@ -73,11 +73,11 @@ class Settings(BaseSettings):
     batch_max_events: int = Field(500, ge=1, description="Events per processing batch (one checkpoint each).")
     batch_within_seconds: float = Field(0.05, gt=0, description="Longest wait to fill a batch.")
     input_path: Literal["stream", "batch"] = Field(
-        "batch",
-        description="How the scoring worker reads its input topics: batch (the group consumer's fetches as raw "
-        "batches; the checkpoint's applied offsets are what Faust commits; about half the CPU per event, "
-        "streams/batch_input.py, docs/architecture.md) or stream (Faust's stream.take_events, an Event and an ack "
-        "per record: the path before session 8).",
+        "stream",
+        description="How the scoring worker reads its input topics: stream (Faust's stream.take_events, an Event "
+        "and an ack per record) or batch (opt-in: the group consumer's fetches as raw batches, the checkpoint's "
+        "applied offsets are what Faust commits; about half the CPU per event; streams/batch_input.py, "
+        "docs/architecture.md says why it is not the default yet).",
     )
     input_queue_records: int = Field(
         5000,

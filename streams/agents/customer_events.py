@@ -6,11 +6,10 @@ single writer. Events are handled in batches, each closed by a checkpoint
 with a transactional outbox for VIP changes and alerts): score the batch in
 memory; write the changed states, with the batch's decisions recorded as
 pending, to the changelog and wait for the acks; publish the decisions and
-wait; clear them from the states; hand the profiles to the Redis writer; return.
-By default (``PULSE_INPUT_PATH=batch``) a task takes the group consumer's
-fetches (``streams.batch_input``) and Faust commits what each checkpoint
-applied; with ``stream`` the agent's ``take_events`` acks the batch on return
-and Faust's commit covers it.
+wait; clear them from the states; hand the profiles to the Redis writer; return,
+so ``take_events`` acks the batch and Faust's commit can cover it. With
+``PULSE_INPUT_PATH=batch`` a task takes the group consumer's fetches instead
+(``streams.batch_input``), and Faust commits what each checkpoint applied.
 
 If the checkpoint fails, or a stop interrupts it beyond the grace time, the
 worker exits at once without committing (like ``kill -9``): the events are read
