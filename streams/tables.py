@@ -179,17 +179,20 @@ class CustomerStateTable(faust.Table):
             if epoch is None or partition not in owned:
                 continue
             try:
-                records = await self._read_back(topic, partition, ranges)
+                log.info("changelog partition %d: reading back offsets %s (not this worker's)", partition, ranges)
+                # bounded as a whole (connecting included): a checkpoint never waits longer than this on it
+                records = await asyncio.wait_for(
+                    self._read_back(topic, partition, ranges), timeout=2 * self.read_back_seconds
+                )
                 metrics.CHANGELOG_FOREIGN_OFFSETS.inc(sum(last - first + 1 for first, last in ranges))
-                log.info("changelog partition %d: offsets %s taken by another writer, read back", partition, ranges)
-            except (KafkaError, OSError) as exc:
+            except (KafkaError, OSError, TimeoutError) as exc:
+                # left to the partition's next recovery, which skips a stale record and rewrites its customer
                 log.warning(
-                    "changelog partition %d: read-back of %s failed, retried next checkpoint: %r",
+                    "changelog partition %d: read-back of %s failed, left to the next recovery: %r",
                     partition,
                     ranges,
                     exc,
                 )
-                self.own_writes.foreign.setdefault(partition, []).extend(ranges)
                 continue
             keys, newer = stale_keys(records, epoch)
             if newer is not None:
