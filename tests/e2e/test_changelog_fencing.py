@@ -116,6 +116,17 @@ def test_a_late_write_of_an_older_epoch_is_skipped_by_the_next_recovery(namespac
     assert latest_states(changelog(namespace))[victim] == latest_states(records)[victim]
 
 
+def first_half_scored(namespace, start_worker, seed: int) -> tuple[list[tuple[str, dict]], int, Any]:
+    """A worker (small batches: many changelog writes) that scored the first half of ``events_for(seed)``."""
+    settings = namespace.settings
+    events = events_for(seed)
+    half = len(events) // 2
+    worker = start_worker(PULSE_BATCH_MAX_EVENTS="50")
+    send(namespace, events[:half])
+    assert wait_until(lambda: not profile_diffs(settings, uninterrupted_profiles(events[:half], settings)))
+    return events, half, worker
+
+
 def compacted(records: list) -> list:
     """The log as Kafka's cleaner may leave it: only the newest record of each key, in offset order per partition."""
     newest = {(r.partition, r.key): r for r in records}
@@ -124,11 +135,7 @@ def compacted(records: list) -> list:
 
 def test_a_late_write_while_the_owner_runs_is_overwritten_so_compaction_keeps_the_owners_state(namespace, start_worker):
     settings = namespace.settings
-    events = events_for(19)
-    half = len(events) // 2
-    worker = start_worker(PULSE_BATCH_MAX_EVENTS="50")
-    send(namespace, events[:half])
-    assert wait_until(lambda: not profile_diffs(settings, uninterrupted_profiles(events[:half], settings)))
+    events, half, worker = first_half_scored(namespace, start_worker, 19)
 
     # the dropped worker's late write, while the owner runs: an earlier state of a customer, older epoch
     records = changelog(namespace)
@@ -162,11 +169,7 @@ def test_a_late_write_while_the_owner_runs_is_overwritten_so_compaction_keeps_th
 
 def test_a_commit_ahead_of_the_changelog_is_rewound_and_applied_once(namespace, start_worker):
     settings = namespace.settings
-    events = events_for(17)
-    half = len(events) // 2
-    first = start_worker(PULSE_BATCH_MAX_EVENTS="50")
-    send(namespace, events[:half])
-    assert wait_until(lambda: not profile_diffs(settings, uninterrupted_profiles(events[:half], settings)))
+    events, half, first = first_half_scored(namespace, start_worker, 17)
     first.stop()
 
     # while no worker runs: the rest of the events, and the group's commits moved to the end of every input
