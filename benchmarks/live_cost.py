@@ -100,7 +100,7 @@ def measure(data: dict[str, Any], size: int, batch: int, order: str, ahead_ms: i
     t = len(encoded)
     store: dict[bytes, bytes] = {}
     processor = BatchProcessor(settings.processor())
-    report_batch = CheckpointMetrics(processor).batch
+    report_batch = CheckpointMetrics(processor, population_seconds=settings.metrics_population_seconds).batch
 
     def clones():
         for j in range(size):

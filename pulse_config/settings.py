@@ -555,6 +555,13 @@ class Settings(BaseSettings):
     lag_poll_seconds: float = Field(
         5.0, gt=0, description="How often a worker updates pulse_consumer_lag_records for its input partitions."
     )
+    metrics_population_seconds: float = Field(
+        1.0,
+        ge=0,
+        description="The population gauges (customers, per risk level, segment and VIP, save rates, population "
+        "indicators) are recomputed at a batch's end at most this often (wall seconds; 0: every batch): they cost "
+        "the same for a batch of one event as for 500, and live batches are small.",
+    )
 
     def input_topics(self) -> dict[str, str]:
         """Topic name per event kind."""

@@ -171,7 +171,7 @@ class Checkpoint:
         #: seconds the batch in progress spent in :meth:`_commit` (the rest of it is scoring)
         self._committing = 0.0
         #: what each batch reports (streams.checkpoint_metrics): counters, gauges, a few log lines
-        self.metrics = CheckpointMetrics(processor, wall_clock)
+        self.metrics = CheckpointMetrics(processor, wall_clock, settings.metrics_population_seconds)
 
     def load(self, key: bytes) -> CustomerState:
         return decode_state(self.table.get(key))
