@@ -274,9 +274,11 @@ class Checkpoint:
             await self.send(topic, key, value, origin_header(origin))
             for (topic, key, value), origin in zip(outcome.rerouted, outcome.rerouted_origins, strict=True)
         ]
-        written = await self._write(outcome.states, outcome.partitions, event_by_partition)
-        await asyncio.gather(*produced)
+        acks = await self._produce(outcome.states, outcome.partitions, event_by_partition)
         step("changelog")
+        written = list(await asyncio.gather(*acks))
+        await asyncio.gather(*produced)
+        step("changelog_ack")
         # the end markers, with the input positions this piece makes durable, once everything it produced is
         written += await self._close({res.partition for res in written}, positions)
         step("end_markers")
@@ -355,10 +357,18 @@ class Checkpoint:
         event_by_partition: Mapping[int, EventT],
     ) -> list[Any]:
         """Write ``states`` to the changelog and wait for the acks (the end markers are :meth:`_close`'s)."""
-        futures = await self.table.write_states(
+        return list(await asyncio.gather(*await self._produce(states, partitions, event_by_partition)))
+
+    async def _produce(
+        self,
+        states: Mapping[bytes, CustomerState],
+        partitions: Mapping[bytes, int],
+        event_by_partition: Mapping[int, EventT],
+    ) -> list[Awaitable[Any]]:
+        """Encode ``states`` and hand them to the producer; returns the futures of their acks."""
+        return await self.table.write_states(
             (key, encode_state(state), event_by_partition[partitions[key]]) for key, state in states.items()
         )
-        return list(await asyncio.gather(*futures))
 
     async def _close(self, touched: set[int], positions: Mapping[int, Mapping[str, int]] | None = None) -> list[Any]:
         """End markers: for each touched partition (``PULSE_CHANGELOG_END_MARKERS``) and, always, for each whose

@@ -73,7 +73,8 @@ CHECKPOINT_SECONDS = Histogram(
 CHECKPOINT_STEP_SECONDS = Histogram(
     "pulse_checkpoint_step_seconds",
     "Time of each step of a batch's checkpoint (streams.checkpoint): score (validate, score, render: CPU), "
-    "changelog (states and side outputs produced and acknowledged), end_markers, publish (VIP changes and "
+    "changelog (states encoded and handed to the producer), changelog_ack (they and the side outputs "
+    "acknowledged), end_markers, publish (VIP changes and "
     "alerts acknowledged), clear (the outbox entries removed, acknowledged), repair, submit (profiles to the Redis "
     "writer), metrics (the per-batch counters and population gauges).",
     ["step"],

@@ -263,7 +263,17 @@ def worker_deltas(before: str, after: str) -> dict[str, Any]:
         # mean ms per batch of each checkpoint step (pulse_checkpoint_step_seconds): scoring, acks, Redis, metrics
         "step_ms_mean": {
             step: round(1000 * d2 / max(1, batches), 1)
-            for step in ("score", "changelog", "end_markers", "publish", "clear", "repair", "submit", "metrics")
+            for step in (
+                "score",
+                "changelog",
+                "changelog_ack",
+                "end_markers",
+                "publish",
+                "clear",
+                "repair",
+                "submit",
+                "metrics",
+            )
             if (d2 := d_where("pulse_checkpoint_step_seconds_sum", f'step="{step}"'))
         },
     }
