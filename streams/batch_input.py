@@ -11,7 +11,8 @@ recovery, flow control and the seeks of a rebalance; only the delivery of the
 input topics changes:
 
 * ``Consumer.getmany`` is tapped: of each fetch, the records of the batch
-  topics go, as one list, into a :class:`BatchQueue` (after Faust's own
+  topics go, as one list merged by timestamp (:func:`interleave`), into a
+  :class:`BatchQueue` (after Faust's own
   checks: flow active, generation unchanged, partition active); every other
   record (changelogs during recovery) takes Faust's path as before;
 * the queue is managed by ``app.flow_control`` like the stream queues: cleared
