@@ -85,6 +85,13 @@ class Settings(BaseSettings):
         description="input_path=batch: fetched records queued for the checkpoint at most; the fetcher waits "
         "beyond (back-pressure; a rebalance drops the queue and the seek fetches it again).",
     )
+    input_merge_topics: bool = Field(
+        False,
+        description="input_path=batch: each fetch's topic-partitions merged by Kafka timestamp (each in offset "
+        "order) instead of queued one after the other, so a batch cut from a large fetch covers about the same "
+        "time on every topic: fewer customers wait for the clock when a live input is behind, but a backlog's "
+        "clock then moves every batch (more due checks and alerts, docs/benchmarks.md, session 9).",
+    )
     max_event_bytes: int = Field(65536, ge=256, description="Larger payloads are dead-lettered as payload_too_large.")
     dead_letter_payload_bytes: int = Field(4096, ge=0, description="Bytes of a rejected payload the DLQ record keeps.")
     processing_retries: int = Field(

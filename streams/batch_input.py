@@ -11,8 +11,8 @@ recovery, flow control and the seeks of a rebalance; only the delivery of the
 input topics changes:
 
 * ``Consumer.getmany`` is tapped: of each fetch, the records of the batch
-  topics go, as one list merged by timestamp (:func:`interleave`), into a
-  :class:`BatchQueue` (after Faust's own
+  topics go, as one list (merged by timestamp with
+  ``PULSE_INPUT_MERGE_TOPICS``, :func:`interleave`), into a :class:`BatchQueue` (after Faust's own
   checks: flow active, generation unchanged, partition active); every other
   record (changelogs during recovery) takes Faust's path as before;
 * the queue is managed by ``app.flow_control`` like the stream queues: cleared
@@ -175,8 +175,11 @@ class BatchInput:
         topics: Iterable[str],
         max_records: int,
         cap: Callable[[TP, int], int | None] | None = None,
+        merge: bool = False,
     ) -> None:
         self.app = app
+        #: each fetch's topic-partitions merged by timestamp (:func:`interleave`), else one after the other
+        self.merge = merge
         self.topics = frozenset(topics)
         self.queue = BatchQueue(max_records)
         self.cap = cap
@@ -304,7 +307,7 @@ async def _getmany_tapped(self: Consumer, timeout: float) -> AsyncIterator[tuple
         else:
             rest[tp] = tp_records
     if fetched:
-        await tap.deliver(interleave(fetched), generation_id)
+        await tap.deliver(interleave(fetched) if tap.merge else [r for rs in fetched for r in rs], generation_id)
     if not rest:
         return
     to_message = self._to_message
@@ -359,10 +362,14 @@ def install() -> None:
 
 
 def attach(
-    app: Any, topics: Iterable[str], max_records: int, cap: Callable[[TP, int], int | None] | None = None
+    app: Any,
+    topics: Iterable[str],
+    max_records: int,
+    cap: Callable[[TP, int], int | None] | None = None,
+    merge: bool = False,
 ) -> BatchInput:
     """Give ``app`` a batch input for ``topics`` (fetched records of them reach only it) and install the hooks."""
     install()
-    tap = BatchInput(app, topics, max_records, cap)
+    tap = BatchInput(app, topics, max_records, cap, merge)
     app.pulse_batch_input = tap
     return tap

@@ -249,7 +249,7 @@ def test_no_batch_starts_while_a_rebalance_has_the_flow_suspended():
     asyncio.run(go())
 
 
-def test_a_fetch_of_several_topic_partitions_is_merged_by_timestamp_each_in_offset_order():
+def test_with_merge_a_fetch_of_several_topic_partitions_is_merged_by_timestamp_each_in_offset_order():
     """A batch cut from a large fetch covers about the same time on every topic (a partition's clock waits for
     the topic read least far), instead of one topic-partition after the other."""
 
@@ -265,6 +265,9 @@ def test_a_fetch_of_several_topic_partitions_is_merged_by_timestamp_each_in_offs
             TP(ORDERS, 1): timed((5, 50)),
         }
         app.pulse_batch_input = tap = BatchInput(app, [ORDERS, surveys], 100)
+        await drain(FakeConsumer(app, fetch))
+        assert offsets(tap.queue.take_now(3)) == [(ORDERS, 0, 1), (ORDERS, 0, 2), (ORDERS, 0, 3)]  # not merged
+        app.pulse_batch_input = tap = BatchInput(app, [ORDERS, surveys], 100, merge=True)  # PULSE_INPUT_MERGE_TOPICS
         await drain(FakeConsumer(app, fetch))
         assert offsets(tap.queue.take_now(3)) == [(ORDERS, 1, 5), (ORDERS, 0, 1), (surveys, 0, 7)]
         # offsets stay in order within a topic-partition, even where its timestamps go back
