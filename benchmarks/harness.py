@@ -216,7 +216,8 @@ def broker_phases(
                     rate = args.latency_rate or max(1.0, full["events_per_second"] / 2)
                     log(f"latency: {args.latency_seconds:g}s at {rate:.0f} events/s")
                     before = procs[0].metrics() if procs else ""
-                    out["latency"] = latency.latency(bench, env, rate, args.latency_seconds)
+                    spied = procs[0] if procs and args.py_spy else None
+                    out["latency"] = latency.latency(bench, env, rate, args.latency_seconds, spied)
                     if procs:
                         out["latency"]["worker"] = worker_deltas(before, procs[0].metrics())
                     out["latency"]["peak_rss_mib"] = [
@@ -614,7 +615,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "in turn (recovery on the first only)",
     )
     p.add_argument("--seed", type=int, default=7, help="seed of the generated history (default 7)")
-    p.add_argument("--py-spy", action="store_true", help="profile the full worker with py-spy while it scores")
+    p.add_argument(
+        "--py-spy",
+        action="store_true",
+        help="profile the full worker with py-spy while it scores, and in the latency phase",
+    )
     p.add_argument("--log-dir", default="", help="logs of the stack and workers (default: a temp dir)")
     p.add_argument("--run-tag", default="", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")

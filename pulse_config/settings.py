@@ -85,6 +85,13 @@ class Settings(BaseSettings):
         description="input_path=batch: fetched records queued for the checkpoint at most; the fetcher waits "
         "beyond (back-pressure; a rebalance drops the queue and the seek fetches it again).",
     )
+    input_merge_topics: bool = Field(
+        False,
+        description="input_path=batch: each fetch's topic-partitions merged by Kafka timestamp (each in offset "
+        "order) instead of queued one after the other, so a batch cut from a large fetch covers about the same "
+        "time on every topic: fewer customers wait for the clock when a live input is behind, but a backlog's "
+        "clock then moves every batch (more due checks and alerts, docs/benchmarks.md, session 9).",
+    )
     max_event_bytes: int = Field(65536, ge=256, description="Larger payloads are dead-lettered as payload_too_large.")
     dead_letter_payload_bytes: int = Field(4096, ge=0, description="Bytes of a rejected payload the DLQ record keeps.")
     processing_retries: int = Field(
@@ -554,6 +561,13 @@ class Settings(BaseSettings):
     metrics_host: str = Field("127.0.0.1", description="Address the metrics endpoint binds.")
     lag_poll_seconds: float = Field(
         5.0, gt=0, description="How often a worker updates pulse_consumer_lag_records for its input partitions."
+    )
+    metrics_population_seconds: float = Field(
+        1.0,
+        ge=0,
+        description="The population gauges (customers, per risk level, segment and VIP, save rates, population "
+        "indicators) are recomputed at a batch's end at most this often (wall seconds; 0: every batch): they cost "
+        "the same for a batch of one event as for 500, and live batches are small.",
     )
 
     def input_topics(self) -> dict[str, str]:

@@ -171,14 +171,17 @@ class PopulationView:
         """The population's churn rate (S − E) / S over the indicators' period, from the activity-flag tallies
         (the same as ``indicators().churn_rate``, without the day rows); None while fewer than
         ``min_customers`` were active at the period's start."""
-        flags: Counter[str] = Counter()
+        # the two tallies it needs, read directly: computed once per batch (``BatchProcessor._population_stands``),
+        # copying every partition's flag tallies cost as much as a small live batch's scoring
+        start_tag, end_tag = TAG_PREFIX + FLAG_TAGS[ACTIVE_AT_START], TAG_PREFIX + FLAG_TAGS[ACTIVE]
+        start = end = 0
         for part in self.local.values():
-            flags.update(part.flag_counts())
+            start += part.tallies.get(start_tag, 0)
+            end += part.tallies.get(end_tag, 0)
         for n, r in self.remote.items():
             if n not in self.local:
-                flags.update(r.flags)
-        start = flags.get(TAG_PREFIX + FLAG_TAGS[ACTIVE_AT_START], 0)
-        end = flags.get(TAG_PREFIX + FLAG_TAGS[ACTIVE], 0)
+                start += r.flags.get(start_tag, 0)
+                end += r.flags.get(end_tag, 0)
         return (start - end) / start if start and start >= min_customers else None
 
     def owned_customers(self) -> int:

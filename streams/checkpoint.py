@@ -113,6 +113,23 @@ class ProfileSink(Protocol):
     async def flush(self) -> bool: ...
 
 
+class StepTimer:
+    """Observes the time since its previous call (or its creation) as one checkpoint step
+    (``pulse_checkpoint_step_seconds``): where a live batch's time goes, scoring or waiting for acks."""
+
+    __slots__ = ("last", "total")
+
+    def __init__(self) -> None:
+        self.last = time.perf_counter()
+        self.total = 0.0
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        metrics.CHECKPOINT_STEP_SECONDS.labels(name).observe(now - self.last)
+        self.total += now - self.last
+        self.last = now
+
+
 class Checkpoint:
     """Scores one batch and makes it durable in the order above; one instance per worker, called per batch.
 
@@ -151,8 +168,10 @@ class Checkpoint:
         #: the first checkpoint with a record of that partition (a state is written with one of its events)
         self.recovered: dict[bytes, int] = {}
         self._flushing: asyncio.Task | None = None
+        #: seconds the batch in progress spent in :meth:`_commit` (the rest of it is scoring)
+        self._committing = 0.0
         #: what each batch reports (streams.checkpoint_metrics): counters, gauges, a few log lines
-        self.metrics = CheckpointMetrics(processor, wall_clock)
+        self.metrics = CheckpointMetrics(processor, wall_clock, settings.metrics_population_seconds)
 
     def load(self, key: bytes) -> CustomerState:
         return decode_state(self.table.get(key))
@@ -194,6 +213,7 @@ class Checkpoint:
         started = time.perf_counter()
         self.ensure_population()
         self._through = {}
+        self._committing = 0.0
         batch = [
             Incoming(
                 e.message.topic,
@@ -224,7 +244,9 @@ class Checkpoint:
             starts,
         )
         metrics.BATCH_EVENTS.observe(len(batch))
-        metrics.CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        metrics.CHECKPOINT_STEP_SECONDS.labels("score").observe(max(0.0, elapsed - self._committing))
+        metrics.CHECKPOINT_SECONDS.observe(elapsed)
 
     def _rebuild(self, partitions: set[int]) -> None:
         """Forget the population of ``partitions`` and count it again from the table (after a failed try)."""
@@ -239,6 +261,7 @@ class Checkpoint:
 
     async def _commit(self, outcome: BatchOutcome, events: Sequence[EventT], started: float) -> None:
         """Make one processed batch (or, after a failure, one record of it) durable, in the order above."""
+        step = StepTimer()
         self.metrics.anomalies(outcome)
         # any event of a partition places a state there (changelog and RocksDB)
         event_by_partition = {e.message.partition: e for e in events}
@@ -251,13 +274,18 @@ class Checkpoint:
             await self.send(topic, key, value, origin_header(origin))
             for (topic, key, value), origin in zip(outcome.rerouted, outcome.rerouted_origins, strict=True)
         ]
-        written = await self._write(outcome.states, outcome.partitions, event_by_partition)
+        acks = await self._produce(outcome.states, outcome.partitions, event_by_partition)
+        step("changelog")
+        written = list(await asyncio.gather(*acks))
         await asyncio.gather(*produced)
+        step("changelog_ack")
         # the end markers, with the input positions this piece makes durable, once everything it produced is
         written += await self._close({res.partition for res in written}, positions)
+        step("end_markers")
         if outbox:
             # 2. publish exactly the recorded bytes
             await self._publish(outbox, outcome)
+            step("publish")
             if outcome.alerts:
                 metrics.CONSUME_TO_ALERT_SECONDS.observe(time.perf_counter() - started)
             # 3. the outbox is done: remove the entries
@@ -269,13 +297,18 @@ class Checkpoint:
             await self._write(outbox, partitions, event_by_partition)
             for key in outbox:
                 self.recovered.pop(key, None)
+            step("clear")
         self.table.persisted(written)
         # late writes of an older epoch found between ours (or by our recovery): their customers written again
         await self.table.repair(self.owned_partitions())
+        step("repair")
         # 4. Redis behind
         self.sink.submit(outcome.profiles)
         self._write_behind()
+        step("submit")
         self.metrics.batch(outcome)
+        step("metrics")
+        self._committing += step.total
 
     def _outbox(self, outcome: BatchOutcome, present: set[int]) -> tuple[dict[bytes, CustomerState], dict[bytes, int]]:
         """The batch's decisions joined to their states' outbox, and every state whose outbox is to be published
@@ -324,10 +357,18 @@ class Checkpoint:
         event_by_partition: Mapping[int, EventT],
     ) -> list[Any]:
         """Write ``states`` to the changelog and wait for the acks (the end markers are :meth:`_close`'s)."""
-        futures = await self.table.write_states(
+        return list(await asyncio.gather(*await self._produce(states, partitions, event_by_partition)))
+
+    async def _produce(
+        self,
+        states: Mapping[bytes, CustomerState],
+        partitions: Mapping[bytes, int],
+        event_by_partition: Mapping[int, EventT],
+    ) -> list[Awaitable[Any]]:
+        """Encode ``states`` and hand them to the producer; returns the futures of their acks."""
+        return await self.table.write_states(
             (key, encode_state(state), event_by_partition[partitions[key]]) for key, state in states.items()
         )
-        return list(await asyncio.gather(*futures))
 
     async def _close(self, touched: set[int], positions: Mapping[int, Mapping[str, int]] | None = None) -> list[Any]:
         """End markers: for each touched partition (``PULSE_CHANGELOG_END_MARKERS``) and, always, for each whose

@@ -103,9 +103,15 @@ def record_indicators(values: IndicatorValues | None) -> None:
 class CheckpointMetrics:
     """The per-batch reporting of one worker's checkpoint."""
 
-    def __init__(self, processor: BatchProcessor, wall_clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, processor: BatchProcessor, wall_clock: Callable[[], float] = time.time, population_seconds: float = 0.0
+    ) -> None:
         self.processor = processor
         self.wall_clock = wall_clock
+        #: the population gauges are recomputed at most this often (``PULSE_METRICS_POPULATION_SECONDS``)
+        self.population_seconds = population_seconds
+        #: wall time they were last recomputed (None: not yet)
+        self._population_at: float | None = None
         #: (topic, partition) already logged as receiving records of another partition's customers
         self._misplaced_logged: set[tuple[str, int]] = set()
 
@@ -147,12 +153,23 @@ class CheckpointMetrics:
         metrics.DUE_CUSTOMERS.inc(outcome.due_checked)
         metrics.RANK_INEXACT.inc(outcome.rank_inexact)
         metrics.CLOCK_HELD_PARTITIONS.set(len(processor.held))
-        metrics.POPULATION_CUSTOMERS.set(processor.population.customers())
-        metrics.TABLE_CUSTOMERS.set(processor.population.owned_customers())
-        record_tallies(processor.population.tallies())
-        record_indicators(processor.population.indicators())
         now_s = self.wall_clock()
+        self.population(now_s)
         for occurred_ms in outcome.occurred_ms:
             metrics.EVENT_TO_SCORED_SECONDS.observe(max(0.0, now_s - occurred_ms / 1000))
         if processor.watermark_ms is not None:
             metrics.WATERMARK_SECONDS.set(processor.watermark_ms / 1000)
+
+    def population(self, now_s: float) -> None:
+        """The population gauges, unless they were recomputed less than ``population_seconds`` ago: summing every
+        partition's tallies and indicator sums costs about a millisecond whatever the batch holds (the sweep
+        ticks bring a batch every ``PULSE_SWEEP_TICK_SECONDS``, so the gauges follow a stopped stream too)."""
+        last = self._population_at
+        if last is not None and 0 <= now_s - last < self.population_seconds:
+            return
+        self._population_at = now_s
+        processor = self.processor
+        metrics.POPULATION_CUSTOMERS.set(processor.population.customers())
+        metrics.TABLE_CUSTOMERS.set(processor.population.owned_customers())
+        record_tallies(processor.population.tallies())
+        record_indicators(processor.population.indicators())

@@ -70,6 +70,16 @@ CHECKPOINT_SECONDS = Histogram(
     "Time to make one batch durable: changelog + produced messages acknowledged, then Redis.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+CHECKPOINT_STEP_SECONDS = Histogram(
+    "pulse_checkpoint_step_seconds",
+    "Time of each step of a batch's checkpoint (streams.checkpoint): score (validate, score, render: CPU), "
+    "changelog (states encoded and handed to the producer), changelog_ack (they and the side outputs "
+    "acknowledged), end_markers, publish (VIP changes and "
+    "alerts acknowledged), clear (the outbox entries removed, acknowledged), repair, submit (profiles to the Redis "
+    "writer), metrics (the per-batch counters and population gauges).",
+    ["step"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
 BATCH_EVENTS = Histogram(
     "pulse_batch_events", "Events per processing batch.", buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 2500)
 )

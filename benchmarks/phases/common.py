@@ -247,6 +247,9 @@ def worker_deltas(before: str, after: str) -> dict[str, Any]:
     def d(name: str) -> float:
         return metric_sum(after, name) - metric_sum(before, name)
 
+    def d_where(name: str, where: str) -> float:
+        return metric_sum(after, name, where) - metric_sum(before, name, where)
+
     batches = d("pulse_batch_events_count")
     return {
         "batches": int(batches),
@@ -257,4 +260,20 @@ def worker_deltas(before: str, after: str) -> dict[str, Any]:
         "due_checks": int(d("pulse_churn_due_checks_total")),
         # the worker process's own CPU (prometheus_client's process collector): a yardstick the load moves less
         "cpu_seconds": round(d("process_cpu_seconds_total"), 2),
+        # mean ms per batch of each checkpoint step (pulse_checkpoint_step_seconds): scoring, acks, Redis, metrics
+        "step_ms_mean": {
+            step: round(1000 * d2 / max(1, batches), 1)
+            for step in (
+                "score",
+                "changelog",
+                "changelog_ack",
+                "end_markers",
+                "publish",
+                "clear",
+                "repair",
+                "submit",
+                "metrics",
+            )
+            if (d2 := d_where("pulse_checkpoint_step_seconds_sum", f'step="{step}"'))
+        },
     }

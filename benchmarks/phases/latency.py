@@ -17,13 +17,26 @@ from benchmarks.phases.common import (
     TRACER_PREFIX,
     TRACERS_PER_SECOND,
     Bench,
+    Proc,
     percentile,
 )
+from benchmarks.phases.throughput import finish_py_spy, start_py_spy
 from testing.traffic import iso_now, live_event
 
 
-def latency(bench: Bench, env: dict[str, str], rate: float, seconds: float) -> dict[str, Any]:
-    return asyncio.run(_latency(bench, env, rate, seconds))
+def latency(
+    bench: Bench, env: dict[str, str], rate: float, seconds: float, spied: Proc | None = None
+) -> dict[str, Any]:
+    """``spied``: the worker to profile with py-spy while the live traffic is produced (``--py-spy``): where a live
+    batch's time goes (due checks, clock moves, the checkpoint's I/O) differs from the backlog's."""
+    spy = start_py_spy(bench, spied, "latency") if spied is not None else None
+    try:
+        out = asyncio.run(_latency(bench, env, rate, seconds))
+    finally:
+        profile = finish_py_spy(spy) if spy is not None else None
+    if profile is not None:
+        out["profile"] = profile
+    return out
 
 
 async def _latency(bench: Bench, env: dict[str, str], rate: float, seconds: float) -> dict[str, Any]:

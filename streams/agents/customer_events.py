@@ -180,6 +180,7 @@ def register(pulse: PulseApp) -> BatchProcessor:
             pulse.customer_events.topics,
             settings.input_queue_records,
             cap=guard.ledger.cap if guard is not None else None,
+            merge=settings.input_merge_topics,
         )
         pulse.customer_events.__aiter__()  # subscribes the group to the channel's topics, as an agent's stream does
 

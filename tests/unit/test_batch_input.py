@@ -247,3 +247,30 @@ def test_no_batch_starts_while_a_rebalance_has_the_flow_suspended():
             await runner
 
     asyncio.run(go())
+
+
+def test_with_merge_a_fetch_of_several_topic_partitions_is_merged_by_timestamp_each_in_offset_order():
+    """A batch cut from a large fetch covers about the same time on every topic (a partition's clock waits for
+    the topic read least far), instead of one topic-partition after the other."""
+
+    def timed(*pairs: tuple[int, int]) -> list[Any]:
+        return [SimpleNamespace(offset=o, key=b"k", value=b"v", headers=(), timestamp=t) for o, t in pairs]
+
+    async def go() -> None:
+        app = FakeApp()
+        surveys = "surveys"
+        fetch = {
+            TP(ORDERS, 0): timed((1, 100), (2, 300), (3, 250), (4, 500)),  # a producer's clock stepped back at 3
+            TP(surveys, 0): timed((7, 200), (8, 400)),
+            TP(ORDERS, 1): timed((5, 50)),
+        }
+        app.pulse_batch_input = tap = BatchInput(app, [ORDERS, surveys], 100)
+        await drain(FakeConsumer(app, fetch))
+        assert offsets(tap.queue.take_now(3)) == [(ORDERS, 0, 1), (ORDERS, 0, 2), (ORDERS, 0, 3)]  # not merged
+        app.pulse_batch_input = tap = BatchInput(app, [ORDERS, surveys], 100, merge=True)  # PULSE_INPUT_MERGE_TOPICS
+        await drain(FakeConsumer(app, fetch))
+        assert offsets(tap.queue.take_now(3)) == [(ORDERS, 1, 5), (ORDERS, 0, 1), (surveys, 0, 7)]
+        # offsets stay in order within a topic-partition, even where its timestamps go back
+        assert offsets(tap.queue.take_now(100)) == [(ORDERS, 0, 2), (ORDERS, 0, 3), (surveys, 0, 8), (ORDERS, 0, 4)]
+
+    asyncio.run(go())

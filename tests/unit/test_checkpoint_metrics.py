@@ -36,3 +36,24 @@ def test_a_batch_moves_the_event_counters_and_the_population_gauges():
     report.batch(BatchOutcome(counts={("order", "scored"): 3}, occurred_ms=[999_000]))
     assert sample("pulse_events_total", kind="order", outcome="scored") == scored + 3
     assert sample("pulse_table_customers") == 2
+
+
+def test_the_population_gauges_are_recomputed_at_most_every_population_seconds():
+    processor = BatchProcessor(Settings(_env_file=None).processor())
+    members = processor.population.partition(0).members
+    members.extend([b"A", b"B"])
+    now = [1000.0]
+    report = CheckpointMetrics(processor, wall_clock=lambda: now[0], population_seconds=1.0)
+    report.batch(BatchOutcome())
+    assert sample("pulse_table_customers") == 2
+    members.append(b"C")
+    now[0] += 0.5
+    report.batch(BatchOutcome(counts={("order", "scored"): 1}))  # the counters move every batch; the gauges wait
+    assert sample("pulse_table_customers") == 2
+    now[0] += 0.5
+    report.batch(BatchOutcome())
+    assert sample("pulse_table_customers") == 3
+    now[0] -= 60  # the wall clock stepped back: recomputed, and timed from there
+    members.append(b"D")
+    report.batch(BatchOutcome())
+    assert sample("pulse_table_customers") == 4
