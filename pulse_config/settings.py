@@ -124,6 +124,12 @@ class Settings(BaseSettings):
         4 * 1024 * 1024, ge=65536, description="Bulk recovery: bytes fetched per changelog partition and request."
     )
     shutdown_grace_seconds: float = Field(10.0, gt=0, description="Time a running checkpoint gets to finish on stop.")
+    checkpoint_stall_warn_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="A checkpoint still running after this long logs a warning naming the awaits it is suspended "
+        "in (streams/watchdog.py), again after each further interval; it does not stop the checkpoint.",
+    )
     offset_gap_check: bool = Field(
         True,
         description="Per input partition, check each batch against the next offset the worker expects: a gap whose "

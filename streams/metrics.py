@@ -47,6 +47,12 @@ INPUT_REWINDS = Counter(
     "the changelog holds (its events are read again; states drop what they applied), by topic.",
     ["topic"],
 )
+INPUT_UNCOMMITTED_SEEKS = Counter(
+    "pulse_input_uncommitted_seeks_total",
+    "Input partitions without a committed offset sought back to the next offset to apply at a rebalance's seek "
+    "(the consumer's seek to the committed offsets leaves them where fetches before the rebalance left them).",
+    ["topic"],
+)
 GENERATION_MISSED = Counter(
     "pulse_generation_missed_total",
     "Assignments after a group generation this worker missed (dropped from the group): fail-stop, recover anew.",

@@ -398,6 +398,7 @@ async def _perform_seek_noted(self: Consumer) -> None:
             if offset is not None:
                 ledger.seeked(tp, offset)
                 log.debug("offset ledger: %s[%d] starts at %d", tp.topic, tp.partition, offset)
+    await _seek_uncommitted(self, ledger)
     recovered = guard.changelog_positions() if guard.changelog_positions is not None else {}
     if recovered:
         # only right after a recovery read them: the seek Faust's fetcher makes while the flow is stopped may
@@ -419,6 +420,45 @@ async def _perform_seek_noted(self: Consumer) -> None:
                 position,
             )
             await self.seek(tp, position)
+
+
+def unseeked(committed: Mapping[TP, int | None], ledger: OffsetLedger) -> dict[TP, int]:
+    """The tracked partitions a seek to the committed offsets leaves where they are, and where to put them:
+    tp -> the ledger's next offset to apply, else 0 (the log's start; nothing is known to be applied).
+
+    aiokafka's ``seek_to_committed`` seeks only a partition whose committed offset is above 0; one without
+    a commit (or at 0) keeps its fetch position. Faust relies on that seek to read again what it fetched before
+    a rebalance and then cleared from its queues (the stream queues, the batch input's queue). A partition
+    kept through the rebalance before its first commit (a worker that fetched a backlog, and a second worker
+    joined before the first commit) kept a position past records nobody applied; with the whole backlog
+    fetched nothing came after them, so no gap ever showed: the worker sat idle (the two-worker Kafka stall
+    of session 8).
+    """
+    out = {}
+    for tp, offset in committed.items():
+        if ledger.tracks(tp) and not (offset is not None and offset > 0):
+            out[tp] = ledger.expected.get(tp, 0)
+    return out
+
+
+async def _seek_uncommitted(consumer: Consumer, ledger: OffsetLedger) -> None:
+    """Seek the partitions :func:`unseeked` names (Faust's own seek, so the ledger is left as it is: a kept
+    partition's next offset is the target, an unknown one is started by the first batch, OffsetGuard.check)."""
+    committed = {
+        tp: dict.get(consumer._read_offset, tp)  # type: ignore[call-overload]  # a dict (ReadOffsets) at run time
+        for tp in consumer.assignment()
+    }
+    targets = unseeked(committed, ledger)
+    for tp, offset in sorted(targets.items()):
+        await _upstream["seek"](consumer, tp, offset)
+    kept = {tp: offset for tp, offset in sorted(targets.items()) if offset}
+    for tp in kept:
+        metrics.INPUT_UNCOMMITTED_SEEKS.labels(tp.topic).inc()
+    if kept:
+        log.info(
+            "input seek: no committed offset, back to the next offset to apply: %s",
+            ", ".join(f"{tp.topic}[{tp.partition}]@{offset}" for tp, offset in kept.items()),
+        )
 
 
 async def _seek_noted(self: Consumer, partition: TP, offset: int) -> None:

@@ -34,6 +34,7 @@ from streams.partitioning import partitioner
 from streams.processor import BatchProcessor
 from streams.security import redis_client_kwargs
 from streams.sinks.redis_profiles import RedisProfileSink
+from streams.watchdog import watched
 
 if TYPE_CHECKING:
     from streams.app import PulseApp
@@ -52,11 +53,12 @@ def _fail_stop(why: str, exc: BaseException | None = None) -> None:
     os._exit(EXIT_CHECKPOINT_FAILED)
 
 
-async def run_guarded(checkpoint: Awaitable[Any], grace_seconds: float) -> None:
-    """Run a checkpoint so that it either completes or the process dies uncommitted."""
+async def run_guarded(checkpoint: Awaitable[Any], grace_seconds: float, warn_seconds: float = 30.0) -> None:
+    """Run a checkpoint so that it either completes or the process dies uncommitted; one still running after
+    ``warn_seconds`` logs what it awaits (streams.watchdog)."""
     task = asyncio.ensure_future(checkpoint)
     try:
-        await asyncio.shield(task)
+        await watched(task, warn_seconds, "checkpoint")
     except asyncio.CancelledError:
         # Stopping: take_events would ack the batch on the way out, so the
         # checkpoint must finish first.
@@ -191,7 +193,7 @@ def register(pulse: PulseApp) -> BatchProcessor:
                 guarded_checkpoint,  # type: ignore[arg-type]  # InputRecord carries what the checkpoint reads
                 settings.batch_max_events,
                 settings.batch_within_seconds,
-                lambda work: run_guarded(work, settings.shutdown_grace_seconds),
+                lambda work: run_guarded(work, settings.shutdown_grace_seconds, settings.checkpoint_stall_warn_seconds),
             )
 
         return processor
@@ -201,6 +203,8 @@ def register(pulse: PulseApp) -> BatchProcessor:
         async for events in stream.take_events(  # type: ignore[attr-defined]  # faust-streaming's Stream has it
             settings.batch_max_events, settings.batch_within_seconds
         ):
-            await run_guarded(guarded_checkpoint(events), settings.shutdown_grace_seconds)
+            await run_guarded(
+                guarded_checkpoint(events), settings.shutdown_grace_seconds, settings.checkpoint_stall_warn_seconds
+            )
 
     return processor

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from faust.types import TP
@@ -211,3 +212,76 @@ def test_a_worker_the_group_dropped_writes_no_state():
     with pytest.raises(GenerationLost, match="group generation -1, partitions assigned in 7"):
         check_generation(fake_app(7, -1))
     check_generation(SimpleNamespace(consumer_generation_id=7))  # no consumer yet: not checked
+
+
+class SeekingConsumer:
+    """Faust's consumer as the rebalance's seek sees it: a fetch position per partition, the group's committed
+    offsets, and aiokafka's ``seek_to_committed`` rule (only a committed offset above 0 moves the position)."""
+
+    def __init__(self, guard: OffsetGuard, committed: dict[TP, int | None], positions: dict[TP, int]) -> None:
+        self.app = SimpleNamespace(pulse_offset_guard=guard)
+        self.committed = committed
+        self.positions = dict(positions)
+        self._read_offset = ReadOffsets(guard.ledger.topics, {})
+
+    def assignment(self) -> set[TP]:
+        return set(self.positions)
+
+    async def upstream_perform_seek(self) -> None:
+        # faust-streaming 0.15.3 Consumer.perform_seek over aiokafka 0.14's seek_to_committed
+        for tp in self.assignment():
+            offset = self.committed.get(tp)
+            if offset and offset > 0:
+                self.positions[tp] = offset
+            self._read_offset[tp] = offset if offset is not None and offset >= 0 else None
+
+    async def upstream_seek(self, tp: TP, offset: int) -> None:
+        self.positions[tp] = offset
+        self._read_offset[tp] = offset if offset else None
+
+
+def rebalance_seek(consumer: SeekingConsumer, monkeypatch: pytest.MonkeyPatch) -> None:
+    from streams import offsets
+
+    monkeypatch.setitem(offsets._upstream, "perform_seek", lambda self: self.upstream_perform_seek())
+    monkeypatch.setitem(offsets._upstream, "seek", lambda self, tp, offset: self.upstream_seek(tp, offset))
+    asyncio.run(offsets._perform_seek_noted(consumer))  # type: ignore[arg-type]
+
+
+def test_a_kept_partition_without_a_commit_is_read_again_from_its_next_offset_after_a_rebalance(monkeypatch):
+    """The two-worker Kafka stall: a worker fetched orders[2] to its end (591) into its queue and applied up to
+    120 before a second worker joined; the rebalance cleared the queue; nothing was committed for orders[2] yet,
+    so aiokafka's seek to the committed offsets left the position at 591 and records 120..590 never came again
+    (no later record either, so no gap was ever seen). The seek must go back to the ledger's next offset."""
+    guard = OffsetGuard(["orders", "surveys"], lambda *a: _never(), lambda tps: _never())
+    o2, s2, t2 = TP("orders", 2), TP("surveys", 2), TP("ticks", 2)
+    guard.ledger.seeked(o2, 0)
+    guard.ledger.applied(guard.ledger.scan([(o2, o) for o in range(120)]))
+    guard.ledger.seeked(s2, 0)
+    guard.ledger.applied(guard.ledger.scan([(s2, o) for o in range(40)]))
+    consumer = SeekingConsumer(guard, {o2: None, s2: 40, t2: None}, {o2: 591, s2: 119, t2: 77})
+
+    rebalance_seek(consumer, monkeypatch)
+
+    assert consumer.positions[o2] == 120  # the records cleared from the queue are fetched again
+    assert consumer.positions[s2] == 40  # committed: aiokafka's own seek
+    assert consumer.positions[t2] == 77  # not an input the ledger tracks: left to Faust
+    assert guard.ledger.expected[o2] == 120 and guard.ledger.expected[s2] == 40
+
+
+def test_a_partition_committed_at_0_or_unknown_to_the_ledger_is_read_from_the_log_start(monkeypatch):
+    """A committed 0 does not move aiokafka's position either; a partition the ledger does not know (new to the
+    worker, or forgotten after a missed generation) starts at the log's start and its first batch asks the broker
+    where to begin (OffsetGuard.check), as without a position."""
+    guard = OffsetGuard(["orders"], lambda *a: _never(), lambda tps: _never())
+    o0, o1 = TP("orders", 0), TP("orders", 1)
+    consumer = SeekingConsumer(guard, {o0: 0, o1: None}, {o0: 300, o1: 250})
+
+    rebalance_seek(consumer, monkeypatch)
+
+    assert consumer.positions == {o0: 0, o1: 0}
+    assert guard.ledger.expected[o0] == 0 and guard.ledger.unknown([o1]) == {o1}
+
+
+async def _never() -> Any:
+    raise AssertionError("the seek asks the broker nothing")
