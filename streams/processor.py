@@ -63,6 +63,7 @@ from scoring.footprint import (
     diff,
     footprint,
     member_keys,
+    widen,
 )
 from scoring.indicators import activity
 from scoring.orders import window_revenue_cents
@@ -265,6 +266,8 @@ class BatchProcessor:
         partition_of = self.partition_of
         rfm = self.config.rfm
         placed: dict[bytes, int] = {}  # customer -> partition, memoised per batch
+        #: customer -> (partition, footprint before its first event of the batch), applied after the last
+        moved: dict[bytes, tuple[int, Footprint]] = {}
         for record in batch:
             present.add(record.partition)
             if record.topic == self.ticks_topic:
@@ -318,16 +321,23 @@ class BatchProcessor:
                 continue
             new_customer = state.partition is None
             state.partition = record.partition
-            # the footprint parts the event cannot move are not looked at (scoring.footprint.ORDER_PARTS)
+            # the footprint parts the event cannot move are not looked at (scoring.footprint.ORDER_PARTS); taken
+            # before the customer's first event of the batch that can move them, the population moved once after
+            # its last (``moved``): a customer with several events in a batch costs one diff, not one per event
             parts = OTHER_PARTS if scored.order is None else ORDER_PARTS
-            before = footprint(state, rfm, parts)
+            held = moved.get(key)
+            if held is None or held[0] != record.partition:
+                if held is not None:  # the customer's events came in two partitions (offline, no placement check)
+                    self.population.partition(held[0]).apply(diff(held[1], footprint(state, rfm, held[1].parts)))
+                moved[key] = (record.partition, footprint(state, rfm, parts))
+            elif held[1].parts & parts != parts:
+                moved[key] = (record.partition, widen(held[1], footprint(state, rfm, parts & ~held[1].parts)))
             applied = apply_event(state, scored, self.config, record.origin)
             out.count(kind, "scored" if applied else "duplicate")
             out.occurred_ms.append(scored.occurred_ms)
             part = self.population.partition(record.partition)
             if new_customer:
                 part.members.append(key)
-            part.apply(diff(before, footprint(state, rfm, parts)))
             if self._fail_event_ids and scored.event_id in self._fail_event_ids:
                 raise InjectedFailure(f"PULSE_TEST_FAIL_EVENT_IDS: {scored.event_id}")
             # A replayed duplicate still counts for the clock and still gets its
@@ -338,6 +348,8 @@ class BatchProcessor:
                 read.mark_ms = scored.occurred_ms
             out.states[key] = state
             out.partitions[key] = record.partition
+        for key, (partition, before) in moved.items():
+            self.population.partition(partition).apply(diff(before, footprint(out.states[key], rfm, before.parts)))
         out.event_customers = set(out.states)
         self.move_clocks()
         self._advance_idle_clock(ticks, wall_ms)
