@@ -4,6 +4,7 @@ scored event, or the same rejection (reason and detail)."""
 from __future__ import annotations
 
 import random
+from datetime import datetime
 from decimal import Decimal
 
 import orjson
@@ -12,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pulse.simulate import generate_events
-from schemas.events import EventRejected, Kind, decode_event
+from schemas.events import EventRejected, Kind, decode_event, time_ms
+from scoring.orders import to_cents
 from streams import validation
 from streams.validation import EventReader
 from tests.fuzz_payloads import BAD_TIMES, HOSTILE_VALUES, VALID, hostile
@@ -66,6 +68,9 @@ EDGE_TIMES = [
     "2026-01-01T00:00:00+0100",
     "2026-01-01T00:00:00-23:59",
     "2026-01-01T00:00:00+24:00",
+    "2026-01-01T00:00:00+05:75",
+    "2026-01-01T00:00:0\u0661Z",  # an Arabic-Indic digit: regex's \d matches it, int() reads it
+    "2026-01-01T00:00:00.\u0665Z",
     "0001-01-01T00:00:00Z",
     "0001-01-01T00:00:00+01:00",
     "9999-12-31T23:59:59Z",
@@ -187,3 +192,58 @@ def test_a_kind_without_a_fast_decoder_is_left_to_the_models(monkeypatch):
     payload = orjson.dumps({"event_id": "e-1", "customer_id": "C1", "occurred_at": "2026-01-01T00:00:00Z", "nps": 3})
     monkeypatch.delitem(validation._DECODERS, Kind.SURVEY)
     assert fast(Kind.SURVEY, payload) == slow(Kind.SURVEY, payload)
+
+
+def _reference_ms(text: str) -> int | None:
+    """What the fast path took before it read the digits itself: ``time_ms`` of ``datetime.fromisoformat``."""
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return time_ms(at) if 1 < at.year < 9999 else None
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.integers(0, 9999),
+    st.integers(0, 13),
+    st.integers(0, 32),
+    st.integers(0, 25),
+    st.integers(0, 61),
+    st.integers(0, 61),
+    st.one_of(st.just(""), st.from_regex(r"\.\d{1,6}", fullmatch=True)),
+    st.one_of(st.just("Z"), st.from_regex(r"[+-]\d\d:\d\d", fullmatch=True)),
+)
+def test_the_time_read_from_its_digits_is_fromisoformats_to_the_millisecond(y, mo, d, h, mi, s, fraction, zone):
+    """Every canonical time the fast path takes gets the milliseconds ``time_ms(fromisoformat(...))`` gives (the
+    same float division, times 1000, truncated); what it does not take (an hour, minute or second out of range,
+    an offset of 24 h or with 60+ minutes, an impossible date, years 0, 1 and 9999, digits of another script) goes
+    to pydantic."""
+    text = f"{y:04d}-{mo:02d}-{d:02d}T{h:02d}:{mi:02d}:{s:02d}{fraction}{zone}"
+    assert validation._TIME.match(text)
+    try:
+        taken: int | None = validation._canonical_ms(text)
+    except validation._Slow:
+        taken = None
+    if taken is not None:
+        assert taken == _reference_ms(text)
+    elif text.isascii() and not (
+        h > 23 or mi > 59 or s > 59 or (zone != "Z" and (int(zone[1:3]) > 23 or int(zone[4:]) > 59))
+    ):
+        assert _reference_ms(text) is None  # left to pydantic only when fromisoformat refused it too
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.one_of(
+        st.integers(0, 10**11).map(lambda c: c / 100), st.floats(0, 1e9), st.integers(0, 10**12).map(lambda c: c / 1000)
+    )
+)
+def test_base_currency_cents_are_decimals_rounded_half_to_even(value):
+    """The cents of an amount with at most two decimals are its digits; with more, rounded half to even as
+    ``to_cents`` of pydantic's Decimal does."""
+    try:
+        cents = validation._base_cents(value)
+    except validation._Slow:
+        return
+    assert cents == to_cents(Decimal(repr(value)))
