@@ -42,7 +42,8 @@ def event_id_hash(event_id: str) -> int:
     ``int.from_bytes``: the same value at 4,700 instead of 6,700 instructions (once per event, issue 18)."""
     hasher = _BLAKE2B_64.copy()
     hasher.update(event_id.encode())
-    return _SIGNED_64(hasher.digest())[0]
+    value: int = _SIGNED_64(hasher.digest())[0]
+    return value
 
 
 _BLAKE2B_64 = blake2b(digest_size=8)
