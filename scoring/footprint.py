@@ -201,6 +201,24 @@ def footprint(state: CustomerState, config: RfmConfig, parts: int = ALL) -> Foot
     )
 
 
+def widen(held: Footprint, more: Footprint) -> Footprint:
+    """``held`` with the parts of ``more`` it does not hold: one footprint of both parts, as if taken at once when
+    each was taken (a batch's events of one customer: the parts of its first order and of its first other event,
+    each as it was before that event; the state's later events change the population once, ``diff`` of this
+    against the footprint after them)."""
+    add = more.parts & ~held.parts
+    return _new(
+        Footprint,
+        (
+            held.parts | add,
+            more.keys if add & KEYS else held.keys,
+            more.gaps if add & GAPS else held.gaps,
+            more.rows if add & ROWS else held.rows,
+            more.tags if add & TAGS else held.tags,
+        ),
+    )
+
+
 class FootprintDiff(NamedTuple):
     """How one customer's footprint changed: each moved part as (old, new), the gap sums as a delta."""
 

@@ -63,9 +63,11 @@ from scoring.footprint import (
     diff,
     footprint,
     member_keys,
+    widen,
 )
 from scoring.indicators import activity
 from scoring.orders import window_revenue_cents
+from scoring.partition import PartitionPopulation
 from scoring.population import PopulationView, rescore
 from scoring.rfm import Ranking
 from scoring.units import DAY_MS
@@ -265,6 +267,13 @@ class BatchProcessor:
         partition_of = self.partition_of
         rfm = self.config.rfm
         placed: dict[bytes, int] = {}  # customer -> partition, memoised per batch
+        #: customer -> (partition, footprint before its first event of the batch), applied after the last
+        moved: dict[bytes, tuple[int, Footprint]] = {}
+        # looked up once per batch, not per event: the population part of each partition, the reader, and the
+        # time past which an event is too early (None: not checked)
+        population_parts: dict[int, PartitionPopulation] = {}
+        read_event, counts = self.reader.read, out.counts
+        early_ms = None if wall_ms is None or not self.max_earliness_ms else wall_ms + self.max_earliness_ms
         for record in batch:
             present.add(record.partition)
             if record.topic == self.ticks_topic:
@@ -280,8 +289,9 @@ class BatchProcessor:
             read.next_offset = record.offset + 1
             read.active_wall_ms = wall_ms
             try:
-                customer_id, scored = self.reader.read(kind, record.value or b"", record.offset)
-                self._check_early(scored, wall_ms)
+                customer_id, scored = read_event(kind, record.value or b"", record.offset)
+                if early_ms is not None and scored.occurred_ms > early_ms:
+                    self._check_early(scored, wall_ms)
             except EventRejected as exc:
                 out.rejected.append(self._reject(record, kind, exc))
                 out.count(kind, "dead_lettered")
@@ -311,23 +321,35 @@ class BatchProcessor:
             if state is None:
                 state = load(key)
                 out.tags_before[key] = NOTHING if state.partition is None else footprint(state, rfm, TAGS)
-            late = self._too_late(record, kind, scored, state)
-            if late is not None:
-                out.rejected.append(self._reject(record, kind, late))
-                out.count(kind, "dead_lettered")
-                continue
+            part = population_parts.get(record.partition)
+            if part is None:
+                part = population_parts[record.partition] = self.population.partition(record.partition)
+            watermark = part.watermark_ms
+            if watermark is not None and scored.occurred_ms < watermark - self.max_lateness_ms:
+                late = self._too_late(record, kind, scored, state)
+                if late is not None:
+                    out.rejected.append(self._reject(record, kind, late))
+                    out.count(kind, "dead_lettered")
+                    continue
             new_customer = state.partition is None
             state.partition = record.partition
-            # the footprint parts the event cannot move are not looked at (scoring.footprint.ORDER_PARTS)
+            # the footprint parts the event cannot move are not looked at (scoring.footprint.ORDER_PARTS); taken
+            # before the customer's first event of the batch that can move them, the population moved once after
+            # its last (``moved``): a customer with several events in a batch costs one diff, not one per event
             parts = OTHER_PARTS if scored.order is None else ORDER_PARTS
-            before = footprint(state, rfm, parts)
+            held = moved.get(key)
+            if held is None or held[0] != record.partition:
+                if held is not None:  # the customer's events came in two partitions (offline, no placement check)
+                    self.population.partition(held[0]).apply(diff(held[1], footprint(state, rfm, held[1].parts)))
+                moved[key] = (record.partition, footprint(state, rfm, parts))
+            elif held[1].parts & parts != parts:
+                moved[key] = (record.partition, widen(held[1], footprint(state, rfm, parts & ~held[1].parts)))
             applied = apply_event(state, scored, self.config, record.origin)
-            out.count(kind, "scored" if applied else "duplicate")
+            outcome = (kind, "scored" if applied else "duplicate")
+            counts[outcome] = counts.get(outcome, 0) + 1  # out.count, without a call per event
             out.occurred_ms.append(scored.occurred_ms)
-            part = self.population.partition(record.partition)
             if new_customer:
                 part.members.append(key)
-            part.apply(diff(before, footprint(state, rfm, parts)))
             if self._fail_event_ids and scored.event_id in self._fail_event_ids:
                 raise InjectedFailure(f"PULSE_TEST_FAIL_EVENT_IDS: {scored.event_id}")
             # A replayed duplicate still counts for the clock and still gets its
@@ -338,6 +360,8 @@ class BatchProcessor:
                 read.mark_ms = scored.occurred_ms
             out.states[key] = state
             out.partitions[key] = record.partition
+        for key, (partition, before) in moved.items():
+            self.population.partition(partition).apply(diff(before, footprint(out.states[key], rfm, before.parts)))
         out.event_customers = set(out.states)
         self.move_clocks()
         self._advance_idle_clock(ticks, wall_ms)

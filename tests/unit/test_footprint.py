@@ -24,6 +24,7 @@ from scoring.footprint import (
     TAGS,
     diff,
     footprint,
+    widen,
 )
 from scoring.indicator_sums import IndicatorSums
 from scoring.partition import PartitionPopulation
@@ -151,6 +152,46 @@ def test_the_population_built_through_footprint_diffs_equals_the_one_rebuilt_fro
 
 def _iso(epoch_seconds: float) -> str:
     return datetime.fromtimestamp(epoch_seconds, UTC).isoformat()
+
+
+def test_a_widened_footprint_holds_each_part_as_it_was_taken():
+    """The processor takes a customer's parts before the first event of the batch that can move them and moves the
+    population once after the last: widening adds the parts a footprint lacks, keeps those it holds."""
+    config = PLAIN.rfm()
+    a, b = customer(1, 5_000, 1_700_000_000_000), customer(3, 12_000, 1_710_000_000_000)
+    held = footprint(a, config, ROWS)
+    wide = widen(held, footprint(b, config, KEYS | GAPS | ROWS))
+    assert wide.parts == KEYS | GAPS | ROWS and wide.keys == footprint(b, config).keys and wide.rows is held.rows
+    assert widen(wide, footprint(a, config, KEYS)) == wide  # nothing to add
+    assert diff(wide, footprint(b, config, wide.parts)) is NO_CHANGE
+
+
+def test_a_customers_events_of_one_batch_move_its_partition_once_and_exactly():
+    """Orders and other events of one customer, several in a batch, interleaved: the population equals the one
+    rebuilt from the final states (the parts are taken before the first event that can move them)."""
+    topics = PLAIN.input_topics()
+    at = DAY0.timestamp() + 400 * 86_400
+    events = [
+        ("survey", {"nps": 3}),
+        ("order", {"order_id": "o1", "amount": 20, "currency": "USD", "status": "completed"}),
+        ("support", {"ticket_id": "t1", "kind": "opened"}),
+        ("order", {"order_id": "o2", "amount": 35.5, "currency": "USD", "status": "completed"}),
+        ("complaint", {"complaint_id": "c1", "severity": "high", "category": "late"}),
+        ("order", {"order_id": "o1", "amount": 20, "currency": "USD", "status": "refunded"}),
+    ]
+    processor = BatchProcessor(PLAIN.processor())
+    store: dict[bytes, CustomerState] = {}
+    batches: list[list[Incoming]] = [[], []]
+    for n, (kind, fields) in enumerate(events * 2):
+        cid = f"C{n % 3}"
+        event = {"event_id": f"e{n}", "customer_id": cid, "occurred_at": _iso(at + 3600 * n), **fields}
+        batches[n // 7].append(Incoming(topics[kind], 0, n, cid.encode(), orjson.dumps(event)))
+    for out in feed_workers([processor], [store], batches, {0: 0}):
+        assert not out.rejected
+    rebuilt = PopulationView(PLAIN.rfm(), PLAIN.scoring().indicators)
+    rebuilt.add_states({0}, store.items())
+    assert_equal_parts(processor.population.local[0], rebuilt.partition(0))
+    assert processor.population.local[0].population.m.total == 2  # C2 has refunds only: not ranked
 
 
 def test_the_parts_an_event_moves():

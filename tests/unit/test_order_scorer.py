@@ -1,11 +1,12 @@
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
+from hashlib import blake2b
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.profile import CustomerProfile
-from scoring.customer import CustomerState, EventFacts, ScoringConfig, apply_event
+from scoring.customer import CustomerState, EventFacts, ScoringConfig, apply_event, event_id_hash
 from scoring.orders import (
     OrderFact,
     OrderScoringConfig,
@@ -171,3 +172,16 @@ def test_default_cost_in_integers_equals_the_decimal_product(amount_cents, margi
     config = OrderScoringConfig(default_gross_margin=Decimal(margin))
     expected = int((Decimal(amount_cents) * (1 - Decimal(margin))).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
     assert order_cost_cents(OrderFact(0, amount_cents, None), config) == expected
+
+
+def test_the_event_id_hash_is_the_one_stored_states_hold():
+    """``recent_ids`` in the changelog hold these values: the hash must never change (BLAKE2b-64, signed big
+    endian), however it is computed."""
+    assert event_id_hash("e-1") == 3563339379545017759
+    assert event_id_hash("order-000123") == 1337413329615114042
+    assert event_id_hash("é🙂") == 428517516755516126
+    for n in range(300):
+        event_id = f"evt-{n * 7919:x}" * (n % 5 + 1)
+        assert event_id_hash(event_id) == int.from_bytes(
+            blake2b(event_id.encode(), digest_size=8).digest(), "big", signed=True
+        )

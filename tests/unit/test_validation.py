@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from pulse.simulate import generate_events
 from schemas.events import EventRejected, Kind, decode_event
+from scoring.orders import to_cents
 from streams import validation
 from streams.validation import EventReader
 from tests.fuzz_payloads import BAD_TIMES, HOSTILE_VALUES, VALID, hostile
@@ -66,6 +67,9 @@ EDGE_TIMES = [
     "2026-01-01T00:00:00+0100",
     "2026-01-01T00:00:00-23:59",
     "2026-01-01T00:00:00+24:00",
+    "2026-01-01T00:00:00+05:75",
+    "2026-01-01T00:00:0\u0661Z",  # an Arabic-Indic digit: the pattern's \d matches it, fromisoformat refuses it
+    "2026-01-01T00:00:00.\u0665Z",
     "0001-01-01T00:00:00Z",
     "0001-01-01T00:00:00+01:00",
     "9999-12-31T23:59:59Z",
@@ -187,3 +191,19 @@ def test_a_kind_without_a_fast_decoder_is_left_to_the_models(monkeypatch):
     payload = orjson.dumps({"event_id": "e-1", "customer_id": "C1", "occurred_at": "2026-01-01T00:00:00Z", "nps": 3})
     monkeypatch.delitem(validation._DECODERS, Kind.SURVEY)
     assert fast(Kind.SURVEY, payload) == slow(Kind.SURVEY, payload)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.one_of(
+        st.integers(0, 10**11).map(lambda c: c / 100), st.floats(0, 1e9), st.integers(0, 10**12).map(lambda c: c / 1000)
+    )
+)
+def test_base_currency_cents_are_decimals_rounded_half_to_even(value):
+    """The cents of an amount with at most two decimals are value × 100 rounded; with more, its digits rounded half
+    to even: both as ``to_cents`` of pydantic's Decimal (the shortest round-trip digits) gives them."""
+    try:
+        cents = validation._base_cents(value)
+    except validation._Slow:
+        return
+    assert cents == to_cents(Decimal(repr(value)))
