@@ -178,19 +178,26 @@ def register(pulse: PulseApp) -> BatchProcessor:
         tap = batch_input.attach(
             pulse.app,
             pulse.customer_events.topics,
-            settings.input_queue_records,
+            max(settings.input_queue_records, settings.batch_backlog_max_events),  # a backlog batch fits
             cap=guard.ledger.cap if guard is not None else None,
         )
         pulse.customer_events.__aiter__()  # subscribes the group to the channel's topics, as an agent's stream does
 
         @pulse.app.task
         async def score_customer_batches() -> None:
-            log.info("input path: batch (the group consumer's fetches, up to %d records queued)", tap.queue.max_records)
+            log.info(
+                "input path: batch (the group consumer's fetches, up to %d records queued; batches of %d, of up to "
+                "%d on a backlog)",
+                tap.queue.max_records,
+                settings.batch_max_events,
+                settings.batch_backlog_max_events,
+            )
             await tap.run(
                 guarded_checkpoint,  # type: ignore[arg-type]  # InputRecord carries what the checkpoint reads
                 settings.batch_max_events,
                 settings.batch_within_seconds,
                 lambda work: run_guarded(work, settings.shutdown_grace_seconds),
+                backlog_limit=settings.batch_backlog_max_events,
             )
 
         return processor
