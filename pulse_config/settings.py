@@ -75,12 +75,20 @@ class Settings(BaseSettings):
     batch_backlog_max_events: int = Field(
         10000,
         ge=1,
-        description="input_path=batch: while the input is behind (more than batch_max_events fetched and queued: "
+        description="input_path=batch: while the input is behind (batch_backlog_from_events fetched and queued: "
         "a backlog, a replay, a catch-up), a batch takes all queued records up to this many, never waiting to fill "
         "it; a live input keeps batches of batch_max_events. Large batches amortise the checkpoint and score a "
         "customer with several events once (docs/benchmarks.md, session 9: 500 -> 10,000 about doubles events/s); "
         "alerts are decided at a batch's end clock, so a backlog batch skips transient risk episodes inside it "
         "(docs/architecture.md). At most batch_max_events: off.",
+    )
+    batch_backlog_from_events: int = Field(
+        2000,
+        ge=1,
+        description="input_path=batch: fetched records queued (and at least batch_max_events) from which the input "
+        "counts as behind and a batch grows up to batch_backlog_max_events. Four live batches: a live worker a "
+        "moment behind keeps small batches (an event of a large batch waits for all of it), a backlog fills the "
+        "queue far beyond.",
     )
     input_path: Literal["stream", "batch"] = Field(
         "stream",
@@ -94,7 +102,7 @@ class Settings(BaseSettings):
         ge=1,
         description="input_path=batch: fetched records queued for the checkpoint at most; the fetcher waits "
         "beyond (back-pressure; a rebalance drops the queue and the seek fetches it again). Never less than "
-        "batch_backlog_max_events (a backlog batch is taken from the queue).",
+        "batch_backlog_max_events nor batch_backlog_from_events (a backlog is seen in and taken from the queue).",
     )
     max_event_bytes: int = Field(65536, ge=256, description="Larger payloads are dead-lettered as payload_too_large.")
     dead_letter_payload_bytes: int = Field(4096, ge=0, description="Bytes of a rejected payload the DLQ record keeps.")

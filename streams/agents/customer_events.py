@@ -178,7 +178,8 @@ def register(pulse: PulseApp) -> BatchProcessor:
         tap = batch_input.attach(
             pulse.app,
             pulse.customer_events.topics,
-            max(settings.input_queue_records, settings.batch_backlog_max_events),  # a backlog batch fits
+            # a backlog batch fits, and a backlog can be seen
+            max(settings.input_queue_records, settings.batch_backlog_max_events, settings.batch_backlog_from_events),
             cap=guard.ledger.cap if guard is not None else None,
         )
         pulse.customer_events.__aiter__()  # subscribes the group to the channel's topics, as an agent's stream does
@@ -187,10 +188,11 @@ def register(pulse: PulseApp) -> BatchProcessor:
         async def score_customer_batches() -> None:
             log.info(
                 "input path: batch (the group consumer's fetches, up to %d records queued; batches of %d, of up to "
-                "%d on a backlog)",
+                "%d from %d queued)",
                 tap.queue.max_records,
                 settings.batch_max_events,
                 settings.batch_backlog_max_events,
+                settings.batch_backlog_from_events,
             )
             await tap.run(
                 guarded_checkpoint,  # type: ignore[arg-type]  # InputRecord carries what the checkpoint reads
@@ -198,6 +200,7 @@ def register(pulse: PulseApp) -> BatchProcessor:
                 settings.batch_within_seconds,
                 lambda work: run_guarded(work, settings.shutdown_grace_seconds),
                 backlog_limit=settings.batch_backlog_max_events,
+                backlog_from=settings.batch_backlog_from_events,
             )
 
         return processor

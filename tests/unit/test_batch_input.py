@@ -263,6 +263,21 @@ def test_a_backlog_batch_takes_all_queued_up_to_its_cap_and_never_waits_to_fill_
     asyncio.run(go())
 
 
+def test_a_live_input_a_few_batches_behind_keeps_live_batches_until_the_backlog_threshold():
+    async def go() -> None:
+        queue = BatchQueue(100)
+        await queue.put([rec(ORDERS, 0, o) for o in range(11)])  # behind by less than the threshold of 12
+        assert [r.offset for r in await queue.take(4, 30.0, backlog_limit=50, backlog_from=12)] == [0, 1, 2, 3]
+        await queue.put([rec(ORDERS, 0, o) for o in range(11, 16)])  # 12 queued: a backlog
+        taken = await asyncio.wait_for(queue.take(4, 30.0, backlog_limit=50, backlog_from=12), 1)
+        assert [r.offset for r in taken] == list(range(4, 16))
+        # a threshold below the live size: a backlog still needs a full live batch queued
+        await queue.put([rec(ORDERS, 0, o) for o in range(16, 19)])
+        assert [r.offset for r in await queue.take(4, 0.01, backlog_limit=50, backlog_from=2)] == [16, 17, 18]
+
+    asyncio.run(go())
+
+
 def test_a_live_input_keeps_batches_of_the_live_size_and_waits_within_as_before():
     async def go() -> None:
         queue = BatchQueue(100)
@@ -296,7 +311,7 @@ def test_run_sizes_each_batch_from_the_queue_and_a_stop_waits_for_a_backlog_batc
             await work
 
         await tap.deliver([rec(ORDERS, 0, o) for o in range(30)], 1)  # a backlog before the worker starts
-        runner = asyncio.ensure_future(tap.run(checkpoint, 5, 0.01, guard, backlog_limit=20))
+        runner = asyncio.ensure_future(tap.run(checkpoint, 5, 0.01, guard, backlog_limit=20, backlog_from=8))
         await asyncio.sleep(0.05)
         assert sizes == [20]
         settling = asyncio.ensure_future(tap.settle())
@@ -306,7 +321,7 @@ def test_run_sizes_each_batch_from_the_queue_and_a_stop_waits_for_a_backlog_batc
         await asyncio.wait_for(settling, 1)
         assert tap.applied[TP(ORDERS, 0)] >= 20  # committable: exactly what the checkpoint applied
         await asyncio.sleep(0.05)
-        assert sizes == [20, 10] and tap.applied == {TP(ORDERS, 0): 30}  # the rest: 10 queued, above 5
+        assert sizes == [20, 10] and tap.applied == {TP(ORDERS, 0): 30}  # the rest: 10 queued, above 8
         await tap.deliver([rec(ORDERS, 0, 30), rec(ORDERS, 0, 31)], 1)  # live: fewer than a batch
         await asyncio.sleep(0.05)
         assert sizes == [20, 10, 2]
