@@ -72,6 +72,24 @@ class Settings(BaseSettings):
     # --- processing --------------------------------------------------------
     batch_max_events: int = Field(500, ge=1, description="Events per processing batch (one checkpoint each).")
     batch_within_seconds: float = Field(0.05, gt=0, description="Longest wait to fill a batch.")
+    batch_backlog_max_events: int = Field(
+        10000,
+        ge=1,
+        description="input_path=batch: while the input is behind (batch_backlog_from_events fetched and queued: "
+        "a backlog, a replay, a catch-up), a batch takes all queued records up to this many, never waiting to fill "
+        "it; a live input keeps batches of batch_max_events. Large batches amortise the checkpoint and score a "
+        "customer with several events once (docs/benchmarks.md, session 9: 500 -> 10,000 about doubles events/s); "
+        "alerts are decided at a batch's end clock, so a backlog batch skips transient risk episodes inside it "
+        "(docs/architecture.md). At most batch_max_events: off.",
+    )
+    batch_backlog_from_events: int = Field(
+        2000,
+        ge=1,
+        description="input_path=batch: fetched records queued (and at least batch_max_events) from which the input "
+        "counts as behind and a batch grows up to batch_backlog_max_events. Four live batches: a live worker a "
+        "moment behind keeps small batches (an event of a large batch waits for all of it), a backlog fills the "
+        "queue far beyond.",
+    )
     input_path: Literal["stream", "batch"] = Field(
         "stream",
         description="How the scoring worker reads its input topics: stream (Faust's stream.take_events, an Event "
@@ -80,10 +98,11 @@ class Settings(BaseSettings):
         "docs/architecture.md says why it is not the default yet).",
     )
     input_queue_records: int = Field(
-        5000,
+        10000,
         ge=1,
         description="input_path=batch: fetched records queued for the checkpoint at most; the fetcher waits "
-        "beyond (back-pressure; a rebalance drops the queue and the seek fetches it again).",
+        "beyond (back-pressure; a rebalance drops the queue and the seek fetches it again). Never less than "
+        "batch_backlog_max_events nor batch_backlog_from_events (a backlog is seen in and taken from the queue).",
     )
     input_merge_topics: bool = Field(
         False,

@@ -19,8 +19,9 @@ input topics changes:
   when Faust clears them (a rebalance), so nothing fetched before a rebalance
   is queued after it (the seek to the committed offsets that ends every
   rebalance fetches it again);
-* :class:`BatchInput` hands batches of up to ``max_records`` to the worker's
-  checkpoint, and records what each one applied: the next offset per
+* :class:`BatchInput` hands batches to the worker's checkpoint (``limit``
+  records, or all queued up to ``backlog_limit`` while ``backlog_from`` or
+  more are waiting: the input is behind), and records what each one applied: the next offset per
   partition. Faust's commit covers exactly that (capped by the offset ledger
   of ``streams.offsets``: never past what the changelog holds), so acks and
   commits belong to the checkpoint, not to per-event bookkeeping;
@@ -141,9 +142,21 @@ class BatchQueue:
             self._notify()
         return out
 
-    async def take(self, limit: int, within: float) -> list[InputRecord]:
+    async def take(
+        self, limit: int, within: float, backlog_limit: int | None = None, backlog_from: int = 0
+    ) -> list[InputRecord]:
         """Up to ``limit`` records: waits for a first one, then at most ``within`` seconds for more (as
-        ``take_events``: a batch is full or its time is up)."""
+        ``take_events``: a batch is full or its time is up).
+
+        ``backlog_limit`` (above ``limit``): when at least ``backlog_from`` records (and a full batch of
+        ``limit``) are already queued, the input is behind (a backlog, a replay, a catch-up), and a batch takes
+        everything queued up to ``backlog_limit`` at once, as Kafka's ``max.poll.records`` does: never waiting
+        to fill it. A large batch amortises the per-batch costs (checkpoint round trips, clock moves, due
+        checks) and scores a customer with several events once; a live input, even a few batches behind for a
+        moment, keeps batches of ``limit``: an event of a large batch waits for all of it, so its latency grows.
+        """
+        if backlog_limit is not None and backlog_limit > limit and self._size >= max(limit, backlog_from):
+            return self.take_now(backlog_limit)
         out = self.take_now(limit)
         while not out:
             await self._changed.wait()
@@ -237,12 +250,15 @@ class BatchInput:
         limit: int,
         within: float,
         guard: Callable[[Awaitable[None]], Awaitable[None]],
+        backlog_limit: int | None = None,
+        backlog_from: int = 0,
     ) -> None:
         """Take batches and hand each to ``checkpoint`` (which returns the records it applied) under ``guard``
-        (the worker's ``run_guarded``: the checkpoint completes or the process exits uncommitted)."""
+        (the worker's ``run_guarded``: the checkpoint completes or the process exits uncommitted); batches of up
+        to ``backlog_limit`` while the queue holds ``backlog_from`` records or more (:meth:`BatchQueue.take`)."""
         loop = asyncio.get_running_loop()
         while True:
-            records = await self.queue.take(limit, within)
+            records = await self.queue.take(limit, within, backlog_limit, backlog_from)
             # No batch starts while a rebalance is on (the flow is suspended before Faust waits for the batch in
             # flight): it would write states the partitions' next owner may be reading. Records taken before it
             # are applied after it, as Faust's take_events buffer is; those of partitions gone meanwhile are

@@ -87,7 +87,9 @@ CHECKPOINT_STEP_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 BATCH_EVENTS = Histogram(
-    "pulse_batch_events", "Events per processing batch.", buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 2500)
+    "pulse_batch_events",
+    "Events per processing batch.",
+    buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 20000),  # backlog batches (input_path=batch)
 )
 MISPLACED_EVENTS = Counter(
     "pulse_misplaced_events_total",

@@ -180,7 +180,8 @@ def register(pulse: PulseApp) -> BatchProcessor:
         tap = batch_input.attach(
             pulse.app,
             pulse.customer_events.topics,
-            settings.input_queue_records,
+            # a backlog batch fits, and a backlog can be seen
+            max(settings.input_queue_records, settings.batch_backlog_max_events, settings.batch_backlog_from_events),
             cap=guard.ledger.cap if guard is not None else None,
             merge=settings.input_merge_topics,
         )
@@ -188,12 +189,21 @@ def register(pulse: PulseApp) -> BatchProcessor:
 
         @pulse.app.task
         async def score_customer_batches() -> None:
-            log.info("input path: batch (the group consumer's fetches, up to %d records queued)", tap.queue.max_records)
+            log.info(
+                "input path: batch (the group consumer's fetches, up to %d records queued; batches of %d, of up to "
+                "%d from %d queued)",
+                tap.queue.max_records,
+                settings.batch_max_events,
+                settings.batch_backlog_max_events,
+                settings.batch_backlog_from_events,
+            )
             await tap.run(
                 guarded_checkpoint,  # type: ignore[arg-type]  # InputRecord carries what the checkpoint reads
                 settings.batch_max_events,
                 settings.batch_within_seconds,
                 lambda work: run_guarded(work, settings.shutdown_grace_seconds, settings.checkpoint_stall_warn_seconds),
+                backlog_limit=settings.batch_backlog_max_events,
+                backlog_from=settings.batch_backlog_from_events,
             )
 
         return processor

@@ -274,3 +274,86 @@ def test_with_merge_a_fetch_of_several_topic_partitions_is_merged_by_timestamp_e
         assert offsets(tap.queue.take_now(100)) == [(ORDERS, 0, 2), (ORDERS, 0, 3), (surveys, 0, 8), (ORDERS, 0, 4)]
 
     asyncio.run(go())
+
+
+def test_a_backlog_batch_takes_all_queued_up_to_its_cap_and_never_waits_to_fill_it():
+    async def go() -> None:
+        queue = BatchQueue(100)
+        for start in range(0, 25, 5):  # five fetches queued: a backlog of 25, more than a live batch of 4
+            await queue.put([rec(ORDERS, start % 2, o) for o in range(start, start + 5)])
+        first = await asyncio.wait_for(queue.take(4, 30.0, backlog_limit=12), 1)  # no wait: within is never used
+        assert [r.offset for r in first] == list(range(12))  # offset order kept, a fetch split at the cap
+        assert [r.offset for r in await queue.take(4, 30.0, backlog_limit=12)] == list(range(12, 24))
+        # one record left, less than a live batch: the input caught up, a live batch as today (waits within)
+        assert [r.offset for r in await queue.take(4, 0.01, backlog_limit=12)] == [24]
+
+    asyncio.run(go())
+
+
+def test_a_live_input_a_few_batches_behind_keeps_live_batches_until_the_backlog_threshold():
+    async def go() -> None:
+        queue = BatchQueue(100)
+        await queue.put([rec(ORDERS, 0, o) for o in range(11)])  # behind by less than the threshold of 12
+        assert [r.offset for r in await queue.take(4, 30.0, backlog_limit=50, backlog_from=12)] == [0, 1, 2, 3]
+        await queue.put([rec(ORDERS, 0, o) for o in range(11, 16)])  # 12 queued: a backlog
+        taken = await asyncio.wait_for(queue.take(4, 30.0, backlog_limit=50, backlog_from=12), 1)
+        assert [r.offset for r in taken] == list(range(4, 16))
+        # a threshold below the live size: a backlog still needs a full live batch queued
+        await queue.put([rec(ORDERS, 0, o) for o in range(16, 19)])
+        assert [r.offset for r in await queue.take(4, 0.01, backlog_limit=50, backlog_from=2)] == [16, 17, 18]
+
+    asyncio.run(go())
+
+
+def test_a_live_input_keeps_batches_of_the_live_size_and_waits_within_as_before():
+    async def go() -> None:
+        queue = BatchQueue(100)
+        await queue.put([rec(ORDERS, 0, o) for o in range(3)])  # less than a live batch of 4 queued
+        later = asyncio.ensure_future(queue.take(4, 0.2, backlog_limit=50))
+        await asyncio.sleep(0.01)
+        assert not later.done()  # waits within for the fourth, as without a backlog limit
+        await queue.put([rec(ORDERS, 0, o) for o in range(3, 10)])
+        assert [r.offset for r in await asyncio.wait_for(later, 1)] == [0, 1, 2, 3]  # the live size, not more
+        # a backlog limit at or below the live size changes nothing (the setting's "off")
+        assert [r.offset for r in await queue.take(4, 0.01, backlog_limit=4)] == [4, 5, 6, 7]
+        assert [r.offset for r in await queue.take(4, 0.01, backlog_limit=2)] == [8, 9]
+
+    asyncio.run(go())
+
+
+def test_run_sizes_each_batch_from_the_queue_and_a_stop_waits_for_a_backlog_batch_in_flight():
+    async def go() -> None:
+        app = FakeApp()
+        tap = BatchInput(app, [ORDERS], 1000)
+        release = asyncio.Event()
+        sizes: list[int] = []
+
+        async def checkpoint(batch: list[InputRecord]) -> list[InputRecord]:
+            sizes.append(len(batch))
+            if len(sizes) == 1:
+                await release.wait()
+            return batch
+
+        async def guard(work: Any) -> None:
+            await work
+
+        await tap.deliver([rec(ORDERS, 0, o) for o in range(30)], 1)  # a backlog before the worker starts
+        runner = asyncio.ensure_future(tap.run(checkpoint, 5, 0.01, guard, backlog_limit=20, backlog_from=8))
+        await asyncio.sleep(0.05)
+        assert sizes == [20]
+        settling = asyncio.ensure_future(tap.settle())
+        await asyncio.sleep(0.01)
+        assert not settling.done() and tap.applied == {}  # the revoke/stop waits for the large batch
+        release.set()
+        await asyncio.wait_for(settling, 1)
+        assert tap.applied[TP(ORDERS, 0)] >= 20  # committable: exactly what the checkpoint applied
+        await asyncio.sleep(0.05)
+        assert sizes == [20, 10] and tap.applied == {TP(ORDERS, 0): 30}  # the rest: 10 queued, above 8
+        await tap.deliver([rec(ORDERS, 0, 30), rec(ORDERS, 0, 31)], 1)  # live: fewer than a batch
+        await asyncio.sleep(0.05)
+        assert sizes == [20, 10, 2]
+        runner.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await runner
+
+    asyncio.run(go())
