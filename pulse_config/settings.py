@@ -91,11 +91,11 @@ class Settings(BaseSettings):
         "queue far beyond.",
     )
     input_path: Literal["stream", "batch"] = Field(
-        "stream",
-        description="How the scoring worker reads its input topics: stream (Faust's stream.take_events, an Event "
-        "and an ack per record) or batch (opt-in: the group consumer's fetches as raw batches, the checkpoint's "
-        "applied offsets are what Faust commits; about half the CPU per event; streams/batch_input.py, "
-        "docs/architecture.md says why it is not the default yet).",
+        "batch",
+        description="How the scoring worker reads its input topics: batch (the group consumer's fetches as raw "
+        "batches, sized from the backlog; the checkpoint's applied offsets are what Faust commits; about half the "
+        "CPU per event, streams/batch_input.py) or stream (Faust's stream.take_events, an Event and an ack per "
+        "record; the default until session 9, docs/architecture.md).",
     )
     input_queue_records: int = Field(
         10000,
