@@ -30,9 +30,6 @@ import collections
 import gc
 import os
 import pickle
-import re
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import datetime, timedelta
@@ -41,7 +38,8 @@ from typing import Any
 
 import orjson
 
-from benchmarks.processor_cost import PARTITIONS, REPO, _helper, inputs
+from benchmarks.callgrind import timed_instructions
+from benchmarks.processor_cost import PARTITIONS, _helper, inputs
 
 
 def _batches(
@@ -180,35 +178,8 @@ def live_inputs(size: int, events: int, rate: float, seed: int) -> dict[str, Any
 
 
 def _callgrind(data_file: str, size: int, batch: int, order: str, ahead_ms: int) -> int:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "callgrind.out"
-        cmd = [
-            "valgrind",
-            "--tool=callgrind",
-            "--instr-atstart=no",
-            f"--callgrind-out-file={out}",
-            sys.executable,
-            "-m",
-            "benchmarks.live_cost",
-            "--child",
-            data_file,
-            "--customers",
-            str(size),
-            "--batches",
-            str(batch),
-            "--order",
-            order,
-            "--ahead-ms",
-            str(ahead_ms),
-        ]
-        env = {**os.environ, "PYTHONHASHSEED": "0"}
-        subprocess.run(cmd, check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        total = 0
-        for dump in Path(tmp).glob("callgrind.out*"):
-            text = dump.read_text(errors="replace")
-            if "Trigger: Client Request: timed" in text and (m := re.search(r"^totals:\s+(\d+)", text, re.M)):
-                total += int(m.group(1))
-        return total
+    args = ["--child", data_file, "--customers", str(size), "--batches", str(batch), "--order", order]
+    return timed_instructions("benchmarks.live_cost", [*args, "--ahead-ms", str(ahead_ms)])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,6 @@ import gc
 import os
 import pickle
 import random
-import re
 import shutil
 import subprocess
 import sys
@@ -42,7 +41,8 @@ from typing import Any
 
 import orjson
 
-REPO = Path(__file__).resolve().parent.parent
+from benchmarks.callgrind import REPO, timed_instructions
+
 PARTITIONS = 4
 TEMPLATE_CUSTOMERS = 2_000
 
@@ -221,37 +221,10 @@ def measure(
 
 def _callgrind(data_file: str, size: int, scope: str, warm: int, batch_events: int | None = None) -> int:
     """Instructions of the timed batches, from a child process under callgrind."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "callgrind.out"
-        cmd = [
-            "valgrind",
-            "--tool=callgrind",
-            "--instr-atstart=no",
-            f"--callgrind-out-file={out}",
-            sys.executable,
-            "-m",
-            "benchmarks.processor_cost",
-            "--child",
-            data_file,
-            "--customers",
-            str(size),
-            "--scope",
-            scope,
-            "--warm",
-            str(warm),
-            *([] if batch_events is None else ["--batch", str(batch_events)]),
-        ]
-        env = {**os.environ, "PYTHONHASHSEED": "0"}
-        subprocess.run(cmd, check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        total = 0
-        for dump in Path(tmp).glob("callgrind.out*"):
-            text = dump.read_text(errors="replace")
-            if "Trigger: Client Request: timed" not in text:
-                continue
-            match = re.search(r"^totals:\s+(\d+)", text, re.M)
-            if match:
-                total += int(match.group(1))
-        return total
+    args = ["--child", data_file, "--customers", str(size), "--scope", scope, "--warm", str(warm)]
+    if batch_events is not None:
+        args += ["--batch", str(batch_events)]
+    return timed_instructions("benchmarks.processor_cost", args)
 
 
 def main(argv: list[str] | None = None) -> int:

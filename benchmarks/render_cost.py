@@ -20,7 +20,6 @@ import ctypes
 import gc
 import os
 import pickle
-import re
 import shutil
 import subprocess
 import sys
@@ -28,7 +27,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.processor_cost import REPO, inputs, measure
+from benchmarks.callgrind import instructions
+from benchmarks.processor_cost import inputs, measure
 
 _HELPER_C = r"""
 #include <valgrind/callgrind.h>
@@ -109,20 +109,7 @@ def replay(path: str) -> None:
 
 def count(path: str) -> dict[str, int]:
     """Instructions of each part, from a child process under callgrind."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "callgrind.out"
-        cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
-        cmd += [sys.executable, "-m", "benchmarks.render_cost", "--child", path]
-        env = {**os.environ, "PYTHONHASHSEED": "0"}
-        subprocess.run(cmd, check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        totals: dict[str, int] = {}
-        for dump in Path(tmp).glob("callgrind.out*"):
-            text = dump.read_text(errors="replace")
-            part = re.search(r"Trigger: Client Request: (\w+)", text)
-            total = re.search(r"^totals:\s+(\d+)", text, re.M)
-            if part and total:
-                totals[part.group(1)] = int(total.group(1))
-        return totals
+    return instructions("benchmarks.render_cost", ["--child", path])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,17 +18,15 @@ import argparse
 import copy
 import os
 import pickle
-import re
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import orjson
 
-from benchmarks.processor_cost import PARTITIONS, REPO, TEMPLATE_CUSTOMERS, _helper
+from benchmarks.callgrind import timed_instructions
+from benchmarks.processor_cost import PARTITIONS, TEMPLATE_CUSTOMERS, _helper
 
 HOUR_MS = 3_600_000
 #: the parts ``parts()`` builds, in print order ("nothing": the harness's own cost per call)
@@ -120,19 +118,7 @@ def _child(name: str, data_file: str) -> None:
 
 
 def _count(name: str, data_file: str) -> float:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "callgrind.out"
-        cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}", sys.executable]
-        cmd += ["-m", "benchmarks.scorer_parts", "--child", name, "--data", data_file]
-        env = {**os.environ, "PYTHONHASHSEED": "0"}
-        subprocess.run(cmd, check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        total = 0
-        for dump in Path(tmp).glob("callgrind.out*"):
-            text = dump.read_text(errors="replace")
-            match = re.search(r"^totals:\s+(\d+)", text, re.M)
-            if "Trigger: Client Request: timed" in text and match:
-                total += int(match.group(1))
-        return total / TEMPLATE_CUSTOMERS
+    return timed_instructions("benchmarks.scorer_parts", ["--child", name, "--data", data_file]) / TEMPLATE_CUSTOMERS
 
 
 def main(argv: list[str] | None = None) -> int:
