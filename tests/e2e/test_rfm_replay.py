@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -59,6 +60,16 @@ def pulse(args: list[str], env: dict[str, str], timeout: float = 120) -> subproc
     )
 
 
+def ready_together(workers: list) -> bool:
+    """Every worker is ready in the same (their latest) group generation: the partitions are shared out."""
+    logs = [w.log.read_text(errors="replace") for w in workers]
+    generations = [re.findall(r"generation id (\d+)", log) for log in logs]
+    if not all(generations) or len({g[-1] for g in generations}) != 1:
+        return False
+    latest = f"generation id {generations[0][-1]} "
+    return all(log.rfind("Worker ready") > log.rfind(latest) for log in logs)
+
+
 def test_two_workers_replaying_a_csv_equal_the_offline_score(namespace, start_worker, tmp_path):
     s = namespace.settings
     env = {**namespace.env, **NO_HYSTERESIS, "PULSE_SWEEP_CUSTOMERS_PER_TICK": "200"}
@@ -77,6 +88,9 @@ def test_two_workers_replaying_a_csv_equal_the_offline_score(namespace, start_wo
     assert len({row["segment"] for row in expected.values()}) >= 5
 
     workers = [start_worker(**NO_HYSTERESIS), start_worker(**NO_HYSTERESIS)]
+    # both in the group before the replay: a worker scores the whole history in one or two backlog batches,
+    # so one that joined later would find nothing left to do
+    assert wait_until(lambda: ready_together(workers)), workers[1].log_tail()
     replayed = pulse(["replay", str(history)], env)
     assert replayed.returncode == 0, replayed.stderr
     assert f"replayed {rows} rows" in replayed.stdout  # (its progress bar is drawn on a terminal only)
