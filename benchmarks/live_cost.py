@@ -39,7 +39,7 @@ from typing import Any
 import orjson
 
 from benchmarks.callgrind import timed_instructions
-from benchmarks.processor_cost import PARTITIONS, _helper, inputs
+from benchmarks.processor_cost import PARTITIONS, _helper, cloned_processor, inputs
 
 
 def _batches(
@@ -89,25 +89,12 @@ def measure(data: dict[str, Any], size: int, batch: int, order: str, ahead_ms: i
     from pulse_config.settings import Settings
     from streams.checkpoint_metrics import CheckpointMetrics
     from streams.codec import decode_state, encode_state
-    from streams.processor import BatchProcessor
 
     settings = Settings(_env_file=None, partitions=PARTITIONS)
     gc.set_threshold(*settings.gc_thresholds)
     topics = settings.input_topics()
-    encoded = data["encoded"]
-    t = len(encoded)
-    store: dict[bytes, bytes] = {}
-    processor = BatchProcessor(settings.processor())
+    processor, store = cloned_processor(settings, data, size)
     report_batch = CheckpointMetrics(processor, population_seconds=settings.metrics_population_seconds).batch
-
-    def clones():
-        for j in range(size):
-            key = f"P{j:08d}".encode()
-            raw = encoded[j % t][j % PARTITIONS]
-            store[key] = raw
-            yield key, decode_state(raw)
-
-    processor.rebuild(set(range(PARTITIONS)), clones())
     batches = _batches(data["streams"][size], batch, order, ahead_ms, topics)
     starts = {(topic, p): 0 for topic in topics.values() for p in range(PARTITIONS)}
 

@@ -101,20 +101,12 @@ def inputs(sizes: list[int], events: int, seed: int) -> dict[str, Any]:
     return {"encoded": encoded, "streams": streams}
 
 
-def measure(
-    data: dict[str, Any], size: int, scope: str, warm: int, mode: str, batch_events: int | None = None
-) -> dict[str, Any]:
-    """Run the batches of ``size`` customers; ``mode``: "time", "callgrind" (client requests) or "profile";
-    ``batch_events``: events per batch (None: the setting's default)."""
-    from pulse_config.settings import Settings
-    from streams.codec import decode_state, encode_state
-    from streams.processor import BatchProcessor, Incoming
-    from streams.sinks.redis_profiles import pack_batch, pack_profile
+def cloned_processor(settings: Any, data: dict, size: int) -> tuple[Any, dict[bytes, bytes]]:
+    """A processor (``settings``' batch engine) whose population is ``size`` customers cloned from the scored
+    templates, and the encoded states by key (what the worker's table would hold)."""
+    from streams.codec import decode_state
+    from streams.processor import BatchProcessor
 
-    extra = {} if batch_events is None else {"batch_max_events": batch_events}
-    settings = Settings(_env_file=None, partitions=PARTITIONS, **extra)
-    gc.set_threshold(*settings.gc_thresholds)  # as the worker runs
-    topics = settings.input_topics()
     encoded = data["encoded"]
     t = len(encoded)
     store: dict[bytes, bytes] = {}
@@ -128,6 +120,24 @@ def measure(
             yield key, decode_state(raw)
 
     processor.rebuild(set(range(PARTITIONS)), clones())
+    return processor, store
+
+
+def measure(
+    data: dict[str, Any], size: int, scope: str, warm: int, mode: str, batch_events: int | None = None
+) -> dict[str, Any]:
+    """Run the batches of ``size`` customers; ``mode``: "time", "callgrind" (client requests) or "profile";
+    ``batch_events``: events per batch (None: the setting's default)."""
+    from pulse_config.settings import Settings
+    from streams.codec import decode_state, encode_state
+    from streams.processor import Incoming
+    from streams.sinks.redis_profiles import pack_batch, pack_profile
+
+    extra = {} if batch_events is None else {"batch_max_events": batch_events}
+    settings = Settings(_env_file=None, partitions=PARTITIONS, **extra)
+    gc.set_threshold(*settings.gc_thresholds)  # as the worker runs
+    topics = settings.input_topics()
+    processor, store = cloned_processor(settings, data, size)
     offsets: dict[tuple[str, int], int] = collections.Counter()
     batches: list[list[Incoming]] = []
     batch: list[Incoming] = []
