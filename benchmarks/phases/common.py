@@ -210,20 +210,29 @@ def wait_count(
     n: int,
     samples: list[tuple[float, float]] | None = None,
     on_first: Any = None,
+    cpu_before: list[float | None] | None = None,
 ) -> str:
     """Poll the processes' metrics until the sum of ``name`` reaches ``n``; returns the last metrics text.
 
-    ``on_first`` is called once, when the first event has been counted."""
+    ``on_first`` is called once, when the first event has been counted. ``cpu_before`` (if given) ends up
+    holding the processes' summed CPU seconds read just before the last scrape that still counted nothing:
+    the start of the counted work's CPU, like ``counted_seconds`` is of its time. Read before the scrape,
+    so no counted event's CPU is in it; read at every poll, not at the first that counts, because one
+    backlog batch can score thousands of events between two polls (a 2,000-event run scored them all
+    between two polls and the old first-poll reading gave 0 µs per event)."""
     deadline = time.monotonic() + PHASE_SECONDS
     text = ""
     while time.monotonic() < deadline:
         for proc in procs:
             if not proc.alive():
                 raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.tail()}")
+        cpu = summed_cpu_seconds(procs) if cpu_before is not None else None
         texts = [proc.metrics() for proc in procs]
         total = sum(metric_sum(t, name, where) for t in texts)
         if samples is not None:
             samples.append((time.monotonic(), total))
+        if cpu_before is not None and total == 0:
+            cpu_before[:] = [cpu]
         if total > 0 and on_first is not None:
             on_first()
             on_first = None
@@ -232,6 +241,22 @@ def wait_count(
         text = "\n".join(texts)
         time.sleep(POLL_SECONDS)
     raise RuntimeError(f"{name} reached only {metric_sum(text, name, where):.0f} of {n} in {PHASE_SECONDS}s")
+
+
+def summed_cpu_seconds(procs: list[Proc]) -> float | None:
+    """The processes' CPU seconds together; None if one of them cannot be read."""
+    cpus = [cpu_seconds(p.popen.pid) for p in procs]
+    return None if None in cpus else sum(cpus)  # type: ignore[arg-type]
+
+
+def cpu_us_per_event(before: list[float | None], after: float | None, n: int) -> float | None:
+    """µs of CPU per event from the last poll before the first counted event (``wait_count``'s ``cpu_before``)
+    to the end: the start-up before that poll left out, at most one poll interval of idle CPU in: an upper
+    bound at poll resolution, as the seconds are. None when no poll saw zero (the work began before the first
+    poll: not measured)."""
+    if not before or before[0] is None or after is None:
+        return None
+    return round((after - before[0]) / n * 1e6, 1)
 
 
 def counted_seconds(samples: list[tuple[float, float]], floor: float) -> float:

@@ -23,9 +23,11 @@ from benchmarks.phases.common import (
     Proc,
     counted_seconds,
     cpu_seconds,
+    cpu_us_per_event,
     log,
     metric_sum,
     peak_rss_bytes,
+    summed_cpu_seconds,
     wait_count,
     worker_deltas,
 )
@@ -107,8 +109,7 @@ def peer(bench: Bench, name: str, argv: list[str], env: dict[str, str], n: int, 
     proc = bench.spawn(name, argv, env)
     cpu0: list[float | None] = []
     try:
-        on_first = lambda: cpu0.append(cpu_seconds(proc.popen.pid))  # noqa: E731
-        text = wait_count([proc], f"{metric}_events_total", "", n, on_first=on_first)
+        text = wait_count([proc], f"{metric}_events_total", "", n, cpu_before=cpu0)
         first = metric_sum(text, f"{metric}_first_event_seconds")
         last = metric_sum(text, f"{metric}_last_event_seconds")
         rss = peak_rss_bytes(proc.popen.pid)
@@ -121,18 +122,10 @@ def peer(bench: Bench, name: str, argv: list[str], env: dict[str, str], n: int, 
         "events": n,
         "seconds": round(seconds, 3),
         "events_per_second": round(n / seconds, 1),
-        "cpu_us_per_event": cpu_per_event(cpu0, cpu, n),
+        "cpu_us_per_event": cpu_us_per_event(cpu0, cpu, n),
         "peak_rss_mib": None if rss is None else round(rss / 2**20, 1),
         **{k: v for k, v in counts.items() if f"{metric}_{k}_total" in text},
     }
-
-
-def cpu_per_event(before: list[float | None], after: float | None, n: int) -> float | None:
-    """µs of the process's CPU per event from the poll that saw its first event to the end (the start-up left
-    out; the events counted by that first poll are in the divisor: a bound from below, at poll resolution)."""
-    if not before or before[0] is None or after is None:
-        return None
-    return round((after - before[0]) / n * 1e6, 1)
 
 
 def run_workers(bench: Bench, tag: str, env: dict[str, str], count: int, n: int, keep: bool = False) -> dict[str, Any]:
@@ -145,16 +138,14 @@ def run_workers(bench: Bench, tag: str, env: dict[str, str], count: int, n: int,
     cpu0: list[float | None] = []
 
     def start_profile() -> None:
-        pids = [cpu_seconds(p.popen.pid) for p in procs]
-        cpu0.append(None if None in pids else sum(pids))  # type: ignore[arg-type]
         if count == 1 and bench.args.py_spy:
             spy.append(start_py_spy(bench, procs[0], tag))
 
     samples: list[tuple[float, float]] = []
     try:
-        text = wait_count(procs, "pulse_events_total", 'outcome="scored"', n, samples, start_profile)
+        text = wait_count(procs, "pulse_events_total", 'outcome="scored"', n, samples, start_profile, cpu0)
         rss = [peak_rss_bytes(p.popen.pid) for p in procs]
-        cpus = [cpu_seconds(p.popen.pid) for p in procs]
+        cpu = summed_cpu_seconds(procs)
         profile = finish_py_spy(spy[0]) if spy and spy[0] is not None else None
     finally:
         for popen, _, _ in (s for s in spy if s is not None):
@@ -172,7 +163,7 @@ def run_workers(bench: Bench, tag: str, env: dict[str, str], count: int, n: int,
         "events_per_second": round(n / seconds, 1),
         "events_per_second_per_worker": round(n / seconds / count, 1),
         "peak_rss_mib": [None if r is None else round(r / 2**20, 1) for r in rss],
-        "cpu_us_per_event": cpu_per_event(cpu0, None if None in cpus else sum(cpus), n),  # type: ignore[arg-type]
+        "cpu_us_per_event": cpu_us_per_event(cpu0, cpu, n),
         "batches": worker["batches"],
         "checkpoint_ms_mean": worker["checkpoint_ms_mean"],
         "due_checks": worker["due_checks"],
