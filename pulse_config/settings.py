@@ -90,6 +90,16 @@ class Settings(BaseSettings):
         "moment behind keeps small batches (an event of a large batch waits for all of it), a backlog fills the "
         "queue far beyond.",
     )
+    batch_backlog_rebalance_share: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="input_path=batch: a backlog batch takes no more records than its checkpoint is expected to "
+        "finish in this share of broker_rebalance_timeout, at the wall seconds per record measured on the last "
+        "batches: a rebalance waits for the batch in flight, and a member not back within the rebalance timeout is "
+        "dropped from the group (its commit refused, the worker exits 75). Matters on a loaded box or with a short "
+        "rebalance timeout (pulse dev: 3 s). 0: no time bound, batch_backlog_max_events only.",
+    )
     input_path: Literal["stream", "batch"] = Field(
         "batch",
         description="How the scoring worker reads its input topics: batch (the group consumer's fetches as raw "
@@ -594,6 +604,11 @@ class Settings(BaseSettings):
         "indicators) are recomputed at a batch's end at most this often (wall seconds; 0: every batch): they cost "
         "the same for a batch of one event as for 500, and live batches are small.",
     )
+
+    def batch_backlog_seconds(self) -> float | None:
+        """The time budget of a backlog batch (streams.batch_input.BatchPace); None: no time bound."""
+        share = self.batch_backlog_rebalance_share
+        return share * self.broker_rebalance_timeout if share > 0 else None
 
     def input_topics(self) -> dict[str, str]:
         """Topic name per event kind."""

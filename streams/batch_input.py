@@ -21,7 +21,8 @@ input topics changes:
   rebalance fetches it again);
 * :class:`BatchInput` hands batches to the worker's checkpoint (``limit``
   records, or all queued up to ``backlog_limit`` while ``backlog_from`` or
-  more are waiting: the input is behind), and records what each one applied: the next offset per
+  more are waiting: the input is behind, and as many as fit a share of the rebalance timeout at the measured
+  pace, :class:`BatchPace`), and records what each one applied: the next offset per
   partition. Faust's commit covers exactly that (capped by the offset ledger
   of ``streams.offsets``: never past what the changelog holds), so acks and
   commits belong to the checkpoint, not to per-event bookkeeping;
@@ -175,6 +176,43 @@ class BatchQueue:
         return out
 
 
+class BatchPace:
+    """How many records a backlog batch may take so that its checkpoint ends within ``budget_seconds``.
+
+    Why a time bound on top of the record bound: a rebalance waits for the batch in flight
+    (:meth:`BatchInput.settle`), and a member that has not rejoined within the group's rebalance timeout is
+    dropped from the group: its commit is refused and the worker fail-stops (exit 75) with the batch
+    uncommitted. A backlog batch of ``PULSE_BATCH_BACKLOG_MAX_EVENTS`` takes a few hundred ms on a quiet box
+    and several seconds on a loaded one, and a second worker joins exactly when there is a backlog to share.
+    The pace is measured, not configured: the wall seconds per record of the batches of at least the live size
+    (a rise is taken at once, a fall halfway per batch). Before any is measured a backlog batch takes the live
+    size: the first measurement costs one small batch. ``budget_seconds`` None: no time bound. ``clock``: wall
+    seconds (tests give their own)."""
+
+    def __init__(self, budget_seconds: float | None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.budget_seconds = budget_seconds
+        self.clock = clock
+        #: measured wall seconds per record of a checkpoint (None until a batch of the live size was timed)
+        self.seconds_per_record: float | None = None
+
+    def backlog_limit(self, limit: int, backlog_limit: int | None) -> int | None:
+        """The backlog limit for the next batch: ``backlog_limit`` capped by the budget, never below ``limit``."""
+        if backlog_limit is None or self.budget_seconds is None or backlog_limit <= limit:
+            return backlog_limit
+        if self.seconds_per_record is None:
+            return limit
+        return max(limit, min(backlog_limit, int(self.budget_seconds / self.seconds_per_record)))
+
+    def timed(self, records: int, seconds: float, limit: int) -> None:
+        """A checkpoint of ``records`` took ``seconds``; batches smaller than the live size are mostly fixed cost
+        (a live input's) and say little about a backlog batch's pace."""
+        if records < limit or records <= 0:
+            return
+        pace = seconds / records
+        known = self.seconds_per_record
+        self.seconds_per_record = pace if known is None or pace > known else (known + pace) / 2
+
+
 class BatchInput:
     """The batch topics' records, from the tapped fetches to the checkpoint; what each batch applied.
 
@@ -189,8 +227,11 @@ class BatchInput:
         max_records: int,
         cap: Callable[[TP, int], int | None] | None = None,
         merge: bool = False,
+        pace: BatchPace | None = None,
     ) -> None:
         self.app = app
+        #: the time bound of backlog batches (none: records only)
+        self.pace = pace if pace is not None else BatchPace(None)
         #: each fetch's topic-partitions merged by timestamp (:func:`interleave`), else one after the other
         self.merge = merge
         self.topics = frozenset(topics)
@@ -255,18 +296,21 @@ class BatchInput:
     ) -> None:
         """Take batches and hand each to ``checkpoint`` (which returns the records it applied) under ``guard``
         (the worker's ``run_guarded``: the checkpoint completes or the process exits uncommitted); batches of up
-        to ``backlog_limit`` while the queue holds ``backlog_from`` records or more (:meth:`BatchQueue.take`)."""
+        to ``backlog_limit`` while the queue holds ``backlog_from`` records or more (:meth:`BatchQueue.take`),
+        fewer when the measured pace says that many would outlast the time budget (:class:`BatchPace`)."""
         loop = asyncio.get_running_loop()
         while True:
-            records = await self.queue.take(limit, within, backlog_limit, backlog_from)
+            records = await self.queue.take(limit, within, self.pace.backlog_limit(limit, backlog_limit), backlog_from)
             # No batch starts while a rebalance is on (the flow is suspended before Faust waits for the batch in
             # flight): it would write states the partitions' next owner may be reading. Records taken before it
             # are applied after it, as Faust's take_events buffer is; those of partitions gone meanwhile are
             # dropped by the checkpoint's ownership filter (streams.offsets.OffsetGuard.owned).
             await self.app.flow_control.acquire()
             self.in_flight = done = loop.create_future()
+            started = self.pace.clock()
             try:
                 await guard(self._one(checkpoint, records))
+                self.pace.timed(len(records), self.pace.clock() - started, limit)
             finally:
                 if not done.done():
                     done.set_result(None)
@@ -383,9 +427,10 @@ def attach(
     max_records: int,
     cap: Callable[[TP, int], int | None] | None = None,
     merge: bool = False,
+    pace: BatchPace | None = None,
 ) -> BatchInput:
     """Give ``app`` a batch input for ``topics`` (fetched records of them reach only it) and install the hooks."""
     install()
-    tap = BatchInput(app, topics, max_records, cap, merge)
+    tap = BatchInput(app, topics, max_records, cap, merge, pace)
     app.pulse_batch_input = tap
     return tap

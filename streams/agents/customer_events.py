@@ -184,6 +184,7 @@ def register(pulse: PulseApp) -> BatchProcessor:
             max(settings.input_queue_records, settings.batch_backlog_max_events, settings.batch_backlog_from_events),
             cap=guard.ledger.cap if guard is not None else None,
             merge=settings.input_merge_topics,
+            pace=batch_input.BatchPace(settings.batch_backlog_seconds()),
         )
         pulse.customer_events.__aiter__()  # subscribes the group to the channel's topics, as an agent's stream does
 
@@ -191,11 +192,12 @@ def register(pulse: PulseApp) -> BatchProcessor:
         async def score_customer_batches() -> None:
             log.info(
                 "input path: batch (the group consumer's fetches, up to %d records queued; batches of %d, of up to "
-                "%d from %d queued)",
+                "%d from %d queued, each expected within %s s)",
                 tap.queue.max_records,
                 settings.batch_max_events,
                 settings.batch_backlog_max_events,
                 settings.batch_backlog_from_events,
+                settings.batch_backlog_seconds(),
             )
             await tap.run(
                 guarded_checkpoint,  # type: ignore[arg-type]  # InputRecord carries what the checkpoint reads

@@ -13,7 +13,7 @@ from faust.types import TP
 from mode.utils.queues import FlowControlEvent
 
 from streams import batch_input
-from streams.batch_input import BatchInput, BatchQueue, InputRecord
+from streams.batch_input import BatchInput, BatchPace, BatchQueue, InputRecord
 
 ORDERS, TICKS, CHANGELOG = "orders", "ticks", "app-customer_states-changelog"
 
@@ -355,5 +355,54 @@ def test_run_sizes_each_batch_from_the_queue_and_a_stop_waits_for_a_backlog_batc
         runner.cancel()
         with pytest.raises(asyncio.CancelledError):
             await runner
+
+    asyncio.run(go())
+
+
+def test_the_pace_bounds_a_backlog_batch_by_its_expected_time_and_takes_a_slowdown_at_once():
+    pace = BatchPace(2.0)
+    # nothing measured yet: a backlog batch takes the live size, whose checkpoint is the first measurement
+    assert pace.backlog_limit(500, 10_000) == 500
+    pace.timed(499, 100.0, 500)  # smaller than a live batch (mostly fixed cost): not a measurement
+    assert pace.backlog_limit(500, 10_000) == 500
+    pace.timed(500, 0.25, 500)  # 500 µs per record: 2 s hold 4,000
+    assert pace.backlog_limit(500, 10_000) == 4_000
+    pace.timed(4_000, 0.4, 500)  # faster (100 µs): halfway there, 300 µs -> 6,666
+    assert pace.backlog_limit(500, 10_000) == 6_666
+    pace.timed(6_666, 0.6666, 500)  # 100 µs again -> 200 µs
+    assert pace.backlog_limit(500, 10_000) == 10_000  # the record bound holds
+    pace.timed(10_000, 20.0, 500)  # a loaded box: 2 ms per record, taken at once
+    assert pace.backlog_limit(500, 10_000) == 1_000
+    pace.timed(1_000, 100.0, 500)  # never below the live size
+    assert pace.backlog_limit(500, 10_000) == 500
+    # no budget, or no backlog limit above the live size: the record bounds as they are
+    assert BatchPace(None).backlog_limit(500, 10_000) == 10_000
+    assert pace.backlog_limit(500, None) is None and pace.backlog_limit(500, 400) == 400
+
+
+def test_run_takes_a_smaller_backlog_batch_when_the_measured_pace_would_outlast_the_budget():
+    async def go() -> None:
+        clock = [0.0]  # the checkpoints' time, not the box's
+        tap = BatchInput(FakeApp(), [ORDERS], 1000, pace=BatchPace(1.0, clock=lambda: clock[0]))
+        sizes: list[int] = []
+
+        async def checkpoint(batch: list[InputRecord]) -> list[InputRecord]:
+            sizes.append(len(batch))
+            clock[0] += len(batch) * 0.1  # 100 ms per record: 1 s holds 10
+            return batch
+
+        async def guard(work: Any) -> None:
+            await work
+
+        await tap.deliver([rec(ORDERS, 0, o) for o in range(100)], 1)  # a backlog before the worker starts
+        runner = asyncio.ensure_future(tap.run(checkpoint, 5, 0.01, guard, backlog_limit=50, backlog_from=8))
+        for _ in range(100):
+            if sum(sizes) >= 100:
+                break
+            await asyncio.sleep(0)
+        runner.cancel()
+        # the live size first (nothing measured), then what 1 s holds (10), never the record bound of 50
+        assert sizes[:3] == [5, 10, 10] and max(sizes) == 10, sizes
+        assert tap.applied == {TP(ORDERS, 0): sum(sizes)}
 
     asyncio.run(go())
