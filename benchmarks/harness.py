@@ -412,6 +412,10 @@ def broker_results(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _pct(v: Any) -> str:
+    return "-" if v is None else f"{100 * v:.0f} %"
+
+
 def _fmt(v: Any) -> str:
     if v is None:
         return "-"
@@ -485,7 +489,8 @@ def report(r: dict[str, Any]) -> str:
             for s in b.get("scaling", []):
                 lines.append(
                     f"    {broker} scaling: {s['workers']} worker(s) {_fmt(s['events_per_second']):>10} events/s, "
-                    f"per worker {_fmt(s['events_per_second_per_worker'])}"
+                    f"per worker {_fmt(s['events_per_second_per_worker'])}, "
+                    f"{_fmt(s.get('cpu_us_per_event'))} µs CPU/event, box CPU busy {_pct(s.get('box_cpu_busy'))}"
                 )
     elif "processor" in r:
         p = r["processor"]

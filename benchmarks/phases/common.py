@@ -210,12 +210,13 @@ def wait_count(
     n: int,
     samples: list[tuple[float, float]] | None = None,
     on_first: Any = None,
-    cpu_before: list[float | None] | None = None,
+    cpu_before: list[CpuReading] | None = None,
 ) -> str:
     """Poll the processes' metrics until the sum of ``name`` reaches ``n``; returns the last metrics text.
 
     ``on_first`` is called once, when the first event has been counted. ``cpu_before`` (if given) ends up
-    holding the processes' summed CPU seconds read just before the last scrape that still counted nothing:
+    holding the processes' and the machine's CPU (:class:`CpuReading`) read just before the last scrape that
+    still counted nothing:
     the start of the counted work's CPU, like ``counted_seconds`` is of its time. Read before the scrape,
     so no counted event's CPU is in it; read at every poll, not at the first that counts, because one
     backlog batch can score thousands of events between two polls (a 2,000-event run scored them all
@@ -226,12 +227,12 @@ def wait_count(
         for proc in procs:
             if not proc.alive():
                 raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.tail()}")
-        cpu = summed_cpu_seconds(procs) if cpu_before is not None else None
+        cpu = cpu_reading(procs) if cpu_before is not None else None
         texts = [proc.metrics() for proc in procs]
         total = sum(metric_sum(t, name, where) for t in texts)
         if samples is not None:
             samples.append((time.monotonic(), total))
-        if cpu_before is not None and total == 0:
+        if cpu is not None and cpu_before is not None and total == 0:
             cpu_before[:] = [cpu]
         if total > 0 and on_first is not None:
             on_first()
@@ -243,20 +244,51 @@ def wait_count(
     raise RuntimeError(f"{name} reached only {metric_sum(text, name, where):.0f} of {n} in {PHASE_SECONDS}s")
 
 
-def summed_cpu_seconds(procs: list[Proc]) -> float | None:
-    """The processes' CPU seconds together; None if one of them cannot be read."""
+@dataclass(frozen=True)
+class CpuReading:
+    """The processes' summed CPU seconds (None: one could not be read) and the machine's busy and total CPU
+    time (/proc/stat, seconds over all cores) at one moment."""
+
+    procs: float | None
+    box_busy: float
+    box_total: float
+
+
+def box_cpu_seconds() -> tuple[float, float]:
+    """The machine's (busy, total) CPU seconds summed over its cores since boot (/proc/stat's ``cpu`` line:
+    idle and iowait are the idle part)."""
+    try:
+        fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal (guest is inside user)
+    idle = fields[3] + fields[4]
+    return (total - idle) / tick, total / tick
+
+
+def cpu_reading(procs: list[Proc]) -> CpuReading:
     cpus = [cpu_seconds(p.popen.pid) for p in procs]
-    return None if None in cpus else sum(cpus)  # type: ignore[arg-type]
+    busy, total = box_cpu_seconds()
+    return CpuReading(None if None in cpus else sum(cpus), busy, total)  # type: ignore[arg-type]
 
 
-def cpu_us_per_event(before: list[float | None], after: float | None, n: int) -> float | None:
-    """µs of CPU per event from the last poll before the first counted event (``wait_count``'s ``cpu_before``)
-    to the end: the start-up before that poll left out, at most one poll interval of idle CPU in: an upper
-    bound at poll resolution, as the seconds are. None when no poll saw zero (the work began before the first
-    poll: not measured)."""
-    if not before or before[0] is None or after is None:
+def cpu_us_per_event(before: list[CpuReading], after: CpuReading, n: int) -> float | None:
+    """µs of the processes' CPU per event from the last poll before the first counted event (``wait_count``'s
+    ``cpu_before``) to the end: the start-up before that poll left out, at most one poll interval of idle CPU
+    in: an upper bound at poll resolution, as the seconds are. None when no poll saw zero (the work began
+    before the first poll: not measured)."""
+    if not before or before[0].procs is None or after.procs is None:
         return None
-    return round((after - before[0]) / n * 1e6, 1)
+    return round((after.procs - before[0].procs) / n * 1e6, 1)
+
+
+def box_busy_share(before: list[CpuReading], after: CpuReading) -> float | None:
+    """The share of the machine's CPU (all cores) busy over the same window, anyone's: the broker, Redis, the
+    bench, other users. Near 1: the box, not the worker, bounds what more workers can add."""
+    if not before or after.box_total <= before[0].box_total:
+        return None
+    return round((after.box_busy - before[0].box_busy) / (after.box_total - before[0].box_total), 3)
 
 
 def counted_seconds(samples: list[tuple[float, float]], floor: float) -> float:

@@ -20,14 +20,15 @@ from benchmarks.phases.common import (
     REPO,
     SPY_RATE,
     Bench,
+    CpuReading,
     Proc,
+    box_busy_share,
     counted_seconds,
-    cpu_seconds,
+    cpu_reading,
     cpu_us_per_event,
     log,
     metric_sum,
     peak_rss_bytes,
-    summed_cpu_seconds,
     wait_count,
     worker_deltas,
 )
@@ -107,13 +108,13 @@ def peer(bench: Bench, name: str, argv: list[str], env: dict[str, str], n: int, 
     """A peer program on the backlog, timed from its first to its last event by its own ``{metric}_*`` metrics;
     its CPU seconds (user + sys of the process) too."""
     proc = bench.spawn(name, argv, env)
-    cpu0: list[float | None] = []
+    cpu0: list[CpuReading] = []
     try:
         text = wait_count([proc], f"{metric}_events_total", "", n, cpu_before=cpu0)
         first = metric_sum(text, f"{metric}_first_event_seconds")
         last = metric_sum(text, f"{metric}_last_event_seconds")
         rss = peak_rss_bytes(proc.popen.pid)
-        cpu = cpu_seconds(proc.popen.pid)
+        cpu = cpu_reading([proc])
         counts = {k: int(metric_sum(text, f"{metric}_{k}_total")) for k in ("alerts", "profiles")}
     finally:
         proc.stop()
@@ -135,7 +136,7 @@ def run_workers(bench: Bench, tag: str, env: dict[str, str], count: int, n: int,
     procs = [bench.worker(f"worker-{tag}-{i}", env) for i in range(count)]
     spy: list[Any] = []
 
-    cpu0: list[float | None] = []
+    cpu0: list[CpuReading] = []
 
     def start_profile() -> None:
         if count == 1 and bench.args.py_spy:
@@ -145,7 +146,7 @@ def run_workers(bench: Bench, tag: str, env: dict[str, str], count: int, n: int,
     try:
         text = wait_count(procs, "pulse_events_total", 'outcome="scored"', n, samples, start_profile, cpu0)
         rss = [peak_rss_bytes(p.popen.pid) for p in procs]
-        cpu = summed_cpu_seconds(procs)
+        cpu = cpu_reading(procs)
         profile = finish_py_spy(spy[0]) if spy and spy[0] is not None else None
     finally:
         for popen, _, _ in (s for s in spy if s is not None):
@@ -164,6 +165,7 @@ def run_workers(bench: Bench, tag: str, env: dict[str, str], count: int, n: int,
         "events_per_second_per_worker": round(n / seconds / count, 1),
         "peak_rss_mib": [None if r is None else round(r / 2**20, 1) for r in rss],
         "cpu_us_per_event": cpu_us_per_event(cpu0, cpu, n),
+        "box_cpu_busy": box_busy_share(cpu0, cpu),
         "batches": worker["batches"],
         "checkpoint_ms_mean": worker["checkpoint_ms_mean"],
         "due_checks": worker["due_checks"],
