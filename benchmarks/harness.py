@@ -490,7 +490,8 @@ def report(r: dict[str, Any]) -> str:
                 lines.append(
                     f"    {broker} scaling: {s['workers']} worker(s) {_fmt(s['events_per_second']):>10} events/s, "
                     f"per worker {_fmt(s['events_per_second_per_worker'])}, "
-                    f"{_fmt(s.get('cpu_us_per_event'))} µs CPU/event, box CPU busy {_pct(s.get('box_cpu_busy'))}"
+                    f"CPU/event: workers {_fmt(s.get('cpu_us_per_event'))} µs + broker and Redis "
+                    f"{_fmt(s.get('servers_cpu_us_per_event'))} µs; box CPU busy {_pct(s.get('box_cpu_busy'))}"
                 )
     elif "processor" in r:
         p = r["processor"]

@@ -143,6 +143,12 @@ class Bench:
             **extra,
         }
 
+    def server_pids(self) -> list[int]:
+        """The broker's and Redis's process ids (none without a stack)."""
+        if self.stack is None:
+            return []
+        return [server.proc.pid for server in (self.stack.broker, self.stack.redis)]
+
     @staticmethod
     def settings(env: dict[str, str]) -> Settings:
         from testing.stack import settings_from_env
@@ -211,6 +217,7 @@ def wait_count(
     samples: list[tuple[float, float]] | None = None,
     on_first: Any = None,
     cpu_before: list[CpuReading] | None = None,
+    server_pids: list[int] | None = None,
 ) -> str:
     """Poll the processes' metrics until the sum of ``name`` reaches ``n``; returns the last metrics text.
 
@@ -227,7 +234,7 @@ def wait_count(
         for proc in procs:
             if not proc.alive():
                 raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.tail()}")
-        cpu = cpu_reading(procs) if cpu_before is not None else None
+        cpu = cpu_reading(procs, server_pids) if cpu_before is not None else None
         texts = [proc.metrics() for proc in procs]
         total = sum(metric_sum(t, name, where) for t in texts)
         if samples is not None:
@@ -246,10 +253,11 @@ def wait_count(
 
 @dataclass(frozen=True)
 class CpuReading:
-    """The processes' summed CPU seconds (None: one could not be read) and the machine's busy and total CPU
-    time (/proc/stat, seconds over all cores) at one moment."""
+    """The processes' summed CPU seconds (None: one could not be read), the servers' (the broker's and Redis's)
+    and the machine's busy and total CPU time (/proc/stat, seconds over all cores) at one moment."""
 
     procs: float | None
+    servers: float | None
     box_busy: float
     box_total: float
 
@@ -267,10 +275,16 @@ def box_cpu_seconds() -> tuple[float, float]:
     return (total - idle) / tick, total / tick
 
 
-def cpu_reading(procs: list[Proc]) -> CpuReading:
+def cpu_reading(procs: list[Proc], server_pids: list[int] | None = None) -> CpuReading:
     cpus = [cpu_seconds(p.popen.pid) for p in procs]
+    servers = [cpu_seconds(pid) for pid in server_pids or []]
     busy, total = box_cpu_seconds()
-    return CpuReading(None if None in cpus else sum(cpus), busy, total)  # type: ignore[arg-type]
+    return CpuReading(
+        None if None in cpus else sum(cpus),  # type: ignore[arg-type]
+        None if not servers or None in servers else sum(servers),  # type: ignore[arg-type]
+        busy,
+        total,
+    )
 
 
 def cpu_us_per_event(before: list[CpuReading], after: CpuReading, n: int) -> float | None:
@@ -281,6 +295,14 @@ def cpu_us_per_event(before: list[CpuReading], after: CpuReading, n: int) -> flo
     if not before or before[0].procs is None or after.procs is None:
         return None
     return round((after.procs - before[0].procs) / n * 1e6, 1)
+
+
+def servers_us_per_event(before: list[CpuReading], after: CpuReading, n: int) -> float | None:
+    """µs of the broker's and Redis's CPU per event over the same window: with the workers' own, what an event
+    costs the machine (the cores a second worker would need are shared with these)."""
+    if not before or before[0].servers is None or after.servers is None:
+        return None
+    return round((after.servers - before[0].servers) / n * 1e6, 1)
 
 
 def box_busy_share(before: list[CpuReading], after: CpuReading) -> float | None:

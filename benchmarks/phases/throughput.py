@@ -29,6 +29,7 @@ from benchmarks.phases.common import (
     log,
     metric_sum,
     peak_rss_bytes,
+    servers_us_per_event,
     wait_count,
     worker_deltas,
 )
@@ -144,9 +145,12 @@ def run_workers(bench: Bench, tag: str, env: dict[str, str], count: int, n: int,
 
     samples: list[tuple[float, float]] = []
     try:
-        text = wait_count(procs, "pulse_events_total", 'outcome="scored"', n, samples, start_profile, cpu0)
+        servers = bench.server_pids()
+        text = wait_count(
+            procs, "pulse_events_total", 'outcome="scored"', n, samples, start_profile, cpu0, server_pids=servers
+        )
         rss = [peak_rss_bytes(p.popen.pid) for p in procs]
-        cpu = cpu_reading(procs)
+        cpu = cpu_reading(procs, servers)
         profile = finish_py_spy(spy[0]) if spy and spy[0] is not None else None
     finally:
         for popen, _, _ in (s for s in spy if s is not None):
@@ -165,6 +169,7 @@ def run_workers(bench: Bench, tag: str, env: dict[str, str], count: int, n: int,
         "events_per_second_per_worker": round(n / seconds / count, 1),
         "peak_rss_mib": [None if r is None else round(r / 2**20, 1) for r in rss],
         "cpu_us_per_event": cpu_us_per_event(cpu0, cpu, n),
+        "servers_cpu_us_per_event": servers_us_per_event(cpu0, cpu, n),
         "box_cpu_busy": box_busy_share(cpu0, cpu),
         "batches": worker["batches"],
         "checkpoint_ms_mean": worker["checkpoint_ms_mean"],
