@@ -90,6 +90,15 @@ class Settings(BaseSettings):
         "moment behind keeps small batches (an event of a large batch waits for all of it), a backlog fills the "
         "queue far beyond.",
     )
+    batch_queued_max_events: int = Field(
+        2000,
+        ge=0,
+        description="input_path=batch: a live batch that starts with records already queued (they came while the "
+        "previous batch was scored) takes all of them up to this many (at least batch_max_events) at once, without "
+        "waiting batch_within_seconds to fill it: records left queued behind a cut hold their partitions' clocks "
+        "back and defer their batch's customers to a later due check (docs/benchmarks.md, session 10: live "
+        "latency). Only an idle input waits to fill a batch. 0: batches of batch_max_events, filled as before.",
+    )
     input_path: Literal["stream", "batch"] = Field(
         "batch",
         description="How the scoring worker reads its input topics: batch (the group consumer's fetches as raw "
