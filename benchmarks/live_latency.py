@@ -117,9 +117,11 @@ def simulate(data: dict[str, Any], args: argparse.Namespace, policy: str) -> dic
         cpu = time.process_time() - cpu0
         cpu_total += cpu
         if args.pipelined:
-            # the next batch is scored while this one's acknowledgements are in flight; batches complete in order
-            free = begin + cpu * args.cpu_scale
-            done = max(free, previous_done) + args.io_ms / 1000
+            # the next batch is scored while this one's acknowledgements are in flight (one batch in flight at most:
+            # the one after it starts once this one completed); batches complete in order
+            scored = begin + cpu * args.cpu_scale
+            done = max(scored, previous_done) + args.io_ms / 1000
+            free = max(scored, previous_done)
             previous_done = done
         else:
             done = free = begin + cpu * args.cpu_scale + args.io_ms / 1000
