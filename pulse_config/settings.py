@@ -100,6 +100,15 @@ class Settings(BaseSettings):
         "dropped from the group (its commit refused, the worker exits 75). Matters on a loaded box or with a short "
         "rebalance timeout (pulse dev: 3 s). 0: no time bound, batch_backlog_max_events only.",
     )
+    batch_queued_max_events: int = Field(
+        2000,
+        ge=0,
+        description="input_path=batch: a live batch that starts with records already queued (they came while the "
+        "previous batch was scored) takes all of them up to this many (at least batch_max_events) at once, without "
+        "waiting batch_within_seconds to fill it: records left queued behind a cut hold their partitions' clocks "
+        "back and defer their batch's customers to a later due check (docs/benchmarks.md, session 10: live "
+        "latency). Only an idle input waits to fill a batch. 0: batches of batch_max_events, filled as before.",
+    )
     input_path: Literal["stream", "batch"] = Field(
         "batch",
         description="How the scoring worker reads its input topics: batch (the group consumer's fetches as raw "
@@ -422,6 +431,17 @@ class Settings(BaseSettings):
     broker_heartbeat_interval: float = Field(1.0, gt=0, description="Consumer heartbeat interval, seconds.")
     broker_rebalance_timeout: float = Field(10.0, gt=0, description="Group join wait, seconds.")
     broker_commit_interval: float = Field(1.0, gt=0, description="Offset commit interval, seconds.")
+    producer_max_batch_bytes: int = Field(
+        524288,
+        ge=1024,
+        le=1000000,
+        description="Largest record batch the worker's producer builds per partition (Faust's producer_max_batch_size, "
+        "16,384 by default). aiokafka builds the next batch of a partition only once the previous one went out in a "
+        "request, one request per broker at a time, so a checkpoint's changelog writes took one round trip per 16 KB "
+        "of each partition (a 500-state batch ~5, a 10,000-event backlog batch ~45) before their acks were even "
+        "awaited (docs/benchmarks.md, session 10: live latency). Below the brokers' 1 MB record batch limit "
+        "(message.max.bytes) and Faust's 1,000,000-byte request size.",
+    )
 
     # --- HTTP API and security --------------------------------------------
     api_port: int = Field(

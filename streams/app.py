@@ -49,6 +49,8 @@ def create_app(settings: Settings, processor_config: ProcessorConfig) -> PulseAp
         broker_rebalance_timeout=settings.broker_rebalance_timeout,
         broker_commit_interval=settings.broker_commit_interval,
         producer_acks=-1,
+        # a checkpoint's changelog records of a partition in one or two requests, not one round trip per 16 KB
+        producer_max_batch_size=settings.producer_max_batch_bytes,
         broker_credentials=broker_credentials(settings),
         web_enabled=False,
         table_standby_replicas=0,

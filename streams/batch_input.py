@@ -144,7 +144,12 @@ class BatchQueue:
         return out
 
     async def take(
-        self, limit: int, within: float, backlog_limit: int | None = None, backlog_from: int = 0
+        self,
+        limit: int,
+        within: float,
+        backlog_limit: int | None = None,
+        backlog_from: int = 0,
+        queued_limit: int | None = None,
     ) -> list[InputRecord]:
         """Up to ``limit`` records: waits for a first one, then at most ``within`` seconds for more (as
         ``take_events``: a batch is full or its time is up).
@@ -155,9 +160,17 @@ class BatchQueue:
         to fill it. A large batch amortises the per-batch costs (checkpoint round trips, clock moves, due
         checks) and scores a customer with several events once; a live input, even a few batches behind for a
         moment, keeps batches of ``limit``: an event of a large batch waits for all of it, so its latency grows.
+
+        ``queued_limit``: a live batch that starts with records already queued (they came while the previous batch
+        was scored) takes them at once, up to ``queued_limit`` (at least ``limit``), and does not wait ``within``
+        for more: they waited a batch already, and the records left queued behind a cut would hold their
+        partitions' clocks back (spec: Clock), deferring this batch's customers to a later batch's due check.
+        Only an idle input (nothing queued) waits to fill a batch. None: ``limit``, waiting ``within`` to fill it.
         """
         if backlog_limit is not None and backlog_limit > limit and self._size >= max(limit, backlog_from):
             return self.take_now(backlog_limit)
+        if queued_limit is not None and self._size:
+            return self.take_now(max(limit, queued_limit))
         out = self.take_now(limit)
         while not out:
             await self._changed.wait()
@@ -293,14 +306,18 @@ class BatchInput:
         guard: Callable[[Awaitable[None]], Awaitable[None]],
         backlog_limit: int | None = None,
         backlog_from: int = 0,
+        queued_limit: int | None = None,
     ) -> None:
         """Take batches and hand each to ``checkpoint`` (which returns the records it applied) under ``guard``
         (the worker's ``run_guarded``: the checkpoint completes or the process exits uncommitted); batches of up
-        to ``backlog_limit`` while the queue holds ``backlog_from`` records or more (:meth:`BatchQueue.take`),
-        fewer when the measured pace says that many would outlast the time budget (:class:`BatchPace`)."""
+        to ``backlog_limit`` while the queue holds ``backlog_from`` records or more, fewer when the measured pace
+        says that many would outlast the time budget (:class:`BatchPace`); of all queued up to ``queued_limit``
+        without a fill wait when records are queued (:meth:`BatchQueue.take`)."""
         loop = asyncio.get_running_loop()
         while True:
-            records = await self.queue.take(limit, within, self.pace.backlog_limit(limit, backlog_limit), backlog_from)
+            records = await self.queue.take(
+                limit, within, self.pace.backlog_limit(limit, backlog_limit), backlog_from, queued_limit
+            )
             # No batch starts while a rebalance is on (the flow is suspended before Faust waits for the batch in
             # flight): it would write states the partitions' next owner may be reading. Records taken before it
             # are applied after it, as Faust's take_events buffer is; those of partitions gone meanwhile are

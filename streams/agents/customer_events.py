@@ -191,10 +191,11 @@ def register(pulse: PulseApp) -> BatchProcessor:
         @pulse.app.task
         async def score_customer_batches() -> None:
             log.info(
-                "input path: batch (the group consumer's fetches, up to %d records queued; batches of %d, of up to "
-                "%d from %d queued, each expected within %s s)",
+                "input path: batch (the group consumer's fetches, up to %d records queued; batches of %d, of all "
+                "queued up to %d, of up to %d from %d queued, each expected within %s s)",
                 tap.queue.max_records,
                 settings.batch_max_events,
+                max(settings.batch_max_events, settings.batch_queued_max_events),
                 settings.batch_backlog_max_events,
                 settings.batch_backlog_from_events,
                 settings.batch_backlog_seconds(),
@@ -206,6 +207,7 @@ def register(pulse: PulseApp) -> BatchProcessor:
                 lambda work: run_guarded(work, settings.shutdown_grace_seconds, settings.checkpoint_stall_warn_seconds),
                 backlog_limit=settings.batch_backlog_max_events,
                 backlog_from=settings.batch_backlog_from_events,
+                queued_limit=settings.batch_queued_max_events or None,
             )
 
         return processor

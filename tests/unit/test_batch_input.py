@@ -321,6 +321,39 @@ def test_a_live_input_keeps_batches_of_the_live_size_and_waits_within_as_before(
     asyncio.run(go())
 
 
+def test_a_live_batch_takes_what_is_queued_at_once_and_only_an_idle_input_waits_to_fill_one():
+    async def go() -> None:
+        queue = BatchQueue(100)
+        await queue.put([rec(ORDERS, 0, o) for o in range(3)])  # came while the previous batch was scored
+        # fewer than a live batch of 4 queued: taken at once, no fill wait (within is 30 s)
+        taken = await asyncio.wait_for(queue.take(4, 30.0, backlog_limit=50, backlog_from=12, queued_limit=8), 1)
+        assert [r.offset for r in taken] == [0, 1, 2]
+        # more than a live batch, below the backlog threshold: all of it up to queued_limit, no cut at 4
+        for start in (3, 6, 9):
+            await queue.put([rec(ORDERS, start % 2, o) for o in range(start, start + 3)])
+        taken = await asyncio.wait_for(queue.take(4, 30.0, backlog_limit=50, backlog_from=12, queued_limit=8), 1)
+        assert [r.offset for r in taken] == list(range(3, 11))  # offset order kept, cut at queued_limit
+        # queued_limit below the live size: a live batch of 4 still
+        await queue.put([rec(ORDERS, 0, o) for o in range(12, 18)])
+        taken = await asyncio.wait_for(queue.take(4, 30.0, backlog_limit=50, backlog_from=12, queued_limit=2), 1)
+        assert [r.offset for r in taken] == [11, 12, 13, 14]
+        # the backlog rule first: 12 or more queued -> up to backlog_limit
+        await queue.put([rec(ORDERS, 0, o) for o in range(18, 27)])
+        taken = await asyncio.wait_for(queue.take(4, 30.0, backlog_limit=50, backlog_from=12, queued_limit=8), 1)
+        assert [r.offset for r in taken] == list(range(15, 27))
+        # an idle input (nothing queued) waits for a first record, then within to fill a live batch
+        later = asyncio.ensure_future(queue.take(4, 0.2, backlog_limit=50, backlog_from=12, queued_limit=8))
+        await asyncio.sleep(0.01)
+        assert not later.done()
+        await queue.put([rec(ORDERS, 0, 27)])
+        await asyncio.sleep(0.01)
+        assert not later.done()  # one record: waits within for more, as before
+        await queue.put([rec(ORDERS, 0, o) for o in range(28, 40)])
+        assert [r.offset for r in await asyncio.wait_for(later, 1)] == [27, 28, 29, 30]  # filled to the live size
+
+    asyncio.run(go())
+
+
 def test_run_sizes_each_batch_from_the_queue_and_a_stop_waits_for_a_backlog_batch_in_flight():
     async def go() -> None:
         app = FakeApp()
