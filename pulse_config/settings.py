@@ -256,6 +256,21 @@ class Settings(BaseSettings):
         description="Longest a fetch waits on the broker for records (Faust hard-codes 1,500 ms; Tansu holds each "
         "fetch that long even when records arrive, which delays them by up to that much).",
     )
+    producer_max_batch_bytes: int = Field(
+        262_144,
+        ge=16_384,
+        le=1_000_000,
+        description="The producer's record batch per partition, in bytes (Faust's default 16,384 holds about 27 "
+        "states, so a backlog checkpoint of 5,000 states sent about 200 batches): 256 KiB cut the producer's CPU per "
+        "changelog record by ~1.5 µs (docs/benchmarks.md, session 10). At most Kafka's message.max.bytes (1 MB).",
+    )
+    state_cache_customers: int = Field(
+        10_000,
+        ge=0,
+        description="Decoded customer states the checkpoint keeps after writing them, so the next batch that scores "
+        "the customer skips decoding its bytes (~8 µs each; a backlog scores most customers batch after batch). "
+        "~5 KB each; dropped when the worker's partitions change; 0: off (streams/state_cache.py).",
+    )
     sweep_round_seconds: float = Field(
         300.0,
         ge=0,

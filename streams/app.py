@@ -49,6 +49,7 @@ def create_app(settings: Settings, processor_config: ProcessorConfig) -> PulseAp
         broker_rebalance_timeout=settings.broker_rebalance_timeout,
         broker_commit_interval=settings.broker_commit_interval,
         producer_acks=-1,
+        producer_max_batch_size=settings.producer_max_batch_bytes,
         broker_credentials=broker_credentials(settings),
         web_enabled=False,
         table_standby_replicas=0,

@@ -41,6 +41,12 @@ CHANGELOG_STATES_REWRITTEN = Counter(
     "Customer states the owner wrote to the changelog again because a late write of an older epoch was their "
     "newest record (so compaction cannot leave the stale one as their only record).",
 )
+STATE_LOADS = Counter(
+    "pulse_state_loads_total",
+    "Customer states a batch loaded, by where from: hit (the decoded state the checkpoint kept after writing it, "
+    "streams/state_cache.py) or decoded (from the table's bytes).",
+    ["source"],
+)
 INPUT_REWINDS = Counter(
     "pulse_input_rewinds_total",
     "Input partitions sought back at assignment because their committed offset was ahead of the input position "
