@@ -264,6 +264,12 @@ class Settings(BaseSettings):
         "states, so a backlog checkpoint of 5,000 states sent about 200 batches): 256 KiB cut the producer's CPU per "
         "changelog record by ~1.5 µs (docs/benchmarks.md, session 10). At most Kafka's message.max.bytes (1 MB).",
     )
+    backlog_defer_profiles: bool = Field(
+        True,
+        description="input_path=batch, while the input is behind: a customer the next batch (already queued) scores "
+        "again has its profile rendered and written there instead, so a profile in Redis is at most one batch "
+        "behind during a catch-up (~10 % of a backlog worker's CPU); live batches never defer. Off: every batch.",
+    )
     state_cache_customers: int = Field(
         10_000,
         ge=0,

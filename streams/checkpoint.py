@@ -49,7 +49,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from streams import metrics
@@ -176,6 +176,9 @@ class Checkpoint:
         #: the states this checkpoint wrote, decoded already (streams.state_cache; dropped when ownership changes)
         self.states = StateCache(settings.state_cache_customers)
         self._loads_counted = (0, 0)
+        #: the keys of the records the next batch is sure to take while the input is behind (the batch input's
+        #: ``BatchQueue.backlog_keys``; None: not known, the stream path): their profiles wait for it
+        self.upcoming: Callable[[], Collection[bytes]] | None = None
 
     def load(self, key: bytes) -> CustomerState:
         raw = self.table.get(key)
@@ -234,6 +237,8 @@ class Checkpoint:
             for e in events
         ]
         ends, starts = self.input_positions() if self.input_positions is not None else (None, None)
+        upcoming = self.upcoming if self.settings.backlog_defer_profiles else None
+        self.processor.upcoming = frozenset() if upcoming is None else upcoming()
 
         async def commit_piece(outcome: BatchOutcome, indexes: Sequence[int]) -> None:
             await self._commit(outcome, [events[i] for i in indexes], started)

@@ -440,3 +440,68 @@ def test_the_state_cache_is_dropped_when_the_partitions_change():
     checkpoint.owned_partitions = lambda: {0, 1}
     run(checkpoint([tick(1)]))
     assert len(checkpoint.states) == 0
+
+
+class ProfileSink(Sink):
+    """Keeps every profile written, by customer, with the number of the batch that wrote it."""
+
+    def __init__(self, broker: Broker) -> None:
+        super().__init__(broker)
+        self.batch = 0
+        self.written: dict[str, list[tuple[int, Any]]] = {}
+
+    def submit(self, profiles) -> None:
+        super().submit(profiles)
+        for profile in profiles:
+            self.written.setdefault(profile.customer_id, []).append((self.batch, profile))
+
+
+def backlog_history(seed: int, defer: bool) -> tuple[ProfileSink, list[set[str]]]:
+    """The history of ``seed`` in batches of random size, each checkpoint told the keys of the next batch (as the
+    batch input does while the input is behind; the last batch has none after it); the sink and the customers
+    each batch changed."""
+    import random
+
+    settings = Settings(_env_file=None, backlog_defer_profiles=defer)
+    broker = Broker()
+    sink = ProfileSink(broker)
+    checkpoint = Checkpoint(
+        settings,
+        BatchProcessor(settings.processor()),
+        Table(broker),
+        sink,
+        broker.send,
+        lambda: {0, 1},
+        wall_clock=lambda: datetime(2026, 6, 2, tzinfo=UTC).timestamp(),
+    )
+    rng = random.Random(seed)
+    records, batches, position = history_events(seed), [], 0
+    while position < len(records):
+        size = rng.randint(20, 200)
+        batches.append(records[position : position + size])
+        position += size
+    changed: list[set[str]] = []
+    for n, batch in enumerate(batches):
+        following = batches[n + 1] if n + 1 < len(batches) else []
+        checkpoint.upcoming = lambda following=following: frozenset(e.message.key for e in following)
+        sink.batch = n
+        states_before = dict(checkpoint.table.data)
+        run(checkpoint(batch))
+        changed.append({k.decode() for k, v in checkpoint.table.data.items() if states_before.get(k) != v})
+    return sink, changed
+
+
+def test_a_backlog_defers_a_profile_to_the_next_batch_at_most_and_ends_with_the_same_profiles():
+    """streams.processor._defer_profiles: a customer the next batch scores again is rendered there, never two
+    batches in a row, so each state change reaches a profile within one batch; the last profiles are the ones
+    rendering every batch gives."""
+    every, _ = backlog_history(6, defer=False)
+    deferring, changed = backlog_history(6, defer=True)
+    written = sum(len(p) for p in deferring.written.values())
+    assert written < 0.8 * sum(len(p) for p in every.written.values())  # most customers are in the next batch
+    assert {c: p[-1][1] for c, p in deferring.written.items()} == {c: p[-1][1] for c, p in every.written.items()}
+    for customer, profiles in deferring.written.items():
+        rendered = {n for n, _ in profiles}
+        for n, customers in enumerate(changed):
+            if customer in customers:
+                assert n in rendered or n + 1 in rendered, (customer, n, sorted(rendered))
