@@ -405,11 +405,11 @@ class BatchProcessor:
         unless this batch is already the one its profile was left to: a profile in Redis is at most one batch
         behind its state (the next batch renders every customer left to it, with an event or not), and a
         customer with events in every batch is rendered every other batch. Rendering, packing and writing the
-        profile were ~10 % of a backlog worker's CPU (issue 18, docs/benchmarks.md session 10); a live input
-        has nothing queued, so its profiles are never deferred. Left to a batch that never comes (a revoke
-        cleared the queue and the partition moved, a stop), a profile is written again by the first sweep round
-        of the worker that scores the partition next, as a write-behind lost in a crash is. Returns the customers
-        left to the next batch."""
+        profile were ~10 % of a backlog worker's CPU (issue 18, docs/benchmarks.md session 10). A live
+        partition's profiles are never deferred, even while its input is a few batches behind. Left to a batch
+        that never comes (a revoke cleared the queue and the partition moved, a stop), a profile is written
+        again by the first sweep round of the worker that scores the partition next, as a write-behind lost in
+        a crash is. Returns the customers left to the next batch."""
         deferred = self._deferred
         for key in deferred:
             if key in render or key in self.quarantined:
@@ -422,7 +422,14 @@ class BatchProcessor:
         upcoming = self.upcoming
         if not upcoming:
             return set()
-        later = {key for key in render if key in upcoming and key not in deferred}
+        # only a catch-up of history: a live partition's profiles are read live (``live``: its clock within
+        # historical_alert_seconds of the wall clock, as a live input a few batches behind still is)
+        live = {p for p in self.population.local if self.live(p)}
+        later = {
+            key
+            for key, state in render.items()
+            if key in upcoming and key not in deferred and state.partition not in live
+        }
         for key in later:
             del render[key]
         return later

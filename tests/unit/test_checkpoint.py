@@ -505,3 +505,27 @@ def test_a_backlog_defers_a_profile_to_the_next_batch_at_most_and_ends_with_the_
         for n, customers in enumerate(changed):
             if customer in customers:
                 assert n in rendered or n + 1 in rendered, (customer, n, sorted(rendered))
+
+
+@pytest.mark.parametrize(("hours_later", "deferred"), [(1, False), (24 * 30, True)])
+def test_a_live_partition_never_defers_its_profiles(hours_later: int, deferred: bool):
+    """A live input a few batches behind also fills the queue: its profiles are still written with their batch;
+    only a catch-up of history (a clock further than historical_alert_seconds behind the wall clock) defers."""
+    broker = Broker()
+    sink = ProfileSink(broker)
+    wall = (START + timedelta(hours=hours_later)).timestamp()
+    checkpoint = Checkpoint(
+        SETTINGS,
+        BatchProcessor(SETTINGS.processor()),
+        Table(broker),
+        sink,
+        broker.send,
+        lambda: {0},
+        wall_clock=lambda: wall,
+        input_positions=lambda: ({}, {}),
+    )
+    checkpoint.upcoming = lambda: frozenset({b"A"})
+    run(checkpoint([order(0, "A", 0, 50), order(1, "B", 0, 60)]))
+    assert sorted(sink.written) == (["B"] if deferred else ["A", "B"])
+    run(checkpoint([order(2, "A", 0, 70)]))  # left to this batch: written here, whatever comes next
+    assert len(sink.written["A"]) == (1 if deferred else 2)
