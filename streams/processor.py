@@ -65,6 +65,7 @@ from scoring.footprint import (
     member_keys,
     widen,
 )
+from scoring.frozen import Value
 from scoring.indicators import activity
 from scoring.orders import window_revenue_cents
 from scoring.partition import PartitionPopulation
@@ -78,9 +79,9 @@ class InjectedFailure(RuntimeError):
     """Raised for the event ids of the test-only fault injection setting ``PULSE_TEST_FAIL_EVENT_IDS``."""
 
 
-@dataclass(frozen=True, slots=True)
-class Incoming:
-    """One consumed record, as read from Kafka."""
+class Incoming(Value, frozen=True, gc=False):
+    """One consumed record, as read from Kafka. A frozen ``scoring.frozen.Value`` (built in C) rather than a
+    frozen dataclass: the checkpoint builds one per record of a batch (1.5 % of a backlog worker's samples)."""
 
     topic: str
     partition: int
