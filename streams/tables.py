@@ -191,8 +191,7 @@ class CustomerStateTable(faust.Table):
                 last.set_exception(exc)
             else:
                 first = batch.result()
-                self.own_writes.acked(partition, first.offset)
-                self.own_writes.acked(partition, first.offset + count - 1)
+                self.own_writes.acked_range(partition, first.offset, first.offset + count - 1)
                 last.set_result(first._replace(offset=first.offset + count - 1))
 
         sent.add_done_callback(acked)

@@ -456,6 +456,21 @@ def test_a_late_write_between_the_owners_writes_is_overwritten_by_the_owners_sta
     assert latest_states(sorted(compacted.values(), key=lambda r: r.offset)) == {b"A": b"a1", b"B": b"b1", b"C": b"c1"}
 
 
+def test_a_record_batch_of_the_owners_is_not_read_back(tmp_path):
+    """One write of several states is one record batch per partition: its offsets are all the owner's, so a
+    repair reads nothing back (it read the batch's inner offsets back as somebody else's before)."""
+    table, producer, read = repairing_table(tmp_path, "memory://", {})
+
+    async def go() -> int:
+        written = await table.write_states([(k, k.lower(), Event()) for k in (b"A", b"B", b"C", b"D", b"E")])
+        table.persisted(await asyncio.gather(*written))
+        return await table.repair({0})
+
+    assert run(go()) == 0
+    assert read == []
+    assert table.own_writes.next_offset == {0: 6}  # the owner marker at 0, the batch at 1-5
+
+
 def test_a_newer_owner_between_the_writes_fail_stops_and_forgets_the_persisted_offsets(tmp_path):
     table, producer, _ = repairing_table(tmp_path, "rocksdb://", {2: marker(2, (2, 8))})
     tp = TP(CHANGELOG, 0)
