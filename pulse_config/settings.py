@@ -267,8 +267,9 @@ class Settings(BaseSettings):
     backlog_defer_profiles: bool = Field(
         True,
         description="input_path=batch, while the input is behind: a customer the next batch (already queued) scores "
-        "again has its profile rendered and written there instead, so a profile in Redis is at most one batch "
-        "behind during a catch-up (~10 % of a backlog worker's CPU); live batches never defer. Off: every batch.",
+        "again has its profile rendered and written there instead, never two batches in a row, so a profile in "
+        "Redis is at most one batch behind during a catch-up (~10 % of a backlog worker's CPU); never on a live "
+        "partition (clock within historical_alert_seconds of the wall clock). Off: every batch writes its profiles.",
     )
     state_cache_customers: int = Field(
         10_000,
