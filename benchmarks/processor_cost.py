@@ -124,10 +124,18 @@ def cloned_processor(settings: Any, data: dict, size: int) -> tuple[Any, dict[by
 
 
 def measure(
-    data: dict[str, Any], size: int, scope: str, warm: int, mode: str, batch_events: int | None = None
+    data: dict[str, Any],
+    size: int,
+    scope: str,
+    warm: int,
+    mode: str,
+    batch_events: int | None = None,
+    backlog: bool = False,
 ) -> dict[str, Any]:
     """Run the batches of ``size`` customers; ``mode``: "time", "callgrind" (client requests) or "profile";
-    ``batch_events``: events per batch (None: the setting's default)."""
+    ``batch_events``: events per batch (None: the setting's default); ``backlog``: as a worker behind its input
+    (states kept decoded between batches, streams.state_cache; the next batch's keys known, so profiles it
+    renders again are deferred to it, streams.processor._defer_profiles)."""
     from pulse_config.settings import Settings
     from streams.codec import decode_state, encode_state
     from streams.processor import Incoming
@@ -152,13 +160,23 @@ def measure(
         batches.append(batch)
     prefix = settings.redis_key_prefix
 
+    from streams.state_cache import StateCache
+
+    kept = StateCache(settings.state_cache_customers if backlog else 0)
+    following = {id(b): frozenset(r.key for r in n) for b, n in zip(batches, batches[1:], strict=False)}
+
     def load(key: bytes):
-        return decode_state(store.get(key))
+        raw = store.get(key)
+        state = kept.take(key, raw)
+        return decode_state(raw) if state is None else state
 
     def run(batch: list[Incoming]) -> tuple[int, int, int]:
+        if backlog:
+            processor.upcoming = following.get(id(batch), frozenset())
         out = processor.process(batch, load)
         for key, state in out.states.items():
-            store[key] = encode_state(state)
+            store[key] = raw = encode_state(state)
+            kept.put(key, raw, state)
         pack_batch({p.customer_id: pack_profile(p, prefix, settings.vip_value) for p in out.profiles}, prefix)
         return len(out.profiles), out.due_checked, len(out.alerts)
 
@@ -186,18 +204,22 @@ def measure(
         else:
             # collect only inside process(): the encode of the changed states (which the next batch's
             # decode needs) is left out of the count
+            if backlog:
+                processor.upcoming = following.get(id(b), frozenset())
             if helper is not None:
                 out = processor.process(b, load)
                 helper.pulse_collect()
                 for key, state in out.states.items():
-                    store[key] = encode_state(state)
+                    store[key] = raw = encode_state(state)
+                    kept.put(key, raw, state)
                 helper.pulse_collect()
                 result = (len(out.profiles), out.due_checked, len(out.alerts))
             else:
                 out = processor.process(b, load)
                 enc0 = time.process_time()
                 for key, state in out.states.items():
-                    store[key] = encode_state(state)
+                    store[key] = raw = encode_state(state)
+                    kept.put(key, raw, state)
                 excluded += time.process_time() - enc0
                 result = (len(out.profiles), out.due_checked, len(out.alerts))
         for i in range(3):
@@ -229,11 +251,15 @@ def measure(
     return report
 
 
-def _callgrind(data_file: str, size: int, scope: str, warm: int, batch_events: int | None = None) -> int:
+def _callgrind(
+    data_file: str, size: int, scope: str, warm: int, batch_events: int | None = None, backlog: bool = False
+) -> int:
     """Instructions of the timed batches, from a child process under callgrind."""
     args = ["--child", data_file, "--customers", str(size), "--scope", scope, "--warm", str(warm)]
     if batch_events is not None:
         args += ["--batch", str(batch_events)]
+    if backlog:
+        args.append("--backlog")
     return timed_instructions("benchmarks.processor_cost", args)
 
 
@@ -245,6 +271,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--scope", choices=("process", "full"), default="process")
     p.add_argument("--batch", type=int, help="events per batch (default: PULSE_BATCH_MAX_EVENTS's default, 500)")
+    p.add_argument(
+        "--backlog",
+        action="store_true",
+        help="as a worker behind its input: states kept decoded between batches, profiles the next batch renders "
+        "again deferred to it (use with --scope full --batch 10000)",
+    )
     p.add_argument("--callgrind", action="store_true", help="also count instructions under valgrind")
     p.add_argument("--profile", action="store_true", help="print a cProfile of the timed batches")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -253,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         with open(args.child, "rb") as f:
             data = pickle.load(f)
-        measure(data, sizes[0], args.scope, args.warm, "callgrind", args.batch)
+        measure(data, sizes[0], args.scope, args.warm, "callgrind", args.batch, args.backlog)
         return 0
     data = inputs(sizes, args.events, args.seed)
     data_file = None
@@ -272,14 +304,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         for size in sizes:
-            r = measure(data, size, args.scope, args.warm, "profile" if args.profile else "time", args.batch)
+            r = measure(
+                data, size, args.scope, args.warm, "profile" if args.profile else "time", args.batch, args.backlog
+            )
             line = (
                 f"{size:>9,} customers: {r['cpu_us_per_event']:7.1f} µs CPU/event "
                 f"({r['events']:,} events in {r['batches']} batches; {r['profiles']:,} profiles, "
                 f"{r['due_checks']:,} due checks, {r['alerts']:,} alerts)"
             )
             if data_file is not None:
-                instructions = _callgrind(data_file, size, args.scope, args.warm, args.batch)
+                instructions = _callgrind(data_file, size, args.scope, args.warm, args.batch, args.backlog)
                 line += f"; {instructions / r['events']:,.0f} instructions/event"
             print(line, flush=True)
             if args.profile:

@@ -275,6 +275,20 @@ class Settings(BaseSettings):
         description="Longest a fetch waits on the broker for records (Faust hard-codes 1,500 ms; Tansu holds each "
         "fetch that long even when records arrive, which delays them by up to that much).",
     )
+    backlog_defer_profiles: bool = Field(
+        True,
+        description="input_path=batch, while the input is behind: a customer the next batch (already queued) scores "
+        "again has its profile rendered and written there instead, never two batches in a row, so a profile in "
+        "Redis is at most one batch behind during a catch-up (~10 % of a backlog worker's CPU); never on a live "
+        "partition (clock within historical_alert_seconds of the wall clock). Off: every batch writes its profiles.",
+    )
+    state_cache_customers: int = Field(
+        10_000,
+        ge=0,
+        description="Decoded customer states the checkpoint keeps after writing them, so the next batch that scores "
+        "the customer skips decoding its bytes (~8 µs each; a backlog scores most customers batch after batch). "
+        "~5 KB each; dropped when the worker's partitions change; 0: off (streams/state_cache.py).",
+    )
     sweep_round_seconds: float = Field(
         300.0,
         ge=0,
@@ -439,7 +453,8 @@ class Settings(BaseSettings):
         "16,384 by default). aiokafka builds the next batch of a partition only once the previous one went out in a "
         "request, one request per broker at a time, so a checkpoint's changelog writes took one round trip per 16 KB "
         "of each partition (a 500-state batch ~5, a 10,000-event backlog batch ~45) before their acks were even "
-        "awaited (docs/benchmarks.md, session 10: live latency). Below the brokers' 1 MB record batch limit "
+        "awaited (docs/benchmarks.md, session 10: live latency), and a backlog's changelog records cost ~1.5 µs CPU "
+        "more each (session 10: backlog throughput). Below the brokers' 1 MB record batch limit "
         "(message.max.bytes) and Faust's 1,000,000-byte request size.",
     )
 

@@ -43,7 +43,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from operator import attrgetter
-from typing import Any
+from typing import Any, cast
 
 from faust.transport.consumer import Consumer
 from faust.types import TP
@@ -142,6 +142,22 @@ class BatchQueue:
             self._size -= len(out)
             self._notify()
         return out
+
+    def backlog_keys(self, limit: int, backlog_limit: int | None, backlog_from: int) -> frozenset[bytes]:
+        """The record keys of what the next :meth:`take` is sure to return when it will be a backlog batch (the
+        queue holds what makes one now, and only a clear removes records), else nothing: the customers the next
+        batch scores again (streams.processor defers rendering their profiles to it)."""
+        if backlog_limit is None or backlog_limit <= limit or self._size < max(limit, backlog_from):
+            return frozenset()
+        keys: set[bytes | None] = set()
+        left = backlog_limit
+        for records in self._batches:
+            keys.update(r.key for r in records[:left])
+            left -= len(records)
+            if left <= 0:
+                break
+        keys.discard(None)
+        return frozenset(cast(set[bytes], keys))
 
     async def take(
         self,

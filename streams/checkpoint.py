@@ -49,7 +49,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from streams import metrics
@@ -58,6 +58,7 @@ from streams.codec import decode_state, encode_state
 from streams.isolation import process_contained
 from streams.partitioning import origin_header, origin_of
 from streams.processor import BatchOutcome, BatchProcessor, Incoming
+from streams.state_cache import StateCache
 from streams.tables import RESERVED_PREFIX
 
 if TYPE_CHECKING:
@@ -172,9 +173,17 @@ class Checkpoint:
         self._committing = 0.0
         #: what each batch reports (streams.checkpoint_metrics): counters, gauges, a few log lines
         self.metrics = CheckpointMetrics(processor, wall_clock, settings.metrics_population_seconds)
+        #: the states this checkpoint wrote, decoded already (streams.state_cache; dropped when ownership changes)
+        self.states = StateCache(settings.state_cache_customers)
+        self._loads_counted = (0, 0)
+        #: the keys of the records the next batch is sure to take while the input is behind (the batch input's
+        #: ``BatchQueue.backlog_keys``; None: not known, the stream path): their profiles wait for it
+        self.upcoming: Callable[[], Collection[bytes]] | None = None
 
     def load(self, key: bytes) -> CustomerState:
-        return decode_state(self.table.get(key))
+        raw = self.table.get(key)
+        state = self.states.take(key, raw)
+        return decode_state(raw) if state is None else state
 
     # --- population ---------------------------------------------------------------------------------------
     def ensure_population(self) -> None:
@@ -183,6 +192,8 @@ class Checkpoint:
         processor = self.processor
         owned = self.owned_partitions()
         local = set(processor.population.local)
+        if local != owned:
+            self.states.clear()  # a partition given away or (re)covered: its table is another writer's now
         if local - owned:
             processor.population.drop(local - owned)
         gone = {key for key, partition in self.recovered.items() if partition not in owned}
@@ -226,6 +237,8 @@ class Checkpoint:
             for e in events
         ]
         ends, starts = self.input_positions() if self.input_positions is not None else (None, None)
+        upcoming = self.upcoming if self.settings.backlog_defer_profiles else None
+        self.processor.upcoming = frozenset() if upcoming is None else upcoming()
 
         async def commit_piece(outcome: BatchOutcome, indexes: Sequence[int]) -> None:
             await self._commit(outcome, [events[i] for i in indexes], started)
@@ -244,9 +257,19 @@ class Checkpoint:
             starts,
         )
         metrics.BATCH_EVENTS.observe(len(batch))
+        self._count_loads()
         elapsed = time.perf_counter() - started
         metrics.CHECKPOINT_STEP_SECONDS.labels("score").observe(max(0.0, elapsed - self._committing))
         metrics.CHECKPOINT_SECONDS.observe(elapsed)
+
+    def _count_loads(self) -> None:
+        """The batch's state loads by source (``pulse_state_loads_total``), added once per batch."""
+        cache, (hits, misses) = self.states, self._loads_counted
+        if cache.hits > hits:
+            metrics.STATE_LOADS.labels("hit").inc(cache.hits - hits)
+        if cache.misses > misses:
+            metrics.STATE_LOADS.labels("decoded").inc(cache.misses - misses)
+        self._loads_counted = (cache.hits, cache.misses)
 
     def _rebuild(self, partitions: set[int]) -> None:
         """Forget the population of ``partitions`` and count it again from the table (after a failed try)."""
@@ -365,10 +388,16 @@ class Checkpoint:
         partitions: Mapping[bytes, int],
         event_by_partition: Mapping[int, EventT],
     ) -> list[Awaitable[Any]]:
-        """Encode ``states`` and hand them to the producer; returns the futures of their acks."""
-        return await self.table.write_states(
-            (key, encode_state(state), event_by_partition[partitions[key]]) for key, state in states.items()
+        """Encode ``states`` and hand them to the producer; returns the futures of their acks. The table holds
+        the bytes once this returns: each state is kept decoded with them for the next batch (``self.states``)."""
+        encoded = [(key, encode_state(state), state) for key, state in states.items()]
+        futures = await self.table.write_states(
+            (key, raw, event_by_partition[partitions[key]]) for key, raw, _ in encoded
         )
+        put = self.states.put
+        for key, raw, state in encoded:
+            put(key, raw, state)
+        return futures
 
     async def _close(self, touched: set[int], positions: Mapping[int, Mapping[str, int]] | None = None) -> list[Any]:
         """End markers: for each touched partition (``PULSE_CHANGELOG_END_MARKERS``) and, always, for each whose

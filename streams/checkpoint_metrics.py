@@ -155,8 +155,10 @@ class CheckpointMetrics:
         metrics.CLOCK_HELD_PARTITIONS.set(len(processor.held))
         now_s = self.wall_clock()
         self.population(now_s)
-        for occurred_ms in outcome.occurred_ms:
-            metrics.EVENT_TO_SCORED_SECONDS.observe(max(0.0, now_s - occurred_ms / 1000))
+        metrics.observe_many(
+            metrics.EVENT_TO_SCORED_SECONDS,
+            [max(0.0, now_s - occurred_ms / 1000) for occurred_ms in outcome.occurred_ms],
+        )
         if processor.watermark_ms is not None:
             metrics.WATERMARK_SECONDS.set(processor.watermark_ms / 1000)
 

@@ -189,6 +189,13 @@ class OwnWrites:
         if offset >= expected:
             self.next_offset[partition] = offset + 1
 
+    def acked_range(self, partition: int, first: int, last: int) -> None:
+        """This worker's records at ``first``..``last`` (one record batch: consecutive offsets, all its own)."""
+        self.acked(partition, first)
+        expected = self.next_offset.get(partition)
+        if expected is not None and last >= expected:
+            self.next_offset[partition] = last + 1
+
     def take(self) -> dict[int, list[tuple[int, int]]]:
         """The foreign ranges found since the last call (then forgotten)."""
         out, self.foreign = self.foreign, {}

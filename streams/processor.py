@@ -9,7 +9,7 @@ function calls.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import cast
@@ -65,6 +65,7 @@ from scoring.footprint import (
     member_keys,
     widen,
 )
+from scoring.frozen import Value
 from scoring.indicators import activity
 from scoring.orders import window_revenue_cents
 from scoring.partition import PartitionPopulation
@@ -78,9 +79,9 @@ class InjectedFailure(RuntimeError):
     """Raised for the event ids of the test-only fault injection setting ``PULSE_TEST_FAIL_EVENT_IDS``."""
 
 
-@dataclass(frozen=True, slots=True)
-class Incoming:
-    """One consumed record, as read from Kafka."""
+class Incoming(Value, frozen=True, gc=False):
+    """One consumed record, as read from Kafka. A frozen ``scoring.frozen.Value`` (built in C) rather than a
+    frozen dataclass: the checkpoint builds one per record of a batch (1.5 % of a backlog worker's samples)."""
 
     topic: str
     partition: int
@@ -215,6 +216,11 @@ class BatchProcessor:
         #: idle advance, per owned partition: (clock, wall time) when its clock last moved otherwise, and the
         #: clock seen then
         self._idle_anchor: dict[int, tuple[int, int, int | None]] = {}
+        #: the customers the next batch is sure to score again (a backlog's queued records; set by the worker
+        #: before each batch, empty offline and live): their profiles wait for it (:meth:`_defer_profiles`)
+        self.upcoming: Collection[bytes] = frozenset()
+        #: customers whose profile the previous batch left to this one
+        self._deferred: set[bytes] = set()
 
     def rebuild(self, partitions: set[int], states: Iterable[tuple[bytes, CustomerState]]) -> int:
         """Count the recovered customers of newly owned ``partitions`` into the population; returns how many.
@@ -387,9 +393,47 @@ class BatchProcessor:
         for partition in sorted(ticks & set(clocks)):
             render.update(self.sweep(partition, self._sweep_limit(partition), load, out, clocks[partition]))
         self._retag(out)
+        deferred = self._defer_profiles(render, load, out)
         out.profiles = self.profiles(render, None, out.assessed, out)
+        self._deferred = deferred  # (a batch that raised leaves the previous batch's to its retry)
         out.rank_inexact = self._ranking.inexact if self._ranking is not None else 0
         return out
+
+    def _defer_profiles(
+        self, render: dict[bytes, CustomerState], load: Callable[[bytes], CustomerState], out: BatchOutcome
+    ) -> set[bytes]:
+        """A backlog's catch-up: a customer the next batch scores again (``upcoming``) is rendered there instead,
+        unless this batch is already the one its profile was left to: a profile in Redis is at most one batch
+        behind its state (the next batch renders every customer left to it, with an event or not), and a
+        customer with events in every batch is rendered every other batch. Rendering, packing and writing the
+        profile were ~10 % of a backlog worker's CPU (issue 18, docs/benchmarks.md session 10). A live
+        partition's profiles are never deferred, even while its input is a few batches behind. Left to a batch
+        that never comes (a revoke cleared the queue and the partition moved, a stop), a profile is written
+        again by the first sweep round of the worker that scores the partition next, as a write-behind lost in
+        a crash is. Returns the customers left to the next batch."""
+        deferred = self._deferred
+        for key in deferred:
+            if key in render or key in self.quarantined:
+                continue
+            state = out.states.get(key)
+            if state is None:
+                state = load(key)  # no event this batch (rejected, or the queue was cleared): rendered as it is
+            if state.partition is not None and state.partition in self.population.local:
+                render[key] = state
+        upcoming = self.upcoming
+        if not upcoming:
+            return set()
+        # only a catch-up of history: a live partition's profiles are read live (``live``: its clock within
+        # historical_alert_seconds of the wall clock, as a live input a few batches behind still is)
+        live = {p for p in self.population.local if self.live(p)}
+        later = {
+            key
+            for key, state in render.items()
+            if key in upcoming and key not in deferred and state.partition not in live
+        }
+        for key in later:
+            del render[key]
+        return later
 
     def _take_action(
         self,

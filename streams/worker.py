@@ -56,14 +56,16 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
             start_http_server(settings.metrics_port, addr=settings.metrics_host)
         # the broker and Redis may come up after the worker: wait (back-off, one log line per try), then topics
         wait_or_exit(settings, status, loglevel)
-        pulse = create_app(settings, settings.processor(clv_params))
         gc.set_threshold(*settings.gc_thresholds)
         if settings.event_loop == "uvloop":
             import uvloop
 
             # also the loop of Faust's consumer thread, which makes its own with new_event_loop()
             asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        # before the app: creating it takes the current event loop (the app's and then the worker's), so a loop
+        # set after it was never used (until session 10 the worker ran on asyncio's loop whatever the setting)
         asyncio.set_event_loop(asyncio.new_event_loop())
+        pulse = create_app(settings, settings.processor(clv_params))
         services = [StatusPublisher(pulse.app, status)] if api is not None else []
         faust.Worker(pulse.app, *services, loglevel=loglevel).execute_from_commandline()
     finally:

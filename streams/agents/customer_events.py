@@ -187,6 +187,10 @@ def register(pulse: PulseApp) -> BatchProcessor:
             pace=batch_input.BatchPace(settings.batch_backlog_seconds()),
         )
         pulse.customer_events.__aiter__()  # subscribes the group to the channel's topics, as an agent's stream does
+        # a backlog's next batch: the customers it scores again render there (streams.processor._defer_profiles)
+        checkpoint.upcoming = lambda: tap.queue.backlog_keys(
+            settings.batch_max_events, settings.batch_backlog_max_events, settings.batch_backlog_from_events
+        )
 
         @pulse.app.task
         async def score_customer_batches() -> None:

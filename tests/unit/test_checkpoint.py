@@ -356,3 +356,176 @@ def test_crashes_at_random_points_and_replays_in_other_batches_publish_each_id_w
         last_vip[change["customer_id"]] = change["vip"]
     assert all(last_vip.get(c, False) == s.vip for c, s in states.items())
     assert not any(s.pending_alerts or s.pending_vip_changes for s in states.values())
+
+
+class CopyingTable(Table):
+    """A table whose reads return new bytes objects, as RocksDB's do (the state cache then compares contents)."""
+
+    def get(self, key: bytes) -> bytes | None:
+        value = self.data.get(key)
+        return None if value is None else bytes(bytearray(value))
+
+
+def scored_history(
+    seed: int, cache: int, table_class: type = Table, fail: frozenset[str] = frozenset(), ticks: bool = True
+) -> Any:
+    """The history of ``seed`` scored by one checkpoint in batches of random size (each with the sweep ticks of
+    both partitions, unless not ``ticks``), with ``cache`` decoded states kept between batches; the broker and
+    the checkpoint."""
+    import random
+
+    settings = Settings(_env_file=None, state_cache_customers=cache, test_fail_event_ids=sorted(fail))
+    broker = Broker()
+    table = table_class(broker)
+    checkpoint = Checkpoint(
+        settings,
+        BatchProcessor(settings.processor()),
+        table,
+        Sink(broker),
+        broker.send,
+        lambda: {0, 1},
+        wall_clock=lambda: datetime(2026, 6, 2, tzinfo=UTC).timestamp(),
+    )
+    rng = random.Random(seed)
+    records, position = history_events(seed), 0
+    while position < len(records):
+        size = rng.randint(20, 300)
+        run(checkpoint(records[position : position + size] + ([tick(0), tick(1)] if ticks else [])))
+        position += size
+        # what the cache would hand out is what decoding the table's bytes gives
+        for key, (raw, kept) in checkpoint.states.entries.items():
+            assert table.data[key] == raw and decode_state(raw) == kept, key
+    return broker, checkpoint
+
+
+def outputs(broker: Broker) -> dict[str, list[tuple[bytes | None, bytes | None]]]:
+    """Every record the broker acknowledged but the dead letters' (their rejected_at is the wall clock)."""
+    return {topic: records for topic, records in broker.topics.items() if topic != SETTINGS.topic_dead_letters}
+
+
+@pytest.mark.parametrize("table_class", [Table, CopyingTable])
+def test_states_kept_decoded_between_batches_write_exactly_what_decoding_them_would(table_class: type):
+    """streams.state_cache: the same changelog records, VIP changes and alerts, in the same order, with the
+    cache as without it; and most loads after the first batches are served from it."""
+    without, _ = scored_history(4, 0, table_class)
+    with_cache, checkpoint = scored_history(4, 10_000, table_class)
+    assert outputs(with_cache) == outputs(without)
+    assert checkpoint.states.hits > checkpoint.states.misses > 0
+
+
+def test_a_batch_that_raises_half_way_is_scored_again_from_the_table_not_from_half_scored_states():
+    """A poison event makes its batch raise after other customers' events of it were applied to the states it
+    loaded; streams.isolation rebuilds the partitions (which drops the cache) and re-processes the batch record
+    by record from the table's bytes: had the half-scored states stayed cached, the poison event's effect would
+    stay in its customer's state although it is dead-lettered."""
+    events = history_events(5)
+    # past the middle, an event of a customer scored before (its state kept after a previous batch) and after
+    seen = {e.message.key for e in events[: len(events) // 2]}
+    later = [e for e in events[len(events) // 2 :] if e.message.key in seen]
+    victim = next(e for i, e in enumerate(later) if any(f.message.key == e.message.key for f in later[i + 50 :]))
+    poison = frozenset({orjson.loads(victim.message.value)["event_id"]})
+    without, _ = scored_history(5, 0, fail=poison, ticks=False)  # (a sweep would write the poison's customer)
+    with_cache, checkpoint = scored_history(5, 10_000, fail=poison, ticks=False)
+    assert outputs(with_cache) == outputs(without)
+    assert checkpoint.states.hits > 0
+    letters = [orjson.loads(v)["reason"] for _, v in with_cache.topics[SETTINGS.topic_dead_letters]]
+    assert letters.count("processing_error") == 1
+
+
+def test_the_state_cache_is_dropped_when_the_partitions_change():
+    broker = Broker()
+    checkpoint, _ = worker(broker)
+    run(checkpoint([order(0, "A", 0, 50)]))
+    assert len(checkpoint.states) == 1
+    checkpoint.owned_partitions = lambda: {0, 1}
+    run(checkpoint([tick(1)]))
+    assert len(checkpoint.states) == 0
+
+
+class ProfileSink(Sink):
+    """Keeps every profile written, by customer, with the number of the batch that wrote it."""
+
+    def __init__(self, broker: Broker) -> None:
+        super().__init__(broker)
+        self.batch = 0
+        self.written: dict[str, list[tuple[int, Any]]] = {}
+
+    def submit(self, profiles) -> None:
+        super().submit(profiles)
+        for profile in profiles:
+            self.written.setdefault(profile.customer_id, []).append((self.batch, profile))
+
+
+def backlog_history(seed: int, defer: bool) -> tuple[ProfileSink, list[set[str]]]:
+    """The history of ``seed`` in batches of random size, each checkpoint told the keys of the next batch (as the
+    batch input does while the input is behind; the last batch has none after it); the sink and the customers
+    each batch changed."""
+    import random
+
+    settings = Settings(_env_file=None, backlog_defer_profiles=defer)
+    broker = Broker()
+    sink = ProfileSink(broker)
+    checkpoint = Checkpoint(
+        settings,
+        BatchProcessor(settings.processor()),
+        Table(broker),
+        sink,
+        broker.send,
+        lambda: {0, 1},
+        wall_clock=lambda: datetime(2026, 6, 2, tzinfo=UTC).timestamp(),
+    )
+    rng = random.Random(seed)
+    records, batches, position = history_events(seed), [], 0
+    while position < len(records):
+        size = rng.randint(20, 200)
+        batches.append(records[position : position + size])
+        position += size
+    changed: list[set[str]] = []
+    for n, batch in enumerate(batches):
+        following = batches[n + 1] if n + 1 < len(batches) else []
+        checkpoint.upcoming = lambda following=following: frozenset(e.message.key for e in following)
+        sink.batch = n
+        states_before = dict(checkpoint.table.data)
+        run(checkpoint(batch))
+        changed.append({k.decode() for k, v in checkpoint.table.data.items() if states_before.get(k) != v})
+    return sink, changed
+
+
+def test_a_backlog_defers_a_profile_to_the_next_batch_at_most_and_ends_with_the_same_profiles():
+    """streams.processor._defer_profiles: a customer the next batch scores again is rendered there, never two
+    batches in a row, so each state change reaches a profile within one batch; the last profiles are the ones
+    rendering every batch gives."""
+    every, _ = backlog_history(6, defer=False)
+    deferring, changed = backlog_history(6, defer=True)
+    written = sum(len(p) for p in deferring.written.values())
+    assert written < 0.8 * sum(len(p) for p in every.written.values())  # most customers are in the next batch
+    assert {c: p[-1][1] for c, p in deferring.written.items()} == {c: p[-1][1] for c, p in every.written.items()}
+    for customer, profiles in deferring.written.items():
+        rendered = {n for n, _ in profiles}
+        for n, customers in enumerate(changed):
+            if customer in customers:
+                assert n in rendered or n + 1 in rendered, (customer, n, sorted(rendered))
+
+
+@pytest.mark.parametrize(("hours_later", "deferred"), [(1, False), (24 * 30, True)])
+def test_a_live_partition_never_defers_its_profiles(hours_later: int, deferred: bool):
+    """A live input a few batches behind also fills the queue: its profiles are still written with their batch;
+    only a catch-up of history (a clock further than historical_alert_seconds behind the wall clock) defers."""
+    broker = Broker()
+    sink = ProfileSink(broker)
+    wall = (START + timedelta(hours=hours_later)).timestamp()
+    checkpoint = Checkpoint(
+        SETTINGS,
+        BatchProcessor(SETTINGS.processor()),
+        Table(broker),
+        sink,
+        broker.send,
+        lambda: {0},
+        wall_clock=lambda: wall,
+        input_positions=lambda: ({}, {}),
+    )
+    checkpoint.upcoming = lambda: frozenset({b"A"})
+    run(checkpoint([order(0, "A", 0, 50), order(1, "B", 0, 60)]))
+    assert sorted(sink.written) == (["B"] if deferred else ["A", "B"])
+    run(checkpoint([order(2, "A", 0, 70)]))  # left to this batch: written here, whatever comes next
+    assert len(sink.written["A"]) == (1 if deferred else 2)

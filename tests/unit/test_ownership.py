@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from aiokafka.structs import RecordMetadata
 from faust.types import TP
 
 from pulse_config.settings import Settings
@@ -188,14 +189,41 @@ def test_rocksdb_persists_the_writers_epoch_and_positions_with_its_own_offsets(t
     assert table.data.persisted_offset(tp) is None
 
 
+class FakeBatch:
+    """aiokafka's BatchBuilder as the table uses it: records appended, never full."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[bytes, bytes, Any]] = []
+
+    def append(self, *, key, value, timestamp, headers):
+        self.records.append((key, value, headers))
+        return self
+
+
 class FakeProducer:
+    """Faust's producer (``send``) and the aiokafka producer under it (``create_batch``/``send_batch``: a batch's
+    records take consecutive offsets, its future resolves to the first record's metadata)."""
+
     def __init__(self) -> None:
         self.sent: list[tuple[bytes, bytes | None, int, Any]] = []
+
+    def _ensure_producer(self) -> FakeProducer:
+        return self
 
     async def send(self, topic, key, value, partition, timestamp, headers):
         self.sent.append((key, value, partition, headers))
         future = asyncio.get_running_loop().create_future()
-        future.set_result(SimpleNamespace(topic_partition=TP(topic, partition), offset=len(self.sent) - 1))
+        future.set_result(RecordMetadata(topic, partition, TP(topic, partition), len(self.sent) - 1, -1, 0, 0))
+        return future
+
+    def create_batch(self) -> FakeBatch:
+        return FakeBatch()
+
+    async def send_batch(self, batch: FakeBatch, topic, *, partition):
+        offsets = [(await self.send(topic, k, v, partition, None, h)).result().offset for k, v, h in batch.records]
+        assert offsets == list(range(offsets[0], offsets[0] + len(offsets)))  # a batch is contiguous in the log
+        future = asyncio.get_running_loop().create_future()
+        future.set_result(RecordMetadata(topic, partition, TP(topic, partition), offsets[0], -1, 0, 0))
         return future
 
 
@@ -368,9 +396,15 @@ class GapProducer(FakeProducer):
             self.offset += 1
         self.sent.append((key, value, partition, headers))
         future = asyncio.get_running_loop().create_future()
-        future.set_result(SimpleNamespace(topic_partition=TP(topic, partition), offset=self.offset))
+        future.set_result(RecordMetadata(topic, partition, TP(topic, partition), self.offset, -1, 0, 0))
         self.offset += 1
         return future
+
+    async def send_batch(self, batch: FakeBatch, topic, *, partition):
+        # a record batch lands whole: another writer's records come before or after it, never inside
+        while any(o in self.foreign for o in range(self.offset, self.offset + len(batch.records))):
+            self.offset += 1
+        return await super().send_batch(batch, topic, partition=partition)
 
 
 class Event:  # weak-referenceable, as Faust's events are
@@ -420,6 +454,21 @@ def test_a_late_write_between_the_owners_writes_is_overwritten_by_the_owners_sta
     ]
     compacted = {r.key: r for r in sorted([*log_records, late], key=lambda r: r.offset)}
     assert latest_states(sorted(compacted.values(), key=lambda r: r.offset)) == {b"A": b"a1", b"B": b"b1", b"C": b"c1"}
+
+
+def test_a_record_batch_of_the_owners_is_not_read_back(tmp_path):
+    """One write of several states is one record batch per partition: its offsets are all the owner's, so a
+    repair reads nothing back (it read the batch's inner offsets back as somebody else's before)."""
+    table, producer, read = repairing_table(tmp_path, "memory://", {})
+
+    async def go() -> int:
+        written = await table.write_states([(k, k.lower(), Event()) for k in (b"A", b"B", b"C", b"D", b"E")])
+        table.persisted(await asyncio.gather(*written))
+        return await table.repair({0})
+
+    assert run(go()) == 0
+    assert read == []
+    assert table.own_writes.next_offset == {0: 6}  # the owner marker at 0, the batch at 1-5
 
 
 def test_a_newer_owner_between_the_writes_fail_stops_and_forgets_the_persisted_offsets(tmp_path):
