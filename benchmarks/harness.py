@@ -493,6 +493,11 @@ def report(r: dict[str, Any]) -> str:
                     f"CPU/event: workers {_fmt(s.get('cpu_us_per_event'))} µs + broker and Redis "
                     f"{_fmt(s.get('servers_cpu_us_per_event'))} µs; box CPU busy {_pct(s.get('box_cpu_busy'))}"
                 )
+                if s.get("events_per_second_all_joined") is not None:
+                    lines.append(
+                        f"        once all {s['workers']} had joined: {_fmt(s['events_per_second_all_joined'])} "
+                        f"events/s over the last {s['seconds_all_joined']} s"
+                    )
     elif "processor" in r:
         p = r["processor"]
         lines.append(

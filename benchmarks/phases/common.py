@@ -218,6 +218,7 @@ def wait_count(
     on_first: Any = None,
     cpu_before: list[CpuReading] | None = None,
     server_pids: list[int] | None = None,
+    per_proc: list[tuple[float, list[float]]] | None = None,
 ) -> str:
     """Poll the processes' metrics until the sum of ``name`` reaches ``n``; returns the last metrics text.
 
@@ -225,7 +226,8 @@ def wait_count(
     holding the processes' and the machine's CPU (:class:`CpuReading`) read just before the last scrape that
     still counted nothing:
     the start of the counted work's CPU, like ``counted_seconds`` is of its time. Read before the scrape,
-    so no counted event's CPU is in it; read at every poll, not at the first that counts, because one
+    so no counted event's CPU is in it; ``per_proc`` (if given) gets each poll's count per process. Read at
+    every poll, not at the first that counts, because one
     backlog batch can score thousands of events between two polls (a 2,000-event run scored them all
     between two polls and the old first-poll reading gave 0 µs per event)."""
     deadline = time.monotonic() + PHASE_SECONDS
@@ -236,9 +238,12 @@ def wait_count(
                 raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.tail()}")
         cpu = cpu_reading(procs, server_pids) if cpu_before is not None else None
         texts = [proc.metrics() for proc in procs]
-        total = sum(metric_sum(t, name, where) for t in texts)
+        counts = [metric_sum(t, name, where) for t in texts]
+        total = sum(counts)
         if samples is not None:
             samples.append((time.monotonic(), total))
+        if per_proc is not None:
+            per_proc.append((time.monotonic(), counts))
         if cpu is not None and cpu_before is not None and total == 0:
             cpu_before[:] = [cpu]
         if total > 0 and on_first is not None:
@@ -311,6 +316,17 @@ def box_busy_share(before: list[CpuReading], after: CpuReading) -> float | None:
     if not before or after.box_total <= before[0].box_total:
         return None
     return round((after.box_busy - before[0].box_busy) / (after.box_total - before[0].box_total), 3)
+
+
+def rate_after_all_started(per_proc: list[tuple[float, list[float]]]) -> tuple[float, float] | None:
+    """(events/s, seconds) from the first poll at which every process had counted an event to the last poll:
+    the processes' joint rate once the last of them joined (for workers of one group: after the rebalance
+    that gave it partitions), without the staggered start. None if that poll is the last."""
+    started = next((i for i, (_, counts) in enumerate(per_proc) if all(c > 0 for c in counts)), None)
+    if started is None or started >= len(per_proc) - 1:
+        return None
+    (t0, c0), (t1, c1) = per_proc[started], per_proc[-1]
+    return (sum(c1) - sum(c0)) / (t1 - t0), t1 - t0
 
 
 def counted_seconds(samples: list[tuple[float, float]], floor: float) -> float:

@@ -29,6 +29,7 @@ from benchmarks.phases.common import (
     log,
     metric_sum,
     peak_rss_bytes,
+    rate_after_all_started,
     servers_us_per_event,
     wait_count,
     worker_deltas,
@@ -144,10 +145,19 @@ def run_workers(bench: Bench, tag: str, env: dict[str, str], count: int, n: int,
             spy.append(start_py_spy(bench, procs[0], tag))
 
     samples: list[tuple[float, float]] = []
+    per_proc: list[tuple[float, list[float]]] = []
     try:
         servers = bench.server_pids()
         text = wait_count(
-            procs, "pulse_events_total", 'outcome="scored"', n, samples, start_profile, cpu0, server_pids=servers
+            procs,
+            "pulse_events_total",
+            'outcome="scored"',
+            n,
+            samples,
+            start_profile,
+            cpu0,
+            server_pids=servers,
+            per_proc=per_proc,
         )
         rss = [peak_rss_bytes(p.popen.pid) for p in procs]
         cpu = cpu_reading(procs, servers)
@@ -176,6 +186,11 @@ def run_workers(bench: Bench, tag: str, env: dict[str, str], count: int, n: int,
         "due_checks": worker["due_checks"],
         "alerts": int(metric_sum(text, "pulse_retention_alerts_total")),
     }
+    if count > 1:
+        # the staggered join (the first worker scores alone until the last one's rebalance) left out
+        joint = rate_after_all_started(per_proc)
+        out["events_per_second_all_joined"] = None if joint is None else round(joint[0], 1)
+        out["seconds_all_joined"] = None if joint is None else round(joint[1], 3)
     if profile is not None:
         out["profile"] = profile
     if keep:
