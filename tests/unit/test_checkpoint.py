@@ -154,10 +154,32 @@ def later_batch() -> list[SimpleNamespace]:
 
 def worker(broker: Broker, data: dict[bytes, bytes] | None = None) -> tuple[Checkpoint, Table]:
     table = Table(broker, data)
-    checkpoint = Checkpoint(
-        SETTINGS, BatchProcessor(SETTINGS.processor()), table, Sink(broker), broker.send, lambda: {0}
+    return checkpoint_on(broker, table=table), table
+
+
+#: the wall clock the random-history tests score under
+HISTORY_WALL_CLOCK = lambda: datetime(2026, 6, 2, tzinfo=UTC).timestamp()  # noqa: E731
+
+
+def checkpoint_on(
+    broker: Broker,
+    settings: Settings = SETTINGS,
+    table: Any = None,
+    sink: Any = None,
+    owned: frozenset[int] = frozenset({0}),
+    **options: Any,
+) -> Checkpoint:
+    """A checkpoint writing to ``broker`` (a fresh ``Table`` and ``Sink`` of it unless given), owning ``owned``;
+    ``options``: Checkpoint's keyword arguments (wall_clock, input_positions, applied_positions ...)."""
+    return Checkpoint(
+        settings,
+        BatchProcessor(settings.processor()),
+        Table(broker) if table is None else table,
+        Sink(broker) if sink is None else sink,
+        broker.send,
+        lambda: set(owned),
+        **options,
     )
-    return checkpoint, table
 
 
 def records(broker: Broker, topic: str, field: str) -> list[tuple[str, bytes]]:
@@ -377,15 +399,7 @@ def scored_history(
     settings = Settings(_env_file=None, state_cache_customers=cache, test_fail_event_ids=sorted(fail))
     broker = Broker()
     table = table_class(broker)
-    checkpoint = Checkpoint(
-        settings,
-        BatchProcessor(settings.processor()),
-        table,
-        Sink(broker),
-        broker.send,
-        lambda: {0, 1},
-        wall_clock=lambda: datetime(2026, 6, 2, tzinfo=UTC).timestamp(),
-    )
+    checkpoint = checkpoint_on(broker, settings, table, owned=frozenset({0, 1}), wall_clock=HISTORY_WALL_CLOCK)
     rng = random.Random(seed)
     records, position = history_events(seed), 0
     while position < len(records):
@@ -465,15 +479,7 @@ def backlog_history(seed: int, defer: bool) -> tuple[ProfileSink, list[set[str]]
     settings = Settings(_env_file=None, backlog_defer_profiles=defer)
     broker = Broker()
     sink = ProfileSink(broker)
-    checkpoint = Checkpoint(
-        settings,
-        BatchProcessor(settings.processor()),
-        Table(broker),
-        sink,
-        broker.send,
-        lambda: {0, 1},
-        wall_clock=lambda: datetime(2026, 6, 2, tzinfo=UTC).timestamp(),
-    )
+    checkpoint = checkpoint_on(broker, settings, sink=sink, owned=frozenset({0, 1}), wall_clock=HISTORY_WALL_CLOCK)
     rng = random.Random(seed)
     records, batches, position = history_events(seed), [], 0
     while position < len(records):
@@ -514,16 +520,7 @@ def test_a_live_partition_never_defers_its_profiles(hours_later: int, deferred: 
     broker = Broker()
     sink = ProfileSink(broker)
     wall = (START + timedelta(hours=hours_later)).timestamp()
-    checkpoint = Checkpoint(
-        SETTINGS,
-        BatchProcessor(SETTINGS.processor()),
-        Table(broker),
-        sink,
-        broker.send,
-        lambda: {0},
-        wall_clock=lambda: wall,
-        input_positions=lambda: ({}, {}),
-    )
+    checkpoint = checkpoint_on(broker, sink=sink, wall_clock=lambda: wall, input_positions=lambda: ({}, {}))
     checkpoint.upcoming = lambda: frozenset({b"A"})
     run(checkpoint([order(0, "A", 0, 50), order(1, "B", 0, 60)]))
     assert sorted(sink.written) == (["B"] if deferred else ["A", "B"])

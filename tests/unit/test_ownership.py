@@ -16,7 +16,6 @@ from faust.types import TP
 
 from pulse_config.settings import Settings
 from streams import metrics, offsets
-from streams.checkpoint import Checkpoint
 from streams.ownership import (
     END_MARKER_KEY,
     META_KEY,
@@ -27,9 +26,8 @@ from streams.ownership import (
     owner_marker,
     stale_keys,
 )
-from streams.processor import BatchProcessor
 from streams.tables import ForeignOwner
-from tests.unit.test_checkpoint import Broker, Sink, Table, order, run
+from tests.unit.test_checkpoint import Broker, Table, checkpoint_on, order, run
 
 CHANGELOG = "pulse-customer_states-changelog"
 SETTINGS = Settings(_env_file=None)
@@ -271,15 +269,7 @@ def test_end_markers_carry_the_input_positions_and_are_sent_whenever_positions_m
     broker = Broker()
     table = Table(broker)
     ledger = {0: {settings.topic_orders: 3, settings.topic_surveys: 11}}
-    checkpoint = Checkpoint(
-        settings,
-        BatchProcessor(settings.processor()),
-        table,
-        Sink(broker),
-        broker.send,
-        lambda: {0},
-        applied_positions=lambda p: ledger[p],
-    )
+    checkpoint = checkpoint_on(broker, settings, table, applied_positions=lambda p: ledger[p])
     run(checkpoint([order(3, "A", 0, 50), order(4, "B", 0, 60)]))
     assert ("markers", [0]) in broker.log
     assert table.positions[0] == {settings.topic_orders: 5, settings.topic_surveys: 11}
