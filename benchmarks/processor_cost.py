@@ -170,13 +170,17 @@ def measure(
         state = kept.take(key, raw)
         return decode_state(raw) if state is None else state
 
+    def write(states: dict[bytes, Any]) -> None:
+        """The batch's states into the table (encoded), kept decoded as the checkpoint keeps them."""
+        for key, state in states.items():
+            store[key] = raw = encode_state(state)
+            kept.put(key, raw, state)
+
     def run(batch: list[Incoming]) -> tuple[int, int, int]:
         if backlog:
             processor.upcoming = following.get(id(batch), frozenset())
         out = processor.process(batch, load)
-        for key, state in out.states.items():
-            store[key] = raw = encode_state(state)
-            kept.put(key, raw, state)
+        write(out.states)
         pack_batch({p.customer_id: pack_profile(p, prefix, settings.vip_value) for p in out.profiles}, prefix)
         return len(out.profiles), out.due_checked, len(out.alerts)
 
@@ -209,17 +213,13 @@ def measure(
             if helper is not None:
                 out = processor.process(b, load)
                 helper.pulse_collect()
-                for key, state in out.states.items():
-                    store[key] = raw = encode_state(state)
-                    kept.put(key, raw, state)
+                write(out.states)
                 helper.pulse_collect()
                 result = (len(out.profiles), out.due_checked, len(out.alerts))
             else:
                 out = processor.process(b, load)
                 enc0 = time.process_time()
-                for key, state in out.states.items():
-                    store[key] = raw = encode_state(state)
-                    kept.put(key, raw, state)
+                write(out.states)
                 excluded += time.process_time() - enc0
                 result = (len(out.profiles), out.due_checked, len(out.alerts))
         for i in range(3):

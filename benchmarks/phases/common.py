@@ -222,14 +222,13 @@ def wait_count(
 ) -> str:
     """Poll the processes' metrics until the sum of ``name`` reaches ``n``; returns the last metrics text.
 
-    ``on_first`` is called once, when the first event has been counted. ``cpu_before`` (if given) ends up
-    holding the processes' and the machine's CPU (:class:`CpuReading`) read just before the last scrape that
-    still counted nothing:
-    the start of the counted work's CPU, like ``counted_seconds`` is of its time. Read before the scrape,
-    so no counted event's CPU is in it; ``per_proc`` (if given) gets each poll's count per process. Read at
-    every poll, not at the first that counts, because one
-    backlog batch can score thousands of events between two polls (a 2,000-event run scored them all
-    between two polls and the old first-poll reading gave 0 µs per event)."""
+    ``samples`` gets each poll's (time, total); ``per_proc`` each poll's (time, count per process). ``on_first``
+    is called once, when the first event has been counted. ``cpu_before`` (if given) ends up holding the
+    processes' and the machine's CPU (:class:`CpuReading`) read just before the last scrape that still counted
+    nothing: the start of the counted work's CPU, as ``counted_seconds`` is of its time. Read before the scrape,
+    so no counted event's CPU is in it, and at every poll, not at the first that counts: one backlog batch can
+    score thousands of events between two polls (a 2,000-event run scored them all between two polls, and a
+    first-poll reading gave 0 µs per event)."""
     deadline = time.monotonic() + PHASE_SECONDS
     text = ""
     while time.monotonic() < deadline:

@@ -144,7 +144,6 @@ def run_workers(bench: Bench, tag: str, env: dict[str, str], count: int, n: int,
         if count == 1 and bench.args.py_spy:
             spy.append(start_py_spy(bench, procs[0], tag))
 
-    samples: list[tuple[float, float]] = []
     per_proc: list[tuple[float, list[float]]] = []
     try:
         servers = bench.server_pids()
@@ -153,9 +152,8 @@ def run_workers(bench: Bench, tag: str, env: dict[str, str], count: int, n: int,
             "pulse_events_total",
             'outcome="scored"',
             n,
-            samples,
-            start_profile,
-            cpu0,
+            on_first=start_profile,
+            cpu_before=cpu0,
             server_pids=servers,
             per_proc=per_proc,
         )
@@ -169,7 +167,7 @@ def run_workers(bench: Bench, tag: str, env: dict[str, str], count: int, n: int,
         if not keep:
             for proc in procs:
                 proc.stop()
-    seconds = counted_seconds(samples, 0)
+    seconds = counted_seconds([(t, sum(counts)) for t, counts in per_proc], 0)
     worker = worker_deltas("", text)
     out = {
         "workers": count,
