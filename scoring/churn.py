@@ -198,11 +198,32 @@ def _p_alive_drop_ms(i: ChurnInputs, ctx: ScoringConfig) -> int | None:
     first = i.purchases.first_day
     if i.clv.x < 1 or first is None:
         return None
-    params = ctx.clv.params
-    crossing = p_alive_below_at(params.bgnbd, i.clv.x, i.clv.t_x, ctx.churn.p_alive_threshold)
-    if crossing is None:
+    # days from the first purchase day to the drop: a function of (x, t_x) alone, memoised per configuration (a
+    # customer re-assessed without a new purchase day asks the same, and x and t_x take few values)
+    entry = _DROPS.get(id(ctx))
+    if entry is None or entry[0] is not ctx:
+        if len(_DROPS) >= _DROP_CONFIGS_MAX:
+            _DROPS.clear()
+        entry = _DROPS[id(ctx)] = (ctx, {})
+    memo = entry[1]
+    key = (i.clv.x, i.clv.t_x)
+    days = memo.get(key, _UNKNOWN)
+    if days is _UNKNOWN:
+        params = ctx.clv.params
+        crossing = p_alive_below_at(params.bgnbd, i.clv.x, i.clv.t_x, ctx.churn.p_alive_threshold)
+        days = None if crossing is None else math.floor(crossing * params.time_unit_days) + 1
+        if len(memo) < _DROPS_MAX:
+            memo[key] = days
+    if days is None:
         return None
-    return (first + math.floor(crossing * params.time_unit_days) + 1) * DAY_MS
+    return (first + days) * DAY_MS  # type: ignore[operator]
+
+
+#: id(config) -> (config, (x, t_x) -> whole days from the first purchase day to P(alive)'s drop, None: never)
+_DROPS: dict[int, tuple[ScoringConfig, dict[tuple[int, float], int | None]]] = {}
+_DROPS_MAX = 1 << 16
+_DROP_CONFIGS_MAX = 64
+_UNKNOWN = object()
 
 
 def _spend_decline(i: ChurnInputs, now_ms: int, ctx: ScoringConfig) -> tuple[ChurnReason | None, int | None]:
