@@ -390,8 +390,11 @@ def assess(inputs: ChurnInputs, now_ms: int, population_gap_days: float | None, 
         score = min(MAX_SCORE, sum([c.weights.get(s, 0) for s in signals]))
     else:
         score = 0
-    future = [t for t in changes if t > now_ms]
-    return ChurnAssessment(score, c.level(score), tuple(reasons), min(future) if future else None)
+    nxt = None  # the earliest later change (a loop, not a list of the later ones: every assessment asks)
+    for t in changes:
+        if t > now_ms and (nxt is None or t < nxt):
+            nxt = t
+    return ChurnAssessment(score, c.level(score), tuple(reasons), nxt)
 
 
 class AlertDecision(Value, frozen=True):

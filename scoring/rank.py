@@ -353,15 +353,20 @@ class Union:
         if total == 0:
             return None
         first = self._first
+        below = 0
         if not self._exact:
             k = cast(RankIndex, first).clamp(key)
-            below = _below(self._trees, _path(k))
+            path = _PATHS.get(k) or _path(k)
+            for tree in self._trees:  # _below in line: a lookup per re-scored customer misses the batch's memo
+                below += sum(map(tree.__getitem__, path))
             equal = 0
             for counts in self._counts:
                 equal += counts.get(k, 0)
             return (below + 0.5 * equal) / total
         b = first.coarse.clamp(first.bucket(key))  # type: ignore[union-attr]
-        below = _below(self._trees, _path(b))
+        path = _PATHS.get(b) or _path(b)
+        for tree in self._trees:
+            below += sum(map(tree.__getitem__, path))
         equal = 0
         for values, incomplete, counts in self._per_part:
             held = values.get(b)
