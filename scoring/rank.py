@@ -398,12 +398,16 @@ class Union:
         first = self._first
         if not self._exact:
             k = cast(RankIndex, first).clamp(key)
-            below = self._count_below(k)
-            if below is None:
-                below = 0
-                path = _PATHS.get(k) or _path(k)
-                for tree in self._trees:  # _below in line
-                    below += sum(map(tree.__getitem__, path))
+            if self._table is not None or self._count_below(k) is not None:
+                keys, cum = self._table  # type: ignore[misc]
+                i = bisect_left(keys, k)
+                below = cum[i]
+                equal = cum[i + 1] - below if i < len(keys) and keys[i] == k else 0
+                return (below + 0.5 * equal) / total
+            below = 0
+            path = _PATHS.get(k) or _path(k)
+            for tree in self._trees:  # _below in line
+                below += sum(map(tree.__getitem__, path))
             equal = 0
             for counts in self._counts:
                 equal += counts.get(k, 0)
@@ -424,7 +428,8 @@ class Union:
                 continue
             at = bisect_left(held, key)
             below += at
-            equal += bisect_right(held, key, at) - at
+            if at < len(held) and held[at] == key:  # (most parts do not hold the value)
+                equal += bisect_right(held, key, at) - at
         return (below + 0.5 * equal) / total
 
 
