@@ -212,8 +212,9 @@ def _p_alive_drop_ms(i: ChurnInputs, ctx: ScoringConfig) -> int | None:
         params = ctx.clv.params
         crossing = p_alive_below_at(params.bgnbd, i.clv.x, i.clv.t_x, ctx.churn.p_alive_threshold)
         days = None if crossing is None else math.floor(crossing * params.time_unit_days) + 1
-        if len(memo) < _DROPS_MAX:
-            memo[key] = days
+        if len(memo) >= _DROPS_MAX:
+            memo.clear()
+        memo[key] = days
     if days is None:
         return None
     return (first + days) * DAY_MS  # type: ignore[operator]

@@ -363,8 +363,8 @@ def lifetime_from_churn(period_churn_rate: float | None, period_days: int) -> fl
 #: id(config) -> (config, (x, whole days from the first purchase day to now) -> (a+b+x−1)/(a−1) · the bracket of
 #: ``_expected_purchases``): the configurations seen, kept alive with their memo so that an id is not reused
 _SERIES: dict[int, tuple[ClvConfig, dict[tuple[int, int], float]]] = {}
-#: entries per configuration: repeat purchase days times days of tenure that occur (a few tens of thousands at most
-#: in a real population); past this a pair is computed each time
+#: entries per configuration (~7 MB): repeat purchase days times days of tenure that occur; when full it starts
+#: again (the pairs move on by a day a day), so a long-running worker keeps memoising the current ones
 _SERIES_MAX = 1 << 16
 _SERIES_CONFIGS_MAX = 64
 
@@ -434,8 +434,9 @@ def clv_signals(
             series = float(hyp2f1(a + b - 1 - bg.r, a - 1, a + b + x - 1, w))
             bracket = 1.0 - math.exp((a - 1) * math.log1p(-w)) * series
             scaled = (a + b + x - 1) / (a - 1) * bracket
-            if len(memo) < _SERIES_MAX:
-                memo[(x, days)] = scaled
+            if len(memo) >= _SERIES_MAX:
+                memo.clear()  # the pairs of earlier days go (a customer's days grow by one a day)
+            memo[(x, days)] = scaled
         purchases = scaled * alive
     gg = params.gamma_gamma
     if x <= 0:
