@@ -198,11 +198,33 @@ def _p_alive_drop_ms(i: ChurnInputs, ctx: ScoringConfig) -> int | None:
     first = i.purchases.first_day
     if i.clv.x < 1 or first is None:
         return None
-    params = ctx.clv.params
-    crossing = p_alive_below_at(params.bgnbd, i.clv.x, i.clv.t_x, ctx.churn.p_alive_threshold)
-    if crossing is None:
+    # days from the first purchase day to the drop: a function of (x, t_x) alone, memoised per configuration (a
+    # customer re-assessed without a new purchase day asks the same, and x and t_x take few values)
+    entry = _DROPS.get(id(ctx))
+    if entry is None or entry[0] is not ctx:
+        if len(_DROPS) >= _DROP_CONFIGS_MAX:
+            _DROPS.clear()
+        entry = _DROPS[id(ctx)] = (ctx, {})
+    memo = entry[1]
+    key = (i.clv.x, i.clv.t_x)
+    days = memo.get(key, _UNKNOWN)
+    if days is _UNKNOWN:
+        params = ctx.clv.params
+        crossing = p_alive_below_at(params.bgnbd, i.clv.x, i.clv.t_x, ctx.churn.p_alive_threshold)
+        days = None if crossing is None else math.floor(crossing * params.time_unit_days) + 1
+        if len(memo) >= _DROPS_MAX:
+            memo.clear()
+        memo[key] = days
+    if days is None:
         return None
-    return (first + math.floor(crossing * params.time_unit_days) + 1) * DAY_MS
+    return (first + days) * DAY_MS  # type: ignore[operator]
+
+
+#: id(config) -> (config, (x, t_x) -> whole days from the first purchase day to P(alive)'s drop, None: never)
+_DROPS: dict[int, tuple[ScoringConfig, dict[tuple[int, float], int | None]]] = {}
+_DROPS_MAX = 1 << 16
+_DROP_CONFIGS_MAX = 64
+_UNKNOWN = object()
 
 
 def _spend_decline(i: ChurnInputs, now_ms: int, ctx: ScoringConfig) -> tuple[ChurnReason | None, int | None]:
@@ -216,36 +238,40 @@ def _spend_decline(i: ChurnInputs, now_ms: int, ctx: ScoringConfig) -> tuple[Chu
     n = -(-c.spend_window_days // ctx.orders.revenue_bucket_days)
     cur = now_ms // width
     base = cur - 2 * n + 1  # the oldest bucket either window can hold, now or later
-    # the non-empty buckets of base..cur as (position from base, cents), in order: a customer has a few (the
-    # dict holds at most a year of them), so the windows are summed over these, not over all 2n positions
-    held = sorted([(b - base, v) for b, v in i.orders.revenue_buckets.items() if v and base <= b <= cur])
-    if not held:
+    # the buckets of base..cur by position from base (a list of 2n), the windows' sums, and the steps at which a
+    # bucket moves: one pass over the customer's few buckets (the sorted (step, change) tuples this replaced
+    # were a third of an assessment's churn signals, issue 18)
+    spend: list[int] | None = None
+    steps: set[int] = set()
+    prior = recent = 0
+    for b, v in i.orders.revenue_buckets.items():
+        if v and base <= b <= cur:
+            j = b - base
+            if spend is None:
+                spend = [0] * (2 * n)
+            spend[j] = v
+            steps.add(j + 1)  # the step it leaves the earlier window at
+            if j < n:
+                prior += v
+            else:
+                recent += v
+                steps.add(j - n + 1)  # the step it moves from the later window to the earlier one at
+    if spend is None:
         return None, None  # nothing in either window, now or later: no decline, no flip
     ratio = c.spend_decline_ratio
-    # the windows ending at cur + step hold positions [step, n + step) (earlier) and [n + step, 2n) (later): a
-    # bucket at position j moves from the later window to the earlier one at step j - n + 1 (if j >= n) and
-    # leaves the earlier one at step j + 1. The sums are followed through those moves, in order of step: the
-    # answer can change only there
-    prior = recent = 0
-    moves: list[tuple[int, int, int]] = []  # (step, change of the earlier window's sum, of the later's)
-    for j, v in held:
-        if j < n:
-            prior += v
-        else:
-            recent += v
-            moves.append((j - n + 1, v, -v))
-        moves.append((j + 1, -v, 0))
-    # the windows ending at bucket cur (step 0): the last n positions and the n before them
+    # the windows ending at cur + step hold positions [step, n + step) (earlier) and [n + step, 2n) (later): at
+    # step s the bucket at position s - 1 leaves the earlier window and the one at n + s - 1 moves from the later
+    # window to it. The sums are followed through the steps at which a bucket moves, in order: the answer can
+    # change only there (after the last, both windows are empty: no decline)
     now_decline = prior > 0 and recent < ratio * prior
-    moves.sort()
     flip = None
     p, r = prior, recent
-    last = len(moves) - 1
-    for k, (step, dp, dr) in enumerate(moves):
-        p += dp
-        r += dr
-        if k < last and moves[k + 1][0] == step:
-            continue  # the other moves of this step first
+    for step in sorted(steps):
+        p -= spend[step - 1]
+        if step <= n:
+            v = spend[n + step - 1]
+            p += v
+            r -= v
         if (p > 0 and r < ratio * p) != now_decline:
             flip = (cur + step) * width
             break
@@ -365,8 +391,11 @@ def assess(inputs: ChurnInputs, now_ms: int, population_gap_days: float | None, 
         score = min(MAX_SCORE, sum([c.weights.get(s, 0) for s in signals]))
     else:
         score = 0
-    future = [t for t in changes if t > now_ms]
-    return ChurnAssessment(score, c.level(score), tuple(reasons), min(future) if future else None)
+    nxt = None  # the earliest later change (a loop, not a list of the later ones: every assessment asks)
+    for t in changes:
+        if t > now_ms and (nxt is None or t < nxt):
+            nxt = t
+    return ChurnAssessment(score, c.level(score), tuple(reasons), nxt)
 
 
 class AlertDecision(Value, frozen=True):

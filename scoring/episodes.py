@@ -252,9 +252,19 @@ def on_purchase(state: EpisodeState, occurred_ms: int, amount_cents: int, config
 def next_due_ms(state: EpisodeState, raised: int, config: EpisodeConfig) -> int | None:
     """The next clock at which time alone changes the episodes: a pending action for a raised alert falls due,
     or an unsettled save window ends (the due-time index re-checks the customer then)."""
-    times = [a.at_ms for a in state.pending if a.alert <= raised]
-    times += [e.raised_ms + config.window_ms + 1 for e in state.episodes if not e.settled]
-    return min(times) if times else None
+    # the earliest in one loop each (no lists of times, ``window_ms`` read once): every assessment of a customer
+    # with episodes asks
+    nxt = None
+    for a in state.pending:
+        if a.alert <= raised and (nxt is None or a.at_ms < nxt):
+            nxt = a.at_ms
+    window = config.window_ms
+    for e in state.episodes:
+        if not e.settled:
+            t = e.raised_ms + window + 1
+            if nxt is None or t < nxt:
+                nxt = t
+    return nxt
 
 
 def _fold(state: EpisodeState, config: EpisodeConfig) -> None:

@@ -207,6 +207,35 @@ def _first_interval_ending_after(p: PurchaseDays, start_offset: int, length: int
     return start, end
 
 
+def _active_at_start(p: PurchaseDays, start_offset: int, length: int, today: int) -> tuple[bool, int | None]:
+    """Whether ``today`` lies in one of ``_intervals(p, start_offset, length)``, and the day that changes: the end of
+    that merged interval, else the start of the next one (None: none). The same answer as
+    ``_first_interval_ending_after`` (tests/unit/test_indicators.py), found without walking the days before it.
+
+    Why: it was most of ``activity``'s cost, on every assessment. When every purchase day is remembered (sorted,
+    distinct, the first day first), ``today`` is in an interval iff a day lies in (today − offset − length,
+    today − offset]: one bisection; the interval then ends where the chain of days less than ``length`` apart
+    that follows the latest such day ends (a customer's last ``start_offset`` days of purchases: a few), and
+    otherwise the next interval starts with the first later day (it cannot be merged with an earlier one: that
+    would cover ``today``). Otherwise the general merge."""
+    days = p.recent_days
+    if not days or days[0] != p.first_day or p.periods != len(days):
+        span = next(((s, e) for s, e in _intervals(p, start_offset, length) if e > today), None)
+        if span is None:
+            return False, None
+        return (True, span[1]) if span[0] <= today else (False, span[0])
+    j = bisect.bisect_right(days, today - start_offset)  # days[:j] entered an interval by today
+    if j and days[j - 1] > today - start_offset - length:
+        last = len(days) - 1
+        k = j - 1
+        while k < last and days[k + 1] - days[k] <= length:
+            k += 1
+        return True, days[k] + start_offset + length
+    if j < len(days):
+        return False, days[j] + start_offset
+    return False, None
+
+
 def activity(p: PurchaseDays, now_ms: int, config: IndicatorConfig) -> tuple[int, int | None]:
     """The customer's activity flags at event time ``now_ms`` and the next event time one flips (None: never
     without a new purchase). Day resolution: "within A days" at day t means a purchase day in (t − A, t].
@@ -232,13 +261,13 @@ def activity(p: PurchaseDays, now_ms: int, config: IndicatorConfig) -> tuple[int
     if len(recent) >= 2 and today - a < recent[-2]:
         flags |= REPEAT
         flips.append(recent[-2] + a)
-    span = _first_interval_ending_after(p, period, a, today)
-    if span is not None:
-        s, e = span
-        if s <= today:
-            flags |= ACTIVE_AT_START
-            flips.append(e)
-        else:
-            flips.append(s)
-    future = [d for d in flips if d > today]
-    return flags, min(future) * DAY_MS if future else None
+    at_start, change = _active_at_start(p, period, a, today)
+    if at_start:
+        flags |= ACTIVE_AT_START
+    if change is not None:
+        flips.append(change)
+    nxt = None  # the earliest later flip (a loop, not a list of the later ones: every assessment asks)
+    for d in flips:
+        if d > today and (nxt is None or d < nxt):
+            nxt = d
+    return flags, None if nxt is None else nxt * DAY_MS

@@ -257,8 +257,11 @@ class Ranking:
         return p
 
     def forget(self, dimension: int) -> None:
-        """A member's key of ``dimension`` moved: its memoised percentiles are stale."""
+        """A member's key of ``dimension`` moved: its memoised percentiles (and its union's prefix table) are stale."""
         self._memo[dimension].clear()
+        union = self._unions[dimension]
+        if union is not None:
+            union.reset()
 
     def _straddles(self, dimension: int, key: int) -> bool:
         """Whether a threshold's rank lies inside ``key``'s bucket (over all parts): only then can the order

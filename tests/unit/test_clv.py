@@ -384,3 +384,27 @@ def test_signals_in_line_equal_the_documented_functions(history, now_day, revenu
     now_ms = now_day * DAY_MS + 12_345
     expected = _composed(h, now_ms, revenue, profit, config, lifetime)
     assert clv_signals(h, now_ms, revenue, profit, config, 0.3, lifetime) == expected
+
+
+def test_the_memoised_expected_purchases_are_the_computed_ones_and_the_memo_stays_bounded(monkeypatch):
+    # clv_signals memoises the 2F1 term by (x, days since the first purchase day): hit or miss, the very float
+    # expected_purchases (FHL eq. 10, not memoised) gives; and a full memo starts again rather than growing
+    import scoring.clv as clv_module
+
+    config = ClvConfig()
+    monkeypatch.setattr(clv_module, "_SERIES_MAX", 7)
+    clv_module._SERIES.clear()
+    histories = []
+    for k in range(40):
+        h = PurchaseDays()
+        for day in range(k % 5 + 1):
+            record_purchase(h, 20_000 + day * (k % 7 + 2), 1_000 + 37 * k, config)
+        histories.append(h)
+    unit = config.params.time_unit_days
+    for now_day in (20_090, 20_090, 20_091):
+        for h in histories * 2:
+            got = clv_signals(h, now_day * 86_400_000, 10_000, 3_000, config, 0.3)
+            horizon = config.horizon_days / unit
+            want = clv_module.expected_purchases(config.params.bgnbd, horizon, got.x, got.t_x, got.T, got.p_alive)
+            assert got.expected_purchases == want
+            assert all(len(memo) <= 7 for _, memo in clv_module._SERIES.values())

@@ -24,6 +24,7 @@ from scoring.indicator_sums import (
 from scoring.indicators import (
     DEFAULT_RESPONSE_EDGES_MS,
     IndicatorConfig,
+    _active_at_start,
     _first_interval_ending_after,
     _intervals,
     activity,
@@ -219,6 +220,10 @@ def test_the_first_interval_after_today_is_the_merged_intervals_one(days, offset
     today = TODAY + offset
     expected = next(((s, e) for s, e in _intervals(history, start_offset, length) if e > today), None)
     assert _first_interval_ending_after(history, start_offset, length, today) == expected
+    # the activity flag's shortcut: in that interval today, and where that changes (its end, else its start)
+    at_start = expected is not None and expected[0] <= today
+    change = None if expected is None else expected[1] if at_start else expected[0]
+    assert _active_at_start(history, start_offset, length, today) == (at_start, change)
 
 
 # --- lateness, decoding -----------------------------------------------------------------

@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scoring.rank import ExactIndex, RankIndex, RfmKeys, percentile
+from scoring.rank import ExactIndex, RankIndex, RfmKeys, Union, percentile
 
 
 def naive(parts, key: int) -> float | None:
@@ -87,3 +87,45 @@ def test_ranking_percentiles_equal_each_index_ranked_alone(members, vip_value, s
         assert ranking.percentile(2, k.m) == percentile([p.m for p in parts], k.m)
         assert ranking.percentile(3, k.v) == percentile([p.v for p in parts], k.v)
         assert ranking.percentile(3, k.m) == percentile([p.v for p in parts], k.m)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.lists(st.integers(-5, 300), max_size=40), min_size=1, max_size=4),
+    st.lists(st.lists(st.integers(-1000, 10**9), max_size=40), min_size=1, max_size=4),
+    st.lists(st.booleans(), min_size=4, max_size=4),
+    st.lists(st.integers(-1000, 10**9), min_size=1, max_size=60),
+    st.lists(st.tuples(st.integers(0, 3), st.integers(-1000, 10**9)), max_size=6),
+)
+def test_a_union_asked_often_ranks_from_its_prefix_table_the_same(ranked, values, snapshot, keys, moves):
+    # enough lookups build the table (a batch re-scoring hundreds of customers); after a part moved, reset()
+    # makes the union count from the parts again
+    r_parts = []
+    for vs in ranked:
+        index = RankIndex(256)
+        for v in vs:
+            index.add(v)
+        r_parts.append(index)
+    k = RfmKeys()
+    m_parts = []
+    for i, vs in enumerate(values):
+        index = k.m_index()
+        for v in vs:
+            index.add(v)
+        if snapshot[i]:
+            counts = index.counts()
+            index = ExactIndex.from_snapshot(k.m_key, k.m_size, counts, index.encode_values(sorted(counts)[::2]))
+        m_parts.append(index)
+    r_union, m_union = Union(r_parts), Union(m_parts)
+    asked = keys * 3 + [v for vs in values for v in vs]
+    for key in asked:
+        assert r_union.percentile(key % 320 - 10) == naive(r_parts, key % 320 - 10)
+        assert m_union.percentile(key) == naive(m_parts, key)
+    if any(p.total for p in r_parts) and len(asked) * len(r_parts) * 16 >= r_union._items:
+        assert r_union._table is not None  # the lookups paid for it: built
+    for part, value in moves:
+        if part < len(m_parts) and m_parts[part].complete:
+            m_parts[part].add(value)
+            m_union.reset()
+            for key in keys:
+                assert m_union.percentile(key) == naive(m_parts, key)
