@@ -281,7 +281,7 @@ def decode_state(raw: bytes | None) -> CustomerState:
         return CustomerState()
     first = raw[0]
     if first == FORMAT_VERSION:
-        return _decode_customer(_decoder.decode(memoryview(raw)[1:]))
+        return _decode_customer(_decoder.decode(raw[1:]))
     if first == _LEGACY_FIRST:
         return _decode_orjson(raw)
     raise ValueError(f"unknown customer state format {first:#04x} (a newer writer, or not a state record)")
