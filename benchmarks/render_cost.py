@@ -8,8 +8,9 @@ Usage::
 runs the same seeded batches (``processor_cost.inputs``), keeps what each profile of the timed batches was
 rendered from (the customer, its encoded state, the clock, CLV and churn), then replays those renderings under
 ``valgrind --tool=callgrind`` and prints instructions per profile of ``render_profile``, the at-risk
-``index_entry``, ``pack_profile`` (the HSET, the VIP score, the index entry) and ``pack_batch`` (the batch's
-buffer: the VIP set and the at-risk script), each dumped on its own by a client request. Needs valgrind, its
+``index_entry``, ``pack_profile`` (the HSET, the VIP score, the index entry), ``pack_batch`` (the batch's
+buffer: the VIP set and the at-risk script), and the state codec's ``encode_state`` and ``decode_state`` of
+the same customers' states, each dumped on its own by a client request. Needs valgrind, its
 headers and ``cc``.
 """
 
@@ -36,7 +37,7 @@ void part_start(void) { CALLGRIND_ZERO_STATS; CALLGRIND_START_INSTRUMENTATION; }
 void part_dump(const char *name) { CALLGRIND_DUMP_STATS_AT(name); }
 void part_stop(void) { CALLGRIND_STOP_INSTRUMENTATION; }
 """
-PARTS = ("render_profile", "index_entry", "pack_profile", "pack_batch")
+PARTS = ("render_profile", "index_entry", "pack_profile", "pack_batch", "encode_state", "decode_state")
 
 
 def _helper() -> ctypes.CDLL:
@@ -83,7 +84,7 @@ def replay(path: str) -> None:
     from pulse_config.settings import Settings
     from schemas.profile import render_profile
     from streams.at_risk import index_entry
-    from streams.codec import decode_state
+    from streams.codec import decode_state, encode_state
     from streams.sinks.redis_profiles import pack_batch, pack_profile
 
     settings = Settings(_env_file=None)
@@ -104,7 +105,15 @@ def replay(path: str) -> None:
     helper.part_dump(b"pack_profile")
     pack_batch(packed, prefix)
     helper.part_dump(b"pack_batch")
+    # the state codec on the same customers (the checkpoint encodes each written state; a load that misses the
+    # state cache decodes it): results kept, so no part pays for freeing another's
+    states = [state for _, state, _, _, _ in items]
+    encoded = [encode_state(state) for state in states]
+    helper.part_dump(b"encode_state")
+    decoded = [decode_state(raw) for raw in encoded]
+    helper.part_dump(b"decode_state")
     helper.part_stop()
+    del decoded
 
 
 def count(path: str) -> dict[str, int]:

@@ -25,9 +25,11 @@ from pulse_config.settings import Settings
 from scoring.churn import ChurnState
 from scoring.clv import PurchaseDays
 from scoring.customer import CustomerState, EventFacts, apply_event
+from scoring.episodes import Episode, EpisodeState, PendingAction
 from scoring.orders import OrderFact, OrderState
 from scoring.tickets import Folded, ServiceState, TicketFact
 from scoring.voice import SEVERITIES, ComplaintFact, SurveyFact, VoiceState
+from streams import codec
 from streams.codec import FORMAT_VERSION, LAYOUTS, decode_state, encode_state, encode_state_orjson
 from testing.templates import template_states
 
@@ -604,3 +606,52 @@ def test_the_optional_clv_is_left_out_while_unset_and_kept_when_set() -> None:
     with_clv = dataclasses.replace(GOLDEN_STATE_OUTBOX, clv_cents=123_456)
     raw = encode_state(with_clv)
     assert len(raw) > len(GOLDEN_V1_OUTBOX) and decode_state(raw) == with_clv
+
+
+EPISODE_STATES = st.builds(
+    EpisodeState,
+    episodes=st.lists(
+        st.builds(
+            Episode,
+            first_alert=INT,
+            last_alert=INT,
+            raised_ms=INT,
+            level=TEXT,
+            status=TEXT,
+            owner=st.none() | TEXT,
+            outcome=st.none() | TEXT,
+            closed_ms=OPT,
+            purchased_ms=OPT,
+            recovered_cents=INT,
+            destinations=st.lists(TEXT, max_size=4),
+            settled=st.booleans(),
+        ),
+        max_size=3,
+    ),
+    pending=st.lists(
+        st.builds(
+            PendingAction,
+            at_ms=INT,
+            alert=INT,
+            action=TEXT,
+            assignee=st.none() | TEXT,
+            outcome=st.none() | TEXT,
+            destination=st.none() | TEXT,
+        ),
+        max_size=3,
+    ),
+    totals=st.dictionaries(TEXT, INT, max_size=3),
+    suppressed=INT,
+    stale_actions=INT,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(STATES, OPT, st.none() | EPISODE_STATES)
+def test_the_generated_encoder_writes_what_the_layout_walk_writes(state, clv_cents, episodes) -> None:
+    """``encode_state`` runs a function generated from the layouts (``_Positional.compiled_encode``, for speed,
+    issue 18); the field-by-field walk it replaced (``_Positional.encode``) stays the definition of the bytes."""
+    state = dataclasses.replace(state, clv_cents=clv_cents, episodes=episodes)
+    raw = encode_state(state)
+    assert raw == bytes([FORMAT_VERSION]) + msgspec.msgpack.encode(codec._CUSTOMER.encode(state))
+    assert decode_state(raw) == state

@@ -184,3 +184,41 @@ def test_the_worker_renders_records_that_read_back_as_the_edge_model():
         assert profile.value("revenue") == str(want.revenue) and profile.value("profit") == str(want.profit)
         assert profile.model() == want
         assert render_profile(key.decode(), state, now, CONFIG, CURRENCY, *assessed[key]) == profile
+
+
+WINDOW_DAYS = CONFIG.voice.complaint_window_days
+BUCKET_DAYS = CONFIG.orders.revenue_bucket_days
+WINDOW_BUCKETS = CONFIG.orders.window_buckets
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(st.integers(-2, WINDOW_DAYS + 2), st.tuples(st.integers(1, 5), st.integers(0, 3)), max_size=5),
+    st.dictionaries(st.integers(-2, WINDOW_BUCKETS + 2), st.integers(-50_000, 50_000), max_size=6),
+    st.integers(0, DAY_MS - 1),
+)
+def test_the_windows_at_their_edges(days_back, buckets_back, time_of_day):
+    """The renderer counts the complaint window and sums the revenue window itself (not through
+    ``voice_signals`` and ``window_revenue_cents``, for speed): days and buckets on either side of each
+    window's first and last day, as the edge model (the scorers' functions) counts them."""
+    today = 20_000
+    now = today * DAY_MS + time_of_day
+    current = now // (BUCKET_DAYS * DAY_MS)
+    state = TEMPLATES.states[2]
+    voice = replace(state.voice, complaint_days={today - back: [n, sev] for back, (n, sev) in days_back.items()})
+    orders = replace(state.orders, revenue_buckets={current - back: c for back, c in buckets_back.items()})
+    check("edges", replace(state, voice=voice, orders=orders), now)
+
+
+@pytest.mark.parametrize("count", [0, 1, 1023, 1024, 10**6, -1])
+def test_counts_inside_and_outside_the_table_of_small_numbers(count):
+    state = TEMPLATES.states[3]
+    state = replace(
+        state,
+        orders=replace(state.orders, orders=max(count, 1), refunds=count),
+        voice=replace(state.voice, complaints_total=count),
+        churn=replace(state.churn, alerts=count),
+        events={"order": count, "survey": 1},
+    )
+    fields = check("counts", state, TEMPLATES.clock_ms)
+    assert fields["churn_alerts"] == str(count) and fields["events_total"] == str(count + 1)
