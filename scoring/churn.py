@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from scoring.clv import ClvSignals, PurchaseDays, p_alive_below_at
 from scoring.frozen import Value
+from scoring.memo import ConfigMemo
 from scoring.orders import OrderState
 from scoring.tickets import ServiceState, service_risk
 from scoring.units import DAY_MS
@@ -200,30 +201,21 @@ def _p_alive_drop_ms(i: ChurnInputs, ctx: ScoringConfig) -> int | None:
         return None
     # days from the first purchase day to the drop: a function of (x, t_x) alone, memoised per configuration (a
     # customer re-assessed without a new purchase day asks the same, and x and t_x take few values)
-    entry = _DROPS.get(id(ctx))
-    if entry is None or entry[0] is not ctx:
-        if len(_DROPS) >= _DROP_CONFIGS_MAX:
-            _DROPS.clear()
-        entry = _DROPS[id(ctx)] = (ctx, {})
-    memo = entry[1]
+    memo = P_ALIVE_DROP_MEMO.of(ctx)
     key = (i.clv.x, i.clv.t_x)
     days = memo.get(key, _UNKNOWN)
     if days is _UNKNOWN:
         params = ctx.clv.params
         crossing = p_alive_below_at(params.bgnbd, i.clv.x, i.clv.t_x, ctx.churn.p_alive_threshold)
         days = None if crossing is None else math.floor(crossing * params.time_unit_days) + 1
-        if len(memo) >= _DROPS_MAX:
-            memo.clear()
-        memo[key] = days
+        P_ALIVE_DROP_MEMO.put(memo, key, days)
     if days is None:
         return None
     return (first + days) * DAY_MS  # type: ignore[operator]
 
 
-#: id(config) -> (config, (x, t_x) -> whole days from the first purchase day to P(alive)'s drop, None: never)
-_DROPS: dict[int, tuple[ScoringConfig, dict[tuple[int, float], int | None]]] = {}
-_DROPS_MAX = 1 << 16
-_DROP_CONFIGS_MAX = 64
+#: per configuration, (x, t_x) -> whole days from the first purchase day to P(alive)'s drop (None: never)
+P_ALIVE_DROP_MEMO: ConfigMemo[tuple[int, float], int | None] = ConfigMemo(1 << 16)
 _UNKNOWN = object()
 
 

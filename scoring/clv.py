@@ -27,6 +27,7 @@ from decimal import Decimal
 from scipy.special import hyp2f1
 
 from scoring.frozen import Value
+from scoring.memo import ConfigMemo
 from scoring.units import DAY_MS
 
 DAYS_PER_YEAR = 365.25
@@ -360,23 +361,9 @@ def lifetime_from_churn(period_churn_rate: float | None, period_days: int) -> fl
     return 1.0 / annual
 
 
-#: id(config) -> (config, (x, whole days from the first purchase day to now) -> (a+b+x−1)/(a−1) · the bracket of
-#: ``_expected_purchases``): the configurations seen, kept alive with their memo so that an id is not reused
-_SERIES: dict[int, tuple[ClvConfig, dict[tuple[int, int], float]]] = {}
-#: entries per configuration (~7 MB): repeat purchase days times days of tenure that occur; when full it starts
-#: again (the pairs move on by a day a day), so a long-running worker keeps memoising the current ones
-_SERIES_MAX = 1 << 16
-_SERIES_CONFIGS_MAX = 64
-
-
-def _series_memo(config: ClvConfig) -> dict[tuple[int, int], float]:
-    """The expected-purchases memo of ``config`` (its parameters and horizon)."""
-    entry = _SERIES.get(id(config))
-    if entry is None or entry[0] is not config:
-        if len(_SERIES) >= _SERIES_CONFIGS_MAX:
-            _SERIES.clear()
-        entry = _SERIES[id(config)] = (config, {})
-    return entry[1]
+#: per configuration, (x, whole days from the first purchase day to now) -> (a+b+x−1)/(a−1) · the bracket of
+#: ``expected_purchases``; 65,536 entries each (~7 MB): repeat purchase days times days of tenure that occur
+EXPECTED_PURCHASES_MEMO: ConfigMemo[tuple[int, int], float] = ConfigMemo(1 << 16)
 
 
 def clv_signals(
@@ -425,7 +412,7 @@ def clv_signals(
     else:
         # (a+b+x−1)/(a−1) · bracket is a function of x and T alone (whole days since the first purchase day):
         # memoised (the 2F1 call was a third of this function, issue 18); times ``alive`` as before, the same float
-        memo = _series_memo(config)
+        memo = EXPECTED_PURCHASES_MEMO.of(config)
         days = now_day - first
         scaled = memo.get((x, days))
         if scaled is None:
@@ -434,9 +421,7 @@ def clv_signals(
             series = float(hyp2f1(a + b - 1 - bg.r, a - 1, a + b + x - 1, w))
             bracket = 1.0 - math.exp((a - 1) * math.log1p(-w)) * series
             scaled = (a + b + x - 1) / (a - 1) * bracket
-            if len(memo) >= _SERIES_MAX:
-                memo.clear()  # the pairs of earlier days go (a customer's days grow by one a day)
-            memo[(x, days)] = scaled
+            EXPECTED_PURCHASES_MEMO.put(memo, (x, days), scaled)
         purchases = scaled * alive
     gg = params.gamma_gamma
     if x <= 0:

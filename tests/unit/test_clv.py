@@ -392,8 +392,8 @@ def test_the_memoised_expected_purchases_are_the_computed_ones_and_the_memo_stay
     import scoring.clv as clv_module
 
     config = ClvConfig()
-    monkeypatch.setattr(clv_module, "_SERIES_MAX", 7)
-    clv_module._SERIES.clear()
+    monkeypatch.setattr(clv_module.EXPECTED_PURCHASES_MEMO, "entries_max", 7)
+    clv_module.EXPECTED_PURCHASES_MEMO.clear()
     histories = []
     for k in range(40):
         h = PurchaseDays()
@@ -407,4 +407,4 @@ def test_the_memoised_expected_purchases_are_the_computed_ones_and_the_memo_stay
             horizon = config.horizon_days / unit
             want = clv_module.expected_purchases(config.params.bgnbd, horizon, got.x, got.t_x, got.T, got.p_alive)
             assert got.expected_purchases == want
-            assert all(len(memo) <= 7 for _, memo in clv_module._SERIES.values())
+            assert all(len(memo) <= 7 for memo in clv_module.EXPECTED_PURCHASES_MEMO.memos())
