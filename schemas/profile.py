@@ -25,7 +25,7 @@ from scoring.episodes import EpisodeState
 from scoring.orders import MONTH_MS, OrderSignals, _average_cents, order_signals, window_revenue_cents
 from scoring.tickets import HOUR_MS, ServiceSignals, service_signals
 from scoring.units import DAY_MS
-from scoring.voice import SEVERITIES, VoiceSignals, nps_category, voice_signals
+from scoring.voice import SEVERITIES, VoiceSignals, complaints_in_window, nps_category, voice_signals
 
 
 def cents_to_money(cents: int) -> Decimal:
@@ -480,15 +480,8 @@ def _render(
     voice = state.voice
     nps = voice.nps
     days = voice.complaint_days
-    if days:  # complaints in the window, as scoring.voice.voice_signals counts them
-        today = now_ms // DAY_MS
-        oldest = today - complaint_days_window
-        count, worst = 0, None
-        for day, (complaints, severity) in days.items():
-            if oldest < day <= today:
-                count += complaints
-                if worst is None or severity > worst:
-                    worst = severity
+    if days:  # complaints in the window, without the other voice signals
+        count, worst = complaints_in_window(days, now_ms, complaint_days_window)
         complaints_window, worst_severity = str(count), "" if worst is None else SEVERITIES[worst]
     else:
         complaints_window, worst_severity = "0", ""

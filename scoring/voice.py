@@ -7,6 +7,7 @@ CSAT answer, and complaint counts in day buckets pruned to the window.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from scoring.frozen import Value
@@ -123,22 +124,34 @@ class VoiceSignals(Value, frozen=True):
     complaints_total: int
 
 
+def complaints_in_window(days: Mapping[int, list[int]], now_ms: int, window_days: int) -> tuple[int, int | None]:
+    """Complaints in the window of the last ``window_days`` days (day resolution: the day of ``now_ms`` and the
+    days before it) and the worst severity among them (an index of ``SEVERITIES``; None: none). One definition
+    for the signals and the profile's renderer, which calls it without building the other signals."""
+    today = now_ms // DAY_MS
+    oldest = today - window_days
+    count, worst = 0, None
+    for day, (complaints, severity) in days.items():
+        if oldest < day <= today:
+            count += complaints
+            if worst is None or severity > worst:
+                worst = severity
+    return count, worst
+
+
 def voice_signals(state: VoiceState, now_ms: int, config: VoiceConfig) -> VoiceSignals:
     """Indicators at event time ``now_ms``; the complaint window is the last ``complaint_window_days`` days
     (day resolution: the day of ``now_ms`` and the days before it)."""
     latest = state.nps[0][1] if state.nps else None
-    today = now_ms // DAY_MS
-    days = state.complaint_days  # most customers have none: no generators then
-    window = config.complaint_window_days
-    in_window = [b for d, b in days.items() if today - window < d <= today] if days else []
-    worst = max([b[1] for b in in_window]) if in_window else None
+    days = state.complaint_days  # most customers have none
+    count, worst = complaints_in_window(days, now_ms, config.complaint_window_days) if days else (0, None)
     return VoiceSignals(
         nps=latest,
         nps_category=None if latest is None else nps_category(latest, config),
         nps_previous=state.nps[1][1] if len(state.nps) > 1 else None,
         csat=None if state.csat is None else state.csat[1],
         csat_satisfied=None if state.csat is None else state.csat[1] >= config.csat_satisfied_min,
-        complaints_window=sum([b[0] for b in in_window]) if in_window else 0,
+        complaints_window=count,
         complaint_worst_severity=None if worst is None else SEVERITIES[worst],
         complaints_total=state.complaints_total,
     )
