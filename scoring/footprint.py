@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections import Counter
 from functools import lru_cache
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from scoring.customer import CustomerState, indicator_contribution
 from scoring.episodes import SAVE_TAGS, Episode, EpisodeState, state_tallies
@@ -85,6 +85,8 @@ def tags(state: CustomerState) -> Tags:
 #: ``NOT_COUNTED``: a customer counted nowhere (not in a partition yet), no tags
 TagKey = tuple[object, ...]
 NOT_COUNTED: TagKey = ()
+#: one kept episode in a ``TagKey``
+_EpisodeKey = tuple[str, str, str | None, bool, bool, tuple[str, ...], int]
 
 
 def tag_key(state: CustomerState) -> TagKey:
@@ -146,6 +148,7 @@ def retag(before: TagKey, after: TagKey) -> FootprintDiff:
 def _episode_tags_of(key: TagKey) -> tuple[tuple[str, int], ...]:
     """The save-rate tallies (scoring.episodes.state_tallies) of the episodes' part of a ``tag_key`` (the folded
     totals, then each kept episode) as sorted ``(tag, n)`` pairs."""
+    kept = cast("tuple[_EpisodeKey, ...]", key[1:])
     episodes = [
         Episode(
             level=level,
@@ -156,9 +159,9 @@ def _episode_tags_of(key: TagKey) -> tuple[tuple[str, int], ...]:
             destinations=list(destinations),
             recovered_cents=recovered,
         )
-        for level, status, outcome, purchased, settled, destinations, recovered in key[1:]  # type: ignore[misc]
+        for level, status, outcome, purchased, settled, destinations, recovered in kept
     ]
-    totals: dict[str, int] = dict(key[0])  # type: ignore[call-overload]
+    totals = dict(cast("tuple[tuple[str, int], ...]", key[0]))
     return tuple(sorted(state_tallies(EpisodeState(episodes=episodes, totals=totals)).items()))
 
 
