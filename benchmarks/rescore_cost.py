@@ -10,10 +10,11 @@ after their latest event, in groups of ``--group`` (default 450: a live batch of
 many customers) with a fresh ``Ranking`` per group, as each batch builds one (so the rank lookups miss the
 batch's memo as they do live). Parts: ``rescore`` (the whole ``_rescore``: RFM, VIP, CLV, churn, episodes,
 activity flags, due time), ``rank`` (``scoring.population.rescore`` alone), ``assess`` (``assess_customer``:
-CLV and the churn signals), ``tags`` (one tallied footprint). Each part runs in a child process under
-``valgrind --tool=callgrind`` with instrumentation on only around the second of two passes (the first warms
-caches and memos as a running worker has them), so the count does not depend on the load of the box. Needs
-valgrind, its headers and ``cc`` (the helper of ``processor_cost``).
+CLV and the churn signals), ``tags`` (one tallied footprint), ``tag_key`` (what the processor takes instead,
+twice per customer: the tallies' inputs, compared; the tags are expanded only when they differ). Each part
+runs in a child process under ``valgrind --tool=callgrind`` with instrumentation on only around the second of
+two passes (the first warms caches and memos as a running worker has them), so the count does not depend on
+the load of the box. Needs valgrind, its headers and ``cc`` (the helper of ``processor_cost``).
 """
 
 from __future__ import annotations
@@ -31,13 +32,13 @@ from benchmarks.processor_cost import PARTITIONS, _helper, cloned_processor, inp
 
 HOUR_MS = 3_600_000
 CUSTOMERS = 5_000
-NAMES = ("rescore", "rank", "assess", "tags")
+NAMES = ("rescore", "rank", "assess", "tags", "tag_key")
 
 
 def _child(part: str, data_file: str, group: int) -> None:
     from pulse_config.settings import Settings
     from scoring.customer import assess_customer
-    from scoring.footprint import TAGS, footprint
+    from scoring.footprint import TAGS, footprint, tag_key
     from scoring.population import rescore
     from scoring.rfm import Ranking
     from streams.codec import decode_state
@@ -68,8 +69,10 @@ def _child(part: str, data_file: str, group: int) -> None:
                     rescore(state, ranking, config.rfm)
                 elif part == "assess":
                     assess_customer(state, now, processor._gap_days, config, processor._lifetime_years)
-                else:
+                elif part == "tags":
                     footprint(state, config.rfm, TAGS)
+                else:
+                    tag_key(state)
         if helper is not None:
             helper.pulse_stop()
 

@@ -23,7 +23,7 @@ from scoring.clv import ClvSignals, value_at_risk_cents
 from scoring.customer import CustomerState, ScoringConfig, assess_customer
 from scoring.episodes import EpisodeState
 from scoring.orders import MONTH_MS, OrderSignals, _average_cents, order_signals, window_revenue_cents
-from scoring.tickets import HOUR_MS, ServiceSignals, service_signals
+from scoring.tickets import HOUR_MS, ServiceSignals, service_fields, service_signals
 from scoring.units import DAY_MS
 from scoring.voice import SEVERITIES, VoiceSignals, complaints_in_window, nps_category, voice_signals
 
@@ -488,16 +488,19 @@ def _render(
     csat = voice.csat
     service = state.service
     if service.tickets:
-        t = service_signals(service, now_ms, config.service)
+        # service_signals' fields as a tuple: no ServiceSignals built to read its fields back
+        n_tickets, n_open, reopens, breaches, mean_h, first_h, resolution_h, oldest_h = service_fields(
+            service, now_ms, config.service
+        )
         tickets = (
-            str(t.tickets_total),
-            str(t.open_tickets),
-            str(t.reopened_total),
-            str(t.sla_breaches),
-            _float(t.first_response_hours_mean),
-            _float(t.last_first_response_hours),
-            _float(t.last_resolution_hours),
-            _float(t.oldest_open_ticket_hours),
+            str(n_tickets),
+            str(n_open),
+            str(reopens),
+            str(breaches),
+            _float(mean_h),
+            _float(first_h),
+            _float(resolution_h),
+            _float(oldest_h),
         )
     else:  # as scoring.tickets.service_signals without ticket records (most customers)
         f = service.folded

@@ -335,14 +335,19 @@ NO_CLV = ClvSignals(
 def margin(revenue_cents: int, profit_cents: int, default_margin: Decimal | float) -> float:
     """The customer's own gross margin (profit / revenue), else the default; clamped to [0, 1]."""
     share = profit_cents / revenue_cents if revenue_cents > 0 else float(default_margin)
-    return min(1.0, max(0.0, share))
+    # min(1.0, max(0.0, share)) as comparisons (a builtin call is ~700-900 instructions): max keeps 0.0 unless
+    # share is above it, min keeps 1.0 unless the result is below it, so the same float (and 0.0 for -0.0)
+    share = share if share > 0.0 else 0.0
+    return share if share < 1.0 else 1.0
 
 
 def value_at_risk_cents(revenue_cents: int, cost_cents: int, window_cents: int, default_margin: Decimal | float) -> int:
     """The yearly profit that leaves with a churning customer: the revenue window's net revenue × the customer's
     margin. One function for the alert's ``value_at_risk`` and the profile's, so the at-risk queue (sorted by the
     profile's) and the alerts agree."""
-    return round(max(0, window_cents) * margin(revenue_cents, revenue_cents - cost_cents, default_margin))
+    if window_cents <= 0:
+        return 0  # round(max(0, window) × a margin in [0, 1]) without the margin (nor a Decimal made a float)
+    return round(window_cents * margin(revenue_cents, revenue_cents - cost_cents, default_margin))
 
 
 def lifetime_from_churn(period_churn_rate: float | None, period_days: int) -> float | None:

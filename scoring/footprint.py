@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections import Counter
 from functools import lru_cache
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from scoring.customer import CustomerState, indicator_contribution
 from scoring.episodes import SAVE_TAGS, Episode, EpisodeState, state_tallies
@@ -76,47 +76,79 @@ def tags(state: CustomerState) -> Tags:
     """What the per-partition tallies count a customer under (metrics: segments, VIPs, risk levels; and the
     population indicators' activity flags, shipped in the snapshots). A plain tag counts 1; a ``(tag, n)`` pair
     counts n: the alert episodes' save-rate tallies (scoring.episodes), whose revenue recovered is a sum."""
-    # the plain tags are a function of four small-domain values, computed twice per re-scored customer: memoised
-    of = (state.churn.level, state.activity, state.segment, state.vip)
-    found = _TAGS.get(of)
-    if found is None:
-        found = _tags(*of)
-        if len(_TAGS) < _TAGS_MAX:
-            _TAGS[of] = found
-    if state.episodes is not None:
-        return (*found, *_episode_tags(state.episodes))
-    return found
+    return tags_of(tag_key(state))
 
 
-def _episode_tags(episodes: EpisodeState) -> tuple[tuple[str, int], ...]:
-    """The save-rate tallies of the customer's alert episodes as sorted ``(tag, n)`` pairs, memoised by what
-    they are made of (``scoring.episodes.episode_tallies``: level, action, result, destinations, revenue
-    recovered; and the folded totals): built per re-scored customer twice, they were the top of its profile."""
-    return _episode_tags_of(
-        tuple(episodes.totals.items()),
-        tuple(
-            [
-                (
-                    e.level,
-                    e.status,
-                    e.outcome,
-                    e.purchased_ms is not None,
-                    e.settled,
-                    tuple(e.destinations),
-                    e.recovered_cents,
-                )
-                for e in episodes.episodes
-            ]
-        ),
-    )
-
-
-#: what ``_episode_tags`` keys a state's episodes by
+#: what ``tags`` is a function of (``tag_key``): risk level, activity flags, segment, VIP, then None (no
+#: episodes) or the episodes' folded totals and one tuple per kept episode (level, status, outcome, purchased?,
+#: settled, destinations, revenue recovered: ``scoring.episodes.episode_tallies`` reads nothing else);
+#: ``NOT_COUNTED``: a customer counted nowhere (not in a partition yet), no tags
+TagKey = tuple[object, ...]
+NOT_COUNTED: TagKey = ()
+#: one kept episode in a ``TagKey``
 _EpisodeKey = tuple[str, str, str | None, bool, bool, tuple[str, ...], int]
 
 
+def tag_key(state: CustomerState) -> TagKey:
+    """The inputs of ``state``'s tags, as one hashable key: a re-scored customer's tags are taken before and after
+    (streams.processor ``tags_before``), and most keep theirs, so the processor compares the keys and expands the
+    tags (``tags_of``, memoised) only when they differ, rather than building and comparing the tags twice."""
+    episodes = state.episodes
+    if episodes is None:
+        return (state.churn.level, state.activity, state.segment, state.vip, None)
+    totals = episodes.totals
+    key: list[object] = [
+        state.churn.level,
+        state.activity,
+        state.segment,
+        state.vip,
+        tuple(totals.items()) if totals else (),
+    ]
+    for e in episodes.episodes:  # a loop, not a comprehension: no function object per call (3.11)
+        key.append(
+            (
+                e.level,
+                e.status,
+                e.outcome,
+                e.purchased_ms is not None,
+                e.settled,
+                tuple(e.destinations) if e.destinations else (),
+                e.recovered_cents,
+            )
+        )
+    return tuple(key)
+
+
+def tags_of(key: TagKey) -> Tags:
+    """The tags of a ``tag_key`` (``NOT_COUNTED``: none): the plain ones memoised by (level, flags, segment,
+    VIP), a few hundred combinations; the episodes' tallies by their key, bounded least recently used."""
+    if not key:
+        return ()
+    of = key[:4]
+    found = _TAGS.get(of)
+    if found is None:
+        found = _tags(*of)  # type: ignore[arg-type]
+        if len(_TAGS) < _TAGS_MAX:
+            _TAGS[of] = found
+    if key[4] is None:
+        return found
+    return (*found, *_episode_tags_of(key[4:]))
+
+
+def retag(before: TagKey, after: TagKey) -> FootprintDiff:
+    """The tallies' change of a customer whose tag key went from ``before`` to ``after``: ``diff`` of its
+    ``TAGS`` footprints, from the keys (equal keys: equal tags, nothing to expand)."""
+    if before == after:
+        return NO_CHANGE
+    old, new = tags_of(before), tags_of(after)
+    return NO_CHANGE if old == new else _new(FootprintDiff, (None, NO_GAP, None, (old, new)))
+
+
 @lru_cache(maxsize=8192)
-def _episode_tags_of(totals: tuple[tuple[str, int], ...], kept: tuple[_EpisodeKey, ...]) -> tuple[tuple[str, int], ...]:
+def _episode_tags_of(key: TagKey) -> tuple[tuple[str, int], ...]:
+    """The save-rate tallies (scoring.episodes.state_tallies) of the episodes' part of a ``tag_key`` (the folded
+    totals, then each kept episode) as sorted ``(tag, n)`` pairs."""
+    kept = cast("tuple[_EpisodeKey, ...]", key[1:])
     episodes = [
         Episode(
             level=level,
@@ -129,11 +161,12 @@ def _episode_tags_of(totals: tuple[tuple[str, int], ...], kept: tuple[_EpisodeKe
         )
         for level, status, outcome, purchased, settled, destinations, recovered in kept
     ]
-    return tuple(sorted(state_tallies(EpisodeState(episodes=episodes, totals=dict(totals))).items()))
+    totals = dict(cast("tuple[tuple[str, int], ...]", key[0]))
+    return tuple(sorted(state_tallies(EpisodeState(episodes=episodes, totals=totals)).items()))
 
 
 #: the plain tags by (risk level, activity flags, segment, VIP): a few hundred combinations; bounded all the same
-_TAGS: dict[tuple[str, int, str | None, bool], tuple[str, ...]] = {}
+_TAGS: dict[TagKey, tuple[str, ...]] = {}
 _TAGS_MAX = 4096
 
 

@@ -198,7 +198,10 @@ def _breached(t: list[int | None], now_ms: int, config: ServiceConfig) -> bool:
 def _hours_between(t: list[int | None], start: int, end: int) -> float | None:
     """Hours from mark ``start`` to mark ``end`` of a ticket record (0 if out of order; None if either is missing)."""
     a, b = t[start], t[end]
-    return None if a is None or b is None else max(0, b - a) / HOUR_MS
+    if a is None or b is None:
+        return None
+    d = b - a
+    return (d if d > 0 else 0) / HOUR_MS  # max(0, d), without the builtin call
 
 
 class ServiceSignals(Value, frozen=True):
@@ -212,13 +215,26 @@ class ServiceSignals(Value, frozen=True):
     oldest_open_ticket_hours: float | None
 
 
+#: ``ServiceSignals``' fields in their order, as ``service_fields`` gives them
+ServiceFields = tuple[int, int, int, int, float | None, float | None, float | None, float | None]
+
+
 def service_signals(state: ServiceState, now_ms: int, config: ServiceConfig) -> ServiceSignals:
+    return ServiceSignals(*service_fields(state, now_ms, config))
+
+
+def service_fields(state: ServiceState, now_ms: int, config: ServiceConfig) -> ServiceFields:
+    """``service_signals``' fields as a plain tuple: the profile's renderer (schemas.profile) formats them
+    straight away, so it builds no value object (a keyword-called Struct) for a customer with tickets."""
     f = state.folded
     if not state.tickets:  # what the general case below gives without tickets (most customers)
         n = f.first_responses
         mean = f.first_response_ms_sum / n / HOUR_MS if n else None
-        return ServiceSignals(f.tickets, 0, f.reopens, f.breaches, mean, None, None, None)
-    # one pass over the tickets (it was eight list passes and two keyed max() calls per profile)
+        return (f.tickets, 0, f.reopens, f.breaches, mean, None, None, None)
+    # one pass over the tickets (it was eight list passes and two keyed max() calls per profile); ``is_open``,
+    # ``_breached`` and ``max(0, x)`` written out in it (three calls per ticket fewer, the same comparisons)
+    fr_sla = config.first_response_sla_hours * HOUR_MS
+    rs_sla = config.resolution_sla_hours * HOUR_MS
     responded = response_ms = reopens = breaches = open_count = 0
     oldest_age: int | None = None
     # ties on time are broken by ticket id, so the result does not depend on arrival order
@@ -228,18 +244,25 @@ def service_signals(state: ServiceState, now_ms: int, config: ServiceConfig) -> 
     for tid, t in state.tickets.items():
         opened, first_response = t[_O], t[_FR]
         if opened is not None and first_response is not None:
-            response_ms += max(0, first_response - opened)
+            waited = first_response - opened
+            response_ms += waited if waited > 0 else 0
             responded += 1
         reopens += t[_N] or 0
-        if _breached(t, now_ms, config):
-            breaches += 1
         if opened is None:
-            continue
+            continue  # not open, not breached (``_breached``)
+        resolved_at, reopened_at = t[_RS], t[_RO]
+        open_now = resolved_at is None or (reopened_at is not None and reopened_at > resolved_at)  # is_open
+        if (first_response if first_response is not None else now_ms) - opened > fr_sla:
+            breaches += 1
+        elif open_now:
+            if now_ms - opened > rs_sla:
+                breaches += 1
+        elif resolved_at is not None and resolved_at - opened > rs_sla:
+            breaches += 1
         key = (opened, tid)
         if opened_key is None or key > opened_key:
             opened_key, last_opened = key, t
-        resolved_at = t[_RS]
-        if is_open(t):
+        if open_now:
             open_count += 1
             age = now_ms - opened
             if oldest_age is None or age > oldest_age:
@@ -249,15 +272,15 @@ def service_signals(state: ServiceState, now_ms: int, config: ServiceConfig) -> 
             if resolved_key is None or key > resolved_key:
                 resolved_key, last_resolved = key, t
     n_resp = responded + f.first_responses
-    return ServiceSignals(
-        tickets_total=len(state.tickets) + f.tickets,
-        open_tickets=open_count,
-        reopened_total=reopens + f.reopens,
-        sla_breaches=breaches + f.breaches,
-        first_response_hours_mean=None if not n_resp else (response_ms + f.first_response_ms_sum) / n_resp / HOUR_MS,
-        last_first_response_hours=None if last_opened is None else _hours_between(last_opened, _O, _FR),
-        last_resolution_hours=None if last_resolved is None else _hours_between(last_resolved, _O, _RS),
-        oldest_open_ticket_hours=None if oldest_age is None else max(0, oldest_age) / HOUR_MS,
+    return (
+        len(state.tickets) + f.tickets,
+        open_count,
+        reopens + f.reopens,
+        breaches + f.breaches,
+        None if not n_resp else (response_ms + f.first_response_ms_sum) / n_resp / HOUR_MS,
+        None if last_opened is None else _hours_between(last_opened, _O, _FR),
+        None if last_resolved is None else _hours_between(last_resolved, _O, _RS),
+        None if oldest_age is None else (oldest_age if oldest_age > 0 else 0) / HOUR_MS,
     )
 
 

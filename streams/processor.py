@@ -55,14 +55,16 @@ from scoring.episodes import (
 from scoring.footprint import (
     KEYS,
     NO_CHANGE,
-    NOTHING,
+    NOT_COUNTED,
     ORDER_PARTS,
     OTHER_PARTS,
-    TAGS,
     Footprint,
+    TagKey,
     diff,
     footprint,
     member_keys,
+    retag,
+    tag_key,
     widen,
 )
 from scoring.frozen import Value
@@ -133,8 +135,8 @@ class BatchOutcome:
     due_checked: int = 0
     #: event times of the valid events of the batch (metrics: event time -> scored latency)
     occurred_ms: list[int] = field(default_factory=list)
-    #: the tallied footprint (scoring.footprint, ``TAGS``) of each changed state when first loaded in the batch
-    tags_before: dict[bytes, Footprint] = field(default_factory=dict)
+    #: the tallies' key (scoring.footprint.tag_key) of each changed state when first loaded in the batch
+    tags_before: dict[bytes, TagKey] = field(default_factory=dict)
     #: CLV and churn of the customers assessed in this batch (the profiles reuse them)
     assessed: dict[bytes, tuple[ClvSignals, ChurnAssessment]] = field(default_factory=dict)
     #: partitions swept in this batch and customers re-scored by the sweep
@@ -326,7 +328,7 @@ class BatchProcessor:
             state = out.states.get(key)
             if state is None:
                 state = load(key)
-                out.tags_before[key] = NOTHING if state.partition is None else footprint(state, rfm, TAGS)
+                out.tags_before[key] = NOT_COUNTED if state.partition is None else tag_key(state)
             part = population_parts.get(record.partition)
             if part is None:
                 part = population_parts[record.partition] = self.population.partition(record.partition)
@@ -480,7 +482,7 @@ class BatchProcessor:
             if state.partition is None:
                 out.count(ACTION, "stale")  # no such customer here: no alert of it to act on
                 return
-            out.tags_before[key] = footprint(state, self.config.rfm, TAGS)
+            out.tags_before[key] = tag_key(state)
         pending = PendingAction(
             at_ms=at,
             alert=alert_number(action.alert_id),
@@ -715,7 +717,7 @@ class BatchProcessor:
         for key, state in out.states.items():
             before = out.tags_before.get(key)
             if before is not None and state.partition is not None:
-                change = diff(before, footprint(state, self.config.rfm, TAGS))
+                change = retag(before, tag_key(state))
                 if change is not NO_CHANGE:  # the usual case: risk level, flags, segment and VIP stayed
                     self.population.partition(state.partition).apply(change)
 
@@ -737,7 +739,7 @@ class BatchProcessor:
             if key in out.states or key in self.quarantined:
                 continue  # assessed with this batch already (and rescheduled), or quarantined
             state = load(key)
-            before = footprint(state, self.config.rfm, TAGS)
+            before = tag_key(state)
             if self._contained(partition, key, state, now, out) is None:
                 continue
             out.tags_before[key] = before
@@ -798,7 +800,7 @@ class BatchProcessor:
             if key in out.states or key in self.quarantined:
                 continue  # scored with this batch already, or quarantined
             state = load(key)
-            before = footprint(state, self.config.rfm, TAGS)
+            before = tag_key(state)
             refresh = chunk.refresh_all or refresh_all
             # churn is time-driven through the due-time index: the sweep re-assesses it only for a customer
             # whose RFM/VIP moved (the alert's context) or whose profile this round re-renders

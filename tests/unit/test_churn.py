@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scoring import churn
 from scoring.churn import ChurnAssessment, ChurnConfig, ChurnReason, ChurnState
@@ -186,3 +190,22 @@ def test_suggested_action_depends_on_vip_and_service_reasons():
     assert churn.suggested_action(False, (ChurnReason(churn.SEVERE_COMPLAINT, "high", "high", ""),)).startswith(
         "resolve"
     )
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.integers(-(10**12), 10**13).map(lambda ms: ms / DAY_MS),
+        st.integers(0, 10**6).map(lambda n: n / 200),  # exact halves of a cent: ties
+        st.floats(-2e11, 2e11),
+    )
+)
+def test_round2_is_round_and_its_str(value: float) -> None:
+    """The reasons' observed values and details (``_round2``): one ".2f" conversion gives what ``round(value, 2)``
+    and its ``str`` gave, down to the sign of a zero and the float's type."""
+    rounded, shown = churn._round2(value)
+    expected = round(value, 2)
+    assert shown == str(expected) and type(rounded) is float
+    assert rounded == expected or (math.isnan(rounded) and math.isnan(expected))
+    assert math.copysign(1.0, rounded) == math.copysign(1.0, expected)

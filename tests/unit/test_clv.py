@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from decimal import Decimal
 
 import orjson
 import pytest
@@ -30,6 +31,7 @@ from scoring.clv import (
     p_alive,
     p_alive_below_at,
     record_purchase,
+    value_at_risk_cents,
 )
 
 BG = DEFAULT_CLV_PARAMS.bgnbd
@@ -327,6 +329,24 @@ def test_margin_is_the_default_without_revenue_and_clamped(revenue: int, profit:
     s = clv_signals(h, 465 * DAY_MS, revenue, profit, CONFIG, 0.3)
     population_value = expected_order_value(GG, 0, None) * 100
     assert s.clv_predictive_cents == round(s.expected_purchases * population_value * margin)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.integers(-(10**9), 10**9),
+    st.integers(-(10**9), 10**9),
+    st.integers(-(10**9), 10**9),
+    st.sampled_from([Decimal("0"), Decimal("0.30"), Decimal("0.333"), Decimal("1"), 0.3, 0.0, 1.0]),
+)
+def test_margin_and_value_at_risk_equal_the_min_max_formula(revenue, cost, window, default) -> None:
+    """``margin`` and ``value_at_risk_cents`` compare instead of calling min/max (and skip the margin for an empty
+    window): the same values as the formula, down to the sign of a zero margin."""
+    share = (revenue - cost) / revenue if revenue > 0 else float(default)
+    expected = min(1.0, max(0.0, share))
+    got = margin(revenue, revenue - cost, default)
+    assert got == expected and math.copysign(1.0, got) == math.copysign(1.0, expected) and type(got) is float
+    at_risk = value_at_risk_cents(revenue, cost, window, default)
+    assert at_risk == round(max(0, window) * expected) and type(at_risk) is int
 
 
 def test_params_in_days_give_the_same_p_alive_as_in_weeks() -> None:

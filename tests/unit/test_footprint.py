@@ -200,18 +200,26 @@ def test_the_parts_an_event_moves():
 
 
 def test_the_memoised_episode_tallies_follow_every_field_they_are_made_of():
-    """``tags`` memoises the save-rate tallies by what ``episode_tallies`` reads: a change of any of those
-    fields gives the tallies computed afresh."""
+    """``tags`` memoises the save-rate tallies by what ``episode_tallies`` reads (``tag_key``): a change of any of
+    those fields gives the tallies computed afresh; and ``retag`` of the keys before and after each change is
+    ``diff`` of the ``TAGS`` footprints (the processor's tallies move by it)."""
+    import copy
+
     from scoring.episodes import Episode, EpisodeState, state_tallies
-    from scoring.footprint import _episode_tags
+    from scoring.footprint import NOT_COUNTED, retag, tag_key, tags
 
     def fresh(state: EpisodeState) -> tuple:
         return tuple(sorted(state_tallies(state).items()))
 
+    config = PLAIN.rfm()
+    customer_state = customer(1, 5_000, 1_700_000_000_000)
+    plain = tags(customer_state)
     episode = Episode(first_alert=1, last_alert=1, level="medium")
     state = EpisodeState(episodes=[episode], totals={"episodes:high:won_back:saved": 1})
-    seen = {_episode_tags(state)}
-    assert _episode_tags(state) == fresh(state)
+    customer_state.episodes = state
+    seen = {tags(customer_state)}
+    assert tags(customer_state) == (*plain, *fresh(state))
+    assert retag(NOT_COUNTED, tag_key(customer_state)) == diff(NOTHING, footprint(customer_state, config, TAGS))
     for change in (
         lambda: setattr(episode, "status", "assigned"),
         lambda: setattr(episode, "level", "high"),
@@ -221,8 +229,23 @@ def test_the_memoised_episode_tallies_follow_every_field_they_are_made_of():
         lambda: (setattr(episode, "purchased_ms", 5), setattr(episode, "recovered_cents", 1234)),
         lambda: state.totals.update({"episodes:high:won_back:saved": 2}),
         lambda: state.episodes.append(Episode(first_alert=2, last_alert=2)),
+        lambda: setattr(customer_state, "vip", True),
+        lambda: setattr(customer_state, "segment", "champions"),
+        lambda: setattr(customer_state, "activity", 3),
+        lambda: setattr(customer_state.churn, "level", "high"),
+        lambda: setattr(customer_state, "episodes", None),
     ):
+        before = copy.deepcopy(customer_state)
+        key = tag_key(customer_state)
         change()
-        got = _episode_tags(state)
-        assert got == fresh(state) and got not in seen
+        got = tags(customer_state)
+        if customer_state.episodes is not None:
+            without = copy.copy(customer_state)
+            without.episodes = None
+            assert got == (*tags(without), *fresh(state))
+        assert got not in seen
         seen.add(got)
+        moved = retag(key, tag_key(customer_state))
+        assert moved == diff(footprint(before, config, TAGS), footprint(customer_state, config, TAGS))
+        assert moved.tags == (tags(before), got)
+        assert retag(key, tag_key(before)) is NO_CHANGE
