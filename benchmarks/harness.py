@@ -332,8 +332,9 @@ def scaling_ceiling(runs: list[dict[str, Any]], cpus: int) -> float | None:
 
     Every event costs the workers' CPU plus the broker's and Redis's (``cpu_us_per_event`` +
     ``servers_cpu_us_per_event``), all on the same ``cpus`` cores: they hold at most cpus / that many events per
-    second, whatever the number of workers. Divided by one worker's rate, and capped at 2: the ratio a target such
-    as 1.8x can reach here at all (on two cores with one worker already using one, it is below 2)."""
+    second, whatever the number of workers. Divided by one worker's rate, and capped at 2: about the ratio a target
+    such as 1.8x can reach here (on two cores with one worker already using one, it is below 2). An estimate, not
+    a bound: the CPU per event of a run with more workers differs (short runs, fewer customers per worker)."""
     one = next((s for s in runs if s["workers"] == 1), None)
     if one is None or not one.get("cpu_us_per_event") or one.get("servers_cpu_us_per_event") is None:
         return None
@@ -604,7 +605,7 @@ def report(r: dict[str, Any]) -> str:
     lines.append("")
     lines.append(f"{'target':<40} {'measured':>12} {'target':>10}  verdict")
     for name, v in r["verdicts"].items():
-        ceiling = f" (this box's CPU ceiling: {v['box_ceiling']}x)" if "box_ceiling" in v else ""
+        ceiling = f" (the box holds {v['box_ceiling']}x at 1 worker's CPU/event)" if "box_ceiling" in v else ""
         lines.append(f"{name:<40} {_fmt(v['value']):>12} {_fmt(v['target']):>10}  {v['verdict']}{ceiling}")
     lines.append("")
     lines.append(f"total {r['bench_seconds']}s; logs in {r['log_dir']}")
