@@ -9,6 +9,17 @@ from hypothesis import strategies as st
 from scoring.rank import ExactIndex, RankIndex, RfmKeys, Union, percentile
 
 
+def rank_indexes(values: list[list[int]]) -> list[RankIndex]:
+    """One RankIndex per list, holding its values (a partition's part of a population)."""
+    parts = []
+    for vs in values:
+        index = RankIndex(256)
+        for v in vs:
+            index.add(v)
+        parts.append(index)
+    return parts
+
+
 def naive(parts, key: int) -> float | None:
     total = sum(p.total for p in parts)
     if not total:
@@ -26,12 +37,7 @@ def naive(parts, key: int) -> float | None:
     st.lists(st.integers(-10, 320), min_size=1, max_size=30),
 )
 def test_rank_index_union_equals_the_sum_of_parts(values, keys):
-    parts = []
-    for vs in values:
-        index = RankIndex(256)
-        for v in vs:
-            index.add(v)
-        parts.append(index)
+    parts = rank_indexes(values)
     for key in keys:
         assert percentile(parts, key) == naive(parts, key)
         assert percentile(parts[0], key) == naive(parts[:1], key)
@@ -100,12 +106,7 @@ def test_ranking_percentiles_equal_each_index_ranked_alone(members, vip_value, s
 def test_a_union_asked_often_ranks_from_its_prefix_table_the_same(ranked, values, snapshot, keys, moves):
     # enough lookups build the table (a batch re-scoring hundreds of customers); after a part moved, reset()
     # makes the union count from the parts again
-    r_parts = []
-    for vs in ranked:
-        index = RankIndex(256)
-        for v in vs:
-            index.add(v)
-        r_parts.append(index)
+    r_parts = rank_indexes(ranked)
     k = RfmKeys()
     m_parts = []
     for i, vs in enumerate(values):
