@@ -432,14 +432,21 @@ class DevStack:
     extra: list[Server] = field(default_factory=list)
 
     @classmethod
-    def start(cls, log_dir: Path, broker: Broker = "tansu", own_group: bool = False) -> DevStack:
+    def start(
+        cls,
+        log_dir: Path,
+        broker: Broker = "tansu",
+        own_group: bool = False,
+        kafka_props: Mapping[str, str] | None = None,
+    ) -> DevStack:
         """Start ``broker`` ("tansu" or "kafka") and a Redis; both stop on ``close()``.
 
         ``own_group``: each server in a process group of its own, out of reach of the terminal's Ctrl-C
-        (``pulse dev`` stops them itself, after the workers)."""
+        (``pulse dev`` stops them itself, after the workers). ``kafka_props`` override the Kafka broker's
+        defaults (``KafkaBroker.default_properties``)."""
         log_dir.mkdir(parents=True, exist_ok=True)
         if broker == "kafka":
-            started: Server = start_kafka(log_dir, own_group=own_group)
+            started: Server = start_kafka(log_dir, kafka_props, own_group=own_group)
         elif broker == "tansu":
             started = start_tansu(log_dir, own_group=own_group)
         else:
