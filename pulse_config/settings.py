@@ -42,6 +42,8 @@ from scoring.voice import VoiceConfig
 
 #: The file ``pulse dev`` writes; read by settings when present.
 DEV_ENV_FILE = ".pulse/dev.env"
+#: Name of the customer-state table: Faust names its changelog topic ``{app_id}-{name}-changelog``
+STATE_TABLE = "customer_states"
 
 
 class Settings(BaseSettings):
@@ -665,6 +667,10 @@ class Settings(BaseSettings):
     def topic_ticks(self) -> str:
         """Sweep ticks, co-partitioned with the inputs (internal)."""
         return f"{self.app_id}-ticks"
+
+    def topic_state_changelog(self) -> str:
+        """The customer-state table's changelog, as Faust names it (internal, compacted)."""
+        return f"{self.app_id}-{STATE_TABLE}-changelog"
 
     def rfm(self) -> RfmConfig:
         if self.vip_leave_share < self.vip_enter_share:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -22,17 +24,35 @@ class PartitionMismatch(RuntimeError):
     """An input topic exists with another partition count: co-partitioning would break."""
 
 
+#: how long ``ensure_topics`` waits for topics it created to show in the broker's metadata, and how often it asks
+METADATA_WAIT_SECONDS = 30.0
+METADATA_POLL_SECONDS = 0.1
+
+
 async def ensure_topics(settings: Settings) -> None:
-    """Idempotent: create missing topics; refuse input topics with the wrong partition count."""
+    """Idempotent: create missing topics; refuse input topics with the wrong partition count.
+
+    The state table's changelog is created here too, and every topic created is waited for until the broker's
+    metadata lists all its partitions. Why: Faust otherwise creates the changelog itself a moment before the
+    consumer's first metadata request, and on Apache Kafka that request can miss a topic just created; the group
+    leader then assigns without the changelog ("Ignoring missing topic"), no member recovers the partitions it
+    takes, and events applied meanwhile by another member are lost (tests/faults/test_retained_partitions.py on
+    Kafka, session 11). The consumer does not ask again for minutes (``metadata_max_age_ms``)."""
     # the ticks topic is read with the inputs, so it must be co-partitioned with them
     inputs = [*settings.input_topics().values(), settings.topic_retention_actions, settings.topic_ticks()]
-    wanted = inputs + [settings.topic_dead_letters, settings.topic_retention_alerts, settings.topic_vip_changes]
+    changelog = settings.topic_state_changelog()
+    wanted = inputs + [
+        settings.topic_dead_letters,
+        settings.topic_retention_alerts,
+        settings.topic_vip_changes,
+        changelog,
+    ]
     admin = AIOKafkaAdminClient(**kafka_client_kwargs(settings), request_timeout_ms=15000)
     try:
         await admin.start()  # inside the try: a broker that is down must not leak the client (start-up retries)
         existing = set(await admin.list_topics())
         missing = [t for t in wanted if t not in existing]
-        configs = {settings.topic_ticks(): TICKS}
+        configs = {settings.topic_ticks(): TICKS, changelog: COMPACTED}
         new = [
             NewTopic(t, settings.partitions, settings.replication_factor, topic_configs=configs.get(t) or {})
             for t in missing
@@ -46,6 +66,7 @@ async def ensure_topics(settings: Settings) -> None:
                 log.info("created topics %s", [t.name for t in new])
             except TopicAlreadyExistsError:
                 log.info("topics created meanwhile by another worker")
+            await _listed(admin, {t.name: t.num_partitions for t in new})
         present = [t for t in inputs if t in existing]
         if present:
             for meta in await admin.describe_topics(present):
@@ -56,3 +77,21 @@ async def ensure_topics(settings: Settings) -> None:
                     )
     finally:
         await admin.close()
+
+
+async def _listed(admin: AIOKafkaAdminClient, partitions: dict[str, int]) -> None:
+    """Wait until the broker's metadata lists every partition of ``partitions``' topics, each with a leader."""
+    deadline = time.monotonic() + METADATA_WAIT_SECONDS
+    waiting = dict(partitions)
+    while waiting:
+        for meta in await admin.describe_topics(list(waiting)):
+            found = [p for p in meta.get("partitions") or [] if p.get("leader", -1) >= 0]
+            if meta.get("error_code", 0) == 0 and len(found) >= waiting.get(meta["topic"], 1):
+                waiting.pop(meta["topic"], None)
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"topics created but not in the broker's metadata after {METADATA_WAIT_SECONDS} s: {sorted(waiting)}"
+            )
+        await asyncio.sleep(METADATA_POLL_SECONDS)

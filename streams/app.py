@@ -8,7 +8,7 @@ from typing import Any
 import faust
 
 from pulse_config.processor import ProcessorConfig
-from pulse_config.settings import Settings
+from pulse_config.settings import STATE_TABLE, Settings
 from streams import faust_fixes, faust_tuning
 from streams.security import broker_credentials, kafka_client_kwargs
 from streams.tables import CustomerStateTable, table_manager
@@ -69,7 +69,7 @@ def create_app(settings: Settings, processor_config: ProcessorConfig) -> PulseAp
     # Built the way App.Table builds tables, with our subclass.
     table = CustomerStateTable(
         app,
-        name="customer_states",
+        name=STATE_TABLE,
         default=None,
         beacon=app.tables.beacon,
         partitions=settings.partitions,
