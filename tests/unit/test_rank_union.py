@@ -20,6 +20,22 @@ def rank_indexes(values: list[list[int]]) -> list[RankIndex]:
     return parts
 
 
+def exact_indexes(values: list[list[int]], snapshot: list[bool]) -> list[ExactIndex]:
+    """One exact M index per list; where ``snapshot`` says so, as another worker's partition is held: rebuilt from
+    a snapshot that keeps the values of every other bucket only."""
+    k = RfmKeys()
+    parts = []
+    for i, vs in enumerate(values):
+        index = k.m_index()
+        for v in vs:
+            index.add(v)
+        if snapshot[i]:
+            counts = index.counts()
+            index = ExactIndex.from_snapshot(k.m_key, k.m_size, counts, index.encode_values(sorted(counts)[::2]))
+        parts.append(index)
+    return parts
+
+
 def naive(parts, key: int) -> float | None:
     total = sum(p.total for p in parts)
     if not total:
@@ -50,16 +66,7 @@ def test_rank_index_union_equals_the_sum_of_parts(values, keys):
     st.lists(st.integers(-1000, 10**9), min_size=1, max_size=30),
 )
 def test_exact_index_union_equals_the_sum_of_parts(values, snapshot, keys):
-    k = RfmKeys()
-    parts = []
-    for i, vs in enumerate(values):
-        index = k.m_index()
-        for v in vs:
-            index.add(v)
-        if snapshot[i]:  # another worker's partition: the values of every other bucket only
-            counts = index.counts()
-            index = ExactIndex.from_snapshot(k.m_key, k.m_size, counts, index.encode_values(sorted(counts)[::2]))
-        parts.append(index)
+    parts = exact_indexes(values, snapshot)
     for key in keys + [v for vs in values for v in vs[:3]]:
         assert percentile(parts, key) == naive(parts, key)
 
@@ -107,16 +114,7 @@ def test_a_union_asked_often_ranks_from_its_prefix_table_the_same(ranked, values
     # enough lookups build the table (a batch re-scoring hundreds of customers); after a part moved, reset()
     # makes the union count from the parts again
     r_parts = rank_indexes(ranked)
-    k = RfmKeys()
-    m_parts = []
-    for i, vs in enumerate(values):
-        index = k.m_index()
-        for v in vs:
-            index.add(v)
-        if snapshot[i]:
-            counts = index.counts()
-            index = ExactIndex.from_snapshot(k.m_key, k.m_size, counts, index.encode_values(sorted(counts)[::2]))
-        m_parts.append(index)
+    m_parts = exact_indexes(values, snapshot)
     r_union, m_union = Union(r_parts), Union(m_parts)
     asked = keys * 3 + [v for vs in values for v in vs]
     for key in asked:
