@@ -303,11 +303,13 @@ _PATHS: dict[int, list[int]] = {}
 _PATHS_MAX = 1 << 14
 
 
-def _below(trees: Sequence[list[int]], path: list[int]) -> int:
-    """The summed counts of ``path`` over the parts' trees: one walk for all parts, summed in C."""
-    if len(trees) == 1:
-        return sum(map(trees[0].__getitem__, path))
-    return sum([sum(map(tree.__getitem__, path)) for tree in trees])
+def _below(trees: Sequence[list[int]], i: int) -> int:
+    """The counts below node ``i`` summed over the parts' trees: one Fenwick path for all parts, each summed in C."""
+    path = _path(i)
+    below = 0
+    for tree in trees:
+        below += sum(map(tree.__getitem__, path))
+    return below
 
 
 #: a :class:`Union` builds its prefix table once lookups × parts × this reach the keys held over its parts (a
@@ -359,9 +361,9 @@ class Union:
         self._lookups = 0
         self._items = sum(len(c) for c in self._counts)
 
-    def _count_below(self, k: int) -> int | None:
-        """Members below (clamped) key ``k`` over the parts from the prefix table; None while it is not built
-        (the lookups made so far would not have paid for it: each counts)."""
+    def _prefix_table(self) -> tuple[list[int], list[int]] | None:
+        """The prefix table (sorted keys held over the parts, members below each and, last, the total); None while
+        the lookups made so far would not have paid for building it (each call counts as one)."""
         table = self._table
         if table is None:
             self._lookups += 1
@@ -374,8 +376,7 @@ class Union:
                     merged[key] = get(key, 0) + n
             keys = sorted(merged)
             table = self._table = (keys, list(accumulate([merged[key] for key in keys], initial=0)))
-        keys, below = table
-        return below[bisect_left(keys, k)]
+        return table
 
     @staticmethod
     def supports(parts: Sequence[object]) -> bool:
@@ -398,27 +399,21 @@ class Union:
         first = self._first
         if not self._exact:
             k = cast(RankIndex, first).clamp(key)
-            if self._table is not None or self._count_below(k) is not None:
-                keys, cum = self._table  # type: ignore[misc]
+            table = self._prefix_table()
+            if table is not None:
+                keys, cum = table
                 i = bisect_left(keys, k)
                 below = cum[i]
                 equal = cum[i + 1] - below if i < len(keys) and keys[i] == k else 0
                 return (below + 0.5 * equal) / total
-            below = 0
-            path = _PATHS.get(k) or _path(k)
-            for tree in self._trees:  # _below in line
-                below += sum(map(tree.__getitem__, path))
+            below = _below(self._trees, k)
             equal = 0
             for counts in self._counts:
                 equal += counts.get(k, 0)
             return (below + 0.5 * equal) / total
         b = first.coarse.clamp(first.bucket(key))  # type: ignore[union-attr]
-        below = self._count_below(b)
-        if below is None:
-            below = 0
-            path = _PATHS.get(b) or _path(b)
-            for tree in self._trees:
-                below += sum(map(tree.__getitem__, path))
+        table = self._prefix_table()
+        below = _below(self._trees, b) if table is None else table[1][bisect_left(table[0], b)]
         equal = 0
         for values, incomplete, counts in self._per_part:
             held = values.get(b)
