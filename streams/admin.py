@@ -21,7 +21,7 @@ TICKS = {"retention.ms": str(3_600_000)}
 
 
 class PartitionMismatch(RuntimeError):
-    """An input topic exists with another partition count: co-partitioning would break."""
+    """An input topic or the state changelog exists with another partition count: co-partitioning would break."""
 
 
 #: how long ``ensure_topics`` waits for topics it created to show in the broker's metadata, and how often it asks
@@ -30,7 +30,7 @@ METADATA_POLL_SECONDS = 0.1
 
 
 async def ensure_topics(settings: Settings) -> None:
-    """Idempotent: create missing topics; refuse input topics with the wrong partition count.
+    """Idempotent: create missing topics; refuse input topics and a state changelog with the wrong partition count.
 
     The state table's changelog is created here too, and every topic created is waited for until the broker's
     metadata lists all its partitions. Why: Faust otherwise creates the changelog itself a moment before the
@@ -66,28 +66,30 @@ async def ensure_topics(settings: Settings) -> None:
                 log.info("created topics %s", [t.name for t in new])
             except TopicAlreadyExistsError:
                 log.info("topics created meanwhile by another worker")
-            await _listed(admin, {t.name: t.num_partitions for t in new})
-        present = [t for t in inputs if t in existing]
-        if present:
-            for meta in await admin.describe_topics(present):
-                n = len(meta["partitions"])
-                if n != settings.partitions:
-                    raise PartitionMismatch(
-                        f"topic {meta['topic']} has {n} partitions, PULSE_PARTITIONS is {settings.partitions}"
-                    )
+            # a topic another worker (or anyone) created a moment ago may be missing from ``existing`` on Kafka:
+            # its partition count is whatever it was created with, so it is checked below with the rest
+            await _listed(admin, [t.name for t in new])
+        # the changelog too: an input partition without its changelog partition is never recovered
+        for meta in await admin.describe_topics([*inputs, changelog]):
+            n = len(meta["partitions"])
+            if n != settings.partitions:
+                raise PartitionMismatch(
+                    f"topic {meta['topic']} has {n} partitions, PULSE_PARTITIONS is {settings.partitions}"
+                )
     finally:
         await admin.close()
 
 
-async def _listed(admin: AIOKafkaAdminClient, partitions: dict[str, int]) -> None:
-    """Wait until the broker's metadata lists every partition of ``partitions``' topics, each with a leader."""
+async def _listed(admin: AIOKafkaAdminClient, topics: list[str]) -> None:
+    """Wait until the broker's metadata lists each of ``topics`` with its partitions, each with a leader (Kafka
+    lists a new topic's partitions together, in one metadata update)."""
     deadline = time.monotonic() + METADATA_WAIT_SECONDS
-    waiting = dict(partitions)
+    waiting = set(topics)
     while waiting:
-        for meta in await admin.describe_topics(list(waiting)):
-            found = [p for p in meta.get("partitions") or [] if p.get("leader", -1) >= 0]
-            if meta.get("error_code", 0) == 0 and len(found) >= waiting.get(meta["topic"], 1):
-                waiting.pop(meta["topic"], None)
+        for meta in await admin.describe_topics(sorted(waiting)):
+            found = meta.get("partitions") or []
+            if meta.get("error_code", 0) == 0 and found and all(p.get("leader", -1) >= 0 for p in found):
+                waiting.discard(meta["topic"])
         if not waiting:
             return
         if time.monotonic() > deadline:

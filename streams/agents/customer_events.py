@@ -34,6 +34,7 @@ from streams.partitioning import partitioner
 from streams.processor import BatchProcessor
 from streams.security import redis_client_kwargs
 from streams.sinks.redis_profiles import RedisProfileSink
+from streams.tables import unrecoverable_partitions
 from streams.watchdog import watched
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ EXIT_CHECKPOINT_FAILED = 75
 
 
 def _fail_stop(why: str, exc: BaseException | None = None) -> None:
-    log.critical("checkpoint failed, exiting without commit: %s", why, exc_info=exc)
+    log.critical("exiting without commit (status %d): %s", EXIT_CHECKPOINT_FAILED, why, exc_info=exc)
     logging.shutdown()
     sys.stderr.flush()
     os._exit(EXIT_CHECKPOINT_FAILED)
@@ -64,10 +65,10 @@ async def run_guarded(checkpoint: Awaitable[Any], grace_seconds: float, warn_sec
         # checkpoint must finish first.
         done, _ = await asyncio.wait({task}, timeout=grace_seconds)
         if not done or task.cancelled() or task.exception() is not None:
-            _fail_stop("interrupted by shutdown")
+            _fail_stop("checkpoint interrupted by shutdown")
         raise
     except Exception as exc:  # noqa: BLE001 - any failure means: do not commit
-        _fail_stop(repr(exc), exc)
+        _fail_stop(f"checkpoint failed: {exc!r}", exc)
 
 
 def fenced(app: Any, table: CustomerStateTable) -> None:
@@ -167,6 +168,21 @@ def register(pulse: PulseApp) -> BatchProcessor:
         if guard is not None and scan is not None:
             guard.ledger.applied(scan)  # the changelog holds them: now take_events may ack and Faust commit them
         return events
+
+    changelog = table.changelog_topic.get_topic_name()
+    channel = [*settings.input_topics().values(), settings.topic_retention_actions, settings.topic_ticks()]
+
+    @pulse.app.on_partitions_assigned.connect  # type: ignore[arg-type]  # a coroutine receiver, as Faust allows
+    async def refuse_unrecoverable(app: object, assigned: object, **kwargs: object) -> None:
+        # Sent after Faust paused the new assignment and before its recovery can resume it: nothing of it has
+        # been scored. A restart reads the broker's metadata anew (and ensure_topics creates a missing changelog).
+        gaps = unrecoverable_partitions(pulse.app.assignor.assigned_actives(), channel, changelog)
+        if gaps:
+            _fail_stop(
+                f"assigned input partitions {sorted(gaps)} without their partitions of {changelog}: their states "
+                "cannot be recovered, so they are not scored (was the changelog missing from the group leader's "
+                "metadata, or created with fewer partitions?)"
+            )
 
     @pulse.app.on_partitions_revoked.connect  # type: ignore[arg-type]  # a coroutine receiver, as Faust allows
     async def settle_profile_writes(app: object, revoked: object, **kwargs: object) -> None:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import AIOKafkaClient
 
-from streams.admin import ensure_topics
+from streams.admin import PartitionMismatch, ensure_topics
 from streams.security import kafka_client_kwargs
 
 pytestmark = pytest.mark.e2e
@@ -45,3 +45,24 @@ def test_ensure_topics_creates_the_changelog_and_returns_once_a_new_client_sees_
     created, seen = asyncio.run(go())
     assert created == settings.partitions
     assert seen == set(range(settings.partitions))
+
+
+def test_ensure_topics_refuses_a_changelog_with_fewer_partitions_than_the_inputs(namespace):
+    """An input partition without its changelog partition is never recovered (its worker would score on empty
+    states), so a worker refuses to start against such a changelog; the assignment check behind it is
+    tests/unit/test_changelog_assignment.py."""
+    # another app id over the namespace's topics: its changelog does not exist yet (the namespace created its own)
+    settings = namespace.settings.model_copy(update={"app_id": f"{namespace.settings.app_id}-short"})
+    changelog = settings.topic_state_changelog()
+
+    async def go() -> None:
+        admin = AIOKafkaAdminClient(**kafka_client_kwargs(settings))
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(changelog, settings.partitions - 1, settings.replication_factor)])
+        finally:
+            await admin.close()
+        await ensure_topics(settings)
+
+    with pytest.raises(PartitionMismatch, match=f"topic {changelog} has {settings.partitions - 1} partitions"):
+        asyncio.run(go())
