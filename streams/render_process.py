@@ -307,14 +307,13 @@ class RenderProcess:
     def close(self, timeout: float = 5.0) -> None:
         """Stop the child: close its socket (it leaves at EOF), wait for it, kill it if it does not leave."""
         self._closing = True
-        if self._reader_task is not None and not self._reader_task.done():
-            self._reader_task.cancel()
-        for closable in (self._writer, self._sock):
-            try:
-                if closable is not None:
-                    closable.close()
-            except (OSError, RuntimeError):  # the loop is closed already: the socket is closed below
-                pass
+        try:
+            if self._reader_task is not None and not self._reader_task.done():
+                self._reader_task.cancel()
+            if self._writer is not None:
+                self._writer.close()
+        except RuntimeError:  # at exit, the event loop is closed already: the socket is closed below
+            pass
         if self._sock is not None:
             self._sock.close()
         process = self.process

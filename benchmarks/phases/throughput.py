@@ -177,6 +177,8 @@ def run_workers(bench: Bench, tag: str, env: dict[str, str], count: int, n: int,
         "events_per_second_per_worker": round(n / seconds / count, 1),
         "peak_rss_mib": [None if r is None else round(r / 2**20, 1) for r in rss],
         "cpu_us_per_event": cpu_us_per_event(cpu0, cpu, n),
+        # PULSE_PROFILE_RENDER_PROCESS: the render processes' CPU (their own metric, read once all were scored)
+        "render_process_cpu_us_per_event": round(worker["render_process_cpu_seconds"] / n * 1e6, 1),
         "servers_cpu_us_per_event": servers_us_per_event(cpu0, cpu, n),
         "box_cpu_busy": box_busy_share(cpu0, cpu),
         "batches": worker["batches"],
