@@ -228,6 +228,10 @@ class RenderProcess:
         """Talk to whatever answers on ``sock`` (a started child's socket; tests: a fake child)."""
         self._sock = sock
 
+    async def open(self) -> None:
+        """Start the child (unless started) and read its answers: from here its death is seen at once."""
+        await self._ensure_reader()
+
     async def _ensure_reader(self) -> asyncio.StreamWriter:
         if self._dead is not None:
             raise RenderProcessDied(self._dead)

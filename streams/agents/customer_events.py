@@ -176,7 +176,7 @@ def register(pulse: PulseApp) -> BatchProcessor:
 
         @pulse.app.task
         async def start_render_process() -> None:
-            renderer.start()
+            await renderer.open()
 
     if guard is not None:
         # a committed offset ahead of the changelog's input position is read again from there (streams.ownership)

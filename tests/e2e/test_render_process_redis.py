@@ -1,10 +1,14 @@
-"""Profiles rendered by the render process (PULSE_PROFILE_RENDER_PROCESS) land in a real redis-server byte for
-byte as the worker's own rendering lands them: every key under the prefix (the hashes, the VIP set, the at-risk
-index) compared with Redis's DUMP."""
+"""The render process (PULSE_PROFILE_RENDER_PROCESS) against the real servers: its profiles land in a real
+redis-server byte for byte as the worker's own rendering lands them (every key under the prefix, the hashes, the
+VIP set, the at-risk index, compared with Redis's DUMP), and a worker on a real broker whose render process is
+killed exits."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import signal
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -16,9 +20,11 @@ from pulse.devstack import Server, start_redis
 from pulse_config.settings import Settings
 from schemas.profile import render_profile
 from scoring.customer import assess_customer
+from streams.agents.customer_events import EXIT_CHECKPOINT_FAILED
 from streams.codec import encode_state
 from streams.render_process import RenderProcess
 from streams.sinks.redis_profiles import RedisProfileSink
+from testing.stack import wait_until
 from testing.templates import template_states
 
 pytestmark = pytest.mark.e2e
@@ -89,3 +95,17 @@ async def test_the_render_process_writes_what_the_worker_s_thread_writes(server:
     mine, theirs = dump(client, here), dump(client, there)
     assert len(mine) > 600  # the hashes, the VIP set and the at-risk index keys
     assert theirs == mine
+
+
+def test_a_worker_whose_render_process_dies_exits_with_a_clear_line(start_worker):
+    """Never a silent stall: the child's death is the worker's exit (75, restarted by its supervisor)."""
+    worker = start_worker(PULSE_PROFILE_RENDER_PROCESS="true")
+    started = re.compile(r"profile render process started \(pid (\d+)\)")
+    assert wait_until(lambda: started.search(worker.log.read_text()) or not worker.alive()), worker.log_tail()
+    match = started.search(worker.log.read_text())
+    assert match is not None, worker.log_tail()
+    assert wait_until(lambda: "Worker ready" in worker.log.read_text() or not worker.alive()), worker.log_tail()
+    os.kill(int(match.group(1)), signal.SIGKILL)
+    assert wait_until(lambda: not worker.alive()), worker.log_tail()
+    assert worker.proc.returncode == EXIT_CHECKPOINT_FAILED, worker.log_tail()
+    assert "the profile render process exited (exit code -9" in worker.log.read_text(), worker.log_tail()
