@@ -222,7 +222,6 @@ class RenderProcess:
         # before multiprocessing's own exit handler (registered earlier, so run later) joins the child: closing
         # the socket is what makes it leave
         atexit.register(self.close)
-        log.info("profile render process started (pid %s)", self.process.pid)
 
     def attach(self, sock: socket.socket) -> None:
         """Talk to whatever answers on ``sock`` (a started child's socket; tests: a fake child)."""
@@ -240,6 +239,8 @@ class RenderProcess:
                 self.start()
             reader, self._writer = await asyncio.open_unix_connection(sock=self._sock)
             self._reader_task = asyncio.ensure_future(self._read(reader))
+            # here, not at the start: the worker may start the child before its logging is set up
+            log.info("profile render process started (pid %s)", None if self.process is None else self.process.pid)
         return self._writer
 
     async def submit(self, items: Sequence[RenderInput]) -> None:

@@ -174,8 +174,12 @@ def register(pulse: PulseApp) -> BatchProcessor:
             _render_process_died,
         )
 
+        # spawned now, before Faust's threads and clients start: its imports overlap the worker's start-up and
+        # recovery instead of delaying the first batches' profiles
+        renderer.start()
+
         @pulse.app.task
-        async def start_render_process() -> None:
+        async def read_render_process() -> None:
             await renderer.open()
 
     if guard is not None:
