@@ -91,7 +91,8 @@ CHECKPOINT_STEP_SECONDS = Histogram(
     "changelog (states encoded and handed to the producer), changelog_ack (they and the side outputs "
     "acknowledged), end_markers, publish (VIP changes and "
     "alerts acknowledged), clear (the outbox entries removed, acknowledged), repair, submit (profiles to the Redis "
-    "writer), metrics (the per-batch counters and population gauges).",
+    "writer, or to the render process: the hand-over and any wait for it), metrics (the per-batch counters and "
+    "population gauges).",
     ["step"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
