@@ -222,7 +222,7 @@ def test_installed_worker_scores_an_order_into_redis(installed, namespace, rende
         **{
             **namespace.env,
             "PULSE_STORE": "rocksdb://",  # the Dockerfile's store: rocksdict must come with the extra
-            "PULSE_DATA_DIR": str(installed.cwd / "data"),
+            "PULSE_DATA_DIR": str(installed.cwd / f"data-{render_process}"),  # a RocksDB of its own per run
             "PULSE_METRICS_PORT": str(metrics_port),
             "PULSE_API_PORT": str(api_port),
             "PULSE_PROFILE_RENDER_PROCESS": render_process,
