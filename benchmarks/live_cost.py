@@ -4,7 +4,7 @@ traffic (the consumer's end offsets and the wall clock handed in), no broker, no
 Usage::
 
     .venv/bin/python -m benchmarks.live_cost [--customers 5000] [--events 30000] [--rate 3000]
-        [--batches 1,50,500] [--order mixed,by-topic] [--ahead-ms 0] [--callgrind]
+        [--batches 1,50,500] [--order mixed,by-topic] [--ahead-ms 0] [--render processor,here,elsewhere] [--callgrind]
 
 The population and the traffic are ``benchmarks.processor_cost``'s (seeded: N customers cloned from a
 generated year, the four-kind mix), but the events are timed as live traffic at ``--rate`` events/s of event
@@ -86,7 +86,7 @@ def _batches(
 
 
 def measure(
-    data: dict[str, Any], size: int, batch: int, order: str, ahead_ms: int, mode: str, render: str = "here"
+    data: dict[str, Any], size: int, batch: int, order: str, ahead_ms: int, mode: str, render: str = "processor"
 ) -> dict[str, Any]:
     import msgspec
 
@@ -100,8 +100,10 @@ def measure(
     topics = settings.input_topics()
     processor, store = cloned_processor(settings, data, size)
     # --render elsewhere: the processor lists the profiles and the worker's thread only encodes their inputs
-    # (PULSE_PROFILE_RENDER_PROCESS, streams.render_process); here: rendered and packed as the sink packs them
+    # (PULSE_PROFILE_RENDER_PROCESS, streams.render_process); here: rendered and packed as the sink packs them;
+    # processor (the default, as before session 12): rendered, not packed
     processor.render_elsewhere = render == "elsewhere"
+    pack = render == "here"
     encode_request = msgspec.msgpack.Encoder().encode
     prefix, vip_value = settings.redis_key_prefix, settings.vip_value
     report_batch = CheckpointMetrics(processor, population_seconds=settings.metrics_population_seconds).batch
@@ -118,8 +120,9 @@ def measure(
         out = processor.process(records, load, wall, full_ends, starts)
         for key, state in out.states.items():
             store[key] = encode_state(state)
-        for profile in out.profiles:
-            pack_profile(profile, prefix, vip_value)
+        if pack:
+            for profile in out.profiles:
+                pack_profile(profile, prefix, vip_value)
         if out.to_render:
             encode_request((0, [(key.decode(), store[key], at, clv, risk) for key, _, at, clv, risk in out.to_render]))
         report_batch(out)
@@ -196,9 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--callgrind", action="store_true", help="also count instructions per event under callgrind")
     p.add_argument(
         "--render",
-        default="here",
-        help="here (render and pack the profiles, as the sink does) and/or elsewhere (hand their inputs over, "
-        "as with PULSE_PROFILE_RENDER_PROCESS: the answer's decode, ~1.2 µs per profile, not counted)",
+        default="processor",
+        help="processor (rendered, not packed: as before session 12), here (rendered and packed, as the sink "
+        "packs them) and/or elsewhere (their inputs handed over, as with PULSE_PROFILE_RENDER_PROCESS; the "
+        "answer's decode, ~1.2 µs per profile, not counted)",
     )
     p.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
