@@ -4,7 +4,7 @@ traffic (the consumer's end offsets and the wall clock handed in), no broker, no
 Usage::
 
     .venv/bin/python -m benchmarks.live_cost [--customers 5000] [--events 30000] [--rate 3000]
-        [--batches 1,50,500] [--order mixed,by-topic] [--ahead-ms 0] [--callgrind]
+        [--batches 1,50,500] [--order mixed,by-topic] [--ahead-ms 0] [--render processor,here,elsewhere] [--callgrind]
 
 The population and the traffic are ``benchmarks.processor_cost``'s (seeded: N customers cloned from a
 generated year, the four-kind mix), but the events are timed as live traffic at ``--rate`` events/s of event
@@ -85,15 +85,27 @@ def _batches(
     return batches
 
 
-def measure(data: dict[str, Any], size: int, batch: int, order: str, ahead_ms: int, mode: str) -> dict[str, Any]:
+def measure(
+    data: dict[str, Any], size: int, batch: int, order: str, ahead_ms: int, mode: str, render: str = "processor"
+) -> dict[str, Any]:
+    import msgspec
+
     from pulse_config.settings import Settings
     from streams.checkpoint_metrics import CheckpointMetrics
     from streams.codec import decode_state, encode_state
+    from streams.sinks.redis_profiles import pack_profile
 
     settings = Settings(_env_file=None, partitions=PARTITIONS)
     gc.set_threshold(*settings.gc_thresholds)
     topics = settings.input_topics()
     processor, store = cloned_processor(settings, data, size)
+    # --render elsewhere: the processor lists the profiles and the worker's thread only encodes their inputs
+    # (PULSE_PROFILE_RENDER_PROCESS, streams.render_process); here: rendered and packed as the sink packs them;
+    # processor (the default, as before session 12): rendered, not packed
+    processor.render_elsewhere = render == "elsewhere"
+    pack = render == "here"
+    encode_request = msgspec.msgpack.Encoder().encode
+    prefix, vip_value = settings.redis_key_prefix, settings.vip_value
     report_batch = CheckpointMetrics(processor, population_seconds=settings.metrics_population_seconds).batch
     batches = _batches(data["streams"][size], batch, order, ahead_ms, topics)
     starts = {(topic, p): 0 for topic in topics.values() for p in range(PARTITIONS)}
@@ -108,9 +120,14 @@ def measure(data: dict[str, Any], size: int, batch: int, order: str, ahead_ms: i
         out = processor.process(records, load, wall, full_ends, starts)
         for key, state in out.states.items():
             store[key] = encode_state(state)
+        if pack:
+            for profile in out.profiles:
+                pack_profile(profile, prefix, vip_value)
+        if out.to_render:
+            encode_request((0, [(key.decode(), store[key], at, clv, risk) for key, _, at, clv, risk in out.to_render]))
         report_batch(out)
         totals["due_checks"] += out.due_checked
-        totals["profiles"] += len(out.profiles)
+        totals["profiles"] += len(out.profiles) + len(out.to_render)
         totals["alerts"] += len(out.alerts)
         totals["written"] += len(out.states)
         clocks = {p: processor.population.clock_of(p) for p in range(PARTITIONS)}
@@ -140,6 +157,7 @@ def measure(data: dict[str, Any], size: int, batch: int, order: str, ahead_ms: i
         "customers": size,
         "batch": batch,
         "order": order,
+        "render": render,
         "events": n_events,
         "batches": len(timed),
         "cpu_us_per_event": round(cpu / n_events * 1e6, 1),
@@ -164,9 +182,9 @@ def live_inputs(size: int, events: int, rate: float, seed: int) -> dict[str, Any
     return data
 
 
-def _callgrind(data_file: str, size: int, batch: int, order: str, ahead_ms: int) -> int:
+def _callgrind(data_file: str, size: int, batch: int, order: str, ahead_ms: int, render: str) -> int:
     args = ["--child", data_file, "--customers", str(size), "--batches", str(batch), "--order", order]
-    return timed_instructions("benchmarks.live_cost", [*args, "--ahead-ms", str(ahead_ms)])
+    return timed_instructions("benchmarks.live_cost", [*args, "--ahead-ms", str(ahead_ms), "--render", render])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,13 +197,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ahead-ms", type=int, default=0, help="traffic fetched but not yet taken at each batch")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--callgrind", action="store_true", help="also count instructions per event under callgrind")
+    p.add_argument(
+        "--render",
+        default="processor",
+        help="processor (rendered, not packed: as before session 12), here (rendered and packed, as the sink "
+        "packs them) and/or elsewhere (their inputs handed over, as with PULSE_PROFILE_RENDER_PROCESS; the "
+        "answer's decode, ~1.2 µs per profile, not counted)",
+    )
     p.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     sizes = [int(b) for b in args.batches.split(",")]
     orders = [o.strip() for o in args.order.split(",") if o.strip()]
+    renders = [r.strip() for r in args.render.split(",") if r.strip()]
     if args.child:
         data = pickle.loads(Path(args.child).read_bytes())
-        measure(data, args.customers, sizes[0], orders[0], args.ahead_ms, "callgrind")
+        measure(data, args.customers, sizes[0], orders[0], args.ahead_ms, "callgrind", renders[0])
         return 0
     data = live_inputs(args.customers, args.events, args.rate, args.seed)
     with tempfile.NamedTemporaryFile(suffix=".pickle", delete=False) as f:
@@ -194,11 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for order in orders:
             for batch in sizes:
-                row = measure(data, args.customers, batch, order, args.ahead_ms, "time")
-                if args.callgrind:
-                    instr = _callgrind(data_file, args.customers, batch, order, args.ahead_ms)
-                    row["instructions_per_event"] = round(instr / row["events"])
-                print(orjson.dumps(row).decode(), flush=True)
+                for render in renders:
+                    row = measure(data, args.customers, batch, order, args.ahead_ms, "time", render)
+                    if args.callgrind:
+                        instr = _callgrind(data_file, args.customers, batch, order, args.ahead_ms, render)
+                        row["instructions_per_event"] = round(instr / row["events"])
+                    print(orjson.dumps(row).decode(), flush=True)
     finally:
         os.unlink(data_file)
     return 0

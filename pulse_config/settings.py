@@ -284,6 +284,19 @@ class Settings(BaseSettings):
         "Redis is at most one batch behind during a catch-up (~10 % of a backlog worker's CPU); never on a live "
         "partition (clock within historical_alert_seconds of the wall clock). Off: every batch writes its profiles.",
     )
+    profile_render_process: bool = Field(
+        False,
+        description="Render and pack the Redis profiles in a child process of the worker (streams/render_process.py): "
+        "the worker's thread hands over each re-scored customer's state bytes, clock, CLV and churn (~2 µs) instead "
+        "of rendering it (~38 µs, about a third of a live event); the same bytes reach Redis, in the same order. "
+        "Worth it when a core is free for the child (docs/benchmarks.md, session 12).",
+    )
+    profile_render_max_batches: int = Field(
+        2,
+        ge=1,
+        description="profile_render_process: batches of profiles handed to the render process and not rendered yet, "
+        "at most; the checkpoint waits beyond (back-pressure). 2: one rendering while the next is scored.",
+    )
     state_cache_customers: int = Field(
         10_000,
         ge=0,

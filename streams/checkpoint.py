@@ -67,6 +67,7 @@ if TYPE_CHECKING:
     from pulse_config.settings import Settings
     from schemas.profile import RenderedProfile
     from scoring.customer import CustomerState
+    from streams.render_process import RenderInput
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,12 @@ class ProfileSink(Protocol):
     def submit(self, profiles: Sequence[RenderedProfile]) -> None: ...
 
     async def flush(self) -> bool: ...
+
+
+class ProfileRenderer(Protocol):
+    """What the checkpoint needs of ``streams.render_process.RenderProcess``."""
+
+    async def submit(self, items: Sequence[RenderInput]) -> None: ...
 
 
 class StepTimer:
@@ -179,6 +186,8 @@ class Checkpoint:
         #: the keys of the records the next batch is sure to take while the input is behind (the batch input's
         #: ``BatchQueue.backlog_keys``; None: not known, the stream path): their profiles wait for it
         self.upcoming: Callable[[], Collection[bytes]] | None = None
+        #: renders the batches' profiles in a child process (PULSE_PROFILE_RENDER_PROCESS; None: this thread does)
+        self.renderer: ProfileRenderer | None = None
 
     def load(self, key: bytes) -> CustomerState:
         raw = self.table.get(key)
@@ -326,12 +335,25 @@ class Checkpoint:
         await self.table.repair(self.owned_partitions())
         step("repair")
         # 4. Redis behind
+        if outcome.to_render and self.renderer is not None:
+            await self.renderer.submit(self._render_inputs(outcome))
         self.sink.submit(outcome.profiles)
-        self._write_behind()
+        self.write_behind()
         step("submit")
         self.metrics.batch(outcome)
         step("metrics")
         self._committing += step.total
+
+    def _render_inputs(self, outcome: BatchOutcome) -> list[RenderInput]:
+        """What the render process renders each profile from: the bytes the table holds now (every state of the
+        batch is written, and one only rendered is unchanged; its outbox entries, cleared or not, render nothing),
+        so the handing over encodes no state."""
+        get = self.table.get
+        out = []
+        for key, state, at, clv, risk in outcome.to_render:
+            raw = get(key)
+            out.append((key.decode(), encode_state(state) if raw is None else raw, at, clv, risk))
+        return out
 
     def _outbox(self, outcome: BatchOutcome, present: set[int]) -> tuple[dict[bytes, CustomerState], dict[bytes, int]]:
         """The batch's decisions joined to their states' outbox, and every state whose outbox is to be published
@@ -435,7 +457,7 @@ class Checkpoint:
         while self.sink.pending and await self.sink.flush():
             pass
 
-    def _write_behind(self) -> None:
+    def write_behind(self) -> None:
         """Redis is a view of the table: the batch is acknowledged without waiting for it (one write in
         flight, the next takes everything submitted meanwhile). A profile lost in a crash is written again
         by the first sweep round of the worker that takes over (see PopulationView.refresh_all); at a

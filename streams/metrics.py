@@ -91,7 +91,8 @@ CHECKPOINT_STEP_SECONDS = Histogram(
     "changelog (states encoded and handed to the producer), changelog_ack (they and the side outputs "
     "acknowledged), end_markers, publish (VIP changes and "
     "alerts acknowledged), clear (the outbox entries removed, acknowledged), repair, submit (profiles to the Redis "
-    "writer), metrics (the per-batch counters and population gauges).",
+    "writer, or to the render process: the hand-over and any wait for it), metrics (the per-batch counters and "
+    "population gauges).",
     ["step"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
@@ -109,7 +110,8 @@ MISPLACED_EVENTS = Counter(
 PROCESSING_ERRORS = Counter(
     "pulse_processing_errors_total",
     "Processing that raised: each failed try of an event (stage=event; after the retries it is dead-lettered as "
-    "processing_error), or a customer's time-driven re-scoring, skipped until its next event (stage=time_driven).",
+    "processing_error), or a customer's time-driven re-scoring, skipped until its next event (stage=time_driven), "
+    "or a profile the render process could not render, not written (stage=render).",
     ["stage"],
 )
 REDIS_WRITE_ERRORS = Counter("pulse_redis_write_errors_total", "Failed Redis profile writes (retried).")
@@ -120,6 +122,18 @@ REDIS_BATCH_PROFILES = Histogram(
 )
 REDIS_PENDING_PROFILES = Gauge(
     "pulse_redis_pending_profiles", "Profiles waiting for Redis (non-zero during an outage)."
+)
+RENDER_PROCESS_BATCHES_IN_FLIGHT = Gauge(
+    "pulse_render_process_batches_in_flight",
+    "Batches of profiles handed to the render process (PULSE_PROFILE_RENDER_PROCESS) and not answered yet; the "
+    "checkpoint waits at profile_render_max_batches.",
+)
+RENDER_PROCESS_CPU_SECONDS = Counter(
+    "pulse_render_process_cpu_seconds_total",
+    "CPU seconds the render process spent decoding, rendering and packing profiles (off the worker's thread).",
+)
+RENDER_PROCESS_PROFILES = Counter(
+    "pulse_render_process_profiles_total", "Profiles the render process rendered and packed for Redis."
 )
 WATERMARK_SECONDS = Gauge("pulse_event_time_watermark_seconds", "Highest event time seen by this worker (Unix time).")
 CLOCK_HELD_PARTITIONS = Gauge(

@@ -127,6 +127,9 @@ class BatchOutcome:
     partitions: dict[bytes, int] = field(default_factory=dict)
     #: rendered without pydantic: the worker renders one per re-scored customer
     profiles: list[RenderedProfile] = field(default_factory=list)
+    #: instead of ``profiles`` when the processor's ``render_elsewhere`` is set: (key, state, clock, CLV, churn) of each
+    #: profile to render, in order (the checkpoint hands them to the render process, streams.render_process)
+    to_render: list[tuple[bytes, CustomerState, int, ClvSignals, ChurnAssessment]] = field(default_factory=list)
     #: VIP flag changes, in the order they were scored: (key, now VIP?, VipChange JSON)
     vip_changes: list[tuple[bytes, bool, bytes]] = field(default_factory=list)
     #: retention alerts, in the order they were raised: (key, alert, RetentionAlert JSON)
@@ -223,6 +226,9 @@ class BatchProcessor:
         self.upcoming: Collection[bytes] = frozenset()
         #: customers whose profile the previous batch left to this one
         self._deferred: set[bytes] = set()
+        #: a batch's profiles are listed in ``BatchOutcome.to_render`` (assessed, not rendered): the worker renders
+        #: them in another process from the states it writes (PULSE_PROFILE_RENDER_PROCESS)
+        self.render_elsewhere = False
 
     def rebuild(self, partitions: set[int], states: Iterable[tuple[bytes, CustomerState]]) -> int:
         """Count the recovered customers of newly owned ``partitions`` into the population; returns how many.
@@ -696,6 +702,7 @@ class BatchProcessor:
         of a customer without an event in it (time-driven: due check, sweep) that fails to render is skipped and
         its customer quarantined (see :meth:`_contained`)."""
         out = []
+        later = batch.to_render if batch is not None and self.render_elsewhere else None
         for key, state in states.items():
             at = now
             if at is None:
@@ -706,6 +713,9 @@ class BatchProcessor:
                 clv, risk = (assessed or {}).get(key) or assess_customer(
                     state, at, self._gap_days, self.config, self._lifetime_years
                 )
+                if later is not None:
+                    later.append((key, state, at, clv, risk))
+                    continue
                 out.append(render_profile(key.decode(), state, at, self.config, self.currency, clv, risk))
             except Exception as exc:
                 if batch is None or state.partition is None or key in batch.event_customers:

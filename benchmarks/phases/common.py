@@ -354,6 +354,8 @@ def worker_deltas(before: str, after: str) -> dict[str, Any]:
         "due_checks": int(d("pulse_churn_due_checks_total")),
         # the worker process's own CPU (prometheus_client's process collector): a yardstick the load moves less
         "cpu_seconds": round(d("process_cpu_seconds_total"), 2),
+        # PULSE_PROFILE_RENDER_PROCESS: the render process's CPU, which the worker process's no longer holds
+        "render_process_cpu_seconds": round(d("pulse_render_process_cpu_seconds_total"), 2),
         # mean ms per batch of each checkpoint step (pulse_checkpoint_step_seconds): scoring, acks, Redis, metrics
         "step_ms_mean": {
             step: round(1000 * d2 / max(1, batches), 1)

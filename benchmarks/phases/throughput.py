@@ -17,6 +17,7 @@ from typing import Any
 
 from benchmarks.phases.common import (
     PHASE_SECONDS,
+    POLL_SECONDS,
     REPO,
     SPY_RATE,
     Bench,
@@ -159,6 +160,7 @@ def run_workers(bench: Bench, tag: str, env: dict[str, str], count: int, n: int,
         )
         rss = [peak_rss_bytes(p.popen.pid) for p in procs]
         cpu = cpu_reading(procs, servers)
+        rendered = worker_deltas("", renders_settled(procs, text))["render_process_cpu_seconds"]
         profile = finish_py_spy(spy[0]) if spy and spy[0] is not None else None
     finally:
         for popen, _, _ in (s for s in spy if s is not None):
@@ -177,6 +179,8 @@ def run_workers(bench: Bench, tag: str, env: dict[str, str], count: int, n: int,
         "events_per_second_per_worker": round(n / seconds / count, 1),
         "peak_rss_mib": [None if r is None else round(r / 2**20, 1) for r in rss],
         "cpu_us_per_event": cpu_us_per_event(cpu0, cpu, n),
+        # PULSE_PROFILE_RENDER_PROCESS: the render processes' CPU (their own metric, once they answered every batch)
+        "render_process_cpu_us_per_event": round(rendered / n * 1e6, 1),
         "servers_cpu_us_per_event": servers_us_per_event(cpu0, cpu, n),
         "box_cpu_busy": box_busy_share(cpu0, cpu),
         "batches": worker["batches"],
@@ -194,6 +198,17 @@ def run_workers(bench: Bench, tag: str, env: dict[str, str], count: int, n: int,
     if keep:
         out["_procs"] = procs
     return out
+
+
+def renders_settled(procs: list[Proc], text: str, polls: int = 50) -> str:
+    """The workers' metrics once their render processes (PULSE_PROFILE_RENDER_PROCESS) answered every batch
+    handed over (at most ``polls`` polls): the last batches' profiles render after their events are counted."""
+    for _ in range(polls):
+        if not metric_sum(text, "pulse_render_process_batches_in_flight"):
+            return text
+        time.sleep(POLL_SECONDS)
+        text = "\n".join(proc.metrics() for proc in procs)
+    return text
 
 
 def start_py_spy(bench: Bench, proc: Proc, tag: str) -> tuple[subprocess.Popen, Path, float] | None:

@@ -23,6 +23,7 @@ import asyncio
 import logging
 import os
 import sys
+import time
 from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -32,8 +33,9 @@ from streams import batch_input, offsets
 from streams.checkpoint import Checkpoint
 from streams.partitioning import partitioner
 from streams.processor import BatchProcessor
+from streams.render_process import RenderProcess
 from streams.security import redis_client_kwargs
-from streams.sinks.redis_profiles import RedisProfileSink
+from streams.sinks.redis_profiles import Packed, RedisProfileSink
 from streams.tables import unrecoverable_partitions
 from streams.watchdog import watched
 
@@ -52,6 +54,10 @@ def _fail_stop(why: str, exc: BaseException | None = None) -> None:
     logging.shutdown()
     sys.stderr.flush()
     os._exit(EXIT_CHECKPOINT_FAILED)
+
+
+def _render_process_died(why: str) -> None:
+    _fail_stop(f"{why} (restarted, the worker's sweep rewrites the profiles)")
 
 
 async def run_guarded(checkpoint: Awaitable[Any], grace_seconds: float, warn_seconds: float = 30.0) -> None:
@@ -146,6 +152,34 @@ def register(pulse: PulseApp) -> BatchProcessor:
         input_positions=input_positions,
         applied_positions=guard.positions if guard is not None else None,
     )
+    renderer = None
+    if settings.profile_render_process:
+        # profiles rendered and packed in a child process, handed to the sink in order (streams.render_process)
+        processor.render_elsewhere = True
+
+        def packed(profiles: dict[str, Packed]) -> None:
+            sink.submit_packed(profiles)
+            checkpoint.write_behind()
+
+        renderer = checkpoint.renderer = RenderProcess(
+            processor.config,
+            processor.currency,
+            settings.redis_key_prefix,
+            settings.vip_value,
+            settings.profile_render_max_batches,
+            settings.gc_thresholds,
+            packed,
+            _render_process_died,
+        )
+
+        # spawned now, before Faust's threads and clients start: its imports overlap the worker's start-up and
+        # recovery instead of delaying the first batches' profiles
+        renderer.start()
+
+        @pulse.app.task
+        async def read_render_process() -> None:
+            await renderer.open()
+
     if guard is not None:
         # a committed offset ahead of the changelog's input position is read again from there (streams.ownership)
         guard.changelog_positions = table.recovered_positions
@@ -188,7 +222,12 @@ def register(pulse: PulseApp) -> BatchProcessor:
     async def settle_profile_writes(app: object, revoked: object, **kwargs: object) -> None:
         # Awaited before the group rebalances on (Faust first waits for the batch in progress): the profiles
         # of this worker's last batches reach Redis before the partitions' next owner writes newer ones.
-        dropped = await sink.settle(settings.shutdown_grace_seconds)
+        grace = settings.shutdown_grace_seconds
+        if renderer is not None:  # the profiles being rendered reach the sink first (or are dropped)
+            started = time.monotonic()
+            await renderer.settle(grace)
+            grace = max(0.0, grace - (time.monotonic() - started))
+        dropped = await sink.settle(grace)
         log.info("partitions revoked: profile writes settled, %d pending dropped (the sweep rewrites them)", dropped)
 
     if settings.input_path == "batch":

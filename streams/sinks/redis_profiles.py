@@ -207,6 +207,11 @@ class RedisProfileSink:
             pending[profile.customer_id] = pack_profile(profile, prefix, vip_value)
         metrics.REDIS_PENDING_PROFILES.set(len(pending))
 
+    def submit_packed(self, packed: Mapping[str, Packed]) -> None:
+        """Profiles packed elsewhere (the render process, streams.render_process), as :meth:`submit` packs them."""
+        self._pending.update(packed)
+        metrics.REDIS_PENDING_PROFILES.set(len(self._pending))
+
     async def flush(self) -> bool:
         """Write every pending profile; False (and keep them) if Redis failed."""
         async with self._lock:

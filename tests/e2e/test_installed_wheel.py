@@ -212,7 +212,9 @@ def test_cli_help_config_and_bench_message(installed):
         assert "Traceback" not in result.stderr
 
 
-def test_installed_worker_scores_an_order_into_redis(installed, namespace):
+@pytest.mark.parametrize("render_process", ["false", "true"])
+def test_installed_worker_scores_an_order_into_redis(installed, namespace, render_process: str):
+    """With PULSE_PROFILE_RENDER_PROCESS the spawned render process imports the installed packages too."""
     settings = namespace.settings
     metrics_port, api_port = free_port(), free_port()
     log = installed.cwd / f"worker-{uuid.uuid4().hex[:6]}.log"
@@ -220,9 +222,10 @@ def test_installed_worker_scores_an_order_into_redis(installed, namespace):
         **{
             **namespace.env,
             "PULSE_STORE": "rocksdb://",  # the Dockerfile's store: rocksdict must come with the extra
-            "PULSE_DATA_DIR": str(installed.cwd / "data"),
+            "PULSE_DATA_DIR": str(installed.cwd / f"data-{render_process}"),  # a RocksDB of its own per run
             "PULSE_METRICS_PORT": str(metrics_port),
             "PULSE_API_PORT": str(api_port),
+            "PULSE_PROFILE_RENDER_PROCESS": render_process,
         }
     )
     proc = subprocess.Popen(
@@ -264,6 +267,7 @@ def test_installed_worker_scores_an_order_into_redis(installed, namespace):
         assert fields, f"no profile in Redis\n{tail()}"
         assert fields["orders"] == "1" and float(fields["revenue"]) == 42.5, fields
         assert "pulse worker: CLV parameters: the defaults (no file at .pulse/clv-params.json" in log.read_text()
+        assert ("profile render process started" in log.read_text()) == (render_process == "true")
     finally:
         stop_process(proc, 30)
     assert proc.returncode == 0, f"worker did not stop cleanly on SIGTERM: {proc.returncode}\n{tail()}"
