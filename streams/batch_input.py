@@ -213,16 +213,21 @@ class BatchPace:
     dropped from the group: its commit is refused and the worker fail-stops (exit 75) with the batch
     uncommitted. A backlog batch of ``PULSE_BATCH_BACKLOG_MAX_EVENTS`` takes a few hundred ms on a quiet box
     and several seconds on a loaded one, and a second worker joins exactly when there is a backlog to share.
-    The pace is measured, not configured: the wall seconds per record of the batches of at least the live size
-    (a rise is taken at once, a fall halfway per batch). Before any is measured a backlog batch takes the live
-    size: the first measurement costs one small batch. ``budget_seconds`` None: no time bound. ``clock``: wall
-    seconds (tests give their own)."""
+    The pace is measured, not configured: the wall seconds per record of the batches of at least the live size.
+    A rise is taken at once; so is a fall measured on a batch at least as large as the one the pace came from
+    (a batch's fixed costs spread over more records: its pace is what the next, as large or larger, batch costs
+    at most), while a fall on a smaller batch goes halfway. Taken halfway, the falls of a backlog's first,
+    growing batches held it at 6,000-8,400 records for most of a short run (docs/benchmarks.md, session 12,
+    pace18). Before any is measured a backlog batch takes the live size: the first measurement costs one small
+    batch. ``budget_seconds`` None: no time bound. ``clock``: wall seconds (tests give their own)."""
 
     def __init__(self, budget_seconds: float | None, clock: Callable[[], float] = time.monotonic) -> None:
         self.budget_seconds = budget_seconds
         self.clock = clock
         #: measured wall seconds per record of a checkpoint (None until a batch of the live size was timed)
         self.seconds_per_record: float | None = None
+        #: the records of the batch the pace was last taken from whole (0: none yet)
+        self.paced_records = 0
 
     def backlog_limit(self, limit: int, backlog_limit: int | None) -> int | None:
         """The backlog limit for the next batch: ``backlog_limit`` capped by the budget, never below ``limit``."""
@@ -239,7 +244,11 @@ class BatchPace:
             return
         pace = seconds / records
         known = self.seconds_per_record
-        self.seconds_per_record = pace if known is None or pace > known else (known + pace) / 2
+        if known is None or pace > known or records >= self.paced_records:
+            self.seconds_per_record = pace
+            self.paced_records = records
+        else:
+            self.seconds_per_record = (known + pace) / 2
 
 
 class BatchInput:

@@ -393,6 +393,8 @@ def test_run_sizes_each_batch_from_the_queue_and_a_stop_waits_for_a_backlog_batc
 
 
 def test_the_pace_bounds_a_backlog_batch_by_its_expected_time_and_takes_a_slowdown_at_once():
+    """A slowdown is taken at once; a speed-up at once when measured on a batch at least as large as the one the
+    pace came from (its fixed costs spread thinner), halfway when measured on a smaller one."""
     pace = BatchPace(2.0)
     # nothing measured yet: a backlog batch takes the live size, whose checkpoint is the first measurement
     assert pace.backlog_limit(500, 10_000) == 500
@@ -400,10 +402,16 @@ def test_the_pace_bounds_a_backlog_batch_by_its_expected_time_and_takes_a_slowdo
     assert pace.backlog_limit(500, 10_000) == 500
     pace.timed(500, 0.25, 500)  # 500 µs per record: 2 s hold 4,000
     assert pace.backlog_limit(500, 10_000) == 4_000
-    pace.timed(4_000, 0.4, 500)  # faster (100 µs): halfway there, 300 µs -> 6,666
+    pace.timed(4_000, 1.2, 500)  # faster (300 µs) on a larger batch: its fixed costs spread, taken at once
     assert pace.backlog_limit(500, 10_000) == 6_666
-    pace.timed(6_666, 0.6666, 500)  # 100 µs again -> 200 µs
+    pace.timed(2_000, 0.2, 500)  # faster (100 µs) on a smaller batch: halfway there, 200 µs
     assert pace.backlog_limit(500, 10_000) == 10_000  # the record bound holds
+    pace.timed(3_000, 3.0, 500)  # slower (1 ms): a rise is taken at once, whatever the batch
+    assert pace.backlog_limit(500, 10_000) == 2_000
+    pace.timed(2_000, 0.8, 500)  # faster (400 µs) on a batch smaller than 3,000: halfway, 700 µs
+    assert pace.backlog_limit(500, 10_000) == 2_857
+    pace.timed(3_000, 0.6, 500)  # faster (200 µs) on a batch as large as the one the pace came from: at once
+    assert pace.backlog_limit(500, 10_000) == 10_000
     pace.timed(10_000, 20.0, 500)  # a loaded box: 2 ms per record, taken at once
     assert pace.backlog_limit(500, 10_000) == 1_000
     pace.timed(1_000, 100.0, 500)  # never below the live size
