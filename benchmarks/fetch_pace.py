@@ -150,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from pulse.devstack import start_kafka, start_tansu
 
-    start = {"tansu": start_tansu, "kafka": start_kafka}[args.broker]
-    server = start(Path(tempfile.mkdtemp(prefix="fetch-pace-")))
+    log_dir = Path(tempfile.mkdtemp(prefix="fetch-pace-"))
+    server = start_kafka(log_dir) if args.broker == "kafka" else start_tansu(log_dir)
     bootstrap = f"127.0.0.1:{server.port}"
     try:
         asyncio.run(_create_topics(bootstrap))
