@@ -62,7 +62,15 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.phases import cost, latency, processor, recovery, state, throughput
-from benchmarks.phases.common import LATENCY_WINDOW_SECONDS, REPO, Bench, log, peak_rss_bytes, worker_deltas
+from benchmarks.phases.common import (
+    LATENCY_WINDOW_SECONDS,
+    REPO,
+    Bench,
+    log,
+    peak_rss_bytes,
+    thread_cpu_seconds,
+    worker_deltas,
+)
 from testing.templates import template_states
 
 #: Targets of the performance issues (8 and 18; per worker, on the project's 2-core machine).
@@ -216,10 +224,15 @@ def broker_phases(
                     rate = args.latency_rate or max(1.0, full["events_per_second"] / 2)
                     log(f"latency: {args.latency_seconds:g}s at {rate:.0f} events/s")
                     before = procs[0].metrics() if procs else ""
+                    threads_before = thread_cpu_seconds(procs[0].popen.pid) if procs else {}
                     spied = procs[0] if procs and args.py_spy else None
                     out["latency"] = latency.latency(bench, env, rate, args.latency_seconds, spied)
                     if procs:
                         out["latency"]["worker"] = worker_deltas(before, procs[0].metrics())
+                        threads = thread_cpu_seconds(procs[0].popen.pid)
+                        out["latency"]["worker"]["thread_cpu_seconds"] = {
+                            name: round(threads[name] - threads_before.get(name, 0.0), 2) for name in threads
+                        }
                     out["latency"]["peak_rss_mib"] = [
                         None if r is None else round(r / 2**20, 1) for r in (peak_rss_bytes(p.popen.pid) for p in procs)
                     ]
@@ -564,6 +577,12 @@ def report(r: dict[str, Any]) -> str:
             if "cpu_seconds" in w and lat.get("events"):
                 lines.append(
                     f"    worker CPU {w['cpu_seconds']} s, {1e6 * w['cpu_seconds'] / lat['events']:,.0f} µs per event"
+                )
+            if "thread_cpu_seconds" in w and lat.get("events"):
+                t = w["thread_cpu_seconds"]
+                lines.append(
+                    f"    worker threads: main {t['main']} s ({1e6 * t['main'] / lat['events']:,.0f} µs per event), "
+                    f"the others (consumer thread) {t['others']} s ({1e6 * t['others'] / lat['events']:,.0f} µs)"
                 )
     for broker, b in per_broker.items():
         if "state" in b:

@@ -277,6 +277,14 @@ class Settings(BaseSettings):
         description="Longest a fetch waits on the broker for records (Faust hard-codes 1,500 ms; Tansu holds each "
         "fetch that long even when records arrive, which delays them by up to that much).",
     )
+    consumer_fetch_min_bytes: int = Field(
+        1,
+        ge=1,
+        description="Bytes a fetch waits for on the broker (Kafka's fetch.min.bytes), at most "
+        "consumer_fetch_max_wait_ms; Faust passes none (1). Kafka answers a 1-byte fetch as soon as anything "
+        "arrived: a live input is then fetched hundreds of times a second, each fetch ~0.65 ms of the worker's CPU "
+        "(benchmarks/fetch_pace.py).",
+    )
     backlog_defer_profiles: bool = Field(
         True,
         description="input_path=batch, while the input is behind: a customer the next batch (already queued) scores "

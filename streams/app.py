@@ -36,6 +36,7 @@ class PulseApp:
 def create_app(settings: Settings, processor_config: ProcessorConfig) -> PulseApp:
     faust_fixes.apply()
     faust_tuning.set_fetch_max_wait_ms(settings.consumer_fetch_max_wait_ms)
+    faust_tuning.set_fetch_min_bytes(settings.consumer_fetch_min_bytes)
     app = faust.App(
         settings.app_id,
         broker=settings.broker_url,

@@ -27,7 +27,9 @@ input topics changes:
   of ``streams.offsets``: never past what the changelog holds), so acks and
   commits belong to the checkpoint, not to per-event bookkeeping;
 * a rebalance and a stop wait for the batch in flight (``Consumer.wait_empty``,
-  which Faust awaits before revoking and before stopping), then commit.
+  which Faust awaits before revoking and before stopping), then commit;
+* while no partition is active (a recovery), the fetch loop asks again after the
+  batch's fill wait instead of Faust's whole second (``_wait_next_records``).
 
 Records are :class:`InputRecord` objects: ``record.message`` is the record
 itself, with the attributes of Faust's message the checkpoint reads, so the
@@ -213,16 +215,21 @@ class BatchPace:
     dropped from the group: its commit is refused and the worker fail-stops (exit 75) with the batch
     uncommitted. A backlog batch of ``PULSE_BATCH_BACKLOG_MAX_EVENTS`` takes a few hundred ms on a quiet box
     and several seconds on a loaded one, and a second worker joins exactly when there is a backlog to share.
-    The pace is measured, not configured: the wall seconds per record of the batches of at least the live size
-    (a rise is taken at once, a fall halfway per batch). Before any is measured a backlog batch takes the live
-    size: the first measurement costs one small batch. ``budget_seconds`` None: no time bound. ``clock``: wall
-    seconds (tests give their own)."""
+    The pace is measured, not configured: the wall seconds per record of the batches of at least the live size.
+    A rise is taken at once; so is a fall measured on a batch at least as large as the one the pace came from
+    (a batch's fixed costs spread over more records: its pace is what the next, as large or larger, batch costs
+    at most), while a fall on a smaller batch goes halfway. Taken halfway, the falls of a backlog's first,
+    growing batches held it at 6,000-8,400 records for most of a short run (docs/benchmarks.md, session 12,
+    pace18). Before any is measured a backlog batch takes the live size: the first measurement costs one small
+    batch. ``budget_seconds`` None: no time bound. ``clock``: wall seconds (tests give their own)."""
 
     def __init__(self, budget_seconds: float | None, clock: Callable[[], float] = time.monotonic) -> None:
         self.budget_seconds = budget_seconds
         self.clock = clock
         #: measured wall seconds per record of a checkpoint (None until a batch of the live size was timed)
         self.seconds_per_record: float | None = None
+        #: the records of the batch the pace was last taken from whole (0: none yet)
+        self.paced_records = 0
 
     def backlog_limit(self, limit: int, backlog_limit: int | None) -> int | None:
         """The backlog limit for the next batch: ``backlog_limit`` capped by the budget, never below ``limit``."""
@@ -239,7 +246,11 @@ class BatchPace:
             return
         pace = seconds / records
         known = self.seconds_per_record
-        self.seconds_per_record = pace if known is None or pace > known else (known + pace) / 2
+        if known is None or pace > known or records >= self.paced_records:
+            self.seconds_per_record = pace
+            self.paced_records = records
+        else:
+            self.seconds_per_record = (known + pace) / 2
 
 
 class BatchInput:
@@ -270,6 +281,9 @@ class BatchInput:
         self.applied: dict[TP, int] = {}
         #: the batch in flight (its checkpoint, then the applied offsets), awaited by a rebalance or a stop
         self.in_flight: asyncio.Future | None = None
+        #: how long the fetch loop waits before asking again while no partition is active (a recovery): upstream
+        #: Faust's 1 s until :meth:`run` starts, then the batch's fill wait (``within``)
+        self.idle_seconds = 1.0
         app.flow_control.manage_queue(self.queue)  # cleared with the stream queues on a rebalance
 
     async def deliver(self, records: list[InputRecord], generation_id: int) -> None:
@@ -330,6 +344,7 @@ class BatchInput:
         says that many would outlast the time budget (:class:`BatchPace`); of all queued up to ``queued_limit``
         without a fill wait when records are queued (:meth:`BatchQueue.take`)."""
         loop = asyncio.get_running_loop()
+        self.idle_seconds = within
         while True:
             records = await self.queue.take(
                 limit, within, self.pace.backlog_limit(limit, backlog_limit), backlog_from, queued_limit
@@ -425,6 +440,32 @@ def interleave(fetched: list[list[InputRecord]]) -> list[InputRecord]:
     return list(heapq.merge(*fetched, key=attrgetter("timestamp")))
 
 
+async def _wait_next_records_tapped(self: Consumer, timeout: float) -> tuple[Any, set[TP] | None]:
+    """``Consumer._wait_next_records`` (faust-streaming 0.15.3) that, for an app with a batch input, waits
+    ``BatchInput.idle_seconds`` instead of a whole second when no partition is active, then lets the fetch loop
+    ask again.
+
+    Why: a table's recovery pauses every stream partition of the new assignment, so the fetcher finds none
+    active and upstream sleeps 1 s; the recovery that follows a rebalance took 0.06 s, and the worker's first
+    batch came 0.7-1.2 s after "Worker ready" (Kafka, a second worker joining: docs/benchmarks.md, session 12,
+    pace18). The rest is upstream's: wait while the flow is stopped, fetch the active partitions."""
+    tap = input_of(self)
+    if tap is None:
+        upstream: tuple[Any, set[TP] | None] = await _upstream["_wait_next_records"](self, timeout)
+        return upstream
+    if not self.flow_active:
+        await self.wait(self.can_resume_flow)  # type: ignore[arg-type]  # as upstream: an asyncio.Event
+    try:
+        self.not_waiting_next_records.set()
+        active = None if self.app.client_only else self._get_active_partitions()
+        if active is None or active:
+            return await self._getmany(active_partitions=active, timeout=timeout), active
+        await self.sleep(tap.idle_seconds)
+        return {}, active
+    finally:
+        self.not_waiting_next_records.set()
+
+
 def _filter_committable_with_batches(self: Consumer, tps: Iterable[TP]) -> dict[TP, int]:
     offsets = _upstream["_filter_committable_offsets"](self, tps)
     tap = input_of(self)
@@ -446,9 +487,10 @@ def install() -> None:
     """Patch Faust's consumer; it only changes apps that carry a ``pulse_batch_input``."""
     global _INSTALLED
     if not _INSTALLED:
-        for name in ("getmany", "_filter_committable_offsets", "wait_empty"):
+        for name in ("getmany", "_filter_committable_offsets", "wait_empty", "_wait_next_records"):
             _upstream[name] = getattr(Consumer, name)
         Consumer.getmany = _getmany_tapped  # type: ignore[method-assign]
+        Consumer._wait_next_records = _wait_next_records_tapped  # type: ignore[method-assign]
         Consumer._filter_committable_offsets = _filter_committable_with_batches  # type: ignore[method-assign]
         Consumer.wait_empty = _wait_empty_and_batches  # type: ignore[method-assign]
         _INSTALLED = True

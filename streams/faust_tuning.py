@@ -8,13 +8,16 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
 _original_create_worker_consumer = AIOKafkaConsumerThread._create_worker_consumer
 _fetch_max_wait_ms: int | None = None
+_fetch_min_bytes: int | None = None
 
 
 def _create_worker_consumer(self: AIOKafkaConsumerThread, transport: Any) -> Any:
     consumer = _original_create_worker_consumer(self, transport)
+    # read by AIOKafkaConsumer.start() when it builds its fetcher
     if _fetch_max_wait_ms is not None:
-        # read by AIOKafkaConsumer.start() when it builds its fetcher
         consumer._fetch_max_wait_ms = _fetch_max_wait_ms
+    if _fetch_min_bytes is not None:
+        consumer._fetch_min_bytes = _fetch_min_bytes
     return consumer
 
 
@@ -28,4 +31,18 @@ def set_fetch_max_wait_ms(ms: int) -> None:
     """
     global _fetch_max_wait_ms
     _fetch_max_wait_ms = ms
+    AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer  # type: ignore[method-assign]
+
+
+def set_fetch_min_bytes(n: int) -> None:
+    """The bytes a fetch waits for on the broker, at most ``fetch_max_wait_ms`` (Faust passes none: 1 byte).
+
+    Why: with 1 byte, Kafka answers a fetch as soon as anything arrived, so a live input at 3,000 events/s
+    was fetched ~290 times a second with ~9 records each, and each fetch costs the consumer ~0.65 ms of CPU
+    (a round trip through the consumer thread's loop, the response's parsing, the hand-over to the main
+    thread) besides the broker's own work on the same cores. Waiting for more bytes, bounded by the wait,
+    makes fewer, larger fetches (``benchmarks/fetch_pace.py``; docs/benchmarks.md, session 12, pace18).
+    """
+    global _fetch_min_bytes
+    _fetch_min_bytes = n
     AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer  # type: ignore[method-assign]

@@ -80,6 +80,25 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds of a process's main thread and of all its other threads together (/proc/<pid>/task): in a
+    worker the other threads are mostly Faust's consumer thread (aiokafka's fetches), whose cost is per fetch, not
+    per event (docs/benchmarks.md, session 12, pace18)."""
+    out = {"main": 0.0, "others": 0.0}
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # the thread ended meanwhile
+        out["main" if task.name == str(pid) else "others"] += (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
