@@ -281,9 +281,6 @@ class BatchInput:
         self.applied: dict[TP, int] = {}
         #: the batch in flight (its checkpoint, then the applied offsets), awaited by a rebalance or a stop
         self.in_flight: asyncio.Future | None = None
-        #: how long the fetch loop waits before asking again while no partition is active (a recovery): upstream
-        #: Faust's 1 s until :meth:`run` starts, then the batch's fill wait (``within``)
-        self.idle_seconds = 1.0
         app.flow_control.manage_queue(self.queue)  # cleared with the stream queues on a rebalance
 
     async def deliver(self, records: list[InputRecord], generation_id: int) -> None:
@@ -344,7 +341,6 @@ class BatchInput:
         says that many would outlast the time budget (:class:`BatchPace`); of all queued up to ``queued_limit``
         without a fill wait when records are queued (:meth:`BatchQueue.take`)."""
         loop = asyncio.get_running_loop()
-        self.idle_seconds = within
         while True:
             records = await self.queue.take(
                 limit, within, self.pace.backlog_limit(limit, backlog_limit), backlog_from, queued_limit
@@ -440,32 +436,6 @@ def interleave(fetched: list[list[InputRecord]]) -> list[InputRecord]:
     return list(heapq.merge(*fetched, key=attrgetter("timestamp")))
 
 
-async def _wait_next_records_tapped(self: Consumer, timeout: float) -> tuple[Any, set[TP] | None]:
-    """``Consumer._wait_next_records`` (faust-streaming 0.15.3) that, for an app with a batch input, waits
-    ``BatchInput.idle_seconds`` instead of a whole second when no partition is active, then lets the fetch loop
-    ask again.
-
-    Why: a table's recovery pauses every stream partition of the new assignment, so the fetcher finds none
-    active and upstream sleeps 1 s; the recovery that follows a rebalance took 0.06 s, and the worker's first
-    batch came 0.7-1.2 s after "Worker ready" (Kafka, a second worker joining: docs/benchmarks.md, session 12,
-    pace18). The rest is upstream's: wait while the flow is stopped, fetch the active partitions."""
-    tap = input_of(self)
-    if tap is None:
-        upstream: tuple[Any, set[TP] | None] = await _upstream["_wait_next_records"](self, timeout)
-        return upstream
-    if not self.flow_active:
-        await self.wait(self.can_resume_flow)  # type: ignore[arg-type]  # as upstream: an asyncio.Event
-    try:
-        self.not_waiting_next_records.set()
-        active = None if self.app.client_only else self._get_active_partitions()
-        if active is None or active:
-            return await self._getmany(active_partitions=active, timeout=timeout), active
-        await self.sleep(tap.idle_seconds)
-        return {}, active
-    finally:
-        self.not_waiting_next_records.set()
-
-
 def _filter_committable_with_batches(self: Consumer, tps: Iterable[TP]) -> dict[TP, int]:
     offsets = _upstream["_filter_committable_offsets"](self, tps)
     tap = input_of(self)
@@ -487,10 +457,9 @@ def install() -> None:
     """Patch Faust's consumer; it only changes apps that carry a ``pulse_batch_input``."""
     global _INSTALLED
     if not _INSTALLED:
-        for name in ("getmany", "_filter_committable_offsets", "wait_empty", "_wait_next_records"):
+        for name in ("getmany", "_filter_committable_offsets", "wait_empty"):
             _upstream[name] = getattr(Consumer, name)
         Consumer.getmany = _getmany_tapped  # type: ignore[method-assign]
-        Consumer._wait_next_records = _wait_next_records_tapped  # type: ignore[method-assign]
         Consumer._filter_committable_offsets = _filter_committable_with_batches  # type: ignore[method-assign]
         Consumer.wait_empty = _wait_empty_and_batches  # type: ignore[method-assign]
         _INSTALLED = True

@@ -4,7 +4,6 @@ in which order, what a rebalance drops, and what Faust may commit."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import defaultdict
 from types import SimpleNamespace
 from typing import Any
@@ -446,69 +445,5 @@ def test_run_takes_a_smaller_backlog_batch_when_the_measured_pace_would_outlast_
         # the live size first (nothing measured), then what 1 s holds (10), never the record bound of 50
         assert sizes[:3] == [5, 10, 10] and max(sizes) == 10, sizes
         assert tap.applied == {TP(ORDERS, 0): sum(sizes)}
-
-    asyncio.run(go())
-
-
-class IdleConsumer:
-    """What the tapped ``_wait_next_records`` reads of Faust's consumer: no partition active (a recovery)."""
-
-    def __init__(self, app: Any, active: set[TP]) -> None:
-        self.app = app
-        self.flow_active = True
-        self.active = active
-        self.slept: list[float] = []
-        self.fetched: list[set[TP] | None] = []
-        self.not_waiting_next_records = asyncio.Event()
-
-    def _get_active_partitions(self) -> set[TP]:
-        return self.active
-
-    async def _getmany(self, active_partitions: set[TP] | None, timeout: float) -> dict[TP, list[Any]]:
-        self.fetched.append(active_partitions)
-        return {tp: records(0) for tp in active_partitions or ()}
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-
-
-def test_with_no_partition_active_the_fetch_loop_waits_the_batch_fill_time_not_a_second():
-    """Upstream Faust sleeps 1 s when no partition is active (a recovery pauses them all): the first batch after
-    a rebalance waited up to that long after the worker was ready."""
-
-    async def go() -> None:
-        app = FakeApp()
-        app.client_only = False  # type: ignore[attr-defined]
-        tap = BatchInput(app, [ORDERS], 100)
-        app.pulse_batch_input = tap  # type: ignore[attr-defined]
-        idle = IdleConsumer(app, set())
-        assert tap.idle_seconds == 1.0  # upstream's until the input runs
-        tap.idle_seconds = 0.05  # what run() sets: the batch's fill wait
-        got = await batch_input._wait_next_records_tapped(idle, 1.0)  # type: ignore[arg-type]
-        assert got == ({}, set()) and idle.slept == [0.05] and idle.fetched == []
-        tp = TP(ORDERS, 0)
-        idle.active = {tp}  # resumed: fetched as upstream does, no sleep
-        fetched, active = await batch_input._wait_next_records_tapped(idle, 1.0)  # type: ignore[arg-type]
-        assert set(fetched) == {tp} and active == {tp} and idle.slept == [0.05]
-
-    asyncio.run(go())
-
-
-def test_run_sets_the_idle_wait_to_the_batch_fill_time():
-    async def go() -> None:
-        tap = BatchInput(FakeApp(), [ORDERS], 100)
-
-        async def checkpoint(batch: list[InputRecord]) -> list[InputRecord]:
-            return batch
-
-        async def guard(work: Any) -> None:
-            await work
-
-        runner = asyncio.ensure_future(tap.run(checkpoint, 10, 0.02, guard))
-        await asyncio.sleep(0)
-        assert tap.idle_seconds == 0.02
-        runner.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await runner
 
     asyncio.run(go())
