@@ -27,9 +27,7 @@ input topics changes:
   of ``streams.offsets``: never past what the changelog holds), so acks and
   commits belong to the checkpoint, not to per-event bookkeeping;
 * a rebalance and a stop wait for the batch in flight (``Consumer.wait_empty``,
-  which Faust awaits before revoking and before stopping), then commit;
-* while no partition is active (a recovery), the fetch loop asks again after the
-  batch's fill wait instead of Faust's whole second (``_wait_next_records``).
+  which Faust awaits before revoking and before stopping), then commit.
 
 Records are :class:`InputRecord` objects: ``record.message`` is the record
 itself, with the attributes of Faust's message the checkpoint reads, so the
