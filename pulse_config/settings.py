@@ -379,11 +379,13 @@ class Settings(BaseSettings):
         5000, ge=1, description="Customers per partition and batch re-checked because a time-driven signal fell due."
     )
     churn_due_per_live_batch: int = Field(
-        25,
+        8,
         ge=1,
         description="Live partitions (clock within historical_alert_seconds of the wall clock): at most this many of "
         "those re-checks per partition and batch, earliest due first, the rest in the next batches, so a burst (the "
-        "clock jumping after a pause) does not hold back the alerts of fresh events.",
+        "clock jumping after a pause) does not hold back the alerts of fresh events (8, not 25: at 3,000 events/s on "
+        "Kafka a batch holds ~55 events, and 25 per partition doubled the first window's batches; docs/benchmarks.md "
+        "session 12).",
     )
     clock_idle_advance_seconds: float = Field(
         0.0,
