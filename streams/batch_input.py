@@ -279,6 +279,9 @@ class BatchInput:
         self.applied: dict[TP, int] = {}
         #: the batch in flight (its checkpoint, then the applied offsets), awaited by a rebalance or a stop
         self.in_flight: asyncio.Future | None = None
+        #: how long Faust's fetch loop waits before asking again while no partition is active (a table's recovery
+        #: pauses them all; streams.faust_fixes): upstream's 1 s until :meth:`run` starts, then the batch's fill wait
+        self.idle_seconds = 1.0
         app.flow_control.manage_queue(self.queue)  # cleared with the stream queues on a rebalance
 
     async def deliver(self, records: list[InputRecord], generation_id: int) -> None:
@@ -339,6 +342,7 @@ class BatchInput:
         says that many would outlast the time budget (:class:`BatchPace`); of all queued up to ``queued_limit``
         without a fill wait when records are queued (:meth:`BatchQueue.take`)."""
         loop = asyncio.get_running_loop()
+        self.idle_seconds = within
         while True:
             records = await self.queue.take(
                 limit, within, self.pace.backlog_limit(limit, backlog_limit), backlog_from, queued_limit

@@ -12,7 +12,13 @@ from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer, RecordMap
 from faust.types import TP
 
+from streams.batch_input import input_of
+
 _APPLIED = False
+
+#: how long the fetch loop waits before it asks again while no partition is active (upstream's 1 s), unless the
+#: app's batch input says otherwise (``BatchInput.idle_seconds``)
+UPSTREAM_IDLE_SECONDS = 1.0
 
 
 def _resume_flow_control(app: object) -> None:
@@ -110,7 +116,16 @@ async def _wait_next_records_snapshot(self: Consumer, timeout: float) -> tuple[R
     time aiokafka runs ``getmany(*partitions)``, which then means *all*
     partitions; Faust discards the records of every partition not in the (now
     empty) set after aiokafka has moved past them. A new worker whose group had
-    not committed yet skipped everything produced before it started.
+    not committed yet skipped everything produced before it started. (Session 12
+    shortened the idle wait in a copy of this method that handed over the live
+    set again: batches skipped offsets after a recovery, which the offset guard
+    caught; tests/unit/test_faust_fixes.py now holds the copy.)
+
+    While no partition is active (a table's recovery pauses them all) upstream
+    sleeps a whole second before it asks again; an app with a batch input waits
+    its ``idle_seconds`` instead (the batch's fill wait once it runs), so the
+    first batch after a rebalance does not come up to a second after the worker
+    is ready (docs/benchmarks.md, session 12, pace18).
     """
     if not self.flow_active:
         await self.wait(self.can_resume_flow)  # type: ignore[arg-type]  # as upstream: an asyncio.Event
@@ -125,7 +140,8 @@ async def _wait_next_records_snapshot(self: Consumer, timeout: float) -> tuple[R
         if active_partitions is None or active_partitions:
             records = await self._getmany(active_partitions=active_partitions, timeout=timeout)
         else:
-            await self.sleep(1)
+            tap = input_of(self)
+            await self.sleep(UPSTREAM_IDLE_SECONDS if tap is None else tap.idle_seconds)
         return records, active_partitions
     finally:
         self.not_waiting_next_records.set()

@@ -1,10 +1,24 @@
-"""The issue-15 fix of streams/faust_fixes.py: the flow is resumed (and the stream queues cleared) only once."""
+"""streams/faust_fixes.py with fakes of Faust: the flow is resumed (and the stream queues cleared) only once (issue
+15); the consumer thread fetches for a copy of the active set (a pause while a fetch is in flight must not drop its
+records after aiokafka moved past them); while no partition is active the loop waits the batch input's idle time.
+
+The recovery re-orderings of the same module are exercised against real brokers by
+tests/e2e/test_restart_recovery.py and tests/faults/test_retained_partitions.py."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from types import SimpleNamespace
+from typing import Any
 
-from streams import faust_fixes
+from faust.types import TP
+from mode.utils.queues import FlowControlEvent
+
+from streams import batch_input, faust_fixes
+from streams.batch_input import BatchInput, InputRecord
+
+ORDERS = "orders"
 
 
 class FakeFlowControl:
@@ -26,3 +40,108 @@ def test_flow_is_resumed_only_when_suspended():
     faust_fixes._resume_flow_control(SimpleNamespace(flow_control=running))
     faust_fixes._resume_flow_control(SimpleNamespace(flow_control=suspended))
     assert running.resumed == 0 and suspended.resumed == 1
+
+
+class LoopApp:
+    def __init__(self) -> None:
+        self.flow_control = FlowControlEvent(initially_suspended=False)
+        self.consumer_generation_id = 1
+        self.client_only = False
+        self.monitor = SimpleNamespace(stream_inbound_time={}, track_tp_end_offset=lambda tp, offset: None)
+
+
+class LoopConsumer:
+    """What ``_wait_next_records_snapshot`` and the tapped ``getmany`` read of Faust's consumer.
+
+    ``pause_during_fetch``: partitions paused (removed from the live active set, as ``Consumer.pause_partitions``
+    does) while the fetch is in the consumer thread, e.g. by a rebalance or a table's recovery. The fetch then
+    answers as aiokafka's ``getmany(*partitions)`` does: for the partitions it was handed, all of them if none."""
+
+    def __init__(self, app: LoopApp, active: set[TP], log: dict[TP, list[int]], pause_during_fetch: set[TP]) -> None:
+        self.app = app
+        self.active = active
+        self.log = log
+        self.pause_during_fetch = pause_during_fetch
+        self.flow_active = True
+        self.should_stop = False
+        self.not_waiting_next_records = asyncio.Event()
+        self._buffered_partitions: set[TP] = set()
+        self.handed: list[set[TP] | None] = []
+        self.slept: list[float] = []
+
+    def _get_active_partitions(self) -> set[TP]:
+        return self.active  # the live set, as Faust's
+
+    async def _getmany(self, active_partitions: set[TP] | None, timeout: float) -> dict[TP, list[Any]]:
+        self.handed.append(active_partitions)
+        self.active.difference_update(self.pause_during_fetch)
+        await asyncio.sleep(0)  # the consumer thread runs the fetch now
+        wanted = active_partitions or set(self.log)
+        return {
+            tp: [SimpleNamespace(offset=o, key=b"k", value=b"v", headers=(), timestamp=o) for o in offsets]
+            for tp, offsets in self.log.items()
+            if tp in wanted
+        }
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+
+    def highwater(self, tp: TP) -> int:
+        return 100
+
+
+def test_a_pause_while_a_fetch_is_in_flight_drops_none_of_its_records():
+    """The regression session 12 reverted (add4f10): a copy of ``_wait_next_records`` handed the consumer thread
+    the live active set; a partition paused meanwhile had its fetched records dropped by the tapped ``getmany``
+    (not in the set any more) after the consumer moved past them, and the next batch skipped those offsets."""
+
+    async def go() -> None:
+        app = LoopApp()
+        tp = TP(ORDERS, 0)
+        consumer = LoopConsumer(app, {tp}, {tp: [95, 96, 97, 98, 99]}, pause_during_fetch={tp})
+        consumer._wait_next_records = faust_fixes._wait_next_records_snapshot.__get__(consumer)  # type: ignore[attr-defined]
+        app.pulse_batch_input = tap = BatchInput(app, [ORDERS], 100)  # type: ignore[attr-defined]
+        assert [item async for item in batch_input._getmany_tapped(consumer, 1.0)] == []  # type: ignore[arg-type]
+        assert consumer.handed == [{tp}] and consumer.handed[0] is not consumer.active  # a copy, still whole
+        assert [r.offset for r in tap.queue.take_now(100)] == [95, 96, 97, 98, 99]
+
+    asyncio.run(go())
+
+
+def test_with_no_partition_active_the_loop_waits_the_batch_input_s_idle_time_else_upstream_s_second():
+    async def go() -> None:
+        app = LoopApp()
+        consumer = LoopConsumer(app, set(), {}, pause_during_fetch=set())
+        assert await faust_fixes._wait_next_records_snapshot(consumer, 1.0) == ({}, set())  # type: ignore[arg-type]
+        assert consumer.slept == [faust_fixes.UPSTREAM_IDLE_SECONDS] and consumer.handed == []
+        app.pulse_batch_input = tap = BatchInput(app, [ORDERS], 100)  # type: ignore[attr-defined]
+        assert tap.idle_seconds == faust_fixes.UPSTREAM_IDLE_SECONDS  # until the input runs
+        tap.idle_seconds = 0.05
+        await faust_fixes._wait_next_records_snapshot(consumer, 1.0)  # type: ignore[arg-type]
+        assert consumer.slept[-1] == 0.05 and consumer.handed == []
+        tp = TP(ORDERS, 0)
+        consumer.active.add(tp)  # resumed: fetched, no wait
+        records, active = await faust_fixes._wait_next_records_snapshot(consumer, 1.0)  # type: ignore[arg-type]
+        assert active == {tp} and len(consumer.slept) == 2 and consumer.handed == [{tp}]
+
+    asyncio.run(go())
+
+
+def test_run_sets_the_idle_wait_to_the_batch_fill_time():
+    async def go() -> None:
+        tap = BatchInput(LoopApp(), [ORDERS], 100)
+
+        async def checkpoint(batch: list[InputRecord]) -> list[InputRecord]:
+            return batch
+
+        async def guard(work: Any) -> None:
+            await work
+
+        runner = asyncio.ensure_future(tap.run(checkpoint, 10, 0.02, guard))
+        await asyncio.sleep(0)
+        assert tap.idle_seconds == 0.02
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+
+    asyncio.run(go())
