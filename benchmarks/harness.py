@@ -66,6 +66,8 @@ from benchmarks.phases.common import (
     LATENCY_WINDOW_SECONDS,
     REPO,
     Bench,
+    CpuReading,
+    cpu_reading,
     log,
     peak_rss_bytes,
     thread_cpu_seconds,
@@ -226,7 +228,12 @@ def broker_phases(
                     before = procs[0].metrics() if procs else ""
                     threads_before = thread_cpu_seconds(procs[0].popen.pid) if procs else {}
                     spied = procs[0] if procs and args.py_spy else None
+                    cpu_before = cpu_reading(procs, bench.server_pids())
+                    own_before = time.process_time()
                     out["latency"] = latency.latency(bench, env, rate, args.latency_seconds, spied)
+                    out["latency"]["cpu_seconds"] = latency_cpu(
+                        cpu_before, cpu_reading(procs, bench.server_pids()), time.process_time() - own_before
+                    )
                     if procs:
                         out["latency"]["worker"] = worker_deltas(before, procs[0].metrics())
                         threads = thread_cpu_seconds(procs[0].popen.pid)
@@ -288,6 +295,23 @@ class LoadAverage:
     def summary(self) -> dict[str, float | None]:
         s = self.samples or [os.getloadavg()[0]]
         return {"min": round(min(s), 1), "mean": round(sum(s) / len(s), 1), "max": round(max(s), 1)}
+
+
+def latency_cpu(before: CpuReading, after: CpuReading, bench_seconds: float) -> dict[str, float | None]:
+    """Where the box's CPU went during the latency phase (seconds): the worker, the broker and Redis, and this
+    process, which produces the live traffic and reads the alerts and Redis notifications (on a real deployment the
+    producers run elsewhere; here they share the worker's two cores), and the box's busy share."""
+
+    def delta(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else round(b - a, 2)
+
+    total = after.box_total - before.box_total
+    return {
+        "worker": delta(before.procs, after.procs),
+        "servers": delta(before.servers, after.servers),
+        "bench_load_generator": round(bench_seconds, 2),
+        "box_busy_share": round((after.box_busy - before.box_busy) / total, 3) if total > 0 else None,
+    }
 
 
 def code_version() -> str:
@@ -650,6 +674,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latency-seconds", type=float, default=20.0, help="length of the half-rate latency phase")
     p.add_argument(
         "--latency-rate", type=float, default=0.0, help="events/s of the latency phase (default: half the full rate)"
+    )
+    p.add_argument(
+        "--load-producer",
+        choices=("librdkafka", "aiokafka"),
+        default="librdkafka",
+        help="client producing the latency phase's live traffic (default librdkafka: a fraction of aiokafka's CPU "
+        "per record, on the cores the worker shares; aiokafka where the broker needs security settings)",
     )
     p.add_argument("--skip", default="", help=f"phases to skip, comma-separated: {','.join(PHASES)}")
     p.add_argument(

@@ -41,7 +41,7 @@ def latency(
 
 async def _latency(bench: Bench, env: dict[str, str], rate: float, seconds: float) -> dict[str, Any]:
     import redis.asyncio as aioredis
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+    from aiokafka import AIOKafkaConsumer, TopicPartition
 
     from pulse.simulate import generate_events
     from streams.security import kafka_client_kwargs
@@ -60,7 +60,7 @@ async def _latency(bench: Bench, env: dict[str, str], rate: float, seconds: floa
     to_redis: dict[str, float] = {}
     to_alert: dict[str, float] = {}
 
-    producer = AIOKafkaProducer(**kafka, acks="all", linger_ms=1)
+    producer = load_producer(bench.args.load_producer, kafka)
     consumer = AIOKafkaConsumer(**kafka, enable_auto_commit=False, group_id=None, fetch_max_wait_ms=10)
     client = aioredis.from_url(settings.redis_url)
     await producer.start()
@@ -118,8 +118,9 @@ async def _latency(bench: Bench, env: dict[str, str], rate: float, seconds: floa
                     sent_at[cid] = time.monotonic()
                 else:
                     kind, event = live_event(live[sent % len(live)], sent)
-                await producer.send(topics[kind], key=event["customer_id"].encode(), value=orjson.dumps(event))
+                await producer.send(topics[kind], event["customer_id"].encode(), orjson.dumps(event))
                 sent += 1
+            producer.poll()
             await asyncio.sleep(0.002)
         produced_seconds = time.monotonic() - started
         await producer.flush()
@@ -153,6 +154,8 @@ async def _latency(bench: Bench, env: dict[str, str], rate: float, seconds: floa
         "rate_achieved": round(sent / produced_seconds, 1),
         "seconds": round(produced_seconds, 2),
         "events": sent,
+        "load_producer": producer.name,
+        "load_producer_errors": producer.errors,
         "tracers": len(sent_at),
         "redis_seen": len(redis_lat),
         "redis_p50_ms": ms(redis_lat, 0.50),
@@ -168,6 +171,94 @@ async def _latency(bench: Bench, env: dict[str, str], rate: float, seconds: floa
         "alert_p50_steady_ms": ms(steady, 0.50),
         "alert_p99_steady_ms": ms(steady, 0.99),
     }
+
+
+class AioLoadProducer:
+    """The live traffic through aiokafka (the worker's own client): ~40-70 µs of this process's CPU per event, on
+    the two cores the worker, the broker and Redis share."""
+
+    name = "aiokafka"
+
+    def __init__(self, kafka: dict[str, Any]) -> None:
+        from aiokafka import AIOKafkaProducer
+
+        self.producer = AIOKafkaProducer(**kafka, acks="all", linger_ms=1)
+        self.errors = 0
+
+    async def start(self) -> None:
+        await self.producer.start()
+
+    async def send(self, topic: str, key: bytes, value: bytes) -> None:
+        await self.producer.send(topic, key=key, value=value)
+
+    def poll(self) -> None:
+        pass
+
+    async def flush(self) -> None:
+        await self.producer.flush()
+
+    async def stop(self) -> None:
+        await self.producer.stop()
+
+
+class RdLoadProducer:
+    """The live traffic through librdkafka (confluent-kafka, a dev dependency): the load generator is not the system
+    under test, but on this box it shares the worker's two cores, and aiokafka's per-record Python cost took 0.4
+    of a core at 6,500 events/s (docs/benchmarks.md, session 13). ``murmur2_random`` partitions a key as the Java
+    client and aiokafka do, so no record lands on a partition the worker would re-route. Delivery failures are
+    counted (a lost tracer also shows as unseen)."""
+
+    name = "librdkafka"
+
+    def __init__(self, kafka: dict[str, Any]) -> None:
+        import confluent_kafka
+
+        self.errors = 0
+        self.producer = confluent_kafka.Producer(
+            {
+                "bootstrap.servers": kafka["bootstrap_servers"],
+                "acks": "all",
+                "linger.ms": 1,
+                "partitioner": "murmur2_random",
+                "delivery.report.only.error": True,
+                "on_delivery": self._delivered,
+            }
+        )
+
+    def _delivered(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self.errors += 1
+
+    async def start(self) -> None:
+        pass
+
+    async def send(self, topic: str, key: bytes, value: bytes) -> None:
+        for _ in range(1000):  # the local queue full (~100,000 records): give librdkafka up to 10 s to drain it
+            try:
+                self.producer.produce(topic, value, key)
+                return
+            except BufferError:
+                self.producer.poll(0.01)
+        raise RuntimeError("librdkafka's queue stayed full for 10 s")
+
+    def poll(self) -> None:
+        self.producer.poll(0)
+
+    async def flush(self) -> None:
+        left = await asyncio.to_thread(self.producer.flush, 30)
+        if left:
+            raise RuntimeError(f"{left} records of the live traffic not delivered within 30 s")
+
+    async def stop(self) -> None:
+        await self.flush()
+
+
+def load_producer(choice: str, kafka: dict[str, Any]) -> AioLoadProducer | RdLoadProducer:
+    """``--load-producer``: librdkafka (default) where the broker needs no security settings, else aiokafka."""
+    plain = {k: v for k, v in kafka.items() if (k, v) != ("security_protocol", "PLAINTEXT")}
+    if choice == "librdkafka" and set(plain) == {"bootstrap_servers"}:
+        return RdLoadProducer(kafka)
+    return AioLoadProducer(kafka)
 
 
 def tracer_event(cid: str, n: int, alert: bool) -> tuple[str, dict]:
