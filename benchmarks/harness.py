@@ -678,9 +678,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--load-producer",
         choices=("librdkafka", "aiokafka"),
-        default="librdkafka",
-        help="client producing the latency phase's live traffic (default librdkafka: a fraction of aiokafka's CPU "
-        "per record, on the cores the worker shares; aiokafka where the broker needs security settings)",
+        default="aiokafka",
+        help="client producing the latency phase's live traffic (default aiokafka, as in every earlier session; "
+        "librdkafka takes a third less of this process's CPU per record but, in session 13's pairs, more of the "
+        "broker's: docs/benchmarks.md; aiokafka where the broker needs security settings)",
     )
     p.add_argument("--skip", default="", help=f"phases to skip, comma-separated: {','.join(PHASES)}")
     p.add_argument(

@@ -203,10 +203,11 @@ class AioLoadProducer:
 
 class RdLoadProducer:
     """The live traffic through librdkafka (confluent-kafka, a dev dependency): the load generator is not the system
-    under test, but on this box it shares the worker's two cores, and aiokafka's per-record Python cost took 0.4
-    of a core at 6,500 events/s (docs/benchmarks.md, session 13). ``murmur2_random`` partitions a key as the Java
-    client and aiokafka do, so no record lands on a partition the worker would re-route. Delivery failures are
-    counted (a lost tracer also shows as unseen)."""
+    under test, but on this box it shares the worker's two cores, and aiokafka's per-record Python cost took 0.3-0.4
+    of a core at 5,000-6,500 events/s. librdkafka's own cost is a third lower, but in session 13's pairs the
+    broker's rose by more (docs/benchmarks.md), so it is not the default. ``murmur2_random`` partitions a key as
+    the Java client and aiokafka do, so no record lands on a partition the worker would re-route. Delivery failures
+    are counted (a lost tracer also shows as unseen)."""
 
     name = "librdkafka"
 
@@ -254,7 +255,7 @@ class RdLoadProducer:
 
 
 def load_producer(choice: str, kafka: dict[str, Any]) -> AioLoadProducer | RdLoadProducer:
-    """``--load-producer``: librdkafka (default) where the broker needs no security settings, else aiokafka."""
+    """``--load-producer``: librdkafka only where the broker needs no security settings, else aiokafka."""
     plain = {k: v for k, v in kafka.items() if (k, v) != ("security_protocol", "PLAINTEXT")}
     if choice == "librdkafka" and set(plain) == {"bootstrap_servers"}:
         return RdLoadProducer(kafka)
