@@ -132,7 +132,7 @@ class RenderFailure:
     #: a record of its batch was applied to the customer (in-process, its failure would have failed the batch)
     event: bool
     #: ``quarantined`` (as a time-driven failure in-process: skipped by due checks and sweeps until its next
-    #: event), ``newer_event`` (an event of the customer was processed after that batch: its own rendering
+    #: event), ``newer_event`` (a record of the customer was processed after that batch: its own rendering
     #: decides) or ``not_owned`` (the partition was given away, or rebuilt, since: this worker's view is gone)
     outcome: str
 
@@ -263,8 +263,9 @@ class BatchProcessor:
         #: render_elsewhere: (seq, customers with a record in it, ``to_render``) of each batch whose profiles are
         #: rendered elsewhere and not answered yet, oldest first
         self._rendering: deque[tuple[int, set[bytes], list[ToRender]]] = deque()
-        #: render_elsewhere: (seq, customers with an input event in it) of the batches processed after the oldest
-        #: of ``_rendering``: a failure answered late does not quarantine a customer that had an event since
+        #: render_elsewhere: (seq, customers with a record in it) of the batches processed after the oldest of
+        #: ``_rendering``: a failure answered late does not quarantine a customer that had a record since (that
+        #: batch rendered it again, and its own answer decides)
         self._events_since: deque[tuple[int, set[bytes]]] = deque()
         #: partition -> ``batches`` when its population was last rebuilt (a failure answered for an older batch
         #: belongs to a view of the partition this worker dropped)
@@ -313,8 +314,6 @@ class BatchProcessor:
         """
         self.batches += 1
         out = BatchOutcome(seq=self.batches)
-        #: render_elsewhere: customers with an input event in the batch (what lifts a quarantine)
-        events: set[bytes] | None = set() if self.render_elsewhere else None
         self._ranking = None  # the events below move the population
         self._wall_ms = wall_ms
         if ends is not None or self._ends is None:
@@ -375,8 +374,6 @@ class BatchProcessor:
                     continue
             if self.quarantined:
                 self.quarantined.discard(key)  # a new event: scheduled and swept again
-            if events is not None:
-                events.add(key)
             state = out.states.get(key)
             if state is None:
                 state = load(key)
@@ -431,7 +428,7 @@ class BatchProcessor:
         for key in waiting:
             self._defer(key, out.states[key])
         if not clocks:
-            self._track_elsewhere(out, events)
+            self._track_elsewhere(out)
             return out
         self._population_stands()
         render = {}
@@ -452,17 +449,17 @@ class BatchProcessor:
         out.profiles = self.profiles(render, None, out.assessed, out)
         self._deferred = deferred  # (a batch that raised leaves the previous batch's to its retry)
         out.rank_inexact = self._ranking.inexact if self._ranking is not None else 0
-        self._track_elsewhere(out, events)
+        self._track_elsewhere(out)
         return out
 
-    def _track_elsewhere(self, out: BatchOutcome, events: set[bytes] | None) -> None:
+    def _track_elsewhere(self, out: BatchOutcome) -> None:
         """render_elsewhere: note what :meth:`render_answered` needs of a batch that returned (one that raised is
-        processed again and noted then): its events, while an older batch's profiles are being rendered, and its
-        own profiles to render."""
-        if events is None:
+        processed again and noted then): the customers with a record in it, while an older batch's profiles are
+        being rendered, and its own profiles to render."""
+        if not self.render_elsewhere:
             return
-        if self._rendering and events:
-            self._events_since.append((out.seq, events))
+        if self._rendering and out.event_customers:
+            self._events_since.append((out.seq, out.event_customers))
         if out.to_render:
             self._rendering.append((out.seq, out.event_customers, out.to_render))
 
@@ -470,8 +467,10 @@ class BatchProcessor:
         """The render process answered batch ``seq``'s ``to_render`` (``dropped``: after a revoke settled without
         it); ``failures``: (customer id, error) of the profiles it could not render. Each is quarantined as a
         time-driven failure in-process is (:meth:`_contained`: unscheduled, left out of due checks and sweeps
-        until the customer's next event), unless the customer had an event in a batch processed since (the
-        quarantine would have been lifted by it, and that event's own rendering decides) or its partition is no
+        until the customer's next event), unless the customer had a record in a batch processed since (an input
+        event would have lifted the quarantine; any record renders the customer again in its batch, and that
+        rendering's own answer decides: a record's customers are known per batch already, so this costs the
+        batch nothing per event) or its partition is no
         longer this worker's view (given away or rebuilt since: the answer is as good as dropped). A customer
         with a record in batch ``seq`` is quarantined too: its record is applied and committed (no dead letter
         is possible any more), its profile stays as last written, and rendering it again before its next

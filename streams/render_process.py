@@ -22,8 +22,8 @@ What the users of the profile view keep:
 * a render that raises skips only its customer's profile, and quarantines the customer as a failure on the
   worker's thread does: each answer names its batch, and ``on_answered`` (the worker's
   ``Checkpoint.render_answered`` -> ``BatchProcessor.render_answered``) unschedules the customer and leaves it
-  out of due checks and sweeps until its next event, unless that event (or a revoke) came first: the answer
-  arrives after later batches. One difference stays: a customer with a record in its batch is quarantined
+  out of due checks and sweeps until its next event, unless a later record of it (or a revoke) came first:
+  the answer arrives after later batches. One difference stays: a customer with a record in its batch is quarantined
   too, but its record is applied and committed by then, where rendering in-process would have dead-lettered it
   (docs/architecture.md, "The render process");
 * the child's death (its end of the socket closed) is the worker's exit (``on_death``): Redis is a view and a
