@@ -159,7 +159,11 @@ class CheckpointMetrics:
                     error,
                 )
             else:
-                why = "it had an event since" if failure.outcome == NEWER_EVENT else "its partition is no longer owned"
+                why = (
+                    "a later batch had a record of it, and renders it again"
+                    if failure.outcome == NEWER_EVENT
+                    else "its partition was given away or rebuilt since, or a revoke settled without the answer"
+                )
                 log.error(
                     "partition %s: rendering the profile of %s raised, not written, not skipped (%s): %s",
                     partition,

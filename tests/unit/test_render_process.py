@@ -418,7 +418,9 @@ def test_a_time_driven_profile_the_child_cannot_render_quarantines_its_customer_
     assert not w.processor._rendering and not w.processor._events_since  # nothing kept once answered
 
 
-def test_a_failure_answered_after_the_customer_s_next_event_does_not_quarantine_it(w: Wired):
+def test_a_failure_answered_after_the_customer_s_next_event_does_not_quarantine_it(
+    w: Wired, caplog: pytest.LogCaptureFixture
+):
     """The answer comes after later batches: an event of the customer processed meanwhile would have lifted the
     quarantine in-process, and its own rendering decides."""
     w.answer(w.batch(order(0, "A", 0, 50), order(1, "B", 0, 60)))
@@ -429,6 +431,7 @@ def test_a_failure_answered_after_the_customer_s_next_event_does_not_quarantine_
     w.answer(swept, failing="A")
     assert b"A" not in w.processor.quarantined
     assert errors("time_driven") == time_driven + 1  # reported all the same
+    assert "not skipped (a later batch had a record of it" in caplog.text
     w.answer(other)
     w.answer(event)
     assert list(w.answers[-1]) == ["A"]
@@ -439,7 +442,7 @@ def test_a_failure_answered_after_the_customer_s_next_event_does_not_quarantine_
     assert not w.processor._rendering and not w.processor._events_since
 
 
-def test_a_failure_of_a_partition_given_away_or_rebuilt_since_is_ignored(w: Wired):
+def test_a_failure_of_a_partition_given_away_or_rebuilt_since_is_ignored(w: Wired, caplog: pytest.LogCaptureFixture):
     w.answer(w.batch(order(0, "A", 0, 50), order(1, "B", 0, 60)))
     # given away: the next batch's population no longer holds the partition when the answer comes
     swept = w.batch(order(2, "B", 10, 70), tick(0))
@@ -462,6 +465,7 @@ def test_a_failure_of_a_partition_given_away_or_rebuilt_since_is_ignored(w: Wire
     assert run(w.proc.settle(0.01)) == 1
     w.answer(swept, failing="A")
     assert b"A" not in w.processor.quarantined
+    assert caplog.text.count("not skipped (its partition was given away or rebuilt since") == 3
     assert not w.processor._rendering and not w.processor._events_since
 
 
