@@ -125,6 +125,7 @@ def measure(
                 pack_profile(profile, prefix, vip_value)
         if out.to_render:
             encode_request((0, [(key.decode(), store[key], at, clv, risk) for key, _, at, clv, risk in out.to_render]))
+            processor.render_answered(out.seq, [], False)  # the worker hands every answer back (its quarantines)
         report_batch(out)
         totals["due_checks"] += out.due_checked
         totals["profiles"] += len(out.profiles) + len(out.to_render)

@@ -118,7 +118,7 @@ class ProfileSink(Protocol):
 class ProfileRenderer(Protocol):
     """What the checkpoint needs of ``streams.render_process.RenderProcess``."""
 
-    async def submit(self, items: Sequence[RenderInput]) -> None: ...
+    async def submit(self, items: Sequence[RenderInput], batch: int = 0) -> None: ...
 
 
 class StepTimer:
@@ -336,13 +336,19 @@ class Checkpoint:
         step("repair")
         # 4. Redis behind
         if outcome.to_render and self.renderer is not None:
-            await self.renderer.submit(self._render_inputs(outcome))
+            await self.renderer.submit(self._render_inputs(outcome), outcome.seq)
         self.sink.submit(outcome.profiles)
         self.write_behind()
         step("submit")
         self.metrics.batch(outcome)
         step("metrics")
         self._committing += step.total
+
+    def render_answered(self, batch: int, failures: list[tuple[str, str]], dropped: bool) -> None:
+        """The render process answered ``batch`` (``RenderProcess.on_answered``): a profile it could not render
+        quarantines its customer as a failure on this thread does (``BatchProcessor.render_answered``), and is
+        reported alike (``CheckpointMetrics.render_failures``)."""
+        self.metrics.render_failures(self.processor.render_answered(batch, failures, dropped))
 
     def _render_inputs(self, outcome: BatchOutcome) -> list[RenderInput]:
         """What the render process renders each profile from: the bytes the table holds now (every state of the

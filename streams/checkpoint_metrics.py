@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from scoring.episodes import (
@@ -24,6 +24,7 @@ from scoring.episodes import (
     SAVE_TAGS,
 )
 from streams import metrics
+from streams.processor import NEWER_EVENT, QUARANTINED, RenderFailure
 
 if TYPE_CHECKING:
     from scoring.indicator_sums import IndicatorValues
@@ -129,9 +130,47 @@ class CheckpointMetrics:
                     partition,
                     n,
                 )
-        for partition, key, error in outcome.time_driven_failures:
+        self.time_driven_failures(outcome.time_driven_failures)
+
+    def time_driven_failures(self, failures: Iterable[tuple[int, bytes, str]]) -> None:
+        """Customers whose time-driven re-scoring or rendering raised, now quarantined (in the batch, or answered
+        by the render process)."""
+        for partition, key, error in failures:
             metrics.PROCESSING_ERRORS.labels("time_driven").inc()
             log.error("partition %d: re-scoring %s raised, skipped until its next event: %s", partition, key, error)
+
+    def render_failures(self, failures: Iterable[RenderFailure]) -> None:
+        """Profiles the render process could not render (``BatchProcessor.render_answered`` decided on each): a
+        customer without a record in its batch is reported as a time-driven failure in-process is
+        (``stage="time_driven"``), one with a record as ``stage="render"`` (in-process its record would have been
+        retried and dead-lettered; here it is applied already)."""
+        for failure in failures:
+            partition, key, error = failure.partition, failure.key, failure.error
+            if failure.outcome == QUARANTINED and not failure.event and partition is not None:
+                self.time_driven_failures([(partition, key, error)])  # as if the batch had rendered it
+                continue
+            metrics.PROCESSING_ERRORS.labels("render" if failure.event else "time_driven").inc()
+            if failure.outcome == QUARANTINED:
+                log.error(
+                    "partition %s: rendering the profile of %s raised, not written (its record of the batch stays "
+                    "applied), skipped until its next event: %s",
+                    partition,
+                    key,
+                    error,
+                )
+            else:
+                why = (
+                    "a later batch had a record of it, and renders it again"
+                    if failure.outcome == NEWER_EVENT
+                    else "its partition was given away or rebuilt since, or a revoke settled without the answer"
+                )
+                log.error(
+                    "partition %s: rendering the profile of %s raised, not written, not skipped (%s): %s",
+                    partition,
+                    key,
+                    why,
+                    error,
+                )
 
     def batch(self, outcome: BatchOutcome) -> None:
         """What one made-durable batch (or piece of one) did, and the population it left: event, dead-letter,

@@ -9,6 +9,7 @@ function calls.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -119,6 +120,30 @@ class Rejected:
     key: bytes | None
 
 
+@dataclass(frozen=True, slots=True)
+class RenderFailure:
+    """A profile the render process could not render (``render_elsewhere``), and what the processor made of it
+    (:meth:`BatchProcessor.render_answered`)."""
+
+    #: the customer's partition (None: not known, the failure is then only reported)
+    partition: int | None
+    key: bytes
+    error: str
+    #: a record of its batch was applied to the customer (in-process, its failure would have failed the batch)
+    event: bool
+    #: ``quarantined`` (as a time-driven failure in-process: skipped by due checks and sweeps until its next
+    #: event), ``newer_event`` (a record of the customer was processed after that batch: its own rendering
+    #: decides) or ``not_owned`` (the partition was given away, or rebuilt, since: this worker's view is gone)
+    outcome: str
+
+
+#: one profile to render elsewhere (``BatchOutcome.to_render``): key, state, clock (ms), CLV, churn
+ToRender = tuple[bytes, CustomerState, int, ClvSignals, ChurnAssessment]
+
+#: RenderFailure.outcome values
+QUARANTINED, NEWER_EVENT, NOT_OWNED = "quarantined", "newer_event", "not_owned"
+
+
 @dataclass(slots=True)
 class BatchOutcome:
     #: customer key -> updated state (only customers whose state changed)
@@ -129,7 +154,7 @@ class BatchOutcome:
     profiles: list[RenderedProfile] = field(default_factory=list)
     #: instead of ``profiles`` when the processor's ``render_elsewhere`` is set: (key, state, clock, CLV, churn) of each
     #: profile to render, in order (the checkpoint hands them to the render process, streams.render_process)
-    to_render: list[tuple[bytes, CustomerState, int, ClvSignals, ChurnAssessment]] = field(default_factory=list)
+    to_render: list[ToRender] = field(default_factory=list)
     #: VIP flag changes, in the order they were scored: (key, now VIP?, VipChange JSON)
     vip_changes: list[tuple[bytes, bool, bytes]] = field(default_factory=list)
     #: retention alerts, in the order they were raised: (key, alert, RetentionAlert JSON)
@@ -163,6 +188,9 @@ class BatchOutcome:
     event_customers: set[bytes] = field(default_factory=set)
     #: alerts the churn warning decided but the customer's handled episode suppressed (scoring.episodes)
     suppressed_alerts: int = 0
+    #: the processor's number of this batch (:attr:`BatchProcessor.batches`): the render process's answer to
+    #: ``to_render`` names it (:meth:`BatchProcessor.render_answered`)
+    seq: int = 0
 
     def count(self, kind: str, outcome: str) -> None:
         self.counts[(kind, outcome)] = self.counts.get((kind, outcome), 0) + 1
@@ -227,8 +255,21 @@ class BatchProcessor:
         #: customers whose profile the previous batch left to this one
         self._deferred: set[bytes] = set()
         #: a batch's profiles are listed in ``BatchOutcome.to_render`` (assessed, not rendered): the worker renders
-        #: them in another process from the states it writes (PULSE_PROFILE_RENDER_PROCESS)
+        #: them in another process from the states it writes (PULSE_PROFILE_RENDER_PROCESS), and hands each
+        #: batch's answer to :meth:`render_answered`
         self.render_elsewhere = False
+        #: batches processed so far (``BatchOutcome.seq`` of the last one)
+        self.batches = 0
+        #: render_elsewhere: (seq, customers with a record in it, ``to_render``) of each batch whose profiles are
+        #: rendered elsewhere and not answered yet, oldest first
+        self._rendering: deque[tuple[int, set[bytes], list[ToRender]]] = deque()
+        #: render_elsewhere: (seq, customers with a record in it) of the batches processed after the oldest of
+        #: ``_rendering``: a failure answered late does not quarantine a customer that had a record since (that
+        #: batch rendered it again, and its own answer decides)
+        self._events_since: deque[tuple[int, set[bytes]]] = deque()
+        #: partition -> ``batches`` when its population was last rebuilt (a failure answered for an older batch
+        #: belongs to a view of the partition this worker dropped)
+        self._built_at: dict[int, int] = {}
 
     def rebuild(self, partitions: set[int], states: Iterable[tuple[bytes, CustomerState]]) -> int:
         """Count the recovered customers of newly owned ``partitions`` into the population; returns how many.
@@ -238,6 +279,7 @@ class BatchProcessor:
         self.population.drop(partitions)
         for partition in partitions:
             self.population.partition(partition)
+            self._built_at[partition] = self.batches
             # read again from the committed offsets: the clock restarts where the last owner published it
             for topic in self.input_topics:
                 self.progress.pop((topic, partition), None)
@@ -270,7 +312,8 @@ class BatchProcessor:
         position until a record of it was read. Without ``ends`` (offline, tests) the batches are all there
         is: everything read has caught up.
         """
-        out = BatchOutcome()
+        self.batches += 1
+        out = BatchOutcome(seq=self.batches)
         self._ranking = None  # the events below move the population
         self._wall_ms = wall_ms
         if ends is not None or self._ends is None:
@@ -385,6 +428,7 @@ class BatchProcessor:
         for key in waiting:
             self._defer(key, out.states[key])
         if not clocks:
+            self._track_elsewhere(out)
             return out
         self._population_stands()
         render = {}
@@ -405,7 +449,65 @@ class BatchProcessor:
         out.profiles = self.profiles(render, None, out.assessed, out)
         self._deferred = deferred  # (a batch that raised leaves the previous batch's to its retry)
         out.rank_inexact = self._ranking.inexact if self._ranking is not None else 0
+        self._track_elsewhere(out)
         return out
+
+    def _track_elsewhere(self, out: BatchOutcome) -> None:
+        """render_elsewhere: note what :meth:`render_answered` needs of a batch that returned (one that raised is
+        processed again and noted then): the customers with a record in it, while an older batch's profiles are
+        being rendered, and its own profiles to render."""
+        if not self.render_elsewhere:
+            return
+        if self._rendering and out.event_customers:
+            self._events_since.append((out.seq, out.event_customers))
+        if out.to_render:
+            self._rendering.append((out.seq, out.event_customers, out.to_render))
+
+    def render_answered(self, seq: int, failures: Sequence[tuple[str, str]], dropped: bool) -> list[RenderFailure]:
+        """The render process answered batch ``seq``'s ``to_render`` (``dropped``: after a revoke settled without
+        it); ``failures``: (customer id, error) of the profiles it could not render. Each is quarantined as a
+        time-driven failure in-process is (:meth:`_contained`: unscheduled, left out of due checks and sweeps
+        until the customer's next event), unless the customer had a record in a batch processed since (an input
+        event would have lifted the quarantine; any record renders the customer again in its batch, and that
+        rendering's own answer decides: a record's customers are known per batch already, so this costs the
+        batch nothing per event) or its partition is no
+        longer this worker's view (given away or rebuilt since: the answer is as good as dropped). A customer
+        with a record in batch ``seq`` is quarantined too: its record is applied and committed (no dead letter
+        is possible any more), its profile stays as last written, and rendering it again before its next
+        event would fail again. Returns what became of each, for the caller to report."""
+        entry = None
+        while self._rendering and self._rendering[0][0] <= seq:
+            entry = self._rendering.popleft()
+        if entry is not None and entry[0] != seq:
+            entry = None  # not a batch this processor listed (none noted): nothing known of it
+        results: list[RenderFailure] = []
+        if failures:
+            event_customers: Collection[bytes] = () if entry is None else entry[1]
+            partitions = {} if entry is None else {key: state.partition for key, state, *_ in entry[2]}
+            for cid, error in failures:
+                key = cid.encode()
+                partition = partitions.get(key)
+                if partition is None and self.partition_of is not None:
+                    partition = self.partition_of(key)
+                if (
+                    dropped
+                    or entry is None
+                    or partition is None
+                    or partition not in self.population.local
+                    or self._built_at.get(partition, 0) >= seq
+                ):
+                    outcome = NOT_OWNED
+                elif any(key in keys for after, keys in self._events_since if after > seq):
+                    outcome = NEWER_EVENT
+                else:
+                    self._quarantine(partition, key)
+                    outcome = QUARANTINED
+                results.append(RenderFailure(partition, key, error, key in event_customers, outcome))
+        # what a batch still being rendered needs: the events of the batches after it
+        oldest = self._rendering[0][0] if self._rendering else None
+        while self._events_since and (oldest is None or self._events_since[0][0] <= oldest):
+            self._events_since.popleft()
+        return results
 
     def _defer_profiles(
         self, render: dict[bytes, CustomerState], load: Callable[[bytes], CustomerState], out: BatchOutcome
@@ -617,9 +719,13 @@ class BatchProcessor:
             return None
 
     def _quarantine_customer(self, partition: int, key: bytes, exc: BaseException, out: BatchOutcome) -> None:
+        self._quarantine(partition, key)
+        out.time_driven_failures.append((partition, key, f"{type(exc).__name__}: {exc}"))
+
+    def _quarantine(self, partition: int, key: bytes) -> None:
+        """Unschedule ``key`` and leave it out of due checks and sweeps until its next event."""
         self.population.partition(partition).due.schedule(key, None)
         self.quarantined.add(key)
-        out.time_driven_failures.append((partition, key, f"{type(exc).__name__}: {exc}"))
 
     def _sweep_limit(self, partition: int) -> int:
         """Customers one tick re-scores: a round of the partition every ``sweep_round_seconds``, so a small

@@ -19,8 +19,13 @@ What the users of the profile view keep:
 * a revoke settles: :meth:`RenderProcess.settle` waits (bounded) for the answers in flight, which go to the sink
   and its write-behind before the sink settles; answers that come later are dropped (the next owner's sweep
   writes those profiles, as it writes a pending profile the sink drops);
-* a render that raises is counted (``pulse_processing_errors_total{stage="render"}``) and logged, and only its
-  customer's profile is skipped;
+* a render that raises skips only its customer's profile, and quarantines the customer as a failure on the
+  worker's thread does: each answer names its batch, and ``on_answered`` (the worker's
+  ``Checkpoint.render_answered`` -> ``BatchProcessor.render_answered``) unschedules the customer and leaves it
+  out of due checks and sweeps until its next event, unless a later record of it (or a revoke) came first:
+  the answer arrives after later batches. One difference stays: a customer with a record in its batch is quarantined
+  too, but its record is applied and committed by then, where rendering in-process would have dead-lettered it
+  (docs/architecture.md, "The render process");
 * the child's death (its end of the socket closed) is the worker's exit (``on_death``): Redis is a view and a
   restarted worker's sweep rewrites it, but a worker whose profiles silently stop is not one.
 
@@ -166,6 +171,11 @@ class RenderProcess:
 
     ``on_packed(profiles)``: customer id -> ``Packed``, one call per answered batch, in request order (the sink's
     ``submit_packed`` and the write-behind). ``on_death(why)``: the child is gone (the worker exits).
+    ``on_answered(batch, failures, dropped)``: every answer, in request order, after its ``on_packed``: the
+    number ``submit`` was given, (customer id, error) of the profiles that could not be rendered, and whether
+    the answer came after a revoke settled without it (its profiles dropped). The worker's quarantines the
+    failed customers (``BatchProcessor.render_answered``) and reports them; without it a failure is only
+    counted (``pulse_processing_errors_total{stage="render"}``) and logged.
     """
 
     def __init__(
@@ -178,11 +188,15 @@ class RenderProcess:
         gc_thresholds: tuple[int, int, int],
         on_packed: Callable[[dict[str, Packed]], None],
         on_death: Callable[[str], None],
+        on_answered: Callable[[int, list[tuple[str, str]], bool], None] | None = None,
     ) -> None:
         self._args = (config, currency, key_prefix, vip_value, gc_thresholds)
         self.max_batches = max_batches
         self.on_packed = on_packed
         self.on_death = on_death
+        self.on_answered = on_answered
+        #: request sequence number -> the batch number ``submit`` was given, until answered
+        self._batches: dict[int, int] = {}
         self.process: multiprocessing.process.BaseProcess | None = None
         self._sock: socket.socket | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -243,14 +257,16 @@ class RenderProcess:
             log.info("profile render process started (pid %s)", None if self.process is None else self.process.pid)
         return self._writer
 
-    async def submit(self, items: Sequence[RenderInput]) -> None:
-        """Hand one batch's render inputs over; waits while ``max_batches`` are in flight (back-pressure)."""
+    async def submit(self, items: Sequence[RenderInput], batch: int = 0) -> None:
+        """Hand one batch's render inputs over; waits while ``max_batches`` are in flight (back-pressure).
+        ``batch``: the processor's number of the batch (``BatchOutcome.seq``), handed back to ``on_answered``."""
         if not items:
             return
         writer = await self._ensure_reader()
         while self.in_flight >= self.max_batches:
             await self._wait_change()
         self._sent += 1
+        self._batches[self._sent] = batch
         writer.writelines(frame(self._encode((self._sent, items))))
         metrics.RENDER_PROCESS_BATCHES_IN_FLIGHT.set(self.in_flight)
 
@@ -288,11 +304,10 @@ class RenderProcess:
                 metrics.RENDER_PROCESS_BATCHES_IN_FLIGHT.set(self.in_flight)
                 metrics.RENDER_PROCESS_CPU_SECONDS.inc(cpu)
                 metrics.RENDER_PROCESS_PROFILES.inc(len(packed))
-                for cid, error in failures:
-                    metrics.PROCESSING_ERRORS.labels("render").inc()
-                    log.error("rendering the profile of %s raised, not written: %s", cid, error)
-                if seq > self._discard_through and packed:
+                dropped = seq <= self._discard_through
+                if not dropped and packed:
                     self.on_packed({cid: (hset, score, (index, keys)) for cid, hset, score, index, keys in packed})
+                self._answered_batch(self._batches.pop(seq, 0), failures, dropped)
         except (asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
             if self._closing:
                 return
@@ -303,6 +318,17 @@ class RenderProcess:
             self._died(f"the profile render process exited (exit code {code}, {type(exc).__name__})")
         except Exception as exc:  # noqa: BLE001 - an answer this side cannot read: as good as dead
             self._died(f"the profile render process answered what cannot be read: {exc!r}")
+
+    def _answered_batch(self, batch: int, failures: list[tuple[str, str]], dropped: bool) -> None:
+        if self.on_answered is None:
+            for cid, error in failures:
+                metrics.PROCESSING_ERRORS.labels("render").inc()
+                log.error("rendering the profile of %s raised, not written: %s", cid, error)
+            return
+        try:
+            self.on_answered(batch, failures, dropped)
+        except Exception:  # noqa: BLE001 - the profiles are written: a quarantine missed is not a dead child
+            log.exception("handling the render process's answer to batch %d (%d failures) raised", batch, len(failures))
 
     def _died(self, why: str) -> None:
         self._dead = why

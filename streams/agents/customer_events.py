@@ -170,6 +170,8 @@ def register(pulse: PulseApp) -> BatchProcessor:
             settings.gc_thresholds,
             packed,
             _render_process_died,
+            # a profile the child could not render quarantines its customer as an in-process failure does
+            checkpoint.render_answered,
         )
 
         # spawned now, before Faust's threads and clients start: its imports overlap the worker's start-up and

@@ -18,7 +18,7 @@ import pytest
 
 from pulse_config.settings import Settings
 from streams import metrics
-from streams.codec import encode_state
+from streams.codec import decode_state, encode_state
 from streams.render_process import RenderProcess, RenderProcessDied, frame, read_frame, render_batch
 from streams.sinks.redis_profiles import pack_profile
 from tests.unit.test_checkpoint import (
@@ -29,6 +29,7 @@ from tests.unit.test_checkpoint import (
     history_events,
     order,
     run,
+    tick,
 )
 
 SETTINGS = Settings(_env_file=None)
@@ -329,3 +330,183 @@ def test_the_child_ignores_a_group_s_sigterm_and_leaves_when_the_worker_closes_i
         proc.close()
     assert len(answers) == 2 and not deaths
     assert proc.process.exitcode == 0
+
+
+# --- a profile the render process cannot render quarantines its customer ------------------------------------------
+class Wired:
+    """A checkpoint scoring partition 0 with a fake child rendering its profiles, wired as the worker wires them
+    (``Checkpoint.render_answered``); the sweep goes round at every tick."""
+
+    def __init__(self, child: bool = True) -> None:
+        settings = Settings(_env_file=None, sweep_round_seconds=0)
+        self.owned = {0}
+        self.checkpoint = checkpoint_on(Broker(), settings=settings)
+        self.checkpoint.owned_partitions = lambda: set(self.owned)
+        self.processor = self.checkpoint.processor
+        self.processor.render_elsewhere = True
+        self.proc, self.answers, _ = renderer(max_batches=4)
+        self.proc.on_answered = self.checkpoint.render_answered
+        self.checkpoint.renderer = self.proc
+        if child:
+            self.child = FakeChild(self.proc)
+            run(self.child.open())
+
+    def batch(self, *events: Any) -> tuple[int, list]:
+        """Score and commit one batch; returns the request the child received for it."""
+        run(self.checkpoint(list(events)))
+        return run(self.child.receive())
+
+    def answer(self, request: tuple[int, list], failing: str | None = None) -> None:
+        """The child answers ``request``, ``failing`` rendering one customer's profile."""
+        seq, items = request
+        ok = [i for i in items if i[0] != failing]
+        failures = [] if failing is None else [(failing, "ValueError: cannot render")]
+
+        async def answered() -> None:
+            await self.child.answer(seq, ok, failures)
+            await until(lambda: self.proc._answered >= seq)
+
+        run(answered())
+
+    @staticmethod
+    def customers(request: tuple[int, list]) -> list[str]:
+        return sorted(i[0] for i in request[1])
+
+    def close(self) -> None:
+        self.proc.close()
+        run(asyncio.sleep(0))  # the reader's cancellation
+
+
+@pytest.fixture
+def w() -> Any:
+    """A wired checkpoint with its fake child (closed after the test)."""
+    wired = Wired()
+    yield wired
+    wired.close()
+
+
+def errors(stage: str) -> float:
+    return metrics.PROCESSING_ERRORS.labels(stage)._value.get()
+
+
+def test_a_time_driven_profile_the_child_cannot_render_quarantines_its_customer_until_its_next_event(
+    w: Wired,
+    caplog: pytest.LogCaptureFixture,
+):
+    """As in-process (tests/unit/test_isolation.py): unscheduled, left out of sweeps and due checks, reported as a
+    time-driven failure, and its next event lifts it."""
+    w.answer(w.batch(order(0, "A", 0, 50), order(1, "B", 0, 60)))
+    time_driven, render = errors("time_driven"), errors("render")
+    # the clock moves (B's event) and a tick sweeps the partition: A's profile is re-rendered, and fails there
+    request = w.batch(order(2, "B", 10, 70), tick(0))
+    assert w.customers(request) == ["A", "B"]
+    assert b"A" not in w.processor.quarantined
+    w.answer(request, failing="A")
+    assert b"A" in w.processor.quarantined and b"A" not in w.processor.population.partition(0).due
+    assert errors("time_driven") == time_driven + 1 and errors("render") == render
+    assert "re-scoring b'A' raised, skipped until its next event: ValueError: cannot render" in caplog.text
+    assert [list(a) for a in w.answers[-1:]] == [["B"]]
+    # quarantined: the next sweep round (the clock moved again) leaves A out
+    request = w.batch(order(3, "B", 20, 70), tick(0))
+    assert w.customers(request) == ["B"]
+    w.answer(request)
+    # A's next event lifts the quarantine: rendered again, and written
+    request = w.batch(order(4, "A", 30, 10))
+    assert b"A" not in w.processor.quarantined and "A" in w.customers(request)
+    w.answer(request)
+    assert "A" in w.answers[-1]
+    assert not w.processor._rendering and not w.processor._events_since  # nothing kept once answered
+
+
+def test_a_failure_answered_after_the_customer_s_next_event_does_not_quarantine_it(
+    w: Wired, caplog: pytest.LogCaptureFixture
+):
+    """The answer comes after later batches: an event of the customer processed meanwhile would have lifted the
+    quarantine in-process, and its own rendering decides."""
+    w.answer(w.batch(order(0, "A", 0, 50), order(1, "B", 0, 60)))
+    swept = w.batch(order(2, "B", 10, 70), tick(0))  # A rendered by the sweep: not answered yet
+    other = w.batch(order(3, "B", 11, 70))  # a batch without A
+    event = w.batch(order(4, "A", 12, 10))  # A's next event
+    time_driven = errors("time_driven")
+    w.answer(swept, failing="A")
+    assert b"A" not in w.processor.quarantined
+    assert errors("time_driven") == time_driven + 1  # reported all the same
+    assert "not skipped (a later batch had a record of it" in caplog.text
+    w.answer(other)
+    w.answer(event)
+    assert list(w.answers[-1]) == ["A"]
+    # and the same failure answered before that event quarantines A (the event then lifts it)
+    swept = w.batch(order(5, "B", 20, 70), tick(0))
+    w.answer(swept, failing="A")
+    assert b"A" in w.processor.quarantined
+    assert not w.processor._rendering and not w.processor._events_since
+
+
+def test_a_failure_of_a_partition_given_away_or_rebuilt_since_is_ignored(w: Wired, caplog: pytest.LogCaptureFixture):
+    w.answer(w.batch(order(0, "A", 0, 50), order(1, "B", 0, 60)))
+    # given away: the next batch's population no longer holds the partition when the answer comes
+    swept = w.batch(order(2, "B", 10, 70), tick(0))
+    w.owned = set()
+    w.checkpoint.ensure_population()
+    w.answer(swept, failing="A")
+    assert b"A" not in w.processor.quarantined
+    # given away and back (an eager rebalance): the answer belongs to the dropped view
+    w.owned = {0}
+    w.checkpoint.ensure_population()
+    swept = w.batch(order(3, "B", 20, 70), tick(0))
+    w.owned = set()
+    w.checkpoint.ensure_population()
+    w.owned = {0}
+    w.checkpoint.ensure_population()
+    w.answer(swept, failing="A")
+    assert b"A" not in w.processor.quarantined
+    # an answer a revoke's settle dropped
+    swept = w.batch(order(4, "B", 30, 70), tick(0))
+    assert run(w.proc.settle(0.01)) == 1
+    w.answer(swept, failing="A")
+    assert b"A" not in w.processor.quarantined
+    assert caplog.text.count("not skipped (its partition was given away or rebuilt since") == 3
+    assert not w.processor._rendering and not w.processor._events_since
+
+
+def test_an_event_customer_s_profile_the_child_cannot_render_keeps_its_event_and_quarantines_it(
+    w: Wired,
+    caplog: pytest.LogCaptureFixture,
+):
+    """In-process the event would be retried and dead-lettered; here it is applied and committed when the child
+    answers: it stays applied, Redis keeps the profile last written, and the customer is quarantined."""
+    w.answer(w.batch(order(0, "A", 0, 50), order(1, "B", 0, 60)))
+    render = errors("render")
+    request = w.batch(order(2, "A", 10, 70))
+    w.answer(request, failing="A")
+    assert b"A" in w.processor.quarantined
+    assert errors("render") == render + 1
+    assert "stays applied" in caplog.text
+    assert decode_state(w.checkpoint.table.get(b"A")).orders.orders == 2
+    assert not any("A" in a for a in w.answers[1:])  # the profile written from the first batch stays
+    request = w.batch(order(3, "B", 20, 70), tick(0))
+    assert w.customers(request) == ["B"]
+    w.answer(request)
+
+
+def test_a_profile_the_real_child_cannot_render_quarantines_its_customer():
+    """The real child: A's state bytes handed over are not a state (decoding them raises in the child only)."""
+    w = Wired(child=False)
+    proc, answers, deaths = w.proc, w.answers, []
+    proc.on_death = deaths.append  # type: ignore[method-assign]
+    inputs = w.checkpoint._render_inputs
+
+    def broken_for_a(outcome: Any) -> list:
+        return [(cid, b"\xc1not a state" if cid == "A" else raw, *rest) for cid, raw, *rest in inputs(outcome)]
+
+    w.checkpoint._render_inputs = broken_for_a  # type: ignore[method-assign]
+    proc.start()
+    try:
+        run(w.checkpoint([order(0, "A", 0, 50), order(1, "B", 0, 60)]))
+        run(until(lambda: proc.in_flight == 0, rounds=60_000))  # the child's imports, on a busy box
+        assert [list(a) for a in answers] == [["B"]] and b"A" in w.processor.quarantined
+        run(w.checkpoint([order(2, "B", 10, 70), tick(0)]))
+        run(until(lambda: proc.in_flight == 0, rounds=60_000))
+        assert [list(a) for a in answers] == [["B"], ["B"]] and not deaths
+    finally:
+        proc.close()
