@@ -116,10 +116,9 @@ async def _wait_next_records_snapshot(self: Consumer, timeout: float) -> tuple[R
     time aiokafka runs ``getmany(*partitions)``, which then means *all*
     partitions; Faust discards the records of every partition not in the (now
     empty) set after aiokafka has moved past them. A new worker whose group had
-    not committed yet skipped everything produced before it started. (Session 12
-    shortened the idle wait in a copy of this method that handed over the live
-    set again: batches skipped offsets after a recovery, which the offset guard
-    caught; tests/unit/test_faust_fixes.py now holds the copy.)
+    not committed yet skipped everything produced before it started. (A copy of
+    this method that handed over the live set again skipped offsets after
+    recoveries in session 12; tests/unit/test_faust_fixes.py fails with it.)
 
     While no partition is active (a table's recovery pauses them all) upstream
     sleeps a whole second before it asks again; an app with a batch input waits
