@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import orjson
@@ -28,27 +29,55 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from streams.security import kafka_client_kwargs
 
 if TYPE_CHECKING:
+    from scoring.partition import PartitionPopulation
+    from scoring.population import PopulationView
     from streams.app import PulseApp
     from streams.processor import BatchProcessor
 
 log = logging.getLogger(__name__)
 
 
+#: per owned partition: the population object, its version and the exact-value buckets (see scoring.population)
+#: last published
+Published = dict[int, tuple["PartitionPopulation", int, dict[str, set[int]]]]
+
+
+async def publish_changed(
+    view: PopulationView, send: Callable[[int, bytes], Awaitable[None]], published: Published
+) -> None:
+    """Send the snapshot of each owned partition that changed since it was last published: its counts moved, or only
+    the buckets near the thresholds did (other partitions changed the population).
+
+    A rebalance drops every owned partition from the view (``table.on_rebalanced``) and may do so while a send is
+    awaited: a partition gone by its turn is skipped (its rebuild is published at a later tick), and the snapshot
+    is taken with no await between the check and the read. (Reading a dropped partition raised ``KeyError`` in
+    this timer, which crashed the worker at a rebalance: tests/e2e/test_deploy_smoke.py, session 13.) A rebuilt
+    partition is a new object, so it is published even where its version and buckets equal the last ones sent."""
+    exact = view.exact_buckets()
+    for partition in list(view.local):
+        part = view.local.get(partition)
+        if part is None:
+            continue
+        last = published.get(partition)
+        if last is not None and last[0] is part and last[1] == part.version and last[2] == exact:
+            continue
+        snapshot = view.snapshot(partition, exact)
+        await send(partition, snapshot)
+        published[partition] = (part, part.version, exact)
+
+
 def register(pulse: PulseApp, processor: BatchProcessor) -> None:
     settings = pulse.settings
     app = pulse.app
     view = processor.population
-    #: per owned partition: the version and the exact-value buckets (see scoring.population) last published
-    published: dict[int, tuple[int, dict[str, set[int]]]] = {}
+    published: Published = {}
+
+    async def send_snapshot(partition: int, snapshot: bytes) -> None:
+        await pulse.population.send(key=str(partition).encode(), value=snapshot)
 
     @app.timer(settings.population_publish_seconds, name="publish_population")
     async def publish_population() -> None:
-        # also when only the buckets near the thresholds moved (other partitions changed the population)
-        exact = view.exact_buckets()
-        for partition, part in list(view.local.items()):
-            if published.get(partition) != (part.version, exact):
-                await pulse.population.send(key=str(partition).encode(), value=view.snapshot(partition, exact))
-                published[partition] = (part.version, exact)
+        await publish_changed(view, send_snapshot, published)
 
     @app.timer(settings.sweep_tick_seconds, name="send_sweep_ticks")
     async def send_sweep_ticks() -> None:

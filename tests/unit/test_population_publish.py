@@ -1,0 +1,64 @@
+"""The population publisher (streams/agents/population.py ``publish_changed``) against a rebalance that drops every
+owned partition while a snapshot is being sent, as ``table.on_rebalanced`` does: nothing raises (the timer's
+exception crashed the worker at a rebalance in the deploy smoke test), and a rebuilt partition is published again."""
+
+from __future__ import annotations
+
+import asyncio
+
+from pulse_config.settings import Settings
+from scoring.population import PopulationView
+from streams.agents.population import Published, publish_changed
+
+CONFIG = Settings(_env_file=None).scoring()
+
+
+def view_of(*partitions: int) -> PopulationView:
+    view = PopulationView(CONFIG.rfm, CONFIG.indicators)
+    for partition in partitions:
+        view.partition(partition)
+    return view
+
+
+def test_a_rebalance_during_a_send_skips_the_dropped_partitions_and_a_rebuilt_one_is_published_again():
+    async def go() -> None:
+        view = view_of(0, 1, 2)
+        sent: list[int] = []
+        published: Published = {}
+
+        async def send(partition: int, snapshot: bytes) -> None:
+            sent.append(partition)
+            assert snapshot
+            if len(sent) == 1:
+                view.drop()  # the rebalance, while this send is awaited
+                await asyncio.sleep(0)
+
+        await publish_changed(view, send, published)
+        assert sent == [0]
+        await publish_changed(view, send, published)
+        assert sent == [0]  # nothing owned: nothing sent
+        view.partition(0)  # rebuilt: a new object, at the same version as the one sent
+        view.partition(2)
+        await publish_changed(view, send, published)
+        assert sorted(sent[1:]) == [0, 2]
+        await publish_changed(view, send, published)
+        assert len(sent) == 3  # unchanged since: not sent again
+
+    asyncio.run(go())
+
+
+def test_a_changed_partition_is_published_again():
+    async def go() -> None:
+        view = view_of(0)
+        sent: list[int] = []
+        published: Published = {}
+
+        async def send(partition: int, snapshot: bytes) -> None:
+            sent.append(partition)
+
+        await publish_changed(view, send, published)
+        view.partition(0).version += 1
+        await publish_changed(view, send, published)
+        assert sent == [0, 0]
+
+    asyncio.run(go())
