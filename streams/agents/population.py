@@ -52,7 +52,11 @@ async def publish_changed(
     awaited: a partition gone by its turn is skipped (its rebuild is published at a later tick), and the snapshot
     is taken with no await between the check and the read. (Reading a dropped partition raised ``KeyError`` in
     this timer, which crashed the worker at a rebalance: tests/e2e/test_deploy_smoke.py, session 13.) A rebuilt
-    partition is a new object, so it is published even where its version and buckets equal the last ones sent."""
+    partition is a new object, so it is published even where its version and buckets equal the last ones sent; the
+    entries of partitions no longer owned are forgotten at each call, so a dropped partition's object (its rank
+    indexes: large at a million customers) is not kept beyond one publish interval."""
+    for gone in published.keys() - view.local.keys():
+        del published[gone]
     exact = view.exact_buckets()
     for partition in list(view.local):
         part = view.local.get(partition)
