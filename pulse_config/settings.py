@@ -445,8 +445,9 @@ class Settings(BaseSettings):
     max_lateness_days: float = Field(
         730.0,
         gt=0,
-        description="Events older than their partition's watermark minus this are dead-lettered as too_late "
-        "(longer than every window, so only absurdly old events are refused).",
+        description="Events older than their topic-partition's watermark (the latest event time read from it) "
+        "minus this are dead-lettered as too_late (longer than every window, so only absurdly old events are "
+        "refused).",
     )
 
     # --- sinks -------------------------------------------------------------

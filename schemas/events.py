@@ -156,7 +156,7 @@ class RejectReason(StrEnum):
     INVALID_TIME = "invalid_time"
     INVALID_VALUE = "invalid_value"
     UNSUPPORTED_CURRENCY = "unsupported_currency"
-    #: older than its partition's watermark minus PULSE_MAX_LATENESS_DAYS
+    #: older than its topic-partition's watermark minus PULSE_MAX_LATENESS_DAYS
     TOO_LATE = "too_late"
     #: ahead of the wall clock by more than PULSE_MAX_EARLINESS_SECONDS
     TOO_EARLY = "too_early"

@@ -381,9 +381,11 @@ class BatchProcessor:
             part = population_parts.get(record.partition)
             if part is None:
                 part = population_parts[record.partition] = self.population.partition(record.partition)
-            watermark = part.watermark_ms
-            if watermark is not None and scored.occurred_ms < watermark - self.max_lateness_ms:
-                late = self._too_late(record, kind, scored, state)
+            # late against its own topic-partition's watermark: a partition's topics are read at different
+            # speeds in a backlog (months apart in a replay of years), so another topic's events say nothing
+            mark = read.mark_ms
+            if mark is not None and scored.occurred_ms < mark - self.max_lateness_ms:
+                late = self._too_late(record, kind, scored, state, mark)
                 if late is not None:
                     out.rejected.append(self._reject(record, kind, late))
                     out.count(kind, "dead_lettered")
@@ -748,26 +750,30 @@ class BatchProcessor:
         self._lifetime_years = lifetime_from_churn(churn_rate, self.config.indicators.period_days)
         self._ranking = Ranking(self.population.parts(), self.config.rfm)
 
-    def _too_late(self, record: Incoming, kind: Kind, event: EventFacts, state: CustomerState) -> EventRejected | None:
-        """An event older than its partition's watermark minus ``max_lateness_days`` (spec: late events beyond
-        the configured lateness go to the dead-letter topic).
+    def _too_late(
+        self, record: Incoming, kind: Kind, event: EventFacts, state: CustomerState, mark_ms: int
+    ) -> EventRejected | None:
+        """An event older than its topic-partition's watermark ``mark_ms`` (the highest valid event time read
+        from that topic-partition in this session) minus ``max_lateness_days``: dead-lettered ``too_late``.
 
-        Measured against the event's own partition, not the global clock: during a replay partitions are
-        read at very different speeds, and a partition far behind the others is not late. A redelivered
-        offset is never "too late": it was applied (or rejected) when first read, and the state drops it.
+        Measured against the event's own topic-partition, neither the global clock nor its partition's other
+        topics: in a backlog or a replay partitions, and the topics of one partition, are read at very
+        different speeds (one topic of a partition can be read years ahead of another), and what was read of
+        another stream says nothing of this one's order. So whether an event is late depends on its own log
+        alone, not on read speeds or batch cuts. A redelivered offset is never "too late": it was applied (or
+        rejected) when first read, and the state drops it.
         """
-        watermark = self.population.partition(record.partition).watermark_ms
-        if watermark is None or event.occurred_ms >= watermark - self.max_lateness_ms:
+        if event.occurred_ms >= mark_ms - self.max_lateness_ms:
             return None
         seen = state.source_offsets.get(kind.value)
         if seen is not None and event.offset is not None and event.offset <= seen:
             return None
         if record.origin is not None and origin_applied(state, kind.value, record.origin):
             return None  # a copy of a re-published record that was applied: a duplicate, not late
-        behind_days = (watermark - event.occurred_ms) / DAY_MS
+        behind_days = (mark_ms - event.occurred_ms) / DAY_MS
         return EventRejected(
             RejectReason.TOO_LATE,
-            f"occurred_at: {behind_days:.1f} days behind partition {record.partition}'s watermark "
+            f"occurred_at: {behind_days:.1f} days behind the watermark of {record.topic}[{record.partition}] "
             f"(PULSE_MAX_LATENESS_DAYS={self.options.max_lateness_days:g})",
         )
 

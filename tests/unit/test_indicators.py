@@ -250,11 +250,55 @@ def test_events_beyond_the_lateness_of_their_partition_are_dead_lettered_too_lat
     store.update(out.states)
     # 9 days behind partition 0's watermark: fine; 11 days: too late; partition 1 has its own watermark
     assert [r.reason for r in out.rejected] == ["too_late"]
-    assert orjson.loads(out.rejected[0].record)["detail"].startswith("occurred_at: 11.0 days behind partition 0")
+    assert orjson.loads(out.rejected[0].record)["detail"].startswith(
+        f"occurred_at: 11.0 days behind the watermark of {topic}[0]"
+    )
     assert out.counts[("survey", "scored")] == 3
     # a redelivered offset is a duplicate, not late
     again = processor.process([rec(1, 0, 21)], lambda k: store.get(k) or CustomerState())
     assert not again.rejected and again.counts[("survey", "duplicate")] == 1
+
+
+def test_a_topic_read_far_behind_another_of_its_partition_is_not_late():
+    """A backlog reads a partition's topics at different speeds: one topic can be read months (in a replay of
+    years, years) ahead of another. Measured against the partition's highest watermark over all its topics, the
+    slower topic's events were dead-lettered too_late although each came in order in its own log (bench, 200,000
+    events of 4 years for 5,000 customers, lateness 730 days: 63,233 of them). Lateness is measured per
+    topic-partition, so only an event out of order in its own log by more than the lateness is refused."""
+    settings_ = Settings(_env_file=None, max_lateness_days=10)
+    processor = BatchProcessor(settings_.processor())
+    store: dict[bytes, CustomerState] = {}
+
+    def load(key: bytes) -> CustomerState:
+        return store.get(key) or CustomerState()
+
+    def survey(offset: int, day: int, cid: str = "A") -> Incoming:
+        event = {"event_id": f"s{offset}", "customer_id": cid, "occurred_at": f"2026-03-{day:02d}T00:00:00Z", "nps": 9}
+        return Incoming(settings_.topic_surveys, 0, offset, cid.encode(), orjson.dumps(event))
+
+    def complaint(offset: int, day: int, cid: str = "A") -> Incoming:
+        event = {
+            "event_id": f"c{offset}",
+            "customer_id": cid,
+            "occurred_at": f"2026-01-{day:02d}T00:00:00Z",
+            "complaint_id": f"K{offset}",
+            "severity": "low",
+            "category": "billing",
+        }
+        return Incoming(settings_.topic_complaints, 0, offset, cid.encode(), orjson.dumps(event))
+
+    # the surveys of partition 0 read up to March 30 first, then its complaints of January, in order: none late
+    first = processor.process([survey(n, day) for n, day in enumerate((1, 10, 20, 30))], load)
+    store.update(first.states)
+    then = processor.process([complaint(n, day) for n, day in enumerate((2, 9, 16))], load)
+    store.update(then.states)
+    assert not first.rejected and not then.rejected
+    assert then.counts[("complaint", "scored")] == 3
+    # out of order in its own log by more than the lateness: refused, against that log's watermark
+    late = processor.process([complaint(3, 5), complaint(4, 30)], load)
+    assert [r.reason for r in late.rejected] == ["too_late"]
+    detail = orjson.loads(late.rejected[0].record)["detail"]
+    assert detail.startswith(f"occurred_at: 11.0 days behind the watermark of {settings_.topic_complaints}[0]")
 
 
 def test_states_written_before_the_indicators_decode_with_empty_day_rows():

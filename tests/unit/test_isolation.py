@@ -256,7 +256,7 @@ def test_a_record_re_published_again_by_a_replay_is_applied_once_however_late():
     assert table.run([first]) == 0
     n = settings.dedup_event_ids + 8  # more of the customer's events than the ring of recent ids holds
     later = [Incoming("orders", right, next(offsets), key, order(f"o{i}", "C001730", 1.0, day=20)) for i in range(n)]
-    table.run(later)  # the partition's watermark is now 19 days past the re-published event
+    table.run(later)  # its topic-partition's watermark is now 19 days past the re-published event
     assert table.run([republished()]) == 0  # a replay of the wrong partition published it again
     assert table.run([first]) == 0  # and the first copy redelivered (its own offset drops it)
     state = table.states()[key]
