@@ -548,6 +548,7 @@ def report(r: dict[str, Any]) -> str:
                     f"    {broker} full: {f['seconds']} s, batches {f['batches']:,}, checkpoint mean "
                     f"{f['checkpoint_ms_mean']} ms, due checks {f['due_checks']:,}, alerts {f['alerts']:,}, "
                     f"peak RSS {f['peak_rss_mib'][0]} MiB"
+                    + (f", NOT SCORED {f['not_scored']:,} (dead letters, duplicates)" if f.get("not_scored") else "")
                 )
             for s in b.get("scaling", []):
                 lines.append(
