@@ -99,8 +99,11 @@ class IndicatorSums:
             for day in [d for d in rows if d < before_day]:
                 del rows[day]
 
-    def to_json(self, from_day: int) -> dict[str, Any]:
-        """Sparse form for the population snapshot: only days from ``from_day`` and rows that are not zero."""
+    def to_json(self, from_day: int | None) -> dict[str, Any]:
+        """Sparse form for the population snapshot: only days from ``from_day`` (None: every day) and rows that
+        are not zero."""
+        if from_day is None:
+            from_day = min((d for rows in (self.voice, self.tickets, self.responses) for d in rows), default=0)
         return {
             "v": [[d, *row] for d, row in sorted(self.voice.items()) if d >= from_day and any(row)],
             "t": [[d, *row] for d, row in sorted(self.tickets.items()) if d >= from_day and any(row)],

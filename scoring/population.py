@@ -203,9 +203,24 @@ class PopulationView:
                 total.update(r.saves)
         return {tag: n for tag, n in total.items() if n}
 
+    def indicator_time(self) -> int | None:
+        """Spec (Clock): population indicators are decided on the low watermark over all partitions: the lowest
+        clock of any partition (owned ones live, the others as last published; the watermark of a snapshot from
+        a worker too old to publish its clock), None while no partition has one. A partition clock already lets
+        caught-up topic-partitions go (it follows the highest time once nothing of it is left to read), so only
+        a partition still reading behind the others holds this back: in a backlog the highest time is months
+        ahead of the slowest partition, whose events of those months are not read yet, and windows ending there
+        would count only the fast partitions' customers."""
+        times = [p.clock_ms for p in self.local.values()] + [
+            r.watermark_ms if r.clock_ms is None else r.clock_ms for n, r in self.remote.items() if n not in self.local
+        ]
+        present = [t for t in times if t is not None]
+        return min(present) if present else None
+
     def indicators(self, now_ms: int | None = None) -> IndicatorValues | None:
-        """The population indicators over every partition (owned ones live) at ``now_ms`` (default: the clock)."""
-        now = self.clock() if now_ms is None else now_ms
+        """The population indicators over every partition (owned ones live) at ``now_ms`` (default: the
+        indicator time, :meth:`indicator_time`)."""
+        now = self.indicator_time() if now_ms is None else now_ms
         if now is None:
             return None
         sums = [p.indicators for p in self.local.values()]
@@ -227,7 +242,7 @@ class PopulationView:
         """The published state of an owned partition (``exact``: ``exact_buckets()``, computed once for a
         round of snapshots)."""
         exact = self.exact_buckets() if exact is None else exact
-        return snapshots.encode(partition, self.local[partition], exact, self.indicator_config)
+        return snapshots.encode(partition, self.local[partition], exact, self.indicator_config, self.indicator_time())
 
     def apply_snapshot(self, raw: bytes) -> int | None:
         """Take another worker's snapshot; returns its partition (None: a later format, skipped)."""

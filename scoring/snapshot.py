@@ -85,13 +85,24 @@ def exact_buckets(parts: Sequence[Population], config: RfmConfig) -> dict[str, s
     return out
 
 
-def encode(partition: int, part: PartitionPopulation, exact: dict[str, set[int]], indicators: IndicatorConfig) -> bytes:
+def encode(
+    partition: int,
+    part: PartitionPopulation,
+    exact: dict[str, set[int]],
+    indicators: IndicatorConfig,
+    indicator_ms: int | None,
+) -> bytes:
     """The snapshot of owned ``partition`` (``exact``: :func:`exact_buckets`). Prunes the part's indicator
-    sums to the horizon: days before it are outside every window at this or any later clock."""
+    sums to the horizon of ``indicator_ms``, the population's indicator time (``PopulationView.indicator_time``,
+    the lowest partition clock): days before it are outside every window at this or any later indicator time.
+    Not the partition's own watermark: in a backlog it can be months ahead of the slowest partition, whose
+    time the indicators are computed at, and rows still inside that time's windows would be lost. None (no
+    partition has a clock yet): nothing is pruned."""
     sums = None
     if part.watermark_ms is not None:
-        from_day = part.watermark_ms // DAY_MS - indicators.horizon_days
-        part.indicators.prune(from_day)
+        from_day = None if indicator_ms is None else indicator_ms // DAY_MS - indicators.horizon_days
+        if from_day is not None:
+            part.indicators.prune(from_day)
         sums = part.indicators.to_json(from_day)
     pop = part.population
     data: dict[str, Any] = {

@@ -78,7 +78,8 @@ def _nan(x: float | None) -> float:
 
 
 def record_indicators(values: IndicatorValues | None) -> None:
-    """The population indicators at the clock (whole population as this worker sees it: one value, not per worker)."""
+    """The population indicators at the indicator time (``PopulationView.indicator_time``: the lowest partition
+    clock; the whole population as this worker sees it: one value, not per worker)."""
     if values is None:
         return
     metrics.POPULATION_NPS.set(_nan(values.nps))

@@ -4,7 +4,7 @@ Every worker publishes the sums of the partitions it owns to the compacted
 ``{app_id}-population`` topic (scoring.population); this reads that topic
 from the beginning with a plain consumer (no group: it moves nobody's
 offsets), keeps the latest snapshot of every partition and computes the
-indicators at the clock (the highest watermark) with the same function the
+indicators at the indicator time (the lowest partition clock, spec: Clock) with the same function the
 workers' gauges use, so both show the same numbers.
 """
 

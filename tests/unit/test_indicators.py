@@ -4,6 +4,7 @@ flags' flip times, lateness, and old states decoding."""
 from __future__ import annotations
 
 from collections import Counter
+from datetime import UTC, datetime
 
 import orjson
 from hypothesis import given, settings
@@ -172,6 +173,45 @@ def test_sums_merge_across_partitions_through_snapshots():
     for p in view.local:
         other.apply_snapshot(view.snapshot(p))
     assert other.indicators(NOW) == view.indicators(NOW)
+
+
+def test_indicators_wait_for_the_partition_read_behind_and_snapshots_keep_its_days():
+    """Spec (Clock): population indicators on the low watermark over all partitions. A backlog: partition 0's
+    surveys read to today, partition 1's only to 190 days ago with 90 more unread. At the highest time (before)
+    the survey window held partition 0's answers alone (NPS 100 from its promoters; partition 1's ten
+    detractors outside it); at the lowest partition clock it holds both partitions' answers of those days.
+    And a snapshot prunes day rows only before that time's horizon (before: each partition's own watermark's,
+    so partition 0's early answers were gone from the snapshot another worker computes with)."""
+    settings_ = Settings(_env_file=None)
+    processor = BatchProcessor(settings_.processor())
+    processor.rebuild({0, 1}, [])
+    topic = settings_.topic_surveys
+
+    def answer(partition: int, offset: int, day: int, nps_answer: int) -> Incoming:
+        cid = f"P{partition}-{offset}"
+        at = datetime.fromtimestamp(day * DAY_MS / 1000, UTC).isoformat()
+        event = {"event_id": cid, "customer_id": cid, "occurred_at": at, "nps": nps_answer}
+        return Incoming(topic, partition, offset, cid.encode(), orjson.dumps(event))
+
+    fast = [answer(0, n, day, 10) for n, day in enumerate(range(TODAY - 200, TODAY + 1, 5))]
+    slow = [answer(1, n, day, 0) for n, day in enumerate(range(TODAY - 200, TODAY - 190))]
+    ends = {(topic, 0): len(fast), (topic, 1): len(slow) + 90}
+    out = processor.process(fast + slow, lambda k: CustomerState(), ends=ends, starts={(topic, 0): 0, (topic, 1): 0})
+    assert not out.rejected
+    view = processor.population
+    low = (TODAY - 191) * DAY_MS - 1  # partition 1's clock: its watermark less 1 ms (spec: Clock)
+    assert view.clock_of(1) == low and view.clock_of(0) == TODAY * DAY_MS
+    assert view.indicator_time() == low
+    values = view.indicators()
+    assert values == view.indicators(low)
+    # in the survey window ending with that time's day (TODAY - 192): partition 1's nine detractors until then
+    # and partition 0's two promoters
+    assert (values.promoters, values.detractors) == (2, 9)
+    assert view.indicators(TODAY * DAY_MS).detractors == 0  # what the highest time showed
+    other = PopulationView(CONFIG.rfm, IND)
+    for p in (0, 1):
+        other.apply_snapshot(view.snapshot(p))
+    assert other.indicator_time() == low and other.indicators() == values
 
 
 # --- the activity flags change with time alone: the due time is exactly the next flip ------------
