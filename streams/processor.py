@@ -42,7 +42,6 @@ from scoring.customer import (
     apply_event,
     assess_customer,
     customer_clv,
-    origin_applied,
 )
 from scoring.episodes import (
     EpisodeState,
@@ -355,6 +354,11 @@ class BatchProcessor:
                 continue
             key = customer_id.encode()
             if record.key != key:
+                late = self._too_late(record, kind, scored, None, read.mark_ms)
+                if late is not None:
+                    out.rejected.append(self._reject(record, kind, late))
+                    out.count(kind, "dead_lettered")
+                    continue
                 out.rerouted.append((record.topic, key, record.value or b""))
                 out.rerouted_origins.append(record.origin or (record.partition, record.offset))
                 out.count(kind, "rerouted")
@@ -365,7 +369,14 @@ class BatchProcessor:
                     expected = placed[key] = partition_of(key)
                 if expected != record.partition:
                     # applied here, it would split the customer over two partitions (or break the rank
-                    # counts of the one it is not in): re-published under its key, it reaches the right one
+                    # counts of the one it is not in): re-published under its key, it reaches the right one.
+                    # Late or not is decided here, in the log it was produced to: the copy lands at the end of
+                    # another log, read to wherever that one was (_too_late)
+                    late = self._too_late(record, kind, scored, None, read.mark_ms)
+                    if late is not None:
+                        out.rejected.append(self._reject(record, kind, late))
+                        out.count(kind, "dead_lettered")
+                        continue
                     out.rerouted.append((record.topic, key, record.value or b""))
                     out.rerouted_origins.append(record.origin or (record.partition, record.offset))
                     out.count(kind, "rerouted")
@@ -751,25 +762,27 @@ class BatchProcessor:
         self._ranking = Ranking(self.population.parts(), self.config.rfm)
 
     def _too_late(
-        self, record: Incoming, kind: Kind, event: EventFacts, state: CustomerState, mark_ms: int
+        self, record: Incoming, kind: Kind, event: EventFacts, state: CustomerState | None, mark_ms: int | None
     ) -> EventRejected | None:
         """An event older than its topic-partition's watermark ``mark_ms`` (the highest valid event time read
-        from that topic-partition in this session) minus ``max_lateness_days``: dead-lettered ``too_late``.
+        from that topic-partition in this session; None: nothing read yet) minus ``max_lateness_days``:
+        dead-lettered ``too_late``.
 
-        Measured against the event's own topic-partition, neither the global clock nor its partition's other
+        Measured against the log the event was produced to, neither the global clock nor its partition's other
         topics: in a backlog or a replay partitions, and the topics of one partition, are read at very
         different speeds (one topic of a partition can be read years ahead of another), and what was read of
         another stream says nothing of this one's order. So whether an event is late depends on its own log
-        alone, not on read speeds or batch cuts. A redelivered offset is never "too late": it was applied (or
-        rejected) when first read, and the state drops it.
+        alone, not on read speeds or batch cuts. A misplaced record (another producer's partitioner) is
+        decided where it was produced, before it is re-published (``state`` None there); its copy (``origin``
+        set) lands at the end of another log, wherever that one was read to, and is never late. A redelivered
+        offset is never "too late": it was applied (or rejected) when first read, and the state drops it.
         """
-        if event.occurred_ms >= mark_ms - self.max_lateness_ms:
+        if mark_ms is None or record.origin is not None or event.occurred_ms >= mark_ms - self.max_lateness_ms:
             return None
-        seen = state.source_offsets.get(kind.value)
-        if seen is not None and event.offset is not None and event.offset <= seen:
-            return None
-        if record.origin is not None and origin_applied(state, kind.value, record.origin):
-            return None  # a copy of a re-published record that was applied: a duplicate, not late
+        if state is not None:
+            seen = state.source_offsets.get(kind.value)
+            if seen is not None and event.offset is not None and event.offset <= seen:
+                return None
         behind_days = (mark_ms - event.occurred_ms) / DAY_MS
         return EventRejected(
             RejectReason.TOO_LATE,

@@ -161,3 +161,23 @@ def test_a_record_that_raises_is_dead_lettered_and_its_partition_moves_on(namesp
     tries = samples[("pulse_processing_errors_total", (("stage", "event"),))]
     assert settings.processing_retries + 1 <= tries <= settings.processing_retries + 2
     assert "dead-lettered as processing_error" in worker.log.read_text(errors="replace")
+
+
+def test_a_history_produced_by_librdkafka_loses_no_event_to_the_lateness_bound(namespace, start_worker):
+    """A history produced in time order with librdkafka's defaults: each misplaced record is in order in the log
+    it landed in, and its copy lands at the end of the right partition's log, after that partition's whole
+    history. Checked for lateness there (PULSE_MAX_LATENESS_DAYS=30 against a 200-day history), the copies
+    older than the last 30 days were dead-lettered too_late; now decided in the log it was produced to."""
+    settings = namespace.settings
+    orders = generate_orders(customers=80, days=200, seed=6, end=END)
+    worker = start_worker(PULSE_MAX_LATENESS_DAYS="30")
+    produce_with_librdkafka_defaults(namespace.bootstrap, settings.topic_orders, orders)
+    expected = batch_order_profiles(orders)
+    converged = wait_until(lambda: not profile_diffs(settings, expected))
+    dead = consume(namespace.bootstrap, settings.topic_dead_letters, 1, timeout=3)
+    assert converged, ([orjson.loads(r.value)["detail"] for r in dead[:3]], worker.log_tail())
+    assert dead == []
+    samples = metric_samples(worker.metrics_port)
+    assert sum(v for (name, _), v in samples.items() if name == "pulse_misplaced_events_total") > len(orders) // 4
+    assert samples[("pulse_events_total", (("kind", "order"), ("outcome", "scored")))] == len(orders)
+    assert worker.alive(), worker.log_tail()

@@ -267,6 +267,45 @@ def test_a_record_re_published_again_by_a_replay_is_applied_once_however_late():
     assert again.rerouted_origins == [(wrong, 7)]
 
 
+def test_a_misplaced_record_is_late_or_not_in_the_log_it_was_produced_to():
+    """Another producer's partitioner put a customer's history on the wrong partition, and a replay reads that
+    partition years behind the right one: the copy re-published to the right partition lands at the end of a
+    log read to years later. Decided there, it was dead-lettered too_late (at the default 730 days, a backfill
+    of over two years by a CRC32 producer would lose every misplaced record older than the right partition's
+    newest minus two years); now it is decided in the log it was produced to, before it is re-published, and
+    the copy is never late."""
+    settings = Settings(_env_file=None, max_lateness_days=30)
+    table = Table(BatchProcessor(settings.processor(), partitioner(PARTITIONS)))
+    key = b"C001730"
+    right = murmur2_partition(key, PARTITIONS)
+    wrong = (right + 1) % PARTITIONS
+    ids = [f"C{i:06d}" for i in range(200)]
+    native = {p: next(c for c in ids if murmur2_partition(c.encode(), PARTITIONS) == p) for p in (right, wrong)}
+
+    def at(eid: str, cid: str, when: str) -> bytes:
+        return orjson.dumps({**orjson.loads(order(eid, cid, 10.0)), "occurred_at": when})
+
+    offsets = {right: iter(range(100)), wrong: iter(range(100))}
+
+    def rec(partition: int, cid: str, eid: str, when: str) -> Incoming:
+        return Incoming("orders", partition, next(offsets[partition]), cid.encode(), at(eid, cid, when))
+
+    # the right partition's log read to 2027; the wrong one's to 2024, where the misplaced record is in order
+    assert table.run([rec(right, native[right], "r1", "2027-01-01T00:00:00Z")]) == 0
+    misplaced = rec(wrong, "C001730", "m1", "2024-01-02T00:00:00Z")
+    assert table.run([rec(wrong, native[wrong], "w1", "2024-01-01T00:00:00Z"), misplaced]) == 0
+    assert table.rejected == [] and [k for _, k, _ in table.rerouted] == [key]
+    # its copy, read back on the right partition (3 years behind that log's newest): applied
+    (topic, k, value) = table.rerouted[0]
+    copy = Incoming(topic, right, next(offsets[right]), k, value, origin_of(origin_header((wrong, misplaced.offset))))
+    assert table.run([copy]) == 0
+    assert table.rejected == [] and table.states()[key].orders.orders == 1
+    # out of order by a year in its own log: dead-lettered there, not re-published
+    assert table.run([rec(wrong, "C001730", "m2", "2023-01-01T00:00:00Z")]) == 0
+    assert [(r["reason"], r["partition"]) for r in table.rejected] == [("too_late", wrong)]
+    assert len(table.rerouted) == 1
+
+
 def test_origin_header_round_trip_and_unreadable_headers():
     assert origin_of(origin_header((3, 4484))) == (3, 4484)
     assert origin_of({ORIGIN_HEADER: b"5:12", "other": b"x"}) == (5, 12)
