@@ -353,7 +353,17 @@ class BatchProcessor:
                 out.count(kind, "dead_lettered")
                 continue
             key = customer_id.encode()
-            if record.key != key:
+            misplaced = False
+            if record.key == key and partition_of is not None:
+                expected = placed.get(key)
+                if expected is None:
+                    expected = placed[key] = partition_of(key)
+                # applied here, it would split the customer over two partitions (or break the rank counts of the
+                # one it is not in): re-published under its key, it reaches the right one
+                misplaced = expected != record.partition
+            if misplaced or record.key != key:
+                # late or not is decided here, in the log it was produced to: the copy lands at the end of
+                # another log, read to wherever that one was (_too_late)
                 late = self._too_late(record, kind, scored, None, read.mark_ms)
                 if late is not None:
                     out.rejected.append(self._reject(record, kind, late))
@@ -362,27 +372,10 @@ class BatchProcessor:
                 out.rerouted.append((record.topic, key, record.value or b""))
                 out.rerouted_origins.append(record.origin or (record.partition, record.offset))
                 out.count(kind, "rerouted")
-                continue
-            if partition_of is not None:
-                expected = placed.get(key)
-                if expected is None:
-                    expected = placed[key] = partition_of(key)
-                if expected != record.partition:
-                    # applied here, it would split the customer over two partitions (or break the rank
-                    # counts of the one it is not in): re-published under its key, it reaches the right one.
-                    # Late or not is decided here, in the log it was produced to: the copy lands at the end of
-                    # another log, read to wherever that one was (_too_late)
-                    late = self._too_late(record, kind, scored, None, read.mark_ms)
-                    if late is not None:
-                        out.rejected.append(self._reject(record, kind, late))
-                        out.count(kind, "dead_lettered")
-                        continue
-                    out.rerouted.append((record.topic, key, record.value or b""))
-                    out.rerouted_origins.append(record.origin or (record.partition, record.offset))
-                    out.count(kind, "rerouted")
+                if misplaced:
                     where = (record.topic, record.partition)
                     out.misplaced[where] = out.misplaced.get(where, 0) + 1
-                    continue
+                continue
             if self.quarantined:
                 self.quarantined.discard(key)  # a new event: scheduled and swept again
             state = out.states.get(key)
