@@ -214,6 +214,24 @@ def test_indicators_wait_for_the_partition_read_behind_and_snapshots_keep_its_da
     assert other.indicator_time() == low and other.indicators() == values
 
 
+def test_a_snapshot_before_any_partition_has_a_clock_keeps_every_day():
+    """No partition clock yet (a partition of the backlog not read far enough): no indicator time, so nothing is
+    pruned and the snapshot carries every day row; another view computes the same indicators from it."""
+    states = [customer(survey(f"s{n}", TODAY - 400 * n, 9), order(f"o{n}", TODAY - 400 * n)) for n in range(3)]
+    view = view_of(states)
+    for part in view.local.values():
+        part.watermark_ms = NOW  # read, but no clock
+    assert view.indicator_time() is None and view.indicators() is None
+    other = PopulationView(CONFIG.rfm, IND)
+    for p in view.local:
+        other.apply_snapshot(view.snapshot(p))
+    days = {p: sorted(part.indicators.voice) for p, part in view.local.items()}
+    assert {p: sorted(other.remote[p].indicators.voice) for p in view.local} == days
+    assert sum(len(d) for d in days.values()) == 3  # the answers of 800 days ago kept too
+    for at in (NOW, NOW - 800 * DAY_MS):
+        assert other.indicators(at) == view.indicators(at)
+
+
 # --- the activity flags change with time alone: the due time is exactly the next flip ------------
 
 
