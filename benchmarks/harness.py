@@ -67,6 +67,7 @@ from benchmarks.phases.common import (
     REPO,
     Bench,
     CpuReading,
+    Proc,
     cpu_reading,
     log,
     peak_rss_bytes,
@@ -225,24 +226,15 @@ def broker_phases(
                 if "latency" not in skip:
                     rate = args.latency_rate or max(1.0, full["events_per_second"] / 2)
                     log(f"latency: {args.latency_seconds:g}s at {rate:.0f} events/s")
-                    before = procs[0].metrics() if procs else ""
-                    threads_before = thread_cpu_seconds(procs[0].popen.pid) if procs else {}
                     spied = procs[0] if procs and args.py_spy else None
-                    cpu_before = cpu_reading(procs, bench.server_pids())
-                    own_before = time.process_time()
-                    out["latency"] = latency.latency(bench, env, rate, args.latency_seconds, spied)
-                    out["latency"]["cpu_seconds"] = latency_cpu(
-                        cpu_before, cpu_reading(procs, bench.server_pids()), time.process_time() - own_before
-                    )
-                    if procs:
-                        out["latency"]["worker"] = worker_deltas(before, procs[0].metrics())
-                        threads = thread_cpu_seconds(procs[0].popen.pid)
-                        out["latency"]["worker"]["thread_cpu_seconds"] = {
-                            name: round(threads[name] - threads_before.get(name, 0.0), 2) for name in threads
-                        }
-                    out["latency"]["peak_rss_mib"] = [
-                        None if r is None else round(r / 2**20, 1) for r in (peak_rss_bytes(p.popen.pid) for p in procs)
-                    ]
+                    out["latency"] = _live_run(bench, env, procs, rate, args.latency_seconds, spied)
+                    first = out["latency"]["events"]
+                    for i, live_rate in enumerate(args.live_rates):
+                        n_rates = len(args.live_rates)
+                        log(f"live rate {i + 1}/{n_rates}: {args.live_seconds:g}s at {live_rate:.0f} events/s")
+                        run = _live_run(bench, env, procs, live_rate, args.live_seconds, None, f"r{i}", first)
+                        first += run["events"]
+                        out.setdefault("live_rates", []).append(run)
             finally:
                 for proc in procs:
                     proc.stop()
@@ -385,6 +377,37 @@ def scaling_ceiling(runs: list[dict[str, Any]], cpus: int) -> float | None:
         return None
     per_event_s = (one["cpu_us_per_event"] + one["servers_cpu_us_per_event"]) / 1e6
     return min(2.0, cpus / per_event_s / one["events_per_second"])
+
+
+def _live_run(
+    bench: Bench,
+    env: dict[str, str],
+    procs: list[Proc],
+    rate: float,
+    seconds: float,
+    spied: Proc | None,
+    tag: str = "",
+    first: int = 0,
+) -> dict[str, Any]:
+    """One run of live traffic at ``rate`` against the running worker (``procs[0]``), with what it cost: the
+    worker's and the servers' CPU, the worker's batches and checkpoint steps, its threads' CPU."""
+    before = procs[0].metrics() if procs else ""
+    threads_before = thread_cpu_seconds(procs[0].popen.pid) if procs else {}
+    cpu_before = cpu_reading(procs, bench.server_pids())
+    own_before = time.process_time()
+    run = latency.latency(bench, env, rate, seconds, spied, tag, first)
+    own = time.process_time() - own_before
+    run["cpu_seconds"] = latency_cpu(cpu_before, cpu_reading(procs, bench.server_pids()), own)
+    if procs:
+        run["worker"] = worker_deltas(before, procs[0].metrics())
+        threads = thread_cpu_seconds(procs[0].popen.pid)
+        run["worker"]["thread_cpu_seconds"] = {
+            name: round(threads[name] - threads_before.get(name, 0.0), 2) for name in threads
+        }
+    run["peak_rss_mib"] = [
+        None if r is None else round(r / 2**20, 1) for r in (peak_rss_bytes(p.popen.pid) for p in procs)
+    ]
+    return run
 
 
 def verdicts(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -610,6 +633,16 @@ def report(r: dict[str, Any]) -> str:
                     f"the others (consumer thread) {t['others']} s ({1e6 * t['others'] / lat['events']:,.0f} µs)"
                 )
     for broker, b in per_broker.items():
+        if b.get("live_rates"):
+            lines.append("")
+            lines.append(f"live rates ({broker}), the same worker, one run after the other:")
+            lines.append(
+                "    events/s   alert p50 / p99 / steady p99 ms   profile p99 ms   main thread µs/event (core)"
+                "   batches x events   box busy"
+            )
+            for run in b["live_rates"]:
+                lines.append("    " + _live_row(run))
+    for broker, b in per_broker.items():
         if "state" in b:
             s = b["state"]
             lines.append("")
@@ -664,6 +697,28 @@ def report(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}") from None
+
+
+def _live_row(run: dict[str, Any]) -> str:
+    """One ``--live-rates`` run as a row of the report."""
+    w = run.get("worker", {})
+    main = w.get("thread_cpu_seconds", {}).get("main")
+    events, seconds = run.get("events") or 0, run.get("seconds") or 0
+    per_event = f"{1e6 * main / events:,.0f}" if main is not None and events else "-"
+    core = f"{main / seconds:.2f}" if main is not None and seconds else "-"
+    busy = run.get("cpu_seconds", {}).get("box_busy_share")
+    return (
+        f"{run['rate_achieved']:>8,.0f}   {_fmt(run['alert_p50_ms'])} / {_fmt(run['alert_p99_ms'])} / "
+        f"{_fmt(run['alert_p99_steady_ms'])}   {_fmt(run['redis_p99_ms'])}   {per_event} ({core})   "
+        f"{w.get('batches', '-')} x {w.get('events_per_batch', '-')}   {'-' if busy is None else f'{busy:.0%}'}"
+    )
+
+
 def _int_list(text: str) -> list[int]:
     return [int(x.replace("_", "")) for x in text.split(",") if x.strip()]
 
@@ -676,6 +731,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--latency-rate", type=float, default=0.0, help="events/s of the latency phase (default: half the full rate)"
     )
+    p.add_argument(
+        "--live-rates",
+        type=_float_list,
+        default=[],
+        help="after the latency phase, the same worker takes live traffic at each of these events/s in turn, "
+        "--live-seconds each: alert latency and CPU per live event by rate, what to size workers by (a live event "
+        "costs the worker 2-4x a backlog event; docs/operations.md, Sizing); default: none",
+    )
+    p.add_argument("--live-seconds", type=float, default=20.0, help="length of each --live-rates run")
     p.add_argument(
         "--load-producer",
         choices=("librdkafka", "aiokafka"),

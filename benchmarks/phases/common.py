@@ -371,6 +371,9 @@ def worker_deltas(before: str, after: str) -> dict[str, Any]:
         "profiles_written": int(d("pulse_redis_batch_profiles_sum")),
         "swept_customers": int(d("pulse_swept_customers_total")),
         "due_checks": int(d("pulse_churn_due_checks_total")),
+        # input events scored, and those de-duplicated (a live run whose ids were seen before would show here)
+        "scored": int(d_where("pulse_events_total", 'outcome="scored"')),
+        "duplicates": int(d_where("pulse_events_total", 'outcome="duplicate"')),
         # the worker process's own CPU (prometheus_client's process collector): a yardstick the load moves less
         "cpu_seconds": round(d("process_cpu_seconds_total"), 2),
         # PULSE_PROFILE_RENDER_PROCESS: the render process's CPU, which the worker process's no longer holds

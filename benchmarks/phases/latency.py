@@ -25,13 +25,23 @@ from testing.traffic import iso_now, live_event
 
 
 def latency(
-    bench: Bench, env: dict[str, str], rate: float, seconds: float, spied: Proc | None = None
+    bench: Bench,
+    env: dict[str, str],
+    rate: float,
+    seconds: float,
+    spied: Proc | None = None,
+    tag: str = "",
+    first: int = 0,
 ) -> dict[str, Any]:
     """``spied``: the worker to profile with py-spy while the live traffic is produced (``--py-spy``): where a live
-    batch's time goes (due checks, clock moves, the checkpoint's I/O) differs from the backlog's."""
-    spy = start_py_spy(bench, spied, "latency") if spied is not None else None
+    batch's time goes (due checks, clock moves, the checkpoint's I/O) differs from the backlog's.
+
+    ``tag`` and ``first`` let one worker take several runs (``--live-rates``): the tracers of a run are fresh
+    customers of its own (``tag``), and its live events' ids start at ``first`` (ids seen before would be
+    de-duplicated, which costs the worker less than an event)."""
+    spy = start_py_spy(bench, spied, f"latency{tag}") if spied is not None else None
     try:
-        out = asyncio.run(_latency(bench, env, rate, seconds))
+        out = asyncio.run(_latency(bench, env, rate, seconds, tag, first))
     finally:
         profile = finish_py_spy(spy) if spy is not None else None
     if profile is not None:
@@ -39,7 +49,9 @@ def latency(
     return out
 
 
-async def _latency(bench: Bench, env: dict[str, str], rate: float, seconds: float) -> dict[str, Any]:
+async def _latency(
+    bench: Bench, env: dict[str, str], rate: float, seconds: float, run_tag: str = "", first: int = 0
+) -> dict[str, Any]:
     import redis.asyncio as aioredis
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -54,7 +66,7 @@ async def _latency(bench: Bench, env: dict[str, str], rate: float, seconds: floa
     if not live:
         raise RuntimeError("no live traffic generated")
     tracer_every = max(2, int(rate // TRACERS_PER_SECOND))
-    tag = bench.args.run_tag
+    tag = bench.args.run_tag + run_tag
     sent_at: dict[str, float] = {}  # tracer customer -> production time (monotonic)
     alert_tracers: set[str] = set()
     to_redis: dict[str, float] = {}
@@ -117,7 +129,7 @@ async def _latency(bench: Bench, env: dict[str, str], rate: float, seconds: floa
                         alert_tracers.add(cid)
                     sent_at[cid] = time.monotonic()
                 else:
-                    kind, event = live_event(live[sent % len(live)], sent)
+                    kind, event = live_event(live[sent % len(live)], first + sent)
                 await producer.send(topics[kind], event["customer_id"].encode(), orjson.dumps(event))
                 sent += 1
             producer.poll()

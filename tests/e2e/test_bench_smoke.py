@@ -25,6 +25,10 @@ SMOKE = [
     "1",
     "--latency-seconds",
     "3",
+    "--live-rates",
+    "40,80",
+    "--live-seconds",
+    "2",
     "--cost-sizes",
     "2000,4000",
     "--cost-events",
@@ -90,6 +94,16 @@ def test_bench_smoke(tmp_path):
     assert lat["alert_p99_ms_by_window"] and all(positive(v) for v in lat["alert_p99_ms_by_window"]), lat
     # steady state: the tracers after the first window (3 s of traffic is shorter than a window: none)
     assert lat["alerts_steady"] == 0 and lat["alert_p99_steady_ms"] is None, lat
+
+    # --live-rates: the same worker takes each rate in turn, each run with its own tracers and fresh event ids
+    runs = r["live_rates"]
+    assert [round(run["rate_target"]) for run in runs] == [40, 80], runs
+    for run in runs:
+        assert run["tracers"] > 0 and run["redis_seen"] == run["tracers"], run
+        assert run["alert_tracers"] > 0 and run["alerts_seen"] == run["alert_tracers"], run
+        # nothing of the earlier runs again: every live event and tracer scored, none de-duplicated
+        assert run["worker"]["duplicates"] == 0 and run["worker"]["scored"] > 0, run["worker"]
+        assert positive(run["worker"]["thread_cpu_seconds"]["main"]), run["worker"]
 
     state = r["state"]
     assert state["customers"] == r["customers"]
