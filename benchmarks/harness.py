@@ -642,6 +642,11 @@ def report(r: dict[str, Any]) -> str:
             )
             for run in b["live_rates"]:
                 lines.append("    " + _live_row(run))
+            held = _highest_rate_within(b["live_rates"], TARGETS["alert_p99_ms"])
+            lines.append(
+                f"    alert p99 <= {TARGETS['alert_p99_ms']:g} ms up to "
+                + ("none of these rates" if held is None else f"{held:,.0f} events/s (of these rates)")
+            )
     for broker, b in per_broker.items():
         if "state" in b:
             s = b["state"]
@@ -702,6 +707,18 @@ def _float_list(text: str) -> list[float]:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}") from None
+
+
+def _highest_rate_within(runs: list[dict[str, Any]], p99_ms: float) -> float | None:
+    """The highest rate up to which every ``--live-rates`` run held alert p99 within ``p99_ms`` (a rate above a
+    run that missed does not count: that worker was already past its limit); None if the lowest missed."""
+    held = None
+    for run in sorted(runs, key=lambda r: r["rate_target"]):
+        p99 = run.get("alert_p99_ms")
+        if p99 is None or p99 > p99_ms:
+            break
+        held = run["rate_achieved"]
+    return held
 
 
 def _live_row(run: dict[str, Any]) -> str:
