@@ -1,55 +1,55 @@
 """``pulse bench --live-rates``: the report's rows and the highest rate that held the alert p99 target.
 
 The runs themselves are exercised by tests/e2e/test_bench_smoke.py (two rates on one worker, none of their
-events de-duplicated); here the report's arithmetic on fixed numbers."""
+events de-duplicated); here the report's arithmetic on fixed numbers. ``benchmarks`` is a layer tests do not
+import ([tool.importlinter]), so the checks run in a child interpreter of the checkout, as ``pulse bench`` does.
+"""
 
 from __future__ import annotations
 
-from benchmarks import harness
+import subprocess
+import sys
+import textwrap
 
+from testing.stack import REPO
 
-def run(rate: float, p99: float | None, main_cpu: float = 10.0, events: int = 20_000) -> dict:
-    return {
-        "rate_target": rate,
-        "rate_achieved": rate - 0.4,
-        "seconds": 20.0,
-        "events": events,
-        "alert_p50_ms": 40.0,
-        "alert_p99_ms": p99,
-        "alert_p99_steady_ms": p99,
-        "redis_p99_ms": 150.0,
-        "cpu_seconds": {"box_busy_share": 0.76},
-        "worker": {"batches": 700, "events_per_batch": 28.6, "thread_cpu_seconds": {"main": main_cpu}},
-    }
+CHECKS = textwrap.dedent(
+    """
+    from benchmarks import harness
 
+    def run(rate, p99, main_cpu=10.0, events=20_000):
+        return {
+            "rate_target": rate, "rate_achieved": rate - 0.4, "seconds": 20.0, "events": events,
+            "alert_p50_ms": 40.0, "alert_p99_ms": p99, "alert_p99_steady_ms": p99, "redis_p99_ms": 150.0,
+            "cpu_seconds": {"box_busy_share": 0.76},
+            "worker": {"batches": 700, "events_per_batch": 28.6, "thread_cpu_seconds": {"main": main_cpu}},
+        }
 
-def test_the_highest_rate_is_the_last_of_an_unbroken_run_of_rates_within_the_target():
+    # the last rate of an unbroken run of rates within the target: 4,000 under it after 3,000 missed does not
+    # count (that worker was already past its limit)
     runs = [run(2000, 138.0), run(500, 88.0), run(3000, 558.0), run(4000, 240.0), run(1000, 131.0)]
-    # 4,000 came in under the target after 3,000 missed it: that worker was already past its limit
     assert harness._highest_rate_within(runs, 250.0) == 1999.6
     assert harness._highest_rate_within([run(500, 300.0), run(1000, 100.0)], 250.0) is None
-    # a run with no alert seen does not count as held
-    assert harness._highest_rate_within([run(500, 90.0), run(1000, None)], 250.0) == 499.6
+    assert harness._highest_rate_within([run(500, 90.0), run(1000, None)], 250.0) == 499.6  # no alert seen
 
+    # a row: the main thread's CPU per event and its share of a core (11.4 s / 20,000 events; / 20 s)
+    row = harness._live_row(run(1000, 131.0, main_cpu=11.4))
+    assert row.split()[0] == "1,000" and "570 (0.57)" in row and "700 x 28.6" in row and "76%" in row, row
 
-def test_a_row_gives_the_main_threads_cpu_per_event_and_share_of_a_core():
-    row = harness._live_row(run(1000, 131.0, main_cpu=11.4, events=20_000))
-    assert row.split()[0] == "1,000"
-    assert "570 (0.57)" in row  # 11.4 s / 20,000 events; 11.4 s / 20 s
-    assert "700 x 28.6" in row and "76%" in row
-
-
-def test_the_report_lists_the_runs_and_the_rate_that_held():
     r = {
         "machine": {"cpus": 2, "cpu": "x", "memory_gib": 24, "python": "3.11", "platform": "linux"},
-        "brokers": ["kafka"],
-        "broker": "kafka",
+        "brokers": ["kafka"], "broker": "kafka", "verdicts": {}, "bench_seconds": 100, "log_dir": "/tmp/x",
         "live_rates": [run(500, 88.0), run(2000, 138.0), run(3000, 558.0)],
-        "verdicts": {},
-        "bench_seconds": 100,
-        "log_dir": "/tmp/x",
     }
     text = harness.report(r)
-    assert "live rates (kafka)" in text
-    assert "alert p99 <= 250 ms up to 2,000 events/s (of these rates)" in text
-    assert text.count(" (0.") == 3  # a row per run
+    assert "live rates (kafka)" in text, text
+    assert "alert p99 <= 250 ms up to 2,000 events/s (of these rates)" in text, text
+    assert text.count(" (0.50)") == 3, text  # a row per run
+    print("ok")
+    """
+)
+
+
+def test_the_live_rates_report():
+    done = subprocess.run([sys.executable, "-c", CHECKS], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
