@@ -354,6 +354,10 @@ def counted_seconds(samples: list[tuple[float, float]], floor: float) -> float:
     return max(samples[-1][0] - first, POLL_SECONDS)
 
 
+#: the checkpoint's steps (pulse_checkpoint_step_seconds' label), in their order
+STEPS = ("score", "changelog", "changelog_ack", "end_markers", "publish", "clear", "repair", "submit", "metrics")
+
+
 def worker_deltas(before: str, after: str) -> dict[str, Any]:
     """What a worker did between two scrapes of its metrics: batches, checkpoint time, profiles written, sweeps."""
 
@@ -368,6 +372,9 @@ def worker_deltas(before: str, after: str) -> dict[str, Any]:
         "batches": int(batches),
         "events_per_batch": round(d("pulse_batch_events_sum") / max(1, batches), 1),
         "checkpoint_ms_mean": round(1000 * d("pulse_checkpoint_seconds_sum") / max(1, batches), 1),
+        # the long batches (pulse_checkpoint_seconds' buckets): a live event that waits behind one shows in the tail
+        "checkpoints_over_50ms": int(batches - d_where("pulse_checkpoint_seconds_bucket", 'le="0.05"')),
+        "checkpoints_over_100ms": int(batches - d_where("pulse_checkpoint_seconds_bucket", 'le="0.1"')),
         "profiles_written": int(d("pulse_redis_batch_profiles_sum")),
         "swept_customers": int(d("pulse_swept_customers_total")),
         "due_checks": int(d("pulse_churn_due_checks_total")),
@@ -381,17 +388,18 @@ def worker_deltas(before: str, after: str) -> dict[str, Any]:
         # mean ms per batch of each checkpoint step (pulse_checkpoint_step_seconds): scoring, acks, Redis, metrics
         "step_ms_mean": {
             step: round(1000 * d2 / max(1, batches), 1)
-            for step in (
-                "score",
-                "changelog",
-                "changelog_ack",
-                "end_markers",
-                "publish",
-                "clear",
-                "repair",
-                "submit",
-                "metrics",
-            )
+            for step in STEPS
             if (d2 := d_where("pulse_checkpoint_step_seconds_sum", f'step="{step}"'))
+        },
+        # per step, the batches in which it took over 25 ms: which step makes the long batches
+        "steps_over_25ms": {
+            step: n
+            for step in STEPS
+            if (
+                n := int(
+                    d_where("pulse_checkpoint_step_seconds_count", f'step="{step}"')
+                    - d_where("pulse_checkpoint_step_seconds_bucket", f'le="0.025",step="{step}"')
+                )
+            )
         },
     }

@@ -104,6 +104,10 @@ def test_bench_smoke(tmp_path):
         # nothing of the earlier runs again: every live event and tracer scored, none de-duplicated
         assert run["worker"]["duplicates"] == 0 and run["worker"]["scored"] > 0, run["worker"]
         assert positive(run["worker"]["thread_cpu_seconds"]["main"]), run["worker"]
+        # the long batches, from the checkpoint histograms: counts within the run's batches
+        w = run["worker"]
+        assert 0 <= w["checkpoints_over_100ms"] <= w["checkpoints_over_50ms"] <= w["batches"], w
+        assert all(0 < n <= w["batches"] for n in w["steps_over_25ms"].values()), w
 
     state = r["state"]
     assert state["customers"] == r["customers"]
