@@ -1,9 +1,10 @@
 """What serving the same live traffic costs a broker, by the records it already holds.
 
-For each ``--preload`` a fresh broker gets that many records (200 B, the four input topics of 4 partitions),
-then ``--rate`` records/s for ``--seconds`` while one aiokafka consumer (no group, the worker's fetch settings:
-``fetch_max_wait_ms`` 100, ``fetch_min_bytes`` 1) reads the new ones. Prints the broker's CPU (share of one core,
-from /proc), the consumer's fetches per second and the delivery delay (production to receipt, p50 / p99).
+For each ``--preload`` a fresh broker gets that many records (200 B, over ``benchmarks.fetch_pace``'s four
+topics of 4 partitions), then ``--rate`` records/s for ``--seconds`` while one aiokafka consumer (no group, the
+worker's fetch settings: ``fetch_max_wait_ms`` 100, ``fetch_min_bytes`` 1) reads the new ones. Prints the
+broker's CPU (share of one core, from /proc), the consumer's fetches per second and the delivery delay
+(production to receipt, p50 / p99).
 
 Tansu keeps its logs in memory with no retention: in session 15 the same 1,000 records/s cost it more CPU, and
 the worker's live alerts took seconds, once it held a few hundred thousand records (docs/benchmarks.md). Apache
@@ -16,18 +17,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import tempfile
 import time
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from benchmarks.fetch_pace import TOPICS, cpu_seconds, create_topics
 from pulse.devstack import start_kafka, start_tansu
 
-TOPICS = ("orders", "surveys", "complaints", "support")
-PARTITIONS = 4
 VALUE_BYTES = 200
 #: the consumer's settings: the worker's defaults (PULSE_CONSUMER_FETCH_MAX_WAIT_MS, Faust's fetch_min_bytes)
 FETCH_MAX_WAIT_MS = 100
@@ -36,19 +34,8 @@ SETTLE_SECONDS = 2.0
 DRAIN_SECONDS = 30.0
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (/proc/<pid>/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def measure(bootstrap: str, pid: int, preload: int, rate: float, seconds: float) -> dict[str, float]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(t, PARTITIONS, 1) for t in TOPICS])
-    finally:
-        await admin.close()
+    await create_topics(bootstrap)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1)
     await producer.start()
     filler = b"x" * VALUE_BYTES

@@ -35,7 +35,7 @@ PAD = "x" * 240
 TICK_SECONDS = 0.002
 
 
-def _cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process and its threads (/proc/<pid>/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -125,7 +125,8 @@ async def _consume(bootstrap: str, min_bytes: int, max_wait_ms: int, producer: l
     }
 
 
-async def _create_topics(bootstrap: str) -> None:
+async def create_topics(bootstrap: str) -> None:
+    """The four input topics of four partitions (also benchmarks.broker_held_records)."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
@@ -154,14 +155,14 @@ def main(argv: list[str] | None = None) -> int:
     server = start_kafka(log_dir) if args.broker == "kafka" else start_tansu(log_dir)
     bootstrap = f"127.0.0.1:{server.port}"
     try:
-        asyncio.run(_create_topics(bootstrap))
+        asyncio.run(create_topics(bootstrap))
         producer = [sys.executable, "-m", "benchmarks.fetch_pace", "--produce", bootstrap]
         producer += ["--rate", str(args.rate), "--seconds", str(args.seconds)]
         for setting in args.settings.split(","):
             min_bytes, max_wait = (int(x) for x in setting.split(":"))
-            broker0 = _cpu_seconds(server.proc.pid)
+            broker0 = cpu_seconds(server.proc.pid)
             row = asyncio.run(_consume(bootstrap, min_bytes, max_wait, producer))
-            broker_cpu = _cpu_seconds(server.proc.pid) - broker0
+            broker_cpu = cpu_seconds(server.proc.pid) - broker0
             row = {"broker": args.broker, "fetch_min_bytes": min_bytes, "fetch_max_wait_ms": max_wait, **row}
             row["broker_cpu_us_per_event"] = round(broker_cpu / max(1, row["events"]) * 1e6, 1)
             print(orjson.dumps(row).decode(), flush=True)
