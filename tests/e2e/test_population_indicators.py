@@ -18,7 +18,7 @@ import pytest
 from pulse.simulate import generate_events
 from streams.stats import read_stats, stats_json
 from testing.reference import batch_population_indicators, uninterrupted_profiles
-from testing.stack import CONVERGE_SECONDS, REPO, produce, profile_diffs, wait_until
+from testing.stack import CONVERGE_SECONDS, REPO, consume, produce, profile_diffs, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -47,6 +47,20 @@ def scrape(port: int) -> dict[str, float]:
         for name, _, value in (line.rpartition(" ") for line in lines)
         if name.startswith("pulse_population_")
     }
+
+
+def snapshot_history(namespace) -> str:
+    """Every population snapshot on the topic, in order: who published which partition's clock when (a failure's
+    evidence: the indicator time is the lowest partition clock, so one stuck partition holds it)."""
+    lines = []
+    for record in consume(namespace.bootstrap, namespace.settings.topic_population(), 10**6, timeout=5, quiet=1.0):
+        if record.value:
+            data = orjson.loads(record.value)
+            lines.append(
+                f"offset {record.offset} at {record.timestamp}: partition {data['partition']} watermark "
+                f"{data['watermark_ms']} clock {data.get('clock_ms')} customers {data['customers']}"
+            )
+    return "\n".join(lines)
 
 
 def test_stats_and_gauges_equal_the_batch_reference(namespace, start_worker):
@@ -104,7 +118,9 @@ def test_stats_and_gauges_equal_the_batch_reference(namespace, start_worker):
 
     converged = wait_until(lambda: matches(stats_now()), timeout=max(60.0, CONVERGE_SECONDS), every=1.0)  # hang guard
     elapsed = time.monotonic() - started
-    assert converged, f"{stats_now()}\n{expected}\n{workers[0].log_tail()}"
+    if not converged:
+        logs = "\n".join(f"--- worker {n}\n{w.log_tail(120)}" for n, w in enumerate(workers))
+        pytest.fail(f"{stats_now()}\n{expected}\nclock_ms {clock_ms}\n{snapshot_history(namespace)}\n{logs}")
     print(f"\n[e2e] {len(arrivals)} events through 2 workers: indicators converged in {elapsed:.1f}s: {expected}")
 
     # the command itself, as an operator runs it
