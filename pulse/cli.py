@@ -768,7 +768,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("stats", help="print the population indicators (NPS, CSAT, rates) from the population topic")
     p.add_argument("--json", action="store_true", help="one JSON object (ratios 0..1, times in ms)")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the topic (default 10)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to read the topic to its end (default 10)")
     p.set_defaults(func=cmd_stats)
 
     # every argument, --help included, goes to python -m benchmarks (or, installed, to cmd_bench's "why not")

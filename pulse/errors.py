@@ -142,6 +142,7 @@ def explain(exc: BaseException) -> CliError | None:
     from pulse.history import HistoryError
     from pulse_config.clv_params import ClvParamsError
     from streams.router.config import RouterConfigError
+    from streams.stats import PopulationReadTimeout
 
     if isinstance(exc, redis.AuthenticationError):
         url = _setting_url("redis_url", "redis://127.0.0.1:6379/0")
@@ -172,6 +173,12 @@ def explain(exc: BaseException) -> CliError | None:
         # the settings' own cross-checks (Settings.rfm(), .churn()): the message starts with the variable
         subject, _, problem = str(exc).partition(" ")
         return usage_error(subject.rstrip(":"), problem, SETTINGS_HINT)
+    if isinstance(exc, PopulationReadTimeout):  # an OSError: before the file errors
+        return CliError(
+            f"population topic {exc.topic}",
+            f"read to offset {exc.position} of {exc.end} within the timeout; its later snapshots were not read",
+            "the broker is slow or busy: try again, or with a longer --timeout",
+        )
     if isinstance(exc, OSError):
         return _os_error(exc)
     return None

@@ -37,8 +37,23 @@ class PopulationStats:
     saves: dict[str, int] = field(default_factory=dict)
 
 
+class PopulationReadTimeout(TimeoutError):
+    """The population topic was not read to its end offset within the time given.
+
+    The snapshots read by then can be older than the ones after them (a partition's clock published before it
+    moved on), so no indicators are made of them: stale numbers that look current are worse than none. A
+    ``TimeoutError``, so an ``OSError``: the console shows "indicators unavailable" and tries again."""
+
+    def __init__(self, topic: str, position: int, end: int, seconds: float) -> None:
+        super().__init__(f"{topic}: read to offset {position} of {end} in {seconds:g} s")
+        self.topic, self.position, self.end = topic, position, end
+
+
 async def read_stats(settings: Settings, timeout: float = 10.0) -> PopulationStats:
-    """The latest snapshot of every partition, merged; gives up waiting for the topic after ``timeout``."""
+    """The latest snapshot of every partition, merged, as of the topic's end offset when the read started.
+
+    ``timeout`` bounds the whole read: no topic by then gives no indicators (no worker published yet); a read
+    short of the end offset by then raises :class:`PopulationReadTimeout` (a slow or busy broker)."""
     topic = settings.topic_population()
     consumer = AIOKafkaConsumer(**kafka_client_kwargs(settings), enable_auto_commit=False, auto_offset_reset="earliest")
     latest: dict[bytes | None, bytes] = {}
@@ -54,13 +69,18 @@ async def read_stats(settings: Settings, timeout: float = 10.0) -> PopulationSta
             await consumer.seek_to_beginning(tp)
             end = (await consumer.end_offsets([tp]))[tp]
             # read to the end, then until a poll brings nothing (some brokers report a short end offset)
-            while time.monotonic() < deadline:
+            while True:
                 batches = await consumer.getmany(timeout_ms=POLL_MS)
                 records = [r for rs in batches.values() for r in rs]
                 for record in records:
                     if record.value:
                         latest[record.key] = record.value
-                if not records and await consumer.position(tp) >= end:
+                position = await consumer.position(tp)
+                if not records and position >= end:
+                    break
+                if time.monotonic() >= deadline:
+                    if position < end:
+                        raise PopulationReadTimeout(topic, position, end, timeout)
                     break
     finally:
         await consumer.stop()

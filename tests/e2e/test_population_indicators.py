@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from pulse.simulate import generate_events
-from streams.stats import read_stats, stats_json
+from streams.stats import PopulationReadTimeout, read_stats, stats_json
 from testing.reference import batch_population_indicators, uninterrupted_profiles
 from testing.stack import CONVERGE_SECONDS, REPO, consume, produce, profile_diffs, wait_until
 
@@ -106,7 +106,11 @@ def test_stats_and_gauges_equal_the_batch_reference(namespace, start_worker):
         )
 
     def stats_now() -> dict:
-        return stats_json(asyncio.run(read_stats(s, timeout=2)))
+        try:
+            return stats_json(asyncio.run(read_stats(s, timeout=10)))
+        except PopulationReadTimeout as exc:  # a busy broker: not read to the end, no numbers
+            print(f"[e2e] {exc}")
+            return {}
 
     def matches(got: dict) -> bool:
         got_q = {int(k): v for k, v in (got.get("first_response_ms") or {}).items()}
