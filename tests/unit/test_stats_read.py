@@ -20,10 +20,13 @@ class FakeConsumer:
 
     values: list[bytes] = []
     poll_seconds = 0.0
+    #: the last one made (to check it was stopped)
+    last: FakeConsumer | None = None
 
     def __init__(self, **_: object) -> None:
         self.offset = 0
         self.stopped = False
+        FakeConsumer.last = self
         self._client = SimpleNamespace(force_metadata_update=self._noop)
 
     async def _noop(self) -> None:
@@ -69,6 +72,8 @@ def snapshot(partition: int, clock_ms: int) -> bytes:
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> type[FakeConsumer]:
     monkeypatch.setattr(stats_module, "AIOKafkaConsumer", FakeConsumer)
+    for name, value in (("values", []), ("poll_seconds", 0.0), ("last", None)):
+        monkeypatch.setattr(FakeConsumer, name, value)  # restored after each test
     return FakeConsumer
 
 
@@ -86,6 +91,7 @@ def test_a_read_short_of_the_end_offset_raises_instead_of_showing_older_snapshot
     with pytest.raises(PopulationReadTimeout) as caught:
         asyncio.run(read_stats(settings, timeout=0.08))
     assert caught.value.end == 4 and caught.value.position < 4
+    assert fake.last is not None and fake.last.stopped  # the client is not leaked
     assert isinstance(caught.value, OSError)  # the console's "indicators unavailable" and retry
     error = explain(caught.value)
     assert error is not None
