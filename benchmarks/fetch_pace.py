@@ -136,7 +136,7 @@ async def _consume(
         first: tuple[float, float] | None = None  # (monotonic, broker CPU seconds) at the first timed record
         last: tuple[float, float] | None = None
         rounds_after = 5  # polls after the producer exited: what it flushed last
-        while proc.poll() is None or time.monotonic() - started < 1 or rounds_after:
+        while proc.poll() is None or time.monotonic() - started < 1 or rounds_after > 0:
             if proc.poll() is not None:
                 rounds_after -= 1
             got = _delays(await consumer.getmany(timeout_ms=200), time.time())
