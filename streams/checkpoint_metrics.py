@@ -82,6 +82,8 @@ def record_indicators(values: IndicatorValues | None) -> None:
     clock; the whole population as this worker sees it: one value, not per worker)."""
     if values is None:
         return
+    # when they are: a partition clock that stopped (a worker behind, or stuck) holds it, and every gauge with it
+    metrics.POPULATION_INDICATOR_TIME.set(values.as_of_ms / 1000)
     metrics.POPULATION_NPS.set(_nan(values.nps))
     metrics.POPULATION_NPS_ANSWERS.set(values.promoters + values.passives + values.detractors)
     metrics.POPULATION_CSAT_RATIO.set(_nan(values.csat))

@@ -282,6 +282,10 @@ POPULATION_NEW_CUSTOMERS = Gauge("pulse_population_new_customers", "Customers wh
 POPULATION_LOST_CUSTOMERS = Gauge(
     "pulse_population_lost_customers", "Customers active at the period's start and not any more."
 )
+POPULATION_INDICATOR_TIME = Gauge(
+    "pulse_population_indicator_time_seconds",
+    "The event time the population indicators are at: the lowest partition clock (Unix time; spec: Clock).",
+)
 
 # The alert router (pulse router) is its own process: its metrics live in their own registry, served on
 # PULSE_ROUTER_METRICS_PORT, so its endpoint does not list the worker's metrics at zero.

@@ -154,7 +154,7 @@ def test_stats_and_gauges_equal_the_batch_reference(namespace, start_worker):
                 return False
         return got.get('pulse_population_first_response_seconds{quantile="0.9"}') == pytest.approx(
             expected["first_response_ms"][90] / 1000
-        )
+        ) and got.get("pulse_population_indicator_time_seconds") == pytest.approx(clock_ms / 1000, abs=1e-3)
 
     assert all(wait_until(lambda w=w: gauges_match(w), timeout=15) for w in workers), [
         scrape(w.metrics_port) for w in workers
