@@ -158,6 +158,8 @@ def test_dashboard_shows_what_operators_need():
         "pulse_save_recovered_revenue",
         "pulse_router_deliveries_total",
         "pulse_router_raised_to_delivered_seconds_bucket",
+        # the time the population panels are at (a held partition clock holds them all)
+        "pulse_population_indicator_time_seconds",
     ):
         assert needed in exprs, needed
 
