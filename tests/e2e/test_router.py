@@ -256,6 +256,7 @@ def test_every_destination_kind_gets_its_documented_message_once(namespace, star
     assert m[("pulse_router_raised_to_delivered_seconds_count", (("destination", "webhook"),))] == 3
 
 
+@pytest.mark.faults
 def test_a_receiver_down_30s_gets_every_alert_exactly_once_when_back(namespace, start_router, receivers, mail):
     config = f"""
 [router]
@@ -314,6 +315,7 @@ group_seconds = 1
     assert m.get(("pulse_router_deliveries_total", (("destination", "webhook"), ("outcome", "dead_lettered"))), 0) == 0
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("commit_seconds", ["3600", "0.2"], ids=["no-commit-before-kill", "commits"])
 def test_router_killed_mid_delivery_loses_nothing_and_repeats_nothing_acknowledged(
     namespace, start_router, receivers, commit_seconds
