@@ -76,8 +76,9 @@ def marked_faults(path: Path, nodeid: str) -> bool:
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
     """``--dist loadgroup`` (scripts/test.sh): each broker's tests marked ``faults`` (tests/faults, and the e2e
     modules and tests of kills and outages) in one xdist worker, its other e2e tests in another, the other
-    tests by file. The two lanes of a broker take about as long (session 17: 657 and 628 s on Tansu, against
-    821 and 464 s when the lanes were the two folders), and the longest lane is the suite's wall time.
+    tests by file. The longest lane is the suite's wall time, and the two lanes of a broker now take about as
+    long (session 17: Tansu 690 / 690 s, Kafka 602 / 667 s, the suite 11:56; when the lanes were the two folders,
+    Tansu's e2e lane took 821 s of a 14:03 suite, its faults lane 464 s).
 
     Session fixtures live per xdist worker process, so each of those groups starts its broker once, on
     a worker that needs it, and the groups (which mostly wait on workers, brokers and convergence) run
