@@ -570,7 +570,9 @@ def report(r: dict[str, Any]) -> str:
                 lines.append(
                     f"    {broker} full: {f['seconds']} s, batches {f['batches']:,}, checkpoint mean "
                     f"{f['checkpoint_ms_mean']} ms, due checks {f['due_checks']:,}, alerts {f['alerts']:,}, "
-                    f"peak RSS {f['peak_rss_mib'][0]} MiB"
+                    + (f"customers assessed {f['assessed']:,}, " if "assessed" in f else "")
+                    + (f"profiles written {f['profiles_written']:,}, " if "profiles_written" in f else "")
+                    + f"peak RSS {f['peak_rss_mib'][0]} MiB"
                     + (f", NOT SCORED {f['not_scored']:,} (dead letters, duplicates)" if f.get("not_scored") else "")
                 )
             for s in b.get("scaling", []):
@@ -619,7 +621,8 @@ def report(r: dict[str, Any]) -> str:
             w = lat["worker"]
             lines.append(
                 f"    the worker meanwhile: {w['batches']:,} batches of {w['events_per_batch']} events, checkpoint "
-                f"mean {w['checkpoint_ms_mean']} ms, {w['profiles_written']:,} profiles written, "
+                f"mean {w['checkpoint_ms_mean']} ms, {w.get('assessed', 0):,} customers assessed, "
+                f"{w['profiles_written']:,} profiles written, "
                 f"{w['swept_customers']:,} customers swept, {w['due_checks']:,} due checks"
             )
             if "cpu_seconds" in w and lat.get("events"):

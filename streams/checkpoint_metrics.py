@@ -177,7 +177,7 @@ class CheckpointMetrics:
 
     def batch(self, outcome: BatchOutcome) -> None:
         """What one made-durable batch (or piece of one) did, and the population it left: event, dead-letter,
-        VIP-change and alert counters, sweep and due-check counts, the population and indicator gauges, the
+        VIP-change and alert counters, sweep, due-check and assessment counts, the population and indicator gauges, the
         event-time latencies and the watermark."""
         processor = self.processor
         for (kind, outcome_name), n in outcome.counts.items():
@@ -192,6 +192,7 @@ class CheckpointMetrics:
             for reason in alert.reasons:
                 metrics.RETENTION_ALERT_REASONS.labels(reason.code).inc()
         metrics.SWEPT_CUSTOMERS.inc(sum(outcome.swept.values()))
+        metrics.CUSTOMERS_ASSESSED.inc(len(outcome.assessed))
         metrics.DUE_CUSTOMERS.inc(outcome.due_checked)
         metrics.RANK_INEXACT.inc(outcome.rank_inexact)
         metrics.CLOCK_HELD_PARTITIONS.set(len(processor.held))

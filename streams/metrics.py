@@ -144,6 +144,12 @@ VIP_CHANGES = Counter(
     "pulse_vip_changes_total", "VIP flag changes published, by direction (entered, left).", ["direction"]
 )
 SWEPT_CUSTOMERS = Counter("pulse_swept_customers_total", "Customers re-scored by the sweep as the population moved.")
+#: the work a worker does per customer (issue 18): live, about one per event; catching up, one for many events
+CUSTOMERS_ASSESSED = Counter(
+    "pulse_customers_assessed_total",
+    "Customers whose CLV and churn were assessed, once per customer and batch (for an event, a due check or the "
+    "sweep).",
+)
 RANK_INEXACT = Counter(
     "pulse_rank_inexact_lookups_total",
     "M or VIP-value percentiles at a score or VIP threshold ranked at bucket resolution because another worker's "

@@ -378,6 +378,7 @@ def worker_deltas(before: str, after: str) -> dict[str, Any]:
         "profiles_written": int(d("pulse_redis_batch_profiles_sum")),
         "swept_customers": int(d("pulse_swept_customers_total")),
         "due_checks": int(d("pulse_churn_due_checks_total")),
+        "assessed": int(d("pulse_customers_assessed_total")),
         # input events scored, and those de-duplicated (a live run whose ids were seen before would show here)
         "scored": int(d_where("pulse_events_total", 'outcome="scored"')),
         "duplicates": int(d_where("pulse_events_total", 'outcome="duplicate"')),

@@ -188,6 +188,11 @@ def run_workers(bench: Bench, tag: str, env: dict[str, str], count: int, n: int,
         "batches": worker["batches"],
         "checkpoint_ms_mean": worker["checkpoint_ms_mean"],
         "due_checks": worker["due_checks"],
+        # customers assessed (CLV and churn) for the phase's events: a backlog assesses a customer once its
+        # partition's clock passes its latest event, once for many events (session 17); and the profiles handed
+        # to Redis by the time the last event was scored (a catch-up defers its profiles a batch)
+        "assessed": worker["assessed"],
+        "profiles_written": worker["profiles_written"],
         "alerts": int(metric_sum(text, "pulse_retention_alerts_total")),
         "not_scored": int(n - metric_sum(text, "pulse_events_total", 'outcome="scored"')),
     }

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 
+import orjson
 from prometheus_client import REGISTRY
 
 from pulse_config.settings import Settings
+from scoring.customer import CustomerState
 from streams.checkpoint_metrics import CheckpointMetrics
-from streams.processor import BatchOutcome, BatchProcessor
+from streams.processor import BatchOutcome, BatchProcessor, Incoming
 
 
 def sample(name: str, **labels: str) -> float:
@@ -57,3 +59,32 @@ def test_the_population_gauges_are_recomputed_at_most_every_population_seconds()
     members.append(b"D")
     report.batch(BatchOutcome())
     assert sample("pulse_table_customers") == 4
+
+
+def test_a_customer_is_counted_assessed_once_per_batch_whatever_its_events():
+    """``pulse_customers_assessed_total``: the work per customer a batch did (issue 18: live, about one per event)."""
+    processor = BatchProcessor(Settings(_env_file=None).processor())
+    report = CheckpointMetrics(processor, wall_clock=lambda: 1000.0)
+
+    def order(n: int, customer: str) -> Incoming:
+        value = orjson.dumps(
+            {
+                "event_id": f"e{n}",
+                "customer_id": customer,
+                "occurred_at": "2025-05-01T00:00:00Z",
+                "order_id": f"o{n}",
+                "amount": 10,
+                "currency": "USD",
+                "status": "completed",
+            }
+        )
+        return Incoming("orders", 0, n, customer.encode(), value)
+
+    store: dict[bytes, CustomerState] = {}
+    outcome = processor.process(
+        [order(0, "A"), order(1, "A"), order(2, "B")], lambda key: store.get(key, CustomerState())
+    )
+    assert set(outcome.assessed) == {b"A", b"B"}
+    before = sample("pulse_customers_assessed_total")
+    report.batch(outcome)
+    assert sample("pulse_customers_assessed_total") == before + 2
