@@ -176,13 +176,13 @@ def measure(
             store[key] = raw = encode_state(state)
             kept.put(key, raw, state)
 
-    def run(batch: list[Incoming]) -> tuple[int, int, int]:
+    def run(batch: list[Incoming]) -> tuple[int, int, int, int]:
         if backlog:
             processor.upcoming = following.get(id(batch), frozenset())
         out = processor.process(batch, load)
         write(out.states)
         pack_batch({p.customer_id: pack_profile(p, prefix, settings.vip_value) for p in out.profiles}, prefix)
-        return len(out.profiles), out.due_checked, len(out.alerts)
+        return len(out.profiles), out.due_checked, len(out.alerts), len(out.assessed)
 
     warm = min(warm, len(batches) - 1)
     for b in batches[:warm]:
@@ -191,7 +191,7 @@ def measure(
     n_events = sum(len(b) for b in timed)
     helper = _helper() if mode == "callgrind" else None
     profiler = None
-    totals = [0, 0, 0]
+    totals = [0, 0, 0, 0]
     excluded = 0.0  # scope process: the CPU of the encode between the batches
     gc.collect()
     cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -215,14 +215,14 @@ def measure(
                 helper.pulse_collect()
                 write(out.states)
                 helper.pulse_collect()
-                result = (len(out.profiles), out.due_checked, len(out.alerts))
+                result = (len(out.profiles), out.due_checked, len(out.alerts), len(out.assessed))
             else:
                 out = processor.process(b, load)
                 enc0 = time.process_time()
                 write(out.states)
                 excluded += time.process_time() - enc0
-                result = (len(out.profiles), out.due_checked, len(out.alerts))
-        for i in range(3):
+                result = (len(out.profiles), out.due_checked, len(out.alerts), len(out.assessed))
+        for i in range(4):
             totals[i] += result[i]
     if helper is not None:
         helper.pulse_stop()
@@ -239,6 +239,8 @@ def measure(
         "profiles": totals[0],
         "due_checks": totals[1],
         "alerts": totals[2],
+        # customers whose CLV and churn were assessed (once per customer and batch): the per-customer work
+        "assessed": totals[3],
     }
     if profiler is not None:
         import io
@@ -309,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             line = (
                 f"{size:>9,} customers: {r['cpu_us_per_event']:7.1f} µs CPU/event "
-                f"({r['events']:,} events in {r['batches']} batches; {r['profiles']:,} profiles, "
+                f"({r['events']:,} events in {r['batches']} batches; {r['assessed']:,} customers assessed, "
+                f"{r['profiles']:,} profiles, "
                 f"{r['due_checks']:,} due checks, {r['alerts']:,} alerts)"
             )
             if data_file is not None:
