@@ -621,8 +621,9 @@ def report(r: dict[str, Any]) -> str:
             w = lat["worker"]
             lines.append(
                 f"    the worker meanwhile: {w['batches']:,} batches of {w['events_per_batch']} events, checkpoint "
-                f"mean {w['checkpoint_ms_mean']} ms, {w.get('assessed', 0):,} customers assessed, "
-                f"{w['profiles_written']:,} profiles written, "
+                f"mean {w['checkpoint_ms_mean']} ms, "
+                + (f"{w['assessed']:,} customers assessed, " if "assessed" in w else "")
+                + f"{w['profiles_written']:,} profiles written, "
                 f"{w['swept_customers']:,} customers swept, {w['due_checks']:,} due checks"
             )
             if "cpu_seconds" in w and lat.get("events"):

@@ -176,13 +176,17 @@ def measure(
             store[key] = raw = encode_state(state)
             kept.put(key, raw, state)
 
+    def tallies(out: Any) -> tuple[int, int, int, int]:
+        """Profiles, due checks, alerts and customers assessed (once per customer and batch) of one batch."""
+        return len(out.profiles), out.due_checked, len(out.alerts), len(out.assessed)
+
     def run(batch: list[Incoming]) -> tuple[int, int, int, int]:
         if backlog:
             processor.upcoming = following.get(id(batch), frozenset())
         out = processor.process(batch, load)
         write(out.states)
         pack_batch({p.customer_id: pack_profile(p, prefix, settings.vip_value) for p in out.profiles}, prefix)
-        return len(out.profiles), out.due_checked, len(out.alerts), len(out.assessed)
+        return tallies(out)
 
     warm = min(warm, len(batches) - 1)
     for b in batches[:warm]:
@@ -215,13 +219,13 @@ def measure(
                 helper.pulse_collect()
                 write(out.states)
                 helper.pulse_collect()
-                result = (len(out.profiles), out.due_checked, len(out.alerts), len(out.assessed))
+                result = tallies(out)
             else:
                 out = processor.process(b, load)
                 enc0 = time.process_time()
                 write(out.states)
                 excluded += time.process_time() - enc0
-                result = (len(out.profiles), out.due_checked, len(out.alerts), len(out.assessed))
+                result = tallies(out)
         for i in range(4):
             totals[i] += result[i]
     if helper is not None:
@@ -239,7 +243,6 @@ def measure(
         "profiles": totals[0],
         "due_checks": totals[1],
         "alerts": totals[2],
-        # customers whose CLV and churn were assessed (once per customer and batch): the per-customer work
         "assessed": totals[3],
     }
     if profiler is not None:

@@ -25,7 +25,7 @@ def test_a_broker_test_is_grouped_by_the_broker_in_its_id(nodeid: str, broker: s
 
 
 def _module(tmp_path, source: str):
-    path = tmp_path / f"test_m{abs(hash(source))}.py"
+    path = tmp_path / "test_m.py"
     path.write_text(source)
     return path
 
