@@ -58,6 +58,7 @@ from streams.codec import decode_state, encode_state
 from streams.isolation import process_contained
 from streams.partitioning import origin_header, origin_of
 from streams.processor import BatchOutcome, BatchProcessor, Incoming
+from streams.publish import OutputRecord
 from streams.state_cache import StateCache
 from streams.tables import RESERVED_PREFIX
 
@@ -79,6 +80,9 @@ class Send(Protocol):
         self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None = None
     ) -> Awaitable[Awaitable[Any]]: ...
 
+
+#: (records) -> the futures of their acknowledgements: hands (topic, key, value) records to the producer
+Publish = Callable[[Iterable[OutputRecord]], Awaitable[list[Awaitable[Any]]]]
 
 #: () -> (end offset, start offset) of every assigned input topic-partition, keyed by (topic, partition)
 InputPositions = Callable[[], tuple[Mapping[tuple[str, int], int | None], Mapping[tuple[str, int], int]]]
@@ -156,12 +160,16 @@ class Checkpoint:
         wall_clock: Callable[[], float] = time.time,
         input_positions: InputPositions | None = None,
         applied_positions: Callable[[int], Mapping[str, int]] | None = None,
+        publish: Publish | None = None,
     ) -> None:
         self.settings = settings
         self.processor = processor
         self.table = table
         self.sink = sink
         self.send = send
+        #: hands the outbox's VIP changes and alerts to the producer: the worker's are record batches
+        #: (streams.publish.BatchPublisher); by default one ``send`` each
+        self.publish: Publish = publish or self._send_each
         self.owned_partitions = owned_partitions
         self.wall_clock = wall_clock
         #: end offsets and start offsets of the input topic-partitions (the per-partition clock; None: unknown)
@@ -438,20 +446,23 @@ class Checkpoint:
             return []
         return list(await asyncio.gather(*await self.table.send_end_markers(close, positions)))
 
+    async def _send_each(self, records: Iterable[OutputRecord]) -> list[Awaitable[Any]]:
+        return [await self.send(topic, key, value) for topic, key, value in records]
+
     async def _publish(self, outbox: Mapping[bytes, CustomerState], outcome: BatchOutcome) -> None:
         s = self.settings
         decided_vip = len(outcome.vip_changes)
         decided_alerts = len(outcome.alerts)
-        sent = []
+        records: list[OutputRecord] = []
         vips = alerts = 0
         for key, state in outbox.items():
             for raw in state.pending_vip_changes:
-                sent.append(await self.send(s.topic_vip_changes, key, raw))
-                vips += 1
+                records.append((s.topic_vip_changes, key, raw))
             for raw in state.pending_alerts:
-                sent.append(await self.send(s.topic_retention_alerts, key, raw))
-                alerts += 1
-        await asyncio.gather(*sent)
+                records.append((s.topic_retention_alerts, key, raw))
+            vips += len(state.pending_vip_changes)
+            alerts += len(state.pending_alerts)
+        await asyncio.gather(*await self.publish(records))
         if vips > decided_vip:
             metrics.OUTBOX_REPUBLISHED.labels("vip_change").inc(vips - decided_vip)
         if alerts > decided_alerts:

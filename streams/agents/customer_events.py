@@ -25,7 +25,7 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from faust.types import TP, EventT, StreamT
 
@@ -33,6 +33,7 @@ from streams import batch_input, offsets
 from streams.checkpoint import Checkpoint
 from streams.partitioning import partitioner
 from streams.processor import BatchProcessor
+from streams.publish import BatchPublisher
 from streams.render_process import RenderProcess
 from streams.security import redis_client_kwargs
 from streams.sinks.redis_profiles import Packed, RedisProfileSink
@@ -151,6 +152,8 @@ def register(pulse: PulseApp) -> BatchProcessor:
         owned_partitions,
         input_positions=input_positions,
         applied_positions=guard.positions if guard is not None else None,
+        # the outbox as record batches (streams.publish), on the producer under Faust's, as the changelog's are
+        publish=BatchPublisher(lambda: cast(Any, pulse.app.producer)._ensure_producer()).publish,
     )
     renderer = None
     if settings.profile_render_process:

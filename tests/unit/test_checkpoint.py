@@ -19,6 +19,7 @@ from pulse_config.settings import Settings
 from streams.checkpoint import Checkpoint
 from streams.codec import decode_state
 from streams.processor import BatchProcessor
+from streams.publish import BatchPublisher
 
 SETTINGS = Settings(_env_file=None)
 START = datetime(2025, 1, 1, tzinfo=UTC)
@@ -152,9 +153,30 @@ def later_batch() -> list[SimpleNamespace]:
     return [order(20 + i, f"D{i:02d}", 300, 9_000 + i) for i in range(30)]
 
 
-def worker(broker: Broker, data: dict[bytes, bytes] | None = None) -> tuple[Checkpoint, Table]:
+class BatchProducer:
+    """aiokafka's record-batch calls on ``broker``: the worker's outbox path (streams.publish.BatchPublisher)."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0, 1, 2}
+
+    def create_batch(self) -> Any:
+        records: list[tuple[bytes, bytes]] = []
+        return SimpleNamespace(records=records, append=lambda key, value, timestamp: records.append((key, value)) or 1)
+
+    async def send_batch(self, batch: Any, topic: str, *, partition: int) -> asyncio.Future:
+        for key, value in batch.records:
+            await self.broker.send(topic, key, value)
+        return done(SimpleNamespace(partition=partition))
+
+
+def worker(broker: Broker, data: dict[bytes, bytes] | None = None, batched: bool = False) -> tuple[Checkpoint, Table]:
+    """A checkpoint on ``broker``; ``batched``: its outbox goes as record batches, as the worker's does."""
     table = Table(broker, data)
-    return checkpoint_on(broker, table=table), table
+    options = {"publish": BatchPublisher(lambda: BatchProducer(broker)).publish} if batched else {}
+    return checkpoint_on(broker, table=table, **options), table
 
 
 #: the wall clock the random-history tests score under
@@ -232,13 +254,14 @@ def test_a_batch_without_decisions_writes_the_changelog_once():
     assert [step for step, _ in broker.log] == ["changelog", "changelog", "markers", "persisted", "redis"]
 
 
+@pytest.mark.parametrize("batched", [False, True])
 @pytest.mark.parametrize("crash_at", ["publish", "clear"])
-def test_a_replay_after_a_crash_publishes_each_id_with_one_content(crash_at: str):
+def test_a_replay_after_a_crash_publishes_each_id_with_one_content(crash_at: str, batched: bool):
     """kill -9 before the decisions were sent, or after they were acknowledged but before the states were
     cleared; the restarted worker reads the first batch again together with a later one (a replay's
     batches need not be the first run's), at a clock 100 days on and a population where B is no longer VIP."""
     broker = Broker(crash_at)
-    checkpoint, _ = worker(broker)
+    checkpoint, _ = worker(broker, batched=batched)
     with pytest.raises(Crash):
         run(checkpoint(first_batch()))
     published_before = vip_records(broker) + alert_records(broker)
@@ -247,7 +270,7 @@ def test_a_replay_after_a_crash_publishes_each_id_with_one_content(crash_at: str
     assert len(pending) == 1  # the decision is durable with the state, before it is published
 
     broker.crash_at = None
-    restarted, table = worker(broker, broker.recovered())
+    restarted, table = worker(broker, broker.recovered(), batched=batched)
     run(restarted(first_batch() + later_batch()))
 
     vips, alerts = vip_records(broker), alert_records(broker)
@@ -320,8 +343,11 @@ def tick(partition: int) -> SimpleNamespace:
     )
 
 
+@pytest.mark.parametrize("batched", [False, True])
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_crashes_at_random_points_and_replays_in_other_batches_publish_each_id_with_one_content(seed: int):
+def test_crashes_at_random_points_and_replays_in_other_batches_publish_each_id_with_one_content(
+    seed: int, batched: bool
+):
     """kill -9 before publishing, before clearing, or after a checkpoint whose offsets were not committed yet,
     at random; each restart recovers the table from the acknowledged changelog and reads again from the last
     commit in batches of another size (so at other clocks and populations)."""
@@ -332,7 +358,7 @@ def test_crashes_at_random_points_and_replays_in_other_batches_publish_each_id_w
     broker = Broker()
 
     def restart() -> Checkpoint:
-        checkpoint, _ = worker(broker, broker.recovered())
+        checkpoint, _ = worker(broker, broker.recovered(), batched=batched)
         checkpoint.owned_partitions = lambda: {0, 1}
         return checkpoint
 
