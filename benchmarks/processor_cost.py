@@ -198,6 +198,8 @@ def measure(
     totals = [0, 0, 0, 0]
     excluded = 0.0  # scope process: the CPU of the encode between the batches
     gc.collect()
+    collected = GcTimes()
+    gc.callbacks.append(collected)
     cpu0, wall0 = time.process_time(), time.perf_counter()
     if mode == "profile":
         import cProfile
@@ -233,6 +235,7 @@ def measure(
     if profiler is not None:
         profiler.disable()
     cpu, wall = time.process_time() - cpu0 - excluded, time.perf_counter() - wall0
+    gc.callbacks.remove(collected)
     report = {
         "customers": size,
         "scope": scope,
@@ -244,6 +247,9 @@ def measure(
         "due_checks": totals[1],
         "alerts": totals[2],
         "assessed": totals[3],
+        "gc_us_per_event": round(sum(collected.seconds) / n_events * 1e6, 2),
+        "gc_collections": collected.count,
+        "gc_ms_by_generation": [round(s * 1000, 1) for s in collected.seconds],
     }
     if profiler is not None:
         import io
@@ -254,6 +260,23 @@ def measure(
         pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(45)
         report["profile"] = text.getvalue()
     return report
+
+
+class GcTimes:
+    """A ``gc.callbacks`` entry: the collections of each generation and their wall time."""
+
+    def __init__(self) -> None:
+        self.count = [0, 0, 0]
+        self.seconds = [0.0, 0.0, 0.0]
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            generation = info["generation"]
+            self.count[generation] += 1
+            self.seconds[generation] += time.perf_counter() - self._started
 
 
 def _callgrind(
@@ -316,7 +339,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{size:>9,} customers: {r['cpu_us_per_event']:7.1f} µs CPU/event "
                 f"({r['events']:,} events in {r['batches']} batches; {r['assessed']:,} customers assessed, "
                 f"{r['profiles']:,} profiles, "
-                f"{r['due_checks']:,} due checks, {r['alerts']:,} alerts)"
+                f"{r['due_checks']:,} due checks, {r['alerts']:,} alerts; garbage collection "
+                f"{r['gc_us_per_event']:.1f} µs/event, collections by generation {r['gc_collections']} taking "
+                f"{r['gc_ms_by_generation']} ms)"
             )
             if data_file is not None:
                 instructions = _callgrind(data_file, size, args.scope, args.warm, args.batch, args.backlog)

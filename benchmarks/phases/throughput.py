@@ -187,6 +187,8 @@ def run_workers(bench: Bench, tag: str, env: dict[str, str], count: int, n: int,
         "box_cpu_busy": box_busy_share(cpu0, cpu),
         "batches": worker["batches"],
         "checkpoint_ms_mean": worker["checkpoint_ms_mean"],
+        # mean ms per batch of each checkpoint step (scoring, changelog, publish, ...): where a batch's time went
+        "step_ms_mean": worker["step_ms_mean"],
         "due_checks": worker["due_checks"],
         # customers assessed (CLV and churn) for the phase's events: a backlog assesses a customer once its
         # partition's clock passes its latest event, once for many events (session 17); and the profiles handed
@@ -194,6 +196,7 @@ def run_workers(bench: Bench, tag: str, env: dict[str, str], count: int, n: int,
         "assessed": worker["assessed"],
         "profiles_written": worker["profiles_written"],
         "alerts": int(metric_sum(text, "pulse_retention_alerts_total")),
+        "vip_changes": int(metric_sum(text, "pulse_vip_changes_total")),
         "not_scored": int(n - metric_sum(text, "pulse_events_total", 'outcome="scored"')),
     }
     if out["not_scored"]:
