@@ -585,6 +585,8 @@ class BatchProcessor:
             misplaced = expected != record.partition
         if record.key != key or misplaced:
             out.rerouted.append((record.topic, key, record.value or b""))
+            # where it was first read, as an input event's copy carries it (the checkpoint pairs them by index)
+            out.rerouted_origins.append(record.origin or (record.partition, record.offset))
             out.count(ACTION, "rerouted")
             if misplaced and record.key == key:
                 where = (record.topic, record.partition)

@@ -121,6 +121,59 @@ def test_librdkafka_default_partitioner_for_known_and_new_customers(namespace, s
     assert "murmur2 puts in another partition" in log and "Traceback" not in log
 
 
+def test_retention_actions_from_librdkafka_or_keyed_by_alert_are_moved_to_their_customer(namespace, start_worker):
+    """A CRM integration acting on alerts: retention actions produced with librdkafka's defaults (CRC32 places
+    the customer in another partition than murmur2) and one keyed by its alert id instead of its customer. Each
+    is re-published under its customer id into the customer's partition with where it was first read, the
+    worker stays up, and the partitions go on scoring. Until session 18 such an action's copy had no origin and
+    the checkpoint raised on every retry of its batch: a crash loop over one record."""
+    settings = namespace.settings
+    n = settings.partitions
+    orders = generate_orders(customers=60, days=200, seed=9, end=END)
+    customers = sorted({o["customer_id"] for o in orders})
+    misplaced = [c for c in customers if zlib.crc32(c.encode()) % n != murmur2_partition(c.encode(), n)]
+    crc_customer, keyed_customer = misplaced[0], customers[0]
+    worker = start_worker()
+    first = orders[: len(orders) // 2]
+    produce(namespace.bootstrap, settings.topic_orders, [(o["customer_id"].encode(), orjson.dumps(o)) for o in first])
+    assert wait_until(lambda: not profile_diffs(settings, batch_order_profiles(first))), worker.log_tail()
+
+    def action(customer: str) -> dict:
+        return {
+            "event_id": f"act-{customer}",
+            "customer_id": customer,
+            "occurred_at": END.isoformat(),
+            "alert_id": f"{customer}:churn:1",
+            "action": "acknowledged",
+        }
+
+    actions = settings.topic_retention_actions
+    [landed] = produce_with_librdkafka_defaults(namespace.bootstrap, actions, [action(crc_customer)])
+    assert landed != murmur2_partition(crc_customer.encode(), n)
+    produce(
+        namespace.bootstrap, actions, [(f"{keyed_customer}:churn:1".encode(), orjson.dumps(action(keyed_customer)))]
+    )
+
+    rest = orders[len(orders) // 2 :]
+    produce(namespace.bootstrap, settings.topic_orders, [(o["customer_id"].encode(), orjson.dumps(o)) for o in rest])
+    expected = batch_order_profiles(orders)
+    converged = wait_until(lambda: not profile_diffs(settings, expected))
+    diffs = profile_diffs(settings, expected)
+    assert converged, f"{len(diffs)} profiles differ, e.g. {diffs[:2]}\n{worker.log_tail()}"
+    assert worker.alive(), worker.log_tail()
+
+    records = consume(namespace.bootstrap, actions, expected=4, quiet=3)
+    copies = {m.key: m for m in records if origin_of(m.headers) is not None}
+    assert set(copies) == {crc_customer.encode(), keyed_customer.encode()}, records
+    for key, m in copies.items():
+        assert m.partition == murmur2_partition(key, n)
+        first_read = [r for r in records if (r.partition, r.offset) == origin_of(m.headers)]
+        assert [r.value for r in first_read] == [m.value]
+    samples = metric_samples(worker.metrics_port)
+    assert samples[("pulse_events_total", (("kind", "action"), ("outcome", "rerouted")))] == 2
+    assert "Traceback" not in worker.log.read_text(errors="replace")
+
+
 def test_a_record_that_raises_is_dead_lettered_and_its_partition_moves_on(namespace, start_worker):
     settings = namespace.settings
     n = settings.partitions

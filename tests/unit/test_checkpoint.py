@@ -53,6 +53,8 @@ class Broker:
         #: changelog write, after they were acknowledged)
         self.crash_at = crash_at
         self.changelog_writes = 0
+        #: (topic, key, headers) of each record sent
+        self.headers: list[tuple[str, bytes | None, list | None]] = []
 
     def ack(self, topic: str, key: bytes | None, value: bytes | None) -> None:
         self.topics.setdefault(topic, []).append((key, value))
@@ -62,6 +64,7 @@ class Broker:
             raise Crash(topic)
         self.log.append(("send", topic))
         self.ack(topic, key, value)
+        self.headers.append((topic, key, headers))
         return done(SimpleNamespace(partition=0))
 
     def recovered(self) -> dict[bytes, bytes]:
@@ -252,6 +255,40 @@ def test_a_batch_without_decisions_writes_the_changelog_once():
     checkpoint, _ = worker(broker)
     run(checkpoint([order(0, "A", 0, 50), order(1, "B", 0, 60)]))
     assert [step for step, _ in broker.log] == ["changelog", "changelog", "markers", "persisted", "redis"]
+
+
+def test_a_mis_keyed_or_misplaced_retention_action_is_re_published_with_where_it_was_read():
+    """A retention action keyed by something else than its customer, or produced into another partition than
+    murmur2 gives its customer (a CRM integration on librdkafka's CRC32 default), is re-published under its
+    customer id, with the ``pulse-origin`` header its copy is known by, beside the batch's other records. Until
+    session 18 the action's copy had no origin: the checkpoint's pairing of copies with origins raised, on every
+    retry of the batch, a crash loop of the worker over one record."""
+    from streams.partitioning import origin_of
+
+    broker = Broker()
+    actions = SETTINGS.topic_retention_actions
+
+    def action(offset: int, key: bytes, partition: int) -> SimpleNamespace:
+        value = orjson.dumps(
+            {
+                "event_id": f"act-{offset}",
+                "customer_id": "A",
+                "occurred_at": (START + timedelta(days=1)).isoformat(),
+                "alert_id": "A:churn:1",
+                "action": "acknowledged",
+            }
+        )
+        message = SimpleNamespace(topic=actions, partition=partition, offset=offset, key=key, value=value, headers=None)
+        return SimpleNamespace(message=message)
+
+    # customer A's records belong in partition 0
+    processor = BatchProcessor(SETTINGS.processor(), partition_of=lambda key: 0)
+    checkpoint = Checkpoint(SETTINGS, processor, Table(broker), Sink(broker), broker.send, lambda: {0, 1})
+    run(checkpoint([order(0, "A", 0, 50), action(7, b"A:churn:1", 0), action(8, b"A", 1), order(1, "B", 0, 60)]))
+
+    copies = [(key, origin_of(headers)) for topic, key, headers in broker.headers if topic == actions]
+    assert copies == [(b"A", (0, 7)), (b"A", (1, 8))]
+    assert {key for key, _ in broker.topics["changelog"]} >= {b"A", b"B"}  # the batch's events scored
 
 
 @pytest.mark.parametrize("batched", [False, True])
