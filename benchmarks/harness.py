@@ -769,6 +769,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "librdkafka takes a third less of this process's CPU per record but, in session 13's pairs, more of the "
         "broker's: docs/benchmarks.md; aiokafka where the broker needs security settings)",
     )
+    p.add_argument(
+        "--preload-producer",
+        choices=("aiokafka", "librdkafka-defaults"),
+        default="aiokafka",
+        help="client producing the backlog (default aiokafka, murmur2 like the worker); librdkafka-defaults: "
+        "confluent-kafka with its default CRC32 partitioner, so most records land outside their customer's "
+        "partition and the worker re-publishes them (a producer nobody configured, docs/operations.md)",
+    )
     p.add_argument("--skip", default="", help=f"phases to skip, comma-separated: {','.join(PHASES)}")
     p.add_argument(
         "--cost-sizes",

@@ -167,8 +167,9 @@ class Checkpoint:
         self.table = table
         self.sink = sink
         self.send = send
-        #: hands the outbox's VIP changes and alerts to the producer: the worker's are record batches
-        #: (streams.publish.BatchPublisher); by default one ``send`` each
+        #: hands the batch's records (dead letters, re-published events, the outbox's VIP changes and alerts) to
+        #: the producer: the worker's as record batches (streams.publish.BatchPublisher); by default one ``send``
+        #: each
         self.publish: Publish = publish or self._send_each
         self.owned_partitions = owned_partitions
         self.wall_clock = wall_clock
@@ -309,11 +310,13 @@ class Checkpoint:
         positions = self._positions(events)
 
         # 1. states with their decisions pending, and the records that decide nothing
-        produced = [await self.send(self.settings.topic_dead_letters, r.key, r.record) for r in outcome.rejected]
-        produced += [
-            await self.send(topic, key, value, origin_header(origin))
-            for (topic, key, value), origin in zip(outcome.rerouted, outcome.rerouted_origins, strict=True)
-        ]
+        produced = await self.publish(
+            [OutputRecord(self.settings.topic_dead_letters, r.key, r.record) for r in outcome.rejected]
+            + [
+                OutputRecord(topic, key, value, origin_header(origin))
+                for (topic, key, value), origin in zip(outcome.rerouted, outcome.rerouted_origins, strict=True)
+            ]
+        )
         acks = await self._produce(outcome.states, outcome.partitions, event_by_partition)
         step("changelog")
         written = list(await asyncio.gather(*acks))
@@ -447,7 +450,7 @@ class Checkpoint:
         return list(await asyncio.gather(*await self.table.send_end_markers(close, positions)))
 
     async def _send_each(self, records: Iterable[OutputRecord]) -> list[Awaitable[Any]]:
-        return [await self.send(topic, key, value) for topic, key, value in records]
+        return [await self.send(topic, key, value, headers) for topic, key, value, headers in records]
 
     async def _publish(self, outbox: Mapping[bytes, CustomerState], outcome: BatchOutcome) -> None:
         s = self.settings
@@ -457,9 +460,9 @@ class Checkpoint:
         vips = alerts = 0
         for key, state in outbox.items():
             for raw in state.pending_vip_changes:
-                records.append((s.topic_vip_changes, key, raw))
+                records.append(OutputRecord(s.topic_vip_changes, key, raw))
             for raw in state.pending_alerts:
-                records.append((s.topic_retention_alerts, key, raw))
+                records.append(OutputRecord(s.topic_retention_alerts, key, raw))
             vips += len(state.pending_vip_changes)
             alerts += len(state.pending_alerts)
         await asyncio.gather(*await self.publish(records))

@@ -1,4 +1,5 @@
-"""Output records (VIP changes, retention alerts) handed to the producer as record batches.
+"""The checkpoint's records (VIP changes, retention alerts, dead letters, re-published events) handed to the
+producer as record batches.
 
 Why: Faust's ``Topic.send`` costs each record its own trip through Faust's send path (a pending message, the
 sensors, the producer wrapper) and aiokafka's accumulator (a future per record): about 2-3 % of a backlog
@@ -14,18 +15,27 @@ partition and their order. ``tests/unit/test_publish.py`` checks it against aiok
 
 from __future__ import annotations
 
-import asyncio
+import random
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from streams.partitioning import murmur2
 
-#: (topic, key, value): one output record
-OutputRecord = tuple[str, bytes, bytes]
+
+class OutputRecord(NamedTuple):
+    """One record to publish."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]] | None = None
 
 
-def default_partition(key: bytes, partitions: list[int]) -> int:
-    """The partition aiokafka's ``DefaultPartitioner`` (and the Java client's) gives a keyed record."""
+def default_partition(key: bytes | None, partitions: list[int]) -> int:
+    """The partition aiokafka's ``DefaultPartitioner`` (and the Java client's) gives a record: by the key's
+    murmur2; a record without a key (a dead letter of a keyless record) in any partition."""
+    if key is None:
+        return random.choice(partitions)
     return partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
 
 
@@ -46,7 +56,7 @@ class BatchPublisher:
         #: (topic, partition) -> the open batch
         open_batches: dict[tuple[str, int], Any] = {}
         futures: list[Awaitable[Any]] = []
-        for topic, key, value in records:
+        for topic, key, value, headers in records:
             partitions = partitions_of.get(topic)
             if partitions is None:
                 partitions = partitions_of[topic] = sorted(await producer.partitions_for(topic))
@@ -54,17 +64,12 @@ class BatchPublisher:
             builder = open_batches.get(tp)
             if builder is None:
                 builder = open_batches[tp] = producer.create_batch()
-            if builder.append(key=key, value=value, timestamp=None) is None:
+            if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
                 # full: sent, and the record starts the partition's next batch
                 futures.append(await producer.send_batch(builder, tp[0], partition=tp[1]))
                 builder = open_batches[tp] = producer.create_batch()
-                if builder.append(key=key, value=value, timestamp=None) is None:
+                if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
                     raise ValueError(f"a {topic} record of {len(value)} B is larger than a producer batch")
         for (topic, partition), builder in open_batches.items():
             futures.append(await producer.send_batch(builder, topic, partition=partition))
         return futures
-
-
-async def acknowledged(futures: list[Awaitable[Any]]) -> None:
-    """Wait until every batch is acknowledged (the first failure raises, as one record's did)."""
-    await asyncio.gather(*futures)

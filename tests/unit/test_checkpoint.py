@@ -166,12 +166,17 @@ class BatchProducer:
         return {0, 1, 2}
 
     def create_batch(self) -> Any:
-        records: list[tuple[bytes, bytes]] = []
-        return SimpleNamespace(records=records, append=lambda key, value, timestamp: records.append((key, value)) or 1)
+        records: list[tuple[bytes | None, bytes, Any]] = []
+
+        def append(key: bytes | None, value: bytes, timestamp: None, headers: Any) -> int:
+            records.append((key, value, headers))
+            return 1
+
+        return SimpleNamespace(records=records, append=append)
 
     async def send_batch(self, batch: Any, topic: str, *, partition: int) -> asyncio.Future:
-        for key, value in batch.records:
-            await self.broker.send(topic, key, value)
+        for key, value, headers in batch.records:
+            await self.broker.send(topic, key, value, headers)
         return done(SimpleNamespace(partition=partition))
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from streams.publish import BatchPublisher, default_partition
+from streams.publish import BatchPublisher, OutputRecord, default_partition
 
 
 class Builder:
@@ -22,13 +22,15 @@ class Builder:
 
     def __init__(self, room: int) -> None:
         self.room = room
-        self.records: list[tuple[bytes, bytes]] = []
+        self.records: list[tuple[bytes | None, bytes]] = []
+        self.headers: list[Any] = []
 
-    def append(self, *, key: bytes, value: bytes, timestamp: float | None) -> Any:
+    def append(self, *, key: bytes | None, value: bytes, timestamp: float | None, headers: Any) -> Any:
         assert timestamp is None  # the producer's clock, as a send without a timestamp
         if len(self.records) >= self.room or len(value) > 100:
             return None
         self.records.append((key, value))
+        self.headers.append(headers)
         return SimpleNamespace(offset=len(self.records) - 1)
 
 
@@ -37,7 +39,8 @@ class Producer:
         self.partitions = partitions
         self.room = room
         #: (topic, partition, records) of each batch in the order it was handed over
-        self.sent: list[tuple[str, int, list[tuple[bytes, bytes]]]] = []
+        self.sent: list[tuple[str, int, list[tuple[bytes | None, bytes]]]] = []
+        self.headers: list[Any] = []
 
     async def partitions_for(self, topic: str) -> set[int]:
         return set(range(self.partitions[topic]))
@@ -47,6 +50,7 @@ class Producer:
 
     async def send_batch(self, builder: Builder, topic: str, *, partition: int) -> asyncio.Future:
         self.sent.append((topic, partition, list(builder.records)))
+        self.headers += builder.headers
         future = asyncio.get_running_loop().create_future()
         future.set_result(SimpleNamespace(topic=topic, partition=partition))
         return future
@@ -64,14 +68,17 @@ def test_a_record_goes_where_aiokafkas_default_partitioner_puts_it(count: int):
 def test_one_batch_per_topic_partition_each_in_the_records_order():
     producer = Producer({"alerts": 4, "vip": 2})
     rng = random.Random(7)
-    records = [(rng.choice(["alerts", "vip"]), f"C{rng.randrange(50)}".encode(), f"v{i}".encode()) for i in range(300)]
+    records = [
+        OutputRecord(rng.choice(["alerts", "vip"]), f"C{rng.randrange(50)}".encode(), f"v{i}".encode())
+        for i in range(300)
+    ]
     futures = asyncio.run(_publish(producer, records))
     assert len(futures) == len(producer.sent) == len({(t, p) for t, p, _ in producer.sent})
     got = {(t, p): recs for t, p, recs in producer.sent}
     for (topic, partition), recs in got.items():
         expected = [
             (k, v)
-            for t, k, v in records
+            for t, k, v, _ in records
             if t == topic and default_partition(k, list(range(producer.partitions[t]))) == partition
         ]
         assert recs == expected
@@ -80,17 +87,29 @@ def test_one_batch_per_topic_partition_each_in_the_records_order():
 
 def test_a_full_batch_is_sent_and_the_partition_goes_on_in_a_new_one():
     producer = Producer({"alerts": 1}, room=3)
-    records = [("alerts", b"C1", f"v{i}".encode()) for i in range(8)]
+    records = [OutputRecord("alerts", b"C1", f"v{i}".encode()) for i in range(8)]
     asyncio.run(_publish(producer, records))
     assert [len(recs) for _, _, recs in producer.sent] == [3, 3, 2]
-    assert [v for _, _, recs in producer.sent for _, v in recs] == [v for _, _, v in records]
+    assert [v for _, _, recs in producer.sent for _, v in recs] == [r.value for r in records]
 
 
 def test_a_record_larger_than_an_empty_batch_is_an_error_not_a_silent_drop():
     with pytest.raises(ValueError, match="larger than a producer batch"):
-        asyncio.run(_publish(Producer({"alerts": 1}), [("alerts", b"C1", b"x" * 101)]))
+        asyncio.run(_publish(Producer({"alerts": 1}), [OutputRecord("alerts", b"C1", b"x" * 101)]))
 
 
-async def _publish(producer: Producer, records: list[tuple[str, bytes, bytes]]) -> list[Any]:
+def test_headers_go_with_their_record_and_a_keyless_record_goes_to_some_partition():
+    """A re-published event carries its origin header; a dead letter of a keyless record has no key to place it
+    by (aiokafka's partitioner picks any partition for one)."""
+    producer = Producer({"orders": 4, "dead": 3})
+    origin = [("pulse-origin", b"2:17")]
+    asyncio.run(_publish(producer, [OutputRecord("dead", None, b"bad"), OutputRecord("orders", b"C1", b"v", origin)]))
+    sent = {topic: (partition, recs) for topic, partition, recs in producer.sent}
+    assert sent["dead"][1] == [(None, b"bad")] and sent["dead"][0] in range(3)
+    assert sent["orders"] == (default_partition(b"C1", [0, 1, 2, 3]), [(b"C1", b"v")])
+    assert producer.headers == [None, origin] or producer.headers == [origin, None]
+
+
+async def _publish(producer: Producer, records: list[OutputRecord]) -> list[Any]:
     futures = await BatchPublisher(lambda: producer).publish(records)
     return list(await asyncio.gather(*futures))
