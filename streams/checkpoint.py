@@ -81,7 +81,7 @@ class Send(Protocol):
     ) -> Awaitable[Awaitable[Any]]: ...
 
 
-#: (records) -> the futures of their acknowledgements: hands (topic, key, value) records to the producer
+#: (records) -> the futures of their acknowledgements: hands the records to the producer
 Publish = Callable[[Iterable[OutputRecord]], Awaitable[list[Awaitable[Any]]]]
 
 #: () -> (end offset, start offset) of every assigned input topic-partition, keyed by (topic, partition)

@@ -2,10 +2,12 @@
 producer as record batches.
 
 Why: Faust's ``Topic.send`` costs each record its own trip through Faust's send path (a pending message, the
-sensors, the producer wrapper) and aiokafka's accumulator (a future per record): about 2-3 % of a backlog
-worker's samples for the ~0.05 alerts and VIP changes per event (docs/benchmarks.md, sessions 10 and 18).
-The changelog went the same way in session 10 (``CustomerStateTable.write_states``). Here the checkpoint's
-outbox is published as one aiokafka ``BatchBuilder`` per (topic, partition), with one future per batch.
+sensors, the producer wrapper) and, awaited one by one, a produce request of its own: ~200 µs of CPU per record
+against ~13 µs in a record batch (benchmarks/outbox_publish.py). A backlog from a producer with librdkafka's
+default partitioner re-publishes ~3 records in 4, and took twice the worker's CPU per event that way
+(docs/benchmarks.md, session 18). The changelog went the same way in session 10
+(``CustomerStateTable.write_states``). Here each batch's records go as one aiokafka ``BatchBuilder`` per
+(topic, partition), with one future per batch.
 
 Where a record goes does not change: the partition is the one aiokafka's default partitioner (which
 Faust's ``Topic.send`` used, no partitioner being configured) gives a keyed record, ``murmur2(key) &
@@ -40,7 +42,7 @@ def default_partition(key: bytes | None, partitions: list[int]) -> int:
 
 
 class BatchPublisher:
-    """Hands keyed records to the producer in record batches, one per topic-partition (more when one fills).
+    """Hands records to the producer in record batches, one per topic-partition (more when one fills).
 
     ``producer``: returns the aiokafka producer (the worker's, under Faust's), asked at each publish so a
     restarted producer is the one used."""

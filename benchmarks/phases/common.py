@@ -271,6 +271,8 @@ def preload_librdkafka_defaults(settings: Settings, events: list[tuple[str, dict
                 break
             except BufferError:
                 producer.poll(0.1)
+        else:
+            raise RuntimeError("librdkafka preload: the producer's queue stayed full for 10 s")
         producer.poll(0)
     if producer.flush(120) or failed:
         raise RuntimeError(f"librdkafka preload: {len(failed)} failed, e.g. {failed[:1]}")

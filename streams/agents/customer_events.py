@@ -152,7 +152,8 @@ def register(pulse: PulseApp) -> BatchProcessor:
         owned_partitions,
         input_positions=input_positions,
         applied_positions=guard.positions if guard is not None else None,
-        # the outbox as record batches (streams.publish), on the producer under Faust's, as the changelog's are
+        # dead letters, re-published events and the outbox as record batches (streams.publish), on the producer
+        # under Faust's, as the changelog goes
         publish=BatchPublisher(lambda: cast(Any, pulse.app.producer)._ensure_producer()).publish,
     )
     renderer = None
