@@ -46,13 +46,18 @@ async def batches(producer: AIOKafkaProducer, records: list[tuple[bytes, bytes, 
     await asyncio.gather(*futures)
 
 
-async def main(bootstrap: str) -> None:
+async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
+    """Create ``topic`` with ``partitions`` (replication 1) on the benchmark's own broker."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(TOPIC, PARTITIONS, 1)])
+        await admin.create_topics([NewTopic(topic, partitions, 1)])
     finally:
         await admin.close()
+
+
+async def main(bootstrap: str) -> None:
+    await create_topic(bootstrap, TOPIC, PARTITIONS)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=-1)
     await producer.start()
     value = os.urandom(VALUE_BYTES)

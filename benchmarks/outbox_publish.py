@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any, cast
 
 import faust
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from benchmarks.changelog_batch import create_topic
 from pulse.devstack import start_tansu
-from streams.publish import BatchPublisher
+from streams.publish import BatchPublisher, OutputRecord
 
 RECORDS = 300
 VALUE_BYTES = 600
@@ -30,27 +30,22 @@ PARTITIONS = 4
 TOPIC = "outbox-publish"
 
 
-async def per_record(topic: Any, records: list[tuple[str, bytes, bytes]]) -> None:
-    await asyncio.gather(*[await topic.send(key=k, value=v) for _, k, v in records])
+async def per_record(topic: Any, records: list[OutputRecord]) -> None:
+    await asyncio.gather(*[await topic.send(key=r.key, value=r.value) for r in records])
 
 
-async def batched(publisher: BatchPublisher, records: list[tuple[str, bytes, bytes]]) -> None:
+async def batched(publisher: BatchPublisher, records: list[OutputRecord]) -> None:
     await asyncio.gather(*await publisher.publish(records))
 
 
 async def run(bootstrap: str, rounds: int, repeats: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(TOPIC, PARTITIONS, 1)])
-    finally:
-        await admin.close()
+    await create_topic(bootstrap, TOPIC, PARTITIONS)
     app = faust.App("outbox-publish", broker=f"kafka://{bootstrap}", producer_acks=-1)
     topic = app.topic(TOPIC, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
     await app.producer.start()
     publisher = BatchPublisher(lambda: cast(Any, app.producer)._ensure_producer())
     value = os.urandom(VALUE_BYTES)
-    records = [(TOPIC, f"C{i:07d}".encode(), value) for i in range(RECORDS)]
+    records = [OutputRecord(TOPIC, f"C{i:07d}".encode(), value) for i in range(RECORDS)]
     ways = {
         "Topic.send per record": lambda: per_record(topic, records),
         "record batches": lambda: batched(publisher, records),
