@@ -12,6 +12,8 @@ VALID = {
     "complaint": {"complaint_id": "K1", "severity": "high", "category": "billing"},
     "support": {"ticket_id": "T1", "kind": "opened"},
 }
+#: a retention action (the retention-actions topic, written by the router or a CRM integration): input too
+VALID_ACTION = {"alert_id": "F000:churn:1", "action": "acknowledged"}
 HOSTILE_VALUES = [
     None,
     True,
@@ -44,8 +46,8 @@ def _base(rng: random.Random, n: int) -> dict:
 
 
 def hostile(kind: str, rng: random.Random, n: int, max_bytes: int) -> tuple[bytes | None, bytes | None]:
-    """One bad (key, value) for ``kind``; the kind of damage is drawn from ``rng``."""
-    event = {**_base(rng, n), **VALID[kind]}
+    """One bad (key, value) for ``kind`` (an event kind, or "action"); the kind of damage is drawn from ``rng``."""
+    event = {**_base(rng, n), **(VALID_ACTION if kind == "action" else VALID[kind])}
     key = event["customer_id"].encode()
     damage = rng.randrange(10)
     if damage == 0:  # not JSON at all
@@ -70,6 +72,7 @@ def hostile(kind: str, rng: random.Random, n: int, max_bytes: int) -> tuple[byte
             "survey": {"nps": rng.choice([-1, 11, 100]), "csat": rng.choice([0, 6])},
             "complaint": {"severity": rng.choice(["urgent", "LOW", ""])},
             "support": {"kind": rng.choice(["closed", "OPENED", "escalated"])},
+            "action": {"action": rng.choice(["closed", "ACKNOWLEDGED", ""]), "alert_id": rng.choice(["", "F000"])},
         }[kind]
         field = rng.choice(list(bad))
         event[field] = bad[field]

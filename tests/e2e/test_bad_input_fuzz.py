@@ -1,5 +1,8 @@
 """10,000 hostile events mixed with valid ones: all bad ones dead-lettered with a reason, all valid ones scored.
 
+The hostile records go to the four input topics and to the retention-actions topic (what the router and CRM
+integrations write: input too).
+
 The verdict for each payload comes from an offline run of the same pure
 processor over the same bytes (the schema rules themselves are pinned by the
 unit tests); this test proves the worker's routing and accounting under a
@@ -28,7 +31,7 @@ HOSTILE = 10_000
 
 def test_hostile_stream_is_dead_lettered_and_valid_events_are_all_scored(namespace, start_worker):
     s = namespace.settings
-    topics = s.input_topics()
+    topics = {**s.input_topics(), "action": s.topic_retention_actions}
     rng = random.Random(20261123)
     valid = generate_events(customers=150, days=120, seed=9, end=datetime(2026, 5, 1, tzinfo=UTC))
     records: list[tuple[str, bytes | None, bytes | None]] = [
@@ -50,6 +53,8 @@ def test_hostile_stream_is_dead_lettered_and_valid_events_are_all_scored(namespa
     assert len(letters) == len(expected_rejects)
     reasons = [orjson.loads(m.value) for m in letters]
     assert all(r["reason"] and r["detail"] and r["source_topic"] in topics.values() for r in reasons)
+    from_actions = sum(r["source_topic"] == s.topic_retention_actions for r in reasons)
+    assert from_actions > 0.15 * HOSTILE, from_actions  # about a fifth of the hostile records are actions
     assert sorted(r["reason"] for r in reasons) == sorted(r.reason for r in expected_rejects)
 
     import redis
