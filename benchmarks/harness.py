@@ -775,7 +775,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="aiokafka",
         help="client producing the backlog (default aiokafka, murmur2 like the worker); librdkafka-defaults: "
         "confluent-kafka with its default CRC32 partitioner, so most records land outside their customer's "
-        "partition and the worker re-publishes them (a producer nobody configured, docs/operations.md)",
+        "partition and the worker re-publishes them (a producer nobody configured, docs/events.md; no security "
+        "settings: a plaintext broker)",
     )
     p.add_argument("--skip", default="", help=f"phases to skip, comma-separated: {','.join(PHASES)}")
     p.add_argument(
