@@ -157,7 +157,8 @@ def later_batch() -> list[SimpleNamespace]:
 
 
 class BatchProducer:
-    """aiokafka's record-batch calls on ``broker``: the worker's outbox path (streams.publish.BatchPublisher)."""
+    """aiokafka's record-batch calls on ``broker``: how the worker sends a batch's records
+    (streams.publish.BatchPublisher)."""
 
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
@@ -181,7 +182,7 @@ class BatchProducer:
 
 
 def worker(broker: Broker, data: dict[bytes, bytes] | None = None, batched: bool = False) -> tuple[Checkpoint, Table]:
-    """A checkpoint on ``broker``; ``batched``: its outbox goes as record batches, as the worker's does."""
+    """A checkpoint on ``broker``; ``batched``: its records go as record batches, as the worker's do."""
     table = Table(broker, data)
     options = {"publish": BatchPublisher(lambda: BatchProducer(broker)).publish} if batched else {}
     return checkpoint_on(broker, table=table, **options), table
