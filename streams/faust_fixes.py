@@ -7,9 +7,10 @@ Each fix replaces one method with the upstream code re-ordered, and says why;
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from faust.tables.recovery import Recovery
-from faust.transport.consumer import Consumer, RecordMap
+from faust.transport.consumer import Consumer, RecordMap, ThreadDelegateConsumer
 from faust.types import TP
 
 from streams.batch_input import input_of
@@ -146,10 +147,29 @@ async def _wait_next_records_snapshot(self: Consumer, timeout: float) -> tuple[R
         self.not_waiting_next_records.set()
 
 
+async def _seek_on_consumer_thread(self: ThreadDelegateConsumer, partition: TP, offset: int) -> None:
+    """``ThreadDelegateConsumer._seek`` (faust-streaming 0.15.3) run on the consumer's own thread.
+
+    Upstream calls aiokafka's ``seek`` from the calling (main) thread. aiokafka's fetcher then drops the
+    partition's fetched records (``Fetcher.seek_to``: ``del self._records[tp]``) while the consumer thread may be
+    in ``fetched_records`` between reading that entry and deleting it: ``KeyError``, the Fetcher service
+    crashes and the worker exits. Seen once in a fresh clone's ``test_clock.py`` replay on Kafka (session 18),
+    where the ledger's seek of partitions without a commit (streams.offsets) ran right after a second worker
+    joined. Faust's other seeks (``seek_to_committed``, ``seek_wait``) already go through ``call_thread``.
+    """
+    await self._thread.call_thread(_seek_now, self._thread, partition, offset)
+
+
+async def _seek_now(thread: Any, partition: TP, offset: int) -> None:
+    """On the consumer thread (its event loop): aiokafka's ``seek``, as upstream's ``_seek`` calls it."""
+    thread.seek(partition, offset)
+
+
 def apply() -> None:
     global _APPLIED
     if not _APPLIED:
         Recovery._resume_streams = _resume_streams_seek_first  # type: ignore[method-assign]
         Recovery.on_recovery_completed = _on_recovery_completed_seek_first  # type: ignore[method-assign]
         Consumer._wait_next_records = _wait_next_records_snapshot  # type: ignore[method-assign]
+        ThreadDelegateConsumer._seek = _seek_on_consumer_thread  # type: ignore[method-assign]
         _APPLIED = True

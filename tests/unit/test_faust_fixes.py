@@ -145,3 +145,35 @@ def test_run_sets_the_idle_wait_to_the_batch_fill_time():
             await runner
 
     asyncio.run(go())
+
+
+def test_a_seek_runs_on_the_consumer_thread_not_the_caller_s():
+    """aiokafka's ``seek`` drops the partition's fetched records; run from the main thread it raced the consumer
+    thread's ``fetched_records`` (``KeyError``, the Fetcher crashed, the worker exited: a fresh clone's Kafka
+    replay, session 18). The fix hands it to the consumer thread as Faust's other seeks are."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from faust.transport.consumer import ThreadDelegateConsumer
+
+    faust_fixes.apply()
+    assert ThreadDelegateConsumer._seek is faust_fixes._seek_on_consumer_thread
+
+    consumer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="consumer")
+    seeks: list[tuple[TP, int, str]] = []
+
+    class FakeThread:
+        def seek(self, partition: TP, offset: int) -> None:
+            seeks.append((partition, offset, threading.current_thread().name))
+
+        async def call_thread(self, fun: Any, *args: Any) -> Any:
+            # mode's ServiceThread awaits ``fun`` on the thread's own event loop
+            return await asyncio.wrap_future(consumer_thread.submit(lambda: asyncio.run(fun(*args))))
+
+    consumer = SimpleNamespace(_thread=FakeThread())
+    try:
+        asyncio.run(faust_fixes._seek_on_consumer_thread(consumer, TP(ORDERS, 2), 17))  # type: ignore[arg-type]
+    finally:
+        consumer_thread.shutdown()
+    [(partition, offset, where)] = seeks
+    assert (partition, offset) == (TP(ORDERS, 2), 17) and where.startswith("consumer")
