@@ -1,7 +1,7 @@
-"""Fixes for faust-streaming bugs that lose events, applied when the app is built.
+"""Fixes for faust-streaming bugs that lose events or crash a worker, applied when the app is built.
 
-Each fix replaces one method with the upstream code re-ordered, and says why;
-``tests/e2e/test_restart_recovery.py`` fails without them.
+Each fix replaces one method with the upstream code re-ordered (or, for the seek, moved to the consumer
+thread), and says why; ``tests/e2e/test_restart_recovery.py`` fails without the recovery ones.
 """
 
 from __future__ import annotations
