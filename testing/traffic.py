@@ -3,7 +3,9 @@ bench``'s latency, cost and recovery phases, benchmarks/processor_cost.py) send 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import Any
 
 
 def iso_now() -> str:
@@ -19,3 +21,38 @@ def live_event(template: tuple[str, dict], n: int) -> tuple[str, dict]:
         if id_field in event:
             event[id_field] = f"L{event[id_field]}"
     return kind, event
+
+
+def produce_librdkafka_defaults(
+    bootstrap: str, records: Iterable[tuple[str, bytes, bytes]], flush_seconds: float = 60.0
+) -> list[tuple[bytes, int]]:
+    """Produce (topic, key, value) records with confluent-kafka's (librdkafka's) default configuration, whose
+    partitioner (``consistent_random``: CRC32 of the key) puts most keys in another partition than murmur2 does:
+    what a team gets from a producer nobody configured. Returns (key, partition) of each record as delivered;
+    raises if any delivery failed. Used by the e2e tests of other producers and by ``pulse bench
+    --preload-producer librdkafka-defaults``."""
+    import confluent_kafka
+
+    producer = confluent_kafka.Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+    landed: list[tuple[bytes, int]] = []
+    failed: list[object] = []
+
+    def delivered(err: object, msg: Any) -> None:
+        if err is not None:
+            failed.append(err)
+        else:
+            landed.append((msg.key(), msg.partition()))
+
+    for topic, key, value in records:
+        for _ in range(100):  # a full local queue: serve the delivery reports, then try again
+            try:
+                producer.produce(topic, key=key, value=value, on_delivery=delivered)
+                break
+            except BufferError:
+                producer.poll(0.1)
+        else:
+            raise RuntimeError("librdkafka producer: its queue stayed full for 10 s")
+        producer.poll(0)
+    if producer.flush(flush_seconds) or failed:
+        raise RuntimeError(f"librdkafka producer: {len(failed)} deliveries failed, e.g. {failed[:1]}")
+    return landed

@@ -242,41 +242,18 @@ class Bench:
 
 
 def preload_librdkafka_defaults(settings: Settings, events: list[tuple[str, dict]]) -> int:
-    """Produce ``events`` with confluent-kafka's (librdkafka's) default configuration, whose partitioner
-    (``consistent_random``: CRC32 of the key) puts most customers in another partition than murmur2 does: the
-    backlog a team gets from a producer it did not configure. Returns how many records landed outside their
-    customer's murmur2 partition (the worker re-publishes each)."""
-    import confluent_kafka
+    """Produce ``events`` with librdkafka's default configuration (``testing.traffic.produce_librdkafka_defaults``:
+    CRC32 puts most customers in another partition than murmur2 does). Returns how many records landed outside
+    their customer's murmur2 partition (the worker re-publishes each)."""
     import orjson
 
     from streams.partitioning import murmur2_partition
+    from testing.traffic import produce_librdkafka_defaults
 
-    producer = confluent_kafka.Producer({"bootstrap.servers": settings.broker_bootstrap(), "acks": "all"})
     topics = settings.input_topics()
-    misplaced = 0
-    failed: list[Any] = []
-
-    def delivered(err: Any, msg: Any) -> None:
-        nonlocal misplaced
-        if err is not None:
-            failed.append(err)
-        elif msg.partition() != murmur2_partition(msg.key(), settings.partitions):
-            misplaced += 1
-
-    for kind, event in events:
-        key = event["customer_id"].encode()
-        for _ in range(100):  # a full local queue: serve the delivery reports, then try again
-            try:
-                producer.produce(topics[kind], key=key, value=orjson.dumps(event), on_delivery=delivered)
-                break
-            except BufferError:
-                producer.poll(0.1)
-        else:
-            raise RuntimeError("librdkafka preload: the producer's queue stayed full for 10 s")
-        producer.poll(0)
-    if producer.flush(120) or failed:
-        raise RuntimeError(f"librdkafka preload: {len(failed)} failed, e.g. {failed[:1]}")
-    return misplaced
+    records = [(topics[kind], event["customer_id"].encode(), orjson.dumps(event)) for kind, event in events]
+    landed = produce_librdkafka_defaults(settings.broker_bootstrap(), records, flush_seconds=120.0)
+    return sum(1 for key, partition in landed if partition != murmur2_partition(key, settings.partitions))
 
 
 def wait_count(

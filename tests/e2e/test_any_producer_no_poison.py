@@ -23,6 +23,7 @@ from pulse.simulate import generate_orders
 from streams.partitioning import murmur2_partition, origin_of
 from testing.reference import batch_order_profiles
 from testing.stack import consume, produce, profile_diffs, wait_until
+from testing.traffic import produce_librdkafka_defaults
 
 pytestmark = pytest.mark.e2e
 
@@ -41,21 +42,9 @@ def metric_samples(port: int) -> dict[tuple[str, tuple], float]:
 def produce_with_librdkafka_defaults(bootstrap: str, topic: str, orders: list[dict]) -> list[int]:
     """Produce with confluent-kafka's default configuration (partitioner consistent_random = CRC32 of the key);
     returns the partition each record landed in."""
-    confluent_kafka = pytest.importorskip("confluent_kafka")
-    producer = confluent_kafka.Producer({"bootstrap.servers": bootstrap, "acks": "all"})
-    landed: list[int] = []
-    errors: list = []
-
-    def delivered(err: object, msg: object) -> None:
-        if err is not None:
-            errors.append(err)
-        else:
-            landed.append(msg.partition())
-
-    for o in orders:
-        producer.produce(topic, key=o["customer_id"].encode(), value=orjson.dumps(o), on_delivery=delivered)
-    assert producer.flush(60) == 0 and not errors, errors
-    return landed
+    pytest.importorskip("confluent_kafka")
+    records = [(topic, o["customer_id"].encode(), orjson.dumps(o)) for o in orders]
+    return [partition for _, partition in produce_librdkafka_defaults(bootstrap, records)]
 
 
 def test_librdkafka_default_partitioner_for_known_and_new_customers(namespace, start_worker):
