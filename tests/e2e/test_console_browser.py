@@ -39,7 +39,7 @@ import redis
 
 from pulse.devstack import free_port, stop_process
 from schemas.profile import CustomerProfile
-from streams.console.cases import alerts_key
+from streams.console.cases import alerts_key, channel
 from streams.console.trends import trend_key
 from streams.sinks.redis_profiles import profile_key
 from testing.stack import consume, get_json, produce, start_pulse, wait_until
@@ -263,9 +263,16 @@ def test_queue_filter_customer_actions_and_live_updates(devstack, namespace, sta
                 "document.querySelector('tr[data-customer-id=B] td.status').innerText === 'assigned'"
             )
 
-            # resolve with an outcome
+            # resolve with an outcome; a live refresh while the user fills the form keeps what was picked and typed
+            # (the notice of the user's own "Assign" may arrive just then: it once reset the outcome to the first)
             page.select_option("select[name=outcome]", "won_back")
             page.fill("input[name=note]", "called, offered a voucher")
+            page.evaluate("document.querySelector('#case').dataset.beforeRefresh = 'yes'")
+            client.publish(channel(prefix), orjson.dumps({"type": "action", "customer_id": "B", "alert_id": "x"}))
+            page.wait_for_function("!document.querySelector('#case').dataset.beforeRefresh")  # replaced
+            assert page.input_value("select[name=outcome]") == "won_back"
+            assert page.input_value("input[name=note]") == "called, offered a voucher"
+            assert page.evaluate("document.activeElement.name") == "note"
             page.click("text=Resolve")
             page.wait_for_function("document.querySelector('#case-status').innerText === 'resolved'")
             assert page.inner_text("#case-outcome") == "won_back"
