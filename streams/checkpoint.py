@@ -73,15 +73,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class Send(Protocol):
-    """send(topic, key, value, headers=None): hands one record to the producer, returns the future of its ack."""
-
-    def __call__(
-        self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None = None
-    ) -> Awaitable[Awaitable[Any]]: ...
-
-
-#: (records) -> the futures of their acknowledgements: hands the records to the producer
+#: (records) -> the futures of their acknowledgements: hands the records to the producer (the worker's:
+#: streams.publish.BatchPublisher, one record batch per topic-partition)
 Publish = Callable[[Iterable[OutputRecord]], Awaitable[list[Awaitable[Any]]]]
 
 #: () -> (end offset, start offset) of every assigned input topic-partition, keyed by (topic, partition)
@@ -155,22 +148,19 @@ class Checkpoint:
         processor: BatchProcessor,
         table: StateTable,
         sink: ProfileSink,
-        send: Send,
+        publish: Publish,
         owned_partitions: Callable[[], set[int]],
         wall_clock: Callable[[], float] = time.time,
         input_positions: InputPositions | None = None,
         applied_positions: Callable[[int], Mapping[str, int]] | None = None,
-        publish: Publish | None = None,
     ) -> None:
         self.settings = settings
         self.processor = processor
         self.table = table
         self.sink = sink
-        self.send = send
         #: hands the batch's records (dead letters, re-published events, the outbox's VIP changes and alerts) to
-        #: the producer: the worker's as record batches (streams.publish.BatchPublisher); by default one ``send``
-        #: each
-        self.publish: Publish = publish or self._send_each
+        #: the producer
+        self.publish = publish
         self.owned_partitions = owned_partitions
         self.wall_clock = wall_clock
         #: end offsets and start offsets of the input topic-partitions (the per-partition clock; None: unknown)
@@ -448,9 +438,6 @@ class Checkpoint:
         if not close:
             return []
         return list(await asyncio.gather(*await self.table.send_end_markers(close, positions)))
-
-    async def _send_each(self, records: Iterable[OutputRecord]) -> list[Awaitable[Any]]:
-        return [await self.send(topic, key, value, headers) for topic, key, value, headers in records]
 
     async def _publish(self, outbox: Mapping[bytes, CustomerState], outcome: BatchOutcome) -> None:
         s = self.settings

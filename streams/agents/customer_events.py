@@ -109,18 +109,6 @@ def register(pulse: PulseApp) -> BatchProcessor:
     # after a Redis outage, the sweep writes every profile again (Redis may have lost them)
     sink.on_recovered = processor.population.refresh_all
 
-    topics = {
-        **pulse.topics_by_name,
-        settings.topic_dead_letters: pulse.dead_letters,
-        settings.topic_vip_changes: pulse.vip_changes,
-        settings.topic_retention_alerts: pulse.retention_alerts,
-    }
-
-    async def send(
-        topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None = None
-    ) -> Awaitable[Any]:
-        return await topics[topic].send(key=key, value=value, headers=headers)
-
     inputs = set(settings.input_topics().values())
 
     def highwater(tp: TP) -> int | None:
@@ -148,13 +136,12 @@ def register(pulse: PulseApp) -> BatchProcessor:
         processor,
         table,
         sink,
-        send,
+        # dead letters, re-published events and the outbox as record batches (streams.publish), on the producer
+        # under Faust's, as the changelog goes
+        BatchPublisher(lambda: cast(Any, pulse.app.producer)._ensure_producer()).publish,
         owned_partitions,
         input_positions=input_positions,
         applied_positions=guard.positions if guard is not None else None,
-        # dead letters, re-published events and the outbox as record batches (streams.publish), on the producer
-        # under Faust's, as the changelog goes
-        publish=BatchPublisher(lambda: cast(Any, pulse.app.producer)._ensure_producer()).publish,
     )
     renderer = None
     if settings.profile_render_process:

@@ -181,11 +181,15 @@ class BatchProducer:
         return done(SimpleNamespace(partition=partition))
 
 
-def worker(broker: Broker, data: dict[bytes, bytes] | None = None, batched: bool = False) -> tuple[Checkpoint, Table]:
-    """A checkpoint on ``broker``; ``batched``: its records go as record batches, as the worker's do."""
+def publish_on(broker: Broker) -> Any:
+    """The worker's publisher (streams.publish.BatchPublisher, record batches) over ``broker``'s records."""
+    return BatchPublisher(lambda: BatchProducer(broker)).publish
+
+
+def worker(broker: Broker, data: dict[bytes, bytes] | None = None) -> tuple[Checkpoint, Table]:
+    """A checkpoint on ``broker`` (its records go as record batches, as the worker's do)."""
     table = Table(broker, data)
-    options = {"publish": BatchPublisher(lambda: BatchProducer(broker)).publish} if batched else {}
-    return checkpoint_on(broker, table=table, **options), table
+    return checkpoint_on(broker, table=table), table
 
 
 #: the wall clock the random-history tests score under
@@ -207,7 +211,7 @@ def checkpoint_on(
         BatchProcessor(settings.processor()),
         Table(broker) if table is None else table,
         Sink(broker) if sink is None else sink,
-        broker.send,
+        publish_on(broker),
         lambda: set(owned),
         **options,
     )
@@ -289,7 +293,7 @@ def test_a_mis_keyed_or_misplaced_retention_action_is_re_published_with_where_it
 
     # customer A's records belong in partition 0
     processor = BatchProcessor(SETTINGS.processor(), partition_of=lambda key: 0)
-    checkpoint = Checkpoint(SETTINGS, processor, Table(broker), Sink(broker), broker.send, lambda: {0, 1})
+    checkpoint = Checkpoint(SETTINGS, processor, Table(broker), Sink(broker), publish_on(broker), lambda: {0, 1})
     run(checkpoint([order(0, "A", 0, 50), action(7, b"A:churn:1", 0), action(8, b"A", 1), order(1, "B", 0, 60)]))
 
     copies = [(key, origin_of(headers)) for topic, key, headers in broker.headers if topic == actions]
@@ -297,14 +301,13 @@ def test_a_mis_keyed_or_misplaced_retention_action_is_re_published_with_where_it
     assert {key for key, _ in broker.topics["changelog"]} >= {b"A", b"B"}  # the batch's events scored
 
 
-@pytest.mark.parametrize("batched", [False, True])
 @pytest.mark.parametrize("crash_at", ["publish", "clear"])
-def test_a_replay_after_a_crash_publishes_each_id_with_one_content(crash_at: str, batched: bool):
+def test_a_replay_after_a_crash_publishes_each_id_with_one_content(crash_at: str):
     """kill -9 before the decisions were sent, or after they were acknowledged but before the states were
     cleared; the restarted worker reads the first batch again together with a later one (a replay's
     batches need not be the first run's), at a clock 100 days on and a population where B is no longer VIP."""
     broker = Broker(crash_at)
-    checkpoint, _ = worker(broker, batched=batched)
+    checkpoint, _ = worker(broker)
     with pytest.raises(Crash):
         run(checkpoint(first_batch()))
     published_before = vip_records(broker) + alert_records(broker)
@@ -313,7 +316,7 @@ def test_a_replay_after_a_crash_publishes_each_id_with_one_content(crash_at: str
     assert len(pending) == 1  # the decision is durable with the state, before it is published
 
     broker.crash_at = None
-    restarted, table = worker(broker, broker.recovered(), batched=batched)
+    restarted, table = worker(broker, broker.recovered())
     run(restarted(first_batch() + later_batch()))
 
     vips, alerts = vip_records(broker), alert_records(broker)
@@ -386,11 +389,8 @@ def tick(partition: int) -> SimpleNamespace:
     )
 
 
-@pytest.mark.parametrize("batched", [False, True])
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_crashes_at_random_points_and_replays_in_other_batches_publish_each_id_with_one_content(
-    seed: int, batched: bool
-):
+def test_crashes_at_random_points_and_replays_in_other_batches_publish_each_id_with_one_content(seed: int):
     """kill -9 before publishing, before clearing, or after a checkpoint whose offsets were not committed yet,
     at random; each restart recovers the table from the acknowledged changelog and reads again from the last
     commit in batches of another size (so at other clocks and populations)."""
@@ -401,7 +401,7 @@ def test_crashes_at_random_points_and_replays_in_other_batches_publish_each_id_w
     broker = Broker()
 
     def restart() -> Checkpoint:
-        checkpoint, _ = worker(broker, broker.recovered(), batched=batched)
+        checkpoint, _ = worker(broker, broker.recovered())
         checkpoint.owned_partitions = lambda: {0, 1}
         return checkpoint
 
