@@ -13,10 +13,11 @@ def iso_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-def live_event(template: tuple[str, dict], n: int) -> tuple[str, dict]:
-    """A generated event of the mix as live traffic: new ids, occurring now."""
+def live_event(template: tuple[str, dict], n: int, occurred_at: str | None = None) -> tuple[str, dict]:
+    """A generated event of the mix as live traffic: new ids, occurring now (or at ``occurred_at``: a load
+    generator that stamps a whole tick's events with one reading of the clock)."""
     kind, event = template
-    event = {**event, "event_id": f"live-{n}", "occurred_at": iso_now()}
+    event = {**event, "event_id": f"live-{n}", "occurred_at": occurred_at or iso_now()}
     for id_field in ("order_id", "complaint_id", "ticket_id"):
         if id_field in event:
             event[id_field] = f"L{event[id_field]}"

@@ -23,6 +23,13 @@ from benchmarks.phases.common import (
 from benchmarks.phases.throughput import finish_py_spy, start_py_spy
 from testing.traffic import iso_now, live_event
 
+#: The load generator's tick: the events due since the last one go to the producer together. 5 ms, the default
+#: ``linger.ms`` of the Java client (Kafka 4) and of librdkafka, i.e. about how a field producer batches. Until
+#: session 19 it was 2 ms, with one send per record. Per produce request the broker and this process pay CPU
+#: whatever the request carries, on the two cores the worker needs: ``benchmarks/load_tick.py`` (docs/benchmarks.md,
+#: session 19).
+LOAD_TICK_SECONDS = 0.005
+
 
 def latency(
     bench: Bench,
@@ -91,9 +98,12 @@ async def _latency(
                 now = time.monotonic()
                 for records in batch.values():
                     for record in records:
-                        cid = orjson.loads(record.value).get("customer_id")
+                        # an alert's key is its customer id (the worker publishes it under the customer's key):
+                        # only a tracer's alert is parsed, to check that it is one
+                        cid = record.key.decode() if record.key else None
                         if cid in alert_tracers and cid not in to_alert:
-                            to_alert[cid] = now - sent_at[cid]
+                            if orjson.loads(record.value).get("customer_id") == cid:
+                                to_alert[cid] = now - sent_at[cid]
 
         # Redis tells when a tracer's profile is written (keyspace notifications for hash commands):
         # polling hundreds of keys every few ms loaded Redis and the two cores the worker runs on
@@ -120,20 +130,27 @@ async def _latency(
         end = started + seconds
         while time.monotonic() < end:
             due = int((time.monotonic() - started) * rate) - sent
-            for _ in range(max(0, due)):
-                if sent % tracer_every == 0:
-                    tracers += 1
-                    cid = f"{TRACER_PREFIX.decode()}{tag}{tracers:07d}"
-                    kind, event = tracer_event(cid, tracers, alert=tracers % 2 == 0)
-                    if kind == "survey":
-                        alert_tracers.add(cid)
-                    sent_at[cid] = time.monotonic()
-                else:
-                    kind, event = live_event(live[sent % len(live)], first + sent)
-                await producer.send(topics[kind], event["customer_id"].encode(), orjson.dumps(event))
-                sent += 1
+            if due > 0:
+                # the tick's events: one clock reading stamps them all, and they go to the producer together
+                # (the load generator shares the worker's two cores; docs/benchmarks.md, session 19). A tracer's
+                # latency counts from before its tick is built: it includes that, never less than the worker's.
+                tick_at, occurred_at = time.monotonic(), iso_now()
+                records: list[tuple[str, bytes, bytes]] = []
+                for _ in range(due):
+                    if sent % tracer_every == 0:
+                        tracers += 1
+                        cid = f"{TRACER_PREFIX.decode()}{tag}{tracers:07d}"
+                        kind, event = tracer_event(cid, tracers, tracers % 2 == 0, occurred_at)
+                        if kind == "survey":
+                            alert_tracers.add(cid)
+                        sent_at[cid] = tick_at
+                    else:
+                        kind, event = live_event(live[sent % len(live)], first + sent, occurred_at)
+                    records.append((topics[kind], event["customer_id"].encode(), orjson.dumps(event)))
+                    sent += 1
+                await producer.send_many(records)
             producer.poll()
-            await asyncio.sleep(0.002)
+            await asyncio.sleep(LOAD_TICK_SECONDS)
         produced_seconds = time.monotonic() - started
         await producer.flush()
         deadline = time.monotonic() + DRAIN_SECONDS
@@ -186,28 +203,47 @@ async def _latency(
 
 
 class AioLoadProducer:
-    """The live traffic through aiokafka (the worker's own client): ~40-70 µs of this process's CPU per event, on
-    the two cores the worker, the broker and Redis share."""
+    """The live traffic through aiokafka (the worker's own client), each tick's records as one record batch per
+    topic-partition (``streams.publish.BatchPublisher``, the worker's own path; murmur2 as aiokafka's default
+    partitioner). Until session 19 one ``send`` per record: with the per-event JSON, 60-80 µs of this process's
+    CPU per event, on the two cores the worker, the broker and Redis share. Failed deliveries are counted (a lost
+    tracer also shows as unseen)."""
 
     name = "aiokafka"
 
     def __init__(self, kafka: dict[str, Any]) -> None:
         from aiokafka import AIOKafkaProducer
 
+        from streams.publish import BatchPublisher
+
         self.producer = AIOKafkaProducer(**kafka, acks="all", linger_ms=1)
+        self.publisher = BatchPublisher(lambda: self.producer)
         self.errors = 0
+        #: the acknowledgements not in yet (awaited by ``flush``)
+        self.unacked: set[asyncio.Future] = set()
 
     async def start(self) -> None:
         await self.producer.start()
 
-    async def send(self, topic: str, key: bytes, value: bytes) -> None:
-        await self.producer.send(topic, key=key, value=value)
+    async def send_many(self, records: list[tuple[str, bytes, bytes]]) -> None:
+        from streams.publish import OutputRecord
+
+        for sent in await self.publisher.publish(OutputRecord(t, k, v) for t, k, v in records):
+            future = asyncio.ensure_future(sent)
+            self.unacked.add(future)
+            future.add_done_callback(self._acked)
+
+    def _acked(self, future: asyncio.Future) -> None:
+        self.unacked.discard(future)
+        if future.cancelled() or future.exception() is not None:
+            self.errors += 1
 
     def poll(self) -> None:
         pass
 
     async def flush(self) -> None:
         await self.producer.flush()
+        await asyncio.gather(*list(self.unacked), return_exceptions=True)
 
     async def stop(self) -> None:
         await self.producer.stop()
@@ -245,7 +281,11 @@ class RdLoadProducer:
     async def start(self) -> None:
         pass
 
-    async def send(self, topic: str, key: bytes, value: bytes) -> None:
+    async def send_many(self, records: list[tuple[str, bytes, bytes]]) -> None:
+        for topic, key, value in records:
+            self._send(topic, key, value)
+
+    def _send(self, topic: str, key: bytes, value: bytes) -> None:
         for _ in range(1000):  # the local queue full (~100,000 records): give librdkafka up to 10 s to drain it
             try:
                 self.producer.produce(topic, value, key)
@@ -274,10 +314,10 @@ def load_producer(choice: str, kafka: dict[str, Any]) -> AioLoadProducer | RdLoa
     return AioLoadProducer(kafka)
 
 
-def tracer_event(cid: str, n: int, alert: bool) -> tuple[str, dict]:
+def tracer_event(cid: str, n: int, alert: bool, occurred_at: str | None = None) -> tuple[str, dict]:
     """An event for a fresh customer: an order, or a survey (NPS 0, CSAT 1: detractor + dissatisfied =
-    medium risk) that raises a retention alert at once."""
-    base = {"event_id": f"trc-{cid}", "customer_id": cid, "occurred_at": iso_now()}
+    medium risk) that raises a retention alert at once; occurring now, or at ``occurred_at``."""
+    base = {"event_id": f"trc-{cid}", "customer_id": cid, "occurred_at": occurred_at or iso_now()}
     if alert:
         return "survey", {**base, "nps": 0, "csat": 1}
     return "order", {
