@@ -181,6 +181,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def jvm_warm_up(bench: Bench, events: list[tuple[str, dict]]) -> dict[str, Any]:
+    """Preload ``events`` to topics of their own and score them with one worker, results discarded: the broker
+    JVM compiles its produce, fetch, group and compacted-changelog paths before anything is measured, as a
+    long-running broker has. What it cost is returned (the compiler's share shows how cold the broker was)."""
+    tag = bench.args.run_tag
+    env = bench.env(f"warm{tag}", inputs=f"w{tag}")
+    started = time.perf_counter()
+    bench.preload(env, events)
+    run = throughput.run_workers(bench, f"warm{tag}", env, 1, len(events))
+    for proc in run.pop("_procs", []):
+        proc.stop()
+    return {
+        "seconds": round(time.perf_counter() - started, 1),
+        "events_per_second": run["events_per_second"],
+        "servers_cpu_us_per_event": run.get("servers_cpu_us_per_event"),
+        "servers_jit_cpu_us_per_event": run.get("servers_jit_cpu_us_per_event"),
+    }
+
+
 def broker_phases(
     bench: Bench, skip: set[str], events: list[tuple[str, dict]], out: dict[str, Any], first: bool
 ) -> None:
@@ -190,6 +209,12 @@ def broker_phases(
     n = len(events)
     out["broker"] = bench.stack.broker_name
     kafka_phases = {"raw", "naive", "faust", "batch", *QUIX_PHASES, "full"} - skip
+    if bench.stack.broker_name == "kafka" and getattr(args, "jvm_warm_up", True) and set(BROKER_PHASES) - skip:
+        out["jvm_warm_up"] = jvm_warm_up(bench, events)
+        log(
+            f"JVM warm-up: {n} events scored in {out['jvm_warm_up']['seconds']} s, the compiler "
+            f"{out['jvm_warm_up']['servers_jit_cpu_us_per_event']} µs of the broker's CPU per event"
+        )
     if kafka_phases:
         env = bench.env(f"full{tag}", inputs=f"a{tag}")
         seconds = bench.preload(env, events)
@@ -301,6 +326,8 @@ def latency_cpu(before: CpuReading, after: CpuReading, bench_seconds: float) -> 
     return {
         "worker": delta(before.procs, after.procs),
         "servers": delta(before.servers, after.servers),
+        # of which the broker JVM's just-in-time compiler (None on Tansu)
+        "servers_jit": delta(before.servers_jit, after.servers_jit),
         "bench_load_generator": round(bench_seconds, 2),
         "box_busy_share": round((after.box_busy - before.box_busy) / total, 3) if total > 0 else None,
     }
@@ -573,6 +600,12 @@ def report(r: dict[str, Any]) -> str:
                     + (f"customers assessed {f['assessed']:,}, " if "assessed" in f else "")
                     + (f"profiles written {f['profiles_written']:,}, " if "profiles_written" in f else "")
                     + f"peak RSS {f['peak_rss_mib'][0]} MiB"
+                    + (
+                        f", broker and Redis {_fmt(f['servers_cpu_us_per_event'])} µs CPU/event (the JVM's compiler "
+                        f"{_fmt(f['servers_jit_cpu_us_per_event'])})"
+                        if f.get("servers_jit_cpu_us_per_event") is not None
+                        else ""
+                    )
                     + (f", NOT SCORED {f['not_scored']:,} (dead letters, duplicates)" if f.get("not_scored") else "")
                 )
             for s in b.get("scaling", []):
@@ -580,7 +613,13 @@ def report(r: dict[str, Any]) -> str:
                     f"    {broker} scaling: {s['workers']} worker(s) {_fmt(s['events_per_second']):>10} events/s, "
                     f"per worker {_fmt(s['events_per_second_per_worker'])}, "
                     f"CPU/event: workers {_fmt(s.get('cpu_us_per_event'))} µs + broker and Redis "
-                    f"{_fmt(s.get('servers_cpu_us_per_event'))} µs; box CPU busy {_pct(s.get('box_cpu_busy'))}"
+                    f"{_fmt(s.get('servers_cpu_us_per_event'))} µs"
+                    + (
+                        f" (of which the JVM's compiler {_fmt(s['servers_jit_cpu_us_per_event'])} µs)"
+                        if s.get("servers_jit_cpu_us_per_event") is not None
+                        else ""
+                    )
+                    + f"; box CPU busy {_pct(s.get('box_cpu_busy'))}"
                 )
                 if s.get("events_per_second_all_joined") is not None:
                     lines.append(
@@ -777,6 +816,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "confluent-kafka with its default CRC32 partitioner, so most records land outside their customer's "
         "partition and the worker re-publishes them (a producer nobody configured, docs/events.md; no security "
         "settings: a plaintext broker)",
+    )
+    p.add_argument(
+        "--jvm-warm-up",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="on Apache Kafka, score the backlog once on topics of its own before the measured phases (default on): "
+        "a broker JVM started for the bench spends its first minutes compiling, about half its CPU in an unwarmed "
+        "full phase (docs/benchmarks.md, session 19); the phases report what compiling still took "
+        "(servers_jit_cpu_us_per_event)",
     )
     p.add_argument("--skip", default="", help=f"phases to skip, comma-separated: {','.join(PHASES)}")
     p.add_argument(

@@ -314,6 +314,8 @@ class CpuReading:
     servers: float | None
     box_busy: float
     box_total: float
+    #: of ``servers``, the JVM's just-in-time compiler threads (Apache Kafka's; None: no JVM among the servers)
+    servers_jit: float | None = None
 
 
 def box_cpu_seconds() -> tuple[float, float]:
@@ -329,15 +331,44 @@ def box_cpu_seconds() -> tuple[float, float]:
     return (total - idle) / tick, total / tick
 
 
+#: HotSpot's names (``/proc/<pid>/task/<tid>/comm``, cut to 15 characters) of its just-in-time compiler threads
+JIT_THREAD_PREFIXES = ("C1 CompilerThre", "C2 CompilerThre")
+
+
+def jit_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds of a JVM's just-in-time compiler threads so far; None for a process without them (Tansu,
+    Redis). A broker started for the bench compiles its hot code while the phases run: in session 19's Kafka runs
+    about half the broker's CPU in the full phase, and more than its request handlers' in the live traffic. A
+    long-running broker has done that; the readings show how much of ``servers`` it was."""
+    total, found = 0.0, False
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return None
+    for task in tasks:
+        try:
+            if not (task / "comm").read_text().startswith(JIT_THREAD_PREFIXES):
+                continue
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        found = True
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total if found else None
+
+
 def cpu_reading(procs: list[Proc], server_pids: list[int] | None = None) -> CpuReading:
     cpus = [cpu_seconds(p.popen.pid) for p in procs]
     servers = [cpu_seconds(pid) for pid in server_pids or []]
+    jit = [j for j in (jit_cpu_seconds(pid) for pid in server_pids or []) if j is not None]
     busy, total = box_cpu_seconds()
     return CpuReading(
         None if None in cpus else sum(cpus),  # type: ignore[arg-type]
         None if not servers or None in servers else sum(servers),  # type: ignore[arg-type]
         busy,
         total,
+        sum(jit) if jit else None,
     )
 
 
@@ -357,6 +388,13 @@ def servers_us_per_event(before: list[CpuReading], after: CpuReading, n: int) ->
     if not before or before[0].servers is None or after.servers is None:
         return None
     return round((after.servers - before[0].servers) / n * 1e6, 1)
+
+
+def servers_jit_us_per_event(before: list[CpuReading], after: CpuReading, n: int) -> float | None:
+    """Of :func:`servers_us_per_event`, the broker JVM's compiler threads (None: no JVM, or not read)."""
+    if not before or before[0].servers_jit is None or after.servers_jit is None:
+        return None
+    return round((after.servers_jit - before[0].servers_jit) / n * 1e6, 1)
 
 
 def box_busy_share(before: list[CpuReading], after: CpuReading) -> float | None:

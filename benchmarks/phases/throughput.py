@@ -31,6 +31,7 @@ from benchmarks.phases.common import (
     metric_sum,
     peak_rss_bytes,
     rate_after_all_started,
+    servers_jit_us_per_event,
     servers_us_per_event,
     wait_count,
     worker_deltas,
@@ -185,6 +186,8 @@ def run_workers(bench: Bench, tag: str, env: dict[str, str], count: int, n: int,
         # PULSE_PROFILE_RENDER_PROCESS: the render processes' CPU (their own metric, once they answered every batch)
         "render_process_cpu_us_per_event": round(rendered / n * 1e6, 1),
         "servers_cpu_us_per_event": servers_us_per_event(cpu0, cpu, n),
+        # of which the broker JVM's just-in-time compiler (Kafka; a warmed-up broker does not pay it)
+        "servers_jit_cpu_us_per_event": servers_jit_us_per_event(cpu0, cpu, n),
         "box_cpu_busy": box_busy_share(cpu0, cpu),
         "batches": worker["batches"],
         "checkpoint_ms_mean": worker["checkpoint_ms_mean"],
