@@ -22,8 +22,8 @@ from pathlib import Path
 
 import orjson
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from benchmarks.changelog_batch import create_topic
 from pulse.devstack import start_kafka, start_tansu
 from streams.publish import BatchPublisher, OutputRecord
 
@@ -88,12 +88,8 @@ async def main(args: argparse.Namespace) -> None:
     server = start_tansu(log_dir) if args.broker == "tansu" else start_kafka(log_dir)
     bootstrap = f"127.0.0.1:{server.port}"
     try:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(t, PARTITIONS, 1) for t in TOPICS])
-        finally:
-            await admin.close()
+        for topic in TOPICS:
+            await create_topic(bootstrap, topic, PARTITIONS)
         await asyncio.sleep(SETTLE_SECONDS)
         ticks = [float(t) / 1000 for t in args.ticks.split(",")]
         print(f"{args.broker}, {args.rate:g} events/s, {args.seconds:g} s per run, ticks (ms): {args.ticks}")

@@ -86,22 +86,32 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def thread_cpu_seconds(pid: int) -> dict[str, float]:
-    """CPU seconds of a process's main thread and of all its other threads together (/proc/<pid>/task): in a
-    worker the other threads are mostly Faust's consumer thread (aiokafka's fetches), whose cost is per fetch, not
-    per event (docs/benchmarks.md, session 12, pace18)."""
-    out = {"main": 0.0, "others": 0.0}
+def task_cpu_seconds(pid: int) -> list[tuple[str, str, float]] | None:
+    """(thread id, thread name, CPU seconds) of each thread of a running process (/proc/<pid>/task); None when the
+    process is gone. A thread that ends meanwhile is left out."""
     tick = os.sysconf("SC_CLK_TCK")
     try:
         tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
-        return out
+        return None
+    out = []
     for task in tasks:
         try:
+            name = (task / "comm").read_text().rstrip("\n")
             fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
-            continue  # the thread ended meanwhile
-        out["main" if task.name == str(pid) else "others"] += (int(fields[11]) + int(fields[12])) / tick
+            continue
+        out.append((task.name, name, (int(fields[11]) + int(fields[12])) / tick))
+    return out
+
+
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds of a process's main thread and of all its other threads together: in a worker the other threads
+    are mostly Faust's consumer thread (aiokafka's fetches), whose cost is per fetch, not per event
+    (docs/benchmarks.md, session 12, pace18)."""
+    out = {"main": 0.0, "others": 0.0}
+    for tid, _, seconds in task_cpu_seconds(pid) or []:
+        out["main" if tid == str(pid) else "others"] += seconds
     return out
 
 
@@ -340,22 +350,8 @@ def jit_cpu_seconds(pid: int) -> float | None:
     Redis). A broker started for the bench compiles its hot code while the phases run: in session 19's Kafka runs
     about half the broker's CPU in the full phase, and more than its request handlers' in the live traffic. A
     long-running broker has done that; the readings show how much of ``servers`` it was."""
-    total, found = 0.0, False
-    tick = os.sysconf("SC_CLK_TCK")
-    try:
-        tasks = list(Path(f"/proc/{pid}/task").iterdir())
-    except OSError:
-        return None
-    for task in tasks:
-        try:
-            if not (task / "comm").read_text().startswith(JIT_THREAD_PREFIXES):
-                continue
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        found = True
-        total += (int(fields[11]) + int(fields[12])) / tick
-    return total if found else None
+    compilers = [seconds for _, name, seconds in task_cpu_seconds(pid) or [] if name.startswith(JIT_THREAD_PREFIXES)]
+    return sum(compilers) if compilers else None
 
 
 def cpu_reading(procs: list[Proc], server_pids: list[int] | None = None) -> CpuReading:
