@@ -391,6 +391,11 @@ def verdict(value: float | None, target: float, higher_is_better: bool) -> str:
 BENCH_KAFKA_PROPS = {"group.initial.rebalance.delay.ms": "3000"}
 
 
+#: how far above :func:`scaling_ceiling` a measured ratio may be and still count (the ceiling is an estimate from
+#: one run's CPU per event; two workers may spend a little less per event, with fewer customers each)
+CEILING_TOLERANCE = 1.03
+
+
 def scaling_ceiling(runs: list[dict[str, Any]], cpus: int) -> float | None:
     """The most two workers could score relative to one on this machine, at the one-worker run's CPU per event.
 
@@ -497,10 +502,15 @@ def verdicts(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
             )
         scaling = {s["workers"]: s["events_per_second"] for s in b.get("scaling", [])}
         if 1 in scaling and 2 in scaling:
-            add(f"scaling_2_over_1_{broker}", scaling[2] / scaling[1], TARGETS["scaling_2_over_1"], True)
+            name, ratio = f"scaling_2_over_1_{broker}", scaling[2] / scaling[1]
+            add(name, ratio, TARGETS["scaling_2_over_1"], True)
             ceiling = scaling_ceiling(b["scaling"], r["machine"]["cpus"])
             if ceiling is not None:
-                out[f"scaling_2_over_1_{broker}"]["box_ceiling"] = round(ceiling, 2)
+                out[name]["box_ceiling"] = round(ceiling, 2)
+                if ratio > ceiling * CEILING_TOLERANCE:
+                    # more than the cores can give at the one-worker run's CPU per event: that run was slow (a
+                    # noisy moment of the box), not two workers fast; twice sessions 18 and 19 marked this "met"
+                    out[name]["verdict"] = "not shown: above what the box holds, the one-worker run was slow"
     if "recovery" in r:
         rec = r["recovery"]
         # the customers one worker recovered and then scored events for (with --recovery-events)

@@ -45,6 +45,25 @@ CHECKS = textwrap.dedent(
     assert "live rates (kafka)" in text, text
     assert "alert p99 <= 250 ms up to 2,000 events/s (of these rates)" in text, text
     assert text.count(" (0.50)") == 3, text  # a row per run
+
+    # scaling: a ratio above what the box holds at the one-worker run's CPU per event is not shown (that run was
+    # slow), within it the target decides
+    def scaling(one, two):
+        return {
+            "machine": {"cpus": 2}, "broker": "tansu", "brokers": ["tansu"],
+            "scaling": [
+                {"workers": 1, "events_per_second": one, "cpu_us_per_event": 60.0, "servers_cpu_us_per_event": 6.0},
+                {"workers": 2, "events_per_second": two},
+            ],
+        }
+
+    # 2 cores / 66 µs per event = 30,303 events/s at most: 1.89x of 16,000
+    v = harness.verdicts(scaling(16_000, 30_000))["scaling_2_over_1_tansu"]
+    assert v["box_ceiling"] == 1.89 and v["verdict"] == "met", v
+    v = harness.verdicts(scaling(15_000, 31_000))["scaling_2_over_1_tansu"]  # 2.07x against 2.0x at most
+    assert v["verdict"].startswith("not shown"), v
+    v = harness.verdicts(scaling(16_000, 25_000))["scaling_2_over_1_tansu"]
+    assert v["verdict"].startswith("missed"), v
     print("ok")
     """
 )
