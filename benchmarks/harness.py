@@ -253,12 +253,13 @@ def broker_phases(
                     log(f"latency: {args.latency_seconds:g}s at {rate:.0f} events/s")
                     spied = procs[0] if procs and args.py_spy else None
                     out["latency"] = _live_run(bench, env, procs, rate, args.latency_seconds, spied)
-                    first = out["latency"]["events"]
+                    # the live events' ids go on from the latency phase's (ids seen before would be de-duplicated)
+                    next_id = out["latency"]["events"]
                     for i, live_rate in enumerate(args.live_rates):
                         n_rates = len(args.live_rates)
                         log(f"live rate {i + 1}/{n_rates}: {args.live_seconds:g}s at {live_rate:.0f} events/s")
-                        run = _live_run(bench, env, procs, live_rate, args.live_seconds, None, f"r{i}", first)
-                        first += run["events"]
+                        run = _live_run(bench, env, procs, live_rate, args.live_seconds, None, f"r{i}", next_id)
+                        next_id += run["events"]
                         out.setdefault("live_rates", []).append(run)
             finally:
                 for proc in procs:
