@@ -189,9 +189,7 @@ def jvm_warm_up(bench: Bench, events: list[tuple[str, dict]]) -> dict[str, Any]:
     env = bench.env(f"warm{tag}", inputs=f"w{tag}")
     started = time.perf_counter()
     bench.preload(env, events)
-    run = throughput.run_workers(bench, f"warm{tag}", env, 1, len(events))
-    for proc in run.pop("_procs", []):
-        proc.stop()
+    run = throughput.run_workers(bench, f"warm{tag}", env, 1, len(events))  # (its worker stopped)
     return {
         "seconds": round(time.perf_counter() - started, 1),
         "events_per_second": run["events_per_second"],

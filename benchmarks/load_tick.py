@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from benchmarks.changelog_batch import create_topic
+from benchmarks.phases.common import cpu_seconds
 from pulse.devstack import start_kafka, start_tansu
 from streams.publish import BatchPublisher, OutputRecord
 
@@ -34,10 +34,12 @@ CUSTOMERS = 5_000
 SETTLE_SECONDS = 2.0
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of process ``pid``."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def broker_cpu_seconds(pid: int) -> float:
+    """The broker's CPU so far (it must be running)."""
+    seconds = cpu_seconds(pid)
+    if seconds is None:
+        raise RuntimeError(f"the broker (pid {pid}) is gone")
+    return seconds
 
 
 async def one_run(bootstrap: str, broker_pid: int, rate: float, tick: float, seconds: float) -> dict[str, float]:
@@ -58,7 +60,7 @@ async def one_run(bootstrap: str, broker_pid: int, rate: float, tick: float, sec
     )
     sent = 0
     try:
-        broker_before, own_before = cpu_seconds(broker_pid), time.process_time()
+        broker_before, own_before = broker_cpu_seconds(broker_pid), time.process_time()
         started = time.monotonic()
         while time.monotonic() - started < seconds:
             due = int((time.monotonic() - started) * rate) - sent
@@ -71,7 +73,7 @@ async def one_run(bootstrap: str, broker_pid: int, rate: float, tick: float, sec
                 sent += due
             await asyncio.sleep(tick)
         await producer.flush()
-        broker, own = cpu_seconds(broker_pid) - broker_before, time.process_time() - own_before
+        broker, own = broker_cpu_seconds(broker_pid) - broker_before, time.process_time() - own_before
     finally:
         await producer.stop()
     return {

@@ -24,6 +24,24 @@ def live_event(template: tuple[str, dict], n: int, occurred_at: str | None = Non
     return kind, event
 
 
+#: how long a librdkafka producer's full local queue (~100,000 records) gets to drain before a produce gives up
+LIBRDKAFKA_QUEUE_WAIT_SECONDS = 10.0
+#: the steps of that wait, each serving the delivery reports
+LIBRDKAFKA_QUEUE_POLL_SECONDS = 0.01
+
+
+def produce_with_room(producer: Any, topic: str, key: bytes, value: bytes, **options: Any) -> None:
+    """``producer.produce`` (a confluent-kafka ``Producer``), waiting while its local queue is full: it serves the
+    delivery reports (``poll``) and tries again, for at most ``LIBRDKAFKA_QUEUE_WAIT_SECONDS``, then raises."""
+    for _ in range(int(LIBRDKAFKA_QUEUE_WAIT_SECONDS / LIBRDKAFKA_QUEUE_POLL_SECONDS)):
+        try:
+            producer.produce(topic, key=key, value=value, **options)
+            return
+        except BufferError:
+            producer.poll(LIBRDKAFKA_QUEUE_POLL_SECONDS)
+    raise RuntimeError(f"librdkafka producer: its queue stayed full for {LIBRDKAFKA_QUEUE_WAIT_SECONDS:g} s")
+
+
 def produce_librdkafka_defaults(
     bootstrap: str, records: Iterable[tuple[str, bytes, bytes]], flush_seconds: float = 60.0
 ) -> list[tuple[bytes, int]]:
@@ -45,14 +63,7 @@ def produce_librdkafka_defaults(
             landed.append((msg.key(), msg.partition()))
 
     for topic, key, value in records:
-        for _ in range(100):  # a full local queue: serve the delivery reports, then try again
-            try:
-                producer.produce(topic, key=key, value=value, on_delivery=delivered)
-                break
-            except BufferError:
-                producer.poll(0.1)
-        else:
-            raise RuntimeError("librdkafka producer: its queue stayed full for 10 s")
+        produce_with_room(producer, topic, key, value, on_delivery=delivered)
         producer.poll(0)
     if producer.flush(flush_seconds) or failed:
         raise RuntimeError(f"librdkafka producer: {len(failed)} deliveries failed, e.g. {failed[:1]}")

@@ -75,43 +75,36 @@ def peak_rss_bytes(pid: int) -> int | None:
     return None
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of a running process so far (/proc/<pid>/stat): the load-independent yardstick
-    beside wall-clock events/s on a shared box."""
+def stat_cpu_seconds(stat: Path) -> float | None:
+    """User + system CPU seconds in a ``/proc`` ``stat`` file (a process's or one of its threads'); None when it is
+    gone."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = stat.read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
     # after the command: state is field 3, utime and stime are fields 14 and 15 (1-based)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def task_cpu_seconds(pid: int) -> list[tuple[str, str, float]] | None:
-    """(thread id, thread name, CPU seconds) of each thread of a running process (/proc/<pid>/task); None when the
-    process is gone. A thread that ends meanwhile is left out."""
-    tick = os.sysconf("SC_CLK_TCK")
-    try:
-        tasks = list(Path(f"/proc/{pid}/task").iterdir())
-    except OSError:
-        return None
-    out = []
-    for task in tasks:
-        try:
-            name = (task / "comm").read_text().rstrip("\n")
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        out.append((task.name, name, (int(fields[11]) + int(fields[12])) / tick))
-    return out
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a running process so far (/proc/<pid>/stat): the load-independent yardstick
+    beside wall-clock events/s on a shared box."""
+    return stat_cpu_seconds(Path(f"/proc/{pid}/stat"))
 
 
 def thread_cpu_seconds(pid: int) -> dict[str, float]:
-    """CPU seconds of a process's main thread and of all its other threads together: in a worker the other threads
-    are mostly Faust's consumer thread (aiokafka's fetches), whose cost is per fetch, not per event
-    (docs/benchmarks.md, session 12, pace18)."""
+    """CPU seconds of a process's main thread and of all its other threads together (/proc/<pid>/task): in a
+    worker the other threads are mostly Faust's consumer thread (aiokafka's fetches), whose cost is per fetch, not
+    per event (docs/benchmarks.md, session 12, pace18)."""
     out = {"main": 0.0, "others": 0.0}
-    for tid, _, seconds in task_cpu_seconds(pid) or []:
-        out["main" if tid == str(pid) else "others"] += seconds
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return out
+    for task in tasks:
+        seconds = stat_cpu_seconds(task / "stat")
+        if seconds is not None:  # (None: the thread ended meanwhile)
+            out["main" if task.name == str(pid) else "others"] += seconds
     return out
 
 
@@ -345,12 +338,34 @@ def box_cpu_seconds() -> tuple[float, float]:
 JIT_THREAD_PREFIXES = ("C1 CompilerThre", "C2 CompilerThre")
 
 
+#: (pid, thread id) -> the thread's name, read once per thread: ``wait_count`` reads the servers' CPU at every
+#: poll (5 a second) on the box being measured, and reading every name of a broker's ~100 threads each time cost
+#: the bench ~5 ms a poll; a thread's name does not change
+_thread_names: dict[tuple[int, str], str] = {}
+
+
 def jit_cpu_seconds(pid: int) -> float | None:
     """CPU seconds of a JVM's just-in-time compiler threads so far; None for a process without them (Tansu,
     Redis). A broker started for the bench compiles its hot code while the phases run: in session 19's Kafka runs
     about half the broker's CPU in the full phase, and more than its request handlers' in the live traffic. A
-    long-running broker has done that; the readings show how much of ``servers`` it was."""
-    compilers = [seconds for _, name, seconds in task_cpu_seconds(pid) or [] if name.startswith(JIT_THREAD_PREFIXES)]
+    long-running broker has done that; the readings show how much of ``servers`` it was. HotSpot adds and ends
+    compiler threads as it goes, so the thread list is read each time, each new thread's name once."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    compilers = []
+    for tid in tids:
+        name = _thread_names.get((pid, tid))
+        if name is None:
+            try:
+                name = _thread_names[(pid, tid)] = Path(f"/proc/{pid}/task/{tid}/comm").read_text()
+            except OSError:
+                continue  # ended meanwhile
+        if name.startswith(JIT_THREAD_PREFIXES):
+            seconds = stat_cpu_seconds(Path(f"/proc/{pid}/task/{tid}/stat"))
+            if seconds is not None:
+                compilers.append(seconds)
     return sum(compilers) if compilers else None
 
 

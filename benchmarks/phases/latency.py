@@ -21,7 +21,7 @@ from benchmarks.phases.common import (
     percentile,
 )
 from benchmarks.phases.throughput import finish_py_spy, start_py_spy
-from testing.traffic import iso_now, live_event
+from testing.traffic import iso_now, live_event, produce_with_room
 
 #: The load generator's tick: the events due since the last one go to the producer together. 5 ms, the default
 #: ``linger.ms`` of the Java client (Kafka 4) and of librdkafka, i.e. about how a field producer batches. Until
@@ -283,16 +283,7 @@ class RdLoadProducer:
 
     async def send_many(self, records: list[tuple[str, bytes, bytes]]) -> None:
         for topic, key, value in records:
-            self._send(topic, key, value)
-
-    def _send(self, topic: str, key: bytes, value: bytes) -> None:
-        for _ in range(1000):  # the local queue full (~100,000 records): give librdkafka up to 10 s to drain it
-            try:
-                self.producer.produce(topic, value, key)
-                return
-            except BufferError:
-                self.producer.poll(0.01)
-        raise RuntimeError("librdkafka's queue stayed full for 10 s")
+            produce_with_room(self.producer, topic, key, value)
 
     def poll(self) -> None:
         self.producer.poll(0)

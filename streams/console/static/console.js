@@ -26,6 +26,7 @@
 (function () {
   "use strict";
   const kept = new WeakMap();
+  const FIELDS = "form[hx-post] input[name], form[hx-post] select[name], form[hx-post] textarea[name]";
   function key(field) {
     const form = field.closest("form[hx-post]");
     return form && field.name ? form.getAttribute("hx-post") + " " + field.name : null;
@@ -37,7 +38,7 @@
     const detail = event.detail;
     if (!isRefresh(detail)) { return; }
     const values = new Map();
-    detail.target.querySelectorAll("form[hx-post] input[name], form[hx-post] select[name], form[hx-post] textarea[name]")
+    detail.target.querySelectorAll(FIELDS)
       .forEach(function (field) {
         const k = key(field);
         if (k) { values.set(k, field.value); }
@@ -54,7 +55,7 @@
     const saved = kept.get(target);
     if (!saved) { return; }
     kept.delete(target);
-    target.querySelectorAll("form[hx-post] input[name], form[hx-post] select[name], form[hx-post] textarea[name]")
+    target.querySelectorAll(FIELDS)
       .forEach(function (field) {
         const k = key(field);
         if (k && saved.values.has(k)) { field.value = saved.values.get(k); }
