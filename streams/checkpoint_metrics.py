@@ -118,6 +118,23 @@ class CheckpointMetrics:
         self._population_at: float | None = None
         #: (topic, partition) already logged as receiving records of another partition's customers
         self._misplaced_logged: set[tuple[str, int]] = set()
+        #: input topic-partitions logged as stalled (BatchProcessor.stalled), until they read on or catch up
+        self._stalls_logged: set[tuple[str, int]] = set()
+
+    def _log_stalls(self, stalled: dict[tuple[str, int], tuple[int, int]]) -> None:
+        """One warning per input topic-partition that holds its partition's clock while nothing of it is read."""
+        for (topic, partition), (position, end) in sorted(stalled.items()):
+            if (topic, partition) not in self._stalls_logged:
+                log.warning(
+                    "clock of partition %d waits for %s[%d]: at offset %d of %d, and no record of it read for "
+                    "PULSE_CLOCK_PARTITION_IDLE_SECONDS: not fetched, or a wrong start position (a bug)",
+                    partition,
+                    topic,
+                    partition,
+                    position,
+                    end,
+                )
+        self._stalls_logged = set(stalled)
 
     def anomalies(self, outcome: BatchOutcome) -> None:
         """Misplaced records (another producer's partitioner) and contained time-driven failures."""
@@ -196,6 +213,7 @@ class CheckpointMetrics:
         metrics.DUE_CUSTOMERS.inc(outcome.due_checked)
         metrics.RANK_INEXACT.inc(outcome.rank_inexact)
         metrics.CLOCK_HELD_PARTITIONS.set(len(processor.held))
+        self._log_stalls(processor.stalled() if processor.held else {})
         now_s = self.wall_clock()
         self.population(now_s)
         metrics.observe_many(

@@ -210,6 +210,30 @@ def rewinds(
     return out
 
 
+def read_starts(
+    assigned: Iterable[TP], committed: Mapping[TP, int | None], ledger: OffsetLedger | None
+) -> dict[tuple[str, int], int]:
+    """Where this session reads each assigned input topic-partition from, until a record of it is read: the
+    ledger's next offset to apply, else the committed offset, else 0 (the log's start).
+
+    The committed offset alone is wrong for a partition kept through a rebalance before its first commit:
+    :func:`unseeked` puts it at the ledger's next offset, not at 0. When everything of it was applied before the
+    rebalance, nothing is read again, so its position stayed "0, behind the end offset" for good and held its
+    partition's clock (``BatchProcessor.holds``: known behind, never idle). A CI run on Kafka showed that
+    effect (one kept partition's clock, and the population indicators with it, at an earlier event time for
+    the rest of the run; not reproduced here, so the path is inferred). A ledger offset is what was applied
+    and made durable, so it is never ahead of what the worker's states hold.
+    """
+    expected = {} if ledger is None else ledger.expected
+    out = {}
+    for tp in assigned:
+        start = expected.get(tp)
+        if start is None:
+            start = committed.get(tp) or 0
+        out[(tp.topic, tp.partition)] = start
+    return out
+
+
 class OffsetGuard:
     """The ledger of one worker, with the broker behind it: start offsets, gap read-back, metrics and log."""
 

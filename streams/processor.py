@@ -645,6 +645,9 @@ class BatchProcessor:
             if end == 0 or (position is not None and position >= end):
                 return False  # caught up
             if position is not None:
+                if read is None and self._wall_ms is not None:
+                    # nothing read yet: from now on, how long it holds without a record tells a stall (stalled)
+                    self.progress[key] = TopicProgress(active_wall_ms=self._wall_ms)
                 return True  # known to be behind: never idle
         wall = self._wall_ms
         if wall is None:
@@ -654,6 +657,29 @@ class BatchProcessor:
         if read.active_wall_ms is None:
             read.active_wall_ms = wall  # first seen now: idle from here
         return wall - read.active_wall_ms < self.partition_idle_ms
+
+    def stalled(self) -> dict[TopicPartitionKey, tuple[int, int]]:
+        """Input topic-partitions holding an owned partition's clock (known behind their end offset) from which no
+        record was read for ``clock_partition_idle_seconds``: key -> (position, end offset). Reading behind, a
+        consumer reads on; one that reads nothing while behind is not fetched, or its start position is wrong
+        (a worker once kept its partitions' clocks at an earlier time for good that way), and the clock waits
+        for it for good. The worker logs them (``CheckpointMetrics``)."""
+        out: dict[TopicPartitionKey, tuple[int, int]] = {}
+        wall, ends, starts = self._wall_ms, self._ends, self._starts
+        if wall is None or ends is None:
+            return out
+        for partition in self._held:
+            for topic in self.input_topics:
+                key = (topic, partition)
+                end, read = ends.get(key), self.progress.get(key)
+                if end is None or read is None or read.active_wall_ms is None:
+                    continue
+                position = read.next_offset
+                if position is None and starts is not None:
+                    position = starts.get(key)
+                if position is not None and position < end and wall - read.active_wall_ms >= self.partition_idle_ms:
+                    out[key] = (position, end)
+        return out
 
     def live(self, partition: int) -> bool:
         """Is ``partition`` live: on a worker (end offsets known; offline the batches are all there is), its clock

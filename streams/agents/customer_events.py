@@ -119,12 +119,11 @@ def register(pulse: PulseApp) -> BatchProcessor:
 
     def input_positions() -> tuple[dict[tuple[str, int], int | None], dict[tuple[str, int], int]]:
         """The consumer's end offset per assigned input topic-partition (a partition's clock waits for the ones
-        behind) and where this session started reading it (Faust keeps the committed offset; None means 0)."""
+        behind) and where this session reads it from until a record of it is read (offsets.read_starts)."""
         tps = [tp for tp in pulse.app.consumer.assignment() if tp.topic in inputs]
         committed = getattr(pulse.app.consumer, "_committed_offset", {})
         ends = {(tp.topic, tp.partition): highwater(tp) for tp in tps}
-        starts = {(tp.topic, tp.partition): committed.get(tp) or 0 for tp in tps}
-        return ends, starts
+        return ends, offsets.read_starts(tps, committed, guard.ledger if guard is not None else None)
 
     def owned_partitions() -> set[int]:
         return {tp.partition for tp in pulse.app.consumer.assignment() if tp.topic == orders_topic}

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 import orjson
 import pytest
+from faust.types import TP
 
 from pulse.alerts import format_alert
 from pulse.offline import score_records
@@ -19,6 +20,7 @@ from schemas.alerts import RetentionAlert
 from schemas.events import MAX_TIME_MS, MIN_TIME_MS, EventRejected, Kind, decode_event
 from scoring.customer import CustomerState
 from scoring.units import DAY_MS
+from streams.offsets import OffsetLedger, read_starts
 from streams.processor import BatchOutcome, BatchProcessor, Incoming
 from tests.churn_story import D0, MONTHLY, iso
 
@@ -247,6 +249,70 @@ def test_partitions_have_their_own_clock_and_a_caught_up_one_follows_the_others(
     assert w.processor.population.clock_of(0) == (D0 + 3) * DAY_MS - 1  # partition 0's orders are behind
     w.take(ORDERS, 1, partition=0)
     assert w.processor.population.clock_of(0) == (D0 + 100) * DAY_MS  # all read: the latest time any reached
+
+
+@pytest.mark.parametrize("committed", [None, 0])
+def test_a_partition_kept_through_a_rebalance_before_its_first_commit_follows_the_others(committed):
+    """CI on Kafka (test_population_indicators): a worker applied all of partition 0's records, then a second worker
+    joined before the first commit and partition 0 stayed with the first one. After the rebalance the partition is
+    rebuilt (its read positions forgotten) and the seek leaves it at the ledger's next offset (nothing more to
+    read). Started "at the committed offset" (none: 0) it was known behind its end offset for good, and its clock
+    and the population indicators stayed at an earlier event time. Its start is the ledger's next offset."""
+    w = Worker()
+    w.produce(ORDERS, "C", order("C", iso(3), 0), partition=0)
+    w.produce(ORDERS, "D", order("D", iso(50), 0), partition=1)
+    ledger = OffsetLedger(INPUTS)
+    for topic, partition in w.ends():
+        ledger.seeked(TP(topic, partition), 0)
+    w.take(ORDERS, 1, partition=0)
+    w.take(ORDERS, 1, partition=1)
+    ledger.applied(ledger.scan([(TP(ORDERS, 0), 0), (TP(ORDERS, 1), 0)]))
+    assert w.processor.population.clock_of(0) == (D0 + 50) * DAY_MS
+
+    w.processor.rebuild({0}, w.store.items())  # the rebalance: partition 0 kept, no commit yet
+    no_commit = {TP(topic, partition): committed for topic, partition in w.ends()}
+    assigned = [TP(topic, partition) for topic, partition in w.ends()]
+    w.produce(ORDERS, "D", order("D", iso(60), 1), partition=1)
+    batch = [Incoming(ORDERS, 1, 1, b"D", w.log[(ORDERS, 1)][1][1])]
+    for starts, follows in [
+        (dict.fromkeys(w.ends(), 0), False),  # the committed offset alone: held for good
+        (read_starts(assigned, no_commit, ledger), True),
+    ]:
+        w.processor.process(batch, lambda k: w.store.get(k) or CustomerState(), None, w.ends(), starts)
+        assert w.processor.population.clock_of(1) == (D0 + 60) * DAY_MS
+        assert (w.processor.population.clock_of(0) == (D0 + 60) * DAY_MS) is follows
+        assert (w.processor.held == {0}) is not follows
+
+
+def test_a_topic_partition_behind_that_reads_nothing_is_reported_stalled_and_one_reading_on_is_not():
+    w = Worker(Settings(_env_file=None, clock_partition_idle_seconds=30))
+    for n in range(3):
+        w.produce(ORDERS, "C", order("C", iso(n), n))
+    w.produce(SURVEYS, "S", survey("S", iso(5), 0))
+    wall = (D0 + 10) * DAY_MS
+    ends = w.ends()
+    starts = dict.fromkeys(ends, 0)
+    s0 = [Incoming(SURVEYS, 0, 0, b"S", w.log[(SURVEYS, 0)][0][1])]
+    w.processor.process(s0, lambda k: CustomerState(), wall, ends, starts)
+    assert w.processor.held == {0} and w.processor.stalled() == {}  # orders[0] behind: just seen
+    w.processor.process([], lambda k: CustomerState(), wall + 29_000, ends, starts)
+    assert w.processor.stalled() == {}
+    w.processor.process([], lambda k: CustomerState(), wall + 30_000, ends, starts)
+    assert w.processor.stalled() == {(ORDERS, 0): (0, 3)}  # behind, and nothing of it read for 30 s
+    o0 = [Incoming(ORDERS, 0, 0, b"C", w.log[(ORDERS, 0)][0][1])]
+    w.processor.process(o0, lambda k: CustomerState(), wall + 31_000, ends, starts)
+    assert w.processor.held == {0} and w.processor.stalled() == {}  # reads on: not stalled
+
+
+def test_read_starts_is_the_next_offset_to_apply_else_the_committed_offset_else_0():
+    ledger = OffsetLedger([ORDERS, SURVEYS])
+    kept, committed_only, new = TP(ORDERS, 0), TP(SURVEYS, 0), TP(ORDERS, 1)
+    ledger.seeked(kept, 7)
+    ledger.applied(ledger.scan([(kept, 7), (kept, 8)]))
+    tps = [kept, committed_only, new]
+    committed = {kept: 3, committed_only: 5}
+    assert read_starts(tps, committed, ledger) == {(ORDERS, 0): 9, (SURVEYS, 0): 5, (ORDERS, 1): 0}
+    assert read_starts(tps, committed, None) == {(ORDERS, 0): 3, (SURVEYS, 0): 5, (ORDERS, 1): 0}
 
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
