@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 
 from pulse.devstack import free_port, stop_process
@@ -207,8 +207,6 @@ def consume(bootstrap: str, topic: str, expected: int, timeout: float = CONVERGE
                     break
                 await consumer._client.force_metadata_update()
                 await asyncio.sleep(0.2)
-            from aiokafka import TopicPartition
-
             tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
@@ -236,6 +234,26 @@ def log_ends(bootstrap: str, topics: list[str]) -> dict[tuple[str, int], int]:
         for r in consume(bootstrap, topic, 1, quiet=2):
             ends[(topic, r.partition)] = max(ends.get((topic, r.partition), 0), r.offset + 1)
     return ends
+
+
+def committed_offsets(
+    bootstrap: str, group_id: str, topics: list[str], partitions: int
+) -> dict[tuple[str, int], int | None]:
+    """The group's committed offset of each partition of ``topics`` (None: none), read while its workers run: an
+    OffsetFetch from a consumer with the group's id that assigns itself the partitions and joins nothing, so the
+    group does not rebalance (what ``kafka-consumer-groups --describe`` reads for the lag)."""
+
+    async def read() -> dict[tuple[str, int], int | None]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
+            consumer.assign(tps)
+            return {(tp.topic, tp.partition): await consumer.committed(tp) for tp in tps}
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(asyncio.wait_for(read(), 30))
 
 
 class FaustProtocol(RoundRobinPartitionAssignor):

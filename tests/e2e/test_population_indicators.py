@@ -18,7 +18,16 @@ import pytest
 from pulse.simulate import generate_events
 from streams.stats import PopulationReadTimeout, read_stats, stats_json
 from testing.reference import batch_population_indicators, uninterrupted_profiles
-from testing.stack import CONVERGE_SECONDS, REPO, consume, produce, profile_diffs, wait_until
+from testing.stack import (
+    CONVERGE_SECONDS,
+    REPO,
+    committed_offsets,
+    consume,
+    log_ends,
+    produce,
+    profile_diffs,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -126,6 +135,21 @@ def test_stats_and_gauges_equal_the_batch_reference(namespace, start_worker):
         logs = "\n".join(f"--- worker {n}\n{w.log_tail(120)}" for n, w in enumerate(workers))
         pytest.fail(f"{stats_now()}\n{expected}\nclock_ms {clock_ms}\n{snapshot_history(namespace)}\n{logs}")
     print(f"\n[e2e] {len(arrivals)} events through 2 workers: indicators converged in {elapsed:.1f}s: {expected}")
+
+    # what the workers applied is committed, while they run: the group's lag (kafka-consumer-groups) is 0, and a
+    # restart reads nothing again (the second worker joined while the first was reading: partitions kept through
+    # that rebalance, some before their first commit)
+    inputs = list(topics.values())
+    ends = log_ends(namespace.bootstrap, inputs)
+    commits: dict = {}
+
+    def committed_to_the_end() -> bool:
+        commits.update(committed_offsets(namespace.bootstrap, s.app_id, inputs, s.partitions))
+        return all(commits.get(tp) == end for tp, end in ends.items())
+
+    assert wait_until(committed_to_the_end, timeout=15, every=1.0), {
+        tp: (commits.get(tp), end) for tp, end in ends.items() if commits.get(tp) != end
+    }
 
     # the command itself, as an operator runs it
     env = {**namespace.env, "PATH": ""}
