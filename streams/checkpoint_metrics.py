@@ -135,6 +135,7 @@ class CheckpointMetrics:
                     end,
                 )
         self._stalls_logged = set(stalled)
+        metrics.CLOCK_STALLED_INPUTS.set(len(stalled))
 
     def anomalies(self, outcome: BatchOutcome) -> None:
         """Misplaced records (another producer's partitioner) and contained time-driven failures."""

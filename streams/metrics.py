@@ -140,6 +140,11 @@ CLOCK_HELD_PARTITIONS = Gauge(
     "pulse_clock_held_partitions",
     "Owned partitions whose clock waits for an input topic-partition read behind the others (spec: Clock).",
 )
+CLOCK_STALLED_INPUTS = Gauge(
+    "pulse_clock_stalled_inputs",
+    "Input topic-partitions that hold their partition's clock while behind their end offset and read nothing for "
+    "PULSE_CLOCK_PARTITION_IDLE_SECONDS: the clock waits for them for good (each one is logged).",
+)
 VIP_CHANGES = Counter(
     "pulse_vip_changes_total", "VIP flag changes published, by direction (entered, left).", ["direction"]
 )

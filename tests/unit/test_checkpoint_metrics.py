@@ -90,7 +90,7 @@ def test_a_customer_is_counted_assessed_once_per_batch_whatever_its_events():
     assert sample("pulse_customers_assessed_total") == before + 2
 
 
-def test_a_stalled_input_is_logged_once_per_episode(caplog):
+def test_a_stalled_input_is_logged_once_per_episode_and_counted_while_it_lasts(caplog):
     report = CheckpointMetrics(BatchProcessor(Settings(_env_file=None).processor()), wall_clock=lambda: 1000.0)
     stalled = {("complaints", 0): (0, 3)}
     with caplog.at_level(logging.WARNING, logger="streams.checkpoint"):
@@ -98,5 +98,8 @@ def test_a_stalled_input_is_logged_once_per_episode(caplog):
         report._log_stalls(stalled)
         report._log_stalls({})  # read on
         report._log_stalls(stalled)
+    assert sample("pulse_clock_stalled_inputs") == 1
+    report._log_stalls({})
+    assert sample("pulse_clock_stalled_inputs") == 0
     logged = [r.getMessage() for r in caplog.records if "complaints[0]" in r.getMessage()]
     assert len(logged) == 2 and "at offset 0 of 3" in logged[0]
