@@ -106,8 +106,10 @@ def test_bench_smoke(tmp_path):
         assert positive(run["worker"]["thread_cpu_seconds"]["main"]), run["worker"]
         # the long batches, from the checkpoint histograms: counts within the run's batches
         w = run["worker"]
-        assert 0 <= w["checkpoints_over_100ms"] <= w["checkpoints_over_50ms"] <= w["batches"], w
-        assert all(0 < n <= w["batches"] for n in w["steps_over_25ms"].values()), w
+        assert 0 <= w["checkpoints_over_100ms"] <= w["checkpoints_over_50ms"] <= w["checkpoints"], w
+        # each histogram is scraped on its own: one batch may show in one and not yet in another
+        assert abs(w["checkpoints"] - w["batches"]) <= 1, w
+        assert all(0 < n <= w["batches"] + 1 for n in w["steps_over_25ms"].values()), w
 
     state = r["state"]
     assert state["customers"] == r["customers"]

@@ -49,3 +49,34 @@ CHECKS = textwrap.dedent(
 def test_a_poll_asks_for_one_metric():
     done = subprocess.run([sys.executable, "-c", CHECKS], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+DELTAS = textwrap.dedent(
+    """
+    from benchmarks.phases.common import worker_deltas
+
+    def scrape(batch_count, checkpoint_count, le_50ms, le_100ms):
+        return "\\n".join([
+            f"pulse_batch_events_count {batch_count}",
+            f"pulse_batch_events_sum {batch_count * 2}",
+            f"pulse_checkpoint_seconds_count {checkpoint_count}",
+            f"pulse_checkpoint_seconds_sum {checkpoint_count * 0.02}",
+            f'pulse_checkpoint_seconds_bucket{{le="0.05"}} {le_50ms}',
+            f'pulse_checkpoint_seconds_bucket{{le="0.1"}} {le_100ms}',
+        ])
+
+    # the first scrape came between a batch's two histograms (counted in pulse_batch_events, not yet in
+    # pulse_checkpoint_seconds); 26 batches since, 2 of them over 50 ms and none over 100 ms
+    w = worker_deltas(scrape(10, 9, 9, 9), scrape(35, 35, 33, 35))
+    assert w["batches"] == 25 and w["checkpoints"] == 26, w
+    assert w["checkpoints_over_50ms"] == 2 and w["checkpoints_over_100ms"] == 0, w
+    print("ok")
+    """
+)
+
+
+def test_the_long_batches_are_counted_against_their_own_histogram():
+    """A bench smoke run once reported -1 batches over 100 ms: counted as "batches" (another histogram's count) less
+    the checkpoint histogram's bucket, across a scrape that fell between the two observations of one batch."""
+    done = subprocess.run([sys.executable, "-c", DELTAS], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
