@@ -160,6 +160,9 @@ def test_dashboard_shows_what_operators_need():
         "pulse_router_raised_to_delivered_seconds_bucket",
         # the time the population panels are at (a held partition clock holds them all)
         "pulse_population_indicator_time_seconds",
+        # and what holds a partition clock: an input read behind, or one that reads nothing (stalled)
+        "pulse_clock_held_partitions",
+        "pulse_clock_stalled_inputs",
         # the work per event: live about one assessment, catching up far fewer (issue 18, sizing)
         "pulse_customers_assessed_total",
     ):
