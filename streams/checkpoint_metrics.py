@@ -214,7 +214,7 @@ class CheckpointMetrics:
         metrics.DUE_CUSTOMERS.inc(outcome.due_checked)
         metrics.RANK_INEXACT.inc(outcome.rank_inexact)
         metrics.CLOCK_HELD_PARTITIONS.set(len(processor.held))
-        self._log_stalls(processor.stalled() if processor.held else {})
+        self._log_stalls(processor.stalled())
         now_s = self.wall_clock()
         self.population(now_s)
         metrics.observe_many(

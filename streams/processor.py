@@ -239,6 +239,8 @@ class BatchProcessor:
         self._wall_ms: int | None = None
         #: owned partitions whose clock an input topic-partition holds back (no idle advance for them)
         self._held: set[int] = set()
+        #: input topic-partitions known behind that read nothing for a while, at the last batch (see stalled)
+        self._stalled: dict[TopicPartitionKey, tuple[int, int]] = {}
         #: the population's purchase gap, computed once per batch (churn: overdue)
         self._gap_days: float | None = None
         #: the historical CLV's lifetime from the population's churn rate (None: the fallback), once per batch
@@ -645,9 +647,13 @@ class BatchProcessor:
             if end == 0 or (position is not None and position >= end):
                 return False  # caught up
             if position is not None:
-                if read is None and self._wall_ms is not None:
-                    # nothing read yet: from now on, how long it holds without a record tells a stall (stalled)
-                    self.progress[key] = TopicProgress(active_wall_ms=self._wall_ms)
+                wall = self._wall_ms
+                if wall is not None:
+                    if read is None:
+                        # nothing read yet: from now on, how long it holds without a record tells a stall
+                        self.progress[key] = TopicProgress(active_wall_ms=wall)
+                    elif read.active_wall_ms is not None and wall - read.active_wall_ms >= self.partition_idle_ms:
+                        self._stalled[key] = (position, end)
                 return True  # known to be behind: never idle
         wall = self._wall_ms
         if wall is None:
@@ -659,27 +665,12 @@ class BatchProcessor:
         return wall - read.active_wall_ms < self.partition_idle_ms
 
     def stalled(self) -> dict[TopicPartitionKey, tuple[int, int]]:
-        """Input topic-partitions holding an owned partition's clock (known behind their end offset) from which no
-        record was read for ``clock_partition_idle_seconds``: key -> (position, end offset). Reading behind, a
-        consumer reads on; one that reads nothing while behind is not fetched, or its start position is wrong
-        (a worker once kept its partitions' clocks at an earlier time for good that way), and the clock waits
-        for it for good. The worker logs them (``CheckpointMetrics``)."""
-        out: dict[TopicPartitionKey, tuple[int, int]] = {}
-        wall, ends, starts = self._wall_ms, self._ends, self._starts
-        if wall is None or ends is None:
-            return out
-        for partition in self._held:
-            for topic in self.input_topics:
-                key = (topic, partition)
-                end, read = ends.get(key), self.progress.get(key)
-                if end is None or read is None or read.active_wall_ms is None:
-                    continue
-                position = read.next_offset
-                if position is None and starts is not None:
-                    position = starts.get(key)
-                if position is not None and position < end and wall - read.active_wall_ms >= self.partition_idle_ms:
-                    out[key] = (position, end)
-        return out
+        """Input topic-partitions that held an owned partition's clock at the last batch (known behind their end
+        offset) and from which no record was read for ``clock_partition_idle_seconds``: key -> (position, end
+        offset). Reading behind, a consumer reads on; one that reads nothing while behind is not fetched, or its
+        start position is wrong (a worker once kept its partitions' clocks at an earlier time for good that way),
+        and the clock waits for it for good. Found by :meth:`holds`; the worker logs them (``CheckpointMetrics``)."""
+        return dict(self._stalled)
 
     def live(self, partition: int) -> bool:
         """Is ``partition`` live: on a worker (end offsets known; offline the batches are all there is), its clock
@@ -704,6 +695,7 @@ class BatchProcessor:
         out-of-orderness watermark (the highest timestamp minus the bound minus 1 ms)."""
         high = self.population.clock()
         self._held = set()
+        self._stalled = {}
         for partition, part in self.population.local.items():
             lowest: int | None = None
             blocked = False

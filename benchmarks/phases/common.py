@@ -455,7 +455,7 @@ def worker_deltas(before: str, after: str) -> dict[str, Any]:
         "batches": int(batches),
         "checkpoints": int(checkpoints),
         "events_per_batch": round(d("pulse_batch_events_sum") / max(1, batches), 1),
-        "checkpoint_ms_mean": round(1000 * d("pulse_checkpoint_seconds_sum") / max(1, batches), 1),
+        "checkpoint_ms_mean": round(1000 * d("pulse_checkpoint_seconds_sum") / max(1, checkpoints), 1),
         # the long batches (pulse_checkpoint_seconds' buckets): a live event that waits behind one shows in the tail
         "checkpoints_over_50ms": int(checkpoints - d_where("pulse_checkpoint_seconds_bucket", 'le="0.05"')),
         "checkpoints_over_100ms": int(checkpoints - d_where("pulse_checkpoint_seconds_bucket", 'le="0.1"')),
