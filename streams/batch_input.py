@@ -48,6 +48,8 @@ from typing import Any, cast
 from faust.transport.consumer import Consumer
 from faust.types import TP
 
+from streams.watchdog import awaiting
+
 log = logging.getLogger(__name__)
 
 
@@ -282,6 +284,9 @@ class BatchInput:
         #: how long Faust's fetch loop waits before asking again while no partition is active (a table's recovery
         #: pauses them all; streams.faust_fixes): upstream's 1 s until :meth:`run` starts, then the batch's fill wait
         self.idle_seconds = 1.0
+        #: monotonic time the last batch started (None: none yet) and the task taking batches (see silence)
+        self.last_batch_at: float | None = None
+        self.task: asyncio.Task | None = None
         app.flow_control.manage_queue(self.queue)  # cleared with the stream queues on a rebalance
 
     async def deliver(self, records: list[InputRecord], generation_id: int) -> None:
@@ -343,6 +348,7 @@ class BatchInput:
         without a fill wait when records are queued (:meth:`BatchQueue.take`)."""
         loop = asyncio.get_running_loop()
         self.idle_seconds = within
+        self.task = asyncio.current_task()
         while True:
             records = await self.queue.take(
                 limit, within, self.pace.backlog_limit(limit, backlog_limit), backlog_from, queued_limit
@@ -353,13 +359,34 @@ class BatchInput:
             # dropped by the checkpoint's ownership filter (streams.offsets.OffsetGuard.owned).
             await self.app.flow_control.acquire()
             self.in_flight = done = loop.create_future()
-            started = self.pace.clock()
+            started = self.last_batch_at = self.pace.clock()
             try:
                 await guard(self._one(checkpoint, records))
                 self.pace.timed(len(records), self.pace.clock() - started, limit)
             finally:
                 if not done.done():
                     done.set_result(None)
+
+    def describe(self, consumer: Consumer) -> str:
+        """Where the input stands, for a worker that took no batch for long (:func:`watch_silence`): the flow,
+        the queue, the batch topics' partitions assigned, active (fetched) and paused, and what the batch loop
+        and Faust's fetch loop await."""
+        assigned = {tp for tp in consumer.assignment() if tp.topic in self.topics}
+        active = getattr(consumer, "_active_partitions", None)
+        paused: set[TP] = getattr(consumer, "_paused_partitions", set())
+        buffered: set[TP] = getattr(consumer, "_buffered_partitions", set())
+        inactive = sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned if active is not None and tp not in active)
+        fetcher = getattr(getattr(self.app, "_fetcher", None), "_drainer", None)
+        parts = [
+            f"flow {'active' if self.app.flow_control.is_active() else 'suspended'}",
+            f"{len(self.queue)} records queued (queue cleared {self.queue._clears} times)",
+            f"{len(assigned)} input partitions assigned, not active: {inactive or 'none'}",
+            f"paused: {sorted(str(tp) for tp in paused if tp.topic in self.topics) or 'none'}",
+            f"buffered: {sorted(str(tp) for tp in buffered) or 'none'}",
+            f"batch loop awaits: {'-' if self.task is None else awaiting(self.task)}",
+            f"fetch loop awaits: {'-' if fetcher is None else awaiting(fetcher)}",
+        ]
+        return "; ".join(parts)
 
     async def _one(
         self, checkpoint: Callable[[list[InputRecord]], Awaitable[Sequence[InputRecord]]], records: list[InputRecord]

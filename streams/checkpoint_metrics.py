@@ -120,6 +120,10 @@ class CheckpointMetrics:
         self._misplaced_logged: set[tuple[str, int]] = set()
         #: input topic-partitions logged as stalled (BatchProcessor.stalled), until they read on or catch up
         self._stalls_logged: set[tuple[str, int]] = set()
+        #: owned partition -> (its clock, wall seconds since when it is held at that clock), while held
+        self._held_since: dict[int, tuple[int | None, float]] = {}
+        #: partitions logged as held for long (one line per episode, until its clock moves or it is not held)
+        self._held_logged: set[int] = set()
 
     def _log_stalls(self, stalled: dict[tuple[str, int], tuple[int, int]]) -> None:
         """One warning per input topic-partition that holds its partition's clock while nothing of it is read."""
@@ -136,6 +140,39 @@ class CheckpointMetrics:
                 )
         self._stalls_logged = set(stalled)
         metrics.CLOCK_STALLED_INPUTS.set(len(stalled))
+
+    def _log_held(self, now_s: float) -> None:
+        """One warning per episode in which an owned partition's clock stays held at one time for
+        ``PULSE_CLOCK_PARTITION_IDLE_SECONDS`` while a partition reached a later time: the inputs that hold
+        it, with their read position, end offset, watermark and quiet time. A backlog being read shows
+        positions that move between two such lines; a clock held for good shows what it waits for (the
+        stall warning above covers only an input with no record read; this one any cause)."""
+        processor = self.processor
+        holding = processor.holding()
+        latest = processor.watermark_ms
+        limit_s = processor.partition_idle_ms / 1000
+        since = self._held_since
+        for partition in [p for p in since if p not in holding]:
+            del since[partition]
+            self._held_logged.discard(partition)
+        for partition, holds in holding.items():
+            clock = processor.population.clock_of(partition)
+            last = since.get(partition)
+            if last is None or last[0] != clock:
+                since[partition] = (clock, now_s)
+                self._held_logged.discard(partition)
+                continue
+            behind = latest is not None and (clock is None or clock < latest)
+            if behind and now_s - last[1] >= limit_s and partition not in self._held_logged:
+                self._held_logged.add(partition)
+                log.warning(
+                    "clock of partition %d held at %s for %.0f s while a partition reached %s; held by: %s",
+                    partition,
+                    clock,
+                    now_s - last[1],
+                    latest,
+                    "; ".join(str(h) for h in holds),
+                )
 
     def anomalies(self, outcome: BatchOutcome) -> None:
         """Misplaced records (another producer's partitioner) and contained time-driven failures."""
@@ -216,6 +253,7 @@ class CheckpointMetrics:
         metrics.CLOCK_HELD_PARTITIONS.set(len(processor.held))
         self._log_stalls(processor.stalled())
         now_s = self.wall_clock()
+        self._log_held(now_s)
         self.population(now_s)
         metrics.observe_many(
             metrics.EVENT_TO_SCORED_SECONDS,

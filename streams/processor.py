@@ -112,6 +112,27 @@ class TopicProgress:
 
 
 @dataclass(frozen=True, slots=True)
+class ClockHold:
+    """One input topic-partition that holds its partition's clock back, as the last batch saw it: what an
+    operator (and a failing test) needs to tell "still reading" from "waiting for something that never comes"
+    (:meth:`BatchProcessor.holding`)."""
+
+    topic: str
+    #: the next offset to read: after the last record read, else where the session started (None: not known)
+    position: int | None
+    #: the consumer's end offset (None: not fetched yet)
+    end: int | None
+    #: the highest event time read from it (None: none yet)
+    mark_ms: int | None
+    #: wall ms since its last record was read, or since it was first seen holding (None: no wall clock)
+    quiet_ms: int | None
+
+    def __str__(self) -> str:
+        quiet = "?" if self.quiet_ms is None else f"{self.quiet_ms / 1000:.0f} s"
+        return f"{self.topic} at offset {self.position} of {self.end}, watermark {self.mark_ms}, quiet {quiet}"
+
+
+@dataclass(frozen=True, slots=True)
 class Rejected:
     kind: str
     reason: str
@@ -241,6 +262,8 @@ class BatchProcessor:
         self._held: set[int] = set()
         #: input topic-partitions known behind that read nothing for a while, at the last batch (see stalled)
         self._stalled: dict[TopicPartitionKey, tuple[int, int]] = {}
+        #: owned partition -> the input topic-partitions that held its clock at the last batch (see holding)
+        self._holding: dict[int, list[TopicPartitionKey]] = {}
         #: the population's purchase gap, computed once per batch (churn: overdue)
         self._gap_days: float | None = None
         #: the historical CLV's lifetime from the population's churn rate (None: the fallback), once per batch
@@ -672,6 +695,25 @@ class BatchProcessor:
         and the clock waits for it for good. Found by :meth:`holds`; the worker logs them (``CheckpointMetrics``)."""
         return dict(self._stalled)
 
+    def holding(self) -> dict[int, list[ClockHold]]:
+        """Owned partitions whose clock an input topic-partition held back at the last batch, and what each of
+        those inputs stood at: a diagnostic (``CheckpointMetrics`` logs a partition held for long while others
+        moved on), computed on demand."""
+        out: dict[int, list[ClockHold]] = {}
+        ends, starts, wall = self._ends or {}, self._starts or {}, self._wall_ms
+        for partition, keys in self._holding.items():
+            holds = []
+            for key in keys:
+                read = self.progress.get(key)
+                position = None if read is None else read.next_offset
+                if position is None:
+                    position = starts.get(key)
+                active = None if read is None else read.active_wall_ms
+                quiet = None if wall is None or active is None else wall - active
+                holds.append(ClockHold(key[0], position, ends.get(key), None if read is None else read.mark_ms, quiet))
+            out[partition] = holds
+        return out
+
     def live(self, partition: int) -> bool:
         """Is ``partition`` live: on a worker (end offsets known; offline the batches are all there is), its clock
         within ``historical_alert_seconds`` of the wall clock (the alerts it raises are not historical)? Then its
@@ -696,6 +738,7 @@ class BatchProcessor:
         high = self.population.clock()
         self._held = set()
         self._stalled = {}
+        self._holding = {}
         for partition, part in self.population.local.items():
             lowest: int | None = None
             blocked = False
@@ -704,6 +747,7 @@ class BatchProcessor:
                 if not self.holds(key):
                     continue
                 self._held.add(partition)
+                self._holding.setdefault(partition, []).append(key)
                 read = self.progress.get(key)
                 mark = None if read is None else read.mark_ms
                 if mark is None or mark <= MIN_TIME_MS:

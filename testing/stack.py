@@ -122,6 +122,29 @@ class Worker:
     def stop(self, timeout: float = 30) -> None:
         stop_process(self.proc, timeout)
 
+    def digest(self, lines: int = 30, width: int = 400) -> str:
+        """What a failure message should start with (CI keeps the start of a long one): alive or its exit status,
+        the clock and batch gauges, and its warning and error lines (each once, the first ``lines``, cut at
+        ``width``), skipping the start-up tables that fill a log tail."""
+        status = "running" if self.alive() else f"exited {self.proc.returncode}"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=3) as response:
+                scraped = response.read().decode(errors="replace").splitlines()
+            wanted = ("pulse_clock_", "pulse_checkpoint_seconds_count", "pulse_batch_events_count")
+            gauges = ", ".join(line for line in scraped if line.startswith(wanted))
+        except OSError as exc:
+            gauges = f"metrics not read: {exc}"
+        seen: set[str] = set()
+        picked = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            if " [WARNING] " in line or " [ERROR] " in line or " [CRITICAL] " in line:
+                text = line.split("] ", 3)[-1][:width]
+                if text not in seen:
+                    seen.add(text)
+                    picked.append(line[:width])
+        shown = picked[:lines] + ([f"... {len(picked) - lines} more"] if len(picked) > lines else [])
+        return "\n".join([f"{status}; {gauges}", *shown])
+
 
 def start_process(argv: list[str], env: dict[str, str], log: Path, append: bool = False) -> subprocess.Popen:
     """``argv`` in this checkout, its output in ``log`` (appended to when ``append``: a restarted process keeps

@@ -261,6 +261,28 @@ def register(pulse: PulseApp) -> BatchProcessor:
                 queued_limit=settings.batch_queued_max_events or None,
             )
 
+        # every owned partition's sweep tick brings a batch each PULSE_SWEEP_TICK_SECONDS: none for much longer
+        # means the input stopped (a flow left suspended, partitions left paused, a fetch loop stuck), which no
+        # checkpoint can report; say where it stands, once per silence
+        silence_seconds = max(settings.checkpoint_stall_warn_seconds, 10 * settings.sweep_tick_seconds)
+        silent_logged = False
+
+        @pulse.app.timer(silence_seconds / 2, name="watch_input_silence")
+        async def watch_input_silence() -> None:
+            nonlocal silent_logged
+            last = tap.last_batch_at
+            quiet = None if last is None else tap.pace.clock() - last
+            assigned = any(tp.topic in inputs for tp in pulse.app.consumer.assignment())
+            silent = quiet is not None and assigned and quiet >= silence_seconds
+            if silent and not silent_logged and not pulse.app.rebalancing:
+                log.warning(
+                    "no batch for %.0f s although sweep ticks come every %s s: %s",
+                    quiet,
+                    settings.sweep_tick_seconds,
+                    tap.describe(cast(Any, pulse.app.consumer)),
+                )
+            silent_logged = silent
+
         return processor
 
     @pulse.app.agent(pulse.customer_events, name="score_customer_events")

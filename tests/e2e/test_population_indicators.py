@@ -132,8 +132,9 @@ def test_stats_and_gauges_equal_the_batch_reference(namespace, start_worker):
     converged = wait_until(lambda: matches(stats_now()), timeout=max(60.0, CONVERGE_SECONDS), every=1.0)  # hang guard
     elapsed = time.monotonic() - started
     if not converged:
+        digests = "\n".join(f"--- worker {n}: {w.digest()}" for n, w in enumerate(workers))
         logs = "\n".join(f"--- worker {n}\n{w.log_tail(120)}" for n, w in enumerate(workers))
-        pytest.fail(f"{stats_now()}\n{expected}\nclock_ms {clock_ms}\n{snapshot_history(namespace)}\n{logs}")
+        pytest.fail(f"{digests}\n{stats_now()}\n{expected}\nclock_ms {clock_ms}\n{snapshot_history(namespace)}\n{logs}")
     print(f"\n[e2e] {len(arrivals)} events through 2 workers: indicators converged in {elapsed:.1f}s: {expected}")
 
     # what the workers applied is committed, while they run: the group's lag (kafka-consumer-groups) is 0, and a

@@ -447,3 +447,33 @@ def test_run_takes_a_smaller_backlog_batch_when_the_measured_pace_would_outlast_
         assert tap.applied == {TP(ORDERS, 0): sum(sizes)}
 
     asyncio.run(go())
+
+
+def test_describe_says_where_a_silent_input_stands_and_what_the_batch_loop_awaits():
+    async def go() -> None:
+        app = FakeApp()
+        tap = BatchInput(app, [ORDERS], 100)
+        consumer = FakeConsumer(app, {TP(ORDERS, 0): [], TP(ORDERS, 1): []}, active={TP(ORDERS, 0)})
+        consumer._active_partitions = {TP(ORDERS, 0)}  # type: ignore[attr-defined]
+        consumer._paused_partitions = {TP(ORDERS, 1)}  # type: ignore[attr-defined]
+
+        async def checkpoint(batch: list[InputRecord]) -> list[InputRecord]:
+            return batch
+
+        async def guard(work: Any) -> None:
+            await work
+
+        runner = asyncio.ensure_future(tap.run(checkpoint, 10, 0.01, guard))
+        await tap.deliver([rec(ORDERS, 0, 1)], 1)
+        await asyncio.sleep(0.05)
+        assert tap.last_batch_at is not None
+        app.flow_control.suspend()
+        text = tap.describe(consumer)  # type: ignore[arg-type]
+        runner.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await runner
+        assert "flow suspended" in text and "0 records queued" in text
+        assert "2 input partitions assigned, not active: ['orders[1]']" in text
+        assert "paused: [" in text and "batch loop awaits: BatchInput.run" in text and "take" in text
+
+    asyncio.run(go())

@@ -10,7 +10,7 @@ from prometheus_client import REGISTRY
 from pulse_config.settings import Settings
 from scoring.customer import CustomerState
 from streams.checkpoint_metrics import CheckpointMetrics
-from streams.processor import BatchOutcome, BatchProcessor, Incoming
+from streams.processor import BatchOutcome, BatchProcessor, ClockHold, Incoming
 
 
 def sample(name: str, **labels: str) -> float:
@@ -103,3 +103,51 @@ def test_a_stalled_input_is_logged_once_per_episode_and_counted_while_it_lasts(c
     assert sample("pulse_clock_stalled_inputs") == 0
     logged = [r.getMessage() for r in caplog.records if "complaints[0]" in r.getMessage()]
     assert len(logged) == 2 and "at offset 0 of 3" in logged[0]
+
+
+class HeldProcessor:
+    """The processor's side that ``CheckpointMetrics._log_held`` reads, set by the test between batches."""
+
+    partition_idle_ms = 10_000
+
+    def __init__(self) -> None:
+        self.clocks: dict[int, int | None] = {0: 100, 1: 500}
+        self.watermark_ms: int | None = 500
+        self.holds: dict[int, list[ClockHold]] = {}
+        self.population = self
+
+    def clock_of(self, partition: int) -> int | None:
+        return self.clocks.get(partition)
+
+    def holding(self) -> dict[int, list[ClockHold]]:
+        return self.holds
+
+
+def test_a_partition_clock_held_behind_the_others_is_logged_once_per_episode_with_what_holds_it(caplog):
+    processor = HeldProcessor()
+    report = CheckpointMetrics(processor, wall_clock=lambda: 0.0)  # type: ignore[arg-type]  # the fake above
+    hold = ClockHold("complaints", 2, 3, 90, 4_000)
+    processor.holds = {0: [hold]}
+    with caplog.at_level(logging.WARNING, logger="streams.checkpoint"):
+        for now in (0.0, 5.0, 9.9):
+            report._log_held(now)
+        assert not caplog.records  # held, but not for 10 s yet
+        report._log_held(10.0)
+        report._log_held(20.0)
+        processor.clocks[0] = 200  # moved: a new episode if it stays held again
+        report._log_held(21.0)
+        report._log_held(30.0)
+        processor.watermark_ms = 200  # held, but no partition is later: a partition reading its own backlog
+        report._log_held(40.0)
+        processor.watermark_ms = 500
+        report._log_held(41.0)
+        processor.holds = {}  # caught up
+        report._log_held(42.0)
+        processor.holds = {0: [hold]}
+        report._log_held(43.0)
+        report._log_held(52.0)
+    logged = [r.getMessage() for r in caplog.records]
+    assert len(logged) == 2, logged
+    assert "partition 0 held at 100 for 10 s while a partition reached 500" in logged[0]
+    assert "complaints at offset 2 of 3, watermark 90, quiet 4 s" in logged[0]
+    assert "held at 200 for 20 s" in logged[1]

@@ -304,6 +304,28 @@ def test_a_topic_partition_behind_that_reads_nothing_is_reported_stalled_and_one
     assert w.processor.held == {0} and w.processor.stalled() == {}  # reads on: not stalled
 
 
+def test_holding_names_each_input_that_holds_a_partition_clock_with_its_position_end_and_quiet_time():
+    w = Worker(Settings(_env_file=None, clock_partition_idle_seconds=30))
+    for n in range(3):
+        w.produce(ORDERS, "C", order("C", iso(n), n))
+    w.produce(SURVEYS, "S", survey("S", iso(5), 0))
+    wall = (D0 + 10) * DAY_MS
+    ends = w.ends()
+    starts = dict.fromkeys(ends, 0)
+    o0 = [Incoming(ORDERS, 0, 0, b"C", w.log[(ORDERS, 0)][0][1])]
+    w.processor.process(o0, lambda k: CustomerState(), wall, ends, starts)
+    holds = {h.topic: h for h in w.processor.holding()[0]}  # two of three orders and the survey unread
+    assert (holds[ORDERS].position, holds[ORDERS].end, holds[ORDERS].mark_ms) == (1, 3, D0 * DAY_MS)
+    assert (holds[SURVEYS].position, holds[SURVEYS].end, holds[SURVEYS].mark_ms) == (0, 1, None)
+    assert holds[ORDERS].quiet_ms == 0 and holds[SURVEYS].quiet_ms == 0
+    w.processor.process([], lambda k: CustomerState(), wall + 12_000, ends, starts)
+    holds = {h.topic: h for h in w.processor.holding()[0]}
+    assert holds[ORDERS].quiet_ms == 12_000 and holds[SURVEYS].quiet_ms == 12_000
+    assert "at offset 1 of 3" in str(holds[ORDERS]) and "quiet 12 s" in str(holds[ORDERS])
+    w.processor.process([], lambda k: CustomerState(), wall + 13_000, dict.fromkeys(ends, 0), starts)
+    assert w.processor.holding() == {}  # caught up (empty logs): nothing holds
+
+
 def test_read_starts_is_the_next_offset_to_apply_else_the_committed_offset_else_0():
     ledger = OffsetLedger([ORDERS, SURVEYS])
     kept, committed_only, new = TP(ORDERS, 0), TP(SURVEYS, 0), TP(ORDERS, 1)
