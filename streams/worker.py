@@ -4,7 +4,9 @@ metrics, start the Faust worker."""
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import gc
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -65,6 +67,9 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
         # before the app: creating it takes the current event loop (the app's and then the worker's), so a loop
         # set after it was never used (until session 10 the worker ran on asyncio's loop whatever the setting)
         asyncio.set_event_loop(asyncio.new_event_loop())
+        # `kill -QUIT <pid>` writes every thread's Python stack to the worker's output, even when the event loop
+        # is stuck (mode's SIGUSR1 dump of the tasks needs a running loop); the worker goes on
+        faulthandler.register(signal.SIGQUIT, file=sys.stderr, all_threads=True, chain=False)
         pulse = create_app(settings, settings.processor(clv_params))
         services = [StatusPublisher(pulse.app, status)] if api is not None else []
         faust.Worker(pulse.app, *services, loglevel=loglevel).execute_from_commandline()

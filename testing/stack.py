@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -127,13 +128,18 @@ class Worker:
         the clock and batch gauges, and its warning and error lines (each once, the first ``lines``, cut at
         ``width``), skipping the start-up tables that fill a log tail."""
         status = "running" if self.alive() else f"exited {self.proc.returncode}"
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=3) as response:
-                scraped = response.read().decode(errors="replace").splitlines()
-            wanted = ("pulse_clock_", "pulse_checkpoint_seconds_count", "pulse_batch_events_count")
-            gauges = ", ".join(line for line in scraped if line.startswith(wanted))
-        except OSError as exc:
-            gauges = f"metrics not read: {exc}"
+        # twice, two seconds apart: do batches still run (checkpoint count), does it spin (CPU seconds)?
+        first = self._scrape()
+        time.sleep(2.0)
+        gauges = f"{first}\n  2 s later: {self._scrape()}"
+        dump: list[str] = []
+        if self.alive():
+            # every thread's stack (streams.worker registers faulthandler on SIGQUIT): where a stuck loop waits
+            before = len(self.log.read_text(errors="replace").splitlines())
+            self.proc.send_signal(signal.SIGQUIT)
+            time.sleep(1.0)
+            dump = [line[:width] for line in self.log.read_text(errors="replace").splitlines()[before:]]
+            dump = [line for line in dump if line.startswith(("Thread 0x", "Current thread", "  File"))][:80]
         seen: set[str] = set()
         picked = []
         for line in self.log.read_text(errors="replace").splitlines():
@@ -143,7 +149,21 @@ class Worker:
                     seen.add(text)
                     picked.append(line[:width])
         shown = picked[:lines] + ([f"... {len(picked) - lines} more"] if len(picked) > lines else [])
-        return "\n".join([f"{status}; {gauges}", *shown])
+        return "\n".join([f"{status}; {gauges}", *shown, *(["threads:", *dump] if dump else [])])
+
+    def _scrape(self) -> str:
+        wanted = (
+            "pulse_clock_",
+            "pulse_checkpoint_seconds_count",
+            "pulse_batch_events_count",
+            "process_cpu_seconds_total",
+        )
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=3) as response:
+                scraped = response.read().decode(errors="replace").splitlines()
+        except OSError as exc:
+            return f"metrics not read: {exc}"
+        return ", ".join(line for line in scraped if line.startswith(wanted))
 
 
 def start_process(argv: list[str], env: dict[str, str], log: Path, append: bool = False) -> subprocess.Popen:
