@@ -54,7 +54,13 @@ async def publish_changed(
     this timer, which crashed the worker at a rebalance: tests/e2e/test_deploy_smoke.py, session 13.) A rebuilt
     partition is a new object, so it is published even where its version and buckets equal the last ones sent; the
     entries of partitions no longer owned are forgotten at each call, so a dropped partition's object (its rank
-    indexes: large at a million customers) is not kept beyond one publish interval."""
+    indexes: large at a million customers) is not kept beyond one publish interval.
+
+    What is recorded as published is the version the snapshot was taken at, not the one after the send: a batch
+    that runs while the send is awaited (moving the clock to the last event's time, say) changes the partition
+    after its snapshot, and recording the later version marked that change as sent. With no later change the
+    partition was never published again, and every worker's population indicators stayed at the earlier time for
+    good (CI, sessions 16, 19 and 20: ``test_population_indicators``, every count right)."""
     for gone in published.keys() - view.local.keys():
         del published[gone]
     exact = view.exact_buckets()
@@ -65,9 +71,11 @@ async def publish_changed(
         last = published.get(partition)
         if last is not None and last[0] is part and last[1] == part.version and last[2] == exact:
             continue
+        # the version of what is sent, read with it: a batch may change the partition while the send is awaited
+        version = part.version
         snapshot = view.snapshot(partition, exact)
         await send(partition, snapshot)
-        published[partition] = (part, part.version, exact)
+        published[partition] = (part, version, exact)
 
 
 def register(pulse: PulseApp, processor: BatchProcessor) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
+
 from pulse_config.settings import Settings
 from scoring.population import PopulationView
 from streams.agents.population import Published, publish_changed
@@ -60,5 +62,34 @@ def test_a_changed_partition_is_published_again():
         view.partition(0).version += 1
         await publish_changed(view, send, published)
         assert sent == [0, 0]
+
+    asyncio.run(go())
+
+
+def test_a_clock_moved_while_the_partition_s_snapshot_is_sent_is_published_at_the_next_call():
+    """CI (sessions 16, 19, 20): a batch ran while a partition's snapshot was being sent and moved its clock to
+    the last event's time. The publisher recorded the version it found after the send as published, so the move
+    was never sent: the population indicators stayed at the earlier time for good, every count right."""
+
+    async def go() -> None:
+        view = view_of(0, 1)
+        view.partition(0).move_clock(1_000)
+        view.partition(1).move_clock(1_000)
+        sent: list[tuple[int, int | None]] = []
+        published: Published = {}
+
+        async def send(partition: int, snapshot: bytes) -> None:
+            sent.append((partition, orjson.loads(snapshot)["clock_ms"]))
+            if len(sent) == 1:  # the batch, while partition 0's snapshot is in flight: both clocks move
+                view.partition(0).move_clock(2_000)
+                view.partition(1).move_clock(2_000)
+            await asyncio.sleep(0)
+
+        await publish_changed(view, send, published)
+        assert sent == [(0, 1_000), (1, 2_000)]
+        await publish_changed(view, send, published)
+        assert sent[2:] == [(0, 2_000)]  # the move of partition 0 is sent; partition 1 was already
+        await publish_changed(view, send, published)
+        assert len(sent) == 3
 
     asyncio.run(go())
