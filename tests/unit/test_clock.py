@@ -284,14 +284,19 @@ def test_a_partition_kept_through_a_rebalance_before_its_first_commit_follows_th
         assert (w.processor.held == {0}) is not follows
 
 
-def test_a_topic_partition_behind_that_reads_nothing_is_reported_stalled_and_one_reading_on_is_not():
+def three_orders_and_a_survey() -> tuple[Worker, int, dict[tuple[str, int], int], dict[tuple[str, int], int]]:
+    """A worker idle after 30 s, three orders and one survey in partition 0: the worker, the wall clock, the end
+    offsets and the start offsets."""
     w = Worker(Settings(_env_file=None, clock_partition_idle_seconds=30))
     for n in range(3):
         w.produce(ORDERS, "C", order("C", iso(n), n))
     w.produce(SURVEYS, "S", survey("S", iso(5), 0))
-    wall = (D0 + 10) * DAY_MS
     ends = w.ends()
-    starts = dict.fromkeys(ends, 0)
+    return w, (D0 + 10) * DAY_MS, ends, dict.fromkeys(ends, 0)
+
+
+def test_a_topic_partition_behind_that_reads_nothing_is_reported_stalled_and_one_reading_on_is_not():
+    w, wall, ends, starts = three_orders_and_a_survey()
     s0 = [Incoming(SURVEYS, 0, 0, b"S", w.log[(SURVEYS, 0)][0][1])]
     w.processor.process(s0, lambda k: CustomerState(), wall, ends, starts)
     assert w.processor.held == {0} and w.processor.stalled() == {}  # orders[0] behind: just seen
@@ -305,13 +310,7 @@ def test_a_topic_partition_behind_that_reads_nothing_is_reported_stalled_and_one
 
 
 def test_holding_names_each_input_that_holds_a_partition_clock_with_its_position_end_and_quiet_time():
-    w = Worker(Settings(_env_file=None, clock_partition_idle_seconds=30))
-    for n in range(3):
-        w.produce(ORDERS, "C", order("C", iso(n), n))
-    w.produce(SURVEYS, "S", survey("S", iso(5), 0))
-    wall = (D0 + 10) * DAY_MS
-    ends = w.ends()
-    starts = dict.fromkeys(ends, 0)
+    w, wall, ends, starts = three_orders_and_a_survey()
     o0 = [Incoming(ORDERS, 0, 0, b"C", w.log[(ORDERS, 0)][0][1])]
     w.processor.process(o0, lambda k: CustomerState(), wall, ends, starts)
     holds = {h.topic: h for h in w.processor.holding()[0]}  # two of three orders and the survey unread
