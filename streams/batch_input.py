@@ -368,7 +368,8 @@ class BatchInput:
                     done.set_result(None)
 
     def describe(self, consumer: Consumer) -> str:
-        """Where the input stands, for a worker that took no batch for long (:func:`watch_silence`): the flow,
+        """Where the input stands, for a worker that took no batch for long (the worker's ``watch_input_silence``
+        timer, streams.agents.customer_events): the flow,
         the queue, the batch topics' partitions assigned, active (fetched) and paused, and what the batch loop
         and Faust's fetch loop await."""
         assigned = {tp for tp in consumer.assignment() if tp.topic in self.topics}

@@ -124,9 +124,10 @@ class Worker:
         stop_process(self.proc, timeout)
 
     def digest(self, lines: int = 30, width: int = 400) -> str:
-        """What a failure message should start with (CI keeps the start of a long one): alive or its exit status,
-        the clock and batch gauges, and its warning and error lines (each once, the first ``lines``, cut at
-        ``width``), skipping the start-up tables that fill a log tail."""
+        """What a failure message should start with (CI keeps the start of a long one): alive or its exit status;
+        the clock gauges, batch count and CPU seconds, scraped twice 2 s apart (do batches still run? does it
+        spin?); its warning and error lines (each once, the first ``lines``, cut at ``width``), skipping the
+        start-up tables that fill a log tail; and, if it runs, every thread's stack (SIGQUIT: streams.worker)."""
         status = "running" if self.alive() else f"exited {self.proc.returncode}"
         # twice, two seconds apart: do batches still run (checkpoint count), does it spin (CPU seconds)?
         first = self._scrape()
