@@ -109,6 +109,10 @@ class TopicProgress:
     next_offset: int | None = None
     #: wall time of the last record read, or when the topic-partition was first seen (idleness)
     active_wall_ms: int | None = None
+    #: wall time since when it is known behind its end offset (None: caught up, or not known): a stall is behind
+    #: and unread for the idle time, counted from the later of the two (a sparse input quiet for minutes is
+    #: behind for a moment each time a fetch brings a new end offset before its record is read)
+    behind_wall_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -668,15 +672,21 @@ class BatchProcessor:
             position = self._starts.get(key)
         if end is not None:
             if end == 0 or (position is not None and position >= end):
+                if read is not None:
+                    read.behind_wall_ms = None
                 return False  # caught up
             if position is not None:
                 wall = self._wall_ms
                 if wall is not None:
                     if read is None:
                         # nothing read yet: from now on, how long it holds without a record tells a stall
-                        self.progress[key] = TopicProgress(active_wall_ms=wall)
-                    elif read.active_wall_ms is not None and wall - read.active_wall_ms >= self.partition_idle_ms:
-                        self._stalled[key] = (position, end)
+                        self.progress[key] = TopicProgress(active_wall_ms=wall, behind_wall_ms=wall)
+                    else:
+                        if read.behind_wall_ms is None:
+                            read.behind_wall_ms = wall
+                        quiet_since = max(read.behind_wall_ms, read.active_wall_ms or read.behind_wall_ms)
+                        if wall - quiet_since >= self.partition_idle_ms:
+                            self._stalled[key] = (position, end)
                 return True  # known to be behind: never idle
         wall = self._wall_ms
         if wall is None:
@@ -689,10 +699,13 @@ class BatchProcessor:
 
     def stalled(self) -> dict[TopicPartitionKey, tuple[int, int]]:
         """Input topic-partitions that held an owned partition's clock at the last batch (known behind their end
-        offset) and from which no record was read for ``clock_partition_idle_seconds``: key -> (position, end
-        offset). Reading behind, a consumer reads on; one that reads nothing while behind is not fetched, or its
-        start position is wrong (a worker once kept its partitions' clocks at an earlier time for good that way),
-        and the clock waits for it for good. Found by :meth:`holds`; the worker logs them (``CheckpointMetrics``)."""
+        offset) and from which no record was read for ``clock_partition_idle_seconds`` while behind: key ->
+        (position, end offset). Reading behind, a consumer reads on; one that reads nothing while behind is not
+        fetched, or its start position is wrong, and the clock waits for it for good. The quiet time counts from
+        the later of its last read and the moment it fell behind: a sparse input quiet for minutes falls behind
+        for a moment whenever a fetch brings a new end offset before a batch reads its record (counted from the
+        last read alone, every such moment was a stall: the fresh clone of fed23c8 logged one per input at the
+        end of a Redis outage). Found by :meth:`holds`; the worker logs them (``CheckpointMetrics``)."""
         return dict(self._stalled)
 
     def holding(self) -> dict[int, list[ClockHold]]:

@@ -309,6 +309,26 @@ def test_a_topic_partition_behind_that_reads_nothing_is_reported_stalled_and_one
     assert w.processor.held == {0} and w.processor.stalled() == {}  # reads on: not stalled
 
 
+def test_an_input_quiet_for_long_that_gets_a_record_is_not_stalled_until_it_stays_behind_unread():
+    """A sparse live topic (a complaint every few minutes): caught up, then a fetch shows a new end offset while a
+    batch is in flight, before the new record is read. That is not a stall (the fresh clone of fed23c8 logged one
+    per input at the end of a Redis outage); it is once it stays behind unread for the idle time."""
+    w, wall, ends, starts = three_orders_and_a_survey()
+    batch = [Incoming(ORDERS, 0, n, b"C", w.log[(ORDERS, 0)][n][1]) for n in range(3)]
+    batch += [Incoming(SURVEYS, 0, 0, b"S", w.log[(SURVEYS, 0)][0][1])]
+    w.processor.process(batch, lambda k: CustomerState(), wall, ends, starts)
+    assert w.processor.held == set()  # all read
+    w.processor.process([], lambda k: CustomerState(), wall + 60_000, ends, starts)  # a minute of quiet
+    w.produce(ORDERS, "C", order("C", iso(6), 3))
+    later = w.ends()  # a fetch brought the new end offset; its record is queued for the next batch
+    w.processor.process([], lambda k: CustomerState(), wall + 61_000, later, starts)
+    assert w.processor.held == {0} and w.processor.stalled() == {}  # behind for a moment only
+    w.processor.process([], lambda k: CustomerState(), wall + 90_000, later, starts)
+    assert w.processor.stalled() == {}
+    w.processor.process([], lambda k: CustomerState(), wall + 91_000, later, starts)
+    assert w.processor.stalled() == {(ORDERS, 0): (3, 4)}  # behind and unread for the idle time (30 s): stalled
+
+
 def test_holding_names_each_input_that_holds_a_partition_clock_with_its_position_end_and_quiet_time():
     w, wall, ends, starts = three_orders_and_a_survey()
     o0 = [Incoming(ORDERS, 0, 0, b"C", w.log[(ORDERS, 0)][0][1])]
