@@ -196,6 +196,9 @@ class RedisProfileSink:
         self._retry_task: asyncio.Task | None = None
         # one write in flight at a time, so an older profile never lands after a newer one
         self._lock = asyncio.Lock()
+        #: how many times :meth:`settle` dropped the pending profiles (a write in flight across one keeps its
+        #: profiles dropped if it fails)
+        self._settled = 0
 
     @property
     def pending(self) -> int:
@@ -222,11 +225,19 @@ class RedisProfileSink:
             return True
         batch = self._pending
         self._pending = {}
+        settled = self._settled
         try:
             await self._write(*pack_batch(batch, self._prefix))
         except (RedisError, OSError) as exc:
             metrics.REDIS_WRITE_ERRORS.inc()
             self._failing = True
+            if self._settled != settled:
+                # a rebalance settled while this write hung: its partitions may have a new owner, whose newer
+                # profiles a retry of these would overwrite (the owners re-write theirs in their sweep rounds)
+                log.warning("redis write of %d profiles failed after a rebalance settled: dropped: %s", len(batch), exc)
+                metrics.REDIS_PENDING_PROFILES.set(len(self._pending))
+                self._ensure_retry()
+                return False
             log.warning("redis write of %d profiles failed, will retry: %s", len(batch), exc)
             # newer profiles submitted meanwhile win over the failed batch
             self._pending = {**batch, **self._pending}
@@ -281,7 +292,9 @@ class RedisProfileSink:
 
         For a rebalance: once this worker gives partitions up, a write of its own that lands late could
         overwrite a newer profile written by their next owner. The owners re-write every profile of their
-        partitions in their first sweep round after the rebalance, so nothing dropped here stays missing.
+        partitions in their first sweep round after the rebalance, so nothing dropped here stays missing. A write
+        still in flight after ``timeout`` may land late; if it fails, its profiles are dropped too, not retried
+        (the copy it took before its await used to be put back and written by the retry loop, much later).
         """
         try:
             await asyncio.wait_for(self._lock.acquire(), timeout)
@@ -289,6 +302,7 @@ class RedisProfileSink:
             log.warning("redis write still in flight after %.1fs at a rebalance: it may land late", timeout)
         else:
             self._lock.release()
+        self._settled += 1  # a write still in flight does not put its profiles back if it fails
         dropped = len(self._pending)
         self._pending.clear()  # no await since the write finished: no other write starts in between
         metrics.REDIS_PENDING_PROFILES.set(0)

@@ -93,3 +93,25 @@ def test_a_clock_moved_while_the_partition_s_snapshot_is_sent_is_published_at_th
         assert len(sent) == 3
 
     asyncio.run(go())
+
+
+def test_a_snapshot_whose_send_failed_is_sent_again_at_the_next_call():
+    async def go() -> None:
+        view = view_of(0, 1)
+        sent: list[int] = []
+        published: Published = {}
+        failures = [OSError("not acknowledged")]
+
+        async def send(partition: int, snapshot: bytes) -> None:
+            if partition == 0 and failures:
+                raise failures.pop()
+            sent.append(partition)
+
+        await publish_changed(view, send, published)
+        assert sent == [1] and 0 not in published  # partition 1 still sent after partition 0's failure
+        await publish_changed(view, send, published)
+        assert sent == [1, 0]
+        await publish_changed(view, send, published)
+        assert sent == [1, 0]
+
+    asyncio.run(go())
