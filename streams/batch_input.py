@@ -377,15 +377,17 @@ class BatchInput:
         paused: set[TP] = getattr(consumer, "_paused_partitions", set())
         buffered: set[TP] = getattr(consumer, "_buffered_partitions", set())
         inactive = sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned if active is not None and tp not in active)
-        fetcher = getattr(getattr(self.app, "_fetcher", None), "_drainer", None)
+        # Faust's fetch loop runs as a task of its Fetcher service: the one whose chain passes Fetcher._fetcher
+        chains = [awaiting(task) for task in asyncio.all_tasks()]
+        fetch_loop = next((chain for chain in chains if "Fetcher._fetcher" in chain), "-")
         parts = [
             f"flow {'active' if self.app.flow_control.is_active() else 'suspended'}",
             f"{len(self.queue)} records queued (queue cleared {self.queue._clears} times)",
-            f"{len(assigned)} input partitions assigned, not active: {inactive or 'none'}",
+            f"{len(assigned)} partitions of its topics assigned, not active: {inactive or 'none'}",
             f"paused: {sorted(str(tp) for tp in paused if tp.topic in self.topics) or 'none'}",
             f"buffered: {sorted(str(tp) for tp in buffered) or 'none'}",
             f"batch loop awaits: {'-' if self.task is None else awaiting(self.task)}",
-            f"fetch loop awaits: {'-' if fetcher is None else awaiting(fetcher)}",
+            f"fetch loop awaits: {fetch_loop}",
         ]
         return "; ".join(parts)
 

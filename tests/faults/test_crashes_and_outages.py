@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import threading
 import time
 import urllib.request
@@ -269,3 +270,45 @@ def test_redis_outage_processing_goes_on_and_redis_converges(namespace, start_wo
         assert worker.alive()
     finally:
         server.stop()
+
+
+#: how long the broker is frozen: past the worker's silence warning (2 s here), short of the group's session
+#: timeout (6 s in tests), so the group keeps its members and the worker must simply go on
+FREEZE_SECONDS = 4.5
+
+
+def test_a_frozen_broker_is_reported_as_a_silent_input_and_nothing_is_lost(namespace, start_worker, devstack):
+    """The broker process stops (SIGSTOP: a VM stall, a long GC pause) mid-stream, then goes on. The worker takes
+    no batch meanwhile (not even its sweep ticks), logs where its input stands once (``watch_input_silence``),
+    and afterwards every profile equals the uninterrupted reference."""
+    events = generate_events(customers=120, days=300, seed=9, end=datetime(2026, 6, 1, tzinfo=UTC))
+    s = namespace.settings
+    topics = s.input_topics()
+    expected = uninterrupted_profiles(events, s)
+    stream = [(kind, e["customer_id"].encode(), orjson.dumps(e)) for kind, e in events]
+    halves = [stream[: len(stream) // 2], stream[len(stream) // 2 :]]
+    # a tick every 0.2 s and a 2 s stall warning: silent after max(2, 10 ticks) = 2 s without a batch
+    worker = start_worker(PULSE_SWEEP_TICK_SECONDS="0.2", PULSE_CHECKPOINT_STALL_WARN_SECONDS="2")
+    send_stream(namespace.bootstrap, topics, halves[0], 1, 0)
+
+    def applied() -> float:
+        try:
+            return scraped(worker.metrics_port).get("pulse_events_total", 0)
+        except OSError:  # its metrics server is not up yet
+            return 0
+
+    assert wait_until(lambda: applied() >= len(halves[0])), worker.digest()
+    broker = devstack.broker.proc
+    broker.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(FREEZE_SECONDS)
+    finally:
+        broker.send_signal(signal.SIGCONT)
+    silent = [line for line in worker.log.read_text(errors="replace").splitlines() if "no batch for" in line]
+    send_stream(namespace.bootstrap, topics, halves[1], 1, 0)
+    converged = wait_until(lambda: not profile_diffs(s, expected), timeout=120)
+    diffs = profile_diffs(s, expected)
+    report(f"broker frozen {FREEZE_SECONDS:g} s", events_sent=len(stream), differing_profiles=len(diffs))
+    assert converged, f"{worker.digest()}\n{len(diffs)} of {len(expected)} differ, e.g. {diffs[:2]}"
+    assert worker.alive()
+    assert len(silent) == 1 and "flow active" in silent[0] and "batch loop awaits" in silent[0], worker.digest()

@@ -473,7 +473,7 @@ def test_describe_says_where_a_silent_input_stands_and_what_the_batch_loop_await
         with pytest.raises(asyncio.CancelledError):
             await runner
         assert "flow suspended" in text and "0 records queued" in text
-        assert "2 input partitions assigned, not active: ['orders[1]']" in text
+        assert "2 partitions of its topics assigned, not active: ['orders[1]']" in text
         assert "paused: [" in text and "batch loop awaits: BatchInput.run" in text and "take" in text
 
     asyncio.run(go())
