@@ -284,7 +284,8 @@ class BatchInput:
         #: how long Faust's fetch loop waits before asking again while no partition is active (a table's recovery
         #: pauses them all; streams.faust_fixes): upstream's 1 s until :meth:`run` starts, then the batch's fill wait
         self.idle_seconds = 1.0
-        #: monotonic time the last batch started (None: none yet) and the task taking batches (see silence)
+        #: monotonic time the last batch started or ended (None: none yet) and the task taking batches (a worker
+        #: that took none for long says where its input stands: :meth:`describe`)
         self.last_batch_at: float | None = None
         self.task: asyncio.Task | None = None
         app.flow_control.manage_queue(self.queue)  # cleared with the stream queues on a rebalance
@@ -364,8 +365,17 @@ class BatchInput:
                 await guard(self._one(checkpoint, records))
                 self.pace.timed(len(records), self.pace.clock() - started, limit)
             finally:
+                self.last_batch_at = self.pace.clock()
                 if not done.done():
                     done.set_result(None)
+
+    def silent_for(self) -> float | None:
+        """Seconds since the last batch started or ended, while none is in flight (a long checkpoint is the
+        checkpoint watchdog's to report); None before the first batch or during one."""
+        last, in_flight = self.last_batch_at, self.in_flight
+        if last is None or (in_flight is not None and not in_flight.done()):
+            return None
+        return self.pace.clock() - last
 
     def describe(self, consumer: Consumer) -> str:
         """Where the input stands, for a worker that took no batch for long (the worker's ``watch_input_silence``

@@ -270,8 +270,7 @@ def register(pulse: PulseApp) -> BatchProcessor:
         @pulse.app.timer(silence_seconds / 2, name="watch_input_silence")
         async def watch_input_silence() -> None:
             nonlocal silent_logged
-            last = tap.last_batch_at
-            quiet = None if last is None else tap.pace.clock() - last
+            quiet = tap.silent_for()
             assigned = any(tp.topic in inputs for tp in pulse.app.consumer.assignment())
             silent = quiet is not None and assigned and quiet >= silence_seconds
             if silent and not silent_logged and not pulse.app.rebalancing:

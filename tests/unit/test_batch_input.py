@@ -477,3 +477,35 @@ def test_describe_says_where_a_silent_input_stands_and_what_the_batch_loop_await
         assert "paused: [" in text and "batch loop awaits: BatchInput.run" in text and "take" in text
 
     asyncio.run(go())
+
+
+def test_silent_for_counts_from_the_last_batch_and_not_while_one_is_in_flight():
+    async def go() -> None:
+        app = FakeApp()
+        clock = [100.0]
+        tap = BatchInput(app, [ORDERS], 100, pace=BatchPace(None, clock=lambda: clock[0]))
+        release = asyncio.Event()
+
+        async def checkpoint(batch: list[InputRecord]) -> list[InputRecord]:
+            await release.wait()
+            return batch
+
+        async def guard(work: Any) -> None:
+            await work
+
+        runner = asyncio.ensure_future(tap.run(checkpoint, 10, 0.01, guard))
+        await asyncio.sleep(0.01)
+        assert tap.silent_for() is None  # no batch yet
+        await tap.deliver([rec(ORDERS, 0, 1)], 1)
+        await asyncio.sleep(0.05)
+        clock[0] = 160.0
+        assert tap.silent_for() is None  # a long checkpoint is not a silent input
+        release.set()
+        await asyncio.sleep(0.01)
+        clock[0] = 175.0
+        assert tap.silent_for() == 15.0  # since the batch ended
+        runner.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await runner
+
+    asyncio.run(go())
