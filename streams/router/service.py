@@ -83,6 +83,9 @@ POLL_MS = 250
 FETCH_RECORDS = 500
 #: the share of the rebalance timeout a leaving partition's deliveries may take (the rest: rejoining)
 REVOKE_WAIT_SHARE = 0.8
+#: sleeps for one message's rate-limit wait at most: the first sleeps the whole wait, a second the few ms a loop
+#: clock behind time.monotonic() cut short (a bound, not a count the limit needs)
+RATE_WAITS_MAX = 5
 
 
 def dedup_key(prefix: str, destination: str, event_id: str) -> str:
@@ -272,8 +275,12 @@ class DestinationWorker:
         first_at = datetime.now(UTC)
         attempt = 0
         while True:
-            wait = self.limiter.delay(time.monotonic())
-            if wait > 0:
+            # the sleep's clock is the loop's, which may run a few ms behind time.monotonic() (uvloop caches it per
+            # loop iteration): asked again after each sleep, the rolling window holds on the limiter's own clock
+            for _ in range(RATE_WAITS_MAX):
+                wait = self.limiter.delay(time.monotonic())
+                if wait <= 0:
+                    break
                 await asyncio.sleep(wait)
             self.limiter.record(time.monotonic())
             attempt += 1
