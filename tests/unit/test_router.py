@@ -526,16 +526,16 @@ async def test_rate_limit_defers_the_next_message():
 
 
 async def test_rate_limit_holds_when_the_loop_clock_wakes_a_sleep_early(monkeypatch):
-    """CI: the second message went 292.8 ms after the first with a 300-ms window. The sleep runs on the loop's
-    clock, which can lag time.monotonic() by a few ms (uvloop caches it per loop iteration), so a sleep of the
-    whole wait ended early; the limiter is asked again after each sleep."""
+    """A fresh clone saw the second message 292.8 ms after the first with a 300-ms window: the sleep of the whole
+    wait ended early against the limiter's clock (time.monotonic()). Why is not known (asyncio's loop should not
+    wake early, and uvloop did not here); the limiter is now asked again after each sleep, so the window holds
+    whatever the sleep does."""
     import asyncio
 
     real_sleep = asyncio.sleep
 
     async def early(delay: float, *args: object) -> None:
-        # a long sleep ends 10 ms early (the loop's clock was that far behind when it started); a short one, in a
-        # later loop iteration with its clock fresh, does not
+        # a long sleep ends 10 ms early, a short one does not
         await real_sleep(delay - 0.01 if delay >= 0.1 else delay, *args)
 
     worker, _, transport = _worker(_settings(router_group_seconds=0, router_rate_per_minute=1))
