@@ -262,11 +262,10 @@ class BatchProcessor:
         self._ends: Mapping[TopicPartitionKey, int | None] | None = None
         self._starts: Mapping[TopicPartitionKey, int] | None = None
         self._wall_ms: int | None = None
-        #: owned partitions whose clock an input topic-partition holds back (no idle advance for them)
-        self._held: set[int] = set()
         #: input topic-partitions known behind that read nothing for a while, at the last batch (see stalled)
         self._stalled: dict[TopicPartitionKey, tuple[int, int]] = {}
-        #: owned partition -> the input topic-partitions that held its clock at the last batch (see holding)
+        #: owned partition -> the input topic-partitions that held its clock at the last batch (see held, holding;
+        #: no idle advance for those partitions)
         self._holding: dict[int, list[TopicPartitionKey]] = {}
         #: the population's purchase gap, computed once per batch (churn: overdue)
         self._gap_days: float | None = None
@@ -644,7 +643,7 @@ class BatchProcessor:
     @property
     def held(self) -> set[int]:
         """Owned partitions whose clock an input topic-partition held back at the last batch."""
-        return set(self._held)
+        return set(self._holding)
 
     def _check_early(self, event: EventFacts, wall_ms: int | None) -> None:
         """Spec (Clock): an event ahead of the wall clock by more than ``max_earliness_seconds`` moves no clock."""
@@ -657,6 +656,14 @@ class BatchProcessor:
             f"(PULSE_MAX_EARLINESS_SECONDS={self.options.max_earliness_seconds:g})",
         )
 
+    def _position(self, key: TopicPartitionKey, read: TopicProgress | None) -> int | None:
+        """Where this session reads ``key`` next: after its last record read, else where it started (None: not
+        known)."""
+        position = None if read is None else read.next_offset
+        if position is None and self._starts is not None:
+            position = self._starts.get(key)
+        return position
+
     def holds(self, key: TopicPartitionKey) -> bool:
         """Does this input topic-partition hold its partition's clock back? Not when it caught up with its end
         offset, nor when nothing was read from it for ``clock_partition_idle_seconds`` while it is not known to
@@ -667,9 +674,7 @@ class BatchProcessor:
             return False
         end = ends[key]
         read = self.progress.get(key)
-        position = None if read is None else read.next_offset
-        if position is None and self._starts is not None:
-            position = self._starts.get(key)
+        position = self._position(key, read)
         if end is not None:
             if end == 0 or (position is not None and position >= end):
                 if read is not None:
@@ -713,14 +718,12 @@ class BatchProcessor:
         those inputs stood at: a diagnostic (``CheckpointMetrics`` logs a partition held for long while others
         moved on), computed on demand."""
         out: dict[int, list[ClockHold]] = {}
-        ends, starts, wall = self._ends or {}, self._starts or {}, self._wall_ms
+        ends, wall = self._ends or {}, self._wall_ms
         for partition, keys in self._holding.items():
             holds = []
             for key in keys:
                 read = self.progress.get(key)
-                position = None if read is None else read.next_offset
-                if position is None:
-                    position = starts.get(key)
+                position = self._position(key, read)
                 active = None if read is None else read.active_wall_ms
                 quiet = None if wall is None or active is None else wall - active
                 holds.append(ClockHold(key[0], position, ends.get(key), None if read is None else read.mark_ms, quiet))
@@ -749,7 +752,6 @@ class BatchProcessor:
         the watermark could miss it (an order at that ms unread: a false overdue). As Flink's bounded
         out-of-orderness watermark (the highest timestamp minus the bound minus 1 ms)."""
         high = self.population.clock()
-        self._held = set()
         self._stalled = {}
         self._holding = {}
         for partition, part in self.population.local.items():
@@ -759,7 +761,6 @@ class BatchProcessor:
                 key = (topic, partition)
                 if not self.holds(key):
                     continue
-                self._held.add(partition)
                 self._holding.setdefault(partition, []).append(key)
                 read = self.progress.get(key)
                 mark = None if read is None else read.mark_ms
@@ -768,7 +769,7 @@ class BatchProcessor:
                     blocked = True  # (the others are still looked at: their idle time starts now)
                 else:
                     lowest = mark - 1 if lowest is None else min(lowest, mark - 1)
-            target = None if blocked else lowest if partition in self._held else high
+            target = None if blocked else lowest if partition in self._holding else high
             if target is not None:
                 part.move_clock(target)
 
@@ -881,7 +882,7 @@ class BatchProcessor:
                 self._idle_anchor[partition] = (clock, wall_ms, clock)
                 continue
             anchor_clock, anchor_wall, _ = anchor
-            if partition in ticks and partition not in self._held and wall_ms - anchor_wall >= idle_ms:
+            if partition in ticks and partition not in self._holding and wall_ms - anchor_wall >= idle_ms:
                 if part.move_clock(min(anchor_clock + wall_ms - anchor_wall, wall_ms)):
                     self._idle_anchor[partition] = (anchor_clock, anchor_wall, part.clock_ms)
 
