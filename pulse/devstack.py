@@ -252,6 +252,8 @@ class KafkaBroker(Server):
     controller_port: int = 0
     home: Path = Path()
     properties: dict[str, str] = field(default_factory=dict)
+    jvm_options: tuple[str, ...] = KAFKA_JVM_OPTIONS
+    own_group: bool = False
 
     @property
     def bootstrap(self) -> str:
@@ -319,14 +321,7 @@ class KafkaBroker(Server):
         config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         log = home / "kafka.log"
         (home / "log4j2.properties").write_text(_LOG4J2)
-        java = [
-            shutil.which("java") or "java",
-            *jvm_options,
-            f"-Dlog4j2.configurationFile={home / 'log4j2.properties'}",
-            f"-Dkafka.logs.dir={home}",
-            "-cp",
-            str(kafka_lib_dir() / "*"),
-        ]
+        java = _kafka_java(home, jvm_options)
         with log.open("ab") as out:
             formatted = subprocess.run(
                 [*java, "kafka.tools.StorageTool", "format", "-t", _random_cluster_id(), "-c", str(config)],
@@ -337,30 +332,48 @@ class KafkaBroker(Server):
             )
         if formatted.returncode != 0:
             raise RuntimeError(f"kafka storage format failed ({formatted.returncode}); see {log}")
-        proc = subprocess.Popen(
-            [*java, "kafka.Kafka", str(config)],
-            stdout=log.open("ab"),
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only a prctl, no locks taken
-            **_process_group(own_group, die_with_parent=False),
+        broker = cls(
+            "kafka",
+            port,
+            _launch_kafka(java, config, log, own_group),
+            log,
+            controller_port=controller_port,
+            home=home,
+            properties=props,
+            jvm_options=jvm_options,
+            own_group=own_group,
         )
-        broker = cls("kafka", port, proc, log, controller_port=controller_port, home=home, properties=props)
+        broker._wait_ready()
+        return broker
+
+    def restart(self, kill: bool = True) -> None:
+        """Stop the broker (``kill``: SIGKILL, as a crash or a lost node; else a controlled shutdown) and start it
+        again on the same ports with the same storage, as a restarted node: the records, the committed offsets and
+        the groups it had are there again once it has recovered its log."""
+        if kill:
+            self.kill()
+        else:
+            self.stop()
+        java = _kafka_java(self.home, self.jvm_options)
+        self.proc = _launch_kafka(java, self.home / "server.properties", self.log, self.own_group)
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        """Until the broker listens and answers a metadata request; stopped and raised if it does not in time."""
         try:
-            _wait_port(port, proc, "kafka", log, KAFKA_START_TIMEOUT_SECONDS)
+            _wait_port(self.port, self.proc, "kafka", self.log, KAFKA_START_TIMEOUT_SECONDS)
             deadline = time.monotonic() + KAFKA_START_TIMEOUT_SECONDS
-            while not _metadata_ready(broker.bootstrap):
-                if proc.poll() is not None:
-                    raise RuntimeError(f"kafka exited with {proc.returncode}; see {log}")
+            while not _metadata_ready(self.bootstrap):
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"kafka exited with {self.proc.returncode}; see {self.log}")
                 if time.monotonic() > deadline:
                     raise RuntimeError(
-                        f"kafka did not answer metadata within {KAFKA_START_TIMEOUT_SECONDS}s; see {log}"
+                        f"kafka did not answer metadata within {KAFKA_START_TIMEOUT_SECONDS}s; see {self.log}"
                     )
                 time.sleep(0.5)
         except BaseException:
-            broker.stop()
+            self.stop()
             raise
-        return broker
 
     def stop(self) -> None:
         stop_process(self.proc, KAFKA_STOP_TIMEOUT_SECONDS)
@@ -368,6 +381,30 @@ class KafkaBroker(Server):
     def remove_data(self) -> None:
         """Delete the formatted storage (the log stays): a dev/test broker starts empty, like Tansu."""
         shutil.rmtree(self.home / "data", ignore_errors=True)
+
+
+def _kafka_java(home: Path, jvm_options: tuple[str, ...]) -> list[str]:
+    """The JVM command line of a broker whose configuration and log are under ``home``, before its main class."""
+    return [
+        shutil.which("java") or "java",
+        *jvm_options,
+        f"-Dlog4j2.configurationFile={home / 'log4j2.properties'}",
+        f"-Dkafka.logs.dir={home}",
+        "-cp",
+        str(kafka_lib_dir() / "*"),
+    ]
+
+
+def _launch_kafka(java: list[str], config: Path, log: Path, own_group: bool) -> subprocess.Popen:
+    """The broker process on formatted storage, its output appended to ``log`` (a restart keeps one log)."""
+    return subprocess.Popen(
+        [*java, "kafka.Kafka", str(config)],
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=_die_with_parent,  # noqa: PLW1509 - only a prctl, no locks taken
+        **_process_group(own_group, die_with_parent=False),
+    )
 
 
 _LOG4J2 = """\

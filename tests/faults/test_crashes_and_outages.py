@@ -30,9 +30,10 @@ from scoring.customer import CustomerState
 from streams.codec import decode_state
 from streams.ownership import latest_states
 from streams.sinks.redis_profiles import profile_key, vip_key
-from testing.chaos import hostile_order
+from testing.chaos import Fleet, hostile_order
 from testing.reference import uninterrupted_profiles
 from testing.stack import CONVERGE_SECONDS, consume, produce, profile_diffs, wait_until
+from tests.conftest import on_broker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 
@@ -314,3 +315,101 @@ def test_a_frozen_broker_is_reported_as_a_silent_input_and_nothing_is_lost(names
     assert converged, f"{worker.digest()}\n{len(diffs)} of {len(expected)} differ, e.g. {diffs[:2]}"
     assert worker.alive()
     assert len(silent) == 1 and "flow active" in silent[0] and "batch loop awaits" in silent[0], worker.digest()
+
+
+#: the group's session timeout in the broker-restart test: shorter than the restart (the group drops the workers),
+#: and longer (Kafka clients' default, 45 s: the workers ride it out with their state in memory)
+RESTART_SESSIONS = {"dropped": "6", "kept": "45"}
+
+
+@pytest.mark.parametrize("session", sorted(RESTART_SESSIONS))
+def test_a_broker_restart_mid_stream_loses_nothing(namespace, start_worker, devstack, session: str):
+    """The broker is killed (SIGKILL: a crashed or lost node) while two workers are still scoring a backlog, their
+    checkpoints' changelog sends and offset commits in flight, then started again on the same ports and storage,
+    as a restarted node or a rolling restart of a one-node cluster comes back; producers go on meanwhile.
+
+    ``dropped``: the broker is down longer than the group's session timeout, so the group drops both workers;
+    each fail-stops (exit 75, nothing committed after the drop) and is restarted as its supervisor would
+    (``restart: unless-stopped``, a pod's restart policy), and its partitions are recovered from the changelog.
+    ``kept``: the session outlasts the restart, so the workers go on with their state in memory, and their
+    checkpoints' failed sends and commits must be retried, not lost. Either way every profile then equals the
+    uninterrupted reference: nothing lost, nothing applied twice.
+
+    Apache Kafka only: Tansu here keeps its storage in memory (docs/architecture.md), so a restarted Tansu is an
+    empty broker, not the same one."""
+    if not on_broker(devstack, "kafka"):
+        pytest.skip("Tansu's storage is in memory here: a restarted Tansu is a new, empty broker")
+    events = generate_events(customers=300, days=365, seed=11, end=datetime(2026, 6, 1, tzinfo=UTC))
+    s = namespace.settings
+    topics = s.input_topics()
+    expected = uninterrupted_profiles(events, s)
+    stream = [(kind, e["customer_id"].encode(), orjson.dumps(e)) for kind, e in events]
+    # small batches, so the kill lands between checkpoints with much of the stream still to score
+    env = {"PULSE_BATCH_MAX_EVENTS": "50", "PULSE_BROKER_SESSION_TIMEOUT": RESTART_SESSIONS[session]}
+    fleet = Fleet(start_worker, env, namespace.log_dir)
+    for slot in ("a", "b"):
+        fleet.start(slot)
+    chunks = 30
+    size = -(-len(stream) // chunks)
+    resent: list[int] = []
+
+    def send_all() -> None:
+        """The stream in chunks, as producers go on during the outage: a chunk whose send fails (the broker is
+        down) is sent again until it goes through, so some of its records arrive twice (what a producer's retry
+        does); the workers drop the second copy by event id."""
+        deadline = time.monotonic() + CONVERGE_SECONDS + 120
+        for start in range(0, len(stream), size):
+            while True:
+                try:
+                    send_stream(namespace.bootstrap, topics, stream[start : start + size], 1, 0)
+                    break
+                except Exception:  # noqa: BLE001 - the broker is down: wait and send the chunk again
+                    resent.append(start)
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.5)
+            time.sleep(0.2)
+
+    sender = threading.Thread(target=send_all, name="sender", daemon=True)
+    sender.start()
+
+    def applied() -> float:
+        total = 0.0
+        for worker in fleet.slots.values():
+            try:
+                total += scraped(worker.metrics_port).get("pulse_events_total", 0)
+            except OSError:  # its metrics server is not up yet
+                pass
+        return total
+
+    def digests() -> str:
+        return "\n".join(f"worker {slot}: {worker.digest()}" for slot, worker in fleet.slots.items())
+
+    assert wait_until(lambda: applied() >= len(stream) // 4), digests()
+    at_kill = applied()
+    started = time.monotonic()
+    devstack.broker.restart(kill=True)
+    down_seconds = time.monotonic() - started
+    sender.join(CONVERGE_SECONDS + 150)
+    assert not sender.is_alive()
+
+    def converged() -> bool:
+        fleet.supervise()
+        return not profile_diffs(s, expected)
+
+    settled = wait_until(converged, timeout=180)
+    diffs = profile_diffs(s, expected)
+    report(
+        f"broker killed and back after {down_seconds:.0f} s, session timeout {RESTART_SESSIONS[session]} s",
+        events_sent=len(stream),
+        applied_at_kill=int(at_kill),
+        chunks_sent_again=len(resent),
+        worker_exits=len(fleet.unplanned),
+        differing_profiles=len(diffs),
+    )
+    assert settled, f"{digests()}\n{len(diffs)} of {len(expected)} differ, e.g. {diffs[:2]}"
+    # the only exits are fail-stops (75: dropped from the group, or a checkpoint refused), each restarted
+    assert all(rc == 75 for _, rc in fleet.unplanned), (fleet.unplanned, digests())
+    if session == "kept":
+        assert not fleet.unplanned, (fleet.unplanned, digests())
+    assert all(worker.alive() for worker in fleet.slots.values()), digests()
