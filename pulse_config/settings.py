@@ -179,6 +179,13 @@ class Settings(BaseSettings):
         description="A checkpoint still running after this long logs a warning naming the awaits it is suspended "
         "in (streams/watchdog.py), again after each further interval; it does not stop the checkpoint.",
     )
+    log_repeat_window_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="The Kafka client's repeated log lines (a retry loop's, while the broker is down) are written "
+        "once per this window, the next one with the count held back (streams/log_limits.py, "
+        "pulse_log_records_suppressed_total); 0 writes every line.",
+    )
     offset_gap_check: bool = Field(
         True,
         description="Per input partition, check each batch against the next offset the worker expects: a gap whose "

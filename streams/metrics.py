@@ -44,6 +44,12 @@ CHANGELOG_STATES_REWRITTEN = Counter(
     "Customer states the owner wrote to the changelog again because a late write of an older epoch was their "
     "newest record (so compaction cannot leave the stale one as their only record).",
 )
+LOG_RECORDS_SUPPRESSED = Counter(
+    "pulse_log_records_suppressed_total",
+    "Log records held back as repeats of one written less than PULSE_LOG_REPEAT_WINDOW_SECONDS before (a retry "
+    "loop's while the broker is down), by logger.",
+    ["logger"],
+)
 STATE_LOADS = Counter(
     "pulse_state_loads_total",
     "Customer states a batch loaded, by where from: hit (the decoded state the checkpoint kept after writing it, "
@@ -320,6 +326,13 @@ ROUTER_EVENTS = Counter(
     "Events read by the router, by type (retention_alert, vip_change) and outcome (routed, unrouted, "
     "historical: not delivered, invalid: dead-lettered).",
     ["event", "outcome"],
+    registry=ROUTER_REGISTRY,
+)
+ROUTER_LOG_RECORDS_SUPPRESSED = Counter(
+    "pulse_log_records_suppressed_total",
+    "Log records held back as repeats of one written less than PULSE_LOG_REPEAT_WINDOW_SECONDS before (a retry "
+    "loop's while the broker is down), by logger.",
+    ["logger"],
     registry=ROUTER_REGISTRY,
 )
 ROUTER_INFLIGHT = Gauge(

@@ -18,6 +18,8 @@ from pulse_config.clv_params import load_clv_params
 from pulse_config.settings import Settings
 from streams.api import ApiProcess, StatusPublisher, WorkerStatus
 from streams.app import create_app
+from streams.log_limits import limit_repeated_lines
+from streams.metrics import LOG_RECORDS_SUPPRESSED
 from streams.startup import wait_or_exit
 
 if TYPE_CHECKING:
@@ -71,6 +73,11 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
         # is stuck (mode's SIGUSR1 dump of the tasks needs a running loop); the worker goes on
         faulthandler.register(signal.SIGQUIT, file=sys.stderr, all_threads=True, chain=False)
         pulse = create_app(settings, settings.processor(clv_params))
+        # after the app's imports, so that aiokafka's module loggers exist
+        limit_repeated_lines(
+            settings.log_repeat_window_seconds,
+            on_suppressed=lambda name: LOG_RECORDS_SUPPRESSED.labels(logger=name).inc(),
+        )
         services = [StatusPublisher(pulse.app, status)] if api is not None else []
         faust.Worker(pulse.app, *services, loglevel=loglevel).execute_from_commandline()
     finally:

@@ -60,6 +60,7 @@ from schemas.alerts import RetentionAlert
 from schemas.delivery import DeliveryDeadLetter
 from schemas.vip import VipChange
 from streams import metrics
+from streams.log_limits import limit_repeated_lines
 from streams.router.api import build_actions_api
 from streams.router.config import RouterConfig, resolved
 from streams.router.messages import (
@@ -660,6 +661,10 @@ async def ensure_router_topics(settings: Settings) -> None:
 
 def run_router(settings: Settings, config: RouterConfig) -> None:
     """The router's process: metrics endpoint, then the consumer loop until SIGTERM/SIGINT."""
+    limit_repeated_lines(
+        settings.log_repeat_window_seconds,
+        on_suppressed=lambda name: metrics.ROUTER_LOG_RECORDS_SUPPRESSED.labels(logger=name).inc(),
+    )
     if settings.router_metrics_port:
         from prometheus_client import start_http_server
 

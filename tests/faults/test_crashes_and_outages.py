@@ -317,9 +317,9 @@ def test_a_frozen_broker_is_reported_as_a_silent_input_and_nothing_is_lost(names
     assert len(silent) == 1 and "flow active" in silent[0] and "batch loop awaits" in silent[0], worker.digest()
 
 
-#: the group's session timeout in the broker-restart test: shorter than the restart (the group drops the workers),
-#: and longer (Kafka clients' default, 45 s: the workers ride it out with their state in memory)
-RESTART_SESSIONS = {"dropped": "6", "kept": "45"}
+#: the group's session timeout in the broker-restart test: shorter than the restart (the group may drop the
+#: workers), and longer (Kafka clients' default, 45 s: the workers ride it out with their state in memory)
+RESTART_SESSIONS = {"short": "6", "long": "45"}
 
 
 @pytest.mark.parametrize("session", sorted(RESTART_SESSIONS))
@@ -328,12 +328,13 @@ def test_a_broker_restart_mid_stream_loses_nothing(namespace, start_worker, devs
     checkpoints' changelog sends and offset commits in flight, then started again on the same ports and storage,
     as a restarted node or a rolling restart of a one-node cluster comes back; producers go on meanwhile.
 
-    ``dropped``: the broker is down longer than the group's session timeout, so the group drops both workers;
-    each fail-stops (exit 75, nothing committed after the drop) and is restarted as its supervisor would
-    (``restart: unless-stopped``, a pod's restart policy), and its partitions are recovered from the changelog.
-    ``kept``: the session outlasts the restart, so the workers go on with their state in memory, and their
-    checkpoints' failed sends and commits must be retried, not lost. Either way every profile then equals the
-    uninterrupted reference: nothing lost, nothing applied twice.
+    ``short``: the broker is down longer than the group's session timeout. Whether the group then drops the
+    workers depends on how soon they heartbeat once the coordinator has loaded the group (it did in 4 of 5 local
+    runs): a dropped worker fail-stops (exit 75, nothing committed after the drop) and is restarted as its
+    supervisor would (``restart: unless-stopped``, a pod's restart policy), recovering its partitions from the
+    changelog. ``long``: the session outlasts the restart, so the workers go on with their state in memory, and
+    their checkpoints' failed sends and commits must be retried, not lost. Either way every profile then equals
+    the uninterrupted reference: nothing lost, nothing applied twice.
 
     Apache Kafka only: Tansu here keeps its storage in memory (docs/architecture.md), so a restarted Tansu is an
     empty broker, not the same one."""
@@ -410,6 +411,6 @@ def test_a_broker_restart_mid_stream_loses_nothing(namespace, start_worker, devs
     assert settled, f"{digests()}\n{len(diffs)} of {len(expected)} differ, e.g. {diffs[:2]}"
     # the only exits are fail-stops (75: dropped from the group, or a checkpoint refused), each restarted
     assert all(rc == 75 for _, rc in fleet.unplanned), (fleet.unplanned, digests())
-    if session == "kept":
+    if session == "long":
         assert not fleet.unplanned, (fleet.unplanned, digests())
     assert all(worker.alive() for worker in fleet.slots.values()), digests()
