@@ -329,7 +329,7 @@ def test_a_broker_restart_mid_stream_loses_nothing(namespace, start_worker, devs
     as a restarted node or a rolling restart of a one-node cluster comes back; producers go on meanwhile.
 
     ``short``: the broker is down longer than the group's session timeout. Whether the group then drops the
-    workers depends on how soon they heartbeat once the coordinator has loaded the group (it did in 4 of 5 local
+    workers depends on how soon they heartbeat once the coordinator has loaded the group (it did in 3 of 4 local
     runs): a dropped worker fail-stops (exit 75, nothing committed after the drop) and is restarted as its
     supervisor would (``restart: unless-stopped``, a pod's restart policy), recovering its partitions from the
     changelog. ``long``: the session outlasts the restart, so the workers go on with their state in memory, and
