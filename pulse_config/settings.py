@@ -487,6 +487,13 @@ class Settings(BaseSettings):
     broker_heartbeat_interval: float = Field(1.0, gt=0, description="Consumer heartbeat interval, seconds.")
     broker_rebalance_timeout: float = Field(10.0, gt=0, description="Group join wait, seconds.")
     broker_commit_interval: float = Field(1.0, gt=0, description="Offset commit interval, seconds.")
+    broker_metadata_max_age_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="How often the worker's Kafka clients read the cluster's metadata anew (metadata.max.age.ms, "
+        "the Java client's default): how soon a worker notices partitions added to an input topic, and stops "
+        "(docs/operations.md).",
+    )
     producer_max_batch_bytes: int = Field(
         524288,
         ge=1024,

@@ -123,7 +123,17 @@ class EventFacts(Value, frozen=True):
 
 
 def origin_applied(state: CustomerState, kind: str, origin: tuple[int, int]) -> bool:
-    """True if a copy of the record re-published from ``origin`` (partition, offset) was handled already."""
+    """True if a copy of the record re-published from ``origin`` (partition, offset) was handled already.
+
+    An origin in the customer's own partition (``state.partition``) means the original was read there directly,
+    in offset order and before the copy (published after it was read, so later in the same partition): it was
+    handled once the direct offset passed it. Such a copy exists only when the partition count changed between
+    its re-publish and now (an input topic that gained partitions, scored again at the new count under a new
+    application id: docs/operations.md), and it may come more than ``dedup_event_ids`` events later."""
+    if origin[0] == state.partition:
+        direct = state.source_offsets.get(kind)
+        if direct is not None and origin[1] <= direct:
+            return True
     seen = state.source_offsets.get(f"{kind}@{origin[0]}")
     return seen is not None and origin[1] <= seen
 

@@ -24,6 +24,13 @@ class PartitionMismatch(RuntimeError):
     """An input topic or the state changelog exists with another partition count: co-partitioning would break."""
 
 
+#: what an operator can do about an input topic that gained partitions (the worker's refusals end with it)
+PARTITIONS_ADDED_HINT = (
+    "Every state is kept in partition murmur2(customer id) % PULSE_PARTITIONS of every input topic and of the "
+    "changelog, and Kafka cannot remove partitions: see docs/operations.md, 'Partitions added to an input topic'."
+)
+
+
 #: how long ``ensure_topics`` waits for topics it created to show in the broker's metadata, and how often it asks
 METADATA_WAIT_SECONDS = 30.0
 METADATA_POLL_SECONDS = 0.1
@@ -74,7 +81,8 @@ async def ensure_topics(settings: Settings) -> None:
             n = len(meta["partitions"])
             if n != settings.partitions:
                 raise PartitionMismatch(
-                    f"topic {meta['topic']} has {n} partitions, PULSE_PARTITIONS is {settings.partitions}"
+                    f"topic {meta['topic']} has {n} partitions, PULSE_PARTITIONS is {settings.partitions}. "
+                    + PARTITIONS_ADDED_HINT
                 )
     finally:
         await admin.close()

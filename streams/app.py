@@ -49,6 +49,8 @@ def create_app(settings: Settings, processor_config: ProcessorConfig) -> PulseAp
         broker_heartbeat_interval=settings.broker_heartbeat_interval,
         broker_rebalance_timeout=settings.broker_rebalance_timeout,
         broker_commit_interval=settings.broker_commit_interval,
+        consumer_metadata_max_age_ms=int(settings.broker_metadata_max_age_seconds * 1000),
+        producer_metadata_max_age_ms=int(settings.broker_metadata_max_age_seconds * 1000),
         producer_acks=-1,
         # a checkpoint's changelog records of a partition in one or two requests, not one round trip per 16 KB
         producer_max_batch_size=settings.producer_max_batch_bytes,

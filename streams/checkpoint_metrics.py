@@ -183,7 +183,8 @@ class CheckpointMetrics:
                 log.warning(
                     "%s[%d]: %d record(s) keyed by a customer id that murmur2 puts in another partition: "
                     "re-published there (a producer with another partitioner, e.g. librdkafka's default CRC32? "
-                    "configure partitioner=murmur2_random); logged once per topic and partition",
+                    "configure partitioner=murmur2_random; or partitions added to the topic? the worker stops at "
+                    "its next metadata read); logged once per topic and partition",
                     topic,
                     partition,
                     n,

@@ -26,7 +26,7 @@ from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
 from pulse_config.settings import Settings
-from streams.admin import ensure_topics
+from streams.admin import PartitionMismatch, ensure_topics
 from streams.api import WorkerStatus
 from streams.security import redis_client_kwargs
 
@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 #: Exit status when a dependency did not come up within startup_wait_seconds (sysexits.h EX_UNAVAILABLE).
 EXIT_UNAVAILABLE = 69
+#: Exit status when the topics do not fit the settings (sysexits.h EX_CONFIG): a restart alone does not help.
+EXIT_CONFIG = 78
 #: One Redis connection attempt at start-up waits this long at most.
 REDIS_CONNECT_TIMEOUT_SECONDS = 2.0
 
@@ -139,6 +141,10 @@ def wait_or_exit(settings: Settings, status: WorkerStatus | None = None, logleve
         asyncio.run(wait_for_dependencies(settings, status))
     except DependencyUnavailable:
         sys.exit(EXIT_UNAVAILABLE)
+    except PartitionMismatch as exc:
+        # a configuration error, not a crash: one line that says what and where to look, no traceback
+        log.critical("refusing to start: %s", exc)
+        sys.exit(EXIT_CONFIG)
     finally:
         log.removeHandler(handler)
         log.propagate = True

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, cast
 from faust.types import TP, EventT, StreamT
 
 from streams import batch_input, offsets
+from streams.admin import PARTITIONS_ADDED_HINT
 from streams.checkpoint import Checkpoint
 from streams.partitioning import partitioner
 from streams.processor import BatchProcessor
@@ -203,6 +204,13 @@ def register(pulse: PulseApp) -> BatchProcessor:
         # Sent after Faust paused the new assignment and before its recovery can resume it: nothing of it has
         # been scored. A restart reads the broker's metadata anew (and ensure_topics creates a missing changelog).
         gaps = unrecoverable_partitions(pulse.app.assignor.assigned_actives(), channel, changelog)
+        if any(p >= settings.partitions for p in gaps):
+            # Faust's assignor groups topics by partition count, so an input topic that gained partitions is
+            # assigned apart from the changelog; states are partitioned by murmur2 % PULSE_PARTITIONS
+            _fail_stop(
+                f"assigned input partitions {sorted(gaps)} with PULSE_PARTITIONS {settings.partitions}: an input "
+                f"topic gained partitions. {PARTITIONS_ADDED_HINT}"
+            )
         if gaps:
             _fail_stop(
                 f"assigned input partitions {sorted(gaps)} without their partitions of {changelog}: their states "
