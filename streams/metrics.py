@@ -50,6 +50,12 @@ LOG_RECORDS_SUPPRESSED = Counter(
     "loop's while the broker is down), by logger.",
     ["logger"],
 )
+INPUT_OFFSETS_DELETED_UNREAD = Counter(
+    "pulse_input_offsets_deleted_unread_total",
+    "Input offsets deleted from the broker before this worker read them (the topic's retention outran an outage, "
+    "or DeleteRecords): their records were never scored, by topic.",
+    ["topic"],
+)
 STATE_LOADS = Counter(
     "pulse_state_loads_total",
     "Customer states a batch loaded, by where from: hit (the decoded state the checkpoint kept after writing it, "

@@ -242,10 +242,13 @@ class OffsetGuard:
         topics: Iterable[str],
         read_back: ReadBack,
         start_offsets: Callable[[set[TP]], Awaitable[Mapping[TP, int]]],
+        log_start: Callable[[TP], Awaitable[int]] | None = None,
     ) -> None:
         self.ledger = OffsetLedger(topics)
         self._read_back = read_back
         self._start_offsets = start_offsets
+        #: the partition's first offset still on the broker (None: not asked; every empty gap is compaction's)
+        self._log_start = log_start
         #: partition -> the input positions its changelog holds, for the partitions recovered since the last call
         #: (CustomerStateTable.recovered_positions)
         self.changelog_positions: Callable[[], Mapping[int, Mapping[str, int]]] | None = None
@@ -311,11 +314,33 @@ class OffsetGuard:
                     gap.last + 1,
                 )
             else:
-                metrics.INPUT_OFFSETS_SKIPPED.labels(gap.tp.topic).inc(gap.last - gap.first + 1)
-                log.info("input offsets %s hold no records (compaction or transaction markers)", gap)
+                await self._explained(gap)
         if unexplained:
             raise OffsetGapError("unexplained input offset gaps: " + "; ".join(str(g) for g, _ in unexplained))
         return scan
+
+    async def _explained(self, gap: Gap) -> None:
+        """A gap that holds no records now: below the log's start, its records were deleted before this worker
+        read them (retention outran an outage, or DeleteRecords): nothing brings them back, but the operator
+        must learn of it, so a warning and its own counter. Within the log: compaction or transaction markers."""
+        start = None if self._log_start is None else await self._log_start(gap.tp)
+        size = gap.last - gap.first + 1
+        gone = 0 if start is None else max(0, min(gap.last + 1, start) - gap.first)
+        if gone:
+            metrics.INPUT_OFFSETS_DELETED_UNREAD.labels(gap.tp.topic).inc(gone)
+            log.warning(
+                "input offsets %d..%d of %s[%d] were deleted before this worker read them (the topic's retention "
+                "outran an outage, or DeleteRecords): %d offsets never scored; the log now starts at %d",
+                gap.first,
+                gap.first + gone - 1,
+                gap.tp.topic,
+                gap.tp.partition,
+                gone,
+                start,
+            )
+        if size > gone:
+            metrics.INPUT_OFFSETS_SKIPPED.labels(gap.tp.topic).inc(size - gone)
+            log.info("input offsets %s hold no records (compaction or transaction markers)", gap)
 
 
 # --- Faust hooks ---------------------------------------------------------------------------------
@@ -598,6 +623,9 @@ def broker_guard(
                 **client_kwargs,
                 client_id=f"{app.conf.broker_client_id}-offset-guard",
                 enable_auto_commit=False,
+                # a gap that begins below the log's start: read from the start, so that records after it are
+                # found (aiokafka's default, latest, would jump past them and take the gap for empty)
+                auto_offset_reset="earliest",
                 isolation_level="read_committed" if app.in_transaction else "read_uncommitted",
             )
             await consumer.start()
@@ -636,7 +664,13 @@ def broker_guard(
             out[tp] = committed
         return out
 
-    return OffsetGuard(topics, read_back, start_offsets)
+    async def log_start(tp: TP) -> int:
+        async with lock:
+            consumer = await ensure()
+            ktp = TopicPartition(tp.topic, tp.partition)
+            return int((await consumer.beginning_offsets([ktp]))[ktp])
+
+    return OffsetGuard(topics, read_back, start_offsets, log_start)
 
 
 def attach(pulse: Any) -> OffsetGuard:

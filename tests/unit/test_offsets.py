@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from faust.types import TP
 
+from streams import metrics
 from streams.offsets import (
     Gap,
     GenerationLost,
@@ -130,6 +131,24 @@ def test_guard_lets_the_broker_explain_a_gap():
     scan = asyncio.run(guard.check([(O5, 10), (O5, 11), (O5, 13), (O5, 14)]))
     assert scan.gaps == [Gap(O5, 12, 12)] and scan.next_expected == {O5: 15}
     assert broker.read_backs == [(O5, 12, 12)]
+
+
+def test_a_gap_below_the_log_start_is_reported_as_deleted_unread(caplog):
+    """Retention took offsets 20..29 before the worker read them; 30..31 are transaction markers."""
+    broker = FakeBroker({O5: {32, 33}}, {O5: 20})
+
+    async def log_start(tp: TP) -> int:
+        return 30
+
+    guard = OffsetGuard(["orders"], broker.read_back, broker.start_offsets, log_start)
+    deleted = metrics.INPUT_OFFSETS_DELETED_UNREAD.labels("orders")
+    skipped = metrics.INPUT_OFFSETS_SKIPPED.labels("orders")
+    before = (deleted._value.get(), skipped._value.get())
+    with caplog.at_level("INFO"):
+        scan = asyncio.run(guard.check([(O5, 32), (O5, 33)]))
+    assert scan.gaps == [Gap(O5, 20, 31)] and scan.next_expected == {O5: 34}
+    assert (deleted._value.get() - before[0], skipped._value.get() - before[1]) == (10, 2)
+    assert "input offsets 20..29 of orders[5] were deleted before this worker read them" in caplog.text
 
 
 def test_faust_never_sees_a_read_offset_of_an_input_partition():
