@@ -44,7 +44,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _send_traffic(settings: Settings, events: list[tuple[str, dict]], args: argparse.Namespace, **kw: int) -> int:
+def _send_traffic(
+    settings: Settings,
+    events: list[tuple[str, dict]],
+    args: argparse.Namespace,
+    progress_every: int = 0,
+    deadline: float | None = None,
+) -> int:
     from pulse.simulate import send
     from streams.security import kafka_client_kwargs
 
@@ -57,7 +63,8 @@ def _send_traffic(settings: Settings, events: list[tuple[str, dict]], args: argp
             rate=args.rate,
             bad=args.bad_per_1000,
             seed=args.seed,
-            **kw,
+            progress_every=progress_every,
+            deadline=deadline,
         )
     )
 
@@ -535,6 +542,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from streams.security import redis_client_kwargs
 
     load_settings().scoring()  # a bad setting or parameter file: said before anything starts
+    # --duration counts from here: the servers' start and the traffic are inside it
+    deadline = time.monotonic() + args.duration if args.duration else None
     log_dir = Path(".pulse/logs")
     # the servers run in process groups of their own: a Ctrl-C while they start is kept for after
     interrupted: list[int] = []
@@ -588,10 +597,12 @@ def cmd_dev(args: argparse.Namespace) -> int:
         children.append(("console", _dev_child("console", ["console"], console_env, log_dir)))
         print(f"console http://127.0.0.1:{console_port}/  (log {log_dir}/console.log)")
         events = _traffic(args)
-        _send_traffic(settings, events, args)
+        sent = _send_traffic(settings, events, args, deadline=deadline)
+        if sent < len(events):
+            print(f"--duration {args.duration:g} s ran out after {sent} of {len(events)} events", flush=True)
+            events = events[:sent]
         customers_with_orders = len({e["customer_id"] for _, e in events})
         client = redis.Redis.from_url(settings.redis_url, decode_responses=True, **redis_client_kwargs(settings))
-        deadline = time.monotonic() + args.duration if args.duration else None
         shown = False
         alerted_before = None
         while deadline is None or time.monotonic() < deadline:
@@ -687,7 +698,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dev", help="embedded broker + redis + worker + sample traffic")
     traffic_args(p, 3000)
     p.add_argument("--workers", type=int, default=1, help="scoring workers to start (default 1)")
-    p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: run until Ctrl-C)")
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=0.0,
+        help="stop this many seconds after the start, traffic included (0: run until Ctrl-C)",
+    )
     p.add_argument(
         "--broker",
         choices=("tansu", "kafka"),

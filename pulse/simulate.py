@@ -202,8 +202,11 @@ async def send(
     bad: int = 0,
     seed: int = 0,
     progress_every: int = 0,
+    deadline: float | None = None,
 ) -> int:
-    """Produce (kind, event) pairs to their kind's topic, keyed by customer id (``rate`` events/s, 0: at once)."""
+    """Produce (kind, event) pairs to their kind's topic, keyed by customer id (``rate`` events/s, 0: at once);
+    returns how many were sent. ``deadline`` (``time.monotonic()``): stop sending there, with what was sent
+    flushed (``pulse dev --duration`` ends within its time even when the traffic at ``rate`` would take longer)."""
     rng = random.Random(seed)
     producer = AIOKafkaProducer(**kafka, acks="all", linger_ms=5)
     sent = 0
@@ -211,6 +214,8 @@ async def send(
     try:
         await producer.start()  # inside the try: a broker that is down must not leak the client
         for kind, event in events:
+            if deadline is not None and time.monotonic() >= deadline:
+                break
             key, value = encode(event)
             await producer.send(topics[kind], key=key, value=value)
             sent += 1
@@ -220,6 +225,8 @@ async def send(
                 print(f"  sent {sent} events", flush=True)
             if rate > 0:
                 ahead = sent / rate - (time.monotonic() - started)
+                if deadline is not None:
+                    ahead = min(ahead, deadline - time.monotonic())
                 if ahead > 0:
                     await asyncio.sleep(ahead)
         await producer.flush()

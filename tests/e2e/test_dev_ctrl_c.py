@@ -104,3 +104,33 @@ def test_ctrl_c_stops_workers_before_the_broker_quietly(tmp_path: Path, stop_sig
         errors = [line for line in log.read_text(errors="replace").splitlines() if "ERROR" in line]
         assert len(errors) <= MAX_ERROR_LINES, f"{log.name}: {len(errors)} ERROR lines, e.g. {errors[:3]}"
     assert not (tmp_path / ".pulse" / "dev.env").exists()
+
+
+#: ``pulse dev --duration`` in the test below, and traffic at a rate that would take several times longer
+DURATION_SECONDS, RATE = 20, 25
+
+
+def test_duration_counts_from_the_start_and_cuts_slow_traffic(tmp_path: Path) -> None:
+    """``--duration S`` stops S seconds after the start, the servers' start and the traffic included, even when
+    the traffic at ``--rate`` would take longer (it used to count S only after every event had been sent)."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("PULSE_")}
+    args = ["--customers", "200", "--days", "365", "--rate", str(RATE), "--duration", str(DURATION_SECONDS)]
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "pulse", "dev", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=STOP_WAIT_SECONDS + 4 * DURATION_SECONDS,
+    )
+    took = time.monotonic() - started
+    print(f"pulse dev --duration {DURATION_SECONDS} took {took:.1f} s")
+    assert done.returncode == 0, done.stdout[-3000:]
+    cut = re.search(rf"--duration {DURATION_SECONDS} s ran out after (\d+) of (\d+) events", done.stdout)
+    assert cut, done.stdout[-3000:]
+    sent, total = int(cut[1]), int(cut[2])
+    assert 0 < sent < total and total > 2 * RATE * DURATION_SECONDS  # the traffic alone would have taken longer
+    # within the duration, plus the stop of the servers (bounded by pulse dev itself), not the traffic's length
+    assert took < DURATION_SECONDS + STOP_WAIT_SECONDS, done.stdout[-3000:]
