@@ -122,15 +122,16 @@ class EventFacts(Value, frozen=True):
     ticket: TicketFact | None = None
 
 
-def origin_applied(state: CustomerState, kind: str, origin: tuple[int, int]) -> bool:
+def origin_applied(state: CustomerState, kind: str, origin: tuple[int, int], keyed: bool = False) -> bool:
     """True if a copy of the record re-published from ``origin`` (partition, offset) was handled already.
 
-    An origin in the customer's own partition (``state.partition``) means the original was read there directly,
-    in offset order and before the copy (published after it was read, so later in the same partition): it was
-    handled once the direct offset passed it. Such a copy exists only when the partition count changed between
-    its re-publish and now (an input topic that gained partitions, scored again at the new count under a new
-    application id: docs/operations.md), and it may come more than ``dedup_event_ids`` events later."""
-    if origin[0] == state.partition:
+    ``keyed``: the first copy was keyed by this customer's id (misplaced, not mis-keyed). If it also sits in the
+    customer's own partition (``state.partition``), it was read there directly, in offset order and before this
+    copy (published after it was read, so later in the same partition): handled once the direct offset passed
+    it. That happens only at another partition count than the copy was made at (an input topic that gained
+    partitions, scored again at the new count: docs/operations.md), and the copy may come more than
+    ``dedup_event_ids`` events later. A mis-keyed first copy is never applied directly, wherever it sits."""
+    if keyed and origin[0] == state.partition:
         direct = state.source_offsets.get(kind)
         if direct is not None and origin[1] <= direct:
             return True
@@ -139,11 +140,16 @@ def origin_applied(state: CustomerState, kind: str, origin: tuple[int, int]) -> 
 
 
 def apply_event(
-    state: CustomerState, event: EventFacts, config: ScoringConfig, origin: tuple[int, int] | None = None
+    state: CustomerState,
+    event: EventFacts,
+    config: ScoringConfig,
+    origin: tuple[int, int] | None = None,
+    origin_keyed: bool = False,
 ) -> bool:
     """Fold one event into the state unless it is a duplicate; True if applied.
 
-    ``origin``: (partition, offset) where a re-published record was first read (``streams.partitioning``).
+    ``origin``: (partition, offset) where a re-published record was first read (``streams.partitioning``);
+    ``origin_keyed``: that first copy was keyed by its customer id (see :func:`origin_applied`).
     """
     if event.offset is not None:
         seen = state.source_offsets.get(event.kind)
@@ -151,7 +157,7 @@ def apply_event(
             return False  # redelivery of an offset already applied
         state.source_offsets[event.kind] = event.offset
     if origin is not None:
-        if origin_applied(state, event.kind, origin):
+        if origin_applied(state, event.kind, origin, origin_keyed):
             return False  # another copy of a record re-published before (a replay published it again)
         state.source_offsets[f"{event.kind}@{origin[0]}"] = origin[1]
     id_hash = event_id_hash(event.event_id)

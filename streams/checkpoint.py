@@ -56,7 +56,7 @@ from streams import metrics
 from streams.checkpoint_metrics import CheckpointMetrics
 from streams.codec import decode_state, encode_state
 from streams.isolation import process_contained
-from streams.partitioning import origin_header, origin_of
+from streams.partitioning import origin_header, origin_keyed, origin_of
 from streams.processor import BatchOutcome, BatchProcessor, Incoming
 from streams.publish import OutputRecord
 from streams.state_cache import StateCache
@@ -241,6 +241,7 @@ class Checkpoint:
                 e.message.key,
                 e.message.value,
                 origin_of(e.message.headers),
+                origin_keyed(e.message.headers),
             )
             for e in events
         ]
@@ -303,8 +304,10 @@ class Checkpoint:
         produced = await self.publish(
             [OutputRecord(self.settings.topic_dead_letters, r.key, r.record) for r in outcome.rejected]
             + [
-                OutputRecord(topic, key, value, origin_header(origin))
-                for (topic, key, value), origin in zip(outcome.rerouted, outcome.rerouted_origins, strict=True)
+                OutputRecord(topic, key, value, origin_header(origin, keyed))
+                for (topic, key, value), origin, keyed in zip(
+                    outcome.rerouted, outcome.rerouted_origins, outcome.rerouted_keyed, strict=True
+                )
             ]
         )
         acks = await self._produce(outcome.states, outcome.partitions, event_by_partition)

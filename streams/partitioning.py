@@ -75,9 +75,27 @@ ORIGIN_HEADER = "pulse-origin"
 Origin = tuple[int, int]
 
 
-def origin_header(origin: Origin) -> list[tuple[str, bytes]]:
-    """The headers to re-publish a record first read at ``origin`` with."""
-    return [(ORIGIN_HEADER, f"{origin[0]}:{origin[1]}".encode())]
+#: Record header of a re-published record whose first copy was keyed by its customer id (b"1"): misplaced by
+#: another partitioner or by a partition count the topic no longer has, not mis-keyed. At another partition
+#: count its first copy can be in the customer's own partition and applied there directly
+#: (``scoring.customer.origin_applied``); a mis-keyed first copy never is.
+KEYED_HEADER = "pulse-origin-keyed"
+
+
+def origin_header(origin: Origin, keyed: bool = False) -> list[tuple[str, bytes]]:
+    """The headers to re-publish a record first read at ``origin`` with (``keyed``: see :data:`KEYED_HEADER`)."""
+    headers = [(ORIGIN_HEADER, f"{origin[0]}:{origin[1]}".encode())]
+    if keyed:
+        headers.append((KEYED_HEADER, b"1"))
+    return headers
+
+
+def origin_keyed(headers: Mapping[str, bytes] | Iterable[tuple[str, bytes]] | None) -> bool:
+    """True if a re-published record's first copy was keyed by its customer id (:data:`KEYED_HEADER`)."""
+    if not headers:
+        return False
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    return any(name == KEYED_HEADER and bytes(value) == b"1" for name, value in items)
 
 
 def origin_of(headers: Mapping[str, bytes] | Iterable[tuple[str, bytes]] | None) -> Origin | None:

@@ -92,6 +92,8 @@ class Incoming(Value, frozen=True, gc=False):
     value: bytes | None
     #: (partition, offset) a re-published record was first read at (its ``pulse-origin`` header), else None
     origin: tuple[int, int] | None = None
+    #: its first copy was keyed by its customer id (``pulse-origin-keyed``: misplaced, not mis-keyed)
+    origin_keyed: bool = False
 
 
 #: (topic, partition): one input topic-partition
@@ -201,6 +203,8 @@ class BatchOutcome:
     rerouted: list[tuple[str, bytes, bytes]] = field(default_factory=list)
     #: where each of ``rerouted`` was first read (partition, offset): its ``pulse-origin`` header, by index
     rerouted_origins: list[tuple[int, int]] = field(default_factory=list)
+    #: whether each of ``rerouted``'s first copy was keyed by its customer id (``pulse-origin-keyed``), by index
+    rerouted_keyed: list[bool] = field(default_factory=list)
     #: (kind, outcome) -> count, for metrics
     counts: dict[tuple[str, str], int] = field(default_factory=dict)
     #: (topic, partition) -> correctly keyed events that arrived outside their customer's partition (a producer
@@ -399,6 +403,7 @@ class BatchProcessor:
                     continue
                 out.rerouted.append((record.topic, key, record.value or b""))
                 out.rerouted_origins.append(record.origin or (record.partition, record.offset))
+                out.rerouted_keyed.append(record.origin_keyed if record.origin is not None else record.key == key)
                 out.count(kind, "rerouted")
                 if misplaced:
                     where = (record.topic, record.partition)
@@ -435,7 +440,7 @@ class BatchProcessor:
                 moved[key] = (record.partition, footprint(state, rfm, parts))
             elif held[1].parts & parts != parts:
                 moved[key] = (record.partition, widen(held[1], footprint(state, rfm, parts & ~held[1].parts)))
-            applied = apply_event(state, scored, self.config, record.origin)
+            applied = apply_event(state, scored, self.config, record.origin, record.origin_keyed)
             outcome = (kind, "scored" if applied else "duplicate")
             counts[outcome] = counts.get(outcome, 0) + 1  # out.count, without a call per event
             out.occurred_ms.append(scored.occurred_ms)
@@ -615,6 +620,7 @@ class BatchProcessor:
             out.rerouted.append((record.topic, key, record.value or b""))
             # where it was first read, as an input event's copy carries it (the checkpoint pairs them by index)
             out.rerouted_origins.append(record.origin or (record.partition, record.offset))
+            out.rerouted_keyed.append(record.origin_keyed if record.origin is not None else record.key == key)
             out.count(ACTION, "rerouted")
             if misplaced and record.key == key:
                 where = (record.topic, record.partition)

@@ -17,7 +17,7 @@ from pulse_config.settings import Settings
 from scoring.customer import CustomerState
 from streams.codec import decode_state, encode_state
 from streams.isolation import process_contained
-from streams.partitioning import ORIGIN_HEADER, murmur2_partition, origin_header, origin_of, partitioner
+from streams.partitioning import ORIGIN_HEADER, murmur2_partition, origin_header, origin_keyed, origin_of, partitioner
 from streams.processor import BatchOutcome, BatchProcessor, Incoming
 
 PARTITIONS = 4
@@ -140,10 +140,10 @@ def test_a_failing_scorer_is_contained_to_its_record(monkeypatch):
     """An injected failing scorer (apply_event raising for one event) instead of the settings' fault injection."""
     real = processor_module.apply_event
 
-    def flaky(state, event, config, origin=None):
+    def flaky(state, event, config, origin=None, origin_keyed=False):
         if event.event_id == "e10":
             raise ZeroDivisionError("scorer bug")
-        return real(state, event, config, origin)
+        return real(state, event, config, origin, origin_keyed)
 
     monkeypatch.setattr(processor_module, "apply_event", flaky)
     table = Table(BatchProcessor(Settings(_env_file=None).processor(), partitioner(PARTITIONS)))
@@ -265,6 +265,49 @@ def test_a_record_re_published_again_by_a_replay_is_applied_once_however_late():
     # a copy of a copy keeps the first origin
     again = table.processor.process([Incoming("orders", wrong, 99, other, mis_keyed.value, (wrong, 7))], table.load)
     assert again.rerouted_origins == [(wrong, 7)]
+
+
+def test_a_copy_made_at_the_old_partition_count_is_dropped_after_its_original_at_the_new_one():
+    """An input topic gained partitions (4 -> 6): a worker at 4 re-published a record the producer had put in its
+    customer's partition at 6 (keyed by the customer: misplaced at 4). Scored again at 6, the original is read
+    directly and the copy comes later, past the ring of recent ids: the copy carries that its first copy was
+    keyed (``pulse-origin-keyed``), so the direct offset drops it. A mis-keyed record's copy does not carry it,
+    so a copy of one that sits in its customer's partition is still applied (the chaos run of 2b44186 lost such
+    events when the rule did not ask)."""
+    old, new = 4, 6
+    key = next(
+        k
+        for k in (f"C{i:06d}".encode() for i in range(1000))
+        if murmur2_partition(k, new) < old and murmur2_partition(k, old) != murmur2_partition(k, new)
+    )
+    at_new = murmur2_partition(key, new)
+    cid = key.decode()
+    # the worker at 4 partitions reads it in partition at_new, where it does not belong at 4: re-published, keyed
+    out = BatchProcessor(Settings(_env_file=None).processor(), partitioner(old)).process(
+        [Incoming("orders", at_new, 5, key, order("o0", cid, 10.0))], lambda k: None
+    )
+    assert out.rerouted_origins == [(at_new, 5)] and out.rerouted_keyed == [True]
+    copy_headers = origin_header(out.rerouted_origins[0], out.rerouted_keyed[0])
+    # scored again at 6 partitions: the original directly, many events, then the copy (moved by the old count's
+    # partitioner to partition murmur2 % 4, and from there to at_new again, with its first origin)
+    settings = Settings(_env_file=None)
+    table = Table(BatchProcessor(settings.processor(), partitioner(new)))
+    assert table.run([Incoming("orders", at_new, 5, key, order("o0", cid, 10.0))]) == 0
+    n = settings.dedup_event_ids + 8
+    table.run([Incoming("orders", at_new, 6 + i, key, order(f"o{i + 1}", cid, 1.0, day=20)) for i in range(n)])
+    copy = Incoming(
+        "orders", at_new, 900, key, order("o0", cid, 10.0), origin_of(copy_headers), origin_keyed(copy_headers)
+    )
+    assert table.run([copy]) == 0
+    assert table.states()[key].orders.orders == n + 1
+    # a mis-keyed record's copy in the same spot: its first copy was never applied directly, so it is applied
+    # (at offset 4 of the customer's own partition: the direct reads have passed it)
+    mis_keyed = Incoming("orders", at_new, 4, b"SOMEONE-ELSE", order("m1", cid, 3.0, day=20))
+    out = table.processor.process([mis_keyed], table.load)
+    assert out.rerouted_keyed == [False]
+    headers = origin_header(out.rerouted_origins[0], out.rerouted_keyed[0])
+    table.run([Incoming("orders", at_new, 901, key, mis_keyed.value, origin_of(headers), origin_keyed(headers))])
+    assert table.states()[key].orders.orders == n + 2
 
 
 def test_a_misplaced_record_is_late_or_not_in_the_log_it_was_produced_to():

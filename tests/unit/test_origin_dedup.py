@@ -1,4 +1,5 @@
-"""A re-published copy whose origin is the customer's own partition: handled once the direct offset passed it.
+"""A re-published copy whose first copy was keyed by its customer id and sits in the customer's own partition:
+handled once the direct offset passed it; a mis-keyed one is judged by its origin alone.
 
 Such copies come from a partition-count change (docs/operations.md, "Partitions added to an input topic"): a
 worker at the old count re-published records the producers had put in their new-count partition; scored again
@@ -27,7 +28,7 @@ def test_a_copy_from_the_own_partition_after_many_events_is_a_duplicate():
     assert apply_event(state, survey(0, offset=10), CONFIG)
     for i in range(1, 2 * CONFIG.dedup_event_ids):  # the original's id leaves the recent ids
         assert apply_event(state, survey(i, offset=10 + i), CONFIG)
-    assert not apply_event(state, survey(0, offset=500), CONFIG, origin=(OWN, 10))
+    assert not apply_event(state, survey(0, offset=500), CONFIG, origin=(OWN, 10), origin_keyed=True)
     assert state.events["survey"] == 2 * CONFIG.dedup_event_ids
 
 
@@ -40,4 +41,18 @@ def test_a_copy_from_another_partition_is_still_judged_by_its_origin():
     assert apply_event(state, survey(50, offset=200), CONFIG, origin=(0, 7))
     assert not apply_event(state, survey(50, offset=201), CONFIG, origin=(0, 7))
     # the own partition's origin offset not yet read directly: not taken for a duplicate by this rule
-    assert apply_event(state, survey(60, offset=202), CONFIG, origin=(OWN, 900))
+    assert apply_event(state, survey(60, offset=202), CONFIG, origin=(OWN, 900), origin_keyed=True)
+
+
+def test_a_mis_keyed_copy_from_the_own_partition_is_applied():
+    """A record keyed by another customer (whose id happens to hash to this customer's partition) was never
+    applied directly: its copy must be applied, however far the direct offset has moved (the chaos run of
+    2b44186 lost such events when the rule ignored how the first copy was keyed)."""
+    state = CustomerState()
+    state.partition = OWN
+    assert apply_event(state, survey(0, offset=10), CONFIG)
+    # offset 11 of the own partition: keyed by another customer, re-published; the direct reads go on past it
+    for i in range(1, 5):
+        assert apply_event(state, survey(i, offset=11 + i), CONFIG)
+    assert apply_event(state, survey(99, offset=40), CONFIG, origin=(OWN, 11), origin_keyed=False)
+    assert not apply_event(state, survey(99, offset=41), CONFIG, origin=(OWN, 11), origin_keyed=False)
