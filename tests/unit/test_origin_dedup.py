@@ -4,7 +4,7 @@ handled once the direct offset passed it; a mis-keyed one is judged by its origi
 Such copies come from a partition-count change (docs/operations.md, "Partitions added to an input topic"): a
 worker at the old count re-published records the producers had put in their new-count partition; scored again
 at the new count, the original is read directly in the customer's partition and the copy later, often more than
-``dedup_event_ids`` events later, so the recent ids no longer hold it (tests/faults/test_partitions_added.py
+``dedup_event_ids`` events later, so the recent ids no longer hold it (tests/e2e/test_partitions_added.py
 found 3 of 150 customers counted twice before this)."""
 
 from __future__ import annotations

@@ -11,20 +11,17 @@ operator must learn that the retention is shorter than an outage was.
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 
-import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
-from pulse.simulate import generate_events
 from testing.reference import uninterrupted_profiles
 from testing.stack import profile_diffs, wait_until
 from tests.conftest import on_broker
-from tests.faults.test_crashes_and_outages import scraped, send_stream
+from tests.faults.test_crashes_and_outages import applied_events, history, scraped, send_stream
 
-pytestmark = [pytest.mark.e2e, pytest.mark.faults]
+pytestmark = pytest.mark.e2e
 
 
 def delete_before(bootstrap: str, offsets: dict[tuple[str, int], int]) -> None:
@@ -84,10 +81,9 @@ def values_below(bootstrap: str, ends: dict[tuple[str, int], int]) -> set[bytes]
 def test_records_deleted_before_they_were_read_are_reported_and_the_rest_scored_once(namespace, start_worker, devstack):
     if not on_broker(devstack, "kafka"):
         pytest.skip("Tansu does not implement DeleteRecords, and its memory storage keeps every record")
-    events = generate_events(customers=120, days=365, seed=17, end=datetime(2026, 6, 1, tzinfo=UTC))
+    events, stream = history(120, seed=17)
     s = namespace.settings
     topics = s.input_topics()
-    stream = [(kind, e["customer_id"].encode(), orjson.dumps(e)) for kind, e in events]
     thirds = [
         stream[: len(stream) // 3],
         stream[len(stream) // 3 : 2 * len(stream) // 3],
@@ -96,13 +92,7 @@ def test_records_deleted_before_they_were_read_are_reported_and_the_rest_scored_
     worker = start_worker()
     send_stream(namespace.bootstrap, topics, thirds[0], 1, 0)
 
-    def applied(w) -> float:
-        try:
-            return scraped(w.metrics_port).get("pulse_events_total", 0)
-        except OSError:  # its metrics server is not up yet
-            return 0
-
-    assert wait_until(lambda: applied(worker) >= len(thirds[0])), worker.digest()
+    assert wait_until(lambda: applied_events(worker) >= len(thirds[0])), worker.digest()
     worker.stop()
     assert worker.proc.returncode == 0, worker.digest()
     before = end_offsets(namespace.bootstrap, list(topics.values()), s.partitions)

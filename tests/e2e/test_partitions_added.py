@@ -16,20 +16,17 @@ topic cannot gain partitions.
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 
-import orjson
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
 
-from pulse.simulate import generate_events
 from streams.startup import EXIT_CONFIG
 from testing.reference import uninterrupted_profiles
 from testing.stack import Namespace, WorkerPool, profile_diffs, settings_from_env, wait_until
 from tests.conftest import on_broker
-from tests.faults.test_crashes_and_outages import scraped, send_stream
+from tests.faults.test_crashes_and_outages import applied_events, history, send_stream
 
-pytestmark = [pytest.mark.e2e, pytest.mark.faults]
+pytestmark = pytest.mark.e2e
 
 #: the input topics' partitions before and after the operator's change
 BEFORE, AFTER = 4, 6
@@ -56,21 +53,14 @@ def test_a_worker_stops_when_input_topics_gain_partitions_and_the_documented_way
 ):
     if not on_broker(devstack, "kafka"):
         pytest.skip("Tansu does not implement CreatePartitions: a topic there cannot gain partitions")
-    events = generate_events(customers=150, days=365, seed=13, end=datetime(2026, 6, 1, tzinfo=UTC))
+    events, stream = history(150, seed=13)
     s = namespace.settings
     topics = s.input_topics()
-    stream = [(kind, e["customer_id"].encode(), orjson.dumps(e)) for kind, e in events]
     halves = [stream[: len(stream) // 2], stream[len(stream) // 2 :]]
     worker = start_worker(PULSE_BROKER_METADATA_MAX_AGE_SECONDS=METADATA_SECONDS)
     send_stream(namespace.bootstrap, topics, halves[0], 1, 0)
 
-    def applied() -> float:
-        try:
-            return scraped(worker.metrics_port).get("pulse_events_total", 0)
-        except OSError:  # its metrics server is not up yet
-            return 0
-
-    assert wait_until(lambda: applied() >= len(halves[0])), worker.digest()
+    assert wait_until(lambda: applied_events(worker) >= len(halves[0])), worker.digest()
 
     # the operator adds partitions to two input topics; producers then spread records over all of them
     add_partitions(namespace.bootstrap, [topics["order"], topics["survey"]], AFTER)
