@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import random
 import shutil
 import signal
 import socket
@@ -31,7 +32,38 @@ START_TIMEOUT_SECONDS = 30.0
 POLL_SECONDS = 0.05
 
 
+#: where :func:`free_port` looks first: below the kernel's ephemeral range, which outgoing connections take ports
+#: from (read from /proc; Linux's default start, 32768, elsewhere), and above the registered ports most used
+FREE_PORT_FLOOR = 20000
+#: random candidates :func:`free_port` tries there before it asks the kernel for an ephemeral port
+FREE_PORT_TRIES = 50
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
+    """A loopback port nothing listens on now, for a server started a moment later.
+
+    Picked below the ephemeral range: a port the kernel hands out (bind to 0) is one that every outgoing connection
+    on the box may take meanwhile, and in a whole-suite run (brokers, workers, Redis clients: thousands of
+    connections) one did: a restarted worker found its metrics port taken ("Address already in use", the fresh
+    clone of 5e14920). Below the range only another listener can take it."""
+    ceiling = _ephemeral_start()
+    if ceiling - FREE_PORT_FLOOR > 1000:
+        rng = random.SystemRandom()
+        for _ in range(FREE_PORT_TRIES):
+            port = rng.randrange(FREE_PORT_FLOOR, ceiling)
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
