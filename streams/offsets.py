@@ -649,6 +649,13 @@ def broker_guard(
             # could not read past the gap in time: assume the worst (fail-stop re-reads it)
             return found or [first]
 
+    async def log_start(tp: TP) -> int:
+        """The partition's first offset still on the broker."""
+        async with lock:
+            consumer = await ensure()
+            ktp = TopicPartition(tp.topic, tp.partition)
+            return int((await consumer.beginning_offsets([ktp]))[ktp])
+
     async def start_offsets(tps: set[TP]) -> dict[TP, int]:
         """The group's committed offset (asked through the worker's own consumer), else the log start."""
         thread = app.consumer._thread
@@ -657,18 +664,8 @@ def broker_guard(
         for tp in sorted(tps):
             ktp = TopicPartition(tp.topic, tp.partition)
             committed = await thread.call_thread(group_consumer.committed, ktp)
-            if committed is None:
-                async with lock:
-                    consumer = await ensure()
-                    committed = (await consumer.beginning_offsets([ktp]))[ktp]
-            out[tp] = committed
+            out[tp] = await log_start(tp) if committed is None else committed
         return out
-
-    async def log_start(tp: TP) -> int:
-        async with lock:
-            consumer = await ensure()
-            ktp = TopicPartition(tp.topic, tp.partition)
-            return int((await consumer.beginning_offsets([ktp]))[ktp])
 
     return OffsetGuard(topics, read_back, start_offsets, log_start)
 
