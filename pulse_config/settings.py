@@ -301,6 +301,14 @@ class Settings(BaseSettings):
         "arrived: a live input is then fetched hundreds of times a second, each fetch ~0.65 ms of the worker's CPU "
         "(benchmarks/fetch_pace.py).",
     )
+    consumer_isolation_level: Literal["read_committed", "read_uncommitted"] = Field(
+        "read_committed",
+        description="Which input records the worker reads when an upstream producer writes in transactions (Kafka "
+        "Streams or Flink with exactly-once, any transactional.id): read_committed scores only committed ones, so an "
+        "aborted transaction's orders never count, and a partition waits while a transaction is open (at most the "
+        "producer's transaction.timeout.ms). read_uncommitted (Kafka's own consumer default) scores aborted records "
+        "too. Producers without transactions read the same either way.",
+    )
     backlog_defer_profiles: bool = Field(
         True,
         description="input_path=batch, while the input is behind: a customer the next batch (already queued) scores "

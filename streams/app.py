@@ -37,6 +37,7 @@ def create_app(settings: Settings, processor_config: ProcessorConfig) -> PulseAp
     faust_fixes.apply()
     faust_tuning.set_fetch_max_wait_ms(settings.consumer_fetch_max_wait_ms)
     faust_tuning.set_fetch_min_bytes(settings.consumer_fetch_min_bytes)
+    faust_tuning.set_isolation_level(settings.consumer_isolation_level)
     app = faust.App(
         settings.app_id,
         broker=settings.broker_url,

@@ -41,7 +41,7 @@ import heapq
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from operator import attrgetter
 from typing import Any, cast
 
@@ -288,16 +288,47 @@ class BatchInput:
         #: that took none for long says where its input stands: :meth:`describe`)
         self.last_batch_at: float | None = None
         self.task: asyncio.Task | None = None
+        #: tp -> (group generation, offset of the last record delivered in it or None, the consumer's position
+        #: after that fetch): how far the fetches read, markers and aborted records included (:meth:`readable_end`)
+        self.read_through: dict[TP, tuple[int | None, int | None, int]] = {}
         app.flow_control.manage_queue(self.queue)  # cleared with the stream queues on a rebalance
 
-    async def deliver(self, records: list[InputRecord], generation_id: int) -> None:
+    async def deliver(self, records: list[InputRecord], generation_id: int) -> bool:
         """Queue one fetch's records once the flow is open, unless a rebalance came in between (then the seek
-        that ends it fetches them again)."""
+        that ends it fetches them again); says whether they were queued."""
         await self.app.flow_control.acquire()
         if self.app.consumer_generation_id != generation_id:
             log.debug("batch input: %d fetched records of generation %s dropped", len(records), generation_id)
-            return
+            return False
         await self.queue.put(records)
+        return True
+
+    def fetched(self, generation_id: int | None, positions: Mapping[TP, int], records: list[InputRecord]) -> None:
+        """One fetch was delivered: note where the consumer's position stands now for each of the batch topics'
+        partitions, and the last record delivered of each."""
+        last = {r.tp: r.offset for r in records}
+        through = self.read_through
+        for tp, position in positions.items():
+            before = through.get(tp)
+            previous = before[1] if before is not None and before[0] == generation_id else None
+            through[tp] = (generation_id, last.get(tp, previous), position)
+
+    def readable_end(self, tp: TP, highwater: int | None, start: int | None) -> int | None:
+        """The end offset of ``tp`` as far as records this worker reads go: the highwater, unless the fetches
+        already read past it while the last record they delivered ends earlier. The offsets in between hold no
+        record it reads (an upstream producer's transaction markers, aborted transactions: every partition a
+        transactional producer wrote ends with a marker), so once that last record is applied the partition
+        has caught up and holds no clock. ``start``: where this session began reading ``tp`` (its end when
+        nothing was delivered)."""
+        entry = self.read_through.get(tp)
+        if entry is None or highwater is None:
+            return highwater
+        generation, last, position = entry
+        if generation != self.app.consumer_generation_id or position < highwater:
+            return highwater
+        if last is None:
+            return highwater if start is None else min(start, highwater)
+        return min(last + 1, highwater)
 
     def mark_applied(self, records: Sequence[InputRecord]) -> None:
         """The checkpoint made ``records`` durable: Faust's next commit may cover them."""
@@ -452,8 +483,9 @@ async def _getmany_tapped(self: Consumer, timeout: float) -> AsyncIterator[tuple
             fetched.append([InputRecord(tp, r) for r in tp_records])
         else:
             rest[tp] = tp_records
-    if fetched:
-        await tap.deliver(interleave(fetched) if tap.merge else [r for rs in fetched for r in rs], generation_id)
+    delivered = interleave(fetched) if tap.merge else [r for rs in fetched for r in rs]
+    if not fetched or await tap.deliver(delivered, generation_id):
+        tap.fetched(generation_id, fetch_positions(self, tap.topics, active_partitions), delivered)
     if not rest:
         return
     to_message = self._to_message
@@ -462,6 +494,27 @@ async def _getmany_tapped(self: Consumer, timeout: float) -> AsyncIterator[tuple
             break
         track(tp, self.highwater(tp))
         yield tp, to_message(tp, record)
+
+
+def fetch_positions(consumer: Consumer, topics: frozenset[str], active: set[TP] | None) -> dict[TP, int]:
+    """The aiokafka consumer's position of each assigned partition of ``topics`` (active ones when given): the
+    offset after what its fetches handed over, control batches and aborted records included. Read in the
+    main thread right after a getmany, the only call that moves it; a partition without a position yet (being
+    reset) is left out."""
+    try:
+        assignment = cast(Any, consumer)._thread._ensure_consumer()._subscription.subscription.assignment
+    except Exception:  # noqa: BLE001 - no consumer or assignment yet (starting, rebalancing): nothing known
+        return {}
+    out: dict[TP, int] = {}
+    for tp in assignment.tps if active is None else active:
+        if tp.topic in topics:
+            try:
+                state = assignment.state_value(tp)
+            except Exception:  # noqa: BLE001 - revoked meanwhile
+                continue
+            if state is not None and state.has_valid_position:
+                out[tp] = state.position
+    return out
 
 
 def interleave(fetched: list[list[InputRecord]]) -> list[InputRecord]:

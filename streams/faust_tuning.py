@@ -9,6 +9,7 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 _original_create_worker_consumer = AIOKafkaConsumerThread._create_worker_consumer
 _fetch_max_wait_ms: int | None = None
 _fetch_min_bytes: int | None = None
+_isolation_level: str | None = None
 
 
 def _create_worker_consumer(self: AIOKafkaConsumerThread, transport: Any) -> Any:
@@ -18,6 +19,8 @@ def _create_worker_consumer(self: AIOKafkaConsumerThread, transport: Any) -> Any
         consumer._fetch_max_wait_ms = _fetch_max_wait_ms
     if _fetch_min_bytes is not None:
         consumer._fetch_min_bytes = _fetch_min_bytes
+    if _isolation_level is not None:
+        consumer._isolation_level = _isolation_level
     return consumer
 
 
@@ -45,4 +48,18 @@ def set_fetch_min_bytes(n: int) -> None:
     """
     global _fetch_min_bytes
     _fetch_min_bytes = n
+    AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer  # type: ignore[method-assign]
+
+
+def set_isolation_level(level: str) -> None:
+    """Which records of transactional producers the group consumer reads (Faust reads uncommitted ones unless
+    the app itself writes in transactions, which this one does not).
+
+    Why: an upstream producer with transactions (Kafka Streams or Flink exactly-once) leaves the records of an
+    aborted transaction in the log; read uncommitted, they were scored as if they had happened (an aborted order
+    counted in revenue). ``read_committed`` reads up to the last stable offset and drops aborted records, as
+    every exactly-once consumer does.
+    """
+    global _isolation_level
+    _isolation_level = level
     AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer  # type: ignore[method-assign]

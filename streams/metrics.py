@@ -78,6 +78,13 @@ GENERATION_MISSED = Counter(
     "pulse_generation_missed_total",
     "Assignments after a group generation this worker missed (dropped from the group): fail-stop, recover anew.",
 )
+INPUT_GAPS_EXPLAINED = Counter(
+    "pulse_input_gaps_explained_total",
+    "Gaps in a batch's input offsets found empty (transaction markers, aborted transactions, compaction, "
+    "retention), by how: read_back (a round trip to the broker) or read_ahead (covered by the partition's last "
+    "read-back).",
+    ["how"],
+)
 INPUT_OFFSETS_SKIPPED = Counter(
     "pulse_input_offsets_skipped_total",
     "Input offsets a batch skipped that hold no records (compaction, transaction markers), by topic.",

@@ -37,9 +37,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from array import array
+from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from faust.transport.consumer import Consumer
@@ -186,8 +188,30 @@ class OffsetLedger:
         return None if expected is None else min(offset, expected)
 
 
-#: (tp, first, last) -> the offsets of data records found in first..last (empty: the broker explains the gap)
-ReadBack = Callable[[TP, int, int], Awaitable[list[int]]]
+@dataclass(frozen=True)
+class LogRead:
+    """What one read-back of a partition saw: every offset in ``first..through`` that holds a record the worker
+    would read (sorted). A read usually goes past the gap it was asked about (one fetch returns up to a
+    partition's fetch size), and what it saw stays true: offsets below the position a read reached never gain
+    records, so the next gaps in ``first..through`` (the next transaction markers) are explained without
+    another round trip. A record seen may be compacted away later; that answer is only trusted fresh."""
+
+    first: int
+    through: int
+    records: Sequence[int] = ()
+    #: the partition's log start, read just after (None: not asked)
+    log_start: int | None = None
+
+    def covers(self, gap: Gap) -> bool:
+        return self.first <= gap.first and gap.last <= self.through
+
+    def records_in(self, first: int, last: int) -> list[int]:
+        return list(self.records[bisect_left(self.records, first) : bisect_right(self.records, last)])
+
+
+#: (tp, first, last) -> what the broker holds from ``first`` on, read at least through ``last`` (else through
+#: less, and then the gap counts as holding records: a fail-stop re-reads it)
+ReadBack = Callable[[TP, int, int], Awaitable[LogRead]]
 
 
 def rewinds(
@@ -252,6 +276,8 @@ class OffsetGuard:
         #: partition -> the input positions its changelog holds, for the partitions recovered since the last call
         #: (CustomerStateTable.recovered_positions)
         self.changelog_positions: Callable[[], Mapping[int, Mapping[str, int]]] | None = None
+        #: per partition, the last read-back (explains the next gaps it covers without another round trip)
+        self._reads: dict[TP, LogRead] = {}
         #: called (instead of going on) when an assignment follows a generation this worker missed
         self.on_missed_generation: Callable[[int | None, int | None], None] | None = None
 
@@ -288,22 +314,20 @@ class OffsetGuard:
                 log.warning("offset ledger: %s[%d] starts at its committed offset %d", tp.topic, tp.partition, offset)
                 self.ledger.seeked(tp, offset)
         scan = self.ledger.scan(offsets)
-        if scan.gaps:
-            gapped = {gap.tp for gap in scan.gaps}
-            for tp in sorted(gapped):
-                log.warning(
-                    "batch offsets of %s[%d] (expected %d): %s",
-                    tp.topic,
-                    tp.partition,
-                    self.ledger.expected[tp],
-                    ranges(o for t, o in offsets if t == tp),
-                )
         unexplained = []
         for gap in scan.gaps:
-            found = await self._read_back(gap.tp, gap.first, gap.last)
+            read = await self._read(gap)
+            found = read.records_in(gap.first, gap.last)
             if found:
                 unexplained.append((gap, found))
                 metrics.INPUT_OFFSET_GAPS.labels(gap.tp.topic).inc()
+                log.warning(
+                    "batch offsets of %s[%d] (expected %d): %s",
+                    gap.tp.topic,
+                    gap.tp.partition,
+                    self.ledger.expected[gap.tp],
+                    ranges(o for t, o in offsets if t == gap.tp),
+                )
                 log.critical(
                     "input offset gap: %s skipped by the batch hold %d records (first %d); "
                     "expected %d, the batch went on at %d: stopping before commit",
@@ -314,16 +338,32 @@ class OffsetGuard:
                     gap.last + 1,
                 )
             else:
-                await self._explained(gap)
+                self._explained(gap, read.log_start)
         if unexplained:
             raise OffsetGapError("unexplained input offset gaps: " + "; ".join(str(g) for g, _ in unexplained))
         return scan
 
-    async def _explained(self, gap: Gap) -> None:
-        """A gap that holds no records now: below the log's start, its records were deleted before this worker
-        read them (retention outran an outage, or DeleteRecords): nothing brings them back, but the operator
-        must learn of it, so a warning and its own counter. Within the log: compaction or transaction markers."""
-        start = None if self._log_start is None else await self._log_start(gap.tp)
+    async def _read(self, gap: Gap) -> LogRead:
+        """What the broker holds in ``gap``: from the last read of its partition if that covered it and saw no
+        record there (an upstream producer with transactions leaves a marker after every transaction, one gap
+        each: one round trip per fetch's worth of them, not per marker), else read back now."""
+        last = self._reads.get(gap.tp)
+        if last is not None and last.covers(gap) and not last.records_in(gap.first, gap.last):
+            metrics.INPUT_GAPS_EXPLAINED.labels("read_ahead").inc()
+            return last
+        read = await self._read_back(gap.tp, gap.first, gap.last)
+        if self._log_start is not None:
+            read = replace(read, log_start=await self._log_start(gap.tp))
+        metrics.INPUT_GAPS_EXPLAINED.labels("read_back").inc()
+        self._reads[gap.tp] = read
+        return read
+
+    def _explained(self, gap: Gap, start: int | None) -> None:
+        """A gap that holds no records: below the log's start (``start``, read just after the read-back that
+        saw the gap empty), its records were deleted before this worker read them (retention outran an outage,
+        or DeleteRecords): nothing brings them back, but the operator must learn of it, so a warning and its
+        own counter. Within the log: transaction markers, aborted transactions or compaction, counted (an
+        upstream producer with transactions leaves one per transaction, so not a line each)."""
         size = gap.last - gap.first + 1
         gone = 0 if start is None else max(0, min(gap.last + 1, start) - gap.first)
         if gone:
@@ -340,7 +380,7 @@ class OffsetGuard:
             )
         if size > gone:
             metrics.INPUT_OFFSETS_SKIPPED.labels(gap.tp.topic).inc(size - gone)
-            log.info("input offsets %s hold no records (compaction or transaction markers)", gap)
+            log.debug("input offsets %s hold no records (transaction markers, aborted transactions, compaction)", gap)
 
 
 # --- Faust hooks ---------------------------------------------------------------------------------
@@ -607,10 +647,22 @@ def check_generation(app: Any) -> None:
 # --- the broker side -----------------------------------------------------------------------------
 
 
+#: how long one poll of a read-back waits for the broker (bounded overall by offset_gap_read_back_seconds)
+READ_BACK_POLL_MS = 200
+#: the most record offsets one read-back keeps past its gap (8 bytes each, one read per partition)
+READ_AHEAD_RECORDS = 50_000
+
+
 def broker_guard(
-    app: Any, topics: Iterable[str], client_kwargs: Mapping[str, Any], read_back_seconds: float
+    app: Any,
+    topics: Iterable[str],
+    client_kwargs: Mapping[str, Any],
+    read_back_seconds: float,
+    isolation_level: str = "read_committed",
 ) -> OffsetGuard:
-    """An :class:`OffsetGuard` whose read-back and start offsets use a plain aiokafka consumer of the group."""
+    """An :class:`OffsetGuard` whose read-back and start offsets use a plain aiokafka consumer of the group.
+
+    It reads at the group consumer's ``isolation_level``: what the worker was handed is what it compares."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     client: AIOKafkaConsumer | None = None
@@ -626,28 +678,32 @@ def broker_guard(
                 # a gap that begins below the log's start: read from the start, so that records after it are
                 # found (aiokafka's default, latest, would jump past them and take the gap for empty)
                 auto_offset_reset="earliest",
-                isolation_level="read_committed" if app.in_transaction else "read_uncommitted",
+                isolation_level=isolation_level,
             )
             await consumer.start()
             client = consumer
         return client
 
-    async def read_back(tp: TP, first: int, last: int) -> list[int]:
+    async def read_back(tp: TP, first: int, last: int) -> LogRead:
         async with lock:
             consumer = await ensure()
             ktp = TopicPartition(tp.topic, tp.partition)
             consumer.assign([ktp])
             consumer.seek(ktp, first)
-            found: list[int] = []
+            found: array[int] = array("q")
             deadline = time.monotonic() + read_back_seconds
             while time.monotonic() < deadline:
-                batch = await consumer.getmany(ktp, timeout_ms=200)
-                records = batch.get(ktp, [])
-                found += [r.offset for r in records if first <= r.offset <= last]
-                if found or (records and records[-1].offset >= last) or await consumer.position(ktp) > last:
-                    return found
+                batch = await consumer.getmany(ktp, timeout_ms=READ_BACK_POLL_MS)
+                found.extend(r.offset for r in batch.get(ktp, []) if r.offset >= first)
+                through = await consumer.position(ktp) - 1
+                if through >= last or (found and found[0] <= last):
+                    # what the fetch brought past the gap is kept too (LogRead), up to READ_AHEAD_RECORDS
+                    if len(found) > READ_AHEAD_RECORDS:
+                        through = found[READ_AHEAD_RECORDS] - 1
+                        del found[READ_AHEAD_RECORDS:]
+                    return LogRead(first, through, found)
             # could not read past the gap in time: assume the worst (fail-stop re-reads it)
-            return found or [first]
+            return LogRead(first, last, found if found else array("q", [first]))
 
     async def log_start(tp: TP) -> int:
         """The partition's first offset still on the broker."""
@@ -681,6 +737,7 @@ def attach(pulse: Any) -> OffsetGuard:
         [*settings.input_topics().values(), settings.topic_retention_actions],
         kafka_client_kwargs(settings),
         settings.offset_gap_read_back_seconds,
+        settings.consumer_isolation_level,
     )
     pulse.app.pulse_offset_guard = guard
     consumer = getattr(pulse.app, "_consumer", None)  # built already: the __init__ hook came too late

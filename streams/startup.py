@@ -42,6 +42,19 @@ REDIS_CONNECT_TIMEOUT_SECONDS = 2.0
 T = TypeVar("T")
 
 
+def missing_codecs() -> list[str]:
+    """The record-batch compression codecs this install cannot read (aiokafka reads gzip itself; snappy, lz4
+    and zstd need cramjam, which ``aiokafka[snappy,lz4,zstd]`` brings).
+
+    Why at start-up: which codec a record batch uses is the producer's choice, not this worker's, and a batch
+    the consumer cannot decompress raised on every fetch of its partition: a crash loop over one producer's
+    setting. An install without them refuses to start, in one line."""
+    from aiokafka import codec
+
+    readers = {"snappy": codec.has_snappy, "lz4": codec.has_lz4, "zstd": codec.has_zstd}
+    return [name for name, has in readers.items() if not has()]
+
+
 class DependencyUnavailable(RuntimeError):
     """The broker or Redis did not answer within ``startup_wait_seconds``."""
 
@@ -138,6 +151,13 @@ def wait_or_exit(settings: Settings, status: WorkerStatus | None = None, logleve
     log.setLevel(loglevel.upper())
     log.propagate = False
     try:
+        if missing := missing_codecs():
+            log.critical(
+                "refusing to start: this install cannot read %s-compressed input records (cramjam is missing; "
+                "pip install 'aiokafka[snappy,lz4,zstd]'), and any producer may compress with them",
+                "/".join(missing),
+            )
+            sys.exit(EXIT_CONFIG)
         asyncio.run(wait_for_dependencies(settings, status))
     except DependencyUnavailable:
         sys.exit(EXIT_UNAVAILABLE)

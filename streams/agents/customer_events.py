@@ -123,8 +123,16 @@ def register(pulse: PulseApp) -> BatchProcessor:
         behind) and where this session reads it from until a record of it is read (offsets.read_starts)."""
         tps = [tp for tp in pulse.app.consumer.assignment() if tp.topic in inputs]
         committed = getattr(pulse.app.consumer, "_committed_offset", {})
-        ends = {(tp.topic, tp.partition): highwater(tp) for tp in tps}
-        return ends, offsets.read_starts(tps, committed, guard.ledger if guard is not None else None)
+        starts = offsets.read_starts(tps, committed, guard.ledger if guard is not None else None)
+        tap = getattr(pulse.app, "pulse_batch_input", None)
+        if tap is None:
+            ends = {(tp.topic, tp.partition): highwater(tp) for tp in tps}
+        else:  # past transaction markers and aborted records at a log's end (BatchInput.readable_end)
+            ends = {
+                (tp.topic, tp.partition): tap.readable_end(tp, highwater(tp), starts.get((tp.topic, tp.partition)))
+                for tp in tps
+            }
+        return ends, starts
 
     def owned_partitions() -> set[int]:
         return {tp.partition for tp in pulse.app.consumer.assignment() if tp.topic == orders_topic}

@@ -509,3 +509,50 @@ def test_silent_for_counts_from_the_last_batch_and_not_while_one_is_in_flight():
             await runner
 
     asyncio.run(go())
+
+
+class FakePositions:
+    """The aiokafka consumer's subscription as ``fetch_positions`` reads it: tp -> position after the fetches."""
+
+    def __init__(self, positions: dict[TP, int]) -> None:
+        self.positions = positions
+        assignment = SimpleNamespace(
+            tps=set(positions),
+            state_value=lambda tp: (
+                SimpleNamespace(has_valid_position=True, position=self.positions[tp]) if tp in self.positions else None
+            ),
+        )
+        subscription = SimpleNamespace(subscription=SimpleNamespace(assignment=assignment))
+        self._thread = SimpleNamespace(_ensure_consumer=lambda: SimpleNamespace(_subscription=subscription))
+
+
+def test_a_log_that_ends_in_transaction_markers_is_caught_up_once_its_last_record_is_read():
+    """An upstream producer with transactions ends every partition it wrote with a marker: the highwater is one
+    past the last record, forever. The fetches read past it; the readable end is after the last record
+    delivered, so the partition holds no clock once that record is applied (until session 23 it held it for
+    good while the input was quiet)."""
+
+    async def go() -> None:
+        app = FakeApp()
+        o0, o1 = TP(ORDERS, 0), TP(ORDERS, 1)
+        consumer = FakeConsumer(app, {o0: records(5, 6)}, active={o0, o1})
+        positions = FakePositions({o0: 8, o1: 3})  # o0: a marker at 7; o1: nothing read since its start, 3
+        consumer._thread = positions._thread  # type: ignore[attr-defined]
+        app.pulse_batch_input = tap = BatchInput(app, [ORDERS], 100)
+        await drain(consumer)
+        assert tap.readable_end(o0, 8, start=5) == 7  # after record 6, not the highwater 8
+        assert tap.readable_end(o0, 12, start=5) == 12  # more records written than fetched: the highwater
+        assert tap.readable_end(o1, 3, start=0) == 0  # everything from its start to 3 holds no record read
+        assert tap.readable_end(o1, 9, start=0) == 9
+        # a fetch of markers alone (an aborted transaction's end): the last record is still 6
+        consumer.fetch = {}
+        positions.positions[o0] = 11
+        await drain(consumer)
+        assert tap.readable_end(o0, 11, start=5) == 7
+        # another generation: the fetches of the last one say nothing
+        app.consumer_generation_id = 2
+        assert tap.readable_end(o0, 11, start=5) == 11
+        await drain(consumer)
+        assert tap.readable_end(o0, 11, start=9) == 9  # nothing delivered in generation 2: where it started
+
+    asyncio.run(go())

@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from pulse_config.settings import Settings
-from streams.startup import DependencyUnavailable, masked, one_line, retry
+from streams.startup import EXIT_CONFIG, DependencyUnavailable, masked, missing_codecs, one_line, retry, wait_or_exit
 
 
 def run_retry(settings: Settings, failures: int) -> tuple[list[float], int]:
@@ -62,3 +62,21 @@ def test_urls_in_the_log_carry_no_password():
     assert masked("rediss://user:pw@host/1") == "rediss://user:***@host/1"
     assert masked("kafka://127.0.0.1:9092") == "kafka://127.0.0.1:9092"
     assert one_line(ValueError("a\n  b")) == "ValueError: a b"
+
+
+def test_this_install_reads_every_compression_codec_a_producer_may_choose():
+    """snappy, lz4 and zstd come with aiokafka's extras (cramjam); without them a compressed batch crash-looped
+    the worker (tests/e2e/test_other_producers.py)."""
+    assert missing_codecs() == []
+
+
+def test_an_install_without_the_codecs_refuses_to_start_in_one_line(monkeypatch, capsys):
+    from aiokafka import codec
+
+    monkeypatch.setattr(codec, "cramjam", None)
+    assert missing_codecs() == ["snappy", "lz4", "zstd"]
+    with pytest.raises(SystemExit) as exited:
+        wait_or_exit(Settings(_env_file=None))
+    assert exited.value.code == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "refusing to start" in err and "snappy/lz4/zstd-compressed" in err and "Traceback" not in err
