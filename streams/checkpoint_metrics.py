@@ -131,7 +131,8 @@ class CheckpointMetrics:
             if (topic, partition) not in self._stalls_logged:
                 log.warning(
                     "clock of partition %d waits for %s[%d]: at offset %d of %d, and no record of it read for "
-                    "PULSE_CLOCK_PARTITION_IDLE_SECONDS: not fetched, or a wrong start position (a bug)",
+                    "PULSE_CLOCK_PARTITION_IDLE_SECONDS: a transaction its producer keeps open (read_committed reads "
+                    "up to where it began), not fetched, or a wrong start position (a bug)",
                     partition,
                     topic,
                     partition,

@@ -133,3 +133,24 @@ def test_aborted_transactions_are_not_scored_and_markers_cost_no_round_trip_each
     log = worker.log.read_text(errors="replace")
     assert "Traceback" not in log and "input offset gap" not in log
     assert "clock of partition" not in log, "a partition's clock waited for a transaction marker"
+
+    # a transaction left open holds what comes after it in its partitions until it ends (read_committed)
+    customer = committed[0]["customer_id"]
+    late = [
+        {**o, "event_id": f"{tag}-{o['event_id']}", "order_id": f"{tag}-{o['order_id']}"}
+        for tag, o in (("open", committed[0]), ("after", committed[1]))
+    ]
+    late[1]["customer_id"] = customer
+    producer.begin_transaction()
+    producer.produce(settings.topic_orders, key=customer.encode(), value=orjson.dumps(late[0]))
+    producer.flush(30)
+    other = librdkafka_producer(namespace.bootstrap, acks="all")
+    other.produce(settings.topic_orders, key=customer.encode(), value=orjson.dumps(late[1]))
+    assert other.flush(30) == 0
+    scored = metric(port, "pulse_events_total", {"outcome": "scored"})
+    assert not wait_until(lambda: metric(port, "pulse_events_total", {"outcome": "scored"}) > scored, timeout=3)
+    producer.commit_transaction(30)
+    expected = batch_order_profiles(committed + late)
+    converged = wait_until(lambda: not profile_diffs(settings, expected))
+    assert converged, worker.log_tail()
+    assert metric(port, "pulse_events_total", {"outcome": "scored"}) == len(committed) + 2
