@@ -19,12 +19,16 @@ import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+from prometheus_client.parser import text_string_to_metric_families
 
 from pulse.devstack import free_port, stop_process
+from pulse.simulate import generate_events
 from pulse_config.settings import Settings
 from streams.admin import ensure_topics
 
@@ -367,3 +371,62 @@ def get_json(url: str, token: str | None = None, scheme: str = "Bearer") -> tupl
         return err.code, json.loads(err.read() or b"{}")
     except OSError:
         return 0, {}
+
+
+# --- traffic and metrics of the fault and field-condition tests ---------------------------------------------------
+
+
+def send_stream(bootstrap: str, topics: dict[str, str], stream: list, chunks: int, pause: float) -> None:
+    """Produce ``stream`` ((kind, key, value) records) in ``chunks`` parts, ``pause`` seconds apart: traffic that
+    goes on while a test kills, restarts or rebalances things."""
+    size = -(-len(stream) // chunks)
+    for start in range(0, len(stream), size):
+        part = stream[start : start + size]
+        for kind, topic in topics.items():
+            records = [(key, value) for k, key, value in part if k == kind]
+            if records:
+                produce(bootstrap, topic, records)
+        time.sleep(pause)
+
+
+def metric_sum(port: int, name: str, labels: dict[str, str] | None = None) -> float:
+    """The sum of sample ``name`` of a worker's /metrics over the samples whose labels include ``labels``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in (labels or {}).items())
+    )
+
+
+def scraped(port: int) -> dict[str, float]:
+    """Sum of every sample per sample name (labels summed away)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[sample.name] = out.get(sample.name, 0.0) + sample.value
+    return out
+
+
+#: the generated histories of the fault tests end here (fixed, so a seed always makes the same records)
+HISTORY_END = datetime(2026, 6, 1, tzinfo=UTC)
+
+
+def history(
+    customers: int, seed: int, days: int = 365
+) -> tuple[list[tuple[str, dict]], list[tuple[str, bytes, bytes]]]:
+    """A generated history of all four kinds, and its records as a producer sends them: (kind, key, value)."""
+    events = generate_events(customers=customers, days=days, seed=seed, end=HISTORY_END)
+    return events, [(kind, e["customer_id"].encode(), orjson.dumps(e)) for kind, e in events]
+
+
+def applied_events(worker: Worker) -> float:
+    """A worker's ``pulse_events_total`` (0 until its metrics server is up)."""
+    try:
+        return scraped(worker.metrics_port).get("pulse_events_total", 0)
+    except OSError:  # its metrics server is not up yet
+        return 0

@@ -17,9 +17,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 from testing.reference import uninterrupted_profiles
-from testing.stack import profile_diffs, wait_until
+from testing.stack import applied_events, history, profile_diffs, scraped, send_stream, wait_until
 from tests.conftest import on_broker
-from tests.faults.test_crashes_and_outages import applied_events, history, scraped, send_stream
 
 pytestmark = pytest.mark.e2e
 

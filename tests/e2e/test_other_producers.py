@@ -15,16 +15,14 @@
 
 from __future__ import annotations
 
-import urllib.request
 from datetime import UTC, datetime
 
 import orjson
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from pulse.simulate import generate_orders
 from testing.reference import batch_order_profiles
-from testing.stack import profile_diffs, wait_until
+from testing.stack import metric_sum, profile_diffs, wait_until
 from tests.conftest import on_broker
 
 pytestmark = pytest.mark.e2e
@@ -35,16 +33,6 @@ CODECS = ("gzip", "snappy", "lz4", "zstd")
 ABORT_EVERY = 4
 #: orders per upstream transaction
 PER_TRANSACTION = 3
-
-
-def metric(port: int, name: str, labels: dict[str, str] | None = None) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return sum(
-        s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == name and all(s.labels.get(k) == v for k, v in (labels or {}).items())
-    )
 
 
 def librdkafka_producer(bootstrap: str, **config: object) -> object:
@@ -69,7 +57,7 @@ def test_compressed_batches_of_every_codec_are_scored(namespace, start_worker):
     diffs = profile_diffs(settings, expected)
     assert converged, f"{len(diffs)} profiles differ, e.g. {diffs[:2]}\n{worker.log_tail()}"
     assert worker.alive(), worker.log_tail()
-    assert metric(worker.metrics_port, "pulse_events_total", {"outcome": "scored"}) == len(orders)
+    assert metric_sum(worker.metrics_port, "pulse_events_total", {"outcome": "scored"}) == len(orders)
     assert "Traceback" not in worker.log.read_text(errors="replace")
 
 
@@ -116,8 +104,8 @@ def test_aborted_transactions_are_not_scored_and_markers_cost_no_round_trip_each
     converged = wait_until(lambda: not profile_diffs(settings, batch_order_profiles(committed)))
     assert converged, worker.log_tail()
     port = worker.metrics_port
-    read_back = metric(port, "pulse_input_gaps_explained_total", {"how": "read_back"})
-    read_ahead = metric(port, "pulse_input_gaps_explained_total", {"how": "read_ahead"})
+    read_back = metric_sum(port, "pulse_input_gaps_explained_total", {"how": "read_back"})
+    read_ahead = metric_sum(port, "pulse_input_gaps_explained_total", {"how": "read_ahead"})
     assert read_back + read_ahead >= transactions  # a marker after each in at least one partition
     assert read_back <= 2 * settings.partitions, (read_back, read_ahead)
 
@@ -128,8 +116,8 @@ def test_aborted_transactions_are_not_scored_and_markers_cost_no_round_trip_each
     diffs = profile_diffs(settings, expected)
     assert converged, f"{len(diffs)} profiles differ, e.g. {diffs[:2]}\n{worker.log_tail()}"
     assert worker.alive(), worker.log_tail()
-    assert metric(port, "pulse_events_total", {"outcome": "scored"}) == len(committed)
-    assert metric(port, "pulse_input_offset_gaps_total") == 0
+    assert metric_sum(port, "pulse_events_total", {"outcome": "scored"}) == len(committed)
+    assert metric_sum(port, "pulse_input_offset_gaps_total") == 0
     log = worker.log.read_text(errors="replace")
     assert "Traceback" not in log and "input offset gap" not in log
     assert "clock of partition" not in log, "a partition's clock waited for a transaction marker"
@@ -147,10 +135,10 @@ def test_aborted_transactions_are_not_scored_and_markers_cost_no_round_trip_each
     other = librdkafka_producer(namespace.bootstrap, acks="all")
     other.produce(settings.topic_orders, key=customer.encode(), value=orjson.dumps(late[1]))
     assert other.flush(30) == 0
-    scored = metric(port, "pulse_events_total", {"outcome": "scored"})
-    assert not wait_until(lambda: metric(port, "pulse_events_total", {"outcome": "scored"}) > scored, timeout=3)
+    scored = metric_sum(port, "pulse_events_total", {"outcome": "scored"})
+    assert not wait_until(lambda: metric_sum(port, "pulse_events_total", {"outcome": "scored"}) > scored, timeout=3)
     producer.commit_transaction(30)
     expected = batch_order_profiles(committed + late)
     converged = wait_until(lambda: not profile_diffs(settings, expected))
     assert converged, worker.log_tail()
-    assert metric(port, "pulse_events_total", {"outcome": "scored"}) == len(committed) + 2
+    assert metric_sum(port, "pulse_events_total", {"outcome": "scored"}) == len(committed) + 2

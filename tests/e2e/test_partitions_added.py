@@ -22,9 +22,17 @@ from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
 
 from streams.startup import EXIT_CONFIG
 from testing.reference import uninterrupted_profiles
-from testing.stack import Namespace, WorkerPool, profile_diffs, settings_from_env, wait_until
+from testing.stack import (
+    Namespace,
+    WorkerPool,
+    applied_events,
+    history,
+    profile_diffs,
+    send_stream,
+    settings_from_env,
+    wait_until,
+)
 from tests.conftest import on_broker
-from tests.faults.test_crashes_and_outages import applied_events, history, send_stream
 
 pytestmark = pytest.mark.e2e
 

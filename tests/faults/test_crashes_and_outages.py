@@ -16,13 +16,11 @@ import random
 import signal
 import threading
 import time
-import urllib.request
 from datetime import UTC, datetime
 
 import orjson
 import pytest
 import redis
-from prometheus_client.parser import text_string_to_metric_families
 
 from pulse.devstack import start_redis
 from pulse.simulate import BAD_PAYLOADS, generate_events
@@ -32,7 +30,16 @@ from streams.ownership import latest_states
 from streams.sinks.redis_profiles import profile_key, vip_key
 from testing.chaos import Fleet, hostile_order
 from testing.reference import uninterrupted_profiles
-from testing.stack import CONVERGE_SECONDS, consume, produce, profile_diffs, wait_until
+from testing.stack import (
+    CONVERGE_SECONDS,
+    applied_events,
+    consume,
+    history,
+    profile_diffs,
+    scraped,
+    send_stream,
+    wait_until,
+)
 from tests.conftest import on_broker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
@@ -40,48 +47,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 SEED = int(os.environ.get("PULSE_FAULT_SEED", "20261123"))
 KILLS = int(os.environ.get("PULSE_FAULT_KILLS", "10"))
 OUTAGE_SECONDS = float(os.environ.get("PULSE_FAULT_REDIS_OUTAGE_SECONDS", "10"))
-
-
-def send_stream(bootstrap: str, topics: dict[str, str], stream, chunks: int, pause: float) -> None:
-    size = -(-len(stream) // chunks)
-    for start in range(0, len(stream), size):
-        part = stream[start : start + size]
-        for kind, topic in topics.items():
-            records = [(key, value) for k, key, value in part if k == kind]
-            if records:
-                produce(bootstrap, topic, records)
-        time.sleep(pause)
-
-
-def scraped(port: int) -> dict[str, float]:
-    """Sum of every sample per sample name (labels summed away)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out[sample.name] = out.get(sample.name, 0.0) + sample.value
-    return out
-
-
-#: the generated histories of these tests end here (fixed, so a seed always makes the same records)
-HISTORY_END = datetime(2026, 6, 1, tzinfo=UTC)
-
-
-def history(
-    customers: int, seed: int, days: int = 365
-) -> tuple[list[tuple[str, dict]], list[tuple[str, bytes, bytes]]]:
-    """A generated history of all four kinds, and its records as a producer sends them: (kind, key, value)."""
-    events = generate_events(customers=customers, days=days, seed=seed, end=HISTORY_END)
-    return events, [(kind, e["customer_id"].encode(), orjson.dumps(e)) for kind, e in events]
-
-
-def applied_events(worker) -> float:
-    """A worker's ``pulse_events_total`` (0 until its metrics server is up)."""
-    try:
-        return scraped(worker.metrics_port).get("pulse_events_total", 0)
-    except OSError:  # its metrics server is not up yet
-        return 0
 
 
 def scored_events(client: redis.Redis, prefix: str) -> int:
