@@ -182,8 +182,9 @@ class Settings(BaseSettings):
     log_repeat_window_seconds: float = Field(
         10.0,
         ge=0,
-        description="The Kafka client's repeated log lines (a retry loop's, while the broker is down) are written "
-        "once per this window, the next one with the count held back (streams/log_limits.py, "
+        description="The Kafka client's and the Redis profile writer's repeated log lines (a retry loop's, while "
+        "the broker is down; a failed write per batch while Redis is down or full) are written once per this window, "
+        "the next one with the count held back (streams/log_limits.py, "
         "pulse_log_records_suppressed_total); 0 writes every line.",
     )
     offset_gap_check: bool = Field(

@@ -76,6 +76,8 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
         # after the app's imports, so that aiokafka's module loggers exist
         limit_repeated_lines(
             settings.log_repeat_window_seconds,
+            # the Redis writer warns once per failed flush: every batch while Redis is down or full
+            ("aiokafka", "streams.sinks.redis_profiles"),
             on_suppressed=lambda name: LOG_RECORDS_SUPPRESSED.labels(logger=name).inc(),
         )
         services = [StatusPublisher(pulse.app, status)] if api is not None else []

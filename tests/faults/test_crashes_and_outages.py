@@ -377,3 +377,53 @@ def test_a_broker_restart_mid_stream_loses_nothing(namespace, start_worker, devs
     # the only exits are fail-stops (75: dropped from the group, or a checkpoint refused), each restarted
     assert all(rc == 75 for _, rc in fleet.unplanned), (fleet.unplanned, digests())
     assert all(worker.alive() for worker in fleet.slots.values()), digests()
+
+
+def test_redis_full_scoring_goes_on_and_profiles_land_once_it_has_room(namespace, start_worker, tmp_path):
+    """Redis reaches ``maxmemory`` under its default policy (noeviction): every write is refused with OOM, not
+    a lost connection. The worker must take that as an outage: scoring goes on, the profiles wait, and once
+    the operator gives Redis room they all land, without a restart."""
+    events, stream = history(150, seed=6)
+    topics = namespace.settings.input_topics()
+    server = start_redis(tmp_path)
+    url = f"redis://127.0.0.1:{server.port}/0"
+    s = namespace.settings.model_copy(update={"redis_url": url})
+    expected = uninterrupted_profiles(events, s)
+    halves = [stream[: len(stream) // 2], stream[len(stream) // 2 :]]
+    client = redis.Redis.from_url(url, decode_responses=True)
+    worker = start_worker(PULSE_REDIS_URL=url, PULSE_BATCH_MAX_EVENTS="50", PULSE_REDIS_RETRY_MAX_SECONDS="1")
+    try:
+        send_stream(namespace.bootstrap, topics, halves[0], 1, 0)
+        assert wait_until(lambda: scored_events(client, s.redis_key_prefix) >= len(halves[0])), worker.log_tail()
+        used = int(client.info("memory")["used_memory"])
+        client.config_set("maxmemory-policy", "noeviction")
+        client.config_set("maxmemory", str(used))  # full: any write that needs memory is refused
+        before = scraped(worker.metrics_port)
+        send_stream(namespace.bootstrap, topics, halves[1], 1, 0)
+
+        def scoring_goes_on() -> bool:
+            now = scraped(worker.metrics_port)
+            return (
+                now.get("pulse_events_total", 0) >= before.get("pulse_events_total", 0) + len(halves[1])
+                and now.get("pulse_redis_write_errors_total", 0) > 0
+                and now.get("pulse_redis_pending_profiles", 0) > 0
+            )
+
+        assert wait_until(scoring_goes_on), worker.log_tail()
+        assert profile_diffs(s, expected), "every profile landed while Redis was full"
+        log = worker.log.read_text(errors="replace")
+        refused = "will retry: command not allowed when used memory > 'maxmemory'"
+        assert refused in log, worker.log_tail()
+
+        client.config_set("maxmemory", "0")  # room again
+        converged = wait_until(lambda: not profile_diffs(s, expected), timeout=120)
+        diffs = profile_diffs(s, expected)
+        assert converged, f"{len(diffs)} of {len(expected)} differ, e.g. {diffs[:2]}\n{worker.log_tail()}"
+        assert scraped(worker.metrics_port)["pulse_redis_pending_profiles"] == 0
+        log = worker.log.read_text(errors="replace")
+        assert worker.alive() and log.count("[^Worker]: Ready") == 1
+        # one warning per failed flush (every batch) is written once per PULSE_LOG_REPEAT_WINDOW_SECONDS
+        failed, written = scraped(worker.metrics_port)["pulse_redis_write_errors_total"], log.count(refused)
+        assert written < failed or failed <= 2, (written, failed)
+    finally:
+        server.stop()
