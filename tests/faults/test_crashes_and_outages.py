@@ -16,6 +16,7 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import orjson
@@ -198,6 +199,21 @@ def check_one_content_per_id(namespace, client: redis.Redis) -> None:
     assert not pending, pending
 
 
+def scoring_goes_on(worker, before: dict[str, float], sent: int) -> Callable[[], bool]:
+    """A check for ``wait_until``: the worker scored ``sent`` more events than at ``before`` (its scrape) while its
+    Redis writes fail and its profiles wait."""
+
+    def check() -> bool:
+        now = scraped(worker.metrics_port)
+        return (
+            now.get("pulse_events_total", 0) >= before.get("pulse_events_total", 0) + sent
+            and now.get("pulse_redis_write_errors_total", 0) > 0
+            and now.get("pulse_redis_pending_profiles", 0) > 0
+        )
+
+    return check
+
+
 def test_redis_outage_processing_goes_on_and_redis_converges(namespace, start_worker, tmp_path):
     """Redis is killed (losing its data) for at least ``OUTAGE_SECONDS`` mid-stream, then starts empty on the same
     port."""
@@ -223,16 +239,7 @@ def test_redis_outage_processing_goes_on_and_redis_converges(namespace, start_wo
         outage_started = time.monotonic()
         before = scraped(worker.metrics_port)
         send_stream(namespace.bootstrap, topics, thirds[1], 1, 0)
-
-        def scoring_goes_on() -> bool:
-            now = scraped(worker.metrics_port)
-            return (
-                now.get("pulse_events_total", 0) >= before.get("pulse_events_total", 0) + len(thirds[1])
-                and now.get("pulse_redis_write_errors_total", 0) > 0
-                and now.get("pulse_redis_pending_profiles", 0) > 0
-            )
-
-        assert wait_until(scoring_goes_on), worker.log_tail()  # all while Redis is down
+        assert wait_until(scoring_goes_on(worker, before, len(thirds[1]))), worker.log_tail()  # while Redis is down
         during = scraped(worker.metrics_port)
         time.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - outage_started)))
         assert worker.alive()
@@ -400,16 +407,7 @@ def test_redis_full_scoring_goes_on_and_profiles_land_once_it_has_room(namespace
         client.config_set("maxmemory", str(used))  # full: any write that needs memory is refused
         before = scraped(worker.metrics_port)
         send_stream(namespace.bootstrap, topics, halves[1], 1, 0)
-
-        def scoring_goes_on() -> bool:
-            now = scraped(worker.metrics_port)
-            return (
-                now.get("pulse_events_total", 0) >= before.get("pulse_events_total", 0) + len(halves[1])
-                and now.get("pulse_redis_write_errors_total", 0) > 0
-                and now.get("pulse_redis_pending_profiles", 0) > 0
-            )
-
-        assert wait_until(scoring_goes_on), worker.log_tail()
+        assert wait_until(scoring_goes_on(worker, before, len(halves[1]))), worker.log_tail()
         assert profile_diffs(s, expected), "every profile landed while Redis was full"
         log = worker.log.read_text(errors="replace")
         refused = "will retry: command not allowed when used memory > 'maxmemory'"
