@@ -556,3 +556,24 @@ def test_a_log_that_ends_in_transaction_markers_is_caught_up_once_its_last_recor
         assert tap.readable_end(o0, 11, start=9) == 9  # nothing delivered in generation 2: where it started
 
     asyncio.run(go())
+
+
+def test_fetch_positions_reads_a_real_aiokafka_consumer():
+    """``fetch_positions`` reads aiokafka's subscription state, not a public API: against the installed aiokafka,
+    so an upgrade that moves it fails here instead of silently holding clocks again."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    async def go() -> None:
+        consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1")  # never started: no broker needed
+        try:
+            tp, other = TopicPartition(ORDERS, 3), TopicPartition(TICKS, 3)
+            consumer.assign([tp, other])
+            consumer._subscription.subscription.assignment.state_value(tp).seek(41)
+            faust_consumer = SimpleNamespace(_thread=SimpleNamespace(_ensure_consumer=lambda: consumer))
+            assert batch_input.fetch_positions(faust_consumer, frozenset({ORDERS}), None) == {tp: 41}
+            assert batch_input.fetch_positions(faust_consumer, frozenset({ORDERS}), {TP(ORDERS, 3)}) == {tp: 41}
+            assert batch_input.fetch_positions(faust_consumer, frozenset({TICKS}), None) == {}  # no position yet
+        finally:
+            await consumer.stop()
+
+    asyncio.run(go())
