@@ -22,13 +22,15 @@ from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from aiokafka import errors as Errors
+from aiokafka.conn import create_conn
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
 from pulse_config.settings import Settings
 from streams.admin import PartitionMismatch, ensure_topics
 from streams.api import WorkerStatus
-from streams.security import redis_client_kwargs
+from streams.security import SASL_PROTOCOLS, kafka_client_kwargs, redis_client_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,8 @@ log = logging.getLogger(__name__)
 EXIT_UNAVAILABLE = 69
 #: Exit status when the topics do not fit the settings (sysexits.h EX_CONFIG): a restart alone does not help.
 EXIT_CONFIG = 78
+#: One SASL handshake that checks the credentials at start-up waits this long at most.
+REFUSAL_PROBE_SECONDS = 10.0
 #: One Redis connection attempt at start-up waits this long at most.
 REDIS_CONNECT_TIMEOUT_SECONDS = 2.0
 
@@ -53,6 +57,58 @@ def missing_codecs() -> list[str]:
 
     readers = {"snappy": codec.has_snappy, "lz4": codec.has_lz4, "zstd": codec.has_zstd}
     return [name for name, has in readers.items() if not has()]
+
+
+class BrokerRefusedCredentials(RuntimeError):
+    """The broker answered and refused this worker's SASL credentials or mechanism: a configuration error."""
+
+
+#: what a broker's SASL handshake raises when it refuses the credentials or the mechanism
+_REFUSALS = (
+    Errors.SaslAuthenticationFailed,
+    Errors.AuthenticationFailedError,
+    Errors.UnsupportedSaslMechanismError,
+    Errors.IllegalSaslStateError,
+)
+
+
+async def refused_credentials(settings: Settings) -> BaseException | None:
+    """The broker's refusal of this worker's SASL credentials, if one of the bootstrap servers answers with it.
+
+    Why: aiokafka's bootstrap takes any failed connection for an unreachable host (``KafkaConnectionError: Unable
+    to bootstrap``), so a wrong password or mechanism read as a broker that is down: the worker waited and
+    retried, saying so, for as long as ``startup_wait_seconds`` allows (forever by default). One handshake per
+    server tells them apart; a server that cannot be reached is the retry's business."""
+    kwargs = kafka_client_kwargs(settings)
+    if kwargs.get("security_protocol") not in SASL_PROTOCOLS:
+        return None
+    auth = {k: v for k, v in kwargs.items() if k != "bootstrap_servers"}
+    for server in settings.broker_bootstrap().split(","):
+        host, _, port = server.rpartition(":")
+        try:
+            conn = await asyncio.wait_for(
+                create_conn(host, int(port), request_timeout_ms=int(REFUSAL_PROBE_SECONDS * 1000), **auth),
+                REFUSAL_PROBE_SECONDS,
+            )
+        except _REFUSALS as exc:
+            return exc
+        except (OSError, KafkaError, TimeoutError, ValueError):
+            continue  # not reached (or not a host:port): the retry's business
+        conn.close()
+        return None
+    return None
+
+
+async def ensure_topics_authenticated(settings: Settings) -> None:
+    """:func:`ensure_topics`, after making sure the broker does not refuse the credentials (not retried then)."""
+    refusal = await refused_credentials(settings)
+    if refusal is not None:
+        raise BrokerRefusedCredentials(
+            f"the broker at {masked(settings.broker_url)} refused the credentials of PULSE_BROKER_SASL_USERNAME="
+            f"{settings.broker_sasl_username!r} (PULSE_BROKER_SASL_MECHANISM={settings.broker_sasl_mechanism}): "
+            f"{one_line(refusal)}"
+        )
+    await ensure_topics(settings)
 
 
 class DependencyUnavailable(RuntimeError):
@@ -114,7 +170,7 @@ async def wait_for_dependencies(settings: Settings, status: WorkerStatus | None 
     await retry(
         "the broker",
         masked(settings.broker_url),
-        lambda: ensure_topics(settings),
+        lambda: ensure_topics_authenticated(settings),
         settings,
         (KafkaError, OSError, asyncio.TimeoutError),
     )
@@ -161,7 +217,7 @@ def wait_or_exit(settings: Settings, status: WorkerStatus | None = None, logleve
         asyncio.run(wait_for_dependencies(settings, status))
     except DependencyUnavailable:
         sys.exit(EXIT_UNAVAILABLE)
-    except PartitionMismatch as exc:
+    except (PartitionMismatch, BrokerRefusedCredentials) as exc:
         # a configuration error, not a crash: one line that says what and where to look, no traceback
         log.critical("refusing to start: %s", exc)
         sys.exit(EXIT_CONFIG)

@@ -80,3 +80,10 @@ def test_an_install_without_the_codecs_refuses_to_start_in_one_line(monkeypatch,
     assert exited.value.code == EXIT_CONFIG
     err = capsys.readouterr().err
     assert "refusing to start" in err and "snappy/lz4/zstd-compressed" in err and "Traceback" not in err
+
+
+def test_without_sasl_no_handshake_is_tried():
+    """PLAINTEXT and SSL: nothing to refuse; the broker's reachability is the retry's business."""
+    from streams.startup import refused_credentials
+
+    assert asyncio.run(refused_credentials(Settings(_env_file=None, broker_url="kafka://127.0.0.1:1"))) is None

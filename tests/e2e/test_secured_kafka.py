@@ -1,0 +1,159 @@
+"""A Kafka cluster that requires SASL, as production clusters do: a real broker with a SASL_PLAINTEXT listener.
+
+Every Kafka client of the worker (Faust's consumer and producer, the admin client that creates the topics, the
+offset guard's read-back, the changelog recovery and repair, the population follower) must authenticate: one
+that does not fails against such a listener. Until session 23 no test had a worker talk to an authenticating
+broker. The broker here also keeps a PLAINTEXT listener, for its own readiness probe only.
+
+Mechanisms: PLAIN (credentials in the broker's JAAS line) and SCRAM-SHA-512 (a user added with Kafka's own
+``kafka-configs`` tool). A wrong password or mechanism must end the worker's start-up with one clear line (exit
+78), not read as a broker that is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from pulse.devstack import KafkaBroker, _kafka_java, free_port
+from pulse.simulate import generate_orders
+from streams.security import kafka_client_kwargs
+from streams.startup import EXIT_CONFIG
+from testing.reference import batch_order_profiles
+from testing.stack import WorkerPool, make_namespace, profile_diffs, wait_until
+from tests.conftest import on_broker
+
+pytestmark = pytest.mark.e2e
+
+END = datetime(2026, 6, 30, tzinfo=UTC)
+USER, PASSWORD = "pulse", "pulse-secret"
+#: how long a worker with a wrong password gets to say so and stop
+REFUSAL_SECONDS = 90
+
+
+@pytest.fixture(scope="module")
+def sasl_kafka(devstack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KafkaBroker, int]]:
+    """A Kafka broker of its own, for this module's tests, with a SASL_PLAINTEXT listener (PLAIN and
+    SCRAM-SHA-512) beside PLAINTEXT."""
+    if not on_broker(devstack, "kafka"):
+        pytest.skip("the SASL listener here is an Apache Kafka configuration (its JAAS lines, its SCRAM tool)")
+    port, sasl_port, controller = free_port(), free_port(), free_port()
+    props = {
+        "listeners": f"PLAINTEXT://127.0.0.1:{port},SASL_PLAINTEXT://127.0.0.1:{sasl_port},"
+        f"CONTROLLER://127.0.0.1:{controller}",
+        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port},SASL_PLAINTEXT://127.0.0.1:{sasl_port}",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "sasl.enabled.mechanisms": "PLAIN,SCRAM-SHA-512",
+        "listener.name.sasl_plaintext.plain.sasl.jaas.config": (
+            f'org.apache.kafka.common.security.plain.PlainLoginModule required user_{USER}="{PASSWORD}";'
+        ),
+        "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config": (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        ),
+    }
+    home = tmp_path_factory.mktemp("sasl-kafka")
+    broker = KafkaBroker.start(home, props, port=port, controller_port=controller)
+    try:
+        added = subprocess.run(
+            [
+                *_kafka_java(broker.home, broker.jvm_options),
+                "kafka.admin.ConfigCommand",
+                "--bootstrap-server",
+                broker.bootstrap,
+                "--alter",
+                "--entity-type",
+                "users",
+                "--entity-name",
+                USER,
+                "--add-config",
+                f"SCRAM-SHA-512=[iterations=4096,password={PASSWORD}]",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
+        assert added.returncode == 0, added.stdout + added.stderr
+        yield broker, sasl_port
+    finally:
+        broker.stop()
+        broker.remove_data()
+
+
+def sasl_env(devstack, sasl_port: int, mechanism: str, password: str = PASSWORD) -> dict[str, str]:
+    return {
+        "PULSE_BROKER_URL": f"kafka://127.0.0.1:{sasl_port}",
+        "PULSE_REDIS_URL": devstack.redis_url,
+        "PULSE_BROKER_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "PULSE_BROKER_SASL_MECHANISM": mechanism,
+        "PULSE_BROKER_SASL_USERNAME": USER,
+        "PULSE_BROKER_SASL_PASSWORD": password,
+    }
+
+
+def produce_authenticated(settings, orders: list[dict]) -> None:
+    async def go() -> None:
+        producer = AIOKafkaProducer(**kafka_client_kwargs(settings), acks="all")
+        await producer.start()
+        try:
+            for o in orders:
+                await producer.send(settings.topic_orders, key=o["customer_id"].encode(), value=orjson.dumps(o))
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+    asyncio.run(asyncio.wait_for(go(), 120))
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-512"])
+def test_a_worker_scores_through_a_sasl_listener(sasl_kafka, devstack, tmp_path, mechanism):
+    _, sasl_port = sasl_kafka
+    namespace = make_namespace(sasl_env(devstack, sasl_port, mechanism), tmp_path)  # creates the topics: admin too
+    settings = namespace.settings
+    pool = WorkerPool(namespace)
+    try:
+        worker = pool.start()
+        orders = generate_orders(customers=40, days=200, seed=11, end=END)
+        produce_authenticated(settings, orders[: len(orders) // 2])
+        assert wait_until(lambda: not profile_diffs(settings, batch_order_profiles(orders[: len(orders) // 2])))
+        worker.stop()  # a restart recovers its state from the changelog, through the same listener
+        worker = pool.start()
+        produce_authenticated(settings, orders[len(orders) // 2 :])
+        expected = batch_order_profiles(orders)
+        converged = wait_until(lambda: not profile_diffs(settings, expected))
+        diffs = profile_diffs(settings, expected)
+        assert converged, f"{len(diffs)} profiles differ, e.g. {diffs[:2]}\n{worker.log_tail()}"
+        assert worker.alive(), worker.log_tail()
+        log = worker.log.read_text(errors="replace")
+        assert "Traceback" not in log and "Authentication" not in log
+    finally:
+        pool.stop_all()
+
+
+@pytest.mark.parametrize(
+    ("mechanism", "password"),
+    [("PLAIN", "not-the-password"), ("SCRAM-SHA-256", PASSWORD)],
+    ids=["password", "mechanism"],
+)
+def test_refused_credentials_stop_the_start_with_one_clear_line(sasl_kafka, devstack, tmp_path, mechanism, password):
+    """A wrong password, or a mechanism the listener does not offer. Until session 23 aiokafka's bootstrap took
+    the refusal for an unreachable broker: the worker logged `waiting for the broker ... Unable to bootstrap`
+    and retried for as long as PULSE_STARTUP_WAIT_SECONDS allows (forever by default)."""
+    _, sasl_port = sasl_kafka
+    namespace = make_namespace(sasl_env(devstack, sasl_port, "PLAIN"), tmp_path)
+    pool = WorkerPool(namespace)
+    try:
+        worker = pool.start(PULSE_BROKER_SASL_MECHANISM=mechanism, PULSE_BROKER_SASL_PASSWORD=password)
+        assert worker.proc.wait(REFUSAL_SECONDS) == EXIT_CONFIG, worker.log_tail()
+        log = worker.log.read_text(errors="replace")
+        [line] = [line for line in log.splitlines() if "refusing to start" in line]
+        assert f"refused the credentials of PULSE_BROKER_SASL_USERNAME='{USER}'" in line, line
+        assert "waiting for the broker" not in log and "Traceback" not in log and password not in log
+    finally:
+        pool.stop_all()
