@@ -1,4 +1,5 @@
-"""A Kafka cluster that requires SASL, as production clusters do: a real broker with a SASL_PLAINTEXT listener.
+"""A Kafka cluster that requires SASL, as production clusters do: a real broker with SASL_PLAINTEXT and SASL_SSL
+listeners (TLS with a certificate for 127.0.0.1 made by openssl, checked against its CA).
 
 Every Kafka client of the worker (Faust's consumer and producer, the admin client that creates the topics, the
 offset guard's read-back, the changelog recovery and repair, the population follower) must authenticate: one
@@ -13,9 +14,11 @@ Mechanisms: PLAIN (credentials in the broker's JAAS line) and SCRAM-SHA-512 (a u
 from __future__ import annotations
 
 import asyncio
+import shutil
 import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import orjson
 import pytest
@@ -37,27 +40,65 @@ USER, PASSWORD = "pulse", "pulse-secret"
 REFUSAL_SECONDS = 90
 
 
+#: the broker, its port per security protocol, the CA file of its certificate
+SecuredKafka = tuple[KafkaBroker, dict[str, int], Path]
+#: the keystore's password (a throwaway certificate for 127.0.0.1, made per test run)
+KEYSTORE_PASSWORD = "changeit"
+
+
+def make_certificates(folder: Path) -> tuple[Path, Path]:
+    """A CA and a server certificate for IP 127.0.0.1 signed by it, with openssl: (the CA's PEM file, the server's
+    PKCS12 keystore for Kafka)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed: no certificate for the SASL_SSL listener")
+    ca_key, ca, key, csr, cert, ext = (folder / n for n in ("ca.key", "ca.pem", "s.key", "s.csr", "s.pem", "s.ext"))
+    keystore = folder / "server.p12"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    steps = [
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca, "-days", "2"]
+        + ["-subj", "/CN=pulse-test-ca"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"],
+        ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert, "-days", "2"]
+        + ["-extfile", ext],
+        ["pkcs12", "-export", "-in", cert, "-inkey", key, "-out", keystore, "-passout", f"pass:{KEYSTORE_PASSWORD}"],
+    ]
+    for step in steps:
+        done = subprocess.run(["openssl", *map(str, step)], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+    return ca, keystore
+
+
 @pytest.fixture(scope="module")
-def sasl_kafka(devstack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KafkaBroker, int]]:
-    """A Kafka broker of its own, for this module's tests, with a SASL_PLAINTEXT listener (PLAIN and
-    SCRAM-SHA-512) beside PLAINTEXT."""
+def sasl_kafka(
+    devstack, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[KafkaBroker, dict[str, int], Path]]:
+    """A Kafka broker of its own, for this module's tests, with SASL_PLAINTEXT and SASL_SSL listeners (PLAIN and
+    SCRAM-SHA-512 on each) beside PLAINTEXT; yields it, the port per protocol and the CA file."""
     if not on_broker(devstack, "kafka"):
-        pytest.skip("the SASL listener here is an Apache Kafka configuration (its JAAS lines, its SCRAM tool)")
-    port, sasl_port, controller = free_port(), free_port(), free_port()
-    props = {
-        "listeners": f"PLAINTEXT://127.0.0.1:{port},SASL_PLAINTEXT://127.0.0.1:{sasl_port},"
-        f"CONTROLLER://127.0.0.1:{controller}",
-        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port},SASL_PLAINTEXT://127.0.0.1:{sasl_port}",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT",
-        "sasl.enabled.mechanisms": "PLAIN,SCRAM-SHA-512",
-        "listener.name.sasl_plaintext.plain.sasl.jaas.config": (
-            f'org.apache.kafka.common.security.plain.PlainLoginModule required user_{USER}="{PASSWORD}";'
-        ),
-        "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config": (
-            "org.apache.kafka.common.security.scram.ScramLoginModule required;"
-        ),
-    }
+        pytest.skip("the SASL listeners here are an Apache Kafka configuration (its JAAS lines, its SCRAM tool)")
     home = tmp_path_factory.mktemp("sasl-kafka")
+    ca, keystore = make_certificates(home)
+    port, controller = free_port(), free_port()
+    ports = {"SASL_PLAINTEXT": free_port(), "SASL_SSL": free_port()}
+    clients = ",".join(f"{name}://127.0.0.1:{p}" for name, p in ports.items())
+    props = {
+        "listeners": f"PLAINTEXT://127.0.0.1:{port},{clients},CONTROLLER://127.0.0.1:{controller}",
+        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port},{clients}",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL,"
+        "CONTROLLER:PLAINTEXT",
+        "sasl.enabled.mechanisms": "PLAIN,SCRAM-SHA-512",
+        "ssl.keystore.type": "PKCS12",
+        "ssl.keystore.location": str(keystore),
+        "ssl.keystore.password": KEYSTORE_PASSWORD,
+        "ssl.key.password": KEYSTORE_PASSWORD,
+    }
+    for listener in ("sasl_plaintext", "sasl_ssl"):
+        props[f"listener.name.{listener}.plain.sasl.jaas.config"] = (
+            f'org.apache.kafka.common.security.plain.PlainLoginModule required user_{USER}="{PASSWORD}";'
+        )
+        props[f"listener.name.{listener}.scram-sha-512.sasl.jaas.config"] = (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        )
     broker = KafkaBroker.start(home, props, port=port, controller_port=controller)
     try:
         added = subprocess.run(
@@ -80,20 +121,22 @@ def sasl_kafka(devstack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[t
             stdin=subprocess.DEVNULL,
         )
         assert added.returncode == 0, added.stdout + added.stderr
-        yield broker, sasl_port
+        yield broker, ports, ca
     finally:
         broker.stop()
         broker.remove_data()
 
 
-def sasl_env(devstack, sasl_port: int, mechanism: str, password: str = PASSWORD) -> dict[str, str]:
+def sasl_env(devstack, sasl_kafka, protocol: str, mechanism: str) -> dict[str, str]:
+    _, ports, ca = sasl_kafka
     return {
-        "PULSE_BROKER_URL": f"kafka://127.0.0.1:{sasl_port}",
+        "PULSE_BROKER_URL": f"kafka://127.0.0.1:{ports[protocol]}",
         "PULSE_REDIS_URL": devstack.redis_url,
-        "PULSE_BROKER_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "PULSE_BROKER_SECURITY_PROTOCOL": protocol,
         "PULSE_BROKER_SASL_MECHANISM": mechanism,
         "PULSE_BROKER_SASL_USERNAME": USER,
-        "PULSE_BROKER_SASL_PASSWORD": password,
+        "PULSE_BROKER_SASL_PASSWORD": PASSWORD,
+        **({"PULSE_BROKER_SSL_CAFILE": str(ca)} if protocol == "SASL_SSL" else {}),
     }
 
 
@@ -111,10 +154,12 @@ def produce_authenticated(settings, orders: list[dict]) -> None:
     asyncio.run(asyncio.wait_for(go(), 120))
 
 
-@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-512"])
-def test_a_worker_scores_through_a_sasl_listener(sasl_kafka, devstack, tmp_path, mechanism):
-    _, sasl_port = sasl_kafka
-    namespace = make_namespace(sasl_env(devstack, sasl_port, mechanism), tmp_path)  # creates the topics: admin too
+@pytest.mark.parametrize(
+    ("protocol", "mechanism"), [("SASL_PLAINTEXT", "PLAIN"), ("SASL_SSL", "SCRAM-SHA-512")], ids=["plain", "scram-tls"]
+)
+def test_a_worker_scores_through_a_sasl_listener(sasl_kafka, devstack, tmp_path, protocol, mechanism):
+    env = sasl_env(devstack, sasl_kafka, protocol, mechanism)
+    namespace = make_namespace(env, tmp_path)  # creates the topics: the admin client authenticates too
     settings = namespace.settings
     pool = WorkerPool(namespace)
     try:
@@ -145,8 +190,7 @@ def test_refused_credentials_stop_the_start_with_one_clear_line(sasl_kafka, devs
     """A wrong password, or a mechanism the listener does not offer. Until session 23 aiokafka's bootstrap took
     the refusal for an unreachable broker: the worker logged `waiting for the broker ... Unable to bootstrap`
     and retried for as long as PULSE_STARTUP_WAIT_SECONDS allows (forever by default)."""
-    _, sasl_port = sasl_kafka
-    namespace = make_namespace(sasl_env(devstack, sasl_port, "PLAIN"), tmp_path)
+    namespace = make_namespace(sasl_env(devstack, sasl_kafka, "SASL_PLAINTEXT", "PLAIN"), tmp_path)
     pool = WorkerPool(namespace)
     try:
         worker = pool.start(PULSE_BROKER_SASL_MECHANISM=mechanism, PULSE_BROKER_SASL_PASSWORD=password)
