@@ -334,11 +334,17 @@ class KafkaBroker(Server):
         controller_port: int | None = None,
         jvm_options: tuple[str, ...] = KAFKA_JVM_OPTIONS,
         own_group: bool = False,
+        cluster_id: str | None = None,
+        wait: bool = True,
     ) -> KafkaBroker:
-        """Format storage under ``home`` with a random cluster id, start the broker, wait for metadata.
+        """Format storage under ``home`` with ``cluster_id`` (None: a random one), start the broker, wait for
+        metadata.
 
         ``extra_props`` override the defaults (e.g. ``kafka_props_from_env(compose_env)``); if they
-        change the listeners, the broker is awaited on the port of ``advertised.listeners``' first entry.
+        change the listeners, the broker is awaited on the port of ``advertised.listeners``' first entry. The
+        nodes of one cluster (their own ``node.id``, the same ``controller.quorum.voters``) share a cluster id and
+        are all started (``wait=False``: without waiting) before any is awaited (:meth:`wait_ready`), from one
+        thread: a node dies with the thread that started it (``_die_with_parent``).
         """
         reason = kafka_available()
         if reason is not None:
@@ -356,7 +362,15 @@ class KafkaBroker(Server):
         java = _kafka_java(home, jvm_options)
         with log.open("ab") as out:
             formatted = subprocess.run(
-                [*java, "kafka.tools.StorageTool", "format", "-t", _random_cluster_id(), "-c", str(config)],
+                [
+                    *java,
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "-t",
+                    cluster_id or _random_cluster_id(),
+                    "-c",
+                    str(config),
+                ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -375,7 +389,8 @@ class KafkaBroker(Server):
             jvm_options=jvm_options,
             own_group=own_group,
         )
-        broker._wait_ready()
+        if wait:
+            broker.wait_ready()
         return broker
 
     def restart(self, kill: bool = True) -> None:
@@ -388,9 +403,9 @@ class KafkaBroker(Server):
             self.stop()
         java = _kafka_java(self.home, self.jvm_options)
         self.proc = _launch_kafka(java, self.home / "server.properties", self.log, self.own_group)
-        self._wait_ready()
+        self.wait_ready()
 
-    def _wait_ready(self) -> None:
+    def wait_ready(self) -> None:
         """Until the broker listens and answers a metadata request; stopped and raised if it does not in time."""
         try:
             _wait_port(self.port, self.proc, "kafka", self.log, KAFKA_START_TIMEOUT_SECONDS)
