@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -30,7 +31,7 @@ from redis.exceptions import RedisError
 from pulse_config.settings import Settings
 from streams.admin import PartitionMismatch, ensure_topics
 from streams.api import WorkerStatus
-from streams.security import SASL_PROTOCOLS, kafka_client_kwargs, redis_client_kwargs
+from streams.security import SASL_PROTOCOLS, TLS_PROTOCOLS, kafka_client_kwargs, redis_client_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,8 @@ def missing_codecs() -> list[str]:
 
 
 class BrokerRefusedCredentials(RuntimeError):
-    """The broker answered and refused this worker's SASL credentials or mechanism: a configuration error."""
+    """The broker answered and refused this worker's SASL credentials or mechanism, or this worker does not trust
+    the broker's TLS certificate: a configuration error."""
 
 
 #: what a broker's SASL handshake raises when it refuses the credentials or the mechanism
@@ -73,14 +75,15 @@ _REFUSALS = (
 
 
 async def refused_credentials(settings: Settings) -> BaseException | None:
-    """The broker's refusal of this worker's SASL credentials, if one of the bootstrap servers answers with it.
+    """The broker's refusal of this worker's SASL credentials, or a TLS certificate of the broker this worker
+    does not trust, if one of the bootstrap servers answers with it.
 
     Why: aiokafka's bootstrap takes any failed connection for an unreachable host (``KafkaConnectionError: Unable
-    to bootstrap``), so a wrong password or mechanism read as a broker that is down: the worker waited and
-    retried, saying so, for as long as ``startup_wait_seconds`` allows (forever by default). One handshake per
-    server tells them apart; a server that cannot be reached is the retry's business."""
+    to bootstrap``), so a wrong password or mechanism, or a missing CA file, read as a broker that is down: the
+    worker waited and retried, saying so, for as long as ``startup_wait_seconds`` allows (forever by default).
+    One handshake per server tells them apart; a server that cannot be reached is the retry's business."""
     kwargs = kafka_client_kwargs(settings)
-    if kwargs.get("security_protocol") not in SASL_PROTOCOLS:
+    if kwargs.get("security_protocol") not in SASL_PROTOCOLS | TLS_PROTOCOLS:
         return None
     auth = {k: v for k, v in kwargs.items() if k != "bootstrap_servers"}
     for server in settings.broker_bootstrap().split(","):
@@ -90,7 +93,7 @@ async def refused_credentials(settings: Settings) -> BaseException | None:
                 create_conn(host, int(port), request_timeout_ms=int(REFUSAL_PROBE_SECONDS * 1000), **auth),
                 REFUSAL_PROBE_SECONDS,
             )
-        except _REFUSALS as exc:
+        except (*_REFUSALS, ssl.SSLCertVerificationError) as exc:
             return exc
         except (OSError, KafkaError, TimeoutError, ValueError):
             continue  # not reached (or not a host:port): the retry's business
@@ -102,6 +105,11 @@ async def refused_credentials(settings: Settings) -> BaseException | None:
 async def ensure_topics_authenticated(settings: Settings) -> None:
     """:func:`ensure_topics`, after making sure the broker does not refuse the credentials (not retried then)."""
     refusal = await refused_credentials(settings)
+    if isinstance(refusal, ssl.SSLCertVerificationError):
+        raise BrokerRefusedCredentials(
+            f"the TLS certificate of the broker at {masked(settings.broker_url)} is not trusted "
+            f"(PULSE_BROKER_SSL_CAFILE={settings.broker_ssl_cafile or '(empty: the system CAs)'}): {one_line(refusal)}"
+        )
     if refusal is not None:
         raise BrokerRefusedCredentials(
             f"the broker at {masked(settings.broker_url)} refused the credentials of PULSE_BROKER_SASL_USERNAME="

@@ -181,23 +181,33 @@ def test_a_worker_scores_through_a_sasl_listener(sasl_kafka, devstack, tmp_path,
         pool.stop_all()
 
 
+REFUSED = f"refused the credentials of PULSE_BROKER_SASL_USERNAME='{USER}'"
+UNTRUSTED = "TLS certificate of the broker at"
+
+
 @pytest.mark.parametrize(
-    ("mechanism", "password"),
-    [("PLAIN", "not-the-password"), ("SCRAM-SHA-256", PASSWORD)],
-    ids=["password", "mechanism"],
+    ("protocol", "change", "said"),
+    [
+        ("SASL_PLAINTEXT", {"PULSE_BROKER_SASL_PASSWORD": "not-the-password"}, REFUSED),
+        ("SASL_PLAINTEXT", {"PULSE_BROKER_SASL_MECHANISM": "SCRAM-SHA-256"}, REFUSED),
+        ("SASL_SSL", {"PULSE_BROKER_SSL_CAFILE": ""}, UNTRUSTED),
+    ],
+    ids=["password", "mechanism", "untrusted-certificate"],
 )
-def test_refused_credentials_stop_the_start_with_one_clear_line(sasl_kafka, devstack, tmp_path, mechanism, password):
-    """A wrong password, or a mechanism the listener does not offer. Until session 23 aiokafka's bootstrap took
-    the refusal for an unreachable broker: the worker logged `waiting for the broker ... Unable to bootstrap`
-    and retried for as long as PULSE_STARTUP_WAIT_SECONDS allows (forever by default)."""
-    namespace = make_namespace(sasl_env(devstack, sasl_kafka, "SASL_PLAINTEXT", "PLAIN"), tmp_path)
+def test_refused_credentials_stop_the_start_with_one_clear_line(sasl_kafka, devstack, tmp_path, protocol, change, said):
+    """A wrong password, a mechanism the listener does not offer, or a broker certificate the worker cannot check
+    (no CA file: the system CAs do not know the test's CA). Until session 23 aiokafka's bootstrap took each for
+    an unreachable broker: the worker logged `waiting for the broker ... Unable to bootstrap` and retried for as
+    long as PULSE_STARTUP_WAIT_SECONDS allows (forever by default)."""
+    namespace = make_namespace(sasl_env(devstack, sasl_kafka, protocol, "PLAIN"), tmp_path)
     pool = WorkerPool(namespace)
     try:
-        worker = pool.start(PULSE_BROKER_SASL_MECHANISM=mechanism, PULSE_BROKER_SASL_PASSWORD=password)
+        worker = pool.start(**change)
         assert worker.proc.wait(REFUSAL_SECONDS) == EXIT_CONFIG, worker.log_tail()
         log = worker.log.read_text(errors="replace")
         [line] = [line for line in log.splitlines() if "refusing to start" in line]
-        assert f"refused the credentials of PULSE_BROKER_SASL_USERNAME='{USER}'" in line, line
-        assert "waiting for the broker" not in log and "Traceback" not in log and password not in log
+        assert said in line, line
+        assert "waiting for the broker" not in log and "Traceback" not in log and PASSWORD not in log
+        assert "not-the-password" not in log
     finally:
         pool.stop_all()
