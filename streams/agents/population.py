@@ -18,6 +18,7 @@ one carries the same information.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -25,8 +26,10 @@ from typing import TYPE_CHECKING
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from streams.security import kafka_client_kwargs
+from streams.startup import masked, retry
 
 if TYPE_CHECKING:
     from scoring.partition import PartitionPopulation
@@ -108,12 +111,29 @@ def register(pulse: PulseApp, processor: BatchProcessor) -> None:
             if tp.topic == ticks:
                 await pulse.ticks.send(value=tick, partition=tp.partition)
 
-    @app.task
-    async def follow_population() -> None:
+    async def started_follower() -> AIOKafkaConsumer:
         consumer = AIOKafkaConsumer(
             **kafka_client_kwargs(settings), enable_auto_commit=False, auto_offset_reset="earliest"
         )
-        await consumer.start()
+        try:
+            await consumer.start()
+        except BaseException:
+            await consumer.stop()
+            raise
+        return consumer
+
+    @app.task
+    async def follow_population() -> None:
+        # retried while the broker does not answer: started as the worker becomes ready, a broker that went down
+        # just then raised out of this task and crashed the worker (exit 1; the fresh clone of 66fbaaa, in the
+        # broker-restart test)
+        consumer = await retry(
+            "the broker (population follower)",
+            masked(settings.broker_url),
+            started_follower,
+            settings,
+            (KafkaError, OSError, asyncio.TimeoutError),
+        )
         try:
             tp = TopicPartition(settings.topic_population(), 0)
             consumer.assign([tp])
