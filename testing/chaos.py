@@ -21,7 +21,7 @@ from pulse.simulate import BAD_PAYLOADS, generate_events
 from streams.codec import decode_state
 from streams.ownership import PartitionView, epoch_of, latest_states
 from testing.reference import batch_order_profiles, uninterrupted_profiles
-from testing.stack import consume, produce, profile_diffs, wait_until
+from testing.stack import applied_events, consume, produce, profile_diffs, wait_until
 
 #: (kind, key, value) as produced
 Record = tuple[str, bytes | None, bytes]
@@ -240,6 +240,14 @@ class Fleet:
             worker = self.slots.pop(slot)
             self.expected_exit.add(worker.proc.pid)
         worker.stop()
+
+    def applied(self) -> float:
+        """Events the running workers applied, by their ``pulse_events_total`` (0 for one not serving metrics)."""
+        return sum(applied_events(worker) for worker in self.slots.values())
+
+    def digests(self) -> str:
+        """Where each running worker stands (``Worker.digest``), for an assertion's message."""
+        return "\n".join(f"worker {slot}: {worker.digest()}" for slot, worker in self.slots.items())
 
     def supervise(self) -> None:
         """Restart a worker that exited on its own (a fail-stop exits 75 and relies on a restart)."""

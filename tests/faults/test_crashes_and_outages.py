@@ -352,14 +352,8 @@ def test_a_broker_restart_mid_stream_loses_nothing(namespace, start_worker, devs
     sender = threading.Thread(target=send_all, name="sender", daemon=True)
     sender.start()
 
-    def applied() -> float:
-        return sum(applied_events(worker) for worker in fleet.slots.values())
-
-    def digests() -> str:
-        return "\n".join(f"worker {slot}: {worker.digest()}" for slot, worker in fleet.slots.items())
-
-    assert wait_until(lambda: applied() >= len(stream) // 4), digests()
-    at_kill = applied()
+    assert wait_until(lambda: fleet.applied() >= len(stream) // 4), fleet.digests()
+    at_kill = fleet.applied()
     started = time.monotonic()
     devstack.broker.restart(kill=True)
     down_seconds = time.monotonic() - started
@@ -380,10 +374,10 @@ def test_a_broker_restart_mid_stream_loses_nothing(namespace, start_worker, devs
         worker_exits=len(fleet.unplanned),
         differing_profiles=len(diffs),
     )
-    assert settled, f"{digests()}\n{len(diffs)} of {len(expected)} differ, e.g. {diffs[:2]}"
+    assert settled, f"{fleet.digests()}\n{len(diffs)} of {len(expected)} differ, e.g. {diffs[:2]}"
     # the only exits are fail-stops (75: dropped from the group, or a checkpoint refused), each restarted
-    assert all(rc == 75 for _, rc in fleet.unplanned), (fleet.unplanned, digests())
-    assert all(worker.alive() for worker in fleet.slots.values()), digests()
+    assert all(rc == 75 for _, rc in fleet.unplanned), (fleet.unplanned, fleet.digests())
+    assert all(worker.alive() for worker in fleet.slots.values()), fleet.digests()
 
 
 def test_redis_full_scoring_goes_on_and_profiles_land_once_it_has_room(namespace, start_worker, tmp_path):

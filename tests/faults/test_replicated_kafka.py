@@ -30,7 +30,6 @@ from testing.reference import uninterrupted_profiles
 from testing.stack import (
     CONVERGE_SECONDS,
     WorkerPool,
-    applied_events,
     history,
     make_namespace,
     profile_diffs,
@@ -137,13 +136,7 @@ def test_a_lost_node_of_three_loses_nothing(cluster, devstack, tmp_path):
         )
         sender.start()
 
-        def applied() -> float:
-            return sum(applied_events(worker) for worker in fleet.slots.values())
-
-        def digests() -> str:
-            return "\n".join(f"worker {slot}: {worker.digest()}" for slot, worker in fleet.slots.items())
-
-        assert wait_until(lambda: applied() >= len(stream) // 4), digests()
+        assert wait_until(lambda: fleet.applied() >= len(stream) // 4), fleet.digests()
         # the node the workers' group is coordinated by (it leads some of their partitions too): its loss moves
         # the coordinator, the group rebalances, and the commits in flight go to the new one
         lost = cluster[coordinator_of(bootstrap, s.app_id) - 1]
@@ -165,8 +158,8 @@ def test_a_lost_node_of_three_loses_nothing(cluster, devstack, tmp_path):
             f"\n[faults] a node of {NODES} lost for {down_seconds:.0f} s: events {len(stream)}, worker exits "
             f"{fleet.unplanned}, differing profiles {len(diffs)}"
         )
-        assert settled, f"{digests()}\n{len(diffs)} of {len(expected)} differ, e.g. {diffs[:2]}"
-        assert all(rc == 75 for _, rc in fleet.unplanned), (fleet.unplanned, digests())
-        assert all(worker.alive() for worker in fleet.slots.values()), digests()
+        assert settled, f"{fleet.digests()}\n{len(diffs)} of {len(expected)} differ, e.g. {diffs[:2]}"
+        assert all(rc == 75 for _, rc in fleet.unplanned), (fleet.unplanned, fleet.digests())
+        assert all(worker.alive() for worker in fleet.slots.values()), fleet.digests()
     finally:
         pool.stop_all()
