@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 EXIT_UNAVAILABLE = 69
 #: Exit status when the topics do not fit the settings (sysexits.h EX_CONFIG): a restart alone does not help.
 EXIT_CONFIG = 78
-#: One SASL handshake that checks the credentials at start-up waits this long at most.
+#: One SASL or TLS handshake that checks the credentials at start-up waits this long at most.
 REFUSAL_PROBE_SECONDS = 10.0
 #: One Redis connection attempt at start-up waits this long at most.
 REDIS_CONNECT_TIMEOUT_SECONDS = 2.0

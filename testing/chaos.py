@@ -249,6 +249,16 @@ class Fleet:
         """Where each running worker stands (``Worker.digest``), for an assertion's message."""
         return "\n".join(f"worker {slot}: {worker.digest()}" for slot, worker in self.slots.items())
 
+    def profiles_match(self, settings: Any, expected: dict) -> Callable[[], bool]:
+        """A check for ``wait_until``: restart what exited on its own (:meth:`supervise`), then no profile in Redis
+        differs from ``expected``."""
+
+        def check() -> bool:
+            self.supervise()
+            return not profile_diffs(settings, expected)
+
+        return check
+
     def supervise(self) -> None:
         """Restart a worker that exited on its own (a fail-stop exits 75 and relies on a restart)."""
         for slot, worker in list(self.slots.items()):

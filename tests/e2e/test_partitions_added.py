@@ -112,11 +112,7 @@ def test_a_worker_stops_when_input_topics_gain_partitions_and_the_documented_way
         for slot in ("a", "b"):
             fleet.start(slot)
 
-        def rescored() -> bool:
-            fleet.supervise()
-            return not profile_diffs(moved_settings, expected)
-
-        converged = wait_until(rescored, timeout=180)
+        converged = wait_until(fleet.profiles_match(moved_settings, expected), timeout=180)
         diffs = profile_diffs(moved_settings, expected)
         workers = list(fleet.slots.values())
         print(

@@ -360,11 +360,7 @@ def test_a_broker_restart_mid_stream_loses_nothing(namespace, start_worker, devs
     sender.join(CONVERGE_SECONDS + 150)
     assert not sender.is_alive()
 
-    def converged() -> bool:
-        fleet.supervise()
-        return not profile_diffs(s, expected)
-
-    settled = wait_until(converged, timeout=180)
+    settled = wait_until(fleet.profiles_match(s, expected), timeout=180)
     diffs = profile_diffs(s, expected)
     report(
         f"broker killed and back after {down_seconds:.0f} s",

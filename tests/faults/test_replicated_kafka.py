@@ -148,11 +148,7 @@ def test_a_lost_node_of_three_loses_nothing(cluster, devstack, tmp_path):
         down_seconds = time.monotonic() - killed_at
         lost.restart(kill=False)  # back on its storage: it catches up as a follower
 
-        def converged() -> bool:
-            fleet.supervise()
-            return not profile_diffs(s, expected)
-
-        settled = wait_until(converged, timeout=180)
+        settled = wait_until(fleet.profiles_match(s, expected), timeout=180)
         diffs = profile_diffs(s, expected)
         print(
             f"\n[faults] a node of {NODES} lost for {down_seconds:.0f} s: events {len(stream)}, worker exits "
