@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import fcntl
 import os
 import random
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -37,6 +39,9 @@ POLL_SECONDS = 0.05
 FREE_PORT_FLOOR = 20000
 #: random candidates :func:`free_port` tries there before it asks the kernel for an ephemeral port
 FREE_PORT_TRIES = 50
+#: how long a port :func:`free_port` handed out stays reserved against every other process's picks on the box:
+#: longer than a whole test-suite run, so a server that binds late, or is restarted on its port, finds it free
+PORT_RESERVATION_SECONDS = 3600.0
 
 
 def _ephemeral_start() -> int:
@@ -46,27 +51,67 @@ def _ephemeral_start() -> int:
         return 32768
 
 
+def port_reservations() -> Path:
+    """The folder of the box's port reservations: one empty file per port handed out, its mtime the reservation's
+    start. Per user, in the temp folder, shared by every process (test workers, ``pulse dev``) of that user."""
+    return Path(tempfile.gettempdir()) / f"customer-pulse-ports-{os.getuid()}"
+
+
 def free_port() -> int:
-    """A loopback port nothing listens on now, for a server started a moment later.
+    """A loopback port nothing listens on now, and no other process of this user was handed within
+    :data:`PORT_RESERVATION_SECONDS`, for a server started a moment later.
 
     Picked below the ephemeral range: a port the kernel hands out (bind to 0) is one that every outgoing connection
     on the box may take meanwhile, and in a whole-suite run (brokers, workers, Redis clients: thousands of
     connections) one did: a restarted worker found its metrics port taken ("Address already in use", the fresh
-    clone of 5e14920). Below the range only another listener can take it."""
+    clone of 5e14920). Below the range only another listener can take it, and the reservation keeps the other
+    pickers off it: in the fresh clone of 0d254a1 two xdist processes picked the same free port, and the second
+    server to bind it failed. A bind test alone cannot see a port another process picked and has not bound yet."""
+    folder = port_reservations()
+    folder.mkdir(mode=0o700, exist_ok=True)
+    with open(folder / ".lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one picker at a time on the box: the check and the reservation are one step
+        now = time.time()
+        reserved: set[int] = set()
+        for entry in folder.iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                if now - entry.stat().st_mtime < PORT_RESERVATION_SECONDS:
+                    reserved.add(int(entry.name))
+                else:
+                    entry.unlink()
+            except FileNotFoundError:
+                continue
+        port = _unreserved_port(reserved)
+        (folder / str(port)).touch()
+        return port
+
+
+def _unreserved_port(reserved: set[int]) -> int:
     ceiling = _ephemeral_start()
     if ceiling - FREE_PORT_FLOOR > 1000:
         rng = random.SystemRandom()
         for _ in range(FREE_PORT_TRIES):
             port = rng.randrange(FREE_PORT_FLOOR, ceiling)
-            with socket.socket() as sock:
-                try:
-                    sock.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
+            if port not in reserved and _bindable(port):
                 return port
+    for _ in range(FREE_PORT_TRIES):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in reserved:
+            return port
+    raise RuntimeError(f"no free loopback port outside the {len(reserved)} reserved in {port_reservations()}")
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def tansu_binary() -> Path:
@@ -471,8 +516,6 @@ logger.state.level = WARN
 
 def start_kafka(log_dir: Path, extra_props: Mapping[str, str] | None = None, own_group: bool = False) -> KafkaBroker:
     """A Kafka broker whose storage and log are in a fresh folder under ``log_dir``."""
-    import tempfile
-
     log_dir.mkdir(parents=True, exist_ok=True)
     home = Path(tempfile.mkdtemp(prefix="kafka-", dir=log_dir))
     return KafkaBroker.start(home, extra_props, own_group=own_group)
