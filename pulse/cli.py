@@ -377,6 +377,30 @@ def _dev_router_config(settings: Settings, log_dir: Path) -> str:
     return str(path)
 
 
+def cmd_topics(args: argparse.Namespace) -> int:
+    """Create every topic of the worker and the router that is missing, with the settings in force, and list them.
+
+    Why a command of its own: on a cluster whose ACLs do not let the worker create topics, an admin runs this
+    under the admin's credentials (the same PULSE_* settings otherwise), then grants the worker's principal what
+    ``--acls`` prints. The output is a shell script: the topics as a comment, the ``kafka-acls.sh`` lines."""
+    from streams.admin import ensure_topics, worker_acls, worker_topics
+    from streams.router.service import ensure_router_topics
+
+    settings = load_settings()
+
+    async def go() -> None:
+        await ensure_topics(settings)
+        await ensure_router_topics(settings)
+
+    asyncio.run(go())
+    topics = [*worker_topics(settings), settings.topic_delivery_dead_letters]
+    print(f"# {len(topics)} topics on {redact_url(settings.broker_url)} (created where missing): {', '.join(topics)}")
+    if args.acls:
+        print(f"# what {args.acls} needs to run a scoring worker on them (docs/operations.md, 'A cluster with ACLs')")
+        print("\n".join(worker_acls(settings, args.acls, settings.broker_bootstrap())))
+    return 0
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     """Print the population indicators (NPS, CSAT, rates) of the whole population."""
     import json
@@ -786,6 +810,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object (ratios 0..1, times in ms)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to read the topic to its end (default 10)")
     p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser(
+        "topics", help="create the worker's and the router's topics (an admin, on a cluster with ACLs) and list them"
+    )
+    p.add_argument(
+        "--acls",
+        metavar="PRINCIPAL",
+        default="",
+        help="also print the kafka-acls.sh lines that let PRINCIPAL (e.g. User:pulse) run a scoring worker",
+    )
+    p.set_defaults(func=cmd_topics)
 
     # every argument, --help included, goes to python -m benchmarks (or, installed, to cmd_bench's "why not")
     p = sub.add_parser(

@@ -7,7 +7,14 @@ import logging
 import time
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    KafkaError,
+    TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
+    for_code,
+)
 
 from pulse_config.settings import Settings
 from streams.security import kafka_client_kwargs
@@ -24,6 +31,92 @@ class PartitionMismatch(RuntimeError):
     """An input topic or the state changelog exists with another partition count: co-partitioning would break."""
 
 
+class TopicsRefused(RuntimeError):
+    """The broker refused to create or describe topics the app needs (its ACLs, a topic policy, a replication
+    factor it cannot meet): a configuration error, which a retry does not mend."""
+
+
+#: the error codes of a topic the principal may not create or describe (Kafka checks the permission first, so a
+#: topic that exists but is not described reads as missing, and its creation is refused the same way)
+_NOT_AUTHORIZED = (TopicAuthorizationFailedError.errno, ClusterAuthorizationFailedError.errno)
+
+
+def _refused(settings: Settings, what: str, refusals: dict[str, str], authorization: bool) -> TopicsRefused:
+    by_reason: dict[str, list[str]] = {}
+    for topic, why in sorted(refusals.items()):
+        by_reason.setdefault(why, []).append(topic)
+    topics = "; ".join(f"{', '.join(names)} ({why.rstrip('.')})" for why, names in by_reason.items())
+    if not authorization:
+        return TopicsRefused(f"the broker refused to {what} topics: {topics}")
+    who = (
+        f"PULSE_BROKER_SASL_USERNAME={settings.broker_sasl_username!r}"
+        if settings.broker_sasl_username
+        else "this client's principal"
+    )
+    return TopicsRefused(
+        f"the broker's ACLs do not let {who} {what} topics: {topics}. An admin creates them ('pulse topics' "
+        "under the admin's credentials) and allows this principal Read, Write and Describe on them: "
+        "docs/operations.md, 'A cluster with ACLs'"
+    )
+
+
+class GroupRefused(RuntimeError):
+    """The cluster's ACLs do not let this principal use the worker's consumer group: a configuration error."""
+
+
+async def check_group_access(settings: Settings) -> None:
+    """Raise :class:`GroupRefused` if the broker will not tell this principal the coordinator of the group
+    ``PULSE_APP_ID`` (the ACL that allows Read on the group allows this too).
+
+    Why before Faust starts: without the group ACL, aiokafka's coordinator task ends on
+    ``GroupAuthorizationFailedError`` inside Faust's consumer thread and the worker hangs after "Subscribed to
+    topic(s)", silent, never joining (tests/e2e/test_kafka_acls.py). Any other answer (a coordinator not yet
+    elected on a new cluster, a broker restarting) is the consumer's own business: not checked here."""
+    admin = AIOKafkaAdminClient(**kafka_client_kwargs(settings), request_timeout_ms=15000)
+    try:
+        await admin.start()
+        await admin.find_coordinator(settings.app_id)
+    except GroupAuthorizationFailedError as exc:
+        who = (
+            f"PULSE_BROKER_SASL_USERNAME={settings.broker_sasl_username!r}"
+            if settings.broker_sasl_username
+            else "this client's principal"
+        )
+        raise GroupRefused(
+            f"the broker's ACLs do not let {who} use the consumer group {settings.app_id!r} (PULSE_APP_ID): an "
+            "admin allows this principal Read on it: docs/operations.md, 'A cluster with ACLs'"
+        ) from exc
+    except KafkaError:
+        pass
+    finally:
+        await admin.close()
+
+
+async def create_topics(admin: AIOKafkaAdminClient, settings: Settings, new: list[NewTopic]) -> None:
+    """Create ``new``; a topic created meanwhile by another process is no error.
+
+    Why the per-topic codes are read: aiokafka's ``create_topics`` returns the broker's answer without raising, so
+    a refused topic (no CREATE in the cluster's ACLs, a topic policy, too few brokers for the replication factor)
+    passed for created, and the start-up then waited for it to show in the metadata and crashed with a traceback
+    (tests/e2e/test_kafka_acls.py). A refusal now stops the start in one line; a retriable code is raised for the
+    start-up's retry."""
+    response = await admin.create_topics(new)
+    refusals: dict[str, str] = {}
+    authorization = False
+    for entry in response.topic_errors:
+        topic, code = entry[0], entry[1]
+        if code in (0, TopicAlreadyExistsError.errno):
+            continue
+        error = for_code(code)
+        detail = entry[2] if len(entry) > 2 and entry[2] else error.message
+        if error.retriable:
+            raise error(f"creating topic {topic}: {detail}")
+        refusals[topic] = detail
+        authorization |= code in _NOT_AUTHORIZED
+    if refusals:
+        raise _refused(settings, "create", refusals, authorization)
+
+
 #: what an operator can do about an input topic that gained partitions (the worker's refusals end with it)
 PARTITIONS_ADDED_HINT = (
     "Every state is kept in partition murmur2(customer id) % PULSE_PARTITIONS of every input topic and of the "
@@ -34,6 +127,37 @@ PARTITIONS_ADDED_HINT = (
 #: how long ``ensure_topics`` waits for topics it created to show in the broker's metadata, and how often it asks
 METADATA_WAIT_SECONDS = 30.0
 METADATA_POLL_SECONDS = 0.1
+
+
+def worker_topics(settings: Settings) -> list[str]:
+    """Every topic a scoring worker reads or writes, in the order ``pulse topics`` lists them."""
+    return [
+        *settings.input_topics().values(),
+        settings.topic_retention_actions,
+        settings.topic_ticks(),
+        settings.topic_dead_letters,
+        settings.topic_retention_alerts,
+        settings.topic_vip_changes,
+        settings.topic_state_changelog(),
+        settings.topic_population(),
+    ]
+
+
+#: what a worker's principal does on each of its topics, and on its consumer group (``PULSE_APP_ID``)
+WORKER_TOPIC_OPERATIONS = ("Read", "Write", "Describe")
+WORKER_GROUP_OPERATIONS = ("Read",)
+
+
+def worker_acls(settings: Settings, principal: str, bootstrap: str) -> list[str]:
+    """The ``kafka-acls.sh`` command lines that let ``principal`` (``User:NAME``) run a scoring worker on topics an
+    admin created: the least a worker needs, and what tests/e2e/test_kafka_acls.py grants (it parses these
+    lines), so what ``pulse topics --acls`` prints is what is tested."""
+    base = f"kafka-acls.sh --bootstrap-server {bootstrap} --add --allow-principal {principal}"
+    topic_ops = " ".join(f"--operation {op}" for op in WORKER_TOPIC_OPERATIONS)
+    group_ops = " ".join(f"--operation {op}" for op in WORKER_GROUP_OPERATIONS)
+    return [f"{base} {topic_ops} --topic {t}" for t in worker_topics(settings)] + [
+        f"{base} {group_ops} --group {settings.app_id}"
+    ]
 
 
 async def ensure_topics(settings: Settings) -> None:
@@ -48,12 +172,8 @@ async def ensure_topics(settings: Settings) -> None:
     # the ticks topic is read with the inputs, so it must be co-partitioned with them
     inputs = [*settings.input_topics().values(), settings.topic_retention_actions, settings.topic_ticks()]
     changelog = settings.topic_state_changelog()
-    wanted = inputs + [
-        settings.topic_dead_letters,
-        settings.topic_retention_alerts,
-        settings.topic_vip_changes,
-        changelog,
-    ]
+    # the population topic has one partition: created below on its own
+    wanted = [t for t in worker_topics(settings) if t != settings.topic_population()]
     admin = AIOKafkaAdminClient(**kafka_client_kwargs(settings), request_timeout_ms=15000)
     try:
         await admin.start()  # inside the try: a broker that is down must not leak the client (start-up retries)
@@ -68,16 +188,17 @@ async def ensure_topics(settings: Settings) -> None:
             # one compacted partition: the latest counts of every input partition, keyed by partition
             new.append(NewTopic(settings.topic_population(), 1, settings.replication_factor, topic_configs=COMPACTED))
         if new:
-            try:
-                await admin.create_topics(new)
-                log.info("created topics %s", [t.name for t in new])
-            except TopicAlreadyExistsError:
-                log.info("topics created meanwhile by another worker")
+            await create_topics(admin, settings, new)
+            log.info("created topics %s (or another process did meanwhile)", [t.name for t in new])
             # a topic another worker (or anyone) created a moment ago may be missing from ``existing`` on Kafka:
             # its partition count is whatever it was created with, so it is checked below with the rest
             await _listed(admin, [t.name for t in new])
         # the changelog too: an input partition without its changelog partition is never recovered
-        for meta in await admin.describe_topics([*inputs, changelog]):
+        described = await admin.describe_topics([*inputs, changelog])
+        hidden = {m["topic"]: "not authorized" for m in described if m.get("error_code", 0) in _NOT_AUTHORIZED}
+        if hidden:
+            raise _refused(settings, "describe", hidden, authorization=True)
+        for meta in described:
             n = len(meta["partitions"])
             if n != settings.partitions:
                 raise PartitionMismatch(

@@ -57,6 +57,10 @@ def create_app(settings: Settings, processor_config: ProcessorConfig) -> PulseAp
         producer_max_batch_size=settings.producer_max_batch_bytes,
         broker_credentials=broker_credentials(settings),
         web_enabled=False,
+        # Faust's leader election topic ({app_id}-__assignor-__leader) serves only @app.timer(on_leader=True), which
+        # this app does not use; Faust creates it at every start, so on a cluster whose ACLs deny the worker CREATE
+        # (its topics made by an admin) the worker crashed at start (tests/e2e/test_kafka_acls.py)
+        topic_disable_leader=True,
         table_standby_replicas=0,
         TableManager=table_manager(settings),
     )

@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from aiokafka.errors import TopicAuthorizationFailedError
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer, RecordMap, ThreadDelegateConsumer
+from faust.transport.drivers.aiokafka import Transport
 from faust.types import TP
 
 from streams.batch_input import input_of
@@ -165,9 +167,35 @@ async def _seek_now(thread: Any, partition: TP, offset: int) -> None:
     thread.seek(partition, offset)
 
 
+_UPSTREAM_CREATE_TOPIC = Transport._really_create_topic
+
+
+async def _create_topic_unless_it_exists(
+    self: Transport, owner: Any, client: Any, topic: str, partitions: int, replication: int, **kwargs: Any
+) -> None:
+    """``Transport._really_create_topic``, except that a CREATE the cluster's ACLs deny is no error for a topic
+    that exists.
+
+    Faust declares its internal topics (the state table's changelog) at every start, and skips the request only
+    for a topic its producer's metadata already lists, which at start-up it does not. Kafka checks the CREATE
+    permission before whether the topic exists, so on a cluster whose ACLs give the worker READ, WRITE and DESCRIBE
+    on topics an admin made (``pulse topics``, or ``streams.admin.ensure_topics`` under the admin's credentials)
+    the worker crashed at every start with ``TopicAuthorizationFailedError: Cannot create topic``
+    (tests/e2e/test_kafka_acls.py). The topic being there is all the worker needs; one that is not is still an
+    error."""
+    try:
+        await _UPSTREAM_CREATE_TOPIC(self, owner, client, topic, partitions, replication, **kwargs)
+    except TopicAuthorizationFailedError:
+        cluster = await client.fetch_all_metadata()  # the topics this principal may DESCRIBE
+        if topic not in cluster.topics():
+            raise
+        owner.log.info("Topic %r exists (this principal may not create topics, and need not)", topic)
+
+
 def apply() -> None:
     global _APPLIED
     if not _APPLIED:
+        Transport._really_create_topic = _create_topic_unless_it_exists  # type: ignore[method-assign]
         Recovery._resume_streams = _resume_streams_seek_first  # type: ignore[method-assign]
         Recovery.on_recovery_completed = _on_recovery_completed_seek_first  # type: ignore[method-assign]
         Consumer._wait_next_records = _wait_next_records_snapshot  # type: ignore[method-assign]

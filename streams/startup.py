@@ -8,7 +8,8 @@ next try, with exponential back-off from ``startup_retry_min_seconds`` capped
 at ``startup_retry_max_seconds``; after ``startup_wait_seconds`` (0: never)
 the worker exits with status 69 (EX_UNAVAILABLE) for its supervisor to
 restart it. Configuration errors (an input topic with the wrong partition
-count) are not retried.
+count, refused credentials, topics the cluster's ACLs do not let the worker
+create or describe) are not retried: exit 78 (EX_CONFIG) with one line.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
 from pulse_config.settings import Settings
-from streams.admin import PartitionMismatch, ensure_topics
+from streams.admin import GroupRefused, PartitionMismatch, TopicsRefused, check_group_access, ensure_topics
 from streams.api import WorkerStatus
 from streams.security import SASL_PROTOCOLS, TLS_PROTOCOLS, kafka_client_kwargs, redis_client_kwargs
 
@@ -103,7 +104,8 @@ async def refused_credentials(settings: Settings) -> BaseException | None:
 
 
 async def ensure_topics_authenticated(settings: Settings) -> None:
-    """:func:`ensure_topics`, after making sure the broker does not refuse the credentials (not retried then)."""
+    """:func:`ensure_topics`, after making sure the broker does not refuse the credentials (not retried then), and
+    then :func:`check_group_access`."""
     refusal = await refused_credentials(settings)
     if isinstance(refusal, ssl.SSLCertVerificationError):
         raise BrokerRefusedCredentials(
@@ -117,6 +119,7 @@ async def ensure_topics_authenticated(settings: Settings) -> None:
             f"{one_line(refusal)}"
         )
     await ensure_topics(settings)
+    await check_group_access(settings)
 
 
 class DependencyUnavailable(RuntimeError):
@@ -225,7 +228,7 @@ def wait_or_exit(settings: Settings, status: WorkerStatus | None = None, logleve
         asyncio.run(wait_for_dependencies(settings, status))
     except DependencyUnavailable:
         sys.exit(EXIT_UNAVAILABLE)
-    except (PartitionMismatch, BrokerRefusedCredentials) as exc:
+    except (PartitionMismatch, BrokerRefusedCredentials, TopicsRefused, GroupRefused) as exc:
         # a configuration error, not a crash: one line that says what and where to look, no traceback
         log.critical("refusing to start: %s", exc)
         sys.exit(EXIT_CONFIG)

@@ -84,8 +84,9 @@ class Namespace:
         return self.settings.broker_bootstrap()
 
 
-def make_namespace(stack_env: dict[str, str], tmp_path: Path, partitions: int = 4) -> Namespace:
-    """Private topics, group and key prefix on a shared broker and Redis (also used outside pytest)."""
+def make_namespace(stack_env: dict[str, str], tmp_path: Path, partitions: int = 4, create: bool = True) -> Namespace:
+    """Private topics, group and key prefix on a shared broker and Redis (also used outside pytest); ``create``:
+    create its topics now (else the test does, e.g. with ``pulse topics``)."""
     tag = uuid.uuid4().hex[:8]
     env = {
         **stack_env,
@@ -105,6 +106,8 @@ def make_namespace(stack_env: dict[str, str], tmp_path: Path, partitions: int = 
         **LOCAL_GROUP_TIMING,
     }
     settings = settings_from_env(env)
+    if not create:
+        return Namespace(env, settings, tmp_path)
     # The topics exist before the test produces, as `pulse worker` / `pulse dev` create them: tests
     # produce before or while the worker starts, and the brokers auto-create differently (Tansu with
     # 4 partitions; Apache Kafka not at all here, as in deploy/compose.yaml).

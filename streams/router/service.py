@@ -50,7 +50,7 @@ import yarl
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
@@ -60,6 +60,7 @@ from schemas.alerts import RetentionAlert
 from schemas.delivery import DeliveryDeadLetter
 from schemas.vip import VipChange
 from streams import metrics
+from streams.admin import create_topics
 from streams.log_limits import limit_repeated_lines
 from streams.router.api import build_actions_api
 from streams.router.config import RouterConfig, resolved
@@ -651,10 +652,7 @@ async def ensure_router_topics(settings: Settings) -> None:
         existing = set(await admin.list_topics())
         new = [NewTopic(t, settings.partitions, settings.replication_factor) for t in wanted if t not in existing]
         if new:
-            try:
-                await admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass
+            await create_topics(admin, settings, new)  # TopicsRefused: one line, as the worker's (pulse/errors.py)
     finally:
         await admin.close()
 
