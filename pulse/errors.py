@@ -141,7 +141,7 @@ def explain(exc: BaseException) -> CliError | None:
 
     from pulse.history import HistoryError
     from pulse_config.clv_params import ClvParamsError
-    from streams.admin import PartitionMismatch, TopicsRefused
+    from streams.admin import GroupRefused, PartitionMismatch, TopicsRefused
     from streams.router.config import RouterConfigError
     from streams.stats import PopulationReadTimeout
 
@@ -151,7 +151,7 @@ def explain(exc: BaseException) -> CliError | None:
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
         url = _setting_url("redis_url", "redis://127.0.0.1:6379/0")
         return CliError(f"Redis at {url}", f"cannot connect ({exc})", REDIS_HINT)
-    if isinstance(exc, TopicsRefused | PartitionMismatch):
+    if isinstance(exc, TopicsRefused | GroupRefused | PartitionMismatch):
         # the broker's ACLs or policies, or the topics' partitions, against the settings: a retry does not mend it
         url = _setting_url("broker_url", "kafka://127.0.0.1:9092")
         return usage_error(f"broker at {url}", str(exc))

@@ -48,14 +48,9 @@ def _refused(settings: Settings, what: str, refusals: dict[str, str], authorizat
     topics = "; ".join(f"{', '.join(names)} ({why.rstrip('.')})" for why, names in by_reason.items())
     if not authorization:
         return TopicsRefused(f"the broker refused to {what} topics: {topics}")
-    who = (
-        f"PULSE_BROKER_SASL_USERNAME={settings.broker_sasl_username!r}"
-        if settings.broker_sasl_username
-        else "this client's principal"
-    )
     return TopicsRefused(
-        f"the broker's ACLs do not let {who} {what} topics: {topics}. An admin creates them ('pulse topics' "
-        "under the admin's credentials) and allows this principal Read, Write and Describe on them: "
+        f"the broker's ACLs do not let {_principal(settings)} {what} topics: {topics}. An admin creates them "
+        "('pulse topics' under the admin's credentials) and allows this principal Read, Write and Describe on them: "
         "docs/operations.md, 'A cluster with ACLs'"
     )
 
@@ -64,26 +59,28 @@ class GroupRefused(RuntimeError):
     """The cluster's ACLs do not let this principal use the worker's consumer group: a configuration error."""
 
 
-async def check_group_access(settings: Settings) -> None:
-    """Raise :class:`GroupRefused` if the broker will not tell this principal the coordinator of the group
-    ``PULSE_APP_ID`` (the ACL that allows Read on the group allows this too).
+def _principal(settings: Settings) -> str:
+    if settings.broker_sasl_username:
+        return f"PULSE_BROKER_SASL_USERNAME={settings.broker_sasl_username!r}"
+    return "this client's principal"
 
-    Why before Faust starts: without the group ACL, aiokafka's coordinator task ends on
-    ``GroupAuthorizationFailedError`` inside Faust's consumer thread and the worker hangs after "Subscribed to
-    topic(s)", silent, never joining (tests/e2e/test_kafka_acls.py). Any other answer (a coordinator not yet
-    elected on a new cluster, a broker restarting) is the consumer's own business: not checked here."""
+
+async def check_group_access(settings: Settings, group: str, setting: str = "PULSE_APP_ID") -> None:
+    """Raise :class:`GroupRefused` if the broker will not tell this principal the coordinator of ``group`` (the
+    ACL that allows Read on the group allows this too); ``setting`` names what sets the group, for the message.
+
+    Why before the consumer starts: without the group ACL, aiokafka's coordinator task ends on
+    ``GroupAuthorizationFailedError`` (inside Faust's consumer thread, for a worker) and the process hangs after
+    "Subscribed to topic(s)", silent, never joining (tests/e2e/test_kafka_acls.py). Any other answer (a
+    coordinator not yet elected on a new cluster, a broker restarting) is the consumer's own business: not
+    checked here."""
     admin = AIOKafkaAdminClient(**kafka_client_kwargs(settings), request_timeout_ms=15000)
     try:
         await admin.start()
-        await admin.find_coordinator(settings.app_id)
+        await admin.find_coordinator(group)
     except GroupAuthorizationFailedError as exc:
-        who = (
-            f"PULSE_BROKER_SASL_USERNAME={settings.broker_sasl_username!r}"
-            if settings.broker_sasl_username
-            else "this client's principal"
-        )
         raise GroupRefused(
-            f"the broker's ACLs do not let {who} use the consumer group {settings.app_id!r} (PULSE_APP_ID): an "
+            f"the broker's ACLs do not let {_principal(settings)} use the consumer group {group!r} ({setting}): an "
             "admin allows this principal Read on it: docs/operations.md, 'A cluster with ACLs'"
         ) from exc
     except KafkaError:
@@ -143,21 +140,35 @@ def worker_topics(settings: Settings) -> list[str]:
     ]
 
 
-#: what a worker's principal does on each of its topics, and on its consumer group (``PULSE_APP_ID``)
-WORKER_TOPIC_OPERATIONS = ("Read", "Write", "Describe")
-WORKER_GROUP_OPERATIONS = ("Read",)
-
-
-def worker_acls(settings: Settings, principal: str, bootstrap: str) -> list[str]:
-    """The ``kafka-acls.sh`` command lines that let ``principal`` (``User:NAME``) run a scoring worker on topics an
-    admin created: the least a worker needs, and what tests/e2e/test_kafka_acls.py grants (it parses these
-    lines), so what ``pulse topics --acls`` prints is what is tested."""
-    base = f"kafka-acls.sh --bootstrap-server {bootstrap} --add --allow-principal {principal}"
-    topic_ops = " ".join(f"--operation {op}" for op in WORKER_TOPIC_OPERATIONS)
-    group_ops = " ".join(f"--operation {op}" for op in WORKER_GROUP_OPERATIONS)
-    return [f"{base} {topic_ops} --topic {t}" for t in worker_topics(settings)] + [
-        f"{base} {group_ops} --group {settings.app_id}"
+def router_topics(settings: Settings) -> list[str]:
+    """Every topic ``pulse router`` reads or writes: the alerts and VIP changes it delivers, its delivery dead
+    letters, and the retention actions its actions API (and its delivery records) write."""
+    return [
+        settings.topic_retention_alerts,
+        settings.topic_vip_changes,
+        settings.topic_delivery_dead_letters,
+        settings.topic_retention_actions,
     ]
+
+
+#: what a principal does on each topic of its process, and on its consumer group: the least each needs
+TOPIC_OPERATIONS = ("Read", "Write", "Describe")
+GROUP_OPERATIONS = ("Read",)
+
+
+def acls(settings: Settings, principal: str, bootstrap: str, role: str = "worker") -> list[str]:
+    """The ``kafka-acls.sh`` command lines that let ``principal`` (``User:NAME``) run ``role`` (a scoring worker,
+    or ``pulse router``) on topics an admin created: its topics and its consumer group. The least each needs, and
+    what tests/e2e/test_kafka_acls.py grants (it parses these lines), so what ``pulse topics --acls`` prints is
+    what is tested."""
+    topics, group = {
+        "worker": (worker_topics(settings), settings.app_id),
+        "router": (router_topics(settings), settings.router_group_id()),
+    }[role]
+    base = f"kafka-acls.sh --bootstrap-server {bootstrap} --add --allow-principal {principal}"
+    topic_ops = " ".join(f"--operation {op}" for op in TOPIC_OPERATIONS)
+    group_ops = " ".join(f"--operation {op}" for op in GROUP_OPERATIONS)
+    return [f"{base} {topic_ops} --topic {t}" for t in topics] + [f"{base} {group_ops} --group {group}"]
 
 
 async def ensure_topics(settings: Settings) -> None:

@@ -119,7 +119,7 @@ async def ensure_topics_authenticated(settings: Settings) -> None:
             f"{one_line(refusal)}"
         )
     await ensure_topics(settings)
-    await check_group_access(settings)
+    await check_group_access(settings, settings.app_id)
 
 
 class DependencyUnavailable(RuntimeError):

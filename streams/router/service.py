@@ -60,7 +60,7 @@ from schemas.alerts import RetentionAlert
 from schemas.delivery import DeliveryDeadLetter
 from schemas.vip import VipChange
 from streams import metrics
-from streams.admin import create_topics
+from streams.admin import check_group_access, create_topics, router_topics
 from streams.log_limits import limit_repeated_lines
 from streams.router.api import build_actions_api
 from streams.router.config import RouterConfig, resolved
@@ -356,6 +356,7 @@ class Router:
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
         await ensure_router_topics(s)
+        await check_group_access(s, s.router_group_id(), "PULSE_ROUTER_GROUP")  # GroupRefused: one line
         self.redis = aioredis.Redis.from_url(s.redis_url, **redis_client_kwargs(s))
         self.producer = AIOKafkaProducer(**kafka_client_kwargs(s), acks="all")
         self.consumer = AIOKafkaConsumer(
@@ -639,13 +640,7 @@ def delivered_action(env: Envelope, destination: str) -> RetentionAction | None:
 
 async def ensure_router_topics(settings: Settings) -> None:
     """Create the topics the router reads and writes when missing (idempotent, like the worker's)."""
-    wanted = [
-        settings.topic_retention_alerts,
-        settings.topic_vip_changes,
-        settings.topic_delivery_dead_letters,
-        # written by the actions API, read by the scoring worker with its inputs: the same partition count
-        settings.topic_retention_actions,
-    ]
+    wanted = router_topics(settings)
     admin = AIOKafkaAdminClient(**kafka_client_kwargs(settings), request_timeout_ms=15000)
     await admin.start()
     try:

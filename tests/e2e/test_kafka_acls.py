@@ -24,16 +24,18 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import orjson
 import pytest
 
-from pulse.devstack import KafkaBroker, _kafka_java, free_port
+from pulse.devstack import KafkaBroker, _kafka_java, free_port, stop_process
 from pulse.simulate import generate_orders
 from streams.startup import EXIT_CONFIG
 from testing.reference import batch_order_profiles
-from testing.stack import WorkerPool, make_namespace, produce, profile_diffs, wait_until
+from testing.stack import WorkerPool, make_namespace, produce, profile_diffs, start_pulse, wait_until
 from tests.conftest import on_broker
+from tests.router_fixtures import alert_dict
 
 pytestmark = pytest.mark.e2e
 
@@ -119,8 +121,9 @@ def grant(broker: KafkaBroker, lines: list[str]) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def admin_topics(broker: KafkaBroker, namespace) -> list[str]:
-    """``pulse topics --acls User:pulse`` as the admin: creates the namespace's topics, returns the ACL lines."""
+def admin_topics(broker: KafkaBroker, namespace, role: str = "worker") -> list[str]:
+    """``pulse topics --acls User:pulse --role ROLE`` as the admin: creates the namespace's topics, returns the
+    ACL lines."""
     env = {
         **namespace.env,
         "PULSE_BROKER_URL": f"kafka://{broker.bootstrap}",
@@ -129,7 +132,7 @@ def admin_topics(broker: KafkaBroker, namespace) -> list[str]:
         "PULSE_BROKER_SASL_PASSWORD": "",
     }
     done = subprocess.run(
-        [sys.executable, "-m", "pulse", "topics", "--acls", PRINCIPAL],
+        [sys.executable, "-m", "pulse", "topics", "--acls", PRINCIPAL, "--role", role],
         env={**os.environ, **env},
         capture_output=True,
         text=True,
@@ -210,3 +213,50 @@ def test_a_missing_acl_stops_the_start_with_one_clear_line(acl_kafka, devstack, 
         assert "Traceback" not in log and "waiting for the broker" not in log
     finally:
         pool.stop_all()
+
+
+def start_router(namespace, tmp_path: Path) -> tuple[subprocess.Popen, Path, Path]:
+    """``pulse router`` under the worker's principal, delivering every alert to a file: (process, log, file)."""
+    deliveries, config, log = tmp_path / "deliveries.log", tmp_path / "router.toml", tmp_path / "router.log"
+    config.write_text(
+        f'[router]\ndefault_route = ["log"]\n\n[[destinations]]\nname = "log"\nkind = "file"\npath = "{deliveries}"\n'
+    )
+    env = {
+        **os.environ,
+        **namespace.env,
+        "PULSE_ROUTER_CONFIG_FILE": str(config),
+        "PULSE_ROUTER_METRICS_PORT": str(free_port()),
+        "PULSE_TOPIC_DELIVERY_DEAD_LETTERS": namespace.settings.topic_retention_alerts + "-deliveries-dlq",
+    }
+    return start_pulse(["router", "--loglevel", "info"], env, log), log, deliveries
+
+
+@pytest.mark.parametrize("group_acl", [True, False], ids=["least-permissions", "no-group-acl"])
+def test_the_router_with_the_least_permissions_delivers_or_says_what_is_missing(
+    acl_kafka, devstack, tmp_path, group_acl
+):
+    """``pulse topics --acls --role router``'s lines are all the router needs to deliver; without its group's,
+    it stops in one line (exit 2, as every ``pulse`` command's configuration error) instead of hanging."""
+    broker, sasl_port = acl_kafka
+    namespace = make_namespace(worker_env(devstack, sasl_port), tmp_path, create=False)
+    namespace.env["PULSE_TOPIC_DELIVERY_DEAD_LETTERS"] = namespace.settings.topic_retention_alerts + "-deliveries-dlq"
+    lines = admin_topics(broker, namespace, role="router")
+    assert any("-deliveries-dlq" in line for line in lines), lines
+    grant(broker, [line for line in lines if group_acl or "--group" not in line])
+    router, log, deliveries = start_router(namespace, tmp_path)
+    try:
+        if not group_acl:
+            assert router.wait(REFUSAL_SECONDS) == 2, log.read_text(errors="replace")[-3000:]
+            text = log.read_text(errors="replace")
+            assert "do not let PULSE_BROKER_SASL_USERNAME='pulse' use the consumer group" in text, text[-2000:]
+            assert "Traceback" not in text
+            return
+        alerts = [alert_dict(i) for i in range(5)]
+        records = [(a["customer_id"].encode(), orjson.dumps(a)) for a in alerts]
+        produce(broker.bootstrap, namespace.settings.topic_retention_alerts, records)
+        delivered = lambda: deliveries.exists() and all(a["alert_id"] in deliveries.read_text() for a in alerts)  # noqa: E731
+        assert wait_until(delivered), log.read_text(errors="replace")[-3000:]
+        assert router.poll() is None
+        assert "Traceback" not in log.read_text(errors="replace")
+    finally:
+        stop_process(router, 30)

@@ -48,7 +48,8 @@ KEYSTORE_PASSWORD = "changeit"
 
 def make_certificates(folder: Path) -> tuple[Path, Path]:
     """A CA and a server certificate for IP 127.0.0.1 signed by it, with openssl: (the CA's PEM file, the server's
-    PKCS12 keystore for Kafka)."""
+    PKCS12 keystore for Kafka). Also a client certificate signed by the same CA, for the mutual-TLS listener:
+    ``client.pem`` and ``client.key`` beside them."""
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not installed: no certificate for the SASL_SSL listener")
     ca_key, ca, key, csr, cert, ext = (folder / n for n in ("ca.key", "ca.pem", "s.key", "s.csr", "s.pem", "s.ext"))
@@ -61,6 +62,10 @@ def make_certificates(folder: Path) -> tuple[Path, Path]:
         ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert, "-days", "2"]
         + ["-extfile", ext],
         ["pkcs12", "-export", "-in", cert, "-inkey", key, "-out", keystore, "-passout", f"pass:{KEYSTORE_PASSWORD}"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", folder / "client.key", "-out", folder / "client.csr"]
+        + ["-subj", "/CN=pulse-worker"],
+        ["x509", "-req", "-in", folder / "client.csr", "-CA", ca, "-CAkey", ca_key, "-CAcreateserial"]
+        + ["-out", folder / "client.pem", "-days", "2"],
     ]
     for step in steps:
         done = subprocess.run(["openssl", *map(str, step)], capture_output=True, text=True, timeout=60)
@@ -79,13 +84,17 @@ def sasl_kafka(
     home = tmp_path_factory.mktemp("sasl-kafka")
     ca, keystore = make_certificates(home)
     port, controller = free_port(), free_port()
-    ports = {"SASL_PLAINTEXT": free_port(), "SASL_SSL": free_port()}
+    ports = {"SASL_PLAINTEXT": free_port(), "SASL_SSL": free_port(), "SSL": free_port()}
     clients = ",".join(f"{name}://127.0.0.1:{p}" for name, p in ports.items())
     props = {
         "listeners": f"PLAINTEXT://127.0.0.1:{port},{clients},CONTROLLER://127.0.0.1:{controller}",
         "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port},{clients}",
         "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL,"
-        "CONTROLLER:PLAINTEXT",
+        "SSL:SSL,CONTROLLER:PLAINTEXT",
+        # mutual TLS: the SSL listener requires a client certificate signed by the test's CA (a PEM truststore)
+        "listener.name.ssl.ssl.client.auth": "required",
+        "listener.name.ssl.ssl.truststore.type": "PEM",
+        "listener.name.ssl.ssl.truststore.location": str(ca),
         "sasl.enabled.mechanisms": "PLAIN,SCRAM-SHA-512",
         "ssl.keystore.type": "PKCS12",
         "ssl.keystore.location": str(keystore),
@@ -129,6 +138,15 @@ def sasl_kafka(
 
 def sasl_env(devstack, sasl_kafka, protocol: str, mechanism: str) -> dict[str, str]:
     _, ports, ca = sasl_kafka
+    if protocol == "SSL":  # mutual TLS: the client certificate is the credential
+        return {
+            "PULSE_BROKER_URL": f"kafka://127.0.0.1:{ports[protocol]}",
+            "PULSE_REDIS_URL": devstack.redis_url,
+            "PULSE_BROKER_SECURITY_PROTOCOL": "SSL",
+            "PULSE_BROKER_SSL_CAFILE": str(ca),
+            "PULSE_BROKER_SSL_CERTFILE": str(ca.parent / "client.pem"),
+            "PULSE_BROKER_SSL_KEYFILE": str(ca.parent / "client.key"),
+        }
     return {
         "PULSE_BROKER_URL": f"kafka://127.0.0.1:{ports[protocol]}",
         "PULSE_REDIS_URL": devstack.redis_url,
@@ -155,7 +173,9 @@ def produce_authenticated(settings, orders: list[dict]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("protocol", "mechanism"), [("SASL_PLAINTEXT", "PLAIN"), ("SASL_SSL", "SCRAM-SHA-512")], ids=["plain", "scram-tls"]
+    ("protocol", "mechanism"),
+    [("SASL_PLAINTEXT", "PLAIN"), ("SASL_SSL", "SCRAM-SHA-512"), ("SSL", "client-certificate")],
+    ids=["plain", "scram-tls", "mutual-tls"],
 )
 def test_a_worker_scores_through_a_sasl_listener(sasl_kafka, devstack, tmp_path, protocol, mechanism):
     env = sasl_env(devstack, sasl_kafka, protocol, mechanism)

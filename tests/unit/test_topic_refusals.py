@@ -13,7 +13,7 @@ from aiokafka.admin import NewTopic
 from aiokafka.errors import NotControllerError, RequestTimedOutError
 
 from pulse_config.settings import Settings
-from streams.admin import TopicsRefused, create_topics, worker_acls, worker_topics
+from streams.admin import TopicsRefused, acls, create_topics, router_topics, worker_topics
 
 
 class FakeAdmin:
@@ -63,7 +63,7 @@ def test_a_retriable_answer_is_raised_for_the_start_ups_retry(code):
 
 def test_pulse_topics_acls_cover_every_worker_topic_and_the_group():
     s = settings(app_id="cp")
-    lines = worker_acls(s, "User:pulse", "b:9092")
+    lines = acls(s, "User:pulse", "b:9092")
     topics = [shlex.split(line)[-1] for line in lines if "--topic" in line]
     assert topics == worker_topics(s) and len(set(topics)) == len(topics)
     assert "cp-customer_states-changelog" in topics and "cp-population" in topics and "cp-ticks" in topics
@@ -72,3 +72,12 @@ def test_pulse_topics_acls_cover_every_worker_topic_and_the_group():
     start = "kafka-acls.sh --bootstrap-server b:9092 --add --allow-principal User:pulse"
     assert all(line.startswith(start) for line in lines)
     assert not any("Create" in line for line in lines)
+
+
+def test_pulse_topics_acls_for_the_router_cover_its_topics_and_its_group():
+    s = settings(app_id="cp")
+    lines = acls(s, "User:router", "b:9092", role="router")
+    topics = [shlex.split(line)[-1] for line in lines if "--topic" in line]
+    assert topics == router_topics(s) and s.topic_delivery_dead_letters in topics
+    [group] = [line for line in lines if "--group" in line]
+    assert shlex.split(group)[-2:] == ["--group", "cp-router"]
