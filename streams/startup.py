@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import struct
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -97,9 +98,58 @@ async def refused_credentials(settings: Settings) -> BaseException | None:
         except (*_REFUSALS, ssl.SSLCertVerificationError) as exc:
             return exc
         except (OSError, KafkaError, TimeoutError, ValueError):
-            continue  # not reached (or not a host:port): the retry's business
+            # not reached (or not a host:port): the retry's business; unless a TLS broker ended the handshake
+            # because of this worker's client certificate (aiokafka reads that as a connection that closed)
+            context = kwargs.get("ssl_context")
+            if isinstance(context, ssl.SSLContext):
+                refused = await _client_certificate_refused(host, int(port), context)
+                if refused is not None:
+                    return refused
+            continue
         conn.close()
         return None
+    return None
+
+
+#: the TLS alerts of a broker that wants a client certificate it did not get, or does not trust the one it got
+CLIENT_CERTIFICATE_ALERTS = frozenset(
+    {
+        "TLSV13_ALERT_CERTIFICATE_REQUIRED",
+        "SSLV3_ALERT_BAD_CERTIFICATE",
+        "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+        "TLSV1_ALERT_UNKNOWN_CA",
+        "SSLV3_ALERT_HANDSHAKE_FAILURE",
+    }
+)
+
+#: ApiVersions v0 from client id "pulse-probe": size, api key 18, version 0, correlation id 1, client id
+_API_VERSIONS_PROBE = struct.pack(">ihhih11s", 21, 18, 0, 1, 11, b"pulse-probe")
+
+
+async def _client_certificate_refused(host: str, port: int, context: ssl.SSLContext) -> ssl.SSLError | None:
+    """The TLS alert with which the broker at ``host:port`` refuses this worker's client certificate, if it does.
+
+    Why one request: with TLS 1.3 the client's side of the handshake completes before the broker has checked
+    the client's certificate; the broker's alert ("certificate required") arrives on the first read. So the probe
+    sends ApiVersions and reads: a broker that accepts answers, one that refuses sends the alert."""
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=context, server_hostname=host), REFUSAL_PROBE_SECONDS
+        )
+    except ssl.SSLError as exc:
+        return exc if exc.reason in CLIENT_CERTIFICATE_ALERTS else None
+    except (OSError, TimeoutError):
+        return None
+    try:
+        writer.write(_API_VERSIONS_PROBE)
+        await asyncio.wait_for(writer.drain(), REFUSAL_PROBE_SECONDS)
+        await asyncio.wait_for(reader.read(4), REFUSAL_PROBE_SECONDS)
+    except ssl.SSLError as exc:
+        return exc if exc.reason in CLIENT_CERTIFICATE_ALERTS else None
+    except (OSError, TimeoutError):
+        return None
+    finally:
+        writer.close()
     return None
 
 
@@ -107,6 +157,17 @@ async def ensure_topics_authenticated(settings: Settings) -> None:
     """:func:`ensure_topics`, after making sure the broker does not refuse the credentials (not retried then), and
     then :func:`check_group_access`."""
     refusal = await refused_credentials(settings)
+    if isinstance(refusal, ssl.SSLError) and refusal.reason in CLIENT_CERTIFICATE_ALERTS:
+        certificate = settings.broker_ssl_certfile
+        raise BrokerRefusedCredentials(
+            f"the broker at {masked(settings.broker_url)} "
+            + (
+                f"refused the TLS handshake with the client certificate PULSE_BROKER_SSL_CERTFILE={certificate}"
+                if certificate
+                else "refused the TLS handshake without a client certificate (PULSE_BROKER_SSL_CERTFILE is empty)"
+            )
+            + f": {one_line(refusal)}"
+        )
     if isinstance(refusal, ssl.SSLCertVerificationError):
         raise BrokerRefusedCredentials(
             f"the TLS certificate of the broker at {masked(settings.broker_url)} is not trusted "

@@ -66,6 +66,9 @@ def make_certificates(folder: Path) -> tuple[Path, Path]:
         + ["-subj", "/CN=pulse-worker"],
         ["x509", "-req", "-in", folder / "client.csr", "-CA", ca, "-CAkey", ca_key, "-CAcreateserial"]
         + ["-out", folder / "client.pem", "-days", "2"],
+        # a client certificate of no CA the broker knows (self-signed)
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", folder / "stranger.key"]
+        + ["-out", folder / "stranger.pem", "-days", "2", "-subj", "/CN=stranger"],
     ]
     for step in steps:
         done = subprocess.run(["openssl", *map(str, step)], capture_output=True, text=True, timeout=60)
@@ -203,6 +206,7 @@ def test_a_worker_scores_through_a_sasl_listener(sasl_kafka, devstack, tmp_path,
 
 REFUSED = f"refused the credentials of PULSE_BROKER_SASL_USERNAME='{USER}'"
 UNTRUSTED = "TLS certificate of the broker at"
+NO_CLIENT_CERTIFICATE = "refused the TLS handshake without a client certificate"
 
 
 @pytest.mark.parametrize(
@@ -211,8 +215,14 @@ UNTRUSTED = "TLS certificate of the broker at"
         ("SASL_PLAINTEXT", {"PULSE_BROKER_SASL_PASSWORD": "not-the-password"}, REFUSED),
         ("SASL_PLAINTEXT", {"PULSE_BROKER_SASL_MECHANISM": "SCRAM-SHA-256"}, REFUSED),
         ("SASL_SSL", {"PULSE_BROKER_SSL_CAFILE": ""}, UNTRUSTED),
+        ("SSL", {"PULSE_BROKER_SSL_CERTFILE": "", "PULSE_BROKER_SSL_KEYFILE": ""}, NO_CLIENT_CERTIFICATE),
+        (
+            "SSL",
+            {"PULSE_BROKER_SSL_CERTFILE": "{certs}/stranger.pem", "PULSE_BROKER_SSL_KEYFILE": "{certs}/stranger.key"},
+            "refused the TLS handshake with the client certificate PULSE_BROKER_SSL_CERTFILE=",
+        ),
     ],
-    ids=["password", "mechanism", "untrusted-certificate"],
+    ids=["password", "mechanism", "untrusted-certificate", "no-client-certificate", "unknown-client-certificate"],
 )
 def test_refused_credentials_stop_the_start_with_one_clear_line(sasl_kafka, devstack, tmp_path, protocol, change, said):
     """A wrong password, a mechanism the listener does not offer, or a broker certificate the worker cannot check
@@ -222,7 +232,8 @@ def test_refused_credentials_stop_the_start_with_one_clear_line(sasl_kafka, devs
     namespace = make_namespace(sasl_env(devstack, sasl_kafka, protocol, "PLAIN"), tmp_path)
     pool = WorkerPool(namespace)
     try:
-        worker = pool.start(**change)
+        certs = str(sasl_kafka[2].parent)
+        worker = pool.start(**{k: v.replace("{certs}", certs) for k, v in change.items()})
         assert worker.proc.wait(REFUSAL_SECONDS) == EXIT_CONFIG, worker.log_tail()
         log = worker.log.read_text(errors="replace")
         [line] = [line for line in log.splitlines() if "refusing to start" in line]
