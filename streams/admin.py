@@ -41,20 +41,6 @@ class TopicsRefused(RuntimeError):
 _NOT_AUTHORIZED = (TopicAuthorizationFailedError.errno, ClusterAuthorizationFailedError.errno)
 
 
-def _refused(settings: Settings, what: str, refusals: dict[str, str], authorization: bool) -> TopicsRefused:
-    by_reason: dict[str, list[str]] = {}
-    for topic, why in sorted(refusals.items()):
-        by_reason.setdefault(why, []).append(topic)
-    topics = "; ".join(f"{', '.join(names)} ({why.rstrip('.')})" for why, names in by_reason.items())
-    if not authorization:
-        return TopicsRefused(f"the broker refused to {what} topics: {topics}")
-    return TopicsRefused(
-        f"the broker's ACLs do not let {_principal(settings)} {what} topics: {topics}. An admin creates them "
-        "('pulse topics' under the admin's credentials) and allows this principal Read, Write and Describe on them: "
-        "docs/operations.md, 'A cluster with ACLs'"
-    )
-
-
 class GroupRefused(RuntimeError):
     """The cluster's ACLs do not let this principal use the worker's consumer group: a configuration error."""
 
@@ -63,6 +49,24 @@ def _principal(settings: Settings) -> str:
     if settings.broker_sasl_username:
         return f"PULSE_BROKER_SASL_USERNAME={settings.broker_sasl_username!r}"
     return "this client's principal"
+
+
+def _refused(settings: Settings, what: str, refusals: dict[str, str], authorization: bool) -> TopicsRefused:
+    by_reason: dict[str, list[str]] = {}
+    for topic, why in sorted(refusals.items()):
+        by_reason.setdefault(why, []).append(topic)
+    topics = "; ".join(f"{', '.join(names)} ({why.rstrip('.')})" for why, names in by_reason.items())
+    if not authorization:
+        return TopicsRefused(f"the broker refused to {what} topics: {topics}")
+    admin = (
+        "An admin creates them ('pulse topics' under the admin's credentials) and allows"
+        if what == "create"
+        else "An admin allows"
+    )
+    return TopicsRefused(
+        f"the broker's ACLs do not let {_principal(settings)} {what} topics: {topics}. {admin} this principal Read, "
+        "Write and Describe on them: docs/operations.md, 'A cluster with ACLs'"
+    )
 
 
 async def check_group_access(settings: Settings, group: str, setting: str = "PULSE_APP_ID") -> None:
