@@ -174,12 +174,14 @@ class Worker:
         return ", ".join(line for line in scraped if line.startswith(wanted))
 
 
-def start_process(argv: list[str], env: dict[str, str], log: Path, append: bool = False) -> subprocess.Popen:
-    """``argv`` in this checkout, its output in ``log`` (appended to when ``append``: a restarted process keeps
-    one log), no stdin."""
+def start_process(
+    argv: list[str], env: dict[str, str], log: Path, append: bool = False, checkout: Path = REPO
+) -> subprocess.Popen:
+    """``argv`` in this checkout (or another: ``python -m`` imports the code of its working folder first), its
+    output in ``log`` (appended to when ``append``: a restarted process keeps one log), no stdin."""
     return subprocess.Popen(
         argv,
-        cwd=REPO,
+        cwd=checkout,
         env=env,
         stdout=log.open("ab" if append else "wb"),
         stderr=subprocess.STDOUT,
@@ -187,10 +189,12 @@ def start_process(argv: list[str], env: dict[str, str], log: Path, append: bool 
     )
 
 
-def start_pulse(command: list[str], env: dict[str, str], log: Path, append: bool = False) -> subprocess.Popen:
+def start_pulse(
+    command: list[str], env: dict[str, str], log: Path, append: bool = False, checkout: Path = REPO
+) -> subprocess.Popen:
     """``python -m pulse COMMAND`` of this checkout (``start_process``): how tests and benchmarks run workers,
     routers and consoles."""
-    return start_process([sys.executable, "-m", "pulse", *command], env, log, append)
+    return start_process([sys.executable, "-m", "pulse", *command], env, log, append, checkout)
 
 
 class WorkerPool:
@@ -200,12 +204,13 @@ class WorkerPool:
         self.namespace = namespace
         self.workers: list[Worker] = []
 
-    def start(self, **extra_env: str) -> Worker:
+    def start(self, checkout: Path = REPO, **extra_env: str) -> Worker:
+        """A worker of this checkout (or of another version's, e.g. a previous release for an upgrade test)."""
         port = free_port()
         log = self.namespace.log_dir / f"worker-{len(self.workers)}.log"
         # the HTTP API is off unless a test asks for it: several workers on one host would share its port
         env = {**os.environ, **self.namespace.env, "PULSE_METRICS_PORT": str(port), "PULSE_API_PORT": "0", **extra_env}
-        proc = start_pulse(["worker", "--loglevel", "info"], env, log)
+        proc = start_pulse(["worker", "--loglevel", "info"], env, log, checkout=checkout)
         worker = Worker(proc, log, port)
         self.workers.append(worker)
         return worker
