@@ -383,7 +383,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
     Why a command of its own: on a cluster whose ACLs do not let the worker create topics, an admin runs this
     under the admin's credentials (the same PULSE_* settings otherwise), then grants the worker's principal what
     ``--acls`` prints. The output is a shell script: the topics as a comment, the ``kafka-acls.sh`` lines."""
-    from streams.admin import acls, ensure_topics, router_topics, worker_topics
+    from streams.admin import acls, console_topics, ensure_topics, worker_topics
     from streams.router.service import ensure_router_topics
 
     settings = load_settings()
@@ -393,7 +393,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
         await ensure_router_topics(settings)
 
     asyncio.run(go())
-    topics = list(dict.fromkeys([*worker_topics(settings), *router_topics(settings)]))
+    topics = list(dict.fromkeys([*worker_topics(settings), *console_topics(settings)]))
     print(f"# {len(topics)} topics on {redact_url(settings.broker_url)} (created where missing): {', '.join(topics)}")
     if args.acls:
         print(f"# what {args.acls} needs to run pulse {args.role} (docs/operations.md, 'A cluster with ACLs')")
@@ -818,13 +818,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--acls",
         metavar="PRINCIPAL",
         default="",
-        help="also print the kafka-acls.sh lines that let PRINCIPAL (e.g. User:pulse) run a scoring worker",
+        help="also print the kafka-acls.sh lines that let PRINCIPAL (e.g. User:pulse) run --role",
     )
     p.add_argument(
         "--role",
-        choices=("worker", "router"),  # the roles streams.admin.acls knows
+        choices=("worker", "router", "console"),  # the roles streams.admin.acls knows
         default="worker",
-        help="whose ACLs --acls prints: a scoring worker's (default) or pulse router's",
+        help="whose ACLs --acls prints: a scoring worker's (default), pulse router's or pulse console's",
     )
     p.set_defaults(func=cmd_topics)
 

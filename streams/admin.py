@@ -155,6 +155,18 @@ def router_topics(settings: Settings) -> list[str]:
     ]
 
 
+def console_topics(settings: Settings) -> list[str]:
+    """Every topic ``pulse console`` reads or writes: the router's (it makes sure they exist, as the router does;
+    it reads the alerts, VIP changes and retention actions, and writes actions) and the population topic, whose
+    indicators its population panel reads."""
+    return [*router_topics(settings), settings.topic_population()]
+
+
+def console_group(settings: Settings) -> str:
+    """The consumer group of ``pulse console``'s feed (``PULSE_CONSOLE_GROUP_ID``, or ``{app_id}-console``)."""
+    return settings.console_group_id or f"{settings.app_id}-console"
+
+
 #: what a principal does on each topic of its process, and on its consumer group: the least each needs
 TOPIC_OPERATIONS = ("Read", "Write", "Describe")
 GROUP_OPERATIONS = ("Read",)
@@ -162,12 +174,13 @@ GROUP_OPERATIONS = ("Read",)
 
 def acls(settings: Settings, principal: str, bootstrap: str, role: str = "worker") -> list[str]:
     """The ``kafka-acls.sh`` command lines that let ``principal`` (``User:NAME``) run ``role`` (a scoring worker,
-    or ``pulse router``) on topics an admin created: its topics and its consumer group. The least each needs, and
-    what tests/e2e/test_kafka_acls.py grants (it parses these lines), so what ``pulse topics --acls`` prints is
-    what is tested."""
+    ``pulse router`` or ``pulse console``) on topics an admin created: its topics and its consumer group. The
+    least each needs, and what tests/e2e/test_kafka_acls.py grants (it parses these lines), so what ``pulse
+    topics --acls`` prints is what is tested."""
     topics, group = {
         "worker": (worker_topics(settings), settings.app_id),
         "router": (router_topics(settings), settings.router_group_id()),
+        "console": (console_topics(settings), console_group(settings)),
     }[role]
     base = f"kafka-acls.sh --bootstrap-server {bootstrap} --add --allow-principal {principal}"
     topic_ops = " ".join(f"--operation {op}" for op in TOPIC_OPERATIONS)

@@ -571,6 +571,7 @@ def build_console(settings: Settings, client: aioredis.Redis, producer: AIOKafka
 
 async def serve_console(settings: Settings, stop: asyncio.Event, ready: Callable[[str], None] | None = None) -> None:
     """Run the console (web app, feed, population refresh) until ``stop``; ``ready`` gets its URL."""
+    from streams.admin import check_group_access, console_group
     from streams.console.feed import Feed
     from streams.router.service import ensure_router_topics
 
@@ -578,6 +579,8 @@ async def serve_console(settings: Settings, stop: asyncio.Event, ready: Callable
         settings.redis_url, decode_responses=True, socket_timeout=REDIS_TIMEOUT_SECONDS, **redis_client_kwargs(settings)
     )
     await ensure_router_topics(settings)  # the topics it reads and writes, as the router creates them
+    # a group the ACLs refuse: one line (GroupRefused, pulse/errors.py), not a feed that hangs
+    await check_group_access(settings, console_group(settings), "PULSE_CONSOLE_GROUP_ID")
     producer = AIOKafkaProducer(**kafka_client_kwargs(settings), acks="all")
     await producer.start()
     app = build_console(settings, client, producer)

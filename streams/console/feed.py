@@ -30,6 +30,7 @@ from schemas.actions import RetentionAction
 from schemas.alerts import RetentionAlert
 from schemas.vip import VipChange
 from streams import metrics
+from streams.admin import console_group
 from streams.console.cases import apply_action, apply_alert, channel, vip_changes_key
 from streams.security import kafka_client_kwargs
 
@@ -96,7 +97,7 @@ class Feed:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Read until ``stop``; broker or Redis failures are logged and retried (the page shows what Redis has)."""
-        group = self.settings.console_group_id or f"{self.settings.app_id}-console"
+        group = console_group(self.settings)
         consumer = AIOKafkaConsumer(
             *self.kinds,
             group_id=group,

@@ -22,12 +22,14 @@ import os
 import shlex
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from pulse.devstack import KafkaBroker, _kafka_java, free_port, stop_process
 from pulse.simulate import generate_orders
@@ -260,3 +262,52 @@ def test_the_router_with_the_least_permissions_delivers_or_says_what_is_missing(
         assert "Traceback" not in log.read_text(errors="replace")
     finally:
         stop_process(router, 30)
+
+
+def console_alerts_applied(port: int) -> float:
+    """The console's ``pulse_console_events_total{event="retention_alert",outcome="applied"}`` (0 before it serves)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return 0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name == "pulse_console_events_total" and labels.get("event") == "retention_alert":
+                if labels.get("outcome") == "applied":
+                    return sample.value
+    return 0
+
+
+@pytest.mark.parametrize("group_acl", [True, False], ids=["least-permissions", "no-group-acl"])
+def test_the_console_with_the_least_permissions_reads_alerts_or_says_what_is_missing(
+    acl_kafka, devstack, tmp_path, group_acl
+):
+    """``pulse topics --acls --role console``'s lines are all the console needs to record the alerts it reads;
+    without its group's it stops in one line (exit 2) instead of a feed that hangs."""
+    broker, sasl_port = acl_kafka
+    namespace = make_namespace(worker_env(devstack, sasl_port), tmp_path, create=False)
+    namespace.env["PULSE_TOPIC_DELIVERY_DEAD_LETTERS"] = namespace.settings.topic_retention_alerts + "-deliveries-dlq"
+    lines = admin_topics(broker, namespace, role="console")
+    assert any(namespace.settings.topic_population() in line for line in lines), lines
+    grant(broker, [line for line in lines if group_acl or "--group" not in line])
+    port, log = free_port(), tmp_path / "console.log"
+    env = {**os.environ, **namespace.env, "PULSE_CONSOLE_PORT": str(port), "PULSE_API_TOKEN": "t0ken-for-the-test"}
+    console = start_pulse(["console"], env, log)
+    try:
+        if not group_acl:
+            assert console.wait(REFUSAL_SECONDS) == 2, log.read_text(errors="replace")[-3000:]
+            text = log.read_text(errors="replace")
+            assert "do not let PULSE_BROKER_SASL_USERNAME='pulse' use the consumer group" in text, text[-2000:]
+            assert "Traceback" not in text
+            return
+        alerts = [alert_dict(i) for i in range(5)]
+        records = [(a["customer_id"].encode(), orjson.dumps(a)) for a in alerts]
+        produce(broker.bootstrap, namespace.settings.topic_retention_alerts, records)
+        assert wait_until(lambda: console_alerts_applied(port) == len(alerts)), log.read_text(errors="replace")[-3000:]
+        assert console.poll() is None
+        text = log.read_text(errors="replace")
+        assert "Traceback" not in text and "AuthorizationFailed" not in text, text[-3000:]
+    finally:
+        stop_process(console, 30)

@@ -81,3 +81,14 @@ def test_pulse_topics_acls_for_the_router_cover_its_topics_and_its_group():
     assert topics == router_topics(s) and s.topic_delivery_dead_letters in topics
     [group] = [line for line in lines if "--group" in line]
     assert shlex.split(group)[-2:] == ["--group", "cp-router"]
+
+
+def test_pulse_topics_acls_for_the_console_cover_the_population_topic_and_its_group():
+    s = settings(app_id="cp")
+    lines = acls(s, "User:console", "b:9092", role="console")
+    topics = [shlex.split(line)[-1] for line in lines if "--topic" in line]
+    assert set(router_topics(s)) < set(topics) and "cp-population" in topics
+    [group] = [line for line in lines if "--group" in line]
+    assert shlex.split(group)[-2:] == ["--group", "cp-console"]
+    custom = acls(settings(app_id="cp", console_group_id="desk"), "User:console", "b:9092", role="console")
+    assert shlex.split(custom[-1])[-2:] == ["--group", "desk"]
