@@ -233,29 +233,46 @@ def start_router(namespace, tmp_path: Path) -> tuple[subprocess.Popen, Path, Pat
     return start_pulse(["router", "--loglevel", "info"], env, log), log, deliveries
 
 
+def restricted(acl_kafka, devstack, tmp_path: Path, role: str, group_acl: bool):
+    """A namespace whose topics ``pulse topics`` made, and the ACLs of ``role`` granted (without its group's unless
+    ``group_acl``): (the broker, the namespace)."""
+    broker, sasl_port = acl_kafka
+    namespace = make_namespace(worker_env(devstack, sasl_port), tmp_path, create=False)
+    namespace.env["PULSE_TOPIC_DELIVERY_DEAD_LETTERS"] = namespace.settings.topic_retention_alerts + "-deliveries-dlq"
+    lines = admin_topics(broker, namespace, role=role)
+    grant(broker, [line for line in lines if group_acl or "--group" not in line])
+    return broker, namespace
+
+
+def assert_group_refused_in_one_line(proc: subprocess.Popen, log: Path) -> None:
+    """A ``pulse`` command without its group's ACL: exit 2 (a configuration error) with the one line."""
+    assert proc.wait(REFUSAL_SECONDS) == 2, log.read_text(errors="replace")[-3000:]
+    text = log.read_text(errors="replace")
+    assert "do not let PULSE_BROKER_SASL_USERNAME='pulse' use the consumer group" in text, text[-2000:]
+    assert "Traceback" not in text
+
+
+def send_alerts(broker: KafkaBroker, settings, n: int = 5) -> list[dict]:
+    alerts = [alert_dict(i) for i in range(n)]
+    records = [(a["customer_id"].encode(), orjson.dumps(a)) for a in alerts]
+    produce(broker.bootstrap, settings.topic_retention_alerts, records)
+    return alerts
+
+
 @pytest.mark.parametrize("group_acl", [True, False], ids=["least-permissions", "no-group-acl"])
 def test_the_router_with_the_least_permissions_delivers_or_says_what_is_missing(
     acl_kafka, devstack, tmp_path, group_acl
 ):
     """``pulse topics --acls --role router``'s lines are all the router needs to deliver; without its group's,
-    it stops in one line (exit 2, as every ``pulse`` command's configuration error) instead of hanging."""
-    broker, sasl_port = acl_kafka
-    namespace = make_namespace(worker_env(devstack, sasl_port), tmp_path, create=False)
-    namespace.env["PULSE_TOPIC_DELIVERY_DEAD_LETTERS"] = namespace.settings.topic_retention_alerts + "-deliveries-dlq"
-    lines = admin_topics(broker, namespace, role="router")
-    assert any("-deliveries-dlq" in line for line in lines), lines
-    grant(broker, [line for line in lines if group_acl or "--group" not in line])
+    it stops in one line (exit 2, as every ``pulse`` command's configuration error; nothing checked it at its
+    start before)."""
+    broker, namespace = restricted(acl_kafka, devstack, tmp_path, "router", group_acl)
     router, log, deliveries = start_router(namespace, tmp_path)
     try:
         if not group_acl:
-            assert router.wait(REFUSAL_SECONDS) == 2, log.read_text(errors="replace")[-3000:]
-            text = log.read_text(errors="replace")
-            assert "do not let PULSE_BROKER_SASL_USERNAME='pulse' use the consumer group" in text, text[-2000:]
-            assert "Traceback" not in text
+            assert_group_refused_in_one_line(router, log)
             return
-        alerts = [alert_dict(i) for i in range(5)]
-        records = [(a["customer_id"].encode(), orjson.dumps(a)) for a in alerts]
-        produce(broker.bootstrap, namespace.settings.topic_retention_alerts, records)
+        alerts = send_alerts(broker, namespace.settings)
         delivered = lambda: deliveries.exists() and all(a["alert_id"] in deliveries.read_text() for a in alerts)  # noqa: E731
         assert wait_until(delivered), log.read_text(errors="replace")[-3000:]
         assert router.poll() is None
@@ -284,27 +301,17 @@ def console_alerts_applied(port: int) -> float:
 def test_the_console_with_the_least_permissions_reads_alerts_or_says_what_is_missing(
     acl_kafka, devstack, tmp_path, group_acl
 ):
-    """``pulse topics --acls --role console``'s lines are all the console needs to record the alerts it reads;
-    without its group's it stops in one line (exit 2) instead of a feed that hangs."""
-    broker, sasl_port = acl_kafka
-    namespace = make_namespace(worker_env(devstack, sasl_port), tmp_path, create=False)
-    namespace.env["PULSE_TOPIC_DELIVERY_DEAD_LETTERS"] = namespace.settings.topic_retention_alerts + "-deliveries-dlq"
-    lines = admin_topics(broker, namespace, role="console")
-    assert any(namespace.settings.topic_population() in line for line in lines), lines
-    grant(broker, [line for line in lines if group_acl or "--group" not in line])
+    """``pulse topics --acls --role console``'s lines (the router's topics and the population topic) are all the
+    console needs to record the alerts it reads; without its group's it stops in one line (exit 2)."""
+    broker, namespace = restricted(acl_kafka, devstack, tmp_path, "console", group_acl)
     port, log = free_port(), tmp_path / "console.log"
     env = {**os.environ, **namespace.env, "PULSE_CONSOLE_PORT": str(port), "PULSE_API_TOKEN": "t0ken-for-the-test"}
     console = start_pulse(["console"], env, log)
     try:
         if not group_acl:
-            assert console.wait(REFUSAL_SECONDS) == 2, log.read_text(errors="replace")[-3000:]
-            text = log.read_text(errors="replace")
-            assert "do not let PULSE_BROKER_SASL_USERNAME='pulse' use the consumer group" in text, text[-2000:]
-            assert "Traceback" not in text
+            assert_group_refused_in_one_line(console, log)
             return
-        alerts = [alert_dict(i) for i in range(5)]
-        records = [(a["customer_id"].encode(), orjson.dumps(a)) for a in alerts]
-        produce(broker.bootstrap, namespace.settings.topic_retention_alerts, records)
+        alerts = send_alerts(broker, namespace.settings)
         assert wait_until(lambda: console_alerts_applied(port) == len(alerts)), log.read_text(errors="replace")[-3000:]
         assert console.poll() is None
         text = log.read_text(errors="replace")
