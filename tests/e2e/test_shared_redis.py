@@ -1,0 +1,90 @@
+"""A Redis shared with other applications, as many production Redis servers are: customer-pulse gets an ACL user
+that may touch only the keys and Pub/Sub channels under its ``PULSE_REDIS_KEY_PREFIX`` and may not run the
+``@dangerous`` commands (KEYS, FLUSHALL, CONFIG, DEBUG, ...), which managed Redis services commonly withhold.
+
+Every Redis client of the app must live with that: the worker's profile writes and sweeps, its HTTP API (the
+at-risk page is a Lua script), and the console's feed, pages, live channel and population trends. A key or
+channel outside the prefix, or a withheld command, would fail with NOPERM only on such a server; until session 24
+no test ran one.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.request
+import uuid
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+import redis
+
+from pulse.devstack import free_port, stop_process
+from pulse.simulate import generate_events
+from testing.reference import uninterrupted_profiles
+from testing.stack import get_json, produce, profile_diffs, scraped, start_pulse, wait_until
+from tests.conftest import TEST_BROKERS
+
+pytestmark = pytest.mark.e2e
+
+
+def restricted_url(admin_url: str, prefix: str) -> str:
+    """A Redis user limited to ``prefix``'s keys and channels, without @dangerous commands: its URL."""
+    user, password = f"pulse-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    admin = redis.Redis.from_url(admin_url)
+    admin.execute_command(
+        "ACL", "SETUSER", user, "on", f">{password}", f"~{prefix}*", f"&{prefix}*", "+@all", "-@dangerous"
+    )
+    host_port = admin_url.split("://", 1)[1].split("/", 1)[0]
+    return f"redis://{user}:{password}@{host_port}/0"
+
+
+def test_worker_api_and_console_run_with_a_redis_user_limited_to_their_prefix(devstack, namespace, start_worker):
+    if devstack.broker_name != TEST_BROKERS[0]:
+        pytest.skip("the subject is Redis, not the broker: one broker is enough")
+    s = namespace.settings
+    url = restricted_url(s.redis_url, s.redis_key_prefix)
+    restricted = redis.Redis.from_url(url)
+    with pytest.raises(redis.exceptions.NoPermissionError):  # the user really is limited
+        restricted.set("someone-elses-key", 1)
+    namespace.env["PULSE_REDIS_URL"] = url
+    s = s.model_copy(update={"redis_url": url})
+    api_port = free_port()
+    worker = start_worker(PULSE_API_PORT=str(api_port))
+    console_port, console_log = free_port(), namespace.log_dir / "console.log"
+    env = {**os.environ, **namespace.env, "PULSE_CONSOLE_PORT": str(console_port), "PULSE_CONSOLE_STATS_SECONDS": "2"}
+    env["PULSE_CONSOLE_TREND_SECONDS"] = "2"
+    console = start_pulse(["console"], env, console_log)
+    try:
+        events = generate_events(customers=200, days=365, seed=24, end=datetime(2026, 6, 1, tzinfo=UTC))
+        for kind, topic in s.input_topics().items():
+            records = [(e["customer_id"].encode(), orjson.dumps(e)) for k, e in events if k == kind]
+            produce(namespace.bootstrap, topic, records)
+        expected = uninterrupted_profiles(events, s)
+        converged = wait_until(lambda: not profile_diffs(s, expected))
+        assert converged, f"{len(profile_diffs(s, expected))} profiles differ\n{worker.digest()}"
+        api = f"http://127.0.0.1:{api_port}"
+        customer = next(iter(expected))
+        assert get_json(f"{api}/customers/{customer}")[0] == 200
+        assert get_json(f"{api}/vips")[0] == 200
+        status, page = get_json(f"{api}/at-risk")
+        assert status == 200 and page["total"] > 0 and page["customers"], page  # a Lua script over the prefix
+        base = f"http://127.0.0.1:{console_port}"
+
+        def console_read_alerts() -> bool:
+            try:
+                found = scraped(console_port)
+            except OSError:
+                return False
+            return found.get("pulse_console_events_total", 0) > 0
+
+        assert wait_until(console_read_alerts), console_log.read_text(errors="replace")[-3000:]
+        for path in ("/", "/fragments/queue", "/fragments/population", f"/customers/{customer}"):
+            with urllib.request.urlopen(base + path, timeout=10) as response:  # an error status raises
+                assert response.status == 200 and b"NOPERM" not in response.read(), path
+        for log in (worker.log, console_log):
+            text = log.read_text(errors="replace")
+            assert "NOPERM" not in text and "NoPermission" not in text and "Traceback" not in text, text[-3000:]
+        assert worker.alive() and console.poll() is None
+    finally:
+        stop_process(console, 30)
