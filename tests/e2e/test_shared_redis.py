@@ -3,7 +3,8 @@ that may touch only the keys and Pub/Sub channels under its ``PULSE_REDIS_KEY_PR
 ``@dangerous`` commands (KEYS, FLUSHALL, CONFIG, DEBUG, ...), which managed Redis services commonly withhold.
 
 Every Redis client of the app must live with that: the worker's profile writes and sweeps, its HTTP API (the
-at-risk page is a Lua script), and the console's feed, pages, live channel and population trends. A key or
+at-risk page is a Lua script), the console's feed, pages, live channel and population trends, and the router's
+delivery records. A key or
 channel outside the prefix, or a withheld command, would fail with NOPERM only on such a server; until session 24
 no test ran one.
 """
@@ -55,6 +56,16 @@ def test_worker_api_and_console_run_with_a_redis_user_limited_to_their_prefix(de
     env = {**os.environ, **namespace.env, "PULSE_CONSOLE_PORT": str(console_port), "PULSE_CONSOLE_STATS_SECONDS": "2"}
     env["PULSE_CONSOLE_TREND_SECONDS"] = "2"
     console = start_pulse(["console"], env, console_log)
+    deliveries, router_log = namespace.log_dir / "deliveries.log", namespace.log_dir / "router.log"
+    config = namespace.log_dir / "router.toml"
+    config.write_text(
+        '[router]\ndeliver_historical = true\ndefault_route = ["log"]\n\n'
+        f'[[destinations]]\nname = "log"\nkind = "file"\npath = "{deliveries}"\n'
+    )
+    router_env = {**os.environ, **namespace.env, "PULSE_ROUTER_CONFIG_FILE": str(config)}
+    router_env["PULSE_ROUTER_METRICS_PORT"] = str(free_port())
+    router_env["PULSE_TOPIC_DELIVERY_DEAD_LETTERS"] = s.topic_retention_alerts + "-deliveries-dlq"
+    router = start_pulse(["router"], router_env, router_log)
     try:
         events = generate_events(customers=200, days=365, seed=24, end=datetime(2026, 6, 1, tzinfo=UTC))
         for kind, topic in s.input_topics().items():
@@ -82,9 +93,13 @@ def test_worker_api_and_console_run_with_a_redis_user_limited_to_their_prefix(de
         for path in ("/", "/fragments/queue", "/fragments/population", f"/customers/{customer}"):
             with urllib.request.urlopen(base + path, timeout=10) as response:  # an error status raises
                 assert response.status == 200 and b"NOPERM" not in response.read(), path
-        for log in (worker.log, console_log):
+        # the router delivered the worker's alerts and noted each delivery under the prefix
+        assert wait_until(lambda: deliveries.exists() and deliveries.stat().st_size > 0), router_log.read_text()[-3000:]
+        assert any(restricted.scan_iter(f"{s.redis_key_prefix}router:delivered:*", count=1000))
+        for log in (worker.log, console_log, router_log):
             text = log.read_text(errors="replace")
             assert "NOPERM" not in text and "NoPermission" not in text and "Traceback" not in text, text[-3000:]
-        assert worker.alive() and console.poll() is None
+        assert worker.alive() and console.poll() is None and router.poll() is None
     finally:
         stop_process(console, 30)
+        stop_process(router, 30)
