@@ -118,6 +118,16 @@ async def create_topics(admin: AIOKafkaAdminClient, settings: Settings, new: lis
         raise _refused(settings, "create", refusals, authorization)
 
 
+async def create_missing(admin: AIOKafkaAdminClient, settings: Settings, topics: list[NewTopic]) -> list[str]:
+    """Create those of ``topics`` the broker does not list (:func:`create_topics`); the names it was asked to
+    create. The worker's, the router's and the console's start, and ``pulse topics``, create theirs this way."""
+    existing = set(await admin.list_topics())
+    new = [t for t in topics if t.name not in existing]
+    if new:
+        await create_topics(admin, settings, new)
+    return [t.name for t in new]
+
+
 #: what an operator can do about an input topic that gained partitions (the worker's refusals end with it)
 PARTITIONS_ADDED_HINT = (
     "Every state is kept in partition murmur2(customer id) % PULSE_PARTITIONS of every input topic and of the "
@@ -205,22 +215,19 @@ async def ensure_topics(settings: Settings) -> None:
     admin = AIOKafkaAdminClient(**kafka_client_kwargs(settings), request_timeout_ms=15000)
     try:
         await admin.start()  # inside the try: a broker that is down must not leak the client (start-up retries)
-        existing = set(await admin.list_topics())
-        missing = [t for t in wanted if t not in existing]
         configs = {settings.topic_ticks(): TICKS, changelog: COMPACTED}
-        new = [
+        topics = [
             NewTopic(t, settings.partitions, settings.replication_factor, topic_configs=configs.get(t) or {})
-            for t in missing
+            for t in wanted
         ]
-        if settings.topic_population() not in existing:
-            # one compacted partition: the latest counts of every input partition, keyed by partition
-            new.append(NewTopic(settings.topic_population(), 1, settings.replication_factor, topic_configs=COMPACTED))
-        if new:
-            await create_topics(admin, settings, new)
-            log.info("created topics %s (or another process did meanwhile)", [t.name for t in new])
-            # a topic another worker (or anyone) created a moment ago may be missing from ``existing`` on Kafka:
+        # one compacted partition: the latest counts of every input partition, keyed by partition
+        topics.append(NewTopic(settings.topic_population(), 1, settings.replication_factor, topic_configs=COMPACTED))
+        created = await create_missing(admin, settings, topics)
+        if created:
+            log.info("created topics %s (or another process did meanwhile)", created)
+            # a topic another worker (or anyone) created a moment ago may be missing from the listing on Kafka:
             # its partition count is whatever it was created with, so it is checked below with the rest
-            await _listed(admin, [t.name for t in new])
+            await _listed(admin, created)
         # the changelog too: an input partition without its changelog partition is never recovered
         described = await admin.describe_topics([*inputs, changelog])
         hidden = {m["topic"]: "not authorized" for m in described if m.get("error_code", 0) in _NOT_AUTHORIZED}

@@ -153,9 +153,9 @@ async def _client_certificate_refused(host: str, port: int, context: ssl.SSLCont
     return None
 
 
-async def ensure_topics_authenticated(settings: Settings) -> None:
-    """:func:`ensure_topics`, after making sure the broker does not refuse the credentials (not retried then), and
-    then :func:`check_group_access`."""
+async def ensure_broker_access(settings: Settings) -> None:
+    """What the worker needs of the broker before Faust starts: credentials it accepts (a refusal is not retried),
+    its topics (:func:`ensure_topics`) and its consumer group (:func:`check_group_access`)."""
     refusal = await refused_credentials(settings)
     if isinstance(refusal, ssl.SSLError) and refusal.reason in CLIENT_CERTIFICATE_ALERTS:
         certificate = settings.broker_ssl_certfile
@@ -242,7 +242,7 @@ async def wait_for_dependencies(settings: Settings, status: WorkerStatus | None 
     await retry(
         "the broker",
         masked(settings.broker_url),
-        lambda: ensure_topics_authenticated(settings),
+        lambda: ensure_broker_access(settings),
         settings,
         (KafkaError, OSError, asyncio.TimeoutError),
     )

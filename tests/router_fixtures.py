@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+from pulse.devstack import free_port
 from schemas.alerts import RetentionAlert
 from schemas.vip import VipChange
 from streams.router.messages import Envelope
+from testing.stack import Namespace, start_pulse
 
 
 def alert_dict(
@@ -81,3 +86,24 @@ def vip_change(n: int, vip: bool, at: datetime | None = None) -> dict[str, Any]:
     }
     VipChange.model_validate(change)
     return change
+
+
+def start_file_router(
+    namespace: Namespace, folder: Path, deliver_historical: bool = False
+) -> tuple[subprocess.Popen, Path, Path]:
+    """``pulse router`` of ``namespace`` (its env: broker, credentials, Redis) delivering every alert to a file in
+    ``folder``, with its own delivery dead-letter topic: (process, its log, the deliveries file)."""
+    deliveries, config, log = folder / "deliveries.log", folder / "router.toml", folder / "router.log"
+    historical = "deliver_historical = true\n" if deliver_historical else ""
+    config.write_text(
+        f'[router]\n{historical}default_route = ["log"]\n\n'
+        f'[[destinations]]\nname = "log"\nkind = "file"\npath = "{deliveries}"\n'
+    )
+    env = {
+        **os.environ,
+        **namespace.env,
+        "PULSE_ROUTER_CONFIG_FILE": str(config),
+        "PULSE_ROUTER_METRICS_PORT": str(free_port()),
+        "PULSE_TOPIC_DELIVERY_DEAD_LETTERS": namespace.settings.topic_retention_alerts + "-deliveries-dlq",
+    }
+    return start_pulse(["router", "--loglevel", "info"], env, log), log, deliveries

@@ -60,7 +60,7 @@ from schemas.alerts import RetentionAlert
 from schemas.delivery import DeliveryDeadLetter
 from schemas.vip import VipChange
 from streams import metrics
-from streams.admin import check_group_access, create_topics, router_topics
+from streams.admin import check_group_access, create_missing, router_topics
 from streams.log_limits import limit_repeated_lines
 from streams.router.api import build_actions_api
 from streams.router.config import RouterConfig, resolved
@@ -640,14 +640,11 @@ def delivered_action(env: Envelope, destination: str) -> RetentionAction | None:
 
 async def ensure_router_topics(settings: Settings) -> None:
     """Create the topics the router reads and writes when missing (idempotent, like the worker's)."""
-    wanted = router_topics(settings)
+    topics = [NewTopic(t, settings.partitions, settings.replication_factor) for t in router_topics(settings)]
     admin = AIOKafkaAdminClient(**kafka_client_kwargs(settings), request_timeout_ms=15000)
     await admin.start()
     try:
-        existing = set(await admin.list_topics())
-        new = [NewTopic(t, settings.partitions, settings.replication_factor) for t in wanted if t not in existing]
-        if new:
-            await create_topics(admin, settings, new)  # TopicsRefused: one line, as the worker's (pulse/errors.py)
+        await create_missing(admin, settings, topics)  # TopicsRefused: one line, as the worker's (pulse/errors.py)
     finally:
         await admin.close()
 

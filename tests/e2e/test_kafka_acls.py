@@ -37,7 +37,7 @@ from streams.startup import EXIT_CONFIG
 from testing.reference import batch_order_profiles
 from testing.stack import WorkerPool, make_namespace, produce, profile_diffs, start_pulse, wait_until
 from tests.conftest import on_broker
-from tests.router_fixtures import alert_dict
+from tests.router_fixtures import alert_dict, start_file_router
 
 pytestmark = pytest.mark.e2e
 
@@ -217,22 +217,6 @@ def test_a_missing_acl_stops_the_start_with_one_clear_line(acl_kafka, devstack, 
         pool.stop_all()
 
 
-def start_router(namespace, tmp_path: Path) -> tuple[subprocess.Popen, Path, Path]:
-    """``pulse router`` under the worker's principal, delivering every alert to a file: (process, log, file)."""
-    deliveries, config, log = tmp_path / "deliveries.log", tmp_path / "router.toml", tmp_path / "router.log"
-    config.write_text(
-        f'[router]\ndefault_route = ["log"]\n\n[[destinations]]\nname = "log"\nkind = "file"\npath = "{deliveries}"\n'
-    )
-    env = {
-        **os.environ,
-        **namespace.env,
-        "PULSE_ROUTER_CONFIG_FILE": str(config),
-        "PULSE_ROUTER_METRICS_PORT": str(free_port()),
-        "PULSE_TOPIC_DELIVERY_DEAD_LETTERS": namespace.settings.topic_retention_alerts + "-deliveries-dlq",
-    }
-    return start_pulse(["router", "--loglevel", "info"], env, log), log, deliveries
-
-
 def restricted(acl_kafka, devstack, tmp_path: Path, role: str, group_acl: bool):
     """A namespace whose topics ``pulse topics`` made, and the ACLs of ``role`` granted (without its group's unless
     ``group_acl``): (the broker, the namespace)."""
@@ -267,7 +251,7 @@ def test_the_router_with_the_least_permissions_delivers_or_says_what_is_missing(
     it stops in one line (exit 2, as every ``pulse`` command's configuration error; nothing checked it at its
     start before)."""
     broker, namespace = restricted(acl_kafka, devstack, tmp_path, "router", group_acl)
-    router, log, deliveries = start_router(namespace, tmp_path)
+    router, log, deliveries = start_file_router(namespace, tmp_path)
     try:
         if not group_acl:
             assert_group_refused_in_one_line(router, log)

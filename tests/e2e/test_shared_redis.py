@@ -25,6 +25,7 @@ from pulse.simulate import generate_events
 from testing.reference import uninterrupted_profiles
 from testing.stack import get_json, produce, profile_diffs, scraped, start_pulse, wait_until
 from tests.conftest import TEST_BROKERS
+from tests.router_fixtures import start_file_router
 
 pytestmark = pytest.mark.e2e
 
@@ -56,16 +57,8 @@ def test_worker_api_and_console_run_with_a_redis_user_limited_to_their_prefix(de
     env = {**os.environ, **namespace.env, "PULSE_CONSOLE_PORT": str(console_port), "PULSE_CONSOLE_STATS_SECONDS": "2"}
     env["PULSE_CONSOLE_TREND_SECONDS"] = "2"
     console = start_pulse(["console"], env, console_log)
-    deliveries, router_log = namespace.log_dir / "deliveries.log", namespace.log_dir / "router.log"
-    config = namespace.log_dir / "router.toml"
-    config.write_text(
-        '[router]\ndeliver_historical = true\ndefault_route = ["log"]\n\n'
-        f'[[destinations]]\nname = "log"\nkind = "file"\npath = "{deliveries}"\n'
-    )
-    router_env = {**os.environ, **namespace.env, "PULSE_ROUTER_CONFIG_FILE": str(config)}
-    router_env["PULSE_ROUTER_METRICS_PORT"] = str(free_port())
-    router_env["PULSE_TOPIC_DELIVERY_DEAD_LETTERS"] = s.topic_retention_alerts + "-deliveries-dlq"
-    router = start_pulse(["router"], router_env, router_log)
+    # deliver_historical: the alerts of a replayed year are marked historical
+    router, router_log, deliveries = start_file_router(namespace, namespace.log_dir, deliver_historical=True)
     try:
         events = generate_events(customers=200, days=365, seed=24, end=datetime(2026, 6, 1, tzinfo=UTC))
         for kind, topic in s.input_topics().items():
