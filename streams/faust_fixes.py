@@ -1,4 +1,5 @@
-"""Fixes for faust-streaming bugs that lose events or crash a worker, applied when the app is built.
+"""Fixes for faust-streaming (and aiokafka) bugs that lose events, crash a worker or hang its stop, applied when
+the app is built.
 
 Each fix replaces one method with the upstream code re-ordered (or, for the seek, moved to the consumer
 thread), and says why; ``tests/e2e/test_restart_recovery.py`` fails without the recovery ones.
@@ -7,15 +8,21 @@ thread), and says why; ``tests/e2e/test_restart_recovery.py`` fails without the 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
+from aiokafka import errors as kafka_errors
+from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.errors import TopicAuthorizationFailedError
+from faust.app.base import App
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer, RecordMap, ThreadDelegateConsumer
 from faust.transport.drivers.aiokafka import Transport
 from faust.types import TP
 
 from streams.batch_input import input_of
+
+log = logging.getLogger(__name__)
 
 _APPLIED = False
 
@@ -192,9 +199,71 @@ async def _create_topic_unless_it_exists(
         owner.log.info("Topic %r exists (this principal may not create topics, and need not)", topic)
 
 
+def _ignore_rebalance_when_stopped(self: App) -> None:
+    """A rebalance that reaches a stopping worker changes nothing here: its consumer leaves the group as it stops.
+
+    Upstream (``App._on_rebalance_when_stopped``) calls ``consumer.close()``, which schedules aiokafka's
+    ``client.close()`` and ``coordinator.close()`` on the app's event loop, not on the consumer thread's that
+    owns them. When workers stop together (a scale-in, ``pulse dev`` stopping its workers, a rolling restart)
+    the group rebalances while each stops, so this ran while the stop's own offset commit was in flight on the
+    consumer thread: the client closed that commit's connection, the coordinator was marked dead, and the
+    coordinator, now closing, never looked it up again, so aiokafka's commit retried forever and the heartbeat
+    logged ten errors a second. The worker never exited until it was killed (30 s later in the tests, the
+    pod's grace period in Kubernetes), and it never sent LeaveGroup, so the others waited out its session
+    timeout (2 of 8 suite runs' chaos teardowns on Kafka; 1 of 6 rounds of 3 workers stopped together under
+    traffic; every test's teardown now fails on a worker that outlives SIGTERM by 30 s). Returning instead lets
+    the stop go on as usual: its commit lands or fails as any commit in a rebalance does ("already rebalanced",
+    which Faust ignores), then the consumer thread stops its consumer, which leaves the group."""
+    self.log.info("A rebalance while stopping: ignored (the consumer leaves the group as it stops)")
+
+
+#: aiokafka's own, which ``apply`` replaces (tests/unit/test_faust_fixes.py shows its endless loop)
+_UPSTREAM_COMMIT_OFFSETS = GroupCoordinator.commit_offsets
+
+
+async def _commit_offsets_unless_closing(self: GroupCoordinator, assignment: Any, offsets: Any) -> None:
+    """aiokafka's ``GroupCoordinator.commit_offsets``, except that it gives up once the coordinator is closing and
+    knows no group coordinator (the upstream loop with that one check added).
+
+    Upstream retries a retriable error until the commit lands, and a closing coordinator's
+    ``ensure_coordinator_known`` returns at once without looking one up, so such a commit loops forever every
+    ``retry_backoff_ms`` (the hang ``_ignore_rebalance_when_stopped`` removes one cause of; aiokafka#659 was
+    another). The error raised is the one a commit in a rebalance gets, which Faust's commit treats as a failed
+    commit, not as a crash: the offsets are not committed, and the partitions' next owner re-reads from the last
+    commit, as after a kill (the checkpoint's ownership epochs make that exact)."""
+    while True:
+        await self.ensure_coordinator_known()
+        if self.coordinator_id is None:
+            log.warning("offset commit given up: the consumer is closing and its group coordinator is unknown")
+            raise kafka_errors.CommitFailedError(
+                "Commit cannot be completed since the group has already rebalanced: the consumer is closing and "
+                "its group coordinator is unknown"
+            )
+        try:
+            async with self._commit_lock:
+                await asyncio.shield(self._do_commit_offsets(assignment, offsets))
+        except (
+            kafka_errors.UnknownMemberIdError,
+            kafka_errors.IllegalGenerationError,
+            kafka_errors.RebalanceInProgressError,
+        ) as exc:
+            raise kafka_errors.CommitFailedError(
+                "Commit cannot be completed since the group has already rebalanced and may have assigned the "
+                "partitions to another member"
+            ) from exc
+        except kafka_errors.KafkaError as err:
+            if not err.retriable:
+                raise
+            await asyncio.sleep(self._retry_backoff_ms / 1000)
+        else:
+            return
+
+
 def apply() -> None:
     global _APPLIED
     if not _APPLIED:
+        App._on_rebalance_when_stopped = _ignore_rebalance_when_stopped  # type: ignore[method-assign]
+        GroupCoordinator.commit_offsets = _commit_offsets_unless_closing  # type: ignore[method-assign]
         Transport._really_create_topic = _create_topic_unless_it_exists  # type: ignore[method-assign]
         Recovery._resume_streams = _resume_streams_seek_first  # type: ignore[method-assign]
         Recovery.on_recovery_completed = _on_recovery_completed_seek_first  # type: ignore[method-assign]

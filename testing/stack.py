@@ -49,6 +49,10 @@ def wait_until(predicate: Callable[[], bool], timeout: float = CONVERGE_SECONDS,
 
 
 #: a local broker with local workers: short group joins (tests, ``pulse bench``; ``pulse dev`` does the same)
+#: how long a test gives a worker to exit after SIGTERM before it kills it and says so (a stop takes ~1.5 s
+#: here; a hang there is a bug users meet as a pod killed at the end of its grace period)
+STOP_SECONDS = 30.0
+
 LOCAL_GROUP_TIMING = {
     "PULSE_BROKER_REBALANCE_TIMEOUT": "3",
     "PULSE_BROKER_SESSION_TIMEOUT": "6",
@@ -215,8 +219,9 @@ class WorkerPool:
         self.workers.append(worker)
         return worker
 
-    def stop_all(self, timeout: float = 30) -> None:
-        """SIGTERM to every running worker at once, then SIGKILL whichever has not exited within ``timeout``.
+    def stop_all(self, timeout: float = STOP_SECONDS) -> list[Worker]:
+        """SIGTERM to every running worker at once, then SIGKILL whichever has not exited within ``timeout``; returns
+        those (a worker should stop well within it: ~1.5 s here, its checkpoint's grace at most).
 
         Their shutdowns (leave the group, commit, flush) overlap instead of adding up.
         """
@@ -224,12 +229,15 @@ class WorkerPool:
         for worker in running:
             worker.proc.terminate()
         deadline = time.monotonic() + timeout
+        killed = []
         for worker in running:
             try:
                 worker.proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 worker.proc.kill()
                 worker.proc.wait(10)
+                killed.append(worker)
+        return killed
 
 
 def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes | None]]) -> None:

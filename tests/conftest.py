@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from pulse.devstack import BROKERS, KAFKA_VERSION, DevStack, kafka_available
-from testing.stack import Namespace, Worker, WorkerPool, make_namespace
+from testing.stack import STOP_SECONDS, Namespace, Worker, WorkerPool, make_namespace
 
 #: The brokers the e2e and faults tests run on; narrow it for a local run, e.g. PULSE_TEST_BROKERS=tansu.
 TEST_BROKERS = [b.strip() for b in os.environ.get("PULSE_TEST_BROKERS", ",".join(BROKERS)).split(",") if b.strip()]
@@ -173,4 +173,6 @@ def namespace(devstack: DevStack, tmp_path: Path, partitions: int) -> Namespace:
 def start_worker(namespace: Namespace) -> Iterator[Callable[..., Worker]]:
     pool = WorkerPool(namespace)
     yield pool.start
-    pool.stop_all()
+    if hung := pool.stop_all():
+        tails = "\n\n".join(f"{worker.log}:\n{worker.log_tail(25)}" for worker in hung)
+        pytest.fail(f"{len(hung)} worker(s) did not exit within {STOP_SECONDS:.0f} s of SIGTERM (killed):\n{tails}")

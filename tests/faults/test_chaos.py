@@ -6,6 +6,10 @@ by SIGTERM (the others keep partitions through those rebalances) and a Redis out
 and every changelog state is compared with the offline processor and with an independent batch
 oracle; the numbers are printed. ``benchmarks/chaos.py`` runs the same scenario at full size.
 
+Each broker runs it with one store in the suite: Apache Kafka with RocksDB (the shipped StatefulSet's pair) and
+Tansu with the memory store (``pulse dev``'s). ``PULSE_CHAOS_ALL_STORES=1`` runs both stores on each broker, as
+``benchmarks/chaos.py --store`` does at full size (each of the two is ~100 s of the suite's 15 minutes).
+
 ``PULSE_CHAOS_SEED`` picks the seed. Alert and VIP-change ids that carry more than one content are
 counted and printed, and fail the test (the checkpoint's outbox gives each id one content);
 ``PULSE_CHAOS_STRICT_IDS=0`` only prints them.
@@ -23,6 +27,20 @@ pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 
 SEED = int(os.environ.get("PULSE_CHAOS_SEED", "1"))
 STRICT_IDS = os.environ.get("PULSE_CHAOS_STRICT_IDS", "1") == "1"
+ALL_STORES = os.environ.get("PULSE_CHAOS_ALL_STORES", "0") == "1"
+#: the store each broker's run uses in the suite: production's pair, and ``pulse dev``'s
+SUITE_STORES = {"kafka": "rocksdb://", "tansu": "memory://"}
+
+
+@pytest.fixture(autouse=True)
+def suite_pair(request: pytest.FixtureRequest, devstack) -> None:
+    """Skip a broker's other store (before the namespace is made) unless ``PULSE_CHAOS_ALL_STORES=1``."""
+    store = request.node.callspec.params["store"]
+    if not ALL_STORES and SUITE_STORES.get(devstack.broker_name, store) != store:
+        pytest.skip(
+            f"{devstack.broker_name} runs the chaos scenario with {SUITE_STORES[devstack.broker_name]} in the suite; "
+            "PULSE_CHAOS_ALL_STORES=1 runs this pair too"
+        )
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """streams/faust_fixes.py with fakes of Faust: the flow is resumed (and the stream queues cleared) only once (issue
 15); the consumer thread fetches for a copy of the active set (a pause while a fetch is in flight must not drop its
-records after aiokafka moved past them); while no partition is active the loop waits the batch input's idle time.
+records after aiokafka moved past them); while no partition is active the loop waits the batch input's idle time;
+a stopping worker's commit ends and a rebalance during its stop leaves its consumer alone (session 25's stop hang).
 
 The recovery re-orderings of the same module are exercised against real brokers by
 tests/e2e/test_restart_recovery.py and tests/faults/test_retained_partitions.py."""
@@ -177,3 +178,56 @@ def test_a_seek_runs_on_the_consumer_thread_not_the_caller_s():
         consumer_thread.shutdown()
     [(partition, offset, where)] = seeks
     assert (partition, offset) == (TP(ORDERS, 2), 17) and where.startswith("consumer")
+
+
+def closed_coordinator_commit(patched: bool) -> Any:
+    """A real aiokafka group coordinator that has been closed (as a stopping worker's is) and lost its group
+    coordinator, asked to commit: the stop's last commit in the hang of session 25."""
+    from aiokafka.client import AIOKafkaClient
+    from aiokafka.consumer.group_coordinator import GroupCoordinator
+    from aiokafka.consumer.subscription_state import SubscriptionState
+    from aiokafka.structs import OffsetAndMetadata, TopicPartition
+
+    async def go() -> Any:
+        client = AIOKafkaClient(bootstrap_servers="127.0.0.1:9")  # never started: no connection is made
+        coordinator = GroupCoordinator(client, SubscriptionState(), group_id="g", enable_auto_commit=False)
+        await coordinator.close()
+        assert coordinator.coordinator_id is None
+        commit = faust_fixes._commit_offsets_unless_closing if patched else faust_fixes._UPSTREAM_COMMIT_OFFSETS
+        tp = TopicPartition("orders", 0)
+        try:
+            await asyncio.wait_for(commit(coordinator, None, {tp: OffsetAndMetadata(5, "")}), timeout=2.0)
+        except Exception as exc:  # noqa: BLE001 - the outcome is what the test reads
+            return exc
+        return None
+
+    return asyncio.run(go())
+
+
+def test_a_closing_coordinator_s_commit_gives_up_instead_of_retrying_forever():
+    """Upstream retries the commit every 100 ms for ever (the closed coordinator never looks a coordinator up
+    again), so a worker whose stop commits after a rebalance closed its consumer never exits; patched, the commit
+    fails at once with the error Faust's commit reads as "already rebalanced" (a failed commit, not a crash)."""
+    from aiokafka.errors import CommitFailedError
+
+    assert isinstance(closed_coordinator_commit(patched=False), asyncio.TimeoutError)
+    given_up = closed_coordinator_commit(patched=True)
+    assert isinstance(given_up, CommitFailedError)
+    assert "already rebalanced" in str(given_up)  # faust.transport.drivers.aiokafka ... _commit: returns False
+
+
+def test_a_rebalance_reaching_a_stopping_worker_does_not_close_its_consumer_from_the_app_s_loop():
+    """Upstream's ``consumer.close()`` there closes the consumer thread's client and coordinator from the app's
+    event loop, under the stop's own commit; the patched handler leaves them to the consumer thread's stop."""
+    from faust.app.base import App
+
+    faust_fixes.apply()
+
+    class Untouchable:
+        def close(self) -> None:
+            raise AssertionError("the consumer was closed from the rebalance callback")
+
+    logged: list[str] = []
+    app = SimpleNamespace(consumer=Untouchable(), log=SimpleNamespace(info=lambda msg, *a: logged.append(msg)))
+    App._on_rebalance_when_stopped(app)  # type: ignore[arg-type]
+    assert logged and "rebalance while stopping" in logged[0]
