@@ -36,7 +36,7 @@ from streams.partitioning import partitioner
 from testing.reference import uninterrupted_profiles
 from testing.stack import consume, group_member, log_ends, produce, profile_diffs, wait_until
 
-pytestmark = [pytest.mark.e2e]
+pytestmark = [pytest.mark.e2e, pytest.mark.faults]  # zombie writers and crashes mid-checkpoint: the faults lane
 
 
 def send(namespace, part: list[tuple[str, dict]]) -> None:
