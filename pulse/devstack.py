@@ -514,11 +514,16 @@ logger.state.level = WARN
 """
 
 
-def start_kafka(log_dir: Path, extra_props: Mapping[str, str] | None = None, own_group: bool = False) -> KafkaBroker:
+def start_kafka(
+    log_dir: Path,
+    extra_props: Mapping[str, str] | None = None,
+    own_group: bool = False,
+    jvm_options: tuple[str, ...] = KAFKA_JVM_OPTIONS,
+) -> KafkaBroker:
     """A Kafka broker whose storage and log are in a fresh folder under ``log_dir``."""
     log_dir.mkdir(parents=True, exist_ok=True)
     home = Path(tempfile.mkdtemp(prefix="kafka-", dir=log_dir))
-    return KafkaBroker.start(home, extra_props, own_group=own_group)
+    return KafkaBroker.start(home, extra_props, jvm_options=jvm_options, own_group=own_group)
 
 
 def start_redis(log_dir: Path, port: int | None = None, own_group: bool = False) -> Server:
@@ -565,15 +570,17 @@ class DevStack:
         broker: Broker = "tansu",
         own_group: bool = False,
         kafka_props: Mapping[str, str] | None = None,
+        kafka_jvm_options: tuple[str, ...] = KAFKA_JVM_OPTIONS,
     ) -> DevStack:
         """Start ``broker`` ("tansu" or "kafka") and a Redis; both stop on ``close()``.
 
         ``own_group``: each server in a process group of its own, out of reach of the terminal's Ctrl-C
         (``pulse dev`` stops them itself, after the workers). ``kafka_props`` override the Kafka broker's
-        defaults (``KafkaBroker.default_properties``)."""
+        defaults (``KafkaBroker.default_properties``), ``kafka_jvm_options`` its JVM's (the tests' brokers run
+        ``testing.stack.TEST_KAFKA_JVM_OPTIONS``)."""
         log_dir.mkdir(parents=True, exist_ok=True)
         if broker == "kafka":
-            started: Server = start_kafka(log_dir, kafka_props, own_group=own_group)
+            started: Server = start_kafka(log_dir, kafka_props, own_group=own_group, jvm_options=kafka_jvm_options)
         elif broker == "tansu":
             started = start_tansu(log_dir, own_group=own_group)
         else:

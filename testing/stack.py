@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from prometheus_client.parser import text_string_to_metric_families
 
-from pulse.devstack import free_port, stop_process
+from pulse.devstack import KAFKA_JVM_OPTIONS, free_port, stop_process
 from pulse.simulate import generate_events
 from pulse_config.settings import Settings
 from streams.admin import ensure_topics
@@ -49,6 +49,12 @@ def wait_until(predicate: Callable[[], bool], timeout: float = CONVERGE_SECONDS,
 
 
 #: a local broker with local workers: short group joins (tests, ``pulse bench``; ``pulse dev`` does the same)
+#: The JVM options of the tests' Kafka brokers: the development broker's, with only the C1 compiler. A test broker
+#: lives minutes on 2 cores it shares with the workers; C2 compiling took 10 of its 22 s of CPU over three e2e
+#: files (test_clock, test_alerts_filters, test_population_indicators), C1 alone 6.8 s in all, the files 8 s faster
+#: (docs/benchmarks.md, session 25). The bench and ``pulse dev`` keep the default, as a production broker runs.
+TEST_KAFKA_JVM_OPTIONS = (*KAFKA_JVM_OPTIONS, "-XX:TieredStopAtLevel=1")
+
 #: how long a test gives a worker to exit after SIGTERM before it kills it and says so (a stop takes ~1.5 s
 #: here; a hang there is a bug users meet as a pod killed at the end of its grace period)
 STOP_SECONDS = 30.0

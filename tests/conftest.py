@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from pulse.devstack import BROKERS, KAFKA_VERSION, DevStack, kafka_available
-from testing.stack import STOP_SECONDS, Namespace, Worker, WorkerPool, make_namespace
+from testing.stack import STOP_SECONDS, TEST_KAFKA_JVM_OPTIONS, Namespace, Worker, WorkerPool, make_namespace
 
 #: The brokers the e2e and faults tests run on; narrow it for a local run, e.g. PULSE_TEST_BROKERS=tansu.
 TEST_BROKERS = [b.strip() for b in os.environ.get("PULSE_TEST_BROKERS", ",".join(BROKERS)).split(",") if b.strip()]
@@ -148,7 +148,9 @@ def devstack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI=true runs the tests on Apache Kafka too, but it cannot start here: {reason}")
         pytest.skip(f"Apache Kafka: {reason}")
-    stack = DevStack.start(tmp_path_factory.mktemp(f"devstack-{broker}"), broker=broker)
+    stack = DevStack.start(
+        tmp_path_factory.mktemp(f"devstack-{broker}"), broker=broker, kafka_jvm_options=TEST_KAFKA_JVM_OPTIONS
+    )
     yield stack
     stack.close()
 

@@ -57,7 +57,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pulse.devstack import KafkaBroker, Server, free_port, kafka_available, kafka_props_from_env, stop_process
 from pulse.simulate import BAD_PAYLOADS, generate_events, generate_orders, send
 from streams.sinks.redis_profiles import profile_key
-from testing.stack import CONVERGE_SECONDS, REPO, produce, wait_until
+from testing.stack import CONVERGE_SECONDS, REPO, TEST_KAFKA_JVM_OPTIONS, produce, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -423,7 +423,7 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
         }
         props = kafka_properties(kafka_service, kafka_ports, volume_map(kafka_service, root / "volumes"))
         assert props["log.dirs"].startswith(str(root / "volumes" / "kafka-data")), props["log.dirs"]
-        kafka = KafkaBroker.start(root / "kafka", props)
+        kafka = KafkaBroker.start(root / "kafka", props, jvm_options=TEST_KAFKA_JVM_OPTIONS)
         started.append(kafka)
         assert kafka.bootstrap == f"127.0.0.1:{kafka_ports[9092]}"
 

@@ -37,7 +37,7 @@ import redis
 
 from pulse.devstack import DevStack, free_port, kafka_available, stop_process
 from streams.sinks.redis_profiles import profile_key
-from testing.stack import CONVERGE_SECONDS, REPO, produce, wait_until
+from testing.stack import CONVERGE_SECONDS, REPO, TEST_KAFKA_JVM_OPTIONS, produce, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -56,7 +56,9 @@ def devstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
         if os.environ.get("CI") == "true":
             pytest.fail(f"Apache Kafka cannot start under CI: {reason}")
         pytest.skip(reason)
-    stack = DevStack.start(tmp_path_factory.mktemp("kafka-stack"), broker="kafka")
+    stack = DevStack.start(
+        tmp_path_factory.mktemp("kafka-stack"), broker="kafka", kafka_jvm_options=TEST_KAFKA_JVM_OPTIONS
+    )
     yield stack
     stack.close()
 

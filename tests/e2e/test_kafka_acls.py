@@ -35,7 +35,15 @@ from pulse.devstack import KafkaBroker, _kafka_java, free_port, stop_process
 from pulse.simulate import generate_orders
 from streams.startup import EXIT_CONFIG
 from testing.reference import batch_order_profiles
-from testing.stack import WorkerPool, make_namespace, produce, profile_diffs, start_pulse, wait_until
+from testing.stack import (
+    TEST_KAFKA_JVM_OPTIONS,
+    WorkerPool,
+    make_namespace,
+    produce,
+    profile_diffs,
+    start_pulse,
+    wait_until,
+)
 from tests.conftest import on_broker
 from tests.router_fixtures import alert_dict, start_file_router
 
@@ -93,7 +101,7 @@ def acl_kafka(devstack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tu
         "super.users": "User:ANONYMOUS",
     }
     (home / "Acls.java").write_text(ACLS_JAVA)
-    broker = KafkaBroker.start(home, props, port=port, controller_port=controller)
+    broker = KafkaBroker.start(home, props, port=port, controller_port=controller, jvm_options=TEST_KAFKA_JVM_OPTIONS)
     try:
         yield broker, sasl
     finally:
@@ -286,7 +294,8 @@ def test_the_console_with_the_least_permissions_reads_alerts_or_says_what_is_mis
     acl_kafka, devstack, tmp_path, group_acl
 ):
     """``pulse topics --acls --role console``'s lines (the router's topics and the population topic) are all the
-    console needs to record the alerts it reads; without its group's it stops in one line (exit 2)."""
+    console needs to record the alerts it reads, and ``pulse alerts`` to print them; without its group's the console
+    stops in one line (exit 2)."""
     broker, namespace = restricted(acl_kafka, devstack, tmp_path, "console", group_acl)
     port, log = free_port(), tmp_path / "console.log"
     env = {**os.environ, **namespace.env, "PULSE_CONSOLE_PORT": str(port), "PULSE_API_TOKEN": "t0ken-for-the-test"}
@@ -300,5 +309,13 @@ def test_the_console_with_the_least_permissions_reads_alerts_or_says_what_is_mis
         assert console.poll() is None
         text = log.read_text(errors="replace")
         assert "Traceback" not in text and "AuthorizationFailed" not in text, text[-3000:]
+        # a person at the same desk, with the same principal: `pulse alerts` reads the topic without a group
+        read = subprocess.run(
+            [sys.executable, "-m", "pulse", "alerts", "--json"], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert read.returncode == 0, read.stderr[-2000:]
+        assert sorted(orjson.loads(line)["alert_id"] for line in read.stdout.splitlines()) == sorted(
+            a["alert_id"] for a in alerts
+        )
     finally:
         stop_process(console, 30)

@@ -29,7 +29,7 @@ from pulse.simulate import generate_orders
 from streams.security import kafka_client_kwargs
 from streams.startup import EXIT_CONFIG
 from testing.reference import batch_order_profiles
-from testing.stack import WorkerPool, make_namespace, profile_diffs, wait_until
+from testing.stack import TEST_KAFKA_JVM_OPTIONS, WorkerPool, make_namespace, profile_diffs, wait_until
 from tests.conftest import on_broker
 
 pytestmark = pytest.mark.e2e
@@ -111,7 +111,7 @@ def sasl_kafka(
         props[f"listener.name.{listener}.scram-sha-512.sasl.jaas.config"] = (
             "org.apache.kafka.common.security.scram.ScramLoginModule required;"
         )
-    broker = KafkaBroker.start(home, props, port=port, controller_port=controller)
+    broker = KafkaBroker.start(home, props, port=port, controller_port=controller, jvm_options=TEST_KAFKA_JVM_OPTIONS)
     try:
         added = subprocess.run(
             [

@@ -63,10 +63,13 @@ def report(name: str, **numbers: int) -> None:
 
 
 @pytest.mark.parametrize("workers", [1, 3], ids=["1-worker", "3-workers"])
-def test_seeded_kills_during_hostile_traffic_change_nothing(namespace, start_worker, workers: int):
+def test_seeded_kills_during_hostile_traffic_change_nothing(devstack, namespace, start_worker, workers: int):
     """With 3 workers, each kill hits one of them (chosen by the seed) and the group rebalances; the replayed
     batches are then scored against other workers' snapshots, at another clock (issue 14: ids published
-    twice with different content)."""
+    twice with different content). The 3-worker case runs on Apache Kafka in the suite; on Tansu the chaos
+    scenario kills 3 workers 10 times (``PULSE_FAULT_ALL=1`` runs it here too: ~90 s)."""
+    if workers > 1 and not on_broker(devstack, "kafka") and os.environ.get("PULSE_FAULT_ALL") != "1":
+        pytest.skip("3 workers under kills: on Kafka in the suite, on Tansu in test_chaos (PULSE_FAULT_ALL=1 runs it)")
     s = namespace.settings
     rng = random.Random(SEED)
     events = generate_events(customers=150, days=365, seed=SEED % 1000, end=datetime(2026, 6, 1, tzinfo=UTC))

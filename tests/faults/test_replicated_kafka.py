@@ -29,6 +29,7 @@ from testing.chaos import Fleet
 from testing.reference import uninterrupted_profiles
 from testing.stack import (
     CONVERGE_SECONDS,
+    TEST_KAFKA_JVM_OPTIONS,
     WorkerPool,
     history,
     make_namespace,
@@ -82,7 +83,15 @@ def cluster(devstack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list
             }
             home = tmp_path_factory.mktemp(f"kafka-node-{n + 1}")
             nodes.append(
-                KafkaBroker.start(home, props, port=port, controller_port=controller, cluster_id=cluster_id, wait=False)
+                KafkaBroker.start(
+                    home,
+                    props,
+                    port=port,
+                    controller_port=controller,
+                    jvm_options=TEST_KAFKA_JVM_OPTIONS,
+                    cluster_id=cluster_id,
+                    wait=False,
+                )
             )
         for node in nodes:
             node.wait_ready()

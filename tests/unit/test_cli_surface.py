@@ -236,6 +236,9 @@ def test_score_draws_a_progress_bar_only_on_a_terminal(env, tmp_path: Path) -> N
 
 #: growth of the peak per extra row of input that streaming allows (holding the rows costs ~4,300)
 MAX_BYTES_PER_EXTRA_ROW = 500
+#: orders per customer in the smaller file (the larger has four times as many): 9,000 extra rows, where holding
+#: them would add ~39 MB and streaming adds under 1 MB (60 until session 25: 47-80 s of the suite under tracemalloc)
+SMALL_ORDERS_EACH = 30
 
 
 def score_peak(path: Path) -> int:
@@ -255,16 +258,17 @@ def test_score_memory_does_not_grow_with_the_file(env, tmp_path: Path, capsys) -
     customers = 100
     warm, small, large = tmp_path / "warm.csv", tmp_path / "small.csv", tmp_path / "large.csv"
     write_order_file(warm, 10, 2)
-    write_order_file(small, customers, 60)
-    write_order_file(large, customers, 240)
+    write_order_file(small, customers, SMALL_ORDERS_EACH)
+    write_order_file(large, customers, 4 * SMALL_ORDERS_EACH)
     score_peak(warm)  # imports and caches are not the file's
     peak_small, peak_large = score_peak(small), score_peak(large)
-    per_row = (peak_large - peak_small) / (180 * customers)
+    per_row = (peak_large - peak_small) / (3 * SMALL_ORDERS_EACH * customers)
     assert "0 rejected" in capsys.readouterr().err
     with capsys.disabled():
         print(
-            f"peak traced memory: {peak_small / 1e6:.1f} MB for {60 * customers} rows, "
-            f"{peak_large / 1e6:.1f} MB for {240 * customers} rows ({large.stat().st_size / 1e6:.1f} MB file): "
+            f"peak traced memory: {peak_small / 1e6:.1f} MB for {SMALL_ORDERS_EACH * customers} rows, "
+            f"{peak_large / 1e6:.1f} MB for {4 * SMALL_ORDERS_EACH * customers} rows "
+            f"({large.stat().st_size / 1e6:.1f} MB file): "
             f"{per_row:.0f} bytes per extra row"
         )
     # far below what holding a row takes (its bytes, its event, its record: over a kilobyte)
