@@ -233,7 +233,8 @@ async def _commit_offsets_unless_closing(self: GroupCoordinator, assignment: Any
     commit, as after a kill (the checkpoint's ownership epochs make that exact)."""
     while True:
         await self.ensure_coordinator_known()
-        if self.coordinator_id is None:
+        # not closing, it returned with one (lost since, the send below fails and is retried, as upstream)
+        if self.coordinator_id is None and self._closing.done():
             log.warning("offset commit given up: the consumer is closing and its group coordinator is unknown")
             raise kafka_errors.CommitFailedError(
                 "Commit cannot be completed since the group has already rebalanced: the consumer is closing and "

@@ -48,7 +48,6 @@ def wait_until(predicate: Callable[[], bool], timeout: float = CONVERGE_SECONDS,
     return predicate()
 
 
-#: a local broker with local workers: short group joins (tests, ``pulse bench``; ``pulse dev`` does the same)
 #: The JVM options of the tests' Kafka brokers: the development broker's, with only the C1 compiler. A test broker
 #: lives minutes on 2 cores it shares with the workers; C2 compiling took 10 of its 22 s of CPU over three e2e
 #: files (test_clock, test_alerts_filters, test_population_indicators), C1 alone 6.8 s in all, the files 8 s faster
@@ -59,6 +58,7 @@ TEST_KAFKA_JVM_OPTIONS = (*KAFKA_JVM_OPTIONS, "-XX:TieredStopAtLevel=1")
 #: here; a hang there is a bug users meet as a pod killed at the end of its grace period)
 STOP_SECONDS = 30.0
 
+#: a local broker with local workers: short group joins (tests, ``pulse bench``; ``pulse dev`` does the same)
 LOCAL_GROUP_TIMING = {
     "PULSE_BROKER_REBALANCE_TIMEOUT": "3",
     "PULSE_BROKER_SESSION_TIMEOUT": "6",

@@ -231,3 +231,38 @@ def test_a_rebalance_reaching_a_stopping_worker_does_not_close_its_consumer_from
     app = SimpleNamespace(consumer=Untouchable(), log=SimpleNamespace(info=lambda msg, *a: logged.append(msg)))
     App._on_rebalance_when_stopped(app)  # type: ignore[arg-type]
     assert logged and "rebalance while stopping" in logged[0]
+
+
+def test_a_running_coordinator_s_commit_retries_a_lost_coordinator_as_upstream_does():
+    """Not closing, a coordinator lost between the lookup and the send is retried (looked up again), not given up."""
+    from aiokafka.client import AIOKafkaClient
+    from aiokafka.consumer.group_coordinator import GroupCoordinator
+    from aiokafka.consumer.subscription_state import SubscriptionState
+    from aiokafka.errors import GroupCoordinatorNotAvailableError
+    from aiokafka.structs import OffsetAndMetadata, TopicPartition
+
+    async def go() -> tuple[int, int]:
+        client = AIOKafkaClient(bootstrap_servers="127.0.0.1:9")
+        coordinator = GroupCoordinator(client, SubscriptionState(), group_id="g", enable_auto_commit=False)
+        lookups, sends = [0], [0]
+
+        async def lookup() -> None:  # finds the coordinator, which the heartbeat marks dead before the send
+            lookups[0] += 1
+            coordinator.coordinator_id = None if lookups[0] == 1 else 1
+
+        async def send(assignment: Any, offsets: Any) -> None:
+            sends[0] += 1
+            if coordinator.coordinator_id is None:
+                raise GroupCoordinatorNotAvailableError()
+
+        coordinator.ensure_coordinator_known = lookup  # type: ignore[method-assign]
+        coordinator._do_commit_offsets = send  # type: ignore[method-assign]
+        coordinator._retry_backoff_ms = 1
+        tp = TopicPartition("orders", 0)
+        await asyncio.wait_for(
+            faust_fixes._commit_offsets_unless_closing(coordinator, None, {tp: OffsetAndMetadata(5, "")}), 2
+        )
+        await coordinator.close()
+        return lookups[0], sends[0]
+
+    assert asyncio.run(go()) == (2, 2)
