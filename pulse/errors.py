@@ -96,9 +96,15 @@ def settings_error(exc: Exception) -> CliError | None:
 
     if isinstance(exc, ValidationError):
         errors = exc.errors()
-        if not errors or not errors[0].get("loc"):
+        if not errors:
             return None
         first = errors[0]
+        if not first.get("loc"):  # a cross-check of several settings (a model validator): its message names them
+            message = str(first.get("ctx", {}).get("error", ""))
+            if not message.startswith("PULSE_"):
+                return None
+            subject, _, problem = message.partition(" ")
+            return usage_error(subject, problem, SETTINGS_HINT)
         field = str(first["loc"][0])
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         problem = f"{first['msg']}, got {_short(first.get('input'))}{more}"

@@ -19,7 +19,7 @@ from decimal import Decimal
 from types import MappingProxyType
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pulse_config.processor import ProcessorConfig
@@ -173,6 +173,13 @@ class Settings(BaseSettings):
         4 * 1024 * 1024, ge=65536, description="Bulk recovery: bytes fetched per changelog partition and request."
     )
     shutdown_grace_seconds: float = Field(10.0, gt=0, description="Time a running checkpoint gets to finish on stop.")
+    stop_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="A worker still stopping this long after SIGTERM or SIGINT exits anyway (status 75), as a kill "
+        "would: nothing is lost, its partitions' next owner re-reads from the last commit (a stop can wait for ever "
+        "on a broker that is down). Longer than PULSE_SHUTDOWN_GRACE_SECONDS, shorter than the orchestrator's grace.",
+    )
     checkpoint_stall_warn_seconds: float = Field(
         30.0,
         gt=0,
@@ -697,6 +704,16 @@ class Settings(BaseSettings):
         "indicators) are recomputed at a batch's end at most this often (wall seconds; 0: every batch): they cost "
         "the same for a batch of one event as for 500, and live batches are small.",
     )
+
+    @model_validator(mode="after")
+    def _stop_outlasts_the_checkpoint_grace(self) -> Settings:
+        """A stop timeout within the checkpoint's grace would cut every checkpoint a stop waits for."""
+        if self.stop_timeout_seconds <= self.shutdown_grace_seconds:
+            raise ValueError(
+                "PULSE_STOP_TIMEOUT_SECONDS must be longer than PULSE_SHUTDOWN_GRACE_SECONDS, got "
+                f"{self.stop_timeout_seconds:g} and {self.shutdown_grace_seconds:g}"
+            )
+        return self
 
     def batch_backlog_seconds(self) -> float | None:
         """The time budget of a backlog batch (streams.batch_input.BatchPace); None: no time bound."""

@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import faulthandler
 import gc
+import logging
+import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +27,48 @@ from streams.startup import wait_or_exit
 
 if TYPE_CHECKING:
     from scoring.clv import ClvParams
+
+log = logging.getLogger(__name__)
+
+#: Exit status of a worker whose stop outlasted ``stop_timeout_seconds`` (EX_TEMPFAIL, as a failed checkpoint's)
+EXIT_STOP_TIMEOUT = 75
+
+
+class BoundedStopWorker(faust.Worker):
+    """``faust.Worker`` whose stop, once SIGTERM or SIGINT asked for it, ends within ``stop_timeout_seconds``.
+
+    Why: a stop waits on the broker (the producer's flush, the last offset commit, LeaveGroup), and Faust and
+    aiokafka retry those for ever while the broker is down: such a worker never exited until its orchestrator
+    killed it (session 25: four workers of a chaos run whose broker was gone, still stopping after a minute).
+    Exiting then is what that kill does, sooner and with a line saying why: the checkpoint commits offsets only
+    after the state, outputs and profiles they cover, so nothing is lost and the partitions' next owner re-reads
+    from the last commit (the fencing keeps that exact)."""
+
+    def __init__(self, *args: object, stop_timeout_seconds: float, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.stop_timeout_seconds = stop_timeout_seconds
+
+    def _schedule_shutdown(self, signal: signal.Signals) -> None:
+        if not self._signal_stop_time:  # the first signal arms the deadline; upstream ignores the others
+            deadline = threading.Timer(
+                self.stop_timeout_seconds, _stop_timed_out, args=(signal, self.stop_timeout_seconds)
+            )
+            deadline.daemon = True
+            deadline.start()
+        super()._schedule_shutdown(signal)
+
+
+def _stop_timed_out(received: signal.Signals, seconds: float) -> None:
+    log.critical(
+        "stop did not finish %g s after %s (PULSE_STOP_TIMEOUT_SECONDS): exiting without it (status %d); nothing "
+        "is lost, the partitions' next owner re-reads from the last commit",
+        seconds,
+        received.name,
+        EXIT_STOP_TIMEOUT,
+    )
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(EXIT_STOP_TIMEOUT)
 
 
 def clv_params_line(settings: Settings, params: ClvParams) -> str:
@@ -81,7 +126,10 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
             on_suppressed=lambda name: LOG_RECORDS_SUPPRESSED.labels(logger=name).inc(),
         )
         services = [StatusPublisher(pulse.app, status)] if api is not None else []
-        faust.Worker(pulse.app, *services, loglevel=loglevel).execute_from_commandline()
+        worker = BoundedStopWorker(
+            pulse.app, *services, loglevel=loglevel, stop_timeout_seconds=settings.stop_timeout_seconds
+        )
+        worker.execute_from_commandline()
     finally:
         if api is not None:
             api.stop()

@@ -140,6 +140,10 @@ class Worker:
     def stop(self, timeout: float = 30) -> None:
         stop_process(self.proc, timeout)
 
+    def stop_timed_out(self) -> bool:
+        """Its stop outlasted ``PULSE_STOP_TIMEOUT_SECONDS`` and it exited anyway (streams.worker): a stop that hung."""
+        return "stop did not finish" in self.log.read_text(errors="replace")
+
     def digest(self, lines: int = 30, width: int = 400) -> str:
         """What a failure message should start with (CI keeps the start of a long one): alive or its exit status;
         the clock gauges, batch count and CPU seconds, scraped twice 2 s apart (do batches still run? does it

@@ -175,6 +175,11 @@ def namespace(devstack: DevStack, tmp_path: Path, partitions: int) -> Namespace:
 def start_worker(namespace: Namespace) -> Iterator[Callable[..., Worker]]:
     pool = WorkerPool(namespace)
     yield pool.start
-    if hung := pool.stop_all():
+    killed = pool.stop_all()
+    # a worker that outlived its stop timeout exited by itself (status 75), before or after the test's kill
+    if hung := killed + [w for w in pool.workers if w not in killed and w.stop_timed_out()]:
         tails = "\n\n".join(f"{worker.log}:\n{worker.log_tail(25)}" for worker in hung)
-        pytest.fail(f"{len(hung)} worker(s) did not exit within {STOP_SECONDS:.0f} s of SIGTERM (killed):\n{tails}")
+        pytest.fail(
+            f"{len(hung)} worker(s) did not finish their stop (killed after {STOP_SECONDS:.0f} s, or timed out):"
+            f"\n{tails}"
+        )

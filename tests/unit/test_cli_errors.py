@@ -198,6 +198,12 @@ def test_json_settings_cross_checks_and_the_env_file_are_named(tmp_path: Path) -
         "worker",
         r"PULSE_VIP_LEAVE_SHARE: must be at least PULSE_VIP_ENTER_SHARE; " + SETTINGS_HINT,
     )
+    one_line(
+        pulse(tmp_path, "worker", PULSE_STOP_TIMEOUT_SECONDS="5"),
+        EXIT_USAGE,
+        "worker",
+        r"PULSE_STOP_TIMEOUT_SECONDS: must be longer than PULSE_SHUTDOWN_GRACE_SECONDS, got 5 and 10; " + SETTINGS_HINT,
+    )
     (tmp_path / "dev.env").write_text("PULSE_METRICS_PORT=99999\n")
     one_line(
         pulse(tmp_path, "config", "--effective", PULSE_ENV_FILE="dev.env"),

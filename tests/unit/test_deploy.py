@@ -222,7 +222,8 @@ def test_statefulset_is_production_shaped():
     config = load_all(K8S / "configmap.yaml")[0]["data"]
     pod = sts["spec"]["template"]
     grace = float(config.get("PULSE_SHUTDOWN_GRACE_SECONDS", Settings.model_fields["shutdown_grace_seconds"].default))
-    assert pod["spec"]["terminationGracePeriodSeconds"] > grace
+    stop = float(config.get("PULSE_STOP_TIMEOUT_SECONDS", Settings.model_fields["stop_timeout_seconds"].default))
+    assert pod["spec"]["terminationGracePeriodSeconds"] > stop > grace
     container = pod["spec"]["containers"][0]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"metrics": int(config["PULSE_METRICS_PORT"]), "api": int(config["PULSE_API_PORT"])}
@@ -249,6 +250,9 @@ def test_compose_stack_shape():
     assert scrape["dns_sd_configs"][0]["names"] == ["worker"]
     assert scrape["dns_sd_configs"][0]["port"] == int(env["PULSE_METRICS_PORT"])
     assert env["PULSE_METRICS_HOST"] == env["PULSE_API_HOST"] == "0.0.0.0"
+    # the kill comes after a stop that cannot finish has said so, which comes after a running checkpoint's grace
+    kill_after = float(services["worker"]["stop_grace_period"].removesuffix("s"))
+    assert kill_after > float(env["PULSE_STOP_TIMEOUT_SECONDS"]) > float(env["PULSE_SHUTDOWN_GRACE_SECONDS"])
 
 
 PROMTOOL = shutil.which("promtool")

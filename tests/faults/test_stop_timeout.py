@@ -1,0 +1,53 @@
+"""A worker asked to stop while its broker is down exits within ``PULSE_STOP_TIMEOUT_SECONDS``, saying why.
+
+Its stop waits on the broker (the producer's flush, the last offset commit, LeaveGroup), which Faust and aiokafka
+retry for ever: before the bound, such a worker was still stopping a minute later, until its orchestrator killed
+it (four workers of a chaos run whose broker was gone, session 25). The subject is the worker's stop, so it runs
+once, against a private Tansu (0.2 s to start) that the test kills.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from pulse.devstack import start_tansu
+from streams.worker import EXIT_STOP_TIMEOUT
+from testing.stack import WorkerPool, make_namespace, wait_until
+from tests.conftest import TEST_BROKERS
+
+pytestmark = [pytest.mark.e2e, pytest.mark.faults]
+
+GRACE_SECONDS = 2.0
+STOP_TIMEOUT_SECONDS = 6.0
+
+
+def test_a_worker_stopped_while_its_broker_is_down_exits_within_the_stop_timeout(devstack, tmp_path):
+    if devstack.broker_name != TEST_BROKERS[0]:
+        pytest.skip("the subject is the worker's stop, against a private Tansu: once is enough")
+    broker = start_tansu(tmp_path)
+    env = {"PULSE_BROKER_URL": f"kafka://127.0.0.1:{broker.port}", "PULSE_REDIS_URL": devstack.redis_url}
+    namespace = make_namespace(env, tmp_path)
+    pool = WorkerPool(namespace)
+    try:
+        worker = pool.start(
+            PULSE_SHUTDOWN_GRACE_SECONDS=str(GRACE_SECONDS), PULSE_STOP_TIMEOUT_SECONDS=str(STOP_TIMEOUT_SECONDS)
+        )
+        assert wait_until(lambda: "Worker ready" in worker.log.read_text(errors="replace"), timeout=60), (
+            worker.log_tail()
+        )
+        broker.kill()
+        time.sleep(1.0)  # the worker notices: its fetches and heartbeats fail
+        asked = time.monotonic()
+        worker.proc.terminate()
+        status = worker.proc.wait(STOP_TIMEOUT_SECONDS + 20)
+        took = time.monotonic() - asked
+        text = worker.log.read_text(errors="replace")
+        print(f"\n[faults] stop with the broker down: exit {status} after {took:.1f} s")
+        assert status == EXIT_STOP_TIMEOUT, worker.log_tail()
+        assert STOP_TIMEOUT_SECONDS - 0.5 <= took <= STOP_TIMEOUT_SECONDS + 10, took
+        assert "stop did not finish 6 s after SIGTERM (PULSE_STOP_TIMEOUT_SECONDS)" in text, worker.log_tail()
+    finally:
+        pool.stop_all(10)
+        broker.stop()
