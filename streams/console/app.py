@@ -64,6 +64,7 @@ from scoring import churn
 from scoring.rfm import DEFAULT_SEGMENTS
 from streams import metrics
 from streams.at_risk import AT_RISK_LEVELS, AtRiskQuery, BadFilter, at_risk_page
+from streams.closing import close_quietly
 from streams.console import charts, trends
 from streams.console.cases import (
     STATUSES,
@@ -600,10 +601,15 @@ async def serve_console(settings: Settings, stop: asyncio.Event, ready: Callable
     finally:
         console.stopping.set()
         tasks[1].cancel()  # a population read in progress waits for the broker: nothing to finish
+        # the feed ends its batch and commits; one still joining its group waits for a broker that may be down
+        # (aiokafka's start never returns then): it has recorded nothing, so it is cancelled after the grace
+        _, joining = await asyncio.wait(tasks, timeout=settings.shutdown_grace_seconds)
+        for task in joining:
+            task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await runner.cleanup()
-        await producer.stop()
-        await client.aclose()
+        await close_quietly("the console's action producer", producer.stop(), settings.shutdown_grace_seconds)
+        await close_quietly("the console's Redis client", client.aclose(), settings.shutdown_grace_seconds)
 
 
 def run_console(settings: Settings) -> None:

@@ -31,6 +31,7 @@ from schemas.alerts import RetentionAlert
 from schemas.vip import VipChange
 from streams import metrics
 from streams.admin import console_group
+from streams.closing import close_quietly
 from streams.console.cases import apply_action, apply_alert, channel, vip_changes_key
 from streams.security import kafka_client_kwargs
 
@@ -123,4 +124,4 @@ class Feed:
                         consumer.seek(tp, records[0].offset)
                     await asyncio.sleep(RETRY_SECONDS)
         finally:
-            await consumer.stop()
+            await close_quietly("the console feed's consumer", consumer.stop(), self.settings.shutdown_grace_seconds)

@@ -61,6 +61,7 @@ from schemas.delivery import DeliveryDeadLetter
 from schemas.vip import VipChange
 from streams import metrics
 from streams.admin import check_group_access, create_missing, router_topics
+from streams.closing import close_quietly
 from streams.log_limits import limit_repeated_lines
 from streams.router.api import build_actions_api
 from streams.router.config import RouterConfig, resolved
@@ -425,10 +426,11 @@ class Router:
             await asyncio.gather(*tasks, return_exceptions=True)
             # nothing will finish now: leaving the group must not wait for these deliveries
             self.open_jobs.clear()
-            await self.consumer.stop()
-            await self.producer.stop()
-            await self.http.close()
-            await self.redis.aclose()
+            grace = s.shutdown_grace_seconds
+            await close_quietly("the alert consumer", self.consumer.stop(), grace)
+            await close_quietly("the dead-letter producer", self.producer.stop(), grace)
+            await close_quietly("the HTTP client", self.http.close(), grace)
+            await close_quietly("the Redis client", self.redis.aclose(), grace)
 
     async def drain(self, timeout: float) -> None:
         """On stop: let deliveries in progress finish (bounded), so their offsets commit."""
