@@ -48,6 +48,12 @@ class BoundedStopWorker(faust.Worker):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.stop_timeout_seconds = stop_timeout_seconds
 
+    @property
+    def label(self) -> str:
+        """Faust's own: its log lines stay ``[^Worker]: ...`` (``[^Worker]: Ready`` is what log filters and the tests
+        read; mode labels a service by its class name)."""
+        return "Worker"
+
     def _schedule_shutdown(self, signal: signal.Signals) -> None:
         if not self._signal_stop_time:  # the first signal arms the deadline; upstream ignores the others
             deadline = threading.Timer(
