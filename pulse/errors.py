@@ -89,6 +89,15 @@ def _short(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def cross_check_error(message: str) -> CliError | None:
+    """A cross-check of several settings (``Settings.rfm()``, a model validator), named by the variable its message
+    starts with; None for any other message."""
+    if not message.startswith("PULSE_"):
+        return None
+    subject, _, problem = message.partition(" ")
+    return usage_error(subject.rstrip(":"), problem, SETTINGS_HINT)
+
+
 def settings_error(exc: Exception) -> CliError | None:
     """A ``PULSE_*`` value the settings refuse, named by its variable (not by the Python field)."""
     from pydantic import ValidationError
@@ -100,11 +109,7 @@ def settings_error(exc: Exception) -> CliError | None:
             return None
         first = errors[0]
         if not first.get("loc"):  # a cross-check of several settings (a model validator): its message names them
-            message = str(first.get("ctx", {}).get("error", ""))
-            if not message.startswith("PULSE_"):
-                return None
-            subject, _, problem = message.partition(" ")
-            return usage_error(subject, problem, SETTINGS_HINT)
+            return cross_check_error(str(first.get("ctx", {}).get("error", "")))
         field = str(first["loc"][0])
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         problem = f"{first['msg']}, got {_short(first.get('input'))}{more}"
@@ -180,10 +185,8 @@ def explain(exc: BaseException) -> CliError | None:
             else "see `pulse score --help` for the columns and the JSON-lines form"
         )
         return usage_error(subject, problem or subject, hint)
-    if isinstance(exc, ValueError) and str(exc).startswith("PULSE_"):
-        # the settings' own cross-checks (Settings.rfm(), .churn()): the message starts with the variable
-        subject, _, problem = str(exc).partition(" ")
-        return usage_error(subject.rstrip(":"), problem, SETTINGS_HINT)
+    if isinstance(exc, ValueError) and (found := cross_check_error(str(exc))) is not None:
+        return found  # the settings' own cross-checks (Settings.rfm(), .churn())
     if isinstance(exc, PopulationReadTimeout):  # an OSError: before the file errors
         return CliError(
             f"population topic {exc.topic}",

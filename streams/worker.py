@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 #: Exit status of a worker whose stop outlasted ``stop_timeout_seconds`` (EX_TEMPFAIL, as a failed checkpoint's)
 EXIT_STOP_TIMEOUT = 75
+#: how its log line starts (the tests' teardown looks for it: a stop that hung)
+STOP_TIMED_OUT = "stop did not finish"
 
 
 class BoundedStopWorker(faust.Worker):
@@ -66,8 +68,9 @@ class BoundedStopWorker(faust.Worker):
 
 def _stop_timed_out(received: signal.Signals, seconds: float) -> None:
     log.critical(
-        "stop did not finish %g s after %s (PULSE_STOP_TIMEOUT_SECONDS): exiting without it (status %d); nothing "
-        "is lost, the partitions' next owner re-reads from the last commit",
+        "%s %g s after %s (PULSE_STOP_TIMEOUT_SECONDS): exiting without it (status %d); nothing is lost, the "
+        "partitions' next owner re-reads from the last commit",
+        STOP_TIMED_OUT,
         seconds,
         received.name,
         EXIT_STOP_TIMEOUT,

@@ -31,6 +31,7 @@ from pulse.devstack import KAFKA_JVM_OPTIONS, free_port, stop_process
 from pulse.simulate import generate_events
 from pulse_config.settings import Settings
 from streams.admin import ensure_topics
+from streams.worker import STOP_TIMED_OUT
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -142,7 +143,7 @@ class Worker:
 
     def stop_timed_out(self) -> bool:
         """Its stop outlasted ``PULSE_STOP_TIMEOUT_SECONDS`` and it exited anyway (streams.worker): a stop that hung."""
-        return "stop did not finish" in self.log.read_text(errors="replace")
+        return STOP_TIMED_OUT in self.log.read_text(errors="replace")
 
     def digest(self, lines: int = 30, width: int = 400) -> str:
         """What a failure message should start with (CI keeps the start of a long one): alive or its exit status;

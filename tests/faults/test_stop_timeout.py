@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 
 import pytest
 
-from pulse.devstack import free_port, start_tansu, stop_process
-from streams.worker import EXIT_STOP_TIMEOUT
-from testing.stack import WorkerPool, get_json, make_namespace, start_pulse, wait_until
+from pulse.devstack import Server, free_port, start_tansu, stop_process
+from streams.worker import EXIT_STOP_TIMEOUT, STOP_TIMED_OUT
+from testing.stack import Namespace, WorkerPool, get_json, make_namespace, start_pulse, wait_until
 from tests.conftest import TEST_BROKERS
 from tests.router_fixtures import start_file_router
 
@@ -26,12 +27,22 @@ GRACE_SECONDS = 2.0
 STOP_TIMEOUT_SECONDS = 6.0
 
 
-def test_a_worker_stopped_while_its_broker_is_down_exits_within_the_stop_timeout(devstack, tmp_path):
+@pytest.fixture
+def private_broker(devstack, tmp_path) -> Iterator[tuple[Server, Namespace]]:
+    """A Tansu of the test's own, which it may kill, and a namespace on it (the shared Redis): (broker, namespace).
+    The subject is the processes' stop, not the broker: it runs once, on the first broker's run."""
     if devstack.broker_name != TEST_BROKERS[0]:
-        pytest.skip("the subject is the worker's stop, against a private Tansu: once is enough")
+        pytest.skip("the subject is the processes' stop, against a private Tansu: once is enough")
     broker = start_tansu(tmp_path)
-    env = {"PULSE_BROKER_URL": f"kafka://127.0.0.1:{broker.port}", "PULSE_REDIS_URL": devstack.redis_url}
-    namespace = make_namespace(env, tmp_path)
+    try:
+        env = {"PULSE_BROKER_URL": f"kafka://127.0.0.1:{broker.port}", "PULSE_REDIS_URL": devstack.redis_url}
+        yield broker, make_namespace(env, tmp_path)
+    finally:
+        broker.stop()
+
+
+def test_a_worker_stopped_while_its_broker_is_down_exits_within_the_stop_timeout(private_broker):
+    broker, namespace = private_broker
     pool = WorkerPool(namespace)
     try:
         worker = pool.start(
@@ -50,20 +61,15 @@ def test_a_worker_stopped_while_its_broker_is_down_exits_within_the_stop_timeout
         print(f"\n[faults] stop with the broker down: exit {status} after {took:.1f} s")
         assert status == EXIT_STOP_TIMEOUT, worker.log_tail()
         assert STOP_TIMEOUT_SECONDS - 0.5 <= took <= STOP_TIMEOUT_SECONDS + 10, took
-        assert "stop did not finish 6 s after SIGTERM (PULSE_STOP_TIMEOUT_SECONDS)" in text, worker.log_tail()
+        assert f"{STOP_TIMED_OUT} 6 s after SIGTERM (PULSE_STOP_TIMEOUT_SECONDS)" in text, worker.log_tail()
     finally:
         pool.stop_all(10)
-        broker.stop()
 
 
-def test_the_router_and_the_console_stopped_while_the_broker_is_down_exit_cleanly(devstack, tmp_path):
+def test_the_router_and_the_console_stopped_while_the_broker_is_down_exit_cleanly(private_broker, tmp_path):
     """Their stops end at once and with status 0: before, ``pulse router`` ended with aiokafka's ``CancelledError``
     (its consumer's close, with the broker gone), a traceback and status 1."""
-    if devstack.broker_name != TEST_BROKERS[0]:
-        pytest.skip("the subject is the router's and the console's stop, against a private Tansu: once is enough")
-    broker = start_tansu(tmp_path)
-    env = {"PULSE_BROKER_URL": f"kafka://127.0.0.1:{broker.port}", "PULSE_REDIS_URL": devstack.redis_url}
-    namespace = make_namespace(env, tmp_path)
+    broker, namespace = private_broker
     router, router_log, _ = start_file_router(namespace, tmp_path)
     console_port, console_log = free_port(), tmp_path / "console.log"
     console_env = {**os.environ, **namespace.env, "PULSE_CONSOLE_PORT": str(console_port)}
@@ -88,4 +94,3 @@ def test_the_router_and_the_console_stopped_while_the_broker_is_down_exit_cleanl
     finally:
         stop_process(router, 10)
         stop_process(console, 10)
-        broker.stop()
