@@ -159,7 +159,12 @@ def explain(exc: BaseException) -> CliError | None:
     if isinstance(exc, redis.AuthenticationError):
         url = _setting_url("redis_url", "redis://127.0.0.1:6379/0")
         return CliError(f"Redis at {url}", f"authentication failed ({exc})", "check PULSE_REDIS_PASSWORD")
-    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+    if isinstance(exc, redis.TimeoutError):  # connected, or connecting, and no answer (a frozen Redis, a cut)
+        url = _setting_url("redis_url", "redis://127.0.0.1:6379/0")
+        return CliError(
+            f"Redis at {url}", f"no answer within PULSE_REDIS_TIMEOUT_SECONDS ({exc})", "is it overloaded or frozen?"
+        )
+    if isinstance(exc, redis.ConnectionError):
         url = _setting_url("redis_url", "redis://127.0.0.1:6379/0")
         return CliError(f"Redis at {url}", f"cannot connect ({exc})", REDIS_HINT)
     if isinstance(exc, TopicsRefused | GroupRefused | PartitionMismatch):

@@ -485,6 +485,15 @@ class Settings(BaseSettings):
     # --- sinks -------------------------------------------------------------
     redis_key_prefix: str = Field("pulse:", description="Prefix of every Redis key the app writes.")
     redis_retry_max_seconds: float = Field(5.0, gt=0, description="Longest back-off between Redis write retries.")
+    redis_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="Longest wait for Redis to accept a connection or to answer one round trip (a worker's profile "
+        "write, a router's delivery record, a CLI command) before it counts as failed and is retried: a Redis that "
+        "stops answering (a frozen process, a failover, a network cut) would otherwise hold them for redis-py's "
+        "default: none before redis-py 8 (until TCP gives up, many minutes later, with no error counted), 5 s "
+        "since. The HTTP API and the console wait 1 s and 2 s (a page's own bound).",
+    )
     startup_wait_seconds: float = Field(
         0.0,
         ge=0,

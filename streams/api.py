@@ -319,7 +319,7 @@ class ConnectionLimiter:
 async def serve_api(settings: Settings, status: WorkerStatus, stop: asyncio.Event) -> None:
     """Serve the API until ``stop`` is set (in the API process; also usable in-process by tests)."""
     client = aioredis.from_url(
-        settings.redis_url, decode_responses=True, socket_timeout=REDIS_TIMEOUT_SECONDS, **redis_client_kwargs(settings)
+        settings.redis_url, decode_responses=True, **redis_client_kwargs(settings, REDIS_TIMEOUT_SECONDS)
     )
     api = build_api(settings, client, status_readiness(status, client))
     header_timeout = settings.api_header_timeout_seconds

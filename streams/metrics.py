@@ -136,7 +136,7 @@ PROCESSING_ERRORS = Counter(
 REDIS_WRITE_ERRORS = Counter("pulse_redis_write_errors_total", "Failed Redis profile writes (retried).")
 REDIS_BATCH_PROFILES = Histogram(
     "pulse_redis_batch_profiles",
-    "Profiles per Redis pipeline write.",
+    "Profiles per write of the pending profiles (in round trips of at most 2,000).",
     buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 5000),
 )
 REDIS_PENDING_PROFILES = Gauge(

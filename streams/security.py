@@ -60,14 +60,20 @@ def kafka_client_kwargs(settings: Settings) -> dict[str, Any]:
     }
 
 
-def redis_client_kwargs(settings: Settings) -> dict[str, Any]:
+def redis_client_kwargs(settings: Settings, timeout: float | None = None) -> dict[str, Any]:
     """Extra keyword arguments for ``Redis.from_url(settings.redis_url, ...)`` (sync or asyncio).
 
     A password in the URL wins over ``redis_password`` (redis-py's rule); TLS
     is chosen by the URL scheme (``rediss://``), the CA file applies only then
     (a plain connection does not accept TLS arguments).
+
+    Every client gets a connect and a socket timeout (``timeout``, default
+    ``redis_timeout_seconds``): the bound is the project's, not the installed
+    redis-py's (none before 8.0, so a Redis that stops answering held a
+    worker's profile writes for as long as TCP kept the connection; 5 s since).
     """
-    kwargs: dict[str, Any] = {}
+    bound = settings.redis_timeout_seconds if timeout is None else timeout
+    kwargs: dict[str, Any] = {"socket_timeout": bound, "socket_connect_timeout": bound}
     password = settings.redis_password.get_secret_value()
     if password:
         kwargs["password"] = password

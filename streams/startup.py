@@ -252,9 +252,7 @@ async def wait_for_dependencies(settings: Settings, status: WorkerStatus | None 
     async def ping() -> None:
         client = aioredis.from_url(
             settings.redis_url,
-            socket_connect_timeout=REDIS_CONNECT_TIMEOUT_SECONDS,
-            socket_timeout=REDIS_CONNECT_TIMEOUT_SECONDS,
-            **redis_client_kwargs(settings),
+            **redis_client_kwargs(settings, REDIS_CONNECT_TIMEOUT_SECONDS),
         )
         try:
             await client.ping()

@@ -577,7 +577,7 @@ async def serve_console(settings: Settings, stop: asyncio.Event, ready: Callable
     from streams.router.service import ensure_router_topics
 
     client = aioredis.from_url(
-        settings.redis_url, decode_responses=True, socket_timeout=REDIS_TIMEOUT_SECONDS, **redis_client_kwargs(settings)
+        settings.redis_url, decode_responses=True, **redis_client_kwargs(settings, REDIS_TIMEOUT_SECONDS)
     )
     await ensure_router_topics(settings)  # the topics it reads and writes, as the router creates them
     # a group the ACLs refuse: one line (GroupRefused, pulse/errors.py), not a feed that hangs

@@ -19,8 +19,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping
-from itertools import chain
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from itertools import chain, islice
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -169,6 +169,23 @@ def pack_batch(batch: Mapping[str, Packed], key_prefix: str) -> tuple[bytes, int
     return b"".join(parts), len(parts)
 
 
+#: profiles per round trip. The client's socket timeout (PULSE_REDIS_TIMEOUT_SECONDS) bounds each round trip, so
+#: what is pending after an outage (up to every customer of the worker) goes in round trips that each finish well
+#: within it: one round trip of all of them could outlast the timeout, fail and be retried for ever. 2,000 profiles
+#: take Redis 20-40 ms (the sweep's rounds and a backlog's batches are of that order).
+WRITE_CHUNK_PROFILES = 2000
+
+
+def _chunks(batch: dict[str, Packed], size: int) -> Iterator[dict[str, Packed]]:
+    """``batch`` in pieces of at most ``size`` profiles, in its order (itself when it fits: the usual case)."""
+    if len(batch) <= size:
+        yield batch
+        return
+    items = iter(batch.items())
+    while chunk := dict(islice(items, size)):
+        yield chunk
+
+
 class RedisProfileSink:
     """Profiles as hashes; each write also adds the customer to or removes it from the VIP sorted set and the
     at-risk index."""
@@ -226,9 +243,14 @@ class RedisProfileSink:
         batch = self._pending
         self._pending = {}
         settled = self._settled
+        written = 0
         try:
-            await self._write(*pack_batch(batch, self._prefix))
+            for chunk in _chunks(batch, WRITE_CHUNK_PROFILES):
+                await self._write(*pack_batch(chunk, self._prefix))
+                written += len(chunk)
         except (RedisError, OSError) as exc:
+            if written:  # the chunks written stay written: only the rest is pending again
+                batch = dict(islice(batch.items(), written, None))
             metrics.REDIS_WRITE_ERRORS.inc()
             self._failing = True
             if self._settled != settled:

@@ -31,7 +31,14 @@ from schemas.profile import CustomerProfile, RenderedProfile, render_profile
 from scoring.customer import assess_customer
 from streams import metrics
 from streams.at_risk import UPDATE_SCRIPT, index_score, index_suffixes
-from streams.sinks.redis_profiles import RedisProfileSink, pack_batch, pack_profile, profile_key, vip_key
+from streams.sinks.redis_profiles import (
+    RedisProfileSink,
+    pack_batch,
+    pack_hset,
+    pack_profile,
+    profile_key,
+    vip_key,
+)
 from testing.templates import template_states
 
 pytestmark = pytest.mark.e2e
@@ -275,5 +282,92 @@ async def test_a_rebalance_waits_for_the_write_in_flight_and_drops_the_rest(serv
         assert await sink.flush()  # nothing left to write
         assert not any(client.exists(profile_key(prefix, p.customer_id)) for p in late)
     finally:
+        await sink.close()
+        client.close()
+
+
+async def test_many_pending_profiles_go_in_round_trips_of_at_most_the_chunk(server: Server, prefix: str, monkeypatch):
+    """What is pending after an outage (up to every customer) is written ``WRITE_CHUNK_PROFILES`` at a time, each
+    round trip under the socket timeout: the hashes, the VIP set and the at-risk index come out as one write."""
+    monkeypatch.setattr("streams.sinks.redis_profiles.WRITE_CHUNK_PROFILES", 7)
+    sink = RedisProfileSink(url(server.port), prefix, 0.2)
+    sizes: list[int] = []
+    write = sink._write
+
+    async def counted(packed: bytes, replies: int) -> None:
+        sizes.append(packed.count(b"$4\r\nHSET\r\n"))
+        await write(packed, replies)
+
+    sink._write = counted  # type: ignore[method-assign]
+    client = redis.Redis(port=server.port, decode_responses=True)
+    try:
+        profiles = rendered(30, vip=True)[:15] + rendered(30, vip=False)[15:]
+        sink.submit(profiles)
+        assert await sink.flush() and sink.pending == 0
+        assert sizes == [7, 7, 7, 7, 2]
+        for p in profiles:
+            assert client.hgetall(profile_key(prefix, p.customer_id)) == p.fields
+        assert set(client.zrange(vip_key(prefix), 0, -1)) == {p.customer_id for p in profiles[:15]}
+    finally:
+        await sink.close()
+        client.close()
+
+
+async def test_a_write_failing_midway_keeps_only_the_unwritten_profiles_pending(
+    server: Server, prefix: str, monkeypatch
+):
+    """The chunks written before a failure stay written; the rest is pending again, and newer profiles of the same
+    customers submitted meanwhile win over it."""
+    monkeypatch.setattr("streams.sinks.redis_profiles.WRITE_CHUNK_PROFILES", 5)
+    sink = RedisProfileSink(url(server.port), prefix, 30.0)  # the retry loop waits: the test flushes by hand
+    write, calls = sink._write, [0]
+
+    async def second_fails(packed: bytes, replies: int) -> None:
+        calls[0] += 1
+        if calls[0] == 2:
+            raise redis.ConnectionError("the test's cut")
+        await write(packed, replies)
+
+    sink._write = second_fails  # type: ignore[method-assign]
+    client = redis.Redis(port=server.port, decode_responses=True)
+    try:
+        profiles = rendered(12)
+        sink.submit(profiles)
+        assert await sink.flush() is False
+        assert sink.pending == 7
+        landed = [client.exists(profile_key(prefix, p.customer_id)) for p in profiles]
+        assert landed == [1] * 5 + [0] * 7
+        assert await sink.flush() and sink.pending == 0
+        for p in profiles:
+            assert client.hgetall(profile_key(prefix, p.customer_id)) == p.fields
+    finally:
+        if sink._retry_task is not None:
+            sink._retry_task.cancel()
+        await sink.close()
+        client.close()
+
+
+async def test_more_pending_profiles_than_one_round_trip_can_carry_in_time_still_land(server: Server, prefix: str):
+    """After an outage the profiles pending can be every customer of the worker. Sent in one round trip, 200,000 of
+    them took Redis 5.6-8.8 s (benchmarks.redis_write): past redis-py's default 5-s timeout, so the write failed and
+    was retried, whole, for ever. Here at a tenth of the scale: 20,000 profiles against a 0.25-s timeout, which one
+    round trip of all of them outlasts (0.4-0.7 s) and each round trip of ``WRITE_CHUNK_PROFILES`` does not."""
+    sink = RedisProfileSink(url(server.port), prefix, 0.2, client_kwargs={"socket_timeout": 0.25, **NO_RETRY})
+    client = redis.Redis(port=server.port, decode_responses=True)
+    models = rendered(200)
+    packed = {}
+    for i in range(20_000):
+        model = models[i % len(models)]
+        hset, score, entry = pack_profile(model, prefix, "revenue")
+        cid = f"P{i:06d}"
+        packed[cid] = (pack_hset(profile_key(prefix, cid), model.args), score, entry)
+    try:
+        sink.submit_packed(packed)
+        assert await sink.flush(), "a write timed out"
+        assert sink.pending == 0
+        assert sum(1 for _ in client.scan_iter(f"{prefix}profile:*", count=5000)) == len(packed)
+    finally:
+        if sink._retry_task is not None:
+            sink._retry_task.cancel()
         await sink.close()
         client.close()

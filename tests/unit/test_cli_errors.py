@@ -245,6 +245,25 @@ def test_redis_down_is_named_by_its_url_without_the_password(tmp_path: Path) -> 
     assert "hunter2" not in line
 
 
+def test_a_redis_that_does_not_answer_is_a_timeout_not_a_hang(tmp_path: Path) -> None:
+    """A port that takes the connection and never answers (a frozen Redis: the kernel accepts, nobody reads): the
+    command ends after PULSE_REDIS_TIMEOUT_SECONDS with one line that says so. Before (session 26) the bound was
+    redis-py's default (none before redis-py 8: `pulse profile` waited for as long as the connection lived) and
+    the line said "cannot connect"."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        line = one_line(
+            pulse(tmp_path, "profile", "C1", PULSE_REDIS_URL=url, PULSE_REDIS_TIMEOUT_SECONDS="0.5"),
+            EXIT_RUNTIME,
+            "profile",
+            re.escape(f"Redis at {url}: no answer within PULSE_REDIS_TIMEOUT_SECONDS (")
+            + r".+\); is it overloaded or frozen\?",
+        )
+    assert line
+
+
 # --- data --------------------------------------------------------------------------------------------------
 
 

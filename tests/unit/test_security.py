@@ -21,7 +21,9 @@ def test_plaintext_is_the_default_and_needs_no_credentials():
     s = settings()
     assert broker_credentials(s) is None
     assert kafka_client_kwargs(s) == {"bootstrap_servers": "k1:9092,k2:9093", "security_protocol": "PLAINTEXT"}
-    assert redis_client_kwargs(s) == {}
+    # every Redis client is bounded in time (PULSE_REDIS_TIMEOUT_SECONDS, or the caller's own bound)
+    assert redis_client_kwargs(s) == {"socket_timeout": 5.0, "socket_connect_timeout": 5.0}
+    assert redis_client_kwargs(s, 1.0) == {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
 
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
@@ -100,9 +102,10 @@ def test_faust_app_gets_the_credentials():
 def test_redis_password_and_tls_ca():
     s = settings(redis_password="pw", redis_ssl_ca_certs="/etc/ca.pem")
     # the CA file only applies to TLS connections (a plain one rejects TLS arguments)
-    assert redis_client_kwargs(s) == {"password": "pw"}
+    bounds = {"socket_timeout": 5.0, "socket_connect_timeout": 5.0}
+    assert redis_client_kwargs(s) == {**bounds, "password": "pw"}
     s = settings(redis_url="rediss://r:6380/0", redis_password="pw", redis_ssl_ca_certs="/etc/ca.pem")
-    assert redis_client_kwargs(s) == {"password": "pw", "ssl_ca_certs": "/etc/ca.pem"}
+    assert redis_client_kwargs(s) == {**bounds, "password": "pw", "ssl_ca_certs": "/etc/ca.pem"}
 
 
 def test_secrets_are_masked_in_the_effective_config():

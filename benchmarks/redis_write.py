@@ -1,0 +1,96 @@
+"""How long one profile write takes Redis, by the number of profiles it carries (session 26).
+
+Usage::
+
+    .venv/bin/python -m benchmarks.redis_write [--sizes 2000,20000,200000] [--rounds 3]
+
+Why: the worker's profile writer reads all the replies of one write under one socket timeout
+(``PULSE_REDIS_TIMEOUT_SECONDS``, 5 s by default). After a Redis outage, the profiles pending can be every customer
+of the worker (the target is 1M); written in one round trip they could outlast the timeout, fail, and be retried
+for ever. This times ``pack_batch`` + one round trip on a real ``redis-server`` (a private one on a free port) for
+each size, as one write and in round trips of ``WRITE_CHUNK_PROFILES``, back to back, and prints the seconds and
+the µs per profile. Profiles are realistic (the templates' rendered profiles, distinct customer ids).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from pulse.devstack import start_redis
+from pulse_config.settings import Settings
+from schemas.profile import render_profile
+from scoring.customer import assess_customer
+from streams.sinks.redis_profiles import (
+    WRITE_CHUNK_PROFILES,
+    Packed,
+    RedisProfileSink,
+    _chunks,
+    pack_batch,
+    pack_profile,
+)
+from testing.templates import template_states
+
+#: seconds: long enough for any size measured here (the point is to time the write, not to bound it)
+NO_BOUND_SECONDS = 600.0
+
+
+def packed_profiles(n: int, prefix: str) -> dict[str, Packed]:
+    settings = Settings(_env_file=None)
+    config = settings.scoring()
+    templates = template_states(200, 7)
+    out: dict[str, Packed] = {}
+    states = templates.states
+    for i in range(n):
+        state = states[i % len(states)]
+        if i % 10 == 0:
+            state = replace(state, vip=True)
+        clv, risk = assess_customer(state, templates.clock_ms, 30.0, config)
+        profile = render_profile(f"B{i:07d}", state, templates.clock_ms, config, "USD", clv, risk)
+        out[profile.customer_id] = pack_profile(profile, prefix, settings.vip_value)
+    return out
+
+
+async def timed(sink: RedisProfileSink, batch: dict[str, Packed], prefix: str, chunk: int) -> float:
+    started = time.perf_counter()
+    for part in _chunks(batch, chunk):
+        await sink._write(*pack_batch(part, prefix))
+    return time.perf_counter() - started
+
+
+async def main(sizes: list[int], rounds: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        server = start_redis(Path(tmp))
+        url = f"redis://127.0.0.1:{server.port}/0"
+        sink = RedisProfileSink(
+            url, "bench:", 1.0, client_kwargs={"socket_timeout": NO_BOUND_SECONDS, "socket_connect_timeout": 5.0}
+        )
+        try:
+            biggest = packed_profiles(max(sizes), "bench:")
+            items = list(biggest.items())
+            print(f"profiles per round trip when chunked: {WRITE_CHUNK_PROFILES:,}")
+            for n in sizes:
+                batch = dict(items[:n])
+                for r in range(rounds):
+                    one = await timed(sink, batch, "bench:", n)
+                    chunked = await timed(sink, batch, "bench:", WRITE_CHUNK_PROFILES)
+                    print(
+                        f"{n:>9,} profiles, round {r + 1}: one round trip {one:7.3f} s ({1e6 * one / n:5.1f} µs each); "
+                        f"chunked {chunked:7.3f} s ({1e6 * chunked / n:5.1f} µs each)",
+                        flush=True,
+                    )
+        finally:
+            await sink.close()
+            server.stop()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="2000,20000,200000")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    asyncio.run(main([int(x) for x in args.sizes.split(",")], args.rounds))
