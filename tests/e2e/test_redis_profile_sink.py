@@ -39,6 +39,7 @@ from streams.sinks.redis_profiles import (
     profile_key,
     vip_key,
 )
+from testing.tcp_proxy import SwitchingProxy
 from testing.templates import template_states
 
 pytestmark = pytest.mark.e2e
@@ -371,3 +372,46 @@ async def test_more_pending_profiles_than_one_round_trip_can_carry_in_time_still
             sink._retry_task.cancel()
         await sink.close()
         client.close()
+
+
+async def test_a_failover_behind_the_same_address_reaches_the_new_primary(tmp_path: Path, prefix: str):
+    """A managed Redis fails over by pointing the same address (a DNS name, a Service, a virtual IP) at the promoted
+    replica: new connections reach it, the open one stays with the old primary, now a replica that answers every
+    write with READONLY. The writer must take that as a failed write *and* drop the connection, so that its retry
+    connects anew and reaches the new primary. Before (session 26) it kept the pooled connection: every retry met
+    READONLY again, for as long as that connection lived."""
+    old, new = start_redis(tmp_path), start_redis(tmp_path)
+    to_old = redis.Redis(port=old.port, decode_responses=True)
+    to_new = redis.Redis(port=new.port, decode_responses=True)
+    to_new.replicaof("127.0.0.1", old.port)
+    deadline = time.monotonic() + 20
+    while to_new.info("replication").get("master_link_status") != "up" and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    proxy = SwitchingProxy(old.port)
+    sink = RedisProfileSink(url(proxy.port), prefix, 0.2, client_kwargs={"socket_timeout": 2.0, **NO_RETRY})
+    try:
+        first, second = rendered(2)
+        sink.submit([first])
+        assert await sink.flush()  # through the proxy, to the old primary
+        to_new.replicaof("NO", "ONE")  # the failover: the replica promoted, the address moved to it
+        to_old.replicaof("127.0.0.1", new.port)  # the old primary demoted: read-only
+        proxy.switch(new.port)
+        failed_before = errors()
+        sink.submit([second])
+        assert await sink.flush() is False  # READONLY on the connection still open to the old primary
+        assert errors() == failed_before + 1
+        key = profile_key(prefix, second.customer_id)
+        deadline = time.monotonic() + 10
+        while not to_new.exists(key) and time.monotonic() < deadline:  # the retry loop (0.2-s back-off) writes it
+            await asyncio.sleep(0.05)
+        assert sink.pending == 0, "still pending: the retries went to the old primary"
+        assert to_new.hgetall(profile_key(prefix, second.customer_id)) == second.fields
+    finally:
+        if sink._retry_task is not None:
+            sink._retry_task.cancel()
+        await sink.close()
+        proxy.close()
+        to_old.close()
+        to_new.close()
+        old.stop()
+        new.stop()

@@ -1,0 +1,132 @@
+"""A Redis failover behind one address, as managed Redis services do it, mid-stream.
+
+A primary endpoint's DNS name, a Kubernetes Service in front of an operator's primary or a virtual IP is moved to
+the promoted replica: new connections reach the new primary, connections already open stay with the old one,
+which is now a replica answering every write with READONLY. ``testing.tcp_proxy.SwitchingProxy`` plays that
+address; two real redis-servers play the primary and its replica, and the failover is theirs (REPLICAOF).
+
+Before session 26, the worker's profile writer and the router kept their pooled connections: every retry met
+READONLY again, for as long as the connection lived, so no profile and no delivery record reached the new primary
+(the router's deliveries stalled behind their record). Now a READONLY reply drops the connection, and the retry
+connects anew. The subject is Redis, so it runs on the first broker only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+
+from pulse.devstack import Server, start_redis, stop_process
+from pulse.simulate import generate_events
+from streams.router.service import dedup_key
+from testing.reference import uninterrupted_profiles
+from testing.stack import produce, profile_diffs, scraped, send_stream, wait_until
+from testing.tcp_proxy import SwitchingProxy
+from tests.conftest import TEST_BROKERS
+from tests.faults.test_crashes_and_outages import scored_events
+from tests.router_fixtures import alert_dict, start_file_router
+
+pytestmark = [pytest.mark.e2e, pytest.mark.faults]
+
+#: seconds a replica may take to report its link to the primary up (a full sync of a small dataset: well under 1 s)
+LINK_SECONDS = 20.0
+
+
+class Failover:
+    """A primary, its replica and the address (a proxy) that leads to the primary until :meth:`fail_over`."""
+
+    def __init__(self, folder: Path) -> None:
+        self.old: Server = start_redis(folder)
+        self.new: Server = start_redis(folder)
+        self.to_old = redis.Redis(port=self.old.port, decode_responses=True)
+        self.to_new = redis.Redis(port=self.new.port, decode_responses=True)
+        self.to_new.replicaof("127.0.0.1", self.old.port)
+        assert wait_until(lambda: self.to_new.info("replication").get("master_link_status") == "up", LINK_SECONDS)
+        self.proxy = SwitchingProxy(self.old.port)
+        self.url = f"redis://127.0.0.1:{self.proxy.port}/0"
+
+    def fail_over(self) -> None:
+        """The replica promoted, the address moved to it, the old primary demoted to its replica."""
+        self.to_new.replicaof("NO", "ONE")
+        self.proxy.switch(self.new.port)
+        self.to_old.replicaof("127.0.0.1", self.new.port)
+
+    def close(self) -> None:
+        self.proxy.close()
+        for client in (self.to_old, self.to_new):
+            client.close()
+        for server in (self.old, self.new):
+            server.stop()
+
+
+@pytest.fixture
+def failover(devstack, tmp_path) -> Iterator[Failover]:
+    if devstack.broker_name != TEST_BROKERS[0]:
+        pytest.skip("the subject is a Redis failover, not the broker: once is enough")
+    pair = Failover(tmp_path)
+    try:
+        yield pair
+    finally:
+        pair.close()
+
+
+def test_the_worker_writes_its_profiles_to_the_new_primary_after_a_failover(failover, namespace, start_worker):
+    events = generate_events(customers=120, days=365, seed=8, end=datetime(2026, 6, 1, tzinfo=UTC))
+    s = namespace.settings.model_copy(update={"redis_url": failover.url})
+    on_new = s.model_copy(update={"redis_url": f"redis://127.0.0.1:{failover.new.port}/0"})
+    expected = uninterrupted_profiles(events, s)
+    stream = [(kind, e["customer_id"].encode(), orjson.dumps(e)) for kind, e in events]
+    halves = [stream[: len(stream) // 2], stream[len(stream) // 2 :]]
+    worker = start_worker(PULSE_REDIS_URL=failover.url, PULSE_BATCH_MAX_EVENTS="50", PULSE_REDIS_RETRY_MAX_SECONDS="2")
+    send_stream(namespace.bootstrap, s.input_topics(), halves[0], 1, 0)
+    assert wait_until(lambda: scored_events(failover.to_old, s.redis_key_prefix) >= len(halves[0])), worker.log_tail()
+
+    failover.fail_over()
+    before = scraped(worker.metrics_port)
+    send_stream(namespace.bootstrap, s.input_topics(), halves[1], 1, 0)
+    converged = wait_until(lambda: not profile_diffs(on_new, expected), timeout=90)
+    diffs = profile_diffs(on_new, expected)
+    after = scraped(worker.metrics_port)
+    print(
+        f"\n[faults] redis failover behind one address: {len(stream)} events, write errors "
+        f"{int(after.get('pulse_redis_write_errors_total', 0) - before.get('pulse_redis_write_errors_total', 0))}, "
+        f"{len(diffs)} of {len(expected)} profiles differing on the new primary"
+    )
+    assert converged, f"{len(diffs)} differ, e.g. {diffs[:1]}\n{worker.log_tail()}"
+    assert scored_events(failover.to_new, s.redis_key_prefix) == len(stream)
+    assert worker.alive()
+
+
+def test_the_router_records_its_deliveries_on_the_new_primary_after_a_failover(failover, namespace, tmp_path):
+    routed = replace(namespace, env={**namespace.env, "PULSE_REDIS_URL": failover.url})
+    proc, log, deliveries = start_file_router(routed, tmp_path)
+    prefix, topic = namespace.settings.redis_key_prefix, namespace.settings.topic_retention_alerts
+
+    def send(alerts: list[dict]) -> None:
+        produce(namespace.bootstrap, topic, [(a["customer_id"].encode(), orjson.dumps(a)) for a in alerts])
+
+    def recorded(client: redis.Redis, alerts: list[dict]) -> bool:
+        return all(client.exists(dedup_key(prefix, "log", a["alert_id"])) for a in alerts)
+
+    try:
+        first, second = [alert_dict(i) for i in range(20)], [alert_dict(i) for i in range(20, 40)]
+        send(first)
+        assert wait_until(lambda: recorded(failover.to_old, first), timeout=60), log.read_text()[-3000:]
+        failover.fail_over()
+        time.sleep(0.5)  # the demoted primary starts its sync from the new one
+        send(second)
+        landed = wait_until(lambda: recorded(failover.to_new, second), timeout=60)
+        text = log.read_text(errors="replace")
+        print(f"\n[faults] router across a redis failover: READONLY met {text.count('read only replica')} times")
+        assert landed, text[-3000:]
+        assert all(a["customer_id"] in deliveries.read_text() for a in second)
+        assert proc.poll() is None
+    finally:
+        stop_process(proc, 10)
