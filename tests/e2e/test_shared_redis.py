@@ -12,45 +12,101 @@ no test ran one.
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
 import urllib.request
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 import redis
 
-from pulse.devstack import free_port, stop_process
+from pulse.devstack import free_port, redis_binary, stop_process
 from pulse.simulate import generate_events
+from streams.security import redis_client_kwargs
 from testing.reference import uninterrupted_profiles
 from testing.stack import get_json, produce, profile_diffs, scraped, start_pulse, wait_until
 from tests.conftest import TEST_BROKERS
+from tests.e2e.test_secured_kafka import make_certificates
 from tests.router_fixtures import start_file_router
 
 pytestmark = pytest.mark.e2e
 
+#: the TLS Redis's admin password (a throwaway server per test)
+ADMIN_PASSWORD = "admin-of-the-test"
+#: seconds for redis-server to listen
+TLS_REDIS_START_SECONDS = 10.0
 
-def restricted_url(admin_url: str, prefix: str) -> str:
-    """A Redis user limited to ``prefix``'s keys and channels, without @dangerous commands: its URL."""
+
+def restricted_url(admin_url: str, prefix: str, client_kwargs: dict[str, Any]) -> str:
+    """A Redis user limited to ``prefix``'s keys and channels, without @dangerous commands: its URL (the admin
+    URL's scheme, host and port)."""
     user, password = f"pulse-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
-    admin = redis.Redis.from_url(admin_url)
+    admin = redis.Redis.from_url(admin_url, **client_kwargs)
     admin.execute_command(
         "ACL", "SETUSER", user, "on", f">{password}", f"~{prefix}*", f"&{prefix}*", "+@all", "-@dangerous"
     )
-    host_port = admin_url.split("://", 1)[1].split("/", 1)[0]
-    return f"redis://{user}:{password}@{host_port}/0"
+    admin.close()
+    scheme, rest = admin_url.split("://", 1)
+    host_port = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    return f"{scheme}://{user}:{password}@{host_port}/0"
 
 
-def test_worker_api_and_console_run_with_a_redis_user_limited_to_their_prefix(devstack, namespace, start_worker):
+def start_tls_redis(folder: Path) -> tuple[subprocess.Popen, str, Path]:
+    """A redis-server that speaks TLS only (as managed services require: ElastiCache's in-transit encryption,
+    Azure's port 6380), with a certificate for 127.0.0.1 signed by a CA of the test's own: (process, its admin URL,
+    the CA file). The admin user needs a password: managed services have one."""
+    ca, _ = make_certificates(folder)
+    port = free_port()
+    proc = subprocess.Popen(
+        [redis_binary(), "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly"]
+        + ["no", "--tls-cert-file", str(folder / "s.pem"), "--tls-key-file", str(folder / "s.key")]
+        + ["--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no", "--requirepass", ADMIN_PASSWORD]
+        + ["--dir", str(folder)],
+        stdout=(folder / "redis-tls.log").open("wb"),
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + TLS_REDIS_START_SECONDS
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    assert proc.poll() is None, (folder / "redis-tls.log").read_text()
+    return proc, f"rediss://:{ADMIN_PASSWORD}@127.0.0.1:{port}/0", ca
+
+
+@pytest.mark.parametrize("transport", ["plain", "tls"])
+def test_worker_api_and_console_run_with_a_redis_user_limited_to_their_prefix(
+    devstack, namespace, start_worker, tmp_path, transport
+):
+    """``tls``: the same against a Redis that speaks only TLS, checked against ``PULSE_REDIS_SSL_CA_CERTS`` (until
+    session 26 only unit tests had seen a rediss:// URL)."""
     if devstack.broker_name != TEST_BROKERS[0]:
         pytest.skip("the subject is Redis, not the broker: one broker is enough")
     s = namespace.settings
-    url = restricted_url(s.redis_url, s.redis_key_prefix)
-    restricted = redis.Redis.from_url(url)
+    tls_redis = None
+    if transport == "tls":
+        tls_redis, admin_url, ca = start_tls_redis(tmp_path)
+        namespace.env["PULSE_REDIS_SSL_CA_CERTS"] = str(ca)
+        s = s.model_copy(update={"redis_url": admin_url, "redis_ssl_ca_certs": str(ca)})
+    url = restricted_url(s.redis_url, s.redis_key_prefix, redis_client_kwargs(s))
+    s = s.model_copy(update={"redis_url": url})
+    restricted = redis.Redis.from_url(url, **redis_client_kwargs(s))
     with pytest.raises(redis.exceptions.NoPermissionError):  # the user really is limited
         restricted.set("someone-elses-key", 1)
+    if transport == "tls":
+        plain = url.replace("rediss://", "redis://")
+        with pytest.raises(redis.exceptions.ConnectionError):  # and the server really speaks only TLS
+            redis.Redis.from_url(plain, socket_timeout=2).ping()
     namespace.env["PULSE_REDIS_URL"] = url
-    s = s.model_copy(update={"redis_url": url})
     api_port = free_port()
     worker = start_worker(PULSE_API_PORT=str(api_port))
     console_port, console_log = free_port(), namespace.log_dir / "console.log"
@@ -71,6 +127,16 @@ def test_worker_api_and_console_run_with_a_redis_user_limited_to_their_prefix(de
         customer = next(iter(expected))
         assert get_json(f"{api}/customers/{customer}")[0] == 200
         assert get_json(f"{api}/vips")[0] == 200
+        # the CLI's read of a profile, with the same settings (its client takes the CA file too)
+        shown = subprocess.run(
+            [sys.executable, "-m", "pulse", "profile", customer],
+            env={**os.environ, **namespace.env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+        assert shown.returncode == 0 and customer in shown.stdout, shown.stderr
         status, page = get_json(f"{api}/at-risk")
         assert status == 200 and page["total"] > 0 and page["customers"], page  # a Lua script over the prefix
         base = f"http://127.0.0.1:{console_port}"
@@ -96,3 +162,5 @@ def test_worker_api_and_console_run_with_a_redis_user_limited_to_their_prefix(de
     finally:
         stop_process(console, 30)
         stop_process(router, 30)
+        if tls_redis is not None:
+            stop_process(tls_redis, 10)
