@@ -29,9 +29,9 @@ from streams.sinks.redis_profiles import (
     WRITE_CHUNK_PROFILES,
     Packed,
     RedisProfileSink,
-    _chunks,
     pack_batch,
     pack_profile,
+    write_chunks,
 )
 from testing.templates import template_states
 
@@ -57,7 +57,7 @@ def packed_profiles(n: int, prefix: str) -> dict[str, Packed]:
 
 async def timed(sink: RedisProfileSink, batch: dict[str, Packed], prefix: str, chunk: int) -> float:
     started = time.perf_counter()
-    for part in _chunks(batch, chunk):
+    for part in write_chunks(batch, chunk):
         await sink._write(*pack_batch(part, prefix))
     return time.perf_counter() - started
 
