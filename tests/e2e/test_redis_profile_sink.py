@@ -348,18 +348,22 @@ async def test_a_write_failing_midway_keeps_only_the_unwritten_profiles_pending(
         client.close()
 
 
-async def test_more_pending_profiles_than_one_round_trip_can_carry_in_time_still_land(server: Server, prefix: str):
+async def test_more_pending_profiles_than_one_round_trip_can_carry_in_time_still_land(
+    server: Server, prefix: str, monkeypatch
+):
     """After an outage the profiles pending can be every customer of the worker. Sent in one round trip, 200,000 of
     them took Redis 5.6-8.8 s (benchmarks.redis_write): past redis-py's default 5-s timeout, so the write failed and
-    was retried, whole, for ever. Here at a tenth of the scale: 20,000 profiles against a 0.25-s timeout, which one
-    round trip of all of them outlasts (0.4-0.7 s) and each round trip of ``WRITE_CHUNK_PROFILES`` does not."""
-    sink = RedisProfileSink(url(server.port), prefix, 0.2, client_kwargs={"socket_timeout": 0.25, **NO_RETRY})
+    was retried, whole, for ever. Here scaled down, with a wide margin on both sides for a loaded box: 40,000
+    profiles against a 0.5-s timeout, which one round trip of all of them outlasts (~1 s unloaded), in round trips
+    of 500 (~12 ms each unloaded; the worker's 2,000 take 42-80 ms against its 5 s)."""
+    monkeypatch.setattr("streams.sinks.redis_profiles.WRITE_CHUNK_PROFILES", 500)
+    sink = RedisProfileSink(url(server.port), prefix, 0.2, client_kwargs={"socket_timeout": 0.5, **NO_RETRY})
     client = redis.Redis(port=server.port, decode_responses=True)
     models = rendered(200)
     packed = {}
-    for i in range(20_000):
+    for i in range(40_000):
         model = models[i % len(models)]
-        hset, score, entry = pack_profile(model, prefix, "revenue")
+        _, score, entry = pack_profile(model, prefix, "revenue")
         cid = f"P{i:06d}"
         packed[cid] = (pack_hset(profile_key(prefix, cid), model.args), score, entry)
     try:
@@ -383,6 +387,8 @@ async def test_a_failover_behind_the_same_address_reaches_the_new_primary(tmp_pa
     old, new = start_redis(tmp_path), start_redis(tmp_path)
     to_old = redis.Redis(port=old.port, decode_responses=True)
     to_new = redis.Redis(port=new.port, decode_responses=True)
+    for client in (to_old, to_new):  # a replica's full sync at once, not after Redis's default 5 s
+        client.config_set("repl-diskless-sync-delay", 0)
     to_new.replicaof("127.0.0.1", old.port)
     deadline = time.monotonic() + 20
     while to_new.info("replication").get("master_link_status") != "up" and time.monotonic() < deadline:

@@ -83,7 +83,12 @@ def start_tls_redis(folder: Path) -> tuple[subprocess.Popen, str, Path]:
     return proc, f"rediss://:{ADMIN_PASSWORD}@127.0.0.1:{port}/0", ca
 
 
-@pytest.mark.parametrize("transport", ["plain", "tls"])
+#: ``plain`` runs the same over a plain connection (what every other e2e test uses); the suite runs ``tls``, which
+#: covers the ACL user too
+TRANSPORTS = ["tls", "plain"] if os.environ.get("PULSE_REDIS_ALL_TRANSPORTS") == "1" else ["tls"]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
 def test_worker_api_and_console_run_with_a_redis_user_limited_to_their_prefix(
     devstack, namespace, start_worker, tmp_path, transport
 ):

@@ -47,6 +47,8 @@ class Failover:
         self.new: Server = start_redis(folder)
         self.to_old = redis.Redis(port=self.old.port, decode_responses=True)
         self.to_new = redis.Redis(port=self.new.port, decode_responses=True)
+        for client in (self.to_old, self.to_new):  # a replica's full sync at once, not after Redis's default 5 s
+            client.config_set("repl-diskless-sync-delay", 0)
         self.to_new.replicaof("127.0.0.1", self.old.port)
         assert wait_until(lambda: self.to_new.info("replication").get("master_link_status") == "up", LINK_SECONDS)
         self.proxy = SwitchingProxy(self.old.port)
