@@ -160,6 +160,12 @@ def on_broker(devstack: DevStack, *names: str) -> bool:
     return devstack.broker_name in names
 
 
+def first_broker_only(devstack: DevStack, subject: str) -> None:
+    """Skip on every broker but the first of the run: for a test whose ``subject`` is not the broker."""
+    if devstack.broker_name != TEST_BROKERS[0]:
+        pytest.skip(f"the subject is {subject}, not the broker: one broker is enough")
+
+
 @pytest.fixture
 def partitions() -> int:
     """Partitions of a test's topics; a test module that needs another count overrides this fixture."""

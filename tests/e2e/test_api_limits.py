@@ -19,6 +19,7 @@ from pulse.devstack import free_port
 from pulse.simulate import generate_orders
 from testing.reference import batch_order_profiles
 from testing.stack import CONVERGE_SECONDS, get_json, produce, profile_diffs, wait_until
+from tests.conftest import first_broker_only
 
 pytestmark = pytest.mark.e2e
 
@@ -51,6 +52,12 @@ def get(port: int, path: str, token: str | None = TOKEN) -> tuple[int, dict]:
 
 
 @pytest.fixture
+def http_only(devstack) -> None:
+    """The HTTP server's own limits: the broker plays no part, so the first broker only (before the worker starts)."""
+    first_broker_only(devstack, "the HTTP server's limits")
+
+
+@pytest.fixture
 def api_worker(namespace, start_worker):
     port = free_port()
     worker = start_worker(
@@ -63,7 +70,7 @@ def api_worker(namespace, start_worker):
     return worker, port
 
 
-def test_slowloris_connections_are_closed_within_the_header_timeout(api_worker):
+def test_slowloris_connections_are_closed_within_the_header_timeout(http_only, api_worker):
     worker, port = api_worker
     socks = []
     started = time.monotonic()
@@ -115,7 +122,7 @@ def test_slowloris_connections_are_closed_within_the_header_timeout(api_worker):
     assert worker.alive(), worker.log_tail()
 
 
-def test_undecodable_header_is_a_400_without_traceback(api_worker):
+def test_undecodable_header_is_a_400_without_traceback(http_only, api_worker):
     worker, port = api_worker
     answer = http(port, b"GET /vips HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\nConnection: close\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 400"), answer[:200]

@@ -45,7 +45,7 @@ from streams.sinks.redis_profiles import profile_key
 from testing.stack import consume, get_json, produce, start_pulse, wait_until
 from tests import at_risk_story as story
 from tests.churn_story import iso
-from tests.conftest import TEST_BROKERS
+from tests.conftest import first_broker_only
 
 pytestmark = pytest.mark.e2e
 
@@ -155,8 +155,7 @@ def console(namespace) -> Iterator[ConsoleProcess]:
 
 
 def test_queue_filter_customer_actions_and_live_updates(devstack, namespace, start_worker, console, playwright_api):
-    if devstack.broker_name != TEST_BROKERS[0]:
-        pytest.skip("the console is broker-agnostic (see the module docstring): one broker is enough")
+    first_broker_only(devstack, "the console (broker-agnostic: see the module docstring)")
     settings = namespace.settings
     base = console.base
     prefix = settings.redis_key_prefix

@@ -31,7 +31,7 @@ from pulse.simulate import generate_events
 from streams.security import redis_client_kwargs
 from testing.reference import uninterrupted_profiles
 from testing.stack import get_json, produce, profile_diffs, scraped, start_pulse, wait_until
-from tests.conftest import TEST_BROKERS
+from tests.conftest import first_broker_only
 from tests.e2e.test_secured_kafka import make_certificates
 from tests.router_fixtures import start_file_router
 
@@ -94,8 +94,7 @@ def test_worker_api_and_console_run_with_a_redis_user_limited_to_their_prefix(
 ):
     """``tls``: the same against a Redis that speaks only TLS, checked against ``PULSE_REDIS_SSL_CA_CERTS`` (until
     session 26 only unit tests had seen a rediss:// URL)."""
-    if devstack.broker_name != TEST_BROKERS[0]:
-        pytest.skip("the subject is Redis, not the broker: one broker is enough")
+    first_broker_only(devstack, "Redis")
     s = namespace.settings
     tls_redis = None
     if transport == "tls":

@@ -41,7 +41,7 @@ from testing.stack import (
     send_stream,
     wait_until,
 )
-from tests.conftest import TEST_BROKERS, on_broker
+from tests.conftest import first_broker_only, on_broker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 
@@ -286,8 +286,7 @@ def test_a_frozen_redis_fails_writes_in_time_and_a_worker_stopped_meanwhile_exit
     5 s since redis-py 8 (this test then passes too, more slowly), none before it (which ``redis>=5.3`` allows): the
     first write to the frozen Redis then waited for as long as the connection lived, no error counted, and every
     later profile waited behind it. The subject is Redis: it runs on the first broker only."""
-    if devstack.broker_name != TEST_BROKERS[0]:
-        pytest.skip("the subject is a frozen Redis, not the broker: once is enough")
+    first_broker_only(devstack, "a frozen Redis")
     events = generate_events(customers=150, days=365, seed=6, end=datetime(2026, 6, 1, tzinfo=UTC))
     topics = namespace.settings.input_topics()
     server = start_redis(tmp_path)

@@ -29,7 +29,7 @@ from streams.router.service import dedup_key
 from testing.reference import uninterrupted_profiles
 from testing.stack import produce, profile_diffs, scraped, send_stream, wait_until
 from testing.tcp_proxy import SwitchingProxy
-from tests.conftest import TEST_BROKERS
+from tests.conftest import first_broker_only
 from tests.faults.test_crashes_and_outages import scored_events
 from tests.router_fixtures import alert_dict, start_file_router
 
@@ -70,8 +70,7 @@ class Failover:
 
 @pytest.fixture
 def failover(devstack, tmp_path) -> Iterator[Failover]:
-    if devstack.broker_name != TEST_BROKERS[0]:
-        pytest.skip("the subject is a Redis failover, not the broker: once is enough")
+    first_broker_only(devstack, "a Redis failover")
     pair = Failover(tmp_path)
     try:
         yield pair

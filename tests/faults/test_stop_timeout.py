@@ -18,7 +18,7 @@ import pytest
 from pulse.devstack import Server, free_port, start_tansu, stop_process
 from streams.worker import EXIT_STOP_TIMEOUT, STOP_TIMED_OUT
 from testing.stack import Namespace, WorkerPool, get_json, make_namespace, start_pulse, wait_until
-from tests.conftest import TEST_BROKERS
+from tests.conftest import first_broker_only
 from tests.router_fixtures import start_file_router
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
@@ -31,8 +31,7 @@ STOP_TIMEOUT_SECONDS = 6.0
 def private_broker(devstack, tmp_path) -> Iterator[tuple[Server, Namespace]]:
     """A Tansu of the test's own, which it may kill, and a namespace on it (the shared Redis): (broker, namespace).
     The subject is the processes' stop, not the broker: it runs once, on the first broker's run."""
-    if devstack.broker_name != TEST_BROKERS[0]:
-        pytest.skip("the subject is the processes' stop, against a private Tansu: once is enough")
+    first_broker_only(devstack, "the processes' stop, against a private Tansu")
     broker = start_tansu(tmp_path)
     try:
         env = {"PULSE_BROKER_URL": f"kafka://127.0.0.1:{broker.port}", "PULSE_REDIS_URL": devstack.redis_url}
