@@ -102,6 +102,8 @@ def test_the_worker_writes_its_profiles_to_the_new_primary_after_a_failover(fail
     )
     assert converged, f"{len(diffs)} differ, e.g. {diffs[:1]}\n{worker.log_tail()}"
     assert scored_events(failover.to_new, s.redis_key_prefix) == len(stream)
+    # every write went through, the at-risk index's script with the profiles (nothing left to retry)
+    assert wait_until(lambda: scraped(worker.metrics_port)["pulse_redis_pending_profiles"] == 0, timeout=30)
     assert worker.alive()
 
 
