@@ -84,6 +84,13 @@ def flat(fields: dict[str, str]) -> tuple[str, ...]:
     return tuple(x for kv in fields.items() for x in kv)
 
 
+async def closed(sink: RedisProfileSink) -> None:
+    """The sink's retry loop (started by a failed write) cancelled, its client closed."""
+    if sink._retry_task is not None:
+        sink._retry_task.cancel()
+    await sink.close()
+
+
 def errors() -> float:
     return metrics.REDIS_WRITE_ERRORS._value.get()
 
@@ -342,9 +349,7 @@ async def test_a_write_failing_midway_keeps_only_the_unwritten_profiles_pending(
         for p in profiles:
             assert client.hgetall(profile_key(prefix, p.customer_id)) == p.fields
     finally:
-        if sink._retry_task is not None:
-            sink._retry_task.cancel()
-        await sink.close()
+        await closed(sink)
         client.close()
 
 
@@ -372,9 +377,7 @@ async def test_more_pending_profiles_than_one_round_trip_can_carry_in_time_still
         assert sink.pending == 0
         assert sum(1 for _ in client.scan_iter(f"{prefix}profile:*", count=5000)) == len(packed)
     finally:
-        if sink._retry_task is not None:
-            sink._retry_task.cancel()
-        await sink.close()
+        await closed(sink)
         client.close()
 
 
@@ -413,9 +416,7 @@ async def test_a_failover_behind_the_same_address_reaches_the_new_primary(tmp_pa
         assert sink.pending == 0, "still pending: the retries went to the old primary"
         assert to_new.hgetall(profile_key(prefix, second.customer_id)) == second.fields
     finally:
-        if sink._retry_task is not None:
-            sink._retry_task.cancel()
-        await sink.close()
+        await closed(sink)
         proxy.close()
         to_old.close()
         to_new.close()

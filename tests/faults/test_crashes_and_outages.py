@@ -17,14 +17,17 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import orjson
 import pytest
 import redis
 
-from pulse.devstack import start_redis
+from pulse.devstack import Server, start_redis
 from pulse.simulate import BAD_PAYLOADS, generate_events
+from pulse_config.settings import Settings
 from scoring.customer import CustomerState
 from streams.codec import decode_state
 from streams.ownership import latest_states
@@ -33,6 +36,7 @@ from testing.chaos import Fleet, hostile_order
 from testing.reference import uninterrupted_profiles
 from testing.stack import (
     CONVERGE_SECONDS,
+    Namespace,
     applied_events,
     consume,
     history,
@@ -217,22 +221,40 @@ def scoring_goes_on(worker, before: dict[str, float], sent: int) -> Callable[[],
     return check
 
 
+@dataclass
+class PrivateRedisRun:
+    """A year of the four-kind mix for 150 customers, to score against a Redis of the test's own (which it may kill
+    or freeze): the server, settings pointing at it, the reference profiles, the records and a client."""
+
+    server: Server
+    url: str
+    settings: Settings
+    expected: dict[str, dict]
+    stream: list[tuple[str, bytes, bytes]]
+    client: redis.Redis
+
+    @classmethod
+    def start(cls, namespace: Namespace, tmp_path: Path, seed: int) -> PrivateRedisRun:
+        events = generate_events(customers=150, days=365, seed=seed, end=datetime(2026, 6, 1, tzinfo=UTC))
+        server = start_redis(tmp_path)
+        url = f"redis://127.0.0.1:{server.port}/0"
+        s = namespace.settings.model_copy(update={"redis_url": url})
+        stream = [(kind, e["customer_id"].encode(), orjson.dumps(e)) for kind, e in events]
+        client = redis.Redis.from_url(url, decode_responses=True)
+        return cls(server, url, s, uninterrupted_profiles(events, s), stream, client)
+
+
 def test_redis_outage_processing_goes_on_and_redis_converges(namespace, start_worker, tmp_path):
     """Redis is killed (losing its data) for at least ``OUTAGE_SECONDS`` mid-stream, then starts empty on the same
     port."""
-    events = generate_events(customers=150, days=365, seed=5, end=datetime(2026, 6, 1, tzinfo=UTC))
-    topics = namespace.settings.input_topics()
-    server = start_redis(tmp_path)
-    url = f"redis://127.0.0.1:{server.port}/0"
-    s = namespace.settings.model_copy(update={"redis_url": url})
-    expected = uninterrupted_profiles(events, s)
-    stream = [(kind, e["customer_id"].encode(), orjson.dumps(e)) for kind, e in events]
+    run = PrivateRedisRun.start(namespace, tmp_path, seed=5)
+    server, url, s, expected, stream, client = run.server, run.url, run.settings, run.expected, run.stream, run.client
+    topics = s.input_topics()
     thirds = [
         stream[: len(stream) // 3],
         stream[len(stream) // 3 : 2 * len(stream) // 3],
         stream[2 * len(stream) // 3 :],
     ]
-    client = redis.Redis.from_url(url, decode_responses=True)
     worker = start_worker(PULSE_REDIS_URL=url, PULSE_BATCH_MAX_EVENTS="50", PULSE_REDIS_RETRY_MAX_SECONDS="2")
     try:
         send_stream(namespace.bootstrap, topics, thirds[0], 1, 0)
@@ -287,15 +309,10 @@ def test_a_frozen_redis_fails_writes_in_time_and_a_worker_stopped_meanwhile_exit
     first write to the frozen Redis then waited for as long as the connection lived, no error counted, and every
     later profile waited behind it. The subject is Redis: it runs on the first broker only."""
     first_broker_only(devstack, "a frozen Redis")
-    events = generate_events(customers=150, days=365, seed=6, end=datetime(2026, 6, 1, tzinfo=UTC))
-    topics = namespace.settings.input_topics()
-    server = start_redis(tmp_path)
-    url = f"redis://127.0.0.1:{server.port}/0"
-    s = namespace.settings.model_copy(update={"redis_url": url})
-    expected = uninterrupted_profiles(events, s)
-    stream = [(kind, e["customer_id"].encode(), orjson.dumps(e)) for kind, e in events]
+    run = PrivateRedisRun.start(namespace, tmp_path, seed=6)
+    server, url, s, expected, stream, client = run.server, run.url, run.settings, run.expected, run.stream, run.client
+    topics = s.input_topics()
     halves = [stream[: len(stream) // 2], stream[len(stream) // 2 :]]
-    client = redis.Redis.from_url(url, decode_responses=True)
     bounded = {
         "PULSE_REDIS_URL": url,
         "PULSE_BATCH_MAX_EVENTS": "50",
