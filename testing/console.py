@@ -10,7 +10,8 @@ from aiohttp import web
 
 from pulse.devstack import free_port
 from pulse_config.settings import Settings
-from streams.console.app import CONSOLE, Console, build_console
+from streams.console.app import CONSOLE, REDIS_TIMEOUT_SECONDS, Console, build_console
+from streams.security import redis_client_kwargs
 
 
 @asynccontextmanager
@@ -21,7 +22,9 @@ async def serve_console(settings: Settings, client: aioredis.Redis | None = None
     a given one is left open. No actions producer: the pages read, acting needs ``pulse console``.
     """
     own = client is None
-    redis_client = aioredis.from_url(settings.redis_url, decode_responses=True) if client is None else client
+    # the client `pulse console` makes: its password, CA file and time bound (streams.console.app.serve_console)
+    bounds = redis_client_kwargs(settings, REDIS_TIMEOUT_SECONDS)
+    redis_client = aioredis.from_url(settings.redis_url, decode_responses=True, **bounds) if own else client
     app = build_console(settings, redis_client, None)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

@@ -1,10 +1,11 @@
-"""The HTTP API when its Redis is frozen or gone: a prompt 503 ``redis_unavailable``, never a hanging request.
+"""The readers of Redis when it is frozen or gone: the HTTP API and the console answer a prompt 503, never hang.
 
 docs/operations.md promises it ("A Redis that does not answer gives a 503 redis_unavailable"); until session 26 no
 test made Redis stop answering under the API. The API runs in-process here (``serve_api``, as the worker's API
 process runs it) against a redis-server of the test's own, which the test freezes (SIGSTOP: the connection stays
 open, nothing answers), thaws and kills. ``/health`` (liveness) must not depend on Redis; ``/ready`` must say why
-it is not ready.
+it is not ready. The console (in-process, ``testing.console``, with the client ``pulse console`` makes) answers its
+pages with a 503 "redis unavailable" within its 2-s bound, and serves them again once Redis answers.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -21,6 +23,7 @@ import pytest
 from pulse.devstack import Server, free_port, start_redis
 from pulse_config.settings import Settings
 from streams.api import WorkerStatus, serve_api
+from testing.console import serve_console
 
 pytestmark = pytest.mark.e2e
 
@@ -65,13 +68,13 @@ async def api(tmp_path: Path) -> AsyncIterator[tuple[str, Server]]:
         redis_server.stop()
 
 
-async def ask(base: str, path: str) -> tuple[int, dict, float]:
-    """GET ``path`` with the token: (status, JSON body, seconds taken)."""
+async def ask(base: str, path: str, as_json: bool = True) -> tuple[int, Any, float]:
+    """GET ``path`` with the token: (status, JSON body or text, seconds taken)."""
     started = time.monotonic()
     timeout = aiohttp.ClientTimeout(total=REQUEST_SECONDS)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         async with session.get(base + path, headers={"Authorization": f"Bearer {TOKEN}"}) as response:
-            body = await response.json(content_type=None)
+            body = await response.json(content_type=None) if as_json else await response.text()
             return response.status, body, time.monotonic() - started
 
 
@@ -102,3 +105,30 @@ async def test_a_frozen_then_dead_redis_gives_prompt_503s_and_health_stays_up(ap
         assert code == 503 and body.get("error") == "redis_unavailable", (path, code, body)
         assert took < PROMPT_SECONDS, (path, took)
     assert (await ask(base, "/health"))[0] == 200
+
+
+async def test_the_console_answers_503_while_redis_is_frozen_and_serves_again_after(tmp_path: Path):
+    redis_server = start_redis(tmp_path)
+    settings = Settings(
+        _env_file=None,
+        redis_url=f"redis://127.0.0.1:{redis_server.port}/0",
+        api_token=TOKEN,
+        broker_url=f"kafka://127.0.0.1:{free_port()}",  # nothing there: the pages read Redis only
+    )
+    try:
+        async with serve_console(settings) as (base, _):
+            pages = ("/", "/fragments/queue", "/customers/C00001")
+            before = {page: await ask(base, page, as_json=False) for page in pages}
+            assert all(code in (200, 404) for code, _, _ in before.values()), before
+            redis_server.proc.send_signal(signal.SIGSTOP)
+            frozen = {page: await ask(base, page, as_json=False) for page in pages}
+            print("\n[console] redis frozen: " + ", ".join(f"{p} {s} in {t:.1f} s" for p, (s, _, t) in frozen.items()))
+            for page, (code, text, took) in frozen.items():
+                assert code == 503 and "redis unavailable" in str(text), (page, code, text)
+                assert took < PROMPT_SECONDS + 2, (page, took)  # the console's bound is 2 s
+            redis_server.proc.send_signal(signal.SIGCONT)
+            after = {page: (await ask(base, page, as_json=False))[0] for page in pages}
+            assert after == {page: code for page, (code, _, _) in before.items()}, after
+    finally:
+        redis_server.proc.send_signal(signal.SIGCONT)
+        redis_server.stop()
