@@ -43,6 +43,8 @@ import orjson
 
 from benchmarks.callgrind import REPO, timed_instructions
 
+#: partitions of the input topics and the state table (``--partitions``: a population's percentiles are summed over
+#: every partition's index, so a customer's ranking walks one tree per partition)
 PARTITIONS = 4
 TEMPLATE_CUSTOMERS = 2_000
 
@@ -284,6 +286,7 @@ def _callgrind(
 ) -> int:
     """Instructions of the timed batches, from a child process under callgrind."""
     args = ["--child", data_file, "--customers", str(size), "--scope", scope, "--warm", str(warm)]
+    args += ["--partitions", str(PARTITIONS)]
     if batch_events is not None:
         args += ["--batch", str(batch_events)]
     if backlog:
@@ -292,6 +295,7 @@ def _callgrind(
 
 
 def main(argv: list[str] | None = None) -> int:
+    global PARTITIONS
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--customers", default="5000,50000", help="population sizes, comma-separated")
     p.add_argument("--events", type=int, default=10_000, help="events per size (the first batches warm up)")
@@ -305,10 +309,12 @@ def main(argv: list[str] | None = None) -> int:
         help="as a worker behind its input: states kept decoded between batches, profiles the next batch renders "
         "again deferred to it (use with --scope full --batch 10000)",
     )
+    p.add_argument("--partitions", type=int, default=PARTITIONS, help="partitions of the topics and the table")
     p.add_argument("--callgrind", action="store_true", help="also count instructions under valgrind")
     p.add_argument("--profile", action="store_true", help="print a cProfile of the timed batches")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    PARTITIONS = args.partitions
     sizes = [int(s) for s in args.customers.split(",")]
     if args.child:
         with open(args.child, "rb") as f:
@@ -328,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     per_batch = args.batch or 500
     print(
         f"code: {code.stdout.strip()}  scope: {args.scope}  events per size: {args.events} (mix of four kinds), "
-        f"batches of {per_batch:,}"
+        f"batches of {per_batch:,}, {PARTITIONS} partitions"
     )
     try:
         for size in sizes:
