@@ -134,7 +134,8 @@ def redis_binary() -> str:
     return found
 
 
-def _wait_port(port: int, proc: subprocess.Popen, name: str, log: Path, timeout: float = START_TIMEOUT_SECONDS) -> None:
+def wait_port(port: int, proc: subprocess.Popen, name: str, log: Path, timeout: float = START_TIMEOUT_SECONDS) -> None:
+    """Until ``proc`` listens on ``port`` (RuntimeError naming ``log`` if it exits, or after ``timeout``)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -205,7 +206,7 @@ def start_tansu(log_dir: Path, port: int | None = None, own_group: bool = False)
         stdin=subprocess.DEVNULL,
         **_process_group(own_group),
     )
-    _wait_port(port, proc, "tansu", log)
+    wait_port(port, proc, "tansu", log)
     return Server("tansu", port, proc, log)
 
 
@@ -453,7 +454,7 @@ class KafkaBroker(Server):
     def wait_ready(self) -> None:
         """Until the broker listens and answers a metadata request; stopped and raised if it does not in time."""
         try:
-            _wait_port(self.port, self.proc, "kafka", self.log, KAFKA_START_TIMEOUT_SECONDS)
+            wait_port(self.port, self.proc, "kafka", self.log, KAFKA_START_TIMEOUT_SECONDS)
             deadline = time.monotonic() + KAFKA_START_TIMEOUT_SECONDS
             while not _metadata_ready(self.bootstrap):
                 if self.proc.poll() is not None:
@@ -550,7 +551,7 @@ def start_redis(log_dir: Path, port: int | None = None, own_group: bool = False)
         stdin=subprocess.DEVNULL,
         **_process_group(own_group),
     )
-    _wait_port(port, proc, "redis-server", log)
+    wait_port(port, proc, "redis-server", log)
     return Server("redis", port, proc, log)
 
 

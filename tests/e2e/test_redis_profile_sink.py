@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -25,7 +24,7 @@ from redis.asyncio import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from pulse.devstack import Server, free_port, redis_binary, start_redis, stop_process
+from pulse.devstack import Server, free_port, redis_binary, start_redis, stop_process, wait_port
 from pulse_config.settings import Settings
 from schemas.profile import CustomerProfile, RenderedProfile, render_profile
 from scoring.customer import assess_customer
@@ -200,17 +199,6 @@ async def test_redis_down_is_a_failure_not_an_exception(prefix: str):
         await sink.close()
 
 
-def wait_port(port: int, proc: subprocess.Popen, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"redis-server with a password did not listen on {port}")
-
-
 async def test_the_client_password_reaches_the_pooled_connection(tmp_path: Path, prefix: str):
     port = free_port()
     cmd = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
@@ -221,7 +209,7 @@ async def test_the_client_password_reaches_the_pooled_connection(tmp_path: Path,
         stdin=subprocess.DEVNULL,
     )
     try:
-        wait_port(port, proc)
+        wait_port(port, proc, "redis-server with a password", tmp_path / "redis.log")
         [profile] = rendered(1)
         with_password = RedisProfileSink(url(port), prefix, 0.2, client_kwargs={"password": PASSWORD, **NO_RETRY})
         without = RedisProfileSink(url(port), prefix, 0.2, client_kwargs=NO_RETRY)

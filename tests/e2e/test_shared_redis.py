@@ -12,10 +12,8 @@ no test ran one.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from datetime import UTC, datetime
@@ -26,7 +24,7 @@ import orjson
 import pytest
 import redis
 
-from pulse.devstack import free_port, redis_binary, stop_process
+from pulse.devstack import free_port, redis_binary, stop_process, wait_port
 from pulse.simulate import generate_events
 from streams.security import redis_client_kwargs
 from testing.reference import uninterrupted_profiles
@@ -39,8 +37,6 @@ pytestmark = pytest.mark.e2e
 
 #: the TLS Redis's admin password (a throwaway server per test)
 ADMIN_PASSWORD = "admin-of-the-test"
-#: seconds for redis-server to listen
-TLS_REDIS_START_SECONDS = 10.0
 
 
 def restricted_url(admin_url: str, prefix: str, client_kwargs: dict[str, Any]) -> str:
@@ -72,14 +68,7 @@ def start_tls_redis(folder: Path) -> tuple[subprocess.Popen, str, Path]:
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + TLS_REDIS_START_SECONDS
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    assert proc.poll() is None, (folder / "redis-tls.log").read_text()
+    wait_port(port, proc, "redis-server (TLS)", folder / "redis-tls.log")
     return proc, f"rediss://:{ADMIN_PASSWORD}@127.0.0.1:{port}/0", ca
 
 

@@ -206,6 +206,13 @@ def check_one_content_per_id(namespace, client: redis.Redis) -> None:
     assert not pending, pending
 
 
+def nothing_stays_pending(worker) -> bool:
+    """The worker's pending profiles drain to 0 (within 30 s). Not one scrape: after Redis is back, each sweep tick
+    re-renders a share of the profiles and submits them before its flush, so a scrape in between sees some (a fresh
+    clone's run of session 26 met 36 there, after every profile had converged)."""
+    return wait_until(lambda: scraped(worker.metrics_port)["pulse_redis_pending_profiles"] == 0, timeout=30)
+
+
 def scoring_goes_on(worker, before: dict[str, float], sent: int) -> Callable[[], bool]:
     """A check for ``wait_until``: the worker scored ``sent`` more events than at ``before`` (its scrape) while its
     Redis writes fail and its profiles wait."""
@@ -284,7 +291,7 @@ def test_redis_outage_processing_goes_on_and_redis_converges(namespace, start_wo
             differing_profiles=len(diffs),
         )
         assert converged, f"{len(diffs)} of {len(expected)} differ, e.g. {diffs[:2]}\n{worker.log_tail()}"
-        assert after["pulse_redis_pending_profiles"] == 0
+        assert nothing_stays_pending(worker), worker.log_tail()
         assert worker.alive()
     finally:
         server.stop()
@@ -505,7 +512,7 @@ def test_redis_full_scoring_goes_on_and_profiles_land_once_it_has_room(namespace
         converged = wait_until(lambda: not profile_diffs(s, expected), timeout=120)
         diffs = profile_diffs(s, expected)
         assert converged, f"{len(diffs)} of {len(expected)} differ, e.g. {diffs[:2]}\n{worker.log_tail()}"
-        assert scraped(worker.metrics_port)["pulse_redis_pending_profiles"] == 0
+        assert nothing_stays_pending(worker), worker.log_tail()
         log = worker.log.read_text(errors="replace")
         assert worker.alive() and log.count("[^Worker]: Ready") == 1
         # one warning per failed flush (every batch) is written once per PULSE_LOG_REPEAT_WINDOW_SECONDS

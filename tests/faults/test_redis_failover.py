@@ -30,7 +30,7 @@ from testing.reference import uninterrupted_profiles
 from testing.stack import produce, profile_diffs, scraped, send_stream, wait_until
 from testing.tcp_proxy import SwitchingProxy
 from tests.conftest import first_broker_only
-from tests.faults.test_crashes_and_outages import scored_events
+from tests.faults.test_crashes_and_outages import nothing_stays_pending, scored_events
 from tests.router_fixtures import alert_dict, start_file_router
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
@@ -103,7 +103,7 @@ def test_the_worker_writes_its_profiles_to_the_new_primary_after_a_failover(fail
     assert converged, f"{len(diffs)} differ, e.g. {diffs[:1]}\n{worker.log_tail()}"
     assert scored_events(failover.to_new, s.redis_key_prefix) == len(stream)
     # every write went through, the at-risk index's script with the profiles (nothing left to retry)
-    assert wait_until(lambda: scraped(worker.metrics_port)["pulse_redis_pending_profiles"] == 0, timeout=30)
+    assert nothing_stays_pending(worker), worker.log_tail()
     assert worker.alive()
 
 
