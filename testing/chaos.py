@@ -104,6 +104,11 @@ def applied_per_customer(client: redis.Redis, prefix: str) -> dict[str, int]:
     return {key.rsplit(":", 1)[1]: int(v or 0) for key, v in zip(keys, values, strict=True)}
 
 
+def scored_events(client: redis.Redis, prefix: str) -> int:
+    """Events applied over every profile in Redis (the sum of :func:`applied_per_customer`)."""
+    return sum(applied_per_customer(client, prefix).values())
+
+
 @dataclass
 class Counts:
     applied: int = 0

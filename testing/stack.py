@@ -445,6 +445,13 @@ def scraped(port: int) -> dict[str, float]:
 HISTORY_END = datetime(2026, 6, 1, tzinfo=UTC)
 
 
+def nothing_stays_pending(worker: Worker) -> bool:
+    """The worker's pending profiles drain to 0 (within 30 s). Not one scrape: after Redis is back, each sweep tick
+    re-renders a share of the profiles and submits them before its flush, so a scrape in between sees some (a fresh
+    clone's run of session 26 met 36 there, after every profile had converged)."""
+    return wait_until(lambda: scraped(worker.metrics_port)["pulse_redis_pending_profiles"] == 0, timeout=30)
+
+
 def history(
     customers: int, seed: int, days: int = 365
 ) -> tuple[list[tuple[str, dict]], list[tuple[str, bytes, bytes]]]:

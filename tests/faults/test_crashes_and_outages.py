@@ -32,7 +32,7 @@ from scoring.customer import CustomerState
 from streams.codec import decode_state
 from streams.ownership import latest_states
 from streams.sinks.redis_profiles import profile_key, vip_key
-from testing.chaos import Fleet, hostile_order
+from testing.chaos import Fleet, hostile_order, scored_events
 from testing.reference import uninterrupted_profiles
 from testing.stack import (
     CONVERGE_SECONDS,
@@ -40,6 +40,7 @@ from testing.stack import (
     applied_events,
     consume,
     history,
+    nothing_stays_pending,
     profile_diffs,
     scraped,
     send_stream,
@@ -52,14 +53,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 SEED = int(os.environ.get("PULSE_FAULT_SEED", "20261123"))
 KILLS = int(os.environ.get("PULSE_FAULT_KILLS", "10"))
 OUTAGE_SECONDS = float(os.environ.get("PULSE_FAULT_REDIS_OUTAGE_SECONDS", "10"))
-
-
-def scored_events(client: redis.Redis, prefix: str) -> int:
-    keys = list(client.scan_iter(f"{prefix}profile:*", count=1000))
-    with client.pipeline(transaction=False) as pipe:
-        for key in keys:
-            pipe.hget(key, "events_total")
-        return sum(int(v or 0) for v in pipe.execute())
 
 
 def report(name: str, **numbers: int) -> None:
@@ -204,13 +197,6 @@ def check_one_content_per_id(namespace, client: redis.Redis) -> None:
     assert not wrong_vip_ids, wrong_vip_ids
     assert not vip_disagree, vip_disagree
     assert not pending, pending
-
-
-def nothing_stays_pending(worker) -> bool:
-    """The worker's pending profiles drain to 0 (within 30 s). Not one scrape: after Redis is back, each sweep tick
-    re-renders a share of the profiles and submits them before its flush, so a scrape in between sees some (a fresh
-    clone's run of session 26 met 36 there, after every profile had converged)."""
-    return wait_until(lambda: scraped(worker.metrics_port)["pulse_redis_pending_profiles"] == 0, timeout=30)
 
 
 def scoring_goes_on(worker, before: dict[str, float], sent: int) -> Callable[[], bool]:

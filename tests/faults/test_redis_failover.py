@@ -26,11 +26,11 @@ import redis
 from pulse.devstack import Server, start_redis, stop_process
 from pulse.simulate import generate_events
 from streams.router.service import dedup_key
+from testing.chaos import scored_events
 from testing.reference import uninterrupted_profiles
-from testing.stack import produce, profile_diffs, scraped, send_stream, wait_until
+from testing.stack import nothing_stays_pending, produce, profile_diffs, scraped, send_stream, wait_until
 from testing.tcp_proxy import SwitchingProxy
 from tests.conftest import first_broker_only
-from tests.faults.test_crashes_and_outages import nothing_stays_pending, scored_events
 from tests.router_fixtures import alert_dict, start_file_router
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
