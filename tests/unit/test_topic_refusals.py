@@ -13,7 +13,8 @@ from aiokafka.admin import NewTopic
 from aiokafka.errors import NotControllerError, RequestTimedOutError
 
 from pulse_config.settings import Settings
-from streams.admin import TopicsRefused, acls, create_topics, router_topics, worker_topics
+from streams import admin
+from streams.admin import TopicsRefused, _listed, acls, create_topics, router_topics, worker_topics
 
 
 class FakeAdmin:
@@ -92,3 +93,53 @@ def test_pulse_topics_acls_for_the_console_cover_the_population_topic_and_its_gr
     assert shlex.split(group)[-2:] == ["--group", "cp-console"]
     custom = acls(settings(app_id="cp", console_group_id="desk"), "User:console", "b:9092", role="console")
     assert shlex.split(custom[-1])[-2:] == ["--group", "desk"]
+
+
+class NodesAdmin:
+    """An admin client whose DescribeTopics answers come in turn, as the nodes of a cluster answer from their own
+    metadata caches: one call's answer per list, each topic absent from it unknown (error 3, no partitions)."""
+
+    def __init__(self, answers: list[dict[str, dict]]) -> None:
+        self.answers = answers
+        self.asked: list[list[str]] = []
+
+    async def describe_topics(self, topics: list[str]) -> list[dict]:
+        self.asked.append(list(topics))
+        answer = self.answers[min(len(self.asked), len(self.answers)) - 1]
+        unknown = {"error_code": 3, "partitions": []}
+        return [{"topic": t, **answer.get(t, unknown)} for t in topics]
+
+
+def described(partitions: int, leader: int = 1) -> dict:
+    return {"error_code": 0, "partitions": [{"partition": p, "leader": leader} for p in range(partitions)]}
+
+
+def test_a_topic_one_node_lists_and_the_next_does_not_know_yet_is_waited_for(monkeypatch):
+    # a fresh three-node cluster (session 27): the node asked second had not yet heard of "surveys"
+    monkeypatch.setattr(admin, "METADATA_POLL_SECONDS", 0.0)
+    nodes = NodesAdmin([{"orders": described(4)}, {}, {"surveys": described(4)}])
+    listed = asyncio.run(_listed(nodes, settings(), ["orders", "surveys"], led=set()))  # type: ignore[arg-type]
+    assert [(m["topic"], len(m["partitions"])) for m in listed] == [("orders", 4), ("surveys", 4)]
+    assert nodes.asked == [["orders", "surveys"], ["surveys"], ["surveys"]]
+
+
+def test_a_created_topic_waits_for_its_leaders_one_that_existed_does_not(monkeypatch):
+    monkeypatch.setattr(admin, "METADATA_POLL_SECONDS", 0.0)
+    nodes = NodesAdmin([{"new": described(4, leader=-1), "old": described(4, leader=-1)}, {"new": described(4)}])
+    listed = asyncio.run(_listed(nodes, settings(), ["new", "old"], led={"new"}))  # type: ignore[arg-type]
+    assert [m["topic"] for m in listed] == ["new", "old"] and len(nodes.asked) == 2
+
+
+def test_a_topic_never_listed_is_said_by_name(monkeypatch):
+    monkeypatch.setattr(admin, "METADATA_POLL_SECONDS", 0.0)
+    monkeypatch.setattr(admin, "METADATA_WAIT_SECONDS", 0.05)
+    nodes = NodesAdmin([{"orders": described(4)}])
+    with pytest.raises(RuntimeError, match=r"not in the broker's metadata after 0.05 s: \['surveys'\]"):
+        asyncio.run(_listed(nodes, settings(), ["orders", "surveys"], led=set()))  # type: ignore[arg-type]
+
+
+def test_a_topic_the_principal_may_not_describe_is_refused_at_once():
+    nodes = NodesAdmin([{"orders": described(4), "surveys": {"error_code": 29, "partitions": []}}])
+    with pytest.raises(TopicsRefused, match="surveys"):
+        asyncio.run(_listed(nodes, settings(), ["orders", "surveys"], led=set()))  # type: ignore[arg-type]
+    assert len(nodes.asked) == 1
