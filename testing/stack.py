@@ -145,24 +145,27 @@ class Worker:
         """Its stop outlasted ``PULSE_STOP_TIMEOUT_SECONDS`` and it exited anyway (streams.worker): a stop that hung."""
         return STOP_TIMED_OUT in self.log.read_text(errors="replace")
 
-    def digest(self, lines: int = 30, width: int = 400) -> str:
+    def digest(self, first: int = 8, last: int = 22, width: int = 400) -> str:
         """What a failure message should start with (CI keeps the start of a long one): alive or its exit status;
         the clock gauges, batch count and CPU seconds, scraped twice 2 s apart (do batches still run? does it
-        spin?); its warning and error lines (each once, the first ``lines``, cut at ``width``), skipping the
-        start-up tables that fill a log tail; and, if it runs, every thread's stack (SIGQUIT: streams.worker)."""
+        spin?); its warning and error lines (each once: the ``first`` and the ``last``, cut at ``width``), skipping
+        the start-up tables that fill a log tail; and, if it runs, the main thread's stack (SIGQUIT:
+        streams.worker). The last lines say what a stuck worker still does; a CI log once showed only the first
+        30 of 86, all from before the fault (session 27)."""
         status = "running" if self.alive() else f"exited {self.proc.returncode}"
         # twice, two seconds apart: do batches still run (checkpoint count), does it spin (CPU seconds)?
-        first = self._scrape()
+        first_scrape = self._scrape()
         time.sleep(2.0)
-        gauges = f"{first}\n  2 s later: {self._scrape()}"
+        gauges = f"{first_scrape}\n  2 s later: {self._scrape()}"
         dump: list[str] = []
         if self.alive():
-            # every thread's stack (streams.worker registers faulthandler on SIGQUIT): where a stuck loop waits
+            # the main thread's stack (streams.worker registers faulthandler on SIGQUIT): a loop blocked in a call
             before = len(self.log.read_text(errors="replace").splitlines())
             self.proc.send_signal(signal.SIGQUIT)
             time.sleep(1.0)
             dump = [line[:width] for line in self.log.read_text(errors="replace").splitlines()[before:]]
-            dump = [line for line in dump if line.startswith(("Thread 0x", "Current thread", "  File"))][:80]
+            main = next((i for i, line in enumerate(dump) if line.startswith("Current thread")), len(dump))
+            dump = [line for line in dump[main:] if line.startswith(("Current thread", "  File"))][:25]
         seen: set[str] = set()
         picked = []
         for line in self.log.read_text(errors="replace").splitlines():
@@ -171,8 +174,9 @@ class Worker:
                 if text not in seen:
                     seen.add(text)
                     picked.append(line[:width])
-        shown = picked[:lines] + ([f"... {len(picked) - lines} more"] if len(picked) > lines else [])
-        return "\n".join([f"{status}; {gauges}", *shown, *(["threads:", *dump] if dump else [])])
+        if len(picked) > first + last:
+            picked = [*picked[:first], f"... {len(picked) - first - last} more", *picked[-last:]]
+        return "\n".join([f"{status}; {gauges}", *picked, *(["main thread:", *dump] if dump else [])])
 
     def _scrape(self) -> str:
         wanted = (

@@ -165,7 +165,7 @@ def test_a_lost_node_of_three_loses_nothing(cluster, devstack, tmp_path):
             f"\n[faults] a node of {NODES} lost for {down_seconds:.0f} s: events {len(stream)}, worker exits "
             f"{fleet.unplanned}, differing profiles {len(diffs)}"
         )
-        assert settled, f"{fleet.digests()}\n{len(diffs)} of {len(expected)} differ, e.g. {diffs[:2]}"
+        assert settled, f"{len(diffs)} of {len(expected)} differ, e.g. {diffs[:2]}\n{fleet.digests()}"
         assert all(rc == 75 for _, rc in fleet.unplanned), (fleet.unplanned, fleet.digests())
         assert all(worker.alive() for worker in fleet.slots.values()), fleet.digests()
     finally:
