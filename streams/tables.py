@@ -19,12 +19,14 @@ from faust.stores import memory as memory_store
 from faust.stores import rocksdb as rocksdb_store
 from faust.streams import _current_event
 from faust.tables import TableManager
-from faust.tables.recovery import Recovery
+from faust.tables.recovery import RebalanceAgain, Recovery, ServiceStopped
 from faust.types import TP, EventT
 from faust.types.tuples import RecordMetadata
+from mode.utils.times import Seconds, want_seconds
 
 from pulse_config.settings import Settings
 from streams import metrics
+from streams.fail_stop import fail_stop
 from streams.ownership import (
     END_MARKER_KEY,
     META_KEY,
@@ -38,6 +40,7 @@ from streams.ownership import (
     stale_keys,
 )
 from streams.security import kafka_client_kwargs
+from streams.watchdog import awaiting
 
 log = logging.getLogger(__name__)
 
@@ -549,6 +552,43 @@ class BulkRecovery(Recovery):
 
     #: read in bulk (PULSE_RECOVERY_BULK_READ); off: Faust reads everything, through the same epoch filter
     bulk: bool = True
+
+    #: called with why when a recovery step outlives its timeout (a class attribute: tests replace it)
+    on_step_timeout: Callable[[str], Any] = staticmethod(fail_stop)
+
+    async def _wait(self, coro: Any, timeout: Seconds | None = None) -> None:
+        """Faust's ``Recovery._wait``: await one step of the recovery, or raise ``RebalanceAgain`` if a new
+        rebalance starts first; and, unlike upstream, a step that outlives ``timeout`` fail-stops the worker.
+
+        Why: upstream's ``wait_first`` reports a timeout as the service stopped, and ``_restart_recovery`` then
+        leaves its loop for good ("service was stopped", at debug level). The worker keeps its partitions with
+        its flow suspended and reads nothing more, for ever, with no warning: a CI run of
+        tests/faults/test_replicated_kafka.py saw a worker idle for 180 s after the group's coordinator was
+        killed during its recovery (session 27). The steps with a timeout (the offsets and highwaters read before
+        the changelogs, the seek to the committed offsets) are broker requests bounded by
+        ``broker_request_timeout``; one that outlives it waits on something that will not come. The fail-stop
+        logs the chain of awaits the step is suspended in; the supervisor's next worker recovers from the
+        changelog, and nothing was committed meanwhile."""
+        step = asyncio.ensure_future(coro if isinstance(coro, Awaitable) else coro.wait())
+        try:
+            # shielded: wait_first cancels what did not finish, and the chain of a step that timed out is wanted
+            result = await self.wait_first(asyncio.shield(step), self.signal_recovery_start, timeout=timeout)  # type: ignore[arg-type]
+        except BaseException:
+            step.cancel()
+            raise
+        if step.done():
+            step.result()  # its exception, if it raised one
+        if result.stopped:
+            if not step.done() and not self.should_stop and timeout is not None:
+                chain = awaiting(step)
+                step.cancel()
+                limit = want_seconds(timeout)
+                self.on_step_timeout(f"a recovery step outlived broker_request_timeout ({limit:g} s): {chain}")
+            step.cancel()
+            raise ServiceStopped()
+        if self.signal_recovery_start in result.done:
+            step.cancel()
+            raise RebalanceAgain()
 
     async def _resume_streams(self, generation_id: int = 0) -> None:
         """Nothing left to read (no recovery needed): the partitions' views are complete, so the seek that follows

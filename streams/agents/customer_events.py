@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import sys
 import time
 from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any, cast
@@ -32,6 +30,7 @@ from faust.types import TP, EventT, StreamT
 from streams import batch_input, offsets
 from streams.admin import PARTITIONS_ADDED_HINT
 from streams.checkpoint import Checkpoint
+from streams.fail_stop import fail_stop
 from streams.partitioning import partitioner
 from streams.processor import BatchProcessor
 from streams.publish import BatchPublisher
@@ -47,15 +46,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Exit status of a worker whose checkpoint could not complete (EX_TEMPFAIL).
-EXIT_CHECKPOINT_FAILED = 75
-
-
-def _fail_stop(why: str, exc: BaseException | None = None) -> None:
-    log.critical("exiting without commit (status %d): %s", EXIT_CHECKPOINT_FAILED, why, exc_info=exc)
-    logging.shutdown()
-    sys.stderr.flush()
-    os._exit(EXIT_CHECKPOINT_FAILED)
+#: every fail-stop of the agent goes through this name (tests replace it)
+_fail_stop = fail_stop
 
 
 def _render_process_died(why: str) -> None:

@@ -20,8 +20,8 @@ from pulse.devstack import Server, start_redis
 from pulse_config.settings import Settings
 from schemas.profile import render_profile
 from scoring.customer import assess_customer
-from streams.agents.customer_events import EXIT_CHECKPOINT_FAILED
 from streams.codec import encode_state
+from streams.fail_stop import EXIT_FAIL_STOP
 from streams.render_process import RenderProcess
 from streams.sinks.redis_profiles import RedisProfileSink
 from testing.stack import wait_until
@@ -107,5 +107,5 @@ def test_a_worker_whose_render_process_dies_exits_with_a_clear_line(start_worker
     assert wait_until(lambda: "Worker ready" in worker.log.read_text() or not worker.alive()), worker.log_tail()
     os.kill(int(match.group(1)), signal.SIGKILL)
     assert wait_until(lambda: not worker.alive()), worker.log_tail()
-    assert worker.proc.returncode == EXIT_CHECKPOINT_FAILED, worker.log_tail()
+    assert worker.proc.returncode == EXIT_FAIL_STOP, worker.log_tail()
     assert "the profile render process exited (exit code -9" in worker.log.read_text(), worker.log_tail()
