@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -126,6 +127,16 @@ def make_namespace(stack_env: dict[str, str], tmp_path: Path, partitions: int = 
     return Namespace(env, settings, tmp_path)
 
 
+#: info lines of a worker's log that say where its group membership and table recovery stand (``Worker.digest``)
+GROUP_STEP_MARKERS = (
+    "Joined group",
+    "Discovered coordinator",
+    "generation id",
+    "Recovery]: ",
+    "Revoking previously",
+)
+
+
 @dataclass
 class Worker:
     proc: subprocess.Popen
@@ -145,7 +156,7 @@ class Worker:
         """Its stop outlasted ``PULSE_STOP_TIMEOUT_SECONDS`` and it exited anyway (streams.worker): a stop that hung."""
         return STOP_TIMED_OUT in self.log.read_text(errors="replace")
 
-    def digest(self, first: int = 8, last: int = 22, width: int = 400) -> str:
+    def digest(self, first: int = 8, last: int = 22, width: int = 400, group_lines: int = 8) -> str:
         """What a failure message should start with (CI keeps the start of a long one): alive or its exit status;
         the clock gauges, batch count and CPU seconds, scraped twice 2 s apart (do batches still run? does it
         spin?); its warning and error lines (each once: the ``first`` and the ``last``, cut at ``width``), skipping
@@ -170,13 +181,23 @@ class Worker:
         picked = []
         for line in self.log.read_text(errors="replace").splitlines():
             if " [WARNING] " in line or " [ERROR] " in line or " [CRITICAL] " in line:
-                text = line.split("] ", 3)[-1][:width]
+                # one line per kind: the same warning for another partition or offset is not news
+                text = re.sub(r"\d+", "#", line.split("] ", 3)[-1][:width])
                 if text not in seen:
                     seen.add(text)
                     picked.append(line[:width])
         if len(picked) > first + last:
             picked = [*picked[:first], f"... {len(picked) - first - last} more", *picked[-last:]]
-        return "\n".join([f"{status}; {gauges}", *picked, *(["main thread:", *dump] if dump else [])])
+        # where its group membership and table recovery stand (info lines): which step a worker that stopped
+        # reading is in
+        steps = [
+            line[:width]
+            for line in self.log.read_text(errors="replace").splitlines()
+            if " [INFO] " in line and any(marker in line for marker in GROUP_STEP_MARKERS)
+        ][-group_lines:]
+        return "\n".join(
+            [f"{status}; {gauges}", *picked, "group and recovery:", *steps, *(["main thread:", *dump] if dump else [])]
+        )
 
     def _scrape(self) -> str:
         wanted = (
