@@ -16,11 +16,12 @@ import ast
 import functools
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from pulse.devstack import BROKERS, KAFKA_VERSION, DevStack, kafka_available
+from pulse.devstack import BROKERS, KAFKA_VERSION, DevStack, kafka_available, start_redis
 from testing.stack import STOP_SECONDS, TEST_KAFKA_JVM_OPTIONS, Namespace, Worker, WorkerPool, make_namespace
 
 #: The brokers the e2e and faults tests run on; narrow it for a local run, e.g. PULSE_TEST_BROKERS=tansu.
@@ -80,6 +81,10 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | 
     long (session 17: Tansu 690 / 690 s, Kafka 602 / 667 s, the suite 11:56; when the lanes were the two folders,
     Tansu's e2e lane took 821 s of a 14:03 suite, its faults lane 464 s).
 
+    The modules that start Kafka brokers of their own (``own_kafka_redis``) are files, not in a Kafka lane, and
+    the e2e and faults files are handed out before the quick ones: in session 26 the Kafka lanes, with those
+    modules (~300 s), were the longest (748 and 779 s of a 13:27 suite, the others 615-732 s).
+
     Session fixtures live per xdist worker process, so each of those groups starts its broker once, on
     a worker that needs it, and the groups (which mostly wait on workers, brokers and convergence) run
     side by side; a file's tests stay together so a module fixture (the installed wheel, the deploy
@@ -103,7 +108,11 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | 
             return f"broker-{broker}-{lane}"
 
         def _assign_work_unit(self, node: object) -> None:
-            for scope in [scope for scope in self.workqueue if scope.startswith("broker-")][::-1]:
+            # the longest first: the broker groups, then the e2e and faults files (a Kafka cluster of their own,
+            # the deploy topology, the installed wheel: 40-180 s each), then the rest (seconds each), which fill
+            # the lanes' ends. xdist's own order (most tests first) handed the long files out last (session 27)
+            slow = [scope for scope in self.workqueue if scope.startswith(("tests/e2e/", "tests/faults/"))]
+            for scope in [*[scope for scope in self.workqueue if scope.startswith("broker-")], *slow][::-1]:
                 self.workqueue.move_to_end(scope, last=False)
             super()._assign_work_unit(node)
 
@@ -153,6 +162,32 @@ def devstack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     )
     yield stack
     stack.close()
+
+
+@dataclass(frozen=True)
+class OwnKafkaRedis:
+    """The redis-server of the tests that start Apache Kafka brokers of their own."""
+
+    url: str
+
+
+@pytest.fixture(scope="session")
+def own_kafka_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnKafkaRedis]:
+    """For the modules that start Kafka brokers of their own (SASL and ACLs, a replicated cluster): a skip unless
+    Kafka is among ``PULSE_TEST_BROKERS`` (under CI=true, a Kafka that cannot start fails, as in ``devstack``),
+    and a redis-server. They use no shared broker, so their ids name none and the scheduler runs them as files
+    beside the broker lanes; inside the Kafka lanes they made those the suite's longest (session 27)."""
+    if "kafka" not in TEST_BROKERS:
+        pytest.skip("Apache Kafka is not among PULSE_TEST_BROKERS")
+    if (reason := kafka_available()) is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true runs the tests on Apache Kafka too, but it cannot start here: {reason}")
+        pytest.skip(f"Apache Kafka: {reason}")
+    server = start_redis(tmp_path_factory.mktemp("own-kafka-redis"))
+    try:
+        yield OwnKafkaRedis(f"redis://127.0.0.1:{server.port}/0")
+    finally:
+        server.stop()
 
 
 def on_broker(devstack: DevStack, *names: str) -> bool:

@@ -44,7 +44,6 @@ from testing.stack import (
     start_pulse,
     wait_until,
 )
-from tests.conftest import on_broker
 from tests.router_fixtures import alert_dict, start_file_router
 
 pytestmark = pytest.mark.e2e
@@ -82,10 +81,8 @@ public class Acls {
 
 
 @pytest.fixture(scope="module")
-def acl_kafka(devstack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KafkaBroker, int]]:
+def acl_kafka(own_kafka_redis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KafkaBroker, int]]:
     """A Kafka broker of its own that enforces ACLs; yields it and the port of its SASL_PLAINTEXT listener."""
-    if not on_broker(devstack, "kafka"):
-        pytest.skip("ACLs are an Apache Kafka configuration here (its authorizer); Tansu has none")
     home = tmp_path_factory.mktemp("acl-kafka")
     port, controller, sasl = free_port(), free_port(), free_port()
     props = {
@@ -153,10 +150,10 @@ def admin_topics(broker: KafkaBroker, namespace, role: str = "worker") -> list[s
     return [line for line in done.stdout.splitlines() if line.startswith("kafka-acls.sh")]
 
 
-def worker_env(devstack, sasl_port: int) -> dict[str, str]:
+def worker_env(own_kafka_redis, sasl_port: int) -> dict[str, str]:
     return {
         "PULSE_BROKER_URL": f"kafka://127.0.0.1:{sasl_port}",
-        "PULSE_REDIS_URL": devstack.redis_url,
+        "PULSE_REDIS_URL": own_kafka_redis.url,
         "PULSE_BROKER_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
         "PULSE_BROKER_SASL_MECHANISM": "PLAIN",
         "PULSE_BROKER_SASL_USERNAME": USER,
@@ -169,9 +166,9 @@ def send_orders(broker: KafkaBroker, settings, orders: list[dict]) -> None:
     produce(broker.bootstrap, settings.topic_orders, [(o["customer_id"].encode(), orjson.dumps(o)) for o in orders])
 
 
-def test_a_worker_with_the_least_permissions_scores_restarts_and_recovers(acl_kafka, devstack, tmp_path):
+def test_a_worker_with_the_least_permissions_scores_restarts_and_recovers(acl_kafka, own_kafka_redis, tmp_path):
     broker, sasl_port = acl_kafka
-    namespace = make_namespace(worker_env(devstack, sasl_port), tmp_path, create=False)
+    namespace = make_namespace(worker_env(own_kafka_redis, sasl_port), tmp_path, create=False)
     settings = namespace.settings
     lines = admin_topics(broker, namespace)
     assert any(f"--group {settings.app_id}" in line for line in lines), lines
@@ -205,11 +202,11 @@ def test_a_worker_with_the_least_permissions_scores_restarts_and_recovers(acl_ka
     ],
     ids=["no-acls", "no-group-acl"],
 )
-def test_a_missing_acl_stops_the_start_with_one_clear_line(acl_kafka, devstack, tmp_path, withheld, said):
+def test_a_missing_acl_stops_the_start_with_one_clear_line(acl_kafka, own_kafka_redis, tmp_path, withheld, said):
     """Topics the principal may not see (so not create either), or a group it may not use: before, the first
     waited 30 s and crashed with a traceback, the second hung silent after "Subscribed to topic(s)"."""
     broker, sasl_port = acl_kafka
-    namespace = make_namespace(worker_env(devstack, sasl_port), tmp_path, create=False)
+    namespace = make_namespace(worker_env(own_kafka_redis, sasl_port), tmp_path, create=False)
     lines = admin_topics(broker, namespace)
     if withheld == "the group":
         grant(broker, [line for line in lines if "--group" not in line])
@@ -225,11 +222,11 @@ def test_a_missing_acl_stops_the_start_with_one_clear_line(acl_kafka, devstack, 
         pool.stop_all()
 
 
-def restricted(acl_kafka, devstack, tmp_path: Path, role: str, group_acl: bool):
+def restricted(acl_kafka, own_kafka_redis, tmp_path: Path, role: str, group_acl: bool):
     """A namespace whose topics ``pulse topics`` made, and the ACLs of ``role`` granted (without its group's unless
     ``group_acl``): (the broker, the namespace)."""
     broker, sasl_port = acl_kafka
-    namespace = make_namespace(worker_env(devstack, sasl_port), tmp_path, create=False)
+    namespace = make_namespace(worker_env(own_kafka_redis, sasl_port), tmp_path, create=False)
     namespace.env["PULSE_TOPIC_DELIVERY_DEAD_LETTERS"] = namespace.settings.topic_retention_alerts + "-deliveries-dlq"
     lines = admin_topics(broker, namespace, role=role)
     grant(broker, [line for line in lines if group_acl or "--group" not in line])
@@ -253,12 +250,12 @@ def send_alerts(broker: KafkaBroker, settings, n: int = 5) -> list[dict]:
 
 @pytest.mark.parametrize("group_acl", [True, False], ids=["least-permissions", "no-group-acl"])
 def test_the_router_with_the_least_permissions_delivers_or_says_what_is_missing(
-    acl_kafka, devstack, tmp_path, group_acl
+    acl_kafka, own_kafka_redis, tmp_path, group_acl
 ):
     """``pulse topics --acls --role router``'s lines are all the router needs to deliver; without its group's,
     it stops in one line (exit 2, as every ``pulse`` command's configuration error; nothing checked it at its
     start before)."""
-    broker, namespace = restricted(acl_kafka, devstack, tmp_path, "router", group_acl)
+    broker, namespace = restricted(acl_kafka, own_kafka_redis, tmp_path, "router", group_acl)
     router, log, deliveries = start_file_router(namespace, tmp_path)
     try:
         if not group_acl:
@@ -291,12 +288,12 @@ def console_alerts_applied(port: int) -> float:
 
 @pytest.mark.parametrize("group_acl", [True, False], ids=["least-permissions", "no-group-acl"])
 def test_the_console_with_the_least_permissions_reads_alerts_or_says_what_is_missing(
-    acl_kafka, devstack, tmp_path, group_acl
+    acl_kafka, own_kafka_redis, tmp_path, group_acl
 ):
     """``pulse topics --acls --role console``'s lines (the router's topics and the population topic) are all the
     console needs to record the alerts it reads, and ``pulse alerts`` to print them; without its group's the console
     stops in one line (exit 2)."""
-    broker, namespace = restricted(acl_kafka, devstack, tmp_path, "console", group_acl)
+    broker, namespace = restricted(acl_kafka, own_kafka_redis, tmp_path, "console", group_acl)
     port, log = free_port(), tmp_path / "console.log"
     env = {**os.environ, **namespace.env, "PULSE_CONSOLE_PORT": str(port), "PULSE_API_TOKEN": "t0ken-for-the-test"}
     console = start_pulse(["console"], env, log)

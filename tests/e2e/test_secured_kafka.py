@@ -30,7 +30,6 @@ from streams.security import kafka_client_kwargs
 from streams.startup import EXIT_CONFIG
 from testing.reference import batch_order_profiles
 from testing.stack import TEST_KAFKA_JVM_OPTIONS, WorkerPool, make_namespace, profile_diffs, wait_until
-from tests.conftest import on_broker
 
 pytestmark = pytest.mark.e2e
 
@@ -78,12 +77,10 @@ def make_certificates(folder: Path) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def sasl_kafka(
-    devstack, tmp_path_factory: pytest.TempPathFactory
+    own_kafka_redis, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[KafkaBroker, dict[str, int], Path]]:
     """A Kafka broker of its own, for this module's tests, with SASL_PLAINTEXT and SASL_SSL listeners (PLAIN and
     SCRAM-SHA-512 on each) beside PLAINTEXT; yields it, the port per protocol and the CA file."""
-    if not on_broker(devstack, "kafka"):
-        pytest.skip("the SASL listeners here are an Apache Kafka configuration (its JAAS lines, its SCRAM tool)")
     home = tmp_path_factory.mktemp("sasl-kafka")
     ca, keystore = make_certificates(home)
     port, controller = free_port(), free_port()
@@ -139,12 +136,12 @@ def sasl_kafka(
         broker.remove_data()
 
 
-def sasl_env(devstack, sasl_kafka, protocol: str, mechanism: str) -> dict[str, str]:
+def sasl_env(own_kafka_redis, sasl_kafka, protocol: str, mechanism: str) -> dict[str, str]:
     _, ports, ca = sasl_kafka
     if protocol == "SSL":  # mutual TLS: the client certificate is the credential
         return {
             "PULSE_BROKER_URL": f"kafka://127.0.0.1:{ports[protocol]}",
-            "PULSE_REDIS_URL": devstack.redis_url,
+            "PULSE_REDIS_URL": own_kafka_redis.url,
             "PULSE_BROKER_SECURITY_PROTOCOL": "SSL",
             "PULSE_BROKER_SSL_CAFILE": str(ca),
             "PULSE_BROKER_SSL_CERTFILE": str(ca.parent / "client.pem"),
@@ -152,7 +149,7 @@ def sasl_env(devstack, sasl_kafka, protocol: str, mechanism: str) -> dict[str, s
         }
     return {
         "PULSE_BROKER_URL": f"kafka://127.0.0.1:{ports[protocol]}",
-        "PULSE_REDIS_URL": devstack.redis_url,
+        "PULSE_REDIS_URL": own_kafka_redis.url,
         "PULSE_BROKER_SECURITY_PROTOCOL": protocol,
         "PULSE_BROKER_SASL_MECHANISM": mechanism,
         "PULSE_BROKER_SASL_USERNAME": USER,
@@ -180,8 +177,8 @@ def produce_authenticated(settings, orders: list[dict]) -> None:
     [("SASL_PLAINTEXT", "PLAIN"), ("SASL_SSL", "SCRAM-SHA-512"), ("SSL", "client-certificate")],
     ids=["plain", "scram-tls", "mutual-tls"],
 )
-def test_a_worker_scores_through_a_sasl_listener(sasl_kafka, devstack, tmp_path, protocol, mechanism):
-    env = sasl_env(devstack, sasl_kafka, protocol, mechanism)
+def test_a_worker_scores_through_a_sasl_listener(sasl_kafka, own_kafka_redis, tmp_path, protocol, mechanism):
+    env = sasl_env(own_kafka_redis, sasl_kafka, protocol, mechanism)
     namespace = make_namespace(env, tmp_path)  # creates the topics: the admin client authenticates too
     settings = namespace.settings
     pool = WorkerPool(namespace)
@@ -224,12 +221,14 @@ NO_CLIENT_CERTIFICATE = "refused the TLS handshake without a client certificate"
     ],
     ids=["password", "mechanism", "untrusted-certificate", "no-client-certificate", "unknown-client-certificate"],
 )
-def test_refused_credentials_stop_the_start_with_one_clear_line(sasl_kafka, devstack, tmp_path, protocol, change, said):
+def test_refused_credentials_stop_the_start_with_one_clear_line(
+    sasl_kafka, own_kafka_redis, tmp_path, protocol, change, said
+):
     """A wrong password, a mechanism the listener does not offer, or a broker certificate the worker cannot check
     (no CA file: the system CAs do not know the test's CA). Until session 23 aiokafka's bootstrap took each for
     an unreachable broker: the worker logged `waiting for the broker ... Unable to bootstrap` and retried for as
     long as PULSE_STARTUP_WAIT_SECONDS allows (forever by default)."""
-    namespace = make_namespace(sasl_env(devstack, sasl_kafka, protocol, "PLAIN"), tmp_path)
+    namespace = make_namespace(sasl_env(own_kafka_redis, sasl_kafka, protocol, "PLAIN"), tmp_path)
     pool = WorkerPool(namespace)
     try:
         certs = str(sasl_kafka[2].parent)

@@ -37,7 +37,6 @@ from testing.stack import (
     send_stream,
     wait_until,
 )
-from tests.conftest import on_broker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 
@@ -51,10 +50,8 @@ TOPIC_TRIES = 30
 
 
 @pytest.fixture(scope="module")
-def cluster(devstack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[KafkaBroker]]:
+def cluster(own_kafka_redis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[KafkaBroker]]:
     """Three combined broker/controller nodes of one KRaft cluster."""
-    if not on_broker(devstack, "kafka"):
-        pytest.skip("Tansu here is one process: no cluster loses a node")
     ports = [(free_port(), free_port()) for _ in range(NODES)]
     voters = ",".join(f"{n + 1}@127.0.0.1:{controller}" for n, (_, controller) in enumerate(ports))
     cluster_id = _random_cluster_id()
@@ -118,11 +115,11 @@ def coordinator_of(bootstrap: str, group: str) -> int:
     return asyncio.run(asyncio.wait_for(ask(), 30))
 
 
-def test_a_lost_node_of_three_loses_nothing(cluster, devstack, tmp_path):
+def test_a_lost_node_of_three_loses_nothing(cluster, own_kafka_redis, tmp_path):
     bootstrap = ",".join(node.bootstrap for node in cluster)
     env = {
         "PULSE_BROKER_URL": f"kafka://{bootstrap}",
-        "PULSE_REDIS_URL": devstack.redis_url,
+        "PULSE_REDIS_URL": own_kafka_redis.url,
         "PULSE_REPLICATION_FACTOR": str(NODES),
     }
     namespace = None
