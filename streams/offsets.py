@@ -309,9 +309,13 @@ class OffsetGuard:
         """Scan a batch before it is applied; raise :class:`OffsetGapError` on a gap that holds records."""
         unknown = self.ledger.unknown(tp for tp, _ in offsets)
         if unknown:
-            # no seek seen for it (should not happen: the recovery seeks before it resumes a partition)
+            # no seek seen for it: the seek after a rebalance sets only partitions with a committed offset, so a
+            # group's first read of a partition starts here (info: every fresh deployment logged one warning per
+            # input partition, which buried the warnings that matter in a worker's log)
             for tp, offset in (await self._start_offsets(unknown)).items():
-                log.warning("offset ledger: %s[%d] starts at its committed offset %d", tp.topic, tp.partition, offset)
+                log.info(
+                    "offset ledger: %s[%d] starts at %d (committed, else the log start)", tp.topic, tp.partition, offset
+                )
                 self.ledger.seeked(tp, offset)
         scan = self.ledger.scan(offsets)
         unexplained = []
