@@ -77,6 +77,19 @@ def start_tls_redis(folder: Path) -> tuple[subprocess.Popen, str, Path]:
 TRANSPORTS = ["tls", "plain"] if os.environ.get("PULSE_REDIS_ALL_TRANSPORTS") == "1" else ["tls"]
 
 
+def answered(url: str, seconds: float = 30.0) -> tuple[int, dict]:
+    """GET ``url`` from the API until it answers other than 503 (Redis slower than the API's bound) or
+    ``seconds`` pass: the last (status, body)."""
+    last: list[tuple[int, dict]] = []
+
+    def done() -> bool:
+        last[:] = [get_json(url)]
+        return last[0][0] not in (0, 503)
+
+    wait_until(done, timeout=seconds)
+    return last[0]
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_worker_api_and_console_run_with_a_redis_user_limited_to_their_prefix(
     devstack, namespace, start_worker, tmp_path, transport
@@ -118,8 +131,10 @@ def test_worker_api_and_console_run_with_a_redis_user_limited_to_their_prefix(
         assert converged, f"{len(profile_diffs(s, expected))} profiles differ\n{worker.digest()}"
         api = f"http://127.0.0.1:{api_port}"
         customer = next(iter(expected))
-        assert get_json(f"{api}/customers/{customer}")[0] == 200
-        assert get_json(f"{api}/vips")[0] == 200
+        # each read within the API's 1-s Redis bound: on the suite's loaded box a TLS handshake can take longer,
+        # and the API then answers 503 at once (as documented); the subject here is the user and the transport
+        assert answered(f"{api}/customers/{customer}")[0] == 200
+        assert answered(f"{api}/vips")[0] == 200
         # the CLI's read of a profile, with the same settings (its client takes the CA file too)
         shown = subprocess.run(
             [sys.executable, "-m", "pulse", "profile", customer],
@@ -130,7 +145,7 @@ def test_worker_api_and_console_run_with_a_redis_user_limited_to_their_prefix(
             stdin=subprocess.DEVNULL,
         )
         assert shown.returncode == 0 and customer in shown.stdout, shown.stderr
-        status, page = get_json(f"{api}/at-risk")
+        status, page = answered(f"{api}/at-risk")
         assert status == 200 and page["total"] > 0 and page["customers"], page  # a Lua script over the prefix
         base = f"http://127.0.0.1:{console_port}"
 
