@@ -388,6 +388,34 @@ async def group_member(
         await consumer.stop()
 
 
+def move_group_offsets(
+    namespace: Namespace, target: Callable[[TopicPartition], int | None]
+) -> dict[tuple[str, int], tuple[int | None, int | None]]:
+    """With no worker running, as a member of its group: commit ``target(tp)`` on each input partition (None:
+    leave it), what ``kafka-consumer-groups --reset-offsets`` does (or offsets moved by anyone); (topic,
+    partition) -> (committed before, committed after). ``target=lambda tp: None`` only reads them."""
+    settings = namespace.settings
+    inputs = list(settings.input_topics().values())
+
+    async def move() -> dict[tuple[str, int], tuple[int | None, int | None]]:
+        async with group_member(namespace.bootstrap, settings.app_id, inputs, settings.partitions) as consumer:
+            tps = sorted(consumer.assignment())
+            before = {tp: await consumer.committed(tp) for tp in tps}
+            moves = {tp: offset for tp in tps if (offset := target(tp)) is not None}
+            if moves:
+                await consumer.commit(moves)
+            return {(tp.topic, tp.partition): (before[tp], await consumer.committed(tp)) for tp in tps}
+
+    return asyncio.run(move())
+
+
+def send_events(namespace: Namespace, events: list[tuple[str, dict]]) -> None:
+    """Produce generated ``events`` ((kind, event), pulse.simulate) to the namespace's input topics, keyed by
+    customer id, at once."""
+    stream = [(kind, e["customer_id"].encode(), orjson.dumps(e)) for kind, e in events]
+    send_stream(namespace.bootstrap, namespace.settings.input_topics(), stream, chunks=1, pause=0.0)
+
+
 def profile_diffs(settings: Settings, expected: dict[str, dict]) -> list[tuple[str, dict, dict | None]]:
     """(customer, expected, got) for every Redis profile whose fields differ from ``expected``.
 

@@ -24,7 +24,6 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 import pytest
 import redis
 from aiokafka import AIOKafkaProducer
@@ -34,16 +33,9 @@ from streams.codec import decode_state
 from streams.ownership import OWNER_MARKER_PREFIX, epoch_headers, epoch_of, latest_states
 from streams.partitioning import partitioner
 from testing.reference import uninterrupted_profiles
-from testing.stack import consume, group_member, log_ends, produce, profile_diffs, wait_until
+from testing.stack import consume, log_ends, move_group_offsets, profile_diffs, send_events, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]  # zombie writers and crashes mid-checkpoint: the faults lane
-
-
-def send(namespace, part: list[tuple[str, dict]]) -> None:
-    topics = namespace.settings.input_topics()
-    for kind in topics:
-        records = [(e["customer_id"].encode(), orjson.dumps(e)) for k, e in part if k == kind]
-        produce(namespace.bootstrap, topics[kind], records)
 
 
 def changelog(namespace) -> list:
@@ -91,7 +83,7 @@ def test_a_late_write_of_an_older_epoch_is_skipped_by_the_next_recovery(namespac
     events = events_for(15)
     expected = uninterrupted_profiles(events, settings)
     first = start_worker(PULSE_BATCH_MAX_EVENTS="50", PULSE_STORE=store)
-    send(namespace, events)
+    send_events(namespace, events)
     assert wait_until(lambda: not profile_diffs(settings, expected)), first.log_tail()
     first.stop()
 
@@ -122,7 +114,7 @@ def first_half_scored(namespace, start_worker, seed: int) -> tuple[list[tuple[st
     events = events_for(seed)
     half = len(events) // 2
     worker = start_worker(PULSE_BATCH_MAX_EVENTS="50")
-    send(namespace, events[:half])
+    send_events(namespace, events[:half])
     assert wait_until(lambda: not profile_diffs(settings, uninterrupted_profiles(events[:half], settings)))
     return events, half, worker
 
@@ -148,7 +140,7 @@ def test_a_late_write_while_the_owner_runs_is_overwritten_so_compaction_keeps_th
     rest = [(k, e) for k, e in events[half:] if e["customer_id"].encode() != victim]
     place = partitioner(settings.partitions)
     assert any(place(e["customer_id"].encode()) == stale.partition for _, e in rest)
-    send(namespace, rest)
+    send_events(namespace, rest)
     expected = uninterrupted_profiles(events[:half] + rest, settings)
     converged = wait_until(lambda: not profile_diffs(settings, expected))
     assert converged, f"{profile_diffs(settings, expected)[:2]}\n{worker.log_tail()}"
@@ -173,20 +165,10 @@ def test_a_commit_ahead_of_the_changelog_is_rewound_and_applied_once(namespace, 
     first.stop()
 
     # while no worker runs: the rest of the events, and the group's commits moved to the end of every input
-    send(namespace, events[half:])
-    inputs = list(settings.input_topics().values())
-
-    async def commit_to_end() -> dict:
-        async with group_member(namespace.bootstrap, settings.app_id, inputs, settings.partitions) as consumer:
-            tps = sorted(consumer.assignment())
-            await consumer.commit(
-                {tp: ends[(tp.topic, tp.partition)] for tp in tps if (tp.topic, tp.partition) in ends}
-            )
-            return {tp: await consumer.committed(tp) for tp in tps}
-
-    ends = log_ends(namespace.bootstrap, inputs)
-    committed = asyncio.run(commit_to_end())
-    assert any(committed.values())
+    send_events(namespace, events[half:])
+    ends = log_ends(namespace.bootstrap, list(settings.input_topics().values()))
+    committed = move_group_offsets(namespace, lambda tp: ends.get((tp.topic, tp.partition)))
+    assert any(after for _, after in committed.values())
 
     second = start_worker(PULSE_BATCH_MAX_EVENTS="50")
     expected = uninterrupted_profiles(events, settings)
