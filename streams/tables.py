@@ -562,13 +562,13 @@ class BulkRecovery(Recovery):
 
         Why: upstream's ``wait_first`` reports a timeout as the service stopped, and ``_restart_recovery`` then
         leaves its loop for good ("service was stopped", at debug level). The worker keeps its partitions with
-        its flow suspended and reads nothing more, for ever, with no warning: a CI run of
-        tests/faults/test_replicated_kafka.py saw a worker idle for 180 s after the group's coordinator was
-        killed during its recovery (session 27). The steps with a timeout (the offsets and highwaters read before
-        the changelogs, the seek to the committed offsets) are broker requests bounded by
-        ``broker_request_timeout``; one that outlives it waits on something that will not come. The fail-stop
-        logs the chain of awaits the step is suspended in; the supervisor's next worker recovers from the
-        changelog, and nothing was committed meanwhile."""
+        its flow suspended and reads nothing more, for ever, with no warning (a cause that fits a CI run of
+        tests/faults/test_replicated_kafka.py, where a worker stayed idle for 180 s after the group's
+        coordinator was killed during its recovery, session 27; not reproduced here). The steps with a timeout
+        (the offsets and highwaters read before the changelogs, the seek to the committed offsets) are broker
+        requests bounded by ``broker_request_timeout``; one that outlives it waits on something that will not
+        come. The fail-stop logs the chain of awaits the step is suspended in; the supervisor's next worker
+        recovers from the changelog, and nothing was committed meanwhile."""
         step = asyncio.ensure_future(coro if isinstance(coro, Awaitable) else coro.wait())
         try:
             # shielded: wait_first cancels what did not finish, and the chain of a step that timed out is wanted

@@ -83,7 +83,10 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | 
 
     The modules that start Kafka brokers of their own (``own_kafka_redis``) are files, not in a Kafka lane, and
     the e2e and faults files are handed out before the quick ones: in session 26 the Kafka lanes, with those
-    modules (~300 s), were the longest (748 and 779 s of a 13:27 suite, the others 615-732 s).
+    modules (~300 s), were the longest (748 and 779 s of a 13:27 suite, the others 615-732 s). Back to back in
+    session 27 the lanes came out even (809-820 s against 615-808 s) but the suite no shorter (14:12 against
+    13:56: the box is busy throughout, and each test takes longer beside those JVMs); new tests now spread over
+    every lane instead of lengthening one.
 
     Session fixtures live per xdist worker process, so each of those groups starts its broker once, on
     a worker that needs it, and the groups (which mostly wait on workers, brokers and convergence) run
