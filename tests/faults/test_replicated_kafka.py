@@ -7,8 +7,9 @@ leaders among the in-sync replicas, the group coordinator may move, and the clie
 to the new leaders while producers, the workers' changelog sends and their offset commits go on with two
 of three replicas. Here two workers score a stream while one node, the group's coordinator, is killed
 (SIGKILL) and stays down for the rest of the stream, then comes back on its storage. Every profile must equal
-the uninterrupted reference, and a worker may only stop as a fail-stop (status 75), restarted by its
-supervisor. The same holds through a rolling restart of every node, as an upgrade of the cluster does it.
+the uninterrupted reference, a worker may only stop as a fail-stop (status 75), restarted by its
+supervisor, and a router delivers every alert the workers raised to its webhook exactly once. The same holds
+through a rolling restart of every node, as an upgrade of the cluster does it.
 
 Apache Kafka only (Tansu is a single process). Three JVMs on the test box: ~10-40 s to start.
 """
@@ -144,89 +145,8 @@ def under_replicated(bootstrap: str, topics: list[str]) -> int | None:
         return None
 
 
-@dataclass
-class Scoring:
-    """A scoring run on the cluster (:func:`scoring`)."""
-
-    bootstrap: str
-    namespace: Namespace
-    expected: dict
-    fleet: Fleet
-    stream: list
-
-    def send(self, chunks: int, pause: float) -> threading.Thread:
-        """Send the stream in ``chunks``, ``pause`` seconds apart, from a thread."""
-        sender = threading.Thread(
-            target=send_stream,
-            args=(self.namespace.bootstrap, self.namespace.settings.input_topics(), self.stream, chunks, pause),
-            daemon=True,
-        )
-        sender.start()
-        return sender
-
-    def settled(self, what: str) -> None:
-        """Every profile equals the uninterrupted run's (within 180 s), and a worker stopped only as a fail-stop."""
-        s, fleet = self.namespace.settings, self.fleet
-        settled = wait_until(fleet.profiles_match(s, self.expected), timeout=180)
-        diffs = profile_diffs(s, self.expected)
-        print(
-            f"\n[faults] {what}: events {len(self.stream)}, worker exits {fleet.unplanned}, differing profiles "
-            f"{len(diffs)}"
-        )
-        assert settled, f"{len(diffs)} of {len(self.expected)} differ, e.g. {diffs[:2]}\n{fleet.digests()}"
-        assert all(rc == 75 for _, rc in fleet.unplanned), (fleet.unplanned, fleet.digests())
-        assert all(worker.alive() for worker in fleet.slots.values()), fleet.digests()
-
-
-@contextmanager
-def scoring(cluster: list[KafkaBroker], redis_url: str, tmp_path, seed: int) -> Iterator[Scoring]:
-    """Two workers scoring a generated history's stream that a thread sends in chunks: the namespace on the
-    cluster (its topics replicated on every node), the history's uninterrupted profiles, the fleet and the
-    stream; the workers are stopped at the end."""
-    bootstrap = ",".join(node.bootstrap for node in cluster)
-    env = {
-        "PULSE_BROKER_URL": f"kafka://{bootstrap}",
-        "PULSE_REDIS_URL": redis_url,
-        "PULSE_REPLICATION_FACTOR": str(NODES),
-    }
-    namespace = None
-    for _ in range(TOPIC_TRIES):  # the nodes answer before the cluster has settled: as a worker's start-up, retry
-        try:
-            namespace = make_namespace(env, tmp_path)
-            break
-        except KafkaError:
-            time.sleep(1.0)
-    assert namespace is not None, "the cluster did not create the topics"
-    events, stream = history(300, seed=seed)
-    pool = WorkerPool(namespace)
-    fleet = Fleet(pool.start, {"PULSE_BATCH_MAX_EVENTS": "50"}, namespace.log_dir)
-    try:
-        for slot in ("a", "b"):
-            fleet.start(slot)
-        yield Scoring(bootstrap, namespace, uninterrupted_profiles(events, namespace.settings), fleet, stream)
-    finally:
-        pool.stop_all()
-
-
-def test_a_lost_node_of_three_loses_nothing(cluster, own_kafka_redis, tmp_path):
-    with scoring(cluster, own_kafka_redis.url, tmp_path, seed=12) as run:
-        sender = run.send(chunks=30, pause=0.3)
-        assert wait_until(lambda: run.fleet.applied() >= len(run.stream) // 4), run.fleet.digests()
-        # the node the workers' group is coordinated by (it leads some of their partitions too): its loss moves
-        # the coordinator, the group rebalances, and the commits in flight go to the new one
-        lost = cluster[coordinator_of(run.bootstrap, run.namespace.settings.app_id) - 1]
-        lost.kill()
-        killed_at = time.monotonic()
-        sender.join(CONVERGE_SECONDS)
-        assert not sender.is_alive(), "the producers stopped with a node of three down"
-        time.sleep(max(0.0, DOWN_SECONDS - (time.monotonic() - killed_at)))
-        down_seconds = time.monotonic() - killed_at
-        lost.restart(kill=False)  # back on its storage: it catches up as a follower
-        run.settled(f"a node of {NODES} lost for {down_seconds:.0f} s")
-
-
-#: the signing secret of the router's webhook in the rolling restart
-WEBHOOK_SECRET = "rolling-secret"
+#: the signing secret of the router's webhook
+WEBHOOK_SECRET = "cluster-secret"
 
 
 def start_router(namespace: Namespace, receivers: Receivers) -> subprocess.Popen:
@@ -262,41 +182,124 @@ secret = "{WEBHOOK_SECRET}"
     return proc
 
 
-def test_a_rolling_restart_of_every_node_loses_nothing(cluster, own_kafka_redis, tmp_path):
-    """What an upgrade of the cluster does: each node in turn stops (a controlled shutdown moves its leaderships
-    away first), starts again, and catches up, before the next one goes; the stream goes on throughout, and the
-    group's coordinator moves at least once. The workers' profiles equal the uninterrupted run's, and a router
-    delivers every alert the workers raised to its webhook exactly once."""
+@dataclass
+class Scoring:
+    """A scoring run on the cluster (:func:`scoring`)."""
+
+    bootstrap: str
+    namespace: Namespace
+    expected: dict
+    fleet: Fleet
+    stream: list
+    #: the endpoints of the router that delivers the workers' alerts (:func:`start_router`)
+    receivers: Receivers
+
+    def send(self, chunks: int, pause: float) -> threading.Thread:
+        """Send the stream in ``chunks``, ``pause`` seconds apart, from a thread."""
+        sender = threading.Thread(
+            target=send_stream,
+            args=(self.namespace.bootstrap, self.namespace.settings.input_topics(), self.stream, chunks, pause),
+            daemon=True,
+        )
+        sender.start()
+        return sender
+
+    def settled(self, what: str) -> None:
+        """Every profile equals the uninterrupted run's (within 180 s), and a worker stopped only as a fail-stop."""
+        s, fleet = self.namespace.settings, self.fleet
+        settled = wait_until(fleet.profiles_match(s, self.expected), timeout=180)
+        diffs = profile_diffs(s, self.expected)
+        print(
+            f"\n[faults] {what}: events {len(self.stream)}, worker exits {fleet.unplanned}, differing profiles "
+            f"{len(diffs)}"
+        )
+        assert settled, f"{len(diffs)} of {len(self.expected)} differ, e.g. {diffs[:2]}\n{fleet.digests()}"
+        assert all(rc == 75 for _, rc in fleet.unplanned), (fleet.unplanned, fleet.digests())
+        assert all(worker.alive() for worker in fleet.slots.values()), fleet.digests()
+        self.delivered_once()
+
+    def delivered_once(self) -> None:
+        """Every alert the workers raised (a replayed batch may send one again: the same id) reached the router's
+        webhook exactly once."""
+        records = consume(self.bootstrap, self.namespace.settings.topic_retention_alerts, 1, quiet=3)
+        raised = {orjson.loads(r.value)["alert_id"] for r in records}
+        delivered = wait_until(lambda: set(self.receivers.snapshot()["webhook"].ack_counts()) >= raised)
+        time.sleep(3)  # a second delivery would come within the router's retry delay
+        acked = self.receivers.snapshot()["webhook"].ack_counts()
+        print(f"[faults] the router through it: {len(raised)} alerts raised, {sum(acked.values())} deliveries")
+        log = self.namespace.log_dir / "router.log"
+        assert raised and delivered, (len(raised), len(acked), log.read_text(errors="replace")[-3000:])
+        assert acked == Counter(dict.fromkeys(raised, 1))
+
+
+@contextmanager
+def scoring(cluster: list[KafkaBroker], redis_url: str, tmp_path, seed: int) -> Iterator[Scoring]:
+    """Two workers scoring a generated history's stream that a thread sends in chunks, and a router delivering
+    their alerts to a webhook: the namespace on the cluster (its topics replicated on every node), the
+    history's uninterrupted profiles, the fleet, the stream and the receivers; all stopped at the end."""
+    bootstrap = ",".join(node.bootstrap for node in cluster)
+    env = {
+        "PULSE_BROKER_URL": f"kafka://{bootstrap}",
+        "PULSE_REDIS_URL": redis_url,
+        "PULSE_REPLICATION_FACTOR": str(NODES),
+    }
+    namespace = None
+    for _ in range(TOPIC_TRIES):  # the nodes answer before the cluster has settled: as a worker's start-up, retry
+        try:
+            namespace = make_namespace(env, tmp_path)
+            break
+        except KafkaError:
+            time.sleep(1.0)
+    assert namespace is not None, "the cluster did not create the topics"
+    events, stream = history(300, seed=seed)
+    pool = WorkerPool(namespace)
+    fleet = Fleet(pool.start, {"PULSE_BATCH_MAX_EVENTS": "50"}, namespace.log_dir)
     receivers = Receivers(free_port(), {"webhook": WEBHOOK_SECRET})
     receivers.start()
     router = None
     try:
-        with scoring(cluster, own_kafka_redis.url, tmp_path, seed=13) as run:
-            s = run.namespace.settings
-            router = start_router(run.namespace, receivers)
-            topics = [*s.input_topics().values(), s.topic_state_changelog(), s.topic_retention_alerts]
-            sender = run.send(chunks=60, pause=0.5)
-            assert wait_until(lambda: run.fleet.applied() >= len(run.stream) // 10), run.fleet.digests()
-            for node in cluster:
-                node.restart(kill=False)
-                # as an operator does: the next node goes only when every partition is fully replicated again
-                assert wait_until(lambda: under_replicated(run.bootstrap, topics) == 0, timeout=60), node.log
-            sender.join(CONVERGE_SECONDS)
-            assert not sender.is_alive(), "the producers stopped during the rolling restart"
-            run.settled(f"a rolling restart of {NODES} nodes")
-
-            # every alert raised (a replayed batch may send one again: the same id), delivered once
-            raised = {
-                orjson.loads(r.value)["alert_id"] for r in consume(run.bootstrap, s.topic_retention_alerts, 1, quiet=3)
-            }
-            delivered = wait_until(lambda: set(receivers.snapshot()["webhook"].ack_counts()) >= raised)
-            time.sleep(3)  # a second delivery would come within the router's retry delay
-            acked = receivers.snapshot()["webhook"].ack_counts()
-            print(f"[faults] the router through it: {len(raised)} alerts raised, {sum(acked.values())} deliveries")
-            log = run.namespace.log_dir / "router.log"
-            assert raised and delivered, (len(raised), len(acked), log.read_text(errors="replace")[-3000:])
-            assert acked == Counter(dict.fromkeys(raised, 1))
+        for slot in ("a", "b"):
+            fleet.start(slot)
+        router = start_router(namespace, receivers)
+        expected = uninterrupted_profiles(events, namespace.settings)
+        yield Scoring(bootstrap, namespace, expected, fleet, stream, receivers)
     finally:
+        pool.stop_all()
         if router is not None:
             stop_process(router, 30)
         receivers.close()
+
+
+def test_a_lost_node_of_three_loses_nothing(cluster, own_kafka_redis, tmp_path):
+    with scoring(cluster, own_kafka_redis.url, tmp_path, seed=12) as run:
+        sender = run.send(chunks=30, pause=0.3)
+        assert wait_until(lambda: run.fleet.applied() >= len(run.stream) // 4), run.fleet.digests()
+        # the node the workers' group is coordinated by (it leads some of their partitions too): its loss moves
+        # the coordinator, the group rebalances, and the commits in flight go to the new one
+        lost = cluster[coordinator_of(run.bootstrap, run.namespace.settings.app_id) - 1]
+        lost.kill()
+        killed_at = time.monotonic()
+        sender.join(CONVERGE_SECONDS)
+        assert not sender.is_alive(), "the producers stopped with a node of three down"
+        time.sleep(max(0.0, DOWN_SECONDS - (time.monotonic() - killed_at)))
+        down_seconds = time.monotonic() - killed_at
+        lost.restart(kill=False)  # back on its storage: it catches up as a follower
+        run.settled(f"a node of {NODES} lost for {down_seconds:.0f} s")
+
+
+def test_a_rolling_restart_of_every_node_loses_nothing(cluster, own_kafka_redis, tmp_path):
+    """What an upgrade of the cluster does: each node in turn stops (a controlled shutdown moves its leaderships
+    away first), starts again, and catches up, before the next one goes; the stream goes on throughout, and the
+    group's coordinator moves at least once."""
+    with scoring(cluster, own_kafka_redis.url, tmp_path, seed=13) as run:
+        s = run.namespace.settings
+        topics = [*s.input_topics().values(), s.topic_state_changelog(), s.topic_retention_alerts]
+        sender = run.send(chunks=60, pause=0.5)
+        assert wait_until(lambda: run.fleet.applied() >= len(run.stream) // 10), run.fleet.digests()
+        for node in cluster:
+            node.restart(kill=False)
+            # as an operator does: the next node goes only when every partition is fully replicated again
+            assert wait_until(lambda: under_replicated(run.bootstrap, topics) == 0, timeout=60), node.log
+        sender.join(CONVERGE_SECONDS)
+        assert not sender.is_alive(), "the producers stopped during the rolling restart"
+        run.settled(f"a rolling restart of {NODES} nodes")
