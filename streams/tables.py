@@ -580,10 +580,8 @@ class BulkRecovery(Recovery):
             step.result()  # its exception, if it raised one
         if result.stopped:
             if not step.done() and not self.should_stop and timeout is not None:
-                chain = awaiting(step)
-                step.cancel()
                 limit = want_seconds(timeout)
-                self.on_step_timeout(f"a recovery step outlived broker_request_timeout ({limit:g} s): {chain}")
+                self.on_step_timeout(f"a recovery step outlived broker_request_timeout ({limit:g} s): {awaiting(step)}")
             step.cancel()
             raise ServiceStopped()
         if self.signal_recovery_start in result.done:

@@ -21,7 +21,7 @@ from pulse.simulate import BAD_PAYLOADS, generate_events
 from streams.codec import decode_state
 from streams.ownership import PartitionView, epoch_of, latest_states
 from testing.reference import batch_order_profiles, uninterrupted_profiles
-from testing.stack import applied_events, consume, produce, profile_diffs, wait_until
+from testing.stack import applied_events, consume, event_records, produce, profile_diffs, wait_until
 
 #: (kind, key, value) as produced
 Record = tuple[str, bytes | None, bytes]
@@ -30,7 +30,7 @@ Record = tuple[str, bytes | None, bytes]
 def hostile_order(events: list[tuple[str, dict]], rng: random.Random) -> list[tuple[str, bytes | None, bytes]]:
     """(kind, key, value): out of order within windows of 40, 2 % late by up to 400 positions,
     5 % sent twice by the producer (a few positions apart), 1 % malformed order events."""
-    stream = [(kind, e["customer_id"].encode(), orjson.dumps(e)) for kind, e in events]
+    stream: list[tuple[str, bytes | None, bytes]] = list(event_records(events))
     for start in range(0, len(stream), 40):
         window = stream[start : start + 40]
         rng.shuffle(window)
@@ -46,11 +46,6 @@ def hostile_order(events: list[tuple[str, dict]], rng: random.Random) -> list[tu
         if rng.random() < 0.01:
             out.append(("order", b"C000001", rng.choice(BAD_PAYLOADS)))
     return out
-
-
-def event_records(events: list[tuple[str, dict]]) -> list[Record]:
-    """The events in order, keyed by customer id."""
-    return [(kind, e["customer_id"].encode(), orjson.dumps(e)) for kind, e in events]
 
 
 def send_steadily(

@@ -177,9 +177,10 @@ class Worker:
             dump = [line[:width] for line in self.log.read_text(errors="replace").splitlines()[before:]]
             main = next((i for i, line in enumerate(dump) if line.startswith("Current thread")), len(dump))
             dump = [line for line in dump[main:] if line.startswith(("Current thread", "  File"))][:25]
+        log_lines = self.log.read_text(errors="replace").splitlines()
         seen: set[str] = set()
         picked = []
-        for line in self.log.read_text(errors="replace").splitlines():
+        for line in log_lines:
             if " [WARNING] " in line or " [ERROR] " in line or " [CRITICAL] " in line:
                 # one line per kind: the same warning for another partition or offset is not news
                 text = re.sub(r"\d+", "#", line.split("] ", 3)[-1][:width])
@@ -192,7 +193,7 @@ class Worker:
         # reading is in
         steps = [
             line[:width]
-            for line in self.log.read_text(errors="replace").splitlines()
+            for line in log_lines
             if " [INFO] " in line and any(marker in line for marker in GROUP_STEP_MARKERS)
         ][-group_lines:]
         return "\n".join(
@@ -409,11 +410,15 @@ def move_group_offsets(
     return asyncio.run(move())
 
 
+def event_records(events: list[tuple[str, dict]]) -> list[tuple[str, bytes, bytes]]:
+    """Generated ``events`` ((kind, event), pulse.simulate) as a producer sends them: (kind, key, value), keyed
+    by customer id, in order."""
+    return [(kind, e["customer_id"].encode(), orjson.dumps(e)) for kind, e in events]
+
+
 def send_events(namespace: Namespace, events: list[tuple[str, dict]]) -> None:
-    """Produce generated ``events`` ((kind, event), pulse.simulate) to the namespace's input topics, keyed by
-    customer id, at once."""
-    stream = [(kind, e["customer_id"].encode(), orjson.dumps(e)) for kind, e in events]
-    send_stream(namespace.bootstrap, namespace.settings.input_topics(), stream, chunks=1, pause=0.0)
+    """Produce generated ``events`` to the namespace's input topics, keyed by customer id, at once."""
+    send_stream(namespace.bootstrap, namespace.settings.input_topics(), event_records(events), chunks=1, pause=0.0)
 
 
 def profile_diffs(settings: Settings, expected: dict[str, dict]) -> list[tuple[str, dict, dict | None]]:
@@ -510,7 +515,7 @@ def history(
 ) -> tuple[list[tuple[str, dict]], list[tuple[str, bytes, bytes]]]:
     """A generated history of all four kinds, and its records as a producer sends them: (kind, key, value)."""
     events = generate_events(customers=customers, days=days, seed=seed, end=HISTORY_END)
-    return events, [(kind, e["customer_id"].encode(), orjson.dumps(e)) for kind, e in events]
+    return events, event_records(events)
 
 
 def applied_events(worker: Worker) -> float:

@@ -8,7 +8,6 @@ committed to its log end, no further.
 
 from __future__ import annotations
 
-import asyncio
 import signal
 from datetime import UTC, datetime
 
@@ -17,7 +16,7 @@ import pytest
 
 from pulse.simulate import generate_events
 from testing.reference import uninterrupted_profiles
-from testing.stack import group_member, log_ends, produce, profile_diffs, wait_until
+from testing.stack import log_ends, move_group_offsets, produce, profile_diffs, wait_until
 
 pytestmark = [pytest.mark.e2e]
 
@@ -51,10 +50,6 @@ def test_the_input_path_scores_exactly_and_commits_what_it_applied(namespace, st
     inputs = list(topics.values())
     ends = log_ends(namespace.bootstrap, inputs)
 
-    async def committed() -> dict[tuple[str, int], int | None]:
-        async with group_member(namespace.bootstrap, settings.app_id, inputs, settings.partitions) as consumer:
-            return {(tp.topic, tp.partition): await consumer.committed(tp) for tp in consumer.assignment()}
-
-    commits = asyncio.run(committed())
+    commits = {tp: after for tp, (_, after) in move_group_offsets(namespace, lambda tp: None).items()}
     print(f"\n[input path {path}] {len(events)} events, committed {sum(v or 0 for v in commits.values())}")
     assert {tp: commits.get(tp) for tp in ends} == ends

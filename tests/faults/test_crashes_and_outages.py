@@ -228,11 +228,10 @@ class PrivateRedisRun:
 
     @classmethod
     def start(cls, namespace: Namespace, tmp_path: Path, seed: int) -> PrivateRedisRun:
-        events = generate_events(customers=150, days=365, seed=seed, end=datetime(2026, 6, 1, tzinfo=UTC))
+        events, stream = history(150, seed)
         server = start_redis(tmp_path)
         url = f"redis://127.0.0.1:{server.port}/0"
         s = namespace.settings.model_copy(update={"redis_url": url})
-        stream = [(kind, e["customer_id"].encode(), orjson.dumps(e)) for kind, e in events]
         client = redis.Redis.from_url(url, decode_responses=True)
         return cls(server, url, s, uninterrupted_profiles(events, s), stream, client)
 

@@ -28,7 +28,7 @@ from pulse.simulate import generate_events
 from streams.router.service import dedup_key
 from testing.chaos import scored_events
 from testing.reference import uninterrupted_profiles
-from testing.stack import nothing_stays_pending, produce, profile_diffs, scraped, send_stream, wait_until
+from testing.stack import event_records, nothing_stays_pending, produce, profile_diffs, scraped, send_stream, wait_until
 from testing.tcp_proxy import SwitchingProxy
 from tests.conftest import first_broker_only
 from tests.router_fixtures import alert_dict, start_file_router
@@ -83,7 +83,7 @@ def test_the_worker_writes_its_profiles_to_the_new_primary_after_a_failover(fail
     s = namespace.settings.model_copy(update={"redis_url": failover.url})
     on_new = s.model_copy(update={"redis_url": f"redis://127.0.0.1:{failover.new.port}/0"})
     expected = uninterrupted_profiles(events, s)
-    stream = [(kind, e["customer_id"].encode(), orjson.dumps(e)) for kind, e in events]
+    stream = event_records(events)
     halves = [stream[: len(stream) // 2], stream[len(stream) // 2 :]]
     worker = start_worker(PULSE_REDIS_URL=failover.url, PULSE_BATCH_MAX_EVENTS="50", PULSE_REDIS_RETRY_MAX_SECONDS="2")
     send_stream(namespace.bootstrap, s.input_topics(), halves[0], 1, 0)

@@ -19,8 +19,8 @@ import pytest
 import redis
 
 from pulse.simulate import generate_events
-from testing.chaos import Fleet, applied_per_customer, compare_counts, event_records, send_steadily
-from testing.stack import CONVERGE_SECONDS, wait_until
+from testing.chaos import Fleet, applied_per_customer, compare_counts, send_steadily
+from testing.stack import CONVERGE_SECONDS, event_records, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 
