@@ -26,6 +26,7 @@ measure the other processes. Both structures run back to back in the same proces
 from __future__ import annotations
 
 import bisect
+import copy
 import random
 import sys
 import time
@@ -33,6 +34,7 @@ import tracemalloc
 
 import orjson
 
+from scoring.footprint import FootprintDiff
 from scoring.population import PopulationView
 from scoring.rank import RankIndex
 from scoring.rfm import MemberKeys, Population, Ranking, RfmConfig, rfm_keys, rfm_scores
@@ -65,6 +67,15 @@ def bucketed_population(config: RfmConfig) -> Population:
     return Population(RankIndex(k.r_size), RankIndex(k.f_size), RankIndex(k.m_size), RankIndex(k.m_size))  # type: ignore[arg-type]
 
 
+def move(view: PopulationView, partition: int, old: MemberKeys | None, new: MemberKeys | None, exact: bool) -> None:
+    """One member's keys moved in ``partition``: through the part (and so the view's sums) for exact indexes; a
+    bucketed population is ranked part by part (``partition_parts``) and moved directly."""
+    if exact:
+        view.local[partition].apply(FootprintDiff(keys=(old, new)))
+    else:
+        view.local[partition].population.move(old, new)
+
+
 def fill(members: list[MemberKeys], config: RfmConfig, exact: bool) -> tuple[PopulationView, float]:
     view = PopulationView(config)
     tracemalloc.start()
@@ -73,10 +84,9 @@ def fill(members: list[MemberKeys], config: RfmConfig, exact: bool) -> tuple[Pop
         if not exact:
             part.population = bucketed_population(config)
     for i, keys in enumerate(members):
-        view.local[i % PARTITIONS].population.move(None, keys if exact else bucketed(keys, config))
+        move(view, i % PARTITIONS, None, keys if exact else bucketed(keys, config), exact)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    view._parts = None
     return view, peak / 2**20
 
 
@@ -86,13 +96,13 @@ def update_cost(
     """µs per move + score, and the members' keys after the moves."""
     rnd = random.Random(seed)
     members = list(members)
-    parts = view.parts()
+    parts = view.parts() if exact else view.partition_parts()
     convert = (lambda k: k) if exact else (lambda k: bucketed(k, config))
     started = time.process_time()
     for _ in range(MOVES):
         i = rnd.randrange(len(members))
         new = random_keys(rnd, config)
-        parts[i % PARTITIONS].move(convert(members[i]), convert(new))
+        move(view, i % PARTITIONS, convert(members[i]), convert(new), exact)
         members[i] = new
         rfm_scores(convert(new), parts, config)
     return (time.process_time() - started) / MOVES * 1e6, members
@@ -155,7 +165,10 @@ def exactness(
     population a publish interval of traffic later; "off" is then against the exact ranks over what the
     reader holds (its live partitions and the snapshots' partitions as of the snapshot)."""
     reader = PopulationView(config)
-    reader.local = {0: view.local[0], 1: view.local[1]}
+    for p in (0, 1):  # the reader's own partitions: copies of the view's, counted into its sums
+        part = reader.local[p] = copy.deepcopy(view.local[p])
+        part.total = reader.sums.live
+        reader.sums.own(part.population)
     exact = view.exact_buckets()
     for p in (2, 3):
         reader.apply_snapshot(view.snapshot(p, exact))
@@ -165,11 +178,11 @@ def exactness(
         i = rnd.randrange(len(members))
         if i % PARTITIONS < 2:
             new = random_keys(rnd, config)
-            view.local[i % PARTITIONS].population.move(members[i], new)
+            move(reader, i % PARTITIONS, members[i], new, exact=True)
             members[i] = new
         if len(members) % PARTITIONS < 2:  # a new customer of the reader's partitions
             joined = random_keys(rnd, config)
-            view.local[len(members) % PARTITIONS].population.move(None, joined)
+            move(reader, len(members) % PARTITIONS, None, joined, exact=True)
             members.append(joined)
     ranking = Ranking(reader.parts(), config)
     values = sorted(k.m for k in members)

@@ -45,6 +45,8 @@ class PartitionPopulation:
     tallies: Counter[str] = field(default_factory=Counter)
     #: per-day sums of the customers' indicator day rows (scoring.indicators)
     indicators: IndicatorSums = field(default_factory=IndicatorSums)
+    #: the owned partitions' parts summed (``PopulationSums.live``), moved with ``population``; None: no sum
+    total: Population | None = None
 
     def apply(self, change: FootprintDiff) -> bool:
         """One customer's footprint changed by ``change`` (scoring.footprint.diff); True if anything moved."""
@@ -53,6 +55,8 @@ class PartitionPopulation:
         moved = False
         if change.keys is not None:
             self.population.move(*change.keys)
+            if self.total is not None:
+                self.total.move(*change.keys)
             moved = True
         d = change.gaps
         if d != NO_GAP:

@@ -46,6 +46,7 @@ from scoring.frozen import Value
 from scoring.indicator_sums import IndicatorValues, indicator_values
 from scoring.indicators import ACTIVE, ACTIVE_AT_START, FLAG_TAGS, TAG_PREFIX, IndicatorConfig
 from scoring.partition import PartitionPopulation, later
+from scoring.population_sums import PopulationSums
 from scoring.rfm import Population, Ranking, RfmConfig, RfmScores, rfm_scores, vip_flag
 from scoring.snapshot import RemotePart
 from scoring.sweep import SweepSlice
@@ -59,21 +60,29 @@ class PopulationView:
         self.indicator_config = indicators or IndicatorConfig()
         self.local: dict[int, PartitionPopulation] = {}
         self.remote: dict[int, RemotePart] = {}
-        self._parts: list[Population] | None = None
+        #: every partition's rank indexes summed: owned ones live, the others as published
+        self.sums = PopulationSums(config)
 
     # --- owned partitions -------------------------------------------------
     def partition(self, partition: int) -> PartitionPopulation:
         part = self.local.get(partition)
         if part is None:
-            part = self.local[partition] = PartitionPopulation(Population.empty(self.config))
-            self._parts = None
+            part = self.local[partition] = PartitionPopulation(Population.empty(self.config), total=self.sums.live)
+            published = self.remote.get(partition)
+            if published is not None:  # owned now: its live part counts instead
+                self.sums.publish(published.population, None)
         return part
 
     def drop(self, partitions: set[int] | None = None) -> None:
         """Forget owned partitions (all by default): after a rebalance they are rebuilt from the table."""
         for p in list(self.local) if partitions is None else partitions:
-            self.local.pop(p, None)
-        self._parts = None
+            part = self.local.pop(p, None)
+            if part is None:
+                continue
+            self.sums.disown(part.population)
+            published = self.remote.get(p)
+            if published is not None:  # not owned any more: its last snapshot counts again
+                self.sums.publish(None, published.population)
 
     def add_state(self, partition: int, key: bytes, state: CustomerState) -> None:
         """Count an existing customer (rebuilding a partition from the table): its whole footprint."""
@@ -123,10 +132,12 @@ class PopulationView:
         for partition, (r, f, m, v, tag_sets, gap_totals) in acc.items():
             part = self.local[partition]
             pop = part.population
+            self.sums.disown(pop)  # (empty unless the partition was counted into before)
             pop.r.add_counts(r)
             pop.f.add_counts(f)
             pop.m.add_values(m)
             pop.v.add_values(v)
+            self.sums.own(pop)
             for tag_set, count in tag_sets.items():
                 for tag, k in tag_weights(tag_set).items():
                     part.tallies[tag] += k * count
@@ -137,12 +148,15 @@ class PopulationView:
 
     # --- the whole population ---------------------------------------------
     def parts(self) -> list[Population]:
-        """Owned partitions live, every other one as last published."""
-        if self._parts is None:
-            self._parts = [p.population for p in self.local.values()] + [
-                r.population for n, r in self.remote.items() if n not in self.local
-            ]
-        return self._parts
+        """The population to rank against, summed (scoring.population_sums): owned partitions live, every other
+        one as last published; the same counts as :meth:`partition_parts`, in at most two parts."""
+        return self.sums.parts()
+
+    def partition_parts(self) -> list[Population]:
+        """Each partition's part: owned partitions live, every other one as last published."""
+        return [p.population for p in self.local.values()] + [
+            r.population for n, r in self.remote.items() if n not in self.local
+        ]
 
     def clock(self) -> int | None:
         """The highest time any partition reached (watermark or clock): population-wide "now" (indicators), and
@@ -250,8 +264,10 @@ class PopulationView:
         if decoded is None:
             return None
         partition, part = decoded
+        before = self.remote.get(partition)
         self.remote[partition] = part
-        self._parts = None
+        if partition not in self.local:
+            self.sums.publish(None if before is None else before.population, part.population)
         return partition
 
     # --- sweep ------------------------------------------------------------

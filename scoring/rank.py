@@ -15,6 +15,7 @@ import bisect
 import math
 from array import array
 from bisect import bisect_left, bisect_right
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
@@ -123,6 +124,18 @@ class RankIndex(Membership):
         index.add_counts(counts)
         return index
 
+    def shift(self, before: Mapping[int, int], after: Mapping[int, int]) -> None:
+        """A part summed into this index changed its counts from ``before`` to ``after`` (either may be empty: a
+        part joins or leaves): only the keys whose counts differ are walked (a snapshot replacing the last one
+        of its partition differs in few)."""
+        for key, n in after.items():
+            d = n - before.get(key, 0)
+            if d:
+                self.add(key, d)
+        for key, n in before.items():
+            if key not in after and n:
+                self.add(key, -n)
+
 
 class Counted(Protocol):
     """What a percentile needs of one part of the population: :class:`RankIndex` or :class:`ExactIndex`."""
@@ -151,7 +164,10 @@ class ExactIndex(Membership):
     A live partition knows every bucket's values (``complete``). Another worker's partition, rebuilt from
     its snapshot, knows the values of only the buckets the snapshot carried (those near the score and VIP
     thresholds, see ``scoring.population``); in any other non-empty bucket its values count as equal to
-    each other (the bucketed approximation), and :meth:`exact` says so.
+    each other (the bucketed approximation), and :meth:`exact` says so. In general (several snapshots summed
+    into one index, ``scoring.population_sums``) a bucket's members whose values are not held, its count
+    less the values held, rank as tied with every value of the bucket: the same counts as each snapshot's
+    summed.
     """
 
     bucket: Callable[[int], int]
@@ -202,35 +218,55 @@ class ExactIndex(Membership):
             coarse[b] = len(new)
         self.coarse.add_counts(coarse)
 
+    def unknown(self, b: int) -> int:
+        """Members of (clamped) bucket ``b`` whose values are not held: tied with every value of the bucket."""
+        if self.complete:
+            return 0
+        held = self.values.get(b)
+        return self.coarse.count_equal(b) - (0 if held is None else len(held))
+
     def exact(self, value: int) -> bool:
         """Whether ranks of ``value`` are exact here (False only for a snapshot lacking that bucket's values)."""
-        if self.complete:
-            return True
-        b = self.coarse.clamp(self.bucket(value))
-        return b in self.values or not self.coarse.count_equal(b)
+        return self.complete or not self.unknown(self.coarse.clamp(self.bucket(value)))
 
     def count_below(self, key: int) -> int:
-        b = self.coarse.clamp(self.bucket(key))
-        below = self.coarse.count_below(b)
-        held = self.values.get(b)
-        return below + bisect.bisect_left(held, key) if held is not None else below
+        return self.below_and_equal(key, self.coarse.clamp(self.bucket(key)))[0]
 
     def count_equal(self, key: int) -> int:
-        b = self.coarse.clamp(self.bucket(key))
-        held = self.values.get(b)
-        if held is not None:
-            return bisect.bisect_right(held, key) - bisect.bisect_left(held, key)
-        # a live partition: nobody in the bucket; a snapshot without the bucket's values: all tied
-        return 0 if self.complete else self.coarse.count_equal(b)
+        return self.below_and_equal(key, self.coarse.clamp(self.bucket(key)))[1]
 
     def below_and_equal(self, key: int, b: int) -> tuple[int, int]:
         """``count_below(key)`` and ``count_equal(key)`` for ``key`` in (clamped) bucket ``b``, in one go."""
         below = self.coarse.count_below(b)
         held = self.values.get(b)
         if held is None:
+            # a live partition: nobody in the bucket; a snapshot without the bucket's values: all tied
             return below, 0 if self.complete else self.coarse.count_equal(b)
         at = bisect.bisect_left(held, key)
-        return below + at, bisect.bisect_right(held, key, at) - at
+        equal = bisect.bisect_right(held, key, at) - at
+        return below + at, equal if self.complete else equal + self.coarse.count_equal(b) - len(held)
+
+    def shift(self, before: ExactIndex | None, after: ExactIndex | None) -> None:
+        """A part summed into this index (same buckets) changed from ``before`` to ``after`` (None: the part joins
+        or leaves): its bucket counts are shifted, and the values of each bucket whose held values differ are
+        replaced by the sum's less ``before``'s plus ``after``'s. A complete sum takes complete parts only."""
+        empty: dict[int, array[int]] = {}
+        old, new = (empty if before is None else before.values), (empty if after is None else after.values)
+        if self.complete and not all(p is None or p.complete for p in (before, after)):
+            raise ValueError("a complete index cannot sum a part whose values are not all held")
+        none: dict[int, int] = {}
+        self.coarse.shift(
+            none if before is None else before.coarse._counts, none if after is None else after.coarse._counts
+        )
+        for b in old.keys() | new.keys():
+            gone, came = old.get(b), new.get(b)
+            if gone == came:
+                continue
+            merged = _sorted_sum(self.values.get(b), came, gone)
+            if merged:
+                self.values[b] = merged
+            else:
+                self.values.pop(b, None)
 
     def counts(self) -> dict[int, int]:
         """The coarse bucket counts (the snapshot's bucketed part, readable by every snapshot version)."""
@@ -262,6 +298,23 @@ class ExactIndex(Membership):
                 raise ValueError(f"bucket {b}: {len(values)} values for a count of {index.coarse.count_equal(b)}")
             index.values[b] = values
         return index
+
+
+def _sorted_sum(held: array[int] | None, add: array[int] | None, remove: array[int] | None) -> array[int]:
+    """``held`` (sorted) plus the values of ``add`` less those of ``remove`` (multisets), sorted."""
+    merged = sorted([*(held or ()), *(add or ())])
+    if not remove:
+        return array(VALUES, merged)
+    left = Counter(remove)
+    out = array(VALUES)
+    for value in merged:
+        if left.get(value):
+            left[value] -= 1
+        else:
+            out.append(value)
+    if +left:
+        raise ValueError(f"removing values {sorted((+left).elements())[:5]} more often than they were added")
+    return out
 
 
 def rank_bucket(parts: Sequence[RankIndex], rank: int) -> int:
@@ -425,6 +478,8 @@ class Union:
             below += at
             if at < len(held) and held[at] == key:  # (most parts do not hold the value)
                 equal += bisect_right(held, key, at) - at
+            if incomplete:  # members of the bucket whose values are not held: tied (``ExactIndex.unknown``)
+                equal += counts.get(b, 0) - len(held)
         return (below + 0.5 * equal) / total
 
 

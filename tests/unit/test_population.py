@@ -156,7 +156,9 @@ def test_snapshots_round_trip_and_owned_partitions_win():
     assert other.remote[3].population.counts() == view.local[3].population.counts()
     assert other.clock() == view.clock() == 1_700_000_000_000
     view.apply_snapshot(other.remote and view.snapshot(3))  # own snapshot echoed back: the live part is used
-    assert len(view.parts()) == 1 and view.parts()[0] is view.local[3].population
+    assert view.partition_parts() == [view.local[3].population]
+    assert view.parts() == [view.sums.live] and view.sums.live.counts() == view.local[3].population.counts()
+    assert not view.sums.published.members
 
 
 def test_sweep_goes_round_and_refreshes_only_when_the_clock_moved():

@@ -207,12 +207,13 @@ def test_exact_index_percentiles_equal_pandas_average_rank(values, moves, n_part
 def test_snapshots_with_exact_values_near_the_thresholds_score_like_batch(values, n_parts, band):
     """Another worker's partitions arrive as snapshots with exact values only near the score and VIP
     thresholds: the M score and the VIP-by-value decision of every member still equal pandas'."""
+    from scoring.footprint import FootprintDiff
     from scoring.population import PopulationView
 
     config = RfmConfig(exact_band_share=band, vip_enter_share=0.05, vip_leave_share=0.08)
     owner, reader = PopulationView(config), PopulationView(config)
     for i, v in enumerate(values):
-        owner.partition(i % n_parts).population.move(None, MemberKeys(20_000, 1, v, v))
+        owner.partition(i % n_parts).apply(FootprintDiff(keys=(None, MemberKeys(20_000, 1, v, v))))
     for p in owner.local:
         reader.apply_snapshot(owner.snapshot(p))
     ranking = Ranking(reader.parts(), config)
