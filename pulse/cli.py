@@ -104,7 +104,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from streams.security import redis_client_kwargs
 
     settings = load_settings()
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True, **redis_client_kwargs(settings))
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True, **redis_client_kwargs(settings, sync=True))
     fields = client.hgetall(_profile_key(settings.redis_key_prefix, args.customer_id))
     if not fields:
         raise CliError(
@@ -626,7 +626,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
             print(f"--duration {args.duration:g} s ran out after {sent} of {len(events)} events", flush=True)
             events = events[:sent]
         customers_with_orders = len({e["customer_id"] for _, e in events})
-        client = redis.Redis.from_url(settings.redis_url, decode_responses=True, **redis_client_kwargs(settings))
+        client = redis.Redis.from_url(
+            settings.redis_url, decode_responses=True, **redis_client_kwargs(settings, sync=True)
+        )
         shown = False
         alerted_before = None
         while deadline is None or time.monotonic() < deadline:

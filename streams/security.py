@@ -16,6 +16,10 @@ import faust
 from aiokafka.helpers import create_ssl_context
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from faust.types.auth import CredentialsT
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.exceptions import ReadOnlyError
+from redis.retry import Retry as SyncRetry
 
 from pulse_config.settings import Settings
 
@@ -60,8 +64,9 @@ def kafka_client_kwargs(settings: Settings) -> dict[str, Any]:
     }
 
 
-def redis_client_kwargs(settings: Settings, timeout: float | None = None) -> dict[str, Any]:
-    """Extra keyword arguments for ``Redis.from_url(settings.redis_url, ...)`` (sync or asyncio).
+def redis_client_kwargs(settings: Settings, timeout: float | None = None, *, sync: bool = False) -> dict[str, Any]:
+    """Extra keyword arguments for ``Redis.from_url(settings.redis_url, ...)`` (asyncio; ``sync``: redis-py's
+    blocking client).
 
     A password in the URL wins over ``redis_password`` (redis-py's rule); TLS
     is chosen by the URL scheme (``rediss://``), the CA file applies only then
@@ -71,9 +76,23 @@ def redis_client_kwargs(settings: Settings, timeout: float | None = None) -> dic
     ``redis_timeout_seconds``): the bound is the project's, not the installed
     redis-py's (none before 8.0, so a Redis that stops answering held a
     worker's profile writes for as long as TCP kept the connection; 5 s since).
+
+    And every client drops a connection that answered READONLY. A failover behind one address (a managed
+    Redis's DNS name, a Service, a virtual IP) sends new connections to the promoted primary, while those already
+    open still reach the demoted one, now a replica refusing every write; kept, such a connection failed every
+    retry of the writer, the router and the console's feed for as long as it lived (tests/faults/
+    test_redis_failover.py). redis-py's retry policy disconnects a connection whose error it supports; with no
+    retry of its own (0, redis-py 8's default, pinned since 5.x differs) the error reaches the caller, whose next
+    attempt connects anew, as redis-py's Sentinel connections do.
     """
     bound = settings.redis_timeout_seconds if timeout is None else timeout
-    kwargs: dict[str, Any] = {"socket_timeout": bound, "socket_connect_timeout": bound}
+    retry = (SyncRetry if sync else AsyncRetry)(NoBackoff(), 0)
+    kwargs: dict[str, Any] = {
+        "socket_timeout": bound,
+        "socket_connect_timeout": bound,
+        "retry": retry,
+        "retry_on_error": [ReadOnlyError],
+    }
     password = settings.redis_password.get_secret_value()
     if password:
         kwargs["password"] = password

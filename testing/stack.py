@@ -433,7 +433,7 @@ def profile_diffs(settings: Settings, expected: dict[str, dict]) -> list[tuple[s
     from streams.sinks.redis_profiles import profile_key
 
     # the settings' password and CA file: a rediss:// Redis checks the client against its CA (tests/e2e, TLS)
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True, **redis_client_kwargs(settings))
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True, **redis_client_kwargs(settings, sync=True))
     with client.pipeline(transaction=False) as pipe:
         for cid in expected:
             pipe.hgetall(profile_key(settings.redis_key_prefix, cid))

@@ -52,7 +52,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
-from redis.exceptions import ReadOnlyError, RedisError
+from redis.exceptions import RedisError
 
 from pulse_config.settings import Settings
 from schemas.actions import ActionKind, RetentionAction
@@ -529,10 +529,8 @@ class Router:
             try:
                 return await op()
             except (RedisError, OSError) as exc:
-                if isinstance(exc, ReadOnlyError):
-                    # a failover behind the Redis address: the pooled connections still reach the demoted primary;
-                    # new ones reach the promoted one (streams.sinks.redis_profiles does the same)
-                    await self.redis.connection_pool.disconnect()
+                # (READONLY, a failover behind the address: the client's retry policy dropped the connection and
+                # the next attempt connects to the promoted primary, streams.security.redis_client_kwargs)
                 log.warning("router: redis unavailable (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.redis_retry_max_seconds)

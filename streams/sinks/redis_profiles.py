@@ -26,8 +26,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from hiredis import pack_command
 from redis.asyncio.connection import AbstractConnection
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, RedisError, ResponseError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from schemas.profile import CustomerProfile, RenderedProfile
@@ -306,13 +305,7 @@ class RedisProfileSink:
         except TimeoutError:
             # the cancelled read has disconnected; a redis TimeoutError is what the retry policy retries
             raise RedisTimeoutError(f"Timeout reading {replies} replies") from None
-        if isinstance(error, ReadOnlyError):
-            # A failover behind this address (a managed Redis's DNS name, a Service, a virtual IP): new connections
-            # reach the promoted primary, this one still reaches the demoted one. Connect anew, as redis-py's
-            # Sentinel connections do; a ConnectionError is what the retry policy retries at once.
-            await conn.disconnect()
-            raise RedisConnectionError(f"the primary became a read-only replica ({error}): connecting anew")
-        if error is not None:
+        if error is not None:  # (READONLY: the retry policy drops the connection, streams.security)
             raise error
 
     async def settle(self, timeout: float) -> int:

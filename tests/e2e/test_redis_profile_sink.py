@@ -21,8 +21,6 @@ from pathlib import Path
 import pytest
 import redis
 from redis.asyncio import Connection
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from pulse.devstack import Server, free_port, redis_binary, start_redis, stop_process, wait_port
 from pulse_config.settings import Settings
@@ -30,6 +28,7 @@ from schemas.profile import CustomerProfile, RenderedProfile, render_profile
 from scoring.customer import assess_customer
 from streams import metrics
 from streams.at_risk import UPDATE_SCRIPT, index_score, index_suffixes
+from streams.security import redis_client_kwargs
 from streams.sinks.redis_profiles import (
     RedisProfileSink,
     pack_batch,
@@ -47,8 +46,9 @@ SETTINGS = Settings(_env_file=None)
 CONFIG = SETTINGS.scoring()
 TEMPLATES = template_states(200, 7)
 PASSWORD = "sink-test-password"
-#: fail at once instead of redis-py's default three retries with back-off
-NO_RETRY = {"retry": Retry(NoBackoff(), 0)}
+#: the project's retry policy (streams.security.redis_client_kwargs, what the worker gives the sink): fail at once
+#: instead of redis-py's own retries, and a connection that answered READONLY is dropped
+NO_RETRY = {k: v for k, v in redis_client_kwargs(Settings(_env_file=None)).items() if k in ("retry", "retry_on_error")}
 
 
 @pytest.fixture(scope="module")

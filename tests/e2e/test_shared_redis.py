@@ -103,9 +103,9 @@ def test_worker_api_and_console_run_with_a_redis_user_limited_to_their_prefix(
         tls_redis, admin_url, ca = start_tls_redis(tmp_path)
         namespace.env["PULSE_REDIS_SSL_CA_CERTS"] = str(ca)
         s = s.model_copy(update={"redis_url": admin_url, "redis_ssl_ca_certs": str(ca)})
-    url = restricted_url(s.redis_url, s.redis_key_prefix, redis_client_kwargs(s))
+    url = restricted_url(s.redis_url, s.redis_key_prefix, redis_client_kwargs(s, sync=True))
     s = s.model_copy(update={"redis_url": url})
-    restricted = redis.Redis.from_url(url, **redis_client_kwargs(s))
+    restricted = redis.Redis.from_url(url, **redis_client_kwargs(s, sync=True))
     with pytest.raises(redis.exceptions.NoPermissionError):  # the user really is limited
         restricted.set("someone-elses-key", 1)
     if transport == "tls":

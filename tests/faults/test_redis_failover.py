@@ -7,13 +7,19 @@ address; two real redis-servers play the primary and its replica, and the failov
 
 Before session 26, the worker's profile writer and the router kept their pooled connections: every retry met
 READONLY again, for as long as the connection lived, so no profile and no delivery record reached the new primary
-(the router's deliveries stalled behind their record). Now a READONLY reply drops the connection, and the retry
-connects anew. The subject is Redis, so it runs on the first broker only.
+(the router's deliveries stalled behind their record). Session 26 dropped the connection on READONLY in those two;
+the console's feed and its actions still kept theirs (its queue stopped taking alerts until restarted). Since
+session 28 every Redis client the project makes drops a connection that answered READONLY
+(``streams.security.redis_client_kwargs``), and the next attempt connects anew. The subject is Redis, so it runs
+on the first broker only.
 """
 
 from __future__ import annotations
 
+import os
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -23,12 +29,22 @@ import orjson
 import pytest
 import redis
 
-from pulse.devstack import Server, start_redis, stop_process
+from pulse.devstack import Server, free_port, start_redis, stop_process
 from pulse.simulate import generate_events
+from streams.console.cases import alerts_key, case_key
 from streams.router.service import dedup_key
 from testing.chaos import scored_events
 from testing.reference import uninterrupted_profiles
-from testing.stack import event_records, nothing_stays_pending, produce, profile_diffs, scraped, send_stream, wait_until
+from testing.stack import (
+    event_records,
+    nothing_stays_pending,
+    produce,
+    profile_diffs,
+    scraped,
+    send_stream,
+    start_pulse,
+    wait_until,
+)
 from testing.tcp_proxy import SwitchingProxy
 from tests.conftest import first_broker_only
 from tests.router_fixtures import alert_dict, start_file_router
@@ -133,3 +149,47 @@ def test_the_router_records_its_deliveries_on_the_new_primary_after_a_failover(f
         assert proc.poll() is None
     finally:
         stop_process(proc, 10)
+
+
+def test_the_console_records_alerts_and_actions_on_the_new_primary_after_a_failover(failover, namespace):
+    """The console's feed records each alert in the case store, and an action taken on its page moves the case:
+    both writes, through the console's one Redis client, must reach the new primary after a failover."""
+    s = namespace.settings
+    prefix, topic = s.redis_key_prefix, s.topic_retention_alerts
+    port, log = free_port(), namespace.log_dir / "console.log"
+    env = {**os.environ, **namespace.env, "PULSE_REDIS_URL": failover.url, "PULSE_CONSOLE_PORT": str(port)}
+    console = start_pulse(["console"], env, log)
+
+    def send(alerts: list[dict]) -> None:
+        produce(namespace.bootstrap, topic, [(a["customer_id"].encode(), orjson.dumps(a)) for a in alerts])
+
+    def recorded(client: redis.Redis, alerts: list[dict]) -> bool:
+        return all(client.hexists(alerts_key(prefix, a["customer_id"]), a["alert_id"]) for a in alerts)
+
+    try:
+        first, second = [alert_dict(i) for i in range(10)], [alert_dict(i) for i in range(10, 20)]
+        send(first)
+        assert wait_until(lambda: recorded(failover.to_old, first), timeout=60), log.read_text()[-3000:]
+        failover.fail_over()
+        time.sleep(0.5)  # the demoted primary starts its sync from the new one
+        sent = time.monotonic()
+        send(second)
+        landed = wait_until(lambda: recorded(failover.to_new, second), timeout=60)
+        took, text = time.monotonic() - sent, log.read_text(errors="replace")
+        # (a READONLY inside the case store's watched transaction is a WatchError to it: retried at once, unlogged)
+        print(
+            f"\n[faults] console across a redis failover: {len(second)} alerts recorded on the new primary "
+            f"{took:.1f} s after they were sent; READONLY logged {text.count('read only replica')} times"
+        )
+        assert landed, text[-3000:]
+        # an action on the page: its case moves on the new primary (the answer shows the case, read back)
+        alert = second[0]
+        form = urllib.parse.urlencode({"note": "called back"}).encode()
+        url = f"http://127.0.0.1:{port}/actions/{alert['alert_id']}/acknowledge"
+        with urllib.request.urlopen(urllib.request.Request(url, data=form), timeout=30) as response:
+            page = response.read().decode()
+        assert response.status == 200 and "not recorded" not in page, page[-2000:]
+        assert failover.to_new.hget(case_key(prefix, alert["customer_id"]), "status") == "acknowledged"
+        assert console.poll() is None
+    finally:
+        stop_process(console, 30)

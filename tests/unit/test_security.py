@@ -6,8 +6,13 @@ import ssl
 
 import faust
 import pytest
+import redis
+import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
 from pydantic import ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError
+from redis.retry import Retry as SyncRetry
 
 from pulse_config.settings import Settings
 from streams.security import broker_credentials, kafka_client_kwargs, redis_client_kwargs
@@ -22,8 +27,28 @@ def test_plaintext_is_the_default_and_needs_no_credentials():
     assert broker_credentials(s) is None
     assert kafka_client_kwargs(s) == {"bootstrap_servers": "k1:9092,k2:9093", "security_protocol": "PLAINTEXT"}
     # every Redis client is bounded in time (PULSE_REDIS_TIMEOUT_SECONDS, or the caller's own bound)
-    assert redis_client_kwargs(s) == {"socket_timeout": 5.0, "socket_connect_timeout": 5.0}
-    assert redis_client_kwargs(s, 1.0) == {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
+    assert bounded(redis_client_kwargs(s)) == {"socket_timeout": 5.0, "socket_connect_timeout": 5.0}
+    assert bounded(redis_client_kwargs(s, 1.0)) == {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
+
+
+def bounded(kwargs: dict) -> dict:
+    """The kwargs less the retry policy (tested on its own below)."""
+    return {k: v for k, v in kwargs.items() if k not in ("retry", "retry_on_error")}
+
+
+def test_every_redis_connection_is_dropped_after_a_readonly_reply_and_retried_by_its_caller_only():
+    """A READONLY reply (a failover behind the address) is an error the connections' retry policy supports, so
+    redis-py disconnects the connection; with no retries of its own (timeouts keep their single bound)."""
+    s = settings()
+    for client in (
+        aioredis.Redis.from_url(s.redis_url, **redis_client_kwargs(s)),
+        redis.Redis.from_url(s.redis_url, **redis_client_kwargs(s, sync=True)),
+    ):
+        retry = client.connection_pool.make_connection().retry
+        assert ReadOnlyError in retry._supported_errors and RedisConnectionError in retry._supported_errors
+        assert retry.get_retries() == 0
+        sync_client = isinstance(client, redis.Redis)
+        assert isinstance(retry, SyncRetry) == sync_client  # a policy of the client's own kind (await or not)
 
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
@@ -103,9 +128,9 @@ def test_redis_password_and_tls_ca():
     s = settings(redis_password="pw", redis_ssl_ca_certs="/etc/ca.pem")
     # the CA file only applies to TLS connections (a plain one rejects TLS arguments)
     bounds = {"socket_timeout": 5.0, "socket_connect_timeout": 5.0}
-    assert redis_client_kwargs(s) == {**bounds, "password": "pw"}
+    assert bounded(redis_client_kwargs(s)) == {**bounds, "password": "pw"}
     s = settings(redis_url="rediss://r:6380/0", redis_password="pw", redis_ssl_ca_certs="/etc/ca.pem")
-    assert redis_client_kwargs(s) == {**bounds, "password": "pw", "ssl_ca_certs": "/etc/ca.pem"}
+    assert bounded(redis_client_kwargs(s)) == {**bounds, "password": "pw", "ssl_ca_certs": "/etc/ca.pem"}
 
 
 def test_secrets_are_masked_in_the_effective_config():
