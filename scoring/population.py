@@ -153,9 +153,10 @@ class PopulationView:
         return self.sums.parts()
 
     def partition_parts(self) -> list[Population]:
-        """Each partition's part: owned partitions live, every other one as last published."""
+        """Each partition's part, ranked on its own: owned partitions live, every other one as last published
+        (decoded without trees: built here, for tests and benchmarks that rank the partitions one by one)."""
         return [p.population for p in self.local.values()] + [
-            r.population for n, r in self.remote.items() if n not in self.local
+            r.population.with_trees() for n, r in self.remote.items() if n not in self.local
         ]
 
     def clock(self) -> int | None:

@@ -44,15 +44,21 @@ class Membership:
 
 @dataclass(slots=True)
 class RankIndex(Membership):
-    """Counts of integer keys in ``[0, size)``; keys outside are clamped to the ends."""
+    """Counts of integer keys in ``[0, size)``; keys outside are clamped to the ends.
+
+    ``ranked`` False: the counts only, no Fenwick tree (``from_counts(..., ranked=False)``): a part that is
+    summed into another index and never ranked itself (another worker's snapshot, ``scoring.population_sums``).
+    Building the tree was 95 % of decoding a snapshot, once a second per partition. Ranking such an index fails
+    loudly (its tree is empty); :meth:`with_tree` gives a ranked copy."""
 
     size: int
     total: int = 0
     _tree: list[int] = field(default_factory=list, repr=False)
     _counts: dict[int, int] = field(default_factory=dict, repr=False)
+    ranked: bool = True
 
     def __post_init__(self) -> None:
-        if not self._tree:
+        if self.ranked and not self._tree:
             self._tree = [0] * (self.size + 1)
 
     def clamp(self, key: int) -> int:
@@ -119,10 +125,26 @@ class RankIndex(Membership):
                 tree[parent] += tree[i]
 
     @classmethod
-    def from_counts(cls, size: int, counts: dict[int, int]) -> RankIndex:
-        index = cls(size)
-        index.add_counts(counts)
+    def from_counts(cls, size: int, counts: dict[int, int], ranked: bool = True) -> RankIndex:
+        """An index holding ``counts`` (``ranked`` False: without its tree, see the class)."""
+        if ranked:
+            index = cls(size)
+            index.add_counts(counts)
+            return index
+        index = cls(size, ranked=False)
+        mine = index._counts
+        for key, n in counts.items():
+            if n < 0:
+                raise ValueError(f"removing key {key} more often than it was added")
+            if n:
+                key = index.clamp(key)
+                mine[key] = mine.get(key, 0) + n
+                index.total += n
         return index
+
+    def with_tree(self) -> RankIndex:
+        """This index ranked: itself, or a copy with its tree built."""
+        return self if self.ranked else RankIndex.from_counts(self.size, self._counts)
 
     def shift(self, before: Mapping[int, int], after: Mapping[int, int]) -> None:
         """A part summed into this index changed its counts from ``before`` to ``after`` (either may be empty: a
@@ -282,6 +304,12 @@ class ExactIndex(Membership):
                 out.append([b, held[0], *(held[i] - held[i - 1] for i in range(1, len(held)))])
         return out
 
+    def with_tree(self) -> ExactIndex:
+        """This index ranked: itself, or a copy whose coarse level has its tree (the values are shared)."""
+        if self.coarse.ranked:
+            return self
+        return ExactIndex(self.bucket, self.coarse.with_tree(), self.complete, self.values)
+
     @classmethod
     def from_snapshot(
         cls,
@@ -289,9 +317,11 @@ class ExactIndex(Membership):
         size: int,
         counts: Mapping[int, int],
         encoded: Sequence[Sequence[int]] = (),
+        ranked: bool = True,
     ) -> ExactIndex:
-        """Another worker's partition: its bucket counts and the exact values of the buckets it sent."""
-        index = cls(bucket, RankIndex.from_counts(size, dict(counts)), complete=False)
+        """Another worker's partition: its bucket counts and the exact values of the buckets it sent (``ranked``
+        False: the coarse counts without their tree, :class:`RankIndex`)."""
+        index = cls(bucket, RankIndex.from_counts(size, dict(counts), ranked), complete=False)
         for row in encoded:
             b, values = int(row[0]), array(VALUES, accumulate(row[1:]))
             if len(values) != index.coarse.count_equal(b):

@@ -150,15 +150,23 @@ class Population:
         config: RfmConfig,
         counts: dict[str, dict[int, int]],
         values: dict[str, list[list[int]]] | None = None,
+        ranked: bool = True,
     ) -> Population:
-        """Another worker's partition: the counts and the exact values of the M and V buckets it sent."""
+        """Another worker's partition: the counts and the exact values of the M and V buckets it sent (``ranked``
+        False: without the Fenwick trees, for a part only summed, ``scoring.rank.RankIndex``)."""
         k, values = config.keys, values or {}
         return cls(
-            RankIndex.from_counts(k.r_size, counts["r"]),
-            RankIndex.from_counts(k.f_size, counts["f"]),
-            ExactIndex.from_snapshot(k.m_key, k.m_size, counts["m"], values.get("m", ())),
-            ExactIndex.from_snapshot(k.m_key, k.m_size, counts["v"], values.get("v", ())),
+            RankIndex.from_counts(k.r_size, counts["r"], ranked),
+            RankIndex.from_counts(k.f_size, counts["f"], ranked),
+            ExactIndex.from_snapshot(k.m_key, k.m_size, counts["m"], values.get("m", ()), ranked),
+            ExactIndex.from_snapshot(k.m_key, k.m_size, counts["v"], values.get("v", ()), ranked),
         )
+
+    def with_trees(self) -> Population:
+        """This part ranked: itself, or a copy with its trees built (a snapshot decoded unranked)."""
+        if self.r.ranked and self.f.ranked and self.m.coarse.ranked and self.v.coarse.ranked:
+            return self
+        return Population(self.r.with_tree(), self.f.with_tree(), self.m.with_tree(), self.v.with_tree())
 
 
 class RfmScores(Value, frozen=True):

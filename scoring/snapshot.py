@@ -122,13 +122,15 @@ def encode(
 
 
 def decode(raw: bytes, config: RfmConfig) -> tuple[int, RemotePart] | None:
-    """Another worker's snapshot: its partition and part (None: a later format than this code reads)."""
+    """Another worker's snapshot: its partition and part (None: a later format than this code reads). The part's
+    indexes hold counts and values without Fenwick trees: the reader ranks against the published parts summed
+    (``scoring.population_sums``), and ``Population.with_trees`` ranks one on its own."""
     data = orjson.loads(raw)
     if int(data.get("version", 1)) > SNAPSHOT_VERSION:
         return None
     counts = {name: dict(zip(data[name][::2], data[name][1::2], strict=True)) for name in ("r", "f", "m", "v")}
     return int(data["partition"]), RemotePart(
-        Population.from_snapshot(config, counts, data.get("values")),
+        Population.from_snapshot(config, counts, data.get("values"), ranked=False),
         data["watermark_ms"],
         int(data["customers"]),
         tuple(data.get("gaps", NO_GAP)),
