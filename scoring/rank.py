@@ -284,7 +284,18 @@ class ExactIndex(Membership):
             gone, came = old.get(b), new.get(b)
             if gone == came:
                 continue
-            merged = _sorted_sum(self.values.get(b), came, gone)
+            held = self.values.get(b)
+            if gone and came and held is not None:
+                # a snapshot replacing the last one of its partition: few of a bucket's values moved, and a large
+                # bucket (thousands of values at 1M customers) is patched in place, not merged and sorted again
+                removed, added = Counter(gone), Counter(came)
+                removed.subtract(came)
+                added.subtract(gone)
+                moves = [(v, n) for v, n in removed.items() if n > 0], [(v, n) for v, n in added.items() if n > 0]
+                if sum(len(m) for m in moves) * PATCH_SHARE < len(held):
+                    _patch(held, *moves)
+                    continue
+            merged = _sorted_sum(held, came, gone)
             if merged:
                 self.values[b] = merged
             else:
@@ -328,6 +339,23 @@ class ExactIndex(Membership):
                 raise ValueError(f"bucket {b}: {len(values)} values for a count of {index.coarse.count_equal(b)}")
             index.values[b] = values
         return index
+
+
+#: :meth:`ExactIndex.shift` patches a bucket's values in place while the values moved, times this, are fewer than
+#: the values held (each patch moves the array's tail once; a merge sorts the whole bucket in Python objects)
+PATCH_SHARE = 16
+
+
+def _patch(held: array[int], removed: list[tuple[int, int]], added: list[tuple[int, int]]) -> None:
+    """Remove ``n`` copies of each ``(value, n)`` of ``removed`` from sorted ``held``, insert those of ``added``."""
+    for value, n in removed:
+        at = bisect.bisect_left(held, value)
+        if at + n > len(held) or held[at + n - 1] != value:
+            raise ValueError(f"removing value {value} more often than it was added")
+        del held[at : at + n]
+    for value, n in added:
+        at = bisect.bisect_right(held, value)
+        held[at:at] = array(VALUES, [value] * n)
 
 
 def _sorted_sum(held: array[int] | None, add: array[int] | None, remove: array[int] | None) -> array[int]:

@@ -167,3 +167,39 @@ def test_a_decoded_snapshot_holds_counts_without_trees_and_ranks_only_through_th
     assert ranked.with_trees() is ranked
     for m in [v for vs in live.m.values.values() for v in vs]:
         assert Ranking([ranked], CONFIG).percentile(2, m) == Ranking(reader.parts(), CONFIG).percentile(2, m)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(st.integers(0, 900), min_size=300, max_size=1200),  # 100,000-100,900 cents: mostly one 1 % bucket
+    st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 3000)), max_size=8),
+    st.integers(1, 3),
+)
+def test_replacing_a_part_patches_large_buckets_in_place_with_the_same_values_as_a_merge(values, moves, others):
+    """A snapshot replacing its partition's last one moves few values of a bucket: they are patched into the sum's
+    (large) bucket in place; the result is the sum built again from scratch."""
+    k = CONFIG.keys
+    near = [100_000 + v for v in values]
+
+    def part(vs: list[int]) -> ExactIndex:
+        index = k.m_index()
+        for v in vs:
+            index.add(v)
+        return index
+
+    fixed = [part(near[i::others]) for i in range(1, others)]  # the other partitions, unchanged
+    before = part(near[0::others])
+    changed = list(near[0::others])
+    for pick, new in moves:
+        if changed:
+            changed[pick % len(changed)] = 100_000 + new
+    after = part(changed)
+    total = k.m_index()
+    for p in [*fixed, before]:
+        total.shift(None, p)
+    total.shift(before, after)
+    fresh = k.m_index()
+    for p in [*fixed, after]:
+        fresh.shift(None, p)
+    assert {b: list(vs) for b, vs in total.values.items()} == {b: list(vs) for b, vs in fresh.values.items()}
+    assert total.counts() == fresh.counts()
