@@ -80,6 +80,7 @@ class PopulationView:
             if part is None:
                 continue
             self.sums.disown(part.population)
+            part.total = None  # (a caller still holding the dropped part moves it alone, not the live sum)
             published = self.remote.get(p)
             if published is not None:  # not owned any more: its last snapshot counts again
                 self.sums.publish(None, published.population)

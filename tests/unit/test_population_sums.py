@@ -203,3 +203,15 @@ def test_replacing_a_part_patches_large_buckets_in_place_with_the_same_values_as
         fresh.shift(None, p)
     assert {b: list(vs) for b, vs in total.values.items()} == {b: list(vs) for b, vs in fresh.values.items()}
     assert total.counts() == fresh.counts()
+
+
+def test_a_dropped_partition_moved_afterwards_leaves_the_live_sum_alone():
+    """A revoked partition's part, still held by a caller finishing its batch, must not move the live sum."""
+    rnd = random.Random(3)
+    view = PopulationView(CONFIG)
+    old, new = customer(rnd, 1), customer(rnd, 1)
+    view.add_state(1, b"A", old)
+    held = view.local[1]
+    view.drop({1})
+    held.apply(diff(footprint(old, CONFIG), footprint(new, CONFIG)))
+    assert not view.sums.live.members and view.sums.live.r.counts() == {}
