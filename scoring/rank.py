@@ -110,15 +110,10 @@ class RankIndex(Membership):
             for key, n in counts.items():
                 self.add(key, n)
             return
-        tree, size, mine = self._tree, self.size, self._counts
-        for key, n in counts.items():
-            if n < 0:
-                raise ValueError(f"removing key {key} more often than it was added")
-            if n:
-                key = self.clamp(key)
-                mine[key] = mine.get(key, 0) + n
-                tree[key + 1] += n
-                self.total += n
+        tree, size = self._tree, self.size
+        self._count(counts)
+        for key, n in self._counts.items():  # (the index was empty: these are ``counts``, clamped)
+            tree[key + 1] += n
         for i in range(1, size + 1):
             parent = i + (i & -i)
             if parent <= size:
@@ -132,15 +127,19 @@ class RankIndex(Membership):
             index.add_counts(counts)
             return index
         index = cls(size, ranked=False)
-        mine = index._counts
+        index._count(counts)
+        return index
+
+    def _count(self, counts: Mapping[int, int]) -> None:
+        """Add ``counts`` (clamped) to the counts and the total, not to the tree."""
+        mine = self._counts
         for key, n in counts.items():
             if n < 0:
                 raise ValueError(f"removing key {key} more often than it was added")
             if n:
-                key = index.clamp(key)
+                key = self.clamp(key)
                 mine[key] = mine.get(key, 0) + n
-                index.total += n
-        return index
+                self.total += n
 
     def with_tree(self) -> RankIndex:
         """This index ranked: itself, or a copy with its tree built."""

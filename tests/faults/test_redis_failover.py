@@ -20,7 +20,7 @@ import os
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -123,6 +123,26 @@ def test_the_worker_writes_its_profiles_to_the_new_primary_after_a_failover(fail
     assert worker.alive()
 
 
+def across_failover(
+    failover: Failover,
+    log: Path,
+    send: Callable[[list[dict]], None],
+    recorded: Callable[[redis.Redis, list[dict]], bool],
+    first: list[dict],
+    second: list[dict],
+) -> tuple[bool, float, str]:
+    """``first`` sent and recorded on the old primary, the failover, then ``second`` sent: whether it was recorded on
+    the new primary within 60 s, how long that took, and the process's log."""
+    send(first)
+    assert wait_until(lambda: recorded(failover.to_old, first), timeout=60), log.read_text()[-3000:]
+    failover.fail_over()
+    time.sleep(0.5)  # the demoted primary starts its sync from the new one
+    sent = time.monotonic()
+    send(second)
+    landed = wait_until(lambda: recorded(failover.to_new, second), timeout=60)
+    return landed, time.monotonic() - sent, log.read_text(errors="replace")
+
+
 def test_the_router_records_its_deliveries_on_the_new_primary_after_a_failover(failover, namespace, tmp_path):
     routed = replace(namespace, env={**namespace.env, "PULSE_REDIS_URL": failover.url})
     proc, log, deliveries = start_file_router(routed, tmp_path)
@@ -136,13 +156,7 @@ def test_the_router_records_its_deliveries_on_the_new_primary_after_a_failover(f
 
     try:
         first, second = [alert_dict(i) for i in range(20)], [alert_dict(i) for i in range(20, 40)]
-        send(first)
-        assert wait_until(lambda: recorded(failover.to_old, first), timeout=60), log.read_text()[-3000:]
-        failover.fail_over()
-        time.sleep(0.5)  # the demoted primary starts its sync from the new one
-        send(second)
-        landed = wait_until(lambda: recorded(failover.to_new, second), timeout=60)
-        text = log.read_text(errors="replace")
+        landed, _, text = across_failover(failover, log, send, recorded, first, second)
         print(f"\n[faults] router across a redis failover: READONLY met {text.count('read only replica')} times")
         assert landed, text[-3000:]
         assert all(a["customer_id"] in deliveries.read_text() for a in second)
@@ -168,14 +182,7 @@ def test_the_console_records_alerts_and_actions_on_the_new_primary_after_a_failo
 
     try:
         first, second = [alert_dict(i) for i in range(10)], [alert_dict(i) for i in range(10, 20)]
-        send(first)
-        assert wait_until(lambda: recorded(failover.to_old, first), timeout=60), log.read_text()[-3000:]
-        failover.fail_over()
-        time.sleep(0.5)  # the demoted primary starts its sync from the new one
-        sent = time.monotonic()
-        send(second)
-        landed = wait_until(lambda: recorded(failover.to_new, second), timeout=60)
-        took, text = time.monotonic() - sent, log.read_text(errors="replace")
+        landed, took, text = across_failover(failover, log, send, recorded, first, second)
         # (a READONLY inside the case store's watched transaction is a WatchError to it: retried at once, unlogged)
         print(
             f"\n[faults] console across a redis failover: {len(second)} alerts recorded on the new primary "
