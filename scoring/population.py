@@ -132,13 +132,11 @@ class PopulationView:
             n += 1
         for partition, (r, f, m, v, tag_sets, gap_totals) in acc.items():
             part = self.local[partition]
-            pop = part.population
-            self.sums.disown(pop)  # (empty unless the partition was counted into before)
-            pop.r.add_counts(r)
-            pop.f.add_counts(f)
-            pop.m.add_values(m)
-            pop.v.add_values(v)
-            self.sums.own(pop)
+            for pop in (part.population, self.sums.live):  # the part, and the owned parts' sum with it
+                pop.r.add_counts(r)
+                pop.f.add_counts(f)
+                pop.m.add_values(m)
+                pop.v.add_values(v)
             for tag_set, count in tag_sets.items():
                 for tag, k in tag_weights(tag_set).items():
                     part.tallies[tag] += k * count

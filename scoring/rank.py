@@ -211,13 +211,9 @@ class ExactIndex(Membership):
         if delta == 1:  # one customer joins or moves: the common case, no temporary array
             held.insert(bisect.bisect_right(held, value), value)
         elif delta > 0:
-            at = bisect.bisect_right(held, value)
-            held[at:at] = array(VALUES, [value] * delta)
+            _put(held, value, delta)
         elif delta < 0:
-            at = bisect.bisect_left(held, value)
-            if at - delta > len(held) or held[at - delta - 1] != value:
-                raise ValueError(f"removing value {value} more often than it was added")
-            del held[at : at - delta]
+            _take(held, value, -delta)
             if not held:
                 del self.values[b]
         self.coarse.add(b, delta)
@@ -345,16 +341,26 @@ class ExactIndex(Membership):
 PATCH_SHARE = 16
 
 
+def _put(held: array[int], value: int, n: int) -> None:
+    """Insert ``n`` copies of ``value`` into sorted ``held``."""
+    at = bisect.bisect_right(held, value)
+    held[at:at] = array(VALUES, [value] * n)
+
+
+def _take(held: array[int], value: int, n: int) -> None:
+    """Remove ``n`` copies of ``value`` from sorted ``held`` (ValueError if it holds fewer)."""
+    at = bisect.bisect_left(held, value)
+    if at + n > len(held) or held[at + n - 1] != value:
+        raise ValueError(f"removing value {value} more often than it was added")
+    del held[at : at + n]
+
+
 def _patch(held: array[int], removed: list[tuple[int, int]], added: list[tuple[int, int]]) -> None:
     """Remove ``n`` copies of each ``(value, n)`` of ``removed`` from sorted ``held``, insert those of ``added``."""
     for value, n in removed:
-        at = bisect.bisect_left(held, value)
-        if at + n > len(held) or held[at + n - 1] != value:
-            raise ValueError(f"removing value {value} more often than it was added")
-        del held[at : at + n]
+        _take(held, value, n)
     for value, n in added:
-        at = bisect.bisect_right(held, value)
-        held[at:at] = array(VALUES, [value] * n)
+        _put(held, value, n)
 
 
 def _sorted_sum(held: array[int] | None, add: array[int] | None, remove: array[int] | None) -> array[int]:

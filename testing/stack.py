@@ -169,15 +169,17 @@ class Worker:
         time.sleep(2.0)
         gauges = f"{first_scrape}\n  2 s later: {self._scrape()}"
         dump: list[str] = []
+        before = None
         if self.alive():
             # the main thread's stack (streams.worker registers faulthandler on SIGQUIT): a loop blocked in a call
             before = len(self.log.read_text(errors="replace").splitlines())
             self.proc.send_signal(signal.SIGQUIT)
             time.sleep(1.0)
-            dump = [line[:width] for line in self.log.read_text(errors="replace").splitlines()[before:]]
+        log_lines = self.log.read_text(errors="replace").splitlines()
+        if before is not None:
+            dump = [line[:width] for line in log_lines[before:]]
             main = next((i for i, line in enumerate(dump) if line.startswith("Current thread")), len(dump))
             dump = [line for line in dump[main:] if line.startswith(("Current thread", "  File"))][:25]
-        log_lines = self.log.read_text(errors="replace").splitlines()
         seen: set[str] = set()
         picked = []
         for line in log_lines:
