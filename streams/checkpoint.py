@@ -204,12 +204,14 @@ class Checkpoint:
             self.states.clear()  # a partition given away or (re)covered: its table is another writer's now
         if local - owned:
             processor.population.drop(local - owned)
+            processor.decided = {tp: offset for tp, offset in processor.decided.items() if tp[1] in owned}
         gone = {key for key, partition in self.recovered.items() if partition not in owned}
         for key in gone:
             del self.recovered[key]
         missing = owned - local
         if not missing:
             return
+        self._note_decided(missing)
         started = time.perf_counter()
         n = processor.rebuild(missing, self._recovered_states(missing))
         elapsed = time.perf_counter() - started
@@ -217,6 +219,16 @@ class Checkpoint:
         log.info("population of partitions %s rebuilt from %d customers in %.2fs", sorted(missing), n, elapsed)
         if self.recovered:
             log.info("%d recovered customers hold unpublished VIP changes or alerts", len(self.recovered))
+
+    def _note_decided(self, partitions: set[int]) -> None:
+        """What the changelog says was decided of ``partitions`` when the worker takes them: their input
+        positions (``BatchProcessor.decided``). Only raised, never lowered while a partition stays: a read again
+        after an offsets reset writes lower positions as it goes, and what was decided before stays decided."""
+        decided = self.processor.decided
+        for partition in partitions:
+            for topic, offset in self.table.changelog_positions(partition).items():
+                if offset > decided.get((topic, partition), 0):
+                    decided[(topic, partition)] = offset
 
     def _recovered_states(self, partitions: set[int]) -> Iterable[tuple[bytes, CustomerState]]:
         for key, raw in self.table.data.items():
@@ -388,19 +400,27 @@ class Checkpoint:
 
     def _positions(self, events: Sequence[EventT]) -> dict[int, dict[str, int]]:
         """Per partition of the batch (or piece), the next input offset per topic the changelog covers once this
-        piece is durable: the ledger's before the batch, moved by this batch's records so far."""
+        piece is durable: the ledger's before the batch, moved by this batch's records so far, and never below
+        what the changelog covered when the worker took the partition (``BatchProcessor.decided``).
+
+        Never lower: after an offsets reset the worker reads from 0 again, and every record below the old
+        position is still covered (each state drops what it applied, each rejected record had its dead letter).
+        Positions that fell with the re-read would tell the next owner (after a crash or a rebalance in the
+        middle of it) that those records were never decided, and it would dead-letter them a second time."""
         through = self._through
         for e in events:
             message = e.message
             if message.topic in self.position_topics:
                 tp = (message.topic, message.partition)
                 through[tp] = max(through.get(tp, 0), message.offset + 1)
+        decided = self.processor.decided
         out: dict[int, dict[str, int]] = {}
         for partition in {e.message.partition for e in events}:
             base = dict(self.applied_positions(partition)) if self.applied_positions is not None else {}
-            for (topic, p), offset in through.items():
-                if p == partition and offset > base.get(topic, -1):
-                    base[topic] = offset
+            for topic in self.position_topics:
+                for offset in (through.get((topic, partition)), decided.get((topic, partition))):
+                    if offset is not None and offset > base.get(topic, -1):
+                        base[topic] = offset
             if base:
                 out[partition] = base
         return out

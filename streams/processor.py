@@ -285,6 +285,11 @@ class BatchProcessor:
         self.upcoming: Collection[bytes] = frozenset()
         #: customers whose profile the previous batch left to this one
         self._deferred: set[bytes] = set()
+        #: (topic, partition) -> the offset below which every record was decided and made durable before this
+        #: worker took the partition (its changelog's input position, set by streams.checkpoint; empty offline). A
+        #: record below it was read before: after an offsets reset or a crash before the commit, one rejected again
+        #: was dead-lettered then, and counts as a duplicate instead of a second dead letter (:meth:`_dead_letter`)
+        self.decided: dict[tuple[str, int], int] = {}
         #: a batch's profiles are listed in ``BatchOutcome.to_render`` (assessed, not rendered): the worker renders
         #: them in another process from the states it writes (PULSE_PROFILE_RENDER_PROCESS), and hands each
         #: batch's answer to :meth:`render_answered`
@@ -381,8 +386,7 @@ class BatchProcessor:
                 if early_ms is not None and scored.occurred_ms > early_ms:
                     self._check_early(scored, wall_ms)
             except EventRejected as exc:
-                out.rejected.append(self._reject(record, kind, exc))
-                out.count(kind, "dead_lettered")
+                self._dead_letter(out, record, kind, exc)
                 continue
             key = customer_id.encode()
             misplaced = False
@@ -398,8 +402,7 @@ class BatchProcessor:
                 # another log, read to wherever that one was (_too_late)
                 late = self._too_late(record, kind, scored, None, read.mark_ms)
                 if late is not None:
-                    out.rejected.append(self._reject(record, kind, late))
-                    out.count(kind, "dead_lettered")
+                    self._dead_letter(out, record, kind, late)
                     continue
                 out.rerouted.append((record.topic, key, record.value or b""))
                 out.rerouted_origins.append(record.origin or (record.partition, record.offset))
@@ -424,8 +427,7 @@ class BatchProcessor:
             if mark is not None and scored.occurred_ms < mark - self.max_lateness_ms:
                 late = self._too_late(record, kind, scored, state, mark)
                 if late is not None:
-                    out.rejected.append(self._reject(record, kind, late))
-                    out.count(kind, "dead_lettered")
+                    self._dead_letter(out, record, kind, late)
                     continue
             new_customer = state.partition is None
             state.partition = record.partition
@@ -606,8 +608,7 @@ class BatchProcessor:
                     f"(PULSE_MAX_EARLINESS_SECONDS={self.options.max_earliness_seconds:g})",
                 )
         except EventRejected as exc:
-            out.rejected.append(self._reject(record, ACTION, exc))
-            out.count(ACTION, "dead_lettered")
+            self._dead_letter(out, record, ACTION, exc)
             return
         key = action.customer_id.encode()
         misplaced = False
@@ -1171,6 +1172,19 @@ class BatchProcessor:
             and self._wall_ms is not None
             and self._wall_ms - now > self.historical_ms,
         )
+
+    def _dead_letter(self, out: BatchOutcome, record: Incoming, kind: str, exc: EventRejected) -> None:
+        """A record rejected: its dead letter, unless it lies below what was decided before (:attr:`decided`).
+
+        Each dead letter is sent and acknowledged before the end marker whose input positions cover its record
+        (streams.checkpoint, step 1), so a record below those positions had its dead letter already: read again
+        (an offsets reset, a commit lost in a crash), it is a duplicate like a valid event read again.
+        """
+        if record.offset < self.decided.get((record.topic, record.partition), 0):
+            out.count(kind, "duplicate")
+            return
+        out.rejected.append(self._reject(record, kind, exc))
+        out.count(kind, "dead_lettered")
 
     def _reject(self, record: Incoming, kind: str, exc: EventRejected) -> Rejected:
         payload, encoding, truncated = DeadLetter.render_payload(record.value, self.options.dead_letter_payload_bytes)

@@ -180,6 +180,9 @@ class ChaosResult:
     malformed_sent: int = 0
     mis_keyed_sent: int = 0
     dead_lettered: int = 0
+    #: dead letters beyond one per source record (sent again: a kill between a dead letter's ack and its batch's
+    #: end marker)
+    dead_letter_copies: int = 0
     conflicting_ids: int = 0
     ids_checked: int = 0
     profiles_off_offline: int = 0
@@ -201,7 +204,8 @@ class ChaosResult:
     def line(self) -> str:
         return (
             f"events produced {self.produced}, valid {self.valid}, applied {self.applied}, lost {self.lost}, "
-            f"doubled {self.doubled}, dead-lettered {self.dead_lettered} (malformed sent {self.malformed_sent}), "
+            f"doubled {self.doubled}, dead-lettered {self.dead_lettered} (malformed sent {self.malformed_sent}; "
+            f"{self.dead_letter_copies} sent again), "
             f"mis-keyed {self.mis_keyed_sent}, conflicting ids {self.conflicting_ids} of {self.ids_checked}, "
             f"profiles differing from the offline processor {self.profiles_off_offline}, "
             f"from the batch oracle {self.profiles_off_oracle}, "
@@ -363,7 +367,7 @@ def run_chaos(plan: ChaosPlan, namespace: Any, start_worker: Callable[..., Any],
             history = log_dir / "changelog-history.txt"
             history.write_text(changelog_history(namespace.bootstrap, settings, cids))
             result.examples["history"] = [str(history)]
-        result.dead_lettered = dead_lettered(namespace.bootstrap, settings, malformed)
+        result.dead_lettered, result.dead_letter_copies = dead_lettered(namespace.bootstrap, settings, malformed)
         result.conflicting_ids, result.ids_checked = conflicting_ids(namespace.bootstrap, settings)
         result.unplanned_exits = len(fleet.unplanned)
         result.examples["exits"] = fleet.unplanned
@@ -428,12 +432,12 @@ def changelog_history(bootstrap: str, settings: Any, cids: list[str]) -> str:
     return "\n".join(sorted(lines, key=lambda line: (line.split()[0], int(line.split()[2][1:])))) + "\n"
 
 
-def dead_lettered(bootstrap: str, settings: Any, expected: int) -> int:
-    """Distinct source records (topic, partition, offset) on the dead-letter topic."""
+def dead_lettered(bootstrap: str, settings: Any, expected: int) -> tuple[int, int]:
+    """Distinct source records (topic, partition, offset) on the dead-letter topic, and the letters beyond one
+    per record."""
     letters = consume(bootstrap, settings.topic_dead_letters, expected, quiet=3.0)
-    return len(
-        {(r["source_topic"], r["partition"], r["offset"]) for r in map(lambda m: orjson.loads(m.value), letters)}
-    )
+    sources = {(r["source_topic"], r["partition"], r["offset"]) for r in map(lambda m: orjson.loads(m.value), letters)}
+    return len(sources), len(letters) - len(sources)
 
 
 def conflicting_ids(bootstrap: str, settings: Any) -> tuple[int, int]:

@@ -301,6 +301,41 @@ def test_a_mis_keyed_or_misplaced_retention_action_is_re_published_with_where_it
     assert {key for key, _ in broker.topics["changelog"]} >= {b"A", b"B"}  # the batch's events scored
 
 
+def malformed(offset: int) -> SimpleNamespace:
+    message = SimpleNamespace(
+        topic=SETTINGS.topic_orders, partition=0, offset=offset, key=b"X", value=b"{oops", headers=None
+    )
+    return SimpleNamespace(message=message)
+
+
+def test_an_offsets_reset_dead_letters_nothing_twice_even_across_a_new_owner_half_way():
+    """The group's offsets go back to 0 (an operator's reset, or offsets the broker expired). The next worker
+    reads everything again: a rejected record below the changelog's input position was dead-lettered when
+    first read, and is not again. The end markers of the re-read keep the old position instead of falling with
+    it, so a worker that takes the partition half way (a crash, a rebalance) knows that too."""
+    broker = Broker()
+    first, table = worker(broker)
+    run(first([order(0, "A", 0, 50), malformed(1), order(2, "B", 0, 60)]))
+    dead = SETTINGS.topic_dead_letters
+    assert len(broker.topics[dead]) == 1
+    assert table.positions[0][SETTINGS.topic_orders] == 3
+
+    def next_owner() -> tuple[Checkpoint, Table]:
+        taken = Table(broker, table.data)
+        taken.positions = {p: dict(where) for p, where in table.positions.items()}
+        return checkpoint_on(broker, table=taken), taken
+
+    # reset: the second worker reads offset 0 again, and stops (killed before its commit)
+    second, table = next_owner()
+    run(second([order(0, "A", 0, 50)]))
+    assert table.positions[0][SETTINGS.topic_orders] == 3  # not 1
+    # the third reads from 0 again: offsets 1 and 2 were decided, 3 is new
+    third, table = next_owner()
+    run(third([order(0, "A", 0, 50), malformed(1), order(2, "B", 0, 60), malformed(3)]))
+    assert [orjson.loads(value)["offset"] for _, value in broker.topics[dead]] == [1, 3]
+    assert table.positions[0][SETTINGS.topic_orders] == 4
+
+
 @pytest.mark.parametrize("crash_at", ["publish", "clear"])
 def test_a_replay_after_a_crash_publishes_each_id_with_one_content(crash_at: str):
     """kill -9 before the decisions were sent, or after they were acknowledged but before the states were

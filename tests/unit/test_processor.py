@@ -77,6 +77,21 @@ def test_bad_events_become_dead_letters_with_reason_and_payload():
     assert out.counts == {("order", "dead_lettered"): 5, ("order", "scored"): 1}
 
 
+def test_a_rejected_record_below_what_was_decided_is_a_duplicate_not_a_second_dead_letter():
+    """Read again after an offsets reset (or a commit lost in a crash), a record below the changelog's input
+    position had its dead letter when first read: it is counted a duplicate. At the position, and after it,
+    records are new and rejected as ever; other topics and partitions keep their own positions."""
+    processor = BatchProcessor(SETTINGS.processor())
+    processor.decided = {("orders", 0): 2, ("surveys", 0): 9}
+    store: dict[bytes, CustomerState] = {}
+    records = [rec(0, b"A", b"{oops"), rec(1, b"A", order("1", "A", -1)), rec(2, b"A", b"{oops"), rec(3, b"A", b"[")]
+    records.append(Incoming("orders", 1, 0, b"A", b"{oops"))
+    out = processor.process(records, lambda key: store.get(key, CustomerState()))
+    letters = [orjson.loads(r.record) for r in out.rejected]
+    assert [(letter["partition"], letter["offset"]) for letter in letters] == [(0, 2), (0, 3), (1, 0)]
+    assert out.counts == {("order", "duplicate"): 2, ("order", "dead_lettered"): 3}
+
+
 def test_mis_keyed_valid_event_is_rerouted_not_scored():
     out, store = run([rec(0, None, order("1", "A", 5)), rec(1, b"B", order("2", "A", 5))])
     assert [(t, k) for t, k, _ in out.rerouted] == [("orders", b"A"), ("orders", b"A")]
