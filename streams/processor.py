@@ -782,13 +782,13 @@ class BatchProcessor:
 
     def quarantine(self, record: Incoming, exc: BaseException) -> BatchOutcome:
         """The outcome of a record whose processing raised on every retry: a ``processing_error`` dead letter
-        with the exception, nothing applied (a sweep tick is just dropped: the next one sweeps on)."""
+        with the exception, nothing applied (a sweep tick is just dropped: the next one sweeps on). A record
+        decided before (:attr:`decided`: read again) gets none: it had its dead letter, or was applied."""
         out = BatchOutcome()
         kind = ACTION if record.topic == self.actions_topic else self.kind_by_topic.get(record.topic)
         if kind is not None:
             detail = f"{type(exc).__name__}: {exc}"[: self.options.dead_letter_payload_bytes or 4096]
-            out.rejected.append(self._reject(record, kind, EventRejected(RejectReason.PROCESSING_ERROR, detail)))
-            out.count(kind, "dead_lettered")
+            self._dead_letter(out, record, kind, EventRejected(RejectReason.PROCESSING_ERROR, detail))
         return out
 
     def _contained(

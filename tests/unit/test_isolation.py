@@ -136,6 +136,22 @@ def test_a_record_that_raises_is_dead_lettered_and_every_other_one_applied_once(
     assert table.states()[poison.key].orders.orders == want[poison.key].orders.orders + 1
 
 
+def test_a_record_read_again_that_raises_every_time_gets_no_second_dead_letter():
+    """Below the changelog's input position (``BatchProcessor.decided``: read again after an offsets reset) the
+    record had its dead letter when first read, or was applied: raising again, it is reported (the failures),
+    counted a duplicate, and dead-lettered no more. Its neighbours above the position are applied."""
+    settings = Settings(_env_file=None, test_fail_event_ids=["e39"])
+    processor = BatchProcessor(settings.processor(), partitioner(PARTITIONS))
+    batch = placed_batch(ORDERS)
+    poison = next(r for r in batch if orjson.loads(r.value)["event_id"] == "e39")
+    processor.decided = {("orders", poison.partition): poison.offset + 1}
+    table = Table(processor)
+    failures: list = []
+    assert table.run(batch, retries=2, failures=failures) == 1
+    assert failures[-1] == (poison.offset, True)
+    assert table.rejected == []
+
+
 def test_a_failing_scorer_is_contained_to_its_record(monkeypatch):
     """An injected failing scorer (apply_event raising for one event) instead of the settings' fault injection."""
     real = processor_module.apply_event
