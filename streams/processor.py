@@ -287,8 +287,9 @@ class BatchProcessor:
         self._deferred: set[bytes] = set()
         #: (topic, partition) -> the offset below which every record was decided and made durable before this
         #: worker took the partition (its changelog's input position, set by streams.checkpoint; empty offline). A
-        #: record below it was read before: after an offsets reset or a crash before the commit, one rejected again
-        #: was dead-lettered then, and counts as a duplicate instead of a second dead letter (:meth:`_dead_letter`)
+        #: record below it was read before (an offsets reset, a crash before the commit): rejected again, it had
+        #: its dead letter then; mis-keyed or misplaced, its copy; either counts as a duplicate instead of a second
+        #: one (:meth:`_dead_letter`, :meth:`_reroute`)
         self.decided: dict[tuple[str, int], int] = {}
         #: a batch's profiles are listed in ``BatchOutcome.to_render`` (assessed, not rendered): the worker renders
         #: them in another process from the states it writes (PULSE_PROFILE_RENDER_PROCESS), and hands each
@@ -404,13 +405,7 @@ class BatchProcessor:
                 if late is not None:
                     self._dead_letter(out, record, kind, late)
                     continue
-                out.rerouted.append((record.topic, key, record.value or b""))
-                out.rerouted_origins.append(record.origin or (record.partition, record.offset))
-                out.rerouted_keyed.append(record.origin_keyed if record.origin is not None else record.key == key)
-                out.count(kind, "rerouted")
-                if misplaced:
-                    where = (record.topic, record.partition)
-                    out.misplaced[where] = out.misplaced.get(where, 0) + 1
+                self._reroute(out, record, kind, key, misplaced)
                 continue
             if self.quarantined:
                 self.quarantined.discard(key)  # a new event: scheduled and swept again
@@ -618,14 +613,7 @@ class BatchProcessor:
                 expected = placed[key] = self.partition_of(key)
             misplaced = expected != record.partition
         if record.key != key or misplaced:
-            out.rerouted.append((record.topic, key, record.value or b""))
-            # where it was first read, as an input event's copy carries it (the checkpoint pairs them by index)
-            out.rerouted_origins.append(record.origin or (record.partition, record.offset))
-            out.rerouted_keyed.append(record.origin_keyed if record.origin is not None else record.key == key)
-            out.count(ACTION, "rerouted")
-            if misplaced and record.key == key:
-                where = (record.topic, record.partition)
-                out.misplaced[where] = out.misplaced.get(where, 0) + 1
+            self._reroute(out, record, ACTION, key, misplaced and record.key == key)
             return
         state = out.states.get(key)
         if state is None:
@@ -1185,6 +1173,24 @@ class BatchProcessor:
             return
         out.rejected.append(self._reject(record, kind, exc))
         out.count(kind, "dead_lettered")
+
+    def _reroute(self, out: BatchOutcome, record: Incoming, kind: str, key: bytes, misplaced: bool) -> None:
+        """A record keyed by something else than its customer, or in another partition than the customer's:
+        re-published under the customer's key with where it was first read (its copy is known by that, and the
+        checkpoint pairs copies with origins by index), unless it lies below what was decided before
+        (:attr:`decided`): its copy was acknowledged before the end marker that covers it, and one more would
+        only be dropped as a duplicate where it lands (after an offsets reset, every record of a producer with
+        another partitioner would be published twice)."""
+        if record.offset < self.decided.get((record.topic, record.partition), 0):
+            out.count(kind, "duplicate")
+            return
+        out.rerouted.append((record.topic, key, record.value or b""))
+        out.rerouted_origins.append(record.origin or (record.partition, record.offset))
+        out.rerouted_keyed.append(record.origin_keyed if record.origin is not None else record.key == key)
+        out.count(kind, "rerouted")
+        if misplaced:
+            where = (record.topic, record.partition)
+            out.misplaced[where] = out.misplaced.get(where, 0) + 1
 
     def _reject(self, record: Incoming, kind: str, exc: EventRejected) -> Rejected:
         payload, encoding, truncated = DeadLetter.render_payload(record.value, self.options.dead_letter_payload_bytes)

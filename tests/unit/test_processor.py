@@ -82,14 +82,20 @@ def test_a_rejected_record_below_what_was_decided_is_a_duplicate_not_a_second_de
     position had its dead letter when first read: it is counted a duplicate. At the position, and after it,
     records are new and rejected as ever; other topics and partitions keep their own positions."""
     processor = BatchProcessor(SETTINGS.processor())
-    processor.decided = {("orders", 0): 2, ("surveys", 0): 9}
+    processor.decided = {("orders", 0): 2, ("surveys", 0): 9, ("orders", 2): 5}
     store: dict[bytes, CustomerState] = {}
     records = [rec(0, b"A", b"{oops"), rec(1, b"A", order("1", "A", -1)), rec(2, b"A", b"{oops"), rec(3, b"A", b"[")]
     records.append(Incoming("orders", 1, 0, b"A", b"{oops"))
+    # keyed by something else than the customer: re-published when first read, not again
+    records += [
+        Incoming("orders", 2, 4, b"other", order("2", "B", 5)),
+        Incoming("orders", 2, 5, b"x", order("3", "B", 5)),
+    ]
     out = processor.process(records, lambda key: store.get(key, CustomerState()))
     letters = [orjson.loads(r.record) for r in out.rejected]
     assert [(letter["partition"], letter["offset"]) for letter in letters] == [(0, 2), (0, 3), (1, 0)]
-    assert out.counts == {("order", "duplicate"): 2, ("order", "dead_lettered"): 3}
+    assert out.rerouted_origins == [(2, 5)]
+    assert out.counts == {("order", "duplicate"): 3, ("order", "dead_lettered"): 3, ("order", "rerouted"): 1}
 
 
 def test_mis_keyed_valid_event_is_rerouted_not_scored():
