@@ -56,6 +56,7 @@ from streams import metrics
 from streams.checkpoint_metrics import CheckpointMetrics
 from streams.codec import decode_state, encode_state
 from streams.isolation import process_contained
+from streams.ownership import InputLog, record_crc
 from streams.partitioning import origin_header, origin_keyed, origin_of
 from streams.processor import BatchOutcome, BatchProcessor, Incoming
 from streams.publish import OutputRecord
@@ -91,10 +92,15 @@ class StateTable(Protocol):
     async def write_states(self, items: Iterable[tuple[bytes, bytes, EventT]]) -> list[Awaitable[Any]]: ...
 
     async def send_end_markers(
-        self, partitions: set[int], positions: Mapping[int, Mapping[str, int]] | None = None
+        self,
+        partitions: set[int],
+        positions: Mapping[int, Mapping[str, int]] | None = None,
+        logs: Mapping[int, Mapping[str, InputLog]] | None = None,
     ) -> list[Awaitable[Any]]: ...
 
     def changelog_positions(self, partition: int) -> Mapping[str, int]: ...
+
+    def changelog_logs(self, partition: int) -> Mapping[str, InputLog]: ...
 
     def persisted(self, results: Iterable[Any]) -> None: ...
 
@@ -153,6 +159,7 @@ class Checkpoint:
         wall_clock: Callable[[], float] = time.time,
         input_positions: InputPositions | None = None,
         applied_positions: Callable[[int], Mapping[str, int]] | None = None,
+        replaced_logs: Callable[[], Mapping[tuple[str, int], tuple[int, InputLog]]] | None = None,
     ) -> None:
         self.settings = settings
         self.processor = processor
@@ -167,6 +174,14 @@ class Checkpoint:
         self.input_positions = input_positions
         #: partition -> the next offset to apply per input topic before this batch (the offset ledger)
         self.applied_positions = applied_positions
+        #: () -> the input logs found replaced since the last call (streams.offsets): (topic, partition) -> the
+        #: new log's first offset and its InputLog
+        self.replaced_logs = replaced_logs
+        #: (topic, partition) -> the input log this worker reads there (streams.ownership.InputLog): taken from the
+        #: changelog with the partition, its last record moved by each piece, carried by the end markers
+        self.logs: dict[tuple[str, int], InputLog] = {}
+        #: owned partitions whose positions and logs were taken from the changelog (:meth:`_note_taken`)
+        self._taken: set[int] = set()
         #: input topics whose positions the end markers carry (the ticks are not: a lost tick is harmless)
         self.position_topics = {*settings.input_topics().values(), settings.topic_retention_actions}
         #: (topic, partition) -> next offset after the batch's records made durable so far (pieces go in order)
@@ -205,13 +220,19 @@ class Checkpoint:
         if local - owned:
             processor.population.drop(local - owned)
             processor.decided = {tp: offset for tp, offset in processor.decided.items() if tp[1] in owned}
+            processor.bases = {tp: base for tp, base in processor.bases.items() if tp[1] in owned}
+            self.logs = {tp: log for tp, log in self.logs.items() if tp[1] in owned}
+            self._taken &= owned
         gone = {key for key, partition in self.recovered.items() if partition not in owned}
         for key in gone:
             del self.recovered[key]
         missing = owned - local
+        if missing:
+            self._note_taken(missing)
+        if self.replaced_logs is not None:
+            self._note_replaced(self.replaced_logs(), owned)
         if not missing:
             return
-        self._note_decided(missing)
         started = time.perf_counter()
         n = processor.rebuild(missing, self._recovered_states(missing))
         elapsed = time.perf_counter() - started
@@ -220,15 +241,34 @@ class Checkpoint:
         if self.recovered:
             log.info("%d recovered customers hold unpublished VIP changes or alerts", len(self.recovered))
 
-    def _note_decided(self, partitions: set[int]) -> None:
-        """What the changelog says was decided of ``partitions`` when the worker takes them: their input
-        positions (``BatchProcessor.decided``). Only raised, never lowered while a partition stays: a read again
-        after an offsets reset writes lower positions as it goes, and what was decided before stays decided."""
-        decided = self.processor.decided
-        for partition in partitions:
+    def _note_taken(self, partitions: set[int]) -> None:
+        """What the changelog says of ``partitions`` when the worker takes them: their input positions, below
+        which everything was decided (``BatchProcessor.decided``; the end markers never lower them, see
+        :meth:`_positions`), and the input logs read there with their offset bases (``BatchProcessor.bases``)."""
+        processor = self.processor
+        for partition in partitions - self._taken:  # a rebuild after a failed try keeps what the worker had
+            self._taken.add(partition)
             for topic, offset in self.table.changelog_positions(partition).items():
-                if offset > decided.get((topic, partition), 0):
-                    decided[(topic, partition)] = offset
+                processor.decided[(topic, partition)] = offset
+            for topic, log in self.table.changelog_logs(partition).items():
+                self._take_log((topic, partition), log)
+
+    def _take_log(self, tp: tuple[str, int], log: InputLog) -> None:
+        self.logs[tp] = log
+        if log.base:
+            self.processor.bases[tp] = log.base
+        else:
+            self.processor.bases.pop(tp, None)
+
+    def _note_replaced(self, replaced: Mapping[tuple[str, int], tuple[int, InputLog]], owned: set[int]) -> None:
+        """Input logs found replaced (streams.offsets, at the seek after the partition was taken): read from the
+        new log's ``start`` with its new offset base, nothing of it decided yet. The next end marker of the
+        partition names the new log (its position falls to the new log's, see :meth:`_positions`)."""
+        for tp, (start, log) in replaced.items():
+            if tp[1] not in owned:
+                continue  # given away meanwhile: its next owner finds the replacement itself
+            self._take_log(tp, log)
+            self.processor.decided[tp] = start
 
     def _recovered_states(self, partitions: set[int]) -> Iterable[tuple[bytes, CustomerState]]:
         for key, raw in self.table.data.items():
@@ -408,11 +448,21 @@ class Checkpoint:
         Positions that fell with the re-read would tell the next owner (after a crash or a rebalance in the
         middle of it) that those records were never decided, and it would dead-letter them a second time."""
         through = self._through
+        last: dict[tuple[str, int], Any] = {}
         for e in events:
             message = e.message
             if message.topic in self.position_topics:
                 tp = (message.topic, message.partition)
-                through[tp] = max(through.get(tp, 0), message.offset + 1)
+                if message.offset + 1 > through.get(tp, 0):
+                    through[tp] = message.offset + 1
+                    last[tp] = message
+        # the last record of each input log this piece decides names the log (a re-read below it keeps the one
+        # read before: the end markers never name a lower one than they did, as for the positions)
+        logs = self.logs
+        for tp, message in last.items():
+            log = logs.get(tp) or InputLog()
+            if log.last is None or message.offset > log.last:
+                logs[tp] = InputLog(message.offset, record_crc(message.key, message.value), log.base)
         decided = self.processor.decided
         out: dict[int, dict[str, int]] = {}
         for partition in {e.message.partition for e in events}:
@@ -453,14 +503,19 @@ class Checkpoint:
 
     async def _close(self, touched: set[int], positions: Mapping[int, Mapping[str, int]] | None = None) -> list[Any]:
         """End markers: for each touched partition (``PULSE_CHANGELOG_END_MARKERS``) and, always, for each whose
-        input positions moved (they carry them: a committed offset ahead of them is rewound)."""
+        input positions moved (they carry them: a committed offset ahead of them is rewound), with the input logs
+        they were read from (streams.ownership.InputLog)."""
         close = set(touched) if self.settings.changelog_end_markers else set()
         for partition, where in (positions or {}).items():
             if dict(where) != dict(self.table.changelog_positions(partition)):
                 close.add(partition)
         if not close:
             return []
-        return list(await asyncio.gather(*await self.table.send_end_markers(close, positions)))
+        logs: dict[int, dict[str, InputLog]] = {}
+        for (topic, partition), log in self.logs.items():
+            if partition in close:
+                logs.setdefault(partition, {})[topic] = log
+        return list(await asyncio.gather(*await self.table.send_end_markers(close, positions, logs)))
 
     async def _publish(self, outbox: Mapping[bytes, CustomerState], outcome: BatchOutcome) -> None:
         s = self.settings

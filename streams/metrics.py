@@ -62,6 +62,13 @@ STATE_LOADS = Counter(
     "streams/state_cache.py) or decoded (from the table's bytes).",
     ["source"],
 )
+INPUT_LOGS_REPLACED = Counter(
+    "pulse_input_logs_replaced_total",
+    "Input partitions found replaced at assignment (the topic deleted and created again, or its log truncated): "
+    "the record the changelog names as the last one decided is gone or different. Read from the new log's "
+    "start, its offsets counted above the old log's (streams.ownership.InputLog), by topic.",
+    ["topic"],
+)
 INPUT_REWINDS = Counter(
     "pulse_input_rewinds_total",
     "Input partitions sought back at assignment because their committed offset was ahead of the input position "

@@ -48,6 +48,7 @@ from faust.transport.consumer import Consumer
 from faust.types import TP, EventT
 
 from streams import metrics
+from streams.ownership import InputLog, record_crc, replacing
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +210,12 @@ class LogRead:
         return list(self.records[bisect_left(self.records, first) : bisect_right(self.records, last)])
 
 
+#: verdicts of :data:`CheckRecords`: the record is there, the log holds another one there (or ends before it),
+#: or nothing can be told (below the log's start, compacted away, no answer in time)
+SAME, REPLACED, UNKNOWN = "same", "replaced", "unknown"
+#: {tp: (offset, crc)} -> {tp: verdict}: is the record at ``offset`` of each partition the one of that checksum
+CheckRecords = Callable[[Mapping[TP, tuple[int, int]]], Awaitable[dict[TP, str]]]
+
 #: (tp, first, last) -> what the broker holds from ``first`` on, read at least through ``last`` (else through
 #: less, and then the gap counts as holding records: a fail-stop re-reads it)
 ReadBack = Callable[[TP, int, int], Awaitable[LogRead]]
@@ -267,6 +274,7 @@ class OffsetGuard:
         read_back: ReadBack,
         start_offsets: Callable[[set[TP]], Awaitable[Mapping[TP, int]]],
         log_start: Callable[[TP], Awaitable[int]] | None = None,
+        check_records: CheckRecords | None = None,
     ) -> None:
         self.ledger = OffsetLedger(topics)
         self._read_back = read_back
@@ -280,6 +288,90 @@ class OffsetGuard:
         self._reads: dict[TP, LogRead] = {}
         #: called (instead of going on) when an assignment follows a generation this worker missed
         self.on_missed_generation: Callable[[int | None, int | None], None] | None = None
+        #: partition -> the input logs its changelog names (CustomerStateTable.changelog_logs; None: not checked)
+        self.changelog_logs: Callable[[int], Mapping[str, InputLog]] | None = None
+        #: reads back the record each log names (:data:`CheckRecords`; None: not checked)
+        self.check_records = check_records
+        #: input logs found replaced and not yet taken by the checkpoint: (topic, partition) -> (new log's first
+        #: offset, the new InputLog)
+        self.replaced: dict[tuple[str, int], tuple[int, InputLog]] = {}
+        #: partition -> the input positions its changelog holds now (CustomerStateTable.changelog_positions)
+        self.table_positions: Callable[[int], Mapping[str, int]] | None = None
+        #: input partitions whose log was read back since they were last sought (:meth:`_verify_reread`)
+        self.verified: set[TP] = set()
+
+    async def _verify_reread(self, offsets: list[tuple[TP, int]]) -> None:
+        """A batch that reads a partition again below the next offset to apply, first since the partition was
+        sought: is the log the one the changelog names? A rebalance, a crash or an offsets reset read records
+        again, and so does a consumer whose log was replaced under it: its fetch past the new log's end was out of
+        range and it went back to the log's start (Kafka; no rebalance need come). Found replaced, the new log's
+        records are applied with its new offset base (the checkpoint takes it before this batch), from its start."""
+        if self.table_positions is None or self.changelog_logs is None or self.check_records is None:
+            return
+        expected = self.ledger.expected
+        first: dict[TP, int] = {}
+        for tp, offset in offsets:
+            first.setdefault(tp, offset)
+        again = [
+            tp
+            for tp, offset in first.items()
+            if tp not in self.verified and tp in expected and offset < expected[tp] and self.ledger.tracks(tp)
+        ]
+        if not again:
+            return
+        self.verified.update(again)
+        partitions = {tp.partition for tp in again}
+        found = await self.verify_logs(again, {p: self.table_positions(p) for p in partitions}, "reading it again")
+        for tp, (start, _) in found.items():
+            self.ledger.seeked(tp, start, explicit=True)  # the consumer reads the new log from its start already
+
+    def take_replaced(self) -> dict[tuple[str, int], tuple[int, InputLog]]:
+        """The input logs found replaced since the last call (streams.checkpoint reads them before each batch)."""
+        out, self.replaced = self.replaced, {}
+        return out
+
+    async def verify_logs(
+        self, tps: Iterable[TP], recovered: Mapping[int, Mapping[str, int]], when: str = "at its assignment"
+    ) -> dict[TP, tuple[int, InputLog]]:
+        """The input partitions among ``tps`` (of partitions just recovered) whose log the changelog names is
+        not there any more: the record it names as the last one decided is gone (the log now ends before it) or
+        different. Each is noted in :attr:`replaced` with the new log's start and its new offset base; the caller
+        seeks it there. A record that cannot be read (below the log's start, compacted away, no answer in time)
+        proves nothing: that log is taken as the same."""
+        if self.changelog_logs is None or self.check_records is None:
+            return {}
+        named: dict[TP, tuple[InputLog, int]] = {}
+        for tp in tps:
+            if tp.partition not in recovered:
+                continue
+            input_log = self.changelog_logs(tp.partition).get(tp.topic)
+            if input_log is not None and input_log.last is not None and input_log.crc is not None:
+                named[tp] = (input_log, recovered[tp.partition].get(tp.topic, 0))
+        if not named:
+            return {}
+        verdicts = await self.check_records({tp: (n.last, n.crc) for tp, (n, _) in named.items()})  # type: ignore[misc]
+        out: dict[TP, tuple[int, InputLog]] = {}
+        for tp, verdict in sorted(verdicts.items()):
+            if verdict != REPLACED:
+                continue
+            old, position = named[tp]
+            start = await self._log_start(tp) if self._log_start is not None else 0
+            new = replacing(old, position)
+            out[tp] = (start, new)
+            self.replaced[(tp.topic, tp.partition)] = (start, new)
+            metrics.INPUT_LOGS_REPLACED.labels(tp.topic).inc()
+            log.warning(
+                "input log replaced: %s[%d] (found %s) no longer holds the record at offset %d the changelog names as "
+                "the last one decided (the topic was deleted and created again, or its log truncated): reading it "
+                "from offset %d as a new log, its offsets counted from %d",
+                tp.topic,
+                tp.partition,
+                when,
+                old.last,
+                start,
+                new.base,
+            )
+        return out
 
     def positions(self, partition: int) -> dict[str, int]:
         """The next offset to apply per tracked input topic of ``partition`` (what the checkpoint's end markers
@@ -307,6 +399,7 @@ class OffsetGuard:
 
     async def check(self, offsets: list[tuple[TP, int]]) -> Scan:
         """Scan a batch before it is applied; raise :class:`OffsetGapError` on a gap that holds records."""
+        await self._verify_reread(offsets)
         unknown = self.ledger.unknown(tp for tp, _ in offsets)
         if unknown:
             # no seek seen for it: the seek after a rebalance sets only partitions with a committed offset, so a
@@ -483,6 +576,7 @@ async def _perform_seek_noted(self: Consumer) -> None:
     guard = guard_of(self)
     if guard is None:
         return
+    guard.verified.clear()  # every partition read again after this seek is checked again
     ledger = guard.ledger
     for tp in self.assignment():
         if ledger.tracks(tp) and (tp not in ledger.expected or tp in ledger.provisional):
@@ -493,13 +587,18 @@ async def _perform_seek_noted(self: Consumer) -> None:
                 log.debug("offset ledger: %s[%d] starts at %d", tp.topic, tp.partition, offset)
     await _seek_uncommitted(self, ledger)
     recovered = guard.changelog_positions() if guard.changelog_positions is not None else {}
+    tracked = [tp for tp in self.assignment() if ledger.tracks(tp)]
+    replaced = await guard.verify_logs(tracked, recovered) if recovered else {}
+    for tp, (start, _) in sorted(replaced.items()):
+        await self.seek(tp, start)  # the committed offset is the old log's
+    guard.verified.update(tp for tp in tracked if tp.partition in recovered)
     if recovered:
         # only right after a recovery read them: the seek Faust's fetcher makes while the flow is stopped may
         # come before the recovery read a kept partition's tail (this worker's own newer end markers)
         committed = {
             tp: dict.get(self._read_offset, tp)  # type: ignore[call-overload]  # a dict (ReadOffsets) at run time
-            for tp in self.assignment()
-            if ledger.tracks(tp) and tp.partition in recovered
+            for tp in tracked
+            if tp.partition in recovered and tp not in replaced
         }
         for tp, (offset, position) in sorted(rewinds(committed, lambda p: recovered[p]).items()):
             metrics.INPUT_REWINDS.labels(tp.topic).inc()
@@ -558,7 +657,9 @@ async def _seek_noted(self: Consumer, partition: TP, offset: int) -> None:
     await _upstream["seek"](self, partition, offset)
     guard = guard_of(self)
     if guard is not None:
-        guard.ledger.seeked(TP(partition.topic, partition.partition), offset, explicit=True)
+        tp = TP(partition.topic, partition.partition)
+        guard.ledger.seeked(tp, offset, explicit=True)
+        guard.verified.discard(tp)
 
 
 async def _on_partitions_assigned_retaining(self: Consumer, assigned: set[TP], generation_id: int = 0) -> None:
@@ -718,6 +819,57 @@ def broker_guard(
         # could not read past the gap in time: assume the worst (fail-stop re-reads it)
         return LogRead(first, last, found if found else array("q", [first]))
 
+    async def check_records(items: Mapping[TP, tuple[int, int]]) -> dict[TP, str]:
+        """Read back the record at each given offset, all partitions at once, and compare its checksum.
+
+        Below the log's end the fetch returns the record (compacted away or below the log's start: a later one,
+        unknown). At or past the end (an empty log: replaced at once) the log's last batch is read from the end
+        offset - 1: on Kafka that is the last record, below the offset; Tansu answers ListOffsets with the last
+        batch's base + 1 and a fetch past its end with nothing (no out-of-range), so the record may still be in
+        that batch. Records that all stay below the offset, then nothing more: the log ends before it."""
+        async with lock:
+            consumer = await ensure()
+            ktps = {TopicPartition(tp.topic, tp.partition): (tp, offset, crc) for tp, (offset, crc) in items.items()}
+            ends = await consumer.end_offsets(list(ktps))
+            out: dict[TP, str] = {}
+            below: set[TopicPartition] = set()  # read only records below the offset so far
+            consumer.assign(list(ktps))
+            for ktp, (tp, offset, _) in ktps.items():
+                end = ends[ktp]
+                if end == 0:
+                    out[tp] = REPLACED
+                    consumer.pause(ktp)
+                else:
+                    consumer.seek(ktp, offset if offset < end else end - 1)
+            deadline = time.monotonic() + read_back_seconds
+            try:
+                while len(out) < len(ktps) and time.monotonic() < deadline:
+                    waiting = [k for k, (tp, _, _) in ktps.items() if tp not in out]
+                    batch = await consumer.getmany(*waiting, timeout_ms=READ_BACK_POLL_MS)
+                    for ktp in waiting:
+                        tp, offset, crc = ktps[ktp]
+                        records = batch.get(ktp, [])
+                        verdict = None
+                        if not records:
+                            if ktp in below:
+                                verdict = REPLACED  # read to the log's end without reaching the offset
+                        else:
+                            at = next((r for r in records if r.offset >= offset), None)
+                            if at is None:
+                                below.add(ktp)
+                            elif at.offset == offset:
+                                verdict = SAME if record_crc(at.key, at.value) == crc else REPLACED
+                            else:
+                                verdict = UNKNOWN  # compacted away, or below the log's start
+                        if verdict is not None:
+                            out[tp] = verdict
+                            consumer.pause(ktp)
+            finally:
+                consumer.pause(*ktps)
+            for tp, _, _ in ktps.values():
+                out.setdefault(tp, UNKNOWN)
+            return out
+
     async def log_start(tp: TP) -> int:
         """The partition's first offset still on the broker."""
         async with lock:
@@ -736,7 +888,7 @@ def broker_guard(
             out[tp] = await log_start(tp) if committed is None else committed
         return out
 
-    return OffsetGuard(topics, read_back, start_offsets, log_start)
+    return OffsetGuard(topics, read_back, start_offsets, log_start, check_records)
 
 
 def attach(pulse: Any) -> OffsetGuard:

@@ -24,7 +24,11 @@ differ by generation, and the later generation wins.
 
 Each checkpoint's end marker of p also carries, in the ``pulse-positions``
 header, the next input offset per input topic of partition p that the
-changelog covers (``streams.offsets`` rewinds a committed offset ahead of it).
+changelog covers (``streams.offsets`` rewinds a committed offset ahead of it),
+and in the ``pulse-logs`` header which log of each input topic-partition that
+is (:class:`InputLog`: the last record decided, by offset and checksum, and the
+offset base of that log): a topic deleted and created again starts its offsets
+at 0, and a worker that takes p finds the record it knew gone or different.
 
 Compaction would undo the skip: a late record is its key's newest, so the log
 cleaner drops the owner's earlier record of that customer and recovery finds
@@ -50,6 +54,7 @@ Pure (no I/O, no Faust): ``streams.tables`` applies it to recovery and writes.
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,6 +70,7 @@ RESERVED_PREFIX = b"\x00pulse-"
 META_KEY = b"\x00pulse-meta"
 EPOCH_HEADER = "pulse-epoch"
 POSITIONS_HEADER = "pulse-positions"
+LOGS_HEADER = "pulse-logs"
 
 Epoch = tuple[int, int]
 NO_EPOCH: Epoch = (0, 0)
@@ -103,6 +109,57 @@ def positions_of(headers: Headers) -> dict[str, int] | None:
     return None if raw is None else {str(t): int(o) for t, o in json.loads(raw).items()}
 
 
+@dataclass(frozen=True)
+class InputLog:
+    """Which log of one input topic-partition the changelog's states were read from, and how its offsets count.
+
+    Each state drops a record at or below the last offset it applied (scoring.customer ``source_offsets``). A
+    topic deleted and created again starts at offset 0: read against the old offsets, its records would be
+    dropped as redeliveries until they passed what the old log reached. So the changelog names the last record
+    decided in the log (``last``: its offset, ``crc``: CRC-32 of its key and value), and a worker taking the
+    partition reads that record back (streams.offsets): gone or different, the log was replaced, and its offsets
+    count from a higher ``base`` (added to every offset the states store) than anything the old one reached.
+    """
+
+    #: offset of the last record decided in this log, and its key and value's CRC-32 (None: none yet)
+    last: int | None = None
+    crc: int | None = None
+    #: added to this log's offsets where the states compare and store them (0: the topic's first log)
+    base: int = 0
+
+    def to_json(self) -> list[int | None]:
+        return [self.last, self.crc, self.base]
+
+    @classmethod
+    def from_json(cls, raw: Sequence[int | None]) -> InputLog:
+        last, crc, base = raw
+        return cls(None if last is None else int(last), None if crc is None else int(crc), int(base or 0))
+
+
+#: added to the offsets of a replaced log beyond what the old one reached (its end marker's position): records
+#: a crash applied past the last end marker count below the new log too, whatever the batch size
+REPLACED_LOG_MARGIN = 1 << 32
+
+
+def record_crc(key: bytes | None, value: bytes | None) -> int:
+    """The checksum an :class:`InputLog` names its last record by: CRC-32 of its key, then its value."""
+    return zlib.crc32(value or b"", zlib.crc32(key or b""))
+
+
+def replacing(log: InputLog, position: int) -> InputLog:
+    """The log that replaces ``log`` (its topic deleted and created again): nothing of it decided yet, and an
+    offset base past every offset the old one reached (its last record, the changelog's ``position``, and what a
+    crash may have applied after that end marker). Depends on the old log alone: a worker that crashes before
+    its first end marker on the new log, and the one after it, count the new log the same."""
+    reached = max(position, 0 if log.last is None else log.last + 1)
+    return InputLog(None, None, log.base + reached + REPLACED_LOG_MARGIN)
+
+
+def logs_of(headers: Headers) -> dict[str, InputLog] | None:
+    raw = header(headers, LOGS_HEADER)
+    return None if raw is None else {str(t): InputLog.from_json(v) for t, v in json.loads(raw).items()}
+
+
 def next_epoch(seen: Epoch, generation: int) -> Epoch:
     """The epoch of a new owner that recovered up to ``seen``."""
     return seen[0] + 1, max(generation, 0)
@@ -114,10 +171,15 @@ def owner_marker(epoch: Epoch, generation: int, writer: str, recovered_through: 
     return OWNER_MARKER_PREFIX + encode_epoch(epoch), json.dumps(value, separators=(",", ":")).encode()
 
 
-def epoch_headers(epoch: Epoch, positions: Mapping[str, int] | None = None) -> list[tuple[str, bytes]]:
+def epoch_headers(
+    epoch: Epoch, positions: Mapping[str, int] | None = None, logs: Mapping[str, InputLog] | None = None
+) -> list[tuple[str, bytes]]:
     out = [(EPOCH_HEADER, encode_epoch(epoch))]
     if positions is not None:
         out.append((POSITIONS_HEADER, json.dumps(dict(sorted(positions.items())), separators=(",", ":")).encode()))
+    if logs:
+        encoded = {topic: log.to_json() for topic, log in sorted(logs.items())}
+        out.append((LOGS_HEADER, json.dumps(encoded, separators=(",", ":")).encode()))
     return out
 
 
@@ -129,6 +191,8 @@ class PartitionView:
     positions: dict[str, int] = field(default_factory=dict)
     #: stale records skipped (a dropped worker's late writes)
     skipped: int = 0
+    #: the input logs the last accepted end marker named (:class:`InputLog`)
+    logs: dict[str, InputLog] = field(default_factory=dict)
 
     def accept(self, key: bytes, value: bytes | None, headers: Headers) -> bool:
         """Read one record in log order; True when (key, value) is a customer state (or tombstone) to apply."""
@@ -149,18 +213,26 @@ class PartitionView:
             positions = positions_of(headers)
             if positions is not None:
                 self.positions = positions
+                self.logs = logs_of(headers) or {}
             return False
         return not key.startswith(RESERVED_PREFIX)
 
     def to_bytes(self) -> bytes:
-        return json.dumps({"epoch": list(self.epoch), "positions": self.positions}, separators=(",", ":")).encode()
+        logs = {topic: log.to_json() for topic, log in self.logs.items()}
+        return json.dumps(
+            {"epoch": list(self.epoch), "positions": self.positions, "logs": logs}, separators=(",", ":")
+        ).encode()
 
     @classmethod
     def from_bytes(cls, raw: bytes | None) -> PartitionView:
         if not raw:
             return cls()
         data = json.loads(raw)
-        return cls(tuple(data["epoch"]), {str(t): int(o) for t, o in data.get("positions", {}).items()})  # type: ignore[arg-type]
+        return cls(
+            tuple(data["epoch"]),  # type: ignore[arg-type]
+            {str(t): int(o) for t, o in data.get("positions", {}).items()},
+            logs={str(t): InputLog.from_json(v) for t, v in data.get("logs", {}).items()},
+        )
 
 
 @dataclass

@@ -290,6 +290,10 @@ class BatchProcessor:
         #: record below it was read before (an offsets reset, a crash before the commit): rejected again, it had
         #: its dead letter then; mis-keyed or misplaced, its copy; either counts as a duplicate instead of a second
         #: one (:meth:`_dead_letter`, :meth:`_reroute`)
+        #: (topic, partition) -> the offset base of the log read there (streams.ownership.InputLog; set by
+        #: streams.checkpoint, absent: 0): added to a record's offset where the states compare and store it, so the
+        #: log of a topic deleted and created again, which starts at 0 again, counts above the old one
+        self.bases: dict[tuple[str, int], int] = {}
         self.decided: dict[tuple[str, int], int] = {}
         #: a batch's profiles are listed in ``BatchOutcome.to_render`` (assessed, not rendered): the worker renders
         #: them in another process from the states it writes (PULSE_PROFILE_RENDER_PROCESS), and hands each
@@ -366,7 +370,7 @@ class BatchProcessor:
         # looked up once per batch, not per event: the population part of each partition, the reader, and the
         # time past which an event is too early (None: not checked)
         population_parts: dict[int, PartitionPopulation] = {}
-        read_event, counts = self.reader.read, out.counts
+        read_event, counts, bases = self.reader.read, out.counts, self.bases
         early_ms = None if wall_ms is None or not self.max_earliness_ms else wall_ms + self.max_earliness_ms
         for record in batch:
             present.add(record.partition)
@@ -383,7 +387,10 @@ class BatchProcessor:
             read.next_offset = record.offset + 1
             read.active_wall_ms = wall_ms
             try:
-                customer_id, scored = read_event(kind, record.value or b"", record.offset)
+                offset = record.offset
+                if bases:
+                    offset += bases.get((record.topic, record.partition), 0)
+                customer_id, scored = read_event(kind, record.value or b"", offset)
                 if early_ms is not None and scored.occurred_ms > early_ms:
                     self._check_early(scored, wall_ms)
             except EventRejected as exc:
@@ -630,7 +637,8 @@ class BatchProcessor:
             outcome=None if action.outcome is None else action.outcome.value,
             destination=action.destination,
         )
-        kept = apply_action(state, action.event_id, record.offset, pending, self.config)
+        offset = record.offset + self.bases.get((record.topic, record.partition), 0)
+        kept = apply_action(state, action.event_id, offset, pending, self.config)
         out.count(ACTION, "scored" if kept else "duplicate")
         out.states[key] = state
         out.partitions[key] = record.partition
@@ -1185,7 +1193,8 @@ class BatchProcessor:
             out.count(kind, "duplicate")
             return
         out.rerouted.append((record.topic, key, record.value or b""))
-        out.rerouted_origins.append(record.origin or (record.partition, record.offset))
+        base = self.bases.get((record.topic, record.partition), 0)
+        out.rerouted_origins.append(record.origin or (record.partition, record.offset + base))
         out.rerouted_keyed.append(record.origin_keyed if record.origin is not None else record.key == key)
         out.count(kind, "rerouted")
         if misplaced:

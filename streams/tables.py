@@ -32,6 +32,7 @@ from streams.ownership import (
     META_KEY,
     RESERVED_PREFIX,
     Epoch,
+    InputLog,
     OwnWrites,
     PartitionView,
     epoch_headers,
@@ -103,6 +104,8 @@ class CustomerStateTable(faust.Table):
         self.writer_epoch: dict[int, Epoch] = {}
         #: per partition, the input positions of the last end marker this worker sent (since the last rebalance)
         self.sent_positions: dict[int, dict[str, int]] = {}
+        #: per partition, the input logs of the last end marker this worker sent (streams.ownership.InputLog)
+        self.sent_logs: dict[int, dict[str, InputLog]] = {}
         #: per partition, the changelog offset recovery read up to (-1: nothing), for the owner marker
         self.recovered_through: dict[int, int] = {}
         self.writer_id = f"{socket.gethostname()}:{os.getpid()}"
@@ -120,6 +123,7 @@ class CustomerStateTable(faust.Table):
         # after it is preceded by a new owner marker
         self.writer_epoch.clear()
         self.sent_positions.clear()
+        self.sent_logs.clear()
         self.own_writes.forget()
         kept = {tp.partition for tp in assigned}
         for partition in [p for p in self.repair_keys if p not in kept]:
@@ -341,7 +345,9 @@ class CustomerStateTable(faust.Table):
             if isinstance(store, rocksdb_store.Store) and store.use_rocksdict:
                 if epoch is None:
                     continue  # rebalanced meanwhile: the offset stays behind (read again), never ahead of its view
-                view = PartitionView(epoch, dict(self.changelog_positions(tp.partition)))
+                view = PartitionView(
+                    epoch, dict(self.changelog_positions(tp.partition)), logs=dict(self.changelog_logs(tp.partition))
+                )
                 batch = rocksdb_store.WriteBatch(raw_mode=True)
                 batch.put(store.offset_key, str(offset).encode())
                 batch.put(META_KEY, view.to_bytes())
@@ -365,7 +371,10 @@ class CustomerStateTable(faust.Table):
                 log.exception("could not drop the persisted offset of partition %d", partition)
 
     async def send_end_markers(
-        self, partitions: set[int], positions: Mapping[int, Mapping[str, int]] | None = None
+        self,
+        partitions: set[int],
+        positions: Mapping[int, Mapping[str, int]] | None = None,
+        logs: Mapping[int, Mapping[str, InputLog]] | None = None,
     ) -> list[Awaitable[RecordMetadata]]:
         """A tombstone of :data:`END_MARKER_KEY` to each partition, to be sent alone.
 
@@ -375,19 +384,21 @@ class CustomerStateTable(faust.Table):
         records are acknowledged, a one-record batch per partition makes the
         reported end the true end. A tombstone deletes nothing and leaves no key.
         It carries the epoch and, when given, the partition's input positions
-        (the next input offset per topic the changelog covers, streams.ownership).
+        (the next input offset per topic the changelog covers, streams.ownership) and input logs.
         """
         producer = self.app.producer
         topic = self.changelog_topic.get_topic_name()
         out = []
         for p in sorted(partitions):
             where = None if positions is None else positions.get(p)
-            headers = epoch_headers(await self._epoch_for(p), where)
+            which = None if where is None or logs is None else logs.get(p)
+            headers = epoch_headers(await self._epoch_for(p), where, which)
             if self.fence is not None:
                 self.fence()
             out.append(self._tracked(await producer.send(topic, END_MARKER_KEY, None, p, None, headers)))
             if where is not None:
                 self.sent_positions[p] = dict(where)
+                self.sent_logs[p] = dict(which or {})
         return out
 
     async def on_recovery_completed(self, active_tps: set[TP], standby_tps: set[TP]) -> None:
@@ -405,6 +416,14 @@ class CustomerStateTable(faust.Table):
         out = {p: dict(self.changelog_positions(p)) for p in sorted(self._recovered)}
         self._recovered.clear()
         return out
+
+    def changelog_logs(self, partition: int) -> dict[str, InputLog]:
+        """The input logs the changelog of ``partition`` names (streams.ownership.InputLog), from the same end
+        marker as :meth:`changelog_positions`."""
+        if partition in self.sent_positions:
+            return self.sent_logs.get(partition, {})
+        view = self.views.get(partition)
+        return {} if view is None else view.logs
 
     def changelog_positions(self, partition: int) -> dict[str, int]:
         """The input positions the changelog of ``partition`` holds: this worker's last end marker's, else the
@@ -438,6 +457,7 @@ class CustomerStateTable(faust.Table):
         self.recovered_through[partition] = -1 if start is None else start
         self.writer_epoch.pop(partition, None)
         self.sent_positions.pop(partition, None)
+        self.sent_logs.pop(partition, None)
 
     def _accepted(self, tp: TP, records: Sequence[Any]) -> list[Any]:
         """The records of one partition that recovery applies (streams.ownership), in offset order."""

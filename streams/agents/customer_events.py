@@ -142,6 +142,8 @@ def register(pulse: PulseApp) -> BatchProcessor:
         owned_partitions,
         input_positions=input_positions,
         applied_positions=guard.positions if guard is not None else None,
+        # input logs found replaced at the seek after a recovery (a topic deleted and created again)
+        replaced_logs=guard.take_replaced if guard is not None else None,
     )
     renderer = None
     if settings.profile_render_process:
@@ -176,6 +178,8 @@ def register(pulse: PulseApp) -> BatchProcessor:
     if guard is not None:
         # a committed offset ahead of the changelog's input position is read again from there (streams.ownership)
         guard.changelog_positions = table.recovered_positions
+        guard.changelog_logs = table.changelog_logs
+        guard.table_positions = table.changelog_positions
 
         def missed_generation(last: int | None, generation: int | None) -> None:
             # another worker owned our partitions meanwhile, and our late writes (if any) are skipped by recovery:

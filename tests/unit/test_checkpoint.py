@@ -76,8 +76,9 @@ class Table:
     def __init__(self, broker: Broker, data: dict[bytes, bytes] | None = None) -> None:
         self.broker = broker
         self.data = dict(data or {})
-        #: the input positions of the last end marker per partition
+        #: the input positions and logs of the last end marker per partition
         self.positions: dict[int, dict[str, int]] = {}
+        self.logs: dict[int, dict[str, Any]] = {}
 
     def get(self, key: bytes) -> bytes | None:
         return self.data.get(key)
@@ -94,16 +95,20 @@ class Table:
             futures.append(done(SimpleNamespace(partition=event.message.partition)))
         return futures
 
-    async def send_end_markers(self, partitions: set[int], positions=None) -> list[asyncio.Future]:
+    async def send_end_markers(self, partitions: set[int], positions=None, logs=None) -> list[asyncio.Future]:
         self.broker.log.append(("markers", sorted(partitions)))
         for p in partitions:
             self.broker.ack("changelog", b"__end__", None)
             if positions is not None and p in positions:
                 self.positions[p] = dict(positions[p])
+                self.logs[p] = dict((logs or {}).get(p, {}))
         return [done(SimpleNamespace(partition=p)) for p in partitions]
 
     def changelog_positions(self, partition: int) -> dict[str, int]:
         return self.positions.get(partition, {})
+
+    def changelog_logs(self, partition: int) -> dict[str, Any]:
+        return self.logs.get(partition, {})
 
     def persisted(self, results) -> None:
         self.broker.log.append(("persisted", len(list(results))))
@@ -323,6 +328,7 @@ def test_an_offsets_reset_dead_letters_nothing_twice_even_across_a_new_owner_hal
     def next_owner() -> tuple[Checkpoint, Table]:
         taken = Table(broker, table.data)
         taken.positions = {p: dict(where) for p, where in table.positions.items()}
+        taken.logs = {p: dict(logs) for p, logs in table.logs.items()}
         return checkpoint_on(broker, table=taken), taken
 
     # reset: the second worker reads offset 0 again, and stops (killed before its commit)

@@ -1,0 +1,171 @@
+"""Input logs in the changelog (streams.ownership.InputLog): an input topic deleted and created again.
+
+Each state drops a record at or below the last offset it applied per input. A topic deleted and created again
+starts at offset 0, so its records would be dropped as redeliveries (tests/e2e/test_input_replaced.py: 37 of 80
+orders, before). The end markers name the last record decided per input log; a worker taking the partition reads
+it back, and a log found replaced is read from its start with its offsets counted above the old log's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import orjson
+from faust.types import TP
+
+from pulse_config.settings import Settings
+from scoring.customer import CustomerState
+from streams.codec import decode_state
+from streams.offsets import REPLACED, SAME, UNKNOWN, OffsetGuard
+from streams.ownership import (
+    END_MARKER_KEY,
+    REPLACED_LOG_MARGIN,
+    InputLog,
+    PartitionView,
+    epoch_headers,
+    record_crc,
+    replacing,
+)
+from streams.processor import BatchProcessor, Incoming
+from tests.unit.test_checkpoint import SETTINGS, Broker, Table, checkpoint_on, order, run
+from tests.unit.test_processor import order as order_payload
+
+ORDERS = SETTINGS.topic_orders
+
+
+def in_new_log(offset: int, customer: str, day: int, amount: int) -> SimpleNamespace:
+    """An order at ``offset`` of the new log (an event id of its own: the old log had that offset too)."""
+    event = order(offset, customer, day, amount)
+    value = orjson.loads(event.message.value)
+    value["event_id"] = f"new-{customer}-{offset}"
+    event.message.value = orjson.dumps(value)
+    return event
+
+
+def test_end_markers_name_each_input_log_and_recovery_and_rocksdb_keep_it():
+    logs = {ORDERS: InputLog(41, 1234, 7)}
+    view = PartitionView()
+    view.accept(END_MARKER_KEY, None, epoch_headers((1, 1), {ORDERS: 42}, logs))
+    assert view.positions == {ORDERS: 42} and view.logs == logs
+    assert PartitionView.from_bytes(view.to_bytes()) == view
+    # a marker written before input logs existed names none (and an older view reads as before)
+    view.accept(END_MARKER_KEY, None, epoch_headers((1, 1), {ORDERS: 50}))
+    assert view.logs == {}
+    assert PartitionView.from_bytes(b'{"epoch":[1,1],"positions":{"orders":3}}').logs == {}
+
+
+def test_a_replacing_log_counts_above_everything_the_old_one_reached_and_the_same_for_every_worker():
+    old = InputLog(last=99, crc=5, base=3)
+    new = replacing(old, position=100)
+    assert new == InputLog(None, None, 3 + 100 + REPLACED_LOG_MARGIN)
+    assert replacing(old, position=100) == new  # a crash before the next end marker: the next worker agrees
+    # the position may be past the last record (markers, records of another topic), or behind it (none yet)
+    assert replacing(old, position=120).base == 3 + 120 + REPLACED_LOG_MARGIN
+    assert replacing(old, position=0).base == 3 + 100 + REPLACED_LOG_MARGIN
+    assert replacing(new, position=5).base == new.base + 5 + REPLACED_LOG_MARGIN
+
+
+def test_the_checkpoint_names_the_last_record_of_each_log_and_a_re_read_keeps_the_higher_one():
+    broker = Broker()
+    checkpoint = checkpoint_on(broker)
+    table = checkpoint.table
+    events = [order(0, "A", 0, 50), order(1, "B", 0, 60), order(2, "A", 1, 70)]
+    run(checkpoint(events))
+    last = events[-1].message
+    assert table.logs[0][ORDERS] == InputLog(2, record_crc(last.key, last.value), 0)
+    run(checkpoint([order(0, "A", 0, 50)]))  # read again (an offsets reset)
+    assert table.logs[0][ORDERS].last == 2
+
+
+def test_a_replaced_log_is_read_with_its_base_and_named_by_the_next_end_marker():
+    """Orders of a new log at offsets 0.. count above what the states applied of the old log (offset 2)."""
+    broker = Broker()
+    first = checkpoint_on(broker)
+    run(first([order(0, "A", 0, 50), order(1, "B", 0, 60), order(2, "A", 1, 70)]))
+    old = first.table.logs[0][ORDERS]
+
+    table = Table(broker, first.table.data)
+    table.positions, table.logs = dict(first.table.positions), dict(first.table.logs)
+    new = replacing(old, 3)
+    second = checkpoint_on(broker, table=table, replaced_logs=lambda: {(ORDERS, 0): (0, new)})
+    run(second([in_new_log(0, "A", 5, 80), in_new_log(1, "C", 5, 90)]))
+    a = decode_state(table.data[b"A"])
+    assert a.orders.orders == 3 and a.source_offsets["order"] == new.base + 0
+    assert decode_state(table.data[b"C"]).orders.orders == 1
+    assert table.positions[0][ORDERS] == 2  # the new log's
+    assert table.logs[0][ORDERS].base == new.base and table.logs[0][ORDERS].last == 1
+    # without the replacement both were dropped as redeliveries of offsets 0 and 1
+    stale = Table(broker, first.table.data)
+    stale.positions, stale.logs = dict(first.table.positions), dict(first.table.logs)
+    run(checkpoint_on(broker, table=stale)([in_new_log(0, "A", 5, 80)]))
+    assert decode_state(stale.data[b"A"]).orders.orders == 2
+
+
+def test_copies_and_actions_carry_and_store_offsets_with_the_base():
+    processor = BatchProcessor(Settings(_env_file=None).processor())
+    processor.bases = {("orders", 0): 1000}
+    store: dict[bytes, CustomerState] = {}
+    out = processor.process(
+        [
+            Incoming("orders", 0, 3, b"A", order_payload("1", "A", 5)),
+            Incoming("orders", 0, 4, b"x", order_payload("2", "B", 5)),
+        ],
+        lambda key: store.get(key, CustomerState()),
+    )
+    assert out.states[b"A"].source_offsets["order"] == 1003
+    assert out.rerouted_origins == [(0, 1004)]
+
+
+class Checks:
+    """check_records over fixed verdicts, recording what it was asked."""
+
+    def __init__(self, verdicts: dict[TP, str]) -> None:
+        self.verdicts = verdicts
+        self.asked: dict[TP, tuple[int, int]] = {}
+
+    async def __call__(self, items):
+        self.asked = dict(items)
+        return {tp: self.verdicts[tp] for tp in items}
+
+
+def test_the_guard_notes_only_logs_found_replaced_with_the_new_start_and_base():
+    orders = [TP(ORDERS, p) for p in range(3)]
+    checks = Checks({orders[0]: REPLACED, orders[1]: SAME, orders[2]: UNKNOWN})
+
+    async def log_start(tp: TP) -> int:
+        return 0
+
+    guard = OffsetGuard([ORDERS], None, None, log_start, checks)  # type: ignore[arg-type]
+    named = {p: {ORDERS: InputLog(10 + p, 7, 0)} for p in range(3)}
+    guard.changelog_logs = lambda p: named.get(p, {})
+    recovered = {0: {ORDERS: 11}, 1: {ORDERS: 12}, 2: {ORDERS: 13}}
+    found = asyncio.run(guard.verify_logs([*orders, TP(ORDERS, 3)], recovered))
+    assert checks.asked == {orders[p]: (10 + p, 7) for p in range(3)}  # partition 3 was not recovered
+    assert found == {orders[0]: (0, replacing(InputLog(10, 7, 0), 11))}
+    assert guard.take_replaced() == {(ORDERS, 0): found[orders[0]]}
+    assert guard.take_replaced() == {}
+
+
+def test_a_partition_read_again_below_the_next_offset_is_checked_once_until_its_next_seek():
+    """A consumer whose fetch went out of range (its log replaced under it, Kafka) goes back to the log's start
+    with no rebalance: the first batch that reads below the next offset to apply has the log checked; found
+    replaced, the ledger starts the new log at its start. A partition read at or above it is not checked."""
+    tp, other = TP(ORDERS, 0), TP(ORDERS, 1)
+    checks = Checks({tp: REPLACED, other: SAME})
+
+    async def log_start(tp: TP) -> int:
+        return 0
+
+    guard = OffsetGuard([ORDERS], None, None, log_start, checks)  # type: ignore[arg-type]
+    guard.changelog_logs = lambda p: {ORDERS: InputLog(40 + p, 9, 0)}
+    guard.table_positions = lambda p: {ORDERS: 41 + p}
+    guard.ledger.expected.update({tp: 41, other: 42})
+    asyncio.run(guard._verify_reread([(tp, 0), (tp, 1), (other, 42)]))
+    assert checks.asked == {tp: (40, 9)}
+    assert guard.ledger.expected[tp] == 0
+    assert guard.take_replaced() == {(ORDERS, 0): (0, replacing(InputLog(40, 9, 0), 41))}
+    checks.asked = {}
+    asyncio.run(guard._verify_reread([(tp, 0), (other, 3)]))  # tp: checked already; other: read again now
+    assert checks.asked == {other: (41, 9)}
+    assert guard.take_replaced() == {}
