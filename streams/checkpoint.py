@@ -219,10 +219,12 @@ class Checkpoint:
             self.states.clear()  # a partition given away or (re)covered: its table is another writer's now
         if local - owned:
             processor.population.drop(local - owned)
+        if not self._taken <= owned:
+            # given away: what was taken of them is their next owner's (taken again should they come back)
+            self._taken &= owned
             processor.decided = {tp: offset for tp, offset in processor.decided.items() if tp[1] in owned}
             processor.bases = {tp: base for tp, base in processor.bases.items() if tp[1] in owned}
             self.logs = {tp: log for tp, log in self.logs.items() if tp[1] in owned}
-            self._taken &= owned
         gone = {key for key, partition in self.recovered.items() if partition not in owned}
         for key in gone:
             del self.recovered[key]
@@ -240,6 +242,13 @@ class Checkpoint:
         log.info("population of partitions %s rebuilt from %d customers in %.2fs", sorted(missing), n, elapsed)
         if self.recovered:
             log.info("%d recovered customers hold unpublished VIP changes or alerts", len(self.recovered))
+
+    def rebalanced(self) -> None:
+        """After a rebalance every partition is recovered again, and one given away and back may have moved on
+        meanwhile: the next batch takes positions and input logs from the changelog again (:meth:`_note_taken`;
+        a log this worker found replaced and has not named in an end marker yet is found again at the seek after
+        the recovery, with the same new base)."""
+        self._taken.clear()
 
     def _note_taken(self, partitions: set[int]) -> None:
         """What the changelog says of ``partitions`` when the worker takes them: their input positions, below

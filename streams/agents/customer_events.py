@@ -95,8 +95,7 @@ def register(pulse: PulseApp) -> BatchProcessor:
         client_kwargs=redis_client_kwargs(settings),
     )
     orders_topic = settings.topic_orders
-    # after a rebalance, owned partitions are counted again from the recovered table
-    table.on_rebalanced = processor.population.drop
+    # after a rebalance, owned partitions are counted again from the recovered table (set below, with the checkpoint)
     # a worker the group dropped (stalled past the rebalance timeout) writes no state: fail-stop, re-read
     table.fence = lambda: fenced(pulse.app, table)
     # after a Redis outage, the sweep writes every profile again (Redis may have lost them)
@@ -145,6 +144,12 @@ def register(pulse: PulseApp) -> BatchProcessor:
         # input logs found replaced at the seek after a recovery (a topic deleted and created again)
         replaced_logs=guard.take_replaced if guard is not None else None,
     )
+
+    def rebalanced() -> None:
+        processor.population.drop()
+        checkpoint.rebalanced()
+
+    table.on_rebalanced = rebalanced
     renderer = None
     if settings.profile_render_process:
         # profiles rendered and packed in a child process, handed to the sink in order (streams.render_process)
