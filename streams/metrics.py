@@ -64,7 +64,7 @@ STATE_LOADS = Counter(
 )
 INPUT_LOGS_REPLACED = Counter(
     "pulse_input_logs_replaced_total",
-    "Input partitions found replaced at assignment (the topic deleted and created again, or its log truncated): "
+    "Input partitions found replaced when taken or read again (the topic deleted and created again): "
     "the record the changelog names as the last one decided is gone or different. Read from the new log's "
     "start, its offsets counted above the old log's (streams.ownership.InputLog), by topic.",
     ["topic"],

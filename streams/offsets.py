@@ -362,7 +362,7 @@ class OffsetGuard:
             metrics.INPUT_LOGS_REPLACED.labels(tp.topic).inc()
             log.warning(
                 "input log replaced: %s[%d] (found %s) no longer holds the record at offset %d the changelog names as "
-                "the last one decided (the topic was deleted and created again, or its log truncated): reading it "
+                "the last one decided (the topic was deleted and created again): reading it "
                 "from offset %d as a new log, its offsets counted from %d",
                 tp.topic,
                 tp.partition,
@@ -826,7 +826,8 @@ def broker_guard(
         unknown). At or past the end (an empty log: replaced at once) the log's last batch is read from the end
         offset - 1: on Kafka that is the last record, below the offset; Tansu answers ListOffsets with the last
         batch's base + 1 and a fetch past its end with nothing (no out-of-range), so the record may still be in
-        that batch. Records that all stay below the offset, then nothing more: the log ends before it."""
+        that batch. Records that all stay below the offset, then nothing more with the position at the log's end
+        (asked again: a fetch cut short by its size limit is not the end): the log ends before it."""
         async with lock:
             consumer = await ensure()
             ktps = {TopicPartition(tp.topic, tp.partition): (tp, offset, crc) for tp, (offset, crc) in items.items()}
@@ -846,12 +847,17 @@ def broker_guard(
                 while len(out) < len(ktps) and time.monotonic() < deadline:
                     waiting = [k for k, (tp, _, _) in ktps.items() if tp not in out]
                     batch = await consumer.getmany(*waiting, timeout_ms=READ_BACK_POLL_MS)
+                    quiet = [k for k in waiting if k in below and not batch.get(k)]
+                    at_end = set()
+                    if quiet:
+                        now = await consumer.end_offsets(quiet)
+                        at_end = {k for k in quiet if await consumer.position(k) >= now[k]}
                     for ktp in waiting:
                         tp, offset, crc = ktps[ktp]
                         records = batch.get(ktp, [])
                         verdict = None
                         if not records:
-                            if ktp in below:
+                            if ktp in at_end:
                                 verdict = REPLACED  # read to the log's end without reaching the offset
                         else:
                             at = next((r for r in records if r.offset >= offset), None)
