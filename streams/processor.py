@@ -290,11 +290,11 @@ class BatchProcessor:
         #: record below it was read before (an offsets reset, a crash before the commit): rejected again, it had
         #: its dead letter then; mis-keyed or misplaced, its copy; either counts as a duplicate instead of a second
         #: one (:meth:`_dead_letter`, :meth:`_reroute`)
+        self.decided: dict[tuple[str, int], int] = {}
         #: (topic, partition) -> the offset base of the log read there (streams.ownership.InputLog; set by
         #: streams.checkpoint, absent: 0): added to a record's offset where the states compare and store it, so the
         #: log of a topic deleted and created again, which starts at 0 again, counts above the old one
         self.bases: dict[tuple[str, int], int] = {}
-        self.decided: dict[tuple[str, int], int] = {}
         #: a batch's profiles are listed in ``BatchOutcome.to_render`` (assessed, not rendered): the worker renders
         #: them in another process from the states it writes (PULSE_PROFILE_RENDER_PROCESS), and hands each
         #: batch's answer to :meth:`render_answered`
