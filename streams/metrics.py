@@ -62,6 +62,13 @@ STATE_LOADS = Counter(
     "streams/state_cache.py) or decoded (from the table's bytes).",
     ["source"],
 )
+INPUT_LOG_CHECKS = Counter(
+    "pulse_input_log_checks_total",
+    "Input partitions whose last decided record was read back (when taken, or read again below the next offset), "
+    "by verdict: same, replaced (pulse_input_logs_replaced_total), unknown (not readable: retention, compaction, "
+    "no answer in time; taken as the same log).",
+    ["verdict"],
+)
 INPUT_LOGS_REPLACED = Counter(
     "pulse_input_logs_replaced_total",
     "Input partitions found replaced when taken or read again (the topic deleted and created again): "

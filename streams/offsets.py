@@ -352,6 +352,7 @@ class OffsetGuard:
         verdicts = await self.check_records({tp: (n.last, n.crc) for tp, (n, _) in named.items()})  # type: ignore[misc]
         out: dict[TP, tuple[int, InputLog]] = {}
         for tp, verdict in sorted(verdicts.items()):
+            metrics.INPUT_LOG_CHECKS.labels(verdict).inc()
             if verdict != REPLACED:
                 continue
             old, position = named[tp]

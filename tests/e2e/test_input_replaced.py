@@ -28,6 +28,7 @@ from tests.conftest import on_broker
 pytestmark = pytest.mark.e2e
 
 CUSTOMERS = 30
+VERDICTS = ("same", "replaced", "unknown")
 DAYS = 240
 
 
@@ -102,6 +103,9 @@ def test_an_input_topic_created_again_loses_no_event(namespace, start_worker):
 
     assert wait_until(lambda: duplicates() >= 3)
     assert metric_sum(third.metrics_port, "pulse_input_logs_replaced_total") == 0
+    # it did read them back: every orders partition (the others' logs too), each the same
+    checks = {v: metric_sum(third.metrics_port, "pulse_input_log_checks_total", {"verdict": v}) for v in VERDICTS}
+    assert checks["same"] >= settings.partitions and checks["replaced"] == checks["unknown"] == 0, checks
     assert not profile_diffs(settings, expected)
 
 
