@@ -44,6 +44,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from faust.tables.recovery import RebalanceAgain
 from faust.transport.consumer import Consumer
 from faust.types import TP, EventT
 
@@ -613,6 +614,12 @@ async def _perform_seek_noted(self: Consumer) -> None:
                 position,
             )
             await self.seek(tp, position)
+    recovery = getattr(getattr(self.app, "tables", None), "_recovery", None)
+    revoked = getattr(recovery, "revoked_while_resuming", None)
+    if revoked is not None and revoked():
+        # the streams are not resumed in the middle of a rebalance (streams.tables.BulkRecovery)
+        log.info("partitions revoked while the streams were sought: the flow waits for the next recovery")
+        raise RebalanceAgain()
 
 
 def unseeked(committed: Mapping[TP, int | None], ledger: OffsetLedger) -> dict[TP, int]:

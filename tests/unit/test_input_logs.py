@@ -12,6 +12,7 @@ import asyncio
 from types import SimpleNamespace
 
 import orjson
+import pytest
 from faust.types import TP
 
 from pulse_config.settings import Settings
@@ -169,3 +170,27 @@ def test_a_partition_read_again_below_the_next_offset_is_checked_once_until_its_
     asyncio.run(guard._verify_reread([(tp, 0), (other, 3)]))  # tp: checked already; other: read again now
     assert checks.asked == {other: (41, 9)}
     assert guard.take_replaced() == {}
+
+
+def test_a_revocation_while_the_streams_are_sought_keeps_the_flow_for_the_next_recovery(monkeypatch):
+    """Faust's ``_resume_streams`` checks the generation, awaits the seek, then resumes the flow: a revocation
+    during the seek (the input logs are read back there) must not let it resume in the middle of a rebalance. A
+    Kafka chaos run (session 29) scored a batch of the next generation's partitions before their recovery."""
+    from faust.tables.recovery import RebalanceAgain
+
+    from streams.tables import BulkRecovery
+    from tests.unit.test_offsets import SeekingConsumer, rebalance_seek
+
+    recovery = BulkRecovery.__new__(BulkRecovery)  # only its revocation count: no app, no service
+    recovery.revocations, recovery._resuming_at = 0, None
+    guard = OffsetGuard([ORDERS], None, None)  # type: ignore[arg-type]
+    consumer = SeekingConsumer(guard, {TP(ORDERS, 0): 5}, {TP(ORDERS, 0): 9})
+    consumer.app.tables = SimpleNamespace(_recovery=recovery)
+    rebalance_seek(consumer, monkeypatch)  # not resuming: nothing to say
+
+    recovery._resuming_at = recovery.revocations
+    rebalance_seek(consumer, monkeypatch)  # resuming, nothing revoked meanwhile
+    recovery.revocations += 1  # BulkRecovery.on_partitions_revoked during the seek
+    with pytest.raises(RebalanceAgain):
+        rebalance_seek(consumer, monkeypatch)
+    assert recovery.revoked_while_resuming()
