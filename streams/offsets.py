@@ -300,6 +300,8 @@ class OffsetGuard:
         self.table_positions: Callable[[int], Mapping[str, int]] | None = None
         #: input partitions whose log was read back since they were last sought (:meth:`_verify_reread`)
         self.verified: set[TP] = set()
+        #: input partitions whose read-back could tell nothing once since they were last sought
+        self.unknown_once: set[TP] = set()
 
     async def _verify_reread(self, offsets: list[tuple[TP, int]]) -> None:
         """A batch that reads a partition again below the next offset to apply, first since the partition was
@@ -320,9 +322,10 @@ class OffsetGuard:
         ]
         if not again:
             return
-        self.verified.update(again)
         partitions = {tp.partition for tp in again}
-        found = await self.verify_logs(again, {p: self.table_positions(p) for p in partitions}, "reading it again")
+        found = await self.verify_logs(
+            again, {p: self.table_positions(p) for p in partitions}, "reading it again", reread=True
+        )
         for tp, (start, _) in found.items():
             self.ledger.seeked(tp, start, explicit=True)  # the consumer reads the new log from its start already
 
@@ -332,7 +335,11 @@ class OffsetGuard:
         return out
 
     async def verify_logs(
-        self, tps: Iterable[TP], recovered: Mapping[int, Mapping[str, int]], when: str = "at its assignment"
+        self,
+        tps: Iterable[TP],
+        recovered: Mapping[int, Mapping[str, int]],
+        when: str = "at its assignment",
+        reread: bool = False,
     ) -> dict[TP, tuple[int, InputLog]]:
         """The input partitions among ``tps`` (of partitions just recovered) whose log the changelog names is
         not there any more: the record it names as the last one decided is gone (the log now ends before it) or
@@ -354,6 +361,13 @@ class OffsetGuard:
         out: dict[TP, tuple[int, InputLog]] = {}
         for tp, verdict in sorted(verdicts.items()):
             metrics.INPUT_LOG_CHECKS.labels(verdict).inc()
+            if reread:
+                # not at the seek: a topic being deleted may still answer there with its old log, and the first
+                # batch that reads it again asks once more (one fetch per rebalance); an unknown one twice
+                if verdict != UNKNOWN or tp in self.unknown_once:
+                    self.verified.add(tp)
+                else:
+                    self.unknown_once.add(tp)
             if verdict != REPLACED:
                 continue
             old, position = named[tp]
@@ -579,6 +593,7 @@ async def _perform_seek_noted(self: Consumer) -> None:
     if guard is None:
         return
     guard.verified.clear()  # every partition read again after this seek is checked again
+    guard.unknown_once.clear()
     ledger = guard.ledger
     for tp in self.assignment():
         if ledger.tracks(tp) and (tp not in ledger.expected or tp in ledger.provisional):
@@ -593,7 +608,6 @@ async def _perform_seek_noted(self: Consumer) -> None:
     replaced = await guard.verify_logs(tracked, recovered) if recovered else {}
     for tp, (start, _) in sorted(replaced.items()):
         await self.seek(tp, start)  # the committed offset is the old log's
-    guard.verified.update(tp for tp in tracked if tp.partition in recovered)
     if recovered:
         # only right after a recovery read them: the seek Faust's fetcher makes while the flow is stopped may
         # come before the recovery read a kept partition's tail (this worker's own newer end markers)
@@ -668,6 +682,7 @@ async def _seek_noted(self: Consumer, partition: TP, offset: int) -> None:
         tp = TP(partition.topic, partition.partition)
         guard.ledger.seeked(tp, offset, explicit=True)
         guard.verified.discard(tp)
+        guard.unknown_once.discard(tp)
 
 
 async def _on_partitions_assigned_retaining(self: Consumer, assigned: set[TP], generation_id: int = 0) -> None:
