@@ -870,11 +870,13 @@ def broker_guard(
                 while len(out) < len(ktps) and time.monotonic() < deadline:
                     waiting = [k for k, (tp, _, _) in ktps.items() if tp not in out]
                     batch = await consumer.getmany(*waiting, timeout_ms=READ_BACK_POLL_MS)
-                    quiet = [k for k in waiting if k in below and not batch.get(k)]
+                    quiet = [k for k in waiting if not batch.get(k)]
+                    positions = {k: await consumer.position(k) for k in quiet}
+                    ended = [k for k in quiet if k in below]
                     at_end = set()
-                    if quiet:
-                        now = await consumer.end_offsets(quiet)
-                        at_end = {k for k in quiet if await consumer.position(k) >= now[k]}
+                    if ended:
+                        now = await consumer.end_offsets(ended)
+                        at_end = {k for k in ended if positions[k] >= now[k]}
                     for ktp in waiting:
                         tp, offset, crc = ktps[ktp]
                         records = batch.get(ktp, [])
@@ -882,6 +884,8 @@ def broker_guard(
                         if not records:
                             if ktp in at_end:
                                 verdict = REPLACED  # read to the log's end without reaching the offset
+                            elif ktp not in below and positions[ktp] > offset:
+                                verdict = UNKNOWN  # past it with nothing read: deleted by retention (an empty log)
                         else:
                             at = next((r for r in records if r.offset >= offset), None)
                             if at is None:
