@@ -49,7 +49,7 @@ MALFORMED = 6
 MIS_KEYED_EVERY = 20
 
 
-def send_events(namespace, events: list[tuple[str, dict]]) -> int:
+def send_partly_mis_keyed(namespace, events: list[tuple[str, dict]]) -> int:
     """The events, every ``MIS_KEYED_EVERY``-th keyed by something else than its customer; returns how many."""
     records = event_records(events)
     records[::MIS_KEYED_EVERY] = [(kind, b"mis-keyed", value) for kind, _, value in records[::MIS_KEYED_EVERY]]
@@ -76,14 +76,14 @@ def test_offsets_reset_to_the_earliest_replay_nothing_twice(namespace, start_wor
     events = generate_events(customers=CUSTOMERS, days=DAYS, seed=23, end=datetime(2026, 6, 1, tzinfo=UTC))
     half = len(events) // 2
     first = start_worker(PULSE_BATCH_MAX_EVENTS="50")
-    mis_keyed_before = send_events(namespace, events[:half])
+    mis_keyed_before = send_partly_mis_keyed(namespace, events[:half])
     before = send_malformed(namespace, "before")
     assert wait_until(lambda: not profile_diffs(settings, uninterrupted_profiles(events[:half], settings)))
     assert wait_until(lambda: metric_sum(first.metrics_port, "pulse_dead_letters_total") == MALFORMED)
     first.stop()
 
     # no worker runs: the rest of the events arrive, and the group's offsets go back to the start of every input
-    mis_keyed_after = send_events(namespace, events[half:])
+    mis_keyed_after = send_partly_mis_keyed(namespace, events[half:])
     after = send_malformed(namespace, "after")
     moved = move_group_offsets(namespace, lambda tp: 0)
     assert any(before for before, _ in moved.values()), "the first worker committed nothing: nothing to reset"
