@@ -302,6 +302,8 @@ class OffsetGuard:
         self.verified: set[TP] = set()
         #: input partitions whose read-back could tell nothing once since they were last sought
         self.unknown_once: set[TP] = set()
+        #: serializes the resume seek and the fetch loop's (:func:`_perform_seek_noted`)
+        self.seek_lock = asyncio.Lock()
 
     async def _verify_reread(self, offsets: list[tuple[TP, int]]) -> None:
         """A batch that reads a partition again below the next offset to apply, first since the partition was
@@ -584,56 +586,81 @@ def _filter_committable_capped(self: Consumer, tps: Iterable[TP]) -> dict[TP, in
 async def _perform_seek_noted(self: Consumer) -> None:
     """Faust's seek to the committed offsets; partitions the ledger does not know start there.
 
+    Faust seeks in two places: before it resumes the stream partitions after a rebalance (the *resume* seek:
+    Faust's ``on_recovery_completed`` or ``_resume_streams``), and in its fetch loop when a fetch returns while
+    the flow is stopped (a rebalance began meanwhile). Only the resume seek reads the input logs back and
+    rewinds to the changelog's positions (:func:`_after_recovery`): it is the one that precedes every batch of
+    the new assignment. The fetch loop's comes at the start of a rebalance, while the assignment changes (it
+    raised ``IllegalStateError: No current assignment`` there in the fresh clone of session 29), so it only goes
+    back to the committed offsets, and not at all once a resume seek finished since the last revocation: it
+    would undo that seek's rewinds. The two are serialized.
+
     The offsets are read from what the seek stored, before anything else runs:
     the fetcher may be running already, so the consumer's position may be past
     them by the time it could be asked.
     """
-    await _upstream["perform_seek"](self)
     guard = guard_of(self)
     if guard is None:
+        await _upstream["perform_seek"](self)
         return
-    guard.verified.clear()  # every partition read again after this seek is checked again
-    guard.unknown_once.clear()
-    ledger = guard.ledger
-    for tp in self.assignment():
-        if ledger.tracks(tp) and (tp not in ledger.expected or tp in ledger.provisional):
-            offset = dict.get(self._read_offset, tp)  # type: ignore[call-overload]  # a dict (ReadOffsets) at run time
-            # no committed offset here: left unknown, the first batch asks the broker (OffsetGuard.check)
-            if offset is not None:
-                ledger.seeked(tp, offset)
-                log.debug("offset ledger: %s[%d] starts at %d", tp.topic, tp.partition, offset)
-    await _seek_uncommitted(self, ledger)
-    recovered = guard.changelog_positions() if guard.changelog_positions is not None else {}
-    tracked = [tp for tp in self.assignment() if ledger.tracks(tp)]
-    replaced = await guard.verify_logs(tracked, recovered) if recovered else {}
-    for tp, (start, _) in sorted(replaced.items()):
-        await self.seek(tp, start)  # the committed offset is the old log's
-    if recovered:
-        # only right after a recovery read them: the seek Faust's fetcher makes while the flow is stopped may
-        # come before the recovery read a kept partition's tail (this worker's own newer end markers)
-        committed = {
-            tp: dict.get(self._read_offset, tp)  # type: ignore[call-overload]  # a dict (ReadOffsets) at run time
-            for tp in tracked
-            if tp.partition in recovered and tp not in replaced
-        }
-        for tp, (offset, position) in sorted(rewinds(committed, lambda p: recovered[p]).items()):
-            metrics.INPUT_REWINDS.labels(tp.topic).inc()
-            log.warning(
-                "input rewind: %s[%d] committed offset %d is ahead of the changelog's position %d: reading again "
-                "from %d",
-                tp.topic,
-                tp.partition,
-                offset,
-                position,
-                position,
-            )
-            await self.seek(tp, position)
     recovery = getattr(getattr(self.app, "tables", None), "_recovery", None)
-    revoked = getattr(recovery, "revoked_while_resuming", None)
-    if revoked is not None and revoked():
-        # the streams are not resumed in the middle of a rebalance (streams.tables.BulkRecovery)
-        log.info("partitions revoked while the streams were sought: the flow waits for the next recovery")
-        raise RebalanceAgain()
+    resuming = recovery is not None and recovery.seeking_to_resume()
+    async with guard.seek_lock:
+        if not resuming and recovery is not None and recovery.resumed_since_revoked():
+            log.debug("fetch-loop seek skipped: the resume seek since the last revocation placed the partitions")
+            return
+        await _upstream["perform_seek"](self)
+        guard.verified.clear()  # every partition read again after this seek is checked again
+        guard.unknown_once.clear()
+        ledger = guard.ledger
+        for tp in self.assignment():
+            if ledger.tracks(tp) and (tp not in ledger.expected or tp in ledger.provisional):
+                offset = dict.get(self._read_offset, tp)  # type: ignore[call-overload]  # a dict (ReadOffsets) at run time
+                # no committed offset here: left unknown, the first batch asks the broker (OffsetGuard.check)
+                if offset is not None:
+                    ledger.seeked(tp, offset)
+                    log.debug("offset ledger: %s[%d] starts at %d", tp.topic, tp.partition, offset)
+        await _seek_uncommitted(self, ledger)
+        if recovery is None or resuming:
+            await _after_recovery(self, guard)
+        if resuming and recovery is not None:
+            if recovery.revoked_while_resuming():
+                # the streams are not resumed in the middle of a rebalance (streams.tables.BulkRecovery)
+                log.info("partitions revoked while the streams were sought: the flow waits for the next recovery")
+                raise RebalanceAgain()
+            recovery.note_resume_seek()
+
+
+async def _after_recovery(consumer: Consumer, guard: OffsetGuard) -> None:
+    """What the resume seek adds after a recovery read the changelog: the input logs read back
+    (:meth:`OffsetGuard.verify_logs`; a replaced one is read from its start) and a committed offset ahead of the
+    changelog's position rewound to it (:func:`rewinds`)."""
+    recovered = guard.changelog_positions() if guard.changelog_positions is not None else {}
+    if not recovered:
+        return
+    ledger = guard.ledger
+    tracked = [tp for tp in consumer.assignment() if ledger.tracks(tp)]
+    replaced = await guard.verify_logs(tracked, recovered)
+    for tp, (start, _) in sorted(replaced.items()):
+        await consumer.seek(tp, start)  # the committed offset is the old log's
+    # only right after a recovery read them: before the recovery read a kept partition's tail, its view is older
+    # than this worker's own newer end markers
+    committed = {
+        tp: dict.get(consumer._read_offset, tp)  # type: ignore[call-overload]  # a dict (ReadOffsets) at run time
+        for tp in tracked
+        if tp.partition in recovered and tp not in replaced
+    }
+    for tp, (offset, position) in sorted(rewinds(committed, lambda p: recovered[p]).items()):
+        metrics.INPUT_REWINDS.labels(tp.topic).inc()
+        log.warning(
+            "input rewind: %s[%d] committed offset %d is ahead of the changelog's position %d: reading again from %d",
+            tp.topic,
+            tp.partition,
+            offset,
+            position,
+            position,
+        )
+        await consumer.seek(tp, position)
 
 
 def unseeked(committed: Mapping[TP, int | None], ledger: OffsetLedger) -> dict[TP, int]:

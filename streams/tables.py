@@ -10,6 +10,7 @@ import time
 import weakref
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any, cast
 
 import faust
@@ -546,6 +547,11 @@ class CustomerStateTable(faust.Table):
                     partitions[record.key] = tp.partition
 
 
+#: the revocation count when the resume the running task belongs to began (None: not in a resume): a context
+#: variable, because Faust's fetch loop seeks too, in its own task, while a resume's seek may be running
+_RESUMING: ContextVar[int | None] = ContextVar("pulse_resuming", default=None)
+
+
 class BulkRecovery(Recovery):
     """Faust's recovery, which first reads the active changelog partitions of bulk-capable tables itself.
 
@@ -572,25 +578,49 @@ class BulkRecovery(Recovery):
 
     #: read in bulk (PULSE_RECOVERY_BULK_READ); off: Faust reads everything, through the same epoch filter
     bulk: bool = True
-    #: revocations seen so far (a count), and the count when the streams began to resume (None: not resuming)
+    #: revocations seen so far (a count), and the count when the last seek before resuming the flow finished
     revocations: int = 0
-    _resuming_at: int | None = None
+    resumed_at: int | None = None
 
     def on_partitions_revoked(self, revoked: set[TP]) -> None:
         self.revocations += 1
         super().on_partitions_revoked(revoked)
 
-    def revoked_while_resuming(self) -> bool:
-        """Partitions were revoked since the streams began to resume: another rebalance is on.
+    def seeking_to_resume(self) -> bool:
+        """The caller runs inside the seek that comes before the stream partitions are resumed (Faust's
+        ``on_recovery_completed`` or ``_resume_streams``), not in the seek Faust's fetch loop makes when it
+        fetched while the flow was stopped (streams.offsets)."""
+        return _RESUMING.get() is not None
 
-        Why: Faust's ``_resume_streams`` checks the generation, awaits the seek to the committed offsets, then
-        resumes the flow. A revocation during that seek (the offset guard reads the input logs back there,
-        streams.offsets) leaves the generation as it was until the next assignment, so the flow was resumed in
-        the middle of a rebalance: a chaos run on Kafka (session 29) scored a batch of the next generation's
-        partitions before their recovery, from a table not read to its end, and published 5 alert ids with a
-        second content. The seek raises ``RebalanceAgain`` instead (streams.offsets), and the next recovery
-        resumes the flow."""
-        return self._resuming_at is not None and self.revocations != self._resuming_at
+    def revoked_while_resuming(self) -> bool:
+        """Partitions were revoked since the caller's resume (:meth:`on_recovery_completed`,
+        :meth:`_resume_streams`) began: another rebalance is on.
+
+        Why: Faust checks the generation, awaits the seek to the committed offsets, then resumes the flow. A
+        revocation during that seek (the offset guard reads the input logs back there, streams.offsets) leaves
+        the generation as it was until the next assignment, so the flow was resumed in the middle of a
+        rebalance: a chaos run on Kafka (session 29) scored a batch of the next generation's partitions before
+        their recovery, from a table not read to its end, and published 5 alert ids with a second content. The
+        seek raises ``RebalanceAgain`` instead (streams.offsets), and the next recovery resumes the flow. (Session
+        29 set this only around ``_resume_streams``, which apps with tables do not take: session 30.)"""
+        start = _RESUMING.get()
+        return start is not None and self.revocations != start
+
+    def resumed_since_revoked(self) -> bool:
+        """A seek before resuming the flow finished since the last revocation: a seek from the fetch loop now
+        would move the kept partitions back to their committed offsets, undoing that seek's rewinds."""
+        return self.resumed_at == self.revocations
+
+    def note_resume_seek(self) -> None:
+        self.resumed_at = _RESUMING.get()
+
+    async def on_recovery_completed(self, generation_id: int = 0) -> None:
+        """Faust's (streams.faust_fixes), run as a resume (:meth:`revoked_while_resuming`)."""
+        token = _RESUMING.set(self.revocations)
+        try:
+            await super().on_recovery_completed(generation_id)
+        finally:
+            _RESUMING.reset(token)
 
     #: called with why when a recovery step outlives its timeout (a class attribute: tests replace it)
     on_step_timeout: Callable[[str], Any] = staticmethod(fail_stop)
@@ -634,11 +664,11 @@ class BulkRecovery(Recovery):
             table = self.tp_to_table.get(tp)
             if isinstance(table, CustomerStateTable):
                 table.mark_recovered({tp})
-        self._resuming_at = self.revocations
+        token = _RESUMING.set(self.revocations)
         try:
             await super()._resume_streams(generation_id)
         finally:
-            self._resuming_at = None
+            _RESUMING.reset(token)
 
     async def _build_offsets(self, consumer: Any, tps: set[TP], destination: Any, title: str) -> None:
         await super()._build_offsets(consumer, tps, destination, title)

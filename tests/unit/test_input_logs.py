@@ -9,6 +9,7 @@ it back, and a log found replaced is read from its start with its offsets counte
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import orjson
@@ -30,6 +31,7 @@ from streams.ownership import (
 )
 from streams.processor import BatchProcessor, Incoming
 from tests.unit.test_checkpoint import SETTINGS, Broker, Table, checkpoint_on, order, run
+from tests.unit.test_offsets import SeekingConsumer
 from tests.unit.test_processor import order as order_payload
 
 ORDERS = SETTINGS.topic_orders
@@ -172,25 +174,140 @@ def test_a_partition_read_again_below_the_next_offset_is_checked_once_until_its_
     assert guard.take_replaced() == {}
 
 
-def test_a_revocation_while_the_streams_are_sought_keeps_the_flow_for_the_next_recovery(monkeypatch):
-    """Faust's ``_resume_streams`` checks the generation, awaits the seek, then resumes the flow: a revocation
-    during the seek (the input logs are read back there) must not let it resume in the middle of a rebalance. A
-    Kafka chaos run (session 29) scored a batch of the next generation's partitions before their recovery."""
+class ResumingConsumer(SeekingConsumer):
+    """The consumer as Faust's ``on_recovery_completed`` drives it: resume partitions, then the flow."""
+
+    def __init__(self, guard: OffsetGuard, committed: dict[TP, int | None], positions: dict[TP, int]) -> None:
+        super().__init__(guard, committed, positions)
+        self.flow_active = False
+        #: called in the middle of the upstream seek (a revocation arriving then)
+        self.during_seek: Callable[[], None] = lambda: None
+
+    async def upstream_perform_seek(self) -> None:
+        await super().upstream_perform_seek()
+        self.during_seek()
+
+    def resume_partitions(self, tps: set[TP]) -> None:
+        pass
+
+    def resume_flow(self) -> None:
+        self.flow_active = True
+
+    async def seek(self, tp: TP, offset: int) -> None:
+        from streams import offsets
+
+        await offsets._seek_noted(self, tp, offset)  # type: ignore[arg-type]
+
+
+def resuming_recovery(consumer: ResumingConsumer):
+    """A BulkRecovery with what Faust's ``on_recovery_completed`` (streams.faust_fixes) uses, and no service."""
+    from streams import faust_fixes
+    from streams.tables import BulkRecovery
+
+    faust_fixes.apply()
+    recovery = BulkRecovery.__new__(BulkRecovery)
+
+    async def nothing(*_: object) -> None:
+        return None
+
+    async def wait(coro, timeout=None):  # Recovery._wait without its rebalance signal
+        return await asyncio.ensure_future(coro)
+
+    quiet = SimpleNamespace(info=lambda *a: None, dev=lambda *a: None, warning=lambda *a: None)
+    flow = SimpleNamespace(is_active=lambda: consumer.flow_active, resume=lambda: None)
+    consumer.app.__dict__.update(
+        consumer=consumer,
+        consumer_generation_id=7,
+        on_rebalance_complete=SimpleNamespace(send=nothing),
+        conf=SimpleNamespace(broker_request_timeout=10.0),
+        flow_control=flow,
+        _fetcher=SimpleNamespace(maybe_start=nothing),
+        assignor=SimpleNamespace(assigned_standbys=lambda: set()),
+        on_rebalance_end=lambda: None,
+        tables=SimpleNamespace(_recovery=recovery),
+    )
+    tables = SimpleNamespace(values=lambda: [], on_actives_ready=lambda: None, on_standbys_ready=lambda: None)
+    recovery.__dict__.update(
+        app=consumer.app,
+        log=quiet,
+        tables=tables,
+        _wait=wait,
+        _set_recovery_ended=lambda: None,
+        _is_changelog_tp=lambda tp: False,
+        completed=SimpleNamespace(set=lambda: None),
+        actives_for_table={},
+        standbys_for_table={},
+    )
+    return recovery
+
+
+def test_a_revocation_during_the_resume_seek_keeps_the_flow_stopped_for_the_next_recovery(monkeypatch):
+    """Faust's ``on_recovery_completed`` (the path of apps with tables) checks the generation, awaits the seek,
+    then resumes the flow: a revocation during the seek (the input logs are read back there) must not let it
+    resume in the middle of a rebalance. A Kafka chaos run (session 29) scored a batch of the next generation's
+    partitions before their recovery. Session 29's guard was set only around ``_resume_streams``, which this
+    path does not take: this test drives the real method and failed with it."""
     from faust.tables.recovery import RebalanceAgain
 
-    from streams.tables import BulkRecovery
-    from tests.unit.test_offsets import SeekingConsumer, rebalance_seek
+    from streams import offsets
 
-    recovery = BulkRecovery.__new__(BulkRecovery)  # only its revocation count: no app, no service
-    recovery.revocations, recovery._resuming_at = 0, None
     guard = OffsetGuard([ORDERS], None, None)  # type: ignore[arg-type]
-    consumer = SeekingConsumer(guard, {TP(ORDERS, 0): 5}, {TP(ORDERS, 0): 9})
-    consumer.app.tables = SimpleNamespace(_recovery=recovery)
-    rebalance_seek(consumer, monkeypatch)  # not resuming: nothing to say
+    consumer = ResumingConsumer(guard, {TP(ORDERS, 0): 5}, {TP(ORDERS, 0): 9})
+    recovery = resuming_recovery(consumer)
+    recovery.revocations, recovery.resumed_at = 0, None
+    monkeypatch.setitem(offsets._upstream, "perform_seek", lambda self: self.upstream_perform_seek())
+    monkeypatch.setitem(offsets._upstream, "seek", lambda self, tp, offset: self.upstream_seek(tp, offset))
+    consumer.perform_seek = lambda: offsets._perform_seek_noted(consumer)  # type: ignore[method-assign]
 
-    recovery._resuming_at = recovery.revocations
-    rebalance_seek(consumer, monkeypatch)  # resuming, nothing revoked meanwhile
-    recovery.revocations += 1  # BulkRecovery.on_partitions_revoked during the seek
+    def revoke() -> None:  # BulkRecovery.on_partitions_revoked, without Faust's part
+        recovery.revocations += 1
+
+    consumer.during_seek = revoke
     with pytest.raises(RebalanceAgain):
-        rebalance_seek(consumer, monkeypatch)
-    assert recovery.revoked_while_resuming()
+        asyncio.run(recovery.on_recovery_completed(7))
+    assert not consumer.flow_active
+    assert not recovery.resumed_since_revoked()
+
+    consumer.during_seek = lambda: None  # the next recovery
+    asyncio.run(recovery.on_recovery_completed(7))
+    assert consumer.flow_active
+    assert recovery.resumed_since_revoked()
+
+
+def test_the_fetch_loop_s_seek_neither_reads_logs_back_nor_undoes_the_resume_seek(monkeypatch):
+    """Faust's fetch loop seeks to the committed offsets when a fetch returns while the flow is stopped. It
+    comes at the start of a rebalance, when the assignment changes under it (the fresh clone of session 29 logged
+    ``IllegalStateError: No current assignment`` there): it must not take the recovered positions the resume seek
+    compares with (it did, session 29), and once the resume seek rewound a partition it must not move it forward
+    to the committed offset again."""
+    from streams import offsets
+
+    tp = TP(ORDERS, 0)
+    guard = OffsetGuard([ORDERS], None, None)  # type: ignore[arg-type]
+    recovered = {0: {ORDERS: 3}}
+    taken: list[dict] = []
+
+    def changelog_positions() -> dict:
+        out = dict(recovered)
+        taken.append(out)
+        recovered.clear()
+        return out
+
+    guard.changelog_positions = changelog_positions
+    consumer = ResumingConsumer(guard, {tp: 5}, {tp: 9})
+    recovery = resuming_recovery(consumer)
+    recovery.revocations, recovery.resumed_at = 1, None
+    monkeypatch.setitem(offsets._upstream, "perform_seek", lambda self: self.upstream_perform_seek())
+    monkeypatch.setitem(offsets._upstream, "seek", lambda self, tp, offset: self.upstream_seek(tp, offset))
+    consumer.perform_seek = lambda: offsets._perform_seek_noted(consumer)  # type: ignore[method-assign]
+
+    asyncio.run(offsets._perform_seek_noted(consumer))  # the fetch loop's, before the recovery ended
+    assert consumer.positions[tp] == 5 and taken == []  # back to the committed offset; positions left alone
+    asyncio.run(recovery.on_recovery_completed(7))
+    assert taken == [{0: {ORDERS: 3}}]
+    assert consumer.positions[tp] == 3  # rewound to the changelog's position
+    asyncio.run(offsets._perform_seek_noted(consumer))  # a late fetch-loop seek
+    assert consumer.positions[tp] == 3
+    recovery.revocations += 1  # the next rebalance: the fetch loop's seek applies again
+    asyncio.run(offsets._perform_seek_noted(consumer))
+    assert consumer.positions[tp] == 5
