@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from contextvars import ContextVar
 from typing import Any
 
 from aiokafka import errors as kafka_errors
@@ -46,6 +47,21 @@ def _resume_flow_control(app: object) -> None:
         flow_control.resume()
 
 
+#: set while the seek before a resume runs (Faust's ``on_recovery_completed`` and ``_resume_streams``): the
+#: recovery's revocation count when that resume began (``BulkRecovery.revocations``), else None. A context
+#: variable set around the seek alone: Faust's fetch loop seeks too, in its own task (streams.offsets tells the
+#: two apart), and a task started during a resume (the fetcher, by ``maybe_start``) would inherit a wider one.
+RESUME_SEEK: ContextVar[int | None] = ContextVar("pulse_resume_seek", default=None)
+
+
+async def _resume_seek(consumer: Any, since: int) -> None:
+    token = RESUME_SEEK.set(since)
+    try:
+        await consumer.perform_seek()
+    finally:
+        RESUME_SEEK.reset(token)
+
+
 async def _resume_streams_seek_first(self: Recovery, generation_id: int = 0) -> None:
     """``Recovery._resume_streams`` (faust-streaming 0.15.3) with the seek moved before the resume.
 
@@ -60,6 +76,7 @@ async def _resume_streams_seek_first(self: Recovery, generation_id: int = 0) -> 
     """
     app = self.app
     consumer = app.consumer
+    since = getattr(self, "revocations", 0)
     await app.on_rebalance_complete.send()
     assignment = consumer.assignment()
     if app.consumer_generation_id != generation_id:
@@ -67,7 +84,7 @@ async def _resume_streams_seek_first(self: Recovery, generation_id: int = 0) -> 
         return
     if assignment:
         self.log.info("Seek stream partitions to committed offsets.")
-        await self._wait(consumer.perform_seek(), timeout=app.conf.broker_request_timeout)
+        await self._wait(_resume_seek(consumer, since), timeout=app.conf.broker_request_timeout)
         self.log.dev("Resume stream partitions")
         consumer.resume_partitions({tp for tp in assignment if not self._is_changelog_tp(tp)})
     else:
@@ -87,6 +104,7 @@ async def _on_recovery_completed_seek_first(self: Recovery, generation_id: int =
     """``Recovery.on_recovery_completed`` (faust-streaming 0.15.3), the path apps with
     tables take, with the same fix as :func:`_resume_streams_seek_first`."""
     consumer = self.app.consumer
+    since = getattr(self, "revocations", 0)
     self.log.info("Restore complete!")
     await self.app.on_rebalance_complete.send()
     self._set_recovery_ended()
@@ -104,7 +122,7 @@ async def _on_recovery_completed_seek_first(self: Recovery, generation_id: int =
         return
     if assignment:
         self.log.info("Seek stream partitions to committed offsets.")
-        await self._wait(consumer.perform_seek(), timeout=self.app.conf.broker_request_timeout)
+        await self._wait(_resume_seek(consumer, since), timeout=self.app.conf.broker_request_timeout)
     consumer.resume_partitions({tp for tp in assignment if not self._is_changelog_tp(tp)})
     self.completed.set()
     self.log.dev("Resume stream partitions")

@@ -10,7 +10,6 @@ import time
 import weakref
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from contextvars import ContextVar
 from typing import Any, cast
 
 import faust
@@ -28,6 +27,7 @@ from mode.utils.times import Seconds, want_seconds
 from pulse_config.settings import Settings
 from streams import metrics
 from streams.fail_stop import fail_stop
+from streams.faust_fixes import RESUME_SEEK
 from streams.ownership import (
     END_MARKER_KEY,
     META_KEY,
@@ -547,11 +547,6 @@ class CustomerStateTable(faust.Table):
                     partitions[record.key] = tp.partition
 
 
-#: the revocation count when the resume the running task belongs to began (None: not in a resume): a context
-#: variable, because Faust's fetch loop seeks too, in its own task, while a resume's seek may be running
-_RESUMING: ContextVar[int | None] = ContextVar("pulse_resuming", default=None)
-
-
 class BulkRecovery(Recovery):
     """Faust's recovery, which first reads the active changelog partitions of bulk-capable tables itself.
 
@@ -590,11 +585,11 @@ class BulkRecovery(Recovery):
         """The caller runs inside the seek that comes before the stream partitions are resumed (Faust's
         ``on_recovery_completed`` or ``_resume_streams``), not in the seek Faust's fetch loop makes when it
         fetched while the flow was stopped (streams.offsets)."""
-        return _RESUMING.get() is not None
+        return RESUME_SEEK.get() is not None
 
     def revoked_while_resuming(self) -> bool:
-        """Partitions were revoked since the caller's resume (:meth:`on_recovery_completed`,
-        :meth:`_resume_streams`) began: another rebalance is on.
+        """Partitions were revoked since the resume whose seek calls this began (``on_recovery_completed``,
+        ``_resume_streams``: streams.faust_fixes): another rebalance is on.
 
         Why: Faust checks the generation, awaits the seek to the committed offsets, then resumes the flow. A
         revocation during that seek (the offset guard reads the input logs back there, streams.offsets) leaves
@@ -603,7 +598,7 @@ class BulkRecovery(Recovery):
         their recovery, from a table not read to its end, and published 5 alert ids with a second content. The
         seek raises ``RebalanceAgain`` instead (streams.offsets), and the next recovery resumes the flow. (Session
         29 set this only around ``_resume_streams``, which apps with tables do not take: session 30.)"""
-        start = _RESUMING.get()
+        start = RESUME_SEEK.get()
         return start is not None and self.revocations != start
 
     def resumed_since_revoked(self) -> bool:
@@ -612,15 +607,7 @@ class BulkRecovery(Recovery):
         return self.resumed_at == self.revocations
 
     def note_resume_seek(self) -> None:
-        self.resumed_at = _RESUMING.get()
-
-    async def on_recovery_completed(self, generation_id: int = 0) -> None:
-        """Faust's (streams.faust_fixes), run as a resume (:meth:`revoked_while_resuming`)."""
-        token = _RESUMING.set(self.revocations)
-        try:
-            await super().on_recovery_completed(generation_id)
-        finally:
-            _RESUMING.reset(token)
+        self.resumed_at = RESUME_SEEK.get()
 
     #: called with why when a recovery step outlives its timeout (a class attribute: tests replace it)
     on_step_timeout: Callable[[str], Any] = staticmethod(fail_stop)
@@ -664,11 +651,7 @@ class BulkRecovery(Recovery):
             table = self.tp_to_table.get(tp)
             if isinstance(table, CustomerStateTable):
                 table.mark_recovered({tp})
-        token = _RESUMING.set(self.revocations)
-        try:
-            await super()._resume_streams(generation_id)
-        finally:
-            _RESUMING.reset(token)
+        await super()._resume_streams(generation_id)
 
     async def _build_offsets(self, consumer: Any, tps: set[TP], destination: Any, title: str) -> None:
         await super()._build_offsets(consumer, tps, destination, title)

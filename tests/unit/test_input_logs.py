@@ -182,6 +182,8 @@ class ResumingConsumer(SeekingConsumer):
         self.flow_active = False
         #: called in the middle of the upstream seek (a revocation arriving then)
         self.during_seek: Callable[[], None] = lambda: None
+        #: per start of the fetcher, whether it saw a resume seek
+        self.fetcher_sees_resume: list[bool] = []
 
     async def upstream_perform_seek(self) -> None:
         await super().upstream_perform_seek()
@@ -213,6 +215,10 @@ def resuming_recovery(consumer: ResumingConsumer):
     async def wait(coro, timeout=None):  # Recovery._wait without its rebalance signal
         return await asyncio.ensure_future(coro)
 
+    async def start_fetcher() -> None:
+        # Faust starts its fetcher here, during the resume: the fetch loop's task must not see a resume seek
+        consumer.fetcher_sees_resume.append(recovery.seeking_to_resume())
+
     quiet = SimpleNamespace(info=lambda *a: None, dev=lambda *a: None, warning=lambda *a: None)
     flow = SimpleNamespace(is_active=lambda: consumer.flow_active, resume=lambda: None)
     consumer.app.__dict__.update(
@@ -221,7 +227,7 @@ def resuming_recovery(consumer: ResumingConsumer):
         on_rebalance_complete=SimpleNamespace(send=nothing),
         conf=SimpleNamespace(broker_request_timeout=10.0),
         flow_control=flow,
-        _fetcher=SimpleNamespace(maybe_start=nothing),
+        _fetcher=SimpleNamespace(maybe_start=start_fetcher),
         assignor=SimpleNamespace(assigned_standbys=lambda: set()),
         on_rebalance_end=lambda: None,
         tables=SimpleNamespace(_recovery=recovery),
@@ -272,6 +278,9 @@ def test_a_revocation_during_the_resume_seek_keeps_the_flow_stopped_for_the_next
     asyncio.run(recovery.on_recovery_completed(7))
     assert consumer.flow_active
     assert recovery.resumed_since_revoked()
+    # the fetcher started by the resume seeks as the fetch loop: a chaos run (session 30) whose fetcher
+    # inherited the resume's mark raised RebalanceAgain in the fetch loop's seeks
+    assert consumer.fetcher_sees_resume == [False]
 
 
 def test_the_fetch_loop_s_seek_neither_reads_logs_back_nor_undoes_the_resume_seek(monkeypatch):
