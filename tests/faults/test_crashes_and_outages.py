@@ -30,6 +30,7 @@ from pulse.simulate import BAD_PAYLOADS, generate_events
 from pulse_config.settings import Settings
 from scoring.customer import CustomerState
 from streams.codec import decode_state
+from streams.fail_stop import EXIT_FAIL_STOP
 from streams.ownership import latest_states
 from streams.sinks.redis_profiles import profile_key, vip_key
 from testing.chaos import Fleet, hostile_order, scored_events
@@ -123,6 +124,84 @@ def test_seeded_kills_during_hostile_traffic_change_nothing(devstack, namespace,
     assert all(w.alive() for w in running)
     # most kills hit a working worker (with 3, a restarted one may still wait for its partitions)
     assert sum(1 for n in scored_before_kill if n > 0) >= KILLS // (2 * workers)
+    check_one_content_per_id(namespace, client)
+
+
+FREEZES = int(os.environ.get("PULSE_FAULT_FREEZES", "4"))
+
+
+def test_a_worker_frozen_past_its_session_changes_nothing(devstack, namespace, start_worker):
+    """A worker stops without dying (SIGSTOP: a long GC pause, a VM or container stall) for longer than the
+    group's session timeout, in the middle of its work, while traffic goes on. The group gives its partitions to
+    the other worker, which recovers them from the changelog and goes on. Then the frozen one wakes up (SIGCONT)
+    holding what it had: a batch half scored or half written, profiles not yet written to Redis, alerts not yet
+    published, an assignment that is no longer its own. Whatever it does then (it finds itself dropped and joins
+    again, or its next changelog write finds the generation gone and it fail-stops, status 75, and is started
+    again as a supervisor would), nothing may change: every valid event applied once, every profile equal to one
+    uninterrupted run's, each alert and VIP-change id with one content, Redis equal to the changelog's states.
+
+    No other test freezes a worker: the kill tests end a process, which then writes nothing more; a frozen one
+    writes late."""
+    s = namespace.settings
+    rng = random.Random(SEED + 1)
+    events = generate_events(customers=150, days=365, seed=(SEED + 1) % 1000, end=datetime(2026, 6, 1, tzinfo=UTC))
+    expected = uninterrupted_profiles(events, s)
+    stream = hostile_order(events, rng)
+    bad = sum(1 for _, _, value in stream if value in BAD_PAYLOADS)
+    topics = s.input_topics()
+    small = {"PULSE_BATCH_MAX_EVENTS": "40", "PULSE_BROKER_SESSION_TIMEOUT": "3"}
+    running = [start_worker(**small) for _ in range(2)]
+    started = list(running)
+    sender = threading.Thread(
+        target=send_stream, args=(namespace.bootstrap, topics, stream, FREEZES * 4, 1.5), daemon=True
+    )
+    sender.start()
+    freezes, fail_stops, scored_before = [], 0, []
+    for _ in range(FREEZES):
+        victim = rng.randrange(len(running))
+        worker = running[victim]
+        assert wait_until(lambda w=worker: "Worker ready" in w.log.read_text(), timeout=60), worker.log_tail()
+        time.sleep(rng.uniform(0.0, 2.0))
+        scored_before.append(int(applied_events(worker)))
+        frozen_for = rng.uniform(6.0, 10.0)  # past the 3 s session timeout and the group's rebalance
+        worker.proc.send_signal(signal.SIGSTOP)
+        time.sleep(frozen_for)
+        worker.proc.send_signal(signal.SIGCONT)
+        freezes.append(round(frozen_for, 1))
+        time.sleep(4.0)  # what it does once awake: join again, or fail-stop
+        if not worker.alive():
+            assert worker.proc.returncode == EXIT_FAIL_STOP, (worker.proc.returncode, worker.log_tail())
+            fail_stops += 1
+            running[victim] = start_worker(**small)  # as its supervisor would
+            started.append(running[victim])
+    sender.join(timeout=CONVERGE_SECONDS)
+    assert not sender.is_alive()
+
+    converged = wait_until(lambda: not profile_diffs(s, expected), timeout=180)
+    diffs = profile_diffs(s, expected)
+    client = redis.Redis.from_url(s.redis_url, decode_responses=True)
+    dead = consume(namespace.bootstrap, s.topic_dead_letters, bad, quiet=1)
+    dead_unique = {(orjson.loads(r.value)["partition"], orjson.loads(r.value)["offset"]) for r in dead}
+    logs = [w.log.read_text(errors="replace") for w in started]
+    # how the woken workers found out: a missed generation at their next assignment, or the fence before a write
+    missed = sum(text.count("this worker was dropped from the group") for text in logs)
+    fenced = sum(text.count("not writing") for text in logs)
+    report(
+        f"{FREEZES} x SIGSTOP of one of 2 workers for {freezes} s (seed {SEED + 1}), then SIGCONT",
+        events_sent=len(stream),
+        valid_unique=len(events),
+        scored=scored_events(client, s.redis_key_prefix),
+        dead_lettered=len(dead_unique),
+        differing_profiles=len(diffs),
+        fail_stops_after_waking=fail_stops,
+        missed_generations=missed,
+        writes_fenced=fenced,
+    )
+    print(f"[faults] events handled by each frozen worker before its freeze: {scored_before}")
+    assert converged, f"{len(diffs)} of {len(expected)} differ, e.g. {diffs[:2]}\n{running[0].log_tail()}"
+    assert scored_events(client, s.redis_key_prefix) == len(events)  # every valid event once
+    assert len(dead_unique) == bad, (len(dead_unique), bad)
+    assert all(w.alive() for w in running), [w.digest() for w in running if not w.alive()]
     check_one_content_per_id(namespace, client)
 
 

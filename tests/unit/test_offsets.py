@@ -277,11 +277,49 @@ def test_a_worker_the_group_dropped_writes_no_state():
     changelog, so a state written now would land after its writes (a zombie write)."""
     assert not generation_lost(7, 7)
     assert generation_lost(7, -1) and generation_lost(7, 9)
-    assert not generation_lost(None, -1) and not generation_lost(0, 3)  # nothing assigned yet: nothing to fence
+    assert not generation_lost(None, -1)  # nothing assigned yet: nothing to fence
     check_generation(fake_app(7, 7))
     with pytest.raises(GenerationLost, match="group generation -1, partitions assigned in 7"):
         check_generation(fake_app(7, -1))
     check_generation(SimpleNamespace(consumer_generation_id=7))  # no consumer yet: not checked
+    check_generation(fake_app(0, -1))  # Faust's 0: no assignment yet (an app without the offset guard)
+
+
+def test_tansu_s_generation_0_is_fenced_like_any_other():
+    """Tansu numbers its first generation 0, which Faust's ``consumer_generation_id`` also holds before any
+    assignment. A worker frozen past its session in generation 0 (session 30) was not fenced, and its ledger
+    did not see the generation it missed (0, then 2): woken, it took the committed offsets its successor had
+    moved for an input gap. The ledger's generation (None before the first assignment) tells them apart."""
+    guard = OffsetGuard(["orders"], lambda *a: _never(), lambda tps: _never())
+    app = fake_app(0, 0)
+    app.pulse_offset_guard = guard
+    check_generation(app)  # no assignment yet
+    guard.ledger.retain({O5}, generation=0, member="m1")
+    guard.ledger.seeked(O5, 0)
+    check_generation(app)
+    app.consumer._thread._ensure_consumer()._coordinator.generation = -1  # "unknown member": reset
+    with pytest.raises(GenerationLost, match="group generation -1, partitions assigned in 0"):
+        check_generation(app)
+    guard.ledger.applied(guard.ledger.scan([(O5, o) for o in range(0, 33)]))
+    assert guard.ledger.retain({O5}, generation=2, member="m2") == {O5}  # missed 1: starts at the commit
+    assert guard.ledger.missed
+
+
+def test_the_assignment_hook_passes_generation_0_on(monkeypatch):
+    """Faust hands the coordinator's generation to ``on_partitions_assigned``; the hook gave the ledger None for
+    Tansu's 0, so the next assignment (2) looked like a first one and nothing was missed."""
+    from streams import offsets
+
+    async def upstream(self, assigned, generation_id=0):
+        return None
+
+    monkeypatch.setitem(offsets._upstream, "on_partitions_assigned", upstream)
+    guard = OffsetGuard(["orders"], lambda *a: _never(), lambda tps: _never())
+    consumer = SimpleNamespace(app=SimpleNamespace(pulse_offset_guard=guard))
+    asyncio.run(offsets._on_partitions_assigned_retaining(consumer, {O5}, 0))  # type: ignore[arg-type]
+    assert guard.ledger.generation == 0
+    asyncio.run(offsets._on_partitions_assigned_retaining(consumer, {O5}, 2))  # type: ignore[arg-type]
+    assert guard.ledger.missed
 
 
 class SeekingConsumer:
