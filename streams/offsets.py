@@ -314,9 +314,7 @@ class OffsetGuard:
         if self.table_positions is None or self.changelog_logs is None or self.check_records is None:
             return
         expected = self.ledger.expected
-        first: dict[TP, int] = {}
-        for tp, offset in offsets:
-            first.setdefault(tp, offset)
+        first: dict[TP, int] = dict(reversed(offsets))  # each partition's first offset, in C (a batch's whole walk)
         again = [
             tp
             for tp, offset in first.items()
