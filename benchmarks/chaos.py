@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kills", type=int, default=15)
     parser.add_argument("--churn", type=int, default=12, help="join/leave cycles of a fourth worker")
     parser.add_argument("--redis-outage-seconds", type=float, default=25.0)
+    parser.add_argument("--freezes", type=int, default=0, help="SIGSTOPs of a worker past its session, then SIGCONT")
+    parser.add_argument("--freeze-seconds", type=float, default=8.0, help="how long each freeze lasts (+- 2 s)")
     parser.add_argument("--strict-ids", action="store_true", help="fail on alert/VIP ids with two contents")
     parser.add_argument("--keep", action="store_true", help="keep the logs directory")
     parser.add_argument("--json", action="store_true")
@@ -63,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
                     kills=args.kills,
                     churn_cycles=args.churn,
                     redis_outage_seconds=args.redis_outage_seconds,
+                    freezes=args.freezes,
+                    freeze_seconds=args.freeze_seconds,
                     send_seconds=args.send_seconds,
                     store=store,
                     converge_seconds=600.0,

@@ -4,6 +4,7 @@ joins and leaves, and counting what each customer's profile says was applied aga
 from __future__ import annotations
 
 import random
+import signal
 import threading
 import time
 from collections import Counter
@@ -19,6 +20,7 @@ import redis
 from pulse.devstack import start_redis
 from pulse.simulate import BAD_PAYLOADS, generate_events
 from streams.codec import decode_state
+from streams.fail_stop import EXIT_FAIL_STOP
 from streams.ownership import PartitionView, epoch_of, latest_states
 from testing.reference import batch_order_profiles, uninterrupted_profiles
 from testing.stack import applied_events, consume, event_records, produce, profile_diffs, wait_until
@@ -168,6 +170,10 @@ class ChaosPlan:
     store: str = "memory://"
     batch_max_events: int = 100
     converge_seconds: float = 300.0
+    #: SIGSTOP of one of the numbered workers for ``freeze_seconds`` +- 2 s (past the 3-s session timeout: a long
+    #: GC pause, a VM frozen), then SIGCONT; 0: none (the seeds' other draws stay as they were)
+    freezes: int = 0
+    freeze_seconds: float = 8.0
 
 
 @dataclass
@@ -190,6 +196,9 @@ class ChaosResult:
     changelog_states_off: int = 0
     kills: int = 0
     churn_cycles: int = 0
+    freezes: int = 0
+    #: woken workers that fail-stopped (exit 75: dropped from the group), restarted by the fleet like any fail-stop
+    woken_fail_stops: int = 0
     unplanned_exits: int = 0
     offset_gaps: int = 0
     acks_refused: int = 0
@@ -210,7 +219,8 @@ class ChaosResult:
             f"profiles differing from the offline processor {self.profiles_off_offline}, "
             f"from the batch oracle {self.profiles_off_oracle}, "
             f"changelog states differing {self.changelog_states_off}; "
-            f"kill -9 {self.kills}, join/leave cycles {self.churn_cycles}, unplanned worker exits "
+            f"kill -9 {self.kills}, join/leave cycles {self.churn_cycles}, freezes {self.freezes} (fail-stops once "
+            f"awake {self.woken_fail_stops}), unplanned worker exits "
             f"{self.unplanned_exits}, offset gaps stopped {self.offset_gaps}, acks refused {self.acks_refused}; "
             f"input rewinds {self.rewinds}, stale changelog skips {self.stale_skips}, missed generations "
             f"{self.generations_missed}; {self.seconds:.0f} s"
@@ -225,6 +235,10 @@ class Fleet:
         self.slots: dict[str, Any] = {}
         self.expected_exit: set[int] = set()
         self.unplanned: list[tuple[str, int | None]] = []
+        #: workers stopped by :meth:`freeze` by slot, the pids of those woken again, and how many of those fail-stopped
+        self.frozen: dict[str, Any] = {}
+        self.woken: set[int] = set()
+        self.woken_fail_stops = 0
         self.lock = threading.Lock()
 
     def start(self, slot: str) -> None:
@@ -244,6 +258,24 @@ class Fleet:
             worker = self.slots.pop(slot)
             self.expected_exit.add(worker.proc.pid)
         worker.stop()
+
+    def freeze(self, slot: str) -> bool:
+        """SIGSTOP the slot's worker (all its threads: no heartbeat either); False if it is frozen or gone."""
+        with self.lock:
+            worker = self.slots.get(slot)
+            if worker is None or slot in self.frozen or not worker.alive():
+                return False
+            worker.proc.send_signal(signal.SIGSTOP)
+            self.frozen[slot] = worker
+            return True
+
+    def thaw(self, slot: str) -> None:
+        """SIGCONT the worker :meth:`freeze` stopped (unless it was killed meanwhile)."""
+        with self.lock:
+            worker = self.frozen.pop(slot, None)
+            if worker is not None and worker.alive():
+                worker.proc.send_signal(signal.SIGCONT)
+                self.woken.add(worker.proc.pid)
 
     def applied(self) -> float:
         """Events the running workers applied, by their ``pulse_events_total`` (0 for one not serving metrics)."""
@@ -267,7 +299,10 @@ class Fleet:
         """Restart a worker that exited on its own (a fail-stop exits 75 and relies on a restart)."""
         for slot, worker in list(self.slots.items()):
             if not worker.alive() and worker.proc.pid not in self.expected_exit:
-                self.unplanned.append((slot, worker.proc.returncode))
+                if worker.proc.pid in self.woken and worker.proc.returncode == EXIT_FAIL_STOP:
+                    self.woken_fail_stops += 1  # what a worker dropped while frozen does once awake
+                else:
+                    self.unplanned.append((slot, worker.proc.returncode))
                 self.start(slot)
 
 
@@ -279,6 +314,10 @@ def _schedule(plan: ChaosPlan, rng: random.Random) -> list[tuple[float, str, str
         actions += [(at, "join", "extra"), (at + plan.churn_up_seconds, "leave", "extra")]
     if plan.redis_outage_seconds > 0:
         actions += [(0.4 * t, "redis_down", ""), (0.4 * t + plan.redis_outage_seconds, "redis_up", "")]
+    for _ in range(plan.freezes):  # drawn last: a plan without freezes keeps its seed's schedule
+        at, slot = rng.uniform(0.1 * t, 0.85 * t), str(rng.randrange(plan.workers))
+        frozen_for = rng.uniform(plan.freeze_seconds - 2.0, plan.freeze_seconds + 2.0)
+        actions += [(at, "freeze", slot), (at + frozen_for, "thaw", slot)]
     return sorted(actions)
 
 
@@ -328,6 +367,10 @@ def run_chaos(plan: ChaosPlan, namespace: Any, start_worker: Callable[..., Any],
             elif action == "leave":
                 fleet.leave(slot)
                 result.churn_cycles += 1
+            elif action == "freeze":
+                result.freezes += fleet.freeze(slot)
+            elif action == "thaw":
+                fleet.thaw(slot)
             elif action == "redis_down":
                 redis_server.kill()
             elif action == "redis_up":
@@ -370,6 +413,7 @@ def run_chaos(plan: ChaosPlan, namespace: Any, start_worker: Callable[..., Any],
         result.dead_lettered, result.dead_letter_copies = dead_lettered(namespace.bootstrap, settings, malformed)
         result.conflicting_ids, result.ids_checked = conflicting_ids(namespace.bootstrap, settings)
         result.unplanned_exits = len(fleet.unplanned)
+        result.woken_fail_stops = fleet.woken_fail_stops
         result.examples["exits"] = fleet.unplanned
         logs = [p.read_text(errors="replace") for p in log_dir.glob("worker-*.log")]
         result.offset_gaps = sum(text.count("input offset gap:") for text in logs)

@@ -1,0 +1,23 @@
+"""The chaos scenario's schedule (testing.chaos): what each seed does, and the freezes added last."""
+
+from __future__ import annotations
+
+import random
+
+from testing.chaos import ChaosPlan, _schedule
+
+
+def test_freezes_leave_a_seed_s_other_actions_as_they_were():
+    """Each chaos seed's runs are compared across sessions (docs/benchmarks.md), so a plan without freezes
+    draws exactly what it drew before they existed, and one with them draws them after everything else."""
+    plan = ChaosPlan(seed=45, kills=15, churn_cycles=12, send_seconds=480.0)
+    without = _schedule(plan, random.Random(45))
+    frozen = _schedule(ChaosPlan(seed=45, kills=15, churn_cycles=12, send_seconds=480.0, freezes=6), random.Random(45))
+    assert [a for a in frozen if a[1] not in ("freeze", "thaw")] == without
+    freezes = [a for a in frozen if a[1] == "freeze"]
+    thaws = [a for a in frozen if a[1] == "thaw"]
+    assert len(freezes) == len(thaws) == 6
+    for at, _, slot in freezes:
+        assert 0.1 * 480 <= at <= 0.85 * 480 and slot in {"0", "1", "2"}
+        # each is thawed 6-10 s later: past the scenario's 3 s session timeout
+        assert any(t_slot == slot and 6.0 <= t - at <= 10.0 for t, _, t_slot in thaws)
