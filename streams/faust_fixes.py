@@ -48,7 +48,7 @@ def _resume_flow_control(app: object) -> None:
 
 
 #: set while the seek before a resume runs (Faust's ``on_recovery_completed`` and ``_resume_streams``): the
-#: recovery's revocation count when that resume began (``BulkRecovery.revocations``), else None. A context
+#: recovery's revocation count when the assignment it resumes came (``BulkRecovery.assigned_at``), else None. A context
 #: variable set around the seek alone: Faust's fetch loop seeks too, in its own task (streams.offsets tells the
 #: two apart), and a task started during a resume (the fetcher, by ``maybe_start``) would inherit a wider one.
 RESUME_SEEK: ContextVar[int | None] = ContextVar("pulse_resume_seek", default=None)
@@ -76,7 +76,7 @@ async def _resume_streams_seek_first(self: Recovery, generation_id: int = 0) -> 
     """
     app = self.app
     consumer = app.consumer
-    since = getattr(self, "revocations", 0)
+    since = getattr(self, "assigned_at", 0)  # BulkRecovery's (streams.tables)
     await app.on_rebalance_complete.send()
     assignment = consumer.assignment()
     if app.consumer_generation_id != generation_id:
@@ -104,7 +104,7 @@ async def _on_recovery_completed_seek_first(self: Recovery, generation_id: int =
     """``Recovery.on_recovery_completed`` (faust-streaming 0.15.3), the path apps with
     tables take, with the same fix as :func:`_resume_streams_seek_first`."""
     consumer = self.app.consumer
-    since = getattr(self, "revocations", 0)
+    since = getattr(self, "assigned_at", 0)  # BulkRecovery's (streams.tables)
     self.log.info("Restore complete!")
     await self.app.on_rebalance_complete.send()
     self._set_recovery_ended()

@@ -573,13 +573,26 @@ class BulkRecovery(Recovery):
 
     #: read in bulk (PULSE_RECOVERY_BULK_READ); off: Faust reads everything, through the same epoch filter
     bulk: bool = True
-    #: revocations seen so far (a count), and the count when the last seek before resuming the flow finished
+    #: revocations seen so far (a count), the count when the last assignment came, and when the last seek before
+    #: resuming the flow finished
     revocations: int = 0
+    assigned_at: int = 0
     resumed_at: int | None = None
 
     def on_partitions_revoked(self, revoked: set[TP]) -> None:
         self.revocations += 1
         super().on_partitions_revoked(revoked)
+
+    async def on_rebalance(
+        self, assigned: set[TP], revoked: set[TP], newly_assigned: set[TP], generation_id: int = 0
+    ) -> None:
+        self.note_assigned()
+        await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
+
+    def note_assigned(self) -> None:
+        """An assignment came: the recovery that follows resumes the flow only if no revocation comes after it
+        (:meth:`revoked_while_resuming`)."""
+        self.assigned_at = self.revocations
 
     def seeking_to_resume(self) -> bool:
         """The caller runs inside the seek that comes before the stream partitions are resumed (Faust's
@@ -588,16 +601,19 @@ class BulkRecovery(Recovery):
         return RESUME_SEEK.get() is not None
 
     def revoked_while_resuming(self) -> bool:
-        """Partitions were revoked since the resume whose seek calls this began (``on_recovery_completed``,
-        ``_resume_streams``: streams.faust_fixes): another rebalance is on.
+        """Partitions were revoked since the assignment the resume whose seek calls this belongs to
+        (``on_recovery_completed``, ``_resume_streams``: streams.faust_fixes): another rebalance is on.
 
         Why: Faust checks the generation, awaits the seek to the committed offsets, then resumes the flow. A
-        revocation during that seek (the offset guard reads the input logs back there, streams.offsets) leaves
-        the generation as it was until the next assignment, so the flow was resumed in the middle of a
-        rebalance: a chaos run on Kafka (session 29) scored a batch of the next generation's partitions before
-        their recovery, from a table not read to its end, and published 5 alert ids with a second content. The
-        seek raises ``RebalanceAgain`` instead (streams.offsets), and the next recovery resumes the flow. (Session
-        29 set this only around ``_resume_streams``, which apps with tables do not take: session 30.)"""
+        revocation after the assignment (during the recovery, or during that seek: the offset guard reads the
+        input logs back there, streams.offsets) leaves the generation as it was until the next assignment, so
+        the flow was resumed in the middle of a rebalance, and stayed on through the next assignment's recovery:
+        a chaos run on Kafka (session 29) scored a batch of the next generation's partitions before their
+        recovery, from a table not read to its end, and published 5 alert ids with a second content; one on
+        Tansu with workers frozen past their session (session 30: the revocation came 0.2 s into the
+        recovery, before its resume began) 182, and two workers crashed on the population index. The seek raises
+        ``RebalanceAgain`` instead (streams.offsets), and the next recovery resumes the flow. (Session 29 set this
+        only around ``_resume_streams``, which apps with tables do not take, and from the resume's start.)"""
         start = RESUME_SEEK.get()
         return start is not None and self.revocations != start
 

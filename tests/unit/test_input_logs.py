@@ -252,7 +252,9 @@ def test_a_revocation_during_the_resume_seek_keeps_the_flow_stopped_for_the_next
     then resumes the flow: a revocation during the seek (the input logs are read back there) must not let it
     resume in the middle of a rebalance. A Kafka chaos run (session 29) scored a batch of the next generation's
     partitions before their recovery. Session 29's guard was set only around ``_resume_streams``, which this
-    path does not take: this test drives the real method and failed with it."""
+    path does not take: this test drives the real method and failed with it. A revocation after the assignment and
+    before the resume began let the flow resume too (a Tansu chaos run with frozen workers, session 30: the flow
+    stayed on through the next assignment's recovery, 182 ids with two contents)."""
     from faust.tables.recovery import RebalanceAgain
 
     from streams import offsets
@@ -274,7 +276,14 @@ def test_a_revocation_during_the_resume_seek_keeps_the_flow_stopped_for_the_next
     assert not consumer.flow_active
     assert not recovery.resumed_since_revoked()
 
-    consumer.during_seek = lambda: None  # the next recovery
+    consumer.during_seek = lambda: None
+    recovery.note_assigned()  # the next assignment, and a revocation before its resume began
+    revoke()
+    with pytest.raises(RebalanceAgain):
+        asyncio.run(recovery.on_recovery_completed(7))
+    assert not consumer.flow_active
+
+    recovery.note_assigned()  # the next recovery
     asyncio.run(recovery.on_recovery_completed(7))
     assert consumer.flow_active
     assert recovery.resumed_since_revoked()
@@ -306,6 +315,7 @@ def test_the_fetch_loop_s_seek_neither_reads_logs_back_nor_undoes_the_resume_see
     consumer = ResumingConsumer(guard, {tp: 5}, {tp: 9})
     recovery = resuming_recovery(consumer)
     recovery.revocations, recovery.resumed_at = 1, None
+    recovery.note_assigned()
     monkeypatch.setitem(offsets._upstream, "perform_seek", lambda self: self.upstream_perform_seek())
     monkeypatch.setitem(offsets._upstream, "seek", lambda self, tp, offset: self.upstream_seek(tp, offset))
     consumer.perform_seek = lambda: offsets._perform_seek_noted(consumer)  # type: ignore[method-assign]
