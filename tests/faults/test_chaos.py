@@ -2,7 +2,9 @@
 
 2,000 customers, ~22,000 records of the four kinds (out of order, late, duplicated by the producer,
 mis-keyed, malformed), 3 workers on 6 partitions, 10 kill -9, a fourth worker joining and leaving
-by SIGTERM (the others keep partitions through those rebalances) and a Redis outage. Every profile
+by SIGTERM (the others keep partitions through those rebalances), a Redis outage, and 3 workers frozen
+(SIGSTOP) past their session for 6-10 s, then woken (``PULSE_CHAOS_FREEZES``; at full size, freezes on Tansu
+found the resume of session 30). Every profile
 and every changelog state is compared with the offline processor and with an independent batch
 oracle; the numbers are printed. ``benchmarks/chaos.py`` runs the same scenario at full size.
 
@@ -28,6 +30,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 SEED = int(os.environ.get("PULSE_CHAOS_SEED", "1"))
 STRICT_IDS = os.environ.get("PULSE_CHAOS_STRICT_IDS", "1") == "1"
 ALL_STORES = os.environ.get("PULSE_CHAOS_ALL_STORES", "0") == "1"
+FREEZES = int(os.environ.get("PULSE_CHAOS_FREEZES", "3"))
 #: the store each broker's run uses in the suite: production's pair, and ``pulse dev``'s
 SUITE_STORES = {"kafka": "rocksdb://", "tansu": "memory://"}
 
@@ -52,7 +55,7 @@ def partitions() -> int:
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
 def test_chaos_every_valid_event_applied_once(namespace, start_worker, store):
-    result = run_chaos(ChaosPlan(seed=SEED, store=store), namespace, start_worker)
+    result = run_chaos(ChaosPlan(seed=SEED, store=store, freezes=FREEZES), namespace, start_worker)
     print(f"\n[faults] chaos ({store}, seed {SEED}): {result.line()}")
     assert result.lost == 0 and result.doubled == 0, result.examples["counts"]
     assert result.profiles_off_offline == 0, result.examples["offline"]
