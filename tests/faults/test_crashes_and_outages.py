@@ -103,12 +103,7 @@ def test_seeded_kills_during_hostile_traffic_change_nothing(devstack, namespace,
     sender.join(timeout=CONVERGE_SECONDS)
     assert not sender.is_alive()
 
-    converged = wait_until(lambda: not profile_diffs(s, expected), timeout=180)
-    diffs = profile_diffs(s, expected)
-    client = redis.Redis.from_url(s.redis_url, decode_responses=True)
-    dead = consume(namespace.bootstrap, s.topic_dead_letters, bad, quiet=1)
-    dead_offsets = {(r.partition, r.offset) for r in dead}
-    dead_unique = {(orjson.loads(r.value)["partition"], orjson.loads(r.value)["offset"]) for r in dead}
+    converged, diffs, client, dead_unique, dead_records = settle(namespace, expected, bad)
     print(f"\n[faults] events handled by each killed worker before its kill: {scored_before_kill}")
     report(
         f"{KILLS} x kill -9 of one of {workers} worker(s) (seed {SEED}, {kill_times} s after it was ready)",
@@ -120,11 +115,24 @@ def test_seeded_kills_during_hostile_traffic_change_nothing(devstack, namespace,
     )
     assert converged, f"{len(diffs)} of {len(expected)} differ, e.g. {diffs[:2]}\n{worker.log_tail()}"
     assert scored_events(client, s.redis_key_prefix) == len(events)  # every valid event once
-    assert len(dead_unique) == bad, (len(dead_unique), bad, len(dead_offsets))
+    assert len(dead_unique) == bad, (len(dead_unique), bad, dead_records)
     assert all(w.alive() for w in running)
     # most kills hit a working worker (with 3, a restarted one may still wait for its partitions)
     assert sum(1 for n in scored_before_kill if n > 0) >= KILLS // (2 * workers)
     check_one_content_per_id(namespace, client)
+
+
+def settle(namespace, expected: dict[str, dict], bad: int) -> tuple[bool, list, redis.Redis, set[tuple[int, int]], int]:
+    """Once the traffic is sent: whether every profile came to equal ``expected`` (within 180 s), the profiles that
+    differ, a Redis client, and the dead letters: the (partition, offset) of each source record, and how many
+    letters (a kill can send one again)."""
+    s = namespace.settings
+    converged = wait_until(lambda: not profile_diffs(s, expected), timeout=180)
+    diffs = profile_diffs(s, expected)
+    client = redis.Redis.from_url(s.redis_url, decode_responses=True)
+    dead = consume(namespace.bootstrap, s.topic_dead_letters, bad, quiet=1)
+    dead_unique = {(orjson.loads(r.value)["partition"], orjson.loads(r.value)["offset"]) for r in dead}
+    return converged, diffs, client, dead_unique, len(dead)
 
 
 FREEZES = int(os.environ.get("PULSE_FAULT_FREEZES", "4"))
@@ -177,11 +185,7 @@ def test_a_worker_frozen_past_its_session_changes_nothing(devstack, namespace, s
     sender.join(timeout=CONVERGE_SECONDS)
     assert not sender.is_alive()
 
-    converged = wait_until(lambda: not profile_diffs(s, expected), timeout=180)
-    diffs = profile_diffs(s, expected)
-    client = redis.Redis.from_url(s.redis_url, decode_responses=True)
-    dead = consume(namespace.bootstrap, s.topic_dead_letters, bad, quiet=1)
-    dead_unique = {(orjson.loads(r.value)["partition"], orjson.loads(r.value)["offset"]) for r in dead}
+    converged, diffs, client, dead_unique, dead_records = settle(namespace, expected, bad)
     logs = [w.log.read_text(errors="replace") for w in started]
     # how the woken workers found out: a missed generation at their next assignment, or the fence before a write
     missed = sum(text.count("this worker was dropped from the group") for text in logs)
@@ -200,7 +204,7 @@ def test_a_worker_frozen_past_its_session_changes_nothing(devstack, namespace, s
     print(f"[faults] events handled by each frozen worker before its freeze: {scored_before}")
     assert converged, f"{len(diffs)} of {len(expected)} differ, e.g. {diffs[:2]}\n{running[0].log_tail()}"
     assert scored_events(client, s.redis_key_prefix) == len(events)  # every valid event once
-    assert len(dead_unique) == bad, (len(dead_unique), bad)
+    assert len(dead_unique) == bad, (len(dead_unique), bad, dead_records)
     assert all(w.alive() for w in running), [w.digest() for w in running if not w.alive()]
     check_one_content_per_id(namespace, client)
 
