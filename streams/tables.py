@@ -610,8 +610,8 @@ class BulkRecovery(Recovery):
         the flow was resumed in the middle of a rebalance, and stayed on through the next assignment's recovery:
         a chaos run on Kafka (session 29) scored a batch of the next generation's partitions before their
         recovery, from a table not read to its end, and published 5 alert ids with a second content; one on
-        Tansu with workers frozen past their session (session 30: the revocation came 0.2 s into the
-        recovery, before its resume began) 182, and two workers crashed on the population index. The seek raises
+        Tansu with workers frozen past their session (session 30: the revocation came 0.06 s after the
+        assignment, before its resume began) 182, and two workers crashed on the population index. The seek raises
         ``RebalanceAgain`` instead (streams.offsets), and the next recovery resumes the flow. (Session 29 set this
         only around ``_resume_streams``, which apps with tables do not take, and from the resume's start.)"""
         start = RESUME_SEEK.get()
