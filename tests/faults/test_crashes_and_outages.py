@@ -1,10 +1,12 @@
-"""Fault injection: seeded kill -9 of workers during hostile traffic, and a Redis outage.
+"""Fault injection: seeded kill -9 and freezes (SIGSTOP past the session) of workers during hostile traffic,
+and outages of Redis and the broker.
 
 Each scenario prints what was sent, scored and dead-lettered, and how many
 profiles differ from one uninterrupted run over the sorted, de-duplicated
 history (must be 0), and that every alert and VIP-change id was published
 with one content only. ``PULSE_FAULT_SEED`` and ``PULSE_FAULT_KILLS`` (default
-10) choose the kill schedule; ``PULSE_FAULT_REDIS_OUTAGE_SECONDS`` (default
+10) choose the kill schedule, ``PULSE_FAULT_FREEZES`` (default 3) the freezes (their seed is
+``PULSE_FAULT_SEED`` + 1); ``PULSE_FAULT_REDIS_OUTAGE_SECONDS`` (default
 10: several retries at the test's 2 s backoff cap) the shortest outage; Redis stays down until
 the worker has scored the outage's traffic, however long that takes on a busy machine.
 """
