@@ -201,12 +201,16 @@ class ResumingConsumer(SeekingConsumer):
         await offsets._seek_noted(self, tp, offset)  # type: ignore[arg-type]
 
 
-def resuming_recovery(consumer: ResumingConsumer):
-    """A BulkRecovery with what Faust's ``on_recovery_completed`` (streams.faust_fixes) uses, and no service."""
-    from streams import faust_fixes
+def resuming_recovery(consumer: ResumingConsumer, monkeypatch: pytest.MonkeyPatch):
+    """A BulkRecovery with what Faust's ``on_recovery_completed`` (streams.faust_fixes) uses, and no service; the
+    consumer seeks through the offset guard's ``perform_seek`` over its own upstream."""
+    from streams import faust_fixes, offsets
     from streams.tables import BulkRecovery
 
     faust_fixes.apply()
+    monkeypatch.setitem(offsets._upstream, "perform_seek", lambda self: self.upstream_perform_seek())
+    monkeypatch.setitem(offsets._upstream, "seek", lambda self, tp, offset: self.upstream_seek(tp, offset))
+    consumer.perform_seek = lambda: offsets._perform_seek_noted(consumer)  # type: ignore[method-assign]
     recovery = BulkRecovery.__new__(BulkRecovery)
 
     async def nothing(*_: object) -> None:
@@ -257,15 +261,10 @@ def test_a_revocation_during_the_resume_seek_keeps_the_flow_stopped_for_the_next
     stayed on through the next assignment's recovery, 182 ids with two contents)."""
     from faust.tables.recovery import RebalanceAgain
 
-    from streams import offsets
-
     guard = OffsetGuard([ORDERS], None, None)  # type: ignore[arg-type]
     consumer = ResumingConsumer(guard, {TP(ORDERS, 0): 5}, {TP(ORDERS, 0): 9})
-    recovery = resuming_recovery(consumer)
+    recovery = resuming_recovery(consumer, monkeypatch)
     recovery.revocations, recovery.resumed_at = 0, None
-    monkeypatch.setitem(offsets._upstream, "perform_seek", lambda self: self.upstream_perform_seek())
-    monkeypatch.setitem(offsets._upstream, "seek", lambda self, tp, offset: self.upstream_seek(tp, offset))
-    consumer.perform_seek = lambda: offsets._perform_seek_noted(consumer)  # type: ignore[method-assign]
 
     def revoke() -> None:  # BulkRecovery.on_partitions_revoked, without Faust's part
         recovery.revocations += 1
@@ -313,12 +312,9 @@ def test_the_fetch_loop_s_seek_neither_reads_logs_back_nor_undoes_the_resume_see
 
     guard.changelog_positions = changelog_positions
     consumer = ResumingConsumer(guard, {tp: 5}, {tp: 9})
-    recovery = resuming_recovery(consumer)
+    recovery = resuming_recovery(consumer, monkeypatch)
     recovery.revocations, recovery.resumed_at = 1, None
     recovery.note_assigned()
-    monkeypatch.setitem(offsets._upstream, "perform_seek", lambda self: self.upstream_perform_seek())
-    monkeypatch.setitem(offsets._upstream, "seek", lambda self, tp, offset: self.upstream_seek(tp, offset))
-    consumer.perform_seek = lambda: offsets._perform_seek_noted(consumer)  # type: ignore[method-assign]
 
     asyncio.run(offsets._perform_seek_noted(consumer))  # the fetch loop's, before the recovery ended
     assert consumer.positions[tp] == 5 and taken == []  # back to the committed offset; positions left alone
