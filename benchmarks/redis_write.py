@@ -3,6 +3,7 @@
 Usage::
 
     .venv/bin/python -m benchmarks.redis_write [--sizes 2000,20000,200000] [--rounds 3]
+    .venv/bin/python -m benchmarks.redis_write --fence [--sizes 10,100,500,2000] [--rounds 5]
 
 Why: the worker's profile writer reads all the replies of one write under one socket timeout
 (``PULSE_REDIS_TIMEOUT_SECONDS``, 5 s by default). After a Redis outage, the profiles pending can be every customer
@@ -10,6 +11,11 @@ of the worker (the target is 1M); written in one round trip they could outlast t
 for ever. This times ``pack_batch`` + one round trip on a real ``redis-server`` (a private one on a free port) for
 each size, as one write and in round trips of ``WRITE_CHUNK_PROFILES``, back to back, and prints the seconds and
 the µs per profile. Profiles are realistic (the templates' rendered profiles, distinct customer ids).
+
+``--fence`` (session 31) compares instead, back to back in alternating rounds, the write without a fence and the
+fenced write the worker makes (fences read with WATCH + MGET, then MULTI/EXEC: one more round trip and a QUEUED
+reply per command), at live and backlog batch sizes, with the writer's CPU seconds besides the wall time
+(Redis runs on the same box, so the wall time counts its work too).
 """
 
 from __future__ import annotations
@@ -25,9 +31,11 @@ from pulse.devstack import start_redis
 from pulse_config.settings import Settings
 from schemas.profile import render_profile
 from scoring.customer import assess_customer
+from streams.partitioning import partitioner
 from streams.sinks.redis_profiles import (
     WRITE_CHUNK_PROFILES,
     Packed,
+    ProfileFence,
     RedisProfileSink,
     pack_batch,
     pack_profile,
@@ -62,6 +70,50 @@ async def timed(sink: RedisProfileSink, batch: dict[str, Packed], prefix: str, c
     return time.perf_counter() - started
 
 
+async def timed_fence(
+    sink: RedisProfileSink, batch: dict[str, Packed], fence: ProfileFence | None
+) -> tuple[float, float]:
+    """Wall and CPU seconds of writing ``batch`` in round trips of WRITE_CHUNK_PROFILES, fenced or not."""
+    started, cpu = time.perf_counter(), time.process_time()
+    for part in write_chunks(batch, WRITE_CHUNK_PROFILES):
+        if fence is None:
+            await sink._write(*pack_batch(part, "bench:"))
+        else:
+            await sink._write_fenced(part, fence)
+    return time.perf_counter() - started, time.process_time() - cpu
+
+
+async def compare_fence(sizes: list[int], rounds: int) -> None:
+    settings = Settings(_env_file=None)
+    partition_of = partitioner(settings.partitions)
+    fence = ProfileFence(lambda cid: partition_of(cid.encode()), lambda p: (1, 0))
+    repeats = {n: max(1, 20_000 // n) for n in sizes}  # small batches are timed over many writes
+    with tempfile.TemporaryDirectory() as tmp:
+        server = start_redis(Path(tmp))
+        url = f"redis://127.0.0.1:{server.port}/0"
+        sink = RedisProfileSink(
+            url, "bench:", 1.0, client_kwargs={"socket_timeout": NO_BOUND_SECONDS, "socket_connect_timeout": 5.0}
+        )
+        try:
+            items = list(packed_profiles(max(sizes), "bench:").items())
+            print(f"{settings.partitions} partitions; µs per profile, wall (writer CPU); >= 20,000 profiles per size")
+            for n in sizes:
+                batch = dict(items[:n])
+                for r in range(rounds):
+                    row = []
+                    for label, f in (("unfenced", None), ("fenced", fence)):
+                        wall = cpu = 0.0
+                        for _ in range(repeats[n]):
+                            w, c = await timed_fence(sink, batch, f)
+                            wall, cpu = wall + w, cpu + c
+                        per = 1e6 / (n * repeats[n])
+                        row.append(f"{label} {wall * per:6.1f} ({cpu * per:5.1f})")
+                    print(f"{n:>6,} profiles per write, round {r + 1}: " + "; ".join(row), flush=True)
+        finally:
+            await sink.close()
+            server.stop()
+
+
 async def main(sizes: list[int], rounds: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server = start_redis(Path(tmp))
@@ -92,5 +144,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="2000,20000,200000")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--fence", action="store_true", help="compare the fenced write with the unfenced one")
     args = parser.parse_args()
-    asyncio.run(main([int(x) for x in args.sizes.split(",")], args.rounds))
+    sizes = [int(x) for x in args.sizes.split(",")]
+    asyncio.run(compare_fence(sizes, args.rounds) if args.fence else main(sizes, args.rounds))

@@ -56,7 +56,7 @@ from streams import metrics
 from streams.checkpoint_metrics import CheckpointMetrics
 from streams.codec import decode_state, encode_state
 from streams.isolation import process_contained
-from streams.ownership import InputLog, record_crc
+from streams.ownership import Epoch, InputLog, record_crc
 from streams.partitioning import origin_header, origin_keyed, origin_of
 from streams.processor import BatchOutcome, BatchProcessor, Incoming
 from streams.publish import OutputRecord
@@ -97,6 +97,10 @@ class StateTable(Protocol):
         positions: Mapping[int, Mapping[str, int]] | None = None,
         logs: Mapping[int, Mapping[str, InputLog]] | None = None,
     ) -> list[Awaitable[Any]]: ...
+
+    def has_epoch(self, partition: int) -> bool: ...
+
+    async def epoch_for(self, partition: int) -> Epoch: ...
 
     def changelog_positions(self, partition: int) -> Mapping[str, int]: ...
 
@@ -400,6 +404,7 @@ class Checkpoint:
         await self.table.repair(self.owned_partitions())
         step("repair")
         # 4. Redis behind
+        await self._claim_profile_partitions(outcome)
         if outcome.to_render and self.renderer is not None:
             await self.renderer.submit(self._render_inputs(outcome), outcome.seq)
         self.sink.submit(outcome.profiles)
@@ -408,6 +413,22 @@ class Checkpoint:
         self.metrics.batch(outcome)
         step("metrics")
         self._committing += step.total
+
+    async def _claim_profile_partitions(self, outcome: BatchOutcome) -> None:
+        """Each owned partition with a profile in this batch gets this worker's epoch (its owner marker) before
+        the profile goes to the sink, which fences the partition's Redis writes with it
+        (streams.sinks.redis_profiles): a sweep round or a due check renders profiles of partitions no state was
+        written to since the rebalance, and unfenced, a worker the group dropped could overwrite them."""
+        partition_of = self.processor.partition_of
+        if partition_of is None or not (outcome.profiles or outcome.to_render):
+            return
+        unclaimed = {p for p in self.owned_partitions() if not self.table.has_epoch(p)}
+        if not unclaimed:  # the usual case: every owned partition wrote a state since the rebalance
+            return
+        keys = [profile.customer_id.encode() for profile in outcome.profiles]
+        keys += [key for key, *_ in outcome.to_render]
+        for partition in sorted(unclaimed.intersection(map(partition_of, keys))):
+            await self.table.epoch_for(partition)
 
     def render_answered(self, batch: int, failures: list[tuple[str, str]], dropped: bool) -> None:
         """The render process answered ``batch`` (``RenderProcess.on_answered``): a profile it could not render

@@ -148,6 +148,11 @@ PROCESSING_ERRORS = Counter(
     ["stage"],
 )
 REDIS_WRITE_ERRORS = Counter("pulse_redis_write_errors_total", "Failed Redis profile writes (retried).")
+REDIS_FENCED_PROFILES = Counter(
+    "pulse_redis_fenced_profiles_total",
+    "Profiles not written to Redis because a newer owner of their partition writes them (a worker the group "
+    "dropped, woken after a stall; streams.sinks.redis_profiles).",
+)
 REDIS_BATCH_PROFILES = Histogram(
     "pulse_redis_batch_profiles",
     "Profiles per write of the pending profiles (in round trips of at most 2,000).",

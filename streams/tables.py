@@ -134,7 +134,11 @@ class CustomerStateTable(faust.Table):
             self.on_rebalanced()
 
     # --- writes -----------------------------------------------------------------------------------------
-    async def _epoch_for(self, partition: int) -> Epoch:
+    def has_epoch(self, partition: int) -> bool:
+        """This worker wrote its owner marker to ``partition`` since its last recovery of it."""
+        return partition in self.writer_epoch
+
+    async def epoch_for(self, partition: int) -> Epoch:
         """This worker's epoch in ``partition``; its first call after a recovery writes the owner marker.
 
         The marker is acknowledged before any state record follows it, so a record carrying the epoch proves
@@ -187,7 +191,7 @@ class CustomerStateTable(faust.Table):
                 partition = event.message.partition
                 open_batch = open_batches.get(partition)
                 if open_batch is None:
-                    headers = epoch_headers(await self._epoch_for(partition))
+                    headers = epoch_headers(await self.epoch_for(partition))
                     open_batch = open_batches[partition] = (producer.create_batch(), 0, headers)
                 builder, count, headers = open_batch
                 if fence is not None:
@@ -288,7 +292,7 @@ class CustomerStateTable(faust.Table):
         futures = []
         for partition in sorted(p for p in self.repair_keys if p in owned):
             keys = self.repair_keys.pop(partition)
-            headers = epoch_headers(await self._epoch_for(partition))
+            headers = epoch_headers(await self.epoch_for(partition))
             for key in sorted(keys):
                 value = self.data.get(key)
                 if value is None:
@@ -393,7 +397,7 @@ class CustomerStateTable(faust.Table):
         for p in sorted(partitions):
             where = None if positions is None else positions.get(p)
             which = None if where is None or logs is None else logs.get(p)
-            headers = epoch_headers(await self._epoch_for(p), where, which)
+            headers = epoch_headers(await self.epoch_for(p), where, which)
             if self.fence is not None:
                 self.fence()
             out.append(self._tracked(await producer.send(topic, END_MARKER_KEY, None, p, None, headers)))

@@ -4,7 +4,7 @@ task at the bottom), again at each further interval until it ends.
 
 Why: a checkpoint that awaits something that never completes (an acknowledgement, a read-back, a lock) writes
 no log line, no gap, no fail-stop; the worker looks idle while its partitions stop. The chain names the step
-(e.g. ``CustomerStateTable._epoch_for`` awaiting the owner marker's acknowledgement) without a debugger. The
+(e.g. ``CustomerStateTable.epoch_for`` awaiting the owner marker's acknowledgement) without a debugger. The
 whole task and thread dump is also there on demand: ``kill -USR1 <worker pid>`` (mode's handler, into the
 worker's output).
 """

@@ -36,7 +36,7 @@ from streams.processor import BatchProcessor
 from streams.publish import BatchPublisher
 from streams.render_process import RenderProcess
 from streams.security import redis_client_kwargs
-from streams.sinks.redis_profiles import Packed, RedisProfileSink
+from streams.sinks.redis_profiles import Packed, ProfileFence, RedisProfileSink
 from streams.tables import unrecoverable_partitions
 from streams.watchdog import watched
 
@@ -86,13 +86,16 @@ def register(pulse: PulseApp) -> BatchProcessor:
     settings = pulse.settings
     table = pulse.customer_states
     # records outside their customer's murmur2 partition are re-published, not applied (streams.partitioning)
-    processor = BatchProcessor(pulse.processor_config, partitioner(settings.partitions))
+    partition_of = partitioner(settings.partitions)
+    processor = BatchProcessor(pulse.processor_config, partition_of)
     sink = RedisProfileSink(
         settings.redis_url,
         settings.redis_key_prefix,
         settings.redis_retry_max_seconds,
         settings.vip_value,
         client_kwargs=redis_client_kwargs(settings),
+        # a worker the group dropped writes no profile over a newer owner's (the changelog's ownership epochs)
+        fence=ProfileFence(lambda cid: partition_of(cid.encode()), table.writer_epoch.get),
     )
     orders_topic = settings.topic_orders
     # after a rebalance, owned partitions are counted again from the recovered table (set below, with the checkpoint)

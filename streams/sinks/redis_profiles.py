@@ -12,6 +12,17 @@ client's pool: redis-py's pipeline packed every argument in Python, and with
 (:func:`pack_hset`) and ``streams.resp.pack_texts`` replaced that in turn,
 byte for byte: its ``sprintf`` per argument cost as much as rendering the
 profile (issue 18).
+
+A worker the group dropped (stalled past its session, then woken) may still
+hold profiles of partitions that have a new owner, and write them before it
+learns it was dropped. The writes are fenced by the changelog's ownership
+epochs (streams.ownership), which grow with every owner of a partition: each
+write reads the partitions' fences (``WATCH`` + ``MGET`` of
+``{prefix}fence:{partition}``), leaves out the profiles of partitions whose
+fence holds a newer epoch than the writer's, and writes the rest in one
+``MULTI``/``EXEC`` that also raises the fences to the writer's epoch. A newer
+owner that raises a fence between the read and the ``EXEC`` makes Redis abort
+the transaction (``WATCH``), and the write reads the fences again.
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from itertools import chain, islice
 from typing import Any, cast
 
@@ -32,6 +44,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from schemas.profile import CustomerProfile, RenderedProfile
 from streams import metrics
 from streams.at_risk import index_entry, pack_update
+from streams.ownership import Epoch
 from streams.resp import HEADS, pack_texts
 
 log = logging.getLogger(__name__)
@@ -39,6 +52,35 @@ log = logging.getLogger(__name__)
 
 def profile_key(prefix: str, customer_id: str) -> str:
     return f"{prefix}profile:{customer_id}"
+
+
+def fence_key(prefix: str, partition: int) -> str:
+    """The epoch of the newest owner that wrote partition ``partition``'s profiles ("count.generation")."""
+    return f"{prefix}fence:{partition}"
+
+
+def parse_epoch(text: str) -> Epoch:
+    """A fence's value (``streams.ownership.encode_epoch``'s text) as an epoch."""
+    count, _, generation = text.partition(".")
+    return int(count), int(generation or 0)
+
+
+@dataclass(frozen=True)
+class ProfileFence:
+    """Where a customer's profile belongs, and the epoch this worker writes that partition with (None: no owner
+    marker yet; its profiles are written without a fence, as before epochs)."""
+
+    partition_of: Callable[[str], int]
+    epoch: Callable[[int], Epoch | None]
+
+
+#: how many times one write reads the fences again after a newer owner raised one under it (a rebalance of its
+#: partitions each time): then the write fails, and the retry loop writes what is left later
+FENCE_ATTEMPTS = 5
+
+_MULTI = pack_texts(("MULTI",))
+_EXEC = pack_texts(("EXEC",))
+_UNWATCH = pack_texts(("UNWATCH",))
 
 
 def vip_key(prefix: str) -> str:
@@ -197,6 +239,7 @@ class RedisProfileSink:
         retry_max_seconds: float,
         vip_value: str = "revenue",
         client_kwargs: Mapping[str, Any] | None = None,
+        fence: ProfileFence | None = None,
     ) -> None:
         # client_kwargs: password/TLS, from streams.security.redis_client_kwargs; the connections of the
         # client's pool carry them, and every write goes through that pool
@@ -216,6 +259,8 @@ class RedisProfileSink:
         #: how many times :meth:`settle` dropped the pending profiles (a write in flight across one keeps its
         #: profiles dropped if it fails)
         self._settled = 0
+        #: the ownership epochs the writes are fenced with (None: not fenced; tests and tools without a table)
+        self._fence = fence
 
     @property
     def pending(self) -> int:
@@ -246,7 +291,10 @@ class RedisProfileSink:
         written = 0
         try:
             for chunk in write_chunks(batch, WRITE_CHUNK_PROFILES):
-                await self._write(*pack_batch(chunk, self._prefix))
+                if self._fence is None:
+                    await self._write(*pack_batch(chunk, self._prefix))
+                else:
+                    await self._write_fenced(chunk, self._fence)
                 written += len(chunk)
         except (RedisError, OSError) as exc:
             if written:  # the chunks written stay written: only the rest is pending again
@@ -286,27 +334,121 @@ class RedisProfileSink:
         finally:
             await pool.release(conn)
 
+    async def _write_fenced(self, chunk: dict[str, Packed], fence: ProfileFence) -> None:
+        """Write ``chunk`` but the profiles of partitions a newer owner writes (the module's docstring), with the
+        client's retry policy as :meth:`_write` (a retry starts again from the fences' read)."""
+        partition_of, epoch_of = fence.partition_of, fence.epoch
+        partitions: dict[str, int] = {}
+        epochs: dict[int, Epoch] = {}
+        for cid in chunk:
+            partition = partitions[cid] = partition_of(cid)
+            if partition not in epochs:
+                epoch = epoch_of(partition)
+                if epoch is not None:
+                    epochs[partition] = epoch
+        if not epochs:  # no owner marker yet for any of them: nothing to fence with
+            await self._write(*pack_batch(chunk, self._prefix))
+            return
+        pool = self._redis.connection_pool
+        conn = await pool.get_connection()
+        try:
+            await conn.retry.call_with_retry(
+                lambda: self._send_fenced(conn, chunk, partitions, epochs), lambda _: conn.disconnect()
+            )
+        finally:
+            await pool.release(conn)
+
+    async def _send_fenced(
+        self, conn: AbstractConnection, chunk: dict[str, Packed], partitions: dict[str, int], epochs: dict[int, Epoch]
+    ) -> None:
+        try:
+            await self._exchange_fenced(conn, chunk, partitions, epochs)
+        except BaseException:
+            await conn.disconnect()  # no WATCH or MULTI left on a pooled connection
+            raise
+
+    async def _exchange_fenced(
+        self, conn: AbstractConnection, chunk: dict[str, Packed], partitions: dict[str, int], epochs: dict[int, Epoch]
+    ) -> None:
+        prefix = self._prefix
+        order = list(epochs)
+        keys = [fence_key(prefix, p) for p in order]
+        read_fences = pack_texts(("WATCH", *keys)) + pack_texts(("MGET", *keys))
+        for _ in range(FENCE_ATTEMPTS):
+            await conn.send_packed_command(read_fences)
+            stored = (await self._replies(conn, 2))[1]
+            newer: dict[int, Epoch] = {}
+            raise_to: list[str] = []
+            for partition, key, text in zip(order, keys, cast(list[str | None], stored), strict=True):
+                ours = epochs[partition]
+                theirs = None if text is None else parse_epoch(text)
+                if theirs is not None and theirs > ours:
+                    newer[partition] = theirs
+                elif theirs != ours:
+                    raise_to.extend(("SET", key, f"{ours[0]}.{ours[1]}"))
+            batch = chunk if not newer else {cid: v for cid, v in chunk.items() if partitions[cid] not in newer}
+            if not batch:
+                await conn.send_packed_command(_UNWATCH)
+                await self._replies(conn, 1)
+                self._fenced(len(chunk), newer, epochs)
+                return
+            body, replies = pack_batch(batch, prefix)
+            parts = [_MULTI, body]
+            for i in range(0, len(raise_to), 3):
+                parts.append(pack_texts(raise_to[i : i + 3]))
+            parts.append(_EXEC)
+            await conn.send_packed_command(b"".join(parts))
+            # MULTI's OK, a QUEUED per command, then EXEC's replies (None: a watched fence changed, nothing written)
+            done = (await self._replies(conn, 2 + replies + len(raise_to) // 3))[-1]
+            if done is None:
+                continue
+            if error := next((r for r in cast(list[Any], done) if isinstance(r, Exception)), None):
+                raise error
+            if newer:
+                self._fenced(len(chunk) - len(batch), newer, epochs)
+            return
+        raise RedisError(f"the fences of partitions {order} changed under {FENCE_ATTEMPTS} writes in a row")
+
+    def _fenced(self, count: int, newer: dict[int, Epoch], epochs: dict[int, Epoch]) -> None:
+        metrics.REDIS_FENCED_PROFILES.inc(count)
+        log.warning(
+            "%d profile(s) of partition(s) %s not written to Redis: a newer owner writes them (fence epochs %s, this "
+            "worker's %s); was this worker dropped from the group?",
+            count,
+            sorted(newer),
+            {p: f"{e[0]}.{e[1]}" for p, e in sorted(newer.items())},
+            {p: f"{epochs[p][0]}.{epochs[p][1]}" for p in sorted(newer)},
+        )
+
     @staticmethod
-    async def _send(conn: AbstractConnection, packed: bytes, replies: int) -> None:
-        """Every reply is read before an error reply is raised, so the pooled connection stays in step.
+    async def _replies(conn: AbstractConnection, count: int) -> list[Any]:
+        """Read ``count`` replies. Every reply is read before an error reply is raised, so the pooled connection
+        stays in step.
 
         The socket timeout bounds the reading of all replies at once: per reply (redis-py's default) its
         timer cost four times the reading itself. ``timeout=math.inf`` is redis-py's "no timeout of its own".
         """
-        await conn.send_packed_command(packed)
+        out: list[Any] = []
         error: ResponseError | None = None
         try:
             async with asyncio.timeout(conn.socket_timeout):
-                for _ in range(replies):
+                for _ in range(count):
                     try:
-                        await conn.read_response(timeout=math.inf)
+                        out.append(await conn.read_response(timeout=math.inf))
                     except ResponseError as exc:
                         error = error or exc
+                        out.append(exc)
         except TimeoutError:
             # the cancelled read has disconnected; a redis TimeoutError is what the retry policy retries
-            raise RedisTimeoutError(f"Timeout reading {replies} replies") from None
+            raise RedisTimeoutError(f"Timeout reading {count} replies") from None
         if error is not None:  # (READONLY: the retry policy drops the connection, streams.security)
             raise error
+        return out
+
+    @staticmethod
+    async def _send(conn: AbstractConnection, packed: bytes, replies: int) -> None:
+        await conn.send_packed_command(packed)
+        await RedisProfileSink._replies(conn, replies)
 
     async def settle(self, timeout: float) -> int:
         """Wait (at most ``timeout`` s) for the write in flight, then drop what is still pending; returns how

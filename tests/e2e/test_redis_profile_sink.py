@@ -28,9 +28,13 @@ from schemas.profile import CustomerProfile, RenderedProfile, render_profile
 from scoring.customer import assess_customer
 from streams import metrics
 from streams.at_risk import UPDATE_SCRIPT, index_score, index_suffixes
+from streams.partitioning import partitioner
 from streams.security import redis_client_kwargs
+from streams.sinks import redis_profiles
 from streams.sinks.redis_profiles import (
+    ProfileFence,
     RedisProfileSink,
+    fence_key,
     pack_batch,
     pack_hset,
     pack_profile,
@@ -124,8 +128,24 @@ def test_the_packed_write_is_the_bytes_redis_py_would_send():
     assert pack_batch(dict(list(batch.items())[12:]), "p:")[1] == 18 + 1 + 1
 
 
-async def test_profiles_land_with_exactly_their_fields_and_the_vip_set(server: Server, prefix: str):
-    sink = RedisProfileSink(url(server.port), prefix, 1.0, "profit")
+#: the worker's partitioner over 4 partitions, by customer id (what the worker's ProfileFence places profiles by)
+PARTITION_OF = partitioner(4)
+
+
+def fence_at(epochs: dict[int, tuple[int, int]]) -> ProfileFence:
+    """A worker's fence: its epoch per partition (a partition not in ``epochs`` has none)."""
+    return ProfileFence(lambda cid: PARTITION_OF(cid.encode()), epochs.get)
+
+
+#: every partition at one epoch, as a worker that owns them all writes
+ALL_OWNED = fence_at(dict.fromkeys(range(4), (1, 0)))
+
+
+@pytest.mark.parametrize("fence", [None, ALL_OWNED], ids=["unfenced", "fenced"])
+async def test_profiles_land_with_exactly_their_fields_and_the_vip_set(
+    server: Server, prefix: str, fence: ProfileFence | None
+):
+    sink = RedisProfileSink(url(server.port), prefix, 1.0, "profit", fence=fence)
     client = redis.Redis(port=server.port, decode_responses=True)
     try:
         profiles = rendered(300)
@@ -158,8 +178,11 @@ async def test_profiles_land_with_exactly_their_fields_and_the_vip_set(server: S
         client.close()
 
 
-async def test_an_error_reply_is_a_failure_and_the_profiles_stay_pending(server: Server, prefix: str):
-    sink = RedisProfileSink(url(server.port), prefix, 0.2)
+@pytest.mark.parametrize("fence", [None, ALL_OWNED], ids=["unfenced", "fenced"])
+async def test_an_error_reply_is_a_failure_and_the_profiles_stay_pending(
+    server: Server, prefix: str, fence: ProfileFence | None
+):
+    sink = RedisProfileSink(url(server.port), prefix, 0.2, fence=fence)
     recovered: list[bool] = []
     sink.on_recovered = lambda: recovered.append(True)
     client = redis.Redis(port=server.port, decode_responses=True)
@@ -184,6 +207,96 @@ async def test_an_error_reply_is_a_failure_and_the_profiles_stay_pending(server:
         assert await sink.flush()
     finally:
         await sink.close()
+        client.close()
+
+
+def fenced_count() -> float:
+    return metrics.REDIS_FENCED_PROFILES._value.get()
+
+
+def stored(client: redis.Redis, prefix: str, profiles: list[RenderedProfile]) -> dict[str, dict[str, str]]:
+    pipe = client.pipeline()
+    for p in profiles:
+        pipe.hgetall(profile_key(prefix, p.customer_id))
+    return {p.customer_id: got for p, got in zip(profiles, pipe.execute(), strict=True)}
+
+
+def with_orders(profiles: list[RenderedProfile], orders: str, vip: bool) -> list[RenderedProfile]:
+    """The same customers with another ``orders`` field and VIP flag (a later profile of theirs)."""
+    return [
+        RenderedProfile(p.customer_id, vip, flat({**p.fields, "orders": orders, "vip": str(vip)})) for p in profiles
+    ]
+
+
+async def test_a_newer_owners_fence_keeps_a_dropped_workers_profiles_out(server: Server, prefix: str):
+    """A worker the group dropped (its epochs 3.5), woken after partition 0 got a new owner (epoch 4.6) that wrote
+    there: its profiles of partition 0 are left out (counted, logged, not retried), its other partitions' land, and
+    the VIP set keeps the new owner's view. Redis without fences (new, or restarted empty) takes any epoch."""
+    client = redis.Redis(port=server.port, decode_responses=True)
+    dropped = RedisProfileSink(url(server.port), prefix, 0.2, fence=fence_at(dict.fromkeys(range(4), (3, 5))))
+    owner = RedisProfileSink(url(server.port), prefix, 0.2, fence=fence_at({0: (4, 6)}))
+    try:
+        profiles = rendered(40)
+        moved = [p for p in profiles if PARTITION_OF(p.customer_id.encode()) == 0]
+        assert 0 < len(moved) < len(profiles)
+        dropped.submit(profiles)
+        assert await dropped.flush()
+        assert client.mget([fence_key(prefix, p) for p in range(4)]) == ["3.5"] * 4
+
+        owner.submit(with_orders(moved, "2", vip=False))
+        assert await owner.flush()
+        assert client.get(fence_key(prefix, 0)) == "4.6"
+
+        before = fenced_count()
+        dropped.submit(with_orders(profiles, "3", vip=True))
+        assert await dropped.flush()
+        assert dropped.pending == 0 and fenced_count() == before + len(moved)
+        got = stored(client, prefix, profiles)
+        assert {cid for cid, fields in got.items() if fields["orders"] == "2"} == {p.customer_id for p in moved}
+        assert all(fields["orders"] == "3" for cid, fields in got.items() if cid not in {p.customer_id for p in moved})
+        assert all(client.zscore(vip_key(prefix), p.customer_id) is None for p in moved)
+        assert client.mget([fence_key(prefix, p) for p in range(4)]) == ["4.6", "3.5", "3.5", "3.5"]
+    finally:
+        await dropped.close()
+        await owner.close()
+        client.close()
+
+
+async def test_a_fence_raised_between_the_read_and_the_write_aborts_the_write(
+    server: Server, prefix: str, monkeypatch: pytest.MonkeyPatch
+):
+    """The new owner raises partition 0's fence and writes after the dropped worker read the fences but before
+    its transaction ran: Redis aborts that transaction (WATCH), and the write reads the fences again and leaves
+    partition 0 out. Without the WATCH, the dropped worker's older profiles would land over the owner's."""
+    client = redis.Redis(port=server.port, decode_responses=True)
+    dropped = RedisProfileSink(url(server.port), prefix, 0.2, fence=fence_at(dict.fromkeys(range(4), (3, 5))))
+    try:
+        profiles = rendered(40)
+        moved = [p for p in profiles if PARTITION_OF(p.customer_id.encode()) == 0]
+        dropped.submit(profiles)
+        assert await dropped.flush()
+        reads: list[str] = []
+        parse = redis_profiles.parse_epoch
+
+        def owner_writes_after_the_read(text: str) -> redis_profiles.Epoch:
+            reads.append(text)
+            if len(reads) == 1:  # the first fence the dropped worker read: the owner takes partition 0 now
+                client.set(fence_key(prefix, 0), "4.6")
+                for p in moved:
+                    client.hset(profile_key(prefix, p.customer_id), "orders", "owner's")
+            return parse(text)
+
+        monkeypatch.setattr(redis_profiles, "parse_epoch", owner_writes_after_the_read)
+        before = fenced_count()
+        dropped.submit(with_orders(profiles, "3", vip=True))
+        assert await dropped.flush()
+        assert len(reads) == 8, "the fences were read twice"
+        assert fenced_count() == before + len(moved)
+        got = stored(client, prefix, profiles)
+        assert {cid for cid, f in got.items() if f["orders"] == "owner's"} == {p.customer_id for p in moved}
+        assert sum(f["orders"] == "3" for f in got.values()) == len(profiles) - len(moved)
+    finally:
+        await dropped.close()
         client.close()
 
 

@@ -18,7 +18,8 @@ import pytest
 from pulse_config.settings import Settings
 from streams.checkpoint import Checkpoint
 from streams.codec import decode_state
-from streams.processor import BatchProcessor
+from streams.partitioning import partitioner
+from streams.processor import BatchOutcome, BatchProcessor
 from streams.publish import BatchPublisher
 
 SETTINGS = Settings(_env_file=None)
@@ -79,9 +80,22 @@ class Table:
         #: the input positions and logs of the last end marker per partition
         self.positions: dict[int, dict[str, int]] = {}
         self.logs: dict[int, dict[str, Any]] = {}
+        #: partitions with an owner marker since the last rebalance (a state write writes one first), and the
+        #: partitions epoch_for was asked for, in order
+        self.epochs: set[int] = set()
+        self.claimed: list[int] = []
 
     def get(self, key: bytes) -> bytes | None:
         return self.data.get(key)
+
+    def has_epoch(self, partition: int) -> bool:
+        return partition in self.epochs
+
+    async def epoch_for(self, partition: int) -> tuple[int, int]:
+        self.broker.log.append(("owner marker", partition))
+        self.claimed.append(partition)
+        self.epochs.add(partition)
+        return 1, 0
 
     async def write_states(self, items) -> list[asyncio.Future]:
         self.broker.changelog_writes += 1
@@ -89,6 +103,7 @@ class Table:
             raise Crash("changelog")
         futures = []
         for key, value, event in items:
+            self.epochs.add(event.message.partition)
             self.data[key] = value
             self.broker.log.append(("changelog", key))
             self.broker.ack("changelog", key, value)
@@ -220,6 +235,32 @@ def checkpoint_on(
         lambda: set(owned),
         **options,
     )
+
+
+def test_profiles_of_a_partition_without_an_owner_marker_claim_it_before_the_sink_gets_them():
+    """A sweep round or a due check after a rebalance renders profiles of partitions no state was written to yet:
+    the checkpoint writes the owner marker of each such partition first, so the sink fences their Redis writes
+    with this worker's epoch (streams.sinks.redis_profiles); partitions with a marker, or not owned, are left."""
+    broker, partition_of = Broker(), partitioner(4)
+    table = Table(broker)
+    checkpoint = Checkpoint(
+        SETTINGS,
+        BatchProcessor(SETTINGS.processor(), partition_of),
+        table,
+        Sink(broker),
+        publish_on(broker),
+        lambda: {0, 1, 2},
+    )
+    customer = {partition_of(c.encode()): c for c in (f"C{i:03d}" for i in range(200))}
+    table.epochs = {1}  # partition 1 wrote a state since the rebalance
+    outcome = BatchOutcome(
+        profiles=[SimpleNamespace(customer_id=customer[p]) for p in (0, 1, 3)],
+        to_render=[(customer[2].encode(), None, 0, None, None)],
+    )
+    run(checkpoint._claim_profile_partitions(outcome))
+    assert table.claimed == [0, 2]
+    run(checkpoint._claim_profile_partitions(outcome))
+    assert table.claimed == [0, 2], "once per partition"
 
 
 def records(broker: Broker, topic: str, field: str) -> list[tuple[str, bytes]]:
