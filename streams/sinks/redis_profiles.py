@@ -457,8 +457,9 @@ class RedisProfileSink:
         For a rebalance: once this worker gives partitions up, a write of its own that lands late could
         overwrite a newer profile written by their next owner. The owners re-write every profile of their
         partitions in their first sweep round after the rebalance, so nothing dropped here stays missing. A write
-        still in flight after ``timeout`` may land late; if it fails, its profiles are dropped too, not retried
-        (the copy it took before its await used to be put back and written by the retry loop, much later).
+        still in flight after ``timeout`` may land late: the fences leave out its profiles of partitions a newer
+        owner wrote meanwhile (tests/e2e/test_redis_fencing.py); if it fails, its profiles are dropped too, not
+        retried (the copy it took before its await used to be put back and written by the retry loop, much later).
         """
         try:
             await asyncio.wait_for(self._lock.acquire(), timeout)

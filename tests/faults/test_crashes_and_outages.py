@@ -209,6 +209,8 @@ def test_a_worker_frozen_past_its_session_changes_nothing(devstack, namespace, s
     # how the woken workers found out: a missed generation at their next assignment, or the fence before a write
     missed = sum(text.count("this worker was dropped from the group") for text in logs)
     fenced = sum(text.count("not writing") for text in logs)
+    # profile writes a woken worker had queued, left out by the Redis fences (streams.sinks.redis_profiles)
+    redis_fenced = sum(text.count("not written to Redis: a newer owner writes them") for text in logs)
     report(
         f"{FREEZES} x SIGSTOP of one of 2 workers for {freezes} s (seed {SEED + 1}), then SIGCONT",
         events_sent=len(stream),
@@ -219,6 +221,7 @@ def test_a_worker_frozen_past_its_session_changes_nothing(devstack, namespace, s
         fail_stops_restarted=fail_stops,
         missed_generations=missed,
         writes_fenced=fenced,
+        redis_writes_fenced=redis_fenced,
     )
     print(f"[faults] events handled by each frozen worker before its freeze: {scored_before}")
     assert converged, f"{len(diffs)} of {len(expected)} differ, e.g. {diffs[:2]}\n{running[0].log_tail()}"
