@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -88,6 +90,26 @@ async def compare_fence(sizes: list[int], rounds: int) -> None:
     partition_of = partitioner(settings.partitions)
     fence = ProfileFence(lambda cid: partition_of(cid.encode()), lambda p: (1, 0))
     repeats = {n: max(1, 20_000 // n) for n in sizes}  # small batches are timed over many writes
+    async with bench_sink() as sink:
+        items = list(packed_profiles(max(sizes), "bench:").items())
+        print(f"{settings.partitions} partitions; µs per profile, wall (writer CPU); >= 20,000 profiles per size")
+        for n in sizes:
+            batch = dict(items[:n])
+            for r in range(rounds):
+                row = []
+                for label, f in (("unfenced", None), ("fenced", fence)):
+                    wall = cpu = 0.0
+                    for _ in range(repeats[n]):
+                        w, c = await timed_fence(sink, batch, f)
+                        wall, cpu = wall + w, cpu + c
+                    per = 1e6 / (n * repeats[n])
+                    row.append(f"{label} {wall * per:6.1f} ({cpu * per:5.1f})")
+                print(f"{n:>6,} profiles per write, round {r + 1}: " + "; ".join(row), flush=True)
+
+
+@contextlib.asynccontextmanager
+async def bench_sink() -> AsyncIterator[RedisProfileSink]:
+    """A profile sink on a private redis-server (on a free port, in a temporary directory), stopped after."""
     with tempfile.TemporaryDirectory() as tmp:
         server = start_redis(Path(tmp))
         url = f"redis://127.0.0.1:{server.port}/0"
@@ -95,49 +117,26 @@ async def compare_fence(sizes: list[int], rounds: int) -> None:
             url, "bench:", 1.0, client_kwargs={"socket_timeout": NO_BOUND_SECONDS, "socket_connect_timeout": 5.0}
         )
         try:
-            items = list(packed_profiles(max(sizes), "bench:").items())
-            print(f"{settings.partitions} partitions; µs per profile, wall (writer CPU); >= 20,000 profiles per size")
-            for n in sizes:
-                batch = dict(items[:n])
-                for r in range(rounds):
-                    row = []
-                    for label, f in (("unfenced", None), ("fenced", fence)):
-                        wall = cpu = 0.0
-                        for _ in range(repeats[n]):
-                            w, c = await timed_fence(sink, batch, f)
-                            wall, cpu = wall + w, cpu + c
-                        per = 1e6 / (n * repeats[n])
-                        row.append(f"{label} {wall * per:6.1f} ({cpu * per:5.1f})")
-                    print(f"{n:>6,} profiles per write, round {r + 1}: " + "; ".join(row), flush=True)
+            yield sink
         finally:
             await sink.close()
             server.stop()
 
 
 async def main(sizes: list[int], rounds: int) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        server = start_redis(Path(tmp))
-        url = f"redis://127.0.0.1:{server.port}/0"
-        sink = RedisProfileSink(
-            url, "bench:", 1.0, client_kwargs={"socket_timeout": NO_BOUND_SECONDS, "socket_connect_timeout": 5.0}
-        )
-        try:
-            biggest = packed_profiles(max(sizes), "bench:")
-            items = list(biggest.items())
-            print(f"profiles per round trip when chunked: {WRITE_CHUNK_PROFILES:,}")
-            for n in sizes:
-                batch = dict(items[:n])
-                for r in range(rounds):
-                    one = await timed(sink, batch, "bench:", n)
-                    chunked = await timed(sink, batch, "bench:", WRITE_CHUNK_PROFILES)
-                    print(
-                        f"{n:>9,} profiles, round {r + 1}: one round trip {one:7.3f} s ({1e6 * one / n:5.1f} µs each); "
-                        f"chunked {chunked:7.3f} s ({1e6 * chunked / n:5.1f} µs each)",
-                        flush=True,
-                    )
-        finally:
-            await sink.close()
-            server.stop()
+    async with bench_sink() as sink:
+        items = list(packed_profiles(max(sizes), "bench:").items())
+        print(f"profiles per round trip when chunked: {WRITE_CHUNK_PROFILES:,}")
+        for n in sizes:
+            batch = dict(items[:n])
+            for r in range(rounds):
+                one = await timed(sink, batch, "bench:", n)
+                chunked = await timed(sink, batch, "bench:", WRITE_CHUNK_PROFILES)
+                print(
+                    f"{n:>9,} profiles, round {r + 1}: one round trip {one:7.3f} s ({1e6 * one / n:5.1f} µs each); "
+                    f"chunked {chunked:7.3f} s ({1e6 * chunked / n:5.1f} µs each)",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":
