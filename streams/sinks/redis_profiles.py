@@ -288,13 +288,13 @@ class RedisProfileSink:
         batch = self._pending
         self._pending = {}
         settled = self._settled
-        written = 0
+        written = left_out = 0
         try:
             for chunk in write_chunks(batch, WRITE_CHUNK_PROFILES):
                 if self._fence is None:
                     await self._write(*pack_batch(chunk, self._prefix))
                 else:
-                    await self._write_fenced(chunk, self._fence)
+                    left_out += await self._write_fenced(chunk, self._fence)
                 written += len(chunk)
         except (RedisError, OSError) as exc:
             if written:  # the chunks written stay written: only the rest is pending again
@@ -316,7 +316,8 @@ class RedisProfileSink:
             return False
         if self._failing:
             self._failing = False
-            log.warning("redis is back: %d profiles written", len(batch))
+            fenced = f" ({left_out} left out by the fences)" if left_out else ""
+            log.warning("redis is back: %d profiles written%s", len(batch) - left_out, fenced)
             if self.on_recovered is not None:
                 self.on_recovered()
         metrics.REDIS_BATCH_PROFILES.observe(len(batch))
@@ -334,9 +335,10 @@ class RedisProfileSink:
         finally:
             await pool.release(conn)
 
-    async def _write_fenced(self, chunk: dict[str, Packed], fence: ProfileFence) -> None:
+    async def _write_fenced(self, chunk: dict[str, Packed], fence: ProfileFence) -> int:
         """Write ``chunk`` but the profiles of partitions a newer owner writes (the module's docstring), with the
-        client's retry policy as :meth:`_write` (a retry starts again from the fences' read)."""
+        client's retry policy as :meth:`_write` (a retry starts again from the fences' read); returns how many
+        profiles were left out."""
         partition_of, epoch_of = fence.partition_of, fence.epoch
         partitions: dict[str, int] = {}
         epochs: dict[int, Epoch] = {}
@@ -348,11 +350,11 @@ class RedisProfileSink:
                     epochs[partition] = epoch
         if not epochs:  # no owner marker yet for any of them: nothing to fence with
             await self._write(*pack_batch(chunk, self._prefix))
-            return
+            return 0
         pool = self._redis.connection_pool
         conn = await pool.get_connection()
         try:
-            await conn.retry.call_with_retry(
+            return await conn.retry.call_with_retry(
                 lambda: self._send_fenced(conn, chunk, partitions, epochs), lambda _: conn.disconnect()
             )
         finally:
@@ -360,16 +362,16 @@ class RedisProfileSink:
 
     async def _send_fenced(
         self, conn: AbstractConnection, chunk: dict[str, Packed], partitions: dict[str, int], epochs: dict[int, Epoch]
-    ) -> None:
+    ) -> int:
         try:
-            await self._exchange_fenced(conn, chunk, partitions, epochs)
+            return await self._exchange_fenced(conn, chunk, partitions, epochs)
         except BaseException:
             await conn.disconnect()  # no WATCH or MULTI left on a pooled connection
             raise
 
     async def _exchange_fenced(
         self, conn: AbstractConnection, chunk: dict[str, Packed], partitions: dict[str, int], epochs: dict[int, Epoch]
-    ) -> None:
+    ) -> int:
         prefix = self._prefix
         order = list(epochs)
         keys = [fence_key(prefix, p) for p in order]
@@ -391,7 +393,7 @@ class RedisProfileSink:
                 await conn.send_packed_command(_UNWATCH)
                 await self._replies(conn, 1)
                 self._fenced(len(chunk), newer, epochs)
-                return
+                return len(chunk)
             body, replies = pack_batch(batch, prefix)
             parts = [_MULTI, body]
             for i in range(0, len(raise_to), 3):
@@ -406,7 +408,7 @@ class RedisProfileSink:
                 raise error
             if newer:
                 self._fenced(len(chunk) - len(batch), newer, epochs)
-            return
+            return len(chunk) - len(batch)
         raise RedisError(f"the fences of partitions {order} changed under {FENCE_ATTEMPTS} writes in a row")
 
     def _fenced(self, count: int, newer: dict[int, Epoch], epochs: dict[int, Epoch]) -> None:
