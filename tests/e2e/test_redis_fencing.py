@@ -11,6 +11,8 @@ out; without them those customers would show the second wave until a later sweep
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 import orjson
 import pytest
 import redis
@@ -58,8 +60,7 @@ def test_a_profile_write_held_past_a_rebalance_does_not_land_over_the_new_owners
         except OSError:  # not serving its metrics yet
             return 0.0
 
-    redis_port = int(s.redis_url.rsplit(":", 1)[1].split("/")[0])
-    with SwitchingProxy(redis_port) as proxy:
+    with SwitchingProxy(urlsplit(s.redis_url).port or 6379) as proxy:
         first = start_worker(
             PULSE_REDIS_URL=f"redis://127.0.0.1:{proxy.port}/0",
             # the held write waits for the proxy, not for a timeout that would fail it and drop its profiles
