@@ -44,7 +44,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from schemas.profile import CustomerProfile, RenderedProfile
 from streams import metrics
 from streams.at_risk import index_entry, pack_update
-from streams.ownership import Epoch
+from streams.ownership import Epoch, decode_epoch, encode_epoch
 from streams.resp import HEADS, pack_texts
 
 log = logging.getLogger(__name__)
@@ -57,12 +57,6 @@ def profile_key(prefix: str, customer_id: str) -> str:
 def fence_key(prefix: str, partition: int) -> str:
     """The epoch of the newest owner that wrote partition ``partition``'s profiles ("count.generation")."""
     return f"{prefix}fence:{partition}"
-
-
-def parse_epoch(text: str) -> Epoch:
-    """A fence's value (``streams.ownership.encode_epoch``'s text) as an epoch."""
-    count, _, generation = text.partition(".")
-    return int(count), int(generation or 0)
 
 
 @dataclass(frozen=True)
@@ -340,14 +334,8 @@ class RedisProfileSink:
         client's retry policy as :meth:`_write` (a retry starts again from the fences' read); returns how many
         profiles were left out."""
         partition_of, epoch_of = fence.partition_of, fence.epoch
-        partitions: dict[str, int] = {}
-        epochs: dict[int, Epoch] = {}
-        for cid in chunk:
-            partition = partitions[cid] = partition_of(cid)
-            if partition not in epochs:
-                epoch = epoch_of(partition)
-                if epoch is not None:
-                    epochs[partition] = epoch
+        partitions = {cid: partition_of(cid) for cid in chunk}
+        epochs = {p: epoch for p in set(partitions.values()) if (epoch := epoch_of(p)) is not None}
         if not epochs:  # no owner marker yet for any of them: nothing to fence with
             await self._write(*pack_batch(chunk, self._prefix))
             return 0
@@ -383,11 +371,11 @@ class RedisProfileSink:
             raise_to: list[str] = []
             for partition, key, text in zip(order, keys, cast(list[str | None], stored), strict=True):
                 ours = epochs[partition]
-                theirs = None if text is None else parse_epoch(text)
+                theirs = None if text is None else decode_epoch(text.encode())
                 if theirs is not None and theirs > ours:
                     newer[partition] = theirs
                 elif theirs != ours:
-                    raise_to.extend(("SET", key, f"{ours[0]}.{ours[1]}"))
+                    raise_to.extend(("SET", key, encode_epoch(ours).decode()))
             batch = chunk if not newer else {cid: v for cid, v in chunk.items() if partitions[cid] not in newer}
             if not batch:
                 await conn.send_packed_command(_UNWATCH)
@@ -418,8 +406,8 @@ class RedisProfileSink:
             "worker's %s); was this worker dropped from the group?",
             count,
             sorted(newer),
-            {p: f"{e[0]}.{e[1]}" for p, e in sorted(newer.items())},
-            {p: f"{epochs[p][0]}.{epochs[p][1]}" for p in sorted(newer)},
+            {p: encode_epoch(e).decode() for p, e in sorted(newer.items())},
+            {p: encode_epoch(epochs[p]).decode() for p in sorted(newer)},
         )
 
     @staticmethod

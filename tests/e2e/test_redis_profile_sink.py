@@ -276,17 +276,17 @@ async def test_a_fence_raised_between_the_read_and_the_write_aborts_the_write(
         dropped.submit(profiles)
         assert await dropped.flush()
         reads: list[str] = []
-        parse = redis_profiles.parse_epoch
+        decode = redis_profiles.decode_epoch
 
-        def owner_writes_after_the_read(text: str) -> redis_profiles.Epoch:
-            reads.append(text)
+        def owner_writes_after_the_read(raw: bytes) -> redis_profiles.Epoch:
+            reads.append(raw.decode())
             if len(reads) == 1:  # the first fence the dropped worker read: the owner takes partition 0 now
                 client.set(fence_key(prefix, 0), "4.6")
                 for p in moved:
                     client.hset(profile_key(prefix, p.customer_id), "orders", "owner's")
-            return parse(text)
+            return decode(raw)
 
-        monkeypatch.setattr(redis_profiles, "parse_epoch", owner_writes_after_the_read)
+        monkeypatch.setattr(redis_profiles, "decode_epoch", owner_writes_after_the_read)
         before = fenced_count()
         dropped.submit(with_orders(profiles, "3", vip=True))
         assert await dropped.flush()
