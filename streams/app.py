@@ -9,7 +9,7 @@ import faust
 
 from pulse_config.processor import ProcessorConfig
 from pulse_config.settings import STATE_TABLE, Settings
-from streams import faust_fixes, faust_tuning
+from streams import faust_fixes, faust_tuning, offsets
 from streams.security import broker_credentials, kafka_client_kwargs
 from streams.tables import CustomerStateTable, table_manager
 
@@ -92,6 +92,8 @@ def create_app(settings: Settings, processor_config: ProcessorConfig) -> PulseAp
     # the read-back of foreign changelog offsets (CustomerStateTable.repair) reaches the broker as the offset guard does
     table.read_back_client = kafka_client_kwargs(settings)
     table.read_back_seconds = settings.offset_gap_read_back_seconds
+    # an owner marker of a later generation than the worker's is checked with the coordinator (see epoch_for)
+    table.confirm_generation = lambda generation: offsets.generation_confirmed(app, generation)
     app.tables.add(table)
     pulse = PulseApp(
         settings,

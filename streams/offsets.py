@@ -44,6 +44,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import aiokafka.errors as kafka_errors
+from aiokafka.protocol.group import HeartbeatRequest
 from faust.tables.recovery import RebalanceAgain
 from faust.transport.consumer import Consumer
 from faust.types import TP, EventT
@@ -812,6 +814,47 @@ def check_generation(app: Any) -> None:
     if current is not None and generation_lost(assigned, current):
         metrics.GENERATION_LOST_WRITES.inc()
         raise GenerationLost(f"group generation {current}, partitions assigned in {assigned}: not writing")
+
+
+#: heartbeat answers that count a member in the generation it sent: a rebalance in progress still has the member
+#: and its generation (the coordinator checks both before it answers that)
+CURRENT_MEMBER_ANSWERS = (kafka_errors.NoError, kafka_errors.RebalanceInProgressError)
+
+
+async def generation_confirmed(app: Any, generation: int) -> bool:
+    """Whether the group coordinator counts this worker a member of ``generation`` now: a heartbeat sent in it.
+
+    Why: the generation a worker was assigned in does not prove the assignment current. A worker frozen after its
+    JoinGroup can wake to the late SyncGroup answer of a generation the group has left, and aiokafka reports that
+    generation until its next heartbeat fails; meanwhile the worker recovers its partitions, sees the next
+    generation's owner marker, and would write over it (:meth:`streams.tables.CustomerStateTable.epoch_for`).
+    Only the coordinator knows: "no error" (or "rebalancing", which it answers only to a member of its current
+    generation) confirms; an unknown member, an illegal generation, no coordinator, or no answer within the
+    session timeout does not. The request is sent on the consumer thread (aiokafka's client lives there) and
+    changes nothing in the consumer's own state.
+    """
+    try:
+        consumer = app.consumer
+    except Exception:  # noqa: BLE001 - no consumer: no group to be a member of
+        return False
+    coordinator = _coordinator(consumer)
+    if coordinator is None:
+        return False
+
+    async def ask() -> type[BaseException]:
+        request = HeartbeatRequest(coordinator.group_id, generation, coordinator.member_id)
+        response = await coordinator._send_req(request)
+        return kafka_errors.for_code(response.error_code)
+
+    try:
+        answer = await asyncio.wait_for(consumer._thread.call_thread(ask), coordinator._session_timeout_ms / 1000)
+    except (TimeoutError, kafka_errors.KafkaError) as exc:
+        log.warning("generation %s not confirmed: the group coordinator did not answer (%r)", generation, exc)
+        return False
+    if answer in CURRENT_MEMBER_ANSWERS:
+        return True
+    log.warning("generation %s not confirmed: the group coordinator answered %s", generation, answer.__name__)
+    return False
 
 
 # --- the broker side -----------------------------------------------------------------------------

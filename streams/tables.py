@@ -28,6 +28,7 @@ from pulse_config.settings import Settings
 from streams import metrics
 from streams.fail_stop import fail_stop
 from streams.faust_fixes import RESUME_SEEK
+from streams.offsets import GenerationLost
 from streams.ownership import (
     END_MARKER_KEY,
     META_KEY,
@@ -92,6 +93,9 @@ class CustomerStateTable(faust.Table):
     on_rebalanced: Callable[[], None] | None = None
     #: called before every changelog write; raises when the worker may no longer write (offsets.check_generation)
     fence: Callable[[], None] | None = None
+    #: asks the group coordinator whether this worker is a member of the given generation now
+    #: (offsets.generation_confirmed, set by streams.app); None: nobody to ask, so not confirmed
+    confirm_generation: Callable[[int], Awaitable[bool]] | None = None
     #: aiokafka client arguments (bootstrap, security) and time bound of the read-back of foreign changelog
     #: offsets (:meth:`repair`); set by streams.app from the settings
     read_back_client: Mapping[str, Any] = {}
@@ -149,6 +153,8 @@ class CustomerStateTable(faust.Table):
             return epoch
         generation = int(getattr(self.app, "consumer_generation_id", 0) or 0)
         view = self.views.get(partition, PartitionView())
+        if view.epoch[1] > generation:
+            await self._check_later_generation(partition, view.epoch, generation)
         epoch = next_epoch(view.epoch, generation)
         key, value = owner_marker(epoch, generation, self.writer_id, self.recovered_through.get(partition))
         if self.fence is not None:
@@ -161,6 +167,34 @@ class CustomerStateTable(faust.Table):
         self.writer_epoch[partition] = epoch
         log.info("changelog partition %d: owner marker, epoch %d.%d (read up to %s)", partition, *epoch, view.epoch)
         return epoch
+
+    async def _check_later_generation(self, partition: int, seen: Epoch, generation: int) -> None:
+        """Raise :class:`GenerationLost` unless the coordinator confirms this worker's ``generation`` current.
+
+        Recovery read an owner marker of a later generation than the one this worker was assigned the partition
+        in. Either the assignment is stale (a worker frozen after its JoinGroup woke to the late SyncGroup answer
+        of a generation the group has left, while the next generation's owner had written its marker), or the
+        group's generations were numbered anew (its offsets expired after it stood empty, or it was deleted). A
+        stale worker taking count + 1 would outrank the rightful owner, since epochs compare counts first: the
+        owner would fail-stop as if dropped and the next recovery would skip its records (a frozen-worker run on
+        Kafka: 5 ids with two contents, docs/benchmarks.md session 31). Only the coordinator can tell the two
+        apart; not confirmed, the worker writes nothing and fail-stops, to join again as a new member.
+        """
+        confirm = self.confirm_generation
+        if confirm is not None and await confirm(generation):
+            log.warning(
+                "changelog partition %d: its owner marker %d.%d is of a later generation than this worker's %d, "
+                "which the group coordinator confirmed current: the group's generations were numbered anew",
+                partition,
+                *seen,
+                generation,
+            )
+            return
+        metrics.GENERATION_LOST_WRITES.inc()
+        raise GenerationLost(
+            f"changelog partition {partition}: owner marker {seen[0]}.{seen[1]} of a later generation than this "
+            f"worker's assignment in {generation}, which the group coordinator did not confirm: not writing"
+        )
 
     async def write_states(self, items: Iterable[tuple[bytes, bytes, EventT]]) -> list[Awaitable[RecordMetadata]]:
         """Store each (key, value) and send its changelog record straight to the producer, in record batches.

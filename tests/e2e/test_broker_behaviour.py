@@ -135,3 +135,81 @@ def test_group_offsets_through_the_admin_client(devstack, namespace):
             run(go())
     else:
         assert run(go()) == {TopicPartition(topic, 0): 7}
+
+
+def test_the_coordinator_confirms_a_members_current_generation_only(devstack, namespace):
+    """A heartbeat in the worker's generation is how a worker that read a later generation's owner marker tells a
+    stale assignment from generations numbered anew (streams.offsets.generation_confirmed). The broker must answer
+    it for the current generation and refuse a member it no longer knows (the worker frozen past its session).
+    Apache Kafka also refuses a generation the group has left; Tansu does not check the generation."""
+    from types import SimpleNamespace
+
+    from streams.offsets import generation_confirmed
+
+    bootstrap, topic = namespace.bootstrap, namespace.settings.topic_orders + "-generations"
+    group = f"{namespace.settings.app_id}-generations"
+
+    def app_of(consumer: AIOKafkaConsumer, member: str | None = None) -> SimpleNamespace:
+        """Faust's consumer thread as generation_confirmed reaches it, around a plain aiokafka consumer."""
+        coordinator = consumer._coordinator
+        if member is not None:  # the same coordinator, asked for a member the group does not know
+            coordinator = SimpleNamespace(
+                group_id=coordinator.group_id,
+                member_id=member,
+                _session_timeout_ms=coordinator._session_timeout_ms,
+                _send_req=coordinator._send_req,
+            )
+
+        async def call_thread(fun, *args):
+            return await fun(*args)
+
+        thread = SimpleNamespace(_ensure_consumer=lambda: SimpleNamespace(_coordinator=coordinator))
+        thread.call_thread = call_thread
+        return SimpleNamespace(consumer=SimpleNamespace(_thread=thread))
+
+    async def joined(consumer: AIOKafkaConsumer, after: int | None = None) -> int:
+        """Poll until the consumer holds an assignment in a generation other than ``after``; that generation."""
+        for _ in range(100):
+            await consumer.getmany(timeout_ms=200)
+            generation = consumer._coordinator.generation
+            if consumer.assignment() and generation not in (-1, after):
+                return generation
+        raise AssertionError(f"no assignment after generation {after}")
+
+    def member(**extra):
+        return AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group, session_timeout_ms=10000, **extra)
+
+    async def go() -> dict[str, bool]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(topic, 2, 1)])
+        finally:
+            await admin.close()
+        first, second = member(), member()
+        await first.start()
+        try:
+            before = await joined(first)
+            answers = {"current": await generation_confirmed(app_of(first), before)}
+            await second.start()
+            try:
+                # the first member sees the rebalance and joins the next generation beside the second
+                after = await asyncio.wait_for(asyncio.gather(joined(first, before), joined(second, before)), 50)
+                assert after[0] == after[1], after
+                answers["left generation"] = await generation_confirmed(app_of(first), before)
+                answers["next generation"] = await generation_confirmed(app_of(first), after[0])
+                answers["unknown member"] = await generation_confirmed(app_of(first, "nobody"), after[0])
+            finally:
+                await second.stop()
+        finally:
+            await first.stop()
+        return answers
+
+    answers = run(go())
+    assert answers == {
+        "current": True,
+        # Tansu checks the member, not the generation: its stale-assignment check rests on the member alone
+        "left generation": on_broker(devstack, "tansu"),
+        "next generation": True,
+        "unknown member": False,
+    }

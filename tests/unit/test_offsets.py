@@ -19,6 +19,7 @@ from streams.offsets import (
     OffsetLedger,
     ReadOffsets,
     check_generation,
+    generation_confirmed,
     generation_lost,
 )
 
@@ -283,6 +284,52 @@ def test_a_worker_the_group_dropped_writes_no_state():
         check_generation(fake_app(7, -1))
     check_generation(SimpleNamespace(consumer_generation_id=7))  # no consumer yet: not checked
     check_generation(fake_app(0, -1))  # Faust's 0: no assignment yet (an app without the offset guard)
+
+
+def heartbeat_app(answer: Any, session_ms: int = 6000) -> tuple[SimpleNamespace, list[tuple[str, int, str]]]:
+    """An app whose coordinator answers every heartbeat with ``answer`` (an error class, an exception to raise, or
+    "hang"), through a consumer thread as Faust's (``call_thread``); returns it and the heartbeats sent."""
+    import aiokafka.errors as kafka_errors
+
+    sent: list[tuple[str, int, str]] = []
+
+    async def send_req(request: Any) -> Any:
+        sent.append((request._group, request._generation_id, request._member_id))
+        if answer == "hang":
+            await asyncio.sleep(3600)
+        if isinstance(answer, BaseException):
+            raise answer
+        return SimpleNamespace(error_code=answer.errno if answer is not kafka_errors.NoError else 0)
+
+    coord = SimpleNamespace(group_id="pulse", member_id="m-1", _session_timeout_ms=session_ms, _send_req=send_req)
+
+    async def call_thread(fun: Any, *args: Any) -> Any:
+        return await fun(*args)
+
+    thread = SimpleNamespace(_ensure_consumer=lambda: SimpleNamespace(_coordinator=coord), call_thread=call_thread)
+    return SimpleNamespace(consumer=SimpleNamespace(_thread=thread)), sent
+
+
+def test_a_generation_is_confirmed_only_by_the_coordinator_answering_a_heartbeat_in_it():
+    """The check behind a marker of a later generation (CustomerStateTable.epoch_for): a heartbeat in the worker's
+    generation. "No error", or "rebalancing" (answered only to a member of the current generation), confirms; an
+    unknown member, an illegal generation, a coordinator that cannot be reached or does not answer within the
+    session timeout, and an app without a consumer do not."""
+    import aiokafka.errors as kafka_errors
+
+    for answer, confirmed in [
+        (kafka_errors.NoError, True),
+        (kafka_errors.RebalanceInProgressError, True),
+        (kafka_errors.UnknownMemberIdError, False),
+        (kafka_errors.IllegalGenerationError, False),
+        (kafka_errors.NotCoordinatorForGroupError, False),
+        (kafka_errors.KafkaConnectionError("closed"), False),
+        ("hang", False),
+    ]:
+        app, sent = heartbeat_app(answer, session_ms=50)
+        assert asyncio.run(generation_confirmed(app, 7)) is confirmed, answer
+        assert sent == [("pulse", 7, "m-1")]
+    assert asyncio.run(generation_confirmed(SimpleNamespace(), 7)) is False
 
 
 def test_tansu_s_generation_0_is_fenced_like_any_other():

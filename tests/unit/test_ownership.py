@@ -259,24 +259,52 @@ def test_a_writer_marks_its_epoch_before_its_first_state_and_carries_it_on_every
     assert table.writer_epoch == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found in session 31, not fixed: a stale assignment's epoch outranks the newer generation's owner "
-    "(docs/benchmarks.md, session 31); strict, so the fix makes this test pass and its mark must go",
-)
-def test_a_stale_assignment_that_read_a_later_generations_marker_does_not_write_over_it(tmp_path):
-    """A worker frozen after its JoinGroup wakes to the late SyncGroup answer of generation 7, while the group is in
-    generation 8 and that generation's owner has written its marker (7, 8). Its recovery reads that marker; taking
-    count + 1 would give (8, 7), which outranks the rightful owner (counts compare first), so recovery would skip
-    the owner's records (a frozen-worker run on Kafka: 5 ids with two contents). It must not write."""
+def later_generation_table(tmp_path, confirmed: bool | None):
+    """A worker assigned partition 2 in generation 7 whose recovery read the owner marker (7, 8) of generation 8;
+    ``confirmed``: what the coordinator answers (None: no coordinator to ask)."""
     table = state_table(tmp_path, "memory://")
-    table.app._producer = FakeProducer()
+    producer = table.app._producer = FakeProducer()
     table.app.consumer_generation_id = 7
+    asked: list[int] = []
+
+    async def confirm(generation: int) -> bool:
+        asked.append(generation)
+        return bool(confirmed)
+
+    table.confirm_generation = None if confirmed is None else confirm
     tp = TP(CHANGELOG, 2)
     table.begin_restore(tp, -1)
     table.restore_records(tp, [marker(0, (6, 6), partition=2), marker(1, (7, 8), partition=2)])
-    with pytest.raises(offsets.GenerationLost):
+    return table, producer, asked
+
+
+@pytest.mark.parametrize("coordinator", ["says no", "absent"])
+def test_a_stale_assignment_that_read_a_later_generations_marker_does_not_write_over_it(tmp_path, coordinator):
+    """A worker frozen after its JoinGroup wakes to the late SyncGroup answer of generation 7, while the group is in
+    generation 8 and that generation's owner has written its marker (7, 8). Its recovery reads that marker; taking
+    count + 1 would give (8, 7), which outranks the rightful owner (counts compare first), so recovery would skip
+    the owner's records (a frozen-worker run on Kafka: 5 ids with two contents, session 31). Unless the coordinator
+    confirms generation 7, it writes nothing: no marker, no state, and the write is counted."""
+    table, producer, asked = later_generation_table(tmp_path, None if coordinator == "absent" else False)
+    refused = metrics.GENERATION_LOST_WRITES._value.get()
+    with pytest.raises(offsets.GenerationLost, match="later generation"):
         run(table.epoch_for(2))
+    assert producer.sent == [] and table.writer_epoch == {}
+    assert asked == ([] if coordinator == "absent" else [7])
+    assert metrics.GENERATION_LOST_WRITES._value.get() == refused + 1
+
+
+def test_a_later_generations_marker_after_the_generations_were_numbered_anew_does_not_stop_the_owner(tmp_path):
+    """The group's generations start again at 1 when its offsets expire after it stood empty (or it is deleted), so
+    the changelog holds markers of higher generations than any current member's. The coordinator confirms the
+    worker's generation, and the worker takes the next epoch: its count outranks every older marker."""
+    table, producer, asked = later_generation_table(tmp_path, True)
+    assert run(table.epoch_for(2)) == (8, 7) and asked == [7]
+    assert [key for key, *_ in producer.sent] == [owner_marker((8, 7), 7, "w", None)[0]]
+    # a marker of the worker's own or an earlier generation asks nobody
+    table2, _, asked2 = later_generation_table(tmp_path / "2", False)
+    table2.app.consumer_generation_id = 8
+    assert run(table2.epoch_for(2)) == (8, 8) and asked2 == []
 
 
 # --- the checkpoint: positions in the end markers -------------------------------------------------------------
