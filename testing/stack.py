@@ -202,6 +202,11 @@ class Worker:
             [f"{status}; {gauges}", *picked, "group and recovery:", *steps, *(["main thread:", *dump] if dump else [])]
         )
 
+    def checkpoints(self) -> float:
+        """Checkpoints run so far (-1: the metrics were not read): orders a fleet's digests, least progress first."""
+        match = re.search(r"pulse_checkpoint_seconds_count (\S+)", self._scrape())
+        return float(match.group(1)) if match else -1.0
+
     def _scrape(self) -> str:
         wanted = (
             "pulse_clock_",
