@@ -176,9 +176,10 @@ class Settings(BaseSettings):
     stop_timeout_seconds: float = Field(
         30.0,
         gt=0,
-        description="A worker still stopping this long after SIGTERM or SIGINT exits anyway (status 75), as a kill "
-        "would: nothing is lost, its partitions' next owner re-reads from the last commit (a stop can wait for ever "
-        "on a broker that is down). Longer than PULSE_SHUTDOWN_GRACE_SECONDS, shorter than the orchestrator's grace.",
+        description="A worker still stopping this long after its stop began (SIGTERM, SIGINT, a crashed service) "
+        "exits anyway (status 75), as a kill would: nothing is lost, its partitions' next owner re-reads from the "
+        "last commit (a stop can wait for ever on a broker that is down). Longer than PULSE_SHUTDOWN_GRACE_SECONDS, "
+        "shorter than the orchestrator's grace.",
     )
     checkpoint_stall_warn_seconds: float = Field(
         30.0,

@@ -14,7 +14,7 @@ from typing import Any, cast
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import IllegalStateError, KafkaError
 from faust.stores import memory as memory_store
 from faust.stores import rocksdb as rocksdb_store
 from faust.streams import _current_event
@@ -585,6 +585,10 @@ class CustomerStateTable(faust.Table):
                     partitions[record.key] = tp.partition
 
 
+#: what a recovery step may raise that Faust's recovery loop handles itself: another rebalance, a stop
+RECOVERY_SIGNALS: tuple[type[Exception], ...] = (RebalanceAgain, ServiceStopped, IllegalStateError)
+
+
 class BulkRecovery(Recovery):
     """Faust's recovery, which first reads the active changelog partitions of bulk-capable tables itself.
 
@@ -663,8 +667,9 @@ class BulkRecovery(Recovery):
     def note_resume_seek(self) -> None:
         self.resumed_at = RESUME_SEEK.get()
 
-    #: called with why when a recovery step outlives its timeout (a class attribute: tests replace it)
-    on_step_timeout: Callable[[str], Any] = staticmethod(fail_stop)
+    #: called with why (and the error) when a recovery step outlives its timeout or fails (a class attribute:
+    #: tests replace it)
+    on_step_failed: Callable[..., Any] = staticmethod(fail_stop)
 
     async def _wait(self, coro: Any, timeout: Seconds | None = None) -> None:
         """Faust's ``Recovery._wait``: await one step of the recovery, or raise ``RebalanceAgain`` if a new
@@ -678,20 +683,30 @@ class BulkRecovery(Recovery):
         (the offsets and highwaters read before the changelogs, the seek to the committed offsets) are broker
         requests bounded by ``broker_request_timeout``; one that outlives it waits on something that will not
         come. The fail-stop logs the chain of awaits the step is suspended in; the supervisor's next worker
-        recovers from the changelog, and nothing was committed meanwhile."""
+        recovers from the changelog, and nothing was committed meanwhile.
+
+        A step that raises anything but the recovery's own signals (another rebalance, a stop) fail-stops too.
+        Upstream lets it crash the recovery service, and Faust then stops the whole worker, a stop that waits on
+        the broker: a worker whose seek after recovery met a broker killed at that instant (the offset guard's
+        read-back could not bootstrap) crashed and then hung in its consumer thread's stop, alive and reading
+        nothing (session 32, the broker-restart test under load)."""
         step = asyncio.ensure_future(coro if isinstance(coro, Awaitable) else coro.wait())
         try:
             # shielded: wait_first cancels what did not finish, and the chain of a step that timed out is wanted
             result = await self.wait_first(asyncio.shield(step), self.signal_recovery_start, timeout=timeout)  # type: ignore[arg-type]
+        except Exception as error:  # the step's own (wait_first re-raises it)
+            step.cancel()
+            if isinstance(error, RECOVERY_SIGNALS):
+                raise
+            self.on_step_failed(f"a recovery step failed: {error!r}", error)
+            raise ServiceStopped() from error  # reached only if on_step_failed returns (the tests')
         except BaseException:
             step.cancel()
             raise
-        if step.done():
-            step.result()  # its exception, if it raised one
         if result.stopped:
             if not step.done() and not self.should_stop and timeout is not None:
                 limit = want_seconds(timeout)
-                self.on_step_timeout(f"a recovery step outlived broker_request_timeout ({limit:g} s): {awaiting(step)}")
+                self.on_step_failed(f"a recovery step outlived broker_request_timeout ({limit:g} s): {awaiting(step)}")
             step.cancel()
             raise ServiceStopped()
         if self.signal_recovery_start in result.done:

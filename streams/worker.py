@@ -37,18 +37,35 @@ STOP_TIMED_OUT = "stop did not finish"
 
 
 class BoundedStopWorker(faust.Worker):
-    """``faust.Worker`` whose stop, once SIGTERM or SIGINT asked for it, ends within ``stop_timeout_seconds``.
+    """``faust.Worker`` whose stop, whatever began it (SIGTERM, SIGINT, a crashed service), ends within
+    ``stop_timeout_seconds``.
 
     Why: a stop waits on the broker (the producer's flush, the last offset commit, LeaveGroup), and Faust and
     aiokafka retry those for ever while the broker is down: such a worker never exited until its orchestrator
     killed it (session 25: four workers of a chaos run whose broker was gone, still stopping after a minute).
     Exiting then is what that kill does, sooner and with a line saying why: the checkpoint commits offsets only
     after the state, outputs and profiles they cover, so nothing is lost and the partitions' next owner re-reads
-    from the last commit (the fencing keeps that exact)."""
+    from the last commit (the fencing keeps that exact). A stop that follows a crash has no orchestrator's
+    signal behind it: a worker whose service crashed as the broker was killed stayed alive in its consumer
+    thread's stop, holding nothing but reading nothing either (session 32), so every stop arms the deadline."""
 
     def __init__(self, *args: object, stop_timeout_seconds: float, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.stop_timeout_seconds = stop_timeout_seconds
+        self._stop_deadline: threading.Timer | None = None
+
+    def _arm_stop_deadline(self, cause: str) -> None:
+        """Exit (status 75) if the stop has not finished ``stop_timeout_seconds`` from now; the first cause arms."""
+        if self._stop_deadline is None:
+            seconds = self.stop_timeout_seconds
+            self._stop_deadline = threading.Timer(seconds, _stop_timed_out, args=(cause, seconds))
+            self._stop_deadline.daemon = True
+            self._stop_deadline.start()
+
+    async def stop(self) -> None:
+        reason = self.crash_reason
+        self._arm_stop_deadline("a stop" if reason is None else f"a crash ({reason!r})")
+        await super().stop()
 
     @property
     def label(self) -> str:
@@ -57,22 +74,17 @@ class BoundedStopWorker(faust.Worker):
         return "Worker"
 
     def _schedule_shutdown(self, signal: signal.Signals) -> None:
-        if not self._signal_stop_time:  # the first signal arms the deadline; upstream ignores the others
-            deadline = threading.Timer(
-                self.stop_timeout_seconds, _stop_timed_out, args=(signal, self.stop_timeout_seconds)
-            )
-            deadline.daemon = True
-            deadline.start()
+        self._arm_stop_deadline(signal.name)  # the first signal arms the deadline; upstream ignores the others
         super()._schedule_shutdown(signal)
 
 
-def _stop_timed_out(received: signal.Signals, seconds: float) -> None:
+def _stop_timed_out(cause: str, seconds: float) -> None:
     log.critical(
         "%s %g s after %s (PULSE_STOP_TIMEOUT_SECONDS): exiting without it (status %d); nothing is lost, the "
         "partitions' next owner re-reads from the last commit",
         STOP_TIMED_OUT,
         seconds,
-        received.name,
+        cause,
         EXIT_STOP_TIMEOUT,
     )
     logging.shutdown()

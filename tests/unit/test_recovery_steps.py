@@ -24,9 +24,11 @@ class Steps(Service):
         super().__init__()
         self.signal_recovery_start = asyncio.Event()
         self.timeouts: list[str] = []
+        self.errors: list[BaseException | None] = []
 
-    def on_step_timeout(self, why: str) -> None:
+    def on_step_failed(self, why: str, error: BaseException | None = None) -> None:
         self.timeouts.append(why)
+        self.errors.append(error)
 
     ours = BulkRecovery._wait
     upstream = Recovery._wait
@@ -75,15 +77,38 @@ def test_a_step_that_answers_in_time_returns_and_a_new_rebalance_still_interrupt
         with pytest.raises(RebalanceAgain):
             await waiting
         steps.signal_recovery_start.clear()  # as _restart_recovery does when it starts the next recovery
-        with pytest.raises(RuntimeError, match="the broker said no"):
-            await steps.ours(refused(), timeout=5)
         await steps.ours(answered(0.05), timeout=None)  # no timeout: waits as long as it takes
         return steps
 
-    async def refused() -> None:
-        raise RuntimeError("the broker said no")
-
     assert asyncio.run(run()).timeouts == []
+
+
+def test_a_step_that_fails_fail_stops_and_the_recovery_s_own_signals_pass():
+    """A step's error used to crash the recovery service, and Faust then stopped the whole worker, a stop that
+    waits on the broker: a seek after recovery whose read-back could not bootstrap (the broker killed at that
+    instant) left a worker alive and reading nothing (session 32). It fail-stops instead, with the error; another
+    rebalance or a stop raised inside a step (a nested ``_wait``) still reach Faust's recovery loop."""
+    from aiokafka.errors import IllegalStateError, KafkaConnectionError
+
+    async def raising(error: BaseException) -> None:
+        await asyncio.sleep(0)
+        raise error
+
+    async def run() -> Steps:
+        steps = Steps()
+        bootstrap = KafkaConnectionError("Unable to bootstrap from [('127.0.0.1', 9092)]")
+        with pytest.raises(ServiceStopped):  # reached only because the test's fail-stop returns
+            await steps.ours(raising(bootstrap), timeout=5)
+        assert steps.errors == [bootstrap]
+        for signal in (RebalanceAgain(), ServiceStopped(), IllegalStateError("no longer assigned")):
+            with pytest.raises(type(signal)):
+                await steps.ours(raising(signal), timeout=5)
+        with pytest.raises(asyncio.CancelledError):
+            await steps.ours(raising(asyncio.CancelledError()), timeout=5)
+        return steps
+
+    [why] = asyncio.run(run()).timeouts
+    assert why.startswith("a recovery step failed: KafkaConnectionError") and "Unable to bootstrap" in why
 
 
 def test_a_step_is_cancelled_when_a_rebalance_interrupts_it():
