@@ -47,7 +47,8 @@ class BoundedStopWorker(faust.Worker):
     after the state, outputs and profiles they cover, so nothing is lost and the partitions' next owner re-reads
     from the last commit (the fencing keeps that exact). A stop that follows a crash has no orchestrator's
     signal behind it: a worker whose service crashed as the broker was killed stayed alive in its consumer
-    thread's stop, holding nothing but reading nothing either (session 32), so every stop arms the deadline."""
+    thread's stop, reading nothing while the group could still count its partitions its own (session 32), so
+    every stop arms the deadline."""
 
     def __init__(self, *args: object, stop_timeout_seconds: float, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
