@@ -33,11 +33,11 @@ async def _end_offset(bootstrap: str, tp: TopicPartition) -> int:
         await consumer.stop()
 
 
-async def _create(bootstrap: str, topic: str) -> None:
+async def _create(bootstrap: str, topic: str, partitions: int = 1) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(topic, 1, 1)])
+        await admin.create_topics([NewTopic(topic, partitions, 1)])
     finally:
         await admin.close()
 
@@ -176,16 +176,11 @@ def test_the_coordinator_confirms_a_members_current_generation_only(devstack, na
                 return generation
         raise AssertionError(f"no assignment after generation {after}")
 
-    def member(**extra):
-        return AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group, session_timeout_ms=10000, **extra)
+    def member() -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group, session_timeout_ms=10000)
 
     async def go() -> dict[str, bool]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(topic, 2, 1)])
-        finally:
-            await admin.close()
+        await _create(bootstrap, topic, partitions=2)
         first, second = member(), member()
         await first.start()
         try:
