@@ -196,6 +196,9 @@ class Checkpoint:
         self._flushing: asyncio.Task | None = None
         #: seconds the batch in progress spent in :meth:`_commit` (the rest of it is scoring)
         self._committing = 0.0
+        #: the batch in progress made input events durable; a batch with input events was (:meth:`_mark_scored`)
+        self._scored_events = False
+        self._scoring_started = False
         #: what each batch reports (streams.checkpoint_metrics): counters, gauges, a few log lines
         self.metrics = CheckpointMetrics(processor, wall_clock, settings.metrics_population_seconds)
         #: the states this checkpoint wrote, decoded already (streams.state_cache; dropped when ownership changes)
@@ -295,6 +298,8 @@ class Checkpoint:
     # --- the checkpoint -----------------------------------------------------------------------------------
     async def __call__(self, events: Sequence[EventT]) -> None:
         started = time.perf_counter()
+        started_s = self.wall_clock()
+        self._scored_events = False
         self.ensure_population()
         self._through = {}
         self._committing = 0.0
@@ -335,6 +340,17 @@ class Checkpoint:
         elapsed = time.perf_counter() - started
         metrics.CHECKPOINT_STEP_SECONDS.labels("score").observe(max(0.0, elapsed - self._committing))
         metrics.CHECKPOINT_SECONDS.observe(elapsed)
+        if self._scored_events:
+            self._mark_scored(started_s)
+
+    def _mark_scored(self, started_s: float) -> None:
+        """A batch with input events is durable: the first one's start and the last one's end, as wall times
+        (``pulse bench`` times a backlog from the one to the other, as it times its peers from their first event
+        to their last; operators see when a start began scoring and whether scoring goes on)."""
+        if not self._scoring_started:
+            self._scoring_started = True
+            metrics.SCORING_STARTED.set(started_s)
+        metrics.LAST_SCORED.set(self.wall_clock())
 
     def _count_loads(self) -> None:
         """The batch's state loads by source (``pulse_state_loads_total``), added once per batch."""
@@ -411,6 +427,8 @@ class Checkpoint:
         self.write_behind()
         step("submit")
         self.metrics.batch(outcome)
+        if outcome.counts or outcome.rejected:
+            self._scored_events = True
         step("metrics")
         self._committing += step.total
 

@@ -129,6 +129,16 @@ CHECKPOINT_STEP_SECONDS = Histogram(
     ["step"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+SCORING_STARTED = Gauge(
+    "pulse_scoring_started_timestamp_seconds",
+    "Unix time this worker process began its first batch with input events, after its start, group join and table "
+    "recovery: minus process_start_time_seconds, how long a start took to begin scoring.",
+)
+LAST_SCORED = Gauge(
+    "pulse_last_scored_batch_timestamp_seconds",
+    "Unix time this worker last made a batch with input events durable: on a partition with lag, a value that "
+    "stops moving is a stuck worker.",
+)
 BATCH_EVENTS = Histogram(
     "pulse_batch_events",
     "Events per processing batch.",

@@ -65,6 +65,23 @@ def metric_sum(text: str, name: str, where: str = "") -> float:
     return total
 
 
+def metric_samples(text: str, name: str) -> list[float]:
+    """Every sample of an unlabelled ``name`` in ``text`` (several processes' scrapes joined: one each)."""
+    return [float(v) for v in re.findall(rf"^{re.escape(name)} (\S+)$", text, re.M)]
+
+
+def scored_seconds(text: str, count: int) -> float | None:
+    """Wall seconds from the first batch with input events that any of ``count`` workers began to the last one any
+    of them made durable (``pulse_scoring_started_timestamp_seconds``, ``pulse_last_scored_batch_timestamp_seconds``),
+    as the peers are timed from their first event to their last; None unless every worker reports both (a worker
+    of a version without them, or one that scored nothing)."""
+    started = metric_samples(text, "pulse_scoring_started_timestamp_seconds")
+    ended = metric_samples(text, "pulse_last_scored_batch_timestamp_seconds")
+    if len(started) != count or len(ended) != count or not all(started):
+        return None
+    return max(max(ended) - min(started), 1e-3)
+
+
 def peak_rss_bytes(pid: int) -> int | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():

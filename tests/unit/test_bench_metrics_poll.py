@@ -80,3 +80,33 @@ def test_the_long_batches_are_counted_against_their_own_histogram():
     the checkpoint histogram's bucket, across a scrape that fell between the two observations of one batch."""
     done = subprocess.run([sys.executable, "-c", DELTAS], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+SCORED = textwrap.dedent(
+    """
+    from benchmarks.phases.common import scored_seconds
+
+    def scrape(started, ended):
+        return "\\n".join([
+            "# TYPE pulse_scoring_started_timestamp_seconds gauge",
+            f"pulse_scoring_started_timestamp_seconds {started}",
+            f"pulse_last_scored_batch_timestamp_seconds {ended}",
+            'pulse_events_total{kind="order",outcome="scored"} 5.0',
+        ])
+
+    # two workers' scrapes joined: from the first one's start to the last one's end
+    assert scored_seconds(scrape(1.7e9 + 0.5, 1.7e9 + 3.0) + "\\n" + scrape(1.7e9 + 1.0, 1.7e9 + 3.25), 2) == 2.75
+    assert scored_seconds(scrape(1.7e9, 1.7e9 + 2.5), 1) == 2.5
+    # a worker that scored nothing (its gauge still 0), or without the gauges: the polls' bound instead
+    assert scored_seconds(scrape(1.7e9, 1.7e9 + 2.5) + "\\n" + scrape(0.0, 0.0), 2) is None
+    assert scored_seconds('pulse_events_total{kind="order",outcome="scored"} 5.0', 1) is None
+    print("ok")
+    """
+)
+
+
+def test_a_backlog_is_timed_from_the_first_batch_begun_to_the_last_made_durable():
+    """The workers are timed like the peers (first event to last), not by the polls (up to two poll intervals
+    more, part of the first batch less)."""
+    done = subprocess.run([sys.executable, "-c", SCORED], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]

@@ -677,3 +677,32 @@ def test_a_live_partition_never_defers_its_profiles(hours_later: int, deferred: 
     assert sorted(sink.written) == (["B"] if deferred else ["A", "B"])
     run(checkpoint([order(2, "A", 0, 70)]))  # left to this batch: written here, whatever comes next
     assert len(sink.written["A"]) == (1 if deferred else 2)
+
+
+def test_the_first_and_last_batches_with_events_are_stamped_and_a_batch_without_events_moves_neither():
+    """``pulse bench`` times a backlog by these two gauges, as it times its peers by their first and last event:
+    the first batch with input events is stamped when it begins (its work counts), the last one when it is
+    durable; a batch of nothing but ticks, as a worker reads after a backlog, must not stretch the time."""
+    from prometheus_client import REGISTRY
+
+    calls: list[float] = []
+
+    def clock() -> float:
+        calls.append(1_000.0 + len(calls))
+        return calls[-1]
+
+    def gauge(name: str) -> float | None:
+        return REGISTRY.get_sample_value(name)
+
+    checkpoint = checkpoint_on(Broker(), wall_clock=clock)
+    run(checkpoint(first_batch()))
+    begun = calls[0]
+    assert gauge("pulse_scoring_started_timestamp_seconds") == begun
+    assert gauge("pulse_last_scored_batch_timestamp_seconds") == calls[-1]
+    run(checkpoint(later_batch()))
+    ended = calls[-1]
+    assert gauge("pulse_scoring_started_timestamp_seconds") == begun  # the first batch's, not this one's
+    assert gauge("pulse_last_scored_batch_timestamp_seconds") == ended > begun
+    run(checkpoint([]))
+    assert len(calls) > ended - 1_000.0  # the clock was read again
+    assert gauge("pulse_last_scored_batch_timestamp_seconds") == ended
