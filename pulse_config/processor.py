@@ -43,5 +43,7 @@ class ProcessorConfig:
     max_earliness_seconds: float
     max_lateness_days: float
     historical_alert_seconds: float
+    #: a backlog customer the next batch scores again is assessed there, with its profile (PULSE_BACKLOG_DEFER_...)
+    backlog_defer_assessments: bool = False
     #: test only (fault injection, PULSE_TEST_FAIL_EVENT_IDS): scoring these event ids raises
     test_fail_event_ids: frozenset[str] = frozenset()

@@ -325,6 +325,14 @@ class Settings(BaseSettings):
         "Redis is at most one batch behind during a catch-up (~10 % of a backlog worker's CPU); never on a live "
         "partition (clock within historical_alert_seconds of the wall clock). Off: every batch writes its profiles.",
     )
+    backlog_defer_assessments: bool = Field(
+        True,
+        description="With backlog_defer_profiles, while the input is behind: a customer with an event in this batch "
+        "whom the next batch (already queued) scores again is assessed there instead (CLV, churn and its alert "
+        "decision, RFM, VIP), with its profile, never two batches in a row: as one batch twice the size would "
+        "decide it, on every event up to a later clock. A customer with events in every batch of a catch-up was "
+        "assessed in each; never on a live partition. Off: every batch assesses its customers.",
+    )
     profile_render_process: bool = Field(
         False,
         description="Render and pack the Redis profiles in a child process of the worker (streams/render_process.py): "
@@ -879,6 +887,7 @@ class Settings(BaseSettings):
             max_earliness_seconds=self.max_earliness_seconds,
             max_lateness_days=self.max_lateness_days,
             historical_alert_seconds=self.historical_alert_seconds,
+            backlog_defer_assessments=self.backlog_defer_profiles and self.backlog_defer_assessments,
             test_fail_event_ids=frozenset(self.test_fail_event_ids),
         )
 

@@ -283,8 +283,9 @@ class BatchProcessor:
         #: the customers the next batch is sure to score again (a backlog's queued records; set by the worker
         #: before each batch, empty offline and live): their profiles wait for it (:meth:`_defer_profiles`)
         self.upcoming: Collection[bytes] = frozenset()
-        #: customers whose profile the previous batch left to this one
+        #: customers whose profile the previous batch left to this one, and of those, whose assessment it left too
         self._deferred: set[bytes] = set()
+        self._deferred_assessments: set[bytes] = set()
         #: (topic, partition) -> the offset below which every record was decided and made durable before this
         #: worker took the partition (its changelog's input position, set by streams.checkpoint; empty offline). A
         #: record below it was read before (an offsets reset, a crash before the commit): rejected again, it had
@@ -475,9 +476,10 @@ class BatchProcessor:
             return out
         self._population_stands()
         render = {}
+        later = self._later_assessments(out)
         for key, state in out.states.items():
             now = clocks.get(out.partitions[key])
-            if now is not None:
+            if now is not None and key not in later:
                 self._rescore(key, state, now, out)
                 render[key] = state
         # only partitions with a record in the batch: a state is written with one of its partition's events
@@ -487,10 +489,16 @@ class BatchProcessor:
             render.update(self.check_due(partition, limit, load, out, clocks[partition], checks))
         for partition in sorted(ticks & set(clocks)):
             render.update(self.sweep(partition, self._sweep_limit(partition), load, out, clocks[partition]))
+        for key in later:
+            # due at its latest event, first among the due (after this batch's due checks, which skip the batch's
+            # customers): the next batch's events assess it, or else the first due check of its partition, by
+            # whichever worker owns it then (the changelog holds the due time)
+            self._defer(key, out.states[key])
         self._retag(out)
         deferred = self._defer_profiles(render, load, out)
         out.profiles = self.profiles(render, None, out.assessed, out)
-        self._deferred = deferred  # (a batch that raised leaves the previous batch's to its retry)
+        # (a batch that raised leaves the previous batch's to its retry)
+        self._deferred, self._deferred_assessments = deferred | later, later
         out.rank_inexact = self._ranking.inexact if self._ranking is not None else 0
         self._track_elsewhere(out)
         return out
@@ -552,6 +560,22 @@ class BatchProcessor:
             self._events_since.popleft()
         return results
 
+    def _later_assessments(self, out: BatchOutcome) -> set[bytes]:
+        """A backlog's catch-up (``backlog_defer_assessments``): the customers with an event in this batch whom the
+        next batch scores again (``upcoming``) are assessed there, with every event up to its clock, as one batch
+        twice the size would assess them; never two batches in a row (those the previous batch left are assessed
+        here: by their events, else by the due check, since they are due at their latest event), never on a live
+        partition. A customer with events in every batch of a catch-up was assessed in each
+        (0.1-0.5 assessments per backlog event, most of a backlog event's cost: docs/benchmarks.md, session 33)."""
+        upcoming = self.upcoming
+        if not upcoming or not self.options.backlog_defer_assessments:
+            return set()
+        live = {p for p in self.population.local if self.live(p)}
+        deferred = self._deferred
+        return {
+            key for key in out.states if key in upcoming and key not in deferred and out.partitions[key] not in live
+        }
+
     def _defer_profiles(
         self, render: dict[bytes, CustomerState], load: Callable[[bytes], CustomerState], out: BatchOutcome
     ) -> set[bytes]:
@@ -566,8 +590,8 @@ class BatchProcessor:
         a crash is. Returns the customers left to the next batch."""
         deferred = self._deferred
         for key in deferred:
-            if key in render or key in self.quarantined:
-                continue
+            if key in render or key in self.quarantined or key in self._deferred_assessments:
+                continue  # (an assessment left here and not made: rendered by the due check that makes it)
             state = out.states.get(key)
             if state is None:
                 state = load(key)  # no event this batch (rejected, or the queue was cleared): rendered as it is

@@ -621,16 +621,28 @@ class ProfileSink(Sink):
             self.written.setdefault(profile.customer_id, []).append((self.batch, profile))
 
 
-def backlog_history(seed: int, defer: bool) -> tuple[ProfileSink, list[set[str]]]:
+def backlog_history(
+    seed: int, defer: bool, assessments: bool = False, assessed: list[set[str]] | None = None
+) -> tuple[ProfileSink, list[set[str]]]:
     """The history of ``seed`` in batches of random size, each checkpoint told the keys of the next batch (as the
     batch input does while the input is behind; the last batch has none after it); the sink and the customers
-    each batch changed."""
+    each batch changed. ``defer``: profiles (PULSE_BACKLOG_DEFER_PROFILES), ``assessments``: assessments too
+    (PULSE_BACKLOG_DEFER_ASSESSMENTS); ``assessed`` gets the customers each batch assessed."""
     import random
 
-    settings = Settings(_env_file=None, backlog_defer_profiles=defer)
+    settings = Settings(_env_file=None, backlog_defer_profiles=defer, backlog_defer_assessments=assessments)
     broker = Broker()
     sink = ProfileSink(broker)
     checkpoint = checkpoint_on(broker, settings, sink=sink, owned=frozenset({0, 1}), wall_clock=HISTORY_WALL_CLOCK)
+    if assessed is not None:
+        process = checkpoint.processor.process
+
+        def recorded(*args: Any, **kwargs: Any) -> BatchOutcome:
+            out = process(*args, **kwargs)
+            assessed.append({k.decode() for k in out.assessed})
+            return out
+
+        checkpoint.processor.process = recorded  # type: ignore[method-assign]
     rng = random.Random(seed)
     records, batches, position = history_events(seed), [], 0
     while position < len(records):
@@ -653,7 +665,7 @@ def test_a_backlog_defers_a_profile_to_the_next_batch_at_most_and_ends_with_the_
     batches in a row, so each state change reaches a profile within one batch; the last profiles are the ones
     rendering every batch gives."""
     every, _ = backlog_history(6, defer=False)
-    deferring, changed = backlog_history(6, defer=True)
+    deferring, changed = backlog_history(6, defer=True, assessments=False)
     written = sum(len(p) for p in deferring.written.values())
     assert written < 0.8 * sum(len(p) for p in every.written.values())  # most customers are in the next batch
     assert {c: p[-1][1] for c, p in deferring.written.items()} == {c: p[-1][1] for c, p in every.written.items()}
@@ -662,6 +674,70 @@ def test_a_backlog_defers_a_profile_to_the_next_batch_at_most_and_ends_with_the_
         for n, customers in enumerate(changed):
             if customer in customers:
                 assert n in rendered or n + 1 in rendered, (customer, n, sorted(rendered))
+
+
+@pytest.mark.parametrize("seed", [6, 7])
+def test_a_backlog_defers_an_assessment_to_the_next_batch_at_most_and_ends_with_the_same_state(seed: int):
+    """streams.processor._later_assessments: a customer the next batch scores again is assessed there (its alert
+    decided on every event up to that batch's clock, as one batch twice the size would), never two batches in a
+    row, its profile with it; the customers whose events the next batch did not bring after all are assessed
+    there anyway. What the events decide is the same as assessing in every batch; when the alerts were decided
+    is a batch's granularity, as it always was."""
+    from schemas.profile import CustomerProfile
+    from testing.reference import STATE_FIELDS
+
+    every_assessed: list[set[str]] = []
+    deferring_assessed: list[set[str]] = []
+    every, _ = backlog_history(seed, defer=True, assessments=False, assessed=every_assessed)
+    deferring, changed = backlog_history(seed, defer=True, assessments=True, assessed=deferring_assessed)
+    fewer = sum(map(len, deferring_assessed))
+    assert fewer < 0.8 * sum(map(len, every_assessed))  # most customers are in the next batch
+    for n, customers in enumerate(changed):
+        for customer in customers:
+            # a change is assessed within one batch, and its profile written with that assessment or after it
+            assert any(customer in a for a in deferring_assessed[n : n + 2]), (customer, n)
+            rendered = {m for m, _ in deferring.written[customer]}
+            assert n in rendered or n + 1 in rendered, (customer, n, sorted(rendered))
+
+    def fields(sink: ProfileSink) -> dict[str, dict]:
+        last = {
+            c: CustomerProfile.from_redis(dict(zip(p[-1][1].args[::2], p[-1][1].args[1::2], strict=True)))
+            for c, p in sink.written.items()
+        }
+        return {c: {f: getattr(profile, f) for f in STATE_FIELDS} for c, profile in last.items()}
+
+    assert fields(deferring) == fields(every)
+
+
+@pytest.mark.parametrize("partition", [0, 1])
+def test_an_assessment_left_to_a_batch_that_does_not_bring_the_customer_is_made_by_its_partitions_due_check(
+    partition: int,
+):
+    """The next batch was expected to score the customer again (its records queued), but a revoke cleared the
+    queue or its records were rejected: the customer is due at its latest event, so the first due check of its
+    partition makes the assessment, and raises the churn alert it decides. Partition 1: the next batch has no
+    record of the customer's partition, whose states it cannot write (a state goes with one of its partition's
+    events); the partition's next record, a sweep tick, brings the check."""
+    broker = Broker()
+    sink = ProfileSink(broker)
+    wall = (START + timedelta(days=400)).timestamp()
+    settings = Settings(_env_file=None, backlog_defer_assessments=True)
+    checkpoint = checkpoint_on(
+        broker, settings, sink=sink, owned=frozenset({0, 1}), wall_clock=lambda: wall, input_positions=lambda: ({}, {})
+    )
+    first = first_batch()  # A, silent for 200 days: its medium-risk alert waits for the next batch
+    first[0].message.partition = partition
+    checkpoint.upcoming = lambda: frozenset({b"A"})
+    run(checkpoint(first))
+    assert "A" not in sink.written and not broker.topics.get(SETTINGS.topic_retention_alerts)
+    checkpoint.upcoming = lambda: frozenset()
+    run(checkpoint([order(20, "D", 200, 70)]))  # partition 0, no record of A after all
+    if partition == 1:
+        assert "A" not in sink.written
+        run(checkpoint([tick(1)]))
+    assert "A" in sink.written
+    alerts = [orjson.loads(v) for _, v in broker.topics.get(SETTINGS.topic_retention_alerts, [])]
+    assert [a["customer_id"] for a in alerts] == ["A"]
 
 
 @pytest.mark.parametrize(("hours_later", "deferred"), [(1, False), (24 * 30, True)])
