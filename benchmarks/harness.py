@@ -607,6 +607,11 @@ def report(r: dict[str, Any]) -> str:
                     f"    {broker} full: {f['seconds']} s, batches {f['batches']:,}, checkpoint mean "
                     f"{f['checkpoint_ms_mean']} ms, due checks {f['due_checks']:,}, alerts {f['alerts']:,}, "
                     + (f"customers assessed {f['assessed']:,}, " if "assessed" in f else "")
+                    + (
+                        f"assessments left to the next batch {f['assessments_deferred']:,}, "
+                        if f.get("assessments_deferred")
+                        else ""
+                    )
                     + (f"profiles written {f['profiles_written']:,}, " if "profiles_written" in f else "")
                     + f"peak RSS {f['peak_rss_mib'][0]} MiB"
                     + (

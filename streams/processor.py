@@ -187,6 +187,8 @@ class BatchOutcome:
     alerts: list[tuple[bytes, RetentionAlert, bytes]] = field(default_factory=list)
     #: customers re-checked because a time-driven churn signal fell due
     due_checked: int = 0
+    #: customers with an event whose assessment this backlog batch left to the next one (_later_assessments)
+    assessments_deferred: int = 0
     #: event times of the valid events of the batch (metrics: event time -> scored latency)
     occurred_ms: list[int] = field(default_factory=list)
     #: the tallies' key (scoring.footprint.tag_key) of each changed state when first loaded in the batch
@@ -477,6 +479,7 @@ class BatchProcessor:
         self._population_stands()
         render = {}
         later = self._later_assessments(out)
+        out.assessments_deferred = len(later)
         for key, state in out.states.items():
             now = clocks.get(out.partitions[key])
             if now is not None and key not in later:

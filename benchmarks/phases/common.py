@@ -480,6 +480,7 @@ def worker_deltas(before: str, after: str) -> dict[str, Any]:
         "swept_customers": int(d("pulse_swept_customers_total")),
         "due_checks": int(d("pulse_churn_due_checks_total")),
         "assessed": int(d("pulse_customers_assessed_total")),
+        "assessments_deferred": int(d("pulse_assessments_deferred_total")),
         # input events scored, and those de-duplicated (a live run whose ids were seen before would show here)
         "scored": int(d_where("pulse_events_total", 'outcome="scored"')),
         "duplicates": int(d_where("pulse_events_total", 'outcome="duplicate"')),

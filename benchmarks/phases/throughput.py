@@ -205,6 +205,8 @@ def run_workers(bench: Bench, tag: str, env: dict[str, str], count: int, n: int,
         # partition's clock passes its latest event, once for many events (session 17); and the profiles handed
         # to Redis by the time the last event was scored (a catch-up defers its profiles a batch)
         "assessed": worker["assessed"],
+        # of the customers with events, those a backlog batch left to the next one (PULSE_BACKLOG_DEFER_ASSESSMENTS)
+        "assessments_deferred": worker["assessments_deferred"],
         "profiles_written": worker["profiles_written"],
         "alerts": int(metric_sum(text, "pulse_retention_alerts_total")),
         "vip_changes": int(metric_sum(text, "pulse_vip_changes_total")),

@@ -718,6 +718,8 @@ def test_an_assessment_left_to_a_batch_that_does_not_bring_the_customer_is_made_
     partition makes the assessment, and raises the churn alert it decides. Partition 1: the next batch has no
     record of the customer's partition, whose states it cannot write (a state goes with one of its partition's
     events); the partition's next record, a sweep tick, brings the check."""
+    from prometheus_client import REGISTRY
+
     broker = Broker()
     sink = ProfileSink(broker)
     wall = (START + timedelta(days=400)).timestamp()
@@ -728,8 +730,10 @@ def test_an_assessment_left_to_a_batch_that_does_not_bring_the_customer_is_made_
     first = first_batch()  # A, silent for 200 days: its medium-risk alert waits for the next batch
     first[0].message.partition = partition
     checkpoint.upcoming = lambda: frozenset({b"A"})
+    deferred_before = REGISTRY.get_sample_value("pulse_assessments_deferred_total") or 0.0
     run(checkpoint(first))
     assert "A" not in sink.written and not broker.topics.get(SETTINGS.topic_retention_alerts)
+    assert REGISTRY.get_sample_value("pulse_assessments_deferred_total") == deferred_before + 1
     checkpoint.upcoming = lambda: frozenset()
     run(checkpoint([order(20, "D", 200, 70)]))  # partition 0, no record of A after all
     if partition == 1:
