@@ -198,15 +198,15 @@ VIP_CHANGES = Counter(
 )
 SWEPT_CUSTOMERS = Counter("pulse_swept_customers_total", "Customers re-scored by the sweep as the population moved.")
 #: the work a worker does per customer (issue 18): live, about one per event; catching up, one for many events
-ASSESSMENTS_DEFERRED = Counter(
-    "pulse_assessments_deferred_total",
-    "Customers with an event whose assessment a backlog batch left to the next batch, which scores them again "
-    "(PULSE_BACKLOG_DEFER_ASSESSMENTS).",
-)
 CUSTOMERS_ASSESSED = Counter(
     "pulse_customers_assessed_total",
     "Customers whose CLV and churn were assessed, once per customer and batch (for an event, a due check or the "
     "sweep).",
+)
+ASSESSMENTS_DEFERRED = Counter(
+    "pulse_assessments_deferred_total",
+    "Customers with an event whose assessment a backlog batch left to the next batch, which scores them again "
+    "(PULSE_BACKLOG_DEFER_ASSESSMENTS).",
 )
 RANK_INEXACT = Counter(
     "pulse_rank_inexact_lookups_total",

@@ -478,7 +478,7 @@ class BatchProcessor:
             return out
         self._population_stands()
         render = {}
-        later = self._later_assessments(out)
+        later = self._later_assessments(out, clocks)
         out.assessments_deferred = len(later)
         for key, state in out.states.items():
             now = clocks.get(out.partitions[key])
@@ -563,7 +563,7 @@ class BatchProcessor:
             self._events_since.popleft()
         return results
 
-    def _later_assessments(self, out: BatchOutcome) -> set[bytes]:
+    def _later_assessments(self, out: BatchOutcome, clocks: Mapping[int, int]) -> set[bytes]:
         """A backlog's catch-up (``backlog_defer_assessments``): the customers with an event in this batch whom the
         next batch scores again (``upcoming``) are assessed there, with every event up to its clock, as one batch
         twice the size would assess them; never two batches in a row (those the previous batch left are assessed
@@ -573,11 +573,10 @@ class BatchProcessor:
         upcoming = self.upcoming
         if not upcoming or not self.options.backlog_defer_assessments:
             return set()
-        live = {p for p in self.population.local if self.live(p)}
-        deferred = self._deferred
-        return {
-            key for key in out.states if key in upcoming and key not in deferred and out.partitions[key] not in live
-        }
+        # partitions with a clock (a customer of one without waits for it anyway) that are not live
+        catching_up = {p for p in clocks if not self.live(p)}
+        deferred, partitions = self._deferred, out.partitions
+        return {key for key in out.states if key in upcoming and key not in deferred and partitions[key] in catching_up}
 
     def _defer_profiles(
         self, render: dict[bytes, CustomerState], load: Callable[[bytes], CustomerState], out: BatchOutcome
