@@ -204,8 +204,7 @@ class Worker:
 
     def checkpoints(self) -> float:
         """Checkpoints run so far (-1: the metrics were not read): orders a fleet's digests, least progress first."""
-        match = re.search(r"pulse_checkpoint_seconds_count (\S+)", self._scrape())
-        return float(match.group(1)) if match else -1.0
+        return checkpoints_in(self._scrape())
 
     def _scrape(self) -> str:
         wanted = (
@@ -220,6 +219,12 @@ class Worker:
         except OSError as exc:
             return f"metrics not read: {exc}"
         return ", ".join(line for line in scraped if line.startswith(wanted))
+
+
+def checkpoints_in(scrape: str) -> float:
+    """``pulse_checkpoint_seconds_count`` in a :meth:`Worker._scrape` line (samples joined by ", "); -1 if absent."""
+    match = re.search(r"pulse_checkpoint_seconds_count ([^,\s]+)", scrape)
+    return float(match.group(1)) if match else -1.0
 
 
 def start_process(

@@ -21,3 +21,14 @@ def test_freezes_leave_a_seed_s_other_actions_as_they_were():
         assert 0.1 * 480 <= at <= 0.85 * 480 and slot in {"0", "1", "2"}
         # each is thawed 6-10 s later: past the scenario's 3 s session timeout
         assert any(t_slot == slot and 6.0 <= t - at <= 10.0 for t, _, t_slot in thaws)
+
+
+def test_a_worker_digest_reads_its_checkpoints_from_the_joined_scrape():
+    """A failing fault test orders its workers' digests by checkpoints run; the scrape joins samples with ", ", and
+    a number read with its comma turned a broker-restart failure into a ValueError that hid the digests."""
+    from testing.stack import checkpoints_in
+
+    scrape = "pulse_clock_held_partitions 0.0, pulse_checkpoint_seconds_count 70.0, pulse_batch_events_count 71.0"
+    assert checkpoints_in(scrape) == 70.0
+    assert checkpoints_in("pulse_batch_events_count 3.0, pulse_checkpoint_seconds_count 2.0") == 2.0
+    assert checkpoints_in("metrics not read: [Errno 111] Connection refused") == -1.0
