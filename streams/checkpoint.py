@@ -86,6 +86,8 @@ class StateTable(Protocol):
     """What the checkpoint needs of ``streams.tables.CustomerStateTable``."""
 
     data: Any
+    #: the generation fence (raises ``streams.offsets.GenerationLost``); None: not in a group
+    fence: Callable[[], None] | None
 
     def get(self, key: bytes) -> bytes | None: ...
 
@@ -400,7 +402,12 @@ class Checkpoint:
         written += await self._close({res.partition for res in written}, positions)
         step("end_markers")
         if outbox:
-            # 2. publish exactly the recorded bytes
+            # 2. publish exactly the recorded bytes, unless the group dropped this worker while they were being
+            # written: the partitions' next owner may have recovered without them and decides those ids itself (a
+            # worker woken from a stall passes the fence before its writes until a heartbeat is refused, and the
+            # acks of writes sent before the stall come at once)
+            if self.table.fence is not None:
+                self.table.fence()
             await self._publish(outbox, outcome)
             step("publish")
             if outcome.alerts:

@@ -84,6 +84,8 @@ class Table:
         #: partitions epoch_for was asked for, in order
         self.epochs: set[int] = set()
         self.claimed: list[int] = []
+        #: the generation fence (streams.tables.CustomerStateTable.fence); None: not in a group
+        self.fence: Any = None
 
     def get(self, key: bytes) -> bytes | None:
         return self.data.get(key)
@@ -786,3 +788,35 @@ def test_the_first_and_last_batches_with_events_are_stamped_and_a_batch_without_
     run(checkpoint([]))
     assert len(calls) > ended - 1_000.0  # the clock was read again
     assert gauge("pulse_last_scored_batch_timestamp_seconds") == ended
+
+
+def test_decisions_are_not_published_when_the_group_dropped_the_worker_while_they_were_written():
+    """A worker woken from a stall gets the acks of the writes it sent before it, at once, and passes the fence
+    before them until a heartbeat is refused: if the generation was lost by the time its states and end markers are
+    acknowledged, it publishes none of their decisions (the partitions' next owner decides those ids), and the
+    states keep them pending, as a crash there would."""
+    from streams.offsets import GenerationLost
+
+    broker = Broker()
+    checkpoint, table = worker(broker)
+    lost = {"now": False}
+
+    def fence() -> None:
+        if lost["now"]:
+            raise GenerationLost("group generation -1, partitions assigned in 1: not writing")
+
+    table.fence = fence
+    real_markers = table.send_end_markers
+
+    async def markers_then_dropped(*args: Any, **kwargs: Any) -> list[asyncio.Future]:
+        sent = await real_markers(*args, **kwargs)
+        lost["now"] = True  # the heartbeat refused while the end markers were in flight
+        return sent
+
+    table.send_end_markers = markers_then_dropped  # type: ignore[method-assign]
+    with pytest.raises(GenerationLost):
+        run(checkpoint(first_batch()))
+    assert not broker.topics.get(SETTINGS.topic_retention_alerts)
+    assert not broker.topics.get(SETTINGS.topic_vip_changes)
+    states = {key: decode_state(value) for key, value in broker.recovered().items()}
+    assert any(state.pending_alerts for state in states.values())  # the outbox is the next owner's to publish
