@@ -8,7 +8,8 @@ offline processor and an independent batch oracle, and it prints one line of num
 events produced, valid, applied, lost, doubled, dead-lettered, conflicting ids, ...
 
     .venv/bin/python -m benchmarks.chaos [--broker tansu|kafka] [--customers 6000] [--seeds 1 2 3]
-        [--store memory:// rocksdb://] [--send-seconds 480] [--kills 15] [--churn 12] [--json]
+        [--store memory:// rocksdb://] [--send-seconds 480] [--kills 15] [--churn 12] [--backlog-from-events N]
+        [--json]
 
 ``--broker kafka`` runs it on Apache Kafka (KRaft, one node; needs java and the jars of
 scripts/setup.sh), the other broker the suite runs on; Tansu is the default.
@@ -44,6 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-outage-seconds", type=float, default=25.0)
     parser.add_argument("--freezes", type=int, default=0, help="SIGSTOPs of a worker past its session, then SIGCONT")
     parser.add_argument("--freeze-seconds", type=float, default=8.0, help="how long each freeze lasts (+- 2 s)")
+    parser.add_argument(
+        "--backlog-from-events",
+        type=int,
+        default=None,
+        help="the workers' PULSE_BATCH_BACKLOG_FROM_EVENTS (default: the setting's); lower, more catch-up batches "
+        "defer assessments to the next batch",
+    )
     parser.add_argument("--strict-ids", action="store_true", help="fail on alert/VIP ids with two contents")
     parser.add_argument("--keep", action="store_true", help="keep the logs directory")
     parser.add_argument("--json", action="store_true")
@@ -70,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                     send_seconds=args.send_seconds,
                     store=store,
                     converge_seconds=600.0,
+                    backlog_from_events=args.backlog_from_events,
                 )
                 pool = WorkerPool(ns)
                 load_before = os.getloadavg()

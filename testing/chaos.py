@@ -23,7 +23,15 @@ from streams.codec import decode_state
 from streams.fail_stop import EXIT_FAIL_STOP
 from streams.ownership import PartitionView, epoch_of, latest_states
 from testing.reference import batch_order_profiles, uninterrupted_profiles
-from testing.stack import applied_events, consume, event_records, produce, profile_diffs, wait_until
+from testing.stack import (
+    applied_events,
+    consume,
+    event_records,
+    produce,
+    profile_diffs,
+    scraped,
+    wait_until,
+)
 
 #: (kind, key, value) as produced
 Record = tuple[str, bytes | None, bytes]
@@ -169,6 +177,10 @@ class ChaosPlan:
     mis_keyed_per_1000: float = 5.0
     store: str = "memory://"
     batch_max_events: int = 100
+    #: ``PULSE_BATCH_BACKLOG_FROM_EVENTS`` of the workers (None: the setting's default, 2,000). Lower, a worker
+    #: behind after a kill or a rebalance takes backlog batches, and defers profiles and assessments to the next
+    #: batch (``PULSE_BACKLOG_DEFER_ASSESSMENTS``), which at the default the suite's ~550 records/s rarely reach
+    backlog_from_events: int | None = None
     converge_seconds: float = 300.0
     #: SIGSTOP of one of the numbered workers for ``freeze_seconds`` +- 2 s (past the 3-s session timeout: a long
     #: GC pause, a VM frozen), then SIGCONT; 0: none (the seeds' other draws stay as they were)
@@ -207,6 +219,9 @@ class ChaosResult:
     rewinds: int = 0
     stale_skips: int = 0
     generations_missed: int = 0
+    #: ``pulse_assessments_deferred_total`` of the workers, scraped before each planned kill or leave and at the
+    #: end (a fail-stop's own count is lost: at least this many)
+    assessments_deferred: int = 0
     seconds: float = 0.0
     examples: dict[str, list] = field(default_factory=dict)
 
@@ -223,7 +238,8 @@ class ChaosResult:
             f"awake {self.woken_fail_stops}), unplanned worker exits "
             f"{self.unplanned_exits}, offset gaps stopped {self.offset_gaps}, acks refused {self.acks_refused}; "
             f"input rewinds {self.rewinds}, stale changelog skips {self.stale_skips}, missed generations "
-            f"{self.generations_missed}; {self.seconds:.0f} s"
+            f"{self.generations_missed}; assessments deferred to the next batch >= {self.assessments_deferred}; "
+            f"{self.seconds:.0f} s"
         )
 
 
@@ -239,6 +255,8 @@ class Fleet:
         self.frozen: dict[str, Any] = {}
         self.woken: set[int] = set()
         self.woken_fail_stops = 0
+        #: ``pulse_assessments_deferred_total`` of the workers stopped on purpose, scraped just before
+        self.deferred_before_stops = 0.0
         self.lock = threading.Lock()
 
     def start(self, slot: str) -> None:
@@ -248,6 +266,7 @@ class Fleet:
     def kill(self, slot: str) -> None:
         with self.lock:
             worker = self.slots[slot]
+            self.deferred_before_stops += self._deferred(slot, worker)
             self.expected_exit.add(worker.proc.pid)
             worker.proc.kill()
             worker.proc.wait(30)
@@ -256,6 +275,7 @@ class Fleet:
     def leave(self, slot: str) -> None:
         with self.lock:
             worker = self.slots.pop(slot)
+            self.deferred_before_stops += self._deferred(slot, worker)
             self.expected_exit.add(worker.proc.pid)
         worker.stop()
 
@@ -276,6 +296,22 @@ class Fleet:
             if worker is not None and worker.alive():
                 worker.proc.send_signal(signal.SIGCONT)
                 self.woken.add(worker.proc.pid)
+
+    def _deferred(self, slot: str, worker: Any) -> float:
+        """The worker's ``pulse_assessments_deferred_total``; 0 for a frozen one (a scrape would wait out its
+        timeout) or one not serving metrics."""
+        if slot in self.frozen or not worker.alive():
+            return 0.0
+        try:
+            return scraped(worker.metrics_port).get("pulse_assessments_deferred_total", 0.0)
+        except OSError:
+            return 0.0
+
+    def assessments_deferred(self) -> int:
+        """Assessments the workers deferred to their next batch: the stopped ones' and the running ones' now."""
+        with self.lock:
+            running = sum(self._deferred(slot, worker) for slot, worker in self.slots.items())
+        return int(self.deferred_before_stops + running)
 
     def applied(self) -> float:
         """Events the running workers applied, by their ``pulse_events_total`` (0 for one not serving metrics)."""
@@ -343,6 +379,8 @@ def run_chaos(plan: ChaosPlan, namespace: Any, start_worker: Callable[..., Any],
         "PULSE_BROKER_SESSION_TIMEOUT": "3",
         "PULSE_REDIS_RETRY_MAX_SECONDS": "2",
     }
+    if plan.backlog_from_events is not None:
+        env["PULSE_BATCH_BACKLOG_FROM_EVENTS"] = str(plan.backlog_from_events)
     fleet = Fleet(start_worker, env, log_dir)
     result = ChaosResult(produced=len(stream), valid=len(events), malformed_sent=malformed, mis_keyed_sent=mis_keyed)
     try:
@@ -417,6 +455,7 @@ def run_chaos(plan: ChaosPlan, namespace: Any, start_worker: Callable[..., Any],
         result.conflicting_ids, result.ids_checked = conflicting_ids(namespace.bootstrap, settings)
         result.unplanned_exits = len(fleet.unplanned)
         result.woken_fail_stops = fleet.woken_fail_stops
+        result.assessments_deferred = fleet.assessments_deferred()
         result.examples["exits"] = fleet.unplanned
         logs = [p.read_text(errors="replace") for p in log_dir.glob("worker-*.log")]
         result.offset_gaps = sum(text.count("input offset gap:") for text in logs)

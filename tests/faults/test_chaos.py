@@ -12,6 +12,14 @@ Each broker runs it with one store in the suite: Apache Kafka with RocksDB (the 
 Tansu with the memory store (``pulse dev``'s). ``PULSE_CHAOS_ALL_STORES=1`` runs both stores on each broker, as
 ``benchmarks/chaos.py --store`` does at full size (each of the two is ~100 s of the suite's 15 minutes).
 
+The workers count the input as behind from 200 queued records, twice the scenario's batch
+(``PULSE_BATCH_BACKLOG_FROM_EVENTS``; at the default 2,000, seed 1 deferred 70 assessments on Tansu and none on
+Kafka, whose workers rarely queue that much at the scenario's ~550 records/s). A worker catching up after a kill or
+a rebalance then takes backlog batches, and leaves a customer's assessment and profile to the next batch that
+brings it again (``PULSE_BACKLOG_DEFER_ASSESSMENTS``, on by default). The test fails if no worker deferred one, so
+the deferral is exercised under the kills, freezes and rebalances (seeds 1-3 on Kafka at 300: 22-241 deferred; at
+200, seed 2: 294). ``PULSE_CHAOS_BACKLOG_FROM_EVENTS=0`` keeps the default.
+
 ``PULSE_CHAOS_SEED`` picks the seed. Alert and VIP-change ids that carry more than one content are
 counted and printed, and fail the test (the checkpoint's outbox gives each id one content);
 ``PULSE_CHAOS_STRICT_IDS=0`` only prints them.
@@ -31,6 +39,7 @@ SEED = int(os.environ.get("PULSE_CHAOS_SEED", "1"))
 STRICT_IDS = os.environ.get("PULSE_CHAOS_STRICT_IDS", "1") == "1"
 ALL_STORES = os.environ.get("PULSE_CHAOS_ALL_STORES", "0") == "1"
 FREEZES = int(os.environ.get("PULSE_CHAOS_FREEZES", "3"))
+BACKLOG_FROM_EVENTS = int(os.environ.get("PULSE_CHAOS_BACKLOG_FROM_EVENTS", "200"))
 #: the store each broker's run uses in the suite: production's pair, and ``pulse dev``'s
 SUITE_STORES = {"kafka": "rocksdb://", "tansu": "memory://"}
 
@@ -55,7 +64,8 @@ def partitions() -> int:
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
 def test_chaos_every_valid_event_applied_once(namespace, start_worker, store):
-    result = run_chaos(ChaosPlan(seed=SEED, store=store, freezes=FREEZES), namespace, start_worker)
+    plan = ChaosPlan(seed=SEED, store=store, freezes=FREEZES, backlog_from_events=BACKLOG_FROM_EVENTS or None)
+    result = run_chaos(plan, namespace, start_worker)
     print(f"\n[faults] chaos ({store}, seed {SEED}): {result.line()}")
     assert result.lost == 0 and result.doubled == 0, result.examples["counts"]
     assert result.profiles_off_offline == 0, result.examples["offline"]
@@ -64,3 +74,5 @@ def test_chaos_every_valid_event_applied_once(namespace, start_worker, store):
     assert result.dead_lettered == result.malformed_sent
     if STRICT_IDS:
         assert result.conflicting_ids == 0
+    if BACKLOG_FROM_EVENTS:
+        assert result.assessments_deferred > 0, "no worker deferred an assessment: the scenario missed the deferral"
