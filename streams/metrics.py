@@ -163,6 +163,12 @@ REDIS_FENCED_PROFILES = Counter(
     "Profiles not written to Redis because a newer owner of their partition writes them (a worker the group "
     "dropped, woken after a stall; streams.sinks.redis_profiles).",
 )
+REDIS_FENCES_REPLACED = Counter(
+    "pulse_redis_fences_replaced_total",
+    "Redis fences of a partition written over because the owner marker they name is not in the changelog: raised "
+    "for an earlier changelog (its topic created again, or another app id with the same key prefix; "
+    "streams.sinks.redis_profiles).",
+)
 REDIS_BATCH_PROFILES = Histogram(
     "pulse_redis_batch_profiles",
     "Profiles per write of the pending profiles (in round trips of at most 2,000).",

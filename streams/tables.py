@@ -107,6 +107,8 @@ class CustomerStateTable(faust.Table):
         self.views: dict[int, PartitionView] = {}
         #: per partition, the epoch this worker writes with since its owner marker was acknowledged
         self.writer_epoch: dict[int, Epoch] = {}
+        #: per partition, the changelog offset of that owner marker (the Redis fences name it)
+        self.marker_offsets: dict[int, int] = {}
         #: per partition, the input positions of the last end marker this worker sent (since the last rebalance)
         self.sent_positions: dict[int, dict[str, int]] = {}
         #: per partition, the input logs of the last end marker this worker sent (streams.ownership.InputLog)
@@ -127,6 +129,7 @@ class CustomerStateTable(faust.Table):
         # every partition is recovered again (kept ones from where the last recovery stopped): each first write
         # after it is preceded by a new owner marker
         self.writer_epoch.clear()
+        self.marker_offsets.clear()
         self.sent_positions.clear()
         self.sent_logs.clear()
         self.own_writes.forget()
@@ -161,10 +164,12 @@ class CustomerStateTable(faust.Table):
             self.fence()
         topic = self.changelog_topic.get_topic_name()
         sent = await self.app.producer.send(topic, key, value, partition, None, epoch_headers(epoch))
-        self.own_writes.marker(partition, (await sent).offset)
+        offset = (await sent).offset
+        self.own_writes.marker(partition, offset)
         if self.fence is not None:
             self.fence()  # dropped while the marker was in flight: write nothing under it
         self.writer_epoch[partition] = epoch
+        self.marker_offsets[partition] = offset
         log.info("changelog partition %d: owner marker, epoch %d.%d (read up to %s)", partition, *epoch, view.epoch)
         return epoch
 
@@ -368,6 +373,42 @@ class CustomerStateTable(faust.Table):
         finally:
             await consumer.stop()
         return out
+
+    async def holds_marker(self, partition: int, epoch: Epoch, offset: int) -> bool | None:
+        """Whether changelog partition ``partition`` holds the owner marker of ``epoch`` at ``offset``; None when
+        that could not be read within :attr:`read_back_seconds`.
+
+        A Redis fence names the marker of the owner that raised it (streams.sinks.redis_profiles). Markers have
+        a key per epoch, so compaction keeps them: one missing from this changelog was written to an earlier
+        one (the topic deleted and created again, or another app id), whose epochs say nothing about this one's.
+        """
+        topic = self.changelog_topic.get_topic_name()
+        tp = TopicPartition(topic, partition)
+        consumer = AIOKafkaConsumer(
+            **self.read_back_client,
+            client_id=f"{self.app.conf.broker_client_id}-fence-check",
+            enable_auto_commit=False,
+        )
+        try:
+            async with asyncio.timeout(self.read_back_seconds):
+                await consumer.start()
+                consumer.assign([tp])
+                start = (await consumer.beginning_offsets([tp]))[tp]
+                end = (await consumer.end_offsets([tp]))[tp]
+                if not start <= offset < end:
+                    return False
+                consumer.seek(tp, offset)
+                while True:  # bounded by the timeout above
+                    records = (await consumer.getmany(tp, timeout_ms=200, max_records=1)).get(tp)
+                    if records:
+                        first = records[0]
+                        wanted = owner_marker(epoch, 0, "", None)[0]
+                        return first.offset == offset and first.key == wanted
+        except (TimeoutError, KafkaError) as exc:
+            log.warning("changelog partition %d: offset %d not read to check a Redis fence: %r", partition, offset, exc)
+            return None
+        finally:
+            await consumer.stop()
 
     def persisted(self, results: Iterable[RecordMetadata]) -> None:
         """Remember the changelog offsets written (RocksDB reads from there after a restart).

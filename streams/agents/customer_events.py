@@ -95,7 +95,13 @@ def register(pulse: PulseApp) -> BatchProcessor:
         settings.vip_value,
         client_kwargs=redis_client_kwargs(settings),
         # a worker the group dropped writes no profile over a newer owner's (the changelog's ownership epochs)
-        fence=ProfileFence(lambda cid: partition_of(cid.encode()), table.writer_epoch.get),
+        fence=ProfileFence(
+            lambda cid: partition_of(cid.encode()),
+            table.writer_epoch.get,
+            table.marker_offsets.get,
+            # a fence that names a marker this changelog lacks was raised for an earlier one: written over
+            table.holds_marker,
+        ),
     )
     orders_topic = settings.topic_orders
     # after a rebalance, owned partitions are counted again from the recovered table (set below, with the checkpoint)

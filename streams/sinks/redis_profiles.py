@@ -23,6 +23,19 @@ fence holds a newer epoch than the writer's, and writes the rest in one
 ``MULTI``/``EXEC`` that also raises the fences to the writer's epoch. A newer
 owner that raises a fence between the read and the ``EXEC`` makes Redis abort
 the transaction (``WATCH``), and the write reads the fences again.
+
+The fences outlive the changelog whose epochs they hold. A changelog created
+anew (its topic deleted and created again, or a new ``PULSE_APP_ID`` with the
+same key prefix to start the app over) counts epochs from 1 again, and the old,
+higher fences would refuse every profile for good. So each fence names the
+changelog offset of its owner marker (``{prefix}fence-marker:{partition}``,
+``count.generation@offset``): a writer that meets a newer fence asks the
+changelog whether it holds that epoch's marker at that offset. It does for a
+newer owner of the same changelog (the writer was dropped: left out, as
+above); it does not for a fence of an earlier changelog, which the writer takes
+over (``pulse_redis_fences_replaced_total``). A fence without its marker's
+offset (written before this check) is trusted as before; a changelog that cannot
+be read in time fails the write, which is retried.
 """
 
 from __future__ import annotations
@@ -30,7 +43,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import chain, islice
 from typing import Any, cast
@@ -59,6 +72,31 @@ def fence_key(prefix: str, partition: int) -> str:
     return f"{prefix}fence:{partition}"
 
 
+def fence_marker_key(prefix: str, partition: int) -> str:
+    """Where the fence's owner marker is in the changelog ("count.generation@offset"); a key of its own, so the
+    fence's value stays what earlier versions read."""
+    return f"{prefix}fence-marker:{partition}"
+
+
+def encode_fence_marker(epoch: Epoch, offset: int) -> str:
+    return f"{encode_epoch(epoch).decode()}@{offset}"
+
+
+def decode_fence_marker(text: str | None) -> tuple[Epoch, int] | None:
+    """(epoch, offset) of a fence-marker value; None when absent or not of that form."""
+    if not text:
+        return None
+    epoch, at, offset = text.partition("@")
+    try:
+        return decode_epoch(epoch.encode()), int(offset)
+    except ValueError:
+        return None
+
+
+async def _unchecked(partition: int, epoch: Epoch, offset: int) -> bool | None:
+    return True
+
+
 @dataclass(frozen=True)
 class ProfileFence:
     """Where a customer's profile belongs, and the epoch this worker writes that partition with (None: no owner
@@ -66,6 +104,22 @@ class ProfileFence:
 
     partition_of: Callable[[str], int]
     epoch: Callable[[int], Epoch | None]
+    #: the changelog offset of this worker's owner marker of a partition (None: unknown; its fence is raised
+    #: without one, and a writer that meets it trusts it)
+    marker_offset: Callable[[int], int | None] = lambda partition: None
+    #: does changelog partition ``partition`` hold the owner marker of ``epoch`` at ``offset``? True, False (the
+    #: fence is of an earlier changelog), None (could not tell in time). The default trusts every fence.
+    holds_marker: Callable[[int, Epoch, int], Awaitable[bool | None]] = _unchecked
+
+
+class FenceUnconfirmed(RedisError):
+    """A newer fence's owner marker could not be looked up in the changelog in time: the write is retried (a
+    failure, as a Redis error is), neither written over the fence nor left out."""
+
+
+#: verdicts of :attr:`ProfileFence.holds_marker` kept at most (they do not change: the marker at an offset of one
+#: changelog stays what it is); cleared beyond
+MARKER_VERDICTS = 1024
 
 
 #: how many times one write reads the fences again after a newer owner raised one under it (a rebalance of its
@@ -255,6 +309,8 @@ class RedisProfileSink:
         self._settled = 0
         #: the ownership epochs the writes are fenced with (None: not fenced; tests and tools without a table)
         self._fence = fence
+        #: (partition, fence epoch, marker offset) -> whether the changelog holds that owner marker there
+        self._marker_verdicts: dict[tuple[int, Epoch, int], bool] = {}
 
     @property
     def pending(self) -> int:
@@ -343,39 +399,74 @@ class RedisProfileSink:
         conn = await pool.get_connection()
         try:
             return await conn.retry.call_with_retry(
-                lambda: self._send_fenced(conn, chunk, partitions, epochs), lambda _: conn.disconnect()
+                lambda: self._send_fenced(conn, chunk, partitions, epochs, fence), lambda _: conn.disconnect()
             )
         finally:
             await pool.release(conn)
 
     async def _send_fenced(
-        self, conn: AbstractConnection, chunk: dict[str, Packed], partitions: dict[str, int], epochs: dict[int, Epoch]
+        self,
+        conn: AbstractConnection,
+        chunk: dict[str, Packed],
+        partitions: dict[str, int],
+        epochs: dict[int, Epoch],
+        fence: ProfileFence,
     ) -> int:
         try:
-            return await self._exchange_fenced(conn, chunk, partitions, epochs)
+            return await self._exchange_fenced(conn, chunk, partitions, epochs, fence)
         except BaseException:
             await conn.disconnect()  # no WATCH or MULTI left on a pooled connection
             raise
 
     async def _exchange_fenced(
-        self, conn: AbstractConnection, chunk: dict[str, Packed], partitions: dict[str, int], epochs: dict[int, Epoch]
+        self,
+        conn: AbstractConnection,
+        chunk: dict[str, Packed],
+        partitions: dict[str, int],
+        epochs: dict[int, Epoch],
+        fence: ProfileFence,
     ) -> int:
         prefix = self._prefix
         order = list(epochs)
         keys = [fence_key(prefix, p) for p in order]
-        read_fences = pack_texts(("WATCH", *keys)) + pack_texts(("MGET", *keys))
+        marker_keys = [fence_marker_key(prefix, p) for p in order]
+        read_fences = pack_texts(("WATCH", *keys)) + pack_texts(("MGET", *keys, *marker_keys))
+        verdicts = self._marker_verdicts
         for _ in range(FENCE_ATTEMPTS):
             await conn.send_packed_command(read_fences)
-            stored = (await self._replies(conn, 2))[1]
+            stored = cast(list[str | None], (await self._replies(conn, 2))[1])
             newer: dict[int, Epoch] = {}
-            raise_to: list[str] = []
-            for partition, key, text in zip(order, keys, cast(list[str | None], stored), strict=True):
+            unchecked: list[tuple[int, Epoch, int]] = []
+            replaced: dict[int, Epoch] = {}
+            raise_to: list[tuple[str, ...]] = []
+            for i, partition in enumerate(order):
                 ours = epochs[partition]
+                text, marker = stored[i], decode_fence_marker(stored[len(order) + i])
                 theirs = None if text is None else decode_epoch(text.encode())
                 if theirs is not None and theirs > ours:
-                    newer[partition] = theirs
-                elif theirs != ours:
-                    raise_to.extend(("SET", key, encode_epoch(ours).decode()))
+                    if marker is None or marker[0] != theirs:  # raised by an earlier version: trusted
+                        newer[partition] = theirs
+                        continue
+                    held = verdicts.get((partition, theirs, marker[1]))
+                    if held is None:
+                        unchecked.append((partition, theirs, marker[1]))
+                        continue
+                    if held:
+                        newer[partition] = theirs
+                        continue
+                    replaced[partition] = theirs  # an earlier changelog's: written over below
+                if theirs != ours:
+                    raise_to.append(("SET", keys[i], encode_epoch(ours).decode()))
+                    offset = fence.marker_offset(partition)
+                    if offset is None:
+                        raise_to.append(("DEL", marker_keys[i]))
+                    else:
+                        raise_to.append(("SET", marker_keys[i], encode_fence_marker(ours, offset)))
+            if unchecked:
+                await conn.send_packed_command(_UNWATCH)
+                await self._replies(conn, 1)
+                await self._check_markers(unchecked, fence)
+                continue  # read the fences again, with the changelog's answers
             batch = chunk if not newer else {cid: v for cid, v in chunk.items() if partitions[cid] not in newer}
             if not batch:
                 await conn.send_packed_command(_UNWATCH)
@@ -383,21 +474,46 @@ class RedisProfileSink:
                 self._fenced(len(chunk), newer, epochs)
                 return len(chunk)
             body, replies = pack_batch(batch, prefix)
-            parts = [_MULTI, body]
-            for i in range(0, len(raise_to), 3):
-                parts.append(pack_texts(raise_to[i : i + 3]))
-            parts.append(_EXEC)
+            parts = [_MULTI, body, *(pack_texts(command) for command in raise_to), _EXEC]
             await conn.send_packed_command(b"".join(parts))
             # MULTI's OK, a QUEUED per command, then EXEC's replies (None: a watched fence changed, nothing written)
-            done = (await self._replies(conn, 2 + replies + len(raise_to) // 3))[-1]
+            done = (await self._replies(conn, 2 + replies + len(raise_to)))[-1]
             if done is None:
                 continue
             if error := next((r for r in cast(list[Any], done) if isinstance(r, Exception)), None):
                 raise error
+            if replaced:
+                self._replaced(replaced, epochs)
             if newer:
                 self._fenced(len(chunk) - len(batch), newer, epochs)
             return len(chunk) - len(batch)
         raise RedisError(f"the fences of partitions {order} changed under {FENCE_ATTEMPTS} writes in a row")
+
+    async def _check_markers(self, unchecked: list[tuple[int, Epoch, int]], fence: ProfileFence) -> None:
+        """Ask the changelog for the owner markers that newer fences name; raise :class:`FenceUnconfirmed` if it
+        could not tell for one of them."""
+        verdicts = self._marker_verdicts
+        if len(verdicts) + len(unchecked) > MARKER_VERDICTS:
+            verdicts.clear()
+        for partition, theirs, offset in unchecked:
+            held = await fence.holds_marker(partition, theirs, offset)
+            if held is None:
+                raise FenceUnconfirmed(
+                    f"partition {partition}'s fence names owner marker {encode_fence_marker(theirs, offset)}, and "
+                    "the changelog could not be read in time to check it"
+                )
+            verdicts[(partition, theirs, offset)] = held
+
+    def _replaced(self, replaced: dict[int, Epoch], epochs: dict[int, Epoch]) -> None:
+        metrics.REDIS_FENCES_REPLACED.inc(len(replaced))
+        log.warning(
+            "redis fences of partition(s) %s replaced: their owner markers (epochs %s) are not in this changelog, "
+            "so they were raised for an earlier one (the changelog topic created again, or another app id with "
+            "the same key prefix); this worker's epochs %s",
+            sorted(replaced),
+            {p: encode_epoch(e).decode() for p, e in sorted(replaced.items())},
+            {p: encode_epoch(epochs[p]).decode() for p in sorted(replaced)},
+        )
 
     def _fenced(self, count: int, newer: dict[int, Epoch], epochs: dict[int, Epoch]) -> None:
         metrics.REDIS_FENCED_PROFILES.inc(count)

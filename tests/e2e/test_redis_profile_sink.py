@@ -35,6 +35,7 @@ from streams.sinks.redis_profiles import (
     ProfileFence,
     RedisProfileSink,
     fence_key,
+    fence_marker_key,
     pack_batch,
     pack_hset,
     pack_profile,
@@ -259,6 +260,110 @@ async def test_a_newer_owners_fence_keeps_a_dropped_workers_profiles_out(server:
     finally:
         await dropped.close()
         await owner.close()
+        client.close()
+
+
+def replaced_count() -> float:
+    return metrics.REDIS_FENCES_REPLACED._value.get()
+
+
+class Changelog:
+    """What a worker's changelog answers about the owner markers Redis fences name (``CustomerStateTable.
+    holds_marker``): ``markers`` holds (partition, epoch, offset) of the markers it has; ``readable`` False is a
+    changelog that cannot be read in time. Records each question."""
+
+    def __init__(self, markers: set[tuple[int, tuple[int, int], int]], readable: bool = True) -> None:
+        self.markers, self.readable = markers, readable
+        self.asked: list[tuple[int, tuple[int, int], int]] = []
+
+    async def holds_marker(self, partition: int, epoch: tuple[int, int], offset: int) -> bool | None:
+        self.asked.append((partition, epoch, offset))
+        if not self.readable:
+            return None
+        return (partition, epoch, offset) in self.markers
+
+
+def fence_with(epoch: tuple[int, int], offset: int, changelog: Changelog) -> ProfileFence:
+    """A worker owning all 4 partitions at ``epoch``, its owner markers at changelog offset ``offset``."""
+    return ProfileFence(
+        lambda cid: PARTITION_OF(cid.encode()), lambda p: epoch, lambda p: offset + p, changelog.holds_marker
+    )
+
+
+async def test_the_fences_of_an_earlier_changelog_are_taken_over(server: Server, prefix: str):
+    """The app started over on a new changelog (its topic created again, or a new app id) with the same Redis:
+    the new owners count epochs from 1 again, under fences of 5.9. Those fences name owner markers the new
+    changelog lacks, so the new owners write over them (counted, asked once per fence). Without the check every
+    profile would be left out for good (docs/operations.md gave a manual step until session 34)."""
+    client = redis.Redis(port=server.port, decode_responses=True)
+    earlier = RedisProfileSink(url(server.port), prefix, 0.2, fence=fence_with((5, 9), 7000, Changelog(set())))
+    new_changelog = Changelog({(p, (1, 1), 12 + p) for p in range(4)})
+    now = RedisProfileSink(url(server.port), prefix, 0.2, fence=fence_with((1, 1), 12, new_changelog))
+    try:
+        profiles = rendered(40)
+        earlier.submit(profiles)
+        assert await earlier.flush()
+        assert client.mget([fence_marker_key(prefix, p) for p in range(4)]) == [f"5.9@{7000 + p}" for p in range(4)]
+
+        before, fenced_before = replaced_count(), fenced_count()
+        now.submit(with_orders(profiles, "new", vip=False))
+        assert await now.flush()
+        assert now.pending == 0 and fenced_count() == fenced_before
+        assert all(f["orders"] == "new" for f in stored(client, prefix, profiles).values())
+        assert replaced_count() == before + 4
+        assert sorted(new_changelog.asked) == [(p, (5, 9), 7000 + p) for p in range(4)]
+        assert client.mget([fence_key(prefix, p) for p in range(4)]) == ["1.1"] * 4
+        assert client.mget([fence_marker_key(prefix, p) for p in range(4)]) == [f"1.1@{12 + p}" for p in range(4)]
+
+        # a newer owner on the new changelog (its marker there) still keeps this worker out of partition 0
+        client.mset({fence_key(prefix, 0): "2.3", fence_marker_key(prefix, 0): "2.3@40"})
+        new_changelog.markers.add((0, (2, 3), 40))
+        moved = [p for p in profiles if PARTITION_OF(p.customer_id.encode()) == 0]
+        now.submit(with_orders(profiles, "again", vip=False))
+        assert await now.flush()
+        assert fenced_count() == fenced_before + len(moved) and replaced_count() == before + 4
+        got = stored(client, prefix, profiles)
+        assert {cid for cid, f in got.items() if f["orders"] == "new"} == {p.customer_id for p in moved}
+        # the changelog's answer is kept: the next write does not ask again
+        asked = len(new_changelog.asked)
+        now.submit(with_orders(moved, "once more", vip=False))
+        assert await now.flush()
+        assert len(new_changelog.asked) == asked and client.get(fence_key(prefix, 0)) == "2.3"
+    finally:
+        await earlier.close()
+        await now.close()
+        client.close()
+
+
+async def test_a_fence_the_changelog_cannot_check_fails_the_write_until_it_can(server: Server, prefix: str):
+    """A newer fence whose marker cannot be looked up in time (the broker down) is neither written over nor
+    trusted: the write fails, its profiles stay pending, and the retry writes them once the changelog answers.
+    A fence raised without its marker's offset (an earlier version's) is trusted without asking."""
+    client = redis.Redis(port=server.port, decode_responses=True)
+    changelog = Changelog(set(), readable=False)
+    sink = RedisProfileSink(url(server.port), prefix, 0.2, fence=fence_with((1, 1), 12, changelog))
+    try:
+        profiles = rendered(40)
+        client.mset({fence_key(prefix, p): "5.9" for p in range(4)})
+        client.set(fence_marker_key(prefix, 0), "5.9@7000")  # partitions 1-3: no marker named
+        before, fenced_before = errors(), fenced_count()
+        sink.submit(profiles)
+        assert await sink.flush() is False
+        assert errors() == before + 1 and sink.pending == len(profiles)
+        assert changelog.asked == [(0, (5, 9), 7000)]
+        changelog.readable = True  # and it has no such marker: the fence is of an earlier changelog
+        deadline = time.monotonic() + 10
+        while sink._failing and time.monotonic() < deadline:  # the sink's own retry (pending is 0 while in flight)
+            await asyncio.sleep(0.05)
+        assert sink.pending == 0
+        in_partition_0 = {p.customer_id for p in profiles if PARTITION_OF(p.customer_id.encode()) == 0}
+        got = stored(client, prefix, profiles)
+        assert {cid for cid, f in got.items() if f} == in_partition_0
+        assert fenced_count() == fenced_before + len(profiles) - len(in_partition_0)
+        assert client.mget([fence_key(prefix, p) for p in range(4)]) == ["1.1", "5.9", "5.9", "5.9"]
+        assert {asked[0] for asked in changelog.asked} == {0}
+    finally:
+        await closed(sink)
         client.close()
 
 
