@@ -11,7 +11,10 @@ Order (each step waits for the broker's acknowledgements before the next):
    partition whose input positions moved (``CustomerStateTable.send_end_markers``:
    it carries the next input offset per topic the changelog now covers, which
    a committed offset must not pass, see ``streams.offsets.rewinds``);
-2. the pending records are published to the VIP and retention topics;
+2. the pending records are published to the VIP and retention topics, unless the
+   generation fence or the changelog offsets between this worker's acknowledged
+   writes (``CustomerStateTable.check_foreign``) show that another owner took
+   their partitions meanwhile;
 3. the states that had pending records are written again with the entries
    removed and acknowledged, without end markers (the next checkpoint's close
    them; a clearing that recovery misses only makes the recovered state
@@ -109,6 +112,8 @@ class StateTable(Protocol):
     def changelog_logs(self, partition: int) -> Mapping[str, InputLog]: ...
 
     def persisted(self, results: Iterable[Any]) -> None: ...
+
+    async def check_foreign(self, owned: set[int]) -> None: ...
 
     async def repair(self, owned: set[int]) -> int: ...
 
@@ -408,6 +413,9 @@ class Checkpoint:
             # acks of writes sent before the stall come at once)
             if self.table.fence is not None:
                 self.table.fence()
+            # and unless its writes landed after another owner's marker (read back only when another writer's
+            # offsets lie between this worker's acknowledged writes): the heartbeat may not have told it yet
+            await self.table.check_foreign(self.owned_partitions())
             await self._publish(outbox, outcome)
             step("publish")
             if outcome.alerts:

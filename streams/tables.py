@@ -282,10 +282,15 @@ class CustomerStateTable(faust.Table):
         meta = sent.result()
         self.own_writes.acked(meta.topic_partition.partition, meta.offset)
 
-    async def repair(self, owned: set[int]) -> int:
-        """Write again, under this worker's epoch, every owned customer whose newest changelog record is a late
-        write of an older epoch: found between this worker's own writes (read back from the broker) or skipped
-        by its recovery. Returns the states written; raises :class:`ForeignOwner` when a newer owner wrote."""
+    async def check_foreign(self, owned: set[int]) -> None:
+        """Read back the changelog offsets found between this worker's acknowledged writes since the last call
+        (another writer's): raise :class:`ForeignOwner` if a newer owner wrote there, and note the customers of
+        late writes of an older epoch for :meth:`repair`.
+
+        The checkpoint calls it before publishing a batch's decisions as well as in :meth:`repair`: a worker
+        woken from a stall whose writes landed after the next owner's marker learns it from where they landed,
+        whatever its heartbeat says yet, and publishes nothing that owner, recovered without those states, will
+        decide itself. Nothing to read (the usual case) costs nothing."""
         foreign = self.own_writes.take()
         topic = self.changelog_topic.get_topic_name()
         for partition, ranges in sorted(foreign.items()):
@@ -325,8 +330,16 @@ class CustomerStateTable(faust.Table):
                     ", ".join(f"{a}-{b}" for a, b in ranges),
                 )
                 self.repair_keys.setdefault(partition, set()).update(keys)
+
+    async def repair(self, owned: set[int]) -> int:
+        """Write again, under this worker's epoch, every owned customer whose newest changelog record is a late
+        write of an older epoch: found between this worker's own writes (read back from the broker,
+        :meth:`check_foreign`) or skipped by its recovery. Returns the states written; raises
+        :class:`ForeignOwner` when a newer owner wrote."""
+        await self.check_foreign(owned)
         if not any(p in owned for p in self.repair_keys):
             return 0
+        topic = self.changelog_topic.get_topic_name()
         producer = self.app.producer
         futures = []
         for partition in sorted(p for p in self.repair_keys if p in owned):

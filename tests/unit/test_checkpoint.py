@@ -130,6 +130,9 @@ class Table:
     def persisted(self, results) -> None:
         self.broker.log.append(("persisted", len(list(results))))
 
+    async def check_foreign(self, owned: set[int]) -> None:
+        self.broker.log.append(("check foreign", sorted(owned)))
+
     async def repair(self, owned: set[int]) -> int:
         return 0
 
@@ -284,7 +287,8 @@ def test_states_with_their_decisions_pending_then_the_decisions_then_the_cleared
 
     steps = [step for step, _ in broker.log]
     first_send = steps.index("send")
-    assert steps[:first_send] == ["changelog"] * 20 + ["markers"]
+    # the offsets between this worker's writes are checked for another owner's before anything is published
+    assert steps[:first_send] == ["changelog"] * 20 + ["markers", "check foreign"]
     assert steps[first_send : first_send + 2] == ["send", "send"]
     # the cleared states, acknowledged (their end markers come with the next checkpoint's)
     assert steps[first_send + 2 :] == ["changelog", "changelog", "persisted", "redis"]
@@ -788,6 +792,30 @@ def test_the_first_and_last_batches_with_events_are_stamped_and_a_batch_without_
     run(checkpoint([]))
     assert len(calls) > ended - 1_000.0  # the clock was read again
     assert gauge("pulse_last_scored_batch_timestamp_seconds") == ended
+
+
+def test_decisions_are_not_published_when_another_owners_marker_lies_between_this_workers_writes():
+    """A worker woken from a stall whose heartbeat has not been refused yet passes the generation fence; but its
+    states landed after the partitions' next owner's marker, so the offsets between its acknowledged writes are
+    another writer's, and the read-back finds the newer epoch there (``CustomerStateTable.check_foreign``). It
+    publishes none of the batch's decisions: that owner, recovered without these states, decides those ids."""
+    from streams.tables import ForeignOwner
+
+    broker = Broker()
+    checkpoint, table = worker(broker)
+
+    async def newer_owner_found(owned: set[int]) -> None:
+        broker.log.append(("check foreign", sorted(owned)))
+        raise ForeignOwner("changelog partition 0: epoch (2, 9) written between this worker's writes of epoch (1, 0)")
+
+    table.check_foreign = newer_owner_found  # type: ignore[method-assign]
+    with pytest.raises(ForeignOwner):
+        run(checkpoint(first_batch()))
+    assert ("check foreign", [0]) in broker.log
+    assert not broker.topics.get(SETTINGS.topic_retention_alerts)
+    assert not broker.topics.get(SETTINGS.topic_vip_changes)
+    states = {key: decode_state(value) for key, value in broker.recovered().items()}
+    assert any(state.pending_alerts for state in states.values())
 
 
 def test_decisions_are_not_published_when_the_group_dropped_the_worker_while_they_were_written():
