@@ -399,33 +399,25 @@ class RedisProfileSink:
         conn = await pool.get_connection()
         try:
             return await conn.retry.call_with_retry(
-                lambda: self._send_fenced(conn, chunk, partitions, epochs, fence), lambda _: conn.disconnect()
+                lambda: self._send_fenced(conn, chunk, partitions, epochs), lambda _: conn.disconnect()
             )
         finally:
             await pool.release(conn)
 
     async def _send_fenced(
-        self,
-        conn: AbstractConnection,
-        chunk: dict[str, Packed],
-        partitions: dict[str, int],
-        epochs: dict[int, Epoch],
-        fence: ProfileFence,
+        self, conn: AbstractConnection, chunk: dict[str, Packed], partitions: dict[str, int], epochs: dict[int, Epoch]
     ) -> int:
         try:
-            return await self._exchange_fenced(conn, chunk, partitions, epochs, fence)
+            return await self._exchange_fenced(conn, chunk, partitions, epochs)
         except BaseException:
             await conn.disconnect()  # no WATCH or MULTI left on a pooled connection
             raise
 
     async def _exchange_fenced(
-        self,
-        conn: AbstractConnection,
-        chunk: dict[str, Packed],
-        partitions: dict[str, int],
-        epochs: dict[int, Epoch],
-        fence: ProfileFence,
+        self, conn: AbstractConnection, chunk: dict[str, Packed], partitions: dict[str, int], epochs: dict[int, Epoch]
     ) -> int:
+        fence = self._fence
+        assert fence is not None  # only fenced sinks write through here
         prefix = self._prefix
         order = list(epochs)
         keys = [fence_key(prefix, p) for p in order]
