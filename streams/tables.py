@@ -408,7 +408,9 @@ class CustomerStateTable(faust.Table):
                 consumer.assign([tp])
                 start = (await consumer.beginning_offsets([tp]))[tp]
                 end = (await consumer.end_offsets([tp]))[tp]
-                if not start <= offset < end:
+                if offset < start:
+                    return True  # deleted from the log's start (not by compaction, which keeps markers): trusted
+                if offset >= end:
                     return False
                 consumer.seek(tp, offset)
                 while True:  # bounded by the timeout above

@@ -86,7 +86,7 @@ def decode_fence_marker(text: str | None) -> tuple[Epoch, int] | None:
     """(epoch, offset) of a fence-marker value; None when absent or not of that form."""
     if not text:
         return None
-    epoch, at, offset = text.partition("@")
+    epoch, _, offset = text.partition("@")
     try:
         return decode_epoch(epoch.encode()), int(offset)
     except ValueError:
