@@ -17,6 +17,7 @@ offset, and a writer takes over a fence whose marker its own changelog lacks.
 
 from __future__ import annotations
 
+import os
 from urllib.parse import urlsplit
 
 import orjson
@@ -36,6 +37,7 @@ from testing.stack import (
     wait_until,
 )
 from testing.tcp_proxy import SwitchingProxy
+from tests.conftest import on_broker
 
 pytestmark = pytest.mark.e2e
 
@@ -109,11 +111,18 @@ def test_a_profile_write_held_past_a_rebalance_does_not_land_over_the_new_owners
         assert first.alive() and second.alive()
 
 
-def test_an_app_started_over_on_a_new_changelog_takes_over_the_old_fences(namespace, start_worker):
+def test_an_app_started_over_on_a_new_changelog_takes_over_the_old_fences(devstack, namespace, start_worker):
     """Two owners in turn on the first changelog raise every fence to epoch 2; a worker of a new app id (its own
     group and changelog: epochs from 1 again) on the same Redis then reads every input again and goes on with
     new events. Its profiles must land: it finds that the fences' owner markers are not in its changelog (read
-    from the real broker) and writes over them."""
+    from the real broker) and writes over them.
+
+    Apache Kafka only in the suite: a Redis that outlives the changelog is production's case (``pulse dev`` starts
+    Tansu in memory and Redis without persistence, both empty each time), and the changelog read it needs is the
+    held-write test's above, which runs on both brokers. It passed on Tansu too (docs/benchmarks.md, session 34);
+    ``PULSE_TEST_BROKERS=tansu`` with ``PULSE_FENCE_TAKEOVER_ALL_BROKERS=1`` runs it there."""
+    if not on_broker(devstack, "kafka") and os.environ.get("PULSE_FENCE_TAKEOVER_ALL_BROKERS") != "1":
+        pytest.skip("a Redis that outlives the changelog is production's (Apache Kafka) case; pulse dev resets both")
     s = namespace.settings
     topics = s.input_topics()
     events = generate_events(customers=80, days=365, seed=37, end=HISTORY_END)
