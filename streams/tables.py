@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 import time
 import weakref
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
 import faust
@@ -356,19 +357,30 @@ class CustomerStateTable(faust.Table):
         metrics.CHANGELOG_STATES_REWRITTEN.inc(len(futures))
         return len(futures)
 
-    async def _read_back(self, topic: str, partition: int, ranges: Sequence[tuple[int, int]]) -> list[Any]:
-        """The records at ``ranges`` of one changelog partition, read with a group-less consumer (bounded in time
-        by the recovery timeout: records missing by then are judged by the next owner's recovery)."""
+    @contextlib.asynccontextmanager
+    async def _changelog_reader(
+        self, topic: str, partition: int, purpose: str
+    ) -> AsyncIterator[tuple[AIOKafkaConsumer, TopicPartition]]:
+        """A started group-less consumer assigned ``topic``'s partition ``partition`` (read-backs, fence checks);
+        stopped on the way out, also when its start failed."""
         consumer = AIOKafkaConsumer(
             **self.read_back_client,
-            client_id=f"{self.app.conf.broker_client_id}-changelog-repair",
+            client_id=f"{self.app.conf.broker_client_id}-{purpose}",
             enable_auto_commit=False,
         )
         tp = TopicPartition(topic, partition)
-        out: list[Any] = []
-        await consumer.start()
         try:
+            await consumer.start()
             consumer.assign([tp])
+            yield consumer, tp
+        finally:
+            await consumer.stop()
+
+    async def _read_back(self, topic: str, partition: int, ranges: Sequence[tuple[int, int]]) -> list[Any]:
+        """The records at ``ranges`` of one changelog partition, read with a group-less consumer (bounded in time
+        by the recovery timeout: records missing by then are judged by the next owner's recovery)."""
+        out: list[Any] = []
+        async with self._changelog_reader(topic, partition, "changelog-repair") as (consumer, tp):
             deadline = time.monotonic() + self.read_back_seconds
             for first, last in ranges:
                 consumer.seek(tp, first)
@@ -383,8 +395,6 @@ class CustomerStateTable(faust.Table):
                         end = (await consumer.end_offsets([tp]))[tp]
                         if position >= end:
                             break
-        finally:
-            await consumer.stop()
         return out
 
     async def holds_marker(self, partition: int, epoch: Epoch, offset: int) -> bool | None:
@@ -396,16 +406,11 @@ class CustomerStateTable(faust.Table):
         one (the topic deleted and created again, or another app id), whose epochs say nothing about this one's.
         """
         topic = self.changelog_topic.get_topic_name()
-        tp = TopicPartition(topic, partition)
-        consumer = AIOKafkaConsumer(
-            **self.read_back_client,
-            client_id=f"{self.app.conf.broker_client_id}-fence-check",
-            enable_auto_commit=False,
-        )
         try:
-            async with asyncio.timeout(self.read_back_seconds):
-                await consumer.start()
-                consumer.assign([tp])
+            async with (
+                asyncio.timeout(self.read_back_seconds),
+                self._changelog_reader(topic, partition, "fence-check") as (consumer, tp),
+            ):
                 start = (await consumer.beginning_offsets([tp]))[tp]
                 end = (await consumer.end_offsets([tp]))[tp]
                 if offset < start:
@@ -422,8 +427,6 @@ class CustomerStateTable(faust.Table):
         except (TimeoutError, KafkaError) as exc:
             log.warning("changelog partition %d: offset %d not read to check a Redis fence: %r", partition, offset, exc)
             return None
-        finally:
-            await consumer.stop()
 
     def persisted(self, results: Iterable[RecordMetadata]) -> None:
         """Remember the changelog offsets written (RocksDB reads from there after a restart).
