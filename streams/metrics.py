@@ -39,6 +39,12 @@ CHANGELOG_LATE_WRITES_FOUND = Counter(
     "Customer records of an older ownership epoch that the partition's owner found between its own changelog "
     "writes (late writes of a worker the group had dropped); their customers are written again.",
 )
+CHANGELOG_RECORDS_AFTER_RECOVERY = Counter(
+    "pulse_changelog_records_after_recovery_total",
+    "Changelog records that landed after a new owner's recovery read the partition and before its owner marker (a "
+    "dropped worker's late batch; on Tansu also the rest of a record batch the recovery's end cut), read back and "
+    "applied as the recovery would before the partition's input is read.",
+)
 CHANGELOG_STATES_REWRITTEN = Counter(
     "pulse_changelog_states_rewritten_total",
     "Customer states the owner wrote to the changelog again because a late write of an older epoch was their "

@@ -7,10 +7,12 @@ wins in a changelog, so the next recovery would take the stale state while the
 committed offsets are past the events it lacks. Tansu has no transactions, so
 the broker cannot fence the old writer; the changelog does it instead:
 
-* before its first state write to changelog partition p after it recovered p,
-  a worker writes an *owner marker* (key ``OWNER_MARKER_PREFIX + epoch``; a
+* once it has recovered changelog partition p, before it reads p's input, a
+  worker writes an *owner marker* (key ``OWNER_MARKER_PREFIX + epoch``; a
   customer id cannot start with NUL) with epoch = (highest epoch its recovery
   saw in p) + 1, its group generation and a writer id, and awaits the ack;
+  what landed between the recovery's end and the marker it reads back and
+  applies as the recovery would (``CustomerStateTable.claim``);
 * every state record and end marker it writes to p carries its epoch in the
   ``pulse-epoch`` header;
 * recovery tracks, per partition and in log order, the highest epoch read so

@@ -29,7 +29,7 @@ from pulse_config.settings import Settings
 from streams import metrics
 from streams.fail_stop import fail_stop
 from streams.faust_fixes import RESUME_SEEK
-from streams.offsets import GenerationLost
+from streams.offsets import GenerationLost, assigned_generation, coordinator_generation, generation_lost
 from streams.ownership import (
     END_MARKER_KEY,
     META_KEY,
@@ -52,6 +52,7 @@ __all__ = [
     "END_MARKER_KEY",
     "RESERVED_PREFIX",
     "BulkRecovery",
+    "ChangelogUnread",
     "CustomerStateTable",
     "ForeignOwner",
     "table_manager",
@@ -76,6 +77,12 @@ def unrecoverable_partitions(actives: Iterable[TP], inputs: Iterable[str], chang
 class ForeignOwner(RuntimeError):
     """A newer owner's marker or records sit between this worker's own changelog writes: the group moved the
     partition on without this worker noticing; it must stop writing (fail-stop, recover anew)."""
+
+
+class ChangelogUnread(RuntimeError):
+    """Changelog records that landed between a recovery's end and the owner marker could not be applied: the
+    worker must not read the partition's input without them (fail-stop; the next recovery reads through the
+    marker)."""
 
 
 class CustomerStateTable(faust.Table):
@@ -171,8 +178,86 @@ class CustomerStateTable(faust.Table):
             self.fence()  # dropped while the marker was in flight: write nothing under it
         self.writer_epoch[partition] = epoch
         self.marker_offsets[partition] = offset
-        log.info("changelog partition %d: owner marker, epoch %d.%d (read up to %s)", partition, *epoch, view.epoch)
+        log.info(
+            "changelog partition %d: owner marker at offset %d, epoch %d.%d (recovery read through offset %s, "
+            "epoch %d.%d)",
+            partition,
+            offset,
+            *epoch,
+            self.recovered_through.get(partition),
+            *view.epoch,
+        )
         return epoch
+
+    async def claim(self, partitions: Iterable[int]) -> int:
+        """Write the owner marker of each recovered partition now, and apply the records that landed between the
+        partition's recovery and its marker; returns how many were read back.
+
+        The recovery calls it before the partitions' input is read. Until a new owner's marker is in the log,
+        another writer's records land *before* it: a worker the group dropped, woken from a stall, writing the
+        batch it had scored. Every later recovery applies them, while this worker, whose recovery ended before
+        them, neither holds them nor finds their offsets between its own writes (the read-back of
+        :meth:`check_foreign` starts at the marker). It would then decide that batch's events again, at another
+        clock, and publish ids the woken worker had published with other contents. Written at the first state
+        write, the marker left that window open as long as a partition stayed quiet after a rebalance; now it
+        is open for one acknowledgement, and what landed in it (on Tansu also the rest of a last record batch
+        whose base the recovery's end offset pointed at) is read back and applied here as the recovery would
+        have applied it. A newer owner's marker among those records means this worker is the one dropped:
+        :class:`ForeignOwner`, after forgetting the RocksDB offsets. Records it cannot read in time raise too:
+        the next recovery reads through the marker.
+        """
+        wanted = sorted(set(partitions))
+        await asyncio.gather(*(self.epoch_for(p) for p in wanted))
+        read = 0
+        for partition in wanted:
+            read += await self._take_unread(partition)
+        return read
+
+    async def _take_unread(self, partition: int) -> int:
+        """Apply the records between what the recovery of ``partition`` read and this worker's marker."""
+        marker, through = self.marker_offsets.get(partition), self.recovered_through.get(partition)
+        if marker is None or through is None or marker <= through + 1:
+            return 0  # the usual case: the marker is the record after the last one the recovery read
+        topic = self.changelog_topic.get_topic_name()
+        first, last = through + 1, marker - 1
+        try:
+            records = await asyncio.wait_for(
+                self._read_back(topic, partition, [(first, last)]), timeout=2 * self.read_back_seconds
+            )
+        except (KafkaError, OSError, TimeoutError) as exc:
+            raise ChangelogUnread(
+                f"changelog partition {partition}: offsets {first}-{last}, written after this worker's recovery "
+                f"read it and before its owner marker, could not be read: {exc!r}"
+            ) from exc
+        if not records or records[-1].offset != last:
+            # the marker's offset was assigned right after them: the record before it exists
+            raise ChangelogUnread(
+                f"changelog partition {partition}: offsets {first}-{last}, written after this worker's recovery "
+                f"read it and before its owner marker, were not read within {self.read_back_seconds:g} s"
+            )
+        tp = TP(topic, partition)
+        if not self.can_restore_in_bulk():
+            raise ChangelogUnread(f"changelog partition {partition}: a store that cannot apply records read back")
+        self.restore_records(tp, records)
+        metrics.CHANGELOG_RECORDS_AFTER_RECOVERY.inc(len(records))
+        seen, own = self.views[partition].epoch, self.writer_epoch[partition]
+        log.warning(
+            "changelog partition %d: %d record(s) at offsets %d-%d landed after this worker's recovery read the "
+            "partition and before its owner marker at %d; applied as the recovery would have (epoch now %d.%d)",
+            partition,
+            len(records),
+            first,
+            last,
+            marker,
+            *seen,
+        )
+        if seen > own:
+            self.forget_persisted()
+            raise ForeignOwner(
+                f"changelog partition {partition}: epoch {seen} written after this worker's recovery, before its "
+                f"owner marker of epoch {own}"
+            )
+        return len(records)
 
     async def _check_later_generation(self, partition: int, seen: Epoch, generation: int) -> None:
         """Raise :class:`GenerationLost` unless the coordinator confirms this worker's ``generation`` current.
@@ -775,11 +860,39 @@ class BulkRecovery(Recovery):
     async def _resume_streams(self, generation_id: int = 0) -> None:
         """Nothing left to read (no recovery needed): the partitions' views are complete, so the seek that follows
         compares their positions with the committed offsets as after a recovery."""
+        await self._claim(generation_id)
         for tp in self.active_tps:
             table = self.tp_to_table.get(tp)
             if isinstance(table, CustomerStateTable):
                 table.mark_recovered({tp})
         await super()._resume_streams(generation_id)
+
+    async def on_recovery_completed(self, generation_id: int = 0) -> None:
+        await self._claim(generation_id)
+        await super().on_recovery_completed(generation_id)
+
+    async def _claim(self, generation_id: int) -> None:
+        """Each table's owner markers of its active partitions, before the seek that resumes their input
+        (:meth:`CustomerStateTable.claim`): what the seek compares with the committed offsets, and what the
+        partition's first batch is scored on, then include every record written before the markers.
+
+        A step of the recovery like the others (:meth:`_wait`): a new rebalance abandons it, a failure
+        fail-stops. The group moving on while a marker was in flight is such a rebalance, not a failure."""
+        if self.app.consumer_generation_id != generation_id:
+            return  # Faust's next step sees it and leaves this recovery for the next one
+        for table, tps in self.actives_for_table.items():
+            if not isinstance(table, CustomerStateTable) or not tps:
+                continue
+            partitions = {tp.partition for tp in tps}
+            await self._wait(self._claim_step(table, partitions), self.app.conf.broker_request_timeout)
+
+    async def _claim_step(self, table: CustomerStateTable, partitions: set[int]) -> None:
+        try:
+            await table.claim(partitions)
+        except GenerationLost:
+            if generation_lost(assigned_generation(self.app), coordinator_generation(self.app)):
+                raise RebalanceAgain() from None  # the fence: the group moved on, the next assignment recovers
+            raise  # a stale assignment the coordinator did not confirm (CustomerStateTable.epoch_for)
 
     async def _build_offsets(self, consumer: Any, tps: set[TP], destination: Any, title: str) -> None:
         await super()._build_offsets(consumer, tps, destination, title)

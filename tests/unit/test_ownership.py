@@ -26,7 +26,7 @@ from streams.ownership import (
     owner_marker,
     stale_keys,
 )
-from streams.tables import ForeignOwner
+from streams.tables import ChangelogUnread, ForeignOwner
 from tests.unit.test_checkpoint import Broker, Table, checkpoint_on, order, run
 
 CHANGELOG = "pulse-customer_states-changelog"
@@ -538,3 +538,78 @@ def test_a_recovery_that_skipped_a_customers_newest_record_leaves_it_to_be_writt
     # a later record of the owner's epoch for the key clears it
     table.restore_records(tp, [rec(20, b"D", b"d-late", (1, 5)), rec(21, b"D", b"d", (3, 7))])
     assert table.repair_keys == {0: set()}
+
+
+def recovered_table(tmp_path, store: str, foreign: dict[int, SimpleNamespace]):
+    """A worker of generation 7 whose recovery read offsets 0-3 of partition 0 (owner (1, 5): its marker, A, its
+    end marker); another writer's records took the ``foreign`` offsets after that, before this worker's marker."""
+    table, producer, read = repairing_table(tmp_path, store, foreign)
+    producer.offset = 4
+    table.restore_records(
+        TP(CHANGELOG, 0),
+        [
+            marker(0, (1, 5)),
+            rec(1, b"A", b"a1", (1, 5)),
+            rec(2, b"B", b"b1", (1, 5)),
+            rec(3, END_MARKER_KEY, None, (1, 5), {"orders": 10}),
+        ],
+    )
+    return table, producer, read
+
+
+@pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
+def test_the_owner_marker_is_written_at_the_recovery_and_nothing_read_back_when_nothing_came_between(
+    tmp_path, store: str
+):
+    table, producer, read = recovered_table(tmp_path, store, {})
+    assert run(table.claim({0})) == 0
+    assert read == [] and table.writer_epoch == {0: (2, 7)} and table.marker_offsets == {0: 4}
+    assert producer.sent[0][0].startswith(b"\x00pulse-owner:")
+    assert stored(table) == {b"A": b"a1", b"B": b"b1"}
+
+
+@pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
+def test_records_between_the_recovery_and_the_owner_marker_are_applied_before_the_input_is_read(tmp_path, store: str):
+    """A worker the group dropped, woken from a stall, wrote its batch (A and C, and the end marker with its input
+    positions) after the new owner's recovery read the partition, before that owner's marker: every later
+    recovery applies them, so the owner holds them too, and its seek compares the positions they moved."""
+    late = {
+        4: rec(4, b"A", b"a2", (1, 5)),
+        5: rec(5, b"C", b"c2", (1, 5)),
+        6: rec(6, END_MARKER_KEY, None, (1, 5), {"orders": 14}),
+    }
+    table, producer, read = recovered_table(tmp_path, store, late)
+    before = metrics.CHANGELOG_RECORDS_AFTER_RECOVERY._value.get()
+    assert run(table.claim({0})) == 3
+    assert read == [(0, [(4, 6)])] and table.marker_offsets == {0: 7}
+    assert stored(table) == {b"A": b"a2", b"B": b"b1", b"C": b"c2"}
+    assert table.changelog_positions(0) == {"orders": 14}
+    assert metrics.CHANGELOG_RECORDS_AFTER_RECOVERY._value.get() - before == 3
+    # what the owner holds is what a recovery of the whole log keeps
+    log_records = [marker(0, (1, 5)), rec(1, b"A", b"a1", (1, 5)), rec(2, b"B", b"b1", (1, 5))]
+    log_records += [rec(3, END_MARKER_KEY, None, (1, 5), {"orders": 10}), *late.values(), marker(7, (2, 7))]
+    assert latest_states(log_records) == stored(table)
+    if store == "rocksdb://":  # a restart from the persisted offset starts from the view that includes them
+        assert PartitionView.from_bytes(table.data._db_for_partition(0).get(META_KEY)).positions == {"orders": 14}
+
+
+def test_a_newer_owners_marker_between_the_recovery_and_the_owner_marker_fail_stops(tmp_path):
+    table, producer, read = recovered_table(tmp_path, "rocksdb://", {4: marker(4, (2, 8))})
+    tp = TP(CHANGELOG, 0)
+    assert table.data.persisted_offset(tp) == 3
+    with pytest.raises(ForeignOwner, match="after this worker's recovery"):
+        run(table.claim({0}))
+    assert table.data.persisted_offset(tp) is None  # the restart recovers the partition whole
+
+
+def test_records_between_the_recovery_and_the_owner_marker_that_cannot_be_read_fail_stop(tmp_path):
+    table, producer, read = recovered_table(tmp_path, "memory://", {4: rec(4, b"A", b"a2", (1, 5))})
+
+    async def nothing(topic, partition, ranges):
+        read.append((partition, list(ranges)))
+        return []
+
+    table._read_back = nothing
+    with pytest.raises(ChangelogUnread, match="4-4"):
+        run(table.claim({0}))
+    assert stored(table) == {b"A": b"a1", b"B": b"b1"}
