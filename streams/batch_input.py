@@ -291,6 +291,10 @@ class BatchInput:
         #: tp -> (group generation, offset of the last record delivered in it or None, the consumer's position
         #: after that fetch): how far the fetches read, markers and aborted records included (:meth:`readable_end`)
         self.read_through: dict[TP, tuple[int | None, int | None, int]] = {}
+        #: set while the table's partitions are claimed (``CustomerStateTable.claimed``): no batch starts between
+        #: an assignment and the end of its recovery's claim, which may still apply changelog records (None: no
+        #: table to wait for)
+        self.gate: asyncio.Event | None = None
         app.flow_control.manage_queue(self.queue)  # cleared with the stream queues on a rebalance
 
     async def deliver(self, records: list[InputRecord], generation_id: int) -> bool:
@@ -390,6 +394,13 @@ class BatchInput:
             # are applied after it, as Faust's take_events buffer is; those of partitions gone meanwhile are
             # dropped by the checkpoint's ownership filter (streams.offsets.OffsetGuard.owned).
             await self.app.flow_control.acquire()
+            # Faust resumes the flow before its recovery's last step, which claims the partitions and applies the
+            # changelog records that landed before the owner markers: a batch taken before the rebalance would be
+            # scored on states without them, and its writes overwritten by them. Not in flight while it waits, so
+            # a rebalance that comes meanwhile does not wait for it.
+            while self.gate is not None and not self.gate.is_set():
+                await self.gate.wait()
+                await self.app.flow_control.acquire()
             self.in_flight = done = loop.create_future()
             started = self.last_batch_at = self.pace.clock()
             try:

@@ -132,10 +132,16 @@ class CustomerStateTable(faust.Table):
         #: per partition, customers whose newest changelog record is a late write of an older epoch: the owner
         #: writes their state again, so compaction cannot leave the stale record as their only one
         self.repair_keys: dict[int, set[bytes]] = {}
+        #: set once the recovery of the latest assignment claimed its partitions (:meth:`claim`): until then the
+        #: table may still change under a batch (streams.batch_input waits for it); the assignments so far
+        self.claimed = asyncio.Event()
+        self._assignments = 0
 
     async def on_rebalance(self, assigned, revoked, newly_assigned, generation_id: int = 0) -> None:
         # every partition is recovered again (kept ones from where the last recovery stopped): each first write
         # after it is preceded by a new owner marker
+        self._assignments += 1
+        self.claimed.clear()
         self.writer_epoch.clear()
         self.marker_offsets.clear()
         self.sent_positions.clear()
@@ -204,13 +210,17 @@ class CustomerStateTable(faust.Table):
         whose base the recovery's end offset pointed at) is read back and applied here as the recovery would
         have applied it. A newer owner's marker among those records means this worker is the one dropped:
         :class:`ForeignOwner`, after forgetting the RocksDB offsets. Records it cannot read in time raise too:
-        the next recovery reads through the marker.
+        the next recovery reads through the marker. Faust resumes the flow before the recovery's last step, so
+        the batch input waits for :attr:`claimed`, which this sets (unless a newer assignment came meanwhile).
         """
+        assignment = self._assignments
         wanted = sorted(set(partitions))
         await asyncio.gather(*(self.epoch_for(p) for p in wanted))
         read = 0
         for partition in wanted:
             read += await self._take_unread(partition)
+        if assignment == self._assignments:  # else a newer assignment's recovery claims its partitions
+            self.claimed.set()
         return read
 
     async def _take_unread(self, partition: int) -> int:
@@ -880,10 +890,10 @@ class BulkRecovery(Recovery):
         fail-stops. The group moving on while a marker was in flight is such a rebalance, not a failure."""
         if self.app.consumer_generation_id != generation_id:
             return  # Faust's next step sees it and leaves this recovery for the next one
-        for table, tps in self.actives_for_table.items():
-            if not isinstance(table, CustomerStateTable) or not tps:
+        for table in self.tables.values():
+            if not isinstance(table, CustomerStateTable):
                 continue
-            partitions = {tp.partition for tp in tps}
+            partitions = {tp.partition for tp in self.actives_for_table.get(table, ())}
             await self._wait(self._claim_step(table, partitions), self.app.conf.broker_request_timeout)
 
     async def _claim_step(self, table: CustomerStateTable, partitions: set[int]) -> None:

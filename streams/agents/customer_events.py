@@ -20,12 +20,14 @@ applied. Nothing acknowledged is ever ahead of the changelog.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from faust.types import TP, EventT, StreamT
+from mode.utils.times import want_seconds
 
 from streams import batch_input, offsets
 from streams.admin import PARTITIONS_ADDED_HINT
@@ -259,6 +261,8 @@ def register(pulse: PulseApp) -> BatchProcessor:
             merge=settings.input_merge_topics,
             pace=batch_input.BatchPace(settings.batch_backlog_seconds()),
         )
+        # no batch starts before the recovery's claim of the partitions (CustomerStateTable.claim) is done
+        tap.gate = table.claimed
         pulse.customer_events.__aiter__()  # subscribes the group to the channel's topics, as an agent's stream does
         # a backlog's next batch: the customers it scores again render there (streams.processor._defer_profiles)
         checkpoint.upcoming = lambda: tap.queue.backlog_keys(
@@ -315,6 +319,10 @@ def register(pulse: PulseApp) -> BatchProcessor:
         async for events in stream.take_events(  # type: ignore[attr-defined]  # faust-streaming's Stream has it
             settings.batch_max_events, settings.batch_within_seconds
         ):
+            # as the batch path's gate, but bounded: these events are unacknowledged, and a rebalance waits for
+            # them before its recovery can claim anything
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(table.claimed.wait(), want_seconds(pulse.app.conf.broker_request_timeout))
             await run_guarded(
                 guarded_checkpoint(events), settings.shutdown_grace_seconds, settings.checkpoint_stall_warn_seconds
             )

@@ -249,6 +249,44 @@ def test_no_batch_starts_while_a_rebalance_has_the_flow_suspended():
     asyncio.run(go())
 
 
+def test_no_batch_starts_before_the_recovery_claimed_the_partitions_and_a_rebalance_meanwhile_does_not_wait():
+    """Faust resumes the flow before its recovery's last step, the claim (streams.tables.CustomerStateTable.claim),
+    which may still apply changelog records: a batch taken before the rebalance waits for the claim, outside the
+    batch in flight, so a rebalance that comes meanwhile goes on without it; and it waits for the flow again."""
+
+    async def go() -> None:
+        app = FakeApp()
+        tap = BatchInput(app, [ORDERS], 100)
+        tap.gate = asyncio.Event()  # cleared by the assignment
+        started: list[int] = []
+
+        async def checkpoint(batch: list[InputRecord]) -> list[InputRecord]:
+            started.append(len(batch))
+            return batch
+
+        async def guard(work: Any) -> None:
+            await work
+
+        await tap.deliver([rec(ORDERS, 0, 1)], 1)
+        runner = asyncio.ensure_future(tap.run(checkpoint, 10, 0.01, guard))
+        await asyncio.sleep(0.05)
+        assert started == []  # the flow is on, the claim is not done
+        await asyncio.wait_for(tap.settle(), 1)  # nothing in flight: a revoke would go on at once
+        app.flow_control.suspend()  # a revoke came; its recovery claims the partitions
+        tap.gate.set()
+        await asyncio.sleep(0.05)
+        assert started == []  # claimed, but the flow is suspended again
+        app.flow_control._suspend.clear()
+        app.flow_control._resume.set()
+        await asyncio.sleep(0.05)
+        assert started == [1] and tap.applied == {TP(ORDERS, 0): 2}
+        runner.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await runner
+
+    asyncio.run(go())
+
+
 def test_with_merge_a_fetch_of_several_topic_partitions_is_merged_by_timestamp_each_in_offset_order():
     """A batch cut from a large fetch covers about the same time on every topic (a partition's clock waits for
     the topic read least far), instead of one topic-partition after the other."""

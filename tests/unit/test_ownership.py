@@ -613,3 +613,34 @@ def test_records_between_the_recovery_and_the_owner_marker_that_cannot_be_read_f
     with pytest.raises(ChangelogUnread, match="4-4"):
         run(table.claim({0}))
     assert stored(table) == {b"A": b"a1", b"B": b"b1"}
+
+
+def test_the_claim_opens_the_tables_gate_unless_a_newer_assignment_came_meanwhile(tmp_path):
+    """No batch starts until the recovery's claim is done (streams.batch_input waits for ``claimed``); a claim that
+    finishes after the next assignment leaves the gate to that assignment's own claim."""
+    table, producer, read = recovered_table(tmp_path, "memory://", {})
+    assert not table.claimed.is_set()
+    run(table.claim({0}))
+    assert table.claimed.is_set()
+    run(table.on_rebalance(set(), set(), set(), 8))
+    assert not table.claimed.is_set()
+    table.recovered_through[0] = producer.offset - 1  # its recovery read through the marker
+
+    send = producer.send
+
+    async def slow_send(*args: Any) -> Any:
+        await asyncio.sleep(0.01)  # the marker's round trip
+        return await send(*args)
+
+    producer.send = slow_send
+
+    async def claim_overtaken() -> None:
+        claiming = asyncio.ensure_future(table.claim({0}))
+        await asyncio.sleep(0)
+        await table.on_rebalance(set(), set(), set(), 9)  # while the claim awaits its marker's ack
+        await claiming
+
+    run(claim_overtaken())
+    assert not table.claimed.is_set()
+    run(table.claim(set()))  # an assignment without partitions of the table opens it too
+    assert table.claimed.is_set()
