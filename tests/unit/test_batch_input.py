@@ -219,32 +219,46 @@ def test_the_checkpoint_reads_an_input_record_as_it_reads_a_faust_message():
     assert weakref.ref(r)() is r  # the table sets it as Faust's current event
 
 
+def running(tap: BatchInput) -> tuple[list[int], asyncio.Future]:
+    """``tap.run`` with a checkpoint that applies each batch whole, noting its size."""
+    started: list[int] = []
+
+    async def checkpoint(batch: list[InputRecord]) -> list[InputRecord]:
+        started.append(len(batch))
+        return batch
+
+    async def guard(work: Any) -> None:
+        await work
+
+    return started, asyncio.ensure_future(tap.run(checkpoint, 10, 0.01, guard))
+
+
+def resume_without_clearing(app: FakeApp) -> None:
+    """The flow resumed by a recovery, the queue left as it was (the records were taken already)."""
+    app.flow_control._suspend.clear()
+    app.flow_control._resume.set()
+
+
+async def stop(runner: asyncio.Future) -> None:
+    runner.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await runner
+
+
 def test_no_batch_starts_while_a_rebalance_has_the_flow_suspended():
     async def go() -> None:
         app = FakeApp()
         tap = BatchInput(app, [ORDERS], 100)
-        started: list[int] = []
-
-        async def checkpoint(batch: list[InputRecord]) -> list[InputRecord]:
-            started.append(len(batch))
-            return batch
-
-        async def guard(work: Any) -> None:
-            await work
-
         await tap.deliver([rec(ORDERS, 0, 1)], 1)
         app.flow_control.suspend()  # the revoke, after the records were queued
-        runner = asyncio.ensure_future(tap.run(checkpoint, 10, 0.01, guard))
+        started, runner = running(tap)
         await asyncio.sleep(0.05)
         await asyncio.wait_for(tap.settle(), 1)  # nothing in flight: the revoke goes on at once
         assert started == []
-        app.flow_control._suspend.clear()  # resumed without clearing (the records were taken already)
-        app.flow_control._resume.set()
+        resume_without_clearing(app)
         await asyncio.sleep(0.05)
         assert started == [1] and tap.applied == {TP(ORDERS, 0): 2}
-        runner.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await runner
+        await stop(runner)
 
     asyncio.run(go())
 
@@ -258,17 +272,8 @@ def test_no_batch_starts_before_the_recovery_claimed_the_partitions_and_a_rebala
         app = FakeApp()
         tap = BatchInput(app, [ORDERS], 100)
         tap.gate = asyncio.Event()  # cleared by the assignment
-        started: list[int] = []
-
-        async def checkpoint(batch: list[InputRecord]) -> list[InputRecord]:
-            started.append(len(batch))
-            return batch
-
-        async def guard(work: Any) -> None:
-            await work
-
         await tap.deliver([rec(ORDERS, 0, 1)], 1)
-        runner = asyncio.ensure_future(tap.run(checkpoint, 10, 0.01, guard))
+        started, runner = running(tap)
         await asyncio.sleep(0.05)
         assert started == []  # the flow is on, the claim is not done
         await asyncio.wait_for(tap.settle(), 1)  # nothing in flight: a revoke would go on at once
@@ -276,13 +281,10 @@ def test_no_batch_starts_before_the_recovery_claimed_the_partitions_and_a_rebala
         tap.gate.set()
         await asyncio.sleep(0.05)
         assert started == []  # claimed, but the flow is suspended again
-        app.flow_control._suspend.clear()
-        app.flow_control._resume.set()
+        resume_without_clearing(app)
         await asyncio.sleep(0.05)
         assert started == [1] and tap.applied == {TP(ORDERS, 0): 2}
-        runner.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await runner
+        await stop(runner)
 
     asyncio.run(go())
 
