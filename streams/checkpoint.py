@@ -451,7 +451,9 @@ class Checkpoint:
         """Each owned partition with a profile in this batch gets this worker's epoch (its owner marker) before
         the profile goes to the sink, which fences the partition's Redis writes with it
         (streams.sinks.redis_profiles): a sweep round or a due check renders profiles of partitions no state was
-        written to since the rebalance, and unfenced, a worker the group dropped could overwrite them."""
+        written to since the rebalance, and unfenced, a worker the group dropped could overwrite them. The
+        recovery's claim writes every marker first (``CustomerStateTable.claim``), so this writes one only where
+        that did not run: the stream input path's wait for it is bounded."""
         partition_of = self.processor.partition_of
         if partition_of is None or not (outcome.profiles or outcome.to_render):
             return

@@ -233,21 +233,19 @@ class CustomerStateTable(faust.Table):
         if not self.can_restore_in_bulk():  # not the memory or the RocksDB store (rocksdict): as before the claim
             log.warning("changelog partition %d: offsets %d-%d not applied (the store cannot)", partition, first, last)
             return 0
+        unread = (
+            f"changelog partition {partition}: offsets {first}-{last}, written after this worker's recovery read it "
+            "and before its owner marker,"
+        )
         try:
             records = await asyncio.wait_for(
                 self._read_back(topic, partition, [(first, last)]), timeout=2 * self.read_back_seconds
             )
         except (KafkaError, OSError, TimeoutError) as exc:
-            raise ChangelogUnread(
-                f"changelog partition {partition}: offsets {first}-{last}, written after this worker's recovery "
-                f"read it and before its owner marker, could not be read: {exc!r}"
-            ) from exc
+            raise ChangelogUnread(f"{unread} could not be read: {exc!r}") from exc
         if not records or records[-1].offset != last:
             # the marker's offset was assigned right after them: the record before it exists
-            raise ChangelogUnread(
-                f"changelog partition {partition}: offsets {first}-{last}, written after this worker's recovery "
-                f"read it and before its owner marker, were not read within {self.read_back_seconds:g} s"
-            )
+            raise ChangelogUnread(f"{unread} were not read within {self.read_back_seconds:g} s")
         self.restore_records(TP(topic, partition), records)
         metrics.CHANGELOG_RECORDS_AFTER_RECOVERY.inc(len(records))
         seen, own = self.views[partition].epoch, self.writer_epoch[partition]
@@ -870,7 +868,6 @@ class BulkRecovery(Recovery):
     async def _resume_streams(self, generation_id: int = 0) -> None:
         """Nothing left to read (no recovery needed): the partitions' views are complete, so the seek that follows
         compares their positions with the committed offsets as after a recovery."""
-        await self._claim(generation_id)
         for tp in self.active_tps:
             table = self.tp_to_table.get(tp)
             if isinstance(table, CustomerStateTable):

@@ -321,8 +321,9 @@ def register(pulse: PulseApp) -> BatchProcessor:
         ):
             # as the batch path's gate, but bounded: these events are unacknowledged, and a rebalance waits for
             # them before its recovery can claim anything
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(table.claimed.wait(), want_seconds(pulse.app.conf.broker_request_timeout))
+            if not table.claimed.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(table.claimed.wait(), want_seconds(pulse.app.conf.broker_request_timeout))
             await run_guarded(
                 guarded_checkpoint(events), settings.shutdown_grace_seconds, settings.checkpoint_stall_warn_seconds
             )

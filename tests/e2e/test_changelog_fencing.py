@@ -47,32 +47,51 @@ def events_for(seed: int) -> list[tuple[str, dict]]:
     return generate_events(customers=40, days=365, seed=seed, end=datetime(2026, 6, 1, tzinfo=UTC))
 
 
-def late_write(namespace, records: list) -> tuple[bytes, Any, tuple[int, int]]:
-    """A dropped worker's late write: the earliest state of the customer with the most versions in ``records``
-    (the changelog), produced after everything the owner wrote, with an epoch below the owner's of its
-    partition. Returns the customer, the stale record and the epoch it was written with."""
+def versions_of(records: list) -> dict[bytes, list]:
+    """Each customer's state records in ``records`` (the changelog), in log order."""
     versions: dict[bytes, list] = {}
     for r in records:
         if not r.key.startswith(b"\x00") and r.value is not None:
             versions.setdefault(r.key, []).append(r)
-    victim = max(versions, key=lambda k: len(versions[k]))
-    stale = versions[victim][0]
-    markers = [r for r in records if r.key.startswith(OWNER_MARKER_PREFIX) and r.partition == stale.partition]
-    owner = max(epoch_of(r.headers) for r in markers)
-    assert owner[0] >= 1, "the worker wrote an owner marker before its states"
-    epoch = (owner[0] - 1, owner[1])
+    return versions
 
-    async def write() -> None:
+
+def last_owner_epoch(records: list, partition: int) -> tuple[int, int]:
+    """The epoch of the last owner marker of ``partition`` in ``records``: the epoch a worker the group dropped
+    writes its late states with, the last owner being that worker."""
+    markers = [r for r in records if r.key.startswith(OWNER_MARKER_PREFIX) and r.partition == partition]
+    return max(epoch_of(r.headers) for r in markers)
+
+
+def produce_batch(namespace, topic: str, partition: int, items: list[tuple[bytes, bytes]], epoch) -> int:
+    """``items`` as one record batch of ``partition``, as the table writes a checkpoint's states (no end marker);
+    returns the offset of its first record."""
+
+    async def write() -> int:
         producer = AIOKafkaProducer(bootstrap_servers=namespace.bootstrap, acks="all")
         await producer.start()
         try:
-            await producer.send_and_wait(
-                stale.topic, stale.value, key=victim, partition=stale.partition, headers=epoch_headers(epoch)
-            )
+            batch = producer.create_batch()
+            for key, value in items:
+                assert batch.append(key=key, value=value, timestamp=None, headers=epoch_headers(epoch)) is not None
+            return (await (await producer.send_batch(batch, topic, partition=partition))).offset
         finally:
             await producer.stop()
 
-    asyncio.run(write())
+    return asyncio.run(write())
+
+
+def late_write(namespace, records: list) -> tuple[bytes, Any, tuple[int, int]]:
+    """A dropped worker's late write: the earliest state of the customer with the most versions in ``records``
+    (the changelog), produced after everything the owner wrote, with an epoch below the owner's of its
+    partition. Returns the customer, the stale record and the epoch it was written with."""
+    versions = versions_of(records)
+    victim = max(versions, key=lambda k: len(versions[k]))
+    stale = versions[victim][0]
+    owner = last_owner_epoch(records, stale.partition)
+    assert owner[0] >= 1, "the worker wrote an owner marker before its states"
+    epoch = (owner[0] - 1, owner[1])
+    produce_batch(namespace, stale.topic, stale.partition, [(victim, stale.value)], epoch)
     return victim, stale, epoch
 
 
@@ -160,31 +179,6 @@ def test_a_late_write_while_the_owner_runs_is_overwritten_so_compaction_keeps_th
     assert worker.alive()
 
 
-def last_owner_epoch(records: list, partition: int) -> tuple[int, int]:
-    """The epoch of the last owner marker of ``partition`` in ``records``: the epoch a worker the group dropped
-    writes its late states with, the last owner being that worker."""
-    markers = [r for r in records if r.key.startswith(OWNER_MARKER_PREFIX) and r.partition == partition]
-    return max(epoch_of(r.headers) for r in markers)
-
-
-def produce_batch(namespace, topic: str, partition: int, items: list[tuple[bytes, bytes]], epoch) -> int:
-    """``items`` as one record batch of ``partition``, as the table writes a checkpoint's states (no end marker);
-    returns the offset of its first record."""
-
-    async def write() -> int:
-        producer = AIOKafkaProducer(bootstrap_servers=namespace.bootstrap, acks="all")
-        await producer.start()
-        try:
-            batch = producer.create_batch()
-            for key, value in items:
-                assert batch.append(key=key, value=value, timestamp=None, headers=epoch_headers(epoch)) is not None
-            return (await (await producer.send_batch(batch, topic, partition=partition))).offset
-        finally:
-            await producer.stop()
-
-    return asyncio.run(write())
-
-
 def stored_states(data_dir) -> dict[bytes, bytes]:
     """The customer states in a stopped worker's RocksDB files (every partition's database)."""
     from rocksdict import AccessType, Options, Rdict
@@ -219,10 +213,7 @@ def test_writes_of_a_dropped_worker_around_the_next_owners_recovery_are_held_by_
     first.stop()
     records = changelog(namespace)
     topic = records[0].topic
-    versions: dict[bytes, list] = {}
-    for r in records:
-        if not r.key.startswith(b"\x00") and r.value is not None:
-            versions.setdefault(r.key, []).append(r)
+    versions = versions_of(records)
     by_partition: dict[int, list[bytes]] = {}
     for key in sorted(versions, key=lambda k: -len(versions[k])):
         if len(versions[key]) >= 2:
