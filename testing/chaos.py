@@ -59,9 +59,18 @@ def hostile_order(events: list[tuple[str, dict]], rng: random.Random) -> list[tu
 
 
 def send_steadily(
-    bootstrap: str, topics: dict[str, str], records: list[Record], seconds: float, chunks: int = 0
+    bootstrap: str,
+    topics: dict[str, str],
+    records: list[Record],
+    seconds: float,
+    chunks: int = 0,
+    spike_at: float = 0.0,
+    spike_seconds: float = 0.0,
 ) -> None:
-    """Produce ``records`` in about one chunk per second over ``seconds`` (each chunk split by kind)."""
+    """Produce ``records`` in about one chunk per second over ``seconds`` (each chunk split by kind). With
+    ``spike_seconds``, the chunks due after ``spike_at`` and within ``spike_seconds`` of it go with the chunk sent
+    last before them (a traffic spike: the workers' queues fill with that much at a known moment); the chunks after
+    it keep their times."""
     chunks = chunks or max(1, int(seconds))
     size = -(-len(records) // chunks)
     started = time.monotonic()
@@ -71,7 +80,10 @@ def send_steadily(
             batch = [(key, value) for k, key, value in part if k == kind]
             if batch:
                 produce(bootstrap, topic, batch)
-        time.sleep(max(0.0, started + (i + 1) * seconds / chunks - time.monotonic()))
+        due = (i + 1) * seconds / chunks
+        if spike_at < due < spike_at + spike_seconds:
+            continue  # part of the spike: sent now
+        time.sleep(max(0.0, started + due - time.monotonic()))
 
 
 def churn_worker(
@@ -181,6 +193,11 @@ class ChaosPlan:
     #: behind after a kill or a rebalance takes backlog batches, and defers profiles and assessments to the next
     #: batch (``PULSE_BACKLOG_DEFER_ASSESSMENTS``), which at the default the suite's ~550 records/s rarely reach
     backlog_from_events: int | None = None
+    #: a traffic spike: the ``spike_seconds`` of traffic due from ``spike_at`` (a fraction of ``send_seconds``) sent
+    #: at once, amid the kills and freezes. The workers then queue a backlog whatever the box's pace (without it, a
+    #: CI run on Kafka queued too little in any batch to defer one assessment, session 35); 0: steady traffic
+    spike_at: float = 0.5
+    spike_seconds: float = 5.0
     converge_seconds: float = 300.0
     #: SIGSTOP of one of the numbered workers for ``freeze_seconds`` +- 2 s (past the 3-s session timeout: a long
     #: GC pause, a VM frozen), then SIGCONT; 0: none (the seeds' other draws stay as they were)
@@ -219,8 +236,8 @@ class ChaosResult:
     rewinds: int = 0
     stale_skips: int = 0
     generations_missed: int = 0
-    #: ``pulse_assessments_deferred_total`` of the workers, scraped before each planned kill or leave and at the
-    #: end (a fail-stop's own count is lost: at least this many)
+    #: ``pulse_assessments_deferred_total`` of the workers, each process's highest scrape (every second, before
+    #: each planned kill or leave and at the end: at least this many)
     assessments_deferred: int = 0
     seconds: float = 0.0
     examples: dict[str, list] = field(default_factory=dict)
@@ -255,9 +272,14 @@ class Fleet:
         self.frozen: dict[str, Any] = {}
         self.woken: set[int] = set()
         self.woken_fail_stops = 0
-        #: ``pulse_assessments_deferred_total`` of the workers stopped on purpose, scraped just before
-        self.deferred_before_stops = 0.0
+        #: the highest ``pulse_assessments_deferred_total`` scraped from each worker process, by pid: scraped
+        #: before each planned kill or leave, every second by :meth:`watch_deferrals` and at the end (a frozen
+        #: worker killed loses what it deferred since its last scrape; a fail-stop, since its last too)
+        self.deferred_by_pid: dict[int, float] = {}
         self.lock = threading.Lock()
+        self._deferred_lock = threading.Lock()
+        self._watching = threading.Event()
+        self._watcher: threading.Thread | None = None
 
     def start(self, slot: str) -> None:
         with self.lock:
@@ -266,7 +288,7 @@ class Fleet:
     def kill(self, slot: str) -> None:
         with self.lock:
             worker = self.slots[slot]
-            self.deferred_before_stops += self._deferred(slot, worker)
+            self._note_deferred(slot, worker)
             self.expected_exit.add(worker.proc.pid)
             worker.proc.kill()
             worker.proc.wait(30)
@@ -275,7 +297,7 @@ class Fleet:
     def leave(self, slot: str) -> None:
         with self.lock:
             worker = self.slots.pop(slot)
-            self.deferred_before_stops += self._deferred(slot, worker)
+            self._note_deferred(slot, worker)
             self.expected_exit.add(worker.proc.pid)
         worker.stop()
 
@@ -297,21 +319,45 @@ class Fleet:
                 worker.proc.send_signal(signal.SIGCONT)
                 self.woken.add(worker.proc.pid)
 
-    def _deferred(self, slot: str, worker: Any) -> float:
-        """The worker's ``pulse_assessments_deferred_total``; 0 for a frozen one (a scrape would wait out its
-        timeout) or one not serving metrics."""
+    def _note_deferred(self, slot: str, worker: Any) -> None:
+        """Keep the worker's ``pulse_assessments_deferred_total`` if it is the highest seen of its process; not for
+        a frozen one (a scrape would wait out its timeout), one gone or one not serving metrics."""
         if slot in self.frozen or not worker.alive():
-            return 0.0
+            return
         try:
-            return scraped(worker.metrics_port).get("pulse_assessments_deferred_total", 0.0)
+            value = scraped(worker.metrics_port).get("pulse_assessments_deferred_total", 0.0)
         except OSError:
-            return 0.0
+            return
+        pid = worker.proc.pid
+        with self._deferred_lock:  # the watcher's scrapes and the main thread's
+            self.deferred_by_pid[pid] = max(value, self.deferred_by_pid.get(pid, 0.0))
+
+    def watch_deferrals(self, every: float = 1.0) -> None:
+        """Scrape the running workers' deferrals every ``every`` seconds in a thread (until :meth:`stop_watching`),
+        so a worker killed or fail-stopping later keeps what it deferred up to then."""
+
+        def watch() -> None:
+            while not self._watching.wait(every):
+                with self.lock:
+                    running = [(slot, w) for slot, w in self.slots.items() if slot not in self.frozen]
+                for slot, worker in running:  # outside the lock: a kill does not wait for a slow scrape
+                    self._note_deferred(slot, worker)
+
+        self._watcher = threading.Thread(target=watch, name="deferral-watch", daemon=True)
+        self._watcher.start()
+
+    def stop_watching(self) -> None:
+        self._watching.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=10)
 
     def assessments_deferred(self) -> int:
-        """Assessments the workers deferred to their next batch: the stopped ones' and the running ones' now."""
+        """Assessments the workers deferred to their next batch: each process's highest count scraped (the running
+        ones scraped now)."""
         with self.lock:
-            running = sum(self._deferred(slot, worker) for slot, worker in self.slots.items())
-        return int(self.deferred_before_stops + running)
+            for slot, worker in self.slots.items():
+                self._note_deferred(slot, worker)
+        return int(sum(self.deferred_by_pid.values()))
 
     def applied(self) -> float:
         """Events the running workers applied, by their ``pulse_events_total`` (0 for one not serving metrics)."""
@@ -392,9 +438,11 @@ def run_chaos(plan: ChaosPlan, namespace: Any, start_worker: Callable[..., Any],
         sender = threading.Thread(
             target=send_steadily,
             args=(namespace.bootstrap, settings.input_topics(), stream, plan.send_seconds),
+            kwargs={"spike_at": plan.spike_at * plan.send_seconds, "spike_seconds": plan.spike_seconds},
             daemon=True,
         )
         sender.start()
+        fleet.watch_deferrals()
         t0 = time.monotonic()
         for at, action, slot in _schedule(plan, rng):
             while time.monotonic() < t0 + at:
@@ -464,6 +512,7 @@ def run_chaos(plan: ChaosPlan, namespace: Any, start_worker: Callable[..., Any],
         result.stale_skips = sum(text.count("record(s) below the epoch") for text in logs)
         result.generations_missed = sum(text.count("this worker was dropped from the group") for text in logs)
     finally:
+        fleet.stop_watching()
         fleet.slots.clear()
         redis_server.stop()
     result.seconds = time.monotonic() - started
