@@ -3,8 +3,9 @@
 6,000 customers (~67,000 valid events of the four kinds, ~72,000 records with the out-of-order,
 late, producer-duplicated, mis-keyed and malformed ones), 3 workers on 6 partitions, kill -9 of a
 random worker about every 30 s, a fourth worker joining and leaving by SIGTERM about every 40 s, and
-Redis killed and restarted empty for 25 s. Then every profile and changelog state is compared with the
-offline processor and an independent batch oracle, and it prints one line of numbers per run:
+Redis killed and restarted empty for 25 s, 5 s of the traffic sent at once at mid-run. Then every profile
+and changelog state is compared with the offline processor and an independent batch oracle, and it prints one
+line of numbers per run:
 events produced, valid, applied, lost, doubled, dead-lettered, conflicting ids, ...
 
     .venv/bin/python -m benchmarks.chaos [--broker tansu|kafka] [--customers 6000] [--seeds 1 2 3]

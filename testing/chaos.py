@@ -195,7 +195,8 @@ class ChaosPlan:
     backlog_from_events: int | None = None
     #: a traffic spike: the ``spike_seconds`` of traffic due from ``spike_at`` (a fraction of ``send_seconds``) sent
     #: at once, amid the kills and freezes. The workers then queue a backlog whatever the box's pace (without it, a
-    #: CI run on Kafka queued too little in any batch to defer one assessment, session 35); 0: steady traffic
+    #: CI run on Kafka queued too little in any batch to defer one assessment, session 35); ``spike_seconds`` 0:
+    #: steady traffic
     spike_at: float = 0.5
     spike_seconds: float = 5.0
     converge_seconds: float = 300.0
