@@ -15,7 +15,8 @@ events produced, valid, applied, lost, doubled, dead-lettered, conflicting ids, 
 ``--broker kafka`` runs it on Apache Kafka (KRaft, one node; needs java and the jars of
 scripts/setup.sh), the other broker the suite runs on; Tansu is the default.
 
-Exit status 1 if any run lost or doubled an event or left a profile or state different.
+Exit status 1 if any run lost or doubled an event, left a profile or state different, or had a worker exit
+other than by a kill, a stop or a fail-stop (exit 75, restarted as the design expects): a crash.
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                     or result.changelog_states_off
                     or result.dead_lettered != result.malformed_sent
                     or (args.strict_ids and result.conflicting_ids)
+                    or result.unplanned_exits != result.unplanned_fail_stops
                 )
                 failed = failed or bool(bad)
                 if args.json:

@@ -229,7 +229,11 @@ class ChaosResult:
     freezes: int = 0
     #: woken workers that fail-stopped (exit 75: dropped from the group), restarted by the fleet like any fail-stop
     woken_fail_stops: int = 0
+    #: exits of workers neither killed, stopped nor woken from a freeze, and of those the fail-stops (exit 75: e.g. a
+    #: worker the group dropped when an overloaded box held it past the scenario's 3-s session timeout, restarted as
+    #: the design expects); any other exit is a crash
     unplanned_exits: int = 0
+    unplanned_fail_stops: int = 0
     offset_gaps: int = 0
     acks_refused: int = 0
     #: input partitions rewound to the changelog's positions, partitions whose recovery skipped stale-epoch
@@ -254,7 +258,8 @@ class ChaosResult:
             f"changelog states differing {self.changelog_states_off}; "
             f"kill -9 {self.kills}, join/leave cycles {self.churn_cycles}, freezes {self.freezes} (fail-stops once "
             f"awake {self.woken_fail_stops}), unplanned worker exits "
-            f"{self.unplanned_exits}, offset gaps stopped {self.offset_gaps}, acks refused {self.acks_refused}; "
+            f"{self.unplanned_exits} (fail-stops {self.unplanned_fail_stops}), offset gaps stopped {self.offset_gaps}, "
+            f"acks refused {self.acks_refused}; "
             f"input rewinds {self.rewinds}, stale changelog skips {self.stale_skips}, missed generations "
             f"{self.generations_missed}; assessments deferred to the next batch >= {self.assessments_deferred}; "
             f"{self.seconds:.0f} s"
@@ -503,6 +508,7 @@ def run_chaos(plan: ChaosPlan, namespace: Any, start_worker: Callable[..., Any],
         result.dead_lettered, result.dead_letter_copies = dead_lettered(namespace.bootstrap, settings, malformed)
         result.conflicting_ids, result.ids_checked = conflicting_ids(namespace.bootstrap, settings)
         result.unplanned_exits = len(fleet.unplanned)
+        result.unplanned_fail_stops = sum(1 for _, code in fleet.unplanned if code == EXIT_FAIL_STOP)
         result.woken_fail_stops = fleet.woken_fail_stops
         result.assessments_deferred = fleet.assessments_deferred()
         result.examples["exits"] = fleet.unplanned
