@@ -6,7 +6,9 @@ by SIGTERM (the others keep partitions through those rebalances), a Redis outage
 (SIGSTOP) past their session for 6-10 s, then woken (``PULSE_CHAOS_FREEZES``; at full size, freezes on Tansu
 found the resume of session 30). Every profile
 and every changelog state is compared with the offline processor and with an independent batch
-oracle; the numbers are printed. ``benchmarks/chaos.py`` runs the same scenario at full size.
+oracle; the numbers are printed. A worker may fail-stop (exit 75) and be restarted by the fleet; any other exit
+of a worker not killed or stopped on purpose (a crash) fails the test. ``benchmarks/chaos.py`` runs the same
+scenario at full size.
 
 Each broker runs it with one store in the suite: Apache Kafka with RocksDB (the shipped StatefulSet's pair) and
 Tansu with the memory store (``pulse dev``'s). ``PULSE_CHAOS_ALL_STORES=1`` runs both stores on each broker, as
