@@ -82,13 +82,14 @@ def capture(size: int, events: int, seed: int, warm: int) -> list[tuple[Any, ...
 def replay(path: str) -> None:
     """The child under callgrind: each part over every captured profile, one dump per part."""
     from pulse_config.settings import Settings
-    from schemas.profile import render_profile
+    from schemas.profile import render_profile, use_native
     from streams.at_risk import index_entry
     from streams.codec import decode_state, encode_state
     from streams.sinks.redis_profiles import pack_batch, pack_profile
 
     settings = Settings(_env_file=None)
     gc.set_threshold(*settings.gc_thresholds)  # as the worker runs
+    use_native(settings.native_profiles)  # PULSE_NATIVE_PROFILES=false: the Python renderer and packer
     config, currency = settings.scoring(), settings.base_currency
     prefix, vip_value = settings.redis_key_prefix, settings.vip_value
     with open(path, "rb") as f:

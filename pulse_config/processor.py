@@ -45,5 +45,7 @@ class ProcessorConfig:
     historical_alert_seconds: float
     #: a backlog customer the next batch scores again is assessed there, with its profile (PULSE_BACKLOG_DEFER_...)
     backlog_defer_assessments: bool = False
+    #: profiles rendered and packed in C where built (PULSE_NATIVE_PROFILES; process-wide, as the renderer is)
+    native_profiles: bool = True
     #: test only (fault injection, PULSE_TEST_FAIL_EVENT_IDS): scoring these event ids raises
     test_fail_event_ids: frozenset[str] = frozenset()

@@ -333,6 +333,14 @@ class Settings(BaseSettings):
         "decide it, on every event up to a later clock. A customer with events in every batch of a catch-up was "
         "assessed in each; never on a live partition. Off: every batch assesses its customers.",
     )
+    native_profiles: bool = Field(
+        True,
+        description="Render profiles and pack their Redis writes in C (schemas/_native.c, built by pip install "
+        "where a C compiler is found): the same strings as the Python renderer, which stays the reference and "
+        "renders whatever the C one leaves (numbers beyond its ranges); a profile rendered and packed in 87k "
+        "instructions instead of 217k (docs/benchmarks.md, session 37). Off, or not built: Python renders. The "
+        "worker logs which one it uses at start.",
+    )
     profile_render_process: bool = Field(
         False,
         description="Render and pack the Redis profiles in a child process of the worker (streams/render_process.py): "
@@ -888,6 +896,7 @@ class Settings(BaseSettings):
             max_lateness_days=self.max_lateness_days,
             historical_alert_seconds=self.historical_alert_seconds,
             backlog_defer_assessments=self.backlog_defer_profiles and self.backlog_defer_assessments,
+            native_profiles=self.native_profiles,
             test_fail_event_ids=frozenset(self.test_fail_event_ids),
         )
 

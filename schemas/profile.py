@@ -9,9 +9,11 @@ the model cost more than computing the signals it shows.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from operator import attrgetter
+from types import ModuleType
 
 import msgspec
 import orjson
@@ -23,9 +25,26 @@ from scoring.clv import ClvSignals, value_at_risk_cents
 from scoring.customer import CustomerState, ScoringConfig, assess_customer
 from scoring.episodes import EpisodeState
 from scoring.orders import MONTH_MS, OrderSignals, _average_cents, order_signals, window_revenue_cents
-from scoring.tickets import HOUR_MS, ServiceSignals, service_fields, service_signals
+from scoring.tickets import HOUR_MS, ServiceSignals, ServiceState, service_fields, service_signals
 from scoring.units import DAY_MS
-from scoring.voice import SEVERITIES, VoiceSignals, complaints_in_window, nps_category, voice_signals
+from scoring.voice import (
+    DETRACTOR,
+    PASSIVE,
+    PROMOTER,
+    SEVERITIES,
+    VoiceSignals,
+    complaints_in_window,
+    nps_category,
+    voice_signals,
+)
+
+_native: ModuleType | None
+try:  # the C renderer and packer (setup.py builds it when a C compiler is there; optional)
+    from schemas import _native as _built
+except ImportError:  # pragma: no cover - an install without a C compiler renders in Python
+    _native = None
+else:
+    _native = _built
 
 
 def cents_to_money(cents: int) -> Decimal:
@@ -442,6 +461,25 @@ def _render(
     clv: ClvSignals,
     risk: ChurnAssessment,
 ) -> tuple[tuple[str, ...], int]:
+    """The profile's HSET arguments and value at risk: by the C renderer (schemas._native) when it is built and
+    on, for the values inside its ranges; else, and as its reference, by :func:`_render_python`."""
+    native = _NATIVE_RENDER
+    if native is not None:
+        rendered = native(customer_id, state, now_ms, _native_context(config), currency, clv, risk)
+        if rendered is not None:
+            return rendered
+    return _render_python(customer_id, state, now_ms, config, currency, clv, risk)
+
+
+def _render_python(
+    customer_id: str,
+    state: CustomerState,
+    now_ms: int,
+    config: ScoringConfig,
+    currency: str,
+    clv: ClvSignals,
+    risk: ChurnAssessment,
+) -> tuple[tuple[str, ...], int]:
     """The profile's HSET arguments, field, value, field, value, ...: exactly the keys, order and strings of
     ``CustomerProfile.from_state(...).to_redis()``, flat, so the sink packs them without flattening a dict.
 
@@ -488,20 +526,7 @@ def _render(
     csat = voice.csat
     service = state.service
     if service.tickets:
-        # service_signals' fields as a tuple: no ServiceSignals built to read its fields back
-        n_tickets, n_open, reopens, breaches, mean_h, first_h, resolution_h, oldest_h = service_fields(
-            service, now_ms, config.service
-        )
-        tickets = (
-            str(n_tickets),
-            str(n_open),
-            str(reopens),
-            str(breaches),
-            _float(mean_h),
-            _float(first_h),
-            _float(resolution_h),
-            _float(oldest_h),
-        )
+        tickets = _ticket_texts(service, now_ms, config)
     else:  # as scoring.tickets.service_signals without ticket records (most customers)
         f = service.folded
         n = f.first_responses
@@ -569,7 +594,7 @@ def _render(
         "revenue_buckets", buckets_json,
         "churn_risk", _INTS[score] if 0 <= (score := risk.score) < _N_INTS else str(score),
         "churn_level", str(risk.level),
-        "churn_reasons", orjson.dumps([_reason(r) for r in reasons]).decode() if reasons else "[]",
+        "churn_reasons", _reasons_json(reasons) if reasons else "[]",
         "churn_alerts", _INTS[alerts] if 0 <= (alerts := state.churn.alerts) < _N_INTS else str(alerts),
         "last_alert_at", "" if alert_ms is None else _iso(alert_ms),
         "last_event_at", "" if last_event_ms is None else _iso(last_event_ms),
@@ -578,6 +603,90 @@ def _render(
         "episode", _episode(customer_id, state.episodes),
     ), at_risk
     # fmt: on
+
+
+def _ticket_texts(service: ServiceState, now_ms: int, config: ScoringConfig) -> tuple[str, ...]:
+    """The eight ticket fields of a customer with ticket records: service_signals' fields as a tuple (no
+    ServiceSignals built to read its fields back). Shared by both renderers."""
+    n_tickets, n_open, reopens, breaches, mean_h, first_h, resolution_h, oldest_h = service_fields(
+        service, now_ms, config.service
+    )
+    return (
+        str(n_tickets),
+        str(n_open),
+        str(reopens),
+        str(breaches),
+        _float(mean_h),
+        _float(first_h),
+        _float(resolution_h),
+        _float(oldest_h),
+    )
+
+
+def _reasons_json(reasons: tuple[ChurnReason, ...]) -> str:
+    return orjson.dumps([_reason(r) for r in reasons]).decode()
+
+
+#: (config, the C renderer's context for it) of the last config rendered with
+_NATIVE_CONTEXT: tuple[ScoringConfig | None, tuple[object, ...]] = (None, ())
+
+
+def _native_context(config: ScoringConfig) -> tuple[object, ...]:
+    """What the C renderer reads of ``config``, and the Python functions it calls for the rare parts (ticket
+    records: the scorer's service_fields; churn reasons, and an episode with text JSON escapes: their JSON),
+    remembered for the config object (one tuple, read and replaced whole)."""
+    global _NATIVE_CONTEXT
+    last = _NATIVE_CONTEXT
+    if last[0] is not config:
+        orders, voice = config.orders, config.voice
+        context = (
+            orders.bucket_ms,
+            orders.window_buckets,
+            voice.complaint_window_days,
+            voice.csat_satisfied_min,
+            voice.nps_promoter_min,
+            voice.nps_passive_min,
+            float(orders.default_gross_margin),
+            PROMOTER,
+            PASSIVE,
+            DETRACTOR,
+            SEVERITIES,
+            lambda service, now_ms: service_fields(service, now_ms, config.service),
+            _reasons_json,
+            _episode,
+        )
+        last = _NATIVE_CONTEXT = (config, context)
+    return last[1]
+
+
+#: the C renderer and HSET packer (schemas._native), None when not built or turned off (:func:`use_native`)
+_NATIVE_RENDER: Callable[..., tuple[tuple[str, ...], int] | None] | None = None
+_NATIVE_PACK: Callable[[str, tuple[str, ...]], bytes | None] | None = None
+
+
+def native_available() -> bool:
+    """Whether the C renderer and packer (schemas._native) were built with this install."""
+    return _native is not None
+
+
+def use_native(on: bool) -> bool:
+    """Render profiles and pack their HSETs in C (on, when built) or in Python; returns whether C is in use. The
+    worker calls it with ``PULSE_NATIVE_PROFILES``; C is on from import when built."""
+    global _NATIVE_RENDER, _NATIVE_PACK
+    native = _native if on else None
+    _NATIVE_RENDER = None if native is None else native.render
+    _NATIVE_PACK = None if native is None else native.pack_hset
+    return native is not None
+
+
+def native_in_use() -> bool:
+    """Whether profiles are rendered and packed in C now (:func:`use_native`)."""
+    return _NATIVE_RENDER is not None
+
+
+def native_packer() -> Callable[[str, tuple[str, ...]], bytes | None] | None:
+    """The C HSET packer when in use (streams.sinks.redis_profiles.pack_hset), else None."""
+    return _NATIVE_PACK
 
 
 class RenderedProfile(msgspec.Struct, gc=False):
@@ -628,3 +737,9 @@ def render_profile(
     args, at_risk = _render(customer_id, state, now_ms, config, currency, clv, risk)
     codes = tuple(map(_CODE, risk.reasons)) if risk.reasons else ()
     return RenderedProfile(customer_id, bool(state.vip), args, codes, at_risk)
+
+
+if _native is not None and tuple(_native.FIELDS) != tuple(CustomerProfile.model_fields):  # pragma: no cover
+    # a field added to the edge model and not to schemas/_native.c: the C renderer would write another layout
+    _native = None
+use_native(True)

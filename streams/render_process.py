@@ -142,9 +142,13 @@ def child_main(
     prefix: str,
     vip: str,
     gc_thresholds: tuple[int, int, int],
+    native: bool = True,
 ) -> None:
     """The render process: answer each request (sequence number, render inputs) with (sequence number, packed
     profiles, failures, CPU seconds), in order, until EOF or the parent is gone."""
+    from schemas.profile import use_native
+
+    use_native(native)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     gc.set_threshold(*gc_thresholds)  # as the worker runs
@@ -190,7 +194,10 @@ class RenderProcess:
         on_death: Callable[[str], None],
         on_answered: Callable[[int, list[tuple[str, str]], bool], None] | None = None,
     ) -> None:
-        self._args = (config, currency, key_prefix, vip_value, gc_thresholds)
+        from schemas.profile import native_in_use
+
+        # the child renders as this process does: in C or in Python (PULSE_NATIVE_PROFILES, schemas.profile)
+        self._args = (config, currency, key_prefix, vip_value, gc_thresholds, native_in_use())
         self.max_batches = max_batches
         self.on_packed = on_packed
         self.on_death = on_death

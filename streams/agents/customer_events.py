@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, cast
 from faust.types import TP, EventT, StreamT
 from mode.utils.times import want_seconds
 
+from schemas.profile import native_available, native_in_use
 from streams import batch_input, offsets
 from streams.admin import PARTITIONS_ADDED_HINT
 from streams.checkpoint import Checkpoint
@@ -90,6 +91,11 @@ def register(pulse: PulseApp) -> BatchProcessor:
     # records outside their customer's murmur2 partition are re-published, not applied (streams.partitioning)
     partition_of = partitioner(settings.partitions)
     processor = BatchProcessor(pulse.processor_config, partition_of)
+    if native_in_use():
+        log.info("profiles: rendered and packed in C (schemas._native)")
+    else:
+        why = "PULSE_NATIVE_PROFILES=false" if native_available() else "schemas._native not built: no C compiler?"
+        log.info("profiles: rendered and packed in Python (%s)", why)
     sink = RedisProfileSink(
         settings.redis_url,
         settings.redis_key_prefix,

@@ -54,7 +54,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from schemas.profile import CustomerProfile, RenderedProfile
+from schemas.profile import CustomerProfile, RenderedProfile, native_packer
 from streams import metrics
 from streams.at_risk import index_entry, pack_update
 from streams.ownership import Epoch, decode_epoch, encode_epoch
@@ -215,9 +215,15 @@ _pack_hset = _hset_packer(_FIELDS)
 
 
 def pack_hset(key: str, args: tuple[str, ...]) -> bytes:
-    """``HSET key field value ...`` in RESP, byte for byte as hiredis's ``pack_command`` packs it: by the generated
-    packer when ``args`` has the profile's layout and its numbers are short (always, in practice), else by hiredis.
-    tests/unit/test_redis_pack.py holds the two equal."""
+    """``HSET key field value ...`` in RESP, byte for byte as hiredis's ``pack_command`` packs it: by the C packer
+    (schemas._native, ~4x faster) when built and on, else by the generated packer when ``args`` has the profile's
+    layout and its numbers are short (always, in practice), else by hiredis. tests/unit/test_redis_pack.py and
+    tests/unit/test_native_profile.py hold them equal."""
+    native = native_packer()
+    if native is not None:
+        packed = native(key, args)
+        if packed is not None:
+            return packed
     if args[::2] == _FIELDS:
         try:
             packed = _pack_hset(key, args)

@@ -9,6 +9,7 @@ order, same number and date formatting.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import replace
 from decimal import Decimal
 
@@ -30,6 +31,7 @@ from schemas.profile import (
     cents_to_money,
     ms_to_datetime,
     render_profile,
+    use_native,
 )
 from scoring.churn import ChurnAssessment, ChurnReason
 from scoring.clv import ClvSignals
@@ -46,6 +48,14 @@ DATETIME = TypeAdapter(AwareDatetime)
 #: event-time clocks from 1900 to 9000: before, inside and far after any history
 CLOCKS = st.integers(-2_208_988_800_000, 220_000_000_000_000)
 GAPS = st.none() | st.floats(1, 400)
+
+
+@pytest.fixture(autouse=True, scope="module", params=["c", "python"])
+def renderer(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every check with the C renderer and packer (schemas._native), then with the Python ones, their reference."""
+    use_native(request.param == "c")
+    yield request.param
+    use_native(True)
 
 
 def expected(cid: str, state: CustomerState, now: int, clv: ClvSignals, risk: ChurnAssessment) -> dict[str, str]:

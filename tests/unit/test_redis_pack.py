@@ -9,14 +9,16 @@ still packs.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import replace
 
+import pytest
 from hiredis import pack_command
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pulse_config.settings import Settings
-from schemas.profile import CustomerProfile, RenderedProfile, render_profile
+from schemas.profile import CustomerProfile, RenderedProfile, render_profile, use_native
 from scoring.customer import assess_customer
 from scoring.units import DAY_MS
 from streams.at_risk import UPDATE_SCRIPT, index_entry
@@ -28,6 +30,14 @@ SETTINGS = Settings(_env_file=None)
 CONFIG = SETTINGS.scoring()
 FIELDS = tuple(CustomerProfile.model_fields)
 TEMPLATES = template_states(200, 11)
+
+
+@pytest.fixture(autouse=True, scope="module", params=["c", "python"])
+def renderer(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every check with the C renderer and packer (schemas._native), then with the Python ones, their reference."""
+    use_native(request.param == "c")
+    yield request.param
+    use_native(True)
 
 
 def hiredis_hset(key: str, args: tuple[str, ...]) -> bytes:
