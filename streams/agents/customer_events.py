@@ -91,11 +91,16 @@ def register(pulse: PulseApp) -> BatchProcessor:
     # records outside their customer's murmur2 partition are re-published, not applied (streams.partitioning)
     partition_of = partitioner(settings.partitions)
     processor = BatchProcessor(pulse.processor_config, partition_of)
-    if native_in_use():
-        log.info("profiles: rendered and packed in C (schemas._native)")
-    else:
-        why = "PULSE_NATIVE_PROFILES=false" if native_available() else "schemas._native not built: no C compiler?"
-        log.info("profiles: rendered and packed in Python (%s)", why)
+
+    @pulse.app.task
+    async def log_profile_renderer() -> None:
+        """Which renderer this worker's profiles take (at start, once logging is set up)."""
+        if native_in_use():
+            log.info("profiles: rendered and packed in C (schemas._native)")
+        else:
+            why = "PULSE_NATIVE_PROFILES=false" if native_available() else "schemas._native not built: no C compiler?"
+            log.info("profiles: rendered and packed in Python (%s)", why)
+
     sink = RedisProfileSink(
         settings.redis_url,
         settings.redis_key_prefix,

@@ -116,7 +116,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     for name in sources:
         path = REPO / name
         if path.is_dir():
-            shutil.copytree(path, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(path, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.so"))  # built, not copied
         else:
             shutil.copy2(path, src / name)
     dist = root / "dist"
@@ -158,6 +158,9 @@ def test_the_wheel_holds_the_packages_and_nothing_of_the_checkout(installed):
 
     names = set(zipfile.ZipFile(installed.wheel).namelist())
     tops = {name.split("/")[0] for name in names}
+    # the C renderer, compiled for this Python, and its types
+    assert any(re.fullmatch(r"schemas/_native\.cpython-\d+[^/]*\.so", name) for name in names), sorted(names)
+    assert "schemas/_native.pyi" in names
     assert set(PACKAGES) <= tops
     assert not tops & set(CHECKOUT_ONLY), tops
     # the service console's package data: templates and the vendored htmx (no CDN at run time)
@@ -270,6 +273,8 @@ def test_installed_worker_scores_an_order_into_redis(installed, namespace, rende
         assert fields["orders"] == "1" and float(fields["revenue"]) == 42.5, fields
         assert "pulse worker: CLV parameters: the defaults (no file at .pulse/clv-params.json" in log.read_text()
         assert ("profile render process started" in log.read_text()) == (render_process == "true")
+        # the wheel carries the compiled renderer (setup.py's extension, built by pip with the machine's compiler)
+        assert "profiles: rendered and packed in C (schemas._native)" in log.read_text(), tail()
     finally:
         stop_process(proc, 30)
     assert proc.returncode == 0, f"worker did not stop cleanly on SIGTERM: {proc.returncode}\n{tail()}"
