@@ -1187,7 +1187,7 @@ pack_hset(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     data[0] = "HSET";
     len[0] = 4;
-    size_t total = 24;
+    size_t total = 24 + 10; /* "*<count>\r\n" and "$4\r\nHSET\r\n" */
     for (Py_ssize_t i = 1; i < count; i++) {
         PyObject *s = i == 1 ? key : PyTuple_GET_ITEM(items, i - 2);
         if (!PyUnicode_Check(s))
