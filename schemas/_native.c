@@ -264,27 +264,28 @@ iso_text(long long ms)
     return ascii(buf, p - buf);
 }
 
-/* _iso of an optional int attribute value: "" for None; NULL: BAIL or error (PyErr_Occurred tells) */
+/* ``text(value)`` of an optional int (iso_text, money_text): "" for None; NULL: BAIL or error (PyErr_Occurred) */
 static PyObject *
-opt_iso(PyObject *value)
+opt_int(PyObject *value, PyObject *(*text)(long long))
 {
     if (value == Py_None)
         return Py_NewRef(s_empty);
-    long long ms;
-    if (as_i64(value, &ms) != 0)
+    long long v;
+    if (as_i64(value, &v) != 0)
         return NULL;
-    return iso_text(ms);
+    return text(v);
+}
+
+static PyObject *
+opt_iso(PyObject *value)
+{
+    return opt_int(value, iso_text);
 }
 
 static PyObject *
 opt_money(PyObject *value)
 {
-    if (value == Py_None)
-        return Py_NewRef(s_empty);
-    long long cents;
-    if (as_i64(value, &cents) != 0)
-        return NULL;
-    return money_text(cents);
+    return opt_int(value, money_text);
 }
 
 static PyObject *
