@@ -4,7 +4,9 @@ Two ways to the same hash: ``CustomerProfile`` is the validated edge model
 (what the API and ``pulse profile`` read back with ``from_redis``), and
 ``render_profile`` renders the identical strings without pydantic, because the
 worker renders a profile for every re-scored customer, and building and dumping
-the model cost more than computing the signals it shows.
+the model cost more than computing the signals it shows. ``render_profile`` takes
+the C renderer (schemas/_native.c) where it is built, and this module's Python
+renderer, its reference, for whatever the C one leaves.
 """
 
 from __future__ import annotations
@@ -607,7 +609,7 @@ def _render_python(
 
 def _ticket_texts(service: ServiceState, now_ms: int, config: ScoringConfig) -> tuple[str, ...]:
     """The eight ticket fields of a customer with ticket records: service_signals' fields as a tuple (no
-    ServiceSignals built to read its fields back). Shared by both renderers."""
+    ServiceSignals built to read its fields back). The C renderer calls service_fields and formats the same."""
     n_tickets, n_open, reopens, breaches, mean_h, first_h, resolution_h, oldest_h = service_fields(
         service, now_ms, config.service
     )
@@ -632,9 +634,9 @@ _NATIVE_CONTEXT: tuple[ScoringConfig | None, tuple[object, ...]] = (None, ())
 
 
 def _native_context(config: ScoringConfig) -> tuple[object, ...]:
-    """What the C renderer reads of ``config``, and the Python functions it calls for the rare parts (ticket
-    records: the scorer's service_fields; churn reasons, and an episode with text JSON escapes: their JSON),
-    remembered for the config object (one tuple, read and replaced whole)."""
+    """What the C renderer reads of ``config``, and the Python functions it calls for what it leaves to Python
+    (ticket records: the scorer's service_fields; churn reasons, and an episode whose texts JSON escapes: their
+    JSON), remembered for the config object (one tuple, read and replaced whole)."""
     global _NATIVE_CONTEXT
     last = _NATIVE_CONTEXT
     if last[0] is not config:
