@@ -1,15 +1,16 @@
 /* schemas._native: the profile's HSET arguments and their RESP bytes, in C (issue 18).
  *
- * Why: rendering a re-scored customer's profile (schemas.profile._render) and packing it for Redis
- * (streams.sinks.redis_profiles.pack_hset) took ~236k instructions per profile under callgrind, ~35 % of an
+ * Why: rendering a re-scored customer's profile (schemas.profile._render_python) and packing it for Redis
+ * (streams.sinks.redis_profiles.pack_hset) took ~217k instructions per profile under callgrind, a third of an
  * assessed customer's, spent on CPython's object work (attribute reads, small strings, f-strings). Here it is
- * the same strings built from C numbers.
+ * the same strings built from C numbers: ~87k, most of it the Python the render still calls.
  *
  * The Python functions stay the reference and the fallback: render() returns None whenever a value leaves the
- * ranges handled here (numbers beyond 64 bits or the fast ranges of _float/_iso/_money, a type other than the
- * scorers' own), and the caller renders that customer in Python. tests/unit/test_native_profile.py holds the two
- * byte for byte equal over scored histories and edge values; the rare parts (ticket records, churn reasons,
- * episodes) are Python callables passed in the context.
+ * ranges handled here (numbers beyond 64 bits or the fast ranges of _float/_iso/_money, a "%.4f" near a tie, a
+ * type other than the scorers' own), and the caller renders that customer in Python. What stays Python is passed
+ * in the context: the scorer's service_fields for ticket records, the churn reasons' JSON, and an episode whose
+ * texts JSON would escape. tests/unit/test_native_profile.py holds the two byte for byte equal over scored
+ * histories and hostile values.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
