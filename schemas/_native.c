@@ -96,6 +96,18 @@ attr_i64(PyObject *obj, PyObject *name, long long *out, int *none)
     return rc;
 }
 
+/* the truth of the attribute ``name`` of ``obj``: 1, 0, or -1 with an exception set */
+static int
+attr_true(PyObject *obj, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL)
+        return -1;
+    int truth = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return truth;
+}
+
 static PyObject *
 ascii(const char *text, Py_ssize_t n)
 {
@@ -802,6 +814,18 @@ episode_json(PyObject *customer_id, PyObject *state)
             goto fail;                                                                                                \
     } while (0)
 
+/* values[slot] = format(obj.name), the attribute released whatever came of it */
+#define TAKE_ATTR(slot, obj, name, format)                                                                            \
+    do {                                                                                                              \
+        tmp = PyObject_GetAttr((obj), (name));                                                                        \
+        if (tmp == NULL)                                                                                              \
+            goto fail;                                                                                                \
+        values[slot] = format(tmp);                                                                                   \
+        Py_CLEAR(tmp);                                                                                                \
+        if (values[slot] == NULL)                                                                                     \
+            goto fail;                                                                                                \
+    } while (0)
+
 #define CHECK(call)                                                                                                   \
     do {                                                                                                              \
         int rc_ = (call);                                                                                             \
@@ -833,6 +857,7 @@ render(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 
     PyObject *values[N_FIELDS] = {NULL};
     PyObject *o = NULL, *voice = NULL, *service = NULL, *folded = NULL, *churn = NULL, *tmp = NULL, *nps = NULL;
+    PyObject *result = NULL;
     long long at_risk = 0;
 
     values[0] = Py_NewRef(customer_id);
@@ -911,16 +936,8 @@ render(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         values[16] = Py_NewRef(tmp);
     }
     Py_CLEAR(tmp);
-    tmp = PyObject_GetAttr(state, a_segment);
-    if (tmp == NULL)
-        goto fail;
-    TAKE(17, opt_str(tmp));
-    Py_CLEAR(tmp);
-    tmp = PyObject_GetAttr(state, a_vip);
-    if (tmp == NULL)
-        goto fail;
-    int vip = PyObject_IsTrue(tmp);
-    Py_CLEAR(tmp);
+    TAKE_ATTR(17, state, a_segment, opt_str);
+    int vip = attr_true(state, a_vip);
     if (vip < 0)
         goto fail;
     values[18] = Py_NewRef(vip ? s_true : s_false);
@@ -982,11 +999,7 @@ render(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     service = PyObject_GetAttr(state, a_service);
     if (service == NULL)
         goto fail;
-    tmp = PyObject_GetAttr(service, a_tickets);
-    if (tmp == NULL)
-        goto fail;
-    int has_tickets = PyObject_IsTrue(tmp);
-    Py_CLEAR(tmp);
+    int has_tickets = attr_true(service, a_tickets);
     if (has_tickets < 0)
         goto fail;
     if (has_tickets) {
@@ -1015,34 +1028,17 @@ render(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
 
     /* CLV */
-    tmp = PyObject_GetAttr(clv, a_p_alive);
-    if (tmp == NULL)
-        goto fail;
-    TAKE(35, opt_float(tmp));
-    Py_CLEAR(tmp);
-    tmp = PyObject_GetAttr(clv, a_expected_purchases);
-    if (tmp == NULL)
-        goto fail;
-    TAKE(36, opt_float(tmp));
-    Py_CLEAR(tmp);
-    PyObject *const money_names[3] = {a_expected_order_value_cents, a_clv_predictive_cents, a_clv_historical_cents};
-    for (int i = 0; i < 3; i++) {
-        tmp = PyObject_GetAttr(clv, money_names[i]);
-        if (tmp == NULL)
-            goto fail;
-        TAKE(37 + i, opt_money(tmp));
-        Py_CLEAR(tmp);
-    }
+    TAKE_ATTR(35, clv, a_p_alive, opt_float);
+    TAKE_ATTR(36, clv, a_expected_purchases, opt_float);
+    TAKE_ATTR(37, clv, a_expected_order_value_cents, opt_money);
+    TAKE_ATTR(38, clv, a_clv_predictive_cents, opt_money);
+    TAKE_ATTR(39, clv, a_clv_historical_cents, opt_money);
 
     /* churn */
     long long score;
     CHECK(attr_i64(risk, a_score, &score, NULL));
     TAKE(42, int_text(score));
-    tmp = PyObject_GetAttr(risk, a_level);
-    if (tmp == NULL)
-        goto fail;
-    TAKE(43, opt_str(tmp)); /* str(level); never None */
-    Py_CLEAR(tmp);
+    TAKE_ATTR(43, risk, a_level, opt_str); /* str(level); never None */
     tmp = PyObject_GetAttr(risk, a_reasons);
     if (tmp == NULL)
         goto fail;
@@ -1064,16 +1060,8 @@ render(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     long long alerts;
     CHECK(attr_i64(churn, a_alerts, &alerts, NULL));
     TAKE(45, int_text(alerts));
-    tmp = PyObject_GetAttr(churn, a_alert_ms);
-    if (tmp == NULL)
-        goto fail;
-    TAKE(46, opt_iso(tmp));
-    Py_CLEAR(tmp);
-    tmp = PyObject_GetAttr(state, a_last_event_ms);
-    if (tmp == NULL)
-        goto fail;
-    TAKE(47, opt_iso(tmp));
-    Py_CLEAR(tmp);
+    TAKE_ATTR(46, churn, a_alert_ms, opt_iso);
+    TAKE_ATTR(47, state, a_last_event_ms, opt_iso);
 
     /* events, as of, episode */
     tmp = PyObject_GetAttr(state, a_events);
@@ -1120,23 +1108,19 @@ render(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyTuple_SET_ITEM(out, 2 * i + 1, values[i]);
         values[i] = NULL;
     }
-    PyObject *result = NULL, *var = PyLong_FromLongLong(at_risk);
+    PyObject *var = PyLong_FromLongLong(at_risk);
     if (var != NULL)
         result = PyTuple_Pack(2, out, var);
     Py_DECREF(out);
     Py_XDECREF(var);
-    Py_XDECREF(o);
-    Py_XDECREF(voice);
-    Py_XDECREF(nps);
-    Py_XDECREF(service);
-    Py_XDECREF(folded);
-    Py_XDECREF(churn);
-    return result;
+    goto done;
 
 bail:
 fail:
     for (int i = 0; i < N_FIELDS; i++)
         Py_XDECREF(values[i]);
+    result = PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+done:
     Py_XDECREF(tmp);
     Py_XDECREF(o);
     Py_XDECREF(voice);
@@ -1144,9 +1128,7 @@ fail:
     Py_XDECREF(service);
     Py_XDECREF(folded);
     Py_XDECREF(churn);
-    if (PyErr_Occurred())
-        return NULL;
-    Py_RETURN_NONE;
+    return result;
 }
 
 /* ---- RESP ------------------------------------------------------------------------------------------------- */
