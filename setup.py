@@ -1,7 +1,7 @@
 """The one compiled module: schemas._native, the profile's rendering and RESP packing in C (issue 18).
 
 Optional: where no C compiler is found the package installs without it and schemas.profile renders in
-Python (the same strings, slower); ``pulse config`` says which one a worker uses. Everything else is in
+Python (the same strings, slower); a worker logs which one it uses at start. Everything else is in
 pyproject.toml.
 """
 

@@ -56,6 +56,8 @@ static PyObject *a_orders, *a_first_purchase_ms, *a_last_purchase_ms, *a_refunds
 #define BAIL (-2)
 static int bail_line;
 #define BAILED (bail_line = __LINE__, BAIL)
+/* the same from a function returning an object: NULL with no exception set */
+#define BAILED_NULL (bail_line = __LINE__, (PyObject *)NULL)
 
 /* ---- numbers ---------------------------------------------------------------------------------------------- */
 
@@ -171,12 +173,12 @@ money_text(long long cents)
     char buf[32], *p = buf;
     if (cents < 0) {
         if (cents <= -FAST_CENTS)
-            return (bail_line = __LINE__, NULL);
+            return BAILED_NULL;
         *p++ = '-';
         cents = -cents;
     }
     else if (cents >= FAST_CENTS)
-        return (bail_line = __LINE__, NULL);
+        return BAILED_NULL;
     p = put_digits(p, (unsigned long long)(cents / 100));
     *p++ = '.';
     p = put_padded(p, cents % 100, 2);
@@ -188,7 +190,7 @@ static PyObject *
 float_text(double value)
 {
     if (!(value > -FAST_FLOAT && value < FAST_FLOAT))
-        return (bail_line = __LINE__, NULL);
+        return BAILED_NULL;
     /* value × 10^4 rounded to an integer is "%.4f"'s digits. The product is computed within half an ulp; below
      * 2^40 that is under 2^-13, so a fraction more than 1/1024 away from one half rounds the same as the exact
      * product would. Near a half (a tie or nearly), Python's own conversion decides. */
@@ -225,6 +227,13 @@ float_text(double value)
     return out;
 }
 
+/* v converts to a double exactly (|v| < 2^53): Python's int / int is then one correctly rounded division */
+static int
+exact(long long v)
+{
+    return v > -EXACT_DOUBLE && v < EXACT_DOUBLE;
+}
+
 /* floor division, as Python's // */
 static long long
 floordiv(long long a, long long b)
@@ -240,7 +249,7 @@ static PyObject *
 iso_text(long long ms)
 {
     if (ms < 0 || ms >= FAST_ISO_MS)
-        return (bail_line = __LINE__, NULL);
+        return BAILED_NULL;
     long long days = ms / DAY_MS, rest = ms % DAY_MS;
     /* days since 1970-01-01 -> civil date (H. Hinnant's days_from_civil inverse) */
     long long z = days + 719468;
@@ -307,7 +316,7 @@ opt_float(PyObject *value)
     if (value == Py_None)
         return Py_NewRef(s_empty);
     if (!PyFloat_CheckExact(value))
-        return (bail_line = __LINE__, NULL);
+        return BAILED_NULL;
     return float_text(PyFloat_AS_DOUBLE(value));
 }
 
@@ -339,13 +348,13 @@ seq_items(PyObject *seq, PyObject *const **items, Py_ssize_t *size)
     return -1;
 }
 
-/* the items of a list or tuple of exactly ``n`` (at least ``-n`` when ``n`` < 0), else NULL */
+/* the items of a list or tuple of exactly ``n`` (at least ``-n`` when ``n`` < 0; n is never 0), else NULL */
 static PyObject *const *
 pair_items(PyObject *seq, Py_ssize_t n)
 {
     Py_ssize_t size;
     PyObject *const *items;
-    if (seq_items(seq, &items, &size) != 0 || (n >= 0 ? size != n : size < -n) || size == 0)
+    if (seq_items(seq, &items, &size) != 0 || (n >= 0 ? size != n : size < -n))
         return NULL;
     return items;
 }
@@ -361,6 +370,41 @@ pair_score(PyObject *pair, long long *out)
 }
 
 /* ---- render ----------------------------------------------------------------------------------------------- */
+
+/* a growing text buffer (PyMem), for the JSON parts */
+typedef struct {
+    char *buf;
+    size_t len, cap;
+} Writer;
+
+static int
+w_reserve(Writer *w, size_t more)
+{
+    if (w->len + more <= w->cap)
+        return 0;
+    size_t cap = (w->len + more) * 2;
+    char *buf = PyMem_Realloc(w->buf, cap);
+    if (buf == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    w->buf = buf;
+    w->cap = cap;
+    return 0;
+}
+
+static int
+w_raw(Writer *w, const char *text, size_t n)
+{
+    if (w_reserve(w, n) != 0)
+        return -1;
+    memcpy(w->buf + w->len, text, n);
+    w->len += n;
+    return 0;
+}
+
+#define W_LIT(w, text) w_raw((w), (text), sizeof(text) - 1)
+
 
 typedef struct {
     long long bucket_ms, window_buckets, complaint_window_days, csat_satisfied_min, nps_promoter_min,
@@ -454,24 +498,20 @@ buckets_part(PyObject *buckets, long long now_ms, const Context *c, PyObject **j
         }
     }
     *window = sum;
-    /* "[[" + per bucket: up to 20 + 1 + 20 digits and "],[" */
-    size_t cap = 4 + (size_t)n * 48;
-    char *text = PyMem_Malloc(cap);
-    if (text == NULL) {
+    Writer w = {PyMem_Malloc(2 + (size_t)n * 44), 0, 2 + (size_t)n * 44}; /* "[" "[-k,-v]," ... "]" */
+    if (w.buf == NULL) {
         PyErr_NoMemory();
         rc = -1;
         goto done;
     }
-    size_t len = 0;
-    text[len++] = '[';
-    for (i = 0; i < n; i++) {
+    rc = W_LIT(&w, "[");
+    for (i = 0; rc == 0 && i < n; i++) {
         long long start;
+        char item[48], *p = item;
         if (__builtin_mul_overflow(kv[2 * i], c->bucket_ms, &start)) {
-            PyMem_Free(text);
             rc = BAILED;
-            goto done;
+            break;
         }
-        char *p = text + len;
         if (i)
             *p++ = ',';
         *p++ = '[';
@@ -479,12 +519,15 @@ buckets_part(PyObject *buckets, long long now_ms, const Context *c, PyObject **j
         *p++ = ',';
         p = put_int(p, kv[2 * i + 1]);
         *p++ = ']';
-        len = (size_t)(p - text);
+        rc = w_raw(&w, item, (size_t)(p - item));
     }
-    text[len++] = ']';
-    *json = ascii(text, (Py_ssize_t)len);
-    PyMem_Free(text);
-    rc = *json == NULL ? -1 : 0;
+    if (rc == 0)
+        rc = W_LIT(&w, "]");
+    if (rc == 0) {
+        *json = ascii(w.buf, (Py_ssize_t)w.len);
+        rc = *json == NULL ? -1 : 0;
+    }
+    PyMem_Free(w.buf);
 done:
     if (kv != small)
         PyMem_Free(kv);
@@ -549,7 +592,7 @@ folded_tickets(PyObject *folded, PyObject **out)
     if (n) {
         /* f.first_response_ms_sum / n / HOUR_MS: int / int is one correctly rounded division when both are exact
          * doubles, as here */
-        if (sum <= -EXACT_DOUBLE || sum >= EXACT_DOUBLE || n <= -EXACT_DOUBLE || n >= EXACT_DOUBLE)
+        if (!exact(sum) || !exact(n))
             return BAILED;
         out[4] = float_text((double)sum / (double)n / (double)HOUR_MS);
         if (out[4] == NULL)
@@ -580,7 +623,7 @@ value_at_risk(long long revenue, long long cost, long long window, double defaul
     long long profit;
     if (__builtin_sub_overflow(revenue, cost, &profit))
         return BAILED;
-    if (window >= EXACT_DOUBLE || revenue >= EXACT_DOUBLE || profit <= -EXACT_DOUBLE || profit >= EXACT_DOUBLE)
+    if (!exact(window) || !exact(revenue) || !exact(profit))
         return BAILED;
     double share = revenue > 0 ? (double)profit / (double)revenue : default_margin;
     share = share > 0.0 ? share : 0.0;
@@ -604,39 +647,6 @@ average_cents(long long cents, long long count, long long *out)
 }
 
 /* ---- the latest alert episode's JSON (schemas.profile._episode, as orjson writes it) --------------------------- */
-
-typedef struct {
-    char *buf;
-    size_t len, cap;
-} Writer;
-
-static int
-w_reserve(Writer *w, size_t more)
-{
-    if (w->len + more <= w->cap)
-        return 0;
-    size_t cap = (w->len + more) * 2;
-    char *buf = PyMem_Realloc(w->buf, cap);
-    if (buf == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    w->buf = buf;
-    w->cap = cap;
-    return 0;
-}
-
-static int
-w_raw(Writer *w, const char *text, size_t n)
-{
-    if (w_reserve(w, n) != 0)
-        return -1;
-    memcpy(w->buf + w->len, text, n);
-    w->len += n;
-    return 0;
-}
-
-#define W_LIT(w, text) w_raw((w), (text), sizeof(text) - 1)
 
 /* a str as a JSON string; BAIL for one that JSON would escape (a quote, a backslash, a control character) or
  * that is not ASCII: orjson's escaping stays orjson's */
@@ -700,7 +710,7 @@ w_attr_text(Writer *w, PyObject *obj, PyObject *name, int nullable)
     return rc;
 }
 
-static PyObject *a_episodes_list, *a_first_alert, *a_last_alert, *a_raised_ms, *a_status, *a_owner, *a_outcome,
+static PyObject *a_first_alert, *a_last_alert, *a_raised_ms, *a_status, *a_owner, *a_outcome,
     *a_closed_ms, *a_purchased_ms, *a_recovered_cents, *a_destinations, *a_settled;
 
 static int
@@ -779,15 +789,14 @@ episode_parts(Writer *w, PyObject *customer_id, PyObject *e)
 static PyObject *
 episode_json(PyObject *customer_id, PyObject *state)
 {
-    PyObject *episodes = PyObject_GetAttr(state, a_episodes_list);
+    PyObject *episodes = PyObject_GetAttr(state, a_episodes);
     if (episodes == NULL)
         return NULL;
     PyObject *const *items;
     Py_ssize_t n;
     if (seq_items(episodes, &items, &n) != 0) {
         Py_DECREF(episodes);
-        bail_line = __LINE__;
-        return NULL;
+        return BAILED_NULL;
     }
     if (n == 0) {
         Py_DECREF(episodes);
@@ -824,6 +833,13 @@ episode_json(PyObject *customer_id, PyObject *state)
         Py_CLEAR(tmp);                                                                                                \
         if (values[slot] == NULL)                                                                                     \
             goto fail;                                                                                                \
+    } while (0)
+
+/* out of the handled ranges: the caller renders this customer in Python */
+#define GIVE_UP()                                                                                                     \
+    do {                                                                                                              \
+        bail_line = __LINE__;                                                                                         \
+        goto fail;                                                                                                    \
     } while (0)
 
 #define CHECK(call)                                                                                                   \
@@ -877,7 +893,7 @@ render(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     CHECK(attr_i64(o, a_last_purchase_ms, &last, &last_none));
     long long profit;
     if (__builtin_sub_overflow(revenue, cost, &profit))
-        { bail_line = __LINE__; goto bail; }
+        GIVE_UP();
     TAKE(2, money_text(revenue));
     TAKE(3, money_text(profit));
     TAKE(4, int_text(orders));
@@ -892,12 +908,11 @@ render(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (!last_none && !first_none) {
         long long tenure_ms, recency_ms;
         if (__builtin_sub_overflow(now_ms, first, &tenure_ms) || __builtin_sub_overflow(now_ms, last, &recency_ms))
-            { bail_line = __LINE__; goto bail; }
+            GIVE_UP();
         tenure_ms = now_ms > first ? tenure_ms : 0;
         recency_ms = now_ms > last ? recency_ms : 0;
-        if (tenure_ms >= EXACT_DOUBLE || recency_ms >= EXACT_DOUBLE || orders <= -EXACT_DOUBLE ||
-            orders >= EXACT_DOUBLE)
-            { bail_line = __LINE__; goto bail; }
+        if (!exact(tenure_ms) || !exact(recency_ms) || !exact(orders))
+            GIVE_UP();
         double months = (double)tenure_ms / (double)MONTH_MS;
         TAKE(10, float_text((double)recency_ms / (double)DAY_MS));
         TAKE(11, float_text((double)tenure_ms / (double)DAY_MS));
@@ -930,7 +945,7 @@ render(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     else {
         if (!PyUnicode_CheckExact(tmp) || PyUnicode_GET_LENGTH(tmp) < 3)
-            { bail_line = __LINE__; goto bail; }
+            GIVE_UP();
         for (int i = 0; i < 3; i++)
             TAKE(13 + i, PyUnicode_Substring(tmp, i, i + 1));
         values[16] = Py_NewRef(tmp);
@@ -952,7 +967,7 @@ render(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t n_answers;
     PyObject *const *answers;
     if (seq_items(nps, &answers, &n_answers) != 0)
-        { bail_line = __LINE__; goto bail; }
+        GIVE_UP();
     if (n_answers > 0) {
         long long score;
         CHECK(pair_score(answers[0], &score));
@@ -1068,7 +1083,7 @@ render(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (tmp == NULL)
         goto fail;
     if (!PyDict_CheckExact(tmp))
-        { bail_line = __LINE__; goto bail; }
+        GIVE_UP();
     long long events = 0;
     {
         Py_ssize_t pos = 0;
@@ -1077,7 +1092,7 @@ render(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             long long n;
             CHECK(as_i64(value, &n));
             if (__builtin_add_overflow(events, n, &events))
-                { bail_line = __LINE__; goto bail; }
+                GIVE_UP();
         }
     }
     Py_CLEAR(tmp);
@@ -1115,7 +1130,6 @@ render(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_XDECREF(var);
     goto done;
 
-bail:
 fail:
     for (int i = 0; i < N_FIELDS; i++)
         Py_XDECREF(values[i]);
@@ -1276,7 +1290,6 @@ PyInit__native(void)
     INTERN(a_score, "score");
     INTERN(a_level, "level");
     INTERN(a_reasons, "reasons");
-    INTERN(a_episodes_list, "episodes");
     INTERN(a_first_alert, "first_alert");
     INTERN(a_last_alert, "last_alert");
     INTERN(a_raised_ms, "raised_ms");
