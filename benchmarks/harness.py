@@ -605,7 +605,11 @@ def report(r: dict[str, Any]) -> str:
                 f = b["full"]
                 lines.append(
                     f"    {broker} full: {f['seconds']} s, batches {f['batches']:,}, checkpoint mean "
-                    f"{f['checkpoint_ms_mean']} ms, due checks {f['due_checks']:,}, alerts {f['alerts']:,}, "
+                    f"{f['checkpoint_ms_mean']} ms"
+                    + (f" ({f['checkpoints_over_1s']:,} over 1 s)" if f.get("checkpoints_over_1s") else "")
+                    + f", due checks {f['due_checks']:,}"
+                    + (f" (cut for time in {f['due_cut']:,} batches)" if f.get("due_cut") else "")
+                    + f", alerts {f['alerts']:,}, "
                     + (f"customers assessed {f['assessed']:,}, " if "assessed" in f else "")
                     + (
                         f"assessments left to the next batch {f['assessments_deferred']:,}, "

@@ -34,6 +34,8 @@ class ProcessorConfig:
     dead_letter_payload_bytes: int
     churn_due_per_batch: int
     churn_due_per_live_batch: int
+    #: a catch-up partition's due checks take at most this many times the batch's records' scoring time (0: off)
+    churn_due_catchup_time_ratio: float
     sweep_tick_seconds: float
     sweep_customers_per_tick: int
     sweep_round_seconds: float

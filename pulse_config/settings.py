@@ -436,6 +436,17 @@ class Settings(BaseSettings):
         "Kafka a batch holds ~55 events, and 25 per partition doubled the first window's batches; docs/benchmarks.md "
         "session 12).",
     )
+    churn_due_catchup_time_ratio: float = Field(
+        1.0,
+        ge=0,
+        description="Catch-up partitions (not live): a batch's due re-checks stop once they took this many times "
+        "the wall time its records took to score, at least churn_due_per_live_batch per partition, the rest in the "
+        "next batches, earliest due first. Why: the batch in which a backlog's clocks catch up finds thousands of "
+        "customers due at once; checked all in it, that batch outlasts the batch budget "
+        "(batch_backlog_rebalance_share) several times and the measured pace then shrinks the backlog's next "
+        "batches (docs/benchmarks.md session 38). A worker's bound only (the offline engine has no wall clock); "
+        "0: churn_due_per_batch alone.",
+    )
     clock_idle_advance_seconds: float = Field(
         0.0,
         ge=0,
@@ -886,6 +897,7 @@ class Settings(BaseSettings):
             dead_letter_payload_bytes=self.dead_letter_payload_bytes,
             churn_due_per_batch=self.churn_due_per_batch,
             churn_due_per_live_batch=self.churn_due_per_live_batch,
+            churn_due_catchup_time_ratio=self.churn_due_catchup_time_ratio,
             sweep_tick_seconds=self.sweep_tick_seconds,
             sweep_customers_per_tick=self.sweep_customers_per_tick,
             sweep_round_seconds=self.sweep_round_seconds,

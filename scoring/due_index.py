@@ -15,6 +15,7 @@ decision waits for the clock to reach it, see ``BatchProcessor._defer``) are
 from __future__ import annotations
 
 import heapq
+from collections.abc import Iterator
 
 #: stale heap entries tolerated before the heap is rebuilt from the index
 HEAP_SLACK = 1024
@@ -61,16 +62,33 @@ class DueIndex(dict[bytes, int]):
     def pop_due(self, now_ms: int, limit: int, checks_limit: int | None = None) -> list[bytes]:
         """Customers whose next check is at or before ``now_ms``, unscheduled: at most ``limit``, the waiting
         ones first, then the time-driven checks (at most ``checks_limit`` of them if given), each earliest first."""
-        out: list[bytes] = []
-        self._pop(self.waiting, now_ms, limit, out)
-        if checks_limit is not None:
-            limit = min(limit, len(out) + checks_limit)
-        self._pop(self.heap, now_ms, limit, out)
-        return out
+        return list(self.take_due(now_ms, limit, checks_limit))
 
-    def _pop(self, heap: list[tuple[int, bytes]], now_ms: int, limit: int, out: list[bytes]) -> None:
-        while heap and heap[0][0] <= now_ms and len(out) < limit:
+    def take_due(self, now_ms: int, limit: int, checks_limit: int | None = None) -> Iterator[bytes]:
+        """:meth:`pop_due` one customer at a time: each is unscheduled as it is taken, so a caller that stops
+        early (a catch-up's due checks out of time) leaves the rest scheduled, in order, for its next call."""
+        taken = 0
+        for key in self._take(self.waiting, now_ms, limit):
+            taken += 1
+            yield key
+        if checks_limit is not None:
+            limit = min(limit, taken + checks_limit)
+        yield from self._take(self.heap, now_ms, limit - taken)
+
+    def has_due(self, now_ms: int) -> bool:
+        """Is a customer due at ``now_ms`` (waiting or time-driven)? Drops the stale entries it finds on top."""
+        for heap in (self.waiting, self.heap):
+            while heap and self.get(heap[0][1]) != heap[0][0]:
+                heapq.heappop(heap)
+            if heap and heap[0][0] <= now_ms:
+                return True
+        return False
+
+    def _take(self, heap: list[tuple[int, bytes]], now_ms: int, limit: int) -> Iterator[bytes]:
+        taken = 0
+        while taken < limit and heap and heap[0][0] <= now_ms:
             due_ms, key = heapq.heappop(heap)
             if self.get(key) == due_ms:
                 del self[key]
-                out.append(key)
+                taken += 1
+                yield key

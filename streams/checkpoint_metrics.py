@@ -251,6 +251,7 @@ class CheckpointMetrics:
         metrics.SWEPT_CUSTOMERS.inc(sum(outcome.swept.values()))
         metrics.CUSTOMERS_ASSESSED.inc(len(outcome.assessed))
         metrics.DUE_CUSTOMERS.inc(outcome.due_checked)
+        metrics.DUE_CUT.inc(outcome.due_cut)
         metrics.ASSESSMENTS_DEFERRED.inc(outcome.assessments_deferred)
         metrics.RANK_INEXACT.inc(outcome.rank_inexact)
         metrics.CLOCK_HELD_PARTITIONS.set(len(processor.held))

@@ -316,6 +316,11 @@ DUE_CUSTOMERS = Counter(
     "pulse_churn_due_checks_total",
     "Customers re-checked by the due-time index: a time-driven churn signal or activity flag fell due.",
 )
+DUE_CUT = Counter(
+    "pulse_churn_due_checks_cut_total",
+    "Catch-up partitions whose due re-checks a batch stopped for time (PULSE_CHURN_DUE_CATCHUP_TIME_RATIO): the "
+    "customers still due are checked in the partition's next batches, earliest due first.",
+)
 CONSUMER_LAG = Gauge(
     "pulse_consumer_lag_records",
     "Records not yet consumed per input partition (high water - position).",

@@ -194,6 +194,8 @@ class BatchOutcome:
     alerts: list[tuple[bytes, RetentionAlert, bytes]] = field(default_factory=list)
     #: customers re-checked because a time-driven churn signal fell due
     due_checked: int = 0
+    #: catch-up partitions whose due checks this batch stopped for time, customers still due (check_due)
+    due_cut: int = 0
     #: customers with an event whose assessment this backlog batch left to the next one (_later_assessments)
     assessments_deferred: int = 0
     #: event times of the valid events of the batch (metrics: event time -> scored latency)
@@ -241,7 +243,12 @@ class BatchProcessor:
     customers against the moved population, in the same checkpoint as events.
     """
 
-    def __init__(self, options: ProcessorConfig, partition_of: Callable[[bytes], int] | None = None) -> None:
+    def __init__(
+        self,
+        options: ProcessorConfig,
+        partition_of: Callable[[bytes], int] | None = None,
+        timer: Callable[[], float] | None = None,
+    ) -> None:
         if not isinstance(options, ProcessorConfig):
             # a caller written before the engine took a frozen configuration: say how to build one
             raise TypeError(f"BatchProcessor takes a ProcessorConfig (Settings.processor()), not {type(options)}")
@@ -251,6 +258,10 @@ class BatchProcessor:
         use_native(options.native_profiles)
         #: the partition each customer id belongs in (streams.partitioning); None: not checked (offline, tests)
         self.partition_of = partition_of
+        #: wall seconds (the worker's ``time.perf_counter``) that bound a catch-up's due checks by its records'
+        #: scoring time (``churn_due_catchup_time_ratio``); None: no time bound (offline, where the batches are
+        #: all there is, and tests, which give their own)
+        self.timer = timer if options.churn_due_catchup_time_ratio > 0 else None
         #: customers whose time-driven re-scoring raised: left out of due checks and sweeps until their next event
         self.quarantined: set[bytes] = set()
         #: test only (fault injection, PULSE_TEST_FAIL_EVENT_IDS): scoring these event ids raises
@@ -365,6 +376,7 @@ class BatchProcessor:
         position until a record of it was read. Without ``ends`` (offline, tests) the batches are all there
         is: everything read has caught up.
         """
+        started = self.timer() if self.timer is not None else 0.0
         self.batches += 1
         out = BatchOutcome(seq=self.batches)
         self._ranking = None  # the events below move the population
@@ -496,9 +508,20 @@ class BatchProcessor:
                 render[key] = state
         # only partitions with a record in the batch: a state is written with one of its partition's events
         limit, live_limit = self.options.churn_due_per_batch, self.options.churn_due_per_live_batch
-        for partition in sorted(present & set(clocks)):
-            checks = live_limit if self.live(partition) else None
-            render.update(self.check_due(partition, limit, load, out, clocks[partition], checks))
+        due = [(partition, self.live(partition)) for partition in sorted(present & set(clocks))]
+        catching_up = sum(not live for _, live in due)
+        until = self._catchup_due_until(started) if catching_up else None
+        for partition, live in due:
+            if live:
+                render.update(self.check_due(partition, limit, load, out, clocks[partition], live_limit))
+                continue
+            share = None
+            if until is not None and self.timer is not None:
+                # the time left, shared among the catch-up partitions left (what one leaves, the next may use)
+                now_s = self.timer()
+                share = now_s + (until - now_s) / catching_up
+            catching_up -= 1
+            render.update(self.check_due(partition, limit, load, out, clocks[partition], None, share))
         for partition in sorted(ticks & set(clocks)):
             render.update(self.sweep(partition, self._sweep_limit(partition), load, out, clocks[partition]))
         for key in later:
@@ -965,6 +988,17 @@ class BatchProcessor:
                 if change is not NO_CHANGE:  # the usual case: risk level, flags, segment and VIP stayed
                     self.population.partition(state.partition).apply(change)
 
+    def _catchup_due_until(self, started: float) -> float | None:
+        """When a batch's catch-up due checks stop (``timer`` seconds): once they took
+        ``churn_due_catchup_time_ratio`` times what the batch took so far (its records, scored and assessed,
+        since ``started``). Why the records' time and not the batch budget: a backlog batch's records fill the
+        budget by design (streams.batch_input.BatchPace), and a share of the records' time keeps the due checks
+        going at the input's pace. None: no time bound."""
+        if self.timer is None:
+            return None
+        now_s = self.timer()
+        return now_s + self.options.churn_due_catchup_time_ratio * (now_s - started)
+
     def check_due(
         self,
         partition: int,
@@ -973,13 +1007,18 @@ class BatchProcessor:
         out: BatchOutcome,
         now: int,
         checks: int | None = None,
+        until: float | None = None,
     ) -> dict[bytes, CustomerState]:
         """Re-assess the customers of ``partition`` whose time-driven churn signals fell due (spec: Churn warning:
         "raised by time passing"), at most ``limit``: first those whose own event waited for the clock, then the
         time-driven checks, at most ``checks`` of those (None: no other bound). The due-time index makes this cost
-        the customers due, not the population."""
+        the customers due, not the population. ``until``: stop once ``timer`` reaches it, after at least
+        ``churn_due_per_live_batch`` checks; those still due stay scheduled, earliest first, for the next batch
+        (a catch-up's bound, see :meth:`_catchup_due_until`)."""
         render: dict[bytes, CustomerState] = {}
-        for key in self.population.partition(partition).due.pop_due(now, limit, checks):
+        due = self.population.partition(partition).due
+        timer, floor, checked = self.timer, self.options.churn_due_per_live_batch, 0
+        for key in due.take_due(now, limit, checks):
             if key in out.states or key in self.quarantined:
                 continue  # assessed with this batch already (and rescheduled), or quarantined
             state = load(key)
@@ -990,6 +1029,11 @@ class BatchProcessor:
             out.states[key] = render[key] = state
             out.partitions[key] = partition
             out.due_checked += 1
+            checked += 1
+            if until is not None and timer is not None and checked >= floor and timer() >= until:
+                if due.has_due(now):
+                    out.due_cut += 1
+                break
         return render
 
     def sweep_whole(self, partition: int, load: Callable[[bytes], CustomerState]) -> BatchOutcome:

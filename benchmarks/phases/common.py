@@ -476,9 +476,13 @@ def worker_deltas(before: str, after: str) -> dict[str, Any]:
         # the long batches (pulse_checkpoint_seconds' buckets): a live event that waits behind one shows in the tail
         "checkpoints_over_50ms": int(checkpoints - d_where("pulse_checkpoint_seconds_bucket", 'le="0.05"')),
         "checkpoints_over_100ms": int(checkpoints - d_where("pulse_checkpoint_seconds_bucket", 'le="0.1"')),
+        # a backlog's batches over a second (its budget is a share of the rebalance timeout: BatchPace)
+        "checkpoints_over_1s": int(checkpoints - d_where("pulse_checkpoint_seconds_bucket", 'le="1.0"')),
         "profiles_written": int(d("pulse_redis_batch_profiles_sum")),
         "swept_customers": int(d("pulse_swept_customers_total")),
         "due_checks": int(d("pulse_churn_due_checks_total")),
+        # catch-up batches whose due checks stopped for time (PULSE_CHURN_DUE_CATCHUP_TIME_RATIO)
+        "due_cut": int(d("pulse_churn_due_checks_cut_total")),
         "assessed": int(d("pulse_customers_assessed_total")),
         "assessments_deferred": int(d("pulse_assessments_deferred_total")),
         # input events scored, and those de-duplicated (a live run whose ids were seen before would show here)

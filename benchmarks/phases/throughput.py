@@ -201,6 +201,8 @@ def run_workers(bench: Bench, tag: str, env: dict[str, str], count: int, n: int,
         # mean ms per batch of each checkpoint step (scoring, changelog, publish, ...): where a batch's time went
         "step_ms_mean": worker["step_ms_mean"],
         "due_checks": worker["due_checks"],
+        "due_cut": worker["due_cut"],
+        "checkpoints_over_1s": worker["checkpoints_over_1s"],
         # customers assessed (CLV and churn) for the phase's events: a backlog assesses a customer once its
         # partition's clock passes its latest event, once for many events (session 17); and the profiles handed
         # to Redis by the time the last event was scored (a catch-up defers its profiles a batch)

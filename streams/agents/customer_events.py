@@ -90,7 +90,8 @@ def register(pulse: PulseApp) -> BatchProcessor:
     table = pulse.customer_states
     # records outside their customer's murmur2 partition are re-published, not applied (streams.partitioning)
     partition_of = partitioner(settings.partitions)
-    processor = BatchProcessor(pulse.processor_config, partition_of)
+    # wall seconds bound a catch-up batch's due checks by its records' time (PULSE_CHURN_DUE_CATCHUP_TIME_RATIO)
+    processor = BatchProcessor(pulse.processor_config, partition_of, time.perf_counter)
 
     @pulse.app.task
     async def log_profile_renderer() -> None:
