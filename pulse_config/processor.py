@@ -34,8 +34,10 @@ class ProcessorConfig:
     dead_letter_payload_bytes: int
     churn_due_per_batch: int
     churn_due_per_live_batch: int
-    #: a catch-up partition's due checks take at most this many times the batch's records' scoring time (0: off)
-    churn_due_catchup_time_ratio: float
+    #: a batch past its budget stops its due checks once they took this many times its records' time
+    churn_due_time_ratio: float
+    #: a batch's time budget (Settings.batch_backlog_seconds: a share of the rebalance timeout); None: none
+    batch_budget_seconds: float | None
     sweep_tick_seconds: float
     sweep_customers_per_tick: int
     sweep_round_seconds: float

@@ -436,16 +436,18 @@ class Settings(BaseSettings):
         "Kafka a batch holds ~55 events, and 25 per partition doubled the first window's batches; docs/benchmarks.md "
         "session 12).",
     )
-    churn_due_catchup_time_ratio: float = Field(
+    churn_due_time_ratio: float = Field(
         1.0,
         ge=0,
-        description="Catch-up partitions (not live): a batch's due re-checks stop once they took this many times "
-        "the wall time its records took to score, at least churn_due_per_live_batch per partition, the rest in the "
-        "next batches, earliest due first. Why: the batch in which a backlog's clocks catch up finds thousands of "
-        "customers due at once; checked all in it, that batch outlasts the batch budget "
-        "(batch_backlog_rebalance_share) several times and the measured pace then shrinks the backlog's next "
-        "batches (docs/benchmarks.md session 38). A worker's bound only (the offline engine has no wall clock); "
-        "0: churn_due_per_batch alone.",
+        description="A batch's due re-checks (customers whose event waited for the clock first, then the "
+        "time-driven ones) stop once the batch has run for its time budget (batch_backlog_rebalance_share of "
+        "broker_rebalance_timeout) and they took this many times what the batch's records took; at least "
+        "churn_due_per_live_batch per partition, the rest in the next batches, earliest due first. Why: the batch "
+        "in which a backlog's partition clocks catch up finds thousands of customers due at once; checked all in "
+        "it, that batch outlasted its budget several times (a rebalance waits for it) and the measured pace then "
+        "shrank the backlog's next batches (docs/benchmarks.md, sessions 37-38). A live batch is far within its "
+        "budget and never stops early. No budget (batch_backlog_rebalance_share 0) or offline: "
+        "churn_due_per_batch alone.",
     )
     clock_idle_advance_seconds: float = Field(
         0.0,
@@ -897,7 +899,8 @@ class Settings(BaseSettings):
             dead_letter_payload_bytes=self.dead_letter_payload_bytes,
             churn_due_per_batch=self.churn_due_per_batch,
             churn_due_per_live_batch=self.churn_due_per_live_batch,
-            churn_due_catchup_time_ratio=self.churn_due_catchup_time_ratio,
+            churn_due_time_ratio=self.churn_due_time_ratio,
+            batch_budget_seconds=self.batch_backlog_seconds(),
             sweep_tick_seconds=self.sweep_tick_seconds,
             sweep_customers_per_tick=self.sweep_customers_per_tick,
             sweep_round_seconds=self.sweep_round_seconds,

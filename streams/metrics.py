@@ -318,7 +318,7 @@ DUE_CUSTOMERS = Counter(
 )
 DUE_CUT = Counter(
     "pulse_churn_due_checks_cut_total",
-    "Catch-up partitions whose due re-checks a batch stopped for time (PULSE_CHURN_DUE_CATCHUP_TIME_RATIO): the "
+    "Partitions whose due re-checks a batch stopped for time, past its budget (PULSE_CHURN_DUE_TIME_RATIO): the "
     "customers still due are checked in the partition's next batches, earliest due first.",
 )
 CONSUMER_LAG = Gauge(

@@ -194,7 +194,7 @@ class BatchOutcome:
     alerts: list[tuple[bytes, RetentionAlert, bytes]] = field(default_factory=list)
     #: customers re-checked because a time-driven churn signal fell due
     due_checked: int = 0
-    #: catch-up partitions whose due checks this batch stopped for time, customers still due (check_due)
+    #: partitions whose due checks this batch stopped for time, customers still due (check_due, _due_until)
     due_cut: int = 0
     #: customers with an event whose assessment this backlog batch left to the next one (_later_assessments)
     assessments_deferred: int = 0
@@ -258,10 +258,10 @@ class BatchProcessor:
         use_native(options.native_profiles)
         #: the partition each customer id belongs in (streams.partitioning); None: not checked (offline, tests)
         self.partition_of = partition_of
-        #: wall seconds (the worker's ``time.perf_counter``) that bound a catch-up's due checks by its records'
-        #: scoring time (``churn_due_catchup_time_ratio``); None: no time bound (offline, where the batches are
-        #: all there is, and tests, which give their own)
-        self.timer = timer if options.churn_due_catchup_time_ratio > 0 else None
+        #: wall seconds (the worker's ``time.perf_counter``) that bound a batch's due checks by its budget
+        #: (:meth:`_due_until`); None: no time bound (offline, where the batches are all there is, and tests, which
+        #: give their own), as without a budget
+        self.timer = timer if options.batch_budget_seconds is not None else None
         #: customers whose time-driven re-scoring raised: left out of due checks and sweeps until their next event
         self.quarantined: set[bytes] = set()
         #: test only (fault injection, PULSE_TEST_FAIL_EVENT_IDS): scoring these event ids raises
@@ -508,20 +508,16 @@ class BatchProcessor:
                 render[key] = state
         # only partitions with a record in the batch: a state is written with one of its partition's events
         limit, live_limit = self.options.churn_due_per_batch, self.options.churn_due_per_live_batch
-        due = [(partition, self.live(partition)) for partition in sorted(present & set(clocks))]
-        catching_up = sum(not live for _, live in due)
-        until = self._catchup_due_until(started) if catching_up else None
-        for partition, live in due:
-            if live:
-                render.update(self.check_due(partition, limit, load, out, clocks[partition], live_limit))
-                continue
+        due = sorted(present & set(clocks))
+        until = self._due_until(started)
+        for i, partition in enumerate(due):
             share = None
             if until is not None and self.timer is not None:
-                # the time left, shared among the catch-up partitions left (what one leaves, the next may use)
+                # the time left, shared among the partitions left (what one leaves, the next may use)
                 now_s = self.timer()
-                share = now_s + (until - now_s) / catching_up
-            catching_up -= 1
-            render.update(self.check_due(partition, limit, load, out, clocks[partition], None, share))
+                share = now_s + (until - now_s) / (len(due) - i)
+            checks = live_limit if self.live(partition) else None
+            render.update(self.check_due(partition, limit, load, out, clocks[partition], checks, share))
         for partition in sorted(ticks & set(clocks)):
             render.update(self.sweep(partition, self._sweep_limit(partition), load, out, clocks[partition]))
         for key in later:
@@ -988,16 +984,17 @@ class BatchProcessor:
                 if change is not NO_CHANGE:  # the usual case: risk level, flags, segment and VIP stayed
                     self.population.partition(state.partition).apply(change)
 
-    def _catchup_due_until(self, started: float) -> float | None:
-        """When a batch's catch-up due checks stop (``timer`` seconds): once they took
-        ``churn_due_catchup_time_ratio`` times what the batch took so far (its records, scored and assessed,
-        since ``started``). Why the records' time and not the batch budget: a backlog batch's records fill the
-        budget by design (streams.batch_input.BatchPace), and a share of the records' time keeps the due checks
-        going at the input's pace. None: no time bound."""
-        if self.timer is None:
+    def _due_until(self, started: float) -> float | None:
+        """When a batch's due checks stop (``timer`` seconds; the batch started at ``started``): once the batch has
+        run for its budget and they took ``churn_due_time_ratio`` times what its records took (scored and
+        assessed, up to now). Why both: the budget is what a rebalance can wait for (streams.batch_input.BatchPace)
+        and a live batch stays far within it; a backlog batch's records fill it by design, and a share of their
+        time keeps a catch-up's checks going at the input's pace. None: no time bound."""
+        budget = self.options.batch_budget_seconds
+        if self.timer is None or budget is None:
             return None
         now_s = self.timer()
-        return now_s + self.options.churn_due_catchup_time_ratio * (now_s - started)
+        return max(started + budget, now_s + self.options.churn_due_time_ratio * (now_s - started))
 
     def check_due(
         self,
@@ -1014,7 +1011,7 @@ class BatchProcessor:
         time-driven checks, at most ``checks`` of those (None: no other bound). The due-time index makes this cost
         the customers due, not the population. ``until``: stop once ``timer`` reaches it, after at least
         ``churn_due_per_live_batch`` checks; those still due stay scheduled, earliest first, for the next batch
-        (a catch-up's bound, see :meth:`_catchup_due_until`)."""
+        (a catch-up's bound, see :meth:`_due_until`)."""
         render: dict[bytes, CustomerState] = {}
         due = self.population.partition(partition).due
         timer, floor, checked = self.timer, self.options.churn_due_per_live_batch, 0

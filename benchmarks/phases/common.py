@@ -481,7 +481,7 @@ def worker_deltas(before: str, after: str) -> dict[str, Any]:
         "profiles_written": int(d("pulse_redis_batch_profiles_sum")),
         "swept_customers": int(d("pulse_swept_customers_total")),
         "due_checks": int(d("pulse_churn_due_checks_total")),
-        # catch-up batches whose due checks stopped for time (PULSE_CHURN_DUE_CATCHUP_TIME_RATIO)
+        # partitions whose due checks a batch past its budget stopped (PULSE_CHURN_DUE_TIME_RATIO)
         "due_cut": int(d("pulse_churn_due_checks_cut_total")),
         "assessed": int(d("pulse_customers_assessed_total")),
         "assessments_deferred": int(d("pulse_assessments_deferred_total")),

@@ -90,7 +90,7 @@ def register(pulse: PulseApp) -> BatchProcessor:
     table = pulse.customer_states
     # records outside their customer's murmur2 partition are re-published, not applied (streams.partitioning)
     partition_of = partitioner(settings.partitions)
-    # wall seconds bound a catch-up batch's due checks by its records' time (PULSE_CHURN_DUE_CATCHUP_TIME_RATIO)
+    # wall seconds bound the due checks of a batch past its budget (PULSE_CHURN_DUE_TIME_RATIO)
     processor = BatchProcessor(pulse.processor_config, partition_of, time.perf_counter)
 
     @pulse.app.task
