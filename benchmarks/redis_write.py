@@ -26,8 +26,9 @@ import contextlib
 import tempfile
 import time
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
+
+from msgspec.structs import replace
 
 from pulse.devstack import start_redis
 from pulse_config.settings import Settings

@@ -25,6 +25,7 @@ from scoring.clv import ClvSignals, PurchaseDays, p_alive_below_at
 from scoring.frozen import Value
 from scoring.memo import ConfigMemo
 from scoring.orders import OrderState
+from scoring.state import State
 from scoring.tickets import ServiceState, service_risk
 from scoring.units import DAY_MS
 from scoring.voice import SEVERITIES, VoiceState
@@ -138,8 +139,7 @@ class ChurnAssessment(Value, frozen=True):
     next_change_ms: int | None
 
 
-@dataclass(slots=True)
-class ChurnState:
+class ChurnState(State):
     """What must persist between assessments: the level (to see it change) and the alert history."""
 
     level: str = LOW

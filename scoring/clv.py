@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import bisect
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 
 from scipy.special import hyp2f1
 
 from scoring.frozen import Value
 from scoring.memo import ConfigMemo
+from scoring.state import State
 from scoring.units import DAY_MS
 
 DAYS_PER_YEAR = 365.25
@@ -224,17 +225,16 @@ class ClvConfig:
     max_purchase_days: int = 32
 
 
-@dataclass(slots=True)
-class PurchaseDays:
+class PurchaseDays(State):
     """The BG/NBD and Gamma-Gamma inputs of one customer (epoch days, base-currency cents).
 
-    Plain ints and a list so that it serialises with orjson as it is.
+    Plain ints and a list: the changelog holds it as they are (streams/codec.py).
     """
 
     first_day: int | None = None
     last_day: int | None = None
     #: the most recent distinct purchase days, sorted, at most ``max_purchase_days``
-    recent_days: list[int] = field(default_factory=list)
+    recent_days: list[int] = []
     #: distinct purchase days in total (x = periods − 1)
     periods: int = 0
     #: completed-order amounts (refunds are not purchases)

@@ -21,8 +21,12 @@ changelog atomically with the scores it protects:
 from __future__ import annotations
 
 import struct
+from array import array
 from dataclasses import dataclass, field
 from hashlib import blake2b
+from typing import TYPE_CHECKING, TypeAlias
+
+import msgspec
 
 from scoring.churn import ChurnAssessment, ChurnConfig, ChurnInputs, ChurnState, assess
 from scoring.clv import ClvConfig, ClvSignals, PurchaseDays, clv_signals, record_purchase
@@ -31,6 +35,7 @@ from scoring.frozen import Value
 from scoring.indicators import Contribution, IndicatorConfig, contribution
 from scoring.orders import OrderFact, OrderScoringConfig, OrderState, apply_order
 from scoring.rfm import RfmConfig
+from scoring.state import State
 from scoring.tickets import ServiceConfig, ServiceState, TicketFact, apply_ticket_event
 from scoring.units import DAY_MS
 from scoring.voice import ComplaintFact, SurveyFact, VoiceConfig, VoiceState, apply_complaint, apply_survey
@@ -48,6 +53,18 @@ def event_id_hash(event_id: str) -> int:
 
 _BLAKE2B_64 = blake2b(digest_size=8)
 _SIGNED_64 = struct.Struct(">q").unpack
+
+if TYPE_CHECKING:
+    IdHashes: TypeAlias = array[int]
+else:
+    #: the recent event ids' hashes (``CustomerState.recent_ids``): signed 64-bit integers in an ``array("q")``,
+    #: whose bytes are the changelog's (streams/codec.py: 8 bytes each, little-endian, in one MessagePack bin)
+    IdHashes = array
+
+
+def no_id_hashes() -> IdHashes:
+    """An empty ``recent_ids``."""
+    return array("q")
 
 
 #: the ``source_offsets`` key of the retention-actions topic
@@ -69,19 +86,18 @@ class ScoringConfig:
     episodes: EpisodeConfig = field(default_factory=EpisodeConfig)
 
 
-@dataclass(slots=True)
-class CustomerState:
-    orders: OrderState = field(default_factory=OrderState)
-    voice: VoiceState = field(default_factory=VoiceState)
-    service: ServiceState = field(default_factory=ServiceState)
+class CustomerState(State):
+    orders: OrderState = msgspec.field(default_factory=OrderState)
+    voice: VoiceState = msgspec.field(default_factory=VoiceState)
+    service: ServiceState = msgspec.field(default_factory=ServiceState)
     #: distinct purchase days and order money: the BG/NBD and Gamma-Gamma inputs (CLV)
-    purchases: PurchaseDays = field(default_factory=PurchaseDays)
-    churn: ChurnState = field(default_factory=ChurnState)
+    purchases: PurchaseDays = msgspec.field(default_factory=PurchaseDays)
+    churn: ChurnState = msgspec.field(default_factory=ChurnState)
     last_event_ms: int | None = None
     #: events applied per kind (order, survey, complaint, support)
-    events: dict[str, int] = field(default_factory=dict)
-    source_offsets: dict[str, int] = field(default_factory=dict)
-    recent_ids: list[int] = field(default_factory=list)
+    events: dict[str, int] = {}
+    source_offsets: dict[str, int] = {}
+    recent_ids: IdHashes = msgspec.field(default_factory=no_id_hashes)
     #: input partition the customer's events arrive in (its population part)
     partition: int | None = None
     #: RFM as last scored against the population (scoring.population), e.g. "545"
@@ -97,8 +113,8 @@ class CustomerState:
     #: customer, as the exact JSON bytes to publish, written to the changelog with the decision and removed
     #: once the broker acknowledged them; a worker that recovers a state with entries re-publishes exactly
     #: these bytes instead of deciding again. Empty between checkpoints, so it costs 2 bytes per state.
-    pending_vip_changes: list[bytes] = field(default_factory=list)
-    pending_alerts: list[bytes] = field(default_factory=list)
+    pending_vip_changes: list[bytes] = []
+    pending_alerts: list[bytes] = []
     #: predictive CLV (cents) as of the last assessment: the VIP value when it is CLV (``PULSE_VIP_VALUE=clv``),
     #: kept in the state because the population's VIP index must remove exactly the value it holds
     clv_cents: int | None = None

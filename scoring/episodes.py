@@ -35,7 +35,9 @@ Pure: no I/O; the worker stores :class:`EpisodeState` in the customer's state.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from scoring.state import FrozenState, State
 
 LOW, MEDIUM, HIGH = "low", "medium", "high"
 _RANK = {LOW: 0, MEDIUM: 1, HIGH: 2}
@@ -75,8 +77,7 @@ class EpisodeConfig:
         return int(self.save_window_days * 86_400_000)
 
 
-@dataclass(slots=True)
-class Episode:
+class Episode(State):
     #: the numbers n of the first and latest alert {customer}:churn:{n} of the episode
     first_alert: int = 0
     last_alert: int = 0
@@ -94,7 +95,7 @@ class Episode:
     purchased_ms: int | None = None
     recovered_cents: int = 0
     #: where the router delivered its alerts (destination names)
-    destinations: list[str] = field(default_factory=list)
+    destinations: list[str] = []
     #: the clock passed the save window's end
     settled: bool = False
 
@@ -113,8 +114,7 @@ class Episode:
         return self.first_alert <= alert <= self.last_alert
 
 
-@dataclass(frozen=True, slots=True)
-class PendingAction:
+class PendingAction(FrozenState, frozen=True):
     """An action as read, in effect from ``at_ms`` on (its occurred_at)."""
 
     at_ms: int = 0
@@ -125,14 +125,13 @@ class PendingAction:
     destination: str | None = None
 
 
-@dataclass(slots=True)
-class EpisodeState:
+class EpisodeState(State):
     #: oldest first; only the last can be open
-    episodes: list[Episode] = field(default_factory=list)
+    episodes: list[Episode] = []
     #: read, not yet in effect; in reading order
-    pending: list[PendingAction] = field(default_factory=list)
+    pending: list[PendingAction] = []
     #: tallies of the episodes folded out of ``episodes`` (see ``tallies``)
-    totals: dict[str, int] = field(default_factory=dict)
+    totals: dict[str, int] = {}
     #: alerts suppressed because the episode was handled
     suppressed: int = 0
     #: actions that matched no kept episode (an alert this history never raised, or folded away), or dropped

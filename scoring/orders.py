@@ -8,11 +8,12 @@ out-of-order events give the same state as the sorted history.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
 from functools import lru_cache
 
 from scoring.frozen import Value
+from scoring.state import State
 from scoring.units import DAY_MS
 
 #: Average month length used for "orders per month of tenure".
@@ -44,8 +45,7 @@ class OrderFact(Value, frozen=True):
     refunded: bool = False
 
 
-@dataclass(slots=True)
-class OrderState:
+class OrderState(State):
     orders: int = 0
     refunds: int = 0
     revenue_cents: int = 0
@@ -54,7 +54,7 @@ class OrderState:
     last_purchase_ms: int | None = None
     #: bucket index (occurred_ms // bucket_ms) -> net revenue cents; sparse and
     #: pruned to the window, so at most ``window_buckets + 1`` entries.
-    revenue_buckets: dict[int, int] = field(default_factory=dict)
+    revenue_buckets: dict[int, int] = {}
 
 
 def to_cents(amount: Decimal, rate: Decimal = Decimal(1)) -> int:

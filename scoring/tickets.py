@@ -26,13 +26,16 @@ records, so folding a record does not remove its marks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
+
+import msgspec
 
 from scoring.frozen import Value
 from scoring.indicators import DEFAULT_RESPONSE_EDGES_MS, RESPONSE_SLOT, response_bucket, ticket_row_add
 from scoring.indicators import OPENED as MARK_OPENED
 from scoring.indicators import RESOLVED as MARK_RESOLVED
+from scoring.state import State
 from scoring.units import DAY_MS
 
 HOUR_MS = 3_600_000
@@ -63,8 +66,7 @@ class TicketFact(Value, frozen=True):
     kind: str
 
 
-@dataclass(slots=True)
-class Folded:
+class Folded(State):
     """Totals of tickets no longer kept individually."""
 
     tickets: int = 0
@@ -74,12 +76,11 @@ class Folded:
     first_responses: int = 0
 
 
-@dataclass(slots=True)
-class ServiceState:
-    tickets: dict[str, list[int | None]] = field(default_factory=dict)
-    folded: Folded = field(default_factory=Folded)
+class ServiceState(State):
+    tickets: dict[str, list[int | None]] = {}
+    folded: Folded = msgspec.field(default_factory=Folded)
     #: the population indicators' share: day -> [opened, resolved, bucket, count, …] (scoring.indicators)
-    ticket_days: dict[int, list[int]] = field(default_factory=dict)
+    ticket_days: dict[int, list[int]] = {}
     #: newest day ever marked: rows before it minus the window are pruned (it never moves back)
     ticket_days_newest: int | None = None
 

@@ -8,7 +8,7 @@ CSAT answer, and complaint counts in day buckets pruned to the window.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from scoring.frozen import Value
 from scoring.indicators import (
@@ -21,6 +21,7 @@ from scoring.indicators import (
     VOICE_COLUMNS,
     add_voice_row,
 )
+from scoring.state import State
 from scoring.units import DAY_MS
 
 PROMOTER = "promoter"
@@ -61,18 +62,17 @@ class ComplaintFact(Value, frozen=True):
     severity: str
 
 
-@dataclass(slots=True)
-class VoiceState:
+class VoiceState(State):
     #: the two latest NPS answers by event time, newest first: [[ms, score], …]
-    nps: list[list[int]] = field(default_factory=list)
+    nps: list[list[int]] = []
     #: the latest CSAT answer: [ms, score]
     csat: list[int] | None = None
     #: day -> [count, worst severity rank], pruned to the complaint window
-    complaint_days: dict[int, list[int]] = field(default_factory=dict)
+    complaint_days: dict[int, list[int]] = {}
     complaints_total: int = 0
     #: the population indicators' share of this customer: day -> [promoters, passives, detractors,
     #: satisfied CSAT answers, CSAT answers, complaints] (scoring.indicators), pruned to their window
-    answer_days: dict[int, list[int]] = field(default_factory=dict)
+    answer_days: dict[int, list[int]] = {}
 
 
 _CATEGORY_COLUMN = {PROMOTER: PROMOTERS, PASSIVE: PASSIVES, DETRACTOR: DETRACTORS}

@@ -6,15 +6,17 @@ changelog's (and the table's memory's) size per customer and its decode is on
 the worker's hot path.
 
 Format 1 is one version byte followed by a MessagePack array (msgspec): each
-state dataclass is an array of its field values in :data:`LAYOUTS` order, with
+state class is an array of its field values in :data:`LAYOUTS` order, with
 no field names; dicts stay MessagePack maps (int keys are allowed there, and a
 map costs no more than a flat key/value array); ``recent_ids`` (random 64-bit
 hashes, which MessagePack would spend 9 bytes each on) are packed little-endian
-8 bytes each into one ``bin``.
+8 bytes each into one ``bin``. The state classes are ``array_like`` msgspec
+Structs (scoring/state.py), so msgspec writes and reads that format in C, the
+ids through its hooks.
 
 Schema evolution: a layout is append-only. An array shorter than the current
 layout decodes with the missing trailing fields at their defaults, so a field
-added at the end of a dataclass needs no migration (tests/unit/test_codec.py
+added at the end of a state class needs no migration (tests/unit/test_codec.py
 freezes the layouts and says what to do when they change). An array longer than
 the layout (a record written by a newer version, read after a rollback) is cut
 to the known fields rather than refused: the rolled-back worker keeps running,
@@ -38,18 +40,16 @@ existing changelogs hold them, so they still decode.
 
 from __future__ import annotations
 
-import dataclasses
-import struct
-from collections.abc import Callable
-from operator import attrgetter
-from typing import Any, cast
+import sys
+from array import array
+from typing import Any
 
 import msgspec
 import orjson
 
 from scoring.churn import ChurnState
 from scoring.clv import PurchaseDays
-from scoring.customer import CustomerState
+from scoring.customer import CustomerState, IdHashes
 from scoring.episodes import Episode, EpisodeState, PendingAction
 from scoring.orders import OrderState
 from scoring.tickets import Folded, ServiceState
@@ -60,9 +60,9 @@ FORMAT_VERSION = 1
 _V1 = bytes([FORMAT_VERSION])
 _LEGACY_FIRST = ord("{")
 
-#: The wire order of each encoded class: its dataclass field order, append-only, frozen by tests/unit/test_codec.py.
+#: The wire order of each encoded class: its field order, append-only, frozen by tests/unit/test_codec.py.
 LAYOUTS: dict[type, tuple[str, ...]] = {
-    cls: tuple(f.name for f in dataclasses.fields(cls))
+    cls: cls.__struct_fields__
     for cls in (
         CustomerState,
         OrderState,
@@ -77,202 +77,56 @@ LAYOUTS: dict[type, tuple[str, ...]] = {
     )
 }
 
-_encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder()
-
-_IDS = [struct.Struct(f"<{n}q") for n in range(65)]
+#: the ids' bytes are little-endian whatever the machine's order
+_SWAP = sys.byteorder != "little"
 
 
-def _pack_ids(ids: list[int]) -> bytes:
-    n = len(ids)
-    return _IDS[n].pack(*ids) if n < len(_IDS) else struct.pack(f"<{n}q", *ids)
+def _enc_hook(obj: Any) -> Any:
+    if type(obj) is array:
+        if _SWAP:
+            obj = array("q", obj)
+            obj.byteswap()
+        return obj.tobytes()
+    raise NotImplementedError(f"no state encoding for {type(obj)}")
 
 
-def _unpack_ids(raw: bytes) -> list[int]:
-    n = len(raw) >> 3
-    return list(_IDS[n].unpack(raw) if n < len(_IDS) else struct.unpack(f"<{n}q", raw))
+def _dec_hook(kind: type, obj: Any) -> Any:
+    if kind is array and isinstance(obj, bytes):
+        ids = array("q")
+        ids.frombytes(obj)  # (a length not a multiple of 8 raises: not a state written here)
+        if _SWAP:
+            ids.byteswap()
+        return ids
+    raise NotImplementedError(f"no state decoding of {type(obj)} as {kind}")
 
 
-class _Positional:
-    """One dataclass as an array in its :data:`LAYOUTS` order; ``fields`` converts the named fields both ways.
+_encoder = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
+_decoder = msgspec.msgpack.Decoder(CustomerState, dec_hook=_dec_hook)
 
-    A class with nothing to convert encodes with its ``attrgetter`` alone (one C call, no Python frame).
-    """
-
-    __slots__ = ("cls", "size", "encode", "patches", "optional")
-
-    def __init__(
-        self,
-        cls: type,
-        fields: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]],
-        optional: int = 0,
-    ) -> None:
-        """``optional``: that many last fields (default None) are left out while None, so a field added for an
-        opt-in feature costs nothing, and changes no record, where the feature is off."""
-        layout = LAYOUTS[cls]
-        self.cls = cls
-        self.size = len(layout)
-        self.optional = optional
-        self.patches = tuple((layout.index(name), enc, dec) for name, (enc, dec) in fields.items())
-        get = attrgetter(*layout) if len(layout) > 1 else (lambda o, name=layout[0]: (getattr(o, name),))
-        self.encode: Callable[[Any], Any] = self._patched(get) if self.patches or optional else get
-
-    def _patched(self, get: Callable[[Any], tuple[Any, ...]]) -> Callable[[Any], list[Any]]:
-        patches = tuple((i, enc) for i, enc, _ in self.patches)
-        keep = self.size - self.optional
-
-        def encode(obj: Any) -> list[Any]:
-            values = list(get(obj))
-            for i, enc in patches:
-                values[i] = enc(values[i])
-            while len(values) > keep and values[-1] is None:
-                del values[-1]
-            return values
-
-        return encode
-
-    def decode(self, values: list[Any]) -> Any:
-        n = len(values)
-        for i, _, dec in self.patches:
-            if i < n:
-                values[i] = dec(values[i])
-        if n > self.size:
-            del values[self.size :]
-        return self.cls(*values)
-
-    def compiled_decode(self) -> Callable[[list[Any]], Any]:
-        """:meth:`decode` as one generated function: the same steps, with each nested class that has nothing to
-        convert built in line (``cls(*v)``, cut to its layout when longer) instead of through its own
-        ``decode`` call. Why: a state decode built about ten objects through ten such calls, and it ran for
-        every customer a batch loads (a tenth of the processor's instructions, issue 18)."""
-        namespace: dict[str, Any] = {"_cls": self.cls}
-        body = ["def decode(v):", "    n = len(v)"]
-        for i, _, dec in self.patches:
-            nested = getattr(dec, "__self__", None)
-            if (
-                isinstance(nested, _Positional)
-                and not nested.patches
-                and getattr(dec, "__func__", None) is _Positional.decode
-            ):
-                namespace[f"_c{i}"] = nested.cls
-                size = nested.size
-                body.append(f"    if n > {i}:")
-                body.append(f"        x = v[{i}]")
-                body.append(f"        v[{i}] = _c{i}(*x) if len(x) <= {size} else _c{i}(*x[:{size}])")
-            else:
-                if isinstance(nested, _Positional) and getattr(dec, "__func__", None) is _Positional.decode:
-                    dec = nested.compiled_decode()
-                namespace[f"_d{i}"] = dec
-                body.append(f"    if n > {i}:")
-                body.append(f"        v[{i}] = _d{i}(v[{i}])")
-        body.append(f"    if n > {self.size}:")
-        body.append(f"        del v[{self.size}:]")
-        body.append("    return _cls(*v)")
-        exec("\n".join(body), namespace)  # noqa: S102 - generated from the layout alone, as dataclasses does
-        return cast(Callable[[list[Any]], Any], namespace["decode"])
-
-    def compiled_encode(self) -> Callable[[Any], Any]:
-        """:meth:`encode` as one generated function: the same array, with each nested class that has fields to
-        convert built in line (a tuple of its attributes) instead of through its own ``encode`` closure, which
-        copied the attrgetter's tuple to a list and patched it in a loop. Why: the state is encoded for every
-        customer a batch writes (issue 18). A nested class without conversions keeps its ``attrgetter`` (one C
-        call); msgspec writes a tuple and a list as the same array."""
-        namespace: dict[str, Any] = {}
-        body = ["def encode(o):"]
-        items = self._compiled_items("o", body, namespace)
-        body.append(f"    v = [{', '.join(items)}]")
-        keep = self.size - self.optional
-        indent = "    "
-        for _ in range(self.size - keep):
-            body.append(f"{indent}if v[-1] is None:")
-            indent += "    "
-            body.append(f"{indent}del v[-1]")
-        body.append("    return v")
-        exec("\n".join(body), namespace)  # noqa: S102 - generated from the layout alone, as dataclasses does
-        return cast(Callable[[Any], Any], namespace["encode"])
-
-    def _compiled_items(self, var: str, body: list[str], namespace: dict[str, Any]) -> list[str]:
-        """The expressions of ``var``'s array items in layout order (statements binding nested objects go to
-        ``body``)."""
-        layout = LAYOUTS[self.cls]
-        patches = {i: (enc, dec) for i, enc, dec in self.patches}
-        items = []
-        for i, name in enumerate(layout):
-            if i not in patches:
-                items.append(f"{var}.{name}")
-                continue
-            enc, dec = patches[i]
-            nested = getattr(dec, "__self__", None)
-            ref = f"{var}_{i}"
-            if isinstance(nested, _Positional) and nested.patches and not nested.optional:
-                body.append(f"    {ref} = {var}.{name}")
-                inner = nested._compiled_items(ref, body, namespace)
-                body.append(f"    {ref} = ({', '.join(inner)},)")
-                items.append(ref)
-            else:
-                namespace[f"_e{ref}"] = enc
-                items.append(f"_e{ref}({var}.{name})")
-        return items
-
-
-def _nested(codec: _Positional) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
-    return codec.encode, codec.decode
-
-
-_EPISODE = _Positional(Episode, {})
-_PENDING_ACTION = _Positional(PendingAction, {})
-_EPISODE_STATE = _Positional(EpisodeState, {})
-
-
-def _encode_episodes(state: EpisodeState | None) -> list[Any] | None:
-    if state is None:
-        return None
-    return [
-        [_EPISODE.encode(e) for e in state.episodes],
-        [_PENDING_ACTION.encode(a) for a in state.pending],
-        state.totals,
-        state.suppressed,
-        state.stale_actions,
-    ]
-
-
-def _decode_episodes(values: list[Any] | None) -> EpisodeState | None:
-    if values is None:
-        return None
-    values = list(values)
-    if values:
-        # most alerted customers have an episode or two: built in line (``_EPISODE.decode`` of a copy, without
-        # the copy and the call)
-        size = _EPISODE.size
-        values[0] = [Episode(*e) if len(e) <= size else Episode(*e[:size]) for e in values[0]]
-    if len(values) > 1:
-        values[1] = [_PENDING_ACTION.decode(list(a)) for a in values[1]]
-    return _EPISODE_STATE.decode(values)
-
-
-_CUSTOMER = _Positional(
-    CustomerState,
-    {
-        "orders": _nested(_Positional(OrderState, {})),
-        "voice": _nested(_Positional(VoiceState, {})),
-        "service": _nested(_Positional(ServiceState, {"folded": _nested(_Positional(Folded, {}))})),
-        "purchases": _nested(_Positional(PurchaseDays, {})),
-        "churn": _nested(_Positional(ChurnState, {})),
-        "recent_ids": (_pack_ids, _unpack_ids),
-        "episodes": (_encode_episodes, _decode_episodes),
-    },
-    # clv_cents: only PULSE_VIP_VALUE=clv sets it; episodes: only a customer ever alerted or acted on has them
-    optional=2,
-)
-
-
-_decode_customer = _CUSTOMER.compiled_decode()
-_encode_customer = _CUSTOMER.compiled_encode()
+#: the last fields, None unless their feature is in use, left out while None (an array shorter than the layout
+#: decodes with its defaults): ``clv_cents`` (only PULSE_VIP_VALUE=clv sets it) and ``episodes`` (only a customer
+#: ever alerted or acted on has them), so they cost nothing, and change no record, where the feature is off
+_OPTIONAL = ("clv_cents", "episodes")
+assert LAYOUTS[CustomerState][-2:] == _OPTIONAL
+#: the record's array header (after the version byte): 0xdc and a big-endian 16-bit count, as for any array of
+#: 16 to 65,535 items; its count byte is at this index
+_COUNT_AT = 3
+assert 16 <= len(LAYOUTS[CustomerState]) - len(_OPTIONAL) and len(LAYOUTS[CustomerState]) < 256
 
 
 def encode_state(state: CustomerState) -> bytes:
     """Positional MessagePack behind a version byte: no field names, so about a quarter of the orjson record."""
-    return _V1 + _encoder.encode(_encode_customer(state))
+    if type(state.recent_ids) is not array:
+        # (MessagePack would write a list as an array, which no reader takes for the ids' bin)
+        raise TypeError(f"CustomerState.recent_ids must be an array('q'), not {type(state.recent_ids).__name__}")
+    if state.episodes is not None:
+        return _V1 + _encoder.encode(state)
+    buffer = bytearray(_V1)
+    _encoder.encode_into(state, buffer, 1)
+    cut = 2 if state.clv_cents is None else 1
+    del buffer[-cut:]  # (each a MessagePack nil, one byte)
+    buffer[_COUNT_AT] -= cut
+    return bytes(buffer)
 
 
 def decode_state(raw: bytes | None) -> CustomerState:
@@ -281,7 +135,7 @@ def decode_state(raw: bytes | None) -> CustomerState:
         return CustomerState()
     first = raw[0]
     if first == FORMAT_VERSION:
-        return _decode_customer(_decoder.decode(raw[1:]))
+        return _decoder.decode(memoryview(raw)[1:])
     if first == _LEGACY_FIRST:
         return _decode_orjson(raw)
     raise ValueError(f"unknown customer state format {first:#04x} (a newer writer, or not a state record)")
@@ -291,9 +145,18 @@ def decode_state(raw: bytes | None) -> CustomerState:
 _ORJSON_FIELDS = LAYOUTS[CustomerState][: LAYOUTS[CustomerState].index("activity") + 1]
 
 
+def _plain(value: Any) -> Any:
+    """A state part as the orjson records held it: classes as objects of their fields, the ids as a list."""
+    if isinstance(value, msgspec.Struct):
+        return {name: _plain(getattr(value, name)) for name in value.__struct_fields__}
+    if isinstance(value, array):
+        return list(value)
+    return value
+
+
 def encode_state_orjson(state: CustomerState) -> bytes:
     """The record as written before format 1: for tests of the old records' decoding only."""
-    return orjson.dumps({name: getattr(state, name) for name in _ORJSON_FIELDS}, option=orjson.OPT_NON_STR_KEYS)
+    return orjson.dumps({name: _plain(getattr(state, name)) for name in _ORJSON_FIELDS}, option=orjson.OPT_NON_STR_KEYS)
 
 
 def _decode_orjson(raw: bytes) -> CustomerState:
@@ -316,4 +179,6 @@ def _decode_orjson(raw: bytes) -> CustomerState:
     # states written before CLV and churn existed start them empty
     data["purchases"] = PurchaseDays(**data.get("purchases", {}))
     data["churn"] = ChurnState(**data.get("churn", {}))
+    ids: IdHashes = array("q", data.get("recent_ids", ()))
+    data["recent_ids"] = ids
     return CustomerState(**data)

@@ -15,11 +15,11 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import redis
+from msgspec.structs import replace
 from redis.asyncio import Connection
 
 from pulse.devstack import Server, free_port, redis_binary, start_redis, stop_process, wait_port

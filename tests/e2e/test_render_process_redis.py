@@ -11,10 +11,10 @@ import re
 import signal
 import uuid
 from collections.abc import Iterator
-from dataclasses import replace
 
 import pytest
 import redis
+from msgspec.structs import replace
 
 from pulse.devstack import Server, start_redis
 from pulse_config.settings import Settings

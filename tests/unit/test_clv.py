@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from decimal import Decimal
 
-import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -33,6 +32,8 @@ from scoring.clv import (
     record_purchase,
     value_at_risk_cents,
 )
+from scoring.customer import CustomerState
+from streams.codec import decode_state, encode_state
 
 BG = DEFAULT_CLV_PARAMS.bgnbd
 GG = DEFAULT_CLV_PARAMS.gamma_gamma
@@ -232,9 +233,9 @@ def test_an_earlier_first_day_turns_the_old_first_day_into_repeat_money() -> Non
     assert h == _batch([(90, 300), (100, 1000), (110, 500)])
 
 
-def test_purchase_days_serialise_with_orjson() -> None:
+def test_purchase_days_round_trip_through_the_changelog_record() -> None:
     h = _fold([(100, 1000), (102, 5), (101, 7)])
-    assert PurchaseDays(**orjson.loads(orjson.dumps(h))) == h
+    assert decode_state(encode_state(CustomerState(purchases=h))).purchases == h
 
 
 history_strategy = st.lists(

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import gc
 import tracemalloc
-from dataclasses import replace
 
 import msgspec
 import orjson
@@ -21,6 +20,7 @@ import pytest
 from hiredis import pack_command
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from msgspec.structs import replace
 
 from pulse.offline import score_records
 from pulse.simulate import generate_events

@@ -1,3 +1,4 @@
+from array import array
 from decimal import Decimal
 
 import orjson
@@ -145,7 +146,7 @@ def test_state_codec_round_trips(buckets, orders, revenue, ids):
         last_event_ms=5,
         events={"order": orders},
         source_offsets={"order": 3},
-        recent_ids=ids,
+        recent_ids=array("q", ids),
     )
     assert decode_state(encode_state(state)) == state
 

@@ -10,12 +10,12 @@ still packs.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
 
 import pytest
 from hiredis import pack_command
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from msgspec.structs import replace
 
 from pulse_config.settings import Settings
 from schemas.profile import CustomerProfile, RenderedProfile, render_profile, use_native
