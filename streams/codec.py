@@ -107,11 +107,11 @@ _decoder = msgspec.msgpack.Decoder(CustomerState, dec_hook=_dec_hook)
 #: decodes with its defaults): ``clv_cents`` (only PULSE_VIP_VALUE=clv sets it) and ``episodes`` (only a customer
 #: ever alerted or acted on has them), so they cost nothing, and change no record, where the feature is off
 _OPTIONAL = ("clv_cents", "episodes")
-assert LAYOUTS[CustomerState][-2:] == _OPTIONAL
 #: the record's array header (after the version byte): 0xdc and a big-endian 16-bit count, as for any array of
 #: 16 to 65,535 items; its count byte is at this index
 _COUNT_AT = 3
-assert 16 <= len(LAYOUTS[CustomerState]) - len(_OPTIONAL) and len(LAYOUTS[CustomerState]) < 256
+if LAYOUTS[CustomerState][-2:] != _OPTIONAL or not 16 <= len(LAYOUTS[CustomerState]) - 2 < 256 - 2:
+    raise RuntimeError("encode_state's trimming needs the optional fields last and a 16-bit array header")
 
 
 def encode_state(state: CustomerState) -> bytes:
