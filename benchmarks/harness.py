@@ -608,7 +608,7 @@ def report(r: dict[str, Any]) -> str:
                     f"{f['checkpoint_ms_mean']} ms"
                     + (f" ({f['checkpoints_over_1s']:,} over 1 s)" if f.get("checkpoints_over_1s") else "")
                     + f", due checks {f['due_checks']:,}"
-                    + (f" (cut for time in {f['due_cut']:,} batches)" if f.get("due_cut") else "")
+                    + (f" (cut for time {f['due_cut']:,} times, a partition each)" if f.get("due_cut") else "")
                     + f", alerts {f['alerts']:,}, "
                     + (f"customers assessed {f['assessed']:,}, " if "assessed" in f else "")
                     + (
