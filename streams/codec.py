@@ -49,7 +49,7 @@ import orjson
 
 from scoring.churn import ChurnState
 from scoring.clv import PurchaseDays
-from scoring.customer import CustomerState, IdHashes
+from scoring.customer import CustomerState, no_id_hashes
 from scoring.episodes import Episode, EpisodeState, PendingAction
 from scoring.orders import OrderState
 from scoring.tickets import Folded, ServiceState
@@ -84,7 +84,7 @@ _SWAP = sys.byteorder != "little"
 def _enc_hook(obj: Any) -> Any:
     if type(obj) is array:
         if _SWAP:
-            obj = array("q", obj)
+            obj = obj[:]  # (a copy: the state's own stays in the machine's order)
             obj.byteswap()
         return obj.tobytes()
     raise NotImplementedError(f"no state encoding for {type(obj)}")
@@ -92,7 +92,7 @@ def _enc_hook(obj: Any) -> Any:
 
 def _dec_hook(kind: type, obj: Any) -> Any:
     if kind is array and isinstance(obj, bytes):
-        ids = array("q")
+        ids = no_id_hashes()
         ids.frombytes(obj)  # (a length not a multiple of 8 raises: not a state written here)
         if _SWAP:
             ids.byteswap()
@@ -179,6 +179,7 @@ def _decode_orjson(raw: bytes) -> CustomerState:
     # states written before CLV and churn existed start them empty
     data["purchases"] = PurchaseDays(**data.get("purchases", {}))
     data["churn"] = ChurnState(**data.get("churn", {}))
-    ids: IdHashes = array("q", data.get("recent_ids", ()))
+    ids = no_id_hashes()
+    ids.extend(data.get("recent_ids", ()))
     data["recent_ids"] = ids
     return CustomerState(**data)

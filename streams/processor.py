@@ -508,14 +508,14 @@ class BatchProcessor:
                 render[key] = state
         # only partitions with a record in the batch: a state is written with one of its partition's events
         limit, live_limit = self.options.churn_due_per_batch, self.options.churn_due_per_live_batch
-        due = sorted(present & set(clocks))
+        checked = sorted(present & set(clocks))
         until = self._due_until(started)
-        for i, partition in enumerate(due):
+        for i, partition in enumerate(checked):
             share = None
             if until is not None and self.timer is not None:
                 # the time left, shared among the partitions left (what one leaves, the next may use)
                 now_s = self.timer()
-                share = now_s + (until - now_s) / (len(due) - i)
+                share = now_s + (until - now_s) / (len(checked) - i)
             checks = live_limit if self.live(partition) else None
             render.update(self.check_due(partition, limit, load, out, clocks[partition], checks, share))
         for partition in sorted(ticks & set(clocks)):

@@ -81,11 +81,12 @@ class Worker:
         batch = [Incoming(topic, partition, start + i, k, v) for i, (k, v) in enumerate(records)]
         return self.run(batch, wall_ms)
 
+    def load(self, key: bytes) -> CustomerState:
+        return self.store.get(key) or CustomerState()
+
     def run(self, batch: list[Incoming], wall_ms: int | None = None) -> BatchOutcome:
         starts = dict.fromkeys(self.ends(), 0)
-        out = self.processor.process(
-            batch, lambda k: self.store.get(k) or CustomerState(), wall_ms, self.ends(), starts
-        )
+        out = self.processor.process(batch, self.load, wall_ms, self.ends(), starts)
         self.store.update(out.states)
         self.alerts += [orjson.loads(v) for _, _, v in out.alerts]
         self.profiles.update({p.customer_id: p.model() for p in out.profiles})

@@ -13,12 +13,10 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
-import orjson
-
 from pulse_config.settings import Settings
 from scoring.customer import CustomerState
 from scoring.units import DAY_MS
-from streams.processor import BatchOutcome, BatchProcessor, Incoming
+from streams.processor import BatchOutcome, BatchProcessor
 from tests.churn_story import MONTHLY, iso
 from tests.unit.test_clock import ORDERS, SURVEYS, Worker, order
 from tests.unit.test_due_live import BUYERS, buyer, live_ms, overdue, survey_at
@@ -43,14 +41,7 @@ class TimedWorker(Worker):
 
     def load(self, key: bytes) -> CustomerState:
         self.seconds += 1.0
-        return self.store.get(key) or CustomerState()
-
-    def run(self, batch: list[Incoming], wall_ms: int | None = None) -> BatchOutcome:
-        starts = dict.fromkeys(self.ends(), 0)
-        out = self.processor.process(batch, self.load, wall_ms, self.ends(), starts)
-        self.store.update(out.states)
-        self.alerts += [orjson.loads(v) for _, _, v in out.alerts]
-        return out
+        return super().load(key)
 
 
 def settings(ratio: float, budget: float = BUDGET) -> Settings:
