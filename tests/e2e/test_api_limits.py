@@ -140,16 +140,28 @@ def test_api_answers_while_the_worker_scores(namespace, api_worker):
     orders = generate_orders(customers=200, days=300, seed=3, end=END)
     produce(namespace.bootstrap, settings.topic_orders, [(o["customer_id"].encode(), orjson.dumps(o)) for o in orders])
     expected = batch_order_profiles(orders)
-    answers: list[int] = []
+    answers: list[tuple[str, int, object]] = []
+
+    def ask(path: str) -> int:
+        status, body = get(port, path)
+        answers.append((path, status, body.get("error")))
+        return status
 
     def scored_and_answering() -> bool:
-        answers.append(get(port, "/vips?limit=5")[0])
-        answers.append(get(port, "/customers/C000001")[0])
+        ask("/vips?limit=5")
+        ask("/customers/C000001")
         return not profile_diffs(settings, expected)
 
     assert wait_until(scored_and_answering), worker.log_tail()
-    assert answers.count(0) == 0 and set(answers) <= {200, 404}, answers  # 404 only before C000001 is scored
-    assert get(port, "/customers/C000001")[0] == 200
+    # every request answered: a page, a 404 before C000001 is scored, or the API's bounded refusal (Redis not
+    # answering within REDIS_TIMEOUT_SECONDS, or the request past PULSE_API_REQUEST_TIMEOUT_SECONDS: a 503 by
+    # design, seen once in a fresh clone's first minute, the API at nice 10 while four lanes started their brokers)
+    bounded = {(503, "redis_unavailable"), (503, "timeout")}
+    odd = [a for a in answers if a[1] not in (200, 404) and (a[1], a[2]) not in bounded]
+    assert not odd, answers
+    # and once scored, both serve (bounded tries: a refusal above may repeat while the box is loaded)
+    for path in ("/vips?limit=5", "/customers/C000001"):
+        assert wait_until(lambda path=path: ask(path) == 200, timeout=30), answers
     # the API runs in its own, nicer process
     api_pids = [
         int(p) for p in os.listdir("/proc") if p.isdigit() and _ppid(int(p)) == worker.proc.pid and _nice(int(p)) > 0
