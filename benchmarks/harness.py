@@ -23,7 +23,9 @@ support 25 %, surveys 10 %, complaints 5 %) to fresh topics, then, on each broke
    ``--latency-seconds``; tracer events (about 50/s: an order, or a survey with NPS 0 and CSAT 1 that
    raises a retention alert at once, each for a fresh customer) are timed from their production to
    their profile being in Redis and to their alert arriving on the retention topic; p99 over the whole
-   run, per 5 s window, and in steady state (the tracers produced after the first window);
+   run, per 5 s window, and in steady state (the tracers produced after the first window); with (3), the
+   worker's CPU split into a cost per event and per assessed customer, and the cost per assessment at which
+   the half rate would leave the worker 70 % busy (``assessment_split``);
 5. **scaling**: 2, 3 … workers, each count on its own preloaded copy of the N events;
 6. **recovery** (``--recovery N``, first broker only): N customers' states written to the changelog topic, then
    a fresh worker with ``PULSE_STORE=rocksdb://`` is timed until it scored its first event; then it scores
@@ -251,6 +253,9 @@ def broker_phases(
                     log(f"latency: {args.latency_seconds:g}s at {rate:.0f} events/s")
                     spied = procs[0] if procs and args.py_spy else None
                     out["latency"] = _live_run(bench, env, procs, rate, args.latency_seconds, spied)
+                    split = assessment_split(full, out["latency"])
+                    if split is not None:
+                        out["latency"]["assessment_split"] = split
                     # the live events' ids go on from the latency phase's (ids seen before would be de-duplicated)
                     next_id = out["latency"]["events"]
                     for i, live_rate in enumerate(args.live_rates):
@@ -408,6 +413,52 @@ def scaling_ceiling(runs: list[dict[str, Any]], cpus: int) -> float | None:
         return None
     per_event_s = (one["cpu_us_per_event"] + one["servers_cpu_us_per_event"]) / 1e6
     return min(2.0, cpus / per_event_s / one["events_per_second"])
+
+
+#: the share of a core the half-rate worker may use and still hold the alert p99 target: the live curves of
+#: sessions 16-17 held p99 <= 250 ms up to ~60-75 % busy (docs/benchmarks.md)
+HALF_RATE_BUSY = 0.7
+
+
+def assessment_split(full: dict[str, Any], live: dict[str, Any], busy: float = HALF_RATE_BUSY) -> dict[str, Any] | None:
+    """The worker's CPU split into a cost per event and a cost per assessed customer, from the backlog (``full``)
+    and the half-rate run (``live``, its ``worker`` deltas), and what the half-rate target asks of them.
+
+    Why: a backlog assesses a customer once for many of its events (its batches are large and its partition clocks
+    catch up late), a live worker about once per event's customer per batch, so a live event costs more than a
+    backlog event and the half rate (half the backlog's) can saturate a worker whatever the box. With worker CPU
+    per event ``X + a·A`` in both runs (``a``: customers assessed per event), the half rate keeps the worker
+    ``busy`` at most when ``X + a_live·A <= 2·busy·(X + a_backlog·A)``: the cost per assessment ``A`` that allows
+    is load-independent (a ratio of costs). An estimate: it takes ``X`` and ``A`` to be the same in both runs
+    (due checks, batch sizes and the state cache differ somewhat). None when the runs cannot separate them."""
+    worker = live.get("worker") or {}
+    n1, a1, us1 = full.get("events"), full.get("assessed"), full.get("cpu_us_per_event")
+    n2, a2, cpu2 = worker.get("scored"), worker.get("assessed"), worker.get("cpu_seconds")
+    if not (n1 and n2 and us1 and cpu2) or a1 is None or a2 is None:
+        return None
+    ab, al = a1 / n1, a2 / n2
+    us2 = 1e6 * cpu2 / n2
+    if al - ab <= 1e-3:
+        return None
+    a_us = (us2 - us1) / (al - ab)
+    x_us = us1 - ab * a_us
+    if a_us <= 0 or x_us <= 0:
+        return None
+    room = al - 2 * busy * ab
+    allowed = None if room <= 0 else (2 * busy - 1) * x_us / room
+    return {
+        "event_us": round(x_us, 1),
+        "assessment_us": round(a_us, 1),
+        "assessed_per_backlog_event": round(ab, 3),
+        "assessed_per_live_event": round(al, 3),
+        "live_event_us": round(us2, 1),
+        "backlog_event_us": round(us1, 1),
+        #: the worker's share of a core at the half rate, as the split predicts it
+        "busy_at_half_rate": round((x_us + al * a_us) / (2 * (x_us + ab * a_us)), 2),
+        "busy_target": busy,
+        #: the cost per assessment at which the half rate keeps the worker ``busy`` (None: any)
+        "assessment_us_allowed": None if allowed is None else round(allowed, 1),
+    }
 
 
 def _live_run(
@@ -693,6 +744,16 @@ def report(r: dict[str, Any]) -> str:
                     f"    worker threads: main {t['main']} s ({1e6 * t['main'] / lat['events']:,.0f} µs per event), "
                     f"the others (consumer thread) {t['others']} s ({1e6 * t['others'] / lat['events']:,.0f} µs)"
                 )
+        split = lat.get("assessment_split")
+        if split is not None:
+            allowed = split["assessment_us_allowed"]
+            lines.append(
+                f"    worker CPU split (backlog and half rate): {split['event_us']} µs per event + "
+                f"{split['assessment_us']} µs per assessed customer; {split['assessed_per_backlog_event']} assessed "
+                f"per backlog event, {split['assessed_per_live_event']} per live event: the half rate keeps the "
+                f"worker {_pct(split['busy_at_half_rate'])} busy; {_pct(split['busy_target'])} needs "
+                + ("any cost per assessment" if allowed is None else f"<= {allowed} µs per assessment")
+            )
     for broker, b in per_broker.items():
         if b.get("live_rates"):
             lines.append("")

@@ -64,6 +64,29 @@ CHECKS = textwrap.dedent(
     assert v["verdict"].startswith("not shown"), v
     v = harness.verdicts(scaling(16_000, 25_000))["scaling_2_over_1_tansu"]
     assert v["verdict"].startswith("missed"), v
+
+    # the worker's CPU split: runs made of 30 µs per event + 150 µs per assessed customer, 0.15 assessed per backlog
+    # event and 0.5 per live event, give those back; the half rate keeps such a worker 105 / (2 x 52.5) = 100 %
+    # busy, and 70 % needs an assessment of at most 0.4 x 30 / (0.5 - 1.4 x 0.15) = 41.4 µs
+    full = {"events": 50_000, "assessed": 7_500, "cpu_us_per_event": 30 + 0.15 * 150}
+    live = {"worker": {"scored": 100_000, "assessed": 50_000, "cpu_seconds": 100_000 * (30 + 0.5 * 150) / 1e6}}
+    split = harness.assessment_split(full, live)
+    assert (split["event_us"], split["assessment_us"]) == (30.0, 150.0), split
+    assert split["busy_at_half_rate"] == 1.0 and split["assessment_us_allowed"] == 41.4, split
+    # few assessments per live event: any cost per assessment holds the target
+    few = {"worker": {"scored": 100_000, "assessed": 20_000, "cpu_seconds": 100_000 * (30 + 0.2 * 150) / 1e6}}
+    assert harness.assessment_split(full, few)["assessment_us_allowed"] is None
+    # runs that cannot separate the two costs (as many assessed per event in both), or lack a count: none
+    same = {"worker": {"scored": 100_000, "assessed": 15_000, "cpu_seconds": 5.25}}
+    assert harness.assessment_split(full, same) is None
+    assert harness.assessment_split({"events": 50_000, "cpu_us_per_event": 52.5}, live) is None
+    lat = {**run(1000, 131.0), "redis_seen": 1, "tracers": 1, "redis_p50_ms": 1, "redis_max_ms": 1,
+                    "alert_max_ms": 1, "alerts_seen": 1, "alert_tracers": 1, "steady_from_seconds": 5,
+                    "alert_p50_steady_ms": 1, "alerts_steady": 1, "assessment_split": split}
+    del lat["worker"]  # (its report lines need a real run's deltas)
+    r["latency"] = lat
+    text = harness.report(r)
+    assert "30.0 µs per event + 150.0 µs per assessed customer" in text and "<= 41.4 µs per assessment" in text, text
     print("ok")
     """
 )
