@@ -80,9 +80,11 @@ CHECKS = textwrap.dedent(
     same = {"worker": {"scored": 100_000, "assessed": 15_000, "cpu_seconds": 5.25}}
     assert harness.assessment_split(full, same) is None
     assert harness.assessment_split({"events": 50_000, "cpu_us_per_event": 52.5}, live) is None
-    lat = {**run(1000, 131.0), "redis_seen": 1, "tracers": 1, "redis_p50_ms": 1, "redis_max_ms": 1,
-                    "alert_max_ms": 1, "alerts_seen": 1, "alert_tracers": 1, "steady_from_seconds": 5,
-                    "alert_p50_steady_ms": 1, "alerts_steady": 1, "assessment_split": split}
+    lat = {
+        **run(1000, 131.0), "redis_seen": 1, "tracers": 1, "redis_p50_ms": 1, "redis_max_ms": 1, "alert_max_ms": 1,
+        "alerts_seen": 1, "alert_tracers": 1, "steady_from_seconds": 5, "alert_p50_steady_ms": 1, "alerts_steady": 1,
+        "assessment_split": split,
+    }
     del lat["worker"]  # (its report lines need a real run's deltas)
     r["latency"] = lat
     text = harness.report(r)
