@@ -415,8 +415,8 @@ def scaling_ceiling(runs: list[dict[str, Any]], cpus: int) -> float | None:
     return min(2.0, cpus / per_event_s / one["events_per_second"])
 
 
-#: the share of a core the half-rate worker may use and still hold the alert p99 target: the live curves of
-#: sessions 16-17 held p99 <= 250 ms up to ~60-75 % busy (docs/benchmarks.md)
+#: the share of a core the half-rate worker may use and still hold the alert p99 target: where the live
+#: curve still held p99 <= 250 ms, ~60-75 % busy (docs/benchmarks.md, session 17)
 HALF_RATE_BUSY = 0.7
 
 
